@@ -1,0 +1,78 @@
+//! Parsing incoming trace context, side by side with OpenTelemetry's `TraceContextPropagator`.
+//!
+//! Run: `cargo bench -p periscope-context --bench parse`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::HeaderMap;
+use opentelemetry::propagation::{Extractor as OtelExtractor, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use periscope_context::{ExtractOptions, RequestId, TraceParent, TraceState, extract, headers};
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACESTATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+
+/// The same `HeaderMap` read through OpenTelemetry's extractor trait.
+struct OtelHeaders<'a>(&'a HeaderMap);
+
+impl OtelExtractor for OtelHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+    fn get_all(&self, key: &str) -> Option<Vec<&str>> {
+        let values: Vec<&str> = self
+            .0
+            .get_all(key)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!values.is_empty()).then_some(values)
+    }
+}
+
+fn incoming() -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.insert(headers::TRACEPARENT, TRACEPARENT.parse().unwrap());
+    map.insert(headers::TRACESTATE, TRACESTATE.parse().unwrap());
+    map
+}
+
+fn parse(c: &mut Criterion) {
+    let map = incoming();
+    let mut group = c.benchmark_group("extract_trace_context");
+    group.bench_function("periscope_parse_and_generate_request_id", |b| {
+        b.iter(|| {
+            let tp = TraceParent::parse_bytes(black_box(&map)[&headers::TRACEPARENT].as_bytes());
+            let ts = TraceState::parse_headers(
+                map.get_all(headers::TRACESTATE)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            );
+            black_box((tp, ts, RequestId::generate()))
+        })
+    });
+    let options = ExtractOptions::default();
+    group.bench_function("periscope_extract_full_context", |b| {
+        b.iter(|| black_box(extract(black_box(&map), &options)))
+    });
+    let propagator = TraceContextPropagator::new();
+    group.bench_function("opentelemetry_trace_context_propagator", |b| {
+        b.iter(|| {
+            let cx = propagator.extract(&OtelHeaders(black_box(&map)));
+            black_box(cx.span().span_context().trace_id())
+        })
+    });
+    group.finish();
+
+    c.bench_function("request_id_generate", |b| {
+        b.iter(|| black_box(RequestId::generate()))
+    });
+}
+
+criterion_group!(benches, parse);
+criterion_main!(benches);

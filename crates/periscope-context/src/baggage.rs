@@ -1,0 +1,414 @@
+//! The W3C `baggage` header.
+
+use std::fmt;
+
+use http::HeaderValue;
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+/// At most this many members are kept and propagated.
+pub const MAX_BAGGAGE_MEMBERS: usize = 64;
+/// At most this many bytes of encoded baggage are kept and propagated.
+pub const MAX_BAGGAGE_BYTES: usize = 8192;
+
+/// Bytes a baggage value may not hold unencoded: everything outside `baggage-octet`, plus `%`.
+const VALUE_ENCODE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b',')
+    .add(b';')
+    .add(b'\\')
+    .add(b'%');
+
+/// Why a baggage member was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BaggageError {
+    /// The key is not an RFC 7230 token.
+    #[error("baggage key {0:?} is not a token (letters, digits and !#$%&'*+-.^_`|~)")]
+    InvalidKey(String),
+    /// The value holds a byte outside `baggage-octet`, or percent-decodes to invalid UTF-8.
+    #[error("baggage value for key {0:?} is not valid percent-encoded UTF-8")]
+    InvalidValue(String),
+    /// A property breaks `key [= value]`.
+    #[error("baggage property {0:?} is invalid")]
+    InvalidProperty(String),
+    /// A member has no `=`.
+    #[error("baggage member {0:?} has no '='")]
+    MissingEquals(String),
+    /// Adding the member would exceed 64 members or 8192 bytes.
+    #[error("baggage is full: at most 64 members and 8192 bytes are propagated")]
+    LimitExceeded,
+}
+
+/// One baggage entry: a key, its decoded value, and its properties as sent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BaggageMember {
+    key: String,
+    value: String,
+    /// Properties in their wire form (`p1;p2=v`), without the leading `;`.
+    properties: String,
+}
+
+impl BaggageMember {
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The decoded value.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// The properties in wire form (`p1;p2=v`), empty when there are none.
+    pub fn properties(&self) -> &str {
+        &self.properties
+    }
+
+    fn encoded_len(&self) -> usize {
+        let value_len: usize = utf8_percent_encode(&self.value, VALUE_ENCODE)
+            .map(str::len)
+            .sum();
+        let properties_len = if self.properties.is_empty() {
+            0
+        } else {
+            1 + self.properties.len()
+        };
+        self.key.len() + 1 + value_len + properties_len
+    }
+
+    fn write_encoded(&self, out: &mut String) {
+        out.push_str(&self.key);
+        out.push('=');
+        out.extend(utf8_percent_encode(&self.value, VALUE_ENCODE));
+        if !self.properties.is_empty() {
+            out.push(';');
+            out.push_str(&self.properties);
+        }
+    }
+}
+
+/// Application-defined key/value pairs that travel with a request (W3C Baggage).
+///
+/// Values are percent-decoded on parse and encoded on format; properties are kept as sent.
+/// At most 64 members and 8192 bytes are kept: members beyond either limit are dropped whole,
+/// and a member that breaks the grammar is dropped alone (baggage is advisory, so one bad
+/// member does not cost the others).
+///
+/// ```
+/// use periscope_context::Baggage;
+///
+/// let baggage = Baggage::parse("userId=alice,serverNode=DF%2028;meta=1, isProduction=false");
+/// assert_eq!(baggage.get("serverNode"), Some("DF 28"));
+/// assert_eq!(baggage.to_string(), "userId=alice,serverNode=DF%2028;meta=1,isProduction=false");
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Baggage {
+    members: Vec<BaggageMember>,
+    encoded_len: usize,
+}
+
+impl Baggage {
+    /// Empty baggage.
+    pub const fn new() -> Self {
+        Self {
+            members: Vec::new(),
+            encoded_len: 0,
+        }
+    }
+
+    /// Parses one header value, dropping invalid members and members past the limits.
+    pub fn parse(value: &str) -> Self {
+        Self::parse_headers([value.as_bytes()])
+    }
+
+    /// Parses every `baggage` header value of a request, joined in order.
+    pub fn parse_headers<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut baggage = Self::new();
+        for value in values {
+            // Header bytes outside ASCII are never valid baggage-octets: skip the value.
+            let Ok(value) = std::str::from_utf8(value) else {
+                continue;
+            };
+            for member in value.split(',') {
+                let member = member.trim_matches([' ', '\t']);
+                if member.is_empty() {
+                    continue;
+                }
+                let Ok(parsed) = parse_member(member) else {
+                    continue;
+                };
+                if baggage.push(parsed).is_err() {
+                    return baggage;
+                }
+            }
+        }
+        baggage
+    }
+
+    /// The decoded value of `key` (the first member with that key).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|m| m.key == key)
+            .map(|m| m.value.as_str())
+    }
+
+    /// Sets `key` to `value`, replacing an existing member with that key.
+    pub fn insert(&mut self, key: &str, value: &str) -> Result<(), BaggageError> {
+        if !is_token(key) {
+            return Err(BaggageError::InvalidKey(key.chars().take(64).collect()));
+        }
+        let member = BaggageMember {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            properties: String::new(),
+        };
+        // Work on a copy so a refused insert leaves the baggage as it was.
+        let mut next = self.clone();
+        if let Some(i) = next.members.iter().position(|m| m.key == key) {
+            let old = next.members.remove(i);
+            next.encoded_len = next.encoded_len.saturating_sub(next.member_cost(&old));
+        }
+        next.push(member)?;
+        *self = next;
+        Ok(())
+    }
+
+    /// The members in order.
+    pub fn iter(&self) -> impl Iterator<Item = &BaggageMember> {
+        self.members.iter()
+    }
+
+    /// The number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether there are no members.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The header value to send, or `None` when empty.
+    pub fn to_header_value(&self) -> Option<HeaderValue> {
+        if self.members.is_empty() {
+            return None;
+        }
+        HeaderValue::from_str(&self.to_string()).ok()
+    }
+
+    /// Bytes this member adds to the header, counting its separating comma.
+    fn member_cost(&self, member: &BaggageMember) -> usize {
+        member.encoded_len() + usize::from(!self.members.is_empty())
+    }
+
+    fn push(&mut self, member: BaggageMember) -> Result<(), BaggageError> {
+        let cost = self.member_cost(&member);
+        if self.members.len() >= MAX_BAGGAGE_MEMBERS || self.encoded_len + cost > MAX_BAGGAGE_BYTES
+        {
+            return Err(BaggageError::LimitExceeded);
+        }
+        self.encoded_len += cost;
+        self.members.push(member);
+        Ok(())
+    }
+}
+
+fn parse_member(member: &str) -> Result<BaggageMember, BaggageError> {
+    let (pair, properties) = member.split_once(';').unwrap_or((member, ""));
+    let (key, value) = pair
+        .split_once('=')
+        .ok_or_else(|| BaggageError::MissingEquals(member.chars().take(64).collect()))?;
+    let key = key.trim_matches([' ', '\t']);
+    let value = value.trim_matches([' ', '\t']);
+    if !is_token(key) {
+        return Err(BaggageError::InvalidKey(key.chars().take(64).collect()));
+    }
+    if !value.bytes().all(is_baggage_octet) {
+        return Err(BaggageError::InvalidValue(key.to_owned()));
+    }
+    let value = percent_decode_str(value)
+        .decode_utf8()
+        .map_err(|_| BaggageError::InvalidValue(key.to_owned()))?
+        .into_owned();
+    let mut normalised = String::new();
+    if !properties.is_empty() {
+        for property in properties.split(';') {
+            let property = property.trim_matches([' ', '\t']);
+            let valid = match property.split_once('=') {
+                Some((k, v)) => {
+                    is_token(k.trim_matches([' ', '\t']))
+                        && v.trim_matches([' ', '\t']).bytes().all(is_baggage_octet)
+                }
+                None => is_token(property),
+            };
+            if !valid {
+                return Err(BaggageError::InvalidProperty(
+                    property.chars().take(64).collect(),
+                ));
+            }
+            if !normalised.is_empty() {
+                normalised.push(';');
+            }
+            match property.split_once('=') {
+                Some((k, v)) => {
+                    normalised.push_str(k.trim_matches([' ', '\t']));
+                    normalised.push('=');
+                    normalised.push_str(v.trim_matches([' ', '\t']));
+                }
+                None => normalised.push_str(property),
+            }
+        }
+    }
+    Ok(BaggageMember {
+        key: key.to_owned(),
+        value,
+        properties: normalised,
+    })
+}
+
+/// RFC 7230 `token`.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+/// `baggage-octet = %x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E`.
+fn is_baggage_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e)
+}
+
+impl fmt::Display for Baggage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = String::with_capacity(self.encoded_len);
+        for (i, member) in self.members.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            member.write_encoded(&mut out);
+        }
+        f.write_str(&out)
+    }
+}
+
+impl fmt::Debug for Baggage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Baggage({:?})", self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_examples() {
+        let b = Baggage::parse(
+            "key1=value1;property1;property2, key2 = value2, key3=value3; propertyKey=propertyValue",
+        );
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.get("key2"), Some("value2"));
+        assert_eq!(b.iter().next().unwrap().properties(), "property1;property2");
+        assert_eq!(
+            b.to_string(),
+            "key1=value1;property1;property2,key2=value2,key3=value3;propertyKey=propertyValue"
+        );
+        let b = Baggage::parse("key1=value1%2Cvalue2");
+        assert_eq!(b.get("key1"), Some("value1,value2"));
+        assert_eq!(b.to_string(), "key1=value1%2Cvalue2");
+    }
+
+    #[test]
+    fn unicode_and_reserved_characters_round_trip() {
+        let mut b = Baggage::new();
+        b.insert("user", "Zoë, \"quoted\"; 100%\\").unwrap();
+        let text = b.to_string();
+        assert!(
+            text.bytes().all(|c| c == b'=' || is_baggage_octet(c)),
+            "{text}"
+        );
+        assert_eq!(
+            Baggage::parse(&text).get("user"),
+            Some("Zoë, \"quoted\"; 100%\\")
+        );
+        assert!(b.insert("bad key", "x").is_err());
+    }
+
+    #[test]
+    fn invalid_members_are_dropped_alone() {
+        let b = Baggage::parse("good=1,bad key=2,=3,novalue,also=\"q\",fine=2,%ZZ=1,nonutf=%ff");
+        let keys: Vec<&str> = b.iter().map(BaggageMember::key).collect();
+        assert_eq!(keys, ["good", "fine", "%ZZ"]);
+        assert!(
+            Baggage::parse_headers([b"k=\xff".as_slice(), b"ok=1".as_slice()])
+                .get("ok")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn empty_values_are_allowed() {
+        assert_eq!(Baggage::parse("k=").get("k"), Some(""));
+    }
+
+    #[test]
+    fn limits_drop_whole_members() {
+        let many: Vec<String> = (0..100).map(|i| format!("k{i}=v")).collect();
+        let b = Baggage::parse(&many.join(","));
+        assert_eq!(b.len(), MAX_BAGGAGE_MEMBERS);
+        assert_eq!(b.iter().last().unwrap().key(), "k63");
+
+        let big: Vec<String> = (0..10)
+            .map(|i| format!("k{i}={}", "x".repeat(1000)))
+            .collect();
+        let b = Baggage::parse(&big.join(","));
+        assert_eq!(b.len(), 8);
+        assert!(b.to_string().len() <= MAX_BAGGAGE_BYTES);
+
+        let mut full = b.clone();
+        assert_eq!(
+            full.insert("more", &"y".repeat(200)),
+            Err(BaggageError::LimitExceeded)
+        );
+        assert_eq!(full, b, "a refused insert changes nothing");
+    }
+
+    #[test]
+    fn insert_replaces() {
+        let mut b = Baggage::parse("a=1,b=2");
+        b.insert("a", "3").unwrap();
+        assert_eq!(b.to_string(), "b=2,a=3");
+        assert_eq!(b.encoded_len, b.to_string().len());
+        b.insert("a", "").unwrap();
+        b.insert("b", "x").unwrap();
+        assert_eq!(b.encoded_len, b.to_string().len());
+        assert_eq!(
+            b.insert("a", &"z".repeat(9000)),
+            Err(BaggageError::LimitExceeded)
+        );
+        assert_eq!(
+            b.get("a"),
+            Some(""),
+            "a refused replacement keeps the old value"
+        );
+    }
+}

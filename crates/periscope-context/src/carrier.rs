@@ -1,0 +1,503 @@
+//! Moving a [`RequestContext`] across a process boundary: HTTP headers, queue messages, job
+//! payloads.
+
+use std::collections::{BTreeMap, HashMap};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::baggage::Baggage;
+use crate::context::RequestContext;
+use crate::headers;
+use crate::request_id::{InvalidId, RequestId};
+use crate::tenant::{Tenant, TenantKey};
+use crate::traceparent::{TraceParent, TraceParentError};
+use crate::tracestate::TraceState;
+
+/// Reads context values from a carrier. Keys are the lower-case header names
+/// (`traceparent`, `x-request-id`, ...).
+pub trait Extractor {
+    /// Calls `f` with every value stored under `key`, in order.
+    fn for_each(&self, key: &str, f: &mut dyn FnMut(&[u8]));
+}
+
+/// Writes context values into a carrier.
+pub trait Injector {
+    /// Stores `value` under `key`, replacing what was there.
+    fn set(&mut self, key: &HeaderName, value: &HeaderValue);
+}
+
+impl Extractor for HeaderMap {
+    fn for_each(&self, key: &str, f: &mut dyn FnMut(&[u8])) {
+        for value in self.get_all(key) {
+            f(value.as_bytes());
+        }
+    }
+}
+
+impl Injector for HeaderMap {
+    fn set(&mut self, key: &HeaderName, value: &HeaderValue) {
+        self.insert(key.clone(), value.clone());
+    }
+}
+
+macro_rules! string_map_carrier {
+    ($map:ident) => {
+        impl Extractor for $map<String, String> {
+            fn for_each(&self, key: &str, f: &mut dyn FnMut(&[u8])) {
+                if let Some(value) = self.get(key) {
+                    f(value.as_bytes());
+                }
+            }
+        }
+
+        impl Injector for $map<String, String> {
+            fn set(&mut self, key: &HeaderName, value: &HeaderValue) {
+                if let Ok(value) = value.to_str() {
+                    self.insert(key.as_str().to_owned(), value.to_owned());
+                }
+            }
+        }
+    };
+}
+string_map_carrier!(HashMap);
+string_map_carrier!(BTreeMap);
+
+/// What [`extract`] reads besides the standard headers.
+#[derive(Clone, Debug)]
+pub struct ExtractOptions {
+    /// Tenant fields to read (default: `org_id`, `project_id`).
+    pub tenant_keys: Vec<TenantKey>,
+    /// Whether a trace started here (no valid `traceparent`) is sampled (default: `true`).
+    pub sample_new_traces: bool,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        Self {
+            tenant_keys: TenantKey::defaults(),
+            sample_new_traces: true,
+        }
+    }
+}
+
+/// Where the request id of an extracted context came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestIdOrigin {
+    /// The caller's valid `x-request-id` (or `x-correlation-id`) was kept.
+    Kept,
+    /// None was sent; one was generated.
+    Generated,
+    /// The caller's id was invalid and replaced by a generated one.
+    Replaced(InvalidId),
+}
+
+/// Whether an extracted context continues the caller's trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceOrigin {
+    /// A valid `traceparent` was continued.
+    Continued,
+    /// No `traceparent` was sent; a new trace started.
+    Started,
+    /// The `traceparent` was invalid; a new trace started and `tracestate` was dropped.
+    Restarted(TraceParentError),
+}
+
+/// The result of [`extract`]: the context and how each part of it was obtained.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Extracted {
+    /// The context to run the request or job with.
+    pub context: RequestContext,
+    /// Where the request id came from.
+    pub request_id: RequestIdOrigin,
+    /// Whether the trace was continued.
+    pub trace: TraceOrigin,
+    /// The caller's valid `traceparent`, when one was sent (for a span link at a trust boundary).
+    pub incoming: Option<TraceParent>,
+    /// Tenant fields that were sent but rejected, with the reason.
+    pub rejected_tenant: Vec<(TenantKey, InvalidId)>,
+}
+
+/// Reads a [`RequestContext`] from a carrier, applying the wire rules: a valid request id is
+/// kept (`x-request-id`, else `x-correlation-id`), otherwise one is generated; exactly one valid
+/// `traceparent` is continued under a new span, otherwise a new trace starts and `tracestate`
+/// is ignored; an invalid `tracestate` is dropped alone; baggage keeps its valid members within
+/// the limits; tenant fields are kept when valid.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use periscope_context::{extract, ExtractOptions, TraceOrigin};
+///
+/// let mut message = HashMap::new();
+/// message.insert("traceparent".to_string(),
+///     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string());
+/// message.insert("x-request-id".to_string(), "req-1".to_string());
+///
+/// let extracted = extract(&message, &ExtractOptions::default());
+/// assert_eq!(extracted.trace, TraceOrigin::Continued);
+/// assert_eq!(extracted.context.request_id.as_str(), "req-1");
+/// assert_eq!(extracted.context.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+/// ```
+pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> Extracted {
+    let (request_id, request_id_origin) = extract_request_id(carrier);
+
+    let mut traceparents = 0usize;
+    let mut parsed = Err(TraceParentError::TooShort(0));
+    carrier.for_each(headers::TRACEPARENT.as_str(), &mut |value| {
+        traceparents += 1;
+        parsed = TraceParent::parse_bytes(value);
+    });
+    let parsed = match traceparents {
+        0 => None,
+        1 => Some(parsed),
+        _ => Some(Err(TraceParentError::Duplicated)),
+    };
+
+    let (mut context, trace, incoming) = match parsed {
+        Some(Ok(parent)) => {
+            let state = extract_trace_state(carrier);
+            (
+                RequestContext::continue_from(request_id, &parent, state),
+                TraceOrigin::Continued,
+                Some(parent),
+            )
+        }
+        Some(Err(error)) => (
+            RequestContext::start(request_id, options.sample_new_traces),
+            TraceOrigin::Restarted(error),
+            None,
+        ),
+        None => (
+            RequestContext::start(request_id, options.sample_new_traces),
+            TraceOrigin::Started,
+            None,
+        ),
+    };
+
+    context.baggage = extract_baggage(carrier);
+    let (tenant, rejected_tenant) = extract_tenant(carrier, &options.tenant_keys);
+    context.tenant = tenant;
+
+    Extracted {
+        context,
+        request_id: request_id_origin,
+        trace,
+        incoming,
+        rejected_tenant,
+    }
+}
+
+fn first_value<C: Extractor + ?Sized>(carrier: &C, key: &str) -> Option<Vec<u8>> {
+    let mut first = None;
+    carrier.for_each(key, &mut |value| {
+        if first.is_none() {
+            first = Some(value.to_vec());
+        }
+    });
+    first
+}
+
+fn extract_request_id<C: Extractor + ?Sized>(carrier: &C) -> (RequestId, RequestIdOrigin) {
+    let sent = first_value(carrier, headers::X_REQUEST_ID.as_str())
+        .or_else(|| first_value(carrier, headers::X_CORRELATION_ID.as_str()));
+    match sent {
+        None => (RequestId::generate(), RequestIdOrigin::Generated),
+        Some(bytes) => match crate::request_id::validate_id(&bytes)
+            .and_then(|()| HeaderValue::from_bytes(&bytes).map_err(|_| InvalidId::Empty))
+        {
+            Ok(value) => match RequestId::from_header(&value) {
+                Ok(id) => (id, RequestIdOrigin::Kept),
+                Err(error) => (RequestId::generate(), RequestIdOrigin::Replaced(error)),
+            },
+            Err(error) => (RequestId::generate(), RequestIdOrigin::Replaced(error)),
+        },
+    }
+}
+
+/// Joins every `tracestate` value in order; an invalid one drops the whole tracestate.
+pub(crate) fn extract_trace_state<C: Extractor + ?Sized>(carrier: &C) -> TraceState {
+    let mut values: Vec<Vec<u8>> = Vec::new();
+    carrier.for_each(headers::TRACESTATE.as_str(), &mut |value| {
+        values.push(value.to_vec())
+    });
+    TraceState::parse_headers(values.iter().map(Vec::as_slice)).unwrap_or_default()
+}
+
+fn extract_baggage<C: Extractor + ?Sized>(carrier: &C) -> Baggage {
+    let mut values: Vec<Vec<u8>> = Vec::new();
+    carrier.for_each(headers::BAGGAGE.as_str(), &mut |value| {
+        values.push(value.to_vec())
+    });
+    Baggage::parse_headers(values.iter().map(Vec::as_slice))
+}
+
+fn extract_tenant<C: Extractor + ?Sized>(
+    carrier: &C,
+    keys: &[TenantKey],
+) -> (Tenant, Vec<(TenantKey, InvalidId)>) {
+    let mut tenant = Tenant::new();
+    let mut rejected = Vec::new();
+    for key in keys {
+        if let Some(bytes) = first_value(carrier, key.header().as_str()) {
+            let value = HeaderValue::from_bytes(&bytes);
+            let result = match &value {
+                Ok(value) => tenant.insert_header_value(key.clone(), value),
+                Err(_) => Err(InvalidId::InvalidByte {
+                    byte: bytes
+                        .iter()
+                        .copied()
+                        .find(|b| !b.is_ascii_graphic())
+                        .unwrap_or(0),
+                    position: bytes
+                        .iter()
+                        .position(|b| !b.is_ascii_graphic())
+                        .unwrap_or(0),
+                }),
+            };
+            if let Err(error) = result {
+                rejected.push((key.clone(), error));
+            }
+        }
+    }
+    (tenant, rejected)
+}
+
+/// Writes `ctx` into a carrier: `traceparent` naming `ctx.span_id` as the parent,
+/// `tracestate` and `baggage` when not empty, `x-request-id`, and the tenant fields.
+///
+/// For an outgoing call that should appear as its own span, inject `ctx.child()`.
+///
+/// ```
+/// use http::HeaderMap;
+/// use periscope_context::{inject, RequestContext};
+///
+/// let ctx = RequestContext::new_root();
+/// let mut headers = HeaderMap::new();
+/// inject(&ctx, &mut headers);
+/// assert_eq!(headers["x-request-id"], ctx.request_id.as_str());
+/// assert_eq!(headers["traceparent"], ctx.traceparent().to_string().as_str());
+/// ```
+pub fn inject<C: Injector + ?Sized>(ctx: &RequestContext, carrier: &mut C) {
+    carrier.set(&headers::TRACEPARENT, &ctx.traceparent().to_header_value());
+    if let Some(state) = ctx.trace_state.to_header_value() {
+        carrier.set(&headers::TRACESTATE, &state);
+    }
+    if let Some(baggage) = ctx.baggage.to_header_value() {
+        carrier.set(&headers::BAGGAGE, &baggage);
+    }
+    carrier.set(&headers::X_REQUEST_ID, ctx.request_id.header_value());
+    for (key, value) in ctx.tenant.header_values() {
+        carrier.set(key.header(), value);
+    }
+}
+
+/// A string map that carries a [`RequestContext`] inside a queue message or job payload.
+///
+/// Serialises as a flat JSON object of header-named keys, so any queue can hold it.
+///
+/// ```
+/// use periscope_context::{Carrier, RequestContext};
+///
+/// // The handler enqueues a job.
+/// let ctx = RequestContext::new_root();
+/// let carrier = Carrier::from_context(&ctx);
+/// let payload = serde_json::to_string(&carrier).unwrap();
+///
+/// // The worker continues the same trace and request id under its own span.
+/// let carrier: Carrier = serde_json::from_str(&payload).unwrap();
+/// let job = carrier.to_context();
+/// assert_eq!(job.request_id, ctx.request_id);
+/// assert_eq!(job.trace_id, ctx.trace_id);
+/// assert_eq!(job.parent_span_id, Some(ctx.span_id));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(transparent)
+)]
+pub struct Carrier(BTreeMap<String, String>);
+
+impl Carrier {
+    /// A carrier holding `ctx` (see [`inject`]).
+    pub fn from_context(ctx: &RequestContext) -> Self {
+        let mut carrier = Self::default();
+        inject(ctx, &mut carrier.0);
+        carrier
+    }
+
+    /// The context it carries, with the default options (see [`extract`]).
+    pub fn to_context(&self) -> RequestContext {
+        extract(&self.0, &ExtractOptions::default()).context
+    }
+
+    /// The raw entries.
+    pub fn as_map(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+}
+
+impl From<BTreeMap<String, String>> for Carrier {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Self(map)
+    }
+}
+
+impl Extractor for Carrier {
+    fn for_each(&self, key: &str, f: &mut dyn FnMut(&[u8])) {
+        self.0.for_each(key, f);
+    }
+}
+
+impl Injector for Carrier {
+    fn set(&mut self, key: &HeaderName, value: &HeaderValue) {
+        self.0.set(key, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TP: &str = "00-12345678901234567890123456789012-1234567890123456-01";
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn run(pairs: &[(&str, &str)]) -> Extracted {
+        extract(&headers(pairs), &ExtractOptions::default())
+    }
+
+    #[test]
+    fn continues_a_valid_trace() {
+        let e = run(&[
+            ("traceparent", TP),
+            ("tracestate", "foo=1"),
+            ("tracestate", "bar=2"),
+        ]);
+        assert_eq!(e.trace, TraceOrigin::Continued);
+        assert_eq!(
+            e.context.trace_id.to_string(),
+            "12345678901234567890123456789012"
+        );
+        assert_eq!(
+            e.context.parent_span_id.unwrap().to_string(),
+            "1234567890123456"
+        );
+        assert_ne!(e.context.span_id.to_string(), "1234567890123456");
+        assert_eq!(e.context.trace_state.as_str(), "foo=1,bar=2");
+        assert!(e.context.is_sampled());
+    }
+
+    #[test]
+    fn invalid_or_duplicated_traceparent_restarts_and_drops_tracestate() {
+        let e = run(&[("traceparent", "00-zz"), ("tracestate", "foo=1")]);
+        assert!(matches!(
+            e.trace,
+            TraceOrigin::Restarted(TraceParentError::TooShort(5))
+        ));
+        assert!(e.context.trace_state.is_empty());
+        assert!(e.context.parent_span_id.is_none());
+        let e = run(&[("traceparent", TP), ("traceparent", TP)]);
+        assert_eq!(
+            e.trace,
+            TraceOrigin::Restarted(TraceParentError::Duplicated)
+        );
+        assert_ne!(
+            e.context.trace_id.to_string(),
+            "12345678901234567890123456789012"
+        );
+    }
+
+    #[test]
+    fn invalid_tracestate_is_dropped_alone() {
+        let e = run(&[("traceparent", TP), ("tracestate", "foo=1,BAD=2")]);
+        assert_eq!(e.trace, TraceOrigin::Continued);
+        assert!(e.context.trace_state.is_empty());
+    }
+
+    #[test]
+    fn request_id_kept_generated_or_replaced() {
+        assert_eq!(
+            run(&[("x-request-id", "abc")]).request_id,
+            RequestIdOrigin::Kept
+        );
+        let e = run(&[("x-correlation-id", "corr-1")]);
+        assert_eq!(
+            (e.request_id, e.context.request_id.as_str()),
+            (RequestIdOrigin::Kept, "corr-1")
+        );
+        let e = run(&[("x-request-id", "abc"), ("x-correlation-id", "corr-1")]);
+        assert_eq!(e.context.request_id.as_str(), "abc");
+        assert_eq!(run(&[]).request_id, RequestIdOrigin::Generated);
+        let e = run(&[("x-request-id", "has space")]);
+        assert!(matches!(
+            e.request_id,
+            RequestIdOrigin::Replaced(InvalidId::InvalidByte { .. })
+        ));
+        assert!(e.context.request_id.as_str().starts_with("req_"));
+    }
+
+    #[test]
+    fn tenant_fields_are_validated() {
+        let e = run(&[("x-org-id", "org_1"), ("x-project-id", "bad value")]);
+        assert_eq!(e.context.tenant.org_id(), Some("org_1"));
+        assert_eq!(e.context.tenant.project_id(), None);
+        assert_eq!(e.rejected_tenant.len(), 1);
+        assert_eq!(e.rejected_tenant[0].0, TenantKey::PROJECT_ID);
+    }
+
+    #[test]
+    fn unsampled_new_traces_on_request() {
+        let options = ExtractOptions {
+            sample_new_traces: false,
+            ..Default::default()
+        };
+        assert!(!extract(&HeaderMap::new(), &options).context.is_sampled());
+    }
+
+    #[test]
+    fn inject_then_extract_round_trips_through_every_carrier() {
+        let mut ctx = extract(
+            &headers(&[
+                ("traceparent", TP),
+                ("tracestate", "foo=1"),
+                ("baggage", "user=alice"),
+                ("x-request-id", "abc"),
+                ("x-org-id", "org_1"),
+            ]),
+            &ExtractOptions::default(),
+        )
+        .context;
+        ctx.tenant.insert(TenantKey::PROJECT_ID, "prj_2").unwrap();
+
+        let mut map = HashMap::new();
+        inject(&ctx, &mut map);
+        let mut header_map = HeaderMap::new();
+        inject(&ctx, &mut header_map);
+        let carrier = Carrier::from_context(&ctx);
+
+        for extracted in [
+            extract(&map, &ExtractOptions::default()),
+            extract(&header_map, &ExtractOptions::default()),
+            extract(&carrier, &ExtractOptions::default()),
+        ] {
+            assert_eq!(extracted.trace, TraceOrigin::Continued);
+            let got = extracted.context;
+            assert_eq!(got.request_id, ctx.request_id);
+            assert_eq!(got.trace_id, ctx.trace_id);
+            assert_eq!(got.parent_span_id, Some(ctx.span_id));
+            assert_eq!(got.trace_state, ctx.trace_state);
+            assert_eq!(got.baggage.get("user"), Some("alice"));
+            assert_eq!(got.tenant, ctx.tenant);
+        }
+    }
+}

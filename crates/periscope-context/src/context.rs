@@ -1,0 +1,267 @@
+//! The request context and the "current context" of the running task.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crate::baggage::Baggage;
+use crate::ids::{SpanId, TraceFlags, TraceId};
+use crate::request_id::RequestId;
+use crate::tenant::Tenant;
+use crate::traceparent::TraceParent;
+use crate::tracestate::TraceState;
+
+/// Everything that identifies one request (or job) across services: its request id, its place
+/// in the trace, the vendor trace state, baggage, and tenant fields.
+///
+/// The server layer stores one in the request's `http::Extensions` and makes it the
+/// [current](RequestContext::current) context while the handler runs; the client layer and
+/// [`Carrier`](crate::Carrier) send it on.
+///
+/// ```
+/// use periscope_context::RequestContext;
+///
+/// let ctx = RequestContext::new_root();
+/// let header = ctx.traceparent();
+/// assert_eq!(header.trace_id, ctx.trace_id);
+/// assert_eq!(header.parent_id, ctx.span_id);
+///
+/// // A downstream call or a job continues the trace under a new span.
+/// let child = ctx.child();
+/// assert_eq!(child.trace_id, ctx.trace_id);
+/// assert_eq!(child.parent_span_id, Some(ctx.span_id));
+/// assert_eq!(child.request_id, ctx.request_id);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RequestContext {
+    /// The request (correlation) id, kept from the caller or generated.
+    pub request_id: RequestId,
+    /// The trace this request belongs to.
+    pub trace_id: TraceId,
+    /// This service's span for the request: the id in log lines and the parent of calls it makes.
+    pub span_id: SpanId,
+    /// The caller's span, when the trace was continued rather than started here.
+    pub parent_span_id: Option<SpanId>,
+    /// Sampled and random flags.
+    pub trace_flags: TraceFlags,
+    /// Vendor trace state, propagated unchanged.
+    pub trace_state: TraceState,
+    /// W3C baggage, propagated unchanged.
+    pub baggage: Baggage,
+    /// Tenant fields (`org_id`, `project_id`, ...).
+    pub tenant: Tenant,
+}
+
+impl RequestContext {
+    /// A new request: a generated request id and a new sampled trace.
+    pub fn new_root() -> Self {
+        Self::start(RequestId::generate(), true)
+    }
+
+    /// A new trace for `request_id`, sampled or not.
+    pub fn start(request_id: RequestId, sampled: bool) -> Self {
+        let root = TraceParent::new_root(sampled);
+        Self {
+            request_id,
+            trace_id: root.trace_id,
+            span_id: root.parent_id,
+            parent_span_id: None,
+            trace_flags: root.flags,
+            trace_state: TraceState::new(),
+            baggage: Baggage::new(),
+            tenant: Tenant::new(),
+        }
+    }
+
+    /// Continues the caller's trace under a new span of this service.
+    pub fn continue_from(
+        request_id: RequestId,
+        parent: &TraceParent,
+        trace_state: TraceState,
+    ) -> Self {
+        Self {
+            request_id,
+            trace_id: parent.trace_id,
+            span_id: SpanId::random(),
+            parent_span_id: Some(parent.parent_id),
+            trace_flags: parent.flags.propagated(),
+            trace_state,
+            baggage: Baggage::new(),
+            tenant: Tenant::new(),
+        }
+    }
+
+    /// The same request under a new span whose parent is this one: for an outgoing call, a
+    /// job, or any unit of work that should appear as its own span.
+    pub fn child(&self) -> Self {
+        Self {
+            span_id: SpanId::random(),
+            parent_span_id: Some(self.span_id),
+            ..self.clone()
+        }
+    }
+
+    /// The `traceparent` that names this span as the parent: what a callee receives.
+    pub fn traceparent(&self) -> TraceParent {
+        TraceParent::new(self.trace_id, self.span_id, self.trace_flags.propagated())
+    }
+
+    /// Whether the trace is sampled.
+    pub fn is_sampled(&self) -> bool {
+        self.trace_flags.is_sampled()
+    }
+
+    /// The context of the request or job running on this task, if any.
+    ///
+    /// Set by the server layer around every handler, and by [`RequestContext::scope`] and
+    /// [`RequestContext::in_scope`]. A task spawned from a handler does not inherit it: wrap
+    /// the spawned future with `scope`.
+    ///
+    /// ```
+    /// use periscope_context::RequestContext;
+    ///
+    /// fn deep_inside_a_handler() -> Option<String> {
+    ///     RequestContext::current().map(|ctx| ctx.request_id.to_string())
+    /// }
+    ///
+    /// let ctx = RequestContext::new_root();
+    /// let id = ctx.request_id.to_string();
+    /// assert_eq!(ctx.in_scope(deep_inside_a_handler), Some(id));
+    /// assert_eq!(deep_inside_a_handler(), None);
+    /// ```
+    pub fn current() -> Option<Arc<RequestContext>> {
+        CURRENT.with(|current| current.borrow().clone())
+    }
+
+    /// Runs `f` with this context as the current one.
+    pub fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _guard = enter(Arc::new(self.clone()));
+        f()
+    }
+
+    /// Makes this context current while `future` runs, on whatever thread polls it.
+    pub fn scope<F: Future>(self, future: F) -> WithContext<F> {
+        WithContext::new(Arc::new(self), future)
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<RequestContext>>> = const { RefCell::new(None) };
+}
+
+/// Restores the previous current context when dropped, even while unwinding.
+struct ScopeGuard {
+    previous: Option<Arc<RequestContext>>,
+}
+
+fn enter(ctx: Arc<RequestContext>) -> ScopeGuard {
+    let previous = CURRENT.with(|current| current.replace(Some(ctx)));
+    ScopeGuard { previous }
+}
+
+impl Drop for ScopeGuard {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CURRENT.with(|current| *current.borrow_mut() = previous);
+    }
+}
+
+/// A future that runs with a [`RequestContext`] as the current one.
+/// Created by [`RequestContext::scope`] or [`WithContext::new`].
+#[pin_project::pin_project]
+#[must_use = "futures do nothing unless polled"]
+pub struct WithContext<F> {
+    context: Arc<RequestContext>,
+    #[pin]
+    future: F,
+}
+
+impl<F> WithContext<F> {
+    /// Wraps `future` so `context` is current while it is polled.
+    pub fn new(context: Arc<RequestContext>, future: F) -> Self {
+        Self { context, future }
+    }
+
+    /// The context this future runs with.
+    pub fn context(&self) -> &Arc<RequestContext> {
+        &self.context
+    }
+}
+
+impl<F: Future> Future for WithContext<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _guard = enter(this.context.clone());
+        this.future.poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    #[test]
+    fn scope_sets_and_restores_current() {
+        assert!(RequestContext::current().is_none());
+        let outer = RequestContext::new_root();
+        let inner = outer.child();
+        outer.in_scope(|| {
+            assert_eq!(RequestContext::current().unwrap().span_id, outer.span_id);
+            inner.in_scope(|| {
+                assert_eq!(RequestContext::current().unwrap().span_id, inner.span_id);
+            });
+            assert_eq!(RequestContext::current().unwrap().span_id, outer.span_id);
+        });
+        assert!(RequestContext::current().is_none());
+    }
+
+    #[test]
+    fn scope_is_restored_after_a_panic() {
+        let ctx = RequestContext::new_root();
+        let result = std::panic::catch_unwind(|| ctx.in_scope(|| panic!("boom")));
+        assert!(result.is_err());
+        assert!(RequestContext::current().is_none());
+    }
+
+    #[test]
+    fn future_sees_its_context_on_every_poll() {
+        let ctx = RequestContext::new_root();
+        let expected = ctx.request_id.clone();
+        let mut polls = 0;
+        let future = std::future::poll_fn(|_| {
+            polls += 1;
+            assert_eq!(RequestContext::current().unwrap().request_id, expected);
+            if polls < 3 {
+                Poll::Pending
+            } else {
+                Poll::Ready(polls)
+            }
+        });
+        let mut scoped = std::pin::pin!(ctx.scope(future));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(scoped.as_mut().poll(&mut cx).is_pending());
+        assert!(
+            RequestContext::current().is_none(),
+            "not current between polls"
+        );
+        assert!(scoped.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(scoped.as_mut().poll(&mut cx), Poll::Ready(3));
+    }
+
+    #[test]
+    fn continued_context_keeps_the_trace_and_clears_reserved_flags() {
+        let parent =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff").unwrap();
+        let ctx = RequestContext::continue_from(RequestId::generate(), &parent, TraceState::new());
+        assert_eq!(ctx.trace_id, parent.trace_id);
+        assert_eq!(ctx.parent_span_id, Some(parent.parent_id));
+        assert_ne!(ctx.span_id, parent.parent_id);
+        assert_eq!(ctx.trace_flags.to_u8(), 0x03);
+    }
+}

@@ -1,0 +1,64 @@
+//! Request ids and W3C context for periscope: the types every other periscope crate shares.
+//!
+//! - [`RequestId`]: validation of incoming ids (1–128 characters of `A-Z a-z 0-9 - _ . :`) and
+//!   generation of new ones (`req_` + a lower-case ULID: time-ordered, URL-safe, unique).
+//! - [`TraceParent`], [`TraceState`]: W3C Trace Context Level 2 headers.
+//! - [`Baggage`]: W3C Baggage, bounded to 64 members and 8192 bytes.
+//! - [`RequestContext`]: all of the above plus tenant fields, stored in `http::Extensions`,
+//!   and reachable from deep inside a handler through [`RequestContext::current`].
+//! - [`extract`], [`inject`] and [`Carrier`]: moving a context through headers, queue messages
+//!   and job payloads, so a background job continues the request's trace.
+//!
+//! This crate has no Tower dependency; `periscope-trace` builds the layers on top of it.
+//!
+//! ```
+//! use http::HeaderMap;
+//! use periscope_context::{extract, inject, ExtractOptions};
+//!
+//! let mut incoming = HeaderMap::new();
+//! incoming.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+//! let ctx = extract(&incoming, &ExtractOptions::default()).context;
+//!
+//! // An outgoing call: same trace and request id, a fresh parent id.
+//! let mut outgoing = HeaderMap::new();
+//! inject(&ctx.child(), &mut outgoing);
+//! assert!(outgoing["traceparent"].to_str().unwrap().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+//! ```
+#![deny(missing_docs)]
+
+mod baggage;
+mod carrier;
+mod context;
+mod ids;
+mod request_id;
+mod tenant;
+mod traceparent;
+mod tracestate;
+
+pub use baggage::{Baggage, BaggageError, BaggageMember, MAX_BAGGAGE_BYTES, MAX_BAGGAGE_MEMBERS};
+pub use carrier::{
+    Carrier, ExtractOptions, Extracted, Extractor, Injector, RequestIdOrigin, TraceOrigin, extract,
+    inject,
+};
+pub use context::{RequestContext, WithContext};
+pub use ids::{HexId, SpanId, TraceFlags, TraceId};
+pub use request_id::{InvalidId, MAX_REQUEST_ID_LEN, RequestId, validate_id};
+pub use tenant::{InvalidTenantKey, Tenant, TenantKey};
+pub use traceparent::{TRACEPARENT_LEN, TraceParent, TraceParentError};
+pub use tracestate::{MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TraceState, TraceStateError};
+
+/// The header names periscope reads and writes.
+pub mod headers {
+    use http::HeaderName;
+
+    /// The request (correlation) id, echoed on every response.
+    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    /// Accepted as the request id when `x-request-id` is absent.
+    pub const X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+    /// W3C Trace Context `traceparent`.
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    /// W3C Trace Context `tracestate`.
+    pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+    /// W3C Baggage.
+    pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+}
