@@ -4,6 +4,8 @@
 //!
 //! - [`context`]: request ids, W3C Trace Context and Baggage, the request context and carriers.
 #![deny(missing_docs)]
+// Library code reports errors instead of panicking; tests, benches and examples may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub use periscope_context as context;
 
