@@ -114,7 +114,10 @@ impl Health {
 
     /// The names of the startup gates still closed.
     pub fn waiting_for(&self) -> Vec<String> {
-        self.closed_gates().iter().map(|name| name.to_string()).collect()
+        self.closed_gates()
+            .iter()
+            .map(|name| name.to_string())
+            .collect()
     }
 
     fn closed_gates(&self) -> Vec<Arc<str>> {
@@ -329,16 +332,22 @@ impl HealthBuilder {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BuildError {
     /// A check or gate has an empty name.
-    #[error("a health check or startup gate has an empty name: give each a name such as \"database\"")]
+    #[error(
+        "a health check or startup gate has an empty name: give each a name such as \"database\""
+    )]
     EmptyName,
     /// Two checks share a name.
-    #[error("two health checks are named {0:?}: names key the response and the metrics, make them unique")]
+    #[error(
+        "two health checks are named {0:?}: names key the response and the metrics, make them unique"
+    )]
     DuplicateCheck(String),
     /// Two gates share a name.
     #[error("two startup gates are named {0:?}: make gate names unique")]
     DuplicateGate(String),
     /// A check's timeout is zero.
-    #[error("health check {0:?} has a zero timeout, so it could never pass: give it at least a few milliseconds")]
+    #[error(
+        "health check {0:?} has a zero timeout, so it could never pass: give it at least a few milliseconds"
+    )]
     ZeroTimeout(String),
 }
 
@@ -350,7 +359,11 @@ mod tests {
     fn build_rejects_bad_configuration() {
         let ok = || async { Ok::<_, String>(()) };
         assert_eq!(
-            Health::builder().check("db", ok).check("db", ok).build().err(),
+            Health::builder()
+                .check("db", ok)
+                .check("db", ok)
+                .build()
+                .err(),
             Some(BuildError::DuplicateCheck("db".into()))
         );
         assert_eq!(

@@ -128,12 +128,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            RouterFutureProj::Probe { future } => future
-                .poll(cx)
-                .map(|result| match result {
-                    Ok(response) => Ok(response.map(Either::Left)),
-                    Err(never) => match never {},
-                }),
+            RouterFutureProj::Probe { future } => future.poll(cx).map(|result| match result {
+                Ok(response) => Ok(response.map(Either::Left)),
+                Err(never) => match never {},
+            }),
             RouterFutureProj::Inner { future } => future
                 .poll(cx)
                 .map(|result| result.map(|response| response.map(Either::Right))),

@@ -296,7 +296,10 @@ impl Serialize for DraftJson<'_> {
         match report.status() {
             Status::Starting => {
                 let gates: Vec<&str> = report.waiting_for().collect();
-                map.serialize_entry("output", &format!("starting: waiting for {}", gates.join(", ")))?;
+                map.serialize_entry(
+                    "output",
+                    &format!("starting: waiting for {}", gates.join(", ")),
+                )?;
             }
             Status::Draining => map.serialize_entry("output", "draining")?,
             _ => {}

@@ -35,7 +35,11 @@ struct RunState {
 }
 
 impl Runner {
-    pub(crate) fn new(checks: Vec<HealthCheck>, default_timeout: Duration, cache_ttl: Duration) -> Self {
+    pub(crate) fn new(
+        checks: Vec<HealthCheck>,
+        default_timeout: Duration,
+        cache_ttl: Duration,
+    ) -> Self {
         Self {
             checks,
             default_timeout,
@@ -216,8 +220,9 @@ fn aborted_run(runner: &Weak<Runner>) -> Arc<CheckRun> {
     })
 }
 
-/// Runs one check in its own task: a panic is caught by the task, and the timeout applies to the
-/// task from outside, so even a check that blocks its thread is cut off.
+/// Runs one check in its own task: a panic is caught by the task, and at the timeout the task is
+/// aborted. (A check that blocks its thread instead of awaiting cannot be cut off reliably: the
+/// `Check` docs ask for `spawn_blocking` around blocking work.)
 async fn run_one(check: &HealthCheck, timeout: Duration) -> CheckOutcome {
     let started = Instant::now();
     let inner = Arc::clone(&check.check);
@@ -272,7 +277,7 @@ fn panic_text(payload: &Box<dyn Any + Send>) -> &str {
 pub(crate) fn format_duration(duration: Duration) -> String {
     if duration.subsec_nanos() == 0 {
         format!("{}s", duration.as_secs())
-    } else if duration.subsec_nanos() % 1_000_000 == 0 {
+    } else if duration.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{}ms", duration.as_millis())
     } else {
         format!("{duration:?}")

@@ -29,7 +29,10 @@ impl Check for WritableCheck {
 
 fn probe_writable(path: &Path) -> Result<(), CheckError> {
     let fail = |what: &str, target: &Path, error: std::io::Error| {
-        CheckError::msg(format!("{} is not writable: {what} failed: {error}", target.display()))
+        CheckError::msg(format!(
+            "{} is not writable: {what} failed: {error}",
+            target.display()
+        ))
     };
     let metadata = std::fs::metadata(path).map_err(|error| fail("stat", path, error))?;
     if !metadata.is_dir() {
@@ -96,7 +99,7 @@ impl Check for DiskSpaceCheck {
 
 /// `512 B`, `1.5 KiB`, `20.0 GiB`.
 fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
     while value >= 1024.0 && unit + 1 < UNITS.len() {

@@ -106,9 +106,8 @@ impl HttpCheck {
             }
             head.extend_from_slice(&chunk[..read]);
         }
-        parse_status(&head).ok_or_else(|| {
-            CheckError::msg(format!("GET {}: the answer is not HTTP/1.x", self.url))
-        })
+        parse_status(&head)
+            .ok_or_else(|| CheckError::msg(format!("GET {}: the answer is not HTTP/1.x", self.url)))
     }
 }
 
@@ -129,7 +128,10 @@ impl Check for HttpCheck {
         Box::pin(async move {
             match self.status().await? {
                 200..=299 => Ok(()),
-                status => Err(CheckError::msg(format!("GET {} answered {status}", self.url))),
+                status => Err(CheckError::msg(format!(
+                    "GET {} answered {status}",
+                    self.url
+                ))),
             }
         })
     }

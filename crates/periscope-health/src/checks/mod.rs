@@ -33,5 +33,9 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, CheckError> {
     tokio::task::spawn_blocking(work)
         .await
-        .unwrap_or_else(|error| Err(CheckError::msg(format!("file-system check did not finish: {error}"))))
+        .unwrap_or_else(|error| {
+            Err(CheckError::msg(format!(
+                "file-system check did not finish: {error}"
+            )))
+        })
 }

@@ -22,7 +22,9 @@ impl Check for TcpCheck {
             TcpStream::connect(self.addr.as_str())
                 .await
                 .map(drop)
-                .map_err(|error| CheckError::msg(format!("connect to {} failed: {error}", self.addr)))
+                .map_err(|error| {
+                    CheckError::msg(format!("connect to {} failed: {error}", self.addr))
+                })
         })
     }
 }
