@@ -62,4 +62,4 @@ pub use layer::{ProbeLayer, ProbeRouter, RouterFuture};
 pub use render::{Details, Probe};
 pub use report::{CheckOutcome, Report, Status};
 pub use runner::{MIN_POLL_INTERVAL, NoRuntime, Poller};
-pub use service::{HealthService, ProbeBody, ProbePaths, ProbeService, ResponseFuture};
+pub use service::{ProbeBody, ProbePaths, ProbeService, ResponseFuture};

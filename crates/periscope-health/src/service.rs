@@ -18,7 +18,8 @@ use crate::render::{Format, Probe, plain, render};
 /// The response body of every probe answer.
 pub type ProbeBody = Full<Bytes>;
 
-/// Answers one probe, whatever the request's path: mount it on the route of your choice.
+/// Answers the probes: one probe on any path ([`Health::probe_service`], to mount on the route
+/// of your choice), or the three probes by path ([`Health::service`], 404 elsewhere).
 ///
 /// `GET` and `HEAD` are answered; other methods get 405.
 ///
@@ -36,10 +37,40 @@ pub type ProbeBody = Full<Bytes>;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// A whole probe server with hyper:
+///
+/// ```no_run
+/// # async fn serve(health: periscope_health::Health) -> Result<(), Box<dyn std::error::Error>> {
+/// use hyper_util::rt::TokioIo;
+/// use hyper_util::service::TowerToHyperService;
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;
+/// loop {
+///     let (stream, _) = listener.accept().await?;
+///     let service = TowerToHyperService::new(health.service());
+///     tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+/// }
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct ProbeService {
     health: Health,
-    probe: Probe,
+    routing: Routing,
+}
+
+#[derive(Clone, Debug)]
+enum Routing {
+    One(Probe),
+    Paths(ProbePaths),
+}
+
+impl ProbeService {
+    /// Answers the three probes on these paths (404 elsewhere).
+    pub fn paths(mut self, paths: ProbePaths) -> Self {
+        self.routing = Routing::Paths(paths);
+        self
+    }
 }
 
 impl Health {
@@ -47,16 +78,16 @@ impl Health {
     pub fn probe_service(&self, probe: Probe) -> ProbeService {
         ProbeService {
             health: self.clone(),
-            probe,
+            routing: Routing::One(probe),
         }
     }
 
     /// A service answering `/health`, `/ready` and `/startup` (see [`ProbePaths`]), 404 on
     /// any other path: a whole probe server for hyper.
-    pub fn service(&self) -> HealthService {
-        HealthService {
+    pub fn service(&self) -> ProbeService {
+        ProbeService {
             health: self.clone(),
-            paths: ProbePaths::default(),
+            routing: Routing::Paths(ProbePaths::default()),
         }
     }
 
@@ -92,7 +123,14 @@ impl<B> Service<Request<B>> for ProbeService {
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        self.health.answer(self.probe, &request)
+        let probe = match &self.routing {
+            Routing::One(probe) => Some(*probe),
+            Routing::Paths(paths) => paths.probe_for(request.uri().path()),
+        };
+        match probe {
+            Some(probe) => self.health.answer(probe, &request),
+            None => ResponseFuture::ready(plain(StatusCode::NOT_FOUND, "not found\n")),
+        }
     }
 }
 
@@ -128,52 +166,6 @@ impl ProbePaths {
             Some(Probe::Startup)
         } else {
             None
-        }
-    }
-}
-
-/// Answers the three probes by path, 404 elsewhere; built by [`Health::service`].
-///
-/// ```no_run
-/// # async fn serve(health: periscope_health::Health) -> Result<(), Box<dyn std::error::Error>> {
-/// use hyper_util::rt::TokioIo;
-/// use hyper_util::service::TowerToHyperService;
-///
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;
-/// loop {
-///     let (stream, _) = listener.accept().await?;
-///     let service = TowerToHyperService::new(health.service());
-///     tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-/// }
-/// # }
-/// ```
-#[derive(Clone, Debug)]
-pub struct HealthService {
-    health: Health,
-    paths: ProbePaths,
-}
-
-impl HealthService {
-    /// Answers on these paths instead of the defaults.
-    pub fn paths(mut self, paths: ProbePaths) -> Self {
-        self.paths = paths;
-        self
-    }
-}
-
-impl<B> Service<Request<B>> for HealthService {
-    type Response = Response<ProbeBody>;
-    type Error = Infallible;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        match self.paths.probe_for(request.uri().path()) {
-            Some(probe) => self.health.answer(probe, &request),
-            None => ResponseFuture::ready(plain(StatusCode::NOT_FOUND, "not found\n")),
         }
     }
 }

@@ -5,12 +5,31 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use periscope_health::{Details, Health, HealthCheck, StartupGate, check_fn};
+use periscope_health::{Details, Health, HealthBuilder, HealthCheck, StartupGate, check_fn};
 use support::{get, get_with, serve};
+
+/// Builds the health and serves it on 127.0.0.1.
+async fn serve_health(builder: HealthBuilder) -> (Health, SocketAddr) {
+    let health = builder.build().unwrap();
+    let addr = serve(health.service()).await;
+    (health, addr)
+}
+
+/// A passing check that counts its runs.
+fn counting(
+    runs: &Arc<AtomicUsize>,
+) -> impl Fn() -> std::future::Ready<Result<(), String>> + Send + Sync + 'static {
+    let runs = Arc::clone(runs);
+    move || {
+        runs.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(()))
+    }
+}
 
 fn ok_check() -> impl Fn() -> std::future::Ready<Result<(), String>> + Send + Sync + 'static {
     || std::future::ready(Ok(()))
@@ -24,13 +43,13 @@ fn failing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_checks_passing_answer_200_ok() {
-    let health = Health::builder()
-        .version("1.4.2")
-        .check("database", ok_check())
-        .non_critical_check("s3", ok_check())
-        .build()
-        .unwrap();
-    let addr = serve(health.service()).await;
+    let (_, addr) = serve_health(
+        Health::builder()
+            .version("1.4.2")
+            .check("database", ok_check())
+            .non_critical_check("s3", ok_check()),
+    )
+    .await;
 
     let response = get(addr, "/ready").await;
     assert_eq!(response.status, 200);
@@ -53,12 +72,12 @@ async fn all_checks_passing_answer_200_ok() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_non_critical_check_answers_200_degraded() {
-    let health = Health::builder()
-        .check("database", ok_check())
-        .non_critical_check("s3", failing("bucket unreachable"))
-        .build()
-        .unwrap();
-    let addr = serve(health.service()).await;
+    let (_, addr) = serve_health(
+        Health::builder()
+            .check("database", ok_check())
+            .non_critical_check("s3", failing("bucket unreachable")),
+    )
+    .await;
 
     let response = get(addr, "/ready").await;
     assert_eq!(response.status, 200);
@@ -72,12 +91,12 @@ async fn a_failing_non_critical_check_answers_200_degraded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_critical_check_answers_503_fail() {
-    let health = Health::builder()
-        .check("database", failing("connection refused"))
-        .non_critical_check("s3", ok_check())
-        .build()
-        .unwrap();
-    let addr = serve(health.service()).await;
+    let (_, addr) = serve_health(
+        Health::builder()
+            .check("database", failing("connection refused"))
+            .non_critical_check("s3", ok_check()),
+    )
+    .await;
 
     let response = get(addr, "/ready").await;
     assert_eq!(response.status, 503);
@@ -91,17 +110,13 @@ async fn a_failing_critical_check_answers_503_fail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_startup_gate_answers_503_starting_until_opened() {
     let runs = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&runs);
     let model_loaded = StartupGate::new("model_loaded");
-    let health = Health::builder()
-        .check("database", move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            std::future::ready(Ok::<_, String>(()))
-        })
-        .startup_gate(model_loaded.clone())
-        .build()
-        .unwrap();
-    let addr = serve(health.service()).await;
+    let (_, addr) = serve_health(
+        Health::builder()
+            .check("database", counting(&runs))
+            .startup_gate(model_loaded.clone()),
+    )
+    .await;
 
     let ready = get(addr, "/ready").await;
     assert_eq!(ready.status, 503);
@@ -132,11 +147,7 @@ async fn a_closed_startup_gate_answers_503_starting_until_opened() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_answers_503_while_liveness_stays_200() {
-    let health = Health::builder()
-        .check("database", ok_check())
-        .build()
-        .unwrap();
-    let addr = serve(health.service()).await;
+    let (health, addr) = serve_health(Health::builder().check("database", ok_check())).await;
     assert_eq!(get(addr, "/ready").await.status, 200);
 
     let drain = health.drain_handle();
@@ -152,9 +163,8 @@ async fn draining_answers_503_while_liveness_stays_200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_check_is_cut_off_at_its_timeout() {
-    let health = Health::builder()
-        .check("database", ok_check())
-        .add_check(
+    let (_, addr) = serve_health(
+        Health::builder().check("database", ok_check()).add_check(
             HealthCheck::new(
                 "slow",
                 check_fn(|| async {
@@ -163,10 +173,9 @@ async fn a_hanging_check_is_cut_off_at_its_timeout() {
                 }),
             )
             .timeout(Duration::from_millis(100)),
-        )
-        .build()
-        .unwrap();
-    let addr = serve(health.service()).await;
+        ),
+    )
+    .await;
 
     let started = Instant::now();
     let response = get(addr, "/ready").await;
@@ -198,13 +207,13 @@ async fn a_hundred_concurrent_probes_run_each_check_once() {
             }
         }
     };
-    let health = Health::builder()
-        .check("database", counted(&database_runs))
-        .non_critical_check("cache", counted(&cache_runs))
-        .cache_ttl(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let addr = serve(health.service()).await;
+    let (_, addr) = serve_health(
+        Health::builder()
+            .check("database", counted(&database_runs))
+            .non_critical_check("cache", counted(&cache_runs))
+            .cache_ttl(Duration::from_secs(60)),
+    )
+    .await;
 
     let probes: Vec<_> = (0..100)
         .map(|_| tokio::spawn(async move { get(addr, "/ready").await }))
@@ -220,17 +229,17 @@ async fn a_hundred_concurrent_probes_run_each_check_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_check_fails_and_the_server_stays_up() {
-    let health = Health::builder()
-        .check("database", ok_check())
-        .check("buggy", || async {
-            let numbers: Vec<u32> = Vec::new();
-            let first = numbers[0];
-            Ok::<_, String>(first)
-        })
-        .cache_ttl(Duration::ZERO)
-        .build()
-        .unwrap();
-    let addr = serve(health.service()).await;
+    let (_, addr) = serve_health(
+        Health::builder()
+            .check("database", ok_check())
+            .check("buggy", || async {
+                let numbers: Vec<u32> = Vec::new();
+                let first = numbers[0];
+                Ok::<_, String>(first)
+            })
+            .cache_ttl(Duration::ZERO),
+    )
+    .await;
 
     for _ in 0..2 {
         let response = get(addr, "/ready").await;
@@ -247,13 +256,13 @@ async fn a_panicking_check_fails_and_the_server_stays_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn withheld_details_never_show_the_error_text() {
     const SECRET: &str = "password authentication failed for user svc at db.internal:5432";
-    let health = Health::builder()
-        .check("database", failing(SECRET))
-        .non_critical_check("s3", failing(SECRET))
-        .details(Details::Withheld)
-        .build()
-        .unwrap();
-    let addr = serve(health.service()).await;
+    let (_, addr) = serve_health(
+        Health::builder()
+            .check("database", failing(SECRET))
+            .non_critical_check("s3", failing(SECRET))
+            .details(Details::Withheld),
+    )
+    .await;
 
     for (path, accept) in [
         ("/ready", None),
@@ -283,13 +292,13 @@ async fn withheld_details_never_show_the_error_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_json_is_served_on_request() {
-    let health = Health::builder()
-        .version("2.0.0")
-        .check("database", ok_check())
-        .non_critical_check("s3", failing("bucket unreachable"))
-        .build()
-        .unwrap();
-    let addr = serve(health.service()).await;
+    let (health, addr) = serve_health(
+        Health::builder()
+            .version("2.0.0")
+            .check("database", ok_check())
+            .non_critical_check("s3", failing("bucket unreachable")),
+    )
+    .await;
 
     let response = get_with(addr, "/ready", &[("accept", "application/health+json")]).await;
     assert_eq!(response.status, 200);
@@ -325,13 +334,13 @@ async fn health_json_is_served_on_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verbose_text_lists_each_check() {
     let gate = StartupGate::new("model_loaded");
-    let health = Health::builder()
-        .check("database", ok_check())
-        .non_critical_check("s3", failing("bucket\nunreachable"))
-        .startup_gate(gate.clone())
-        .build()
-        .unwrap();
-    let addr = serve(health.service()).await;
+    let (_, addr) = serve_health(
+        Health::builder()
+            .check("database", ok_check())
+            .non_critical_check("s3", failing("bucket\nunreachable"))
+            .startup_gate(gate.clone()),
+    )
+    .await;
 
     let starting = get(addr, "/ready?verbose").await;
     assert_eq!(starting.status, 503);
@@ -370,12 +379,8 @@ async fn other_paths_and_methods_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_are_cached_for_the_configured_interval() {
     let runs = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&runs);
     let health = Health::builder()
-        .check("database", move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            std::future::ready(Ok::<_, String>(()))
-        })
+        .check("database", counting(&runs))
         .cache_ttl(Duration::from_millis(200))
         .build()
         .unwrap();
@@ -399,12 +404,8 @@ async fn results_are_cached_for_the_configured_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_background_poller_keeps_results_fresh_without_probes() {
     let runs = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&runs);
     let health = Health::builder()
-        .check("database", move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            std::future::ready(Ok::<_, String>(()))
-        })
+        .check("database", counting(&runs))
         .cache_ttl(Duration::ZERO)
         .build()
         .unwrap();
