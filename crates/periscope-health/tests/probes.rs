@@ -381,7 +381,7 @@ async fn results_are_cached_for_the_configured_interval() {
     let runs = Arc::new(AtomicUsize::new(0));
     let health = Health::builder()
         .check("database", counting(&runs))
-        .cache_ttl(Duration::from_millis(200))
+        .cache_ttl(Duration::from_millis(500))
         .build()
         .unwrap();
 
@@ -392,7 +392,7 @@ async fn results_are_cached_for_the_configured_interval() {
         1,
         "the second probe hits the cache"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     health.readiness().await;
     assert_eq!(
         runs.load(Ordering::SeqCst),
@@ -402,27 +402,35 @@ async fn results_are_cached_for_the_configured_interval() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_background_poller_keeps_results_fresh_without_probes() {
+async fn a_background_poller_answers_probes_without_running_checks() {
     let runs = Arc::new(AtomicUsize::new(0));
-    let health = Health::builder()
-        .check("database", counting(&runs))
-        .cache_ttl(Duration::ZERO)
-        .build()
-        .unwrap();
+    let (health, addr) = serve_health(
+        Health::builder()
+            .check("database", counting(&runs))
+            .cache_ttl(Duration::ZERO),
+    )
+    .await;
 
-    let poller = health.spawn_poller(Duration::from_millis(100)).unwrap();
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    let polled = runs.load(Ordering::SeqCst);
-    assert!(polled >= 2, "polled {polled} times");
-
-    // Probes answer from the poller's last run instead of running the checks.
-    let addr = serve(health.service()).await;
-    let before = runs.load(Ordering::SeqCst);
+    // The poller runs the checks at once, then only every hour.
+    let poller = health.spawn_poller(Duration::from_secs(3600)).unwrap();
+    wait_until(|| runs.load(Ordering::SeqCst) == 1).await;
     for _ in 0..5 {
-        assert_eq!(get(addr, "/ready").await.status, 200);
+        assert_eq!(get(addr, "/ready").await.json()["status"], "ok");
     }
-    assert!(runs.load(Ordering::SeqCst) <= before + 1);
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "probes answer from the poller's run"
+    );
 
+    // Without a poller (and no cache), each probe runs the checks again.
+    drop(poller);
+    get(addr, "/ready").await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+    // A poller repeats on its interval, and stops when dropped.
+    let poller = health.spawn_poller(Duration::from_millis(100)).unwrap();
+    wait_until(|| runs.load(Ordering::SeqCst) >= 5).await;
     drop(poller);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let stopped = runs.load(Ordering::SeqCst);
@@ -432,6 +440,15 @@ async fn a_background_poller_keeps_results_fresh_without_probes() {
         stopped,
         "polling stops with the Poller"
     );
+}
+
+/// Waits (up to 10 s) for a condition the runtime makes true in the background.
+async fn wait_until(condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "condition not met within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[test]
