@@ -14,7 +14,7 @@ use crate::health::Health;
 use crate::service::{ProbeBody, ProbePaths};
 
 /// Answers `GET`/`HEAD` on the probe paths before the request reaches the inner service; every
-/// other request passes through untouched. Works with any Tower HTTP stack (hyper, tonic, axum).
+/// other request passes through untouched. Works with any Tower HTTP stack (hyper, axum, ...).
 ///
 /// ```
 /// use std::convert::Infallible;

@@ -1,4 +1,4 @@
-//! Tower services answering the probes, usable with any framework (hyper, axum, tonic).
+//! Tower services answering the probes, usable with any Tower HTTP stack (hyper, axum, ...).
 
 use std::borrow::Cow;
 use std::convert::Infallible;
