@@ -1,6 +1,4 @@
 //! The ready-made checks against real sockets and a real file system.
-// Test code: a failed unwrap is a failed test (clippy's test exemption misses helper fns).
-#![allow(clippy::unwrap_used)]
 
 mod support;
 

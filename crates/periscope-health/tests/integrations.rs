@@ -1,7 +1,5 @@
 //! The probes inside other stacks: an axum app, `ProbeLayer` in front of a hyper service, and the
 //! Prometheus metrics.
-// Test code: a failed unwrap is a failed test (clippy's test exemption misses helper fns).
-#![allow(clippy::unwrap_used)]
 
 mod support;
 

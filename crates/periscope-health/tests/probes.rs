@@ -1,7 +1,5 @@
 //! The probes over a real socket on 127.0.0.1: status rules, timeouts, single flight, panics,
 //! draining, startup gates, withheld details and the three renderings.
-// Test code: a failed unwrap is a failed test (clippy's test exemption misses helper fns).
-#![allow(clippy::unwrap_used)]
 
 mod support;
 

@@ -1,5 +1,5 @@
 //! A real server on 127.0.0.1 and a minimal HTTP/1.1 client, shared by the integration tests.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code)]
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
