@@ -74,7 +74,7 @@ pub(crate) fn write_escaped(out: &mut Vec<u8>, s: &str) {
 fn escaped_multibyte(bytes: &[u8], i: usize) -> u32 {
     match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
         (0xc2, Some(&b), _) if (0x80..=0x9f).contains(&b) => u32::from(b),
-        (0xe2, Some(0x80), Some(&b)) if b == 0xa8 || b == 0xa9 => 0x2000 | u32::from(b),
+        (0xe2, Some(0x80), Some(&b)) if b == 0xa8 || b == 0xa9 => 0x2000 | u32::from(b - 0x80),
         _ => 0,
     }
 }
