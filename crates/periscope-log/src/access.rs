@@ -255,10 +255,10 @@ impl<B: Body> Body for AccessLogBody<B> {
             }
             None => {}
         }
-        if frame.is_none() || inner.is_end_stream() {
-            if let Some(pending) = this.pending.take() {
-                pending.log(false);
-            }
+        if (frame.is_none() || inner.is_end_stream())
+            && let Some(pending) = this.pending.take()
+        {
+            pending.log(false);
         }
         Poll::Ready(frame)
     }

@@ -273,7 +273,8 @@ mod tests {
         use std::fmt::Write as _;
         let mut out = Vec::new();
         let mut w = EscapeWriter::new(&mut out, 4);
-        write!(w, "{}{}", "ab\n", "cdef").unwrap();
+        w.write_str("ab\n").unwrap();
+        w.write_str("cdef").unwrap();
         w.finish();
         assert_eq!(
             String::from_utf8(out).unwrap(),

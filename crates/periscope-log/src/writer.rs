@@ -12,6 +12,9 @@ pub const DEFAULT_QUEUE_LINES: usize = 65_536;
 pub const DEFAULT_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// Default time the guard waits for the queue to drain.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the writer thread waits for more lines before it sleeps until woken: the most a
+/// line waits in the queue while the service logs steadily.
+const BATCH_NAP: Duration = Duration::from_millis(5);
 /// A batch buffer larger than this is shrunk after a burst.
 const KEEP_BATCH_CAPACITY: usize = 1024 * 1024;
 
@@ -106,8 +109,9 @@ impl LineSink for NonBlocking {
         }
         state.bytes.extend_from_slice(line);
         state.lines += 1;
-        // Only a sleeping writer needs the (system call) wake-up.
-        if state.writer_waiting {
+        // Only a sleeping writer, or a napping one facing a filling queue, needs the (system
+        // call) wake-up.
+        if state.writer_waiting || state.lines == queue.max_lines / 2 {
             state.writer_waiting = false;
             queue.work.notify_one();
         }
@@ -119,6 +123,15 @@ impl Queue {
         let mut batch = Vec::new();
         loop {
             let mut state = lock(&self.state);
+            if state.lines == 0 && !state.closed {
+                // Under steady logging, nap instead of asking for a wake-up per line (a
+                // system call on the logging thread); sleep for good only once idle.
+                state = self
+                    .work
+                    .wait_timeout(state, BATCH_NAP)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
             while state.lines == 0 && !state.closed {
                 state.writer_waiting = true;
                 state = self
