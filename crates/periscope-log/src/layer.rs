@@ -21,6 +21,9 @@ use crate::recent::RecentLogs;
 use crate::redact::Redactor;
 use crate::writer::{DroppedLines, LineSink};
 
+/// Per-thread buffers keep at most this capacity between events.
+const KEEP_BUFFER_CAPACITY: usize = 64 * 1024;
+
 /// Top-level keys of a JSON line: in flattened mode, event fields with these names are written
 /// as `data.<name>` so they cannot overwrite them.
 const RESERVED_KEYS: &[&str] = &[
@@ -102,6 +105,18 @@ struct SpanFields {
     context: Vec<(usize, Vec<u8>)>,
     /// (field name, JSON value)
     data: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl SpanFields {
+    /// Takes the values `update` recorded, replacing those of the same fields.
+    fn merge(&mut self, update: SpanFields) {
+        for (slot, value) in update.context {
+            *entry(&mut self.context, slot) = value;
+        }
+        for (name, value) in update.data {
+            *entry(&mut self.data, name) = value;
+        }
+    }
 }
 
 fn entry<K: PartialEq + Copy>(entries: &mut Vec<(K, Vec<u8>)>, key: K) -> &mut Vec<u8> {
@@ -295,6 +310,15 @@ impl LogLayer {
             self.recent.push(*metadata.level(), &line[..line.len() - 1]);
         }
         self.sink.write_line(line);
+        // One huge event must not pin its memory to the thread for good.
+        for buffer in [
+            line,
+            &mut parts.data,
+            &mut parts.message,
+            &mut parts.context,
+        ] {
+            buffer.shrink_to(KEEP_BUFFER_CAPACITY);
+        }
     }
 
     fn assemble_json(
@@ -412,17 +436,19 @@ where
         let Some(span) = ctx.span(id) else {
             return;
         };
-        let mut extensions = span.extensions_mut();
-        let Some(fields) = extensions.get_mut::<SpanFields>() else {
-            return;
-        };
+        // Format before taking the span's lock: a value's Debug impl may itself log.
+        let mut update = SpanFields::default();
         let (mut text, mut scratch) = (String::new(), Vec::new());
         values.record(&mut Visitor {
             rules: &self.rules,
-            sink: fields,
+            sink: &mut update,
             text: &mut text,
             scratch: &mut scratch,
         });
+        let mut extensions = span.extensions_mut();
+        if let Some(fields) = extensions.get_mut::<SpanFields>() {
+            fields.merge(update);
+        }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {

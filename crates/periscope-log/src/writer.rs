@@ -192,12 +192,13 @@ impl Drop for LogGuard {
                 queue.work.notify_one();
                 while !state.finished {
                     let now = Instant::now();
-                    if now >= deadline {
-                        return; // the output is stuck: do not hang the shutdown
+                    let thread_gone = handle.as_ref().is_none_or(JoinHandle::is_finished);
+                    if now >= deadline || thread_gone {
+                        return; // the output is stuck or its thread died: do not hang
                     }
                     state = queue
                         .finished
-                        .wait_timeout(state, deadline - now)
+                        .wait_timeout(state, (deadline - now).min(Duration::from_millis(100)))
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
                 }
