@@ -256,6 +256,19 @@ fn level_name(level: &Level) -> &'static str {
 }
 
 impl LogLayer {
+    /// Formats what a span records.
+    fn span_fields(&self, record: impl FnOnce(&mut Visitor<'_, SpanFields>)) -> SpanFields {
+        let mut fields = SpanFields::default();
+        let (mut text, mut scratch) = (String::new(), Vec::new());
+        record(&mut Visitor {
+            rules: &self.rules,
+            sink: &mut fields,
+            text: &mut text,
+            scratch: &mut scratch,
+        });
+        fields
+    }
+
     fn emit<S>(&self, buffers: &mut Buffers, event: &Event<'_>, ctx: &Context<'_, S>)
     where
         S: Subscriber + for<'a> LookupSpan<'a>,
@@ -421,14 +434,7 @@ where
         let Some(span) = ctx.span(id) else {
             return;
         };
-        let mut fields = SpanFields::default();
-        let (mut text, mut scratch) = (String::new(), Vec::new());
-        attrs.record(&mut Visitor {
-            rules: &self.rules,
-            sink: &mut fields,
-            text: &mut text,
-            scratch: &mut scratch,
-        });
+        let fields = self.span_fields(|visitor| attrs.record(visitor));
         span.extensions_mut().insert(fields);
     }
 
@@ -437,14 +443,7 @@ where
             return;
         };
         // Format before taking the span's lock: a value's Debug impl may itself log.
-        let mut update = SpanFields::default();
-        let (mut text, mut scratch) = (String::new(), Vec::new());
-        values.record(&mut Visitor {
-            rules: &self.rules,
-            sink: &mut update,
-            text: &mut text,
-            scratch: &mut scratch,
-        });
+        let update = self.span_fields(|visitor| values.record(visitor));
         let mut extensions = span.extensions_mut();
         if let Some(fields) = extensions.get_mut::<SpanFields>() {
             fields.merge(update);

@@ -14,7 +14,7 @@ use axum::response::Response;
 use axum::routing::get;
 use common::{Captured, Handles};
 use periscope_context::{ExtractOptions, RequestContext, extract};
-use periscope_log::{AccessLogLayer, LogLayer};
+use periscope_log::{AccessLogLayer, LogGuard, LogLayer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::Instrument;
@@ -61,16 +61,35 @@ async fn get_raw(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     (status, body)
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn one_access_line_per_request_with_context_status_and_bytes() {
+/// The layer writing into a buffer, as this thread's subscriber: the current-thread runtime
+/// runs server and client here.
+fn install() -> (
+    Captured,
+    Handles,
+    LogGuard,
+    tracing::subscriber::DefaultGuard,
+) {
     let out = Captured::default();
     let (layer, guard) = LogLayer::builder()
         .writer(out.clone())
         .blocking(true)
         .build();
-    let Handles { level, .. } = Handles::of(&layer);
-    // Scoped to this thread: the current-thread runtime runs server and client here.
-    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    let handles = Handles::of(&layer);
+    let default = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    (out, handles, guard, default)
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn one_access_line_per_request_with_context_status_and_bytes() {
+    let (out, handles, guard, _default) = install();
+    let Handles { level, .. } = handles;
 
     let app = Router::new()
         .route("/jobs/{id}", get(job))
@@ -81,9 +100,7 @@ async fn one_access_line_per_request_with_context_status_and_bytes() {
         .route("/health", get(|| async { "ok" }))
         .layer(AccessLogLayer::new())
         .layer(middleware::from_fn(correlate));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve(app).await;
 
     let traceparent = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n";
     let headers = format!("x-request-id: req_abc\r\nx-org-id: org_9\r\n{traceparent}");
@@ -143,18 +160,11 @@ async fn one_access_line_per_request_with_context_status_and_bytes() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn client_errors_are_warnings_and_quiet_paths_are_configurable() {
-    let out = Captured::default();
-    let (layer, guard) = LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .build();
-    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    let (out, _, guard, _default) = install();
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
         .layer(AccessLogLayer::new().quiet_paths(Vec::<String>::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve(app).await;
 
     assert_eq!(get_raw(addr, "/health", "").await.0, 200);
     assert_eq!(get_raw(addr, "/nope", "").await.0, 404);
