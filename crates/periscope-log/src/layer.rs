@@ -134,10 +134,12 @@ fn entry<K: PartialEq + Copy>(entries: &mut Vec<(K, Vec<u8>)>, key: K) -> &mut V
 
 impl FieldSink for SpanFields {
     fn begin(&mut self, name: &'static str, slot: Slot) -> Option<&mut Vec<u8>> {
-        Some(match slot {
-            Slot::Context(index) => entry(&mut self.context, index),
-            Slot::Data | Slot::Message => entry(&mut self.data, name),
-        })
+        match slot {
+            Slot::Context(index) => Some(entry(&mut self.context, index)),
+            // `otel.*` fields instruct the OpenTelemetry layer (span kind, name, status).
+            Slot::Data | Slot::Message if name.starts_with("otel.") => None,
+            Slot::Data | Slot::Message => Some(entry(&mut self.data, name)),
+        }
     }
 
     fn message(&mut self, rules: &ValueRules, value: &dyn fmt::Debug) {

@@ -172,7 +172,8 @@ fn fields_recorded_later_on_a_span_are_lifted() {
 #[test]
 fn span_fields_join_data_with_the_event_and_inner_spans_winning() {
     let line = one_line(|| {
-        let outer = tracing::info_span!("outer", model = "small", queue = "a");
+        let outer =
+            tracing::info_span!("outer", model = "small", queue = "a", otel.kind = "server");
         let _outer = outer.enter();
         let inner = tracing::info_span!("inner", queue = "b");
         let _inner = inner.enter();
