@@ -1,6 +1,5 @@
 //! What reaches the log: withheld error texts, panics, and failures logged once per change.
 
-
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
