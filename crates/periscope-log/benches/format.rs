@@ -1,6 +1,5 @@
 //! One event with five fields inside a span carrying request context, formatted into
 //! `io::sink` by periscope-log, tracing-subscriber's `fmt().json()` and json-subscriber.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use periscope_log::LogLayer;

@@ -25,6 +25,8 @@
 //!
 //! The schema, the redaction rules and level control are described in `docs/logging.md`.
 #![deny(missing_docs)]
+// Library code reports errors instead of panicking; tests, benches and examples may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod access;
 mod builder;

@@ -1,6 +1,5 @@
 //! The access line is written when the body ends: bytes counted across frames, aborted bodies
 //! and service errors reported.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod common;
 

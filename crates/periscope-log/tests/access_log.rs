@@ -1,6 +1,5 @@
 //! Requests over a real socket: one access line per request, with the request's context.
 #![cfg(feature = "axum")] // the route comes from axum's MatchedPath
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod common;
 

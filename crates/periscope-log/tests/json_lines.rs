@@ -1,5 +1,4 @@
 //! The line schema: parsed back with serde_json and compared field by field.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod common;
 

@@ -1,5 +1,4 @@
 //! Secrets never reach the output; no value can break a line or forge a field.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod common;
 

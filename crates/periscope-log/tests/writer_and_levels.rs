@@ -1,5 +1,4 @@
 //! Nothing lost before the guard drops; a full queue counts what it drops; runtime levels.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod common;
 

@@ -1,5 +1,4 @@
 //! Capturing what the layer writes, and parsing it back.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 #![allow(dead_code)] // each test file uses a part of it
 
 use std::io::{self, Write};
