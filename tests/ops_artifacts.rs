@@ -579,6 +579,14 @@ fn anchors(markdown: &str) -> BTreeSet<String> {
     found
 }
 
+/// `path#anchor` as its two parts.
+fn split_anchor(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('#') {
+        Some((path, anchor)) => (path, Some(anchor)),
+        None => (target, None),
+    }
+}
+
 /// Checks that `path#anchor` (relative to the repository root) exists.
 fn check_target(origin: &str, path: &Path, anchor: Option<&str>) -> Option<String> {
     let full = root().join(path);
@@ -729,10 +737,7 @@ fn every_alert_links_to_an_existing_runbook_section() {
             ));
             continue;
         };
-        let (path, anchor) = match relative.split_once('#') {
-            Some((path, anchor)) => (path, Some(anchor)),
-            None => (relative, None),
-        };
+        let (path, anchor) = split_anchor(relative);
         if !path.starts_with("docs/runbooks/") {
             problems.push(format!(
                 "{origin}: runbook_url {url} is not under docs/runbooks/"
@@ -887,10 +892,7 @@ fn runbook_queries_use_catalogued_metrics_and_links_resolve() {
             problems.extend(known.problems(&file, &expr));
         }
         for link in relative_links(&text) {
-            let (path, anchor) = match link.split_once('#') {
-                Some((path, anchor)) => (path, Some(anchor)),
-                None => (link.as_str(), None),
-            };
+            let (path, anchor) = split_anchor(&link);
             let target = if path.is_empty() {
                 PathBuf::from(&file)
             } else {
