@@ -126,7 +126,9 @@ impl Decoder {
                     break;
                 }
                 Some(Ok(frame)) => {
-                    let Ok(mut data) = frame.into_data() else { continue };
+                    let Ok(mut data) = frame.into_data() else {
+                        continue;
+                    };
                     while data.has_remaining() && read.len() <= self.max_body {
                         let chunk = data.chunk();
                         let take = chunk.len().min(self.max_body + 1 - read.len());
@@ -188,7 +190,10 @@ impl Decoder {
             Some(envelope) => (envelope.message.to_string(), None),
             None => {
                 let reason = status.canonical_reason().unwrap_or("");
-                let message = format!("HTTP {} {reason} without an error envelope", status.as_u16());
+                let message = format!(
+                    "HTTP {} {reason} without an error envelope",
+                    status.as_u16()
+                );
                 let kept = &body[..body.len().min(self.max_raw_body)];
                 let truncated = incomplete || kept.len() < body.len();
                 (message, Some((Bytes::copy_from_slice(kept), truncated)))
@@ -340,7 +345,9 @@ impl ApiError {
 
     /// Whether [`raw_body`](ApiError::raw_body) is only the start of a longer (or broken) body.
     pub fn is_raw_body_truncated(&self) -> bool {
-        self.raw_body.as_ref().is_some_and(|(_, truncated)| *truncated)
+        self.raw_body
+            .as_ref()
+            .is_some_and(|(_, truncated)| *truncated)
     }
 }
 
@@ -403,7 +410,11 @@ fn violation_from_json(json: &Value) -> Option<Violation> {
             .unwrap_or_default()
             .to_owned()
     };
-    Some(Violation::new(text("field"), text("reason"), text("message")))
+    Some(Violation::new(
+        text("field"),
+        text("reason"),
+        text("message"),
+    ))
 }
 
 /// Whole seconds from an integer, or a non-negative finite number rounded up.
@@ -436,7 +447,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn decode(status: u16, body: &[u8]) -> ApiError {
-        ApiError::from_parts(StatusCode::from_u16(status).unwrap(), &HeaderMap::new(), body)
+        ApiError::from_parts(
+            StatusCode::from_u16(status).unwrap(),
+            &HeaderMap::new(),
+            body,
+        )
     }
 
     #[test]
@@ -505,7 +520,10 @@ mod tests {
         let error = decode(409, br#"{"error":{"code":"node_cordoned","message":"m"}}"#);
         assert_eq!(error.class(), ErrorClass::Provisioning);
         assert!(error.is_retryable());
-        let error = decode(409, br#"{"error":{"code":"job_already_terminal","message":"m"}}"#);
+        let error = decode(
+            409,
+            br#"{"error":{"code":"job_already_terminal","message":"m"}}"#,
+        );
         assert_eq!(error.class(), ErrorClass::Conflict);
         assert!(!error.is_retryable());
     }

@@ -163,13 +163,13 @@ impl ErrorCode {
             }
             i += 1;
         }
-        if let Some(family) = family_class(name) {
-            if family.1 as u8 != class as u8 {
-                return Err(InvalidCode::WrongFamily {
-                    prefix: family.0,
-                    class: family.1,
-                });
-            }
+        if let Some((prefix, family)) = family_class(name)
+            && family as u8 != class as u8
+        {
+            return Err(InvalidCode::WrongFamily {
+                prefix,
+                class: family,
+            });
         }
         Ok(ErrorCode::builtin(name, class))
     }
@@ -650,7 +650,12 @@ mod tests {
         ("token_missing", ErrorClass::Auth, 401, false),
         ("token_expired", ErrorClass::Auth, 401, false),
         ("token_invalid", ErrorClass::Auth, 401, false),
-        ("insufficient_permissions", ErrorClass::Permission, 403, false),
+        (
+            "insufficient_permissions",
+            ErrorClass::Permission,
+            403,
+            false,
+        ),
         ("admin_required", ErrorClass::Permission, 403, false),
         ("invalid_request", ErrorClass::Validation, 400, false),
         ("validation_error", ErrorClass::Validation, 422, false),
@@ -700,7 +705,16 @@ mod tests {
 
     #[test]
     fn service_code_names_must_be_snake_case() {
-        for bad in ["", "Job", "job-failed", "_job", "job_", "job__failed", "9job", "jöb"] {
+        for bad in [
+            "",
+            "Job",
+            "job-failed",
+            "_job",
+            "job_",
+            "job__failed",
+            "9job",
+            "jöb",
+        ] {
             assert!(
                 ErrorCode::try_new(bad, ErrorClass::Internal).is_err(),
                 "{bad:?}"
@@ -712,7 +726,10 @@ mod tests {
             Err(InvalidCode::TooLong(65))
         );
         for good in ["job_failed", "gpu2_oom", "a"] {
-            assert!(ErrorCode::try_new(good, ErrorClass::Internal).is_ok(), "{good}");
+            assert!(
+                ErrorCode::try_new(good, ErrorClass::Internal).is_ok(),
+                "{good}"
+            );
         }
     }
 
@@ -735,7 +752,10 @@ mod tests {
         const CODE: ErrorCode = ErrorCode::new("gpu_oom", ErrorClass::Unavailable);
         assert_eq!(CODE.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(CODE.is_retryable());
-        assert_eq!(CODE.default_message(), "The service is temporarily unavailable");
+        assert_eq!(
+            CODE.default_message(),
+            "The service is temporarily unavailable"
+        );
         let custom = CODE
             .with_status(StatusCode::INSUFFICIENT_STORAGE)
             .with_retryable(false);
@@ -772,10 +792,7 @@ mod tests {
     fn lookup_prefers_service_codes_then_builtins() {
         const MINE: ErrorCode = ErrorCode::new("job_failed", ErrorClass::Internal);
         assert_eq!(ErrorCode::find("job_failed", &[MINE]), Some(MINE));
-        assert_eq!(
-            ErrorCode::find("timeout", &[MINE]),
-            Some(codes::TIMEOUT)
-        );
+        assert_eq!(ErrorCode::find("timeout", &[MINE]), Some(codes::TIMEOUT));
         assert_eq!(ErrorCode::find("nope", &[MINE]), None);
     }
 }

@@ -36,8 +36,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// let error = cancel("completed").unwrap_err();
 /// assert_eq!(error.status(), http::StatusCode::CONFLICT);
-/// let response: http::Response<String> = error.into_http_response();
-/// let body: serde_json::Value = serde_json::from_str(response.body()).unwrap();
+/// let response: http::Response<Vec<u8>> = error.into_http_response();
+/// let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
 /// assert_eq!(body["error"]["code"], "conflict");
 /// assert_eq!(body["error"]["details"]["current_status"], "completed");
 /// assert!(body["error"]["request_id"].is_string());
@@ -208,7 +208,7 @@ impl HttpError {
     /// there is none. Logs the error (with its cause) at `error` level for 5xx statuses.
     ///
     /// Works with any body that can be built from [`Bytes`] (axum's `Body`, `Full<Bytes>`,
-    /// `String`, `Vec<u8>`).
+    /// `Vec<u8>`).
     pub fn into_http_response<B: From<Bytes>>(self) -> Response<B> {
         let ids = Ids::current_or_generated();
         self.render(ids, Format::Json, None)
@@ -227,7 +227,12 @@ impl HttpError {
         self.render(ids, format, Some(request.uri().path()))
     }
 
-    fn render<B: From<Bytes>>(self, ids: Ids, format: Format, instance: Option<&str>) -> Response<B> {
+    fn render<B: From<Bytes>>(
+        self,
+        ids: Ids,
+        format: Format,
+        instance: Option<&str>,
+    ) -> Response<B> {
         self.log(&ids);
         let status = self.inner.status;
         let body = self.into_body(&ids);
@@ -336,7 +341,10 @@ mod tests {
     #[test]
     fn without_context_a_request_id_is_generated_and_echoed() {
         let response: Response<Vec<u8>> = HttpError::from(codes::CONFLICT).into_http_response();
-        let header = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let header = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let body = json(response);
         assert!(header.starts_with("req_"));
         assert_eq!(body["error"]["request_id"], header.as_str());

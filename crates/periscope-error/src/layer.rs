@@ -11,7 +11,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
-use periscope_context::{ExtractOptions, RequestContext, WithContext, extract, headers::X_REQUEST_ID};
+use periscope_context::{
+    ExtractOptions, RequestContext, WithContext, extract, headers::X_REQUEST_ID,
+};
 use pin_project::pin_project;
 use tokio::time::Sleep;
 use tower_layer::Layer;
@@ -49,8 +51,12 @@ const MAX_PATH_IN_MESSAGE: usize = 256;
 /// use axum::{Router, routing::get};
 /// use periscope_error::ErrorLayer;
 ///
+/// async fn boom() -> &'static str {
+///     panic!("this message never reaches the client")
+/// }
+///
 /// let app: Router = Router::new()
-///     .route("/boom", get(|| async { panic!("this never reaches the client") }))
+///     .route("/boom", get(boom))
 ///     .layer(ErrorLayer::new().timeout(Duration::from_secs(30)));
 /// ```
 ///
@@ -373,9 +379,9 @@ where
                             }
                         },
                         Ok(Poll::Ready(Err(error))) => {
-                            return Poll::Ready(Ok(this.handled.failure(Failure::Error(
-                                error.into(),
-                            ))));
+                            return Poll::Ready(Ok(this
+                                .handled
+                                .failure(Failure::Error(error.into()))));
                         }
                         Ok(Poll::Pending) => {
                             let expired = sleep.as_pin_mut().is_some_and(|s| s.poll(cx).is_ready());
@@ -623,7 +629,11 @@ fn content_type(headers: &HeaderMap) -> &str {
 
 /// `application/json`, `application/problem+json` and any other `+json` type.
 fn is_json(headers: &HeaderMap) -> bool {
-    let media = content_type(headers).split(';').next().unwrap_or_default().trim();
+    let media = content_type(headers)
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
     media.eq_ignore_ascii_case(render::APPLICATION_JSON)
         || media
             .get(media.len().saturating_sub(5)..)
@@ -631,13 +641,23 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 fn is_plain_text(headers: &HeaderMap) -> bool {
-    let media = content_type(headers).split(';').next().unwrap_or_default().trim();
+    let media = content_type(headers)
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
     media.eq_ignore_ascii_case("text/plain")
 }
 
 /// A `Retry-After` in delta-seconds (the HTTP-date form is left alone).
 fn retry_after_seconds(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()
+    headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -709,7 +729,10 @@ mod tests {
     #[tokio::test]
     async fn plain_text_4xx_becomes_the_message_and_5xx_text_stays_in_the_log() {
         let (parts, json) = call(get("/"), |_| async {
-            text(400, "Failed to parse the request body as JSON: EOF at line 1")
+            text(
+                400,
+                "Failed to parse the request body as JSON: EOF at line 1",
+            )
         })
         .await;
         assert_eq!(parts.status(), StatusCode::BAD_REQUEST);
@@ -812,9 +835,8 @@ mod tests {
         let failing = tower::service_fn(|_: Request<Full<Bytes>>| async {
             Ok::<Res, BoxError>(Response::new(Full::default()))
         });
-        let not_ready = tower::load_shed::LoadShed::new(tower::limit::ConcurrencyLimit::new(
-            failing, 0,
-        ));
+        let not_ready =
+            tower::load_shed::LoadShed::new(tower::limit::ConcurrencyLimit::new(failing, 0));
         let response = ErrorLayer::new()
             .layer(not_ready)
             .oneshot(get("/"))
@@ -830,7 +852,10 @@ mod tests {
             .body(Full::default())
             .unwrap();
         let (parts, json) = call(request, |_| async {
-            Ok(Response::builder().status(404).body(Full::default()).unwrap())
+            Ok(Response::builder()
+                .status(404)
+                .body(Full::default())
+                .unwrap())
         })
         .await;
         assert_eq!(parts.headers()["content-type"], "application/problem+json");

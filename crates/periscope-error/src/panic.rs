@@ -54,7 +54,8 @@ fn record(info: &PanicHookInfo<'_>) {
         .map(|at| format!("{}:{}:{}", at.file(), at.line(), at.column()));
     // Captured only when RUST_BACKTRACE / RUST_LIB_BACKTRACE ask for it.
     let backtrace = Backtrace::capture();
-    let backtrace = (backtrace.status() == BacktraceStatus::Captured).then(|| backtrace.to_string());
+    let backtrace =
+        (backtrace.status() == BacktraceStatus::Captured).then(|| backtrace.to_string());
     RECORDED.with(|recorded| *recorded.borrow_mut() = Some((location, backtrace)));
 }
 

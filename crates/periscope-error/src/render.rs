@@ -27,7 +27,7 @@ const MAX_INSTANCE_LEN: usize = 512;
 /// ```
 /// use periscope_error::{HttpError, RenderedError, codes};
 ///
-/// let response: http::Response<String> = HttpError::from(codes::TIMEOUT).into_http_response();
+/// let response: http::Response<Vec<u8>> = HttpError::from(codes::TIMEOUT).into_http_response();
 /// let rendered = response.extensions().get::<RenderedError>().unwrap();
 /// assert_eq!(rendered.body().code, "timeout");
 /// ```
@@ -288,7 +288,9 @@ mod tests {
         )));
         assert!(!prefers_problem_json(&accept("application/json")));
         assert!(!prefers_problem_json(&accept("*/*")));
-        assert!(!prefers_problem_json(&accept("application/problem+json;q=0")));
+        assert!(!prefers_problem_json(&accept(
+            "application/problem+json;q=0"
+        )));
         assert!(!prefers_problem_json(&accept(
             "application/problem+json;q=nonsense"
         )));
