@@ -63,3 +63,8 @@ pub use error::{BoxError, HttpError};
 pub use layer::{ErrorLayer, ErrorService, ResponseFuture};
 pub use render::{APPLICATION_JSON, APPLICATION_PROBLEM_JSON, RenderedError, prefers_problem_json};
 pub use validation::Violations;
+
+// The Rust examples of the crate's guide compile and run as doc tests.
+#[doc = include_str!("../../../docs/errors.md")]
+#[cfg(doctest)]
+pub struct ErrorsGuideDoctests;
