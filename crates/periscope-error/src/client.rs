@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::header::{self, HeaderMap};
+use http::header::HeaderMap;
 use http::{Response, StatusCode};
 use http_body::Body;
 use periscope_context::headers::X_REQUEST_ID;
@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use crate::class::ErrorClass;
 use crate::code::{self, ErrorCode};
 use crate::envelope::{ErrorBody, Violation};
+use crate::render;
 
 /// How much of a body the decoder reads and parses by default, in bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
@@ -179,7 +180,7 @@ impl Decoder {
         let retry_after = envelope
             .as_ref()
             .and_then(|envelope| envelope.retry_after_s)
-            .or_else(|| retry_after_header(headers))
+            .or_else(|| render::retry_after_seconds(headers))
             .map(Duration::from_secs);
         let request_id = envelope
             .as_ref()
@@ -424,16 +425,6 @@ fn seconds(json: &Value) -> Option<u64> {
         // `as` saturates at u64::MAX for values past it.
         (value.is_finite() && value >= 0.0).then(|| value.ceil() as u64)
     })
-}
-
-fn retry_after_header(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 fn request_id_header(headers: &HeaderMap) -> Option<String> {

@@ -543,7 +543,7 @@ impl Handled {
             );
         }
         let mut error = HttpError::new(code, message).with_status(status);
-        if let Some(seconds) = retry_after_seconds(&parts.headers) {
+        if let Some(seconds) = render::retry_after_seconds(&parts.headers) {
             error = error.with_retry_after(Duration::from_secs(seconds));
         }
         self.rewrite(parts, Arc::new(error.into_body(&self.ids)))
@@ -647,17 +647,6 @@ fn is_plain_text(headers: &HeaderMap) -> bool {
         .unwrap_or_default()
         .trim();
     media.eq_ignore_ascii_case("text/plain")
-}
-
-/// A `Retry-After` in delta-seconds (the HTTP-date form is left alone).
-fn retry_after_seconds(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]

@@ -194,6 +194,12 @@ pub(crate) fn write(
     bytes
 }
 
+/// A `Retry-After` header in delta-seconds (the HTTP-date form is not read).
+pub(crate) fn retry_after_seconds(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse().ok()
+}
+
 /// A delay in whole seconds, rounded up: a client never retries early.
 pub(crate) fn whole_seconds(delay: Duration) -> u64 {
     delay.as_secs() + u64::from(delay.subsec_nanos() > 0)

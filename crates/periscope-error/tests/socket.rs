@@ -307,11 +307,8 @@ async fn handler_envelopes_pass_through_untouched() {
     assert!(!members.contains(&"violations") && !members.contains(&"retry_after_s"));
 
     // With axum's MatchedPath, a handler's bare 404 is `not_found`, not `route_not_found`.
-    #[cfg(feature = "axum")]
-    {
-        let reply = send(addr, "GET", "/gone", &[], b"").await;
-        envelope(&reply, "not_found", 404);
-    }
+    let reply = send(addr, "GET", "/gone", &[], b"").await;
+    envelope(&reply, "not_found", 404);
 }
 
 #[tokio::test]
