@@ -69,7 +69,7 @@ fn ok_path(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-        .unwrap_or_else(|error| panic!("{error}"));
+        .unwrap();
     let _runtime = runtime.enter();
     let mut group = c.benchmark_group("ok_path");
     ctx.in_scope(|| {

@@ -40,6 +40,8 @@
 //! assert!(error.request_id().is_some());
 //! ```
 #![deny(missing_docs)]
+// Library code reports errors instead of panicking; tests, benches and examples may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(feature = "axum")]
 mod axum;

@@ -2,9 +2,6 @@
 //! comes back as the envelope, with the request id that is also in the response header and
 //! in the log line.
 
-// Helpers outside `#[test]` functions too: a failed step stops the test with its error.
-#![allow(clippy::unwrap_used)]
-
 mod support;
 
 use std::time::Duration;

@@ -1,9 +1,6 @@
 //! Every built-in code renders with its status, class and retryability, and round-trips
 //! through the client decoder, as the envelope and as problem details.
 
-// Helpers outside `#[test]` functions too: a failed step stops the test with its error.
-#![allow(clippy::unwrap_used)]
-
 use std::time::Duration;
 
 use http::{Request, Response};

@@ -1,8 +1,6 @@
 //! Test helpers: a raw HTTP/1.1 client and a tracing layer that captures every event.
 
 #![allow(dead_code)]
-// Test helpers: a failed step should stop the test with its error.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::fmt;
