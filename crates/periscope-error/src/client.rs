@@ -117,6 +117,8 @@ impl Decoder {
     pub async fn decode_response<B: Body>(&self, response: Response<B>) -> ApiError {
         let (parts, body) = response.into_parts();
         let mut body = std::pin::pin!(body);
+        // One byte past the bound tells "exactly at the bound" from "longer".
+        let limit = self.max_body.saturating_add(1);
         let mut read = Vec::new();
         let mut complete = true;
         loop {
@@ -130,9 +132,9 @@ impl Decoder {
                     let Ok(mut data) = frame.into_data() else {
                         continue;
                     };
-                    while data.has_remaining() && read.len() <= self.max_body {
+                    while data.has_remaining() && read.len() < limit {
                         let chunk = data.chunk();
-                        let take = chunk.len().min(self.max_body + 1 - read.len());
+                        let take = chunk.len().min(limit - read.len());
                         read.extend_from_slice(&chunk[..take]);
                         data.advance(take);
                     }

@@ -273,10 +273,8 @@ where
                     None => Scoped::Current(future),
                 };
                 ResponseFuture {
-                    state: State::Running {
-                        future,
-                        sleep: self.config.timeout.map(tokio::time::sleep),
-                    },
+                    state: State::Running { future },
+                    sleep: self.config.timeout.map(tokio::time::sleep),
                     timeout: self.config.timeout,
                     handled,
                 }
@@ -313,18 +311,19 @@ impl<F: Future> Future for Scoped<F> {
 pub struct ResponseFuture<F, B> {
     #[pin]
     state: State<F, B>,
+    /// The deadline, while the response is not known yet.
+    #[pin]
+    sleep: Option<Sleep>,
     timeout: Option<Duration>,
     handled: Handled,
 }
 
 #[pin_project(project = StateProj)]
 enum State<F, B> {
-    /// The inner service is working, under the timeout if there is one.
+    /// The inner service is working.
     Running {
         #[pin]
         future: Scoped<F>,
-        #[pin]
-        sleep: Option<Sleep>,
     },
     /// A bare plain-text error response is being read to become the envelope's message.
     Reading {
@@ -346,6 +345,7 @@ impl<F, B> ResponseFuture<F, B> {
             state: State::Done {
                 response: Some(response),
             },
+            sleep: None,
             timeout: None,
             handled,
         }
@@ -364,7 +364,7 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Running { future, sleep } => {
+                StateProj::Running { future } => {
                     let failure = match panic::catch(|| future.poll(cx)) {
                         Ok(Poll::Ready(Ok(response))) => match this.handled.inspect(response) {
                             Inspected::Done(response) => return Poll::Ready(Ok(response)),
@@ -383,13 +383,12 @@ where
                                 .handled
                                 .failure(Failure::Error(error.into()))));
                         }
-                        Ok(Poll::Pending) => {
-                            let expired = sleep.as_pin_mut().is_some_and(|s| s.poll(cx).is_ready());
-                            match *this.timeout {
-                                Some(timeout) if expired => Failure::TimedOut(timeout),
-                                _ => return Poll::Pending,
+                        Ok(Poll::Pending) => match *this.timeout {
+                            Some(timeout) if expired(this.sleep.as_mut(), cx) => {
+                                Failure::TimedOut(timeout)
                             }
-                        }
+                            _ => return Poll::Pending,
+                        },
                         Err(caught) => Failure::Panic(caught),
                     };
                     // Drop the failed future now, in case its destructor panics too.
@@ -402,7 +401,12 @@ where
                     text,
                     code,
                 } => {
-                    let complete = ready!(read_text(body, text, cx));
+                    // Past the deadline, the envelope goes out without the body's text.
+                    let complete = match read_text(body, text, cx) {
+                        Poll::Ready(complete) => complete,
+                        Poll::Pending if expired(this.sleep.as_mut(), cx) => false,
+                        Poll::Pending => return Poll::Pending,
+                    };
                     let text = complete.then(|| String::from_utf8_lossy(text).trim().to_owned());
                     let Some(parts) = parts.take() else {
                         panic!("periscope_error::ResponseFuture polled after completion");
@@ -416,6 +420,13 @@ where
             }
         }
     }
+}
+
+/// Whether the deadline, if any, has passed.
+fn expired(sleep: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> bool {
+    sleep
+        .as_pin_mut()
+        .is_some_and(|sleep| sleep.poll(cx).is_ready())
 }
 
 /// Reads a plain-text body up to [`MAX_TEXT_BODY`]; `false` when it is longer or fails.
@@ -768,6 +779,41 @@ mod tests {
                 parts.headers()["x-request-id"]
             );
         }
+    }
+
+    /// A body that never delivers a frame.
+    struct Stalled;
+
+    impl Body for Stalled {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_text_body_does_not_outlive_the_timeout() {
+        let service = ErrorLayer::new()
+            .timeout(Duration::from_millis(50))
+            .layer(service_fn(|_: Request<Full<Bytes>>| async {
+                let response = Response::builder()
+                    .status(400)
+                    .header("content-type", "text/plain")
+                    .body(Stalled)
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            }));
+        let response = service.oneshot(get("/")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["error"]["code"], "invalid_request");
+        assert_eq!(json["error"]["message"], "The request is malformed");
     }
 
     #[tokio::test]
