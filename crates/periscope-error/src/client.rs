@@ -1,0 +1,592 @@
+//! The client side: decoding an error response into a typed [`ApiError`], whatever the body.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::header::HeaderMap;
+use http::{Response, StatusCode};
+use http_body::Body;
+use periscope_context::headers::X_REQUEST_ID;
+use serde_json::{Map, Value};
+
+use crate::class::ErrorClass;
+use crate::code::{self, ErrorCode};
+use crate::envelope::{ErrorBody, Violation};
+use crate::render;
+
+/// How much of a body the decoder reads and parses by default, in bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// How much of a body that is not an envelope the decoder keeps by default, in bytes.
+pub const DEFAULT_MAX_RAW_BODY_BYTES: usize = 4 * 1024;
+/// The longest `x-request-id` header taken as the request id when the body has none.
+const MAX_HEADER_ID_LEN: usize = 256;
+
+/// Decodes error responses, knowing the service's own codes so their class and retryability
+/// are exact, and bounding how much of a body is read and kept.
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use periscope_error::{Decoder, ErrorClass, ErrorCode, error_codes};
+///
+/// error_codes! {
+///     /// The jobs service's codes.
+///     pub const JOB_CODES = [
+///         NODE_DRAINING = ErrorCode::new("node_draining", ErrorClass::Provisioning)
+///             .with_status(http::StatusCode::CONFLICT),
+///     ];
+/// }
+/// const DECODER: Decoder = Decoder::new().with_codes(JOB_CODES);
+///
+/// let body = br#"{"error":{"code":"node_draining","message":"Node is draining","request_id":"req_9"}}"#;
+/// let error = DECODER.decode(StatusCode::CONFLICT, &HeaderMap::new(), body);
+/// assert_eq!(error.class(), ErrorClass::Provisioning);
+/// assert!(error.is_retryable());
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Decoder {
+    codes: &'static [ErrorCode],
+    max_body: usize,
+    max_raw_body: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder {
+    /// A decoder that knows the built-in codes, reads up to 64 KiB and keeps up to 4 KiB of a
+    /// body that is not an envelope.
+    pub const fn new() -> Self {
+        Self {
+            codes: &[],
+            max_body: DEFAULT_MAX_BODY_BYTES,
+            max_raw_body: DEFAULT_MAX_RAW_BODY_BYTES,
+        }
+    }
+
+    /// Also knows `codes` (a service's [`error_codes!`](crate::error_codes) list).
+    pub const fn with_codes(mut self, codes: &'static [ErrorCode]) -> Self {
+        self.codes = codes;
+        self
+    }
+
+    /// Reads and parses at most `bytes` of a body; a longer body is not parsed.
+    pub const fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Keeps at most `bytes` of a body that is not an envelope.
+    pub const fn max_raw_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_raw_body = bytes;
+        self
+    }
+
+    /// Decodes a response whose body is already in memory.
+    pub fn decode(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
+        let too_long = body.len() > self.max_body;
+        self.decode_read(status, headers, body, too_long)
+    }
+
+    /// Reads at most the configured number of bytes of `response`'s body, then decodes it. A
+    /// body that fails midway is decoded from what arrived.
+    ///
+    /// ```
+    /// use http_body_util::Full;
+    /// use periscope_error::{Decoder, ErrorClass};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let html = "<html><body><h1>502 Bad Gateway</h1></body></html>";
+    /// let response = http::Response::builder()
+    ///     .status(502)
+    ///     .header("x-request-id", "req_7")
+    ///     .body(Full::new(bytes::Bytes::from(html)))
+    ///     .unwrap();
+    /// let error = Decoder::new().decode_response(response).await;
+    /// assert_eq!(error.class(), ErrorClass::Unavailable);
+    /// assert!(error.is_retryable());
+    /// assert_eq!(error.request_id(), Some("req_7"));
+    /// assert_eq!(error.raw_body(), Some(html.as_bytes()));
+    /// # }
+    /// ```
+    pub async fn decode_response<B: Body>(&self, response: Response<B>) -> ApiError {
+        let (parts, body) = response.into_parts();
+        let mut body = std::pin::pin!(body);
+        // One byte past the bound tells "exactly at the bound" from "longer".
+        let limit = self.max_body.saturating_add(1);
+        let mut read = Vec::new();
+        let mut complete = true;
+        loop {
+            match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+                None => break,
+                Some(Err(_)) => {
+                    complete = false;
+                    break;
+                }
+                Some(Ok(frame)) => {
+                    let Ok(mut data) = frame.into_data() else {
+                        continue;
+                    };
+                    while data.has_remaining() && read.len() < limit {
+                        let chunk = data.chunk();
+                        let take = chunk.len().min(limit - read.len());
+                        read.extend_from_slice(&chunk[..take]);
+                        data.advance(take);
+                    }
+                    if read.len() > self.max_body {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+        }
+        self.decode_read(parts.status, &parts.headers, &read, !complete)
+    }
+
+    /// Decodes `body`; `incomplete` when it was cut short (too long, or failed midway).
+    fn decode_read(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        incomplete: bool,
+    ) -> ApiError {
+        let envelope = if incomplete {
+            None
+        } else {
+            serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|json| envelope_from_json(&json))
+        };
+        let known = envelope
+            .as_ref()
+            .and_then(|envelope| ErrorCode::find(&envelope.code, self.codes));
+        let code_name: Cow<'static, str> = match &envelope {
+            Some(envelope) => envelope.code.clone(),
+            None => Cow::Borrowed(ErrorCode::for_status(status).name()),
+        };
+        let class = known
+            .map(|code| code.class())
+            .or_else(|| code::class_of_family(&code_name))
+            .unwrap_or_else(|| ErrorClass::from_status(status));
+        let retryable = envelope
+            .as_ref()
+            .and_then(|envelope| envelope.retryable)
+            .or(known.map(|code| code.is_retryable()))
+            .unwrap_or(class.is_retryable());
+        let retry_after = envelope
+            .as_ref()
+            .and_then(|envelope| envelope.retry_after_s)
+            .or_else(|| render::retry_after_seconds(headers))
+            .map(Duration::from_secs);
+        let request_id = envelope
+            .as_ref()
+            .map(|envelope| envelope.request_id.clone())
+            .filter(|id| !id.is_empty())
+            .or_else(|| request_id_header(headers));
+        let (message, raw_body) = match &envelope {
+            Some(envelope) => (envelope.message.to_string(), None),
+            None => {
+                let reason = status.canonical_reason().unwrap_or("");
+                let message = format!(
+                    "HTTP {} {reason} without an error envelope",
+                    status.as_u16()
+                );
+                let kept = &body[..body.len().min(self.max_raw_body)];
+                let truncated = incomplete || kept.len() < body.len();
+                (message, Some((Bytes::copy_from_slice(kept), truncated)))
+            }
+        };
+        ApiError {
+            status,
+            code: code_name,
+            message,
+            class,
+            retryable,
+            retry_after,
+            request_id,
+            envelope,
+            raw_body,
+        }
+    }
+}
+
+/// An error response decoded on the client side: the envelope's facts when the server sent
+/// one, and sensible answers from the status and headers when it did not (an HTML page from a
+/// proxy, an empty or truncated body).
+///
+/// Its `Display` is what a support engineer asks for first:
+/// `code: message (request_id: ...)`.
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use periscope_error::{ApiError, ErrorClass};
+///
+/// let body = br#"{"error":{"code":"rate_limited","message":"Too many requests",
+///     "request_id":"req_1","retryable":true,"retry_after_s":30}}"#;
+/// let error = ApiError::from_parts(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), body);
+/// assert_eq!(error.code(), "rate_limited");
+/// assert_eq!(error.class(), ErrorClass::RateLimited);
+/// assert!(error.is_retryable());
+/// assert_eq!(error.retry_after(), Some(std::time::Duration::from_secs(30)));
+/// assert_eq!(error.to_string(), "rate_limited: Too many requests (request_id: req_1)");
+///
+/// let empty = ApiError::from_parts(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), b"");
+/// assert_eq!(empty.code(), "service_unavailable");
+/// assert!(empty.is_retryable());
+/// assert_eq!(empty.request_id(), None);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: Cow<'static, str>,
+    message: String,
+    class: ErrorClass,
+    retryable: bool,
+    retry_after: Option<Duration>,
+    request_id: Option<String>,
+    envelope: Option<ErrorBody>,
+    /// The start of a body that was not an envelope, and whether it was cut.
+    raw_body: Option<(Bytes, bool)>,
+}
+
+impl ApiError {
+    /// Decodes with the default [`Decoder`] (built-in codes, 64 KiB parsed, 4 KiB kept).
+    pub fn from_parts(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Self {
+        Decoder::new().decode(status, headers, body)
+    }
+
+    /// Decodes a response whose body is in memory, with the default [`Decoder`].
+    pub fn from_response<B: AsRef<[u8]>>(response: &Response<B>) -> Self {
+        Self::from_parts(
+            response.status(),
+            response.headers(),
+            response.body().as_ref(),
+        )
+    }
+
+    /// The HTTP status of the response.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The error code: the envelope's, or for a response without one the built-in code of its
+    /// status (`upstream_error` for a 502 page from a proxy).
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The class: of the known code, else of its family (`token_*` is auth), else of the status.
+    pub fn class(&self) -> ErrorClass {
+        self.class
+    }
+
+    /// Whether the same request may succeed later: the envelope's `retryable`, else the known
+    /// code's, else the class's.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// How long to wait before retrying: `retry_after_s`, else a `Retry-After` header in
+    /// seconds.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The request id to quote to support: the envelope's, else the `x-request-id` header.
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
+    /// The trace id, when the envelope carried one.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.envelope.as_ref()?.trace_id.as_deref()
+    }
+
+    /// The message: the envelope's, or a description of the bare response.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The envelope's `details`.
+    pub fn details(&self) -> Option<&Map<String, Value>> {
+        self.envelope.as_ref()?.details.as_ref()
+    }
+
+    /// The envelope's `help`.
+    pub fn help(&self) -> Option<&str> {
+        self.envelope.as_ref()?.help.as_deref()
+    }
+
+    /// The envelope's `docs_url`.
+    pub fn docs_url(&self) -> Option<&str> {
+        self.envelope.as_ref()?.docs_url.as_deref()
+    }
+
+    /// The envelope's invalid fields.
+    pub fn violations(&self) -> &[Violation] {
+        self.envelope
+            .as_ref()
+            .map_or(&[], |envelope| &envelope.violations)
+    }
+
+    /// The decoded envelope (or problem details), when the body was one.
+    pub fn envelope(&self) -> Option<&ErrorBody> {
+        self.envelope.as_ref()
+    }
+
+    /// The start of the body when it was not an envelope (an HTML page, plain text, truncated
+    /// JSON), bounded by [`Decoder::max_raw_body_bytes`]; for support tickets.
+    pub fn raw_body(&self) -> Option<&[u8]> {
+        self.raw_body.as_ref().map(|(bytes, _)| bytes.as_ref())
+    }
+
+    /// Whether [`raw_body`](ApiError::raw_body) is only the start of a longer (or broken) body.
+    pub fn is_raw_body_truncated(&self) -> bool {
+        self.raw_body
+            .as_ref()
+            .is_some_and(|(_, truncated)| *truncated)
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} (", self.code, self.message)?;
+        match &self.request_id {
+            Some(id) => write!(f, "request_id: {id})"),
+            None => f.write_str("no request_id)"),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// The envelope in `json`: `{"error": {...}}`, or RFC 9457 problem details that carry a `code`.
+/// Lenient: members of the wrong type are ignored rather than failing the whole body.
+fn envelope_from_json(json: &Value) -> Option<ErrorBody> {
+    let object = json.as_object()?;
+    if let Some(error) = object.get("error").and_then(Value::as_object) {
+        return body_from_members(error, "message");
+    }
+    let is_problem = ["type", "title", "status", "detail"]
+        .iter()
+        .any(|member| object.contains_key(*member));
+    if is_problem {
+        return body_from_members(object, "detail");
+    }
+    None
+}
+
+fn body_from_members(members: &Map<String, Value>, message_key: &str) -> Option<ErrorBody> {
+    let text = |key: &str| members.get(key).and_then(Value::as_str).map(str::to_owned);
+    let code = text("code").filter(|code| !code.is_empty())?;
+    let mut body = ErrorBody::new(
+        code,
+        text(message_key).unwrap_or_default(),
+        text("request_id").unwrap_or_default(),
+    );
+    body.trace_id = text("trace_id");
+    body.details = members.get("details").and_then(Value::as_object).cloned();
+    body.help = text("help").map(Cow::Owned);
+    body.retryable = members.get("retryable").and_then(Value::as_bool);
+    body.retry_after_s = members.get("retry_after_s").and_then(seconds);
+    body.docs_url = text("docs_url").map(Cow::Owned);
+    body.violations = members
+        .get("violations")
+        .and_then(Value::as_array)
+        .map(|list| list.iter().filter_map(violation_from_json).collect())
+        .unwrap_or_default();
+    Some(body)
+}
+
+fn violation_from_json(json: &Value) -> Option<Violation> {
+    let object = json.as_object()?;
+    let text = |key: &str| {
+        object
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Some(Violation::new(
+        text("field"),
+        text("reason"),
+        text("message"),
+    ))
+}
+
+/// Whole seconds from an integer, or a non-negative finite number rounded up.
+fn seconds(json: &Value) -> Option<u64> {
+    json.as_u64().or_else(|| {
+        let value = json.as_f64()?;
+        // `as` saturates at u64::MAX for values past it.
+        (value.is_finite() && value >= 0.0).then(|| value.ceil() as u64)
+    })
+}
+
+fn request_id_header(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(X_REQUEST_ID)?.to_str().ok()?.trim();
+    (!value.is_empty() && value.len() <= MAX_HEADER_ID_LEN).then(|| value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode(status: u16, body: &[u8]) -> ApiError {
+        ApiError::from_parts(
+            StatusCode::from_u16(status).unwrap(),
+            &HeaderMap::new(),
+            body,
+        )
+    }
+
+    #[test]
+    fn html_from_a_proxy_maps_the_status_and_keeps_the_page() {
+        let page = b"<html><head><title>504 Gateway Time-out</title></head></html>";
+        let error = decode(504, page);
+        assert_eq!(error.code(), "timeout");
+        assert_eq!(error.class(), ErrorClass::Unavailable);
+        assert!(error.is_retryable());
+        assert_eq!(error.raw_body(), Some(&page[..]));
+        assert!(!error.is_raw_body_truncated());
+        assert!(error.envelope().is_none());
+        assert_eq!(
+            error.to_string(),
+            "timeout: HTTP 504 Gateway Timeout without an error envelope (no request_id)"
+        );
+    }
+
+    #[test]
+    fn truncated_json_is_not_an_envelope() {
+        let error = decode(409, br#"{"error":{"code":"job_already_terminal","mess"#);
+        assert_eq!(error.code(), "conflict");
+        assert_eq!(error.class(), ErrorClass::Conflict);
+        assert!(error.raw_body().unwrap().starts_with(b"{\"error\""));
+    }
+
+    #[test]
+    fn huge_bodies_are_not_parsed_and_kept_bounded() {
+        let mut huge = br#"{"error":{"code":"conflict","message":""#.to_vec();
+        huge.resize(1 << 20, b'x');
+        huge.extend_from_slice(br#""}}"#);
+        let error = decode(500, &huge);
+        assert!(error.envelope().is_none());
+        assert_eq!(error.raw_body().unwrap().len(), DEFAULT_MAX_RAW_BODY_BYTES);
+        assert!(error.is_raw_body_truncated());
+    }
+
+    #[test]
+    fn wrong_member_types_are_ignored() {
+        let error = decode(
+            429,
+            br#"{"error":{"code":"rate_limited","message":7,"retryable":"yes","retry_after_s":2.5,"violations":[1,{"field":"a"}]}}"#,
+        );
+        assert_eq!(error.code(), "rate_limited");
+        assert_eq!(error.message(), "");
+        assert!(error.is_retryable(), "from the code");
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(3)));
+        assert_eq!(error.violations(), &[Violation::new("a", "", "")]);
+    }
+
+    #[test]
+    fn problem_details_decode_too() {
+        let error = decode(
+            404,
+            br#"{"type":"about:blank","title":"Not Found","status":404,"detail":"No route matches GET /x","code":"route_not_found","request_id":"r1"}"#,
+        );
+        assert_eq!(error.code(), "route_not_found");
+        assert_eq!(error.message(), "No route matches GET /x");
+        assert_eq!(error.request_id(), Some("r1"));
+    }
+
+    #[test]
+    fn unknown_codes_fall_back_to_family_then_status() {
+        let error = decode(401, br#"{"error":{"code":"token_revoked","message":"m"}}"#);
+        assert_eq!(error.class(), ErrorClass::Auth);
+        let error = decode(409, br#"{"error":{"code":"node_cordoned","message":"m"}}"#);
+        assert_eq!(error.class(), ErrorClass::Provisioning);
+        assert!(error.is_retryable());
+        let error = decode(
+            409,
+            br#"{"error":{"code":"job_already_terminal","message":"m"}}"#,
+        );
+        assert_eq!(error.class(), ErrorClass::Conflict);
+        assert!(!error.is_retryable());
+    }
+
+    #[test]
+    fn headers_fill_in_for_a_bare_response() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "17".parse().unwrap());
+        headers.insert("x-request-id", "req_abc".parse().unwrap());
+        let error = ApiError::from_parts(StatusCode::TOO_MANY_REQUESTS, &headers, b"slow down");
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(17)));
+        assert_eq!(error.request_id(), Some("req_abc"));
+        assert_eq!(error.code(), "rate_limited");
+    }
+
+    /// A body of 1 KiB frames that never ends.
+    struct Endless;
+
+    impl Body for Endless {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            let frame = http_body::Frame::data(Bytes::from_static(&[b'<'; 1024]));
+            std::task::Poll::Ready(Some(Ok(frame)))
+        }
+    }
+
+    #[tokio::test]
+    async fn streaming_decode_stops_reading_at_the_bound() {
+        let response = Response::builder().status(502).body(Endless).unwrap();
+        let error = Decoder::new()
+            .max_body_bytes(10_000)
+            .max_raw_body_bytes(100)
+            .decode_response(response)
+            .await;
+        assert_eq!(error.code(), "upstream_error");
+        assert_eq!(error.raw_body().unwrap().len(), 100);
+        assert!(error.is_raw_body_truncated());
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_decodes_without_panicking(status in 400u16..600, body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let decoder = Decoder::new().max_raw_body_bytes(512);
+            let error = decoder.decode(StatusCode::from_u16(status).unwrap(), &HeaderMap::new(), &body);
+            prop_assert!(!error.code().is_empty());
+            if let Some(raw) = error.raw_body() {
+                prop_assert!(raw.len() <= 512);
+            }
+            let _ = error.to_string();
+        }
+
+        #[test]
+        fn json_shaped_bodies_decode_without_panicking(
+            code in "[a-z_]{0,12}",
+            message in any::<String>(),
+            retry in any::<f64>(),
+            retryable in any::<bool>(),
+        ) {
+            let body = serde_json::json!({"error": {"code": code, "message": message, "retry_after_s": retry, "retryable": retryable}});
+            let error = decode(503, body.to_string().as_bytes());
+            if !code.is_empty() {
+                prop_assert_eq!(error.code(), code.as_str());
+                prop_assert_eq!(error.message(), message.as_str());
+                prop_assert_eq!(error.is_retryable(), retryable);
+            }
+        }
+    }
+}

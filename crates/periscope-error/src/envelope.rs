@@ -1,0 +1,156 @@
+//! The wire form of an error: `{"error": {...}}`.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The JSON body of every error response: `{"error": {...}}`.
+///
+/// ```
+/// use periscope_error::{Envelope, ErrorBody};
+///
+/// let mut body = ErrorBody::new("job_already_terminal", "Cannot cancel job that is already completed", "req_1");
+/// body.retryable = Some(false);
+/// let json = serde_json::to_string(&Envelope { error: body }).unwrap();
+/// assert_eq!(json, r#"{"error":{"code":"job_already_terminal","message":"Cannot cancel job that is already completed","request_id":"req_1","retryable":false}}"#);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The error.
+    pub error: ErrorBody,
+}
+
+/// The members of an error, in the order they are written. `code`, `message` and `request_id`
+/// are always written; the others only when known.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ErrorBody {
+    /// The snake_case error code (`job_already_terminal`).
+    pub code: Cow<'static, str>,
+    /// What went wrong, for a human.
+    pub message: Cow<'static, str>,
+    /// The request (correlation) id: what a support engineer asks for first.
+    #[serde(default)]
+    pub request_id: String,
+    /// The W3C trace id (32 lower-case hex digits) of the request's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Facts about the failure for programs (`{"job_id": "job_456"}`). Keys are written in
+    /// serde_json's `Map` order: sorted, or insertion order where the application enables
+    /// serde_json's `preserve_order` feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Map<String, Value>>,
+    /// What to change so the request succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub help: Option<Cow<'static, str>>,
+    /// Whether the same request may succeed later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
+    /// How long to wait before retrying, in whole seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
+    /// Where the code is documented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docs_url: Option<Cow<'static, str>>,
+    /// The invalid fields of a validation error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+}
+
+impl ErrorBody {
+    /// A body with the three members that are always present.
+    pub fn new(
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<Cow<'static, str>>,
+        request_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            request_id: request_id.into(),
+            trace_id: None,
+            details: None,
+            help: None,
+            retryable: None,
+            retry_after_s: None,
+            docs_url: None,
+            violations: Vec::new(),
+        }
+    }
+}
+
+/// One invalid field of a request: `{"field": "email", "reason": "format", "message": "..."}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// The field's path in the request (`email`, `items[2].quantity`, `query.limit`).
+    pub field: Cow<'static, str>,
+    /// A machine-readable snake_case reason (`required`, `too_long`, `format`, `out_of_range`).
+    pub reason: Cow<'static, str>,
+    /// What is wrong, for a human.
+    pub message: Cow<'static, str>,
+}
+
+impl Violation {
+    /// A violation of `field` for `reason`, explained by `message`.
+    pub fn new(
+        field: impl Into<Cow<'static, str>>,
+        reason: impl Into<Cow<'static, str>>,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialises_exactly_like_the_contract() {
+        let mut body = ErrorBody::new(
+            "job_already_terminal",
+            "Cannot cancel job that is already completed",
+            "req_01jj",
+        );
+        body.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+        let mut details = Map::new();
+        // One member: key order inside `details` follows serde_json's `Map` (sorted, or
+        // insertion order when an application enables serde_json's `preserve_order`).
+        details.insert("job_id".into(), "job_456".into());
+        body.details = Some(details);
+        body.help = Some("Jobs can only be canceled while queued or processing".into());
+        body.retryable = Some(false);
+        let json = serde_json::to_string(&Envelope { error: body }).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"error":{"code":"job_already_terminal","message":"Cannot cancel job that is already completed","#,
+                r#""request_id":"req_01jj","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","#,
+                r#""details":{"job_id":"job_456"},"#,
+                r#""help":"Jobs can only be canceled while queued or processing","#,
+                r#""retryable":false}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn every_optional_member_is_written_in_order_when_known() {
+        let mut body = ErrorBody::new("rate_limited", "Too many requests", "r");
+        body.retryable = Some(true);
+        body.retry_after_s = Some(30);
+        body.docs_url = Some("https://docs.example.com/errors#rate_limited".into());
+        body.violations = vec![Violation::new("n", "required", "n is required")];
+        let json = serde_json::to_string(&body).unwrap();
+        assert_eq!(
+            json,
+            r#"{"code":"rate_limited","message":"Too many requests","request_id":"r","retryable":true,"retry_after_s":30,"docs_url":"https://docs.example.com/errors#rate_limited","violations":[{"field":"n","reason":"required","message":"n is required"}]}"#
+        );
+        let back: ErrorBody = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, body);
+    }
+}

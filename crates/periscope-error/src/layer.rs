@@ -1,0 +1,929 @@
+//! The catch-all layer: every failure below it leaves as an error envelope.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use periscope_context::{
+    ExtractOptions, RequestContext, WithContext, extract, headers::X_REQUEST_ID,
+};
+use pin_project::pin_project;
+use tokio::time::Sleep;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::ResponseBody;
+use crate::code::{ErrorCode, codes};
+use crate::error::{BoxError, HttpError};
+use crate::panic::{self, CaughtPanic};
+use crate::render::{self, Format, Ids, RenderedError};
+
+/// The longest plain-text error body read to become the envelope's message, in bytes.
+const MAX_TEXT_BODY: usize = 1024;
+/// The longest request path quoted in a `route_not_found` or `method_not_allowed` message.
+const MAX_PATH_IN_MESSAGE: usize = 256;
+
+/// Turns every failure of the inner service into an error envelope: a panic becomes a 500
+/// `internal_error` (message and location go to the log only), a timeout a 504 `timeout`, the
+/// router's 404 and 405 `route_not_found` and `method_not_allowed`, a 413 `payload_too_large`,
+/// a body the framework could not parse a 400 `invalid_request` (422 `validation_error` for
+/// JSON of the wrong shape), and any other bare 4xx/5xx the code of its status. Responses that
+/// already carry an envelope (or any JSON body) pass through untouched; an envelope rendered
+/// by [`HttpError`] is re-rendered only to honour `Accept: application/problem+json`.
+///
+/// The request id and trace id come from the [`RequestContext`] in the request's extensions
+/// (put there by periscope-trace's server layer) or the current one. Used alone, the layer
+/// extracts the context from the request headers itself, makes it current for the handler,
+/// and echoes `x-request-id` on every response.
+///
+/// Place it innermost (closest to the handlers), so that the access log and metrics layers
+/// above see and count the envelope. The timeout needs a Tokio runtime with its time driver.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use periscope_error::ErrorLayer;
+///
+/// async fn boom() -> &'static str {
+///     panic!("this message never reaches the client")
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/boom", get(boom))
+///     .layer(ErrorLayer::new().timeout(Duration::from_secs(30)));
+/// ```
+///
+/// With plain Tower and any body type:
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response, StatusCode};
+/// use http_body_util::Full;
+/// use bytes::Bytes;
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+/// use periscope_error::ErrorLayer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let service = ServiceBuilder::new().layer(ErrorLayer::new()).service(service_fn(
+///     |_request: Request<Full<Bytes>>| async {
+///         Ok::<_, Infallible>(Response::builder().status(404).body(Full::new(Bytes::new())).unwrap())
+///     },
+/// ));
+/// let response = service.oneshot(Request::new(Full::new(Bytes::new()))).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::NOT_FOUND);
+/// assert_eq!(response.headers()["content-type"], "application/json");
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ErrorLayer {
+    config: Arc<Config>,
+}
+
+#[derive(Clone, Debug)]
+struct Config {
+    timeout: Option<Duration>,
+    extract: ExtractOptions,
+}
+
+impl ErrorLayer {
+    /// A layer without a timeout. Installs, once per process, the panic hook that records the
+    /// location of panics it catches (other panics still reach the previous hook).
+    pub fn new() -> Self {
+        panic::install_hook();
+        Self {
+            config: Arc::new(Config {
+                timeout: None,
+                extract: ExtractOptions::default(),
+            }),
+        }
+    }
+
+    /// Answers 504 `timeout` when the inner service has not responded within `timeout`, and
+    /// drops (cancels) its future.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        Arc::make_mut(&mut self.config).timeout = Some(timeout);
+        self
+    }
+
+    /// How a context is read from the headers when no periscope-trace layer provided one
+    /// (tenant fields, sampling of new traces).
+    pub fn extract_options(mut self, options: ExtractOptions) -> Self {
+        Arc::make_mut(&mut self.config).extract = options;
+        self
+    }
+}
+
+impl Default for ErrorLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Layer<S> for ErrorLayer {
+    type Service = ErrorService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ErrorService {
+            inner,
+            config: self.config.clone(),
+            not_ready: None,
+        }
+    }
+}
+
+/// The service of [`ErrorLayer`]. It never fails: every error of the inner service becomes a
+/// response.
+#[derive(Debug)]
+pub struct ErrorService<S> {
+    inner: S,
+    config: Arc<Config>,
+    /// A failure of the inner `poll_ready`, answered on the next call.
+    not_ready: Option<Failure>,
+}
+
+impl<S: Clone> Clone for ErrorService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+            not_ready: None,
+        }
+    }
+}
+
+/// What went wrong below the layer, besides a bare error response.
+#[derive(Debug)]
+enum Failure {
+    Panic(CaughtPanic),
+    Error(BoxError),
+    TimedOut(Duration),
+}
+
+/// What the layer needs to know about the request once it has been handed on.
+#[derive(Debug)]
+struct RequestFacts {
+    method: Method,
+    uri: Uri,
+    format: Format,
+    has_credentials: bool,
+    route_matched: bool,
+}
+
+impl RequestFacts {
+    fn of<B>(request: &Request<B>) -> Self {
+        Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            format: Format::negotiate(request.headers()),
+            has_credentials: request.headers().contains_key(header::AUTHORIZATION),
+            route_matched: route_matched(request),
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+}
+
+/// Whether the router matched a route, so a bare 404 is the handler's, not the router's.
+#[cfg(feature = "axum")]
+fn route_matched<B>(request: &Request<B>) -> bool {
+    request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .is_some()
+}
+
+#[cfg(not(feature = "axum"))]
+fn route_matched<B>(_request: &Request<B>) -> bool {
+    false
+}
+
+/// The ids to render with, the context to make current if nobody did, and whether the layer
+/// created the context itself (then it also echoes `x-request-id`).
+fn resolve_context<B>(
+    request: &mut Request<B>,
+    options: &ExtractOptions,
+) -> (Ids, Option<Arc<RequestContext>>, bool) {
+    let current = RequestContext::current();
+    if let Some(ctx) = request.extensions().get::<RequestContext>() {
+        let scope = current.is_none().then(|| Arc::new(ctx.clone()));
+        return (Ids::of(ctx), scope, false);
+    }
+    if let Some(ctx) = current {
+        return (Ids::of(&ctx), None, false);
+    }
+    let ctx = extract(request.headers(), options).context;
+    request.extensions_mut().insert(ctx.clone());
+    (Ids::of(&ctx), Some(Arc::new(ctx)), true)
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ErrorService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = Infallible;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.not_ready.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        match panic::catch(|| self.inner.poll_ready(cx)) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+            Ok(Poll::Ready(Err(error))) => {
+                self.not_ready = Some(Failure::Error(error.into()));
+                Poll::Ready(Ok(()))
+            }
+            Err(caught) => {
+                self.not_ready = Some(Failure::Panic(caught));
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let facts = RequestFacts::of(&request);
+        let (ids, scope, echo_request_id) = resolve_context(&mut request, &self.config.extract);
+        let handled = Handled {
+            facts,
+            ids,
+            echo_request_id,
+        };
+        if let Some(failure) = self.not_ready.take() {
+            let response = handled.failure(failure);
+            return ResponseFuture::done(handled, response);
+        }
+        match panic::catch(|| self.inner.call(request)) {
+            Ok(future) => {
+                let future = match scope {
+                    Some(ctx) => Scoped::Entered(WithContext::new(ctx, future)),
+                    None => Scoped::Current(future),
+                };
+                ResponseFuture {
+                    state: State::Running { future },
+                    sleep: self.config.timeout.map(tokio::time::sleep),
+                    timeout: self.config.timeout,
+                    handled,
+                }
+            }
+            Err(caught) => {
+                let response = handled.failure(Failure::Panic(caught));
+                ResponseFuture::done(handled, response)
+            }
+        }
+    }
+}
+
+/// The inner future, made to run with the request's context as the current one when nobody
+/// above did that.
+#[pin_project(project = ScopedProj)]
+enum Scoped<F> {
+    Current(#[pin] F),
+    Entered(#[pin] WithContext<F>),
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            ScopedProj::Current(future) => future.poll(cx),
+            ScopedProj::Entered(future) => future.poll(cx),
+        }
+    }
+}
+
+/// Response future of [`ErrorService`].
+#[pin_project]
+pub struct ResponseFuture<F, B> {
+    #[pin]
+    state: State<F, B>,
+    /// The deadline, while the response is not known yet.
+    #[pin]
+    sleep: Option<Sleep>,
+    timeout: Option<Duration>,
+    handled: Handled,
+}
+
+#[pin_project(project = StateProj)]
+enum State<F, B> {
+    /// The inner service is working.
+    Running {
+        #[pin]
+        future: Scoped<F>,
+    },
+    /// A bare plain-text error response is being read to become the envelope's message.
+    Reading {
+        #[pin]
+        body: B,
+        parts: Option<http::response::Parts>,
+        text: Vec<u8>,
+        code: ErrorCode,
+    },
+    /// The response is known.
+    Done {
+        response: Option<Response<ResponseBody<B>>>,
+    },
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    fn done(handled: Handled, response: Response<ResponseBody<B>>) -> Self {
+        Self {
+            state: State::Done {
+                response: Some(response),
+            },
+            sleep: None,
+            timeout: None,
+            handled,
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body<Data = Bytes>,
+{
+    type Output = Result<Response<ResponseBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Running { future } => {
+                    let failure = match panic::catch(|| future.poll(cx)) {
+                        Ok(Poll::Ready(Ok(response))) => match this.handled.inspect(response) {
+                            Inspected::Done(response) => return Poll::Ready(Ok(response)),
+                            Inspected::Read { parts, body, code } => {
+                                this.state.set(State::Reading {
+                                    body,
+                                    parts: Some(parts),
+                                    text: Vec::new(),
+                                    code,
+                                });
+                                continue;
+                            }
+                        },
+                        Ok(Poll::Ready(Err(error))) => {
+                            return Poll::Ready(Ok(this
+                                .handled
+                                .failure(Failure::Error(error.into()))));
+                        }
+                        Ok(Poll::Pending) => match *this.timeout {
+                            Some(timeout) if expired(this.sleep.as_mut(), cx) => {
+                                Failure::TimedOut(timeout)
+                            }
+                            _ => return Poll::Pending,
+                        },
+                        Err(caught) => Failure::Panic(caught),
+                    };
+                    // Drop the failed future now, in case its destructor panics too.
+                    let _ = panic::catch(|| this.state.set(State::Done { response: None }));
+                    return Poll::Ready(Ok(this.handled.failure(failure)));
+                }
+                StateProj::Reading {
+                    body,
+                    parts,
+                    text,
+                    code,
+                } => {
+                    // Past the deadline, the envelope goes out without the body's text.
+                    let complete = match read_text(body, text, cx) {
+                        Poll::Ready(complete) => complete,
+                        Poll::Pending if expired(this.sleep.as_mut(), cx) => false,
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    let text = complete.then(|| String::from_utf8_lossy(text).trim().to_owned());
+                    let Some(parts) = parts.take() else {
+                        panic!("periscope_error::ResponseFuture polled after completion");
+                    };
+                    return Poll::Ready(Ok(this.handled.bare(parts, *code, text)));
+                }
+                StateProj::Done { response } => match response.take() {
+                    Some(response) => return Poll::Ready(Ok(response)),
+                    None => panic!("periscope_error::ResponseFuture polled after completion"),
+                },
+            }
+        }
+    }
+}
+
+/// Whether the deadline, if any, has passed.
+fn expired(sleep: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> bool {
+    sleep
+        .as_pin_mut()
+        .is_some_and(|sleep| sleep.poll(cx).is_ready())
+}
+
+/// Reads a plain-text body up to [`MAX_TEXT_BODY`]; `false` when it is longer or fails.
+fn read_text<B: Body<Data = Bytes>>(
+    mut body: Pin<&mut B>,
+    text: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+) -> Poll<bool> {
+    loop {
+        match ready!(body.as_mut().poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if text.len() + data.len() > MAX_TEXT_BODY {
+                        return Poll::Ready(false);
+                    }
+                    text.extend_from_slice(&data);
+                }
+            }
+            Some(Err(_)) => return Poll::Ready(false),
+            None => return Poll::Ready(true),
+        }
+    }
+}
+
+enum Inspected<B> {
+    Done(Response<ResponseBody<B>>),
+    Read {
+        parts: http::response::Parts,
+        body: B,
+        code: ErrorCode,
+    },
+}
+
+/// A request being handled: what the layer renders its responses with.
+struct Handled {
+    facts: RequestFacts,
+    ids: Ids,
+    echo_request_id: bool,
+}
+
+impl Handled {
+    /// Decides what to do with the inner service's response.
+    fn inspect<B: Body>(&self, response: Response<B>) -> Inspected<B> {
+        let status = response.status();
+        let (mut parts, body) = response.into_parts();
+        if !(status.is_client_error() || status.is_server_error()) {
+            if self.echo_request_id && !parts.headers.contains_key(X_REQUEST_ID) {
+                let id = self.ids.request_id.header_value().clone();
+                parts.headers.insert(X_REQUEST_ID, id);
+            }
+            return Inspected::Done(Response::from_parts(parts, ResponseBody::inner(body)));
+        }
+        if let Some(rendered) = parts.extensions.get::<RenderedError>() {
+            let up_to_date = rendered.ids_from_context() || !self.ids.from_context;
+            if self.facts.format == Format::Json && up_to_date {
+                return Inspected::Done(Response::from_parts(parts, ResponseBody::inner(body)));
+            }
+            let mut error = rendered.shared_body();
+            if !rendered.ids_from_context() {
+                let error = Arc::make_mut(&mut error);
+                error.request_id = self.ids.request_id.as_str().to_owned();
+                error.trace_id = self.ids.trace_id.map(|id| id.to_string());
+            }
+            return Inspected::Done(self.rewrite(parts, error));
+        }
+        if is_json(&parts.headers) {
+            return Inspected::Done(Response::from_parts(parts, ResponseBody::inner(body)));
+        }
+        let code = self.code_for(status);
+        if is_plain_text(&parts.headers) && body.size_hint().lower() <= MAX_TEXT_BODY as u64 {
+            return Inspected::Read { parts, body, code };
+        }
+        Inspected::Done(self.bare(parts, code, None))
+    }
+
+    /// The code of a bare error status.
+    fn code_for(&self, status: StatusCode) -> ErrorCode {
+        match status {
+            StatusCode::NOT_FOUND if !self.facts.route_matched => codes::ROUTE_NOT_FOUND,
+            StatusCode::UNAUTHORIZED if !self.facts.has_credentials => codes::TOKEN_MISSING,
+            _ => ErrorCode::for_status(status),
+        }
+    }
+
+    /// Replaces a bare error response (no envelope) with an envelope, keeping its status and
+    /// headers. The body's text, if any, becomes the message for 4xx and is logged for 5xx.
+    fn bare<B>(
+        &self,
+        parts: http::response::Parts,
+        code: ErrorCode,
+        text: Option<String>,
+    ) -> Response<ResponseBody<B>> {
+        let status = parts.status;
+        let text = text.filter(|text| !text.is_empty());
+        let facts = &self.facts;
+        let path = render::truncate(facts.path(), MAX_PATH_IN_MESSAGE);
+        let message = match &text {
+            Some(text) if status.is_client_error() => text.clone(),
+            _ if code == codes::ROUTE_NOT_FOUND => {
+                format!("No route matches {} {path}", facts.method)
+            }
+            _ if code == codes::METHOD_NOT_ALLOWED => {
+                format!("{} is not allowed on {path}", facts.method)
+            }
+            _ => code.default_message().to_owned(),
+        };
+        let request_id = self.ids.request_id.as_str();
+        let trace_id = self.ids.trace_id.map(tracing::field::display);
+        if status.is_server_error() {
+            tracing::error!(
+                request_id,
+                trace_id,
+                code = code.name(),
+                status = status.as_u16(),
+                body = text.as_deref(),
+                "the service answered {status} without an error envelope"
+            );
+        } else {
+            tracing::debug!(
+                request_id,
+                trace_id,
+                code = code.name(),
+                status = status.as_u16(),
+                "request rejected: {message}"
+            );
+        }
+        let mut error = HttpError::new(code, message).with_status(status);
+        if let Some(seconds) = render::retry_after_seconds(&parts.headers) {
+            error = error.with_retry_after(Duration::from_secs(seconds));
+        }
+        self.rewrite(parts, Arc::new(error.into_body(&self.ids)))
+    }
+
+    /// The response for a panic, an error or a timeout of the inner service.
+    fn failure<B>(&self, failure: Failure) -> Response<ResponseBody<B>> {
+        let request_id = self.ids.request_id.as_str();
+        let trace_id = self.ids.trace_id.map(tracing::field::display);
+        let code = match failure {
+            Failure::Panic(caught) => {
+                tracing::error!(
+                    request_id,
+                    trace_id,
+                    code = codes::INTERNAL_ERROR.name(),
+                    panic.message = caught.message,
+                    panic.location = caught.location,
+                    panic.backtrace = caught.backtrace,
+                    "handler panicked"
+                );
+                codes::INTERNAL_ERROR
+            }
+            Failure::TimedOut(timeout) => {
+                tracing::warn!(
+                    request_id,
+                    trace_id,
+                    code = codes::TIMEOUT.name(),
+                    timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    "request timed out after {timeout:?}"
+                );
+                return self.fresh(
+                    HttpError::from(codes::TIMEOUT)
+                        .with_message(format!("The request did not complete within {timeout:?}")),
+                );
+            }
+            Failure::Error(error) => {
+                let code = if error.is::<tower::timeout::error::Elapsed>() {
+                    codes::TIMEOUT
+                } else if error.is::<tower::load_shed::error::Overloaded>() {
+                    codes::SERVICE_UNAVAILABLE
+                } else {
+                    codes::INTERNAL_ERROR
+                };
+                let error: &(dyn std::error::Error + 'static) = &*error;
+                tracing::error!(
+                    request_id,
+                    trace_id,
+                    code = code.name(),
+                    error,
+                    "the service failed"
+                );
+                code
+            }
+        };
+        self.fresh(HttpError::from(code))
+    }
+
+    /// A new response for `error`.
+    fn fresh<B>(&self, error: HttpError) -> Response<ResponseBody<B>> {
+        let (mut parts, ()) = Response::new(()).into_parts();
+        parts.status = error.status();
+        self.rewrite(parts, Arc::new(error.into_body(&self.ids)))
+    }
+
+    /// `parts` with `error` as the negotiated body.
+    fn rewrite<B>(
+        &self,
+        mut parts: http::response::Parts,
+        error: Arc<crate::ErrorBody>,
+    ) -> Response<ResponseBody<B>> {
+        let instance = Some(self.facts.path());
+        let bytes = render::write(&mut parts, error, self.facts.format, instance, &self.ids);
+        Response::from_parts(parts, ResponseBody::full(bytes))
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// `application/json`, `application/problem+json` and any other `+json` type.
+fn is_json(headers: &HeaderMap) -> bool {
+    let media = content_type(headers)
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    media.eq_ignore_ascii_case(render::APPLICATION_JSON)
+        || media
+            .get(media.len().saturating_sub(5)..)
+            .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"))
+}
+
+fn is_plain_text(headers: &HeaderMap) -> bool {
+    let media = content_type(headers)
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    media.eq_ignore_ascii_case("text/plain")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use serde_json::Value;
+    use tower::{ServiceExt, service_fn};
+
+    type Res = Response<Full<Bytes>>;
+
+    async fn call<F, Fut>(request: Request<Full<Bytes>>, handler: F) -> (Response<()>, Value)
+    where
+        F: FnMut(Request<Full<Bytes>>) -> Fut,
+        Fut: Future<Output = Result<Res, BoxError>>,
+    {
+        let service = ErrorLayer::new()
+            .timeout(Duration::from_millis(100))
+            .layer(service_fn(handler));
+        let response = service.oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (Response::from_parts(parts, ()), json)
+    }
+
+    fn get(path: &str) -> Request<Full<Bytes>> {
+        Request::get(path).body(Full::default()).unwrap()
+    }
+
+    fn text(status: u16, body: &'static str) -> Result<Res, BoxError> {
+        Ok(Response::builder()
+            .status(status)
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap())
+    }
+
+    #[tokio::test]
+    async fn standalone_layer_makes_a_context_current_and_echoes_its_id() {
+        let request = Request::get("/")
+            .header("x-request-id", "client-id-1")
+            .body(Full::default())
+            .unwrap();
+        let (parts, _) = call(request, |_| async {
+            let seen = RequestContext::current().map(|ctx| ctx.request_id.to_string());
+            assert_eq!(seen.as_deref(), Some("client-id-1"));
+            Ok(Response::new(Full::default()))
+        })
+        .await;
+        assert_eq!(parts.status(), StatusCode::OK);
+        assert_eq!(parts.headers()["x-request-id"], "client-id-1");
+    }
+
+    #[tokio::test]
+    async fn success_and_json_responses_pass_through() {
+        let (parts, json) = call(get("/"), |_| async {
+            Ok(Response::builder()
+                .status(409)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(b"{\"mine\":true}")))
+                .unwrap())
+        })
+        .await;
+        assert_eq!(parts.status(), StatusCode::CONFLICT);
+        assert_eq!(json, serde_json::json!({"mine": true}));
+    }
+
+    #[tokio::test]
+    async fn plain_text_4xx_becomes_the_message_and_5xx_text_stays_in_the_log() {
+        let (parts, json) = call(get("/"), |_| async {
+            text(
+                400,
+                "Failed to parse the request body as JSON: EOF at line 1",
+            )
+        })
+        .await;
+        assert_eq!(parts.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(json["error"]["code"], "invalid_request");
+        assert_eq!(
+            json["error"]["message"],
+            "Failed to parse the request body as JSON: EOF at line 1"
+        );
+
+        let (parts, json) = call(get("/"), |_| async { text(500, "db password=hunter2") }).await;
+        assert_eq!(parts.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(json["error"]["code"], "internal_error");
+        assert!(!json.to_string().contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn bare_statuses_get_their_codes_and_keep_headers() {
+        for (status, code) in [
+            (401, "token_missing"),
+            (403, "insufficient_permissions"),
+            (404, "route_not_found"),
+            (405, "method_not_allowed"),
+            (413, "payload_too_large"),
+            (429, "rate_limited"),
+            (502, "upstream_error"),
+            (503, "service_unavailable"),
+        ] {
+            let (parts, json) = call(get("/x"), move |_| async move {
+                Ok(Response::builder()
+                    .status(status)
+                    .header("retry-after", "12")
+                    .header("allow", "GET")
+                    .body(Full::default())
+                    .unwrap())
+            })
+            .await;
+            assert_eq!(parts.status().as_u16(), status);
+            assert_eq!(json["error"]["code"], code, "{status}");
+            assert_eq!(parts.headers()["allow"], "GET");
+            assert_eq!(parts.headers()["retry-after"], "12");
+            assert_eq!(json["error"]["retry_after_s"], 12);
+            assert_eq!(
+                json["error"]["request_id"].as_str().unwrap(),
+                parts.headers()["x-request-id"]
+            );
+        }
+    }
+
+    /// A body that never delivers a frame.
+    struct Stalled;
+
+    impl Body for Stalled {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_text_body_does_not_outlive_the_timeout() {
+        let service = ErrorLayer::new()
+            .timeout(Duration::from_millis(50))
+            .layer(service_fn(|_: Request<Full<Bytes>>| async {
+                let response = Response::builder()
+                    .status(400)
+                    .header("content-type", "text/plain")
+                    .body(Stalled)
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            }));
+        let response = service.oneshot(get("/")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["error"]["code"], "invalid_request");
+        assert_eq!(json["error"]["message"], "The request is malformed");
+    }
+
+    #[tokio::test]
+    async fn service_errors_are_classified() {
+        let (parts, json) = call(get("/"), |_| async {
+            Err::<Res, _>(BoxError::from(tower::timeout::error::Elapsed::new()))
+        })
+        .await;
+        assert_eq!(parts.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(json["error"]["code"], "timeout");
+
+        let (parts, json) = call(get("/"), |_| async {
+            Err::<Res, _>(BoxError::from("connection pool exhausted: secret"))
+        })
+        .await;
+        assert_eq!(parts.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!json.to_string().contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn slow_inner_service_times_out() {
+        let (parts, json) = call(get("/"), |_| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok(Response::new(Full::default()))
+        })
+        .await;
+        assert_eq!(parts.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(json["error"]["code"], "timeout");
+        assert_eq!(json["error"]["retryable"], true);
+    }
+
+    #[tokio::test]
+    async fn panics_in_call_and_in_poll_ready_are_caught() {
+        #[derive(Clone)]
+        struct PanicsOnCall;
+        impl Service<Request<Full<Bytes>>> for PanicsOnCall {
+            type Response = Res;
+            type Error = Infallible;
+            type Future = std::future::Ready<Result<Res, Infallible>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+                panic!("in call")
+            }
+        }
+        let response = ErrorLayer::new()
+            .layer(PanicsOnCall)
+            .oneshot(get("/"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
+        let failing = tower::service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<Res, BoxError>(Response::new(Full::default()))
+        });
+        let not_ready =
+            tower::load_shed::LoadShed::new(tower::limit::ConcurrencyLimit::new(failing, 0));
+        let response = ErrorLayer::new()
+            .layer(not_ready)
+            .oneshot(get("/"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn problem_json_is_negotiated_for_layer_errors() {
+        let request = Request::get("/nowhere")
+            .header("accept", "application/problem+json")
+            .body(Full::default())
+            .unwrap();
+        let (parts, json) = call(request, |_| async {
+            Ok(Response::builder()
+                .status(404)
+                .body(Full::default())
+                .unwrap())
+        })
+        .await;
+        assert_eq!(parts.headers()["content-type"], "application/problem+json");
+        assert_eq!(json["type"], "about:blank");
+        assert_eq!(json["title"], "Not Found");
+        assert_eq!(json["status"], 404);
+        assert_eq!(json["detail"], "No route matches GET /nowhere");
+        assert_eq!(json["instance"], "/nowhere");
+        assert_eq!(json["code"], "route_not_found");
+    }
+
+    #[tokio::test]
+    async fn handler_envelopes_pass_through_or_are_re_rendered_as_problems() {
+        let handler = |_| async {
+            Ok(HttpError::from(codes::CONFLICT)
+                .with_detail("job_id", "job_1")
+                .into_http_response())
+        };
+        let (parts, json) = call(get("/jobs/1"), handler).await;
+        assert_eq!(parts.status(), StatusCode::CONFLICT);
+        assert_eq!(json["error"]["details"]["job_id"], "job_1");
+        assert_eq!(
+            json["error"]["request_id"].as_str().unwrap(),
+            parts.headers()["x-request-id"]
+        );
+
+        let request = Request::get("/jobs/1")
+            .header("accept", "application/problem+json")
+            .body(Full::default())
+            .unwrap();
+        let (parts, json) = call(request, handler).await;
+        assert_eq!(parts.headers()["content-type"], "application/problem+json");
+        assert_eq!(json["code"], "conflict");
+        assert_eq!(json["details"]["job_id"], "job_1");
+    }
+}

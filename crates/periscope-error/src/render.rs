@@ -1,0 +1,354 @@
+//! Writing an [`ErrorBody`] into an HTTP response: the envelope or RFC 9457 problem details,
+//! `Retry-After`, `x-request-id`, and the [`RenderedError`] marker other layers read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use periscope_context::{RequestContext, RequestId, TraceId, headers::X_REQUEST_ID};
+use serde::Serialize;
+
+use crate::envelope::{ErrorBody, Violation};
+
+/// The media type of the envelope.
+pub const APPLICATION_JSON: &str = "application/json";
+/// The media type of RFC 9457 problem details.
+pub const APPLICATION_PROBLEM_JSON: &str = "application/problem+json";
+
+/// Longest request path written as the problem's `instance`, in bytes.
+const MAX_INSTANCE_LEN: usize = 512;
+
+/// A response extension on every error response periscope renders, so that the layers above
+/// (access log, metrics) and an outer [`ErrorLayer`](crate::ErrorLayer) can see the error
+/// without parsing the body.
+///
+/// ```
+/// use periscope_error::{HttpError, RenderedError, codes};
+///
+/// let response: http::Response<Vec<u8>> = HttpError::from(codes::TIMEOUT).into_http_response();
+/// let rendered = response.extensions().get::<RenderedError>().unwrap();
+/// assert_eq!(rendered.body().code, "timeout");
+/// ```
+#[derive(Clone, Debug)]
+pub struct RenderedError {
+    body: Arc<ErrorBody>,
+    ids_from_context: bool,
+}
+
+impl RenderedError {
+    /// The members that were rendered.
+    pub fn body(&self) -> &ErrorBody {
+        &self.body
+    }
+
+    /// Whether the ids came from a request context (rather than a generated request id).
+    pub(crate) fn ids_from_context(&self) -> bool {
+        self.ids_from_context
+    }
+
+    pub(crate) fn shared_body(&self) -> Arc<ErrorBody> {
+        self.body.clone()
+    }
+}
+
+/// The request id and trace id an error is rendered with.
+#[derive(Clone, Debug)]
+pub(crate) struct Ids {
+    pub(crate) request_id: RequestId,
+    pub(crate) trace_id: Option<TraceId>,
+    pub(crate) from_context: bool,
+}
+
+impl Ids {
+    pub(crate) fn of(ctx: &RequestContext) -> Ids {
+        Ids {
+            request_id: ctx.request_id.clone(),
+            trace_id: Some(ctx.trace_id),
+            from_context: true,
+        }
+    }
+
+    /// The current context's ids; outside any context, a fresh request id (echoed in the
+    /// response header and the log so the client and the log still agree).
+    pub(crate) fn current_or_generated() -> Ids {
+        match RequestContext::current() {
+            Some(ctx) => Ids::of(&ctx),
+            None => Ids {
+                request_id: RequestId::generate(),
+                trace_id: None,
+                from_context: false,
+            },
+        }
+    }
+}
+
+/// Envelope or problem details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    Json,
+    Problem,
+}
+
+impl Format {
+    pub(crate) fn negotiate(headers: &HeaderMap) -> Format {
+        if prefers_problem_json(headers) {
+            Format::Problem
+        } else {
+            Format::Json
+        }
+    }
+}
+
+/// Whether the request's `Accept` header prefers `application/problem+json` (listed with a
+/// q-value above 0 and at least that of `application/json`).
+///
+/// ```
+/// use http::HeaderMap;
+/// use periscope_error::prefers_problem_json;
+///
+/// let mut headers = HeaderMap::new();
+/// assert!(!prefers_problem_json(&headers));
+/// headers.insert("accept", "application/problem+json, application/json;q=0.5".parse().unwrap());
+/// assert!(prefers_problem_json(&headers));
+/// headers.insert("accept", "application/json, application/problem+json;q=0.9".parse().unwrap());
+/// assert!(!prefers_problem_json(&headers));
+/// ```
+pub fn prefers_problem_json(headers: &HeaderMap) -> bool {
+    let mut problem: Option<f32> = None;
+    let mut json: Option<f32> = None;
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for range in value.split(',') {
+            let mut params = range.split(';');
+            let media = params.next().unwrap_or_default().trim();
+            let q = params
+                .find_map(|param| param.trim().strip_prefix("q="))
+                .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
+            let slot = if media.eq_ignore_ascii_case(APPLICATION_PROBLEM_JSON) {
+                &mut problem
+            } else if media.eq_ignore_ascii_case(APPLICATION_JSON) {
+                &mut json
+            } else {
+                continue;
+            };
+            *slot = Some(slot.map_or(q, |seen| seen.max(q)));
+        }
+    }
+    match problem {
+        Some(p) if p > 0.0 => json.is_none_or(|j| p >= j),
+        _ => false,
+    }
+}
+
+/// A new error response.
+pub(crate) fn response<B: From<Bytes>>(
+    status: StatusCode,
+    body: ErrorBody,
+    format: Format,
+    instance: Option<&str>,
+    ids: &Ids,
+) -> Response<B> {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = status;
+    let bytes = write(&mut parts, Arc::new(body), format, instance, ids);
+    Response::from_parts(parts, B::from(bytes))
+}
+
+/// Turns `parts` (a fresh response, or one being replaced) into an error response for `body`
+/// and returns the bytes to send. Headers unrelated to the body (`Allow`, `WWW-Authenticate`)
+/// are kept.
+pub(crate) fn write(
+    parts: &mut http::response::Parts,
+    body: Arc<ErrorBody>,
+    format: Format,
+    instance: Option<&str>,
+    ids: &Ids,
+) -> Bytes {
+    let bytes = match format {
+        Format::Json => serde_json::to_vec(&EnvelopeRef { error: &body }),
+        Format::Problem => serde_json::to_vec(&Problem::new(&body, parts.status, instance)),
+    };
+    // Serialising strings, numbers and `serde_json::Value`s cannot fail; stay well-formed anyway.
+    let bytes = bytes.map(Bytes::from).unwrap_or_else(|_| {
+        Bytes::from_static(br#"{"error":{"code":"internal_error","message":"An internal error occurred","request_id":""}}"#)
+    });
+    let headers = &mut parts.headers;
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::CONTENT_ENCODING);
+    let media = match format {
+        Format::Json => APPLICATION_JSON,
+        Format::Problem => APPLICATION_PROBLEM_JSON,
+    };
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
+    if let Some(seconds) = body.retry_after_s {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    headers.insert(X_REQUEST_ID, ids.request_id.header_value().clone());
+    parts.extensions.insert(RenderedError {
+        body,
+        ids_from_context: ids.from_context,
+    });
+    bytes
+}
+
+/// A `Retry-After` header in delta-seconds (the HTTP-date form is not read).
+pub(crate) fn retry_after_seconds(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse().ok()
+}
+
+/// A delay in whole seconds, rounded up: a client never retries early.
+pub(crate) fn whole_seconds(delay: Duration) -> u64 {
+    delay.as_secs() + u64::from(delay.subsec_nanos() > 0)
+}
+
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    error: &'a ErrorBody,
+}
+
+/// RFC 9457 problem details, with the envelope's members as extension members.
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance: Option<&'a str>,
+    code: &'a str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    help: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retryable: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    docs_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[Violation]>::is_empty")]
+    violations: &'a [Violation],
+}
+
+impl<'a> Problem<'a> {
+    fn new(body: &'a ErrorBody, status: StatusCode, instance: Option<&'a str>) -> Self {
+        Problem {
+            // The code's documentation is its problem type; without one, RFC 9457's default.
+            kind: body.docs_url.as_deref().unwrap_or("about:blank"),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: &body.message,
+            instance: instance.map(|path| truncate(path, MAX_INSTANCE_LEN)),
+            code: &body.code,
+            request_id: &body.request_id,
+            trace_id: body.trace_id.as_deref(),
+            details: body.details.as_ref(),
+            help: body.help.as_deref(),
+            retryable: body.retryable,
+            retry_after_s: body.retry_after_s,
+            docs_url: body.docs_url.as_deref(),
+            violations: &body.violations,
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary.
+pub(crate) fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn negotiation_follows_q_values() {
+        assert!(prefers_problem_json(&accept("application/problem+json")));
+        assert!(prefers_problem_json(&accept(
+            "text/html, Application/Problem+JSON; q=0.8"
+        )));
+        assert!(prefers_problem_json(&accept(
+            "application/json;q=0.5,application/problem+json"
+        )));
+        assert!(!prefers_problem_json(&accept("application/json")));
+        assert!(!prefers_problem_json(&accept("*/*")));
+        assert!(!prefers_problem_json(&accept(
+            "application/problem+json;q=0"
+        )));
+        assert!(!prefers_problem_json(&accept(
+            "application/problem+json;q=nonsense"
+        )));
+        assert!(!prefers_problem_json(&accept(
+            "application/problem+json;q=0.2, application/json;q=0.3"
+        )));
+    }
+
+    #[test]
+    fn problem_details_carry_every_fact_of_the_envelope() {
+        let mut body = ErrorBody::new("rate_limited", "Too many requests", "req_1");
+        body.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+        body.retryable = Some(true);
+        body.retry_after_s = Some(7);
+        let ids = Ids {
+            request_id: RequestId::parse("req_1").unwrap(),
+            trace_id: None,
+            from_context: true,
+        };
+        let response: Response<Vec<u8>> = response(
+            StatusCode::TOO_MANY_REQUESTS,
+            body,
+            Format::Problem,
+            Some("/v1/jobs"),
+            &ids,
+        );
+        assert_eq!(response.headers()["retry-after"], "7");
+        assert_eq!(response.headers()["x-request-id"], "req_1");
+        let json: Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "type": "about:blank", "title": "Too Many Requests", "status": 429,
+                "detail": "Too many requests", "instance": "/v1/jobs",
+                "code": "rate_limited", "request_id": "req_1",
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+                "retryable": true, "retry_after_s": 7
+            })
+        );
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(whole_seconds(Duration::from_secs(3)), 3);
+        assert_eq!(whole_seconds(Duration::from_millis(3001)), 4);
+        assert_eq!(whole_seconds(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn truncation_keeps_characters_whole() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("héllo", 3), "hé");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

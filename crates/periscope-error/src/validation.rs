@@ -1,0 +1,173 @@
+//! Collecting field violations into one validation error.
+
+use std::borrow::Cow;
+
+use crate::code::{ErrorCode, codes};
+use crate::envelope::Violation;
+use crate::error::HttpError;
+
+/// Collects every invalid field of a request, so the client learns about all of them at once
+/// in a single 422 `validation_error` (or a 400 `invalid_request` with
+/// [`into_result_with`](Violations::into_result_with)).
+///
+/// ```
+/// use periscope_error::{HttpError, Violations};
+///
+/// fn validate(name: &str, gpus: u32) -> Result<(), HttpError> {
+///     let mut violations = Violations::new();
+///     violations.check(!name.is_empty(), "name", "required", "name is required");
+///     violations.check(gpus <= 8, "gpus", "out_of_range", "gpus must be between 0 and 8");
+///     violations.into_result()
+/// }
+///
+/// assert!(validate("train", 2).is_ok());
+/// let error = validate("", 16).unwrap_err();
+/// assert_eq!(error.status(), http::StatusCode::UNPROCESSABLE_ENTITY);
+/// assert_eq!(error.code().name(), "validation_error");
+/// assert_eq!(error.message(), "2 fields are invalid: name, gpus");
+/// assert_eq!(error.violations()[1].reason, "out_of_range");
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Violations {
+    list: Vec<Violation>,
+}
+
+/// How many field names the summary message lists before "and N more".
+const NAMED_IN_MESSAGE: usize = 5;
+
+impl Violations {
+    /// No violations yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `field` is invalid for `reason` (a snake_case word such as `required`).
+    pub fn add(
+        &mut self,
+        field: impl Into<Cow<'static, str>>,
+        reason: impl Into<Cow<'static, str>>,
+        message: impl Into<Cow<'static, str>>,
+    ) -> &mut Self {
+        self.list.push(Violation::new(field, reason, message));
+        self
+    }
+
+    /// Records the violation unless `valid` holds.
+    pub fn check(
+        &mut self,
+        valid: bool,
+        field: impl Into<Cow<'static, str>>,
+        reason: impl Into<Cow<'static, str>>,
+        message: impl Into<Cow<'static, str>>,
+    ) -> &mut Self {
+        if !valid {
+            self.add(field, reason, message);
+        }
+        self
+    }
+
+    /// Whether every field was valid.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// How many violations were recorded.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// The recorded violations, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Violation> {
+        self.list.iter()
+    }
+
+    /// `Ok` when nothing was recorded, else a 422 `validation_error` listing the violations.
+    pub fn into_result(self) -> Result<(), HttpError> {
+        self.into_result_with(codes::VALIDATION_ERROR)
+    }
+
+    /// `Ok` when nothing was recorded, else an error of `code` (for example
+    /// [`codes::INVALID_REQUEST`] for a 400) listing the violations.
+    pub fn into_result_with(self, code: ErrorCode) -> Result<(), HttpError> {
+        if self.list.is_empty() {
+            return Ok(());
+        }
+        let message = self.summary();
+        Err(HttpError::new(code, message).with_violations(self.list))
+    }
+
+    /// "2 fields are invalid: name, gpus".
+    fn summary(&self) -> String {
+        let count = self.list.len();
+        let mut message = if count == 1 {
+            String::from("1 field is invalid: ")
+        } else {
+            format!("{count} fields are invalid: ")
+        };
+        for (i, violation) in self.list.iter().take(NAMED_IN_MESSAGE).enumerate() {
+            if i > 0 {
+                message.push_str(", ");
+            }
+            message.push_str(&violation.field);
+        }
+        if count > NAMED_IN_MESSAGE {
+            message.push_str(&format!(" and {} more", count - NAMED_IN_MESSAGE));
+        }
+        message
+    }
+}
+
+impl Extend<Violation> for Violations {
+    fn extend<I: IntoIterator<Item = Violation>>(&mut self, iter: I) {
+        self.list.extend(iter);
+    }
+}
+
+impl FromIterator<Violation> for Violations {
+    fn from_iter<I: IntoIterator<Item = Violation>>(iter: I) -> Self {
+        Self {
+            list: iter.into_iter().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn no_violation_is_ok() {
+        let mut violations = Violations::new();
+        violations.check(true, "name", "required", "name is required");
+        assert!(violations.is_empty());
+        assert!(violations.into_result().is_ok());
+    }
+
+    #[test]
+    fn one_error_for_all_violations_with_400_on_request() {
+        let violations: Violations = (0..7)
+            .map(|i| Violation::new(format!("f{i}"), "required", "required"))
+            .collect();
+        assert_eq!(violations.len(), 7);
+        let error = violations
+            .into_result_with(codes::INVALID_REQUEST)
+            .unwrap_err();
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(error.violations().len(), 7);
+        assert_eq!(
+            error.message(),
+            "7 fields are invalid: f0, f1, f2, f3, f4 and 2 more"
+        );
+    }
+
+    #[test]
+    fn single_violation_message() {
+        let mut violations = Violations::new();
+        violations.add("email", "format", "email must be an address");
+        assert_eq!(
+            violations.into_result().unwrap_err().message(),
+            "1 field is invalid: email"
+        );
+    }
+}

@@ -1,0 +1,440 @@
+//! The error layer behind a real axum server on 127.0.0.1: every failure a client can meet
+//! comes back as the envelope, with the request id that is also in the response header and
+//! in the log line.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use periscope_context::{ExtractOptions, RequestContext, extract};
+use periscope_error::{
+    ErrorClass, ErrorCode, ErrorLayer, HttpError, Violations, codes, error_codes,
+};
+use serde_json::Value;
+
+use support::{Reply, captured_events, send};
+
+error_codes! {
+    /// The test service's own codes.
+    pub const JOB_CODES = [
+        /// No job has this id.
+        JOB_NOT_FOUND = ErrorCode::new("job_not_found", ErrorClass::NotFound)
+            .with_help("List jobs to find the id"),
+        /// Cancel on a finished job.
+        JOB_ALREADY_TERMINAL = ErrorCode::new("job_already_terminal", ErrorClass::Conflict)
+            .with_help("Jobs can only be canceled while queued or processing")
+            .with_docs_url("https://docs.example.com/errors#job_already_terminal"),
+    ];
+}
+
+/// What periscope-trace's server layer does: the context goes into the extensions, becomes
+/// current while the inner service runs, and its request id is echoed.
+async fn correlate(mut request: Request, next: Next) -> Response {
+    let ctx = extract(request.headers(), &ExtractOptions::default()).context;
+    request.extensions_mut().insert(ctx.clone());
+    let id = ctx.request_id.header_value().clone();
+    let mut response = ctx.scope(next.run(request)).await;
+    response.headers_mut().insert("x-request-id", id);
+    response
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("loading job failed")]
+struct LoadFailed(#[source] std::io::Error);
+
+fn load_job() -> Result<(), LoadFailed> {
+    Err(LoadFailed(std::io::Error::other(
+        "connect to db as admin password=hunter2 refused",
+    )))
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/ok", get(|| async { "fine" }))
+        .route(
+            "/panic",
+            get(|| async {
+                if true {
+                    panic!("secret panic payload {}", 42);
+                }
+                "unreachable"
+            }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                "too late"
+            }),
+        )
+        .route(
+            "/jobs",
+            post(|Json(job): Json<Value>| async move { Json(job) }),
+        )
+        .route(
+            "/jobs/{id}",
+            get(|Path(id): Path<String>| async move {
+                Err::<String, _>(
+                    HttpError::new(JOB_NOT_FOUND, "No job has this id").with_detail("job_id", id),
+                )
+            }),
+        )
+        .route(
+            "/jobs/{id}/cancel",
+            post(|Path(id): Path<String>| async move {
+                Err::<String, _>(
+                    HttpError::new(
+                        JOB_ALREADY_TERMINAL,
+                        "Cannot cancel job that is already completed",
+                    )
+                    .with_detail("job_id", id)
+                    .with_detail("current_status", "completed"),
+                )
+            }),
+        )
+        .route(
+            "/rate",
+            get(|| async {
+                Err::<String, _>(
+                    HttpError::from(codes::RATE_LIMITED).with_retry_after(Duration::from_secs(30)),
+                )
+            }),
+        )
+        .route(
+            "/busy",
+            get(|| async {
+                Err::<String, _>(
+                    HttpError::from(codes::SERVICE_UNAVAILABLE)
+                        .with_retry_after(Duration::from_secs(5)),
+                )
+            }),
+        )
+        .route(
+            "/fail",
+            get(|| async {
+                load_job()?;
+                Ok::<_, HttpError>("loaded")
+            }),
+        )
+        .route("/gone", get(|| async { StatusCode::NOT_FOUND }))
+        .route(
+            "/validate",
+            post(|Json(body): Json<Value>| async move {
+                let mut violations = Violations::new();
+                violations.check(
+                    body["name"].is_string(),
+                    "name",
+                    "required",
+                    "name is required",
+                );
+                violations.check(
+                    body["gpus"].as_u64().is_some_and(|n| n <= 8),
+                    "gpus",
+                    "out_of_range",
+                    "gpus must be between 0 and 8",
+                );
+                violations.into_result().map(|()| "valid")
+            }),
+        )
+        .layer(DefaultBodyLimit::max(1024))
+        .layer(ErrorLayer::new().timeout(Duration::from_millis(300)))
+        .layer(middleware::from_fn(correlate))
+}
+
+async fn serve() -> std::net::SocketAddr {
+    support::install_capture();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app()).await.unwrap() });
+    addr
+}
+
+/// The envelope of `reply`, after checking it is one: JSON content type, the header request id
+/// equal to the body's, a log line of the request, and the client decoder agreeing.
+fn envelope(reply: &Reply, code: &str, status: u16) -> Value {
+    assert_eq!(reply.status, status, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let json = reply.json();
+    let error = &json["error"];
+    assert_eq!(error["code"], code, "{json}");
+    let request_id = reply.header("x-request-id").expect("x-request-id echoed");
+    assert_eq!(error["request_id"], request_id);
+    assert_eq!(error["trace_id"].as_str().map(str::len), Some(32));
+    assert!(
+        captured_events()
+            .iter()
+            .any(|event| event.get("request_id").map(String::as_str) == Some(request_id)),
+        "a log line carries request_id {request_id}"
+    );
+    let decoded = reply.api_error();
+    assert_eq!(decoded.code(), code);
+    assert_eq!(decoded.status().as_u16(), status);
+    assert_eq!(decoded.request_id(), Some(request_id));
+    assert_eq!(decoded.trace_id(), error["trace_id"].as_str());
+    let known = ErrorCode::find(code, JOB_CODES).expect("a known code");
+    assert_eq!(decoded.class(), known.class());
+    assert_eq!(decoded.is_retryable(), known.is_retryable());
+    assert_eq!(error["retryable"], known.is_retryable());
+    json
+}
+
+/// The log lines of one request.
+fn events_of(request_id: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    captured_events()
+        .into_iter()
+        .filter(|event| event.get("request_id").map(String::as_str) == Some(request_id))
+        .collect()
+}
+
+#[tokio::test]
+async fn panicking_handler_becomes_internal_error_and_the_panic_stays_in_the_log() {
+    let addr = serve().await;
+    let reply = send(addr, "GET", "/panic", &[], b"").await;
+    let json = envelope(&reply, "internal_error", 500);
+    assert_eq!(json["error"]["message"], "An internal error occurred");
+    assert!(
+        !reply.text().contains("secret panic payload"),
+        "{}",
+        reply.text()
+    );
+    assert!(!reply.text().contains("socket.rs"));
+
+    let request_id = reply.header("x-request-id").unwrap();
+    let events = events_of(request_id);
+    let panic = events
+        .iter()
+        .find(|event| event.get("message").map(String::as_str) == Some("handler panicked"))
+        .expect("the panic is logged");
+    assert_eq!(panic["level"], "ERROR");
+    assert_eq!(panic["panic.message"], "secret panic payload 42");
+    assert!(panic["panic.location"].contains("socket.rs:"), "{panic:?}");
+
+    // The server is still serving.
+    assert_eq!(send(addr, "GET", "/ok", &[], b"").await.status, 200);
+}
+
+#[tokio::test]
+async fn slow_handler_past_the_timeout_gets_504_timeout() {
+    let addr = serve().await;
+    let reply = send(addr, "GET", "/slow", &[], b"").await;
+    let json = envelope(&reply, "timeout", 504);
+    assert_eq!(json["error"]["retryable"], true);
+    assert_eq!(
+        json["error"]["message"],
+        "The request did not complete within 300ms"
+    );
+    let events = events_of(reply.header("x-request-id").unwrap());
+    assert!(events.iter().any(|event| event["level"] == "WARN"));
+}
+
+#[tokio::test]
+async fn unknown_route_and_wrong_method() {
+    let addr = serve().await;
+    let reply = send(addr, "GET", "/nope?token=1", &[], b"").await;
+    let json = envelope(&reply, "route_not_found", 404);
+    assert_eq!(json["error"]["message"], "No route matches GET /nope");
+
+    let reply = send(addr, "DELETE", "/ok", &[], b"").await;
+    let json = envelope(&reply, "method_not_allowed", 405);
+    assert_eq!(json["error"]["message"], "DELETE is not allowed on /ok");
+    assert!(reply.header("allow").unwrap().contains("GET"));
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_bodies() {
+    let addr = serve().await;
+    let json_type = [("content-type", "application/json")];
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(4096));
+    let reply = send(addr, "POST", "/jobs", &json_type, big.as_bytes()).await;
+    envelope(&reply, "payload_too_large", 413);
+
+    let reply = send(addr, "POST", "/jobs", &json_type, b"{\"name\": ").await;
+    let json = envelope(&reply, "invalid_request", 400);
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Failed to parse the request body as JSON"),
+        "{message}"
+    );
+
+    let reply = send(addr, "POST", "/jobs", &[], b"{}").await;
+    envelope(&reply, "unsupported_media_type", 415);
+
+    let reply = send(addr, "POST", "/jobs", &json_type, b"{\"name\":\"train\"}").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["name"], "train");
+}
+
+#[tokio::test]
+async fn handler_envelopes_pass_through_untouched() {
+    let addr = serve().await;
+    let reply = send(addr, "GET", "/jobs/job_456", &[], b"").await;
+    let json = envelope(&reply, "job_not_found", 404);
+    assert_eq!(json["error"]["details"]["job_id"], "job_456");
+    assert_eq!(json["error"]["help"], "List jobs to find the id");
+
+    let reply = send(addr, "POST", "/jobs/job_456/cancel", &[], b"").await;
+    let json = envelope(&reply, "job_already_terminal", 409);
+    assert_eq!(
+        json["error"]["docs_url"],
+        "https://docs.example.com/errors#job_already_terminal"
+    );
+    let members: Vec<&str> = json["error"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for member in [
+        "code",
+        "message",
+        "request_id",
+        "trace_id",
+        "details",
+        "help",
+        "retryable",
+    ] {
+        assert!(members.contains(&member), "{member} in {members:?}");
+    }
+    assert!(!members.contains(&"violations") && !members.contains(&"retry_after_s"));
+
+    // With axum's MatchedPath, a handler's bare 404 is `not_found`, not `route_not_found`.
+    let reply = send(addr, "GET", "/gone", &[], b"").await;
+    envelope(&reply, "not_found", 404);
+}
+
+#[tokio::test]
+async fn the_client_request_id_is_kept_everywhere() {
+    let addr = serve().await;
+    let reply = send(
+        addr,
+        "GET",
+        "/panic",
+        &[("x-request-id", "client-req-17")],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.header("x-request-id"), Some("client-req-17"));
+    envelope(&reply, "internal_error", 500);
+    assert!(!events_of("client-req-17").is_empty());
+}
+
+#[tokio::test]
+async fn error_chains_never_reach_the_body() {
+    let addr = serve().await;
+    let reply = send(addr, "GET", "/fail", &[], b"").await;
+    envelope(&reply, "internal_error", 500);
+    assert!(!reply.text().contains("hunter2"));
+    assert!(!reply.text().contains("loading job failed"));
+    let events = events_of(reply.header("x-request-id").unwrap());
+    let logged = events
+        .iter()
+        .find_map(|event| event.get("error"))
+        .expect("the error is logged");
+    assert!(logged.contains("loading job failed"), "{logged}");
+    assert!(
+        logged.contains("password=hunter2"),
+        "the chain is logged: {logged}"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_for_rate_limited_and_unavailable() {
+    let addr = serve().await;
+    let reply = send(addr, "GET", "/rate", &[], b"").await;
+    let json = envelope(&reply, "rate_limited", 429);
+    assert_eq!(reply.header("retry-after"), Some("30"));
+    assert_eq!(json["error"]["retry_after_s"], 30);
+    assert_eq!(
+        reply.api_error().retry_after(),
+        Some(Duration::from_secs(30))
+    );
+
+    let reply = send(addr, "GET", "/busy", &[], b"").await;
+    envelope(&reply, "service_unavailable", 503);
+    assert_eq!(reply.header("retry-after"), Some("5"));
+
+    // Without a known delay there is no header.
+    let reply = send(addr, "GET", "/slow", &[], b"").await;
+    assert_eq!(reply.header("retry-after"), None);
+}
+
+#[tokio::test]
+async fn problem_json_is_negotiated() {
+    let addr = serve().await;
+    let accept = [("accept", "application/problem+json")];
+    for (method, path, code, status) in [
+        ("GET", "/nope", "route_not_found", 404),
+        ("GET", "/panic", "internal_error", 500),
+        ("POST", "/jobs/job_1/cancel", "job_already_terminal", 409),
+    ] {
+        let reply = send(addr, method, path, &accept, b"").await;
+        assert_eq!(reply.status, status);
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json")
+        );
+        let json = reply.json();
+        assert_eq!(json["status"], status);
+        assert_eq!(json["code"], code);
+        assert_eq!(json["instance"], path);
+        assert_eq!(json["request_id"], reply.header("x-request-id").unwrap());
+        assert!(json["title"].is_string() && json["detail"].is_string());
+        assert!(!reply.text().contains("secret panic payload"));
+        // The decoder reads problem details too.
+        assert_eq!(reply.api_error().code(), code);
+    }
+    let reply = send(addr, "POST", "/jobs/job_1/cancel", &accept, b"").await;
+    assert_eq!(
+        reply.json()["type"],
+        "https://docs.example.com/errors#job_already_terminal"
+    );
+}
+
+#[tokio::test]
+async fn violations_become_one_422() {
+    let addr = serve().await;
+    let json_type = [("content-type", "application/json")];
+    let reply = send(addr, "POST", "/validate", &json_type, b"{\"gpus\": 64}").await;
+    let json = envelope(&reply, "validation_error", 422);
+    assert_eq!(
+        json["error"]["violations"],
+        serde_json::json!([
+            {"field": "name", "reason": "required", "message": "name is required"},
+            {"field": "gpus", "reason": "out_of_range", "message": "gpus must be between 0 and 8"}
+        ])
+    );
+    assert_eq!(reply.api_error().violations().len(), 2);
+
+    let reply = send(
+        addr,
+        "POST",
+        "/validate",
+        &json_type,
+        b"{\"name\":\"a\",\"gpus\":1}",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test]
+async fn handler_sees_the_context_of_the_request() {
+    // Sanity check of the test middleware: the handler runs inside the request's context.
+    let router: Router = Router::new()
+        .route(
+            "/id",
+            get(|| async { RequestContext::current().unwrap().request_id.to_string() }),
+        )
+        .layer(ErrorLayer::new())
+        .layer(middleware::from_fn(correlate));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let reply = send(addr, "GET", "/id", &[("x-request-id", "abc")], b"").await;
+    assert_eq!(reply.text(), "abc");
+}
