@@ -23,8 +23,8 @@ pub const OVERFLOW_METRIC: &str = "periscope_label_overflow_total";
 /// register here, and [`MetricsService`](crate::MetricsService) exposes it.
 ///
 /// Names are checked, and registering a name twice is an error rather than a broken
-/// exposition. Counter names may be given with or without `_total`; a name ending in a unit
-/// (`_seconds`, `_bytes`...) gets an OpenMetrics `# UNIT` line.
+/// exposition. Counter names may be given with or without `_total`; a counter or gauge whose
+/// name ends in a unit (`_seconds`, `_bytes`...) gets an OpenMetrics `# UNIT` line.
 ///
 /// ```
 /// use periscope_metrics::{MetricsRegistry, ServiceInfo};
@@ -97,9 +97,15 @@ impl MetricsRegistry {
         help: &str,
         metric: impl Metric,
     ) -> Result<(), MetricsError> {
-        let family = self.claim(name, metric.metric_type())?;
+        let metric_type = metric.metric_type();
+        let family = self.claim(name, metric_type)?;
+        // `# UNIT` only on counters and gauges: some OpenMetrics parsers reject it elsewhere.
+        let unit = match metric_type {
+            MetricType::Counter | MetricType::Gauge => split_unit(family),
+            _ => (family, None),
+        };
         let mut registry = write(&self.inner.registry);
-        match split_unit(family) {
+        match unit {
             (base, Some(unit)) => registry.register_with_unit(base, help, unit, metric),
             (base, None) => registry.register(base, help, metric),
         }
