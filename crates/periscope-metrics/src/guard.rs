@@ -272,10 +272,11 @@ impl<M, const N: usize> GuardedFamily<M, N> {
             return series;
         }
 
-        // A new combination: fold each value its label does not keep.
+        // A new combination: fold each value its label does not keep. A value that is
+        // already `__overflow__` was folded (and counted) upstream.
         let mut folded = values;
         for (i, value) in folded.iter_mut().enumerate() {
-            if !inner.guards[i].admit(value) {
+            if *value != OVERFLOW && !inner.guards[i].admit(value) {
                 *value = OVERFLOW;
                 self.report_overflow(i);
             }
@@ -322,7 +323,8 @@ impl<M, const N: usize> GuardedFamily<M, N> {
             .cloned()
     }
 
-    fn report_overflow(&self, slot: usize) {
+    /// Counts one fold of label `slot` (or of the series cap, for `slot == N`).
+    pub(crate) fn report_overflow(&self, slot: usize) {
         let inner = &*self.inner;
         let label: Arc<str> = match inner.label_names.get(slot) {
             Some(label) => label.clone(),

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::guard::{GuardedFamily, Series};
-use crate::labels::{CANCELLED, StatusLabel, UNMATCHED};
+use crate::labels::{CANCELLED, OVERFLOW, StatusLabel, UNMATCHED};
 use crate::routes::RouteTemplates;
 
 /// Finds the route template of a request when neither axum's `MatchedPath` nor the declared
@@ -100,6 +100,9 @@ pub(crate) struct Recording {
     start: Instant,
     exemplar: Option<TraceId>,
     request_size: Option<u64>,
+    /// Whether the in-flight family folded the route: the requests family then receives
+    /// `__overflow__` already and must count the fold itself.
+    route_folded: bool,
     done: bool,
 }
 
@@ -114,6 +117,7 @@ impl Recording {
         let start = Instant::now();
         let in_flight = red.in_flight.series([method, route]);
         in_flight.metric.inc();
+        let route_folded = &*in_flight.values[1] == OVERFLOW && route != OVERFLOW;
         Self {
             red,
             in_flight,
@@ -121,6 +125,7 @@ impl Recording {
             start,
             exemplar,
             request_size,
+            route_folded,
             done: false,
         }
     }
@@ -135,6 +140,9 @@ impl Recording {
         // The route as the in-flight family kept it: already folded if it overflowed.
         let route = &*self.in_flight.values[1];
         let series = self.red.requests.series([self.method, route, status]);
+        if self.route_folded {
+            self.red.requests.report_overflow(1);
+        }
         let metrics = &series.metric;
         metrics.count.inc();
         metrics
