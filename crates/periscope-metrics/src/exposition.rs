@@ -180,12 +180,18 @@ impl MetricsService {
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
         }
-        let header = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|value: &HeaderValue| value.to_str().ok())
+        };
         let format = Format::from_accept(header(ACCEPT));
         let text = match self.registry.encode(format) {
             Ok(text) => text,
             Err(std::fmt::Error) => {
-                tracing::error!("encoding the metrics registry failed: a collector returned an error");
+                tracing::error!(
+                    "encoding the metrics registry failed: a collector returned an error"
+                );
                 return plain(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "encoding the metrics failed; see the service log\n",
@@ -205,7 +211,10 @@ impl MetricsService {
         };
         let mut response = Response::new(Full::new(body));
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        );
         headers.insert(VARY, HeaderValue::from_static("accept, accept-encoding"));
         if gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));

@@ -303,8 +303,7 @@ impl<M, const N: usize> GuardedFamily<M, N> {
             self.report_overflow(N);
             folded = [OVERFLOW; N];
             hash = inner.hasher.hash_one(folded);
-            if let Some(series) = table.find(hash, |series| same_values(&series.values, &folded))
-            {
+            if let Some(series) = table.find(hash, |series| same_values(&series.values, &folded)) {
                 return series.clone();
             }
         }
@@ -508,7 +507,10 @@ mod tests {
                 scope.spawn(move || {
                     for i in 0..2_000 {
                         family
-                            .get_or_create([&format!("k{}", (i * 7 + t) % 50), &format!("q{}", i % 5)])
+                            .get_or_create([
+                                &format!("k{}", (i * 7 + t) % 50),
+                                &format!("q{}", i % 5),
+                            ])
                             .inc();
                     }
                 });

@@ -46,7 +46,9 @@ pub enum StatusLabel {
 impl StatusLabel {
     /// The label value for `status`.
     pub fn value(self, status: StatusCode) -> &'static str {
-        const CLASSES: [&str; 9] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx"];
+        const CLASSES: [&str; 9] = [
+            "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+        ];
         match self {
             // `StatusCode` is always 100..=999, so the class index is 0..=8.
             StatusLabel::Class => CLASSES
@@ -99,8 +101,14 @@ mod tests {
             StatusLabel::Code.value(StatusCode::SERVICE_UNAVAILABLE),
             "503"
         );
-        assert_eq!(StatusLabel::Code.value(StatusCode::from_u16(100).unwrap()), "100");
-        assert_eq!(StatusLabel::Code.value(StatusCode::from_u16(999).unwrap()), "999");
+        assert_eq!(
+            StatusLabel::Code.value(StatusCode::from_u16(100).unwrap()),
+            "100"
+        );
+        assert_eq!(
+            StatusLabel::Code.value(StatusCode::from_u16(999).unwrap()),
+            "999"
+        );
         assert_eq!(StatusLabel::Code.server_error(), "500");
         assert_eq!(StatusLabel::Class.server_error(), "5xx");
     }

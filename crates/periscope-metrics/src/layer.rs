@@ -303,7 +303,11 @@ impl MetricsLayerBuilder {
             in_flight.clone(),
         )?;
         if let Some(name) = &request_size_name {
-            registry.register(name, "HTTP request body size in bytes", view(Part::RequestSize))?;
+            registry.register(
+                name,
+                "HTTP request body size in bytes",
+                view(Part::RequestSize),
+            )?;
         }
         if let Some(name) = &response_size_name {
             registry.register(
@@ -386,7 +390,9 @@ impl MetricsLayer {
     /// Requests being served now, over all methods and routes: what `/debug/status` shows.
     pub fn in_flight(&self) -> i64 {
         let mut total = 0;
-        self.red.in_flight.for_each_metric(|gauge| total += gauge.get());
+        self.red
+            .in_flight
+            .for_each_metric(|gauge| total += gauge.get());
         total
     }
 }

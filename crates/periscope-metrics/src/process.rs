@@ -123,6 +123,9 @@ mod tests {
             .unwrap()
             .as_secs_f64();
         let start = value("process_start_time_seconds");
-        assert!(start > now - 86_400.0 && start <= now + 1.0, "{start} vs {now}");
+        assert!(
+            start > now - 86_400.0 && start <= now + 1.0,
+            "{start} vs {now}"
+        );
     }
 }

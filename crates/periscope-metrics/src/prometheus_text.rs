@@ -50,7 +50,10 @@ fn push_line(out: &mut String, parts: &[&str]) {
 fn without_exemplar(line: &str) -> &str {
     // Skip the label set, whose quoted values may contain anything, `#` and `}` included.
     let bytes = line.as_bytes();
-    let mut i = bytes.iter().position(|&b| b == b'{' || b == b' ').unwrap_or(bytes.len());
+    let mut i = bytes
+        .iter()
+        .position(|&b| b == b'{' || b == b' ')
+        .unwrap_or(bytes.len());
     if bytes.get(i) == Some(&b'{') {
         let mut in_quotes = false;
         let mut escaped = false;
@@ -126,9 +129,15 @@ odd 1
     #[test]
     fn label_values_that_look_like_exemplars_are_kept() {
         let line = r#"x_total{route="/a # {b} \" # }"} 7 # {trace_id="00"} 1"#;
-        assert_eq!(without_exemplar(line), r#"x_total{route="/a # {b} \" # }"} 7"#);
+        assert_eq!(
+            without_exemplar(line),
+            r#"x_total{route="/a # {b} \" # }"} 7"#
+        );
         assert_eq!(without_exemplar("plain 1"), "plain 1");
         assert_eq!(without_exemplar("plain 1 # {a=\"b\"} 2"), "plain 1");
-        assert_eq!(without_exemplar(r#"broken{a="unterminated"#), r#"broken{a="unterminated"#);
+        assert_eq!(
+            without_exemplar(r#"broken{a="unterminated"#),
+            r#"broken{a="unterminated"#
+        );
     }
 }

@@ -204,18 +204,19 @@ pub(crate) struct RequestsView {
 
 impl EncodeMetric for RequestsView {
     fn encode(&self, encoder: MetricEncoder) -> std::fmt::Result {
-        self.family.encode_each(encoder, |series, encoder| match self.part {
-            Part::Count => series.count.encode(encoder),
-            Part::Duration => series.duration.encode(encoder),
-            Part::RequestSize => series
-                .request_size
-                .as_ref()
-                .map_or(Ok(()), |histogram| histogram.encode(encoder)),
-            Part::ResponseSize => series
-                .response_size
-                .as_ref()
-                .map_or(Ok(()), |histogram| histogram.encode(encoder)),
-        })
+        self.family
+            .encode_each(encoder, |series, encoder| match self.part {
+                Part::Count => series.count.encode(encoder),
+                Part::Duration => series.duration.encode(encoder),
+                Part::RequestSize => series
+                    .request_size
+                    .as_ref()
+                    .map_or(Ok(()), |histogram| histogram.encode(encoder)),
+                Part::ResponseSize => series
+                    .response_size
+                    .as_ref()
+                    .map_or(Ok(()), |histogram| histogram.encode(encoder)),
+            })
     }
 
     fn metric_type(&self) -> MetricType {

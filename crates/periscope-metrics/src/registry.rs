@@ -61,7 +61,11 @@ impl Default for MetricsRegistry {
 
 impl std::fmt::Debug for MetricsRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names = self.inner.names.lock().unwrap_or_else(PoisonError::into_inner);
+        let names = self
+            .inner
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         f.debug_struct("MetricsRegistry")
             .field("families", &names.len())
             .finish()
@@ -328,7 +332,11 @@ mod tests {
                 name: "jobs".into()
             }
         );
-        assert!(registry.register("bad name", "x", Counter::<u64>::default()).is_err());
+        assert!(
+            registry
+                .register("bad name", "x", Counter::<u64>::default())
+                .is_err()
+        );
     }
 
     #[test]
@@ -347,9 +355,15 @@ mod tests {
 
     #[test]
     fn units_are_recognised_only_as_a_whole_suffix() {
-        assert!(matches!(split_unit("latency_seconds"), ("latency", Some(Unit::Seconds))));
+        assert!(matches!(
+            split_unit("latency_seconds"),
+            ("latency", Some(Unit::Seconds))
+        ));
         assert!(matches!(split_unit("seconds"), ("seconds", None)));
         assert!(matches!(split_unit("kiloseconds"), ("kiloseconds", None)));
-        assert!(matches!(split_unit("gpu_utilization_ratio"), ("gpu_utilization", Some(Unit::Other(_)))));
+        assert!(matches!(
+            split_unit("gpu_utilization_ratio"),
+            ("gpu_utilization", Some(Unit::Other(_)))
+        ));
     }
 }

@@ -1,5 +1,7 @@
 //! A cardinality attack: random paths and invented methods cannot grow the series past the
 //! caps, and every request is still counted.
+// Test code: helpers outside #[test] functions may unwrap too.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -30,12 +32,16 @@ impl Paths {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
-        format!("/{:x}/{}", self.0.wrapping_mul(0x2545_f491_4f6c_dd1d), self.0 % 97)
+        format!(
+            "/{:x}/{}",
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d),
+            self.0 % 97
+        )
     }
 }
 
 fn method(i: usize) -> Method {
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         Method::from_bytes(format!("BOGUS{}", i % BOGUS_METHODS).as_bytes()).unwrap()
     } else {
         Method::GET
@@ -88,9 +94,17 @@ async fn raw_paths_as_routes_fold_past_the_cap_and_totals_stay_exact() {
         total(&exposition, "http_server_request_duration_seconds"),
         REQUESTS as f64
     );
-    assert!(requests.len() <= DEFAULT_SERIES_CAP + 1, "{} series", requests.len());
+    assert!(
+        requests.len() <= DEFAULT_SERIES_CAP + 1,
+        "{} series",
+        requests.len()
+    );
     let routes: HashSet<&str> = requests.iter().map(|point| point.label("route")).collect();
-    assert!(routes.len() <= DEFAULT_LABEL_CAP + 1, "{} routes", routes.len());
+    assert!(
+        routes.len() <= DEFAULT_LABEL_CAP + 1,
+        "{} routes",
+        routes.len()
+    );
     assert!(routes.contains(OVERFLOW));
     let methods: HashSet<&str> = requests.iter().map(|point| point.label("method")).collect();
     assert_eq!(methods, HashSet::from(["GET", OTHER_METHOD]));
@@ -113,7 +127,10 @@ async fn raw_paths_as_routes_fold_past_the_cap_and_totals_stay_exact() {
             .sum()
     };
     assert_eq!(overflow_of("http_server_requests_total", "route"), folded);
-    assert_eq!(overflow_of("http_server_requests_in_flight", "route"), folded);
+    assert_eq!(
+        overflow_of("http_server_requests_in_flight", "route"),
+        folded
+    );
     assert_eq!(overflow_of("http_server_requests_total", "method"), 0.0);
 
     let in_flight = points(&exposition, "http_server_requests_in_flight");
@@ -134,7 +151,11 @@ async fn with_the_default_routes_random_paths_are_one_unmatched_route() {
     assert_eq!(total(&exposition, "http_server_requests"), REQUESTS as f64);
     // 2 methods (GET, _OTHER) x 1 route x 3 status classes.
     assert_eq!(requests.len(), 6, "{requests:?}");
-    assert!(requests.iter().all(|point| point.label("route") == UNMATCHED));
+    assert!(
+        requests
+            .iter()
+            .all(|point| point.label("route") == UNMATCHED)
+    );
     assert!(points(&exposition, "periscope_label_overflow").is_empty());
 }
 
@@ -161,7 +182,11 @@ async fn the_attack_over_a_real_socket_stays_bounded() {
                     paths.next()
                 };
                 let response = request(addr, method.as_str(), &path, &[]).await.unwrap();
-                let expected = if i % 10 == 0 && method == Method::GET { 200 } else { 404 };
+                let expected = if i % 10 == 0 && method == Method::GET {
+                    200
+                } else {
+                    404
+                };
                 assert!(
                     response.status == expected || response.status == 405,
                     "{method} {path}: {}",
@@ -184,7 +209,10 @@ async fn the_attack_over_a_real_socket_stays_bounded() {
         let route = point.label("route");
         assert!(route == UNMATCHED || route == "/known/{id}", "{route}");
         let method = point.label("method");
-        assert!(method == OTHER_METHOD || STANDARD_METHODS.contains(&method), "{method}");
+        assert!(
+            method == OTHER_METHOD || STANDARD_METHODS.contains(&method),
+            "{method}"
+        );
     }
     assert!(requests.len() <= 2 * 2 * 5, "{requests:?}");
     assert_eq!(layer.in_flight(), 0);

@@ -1,5 +1,7 @@
 //! Counts stay exact under concurrency over a real socket, with requests that complete, time
 //! out above the layer, lose their client, or panic; the in-flight gauge returns to 0.
+// Test code: helpers outside #[test] functions may unwrap too.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -84,7 +86,9 @@ async fn counts_are_exact_and_in_flight_returns_to_zero() {
     }
     for i in 0..ITEMS {
         tasks.spawn(async move {
-            let response = request(addr, "GET", &format!("/items/{i}"), &[]).await.unwrap();
+            let response = request(addr, "GET", &format!("/items/{i}"), &[])
+                .await
+                .unwrap();
             assert_eq!(response.status, if i % 2 == 0 { 200 } else { 404 });
         });
     }
@@ -109,7 +113,10 @@ async fn counts_are_exact_and_in_flight_returns_to_zero() {
     }
     for _ in 0..PANICS {
         tasks.spawn(async move {
-            assert!(request(addr, "GET", "/panic", &[]).await.is_none(), "no answer to a panic");
+            assert!(
+                request(addr, "GET", "/panic", &[]).await.is_none(),
+                "no answer to a panic"
+            );
         });
     }
     while let Some(result) = tasks.join_next().await {
@@ -119,7 +126,11 @@ async fn counts_are_exact_and_in_flight_returns_to_zero() {
     // Aborted clients leave handlers running until they finish or are dropped.
     let deadline = Instant::now() + Duration::from_secs(10);
     while metrics.in_flight() != 0 {
-        assert!(Instant::now() < deadline, "in-flight stuck at {}", metrics.in_flight());
+        assert!(
+            Instant::now() < deadline,
+            "in-flight stuck at {}",
+            metrics.in_flight()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -133,7 +144,10 @@ async fn counts_are_exact_and_in_flight_returns_to_zero() {
     );
     let in_flight = points(&exposition, "http_server_requests_in_flight");
     assert!(!in_flight.is_empty());
-    assert!(in_flight.iter().all(|point| point.value == 0.0), "{in_flight:?}");
+    assert!(
+        in_flight.iter().all(|point| point.value == 0.0),
+        "{in_flight:?}"
+    );
 
     let requests = points(&exposition, "http_server_requests");
     let count = |route: &str, status: &str| -> f64 {

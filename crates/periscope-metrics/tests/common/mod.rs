@@ -47,12 +47,27 @@ pub async fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Option<RawResponse> {
+    request_with_body(addr, method, path, headers, "").await
+}
+
+/// Like [`request`], with a body (and its `content-length`).
+pub async fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<RawResponse> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
+    if !body.is_empty() {
+        head.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
     head.push_str("\r\n");
+    head.push_str(body);
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     // A reset connection reads as an error: no response.
@@ -61,7 +76,11 @@ pub async fn request(
 }
 
 /// Sends a request and drops the connection, unanswered, once `before_close` completes.
-pub async fn request_and_abort(addr: SocketAddr, path: &str, before_close: impl Future<Output = ()>) {
+pub async fn request_and_abort(
+    addr: SocketAddr,
+    path: &str,
+    before_close: impl Future<Output = ()>,
+) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let head = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -189,5 +208,8 @@ fn trace_id(exemplar: &openmetrics_parser::Exemplar) -> String {
 
 /// The sum of a family's points.
 pub fn total(exposition: &OpenMetrics, family: &str) -> f64 {
-    points(exposition, family).iter().map(|point| point.value).sum()
+    points(exposition, family)
+        .iter()
+        .map(|point| point.value)
+        .sum()
 }
