@@ -70,7 +70,9 @@ fn record_one_request(c: &mut Criterion) {
     });
 
     // axum-prometheus spawns its exporter's upkeep task: give it a runtime to spawn on.
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let _entered = runtime.enter();
     let (layer, _handle) = axum_prometheus::PrometheusMetricLayer::pair();
     let mut competitor = layer.layer(noop());

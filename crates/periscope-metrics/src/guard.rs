@@ -154,7 +154,7 @@ struct FamilyInner<M, const N: usize> {
     guards: [Arc<LabelGuard>; N],
     series_cap: usize,
     series: RwLock<HashTable<Arc<Series<M, N>>>>,
-    hasher: std::hash::RandomState,
+    hasher: hashbrown::DefaultHashBuilder,
     new_metric: Box<dyn Fn() -> M + Send + Sync>,
     overflow: OverflowCounter,
     /// One counter per label, then one for the series cap; set on the first fold, which is
@@ -227,7 +227,7 @@ impl<M, const N: usize> GuardedFamily<M, N> {
                 guards,
                 series_cap,
                 series: RwLock::new(HashTable::new()),
-                hasher: std::hash::RandomState::new(),
+                hasher: hashbrown::DefaultHashBuilder::default(),
                 new_metric,
                 overflow,
                 overflow_slots: (0..=N).map(|_| OnceLock::new()).collect(),
@@ -520,13 +520,21 @@ mod tests {
                 labels_capped.get_or_create([&format!("k{i}"), "q"]).inc();
                 labels_capped.get_or_create(["k0", &format!("q{i}")]).inc();
             }
-            assert_eq!(warnings.load(std::sync::atomic::Ordering::SeqCst), 2, "kind, queue");
+            assert_eq!(
+                warnings.load(std::sync::atomic::Ordering::SeqCst),
+                2,
+                "kind, queue"
+            );
             let (series_capped, _) = family(Caps::default().series(1));
             for i in 0..100 {
                 series_capped.get_or_create(["k", &format!("q{i}")]).inc();
             }
         });
-        assert_eq!(warnings.load(std::sync::atomic::Ordering::SeqCst), 3, "and the series cap");
+        assert_eq!(
+            warnings.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "and the series cap"
+        );
     }
 
     #[test]

@@ -48,6 +48,10 @@ fn push_line(out: &mut String, parts: &[&str]) {
 
 /// The sample line up to its value, without the exemplar that may follow.
 fn without_exemplar(line: &str) -> &str {
+    // Most lines have no `#` at all: nothing to strip.
+    if !line.contains('#') {
+        return line;
+    }
     // Skip the label set, whose quoted values may contain anything, `#` and `}` included.
     let bytes = line.as_bytes();
     let mut i = bytes
