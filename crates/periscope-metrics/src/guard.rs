@@ -489,54 +489,6 @@ mod tests {
         assert_eq!(overflow_count(&overflow, SERIES_OVERFLOW), 45);
     }
 
-    /// Counts the warnings logged while it is the default subscriber.
-    struct CountWarnings(Arc<std::sync::atomic::AtomicUsize>);
-
-    impl tracing::Subscriber for CountWarnings {
-        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-            true
-        }
-        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-            tracing::span::Id::from_u64(1)
-        }
-        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-        fn event(&self, event: &tracing::Event<'_>) {
-            if *event.metadata().level() == tracing::Level::WARN {
-                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        fn enter(&self, _: &tracing::span::Id) {}
-        fn exit(&self, _: &tracing::span::Id) {}
-    }
-
-    #[test]
-    fn overflow_is_logged_once_per_metric_and_label() {
-        let warnings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let subscriber = CountWarnings(warnings.clone());
-        tracing::subscriber::with_default(subscriber, || {
-            let (labels_capped, _) = family(Caps::default().every_label(1).series(3));
-            for i in 0..100 {
-                labels_capped.get_or_create([&format!("k{i}"), "q"]).inc();
-                labels_capped.get_or_create(["k0", &format!("q{i}")]).inc();
-            }
-            assert_eq!(
-                warnings.load(std::sync::atomic::Ordering::SeqCst),
-                2,
-                "kind, queue"
-            );
-            let (series_capped, _) = family(Caps::default().series(1));
-            for i in 0..100 {
-                series_capped.get_or_create(["k", &format!("q{i}")]).inc();
-            }
-        });
-        assert_eq!(
-            warnings.load(std::sync::atomic::Ordering::SeqCst),
-            3,
-            "and the series cap"
-        );
-    }
-
     #[test]
     fn a_zero_cap_folds_everything() {
         let (family, _) = family(Caps::default().every_label(0));

@@ -43,7 +43,12 @@ async fn item(Path(id): Path<u32>) -> StatusCode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counts_are_exact_and_in_flight_returns_to_zero() {
     let registry = MetricsRegistry::new();
-    let metrics = MetricsLayer::new(&registry).unwrap();
+    // The templates name the same routes as axum's MatchedPath (feature `axum`), so the test
+    // holds with and without the feature.
+    let metrics = MetricsLayer::builder()
+        .route_templates(["/fast", "/items/{id}", "/slow", "/hang", "/panic"])
+        .register(&registry)
+        .unwrap();
     let hanging = Arc::new(AtomicUsize::new(0));
     let started = hanging.clone();
     let app = Router::new()

@@ -67,6 +67,7 @@ async fn service() -> (std::net::SocketAddr, MetricsRegistry) {
     }
 
     let layer = MetricsLayer::builder()
+        .route_templates(["/v1/models/{model}/predict", "/health"])
         .request_size()
         .response_size()
         .ignore_path("/metrics")
