@@ -509,3 +509,118 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use periscope_context::{RequestContext, RequestId};
+
+    fn request_with(ctx: Option<RequestContext>) -> Request<()> {
+        let mut request = Request::get("/users/7").body(()).unwrap();
+        if let Some(ctx) = ctx {
+            request.extensions_mut().insert(ctx);
+        }
+        request
+    }
+
+    #[test]
+    fn exemplars_link_sampled_traces_only() {
+        let layer = MetricsLayer::new(&MetricsRegistry::new()).unwrap();
+        let sampled = RequestContext::start(RequestId::generate(), true);
+        let unsampled = RequestContext::start(RequestId::generate(), false);
+        let trace_id = sampled.trace_id;
+        assert_eq!(
+            layer.red.exemplar(&request_with(Some(sampled.clone()))),
+            Some(trace_id)
+        );
+        assert_eq!(layer.red.exemplar(&request_with(Some(unsampled))), None);
+        assert_eq!(layer.red.exemplar(&request_with(None)), None);
+        // Without the context in the extensions, the task's current context is used.
+        let from_scope = sampled.in_scope(|| layer.red.exemplar(&request_with(None)));
+        assert_eq!(from_scope, Some(trace_id));
+
+        let off = MetricsLayer::builder()
+            .exemplars(false)
+            .register(&MetricsRegistry::new())
+            .unwrap();
+        assert_eq!(off.red.exemplar(&request_with(Some(sampled))), None);
+    }
+
+    #[test]
+    fn route_comes_from_templates_then_the_route_fn_never_the_path() {
+        let layer = MetricsLayer::builder()
+            .route_templates(["/users/{id}"])
+            .register(&MetricsRegistry::new())
+            .unwrap();
+        assert_eq!(layer.red.route(&request_with(None)), "/users/{id}");
+        let other = Request::get("/admin/secret?x=1").body(()).unwrap();
+        assert_eq!(layer.red.route(&other), crate::UNMATCHED);
+
+        let grpc = MetricsLayer::builder()
+            .route_fn(|uri, _| uri.path().strip_prefix("/grpc"))
+            .register(&MetricsRegistry::new())
+            .unwrap();
+        let call = Request::post("/grpc/pkg.Svc/Run").body(()).unwrap();
+        assert_eq!(grpc.red.route(&call), "/pkg.Svc/Run");
+        assert_eq!(grpc.red.route(&other), crate::UNMATCHED);
+    }
+
+    #[test]
+    fn ignored_paths_are_passed_through_unrecorded() {
+        use tower::ServiceExt;
+        use tower_layer::Layer;
+
+        let registry = MetricsRegistry::new();
+        let layer = MetricsLayer::builder()
+            .ignore_path("/metrics")
+            .register(&registry)
+            .unwrap();
+        let app = layer.layer(tower::service_fn(|_request: Request<String>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(String::from("ok")))
+        }));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for path in ["/metrics", "/metrics", "/work"] {
+            let request = Request::get(path).body(String::new()).unwrap();
+            let response = runtime.block_on(app.clone().oneshot(request)).unwrap();
+            assert_eq!(response.body(), "ok");
+        }
+        let text = registry.encode_prometheus().unwrap();
+        assert!(
+            text.contains(
+                r#"http_server_requests_total{method="GET",route="__unmatched__",status="2xx"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_configuration_is_refused_with_a_reason() {
+        let registry = MetricsRegistry::new();
+        let err = MetricsLayer::builder()
+            .duration_buckets([0.1, 0.05])
+            .register(&registry)
+            .unwrap_err();
+        assert!(matches!(err, MetricsError::InvalidBuckets { .. }), "{err}");
+        let err = MetricsLayer::builder()
+            .route_label("method")
+            .register(&registry)
+            .unwrap_err();
+        assert!(matches!(err, MetricsError::DuplicateLabel { .. }), "{err}");
+        let err = MetricsLayer::builder()
+            .prefix("9lives")
+            .register(&registry)
+            .unwrap_err();
+        assert!(
+            matches!(err, MetricsError::InvalidMetricName { .. }),
+            "{err}"
+        );
+        MetricsLayer::new(&registry).unwrap();
+        let err = MetricsLayer::new(&registry).unwrap_err();
+        assert!(
+            matches!(err, MetricsError::AlreadyRegistered { .. }),
+            "{err}"
+        );
+    }
+}
