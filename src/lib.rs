@@ -5,6 +5,7 @@
 //! - [`context`]: request ids, W3C Trace Context and Baggage, the request context and carriers.
 //! - [`health`]: liveness, readiness and startup probes.
 //! - [`error`]: the error envelope, code taxonomy, catch-all layer and client-side decoding.
+//! - [`metrics`]: RED metrics with cardinality guards, the registry, `/metrics` exposition.
 //! - [`log`]: the JSON log layer, redaction, runtime level control, recent lines, access log.
 #![deny(missing_docs)]
 // Library code reports errors instead of panicking; tests, benches and examples may unwrap.
@@ -14,6 +15,7 @@ pub use periscope_context as context;
 pub use periscope_error as error;
 pub use periscope_health as health;
 pub use periscope_log as log;
+pub use periscope_metrics as metrics;
 
 // The README's Rust examples compile and run as doc tests.
 #[doc = include_str!("../README.md")]

@@ -1,0 +1,55 @@
+//! The errors of building metrics: each says what was wrong and what to do.
+
+/// Why a metric, a family or a layer could not be set up.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MetricsError {
+    /// A metric name outside `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+    #[error(
+        "invalid metric name {name:?}: use ASCII letters, digits, `_` and `:`, not starting with a digit"
+    )]
+    InvalidMetricName {
+        /// The rejected name.
+        name: String,
+    },
+    /// A label name outside `[a-zA-Z_][a-zA-Z0-9_]*`, or one starting with the reserved `__`.
+    #[error(
+        "invalid label name {name:?}: use ASCII letters, digits and `_`, not starting with a digit or `__`"
+    )]
+    InvalidLabelName {
+        /// The rejected name.
+        name: String,
+    },
+    /// Two labels of one family share a name.
+    #[error("label {name:?} appears twice in metric {metric:?}: give each label its own name")]
+    DuplicateLabel {
+        /// The metric.
+        metric: String,
+        /// The repeated label name.
+        name: String,
+    },
+    /// A metric of that name is already registered.
+    #[error(
+        "metric {name:?} is already registered: pick another name or prefix, or reuse the registered one"
+    )]
+    AlreadyRegistered {
+        /// The name registered twice.
+        name: String,
+    },
+    /// Histogram buckets that are empty, not finite or not strictly increasing.
+    #[error(
+        "invalid buckets for {metric:?}: give at least one finite upper bound, in strictly increasing order"
+    )]
+    InvalidBuckets {
+        /// The histogram.
+        metric: String,
+    },
+    /// A route template that is malformed or conflicts with one declared before.
+    #[error("invalid route template {template:?}: {reason}")]
+    RouteTemplate {
+        /// The template.
+        template: String,
+        /// What the matcher reported.
+        reason: String,
+    },
+}

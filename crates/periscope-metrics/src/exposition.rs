@@ -1,0 +1,309 @@
+//! The `/metrics` endpoint: format negotiation, encoding and gzip.
+
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use http::header::{ACCEPT, ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, VARY};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use prometheus_client::registry::Registry;
+
+use crate::registry::MetricsRegistry;
+
+/// An exposition format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Format {
+    /// Prometheus text format 0.0.4: what scrapers read when they do not ask for more.
+    Prometheus,
+    /// OpenMetrics text 1.0.0, with exemplars: what Prometheus asks for by default.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The `Content-Type` of a response in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+
+    /// The format a scraper's `Accept` header prefers: OpenMetrics when it ranks
+    /// `application/openmetrics-text` at least as high as plain text, Prometheus otherwise.
+    ///
+    /// ```
+    /// use periscope_metrics::Format;
+    ///
+    /// let prometheus = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    /// assert_eq!(Format::from_accept(Some(prometheus)), Format::OpenMetrics);
+    /// assert_eq!(Format::from_accept(Some("*/*")), Format::Prometheus);
+    /// assert_eq!(Format::from_accept(None), Format::Prometheus);
+    /// ```
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Prometheus;
+        };
+        let mut openmetrics = 0.0_f32;
+        let mut text = 0.0_f32;
+        for (media, q) in ranges(accept) {
+            if media.eq_ignore_ascii_case("application/openmetrics-text") {
+                openmetrics = openmetrics.max(q);
+            } else if media.eq_ignore_ascii_case("text/plain")
+                || media.eq_ignore_ascii_case("text/*")
+                || media == "*/*"
+            {
+                text = text.max(q);
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+}
+
+/// Whether `Accept-Encoding` accepts gzip (`gzip` or `*` with a non-zero weight).
+pub(crate) fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
+    let Some(accept_encoding) = accept_encoding else {
+        return false;
+    };
+    let mut gzip = None;
+    let mut any = None;
+    for (coding, q) in ranges(accept_encoding) {
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(q);
+        } else if coding == "*" {
+            any = Some(q);
+        }
+    }
+    gzip.or(any).is_some_and(|q| q > 0.0)
+}
+
+/// The items of a comma-separated header with their `q` weight (1 when absent; 0 when
+/// malformed, so a broken weight never selects anything).
+fn ranges(header: &str) -> impl Iterator<Item = (&str, f32)> {
+    header.split(',').filter_map(|item| {
+        let mut parts = item.split(';');
+        let value = parts.next()?.trim();
+        if value.is_empty() {
+            return None;
+        }
+        let q = parts
+            .filter_map(|param| param.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, q)| {
+                q.trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|q| (0.0..=1.0).contains(q))
+                    .unwrap_or(0.0)
+            });
+        Some((value, q))
+    })
+}
+
+/// Encodes `registry` in `format`.
+pub(crate) fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::Error> {
+    let mut openmetrics = String::with_capacity(16 * 1024);
+    prometheus_client::encoding::text::encode(&mut openmetrics, registry)?;
+    Ok(match format {
+        Format::OpenMetrics => openmetrics,
+        Format::Prometheus => {
+            let mut text = String::new();
+            crate::prometheus_text::from_openmetrics(&openmetrics, &mut text);
+            text
+        }
+    })
+}
+
+/// The Tower service that answers a scrape: `GET` (or `HEAD`) returns the registry in the
+/// format the `Accept` header prefers, gzip-compressed when `Accept-Encoding` allows it.
+/// Mount it at `/metrics`; it answers whatever path it is given.
+///
+/// Encoding runs inline: it is CPU work proportional to the number of series (a few
+/// milliseconds for 10,000 series, gzip included), plus reading a few `/proc` files for the
+/// process metrics.
+///
+/// ```
+/// use periscope_metrics::{MetricsRegistry, MetricsService};
+/// use tower_service::Service;
+/// # use std::{future::Future, pin::pin, task::{Context, Poll, Waker}};
+///
+/// let registry = MetricsRegistry::new();
+/// registry.register_process_metrics().unwrap();
+/// let mut service = MetricsService::new(registry);
+///
+/// let scrape = http::Request::get("/metrics")
+///     .header("accept", "application/openmetrics-text; version=1.0.0")
+///     .body(())
+///     .unwrap();
+/// let mut response = pin!(service.call(scrape));
+/// let Poll::Ready(Ok(response)) = response.as_mut().poll(&mut Context::from_waker(Waker::noop())) else {
+///     unreachable!("the response is ready at once")
+/// };
+/// assert_eq!(response.headers()["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
+/// ```
+///
+/// With axum (feature `axum` not needed for this):
+///
+/// ```
+/// # use periscope_metrics::{MetricsRegistry, MetricsService};
+/// let registry = MetricsRegistry::new();
+/// let app: axum::Router = axum::Router::new()
+///     .route_service("/metrics", MetricsService::new(registry.clone()));
+/// ```
+#[derive(Clone, Debug)]
+pub struct MetricsService {
+    registry: MetricsRegistry,
+}
+
+impl MetricsService {
+    /// Serves `registry`.
+    pub fn new(registry: MetricsRegistry) -> Self {
+        Self { registry }
+    }
+
+    /// The response to a scrape with these method and headers.
+    pub fn respond(&self, method: &Method, headers: &HeaderMap) -> Response<Full<Bytes>> {
+        if method != Method::GET && method != Method::HEAD {
+            let mut response = plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET or HEAD to scrape metrics\n",
+            );
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|value: &HeaderValue| value.to_str().ok())
+        };
+        let format = Format::from_accept(header(ACCEPT));
+        let text = match self.registry.encode(format) {
+            Ok(text) => text,
+            Err(std::fmt::Error) => {
+                tracing::error!(
+                    "encoding the metrics registry failed: a collector returned an error"
+                );
+                return plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "encoding the metrics failed; see the service log\n",
+                );
+            }
+        };
+        let gzip = accepts_gzip(header(ACCEPT_ENCODING));
+        let body = if gzip {
+            gzip_bytes(text.as_bytes())
+        } else {
+            Bytes::from(text)
+        };
+        let body = if method == Method::HEAD {
+            Bytes::new()
+        } else {
+            body
+        };
+        let mut response = Response::new(Full::new(body));
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        );
+        headers.insert(VARY, HeaderValue::from_static("accept, accept-encoding"));
+        if gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        response
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for MetricsService {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        std::future::ready(Ok(self.respond(request.method(), request.headers())))
+    }
+}
+
+fn gzip_bytes(data: &[u8]) -> Bytes {
+    // Level 1: scrapes are frequent and exposition text compresses well even at the fastest
+    // level. Writing into a Vec cannot fail.
+    let mut encoder = GzEncoder::new(Vec::with_capacity(data.len() / 4), Compression::fast());
+    match encoder.write_all(data).and_then(|()| encoder.finish()) {
+        Ok(compressed) => Bytes::from(compressed),
+        Err(_) => Bytes::new(),
+    }
+}
+
+fn plain(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(message.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation_follows_q_weights() {
+        let om = Some("application/openmetrics-text");
+        assert_eq!(Format::from_accept(om), Format::OpenMetrics);
+        assert_eq!(
+            Format::from_accept(Some("text/plain;q=0.9, application/openmetrics-text;q=0.5")),
+            Format::Prometheus
+        );
+        assert_eq!(
+            Format::from_accept(Some("application/openmetrics-text;q=0")),
+            Format::Prometheus
+        );
+        assert_eq!(
+            Format::from_accept(Some("application/openmetrics-text;q=oops")),
+            Format::Prometheus
+        );
+        // Prometheus 3 with its escaping parameter.
+        assert_eq!(
+            Format::from_accept(Some(
+                "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::from_accept(Some(",,;;")), Format::Prometheus);
+    }
+
+    #[test]
+    fn gzip_only_when_accepted() {
+        assert!(accepts_gzip(Some("gzip, deflate, br")));
+        assert!(accepts_gzip(Some("br;q=1.0, gzip;q=0.8")));
+        assert!(accepts_gzip(Some("*")));
+        assert!(!accepts_gzip(Some("gzip;q=0")));
+        assert!(!accepts_gzip(Some("*, gzip;q=0")));
+        assert!(!accepts_gzip(Some("identity")));
+        assert!(!accepts_gzip(None));
+    }
+
+    #[test]
+    fn other_methods_are_refused_with_allow() {
+        let service = MetricsService::new(MetricsRegistry::new());
+        let response = service.respond(&Method::POST, &HeaderMap::new());
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[ALLOW], "GET, HEAD");
+    }
+}

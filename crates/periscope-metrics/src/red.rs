@@ -1,0 +1,232 @@
+//! The RED families (rate, errors, duration) and the recording of one request.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::Request;
+use periscope_context::{RequestContext, TraceId};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, LabelSetEncoder, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::guard::{GuardedFamily, Series};
+use crate::labels::{CANCELLED, OVERFLOW, StatusLabel, UNMATCHED};
+use crate::routes::RouteTemplates;
+
+/// Finds the route template of a request when neither axum's `MatchedPath` nor the declared
+/// templates name it: for example the gRPC method path of a tonic service. Whatever it
+/// returns still goes through the route label's cap.
+pub type RouteFn = for<'a> fn(&'a http::Uri, &'a http::Extensions) -> Option<&'a str>;
+
+/// The metrics of one `(method, route, status)` series. The families registered for the
+/// RED layer are views of the same series, so recording a request costs one lookup.
+#[derive(Debug)]
+pub(crate) struct RequestSeries {
+    count: Counter,
+    duration: HistogramWithExemplars<TraceExemplar>,
+    request_size: Option<Histogram>,
+    response_size: Option<Histogram>,
+}
+
+/// Everything the RED layer records into, shared by every clone of the layer.
+pub(crate) struct Red {
+    pub(crate) requests: GuardedFamily<RequestSeries, 3>,
+    pub(crate) in_flight: GuardedFamily<Gauge, 2>,
+    pub(crate) status: StatusLabel,
+    pub(crate) routes: RouteTemplates,
+    pub(crate) route_fn: Option<RouteFn>,
+    pub(crate) exemplars: bool,
+    pub(crate) ignored_paths: Vec<String>,
+}
+
+impl Red {
+    /// Builds the series constructor for the requests family.
+    pub(crate) fn new_series(
+        duration_buckets: Arc<[f64]>,
+        size_buckets: Arc<[f64]>,
+        request_size: bool,
+        response_size: bool,
+    ) -> impl Fn() -> RequestSeries + Send + Sync + 'static {
+        move || RequestSeries {
+            count: Counter::default(),
+            duration: HistogramWithExemplars::new(duration_buckets.iter().copied()),
+            request_size: request_size.then(|| Histogram::new(size_buckets.iter().copied())),
+            response_size: response_size.then(|| Histogram::new(size_buckets.iter().copied())),
+        }
+    }
+
+    pub(crate) fn ignores(&self, path: &str) -> bool {
+        self.ignored_paths.iter().any(|ignored| ignored == path)
+    }
+
+    /// The route label of `request`: axum's matched route, a declared template, the route
+    /// function's answer, or `__unmatched__`; never the raw path.
+    pub(crate) fn route<'r, B>(&'r self, request: &'r Request<B>) -> &'r str {
+        #[cfg(feature = "axum")]
+        if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
+            return matched.as_str();
+        }
+        if let Some(template) = self.routes.find(request.uri().path()) {
+            return template;
+        }
+        self.route_fn
+            .and_then(|route_fn| route_fn(request.uri(), request.extensions()))
+            .unwrap_or(UNMATCHED)
+    }
+
+    /// The trace to link from the duration histogram: the request's, when sampled.
+    pub(crate) fn exemplar<B>(&self, request: &Request<B>) -> Option<TraceId> {
+        if !self.exemplars {
+            return None;
+        }
+        let sampled = |ctx: &RequestContext| ctx.is_sampled().then_some(ctx.trace_id);
+        match request.extensions().get::<RequestContext>() {
+            Some(ctx) => sampled(ctx),
+            None => RequestContext::current().and_then(|ctx| sampled(&ctx)),
+        }
+    }
+}
+
+/// One request being recorded. Dropping it records the request if its response never came
+/// (cancelled, or unwinding from a panic) and always takes it out of the in-flight gauge, so
+/// neither count nor gauge can leak.
+pub(crate) struct Recording {
+    red: Arc<Red>,
+    in_flight: Arc<Series<Gauge, 2>>,
+    method: &'static str,
+    start: Instant,
+    exemplar: Option<TraceId>,
+    request_size: Option<u64>,
+    /// Whether the in-flight family folded the route: the requests family then receives
+    /// `__overflow__` already and must count the fold itself.
+    route_folded: bool,
+    done: bool,
+}
+
+impl Recording {
+    pub(crate) fn start(
+        red: Arc<Red>,
+        method: &'static str,
+        route: &str,
+        exemplar: Option<TraceId>,
+        request_size: Option<u64>,
+    ) -> Self {
+        let start = Instant::now();
+        let in_flight = red.in_flight.series([method, route]);
+        in_flight.metric.inc();
+        let route_folded = &*in_flight.values[1] == OVERFLOW && route != OVERFLOW;
+        Self {
+            red,
+            in_flight,
+            method,
+            start,
+            exemplar,
+            request_size,
+            route_folded,
+            done: false,
+        }
+    }
+
+    /// Records the request as answered with `status`.
+    pub(crate) fn finish(&mut self, status: &str, response_size: Option<u64>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let elapsed = self.start.elapsed().as_secs_f64();
+        // The route as the in-flight family kept it: already folded if it overflowed.
+        let route = &*self.in_flight.values[1];
+        let series = self.red.requests.series([self.method, route, status]);
+        if self.route_folded {
+            self.red.requests.report_overflow(1);
+        }
+        let metrics = &series.metric;
+        metrics.count.inc();
+        metrics
+            .duration
+            .observe(elapsed, self.exemplar.map(TraceExemplar), None);
+        if let (Some(histogram), Some(size)) = (&metrics.request_size, self.request_size) {
+            histogram.observe(size as f64);
+        }
+        if let (Some(histogram), Some(size)) = (&metrics.response_size, response_size) {
+            histogram.observe(size as f64);
+        }
+    }
+
+    pub(crate) fn status_label(&self) -> StatusLabel {
+        self.red.status
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if !self.done {
+            let status = if std::thread::panicking() {
+                // What the panic layer below answers, and what the client sees as a failure.
+                self.red.status.server_error()
+            } else {
+                CANCELLED
+            };
+            self.finish(status, None);
+        }
+        self.in_flight.metric.dec();
+    }
+}
+
+/// The exemplar label set: `{trace_id="<32 hex>"}`.
+#[derive(Clone, Debug)]
+pub(crate) struct TraceExemplar(TraceId);
+
+impl EncodeLabelSet for TraceExemplar {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+        [("trace_id", self.0.to_hex().as_str())].encode(encoder)
+    }
+}
+
+/// Which metric of [`RequestSeries`] a registered family shows.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Part {
+    Count,
+    Duration,
+    RequestSize,
+    ResponseSize,
+}
+
+/// One registered family: a view of the requests family.
+#[derive(Debug)]
+pub(crate) struct RequestsView {
+    pub(crate) family: GuardedFamily<RequestSeries, 3>,
+    pub(crate) part: Part,
+}
+
+impl EncodeMetric for RequestsView {
+    fn encode(&self, encoder: MetricEncoder) -> std::fmt::Result {
+        self.family
+            .encode_each(encoder, |series, encoder| match self.part {
+                Part::Count => series.count.encode(encoder),
+                Part::Duration => series.duration.encode(encoder),
+                Part::RequestSize => series
+                    .request_size
+                    .as_ref()
+                    .map_or(Ok(()), |histogram| histogram.encode(encoder)),
+                Part::ResponseSize => series
+                    .response_size
+                    .as_ref()
+                    .map_or(Ok(()), |histogram| histogram.encode(encoder)),
+            })
+    }
+
+    fn metric_type(&self) -> MetricType {
+        match self.part {
+            Part::Count => MetricType::Counter,
+            _ => MetricType::Histogram,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.family.is_empty()
+    }
+}

@@ -1,0 +1,369 @@
+//! The shared registry: every family of the service, checked names, and the overflow counter.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, LabelSetEncoder, MetricEncoder};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Metric, Registry, Unit};
+
+use crate::error::MetricsError;
+use crate::exposition::{Format, encode};
+use crate::guard::{Caps, GuardedFamily, OverflowCounter};
+use crate::names::{check_label_names, check_metric_name, counter_family_name};
+use crate::sync::{read, write};
+
+/// The name of the counter of values folded by the cardinality guard.
+pub const OVERFLOW_METRIC: &str = "periscope_label_overflow_total";
+
+/// The registry of a service's metrics, cheap to clone and share: the RED layer, the
+/// service's own families, and collectors from other crates (health checks, GPUs) all
+/// register here, and [`MetricsService`](crate::MetricsService) exposes it.
+///
+/// Names are checked, and registering a name twice is an error rather than a broken
+/// exposition. Counter names may be given with or without `_total`; a counter or gauge whose
+/// name ends in a unit (`_seconds`, `_bytes`...) gets an OpenMetrics `# UNIT` line.
+///
+/// ```
+/// use periscope_metrics::{MetricsRegistry, ServiceInfo};
+/// use prometheus_client::metrics::gauge::Gauge;
+///
+/// let registry = MetricsRegistry::new();
+/// registry.register_service_info(&ServiceInfo::new("inference-api", "1.4.2", "production")).unwrap();
+/// registry.register_process_metrics().unwrap();
+///
+/// let queue_depth = Gauge::<i64>::default();
+/// registry.register("inference_queue_depth", "Jobs waiting for a GPU", queue_depth.clone()).unwrap();
+/// queue_depth.set(3);
+///
+/// let text = registry.encode_prometheus().unwrap();
+/// assert!(text.contains("inference_queue_depth 3\n"));
+/// assert!(text.contains(r#"service_info{service="inference-api",version="1.4.2",environment="production"} 1"#));
+/// ```
+#[derive(Clone)]
+pub struct MetricsRegistry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: RwLock<Registry>,
+    names: Mutex<HashSet<String>>,
+    overflow: OverflowCounter,
+}
+
+impl Default for MetricsRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MetricsRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = self
+            .inner
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("MetricsRegistry")
+            .field("families", &names.len())
+            .finish()
+    }
+}
+
+impl MetricsRegistry {
+    /// An empty registry, holding only `periscope_label_overflow_total` (shown once a value
+    /// overflows).
+    pub fn new() -> Self {
+        let overflow = OverflowCounter::default();
+        let mut registry = Registry::default();
+        registry.register(
+            counter_family_name(OVERFLOW_METRIC),
+            "Label values folded into __overflow__ by the cardinality guard, by metric and label",
+            overflow.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry: RwLock::new(registry),
+                names: Mutex::new(HashSet::from([
+                    counter_family_name(OVERFLOW_METRIC).to_owned()
+                ])),
+                overflow,
+            }),
+        }
+    }
+
+    /// Registers `metric` (any prometheus-client metric, a `Family` included) as `name`.
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl Metric,
+    ) -> Result<(), MetricsError> {
+        let metric_type = metric.metric_type();
+        let family = self.claim(name, metric_type)?;
+        // `# UNIT` only on counters and gauges: some OpenMetrics parsers reject it elsewhere.
+        let unit = match metric_type {
+            MetricType::Counter | MetricType::Gauge => split_unit(family),
+            _ => (family, None),
+        };
+        let mut registry = write(&self.inner.registry);
+        match unit {
+            (base, Some(unit)) => registry.register_with_unit(base, help, unit, metric),
+            (base, None) => registry.register(base, help, metric),
+        }
+        Ok(())
+    }
+
+    /// Registers a collector, called on every scrape: the way to export values read at
+    /// scrape time (health check results, GPU readings). The collector's names are its own
+    /// to keep unique.
+    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+        write(&self.inner.registry).register_collector(collector);
+    }
+
+    /// Runs `f` on the underlying prometheus-client registry, for what this type does not
+    /// wrap (sub-registries with a prefix or constant labels). Names registered there are not
+    /// checked for duplicates.
+    pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        f(&mut write(&self.inner.registry))
+    }
+
+    /// A family of `M` under the cardinality guard, registered as `name`, its metrics made
+    /// with `M::default()`. See [`GuardedFamily`].
+    pub fn guarded_family<M, const N: usize>(
+        &self,
+        name: &str,
+        help: &str,
+        label_names: [&str; N],
+        caps: Caps,
+    ) -> Result<GuardedFamily<M, N>, MetricsError>
+    where
+        M: Metric + TypedMetric + Default,
+    {
+        self.guarded_family_with(name, help, label_names, caps, M::default)
+    }
+
+    /// Like [`guarded_family`](Self::guarded_family), with metrics made by `new_metric`
+    /// (a histogram with its buckets, for example).
+    pub fn guarded_family_with<M, const N: usize>(
+        &self,
+        name: &str,
+        help: &str,
+        label_names: [&str; N],
+        caps: Caps,
+        new_metric: impl Fn() -> M + Send + Sync + 'static,
+    ) -> Result<GuardedFamily<M, N>, MetricsError>
+    where
+        M: Metric + TypedMetric,
+    {
+        check_metric_name(name)?;
+        check_label_names(name, &label_names)?;
+        let family = GuardedFamily::new(
+            name,
+            label_names,
+            &caps,
+            self.overflow(),
+            Box::new(new_metric),
+        );
+        self.register(name, help, family.clone())?;
+        Ok(family)
+    }
+
+    /// Registers `service_info{service,version,environment} 1`, the series dashboards join on
+    /// to show which version runs where.
+    pub fn register_service_info(&self, info: &ServiceInfo) -> Result<(), MetricsError> {
+        self.register(
+            "service_info",
+            "Service identity: always 1, labelled with service, version and environment",
+            info.clone(),
+        )
+    }
+
+    /// Registers the standard process metrics (`process_cpu_seconds_total`,
+    /// `process_resident_memory_bytes`, `process_open_fds`...), read on every scrape.
+    pub fn register_process_metrics(&self) -> Result<(), MetricsError> {
+        for name in crate::process::FAMILIES {
+            self.claim(name, MetricType::Gauge)?;
+        }
+        self.register_collector(Box::new(crate::process::ProcessCollector));
+        Ok(())
+    }
+
+    /// The registry in `format`, as a scrape would return it.
+    pub fn encode(&self, format: Format) -> Result<String, std::fmt::Error> {
+        encode(&read(&self.inner.registry), format)
+    }
+
+    /// The registry in Prometheus text format 0.0.4.
+    pub fn encode_prometheus(&self) -> Result<String, std::fmt::Error> {
+        self.encode(Format::Prometheus)
+    }
+
+    /// The registry in OpenMetrics text format 1.0.0.
+    pub fn encode_openmetrics(&self) -> Result<String, std::fmt::Error> {
+        self.encode(Format::OpenMetrics)
+    }
+
+    pub(crate) fn overflow(&self) -> OverflowCounter {
+        self.inner.overflow.clone()
+    }
+
+    /// Checks `name` and reserves its family name; returns the family name.
+    pub(crate) fn claim<'n>(
+        &self,
+        name: &'n str,
+        metric_type: MetricType,
+    ) -> Result<&'n str, MetricsError> {
+        check_metric_name(name)?;
+        let family = match metric_type {
+            MetricType::Counter => counter_family_name(name),
+            _ => name,
+        };
+        let mut names = self
+            .inner
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !names.insert(family.to_owned()) {
+            return Err(MetricsError::AlreadyRegistered {
+                name: name.to_owned(),
+            });
+        }
+        Ok(family)
+    }
+}
+
+/// Splits a recognised unit suffix off a family name, so the exposition carries its
+/// `# UNIT` line and the name keeps the suffix exactly once.
+pub(crate) fn split_unit(name: &str) -> (&str, Option<Unit>) {
+    const UNITS: [&str; 11] = [
+        "seconds", "bytes", "joules", "celsius", "watts", "hertz", "ratio", "volts", "amperes",
+        "meters", "grams",
+    ];
+    for unit in UNITS {
+        if let Some(base) = name
+            .strip_suffix(unit)
+            .and_then(|rest| rest.strip_suffix('_'))
+            .filter(|base| !base.is_empty())
+        {
+            let unit = match unit {
+                "seconds" => Unit::Seconds,
+                "bytes" => Unit::Bytes,
+                "joules" => Unit::Joules,
+                "celsius" => Unit::Celsius,
+                "volts" => Unit::Volts,
+                "amperes" => Unit::Amperes,
+                "meters" => Unit::Meters,
+                "grams" => Unit::Grams,
+                other => Unit::Other(other.to_owned()),
+            };
+            return (base, Some(unit));
+        }
+    }
+    (name, None)
+}
+
+/// Who is running: the labels of `service_info`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// The service name (`SERVICE_NAME`).
+    pub service: String,
+    /// The running version.
+    pub version: String,
+    /// The deployment environment (`production`, `staging`...).
+    pub environment: String,
+}
+
+impl ServiceInfo {
+    /// The identity of a service.
+    pub fn new(
+        service: impl Into<String>,
+        version: impl Into<String>,
+        environment: impl Into<String>,
+    ) -> Self {
+        Self {
+            service: service.into(),
+            version: version.into(),
+            environment: environment.into(),
+        }
+    }
+}
+
+impl EncodeLabelSet for ServiceInfo {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+        [
+            ("service", self.service.as_str()),
+            ("version", self.version.as_str()),
+            ("environment", self.environment.as_str()),
+        ]
+        .encode(encoder)
+    }
+}
+
+impl EncodeMetric for ServiceInfo {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        ConstGauge::new(1_i64).encode(encoder.encode_family(self)?)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+
+    #[test]
+    fn a_name_registered_twice_is_an_error_not_a_broken_exposition() {
+        let registry = MetricsRegistry::new();
+        registry
+            .register("jobs_total", "jobs", Counter::<u64>::default())
+            .unwrap();
+        let err = registry
+            .register("jobs", "jobs", Counter::<u64>::default())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            MetricsError::AlreadyRegistered {
+                name: "jobs".into()
+            }
+        );
+        assert!(
+            registry
+                .register("bad name", "x", Counter::<u64>::default())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn counter_suffix_and_units_are_written_once() {
+        let registry = MetricsRegistry::new();
+        let counter = Counter::<f64>::default();
+        registry
+            .register("energy_joules_total", "energy", counter.clone())
+            .unwrap();
+        counter.inc_by(2.5);
+        let om = registry.encode_openmetrics().unwrap();
+        assert!(om.contains("# TYPE energy_joules counter\n"), "{om}");
+        assert!(om.contains("# UNIT energy_joules joules\n"), "{om}");
+        assert!(om.contains("energy_joules_total 2.5\n"), "{om}");
+    }
+
+    #[test]
+    fn units_are_recognised_only_as_a_whole_suffix() {
+        assert!(matches!(
+            split_unit("latency_seconds"),
+            ("latency", Some(Unit::Seconds))
+        ));
+        assert!(matches!(split_unit("seconds"), ("seconds", None)));
+        assert!(matches!(split_unit("kiloseconds"), ("kiloseconds", None)));
+        assert!(matches!(
+            split_unit("gpu_utilization_ratio"),
+            ("gpu_utilization", Some(Unit::Other(_)))
+        ));
+    }
+}

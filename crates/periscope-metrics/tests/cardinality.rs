@@ -1,0 +1,218 @@
+//! A cardinality attack: random paths and invented methods cannot grow the series past the
+//! caps, and every request is still counted.
+// Test code: helpers outside #[test] functions may unwrap too.
+
+mod common;
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+
+use axum::Router;
+use common::{parse_openmetrics, points, request, serve, total};
+use http::{Method, Request, Response, StatusCode};
+use periscope_metrics::{
+    DEFAULT_LABEL_CAP, DEFAULT_SERIES_CAP, MetricsLayer, MetricsRegistry, OTHER_METHOD, OVERFLOW,
+    StatusLabel, UNMATCHED,
+};
+use tower::{ServiceExt, service_fn};
+use tower_layer::Layer;
+
+const REQUESTS: usize = 100_000;
+const BOGUS_METHODS: usize = 1_000;
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// xorshift64*: reproducible "random" paths without a dependency.
+struct Paths(u64);
+
+impl Paths {
+    fn next(&mut self) -> String {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        format!(
+            "/{:x}/{}",
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d),
+            self.0 % 97
+        )
+    }
+}
+
+fn method(i: usize) -> Method {
+    if i.is_multiple_of(3) {
+        Method::from_bytes(format!("BOGUS{}", i % BOGUS_METHODS).as_bytes()).unwrap()
+    } else {
+        Method::GET
+    }
+}
+
+/// Sends `REQUESTS` requests with distinct random paths in process, through the layer.
+async fn attack(layer: MetricsLayer) {
+    let app = layer.layer(service_fn(|request: Request<String>| async move {
+        let status = match request.uri().path().len() % 3 {
+            0 => StatusCode::OK,
+            1 => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut response = Response::new(String::new());
+        *response.status_mut() = status;
+        Ok::<_, Infallible>(response)
+    }));
+    let mut paths = Paths(0x9e37_79b9_7f4a_7c15);
+    let mut seen = HashSet::new();
+    for i in 0..REQUESTS {
+        let path = paths.next();
+        seen.insert(path.clone());
+        let request = Request::builder()
+            .method(method(i))
+            .uri(path)
+            .body(String::new())
+            .unwrap();
+        app.clone().oneshot(request).await.unwrap();
+    }
+    assert!(seen.len() > REQUESTS * 99 / 100, "paths are distinct");
+}
+
+#[tokio::test]
+async fn raw_paths_as_routes_fold_past_the_cap_and_totals_stay_exact() {
+    // The worst configuration: a route function that returns the raw path.
+    let registry = MetricsRegistry::new();
+    let layer = MetricsLayer::builder()
+        .route_fn(|uri, _| Some(uri.path()))
+        .status_label(StatusLabel::Code)
+        .register(&registry)
+        .unwrap();
+    attack(layer.clone()).await;
+    assert_eq!(layer.in_flight(), 0);
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let requests = points(&exposition, "http_server_requests");
+    assert_eq!(total(&exposition, "http_server_requests"), REQUESTS as f64);
+    assert_eq!(
+        total(&exposition, "http_server_request_duration_seconds"),
+        REQUESTS as f64
+    );
+    assert!(
+        requests.len() <= DEFAULT_SERIES_CAP + 1,
+        "{} series",
+        requests.len()
+    );
+    let routes: HashSet<&str> = requests.iter().map(|point| point.label("route")).collect();
+    assert!(
+        routes.len() <= DEFAULT_LABEL_CAP + 1,
+        "{} routes",
+        routes.len()
+    );
+    assert!(routes.contains(OVERFLOW));
+    let methods: HashSet<&str> = requests.iter().map(|point| point.label("method")).collect();
+    assert_eq!(methods, HashSet::from(["GET", OTHER_METHOD]));
+    let statuses: HashSet<&str> = requests.iter().map(|point| point.label("status")).collect();
+    assert_eq!(statuses, HashSet::from(["200", "404", "500"]));
+
+    // Every folded request is counted in the overflow counter, per family.
+    let folded: f64 = requests
+        .iter()
+        .filter(|point| point.label("route") == OVERFLOW)
+        .map(|point| point.value)
+        .sum();
+    assert!(folded >= (REQUESTS - DEFAULT_LABEL_CAP) as f64 * 0.99);
+    let overflow = points(&exposition, "periscope_label_overflow");
+    let overflow_of = |metric: &str, label: &str| -> f64 {
+        overflow
+            .iter()
+            .filter(|point| point.label("metric") == metric && point.label("label") == label)
+            .map(|point| point.value)
+            .sum()
+    };
+    assert_eq!(overflow_of("http_server_requests_total", "route"), folded);
+    assert_eq!(
+        overflow_of("http_server_requests_in_flight", "route"),
+        folded
+    );
+    assert_eq!(overflow_of("http_server_requests_total", "method"), 0.0);
+
+    let in_flight = points(&exposition, "http_server_requests_in_flight");
+    assert!(in_flight.len() <= 2 * (DEFAULT_LABEL_CAP + 1));
+    assert!(in_flight.iter().all(|point| point.value == 0.0));
+}
+
+#[tokio::test]
+async fn with_the_default_routes_random_paths_are_one_unmatched_route() {
+    let registry = MetricsRegistry::new();
+    let layer = MetricsLayer::builder()
+        .route_templates(["/users/{id}"])
+        .register(&registry)
+        .unwrap();
+    attack(layer).await;
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let requests = points(&exposition, "http_server_requests");
+    assert_eq!(total(&exposition, "http_server_requests"), REQUESTS as f64);
+    // 2 methods (GET, _OTHER) x 1 route x 3 status classes.
+    assert_eq!(requests.len(), 6, "{requests:?}");
+    assert!(
+        requests
+            .iter()
+            .all(|point| point.label("route") == UNMATCHED)
+    );
+    assert!(points(&exposition, "periscope_label_overflow").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attack_over_a_real_socket_stays_bounded() {
+    const SOCKET_REQUESTS: usize = 2_000;
+    let registry = MetricsRegistry::new();
+    let layer = MetricsLayer::builder().register(&registry).unwrap();
+    let app = Router::new()
+        .route("/known/{id}", axum::routing::get(|| async { "known" }))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(layer.clone());
+    let addr = serve(app).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        tasks.spawn(async move {
+            let mut paths = Paths(worker as u64 + 1);
+            for i in (worker..SOCKET_REQUESTS).step_by(16) {
+                let method = method(i);
+                let path = if i % 10 == 0 {
+                    format!("/known/{i}")
+                } else {
+                    paths.next()
+                };
+                let response = request(addr, method.as_str(), &path, &[]).await.unwrap();
+                let expected = if i % 10 == 0 && method == Method::GET {
+                    200
+                } else {
+                    404
+                };
+                assert!(
+                    response.status == expected || response.status == 405,
+                    "{method} {path}: {}",
+                    response.status
+                );
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    assert_eq!(
+        total(&exposition, "http_server_requests"),
+        SOCKET_REQUESTS as f64
+    );
+    let requests = points(&exposition, "http_server_requests");
+    for point in &requests {
+        let route = point.label("route");
+        assert!(route == UNMATCHED || route == "/known/{id}", "{route}");
+        let method = point.label("method");
+        assert!(
+            method == OTHER_METHOD || STANDARD_METHODS.contains(&method),
+            "{method}"
+        );
+    }
+    assert!(requests.len() <= 2 * 2 * 5, "{requests:?}");
+    assert_eq!(layer.in_flight(), 0);
+}

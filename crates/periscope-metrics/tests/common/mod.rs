@@ -1,0 +1,215 @@
+//! Helpers shared by the integration tests: a real server on 127.0.0.1, a raw HTTP/1.1 client,
+//! and reading values back from a parsed exposition.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Serves `app` on an ephemeral port of 127.0.0.1.
+pub async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
+}
+
+/// A response read off the socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).unwrap()
+    }
+}
+
+/// Sends one request on its own connection and reads the response to the end; `None` when the
+/// server closed the connection without answering (a panicking handler).
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<RawResponse> {
+    request_with_body(addr, method, path, headers, "").await
+}
+
+/// Like [`request`], with a body (and its `content-length`).
+pub async fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<RawResponse> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    head.push_str(body);
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    // A reset connection reads as an error: no response.
+    stream.read_to_end(&mut raw).await.ok()?;
+    parse_response(&raw, method == "HEAD")
+}
+
+/// Sends a request and drops the connection, unanswered, once `before_close` completes.
+pub async fn request_and_abort(
+    addr: SocketAddr,
+    path: &str,
+    before_close: impl Future<Output = ()>,
+) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    before_close.await;
+    drop(stream);
+}
+
+fn parse_response(raw: &[u8], head_only: bool) -> Option<RawResponse> {
+    let split = raw.windows(4).position(|window| window == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers.iter().any(|(name, value)| {
+        name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked")
+    });
+    if chunked && !head_only {
+        body = dechunk(&body);
+    }
+    Some(RawResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(line_end) = data.windows(2).position(|window| window == b"\r\n") else {
+            return out;
+        };
+        let size_text = std::str::from_utf8(&data[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        let start = line_end + 2;
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[start + size + 2..];
+    }
+}
+
+pub type OpenMetrics = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
+
+/// Parses OpenMetrics text with a real parser, failing the test on any error.
+pub fn parse_openmetrics(text: &str) -> OpenMetrics {
+    openmetrics_parser::openmetrics::parse_openmetrics(text)
+        .unwrap_or_else(|err| panic!("invalid OpenMetrics: {err:?}\n{text}"))
+}
+
+/// One labelled value of a family: `labels` (name, value) pairs and the number.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+    pub exemplars: Vec<String>,
+}
+
+impl Point {
+    pub fn label(&self, name: &str) -> &str {
+        self.labels
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+            .unwrap_or_else(|| panic!("no label {name} in {:?}", self.labels))
+    }
+}
+
+/// The points of a counter or gauge family (for a histogram: its count, with the trace ids of
+/// its exemplars).
+pub fn points(exposition: &OpenMetrics, family: &str) -> Vec<Point> {
+    let Some(family) = exposition.families.get(family) else {
+        return Vec::new();
+    };
+    let names = family.get_label_names().to_vec();
+    family
+        .iter_samples()
+        .map(|sample| {
+            let labels = sample.get_labelset().unwrap();
+            let labels = names
+                .iter()
+                .map(|name| {
+                    (
+                        name.clone(),
+                        labels.get_label_value(name).unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            let (value, exemplars) = match &sample.value {
+                OpenMetricsValue::Counter(counter) => (
+                    counter.value.as_f64(),
+                    counter.exemplar.iter().map(trace_id).collect(),
+                ),
+                OpenMetricsValue::Gauge(value) | OpenMetricsValue::Unknown(value) => {
+                    (value.as_f64(), Vec::new())
+                }
+                OpenMetricsValue::Histogram(histogram) => (
+                    histogram.count.unwrap_or_default() as f64,
+                    histogram
+                        .buckets
+                        .iter()
+                        .filter_map(|bucket| bucket.exemplar.as_ref())
+                        .map(trace_id)
+                        .collect(),
+                ),
+                other => panic!("unexpected value {other:?}"),
+            };
+            Point {
+                labels,
+                value,
+                exemplars,
+            }
+        })
+        .collect()
+}
+
+fn trace_id(exemplar: &openmetrics_parser::Exemplar) -> String {
+    exemplar.labels.get("trace_id").cloned().unwrap_or_default()
+}
+
+/// The sum of a family's points.
+pub fn total(exposition: &OpenMetrics, family: &str) -> f64 {
+    points(exposition, family)
+        .iter()
+        .map(|point| point.value)
+        .sum()
+}

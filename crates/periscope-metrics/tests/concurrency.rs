@@ -1,0 +1,176 @@
+//! Counts stay exact under concurrency over a real socket, with requests that complete, time
+//! out above the layer, lose their client, or panic; the in-flight gauge returns to 0.
+// Test code: helpers outside #[test] functions may unwrap too.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, Request};
+use axum::http::StatusCode;
+use axum::middleware::{Next, from_fn};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use common::{parse_openmetrics, points, request, request_and_abort, serve, total};
+use periscope_metrics::{CANCELLED, MetricsLayer, MetricsRegistry};
+
+const FAST: usize = 200;
+const ITEMS: usize = 80;
+const TIMED_OUT: usize = 40;
+const ABORTED: usize = 40;
+const PANICS: usize = 10;
+
+/// A timeout above the metrics layer: it drops the inner future, as `tower::timeout` would.
+async fn timeout(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(Duration::from_millis(100), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => StatusCode::GATEWAY_TIMEOUT.into_response(),
+    }
+}
+
+async fn item(Path(id): Path<u32>) -> StatusCode {
+    if id % 2 == 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counts_are_exact_and_in_flight_returns_to_zero() {
+    let registry = MetricsRegistry::new();
+    // The templates name the same routes as axum's MatchedPath (feature `axum`), so the test
+    // holds with and without the feature.
+    let metrics = MetricsLayer::builder()
+        .route_templates(["/fast", "/items/{id}", "/slow", "/hang", "/panic"])
+        .register(&registry)
+        .unwrap();
+    let hanging = Arc::new(AtomicUsize::new(0));
+    let started = hanging.clone();
+    let app = Router::new()
+        .route("/fast", get(|| async { "ok" }))
+        .route("/items/{id}", get(item))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                "late"
+            }),
+        )
+        .route(
+            "/hang",
+            get(move || async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                "late"
+            }),
+        )
+        .route(
+            "/panic",
+            get(|| async {
+                if true {
+                    panic!("handler panicked on purpose");
+                }
+                "unreachable"
+            }),
+        )
+        .layer(metrics.clone())
+        .layer(from_fn(timeout));
+    let addr = serve(app).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..FAST {
+        tasks.spawn(async move {
+            let response = request(addr, "GET", "/fast", &[]).await.unwrap();
+            assert_eq!(response.status, 200, "request {i}");
+        });
+    }
+    for i in 0..ITEMS {
+        tasks.spawn(async move {
+            let response = request(addr, "GET", &format!("/items/{i}"), &[])
+                .await
+                .unwrap();
+            assert_eq!(response.status, if i % 2 == 0 { 200 } else { 404 });
+        });
+    }
+    for _ in 0..TIMED_OUT {
+        tasks.spawn(async move {
+            // The long path with a query: the timeout answers 504 after 100 ms.
+            let response = request(addr, "GET", "/slow?x=1", &[]).await.unwrap();
+            assert_eq!(response.status, 504);
+        });
+    }
+    for _ in 0..ABORTED {
+        let hanging = hanging.clone();
+        tasks.spawn(async move {
+            // Hang up only once every such request reached its handler, so each one counts.
+            let all_started = async move {
+                while hanging.load(Ordering::SeqCst) < ABORTED {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            request_and_abort(addr, "/hang", all_started).await
+        });
+    }
+    for _ in 0..PANICS {
+        tasks.spawn(async move {
+            assert!(
+                request(addr, "GET", "/panic", &[]).await.is_none(),
+                "no answer to a panic"
+            );
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
+
+    // Aborted clients leave handlers running until they finish or are dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics.in_flight() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "in-flight stuck at {}",
+            metrics.in_flight()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let sent = (FAST + ITEMS + TIMED_OUT + ABORTED + PANICS) as f64;
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    assert_eq!(total(&exposition, "http_server_requests"), sent);
+    assert_eq!(
+        total(&exposition, "http_server_request_duration_seconds"),
+        sent,
+        "histogram count equals the requests"
+    );
+    let in_flight = points(&exposition, "http_server_requests_in_flight");
+    assert!(!in_flight.is_empty());
+    assert!(
+        in_flight.iter().all(|point| point.value == 0.0),
+        "{in_flight:?}"
+    );
+
+    let requests = points(&exposition, "http_server_requests");
+    let count = |route: &str, status: &str| -> f64 {
+        requests
+            .iter()
+            .filter(|point| point.label("route") == route && point.label("status") == status)
+            .map(|point| point.value)
+            .sum()
+    };
+    assert_eq!(count("/fast", "2xx"), FAST as f64);
+    assert_eq!(count("/items/{id}", "2xx"), (ITEMS / 2) as f64);
+    assert_eq!(count("/items/{id}", "4xx"), (ITEMS / 2) as f64);
+    assert_eq!(count("/panic", "5xx"), PANICS as f64);
+    assert_eq!(count("/slow", CANCELLED), TIMED_OUT as f64);
+    // A client hanging up is a cancellation if the server drops the handler, or a late
+    // completion otherwise: either way each request counts once.
+    assert_eq!(
+        count("/hang", CANCELLED) + count("/hang", "2xx"),
+        ABORTED as f64
+    );
+    assert!(requests.iter().all(|point| point.label("method") == "GET"));
+}
