@@ -268,7 +268,7 @@ impl GpuCollector {
 }
 
 /// What the sampler publishes after each attempt; scrapes and snapshots read it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Published {
     pub(crate) source: &'static str,
     pub(crate) up: bool,
@@ -297,11 +297,19 @@ struct Control {
 
 impl Shared {
     fn published(&self) -> Arc<Published> {
-        Arc::clone(&self.published.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .published
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     fn publish(&self, published: Published) {
-        *self.published.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(published);
+        *self
+            .published
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(published);
     }
 
     fn stop(&self) {
@@ -375,7 +383,15 @@ impl GpuSampler {
             pcie: self.config.pcie && expensive_due,
         };
         let previous = self.shared.published();
-        let mut next = Published::clone(&previous);
+        // Built field by field: cloning `previous` would copy the whole last sample.
+        let mut next = Published {
+            source: previous.source,
+            up: false,
+            errors_total: previous.errors_total,
+            last_success: previous.last_success,
+            last_error: None,
+            sample: None,
+        };
         let wait = match self.source.sample(request) {
             Ok(mut sample) => {
                 if request.processes || request.pcie {
@@ -387,7 +403,6 @@ impl GpuSampler {
                 next.errors_total += u64::from(sample.unreadable_devices);
                 next.up = true;
                 next.last_success = Some(SystemTime::now());
-                next.last_error = None;
                 next.sample = Some(sample);
                 self.retry = self.config.retry;
                 self.config.interval
@@ -402,9 +417,7 @@ impl GpuSampler {
                     self.retry = (self.retry * 2).min(self.config.retry_max);
                 }
                 next.errors_total += 1;
-                next.up = false;
                 next.last_error = Some(error.to_string());
-                next.sample = None;
                 wait
             }
         };

@@ -2,7 +2,9 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::{DeviceSample, GpuError, GpuProcess, GpuSample, GpuSource, SampleRequest, ThrottleReason};
+use crate::{
+    DeviceSample, GpuError, GpuProcess, GpuSample, GpuSource, SampleRequest, ThrottleReason,
+};
 
 /// A fake GPU source. Its [`FakeControl`] changes what it returns while a collector runs it.
 ///

@@ -104,10 +104,22 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| Families {
         other("ratio"),
     ),
     memory_used: gauge("gpu_memory_used", "GPU memory in use.", Some(Unit::Bytes)),
-    memory_total: gauge("gpu_memory_total", "GPU memory installed.", Some(Unit::Bytes)),
-    temperature: gauge("gpu_temperature", "GPU die temperature.", Some(Unit::Celsius)),
+    memory_total: gauge(
+        "gpu_memory_total",
+        "GPU memory installed.",
+        Some(Unit::Bytes),
+    ),
+    temperature: gauge(
+        "gpu_temperature",
+        "GPU die temperature.",
+        Some(Unit::Celsius),
+    ),
     power_usage: gauge("gpu_power_usage", "GPU power draw.", other("watts")),
-    power_limit: gauge("gpu_power_limit", "GPU enforced power limit.", other("watts")),
+    power_limit: gauge(
+        "gpu_power_limit",
+        "GPU enforced power limit.",
+        other("watts"),
+    ),
     energy: counter(
         "gpu_energy",
         "GPU energy used since the driver loaded.",
@@ -171,7 +183,11 @@ fn family<L: EncodeLabelSet>(
 }
 
 /// Writes an unlabelled family, or nothing when there is no value.
-fn single(encoder: &mut DescriptorEncoder<'_>, family: &Family, value: Option<Value>) -> fmt::Result {
+fn single(
+    encoder: &mut DescriptorEncoder<'_>,
+    family: &Family,
+    value: Option<Value>,
+) -> fmt::Result {
     let Some(value) = value else { return Ok(()) };
     let mut metric =
         encoder.encode_descriptor(family.name, family.help, family.unit.as_ref(), family.kind)?;
@@ -224,20 +240,56 @@ pub(crate) fn encode_published(
                 (labels, Value::Int(1))
             }),
         )?;
-        family(encoder, &f.utilization, per_device(devices, |d| float(d.utilization_ratio)))?;
+        family(
+            encoder,
+            &f.utilization,
+            per_device(devices, |d| float(d.utilization_ratio)),
+        )?;
         family(
             encoder,
             &f.memory_utilization,
             per_device(devices, |d| float(d.memory_utilization_ratio)),
         )?;
-        family(encoder, &f.memory_used, per_device(devices, |d| int(d.memory_used_bytes)))?;
-        family(encoder, &f.memory_total, per_device(devices, |d| int(d.memory_total_bytes)))?;
-        family(encoder, &f.temperature, per_device(devices, |d| float(d.temperature_celsius)))?;
-        family(encoder, &f.power_usage, per_device(devices, |d| float(d.power_usage_watts)))?;
-        family(encoder, &f.power_limit, per_device(devices, |d| float(d.power_limit_watts)))?;
-        family(encoder, &f.energy, per_device(devices, |d| float(d.energy_joules_total)))?;
-        family(encoder, &f.sm_clock, per_device(devices, |d| float(d.sm_clock_hertz)))?;
-        family(encoder, &f.memory_clock, per_device(devices, |d| float(d.memory_clock_hertz)))?;
+        family(
+            encoder,
+            &f.memory_used,
+            per_device(devices, |d| int(d.memory_used_bytes)),
+        )?;
+        family(
+            encoder,
+            &f.memory_total,
+            per_device(devices, |d| int(d.memory_total_bytes)),
+        )?;
+        family(
+            encoder,
+            &f.temperature,
+            per_device(devices, |d| float(d.temperature_celsius)),
+        )?;
+        family(
+            encoder,
+            &f.power_usage,
+            per_device(devices, |d| float(d.power_usage_watts)),
+        )?;
+        family(
+            encoder,
+            &f.power_limit,
+            per_device(devices, |d| float(d.power_limit_watts)),
+        )?;
+        family(
+            encoder,
+            &f.energy,
+            per_device(devices, |d| float(d.energy_joules_total)),
+        )?;
+        family(
+            encoder,
+            &f.sm_clock,
+            per_device(devices, |d| float(d.sm_clock_hertz)),
+        )?;
+        family(
+            encoder,
+            &f.memory_clock,
+            per_device(devices, |d| float(d.memory_clock_hertz)),
+        )?;
         family(
             encoder,
             &f.ecc_errors,

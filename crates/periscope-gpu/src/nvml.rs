@@ -6,16 +6,18 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
+use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::enum_wrappers::device::{
     Clock, EccCounter, MemoryError, PcieUtilCounter, TemperatureSensor,
 };
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
-use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::struct_wrappers::device::ProcessInfo;
 use nvml_wrapper::{Device, Nvml};
 
-use crate::{DeviceSample, GpuError, GpuProcess, GpuSample, GpuSource, SampleRequest, ThrottleReason};
+use crate::{
+    DeviceSample, GpuError, GpuProcess, GpuSample, GpuSource, SampleRequest, ThrottleReason,
+};
 
 /// NVML's value for "MIG mode enabled" (`NVML_DEVICE_MIG_ENABLE`).
 const MIG_ENABLED: u32 = 1;
@@ -132,7 +134,10 @@ fn read_device(
         memory_utilization_ratio: utilization.as_ref().map(|u| percent(u.memory)),
         memory_used_bytes: memory.as_ref().map(|m| m.used),
         memory_total_bytes: memory.as_ref().map(|m| m.total),
-        temperature_celsius: device.temperature(TemperatureSensor::Gpu).ok().map(f64::from),
+        temperature_celsius: device
+            .temperature(TemperatureSensor::Gpu)
+            .ok()
+            .map(f64::from),
         power_usage_watts: device.power_usage().ok().map(milli),
         power_limit_watts: device.enforced_power_limit().ok().map(milli),
         energy_joules_total: device

@@ -29,19 +29,74 @@ fn fake_source_exports_every_gpu_family_with_units_and_labels() {
     // (sample name, TYPE family name, TYPE, UNIT or "")
     let families = [
         ("gpu_info", "gpu_info", "gauge", ""),
-        ("gpu_utilization_ratio", "gpu_utilization_ratio", "gauge", "ratio"),
-        ("gpu_memory_utilization_ratio", "gpu_memory_utilization_ratio", "gauge", "ratio"),
-        ("gpu_memory_used_bytes", "gpu_memory_used_bytes", "gauge", "bytes"),
-        ("gpu_memory_total_bytes", "gpu_memory_total_bytes", "gauge", "bytes"),
-        ("gpu_temperature_celsius", "gpu_temperature_celsius", "gauge", "celsius"),
-        ("gpu_power_usage_watts", "gpu_power_usage_watts", "gauge", "watts"),
-        ("gpu_power_limit_watts", "gpu_power_limit_watts", "gauge", "watts"),
-        ("gpu_energy_joules_total", "gpu_energy_joules", "counter", "joules"),
+        (
+            "gpu_utilization_ratio",
+            "gpu_utilization_ratio",
+            "gauge",
+            "ratio",
+        ),
+        (
+            "gpu_memory_utilization_ratio",
+            "gpu_memory_utilization_ratio",
+            "gauge",
+            "ratio",
+        ),
+        (
+            "gpu_memory_used_bytes",
+            "gpu_memory_used_bytes",
+            "gauge",
+            "bytes",
+        ),
+        (
+            "gpu_memory_total_bytes",
+            "gpu_memory_total_bytes",
+            "gauge",
+            "bytes",
+        ),
+        (
+            "gpu_temperature_celsius",
+            "gpu_temperature_celsius",
+            "gauge",
+            "celsius",
+        ),
+        (
+            "gpu_power_usage_watts",
+            "gpu_power_usage_watts",
+            "gauge",
+            "watts",
+        ),
+        (
+            "gpu_power_limit_watts",
+            "gpu_power_limit_watts",
+            "gauge",
+            "watts",
+        ),
+        (
+            "gpu_energy_joules_total",
+            "gpu_energy_joules",
+            "counter",
+            "joules",
+        ),
         ("gpu_sm_clock_hertz", "gpu_sm_clock_hertz", "gauge", "hertz"),
-        ("gpu_memory_clock_hertz", "gpu_memory_clock_hertz", "gauge", "hertz"),
+        (
+            "gpu_memory_clock_hertz",
+            "gpu_memory_clock_hertz",
+            "gauge",
+            "hertz",
+        ),
         ("gpu_ecc_errors_total", "gpu_ecc_errors", "counter", ""),
-        ("gpu_throttle_reason_active", "gpu_throttle_reason_active", "gauge", ""),
-        ("gpu_process_memory_used_bytes", "gpu_process_memory_used_bytes", "gauge", "bytes"),
+        (
+            "gpu_throttle_reason_active",
+            "gpu_throttle_reason_active",
+            "gauge",
+            "",
+        ),
+        (
+            "gpu_process_memory_used_bytes",
+            "gpu_process_memory_used_bytes",
+            "gauge",
+            "bytes",
+        ),
         (
             "gpu_pcie_throughput_bytes_per_second",
             "gpu_pcie_throughput_bytes_per_second",
@@ -49,7 +104,12 @@ fn fake_source_exports_every_gpu_family_with_units_and_labels() {
             "bytes_per_second",
         ),
         ("gpu_collector_up", "gpu_collector_up", "gauge", ""),
-        ("gpu_collector_errors_total", "gpu_collector_errors", "counter", ""),
+        (
+            "gpu_collector_errors_total",
+            "gpu_collector_errors",
+            "counter",
+            "",
+        ),
         (
             "gpu_collector_last_success_timestamp_seconds",
             "gpu_collector_last_success_timestamp_seconds",
@@ -59,8 +119,16 @@ fn fake_source_exports_every_gpu_family_with_units_and_labels() {
     ];
     for (sample, family, kind, unit) in families {
         assert!(!exp.named(sample).is_empty(), "{sample} missing in\n{text}");
-        assert_eq!(exp.types.get(family).map(String::as_str), Some(kind), "{family}");
-        assert_eq!(exp.units.get(family).map(String::as_str), (!unit.is_empty()).then_some(unit), "{family}");
+        assert_eq!(
+            exp.types.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
+        assert_eq!(
+            exp.units.get(family).map(String::as_str),
+            (!unit.is_empty()).then_some(unit),
+            "{family}"
+        );
     }
     let gpu_families: Vec<_> = exp
         .lines
@@ -68,11 +136,19 @@ fn fake_source_exports_every_gpu_family_with_units_and_labels() {
         .filter(|l| l.name.starts_with("gpu_") && !l.name.starts_with("gpu_collector_"))
         .collect();
     for line in &gpu_families {
-        assert!(line.labels.contains_key("gpu") && line.labels.contains_key("uuid"), "{line:?}");
+        assert!(
+            line.labels.contains_key("gpu") && line.labels.contains_key("uuid"),
+            "{line:?}"
+        );
     }
 
-    let gpu0 = [("gpu", "0"), ("uuid", "GPU-00000000-0000-4000-8000-000000000000")];
-    let info = exp.find("gpu_info", &[("gpu", "1")]).expect("gpu_info for gpu 1");
+    let gpu0 = [
+        ("gpu", "0"),
+        ("uuid", "GPU-00000000-0000-4000-8000-000000000000"),
+    ];
+    let info = exp
+        .find("gpu_info", &[("gpu", "1")])
+        .expect("gpu_info for gpu 1");
     assert_eq!(info.value, 1.0);
     assert_eq!(info.labels["name"], "Fake GPU 80GB");
     assert_eq!(info.labels["driver_version"], "550.54.15");
@@ -80,35 +156,92 @@ fn fake_source_exports_every_gpu_family_with_units_and_labels() {
     assert_eq!(info.labels.len(), 5, "{:?}", info.labels);
 
     assert_eq!(exp.value("gpu_utilization_ratio", &gpu0), Some(0.37));
-    for line in exp.named("gpu_utilization_ratio").into_iter().chain(exp.named("gpu_memory_utilization_ratio")) {
-        assert!((0.0..=1.0).contains(&line.value), "ratio out of range: {line:?}");
+    for line in exp
+        .named("gpu_utilization_ratio")
+        .into_iter()
+        .chain(exp.named("gpu_memory_utilization_ratio"))
+    {
+        assert!(
+            (0.0..=1.0).contains(&line.value),
+            "ratio out of range: {line:?}"
+        );
     }
     assert_eq!(exp.value("gpu_memory_total_bytes", &gpu0), Some(80.0 * GIB));
     assert_eq!(exp.value("gpu_memory_used_bytes", &gpu0), Some(20.0 * GIB));
     assert_eq!(exp.value("gpu_temperature_celsius", &gpu0), Some(41.0));
     assert_eq!(exp.value("gpu_power_usage_watts", &gpu0), Some(123.5));
     assert_eq!(exp.value("gpu_power_limit_watts", &gpu0), Some(400.0));
-    assert_eq!(exp.value("gpu_energy_joules_total", &gpu0), Some(1_234_567.891));
+    assert_eq!(
+        exp.value("gpu_energy_joules_total", &gpu0),
+        Some(1_234_567.891)
+    );
     assert_eq!(exp.value("gpu_sm_clock_hertz", &gpu0), Some(1.41e9));
     assert_eq!(exp.value("gpu_memory_clock_hertz", &gpu0), Some(1.593e9));
-    assert_eq!(exp.value("gpu_ecc_errors_total", &[("gpu", "0"), ("type", "corrected")]), Some(3.0));
-    assert_eq!(exp.value("gpu_ecc_errors_total", &[("gpu", "0"), ("type", "uncorrected")]), Some(0.0));
-    assert_eq!(exp.value("gpu_throttle_reason_active", &[("gpu", "0"), ("reason", "sw_power_cap")]), Some(1.0));
-    assert_eq!(exp.value("gpu_throttle_reason_active", &[("gpu", "0"), ("reason", "gpu_idle")]), Some(0.0));
+    assert_eq!(
+        exp.value(
+            "gpu_ecc_errors_total",
+            &[("gpu", "0"), ("type", "corrected")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        exp.value(
+            "gpu_ecc_errors_total",
+            &[("gpu", "0"), ("type", "uncorrected")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        exp.value(
+            "gpu_throttle_reason_active",
+            &[("gpu", "0"), ("reason", "sw_power_cap")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        exp.value(
+            "gpu_throttle_reason_active",
+            &[("gpu", "0"), ("reason", "gpu_idle")]
+        ),
+        Some(0.0)
+    );
     assert_eq!(exp.named("gpu_throttle_reason_active").len(), 2 * 9);
     let own = std::process::id().to_string();
     assert_eq!(
-        exp.value("gpu_process_memory_used_bytes", &[("gpu", "1"), ("pid", own.as_str())]),
+        exp.value(
+            "gpu_process_memory_used_bytes",
+            &[("gpu", "1"), ("pid", own.as_str())]
+        ),
         Some(8.0 * GIB)
     );
-    assert_eq!(exp.value("gpu_pcie_throughput_bytes_per_second", &[("gpu", "0"), ("direction", "rx")]), Some(4_194_304.0));
-    assert_eq!(exp.value("gpu_pcie_throughput_bytes_per_second", &[("gpu", "0"), ("direction", "tx")]), Some(1_048_576.0));
+    assert_eq!(
+        exp.value(
+            "gpu_pcie_throughput_bytes_per_second",
+            &[("gpu", "0"), ("direction", "rx")]
+        ),
+        Some(4_194_304.0)
+    );
+    assert_eq!(
+        exp.value(
+            "gpu_pcie_throughput_bytes_per_second",
+            &[("gpu", "0"), ("direction", "tx")]
+        ),
+        Some(1_048_576.0)
+    );
 
     assert_eq!(exp.value("gpu_collector_up", &[]), Some(1.0));
     assert_eq!(exp.value("gpu_collector_errors_total", &[]), Some(0.0));
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-    let last = exp.value("gpu_collector_last_success_timestamp_seconds", &[]).unwrap();
-    assert!((now - last).abs() < 60.0, "last success {last} vs now {now}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last = exp
+        .value("gpu_collector_last_success_timestamp_seconds", &[])
+        .unwrap();
+    assert!(
+        (now - last).abs() < 60.0,
+        "last success {last} vs now {now}"
+    );
     for line in &exp.named("gpu_collector_up") {
         assert!(line.labels.is_empty());
     }
@@ -130,7 +263,10 @@ fn unsupported_values_are_absent_never_sentinels() {
     sampler.sample_once();
     let (text, exp) = scrape(&gpu);
 
-    assert_eq!(exp.value("gpu_memory_total_bytes", &[("gpu", "0")]), Some(GIB));
+    assert_eq!(
+        exp.value("gpu_memory_total_bytes", &[("gpu", "0")]),
+        Some(GIB)
+    );
     for absent in [
         "gpu_utilization",
         "gpu_memory_utilization",
@@ -145,13 +281,24 @@ fn unsupported_values_are_absent_never_sentinels() {
         "gpu_process",
         "gpu_pcie",
     ] {
-        assert!(!exp.has_family(absent), "{absent} should be absent:\n{text}");
-        assert!(!text.contains(&format!("# TYPE {absent}")), "{absent} metadata without samples");
+        assert!(
+            !exp.has_family(absent),
+            "{absent} should be absent:\n{text}"
+        );
+        assert!(
+            !text.contains(&format!("# TYPE {absent}")),
+            "{absent} metadata without samples"
+        );
     }
     let info = exp.find("gpu_info", &[("gpu", "0")]).unwrap();
     assert_eq!(info.labels["driver_version"], "");
     assert_eq!(info.labels["pci_bus_id"], "");
-    assert!(exp.lines.iter().all(|l| l.value.is_finite() && l.value >= 0.0), "{text}");
+    assert!(
+        exp.lines
+            .iter()
+            .all(|l| l.value.is_finite() && l.value >= 0.0),
+        "{text}"
+    );
 }
 
 #[test]
@@ -171,16 +318,29 @@ fn failing_source_flips_up_to_zero_and_counts_errors() {
     let (text, exp) = scrape(&gpu);
     assert_eq!(exp.value("gpu_collector_up", &[]), Some(0.0));
     assert_eq!(exp.value("gpu_collector_errors_total", &[]), Some(2.0));
-    assert_eq!(exp.value("gpu_collector_last_success_timestamp_seconds", &[]), last_success);
-    assert!(!exp.has_family("gpu_info"), "no stale device metrics while down:\n{text}");
-    assert!(!exp.has_family("gpu_memory"), "no stale device metrics while down:\n{text}");
+    assert_eq!(
+        exp.value("gpu_collector_last_success_timestamp_seconds", &[]),
+        last_success
+    );
+    assert!(
+        !exp.has_family("gpu_info"),
+        "no stale device metrics while down:\n{text}"
+    );
+    assert!(
+        !exp.has_family("gpu_memory"),
+        "no stale device metrics while down:\n{text}"
+    );
     assert!(gpu.snapshot().last_error.unwrap().contains("GPU is lost"));
 
     control.set_failure(None);
     sampler.sample_once();
     let (_, exp) = scrape(&gpu);
     assert_eq!(exp.value("gpu_collector_up", &[]), Some(1.0));
-    assert_eq!(exp.value("gpu_collector_errors_total", &[]), Some(2.0), "errors is a counter");
+    assert_eq!(
+        exp.value("gpu_collector_errors_total", &[]),
+        Some(2.0),
+        "errors is a counter"
+    );
     assert!(exp.has_family("gpu_info"));
 }
 
@@ -208,7 +368,9 @@ fn unavailable_source_backs_off_and_read_errors_retry_at_the_interval() {
         .retry_backoff(Duration::from_secs(60), Duration::from_secs(200))
         .build(source);
 
-    control.set_failure(Some(GpuError::unavailable("libnvidia-ml.so.1: cannot open")));
+    control.set_failure(Some(GpuError::unavailable(
+        "libnvidia-ml.so.1: cannot open",
+    )));
     let waits: Vec<u64> = (0..4).map(|_| sampler.sample_once().as_secs()).collect();
     assert_eq!(waits, [60, 120, 200, 200]);
 
@@ -218,7 +380,11 @@ fn unavailable_source_backs_off_and_read_errors_retry_at_the_interval() {
     control.set_failure(None);
     assert_eq!(sampler.sample_once(), Duration::from_secs(10));
     control.set_failure(Some(GpuError::unavailable("driver unloaded")));
-    assert_eq!(sampler.sample_once(), Duration::from_secs(60), "back-off restarts after a success");
+    assert_eq!(
+        sampler.sample_once(),
+        Duration::from_secs(60),
+        "back-off restarts after a success"
+    );
 }
 
 #[test]
@@ -233,13 +399,25 @@ fn expensive_readings_run_at_their_own_cadence_and_are_kept_between() {
 
     sampler.sample_once();
     let first = control.last_request().unwrap();
-    assert!(first.processes && first.pcie, "the first sample takes the expensive readings");
+    assert!(
+        first.processes && first.pcie,
+        "the first sample takes the expensive readings"
+    );
     sampler.sample_once();
     let second = control.last_request().unwrap();
-    assert!(!second.processes && !second.pcie, "not again before the expensive interval");
+    assert!(
+        !second.processes && !second.pcie,
+        "not again before the expensive interval"
+    );
     let (text, exp) = scrape(&gpu);
-    assert!(exp.has_family("gpu_process_memory_used_bytes"), "kept between: {text}");
-    assert!(exp.has_family("gpu_pcie_throughput_bytes_per_second"), "kept between: {text}");
+    assert!(
+        exp.has_family("gpu_process_memory_used_bytes"),
+        "kept between: {text}"
+    );
+    assert!(
+        exp.has_family("gpu_pcie_throughput_bytes_per_second"),
+        "kept between: {text}"
+    );
 }
 
 #[test]
@@ -291,15 +469,23 @@ fn only_this_services_processes_are_exported_by_default() {
         .process_filter(ProcessFilter::All)
         .build(FakeSource::new(device_with_processes(&[own, other])));
     sampler.sample_once();
-    assert_eq!(scrape(&gpu).1.named("gpu_process_memory_used_bytes").len(), 2);
+    assert_eq!(
+        scrape(&gpu).1.named("gpu_process_memory_used_bytes").len(),
+        2
+    );
 
     let (gpu, mut sampler) = GpuCollector::builder()
         .processes(true)
-        .process_filter(ProcessFilter::Custom(std::sync::Arc::new(move |pid| pid == other)))
+        .process_filter(ProcessFilter::Custom(std::sync::Arc::new(move |pid| {
+            pid == other
+        })))
         .build(FakeSource::new(device_with_processes(&[own, other])));
     sampler.sample_once();
     let exp = scrape(&gpu).1;
-    assert_eq!(exp.named("gpu_process_memory_used_bytes")[0].labels["pid"], other.to_string());
+    assert_eq!(
+        exp.named("gpu_process_memory_used_bytes")[0].labels["pid"],
+        other.to_string()
+    );
 }
 
 #[test]
@@ -325,7 +511,10 @@ fn mig_devices_are_exported_beside_their_parent() {
     sampler.sample_once();
     let (_, exp) = scrape(&gpu);
     assert_eq!(exp.named("gpu_info").len(), 2);
-    assert_eq!(exp.value("gpu_memory_total_bytes", &[("gpu", "0:mig1")]), Some(10.0 * GIB));
+    assert_eq!(
+        exp.value("gpu_memory_total_bytes", &[("gpu", "0:mig1")]),
+        Some(10.0 * GIB)
+    );
     assert!(exp.find("gpu_utilization_ratio", &[("gpu", "0")]).is_none());
     let snapshot = gpu.snapshot();
     assert_eq!(snapshot.devices[1].mig_parent.as_deref(), Some("0"));
@@ -341,7 +530,11 @@ fn label_values_are_escaped() {
     }));
     sampler.sample_once();
     let (text, exp) = scrape(&gpu);
-    assert_eq!(exp.find("gpu_info", &[]).unwrap().labels["name"], device.name, "{text}");
+    assert_eq!(
+        exp.find("gpu_info", &[]).unwrap().labels["name"],
+        device.name,
+        "{text}"
+    );
 }
 
 #[test]
@@ -368,7 +561,10 @@ fn background_thread_samples_and_scrapes_read_the_last_sample() {
     assert_eq!(control.calls(), calls + 1);
 
     gpu.shutdown();
-    assert!(!gpu.refresh(Duration::from_millis(300)), "no sampling after shutdown");
+    assert!(
+        !gpu.refresh(Duration::from_millis(300)),
+        "no sampling after shutdown"
+    );
     assert_eq!(control.calls(), calls + 1);
 }
 

@@ -28,7 +28,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
         if *meta.level() == tracing::Level::WARN && meta.target().starts_with("periscope_gpu") {
             let mut fields = Fields(String::new());
             event.record(&mut fields);
-            self.0.lock().unwrap().push(fields.0);
+            self.0.lock().expect("not poisoned").push(fields.0);
         }
     }
 }
@@ -55,7 +55,10 @@ fn nvml_collector_without_a_driver_is_down_warns_once_and_scrapes() {
         .start_nvml()
         .expect("the collector starts with or without a driver");
     for _ in 0..3 {
-        assert!(gpu.refresh(Duration::from_secs(10)), "the sampler keeps running");
+        assert!(
+            gpu.refresh(Duration::from_secs(10)),
+            "the sampler keeps running"
+        );
     }
     let (text, exp) = common::scrape(&gpu);
     let snapshot = gpu.snapshot();
@@ -67,8 +70,14 @@ fn nvml_collector_without_a_driver_is_down_warns_once_and_scrapes() {
         return;
     }
     assert_eq!(exp.value("gpu_collector_up", &[]), Some(0.0), "{text}");
-    assert!(exp.value("gpu_collector_errors_total", &[]).unwrap() >= 3.0, "{text}");
-    assert!(exp.named("gpu_collector_last_success_timestamp_seconds").is_empty());
+    assert!(
+        exp.value("gpu_collector_errors_total", &[]).unwrap() >= 3.0,
+        "{text}"
+    );
+    assert!(
+        exp.named("gpu_collector_last_success_timestamp_seconds")
+            .is_empty()
+    );
     assert!(!exp.has_family("gpu_info"), "{text}");
     assert!(!snapshot.up);
     assert_eq!(snapshot.source, "nvml");
@@ -76,7 +85,14 @@ fn nvml_collector_without_a_driver_is_down_warns_once_and_scrapes() {
     assert!(snapshot.last_error.unwrap().contains("unavailable"));
 
     let warnings = warnings.0.lock().unwrap().clone();
-    assert_eq!(warnings.len(), 1, "exactly one warning per outage: {warnings:?}");
-    assert!(warnings[0].contains("GPU readings are unavailable"), "{warnings:?}");
+    assert_eq!(
+        warnings.len(),
+        1,
+        "exactly one warning per outage: {warnings:?}"
+    );
+    assert!(
+        warnings[0].contains("GPU readings are unavailable"),
+        "{warnings:?}"
+    );
     gpu.shutdown();
 }

@@ -21,18 +21,29 @@ fn nvml_reads_every_device_with_name_uuid_and_memory() {
             pcie: true,
         })
         .expect("NVML loads and reads the GPUs");
-    println!("driver {:?}, {} device(s)", sample.driver_version, sample.devices.len());
+    println!(
+        "driver {:?}, {} device(s)",
+        sample.driver_version,
+        sample.devices.len()
+    );
     assert!(sample.driver_version.is_some());
     assert!(!sample.devices.is_empty(), "at least one GPU");
     assert_eq!(sample.unreadable_devices, 0);
     for d in &sample.devices {
         println!("{d:#?}");
         assert!(!d.name.is_empty());
-        assert!(d.uuid.starts_with("GPU-") || d.uuid.starts_with("MIG-"), "{}", d.uuid);
+        assert!(
+            d.uuid.starts_with("GPU-") || d.uuid.starts_with("MIG-"),
+            "{}",
+            d.uuid
+        );
         let total = d.memory_total_bytes.expect("memory total");
         assert!(total > 0);
         assert!(d.memory_used_bytes.expect("memory used") <= total);
-        for ratio in [d.utilization_ratio, d.memory_utilization_ratio].into_iter().flatten() {
+        for ratio in [d.utilization_ratio, d.memory_utilization_ratio]
+            .into_iter()
+            .flatten()
+        {
             assert!((0.0..=1.0).contains(&ratio), "{ratio}");
         }
         if let Some(t) = d.temperature_celsius {
@@ -70,14 +81,20 @@ fn nvml_collector_scrape_contains_gpu_info_and_memory() {
     }
     let snapshot = serde_json::to_string_pretty(&gpu.snapshot()).unwrap();
     println!("{snapshot}");
-    assert!(gpu.snapshot().devices.iter().all(|d| d.memory_total_mib.unwrap_or(0) > 0));
+    assert!(
+        gpu.snapshot()
+            .devices
+            .iter()
+            .all(|d| d.memory_total_mib.unwrap_or(0) > 0)
+    );
 }
 
 #[cfg(feature = "tracker")]
 #[test]
 #[ignore = "needs an NVIDIA GPU and driver"]
 fn nvml_resource_tracker_reads_the_gpus() {
-    let csv = std::env::temp_dir().join(format!("periscope-nvml-tracker-{}.csv", std::process::id()));
+    let csv =
+        std::env::temp_dir().join(format!("periscope-nvml-tracker-{}.csv", std::process::id()));
     let tracker = periscope_gpu::ResourceTracker::builder()
         .interval(Duration::from_millis(250))
         .csv_path(&csv)

@@ -4,21 +4,37 @@ use periscope_gpu::{DeviceSample, FakeSource, GpuCollector, GpuError, GpuSample,
 use serde_json::Value;
 
 fn keys(value: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .expect("a JSON object")
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
     keys
 }
 
 #[test]
 fn snapshot_json_has_the_documented_shape() {
-    let (gpu, mut sampler) = GpuCollector::builder().processes(true).build(FakeSource::demo(2));
+    let (gpu, mut sampler) = GpuCollector::builder()
+        .processes(true)
+        .build(FakeSource::demo(2));
     sampler.sample_once();
     let json = serde_json::to_string(&gpu.snapshot()).unwrap();
     let value: Value = serde_json::from_str(&json).unwrap();
 
     assert_eq!(
         keys(&value),
-        ["age_s", "devices", "driver_version", "errors_total", "last_error", "sampled_at_unix_s", "source", "up"]
+        [
+            "age_s",
+            "devices",
+            "driver_version",
+            "errors_total",
+            "last_error",
+            "sampled_at_unix_s",
+            "source",
+            "up"
+        ]
     );
     assert_eq!(value["up"], true);
     assert_eq!(value["source"], "fake");
@@ -66,9 +82,18 @@ fn snapshot_json_has_the_documented_shape() {
     assert_eq!(processes[0]["pid"], std::process::id());
     assert_eq!(processes[0]["memory_used_mib"], 8 * 1024);
 
-    // Clients can read it back into the typed form (`age_s` moves with time).
+    // Clients can read it back into the typed form. `age_s` moves with time, and serde_json
+    // may parse a float one ulp off, so the times are compared apart.
     let back: GpuSnapshot = serde_json::from_str(&json).unwrap();
-    assert_eq!(back, GpuSnapshot { age_s: back.age_s, ..gpu.snapshot() });
+    let now = gpu.snapshot();
+    let sampled_at = |s: &GpuSnapshot| s.sampled_at_unix_s.unwrap();
+    assert!((sampled_at(&back) - sampled_at(&now)).abs() < 1e-3);
+    let without_times = |s: GpuSnapshot| GpuSnapshot {
+        age_s: None,
+        sampled_at_unix_s: None,
+        ..s
+    };
+    assert_eq!(without_times(back), without_times(now));
 }
 
 #[test]
@@ -104,9 +129,9 @@ fn unsupported_values_are_null_and_processes_null_when_not_listed() {
 #[test]
 fn snapshot_while_down_says_why_and_lists_no_devices() {
     let source = FakeSource::demo(1);
-    source
-        .control()
-        .set_failure(Some(GpuError::unavailable("libnvidia-ml.so.1: cannot open shared object file")));
+    source.control().set_failure(Some(GpuError::unavailable(
+        "libnvidia-ml.so.1: cannot open shared object file",
+    )));
     let (gpu, mut sampler) = GpuCollector::builder().build(source);
     sampler.sample_once();
     let value = serde_json::to_value(gpu.snapshot()).unwrap();
@@ -116,7 +141,10 @@ fn snapshot_while_down_says_why_and_lists_no_devices() {
     assert!(value["sampled_at_unix_s"].is_null());
     assert!(value["age_s"].is_null());
     let error = value["last_error"].as_str().unwrap();
-    assert!(error.contains("libnvidia-ml.so.1") && error.contains("install the NVIDIA driver"), "{error}");
+    assert!(
+        error.contains("libnvidia-ml.so.1") && error.contains("install the NVIDIA driver"),
+        "{error}"
+    );
 }
 
 #[test]

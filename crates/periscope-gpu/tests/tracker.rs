@@ -4,7 +4,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use periscope_gpu::{CSV_HEADER, FakeSource, GpuProcess, GpuSample, ResourceTracker, TrackerError, demo_device};
+use periscope_gpu::{
+    CSV_HEADER, FakeSource, GpuProcess, GpuSample, ResourceTracker, TrackerError, demo_device,
+};
 
 const BURN_ENV: &str = "PERISCOPE_GPU_TEST_BURN";
 const HOLD_BYTES: usize = 256 << 20;
@@ -29,7 +31,7 @@ fn burner_child() {
 }
 
 fn spawn_burner() -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
+    Command::new(std::env::current_exe().expect("this test binary"))
         .args(["burner_child", "--exact", "--ignored", "--test-threads=1"])
         .env(BURN_ENV, "1")
         .stdout(Stdio::null())
@@ -39,7 +41,10 @@ fn spawn_burner() -> std::process::Child {
 }
 
 fn column(header: &str, name: &str) -> usize {
-    header.split(',').position(|c| c == name).unwrap_or_else(|| panic!("no column {name}"))
+    header
+        .split(',')
+        .position(|c| c == name)
+        .unwrap_or_else(|| panic!("no column {name}"))
 }
 
 #[test]
@@ -74,7 +79,11 @@ fn a_burning_child_shows_in_the_csv_and_the_summary() {
     assert!(max("cpu_cores") >= 0.2, "{text}");
     assert!(max("host_memory_total_bytes") > 0.0);
     for row in &rows {
-        assert_eq!(row[column(header, "gpu_count")], "", "no GPU source: empty cells");
+        assert_eq!(
+            row[column(header, "gpu_count")],
+            "",
+            "no GPU source: empty cells"
+        );
     }
 
     let s = &report.summary;
@@ -88,7 +97,10 @@ fn a_burning_child_shows_in_the_csv_and_the_summary() {
 
     let r = &report.recommendation;
     assert!(r.cpu_cores >= 1);
-    assert_eq!(r.memory_bytes, (s.memory_bytes_max as f64 * 1.2).ceil() as u64);
+    assert_eq!(
+        r.memory_bytes,
+        (s.memory_bytes_max as f64 * 1.2).ceil() as u64
+    );
     assert_eq!(r.gpus, 0);
     assert_eq!(r.gpu_memory_bytes, None);
 
@@ -102,8 +114,14 @@ fn gpu_readings_find_the_trees_own_vram() {
     let own = std::process::id();
     let mut device = demo_device(0);
     device.processes = Some(vec![
-        GpuProcess { pid: own, used_memory_bytes: Some(3 << 30) },
-        GpuProcess { pid: u32::MAX - 1, used_memory_bytes: Some(50 << 30) },
+        GpuProcess {
+            pid: own,
+            used_memory_bytes: Some(3 << 30),
+        },
+        GpuProcess {
+            pid: u32::MAX - 1,
+            used_memory_bytes: Some(50 << 30),
+        },
     ]);
     let idle = {
         let mut idle = demo_device(1);
@@ -111,7 +129,10 @@ fn gpu_readings_find_the_trees_own_vram() {
         idle.utilization_ratio = Some(0.0);
         idle
     };
-    let source = FakeSource::new(GpuSample { devices: vec![device, idle], ..GpuSample::default() });
+    let source = FakeSource::new(GpuSample {
+        devices: vec![device, idle],
+        ..GpuSample::default()
+    });
 
     let tracker = ResourceTracker::builder()
         .interval(Duration::from_millis(200))
@@ -124,13 +145,20 @@ fn gpu_readings_find_the_trees_own_vram() {
     let s = &report.summary;
     assert_eq!(s.gpu_count, 2);
     assert_eq!(s.gpus_used, 1, "only device 0 runs this process");
-    assert_eq!(s.gpu_memory_bytes_max, Some(3 << 30), "the tree's VRAM, not the other process's");
+    assert_eq!(
+        s.gpu_memory_bytes_max,
+        Some(3 << 30),
+        "the tree's VRAM, not the other process's"
+    );
     // Mean over both devices: (37 % + 0 %) / 2.
     let mean = s.gpu_utilization_percent_mean.unwrap();
     assert!((mean - 18.5).abs() < 1e-9, "{mean}");
     let r = &report.recommendation;
     assert_eq!(r.gpus, 1);
-    assert_eq!(r.gpu_memory_bytes, Some(((3u64 << 30) as f64 * 1.2).ceil() as u64));
+    assert_eq!(
+        r.gpu_memory_bytes,
+        Some(((3u64 << 30) as f64 * 1.2).ceil() as u64)
+    );
 }
 
 /// A writer the test can read after the tracker is done.
@@ -139,7 +167,7 @@ struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl std::io::Write for SharedBuf {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -164,14 +192,26 @@ fn gpu_columns_are_filled_from_the_source() {
     let row: Vec<&str> = lines.next().expect("a row").split(',').collect();
     assert_eq!(row[column(header, "gpu_count")], "2");
     assert_eq!(row[column(header, "gpu_utilization_percent")], "42.0");
-    assert_eq!(row[column(header, "gpu_memory_used_bytes")], ((41u64) << 30).to_string());
-    assert_eq!(row[column(header, "gpu_process_memory_bytes")], ((16u64) << 30).to_string());
+    assert_eq!(
+        row[column(header, "gpu_memory_used_bytes")],
+        ((41u64) << 30).to_string()
+    );
+    assert_eq!(
+        row[column(header, "gpu_process_memory_bytes")],
+        ((16u64) << 30).to_string()
+    );
 }
 
 #[test]
 fn a_missing_process_or_unwritable_csv_is_a_clear_error() {
-    let error = ResourceTracker::builder().pid(u32::MAX - 7).start().unwrap_err();
-    assert!(matches!(error, TrackerError::ProcessNotFound { .. }), "{error}");
+    let error = ResourceTracker::builder()
+        .pid(u32::MAX - 7)
+        .start()
+        .unwrap_err();
+    assert!(
+        matches!(error, TrackerError::ProcessNotFound { .. }),
+        "{error}"
+    );
     assert!(error.to_string().contains("does not exist"));
 
     let error = ResourceTracker::builder()
@@ -184,10 +224,19 @@ fn a_missing_process_or_unwritable_csv_is_a_clear_error() {
 
 #[test]
 fn a_short_run_still_has_one_reading() {
-    let tracker = ResourceTracker::builder().interval(Duration::from_secs(60)).start().unwrap();
+    let tracker = ResourceTracker::builder()
+        .interval(Duration::from_secs(60))
+        .start()
+        .unwrap();
     let started = Instant::now();
     let report = tracker.finish().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(30), "finish does not wait out the interval");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "finish does not wait out the interval"
+    );
     assert_eq!(report.summary.samples, 1);
-    assert!(report.summary.memory_bytes_max > 0, "this process has memory");
+    assert!(
+        report.summary.memory_bytes_max > 0,
+        "this process has memory"
+    );
 }

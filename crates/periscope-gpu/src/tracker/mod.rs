@@ -36,7 +36,9 @@ pub enum TrackerError {
         pid: u32,
     },
     /// The CSV file could not be created or written.
-    #[error("writing the resource CSV failed: {0}; check that the directory exists, is writable and has space")]
+    #[error(
+        "writing the resource CSV failed: {0}; check that the directory exists, is writable and has space"
+    )]
     Csv(#[source] std::io::Error),
     /// The sampling thread could not be started.
     #[error("starting the resource tracker thread failed: {0}")]
@@ -282,7 +284,10 @@ fn write_row(csv: &mut impl Write, r: &Reading) -> std::io::Result<()> {
         r.host_net_rx_bytes,
         r.host_net_tx_bytes,
         cell(gpu.map(|g| g.devices)),
-        cell(gpu.and_then(|g| g.utilization_percent).map(|u| format!("{u:.1}"))),
+        cell(
+            gpu.and_then(|g| g.utilization_percent)
+                .map(|u| format!("{u:.1}"))
+        ),
         cell(gpu.and_then(|g| g.memory_used_bytes)),
         cell(gpu.and_then(|g| g.tree_memory_bytes)),
     )?;

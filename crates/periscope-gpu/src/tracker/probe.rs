@@ -201,7 +201,9 @@ fn gpu_reading(sample: &GpuSample, tree: &HashSet<u32>) -> GpuReading {
         .devices
         .iter()
         .filter_map(|d| d.memory_used_bytes)
-        .fold(None, |sum: Option<u64>, bytes| Some(sum.unwrap_or(0) + bytes));
+        .fold(None, |sum: Option<u64>, bytes| {
+            Some(sum.unwrap_or(0) + bytes)
+        });
     GpuReading {
         devices: u32::try_from(sample.devices.len()).unwrap_or(u32::MAX),
         utilization_percent: (!utilizations.is_empty())

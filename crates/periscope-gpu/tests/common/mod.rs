@@ -62,7 +62,10 @@ pub fn scrape(collector: &GpuCollector) -> (String, Exposition) {
 /// malformed so a broken line fails the test.
 pub fn parse(text: &str) -> Exposition {
     let mut out = Exposition::default();
-    assert!(text.ends_with("# EOF\n"), "exposition must end with # EOF: {text}");
+    assert!(
+        text.ends_with("# EOF\n"),
+        "exposition must end with # EOF: {text}"
+    );
     for line in text.lines() {
         if line == "# EOF" {
             continue;
