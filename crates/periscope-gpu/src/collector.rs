@@ -392,7 +392,11 @@ impl GpuSampler {
             last_error: None,
             sample: None,
         };
-        let wait = match self.source.sample(request) {
+        // A panicking source must not leave a stale `up 1` behind: it counts as a failed read.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.source.sample(request)))
+                .unwrap_or_else(|_| Err(GpuError::read("the GPU source panicked")));
+        let wait = match result {
             Ok(mut sample) => {
                 if request.processes || request.pcie {
                     self.last_expensive = Some(now);

@@ -67,11 +67,16 @@ impl DeviceSample {
     /// or no listed process reports its memory.
     pub fn process_memory_used_bytes(&self) -> Option<u64> {
         let processes = self.processes.as_ref()?;
-        processes
-            .iter()
-            .filter_map(|p| p.used_memory_bytes)
-            .fold(None, |sum, bytes| Some(sum.unwrap_or(0) + bytes))
+        sum_known(processes.iter().map(|p| p.used_memory_bytes))
     }
+}
+
+/// The sum of the known values; `None` when none is known (absent, not zero).
+pub(crate) fn sum_known(values: impl IntoIterator<Item = Option<u64>>) -> Option<u64> {
+    values
+        .into_iter()
+        .flatten()
+        .fold(None, |sum, value| Some(sum.unwrap_or(0) + value))
 }
 
 /// A process holding a context on a GPU.

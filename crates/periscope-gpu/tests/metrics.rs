@@ -598,3 +598,33 @@ fn collector_works_under_a_prefixed_sub_registry() {
     assert_eq!(exp.value("node_gpu_collector_up", &[]), Some(1.0));
     assert!(exp.has_family("node_gpu_memory_used_bytes"));
 }
+
+/// A source that panics on every sample.
+struct Panicking;
+
+impl periscope_gpu::GpuSource for Panicking {
+    fn name(&self) -> &'static str {
+        "panicking"
+    }
+
+    fn sample(&mut self, _: periscope_gpu::SampleRequest) -> Result<GpuSample, GpuError> {
+        panic!("driver bug");
+    }
+}
+
+#[test]
+fn a_panicking_source_is_a_failed_sample_and_the_thread_keeps_running() {
+    let gpu = GpuCollector::builder()
+        .interval(Duration::from_secs(3600))
+        .start(Panicking)
+        .expect("spawn");
+    assert!(gpu.refresh(Duration::from_secs(10)));
+    assert!(
+        gpu.refresh(Duration::from_secs(10)),
+        "the sampler survived the panic"
+    );
+    let (_, exp) = scrape(&gpu);
+    assert_eq!(exp.value("gpu_collector_up", &[]), Some(0.0));
+    assert!(exp.value("gpu_collector_errors_total", &[]).unwrap() >= 2.0);
+    assert!(gpu.snapshot().last_error.unwrap().contains("panicked"));
+}

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sysinfo::{Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, System, ThreadKind};
 
+use crate::sample::sum_known;
 use crate::{GpuError, GpuSample, GpuSource, SampleRequest};
 
 /// One row of the tracker's CSV. Byte counts marked "interval" cover the time since the
@@ -181,35 +182,26 @@ fn gpu_reading(sample: &GpuSample, tree: &HashSet<u32>) -> GpuReading {
         .iter()
         .filter_map(|d| d.utilization_ratio)
         .collect();
-    let mut tree_memory: Option<u64> = None;
     let mut used_by_tree = Vec::new();
+    let mut tree_memory = Vec::new();
     for device in &sample.devices {
-        let mut used = false;
-        for process in device.processes.iter().flatten() {
-            if tree.contains(&process.pid) {
-                used = true;
-                if let Some(bytes) = process.used_memory_bytes {
-                    *tree_memory.get_or_insert(0) += bytes;
-                }
-            }
-        }
-        if used {
+        let mine: Vec<_> = device
+            .processes
+            .iter()
+            .flatten()
+            .filter(|p| tree.contains(&p.pid))
+            .collect();
+        if !mine.is_empty() {
             used_by_tree.push(device.uuid.clone());
         }
+        tree_memory.extend(mine.iter().map(|p| p.used_memory_bytes));
     }
-    let memory_used = sample
-        .devices
-        .iter()
-        .filter_map(|d| d.memory_used_bytes)
-        .fold(None, |sum: Option<u64>, bytes| {
-            Some(sum.unwrap_or(0) + bytes)
-        });
     GpuReading {
         devices: u32::try_from(sample.devices.len()).unwrap_or(u32::MAX),
         utilization_percent: (!utilizations.is_empty())
             .then(|| utilizations.iter().sum::<f64>() / utilizations.len() as f64 * 100.0),
-        memory_used_bytes: memory_used,
-        tree_memory_bytes: tree_memory,
+        memory_used_bytes: sum_known(sample.devices.iter().map(|d| d.memory_used_bytes)),
+        tree_memory_bytes: sum_known(tree_memory),
         used_by_tree,
         busy: sample
             .devices
