@@ -33,6 +33,8 @@
 //! assert_eq!(status.devices[0].memory_total_mib, Some(81920));
 //! ```
 #![deny(missing_docs)]
+// Library code reports errors instead of panicking; tests, benches and examples may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod collector;
 mod error;
