@@ -236,12 +236,14 @@ impl GpuCollector {
     }
 
     /// Asks the sampling thread for a sample now and waits up to `timeout` for it; `true` when
-    /// one completed. Blocks the calling thread: not for async request handlers.
+    /// a sample that started after this call completed. Blocks the calling thread: not for async request handlers.
     pub fn refresh(&self, timeout: Duration) -> bool {
         let shared = &self.inner.shared;
         let deadline = Instant::now() + timeout;
         let mut control = lock(&shared.control);
-        let target = control.completed + 1;
+        // A sample already under way may have read the GPUs before this call: wait for the next.
+        let under_way = control.started > control.completed;
+        let target = control.completed + if under_way { 2 } else { 1 };
         control.refresh = true;
         shared.wake.notify_all();
         while control.completed < target {
@@ -292,6 +294,8 @@ struct Shared {
 struct Control {
     stop: bool,
     refresh: bool,
+    /// Samples started and completed by the thread.
+    started: u64,
     completed: u64,
 }
 
@@ -349,6 +353,15 @@ impl GpuSampler {
     /// on the unavailable back-off), or early on [`GpuCollector::refresh`].
     pub fn run(mut self) {
         loop {
+            {
+                let mut control = lock(&self.shared.control);
+                if control.stop {
+                    return;
+                }
+                // A refresh asked before this point is answered by this sample.
+                control.refresh = false;
+                control.started += 1;
+            }
             let wait = self.sample_once();
             let deadline = Instant::now() + wait;
             let mut control = lock(&self.shared.control);
@@ -365,10 +378,6 @@ impl GpuSampler {
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
-            if control.stop {
-                return;
-            }
-            control.refresh = false;
         }
     }
 
@@ -417,6 +426,8 @@ impl GpuSampler {
                     GpuError::Read { .. } => self.config.interval,
                 };
                 self.failed(&error, wait);
+                // Nothing to carry over any more: the next good sample takes them afresh.
+                self.last_expensive = None;
                 if matches!(error, GpuError::Unavailable { .. }) {
                     self.retry = (self.retry * 2).min(self.config.retry_max);
                 }

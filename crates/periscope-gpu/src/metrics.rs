@@ -210,6 +210,25 @@ fn per_device<'a>(
         .filter_map(move |d| value(d).map(|v| (device_labels(d), v)))
 }
 
+/// The device labels plus one more.
+type SplitLabels<'a> = (DeviceLabels<'a>, [(&'static str, &'static str); 1]);
+
+/// One row per device and value of an extra label (`type`, `reason`, `direction`).
+fn per_device_by<'a, I>(
+    devices: &'a [DeviceSample],
+    key: &'static str,
+    values: impl Fn(&'a DeviceSample) -> I + 'a,
+) -> impl Iterator<Item = (SplitLabels<'a>, Value)> + 'a
+where
+    I: IntoIterator<Item = (&'static str, Option<Value>)> + 'a,
+{
+    devices.iter().flat_map(move |d| {
+        values(d).into_iter().filter_map(move |(label, value)| {
+            value.map(|v| ((device_labels(d), [(key, label)]), v))
+        })
+    })
+}
+
 fn float(value: Option<f64>) -> Option<Value> {
     value.filter(|v| v.is_finite()).map(Value::Float)
 }
@@ -293,25 +312,20 @@ pub(crate) fn encode_published(
         family(
             encoder,
             &f.ecc_errors,
-            devices.iter().flat_map(|d| {
+            per_device_by(devices, "type", |d| {
                 [
-                    ("corrected", d.ecc_corrected_total),
-                    ("uncorrected", d.ecc_uncorrected_total),
+                    ("corrected", int(d.ecc_corrected_total)),
+                    ("uncorrected", int(d.ecc_uncorrected_total)),
                 ]
-                .into_iter()
-                .filter_map(move |(kind, count)| {
-                    count.map(|c| ((device_labels(d), [("type", kind)]), Value::Int(c)))
-                })
             }),
         )?;
         family(
             encoder,
             &f.throttle,
-            devices.iter().flat_map(|d| {
-                d.throttle_reasons.iter().map(move |&(reason, active)| {
-                    let labels = (device_labels(d), [("reason", reason.as_str())]);
-                    (labels, Value::Int(u64::from(active)))
-                })
+            per_device_by(devices, "reason", |d| {
+                d.throttle_reasons
+                    .iter()
+                    .map(|&(reason, active)| (reason.as_str(), Some(Value::Int(u64::from(active)))))
             }),
         )?;
         family(
@@ -327,15 +341,11 @@ pub(crate) fn encode_published(
         family(
             encoder,
             &f.pcie,
-            devices.iter().flat_map(|d| {
+            per_device_by(devices, "direction", |d| {
                 [
-                    ("tx", d.pcie_tx_bytes_per_second),
-                    ("rx", d.pcie_rx_bytes_per_second),
+                    ("tx", float(d.pcie_tx_bytes_per_second)),
+                    ("rx", float(d.pcie_rx_bytes_per_second)),
                 ]
-                .into_iter()
-                .filter_map(move |(direction, rate)| {
-                    float(rate).map(|v| ((device_labels(d), [("direction", direction)]), v))
-                })
             }),
         )?;
     }

@@ -421,6 +421,23 @@ fn expensive_readings_run_at_their_own_cadence_and_are_kept_between() {
 }
 
 #[test]
+fn expensive_readings_are_taken_again_after_an_outage() {
+    let source = FakeSource::demo(1);
+    let control = source.control();
+    let (gpu, mut sampler) = GpuCollector::builder()
+        .processes(true)
+        .expensive_interval(Duration::from_secs(3600))
+        .build(source);
+    sampler.sample_once();
+    control.set_failure(Some(GpuError::read("blip")));
+    sampler.sample_once();
+    control.set_failure(None);
+    sampler.sample_once();
+    assert!(control.last_request().unwrap().processes);
+    assert!(scrape(&gpu).1.has_family("gpu_process_memory_used_bytes"));
+}
+
+#[test]
 fn expensive_readings_are_off_by_default() {
     let source = FakeSource::demo(1);
     let control = source.control();
