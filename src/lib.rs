@@ -6,6 +6,7 @@
 //! - [`health`]: liveness, readiness and startup probes.
 //! - [`error`]: the error envelope, code taxonomy, catch-all layer and client-side decoding.
 //! - [`metrics`]: RED metrics with cardinality guards, the registry, `/metrics` exposition.
+//! - [`gpu`] (feature `gpu`): NVIDIA GPU collectors, the GPU snapshot, the resource tracker.
 //! - [`log`]: the JSON log layer, redaction, runtime level control, recent lines, access log.
 #![deny(missing_docs)]
 // Library code reports errors instead of panicking; tests, benches and examples may unwrap.
@@ -13,6 +14,8 @@
 
 pub use periscope_context as context;
 pub use periscope_error as error;
+#[cfg(feature = "gpu")]
+pub use periscope_gpu as gpu;
 pub use periscope_health as health;
 pub use periscope_log as log;
 pub use periscope_metrics as metrics;

@@ -1,0 +1,491 @@
+//! [`GpuCollector`]: background sampling of a [`GpuSource`], read by scrapes and snapshots.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::{GpuError, GpuSample, GpuSnapshot, GpuSource, SampleRequest};
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_EXPENSIVE_INTERVAL: Duration = Duration::from_secs(30);
+const DEFAULT_RETRY: Duration = Duration::from_secs(60);
+const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(3600);
+/// Shorter intervals would make the sampler itself a load on the driver.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Which GPU processes count as "this service's own" for `gpu_process_memory_used_bytes`
+/// and the snapshot.
+#[derive(Clone, Default)]
+pub enum ProcessFilter {
+    /// Only this process (`std::process::id()`).
+    #[default]
+    OwnProcess,
+    /// Every process on the GPU (a dedicated GPU host; beware the `pid` label's cardinality).
+    All,
+    /// The pids this function accepts (for example a worker pool the service spawned).
+    Custom(Arc<dyn Fn(u32) -> bool + Send + Sync>),
+}
+
+impl ProcessFilter {
+    fn keeps(&self, pid: u32, own: u32) -> bool {
+        match self {
+            Self::OwnProcess => pid == own,
+            Self::All => true,
+            Self::Custom(keep) => keep(pid),
+        }
+    }
+}
+
+impl std::fmt::Debug for ProcessFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::OwnProcess => "OwnProcess",
+            Self::All => "All",
+            Self::Custom(_) => "Custom(..)",
+        })
+    }
+}
+
+/// Configures and starts a [`GpuCollector`].
+///
+/// ```
+/// use std::time::Duration;
+/// use periscope_gpu::{FakeSource, GpuCollector};
+///
+/// let gpu = GpuCollector::builder()
+///     .interval(Duration::from_secs(5))
+///     .processes(true) // list this service's GPU processes (opt-in)
+///     .start(FakeSource::demo(1))
+///     .expect("spawn the sampling thread");
+/// let mut registry = prometheus_client::registry::Registry::default();
+/// registry.register_collector(Box::new(gpu.clone()));
+/// ```
+#[derive(Debug, Clone)]
+pub struct GpuCollectorBuilder {
+    interval: Duration,
+    expensive_interval: Duration,
+    processes: bool,
+    pcie: bool,
+    process_filter: ProcessFilter,
+    retry: Duration,
+    retry_max: Duration,
+}
+
+impl Default for GpuCollectorBuilder {
+    fn default() -> Self {
+        Self {
+            interval: DEFAULT_INTERVAL,
+            expensive_interval: DEFAULT_EXPENSIVE_INTERVAL,
+            processes: false,
+            pcie: false,
+            process_filter: ProcessFilter::default(),
+            retry: DEFAULT_RETRY,
+            retry_max: DEFAULT_RETRY_MAX,
+        }
+    }
+}
+
+impl GpuCollectorBuilder {
+    /// Time between samples (default 10 s, at least 100 ms).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval.max(MIN_INTERVAL);
+        self
+    }
+
+    /// Time between the expensive readings (process lists, PCIe) when enabled (default 30 s;
+    /// never more often than `interval`). Between them the last expensive values are kept.
+    pub fn expensive_interval(mut self, interval: Duration) -> Self {
+        self.expensive_interval = interval;
+        self
+    }
+
+    /// List the processes on each GPU and export this service's own
+    /// (`gpu_process_memory_used_bytes`, the snapshot's `processes`). Off by default.
+    pub fn processes(mut self, enabled: bool) -> Self {
+        self.processes = enabled;
+        self
+    }
+
+    /// Measure PCIe throughput (`gpu_pcie_throughput_bytes_per_second`). Off by default: NVML
+    /// spends about 20 ms per GPU and direction on it.
+    pub fn pcie(mut self, enabled: bool) -> Self {
+        self.pcie = enabled;
+        self
+    }
+
+    /// Which processes count as this service's own (default: this process).
+    pub fn process_filter(mut self, filter: ProcessFilter) -> Self {
+        self.process_filter = filter;
+        self
+    }
+
+    /// Back-off when the source is unavailable (no driver): the first retry waits `initial`,
+    /// each further one twice as long, up to `max` (defaults 60 s and 1 h).
+    pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.retry = initial.max(MIN_INTERVAL);
+        self.retry_max = max.max(self.retry);
+        self
+    }
+
+    /// The collector and its sampler, without a thread: drive [`GpuSampler::run`] or
+    /// [`GpuSampler::sample_once`] yourself (for example in a blocking task).
+    pub fn build<S: GpuSource>(self, source: S) -> (GpuCollector, GpuSampler) {
+        let shared = Arc::new(Shared {
+            published: RwLock::new(Arc::new(Published {
+                source: source.name(),
+                ..Published::default()
+            })),
+            control: Mutex::new(Control::default()),
+            wake: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let sampler = GpuSampler {
+            source: Box::new(source),
+            shared: Arc::clone(&shared),
+            retry: self.retry,
+            own_pid: std::process::id(),
+            last_expensive: None,
+            warned: false,
+            config: self,
+        };
+        let collector = GpuCollector {
+            inner: Arc::new(Inner {
+                shared,
+                thread: Mutex::new(None),
+            }),
+        };
+        (collector, sampler)
+    }
+
+    /// Starts sampling on a thread named `periscope-gpu`; the first sample is taken at once.
+    /// The thread stops when the last [`GpuCollector`] clone is dropped, or on
+    /// [`GpuCollector::shutdown`].
+    pub fn start<S: GpuSource>(self, source: S) -> std::io::Result<GpuCollector> {
+        let (collector, sampler) = self.build(source);
+        let thread = std::thread::Builder::new()
+            .name("periscope-gpu".to_owned())
+            .spawn(move || sampler.run())?;
+        *lock(&collector.inner.thread) = Some(thread);
+        Ok(collector)
+    }
+
+    /// [`start`](Self::start) with an [`NvmlSource`](crate::NvmlSource): real NVIDIA GPUs, or
+    /// `gpu_collector_up 0` and one warning on machines without them.
+    #[cfg(feature = "nvml")]
+    pub fn start_nvml(self) -> std::io::Result<GpuCollector> {
+        self.start(crate::NvmlSource::new())
+    }
+}
+
+/// The GPU collector: a cheap, cloneable handle on the last sample.
+///
+/// It is a prometheus-client [`Collector`](prometheus_client::collector::Collector): register a
+/// clone with any `Registry` and each scrape encodes the last sample (no driver call on the
+/// scrape). [`snapshot`](Self::snapshot) gives the same facts as JSON for `/debug/status`.
+#[derive(Clone)]
+pub struct GpuCollector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Signal only: joining could block an async task for a whole driver call.
+        self.shared.stop();
+    }
+}
+
+impl std::fmt::Debug for GpuCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let published = self.published();
+        f.debug_struct("GpuCollector")
+            .field("source", &published.source)
+            .field("up", &published.up)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GpuCollector {
+    /// A builder with the defaults: 10 s interval, no process lists, no PCIe.
+    pub fn builder() -> GpuCollectorBuilder {
+        GpuCollectorBuilder::default()
+    }
+
+    /// The state the last sample left; a cheap `Arc` clone, never a driver call.
+    pub(crate) fn published(&self) -> Arc<Published> {
+        self.inner.shared.published()
+    }
+
+    /// The last sample as the `/debug/status` GPU section.
+    pub fn snapshot(&self) -> GpuSnapshot {
+        GpuSnapshot::from_published(&self.published())
+    }
+
+    /// The last successful sample (only this service's processes), if the collector is up.
+    pub fn last_sample(&self) -> Option<GpuSample> {
+        self.published().sample.clone()
+    }
+
+    /// Whether the last sample succeeded (`gpu_collector_up`).
+    pub fn is_up(&self) -> bool {
+        self.published().up
+    }
+
+    /// Asks the sampling thread for a sample now and waits up to `timeout` for it; `true` when
+    /// a sample that started after this call completed. Blocks the calling thread: not for async request handlers.
+    pub fn refresh(&self, timeout: Duration) -> bool {
+        let shared = &self.inner.shared;
+        let deadline = Instant::now() + timeout;
+        let mut control = lock(&shared.control);
+        // A sample already under way may have read the GPUs before this call: wait for the next.
+        let under_way = control.started > control.completed;
+        let target = control.completed + if under_way { 2 } else { 1 };
+        control.refresh = true;
+        shared.wake.notify_all();
+        while control.completed < target {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            control = shared
+                .done
+                .wait_timeout(control, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    /// Stops the sampling thread and waits for it (at most one sample's time). Blocks.
+    pub fn shutdown(&self) {
+        self.inner.shared.stop();
+        if let Some(thread) = lock(&self.inner.thread).take() {
+            // A panicking source already logged its panic; nothing is left to do about it.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the sampler publishes after each attempt; scrapes and snapshots read it.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    pub(crate) source: &'static str,
+    pub(crate) up: bool,
+    pub(crate) errors_total: u64,
+    pub(crate) last_success: Option<SystemTime>,
+    pub(crate) last_error: Option<String>,
+    /// The last sample, filtered to this service's processes; `None` while down.
+    pub(crate) sample: Option<GpuSample>,
+}
+
+struct Shared {
+    published: RwLock<Arc<Published>>,
+    control: Mutex<Control>,
+    /// Wakes the sampler early (refresh or stop).
+    wake: Condvar,
+    /// Tells `refresh` callers that a sample completed.
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct Control {
+    stop: bool,
+    refresh: bool,
+    /// Samples started and completed by the thread.
+    started: u64,
+    completed: u64,
+}
+
+impl Shared {
+    fn published(&self) -> Arc<Published> {
+        Arc::clone(
+            &self
+                .published
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    fn publish(&self, published: Published) {
+        *self
+            .published
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(published);
+    }
+
+    fn stop(&self) {
+        lock(&self.control).stop = true;
+        self.wake.notify_all();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Takes samples from a source and publishes them to its [`GpuCollector`].
+pub struct GpuSampler {
+    source: Box<dyn GpuSource>,
+    shared: Arc<Shared>,
+    config: GpuCollectorBuilder,
+    /// The wait before the next attempt while the source is unavailable.
+    retry: Duration,
+    own_pid: u32,
+    last_expensive: Option<Instant>,
+    /// Whether the current outage was already logged at warn level.
+    warned: bool,
+}
+
+impl std::fmt::Debug for GpuSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuSampler")
+            .field("source", &self.source.name())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GpuSampler {
+    /// Samples until the collector is shut down or dropped: at once, then every interval (or
+    /// on the unavailable back-off), or early on [`GpuCollector::refresh`].
+    pub fn run(mut self) {
+        loop {
+            {
+                let mut control = lock(&self.shared.control);
+                if control.stop {
+                    return;
+                }
+                // A refresh asked before this point is answered by this sample.
+                control.refresh = false;
+                control.started += 1;
+            }
+            let wait = self.sample_once();
+            let deadline = Instant::now() + wait;
+            let mut control = lock(&self.shared.control);
+            control.completed += 1;
+            self.shared.done.notify_all();
+            while !control.stop && !control.refresh {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                control = self
+                    .shared
+                    .wake
+                    .wait_timeout(control, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+    }
+
+    /// Takes one sample and publishes it; returns how long to wait before the next one.
+    pub fn sample_once(&mut self) -> Duration {
+        let now = Instant::now();
+        let expensive_due = self
+            .last_expensive
+            .is_none_or(|last| now.duration_since(last) >= self.config.expensive_interval);
+        let request = SampleRequest {
+            processes: self.config.processes && expensive_due,
+            pcie: self.config.pcie && expensive_due,
+        };
+        let previous = self.shared.published();
+        // Built field by field: cloning `previous` would copy the whole last sample.
+        let mut next = Published {
+            source: previous.source,
+            up: false,
+            errors_total: previous.errors_total,
+            last_success: previous.last_success,
+            last_error: None,
+            sample: None,
+        };
+        // A panicking source must not leave a stale `up 1` behind: it counts as a failed read.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.source.sample(request)))
+                .unwrap_or_else(|_| Err(GpuError::read("the GPU source panicked")));
+        let wait = match result {
+            Ok(mut sample) => {
+                if request.processes || request.pcie {
+                    self.last_expensive = Some(now);
+                }
+                self.keep_own_processes(&mut sample);
+                carry_expensive(&mut sample, previous.sample.as_ref(), request);
+                self.recovered();
+                next.errors_total += u64::from(sample.unreadable_devices);
+                next.up = true;
+                next.last_success = Some(SystemTime::now());
+                next.sample = Some(sample);
+                self.retry = self.config.retry;
+                self.config.interval
+            }
+            Err(error) => {
+                let wait = match error {
+                    GpuError::Unavailable { .. } => self.retry,
+                    GpuError::Read { .. } => self.config.interval,
+                };
+                self.failed(&error, wait);
+                // Nothing to carry over any more: the next good sample takes them afresh.
+                self.last_expensive = None;
+                if matches!(error, GpuError::Unavailable { .. }) {
+                    self.retry = (self.retry * 2).min(self.config.retry_max);
+                }
+                next.errors_total += 1;
+                next.last_error = Some(error.to_string());
+                wait
+            }
+        };
+        self.shared.publish(next);
+        wait
+    }
+
+    fn keep_own_processes(&self, sample: &mut GpuSample) {
+        for device in &mut sample.devices {
+            if let Some(processes) = &mut device.processes {
+                processes.retain(|p| self.config.process_filter.keeps(p.pid, self.own_pid));
+            }
+        }
+    }
+
+    /// One warning per outage; repeats go to debug so a missing driver never floods the log.
+    fn failed(&mut self, error: &GpuError, retry_in: Duration) {
+        let source = self.source.name();
+        if self.warned {
+            tracing::debug!(source, %error, retry_in_s = retry_in.as_secs_f64(), "GPU collector still down");
+        } else {
+            self.warned = true;
+            tracing::warn!(
+                source,
+                %error,
+                retry_in_s = retry_in.as_secs_f64(),
+                "GPU collector is down (gpu_collector_up 0); the service keeps running"
+            );
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.warned {
+            tracing::info!(source = self.source.name(), "GPU collector is up again");
+        }
+        self.warned = false;
+    }
+}
+
+/// Between expensive samples, keep the last process lists and PCIe values so the metrics do
+/// not flap between present and absent.
+fn carry_expensive(sample: &mut GpuSample, previous: Option<&GpuSample>, request: SampleRequest) {
+    let Some(previous) = previous else { return };
+    for device in &mut sample.devices {
+        let Some(before) = previous.devices.iter().find(|d| d.uuid == device.uuid) else {
+            continue;
+        };
+        if !request.processes && device.processes.is_none() {
+            device.processes.clone_from(&before.processes);
+        }
+        if !request.pcie && device.pcie_tx_bytes_per_second.is_none() {
+            device.pcie_tx_bytes_per_second = before.pcie_tx_bytes_per_second;
+            device.pcie_rx_bytes_per_second = before.pcie_rx_bytes_per_second;
+        }
+    }
+}

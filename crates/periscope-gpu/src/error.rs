@@ -1,0 +1,39 @@
+//! Errors of GPU sources and the resource tracker.
+
+/// Why a GPU source could not produce a sample.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GpuError {
+    /// The GPU library or driver cannot be used on this machine (no NVIDIA driver, no
+    /// `libnvidia-ml.so.1`, no permission). The collector backs off and retries rarely.
+    #[error(
+        "GPU readings are unavailable: {reason}; install the NVIDIA driver (libnvidia-ml.so.1) \
+         to get GPU metrics, or leave the GPU collector off on machines without NVIDIA"
+    )]
+    Unavailable {
+        /// What the library or driver said.
+        reason: String,
+    },
+    /// The library works but reading the devices failed this time (a lost GPU, a driver error).
+    #[error("reading the GPUs failed: {reason}; check `nvidia-smi` and the driver logs")]
+    Read {
+        /// What the library said.
+        reason: String,
+    },
+}
+
+impl GpuError {
+    /// An [`GpuError::Unavailable`] with this reason.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable {
+            reason: reason.into(),
+        }
+    }
+
+    /// A [`GpuError::Read`] with this reason.
+    pub fn read(reason: impl Into<String>) -> Self {
+        Self::Read {
+            reason: reason.into(),
+        }
+    }
+}

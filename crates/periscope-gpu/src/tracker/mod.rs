@@ -1,0 +1,300 @@
+//! [`ResourceTracker`]: what a run or job used, sampled into CSV, summarised at the end.
+
+mod probe;
+mod summary;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use summary::{ResourceRecommendation, ResourceReport, ResourceSummary};
+
+use crate::GpuSource;
+use probe::{Probe, Reading};
+use summary::Stats;
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The CSV header: one row per reading. Byte columns count the interval since the previous
+/// row; an empty cell means "not available".
+pub const CSV_HEADER: &str = "timestamp_unix_s,elapsed_s,processes,cpu_cores,memory_bytes,\
+disk_read_bytes,disk_written_bytes,host_cpu_percent,host_memory_used_bytes,\
+host_memory_total_bytes,host_net_rx_bytes,host_net_tx_bytes,gpu_count,\
+gpu_utilization_percent,gpu_memory_used_bytes,gpu_process_memory_bytes";
+
+/// Why a tracker could not start or finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrackerError {
+    /// The process to track does not exist.
+    #[error("process {pid} does not exist (or cannot be read); pass the pid of a running process")]
+    ProcessNotFound {
+        /// The pid asked for.
+        pid: u32,
+    },
+    /// The CSV file could not be created or written.
+    #[error(
+        "writing the resource CSV failed: {0}; check that the directory exists, is writable and has space"
+    )]
+    Csv(#[source] std::io::Error),
+    /// The sampling thread could not be started.
+    #[error("starting the resource tracker thread failed: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The sampling thread panicked (a bug: please report it).
+    #[error("the resource tracker thread panicked; the run's summary is lost")]
+    Panicked,
+}
+
+enum CsvTarget {
+    None,
+    Path(PathBuf),
+    Writer(Box<dyn Write + Send>),
+}
+
+/// Configures and starts a [`ResourceTracker`].
+pub struct ResourceTrackerBuilder {
+    pid: u32,
+    children: bool,
+    interval: Duration,
+    csv: CsvTarget,
+    gpu: Option<Box<dyn GpuSource>>,
+}
+
+impl std::fmt::Debug for ResourceTrackerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceTrackerBuilder")
+            .field("pid", &self.pid)
+            .field("children", &self.children)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ResourceTrackerBuilder {
+    fn default() -> Self {
+        Self {
+            pid: std::process::id(),
+            children: true,
+            interval: DEFAULT_INTERVAL,
+            csv: CsvTarget::None,
+            gpu: None,
+        }
+    }
+}
+
+impl ResourceTrackerBuilder {
+    /// The process to track (default: this process).
+    pub fn pid(mut self, pid: u32) -> Self {
+        self.pid = pid;
+        self
+    }
+
+    /// Count the process's descendants too (default: yes).
+    pub fn children(mut self, enabled: bool) -> Self {
+        self.children = enabled;
+        self
+    }
+
+    /// Time between readings (default 1 s; at least sysinfo's minimum CPU interval, 200 ms on
+    /// Linux).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval.max(Probe::MIN_INTERVAL);
+        self
+    }
+
+    /// Write the readings as CSV to this file (created or truncated at start).
+    pub fn csv_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.csv = CsvTarget::Path(path.into());
+        self
+    }
+
+    /// Write the readings as CSV to this writer.
+    pub fn csv_writer(mut self, writer: impl Write + Send + 'static) -> Self {
+        self.csv = CsvTarget::Writer(Box::new(writer));
+        self
+    }
+
+    /// Read GPUs from this source at every reading (with process lists, to find the tree's
+    /// VRAM). Without one the GPU columns stay empty.
+    pub fn gpu_source(mut self, source: impl GpuSource) -> Self {
+        self.gpu = Some(Box::new(source));
+        self
+    }
+
+    /// Starts the readings on a thread named `periscope-tracker`.
+    pub fn start(self) -> Result<ResourceTracker, TrackerError> {
+        let writer: Option<Box<dyn Write + Send>> = match self.csv {
+            CsvTarget::None => None,
+            CsvTarget::Path(path) => Some(Box::new(File::create(path).map_err(TrackerError::Csv)?)),
+            CsvTarget::Writer(writer) => Some(writer),
+        };
+        let mut csv = writer.map(BufWriter::new);
+        if let Some(csv) = &mut csv {
+            writeln!(csv, "{CSV_HEADER}")
+                .and_then(|()| csv.flush())
+                .map_err(TrackerError::Csv)?;
+        }
+        let probe = Probe::new(self.pid, self.children, self.gpu);
+        if !probe.root_exists() {
+            return Err(TrackerError::ProcessNotFound { pid: self.pid });
+        }
+        let stop = Arc::new(Stop::default());
+        let run = Run {
+            probe,
+            csv,
+            interval: self.interval,
+            stop: Arc::clone(&stop),
+            started: Instant::now(),
+            stats: Stats::default(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("periscope-tracker".to_owned())
+            .spawn(move || run.run())
+            .map_err(TrackerError::Spawn)?;
+        Ok(ResourceTracker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Samples a process tree (CPU, memory, disk I/O), the host (CPU, memory, network) and the
+/// GPUs at an interval into CSV while a run or job goes on; [`finish`](Self::finish) returns
+/// a [`ResourceReport`] with summary statistics and a resource recommendation.
+///
+/// ```no_run
+/// use periscope_gpu::{NvmlSource, ResourceTracker};
+///
+/// let tracker = ResourceTracker::builder()
+///     .csv_path("run-resources.csv")
+///     .gpu_source(NvmlSource::new())
+///     .start()?;
+/// // ... run the job ...
+/// let report = tracker.finish()?;
+/// println!("request {} cores, {} bytes", report.recommendation.cpu_cores,
+///     report.recommendation.memory_bytes);
+/// # Ok::<(), periscope_gpu::TrackerError>(())
+/// ```
+///
+/// Dropping a tracker without `finish` stops its thread after at most one reading.
+#[derive(Debug)]
+pub struct ResourceTracker {
+    stop: Arc<Stop>,
+    thread: Option<JoinHandle<Result<ResourceReport, TrackerError>>>,
+}
+
+impl ResourceTracker {
+    /// A builder: this process and its children, every second, no CSV, no GPU.
+    pub fn builder() -> ResourceTrackerBuilder {
+        ResourceTrackerBuilder::default()
+    }
+
+    /// Takes a last reading, stops, and returns the report. Blocks for at most one reading
+    /// (run it with `spawn_blocking` from async code).
+    pub fn finish(mut self) -> Result<ResourceReport, TrackerError> {
+        self.stop.set();
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(report)) => report,
+            Some(Err(_)) | None => Err(TrackerError::Panicked),
+        }
+    }
+}
+
+impl Drop for ResourceTracker {
+    fn drop(&mut self) {
+        self.stop.set();
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stop {
+    stopped: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Stop {
+    fn set(&self) {
+        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.wake.notify_all();
+    }
+
+    /// Waits up to `timeout`; `true` when stopped.
+    fn wait(&self, timeout: Duration) -> bool {
+        let stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
+        let (stopped, _) = self
+            .wake
+            .wait_timeout_while(stopped, timeout, |stopped| !*stopped)
+            .unwrap_or_else(PoisonError::into_inner);
+        *stopped
+    }
+}
+
+struct Run {
+    probe: Probe,
+    csv: Option<BufWriter<Box<dyn Write + Send>>>,
+    interval: Duration,
+    stop: Arc<Stop>,
+    started: Instant,
+    stats: Stats,
+}
+
+impl Run {
+    fn run(mut self) -> Result<ResourceReport, TrackerError> {
+        let mut last = Instant::now();
+        loop {
+            let stopped = self.stop.wait(self.interval);
+            // A last reading on finish, unless the previous one is too recent to measure CPU.
+            if !stopped || last.elapsed() >= Probe::MIN_INTERVAL || self.stats_empty() {
+                let reading = self.probe.read();
+                last = Instant::now();
+                self.stats.add(&reading);
+                if let Some(csv) = &mut self.csv {
+                    write_row(csv, &reading).map_err(TrackerError::Csv)?;
+                }
+            }
+            if stopped {
+                return Ok(self.stats.report(self.started.elapsed().as_secs_f64()));
+            }
+        }
+    }
+
+    fn stats_empty(&self) -> bool {
+        self.stats.samples() == 0
+    }
+}
+
+fn write_row(csv: &mut impl Write, r: &Reading) -> std::io::Result<()> {
+    let gpu = r.gpu.as_ref();
+    writeln!(
+        csv,
+        "{:.3},{:.3},{},{:.3},{},{},{},{:.1},{},{},{},{},{},{},{},{}",
+        r.timestamp_unix_s,
+        r.elapsed_s,
+        r.processes,
+        r.cpu_cores,
+        r.memory_bytes,
+        r.disk_read_bytes,
+        r.disk_written_bytes,
+        r.host_cpu_percent,
+        r.host_memory_used_bytes,
+        r.host_memory_total_bytes,
+        r.host_net_rx_bytes,
+        r.host_net_tx_bytes,
+        cell(gpu.map(|g| g.devices)),
+        cell(
+            gpu.and_then(|g| g.utilization_percent)
+                .map(|u| format!("{u:.1}"))
+        ),
+        cell(gpu.and_then(|g| g.memory_used_bytes)),
+        cell(gpu.and_then(|g| g.tree_memory_bytes)),
+    )?;
+    // Flushed per row: a crashed job still leaves its readings behind.
+    csv.flush()
+}
+
+fn cell(value: Option<impl std::fmt::Display>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
+}

@@ -1,0 +1,213 @@
+//! One reading of a process tree, the host and the GPUs, through sysinfo and a GPU source.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sysinfo::{Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, System, ThreadKind};
+
+use crate::sample::sum_known;
+use crate::{GpuError, GpuSample, GpuSource, SampleRequest};
+
+/// One row of the tracker's CSV. Byte counts marked "interval" cover the time since the
+/// previous reading.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Reading {
+    pub(crate) timestamp_unix_s: f64,
+    pub(crate) elapsed_s: f64,
+    /// Processes in the tree (the root and, when enabled, its descendants).
+    pub(crate) processes: u32,
+    pub(crate) cpu_cores: f64,
+    pub(crate) memory_bytes: u64,
+    /// Interval.
+    pub(crate) disk_read_bytes: u64,
+    /// Interval.
+    pub(crate) disk_written_bytes: u64,
+    pub(crate) host_cpu_percent: f64,
+    pub(crate) host_memory_used_bytes: u64,
+    pub(crate) host_memory_total_bytes: u64,
+    /// Interval, every interface but loopback.
+    pub(crate) host_net_rx_bytes: u64,
+    /// Interval, every interface but loopback.
+    pub(crate) host_net_tx_bytes: u64,
+    pub(crate) gpu: Option<GpuReading>,
+}
+
+/// The GPU part of a [`Reading`], present when a GPU source answered.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct GpuReading {
+    pub(crate) devices: u32,
+    /// Mean over the devices that report it.
+    pub(crate) utilization_percent: Option<f64>,
+    /// Summed over the devices.
+    pub(crate) memory_used_bytes: Option<u64>,
+    /// GPU memory of the tree's processes; `None` when the driver lists no process memory.
+    pub(crate) tree_memory_bytes: Option<u64>,
+    /// UUIDs of the devices the tree's processes are on.
+    pub(crate) used_by_tree: Vec<String>,
+    /// UUIDs of the devices with non-zero utilisation.
+    pub(crate) busy: Vec<String>,
+}
+
+pub(crate) struct Probe {
+    system: System,
+    networks: Networks,
+    root: Pid,
+    children: bool,
+    gpu: Option<Box<dyn GpuSource>>,
+    started: std::time::Instant,
+}
+
+impl Probe {
+    pub(crate) fn new(root: u32, children: bool, gpu: Option<Box<dyn GpuSource>>) -> Self {
+        let mut probe = Self {
+            system: System::new(),
+            networks: Networks::new_with_refreshed_list(),
+            root: Pid::from_u32(root),
+            children,
+            gpu,
+            started: std::time::Instant::now(),
+        };
+        // CPU usage is a difference between two refreshes: this is the first one.
+        probe.refresh();
+        probe
+    }
+
+    /// Whether the root process exists (checked after a refresh).
+    pub(crate) fn root_exists(&self) -> bool {
+        self.system.process(self.root).is_some()
+    }
+
+    fn refresh(&mut self) {
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::All,
+            true,
+            ProcessRefreshKind::nothing()
+                .without_tasks()
+                .with_cpu()
+                .with_memory()
+                .with_disk_usage(),
+        );
+        self.system.refresh_cpu_usage();
+        self.system.refresh_memory();
+        self.networks.refresh(true);
+    }
+
+    pub(crate) fn read(&mut self) -> Reading {
+        self.refresh();
+        let tree = self.tree();
+        let mut reading = Reading {
+            timestamp_unix_s: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            processes: u32::try_from(tree.len()).unwrap_or(u32::MAX),
+            host_cpu_percent: f64::from(self.system.global_cpu_usage()),
+            host_memory_used_bytes: self.system.used_memory(),
+            host_memory_total_bytes: self.system.total_memory(),
+            ..Reading::default()
+        };
+        for process in tree.iter().filter_map(|pid| self.system.process(*pid)) {
+            reading.cpu_cores += f64::from(process.cpu_usage()) / 100.0;
+            reading.memory_bytes += process.memory();
+            let disk = process.disk_usage();
+            reading.disk_read_bytes += disk.read_bytes;
+            reading.disk_written_bytes += disk.written_bytes;
+        }
+        for (name, data) in self.networks.list() {
+            if name != "lo" {
+                reading.host_net_rx_bytes += data.received();
+                reading.host_net_tx_bytes += data.transmitted();
+            }
+        }
+        let pids: HashSet<u32> = tree.iter().map(|pid| pid.as_u32()).collect();
+        reading.gpu = self.read_gpu(&pids);
+        reading
+    }
+
+    /// The root and, when enabled, all its descendants (threads are not processes here).
+    fn tree(&self) -> Vec<Pid> {
+        if !self.root_exists() {
+            return Vec::new();
+        }
+        let mut tree = vec![self.root];
+        if !self.children {
+            return tree;
+        }
+        let mut children: HashMap<Pid, Vec<Pid>> = HashMap::new();
+        for (pid, process) in self.system.processes() {
+            if process.thread_kind() == Some(ThreadKind::Userland) {
+                continue;
+            }
+            if let Some(parent) = process.parent() {
+                children.entry(parent).or_default().push(*pid);
+            }
+        }
+        let mut next = 0;
+        while let Some(&pid) = tree.get(next) {
+            next += 1;
+            tree.extend(children.get(&pid).into_iter().flatten());
+        }
+        tree
+    }
+
+    fn read_gpu(&mut self, tree: &HashSet<u32>) -> Option<GpuReading> {
+        let source = self.gpu.as_mut()?;
+        let request = SampleRequest {
+            processes: true,
+            pcie: false,
+        };
+        match source.sample(request) {
+            Ok(sample) => Some(gpu_reading(&sample, tree)),
+            Err(error @ GpuError::Unavailable { .. }) => {
+                // No driver: stop asking for the rest of this run.
+                tracing::info!(%error, "resource tracker runs without GPU readings");
+                self.gpu = None;
+                None
+            }
+            Err(error) => {
+                tracing::debug!(%error, "resource tracker: GPU reading failed");
+                None
+            }
+        }
+    }
+
+    /// How long a refresh should be apart from the previous one for CPU usage to mean much.
+    pub(crate) const MIN_INTERVAL: Duration = sysinfo::MINIMUM_CPU_UPDATE_INTERVAL;
+}
+
+fn gpu_reading(sample: &GpuSample, tree: &HashSet<u32>) -> GpuReading {
+    let utilizations: Vec<f64> = sample
+        .devices
+        .iter()
+        .filter_map(|d| d.utilization_ratio)
+        .collect();
+    let mut used_by_tree = Vec::new();
+    let mut tree_memory = Vec::new();
+    for device in &sample.devices {
+        let mine: Vec<_> = device
+            .processes
+            .iter()
+            .flatten()
+            .filter(|p| tree.contains(&p.pid))
+            .collect();
+        if !mine.is_empty() {
+            used_by_tree.push(device.uuid.clone());
+        }
+        tree_memory.extend(mine.iter().map(|p| p.used_memory_bytes));
+    }
+    GpuReading {
+        devices: u32::try_from(sample.devices.len()).unwrap_or(u32::MAX),
+        utilization_percent: (!utilizations.is_empty())
+            .then(|| utilizations.iter().sum::<f64>() / utilizations.len() as f64 * 100.0),
+        memory_used_bytes: sum_known(sample.devices.iter().map(|d| d.memory_used_bytes)),
+        tree_memory_bytes: sum_known(tree_memory),
+        used_by_tree,
+        busy: sample
+            .devices
+            .iter()
+            .filter(|d| d.utilization_ratio.is_some_and(|u| u > 0.0))
+            .map(|d| d.uuid.clone())
+            .collect(),
+    }
+}

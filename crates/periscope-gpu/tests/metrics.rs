@@ -1,0 +1,647 @@
+//! The `gpu_*` exposition with the fake source, parsed back from a real registry scrape.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::scrape;
+use periscope_gpu::{
+    DeviceSample, FakeSource, GpuCollector, GpuError, GpuProcess, GpuSample, ProcessFilter,
+    demo_device,
+};
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// A collector over `source` with process lists and PCIe on, and its sampler (no thread).
+fn collector(source: FakeSource) -> (GpuCollector, periscope_gpu::GpuSampler) {
+    GpuCollector::builder()
+        .processes(true)
+        .pcie(true)
+        .build(source)
+}
+
+#[test]
+fn fake_source_exports_every_gpu_family_with_units_and_labels() {
+    let (gpu, mut sampler) = collector(FakeSource::demo(2));
+    sampler.sample_once();
+    let (text, exp) = scrape(&gpu);
+
+    // (sample name, TYPE family name, TYPE, UNIT or "")
+    let families = [
+        ("gpu_info", "gpu_info", "gauge", ""),
+        (
+            "gpu_utilization_ratio",
+            "gpu_utilization_ratio",
+            "gauge",
+            "ratio",
+        ),
+        (
+            "gpu_memory_utilization_ratio",
+            "gpu_memory_utilization_ratio",
+            "gauge",
+            "ratio",
+        ),
+        (
+            "gpu_memory_used_bytes",
+            "gpu_memory_used_bytes",
+            "gauge",
+            "bytes",
+        ),
+        (
+            "gpu_memory_total_bytes",
+            "gpu_memory_total_bytes",
+            "gauge",
+            "bytes",
+        ),
+        (
+            "gpu_temperature_celsius",
+            "gpu_temperature_celsius",
+            "gauge",
+            "celsius",
+        ),
+        (
+            "gpu_power_usage_watts",
+            "gpu_power_usage_watts",
+            "gauge",
+            "watts",
+        ),
+        (
+            "gpu_power_limit_watts",
+            "gpu_power_limit_watts",
+            "gauge",
+            "watts",
+        ),
+        (
+            "gpu_energy_joules_total",
+            "gpu_energy_joules",
+            "counter",
+            "joules",
+        ),
+        ("gpu_sm_clock_hertz", "gpu_sm_clock_hertz", "gauge", "hertz"),
+        (
+            "gpu_memory_clock_hertz",
+            "gpu_memory_clock_hertz",
+            "gauge",
+            "hertz",
+        ),
+        ("gpu_ecc_errors_total", "gpu_ecc_errors", "counter", ""),
+        (
+            "gpu_throttle_reason_active",
+            "gpu_throttle_reason_active",
+            "gauge",
+            "",
+        ),
+        (
+            "gpu_process_memory_used_bytes",
+            "gpu_process_memory_used_bytes",
+            "gauge",
+            "bytes",
+        ),
+        (
+            "gpu_pcie_throughput_bytes_per_second",
+            "gpu_pcie_throughput_bytes_per_second",
+            "gauge",
+            "bytes_per_second",
+        ),
+        ("gpu_collector_up", "gpu_collector_up", "gauge", ""),
+        (
+            "gpu_collector_errors_total",
+            "gpu_collector_errors",
+            "counter",
+            "",
+        ),
+        (
+            "gpu_collector_last_success_timestamp_seconds",
+            "gpu_collector_last_success_timestamp_seconds",
+            "gauge",
+            "seconds",
+        ),
+    ];
+    for (sample, family, kind, unit) in families {
+        assert!(!exp.named(sample).is_empty(), "{sample} missing in\n{text}");
+        assert_eq!(
+            exp.types.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
+        assert_eq!(
+            exp.units.get(family).map(String::as_str),
+            (!unit.is_empty()).then_some(unit),
+            "{family}"
+        );
+    }
+    let gpu_families: Vec<_> = exp
+        .lines
+        .iter()
+        .filter(|l| l.name.starts_with("gpu_") && !l.name.starts_with("gpu_collector_"))
+        .collect();
+    for line in &gpu_families {
+        assert!(
+            line.labels.contains_key("gpu") && line.labels.contains_key("uuid"),
+            "{line:?}"
+        );
+    }
+
+    let gpu0 = [
+        ("gpu", "0"),
+        ("uuid", "GPU-00000000-0000-4000-8000-000000000000"),
+    ];
+    let info = exp
+        .find("gpu_info", &[("gpu", "1")])
+        .expect("gpu_info for gpu 1");
+    assert_eq!(info.value, 1.0);
+    assert_eq!(info.labels["name"], "Fake GPU 80GB");
+    assert_eq!(info.labels["driver_version"], "550.54.15");
+    assert_eq!(info.labels["pci_bus_id"], "00000000:3C:00.0");
+    assert_eq!(info.labels.len(), 5, "{:?}", info.labels);
+
+    assert_eq!(exp.value("gpu_utilization_ratio", &gpu0), Some(0.37));
+    for line in exp
+        .named("gpu_utilization_ratio")
+        .into_iter()
+        .chain(exp.named("gpu_memory_utilization_ratio"))
+    {
+        assert!(
+            (0.0..=1.0).contains(&line.value),
+            "ratio out of range: {line:?}"
+        );
+    }
+    assert_eq!(exp.value("gpu_memory_total_bytes", &gpu0), Some(80.0 * GIB));
+    assert_eq!(exp.value("gpu_memory_used_bytes", &gpu0), Some(20.0 * GIB));
+    assert_eq!(exp.value("gpu_temperature_celsius", &gpu0), Some(41.0));
+    assert_eq!(exp.value("gpu_power_usage_watts", &gpu0), Some(123.5));
+    assert_eq!(exp.value("gpu_power_limit_watts", &gpu0), Some(400.0));
+    assert_eq!(
+        exp.value("gpu_energy_joules_total", &gpu0),
+        Some(1_234_567.891)
+    );
+    assert_eq!(exp.value("gpu_sm_clock_hertz", &gpu0), Some(1.41e9));
+    assert_eq!(exp.value("gpu_memory_clock_hertz", &gpu0), Some(1.593e9));
+    assert_eq!(
+        exp.value(
+            "gpu_ecc_errors_total",
+            &[("gpu", "0"), ("type", "corrected")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        exp.value(
+            "gpu_ecc_errors_total",
+            &[("gpu", "0"), ("type", "uncorrected")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        exp.value(
+            "gpu_throttle_reason_active",
+            &[("gpu", "0"), ("reason", "sw_power_cap")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        exp.value(
+            "gpu_throttle_reason_active",
+            &[("gpu", "0"), ("reason", "gpu_idle")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(exp.named("gpu_throttle_reason_active").len(), 2 * 9);
+    let own = std::process::id().to_string();
+    assert_eq!(
+        exp.value(
+            "gpu_process_memory_used_bytes",
+            &[("gpu", "1"), ("pid", own.as_str())]
+        ),
+        Some(8.0 * GIB)
+    );
+    assert_eq!(
+        exp.value(
+            "gpu_pcie_throughput_bytes_per_second",
+            &[("gpu", "0"), ("direction", "rx")]
+        ),
+        Some(4_194_304.0)
+    );
+    assert_eq!(
+        exp.value(
+            "gpu_pcie_throughput_bytes_per_second",
+            &[("gpu", "0"), ("direction", "tx")]
+        ),
+        Some(1_048_576.0)
+    );
+
+    assert_eq!(exp.value("gpu_collector_up", &[]), Some(1.0));
+    assert_eq!(exp.value("gpu_collector_errors_total", &[]), Some(0.0));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last = exp
+        .value("gpu_collector_last_success_timestamp_seconds", &[])
+        .unwrap();
+    assert!(
+        (now - last).abs() < 60.0,
+        "last success {last} vs now {now}"
+    );
+    for line in &exp.named("gpu_collector_up") {
+        assert!(line.labels.is_empty());
+    }
+}
+
+#[test]
+fn unsupported_values_are_absent_never_sentinels() {
+    let bare = DeviceSample {
+        id: "0".into(),
+        uuid: "GPU-bare".into(),
+        name: "Old GPU".into(),
+        memory_total_bytes: Some(1 << 30),
+        ..DeviceSample::default()
+    };
+    let (gpu, mut sampler) = collector(FakeSource::new(GpuSample {
+        devices: vec![bare],
+        ..GpuSample::default()
+    }));
+    sampler.sample_once();
+    let (text, exp) = scrape(&gpu);
+
+    assert_eq!(
+        exp.value("gpu_memory_total_bytes", &[("gpu", "0")]),
+        Some(GIB)
+    );
+    for absent in [
+        "gpu_utilization",
+        "gpu_memory_utilization",
+        "gpu_memory_used",
+        "gpu_temperature",
+        "gpu_power",
+        "gpu_energy",
+        "gpu_sm_clock",
+        "gpu_memory_clock",
+        "gpu_ecc",
+        "gpu_throttle",
+        "gpu_process",
+        "gpu_pcie",
+    ] {
+        assert!(
+            !exp.has_family(absent),
+            "{absent} should be absent:\n{text}"
+        );
+        assert!(
+            !text.contains(&format!("# TYPE {absent}")),
+            "{absent} metadata without samples"
+        );
+    }
+    let info = exp.find("gpu_info", &[("gpu", "0")]).unwrap();
+    assert_eq!(info.labels["driver_version"], "");
+    assert_eq!(info.labels["pci_bus_id"], "");
+    assert!(
+        exp.lines
+            .iter()
+            .all(|l| l.value.is_finite() && l.value >= 0.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn failing_source_flips_up_to_zero_and_counts_errors() {
+    let source = FakeSource::demo(1);
+    let control = source.control();
+    let (gpu, mut sampler) = collector(source);
+
+    sampler.sample_once();
+    assert!(gpu.is_up());
+    let (_, before) = scrape(&gpu);
+    let last_success = before.value("gpu_collector_last_success_timestamp_seconds", &[]);
+
+    control.set_failure(Some(GpuError::read("GPU is lost")));
+    sampler.sample_once();
+    sampler.sample_once();
+    let (text, exp) = scrape(&gpu);
+    assert_eq!(exp.value("gpu_collector_up", &[]), Some(0.0));
+    assert_eq!(exp.value("gpu_collector_errors_total", &[]), Some(2.0));
+    assert_eq!(
+        exp.value("gpu_collector_last_success_timestamp_seconds", &[]),
+        last_success
+    );
+    assert!(
+        !exp.has_family("gpu_info"),
+        "no stale device metrics while down:\n{text}"
+    );
+    assert!(
+        !exp.has_family("gpu_memory"),
+        "no stale device metrics while down:\n{text}"
+    );
+    assert!(gpu.snapshot().last_error.unwrap().contains("GPU is lost"));
+
+    control.set_failure(None);
+    sampler.sample_once();
+    let (_, exp) = scrape(&gpu);
+    assert_eq!(exp.value("gpu_collector_up", &[]), Some(1.0));
+    assert_eq!(
+        exp.value("gpu_collector_errors_total", &[]),
+        Some(2.0),
+        "errors is a counter"
+    );
+    assert!(exp.has_family("gpu_info"));
+}
+
+#[test]
+fn unreadable_devices_count_as_errors_while_the_rest_is_exported() {
+    let mut sample = GpuSample {
+        devices: vec![demo_device(0)],
+        ..GpuSample::default()
+    };
+    sample.unreadable_devices = 1;
+    let (gpu, mut sampler) = collector(FakeSource::new(sample));
+    sampler.sample_once();
+    let (_, exp) = scrape(&gpu);
+    assert_eq!(exp.value("gpu_collector_up", &[]), Some(1.0));
+    assert_eq!(exp.value("gpu_collector_errors_total", &[]), Some(1.0));
+    assert_eq!(exp.named("gpu_info").len(), 1);
+}
+
+#[test]
+fn unavailable_source_backs_off_and_read_errors_retry_at_the_interval() {
+    let source = FakeSource::demo(1);
+    let control = source.control();
+    let (_gpu, mut sampler) = GpuCollector::builder()
+        .interval(Duration::from_secs(10))
+        .retry_backoff(Duration::from_secs(60), Duration::from_secs(200))
+        .build(source);
+
+    control.set_failure(Some(GpuError::unavailable(
+        "libnvidia-ml.so.1: cannot open",
+    )));
+    let waits: Vec<u64> = (0..4).map(|_| sampler.sample_once().as_secs()).collect();
+    assert_eq!(waits, [60, 120, 200, 200]);
+
+    control.set_failure(Some(GpuError::read("transient")));
+    assert_eq!(sampler.sample_once(), Duration::from_secs(10));
+
+    control.set_failure(None);
+    assert_eq!(sampler.sample_once(), Duration::from_secs(10));
+    control.set_failure(Some(GpuError::unavailable("driver unloaded")));
+    assert_eq!(
+        sampler.sample_once(),
+        Duration::from_secs(60),
+        "back-off restarts after a success"
+    );
+}
+
+#[test]
+fn expensive_readings_run_at_their_own_cadence_and_are_kept_between() {
+    let source = FakeSource::demo(1);
+    let control = source.control();
+    let (gpu, mut sampler) = GpuCollector::builder()
+        .processes(true)
+        .pcie(true)
+        .expensive_interval(Duration::from_secs(3600))
+        .build(source);
+
+    sampler.sample_once();
+    let first = control.last_request().unwrap();
+    assert!(
+        first.processes && first.pcie,
+        "the first sample takes the expensive readings"
+    );
+    sampler.sample_once();
+    let second = control.last_request().unwrap();
+    assert!(
+        !second.processes && !second.pcie,
+        "not again before the expensive interval"
+    );
+    let (text, exp) = scrape(&gpu);
+    assert!(
+        exp.has_family("gpu_process_memory_used_bytes"),
+        "kept between: {text}"
+    );
+    assert!(
+        exp.has_family("gpu_pcie_throughput_bytes_per_second"),
+        "kept between: {text}"
+    );
+}
+
+#[test]
+fn expensive_readings_are_taken_again_after_an_outage() {
+    let source = FakeSource::demo(1);
+    let control = source.control();
+    let (gpu, mut sampler) = GpuCollector::builder()
+        .processes(true)
+        .expensive_interval(Duration::from_secs(3600))
+        .build(source);
+    sampler.sample_once();
+    control.set_failure(Some(GpuError::read("blip")));
+    sampler.sample_once();
+    control.set_failure(None);
+    sampler.sample_once();
+    assert!(control.last_request().unwrap().processes);
+    assert!(scrape(&gpu).1.has_family("gpu_process_memory_used_bytes"));
+}
+
+#[test]
+fn expensive_readings_are_off_by_default() {
+    let source = FakeSource::demo(1);
+    let control = source.control();
+    let (gpu, mut sampler) = GpuCollector::builder().build(source);
+    sampler.sample_once();
+    let request = control.last_request().unwrap();
+    assert!(!request.processes && !request.pcie);
+    let (_, exp) = scrape(&gpu);
+    assert!(!exp.has_family("gpu_process"));
+    assert!(!exp.has_family("gpu_pcie"));
+    assert!(exp.has_family("gpu_memory_used_bytes"));
+}
+
+fn device_with_processes(pids: &[u32]) -> GpuSample {
+    let mut device = demo_device(0);
+    device.processes = Some(
+        pids.iter()
+            .map(|&pid| GpuProcess {
+                pid,
+                used_memory_bytes: Some(u64::from(pid) * 1024),
+            })
+            .collect(),
+    );
+    GpuSample {
+        devices: vec![device],
+        ..GpuSample::default()
+    }
+}
+
+#[test]
+fn only_this_services_processes_are_exported_by_default() {
+    let own = std::process::id();
+    let other = if own == 1 { 2 } else { 1 };
+    let (gpu, mut sampler) = collector(FakeSource::new(device_with_processes(&[own, other])));
+    sampler.sample_once();
+    let (_, exp) = scrape(&gpu);
+    let pids: Vec<_> = exp
+        .named("gpu_process_memory_used_bytes")
+        .iter()
+        .map(|l| l.labels["pid"].clone())
+        .collect();
+    assert_eq!(pids, [own.to_string()]);
+
+    let (gpu, mut sampler) = GpuCollector::builder()
+        .processes(true)
+        .process_filter(ProcessFilter::All)
+        .build(FakeSource::new(device_with_processes(&[own, other])));
+    sampler.sample_once();
+    assert_eq!(
+        scrape(&gpu).1.named("gpu_process_memory_used_bytes").len(),
+        2
+    );
+
+    let (gpu, mut sampler) = GpuCollector::builder()
+        .processes(true)
+        .process_filter(ProcessFilter::Custom(std::sync::Arc::new(move |pid| {
+            pid == other
+        })))
+        .build(FakeSource::new(device_with_processes(&[own, other])));
+    sampler.sample_once();
+    let exp = scrape(&gpu).1;
+    assert_eq!(
+        exp.named("gpu_process_memory_used_bytes")[0].labels["pid"],
+        other.to_string()
+    );
+}
+
+#[test]
+fn mig_devices_are_exported_beside_their_parent() {
+    let mut parent = demo_device(0);
+    // A GPU in MIG mode reports no utilisation of its own.
+    parent.utilization_ratio = None;
+    parent.memory_utilization_ratio = None;
+    let mig = DeviceSample {
+        id: "0:mig1".into(),
+        uuid: "MIG-11111111-2222-3333-4444-555555555555".into(),
+        name: "Fake GPU 80GB MIG 1g.10gb".into(),
+        mig_parent: Some("0".into()),
+        memory_used_bytes: Some(1 << 30),
+        memory_total_bytes: Some(10 << 30),
+        ..DeviceSample::default()
+    };
+    let (gpu, mut sampler) = collector(FakeSource::new(GpuSample {
+        driver_version: Some("550.54.15".into()),
+        devices: vec![parent, mig],
+        unreadable_devices: 0,
+    }));
+    sampler.sample_once();
+    let (_, exp) = scrape(&gpu);
+    assert_eq!(exp.named("gpu_info").len(), 2);
+    assert_eq!(
+        exp.value("gpu_memory_total_bytes", &[("gpu", "0:mig1")]),
+        Some(10.0 * GIB)
+    );
+    assert!(exp.find("gpu_utilization_ratio", &[("gpu", "0")]).is_none());
+    let snapshot = gpu.snapshot();
+    assert_eq!(snapshot.devices[1].mig_parent.as_deref(), Some("0"));
+}
+
+#[test]
+fn label_values_are_escaped() {
+    let mut device = demo_device(0);
+    device.name = "Quote \" backslash \\ newline \n end".into();
+    let (gpu, mut sampler) = collector(FakeSource::new(GpuSample {
+        devices: vec![device.clone()],
+        ..GpuSample::default()
+    }));
+    sampler.sample_once();
+    let (text, exp) = scrape(&gpu);
+    assert_eq!(
+        exp.find("gpu_info", &[]).unwrap().labels["name"],
+        device.name,
+        "{text}"
+    );
+}
+
+#[test]
+fn background_thread_samples_and_scrapes_read_the_last_sample() {
+    let source = FakeSource::demo(1);
+    let control = source.control();
+    let gpu = GpuCollector::builder()
+        .interval(Duration::from_secs(3600))
+        .start(source)
+        .expect("spawn");
+    assert!(gpu.refresh(Duration::from_secs(10)), "a sample completes");
+    let calls = control.calls();
+    assert!(calls >= 1);
+
+    // Scrapes and snapshots never call the source.
+    for _ in 0..5 {
+        let (_, exp) = scrape(&gpu);
+        assert_eq!(exp.value("gpu_collector_up", &[]), Some(1.0));
+        assert_eq!(gpu.snapshot().devices.len(), 1);
+    }
+    assert_eq!(control.calls(), calls);
+
+    assert!(gpu.refresh(Duration::from_secs(10)));
+    assert_eq!(control.calls(), calls + 1);
+
+    gpu.shutdown();
+    assert!(
+        !gpu.refresh(Duration::from_millis(300)),
+        "no sampling after shutdown"
+    );
+    assert_eq!(control.calls(), calls + 1);
+}
+
+#[test]
+fn dropping_the_last_handle_stops_the_thread() {
+    let source = FakeSource::demo(1);
+    let control = source.control();
+    let gpu = GpuCollector::builder()
+        .interval(Duration::from_millis(100))
+        .start(source)
+        .expect("spawn");
+    assert!(gpu.refresh(Duration::from_secs(10)));
+    drop(gpu);
+    std::thread::sleep(Duration::from_millis(300));
+    let calls = control.calls();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(control.calls(), calls, "sampling stopped");
+}
+
+#[test]
+fn collector_works_under_a_prefixed_sub_registry() {
+    let (gpu, mut sampler) = collector(FakeSource::demo(1));
+    sampler.sample_once();
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry
+        .sub_registry_with_prefix("node")
+        .register_collector(Box::new(gpu));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let exp = common::parse(&text);
+    assert_eq!(exp.value("node_gpu_collector_up", &[]), Some(1.0));
+    assert!(exp.has_family("node_gpu_memory_used_bytes"));
+}
+
+/// A source that panics on every sample.
+struct Panicking;
+
+impl periscope_gpu::GpuSource for Panicking {
+    fn name(&self) -> &'static str {
+        "panicking"
+    }
+
+    fn sample(&mut self, _: periscope_gpu::SampleRequest) -> Result<GpuSample, GpuError> {
+        panic!("driver bug");
+    }
+}
+
+#[test]
+fn a_panicking_source_is_a_failed_sample_and_the_thread_keeps_running() {
+    let gpu = GpuCollector::builder()
+        .interval(Duration::from_secs(3600))
+        .start(Panicking)
+        .expect("spawn");
+    assert!(gpu.refresh(Duration::from_secs(10)));
+    assert!(
+        gpu.refresh(Duration::from_secs(10)),
+        "the sampler survived the panic"
+    );
+    let (_, exp) = scrape(&gpu);
+    assert_eq!(exp.value("gpu_collector_up", &[]), Some(0.0));
+    assert!(exp.value("gpu_collector_errors_total", &[]).unwrap() >= 2.0);
+    assert!(gpu.snapshot().last_error.unwrap().contains("panicked"));
+}

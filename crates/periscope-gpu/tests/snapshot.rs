@@ -1,0 +1,157 @@
+//! The `/debug/status` GPU snapshot: its JSON shape, parsed back.
+
+use periscope_gpu::{DeviceSample, FakeSource, GpuCollector, GpuError, GpuSample, GpuSnapshot};
+use serde_json::Value;
+
+fn keys(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .expect("a JSON object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+#[test]
+fn snapshot_json_has_the_documented_shape() {
+    let (gpu, mut sampler) = GpuCollector::builder()
+        .processes(true)
+        .build(FakeSource::demo(2));
+    sampler.sample_once();
+    let json = serde_json::to_string(&gpu.snapshot()).unwrap();
+    let value: Value = serde_json::from_str(&json).unwrap();
+
+    assert_eq!(
+        keys(&value),
+        [
+            "age_s",
+            "devices",
+            "driver_version",
+            "errors_total",
+            "last_error",
+            "sampled_at_unix_s",
+            "source",
+            "up"
+        ]
+    );
+    assert_eq!(value["up"], true);
+    assert_eq!(value["source"], "fake");
+    assert_eq!(value["driver_version"], "550.54.15");
+    assert_eq!(value["errors_total"], 0);
+    assert!(value["last_error"].is_null());
+    assert!(value["age_s"].as_f64().unwrap() >= 0.0);
+    assert!(value["sampled_at_unix_s"].as_f64().unwrap() > 1.7e9);
+
+    let devices = value["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2);
+    let d = &devices[0];
+    assert_eq!(
+        keys(d),
+        [
+            "gpu",
+            "memory_total_mib",
+            "memory_used_mib",
+            "mig_parent",
+            "name",
+            "power_limit_watts",
+            "power_watts",
+            "process_memory_used_mib",
+            "processes",
+            "temperature_celsius",
+            "utilization_percent",
+            "uuid"
+        ]
+    );
+    assert_eq!(d["gpu"], "0");
+    assert_eq!(d["name"], "Fake GPU 80GB");
+    assert_eq!(d["uuid"], "GPU-00000000-0000-4000-8000-000000000000");
+    assert_eq!(d["utilization_percent"], 37.0);
+    assert_eq!(devices[1]["utilization_percent"], 47.0);
+    assert_eq!(d["memory_used_mib"], 20 * 1024);
+    assert_eq!(d["memory_total_mib"], 80 * 1024);
+    assert_eq!(d["temperature_celsius"], 41.0);
+    assert_eq!(d["power_watts"], 123.5);
+    assert_eq!(d["power_limit_watts"], 400.0);
+    assert_eq!(d["process_memory_used_mib"], 8 * 1024);
+    assert!(d["mig_parent"].is_null());
+    let processes = d["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 1);
+    assert_eq!(keys(&processes[0]), ["memory_used_mib", "pid"]);
+    assert_eq!(processes[0]["pid"], std::process::id());
+    assert_eq!(processes[0]["memory_used_mib"], 8 * 1024);
+
+    // Clients can read it back into the typed form. `age_s` moves with time, and serde_json
+    // may parse a float one ulp off, so the times are compared apart.
+    let back: GpuSnapshot = serde_json::from_str(&json).unwrap();
+    let now = gpu.snapshot();
+    let sampled_at = |s: &GpuSnapshot| s.sampled_at_unix_s.unwrap();
+    assert!((sampled_at(&back) - sampled_at(&now)).abs() < 1e-3);
+    let without_times = |s: GpuSnapshot| GpuSnapshot {
+        age_s: None,
+        sampled_at_unix_s: None,
+        ..s
+    };
+    assert_eq!(without_times(back), without_times(now));
+}
+
+#[test]
+fn unsupported_values_are_null_and_processes_null_when_not_listed() {
+    let bare = DeviceSample {
+        id: "0".into(),
+        uuid: "GPU-bare".into(),
+        name: "Old GPU".into(),
+        ..DeviceSample::default()
+    };
+    let (gpu, mut sampler) = GpuCollector::builder().build(FakeSource::new(GpuSample {
+        devices: vec![bare],
+        ..GpuSample::default()
+    }));
+    sampler.sample_once();
+    let value = serde_json::to_value(gpu.snapshot()).unwrap();
+    let d = &value["devices"][0];
+    for key in [
+        "utilization_percent",
+        "memory_used_mib",
+        "memory_total_mib",
+        "temperature_celsius",
+        "power_watts",
+        "power_limit_watts",
+        "process_memory_used_mib",
+    ] {
+        assert!(d[key].is_null(), "{key} should be null: {d}");
+    }
+    assert_eq!(d["processes"], serde_json::json!([]));
+    assert!(value["driver_version"].is_null());
+}
+
+#[test]
+fn snapshot_while_down_says_why_and_lists_no_devices() {
+    let source = FakeSource::demo(1);
+    source.control().set_failure(Some(GpuError::unavailable(
+        "libnvidia-ml.so.1: cannot open shared object file",
+    )));
+    let (gpu, mut sampler) = GpuCollector::builder().build(source);
+    sampler.sample_once();
+    let value = serde_json::to_value(gpu.snapshot()).unwrap();
+    assert_eq!(value["up"], false);
+    assert_eq!(value["errors_total"], 1);
+    assert_eq!(value["devices"], serde_json::json!([]));
+    assert!(value["sampled_at_unix_s"].is_null());
+    assert!(value["age_s"].is_null());
+    let error = value["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("libnvidia-ml.so.1") && error.contains("install the NVIDIA driver"),
+        "{error}"
+    );
+}
+
+#[test]
+fn snapshot_before_the_first_sample_is_down_and_empty() {
+    let (gpu, _sampler) = GpuCollector::builder().build(FakeSource::demo(1));
+    let snapshot = gpu.snapshot();
+    assert!(!snapshot.up);
+    assert!(snapshot.devices.is_empty());
+    assert_eq!(snapshot.errors_total, 0);
+}

@@ -1,0 +1,242 @@
+//! ResourceTracker: a child that burns CPU and holds memory shows in the CSV and the summary.
+#![cfg(feature = "tracker")]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use periscope_gpu::{
+    CSV_HEADER, FakeSource, GpuProcess, GpuSample, ResourceTracker, TrackerError, demo_device,
+};
+
+const BURN_ENV: &str = "PERISCOPE_GPU_TEST_BURN";
+const HOLD_BYTES: usize = 256 << 20;
+
+/// Not a test on its own: re-run as a child with `BURN_ENV` set, it holds 256 MiB of
+/// touched memory and spins on one core for about 2.5 s.
+#[test]
+#[ignore = "the child process of a_burning_child_shows_in_the_csv_and_the_summary"]
+fn burner_child() {
+    if std::env::var_os(BURN_ENV).is_none() {
+        return;
+    }
+    let memory = vec![1u8; HOLD_BYTES];
+    let until = Instant::now() + Duration::from_millis(2500);
+    let mut x = 0u64;
+    while Instant::now() < until {
+        for i in 0..100_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+    }
+    std::hint::black_box((x, &memory));
+}
+
+fn spawn_burner() -> std::process::Child {
+    Command::new(std::env::current_exe().expect("this test binary"))
+        .args(["burner_child", "--exact", "--ignored", "--test-threads=1"])
+        .env(BURN_ENV, "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("re-run this test binary as the burner")
+}
+
+fn column(header: &str, name: &str) -> usize {
+    header
+        .split(',')
+        .position(|c| c == name)
+        .unwrap_or_else(|| panic!("no column {name}"))
+}
+
+#[test]
+fn a_burning_child_shows_in_the_csv_and_the_summary() {
+    let csv = std::env::temp_dir().join(format!("periscope-tracker-{}.csv", std::process::id()));
+    let tracker = ResourceTracker::builder()
+        .interval(Duration::from_millis(250))
+        .csv_path(&csv)
+        .start()
+        .unwrap();
+    let mut child = spawn_burner();
+    assert!(child.wait().unwrap().success());
+    let report = tracker.finish().unwrap();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    std::fs::remove_file(&csv).ok();
+
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    assert_eq!(header, CSV_HEADER);
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let width = header.split(',').count();
+    assert!(rows.iter().all(|r| r.len() == width), "{text}");
+    assert_eq!(rows.len() as u64, report.summary.samples);
+    assert!(rows.len() >= 4, "about 2.5 s at 250 ms: {text}");
+
+    let num = |row: &Vec<&str>, name: &str| -> f64 { row[column(header, name)].parse().unwrap() };
+    let max = |name: &str| rows.iter().map(|r| num(r, name)).fold(0.0, f64::max);
+    // The child is seen as part of the tree, with its memory and its CPU.
+    assert!(max("processes") >= 2.0, "the child is counted: {text}");
+    assert!(max("memory_bytes") >= HOLD_BYTES as f64, "{text}");
+    // A loaded 2-core machine may give the burner only a small part of a core.
+    assert!(max("cpu_cores") >= 0.1, "{text}");
+    assert!(max("host_memory_total_bytes") > 0.0);
+    for row in &rows {
+        assert_eq!(
+            row[column(header, "gpu_count")],
+            "",
+            "no GPU source: empty cells"
+        );
+    }
+
+    let s = &report.summary;
+    assert!(s.duration_s >= 2.0, "{s:?}");
+    assert!(s.processes_max >= 2, "{s:?}");
+    assert!(s.memory_bytes_max >= HOLD_BYTES as u64, "{s:?}");
+    assert!(s.cpu_cores_max >= 0.1 && s.cpu_cores_mean > 0.0, "{s:?}");
+    assert!(s.cpu_cores_max >= s.cpu_cores_mean);
+    assert_eq!(s.gpu_count, 0);
+    assert_eq!(s.gpu_utilization_percent_mean, None);
+
+    let r = &report.recommendation;
+    assert!(r.cpu_cores >= 1);
+    assert_eq!(
+        r.memory_bytes,
+        (s.memory_bytes_max as f64 * 1.2).ceil() as u64
+    );
+    assert_eq!(r.gpus, 0);
+    assert_eq!(r.gpu_memory_bytes, None);
+
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["summary"]["cpu_cores_mean"].is_number());
+    assert!(json["recommendation"]["memory_bytes"].is_u64());
+}
+
+#[test]
+fn gpu_readings_find_the_trees_own_vram() {
+    let own = std::process::id();
+    let mut device = demo_device(0);
+    device.processes = Some(vec![
+        GpuProcess {
+            pid: own,
+            used_memory_bytes: Some(3 << 30),
+        },
+        GpuProcess {
+            pid: u32::MAX - 1,
+            used_memory_bytes: Some(50 << 30),
+        },
+    ]);
+    let idle = {
+        let mut idle = demo_device(1);
+        idle.processes = Some(Vec::new());
+        idle.utilization_ratio = Some(0.0);
+        idle
+    };
+    let source = FakeSource::new(GpuSample {
+        devices: vec![device, idle],
+        ..GpuSample::default()
+    });
+
+    let tracker = ResourceTracker::builder()
+        .interval(Duration::from_millis(200))
+        .gpu_source(source)
+        .start()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let report = tracker.finish().unwrap();
+
+    let s = &report.summary;
+    assert_eq!(s.gpu_count, 2);
+    assert_eq!(s.gpus_used, 1, "only device 0 runs this process");
+    assert_eq!(
+        s.gpu_memory_bytes_max,
+        Some(3 << 30),
+        "the tree's VRAM, not the other process's"
+    );
+    // Mean over both devices: (37 % + 0 %) / 2.
+    let mean = s.gpu_utilization_percent_mean.unwrap();
+    assert!((mean - 18.5).abs() < 1e-9, "{mean}");
+    let r = &report.recommendation;
+    assert_eq!(r.gpus, 1);
+    assert_eq!(
+        r.gpu_memory_bytes,
+        Some(((3u64 << 30) as f64 * 1.2).ceil() as u64)
+    );
+}
+
+/// A writer the test can read after the tracker is done.
+#[derive(Clone)]
+struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn gpu_columns_are_filled_from_the_source() {
+    let buf = SharedBuf(Default::default());
+    let tracker = ResourceTracker::builder()
+        .interval(Duration::from_millis(200))
+        .csv_writer(buf.clone())
+        .gpu_source(FakeSource::demo(2))
+        .start()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    tracker.finish().unwrap();
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let row: Vec<&str> = lines.next().expect("a row").split(',').collect();
+    assert_eq!(row[column(header, "gpu_count")], "2");
+    assert_eq!(row[column(header, "gpu_utilization_percent")], "42.0");
+    assert_eq!(
+        row[column(header, "gpu_memory_used_bytes")],
+        ((41u64) << 30).to_string()
+    );
+    assert_eq!(
+        row[column(header, "gpu_process_memory_bytes")],
+        ((16u64) << 30).to_string()
+    );
+}
+
+#[test]
+fn a_missing_process_or_unwritable_csv_is_a_clear_error() {
+    let error = ResourceTracker::builder()
+        .pid(u32::MAX - 7)
+        .start()
+        .unwrap_err();
+    assert!(
+        matches!(error, TrackerError::ProcessNotFound { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("does not exist"));
+
+    let error = ResourceTracker::builder()
+        .csv_path("/nonexistent-dir/for/sure/run.csv")
+        .start()
+        .unwrap_err();
+    assert!(matches!(error, TrackerError::Csv(_)), "{error}");
+    assert!(error.to_string().contains("writable"), "{error}");
+}
+
+#[test]
+fn a_short_run_still_has_one_reading() {
+    let tracker = ResourceTracker::builder()
+        .interval(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    let started = Instant::now();
+    let report = tracker.finish().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "finish does not wait out the interval"
+    );
+    assert_eq!(report.summary.samples, 1);
+    assert!(
+        report.summary.memory_bytes_max > 0,
+        "this process has memory"
+    );
+}
