@@ -8,14 +8,37 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetryLayer;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{Filtered, LevelFilter, Targets};
 use tracing_subscriber::registry::LookupSpan;
 
 use super::config::{OtelConfig, Protocol};
 use crate::propagation::Propagators;
 
 /// The tracing layer that turns periscope's spans (and the application's) into exported
-/// OpenTelemetry spans.
-pub type OtelLayer<S> = OpenTelemetryLayer<S, Tracer>;
+/// OpenTelemetry spans, with the transport crates' own spans filtered out (see
+/// [`OtelGuard::layer`]).
+pub type OtelLayer<S> = Filtered<OpenTelemetryLayer<S, Tracer>, Targets, S>;
+
+/// The crates the exporter itself runs on. Their debug spans would be exported by the export
+/// they describe, feeding on themselves: only their warnings and errors are kept.
+const TRANSPORT_TARGETS: [&str; 7] = [
+    "h2",
+    "hyper",
+    "hyper_util",
+    "tonic",
+    "tower",
+    "reqwest",
+    "opentelemetry",
+];
+
+fn transport_filter() -> Targets {
+    TRANSPORT_TARGETS
+        .iter()
+        .fold(Targets::new().with_default(LevelFilter::TRACE), |targets, target| {
+            targets.with_target(*target, LevelFilter::WARN)
+        })
+}
 
 /// Why the tracer provider could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +141,11 @@ pub struct OtelGuard {
 impl OtelGuard {
     /// The layer to add to the tracing subscriber; `None` when nothing is exported.
     ///
+    /// Spans and events of the crates the export runs on (`h2`, `hyper`, `tonic`, `tower`,
+    /// `reqwest`, `opentelemetry`) are kept out of it below warn level, so exporting can never
+    /// feed on its own telemetry. For another filter, build a layer from
+    /// [`OtelGuard::tracer`].
+    ///
     /// With this layer, the `trace_id` and `span_id` that periscope's spans record (and so
     /// the log lines) are the ids of the exported spans, and the `sampled` flag sent
     /// downstream is the sampler's decision.
@@ -126,7 +154,11 @@ impl OtelGuard {
         S: Subscriber + for<'span> LookupSpan<'span>,
     {
         self.exporting
-            .then(|| tracing_opentelemetry::layer().with_tracer(self.tracer.clone()))
+            .then(|| {
+                tracing_opentelemetry::layer()
+                    .with_tracer(self.tracer.clone())
+                    .with_filter(transport_filter())
+            })
     }
 
     /// Whether spans are exported (an endpoint is set and the SDK is not disabled).
