@@ -35,7 +35,17 @@ pub(crate) fn bind(
         span.record("link.trace_id", link.trace_id.to_hex().as_str());
         span.record("link.span_id", link.parent_id.to_hex().as_str());
     }
-    crate::fields::record_context(span, ctx);
+    if cfg!(feature = "otel") {
+        crate::fields::record_ids(span, ctx);
+    }
+    crate::fields::record_tenant(span, &ctx.tenant);
+}
+
+/// The value of an id field when the span is created: the id itself without OpenTelemetry
+/// (nothing can change it, and recording it up front is cheaper); with OpenTelemetry, nothing
+/// yet, since [`bind`] records the exported span's ids.
+pub(crate) fn early_id(id: &str) -> Option<&str> {
+    (!cfg!(feature = "otel")).then_some(id)
 }
 
 #[cfg(feature = "otel")]

@@ -13,7 +13,7 @@ use tower_service::Service;
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::binding::{ParentKind, bind};
+use crate::binding::{ParentKind, bind, early_id};
 use crate::propagation::Propagators;
 use crate::fields::{method_name, method_original, record_failure, record_status};
 
@@ -105,8 +105,8 @@ impl ClientSpan {
             url.full = %uri,
             error.type = Empty,
             request_id = context.request_id.as_str(),
-            trace_id = Empty,
-            span_id = Empty,
+            trace_id = early_id(context.trace_id.to_hex().as_str()),
+            span_id = early_id(context.span_id.to_hex().as_str()),
             org_id = Empty,
             project_id = Empty,
             team_id = Empty,

@@ -32,14 +32,14 @@ pub(crate) fn method_original(method: &Method) -> Option<&str> {
     (method_name(method) == "_OTHER").then(|| method.as_str())
 }
 
-/// Records the context's ids and tenant fields on `span`.
-pub(crate) fn record_context(span: &Span, ctx: &RequestContext) {
+/// Records the context's ids on `span`.
+pub(crate) fn record_ids(span: &Span, ctx: &RequestContext) {
     span.record("trace_id", ctx.trace_id.to_hex().as_str());
     span.record("span_id", ctx.span_id.to_hex().as_str());
-    record_tenant(span, &ctx.tenant);
 }
 
-fn record_tenant(span: &Span, tenant: &Tenant) {
+/// Records the tenant fields on `span`.
+pub(crate) fn record_tenant(span: &Span, tenant: &Tenant) {
     let mut others = String::new();
     for (key, value) in tenant.iter() {
         if SPAN_TENANT_FIELDS.contains(&key.field()) {

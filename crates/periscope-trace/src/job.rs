@@ -8,7 +8,7 @@ use tracing::Span;
 use tracing::field::Empty;
 use tracing::instrument::{Instrument, Instrumented};
 
-use crate::binding::{ParentKind, bind};
+use crate::binding::{ParentKind, bind, early_id};
 
 /// The tracing target of job spans.
 pub const JOB_TARGET: &str = "periscope_trace::job";
@@ -84,8 +84,8 @@ impl JobSpan {
             job.name = name,
             job_id = Empty,
             request_id = context.request_id.as_str(),
-            trace_id = Empty,
-            span_id = Empty,
+            trace_id = early_id(context.trace_id.to_hex().as_str()),
+            span_id = early_id(context.span_id.to_hex().as_str()),
             org_id = Empty,
             project_id = Empty,
             team_id = Empty,

@@ -16,7 +16,7 @@ use tower_service::Service;
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::binding::{ParentKind, bind};
+use crate::binding::{ParentKind, bind, early_id};
 use crate::fields::{method_name, method_original, record_failure, record_status};
 use crate::propagation::Propagators;
 use crate::selector::PathSelector;
@@ -225,8 +225,8 @@ fn server_span<B>(request: &Request<B>, ctx: &RequestContext) -> Span {
         url.scheme = request.uri().scheme_str().unwrap_or("http"),
         error.type = Empty,
         request_id = ctx.request_id.as_str(),
-        trace_id = Empty,
-        span_id = Empty,
+        trace_id = early_id(ctx.trace_id.to_hex().as_str()),
+        span_id = early_id(ctx.span_id.to_hex().as_str()),
         org_id = Empty,
         project_id = Empty,
         team_id = Empty,
