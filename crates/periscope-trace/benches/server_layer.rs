@@ -6,6 +6,7 @@
 //! nothing is printed. Overhead = (stack time) - (no-op time).
 //!
 //! Run: `cargo bench -p periscope-trace --bench server_layer -- --warm-up-time 1 --measurement-time 3`
+#![allow(clippy::unwrap_used)] // a bench or test fails loudly on what it did not expect
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
@@ -79,7 +80,9 @@ fn side_by_side(c: &mut Criterion, group: &str, request: fn() -> Request<Body>) 
     group.bench_function("noop", |b| b.iter(|| black_box(call(&mut bare, request))));
 
     let mut periscope = CorrelationLayer::new().layer(service_fn(noop));
-    group.bench_function("periscope", |b| b.iter(|| black_box(call(&mut periscope, request))));
+    group.bench_function("periscope", |b| {
+        b.iter(|| black_box(call(&mut periscope, request)))
+    });
 
     let mut tower_http = ServiceBuilder::new()
         .set_x_request_id(MakeRequestUuid)
@@ -91,7 +94,9 @@ fn side_by_side(c: &mut Criterion, group: &str, request: fn() -> Request<Body>) 
         )
         .propagate_x_request_id()
         .service(service_fn(noop));
-    group.bench_function("tower_http", |b| b.iter(|| black_box(call(&mut tower_http, request))));
+    group.bench_function("tower_http", |b| {
+        b.iter(|| black_box(call(&mut tower_http, request)))
+    });
     group.finish();
 }
 

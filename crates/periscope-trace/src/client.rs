@@ -14,8 +14,8 @@ use tracing::Span;
 use tracing::field::Empty;
 
 use crate::binding::{ParentKind, bind, early_id};
-use crate::propagation::Propagators;
 use crate::fields::{method_name, method_original, record_failure, record_status};
+use crate::propagation::Propagators;
 
 /// The tracing target of client spans.
 pub const CLIENT_TARGET: &str = "periscope_trace::client";
@@ -84,7 +84,11 @@ impl ClientSpan {
     pub fn new(method: &Method, uri: &Uri) -> Self {
         match RequestContext::current() {
             Some(parent) => Self::child_of(&parent, method, uri),
-            None => Self::child_of(&RequestContext::start(RequestId::generate(), true), method, uri),
+            None => Self::child_of(
+                &RequestContext::start(RequestId::generate(), true),
+                method,
+                uri,
+            ),
         }
     }
 

@@ -7,7 +7,8 @@ use tracing::Span;
 
 /// Tenant fields recorded under their own name on every span (tracing needs field names at
 /// compile time). Other declared tenant keys are recorded together in the `tenant` field.
-pub const SPAN_TENANT_FIELDS: [&str; 5] = ["org_id", "project_id", "team_id", "user_id", "tenant_id"];
+pub const SPAN_TENANT_FIELDS: [&str; 5] =
+    ["org_id", "project_id", "team_id", "user_id", "tenant_id"];
 
 /// `http.request.method`: the standard methods as themselves, anything else as `_OTHER`
 /// (the original goes to `http.request.method_original`), so a flood of made-up methods cannot

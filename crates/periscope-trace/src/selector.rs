@@ -72,13 +72,21 @@ impl PathSelector {
     pub fn with_prefix(self, prefix: impl Into<Cow<'static, str>>) -> Self {
         Self {
             exact: self.exact,
-            prefixes: self.prefixes.iter().cloned().chain([prefix.into()]).collect(),
+            prefixes: self
+                .prefixes
+                .iter()
+                .cloned()
+                .chain([prefix.into()])
+                .collect(),
         }
     }
 
     /// Whether a request for `path` is left untraced.
     pub fn is_quiet(&self, path: &str) -> bool {
         self.exact.iter().any(|quiet| quiet == path)
-            || self.prefixes.iter().any(|prefix| path.starts_with(&**prefix))
+            || self
+                .prefixes
+                .iter()
+                .any(|prefix| path.starts_with(&**prefix))
     }
 }

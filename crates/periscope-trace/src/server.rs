@@ -180,7 +180,10 @@ where
             (context, None)
         } else {
             // A trust boundary: a new trace under the kept request id, the caller's as a link.
-            (RequestContext::start(context.request_id, sample_new), incoming)
+            (
+                RequestContext::start(context.request_id, sample_new),
+                incoming,
+            )
         };
         if !config.propagators.baggage() {
             ctx.baggage = Baggage::new();

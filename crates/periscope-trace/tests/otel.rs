@@ -1,6 +1,7 @@
 //! OpenTelemetry on: real OTLP export to a collector on 127.0.0.1, and the ids in the logs,
 //! the exported spans and the `traceparent` sent downstream compared one by one.
 #![cfg(feature = "otel")]
+#![allow(clippy::unwrap_used)] // a bench or test fails loudly on what it did not expect
 
 mod support;
 
@@ -110,9 +111,15 @@ async fn chain_ids_are_the_exported_ids(
         let ctx = &seen.ctx;
         let span_id = ctx.span_id.to_string();
         // The exported server span is the handler's context, by id and by parent.
-        let server = spans.iter().find(|s| s.span_id == span_id).unwrap_or_else(|| {
-            panic!("hop {} span {span_id} was not exported: {spans:#?}", seen.hop)
-        });
+        let server = spans
+            .iter()
+            .find(|s| s.span_id == span_id)
+            .unwrap_or_else(|| {
+                panic!(
+                    "hop {} span {span_id} was not exported: {spans:#?}",
+                    seen.hop
+                )
+            });
         assert_eq!(server.kind, "SPAN_KIND_SERVER");
         assert_eq!(server.name, "GET /hop");
         assert_eq!(server.parent_span_id, expected_parent, "hop {}", seen.hop);
@@ -125,7 +132,10 @@ async fn chain_ids_are_the_exported_ids(
         assert!(attr(server, "request_id").contains("\"otel-chain\""));
         assert!(attr(server, "org_id").contains("\"org_7\""));
         assert!(
-            server.status.as_ref().is_none_or(|s| s.code != "STATUS_CODE_ERROR"),
+            server
+                .status
+                .as_ref()
+                .is_none_or(|s| s.code != "STATUS_CODE_ERROR"),
             "{server:?}"
         );
         // The log line of the handler carries the same ids.
@@ -163,7 +173,10 @@ async fn root_trace_ids_come_from_the_exported_span(
     let addr = serve(app(hop_state("root", None, &seen), CorrelationLayer::new())).await;
     send(
         plain_client(),
-        get_request(format!("http://{addr}/hop"), &[("x-request-id", "otel-root")]),
+        get_request(
+            format!("http://{addr}/hop"),
+            &[("x-request-id", "otel-root")],
+        ),
     )
     .await;
     let ctx = seen.lock().unwrap()[0].ctx.clone();
@@ -194,7 +207,10 @@ async fn server_errors_are_exported_as_errors(
         plain_client(),
         get_request(
             format!("http://{addr}/fail"),
-            &[("x-request-id", "otel-500"), ("traceparent", &format!("00-{trace}-{PARENT}-01"))],
+            &[
+                ("x-request-id", "otel-500"),
+                ("traceparent", &format!("00-{trace}-{PARENT}-01")),
+            ],
         ),
     )
     .await;
@@ -238,7 +254,10 @@ async fn sampled_out_requests_are_not_exported_but_propagate(
             .find(|l| l.message == "handling the hop" && l.fields["hop"] == seen.hop)
             .unwrap();
         assert_eq!(line.ctx("trace_id"), Some(trace));
-        assert_eq!(line.ctx("span_id"), Some(seen.ctx.span_id.to_string().as_str()));
+        assert_eq!(
+            line.ctx("span_id"),
+            Some(seen.ctx.span_id.to_string().as_str())
+        );
     }
     for pair in hops.windows(2) {
         let sent = TraceParent::parse(pair[1].headers["traceparent"].to_str().unwrap()).unwrap();
@@ -263,7 +282,10 @@ async fn trust_boundary_exports_a_link(
         plain_client(),
         get_request(
             format!("http://{addr}/hop"),
-            &[("x-request-id", "otel-public"), ("traceparent", &format!("00-{trace}-{PARENT}-01"))],
+            &[
+                ("x-request-id", "otel-public"),
+                ("traceparent", &format!("00-{trace}-{PARENT}-01")),
+            ],
         ),
     )
     .await;
@@ -304,7 +326,10 @@ async fn jobs_export_a_consumer_span_under_the_request(
         plain_client(),
         get_request(
             format!("http://{addr}/hop"),
-            &[("x-request-id", "otel-job"), ("traceparent", &format!("00-{trace}-{PARENT}-01"))],
+            &[
+                ("x-request-id", "otel-job"),
+                ("traceparent", &format!("00-{trace}-{PARENT}-01")),
+            ],
         ),
     )
     .await;
@@ -343,14 +368,19 @@ async fn downstream_traceparent(sampler: Sampler, incoming: Option<&str>) -> Tra
     let _default = tracing::subscriber::set_default(subscriber);
 
     let transport = service_fn(|request: Request<String>| async move {
-        let sent = request.headers()["traceparent"].to_str().unwrap().to_owned();
+        let sent = request.headers()["traceparent"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         Ok::<_, std::convert::Infallible>(Response::new(sent))
     });
     let client = ClientTraceLayer::new().layer(transport);
     let server = CorrelationLayer::new().layer(service_fn(move |_request: Request<String>| {
         let client = client.clone();
         async move {
-            let call = Request::get("http://next.internal/").body(String::new()).unwrap();
+            let call = Request::get("http://next.internal/")
+                .body(String::new())
+                .unwrap();
             client.oneshot(call).await
         }
     }));
@@ -370,15 +400,45 @@ async fn the_sampler_decision_is_what_goes_downstream() {
     let unsampled = format!("00-{TRACE}-{PARENT}-00");
     let ratio_zero = Sampler::ParentBasedTraceIdRatio(0.0);
     // parentbased_traceidratio: new traces by ratio, continued traces as the caller decided.
-    assert!(!downstream_traceparent(ratio_zero, None).await.flags.is_sampled());
-    assert!(downstream_traceparent(ratio_zero, Some(&sampled)).await.flags.is_sampled());
+    assert!(
+        !downstream_traceparent(ratio_zero, None)
+            .await
+            .flags
+            .is_sampled()
+    );
+    assert!(
+        downstream_traceparent(ratio_zero, Some(&sampled))
+            .await
+            .flags
+            .is_sampled()
+    );
     let ratio_one = Sampler::ParentBasedTraceIdRatio(1.0);
-    assert!(downstream_traceparent(ratio_one, None).await.flags.is_sampled());
-    assert!(!downstream_traceparent(ratio_one, Some(&unsampled)).await.flags.is_sampled());
+    assert!(
+        downstream_traceparent(ratio_one, None)
+            .await
+            .flags
+            .is_sampled()
+    );
+    assert!(
+        !downstream_traceparent(ratio_one, Some(&unsampled))
+            .await
+            .flags
+            .is_sampled()
+    );
     // traceidratio alone ignores the caller.
     let plain_zero = Sampler::TraceIdRatio(0.0);
-    assert!(!downstream_traceparent(plain_zero, Some(&sampled)).await.flags.is_sampled());
-    assert!(!downstream_traceparent(Sampler::AlwaysOff, None).await.flags.is_sampled());
+    assert!(
+        !downstream_traceparent(plain_zero, Some(&sampled))
+            .await
+            .flags
+            .is_sampled()
+    );
+    assert!(
+        !downstream_traceparent(Sampler::AlwaysOff, None)
+            .await
+            .flags
+            .is_sampled()
+    );
     // Whatever the decision, the trace continues.
     let continued = downstream_traceparent(Sampler::AlwaysOff, Some(&sampled)).await;
     assert_eq!(continued.trace_id.to_string(), TRACE);

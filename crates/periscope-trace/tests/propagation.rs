@@ -1,5 +1,6 @@
 //! Correlation and propagation over real sockets on 127.0.0.1: a chain of services a → b → c,
 //! error and panic responses, probes, trust boundaries, invalid ids and jobs.
+#![allow(clippy::unwrap_used)] // a bench or test fails loudly on what it did not expect
 
 mod support;
 
@@ -49,7 +50,10 @@ async fn chain_keeps_trace_and_request_id_with_a_new_parent_per_hop() {
     assert_eq!(response.headers()["x-request-id"], "chain-1");
 
     let hops = by_hop(&seen);
-    assert_eq!(hops.iter().map(|s| s.hop).collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert_eq!(
+        hops.iter().map(|s| s.hop).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
     let mut parents = Vec::new();
     for seen in &hops {
         let ctx = &seen.ctx;
@@ -80,7 +84,10 @@ async fn chain_keeps_trace_and_request_id_with_a_new_parent_per_hop() {
             .find(|l| l.message == "handling the hop" && l.fields["hop"] == seen.hop)
             .unwrap();
         assert_eq!(line.ctx("trace_id"), Some(INCOMING_TRACE));
-        assert_eq!(line.ctx("span_id"), Some(seen.ctx.span_id.to_string().as_str()));
+        assert_eq!(
+            line.ctx("span_id"),
+            Some(seen.ctx.span_id.to_string().as_str())
+        );
         assert_eq!(line.ctx("org_id"), Some("org_7"));
         assert_eq!(line.ctx("project_id"), Some("prj_9"));
     }
@@ -97,7 +104,10 @@ async fn chain_keeps_trace_and_request_id_with_a_new_parent_per_hop() {
         assert_eq!(client.get("trace_id"), Some(INCOMING_TRACE));
         assert_eq!(client.get("http.response.status_code"), Some("200"));
         assert_eq!(client.get("otel.kind"), Some("client"));
-        assert_ne!(client.get("span_id"), Some(caller.ctx.span_id.to_string().as_str()));
+        assert_ne!(
+            client.get("span_id"),
+            Some(caller.ctx.span_id.to_string().as_str())
+        );
     }
 
     // One server span per hop, with the semantic-convention fields.
@@ -132,15 +142,25 @@ async fn request_id_is_echoed_on_a_500_and_on_a_panic() {
 
     let panicked = send(
         plain_client(),
-        get_request(format!("http://{addr}/panic"), &[("x-request-id", "panic-1")]),
+        get_request(
+            format!("http://{addr}/panic"),
+            &[("x-request-id", "panic-1")],
+        ),
     )
     .await;
     assert_eq!(panicked.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(panicked.headers()["x-request-id"], "panic-1");
 
     // A generated id is echoed too, and is the one in the logs.
-    let generated = send(plain_client(), get_request(format!("http://{addr}/fail"), &[])).await;
-    let id = generated.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let generated = send(
+        plain_client(),
+        get_request(format!("http://{addr}/fail"), &[]),
+    )
+    .await;
+    let id = generated.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(id.starts_with("req_"), "{id}");
     let line = capture
         .lines_for(&id)
@@ -189,7 +209,10 @@ async fn sampled_out_requests_still_propagate_and_log_their_ids() {
             .find(|l| l.message == "handling the hop" && l.fields["hop"] == seen.hop)
             .unwrap();
         assert_eq!(line.ctx("trace_id"), Some(INCOMING_TRACE));
-        assert_eq!(line.ctx("span_id"), Some(seen.ctx.span_id.to_string().as_str()));
+        assert_eq!(
+            line.ctx("span_id"),
+            Some(seen.ctx.span_id.to_string().as_str())
+        );
     }
 }
 
@@ -203,11 +226,17 @@ async fn invalid_request_id_is_replaced_and_logged_once_at_warn() {
         plain_client(),
         get_request(
             format!("http://{addr}/hop"),
-            &[("x-request-id", "not valid!"), ("x-org-id", "org with spaces")],
+            &[
+                ("x-request-id", "not valid!"),
+                ("x-org-id", "org with spaces"),
+            ],
         ),
     )
     .await;
-    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(id.starts_with("req_"), "{id}");
     assert_eq!(seen.lock().unwrap()[0].ctx.request_id.as_str(), id);
     assert_eq!(seen.lock().unwrap()[0].ctx.tenant.org_id(), None);
@@ -222,7 +251,10 @@ async fn invalid_request_id_is_replaced_and_logged_once_at_warn() {
         .filter(|l| l.message.contains("request id"))
         .collect();
     assert_eq!(replaced.len(), 1, "{warnings:#?}");
-    assert!(replaced[0].fields["reason"].contains("0x20"), "{replaced:?}");
+    assert!(
+        replaced[0].fields["reason"].contains("0x20"),
+        "{replaced:?}"
+    );
     // The warning carries the request's ids, like every other line of the request.
     assert!(replaced[0].ctx("trace_id").is_some() && replaced[0].ctx("span_id").is_some());
     let tenant: Vec<_> = warnings
@@ -241,7 +273,10 @@ async fn probe_paths_are_not_traced_but_keep_their_request_id() {
 
     let response = send(
         plain_client(),
-        get_request(format!("http://{addr}/health"), &[("x-request-id", "probe-1")]),
+        get_request(
+            format!("http://{addr}/health"),
+            &[("x-request-id", "probe-1")],
+        ),
     )
     .await;
     assert_eq!(response.headers()["x-request-id"], "probe-1");
@@ -254,7 +289,10 @@ async fn probe_paths_are_not_traced_but_keep_their_request_id() {
     .await;
     send(
         plain_client(),
-        get_request(format!("http://{traced}/health"), &[("x-request-id", "probe-2")]),
+        get_request(
+            format!("http://{traced}/health"),
+            &[("x-request-id", "probe-2")],
+        ),
     )
     .await;
     assert_eq!(capture.spans_for("http_request", "probe-2").len(), 1);
@@ -291,7 +329,10 @@ async fn trust_boundary_starts_a_new_trace_and_links_the_caller() {
     assert!(ctx.trace_state.is_empty() && ctx.baggage.is_empty() && ctx.tenant.is_empty());
 
     let span = &capture.spans_for("http_request", "public-1")[0];
-    assert_eq!(span.get("trace_id"), Some(ctx.trace_id.to_string().as_str()));
+    assert_eq!(
+        span.get("trace_id"),
+        Some(ctx.trace_id.to_string().as_str())
+    );
     assert_eq!(span.get("link.trace_id"), Some(INCOMING_TRACE));
     assert_eq!(span.get("link.span_id"), Some(INCOMING_PARENT));
 }
@@ -319,7 +360,11 @@ async fn a_job_continues_the_request_trace_and_request_id() {
         plain_client(),
         get_request(
             format!("http://{addr}/hop"),
-            &[("x-request-id", "job-req-1"), ("traceparent", INCOMING), ("x-org-id", "org_7")],
+            &[
+                ("x-request-id", "job-req-1"),
+                ("traceparent", INCOMING),
+                ("x-org-id", "org_7"),
+            ],
         ),
     )
     .await;
@@ -336,7 +381,10 @@ async fn a_job_continues_the_request_trace_and_request_id() {
         .find(|l| l.message == "job ran")
         .unwrap();
     assert_eq!(line.ctx("trace_id"), Some(INCOMING_TRACE));
-    assert_eq!(line.ctx("span_id"), Some(job_ctx.span_id.to_string().as_str()));
+    assert_eq!(
+        line.ctx("span_id"),
+        Some(job_ctx.span_id.to_string().as_str())
+    );
     assert_eq!(line.ctx("job_id"), Some("job_1"));
     assert_eq!(line.ctx("org_id"), Some("org_7"));
 }

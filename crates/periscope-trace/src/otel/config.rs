@@ -77,7 +77,11 @@ impl Sampler {
 /// assert_eq!(config.sampler, Sampler::ParentBasedTraceIdRatio(0.25));
 /// assert_eq!(config.traces_endpoint().as_deref(), Some("http://collector:4317"));
 ///
-/// let bad = |name: &str| (name == "OTEL_TRACES_SAMPLER_ARG").then(|| "half".to_string());
+/// let bad = |name: &str| match name {
+///     "OTEL_TRACES_SAMPLER" => Some("traceidratio".to_string()),
+///     "OTEL_TRACES_SAMPLER_ARG" => Some("half".to_string()),
+///     _ => None,
+/// };
 /// let error = OtelConfig::from_lookup(bad).unwrap_err();
 /// assert!(error.to_string().starts_with("OTEL_TRACES_SAMPLER_ARG=\"half\""));
 /// ```
@@ -113,7 +117,11 @@ impl OtelConfig {
     /// Reads the variables through `lookup` (tests, or configuration from another source).
     /// Empty values count as unset, as the OpenTelemetry specification asks.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let service_name = get("OTEL_SERVICE_NAME").or_else(|| get("SERVICE_NAME"));
         let endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT")
             .map(|v| check_url("OTEL_EXPORTER_OTLP_ENDPOINT", v))
@@ -217,7 +225,11 @@ fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, C
 
 fn parse_propagators(value: String) -> Result<Propagators, ConfigError> {
     let mut propagators = Propagators::none();
-    for name in value.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+    for name in value
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+    {
         propagators = match name {
             "tracecontext" => propagators.with_trace_context(true),
             "baggage" => propagators.with_baggage(true),
@@ -277,10 +289,16 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ])
         .unwrap();
-        assert_eq!(grpc.traces_endpoint().as_deref(), Some("http://collector:4317"));
+        assert_eq!(
+            grpc.traces_endpoint().as_deref(),
+            Some("http://collector:4317")
+        );
         let specific = config(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:9999/custom"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://traces:9999/custom",
+            ),
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ])

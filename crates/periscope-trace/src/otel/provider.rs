@@ -33,11 +33,10 @@ const TRANSPORT_TARGETS: [&str; 7] = [
 ];
 
 fn transport_filter() -> Targets {
-    TRANSPORT_TARGETS
-        .iter()
-        .fold(Targets::new().with_default(LevelFilter::TRACE), |targets, target| {
-            targets.with_target(*target, LevelFilter::WARN)
-        })
+    TRANSPORT_TARGETS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |targets, target| targets.with_target(*target, LevelFilter::WARN),
+    )
 }
 
 /// Why the tracer provider could not be built.
@@ -153,12 +152,11 @@ impl OtelGuard {
     where
         S: Subscriber + for<'span> LookupSpan<'span>,
     {
-        self.exporting
-            .then(|| {
-                tracing_opentelemetry::layer()
-                    .with_tracer(self.tracer.clone())
-                    .with_filter(transport_filter())
-            })
+        self.exporting.then(|| {
+            tracing_opentelemetry::layer()
+                .with_tracer(self.tracer.clone())
+                .with_filter(transport_filter())
+        })
     }
 
     /// Whether spans are exported (an endpoint is set and the SDK is not disabled).

@@ -1,6 +1,6 @@
 //! Test support: a subscriber layer that keeps every log line with the context fields lifted
 //! from its spans (as the JSON log layer does), real servers on 127.0.0.1, and a traced client.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 pub mod services;
 
@@ -138,7 +138,9 @@ where
                 if let Some(span_fields) = span.extensions().get::<Fields>() {
                     for key in CONTEXT_FIELDS {
                         if let Some(value) = span_fields.0.get(key) {
-                            context.entry(key.to_owned()).or_insert_with(|| value.clone());
+                            context
+                                .entry(key.to_owned())
+                                .or_insert_with(|| value.clone());
                         }
                     }
                 }

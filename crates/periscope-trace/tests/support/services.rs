@@ -35,7 +35,11 @@ pub struct Hop {
 }
 
 async fn hop(State(hop): State<Hop>, request: axum::extract::Request) -> (StatusCode, String) {
-    let ctx = request.extensions().get::<RequestContext>().unwrap().clone();
+    let ctx = request
+        .extensions()
+        .get::<RequestContext>()
+        .unwrap()
+        .clone();
     tracing::info!(hop = hop.name, "handling the hop");
     hop.seen.lock().unwrap().push(Seen {
         hop: hop.name,
