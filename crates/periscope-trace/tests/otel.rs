@@ -14,8 +14,8 @@ use periscope_context::{Carrier, RequestContext, TraceParent};
 use periscope_trace::job::JobSpan;
 use periscope_trace::otel::{OtelConfig, OtelGuard, Sampler};
 use periscope_trace::{CorrelationLayer, Trust};
-use support::services::{app, by_hop, chain, get_request, hop_state};
-use support::{Capture, plain_client, send, serve};
+use support::services::{app, by_hop, chain, get, hop_state};
+use support::{Capture, serve};
 use tracing_subscriber::layer::SubscriberExt;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -87,17 +87,15 @@ async fn chain_ids_are_the_exported_ids(
 ) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let a = chain(&seen).await;
-    let response = send(
-        plain_client(),
-        get_request(
-            format!("http://{a}/hop"),
-            &[
-                ("x-request-id", "otel-chain"),
-                ("traceparent", &format!("00-{TRACE}-{PARENT}-01")),
-                ("tracestate", "vendor=opaque"),
-                ("x-org-id", "org_7"),
-            ],
-        ),
+    let response = get(
+        a,
+        "/hop",
+        &[
+            ("x-request-id", "otel-chain"),
+            ("traceparent", &format!("00-{TRACE}-{PARENT}-01")),
+            ("tracestate", "vendor=opaque"),
+            ("x-org-id", "org_7"),
+        ],
     )
     .await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -139,11 +137,7 @@ async fn chain_ids_are_the_exported_ids(
             "{server:?}"
         );
         // The log line of the handler carries the same ids.
-        let line = capture
-            .lines_for("otel-chain")
-            .into_iter()
-            .find(|l| l.message == "handling the hop" && l.fields["hop"] == seen.hop)
-            .unwrap();
+        let line = capture.line("otel-chain", "handling the hop", Some(seen.hop));
         assert_eq!(line.ctx("trace_id"), Some(TRACE));
         assert_eq!(line.ctx("span_id"), Some(span_id.as_str()));
 
@@ -171,14 +165,7 @@ async fn root_trace_ids_come_from_the_exported_span(
 ) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let addr = serve(app(hop_state("root", None, &seen), CorrelationLayer::new())).await;
-    send(
-        plain_client(),
-        get_request(
-            format!("http://{addr}/hop"),
-            &[("x-request-id", "otel-root")],
-        ),
-    )
-    .await;
+    get(addr, "/hop", &[("x-request-id", "otel-root")]).await;
     let ctx = seen.lock().unwrap()[0].ctx.clone();
     let spans = exported(guard, collector, 1).await;
     let server = spans
@@ -187,11 +174,7 @@ async fn root_trace_ids_come_from_the_exported_span(
         .unwrap();
     assert_eq!(server.trace_id, ctx.trace_id.to_string());
     assert_eq!(server.parent_span_id, "");
-    let line = capture
-        .lines_for("otel-root")
-        .into_iter()
-        .find(|l| l.message == "handling the hop")
-        .unwrap();
+    let line = capture.line("otel-root", "handling the hop", None);
     assert_eq!(line.ctx("trace_id"), Some(server.trace_id.as_str()));
     assert_eq!(line.ctx("span_id"), Some(server.span_id.as_str()));
 }
@@ -203,15 +186,13 @@ async fn server_errors_are_exported_as_errors(
     let seen = Arc::new(Mutex::new(Vec::new()));
     let addr = serve(app(hop_state("err", None, &seen), CorrelationLayer::new())).await;
     let trace = "11111111111111111111111111111111";
-    let response = send(
-        plain_client(),
-        get_request(
-            format!("http://{addr}/fail"),
-            &[
-                ("x-request-id", "otel-500"),
-                ("traceparent", &format!("00-{trace}-{PARENT}-01")),
-            ],
-        ),
+    let response = get(
+        addr,
+        "/fail",
+        &[
+            ("x-request-id", "otel-500"),
+            ("traceparent", &format!("00-{trace}-{PARENT}-01")),
+        ],
     )
     .await;
     assert_eq!(response.headers()["x-request-id"], "otel-500");
@@ -230,15 +211,13 @@ async fn sampled_out_requests_are_not_exported_but_propagate(
     let seen = Arc::new(Mutex::new(Vec::new()));
     let a = chain(&seen).await;
     let trace = "22222222222222222222222222222222";
-    send(
-        plain_client(),
-        get_request(
-            format!("http://{a}/hop"),
-            &[
-                ("x-request-id", "otel-unsampled"),
-                ("traceparent", &format!("00-{trace}-{PARENT}-00")),
-            ],
-        ),
+    get(
+        a,
+        "/hop",
+        &[
+            ("x-request-id", "otel-unsampled"),
+            ("traceparent", &format!("00-{trace}-{PARENT}-00")),
+        ],
     )
     .await;
     let spans = exported(guard, collector, 0).await;
@@ -248,11 +227,7 @@ async fn sampled_out_requests_are_not_exported_but_propagate(
     for seen in &hops {
         assert_eq!(seen.ctx.trace_id.to_string(), trace);
         assert!(!seen.ctx.is_sampled());
-        let line = capture
-            .lines_for("otel-unsampled")
-            .into_iter()
-            .find(|l| l.message == "handling the hop" && l.fields["hop"] == seen.hop)
-            .unwrap();
+        let line = capture.line("otel-unsampled", "handling the hop", Some(seen.hop));
         assert_eq!(line.ctx("trace_id"), Some(trace));
         assert_eq!(
             line.ctx("span_id"),
@@ -278,15 +253,13 @@ async fn trust_boundary_exports_a_link(
     ))
     .await;
     let trace = "33333333333333333333333333333333";
-    send(
-        plain_client(),
-        get_request(
-            format!("http://{addr}/hop"),
-            &[
-                ("x-request-id", "otel-public"),
-                ("traceparent", &format!("00-{trace}-{PARENT}-01")),
-            ],
-        ),
+    get(
+        addr,
+        "/hop",
+        &[
+            ("x-request-id", "otel-public"),
+            ("traceparent", &format!("00-{trace}-{PARENT}-01")),
+        ],
     )
     .await;
     let ctx = seen.lock().unwrap()[0].ctx.clone();
@@ -322,15 +295,13 @@ async fn jobs_export_a_consumer_span_under_the_request(
         ctx
     });
     let trace = "44444444444444444444444444444444";
-    send(
-        plain_client(),
-        get_request(
-            format!("http://{addr}/hop"),
-            &[
-                ("x-request-id", "otel-job"),
-                ("traceparent", &format!("00-{trace}-{PARENT}-01")),
-            ],
-        ),
+    get(
+        addr,
+        "/hop",
+        &[
+            ("x-request-id", "otel-job"),
+            ("traceparent", &format!("00-{trace}-{PARENT}-01")),
+        ],
     )
     .await;
     let job_ctx = worker.await.unwrap();
@@ -344,11 +315,7 @@ async fn jobs_export_a_consumer_span_under_the_request(
     assert_eq!(job.name, "send_receipt");
     assert_eq!(job.trace_id, trace);
     assert_eq!(job.parent_span_id, request_ctx.span_id.to_string());
-    let line = capture
-        .lines_for("otel-job")
-        .into_iter()
-        .find(|l| l.message == "job ran")
-        .unwrap();
+    let line = capture.line("otel-job", "job ran", None);
     assert_eq!(line.ctx("span_id"), Some(job.span_id.as_str()));
     assert_eq!(line.ctx("trace_id"), Some(trace));
 }

@@ -10,8 +10,8 @@ use http::StatusCode;
 use periscope_context::{Carrier, TraceParent};
 use periscope_trace::job::JobSpan;
 use periscope_trace::{CorrelationLayer, Trust};
-use support::services::{app, by_hop, chain, get_request, hop_state};
-use support::{Capture, plain_client, send, serve};
+use support::services::{app, by_hop, chain, get, hop_state};
+use support::{Capture, serve};
 use tracing_subscriber::layer::SubscriberExt;
 
 const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -31,19 +31,17 @@ async fn chain_keeps_trace_and_request_id_with_a_new_parent_per_hop() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let a = chain(&seen).await;
 
-    let response = send(
-        plain_client(),
-        get_request(
-            format!("http://{a}/hop"),
-            &[
-                ("x-request-id", "chain-1"),
-                ("traceparent", INCOMING),
-                ("tracestate", "vendor=opaque"),
-                ("baggage", "user_tier=gold"),
-                ("x-org-id", "org_7"),
-                ("x-project-id", "prj_9"),
-            ],
-        ),
+    let response = get(
+        a,
+        "/hop",
+        &[
+            ("x-request-id", "chain-1"),
+            ("traceparent", INCOMING),
+            ("tracestate", "vendor=opaque"),
+            ("baggage", "user_tier=gold"),
+            ("x-org-id", "org_7"),
+            ("x-project-id", "prj_9"),
+        ],
     )
     .await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -132,41 +130,22 @@ async fn request_id_is_echoed_on_a_500_and_on_a_panic() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let addr = serve(app(hop_state("a", None, &seen), CorrelationLayer::new())).await;
 
-    let failed = send(
-        plain_client(),
-        get_request(format!("http://{addr}/fail"), &[("x-request-id", "fail-1")]),
-    )
-    .await;
+    let failed = get(addr, "/fail", &[("x-request-id", "fail-1")]).await;
     assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(failed.headers()["x-request-id"], "fail-1");
 
-    let panicked = send(
-        plain_client(),
-        get_request(
-            format!("http://{addr}/panic"),
-            &[("x-request-id", "panic-1")],
-        ),
-    )
-    .await;
+    let panicked = get(addr, "/panic", &[("x-request-id", "panic-1")]).await;
     assert_eq!(panicked.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(panicked.headers()["x-request-id"], "panic-1");
 
     // A generated id is echoed too, and is the one in the logs.
-    let generated = send(
-        plain_client(),
-        get_request(format!("http://{addr}/fail"), &[]),
-    )
-    .await;
+    let generated = get(addr, "/fail", &[]).await;
     let id = generated.headers()["x-request-id"]
         .to_str()
         .unwrap()
         .to_owned();
     assert!(id.starts_with("req_"), "{id}");
-    let line = capture
-        .lines_for(&id)
-        .into_iter()
-        .find(|l| l.message == "the handler failed")
-        .unwrap();
+    let line = capture.line(&id, "the handler failed", None);
     assert!(line.ctx("trace_id").is_some() && line.ctx("span_id").is_some());
 
     for id in ["fail-1", "panic-1"] {
@@ -183,12 +162,10 @@ async fn sampled_out_requests_still_propagate_and_log_their_ids() {
     let a = chain(&seen).await;
     let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
 
-    let response = send(
-        plain_client(),
-        get_request(
-            format!("http://{a}/hop"),
-            &[("x-request-id", "unsampled-1"), ("traceparent", unsampled)],
-        ),
+    let response = get(
+        a,
+        "/hop",
+        &[("x-request-id", "unsampled-1"), ("traceparent", unsampled)],
     )
     .await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -203,11 +180,7 @@ async fn sampled_out_requests_still_propagate_and_log_their_ids() {
             assert!(sent.ends_with("-00"), "{sent}");
             assert!(sent.contains(INCOMING_TRACE), "{sent}");
         }
-        let line = capture
-            .lines_for("unsampled-1")
-            .into_iter()
-            .find(|l| l.message == "handling the hop" && l.fields["hop"] == seen.hop)
-            .unwrap();
+        let line = capture.line("unsampled-1", "handling the hop", Some(seen.hop));
         assert_eq!(line.ctx("trace_id"), Some(INCOMING_TRACE));
         assert_eq!(
             line.ctx("span_id"),
@@ -222,15 +195,13 @@ async fn invalid_request_id_is_replaced_and_logged_once_at_warn() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let addr = serve(app(hop_state("a", None, &seen), CorrelationLayer::new())).await;
 
-    let response = send(
-        plain_client(),
-        get_request(
-            format!("http://{addr}/hop"),
-            &[
-                ("x-request-id", "not valid!"),
-                ("x-org-id", "org with spaces"),
-            ],
-        ),
+    let response = get(
+        addr,
+        "/hop",
+        &[
+            ("x-request-id", "not valid!"),
+            ("x-org-id", "org with spaces"),
+        ],
     )
     .await;
     let id = response.headers()["x-request-id"]
@@ -271,14 +242,7 @@ async fn probe_paths_are_not_traced_but_keep_their_request_id() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let addr = serve(app(hop_state("a", None, &seen), CorrelationLayer::new())).await;
 
-    let response = send(
-        plain_client(),
-        get_request(
-            format!("http://{addr}/health"),
-            &[("x-request-id", "probe-1")],
-        ),
-    )
-    .await;
+    let response = get(addr, "/health", &[("x-request-id", "probe-1")]).await;
     assert_eq!(response.headers()["x-request-id"], "probe-1");
     assert!(capture.spans_for("http_request", "probe-1").is_empty());
 
@@ -287,14 +251,7 @@ async fn probe_paths_are_not_traced_but_keep_their_request_id() {
         CorrelationLayer::new().quiet(periscope_trace::PathSelector::none()),
     ))
     .await;
-    send(
-        plain_client(),
-        get_request(
-            format!("http://{traced}/health"),
-            &[("x-request-id", "probe-2")],
-        ),
-    )
-    .await;
+    get(traced, "/health", &[("x-request-id", "probe-2")]).await;
     assert_eq!(capture.spans_for("http_request", "probe-2").len(), 1);
 }
 
@@ -308,18 +265,16 @@ async fn trust_boundary_starts_a_new_trace_and_links_the_caller() {
     ))
     .await;
 
-    send(
-        plain_client(),
-        get_request(
-            format!("http://{addr}/hop"),
-            &[
-                ("x-request-id", "public-1"),
-                ("traceparent", INCOMING),
-                ("tracestate", "vendor=opaque"),
-                ("baggage", "user_tier=gold"),
-                ("x-org-id", "org_spoofed"),
-            ],
-        ),
+    get(
+        addr,
+        "/hop",
+        &[
+            ("x-request-id", "public-1"),
+            ("traceparent", INCOMING),
+            ("tracestate", "vendor=opaque"),
+            ("baggage", "user_tier=gold"),
+            ("x-org-id", "org_spoofed"),
+        ],
     )
     .await;
     let ctx = seen.lock().unwrap()[0].ctx.clone();
@@ -356,16 +311,14 @@ async fn a_job_continues_the_request_trace_and_request_id() {
         ctx
     });
 
-    send(
-        plain_client(),
-        get_request(
-            format!("http://{addr}/hop"),
-            &[
-                ("x-request-id", "job-req-1"),
-                ("traceparent", INCOMING),
-                ("x-org-id", "org_7"),
-            ],
-        ),
+    get(
+        addr,
+        "/hop",
+        &[
+            ("x-request-id", "job-req-1"),
+            ("traceparent", INCOMING),
+            ("x-org-id", "org_7"),
+        ],
     )
     .await;
     let job_ctx = worker.await.unwrap();
@@ -375,11 +328,7 @@ async fn a_job_continues_the_request_trace_and_request_id() {
     assert_eq!(job_ctx.parent_span_id, Some(request_ctx.span_id));
     assert_eq!(job_ctx.tenant.org_id(), Some("org_7"));
 
-    let line = capture
-        .lines_for("job-req-1")
-        .into_iter()
-        .find(|l| l.message == "job ran")
-        .unwrap();
+    let line = capture.line("job-req-1", "job ran", None);
     assert_eq!(line.ctx("trace_id"), Some(INCOMING_TRACE));
     assert_eq!(
         line.ctx("span_id"),

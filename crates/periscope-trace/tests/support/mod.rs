@@ -89,6 +89,17 @@ impl Capture {
             .collect()
     }
 
+    /// The line of request `id` with this message (and, when given, this `hop` field).
+    pub fn line(&self, id: &str, message: &str, hop: Option<&str>) -> Line {
+        self.lines_for(id)
+            .into_iter()
+            .find(|l| {
+                l.message == message
+                    && hop.is_none_or(|hop| l.fields.get("hop").map(String::as_str) == Some(hop))
+            })
+            .unwrap_or_else(|| panic!("no line {message:?} for {id} (hop {hop:?})"))
+    }
+
     /// Closed spans named `name` whose `request_id` is `id`.
     pub fn spans_for(&self, name: &str, id: &str) -> Vec<ClosedSpan> {
         self.spans()

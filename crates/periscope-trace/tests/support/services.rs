@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
+use axum::routing;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
@@ -73,10 +73,10 @@ async fn explode() -> StatusCode {
 
 pub fn app(hop_state: Hop, layer: CorrelationLayer) -> Router {
     Router::new()
-        .route("/hop", get(hop))
-        .route("/fail", get(fail))
-        .route("/panic", get(explode))
-        .route("/health", get(|| async { "ok" }))
+        .route("/hop", routing::get(hop))
+        .route("/fail", routing::get(fail))
+        .route("/panic", routing::get(explode))
+        .route("/health", routing::get(|| async { "ok" }))
         .with_state(hop_state)
         // Panic catching sits inside the correlation layer, so a panic becomes a 500 that
         // still gets the request id.
@@ -123,4 +123,13 @@ pub fn get_request(url: String, headers: &[(&str, &str)]) -> Request<Full<Bytes>
         request = request.header(*name, *value);
     }
     request.body(Full::new(Bytes::new())).unwrap()
+}
+
+/// A GET from an outside caller to `addr` + `path`, with these headers.
+pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> http::Response<Bytes> {
+    send(
+        super::plain_client(),
+        get_request(format!("http://{addr}{path}"), headers),
+    )
+    .await
 }
