@@ -69,9 +69,17 @@ fn parse(c: &mut Criterion) {
     });
     group.finish();
 
-    c.bench_function("request_id_generate", |b| {
+    let mut parts = c.benchmark_group("parts");
+    parts.bench_function("traceparent_parse", |b| {
+        b.iter(|| black_box(TraceParent::parse(black_box(TRACEPARENT))))
+    });
+    parts.bench_function("tracestate_parse", |b| {
+        b.iter(|| black_box(TraceState::parse(black_box(TRACESTATE))))
+    });
+    parts.bench_function("request_id_generate", |b| {
         b.iter(|| black_box(RequestId::generate()))
     });
+    parts.finish();
 }
 
 criterion_group!(benches, parse);

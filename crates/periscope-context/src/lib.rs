@@ -25,6 +25,8 @@
 //! assert!(outgoing["traceparent"].to_str().unwrap().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
 //! ```
 #![deny(missing_docs)]
+// Library code reports errors instead of panicking; tests, benches and examples may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod baggage;
 mod carrier;

@@ -80,8 +80,10 @@ impl TraceState {
         let mut members = 0usize;
         for value in values {
             let value = std::str::from_utf8(value).map_err(|_| TraceStateError::NotAscii)?;
+            // One allocation in the common case: the normalised text is never longer.
+            out.reserve(value.len());
             for member in value.split(',') {
-                let member = member.trim_matches([' ', '\t']);
+                let member = trim_ows(member);
                 if member.is_empty() {
                     continue;
                 }
@@ -95,13 +97,11 @@ impl TraceState {
                 validate_key(key)?;
                 validate_value(key, val)?;
                 // A duplicated key is kept once: the leftmost entry wins.
-                if !entries(&out).any(|(k, _)| k == key) {
+                if members == 1 || !entries(&out).any(|(k, _)| k == key) {
                     if !out.is_empty() {
                         out.push(',');
                     }
-                    out.push_str(key);
-                    out.push('=');
-                    out.push_str(val);
+                    out.push_str(member);
                 }
             }
         }
@@ -228,6 +228,21 @@ fn entries(normalised: &str) -> impl Iterator<Item = (&str, &str)> {
         .split(',')
         .filter(|m| !m.is_empty())
         .filter_map(|m| m.split_once('='))
+}
+
+/// Trims the optional whitespace (spaces and tabs) around a list member.
+fn trim_ows(s: &str) -> &str {
+    let bytes = s.as_bytes();
+    let start = bytes
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
+    // Both bounds sit next to ASCII bytes, so they are character boundaries.
+    s.get(start..end).unwrap_or_default()
 }
 
 fn truncated(s: &str) -> String {

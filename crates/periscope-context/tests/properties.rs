@@ -1,0 +1,92 @@
+//! Property tests: formatting then parsing gives back the value, and no input panics.
+
+use periscope_context::{
+    Baggage, ExtractOptions, RequestId, SpanId, TraceFlags, TraceId, TraceParent, TraceState,
+    extract, validate_id,
+};
+use proptest::prelude::*;
+
+fn trace_parent() -> impl Strategy<Value = TraceParent> {
+    (any::<u128>(), any::<u64>(), 0u8..4).prop_filter_map("non-zero ids", |(t, s, f)| {
+        Some(TraceParent::new(
+            TraceId::from_bytes(t.to_be_bytes())?,
+            SpanId::from_bytes(s.to_be_bytes())?,
+            TraceFlags::from_u8(f),
+        ))
+    })
+}
+
+fn trace_state() -> impl Strategy<Value = TraceState> {
+    let key = "[a-z0-9][a-z0-9_*/@-]{0,20}";
+    let value = "[ -+--<>-~]{0,20}[!-+--<>-~]";
+    proptest::collection::vec((key, value), 0..40).prop_map(|members| {
+        let mut state = TraceState::new();
+        for (k, v) in members {
+            state.insert(&k, &v).unwrap();
+        }
+        state
+    })
+}
+
+proptest! {
+    #[test]
+    fn traceparent_round_trips(tp in trace_parent()) {
+        prop_assert_eq!(TraceParent::parse(&tp.to_string()), Ok(tp));
+    }
+
+    #[test]
+    fn tracestate_round_trips(state in trace_state()) {
+        prop_assert!(state.len() <= 32);
+        prop_assert!(state.as_str().len() <= 512);
+        prop_assert_eq!(TraceState::parse(&state.to_string()), Ok(state));
+    }
+
+    #[test]
+    fn baggage_round_trips(members in proptest::collection::vec(("[A-Za-z0-9!#$&'*+.^_`|~-]{1,12}", any::<String>()), 0..80)) {
+        let mut baggage = Baggage::new();
+        for (k, v) in &members {
+            let _ = baggage.insert(k, v);
+        }
+        let text = baggage.to_string();
+        prop_assert!(baggage.len() <= 64);
+        prop_assert!(text.len() <= 8192);
+        prop_assert_eq!(Baggage::parse(&text), baggage);
+    }
+
+    #[test]
+    fn request_ids_round_trip(id in "[A-Za-z0-9._:-]{1,128}") {
+        let parsed = RequestId::parse(&id).unwrap();
+        prop_assert_eq!(parsed.as_str(), id.as_str());
+    }
+
+    #[test]
+    fn no_bytes_panic_the_parsers(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
+        let _ = TraceParent::parse_bytes(&bytes);
+        let _ = TraceState::parse_headers([bytes.as_slice()]);
+        let _ = Baggage::parse_headers([bytes.as_slice()]);
+        let _ = validate_id(&bytes);
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            let _ = RequestId::parse(text);
+        }
+    }
+
+    #[test]
+    fn extract_never_panics_and_always_yields_valid_ids(values in proptest::collection::vec(any::<Vec<u8>>(), 0..6)) {
+        let names = ["traceparent", "tracestate", "baggage", "x-request-id", "x-org-id", "x-correlation-id"];
+        let mut map = http::HeaderMap::new();
+        for (name, value) in names.iter().zip(&values) {
+            if let Ok(value) = http::HeaderValue::from_bytes(value) {
+                map.append(*name, value);
+            }
+        }
+        let ctx = extract(&map, &ExtractOptions::default()).context;
+        prop_assert!(validate_id(ctx.request_id.as_str().as_bytes()).is_ok());
+        prop_assert!(TraceParent::parse(&ctx.traceparent().to_string()).is_ok());
+        prop_assert!(ctx.trace_state.as_str().len() <= 512);
+    }
+
+    #[test]
+    fn near_valid_traceparents_never_panic(s in "[0-9a-fA-F. -]{50,60}") {
+        let _ = TraceParent::parse(&s);
+    }
+}

@@ -1,0 +1,179 @@
+//! An HTTP endpoint answering 2xx: a minimal HTTP/1.1 `GET` over a Tokio `TcpStream`.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::check::{Check, CheckError, CheckFuture};
+
+/// The most bytes read while looking for the status line.
+const MAX_STATUS_LINE: usize = 1024;
+
+/// Passes when `GET url` answers a 2xx status. Plain `http://` only (a sidecar, a model server,
+/// another service's `/health`); for `https://` write a check with your HTTP client.
+///
+/// # Errors
+///
+/// [`InvalidUrl`] when `url` is not an `http://host[:port][/path]` URL.
+pub fn http_get(url: &str) -> Result<HttpCheck, InvalidUrl> {
+    let invalid = |reason| InvalidUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let rest = url
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        .map(|_| &url[7..])
+        .ok_or_else(|| invalid("only http:// URLs are supported"))?;
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid("URLs cannot contain spaces or control characters"));
+    }
+    let rest = rest.split('#').next().unwrap_or_default();
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(split);
+    if authority.contains('@') {
+        return Err(invalid("credentials in the URL are not supported"));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        // A bare IPv6 address such as `[::1]` has colons but no port.
+        Some((host, port)) if !port.contains(']') => {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| invalid("the port is not a number from 0 to 65535"))?;
+            (host, port)
+        }
+        _ => (authority, 80),
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(invalid("the host is missing"));
+    }
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else if path.is_empty() {
+        "/".to_owned()
+    } else {
+        path.to_owned()
+    };
+    Ok(HttpCheck {
+        url: url.to_owned(),
+        connect_to: format!("{host}:{port}"),
+        host_header: authority.to_owned(),
+        path,
+    })
+}
+
+/// Why [`http_get`] refused a URL.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid health check URL {url:?}: {reason}; expected http://host[:port][/path]")]
+pub struct InvalidUrl {
+    url: String,
+    reason: &'static str,
+}
+
+/// The check [`http_get`] builds.
+#[derive(Clone, Debug)]
+pub struct HttpCheck {
+    url: String,
+    connect_to: String,
+    host_header: String,
+    path: String,
+}
+
+impl HttpCheck {
+    async fn status(&self) -> Result<u16, CheckError> {
+        let fail = |what: &str, error: std::io::Error| {
+            CheckError::msg(format!("GET {}: {what} failed: {error}", self.url))
+        };
+        let mut stream = TcpStream::connect(self.connect_to.as_str())
+            .await
+            .map_err(|error| fail("connect", error))?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: periscope-health\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            self.path, self.host_header
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|error| fail("send", error))?;
+        let mut head = Vec::with_capacity(128);
+        let mut chunk = [0_u8; 256];
+        while !head.contains(&b'\n') && head.len() < MAX_STATUS_LINE {
+            let read = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|error| fail("read", error))?;
+            if read == 0 {
+                break;
+            }
+            head.extend_from_slice(&chunk[..read]);
+        }
+        parse_status(&head)
+            .ok_or_else(|| CheckError::msg(format!("GET {}: the answer is not HTTP/1.x", self.url)))
+    }
+}
+
+/// The status code of `HTTP/1.x NNN ...`.
+fn parse_status(head: &[u8]) -> Option<u16> {
+    let line = head.split(|&byte| byte == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split(' ');
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let code = parts.next()?.trim_end();
+    (code.len() == 3).then(|| code.parse().ok()).flatten()
+}
+
+impl Check for HttpCheck {
+    fn check(&self) -> CheckFuture<'_> {
+        Box::pin(async move {
+            match self.status().await? {
+                200..=299 => Ok(()),
+                status => Err(CheckError::msg(format!(
+                    "GET {} answered {status}",
+                    self.url
+                ))),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let check = http_get("http://127.0.0.1:9000/health?deep=1#x").unwrap();
+        assert_eq!(check.connect_to, "127.0.0.1:9000");
+        assert_eq!(check.host_header, "127.0.0.1:9000");
+        assert_eq!(check.path, "/health?deep=1");
+        let check = http_get("HTTP://[::1]").unwrap();
+        assert_eq!(check.connect_to, "[::1]:80");
+        assert_eq!(check.path, "/");
+        assert_eq!(http_get("http://svc?x").unwrap().path, "/?x");
+    }
+
+    #[test]
+    fn refuses_bad_urls() {
+        for url in [
+            "https://example.com/",
+            "http://",
+            "http://host:99999/",
+            "http://user:pw@host/",
+            "http://host/a b",
+            "http://host/\r\nX-Injected: 1",
+            "",
+            "é",
+        ] {
+            assert!(http_get(url).is_err(), "{url:?}");
+        }
+    }
+
+    #[test]
+    fn reads_status_lines() {
+        assert_eq!(parse_status(b"HTTP/1.1 204 No Content\r\n"), Some(204));
+        assert_eq!(parse_status(b"HTTP/1.0 503\r\n"), Some(503));
+        assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
+        assert_eq!(parse_status(b""), None);
+    }
+}

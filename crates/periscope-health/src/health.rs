@@ -1,0 +1,390 @@
+//! [`Health`], the shared state behind every probe, and its builder.
+
+use std::collections::HashSet;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::check::{Check, HealthCheck, check_fn};
+use crate::gate::{DrainHandle, StartupGate};
+use crate::render::{Details, Probe};
+use crate::report::{Report, Status, status_of};
+use crate::runner::{NoRuntime, Poller, Runner};
+
+/// The timeout a check gets unless it sets its own.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a run's results answer probes unless changed.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Liveness, readiness and startup state for one service. Cheap to clone: clones share the
+/// checks, the cache, the gates and the drain switch.
+///
+/// ```
+/// use std::time::Duration;
+/// use periscope_health::{Health, HealthCheck, StartupGate, Status, check_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), periscope_health::BuildError> {
+/// let model_loaded = StartupGate::new("model_loaded");
+/// let health = Health::builder()
+///     .version("1.4.2")
+///     .check("database", || async { Ok::<_, std::io::Error>(()) })
+///     .add_check(
+///         HealthCheck::new("s3", check_fn(|| async { Err::<(), _>("bucket unreachable") }))
+///             .non_critical()
+///             .timeout(Duration::from_millis(500)),
+///     )
+///     .startup_gate(model_loaded.clone())
+///     .build()?;
+///
+/// assert_eq!(health.readiness().await.status(), Status::Starting);
+/// model_loaded.open();
+/// assert_eq!(health.readiness().await.status(), Status::Degraded); // only s3 failed
+///
+/// health.drain_handle().drain();
+/// assert_eq!(health.readiness().await.status(), Status::Draining);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    runner: Arc<Runner>,
+    gates: Vec<StartupGate>,
+    drain: DrainHandle,
+    version: Option<Arc<str>>,
+    started: Instant,
+    details: Details,
+}
+
+impl Health {
+    /// Starts building: no checks, no gates, 2 s default timeout, 1 s cache, full details.
+    pub fn builder() -> HealthBuilder {
+        HealthBuilder::default()
+    }
+
+    /// Liveness: always `ok` while the process can answer. Never touches a dependency, so a
+    /// database outage never gets the process restarted.
+    pub fn liveness(&self) -> Report {
+        self.report(Status::Ok, Vec::new(), None)
+    }
+
+    /// Startup: `starting` while a startup gate is closed, `ok` after. Runs no check.
+    pub fn startup(&self) -> Report {
+        let waiting_for = self.closed_gates();
+        let status = if waiting_for.is_empty() {
+            Status::Ok
+        } else {
+            Status::Starting
+        };
+        self.report(status, waiting_for, None)
+    }
+
+    /// Readiness: `draining`, else `starting` while a gate is closed, else the checks' result
+    /// (`ok`, `degraded` or `fail`), from the cache, the run in flight, or a new run.
+    pub async fn readiness(&self) -> Report {
+        match self.readiness_now() {
+            Some(report) => report,
+            None => {
+                let run = self.inner.runner.latest().await;
+                let status = status_of(&run.outcomes);
+                self.report(status, Vec::new(), Some(run))
+            }
+        }
+    }
+
+    /// The readiness answer when it needs no waiting: draining, starting, or a fresh cache.
+    pub(crate) fn readiness_now(&self) -> Option<Report> {
+        if self.inner.drain.is_draining() {
+            return Some(self.report(Status::Draining, Vec::new(), None));
+        }
+        let waiting_for = self.closed_gates();
+        if !waiting_for.is_empty() {
+            return Some(self.report(Status::Starting, waiting_for, None));
+        }
+        let run = self.inner.runner.cached()?;
+        Some(self.report(status_of(&run.outcomes), Vec::new(), Some(run)))
+    }
+
+    /// The names of the startup gates still closed.
+    pub fn waiting_for(&self) -> Vec<String> {
+        self.closed_gates()
+            .iter()
+            .map(|name| name.to_string())
+            .collect()
+    }
+
+    fn closed_gates(&self) -> Vec<Arc<str>> {
+        self.inner
+            .gates
+            .iter()
+            .filter(|gate| !gate.is_open())
+            .map(|gate| Arc::from(gate.name()))
+            .collect()
+    }
+
+    fn report(
+        &self,
+        status: Status,
+        waiting_for: Vec<Arc<str>>,
+        run: Option<Arc<crate::report::CheckRun>>,
+    ) -> Report {
+        Report {
+            status,
+            version: self.inner.version.clone(),
+            uptime: self.inner.started.elapsed(),
+            waiting_for,
+            run,
+        }
+    }
+
+    /// The switch that flips readiness to 503 `draining` (wire it to SIGTERM).
+    pub fn drain_handle(&self) -> DrainHandle {
+        self.inner.drain.clone()
+    }
+
+    /// The startup gate registered under `name`.
+    pub fn startup_gate(&self, name: &str) -> Option<StartupGate> {
+        self.inner
+            .gates
+            .iter()
+            .find(|gate| gate.name() == name)
+            .cloned()
+    }
+
+    /// Whether responses carry error texts.
+    pub fn details(&self) -> Details {
+        self.inner.details
+    }
+
+    /// Background mode: runs the checks every `every` (at least 100 ms) in a task, and probes
+    /// answer from the last run whatever its age, so no probe ever waits on a dependency.
+    /// Polling stops when the returned [`Poller`] is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`NoRuntime`] when called outside a Tokio runtime.
+    pub fn spawn_poller(&self, every: Duration) -> Result<Poller, NoRuntime> {
+        self.inner.runner.spawn_poller(every)
+    }
+
+    /// Registers `health_check_status{check}` (1 pass, 0 fail) and
+    /// `health_check_duration_seconds{check}` into `registry`; both are updated after every run.
+    /// Use `registry.sub_registry_with_prefix(..)` for other names.
+    #[cfg(feature = "metrics")]
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.inner
+            .runner
+            .metrics
+            .get_or_init(Default::default)
+            .register(registry);
+    }
+
+    pub(crate) fn respond(&self, probe: Probe) -> Option<Report> {
+        match probe {
+            Probe::Liveness => Some(self.liveness()),
+            Probe::Startup => Some(self.startup()),
+            Probe::Readiness => self.readiness_now(),
+        }
+    }
+}
+
+/// Builds a [`Health`].
+#[derive(Debug)]
+#[must_use]
+pub struct HealthBuilder {
+    checks: Vec<HealthCheck>,
+    gates: Vec<StartupGate>,
+    version: Option<String>,
+    default_timeout: Duration,
+    cache_ttl: Duration,
+    details: Details,
+}
+
+impl Default for HealthBuilder {
+    fn default() -> Self {
+        Self {
+            checks: Vec::new(),
+            gates: Vec::new(),
+            version: None,
+            default_timeout: DEFAULT_TIMEOUT,
+            cache_ttl: DEFAULT_CACHE_TTL,
+            details: Details::default(),
+        }
+    }
+}
+
+impl HealthBuilder {
+    /// The service version shown by `/ready` (for example `env!("CARGO_PKG_VERSION")`).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// Adds a critical check from an async closure, under the default timeout.
+    ///
+    /// The closure's future may return any `Result<T, E>` whose error converts into
+    /// `Box<dyn Error + Send + Sync>` (`String`, `&str`, any error type, `anyhow::Error`).
+    pub fn check<F, Fut, T, E>(self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        self.add_check(HealthCheck::new(name, check_fn(f)))
+    }
+
+    /// Adds a non-critical check from an async closure: its failure makes readiness `degraded`.
+    pub fn non_critical_check<F, Fut, T, E>(self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        self.add_check(HealthCheck::new(name, check_fn(f)).non_critical())
+    }
+
+    /// Adds a critical check implemented as a [`Check`] (a trait object or a ready-made check
+    /// from [`checks`](crate::checks)).
+    pub fn check_with(self, name: impl Into<String>, check: impl Check) -> Self {
+        self.add_check(HealthCheck::new(name, check))
+    }
+
+    /// Adds a check with its options.
+    pub fn add_check(mut self, check: HealthCheck) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    /// Adds a startup gate: readiness and startup answer `starting` until it is opened.
+    pub fn startup_gate(mut self, gate: StartupGate) -> Self {
+        self.gates.push(gate);
+        self
+    }
+
+    /// The timeout of checks that set none (default 2 s).
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.default_timeout = timeout;
+        self
+    }
+
+    /// How long a run's results answer later probes (default 1 s; zero keeps only the
+    /// sharing of one run between concurrent probes).
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// Whether error texts appear in responses (default [`Details::Full`]).
+    pub fn details(mut self, details: Details) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// Checks the configuration and builds.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError`] for an empty or repeated check or gate name, or a zero timeout.
+    pub fn build(self) -> Result<Health, BuildError> {
+        let mut names = HashSet::new();
+        for check in &self.checks {
+            if check.name().is_empty() {
+                return Err(BuildError::EmptyName);
+            }
+            if !names.insert(check.name()) {
+                return Err(BuildError::DuplicateCheck(check.name().to_owned()));
+            }
+            if check.timeout.unwrap_or(self.default_timeout).is_zero() {
+                return Err(BuildError::ZeroTimeout(check.name().to_owned()));
+            }
+        }
+        let mut gate_names = HashSet::new();
+        for gate in &self.gates {
+            if gate.name().is_empty() {
+                return Err(BuildError::EmptyName);
+            }
+            if !gate_names.insert(gate.name()) {
+                return Err(BuildError::DuplicateGate(gate.name().to_owned()));
+            }
+        }
+        let runner = Runner::new(self.checks, self.default_timeout, self.cache_ttl);
+        Ok(Health {
+            inner: Arc::new(Inner {
+                runner: Arc::new(runner),
+                gates: self.gates,
+                drain: DrainHandle::default(),
+                version: self.version.map(Arc::from),
+                started: Instant::now(),
+                details: self.details,
+            }),
+        })
+    }
+}
+
+/// Why [`HealthBuilder::build`] refused the configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BuildError {
+    /// A check or gate has an empty name.
+    #[error(
+        "a health check or startup gate has an empty name: give each a name such as \"database\""
+    )]
+    EmptyName,
+    /// Two checks share a name.
+    #[error(
+        "two health checks are named {0:?}: names key the response and the metrics, make them unique"
+    )]
+    DuplicateCheck(String),
+    /// Two gates share a name.
+    #[error("two startup gates are named {0:?}: make gate names unique")]
+    DuplicateGate(String),
+    /// A check's timeout is zero.
+    #[error(
+        "health check {0:?} has a zero timeout, so it could never pass: give it at least a few milliseconds"
+    )]
+    ZeroTimeout(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_rejects_bad_configuration() {
+        let ok = || async { Ok::<_, String>(()) };
+        assert_eq!(
+            Health::builder()
+                .check("db", ok)
+                .check("db", ok)
+                .build()
+                .err(),
+            Some(BuildError::DuplicateCheck("db".into()))
+        );
+        assert_eq!(
+            Health::builder().check("", ok).build().err(),
+            Some(BuildError::EmptyName)
+        );
+        assert_eq!(
+            Health::builder()
+                .default_timeout(Duration::ZERO)
+                .check("db", ok)
+                .build()
+                .err(),
+            Some(BuildError::ZeroTimeout("db".into()))
+        );
+        assert_eq!(
+            Health::builder()
+                .startup_gate(StartupGate::new("model"))
+                .startup_gate(StartupGate::new("model"))
+                .build()
+                .err(),
+            Some(BuildError::DuplicateGate("model".into()))
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! Running the readiness checks: concurrently, each in its own task under its own timeout, with
+//! a short result cache, one shared run for concurrent probes, and optional background polling.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared, join_all};
+use tokio::runtime::Handle;
+use tokio::task::AbortHandle;
+
+use crate::check::HealthCheck;
+use crate::report::{CheckOutcome, CheckRun};
+
+type SharedRun = Shared<BoxFuture<'static, Arc<CheckRun>>>;
+
+/// Runs the checks; shared by every probe of one [`Health`](crate::Health).
+pub(crate) struct Runner {
+    checks: Vec<HealthCheck>,
+    default_timeout: Duration,
+    cache_ttl: Duration,
+    state: Mutex<RunState>,
+    /// Background pollers alive: while one is, probes answer from its last run whatever its age.
+    pollers: AtomicUsize,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: std::sync::OnceLock<crate::metrics::HealthMetrics>,
+}
+
+#[derive(Default)]
+struct RunState {
+    last: Option<Arc<CheckRun>>,
+    in_flight: Option<SharedRun>,
+}
+
+impl Runner {
+    pub(crate) fn new(
+        checks: Vec<HealthCheck>,
+        default_timeout: Duration,
+        cache_ttl: Duration,
+    ) -> Self {
+        Self {
+            checks,
+            default_timeout,
+            cache_ttl,
+            state: Mutex::default(),
+            pollers: AtomicUsize::new(0),
+            #[cfg(feature = "metrics")]
+            metrics: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, RunState> {
+        // The lock is never held across an await or user code, so a poisoned lock still holds
+        // consistent data.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The last run when it is still fresh (or kept fresh by a poller), without waiting.
+    pub(crate) fn cached(&self) -> Option<Arc<CheckRun>> {
+        let polled = self.pollers.load(Ordering::Acquire) > 0;
+        let state = self.state();
+        state
+            .last
+            .as_ref()
+            .filter(|run| polled || run.finished.elapsed() < self.cache_ttl)
+            .cloned()
+    }
+
+    /// The cached run, or the run in flight, or a new run: concurrent callers share one.
+    pub(crate) async fn latest(self: &Arc<Self>) -> Arc<CheckRun> {
+        if let Some(run) = self.cached() {
+            return run;
+        }
+        self.join_or_start().await
+    }
+
+    /// Joins the run in flight, or starts one, ignoring the cache.
+    fn join_or_start(self: &Arc<Self>) -> SharedRun {
+        let mut state = self.state();
+        if let Some(run) = &state.in_flight {
+            return run.clone();
+        }
+        let run = match Handle::try_current() {
+            Ok(handle) => {
+                // The run is its own task, so a probe that gives up (client gone) does not
+                // cancel the run the other probes wait on.
+                let task = handle.spawn(Arc::clone(self).execute());
+                let runner = Arc::downgrade(self);
+                async move {
+                    match task.await {
+                        Ok(run) => run,
+                        Err(_) => aborted_run(&runner),
+                    }
+                }
+                .boxed()
+                .shared()
+            }
+            Err(_) => {
+                let outcomes = self
+                    .checks
+                    .iter()
+                    .map(|check| failed(check, Duration::ZERO, NO_RUNTIME.to_owned()))
+                    .collect();
+                let run = Arc::new(CheckRun {
+                    outcomes,
+                    finished: Instant::now(),
+                });
+                return async move { run }.boxed().shared();
+            }
+        };
+        state.in_flight = Some(run.clone());
+        run
+    }
+
+    /// Runs every check concurrently, stores the result as the last run and reports it.
+    async fn execute(self: Arc<Self>) -> Arc<CheckRun> {
+        let outcomes = join_all(
+            self.checks
+                .iter()
+                .map(|check| run_one(check, check.timeout.unwrap_or(self.default_timeout))),
+        )
+        .await;
+        let run = Arc::new(CheckRun {
+            outcomes,
+            finished: Instant::now(),
+        });
+        let previous = {
+            let mut state = self.state();
+            state.in_flight = None;
+            state.last.replace(Arc::clone(&run))
+        };
+        log_changes(previous.as_deref(), &run);
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = self.metrics.get() {
+            metrics.record(&run.outcomes);
+        }
+        run
+    }
+
+    /// Starts a task that runs the checks every `every` (at least [`MIN_POLL_INTERVAL`]);
+    /// stopped when the returned [`Poller`] is dropped.
+    pub(crate) fn spawn_poller(self: &Arc<Self>, every: Duration) -> Result<Poller, NoRuntime> {
+        let handle = Handle::try_current().map_err(|_| NoRuntime)?;
+        let every = every.max(MIN_POLL_INTERVAL);
+        let runner = Arc::downgrade(self);
+        self.pollers.fetch_add(1, Ordering::AcqRel);
+        let task = handle.spawn(async move {
+            loop {
+                let Some(runner) = runner.upgrade() else {
+                    return;
+                };
+                let run = runner.join_or_start();
+                drop(runner);
+                run.await;
+                tokio::time::sleep(every).await;
+            }
+        });
+        Ok(Poller {
+            task: task.abort_handle(),
+            runner: Arc::downgrade(self),
+        })
+    }
+}
+
+/// The shortest interval a [`Poller`] runs the checks at.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+const NO_RUNTIME: &str = "no Tokio runtime: serve the probes from inside a Tokio runtime";
+
+/// Returned when background polling is asked for outside a Tokio runtime.
+#[derive(Debug, thiserror::Error)]
+#[error("no Tokio runtime: start the health poller from inside a Tokio runtime")]
+pub struct NoRuntime;
+
+/// Keeps background polling alive; dropping it stops the polling, and probes go back to running
+/// the checks on demand.
+#[derive(Debug)]
+#[must_use = "polling stops when the Poller is dropped"]
+pub struct Poller {
+    task: AbortHandle,
+    runner: Weak<Runner>,
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some(runner) = self.runner.upgrade() {
+            runner.pollers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("checks", &self.checks)
+            .field("cache_ttl", &self.cache_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The run task was cancelled (the runtime is shutting down): every check failed, nothing cached.
+fn aborted_run(runner: &Weak<Runner>) -> Arc<CheckRun> {
+    let outcomes = match runner.upgrade() {
+        Some(runner) => {
+            runner.state().in_flight = None;
+            runner
+                .checks
+                .iter()
+                .map(|check| failed(check, Duration::ZERO, "check run was cancelled".to_owned()))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    Arc::new(CheckRun {
+        outcomes,
+        finished: Instant::now(),
+    })
+}
+
+/// Runs one check in its own task: a panic is caught by the task, and at the timeout the task is
+/// aborted. (A check that blocks its thread instead of awaiting cannot be cut off reliably: the
+/// `Check` docs ask for `spawn_blocking` around blocking work.)
+async fn run_one(check: &HealthCheck, timeout: Duration) -> CheckOutcome {
+    let started = Instant::now();
+    let inner = Arc::clone(&check.check);
+    let mut task = tokio::spawn(async move { inner.check().await });
+    let error = match tokio::time::timeout(timeout, &mut task).await {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(error))) => Some(error.message().to_owned()),
+        Ok(Err(join_error)) if join_error.is_panic() => {
+            let payload = join_error.into_panic();
+            let panic = panic_text(&payload);
+            tracing::error!(check = %check.name, panic, "health check panicked");
+            Some("check panicked".to_owned())
+        }
+        Ok(Err(_)) => Some("check was cancelled".to_owned()),
+        Err(_) => {
+            task.abort();
+            Some(format!("timed out after {}", format_duration(timeout)))
+        }
+    };
+    let duration = started.elapsed();
+    match error {
+        None => CheckOutcome {
+            name: Arc::clone(&check.name),
+            critical: check.critical,
+            duration,
+            error: None,
+        },
+        Some(error) => failed(check, duration, error),
+    }
+}
+
+fn failed(check: &HealthCheck, duration: Duration, error: String) -> CheckOutcome {
+    CheckOutcome {
+        name: Arc::clone(&check.name),
+        critical: check.critical,
+        duration,
+        error: Some(error),
+    }
+}
+
+fn panic_text(payload: &Box<dyn Any + Send>) -> &str {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        text
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text
+    } else {
+        "non-string panic payload"
+    }
+}
+
+/// `2s`, `100ms`, or Debug form for finer durations.
+pub(crate) fn format_duration(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        format!("{}s", duration.as_secs())
+    } else if duration.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", duration.as_millis())
+    } else {
+        format!("{duration:?}")
+    }
+}
+
+/// Logs a check when it starts failing, fails differently, or recovers: the log always holds the
+/// full error text, even when responses withhold it, without repeating it on every probe.
+fn log_changes(previous: Option<&CheckRun>, run: &CheckRun) {
+    for (index, outcome) in run.outcomes.iter().enumerate() {
+        let before = previous.and_then(|previous| previous.outcomes.get(index));
+        let before_error = before.and_then(|before| before.error.as_deref());
+        match (&outcome.error, before_error) {
+            (Some(error), before) if before != Some(error.as_str()) => tracing::warn!(
+                check = %outcome.name,
+                critical = outcome.critical,
+                duration_ms = duration_ms(outcome.duration),
+                error = %error,
+                "health check failed"
+            ),
+            (None, Some(_)) => tracing::info!(check = %outcome.name, "health check recovered"),
+            _ => {}
+        }
+    }
+}
+
+pub(crate) fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_config() {
+        assert_eq!(format_duration(Duration::from_secs(2)), "2s");
+        assert_eq!(format_duration(Duration::from_millis(100)), "100ms");
+        assert_eq!(format_duration(Duration::from_micros(1500)), "1.5ms");
+    }
+}

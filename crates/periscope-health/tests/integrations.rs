@@ -1,0 +1,93 @@
+//! The probes inside other stacks: an axum app, `ProbeLayer` in front of a hyper service, and the
+//! Prometheus metrics.
+
+mod support;
+
+use std::convert::Infallible;
+
+use http::{Request, Response};
+use periscope_health::{Health, ProbeLayer};
+use support::{get, serve};
+
+#[cfg(feature = "axum")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_axum_router_merges_into_an_app() {
+    let gate = periscope_health::StartupGate::new("warm_cache");
+    let health = Health::builder()
+        .check("database", || async { Ok::<_, String>(()) })
+        .startup_gate(gate.clone())
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .route("/hello", axum::routing::get(|| async { "hello" }))
+        .merge(health.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    assert_eq!(get(addr, "/hello").await.body, "hello");
+    assert_eq!(get(addr, "/health").await.json()["status"], "ok");
+    assert_eq!(get(addr, "/startup").await.status, 503);
+    assert_eq!(get(addr, "/ready").await.json()["status"], "starting");
+    gate.open();
+    assert_eq!(get(addr, "/startup").await.status, 200);
+    let ready = get(addr, "/ready").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["checks"]["database"]["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_answers_probes_and_passes_everything_else_through() {
+    let health = Health::builder().build().unwrap();
+    let app = tower::ServiceBuilder::new()
+        .layer(ProbeLayer::new(health.clone()))
+        .service(tower::service_fn(
+            |request: Request<hyper::body::Incoming>| async move {
+                let body = format!("app saw {} {}", request.method(), request.uri().path());
+                Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from(body),
+                )))
+            },
+        ));
+    let addr = serve(app).await;
+
+    assert_eq!(get(addr, "/ready").await.json()["status"], "ok");
+    assert_eq!(get(addr, "/health").await.json()["status"], "ok");
+    assert_eq!(get(addr, "/orders").await.body, "app saw GET /orders");
+    let post = support::request(addr, "POST", "/ready", &[("content-length", "0")]).await;
+    assert_eq!(
+        post.body, "app saw POST /ready",
+        "only GET and HEAD are probes"
+    );
+}
+
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_metrics_are_exposed_in_the_registry() {
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::registry::Registry;
+
+    let health = Health::builder()
+        .check("database", || async { Ok::<_, String>(()) })
+        .non_critical_check("s3", || async { Err::<(), _>("down") })
+        .build()
+        .unwrap();
+    let mut registry = Registry::default();
+    health.register_metrics(&mut registry);
+    health.readiness().await;
+
+    let mut text = String::new();
+    encode(&mut text, &registry).unwrap();
+    let value = |series: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(series))
+            .unwrap_or_else(|| panic!("{series} missing in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("health_check_status{check=\"database\"}"), 1.0);
+    assert_eq!(value("health_check_status{check=\"s3\"}"), 0.0);
+    assert!(value("health_check_duration_seconds{check=\"database\"}") >= 0.0);
+    assert!(text.contains("# TYPE health_check_status gauge"));
+    assert!(text.contains("# TYPE health_check_duration_seconds gauge"));
+}

@@ -1,0 +1,475 @@
+//! The probes over a real socket on 127.0.0.1: status rules, timeouts, single flight, panics,
+//! draining, startup gates, withheld details and the three renderings.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use periscope_health::{Details, Health, HealthBuilder, HealthCheck, StartupGate, check_fn};
+use support::{get, get_with, serve};
+
+/// Builds the health and serves it on 127.0.0.1.
+async fn serve_health(builder: HealthBuilder) -> (Health, SocketAddr) {
+    let health = builder.build().unwrap();
+    let addr = serve(health.service()).await;
+    (health, addr)
+}
+
+/// A passing check that counts its runs.
+fn counting(
+    runs: &Arc<AtomicUsize>,
+) -> impl Fn() -> std::future::Ready<Result<(), String>> + Send + Sync + 'static {
+    let runs = Arc::clone(runs);
+    move || {
+        runs.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(()))
+    }
+}
+
+fn ok_check() -> impl Fn() -> std::future::Ready<Result<(), String>> + Send + Sync + 'static {
+    || std::future::ready(Ok(()))
+}
+
+fn failing(
+    error: &'static str,
+) -> impl Fn() -> std::future::Ready<Result<(), String>> + Send + Sync + 'static {
+    move || std::future::ready(Err(error.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_checks_passing_answer_200_ok() {
+    let (_, addr) = serve_health(
+        Health::builder()
+            .version("1.4.2")
+            .check("database", ok_check())
+            .non_critical_check("s3", ok_check()),
+    )
+    .await;
+
+    let response = get(addr, "/ready").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert_eq!(response.header("cache-control"), Some("no-store"));
+    let json = response.json();
+    assert_eq!(json["status"], "ok");
+    assert_eq!(json["version"], "1.4.2");
+    assert!(json["uptime_s"].is_u64());
+    assert_eq!(json["checks"]["database"]["status"], "ok");
+    assert!(json["checks"]["database"]["duration_ms"].is_u64());
+    assert!(json["checks"]["database"].get("critical").is_none());
+    assert!(json["checks"]["database"].get("error").is_none());
+    assert_eq!(json["checks"]["s3"]["critical"], false);
+
+    let live = get(addr, "/health").await;
+    assert_eq!(live.status, 200);
+    assert_eq!(live.json(), serde_json::json!({"status": "ok"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_non_critical_check_answers_200_degraded() {
+    let (_, addr) = serve_health(
+        Health::builder()
+            .check("database", ok_check())
+            .non_critical_check("s3", failing("bucket unreachable")),
+    )
+    .await;
+
+    let response = get(addr, "/ready").await;
+    assert_eq!(response.status, 200);
+    let json = response.json();
+    assert_eq!(json["status"], "degraded");
+    assert_eq!(json["checks"]["database"]["status"], "ok");
+    assert_eq!(json["checks"]["s3"]["status"], "fail");
+    assert_eq!(json["checks"]["s3"]["critical"], false);
+    assert_eq!(json["checks"]["s3"]["error"], "bucket unreachable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_critical_check_answers_503_fail() {
+    let (_, addr) = serve_health(
+        Health::builder()
+            .check("database", failing("connection refused"))
+            .non_critical_check("s3", ok_check()),
+    )
+    .await;
+
+    let response = get(addr, "/ready").await;
+    assert_eq!(response.status, 503);
+    let json = response.json();
+    assert_eq!(json["status"], "fail");
+    assert_eq!(json["checks"]["database"]["error"], "connection refused");
+    // Liveness never looks at dependencies.
+    assert_eq!(get(addr, "/health").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_startup_gate_answers_503_starting_until_opened() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let model_loaded = StartupGate::new("model_loaded");
+    let (_, addr) = serve_health(
+        Health::builder()
+            .check("database", counting(&runs))
+            .startup_gate(model_loaded.clone()),
+    )
+    .await;
+
+    let ready = get(addr, "/ready").await;
+    assert_eq!(ready.status, 503);
+    let json = ready.json();
+    assert_eq!(json["status"], "starting");
+    assert_eq!(json["waiting_for"], serde_json::json!(["model_loaded"]));
+    assert_eq!(json["checks"], serde_json::json!({}));
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "checks do not run while starting"
+    );
+
+    let startup = get(addr, "/startup").await;
+    assert_eq!(startup.status, 503);
+    assert_eq!(startup.json()["status"], "starting");
+    assert_eq!(get(addr, "/health").await.status, 200);
+
+    model_loaded.open();
+    let startup = get(addr, "/startup").await;
+    assert_eq!(startup.status, 200);
+    assert_eq!(startup.json()["status"], "ok");
+    assert!(startup.json().get("waiting_for").is_none());
+    let ready = get(addr, "/ready").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["checks"]["database"]["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_answers_503_while_liveness_stays_200() {
+    let (health, addr) = serve_health(Health::builder().check("database", ok_check())).await;
+    assert_eq!(get(addr, "/ready").await.status, 200);
+
+    let drain = health.drain_handle();
+    drain.drain();
+    let ready = get(addr, "/ready").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["status"], "draining");
+    assert_eq!(get(addr, "/health").await.status, 200);
+
+    drain.resume();
+    assert_eq!(get(addr, "/ready").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_check_is_cut_off_at_its_timeout() {
+    let (_, addr) = serve_health(
+        Health::builder().check("database", ok_check()).add_check(
+            HealthCheck::new(
+                "slow",
+                check_fn(|| async {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    Ok::<_, String>(())
+                }),
+            )
+            .timeout(Duration::from_millis(100)),
+        ),
+    )
+    .await;
+
+    let started = Instant::now();
+    let response = get(addr, "/ready").await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "answered after {elapsed:?}"
+    );
+    assert_eq!(response.status, 503);
+    let json = response.json();
+    assert_eq!(json["checks"]["slow"]["status"], "fail");
+    assert_eq!(json["checks"]["slow"]["error"], "timed out after 100ms");
+    assert!(json["checks"]["slow"]["duration_ms"].as_u64().unwrap() >= 100);
+    assert_eq!(json["checks"]["database"]["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_concurrent_probes_run_each_check_once() {
+    let database_runs = Arc::new(AtomicUsize::new(0));
+    let cache_runs = Arc::new(AtomicUsize::new(0));
+    let counted = |runs: &Arc<AtomicUsize>| {
+        let runs = Arc::clone(runs);
+        move || {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async {
+                // Slow enough that every probe arrives while the run is in flight.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, String>(())
+            }
+        }
+    };
+    let (_, addr) = serve_health(
+        Health::builder()
+            .check("database", counted(&database_runs))
+            .non_critical_check("cache", counted(&cache_runs))
+            .cache_ttl(Duration::from_secs(60)),
+    )
+    .await;
+
+    let probes: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(async move { get(addr, "/ready").await }))
+        .collect();
+    for probe in probes {
+        let response = probe.await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.json()["status"], "ok");
+    }
+    assert_eq!(database_runs.load(Ordering::SeqCst), 1);
+    assert_eq!(cache_runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_check_fails_and_the_server_stays_up() {
+    let (_, addr) = serve_health(
+        Health::builder()
+            .check("database", ok_check())
+            .check("buggy", || async {
+                let numbers: Vec<u32> = Vec::new();
+                let first = numbers[0];
+                Ok::<_, String>(first)
+            })
+            .cache_ttl(Duration::ZERO),
+    )
+    .await;
+
+    for _ in 0..2 {
+        let response = get(addr, "/ready").await;
+        assert_eq!(response.status, 503);
+        let json = response.json();
+        assert_eq!(json["status"], "fail");
+        assert_eq!(json["checks"]["buggy"]["status"], "fail");
+        assert_eq!(json["checks"]["buggy"]["error"], "check panicked");
+        assert_eq!(json["checks"]["database"]["status"], "ok");
+    }
+    assert_eq!(get(addr, "/health").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withheld_details_never_show_the_error_text() {
+    const SECRET: &str = "password authentication failed for user svc at db.internal:5432";
+    let (_, addr) = serve_health(
+        Health::builder()
+            .check("database", failing(SECRET))
+            .non_critical_check("s3", failing(SECRET))
+            .details(Details::Withheld),
+    )
+    .await;
+
+    for (path, accept) in [
+        ("/ready", None),
+        ("/ready", Some("application/health+json")),
+        ("/ready?verbose", None),
+    ] {
+        let response = match accept {
+            Some(accept) => get_with(addr, path, &[("accept", accept)]).await,
+            None => get(addr, path).await,
+        };
+        assert_eq!(response.status, 503, "{path} {accept:?}");
+        assert!(
+            !response.body.contains("password"),
+            "{path} {accept:?}: {}",
+            response.body
+        );
+        assert!(
+            !response.body.contains("db.internal"),
+            "{path} {accept:?}: {}",
+            response.body
+        );
+    }
+    let json = get(addr, "/ready").await.json();
+    assert_eq!(json["checks"]["database"]["status"], "fail");
+    assert!(json["checks"]["database"].get("error").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_json_is_served_on_request() {
+    let (health, addr) = serve_health(
+        Health::builder()
+            .version("2.0.0")
+            .check("database", ok_check())
+            .non_critical_check("s3", failing("bucket unreachable")),
+    )
+    .await;
+
+    let response = get_with(addr, "/ready", &[("accept", "application/health+json")]).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/health+json")
+    );
+    let json = response.json();
+    assert_eq!(json["status"], "warn");
+    assert_eq!(json["releaseId"], "2.0.0");
+    assert_eq!(json["checks"]["database:responseTime"][0]["status"], "pass");
+    assert_eq!(
+        json["checks"]["database:responseTime"][0]["observedUnit"],
+        "ms"
+    );
+    assert_eq!(json["checks"]["s3:responseTime"][0]["status"], "warn");
+    assert_eq!(
+        json["checks"]["s3:responseTime"][0]["output"],
+        "bucket unreachable"
+    );
+    assert_eq!(json["checks"]["uptime"][0]["observedUnit"], "s");
+
+    let live = get_with(addr, "/health", &[("accept", "application/health+json")]).await;
+    assert_eq!(live.json(), serde_json::json!({"status": "pass"}));
+
+    health.drain_handle().drain();
+    let draining = get_with(addr, "/ready", &[("accept", "application/health+json")]).await;
+    assert_eq!(draining.status, 503);
+    assert_eq!(draining.json()["status"], "fail");
+    assert_eq!(draining.json()["output"], "draining");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_text_lists_each_check() {
+    let gate = StartupGate::new("model_loaded");
+    let (_, addr) = serve_health(
+        Health::builder()
+            .check("database", ok_check())
+            .non_critical_check("s3", failing("bucket\nunreachable"))
+            .startup_gate(gate.clone()),
+    )
+    .await;
+
+    let starting = get(addr, "/ready?verbose").await;
+    assert_eq!(starting.status, 503);
+    assert_eq!(
+        starting.body,
+        "[-]startup:model_loaded waiting\nready check failed: starting\n"
+    );
+
+    gate.open();
+    let ready = get(addr, "/ready?verbose").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(
+        ready.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(
+        ready.body,
+        "[+]database ok\n[-]s3 failed (non-critical): bucket unreachable\nready check passed (degraded)\n"
+    );
+    assert_eq!(
+        get(addr, "/health?verbose").await.body,
+        "[+]ping ok\nhealth check passed\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_paths_and_methods_are_refused() {
+    let health = Health::builder().build().unwrap();
+    let addr = serve(health.service()).await;
+    assert_eq!(get(addr, "/nope").await.status, 404);
+    let post = support::request(addr, "POST", "/ready", &[("content-length", "0")]).await;
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_cached_for_the_configured_interval() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let health = Health::builder()
+        .check("database", counting(&runs))
+        .cache_ttl(Duration::from_millis(500))
+        .build()
+        .unwrap();
+
+    health.readiness().await;
+    health.readiness().await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the second probe hits the cache"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    health.readiness().await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "an expired cache runs the checks again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_poller_answers_probes_without_running_checks() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (health, addr) = serve_health(
+        Health::builder()
+            .check("database", counting(&runs))
+            .cache_ttl(Duration::ZERO),
+    )
+    .await;
+
+    // The poller runs the checks at once, then only every hour.
+    let poller = health.spawn_poller(Duration::from_secs(3600)).unwrap();
+    wait_until(|| runs.load(Ordering::SeqCst) == 1).await;
+    for _ in 0..5 {
+        assert_eq!(get(addr, "/ready").await.json()["status"], "ok");
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "probes answer from the poller's run"
+    );
+
+    // Without a poller (and no cache), each probe runs the checks again.
+    drop(poller);
+    get(addr, "/ready").await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+    // A poller repeats on its interval, and stops when dropped.
+    let poller = health.spawn_poller(Duration::from_millis(100)).unwrap();
+    wait_until(|| runs.load(Ordering::SeqCst) >= 5).await;
+    drop(poller);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stopped = runs.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        stopped,
+        "polling stops with the Poller"
+    );
+}
+
+/// Waits (up to 10 s) for a condition the runtime makes true in the background.
+async fn wait_until(condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "condition not met within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[test]
+fn the_poller_needs_a_runtime() {
+    let health = Health::builder().build().unwrap();
+    assert!(health.spawn_poller(Duration::from_secs(1)).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_error_chain_is_reported() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("query failed")]
+    struct QueryError(#[source] std::io::Error);
+
+    let health = Health::builder()
+        .check("database", || async {
+            Err::<(), _>(QueryError(std::io::Error::other("connection reset")))
+        })
+        .build()
+        .unwrap();
+    let report = health.readiness().await;
+    assert_eq!(
+        report.checks()[0].error.as_deref(),
+        Some("query failed: connection reset")
+    );
+}

@@ -1,0 +1,366 @@
+//! The access log: one line per completed request, as a Tower layer.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Buf;
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use periscope_context::{RequestContext, RequestId, SpanId, TraceId};
+use pin_project::{pin_project, pinned_drop};
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::{Level, Span};
+
+/// Probe and scrape paths whose lines are quiet (logged at debug) by default.
+pub const DEFAULT_QUIET_PATHS: &[&str] = &["/health", "/ready", "/startup", "/metrics"];
+
+/// The `tracing` target of access-log lines: filter it like any other
+/// (`periscope::access=warn` keeps only failures).
+pub const ACCESS_LOG_TARGET: &str = "periscope::access";
+
+/// Logs one line per completed request: method, route, path, status, `duration_ms`,
+/// `bytes_out`, with the request's context fields.
+///
+/// The line is written when the response body has been sent (or dropped, as `aborted`),
+/// inside the span that was current when the request arrived, so the log layer lifts the
+/// request's context fields from it. The request id, trace id and span id also come from the
+/// [`RequestContext`] in the request's extensions (or the current one) when there is one.
+/// Level by outcome: 5xx `error`, 4xx `warn`, the rest `info`; quiet paths at `debug`.
+/// The query string is never logged (it may hold secrets).
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use periscope_log::AccessLogLayer;
+/// use tower::ServiceBuilder;
+///
+/// // Outermost first: the correlation/trace layer goes above it, error rendering below it.
+/// let service = ServiceBuilder::new()
+///     .layer(AccessLogLayer::new().quiet_paths(["/health", "/livez"]))
+///     .service_fn(|_req: Request<String>| async {
+///         Ok::<_, Infallible>(Response::new(String::from("hello")))
+///     });
+/// # let _ = service;
+/// ```
+#[derive(Clone, Debug)]
+pub struct AccessLogLayer {
+    quiet_paths: Arc<[Box<str>]>,
+}
+
+impl Default for AccessLogLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AccessLogLayer {
+    /// An access log with the default quiet paths.
+    pub fn new() -> Self {
+        Self {
+            quiet_paths: DEFAULT_QUIET_PATHS.iter().map(|p| (*p).into()).collect(),
+        }
+    }
+
+    /// Paths (exact match) logged at debug instead of by outcome; an empty list logs every
+    /// request by outcome.
+    pub fn quiet_paths<I, P>(mut self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
+        self.quiet_paths = paths.into_iter().map(|p| p.as_ref().into()).collect();
+        self
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> AccessLog<S> {
+        AccessLog {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`AccessLogLayer`].
+#[derive(Clone, Debug)]
+pub struct AccessLog<S> {
+    inner: S,
+    layer: AccessLogLayer,
+}
+
+/// What the line needs, taken when the request arrives.
+struct RequestInfo {
+    method: Method,
+    path: String,
+    route: Option<String>,
+    ids: Option<(RequestId, TraceId, SpanId)>,
+    quiet: bool,
+    started: Instant,
+    span: Span,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AccessLog<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: fmt::Display,
+    ResBody: Body,
+{
+    type Response = Response<AccessLogBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let path = request.uri().path();
+        let ids = match request.extensions().get::<RequestContext>() {
+            Some(ctx) => Some((ctx.request_id.clone(), ctx.trace_id, ctx.span_id)),
+            None => RequestContext::current()
+                .map(|ctx| (ctx.request_id.clone(), ctx.trace_id, ctx.span_id)),
+        };
+        let info = RequestInfo {
+            method: request.method().clone(),
+            path: path.to_owned(),
+            route: matched_path(&request),
+            ids,
+            quiet: self.layer.quiet_paths.iter().any(|p| **p == *path),
+            started: Instant::now(),
+            span: Span::current(),
+        };
+        ResponseFuture {
+            inner: self.inner.call(request),
+            info: Some(info),
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+fn matched_path<B>(request: &Request<B>) -> Option<String> {
+    request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+}
+
+#[cfg(not(feature = "axum"))]
+fn matched_path<B>(_request: &Request<B>) -> Option<String> {
+    None
+}
+
+/// The future of [`AccessLog`]: wraps the response body so the line is written when it ends.
+#[pin_project]
+pub struct ResponseFuture<F> {
+    #[pin]
+    inner: F,
+    info: Option<RequestInfo>,
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: fmt::Display,
+    B: Body,
+{
+    type Output = Result<Response<AccessLogBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let Some(info) = this.info.take() else {
+            // Polled after completion: the inner future decides what that means.
+            return Poll::Pending;
+        };
+        Poll::Ready(match result {
+            Ok(response) => {
+                let pending = Pending {
+                    info,
+                    status: response.status(),
+                    bytes: 0,
+                };
+                // An empty body may never be polled: its request is complete now.
+                let pending = if response.body().is_end_stream() {
+                    pending.log(false);
+                    None
+                } else {
+                    Some(pending)
+                };
+                Ok(response.map(|inner| AccessLogBody { inner, pending }))
+            }
+            Err(error) => {
+                info.log_error(&error);
+                Err(error)
+            }
+        })
+    }
+}
+
+/// A response whose line is not written yet.
+struct Pending {
+    info: RequestInfo,
+    status: StatusCode,
+    bytes: u64,
+}
+
+/// The response body of [`AccessLog`]: counts the bytes sent and writes the line at its end.
+#[pin_project(PinnedDrop)]
+pub struct AccessLogBody<B> {
+    #[pin]
+    inner: B,
+    pending: Option<Pending>,
+}
+
+impl<B> fmt::Debug for AccessLogBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessLogBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for AccessLogBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let mut inner = this.inner;
+        let frame = ready!(inner.as_mut().poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let (Some(data), Some(pending)) = (frame.data_ref(), this.pending.as_mut()) {
+                    pending.bytes += data.remaining() as u64;
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(pending) = this.pending.take() {
+                    pending.log(true);
+                }
+            }
+            None => {}
+        }
+        if (frame.is_none() || inner.is_end_stream())
+            && let Some(pending) = this.pending.take()
+        {
+            pending.log(false);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[pinned_drop]
+impl<B> PinnedDrop for AccessLogBody<B> {
+    fn drop(self: Pin<&mut Self>) {
+        if let Some(pending) = self.project().pending.take() {
+            // Dropped before its end: the client went away or the server stopped.
+            pending.log(true);
+        }
+    }
+}
+
+/// Emits the access event at a level chosen at run time (`tracing` macros need a constant).
+macro_rules! access_event {
+    ($level:expr, $($rest:tt)*) => {
+        match $level {
+            Level::ERROR => tracing::event!(target: ACCESS_LOG_TARGET, Level::ERROR, $($rest)*),
+            Level::WARN => tracing::event!(target: ACCESS_LOG_TARGET, Level::WARN, $($rest)*),
+            Level::INFO => tracing::event!(target: ACCESS_LOG_TARGET, Level::INFO, $($rest)*),
+            _ => tracing::event!(target: ACCESS_LOG_TARGET, Level::DEBUG, $($rest)*),
+        }
+    };
+}
+
+impl RequestInfo {
+    fn level(&self, failed: bool) -> Level {
+        if self.quiet {
+            Level::DEBUG
+        } else if failed {
+            Level::ERROR
+        } else {
+            Level::INFO
+        }
+    }
+
+    fn duration_ms(&self) -> f64 {
+        self.started.elapsed().as_micros() as f64 / 1000.0
+    }
+
+    fn ids(&self) -> (Option<&str>, Option<String>, Option<String>) {
+        match &self.ids {
+            Some((request_id, trace_id, span_id)) => (
+                Some(request_id.as_str()),
+                Some(trace_id.to_string()),
+                Some(span_id.to_string()),
+            ),
+            None => (None, None, None),
+        }
+    }
+
+    fn log_error(&self, error: &dyn fmt::Display) {
+        let (request_id, trace_id, span_id) = self.ids();
+        let _entered = self.span.enter();
+        access_event!(
+            self.level(true),
+            method = self.method.as_str(),
+            route = self.route.as_deref(),
+            path = self.path.as_str(),
+            duration_ms = self.duration_ms(),
+            error = %error,
+            request_id,
+            trace_id,
+            span_id,
+            "request failed"
+        );
+    }
+}
+
+impl Pending {
+    fn log(self, aborted: bool) {
+        let info = &self.info;
+        let level = match self.status.as_u16() {
+            500.. => info.level(true),
+            400..500 if !info.quiet => Level::WARN,
+            _ => info.level(false),
+        };
+        let (request_id, trace_id, span_id) = info.ids();
+        let _entered = info.span.enter();
+        access_event!(
+            level,
+            method = info.method.as_str(),
+            route = info.route.as_deref(),
+            path = info.path.as_str(),
+            status = self.status.as_u16(),
+            duration_ms = info.duration_ms(),
+            bytes_out = self.bytes,
+            aborted = aborted.then_some(true),
+            request_id,
+            trace_id,
+            span_id,
+            "request completed"
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! [`LogLayerBuilder`]: everything the layer can be told, with the defaults.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use periscope_context::TenantKey;
+
+use crate::config::{LogConfig, LogFormat};
+use crate::fields::{DEFAULT_CONTEXT_FIELDS, MAX_CONTEXT_FIELDS, ValueRules};
+use crate::filter::{Directives, LevelControl};
+use crate::json;
+use crate::layer::LogLayer;
+use crate::recent::{DEFAULT_RECENT_BYTES, DEFAULT_RECENT_LINES, RecentLogs};
+use crate::redact::Redactor;
+use crate::writer::{self, DroppedLines, LogGuard, WriterConfig};
+
+/// Default bound of one string value (and of the message) in bytes.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024;
+
+/// Builds a [`LogLayer`] and its [`LogGuard`].
+///
+/// ```
+/// use periscope_log::{LogConfig, LogLayer};
+/// use tracing_subscriber::prelude::*;
+///
+/// let config = LogConfig::from_lookup(|_| None).unwrap(); // LogConfig::from_env()? in a service
+/// let (layer, guard) = LogLayer::builder()
+///     .service("framecast-api")
+///     .environment("production")
+///     .version("1.4.2")
+///     .config(&config)
+///     .context_field("tenant_id")
+///     .sensitive_key("ssn")
+///     .writer(std::io::stdout())
+///     .build();
+/// let levels = layer.level_control(); // for POST /debug/log-level
+/// let recent = layer.recent_logs(); // for /debug/logs
+/// let dropped = layer.dropped_lines(); // for a metric
+/// let subscriber = tracing_subscriber::registry().with(layer);
+/// tracing::subscriber::with_default(subscriber, || tracing::info!(user_id = "usr_1", "ready"));
+/// drop(guard); // at shutdown: writes every queued line
+/// ```
+#[must_use = "call build() to get the layer and its guard"]
+pub struct LogLayerBuilder {
+    service: Option<String>,
+    environment: Option<String>,
+    version: Option<String>,
+    format: LogFormat,
+    directives: Directives,
+    level_control: Option<LevelControl>,
+    global_filter: bool,
+    context_fields: Vec<String>,
+    redactor: Redactor,
+    max_value_bytes: usize,
+    flatten: bool,
+    span_fields: bool,
+    ansi: Option<bool>,
+    writer: Option<Box<dyn Write + Send>>,
+    writer_config: WriterConfig,
+    recent_lines: usize,
+    recent_bytes: usize,
+}
+
+impl std::fmt::Debug for LogLayerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogLayerBuilder")
+            .field("service", &self.service)
+            .field("format", &self.format)
+            .field("directives", &self.directives.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LogLayerBuilder {
+    fn default() -> Self {
+        Self {
+            service: None,
+            environment: None,
+            version: None,
+            format: LogFormat::Json,
+            directives: Directives::default(),
+            level_control: None,
+            global_filter: true,
+            context_fields: DEFAULT_CONTEXT_FIELDS
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect(),
+            redactor: Redactor::default(),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            flatten: false,
+            span_fields: true,
+            ansi: None,
+            writer: None,
+            writer_config: WriterConfig::default(),
+            recent_lines: DEFAULT_RECENT_LINES,
+            recent_bytes: DEFAULT_RECENT_BYTES,
+        }
+    }
+}
+
+impl LogLayer {
+    /// A builder with the defaults: JSON on stdout through the non-blocking writer, `info`,
+    /// the contract's context fields and redaction rules.
+    pub fn builder() -> LogLayerBuilder {
+        LogLayerBuilder::default()
+    }
+}
+
+impl LogLayerBuilder {
+    /// The `service` field of every line.
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.service = Some(name.into());
+        self
+    }
+
+    /// The `environment` field of every line.
+    pub fn environment(mut self, name: impl Into<String>) -> Self {
+        self.environment = Some(name.into());
+        self
+    }
+
+    /// The `version` field of every line.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// JSON (default) or pretty.
+    pub fn format(mut self, format: LogFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// The filter directives the service starts with (default `info`).
+    pub fn directives(mut self, directives: Directives) -> Self {
+        self.directives = directives;
+        self
+    }
+
+    /// The format and directives read from the environment.
+    pub fn config(self, config: &LogConfig) -> Self {
+        self.format(config.format)
+            .directives(config.directives.clone())
+    }
+
+    /// Uses an existing level control (its directives win over [`directives`](Self::directives)).
+    pub fn level_control(mut self, control: LevelControl) -> Self {
+        self.level_control = Some(control);
+        self
+    }
+
+    /// Whether the layer filters for the whole subscriber (default `true`). Turn it off to
+    /// use [`LogLayer::level_control`] as a per-layer filter instead.
+    pub fn global_filter(mut self, on: bool) -> Self {
+        self.global_filter = on;
+        self
+    }
+
+    /// Lifts a span field of this name to the top level, like `request_id` (at most 64).
+    pub fn context_field(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        if !self.context_fields.contains(&name) {
+            self.context_fields.push(name);
+        }
+        self
+    }
+
+    /// Lifts these tenant fields (`TenantKey::field()`, such as `org_id`).
+    pub fn tenant_keys(self, keys: &[TenantKey]) -> Self {
+        keys.iter()
+            .fold(self, |b, key| b.context_field(key.field()))
+    }
+
+    /// Also redacts keys containing `fragment`.
+    pub fn sensitive_key(mut self, fragment: &str) -> Self {
+        self.redactor = self.redactor.with_sensitive_key(fragment);
+        self
+    }
+
+    /// Never redacts this exact key.
+    pub fn allowed_key(mut self, key: &str) -> Self {
+        self.redactor = self.redactor.with_allowed_key(key);
+        self
+    }
+
+    /// Replaces the redaction rules.
+    pub fn redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
+    }
+
+    /// Strings (and messages) longer than this are truncated, their length recorded
+    /// (default 16 KiB).
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes.max(1);
+        self
+    }
+
+    /// Writes event fields at the top level instead of under `data` (default off). Fields
+    /// named like a top-level key become `data.<name>`.
+    pub fn flatten_data(mut self, on: bool) -> Self {
+        self.flatten = on;
+        self
+    }
+
+    /// Adds the non-context fields of the spans in scope to `data` (default on; the event's
+    /// own fields and inner spans win).
+    pub fn span_fields(mut self, on: bool) -> Self {
+        self.span_fields = on;
+        self
+    }
+
+    /// Colours the level in the pretty format (default: when stdout is a terminal).
+    pub fn ansi(mut self, on: bool) -> Self {
+        self.ansi = Some(on);
+        self
+    }
+
+    /// Where lines go (default stdout).
+    pub fn writer(mut self, writer: impl Write + Send + 'static) -> Self {
+        self.writer = Some(Box::new(writer));
+        self
+    }
+
+    /// Writes on the logging thread instead of a background thread (default off): for tests
+    /// and tools, never for a service, where a slow output would stall requests.
+    pub fn blocking(mut self, on: bool) -> Self {
+        self.writer_config.non_blocking = !on;
+        self
+    }
+
+    /// Bounds of the queue in front of the background writer (default 65 536 lines, 32 MiB);
+    /// past them lines are dropped and counted.
+    pub fn queue_limits(mut self, lines: usize, bytes: usize) -> Self {
+        self.writer_config.max_lines = lines;
+        self.writer_config.max_bytes = bytes;
+        self
+    }
+
+    /// How long dropping the guard waits for the queue to drain (default 10 s).
+    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
+        self.writer_config.flush_timeout = timeout;
+        self
+    }
+
+    /// Bounds of the recent-lines buffer (default 1000 lines, 4 MiB; 0 lines turns it off).
+    pub fn recent_limits(mut self, lines: usize, bytes: usize) -> Self {
+        self.recent_lines = lines;
+        self.recent_bytes = bytes;
+        self
+    }
+
+    /// The layer, and the guard that flushes the output when dropped.
+    pub fn build(self) -> (LogLayer, LogGuard) {
+        let json_format = self.format == LogFormat::Json;
+        let context_fields: Vec<Box<str>> = self
+            .context_fields
+            .into_iter()
+            .take(MAX_CONTEXT_FIELDS)
+            .map(String::into_boxed_str)
+            .collect();
+        let context_keys = context_fields
+            .iter()
+            .map(|name| {
+                let mut key = Vec::new();
+                if json_format {
+                    key.push(b',');
+                    json::write_key(&mut key, name);
+                } else {
+                    key.push(b' ');
+                    json::write_escaped(&mut key, name);
+                    key.push(b'=');
+                }
+                key
+            })
+            .collect();
+        let mut static_fields = Vec::new();
+        if json_format {
+            for (key, value) in [
+                ("service", &self.service),
+                ("environment", &self.environment),
+                ("version", &self.version),
+            ] {
+                if let Some(value) = value {
+                    static_fields.push(b',');
+                    json::write_key(&mut static_fields, key);
+                    json::write_str(&mut static_fields, value, self.max_value_bytes);
+                }
+            }
+        }
+        let level_control = self
+            .level_control
+            .unwrap_or_else(|| LevelControl::new(self.directives));
+        let dropped = DroppedLines::default();
+        let out = self.writer.unwrap_or_else(|| Box::new(std::io::stdout()));
+        let (sink, guard) = writer::start(out, &self.writer_config, dropped.clone());
+        let layer = LogLayer {
+            rules: ValueRules {
+                redactor: self.redactor,
+                max_value_bytes: self.max_value_bytes,
+                context_fields,
+            },
+            format: self.format,
+            context_keys,
+            static_fields,
+            flatten: self.flatten,
+            span_fields: self.span_fields,
+            ansi: self.ansi.unwrap_or_else(|| std::io::stdout().is_terminal()),
+            filter: self.global_filter.then(|| level_control.clone()),
+            level_control,
+            sink,
+            recent: RecentLogs::new(self.recent_lines, self.recent_bytes, json_format),
+            dropped,
+        };
+        (layer, guard)
+    }
+}

@@ -1,0 +1,292 @@
+//! Turning `tracing` field values into JSON: one value writer shared by events and spans.
+
+use std::cell::Cell;
+use std::error::Error;
+use std::fmt::{self, Write as _};
+
+use serde::Serialize;
+use tracing::field::{DebugValue, Field, Visit};
+
+use crate::json::{self, CappedString, EscapeWriter};
+use crate::redact::{REDACTED, Redactor};
+
+/// Longest text that is checked as JSON for sensitive keys; longer text stays a string.
+const JSON_CHECK_LIMIT: usize = 64 * 1024;
+/// Most causes listed in an error's `chain`.
+const MAX_CHAIN: usize = 32;
+
+/// The context fields lifted to the top level by default.
+pub const DEFAULT_CONTEXT_FIELDS: &[&str] = &[
+    "request_id",
+    "trace_id",
+    "span_id",
+    "user_id",
+    "team_id",
+    "org_id",
+    "project_id",
+    "job_id",
+];
+
+/// At most this many context fields (they are tracked in a 64-bit mask).
+pub(crate) const MAX_CONTEXT_FIELDS: usize = 64;
+
+thread_local! {
+    /// Bumped by [`Json`]'s formatting: tells the value writer the text it just got is JSON
+    /// meant to be embedded as an object, not a string.
+    static JSON_VALUES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Logs a `serde::Serialize` value as a nested JSON object under `data`, redacted by key at
+/// any depth. Use it through [`json`], or as `?Json(value)` / `%Json(value)`.
+///
+/// ```
+/// # use serde::Serialize;
+/// #[derive(Serialize)]
+/// struct Login<'a> { user: &'a str, password: &'a str }
+///
+/// let login = Login { user: "ann", password: "hunter2" };
+/// tracing::info!(login = periscope_log::json(&login), "signed in");
+/// // data: {"login": {"user": "ann", "password": "[REDACTED]"}}
+/// ```
+pub struct Json<T>(pub T);
+
+/// Wraps `value` so the log line holds it as a nested JSON object: see [`Json`].
+pub fn json<T: Serialize>(value: T) -> DebugValue<Json<T>> {
+    tracing::field::debug(Json(value))
+}
+
+impl<T: Serialize> fmt::Debug for Json<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match serde_json::to_string(&self.0) {
+            Ok(text) => {
+                JSON_VALUES.with(|count| count.set(count.get().wrapping_add(1)));
+                f.write_str(&text)
+            }
+            Err(error) => write!(f, "<not serializable: {error}>"),
+        }
+    }
+}
+
+impl<T: Serialize> fmt::Display for Json<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// How values are written: redaction, the size bound, the context field names.
+#[derive(Clone, Debug)]
+pub(crate) struct ValueRules {
+    pub(crate) redactor: Redactor,
+    /// Strings longer than this many bytes are truncated.
+    pub(crate) max_value_bytes: usize,
+    /// Names of the fields lifted to the top level.
+    pub(crate) context_fields: Vec<Box<str>>,
+}
+
+/// Where a field goes in the line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    Message,
+    Context(usize),
+    Data,
+}
+
+impl ValueRules {
+    pub(crate) fn slot(&self, name: &str) -> Slot {
+        if name == "message" {
+            return Slot::Message;
+        }
+        match self.context_fields.iter().position(|c| **c == *name) {
+            Some(index) => Slot::Context(index),
+            None => Slot::Data,
+        }
+    }
+
+    /// Writes `"[REDACTED]"` and returns `true` when `name` is sensitive.
+    fn redacted(&self, name: &str, out: &mut Vec<u8>) -> bool {
+        let sensitive = self.redactor.is_sensitive(name);
+        if sensitive {
+            json::write_str(out, REDACTED, usize::MAX);
+        }
+        sensitive
+    }
+
+    /// A text value: a string, or JSON text kept as a string with its secrets redacted.
+    pub(crate) fn write_text(&self, out: &mut Vec<u8>, text: &str, scratch: &mut Vec<u8>) {
+        if looks_like_json(text) && text.len() <= JSON_CHECK_LIMIT {
+            scratch.clear();
+            if self
+                .redactor
+                .rewrite_json(text, self.max_value_bytes, scratch)
+            {
+                // Rewritten JSON is ASCII-safe UTF-8: we only ever wrote &str pieces into it.
+                let rewritten = String::from_utf8_lossy(scratch);
+                json::write_str(out, &rewritten, self.max_value_bytes);
+                return;
+            }
+        }
+        json::write_str(out, text, self.max_value_bytes);
+    }
+
+    /// A `Debug` value: formatted once, then written as a string, or nested when it came from
+    /// [`Json`].
+    fn write_debug(
+        &self,
+        out: &mut Vec<u8>,
+        value: &dyn fmt::Debug,
+        text: &mut String,
+        scratch: &mut Vec<u8>,
+    ) {
+        let before = JSON_VALUES.with(Cell::get);
+        let mut capped = CappedString::new(text, JSON_CHECK_LIMIT.max(self.max_value_bytes));
+        let _ = write!(capped, "{value:?}");
+        let is_json = JSON_VALUES.with(Cell::get) != before;
+        if capped.truncated() {
+            let len = capped.len;
+            out.push(b'"');
+            json::write_escaped(
+                out,
+                &text[..json::floor_char_boundary(text, self.max_value_bytes)],
+            );
+            json::write_truncation(out, len);
+            out.push(b'"');
+        } else if !(is_json && self.redactor.rewrite_json(text, self.max_value_bytes, out)) {
+            self.write_text(out, text, scratch);
+        }
+    }
+
+    fn write_error(&self, out: &mut Vec<u8>, error: &(dyn Error + 'static)) {
+        out.extend_from_slice(b"{\"message\":\"");
+        self.write_display(out, error);
+        out.extend_from_slice(b"\",\"chain\":[");
+        let mut source = error.source();
+        let mut n = 0;
+        while let Some(cause) = source {
+            if n == MAX_CHAIN {
+                break;
+            }
+            if n > 0 {
+                out.push(b',');
+            }
+            out.push(b'"');
+            self.write_display(out, cause);
+            out.push(b'"');
+            source = cause.source();
+            n += 1;
+        }
+        out.extend_from_slice(b"]}");
+    }
+
+    /// Streams `value`'s `Display` output escaped (inside quotes the caller writes).
+    pub(crate) fn write_display(&self, out: &mut Vec<u8>, value: &dyn fmt::Display) {
+        let mut writer = EscapeWriter::new(out, self.max_value_bytes);
+        let _ = write!(writer, "{value}");
+        writer.finish();
+    }
+}
+
+fn looks_like_json(text: &str) -> bool {
+    matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['))
+}
+
+/// Receives one field's JSON value.
+pub(crate) trait FieldSink {
+    /// The buffer for the value of field `name` in `slot`, or `None` to skip the field.
+    fn begin(&mut self, name: &'static str, slot: Slot) -> Option<&mut Vec<u8>>;
+    /// Receives the event's message.
+    fn message(&mut self, rules: &ValueRules, value: &dyn fmt::Debug);
+}
+
+/// Adapts a [`FieldSink`] to [`tracing::field::Visit`].
+pub(crate) struct Visitor<'a, S> {
+    pub(crate) rules: &'a ValueRules,
+    pub(crate) sink: &'a mut S,
+    pub(crate) text: &'a mut String,
+    pub(crate) scratch: &'a mut Vec<u8>,
+}
+
+impl<S: FieldSink> Visitor<'_, S> {
+    /// The output for `field` unless it is skipped; `None` also when it was redacted.
+    fn value_out(&mut self, field: &Field) -> Option<&mut Vec<u8>> {
+        let name = field.name();
+        let out = self.sink.begin(name, self.rules.slot(name))?;
+        (!self.rules.redacted(name, out)).then_some(out)
+    }
+}
+
+impl<S: FieldSink> Visit for Visitor<'_, S> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if let Some(out) = self.value_out(field) {
+            json::write_f64(out, value);
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if let Some(out) = self.value_out(field) {
+            json::write_i64(out, value);
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if let Some(out) = self.value_out(field) {
+            json::write_u64(out, value);
+        }
+    }
+
+    fn record_i128(&mut self, field: &Field, value: i128) {
+        if let Some(out) = self.value_out(field) {
+            let _ = std::io::Write::write_fmt(out, format_args!("{value}"));
+        }
+    }
+
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        if let Some(out) = self.value_out(field) {
+            let _ = std::io::Write::write_fmt(out, format_args!("{value}"));
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if let Some(out) = self.value_out(field) {
+            out.extend_from_slice(if value { b"true" } else { b"false" });
+        }
+    }
+
+    fn record_bytes(&mut self, field: &Field, value: &[u8]) {
+        self.record_str(field, &String::from_utf8_lossy(value));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.sink.message(self.rules, &format_args!("{value}"));
+            return;
+        }
+        let rules = self.rules;
+        let mut scratch = std::mem::take(self.scratch);
+        if let Some(out) = self.value_out(field) {
+            rules.write_text(out, value, &mut scratch);
+        }
+        *self.scratch = scratch;
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn Error + 'static)) {
+        let rules = self.rules;
+        if let Some(out) = self.value_out(field) {
+            rules.write_error(out, value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.sink.message(self.rules, value);
+            return;
+        }
+        let rules = self.rules;
+        let mut text = std::mem::take(self.text);
+        let mut scratch = std::mem::take(self.scratch);
+        if let Some(out) = self.value_out(field) {
+            rules.write_debug(out, value, &mut text, &mut scratch);
+        }
+        *self.text = text;
+        *self.scratch = scratch;
+    }
+}

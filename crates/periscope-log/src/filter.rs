@@ -1,0 +1,444 @@
+//! Filter directives (`info,my_crate::db=debug`) and the runtime level control.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use tracing::level_filters::LevelFilter;
+use tracing_core::Metadata;
+
+/// Parsed filter directives: a default level and levels per target prefix.
+///
+/// The syntax is the common subset of `RUST_LOG`: comma-separated `LEVEL`, `target=LEVEL` or
+/// a bare `target` (all levels). Levels are `off`, `error`, `warn`, `info`, `debug`, `trace`.
+/// The longest matching target prefix wins; targets no directive names use the default level
+/// (off when there is none). Span and field filters (`target[span{field}]`) are not supported.
+///
+/// ```
+/// use periscope_log::Directives;
+///
+/// let d: Directives = "info, my_crate::db=debug".parse().unwrap();
+/// assert_eq!(d.to_string(), "info,my_crate::db=debug");
+/// assert!("info,my_crate=loud".parse::<Directives>().is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Directives {
+    default: Option<LevelFilter>,
+    /// Longest target first, so the first match is the most specific.
+    targets: Vec<(String, LevelFilter)>,
+    /// In the order given, for display.
+    written: Vec<(String, LevelFilter)>,
+}
+
+/// A directive string that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectiveError {
+    /// A level name that is not one of off, error, warn, info, debug, trace.
+    #[error(
+        "{0:?} is not a log level: use off, error, warn, info, debug or trace (for example \"info,my_crate=debug\")"
+    )]
+    UnknownLevel(String),
+    /// A target with characters a module path cannot have.
+    #[error(
+        "{0:?} is not a valid target: use a module path such as my_crate::db (letters, digits, _ : - .)"
+    )]
+    InvalidTarget(String),
+    /// Span or field filters, which this filter does not support.
+    #[error(
+        "{0:?} uses span or field filters, which are not supported: use target=level directives"
+    )]
+    Unsupported(String),
+}
+
+pub(crate) fn parse_level(text: &str) -> Result<LevelFilter, DirectiveError> {
+    match text.to_ascii_lowercase().as_str() {
+        "off" => Ok(LevelFilter::OFF),
+        "error" => Ok(LevelFilter::ERROR),
+        "warn" | "warning" => Ok(LevelFilter::WARN),
+        "info" => Ok(LevelFilter::INFO),
+        "debug" => Ok(LevelFilter::DEBUG),
+        "trace" => Ok(LevelFilter::TRACE),
+        _ => Err(DirectiveError::UnknownLevel(text.to_owned())),
+    }
+}
+
+fn level_name(level: LevelFilter) -> &'static str {
+    match level {
+        LevelFilter::OFF => "off",
+        LevelFilter::ERROR => "error",
+        LevelFilter::WARN => "warn",
+        LevelFilter::INFO => "info",
+        LevelFilter::DEBUG => "debug",
+        _ => "trace",
+    }
+}
+
+fn valid_target(target: &str) -> bool {
+    !target.is_empty()
+        && target
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-' | b'.'))
+}
+
+impl Directives {
+    /// Everything at `level` and above.
+    pub fn level(level: LevelFilter) -> Self {
+        Self {
+            default: Some(level),
+            targets: Vec::new(),
+            written: Vec::new(),
+        }
+    }
+
+    /// Parses `info,my_crate::db=debug`.
+    pub fn parse(text: &str) -> Result<Self, DirectiveError> {
+        let mut default = None;
+        let mut written: Vec<(String, LevelFilter)> = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part.contains(['[', ']', '{', '}']) {
+                return Err(DirectiveError::Unsupported(part.to_owned()));
+            }
+            let (target, level) = match part.split_once('=') {
+                Some((target, level)) => (target.trim(), parse_level(level.trim())?),
+                None => match parse_level(part) {
+                    Ok(level) => {
+                        default = Some(level);
+                        continue;
+                    }
+                    Err(_) => (part, LevelFilter::TRACE),
+                },
+            };
+            if !valid_target(target) {
+                return Err(DirectiveError::InvalidTarget(target.to_owned()));
+            }
+            written.retain(|(t, _)| t != target);
+            written.push((target.to_owned(), level));
+        }
+        let mut targets = written.clone();
+        targets.sort_by_key(|(target, _)| std::cmp::Reverse(target.len()));
+        Ok(Self {
+            default,
+            targets,
+            written,
+        })
+    }
+
+    /// The level that applies to `target`.
+    pub fn level_for(&self, target: &str) -> LevelFilter {
+        self.targets
+            .iter()
+            .find(|(prefix, _)| target.starts_with(prefix.as_str()))
+            .map(|(_, level)| *level)
+            .or(self.default)
+            .unwrap_or(LevelFilter::OFF)
+    }
+
+    /// Whether an event or span with this metadata passes.
+    pub fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        *metadata.level() <= self.level_for(metadata.target())
+    }
+
+    /// The most verbose level any directive allows.
+    pub fn max_level(&self) -> LevelFilter {
+        self.targets
+            .iter()
+            .map(|(_, level)| *level)
+            .chain(self.default)
+            .max()
+            .unwrap_or(LevelFilter::OFF)
+    }
+}
+
+impl Default for Directives {
+    /// `info`.
+    fn default() -> Self {
+        Self::level(LevelFilter::INFO)
+    }
+}
+
+impl FromStr for Directives {
+    type Err = DirectiveError;
+
+    fn from_str(text: &str) -> Result<Self, DirectiveError> {
+        Self::parse(text)
+    }
+}
+
+impl fmt::Display for Directives {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        if let Some(level) = self.default {
+            f.write_str(level_name(level))?;
+            sep = ",";
+        }
+        for (target, level) in &self.written {
+            write!(f, "{sep}{target}={}", level_name(*level))?;
+            sep = ",";
+        }
+        if sep.is_empty() {
+            f.write_str(level_name(LevelFilter::OFF))?;
+        }
+        Ok(())
+    }
+}
+
+/// Changes the log filter of a running service, optionally for a limited time.
+///
+/// Cheap to clone; every clone controls the same filter. A change takes effect on the next
+/// event. A temporary change ([`set_for`](Self::set_for)) reverts to the permanent directives
+/// when its time is up, even if nothing else happens.
+///
+/// ```
+/// use std::time::Duration;
+/// use periscope_log::{Directives, LevelControl};
+///
+/// let control = LevelControl::new(Directives::default());
+/// control.set_for("debug,hyper=info".parse().unwrap(), Duration::from_secs(300));
+/// let status = control.status();
+/// assert_eq!(status.current, "debug,hyper=info");
+/// assert_eq!(status.permanent, "info");
+/// assert!(status.reverts_in.is_some());
+/// control.reset();
+/// assert_eq!(control.current().to_string(), "info");
+/// ```
+#[derive(Clone, Debug)]
+pub struct LevelControl {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// What the filter reads: the temporary directives while they last, else the permanent.
+    current: RwLock<Arc<Directives>>,
+    state: Mutex<State>,
+    /// Wakes the revert thread when a temporary change is made or replaced.
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+struct State {
+    permanent: Directives,
+    temporary: Option<(Directives, Instant)>,
+    reverter_running: bool,
+}
+
+/// Where the level control stands, for an admin endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LevelStatus {
+    /// The directives in force now.
+    pub current: String,
+    /// The directives that apply when no temporary change is active.
+    pub permanent: String,
+    /// How long until the temporary change reverts, when one is active.
+    #[serde(serialize_with = "serialize_secs")]
+    pub reverts_in: Option<Duration>,
+}
+
+fn serialize_secs<S: serde::Serializer>(
+    value: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(d) => serializer.serialize_some(&d.as_secs_f64()),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl LevelControl {
+    /// A control whose permanent directives are `directives`.
+    pub fn new(directives: Directives) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                current: RwLock::new(Arc::new(directives.clone())),
+                state: Mutex::new(State {
+                    permanent: directives,
+                    temporary: None,
+                    reverter_running: false,
+                }),
+                changed: Condvar::new(),
+            }),
+        }
+    }
+
+    /// The directives in force now.
+    pub fn current(&self) -> Arc<Directives> {
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Runs `f` with the directives in force, without cloning them.
+    pub(crate) fn with_current<R>(&self, f: impl FnOnce(&Directives) -> R) -> R {
+        f(&self
+            .shared
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The current, permanent and temporary state.
+    pub fn status(&self) -> LevelStatus {
+        let state = lock(&self.shared.state);
+        LevelStatus {
+            current: self.current().to_string(),
+            permanent: state.permanent.to_string(),
+            reverts_in: state
+                .temporary
+                .as_ref()
+                .map(|(_, deadline)| deadline.saturating_duration_since(Instant::now())),
+        }
+    }
+
+    /// Replaces the permanent directives and ends any temporary change.
+    pub fn set(&self, directives: Directives) {
+        let mut state = lock(&self.shared.state);
+        state.permanent = directives;
+        state.temporary = None;
+        self.shared.apply(&state);
+        self.shared.changed.notify_all();
+    }
+
+    /// Applies `directives` for `ttl`, then reverts to the permanent directives.
+    pub fn set_for(&self, directives: Directives, ttl: Duration) {
+        let mut state = lock(&self.shared.state);
+        let deadline = Instant::now()
+            .checked_add(ttl)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
+        state.temporary = Some((directives, deadline));
+        self.shared.apply(&state);
+        if state.reverter_running {
+            self.shared.changed.notify_all();
+            return;
+        }
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("periscope-log-level".into())
+            .spawn(move || shared.revert_when_due());
+        // Without a thread the change cannot revert by itself: keep the permanent directives.
+        state.reverter_running = spawned.is_ok();
+        if spawned.is_err() {
+            state.temporary = None;
+            self.shared.apply(&state);
+        }
+    }
+
+    /// Ends a temporary change now.
+    pub fn reset(&self) {
+        let mut state = lock(&self.shared.state);
+        state.temporary = None;
+        self.shared.apply(&state);
+        self.shared.changed.notify_all();
+    }
+}
+
+/// As a per-layer filter: `other_layer.with_filter(control.clone())` follows the same
+/// directives.
+impl<S> tracing_subscriber::layer::Filter<S> for LevelControl {
+    fn enabled(
+        &self,
+        metadata: &Metadata<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        self.with_current(|d| d.enabled(metadata))
+    }
+
+    fn callsite_enabled(&self, metadata: &'static Metadata<'static>) -> tracing_core::Interest {
+        if self.with_current(|d| d.enabled(metadata)) {
+            tracing_core::Interest::always()
+        } else {
+            tracing_core::Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.with_current(Directives::max_level))
+    }
+}
+
+impl Shared {
+    /// Publishes the directives in force and makes `tracing` ask every callsite again.
+    fn apply(&self, state: &State) {
+        let directives = state
+            .temporary
+            .as_ref()
+            .map(|(d, _)| d)
+            .unwrap_or(&state.permanent)
+            .clone();
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(directives);
+        tracing_core::callsite::rebuild_interest_cache();
+    }
+
+    /// Runs on its own thread while a temporary change is pending.
+    fn revert_when_due(&self) {
+        let mut state = lock(&self.state);
+        loop {
+            let Some((_, deadline)) = state.temporary else {
+                state.reverter_running = false;
+                return;
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                state.temporary = None;
+                self.apply(&state);
+            } else {
+                state = self
+                    .changed
+                    .wait_timeout(state, deadline - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn most_specific_target_wins() {
+        let d = Directives::parse("warn,my_crate=info,my_crate::db=trace,noisy=off").unwrap();
+        assert_eq!(d.level_for("other"), LevelFilter::WARN);
+        assert_eq!(d.level_for("my_crate::api"), LevelFilter::INFO);
+        assert_eq!(d.level_for("my_crate::db::pool"), LevelFilter::TRACE);
+        assert_eq!(d.level_for("noisy"), LevelFilter::OFF);
+        assert_eq!(d.max_level(), LevelFilter::TRACE);
+        assert_eq!(
+            d.to_string(),
+            "warn,my_crate=info,my_crate::db=trace,noisy=off"
+        );
+    }
+
+    #[test]
+    fn bare_target_means_all_levels_and_no_default_means_off() {
+        let d = Directives::parse("my_crate").unwrap();
+        assert_eq!(d.level_for("my_crate::x"), LevelFilter::TRACE);
+        assert_eq!(d.level_for("other"), LevelFilter::OFF);
+        assert_eq!(Directives::parse("").unwrap().to_string(), "off");
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let err = Directives::parse("info,db=loud").unwrap_err();
+        assert_eq!(err, DirectiveError::UnknownLevel("loud".into()));
+        assert!(
+            err.to_string()
+                .contains("off, error, warn, info, debug or trace")
+        );
+        assert!(matches!(
+            Directives::parse("a[span]=debug"),
+            Err(DirectiveError::Unsupported(_))
+        ));
+        assert!(matches!(
+            Directives::parse("my crate=debug"),
+            Err(DirectiveError::InvalidTarget(_))
+        ));
+    }
+}

@@ -1,0 +1,300 @@
+//! Writing JSON text into a byte buffer: escaped strings, truncation, numbers.
+//!
+//! Everything a field or message holds goes through [`write_str`] or [`EscapeWriter`], so no
+//! value can end the line, close the object or forge a field.
+
+use std::fmt;
+
+/// What follows a truncated string: the marker and the original length in bytes.
+pub(crate) const TRUNCATED_MARKER: &str = "…[truncated, original ";
+
+/// How a byte is written inside a JSON string.
+/// 0: as is; b'u': `\u00XX`; 1: look at the whole UTF-8 sequence (C1 controls, U+2028/9);
+/// anything else: a backslash and that byte.
+const ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[b'\n' as usize] = b'n';
+    table[b'\r' as usize] = b'r';
+    table[b'\t' as usize] = b't';
+    table[0x08] = b'b';
+    table[0x0c] = b'f';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table[0x7f] = b'u';
+    // Lead bytes of U+0080..U+009F (C1 controls, NEL among them) and of U+2028/U+2029: line
+    // breaks for some viewers, so they are escaped as well.
+    table[0xc2] = 1;
+    table[0xe2] = 1;
+    table
+};
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `s` as the inside of a JSON string (no quotes), escaped.
+pub(crate) fn write_escaped(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let action = ESCAPE[bytes[i] as usize];
+        if action == 0 {
+            i += 1;
+            continue;
+        }
+        let len = if action == 1 {
+            let escaped = escaped_multibyte(bytes, i);
+            if escaped == 0 {
+                i += 1;
+                continue;
+            }
+            out.extend_from_slice(&bytes[start..i]);
+            push_unicode_escape(out, escaped);
+            if escaped < 0x100 { 2 } else { 3 }
+        } else {
+            out.extend_from_slice(&bytes[start..i]);
+            if action == b'u' {
+                push_unicode_escape(out, u32::from(bytes[i]));
+            } else {
+                out.extend_from_slice(&[b'\\', action]);
+            }
+            1
+        };
+        i += len;
+        start = i;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// The code point to escape at `bytes[i]` (a 0xc2 or 0xe2 lead byte), or 0 to keep it.
+fn escaped_multibyte(bytes: &[u8], i: usize) -> u32 {
+    match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+        (0xc2, Some(&b), _) if (0x80..=0x9f).contains(&b) => u32::from(b),
+        (0xe2, Some(0x80), Some(&b)) if b == 0xa8 || b == 0xa9 => 0x2000 | u32::from(b - 0x80),
+        _ => 0,
+    }
+}
+
+fn push_unicode_escape(out: &mut Vec<u8>, code: u32) {
+    out.extend_from_slice(b"\\u");
+    for shift in [12, 8, 4, 0] {
+        out.push(HEX[((code >> shift) & 0xf) as usize]);
+    }
+}
+
+/// Appends `s` as a quoted, escaped JSON string, truncated to `limit` bytes.
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str, limit: usize) {
+    out.push(b'"');
+    if s.len() <= limit {
+        write_escaped(out, s);
+    } else {
+        write_escaped(out, &s[..floor_char_boundary(s, limit)]);
+        write_truncation(out, s.len());
+    }
+    out.push(b'"');
+}
+
+/// The marker that ends a truncated string (inside its quotes).
+pub(crate) fn write_truncation(out: &mut Vec<u8>, original_len: usize) {
+    out.extend_from_slice(TRUNCATED_MARKER.as_bytes());
+    write_u64(out, original_len as u64);
+    out.extend_from_slice(b" bytes]");
+}
+
+/// The largest char boundary of `s` at or below `index`.
+pub(crate) fn floor_char_boundary(s: &str, index: usize) -> usize {
+    if index >= s.len() {
+        return s.len();
+    }
+    let mut i = index;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Appends `"key":`.
+pub(crate) fn write_key(out: &mut Vec<u8>, key: &str) {
+    out.push(b'"');
+    write_escaped(out, key);
+    out.extend_from_slice(b"\":");
+}
+
+pub(crate) fn write_u64(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+pub(crate) fn write_i64(out: &mut Vec<u8>, value: i64) {
+    if value < 0 {
+        out.push(b'-');
+    }
+    write_u64(out, value.unsigned_abs());
+}
+
+/// Writes a float; JSON has no NaN or infinity, so those become strings.
+pub(crate) fn write_f64(out: &mut Vec<u8>, value: f64) {
+    if value.is_finite() {
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{value}");
+    } else {
+        let text = if value.is_nan() {
+            "NaN"
+        } else if value > 0.0 {
+            "inf"
+        } else {
+            "-inf"
+        };
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// Streams `fmt` output into a JSON string (inside its quotes), escaping as it goes and
+/// keeping at most `limit` bytes while counting them all.
+pub(crate) struct EscapeWriter<'a> {
+    out: &'a mut Vec<u8>,
+    limit: usize,
+    len: usize,
+}
+
+impl<'a> EscapeWriter<'a> {
+    pub(crate) fn new(out: &'a mut Vec<u8>, limit: usize) -> Self {
+        Self { out, limit, len: 0 }
+    }
+
+    /// Ends the string: adds the truncation marker when the text went past the limit.
+    pub(crate) fn finish(self) {
+        if self.len > self.limit {
+            write_truncation(self.out, self.len);
+        }
+    }
+}
+
+impl fmt::Write for EscapeWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.limit.saturating_sub(self.len);
+        self.len += s.len();
+        if room >= s.len() {
+            write_escaped(self.out, s);
+        } else if room > 0 {
+            write_escaped(self.out, &s[..floor_char_boundary(s, room)]);
+        }
+        Ok(())
+    }
+}
+
+/// Collects `fmt` output as text, keeping at most `limit` bytes while counting them all.
+pub(crate) struct CappedString<'a> {
+    pub(crate) text: &'a mut String,
+    limit: usize,
+    pub(crate) len: usize,
+}
+
+impl<'a> CappedString<'a> {
+    pub(crate) fn new(text: &'a mut String, limit: usize) -> Self {
+        text.clear();
+        Self {
+            text,
+            limit,
+            len: 0,
+        }
+    }
+
+    pub(crate) fn truncated(&self) -> bool {
+        self.len > self.limit
+    }
+}
+
+impl fmt::Write for CappedString<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.limit.saturating_sub(self.len);
+        self.len += s.len();
+        if room >= s.len() {
+            self.text.push_str(s);
+        } else if room > 0 {
+            self.text.push_str(&s[..floor_char_boundary(s, room)]);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quoted(s: &str, limit: usize) -> String {
+        let mut out = Vec::new();
+        write_str(&mut out, s, limit);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn escapes_parse_back_to_the_same_text() {
+        for s in [
+            "plain",
+            "line\nbreak\r\t\"quoted\" back\\slash",
+            "\u{0}\u{1b}[31mred\u{1b}[0m\u{7f}",
+            "nel\u{85} ls\u{2028} ps\u{2029} é ü 日本 🎉",
+        ] {
+            let json = quoted(s, usize::MAX);
+            assert!(!json.contains('\n') && !json.contains('\u{1b}') && !json.contains('\u{2028}'));
+            assert!(!json.contains('\u{85}') && !json.contains('\u{0}'));
+            let back: String = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn truncation_keeps_char_boundaries_and_records_the_length() {
+        let s = "ééééé"; // 10 bytes
+        let json = quoted(s, 3);
+        let back: String = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, "é…[truncated, original 10 bytes]");
+    }
+
+    #[test]
+    fn escape_writer_truncates_streamed_text() {
+        use std::fmt::Write as _;
+        let mut out = Vec::new();
+        let mut w = EscapeWriter::new(&mut out, 4);
+        w.write_str("ab\n").unwrap();
+        w.write_str("cdef").unwrap();
+        w.finish();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ab\\nc…[truncated, original 7 bytes]"
+        );
+    }
+
+    #[test]
+    fn numbers() {
+        let mut out = Vec::new();
+        write_i64(&mut out, i64::MIN);
+        out.push(b' ');
+        write_u64(&mut out, u64::MAX);
+        out.push(b' ');
+        write_f64(&mut out, f64::NAN);
+        out.push(b' ');
+        write_f64(&mut out, 1.5);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "-9223372036854775808 18446744073709551615 \"NaN\" 1.5"
+        );
+    }
+}

@@ -1,0 +1,462 @@
+//! The `tracing-subscriber` layer: one line per event, in JSON or the `pretty` format.
+
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tracing::level_filters::LevelFilter;
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_core::subscriber::Interest;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::LogFormat;
+use crate::fields::{FieldSink, Slot, ValueRules, Visitor};
+use crate::filter::LevelControl;
+use crate::json::{self, EscapeWriter};
+use crate::recent::RecentLogs;
+use crate::redact::Redactor;
+use crate::writer::{DroppedLines, LineSink};
+
+/// Per-thread buffers keep at most this capacity between events.
+const KEEP_BUFFER_CAPACITY: usize = 64 * 1024;
+
+/// Top-level keys of a JSON line: in flattened mode, event fields with these names are written
+/// as `data.<name>` so they cannot overwrite them.
+const RESERVED_KEYS: &[&str] = &[
+    "timestamp",
+    "level",
+    "message",
+    "target",
+    "service",
+    "environment",
+    "version",
+    "span",
+    "data",
+];
+
+/// The layer that formats events into lines: build it with [`LogLayer::builder`].
+///
+/// Add it to a `tracing_subscriber::registry()`; keep the [`LogGuard`](crate::LogGuard) the
+/// builder returns alive until the program ends. Before adding it, take the handles the admin
+/// surface needs: [`level_control`](Self::level_control), [`recent_logs`](Self::recent_logs),
+/// [`dropped_lines`](Self::dropped_lines).
+pub struct LogLayer {
+    pub(crate) rules: ValueRules,
+    pub(crate) format: LogFormat,
+    /// `,"request_id":` (JSON) or ` request_id=` (pretty), by context slot.
+    pub(crate) context_keys: Vec<Vec<u8>>,
+    /// `,"service":"...","environment":"...","version":"..."` (JSON) or empty (pretty).
+    pub(crate) static_fields: Vec<u8>,
+    pub(crate) flatten: bool,
+    pub(crate) span_fields: bool,
+    pub(crate) ansi: bool,
+    pub(crate) filter: Option<LevelControl>,
+    pub(crate) level_control: LevelControl,
+    pub(crate) sink: Arc<dyn LineSink>,
+    pub(crate) recent: RecentLogs,
+    pub(crate) dropped: DroppedLines,
+}
+
+impl fmt::Debug for LogLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogLayer")
+            .field("format", &self.format)
+            .field("filter", &self.level_control.current().to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogLayer {
+    /// The handle that changes the filter at runtime.
+    pub fn level_control(&self) -> LevelControl {
+        self.level_control.clone()
+    }
+
+    /// The buffer of recent lines.
+    pub fn recent_logs(&self) -> RecentLogs {
+        self.recent.clone()
+    }
+
+    /// The count of lines lost (full queue, failed output).
+    pub fn dropped_lines(&self) -> DroppedLines {
+        self.dropped.clone()
+    }
+
+    /// The key rules used for redaction (to mask configuration the same way).
+    pub fn redactor(&self) -> Redactor {
+        self.rules.redactor.clone()
+    }
+
+    fn passes(&self, metadata: &Metadata<'_>) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| f.with_current(|d| d.enabled(metadata)))
+    }
+}
+
+/// What a span recorded, formatted once when recorded: kept in the span's extensions.
+#[derive(Default, Debug)]
+struct SpanFields {
+    /// (context slot, JSON value)
+    context: Vec<(usize, Vec<u8>)>,
+    /// (field name, JSON value)
+    data: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl SpanFields {
+    /// Takes the values `update` recorded, replacing those of the same fields.
+    fn merge(&mut self, update: SpanFields) {
+        for (slot, value) in update.context {
+            *entry(&mut self.context, slot) = value;
+        }
+        for (name, value) in update.data {
+            *entry(&mut self.data, name) = value;
+        }
+    }
+}
+
+fn entry<K: PartialEq + Copy>(entries: &mut Vec<(K, Vec<u8>)>, key: K) -> &mut Vec<u8> {
+    let index = match entries.iter().position(|(k, _)| *k == key) {
+        Some(index) => index,
+        None => {
+            entries.push((key, Vec::new()));
+            entries.len() - 1
+        }
+    };
+    let value = &mut entries[index].1;
+    value.clear();
+    value
+}
+
+impl FieldSink for SpanFields {
+    fn begin(&mut self, name: &'static str, slot: Slot) -> Option<&mut Vec<u8>> {
+        match slot {
+            Slot::Context(index) => Some(entry(&mut self.context, index)),
+            // `otel.*` fields instruct the OpenTelemetry layer (span kind, name, status).
+            Slot::Data | Slot::Message if name.starts_with("otel.") => None,
+            Slot::Data | Slot::Message => Some(entry(&mut self.data, name)),
+        }
+    }
+
+    fn message(&mut self, rules: &ValueRules, value: &dyn fmt::Debug) {
+        let out = entry(&mut self.data, "message");
+        out.push(b'"');
+        write_message(out, rules, value);
+        out.push(b'"');
+    }
+}
+
+fn write_message(out: &mut Vec<u8>, rules: &ValueRules, value: &dyn fmt::Debug) {
+    let mut writer = EscapeWriter::new(out, rules.max_value_bytes);
+    let _ = write!(writer, "{value:?}");
+    writer.finish();
+}
+
+/// Per-thread buffers, reused by every event on the thread.
+#[derive(Default)]
+struct Buffers {
+    line: Vec<u8>,
+    parts: Parts,
+    text: String,
+    scratch: Vec<u8>,
+}
+
+/// An event's pieces before assembly.
+#[derive(Default)]
+struct Parts {
+    /// Escaped, without quotes.
+    message: Vec<u8>,
+    /// Context fragments, each starting with its key.
+    context: Vec<u8>,
+    /// Which context slots are filled (the innermost value wins).
+    context_mask: u64,
+    /// Data fragments, each starting with its key.
+    data: Vec<u8>,
+    data_keys: Vec<&'static str>,
+}
+
+impl Parts {
+    fn clear(&mut self) {
+        self.message.clear();
+        self.context.clear();
+        self.context_mask = 0;
+        self.data.clear();
+        self.data_keys.clear();
+    }
+}
+
+thread_local! {
+    static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
+}
+
+/// The event's fields go into [`Parts`].
+struct EventSink<'a> {
+    layer: &'a LogLayer,
+    parts: &'a mut Parts,
+}
+
+impl EventSink<'_> {
+    fn context(&mut self, slot: usize) -> Option<&mut Vec<u8>> {
+        let bit = 1u64 << slot;
+        if self.parts.context_mask & bit != 0 {
+            return None;
+        }
+        self.parts.context_mask |= bit;
+        self.parts
+            .context
+            .extend_from_slice(&self.layer.context_keys[slot]);
+        Some(&mut self.parts.context)
+    }
+
+    fn data(&mut self, name: &'static str) -> &mut Vec<u8> {
+        self.parts.data_keys.push(name);
+        let out = &mut self.parts.data;
+        match self.layer.format {
+            LogFormat::Json => {
+                out.extend_from_slice(b",\"");
+                if self.layer.flatten && RESERVED_KEYS.contains(&name) {
+                    out.extend_from_slice(b"data.");
+                }
+                json::write_escaped(out, name);
+                out.extend_from_slice(b"\":");
+            }
+            LogFormat::Pretty => {
+                out.push(b' ');
+                json::write_escaped(out, name);
+                out.push(b'=');
+            }
+        }
+        out
+    }
+}
+
+impl FieldSink for EventSink<'_> {
+    fn begin(&mut self, name: &'static str, slot: Slot) -> Option<&mut Vec<u8>> {
+        match slot {
+            Slot::Context(index) => self.context(index),
+            Slot::Data | Slot::Message => Some(self.data(name)),
+        }
+    }
+
+    fn message(&mut self, rules: &ValueRules, value: &dyn fmt::Debug) {
+        write_message(&mut self.parts.message, rules, value);
+    }
+}
+
+fn level_name(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => "error",
+        Level::WARN => "warn",
+        Level::INFO => "info",
+        Level::DEBUG => "debug",
+        _ => "trace",
+    }
+}
+
+impl LogLayer {
+    /// Formats what a span records.
+    fn span_fields(&self, record: impl FnOnce(&mut Visitor<'_, SpanFields>)) -> SpanFields {
+        let mut fields = SpanFields::default();
+        let (mut text, mut scratch) = (String::new(), Vec::new());
+        record(&mut Visitor {
+            rules: &self.rules,
+            sink: &mut fields,
+            text: &mut text,
+            scratch: &mut scratch,
+        });
+        fields
+    }
+
+    fn emit<S>(&self, buffers: &mut Buffers, event: &Event<'_>, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let Buffers {
+            line,
+            parts,
+            text,
+            scratch,
+        } = buffers;
+        parts.clear();
+        let mut sink = EventSink { layer: self, parts };
+        event.record(&mut Visitor {
+            rules: &self.rules,
+            sink: &mut sink,
+            text,
+            scratch,
+        });
+
+        // Context and data from the spans in scope, innermost first: the first value wins.
+        let mut span_name = None;
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope {
+                span_name.get_or_insert(span.name());
+                let extensions = span.extensions();
+                let Some(fields) = extensions.get::<SpanFields>() else {
+                    continue;
+                };
+                for (slot, value) in &fields.context {
+                    if let Some(out) = sink.context(*slot) {
+                        out.extend_from_slice(value);
+                    }
+                }
+                if self.span_fields {
+                    for (name, value) in &fields.data {
+                        if !sink.parts.data_keys.contains(name) {
+                            sink.data(name).extend_from_slice(value);
+                        }
+                    }
+                }
+            }
+        }
+
+        line.clear();
+        let metadata = event.metadata();
+        match self.format {
+            LogFormat::Json => self.assemble_json(line, metadata, parts, span_name),
+            LogFormat::Pretty => self.assemble_pretty(line, metadata, parts, span_name),
+        }
+        line.push(b'\n');
+        if self.recent.is_enabled() {
+            self.recent.push(*metadata.level(), &line[..line.len() - 1]);
+        }
+        self.sink.write_line(line);
+        // One huge event must not pin its memory to the thread for good.
+        for buffer in [
+            line,
+            &mut parts.data,
+            &mut parts.message,
+            &mut parts.context,
+        ] {
+            buffer.shrink_to(KEEP_BUFFER_CAPACITY);
+        }
+    }
+
+    fn assemble_json(
+        &self,
+        line: &mut Vec<u8>,
+        metadata: &Metadata<'_>,
+        parts: &Parts,
+        span_name: Option<&str>,
+    ) {
+        line.extend_from_slice(b"{\"timestamp\":\"");
+        let _ = write!(
+            line,
+            "{}",
+            humantime::format_rfc3339_millis(SystemTime::now())
+        );
+        line.extend_from_slice(b"\",\"level\":\"");
+        line.extend_from_slice(level_name(metadata.level()).as_bytes());
+        line.extend_from_slice(b"\",\"message\":\"");
+        line.extend_from_slice(&parts.message);
+        line.extend_from_slice(b"\",\"target\":\"");
+        json::write_escaped(line, metadata.target());
+        line.push(b'"');
+        line.extend_from_slice(&self.static_fields);
+        line.extend_from_slice(&parts.context);
+        if let Some(name) = span_name {
+            line.extend_from_slice(b",\"span\":\"");
+            json::write_escaped(line, name);
+            line.push(b'"');
+        }
+        if self.flatten {
+            line.extend_from_slice(&parts.data);
+        } else {
+            line.extend_from_slice(b",\"data\":{");
+            line.extend_from_slice(parts.data.get(1..).unwrap_or_default());
+            line.push(b'}');
+        }
+        line.push(b'}');
+    }
+
+    fn assemble_pretty(
+        &self,
+        line: &mut Vec<u8>,
+        metadata: &Metadata<'_>,
+        parts: &Parts,
+        span_name: Option<&str>,
+    ) {
+        let _ = write!(
+            line,
+            "{} ",
+            humantime::format_rfc3339_millis(SystemTime::now())
+        );
+        let level = metadata.level();
+        let (name, color) = match *level {
+            Level::ERROR => ("ERROR", "31"),
+            Level::WARN => (" WARN", "33"),
+            Level::INFO => (" INFO", "32"),
+            Level::DEBUG => ("DEBUG", "34"),
+            _ => ("TRACE", "35"),
+        };
+        if self.ansi {
+            let _ = write!(line, "\x1b[{color}m{name}\x1b[0m ");
+        } else {
+            let _ = write!(line, "{name} ");
+        }
+        if let Some(span) = span_name {
+            json::write_escaped(line, span);
+            line.push(b' ');
+        }
+        json::write_escaped(line, metadata.target());
+        line.extend_from_slice(b": ");
+        line.extend_from_slice(&parts.message);
+        line.extend_from_slice(&parts.data);
+        line.extend_from_slice(&parts.context);
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for LogLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if self.passes(metadata) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>, _ctx: Context<'_, S>) -> bool {
+        self.passes(metadata)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        self.filter
+            .as_ref()
+            .map(|f| f.with_current(|d| d.max_level()))
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let fields = self.span_fields(|visitor| attrs.record(visitor));
+        span.extensions_mut().insert(fields);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        // Format before taking the span's lock: a value's Debug impl may itself log.
+        let update = self.span_fields(|visitor| values.record(visitor));
+        let mut extensions = span.extensions_mut();
+        if let Some(fields) = extensions.get_mut::<SpanFields>() {
+            fields.merge(update);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        BUFFERS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buffers) => self.emit(&mut buffers, event, &ctx),
+            // A value's Debug impl logged while this thread was formatting: fresh buffers.
+            Err(_) => self.emit(&mut Buffers::default(), event, &ctx),
+        });
+    }
+}

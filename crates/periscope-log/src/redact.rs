@@ -1,0 +1,494 @@
+//! Redaction by key: which field names hide their values, at any depth.
+
+use std::sync::Arc;
+
+use crate::json;
+
+/// The text that replaces a sensitive value.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// The contract's sensitive key fragments: a key that contains any of them is redacted.
+pub const DEFAULT_SENSITIVE_KEYS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "cookie",
+    "credential",
+    "private_key",
+    "session",
+];
+
+/// Keys that contain `token` but count tokens (LLM usage figures), so they are not secrets.
+pub const DEFAULT_ALLOWED_KEYS: &[&str] = &[
+    "max_tokens",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "input_tokens",
+    "output_tokens",
+];
+
+/// Nesting deeper than this is not parsed as JSON (the value stays a plain string).
+const MAX_DEPTH: usize = 128;
+
+/// Decides which keys are sensitive, and redacts JSON text and `serde_json` values by key.
+///
+/// Keys are compared case-insensitively with `_`, `-`, `.` and spaces ignored, so `apiKey`,
+/// `X-Api-Key`, `API_KEY` and `api.key` all match `api_key`. A key matches when it contains a
+/// sensitive fragment anywhere (`db_password`, `password_hash`, `Set-Cookie`), unless it is
+/// one of the allowed keys.
+///
+/// ```
+/// use periscope_log::Redactor;
+///
+/// let redactor = Redactor::default().with_sensitive_key("ssn");
+/// assert!(redactor.is_sensitive("X-Api-Key"));
+/// assert!(redactor.is_sensitive("user_SSN"));
+/// assert!(!redactor.is_sensitive("max_tokens")); // a count, allowed by default
+/// assert!(!redactor.is_sensitive("user_id"));
+///
+/// let mut config = serde_json::json!({"db": {"url": "pg://", "Password": "hunter2"}});
+/// redactor.redact_value(&mut config);
+/// assert_eq!(config["db"]["Password"], "[REDACTED]");
+/// ```
+#[derive(Clone, Debug)]
+pub struct Redactor {
+    inner: Arc<Rules>,
+}
+
+#[derive(Clone, Debug)]
+struct Rules {
+    /// Normalised fragments.
+    fragments: Vec<Box<[u8]>>,
+    /// `first[b]`: some fragment starts with byte `b`.
+    first: [bool; 256],
+    /// Normalised keys that are never sensitive.
+    allowed: Vec<Box<[u8]>>,
+}
+
+impl Default for Redactor {
+    fn default() -> Self {
+        Self::new(DEFAULT_SENSITIVE_KEYS, DEFAULT_ALLOWED_KEYS)
+    }
+}
+
+/// Lower case, without `_ - .` and spaces: the form keys are compared in.
+fn normalize_into(key: &str, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend(
+        key.bytes()
+            .filter(|b| !matches!(b, b'_' | b'-' | b'.' | b' '))
+            .map(|b| b.to_ascii_lowercase()),
+    );
+}
+
+fn normalized(key: &str) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(key.len());
+    normalize_into(key, &mut out);
+    out.into_boxed_slice()
+}
+
+impl Redactor {
+    /// A redactor with exactly these sensitive fragments and allowed keys.
+    pub fn new(sensitive: &[&str], allowed: &[&str]) -> Self {
+        let mut rules = Rules {
+            fragments: Vec::new(),
+            first: [false; 256],
+            allowed: allowed.iter().map(|k| normalized(k)).collect(),
+        };
+        for key in sensitive {
+            rules.add_fragment(key);
+        }
+        Self {
+            inner: Arc::new(rules),
+        }
+    }
+
+    /// Adds a sensitive fragment: any key containing it is redacted.
+    pub fn with_sensitive_key(mut self, fragment: &str) -> Self {
+        Arc::make_mut(&mut self.inner).add_fragment(fragment);
+        self
+    }
+
+    /// Never redacts this exact key (compared in the normalised form).
+    pub fn with_allowed_key(mut self, key: &str) -> Self {
+        Arc::make_mut(&mut self.inner).allowed.push(normalized(key));
+        self
+    }
+
+    /// Whether values under `key` are hidden.
+    pub fn is_sensitive(&self, key: &str) -> bool {
+        // Field names are short: normalise on the stack.
+        let mut buf = [0u8; 64];
+        let mut len = 0;
+        for b in key.bytes() {
+            if matches!(b, b'_' | b'-' | b'.' | b' ') {
+                continue;
+            }
+            if len == buf.len() {
+                let mut long = Vec::new();
+                normalize_into(key, &mut long);
+                return self.inner.matches(&long);
+            }
+            buf[len] = b.to_ascii_lowercase();
+            len += 1;
+        }
+        self.inner.matches(&buf[..len])
+    }
+
+    /// Replaces the value of every sensitive key, at any depth, with `"[REDACTED]"`.
+    pub fn redact_value(&self, value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map.iter_mut() {
+                    if self.is_sensitive(key) {
+                        *value = serde_json::Value::String(REDACTED.to_owned());
+                    } else {
+                        self.redact_value(value);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                items.iter_mut().for_each(|item| self.redact_value(item));
+            }
+            _ => {}
+        }
+    }
+
+    /// Rewrites JSON `text` compactly into `out`, sensitive values redacted and strings over
+    /// `limit` bytes truncated. Returns `false` (and leaves `out` as it was) when `text` is not
+    /// valid JSON.
+    pub(crate) fn rewrite_json(&self, text: &str, limit: usize, out: &mut Vec<u8>) -> bool {
+        let mark = out.len();
+        let mut parser = Parser {
+            s: text.as_bytes(),
+            i: 0,
+            redactor: self,
+            limit,
+            key: String::new(),
+        };
+        let ok = parser.value(out, 0).is_some() && {
+            parser.skip_ws();
+            parser.i == parser.s.len()
+        };
+        if !ok {
+            out.truncate(mark);
+        }
+        ok
+    }
+}
+
+impl Rules {
+    fn add_fragment(&mut self, fragment: &str) {
+        let fragment = normalized(fragment);
+        if let Some(&b) = fragment.first() {
+            self.first[b as usize] = true;
+            self.fragments.push(fragment);
+        }
+    }
+
+    fn matches(&self, key: &[u8]) -> bool {
+        let hit = key.iter().enumerate().any(|(i, &b)| {
+            self.first[b as usize] && self.fragments.iter().any(|f| key[i..].starts_with(f))
+        });
+        hit && !self.allowed.iter().any(|a| **a == *key)
+    }
+}
+
+/// A small JSON reader that copies its input compactly, redacting by key as it goes.
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+    redactor: &'a Redactor,
+    limit: usize,
+    /// The decoded text of the last string read.
+    key: String,
+}
+
+impl Parser<'_> {
+    fn skip_ws(&mut self) {
+        while matches!(self.s.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, b: u8) -> Option<()> {
+        self.skip_ws();
+        (self.s.get(self.i) == Some(&b)).then(|| self.i += 1)
+    }
+
+    fn value(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.skip_ws();
+        match *self.s.get(self.i)? {
+            b'{' => self.object(out, depth),
+            b'[' => self.array(out, depth),
+            b'"' => {
+                self.string()?;
+                json::write_str(out, &self.key, self.limit);
+                Some(())
+            }
+            b't' => self.literal(out, b"true"),
+            b'f' => self.literal(out, b"false"),
+            b'n' => self.literal(out, b"null"),
+            _ => self.number(out),
+        }
+    }
+
+    fn object(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<()> {
+        self.i += 1;
+        out.push(b'{');
+        if self.eat(b'}').is_some() {
+            out.push(b'}');
+            return Some(());
+        }
+        loop {
+            self.skip_ws();
+            if self.s.get(self.i) != Some(&b'"') {
+                return None;
+            }
+            self.string()?;
+            json::write_key(out, &self.key);
+            let sensitive = self.redactor.is_sensitive(&self.key);
+            self.eat(b':')?;
+            let mark = out.len();
+            self.value(out, depth + 1)?;
+            if sensitive {
+                out.truncate(mark);
+                json::write_str(out, REDACTED, usize::MAX);
+            }
+            if self.eat(b',').is_some() {
+                out.push(b',');
+            } else {
+                self.eat(b'}')?;
+                out.push(b'}');
+                return Some(());
+            }
+        }
+    }
+
+    fn array(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<()> {
+        self.i += 1;
+        out.push(b'[');
+        if self.eat(b']').is_some() {
+            out.push(b']');
+            return Some(());
+        }
+        loop {
+            self.value(out, depth + 1)?;
+            if self.eat(b',').is_some() {
+                out.push(b',');
+            } else {
+                self.eat(b']')?;
+                out.push(b']');
+                return Some(());
+            }
+        }
+    }
+
+    fn literal(&mut self, out: &mut Vec<u8>, word: &[u8]) -> Option<()> {
+        self.s[self.i..].starts_with(word).then(|| {
+            self.i += word.len();
+            out.extend_from_slice(word);
+        })
+    }
+
+    fn number(&mut self, out: &mut Vec<u8>) -> Option<()> {
+        let start = self.i;
+        self.i += usize::from(self.s.get(self.i) == Some(&b'-'));
+        match self.s.get(self.i)? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.s.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            self.require_digits()?;
+        }
+        if matches!(self.s.get(self.i), Some(b'e' | b'E')) {
+            self.i += 1;
+            self.i += usize::from(matches!(self.s.get(self.i), Some(b'+' | b'-')));
+            self.require_digits()?;
+        }
+        out.extend_from_slice(&self.s[start..self.i]);
+        Some(())
+    }
+
+    fn digits(&mut self) {
+        while self.s.get(self.i).is_some_and(u8::is_ascii_digit) {
+            self.i += 1;
+        }
+    }
+
+    fn require_digits(&mut self) -> Option<()> {
+        let start = self.i;
+        self.digits();
+        (self.i > start).then_some(())
+    }
+
+    /// Reads a string at `self.i` (on its opening quote) into `self.key`, decoded.
+    fn string(&mut self) -> Option<()> {
+        self.i += 1;
+        self.key.clear();
+        loop {
+            let start = self.i;
+            while let Some(&b) = self.s.get(self.i) {
+                if b == b'"' || b == b'\\' || b < 0x20 {
+                    break;
+                }
+                self.i += 1;
+            }
+            // The input is a &str and we stop only on ASCII bytes: always a char boundary.
+            self.key
+                .push_str(std::str::from_utf8(&self.s[start..self.i]).ok()?);
+            match *self.s.get(self.i)? {
+                b'"' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                b'\\' => self.escape()?,
+                _ => return None, // a raw control character
+            }
+        }
+    }
+
+    fn escape(&mut self) -> Option<()> {
+        let c = *self.s.get(self.i + 1)?;
+        self.i += 2;
+        let decoded = match c {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let high = self.hex4()?;
+                if (0xd800..0xdc00).contains(&high) {
+                    if self.s.get(self.i..self.i + 2)? != b"\\u" {
+                        return None;
+                    }
+                    self.i += 2;
+                    let low = self.hex4()?;
+                    if !(0xdc00..0xe000).contains(&low) {
+                        return None;
+                    }
+                    char::from_u32(0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00))?
+                } else {
+                    char::from_u32(high)?
+                }
+            }
+            _ => return None,
+        };
+        self.key.push(decoded);
+        Some(())
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = std::str::from_utf8(self.s.get(self.i..self.i + 4)?).ok()?;
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.i += 4;
+        u32::from_str_radix(digits, 16).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rewrite_with(redactor: &Redactor, text: &str) -> Option<String> {
+        let mut out = Vec::new();
+        redactor
+            .rewrite_json(text, 32, &mut out)
+            .then(|| String::from_utf8(out).unwrap())
+    }
+
+    fn rewrite(text: &str) -> Option<String> {
+        rewrite_with(&Redactor::default(), text)
+    }
+
+    #[test]
+    fn contract_keys_in_any_case_and_separator_style() {
+        let r = Redactor::default();
+        for key in [
+            "password",
+            "db_password",
+            "PASSWD",
+            "client_secret",
+            "access_token",
+            "apiKey",
+            "X-API-KEY",
+            "api.key",
+            "Authorization",
+            "Set-Cookie",
+            "credentials",
+            "privateKey",
+            "session_id",
+        ] {
+            assert!(r.is_sensitive(key), "{key}");
+        }
+        for key in ["user_id", "method", "status", "prompt_tokens", "keyboard"] {
+            assert!(!r.is_sensitive(key), "{key}");
+        }
+        let long = format!("{}_password", "x".repeat(100));
+        assert!(r.is_sensitive(&long));
+    }
+
+    #[test]
+    fn rewrites_nested_json_redacting_at_any_depth() {
+        let text = r#" {"user": {"name": "ann", "Password": "hunter2", "keys": [{"api_key": {"v": 1}}]},
+            "n": -1.5e3, "ok": true, "none": null, "esc": "a\"b\u00e9\ud83c\udf89"} "#;
+        let out = rewrite(text).unwrap();
+        assert!(!out.contains("hunter2"));
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["user"]["Password"], REDACTED);
+        assert_eq!(value["user"]["keys"][0]["api_key"], REDACTED);
+        assert_eq!(value["user"]["name"], "ann");
+        assert_eq!(value["n"], -1500.0);
+        assert_eq!(value["esc"], "a\"bé🎉");
+    }
+
+    #[test]
+    fn rejects_what_is_not_json() {
+        for text in [
+            "{",
+            "{\"a\"}",
+            "{\"a\":1,}",
+            "[1 2]",
+            "{\"a\":01}",
+            "\"\\ud800\"",
+            "{\"a\":1} x",
+            "Login { password: \"x\" }",
+        ] {
+            assert_eq!(rewrite(text), None, "{text}");
+        }
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(rewrite(&deep), None);
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_serde_json(text in r#"[\[\]{}",:0-9a-z\\ .eE+-]{0,24}"#) {
+            let ours = rewrite_with(&Redactor::new(&[], &[]), &text);
+            let theirs = serde_json::from_str::<serde_json::Value>(&text);
+            prop_assert_eq!(ours.is_some(), theirs.is_ok(), "{:?}", text);
+            if let (Some(ours), Ok(theirs)) = (ours, theirs) {
+                let back: serde_json::Value = serde_json::from_str(&ours).unwrap();
+                if !text.contains("e") && !text.contains('.') {
+                    prop_assert_eq!(back, theirs);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Where lines go: a background thread behind a bounded queue, or a locked writer.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Default bound of the queue in lines.
+pub const DEFAULT_QUEUE_LINES: usize = 65_536;
+/// Default bound of the queue in bytes.
+pub const DEFAULT_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+/// Default time the guard waits for the queue to drain.
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the writer thread waits for more lines before it sleeps until woken: the most a
+/// line waits in the queue while the service logs steadily.
+const BATCH_NAP: Duration = Duration::from_millis(5);
+/// A batch buffer larger than this is shrunk after a burst.
+const KEEP_BATCH_CAPACITY: usize = 1024 * 1024;
+
+/// Takes finished lines (each ending in `\n`).
+pub(crate) trait LineSink: Send + Sync {
+    fn write_line(&self, line: &[u8]);
+}
+
+/// How many lines were lost: the queue was full, the output failed, or the guard was gone.
+///
+/// Cheap to clone; read it for a metric (`periscope_log_dropped_lines_total`).
+#[derive(Clone, Debug, Default)]
+pub struct DroppedLines(Arc<AtomicU64>);
+
+impl DroppedLines {
+    /// Lines dropped so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes on the caller's thread under a lock: for tests, tools and short-lived programs.
+pub(crate) struct Blocking {
+    writer: Mutex<Box<dyn Write + Send>>,
+    dropped: DroppedLines,
+}
+
+impl Blocking {
+    pub(crate) fn new(writer: Box<dyn Write + Send>, dropped: DroppedLines) -> Self {
+        Self {
+            writer: Mutex::new(writer),
+            dropped,
+        }
+    }
+
+    pub(crate) fn flush(&self) {
+        let _ = lock(&self.writer).flush();
+    }
+}
+
+impl LineSink for Blocking {
+    fn write_line(&self, line: &[u8]) {
+        if lock(&self.writer).write_all(line).is_err() {
+            self.dropped.add(1);
+        }
+    }
+}
+
+/// Queues lines for a background thread; never blocks the logging thread on output.
+pub(crate) struct NonBlocking {
+    shared: Arc<Queue>,
+}
+
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Wakes the writer thread.
+    work: Condvar,
+    /// Wakes the guard when the writer thread has finished.
+    finished: Condvar,
+    max_lines: usize,
+    max_bytes: usize,
+    dropped: DroppedLines,
+}
+
+#[derive(Default)]
+struct QueueState {
+    bytes: Vec<u8>,
+    lines: usize,
+    writer_waiting: bool,
+    closed: bool,
+    finished: bool,
+}
+
+impl LineSink for NonBlocking {
+    fn write_line(&self, line: &[u8]) {
+        let queue = &self.shared;
+        let mut state = lock(&queue.state);
+        let full =
+            state.lines >= queue.max_lines || state.bytes.len() + line.len() > queue.max_bytes;
+        if full || state.closed {
+            drop(state);
+            queue.dropped.add(1);
+            return;
+        }
+        state.bytes.extend_from_slice(line);
+        state.lines += 1;
+        // Only a sleeping writer, or a napping one facing a filling queue, needs the (system
+        // call) wake-up.
+        if state.writer_waiting || state.lines == queue.max_lines / 2 {
+            state.writer_waiting = false;
+            queue.work.notify_one();
+        }
+    }
+}
+
+impl Queue {
+    fn run(&self, mut out: Box<dyn Write + Send>) {
+        let mut batch = Vec::new();
+        loop {
+            let mut state = lock(&self.state);
+            if state.lines == 0 && !state.closed {
+                // Under steady logging, nap instead of asking for a wake-up per line (a
+                // system call on the logging thread); sleep for good only once idle.
+                state = self
+                    .work
+                    .wait_timeout(state, BATCH_NAP)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            while state.lines == 0 && !state.closed {
+                state.writer_waiting = true;
+                state = self
+                    .work
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if state.lines == 0 {
+                let _ = out.flush();
+                state.finished = true;
+                self.finished.notify_all();
+                return;
+            }
+            std::mem::swap(&mut state.bytes, &mut batch);
+            let lines = std::mem::take(&mut state.lines);
+            drop(state);
+            if out.write_all(&batch).and_then(|()| out.flush()).is_err() {
+                self.dropped.add(lines as u64);
+            }
+            batch.clear();
+            batch.shrink_to(KEEP_BATCH_CAPACITY);
+        }
+    }
+}
+
+/// Flushes every queued line when dropped: keep it alive until the program ends.
+///
+/// Dropping it closes the queue, waits (up to the flush timeout) until the background thread
+/// has written every line logged before, and stops that thread. Lines logged after it is
+/// dropped are counted as dropped.
+#[must_use = "dropping the guard stops the log writer: keep it until the program ends"]
+pub struct LogGuard {
+    kind: GuardKind,
+    timeout: Duration,
+}
+
+enum GuardKind {
+    Thread(Arc<Queue>, Option<JoinHandle<()>>),
+    Blocking(Arc<Blocking>),
+}
+
+impl std::fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogGuard")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        match &mut self.kind {
+            GuardKind::Blocking(sink) => sink.flush(),
+            GuardKind::Thread(queue, handle) => {
+                let deadline = Instant::now() + self.timeout;
+                let mut state = lock(&queue.state);
+                state.closed = true;
+                queue.work.notify_one();
+                while !state.finished {
+                    let now = Instant::now();
+                    let thread_gone = handle.as_ref().is_none_or(JoinHandle::is_finished);
+                    if now >= deadline || thread_gone {
+                        return; // the output is stuck or its thread died: do not hang
+                    }
+                    state = queue
+                        .finished
+                        .wait_timeout(state, (deadline - now).min(Duration::from_millis(100)))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                drop(state);
+                if let Some(handle) = handle.take() {
+                    let _ = handle.join();
+                }
+            }
+        }
+    }
+}
+
+/// How the builder sets up the output.
+pub(crate) struct WriterConfig {
+    pub(crate) non_blocking: bool,
+    pub(crate) max_lines: usize,
+    pub(crate) max_bytes: usize,
+    pub(crate) flush_timeout: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            non_blocking: true,
+            max_lines: DEFAULT_QUEUE_LINES,
+            max_bytes: DEFAULT_QUEUE_BYTES,
+            flush_timeout: DEFAULT_FLUSH_TIMEOUT,
+        }
+    }
+}
+
+/// Starts the output: a writer thread behind a queue, or a locked writer when asked for (or
+/// when no thread can be started).
+pub(crate) fn start(
+    out: Box<dyn Write + Send>,
+    config: &WriterConfig,
+    dropped: DroppedLines,
+) -> (Arc<dyn LineSink>, LogGuard) {
+    let blocking = |out| {
+        let sink = Arc::new(Blocking::new(out, dropped.clone()));
+        let guard = LogGuard {
+            kind: GuardKind::Blocking(sink.clone()),
+            timeout: config.flush_timeout,
+        };
+        (sink as Arc<dyn LineSink>, guard)
+    };
+    if !config.non_blocking {
+        return blocking(out);
+    }
+    let queue = Arc::new(Queue {
+        state: Mutex::new(QueueState::default()),
+        work: Condvar::new(),
+        finished: Condvar::new(),
+        max_lines: config.max_lines.max(1),
+        max_bytes: config.max_bytes.max(1),
+        dropped: dropped.clone(),
+    });
+    // The thread gets the writer through a slot so a failed spawn can hand it back.
+    let slot = Arc::new(Mutex::new(Some(out)));
+    let (thread_queue, thread_slot) = (queue.clone(), slot.clone());
+    let spawned = std::thread::Builder::new()
+        .name("periscope-log-writer".into())
+        .spawn(move || {
+            if let Some(out) = lock(&thread_slot).take() {
+                thread_queue.run(out);
+            }
+        });
+    match spawned {
+        Ok(handle) => {
+            let guard = LogGuard {
+                kind: GuardKind::Thread(queue.clone(), Some(handle)),
+                timeout: config.flush_timeout,
+            };
+            (Arc::new(NonBlocking { shared: queue }), guard)
+        }
+        Err(_) => match lock(&slot).take() {
+            Some(out) => blocking(out),
+            None => blocking(Box::new(std::io::sink())),
+        },
+    }
+}

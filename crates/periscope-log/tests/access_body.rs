@@ -1,0 +1,133 @@
+//! The access line is written when the body ends: bytes counted across frames, aborted bodies
+//! and service errors reported.
+
+mod common;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use common::capture;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use periscope_log::AccessLogLayer;
+use serde_json::json;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+/// A body of `n` frames of `size` bytes each.
+struct Frames {
+    left: usize,
+    size: usize,
+}
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        self.left -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; self.size])))))
+    }
+}
+
+fn poll_now<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the test service is ready at once"),
+    }
+}
+
+fn service(
+    frames: usize,
+    status: StatusCode,
+) -> impl Service<
+    Request<()>,
+    Response = Response<periscope_log::AccessLogBody<Frames>>,
+    Error = Infallible,
+> {
+    ServiceBuilder::new()
+        .layer(AccessLogLayer::new())
+        .service_fn(move |_req: Request<()>| async move {
+            let mut response = Response::new(Frames {
+                left: frames,
+                size: 10,
+            });
+            *response.status_mut() = status;
+            Ok::<_, Infallible>(response)
+        })
+}
+
+#[test]
+fn bytes_are_counted_across_frames_and_the_line_waits_for_the_end() {
+    let out = capture(
+        |b| b,
+        |_| {
+            let request = Request::get("/stream?secret=1").body(()).unwrap();
+            let response = poll_now(service(3, StatusCode::OK).oneshot(request)).unwrap();
+            let mut body = std::pin::pin!(response.into_body());
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            while let Poll::Ready(Some(_)) = body.as_mut().poll_frame(&mut cx) {}
+        },
+    );
+    let lines = out.lines();
+    assert_eq!(lines.len(), 1);
+    let data = &lines[0]["data"];
+    assert_eq!(
+        (&data["bytes_out"], &data["status"]),
+        (&json!(30), &json!(200))
+    );
+    assert_eq!(data["path"], "/stream");
+    assert!(data.get("aborted").is_none());
+}
+
+#[test]
+fn a_body_dropped_before_its_end_is_logged_as_aborted() {
+    let out = capture(
+        |b| b,
+        |_| {
+            let request = Request::get("/big").body(()).unwrap();
+            let response =
+                poll_now(service(5, StatusCode::SERVICE_UNAVAILABLE).oneshot(request)).unwrap();
+            let mut body = Box::pin(response.into_body());
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(body.as_mut().poll_frame(&mut cx).is_ready());
+            drop(body);
+        },
+    );
+    let line = &out.lines()[0];
+    assert_eq!(line["level"], "error");
+    assert_eq!(line["data"]["aborted"], true);
+    assert_eq!(line["data"]["bytes_out"], 10);
+}
+
+#[test]
+fn a_service_error_is_an_error_line() {
+    let out = capture(
+        |b| b,
+        |_| {
+            let failing = ServiceBuilder::new()
+                .layer(AccessLogLayer::new())
+                .service_fn(|_req: Request<()>| async {
+                    Err::<Response<String>, _>("upstream refused")
+                });
+            let request = Request::post("/jobs").body(()).unwrap();
+            assert!(poll_now(failing.oneshot(request)).is_err());
+        },
+    );
+    let line = &out.lines()[0];
+    assert_eq!(line["level"], "error");
+    assert_eq!(line["message"], "request failed");
+    assert_eq!(line["data"]["error"], "upstream refused");
+    assert_eq!(line["data"]["method"], "POST");
+}

@@ -1,0 +1,180 @@
+//! Requests over a real socket: one access line per request, with the request's context.
+#![cfg(feature = "axum")] // the route comes from axum's MatchedPath
+
+mod common;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use common::{Captured, Handles};
+use periscope_context::{ExtractOptions, RequestContext, extract};
+use periscope_log::{AccessLogLayer, LogGuard, LogLayer};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::Instrument;
+use tracing_subscriber::prelude::*;
+
+/// What periscope-trace's server layer does: the context in the extensions and current, the
+/// request span with the contract's field names.
+async fn correlate(mut request: Request, next: Next) -> Response {
+    let ctx = extract(request.headers(), &ExtractOptions::default()).context;
+    request.extensions_mut().insert(ctx.clone());
+    let span = tracing::info_span!(
+        target: "periscope_trace",
+        "request",
+        request_id = ctx.request_id.as_str(),
+        trace_id = %ctx.trace_id,
+        span_id = %ctx.span_id,
+        org_id = tracing::field::Empty,
+    );
+    if let Some(org) = ctx.tenant.org_id() {
+        span.record("org_id", org);
+    }
+    ctx.scope(next.run(request)).instrument(span).await
+}
+
+async fn job(axum::extract::Path(id): axum::extract::Path<String>) -> String {
+    let ctx = RequestContext::current().expect("the context is current in handlers");
+    tracing::info!(job_id = id.as_str(), "looking up job");
+    format!("job {id} of {}", ctx.request_id)
+}
+
+async fn get_raw(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+/// The layer writing into a buffer, as this thread's subscriber: the current-thread runtime
+/// runs server and client here.
+fn install() -> (
+    Captured,
+    Handles,
+    LogGuard,
+    tracing::subscriber::DefaultGuard,
+) {
+    let out = Captured::default();
+    let (layer, guard) = LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let handles = Handles::of(&layer);
+    let default = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    (out, handles, guard, default)
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn one_access_line_per_request_with_context_status_and_bytes() {
+    let (out, handles, guard, _default) = install();
+    let Handles { level, .. } = handles;
+
+    let app = Router::new()
+        .route("/jobs/{id}", get(job))
+        .route(
+            "/boom",
+            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
+        )
+        .route("/health", get(|| async { "ok" }))
+        .layer(AccessLogLayer::new())
+        .layer(middleware::from_fn(correlate));
+    let addr = serve(app).await;
+
+    let traceparent = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n";
+    let headers = format!("x-request-id: req_abc\r\nx-org-id: org_9\r\n{traceparent}");
+    let (status, body) = get_raw(addr, "/jobs/42?token=hunter2", &headers).await;
+    assert_eq!((status, body.as_str()), (200, "job 42 of req_abc"));
+    assert_eq!(get_raw(addr, "/boom", "").await.0, 500);
+    assert_eq!(get_raw(addr, "/health", "").await.0, 200);
+    level.set("debug".parse().unwrap());
+    assert_eq!(get_raw(addr, "/health", "").await.0, 200);
+    drop(guard);
+
+    let text = out.text();
+    assert!(
+        !text.contains("hunter2"),
+        "the query string is never logged: {text}"
+    );
+    let lines = out.lines();
+    let access: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "periscope::access")
+        .collect();
+    // /health is quiet: only the one made while the level was debug is there.
+    assert_eq!(access.len(), 3, "{text}");
+
+    let handler = lines
+        .iter()
+        .find(|l| l["message"] == "looking up job")
+        .unwrap();
+    let ok = access[0];
+    for line in [handler, ok] {
+        assert_eq!(line["request_id"], "req_abc");
+        assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(line["org_id"], "org_9");
+        assert_eq!(line["span"], "request");
+    }
+    // The span id is the one recorded on the request span: a new span of this service.
+    assert_eq!(handler["span_id"], ok["span_id"]);
+    assert_ne!(ok["span_id"], "00f067aa0ba902b7");
+    assert_eq!(ok["level"], "info");
+    assert_eq!(ok["message"], "request completed");
+    let data = &ok["data"];
+    assert!(data["duration_ms"].as_f64().unwrap() >= 0.0);
+    let mut data = data.clone();
+    data.as_object_mut().unwrap().remove("duration_ms");
+    assert_eq!(
+        data,
+        json!({"method": "GET", "route": "/jobs/{id}", "path": "/jobs/42", "status": 200,
+               "bytes_out": "job 42 of req_abc".len()})
+    );
+
+    assert_eq!(access[1]["level"], "error");
+    assert_eq!(access[1]["data"]["status"], 500);
+    assert_eq!(access[1]["data"]["bytes_out"], 4);
+    assert_eq!(access[2]["level"], "debug");
+    assert_eq!(access[2]["data"]["path"], "/health");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn client_errors_are_warnings_and_quiet_paths_are_configurable() {
+    let (out, _, guard, _default) = install();
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .layer(AccessLogLayer::new().quiet_paths(Vec::<String>::new()));
+    let addr = serve(app).await;
+
+    assert_eq!(get_raw(addr, "/health", "").await.0, 200);
+    assert_eq!(get_raw(addr, "/nope", "").await.0, 404);
+    drop(guard);
+    let lines = out.lines();
+    assert_eq!(lines.len(), 2, "{}", out.text());
+    assert_eq!(
+        (&lines[0]["level"], &lines[0]["data"]["path"]),
+        (&json!("info"), &json!("/health"))
+    );
+    assert_eq!(lines[1]["level"], "warn");
+    assert_eq!(lines[1]["data"]["status"], 404);
+    assert!(lines[1]["data"].get("route").is_none(), "no route matched");
+}

@@ -1,0 +1,86 @@
+//! Capturing what the layer writes, and parsing it back.
+#![allow(dead_code)] // each test file uses a part of it
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use periscope_log::{DroppedLines, LevelControl, LogLayer, LogLayerBuilder, RecentLogs};
+use serde_json::Value;
+use tracing_subscriber::prelude::*;
+
+/// A writer whose bytes the test can read.
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).expect("output is UTF-8")
+    }
+
+    /// Every line, each parsed as one JSON object.
+    pub fn lines(&self) -> Vec<Value> {
+        let text = self.text();
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "lines end in a newline"
+        );
+        text.lines()
+            .map(|line| {
+                let value: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not one JSON object: {e}: {line:?}"));
+                assert!(value.is_object(), "{line}");
+                value
+            })
+            .collect()
+    }
+}
+
+/// The handles a test reads while logging.
+pub struct Handles {
+    pub level: LevelControl,
+    pub recent: RecentLogs,
+    pub dropped: DroppedLines,
+}
+
+impl Handles {
+    pub fn of(layer: &LogLayer) -> Self {
+        Self {
+            level: layer.level_control(),
+            recent: layer.recent_logs(),
+            dropped: layer.dropped_lines(),
+        }
+    }
+}
+
+/// Runs `f` under a subscriber with the layer `configure` builds (writing synchronously into
+/// a buffer), and returns the buffer.
+pub fn capture(
+    configure: impl FnOnce(LogLayerBuilder) -> LogLayerBuilder,
+    f: impl FnOnce(&Handles),
+) -> Captured {
+    let out = Captured::default();
+    let (layer, guard) = configure(LogLayer::builder().writer(out.clone()).blocking(true)).build();
+    let handles = Handles::of(&layer);
+    let subscriber = tracing_subscriber::registry().with(layer);
+    tracing::subscriber::with_default(subscriber, || f(&handles));
+    drop(guard);
+    out
+}
+
+/// The one line `f` logs.
+pub fn one_line(f: impl FnOnce()) -> Value {
+    let mut lines = capture(|b| b, |_| f()).lines();
+    assert_eq!(lines.len(), 1, "exactly one line");
+    lines.remove(0)
+}

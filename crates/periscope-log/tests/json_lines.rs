@@ -1,0 +1,330 @@
+//! The line schema: parsed back with serde_json and compared field by field.
+
+mod common;
+
+use std::error::Error;
+use std::fmt;
+
+use common::{capture, one_line};
+use http::HeaderMap;
+use periscope_context::{ExtractOptions, RequestContext, extract};
+use periscope_log::{LogFormat, RecentLogs};
+use serde_json::{Value, json};
+use tracing::Level;
+
+/// A request context the way the server layer makes it: from incoming headers.
+fn request_context() -> RequestContext {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    headers.insert("x-request-id", "req_01jjabc".parse().unwrap());
+    headers.insert("x-org-id", "org_9".parse().unwrap());
+    extract(&headers, &ExtractOptions::default()).context
+}
+
+/// The span the trace layer records, with the contract's field names.
+fn request_span(ctx: &RequestContext) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        request_id = ctx.request_id.as_str(),
+        trace_id = %ctx.trace_id,
+        span_id = %ctx.span_id,
+        org_id = tracing::field::Empty,
+        project_id = tracing::field::Empty,
+    )
+}
+
+fn keys(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+#[test]
+fn a_line_in_a_request_has_exactly_the_contract_schema() {
+    let ctx = request_context();
+    let out = capture(
+        |b| {
+            b.service("framecast-api")
+                .environment("production")
+                .version("1.4.2")
+        },
+        |_| {
+            let request = request_span(&ctx);
+            // The trace layer records tenant fields once validated.
+            request.record("org_id", "org_9");
+            let _request = request.enter();
+            let job = tracing::info_span!("cancel_job", user_id = "usr_123", job_id = "job_789");
+            let _job = job.enter();
+            tracing::info!(
+                target: "framecast::jobs",
+                old_status = "processing",
+                new_status = "completed",
+                attempts = 3u64,
+                ratio = 0.5,
+                forced = false,
+                "Job status changed"
+            );
+        },
+    );
+    let text = out.text();
+    assert!(text.starts_with("{\"timestamp\":\""), "{text}");
+    let lines = out.lines();
+    assert_eq!(lines.len(), 1);
+    let line = &lines[0];
+    assert_eq!(
+        keys(line),
+        [
+            "data",
+            "environment",
+            "job_id",
+            "level",
+            "message",
+            "org_id",
+            "request_id",
+            "service",
+            "span",
+            "span_id",
+            "target",
+            "timestamp",
+            "trace_id",
+            "user_id",
+            "version"
+        ]
+    );
+    // RFC 3339 UTC with milliseconds.
+    let ts = line["timestamp"].as_str().unwrap();
+    assert_eq!(ts.len(), 24, "{ts}");
+    assert!(
+        ts.ends_with('Z') && &ts[10..11] == "T" && &ts[19..20] == ".",
+        "{ts}"
+    );
+    assert!(humantime::parse_rfc3339(ts).is_ok(), "{ts}");
+    assert_eq!(line["level"], "info");
+    assert_eq!(line["message"], "Job status changed");
+    assert_eq!(line["target"], "framecast::jobs");
+    assert_eq!(line["service"], "framecast-api");
+    assert_eq!(line["environment"], "production");
+    assert_eq!(line["version"], "1.4.2");
+    assert_eq!(line["request_id"], "req_01jjabc");
+    assert_eq!(line["trace_id"], ctx.trace_id.to_string());
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(line["span_id"], ctx.span_id.to_string());
+    assert_eq!(line["org_id"], "org_9");
+    assert_eq!(line["user_id"], "usr_123");
+    assert_eq!(line["job_id"], "job_789");
+    assert_eq!(line["span"], "cancel_job");
+    assert_eq!(
+        line["data"],
+        json!({"old_status": "processing", "new_status": "completed", "attempts": 3,
+               "ratio": 0.5, "forced": false})
+    );
+}
+
+#[test]
+fn outside_any_span_there_is_no_span_and_data_is_an_empty_object() {
+    let line = one_line(|| tracing::warn!("plain"));
+    assert_eq!(
+        keys(&line),
+        ["data", "level", "message", "target", "timestamp"]
+    );
+    assert_eq!(line["data"], json!({}));
+    assert_eq!(line["level"], "warn");
+}
+
+#[test]
+fn the_innermost_span_wins_and_the_event_wins_over_spans() {
+    let line = one_line(|| {
+        let outer = tracing::info_span!("outer", request_id = "req_outer", team_id = "tm_1");
+        let _outer = outer.enter();
+        let inner = tracing::info_span!("inner", request_id = "req_inner");
+        let _inner = inner.enter();
+        tracing::info!(job_id = "job_from_event", "x");
+    });
+    assert_eq!(line["request_id"], "req_inner");
+    assert_eq!(line["team_id"], "tm_1");
+    assert_eq!(line["job_id"], "job_from_event");
+    assert_eq!(line["span"], "inner");
+    assert_eq!(line["data"], json!({}));
+}
+
+#[test]
+fn fields_recorded_later_on_a_span_are_lifted() {
+    let line = one_line(|| {
+        let span = tracing::info_span!("request", user_id = tracing::field::Empty);
+        let _enter = span.enter();
+        span.record("user_id", "usr_late");
+        tracing::info!("x");
+    });
+    assert_eq!(line["user_id"], "usr_late");
+}
+
+#[test]
+fn span_fields_join_data_with_the_event_and_inner_spans_winning() {
+    let line = one_line(|| {
+        let outer =
+            tracing::info_span!("outer", model = "small", queue = "a", otel.kind = "server");
+        let _outer = outer.enter();
+        let inner = tracing::info_span!("inner", queue = "b");
+        let _inner = inner.enter();
+        tracing::info!(model = "large", "x");
+    });
+    assert_eq!(line["data"], json!({"model": "large", "queue": "b"}));
+}
+
+#[derive(Debug)]
+struct Outer(Inner);
+#[derive(Debug)]
+struct Inner;
+
+impl fmt::Display for Outer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("cannot cancel job")
+    }
+}
+impl fmt::Display for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("database \"jobs\" unreachable")
+    }
+}
+impl Error for Outer {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.0)
+    }
+}
+impl Error for Inner {}
+
+#[test]
+fn errors_render_as_message_and_chain() {
+    let line = one_line(|| {
+        let error = Outer(Inner);
+        tracing::error!(error = &error as &dyn Error, "cancel failed");
+    });
+    assert_eq!(
+        line["data"]["error"],
+        json!({"message": "cannot cancel job", "chain": ["database \"jobs\" unreachable"]})
+    );
+}
+
+#[test]
+fn long_strings_are_truncated_with_their_original_length() {
+    let long = "é".repeat(100); // 200 bytes
+    let out = capture(
+        |b| b.max_value_bytes(11),
+        |_| tracing::info!(body = long.as_str(), debug = ?long, "{}", long),
+    );
+    let line = &out.lines()[0];
+    let marker = "…[truncated, original 200 bytes]";
+    assert_eq!(line["data"]["body"], format!("{}{marker}", "é".repeat(5)));
+    assert_eq!(line["message"], format!("{}{marker}", "é".repeat(5)));
+    // Debug quotes the string: 202 bytes.
+    assert_eq!(
+        line["data"]["debug"],
+        format!("\"{}…[truncated, original 202 bytes]", "é".repeat(5))
+    );
+}
+
+#[test]
+fn nested_json_is_logged_as_an_object() {
+    #[derive(serde::Serialize)]
+    struct Usage {
+        model: &'static str,
+        prompt_tokens: u32,
+        limits: Vec<u32>,
+    }
+    let usage = Usage {
+        model: "small",
+        prompt_tokens: 12,
+        limits: vec![1, 2],
+    };
+    let line = one_line(|| tracing::info!(usage = periscope_log::json(&usage), "done"));
+    assert_eq!(
+        line["data"]["usage"],
+        json!({"model": "small", "prompt_tokens": 12, "limits": [1, 2]})
+    );
+}
+
+#[test]
+fn flattened_mode_puts_fields_at_the_top_without_overwriting_reserved_keys() {
+    let out = capture(
+        |b| b.flatten_data(true).service("svc"),
+        |_| tracing::info!(status = 200u64, level = "forged", service = "forged", "x"),
+    );
+    let line = &out.lines()[0];
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["level"], "info");
+    assert_eq!(line["service"], "svc");
+    assert_eq!(line["data.level"], "forged");
+    assert_eq!(line["data.service"], "forged");
+    assert!(line.get("data").is_none());
+}
+
+#[test]
+fn declared_context_fields_are_lifted() {
+    let out = capture(
+        |b| b.context_field("tenant_id"),
+        |_| {
+            let span = tracing::info_span!("job", tenant_id = "t_1");
+            let _enter = span.enter();
+            tracing::info!("x");
+        },
+    );
+    assert_eq!(out.lines()[0]["tenant_id"], "t_1");
+}
+
+#[test]
+fn pretty_format_is_one_readable_line_per_event() {
+    let out = capture(
+        |b| b.format(LogFormat::Pretty).ansi(false),
+        |_| {
+            let span = tracing::info_span!("request", request_id = "req_1");
+            let _enter = span.enter();
+            tracing::info!(target: "app", status = 200u64, note = "two\nlines", "served");
+        },
+    );
+    let text = out.text();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let line = text.trim_end();
+    assert!(
+        line.ends_with(
+            " INFO request app: served status=200 note=\"two\\nlines\" request_id=\"req_1\""
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn recent_lines_are_kept_and_filtered_by_level() {
+    let mut recent: Option<RecentLogs> = None;
+    let out = capture(
+        |b| b.directives("debug".parse().unwrap()),
+        |handles| {
+            recent = Some(handles.recent.clone());
+            tracing::debug!("one");
+            tracing::error!("two");
+            tracing::info!("three");
+        },
+    );
+    let recent = recent.unwrap();
+    let all = recent.lines(10, None);
+    assert_eq!(all.len(), 3);
+    // The buffer holds exactly what was written.
+    let text = out.text();
+    let written: Vec<&str> = text.lines().collect();
+    let kept: Vec<&str> = all.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(kept, written);
+    let errors = recent.lines(10, Some(Level::INFO));
+    assert_eq!(errors.len(), 2);
+    let array: Value = serde_json::from_str(&recent.to_json_array(1, Some(Level::WARN))).unwrap();
+    assert_eq!(array[0]["message"], "two");
+    assert_eq!(array.as_array().unwrap().len(), 1);
+}

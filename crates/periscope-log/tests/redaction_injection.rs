@@ -1,0 +1,161 @@
+//! Secrets never reach the output; no value can break a line or forge a field.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::capture;
+use serde_json::{Value, json};
+
+const SECRETS: &[&str] = &[
+    "hunter2",
+    "sk-live-1234",
+    "Bearer abc.def",
+    "sess-cookie-9",
+    "span-secret-7",
+    "nested-token-5",
+    "json-pw-3",
+    "struct-key-1",
+    "PRIVATE-KEY-BYTES",
+];
+
+#[derive(serde::Serialize)]
+struct Credentials {
+    user: &'static str,
+    #[serde(rename = "apiKey")]
+    api_key: &'static str,
+    nested: Vec<BTreeMap<&'static str, &'static str>>,
+}
+
+#[test]
+fn sensitive_keys_are_redacted_at_any_depth_in_events_and_spans() {
+    let out = capture(
+        |b| b.sensitive_key("ssn"),
+        |_| {
+            let span = tracing::info_span!("request", api_key = "span-secret-7", user_id = "usr_1");
+            let _enter = span.enter();
+            let mut headers = http::HeaderMap::new();
+            headers.insert("authorization", "Bearer abc.def".parse().unwrap());
+            headers.insert("cookie", "sess-cookie-9".parse().unwrap());
+            headers.insert("accept", "*/*".parse().unwrap());
+            let body = r#"{"user":"ann","auth":{"Password":"json-pw-3","list":[{"refresh_token":"nested-token-5"}]}}"#;
+            let creds = Credentials {
+                user: "ann",
+                api_key: "struct-key-1",
+                nested: vec![BTreeMap::from([("Private-Key", "PRIVATE-KEY-BYTES")])],
+            };
+            tracing::info!(
+                password = "hunter2",
+                Client_Secret = "sk-live-1234",
+                user_ssn = 123456789u64,
+                headers = ?headers,
+                body = body,
+                creds = periscope_log::json(&creds),
+                prompt_tokens = 12u64,
+                "login"
+            );
+        },
+    );
+    let text = out.text();
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+    assert!(!text.contains("123456789"), "extended key leaked: {text}");
+    let line = &out.lines()[0];
+    let data = &line["data"];
+    assert_eq!(data["password"], "[REDACTED]");
+    assert_eq!(data["Client_Secret"], "[REDACTED]");
+    assert_eq!(data["user_ssn"], "[REDACTED]");
+    // The span's own field is redacted where it lands (data), its context field is kept.
+    assert_eq!(data["api_key"], "[REDACTED]");
+    assert_eq!(line["user_id"], "usr_1");
+    // Debug of a header map is JSON text: kept as a string, with its secrets redacted.
+    let headers: Value = serde_json::from_str(data["headers"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        headers,
+        json!({"authorization": "[REDACTED]", "cookie": "[REDACTED]", "accept": "*/*"})
+    );
+    let body: Value = serde_json::from_str(data["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({"user": "ann", "auth": {"Password": "[REDACTED]", "list": [{"refresh_token": "[REDACTED]"}]}})
+    );
+    assert_eq!(
+        data["creds"],
+        json!({"user": "ann", "apiKey": "[REDACTED]", "nested": [{"Private-Key": "[REDACTED]"}]})
+    );
+    // A count whose name contains "token" is not a secret.
+    assert_eq!(data["prompt_tokens"], 12);
+}
+
+#[test]
+fn error_and_debug_values_under_sensitive_keys_are_never_formatted() {
+    let out = capture(
+        |b| b,
+        |_| {
+            let error = std::io::Error::other("hunter2");
+            tracing::warn!(session_error = &error as &dyn std::error::Error, token = ?"hunter2", "x");
+        },
+    );
+    let text = out.text();
+    assert!(!text.contains("hunter2"), "{text}");
+    assert_eq!(out.lines()[0]["data"]["session_error"], "[REDACTED]");
+}
+
+/// Values that try to break out of their string.
+const HOSTILE: &[&str] = &[
+    "line one\nline two\r\n",
+    "quote \" close \"}, \"level\":\"error\", \"x\":{\"",
+    "nul \u{0} byte",
+    "\u{1b}[31mred\u{1b}[0m \u{1b}]0;title\u{7}",
+    "backslash \\\" \\u0000",
+    "next line \u{85} line sep \u{2028} para sep \u{2029} del \u{7f}",
+    "tab\tand\u{8}backspace\u{c}formfeed",
+];
+
+#[test]
+fn hostile_messages_and_fields_give_exactly_one_valid_line_each() {
+    let invalid_utf8: &[u8] = b"bad \xff\xfe utf8 \xc3\x28 \n end";
+    let out = capture(
+        |b| b,
+        |_| {
+            for value in HOSTILE {
+                tracing::info!(field = *value, debug = ?value, "{}", value);
+            }
+            tracing::info!(
+                raw = invalid_utf8,
+                "{}",
+                String::from_utf8_lossy(invalid_utf8)
+            );
+            tracing::info!("evil\"key\n" = 1u64, "hostile key");
+            let span = tracing::info_span!("request", request_id = "a\"\n}{\"level\":\"error");
+            let _enter = span.enter();
+            tracing::info!("in a hostile span");
+        },
+    );
+    let text = out.text();
+    let lines = out.lines();
+    assert_eq!(lines.len(), HOSTILE.len() + 3, "{text}");
+    for line in text.lines() {
+        assert!(!line.contains('\u{1b}') && !line.contains('\u{0}') && !line.contains('\u{85}'));
+        assert!(!line.contains('\u{2028}') && !line.contains('\r') && !line.contains('\u{7f}'));
+    }
+    for (line, value) in lines.iter().zip(HOSTILE) {
+        assert_eq!(line["message"], *value);
+        assert_eq!(line["data"]["field"], *value);
+        assert_eq!(line["data"]["debug"], format!("{value:?}"));
+        assert_eq!(line["level"], "info");
+        assert_eq!(
+            line.as_object().unwrap().len(),
+            5,
+            "no forged field: {line}"
+        );
+    }
+    let lossy = String::from_utf8_lossy(invalid_utf8);
+    assert_eq!(lines[HOSTILE.len()]["message"], *lossy);
+    assert_eq!(lines[HOSTILE.len()]["data"]["raw"], *lossy);
+    assert_eq!(lines[HOSTILE.len() + 1]["data"]["evil\"key\n"], 1);
+    let last = &lines[HOSTILE.len() + 2];
+    assert_eq!(last["request_id"], "a\"\n}{\"level\":\"error");
+    assert_eq!(last["level"], "info");
+}

@@ -1,0 +1,162 @@
+//! Nothing lost before the guard drops; a full queue counts what it drops; runtime levels.
+
+mod common;
+
+use std::io::{self, Write};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Captured, Handles, capture};
+use periscope_log::LogLayer;
+use tracing_subscriber::prelude::*;
+
+#[test]
+fn every_line_logged_from_several_threads_is_written_when_the_guard_drops() {
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 5_000;
+    let out = Captured::default();
+    let (layer, guard) = LogLayer::builder().writer(out.clone()).build();
+    let dropped = layer.dropped_lines();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let start = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (dispatch, start) = (dispatch.clone(), start.clone());
+            std::thread::spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    start.wait();
+                    for i in 0..PER_THREAD {
+                        tracing::info!(thread = t as u64, i = i as u64, "line");
+                    }
+                });
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    drop(guard);
+    assert_eq!(dropped.get(), 0);
+    let lines = out.lines();
+    assert_eq!(lines.len(), THREADS * PER_THREAD);
+    // Each thread's lines arrive complete and in order.
+    let mut next = [0u64; THREADS];
+    for line in &lines {
+        let t = line["data"]["thread"].as_u64().unwrap() as usize;
+        assert_eq!(line["data"]["i"].as_u64().unwrap(), next[t]);
+        next[t] += 1;
+    }
+}
+
+/// A writer that blocks until the test opens it, then counts lines.
+#[derive(Clone, Default)]
+struct Gate {
+    state: Arc<(Mutex<(bool, usize)>, Condvar)>,
+}
+
+impl Gate {
+    fn open(&self) {
+        let (lock, cond) = &*self.state;
+        lock.lock().unwrap().0 = true;
+        cond.notify_all();
+    }
+
+    fn lines(&self) -> usize {
+        self.state.0.lock().unwrap().1
+    }
+}
+
+impl Write for Gate {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (lock, cond) = &*self.state;
+        let mut state = cond.wait_while(lock.lock().unwrap(), |s| !s.0).unwrap();
+        state.1 += buf.iter().filter(|b| **b == b'\n').count();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_instead_of_blocking() {
+    const LINES: usize = 1_000;
+    let gate = Gate::default();
+    let (layer, guard) = LogLayer::builder()
+        .writer(gate.clone())
+        .queue_limits(16, usize::MAX)
+        .build();
+    let dropped = layer.dropped_lines();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    let started = Instant::now();
+    tracing::subscriber::with_default(subscriber, || {
+        for i in 0..LINES {
+            tracing::info!(i = i as u64, "line");
+        }
+    });
+    // The output is stuck, yet logging went on.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(dropped.get() > 0);
+    gate.open();
+    drop(guard);
+    assert_eq!(gate.lines() as u64 + dropped.get(), LINES as u64);
+    assert!(
+        gate.lines() >= 16,
+        "the queue's lines were written: {}",
+        gate.lines()
+    );
+}
+
+#[test]
+fn a_level_change_applies_to_the_next_event_and_reverts_after_its_ttl() {
+    let out = capture(
+        |b| b,
+        |Handles { level, .. }| {
+            tracing::debug!("hidden before");
+            level.set_for("debug".parse().unwrap(), Duration::from_millis(300));
+            tracing::debug!("shown during");
+            assert_eq!(level.status().current, "debug");
+            let reverts_in = level.status().reverts_in.unwrap();
+            assert!(reverts_in <= Duration::from_millis(300));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while level.status().reverts_in.is_some() {
+                assert!(Instant::now() < deadline, "never reverted");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(level.status().current, "info");
+            tracing::debug!("hidden after");
+            level.set("warn,my_target=trace".parse().unwrap());
+            tracing::info!("hidden by warn");
+            tracing::trace!(target: "my_target::db", "shown by target");
+        },
+    );
+    let messages: Vec<String> = out
+        .lines()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(messages, ["shown during", "shown by target"]);
+}
+
+#[test]
+fn a_later_temporary_change_replaces_the_pending_one() {
+    let out = capture(
+        |b| b,
+        |Handles { level, .. }| {
+            level.set_for("trace".parse().unwrap(), Duration::from_millis(50));
+            level.set_for("debug".parse().unwrap(), Duration::from_secs(60));
+            std::thread::sleep(Duration::from_millis(200));
+            tracing::debug!("still debug");
+            tracing::trace!("not trace");
+            level.reset();
+            tracing::debug!("back to info");
+        },
+    );
+    let messages: Vec<String> = out
+        .lines()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(messages, ["still debug"]);
+}
