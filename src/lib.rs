@@ -4,6 +4,7 @@
 //!
 //! - [`context`]: request ids, W3C Trace Context and Baggage, the request context and carriers.
 //! - [`health`]: liveness, readiness and startup probes.
+//! - [`trace`]: the correlation/trace server layer, client propagation, jobs, OpenTelemetry.
 //! - [`error`]: the error envelope, code taxonomy, catch-all layer and client-side decoding.
 //! - [`metrics`]: RED metrics with cardinality guards, the registry, `/metrics` exposition.
 //! - [`gpu`] (feature `gpu`): NVIDIA GPU collectors, the GPU snapshot, the resource tracker.
@@ -19,6 +20,7 @@ pub use periscope_gpu as gpu;
 pub use periscope_health as health;
 pub use periscope_log as log;
 pub use periscope_metrics as metrics;
+pub use periscope_trace as trace;
 
 // The README's Rust examples compile and run as doc tests.
 #[doc = include_str!("../README.md")]

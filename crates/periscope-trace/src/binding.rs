@@ -1,0 +1,121 @@
+//! Makes the ids in the logs, the exported span and the outgoing `traceparent` one and the same.
+//!
+//! Without OpenTelemetry the [`RequestContext`] is the only source of ids. With the `otel`
+//! feature and an OpenTelemetry layer in the subscriber, the span is started right away under
+//! the context's parent, and the ids the OpenTelemetry SDK chose for it (and its sampling
+//! decision) are written back into the context before anything else sees it. Either way the
+//! ids are then recorded on the span, so log lines, the exported span, the response and every
+//! outgoing call agree by construction.
+
+use periscope_context::{RequestContext, TraceParent};
+use tracing::Span;
+
+/// Whether the parent named by `ctx.parent_span_id` lives in another process (a `traceparent`
+/// or a job carrier) or in this one (the request span of an outgoing call).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ParentKind {
+    Remote,
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    Local,
+}
+
+/// Binds `span` and `ctx` to the same ids and records them (and the tenant) on the span.
+/// `link` is a trace this span is linked to rather than a child of (trust boundary).
+pub(crate) fn bind(
+    span: &Span,
+    ctx: &mut RequestContext,
+    parent: ParentKind,
+    link: Option<&TraceParent>,
+) {
+    #[cfg(feature = "otel")]
+    otel::adopt_exported_ids(span, ctx, parent, link);
+    #[cfg(not(feature = "otel"))]
+    let _ = parent;
+    if let Some(link) = link {
+        span.record("link.trace_id", link.trace_id.to_hex().as_str());
+        span.record("link.span_id", link.parent_id.to_hex().as_str());
+    }
+    if cfg!(feature = "otel") {
+        crate::fields::record_ids(span, ctx);
+    }
+    crate::fields::record_tenant(span, &ctx.tenant);
+}
+
+/// The value of an id field when the span is created: the id itself without OpenTelemetry
+/// (nothing can change it, and recording it up front is cheaper); with OpenTelemetry, nothing
+/// yet, since [`bind`] records the exported span's ids.
+pub(crate) fn early_id(id: &str) -> Option<&str> {
+    (!cfg!(feature = "otel")).then_some(id)
+}
+
+#[cfg(feature = "otel")]
+mod otel {
+    use super::ParentKind;
+    use opentelemetry::Context;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use periscope_context::{RequestContext, TraceParent};
+    use tracing::Span;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    pub(super) fn adopt_exported_ids(
+        span: &Span,
+        ctx: &mut RequestContext,
+        parent: ParentKind,
+        link: Option<&TraceParent>,
+    ) {
+        if span.is_disabled() {
+            return;
+        }
+        let parent_span_id = ctx.parent_span_id;
+        let parent_cx = match parent_span_id {
+            Some(parent_id) => {
+                let state = if ctx.trace_state.is_empty() {
+                    TraceState::NONE
+                } else {
+                    ctx.trace_state.as_str().parse().unwrap_or(TraceState::NONE)
+                };
+                Context::new().with_remote_span_context(SpanContext::new(
+                    TraceId::from_bytes(ctx.trace_id.to_bytes()),
+                    SpanId::from_bytes(parent_id.to_bytes()),
+                    TraceFlags::new(ctx.trace_flags.propagated().to_u8()),
+                    parent == ParentKind::Remote,
+                    state,
+                ))
+            }
+            // An explicit empty parent: a new trace must not attach to whatever OpenTelemetry
+            // context happens to be current on this thread.
+            None => Context::new(),
+        };
+        if span.set_parent(parent_cx).is_err() {
+            // No OpenTelemetry layer (or the span was started already): our ids stand.
+            return;
+        }
+        if let Some(link) = link {
+            span.add_link(SpanContext::new(
+                TraceId::from_bytes(link.trace_id.to_bytes()),
+                SpanId::from_bytes(link.parent_id.to_bytes()),
+                TraceFlags::new(link.flags.propagated().to_u8()),
+                true,
+                TraceState::NONE,
+            ));
+        }
+        let started = span.context();
+        let exported = started.span().span_context().clone();
+        let (Some(trace_id), Some(span_id)) = (
+            periscope_context::TraceId::from_bytes(exported.trace_id().to_bytes()),
+            periscope_context::SpanId::from_bytes(exported.span_id().to_bytes()),
+        ) else {
+            // A tracer that makes no spans (shut down, or a no-op tracer): our ids stand.
+            return;
+        };
+        if Some(span_id) == parent_span_id {
+            // A no-op tracer hands the parent back as the "new" span: not a span of ours.
+            return;
+        }
+        ctx.trace_id = trace_id;
+        ctx.span_id = span_id;
+        ctx.trace_flags = ctx.trace_flags.with_sampled(exported.is_sampled());
+    }
+}

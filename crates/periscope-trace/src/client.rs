@@ -1,0 +1,287 @@
+//! The client side: a Tower layer for outgoing HTTP calls, a span for any other client, and a
+//! plain [`inject`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use periscope_context::headers::{BAGGAGE, TRACEPARENT, TRACESTATE};
+use periscope_context::{RequestContext, RequestId};
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Span;
+use tracing::field::Empty;
+
+use crate::binding::{ParentKind, bind, early_id};
+use crate::fields::{method_name, method_original, record_failure, record_status};
+use crate::propagation::Propagators;
+
+/// The tracing target of client spans.
+pub const CLIENT_TARGET: &str = "periscope_trace::client";
+
+/// Writes the current request's context into `headers` for a call made with any HTTP client
+/// (reqwest and the like): `traceparent` naming the request's span as the parent, `tracestate`,
+/// `baggage`, `x-request-id` and the tenant headers. Returns `false` (and writes nothing) outside
+/// a request or job.
+///
+/// The callee's parent is then the request span itself. For a span of its own per call (a
+/// fresh parent id per call, timed and exported), use [`ClientSpan`] instead.
+///
+/// ```
+/// use http::HeaderMap;
+/// use periscope_context::RequestContext;
+///
+/// let ctx = RequestContext::new_root();
+/// let mut headers = HeaderMap::new();
+/// assert!(ctx.in_scope(|| periscope_trace::inject(&mut headers)));
+/// assert_eq!(headers["x-request-id"], ctx.request_id.as_str());
+/// assert_eq!(headers["traceparent"], ctx.traceparent().to_string().as_str());
+/// ```
+pub fn inject(headers: &mut HeaderMap) -> bool {
+    match RequestContext::current() {
+        Some(ctx) => {
+            periscope_context::inject(&ctx, headers);
+            true
+        }
+        None => false,
+    }
+}
+
+/// A client span for one outgoing call: its own span id (the parent id the callee receives),
+/// timed from creation to drop, with the OpenTelemetry HTTP client fields.
+///
+/// [`ClientTraceLayer`] uses it for Tower clients; use it directly with any other client.
+///
+/// ```
+/// use http::{HeaderMap, Method, StatusCode, Uri};
+/// use periscope_context::RequestContext;
+/// use periscope_trace::ClientSpan;
+///
+/// let request_ctx = RequestContext::new_root();
+/// let uri: Uri = "http://inventory.internal/items/7".parse().unwrap();
+///
+/// let call = ClientSpan::child_of(&request_ctx, &Method::GET, &uri);
+/// let mut headers = HeaderMap::new();
+/// call.inject(&mut headers);
+/// // ... send the request with these headers ...
+/// call.record_status(StatusCode::OK);
+///
+/// assert_eq!(call.context().trace_id, request_ctx.trace_id);
+/// assert_eq!(call.context().parent_span_id, Some(request_ctx.span_id));
+/// assert_eq!(headers["traceparent"], call.context().traceparent().to_string().as_str());
+/// ```
+#[derive(Debug)]
+pub struct ClientSpan {
+    span: Span,
+    context: RequestContext,
+    propagators: Propagators,
+}
+
+impl ClientSpan {
+    /// A span for a call made while handling the current request or job; a new trace (and a
+    /// generated request id) outside of one.
+    pub fn new(method: &Method, uri: &Uri) -> Self {
+        match RequestContext::current() {
+            Some(parent) => Self::child_of(&parent, method, uri),
+            None => Self::child_of(
+                &RequestContext::start(RequestId::generate(), true),
+                method,
+                uri,
+            ),
+        }
+    }
+
+    /// A span for a call made on behalf of `parent`.
+    pub fn child_of(parent: &RequestContext, method: &Method, uri: &Uri) -> Self {
+        let mut context = parent.child();
+        let span = tracing::info_span!(
+            target: CLIENT_TARGET,
+            "http_client_request",
+            otel.name = method_name(method),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            http.request.method = method_name(method),
+            http.request.method_original = method_original(method),
+            http.response.status_code = Empty,
+            server.address = uri.host(),
+            server.port = uri.port_u16(),
+            url.full = %uri,
+            error.type = Empty,
+            request_id = context.request_id.as_str(),
+            trace_id = early_id(context.trace_id.to_hex().as_str()),
+            span_id = early_id(context.span_id.to_hex().as_str()),
+            org_id = Empty,
+            project_id = Empty,
+            team_id = Empty,
+            user_id = Empty,
+            tenant_id = Empty,
+            tenant = Empty,
+        );
+        bind(&span, &mut context, ParentKind::Local, None);
+        Self {
+            span,
+            context,
+            propagators: Propagators::default(),
+        }
+    }
+
+    /// Sends only these formats (default: W3C Trace Context and Baggage).
+    pub fn with_propagators(mut self, propagators: Propagators) -> Self {
+        self.propagators = propagators;
+        self
+    }
+
+    /// The context the callee receives: same trace and request id, this span as the parent.
+    pub fn context(&self) -> &RequestContext {
+        &self.context
+    }
+
+    /// The tracing span (to instrument the call's future with).
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Writes `traceparent` (this span as the parent), `tracestate`, `baggage`,
+    /// `x-request-id` and the tenant headers, replacing any already there.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        periscope_context::inject(&self.context, headers);
+        if !self.propagators.trace_context() {
+            headers.remove(TRACEPARENT);
+            headers.remove(TRACESTATE);
+        }
+        if !self.propagators.baggage() {
+            headers.remove(BAGGAGE);
+        }
+    }
+
+    /// Records the response status (`otel.status_code` is `ERROR` for 4xx and 5xx).
+    pub fn record_status(&self, status: StatusCode) {
+        record_status(&self.span, status, 400);
+    }
+
+    /// Records a call that got no response (connection refused, timeout, ...).
+    pub fn record_error(&self) {
+        record_failure(&self.span, "_OTHER");
+    }
+}
+
+/// Propagates the request's context on outgoing calls made through a Tower HTTP client
+/// (hyper-util's client, tonic channels, ...), each call under a [`ClientSpan`] of its own.
+///
+/// The parent is the [`RequestContext`] in the outgoing request's extensions when there is
+/// one, else the [current](RequestContext::current) one (the request or job being handled).
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use periscope_context::{RequestContext, TraceParent};
+/// use periscope_trace::ClientTraceLayer;
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// // Stands in for hyper-util's client: answers with the traceparent it was sent.
+/// let transport = service_fn(|request: Request<String>| async move {
+///     let sent = request.headers()["traceparent"].to_str().unwrap().to_owned();
+///     Ok::<_, Infallible>(Response::new(sent))
+/// });
+/// let client = ClientTraceLayer::new().layer(transport);
+///
+/// let ctx = RequestContext::new_root();
+/// let request = Request::get("http://callee.internal/").body(String::new()).unwrap();
+/// let response = ctx.clone().scope(client.oneshot(request)).await.unwrap();
+/// let sent = TraceParent::parse(response.body()).unwrap();
+/// assert_eq!(sent.trace_id, ctx.trace_id);
+/// assert_ne!(sent.parent_id, ctx.span_id); // the client span's own id
+/// # });
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ClientTraceLayer {
+    propagators: Propagators,
+}
+
+impl ClientTraceLayer {
+    /// The layer, sending W3C Trace Context and Baggage.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sends only these formats; take them from `OTEL_PROPAGATORS` with the `otel` feature's
+    /// configuration.
+    pub fn propagators(mut self, propagators: Propagators) -> Self {
+        self.propagators = propagators;
+        self
+    }
+}
+
+impl<S> Layer<S> for ClientTraceLayer {
+    type Service = ClientTrace<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientTrace {
+            inner,
+            propagators: self.propagators,
+        }
+    }
+}
+
+/// The service made by [`ClientTraceLayer`].
+#[derive(Clone, Debug)]
+pub struct ClientTrace<S> {
+    inner: S,
+    propagators: Propagators,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ClientTrace<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ClientResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let call = match request.extensions().get::<RequestContext>() {
+            Some(parent) => ClientSpan::child_of(parent, request.method(), request.uri()),
+            None => ClientSpan::new(request.method(), request.uri()),
+        }
+        .with_propagators(self.propagators);
+        call.inject(request.headers_mut());
+        let future = call.span.in_scope(|| self.inner.call(request));
+        ClientResponseFuture {
+            inner: future,
+            call,
+        }
+    }
+}
+
+/// The response future of [`ClientTrace`].
+#[pin_project::pin_project]
+#[must_use = "futures do nothing unless polled"]
+pub struct ClientResponseFuture<F> {
+    #[pin]
+    inner: F,
+    call: ClientSpan,
+}
+
+impl<F, ResBody, E> Future for ClientResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.call.span.enter();
+        let result = ready!(this.inner.poll(cx));
+        match &result {
+            Ok(response) => this.call.record_status(response.status()),
+            Err(_) => this.call.record_error(),
+        }
+        Poll::Ready(result)
+    }
+}

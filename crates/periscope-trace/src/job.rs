@@ -1,0 +1,121 @@
+//! Background jobs: the request's context travels in the job payload, and the worker continues
+//! the same trace and request id under a span of its own.
+
+use std::future::Future;
+
+use periscope_context::{Carrier, ExtractOptions, RequestContext, WithContext, extract};
+use tracing::Span;
+use tracing::field::Empty;
+use tracing::instrument::{Instrument, Instrumented};
+
+use crate::binding::{ParentKind, bind, early_id};
+
+/// The tracing target of job spans.
+pub const JOB_TARGET: &str = "periscope_trace::job";
+
+/// The carrier to put in a job's payload when enqueuing it from a request (or another job):
+/// the current context, naming the current span as the job's parent. `None` outside a request
+/// or job.
+///
+/// ```
+/// use periscope_context::RequestContext;
+///
+/// let ctx = RequestContext::new_root();
+/// let carrier = ctx.in_scope(periscope_trace::job::carrier).unwrap();
+/// assert_eq!(carrier.to_context().request_id, ctx.request_id);
+/// assert!(periscope_trace::job::carrier().is_none());
+/// ```
+pub fn carrier() -> Option<Carrier> {
+    RequestContext::current().map(|ctx| Carrier::from_context(&ctx))
+}
+
+/// A worker's span for one job, continuing the trace and request id of the request that
+/// enqueued it. Its span records `request_id`, `trace_id`, `span_id`, the tenant fields,
+/// `job.name` and (when given) `job_id`; with the `otel` feature it is exported as a consumer
+/// span whose parent is the enqueuing request's span.
+///
+/// ```
+/// use periscope_context::{Carrier, RequestContext};
+/// use periscope_trace::job::JobSpan;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// // In the handler: put the carrier in the job's payload.
+/// let request_ctx = RequestContext::new_root();
+/// let payload = serde_json::to_string(&Carrier::from_context(&request_ctx)).unwrap();
+///
+/// // In the worker: continue the request's trace.
+/// let carrier: Carrier = serde_json::from_str(&payload).unwrap();
+/// let job = JobSpan::from_carrier("resize_image", &carrier).with_job_id("job_789");
+/// let (trace_id, request_id) = job
+///     .run(async {
+///         let ctx = RequestContext::current().unwrap();
+///         (ctx.trace_id, ctx.request_id.clone())
+///     })
+///     .await;
+/// assert_eq!(trace_id, request_ctx.trace_id);
+/// assert_eq!(request_id, request_ctx.request_id);
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct JobSpan {
+    span: Span,
+    context: RequestContext,
+}
+
+impl JobSpan {
+    /// Continues the context in `carrier` (a new trace and request id when it holds none).
+    pub fn from_carrier(name: &str, carrier: &Carrier) -> Self {
+        Self::from_extracted(name, extract(carrier, &ExtractOptions::default()).context)
+    }
+
+    /// Like [`JobSpan::from_carrier`], reading `options.tenant_keys` (for tenant fields beyond
+    /// `org_id` and `project_id`).
+    pub fn from_carrier_with(name: &str, carrier: &Carrier, options: &ExtractOptions) -> Self {
+        Self::from_extracted(name, extract(carrier, options).context)
+    }
+
+    fn from_extracted(name: &str, mut context: RequestContext) -> Self {
+        let span = tracing::info_span!(
+            target: JOB_TARGET,
+            "job",
+            otel.name = name,
+            otel.kind = "consumer",
+            otel.status_code = Empty,
+            job.name = name,
+            job_id = Empty,
+            request_id = context.request_id.as_str(),
+            trace_id = early_id(context.trace_id.to_hex().as_str()),
+            span_id = early_id(context.span_id.to_hex().as_str()),
+            org_id = Empty,
+            project_id = Empty,
+            team_id = Empty,
+            user_id = Empty,
+            tenant_id = Empty,
+            tenant = Empty,
+        );
+        bind(&span, &mut context, ParentKind::Remote, None);
+        Self { span, context }
+    }
+
+    /// Records the job's id as `job_id` (lifted to the top of log lines by the log layer).
+    pub fn with_job_id(self, job_id: &str) -> Self {
+        self.span.record("job_id", job_id);
+        self
+    }
+
+    /// The job's context: the request's trace and request id, this span's id.
+    pub fn context(&self) -> &RequestContext {
+        &self.context
+    }
+
+    /// The tracing span.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Runs `job` inside the span (an error-level event inside it marks the exported span as
+    /// failed), with the job's context [current](RequestContext::current).
+    pub fn run<F: Future>(self, job: F) -> Instrumented<WithContext<F>> {
+        self.context.scope(job).instrument(self.span)
+    }
+}

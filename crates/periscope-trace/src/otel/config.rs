@@ -1,0 +1,367 @@
+//! OpenTelemetry settings, read from the standard `OTEL_*` environment variables.
+
+use crate::propagation::Propagators;
+
+/// A malformed setting, named with the variable that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?} is not valid: {expected}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub var: &'static str,
+    /// The value it held.
+    pub value: String,
+    /// What is accepted.
+    pub expected: &'static str,
+}
+
+/// The OTLP transport (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP over gRPC (`grpc`), usually on port 4317.
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (`http/protobuf`, the default), usually on port 4318.
+    #[default]
+    HttpProtobuf,
+}
+
+/// The sampler for spans (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Sampler {
+    /// `always_on`: every trace.
+    AlwaysOn,
+    /// `always_off`: no trace.
+    AlwaysOff,
+    /// `traceidratio`: this fraction of traces, by trace id, whatever the caller decided.
+    TraceIdRatio(f64),
+    /// `parentbased_always_on` (the default): follow the caller; sample new traces.
+    #[default]
+    ParentBasedAlwaysOn,
+    /// `parentbased_always_off`: follow the caller; do not sample new traces.
+    ParentBasedAlwaysOff,
+    /// `parentbased_traceidratio`: follow the caller; sample this fraction of new traces.
+    ParentBasedTraceIdRatio(f64),
+}
+
+impl Sampler {
+    pub(crate) fn to_sdk(self) -> opentelemetry_sdk::trace::Sampler {
+        use opentelemetry_sdk::trace::Sampler as Sdk;
+        match self {
+            Self::AlwaysOn => Sdk::AlwaysOn,
+            Self::AlwaysOff => Sdk::AlwaysOff,
+            Self::TraceIdRatio(ratio) => Sdk::TraceIdRatioBased(ratio),
+            Self::ParentBasedAlwaysOn => Sdk::ParentBased(Box::new(Sdk::AlwaysOn)),
+            Self::ParentBasedAlwaysOff => Sdk::ParentBased(Box::new(Sdk::AlwaysOff)),
+            Self::ParentBasedTraceIdRatio(ratio) => {
+                Sdk::ParentBased(Box::new(Sdk::TraceIdRatioBased(ratio)))
+            }
+        }
+    }
+}
+
+/// Everything the tracer provider is built from. [`OtelConfig::from_env`] reads the standard
+/// variables; every field can also be set in code.
+///
+/// ```
+/// use periscope_trace::otel::{OtelConfig, Protocol, Sampler};
+///
+/// let env = [
+///     ("OTEL_SERVICE_NAME", "checkout"),
+///     ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+///     ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+///     ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+///     ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+/// ];
+/// let lookup = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+/// let config = OtelConfig::from_lookup(lookup).unwrap();
+/// assert_eq!(config.protocol, Protocol::Grpc);
+/// assert_eq!(config.sampler, Sampler::ParentBasedTraceIdRatio(0.25));
+/// assert_eq!(config.traces_endpoint().as_deref(), Some("http://collector:4317"));
+///
+/// let bad = |name: &str| match name {
+///     "OTEL_TRACES_SAMPLER" => Some("traceidratio".to_string()),
+///     "OTEL_TRACES_SAMPLER_ARG" => Some("half".to_string()),
+///     _ => None,
+/// };
+/// let error = OtelConfig::from_lookup(bad).unwrap_err();
+/// assert!(error.to_string().starts_with("OTEL_TRACES_SAMPLER_ARG=\"half\""));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct OtelConfig {
+    /// `service.name` (`OTEL_SERVICE_NAME`, else `SERVICE_NAME`; else the SDK's default,
+    /// `unknown_service`). `OTEL_RESOURCE_ATTRIBUTES` is read by the SDK itself.
+    pub service_name: Option<String>,
+    /// The collector's base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`); for HTTP, `/v1/traces` is
+    /// appended. No endpoint at all means no export.
+    pub endpoint: Option<String>,
+    /// The full traces URL, used as is (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); wins over
+    /// `endpoint`.
+    pub traces_endpoint_override: Option<String>,
+    /// The transport (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`; default `http/protobuf`).
+    pub protocol: Protocol,
+    /// The sampler (default `parentbased_always_on`).
+    pub sampler: Sampler,
+    /// The propagation formats (`OTEL_PROPAGATORS`; default `tracecontext,baggage`).
+    pub propagators: Propagators,
+    /// Everything off (`OTEL_SDK_DISABLED=true`).
+    pub disabled: bool,
+}
+
+impl OtelConfig {
+    /// Reads the process environment. See the crate documentation for every variable.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the variables through `lookup` (tests, or configuration from another source).
+    /// Empty values count as unset, as the OpenTelemetry specification asks.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let service_name = get("OTEL_SERVICE_NAME").or_else(|| get("SERVICE_NAME"));
+        let endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .map(|v| check_url("OTEL_EXPORTER_OTLP_ENDPOINT", v))
+            .transpose()?;
+        let traces_endpoint_override = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .map(|v| check_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", v))
+            .transpose()?;
+        let protocol = match get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
+            Some(value) => parse_protocol("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", value)?,
+            None => get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                .map(|value| parse_protocol("OTEL_EXPORTER_OTLP_PROTOCOL", value))
+                .transpose()?
+                .unwrap_or_default(),
+        };
+        let sampler = parse_sampler(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG"))?;
+        let propagators = get("OTEL_PROPAGATORS")
+            .map(parse_propagators)
+            .transpose()?
+            .unwrap_or_default();
+        let disabled = get("OTEL_SDK_DISABLED")
+            .map(|value| parse_bool("OTEL_SDK_DISABLED", value))
+            .transpose()?
+            .unwrap_or(false);
+        Ok(Self {
+            service_name,
+            endpoint,
+            traces_endpoint_override,
+            protocol,
+            sampler,
+            propagators,
+            disabled,
+        })
+    }
+
+    /// Where spans are sent, if anywhere: the traces endpoint as is, else the base endpoint
+    /// (with `/v1/traces` appended for HTTP).
+    pub fn traces_endpoint(&self) -> Option<String> {
+        if let Some(url) = &self.traces_endpoint_override {
+            return Some(url.clone());
+        }
+        let base = self.endpoint.as_deref()?;
+        Some(match self.protocol {
+            Protocol::Grpc => base.to_owned(),
+            Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+        })
+    }
+}
+
+fn invalid(var: &'static str, value: String, expected: &'static str) -> ConfigError {
+    ConfigError {
+        var,
+        value,
+        expected,
+    }
+}
+
+fn check_url(var: &'static str, value: String) -> Result<String, ConfigError> {
+    const EXPECTED: &str = "expected an http:// URL such as http://localhost:4317 (this build has no TLS: use a local collector or agent)";
+    match value.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => Ok(value),
+        _ => Err(invalid(var, value, EXPECTED)),
+    }
+}
+
+fn parse_protocol(var: &'static str, value: String) -> Result<Protocol, ConfigError> {
+    match value.as_str() {
+        "grpc" => Ok(Protocol::Grpc),
+        "http/protobuf" => Ok(Protocol::HttpProtobuf),
+        _ => Err(invalid(var, value, "expected grpc or http/protobuf")),
+    }
+}
+
+fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, ConfigError> {
+    const SAMPLERS: &str = "expected always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio";
+    let ratio = || -> Result<f64, ConfigError> {
+        match arg.clone() {
+            None => Ok(1.0),
+            Some(value) => match value.parse::<f64>() {
+                Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+                _ => Err(invalid(
+                    "OTEL_TRACES_SAMPLER_ARG",
+                    value,
+                    "expected a sampling ratio between 0 and 1, such as 0.25",
+                )),
+            },
+        }
+    };
+    let Some(name) = name else {
+        return Ok(Sampler::default());
+    };
+    match name.as_str() {
+        "always_on" => Ok(Sampler::AlwaysOn),
+        "always_off" => Ok(Sampler::AlwaysOff),
+        "traceidratio" => Ok(Sampler::TraceIdRatio(ratio()?)),
+        "parentbased_always_on" => Ok(Sampler::ParentBasedAlwaysOn),
+        "parentbased_always_off" => Ok(Sampler::ParentBasedAlwaysOff),
+        "parentbased_traceidratio" => Ok(Sampler::ParentBasedTraceIdRatio(ratio()?)),
+        _ => Err(invalid("OTEL_TRACES_SAMPLER", name, SAMPLERS)),
+    }
+}
+
+fn parse_propagators(value: String) -> Result<Propagators, ConfigError> {
+    let mut propagators = Propagators::none();
+    for name in value
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+    {
+        propagators = match name {
+            "tracecontext" => propagators.with_trace_context(true),
+            "baggage" => propagators.with_baggage(true),
+            "none" => propagators,
+            _ => {
+                return Err(invalid(
+                    "OTEL_PROPAGATORS",
+                    value,
+                    "expected a comma-separated list of tracecontext, baggage or none (B3, Jaeger and X-Ray are not supported)",
+                ));
+            }
+        };
+    }
+    Ok(propagators)
+}
+
+fn parse_bool(var: &'static str, value: String) -> Result<bool, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(var, value, "expected true or false")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<OtelConfig, ConfigError> {
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        OtelConfig::from_lookup(|name| env.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_export_nothing_and_follow_the_caller() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.traces_endpoint(), None);
+        assert_eq!(config.protocol, Protocol::HttpProtobuf);
+        assert_eq!(config.sampler, Sampler::ParentBasedAlwaysOn);
+        assert_eq!(config.propagators, Propagators::default());
+        assert!(!config.disabled);
+    }
+
+    #[test]
+    fn endpoints_resolve_per_protocol() {
+        let http = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]).unwrap();
+        assert_eq!(
+            http.traces_endpoint().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        let grpc = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap();
+        assert_eq!(
+            grpc.traces_endpoint().as_deref(),
+            Some("http://collector:4317")
+        );
+        let specific = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://traces:9999/custom",
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap();
+        assert_eq!(specific.protocol, Protocol::HttpProtobuf);
+        assert_eq!(
+            specific.traces_endpoint().as_deref(),
+            Some("http://traces:9999/custom")
+        );
+    }
+
+    #[test]
+    fn samplers_and_their_argument() {
+        let ratio = config(&[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+        ])
+        .unwrap();
+        assert_eq!(ratio.sampler, Sampler::ParentBasedTraceIdRatio(0.1));
+        let no_arg = config(&[("OTEL_TRACES_SAMPLER", "traceidratio")]).unwrap();
+        assert_eq!(no_arg.sampler, Sampler::TraceIdRatio(1.0));
+        let ignored_arg = config(&[
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+            ("OTEL_TRACES_SAMPLER_ARG", "nonsense"),
+        ])
+        .unwrap();
+        assert_eq!(ignored_arg.sampler, Sampler::AlwaysOff);
+    }
+
+    #[test]
+    fn propagators_list() {
+        let only_trace = config(&[("OTEL_PROPAGATORS", "tracecontext")]).unwrap();
+        assert!(only_trace.propagators.trace_context() && !only_trace.propagators.baggage());
+        let none = config(&[("OTEL_PROPAGATORS", "none")]).unwrap();
+        assert_eq!(none.propagators, Propagators::none());
+        let both = config(&[("OTEL_PROPAGATORS", " baggage , tracecontext ")]).unwrap();
+        assert_eq!(both.propagators, Propagators::default());
+    }
+
+    #[test]
+    fn malformed_settings_name_their_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "udp"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a url"),
+            ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
+            ("OTEL_PROPAGATORS", "tracecontext,b3"),
+            ("OTEL_SDK_DISABLED", "yes"),
+        ];
+        for (var, value) in cases {
+            let error = config(&[(var, value)]).unwrap_err();
+            assert_eq!(error.var, *var, "{value}");
+            assert!(error.to_string().contains("expected"), "{error}");
+        }
+        for arg in ["2", "-0.5", "half", "NaN"] {
+            let error = config(&[
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", arg),
+            ])
+            .unwrap_err();
+            assert_eq!(error.var, "OTEL_TRACES_SAMPLER_ARG");
+        }
+    }
+}

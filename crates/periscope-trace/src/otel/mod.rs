@@ -1,0 +1,33 @@
+//! OpenTelemetry: a tracer provider configured from the environment, OTLP export over gRPC or
+//! HTTP/protobuf, and a guard that flushes on drop.
+//!
+//! ```no_run
+//! use periscope_trace::otel::OtelConfig;
+//! use tracing_subscriber::layer::SubscriberExt;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
+//! // Fails at startup, naming the variable, when a setting is malformed.
+//! let otel = OtelConfig::from_env()?.install()?;
+//! let subscriber = tracing_subscriber::registry().with(otel.layer());
+//! tracing::subscriber::set_global_default(subscriber)?;
+//! // ... serve; dropping `otel` at the end of main flushes the spans still buffered.
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # })
+//! # }
+//! ```
+//!
+//! The crates are re-exported ([`opentelemetry`], [`opentelemetry_sdk`],
+//! [`opentelemetry_otlp`], [`tracing_opentelemetry`]) so an application uses the same versions
+//! as periscope and never mixes two.
+
+mod config;
+mod provider;
+
+pub use config::{ConfigError, OtelConfig, Protocol, Sampler};
+pub use provider::{InstallError, OtelGuard, OtelLayer};
+
+pub use opentelemetry;
+pub use opentelemetry_otlp;
+pub use opentelemetry_sdk;
+pub use tracing_opentelemetry;

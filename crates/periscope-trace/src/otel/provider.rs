@@ -1,0 +1,204 @@
+//! Building the tracer provider and keeping it alive: the guard.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
+use tracing::Subscriber;
+use tracing_opentelemetry::OpenTelemetryLayer;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{Filtered, LevelFilter, Targets};
+use tracing_subscriber::registry::LookupSpan;
+
+use super::config::{OtelConfig, Protocol};
+use crate::propagation::Propagators;
+
+/// The tracing layer that turns periscope's spans (and the application's) into exported
+/// OpenTelemetry spans, with the transport crates' own spans filtered out (see
+/// [`OtelGuard::layer`]).
+pub type OtelLayer<S> = Filtered<OpenTelemetryLayer<S, Tracer>, Targets, S>;
+
+/// The crates the exporter itself runs on. Their debug spans would be exported by the export
+/// they describe, feeding on themselves: only their warnings and errors are kept.
+const TRANSPORT_TARGETS: [&str; 7] = [
+    "h2",
+    "hyper",
+    "hyper_util",
+    "tonic",
+    "tower",
+    "reqwest",
+    "opentelemetry",
+];
+
+fn transport_filter() -> Targets {
+    TRANSPORT_TARGETS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |targets, target| targets.with_target(*target, LevelFilter::WARN),
+    )
+}
+
+/// Why the tracer provider could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// gRPC export runs on the application's Tokio runtime.
+    #[error(
+        "OTLP over gRPC needs a Tokio runtime: call install() from inside one (for example in #[tokio::main]), or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+    )]
+    NoTokioRuntime,
+    /// The exporter rejected its settings.
+    #[error("could not build the OTLP exporter for {endpoint}: {source}")]
+    Exporter {
+        /// The traces endpoint.
+        endpoint: String,
+        /// The exporter's error.
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
+impl OtelConfig {
+    /// Builds the tracer provider, registers it and the propagators as OpenTelemetry's
+    /// globals (so other instrumented libraries agree), and returns the guard that keeps it.
+    ///
+    /// Without an endpoint, or with `OTEL_SDK_DISABLED=true`, nothing is exported and
+    /// [`OtelGuard::layer`] is `None`: ids and sampling then come from the periscope layers.
+    pub fn install(self) -> Result<OtelGuard, InstallError> {
+        let endpoint = self.traces_endpoint().filter(|_| !self.disabled);
+        let mut resource = Resource::builder();
+        if let Some(name) = &self.service_name {
+            resource = resource.with_service_name(name.clone());
+        }
+        let mut builder = SdkTracerProvider::builder()
+            .with_sampler(self.sampler.to_sdk())
+            .with_resource(resource.build());
+        if let Some(endpoint) = &endpoint {
+            let exporter = match self.protocol {
+                Protocol::Grpc => {
+                    if tokio::runtime::Handle::try_current().is_err() {
+                        return Err(InstallError::NoTokioRuntime);
+                    }
+                    SpanExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(endpoint.clone())
+                        .build()
+                }
+                Protocol::HttpProtobuf => SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_endpoint(endpoint.clone())
+                    .build(),
+            }
+            .map_err(|source| InstallError::Exporter {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+            builder = builder.with_batch_exporter(exporter);
+        }
+        let provider = builder.build();
+        let exporting = endpoint.is_some();
+        if exporting {
+            opentelemetry::global::set_tracer_provider(provider.clone());
+        }
+        set_global_propagator(self.propagators);
+        Ok(OtelGuard {
+            tracer: provider.tracer("periscope"),
+            provider,
+            propagators: self.propagators,
+            exporting,
+        })
+    }
+}
+
+fn set_global_propagator(propagators: Propagators) {
+    use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+    let mut formats: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::new();
+    if propagators.trace_context() {
+        formats.push(Box::new(TraceContextPropagator::new()));
+    }
+    if propagators.baggage() {
+        formats.push(Box::new(BaggagePropagator::new()));
+    }
+    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(formats));
+}
+
+/// Keeps the tracer provider alive; flushes the spans still buffered and shuts the exporter
+/// down when dropped.
+///
+/// Drop it (or call [`OtelGuard::shutdown`]) at the end of `main`, after the server has
+/// stopped: flushing waits for the export to finish (bounded by the exporter's timeout,
+/// `OTEL_EXPORTER_OTLP_TIMEOUT`, 10 s by default). With gRPC export the Tokio runtime must
+/// still be running then, with a worker free (a multi-thread runtime).
+#[derive(Debug)]
+pub struct OtelGuard {
+    provider: SdkTracerProvider,
+    tracer: Tracer,
+    propagators: Propagators,
+    exporting: bool,
+}
+
+impl OtelGuard {
+    /// The layer to add to the tracing subscriber; `None` when nothing is exported.
+    ///
+    /// Spans and events of the crates the export runs on (`h2`, `hyper`, `tonic`, `tower`,
+    /// `reqwest`, `opentelemetry`) are kept out of it below warn level, so exporting can never
+    /// feed on its own telemetry. For another filter, build a layer from
+    /// [`OtelGuard::tracer`].
+    ///
+    /// With this layer, the `trace_id` and `span_id` that periscope's spans record (and so
+    /// the log lines) are the ids of the exported spans, and the `sampled` flag sent
+    /// downstream is the sampler's decision.
+    pub fn layer<S>(&self) -> Option<OtelLayer<S>>
+    where
+        S: Subscriber + for<'span> LookupSpan<'span>,
+    {
+        self.exporting.then(|| {
+            tracing_opentelemetry::layer()
+                .with_tracer(self.tracer.clone())
+                .with_filter(transport_filter())
+        })
+    }
+
+    /// Whether spans are exported (an endpoint is set and the SDK is not disabled).
+    pub fn is_exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// The tracer periscope's layer exports through.
+    pub fn tracer(&self) -> &Tracer {
+        &self.tracer
+    }
+
+    /// The tracer provider (for a custom layer, or more tracers).
+    pub fn provider(&self) -> &SdkTracerProvider {
+        &self.provider
+    }
+
+    /// The propagation formats (`OTEL_PROPAGATORS`), for
+    /// [`CorrelationLayer::propagators`](crate::CorrelationLayer::propagators) and
+    /// [`ClientTraceLayer::propagators`](crate::ClientTraceLayer::propagators).
+    pub fn propagators(&self) -> Propagators {
+        self.propagators
+    }
+
+    /// Exports every span still buffered, waiting for the exporter.
+    pub fn flush(&self) -> OTelSdkResult {
+        self.provider.force_flush()
+    }
+
+    /// Flushes, then shuts the exporter down, reporting what failed.
+    pub fn shutdown(self) -> OTelSdkResult {
+        let flushed = self.provider.force_flush();
+        let shut = self.provider.shutdown();
+        flushed.and(shut)
+    }
+}
+
+impl Drop for OtelGuard {
+    fn drop(&mut self) {
+        // Shutting down twice (after `shutdown`) only reports an error, which is ignored here:
+        // there is nobody left to tell.
+        let _ = self.provider.force_flush();
+        let _ = self.provider.shutdown();
+    }
+}

@@ -1,0 +1,315 @@
+//! The server layer: request id, W3C trace context, tenant fields and one span per request.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use periscope_context::{
+    Baggage, ExtractOptions, Extracted, InvalidId, RequestContext, RequestIdOrigin, TenantKey,
+    WithContext, extract, headers::X_REQUEST_ID,
+};
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Span;
+use tracing::field::Empty;
+
+use crate::binding::{ParentKind, bind, early_id};
+use crate::fields::{method_name, method_original, record_failure, record_status};
+use crate::propagation::Propagators;
+use crate::selector::PathSelector;
+use crate::trust::Trust;
+
+/// The tracing target of the server span and of the layer's warnings.
+pub const SERVER_TARGET: &str = "periscope_trace::server";
+
+/// Correlation and tracing for incoming HTTP requests: the outermost periscope layer.
+///
+/// For every request it:
+/// - keeps a valid `x-request-id` (else `x-correlation-id`), or generates one; an invalid id is
+///   replaced and the replacement logged once at warn;
+/// - continues a valid W3C `traceparent` (with its `tracestate` and `baggage`) under a new
+///   span, or starts a new trace; see [`Trust`] for public endpoints;
+/// - reads the tenant headers (`x-org-id`, `x-project-id` by default), validated like the
+///   request id;
+/// - opens a server span named `{method} {route}` (or `{method}` when no route template is
+///   known) with the OpenTelemetry HTTP fields and `request_id`, `trace_id`, `span_id` and the
+///   tenant fields; with the `otel` feature the `trace_id` / `span_id` are those of the exported
+///   span;
+/// - stores the [`RequestContext`] in the request extensions and makes it
+///   [current](RequestContext::current) while the inner service runs;
+/// - echoes the request id in `x-request-id` on every response the inner service returns
+///   (compose a panic catcher inside this layer so panics become responses too).
+///
+/// Probe and scrape paths get the request id and context but no span (see [`PathSelector`]).
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use periscope_context::RequestContext;
+/// use periscope_trace::CorrelationLayer;
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let service = ServiceBuilder::new()
+///     .layer(CorrelationLayer::new())
+///     .service(service_fn(|request: Request<String>| async move {
+///         let ctx = request.extensions().get::<RequestContext>().unwrap();
+///         assert_eq!(ctx.request_id.as_str(), "order-42");
+///         // Deep inside the handler, without the request at hand:
+///         assert_eq!(RequestContext::current().unwrap().request_id.as_str(), "order-42");
+///         Ok::<_, Infallible>(Response::new(String::new()))
+///     }));
+///
+/// let request = Request::builder()
+///     .uri("/orders")
+///     .header("x-request-id", "order-42")
+///     .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+///     .body(String::new())
+///     .unwrap();
+/// let response = service.oneshot(request).await.unwrap();
+/// assert_eq!(response.headers()["x-request-id"], "order-42");
+/// # });
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct CorrelationLayer {
+    config: Arc<Config>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Config {
+    extract: ExtractOptions,
+    quiet: PathSelector,
+    trust: Trust,
+    propagators: Propagators,
+}
+
+impl CorrelationLayer {
+    /// The defaults: trust incoming traces, tenant fields `org_id` and `project_id`, sample new
+    /// traces, probe and scrape paths quiet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// The tenant fields to read, record and propagate (default: `org_id`, `project_id`).
+    pub fn tenant_keys(mut self, keys: impl IntoIterator<Item = TenantKey>) -> Self {
+        self.config_mut().extract.tenant_keys = keys.into_iter().collect();
+        self
+    }
+
+    /// Whether traces started here are sampled when no OpenTelemetry sampler decides
+    /// (default: `true`). With the `otel` feature the tracer provider's sampler decides.
+    pub fn sample_new_traces(mut self, sampled: bool) -> Self {
+        self.config_mut().extract.sample_new_traces = sampled;
+        self
+    }
+
+    /// The requests that get no span (default: [`PathSelector::default`]).
+    pub fn quiet(mut self, selector: PathSelector) -> Self {
+        self.config_mut().quiet = selector;
+        self
+    }
+
+    /// The formats read from requests (default: W3C Trace Context and Baggage); take them from
+    /// `OTEL_PROPAGATORS` with the `otel` feature's configuration.
+    pub fn propagators(mut self, propagators: Propagators) -> Self {
+        self.config_mut().propagators = propagators;
+        self
+    }
+
+    /// Whether incoming traces are continued (default: [`Trust::Incoming`]).
+    pub fn trust(mut self, trust: Trust) -> Self {
+        self.config_mut().trust = trust;
+        self
+    }
+}
+
+impl<S> Layer<S> for CorrelationLayer {
+    type Service = Correlation<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Correlation {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service made by [`CorrelationLayer`].
+#[derive(Clone, Debug)]
+pub struct Correlation<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Correlation<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let config = &*self.config;
+        let Extracted {
+            context,
+            request_id: request_id_origin,
+            incoming,
+            rejected_tenant,
+            ..
+        } = extract(request.headers(), &config.extract);
+        let sample_new = config.extract.sample_new_traces;
+        let (mut ctx, link) = if !config.propagators.trace_context() {
+            // Trace context is not propagated: a new trace, the rest of the context kept.
+            let mut fresh = RequestContext::start(context.request_id.clone(), sample_new);
+            fresh.baggage = context.baggage;
+            fresh.tenant = context.tenant;
+            (fresh, None)
+        } else if config.trust.continues(request.headers()) {
+            (context, None)
+        } else {
+            // A trust boundary: a new trace under the kept request id, the caller's as a link.
+            (
+                RequestContext::start(context.request_id, sample_new),
+                incoming,
+            )
+        };
+        if !config.propagators.baggage() {
+            ctx.baggage = Baggage::new();
+        }
+
+        let span = if config.quiet.is_quiet(request.uri().path()) {
+            Span::none()
+        } else {
+            let span = server_span(&request, &ctx);
+            bind(&span, &mut ctx, ParentKind::Remote, link.as_ref());
+            span
+        };
+        warn_rejected(&span, &ctx, &request_id_origin, &rejected_tenant);
+
+        request.extensions_mut().insert(ctx.clone());
+        let future = span.in_scope(|| self.inner.call(request));
+        ResponseFuture {
+            inner: WithContext::new(Arc::new(ctx), future),
+            span,
+        }
+    }
+}
+
+fn server_span<B>(request: &Request<B>, ctx: &RequestContext) -> Span {
+    let method = method_name(request.method());
+    let route = route_template(request);
+    let name: Cow<'_, str> = match route {
+        Some(route) => format!("{method} {route}").into(),
+        None => method.into(),
+    };
+    tracing::info_span!(
+        target: SERVER_TARGET,
+        "http_request",
+        otel.name = &*name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method,
+        http.request.method_original = method_original(request.method()),
+        http.route = route,
+        http.response.status_code = Empty,
+        url.path = request.uri().path(),
+        url.scheme = request.uri().scheme_str().unwrap_or("http"),
+        error.type = Empty,
+        request_id = ctx.request_id.as_str(),
+        trace_id = early_id(ctx.trace_id.to_hex().as_str()),
+        span_id = early_id(ctx.span_id.to_hex().as_str()),
+        org_id = Empty,
+        project_id = Empty,
+        team_id = Empty,
+        user_id = Empty,
+        tenant_id = Empty,
+        tenant = Empty,
+        link.trace_id = Empty,
+        link.span_id = Empty,
+    )
+}
+
+/// The matched route template, when the router has put one in the extensions.
+fn route_template<B>(request: &Request<B>) -> Option<&str> {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
+        return Some(matched.as_str());
+    }
+    let _ = request;
+    None
+}
+
+/// One warning per request for each header that was sent but could not be used.
+fn warn_rejected(
+    span: &Span,
+    ctx: &RequestContext,
+    request_id: &RequestIdOrigin,
+    rejected_tenant: &[(TenantKey, InvalidId)],
+) {
+    if let RequestIdOrigin::Replaced(reason) = request_id {
+        tracing::warn!(
+            target: SERVER_TARGET,
+            parent: span,
+            request_id = ctx.request_id.as_str(),
+            reason = %reason,
+            "replaced the invalid incoming request id with a generated one"
+        );
+    }
+    for (key, reason) in rejected_tenant {
+        tracing::warn!(
+            target: SERVER_TARGET,
+            parent: span,
+            header = key.header().as_str(),
+            reason = %reason,
+            "ignored an invalid tenant header"
+        );
+    }
+}
+
+/// The response future of [`Correlation`].
+#[pin_project::pin_project]
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture<F> {
+    #[pin]
+    inner: WithContext<F>,
+    span: Span,
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _entered = this.span.enter();
+        let result = ready!(this.inner.as_mut().poll(cx));
+        Poll::Ready(match result {
+            Ok(mut response) => {
+                record_status(this.span, response.status(), 500);
+                response.headers_mut().insert(
+                    X_REQUEST_ID,
+                    this.inner.context().request_id.header_value().clone(),
+                );
+                Ok(response)
+            }
+            Err(error) => {
+                record_failure(this.span, "_OTHER");
+                Err(error)
+            }
+        })
+    }
+}

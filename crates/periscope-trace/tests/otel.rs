@@ -1,0 +1,437 @@
+//! OpenTelemetry on: real OTLP export to a collector on 127.0.0.1, and the ids in the logs,
+//! the exported spans and the `traceparent` sent downstream compared one by one.
+#![cfg(feature = "otel")]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fake_opentelemetry_collector::{ExportedSpan, FakeCollectorServer};
+use http::StatusCode;
+use periscope_context::{Carrier, RequestContext, TraceParent};
+use periscope_trace::job::JobSpan;
+use periscope_trace::otel::{OtelConfig, OtelGuard, Sampler};
+use periscope_trace::{CorrelationLayer, Trust};
+use support::services::{app, by_hop, chain, get, hop_state};
+use support::{Capture, serve};
+use tracing_subscriber::layer::SubscriberExt;
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+fn config(pairs: &[(&str, &str)]) -> OtelConfig {
+    OtelConfig::from_lookup(|name| {
+        pairs
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.to_string())
+    })
+    .unwrap()
+}
+
+/// Flushes the exporter (a blocking call, so off the async workers) and collects what the
+/// collector received.
+async fn exported(
+    guard: &Arc<OtelGuard>,
+    collector: &mut FakeCollectorServer,
+    at_least: usize,
+) -> Vec<ExportedSpan> {
+    let guard = guard.clone();
+    tokio::task::spawn_blocking(move || guard.flush().unwrap())
+        .await
+        .unwrap();
+    collector
+        .exported_spans(at_least, Duration::from_secs(5))
+        .await
+}
+
+fn attr<'a>(span: &'a ExportedSpan, key: &str) -> &'a str {
+    span.attributes.get(key).map(String::as_str).unwrap_or("")
+}
+
+/// One runtime, one collector and one global subscriber for every export scenario: the gRPC
+/// exporter lives on the runtime it was built in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_spans_logs_and_downstream_traceparents_agree() {
+    let mut collector = FakeCollectorServer::start().await.unwrap();
+    let guard = config(&[
+        ("OTEL_SERVICE_NAME", "periscope-test"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ])
+    .install()
+    .unwrap();
+    assert!(guard.is_exporting());
+    let capture = Capture::default();
+    // No level filter at all: the transport crates' own spans must not feed the export.
+    let subscriber = tracing_subscriber::registry()
+        .with(guard.layer())
+        .with(capture.clone());
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let guard = Arc::new(guard);
+
+    chain_ids_are_the_exported_ids(&guard, &mut collector, &capture).await;
+    root_trace_ids_come_from_the_exported_span(&guard, &mut collector, &capture).await;
+    server_errors_are_exported_as_errors(&guard, &mut collector).await;
+    sampled_out_requests_are_not_exported_but_propagate(&guard, &mut collector, &capture).await;
+    trust_boundary_exports_a_link(&guard, &mut collector).await;
+    jobs_export_a_consumer_span_under_the_request(&guard, &mut collector, &capture).await;
+}
+
+async fn chain_ids_are_the_exported_ids(
+    guard: &Arc<OtelGuard>,
+    collector: &mut FakeCollectorServer,
+    capture: &Capture,
+) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let a = chain(&seen).await;
+    let response = get(
+        a,
+        "/hop",
+        &[
+            ("x-request-id", "otel-chain"),
+            ("traceparent", &format!("00-{TRACE}-{PARENT}-01")),
+            ("tracestate", "vendor=opaque"),
+            ("x-org-id", "org_7"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let spans = exported(guard, collector, 5).await;
+    let spans: Vec<_> = spans.into_iter().filter(|s| s.trace_id == TRACE).collect();
+    assert_eq!(spans.len(), 5, "{spans:#?}");
+
+    let hops = by_hop(&seen);
+    let mut expected_parent = PARENT.to_owned();
+    for (index, seen) in hops.iter().enumerate() {
+        let ctx = &seen.ctx;
+        let span_id = ctx.span_id.to_string();
+        // The exported server span is the handler's context, by id and by parent.
+        let server = spans
+            .iter()
+            .find(|s| s.span_id == span_id)
+            .unwrap_or_else(|| {
+                panic!(
+                    "hop {} span {span_id} was not exported: {spans:#?}",
+                    seen.hop
+                )
+            });
+        assert_eq!(server.kind, "SPAN_KIND_SERVER");
+        assert_eq!(server.name, "GET /hop");
+        assert_eq!(server.parent_span_id, expected_parent, "hop {}", seen.hop);
+        assert_eq!(ctx.parent_span_id.unwrap().to_string(), expected_parent);
+        assert_eq!(server.trace_state, "vendor=opaque");
+        assert!(attr(server, "http.request.method").contains("\"GET\""));
+        assert!(attr(server, "url.path").contains("\"/hop\""));
+        assert!(attr(server, "http.route").contains("\"/hop\""));
+        assert!(attr(server, "http.response.status_code").contains("200"));
+        assert!(attr(server, "request_id").contains("\"otel-chain\""));
+        assert!(attr(server, "org_id").contains("\"org_7\""));
+        assert!(
+            server
+                .status
+                .as_ref()
+                .is_none_or(|s| s.code != "STATUS_CODE_ERROR"),
+            "{server:?}"
+        );
+        // The log line of the handler carries the same ids.
+        let line = capture.line("otel-chain", "handling the hop", Some(seen.hop));
+        assert_eq!(line.ctx("trace_id"), Some(TRACE));
+        assert_eq!(line.ctx("span_id"), Some(span_id.as_str()));
+
+        if let Some(next) = hops.get(index + 1) {
+            // The next hop's parent is an exported client span under this hop's span, and is
+            // what the traceparent it received names.
+            let sent = TraceParent::parse(next.headers["traceparent"].to_str().unwrap()).unwrap();
+            let client = spans
+                .iter()
+                .find(|s| s.span_id == sent.parent_id.to_string())
+                .unwrap();
+            assert_eq!(client.kind, "SPAN_KIND_CLIENT");
+            assert_eq!(client.name, "GET");
+            assert_eq!(client.parent_span_id, span_id);
+            assert!(attr(client, "http.response.status_code").contains("200"));
+            expected_parent = client.span_id.clone();
+        }
+    }
+}
+
+async fn root_trace_ids_come_from_the_exported_span(
+    guard: &Arc<OtelGuard>,
+    collector: &mut FakeCollectorServer,
+    capture: &Capture,
+) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = serve(app(hop_state("root", None, &seen), CorrelationLayer::new())).await;
+    get(addr, "/hop", &[("x-request-id", "otel-root")]).await;
+    let ctx = seen.lock().unwrap()[0].ctx.clone();
+    let spans = exported(guard, collector, 1).await;
+    let server = spans
+        .iter()
+        .find(|s| s.span_id == ctx.span_id.to_string())
+        .unwrap();
+    assert_eq!(server.trace_id, ctx.trace_id.to_string());
+    assert_eq!(server.parent_span_id, "");
+    let line = capture.line("otel-root", "handling the hop", None);
+    assert_eq!(line.ctx("trace_id"), Some(server.trace_id.as_str()));
+    assert_eq!(line.ctx("span_id"), Some(server.span_id.as_str()));
+}
+
+async fn server_errors_are_exported_as_errors(
+    guard: &Arc<OtelGuard>,
+    collector: &mut FakeCollectorServer,
+) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = serve(app(hop_state("err", None, &seen), CorrelationLayer::new())).await;
+    let trace = "11111111111111111111111111111111";
+    let response = get(
+        addr,
+        "/fail",
+        &[
+            ("x-request-id", "otel-500"),
+            ("traceparent", &format!("00-{trace}-{PARENT}-01")),
+        ],
+    )
+    .await;
+    assert_eq!(response.headers()["x-request-id"], "otel-500");
+    let spans = exported(guard, collector, 1).await;
+    let server = spans.iter().find(|s| s.trace_id == trace).unwrap();
+    assert_eq!(server.name, "GET /fail");
+    assert_eq!(server.status.as_ref().unwrap().code, "STATUS_CODE_ERROR");
+    assert!(attr(server, "http.response.status_code").contains("500"));
+}
+
+async fn sampled_out_requests_are_not_exported_but_propagate(
+    guard: &Arc<OtelGuard>,
+    collector: &mut FakeCollectorServer,
+    capture: &Capture,
+) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let a = chain(&seen).await;
+    let trace = "22222222222222222222222222222222";
+    get(
+        a,
+        "/hop",
+        &[
+            ("x-request-id", "otel-unsampled"),
+            ("traceparent", &format!("00-{trace}-{PARENT}-00")),
+        ],
+    )
+    .await;
+    let spans = exported(guard, collector, 0).await;
+    assert!(spans.iter().all(|s| s.trace_id != trace), "{spans:#?}");
+    let hops = by_hop(&seen);
+    assert_eq!(hops.len(), 3);
+    for seen in &hops {
+        assert_eq!(seen.ctx.trace_id.to_string(), trace);
+        assert!(!seen.ctx.is_sampled());
+        let line = capture.line("otel-unsampled", "handling the hop", Some(seen.hop));
+        assert_eq!(line.ctx("trace_id"), Some(trace));
+        assert_eq!(
+            line.ctx("span_id"),
+            Some(seen.ctx.span_id.to_string().as_str())
+        );
+    }
+    for pair in hops.windows(2) {
+        let sent = TraceParent::parse(pair[1].headers["traceparent"].to_str().unwrap()).unwrap();
+        assert!(!sent.flags.is_sampled());
+        assert_ne!(sent.parent_id, pair[0].ctx.span_id);
+        assert_eq!(Some(sent.parent_id), pair[1].ctx.parent_span_id);
+    }
+}
+
+async fn trust_boundary_exports_a_link(
+    guard: &Arc<OtelGuard>,
+    collector: &mut FakeCollectorServer,
+) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = serve(app(
+        hop_state("public", None, &seen),
+        CorrelationLayer::new().trust(Trust::Boundary),
+    ))
+    .await;
+    let trace = "33333333333333333333333333333333";
+    get(
+        addr,
+        "/hop",
+        &[
+            ("x-request-id", "otel-public"),
+            ("traceparent", &format!("00-{trace}-{PARENT}-01")),
+        ],
+    )
+    .await;
+    let ctx = seen.lock().unwrap()[0].ctx.clone();
+    assert_ne!(ctx.trace_id.to_string(), trace);
+    let spans = exported(guard, collector, 1).await;
+    let server = spans
+        .iter()
+        .find(|s| s.span_id == ctx.span_id.to_string())
+        .unwrap();
+    assert_eq!(server.trace_id, ctx.trace_id.to_string());
+    assert_eq!(server.parent_span_id, "");
+    assert_eq!(server.links.len(), 1);
+    assert_eq!(server.links[0].trace_id, trace);
+    assert_eq!(server.links[0].span_id, PARENT);
+}
+
+async fn jobs_export_a_consumer_span_under_the_request(
+    guard: &Arc<OtelGuard>,
+    collector: &mut FakeCollectorServer,
+    capture: &Capture,
+) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (jobs_tx, mut jobs_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut state = hop_state("api", None, &seen);
+    state.jobs = Some(jobs_tx);
+    let addr = serve(app(state, CorrelationLayer::new())).await;
+    let worker = tokio::spawn(async move {
+        let payload = jobs_rx.recv().await.unwrap();
+        let carrier: Carrier = serde_json::from_str(&payload).unwrap();
+        let job = JobSpan::from_carrier("send_receipt", &carrier);
+        let ctx: RequestContext = job.context().clone();
+        job.run(async { tracing::info!("job ran") }).await;
+        ctx
+    });
+    let trace = "44444444444444444444444444444444";
+    get(
+        addr,
+        "/hop",
+        &[
+            ("x-request-id", "otel-job"),
+            ("traceparent", &format!("00-{trace}-{PARENT}-01")),
+        ],
+    )
+    .await;
+    let job_ctx = worker.await.unwrap();
+    let request_ctx = seen.lock().unwrap()[0].ctx.clone();
+    let spans = exported(guard, collector, 2).await;
+    let job = spans
+        .iter()
+        .find(|s| s.span_id == job_ctx.span_id.to_string())
+        .unwrap();
+    assert_eq!(job.kind, "SPAN_KIND_CONSUMER");
+    assert_eq!(job.name, "send_receipt");
+    assert_eq!(job.trace_id, trace);
+    assert_eq!(job.parent_span_id, request_ctx.span_id.to_string());
+    let line = capture.line("otel-job", "job ran", None);
+    assert_eq!(line.ctx("span_id"), Some(job.span_id.as_str()));
+    assert_eq!(line.ctx("trace_id"), Some(trace));
+}
+
+/// Runs one request through the server layer and a client call, with `sampler` deciding, and
+/// returns the traceparent sent downstream.
+async fn downstream_traceparent(sampler: Sampler, incoming: Option<&str>) -> TraceParent {
+    use http::{Request, Response};
+    use periscope_trace::ClientTraceLayer;
+    use tower::{Layer, ServiceExt, service_fn};
+
+    let mut config = config(&[]);
+    config.sampler = sampler;
+    let guard = config.install().unwrap();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(guard.tracer().clone()));
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let transport = service_fn(|request: Request<String>| async move {
+        let sent = request.headers()["traceparent"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        Ok::<_, std::convert::Infallible>(Response::new(sent))
+    });
+    let client = ClientTraceLayer::new().layer(transport);
+    let server = CorrelationLayer::new().layer(service_fn(move |_request: Request<String>| {
+        let client = client.clone();
+        async move {
+            let call = Request::get("http://next.internal/")
+                .body(String::new())
+                .unwrap();
+            client.oneshot(call).await
+        }
+    }));
+    let mut request = Request::get("/").body(String::new()).unwrap();
+    if let Some(incoming) = incoming {
+        request
+            .headers_mut()
+            .insert("traceparent", incoming.parse().unwrap());
+    }
+    let response = server.oneshot(request).await.unwrap();
+    TraceParent::parse(response.body()).unwrap()
+}
+
+#[tokio::test]
+async fn the_sampler_decision_is_what_goes_downstream() {
+    let sampled = format!("00-{TRACE}-{PARENT}-01");
+    let unsampled = format!("00-{TRACE}-{PARENT}-00");
+    let ratio_zero = Sampler::ParentBasedTraceIdRatio(0.0);
+    // parentbased_traceidratio: new traces by ratio, continued traces as the caller decided.
+    assert!(
+        !downstream_traceparent(ratio_zero, None)
+            .await
+            .flags
+            .is_sampled()
+    );
+    assert!(
+        downstream_traceparent(ratio_zero, Some(&sampled))
+            .await
+            .flags
+            .is_sampled()
+    );
+    let ratio_one = Sampler::ParentBasedTraceIdRatio(1.0);
+    assert!(
+        downstream_traceparent(ratio_one, None)
+            .await
+            .flags
+            .is_sampled()
+    );
+    assert!(
+        !downstream_traceparent(ratio_one, Some(&unsampled))
+            .await
+            .flags
+            .is_sampled()
+    );
+    // traceidratio alone ignores the caller.
+    let plain_zero = Sampler::TraceIdRatio(0.0);
+    assert!(
+        !downstream_traceparent(plain_zero, Some(&sampled))
+            .await
+            .flags
+            .is_sampled()
+    );
+    assert!(
+        !downstream_traceparent(Sampler::AlwaysOff, None)
+            .await
+            .flags
+            .is_sampled()
+    );
+    // Whatever the decision, the trace continues.
+    let continued = downstream_traceparent(Sampler::AlwaysOff, Some(&sampled)).await;
+    assert_eq!(continued.trace_id.to_string(), TRACE);
+    assert_ne!(continued.parent_id.to_string(), PARENT);
+}
+
+#[test]
+fn grpc_export_without_a_runtime_is_a_clear_error() {
+    let error = config(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ])
+    .install()
+    .unwrap_err();
+    assert!(error.to_string().contains("Tokio runtime"), "{error}");
+}
+
+#[test]
+fn without_an_endpoint_nothing_is_exported() {
+    let guard = config(&[]).install().unwrap();
+    assert!(!guard.is_exporting());
+    assert!(guard.layer::<tracing_subscriber::Registry>().is_none());
+    let disabled = config(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+        ("OTEL_SDK_DISABLED", "true"),
+    ])
+    .install()
+    .unwrap();
+    assert!(!disabled.is_exporting());
+}

@@ -1,0 +1,338 @@
+//! Correlation and propagation over real sockets on 127.0.0.1: a chain of services a → b → c,
+//! error and panic responses, probes, trust boundaries, invalid ids and jobs.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use http::StatusCode;
+use periscope_context::{Carrier, TraceParent};
+use periscope_trace::job::JobSpan;
+use periscope_trace::{CorrelationLayer, Trust};
+use support::services::{app, by_hop, chain, get, hop_state};
+use support::{Capture, serve};
+use tracing_subscriber::layer::SubscriberExt;
+
+const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const INCOMING_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const INCOMING_PARENT: &str = "00f067aa0ba902b7";
+
+fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    let guard = tracing::subscriber::set_default(subscriber);
+    (capture, guard)
+}
+
+#[tokio::test]
+async fn chain_keeps_trace_and_request_id_with_a_new_parent_per_hop() {
+    let (capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let a = chain(&seen).await;
+
+    let response = get(
+        a,
+        "/hop",
+        &[
+            ("x-request-id", "chain-1"),
+            ("traceparent", INCOMING),
+            ("tracestate", "vendor=opaque"),
+            ("baggage", "user_tier=gold"),
+            ("x-org-id", "org_7"),
+            ("x-project-id", "prj_9"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-request-id"], "chain-1");
+
+    let hops = by_hop(&seen);
+    assert_eq!(
+        hops.iter().map(|s| s.hop).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    let mut parents = Vec::new();
+    for seen in &hops {
+        let ctx = &seen.ctx;
+        assert_eq!(ctx.request_id.as_str(), "chain-1", "{}", seen.hop);
+        assert_eq!(ctx.trace_id.to_string(), INCOMING_TRACE, "{}", seen.hop);
+        assert_eq!(ctx.tenant.org_id(), Some("org_7"), "{}", seen.hop);
+        assert_eq!(ctx.tenant.project_id(), Some("prj_9"), "{}", seen.hop);
+        assert_eq!(ctx.trace_state.as_str(), "vendor=opaque", "{}", seen.hop);
+        assert_eq!(ctx.baggage.get("user_tier"), Some("gold"), "{}", seen.hop);
+        assert!(ctx.is_sampled());
+        parents.push(ctx.parent_span_id.unwrap());
+    }
+    // Each hop's parent is the previous hop's client span: distinct, and never the caller's
+    // span itself.
+    assert_eq!(parents[0].to_string(), INCOMING_PARENT);
+    assert!(parents[0] != parents[1] && parents[1] != parents[2] && parents[0] != parents[2]);
+    for pair in hops.windows(2) {
+        assert_ne!(pair[1].ctx.parent_span_id, Some(pair[0].ctx.span_id));
+        let sent = TraceParent::parse(pair[1].headers["traceparent"].to_str().unwrap()).unwrap();
+        assert_eq!(Some(sent.parent_id), pair[1].ctx.parent_span_id);
+    }
+
+    // The ids in the log lines are the ids of each hop's span and context.
+    let lines = capture.lines_for("chain-1");
+    for seen in &hops {
+        let line = lines
+            .iter()
+            .find(|l| l.message == "handling the hop" && l.fields["hop"] == seen.hop)
+            .unwrap();
+        assert_eq!(line.ctx("trace_id"), Some(INCOMING_TRACE));
+        assert_eq!(
+            line.ctx("span_id"),
+            Some(seen.ctx.span_id.to_string().as_str())
+        );
+        assert_eq!(line.ctx("org_id"), Some("org_7"));
+        assert_eq!(line.ctx("project_id"), Some("prj_9"));
+    }
+
+    // The client spans carry the parent ids the next hops received, under the caller's span.
+    let client_spans = capture.spans_for("http_client_request", "chain-1");
+    assert_eq!(client_spans.len(), 2);
+    for (caller, callee) in [(&hops[0], &hops[1]), (&hops[1], &hops[2])] {
+        let parent = callee.ctx.parent_span_id.unwrap().to_string();
+        let client = client_spans
+            .iter()
+            .find(|s| s.get("span_id") == Some(parent.as_str()))
+            .unwrap_or_else(|| panic!("no client span with id {parent}"));
+        assert_eq!(client.get("trace_id"), Some(INCOMING_TRACE));
+        assert_eq!(client.get("http.response.status_code"), Some("200"));
+        assert_eq!(client.get("otel.kind"), Some("client"));
+        assert_ne!(
+            client.get("span_id"),
+            Some(caller.ctx.span_id.to_string().as_str())
+        );
+    }
+
+    // One server span per hop, with the semantic-convention fields.
+    let server_spans = capture.spans_for("http_request", "chain-1");
+    assert_eq!(server_spans.len(), 3);
+    for span in &server_spans {
+        assert_eq!(span.get("http.request.method"), Some("GET"));
+        assert_eq!(span.get("url.path"), Some("/hop"));
+        assert_eq!(span.get("http.response.status_code"), Some("200"));
+        assert_eq!(span.get("otel.kind"), Some("server"));
+        assert_eq!(span.get("otel.status_code"), None);
+        if cfg!(feature = "axum") {
+            assert_eq!(span.get("otel.name"), Some("GET /hop"));
+            assert_eq!(span.get("http.route"), Some("/hop"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn request_id_is_echoed_on_a_500_and_on_a_panic() {
+    let (capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = serve(app(hop_state("a", None, &seen), CorrelationLayer::new())).await;
+
+    let failed = get(addr, "/fail", &[("x-request-id", "fail-1")]).await;
+    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(failed.headers()["x-request-id"], "fail-1");
+
+    let panicked = get(addr, "/panic", &[("x-request-id", "panic-1")]).await;
+    assert_eq!(panicked.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(panicked.headers()["x-request-id"], "panic-1");
+
+    // A generated id is echoed too, and is the one in the logs.
+    let generated = get(addr, "/fail", &[]).await;
+    let id = generated.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(id.starts_with("req_"), "{id}");
+    let line = capture.line(&id, "the handler failed", None);
+    assert!(line.ctx("trace_id").is_some() && line.ctx("span_id").is_some());
+
+    for id in ["fail-1", "panic-1"] {
+        let span = &capture.spans_for("http_request", id)[0];
+        assert_eq!(span.get("http.response.status_code"), Some("500"));
+        assert_eq!(span.get("otel.status_code"), Some("ERROR"));
+    }
+}
+
+#[tokio::test]
+async fn sampled_out_requests_still_propagate_and_log_their_ids() {
+    let (capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let a = chain(&seen).await;
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+
+    let response = get(
+        a,
+        "/hop",
+        &[("x-request-id", "unsampled-1"), ("traceparent", unsampled)],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let hops = by_hop(&seen);
+    assert_eq!(hops.len(), 3);
+    for seen in &hops {
+        assert_eq!(seen.ctx.trace_id.to_string(), INCOMING_TRACE);
+        assert!(!seen.ctx.is_sampled(), "{}", seen.hop);
+        if seen.hop != "a" {
+            let sent = seen.headers["traceparent"].to_str().unwrap();
+            assert!(sent.ends_with("-00"), "{sent}");
+            assert!(sent.contains(INCOMING_TRACE), "{sent}");
+        }
+        let line = capture.line("unsampled-1", "handling the hop", Some(seen.hop));
+        assert_eq!(line.ctx("trace_id"), Some(INCOMING_TRACE));
+        assert_eq!(
+            line.ctx("span_id"),
+            Some(seen.ctx.span_id.to_string().as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn invalid_request_id_is_replaced_and_logged_once_at_warn() {
+    let (capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = serve(app(hop_state("a", None, &seen), CorrelationLayer::new())).await;
+
+    let response = get(
+        addr,
+        "/hop",
+        &[
+            ("x-request-id", "not valid!"),
+            ("x-org-id", "org with spaces"),
+        ],
+    )
+    .await;
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(id.starts_with("req_"), "{id}");
+    assert_eq!(seen.lock().unwrap()[0].ctx.request_id.as_str(), id);
+    assert_eq!(seen.lock().unwrap()[0].ctx.tenant.org_id(), None);
+
+    let warnings: Vec<_> = capture
+        .lines_for(&id)
+        .into_iter()
+        .filter(|l| l.level == tracing::Level::WARN)
+        .collect();
+    let replaced: Vec<_> = warnings
+        .iter()
+        .filter(|l| l.message.contains("request id"))
+        .collect();
+    assert_eq!(replaced.len(), 1, "{warnings:#?}");
+    assert!(
+        replaced[0].fields["reason"].contains("0x20"),
+        "{replaced:?}"
+    );
+    // The warning carries the request's ids, like every other line of the request.
+    assert!(replaced[0].ctx("trace_id").is_some() && replaced[0].ctx("span_id").is_some());
+    let tenant: Vec<_> = warnings
+        .iter()
+        .filter(|l| l.message.contains("tenant"))
+        .collect();
+    assert_eq!(tenant.len(), 1);
+    assert_eq!(tenant[0].fields["header"], "x-org-id");
+}
+
+#[tokio::test]
+async fn probe_paths_are_not_traced_but_keep_their_request_id() {
+    let (capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = serve(app(hop_state("a", None, &seen), CorrelationLayer::new())).await;
+
+    let response = get(addr, "/health", &[("x-request-id", "probe-1")]).await;
+    assert_eq!(response.headers()["x-request-id"], "probe-1");
+    assert!(capture.spans_for("http_request", "probe-1").is_empty());
+
+    let traced = serve(app(
+        hop_state("a", None, &seen),
+        CorrelationLayer::new().quiet(periscope_trace::PathSelector::none()),
+    ))
+    .await;
+    get(traced, "/health", &[("x-request-id", "probe-2")]).await;
+    assert_eq!(capture.spans_for("http_request", "probe-2").len(), 1);
+}
+
+#[tokio::test]
+async fn trust_boundary_starts_a_new_trace_and_links_the_caller() {
+    let (capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = serve(app(
+        hop_state("public", None, &seen),
+        CorrelationLayer::new().trust(Trust::Boundary),
+    ))
+    .await;
+
+    get(
+        addr,
+        "/hop",
+        &[
+            ("x-request-id", "public-1"),
+            ("traceparent", INCOMING),
+            ("tracestate", "vendor=opaque"),
+            ("baggage", "user_tier=gold"),
+            ("x-org-id", "org_spoofed"),
+        ],
+    )
+    .await;
+    let ctx = seen.lock().unwrap()[0].ctx.clone();
+    assert_eq!(ctx.request_id.as_str(), "public-1");
+    assert_ne!(ctx.trace_id.to_string(), INCOMING_TRACE);
+    assert_eq!(ctx.parent_span_id, None);
+    assert!(ctx.trace_state.is_empty() && ctx.baggage.is_empty() && ctx.tenant.is_empty());
+
+    let span = &capture.spans_for("http_request", "public-1")[0];
+    assert_eq!(
+        span.get("trace_id"),
+        Some(ctx.trace_id.to_string().as_str())
+    );
+    assert_eq!(span.get("link.trace_id"), Some(INCOMING_TRACE));
+    assert_eq!(span.get("link.span_id"), Some(INCOMING_PARENT));
+}
+
+#[tokio::test]
+async fn a_job_continues_the_request_trace_and_request_id() {
+    let (capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (jobs_tx, mut jobs_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut state = hop_state("api", None, &seen);
+    state.jobs = Some(jobs_tx);
+    let addr = serve(app(state, CorrelationLayer::new())).await;
+
+    // The worker: a separate task that only has the payload.
+    let worker = tokio::spawn(async move {
+        let payload = jobs_rx.recv().await.unwrap();
+        let carrier: Carrier = serde_json::from_str(&payload).unwrap();
+        let job = JobSpan::from_carrier("send_receipt", &carrier).with_job_id("job_1");
+        let ctx = job.context().clone();
+        job.run(async { tracing::info!("job ran") }).await;
+        ctx
+    });
+
+    get(
+        addr,
+        "/hop",
+        &[
+            ("x-request-id", "job-req-1"),
+            ("traceparent", INCOMING),
+            ("x-org-id", "org_7"),
+        ],
+    )
+    .await;
+    let job_ctx = worker.await.unwrap();
+    let request_ctx = seen.lock().unwrap()[0].ctx.clone();
+    assert_eq!(job_ctx.trace_id, request_ctx.trace_id);
+    assert_eq!(job_ctx.request_id, request_ctx.request_id);
+    assert_eq!(job_ctx.parent_span_id, Some(request_ctx.span_id));
+    assert_eq!(job_ctx.tenant.org_id(), Some("org_7"));
+
+    let line = capture.line("job-req-1", "job ran", None);
+    assert_eq!(line.ctx("trace_id"), Some(INCOMING_TRACE));
+    assert_eq!(
+        line.ctx("span_id"),
+        Some(job_ctx.span_id.to_string().as_str())
+    );
+    assert_eq!(line.ctx("job_id"), Some("job_1"));
+    assert_eq!(line.ctx("org_id"), Some("org_7"));
+}

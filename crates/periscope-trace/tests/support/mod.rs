@@ -1,0 +1,217 @@
+//! Test support: a subscriber layer that keeps every log line with the context fields lifted
+//! from its spans (as the JSON log layer does), real servers on 127.0.0.1, and a traced client.
+#![allow(dead_code, clippy::unwrap_used)]
+
+pub mod services;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use periscope_trace::{ClientTrace, ClientTraceLayer};
+use tower::{Layer as _, ServiceExt};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+/// The fields a log line takes from the spans in scope (innermost wins).
+pub const CONTEXT_FIELDS: [&str; 8] = [
+    "request_id",
+    "trace_id",
+    "span_id",
+    "org_id",
+    "project_id",
+    "user_id",
+    "team_id",
+    "job_id",
+];
+
+/// One log line: the event's own fields and the context fields lifted from its spans.
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub level: Level,
+    pub target: String,
+    pub message: String,
+    pub fields: BTreeMap<String, String>,
+    pub context: BTreeMap<String, String>,
+}
+
+impl Line {
+    pub fn ctx(&self, key: &str) -> Option<&str> {
+        self.context.get(key).map(String::as_str)
+    }
+}
+
+/// A closed span: its name and every field it recorded.
+#[derive(Clone, Debug)]
+pub struct ClosedSpan {
+    pub name: String,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl ClosedSpan {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct Capture {
+    lines: Arc<Mutex<Vec<Line>>>,
+    spans: Arc<Mutex<Vec<ClosedSpan>>>,
+}
+
+impl Capture {
+    pub fn lines(&self) -> Vec<Line> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    pub fn spans(&self) -> Vec<ClosedSpan> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// Log lines whose lifted `request_id` is `id`.
+    pub fn lines_for(&self, id: &str) -> Vec<Line> {
+        self.lines()
+            .into_iter()
+            .filter(|line| line.ctx("request_id") == Some(id))
+            .collect()
+    }
+
+    /// The line of request `id` with this message (and, when given, this `hop` field).
+    pub fn line(&self, id: &str, message: &str, hop: Option<&str>) -> Line {
+        self.lines_for(id)
+            .into_iter()
+            .find(|l| {
+                l.message == message
+                    && hop.is_none_or(|hop| l.fields.get("hop").map(String::as_str) == Some(hop))
+            })
+            .unwrap_or_else(|| panic!("no line {message:?} for {id} (hop {hop:?})"))
+    }
+
+    /// Closed spans named `name` whose `request_id` is `id`.
+    pub fn spans_for(&self, name: &str, id: &str) -> Vec<ClosedSpan> {
+        self.spans()
+            .into_iter()
+            .filter(|span| span.name == name && span.get("request_id") == Some(id))
+            .collect()
+    }
+}
+
+struct Fields(BTreeMap<String, String>);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S> Layer<S> for Capture
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = Fields(BTreeMap::new());
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id)
+            && let Some(fields) = span.extensions_mut().get_mut::<Fields>()
+        {
+            values.record(fields);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut fields = Fields(BTreeMap::new());
+        event.record(&mut fields);
+        let mut context = BTreeMap::new();
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope {
+                if let Some(span_fields) = span.extensions().get::<Fields>() {
+                    for key in CONTEXT_FIELDS {
+                        if let Some(value) = span_fields.0.get(key) {
+                            context
+                                .entry(key.to_owned())
+                                .or_insert_with(|| value.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let message = fields.0.remove("message").unwrap_or_default();
+        self.lines.lock().unwrap().push(Line {
+            level: *event.metadata().level(),
+            target: event.metadata().target().to_owned(),
+            message,
+            fields: fields.0,
+            context,
+        });
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(&id) {
+            let fields = span
+                .extensions()
+                .get::<Fields>()
+                .map(|f| f.0.clone())
+                .unwrap_or_default();
+            self.spans.lock().unwrap().push(ClosedSpan {
+                name: span.name().to_owned(),
+                fields,
+            });
+        }
+    }
+}
+
+/// Serves `router` on an ephemeral port of 127.0.0.1.
+pub async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    addr
+}
+
+pub type TracedClient = ClientTrace<Client<HttpConnector, Full<Bytes>>>;
+
+/// hyper-util's client behind the client layer.
+pub fn traced_client() -> TracedClient {
+    ClientTraceLayer::new().layer(Client::builder(TokioExecutor::new()).build_http())
+}
+
+/// A plain client, standing in for an outside caller.
+pub fn plain_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends `request` and reads the whole response.
+pub async fn send<C>(client: C, request: Request<Full<Bytes>>) -> Response<Bytes>
+where
+    C: tower::Service<Request<Full<Bytes>>, Response = Response<hyper::body::Incoming>>,
+    C::Error: fmt::Debug,
+{
+    let response = client.oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Response::from_parts(parts, body)
+}
