@@ -125,24 +125,32 @@ impl Baggage {
     pub fn parse_headers<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Self {
         let mut baggage = Self::new();
         for value in values {
-            // Header bytes outside ASCII are never valid baggage-octets: skip the value.
-            let Ok(value) = std::str::from_utf8(value) else {
-                continue;
-            };
-            for member in value.split(',') {
-                let member = member.trim_matches([' ', '\t']);
-                if member.is_empty() {
-                    continue;
-                }
-                let Ok(parsed) = parse_member(member) else {
-                    continue;
-                };
-                if baggage.push(parsed).is_err() {
-                    return baggage;
-                }
+            if !baggage.extend_from_header(value) {
+                break;
             }
         }
         baggage
+    }
+
+    /// Adds the valid members of one header value; `false` once a limit is reached.
+    pub(crate) fn extend_from_header(&mut self, value: &[u8]) -> bool {
+        // Header bytes outside ASCII are never valid baggage-octets: skip the value.
+        let Ok(value) = std::str::from_utf8(value) else {
+            return true;
+        };
+        for member in value.split(',') {
+            let member = member.trim_matches([' ', '\t']);
+            if member.is_empty() {
+                continue;
+            }
+            let Ok(parsed) = parse_member(member) else {
+                continue;
+            };
+            if self.push(parsed).is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// The decoded value of `key` (the first member with that key).

@@ -5,19 +5,50 @@ use std::collections::{BTreeMap, HashMap};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::baggage::Baggage;
 use crate::context::RequestContext;
 use crate::headers;
-use crate::request_id::{InvalidId, RequestId};
-use crate::tenant::{Tenant, TenantKey};
+use crate::request_id::{InvalidId, RequestId, validate_id};
+use crate::tenant::TenantKey;
 use crate::traceparent::{TraceParent, TraceParentError};
-use crate::tracestate::TraceState;
+use crate::tracestate::TraceStateParser;
 
 /// Reads context values from a carrier. Keys are the lower-case header names
 /// (`traceparent`, `x-request-id`, ...).
 pub trait Extractor {
     /// Calls `f` with every value stored under `key`, in order.
-    fn for_each(&self, key: &str, f: &mut dyn FnMut(&[u8]));
+    fn for_each(&self, key: &HeaderName, f: &mut dyn FnMut(&[u8]));
+
+    /// The first value stored under `key`. Carriers that hold `HeaderValue`s lend them, so an
+    /// id read from a request is shared rather than copied.
+    fn first(&self, key: &HeaderName) -> Option<CarrierValue<'_>>;
+}
+
+/// One value read from a carrier.
+#[derive(Clone, Copy, Debug)]
+pub enum CarrierValue<'a> {
+    /// A header value, shared when kept.
+    Header(&'a HeaderValue),
+    /// Raw bytes, copied when kept.
+    Bytes(&'a [u8]),
+}
+
+impl CarrierValue<'_> {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Header(value) => value.as_bytes(),
+            Self::Bytes(bytes) => bytes,
+        }
+    }
+
+    /// The value as a header value after the id rules: shared when it already is one.
+    fn to_id_header(self) -> Result<HeaderValue, InvalidId> {
+        validate_id(self.as_bytes())?;
+        match self {
+            Self::Header(value) => Ok(value.clone()),
+            // Valid ids are visible ASCII, which every header value accepts.
+            Self::Bytes(bytes) => HeaderValue::from_bytes(bytes).map_err(|_| InvalidId::Empty),
+        }
+    }
 }
 
 /// Writes context values into a carrier.
@@ -27,10 +58,14 @@ pub trait Injector {
 }
 
 impl Extractor for HeaderMap {
-    fn for_each(&self, key: &str, f: &mut dyn FnMut(&[u8])) {
+    fn for_each(&self, key: &HeaderName, f: &mut dyn FnMut(&[u8])) {
         for value in self.get_all(key) {
             f(value.as_bytes());
         }
+    }
+
+    fn first(&self, key: &HeaderName) -> Option<CarrierValue<'_>> {
+        self.get(key).map(CarrierValue::Header)
     }
 }
 
@@ -43,10 +78,15 @@ impl Injector for HeaderMap {
 macro_rules! string_map_carrier {
     ($map:ident) => {
         impl Extractor for $map<String, String> {
-            fn for_each(&self, key: &str, f: &mut dyn FnMut(&[u8])) {
-                if let Some(value) = self.get(key) {
+            fn for_each(&self, key: &HeaderName, f: &mut dyn FnMut(&[u8])) {
+                if let Some(value) = self.get(key.as_str()) {
                     f(value.as_bytes());
                 }
+            }
+
+            fn first(&self, key: &HeaderName) -> Option<CarrierValue<'_>> {
+                self.get(key.as_str())
+                    .map(|v| CarrierValue::Bytes(v.as_bytes()))
             }
         }
 
@@ -143,9 +183,11 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
 
     let mut traceparents = 0usize;
     let mut parsed = Err(TraceParentError::TooShort(0));
-    carrier.for_each(headers::TRACEPARENT.as_str(), &mut |value| {
+    carrier.for_each(&headers::TRACEPARENT, &mut |value| {
         traceparents += 1;
-        parsed = TraceParent::parse_bytes(value);
+        if traceparents == 1 {
+            parsed = TraceParent::parse_bytes(value);
+        }
     });
     let parsed = match traceparents {
         0 => None,
@@ -155,9 +197,15 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
 
     let (mut context, trace, incoming) = match parsed {
         Some(Ok(parent)) => {
-            let state = extract_trace_state(carrier);
+            // An invalid tracestate is dropped alone; the trace continues.
+            let mut state = TraceStateParser::default();
+            carrier.for_each(&headers::TRACESTATE, &mut |value| state.push(value));
             (
-                RequestContext::continue_from(request_id, &parent, state),
+                RequestContext::continue_from(
+                    request_id,
+                    &parent,
+                    state.finish().unwrap_or_default(),
+                ),
                 TraceOrigin::Continued,
                 Some(parent),
             )
@@ -174,9 +222,21 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
         ),
     };
 
-    context.baggage = extract_baggage(carrier);
-    let (tenant, rejected_tenant) = extract_tenant(carrier, &options.tenant_keys);
-    context.tenant = tenant;
+    let mut room = true;
+    carrier.for_each(&headers::BAGGAGE, &mut |value| {
+        if room {
+            room = context.baggage.extend_from_header(value);
+        }
+    });
+    let mut rejected_tenant = Vec::new();
+    for key in &options.tenant_keys {
+        if let Some(value) = carrier.first(key.header()) {
+            match value.to_id_header() {
+                Ok(value) => context.tenant.insert_validated(key.clone(), value),
+                Err(error) => rejected_tenant.push((key.clone(), error)),
+            }
+        }
+    }
 
     Extracted {
         context,
@@ -187,79 +247,15 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
     }
 }
 
-fn first_value<C: Extractor + ?Sized>(carrier: &C, key: &str) -> Option<Vec<u8>> {
-    let mut first = None;
-    carrier.for_each(key, &mut |value| {
-        if first.is_none() {
-            first = Some(value.to_vec());
-        }
-    });
-    first
-}
-
 fn extract_request_id<C: Extractor + ?Sized>(carrier: &C) -> (RequestId, RequestIdOrigin) {
-    let sent = first_value(carrier, headers::X_REQUEST_ID.as_str())
-        .or_else(|| first_value(carrier, headers::X_CORRELATION_ID.as_str()));
-    match sent {
+    let sent = carrier
+        .first(&headers::X_REQUEST_ID)
+        .or_else(|| carrier.first(&headers::X_CORRELATION_ID));
+    match sent.map(|value| value.to_id_header().map(RequestId::from_validated)) {
         None => (RequestId::generate(), RequestIdOrigin::Generated),
-        Some(bytes) => match crate::request_id::validate_id(&bytes)
-            .and_then(|()| HeaderValue::from_bytes(&bytes).map_err(|_| InvalidId::Empty))
-        {
-            Ok(value) => match RequestId::from_header(&value) {
-                Ok(id) => (id, RequestIdOrigin::Kept),
-                Err(error) => (RequestId::generate(), RequestIdOrigin::Replaced(error)),
-            },
-            Err(error) => (RequestId::generate(), RequestIdOrigin::Replaced(error)),
-        },
+        Some(Ok(id)) => (id, RequestIdOrigin::Kept),
+        Some(Err(error)) => (RequestId::generate(), RequestIdOrigin::Replaced(error)),
     }
-}
-
-/// Joins every `tracestate` value in order; an invalid one drops the whole tracestate.
-pub(crate) fn extract_trace_state<C: Extractor + ?Sized>(carrier: &C) -> TraceState {
-    let mut values: Vec<Vec<u8>> = Vec::new();
-    carrier.for_each(headers::TRACESTATE.as_str(), &mut |value| {
-        values.push(value.to_vec())
-    });
-    TraceState::parse_headers(values.iter().map(Vec::as_slice)).unwrap_or_default()
-}
-
-fn extract_baggage<C: Extractor + ?Sized>(carrier: &C) -> Baggage {
-    let mut values: Vec<Vec<u8>> = Vec::new();
-    carrier.for_each(headers::BAGGAGE.as_str(), &mut |value| {
-        values.push(value.to_vec())
-    });
-    Baggage::parse_headers(values.iter().map(Vec::as_slice))
-}
-
-fn extract_tenant<C: Extractor + ?Sized>(
-    carrier: &C,
-    keys: &[TenantKey],
-) -> (Tenant, Vec<(TenantKey, InvalidId)>) {
-    let mut tenant = Tenant::new();
-    let mut rejected = Vec::new();
-    for key in keys {
-        if let Some(bytes) = first_value(carrier, key.header().as_str()) {
-            let value = HeaderValue::from_bytes(&bytes);
-            let result = match &value {
-                Ok(value) => tenant.insert_header_value(key.clone(), value),
-                Err(_) => Err(InvalidId::InvalidByte {
-                    byte: bytes
-                        .iter()
-                        .copied()
-                        .find(|b| !b.is_ascii_graphic())
-                        .unwrap_or(0),
-                    position: bytes
-                        .iter()
-                        .position(|b| !b.is_ascii_graphic())
-                        .unwrap_or(0),
-                }),
-            };
-            if let Err(error) = result {
-                rejected.push((key.clone(), error));
-            }
-        }
-    }
-    (tenant, rejected)
 }
 
 /// Writes `ctx` into a carrier: `traceparent` naming `ctx.span_id` as the parent,
@@ -344,8 +340,12 @@ impl From<BTreeMap<String, String>> for Carrier {
 }
 
 impl Extractor for Carrier {
-    fn for_each(&self, key: &str, f: &mut dyn FnMut(&[u8])) {
+    fn for_each(&self, key: &HeaderName, f: &mut dyn FnMut(&[u8])) {
         self.0.for_each(key, f);
+    }
+
+    fn first(&self, key: &HeaderName) -> Option<CarrierValue<'_>> {
+        self.0.first(key)
     }
 }
 

@@ -211,19 +211,36 @@ pub(crate) fn decode_lower_hex(hex: &[u8], out: &mut [u8]) -> Option<()> {
     if hex.len() != out.len() * 2 {
         return None;
     }
+    let mut invalid = 0u8;
     for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        *byte = (lower_hex_value(pair[0])? << 4) | lower_hex_value(pair[1])?;
+        let (high, low) = (
+            LOWER_HEX[usize::from(pair[0])],
+            LOWER_HEX[usize::from(pair[1])],
+        );
+        // One branch for the whole id instead of one per digit: this runs on every request.
+        invalid |= (high | low) & INVALID;
+        *byte = (high << 4) | (low & 0x0f);
     }
-    Some(())
+    (invalid == 0).then_some(())
 }
 
-fn lower_hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+const INVALID: u8 = 0x80;
+
+/// Digit values of `0-9a-f`; every other byte maps to [`INVALID`].
+static LOWER_HEX: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {

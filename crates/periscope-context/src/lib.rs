@@ -39,8 +39,8 @@ mod tracestate;
 
 pub use baggage::{Baggage, BaggageError, BaggageMember, MAX_BAGGAGE_BYTES, MAX_BAGGAGE_MEMBERS};
 pub use carrier::{
-    Carrier, ExtractOptions, Extracted, Extractor, Injector, RequestIdOrigin, TraceOrigin, extract,
-    inject,
+    Carrier, CarrierValue, ExtractOptions, Extracted, Extractor, Injector, RequestIdOrigin,
+    TraceOrigin, extract, inject,
 };
 pub use context::{RequestContext, WithContext};
 pub use ids::{HexId, SpanId, TraceFlags, TraceId};

@@ -47,8 +47,20 @@ pub fn validate_id(value: &[u8]) -> Result<(), InvalidId> {
 }
 
 fn is_id_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
+    ID_BYTES[usize::from(b)]
 }
+
+/// `A-Z a-z 0-9 - _ . :` as a table: ids are checked on every request.
+static ID_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':');
+        b += 1;
+    }
+    table
+};
 
 /// A validated request (correlation) id.
 ///
@@ -84,6 +96,11 @@ impl RequestId {
     pub fn from_header(value: &HeaderValue) -> Result<Self, InvalidId> {
         validate_id(value.as_bytes())?;
         Ok(Self(value.clone()))
+    }
+
+    /// Wraps a header value that already passed [`validate_id`].
+    pub(crate) fn from_validated(value: HeaderValue) -> Self {
+        Self(value)
     }
 
     /// Generates a new id: `req_` followed by a lower-case ULID (26 characters).

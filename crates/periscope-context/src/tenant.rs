@@ -101,7 +101,7 @@ impl Tenant {
     pub fn insert(&mut self, key: TenantKey, value: &str) -> Result<(), InvalidId> {
         validate_id(value.as_bytes())?;
         let value = HeaderValue::from_str(value).map_err(|_| InvalidId::Empty)?;
-        self.insert_header(key, value);
+        self.insert_validated(key, value);
         Ok(())
     }
 
@@ -112,11 +112,12 @@ impl Tenant {
         value: &HeaderValue,
     ) -> Result<(), InvalidId> {
         validate_id(value.as_bytes())?;
-        self.insert_header(key, value.clone());
+        self.insert_validated(key, value.clone());
         Ok(())
     }
 
-    fn insert_header(&mut self, key: TenantKey, value: HeaderValue) {
+    /// Sets a field whose value already passed the id rules.
+    pub(crate) fn insert_validated(&mut self, key: TenantKey, value: HeaderValue) {
         match self.fields.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
             None => self.fields.push((key, value)),

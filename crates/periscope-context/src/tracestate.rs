@@ -76,38 +76,11 @@ impl TraceState {
     pub fn parse_headers<'a>(
         values: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Self, TraceStateError> {
-        let mut out = String::new();
-        let mut members = 0usize;
+        let mut parser = TraceStateParser::default();
         for value in values {
-            let value = std::str::from_utf8(value).map_err(|_| TraceStateError::NotAscii)?;
-            // One allocation in the common case: the normalised text is never longer.
-            out.reserve(value.len());
-            for member in value.split(',') {
-                let member = trim_ows(member);
-                if member.is_empty() {
-                    continue;
-                }
-                members += 1;
-                if members > MAX_TRACESTATE_MEMBERS {
-                    return Err(TraceStateError::TooManyMembers);
-                }
-                let (key, val) = member
-                    .split_once('=')
-                    .ok_or_else(|| TraceStateError::MissingEquals(truncated(member)))?;
-                validate_key(key)?;
-                validate_value(key, val)?;
-                // A duplicated key is kept once: the leftmost entry wins.
-                if members == 1 || !entries(&out).any(|(k, _)| k == key) {
-                    if !out.is_empty() {
-                        out.push(',');
-                    }
-                    out.push_str(member);
-                }
-            }
+            parser.push(value);
         }
-        let mut state = Self(out);
-        state.truncate();
-        Ok(state)
+        parser.finish()
     }
 
     /// The value stored under `key`.
@@ -206,6 +179,63 @@ impl TraceState {
             }
         }
         self.0 = join(kept.into_iter());
+    }
+}
+
+/// Parses `tracestate` header values one at a time, so a carrier can feed them without
+/// collecting them first. The first error is kept and decides the result.
+#[derive(Default)]
+pub(crate) struct TraceStateParser {
+    out: String,
+    members: usize,
+    error: Option<TraceStateError>,
+}
+
+impl TraceStateParser {
+    pub(crate) fn push(&mut self, value: &[u8]) {
+        if self.error.is_none()
+            && let Err(error) = self.push_members(value)
+        {
+            self.error = Some(error);
+        }
+    }
+
+    fn push_members(&mut self, value: &[u8]) -> Result<(), TraceStateError> {
+        let value = std::str::from_utf8(value).map_err(|_| TraceStateError::NotAscii)?;
+        // One allocation in the common case: the normalised text is never longer.
+        self.out.reserve(value.len());
+        for member in value.split(',') {
+            let member = trim_ows(member);
+            if member.is_empty() {
+                continue;
+            }
+            self.members += 1;
+            if self.members > MAX_TRACESTATE_MEMBERS {
+                return Err(TraceStateError::TooManyMembers);
+            }
+            let (key, val) = member
+                .split_once('=')
+                .ok_or_else(|| TraceStateError::MissingEquals(truncated(member)))?;
+            validate_key(key)?;
+            validate_value(key, val)?;
+            // A duplicated key is kept once: the leftmost entry wins.
+            if self.members == 1 || !entries(&self.out).any(|(k, _)| k == key) {
+                if !self.out.is_empty() {
+                    self.out.push(',');
+                }
+                self.out.push_str(member);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish(self) -> Result<TraceState, TraceStateError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let mut state = TraceState(self.out);
+        state.truncate();
+        Ok(state)
     }
 }
 
