@@ -134,9 +134,11 @@ impl Directives {
             .unwrap_or(LevelFilter::OFF)
     }
 
-    /// Whether an event or span with this metadata passes.
+    /// Whether an event or span with this metadata passes. Spans that carry request context
+    /// (a `request_id`, `trace_id` or `job_id` field) always pass: they cost little, and
+    /// without them the lines that do pass would lose their ids (and OpenTelemetry its spans).
     pub fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        *metadata.level() <= self.level_for(metadata.target())
+        *metadata.level() <= self.level_for(metadata.target()) || carries_context(metadata)
     }
 
     /// The most verbose level any directive allows.
@@ -148,6 +150,20 @@ impl Directives {
             .max()
             .unwrap_or(LevelFilter::OFF)
     }
+
+    /// The hint for `tracing`'s global level: [`max_level`](Self::max_level), but never below
+    /// `info`, so context spans (created at `info`) still reach [`enabled`](Self::enabled).
+    pub fn max_level_hint(&self) -> LevelFilter {
+        self.max_level().max(LevelFilter::INFO)
+    }
+}
+
+/// Spans whose callsite declares a request context field.
+fn carries_context(metadata: &Metadata<'_>) -> bool {
+    metadata.is_span()
+        && ["request_id", "trace_id", "job_id"]
+            .iter()
+            .any(|name| metadata.fields().field(name).is_some())
 }
 
 impl Default for Directives {
@@ -358,7 +374,7 @@ impl<S> tracing_subscriber::layer::Filter<S> for LevelControl {
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(self.with_current(Directives::max_level))
+        Some(self.with_current(Directives::max_level_hint))
     }
 }
 

@@ -429,7 +429,7 @@ where
     fn max_level_hint(&self) -> Option<LevelFilter> {
         self.filter
             .as_ref()
-            .map(|f| f.with_current(|d| d.max_level()))
+            .map(|f| f.with_current(|d| d.max_level_hint()))
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {

@@ -160,3 +160,29 @@ fn a_later_temporary_change_replaces_the_pending_one() {
         .collect();
     assert_eq!(messages, ["still debug"]);
 }
+
+#[test]
+fn lines_keep_their_request_context_when_the_level_hides_info() {
+    let out = capture(
+        |b| b.directives("warn".parse().unwrap()),
+        |_| {
+            let request = tracing::info_span!(
+                "http_request",
+                request_id = "req_1",
+                trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+            );
+            let _entered = request.enter();
+            let plain = tracing::info_span!("plain_work", step = 1);
+            let _plain = plain.enter();
+            tracing::info!("hidden by warn");
+            tracing::warn!("shown with its ids");
+        },
+    );
+    let lines = out.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["message"], "shown with its ids");
+    assert_eq!(lines[0]["request_id"], "req_1");
+    assert_eq!(lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    // A span without context fields follows the directives like any other.
+    assert_eq!(lines[0]["span"], "http_request");
+}
