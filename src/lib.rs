@@ -1,17 +1,36 @@
-//! periscope: production observability for Tower services.
+//! periscope: production observability for Tower services (axum, hyper, tonic) in a few lines.
 //!
-//! This facade re-exports the periscope crates as they land. Today:
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let obs = periscope::Observability::from_env()?; // SERVICE_NAME, LOG_LEVEL, OTEL_*, ...
+//! let _guard = obs.init()?; // JSON logs on stdout, OTLP export when an endpoint is set
+//! let app = axum::Router::new()
+//!     .route("/hello", axum::routing::get(|| async { "hello" }))
+//!     .layer(obs.layer()); // ids, trace, RED metrics, access log, error envelopes
+//! # Ok(()) }
+//! ```
+//!
+//! The facade sets the crates up together; each is also usable alone:
 //!
 //! - [`context`]: request ids, W3C Trace Context and Baggage, the request context and carriers.
-//! - [`health`]: liveness, readiness and startup probes.
 //! - [`trace`]: the correlation/trace server layer, client propagation, jobs, OpenTelemetry.
 //! - [`error`]: the error envelope, code taxonomy, catch-all layer and client-side decoding.
 //! - [`metrics`]: RED metrics with cardinality guards, the registry, `/metrics` exposition.
-//! - [`gpu`] (feature `gpu`): NVIDIA GPU collectors, the GPU snapshot, the resource tracker.
 //! - [`log`]: the JSON log layer, redaction, runtime level control, recent lines, access log.
+//! - [`health`]: liveness, readiness and startup probes.
+//! - [`gpu`] (feature `gpu`): NVIDIA GPU collectors, the GPU snapshot, the resource tracker.
 #![deny(missing_docs)]
 // Library code reports errors instead of panicking; tests, benches and examples may unwrap.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod collectors;
+mod config;
+mod observability;
+mod stack;
+
+pub use config::{ConfigError, MIN_ADMIN_TOKEN_LEN, Settings};
+pub use observability::{Error, Observability, ObservabilityBuilder, ObservabilityGuard};
+pub use stack::{MaybeMetrics, MaybeMetricsFuture, ObservabilityLayer, ObservabilityService};
 
 pub use periscope_context as context;
 pub use periscope_error as error;
@@ -21,6 +40,9 @@ pub use periscope_health as health;
 pub use periscope_log as log;
 pub use periscope_metrics as metrics;
 pub use periscope_trace as trace;
+/// The OpenTelemetry crates periscope builds on, so a service uses the same versions.
+#[cfg(feature = "otel")]
+pub use periscope_trace::otel as opentelemetry;
 
 // The README's Rust examples compile and run as doc tests.
 #[doc = include_str!("../README.md")]

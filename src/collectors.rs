@@ -1,0 +1,24 @@
+//! Metrics of periscope itself that live outside the metrics crate.
+
+use periscope_metrics::prometheus_client::collector::Collector;
+use periscope_metrics::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use periscope_metrics::prometheus_client::metrics::counter::ConstCounter;
+
+use periscope_log::DroppedLines;
+
+/// `periscope_log_dropped_lines_total`: log lines dropped because the output could not keep up.
+#[derive(Debug)]
+pub(crate) struct DroppedLinesCollector(pub(crate) DroppedLines);
+
+impl Collector for DroppedLinesCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new(self.0.get());
+        let metric = encoder.encode_descriptor(
+            "periscope_log_dropped_lines",
+            "Log lines dropped because the log output could not keep up (the queue was full).",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
+}

@@ -1,0 +1,377 @@
+//! The settings periscope reads from the environment, each with a default and a clear error.
+
+use std::time::Duration;
+
+use periscope_log::{Directives, LogConfig, LogFormat};
+
+/// A setting that cannot be used, naming the variable (or builder method) and what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?} is invalid: {expected}")]
+pub struct ConfigError {
+    /// The environment variable (or builder method) that was wrong.
+    pub var: &'static str,
+    /// The value it had.
+    pub value: String,
+    /// What it accepts.
+    pub expected: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(
+        var: &'static str,
+        value: impl Into<String>,
+        expected: impl Into<String>,
+    ) -> Self {
+        Self {
+            var,
+            value: value.into(),
+            expected: expected.into(),
+        }
+    }
+}
+
+impl From<periscope_log::ConfigError> for ConfigError {
+    fn from(error: periscope_log::ConfigError) -> Self {
+        Self::new(error.var, error.value, error.reason)
+    }
+}
+
+#[cfg(feature = "otel")]
+impl From<periscope_trace::otel::ConfigError> for ConfigError {
+    fn from(error: periscope_trace::otel::ConfigError) -> Self {
+        Self::new(error.var, error.value, error.expected)
+    }
+}
+
+/// The shortest `ADMIN_TOKEN` accepted: a bearer token guessable by brute force is no gate.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// Everything the environment (or the builder) can set. See `docs/configuration.md`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Settings {
+    /// `SERVICE_NAME` (or `OTEL_SERVICE_NAME`): the `service` of every log line and metric.
+    pub service_name: String,
+    /// `ENVIRONMENT`: `production`, `staging`, ... (default `development`).
+    pub environment: String,
+    /// The service's version (set in code, usually `env!("CARGO_PKG_VERSION")`).
+    pub version: String,
+    /// `LOG_FORMAT`: JSON (default) or pretty.
+    pub log_format: LogFormat,
+    /// `LOG_LEVEL` or `RUST_LOG` directives (default `info`).
+    pub log_directives: Directives,
+    /// `ENABLE_METRICS` (default `true`): the RED layer and `/metrics`.
+    pub metrics: bool,
+    /// `ENABLE_TRACING` (default `true`): OpenTelemetry export when an endpoint is set.
+    pub tracing: bool,
+    /// `ENABLE_GPU` (default `false`): the NVIDIA GPU collector.
+    pub gpu: bool,
+    /// `ADMIN_TOKEN`: turns the `/debug/*` endpoints on behind this bearer token.
+    pub admin_token: Option<String>,
+    /// `REQUEST_TIMEOUT_S`: requests running longer get a 504 envelope (default: none).
+    pub request_timeout: Option<Duration>,
+    /// The OpenTelemetry settings (`OTEL_*`).
+    #[cfg(feature = "otel")]
+    pub otel: periscope_trace::otel::OtelConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            service_name: "unknown_service".to_owned(),
+            environment: "development".to_owned(),
+            version: "0.0.0".to_owned(),
+            log_format: LogFormat::Json,
+            log_directives: Directives::default(),
+            metrics: true,
+            tracing: true,
+            gpu: false,
+            admin_token: None,
+            request_timeout: None,
+            #[cfg(feature = "otel")]
+            otel: periscope_trace::otel::OtelConfig::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Applies every variable `lookup` knows on top of these settings. Empty values count as
+    /// unset; anything malformed is an error that names the variable and what it accepts.
+    pub fn apply_env(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+
+        if let Some(name) = get("SERVICE_NAME").or_else(|| get("OTEL_SERVICE_NAME")) {
+            self.service_name = checked_name("SERVICE_NAME", name)?;
+        }
+        if let Some(environment) = get("ENVIRONMENT") {
+            self.environment = checked_name("ENVIRONMENT", environment)?;
+        }
+        let log = LogConfig::from_lookup(&lookup)?;
+        if get("LOG_FORMAT").is_some() {
+            self.log_format = log.format;
+        }
+        if get("LOG_LEVEL").is_some() || get("RUST_LOG").is_some() {
+            self.log_directives = log.directives;
+        }
+        if let Some(value) = get("ENABLE_METRICS") {
+            self.metrics = parse_bool("ENABLE_METRICS", &value)?;
+        }
+        if let Some(value) = get("ENABLE_TRACING") {
+            self.tracing = parse_bool("ENABLE_TRACING", &value)?;
+        }
+        if let Some(value) = get("ENABLE_GPU") {
+            self.gpu = parse_bool("ENABLE_GPU", &value)?;
+        }
+        if let Some(token) = get("ADMIN_TOKEN") {
+            self.admin_token = Some(checked_token(token)?);
+        }
+        if let Some(value) = get("REQUEST_TIMEOUT_S") {
+            self.request_timeout = Some(parse_seconds("REQUEST_TIMEOUT_S", &value)?);
+        }
+        self.apply_otel_env(&lookup)?;
+        Ok(self)
+    }
+
+    #[cfg(feature = "otel")]
+    fn apply_otel_env(
+        &mut self,
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let mut otel = periscope_trace::otel::OtelConfig::from_lookup(lookup)?;
+        // One service name everywhere: the log lines', the metrics' and the exported spans'.
+        otel.service_name = Some(self.service_name.clone());
+        self.otel = otel;
+        Ok(())
+    }
+
+    #[cfg(not(feature = "otel"))]
+    fn apply_otel_env(
+        &mut self,
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        for var in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ] {
+            if let Some(value) = lookup(var).filter(|v| !v.trim().is_empty())
+                && self.tracing
+            {
+                return Err(ConfigError::new(
+                    var,
+                    value,
+                    "this build has no OpenTelemetry export: enable periscope's `otel` feature, \
+                     or unset the variable (or set ENABLE_TRACING=false)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings as JSON for `/debug/config` (the admin surface masks the token).
+    pub fn to_json(&self) -> serde_json::Value {
+        #[allow(unused_mut)]
+        let mut json = serde_json::json!({
+            "service_name": self.service_name,
+            "environment": self.environment,
+            "version": self.version,
+            "log_format": match self.log_format {
+                LogFormat::Json => "json",
+                LogFormat::Pretty => "pretty",
+            },
+            "log_level": self.log_directives.to_string(),
+            "enable_metrics": self.metrics,
+            "enable_tracing": self.tracing,
+            "enable_gpu": self.gpu,
+            "admin_token": self.admin_token,
+            "request_timeout_s": self.request_timeout.map(|t| t.as_secs_f64()),
+        });
+        #[cfg(feature = "otel")]
+        if let Some(map) = json.as_object_mut() {
+            map.insert(
+                "otel".to_owned(),
+                serde_json::json!({
+                    "traces_endpoint": self.otel.traces_endpoint(),
+                    "protocol": format!("{:?}", self.otel.protocol),
+                    "sampler": format!("{:?}", self.otel.sampler),
+                    "disabled": self.otel.disabled,
+                }),
+            );
+        }
+        json
+    }
+}
+
+/// Names end up in every log line and as metric label values: keep them short and printable.
+pub(crate) fn checked_name(var: &'static str, value: String) -> Result<String, ConfigError> {
+    let valid = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(
+            var,
+            value,
+            "use 1-128 characters of A-Z a-z 0-9 - _ .",
+        ))
+    }
+}
+
+fn checked_token(token: String) -> Result<String, ConfigError> {
+    if token.len() < MIN_ADMIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        // Never echo a secret back, not even a bad one.
+        return Err(ConfigError::new(
+            "ADMIN_TOKEN",
+            "[REDACTED]",
+            format!(
+                "use at least {MIN_ADMIN_TOKEN_LEN} printable characters without spaces \
+                 (for example the output of `openssl rand -hex 32`)"
+            ),
+        ));
+    }
+    Ok(token)
+}
+
+fn parse_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::new(
+            var,
+            value,
+            "use true or false (also 1/0, yes/no, on/off)",
+        )),
+    }
+}
+
+fn parse_seconds(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    match value.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0 => {
+            Ok(Duration::from_secs_f64(seconds))
+        }
+        _ => Err(ConfigError::new(
+            var,
+            value,
+            "use a number of seconds above 0, at most 86400 (for example 30 or 2.5)",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::default().apply_env(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn defaults_when_nothing_is_set() {
+        let s = env(&[]).unwrap();
+        assert_eq!(s.service_name, "unknown_service");
+        assert_eq!(s.environment, "development");
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.log_directives.to_string(), "info");
+        assert!(s.metrics && s.tracing && !s.gpu);
+        assert!(s.admin_token.is_none() && s.request_timeout.is_none());
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let s = env(&[
+            ("SERVICE_NAME", "inference-gateway"),
+            ("ENVIRONMENT", "production"),
+            ("LOG_FORMAT", "pretty"),
+            ("LOG_LEVEL", "debug"),
+            ("ENABLE_METRICS", "false"),
+            ("ENABLE_TRACING", "0"),
+            ("ENABLE_GPU", "yes"),
+            ("ADMIN_TOKEN", "0123456789abcdef0123"),
+            ("REQUEST_TIMEOUT_S", "2.5"),
+        ])
+        .unwrap();
+        assert_eq!(s.service_name, "inference-gateway");
+        assert_eq!(s.environment, "production");
+        assert_eq!(s.log_format, LogFormat::Pretty);
+        assert_eq!(s.log_directives.to_string(), "debug");
+        assert!(!s.metrics && !s.tracing && s.gpu);
+        assert_eq!(s.admin_token.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(s.request_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(
+            env(&[("OTEL_SERVICE_NAME", "svc")]).unwrap().service_name,
+            "svc"
+        );
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable_and_the_accepted_values() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("ENABLE_METRICS", "maybe", "true or false"),
+            ("ENABLE_TRACING", "2", "true or false"),
+            ("LOG_FORMAT", "xml", "json or pretty"),
+            ("LOG_LEVEL", "loud", ""),
+            ("REQUEST_TIMEOUT_S", "-1", "seconds"),
+            ("REQUEST_TIMEOUT_S", "soon", "seconds"),
+            ("SERVICE_NAME", "my service", "A-Z"),
+            ("ENVIRONMENT", "prod env", "A-Z"),
+        ];
+        for (var, value, expected) in cases {
+            let error = env(&[(var, value)]).unwrap_err();
+            assert_eq!(error.var, *var, "{error}");
+            let text = error.to_string();
+            assert!(text.starts_with(var) && text.contains(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_weak_admin_token_is_refused_without_being_echoed() {
+        let error = env(&[("ADMIN_TOKEN", "hunter2")]).unwrap_err();
+        assert_eq!(error.var, "ADMIN_TOKEN");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+
+    #[cfg(not(feature = "otel"))]
+    #[test]
+    fn an_otlp_endpoint_without_the_otel_feature_is_an_error() {
+        let error = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317")]).unwrap_err();
+        assert_eq!(error.var, "OTEL_EXPORTER_OTLP_ENDPOINT");
+        assert!(
+            env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4317"),
+                ("ENABLE_TRACING", "false")
+            ])
+            .is_ok()
+        );
+    }
+
+    #[cfg(feature = "otel")]
+    #[test]
+    fn otel_settings_are_read_and_checked() {
+        let s = env(&[
+            ("SERVICE_NAME", "api"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.otel.traces_endpoint().as_deref(),
+            Some("http://localhost:4317")
+        );
+        assert_eq!(s.otel.service_name.as_deref(), Some("api"));
+        let error = env(&[("OTEL_TRACES_SAMPLER", "sometimes")]).unwrap_err();
+        assert_eq!(error.var, "OTEL_TRACES_SAMPLER");
+    }
+}

@@ -1,0 +1,476 @@
+//! [`Observability`]: one object that sets up every periscope crate from one configuration.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use periscope_context::TenantKey;
+use periscope_error::ErrorLayer;
+use periscope_health::Health;
+use periscope_log::{
+    AccessLogLayer, DroppedLines, LevelControl, LogFormat, LogGuard, LogLayer, RecentLogs, Redactor,
+};
+use periscope_metrics::{MetricsLayer, MetricsRegistry, ServiceInfo};
+use periscope_trace::CorrelationLayer;
+use tracing_subscriber::layer::SubscriberExt;
+
+use crate::collectors::DroppedLinesCollector;
+use crate::config::{ConfigError, Settings, checked_name};
+use crate::stack::ObservabilityLayer;
+
+/// What can go wrong while setting periscope up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is malformed; the message names the variable and the accepted values.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A metric could not be registered (usually a name registered twice).
+    #[error("metrics: {0}")]
+    Metrics(#[from] periscope_metrics::MetricsError),
+    /// The health probes could not be built.
+    #[error("health: {0}")]
+    Health(#[from] periscope_health::BuildError),
+    /// [`Observability::init`] was called twice, or another global subscriber is installed.
+    #[error(
+        "a global tracing subscriber is already installed: call Observability::init once, and \
+         do not install another subscriber beside it"
+    )]
+    AlreadyInitialized,
+    /// The OpenTelemetry exporter could not be set up.
+    #[cfg(feature = "otel")]
+    #[error("OpenTelemetry: {0}")]
+    Otel(#[from] periscope_trace::otel::InstallError),
+    /// The GPU collector's sampling thread could not be started.
+    #[cfg(feature = "gpu")]
+    #[error("GPU collector: could not start its sampling thread: {0}")]
+    Gpu(std::io::Error),
+}
+
+/// Builds an [`Observability`]: code sets the defaults, [`env`](Self::env) applies the
+/// environment on top.
+///
+/// ```
+/// let obs = periscope::Observability::builder()
+///     .service_name("inference-gateway")
+///     .version("1.4.2")
+///     .env()? // SERVICE_NAME, ENVIRONMENT, LOG_LEVEL, ... override what code set
+///     .build()?;
+/// assert_eq!(obs.settings().version, "1.4.2");
+/// # Ok::<(), periscope::Error>(())
+/// ```
+#[must_use = "call build() to get the Observability"]
+pub struct ObservabilityBuilder {
+    settings: Settings,
+    health: Option<Health>,
+    tenant_keys: Vec<TenantKey>,
+    route_templates: Vec<String>,
+    log_writer: Option<Box<dyn Write + Send>>,
+}
+
+impl std::fmt::Debug for ObservabilityBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObservabilityBuilder")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObservabilityBuilder {
+    /// The service's name (`SERVICE_NAME` overrides it).
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.settings.service_name = name.into();
+        self
+    }
+
+    /// The deployment environment (`ENVIRONMENT` overrides it).
+    pub fn environment(mut self, environment: impl Into<String>) -> Self {
+        self.settings.environment = environment.into();
+        self
+    }
+
+    /// The service's version, usually `env!("CARGO_PKG_VERSION")`.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.settings.version = version.into();
+        self
+    }
+
+    /// JSON (the default) or pretty lines (`LOG_FORMAT` overrides it).
+    pub fn log_format(mut self, format: LogFormat) -> Self {
+        self.settings.log_format = format;
+        self
+    }
+
+    /// Level directives such as `info,my_crate::db=debug` (`LOG_LEVEL` / `RUST_LOG` override
+    /// them).
+    pub fn log_level(mut self, directives: &str) -> Result<Self, ConfigError> {
+        self.settings.log_directives =
+            directives
+                .parse()
+                .map_err(|e: periscope_log::DirectiveError| {
+                    ConfigError::new("log_level", directives, e.to_string())
+                })?;
+        Ok(self)
+    }
+
+    /// Turns the RED layer and `/metrics` on or off (default on; `ENABLE_METRICS`).
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.settings.metrics = on;
+        self
+    }
+
+    /// Turns OpenTelemetry export on or off (default on when an endpoint is set;
+    /// `ENABLE_TRACING`).
+    pub fn tracing(mut self, on: bool) -> Self {
+        self.settings.tracing = on;
+        self
+    }
+
+    /// Turns the NVIDIA GPU collector on (default off; `ENABLE_GPU`). Needs the `gpu` feature.
+    pub fn gpu(mut self, on: bool) -> Self {
+        self.settings.gpu = on;
+        self
+    }
+
+    /// Turns the `/debug/*` endpoints on behind this bearer token (`ADMIN_TOKEN`).
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.settings.admin_token = Some(token.into());
+        self
+    }
+
+    /// Requests running longer than this get a 504 `timeout` envelope (`REQUEST_TIMEOUT_S`).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.request_timeout = Some(timeout);
+        self
+    }
+
+    /// The health probes to serve (default: liveness and readiness with no checks).
+    pub fn health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// Reads, logs and propagates another tenant field besides `org_id` and `project_id`.
+    pub fn tenant_key(mut self, key: TenantKey) -> Self {
+        if !self.tenant_keys.contains(&key) {
+            self.tenant_keys.push(key);
+        }
+        self
+    }
+
+    /// Route templates such as `/v1/jobs/{id}` for the `route` label of services without axum
+    /// (axum's matched route is used when present).
+    pub fn route_templates<I, T>(mut self, templates: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.route_templates
+            .extend(templates.into_iter().map(Into::into));
+        self
+    }
+
+    /// Writes log lines here instead of stdout (tests, or a file).
+    pub fn log_writer(mut self, writer: impl Write + Send + 'static) -> Self {
+        self.log_writer = Some(Box::new(writer));
+        self
+    }
+
+    /// Applies the process environment on top of what was set so far.
+    pub fn env(self) -> Result<Self, ConfigError> {
+        self.env_from(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    /// Applies variables read through `lookup` (tests, or another configuration source).
+    pub fn env_from(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        self.settings = self.settings.apply_env(lookup)?;
+        Ok(self)
+    }
+
+    /// Checks the settings and builds every component. Nothing global is installed until
+    /// [`Observability::init`].
+    pub fn build(self) -> Result<Observability, Error> {
+        let settings = self.settings;
+        checked_name("service_name", settings.service_name.clone())?;
+        checked_name("environment", settings.environment.clone())?;
+        if let Some(token) = &settings.admin_token
+            && token.len() < crate::config::MIN_ADMIN_TOKEN_LEN
+        {
+            return Err(ConfigError::new(
+                "ADMIN_TOKEN",
+                "[REDACTED]",
+                format!(
+                    "use at least {} characters",
+                    crate::config::MIN_ADMIN_TOKEN_LEN
+                ),
+            )
+            .into());
+        }
+        #[cfg(not(feature = "gpu"))]
+        if settings.gpu {
+            return Err(ConfigError::new(
+                "ENABLE_GPU",
+                "true",
+                "this build has no GPU support: enable periscope's `gpu` feature",
+            )
+            .into());
+        }
+
+        let tenant_keys = self.tenant_keys;
+        let mut log = LogLayer::builder()
+            .service(settings.service_name.clone())
+            .environment(settings.environment.clone())
+            .version(settings.version.clone())
+            .format(settings.log_format)
+            .directives(settings.log_directives.clone())
+            .tenant_keys(&tenant_keys);
+        if let Some(writer) = self.log_writer {
+            log = log.writer(writer);
+        }
+        let (log_layer, log_guard) = log.build();
+
+        let health = match self.health {
+            Some(health) => health,
+            None => Health::builder()
+                .version(settings.version.clone())
+                .build()?,
+        };
+
+        let registry = MetricsRegistry::new();
+        let mut metrics_layer = None;
+        if settings.metrics {
+            registry.register_service_info(&ServiceInfo::new(
+                settings.service_name.clone(),
+                settings.version.clone(),
+                settings.environment.clone(),
+            ))?;
+            registry.register_process_metrics()?;
+            metrics_layer = Some(
+                MetricsLayer::builder()
+                    .route_templates(self.route_templates.iter().map(String::as_str))
+                    .register(&registry)?,
+            );
+            registry.register_collector(Box::new(DroppedLinesCollector(log_layer.dropped_lines())));
+            #[cfg(feature = "metrics")]
+            registry.with_registry(|r| health.register_metrics(r));
+        }
+
+        #[cfg(feature = "gpu")]
+        let gpu = if settings.gpu {
+            let collector = periscope_gpu::GpuCollector::builder()
+                .processes(true)
+                .start_nvml()
+                .map_err(Error::Gpu)?;
+            if settings.metrics {
+                registry.register_collector(Box::new(collector.clone()));
+            }
+            Some(collector)
+        } else {
+            None
+        };
+
+        let correlation = CorrelationLayer::new().tenant_keys(
+            TenantKey::defaults()
+                .into_iter()
+                .chain(tenant_keys.iter().cloned()),
+        );
+        // One propagation setting for incoming and outgoing context (OTEL_PROPAGATORS).
+        #[cfg(feature = "otel")]
+        let correlation = correlation.propagators(settings.otel.propagators);
+
+        Ok(Observability {
+            level_control: log_layer.level_control(),
+            recent_logs: log_layer.recent_logs(),
+            redactor: log_layer.redactor(),
+            dropped_lines: log_layer.dropped_lines(),
+            pending_log: Mutex::new(Some((log_layer, log_guard))),
+            settings,
+            registry,
+            metrics_layer,
+            health,
+            correlation,
+            #[cfg(feature = "gpu")]
+            gpu,
+        })
+    }
+}
+
+/// periscope, set up: JSON logs, trace propagation and export, RED metrics, error envelopes,
+/// health probes and the admin surface, from one configuration.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let obs = periscope::Observability::from_env()?;
+/// let _guard = obs.init()?; // flushes logs and traces when dropped
+/// let app = axum::Router::new()
+///     .route("/hello", axum::routing::get(|| async { "hello" }))
+///     .layer(obs.layer());
+/// # Ok(()) }
+/// ```
+pub struct Observability {
+    settings: Settings,
+    registry: MetricsRegistry,
+    metrics_layer: Option<MetricsLayer>,
+    health: Health,
+    correlation: CorrelationLayer,
+    level_control: LevelControl,
+    recent_logs: RecentLogs,
+    redactor: Redactor,
+    dropped_lines: DroppedLines,
+    /// The log layer and its guard until `init` installs them.
+    pending_log: Mutex<Option<(LogLayer, LogGuard)>>,
+    #[cfg(feature = "gpu")]
+    gpu: Option<periscope_gpu::GpuCollector>,
+}
+
+impl std::fmt::Debug for Observability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observability")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Observability {
+    /// A builder with the defaults (see `docs/configuration.md`).
+    pub fn builder() -> ObservabilityBuilder {
+        ObservabilityBuilder {
+            settings: Settings::default(),
+            health: None,
+            tenant_keys: Vec::new(),
+            route_templates: Vec::new(),
+            log_writer: None,
+        }
+    }
+
+    /// Everything from the environment, the rest at its defaults.
+    pub fn from_env() -> Result<Self, Error> {
+        Self::builder().env()?.build()
+    }
+
+    /// Installs the global subscriber (the JSON or pretty log layer, and the OpenTelemetry
+    /// layer when tracing is on and an endpoint is set). Keep the guard until the end of
+    /// `main`: dropping it flushes traces, then every queued log line.
+    ///
+    /// With OTLP over gRPC, call it inside the Tokio runtime.
+    pub fn init(&self) -> Result<ObservabilityGuard, Error> {
+        let taken = self
+            .pending_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some((log_layer, log_guard)) = taken else {
+            return Err(Error::AlreadyInitialized);
+        };
+
+        #[cfg(feature = "otel")]
+        let otel = if self.settings.tracing && self.settings.otel.traces_endpoint().is_some() {
+            Some(self.settings.otel.clone().install()?)
+        } else {
+            None
+        };
+        #[cfg(feature = "otel")]
+        let otel_layer = otel.as_ref().and_then(|guard| guard.layer());
+        #[cfg(not(feature = "otel"))]
+        let otel_layer: Option<tracing_subscriber::layer::Identity> = None;
+
+        let subscriber = tracing_subscriber::registry()
+            .with(log_layer)
+            .with(otel_layer);
+        tracing::subscriber::set_global_default(subscriber)
+            .map_err(|_| Error::AlreadyInitialized)?;
+        Ok(ObservabilityGuard {
+            #[cfg(feature = "otel")]
+            otel,
+            log: Some(log_guard),
+        })
+    }
+
+    /// The composed middleware stack; see [`ObservabilityLayer`] for the order.
+    pub fn layer(&self) -> ObservabilityLayer {
+        let mut errors = ErrorLayer::new();
+        if let Some(timeout) = self.settings.request_timeout {
+            errors = errors.timeout(timeout);
+        }
+        ObservabilityLayer {
+            correlation: self.correlation.clone(),
+            metrics: self.metrics_layer.clone(),
+            access_log: AccessLogLayer::new(),
+            errors,
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The metrics registry: register the service's own families here.
+    pub fn registry(&self) -> &MetricsRegistry {
+        &self.registry
+    }
+
+    /// The health probes (startup gates, drain handle).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Changes log levels at runtime.
+    pub fn level_control(&self) -> &LevelControl {
+        &self.level_control
+    }
+
+    /// The recent log lines (what `/debug/logs` shows).
+    pub fn recent_logs(&self) -> &RecentLogs {
+        &self.recent_logs
+    }
+
+    /// The redaction rules of the log lines (also used for `/debug/config`).
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Log lines dropped so far because the output could not keep up.
+    pub fn dropped_log_lines(&self) -> u64 {
+        self.dropped_lines.get()
+    }
+
+    /// Requests in flight right now (0 when metrics are off).
+    pub fn in_flight(&self) -> i64 {
+        self.metrics_layer
+            .as_ref()
+            .map_or(0, MetricsLayer::in_flight)
+    }
+
+    /// The GPU collector, when `ENABLE_GPU` is on.
+    #[cfg(feature = "gpu")]
+    pub fn gpu(&self) -> Option<&periscope_gpu::GpuCollector> {
+        self.gpu.as_ref()
+    }
+}
+
+/// Flushes traces, then logs, when dropped. Returned by [`Observability::init`].
+#[must_use = "dropping the guard at once flushes and stops the log writer: keep it until main ends"]
+pub struct ObservabilityGuard {
+    #[cfg(feature = "otel")]
+    otel: Option<periscope_trace::otel::OtelGuard>,
+    log: Option<LogGuard>,
+}
+
+impl std::fmt::Debug for ObservabilityGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObservabilityGuard").finish_non_exhaustive()
+    }
+}
+
+impl Drop for ObservabilityGuard {
+    fn drop(&mut self) {
+        // Traces first: the exporter may still log while it flushes.
+        #[cfg(feature = "otel")]
+        drop(self.otel.take());
+        drop(self.log.take());
+    }
+}

@@ -1,0 +1,120 @@
+//! The composed middleware stack, in the documented order.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use periscope_error::{ErrorLayer, ErrorService};
+use periscope_log::{AccessLog, AccessLogLayer};
+use periscope_metrics::{Metrics, MetricsLayer};
+use periscope_trace::{Correlation, CorrelationLayer};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Every periscope middleware as one layer, outermost first:
+///
+/// 1. correlation and trace ([`CorrelationLayer`]): ids exist before anything else runs, so
+///    every later log line and the panic response carry them;
+/// 2. RED metrics ([`MetricsLayer`], when metrics are on): counts every request, including
+///    ones that panic or time out below;
+/// 3. the access log ([`AccessLogLayer`]): one line per completed request;
+/// 4. panic catching and error envelopes ([`ErrorLayer`]): innermost, so a panic becomes a 500
+///    envelope that the layers above still see, count and log.
+///
+/// Made by [`Observability::layer`](crate::Observability::layer). With axum, add it with
+/// `Router::layer` so the route template (`MatchedPath`) is known to every layer.
+#[derive(Clone, Debug)]
+pub struct ObservabilityLayer {
+    pub(crate) correlation: CorrelationLayer,
+    pub(crate) metrics: Option<MetricsLayer>,
+    pub(crate) access_log: AccessLogLayer,
+    pub(crate) errors: ErrorLayer,
+}
+
+/// The service [`ObservabilityLayer`] makes.
+pub type ObservabilityService<S> = Correlation<MaybeMetrics<AccessLog<ErrorService<S>>>>;
+
+impl<S> Layer<S> for ObservabilityLayer {
+    type Service = ObservabilityService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let inner = self.access_log.layer(self.errors.layer(inner));
+        let inner = match &self.metrics {
+            Some(metrics) => MaybeMetrics::On(metrics.layer(inner)),
+            None => MaybeMetrics::Off(inner),
+        };
+        self.correlation.layer(inner)
+    }
+}
+
+/// The metrics layer when metrics are on, the inner service as is when they are off; unlike
+/// `tower::util::Either`, it keeps the inner error type, so the stack stays usable with axum.
+#[derive(Clone, Debug)]
+pub enum MaybeMetrics<S> {
+    /// Metrics recorded.
+    On(Metrics<S>),
+    /// Metrics off.
+    Off(S),
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for MaybeMetrics<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    Metrics<S>: Service<Request<ReqBody>, Response = Response<ResBody>, Error = S::Error>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = MaybeMetricsFuture<<Metrics<S> as Service<Request<ReqBody>>>::Future, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            Self::On(service) => service.poll_ready(cx),
+            Self::Off(service) => service.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        match self {
+            Self::On(service) => MaybeMetricsFuture::On {
+                future: service.call(request),
+            },
+            Self::Off(service) => MaybeMetricsFuture::Off {
+                future: service.call(request),
+            },
+        }
+    }
+}
+
+/// The response future of [`MaybeMetrics`].
+#[pin_project::pin_project(project = MaybeMetricsProj)]
+#[must_use = "futures do nothing unless polled"]
+pub enum MaybeMetricsFuture<A, B> {
+    /// Metrics recorded.
+    On {
+        /// The metrics layer's future.
+        #[pin]
+        future: A,
+    },
+    /// Metrics off.
+    Off {
+        /// The inner service's future.
+        #[pin]
+        future: B,
+    },
+}
+
+impl<A, B, T> Future for MaybeMetricsFuture<A, B>
+where
+    A: Future<Output = T>,
+    B: Future<Output = T>,
+{
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match self.project() {
+            MaybeMetricsProj::On { future } => future.poll(cx),
+            MaybeMetricsProj::Off { future } => future.poll(cx),
+        }
+    }
+}
