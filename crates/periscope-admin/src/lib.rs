@@ -24,6 +24,8 @@
 //! use periscope_admin::{Admin, DebugAccess};
 //! use tower::ServiceExt;
 //!
+//! # #[cfg(not(all(feature = "metrics", feature = "log")))] fn main() {}
+//! # #[cfg(all(feature = "metrics", feature = "log"))]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let registry = periscope_metrics::MetricsRegistry::new();

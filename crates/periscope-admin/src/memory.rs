@@ -3,7 +3,6 @@
 //! adds the peaks, swap and the resident breakdown from `/proc/self/status`.
 
 use serde::Serialize;
-use serde_json::Value;
 
 /// Every key is always present; `null` where the platform cannot tell.
 #[derive(Debug, Default, Serialize)]
@@ -20,12 +19,14 @@ pub(crate) struct Memory {
     resident_shmem_bytes: Option<u64>,
     data_bytes: Option<u64>,
     /// GPU memory of this service's processes, per device (feature `gpu`, collector attached).
-    gpu: Option<Value>,
+    gpu: Option<GpuMemory>,
 }
 
 impl Memory {
     /// Reads the figures now (a few small reads of `/proc` on Linux, no blocking I/O).
-    pub(crate) fn read(gpu: Option<Value>) -> Self {
+    pub(crate) fn read(gpu: Option<crate::status::GpuSnapshot>) -> Self {
+        #[cfg(feature = "gpu")]
+        let gpu = gpu.map(GpuMemory::from);
         let process = metrics_process::collector::collect();
         let mut memory = Memory {
             resident_bytes: process.resident_memory_bytes,
@@ -59,23 +60,48 @@ impl Memory {
 
 /// The `gpu` key of `/debug/memory`: per device, what this service's processes hold.
 #[cfg(feature = "gpu")]
-pub(crate) fn gpu_memory(snapshot: &periscope_gpu::GpuSnapshot) -> Value {
-    let devices: Vec<Value> = snapshot
-        .devices
-        .iter()
-        .map(|device| {
-            serde_json::json!({
-                "gpu": device.gpu,
-                "uuid": device.uuid,
-                "memory_used_mib": device.memory_used_mib,
-                "memory_total_mib": device.memory_total_mib,
-                "process_memory_used_mib": device.process_memory_used_mib,
-                "processes": device.processes,
-            })
-        })
-        .collect();
-    serde_json::json!({ "up": snapshot.up, "devices": devices })
+#[derive(Debug, Serialize)]
+pub(crate) struct GpuMemory {
+    up: bool,
+    devices: Vec<DeviceMemory>,
 }
+
+#[cfg(feature = "gpu")]
+#[derive(Debug, Serialize)]
+struct DeviceMemory {
+    gpu: String,
+    uuid: String,
+    memory_used_mib: Option<u64>,
+    memory_total_mib: Option<u64>,
+    process_memory_used_mib: Option<u64>,
+    processes: Vec<periscope_gpu::ProcessSnapshot>,
+}
+
+#[cfg(feature = "gpu")]
+impl From<periscope_gpu::GpuSnapshot> for GpuMemory {
+    fn from(snapshot: periscope_gpu::GpuSnapshot) -> Self {
+        let devices = snapshot
+            .devices
+            .into_iter()
+            .map(|device| DeviceMemory {
+                gpu: device.gpu,
+                uuid: device.uuid,
+                memory_used_mib: device.memory_used_mib,
+                memory_total_mib: device.memory_total_mib,
+                process_memory_used_mib: device.process_memory_used_mib,
+                processes: device.processes,
+            })
+            .collect();
+        GpuMemory {
+            up: snapshot.up,
+            devices,
+        }
+    }
+}
+
+/// Without the `gpu` feature the key is always `null`.
+#[cfg(not(feature = "gpu"))]
+pub(crate) type GpuMemory = ();
 
 #[cfg(test)]
 mod tests {

@@ -56,7 +56,8 @@ pub(crate) fn not_found<T>(request: &Request<T>) -> Response<AdminBody> {
         HttpError::new(
             codes::ROUTE_NOT_FOUND,
             "No admin endpoint answers on this path",
-        ),
+        )
+        .with_help("The admin paths are /health, /ready, /startup, /metrics and /debug/*"),
         request,
     )
 }

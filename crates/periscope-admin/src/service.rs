@@ -17,7 +17,7 @@ use crate::access::Gate;
 use crate::endpoint::Endpoint;
 use crate::memory::Memory;
 use crate::reply::{self, AdminBody};
-use crate::status::{InFlightSource, Section, ServiceInfo, Started, StatusParts};
+use crate::status::{GpuSnapshot, InFlightSource, Section, ServiceInfo, Started, StatusParts};
 
 /// The admin surface: `/health`, `/ready`, `/startup`, `/metrics` and the gated `/debug/*`
 /// endpoints as one `Clone` Tower service over `http::Request<B>` for any body.
@@ -134,7 +134,7 @@ impl Admin {
         #[allow(unreachable_patterns)] // with every feature on, each endpoint has its arm
         let response = match endpoint {
             Endpoint::Status => self.status(),
-            Endpoint::Memory => reply::json(&Memory::read(self.gpu_memory())),
+            Endpoint::Memory => reply::json(&Memory::read(self.gpu_snapshot())),
             #[cfg(feature = "health")]
             Endpoint::Health | Endpoint::Ready | Endpoint::Startup => {
                 if let Some(health) = &self.inner.health {
@@ -205,19 +205,11 @@ impl Admin {
         }
     }
 
-    /// The GPU collector's last sample, serialised; `None` without a collector.
-    fn gpu_snapshot(&self) -> Option<Value> {
+    /// The GPU collector's last sample; `None` without a collector.
+    fn gpu_snapshot(&self) -> Option<GpuSnapshot> {
         #[cfg(feature = "gpu")]
         if let Some(gpu) = &self.inner.gpu {
-            return serde_json::to_value(gpu.snapshot()).ok();
-        }
-        None
-    }
-
-    fn gpu_memory(&self) -> Option<Value> {
-        #[cfg(feature = "gpu")]
-        if let Some(gpu) = &self.inner.gpu {
-            return Some(crate::memory::gpu_memory(&gpu.snapshot()));
+            return Some(gpu.snapshot());
         }
         None
     }

@@ -68,16 +68,23 @@ struct StatusView<'a> {
     uptime_s: u64,
     pid: u32,
     in_flight: Option<i64>,
-    gpu: Option<Value>,
+    gpu: Option<&'a GpuSnapshot>,
     sections: Map<String, Value>,
 }
+
+/// The GPU section's type; without the `gpu` feature the key is always `null`.
+#[cfg(feature = "gpu")]
+pub(crate) type GpuSnapshot = periscope_gpu::GpuSnapshot;
+/// The GPU section's type; without the `gpu` feature the key is always `null`.
+#[cfg(not(feature = "gpu"))]
+pub(crate) type GpuSnapshot = ();
 
 /// What `/debug/status` shows, gathered now.
 pub(crate) struct StatusParts<'a> {
     pub(crate) info: &'a ServiceInfo,
     pub(crate) started: Started,
     pub(crate) in_flight: Option<&'a dyn InFlightSource>,
-    pub(crate) gpu: Option<Value>,
+    pub(crate) gpu: Option<GpuSnapshot>,
     pub(crate) sections: &'a [(String, Section)],
     /// Masks secrets in the sections' values (the log crate's redactor, feature `log`).
     pub(crate) mask: &'a dyn Fn(&mut Value),
@@ -100,7 +107,7 @@ impl StatusParts<'_> {
             uptime_s: self.started.instant.elapsed().as_secs(),
             pid: std::process::id(),
             in_flight: self.in_flight.map(InFlightSource::in_flight),
-            gpu: self.gpu.clone(),
+            gpu: self.gpu.as_ref(),
             sections,
         })
     }

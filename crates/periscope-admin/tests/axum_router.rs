@@ -1,5 +1,4 @@
 //! `Admin::router()` merged into an axum app, served on a real socket.
-#![cfg(feature = "axum")]
 
 mod support;
 
