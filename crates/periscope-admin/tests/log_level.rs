@@ -35,7 +35,7 @@ async fn a_change_takes_effect_on_the_next_event_and_reverts_after_its_ttl() {
     let changed = post_json(
         addr,
         "/debug/log-level",
-        r#"{"directives":"info,log_level=debug","ttl_s":1}"#,
+        r#"{"directives":"info,log_level=debug","ttl_s":2}"#,
     )
     .await;
     assert_eq!(changed.status, 200, "{}", changed.text());
@@ -43,7 +43,8 @@ async fn a_change_takes_effect_on_the_next_event_and_reverts_after_its_ttl() {
     assert_eq!(changed["current"], "info,log_level=debug");
     assert_eq!(changed["permanent"], "info");
     let reverts_in = changed["reverts_in_s"].as_f64().unwrap();
-    assert!(reverts_in > 0.0 && reverts_in <= 1.0, "{changed}");
+    // Two seconds: long enough for the next event on a loaded machine, short for the test.
+    assert!(reverts_in > 0.0 && reverts_in <= 2.0, "{changed}");
 
     tracing::debug!("marker-during");
     assert!(buffered(&recent, "marker-during"));
