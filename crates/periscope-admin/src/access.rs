@@ -1,0 +1,216 @@
+//! Who may call the debug endpoints: nobody (the default), holders of a bearer token, or anyone
+//! who can reach a separate admin listener.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+use subtle::{Choice, ConstantTimeEq};
+
+/// Tokens shorter than this get a warning when the admin service is built.
+const SHORT_TOKEN: usize = 16;
+
+/// Access to the `/debug/*` endpoints. Probes and `/metrics` never need a token.
+///
+/// ```
+/// use periscope_admin::DebugAccess;
+///
+/// // From the environment: no ADMIN_TOKEN (or an empty one) keeps the debug endpoints off.
+/// let access = DebugAccess::from_token(std::env::var("ADMIN_TOKEN").ok());
+/// # let _ = access;
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum DebugAccess {
+    /// The debug endpoints do not exist: they answer 404 `route_not_found` like any unknown
+    /// path. The default.
+    #[default]
+    Disabled,
+    /// The debug endpoints answer requests carrying `Authorization: Bearer <token>`, compared
+    /// in constant time; others get 401 `token_missing` or `token_invalid`. An empty token
+    /// keeps the endpoints disabled.
+    Token(String),
+    /// The debug endpoints answer without a token, because this admin service runs on its own
+    /// listener that only operators can reach. The caller must bind that listener to a private
+    /// interface (`127.0.0.1`, a pod-internal or management network), never to a public one,
+    /// and must not expose its port through a public load balancer or Kubernetes Service.
+    SeparateListener,
+}
+
+impl DebugAccess {
+    /// `Token(token)` for a non-empty token, `Disabled` for `None` or an empty (or blank) one:
+    /// the natural reading of an optional `ADMIN_TOKEN` variable.
+    pub fn from_token(token: Option<String>) -> Self {
+        match token {
+            Some(token) if !token.trim().is_empty() => DebugAccess::Token(token),
+            _ => DebugAccess::Disabled,
+        }
+    }
+}
+
+impl fmt::Debug for DebugAccess {
+    // The token never reaches a log line through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DebugAccess::Disabled => f.write_str("Disabled"),
+            DebugAccess::Token(_) => f.write_str("Token([REDACTED])"),
+            DebugAccess::SeparateListener => f.write_str("SeparateListener"),
+        }
+    }
+}
+
+/// The access rule as the service applies it.
+#[derive(Clone)]
+pub(crate) enum Gate {
+    Closed,
+    Token(Arc<[u8]>),
+    Open,
+}
+
+/// Why a debug request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Denied {
+    /// No `Authorization` header.
+    Missing,
+    /// A header that is not `Bearer <the token>`.
+    Invalid,
+}
+
+impl Gate {
+    pub(crate) fn new(access: DebugAccess) -> Self {
+        match access {
+            DebugAccess::Disabled => Gate::Closed,
+            DebugAccess::SeparateListener => Gate::Open,
+            DebugAccess::Token(token) => {
+                let token = token.trim();
+                if token.is_empty() {
+                    tracing::error!(
+                        "the admin token is empty: the debug endpoints stay disabled; set a long random token"
+                    );
+                    return Gate::Closed;
+                }
+                if token.len() < SHORT_TOKEN {
+                    tracing::warn!(
+                        length = token.len(),
+                        "the admin token is short: use at least 32 random characters"
+                    );
+                }
+                Gate::Token(Arc::from(token.as_bytes()))
+            }
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        matches!(self, Gate::Closed)
+    }
+
+    /// Whether `headers` may reach a debug endpoint.
+    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), Denied> {
+        let expected = match self {
+            Gate::Open => return Ok(()),
+            // Unreachable in practice: closed endpoints are not routed.
+            Gate::Closed => return Err(Denied::Invalid),
+            Gate::Token(expected) => expected,
+        };
+        let mut values = headers.get_all(AUTHORIZATION).iter();
+        let Some(value) = values.next() else {
+            return Err(Denied::Missing);
+        };
+        if values.next().is_some() {
+            return Err(Denied::Invalid);
+        }
+        match bearer_token(value.as_bytes()) {
+            Some(given) if tokens_equal(given, expected) => Ok(()),
+            _ => Err(Denied::Invalid),
+        }
+    }
+}
+
+/// The credentials of `Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Compares in time that depends only on the length of `given` (which the caller already
+/// knows), never on the bytes or the length of `expected`. `expected` is never empty.
+fn tokens_equal(given: &[u8], expected: &[u8]) -> bool {
+    let mut equal: Choice = (given.len() as u64).ct_eq(&(expected.len() as u64));
+    for (a, b) in given.iter().zip(expected.iter().cycle()) {
+        equal &= a.ct_eq(b);
+    }
+    equal.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(AUTHORIZATION, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn only_the_exact_bearer_token_passes() {
+        let gate = Gate::new(DebugAccess::Token("s3cret-token-0123456789".into()));
+        let check = |values: &[&str]| gate.check(&headers(values));
+        assert_eq!(check(&["Bearer s3cret-token-0123456789"]), Ok(()));
+        assert_eq!(check(&["bearer   s3cret-token-0123456789 "]), Ok(()));
+        assert_eq!(check(&[]), Err(Denied::Missing));
+        assert_eq!(
+            check(&["Bearer s3cret-token-012345678"]),
+            Err(Denied::Invalid)
+        );
+        assert_eq!(
+            check(&["Bearer s3cret-token-01234567890"]),
+            Err(Denied::Invalid)
+        );
+        assert_eq!(
+            check(&["Bearer S3cret-token-0123456789"]),
+            Err(Denied::Invalid)
+        );
+        assert_eq!(
+            check(&["Basic s3cret-token-0123456789"]),
+            Err(Denied::Invalid)
+        );
+        assert_eq!(check(&["Bearer"]), Err(Denied::Invalid));
+        assert_eq!(check(&["Bearer "]), Err(Denied::Invalid));
+        assert_eq!(check(&["s3cret-token-0123456789"]), Err(Denied::Invalid));
+        assert_eq!(
+            check(&[
+                "Bearer s3cret-token-0123456789",
+                "Bearer s3cret-token-0123456789"
+            ]),
+            Err(Denied::Invalid)
+        );
+    }
+
+    #[test]
+    fn a_token_repeating_a_prefix_of_the_real_one_fails() {
+        // The comparison cycles over the expected token; a repeated prefix must still fail.
+        assert!(!tokens_equal(b"abab", b"ab"));
+        assert!(!tokens_equal(b"a", b"ab"));
+        assert!(tokens_equal(b"ab", b"ab"));
+    }
+
+    #[test]
+    fn empty_tokens_keep_the_endpoints_closed_and_debug_hides_the_token() {
+        assert!(Gate::new(DebugAccess::Token("  ".into())).is_closed());
+        assert_eq!(
+            DebugAccess::from_token(Some(String::new())),
+            DebugAccess::Disabled
+        );
+        assert_eq!(DebugAccess::from_token(None), DebugAccess::Disabled);
+        let access = DebugAccess::from_token(Some("hunter2".into()));
+        assert_eq!(format!("{access:?}"), "Token([REDACTED])");
+    }
+}

@@ -1,0 +1,142 @@
+//! Building the answers: JSON bodies and error envelopes, never cached by a proxy.
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::{Request, Response};
+use http_body_util::Full;
+use periscope_error::{BoxError, HttpError, codes};
+use serde::Serialize;
+
+use crate::access::Denied;
+use crate::endpoint::Endpoint;
+
+/// The response body of every admin answer.
+pub type AdminBody = Full<Bytes>;
+
+/// A `200` JSON answer of `body`, already encoded.
+pub(crate) fn json_bytes(body: impl Into<Bytes>) -> Response<AdminBody> {
+    let mut response = Response::new(Full::new(body.into()));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // Debug answers describe this instant and may be sensitive: no cache may keep them.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A `200` JSON answer of `value`.
+pub(crate) fn json(value: &impl Serialize) -> Response<AdminBody> {
+    match serde_json::to_vec(value) {
+        Ok(body) => json_bytes(body),
+        // Only a map with non-string keys or a failing `Serialize` impl gets here.
+        Err(error) => internal(error),
+    }
+}
+
+/// The error envelope for `error`, with the ids of `request`'s context when it has one.
+pub(crate) fn error<T>(error: HttpError, request: &Request<T>) -> Response<AdminBody> {
+    let mut response: Response<AdminBody> = error.into_http_response_for(request);
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// 500 `internal_error`; `source` goes to the log only.
+pub(crate) fn internal(source: impl Into<BoxError>) -> Response<AdminBody> {
+    let mut response: Response<AdminBody> = HttpError::internal(source).into_http_response();
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// 404 `route_not_found`: an unknown path, or a debug path while debug endpoints are off.
+pub(crate) fn not_found<T>(request: &Request<T>) -> Response<AdminBody> {
+    error(
+        HttpError::new(
+            codes::ROUTE_NOT_FOUND,
+            "No admin endpoint answers on this path",
+        )
+        .with_help("The admin paths are /health, /ready, /startup, /metrics and /debug/*"),
+        request,
+    )
+}
+
+/// 405 `method_not_allowed` with the endpoint's `Allow` header.
+pub(crate) fn method_not_allowed<T>(
+    endpoint: Endpoint,
+    request: &Request<T>,
+) -> Response<AdminBody> {
+    let message = format!(
+        "{} answers {} only",
+        endpoint.path(),
+        endpoint.allow_header()
+    );
+    let mut response = error(HttpError::new(codes::METHOD_NOT_ALLOWED, message), request);
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(endpoint.allow_header()));
+    response
+}
+
+/// 401 `token_missing` or `token_invalid`, with the `WWW-Authenticate` challenge of RFC 6750.
+pub(crate) fn unauthorized<T>(denied: Denied, request: &Request<T>) -> Response<AdminBody> {
+    let (code, message, challenge) = match denied {
+        Denied::Missing => (
+            codes::TOKEN_MISSING,
+            "Debug endpoints need an `Authorization: Bearer <admin token>` header",
+            "Bearer realm=\"admin\"",
+        ),
+        Denied::Invalid => (
+            codes::TOKEN_INVALID,
+            "The admin token is not valid: send `Authorization: Bearer <admin token>`",
+            "Bearer realm=\"admin\", error=\"invalid_token\"",
+        ),
+    };
+    let mut response = error(HttpError::new(code, message), request);
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    response
+}
+
+/// 400 `invalid_request` listing what is wrong.
+#[cfg(feature = "log")]
+pub(crate) fn invalid<T>(
+    message: &'static str,
+    violations: Vec<periscope_error::Violation>,
+    request: &Request<T>,
+) -> Response<AdminBody> {
+    error(
+        HttpError::new(codes::INVALID_REQUEST, message).with_violations(violations),
+        request,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn refusals_carry_their_challenge_and_allow_headers() {
+        let request = Request::get("/debug/status").body(()).unwrap();
+        let missing = unauthorized(Denied::Missing, &request);
+        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            missing.headers()[WWW_AUTHENTICATE],
+            "Bearer realm=\"admin\""
+        );
+        let invalid = unauthorized(Denied::Invalid, &request);
+        assert!(
+            invalid.headers()[WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .contains("invalid_token")
+        );
+        let wrong = method_not_allowed(Endpoint::LogLevel, &request);
+        assert_eq!(wrong.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(wrong.headers()[ALLOW], "GET, HEAD, POST");
+        assert_eq!(wrong.headers()[CACHE_CONTROL], "no-store");
+    }
+}

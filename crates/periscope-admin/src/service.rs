@@ -1,0 +1,305 @@
+//! [`Admin`]: the admin surface as one Tower service.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
+use periscope_error::BoxError;
+use serde_json::Value;
+use tower_service::Service;
+
+use crate::access::Gate;
+use crate::endpoint::Endpoint;
+use crate::memory::Memory;
+use crate::reply::{self, AdminBody};
+use crate::status::{GpuSnapshot, InFlightSource, Section, ServiceInfo, Started, StatusParts};
+
+/// The admin surface: `/health`, `/ready`, `/startup`, `/metrics` and the gated `/debug/*`
+/// endpoints as one `Clone` Tower service over `http::Request<B>` for any body.
+///
+/// Unknown paths get a 404 `route_not_found` envelope, a wrong method a 405
+/// `method_not_allowed` envelope with `Allow`, a debug request without the right token a 401
+/// `token_missing` or `token_invalid` envelope with `WWW-Authenticate: Bearer`. Debug
+/// endpoints are absent (404) unless [`DebugAccess`](crate::DebugAccess) turns them on.
+///
+/// Serve it on its own listener, or merge [`Admin::router`] (feature `axum`) into an app.
+#[derive(Clone)]
+pub struct Admin {
+    inner: Arc<Inner>,
+}
+
+/// Everything the endpoints read.
+pub(crate) struct Inner {
+    pub(crate) info: ServiceInfo,
+    pub(crate) started: Started,
+    pub(crate) gate: Gate,
+    #[cfg(feature = "health")]
+    pub(crate) health: Option<periscope_health::Health>,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<periscope_metrics::MetricsService>,
+    pub(crate) in_flight: Option<Arc<dyn InFlightSource>>,
+    #[cfg(feature = "log")]
+    pub(crate) logs: Option<periscope_log::RecentLogs>,
+    #[cfg(feature = "log")]
+    pub(crate) level_control: Option<periscope_log::LevelControl>,
+    /// `/debug/config`, masked and encoded when built.
+    #[cfg(feature = "log")]
+    pub(crate) config: Option<bytes::Bytes>,
+    #[cfg(feature = "log")]
+    pub(crate) redactor: periscope_log::Redactor,
+    #[cfg(feature = "gpu")]
+    pub(crate) gpu: Option<periscope_gpu::GpuCollector>,
+    pub(crate) sections: Vec<(String, Section)>,
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("info", &self.inner.info)
+            .field("endpoints", &self.endpoints().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admin {
+    pub(crate) fn from_inner(inner: Inner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Whether this admin service answers `endpoint`: its source was given and, for a debug
+    /// endpoint, debug access is on.
+    pub fn serves(&self, endpoint: Endpoint) -> bool {
+        let inner = &self.inner;
+        if endpoint.is_debug() && inner.gate.is_closed() {
+            return false;
+        }
+        #[allow(unreachable_patterns)] // with every feature on, each endpoint has its arm
+        match endpoint {
+            Endpoint::Status | Endpoint::Memory => true,
+            #[cfg(feature = "health")]
+            Endpoint::Health | Endpoint::Ready | Endpoint::Startup => inner.health.is_some(),
+            #[cfg(feature = "metrics")]
+            Endpoint::Metrics => inner.metrics.is_some(),
+            #[cfg(feature = "log")]
+            Endpoint::Logs => inner.logs.is_some(),
+            #[cfg(feature = "log")]
+            Endpoint::LogLevel => inner.level_control.is_some(),
+            #[cfg(feature = "log")]
+            Endpoint::Config => inner.config.is_some(),
+            _ => false,
+        }
+    }
+
+    /// The endpoints this admin service answers, probes first.
+    pub fn endpoints(&self) -> impl Iterator<Item = Endpoint> + '_ {
+        Endpoint::ALL.into_iter().filter(|e| self.serves(*e))
+    }
+
+    fn handle<B>(&self, request: Request<B>) -> ResponseFuture
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let endpoint = Endpoint::from_path(request.uri().path()).filter(|e| self.serves(*e));
+        let Some(endpoint) = endpoint else {
+            return ResponseFuture::ready(reply::not_found(&request));
+        };
+        // The token first: without it, nothing about a debug endpoint is revealed.
+        if endpoint.is_debug()
+            && let Err(denied) = self.inner.gate.check(request.headers())
+        {
+            return ResponseFuture::ready(reply::unauthorized(denied, &request));
+        }
+        if !endpoint.methods().contains(request.method()) {
+            return ResponseFuture::ready(reply::method_not_allowed(endpoint, &request));
+        }
+        self.answer(endpoint, request)
+    }
+
+    /// Answers a request already routed, authorised and of an allowed method.
+    fn answer<B>(&self, endpoint: Endpoint, request: Request<B>) -> ResponseFuture
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        #[allow(unreachable_patterns)] // with every feature on, each endpoint has its arm
+        let response = match endpoint {
+            Endpoint::Status => self.status(),
+            Endpoint::Memory => reply::json(&Memory::read(self.gpu_snapshot())),
+            #[cfg(feature = "health")]
+            Endpoint::Health | Endpoint::Ready | Endpoint::Startup => {
+                if let Some(health) = &self.inner.health {
+                    return ResponseFuture::probe(health.answer(probe_of(endpoint), &request));
+                }
+                reply::not_found(&request)
+            }
+            #[cfg(feature = "metrics")]
+            Endpoint::Metrics => match &self.inner.metrics {
+                Some(metrics) => metrics.respond(request.method(), request.headers()),
+                None => reply::not_found(&request),
+            },
+            #[cfg(feature = "log")]
+            Endpoint::Logs => self.logs(&request),
+            #[cfg(feature = "log")]
+            Endpoint::Config => match &self.inner.config {
+                Some(config) => reply::json_bytes(config.clone()),
+                None => reply::not_found(&request),
+            },
+            #[cfg(feature = "log")]
+            Endpoint::LogLevel => match &self.inner.level_control {
+                Some(control) if request.method() == http::Method::POST => {
+                    return ResponseFuture::boxed(crate::log_level::change(
+                        control.clone(),
+                        request,
+                    ));
+                }
+                Some(control) => crate::log_level::current(control),
+                None => reply::not_found(&request),
+            },
+            _ => reply::not_found(&request),
+        };
+        ResponseFuture::ready(response)
+    }
+
+    fn status(&self) -> Response<AdminBody> {
+        let inner = &self.inner;
+        #[cfg(feature = "log")]
+        let mask = |value: &mut Value| inner.redactor.redact_value(value);
+        #[cfg(not(feature = "log"))]
+        let mask = |_: &mut Value| {};
+        let parts = StatusParts {
+            info: &inner.info,
+            started: inner.started,
+            in_flight: inner.in_flight.as_deref(),
+            gpu: self.gpu_snapshot(),
+            sections: &inner.sections,
+            mask: &mask,
+        };
+        match parts.to_json() {
+            Ok(body) => reply::json_bytes(body),
+            Err(error) => reply::internal(error),
+        }
+    }
+
+    #[cfg(feature = "log")]
+    fn logs<B>(&self, request: &Request<B>) -> Response<AdminBody> {
+        let Some(recent) = &self.inner.logs else {
+            return reply::not_found(request);
+        };
+        match crate::logs::LogsQuery::parse(request.uri().query()) {
+            Ok(query) => reply::json_bytes(query.answer(recent)),
+            Err(violations) => reply::invalid(
+                "The /debug/logs parameters are not valid",
+                violations,
+                request,
+            ),
+        }
+    }
+
+    /// The GPU collector's last sample; `None` without a collector.
+    fn gpu_snapshot(&self) -> Option<GpuSnapshot> {
+        #[cfg(feature = "gpu")]
+        if let Some(gpu) = &self.inner.gpu {
+            return Some(gpu.snapshot());
+        }
+        None
+    }
+}
+
+#[cfg(feature = "health")]
+fn probe_of(endpoint: Endpoint) -> periscope_health::Probe {
+    match endpoint {
+        Endpoint::Ready => periscope_health::Probe::Readiness,
+        Endpoint::Startup => periscope_health::Probe::Startup,
+        _ => periscope_health::Probe::Liveness,
+    }
+}
+
+impl<B> Service<Request<B>> for Admin
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<AdminBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> ResponseFuture {
+        self.handle(request)
+    }
+}
+
+/// The future of an admin answer: ready at once, except readiness probes that run checks and
+/// a log-level change that reads its body.
+pub struct ResponseFuture {
+    state: State,
+}
+
+enum State {
+    Ready(Option<Response<AdminBody>>),
+    #[cfg(feature = "health")]
+    Probe(periscope_health::ResponseFuture),
+    #[cfg_attr(not(feature = "log"), allow(dead_code))]
+    Boxed(Pin<Box<dyn Future<Output = Response<AdminBody>> + Send>>),
+}
+
+impl ResponseFuture {
+    fn ready(response: Response<AdminBody>) -> Self {
+        Self {
+            state: State::Ready(Some(response)),
+        }
+    }
+
+    #[cfg(feature = "health")]
+    fn probe(future: periscope_health::ResponseFuture) -> Self {
+        Self {
+            state: State::Probe(future),
+        }
+    }
+
+    #[cfg_attr(not(feature = "log"), allow(dead_code))]
+    fn boxed(future: impl Future<Output = Response<AdminBody>> + Send + 'static) -> Self {
+        Self {
+            state: State::Boxed(Box::pin(future)),
+        }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<AdminBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            State::Ready(response) => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                // Polled after completion: answer rather than panic.
+                None => Poll::Ready(Ok(reply::internal(
+                    "admin response polled after completion",
+                ))),
+            },
+            #[cfg(feature = "health")]
+            State::Probe(future) => Pin::new(future).poll(cx),
+            State::Boxed(future) => future.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,165 @@
+//! `/debug/status`: who this service is, how long it has run, what it is doing now.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Anything that knows how many requests are being served now.
+///
+/// Implemented for closures (`|| counter.load(Ordering::Relaxed)`) and, with the `metrics`
+/// feature, for [`periscope_metrics::MetricsLayer`], so `.in_flight(metrics_layer.clone())`
+/// shows the RED layer's in-flight gauge summed over routes.
+pub trait InFlightSource: Send + Sync + 'static {
+    /// Requests in flight now.
+    fn in_flight(&self) -> i64;
+}
+
+impl<F> InFlightSource for F
+where
+    F: Fn() -> i64 + Send + Sync + 'static,
+{
+    fn in_flight(&self) -> i64 {
+        self()
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl InFlightSource for periscope_metrics::MetricsLayer {
+    fn in_flight(&self) -> i64 {
+        periscope_metrics::MetricsLayer::in_flight(self)
+    }
+}
+
+/// A section the service adds to `/debug/status`, read on each request.
+pub(crate) type Section = Arc<dyn Fn() -> Value + Send + Sync>;
+
+/// Who the service is, from `service_info(..)`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct ServiceInfo {
+    pub(crate) service: Option<String>,
+    pub(crate) version: Option<String>,
+    pub(crate) environment: Option<String>,
+}
+
+/// The moment the admin service was built: the service's start, for practical purposes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Started {
+    at: SystemTime,
+    instant: Instant,
+}
+
+impl Started {
+    pub(crate) fn now() -> Self {
+        Self {
+            at: SystemTime::now(),
+            instant: Instant::now(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StatusView<'a> {
+    #[serde(flatten)]
+    info: &'a ServiceInfo,
+    started_at: String,
+    uptime_s: u64,
+    pid: u32,
+    in_flight: Option<i64>,
+    gpu: Option<&'a GpuSnapshot>,
+    sections: Map<String, Value>,
+}
+
+/// The GPU section's type; without the `gpu` feature the key is always `null`.
+#[cfg(feature = "gpu")]
+pub(crate) type GpuSnapshot = periscope_gpu::GpuSnapshot;
+/// The GPU section's type; without the `gpu` feature the key is always `null`.
+#[cfg(not(feature = "gpu"))]
+pub(crate) type GpuSnapshot = ();
+
+/// What `/debug/status` shows, gathered now.
+pub(crate) struct StatusParts<'a> {
+    pub(crate) info: &'a ServiceInfo,
+    pub(crate) started: Started,
+    pub(crate) in_flight: Option<&'a dyn InFlightSource>,
+    pub(crate) gpu: Option<GpuSnapshot>,
+    pub(crate) sections: &'a [(String, Section)],
+    /// Masks secrets in the sections' values (the log crate's redactor, feature `log`).
+    pub(crate) mask: &'a dyn Fn(&mut Value),
+}
+
+impl StatusParts<'_> {
+    pub(crate) fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let sections = self
+            .sections
+            .iter()
+            .map(|(name, section)| {
+                let mut value = read_section(name, section);
+                (self.mask)(&mut value);
+                (name.clone(), value)
+            })
+            .collect();
+        serde_json::to_vec(&StatusView {
+            info: self.info,
+            started_at: humantime::format_rfc3339_millis(self.started.at).to_string(),
+            uptime_s: self.started.instant.elapsed().as_secs(),
+            pid: std::process::id(),
+            in_flight: self.in_flight.map(InFlightSource::in_flight),
+            gpu: self.gpu.as_ref(),
+            sections,
+        })
+    }
+}
+
+/// A panicking section shows an error instead of failing the whole answer.
+fn read_section(name: &str, section: &Section) -> Value {
+    match catch_unwind(AssertUnwindSafe(|| section())) {
+        Ok(value) => value,
+        Err(_) => {
+            tracing::error!(section = name, "a /debug/status section panicked");
+            serde_json::json!({ "error": "this section panicked; see the service log" })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_read_masked_and_survive_a_panic() {
+        let info = ServiceInfo {
+            service: Some("api".into()),
+            version: None,
+            environment: Some("test".into()),
+        };
+        let sections: Vec<(String, Section)> = vec![
+            ("queue".into(), Arc::new(|| serde_json::json!({"depth": 3}))),
+            ("broken".into(), Arc::new(|| panic!("section bug"))),
+        ];
+        let in_flight = || 7_i64;
+        let mask = |value: &mut Value| {
+            if let Some(depth) = value.get_mut("depth") {
+                *depth = Value::from("masked");
+            }
+        };
+        let parts = StatusParts {
+            info: &info,
+            started: Started::now(),
+            in_flight: Some(&in_flight),
+            gpu: None,
+            sections: &sections,
+            mask: &mask,
+        };
+        let json: Value = serde_json::from_slice(&parts.to_json().unwrap()).unwrap();
+        assert_eq!(json["service"], "api");
+        assert_eq!(json["version"], Value::Null);
+        assert_eq!(json["in_flight"], 7);
+        assert_eq!(json["pid"], std::process::id());
+        assert_eq!(json["sections"]["queue"]["depth"], "masked");
+        assert!(json["sections"]["broken"]["error"].is_string());
+        assert!(json["started_at"].as_str().unwrap().ends_with('Z'));
+    }
+}

@@ -1,0 +1,466 @@
+//! Every endpoint over a real socket: the JSON parsed back, the access rules, the envelopes.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use periscope_admin::{Admin, DebugAccess, Endpoint};
+use periscope_gpu::{FakeSource, GpuCollector};
+use periscope_health::{Health, StartupGate};
+use periscope_log::{LogLayer, Redactor};
+use periscope_metrics::{MetricsLayer, MetricsRegistry, ServiceInfo};
+use serde_json::{Value, json};
+use support::{TOKEN, get, get_authorised, send, serve};
+use tokio::sync::Notify;
+use tower::Layer;
+
+const DEBUG_PATHS: [&str; 5] = [
+    "/debug/status",
+    "/debug/logs",
+    "/debug/config",
+    "/debug/log-level",
+    "/debug/memory",
+];
+
+/// A fully equipped admin service, as the facade builds it.
+fn full_admin(access: DebugAccess) -> (Admin, StartupGate) {
+    let model_loaded = StartupGate::new("model_loaded");
+    let health = Health::builder()
+        .version("1.4.2")
+        .check("database", || async { Ok::<_, String>(()) })
+        .non_critical_check("cache", || async { Err::<(), _>("connection refused") })
+        .startup_gate(model_loaded.clone())
+        .build()
+        .unwrap();
+    let registry = MetricsRegistry::new();
+    registry
+        .register_service_info(&ServiceInfo::new(
+            "inference-gateway",
+            "1.4.2",
+            "production",
+        ))
+        .unwrap();
+    registry.register_process_metrics().unwrap();
+    let (layer, _guard) = LogLayer::builder().writer(std::io::sink()).build();
+    let gpu = GpuCollector::builder().start(FakeSource::demo(2)).unwrap();
+    assert!(gpu.refresh(Duration::from_secs(5)));
+    let jobs = Arc::new(AtomicI64::new(3));
+    let admin = Admin::builder()
+        .service_info("inference-gateway", "1.4.2", "production")
+        .health(health)
+        .metrics(registry)
+        .in_flight(|| 2)
+        .logs(layer.recent_logs())
+        .level_control(layer.level_control())
+        .redactor(layer.redactor())
+        .gpu(gpu)
+        .config(json!({"port": 8000, "database": {"url": "postgres://app:hunter2@db/app"}}))
+        .status_section(
+            "queue",
+            move || json!({"depth": jobs.load(Ordering::Relaxed)}),
+        )
+        .status_section(
+            "current_job",
+            || json!({"job_id": "job_789", "api_token": "tok_live_1"}),
+        )
+        .debug(access)
+        .build();
+    (admin, model_loaded)
+}
+
+#[tokio::test]
+async fn probes_and_metrics_answer_without_a_token() {
+    let (admin, model_loaded) = full_admin(DebugAccess::Token(TOKEN.into()));
+    let addr = serve(admin).await;
+
+    let health = get(addr, "/health").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json(), json!({"status": "ok"}));
+
+    let startup = get(addr, "/startup").await;
+    assert_eq!(startup.status, 503);
+    assert_eq!(startup.json()["waiting_for"], json!(["model_loaded"]));
+    let ready = get(addr, "/ready").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["status"], "starting");
+
+    model_loaded.open();
+    assert_eq!(get(addr, "/startup").await.status, 200);
+    let ready = get(addr, "/ready").await;
+    assert_eq!(ready.status, 200);
+    let ready = ready.json();
+    assert_eq!(ready["status"], "degraded");
+    assert_eq!(ready["version"], "1.4.2");
+    assert_eq!(ready["checks"]["database"]["status"], "ok");
+    assert_eq!(ready["checks"]["cache"]["error"], "connection refused");
+
+    // OpenMetrics, parsed by a real parser.
+    let scrape = send(
+        addr,
+        "GET",
+        "/metrics",
+        &[("accept", "application/openmetrics-text; version=1.0.0")],
+        "",
+    )
+    .await;
+    assert_eq!(scrape.status, 200);
+    assert!(
+        scrape
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let exposition = openmetrics_parser::openmetrics::parse_openmetrics(&scrape.text()).unwrap();
+    let info = &exposition.families["service_info"];
+    let labels = format!("{:?}", info);
+    assert!(labels.contains("inference-gateway"), "{labels}");
+    assert!(
+        exposition
+            .families
+            .contains_key("process_resident_memory_bytes")
+    );
+
+    // The Prometheus 0.0.4 text, parsed too.
+    let scrape = get(addr, "/metrics").await;
+    assert_eq!(scrape.status, 200);
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(&scrape.text()).unwrap();
+    assert!(
+        exposition
+            .families
+            .contains_key("process_resident_memory_bytes")
+    );
+}
+
+#[tokio::test]
+async fn debug_endpoints_are_absent_when_disabled() {
+    let (admin, _) = full_admin(DebugAccess::Disabled);
+    assert!(admin.endpoints().all(|e| !e.is_debug()));
+    let addr = serve(admin).await;
+    let bearer = format!("Bearer {TOKEN}");
+    for path in DEBUG_PATHS {
+        let answer = send(addr, "GET", path, &[("authorization", &bearer)], "").await;
+        answer.envelope(404, "route_not_found");
+        assert_eq!(answer.header("www-authenticate"), None);
+    }
+    // Identical to a path that never existed.
+    get(addr, "/debug/nothing")
+        .await
+        .envelope(404, "route_not_found");
+    assert_eq!(get(addr, "/health").await.status, 200);
+}
+
+#[tokio::test]
+async fn an_empty_token_keeps_debug_endpoints_disabled() {
+    let (admin, _) = full_admin(DebugAccess::Token("   ".into()));
+    let addr = serve(admin).await;
+    let answer = send(
+        addr,
+        "GET",
+        "/debug/status",
+        &[("authorization", "Bearer ")],
+        "",
+    )
+    .await;
+    answer.envelope(404, "route_not_found");
+}
+
+#[tokio::test]
+async fn debug_endpoints_refuse_a_missing_or_wrong_token() {
+    let (admin, _) = full_admin(DebugAccess::Token(TOKEN.into()));
+    let addr = serve(admin).await;
+    let wrong = format!("Bearer {TOKEN}x");
+    let short = format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]);
+    let basic = format!("Basic {TOKEN}");
+    for path in DEBUG_PATHS {
+        let missing = get(addr, path).await;
+        missing.envelope(401, "token_missing");
+        assert_eq!(
+            missing.header("www-authenticate"),
+            Some("Bearer realm=\"admin\"")
+        );
+        for header in [
+            &wrong,
+            &short,
+            &basic,
+            &format!("Bearer  {}", TOKEN.to_uppercase()),
+        ] {
+            let refused = send(addr, "GET", path, &[("authorization", header)], "").await;
+            refused.envelope(401, "token_invalid");
+            assert!(
+                refused
+                    .header("www-authenticate")
+                    .unwrap()
+                    .starts_with("Bearer")
+            );
+            // Nothing of the endpoint leaks into a refusal.
+            assert!(!refused.text().contains("hunter2") && !refused.text().contains("1.4.2"));
+        }
+    }
+    // A POST without the token changes nothing and is refused before its method or body count.
+    let change = send(
+        addr,
+        "POST",
+        "/debug/log-level",
+        &[("content-type", "application/json")],
+        r#"{"directives":"trace"}"#,
+    )
+    .await;
+    change.envelope(401, "token_missing");
+    let level = get_authorised(addr, "/debug/log-level").await.json();
+    assert_eq!(level["current"], "info");
+    send(addr, "DELETE", "/debug/status", &[], "")
+        .await
+        .envelope(401, "token_missing");
+}
+
+#[tokio::test]
+async fn the_right_token_opens_every_debug_endpoint() {
+    let (admin, _) = full_admin(DebugAccess::Token(TOKEN.into()));
+    let addr = serve(admin).await;
+
+    let status = get_authorised(addr, "/debug/status").await;
+    assert_eq!(status.status, 200);
+    assert_eq!(status.header("cache-control"), Some("no-store"));
+    let status = status.json();
+    assert_eq!(status["service"], "inference-gateway");
+    assert_eq!(status["version"], "1.4.2");
+    assert_eq!(status["environment"], "production");
+    assert_eq!(status["pid"], std::process::id());
+    assert!(status["uptime_s"].is_u64());
+    assert!(status["started_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(status["in_flight"], 2);
+    assert_eq!(status["gpu"]["up"], true);
+    assert_eq!(status["gpu"]["source"], "fake");
+    assert_eq!(status["gpu"]["devices"].as_array().unwrap().len(), 2);
+    assert_eq!(status["sections"]["queue"], json!({"depth": 3}));
+    assert_eq!(status["sections"]["current_job"]["job_id"], "job_789");
+    assert_eq!(status["sections"]["current_job"]["api_token"], "[REDACTED]");
+
+    let memory = get_authorised(addr, "/debug/memory").await;
+    assert_eq!(memory.status, 200);
+    let memory = memory.json();
+    if cfg!(target_os = "linux") {
+        let resident = memory["resident_bytes"].as_u64().unwrap();
+        assert!(resident > 1_000_000, "{memory}");
+        assert!(memory["peak_resident_bytes"].as_u64().unwrap() >= resident);
+        assert!(memory["virtual_bytes"].as_u64().unwrap() >= resident);
+    }
+    let devices = memory["gpu"]["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2);
+    assert!(devices[0]["memory_total_mib"].as_u64().unwrap() > 0);
+
+    let config = get_authorised(addr, "/debug/config").await;
+    assert_eq!(config.status, 200);
+    assert_eq!(
+        config.json(),
+        json!({"port": 8000, "database": {"url": "postgres://app:[REDACTED]@db/app"}})
+    );
+
+    let logs = get_authorised(addr, "/debug/logs").await;
+    assert_eq!(logs.status, 200);
+    let logs = logs.json();
+    assert!(logs["lines"].is_array());
+    assert!(logs["buffered"].is_u64());
+
+    let level = get_authorised(addr, "/debug/log-level").await;
+    assert_eq!(level.status, 200);
+    assert_eq!(
+        level.json(),
+        json!({"current": "info", "permanent": "info", "reverts_in_s": null})
+    );
+}
+
+#[tokio::test]
+async fn a_separate_listener_serves_debug_endpoints_without_a_token() {
+    let (admin, _) = full_admin(DebugAccess::SeparateListener);
+    assert_eq!(admin.endpoints().count(), Endpoint::ALL.len());
+    let addr = serve(admin).await;
+    for path in DEBUG_PATHS {
+        let answer = get(addr, path).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+        answer.json();
+    }
+}
+
+#[tokio::test]
+async fn config_never_shows_a_secret_value() {
+    let secrets = [
+        "hunter2",
+        "sk-live-abc",
+        "ghp_tokenvalue",
+        "s3cr3t-session",
+        "AKIAEXAMPLE",
+        "pa55word",
+        "cookie-value",
+        "-----BEGIN PRIVATE KEY-----",
+        "dsn-secret",
+    ];
+    let config = json!({
+        "database": {"host": "db", "password": "hunter2", "url": "postgres://app:dsn-secret@db:5432/app"},
+        "openai": {"apiKey": "sk-live-abc", "model": "gpt"},
+        "github_token": "ghp_tokenvalue",
+        "session_secret": "s3cr3t-session",
+        "aws": [{"access_key_id": "AKIA", "secret_access_key": "AKIAEXAMPLE"}],
+        "smtp": {"auth": {"passwd": "pa55word"}},
+        "cookie": "cookie-value",
+        "tls": {"private_key": "-----BEGIN PRIVATE KEY-----"},
+        "limits": {"max_tokens": 4096},
+    });
+    let admin = Admin::builder()
+        .config(config)
+        .redactor(Redactor::default())
+        .debug(DebugAccess::Token(TOKEN.into()))
+        .build();
+    let addr = serve(admin).await;
+    let answer = get_authorised(addr, "/debug/config").await;
+    assert_eq!(answer.status, 200);
+    let text = answer.text();
+    for secret in secrets {
+        assert!(!text.contains(secret), "{secret} shown in {text}");
+    }
+    let config = answer.json();
+    assert_eq!(config["database"]["host"], "db");
+    assert_eq!(config["database"]["password"], "[REDACTED]");
+    assert_eq!(config["openai"]["model"], "gpt");
+    assert_eq!(config["aws"][0]["secret_access_key"], "[REDACTED]");
+    assert_eq!(config["limits"]["max_tokens"], 4096);
+}
+
+#[tokio::test]
+async fn unknown_paths_and_wrong_methods_get_envelopes() {
+    let (admin, _) = full_admin(DebugAccess::Token(TOKEN.into()));
+    let addr = serve(admin).await;
+    get(addr, "/").await.envelope(404, "route_not_found");
+    get(addr, "/healthz").await.envelope(404, "route_not_found");
+    get(addr, "/health/").await.envelope(404, "route_not_found");
+
+    let post = send(addr, "POST", "/health", &[], "").await;
+    post.envelope(405, "method_not_allowed");
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    let put = send(addr, "PUT", "/metrics", &[], "").await;
+    put.envelope(405, "method_not_allowed");
+
+    let bearer = format!("Bearer {TOKEN}");
+    let delete = send(
+        addr,
+        "DELETE",
+        "/debug/log-level",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    delete.envelope(405, "method_not_allowed");
+    assert_eq!(delete.header("allow"), Some("GET, HEAD, POST"));
+    let post = send(
+        addr,
+        "POST",
+        "/debug/status",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    post.envelope(405, "method_not_allowed");
+
+    // Without a trace layer in front, the envelope still carries a request id, echoed in the
+    // `x-request-id` header (checked by `envelope`).
+    let answer = get(addr, "/nope").await;
+    let error = answer.envelope(404, "route_not_found");
+    assert!(error["request_id"].as_str().unwrap().starts_with("req_"));
+}
+
+#[tokio::test]
+async fn without_parts_only_the_default_probes_exist() {
+    let admin = Admin::builder().service_info("api", "2.0.0", "dev").build();
+    let endpoints: Vec<Endpoint> = admin.endpoints().collect();
+    assert_eq!(
+        endpoints,
+        [Endpoint::Health, Endpoint::Ready, Endpoint::Startup]
+    );
+    let addr = serve(admin).await;
+    assert_eq!(get(addr, "/health").await.json(), json!({"status": "ok"}));
+    let ready = get(addr, "/ready").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["version"], "2.0.0");
+    get(addr, "/metrics").await.envelope(404, "route_not_found");
+
+    // Debug on, but no log parts: status and memory only.
+    let admin = Admin::builder()
+        .debug(DebugAccess::SeparateListener)
+        .build();
+    let addr = serve(admin).await;
+    let status = get(addr, "/debug/status").await.json();
+    assert_eq!(status["service"], Value::Null);
+    assert_eq!(status["in_flight"], Value::Null);
+    assert_eq!(status["gpu"], Value::Null);
+    assert_eq!(status["sections"], json!({}));
+    assert_eq!(get(addr, "/debug/memory").await.status, 200);
+    get(addr, "/debug/logs")
+        .await
+        .envelope(404, "route_not_found");
+    get(addr, "/debug/config")
+        .await
+        .envelope(404, "route_not_found");
+    get(addr, "/debug/log-level")
+        .await
+        .envelope(404, "route_not_found");
+}
+
+#[tokio::test]
+async fn in_flight_counts_the_requests_the_metrics_layer_is_serving() {
+    let registry = MetricsRegistry::new();
+    let metrics = MetricsLayer::new(&registry).unwrap();
+    let release = Arc::new(Notify::new());
+    let entered = Arc::new(Notify::new());
+    let app = {
+        let (release, entered) = (release.clone(), entered.clone());
+        tower::service_fn(move |_request: Request<hyper::body::Incoming>| {
+            let (release, entered) = (release.clone(), entered.clone());
+            async move {
+                entered.notify_one();
+                release.notified().await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+            }
+        })
+    };
+    let app_addr = serve(metrics.layer(app)).await;
+    let admin = Admin::builder()
+        .metrics(registry)
+        .in_flight(metrics.clone())
+        .debug(DebugAccess::SeparateListener)
+        .build();
+    let addr = serve(admin).await;
+    assert_eq!(get(addr, "/debug/status").await.json()["in_flight"], 0);
+
+    let slow = tokio::spawn(async move { get(app_addr, "/slow").await });
+    entered.notified().await;
+    assert_eq!(get(addr, "/debug/status").await.json()["in_flight"], 1);
+    release.notify_one();
+    assert_eq!(slow.await.unwrap().text(), "done");
+    assert_eq!(get(addr, "/debug/status").await.json()["in_flight"], 0);
+}
+
+#[tokio::test]
+async fn head_requests_are_answered_without_a_body() {
+    let (admin, _) = full_admin(DebugAccess::Token(TOKEN.into()));
+    let addr = serve(admin).await;
+    let head = send(addr, "HEAD", "/health", &[], "").await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    let bearer = format!("Bearer {TOKEN}");
+    let head = send(
+        addr,
+        "HEAD",
+        "/debug/status",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+}

@@ -1,0 +1,141 @@
+//! `GET`/`POST /debug/log-level` over a real socket, changing the filter of a real log layer.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use periscope_admin::{Admin, DebugAccess, MAX_BODY_BYTES};
+use periscope_log::{LogLayer, RecentLogs};
+use serde_json::json;
+use support::{TOKEN, get_authorised, post_json, send, serve};
+use tracing_subscriber::prelude::*;
+
+fn buffered(recent: &RecentLogs, marker: &str) -> bool {
+    recent
+        .lines(usize::MAX, None)
+        .iter()
+        .any(|line| line.text.contains(marker))
+}
+
+#[tokio::test]
+async fn a_change_takes_effect_on_the_next_event_and_reverts_after_its_ttl() {
+    let (layer, _guard) = LogLayer::builder().writer(std::io::sink()).build();
+    let recent = layer.recent_logs();
+    let admin = Admin::builder()
+        .logs(recent.clone())
+        .level_control(layer.level_control())
+        .debug(DebugAccess::Token(TOKEN.into()))
+        .build();
+    tracing_subscriber::registry().with(layer).init();
+    let addr = serve(admin).await;
+
+    tracing::debug!("marker-before");
+    assert!(!buffered(&recent, "marker-before"));
+
+    let changed = post_json(
+        addr,
+        "/debug/log-level",
+        r#"{"directives":"info,log_level=debug","ttl_s":2}"#,
+    )
+    .await;
+    assert_eq!(changed.status, 200, "{}", changed.text());
+    let changed = changed.json();
+    assert_eq!(changed["current"], "info,log_level=debug");
+    assert_eq!(changed["permanent"], "info");
+    let reverts_in = changed["reverts_in_s"].as_f64().unwrap();
+    // Two seconds: long enough for the next event on a loaded machine, short for the test.
+    assert!(reverts_in > 0.0 && reverts_in <= 2.0, "{changed}");
+
+    tracing::debug!("marker-during");
+    assert!(buffered(&recent, "marker-during"));
+    // The change itself is logged, with what was asked.
+    assert!(buffered(
+        &recent,
+        "log filter changed through /debug/log-level"
+    ));
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let level = get_authorised(addr, "/debug/log-level").await.json();
+        if level["current"] == "info" {
+            assert_eq!(level["reverts_in_s"], serde_json::Value::Null);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reverted: {level}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::debug!("marker-after");
+    assert!(!buffered(&recent, "marker-after"));
+
+    // A permanent change, then a temporary one ended early by a reset.
+    let permanent = post_json(addr, "/debug/log-level", r#"{"directives":"warn"}"#).await;
+    assert_eq!(
+        permanent.json(),
+        json!({"current": "warn", "permanent": "warn", "reverts_in_s": null})
+    );
+    tracing::info!("marker-quiet");
+    assert!(!buffered(&recent, "marker-quiet"));
+    post_json(
+        addr,
+        "/debug/log-level",
+        r#"{"directives":"trace","ttl_s":300}"#,
+    )
+    .await;
+    let reset = post_json(addr, "/debug/log-level", r#"{"reset":true}"#).await;
+    assert_eq!(reset.json()["current"], "warn");
+
+    // Invalid changes: 400 envelopes naming the problem, and nothing changes.
+    for (body, field, says) in [
+        (
+            r#"{"directives":"info,db=loud"}"#,
+            "directives",
+            "not a log level",
+        ),
+        (r#"{"directives":"debug","ttl_s":0}"#, "ttl_s", "above 0"),
+        (r#"{"directives":"debug","ttl_s":1e12}"#, "ttl_s", "at most"),
+        (
+            r#"{"directive":"debug"}"#,
+            "body",
+            "unknown field `directive`",
+        ),
+        (r#"{"ttl_s":5}"#, "directives", "required"),
+        ("debug", "body", "expected"),
+    ] {
+        let refused = post_json(addr, "/debug/log-level", body).await;
+        let error = refused.envelope(400, "invalid_request");
+        let violation = &error["violations"][0];
+        assert_eq!(violation["field"], field, "{body}: {error}");
+        assert!(
+            violation["message"].as_str().unwrap().contains(says),
+            "{body}: {error}"
+        );
+    }
+    assert_eq!(
+        get_authorised(addr, "/debug/log-level").await.json()["current"],
+        "warn"
+    );
+
+    // Not JSON by its content type (a browser form, a plain `curl -d`): 415.
+    let bearer = format!("Bearer {TOKEN}");
+    let form = send(
+        addr,
+        "POST",
+        "/debug/log-level",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        r#"{"directives":"trace"}"#,
+    )
+    .await;
+    form.envelope(415, "unsupported_media_type");
+    // Over the body limit: 413.
+    let huge = format!(r#"{{"directives":"{}"}}"#, "a".repeat(MAX_BODY_BYTES));
+    post_json(addr, "/debug/log-level", &huge)
+        .await
+        .envelope(413, "payload_too_large");
+    assert_eq!(
+        get_authorised(addr, "/debug/log-level").await.json()["current"],
+        "warn"
+    );
+}

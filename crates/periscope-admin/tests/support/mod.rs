@@ -1,0 +1,128 @@
+//! A real server on 127.0.0.1 and a real HTTP/1.1 client, shared by the integration tests.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use periscope_admin::AdminBody;
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+pub const TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// Serves `service` with hyper on an ephemeral port of 127.0.0.1.
+pub async fn serve<S>(service: S) -> SocketAddr
+where
+    S: tower::Service<Request<Incoming>, Response = Response<AdminBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let service = TowerToHyperService::new(service.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+/// One response, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).unwrap()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {:?}", self.text()))
+    }
+
+    /// Asserts an error envelope of `status` and `code`, and returns its `error` object.
+    #[track_caller]
+    pub fn envelope(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let json = self.json();
+        let error = &json["error"];
+        assert_eq!(error["code"], code, "{json}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+        let request_id = error["request_id"].as_str().unwrap();
+        assert_eq!(self.header("x-request-id"), Some(request_id));
+        error.clone()
+    }
+}
+
+/// Sends one request and reads the whole answer.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Answer {
+    send(addr, "GET", path, &[], "").await
+}
+
+/// `GET` with the right bearer token.
+pub async fn get_authorised(addr: SocketAddr, path: &str) -> Answer {
+    let bearer = format!("Bearer {TOKEN}");
+    send(addr, "GET", path, &[("authorization", &bearer)], "").await
+}
+
+/// `POST` of a JSON body with the right bearer token.
+pub async fn post_json(addr: SocketAddr, path: &str, body: &str) -> Answer {
+    let bearer = format!("Bearer {TOKEN}");
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+    ];
+    send(addr, "POST", path, &headers, body).await
+}
