@@ -18,6 +18,7 @@
 //! - [`metrics`]: RED metrics with cardinality guards, the registry, `/metrics` exposition.
 //! - [`log`]: the JSON log layer, redaction, runtime level control, recent lines, access log.
 //! - [`health`]: liveness, readiness and startup probes.
+//! - [`admin`]: `/health`, `/ready`, `/metrics` and the gated `/debug/*` endpoints.
 //! - [`gpu`] (feature `gpu`): NVIDIA GPU collectors, the GPU snapshot, the resource tracker.
 #![deny(missing_docs)]
 // Library code reports errors instead of panicking; tests, benches and examples may unwrap.
@@ -32,6 +33,7 @@ pub use config::{ConfigError, MIN_ADMIN_TOKEN_LEN, Settings};
 pub use observability::{Error, Observability, ObservabilityBuilder, ObservabilityGuard};
 pub use stack::{MaybeMetrics, MaybeMetricsFuture, ObservabilityLayer, ObservabilityService};
 
+pub use periscope_admin as admin;
 pub use periscope_context as context;
 pub use periscope_error as error;
 #[cfg(feature = "gpu")]

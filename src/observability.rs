@@ -1,9 +1,10 @@
 //! [`Observability`]: one object that sets up every periscope crate from one configuration.
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use periscope_admin::{Admin, DebugAccess};
 use periscope_context::TenantKey;
 use periscope_error::ErrorLayer;
 use periscope_health::Health;
@@ -66,7 +67,11 @@ pub struct ObservabilityBuilder {
     tenant_keys: Vec<TenantKey>,
     route_templates: Vec<String>,
     log_writer: Option<Box<dyn Write + Send>>,
+    status_sections: Vec<(String, StatusSection)>,
 }
+
+/// A section of `/debug/status` the service registers (its queue, its current job, ...).
+type StatusSection = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 impl std::fmt::Debug for ObservabilityBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,6 +172,16 @@ impl ObservabilityBuilder {
     {
         self.route_templates
             .extend(templates.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds a section to `/debug/status`, read on every request (keep it cheap and
+    /// non-blocking): the service's queue depth, its current job, its model.
+    pub fn status_section<F>(mut self, name: impl Into<String>, read: F) -> Self
+    where
+        F: Fn() -> serde_json::Value + Send + Sync + 'static,
+    {
+        self.status_sections.push((name.into(), Arc::new(read)));
         self
     }
 
@@ -287,6 +302,7 @@ impl ObservabilityBuilder {
             redactor: log_layer.redactor(),
             dropped_lines: log_layer.dropped_lines(),
             pending_log: Mutex::new(Some((log_layer, log_guard))),
+            status_sections: self.status_sections,
             settings,
             registry,
             metrics_layer,
@@ -322,6 +338,7 @@ pub struct Observability {
     dropped_lines: DroppedLines,
     /// The log layer and its guard until `init` installs them.
     pending_log: Mutex<Option<(LogLayer, LogGuard)>>,
+    status_sections: Vec<(String, StatusSection)>,
     #[cfg(feature = "gpu")]
     gpu: Option<periscope_gpu::GpuCollector>,
 }
@@ -343,6 +360,7 @@ impl Observability {
             tenant_keys: Vec::new(),
             route_templates: Vec::new(),
             log_writer: None,
+            status_sections: Vec::new(),
         }
     }
 
@@ -401,6 +419,45 @@ impl Observability {
             access_log: AccessLogLayer::new(),
             errors,
         }
+    }
+
+    /// The admin surface: `/health`, `/ready`, `/startup`, `/metrics`, and the `/debug/*`
+    /// endpoints behind `ADMIN_TOKEN` (absent without one). Serve it on the service's port
+    /// (`app.merge(obs.admin().router())` with axum) or on a port of its own.
+    pub fn admin(&self) -> Admin {
+        self.admin_with(DebugAccess::from_token(self.settings.admin_token.clone()))
+    }
+
+    /// The admin surface with explicit debug access, for example
+    /// [`DebugAccess::SeparateListener`] on a listener bound to a private interface only.
+    pub fn admin_with(&self, access: DebugAccess) -> Admin {
+        let settings = &self.settings;
+        let mut admin = Admin::builder()
+            .service_info(
+                settings.service_name.clone(),
+                settings.version.clone(),
+                settings.environment.clone(),
+            )
+            .health(self.health.clone())
+            .logs(self.recent_logs.clone())
+            .level_control(self.level_control.clone())
+            .redactor(self.redactor.clone())
+            .config(settings.to_json())
+            .debug(access);
+        if let Some(metrics) = &self.metrics_layer {
+            admin = admin
+                .metrics(self.registry.clone())
+                .in_flight(metrics.clone());
+        }
+        #[cfg(feature = "gpu")]
+        if let Some(gpu) = &self.gpu {
+            admin = admin.gpu(gpu.clone());
+        }
+        for (name, read) in &self.status_sections {
+            let read = Arc::clone(read);
+            admin = admin.status_section(name.clone(), move || read());
+        }
+        admin.build()
     }
 
     /// The settings in force.

@@ -16,7 +16,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use periscope::Observability;
 use periscope::error::{HttpError, codes};
-use periscope::metrics::MetricsService;
 use serde_json::Value;
 
 #[derive(Clone, Default)]
@@ -49,14 +48,32 @@ struct Answer {
 }
 
 async fn get_path(addr: SocketAddr, path: &str, request_id: Option<&str>) -> Answer {
+    get_with(addr, path, request_id, None).await
+}
+
+async fn get_with(
+    addr: SocketAddr,
+    path: &str,
+    request_id: Option<&str>,
+    token: Option<&str>,
+) -> Answer {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let mut request = http::Request::get(format!("http://{addr}{path}"));
     if let Some(id) = request_id {
         request = request.header("x-request-id", id);
     }
-    let response = client.request(request.body(Empty::new()).unwrap()).await.unwrap();
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = client
+        .request(request.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
     let status = response.status().as_u16();
-    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     Answer {
         status,
@@ -66,7 +83,10 @@ async fn get_path(addr: SocketAddr, path: &str, request_id: Option<&str>) -> Ans
 }
 
 async fn conflict() -> Result<&'static str, HttpError> {
-    Err(HttpError::new(codes::CONFLICT, "the job is already completed").with_detail("job_id", "job_1"))
+    Err(
+        HttpError::new(codes::CONFLICT, "the job is already completed")
+            .with_detail("job_id", "job_1"),
+    )
 }
 
 async fn boom() -> &'static str {
@@ -83,33 +103,42 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
         .env_from(|name| match name {
             "ENVIRONMENT" => Some("test".to_owned()),
             "LOG_LEVEL" => Some("info".to_owned()),
+            "ADMIN_TOKEN" => Some("facade-test-token-0123456789".to_owned()),
             _ => None,
         })
         .unwrap()
         .build()
         .unwrap();
     let guard = obs.init().unwrap();
-    assert!(matches!(obs.init(), Err(periscope::Error::AlreadyInitialized)));
+    assert!(matches!(
+        obs.init(),
+        Err(periscope::Error::AlreadyInitialized)
+    ));
 
     let app = Router::new()
         .route("/jobs/{id}", get(|| async { "ok" }))
         .route("/conflict", get(conflict))
         .route("/panic", get(boom))
-        .merge(obs.health().router())
-        .route_service("/metrics", MetricsService::new(obs.registry().clone()))
+        .merge(obs.admin().router())
         .layer(obs.layer());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let ok = get_path(addr, "/jobs/42", Some("client-id-1")).await;
-    assert_eq!((ok.status, ok.request_id.as_str(), ok.body.as_str()), (200, "client-id-1", "ok"));
+    assert_eq!(
+        (ok.status, ok.request_id.as_str(), ok.body.as_str()),
+        (200, "client-id-1", "ok")
+    );
 
     let conflict = get_path(addr, "/conflict", None).await;
     assert_eq!(conflict.status, 409);
     let envelope: Value = serde_json::from_str(&conflict.body).unwrap();
     assert_eq!(envelope["error"]["code"], "conflict");
-    assert_eq!(envelope["error"]["request_id"], conflict.request_id.as_str());
+    assert_eq!(
+        envelope["error"]["request_id"],
+        conflict.request_id.as_str()
+    );
     assert_eq!(envelope["error"]["details"]["job_id"], "job_1");
 
     let panic = get_path(addr, "/panic", None).await;
@@ -126,6 +155,34 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
     let ready = get_path(addr, "/ready", None).await;
     assert_eq!(ready.status, 200, "{}", ready.body);
 
+    // The debug endpoints sit behind ADMIN_TOKEN.
+    assert_eq!(get_path(addr, "/debug/status", None).await.status, 401);
+    let wrong = get_with(addr, "/debug/status", None, Some("not-the-token-at-all")).await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("token_invalid"), "{}", wrong.body);
+    let status = get_with(
+        addr,
+        "/debug/status",
+        None,
+        Some("facade-test-token-0123456789"),
+    )
+    .await;
+    assert_eq!(status.status, 200, "{}", status.body);
+    let status: Value = serde_json::from_str(&status.body).unwrap();
+    assert_eq!(status["service"], "facade-test");
+    let config = get_with(
+        addr,
+        "/debug/config",
+        None,
+        Some("facade-test-token-0123456789"),
+    )
+    .await;
+    assert!(
+        !config.body.contains("facade-test-token"),
+        "{}",
+        config.body
+    );
+
     let metrics = get_path(addr, "/metrics", None).await.body;
     let count = |route: &str, status: &str| {
         metrics
@@ -138,11 +195,22 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
             .and_then(|l| l.rsplit(' ').next())
             .map(|v| v.trim().to_owned())
     };
-    assert_eq!(count("/jobs/{id}", "2xx").as_deref(), Some("1"), "{metrics}");
+    assert_eq!(
+        count("/jobs/{id}", "2xx").as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
     assert_eq!(count("/panic", "5xx").as_deref(), Some("1"), "{metrics}");
-    assert_eq!(count("__unmatched__", "4xx").as_deref(), Some("1"), "{metrics}");
+    assert_eq!(
+        count("__unmatched__", "4xx").as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("service_info{"), "{metrics}");
-    assert!(metrics.contains("periscope_log_dropped_lines_total 0"), "{metrics}");
+    assert!(
+        metrics.contains("periscope_log_dropped_lines_total 0"),
+        "{metrics}"
+    );
 
     drop(guard);
     let lines = out.lines();
@@ -164,7 +232,10 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
     assert_eq!(access(&panic.request_id)["level"], "error");
     let panic_log = lines
         .iter()
-        .find(|l| l["request_id"] == panic.request_id.as_str() && l.to_string().contains("secret panic text"))
+        .find(|l| {
+            l["request_id"] == panic.request_id.as_str()
+                && l.to_string().contains("secret panic text")
+        })
         .expect("the panic message goes to the log");
     assert_eq!(panic_log["level"], "error");
     assert_eq!(panic_log["trace_id"], access(&panic.request_id)["trace_id"]);
