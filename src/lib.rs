@@ -4,7 +4,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let obs = periscope::Observability::from_env()?; // SERVICE_NAME, LOG_LEVEL, OTEL_*, ...
 //! let _guard = obs.init()?; // JSON logs on stdout, OTLP export when an endpoint is set
-//! let app = axum::Router::new()
+//! let app: axum::Router = axum::Router::new()
 //!     .route("/hello", axum::routing::get(|| async { "hello" }))
 //!     .layer(obs.layer()); // ids, trace, RED metrics, access log, error envelopes
 //! # Ok(()) }
@@ -46,7 +46,13 @@ pub use periscope_trace as trace;
 #[cfg(feature = "otel")]
 pub use periscope_trace::otel as opentelemetry;
 
-// The README's Rust examples compile and run as doc tests.
-#[doc = include_str!("../README.md")]
+// The Rust examples of the README and of docs/ compile and run as doc tests, so they stay true.
 #[cfg(doctest)]
-pub struct ReadmeDoctests;
+mod doc_pages {
+    #[doc = include_str!("../README.md")]
+    struct Readme;
+    #[doc = include_str!("../docs/configuration.md")]
+    struct Configuration;
+    #[doc = include_str!("../docs/context.md")]
+    struct Context;
+}

@@ -321,7 +321,7 @@ impl ObservabilityBuilder {
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let obs = periscope::Observability::from_env()?;
 /// let _guard = obs.init()?; // flushes logs and traces when dropped
-/// let app = axum::Router::new()
+/// let app: axum::Router = axum::Router::new()
 ///     .route("/hello", axum::routing::get(|| async { "hello" }))
 ///     .layer(obs.layer());
 /// # Ok(()) }
