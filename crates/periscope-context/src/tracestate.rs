@@ -92,8 +92,8 @@ impl TraceState {
     /// entry. The rightmost entry is dropped past 32 members; the result is truncated to 512
     /// characters.
     pub fn insert(&mut self, key: &str, value: &str) -> Result<(), TraceStateError> {
-        validate_key(key)?;
-        validate_value(key, value)?;
+        validate_key(key.as_bytes())?;
+        validate_value(key.as_bytes(), value.as_bytes())?;
         let mut out = String::with_capacity(self.0.len() + key.len() + value.len() + 2);
         out.push_str(key);
         out.push('=');
@@ -201,10 +201,10 @@ impl TraceStateParser {
     }
 
     fn push_members(&mut self, value: &[u8]) -> Result<(), TraceStateError> {
-        let value = std::str::from_utf8(value).map_err(|_| TraceStateError::NotAscii)?;
-        // One allocation in the common case: the normalised text is never longer.
+        // Byte loops rather than `str::split`: members are a few bytes long, where a plain
+        // loop beats the searcher set-up; every accepted byte is ASCII.
         self.out.reserve(value.len());
-        for member in value.split(',') {
+        for member in value.split(|&b| b == b',') {
             let member = trim_ows(member);
             if member.is_empty() {
                 continue;
@@ -213,17 +213,20 @@ impl TraceStateParser {
             if self.members > MAX_TRACESTATE_MEMBERS {
                 return Err(TraceStateError::TooManyMembers);
             }
-            let (key, val) = member
-                .split_once('=')
-                .ok_or_else(|| TraceStateError::MissingEquals(truncated(member)))?;
+            let Some(eq) = member.iter().position(|&b| b == b'=') else {
+                return Err(TraceStateError::MissingEquals(lossy(member)));
+            };
+            let (key, val) = (&member[..eq], &member[eq + 1..]);
             validate_key(key)?;
             validate_value(key, val)?;
             // A duplicated key is kept once: the leftmost entry wins.
-            if self.members == 1 || !entries(&self.out).any(|(k, _)| k == key) {
+            if self.members == 1 || !has_key(&self.out, key) {
                 if !self.out.is_empty() {
                     self.out.push(',');
                 }
-                self.out.push_str(member);
+                // Validated above: keys and values are printable ASCII.
+                self.out
+                    .push_str(std::str::from_utf8(member).map_err(|_| TraceStateError::NotAscii)?);
             }
         }
         Ok(())
@@ -261,51 +264,58 @@ fn entries(normalised: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// Trims the optional whitespace (spaces and tabs) around a list member.
-fn trim_ows(s: &str) -> &str {
-    let bytes = s.as_bytes();
-    let start = bytes
+fn trim_ows(member: &[u8]) -> &[u8] {
+    let start = member
         .iter()
         .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(bytes.len());
-    let end = bytes
+        .unwrap_or(member.len());
+    let end = member
         .iter()
         .rposition(|b| !matches!(b, b' ' | b'\t'))
         .map_or(start, |i| i + 1);
-    // Both bounds sit next to ASCII bytes, so they are character boundaries.
-    s.get(start..end).unwrap_or_default()
+    &member[start..end]
+}
+
+/// Whether the normalised text already has a member with this key.
+fn has_key(normalised: &str, key: &[u8]) -> bool {
+    normalised.as_bytes().split(|&b| b == b',').any(|member| {
+        member.len() > key.len() && member.starts_with(key) && member[key.len()] == b'='
+    })
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    truncated(&String::from_utf8_lossy(bytes))
 }
 
 fn truncated(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-fn validate_key(key: &str) -> Result<(), TraceStateError> {
-    let bytes = key.as_bytes();
-    let valid = !bytes.is_empty()
-        && bytes.len() <= MAX_KEY_LEN
-        && matches!(bytes[0], b'a'..=b'z' | b'0'..=b'9')
-        && bytes[1..]
+fn validate_key(key: &[u8]) -> Result<(), TraceStateError> {
+    let valid = !key.is_empty()
+        && key.len() <= MAX_KEY_LEN
+        && matches!(key[0], b'a'..=b'z' | b'0'..=b'9')
+        && key[1..]
             .iter()
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/' | b'@'));
     if valid {
         Ok(())
     } else {
-        Err(TraceStateError::InvalidKey(truncated(key)))
+        Err(TraceStateError::InvalidKey(lossy(key)))
     }
 }
 
-fn validate_value(key: &str, value: &str) -> Result<(), TraceStateError> {
-    let bytes = value.as_bytes();
-    let valid = !bytes.is_empty()
-        && bytes.len() <= MAX_VALUE_LEN
-        && bytes.last() != Some(&b' ')
-        && bytes
+fn validate_value(key: &[u8], value: &[u8]) -> Result<(), TraceStateError> {
+    let valid = !value.is_empty()
+        && value.len() <= MAX_VALUE_LEN
+        && value.last() != Some(&b' ')
+        && value
             .iter()
             .all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=');
     if valid {
         Ok(())
     } else {
-        Err(TraceStateError::InvalidValue(truncated(key)))
+        Err(TraceStateError::InvalidValue(lossy(key)))
     }
 }
 
