@@ -55,4 +55,17 @@ mod doc_pages {
     struct Configuration;
     #[doc = include_str!("../docs/context.md")]
     struct Context;
+    #[doc = include_str!("../docs/trace.md")]
+    struct Trace;
+    #[doc = include_str!("../docs/logging.md")]
+    struct Logging;
+    #[doc = include_str!("../docs/metrics.md")]
+    struct Metrics;
+    #[doc = include_str!("../docs/health.md")]
+    struct Health;
+    #[doc = include_str!("../docs/gpu.md")]
+    struct Gpu;
+    #[doc = include_str!("../docs/admin.md")]
+    struct Admin;
+    // docs/errors.md is compiled by periscope-error's own doc tests.
 }
