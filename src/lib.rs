@@ -55,6 +55,8 @@ mod doc_pages {
     struct Configuration;
     #[doc = include_str!("../docs/context.md")]
     struct Context;
+    // Pages with an example that needs a feature are compiled when it is on (CI turns all on).
+    #[cfg(feature = "otel")]
     #[doc = include_str!("../docs/trace.md")]
     struct Trace;
     #[doc = include_str!("../docs/logging.md")]
@@ -63,6 +65,7 @@ mod doc_pages {
     struct Metrics;
     #[doc = include_str!("../docs/health.md")]
     struct Health;
+    #[cfg(feature = "gpu-tracker")]
     #[doc = include_str!("../docs/gpu.md")]
     struct Gpu;
     #[doc = include_str!("../docs/admin.md")]
