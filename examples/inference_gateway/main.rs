@@ -50,8 +50,8 @@ use periscope::health::{DrainHandle, Health};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::model::ModelHandle;
-use crate::predict::{AppState, ModelMetrics};
+use self::model::ModelHandle;
+use self::predict::{AppState, ModelMetrics};
 
 /// Starts the gateway; a configuration error is printed and exits with status 1.
 pub fn main() -> std::process::ExitCode {

@@ -18,7 +18,7 @@ use periscope::metrics::{Caps, GuardedFamily, MetricsError, MetricsRegistry};
 use serde_json::{Value, json};
 use tracing::field::Empty;
 
-use crate::model::{self, Input, ModelHandle};
+use super::model::{self, Input, ModelHandle};
 
 /// The largest request body `/predict` reads.
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;

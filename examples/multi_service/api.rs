@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt};
 
-use crate::jobs::JobQueue;
+use super::jobs::JobQueue;
 
 /// How long the api waits for the worker.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
