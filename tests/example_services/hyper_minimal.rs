@@ -2,6 +2,7 @@
 
 use crate::support::{Service, get, metric, send, wait_for_status};
 
+#[cfg(unix)] // stopped with a real SIGTERM
 #[tokio::test]
 async fn the_stack_works_without_axum() {
     let mut service = Service::start("hyper_minimal", &[("PORT", "0"), ("SHUTDOWN_DRAIN_S", "2")]);

@@ -194,6 +194,7 @@ async fn bad_input_gets_an_envelope() {
     assert_eq!(access["data"]["status"], 413);
 }
 
+#[cfg(unix)] // stopped with a real SIGTERM
 #[tokio::test]
 async fn ready_waits_for_the_model_and_drains_on_sigterm() {
     let mut service = start(&[("MODEL_LOAD_DELAY_MS", "2000"), ("SHUTDOWN_DRAIN_S", "3")]);
@@ -359,6 +360,7 @@ async fn invalid_configuration_fails_at_startup_naming_the_variable() {
     }
 }
 
+#[cfg(unix)] // stopped with a real SIGTERM
 #[tokio::test]
 async fn bare_mode_serves_the_same_routes_without_the_stack() {
     let mut service = start(&[("PERISCOPE_BARE", "true")]);

@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,6 +26,7 @@ pub struct Service {
     child: Child,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Service {
@@ -51,7 +53,7 @@ impl Service {
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let lines = stdout.clone();
         let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
+        let stdout_reader = std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
                 lines.lock().unwrap().push(line);
@@ -60,7 +62,7 @@ impl Service {
         let stderr = Arc::new(Mutex::new(String::new()));
         let text = stderr.clone();
         let mut err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buffer = [0_u8; 4096];
             while let Ok(n @ 1..) = err.read(&mut buffer) {
                 text.lock()
@@ -72,6 +74,7 @@ impl Service {
             child,
             stdout,
             stderr,
+            readers: vec![stdout_reader, stderr_reader],
         }
     }
 
@@ -103,40 +106,28 @@ impl Service {
     /// service it went through) are written: lines reach stdout from a background writer,
     /// possibly after the response.
     pub async fn lines_of(&self, request_id: &str, accesses: usize) -> Vec<Value> {
-        let of_request = |line: &Value| line["request_id"] == request_id;
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let lines: Vec<Value> = self.log_lines().into_iter().filter(of_request).collect();
-            let written = lines
-                .iter()
-                .filter(|line| line["target"] == "periscope::access")
-                .count();
-            if written >= accesses {
-                return lines;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{written} of {accesses} access lines for {request_id} within {PATIENCE:?}\n{}",
+        let written = async || {
+            let lines: Vec<Value> = self
+                .log_lines()
+                .into_iter()
+                .filter(|line| line["request_id"] == request_id)
+                .collect();
+            let access = |line: &&Value| line["target"] == "periscope::access";
+            (lines.iter().filter(access).count() >= accesses).then_some(lines)
+        };
+        eventually(written).await.unwrap_or_else(|| {
+            panic!(
+                "fewer than {accesses} access lines for {request_id}\n{}",
                 self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            )
+        })
     }
 
     /// Waits for a log line matching `matches`.
     pub async fn wait_for_line(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(line) = self.log_lines().into_iter().find(&matches) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line {what} within {PATIENCE:?}\n{}",
-                self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(async || self.log_lines().into_iter().find(&matches))
+            .await
+            .unwrap_or_else(|| panic!("no log line {what}\n{}", self.output()))
     }
 
     /// Sends SIGTERM, as Kubernetes does to stop a pod.
@@ -148,22 +139,17 @@ impl Service {
         assert!(status.success(), "kill -TERM failed: {status}");
     }
 
-    /// Waits for the process to exit by itself.
+    /// Waits for the process to exit by itself, and for the last of its output.
     pub async fn exit_status(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader threads take the last lines.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the service did not exit within {PATIENCE:?}\n{}",
-                self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let child = &mut self.child;
+        let status = eventually(async || child.try_wait().unwrap()).await;
+        let Some(status) = status else {
+            panic!("the service did not exit\n{}", self.output());
+        };
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap(); // both pipes are at their end once the process is gone
         }
+        status
     }
 
     /// What the service wrote on stderr.
@@ -276,19 +262,30 @@ pub async fn get(addr: SocketAddr, path: &str) -> Answer {
 
 /// Polls `path` until its status is `status`; returns that answer.
 pub async fn wait_for_status(addr: SocketAddr, path: &str, status: u16) -> Answer {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    let mut last = None;
+    let answer = eventually(async || {
         let answer = get(addr, path).await;
         if answer.status == status {
-            return answer;
+            return Some(answer);
         }
-        assert!(
-            Instant::now() < deadline,
-            "{path} still answers {} after {PATIENCE:?}: {}",
-            answer.status,
-            answer.text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = Some(format!("{} {}", answer.status, answer.text()));
+        None
+    })
+    .await;
+    answer.unwrap_or_else(|| panic!("{path} still answers {last:?}, not {status}"))
+}
+
+/// Retries `attempt` every 20 ms until it gives a value; `None` after [`PATIENCE`].
+async fn eventually<T>(mut attempt: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = attempt().await {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
