@@ -18,7 +18,7 @@
 //! both are on every log line, every error envelope and the `x-request-id` response header.
 //!
 //! The gateway's own settings (periscope's, such as `SERVICE_NAME`, `LOG_LEVEL`, `LOG_FORMAT`,
-//! `ADMIN_TOKEN`, `ENABLE_GPU`, `OTEL_*`, are in `docs/getting-started.md`):
+//! `ADMIN_TOKEN`, `ENABLE_GPU`, `OTEL_*`, are in `docs/configuration.md`):
 //!
 //! | variable | default | accepted values |
 //! | --- | --- | --- |

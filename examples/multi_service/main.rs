@@ -31,7 +31,7 @@
 //! | `PORT_WORKER` | `8002` | the worker's port (`0`: a free one) |
 //! | `SHUTDOWN_DRAIN_S` | `5` | seconds `/ready` answers `draining` after SIGTERM or Ctrl-C |
 //!
-//! and periscope's own variables (`LOG_LEVEL`, `ADMIN_TOKEN`, ...; see `docs/getting-started.md`).
+//! and periscope's own variables (`LOG_LEVEL`, `ADMIN_TOKEN`, ...; see `docs/configuration.md`).
 
 mod api;
 mod jobs;
