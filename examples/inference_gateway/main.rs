@@ -1,90 +1,255 @@
-//! The main template service (work in progress: it grows as each periscope crate lands).
+//! The template service: an image-classification gateway with periscope's whole stack.
 //!
-//! Today it serves `GET /health` and `GET /ready` on 127.0.0.1 (port 8000, `PORT` to change),
-//! keeps or generates a request id for every request, echoes it in `x-request-id`, and writes
-//! one JSON log line per request on stdout.
+//! ```sh
+//! cargo run --example inference_gateway          # http://127.0.0.1:8000, JSON logs on stdout
+//! curl -s -X POST -H 'content-type: image/png' --data-binary @photo.png http://127.0.0.1:8000/predict
+//! curl -s -F image=@photo.jpg http://127.0.0.1:8000/predict   # multipart works too
+//! ```
 //!
-//! Run: `cargo run --example inference_gateway`
+//! | endpoint | what it shows |
+//! | --- | --- |
+//! | `POST /predict` | the image (raw body or the `image` field of a multipart form, 10 MiB at most, PNG or JPEG) classified: `{"label","confidence","model","request_id"}`; errors are envelopes (413 `payload_too_large`, 400 `invalid_image`) |
+//! | `GET /v1/models` | the model, its labels and whether it is loaded (cheap: the load test's route) |
+//! | `GET /health`, `/ready`, `/startup` | liveness; readiness (503 `starting` until the model is loaded, 503 `draining` on shutdown); startup |
+//! | `GET /metrics` | RED metrics, `model_inference_duration_seconds{model}`, `model_predictions_total{label}`, process and (with `ENABLE_GPU`) GPU metrics |
+//! | `/debug/*` | status (with a `model` section), logs, config, log level, memory: behind `ADMIN_TOKEN`, or on `ADMIN_PORT` |
+//!
+//! Every request gets a request id (kept from `x-request-id` when valid) and a W3C trace;
+//! both are on every log line, every error envelope and the `x-request-id` response header.
+//!
+//! The gateway's own settings (periscope's, such as `SERVICE_NAME`, `LOG_LEVEL`, `LOG_FORMAT`,
+//! `ADMIN_TOKEN`, `ENABLE_GPU`, `OTEL_*`, are in `docs/configuration.md`):
+//!
+//! | variable | default | accepted values |
+//! | --- | --- | --- |
+//! | `HOST` | `127.0.0.1` | an IP address to listen on (`0.0.0.0` in a container) |
+//! | `PORT` | `8000` | a port; `0` picks a free one (the `listening` log line names it) |
+//! | `ADMIN_PORT` | unset: the admin surface shares `PORT` | a port for the admin surface, served on 127.0.0.1 only, debug endpoints included (still behind `ADMIN_TOKEN` when one is set); `PORT` then keeps the probes and `/metrics` but no `/debug/*` |
+//! | `MODEL_WARMUP` | `true` | `false` loads the model on the first `/predict` instead of at startup |
+//! | `MODEL_LOAD_DELAY_MS` | `0` | extra milliseconds the model load takes (to watch `/ready` answer `starting`) |
+//! | `SHUTDOWN_DRAIN_S` | `5` | seconds `/ready` answers `draining` after SIGTERM or Ctrl-C before the listeners close |
+//! | `PERISCOPE_BARE` | `false` | `true` serves the same routes without `obs.layer()` (overhead comparisons) |
+//!
+//! `ENABLE_GPU=true` adds the NVIDIA collector (`gpu_*` metrics, the GPU in `/debug/status`);
+//! without a driver it reports `gpu_collector_up 0` and the service runs on. OTLP export needs
+//! the `otel` feature: `cargo run --example inference_gateway --features otel` with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` set.
 
-use std::net::SocketAddr;
-use std::time::Instant;
+mod model;
+mod predict;
+
+use std::error::Error;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
-use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::routing::get;
-use periscope::context::{ExtractOptions, RequestContext, extract, headers};
+use periscope::Observability;
+use periscope::admin::DebugAccess;
+use periscope::health::{DrainHandle, Health};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-async fn correlate(mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let extracted = extract(request.headers(), &ExtractOptions::default());
-    let ctx = extracted.context;
-    request.extensions_mut().insert(ctx.clone());
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let mut response = ctx.clone().scope(next.run(request)).await;
-    response
-        .headers_mut()
-        .insert(headers::X_REQUEST_ID, ctx.request_id.header_value().clone());
-    let line = serde_json::json!({
-        "timestamp": humantime_now(),
-        "level": "info",
-        "message": "request completed",
-        "target": "inference_gateway",
-        "request_id": ctx.request_id.as_str(),
-        "trace_id": ctx.trace_id.to_string(),
-        "span_id": ctx.span_id.to_string(),
-        "data": {
-            "method": method.as_str(),
-            "path": path,
-            "status": response.status().as_u16(),
-            "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
+use self::model::ModelHandle;
+use self::predict::{AppState, ModelMetrics};
+
+/// Starts the gateway; a configuration error is printed and exits with status 1.
+pub fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("inference_gateway: {error}");
+            std::process::ExitCode::FAILURE
         }
-    });
-    println!("{line}");
-    response
+    }
 }
 
-/// Seconds since the epoch; the log crate replaces this with RFC 3339 timestamps.
-fn humantime_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
-}
-
-async fn health() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({ "status": "ok" }))
-}
-
-async fn ready() -> axum::Json<serde_json::Value> {
-    let request_id = RequestContext::current().map(|ctx| ctx.request_id.to_string());
-    axum::Json(serde_json::json!({ "status": "ok", "request_id": request_id }))
-}
-
+/// Serves until SIGTERM or Ctrl-C, then drains readiness and stops.
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let port: u16 = match std::env::var("PORT") {
-        Ok(value) => value
-            .parse()
-            .map_err(|_| format!("PORT={value:?} is not a port number (1-65535)"))?,
-        Err(_) => 8000,
-    };
-    let app = Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .layer(middleware::from_fn(correlate));
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    println!(
-        "{}",
-        serde_json::json!({"level": "info", "message": "listening", "data": {"addr": addr.to_string()}})
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+pub async fn run() -> Result<(), Box<dyn Error>> {
+    let config = GatewayConfig::from_env()?;
+
+    // The model loads behind a startup gate: /ready and /startup answer 503 `starting` until
+    // it is open.
+    let model = ModelHandle::new(config.model_load_delay);
+    let health = Health::builder()
+        .version(env!("CARGO_PKG_VERSION"))
+        .startup_gate(model.gate())
+        .build()?;
+    let obs = Observability::builder()
+        .service_name("inference-gateway")
+        .version(env!("CARGO_PKG_VERSION"))
+        .health(health)
+        .status_section("model", {
+            let model = model.clone();
+            move || model.status()
         })
+        .env()? // SERVICE_NAME, LOG_LEVEL, ADMIN_TOKEN, ENABLE_GPU, OTEL_*, ... win over the code
+        .build()?;
+    let _guard = obs.init()?; // JSON logs from here on; flushed when main returns
+
+    let state = AppState {
+        model: model.clone(),
+        metrics: ModelMetrics::register(obs.registry())?,
+    };
+    let mut app = predict::routes(state);
+    let mut admin_app = None;
+    match config.admin_port {
+        // Probes and /metrics stay on the public port for the kubelet and Prometheus; the debug
+        // endpoints live only on the admin listener.
+        Some(port) => {
+            app = app.merge(obs.admin_with(DebugAccess::Disabled).router());
+            let access = match &obs.settings().admin_token {
+                Some(token) => DebugAccess::Token(token.clone()),
+                None => DebugAccess::SeparateListener,
+            };
+            let admin = Router::new()
+                .merge(obs.admin_with(access).router())
+                .layer(obs.layer());
+            admin_app = Some((port, admin));
+        }
+        None => app = app.merge(obs.admin().router()),
+    }
+    if !config.bare {
+        app = app.layer(obs.layer()); // ids and trace, RED metrics, access log, error envelopes
+    }
+
+    if config.model_warmup {
+        model.warm_up();
+    } else {
+        model.defer();
+    }
+
+    let shutdown = Shutdown::on_signal(obs.health().drain_handle(), config.drain);
+    let mut admin_server = None;
+    if let Some((port, admin)) = admin_app {
+        // Loopback only: whoever reaches this port reaches the debug endpoints.
+        let listener = bind("admin", SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
+        let stop = shutdown.clone();
+        admin_server = Some(tokio::spawn(async move {
+            axum::serve(listener, admin)
+                .with_graceful_shutdown(stop.wait())
+                .await
+        }));
+    }
+    let listener = bind("http", SocketAddr::from((config.host, config.port))).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.wait())
         .await?;
+    if let Some(admin) = admin_server {
+        admin.await??;
+    }
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds a listener and logs its address (the one to use when the port was 0).
+async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, Box<dyn Error>> {
+    let bound = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} ({listener}): {e}"))?;
+    tracing::info!(listener, addr = %bound.local_addr()?, "listening");
+    Ok(bound)
+}
+
+/// The gateway's own settings, from the environment.
+struct GatewayConfig {
+    host: IpAddr,
+    port: u16,
+    admin_port: Option<u16>,
+    model_warmup: bool,
+    model_load_delay: Duration,
+    drain: Duration,
+    bare: bool,
+}
+
+impl GatewayConfig {
+    fn from_env() -> Result<Self, String> {
+        Ok(Self {
+            host: env_or("HOST", IpAddr::V4(Ipv4Addr::LOCALHOST), "an IP address")?,
+            port: env_or("PORT", 8000, "a port number 0-65535")?,
+            admin_port: env_parse("ADMIN_PORT", "a port number 0-65535")?,
+            model_warmup: env_bool("MODEL_WARMUP", true)?,
+            model_load_delay: Duration::from_millis(env_or(
+                "MODEL_LOAD_DELAY_MS",
+                0,
+                "a whole number of milliseconds",
+            )?),
+            drain: Duration::from_secs_f64(env_or(
+                "SHUTDOWN_DRAIN_S",
+                5.0_f64,
+                "a number of seconds",
+            )?)
+            .min(Duration::from_secs(300)),
+            bare: env_bool("PERISCOPE_BARE", false)?,
+        })
+    }
+}
+
+/// A variable's value; unset and empty are the same.
+fn env_parse<T: FromStr>(name: &str, accepted: &str) -> Result<Option<T>, String> {
+    let Some(value) = std::env::var(name).ok().filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match value.trim().parse() {
+        Ok(parsed) => Ok(Some(parsed)),
+        Err(_) => Err(format!("{name}={value:?} is not valid: use {accepted}")),
+    }
+}
+
+fn env_or<T: FromStr>(name: &str, default: T, accepted: &str) -> Result<T, String> {
+    Ok(env_parse(name, accepted)?.unwrap_or(default))
+}
+
+fn env_bool(name: &str, default: bool) -> Result<bool, String> {
+    let Some(value) = env_parse::<String>(name, "true or false")? else {
+        return Ok(default);
+    };
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("{name}={value:?} is not valid: use true or false")),
+    }
+}
+
+/// Graceful shutdown: on SIGTERM or Ctrl-C, `/ready` answers `draining` for the drain period
+/// (so load balancers stop sending traffic), then every listener stops accepting and the
+/// requests in flight finish.
+#[derive(Clone)]
+struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    fn on_signal(drain: DrainHandle, period: Duration) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            let signal = stop_signal().await;
+            tracing::info!(
+                signal,
+                drain_s = period.as_secs_f64(),
+                "shutting down: /ready answers draining"
+            );
+            drain.drain_for(period).await;
+            tracing::info!("drained: closing the listeners, finishing requests in flight");
+            let _ = stop.send(true);
+        });
+        Self(stopped)
+    }
+
+    async fn wait(mut self) {
+        // An error means the signal task is gone: stop too.
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        return tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        };
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "SIGINT"
 }

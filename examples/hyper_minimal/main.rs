@@ -1,0 +1,169 @@
+//! periscope on plain hyper and Tower, without axum: the same stack, the same logs, metrics,
+//! envelopes and probes as the axum templates.
+//!
+//! ```sh
+//! cargo run --example hyper_minimal        # http://127.0.0.1:8003
+//! curl -i http://127.0.0.1:8003/hello/world
+//! curl -i http://127.0.0.1:8003/metrics
+//! ```
+//!
+//! `HOST` (default `127.0.0.1`), `PORT` (default `8003`; `0` picks a free port, named in the
+//! `listening` log line) and `SHUTDOWN_DRAIN_S` (default `5`), besides periscope's own
+//! variables. Without axum's `MatchedPath`, the `route` label comes from the templates given
+//! to `route_templates`.
+
+use std::convert::Infallible;
+use std::error::Error;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use periscope::Observability;
+use periscope::admin::{Admin, Endpoint};
+use periscope::error::{HttpError, Violations};
+use tokio::net::TcpListener;
+use tower::{ServiceBuilder, ServiceExt};
+
+/// Starts the service; a configuration error is printed and exits with status 1.
+pub fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hyper_minimal: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until SIGTERM or Ctrl-C, then drains readiness and stops.
+#[tokio::main]
+pub async fn run() -> Result<(), Box<dyn Error>> {
+    let host: IpAddr = env_or("HOST", IpAddr::V4(Ipv4Addr::LOCALHOST), "an IP address")?;
+    let port: u16 = env_or("PORT", 8003, "a port number 0-65535")?;
+    let drain = Duration::from_secs_f64(env_or("SHUTDOWN_DRAIN_S", 5.0, "a number of seconds")?)
+        .min(Duration::from_secs(300));
+
+    let obs = Observability::builder()
+        .service_name("hyper-minimal")
+        .version(env!("CARGO_PKG_VERSION"))
+        // The `route` label without a router: the app's templates and the admin paths.
+        .route_templates(["/hello/{name}"])
+        .route_templates(Endpoint::ALL.map(Endpoint::path))
+        .env()?
+        .build()?;
+    let _guard = obs.init()?;
+
+    // The app answers its routes and hands every other path to the admin service: probes,
+    // /metrics, /debug/* (behind ADMIN_TOKEN) and the 404 envelope.
+    let admin = obs.admin();
+    let app = tower::service_fn(move |request| route(admin.clone(), request));
+    let service = ServiceBuilder::new().layer(obs.layer()).service(app);
+
+    let listener = TcpListener::bind(SocketAddr::from((host, port)))
+        .await
+        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+    tracing::info!(listener = "http", addr = %listener.local_addr()?, "listening");
+
+    // Until the signal and the drain period after it, keep accepting: load balancers must
+    // see /ready answer 503 draining before the listener goes away.
+    let drain_handle = obs.health().drain_handle();
+    let stopped = async move {
+        let signal = stop_signal().await;
+        tracing::info!(signal, "shutting down: /ready answers draining");
+        drain_handle.drain_for(drain).await;
+    };
+    tokio::pin!(stopped);
+    let connections = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            () = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    tracing::warn!(error = %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let connection = http1::Builder::new().serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service.clone()),
+        );
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await; // finishes requests in flight, closes idle connections
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The app's one route, `GET /hello/{name}`; everything else goes to the admin service.
+async fn route(
+    admin: Admin,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.method() == Method::GET
+        && let Some(name) = request.uri().path().strip_prefix("/hello/")
+    {
+        let response = match hello(name) {
+            Ok(text) => Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Full::from(text))
+                .unwrap_or_default(),
+            Err(error) => error.into_http_response_for(&request),
+        };
+        return Ok(response);
+    }
+    admin.oneshot(request).await
+}
+
+fn hello(name: &str) -> Result<String, HttpError> {
+    let mut violations = Violations::new();
+    violations.check(
+        !name.is_empty() && name.len() <= 64,
+        "name",
+        "length",
+        "name must be 1 to 64 characters",
+    );
+    violations.into_result()?;
+    tracing::info!(name, "greeting");
+    Ok(format!("hello, {name}\n"))
+}
+
+/// A variable's value, or `default` when unset or empty.
+fn env_or<T: std::str::FromStr>(name: &str, default: T, accepted: &str) -> Result<T, String> {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={value:?} is not valid: use {accepted}")),
+        _ => Ok(default),
+    }
+}
+
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        return tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        };
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "SIGINT"
+}

@@ -1,0 +1,253 @@
+//! The gateway's routes: `POST /predict` and `GET /v1/models`, with the model's own metrics.
+
+use std::io::Cursor;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+use periscope::context::RequestContext;
+use periscope::error::{ErrorClass, ErrorCode, HttpError, codes};
+use periscope::metrics::prometheus_client::metrics::counter::Counter;
+use periscope::metrics::prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use periscope::metrics::{Caps, GuardedFamily, MetricsError, MetricsRegistry};
+use serde_json::{Value, json};
+use tracing::field::Empty;
+
+use super::model::{self, Input, ModelHandle};
+
+/// The largest request body `/predict` reads.
+pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
+/// The largest image side decoded: a small file can claim a huge image.
+const MAX_IMAGE_SIDE: u32 = 8192;
+/// The most memory a decoder may allocate for one image.
+const MAX_DECODE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The gateway's own error code: the body is not an image the model can read.
+pub const INVALID_IMAGE: ErrorCode = ErrorCode::new("invalid_image", ErrorClass::Validation)
+    .with_message("The body is not a PNG or JPEG image")
+    .with_help(
+        "Send a PNG or JPEG image of at most 8192x8192 pixels, as the body or as the `image` \
+         field of a multipart form",
+    );
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub model: ModelHandle,
+    pub metrics: ModelMetrics,
+}
+
+/// The model's metrics, both through the cardinality guard: a new model version or label can
+/// never grow the series without bound.
+#[derive(Clone)]
+pub struct ModelMetrics {
+    inference: GuardedFamily<Histogram, 1>,
+    predictions: GuardedFamily<Counter, 1>,
+}
+
+impl ModelMetrics {
+    /// Registers `model_inference_duration_seconds{model}` and `model_predictions_total{label}`.
+    pub fn register(registry: &MetricsRegistry) -> Result<Self, MetricsError> {
+        let inference = registry.guarded_family_with(
+            "model_inference_duration_seconds",
+            "Time of the model's forward pass, by model",
+            ["model"],
+            Caps::default().label("model", 8),
+            // 50 µs to about 3 s: a forward pass is far shorter than a request.
+            || Histogram::new(exponential_buckets(0.000_05, 3.0, 11)),
+        )?;
+        let predictions = registry.guarded_family(
+            "model_predictions_total",
+            "Predictions served, by predicted label",
+            ["label"],
+            Caps::default().label("label", 32),
+        )?;
+        Ok(Self {
+            inference,
+            predictions,
+        })
+    }
+}
+
+/// The routes, with `/predict`'s body limit.
+pub fn routes(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/predict",
+            post(predict).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
+        .route("/v1/models", get(list_models))
+        .with_state(state)
+}
+
+/// `POST /predict`: classifies the image.
+async fn predict(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Json<Value>, HttpError> {
+    let body = read_image(request).await?;
+    let model = state.model.get().await.map_err(|error| {
+        HttpError::new(codes::SERVICE_UNAVAILABLE, "The model is not available").with_source(error)
+    })?;
+
+    let input = preprocess(body).await?;
+
+    let span = tracing::info_span!("inference", model = model::NAME);
+    let started = Instant::now();
+    let scores = span.in_scope(|| model.infer(&input));
+    state
+        .metrics
+        .inference
+        .get_or_create([model::NAME])
+        .observe(started.elapsed().as_secs_f64());
+
+    let prediction = tracing::info_span!("postprocess").in_scope(|| {
+        let prediction = model.postprocess(&scores);
+        state
+            .metrics
+            .predictions
+            .get_or_create([prediction.label])
+            .inc();
+        tracing::info!(
+            label = prediction.label,
+            confidence = f64::from(prediction.confidence),
+            "prediction"
+        );
+        prediction
+    });
+
+    // The same id as the `x-request-id` header and every log line of this request.
+    let request_id = RequestContext::current().map(|ctx| ctx.request_id.to_string());
+    Ok(Json(json!({
+        "label": prediction.label,
+        // Four decimals: more would only show f32 rounding.
+        "confidence": (f64::from(prediction.confidence) * 1e4).round() / 1e4,
+        "model": {"name": model::NAME, "version": model::VERSION},
+        "request_id": request_id,
+    })))
+}
+
+/// `GET /v1/models`: what is served (cheap: no model work).
+async fn list_models(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "models": [{
+            "name": model::NAME,
+            "version": model::VERSION,
+            "labels": model::labels().collect::<Vec<_>>(),
+            "loaded": state.model.is_loaded(),
+        }]
+    }))
+}
+
+/// The image bytes: the body, or the `image` field (else the first file) of a multipart form.
+async fn read_image(request: Request) -> Result<Bytes, HttpError> {
+    // Refuse a declared oversize before reading a byte: a client that sent
+    // `Expect: 100-continue` (curl does for large files) never uploads it.
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if let Some(length) = declared.filter(|length| *length > MAX_BODY_BYTES as u64) {
+        return Err(too_large().with_detail("content_length", length));
+    }
+    let multipart = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("multipart/form-data"));
+    let image = if multipart {
+        from_multipart(request).await?
+    } else {
+        Bytes::from_request(request, &())
+            .await
+            .map_err(|rejection| body_error(rejection.status(), rejection.body_text()))?
+    };
+    if image.is_empty() {
+        return Err(HttpError::from(INVALID_IMAGE).with_message("The request has no image"));
+    }
+    Ok(image)
+}
+
+async fn from_multipart(request: Request) -> Result<Bytes, HttpError> {
+    let mut form = Multipart::from_request(request, &())
+        .await
+        .map_err(|rejection| body_error(rejection.status(), rejection.body_text()))?;
+    let multipart_error =
+        |e: axum::extract::multipart::MultipartError| body_error(e.status(), e.body_text());
+    while let Some(field) = form.next_field().await.map_err(multipart_error)? {
+        if field.name() == Some("image") || field.file_name().is_some() {
+            return field.bytes().await.map_err(multipart_error);
+        }
+    }
+    Err(HttpError::from(INVALID_IMAGE).with_message("The multipart form has no `image` field"))
+}
+
+fn too_large() -> HttpError {
+    HttpError::new(
+        codes::PAYLOAD_TOO_LARGE,
+        "The image is larger than the 10 MiB limit",
+    )
+    .with_detail("limit_bytes", MAX_BODY_BYTES)
+}
+
+/// A body that could not be read: too large, or malformed.
+fn body_error(status: StatusCode, text: String) -> HttpError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large()
+    } else {
+        HttpError::new(codes::INVALID_REQUEST, text)
+    }
+}
+
+/// Decodes the image and makes the model's input, on the blocking pool: decoding a large JPEG
+/// takes milliseconds of CPU that must not stall other requests.
+async fn preprocess(body: Bytes) -> Result<Input, HttpError> {
+    let span = tracing::info_span!(
+        "preprocess",
+        bytes = body.len(),
+        format = Empty,
+        width = Empty,
+        height = Empty
+    );
+    tokio::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            let (format, image) = decode(&body)?;
+            let span = tracing::Span::current();
+            span.record("format", format.extensions_str().first().copied());
+            span.record("width", image.width());
+            span.record("height", image.height());
+            tracing::debug!("image decoded");
+            Ok(model::Model::preprocess(&image))
+        })
+    })
+    .await
+    .map_err(HttpError::internal)?
+}
+
+fn decode(body: &[u8]) -> Result<(ImageFormat, DynamicImage), HttpError> {
+    let reader = ImageReader::new(Cursor::new(body))
+        .with_guessed_format()
+        .map_err(HttpError::internal)?;
+    let format = match reader.format() {
+        Some(format @ (ImageFormat::Png | ImageFormat::Jpeg)) => format,
+        _ => return Err(HttpError::from(INVALID_IMAGE)),
+    };
+    let mut reader = reader;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let image = reader.decode().map_err(|error| {
+        HttpError::from(INVALID_IMAGE)
+            .with_message(format!("The image could not be decoded: {error}"))
+            .with_detail("format", format.extensions_str().first().copied())
+    })?;
+    Ok((format, image))
+}

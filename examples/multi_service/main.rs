@@ -1,0 +1,165 @@
+//! Two services and a job queue, with one request id and one trace through all of them: the
+//! example to copy to see the whole path of a request through a team's services.
+//!
+//! ```text
+//! client ──POST /v1/tasks──▶ api ──POST /v1/process──▶ worker
+//!                             │  (ClientTraceLayer: x-request-id, traceparent)
+//!                             └──job (Carrier)──▶ in-process queue ──▶ job consumer
+//! ```
+//!
+//! ```sh
+//! cargo run --example multi_service      # api on 127.0.0.1:8001, worker on 127.0.0.1:8002
+//! curl -s -H 'x-request-id: my-request' -H 'content-type: application/json' \
+//!      -d '{"text":"hello periscope"}' http://127.0.0.1:8001/v1/tasks
+//! curl -s -H 'content-type: application/json' -d '{"text":"x","fail":true}' http://127.0.0.1:8001/v1/tasks
+//! ```
+//!
+//! Every log line of the request, in the api, in the worker and in the job, carries the same
+//! `request_id` and `trace_id` (grep the log for the id). A worker failure reaches the client as
+//! a 502 `upstream_error` envelope with the client's request id and the worker's error code in
+//! `details`.
+//!
+//! Both services run in this one process to keep the example small: they share one
+//! `Observability` (one log stream, one `/metrics`; the `target` of a line, `::api`,
+//! `::worker` or `::jobs`, and the access line's `route` tell them apart). In production each
+//! is its own process with its own `SERVICE_NAME`, built the same way.
+//!
+//! | variable | default | accepted values |
+//! | --- | --- | --- |
+//! | `HOST` | `127.0.0.1` | the IP address both services listen on |
+//! | `PORT_API` | `8001` | the api's port (`0`: a free one, named in the `listening` line) |
+//! | `PORT_WORKER` | `8002` | the worker's port (`0`: a free one) |
+//! | `SHUTDOWN_DRAIN_S` | `5` | seconds `/ready` answers `draining` after SIGTERM or Ctrl-C |
+//!
+//! and periscope's own variables (`LOG_LEVEL`, `ADMIN_TOKEN`, ...; see `docs/configuration.md`).
+
+mod api;
+mod jobs;
+mod worker;
+
+use std::error::Error;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use periscope::Observability;
+use periscope::health::DrainHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Starts both services; a configuration error is printed and exits with status 1.
+pub fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("multi_service: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until SIGTERM or Ctrl-C, then drains, stops both services and finishes the queued
+/// jobs.
+#[tokio::main]
+pub async fn run() -> Result<(), Box<dyn Error>> {
+    let host: IpAddr = env_or("HOST", IpAddr::V4(Ipv4Addr::LOCALHOST), "an IP address")?;
+    let api_port: u16 = env_or("PORT_API", 8001, "a port number 0-65535")?;
+    let worker_port: u16 = env_or("PORT_WORKER", 8002, "a port number 0-65535")?;
+    let drain = Duration::from_secs_f64(env_or("SHUTDOWN_DRAIN_S", 5.0, "a number of seconds")?)
+        .min(Duration::from_secs(300));
+
+    let (queue, consumer) = jobs::queue(64);
+    let obs = Observability::builder()
+        .service_name("multi-service")
+        .version(env!("CARGO_PKG_VERSION"))
+        .status_section("jobs", {
+            let counts = queue.counts();
+            move || counts.status()
+        })
+        .env()?
+        .build()?;
+    let _guard = obs.init()?;
+
+    // The worker first: the api needs its address.
+    let worker_listener = bind("worker", SocketAddr::from((host, worker_port))).await?;
+    let worker_url = format!("http://{}", worker_listener.local_addr()?);
+    let worker_app = worker::routes()
+        .merge(obs.admin().router())
+        .layer(obs.layer());
+    let api_app = api::routes(api::ApiState {
+        worker: api::WorkerClient::new(worker_url),
+        queue,
+    })
+    .merge(obs.admin().router())
+    .layer(obs.layer());
+    let api_listener = bind("api", SocketAddr::from((host, api_port))).await?;
+    let consumer = tokio::spawn(consumer.run());
+
+    let shutdown = Shutdown::on_signal(obs.health().drain_handle(), drain);
+    let worker = tokio::spawn(
+        axum::serve(worker_listener, worker_app)
+            .with_graceful_shutdown(shutdown.clone().wait())
+            .into_future(),
+    );
+    axum::serve(api_listener, api_app)
+        .with_graceful_shutdown(shutdown.wait())
+        .await?;
+    worker.await??;
+    // The api is stopped and its queue handle dropped: the consumer finishes what is queued.
+    consumer.await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, Box<dyn Error>> {
+    let bound = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} ({listener}): {e}"))?;
+    tracing::info!(listener, addr = %bound.local_addr()?, "listening");
+    Ok(bound)
+}
+
+/// A variable's value, or `default` when unset or empty.
+fn env_or<T: std::str::FromStr>(name: &str, default: T, accepted: &str) -> Result<T, String> {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={value:?} is not valid: use {accepted}")),
+        _ => Ok(default),
+    }
+}
+
+/// On SIGTERM or Ctrl-C: `/ready` answers `draining` for the drain period, then both
+/// services stop accepting and finish the requests in flight.
+#[derive(Clone)]
+struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    fn on_signal(drain: DrainHandle, period: Duration) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            let signal = stop_signal().await;
+            tracing::info!(signal, "shutting down: /ready answers draining");
+            drain.drain_for(period).await;
+            let _ = stop.send(true);
+        });
+        Self(stopped)
+    }
+
+    async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        return tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        };
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "SIGINT"
+}

@@ -1,0 +1,63 @@
+//! `examples/hyper_minimal`: the same stack on plain hyper and Tower.
+
+use crate::support::{Service, get, metric, send, wait_for_status};
+
+#[cfg(unix)] // stopped with a real SIGTERM
+#[tokio::test]
+async fn the_stack_works_without_axum() {
+    let mut service = Service::start("hyper_minimal", &[("PORT", "0"), ("SHUTDOWN_DRAIN_S", "2")]);
+    let addr = service.addr("http").await;
+
+    let hello = send(addr, "GET", "/hello/world", &[("x-request-id", "hm-1")], "").await;
+    assert_eq!(hello.status, 200);
+    assert_eq!(hello.text(), "hello, world\n");
+    assert_eq!(hello.request_id(), "hm-1");
+
+    let long = format!("/hello/{}", "x".repeat(65));
+    let error = get(addr, &long).await.envelope(422, "validation_error");
+    assert_eq!(error["violations"][0]["field"], "name");
+    get(addr, "/no/such/path")
+        .await
+        .envelope(404, "route_not_found");
+    assert_eq!(get(addr, "/ready").await.status, 200);
+
+    // Route templates stand in for a router's matched path.
+    for (status, count) in [("2xx", 1.0), ("4xx", 1.0)] {
+        let labels = [
+            ("method", "GET"),
+            ("route", "/hello/{name}"),
+            ("status", status),
+        ];
+        assert_eq!(
+            metric(addr, "http_server_requests_total", &labels).await,
+            Some(count),
+            "{status}"
+        );
+    }
+    let unmatched = [("route", "__unmatched__"), ("status", "4xx")];
+    assert_eq!(
+        metric(addr, "http_server_requests_total", &unmatched).await,
+        Some(1.0)
+    );
+
+    let lines = service.lines_of("hm-1", 1).await;
+    let greeting = lines
+        .iter()
+        .find(|l| l["message"] == "greeting")
+        .expect("the handler's line");
+    let access = lines
+        .iter()
+        .find(|l| l["target"] == "periscope::access")
+        .expect("the access line");
+    assert_eq!(access["data"]["path"], "/hello/world");
+    assert_eq!(access["data"]["status"], 200);
+    assert_eq!(greeting["trace_id"], access["trace_id"]);
+
+    // SIGTERM: draining, then a clean exit.
+    service.terminate();
+    let draining = wait_for_status(addr, "/ready", 503).await;
+    assert_eq!(draining.json()["status"], "draining");
+    let status = service.exit_status().await;
+    assert!(status.success(), "{status}");
+    assert_eq!(service.log_lines().last().unwrap()["message"], "stopped");
+}

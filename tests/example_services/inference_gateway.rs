@@ -1,0 +1,383 @@
+//! `examples/inference_gateway`, the template service.
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{Service, get, jpeg, metric, png, send, wait_for_status};
+
+const TOKEN: &str = "a-test-admin-token-0123456789";
+
+fn start(env: &[(&str, &str)]) -> Service {
+    let mut all = vec![("PORT", "0"), ("SHUTDOWN_DRAIN_S", "0.2")];
+    all.extend_from_slice(env);
+    Service::start("inference_gateway", &all)
+}
+
+/// A multipart form with one field; `file`: a file field, named `x.jpg`.
+fn multipart(field: &str, file: bool, content: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "periscope-test-boundary";
+    let file_name = if file { "; filename=\"x.jpg\"" } else { "" };
+    let mut body = format!(
+        "--{boundary}\r\ncontent-disposition: form-data; name=\"{field}\"{file_name}\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(content);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn is_hex(value: &Value, len: usize) -> bool {
+    value
+        .as_str()
+        .is_some_and(|s| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[tokio::test]
+async fn predicts_images_with_ids_in_logs_and_counts_in_metrics() {
+    let service = start(&[]);
+    let addr = service.addr("http").await;
+    wait_for_status(addr, "/ready", 200).await;
+
+    // A raw PNG body, with the client's request id.
+    let red = send(
+        addr,
+        "POST",
+        "/predict",
+        &[("content-type", "image/png"), ("x-request-id", "gw-red-1")],
+        png(64, 48, [220, 20, 25]),
+    )
+    .await;
+    assert_eq!(red.status, 200, "{}", red.text());
+    assert_eq!(red.request_id(), "gw-red-1");
+    let answer = red.json();
+    assert_eq!(answer["label"], "red");
+    assert!(answer["confidence"].as_f64().unwrap() > 0.5, "{answer}");
+    assert_eq!(answer["request_id"], "gw-red-1");
+    assert_eq!(answer["model"]["name"], "color-classifier");
+
+    // A JPEG as the `image` field of a multipart form; a generated request id.
+    let (content_type, body) = multipart("image", true, &jpeg(32, 32, [20, 50, 210]));
+    let blue = send(
+        addr,
+        "POST",
+        "/predict",
+        &[("content-type", &content_type)],
+        body,
+    )
+    .await;
+    assert_eq!(blue.status, 200, "{}", blue.text());
+    assert_eq!(blue.json()["label"], "blue");
+    assert_eq!(blue.json()["request_id"], blue.request_id());
+    assert!(blue.request_id().starts_with("req_"));
+
+    let models = get(addr, "/v1/models").await;
+    assert_eq!(models.status, 200);
+    let model = &models.json()["models"][0];
+    assert_eq!(model["loaded"], true);
+    assert!(model["labels"].as_array().unwrap().contains(&"red".into()));
+
+    // /metrics counts the requests, the predictions by label and the forward passes.
+    let predict_ok = [("method", "POST"), ("route", "/predict"), ("status", "2xx")];
+    assert_eq!(
+        metric(addr, "http_server_requests_total", &predict_ok).await,
+        Some(2.0)
+    );
+    for label in ["red", "blue"] {
+        assert_eq!(
+            metric(addr, "model_predictions_total", &[("label", label)]).await,
+            Some(1.0),
+            "{label}"
+        );
+    }
+    assert_eq!(
+        metric(
+            addr,
+            "model_inference_duration_seconds",
+            &[("model", "color-classifier")]
+        )
+        .await,
+        Some(2.0)
+    );
+
+    // The log: every line parses; the request's lines carry its ids.
+    let lines = service.lines_of("gw-red-1", 1).await;
+    let prediction = lines
+        .iter()
+        .find(|line| line["message"] == "prediction")
+        .unwrap_or_else(|| panic!("no prediction line: {lines:#?}"));
+    assert_eq!(prediction["data"]["label"], "red");
+    assert_eq!(prediction["span"], "postprocess");
+    let access = lines
+        .iter()
+        .find(|line| line["target"] == "periscope::access")
+        .unwrap_or_else(|| panic!("no access line: {lines:#?}"));
+    assert_eq!(access["data"]["status"], 200);
+    assert_eq!(access["data"]["route"], "/predict");
+    for line in &lines {
+        assert_eq!(line["service"], "inference-gateway");
+        assert!(is_hex(&line["trace_id"], 32), "{line}");
+        assert!(is_hex(&line["span_id"], 16), "{line}");
+        assert_eq!(line["trace_id"], access["trace_id"], "{line}");
+    }
+    assert!(service.log_lines().iter().all(|line| {
+        line["timestamp"].is_string() && line["level"].is_string() && line["message"].is_string()
+    }));
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_envelope() {
+    let service = start(&[]);
+    let addr = service.addr("http").await;
+    wait_for_status(addr, "/ready", 200).await;
+
+    let text = send(addr, "POST", "/predict", &[], "not an image").await;
+    text.envelope(400, "invalid_image");
+
+    let mut truncated = png(64, 64, [1, 2, 3]);
+    truncated.truncate(60);
+    let broken = send(addr, "POST", "/predict", &[], truncated).await;
+    let error = broken.envelope(400, "invalid_image");
+    assert_eq!(error["details"]["format"], "png", "{error}");
+
+    send(addr, "POST", "/predict", &[], "")
+        .await
+        .envelope(400, "invalid_image");
+    let (content_type, body) = multipart("comment", false, b"a form without the image");
+    let no_image = send(
+        addr,
+        "POST",
+        "/predict",
+        &[("content-type", &content_type)],
+        body,
+    )
+    .await;
+    let error = no_image.envelope(400, "invalid_image");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("no `image` field"),
+        "{error}"
+    );
+
+    // Over 10 MiB, declared up front: refused before the body is sent (curl sends
+    // `Expect: 100-continue` for large uploads and waits for the answer).
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST /predict HTTP/1.1\r\nhost: gateway\r\ncontent-type: image/png\r\n\
+                content-length: 10485761\r\nexpect: 100-continue\r\nx-request-id: too-big-1\r\n\
+                connection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(crate::support::PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("the 413 answer")
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 413 "), "{raw}");
+    assert!(!raw.contains("100 Continue"), "{raw}");
+    let body: Value = serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    assert_eq!(body["error"]["request_id"], "too-big-1");
+    assert_eq!(body["error"]["details"]["limit_bytes"], 10 * 1024 * 1024);
+
+    let refused = [("method", "POST"), ("route", "/predict"), ("status", "4xx")];
+    assert_eq!(
+        metric(addr, "http_server_requests_total", &refused).await,
+        Some(5.0)
+    );
+    assert_eq!(metric(addr, "model_predictions_total", &[]).await, None);
+    let access = service
+        .wait_for_line("for the 413", |line| {
+            line["request_id"] == "too-big-1" && line["target"] == "periscope::access"
+        })
+        .await;
+    assert_eq!(access["data"]["status"], 413);
+}
+
+#[cfg(unix)] // stopped with a real SIGTERM
+#[tokio::test]
+async fn ready_waits_for_the_model_and_drains_on_sigterm() {
+    let mut service = start(&[("MODEL_LOAD_DELAY_MS", "2000"), ("SHUTDOWN_DRAIN_S", "3")]);
+    let addr = service.addr("http").await;
+
+    // Loading: not ready, not started, but alive.
+    let ready = get(addr, "/ready").await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(ready.json()["status"], "starting");
+    assert_eq!(
+        ready.json()["waiting_for"],
+        serde_json::json!(["model_loaded"])
+    );
+    assert_eq!(get(addr, "/startup").await.status, 503);
+    assert_eq!(get(addr, "/health").await.status, 200);
+
+    wait_for_status(addr, "/ready", 200).await;
+    assert_eq!(get(addr, "/startup").await.status, 200);
+    let loaded = service
+        .wait_for_line("model loaded", |line| line["message"] == "model loaded")
+        .await;
+    assert!(loaded["data"]["duration_ms"].as_u64().unwrap() >= 2000);
+
+    // SIGTERM: readiness drains first, liveness stays up, then the process exits cleanly.
+    service.terminate();
+    let draining = wait_for_status(addr, "/ready", 503).await;
+    assert_eq!(draining.json()["status"], "draining");
+    assert_eq!(get(addr, "/health").await.status, 200);
+    let status = service.exit_status().await;
+    assert!(status.success(), "{status}");
+    let lines = service.log_lines();
+    let stopping = lines
+        .iter()
+        .find(|line| line["message"] == "shutting down: /ready answers draining")
+        .expect("the shutdown line");
+    assert_eq!(stopping["data"]["signal"], "SIGTERM");
+    assert_eq!(lines.last().unwrap()["message"], "stopped");
+}
+
+#[tokio::test]
+async fn deferred_loading_is_ready_at_once_and_loads_on_first_request() {
+    let service = start(&[("MODEL_WARMUP", "false"), ("MODEL_LOAD_DELAY_MS", "300")]);
+    let addr = service.addr("http").await;
+    assert_eq!(get(addr, "/ready").await.status, 200);
+    assert_eq!(
+        get(addr, "/v1/models").await.json()["models"][0]["loaded"],
+        false
+    );
+
+    let answer = send(addr, "POST", "/predict", &[], png(8, 8, [250, 250, 250])).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["label"], "white");
+    assert_eq!(
+        get(addr, "/v1/models").await.json()["models"][0]["loaded"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn debug_endpoints_refuse_a_missing_or_wrong_token() {
+    let service = start(&[("ADMIN_TOKEN", TOKEN)]);
+    let addr = service.addr("http").await;
+    wait_for_status(addr, "/ready", 200).await;
+
+    for path in [
+        "/debug/status",
+        "/debug/config",
+        "/debug/logs",
+        "/debug/memory",
+    ] {
+        get(addr, path).await.envelope(401, "token_missing");
+        let wrong = send(
+            addr,
+            "GET",
+            path,
+            &[("authorization", "Bearer not-the-admin-token-at-all")],
+            "",
+        )
+        .await;
+        wrong.envelope(401, "token_invalid");
+        assert!(!wrong.text().contains(TOKEN));
+    }
+
+    let bearer = format!("Bearer {TOKEN}");
+    let status = send(
+        addr,
+        "GET",
+        "/debug/status",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(status.status, 200, "{}", status.text());
+    let status = status.json();
+    assert_eq!(status["service"], "inference-gateway");
+    assert_eq!(status["sections"]["model"]["name"], "color-classifier");
+    assert_eq!(status["sections"]["model"]["state"], "loaded");
+
+    let config = send(
+        addr,
+        "GET",
+        "/debug/config",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(config.status, 200);
+    assert!(!config.text().contains(TOKEN), "{}", config.text());
+    assert_eq!(config.json()["admin_token"], "[REDACTED]");
+}
+
+#[tokio::test]
+async fn admin_port_serves_the_debug_endpoints_on_loopback_only() {
+    let service = start(&[("ADMIN_PORT", "0")]);
+    let public = service.addr("http").await;
+    let admin = service.addr("admin").await;
+    assert!(admin.ip().is_loopback());
+    wait_for_status(public, "/ready", 200).await;
+
+    // The public port keeps the probes and /metrics, without any /debug path.
+    get(public, "/debug/status")
+        .await
+        .envelope(404, "route_not_found");
+    assert_eq!(get(public, "/metrics").await.status, 200);
+
+    // The admin listener answers the debug endpoints without a token.
+    let status = get(admin, "/debug/status").await;
+    assert_eq!(status.status, 200, "{}", status.text());
+    assert_eq!(status.json()["sections"]["model"]["state"], "loaded");
+    let logs = get(admin, "/debug/logs?lines=50").await;
+    assert_eq!(logs.status, 200);
+    assert!(
+        logs.json()["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|line| line["message"] == "model loaded")
+    );
+    assert_eq!(get(admin, "/ready").await.status, 200);
+}
+
+#[tokio::test]
+async fn invalid_configuration_fails_at_startup_naming_the_variable() {
+    for (var, value, expected) in [
+        ("PORT", "eighty", "a port number"),
+        ("MODEL_WARMUP", "maybe", "true or false"),
+        ("LOG_FORMAT", "xml", "json or pretty"),
+    ] {
+        let mut service = start(&[(var, value)]);
+        let status = service.exit_status().await;
+        assert_eq!(status.code(), Some(1), "{var}={value}");
+        let stderr = service.stderr();
+        assert!(
+            stderr.contains(var) && stderr.contains(expected),
+            "{var}={value}: {stderr}"
+        );
+        assert!(
+            !service
+                .log_lines()
+                .iter()
+                .any(|line| line["message"] == "listening")
+        );
+    }
+}
+
+#[cfg(unix)] // stopped with a real SIGTERM
+#[tokio::test]
+async fn bare_mode_serves_the_same_routes_without_the_stack() {
+    let mut service = start(&[("PERISCOPE_BARE", "true")]);
+    let addr = service.addr("http").await;
+    wait_for_status(addr, "/ready", 200).await;
+    let answer = send(addr, "POST", "/predict", &[], png(8, 8, [10, 10, 10])).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["label"], "black");
+    assert!(!answer.headers.contains_key("x-request-id"));
+    // Stopped, every line is written: the handler's, and no access line.
+    service.terminate();
+    assert!(service.exit_status().await.success());
+    let lines = service.log_lines();
+    assert!(lines.iter().any(|line| line["message"] == "prediction"));
+    assert!(
+        !lines
+            .iter()
+            .any(|line| line["target"] == "periscope::access")
+    );
+}

@@ -1,0 +1,153 @@
+//! `examples/multi_service`: one request id and one trace through the api, the worker and the
+//! job; a worker failure back to the client as an envelope.
+
+use serde_json::Value;
+
+use crate::support::{Service, metric, send};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+fn start() -> Service {
+    Service::start(
+        "multi_service",
+        &[
+            ("PORT_API", "0"),
+            ("PORT_WORKER", "0"),
+            ("SHUTDOWN_DRAIN_S", "0.2"),
+        ],
+    )
+}
+
+fn from(lines: &[Value], component: &str) -> Vec<Value> {
+    lines
+        .iter()
+        .filter(|line| {
+            line["target"]
+                .as_str()
+                .is_some_and(|target| target.ends_with(&format!("::{component}")))
+        })
+        .cloned()
+        .collect()
+}
+
+fn access(lines: &[Value], route: &str) -> Value {
+    lines
+        .iter()
+        .find(|line| line["target"] == "periscope::access" && line["data"]["route"] == route)
+        .cloned()
+        .unwrap_or_else(|| panic!("no access line for {route}: {lines:#?}"))
+}
+
+#[tokio::test]
+async fn one_request_id_and_trace_through_the_api_the_worker_and_the_job() {
+    let service = start();
+    let api = service.addr("api").await;
+    let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+    let answer = send(
+        api,
+        "POST",
+        "/v1/tasks",
+        &[
+            ("content-type", "application/json"),
+            ("x-request-id", "ms-request-1"),
+            ("traceparent", &traceparent),
+        ],
+        r#"{"text":"one request through three places"}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.request_id(), "ms-request-1");
+    let body = answer.json();
+    assert_eq!(body["request_id"], "ms-request-1");
+    assert_eq!(body["result"]["words"], 5);
+    let job_id = body["job_id"].as_str().unwrap().to_owned();
+
+    let done = service
+        .wait_for_line("job done", |line| {
+            line["message"] == "job done" && line["job_id"] == job_id.as_str()
+        })
+        .await;
+    assert_eq!(done["data"]["words"], 5);
+
+    let lines = service.lines_of("ms-request-1", 2).await;
+    let api_lines = from(&lines, "api");
+    let worker_lines = from(&lines, "worker");
+    let job_lines = from(&lines, "jobs");
+    assert!(api_lines.iter().any(|l| l["message"] == "task received"));
+    assert!(worker_lines.iter().any(|l| l["message"] == "processing"));
+    for message in ["job enqueued", "job started", "job done"] {
+        assert!(
+            job_lines.iter().any(|l| l["message"] == message),
+            "{message}: {job_lines:#?}"
+        );
+    }
+    let api_access = access(&lines, "/v1/tasks");
+    let worker_access = access(&lines, "/v1/process");
+
+    // One trace: the client's; each service its own span in it; the job its own too.
+    for line in &lines {
+        assert_eq!(line["trace_id"], TRACE_ID, "{line}");
+    }
+    assert_ne!(api_access["span_id"], worker_access["span_id"]);
+    assert_eq!(worker_lines[0]["span_id"], worker_access["span_id"]);
+    let job_span = job_lines
+        .iter()
+        .find(|l| l["message"] == "job done")
+        .unwrap()["span_id"]
+        .clone();
+    assert_ne!(job_span, api_access["span_id"]);
+    assert_ne!(job_span, worker_access["span_id"]);
+    assert!(
+        job_lines
+            .iter()
+            .filter(|l| l["span"] == "job")
+            .all(|l| l["job_id"] == job_id.as_str())
+    );
+
+    // Both services' requests are counted.
+    for route in ["/v1/tasks", "/v1/process"] {
+        let labels = [("method", "POST"), ("route", route), ("status", "2xx")];
+        assert_eq!(
+            metric(api, "http_server_requests_total", &labels).await,
+            Some(1.0),
+            "{route}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_worker_failure_reaches_the_client_as_an_envelope_with_its_request_id() {
+    let service = start();
+    let api = service.addr("api").await;
+    let answer = send(
+        api,
+        "POST",
+        "/v1/tasks",
+        &[
+            ("content-type", "application/json"),
+            ("x-request-id", "ms-fail-1"),
+        ],
+        r#"{"text":"this one fails","fail":true}"#,
+    )
+    .await;
+    let error = answer.envelope(502, "upstream_error");
+    assert_eq!(error["request_id"], "ms-fail-1");
+    assert_eq!(error["retryable"], true);
+    assert_eq!(error["details"]["upstream"], "worker");
+    assert_eq!(error["details"]["upstream_status"], 500);
+    assert_eq!(error["details"]["upstream_code"], "internal_error");
+    // The cause stays in the worker's log, never in the answer.
+    assert!(!answer.text().contains("simulated failure"));
+
+    let lines = service.lines_of("ms-fail-1", 2).await;
+    let cause = lines
+        .iter()
+        .find(|l| l.to_string().contains("simulated failure"))
+        .unwrap_or_else(|| panic!("the cause is logged with the request id: {lines:#?}"));
+    assert_eq!(cause["level"], "error");
+    assert_eq!(access(&lines, "/v1/process")["data"]["status"], 500);
+    assert_eq!(access(&lines, "/v1/tasks")["data"]["status"], 502);
+    assert_eq!(error["trace_id"], cause["trace_id"]);
+    // No job for a failed task.
+    assert!(from(&lines, "jobs").is_empty(), "{lines:#?}");
+}
