@@ -51,6 +51,8 @@ pub use periscope_trace::otel as opentelemetry;
 mod doc_pages {
     #[doc = include_str!("../README.md")]
     struct Readme;
+    #[doc = include_str!("../docs/getting-started.md")]
+    struct GettingStarted;
     #[doc = include_str!("../docs/configuration.md")]
     struct Configuration;
     #[doc = include_str!("../docs/context.md")]
