@@ -265,7 +265,13 @@ impl ObservabilityBuilder {
             registry.register_process_metrics()?;
             metrics_layer = Some(
                 MetricsLayer::builder()
-                    .route_templates(self.route_templates.iter().map(String::as_str))
+                    // The admin paths count under their own route, with axum or without.
+                    .route_templates(
+                        periscope_admin::Endpoint::ALL
+                            .iter()
+                            .map(|endpoint| endpoint.path())
+                            .chain(self.route_templates.iter().map(String::as_str)),
+                    )
                     .register(&registry)?,
             );
             registry.register_collector(Box::new(DroppedLinesCollector(log_layer.dropped_lines())));

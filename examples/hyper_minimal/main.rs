@@ -26,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use periscope::Observability;
-use periscope::admin::{Admin, Endpoint};
+use periscope::admin::Admin;
 use periscope::error::{HttpError, Violations};
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt};
@@ -53,9 +53,8 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     let obs = Observability::builder()
         .service_name("hyper-minimal")
         .version(env!("CARGO_PKG_VERSION"))
-        // The `route` label without a router: the app's templates and the admin paths.
+        // The `route` label without a router (the admin paths are known already).
         .route_templates(["/hello/{name}"])
-        .route_templates(Endpoint::ALL.map(Endpoint::path))
         .env()?
         .build()?;
     let _guard = obs.init()?;
