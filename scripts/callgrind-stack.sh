@@ -6,14 +6,14 @@
 #
 # Usage: scripts/callgrind-stack.sh [CONTENDER...]   (default: all; needs valgrind)
 # Environment: KINDS (default "edge internal"), N1 (default 200), N2 (default 2200),
-#              FEATURES (cargo features of the bench build, default "otel").
+#              FEATURES (cargo features of the bench build, e.g. "otel"; default none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 kinds=${KINDS:-edge internal}
 n1=${N1:-200}
 n2=${N2:-2200}
-features=${FEATURES:-otel}
+features=${FEATURES:-}
 contenders=("$@")
 if ((${#contenders[@]} == 0)); then
   contenders=(bare correlation metrics access_log errors full full_nonblocking
