@@ -75,8 +75,10 @@ fn internal_request() -> Request<Body> {
         .unwrap()
 }
 
-const KINDS: [(&str, fn() -> Request<Body>); 2] =
-    [("edge", edge_request), ("internal", internal_request)];
+/// A request kind: its name and how to make one.
+type Kind = (&'static str, fn() -> Request<Body>);
+
+const KINDS: [Kind; 2] = [("edge", edge_request), ("internal", internal_request)];
 
 /// The no-op route every contender serves; the layers go on with `Router::layer`, so the
 /// route template (`MatchedPath`) is known to them, as in a service.
