@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Buf;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use periscope_context::{RequestContext, RequestId, SpanId, TraceId};
+use periscope_context::{HexId, RequestContext, RequestId, SpanId, TraceId};
 use pin_project::{pin_project, pinned_drop};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -309,12 +309,13 @@ impl RequestInfo {
         self.started.elapsed().as_micros() as f64 / 1000.0
     }
 
-    fn ids(&self) -> (Option<&str>, Option<String>, Option<String>) {
+    /// The ids as text (hex on the stack: no allocation).
+    fn ids(&self) -> (Option<&str>, Option<HexId<32>>, Option<HexId<16>>) {
         match &self.ids {
             Some((request_id, trace_id, span_id)) => (
                 Some(request_id.as_str()),
-                Some(trace_id.to_string()),
-                Some(span_id.to_string()),
+                Some(trace_id.to_hex()),
+                Some(span_id.to_hex()),
             ),
             None => (None, None, None),
         }
@@ -322,6 +323,8 @@ impl RequestInfo {
 
     fn log_error(&self, error: &dyn fmt::Display) {
         let (request_id, trace_id, span_id) = self.ids();
+        let trace_id = trace_id.as_ref().map(HexId::as_str);
+        let span_id = span_id.as_ref().map(HexId::as_str);
         let _entered = self.span.enter();
         access_event!(
             self.level(true),
@@ -347,6 +350,8 @@ impl Pending {
             _ => info.level(false),
         };
         let (request_id, trace_id, span_id) = info.ids();
+        let trace_id = trace_id.as_ref().map(HexId::as_str);
+        let span_id = span_id.as_ref().map(HexId::as_str);
         let _entered = info.span.enter();
         access_event!(
             level,

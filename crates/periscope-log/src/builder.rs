@@ -295,11 +295,7 @@ impl LogLayerBuilder {
         let out = self.writer.unwrap_or_else(|| Box::new(std::io::stdout()));
         let (sink, guard) = writer::start(out, &self.writer_config, dropped.clone());
         let layer = LogLayer {
-            rules: ValueRules {
-                redactor: self.redactor,
-                max_value_bytes: self.max_value_bytes,
-                context_fields,
-            },
+            rules: ValueRules::new(self.redactor, self.max_value_bytes, context_fields),
             format: self.format,
             context_keys,
             static_fields,

@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::error::Error;
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use tracing::field::{DebugValue, Field, Visit};
@@ -73,7 +74,8 @@ impl<T: Serialize> fmt::Display for Json<T> {
     }
 }
 
-/// How values are written: redaction, the size bound, the context field names.
+/// How values are written: redaction, the size bound, the context field names. Never changed
+/// once made: the per-thread cache of field plans relies on it.
 #[derive(Clone, Debug)]
 pub(crate) struct ValueRules {
     pub(crate) redactor: Redactor,
@@ -81,6 +83,25 @@ pub(crate) struct ValueRules {
     pub(crate) max_value_bytes: usize,
     /// Names of the fields lifted to the top level.
     pub(crate) context_fields: Vec<Box<str>>,
+    /// Names these rules in [`FIELD_PLANS`]; never 0.
+    id: u64,
+}
+
+/// Entries in [`FIELD_PLANS`] (a power of two); it is emptied when three quarters are used.
+const FIELD_PLAN_SLOTS: usize = 256;
+
+/// A cached field plan: (rules id, name address, name length, slot, redacted).
+type FieldPlan = (u64, usize, usize, Slot, bool);
+
+const NO_PLAN: FieldPlan = (0, 0, 0, Slot::Data, false);
+
+thread_local! {
+    /// Where each `tracing` field name goes and whether it is redacted, per set of rules: an
+    /// open-addressing table, so two names never keep evicting each other. Field names are
+    /// `&'static str`: never freed, so address and length name the same text for good, and
+    /// the same few names come back on every request. Rules id 0: a free entry.
+    static FIELD_PLANS: ([Cell<FieldPlan>; FIELD_PLAN_SLOTS], Cell<usize>) =
+        const { ([const { Cell::new(NO_PLAN) }; FIELD_PLAN_SLOTS], Cell::new(0)) };
 }
 
 /// Where a field goes in the line.
@@ -92,6 +113,51 @@ pub(crate) enum Slot {
 }
 
 impl ValueRules {
+    pub(crate) fn new(
+        redactor: Redactor,
+        max_value_bytes: usize,
+        context_fields: Vec<Box<str>>,
+    ) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Self {
+            redactor,
+            max_value_bytes,
+            context_fields,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// [`slot`](Self::slot) and whether the value is redacted, for a `tracing` field name:
+    /// read from the per-thread cache, worked out on a miss.
+    fn plan(&self, name: &'static str) -> (Slot, bool) {
+        let key = (self.id, name.as_ptr() as usize, name.len());
+        // Fibonacci hashing of address and rules: the top bits pick the first entry to look at.
+        let hash = (key.1 as u64 ^ key.0.rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let first = (hash >> (64 - FIELD_PLAN_SLOTS.trailing_zeros())) as usize;
+        FIELD_PLANS.with(|(plans, used)| {
+            let mut index = first;
+            loop {
+                let (id, ptr, len, slot, sensitive) = plans[index].get();
+                if (id, ptr, len) == key {
+                    return (slot, sensitive);
+                }
+                if id == 0 {
+                    break;
+                }
+                index = (index + 1) % FIELD_PLAN_SLOTS;
+            }
+            let plan = (self.slot(name), self.redactor.is_sensitive(name));
+            if used.get() >= FIELD_PLAN_SLOTS / 4 * 3 {
+                plans.iter().for_each(|entry| entry.set(NO_PLAN));
+                used.set(0);
+                index = first;
+            }
+            plans[index].set((key.0, key.1, key.2, plan.0, plan.1));
+            used.set(used.get() + 1);
+            plan
+        })
+    }
+
     pub(crate) fn slot(&self, name: &str) -> Slot {
         if name == "message" {
             return Slot::Message;
@@ -100,15 +166,6 @@ impl ValueRules {
             Some(index) => Slot::Context(index),
             None => Slot::Data,
         }
-    }
-
-    /// Writes `"[REDACTED]"` and returns `true` when `name` is sensitive.
-    fn redacted(&self, name: &str, out: &mut Vec<u8>) -> bool {
-        let sensitive = self.redactor.is_sensitive(name);
-        if sensitive {
-            json::write_str(out, REDACTED, usize::MAX);
-        }
-        sensitive
     }
 
     /// A text value: a string, or JSON text kept as a string with its secrets redacted.
@@ -185,8 +242,13 @@ impl ValueRules {
     }
 }
 
+/// Whether `text` starts like a JSON object or array (after JSON's own whitespace: the
+/// parser accepts no other).
 fn looks_like_json(text: &str) -> bool {
-    matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['))
+    let first = text
+        .bytes()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    matches!(first, Some(b'{' | b'['))
 }
 
 /// Receives one field's JSON value.
@@ -209,8 +271,13 @@ impl<S: FieldSink> Visitor<'_, S> {
     /// The output for `field` unless it is skipped; `None` also when it was redacted.
     fn value_out(&mut self, field: &Field) -> Option<&mut Vec<u8>> {
         let name = field.name();
-        let out = self.sink.begin(name, self.rules.slot(name))?;
-        (!self.rules.redacted(name, out)).then_some(out)
+        let (slot, sensitive) = self.rules.plan(name);
+        let out = self.sink.begin(name, slot)?;
+        if sensitive {
+            json::write_str(out, REDACTED, usize::MAX);
+            return None;
+        }
+        Some(out)
     }
 }
 
@@ -288,5 +355,49 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
         }
         *self.text = text;
         *self.scratch = scratch;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(redactor: Redactor, context: &[&str]) -> ValueRules {
+        ValueRules::new(redactor, 64, context.iter().map(|&c| c.into()).collect())
+    }
+
+    #[test]
+    fn field_plans_answer_for_the_rules_that_ask() {
+        let plain = rules(Redactor::default(), &["request_id"]);
+        let strict = rules(Redactor::default().with_sensitive_key("ssn"), &["user_ssn"]);
+        for _ in 0..2 {
+            // The second round reads the per-thread cache.
+            assert_eq!(plain.plan("user_ssn"), (Slot::Data, false));
+            assert_eq!(strict.plan("user_ssn"), (Slot::Context(0), true));
+            assert_eq!(plain.plan("request_id"), (Slot::Context(0), false));
+            assert_eq!(strict.plan("request_id"), (Slot::Data, false));
+            assert_eq!(plain.plan("db_password"), (Slot::Data, true));
+            assert_eq!(plain.plan("message"), (Slot::Message, false));
+        }
+        // Rules made after others were dropped never read their answers.
+        drop((plain, strict));
+        let fresh = rules(Redactor::new(&["user"], &[]), &[]);
+        assert_eq!(fresh.plan("user_ssn"), (Slot::Data, true));
+        assert_eq!(fresh.plan("db_password"), (Slot::Data, false));
+    }
+
+    #[test]
+    fn field_plans_stay_right_when_the_table_fills_and_empties() {
+        // More names than the table holds: every answer is still the rules' own.
+        let names: Vec<&'static str> = (0..FIELD_PLAN_SLOTS * 2)
+            .map(|i| &*Box::leak(format!("field_{i}_token").into_boxed_str()))
+            .collect();
+        let rules = rules(Redactor::new(&["7_token"], &[]), &["field_3_token"]);
+        for _ in 0..2 {
+            for (i, name) in names.iter().enumerate() {
+                let slot = if i == 3 { Slot::Context(0) } else { Slot::Data };
+                assert_eq!(rules.plan(name), (slot, i % 10 == 7), "{name}");
+            }
+        }
     }
 }

@@ -35,13 +35,41 @@ const ESCAPE: [u8; 256] = {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// The length of the run of bytes at the start of `bytes` that are written as they are,
+/// checked eight at a time (most text is plain ASCII); stops at the first eight that hold a
+/// byte below 0x20, `"`, `\` or one from 0x7f up, leaving those to [`ESCAPE`].
+fn plain_run(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // High bit of each byte set where the byte is zero (exact for "any", which is all we ask).
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    let mut n = 0;
+    while let Some(chunk) = bytes[n..].first_chunk::<8>() {
+        let x = u64::from_ne_bytes(*chunk);
+        let control = x.wrapping_sub(ONES * 0x20) & !x;
+        let quote = zero(x ^ (ONES * u64::from(b'"')));
+        let backslash = zero(x ^ (ONES * u64::from(b'\\')));
+        // (b & 0x7f) + 1 carries into the high bit only for 0x7f; b's own high bit: 0x80 up.
+        let high = ((x & !HIGH) + ONES) | x;
+        if (control | quote | backslash | high) & HIGH != 0 {
+            break;
+        }
+        n += 8;
+    }
+    n
+}
+
 /// Appends `s` as the inside of a JSON string (no quotes), escaped.
 pub(crate) fn write_escaped(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        let action = ESCAPE[bytes[i] as usize];
+        i += plain_run(&bytes[i..]);
+        let Some(&byte) = bytes.get(i) else {
+            break;
+        };
+        let action = ESCAPE[byte as usize];
         if action == 0 {
             i += 1;
             continue;
@@ -257,6 +285,20 @@ mod tests {
             assert!(!json.contains('\u{85}') && !json.contains('\u{0}'));
             let back: String = serde_json::from_str(&json).unwrap();
             assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn every_escape_is_found_at_every_offset_of_an_eight_byte_run() {
+        for special in [
+            "\"", "\\", "\n", "\u{1f}", "\u{7f}", "\u{85}", "\u{2028}", "é", "🎉",
+        ] {
+            for offset in 0..20 {
+                let s = format!("{}{special}{}", "a".repeat(offset), "b".repeat(20 - offset));
+                let json = quoted(&s, usize::MAX);
+                assert!(!json.contains(['\n', '\u{1f}', '\u{7f}', '\u{85}', '\u{2028}']));
+                assert_eq!(serde_json::from_str::<String>(&json).unwrap(), s, "{json}");
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -99,51 +100,124 @@ impl LogLayer {
 }
 
 /// What a span recorded, formatted once when recorded: kept in the span's extensions.
+///
+/// The JSON values sit one after another in one buffer (one allocation per span, not one per
+/// field); each entry names its field and the range of its value.
 #[derive(Default, Debug)]
 struct SpanFields {
-    /// (context slot, JSON value)
-    context: Vec<(usize, Vec<u8>)>,
-    /// (field name, JSON value)
-    data: Vec<(&'static str, Vec<u8>)>,
+    values: Vec<u8>,
+    entries: Vec<(FieldKey, Range<usize>)>,
+    /// The entry whose value is being written at the end of `values`.
+    open: Option<usize>,
+    /// Bytes of `values` no entry points at any more (replaced values).
+    garbage: usize,
+}
+
+/// Which field a span value belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FieldKey {
+    /// A context field, by slot.
+    Context(usize),
+    /// Any other field, by name.
+    Data(&'static str),
 }
 
 impl SpanFields {
-    /// Takes the values `update` recorded, replacing those of the same fields.
-    fn merge(&mut self, update: SpanFields) {
-        for (slot, value) in update.context {
-            *entry(&mut self.context, slot) = value;
-        }
-        for (name, value) in update.data {
-            *entry(&mut self.data, name) = value;
+    /// Room for the values of `fields` fields, so recording them rarely grows the buffers.
+    fn with_capacity(fields: usize) -> Self {
+        Self {
+            values: Vec::with_capacity(fields * 24),
+            entries: Vec::with_capacity(fields),
+            open: None,
+            garbage: 0,
         }
     }
-}
 
-fn entry<K: PartialEq + Copy>(entries: &mut Vec<(K, Vec<u8>)>, key: K) -> &mut Vec<u8> {
-    let index = match entries.iter().position(|(k, _)| *k == key) {
-        Some(index) => index,
-        None => {
-            entries.push((key, Vec::new()));
-            entries.len() - 1
+    /// Starts the value of `key` at the end of the buffer (a field recorded again keeps its
+    /// place), closing the value before it.
+    fn start(&mut self, key: FieldKey) -> &mut Vec<u8> {
+        self.close();
+        let end = self.values.len();
+        let index = match self.entries.iter().position(|(k, _)| *k == key) {
+            Some(index) => {
+                self.garbage += self.entries[index].1.len();
+                self.entries[index].1 = end..end;
+                index
+            }
+            None => {
+                self.entries.push((key, end..end));
+                self.entries.len() - 1
+            }
+        };
+        self.open = Some(index);
+        &mut self.values
+    }
+
+    /// Ends the value being written.
+    fn close(&mut self) {
+        if let Some(index) = self.open.take() {
+            self.entries[index].1.end = self.values.len();
         }
-    };
-    let value = &mut entries[index].1;
-    value.clear();
-    value
+    }
+
+    fn value(&self, range: &Range<usize>) -> &[u8] {
+        &self.values[range.clone()]
+    }
+
+    /// Context values: (slot, JSON value).
+    fn context(&self) -> impl Iterator<Item = (usize, &[u8])> {
+        self.entries.iter().filter_map(|(key, range)| match key {
+            FieldKey::Context(slot) => Some((*slot, self.value(range))),
+            FieldKey::Data(_) => None,
+        })
+    }
+
+    /// Other values: (field name, JSON value).
+    fn data(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+        self.entries.iter().filter_map(|(key, range)| match key {
+            FieldKey::Data(name) => Some((*name, self.value(range))),
+            FieldKey::Context(_) => None,
+        })
+    }
+
+    /// Takes the values `update` recorded, replacing those of the same fields.
+    fn merge(&mut self, mut update: SpanFields) {
+        update.close();
+        for (key, range) in &update.entries {
+            self.start(*key)
+                .extend_from_slice(&update.values[range.clone()]);
+        }
+        self.close();
+        // A span recording the same fields again and again must not grow without bound.
+        if self.garbage > self.values.len() / 2 {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        let mut values = Vec::with_capacity(self.values.len() - self.garbage);
+        for (_, range) in &mut self.entries {
+            let start = values.len();
+            values.extend_from_slice(&self.values[range.clone()]);
+            *range = start..values.len();
+        }
+        self.values = values;
+        self.garbage = 0;
+    }
 }
 
 impl FieldSink for SpanFields {
     fn begin(&mut self, name: &'static str, slot: Slot) -> Option<&mut Vec<u8>> {
         match slot {
-            Slot::Context(index) => Some(entry(&mut self.context, index)),
+            Slot::Context(index) => Some(self.start(FieldKey::Context(index))),
             // `otel.*` fields instruct the OpenTelemetry layer (span kind, name, status).
             Slot::Data | Slot::Message if name.starts_with("otel.") => None,
-            Slot::Data | Slot::Message => Some(entry(&mut self.data, name)),
+            Slot::Data | Slot::Message => Some(self.start(FieldKey::Data(name))),
         }
     }
 
     fn message(&mut self, rules: &ValueRules, value: &dyn fmt::Debug) {
-        let out = entry(&mut self.data, "message");
+        let out = self.start(FieldKey::Data("message"));
         out.push(b'"');
         write_message(out, rules, value);
         out.push(b'"');
@@ -258,17 +332,22 @@ fn level_name(level: &Level) -> &'static str {
 }
 
 impl LogLayer {
-    /// Formats what a span records.
-    fn span_fields(&self, record: impl FnOnce(&mut Visitor<'_, SpanFields>)) -> SpanFields {
-        let mut fields = SpanFields::default();
+    /// Formats what a span records (`fields` of them at most).
+    fn span_fields(
+        &self,
+        fields: usize,
+        record: impl FnOnce(&mut Visitor<'_, SpanFields>),
+    ) -> SpanFields {
+        let mut span_fields = SpanFields::with_capacity(fields);
         let (mut text, mut scratch) = (String::new(), Vec::new());
         record(&mut Visitor {
             rules: &self.rules,
-            sink: &mut fields,
+            sink: &mut span_fields,
             text: &mut text,
             scratch: &mut scratch,
         });
-        fields
+        span_fields.close();
+        span_fields
     }
 
     fn emit<S>(&self, buffers: &mut Buffers, event: &Event<'_>, ctx: &Context<'_, S>)
@@ -299,14 +378,14 @@ impl LogLayer {
                 let Some(fields) = extensions.get::<SpanFields>() else {
                     continue;
                 };
-                for (slot, value) in &fields.context {
-                    if let Some(out) = sink.context(*slot) {
+                for (slot, value) in fields.context() {
+                    if let Some(out) = sink.context(slot) {
                         out.extend_from_slice(value);
                     }
                 }
                 if self.span_fields {
-                    for (name, value) in &fields.data {
-                        if !sink.parts.data_keys.contains(name) {
+                    for (name, value) in fields.data() {
+                        if !sink.parts.data_keys.contains(&name) {
                             sink.data(name).extend_from_slice(value);
                         }
                     }
@@ -436,7 +515,7 @@ where
         let Some(span) = ctx.span(id) else {
             return;
         };
-        let fields = self.span_fields(|visitor| attrs.record(visitor));
+        let fields = self.span_fields(attrs.fields().len(), |visitor| attrs.record(visitor));
         span.extensions_mut().insert(fields);
     }
 
@@ -445,7 +524,7 @@ where
             return;
         };
         // Format before taking the span's lock: a value's Debug impl may itself log.
-        let update = self.span_fields(|visitor| values.record(visitor));
+        let update = self.span_fields(values.len(), |visitor| values.record(visitor));
         let mut extensions = span.extensions_mut();
         if let Some(fields) = extensions.get_mut::<SpanFields>() {
             fields.merge(update);
@@ -458,5 +537,44 @@ where
             // A value's Debug impl logged while this thread was formatting: fresh buffers.
             Err(_) => self.emit(&mut Buffers::default(), event, &ctx),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_recorded_again_replace_the_old_in_place_within_bounded_memory() {
+        let mut fields = SpanFields::with_capacity(3);
+        fields
+            .begin("a", Slot::Data)
+            .unwrap()
+            .extend_from_slice(b"1");
+        fields
+            .begin("request_id", Slot::Context(0))
+            .unwrap()
+            .extend_from_slice(b"\"req_1\"");
+        fields
+            .begin("b", Slot::Data)
+            .unwrap()
+            .extend_from_slice(b"true");
+        fields.close();
+        for i in 0..1000 {
+            let mut update = SpanFields::with_capacity(1);
+            let value = i.to_string();
+            update
+                .begin("a", Slot::Data)
+                .unwrap()
+                .extend_from_slice(value.as_bytes());
+            fields.merge(update);
+        }
+        let data: Vec<_> = fields.data().collect();
+        assert_eq!(data, [("a", &b"999"[..]), ("b", &b"true"[..])]);
+        assert_eq!(
+            fields.context().collect::<Vec<_>>(),
+            [(0, &b"\"req_1\""[..])]
+        );
+        assert!(fields.values.len() < 64, "{}", fields.values.len());
     }
 }

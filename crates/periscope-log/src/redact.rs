@@ -193,7 +193,11 @@ impl Rules {
 
     fn matches(&self, key: &[u8]) -> bool {
         let hit = key.iter().enumerate().any(|(i, &b)| {
-            self.first[b as usize] && self.fragments.iter().any(|f| key[i..].starts_with(f))
+            self.first[b as usize]
+                && self
+                    .fragments
+                    .iter()
+                    .any(|f| f[0] == b && key[i..].starts_with(f))
         });
         hit && !self.allowed.iter().any(|a| **a == *key)
     }

@@ -1,6 +1,6 @@
 //! The server layer: request id, W3C trace context, tenant fields and one span per request.
 
-use std::borrow::Cow;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -210,14 +210,10 @@ where
 fn server_span<B>(request: &Request<B>, ctx: &RequestContext) -> Span {
     let method = method_name(request.method());
     let route = route_template(request);
-    let name: Cow<'_, str> = match route {
-        Some(route) => format!("{method} {route}").into(),
-        None => method.into(),
-    };
     tracing::info_span!(
         target: SERVER_TARGET,
         "http_request",
-        otel.name = &*name,
+        otel.name = %SpanName { method, route },
         otel.kind = "server",
         otel.status_code = Empty,
         http.request.method = method,
@@ -239,6 +235,22 @@ fn server_span<B>(request: &Request<B>, ctx: &RequestContext) -> Span {
         link.trace_id = Empty,
         link.span_id = Empty,
     )
+}
+
+/// `{method} {route}`, or `{method}` without a route template: formatted only by a layer that
+/// reads `otel.name` (the OpenTelemetry layer), not on every request.
+struct SpanName<'a> {
+    method: &'static str,
+    route: Option<&'a str>,
+}
+
+impl fmt::Display for SpanName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.route {
+            Some(route) => write!(f, "{} {route}", self.method),
+            None => f.write_str(self.method),
+        }
+    }
 }
 
 /// The matched route template, when the router has put one in the extensions.
