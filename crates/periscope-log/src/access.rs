@@ -123,10 +123,21 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let path = request.uri().path();
-        let ids = match request.extensions().get::<RequestContext>() {
-            Some(ctx) => Some((ctx.request_id.clone(), ctx.trace_id, ctx.span_id)),
-            None => RequestContext::current()
-                .map(|ctx| (ctx.request_id.clone(), ctx.trace_id, ctx.span_id)),
+        let span = Span::current();
+        // Inside the request span the line lifts the ids from it: recording them again on
+        // the event would only repeat the work. Without one (the layer alone, or a quiet
+        // path), the event carries them itself.
+        let span_has_ids = span
+            .metadata()
+            .is_some_and(|metadata| metadata.fields().field("request_id").is_some());
+        let ids = if span_has_ids {
+            None
+        } else {
+            match request.extensions().get::<RequestContext>() {
+                Some(ctx) => Some((ctx.request_id.clone(), ctx.trace_id, ctx.span_id)),
+                None => RequestContext::current()
+                    .map(|ctx| (ctx.request_id.clone(), ctx.trace_id, ctx.span_id)),
+            }
         };
         let info = RequestInfo {
             method: request.method().clone(),
@@ -135,7 +146,7 @@ where
             ids,
             quiet: self.layer.quiet_paths.iter().any(|p| **p == *path),
             started: Instant::now(),
-            span: Span::current(),
+            span,
         };
         ResponseFuture {
             inner: self.inner.call(request),

@@ -111,6 +111,8 @@ struct SpanFields {
     open: Option<usize>,
     /// Bytes of `values` no entry points at any more (replaced values).
     garbage: usize,
+    /// Whether non-context fields are kept (for `data`); otherwise they are not even formatted.
+    keep_data: bool,
 }
 
 /// Which field a span value belongs to.
@@ -124,12 +126,13 @@ enum FieldKey {
 
 impl SpanFields {
     /// Room for the values of `fields` fields, so recording them rarely grows the buffers.
-    fn with_capacity(fields: usize) -> Self {
+    fn with_capacity(fields: usize, keep_data: bool) -> Self {
         Self {
             values: Vec::with_capacity(fields * 24),
             entries: Vec::with_capacity(fields),
             open: None,
             garbage: 0,
+            keep_data,
         }
     }
 
@@ -210,8 +213,10 @@ impl FieldSink for SpanFields {
     fn begin(&mut self, name: &'static str, slot: Slot) -> Option<&mut Vec<u8>> {
         match slot {
             Slot::Context(index) => Some(self.start(FieldKey::Context(index))),
-            // `otel.*` fields instruct the OpenTelemetry layer (span kind, name, status).
-            Slot::Data | Slot::Message if name.starts_with("otel.") => None,
+            // Dotted names are attributes for OpenTelemetry: `otel.*` instructions (span kind,
+            // name, status) and semantic-convention fields (`http.route`, `url.path`, ...),
+            // which the request's access line already states in its own words.
+            Slot::Data | Slot::Message if !self.keep_data || name.contains('.') => None,
             Slot::Data | Slot::Message => Some(self.start(FieldKey::Data(name))),
         }
     }
@@ -338,7 +343,7 @@ impl LogLayer {
         fields: usize,
         record: impl FnOnce(&mut Visitor<'_, SpanFields>),
     ) -> SpanFields {
-        let mut span_fields = SpanFields::with_capacity(fields);
+        let mut span_fields = SpanFields::with_capacity(fields, self.span_fields);
         let (mut text, mut scratch) = (String::new(), Vec::new());
         record(&mut Visitor {
             rules: &self.rules,
@@ -546,7 +551,7 @@ mod tests {
 
     #[test]
     fn values_recorded_again_replace_the_old_in_place_within_bounded_memory() {
-        let mut fields = SpanFields::with_capacity(3);
+        let mut fields = SpanFields::with_capacity(3, true);
         fields
             .begin("a", Slot::Data)
             .unwrap()
@@ -561,7 +566,7 @@ mod tests {
             .extend_from_slice(b"true");
         fields.close();
         for i in 0..1000 {
-            let mut update = SpanFields::with_capacity(1);
+            let mut update = SpanFields::with_capacity(1, true);
             let value = i.to_string();
             update
                 .begin("a", Slot::Data)

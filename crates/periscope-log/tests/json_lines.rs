@@ -171,8 +171,13 @@ fn fields_recorded_later_on_a_span_are_lifted() {
 #[test]
 fn span_fields_join_data_with_the_event_and_inner_spans_winning() {
     let line = one_line(|| {
-        let outer =
-            tracing::info_span!("outer", model = "small", queue = "a", otel.kind = "server");
+        let outer = tracing::info_span!(
+            "outer",
+            model = "small",
+            queue = "a",
+            otel.kind = "server",
+            http.route = "/v1/jobs/{id}"
+        );
         let _outer = outer.enter();
         let inner = tracing::info_span!("inner", queue = "b");
         let _inner = inner.enter();
@@ -327,4 +332,22 @@ fn recent_lines_are_kept_and_filtered_by_level() {
     let array: Value = serde_json::from_str(&recent.to_json_array(1, Some(Level::WARN))).unwrap();
     assert_eq!(array[0]["message"], "two");
     assert_eq!(array.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn without_span_fields_data_holds_only_the_event_fields() {
+    let out = capture(
+        |b| b.span_fields(false),
+        |_| {
+            let span = tracing::info_span!("work", model = "small", request_id = "req_9");
+            let _entered = span.enter();
+            tracing::info!(step = 2, "x");
+        },
+    );
+    let lines = out.lines();
+    assert_eq!(lines[0]["data"], json!({"step": 2}));
+    assert_eq!(
+        lines[0]["request_id"], "req_9",
+        "context fields are still lifted"
+    );
 }
