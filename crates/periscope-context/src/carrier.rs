@@ -21,6 +21,14 @@ pub trait Extractor {
     /// The first value stored under `key`. Carriers that hold `HeaderValue`s lend them, so an
     /// id read from a request is shared rather than copied.
     fn first(&self, key: &HeaderName) -> Option<CarrierValue<'_>>;
+
+    /// Calls `f` with the name of every key the carrier holds and returns `true`, or returns
+    /// `false` without calling it when listing the names is not cheaper than looking each key
+    /// up (the default). [`extract`] uses the list to skip the lookups of absent headers.
+    fn for_each_name(&self, f: &mut dyn FnMut(&str)) -> bool {
+        let _ = f;
+        false
+    }
 }
 
 /// One value read from a carrier.
@@ -67,7 +75,20 @@ impl Extractor for HeaderMap {
     fn first(&self, key: &HeaderName) -> Option<CarrierValue<'_>> {
         self.get(key).map(CarrierValue::Header)
     }
+
+    fn for_each_name(&self, f: &mut dyn FnMut(&str)) -> bool {
+        // A lookup hashes the name; a pass over the names of an ordinary request is cheaper
+        // than the five to seven lookups of `extract`, a pass over hundreds is not.
+        if self.keys_len() > MAX_NAMES_SCANNED {
+            return false;
+        }
+        self.keys().for_each(|name| f(name.as_str()));
+        true
+    }
 }
+
+/// Above this many distinct header names, [`extract`] looks each context header up instead.
+const MAX_NAMES_SCANNED: usize = 32;
 
 impl Injector for HeaderMap {
     fn set(&mut self, key: &HeaderName, value: &HeaderValue) {
@@ -179,16 +200,19 @@ pub struct Extracted {
 /// assert_eq!(extracted.context.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 /// ```
 pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> Extracted {
-    let (request_id, request_id_origin) = extract_request_id(carrier);
+    let present = Present::scan(carrier, options);
+    let (request_id, request_id_origin) = extract_request_id(carrier, present);
 
     let mut traceparents = 0usize;
     let mut parsed = Err(TraceParentError::TooShort(0));
-    carrier.for_each(&headers::TRACEPARENT, &mut |value| {
-        traceparents += 1;
-        if traceparents == 1 {
-            parsed = TraceParent::parse_bytes(value);
-        }
-    });
+    if present.has(Present::TRACEPARENT) {
+        carrier.for_each(&headers::TRACEPARENT, &mut |value| {
+            traceparents += 1;
+            if traceparents == 1 {
+                parsed = TraceParent::parse_bytes(value);
+            }
+        });
+    }
     let parsed = match traceparents {
         0 => None,
         1 => Some(parsed),
@@ -199,7 +223,9 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
         Some(Ok(parent)) => {
             // An invalid tracestate is dropped alone; the trace continues.
             let mut state = TraceStateParser::default();
-            carrier.for_each(&headers::TRACESTATE, &mut |value| state.push(value));
+            if present.has(Present::TRACESTATE) {
+                carrier.for_each(&headers::TRACESTATE, &mut |value| state.push(value));
+            }
             (
                 RequestContext::continue_from(
                     request_id,
@@ -223,13 +249,18 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
     };
 
     let mut room = true;
-    carrier.for_each(&headers::BAGGAGE, &mut |value| {
-        if room {
-            room = context.baggage.extend_from_header(value);
-        }
-    });
+    if present.has(Present::BAGGAGE) {
+        carrier.for_each(&headers::BAGGAGE, &mut |value| {
+            if room {
+                room = context.baggage.extend_from_header(value);
+            }
+        });
+    }
     let mut rejected_tenant = Vec::new();
-    for key in &options.tenant_keys {
+    for (index, key) in options.tenant_keys.iter().enumerate() {
+        if !present.has_tenant(index) {
+            continue;
+        }
         if let Some(value) = carrier.first(key.header()) {
             match value.to_id_header() {
                 Ok(value) => context.tenant.insert_validated(key.clone(), value),
@@ -247,14 +278,64 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
     }
 }
 
-fn extract_request_id<C: Extractor + ?Sized>(carrier: &C) -> (RequestId, RequestIdOrigin) {
-    let sent = carrier
-        .first(&headers::X_REQUEST_ID)
-        .or_else(|| carrier.first(&headers::X_CORRELATION_ID));
+fn extract_request_id<C: Extractor + ?Sized>(
+    carrier: &C,
+    present: Present,
+) -> (RequestId, RequestIdOrigin) {
+    let first = |bit, key: HeaderName| present.has(bit).then(|| carrier.first(&key)).flatten();
+    let sent = first(Present::REQUEST_ID, headers::X_REQUEST_ID)
+        .or_else(|| first(Present::CORRELATION_ID, headers::X_CORRELATION_ID));
     match sent.map(|value| value.to_id_header().map(RequestId::from_validated)) {
         None => (RequestId::generate(), RequestIdOrigin::Generated),
         Some(Ok(id)) => (id, RequestIdOrigin::Kept),
         Some(Err(error)) => (RequestId::generate(), RequestIdOrigin::Replaced(error)),
+    }
+}
+
+/// Which context headers a carrier holds, one bit each: every bit set when the carrier cannot
+/// list its names cheaply, so the lookups then decide.
+#[derive(Clone, Copy)]
+struct Present(u64);
+
+impl Present {
+    const REQUEST_ID: u64 = 1;
+    const CORRELATION_ID: u64 = 1 << 1;
+    const TRACEPARENT: u64 = 1 << 2;
+    const TRACESTATE: u64 = 1 << 3;
+    const BAGGAGE: u64 = 1 << 4;
+    /// Tenant key `i` is bit `FIRST_TENANT + i`; keys past the last bit are always looked up.
+    const FIRST_TENANT: usize = 5;
+
+    fn scan<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> Self {
+        let mut bits = 0;
+        let listed = carrier.for_each_name(&mut |name| {
+            bits |= match name {
+                "x-request-id" => Self::REQUEST_ID,
+                "x-correlation-id" => Self::CORRELATION_ID,
+                "traceparent" => Self::TRACEPARENT,
+                "tracestate" => Self::TRACESTATE,
+                "baggage" => Self::BAGGAGE,
+                _ => Self::tenant_bit(options, name),
+            };
+        });
+        Self(if listed { bits } else { u64::MAX })
+    }
+
+    fn tenant_bit(options: &ExtractOptions, name: &str) -> u64 {
+        options
+            .tenant_keys
+            .iter()
+            .take(64 - Self::FIRST_TENANT)
+            .position(|key| key.header().as_str() == name)
+            .map_or(0, |index| 1 << (Self::FIRST_TENANT + index))
+    }
+
+    fn has(self, bit: u64) -> bool {
+        self.0 & bit != 0
+    }
+
+    fn has_tenant(self, index: usize) -> bool {
+        index + Self::FIRST_TENANT >= 64 || self.has(1 << (Self::FIRST_TENANT + index))
     }
 }
 
@@ -374,6 +455,51 @@ mod tests {
 
     fn run(pairs: &[(&str, &str)]) -> Extracted {
         extract(&headers(pairs), &ExtractOptions::default())
+    }
+
+    /// The scan's names are the header constants', or every header would look absent.
+    #[test]
+    fn the_name_scan_knows_every_context_header() {
+        let all = [
+            (headers::X_REQUEST_ID, Present::REQUEST_ID),
+            (headers::X_CORRELATION_ID, Present::CORRELATION_ID),
+            (headers::TRACEPARENT, Present::TRACEPARENT),
+            (headers::TRACESTATE, Present::TRACESTATE),
+            (headers::BAGGAGE, Present::BAGGAGE),
+        ];
+        let options = ExtractOptions::default();
+        for (name, bit) in all {
+            let map = headers(&[(name.as_str(), "x")]);
+            assert_eq!(Present::scan(&map, &options).0, bit, "{name}");
+        }
+        let map = headers(&[("x-org-id", "o"), ("x-project-id", "p"), ("accept", "*/*")]);
+        let present = Present::scan(&map, &options);
+        assert!(present.has_tenant(0) && present.has_tenant(1));
+        assert!(!present.has(Present::TRACEPARENT | Present::REQUEST_ID));
+    }
+
+    /// Past the scan's limit of names, and for tenant keys past the last bit, lookups decide.
+    #[test]
+    fn many_headers_and_many_tenant_keys_are_still_read() {
+        let mut pairs: Vec<(String, String)> = (0..40)
+            .map(|i| (format!("x-filler-{i}"), "v".to_string()))
+            .collect();
+        pairs.push(("traceparent".into(), TP.into()));
+        pairs.push(("x-request-id".into(), "kept-1".into()));
+        pairs.push(("x-key-69".into(), "t69".into()));
+        let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (&**k, &**v)).collect();
+        let options = ExtractOptions {
+            tenant_keys: (0..70)
+                .map(|i| TenantKey::new(&format!("key_{i}")).unwrap())
+                .collect(),
+            ..ExtractOptions::default()
+        };
+        for map in [headers(&borrowed), headers(&borrowed[38..])] {
+            let e = extract(&map, &options);
+            assert_eq!(e.trace, TraceOrigin::Continued);
+            assert_eq!(e.context.request_id.as_str(), "kept-1");
+            assert_eq!(e.context.tenant.get("key_69"), Some("t69"));
+        }
     }
 
     #[test]

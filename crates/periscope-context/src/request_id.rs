@@ -80,6 +80,18 @@ static ID_BYTES: [bool; 256] = {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RequestId(HeaderValue);
 
+/// `req_` and a 26-character ULID.
+const GENERATED_LEN: usize = 4 + ulid::ULID_LEN;
+
+/// The bytes of a generated id, owned by the `Bytes` that shares them.
+struct GeneratedId([u8; GENERATED_LEN]);
+
+impl AsRef<[u8]> for GeneratedId {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl RequestId {
     /// The prefix of generated ids.
     pub const GENERATED_PREFIX: &'static str = "req_";
@@ -108,20 +120,28 @@ impl RequestId {
     /// ULIDs sort by creation time to the millisecond and carry 80 random bits, so ids from
     /// different processes do not collide; the result is URL-safe and valid by the id rules.
     pub fn generate() -> Self {
+        let mut buf = [0u8; GENERATED_LEN];
+        buf[..4].copy_from_slice(Self::GENERATED_PREFIX.as_bytes());
         let mut encoded = [0u8; ulid::ULID_LEN];
         ulid::Ulid::generate().array_to_str(&mut encoded);
-        // ULIDs encode in upper-case Crockford base32; lower case reads better in logs and URLs.
-        encoded.make_ascii_lowercase();
-        let mut buf = [0u8; 4 + ulid::ULID_LEN];
-        buf[..4].copy_from_slice(Self::GENERATED_PREFIX.as_bytes());
         buf[4..].copy_from_slice(&encoded);
-        Self(HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("req_")))
+        // ULIDs encode in upper-case Crockford base32; lower case reads better in logs and URLs.
+        buf.make_ascii_lowercase();
+        // Owned bytes are shared by reference count from the start: the id is cloned into the
+        // extensions, the current context and the response, and a plain `Vec`-backed value
+        // would allocate again on its first clone.
+        let shared = bytes::Bytes::from_owner(GeneratedId(buf));
+        Self(
+            HeaderValue::from_maybe_shared(shared)
+                .unwrap_or_else(|_| HeaderValue::from_static("req_")),
+        )
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        // Validated ids are ASCII, so this never falls back.
-        self.0.to_str().unwrap_or_default()
+        // Validated ids are ASCII, so this never falls back (and the UTF-8 check is the cheap
+        // one: `HeaderValue::to_str` checks every byte for visible ASCII again).
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
     }
 
     /// The id as a header value (cheap to clone).

@@ -6,6 +6,9 @@
 //! nothing is printed. Overhead = (stack time) - (no-op time).
 //!
 //! Run: `cargo bench -p periscope-trace --bench server_layer -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Instruction counts: `TRACE_BENCH_RUN=<subscriber>/<kind>/<contender>/<calls>` makes that many
+//! calls and exits, for `valgrind --tool=callgrind` (see `scripts/callgrind-trace.sh`).
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
@@ -13,7 +16,7 @@ use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::Criterion;
 use http::{Request, Response};
 use periscope_trace::CorrelationLayer;
 use tower::{Layer, Service, ServiceBuilder, service_fn};
@@ -63,58 +66,101 @@ where
     }
 }
 
-/// The three contenders, run side by side under whatever subscriber is the default.
-fn contenders(c: &mut Criterion, subscriber: &str) {
-    for (kind, request) in [
-        ("internal", internal_request as fn() -> Request<Body>),
-        ("edge", edge_request),
-    ] {
-        side_by_side(c, &format!("{kind}_{subscriber}"), request);
+/// The contenders: the bare no-op service, periscope's layer, tower-http's layers.
+const CONTENDERS: [&str; 3] = ["noop", "periscope", "tower_http"];
+
+type BoxedService = tower::util::BoxService<Request<Body>, Response<Body>, Infallible>;
+
+fn contender(name: &str) -> BoxedService {
+    match name {
+        "noop" => BoxedService::new(service_fn(noop)),
+        "periscope" => BoxedService::new(CorrelationLayer::new().layer(service_fn(noop))),
+        "tower_http" => BoxedService::new(
+            ServiceBuilder::new()
+                // One response type for every contender; the body is dropped as a caller would.
+                .map_response(|response: Response<_>| response.map(|_| Body::new()))
+                .set_x_request_id(MakeRequestUuid)
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                        .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+                        .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+                )
+                .propagate_x_request_id()
+                .service(service_fn(noop)),
+        ),
+        _ => panic!("unknown contender {name:?}: one of {CONTENDERS:?}"),
     }
 }
 
 fn side_by_side(c: &mut Criterion, group: &str, request: fn() -> Request<Body>) {
     let mut group = c.benchmark_group(group);
-    let mut bare = service_fn(noop);
-    group.bench_function("noop", |b| b.iter(|| black_box(call(&mut bare, request))));
-
-    let mut periscope = CorrelationLayer::new().layer(service_fn(noop));
-    group.bench_function("periscope", |b| {
-        b.iter(|| black_box(call(&mut periscope, request)))
-    });
-
-    let mut tower_http = ServiceBuilder::new()
-        .set_x_request_id(MakeRequestUuid)
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                .on_request(DefaultOnRequest::new().level(Level::DEBUG))
-                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
-        )
-        .propagate_x_request_id()
-        .service(service_fn(noop));
-    group.bench_function("tower_http", |b| {
-        b.iter(|| black_box(call(&mut tower_http, request)))
-    });
+    for name in CONTENDERS {
+        let mut service = contender(name);
+        group.bench_function(name, |b| b.iter(|| black_box(call(&mut service, request))));
+    }
     group.finish();
 }
 
 /// A service's usual subscriber: spans formatted by a fmt layer (writing to a sink here).
-fn under_fmt_layer(c: &mut Criterion) {
-    let subscriber = tracing_subscriber::registry()
+fn fmt_sink() -> tracing::Dispatch {
+    tracing_subscriber::registry()
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink))
-        .with(tracing_subscriber::filter::LevelFilter::INFO);
-    let _default = tracing::subscriber::set_default(subscriber);
-    contenders(c, "fmt_sink");
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .into()
 }
 
 /// The bare span store: what the layers cost before any formatting.
-fn under_registry(c: &mut Criterion) {
-    let subscriber =
-        tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::INFO);
-    let _default = tracing::subscriber::set_default(subscriber);
-    contenders(c, "registry");
+fn registry() -> tracing::Dispatch {
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .into()
 }
 
-criterion_group!(benches, under_fmt_layer, under_registry);
-criterion_main!(benches);
+type Named<T> = (&'static str, T);
+
+const SUBSCRIBERS: [Named<fn() -> tracing::Dispatch>; 2] =
+    [("fmt_sink", fmt_sink), ("registry", registry)];
+
+type MakeRequest = fn() -> Request<Body>;
+
+const KINDS: [Named<MakeRequest>; 2] = [("internal", internal_request), ("edge", edge_request)];
+
+/// `TRACE_BENCH_RUN=<subscriber>/<kind>/<contender>/<calls>`: makes that many calls and exits.
+fn run_calls(spec: &str) {
+    let parts: Vec<&str> = spec.split('/').collect();
+    let [subscriber, kind, name, calls] = parts[..] else {
+        panic!("TRACE_BENCH_RUN={spec:?}: expected <subscriber>/<kind>/<contender>/<calls>")
+    };
+    let subscriber = named(&SUBSCRIBERS, subscriber);
+    let request = named(&KINDS, kind);
+    let calls: u64 = calls.parse().expect("<calls> is a number");
+    let _default = tracing::dispatcher::set_default(&subscriber());
+    let mut service = contender(name);
+    for _ in 0..calls {
+        black_box(call(&mut service, request));
+    }
+}
+
+fn named<T: Copy>(list: &[(&str, T)], name: &str) -> T {
+    let names: Vec<&str> = list.iter().map(|(n, _)| *n).collect();
+    list.iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("unknown name {name:?}: one of {names:?}"))
+        .1
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("TRACE_BENCH_RUN") {
+        run_calls(&spec);
+        return;
+    }
+    let mut criterion = Criterion::default().configure_from_args();
+    for (subscriber, dispatch) in SUBSCRIBERS {
+        let _default = tracing::dispatcher::set_default(&dispatch());
+        for (kind, request) in KINDS {
+            side_by_side(&mut criterion, &format!("{kind}_{subscriber}"), request);
+        }
+    }
+    criterion.final_summary();
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Instructions per request of the contenders of periscope-trace's `server_layer` bench (the
+# server layer against tower-http's request-id and trace layers), counted by callgrind: the
+# difference between a run of N2 and a run of N1 calls, divided by N2 - N1, so setup and
+# start-up cancel out. Deterministic, unlike times on a shared machine.
+#
+# Usage: scripts/callgrind-trace.sh   (needs valgrind)
+# Environment: SUBSCRIBERS (default "registry fmt_sink"), KINDS (default "edge internal"),
+#              N1 (default 200), N2 (default 2200), FEATURES (cargo features, e.g. "otel").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+n1=${N1:-200}
+n2=${N2:-2200}
+bin=$(cargo bench -p periscope-trace --bench server_layer --features "${FEATURES:-}" --no-run \
+  --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    message = json.loads(line)
+    if message.get("target", {}).get("name") == "server_layer" and message.get("executable"):
+        print(message["executable"])')
+
+# Instructions per call of one contender.
+per_call() {
+  local counts=()
+  for calls in "$n1" "$n2"; do
+    counts+=("$(TRACE_BENCH_RUN="$1/$calls" valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+      "$bin" 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')")
+  done
+  echo $(((counts[1] - counts[0]) / (n2 - n1)))
+}
+
+echo "| subscriber | request | noop | periscope overhead | tower-http overhead | ratio |"
+echo "| --- | --- | --- | --- | --- | --- |"
+for subscriber in ${SUBSCRIBERS:-registry fmt_sink}; do
+  for kind in ${KINDS:-edge internal}; do
+    noop=$(per_call "$subscriber/$kind/noop")
+    periscope=$(($(per_call "$subscriber/$kind/periscope") - noop))
+    tower_http=$(($(per_call "$subscriber/$kind/tower_http") - noop))
+    ratio=$(python3 -c "print(f'{$periscope / $tower_http:.2f}')")
+    echo "| $subscriber | $kind | $noop | $periscope | $tower_http | $ratio |"
+  done
+done
