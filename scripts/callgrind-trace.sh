@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request of the contenders of periscope-trace's `server_layer` bench (the
-# server layer against tower-http's request-id and trace layers), counted by callgrind: the
+# server layer against tower-http's request-id and trace layers, as they come and set up to
+# continue W3C traces with OpenTelemetry's propagator), counted by callgrind: the
 # difference between a run of N2 and a run of N1 calls, divided by N2 - N1, so setup and
 # start-up cancel out. Deterministic, unlike times on a shared machine.
 #
@@ -30,14 +31,17 @@ per_call() {
   echo $(((counts[1] - counts[0]) / (n2 - n1)))
 }
 
-echo "| subscriber | request | noop | periscope overhead | tower-http overhead | ratio |"
-echo "| --- | --- | --- | --- | --- | --- |"
+ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+
+echo "| subscriber | request | noop | periscope | tower_http | ratio | tower_http_w3c | ratio |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for subscriber in ${SUBSCRIBERS:-registry fmt_sink}; do
   for kind in ${KINDS:-edge internal}; do
     noop=$(per_call "$subscriber/$kind/noop")
     periscope=$(($(per_call "$subscriber/$kind/periscope") - noop))
-    tower_http=$(($(per_call "$subscriber/$kind/tower_http") - noop))
-    ratio=$(python3 -c "print(f'{$periscope / $tower_http:.2f}')")
-    echo "| $subscriber | $kind | $noop | $periscope | $tower_http | $ratio |"
+    plain=$(($(per_call "$subscriber/$kind/tower_http") - noop))
+    w3c=$(($(per_call "$subscriber/$kind/tower_http_w3c") - noop))
+    echo "| $subscriber | $kind | $noop | $periscope | $plain | $(ratio $periscope $plain)" \
+      "| $w3c | $(ratio $periscope $w3c) |"
   done
 done

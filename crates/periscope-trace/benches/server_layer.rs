@@ -17,13 +17,19 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use criterion::Criterion;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use periscope_trace::CorrelationLayer;
 use tower::{Layer, Service, ServiceBuilder, service_fn};
 use tower_http::ServiceBuilderExt;
 use tower_http::request_id::MakeRequestUuid;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnRequest, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{
+    DefaultMakeSpan, DefaultOnRequest, DefaultOnResponse, MakeSpan, TraceLayer,
+};
 use tracing::Level;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 
 type Body = http_body_util::Empty<bytes::Bytes>;
@@ -66,8 +72,9 @@ where
     }
 }
 
-/// The contenders: the bare no-op service, periscope's layer, tower-http's layers.
-const CONTENDERS: [&str; 3] = ["noop", "periscope", "tower_http"];
+/// The contenders: the bare no-op service, periscope's layer, tower-http's layers as they come,
+/// and tower-http's layers set up to continue W3C traces as teams do it by hand.
+const CONTENDERS: [&str; 4] = ["noop", "periscope", "tower_http", "tower_http_w3c"];
 
 type BoxedService = tower::util::BoxService<Request<Body>, Response<Body>, Infallible>;
 
@@ -75,22 +82,66 @@ fn contender(name: &str) -> BoxedService {
     match name {
         "noop" => BoxedService::new(service_fn(noop)),
         "periscope" => BoxedService::new(CorrelationLayer::new().layer(service_fn(noop))),
-        "tower_http" => BoxedService::new(
-            ServiceBuilder::new()
-                // One response type for every contender; the body is dropped as a caller would.
-                .map_response(|response: Response<_>| response.map(|_| Body::new()))
-                .set_x_request_id(MakeRequestUuid)
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                        .on_request(DefaultOnRequest::new().level(Level::DEBUG))
-                        .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
-                )
-                .propagate_x_request_id()
-                .service(service_fn(noop)),
-        ),
+        "tower_http" => tower_http(DefaultMakeSpan::new().level(Level::INFO)),
+        "tower_http_w3c" => tower_http(w3c_span as fn(&Request<Body>) -> Span),
         _ => panic!("unknown contender {name:?}: one of {CONTENDERS:?}"),
     }
+}
+
+/// `SetRequestId` + `TraceLayer` (spans from `make_span`) + `PropagateRequestId`.
+fn tower_http<M>(make_span: M) -> BoxedService
+where
+    M: MakeSpan<Body> + Clone + Send + 'static,
+{
+    BoxedService::new(
+        ServiceBuilder::new()
+            // One response type for every contender; the body is dropped as a caller would.
+            .map_response(|response: Response<_>| response.map(|_| Body::new()))
+            .set_x_request_id(MakeRequestUuid)
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(make_span)
+                    .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+                    .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+            )
+            .propagate_x_request_id()
+            .service(service_fn(noop)),
+    )
+}
+
+/// Reads headers for OpenTelemetry's propagator.
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// The request span of a hand-glued stack that continues W3C traces (the anchor's span in the
+/// workspace's `benches/stack.rs`): tower-http's request id as a field, and the incoming trace
+/// context, read by OpenTelemetry's propagator, as the span's OpenTelemetry parent.
+fn w3c_span(request: &Request<Body>) -> Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %request.uri(),
+        version = ?request.version(),
+        request_id,
+        otel.kind = "server",
+    );
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+    let _ = span.set_parent(parent);
+    span
 }
 
 fn side_by_side(c: &mut Criterion, group: &str, request: fn() -> Request<Body>) {
