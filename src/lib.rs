@@ -65,6 +65,7 @@ mod doc_pages {
     struct Logging;
     #[doc = include_str!("../docs/metrics.md")]
     struct Metrics;
+    #[cfg(all(feature = "axum", feature = "signal"))]
     #[doc = include_str!("../docs/health.md")]
     struct Health;
     #[cfg(feature = "gpu-tracker")]

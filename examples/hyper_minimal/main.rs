@@ -28,6 +28,7 @@ use hyper_util::service::TowerToHyperService;
 use periscope::Observability;
 use periscope::admin::Admin;
 use periscope::error::{HttpError, Violations};
+use periscope::health::Shutdown;
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -72,12 +73,7 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
 
     // Until the signal and the drain period after it, keep accepting: load balancers must
     // see /ready answer 503 draining before the listener goes away.
-    let drain_handle = obs.health().drain_handle();
-    let stopped = async move {
-        let signal = stop_signal().await;
-        tracing::info!(signal, "shutting down: /ready answers draining");
-        drain_handle.drain_for(drain).await;
-    };
+    let stopped = Shutdown::on_signal(obs.health().drain_handle(), drain).wait();
     tokio::pin!(stopped);
     let connections = GracefulShutdown::new();
     loop {
@@ -152,17 +148,4 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T, accepted: &str) -> Resul
             .map_err(|_| format!("{name}={value:?} is not valid: use {accepted}")),
         _ => Ok(default),
     }
-}
-
-async fn stop_signal() -> &'static str {
-    #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        return tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        };
-    }
-    let _ = tokio::signal::ctrl_c().await;
-    "SIGINT"
 }

@@ -46,9 +46,8 @@ use std::time::Duration;
 use axum::Router;
 use periscope::Observability;
 use periscope::admin::DebugAccess;
-use periscope::health::{DrainHandle, Health};
+use periscope::health::{Health, Shutdown};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use self::model::ModelHandle;
 use self::predict::{AppState, ModelMetrics};
@@ -210,46 +209,4 @@ fn env_bool(name: &str, default: bool) -> Result<bool, String> {
         "false" | "0" | "no" | "off" => Ok(false),
         _ => Err(format!("{name}={value:?} is not valid: use true or false")),
     }
-}
-
-/// Graceful shutdown: on SIGTERM or Ctrl-C, `/ready` answers `draining` for the drain period
-/// (so load balancers stop sending traffic), then every listener stops accepting and the
-/// requests in flight finish.
-#[derive(Clone)]
-struct Shutdown(watch::Receiver<bool>);
-
-impl Shutdown {
-    fn on_signal(drain: DrainHandle, period: Duration) -> Self {
-        let (stop, stopped) = watch::channel(false);
-        tokio::spawn(async move {
-            let signal = stop_signal().await;
-            tracing::info!(
-                signal,
-                drain_s = period.as_secs_f64(),
-                "shutting down: /ready answers draining"
-            );
-            drain.drain_for(period).await;
-            tracing::info!("drained: closing the listeners, finishing requests in flight");
-            let _ = stop.send(true);
-        });
-        Self(stopped)
-    }
-
-    async fn wait(mut self) {
-        // An error means the signal task is gone: stop too.
-        let _ = self.0.wait_for(|stop| *stop).await;
-    }
-}
-
-async fn stop_signal() -> &'static str {
-    #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        return tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        };
-    }
-    let _ = tokio::signal::ctrl_c().await;
-    "SIGINT"
 }

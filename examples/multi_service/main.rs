@@ -42,9 +42,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use periscope::Observability;
-use periscope::health::DrainHandle;
+use periscope::health::Shutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 /// Starts both services; a configuration error is printed and exits with status 1.
 pub fn main() -> std::process::ExitCode {
@@ -127,39 +126,4 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T, accepted: &str) -> Resul
             .map_err(|_| format!("{name}={value:?} is not valid: use {accepted}")),
         _ => Ok(default),
     }
-}
-
-/// On SIGTERM or Ctrl-C: `/ready` answers `draining` for the drain period, then both
-/// services stop accepting and finish the requests in flight.
-#[derive(Clone)]
-struct Shutdown(watch::Receiver<bool>);
-
-impl Shutdown {
-    fn on_signal(drain: DrainHandle, period: Duration) -> Self {
-        let (stop, stopped) = watch::channel(false);
-        tokio::spawn(async move {
-            let signal = stop_signal().await;
-            tracing::info!(signal, "shutting down: /ready answers draining");
-            drain.drain_for(period).await;
-            let _ = stop.send(true);
-        });
-        Self(stopped)
-    }
-
-    async fn wait(mut self) {
-        let _ = self.0.wait_for(|stop| *stop).await;
-    }
-}
-
-async fn stop_signal() -> &'static str {
-    #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        return tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        };
-    }
-    let _ = tokio::signal::ctrl_c().await;
-    "SIGINT"
 }

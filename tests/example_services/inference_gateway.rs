@@ -230,7 +230,8 @@ async fn ready_waits_for_the_model_and_drains_on_sigterm() {
         .iter()
         .find(|line| line["message"] == "shutting down: /ready answers draining")
         .expect("the shutdown line");
-    assert_eq!(stopping["data"]["signal"], "SIGTERM");
+    assert_eq!(stopping["data"]["cause"], "SIGTERM");
+    assert_eq!(stopping["target"], "periscope_health::shutdown");
     assert_eq!(lines.last().unwrap()["message"], "stopped");
 }
 

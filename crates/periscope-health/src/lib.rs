@@ -56,6 +56,8 @@ mod render;
 mod report;
 mod runner;
 mod service;
+#[cfg(feature = "signal")]
+mod shutdown;
 
 pub use check::{Check, CheckError, CheckFuture, FnCheck, HealthCheck, MAX_ERROR_LEN, check_fn};
 pub use gate::{DrainHandle, StartupGate};
@@ -65,3 +67,5 @@ pub use render::{Details, Probe};
 pub use report::{CheckOutcome, Report, Status};
 pub use runner::{MIN_POLL_INTERVAL, NoRuntime, Poller};
 pub use service::{ProbeBody, ProbePaths, ProbeService, ResponseFuture};
+#[cfg(feature = "signal")]
+pub use shutdown::{SHUTDOWN_TARGET, Shutdown};

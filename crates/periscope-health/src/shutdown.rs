@@ -1,0 +1,123 @@
+//! Graceful shutdown: a stop signal, then readiness draining for a grace period, then stop.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::DrainHandle;
+
+/// Graceful shutdown in the order Kubernetes needs it: on the stop signal `/ready` answers 503
+/// `draining` for the grace period, so load balancers take the instance out while it still
+/// serves, and only then does every clone's [`wait`](Self::wait) return: the moment to stop
+/// accepting connections and finish the requests in flight.
+///
+/// Clones share the one shutdown; hand one to each listener.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use periscope_health::{Health, Shutdown};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let health = Health::builder().build()?;
+/// // SIGTERM or Ctrl-C: /ready answers draining for 5 s, then `wait()` returns.
+/// let shutdown = Shutdown::on_signal(health.drain_handle(), Duration::from_secs(5));
+/// // axum: `axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().wait())`;
+/// // hyper: stop the accept loop when `shutdown.clone().wait()` returns, then finish the
+/// // connections (hyper-util's `GracefulShutdown`).
+/// shutdown.wait().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    stopped: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    /// Shuts down on SIGTERM (Unix) or Ctrl-C (SIGINT), logged as the `cause`. The handlers are
+    /// in place when this returns, so a signal sent right after is not missed. Call it inside a
+    /// Tokio runtime with I/O enabled (`#[tokio::main]` is). When no handler can be installed
+    /// the error is logged and the service runs on, without graceful shutdown.
+    pub fn on_signal(drain: DrainHandle, grace: Duration) -> Self {
+        Self::on(stop_signal(), drain, grace)
+    }
+
+    /// Shuts down when `trigger` completes (a signal of your own, an admin call, a test); its
+    /// output names the cause in the log line. Call it inside a Tokio runtime.
+    pub fn on<F>(trigger: F, drain: DrainHandle, grace: Duration) -> Self
+    where
+        F: Future<Output = &'static str> + Send + 'static,
+    {
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            let cause = trigger.await;
+            tracing::info!(
+                target: SHUTDOWN_TARGET,
+                cause,
+                grace_s = grace.as_secs_f64(),
+                "shutting down: /ready answers draining"
+            );
+            drain.drain_for(grace).await;
+            tracing::info!(
+                target: SHUTDOWN_TARGET,
+                "drained: stopping the listeners, finishing the requests in flight"
+            );
+            let _ = stop.send(true);
+        });
+        Self { stopped }
+    }
+
+    /// Whether the grace period is over (the moment [`wait`](Self::wait) returns).
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.borrow()
+    }
+
+    /// Returns once the signal has come and the grace period is over; also when the shutdown
+    /// task is gone (its runtime shut down), since nothing could then end the wait.
+    pub async fn wait(mut self) {
+        let _ = self.stopped.wait_for(|stopped| *stopped).await;
+    }
+}
+
+/// The tracing target of the shutdown's log lines.
+pub const SHUTDOWN_TARGET: &str = "periscope_health::shutdown";
+
+/// A future that completes on the first SIGTERM or SIGINT. The handlers are installed before it
+/// is returned; if they cannot be, it logs the error and never completes.
+#[cfg(unix)]
+fn stop_signal() -> impl Future<Output = &'static str> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let streams = signal(SignalKind::terminate())
+        .and_then(|terminate| Ok((terminate, signal(SignalKind::interrupt())?)));
+    async move {
+        match streams {
+            Ok((mut terminate, mut interrupt)) => tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+            },
+            Err(error) => never_without_handlers(&error).await,
+        }
+    }
+}
+
+/// A future that completes on Ctrl-C; if no handler can be installed, it logs the error and
+/// never completes.
+#[cfg(not(unix))]
+fn stop_signal() -> impl Future<Output = &'static str> + Send + 'static {
+    async move {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => "Ctrl-C",
+            Err(error) => never_without_handlers(&error).await,
+        }
+    }
+}
+
+async fn never_without_handlers(error: &std::io::Error) -> &'static str {
+    tracing::error!(
+        target: SHUTDOWN_TARGET,
+        error = %error,
+        "cannot listen for stop signals, graceful shutdown is off: \
+         build the Tokio runtime with I/O enabled"
+    );
+    std::future::pending().await
+}
