@@ -292,8 +292,8 @@ impl ApiError {
         self.retryable
     }
 
-    /// How long to wait before retrying: `retry_after_s`, else a `Retry-After` header in
-    /// seconds.
+    /// How long to wait before retrying: `retry_after_s`, else a `Retry-After` header (seconds,
+    /// or an HTTP date counted from when the response was decoded).
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
@@ -438,6 +438,7 @@ fn request_id_header(headers: &HeaderMap) -> Option<String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::time::SystemTime;
 
     fn decode(status: u16, body: &[u8]) -> ApiError {
         ApiError::from_parts(
@@ -530,6 +531,31 @@ mod tests {
         assert_eq!(error.retry_after(), Some(Duration::from_secs(17)));
         assert_eq!(error.request_id(), Some("req_abc"));
         assert_eq!(error.code(), "rate_limited");
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date_counts_from_now() {
+        let retry_after = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("retry-after", value.parse().unwrap());
+            ApiError::from_parts(StatusCode::SERVICE_UNAVAILABLE, &headers, b"").retry_after()
+        };
+        let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
+        let seconds = retry_after(&in_a_minute).unwrap().as_secs();
+        assert!((58..=61).contains(&seconds), "{in_a_minute}: {seconds} s");
+        // A date in the past means now; the obsolete formats of RFC 9110 are read too.
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            retry_after("Sunday, 06-Nov-94 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after(" 5 "), Some(Duration::from_secs(5)));
+        for garbage in ["soon", "-3", "1.5", "Sun, 32 Nov 1994 08:49:37 GMT"] {
+            assert_eq!(retry_after(garbage), None, "{garbage}");
+        }
     }
 
     /// A body of 1 KiB frames that never ends.

@@ -2,7 +2,7 @@
 //! `Retry-After`, `x-request-id`, and the [`RenderedError`] marker other layers read.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -194,10 +194,18 @@ pub(crate) fn write(
     bytes
 }
 
-/// A `Retry-After` header in delta-seconds (the HTTP-date form is not read).
+/// A `Retry-After` header as seconds from now: delta-seconds, or an HTTP date (RFC 9110
+/// section 10.2.3), rounded up, and 0 when the date has passed.
 pub(crate) fn retry_after_seconds(headers: &HeaderMap) -> Option<u64> {
-    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse().ok()
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse() {
+        return Some(seconds);
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .map_or(0, whole_seconds),
+    )
 }
 
 /// A delay in whole seconds, rounded up: a client never retries early.

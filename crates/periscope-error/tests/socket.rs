@@ -124,6 +124,18 @@ fn app() -> Router {
         )
         .route("/gone", get(|| async { StatusCode::NOT_FOUND }))
         .route(
+            "/maintenance",
+            get(|| async {
+                let until = std::time::SystemTime::now() + Duration::from_secs(120);
+                let retry_after = [("retry-after", httpdate::fmt_http_date(until))];
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    retry_after,
+                    "down for maintenance",
+                )
+            }),
+        )
+        .route(
             "/validate",
             post(|Json(body): Json<Value>| async move {
                 let mut violations = Violations::new();
@@ -358,6 +370,14 @@ async fn retry_after_for_rate_limited_and_unavailable() {
     let reply = send(addr, "GET", "/busy", &[], b"").await;
     envelope(&reply, "service_unavailable", 503);
     assert_eq!(reply.header("retry-after"), Some("5"));
+
+    // A bare 503 whose Retry-After is an HTTP date: the envelope counts the seconds.
+    let reply = send(addr, "GET", "/maintenance", &[], b"").await;
+    let json = envelope(&reply, "service_unavailable", 503);
+    let seconds = json["error"]["retry_after_s"].as_u64().unwrap();
+    assert!((115..=121).contains(&seconds), "{json}");
+    let decoded = reply.api_error().retry_after().unwrap().as_secs();
+    assert!((115..=121).contains(&decoded), "{decoded}");
 
     // Without a known delay there is no header.
     let reply = send(addr, "GET", "/slow", &[], b"").await;
