@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use periscope_admin::{Admin, DebugAccess};
-use periscope_context::TenantKey;
+use periscope_context::{RouteTemplates, TenantKey};
 use periscope_error::ErrorLayer;
 use periscope_health::Health;
 use periscope_log::{
@@ -32,6 +32,10 @@ pub enum Error {
     /// The health probes could not be built.
     #[error("health: {0}")]
     Health(#[from] periscope_health::BuildError),
+    /// A route template is malformed or conflicts with another (see
+    /// [`route_templates`](ObservabilityBuilder::route_templates)).
+    #[error(transparent)]
+    RouteTemplate(#[from] periscope_context::RouteTemplateError),
     /// [`Observability::init`] was called twice, or another global subscriber is installed.
     #[error(
         "a global tracing subscriber is already installed: call Observability::init once, and \
@@ -163,8 +167,10 @@ impl ObservabilityBuilder {
         self
     }
 
-    /// Route templates such as `/v1/jobs/{id}` for the `route` label of services without axum
-    /// (axum's matched route is used when present).
+    /// Route templates such as `/v1/jobs/{id}` for services without axum: the request span's
+    /// name, the access line's `route` and the `route` label all say the template a request
+    /// matches (axum's matched route is used when present). `build` fails on a malformed or
+    /// conflicting template.
     pub fn route_templates<I, T>(mut self, templates: I) -> Self
     where
         I: IntoIterator<Item = T>,
@@ -254,6 +260,14 @@ impl ObservabilityBuilder {
                 .build()?,
         };
 
+        // The admin paths count under their own route, with axum or without.
+        let templates: Vec<&str> = periscope_admin::Endpoint::ALL
+            .iter()
+            .map(|endpoint| endpoint.path())
+            .chain(self.route_templates.iter().map(String::as_str))
+            .collect();
+        let routes = RouteTemplates::new(&templates)?;
+
         let registry = MetricsRegistry::new();
         let mut metrics_layer = None;
         if settings.metrics {
@@ -265,13 +279,7 @@ impl ObservabilityBuilder {
             registry.register_process_metrics()?;
             metrics_layer = Some(
                 MetricsLayer::builder()
-                    // The admin paths count under their own route, with axum or without.
-                    .route_templates(
-                        periscope_admin::Endpoint::ALL
-                            .iter()
-                            .map(|endpoint| endpoint.path())
-                            .chain(self.route_templates.iter().map(String::as_str)),
-                    )
+                    .route_templates(templates.iter().copied())
                     .register(&registry)?,
             );
             registry.register_collector(Box::new(DroppedLinesCollector(log_layer.dropped_lines())));
@@ -293,11 +301,14 @@ impl ObservabilityBuilder {
             None
         };
 
-        let correlation = CorrelationLayer::new().tenant_keys(
-            TenantKey::defaults()
-                .into_iter()
-                .chain(tenant_keys.iter().cloned()),
-        );
+        // The server layer matches the route once; the layers inside read its match.
+        let correlation = CorrelationLayer::new()
+            .tenant_keys(
+                TenantKey::defaults()
+                    .into_iter()
+                    .chain(tenant_keys.iter().cloned()),
+            )
+            .route_templates(routes);
         // One propagation setting for incoming and outgoing context (OTEL_PROPAGATORS).
         #[cfg(feature = "otel")]
         let correlation = correlation.propagators(settings.otel.propagators);

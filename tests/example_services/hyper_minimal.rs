@@ -50,6 +50,8 @@ async fn the_stack_works_without_axum() {
         .find(|l| l["target"] == "periscope::access")
         .expect("the access line");
     assert_eq!(access["data"]["path"], "/hello/world");
+    // Without a router, the declared template names the route on the access line too.
+    assert_eq!(access["data"]["route"], "/hello/{name}");
     assert_eq!(access["data"]["status"], 200);
     assert_eq!(greeting["trace_id"], access["trace_id"]);
 

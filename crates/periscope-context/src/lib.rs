@@ -33,6 +33,7 @@ mod carrier;
 mod context;
 mod ids;
 mod request_id;
+mod route;
 mod tenant;
 mod traceparent;
 mod tracestate;
@@ -45,6 +46,7 @@ pub use carrier::{
 pub use context::{RequestContext, WithContext};
 pub use ids::{HexId, SpanId, TraceFlags, TraceId};
 pub use request_id::{InvalidId, MAX_REQUEST_ID_LEN, RequestId, validate_id};
+pub use route::{MatchedRoute, RouteTemplateError, RouteTemplates};
 pub use tenant::{InvalidTenantKey, Tenant, TenantKey};
 pub use traceparent::{TRACEPARENT_LEN, TraceParent, TraceParentError};
 pub use tracestate::{MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TraceState, TraceStateError};

@@ -91,10 +91,16 @@ fn stop_signal() -> impl Future<Output = &'static str> + Send + 'static {
         .and_then(|terminate| Ok((terminate, signal(SignalKind::interrupt())?)));
     async move {
         match streams {
-            Ok((mut terminate, mut interrupt)) => tokio::select! {
-                _ = terminate.recv() => "SIGTERM",
-                _ = interrupt.recv() => "SIGINT",
-            },
+            // Without `tokio::select!`, which would need tokio's macros in every build.
+            Ok((mut terminate, mut interrupt)) => {
+                std::future::poll_fn(|cx| {
+                    if terminate.poll_recv(cx).is_ready() {
+                        return std::task::Poll::Ready("SIGTERM");
+                    }
+                    interrupt.poll_recv(cx).map(|_| "SIGINT")
+                })
+                .await
+            }
             Err(error) => never_without_handlers(&error).await,
         }
     }

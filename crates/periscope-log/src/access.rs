@@ -155,17 +155,14 @@ where
     }
 }
 
-#[cfg(feature = "axum")]
+/// The route template: axum's matched route, or the one an outer layer matched
+/// ([`MatchedRoute`](periscope_context::MatchedRoute)).
 fn matched_path<B>(request: &Request<B>) -> Option<String> {
-    request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-}
-
-#[cfg(not(feature = "axum"))]
-fn matched_path<B>(_request: &Request<B>) -> Option<String> {
-    None
+    #[cfg(feature = "axum")]
+    if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
+        return Some(matched.as_str().to_owned());
+    }
+    periscope_context::MatchedRoute::of(request.extensions()).map(str::to_owned)
 }
 
 /// The future of [`AccessLog`]: wraps the response body so the line is written when it ends.

@@ -53,3 +53,12 @@ pub enum MetricsError {
         reason: String,
     },
 }
+
+impl From<periscope_context::RouteTemplateError> for MetricsError {
+    fn from(error: periscope_context::RouteTemplateError) -> Self {
+        Self::RouteTemplate {
+            template: error.template,
+            reason: error.reason,
+        }
+    }
+}

@@ -14,7 +14,7 @@ use crate::labels::{StatusLabel, method_label};
 use crate::names::{check_label_names, check_metric_name};
 use crate::red::{Part, Recording, Red, RequestsView, RouteFn};
 use crate::registry::MetricsRegistry;
-use crate::routes::RouteTemplates;
+use periscope_context::RouteTemplates;
 
 /// OpenTelemetry's advice for HTTP server durations, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -563,6 +563,13 @@ mod tests {
         let call = Request::post("/grpc/pkg.Svc/Run").body(()).unwrap();
         assert_eq!(grpc.red.route(&call), "/pkg.Svc/Run");
         assert_eq!(grpc.red.route(&other), crate::UNMATCHED);
+
+        // The route an outer layer matched comes before the layer's own templates.
+        let mut matched = request_with(None);
+        matched
+            .extensions_mut()
+            .insert(periscope_context::MatchedRoute::new("/users/{user}"));
+        assert_eq!(layer.red.route(&matched), "/users/{user}");
     }
 
     #[test]

@@ -49,7 +49,6 @@ mod process;
 mod prometheus_text;
 mod red;
 mod registry;
-mod routes;
 mod sync;
 
 pub use error::MetricsError;
@@ -59,9 +58,9 @@ pub use labels::{CANCELLED, OTHER_METHOD, OVERFLOW, StatusLabel, UNMATCHED, meth
 pub use layer::{
     DURATION_BUCKETS, Metrics, MetricsLayer, MetricsLayerBuilder, ResponseFuture, SIZE_BUCKETS,
 };
+pub use periscope_context::{MatchedRoute, RouteTemplates};
 pub use red::RouteFn;
 pub use registry::{MetricsRegistry, OVERFLOW_METRIC, ServiceInfo};
-pub use routes::RouteTemplates;
 
 /// The prometheus-client crate this one builds on, for metric types and collectors.
 pub use prometheus_client;

@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use crate::guard::{GuardedFamily, Series};
 use crate::labels::{CANCELLED, OVERFLOW, StatusLabel, UNMATCHED};
-use crate::routes::RouteTemplates;
+use periscope_context::RouteTemplates;
 
 /// Finds the route template of a request when neither axum's `MatchedPath` nor the declared
 /// templates name it: for example the gRPC method path of a tonic service. Whatever it
@@ -62,12 +62,16 @@ impl Red {
         self.ignored_paths.iter().any(|ignored| ignored == path)
     }
 
-    /// The route label of `request`: axum's matched route, a declared template, the route
+    /// The route label of `request`: axum's matched route, the route an outer layer matched
+    /// ([`MatchedRoute`](periscope_context::MatchedRoute)), a declared template, the route
     /// function's answer, or `__unmatched__`; never the raw path.
     pub(crate) fn route<'r, B>(&'r self, request: &'r Request<B>) -> &'r str {
         #[cfg(feature = "axum")]
         if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
             return matched.as_str();
+        }
+        if let Some(template) = periscope_context::MatchedRoute::of(request.extensions()) {
+            return template;
         }
         if let Some(template) = self.routes.find(request.uri().path()) {
             return template;

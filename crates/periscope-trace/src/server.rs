@@ -8,8 +8,8 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use periscope_context::{
-    Baggage, ExtractOptions, Extracted, InvalidId, RequestContext, RequestIdOrigin, TenantKey,
-    WithContext, extract, headers::X_REQUEST_ID,
+    Baggage, ExtractOptions, Extracted, InvalidId, MatchedRoute, RequestContext, RequestIdOrigin,
+    RouteTemplates, TenantKey, WithContext, extract, headers::X_REQUEST_ID,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -84,6 +84,7 @@ struct Config {
     quiet: PathSelector,
     trust: Trust,
     propagators: Propagators,
+    routes: RouteTemplates,
 }
 
 impl CorrelationLayer {
@@ -120,6 +121,15 @@ impl CorrelationLayer {
     /// `OTEL_PROPAGATORS` with the `otel` feature's configuration.
     pub fn propagators(mut self, propagators: Propagators) -> Self {
         self.config_mut().propagators = propagators;
+        self
+    }
+
+    /// The route templates of a service without axum (`/users/{id}`): the span is named after
+    /// the template a request matches, and the match goes into the request's extensions as a
+    /// [`MatchedRoute`] for the layers inside (metrics, access log, errors). axum's
+    /// `MatchedPath` comes first when present.
+    pub fn route_templates(mut self, routes: RouteTemplates) -> Self {
+        self.config_mut().routes = routes;
         self
     }
 
@@ -189,13 +199,22 @@ where
             ctx.baggage = Baggage::new();
         }
 
+        let known = route_template(&request);
+        let matched = match known {
+            None if !config.routes.is_empty() => config.routes.matched(request.uri().path()),
+            _ => None,
+        };
         let span = if config.quiet.is_quiet(request.uri().path()) {
             Span::none()
         } else {
-            let span = server_span(&request, &ctx);
+            let route = known.or(matched.as_ref().map(MatchedRoute::as_str));
+            let span = server_span(&request, route, &ctx);
             bind(&span, &mut ctx, ParentKind::Remote, link.as_ref());
             span
         };
+        if let Some(matched) = matched {
+            request.extensions_mut().insert(matched);
+        }
         warn_rejected(&span, &ctx, &request_id_origin, &rejected_tenant);
 
         request.extensions_mut().insert(ctx.clone());
@@ -207,9 +226,8 @@ where
     }
 }
 
-fn server_span<B>(request: &Request<B>, ctx: &RequestContext) -> Span {
+fn server_span<B>(request: &Request<B>, route: Option<&str>, ctx: &RequestContext) -> Span {
     let method = method_name(request.method());
-    let route = route_template(request);
     tracing::info_span!(
         target: SERVER_TARGET,
         "http_request",
@@ -253,14 +271,13 @@ impl fmt::Display for SpanName<'_> {
     }
 }
 
-/// The matched route template, when the router has put one in the extensions.
+/// The route template already known: axum's matched route, or one an outer layer matched.
 fn route_template<B>(request: &Request<B>) -> Option<&str> {
     #[cfg(feature = "axum")]
     if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
         return Some(matched.as_str());
     }
-    let _ = request;
-    None
+    MatchedRoute::of(request.extensions())
 }
 
 /// One warning per request for each header that was sent but could not be used.

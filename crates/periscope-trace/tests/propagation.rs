@@ -336,3 +336,36 @@ async fn a_job_continues_the_request_trace_and_request_id() {
     assert_eq!(line.ctx("job_id"), Some("job_1"));
     assert_eq!(line.ctx("org_id"), Some("org_7"));
 }
+
+/// Without a router's matched path, the declared templates name the span and reach the inner
+/// layers as a `MatchedRoute`; an unmatched path gets neither.
+#[tokio::test]
+async fn route_templates_name_the_span_without_a_router() {
+    use periscope_context::{MatchedRoute, RouteTemplates};
+
+    let (capture, _guard) = capture();
+    let layer = CorrelationLayer::new()
+        .route_templates(RouteTemplates::new(["/users/{id}", "/users/me"]).unwrap());
+    let inner = tower::service_fn(|request: http::Request<axum::body::Body>| async move {
+        let route = MatchedRoute::of(request.extensions())
+            .unwrap_or("none")
+            .to_owned();
+        Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::from(route)))
+    });
+    let service = tower::ServiceBuilder::new().layer(layer).service(inner);
+    let addr = serve(axum::Router::new().fallback_service(service)).await;
+
+    for (path, id, route) in [
+        ("/users/42", "route-1", Some("/users/{id}")),
+        ("/users/me", "route-2", Some("/users/me")),
+        ("/elsewhere", "route-3", None),
+    ] {
+        let response = get(addr, path, &[("x-request-id", id)]).await;
+        assert_eq!(response.body(), route.unwrap_or("none"), "{path}");
+        let spans = capture.spans_for("http_request", id);
+        assert_eq!(spans.len(), 1, "{path}");
+        let name = route.map_or("GET".to_owned(), |route| format!("GET {route}"));
+        assert_eq!(spans[0].get("otel.name"), Some(name.as_str()), "{path}");
+        assert_eq!(spans[0].get("http.route"), route, "{path}");
+    }
+}

@@ -1,17 +1,19 @@
-//! Route templates a non-axum service declares, matched against the request path.
+//! Route templates a service without axum declares, matched against the request path, and the
+//! matched route shared by every layer through the request's extensions.
 
 use std::sync::Arc;
 
-use crate::error::MetricsError;
+use http::Extensions;
 
-/// The route templates of a service, so the `route` label is a template (`/users/{id}`) and
-/// never a raw path (`/users/42`).
+/// The route templates of a service, so span names, access lines and the `route` label say
+/// `/users/{id}` and never a raw path (`/users/42`). axum services need none: its matched route
+/// (`MatchedPath`) is used first.
 ///
 /// The syntax is axum's: `{name}` matches one path segment, `{*name}` the rest of the path,
 /// and a literal segment wins over a parameter (`/users/me` before `/users/{id}`).
 ///
 /// ```
-/// use periscope_metrics::RouteTemplates;
+/// use periscope_context::RouteTemplates;
 ///
 /// let routes = RouteTemplates::new(["/users/{id}", "/users/me", "/static/{*path}"]).unwrap();
 /// assert_eq!(routes.find("/users/42"), Some("/users/{id}"));
@@ -27,7 +29,7 @@ pub struct RouteTemplates {
 
 impl RouteTemplates {
     /// Compiles `templates`; fails on a malformed template or two that conflict.
-    pub fn new<I, T>(templates: I) -> Result<Self, MetricsError>
+    pub fn new<I, T>(templates: I) -> Result<Self, RouteTemplateError>
     where
         I: IntoIterator<Item = T>,
         T: AsRef<str>,
@@ -40,11 +42,11 @@ impl RouteTemplates {
     }
 
     /// Adds one template.
-    pub fn add(&mut self, template: &str) -> Result<(), MetricsError> {
+    pub fn add(&mut self, template: &str) -> Result<(), RouteTemplateError> {
         let shared: Arc<str> = Arc::from(template);
         self.router
             .insert(template, shared.clone())
-            .map_err(|source| MetricsError::RouteTemplate {
+            .map_err(|source| RouteTemplateError {
                 template: template.to_owned(),
                 reason: source.to_string(),
             })?;
@@ -55,6 +57,13 @@ impl RouteTemplates {
     /// The template that matches `path`, if any.
     pub fn find(&self, path: &str) -> Option<&str> {
         self.router.at(path).ok().map(|found| &**found.value)
+    }
+
+    /// The template that matches `path`, ready for the request's extensions (shared, not
+    /// copied).
+    pub fn matched(&self, path: &str) -> Option<MatchedRoute> {
+        let found = self.router.at(path).ok()?;
+        Some(MatchedRoute(found.value.clone()))
     }
 
     /// The declared templates, in declaration order.
@@ -79,6 +88,53 @@ impl std::fmt::Debug for RouteTemplates {
     }
 }
 
+/// A route template that is malformed or conflicts with one declared before.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid route template {template:?}: {reason}")]
+pub struct RouteTemplateError {
+    /// The template.
+    pub template: String,
+    /// What the matcher reported.
+    pub reason: String,
+}
+
+/// The route template a request matched, put in its extensions by the first layer that finds it
+/// (the server layer, from its [`RouteTemplates`]), so the layers inside it (metrics, access
+/// log) agree on the route without matching again. axum's `MatchedPath`, when present, comes
+/// first everywhere. A template match names the route a path belongs to, not that a handler
+/// serves it: the error layer tells a router's 404 (`route_not_found`) only by `MatchedPath`.
+///
+/// ```
+/// use periscope_context::{MatchedRoute, RouteTemplates};
+///
+/// let routes = RouteTemplates::new(["/users/{id}"]).unwrap();
+/// let mut request = http::Request::new(());
+/// *request.uri_mut() = "/users/42".parse().unwrap();
+/// if let Some(route) = routes.matched(request.uri().path()) {
+///     request.extensions_mut().insert(route);
+/// }
+/// assert_eq!(MatchedRoute::of(request.extensions()), Some("/users/{id}"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatchedRoute(Arc<str>);
+
+impl MatchedRoute {
+    /// A matched route template.
+    pub fn new(template: impl Into<Arc<str>>) -> Self {
+        Self(template.into())
+    }
+
+    /// The template.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The template in `extensions`, if a layer put one there.
+    pub fn of(extensions: &Extensions) -> Option<&str> {
+        extensions.get::<Self>().map(Self::as_str)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +151,11 @@ mod tests {
         assert_eq!(routes.find("/jobs/"), None);
         assert_eq!(routes.find(""), None);
         assert_eq!(routes.len(), 3);
+        assert_eq!(
+            routes.matched("/jobs/7").as_ref().map(MatchedRoute::as_str),
+            Some("/jobs/{job_id}")
+        );
+        assert_eq!(routes.matched("/nope"), None);
     }
 
     #[test]
