@@ -417,6 +417,15 @@ impl Observability {
             .with(otel_layer);
         tracing::subscriber::set_global_default(subscriber)
             .map_err(|_| Error::AlreadyInitialized)?;
+        // Libraries that write through the `log` crate reach the same lines, with their own
+        // target and level, and the request's ids when they log inside one.
+        if tracing_log::LogTracer::init().is_err() {
+            tracing::warn!(
+                target: "periscope",
+                "records of the `log` crate are not bridged into the JSON log: another `log` \
+                 logger is installed (remove it; periscope writes those records itself)"
+            );
+        }
         Ok(ObservabilityGuard {
             #[cfg(feature = "otel")]
             otel,

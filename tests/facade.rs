@@ -116,7 +116,14 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
     ));
 
     let app = Router::new()
-        .route("/jobs/{id}", get(|| async { "ok" }))
+        .route(
+            "/jobs/{id}",
+            get(|| async {
+                log::info!(target: "legacy_client", "answered through the log crate: {}", 42);
+                log::debug!(target: "legacy_client", "below the level: never written");
+                "ok"
+            }),
+        )
         .route("/conflict", get(conflict))
         .route("/panic", get(boom))
         .merge(obs.admin().router())
@@ -227,6 +234,17 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
     };
     let ok_line = access("client-id-1");
     assert_eq!(ok_line["data"]["status"], 200);
+    // A record of the `log` crate: its own target and level, the request's ids, no `log.*`.
+    let bridged: Vec<_> = lines
+        .iter()
+        .filter(|l| l["target"] == "legacy_client")
+        .collect();
+    assert_eq!(bridged.len(), 1, "{bridged:#?}");
+    assert_eq!(bridged[0]["level"], "info");
+    assert_eq!(bridged[0]["message"], "answered through the log crate: 42");
+    assert_eq!(bridged[0]["request_id"], "client-id-1");
+    assert_eq!(bridged[0]["trace_id"], ok_line["trace_id"]);
+    assert!(!bridged[0].to_string().contains("log."), "{}", bridged[0]);
     assert_eq!(ok_line["data"]["route"], "/jobs/{id}");
     assert_eq!(ok_line["trace_id"].as_str().unwrap().len(), 32);
     assert_eq!(access(&panic.request_id)["level"], "error");

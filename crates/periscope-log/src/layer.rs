@@ -11,6 +11,7 @@ use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_core::subscriber::Interest;
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
@@ -276,6 +277,9 @@ thread_local! {
 struct EventSink<'a> {
     layer: &'a LogLayer,
     parts: &'a mut Parts,
+    /// A `log` record bridged by `tracing-log`: its `log.*` fields (target, module, file,
+    /// line) are metadata, restored from them, not data.
+    bridged: bool,
 }
 
 impl EventSink<'_> {
@@ -317,6 +321,7 @@ impl FieldSink for EventSink<'_> {
     fn begin(&mut self, name: &'static str, slot: Slot) -> Option<&mut Vec<u8>> {
         match slot {
             Slot::Context(index) => self.context(index),
+            Slot::Data if self.bridged && name.starts_with("log.") => None,
             Slot::Data | Slot::Message => Some(self.data(name)),
         }
     }
@@ -366,7 +371,14 @@ impl LogLayer {
             scratch,
         } = buffers;
         parts.clear();
-        let mut sink = EventSink { layer: self, parts };
+        // A record of the `log` crate arrives under tracing-log's own callsite (target `log`);
+        // its real target and level are restored from its fields.
+        let normalized = event.normalized_metadata();
+        let mut sink = EventSink {
+            layer: self,
+            parts,
+            bridged: normalized.is_some(),
+        };
         event.record(&mut Visitor {
             rules: &self.rules,
             sink: &mut sink,
@@ -399,7 +411,7 @@ impl LogLayer {
         }
 
         line.clear();
-        let metadata = event.metadata();
+        let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
         match self.format {
             LogFormat::Json => self.assemble_json(line, metadata, parts, span_name),
             LogFormat::Pretty => self.assemble_pretty(line, metadata, parts, span_name),
