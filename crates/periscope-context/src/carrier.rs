@@ -309,25 +309,33 @@ impl Present {
     fn scan<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> Self {
         let mut bits = 0;
         let listed = carrier.for_each_name(&mut |name| {
-            bits |= match name {
+            let fixed = match name {
                 "x-request-id" => Self::REQUEST_ID,
                 "x-correlation-id" => Self::CORRELATION_ID,
                 "traceparent" => Self::TRACEPARENT,
                 "tracestate" => Self::TRACESTATE,
                 "baggage" => Self::BAGGAGE,
-                _ => Self::tenant_bit(options, name),
+                _ => 0,
             };
+            bits |= fixed;
+            // Tenant headers are all `x-…`, and may even be one of the above.
+            if name.starts_with("x-") {
+                bits |= Self::tenant_bits(options, name);
+            }
         });
         Self(if listed { bits } else { u64::MAX })
     }
 
-    fn tenant_bit(options: &ExtractOptions, name: &str) -> u64 {
-        options
-            .tenant_keys
-            .iter()
-            .take(64 - Self::FIRST_TENANT)
-            .position(|key| key.header().as_str() == name)
-            .map_or(0, |index| 1 << (Self::FIRST_TENANT + index))
+    fn tenant_bits(options: &ExtractOptions, name: &str) -> u64 {
+        let mut bits = 0;
+        let mut bit = 1u64 << Self::FIRST_TENANT;
+        for key in options.tenant_keys.iter().take(64 - Self::FIRST_TENANT) {
+            if key.header().as_str() == name {
+                bits |= bit;
+            }
+            bit <<= 1;
+        }
+        bits
     }
 
     fn has(self, bit: u64) -> bool {
@@ -476,6 +484,15 @@ mod tests {
         let present = Present::scan(&map, &options);
         assert!(present.has_tenant(0) && present.has_tenant(1));
         assert!(!present.has(Present::TRACEPARENT | Present::REQUEST_ID));
+
+        // A tenant key on the request id's own header is still read.
+        let options = ExtractOptions {
+            tenant_keys: vec![TenantKey::new("request_id").unwrap()],
+            ..ExtractOptions::default()
+        };
+        let e = extract(&headers(&[("x-request-id", "r-1")]), &options);
+        assert_eq!(e.context.tenant.get("request_id"), Some("r-1"));
+        assert_eq!(e.context.request_id.as_str(), "r-1");
     }
 
     /// Past the scan's limit of names, and for tenant keys past the last bit, lookups decide.

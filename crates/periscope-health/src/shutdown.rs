@@ -38,12 +38,20 @@ impl Shutdown {
     /// in place when this returns, so a signal sent right after is not missed. Call it inside a
     /// Tokio runtime with I/O enabled (`#[tokio::main]` is). When no handler can be installed
     /// the error is logged and the service runs on, without graceful shutdown.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, as `tokio::spawn` does.
     pub fn on_signal(drain: DrainHandle, grace: Duration) -> Self {
         Self::on(stop_signal(), drain, grace)
     }
 
     /// Shuts down when `trigger` completes (a signal of your own, an admin call, a test); its
-    /// output names the cause in the log line. Call it inside a Tokio runtime.
+    /// output names the cause in the log line.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, as `tokio::spawn` does.
     pub fn on<F>(trigger: F, drain: DrainHandle, grace: Duration) -> Self
     where
         F: Future<Output = &'static str> + Send + 'static,
