@@ -176,9 +176,9 @@ pub(crate) fn write_i64(out: &mut Vec<u8>, value: i64) {
 /// Writes a float; JSON has no NaN or infinity, so those become strings.
 pub(crate) fn write_f64(out: &mut Vec<u8>, value: f64) {
     if value.is_finite() {
-        use std::io::Write as _;
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "{value}");
+        // The shortest text that reads back as the same number, as serde_json writes it, at a
+        // fraction of the cost of `Display` (every access line has a `duration_ms`).
+        out.extend_from_slice(zmij::Buffer::new().format_finite(value).as_bytes());
     } else {
         let text = if value.is_nan() {
             "NaN"
@@ -338,5 +338,50 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "-9223372036854775808 18446744073709551615 \"NaN\" 1.5"
         );
+    }
+
+    /// Every finite float is written as JSON that parses back to the very same number.
+    #[test]
+    fn floats_read_back_exactly() {
+        let text = |value| {
+            let mut out = Vec::new();
+            write_f64(&mut out, value);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            (text(2.0), text(1.931), text(0.052)),
+            ("2.0".into(), "1.931".into(), "0.052".into())
+        );
+        let samples = [
+            0.0,
+            -0.0,
+            1.0,
+            0.1,
+            1.931,
+            2.5e-7,
+            123_456.789,
+            1e21,
+            -3.0e-300,
+            f64::MAX,
+        ];
+        for value in samples
+            .into_iter()
+            .chain((0..2000).map(|i| f64::from(i) * 0.731 / 7.0))
+        {
+            let mut out = Vec::new();
+            write_f64(&mut out, value);
+            let text = std::str::from_utf8(&out).unwrap();
+            assert!(
+                serde_json::from_str::<serde_json::Number>(text).is_ok(),
+                "{text}"
+            );
+            let parsed: f64 = text.parse().unwrap();
+            assert_eq!(
+                parsed.to_bits(),
+                value.to_bits(),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
+        }
     }
 }
