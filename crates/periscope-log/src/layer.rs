@@ -21,6 +21,7 @@ use crate::filter::LevelControl;
 use crate::json::{self, EscapeWriter};
 use crate::recent::RecentLogs;
 use crate::redact::Redactor;
+use crate::timestamp;
 use crate::writer::{DroppedLines, LineSink};
 
 /// Per-thread buffers keep at most this capacity between events.
@@ -440,11 +441,7 @@ impl LogLayer {
         span_name: Option<&str>,
     ) {
         line.extend_from_slice(b"{\"timestamp\":\"");
-        let _ = write!(
-            line,
-            "{}",
-            humantime::format_rfc3339_millis(SystemTime::now())
-        );
+        timestamp::write_rfc3339_millis(line, SystemTime::now());
         line.extend_from_slice(b"\",\"level\":\"");
         line.extend_from_slice(level_name(metadata.level()).as_bytes());
         line.extend_from_slice(b"\",\"message\":\"");
@@ -476,11 +473,8 @@ impl LogLayer {
         parts: &Parts,
         span_name: Option<&str>,
     ) {
-        let _ = write!(
-            line,
-            "{} ",
-            humantime::format_rfc3339_millis(SystemTime::now())
-        );
+        timestamp::write_rfc3339_millis(line, SystemTime::now());
+        line.push(b' ');
         let level = metadata.level();
         let (name, color) = match *level {
             Level::ERROR => ("ERROR", "31"),

@@ -37,6 +37,7 @@ mod json;
 mod layer;
 mod recent;
 mod redact;
+mod timestamp;
 mod writer;
 
 pub use access::{
