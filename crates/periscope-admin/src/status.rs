@@ -2,7 +2,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -103,7 +103,7 @@ impl StatusParts<'_> {
             .collect();
         serde_json::to_vec(&StatusView {
             info: self.info,
-            started_at: humantime::format_rfc3339_millis(self.started.at).to_string(),
+            started_at: rfc3339_millis(self.started.at),
             uptime_s: self.started.instant.elapsed().as_secs(),
             pid: std::process::id(),
             in_flight: self.in_flight.map(InFlightSource::in_flight),
@@ -124,9 +124,26 @@ fn read_section(name: &str, section: &Section) -> Value {
     }
 }
 
+/// RFC 3339 with milliseconds. humantime panics for a time before 1970 and fails after 9999: a
+/// clock set that wrong is clamped to the range rather than failing the endpoint.
+fn rfc3339_millis(time: SystemTime) -> String {
+    let last = UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
+    humantime::format_rfc3339_millis(time.clamp(UNIX_EPOCH, last)).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_outside_1970_to_9999_is_clamped() {
+        let before = UNIX_EPOCH - Duration::from_secs(5);
+        assert_eq!(rfc3339_millis(before), "1970-01-01T00:00:00.000Z");
+        let after = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(rfc3339_millis(after), "9999-12-31T23:59:59.999Z");
+        let now = humantime::parse_rfc3339("2026-11-23T17:49:36.123Z").unwrap();
+        assert_eq!(rfc3339_millis(now), "2026-11-23T17:49:36.123Z");
+    }
 
     #[test]
     fn sections_are_read_masked_and_survive_a_panic() {
