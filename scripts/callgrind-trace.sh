@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per request of the contenders of periscope-trace's `server_layer` bench (the
-# server layer against tower-http's request-id and trace layers, as they come and set up to
-# continue W3C traces with OpenTelemetry's propagator), counted by callgrind: the
+# server layer against tower-http's request-id and trace layers: as they come, set up to
+# continue W3C traces with OpenTelemetry's propagator, and set up to do the layer's whole job),
+# counted by callgrind: the
 # difference between a run of N2 and a run of N1 calls, divided by N2 - N1, so setup and
 # start-up cancel out. Deterministic, unlike times on a shared machine.
 #
@@ -33,15 +34,24 @@ per_call() {
 
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 
-echo "| subscriber | request | noop | periscope | tower_http | ratio | tower_http_w3c | ratio |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+contenders=(tower_http tower_http_w3c tower_http_same_job)
+header="| subscriber | request | noop | periscope |"
+rule="| --- | --- | --- | --- |"
+for name in "${contenders[@]}"; do
+  header+=" $name | ratio |"
+  rule+=" --- | --- |"
+done
+echo "$header"
+echo "$rule"
 for subscriber in ${SUBSCRIBERS:-registry fmt_sink}; do
   for kind in ${KINDS:-edge internal}; do
     noop=$(per_call "$subscriber/$kind/noop")
     periscope=$(($(per_call "$subscriber/$kind/periscope") - noop))
-    plain=$(($(per_call "$subscriber/$kind/tower_http") - noop))
-    w3c=$(($(per_call "$subscriber/$kind/tower_http_w3c") - noop))
-    echo "| $subscriber | $kind | $noop | $periscope | $plain | $(ratio $periscope $plain)" \
-      "| $w3c | $(ratio $periscope $w3c) |"
+    row="| $subscriber | $kind | $noop | $periscope |"
+    for name in "${contenders[@]}"; do
+      other=$(($(per_call "$subscriber/$kind/$name") - noop))
+      row+=" $other | $(ratio $periscope $other) |"
+    done
+    echo "$row"
   done
 done

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::baggage::Baggage;
 use crate::context::RequestContext;
 use crate::headers;
 use crate::request_id::{InvalidId, RequestId, validate_id};
@@ -22,10 +23,11 @@ pub trait Extractor {
     /// id read from a request is shared rather than copied.
     fn first(&self, key: &HeaderName) -> Option<CarrierValue<'_>>;
 
-    /// Calls `f` with the name of every key the carrier holds and returns `true`, or returns
-    /// `false` without calling it when listing the names is not cheaper than looking each key
-    /// up (the default). [`extract`] uses the list to skip the lookups of absent headers.
-    fn for_each_name(&self, f: &mut dyn FnMut(&str)) -> bool {
+    /// Calls `f` with every entry the carrier holds (a key and one of its values; a key's
+    /// values in order) and returns `true`, or returns `false` without calling it when listing
+    /// the entries is not cheaper than looking each key up (the default). [`extract`] then reads
+    /// every context header in that one pass instead of hashing a lookup per header.
+    fn for_each_entry<'a>(&'a self, f: &mut dyn FnMut(&'a str, CarrierValue<'a>)) -> bool {
         let _ = f;
         false
     }
@@ -76,13 +78,15 @@ impl Extractor for HeaderMap {
         self.get(key).map(CarrierValue::Header)
     }
 
-    fn for_each_name(&self, f: &mut dyn FnMut(&str)) -> bool {
-        // A lookup hashes the name; a pass over the names of an ordinary request is cheaper
+    fn for_each_entry<'a>(&'a self, f: &mut dyn FnMut(&'a str, CarrierValue<'a>)) -> bool {
+        // A lookup hashes the name; a pass over the entries of an ordinary request is cheaper
         // than the five to seven lookups of `extract`, a pass over hundreds is not.
         if self.keys_len() > MAX_NAMES_SCANNED {
             return false;
         }
-        self.keys().for_each(|name| f(name.as_str()));
+        for (name, value) in self {
+            f(name.as_str(), CarrierValue::Header(value));
+        }
         true
     }
 }
@@ -200,42 +204,34 @@ pub struct Extracted {
 /// assert_eq!(extracted.context.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 /// ```
 pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> Extracted {
-    let present = Present::scan(carrier, options);
-    let (request_id, request_id_origin) = extract_request_id(carrier, present);
-
-    let mut traceparents = 0usize;
-    let mut parsed = Err(TraceParentError::TooShort(0));
-    if present.has(Present::TRACEPARENT) {
-        carrier.for_each(&headers::TRACEPARENT, &mut |value| {
-            traceparents += 1;
-            if traceparents == 1 {
-                parsed = TraceParent::parse_bytes(value);
-            }
-        });
-    }
-    let parsed = match traceparents {
-        0 => None,
-        1 => Some(parsed),
+    // Filled in place: the reader is large, and moving it costs more than reading it.
+    let mut sent = Sent::new();
+    sent.read(carrier, options);
+    let (request_id, request_id_origin) = match sent.request_id.or(sent.correlation_id) {
+        None => (RequestId::generate(), RequestIdOrigin::Generated),
+        Some(sent) => match sent.to_id_header() {
+            Ok(id) => (RequestId::from_validated(id), RequestIdOrigin::Kept),
+            Err(error) => (RequestId::generate(), RequestIdOrigin::Replaced(error)),
+        },
+    };
+    let parsed = match (sent.traceparents, sent.traceparent.take()) {
+        (0, _) | (_, None) => None,
+        (1, Some(parsed)) => Some(parsed),
         _ => Some(Err(TraceParentError::Duplicated)),
     };
-
     let (mut context, trace, incoming) = match parsed {
-        Some(Ok(parent)) => {
-            // An invalid tracestate is dropped alone; the trace continues.
-            let mut state = TraceStateParser::default();
-            if present.has(Present::TRACESTATE) {
-                carrier.for_each(&headers::TRACESTATE, &mut |value| state.push(value));
-            }
-            (
-                RequestContext::continue_from(
-                    request_id,
-                    &parent,
-                    state.finish().unwrap_or_default(),
-                ),
-                TraceOrigin::Continued,
-                Some(parent),
-            )
-        }
+        // An invalid tracestate is dropped alone; the trace continues.
+        Some(Ok(parent)) => (
+            RequestContext::continue_from(
+                request_id,
+                &parent,
+                std::mem::take(&mut sent.tracestate)
+                    .finish()
+                    .unwrap_or_default(),
+            ),
+            TraceOrigin::Continued,
+            Some(parent),
+        ),
         Some(Err(error)) => (
             RequestContext::start(request_id, options.sample_new_traces),
             TraceOrigin::Restarted(error),
@@ -247,18 +243,11 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
             None,
         ),
     };
+    context.baggage = std::mem::take(&mut sent.baggage);
 
-    let mut room = true;
-    if present.has(Present::BAGGAGE) {
-        carrier.for_each(&headers::BAGGAGE, &mut |value| {
-            if room {
-                room = context.baggage.extend_from_header(value);
-            }
-        });
-    }
     let mut rejected_tenant = Vec::new();
     for (index, key) in options.tenant_keys.iter().enumerate() {
-        if !present.has_tenant(index) {
+        if !sent.tenants.has(index) {
             continue;
         }
         if let Some(value) = carrier.first(key.header()) {
@@ -278,72 +267,107 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
     }
 }
 
-fn extract_request_id<C: Extractor + ?Sized>(
-    carrier: &C,
-    present: Present,
-) -> (RequestId, RequestIdOrigin) {
-    let first = |bit, key: HeaderName| present.has(bit).then(|| carrier.first(&key)).flatten();
-    let sent = first(Present::REQUEST_ID, headers::X_REQUEST_ID)
-        .or_else(|| first(Present::CORRELATION_ID, headers::X_CORRELATION_ID));
-    match sent.map(|value| value.to_id_header().map(RequestId::from_validated)) {
-        None => (RequestId::generate(), RequestIdOrigin::Generated),
-        Some(Ok(id)) => (id, RequestIdOrigin::Kept),
-        Some(Err(error)) => (RequestId::generate(), RequestIdOrigin::Replaced(error)),
+/// The context headers a carrier sent, read in one pass over its entries where it can list
+/// them, else by one lookup per header.
+struct Sent<'a> {
+    request_id: Option<CarrierValue<'a>>,
+    correlation_id: Option<CarrierValue<'a>>,
+    traceparents: usize,
+    /// The first `traceparent`, parsed.
+    traceparent: Option<Result<TraceParent, TraceParentError>>,
+    tracestate: TraceStateParser,
+    baggage: Baggage,
+    /// Whether the baggage limits leave room for more members.
+    baggage_room: bool,
+    tenants: TenantsSent,
+}
+
+impl<'a> Sent<'a> {
+    fn new() -> Self {
+        Self {
+            request_id: None,
+            correlation_id: None,
+            traceparents: 0,
+            traceparent: None,
+            tracestate: TraceStateParser::default(),
+            baggage: Baggage::new(),
+            baggage_room: true,
+            tenants: TenantsSent(0),
+        }
+    }
+
+    fn read<C: Extractor + ?Sized>(&mut self, carrier: &'a C, options: &ExtractOptions) {
+        let listed = carrier.for_each_entry(&mut |name, value| self.entry(options, name, value));
+        if !listed {
+            self.look_up(carrier);
+        }
+    }
+
+    fn entry(&mut self, options: &ExtractOptions, name: &str, value: CarrierValue<'a>) {
+        match name {
+            "x-request-id" => {
+                self.request_id.get_or_insert(value);
+            }
+            "x-correlation-id" => {
+                self.correlation_id.get_or_insert(value);
+            }
+            "traceparent" => self.traceparent(value.as_bytes()),
+            "tracestate" => self.tracestate.push(value.as_bytes()),
+            "baggage" => self.baggage(value.as_bytes()),
+            _ => {}
+        }
+        // Tenant headers are all `x-…`, and may even be one of the above.
+        if name.starts_with("x-") {
+            self.tenants.0 |= TenantsSent::bits(options, name);
+        }
+    }
+
+    fn look_up<C: Extractor + ?Sized>(&mut self, carrier: &'a C) {
+        self.request_id = carrier.first(&headers::X_REQUEST_ID);
+        if self.request_id.is_none() {
+            self.correlation_id = carrier.first(&headers::X_CORRELATION_ID);
+        }
+        carrier.for_each(&headers::TRACEPARENT, &mut |value| self.traceparent(value));
+        if matches!(self.traceparent, Some(Ok(_))) {
+            let state = &mut self.tracestate;
+            carrier.for_each(&headers::TRACESTATE, &mut |value| state.push(value));
+        }
+        carrier.for_each(&headers::BAGGAGE, &mut |value| self.baggage(value));
+        self.tenants = TenantsSent(u64::MAX);
+    }
+
+    fn traceparent(&mut self, value: &[u8]) {
+        self.traceparents += 1;
+        if self.traceparents == 1 {
+            self.traceparent = Some(TraceParent::parse_bytes(value));
+        }
+    }
+
+    fn baggage(&mut self, value: &[u8]) {
+        if self.baggage_room {
+            self.baggage_room = self.baggage.extend_from_header(value);
+        }
     }
 }
 
-/// Which context headers a carrier holds, one bit each: every bit set when the carrier cannot
-/// list its names cheaply, so the lookups then decide.
+/// Which tenant headers a carrier holds: tenant key `i` is bit `i`; every bit is set when the
+/// carrier cannot list its entries, and keys past the last bit are always looked up.
 #[derive(Clone, Copy)]
-struct Present(u64);
+struct TenantsSent(u64);
 
-impl Present {
-    const REQUEST_ID: u64 = 1;
-    const CORRELATION_ID: u64 = 1 << 1;
-    const TRACEPARENT: u64 = 1 << 2;
-    const TRACESTATE: u64 = 1 << 3;
-    const BAGGAGE: u64 = 1 << 4;
-    /// Tenant key `i` is bit `FIRST_TENANT + i`; keys past the last bit are always looked up.
-    const FIRST_TENANT: usize = 5;
-
-    fn scan<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> Self {
+impl TenantsSent {
+    fn bits(options: &ExtractOptions, name: &str) -> u64 {
         let mut bits = 0;
-        let listed = carrier.for_each_name(&mut |name| {
-            let fixed = match name {
-                "x-request-id" => Self::REQUEST_ID,
-                "x-correlation-id" => Self::CORRELATION_ID,
-                "traceparent" => Self::TRACEPARENT,
-                "tracestate" => Self::TRACESTATE,
-                "baggage" => Self::BAGGAGE,
-                _ => 0,
-            };
-            bits |= fixed;
-            // Tenant headers are all `x-…`, and may even be one of the above.
-            if name.starts_with("x-") {
-                bits |= Self::tenant_bits(options, name);
-            }
-        });
-        Self(if listed { bits } else { u64::MAX })
-    }
-
-    fn tenant_bits(options: &ExtractOptions, name: &str) -> u64 {
-        let mut bits = 0;
-        let mut bit = 1u64 << Self::FIRST_TENANT;
-        for key in options.tenant_keys.iter().take(64 - Self::FIRST_TENANT) {
+        for (index, key) in options.tenant_keys.iter().take(64).enumerate() {
             if key.header().as_str() == name {
-                bits |= bit;
+                bits |= 1 << index;
             }
-            bit <<= 1;
         }
         bits
     }
 
-    fn has(self, bit: u64) -> bool {
-        self.0 & bit != 0
-    }
-
-    fn has_tenant(self, index: usize) -> bool {
-        index + Self::FIRST_TENANT >= 64 || self.has(1 << (Self::FIRST_TENANT + index))
+    fn has(self, index: usize) -> bool {
+        index >= 64 || self.0 & (1 << index) != 0
     }
 }
 
@@ -465,25 +489,79 @@ mod tests {
         extract(&headers(pairs), &ExtractOptions::default())
     }
 
-    /// The scan's names are the header constants', or every header would look absent.
+    /// A header map that hides its entries, so `extract` looks every header up.
+    struct LookupsOnly(HeaderMap);
+
+    impl Extractor for LookupsOnly {
+        fn for_each(&self, key: &HeaderName, f: &mut dyn FnMut(&[u8])) {
+            self.0.for_each(key, f);
+        }
+
+        fn first(&self, key: &HeaderName) -> Option<CarrierValue<'_>> {
+            self.0.first(key)
+        }
+    }
+
+    /// The one pass over the entries and the lookups read the same context (the pass matches
+    /// names as text, so a typo there would make a header look absent).
     #[test]
-    fn the_name_scan_knows_every_context_header() {
-        let all = [
-            (headers::X_REQUEST_ID, Present::REQUEST_ID),
-            (headers::X_CORRELATION_ID, Present::CORRELATION_ID),
-            (headers::TRACEPARENT, Present::TRACEPARENT),
-            (headers::TRACESTATE, Present::TRACESTATE),
-            (headers::BAGGAGE, Present::BAGGAGE),
+    fn the_entry_pass_reads_what_the_lookups_read() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[
+                ("x-request-id", "r-1"),
+                ("traceparent", TP),
+                ("accept", "*/*"),
+            ],
+            &[("x-correlation-id", "c-1"), ("tracestate", "a=1")],
+            &[("x-request-id", "bad id"), ("x-correlation-id", "c-2")],
+            &[
+                ("traceparent", TP),
+                ("tracestate", "foo=1"),
+                ("tracestate", "bar=2"),
+            ],
+            &[
+                ("traceparent", TP),
+                ("traceparent", TP),
+                ("tracestate", "foo=1"),
+            ],
+            &[("traceparent", "00-bogus"), ("tracestate", "foo=1")],
+            &[
+                ("baggage", "k=v,bad"),
+                ("baggage", "k2=v2"),
+                ("x-org-id", "o-1"),
+            ],
+            &[
+                ("x-project-id", "bad value"),
+                ("x-org-id", "o-2"),
+                ("x-org-id", "o-3"),
+            ],
         ];
         let options = ExtractOptions::default();
-        for (name, bit) in all {
-            let map = headers(&[(name.as_str(), "x")]);
-            assert_eq!(Present::scan(&map, &options).0, bit, "{name}");
+        for pairs in cases {
+            let map = headers(pairs);
+            let one_pass = extract(&map, &options);
+            let lookups = extract(&LookupsOnly(map), &options);
+            assert_eq!(one_pass.request_id, lookups.request_id, "{pairs:?}");
+            assert_eq!(one_pass.trace, lookups.trace, "{pairs:?}");
+            assert_eq!(one_pass.incoming, lookups.incoming, "{pairs:?}");
+            assert_eq!(
+                one_pass.rejected_tenant, lookups.rejected_tenant,
+                "{pairs:?}"
+            );
+            let (a, b) = (&one_pass.context, &lookups.context);
+            if one_pass.request_id == RequestIdOrigin::Kept {
+                assert_eq!(a.request_id, b.request_id, "{pairs:?}");
+            }
+            if one_pass.trace == TraceOrigin::Continued {
+                assert_eq!(a.trace_id, b.trace_id, "{pairs:?}");
+            }
+            assert_eq!(a.trace_state, b.trace_state, "{pairs:?}");
+            assert_eq!(a.baggage, b.baggage, "{pairs:?}");
+            assert_eq!(a.tenant, b.tenant, "{pairs:?}");
         }
-        let map = headers(&[("x-org-id", "o"), ("x-project-id", "p"), ("accept", "*/*")]);
-        let present = Present::scan(&map, &options);
-        assert!(present.has_tenant(0) && present.has_tenant(1));
-        assert!(!present.has(Present::TRACEPARENT | Present::REQUEST_ID));
+        let e = run(cases[3]);
+        assert_eq!(e.context.trace_state.as_str(), "foo=1,bar=2");
+        assert_eq!(run(cases[6]).context.tenant.get("org_id"), Some("o-1"));
 
         // A tenant key on the request id's own header is still read.
         let options = ExtractOptions {
@@ -495,7 +573,7 @@ mod tests {
         assert_eq!(e.context.request_id.as_str(), "r-1");
     }
 
-    /// Past the scan's limit of names, and for tenant keys past the last bit, lookups decide.
+    /// Past the pass's limit of names, and for tenant keys past the last bit, lookups decide.
     #[test]
     fn many_headers_and_many_tenant_keys_are_still_read() {
         let mut pairs: Vec<(String, String)> = (0..40)

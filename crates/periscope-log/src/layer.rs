@@ -350,12 +350,23 @@ impl LogLayer {
         record: impl FnOnce(&mut Visitor<'_, SpanFields>),
     ) -> SpanFields {
         let mut span_fields = SpanFields::with_capacity(fields, self.span_fields);
-        let (mut text, mut scratch) = (String::new(), Vec::new());
-        record(&mut Visitor {
-            rules: &self.rules,
-            sink: &mut span_fields,
-            text: &mut text,
-            scratch: &mut scratch,
+        let record = |text: &mut String, scratch: &mut Vec<u8>| {
+            record(&mut Visitor {
+                rules: &self.rules,
+                sink: &mut span_fields,
+                text,
+                scratch,
+            });
+        };
+        // The thread's buffers, so that formatting a span's `Debug` and `Display` values does
+        // not allocate a buffer per span.
+        BUFFERS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buffers) => {
+                let Buffers { text, scratch, .. } = &mut *buffers;
+                record(text, scratch);
+            }
+            // A value's Debug impl opened a span while this thread was formatting: fresh ones.
+            Err(_) => record(&mut String::new(), &mut Vec::new()),
         });
         span_fields.close();
         span_fields

@@ -168,6 +168,43 @@ fn fields_recorded_later_on_a_span_are_lifted() {
     assert_eq!(line["user_id"], "usr_late");
 }
 
+/// A value whose `Debug` logs (and opens a span of its own) while it is being formatted.
+struct Chatty(&'static str);
+
+impl fmt::Debug for Chatty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nested = tracing::info_span!("nested", detail = ?"inner");
+        let _nested = nested.enter();
+        tracing::info!(who = self.0, "formatting");
+        f.write_str(self.0)
+    }
+}
+
+/// The layer reuses per-thread buffers for span and event fields; a value that logs while it is
+/// formatted (tracing drops such nested events under the default dispatcher) must not panic or
+/// mix its text into the line being written.
+#[test]
+fn a_value_that_logs_while_formatted_leaves_every_line_whole() {
+    let lines = capture(
+        |b| b,
+        |_| {
+            let span = tracing::info_span!("outer", payload = ?Chatty("span-value"));
+            let _enter = span.enter();
+            tracing::info!(payload = ?Chatty("event-value"), "done");
+            tracing::info!("plain");
+        },
+    )
+    .lines();
+    let line = |message: &str| {
+        let found: Vec<&Value> = lines.iter().filter(|l| l["message"] == message).collect();
+        assert_eq!(found.len(), 1, "{message}: {lines:?}");
+        found[0]
+    };
+    assert_eq!(line("done")["data"]["payload"], "event-value");
+    assert_eq!(line("plain")["data"]["payload"], "span-value");
+    assert_eq!(line("plain")["span"], "outer");
+}
+
 #[test]
 fn span_fields_join_data_with_the_event_and_inner_spans_winning() {
     let line = one_line(|| {
