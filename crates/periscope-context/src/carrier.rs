@@ -214,9 +214,8 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
             Err(error) => (RequestId::generate(), RequestIdOrigin::Replaced(error)),
         },
     };
-    let parsed = match (sent.traceparents, sent.traceparent.take()) {
-        (0, _) | (_, None) => None,
-        (1, Some(parsed)) => Some(parsed),
+    let parsed = match sent.traceparents {
+        0 | 1 => sent.traceparent.take(),
         _ => Some(Err(TraceParentError::Duplicated)),
     };
     let (mut context, trace, incoming) = match parsed {
