@@ -2,9 +2,8 @@
 # Instructions per request of the contenders of periscope-trace's `server_layer` bench (the
 # server layer against tower-http's request-id and trace layers: as they come, set up to
 # continue W3C traces with OpenTelemetry's propagator, and set up to do the layer's whole job),
-# counted by callgrind: the
-# difference between a run of N2 and a run of N1 calls, divided by N2 - N1, so setup and
-# start-up cancel out. Deterministic, unlike times on a shared machine.
+# counted by callgrind: the difference between a run of N2 and a run of N1 calls, divided by
+# N2 - N1, so setup and start-up cancel out. Deterministic, unlike times on a shared machine.
 #
 # Usage: scripts/callgrind-trace.sh   (needs valgrind)
 # Environment: SUBSCRIBERS (default "registry fmt_sink"), KINDS (default "edge internal"),
