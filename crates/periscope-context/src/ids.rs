@@ -15,7 +15,8 @@ pub struct SpanId([u8; 8]);
 impl TraceId {
     /// Wraps raw bytes; `None` for the invalid all-zero id.
     pub fn from_bytes(bytes: [u8; 16]) -> Option<Self> {
-        (bytes != [0; 16]).then_some(Self(bytes))
+        // One integer comparison: the array comparison goes byte by byte.
+        (u128::from_ne_bytes(bytes) != 0).then_some(Self(bytes))
     }
 
     /// A fresh random trace id: all 16 bytes random, so the W3C `random` flag may be set.
@@ -31,9 +32,7 @@ impl TraceId {
 
     /// Parses 32 lowercase hex digits; `None` for anything else or the all-zero id.
     pub fn from_hex(hex: &str) -> Option<Self> {
-        let mut bytes = [0u8; 16];
-        decode_lower_hex(hex.as_bytes(), &mut bytes)?;
-        Self::from_bytes(bytes)
+        Self::from_bytes(decode_lower_hex(hex.as_bytes())?)
     }
 
     /// The raw bytes.
@@ -50,7 +49,7 @@ impl TraceId {
 impl SpanId {
     /// Wraps raw bytes; `None` for the invalid all-zero id.
     pub fn from_bytes(bytes: [u8; 8]) -> Option<Self> {
-        (bytes != [0; 8]).then_some(Self(bytes))
+        (u64::from_ne_bytes(bytes) != 0).then_some(Self(bytes))
     }
 
     /// A fresh random span id.
@@ -65,9 +64,7 @@ impl SpanId {
 
     /// Parses 16 lowercase hex digits; `None` for anything else or the all-zero id.
     pub fn from_hex(hex: &str) -> Option<Self> {
-        let mut bytes = [0u8; 8];
-        decode_lower_hex(hex.as_bytes(), &mut bytes)?;
-        Self::from_bytes(bytes)
+        Self::from_bytes(decode_lower_hex(hex.as_bytes())?)
     }
 
     /// The raw bytes.
@@ -168,7 +165,9 @@ impl fmt::Debug for TraceFlags {
 }
 
 /// A fixed-size lowercase hex rendering of an id, usable as `&str` without allocating.
+// Aligned so that `as_str`'s UTF-8 check takes its word-at-a-time path.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(align(16))]
 pub struct HexId<const N: usize>([u8; N]);
 
 impl<const N: usize> HexId<N> {
@@ -197,31 +196,72 @@ impl<const N: usize> fmt::Debug for HexId<N> {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 pub(crate) fn encode_lower_hex(bytes: &[u8], out: &mut [u8]) {
-    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0x0f)];
+    for (pair, &byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
 }
 
+/// The two lowercase hex digits of every byte: one lookup per byte instead of two.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [HEX[i >> 4], HEX[i & 0x0f]];
+        i += 1;
+    }
+    table
+};
+
 /// Decodes lowercase hex only: W3C Trace Context rejects upper case.
-pub(crate) fn decode_lower_hex(hex: &[u8], out: &mut [u8]) -> Option<()> {
-    if hex.len() != out.len() * 2 {
+pub(crate) fn decode_lower_hex<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
+    if hex.len() != 2 * N {
         return None;
     }
-    let mut invalid = 0u8;
-    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+    let mut out = [0u8; N];
+    // Eight digits at a time (trace and span ids), then the rest one pair at a time. One
+    // branch for the whole id instead of one per digit: this runs on every request.
+    let mut valid = true;
+    let (eights, rest) = hex.as_chunks::<8>();
+    let (fours, rest_out) = out.as_chunks_mut::<4>();
+    for (digits, bytes) in eights.iter().zip(fours) {
+        let (decoded, ok) = decode_eight(*digits);
+        *bytes = decoded;
+        valid &= ok;
+    }
+    for (pair, byte) in rest.chunks_exact(2).zip(rest_out) {
         let (high, low) = (
             LOWER_HEX[usize::from(pair[0])],
             LOWER_HEX[usize::from(pair[1])],
         );
-        // One branch for the whole id instead of one per digit: this runs on every request.
-        invalid |= (high | low) & INVALID;
+        valid &= (high | low) & INVALID == 0;
         *byte = (high << 4) | (low & 0x0f);
     }
-    (invalid == 0).then_some(())
+    valid.then_some(out)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = ONES * 0x80;
+
+/// Eight lowercase hex digits as four bytes, all eight checked and decoded at once in one
+/// `u64`, and whether all eight were such digits.
+fn decode_eight(digits: [u8; 8]) -> ([u8; 4], bool) {
+    let x = u64::from_le_bytes(digits);
+    // With every byte below 0x80, adding `0x80 - c` to each byte sets its high bit exactly
+    // when the byte is at least `c`, and never carries into the next byte.
+    let at_least = |c: u8| x.wrapping_add(ONES * u64::from(0x80 - c)) & HIGH_BITS;
+    let digit = at_least(b'0') & !at_least(b'9' + 1);
+    let letter = at_least(b'a') & !at_least(b'f' + 1);
+    let valid = x & HIGH_BITS == 0 && digit | letter == HIGH_BITS;
+    // '0'-'9' are worth their low nibble, 'a'-'f' their low nibble + 9.
+    let values = (x & (ONES * 0x0f)) + (letter >> 7) * 9;
+    // Byte 2i takes digit 2i as its high nibble and digit 2i + 1 as its low one...
+    let pairs = ((values << 4) | (values >> 8)) & 0x00ff_00ff_00ff_00ff;
+    // ...and bytes 0, 2, 4 and 6 are packed into the low four.
+    let packed = (pairs | (pairs >> 8)) & 0x0000_ffff_0000_ffff;
+    let packed = (packed | (packed >> 16)) & 0xffff_ffff;
+    ((packed as u32).to_le_bytes(), valid)
 }
 
 const INVALID: u8 = 0x80;
@@ -245,6 +285,44 @@ static LOWER_HEX: [u8; 256] = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-digit-at-a-time decoding that `decode_eight` must agree with.
+    fn decode_by_table(hex: &[u8]) -> Option<Vec<u8>> {
+        hex.chunks(2)
+            .map(|pair| {
+                let (high, low) = (
+                    LOWER_HEX[usize::from(pair[0])],
+                    LOWER_HEX[usize::from(pair[1])],
+                );
+                ((high | low) & INVALID == 0).then_some((high << 4) | low)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn eight_digits_at_once_decode_as_one_at_a_time() {
+        let valid = *b"09afc3e7";
+        assert_eq!(decode_eight(valid), ([0x09, 0xaf, 0xc3, 0xe7], true));
+        // Every byte value at every position, the others valid: digits below and above each
+        // range edge, upper case, bytes with the high bit set.
+        for position in 0..8 {
+            for byte in 0..=u8::MAX {
+                let mut digits = valid;
+                digits[position] = byte;
+                let decoded = decode_eight(digits);
+                let expected = decode_by_table(&digits);
+                assert_eq!(decoded.1, expected.is_some(), "{digits:?}");
+                if let Some(expected) = expected {
+                    assert_eq!(decoded.0[..], expected[..], "{digits:?}");
+                }
+            }
+        }
+        for value in [0u32, 1, 0x1234_abcd, u32::MAX, 0xdead_beef] {
+            let hex = format!("{value:08x}");
+            let digits: [u8; 8] = hex.as_bytes().try_into().unwrap();
+            assert_eq!(decode_eight(digits), (value.to_be_bytes(), true));
+        }
+    }
 
     #[test]
     fn hex_round_trip_and_rejections() {

@@ -107,23 +107,22 @@ impl TraceParent {
         if value.len() < TRACEPARENT_LEN {
             return Err(TraceParentError::TooShort(value.len()));
         }
-        let mut version = [0u8; 1];
-        decode_lower_hex(&value[..2], &mut version).ok_or(TraceParentError::InvalidVersion)?;
+        let version: [u8; 1] =
+            decode_lower_hex(&value[..2]).ok_or(TraceParentError::InvalidVersion)?;
         if version[0] == 0xff {
             return Err(TraceParentError::ForbiddenVersion);
         }
         if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
             return Err(TraceParentError::InvalidDelimiter);
         }
-        let mut trace_id = [0u8; 16];
-        decode_lower_hex(&value[3..35], &mut trace_id).ok_or(TraceParentError::InvalidTraceId)?;
-        let trace_id = TraceId::from_bytes(trace_id).ok_or(TraceParentError::InvalidTraceId)?;
-        let mut parent_id = [0u8; 8];
-        decode_lower_hex(&value[36..52], &mut parent_id)
+        let trace_id = decode_lower_hex(&value[3..35])
+            .and_then(TraceId::from_bytes)
+            .ok_or(TraceParentError::InvalidTraceId)?;
+        let parent_id = decode_lower_hex(&value[36..52])
+            .and_then(SpanId::from_bytes)
             .ok_or(TraceParentError::InvalidParentId)?;
-        let parent_id = SpanId::from_bytes(parent_id).ok_or(TraceParentError::InvalidParentId)?;
-        let mut flags = [0u8; 1];
-        decode_lower_hex(&value[53..55], &mut flags).ok_or(TraceParentError::InvalidFlags)?;
+        let flags: [u8; 1] =
+            decode_lower_hex(&value[53..55]).ok_or(TraceParentError::InvalidFlags)?;
         if value.len() > TRACEPARENT_LEN {
             if version[0] == 0 {
                 return Err(TraceParentError::TrailingData);

@@ -173,28 +173,25 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let config = &*self.config;
         let Extracted {
-            context,
+            context: mut ctx,
             request_id: request_id_origin,
             incoming,
             rejected_tenant,
             ..
         } = extract(request.headers(), &config.extract);
         let sample_new = config.extract.sample_new_traces;
-        let (mut ctx, link) = if !config.propagators.trace_context() {
+        let mut link = None;
+        if !config.propagators.trace_context() {
             // Trace context is not propagated: a new trace, the rest of the context kept.
-            let mut fresh = RequestContext::start(context.request_id.clone(), sample_new);
-            fresh.baggage = context.baggage;
-            fresh.tenant = context.tenant;
-            (fresh, None)
-        } else if config.trust.continues(request.headers()) {
-            (context, None)
-        } else {
+            let mut fresh = RequestContext::start(ctx.request_id.clone(), sample_new);
+            fresh.baggage = std::mem::take(&mut ctx.baggage);
+            fresh.tenant = std::mem::take(&mut ctx.tenant);
+            ctx = fresh;
+        } else if !config.trust.continues(request.headers()) {
             // A trust boundary: a new trace under the kept request id, the caller's as a link.
-            (
-                RequestContext::start(context.request_id, sample_new),
-                incoming,
-            )
-        };
+            ctx = RequestContext::start(ctx.request_id.clone(), sample_new);
+            link = incoming;
+        }
         if !config.propagators.baggage() {
             ctx.baggage = Baggage::new();
         }
