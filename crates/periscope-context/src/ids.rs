@@ -165,9 +165,7 @@ impl fmt::Debug for TraceFlags {
 }
 
 /// A fixed-size lowercase hex rendering of an id, usable as `&str` without allocating.
-// Aligned so that `as_str`'s UTF-8 check takes its word-at-a-time path.
 #[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(align(16))]
 pub struct HexId<const N: usize>([u8; N]);
 
 impl<const N: usize> HexId<N> {
