@@ -83,16 +83,6 @@ pub struct RequestId(HeaderValue);
 /// `req_` and a 26-character ULID.
 const GENERATED_LEN: usize = 4 + ulid::ULID_LEN;
 
-/// Writes `value` as a ULID's 26 Crockford base32 digits, in lower case: the ulid crate
-/// writes upper case, and lower case reads better in logs and URLs.
-fn encode_lower_crockford(mut value: u128, out: &mut [u8]) {
-    const DIGITS: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
-    for digit in out.iter_mut().rev() {
-        *digit = DIGITS[(value & 0x1f) as usize];
-        value >>= 5;
-    }
-}
-
 /// The bytes of a generated id, owned by the `Bytes` that shares them.
 struct GeneratedId([u8; GENERATED_LEN]);
 
@@ -132,7 +122,11 @@ impl RequestId {
     pub fn generate() -> Self {
         let mut buf = [0u8; GENERATED_LEN];
         buf[..4].copy_from_slice(Self::GENERATED_PREFIX.as_bytes());
-        encode_lower_crockford(ulid::Ulid::generate().0, &mut buf[4..]);
+        let mut encoded = [0u8; ulid::ULID_LEN];
+        ulid::Ulid::generate().array_to_str(&mut encoded);
+        buf[4..].copy_from_slice(&encoded);
+        // ULIDs encode in upper-case Crockford base32; lower case reads better in logs and URLs.
+        buf.make_ascii_lowercase();
         // Owned bytes are shared by reference count from the start: the id is cloned into the
         // extensions, the current context and the response, and a plain `Vec`-backed value
         // would allocate again on its first clone.
@@ -234,13 +228,6 @@ mod tests {
 
     #[test]
     fn generated_ids_decode_as_the_ulids_they_encode() {
-        for value in [0, 1, u128::MAX, 0x0191_2b3c_4d5e_6f70_8192_a3b4_c5d6_e7f8] {
-            let mut out = [0u8; ulid::ULID_LEN];
-            encode_lower_crockford(value, &mut out);
-            let text = std::str::from_utf8(&out).unwrap();
-            assert_eq!(text, ulid::Ulid(value).to_string().to_lowercase());
-            assert_eq!(ulid::Ulid::from_string(text).unwrap().0, value);
-        }
         let id = RequestId::generate();
         let ulid = ulid::Ulid::from_string(&id.as_str()[4..]).unwrap();
         let age = std::time::SystemTime::now()
