@@ -14,7 +14,7 @@ use periscope_trace::job::JobSpan;
 use periscope_trace::otel::{OtelConfig, OtelGuard, Sampler};
 use periscope_trace::{CorrelationLayer, Trust};
 use support::services::{app, by_hop, chain, get, hop_state};
-use support::{Capture, serve};
+use support::{Capture, attr, serve};
 use tracing_subscriber::layer::SubscriberExt;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -44,10 +44,6 @@ async fn exported(
     collector
         .exported_spans(at_least, Duration::from_secs(5))
         .await
-}
-
-fn attr<'a>(span: &'a ExportedSpan, key: &str) -> &'a str {
-    span.attributes.get(key).map(String::as_str).unwrap_or("")
 }
 
 /// One runtime, one collector and one global subscriber for every export scenario: the gRPC

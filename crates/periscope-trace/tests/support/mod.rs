@@ -182,6 +182,11 @@ where
     }
 }
 
+/// An exported span's attribute as the collector crate renders it (`""` when absent).
+pub fn attr<'a>(span: &'a fake_opentelemetry_collector::ExportedSpan, key: &str) -> &'a str {
+    span.attributes.get(key).map(String::as_str).unwrap_or("")
+}
+
 /// Serves `router` on an ephemeral port of 127.0.0.1.
 pub async fn serve(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

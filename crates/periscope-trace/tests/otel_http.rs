@@ -1,0 +1,187 @@
+//! OpenTelemetry on with the default protocol, OTLP over HTTP with protobuf bodies: real export
+//! to a receiver on 127.0.0.1 that decodes what it is sent as a collector does, and the ids in
+//! the exported span, the logs and the response compared one by one.
+#![cfg(feature = "otel")]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use fake_opentelemetry_collector::ExportedSpan;
+use http::{HeaderMap, StatusCode};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value;
+use periscope_trace::CorrelationLayer;
+use periscope_trace::otel::{OtelConfig, OtelGuard};
+use prost::Message;
+use support::services::{app, get, hop_state};
+use support::{Capture, attr, serve};
+use tracing_subscriber::layer::SubscriberExt;
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+/// One export request to `/v1/traces` (the only path the receiver answers) as it saw it.
+#[derive(Clone, Debug)]
+struct Export {
+    content_type: String,
+    service_names: Vec<String>,
+    spans: Vec<ExportedSpan>,
+}
+
+type Exports = Arc<Mutex<Vec<Export>>>;
+
+/// A collector's OTLP/HTTP traces endpoint: `POST /v1/traces` with a protobuf
+/// `ExportTraceServiceRequest`, answered with an (empty) `ExportTraceServiceResponse`.
+async fn start_receiver() -> (String, Exports) {
+    let exports = Exports::default();
+    let router = Router::new()
+        .route("/v1/traces", post(receive))
+        .with_state(exports.clone());
+    (format!("http://{}", serve(router).await), exports)
+}
+
+async fn receive(
+    State(exports): State<Exports>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, [(&'static str, &'static str); 1], Vec<u8>) {
+    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            [("content-type", "text/plain")],
+            b"not an ExportTraceServiceRequest".to_vec(),
+        );
+    };
+    let content_type = headers
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut export = Export {
+        content_type,
+        service_names: Vec::new(),
+        spans: Vec::new(),
+    };
+    for resource_spans in request.resource_spans {
+        let attributes = resource_spans.resource.map(|r| r.attributes);
+        for attribute in attributes.into_iter().flatten() {
+            if let ("service.name", Some(any_value::Value::StringValue(name))) = (
+                attribute.key.as_str(),
+                attribute.value.and_then(|value| value.value),
+            ) {
+                export.service_names.push(name);
+            }
+        }
+        for scope_spans in resource_spans.scope_spans {
+            export
+                .spans
+                .extend(scope_spans.spans.into_iter().map(ExportedSpan::from));
+        }
+    }
+    exports.lock().unwrap().push(export);
+    (
+        StatusCode::OK,
+        [("content-type", "application/x-protobuf")],
+        ExportTraceServiceResponse::default().encode_to_vec(),
+    )
+}
+
+/// The export holding a span of `trace`, and that span. The guard's flush and shutdown return
+/// only once the receiver has answered, so it is there at once or never.
+fn export_of(exports: &Exports, trace: &str) -> (Export, ExportedSpan) {
+    let exports = exports.lock().unwrap();
+    exports
+        .iter()
+        .find_map(|export| {
+            let span = export.spans.iter().find(|s| s.trace_id == trace)?;
+            Some((export.clone(), span.clone()))
+        })
+        .unwrap_or_else(|| panic!("no span of trace {trace} reached the receiver: {exports:#?}"))
+}
+
+/// The guard's flush and shutdown block on the export: off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_protocol_exports_protobuf_over_http() {
+    let (endpoint, exports) = start_receiver().await;
+    // No protocol set: `http/protobuf` is the default, and `/v1/traces` is appended.
+    let guard = OtelConfig::from_lookup(|name| match name {
+        "OTEL_SERVICE_NAME" => Some("periscope-http-test".to_owned()),
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(endpoint.clone()),
+        _ => None,
+    })
+    .unwrap()
+    .install()
+    .unwrap();
+    assert!(guard.is_exporting());
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(guard.layer())
+        .with(capture.clone());
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = serve(app(hop_state("http", None, &seen), CorrelationLayer::new())).await;
+    let response = get(
+        addr,
+        "/hop",
+        &[
+            ("x-request-id", "otel-http"),
+            ("traceparent", &format!("00-{TRACE}-{PARENT}-01")),
+            ("x-org-id", "org_9"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-request-id"], "otel-http");
+    let guard = blocking(move || {
+        guard.flush().unwrap();
+        guard
+    })
+    .await;
+
+    let (export, server) = export_of(&exports, TRACE);
+    assert_eq!(export.content_type, "application/x-protobuf");
+    assert_eq!(export.service_names, ["periscope-http-test"]);
+    let ctx = seen.lock().unwrap()[0].ctx.clone();
+    assert_eq!(server.span_id, ctx.span_id.to_string());
+    assert_eq!(server.parent_span_id, PARENT);
+    assert_eq!(server.name, "GET /hop");
+    assert_eq!(server.kind, "SPAN_KIND_SERVER");
+    assert!(attr(&server, "http.request.method").contains("\"GET\""));
+    assert!(attr(&server, "http.route").contains("\"/hop\""));
+    assert!(attr(&server, "http.response.status_code").contains("200"));
+    assert!(attr(&server, "request_id").contains("\"otel-http\""));
+    assert!(attr(&server, "org_id").contains("\"org_9\""));
+    let line = capture.line("otel-http", "handling the hop", None);
+    assert_eq!(line.ctx("trace_id"), Some(TRACE));
+    assert_eq!(line.ctx("span_id"), Some(server.span_id.as_str()));
+
+    // Spans still buffered when the guard goes are sent before it is gone.
+    let failing = "55555555555555555555555555555555";
+    let response = get(
+        addr,
+        "/fail",
+        &[
+            ("x-request-id", "otel-http-500"),
+            ("traceparent", &format!("00-{failing}-{PARENT}-01")),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    blocking(move || drop::<OtelGuard>(guard)).await;
+    let (_, failed) = export_of(&exports, failing);
+    assert_eq!(failed.name, "GET /fail");
+    assert_eq!(failed.status.as_ref().unwrap().code, "STATUS_CODE_ERROR");
+    assert!(attr(&failed, "http.response.status_code").contains("500"));
+}
