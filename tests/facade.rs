@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
@@ -93,6 +94,11 @@ async fn boom() -> &'static str {
     panic!("secret panic text")
 }
 
+async fn slow() -> &'static str {
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    "too late"
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
     let out = Captured::default();
@@ -107,6 +113,7 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
             _ => None,
         })
         .unwrap()
+        .request_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
     let guard = obs.init().unwrap();
@@ -126,6 +133,7 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
         )
         .route("/conflict", get(conflict))
         .route("/panic", get(boom))
+        .route("/slow", get(slow))
         .merge(obs.admin().router())
         .layer(obs.layer());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -154,6 +162,16 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
     let envelope: Value = serde_json::from_str(&panic.body).unwrap();
     assert_eq!(envelope["error"]["code"], "internal_error");
     assert_eq!(envelope["error"]["request_id"], panic.request_id.as_str());
+
+    // A timeout is answered like any failure: the caller's id echoed, in the envelope too.
+    let timed_out = get_path(addr, "/slow", Some("client-id-slow")).await;
+    assert_eq!(
+        (timed_out.status, timed_out.request_id.as_str()),
+        (504, "client-id-slow")
+    );
+    let envelope: Value = serde_json::from_str(&timed_out.body).unwrap();
+    assert_eq!(envelope["error"]["code"], "timeout");
+    assert_eq!(envelope["error"]["request_id"], "client-id-slow");
 
     let missing = get_path(addr, "/no/such/route", None).await;
     assert_eq!(missing.status, 404);
@@ -208,6 +226,7 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
         "{metrics}"
     );
     assert_eq!(count("/panic", "5xx").as_deref(), Some("1"), "{metrics}");
+    assert_eq!(count("/slow", "5xx").as_deref(), Some("1"), "{metrics}");
     assert_eq!(
         count("__unmatched__", "4xx").as_deref(),
         Some("1"),
@@ -234,6 +253,7 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
     };
     let ok_line = access("client-id-1");
     assert_eq!(ok_line["data"]["status"], 200);
+    assert_eq!(access("client-id-slow")["data"]["status"], 504);
     // A record of the `log` crate: its own target and level, the request's ids, no `log.*`.
     let bridged: Vec<_> = lines
         .iter()
