@@ -113,7 +113,7 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
             _ => None,
         })
         .unwrap()
-        .request_timeout(Duration::from_millis(300))
+        .request_timeout(Duration::from_secs(1))
         .build()
         .unwrap();
     let guard = obs.init().unwrap();
