@@ -90,9 +90,11 @@ impl BaggageMember {
 /// Application-defined key/value pairs that travel with a request (W3C Baggage).
 ///
 /// Values are percent-decoded on parse and encoded on format; properties are kept as sent.
-/// At most 64 members and 8192 bytes are kept: members beyond either limit are dropped whole,
-/// and a member that breaks the grammar is dropped alone (baggage is advisory, so one bad
-/// member does not cost the others).
+/// At most 64 members and 8192 bytes are kept: a member that does not fit in the bytes left is
+/// dropped whole (later, smaller members still get in), members past the 64th are dropped, and
+/// a member that breaks the grammar is dropped alone (baggage is advisory, so one bad member
+/// does not cost the others). A percent-encoded value that is not UTF-8 is kept with U+FFFD in
+/// place of the invalid bytes, as the W3C Baggage specification says.
 ///
 /// ```
 /// use periscope_context::Baggage;
@@ -146,7 +148,9 @@ impl Baggage {
             let Ok(parsed) = parse_member(member) else {
                 continue;
             };
-            if self.push(parsed).is_err() {
+            // A member too big for the bytes left is dropped alone: smaller ones after it may
+            // still fit. Only a full member count ends the parse.
+            if self.push(parsed).is_err() && self.members.len() >= MAX_BAGGAGE_MEMBERS {
                 return false;
             }
         }
@@ -161,7 +165,7 @@ impl Baggage {
             .map(|m| m.value.as_str())
     }
 
-    /// Sets `key` to `value`, replacing an existing member with that key.
+    /// Sets `key` to `value`, replacing every member with that key (a received header may repeat one).
     pub fn insert(&mut self, key: &str, value: &str) -> Result<(), BaggageError> {
         if !is_token(key) {
             return Err(BaggageError::InvalidKey(key.chars().take(64).collect()));
@@ -171,11 +175,11 @@ impl Baggage {
             value: value.to_owned(),
             properties: String::new(),
         };
-        // Work on a copy so a refused insert leaves the baggage as it was.
-        let mut next = self.clone();
-        if let Some(i) = next.members.iter().position(|m| m.key == key) {
-            let old = next.members.remove(i);
-            next.encoded_len = next.encoded_len.saturating_sub(next.member_cost(&old));
+        // Work on a copy so a refused insert leaves the baggage as it was. Every member with
+        // the key goes (a received header may repeat one), so `get` sees the new value.
+        let mut next = Self::new();
+        for kept in self.members.iter().filter(|m| m.key != key) {
+            next.push(kept.clone())?;
         }
         next.push(member)?;
         *self = next;
@@ -235,10 +239,8 @@ fn parse_member(member: &str) -> Result<BaggageMember, BaggageError> {
     if !value.bytes().all(is_baggage_octet) {
         return Err(BaggageError::InvalidValue(key.to_owned()));
     }
-    let value = percent_decode_str(value)
-        .decode_utf8()
-        .map_err(|_| BaggageError::InvalidValue(key.to_owned()))?
-        .into_owned();
+    // W3C Baggage: invalid UTF-8 after percent-decoding becomes U+FFFD; the member is kept.
+    let value = percent_decode_str(value).decode_utf8_lossy().into_owned();
     let mut normalised = String::new();
     if !properties.is_empty() {
         for property in properties.split(';') {
@@ -365,7 +367,7 @@ mod tests {
     fn invalid_members_are_dropped_alone() {
         let b = Baggage::parse("good=1,bad key=2,=3,novalue,also=\"q\",fine=2,%ZZ=1,nonutf=%ff");
         let keys: Vec<&str> = b.iter().map(BaggageMember::key).collect();
-        assert_eq!(keys, ["good", "fine", "%ZZ"]);
+        assert_eq!(keys, ["good", "fine", "%ZZ", "nonutf"]);
         assert!(
             Baggage::parse_headers([b"k=\xff".as_slice(), b"ok=1".as_slice()])
                 .get("ok")
@@ -392,12 +394,40 @@ mod tests {
         assert_eq!(b.len(), 8);
         assert!(b.to_string().len() <= MAX_BAGGAGE_BYTES);
 
+        // One member too big for what is left does not cost the members after it.
+        let b = Baggage::parse(&format!("a=1,huge={},b=2", "x".repeat(9000)));
+        let keys: Vec<&str> = b.iter().map(BaggageMember::key).collect();
+        assert_eq!(keys, ["a", "b"]);
+        let b = Baggage::parse_headers([
+            format!("huge={}", "x".repeat(9000)).as_bytes(),
+            b"after=1".as_slice(),
+        ]);
+        assert_eq!(b.get("after"), Some("1"));
+
+        let b = Baggage::parse(&big.join(","));
         let mut full = b.clone();
         assert_eq!(
             full.insert("more", &"y".repeat(200)),
             Err(BaggageError::LimitExceeded)
         );
         assert_eq!(full, b, "a refused insert changes nothing");
+    }
+
+    #[test]
+    fn invalid_utf8_becomes_the_replacement_character() {
+        let b = Baggage::parse("ok=1,nonutf=%FF,mixed=a%C3b");
+        assert_eq!(b.get("nonutf"), Some("\u{FFFD}"));
+        assert_eq!(b.get("mixed"), Some("a\u{FFFD}b"));
+        assert_eq!(b.get("ok"), Some("1"));
+    }
+
+    #[test]
+    fn insert_replaces_every_member_with_the_key() {
+        let mut b = Baggage::parse("a=1,b=2,a=2");
+        b.insert("a", "3").unwrap();
+        assert_eq!(b.get("a"), Some("3"));
+        assert_eq!(b.to_string(), "b=2,a=3");
+        assert_eq!(b.encoded_len, b.to_string().len());
     }
 
     #[test]

@@ -65,6 +65,14 @@ impl CarrierValue<'_> {
 pub trait Injector {
     /// Stores `value` under `key`, replacing what was there.
     fn set(&mut self, key: &HeaderName, value: &HeaderValue);
+
+    /// Removes what is stored under `key`: [`inject`] calls it for the context headers the
+    /// context has no value for, so a carrier that already held some (a forwarded request)
+    /// does not send another trace's state on. The default does nothing, which is right for
+    /// carriers that start empty.
+    fn remove(&mut self, key: &HeaderName) {
+        let _ = key;
+    }
 }
 
 impl Extractor for HeaderMap {
@@ -98,6 +106,10 @@ impl Injector for HeaderMap {
     fn set(&mut self, key: &HeaderName, value: &HeaderValue) {
         self.insert(key.clone(), value.clone());
     }
+
+    fn remove(&mut self, key: &HeaderName) {
+        HeaderMap::remove(self, key);
+    }
 }
 
 macro_rules! string_map_carrier {
@@ -120,6 +132,10 @@ macro_rules! string_map_carrier {
                 if let Ok(value) = value.to_str() {
                     self.insert(key.as_str().to_owned(), value.to_owned());
                 }
+            }
+
+            fn remove(&mut self, key: &HeaderName) {
+                $map::remove(self, key.as_str());
             }
         }
     };
@@ -373,6 +389,12 @@ impl TenantsSent {
 /// Writes `ctx` into a carrier: `traceparent` naming `ctx.span_id` as the parent,
 /// `tracestate` and `baggage` when not empty, `x-request-id`, and the tenant fields.
 ///
+/// The context owns these headers: what the carrier held under them is replaced, and a
+/// `tracestate`, `baggage`, `x-org-id` or `x-project-id` the context has no value for is
+/// removed, so a forwarded request never carries the caller's trace state, baggage or tenant
+/// past a trust boundary. (Headers of other tenant keys: see the client layer's
+/// `tenant_keys`.)
+///
 /// For an outgoing call that should appear as its own span, inject `ctx.child()`.
 ///
 /// ```
@@ -387,15 +409,31 @@ impl TenantsSent {
 /// ```
 pub fn inject<C: Injector + ?Sized>(ctx: &RequestContext, carrier: &mut C) {
     carrier.set(&headers::TRACEPARENT, &ctx.traceparent().to_header_value());
-    if let Some(state) = ctx.trace_state.to_header_value() {
-        carrier.set(&headers::TRACESTATE, &state);
+    match ctx.trace_state.to_header_value() {
+        Some(state) => carrier.set(&headers::TRACESTATE, &state),
+        None => carrier.remove(&headers::TRACESTATE),
     }
-    if let Some(baggage) = ctx.baggage.to_header_value() {
-        carrier.set(&headers::BAGGAGE, &baggage);
+    match ctx.baggage.to_header_value() {
+        Some(baggage) => carrier.set(&headers::BAGGAGE, &baggage),
+        None => carrier.remove(&headers::BAGGAGE),
     }
     carrier.set(&headers::X_REQUEST_ID, ctx.request_id.header_value());
+    remove_absent_tenants(ctx, carrier, &[TenantKey::ORG_ID, TenantKey::PROJECT_ID]);
     for (key, value) in ctx.tenant.header_values() {
         carrier.set(key.header(), value);
+    }
+}
+
+/// Removes the headers of the tenant `keys` that `ctx` has no value for.
+pub fn remove_absent_tenants<C: Injector + ?Sized>(
+    ctx: &RequestContext,
+    carrier: &mut C,
+    keys: &[TenantKey],
+) {
+    for key in keys {
+        if ctx.tenant.get(key.field()).is_none() {
+            carrier.remove(key.header());
+        }
     }
 }
 
@@ -464,6 +502,10 @@ impl Extractor for Carrier {
 impl Injector for Carrier {
     fn set(&mut self, key: &HeaderName, value: &HeaderValue) {
         self.0.set(key, value);
+    }
+
+    fn remove(&mut self, key: &HeaderName) {
+        Injector::remove(&mut self.0, key);
     }
 }
 
@@ -719,5 +761,52 @@ mod tests {
             assert_eq!(got.baggage.get("user"), Some("alice"));
             assert_eq!(got.tenant, ctx.tenant);
         }
+    }
+
+    #[test]
+    fn inject_replaces_a_forwarded_requests_context_headers() {
+        let stale = [
+            ("traceparent", TP),
+            ("tracestate", "attacker=1"),
+            ("baggage", "role=admin"),
+            ("x-request-id", "theirs"),
+            ("x-org-id", "victim_org"),
+            ("x-project-id", "victim_prj"),
+            ("x-team-id", "custom"),
+        ];
+        let fresh = RequestContext::new_root();
+        let mut header_map = headers(&stale);
+        inject(&fresh, &mut header_map);
+        let mut map: HashMap<String, String> = stale
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        inject(&fresh, &mut map);
+        let mut btree: BTreeMap<String, String> = map.clone().into_iter().collect();
+        inject(&fresh, &mut btree);
+        let carrier = Carrier::from_context(&fresh);
+
+        for extracted in [
+            extract(&header_map, &ExtractOptions::default()),
+            extract(&map, &ExtractOptions::default()),
+            extract(&btree, &ExtractOptions::default()),
+            extract(&carrier, &ExtractOptions::default()),
+        ] {
+            let got = extracted.context;
+            assert_eq!(got.trace_id, fresh.trace_id);
+            assert_eq!(got.request_id, fresh.request_id);
+            assert!(got.trace_state.is_empty(), "{:?}", got.trace_state);
+            assert!(got.baggage.is_empty());
+            assert!(got.tenant.is_empty(), "{:?}", got.tenant);
+        }
+        for gone in ["tracestate", "baggage", "x-org-id", "x-project-id"] {
+            assert!(!header_map.contains_key(gone), "{gone}");
+            assert!(!map.contains_key(gone), "{gone}");
+        }
+        // Only the tenant keys named are the context's; others are the caller's business.
+        assert_eq!(header_map["x-team-id"], "custom");
+        let team = TenantKey::new("team_id").unwrap();
+        remove_absent_tenants(&fresh, &mut header_map, &[team]);
+        assert!(!header_map.contains_key("x-team-id"));
     }
 }

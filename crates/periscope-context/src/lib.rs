@@ -41,7 +41,7 @@ mod tracestate;
 pub use baggage::{Baggage, BaggageError, BaggageMember, MAX_BAGGAGE_BYTES, MAX_BAGGAGE_MEMBERS};
 pub use carrier::{
     Carrier, CarrierValue, ExtractOptions, Extracted, Extractor, Injector, RequestIdOrigin,
-    TraceOrigin, extract, inject,
+    TraceOrigin, extract, inject, remove_absent_tenants,
 };
 pub use context::{RequestContext, WithContext};
 pub use ids::{HexId, SpanId, TraceFlags, TraceId};

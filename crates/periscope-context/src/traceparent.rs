@@ -102,8 +102,7 @@ impl TraceParent {
 
     /// Parses raw header bytes (header values need not be UTF-8; invalid bytes are rejected).
     pub fn parse_bytes(value: &[u8]) -> Result<Self, TraceParentError> {
-        let value = value.trim_ascii_start();
-        let value = trim_ows_end(value);
+        let value = trim_ows(value);
         if value.len() < TRACEPARENT_LEN {
             return Err(TraceParentError::TooShort(value.len()));
         }
@@ -156,12 +155,15 @@ impl TraceParent {
     }
 }
 
-fn trim_ows_end(value: &[u8]) -> &[u8] {
+/// Strips optional whitespace (RFC 9110: spaces and tabs only, never CR, LF or form feed).
+fn trim_ows(value: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| matches!(b, b' ' | b'\t');
+    let start = value.iter().position(|b| !is_ows(b)).unwrap_or(value.len());
     let end = value
         .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(0, |i| i + 1);
-    &value[..end]
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
 }
 
 impl fmt::Display for TraceParent {
@@ -265,6 +267,15 @@ mod tests {
         ] {
             assert_eq!(TraceParent::parse(&input).unwrap().to_string(), VALID);
         }
+        // Only spaces and tabs are optional whitespace, at either end.
+        for input in [
+            format!("\r\n{VALID}"),
+            format!("\x0c{VALID}"),
+            format!("{VALID}\r\n"),
+        ] {
+            assert!(TraceParent::parse(&input).is_err(), "{input:?}");
+        }
+        assert!(TraceParent::parse(" \t ").is_err());
     }
 
     #[test]

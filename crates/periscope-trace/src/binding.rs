@@ -59,6 +59,21 @@ mod otel {
     use tracing::Span;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+    /// The trace state for the OpenTelemetry span. OpenTelemetry checks keys by the Level 1
+    /// grammar, stricter than Level 2 (`foo@@bar` is refused): when the whole state is refused,
+    /// the members it accepts are kept, in order, rather than none.
+    pub(super) fn otel_trace_state(state: &periscope_context::TraceState) -> TraceState {
+        if state.is_empty() {
+            return TraceState::NONE;
+        }
+        state.as_str().parse().unwrap_or_else(|_| {
+            let accepted = state
+                .iter()
+                .filter(|member| TraceState::from_key_value([*member]).is_ok());
+            TraceState::from_key_value(accepted).unwrap_or(TraceState::NONE)
+        })
+    }
+
     pub(super) fn adopt_exported_ids(
         span: &Span,
         ctx: &mut RequestContext,
@@ -71,11 +86,7 @@ mod otel {
         let parent_span_id = ctx.parent_span_id;
         let parent_cx = match parent_span_id {
             Some(parent_id) => {
-                let state = if ctx.trace_state.is_empty() {
-                    TraceState::NONE
-                } else {
-                    ctx.trace_state.as_str().parse().unwrap_or(TraceState::NONE)
-                };
+                let state = otel_trace_state(&ctx.trace_state);
                 Context::new().with_remote_span_context(SpanContext::new(
                     TraceId::from_bytes(ctx.trace_id.to_bytes()),
                     SpanId::from_bytes(parent_id.to_bytes()),
@@ -117,5 +128,29 @@ mod otel {
         ctx.trace_id = trace_id;
         ctx.span_id = span_id;
         ctx.trace_flags = ctx.trace_flags.with_sampled(exported.is_sampled());
+    }
+}
+
+#[cfg(all(test, feature = "otel"))]
+mod tests {
+    use periscope_context::TraceState;
+
+    #[test]
+    fn trace_state_members_opentelemetry_refuses_are_dropped_alone() {
+        let level2 = TraceState::parse("rojo=1,foo@@bar=2,congo=3").unwrap();
+        assert_eq!(level2.len(), 3);
+        assert_eq!(
+            super::otel::otel_trace_state(&level2).header(),
+            "rojo=1,congo=3"
+        );
+        let plain = TraceState::parse("rojo=1,congo=2").unwrap();
+        assert_eq!(
+            super::otel::otel_trace_state(&plain).header(),
+            "rojo=1,congo=2"
+        );
+        assert_eq!(
+            super::otel::otel_trace_state(&TraceState::new()).header(),
+            ""
+        );
     }
 }

@@ -3,18 +3,19 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use periscope_context::headers::{BAGGAGE, TRACEPARENT, TRACESTATE};
-use periscope_context::{RequestContext, RequestId};
+use periscope_context::{RequestContext, RequestId, TenantKey, remove_absent_tenants};
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
 use tracing::field::Empty;
 
 use crate::binding::{ParentKind, bind, early_id};
-use crate::fields::{method_name, method_original, record_failure, record_status};
+use crate::fields::{RedactedUrl, method_name, method_original, record_failure, record_status};
 use crate::propagation::Propagators;
 
 /// The tracing target of client spans.
@@ -76,6 +77,7 @@ pub struct ClientSpan {
     span: Span,
     context: RequestContext,
     propagators: Propagators,
+    tenant_keys: Option<Arc<[TenantKey]>>,
 }
 
 impl ClientSpan {
@@ -106,7 +108,7 @@ impl ClientSpan {
             http.response.status_code = Empty,
             server.address = uri.host(),
             server.port = uri.port_u16(),
-            url.full = %uri,
+            url.full = %RedactedUrl(uri),
             error.type = Empty,
             request_id = context.request_id.as_str(),
             trace_id = early_id(context.trace_id.to_hex().as_str()),
@@ -123,12 +125,21 @@ impl ClientSpan {
             span,
             context,
             propagators: Propagators::default(),
+            tenant_keys: None,
         }
     }
 
     /// Sends only these formats (default: W3C Trace Context and Baggage).
     pub fn with_propagators(mut self, propagators: Propagators) -> Self {
         self.propagators = propagators;
+        self
+    }
+
+    /// The tenant keys whose headers belong to the context: removed from the outgoing request
+    /// when the context has no value for them (default: `org_id`, `project_id`). Declare the
+    /// same keys as the server layer's `tenant_keys`.
+    pub fn with_tenant_keys(mut self, keys: impl IntoIterator<Item = TenantKey>) -> Self {
+        self.tenant_keys = Some(keys.into_iter().collect());
         self
     }
 
@@ -143,9 +154,14 @@ impl ClientSpan {
     }
 
     /// Writes `traceparent` (this span as the parent), `tracestate`, `baggage`,
-    /// `x-request-id` and the tenant headers, replacing any already there.
+    /// `x-request-id` and the tenant headers, replacing any already there; those the context
+    /// has no value for are removed (a forwarded request's `tracestate`, say, belongs to the
+    /// caller's trace, not to this call's).
     pub fn inject(&self, headers: &mut HeaderMap) {
         periscope_context::inject(&self.context, headers);
+        if let Some(keys) = &self.tenant_keys {
+            remove_absent_tenants(&self.context, headers, keys);
+        }
         if !self.propagators.trace_context() {
             headers.remove(TRACEPARENT);
             headers.remove(TRACESTATE);
@@ -198,6 +214,7 @@ impl ClientSpan {
 #[derive(Clone, Debug, Default)]
 pub struct ClientTraceLayer {
     propagators: Propagators,
+    tenant_keys: Option<Arc<[TenantKey]>>,
 }
 
 impl ClientTraceLayer {
@@ -212,6 +229,14 @@ impl ClientTraceLayer {
         self.propagators = propagators;
         self
     }
+
+    /// The tenant keys whose headers belong to the context (default: `org_id`, `project_id`):
+    /// each call sends the context's values and removes the headers it has none for. Declare
+    /// the same keys as the server layer's `tenant_keys`.
+    pub fn tenant_keys(mut self, keys: impl IntoIterator<Item = TenantKey>) -> Self {
+        self.tenant_keys = Some(keys.into_iter().collect());
+        self
+    }
 }
 
 impl<S> Layer<S> for ClientTraceLayer {
@@ -221,6 +246,7 @@ impl<S> Layer<S> for ClientTraceLayer {
         ClientTrace {
             inner,
             propagators: self.propagators,
+            tenant_keys: self.tenant_keys.clone(),
         }
     }
 }
@@ -230,6 +256,7 @@ impl<S> Layer<S> for ClientTraceLayer {
 pub struct ClientTrace<S> {
     inner: S,
     propagators: Propagators,
+    tenant_keys: Option<Arc<[TenantKey]>>,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ClientTrace<S>
@@ -245,11 +272,12 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let call = match request.extensions().get::<RequestContext>() {
+        let mut call = match request.extensions().get::<RequestContext>() {
             Some(parent) => ClientSpan::child_of(parent, request.method(), request.uri()),
             None => ClientSpan::new(request.method(), request.uri()),
         }
         .with_propagators(self.propagators);
+        call.tenant_keys.clone_from(&self.tenant_keys);
         call.inject(request.headers_mut());
         let future = call.span.in_scope(|| self.inner.call(request));
         ClientResponseFuture {

@@ -1,7 +1,9 @@
 //! Span fields shared by the server, client and job spans: OpenTelemetry HTTP semantic
 //! conventions plus periscope's context fields (`request_id`, `trace_id`, `span_id`, tenant).
 
-use http::Method;
+use std::fmt;
+
+use http::{Method, Uri};
 use periscope_context::{RequestContext, Tenant};
 use tracing::Span;
 
@@ -31,6 +33,47 @@ pub(crate) fn method_name(method: &Method) -> &'static str {
 /// The original method, only when it was folded into `_OTHER`.
 pub(crate) fn method_original(method: &Method) -> Option<&str> {
     (method_name(method) == "_OTHER").then(|| method.as_str())
+}
+
+/// Query parameters that carry signatures or keys, redacted in `url.full` (the list of the
+/// OpenTelemetry HTTP semantic conventions).
+const SENSITIVE_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
+
+/// `url.full` as the HTTP semantic conventions want it: user and password replaced by
+/// `REDACTED:REDACTED`, and the values of signature query parameters by `REDACTED`. Formatted
+/// only by a layer that reads the field.
+pub(crate) struct RedactedUrl<'a>(pub(crate) &'a Uri);
+
+impl fmt::Display for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let uri = self.0;
+        if let Some(scheme) = uri.scheme_str() {
+            write!(f, "{scheme}://")?;
+        }
+        if let Some(authority) = uri.authority() {
+            match authority.as_str().rsplit_once('@') {
+                Some((_, host)) => write!(f, "REDACTED:REDACTED@{host}")?,
+                None => f.write_str(authority.as_str())?,
+            }
+        }
+        f.write_str(uri.path())?;
+        let Some(query) = uri.query() else {
+            return Ok(());
+        };
+        f.write_str("?")?;
+        for (index, pair) in query.split('&').enumerate() {
+            if index > 0 {
+                f.write_str("&")?;
+            }
+            match pair.split_once('=') {
+                Some((key, _)) if SENSITIVE_QUERY_KEYS.contains(&key) => {
+                    write!(f, "{key}=REDACTED")?;
+                }
+                _ => f.write_str(pair)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Records the context's ids on `span`.
@@ -85,5 +128,25 @@ mod tests {
         assert_eq!(method_name(&custom), "_OTHER");
         assert_eq!(method_original(&custom), Some("PURGE"));
         assert_eq!(method_original(&Method::GET), None);
+    }
+
+    #[test]
+    fn urls_lose_credentials_and_signatures() {
+        let redacted = |uri: &str| RedactedUrl(&uri.parse().unwrap()).to_string();
+        assert_eq!(
+            redacted("http://alice:s3cret@inventory.internal:8080/items?id=7&sig=abc&Signature=x"),
+            "http://REDACTED:REDACTED@inventory.internal:8080/items?id=7&sig=REDACTED&Signature=REDACTED"
+        );
+        assert_eq!(redacted("https://token@h/"), "https://REDACTED:REDACTED@h/");
+        // Everything else is written as the URI itself writes it.
+        for plain in [
+            "http://inventory.internal/items/7?a=1&&b&c=",
+            "https://h:443",
+            "/relative?x=1",
+            "h.internal:443",
+        ] {
+            let uri: Uri = plain.parse().unwrap();
+            assert_eq!(RedactedUrl(&uri).to_string(), uri.to_string());
+        }
     }
 }

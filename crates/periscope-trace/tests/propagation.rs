@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use http::StatusCode;
 use periscope_context::{Carrier, TraceParent};
+use periscope_context::{RequestContext, TenantKey};
 use periscope_trace::job::JobSpan;
-use periscope_trace::{CorrelationLayer, Trust};
+use periscope_trace::{ClientTraceLayer, CorrelationLayer, Trust};
 use support::services::{app, by_hop, chain, get, hop_state};
-use support::{Capture, serve};
+use support::{Capture, plain_client, send, serve};
+use tower::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 
 const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -289,6 +291,73 @@ async fn trust_boundary_starts_a_new_trace_and_links_the_caller() {
     );
     assert_eq!(span.get("link.trace_id"), Some(INCOMING_TRACE));
     assert_eq!(span.get("link.span_id"), Some(INCOMING_PARENT));
+}
+
+/// A gateway behind a trust boundary that forwards the caller's request as it came: the
+/// callee must get the gateway's trace and nothing of the caller's trace state, baggage or
+/// tenant, and the client span must not keep the URL's signature.
+#[tokio::test]
+async fn a_forwarded_request_carries_only_the_gateways_context() {
+    let (capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let backend = serve(app(
+        hop_state("backend", None, &seen),
+        CorrelationLayer::new(),
+    ))
+    .await;
+    let team = TenantKey::new("team_id").unwrap();
+    let client = ClientTraceLayer::new()
+        .tenant_keys([TenantKey::ORG_ID, TenantKey::PROJECT_ID, team])
+        .layer(plain_client());
+    let forward = move |request: axum::extract::Request| {
+        let client = client.clone();
+        async move {
+            let (mut parts, _) = request.into_parts();
+            parts.uri = format!("http://{backend}/hop?sig=s3cret").parse().unwrap();
+            let body = http_body_util::Full::new(bytes::Bytes::new());
+            send(client, http::Request::from_parts(parts, body))
+                .await
+                .status()
+        }
+    };
+    let gateway = serve(
+        axum::Router::new()
+            .route("/hop", axum::routing::get(forward))
+            .layer(CorrelationLayer::new().trust(Trust::Boundary)),
+    )
+    .await;
+
+    let response = get(
+        gateway,
+        "/hop",
+        &[
+            ("x-request-id", "forwarded-1"),
+            ("traceparent", INCOMING),
+            ("tracestate", "attacker=1"),
+            ("baggage", "role=admin"),
+            ("x-org-id", "victim_org"),
+            ("x-team-id", "victim_team"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let backend_saw = seen.lock().unwrap()[0].clone();
+    for stale in ["tracestate", "baggage", "x-org-id", "x-team-id"] {
+        assert!(
+            !backend_saw.headers.contains_key(stale),
+            "{stale} was forwarded: {:?}",
+            backend_saw.headers
+        );
+    }
+    let ctx: &RequestContext = &backend_saw.ctx;
+    assert_eq!(ctx.request_id.as_str(), "forwarded-1");
+    assert_ne!(ctx.trace_id.to_string(), INCOMING_TRACE);
+    assert!(ctx.trace_state.is_empty() && ctx.baggage.is_empty() && ctx.tenant.is_empty());
+
+    let call = &capture.spans_for("http_client_request", "forwarded-1")[0];
+    let url = call.get("url.full").unwrap();
+    assert_eq!(url, format!("http://{backend}/hop?sig=REDACTED"));
 }
 
 #[tokio::test]
