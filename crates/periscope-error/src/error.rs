@@ -126,9 +126,12 @@ impl HttpError {
         self
     }
 
-    /// Sends the error with another status than its code's.
+    /// Sends the error with another status than its code's. Only 4xx and 5xx are taken: any
+    /// other status is ignored and the code's stays, so an error never goes out as a success.
     pub fn with_status(mut self, status: StatusCode) -> Self {
-        self.inner.status = status;
+        if status.is_client_error() || status.is_server_error() {
+            self.inner.status = status;
+        }
         self
     }
 
@@ -325,6 +328,18 @@ mod tests {
 
     fn json(response: Response<Vec<u8>>) -> Value {
         serde_json::from_slice(response.body()).unwrap()
+    }
+
+    fn json_status(error: HttpError) -> StatusCode {
+        error.into_http_response::<Vec<u8>>().status()
+    }
+
+    #[test]
+    fn a_status_outside_4xx_and_5xx_is_ignored() {
+        let error = HttpError::new(codes::CONFLICT, "taken").with_status(StatusCode::OK);
+        assert_eq!(json_status(error), StatusCode::CONFLICT);
+        let error = HttpError::new(codes::CONFLICT, "taken").with_status(StatusCode::GONE);
+        assert_eq!(json_status(error), StatusCode::GONE);
     }
 
     #[test]

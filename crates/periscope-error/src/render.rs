@@ -124,7 +124,11 @@ pub fn prefers_problem_json(headers: &HeaderMap) -> bool {
             let mut params = range.split(';');
             let media = params.next().unwrap_or_default().trim();
             let q = params
-                .find_map(|param| param.trim().strip_prefix("q="))
+                .find_map(|param| {
+                    // Parameter names are case-insensitive (RFC 9110): `Q=0` refuses too.
+                    let (name, value) = param.split_once('=')?;
+                    name.trim().eq_ignore_ascii_case("q").then_some(value)
+                })
                 .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
             let slot = if media.eq_ignore_ascii_case(APPLICATION_PROBLEM_JSON) {
                 &mut problem
@@ -210,7 +214,9 @@ pub(crate) fn retry_after_seconds(headers: &HeaderMap) -> Option<u64> {
 
 /// A delay in whole seconds, rounded up: a client never retries early.
 pub(crate) fn whole_seconds(delay: Duration) -> u64 {
-    delay.as_secs() + u64::from(delay.subsec_nanos() > 0)
+    delay
+        .as_secs()
+        .saturating_add(u64::from(delay.subsec_nanos() > 0))
 }
 
 #[derive(Serialize)]
@@ -311,6 +317,13 @@ mod tests {
         assert!(!prefers_problem_json(&accept(
             "application/problem+json;q=0.2, application/json;q=0.3"
         )));
+        // Parameter names are case-insensitive.
+        assert!(!prefers_problem_json(&accept(
+            "application/problem+json;Q=0, application/json"
+        )));
+        assert!(prefers_problem_json(&accept(
+            "application/json;Q=0.1, application/problem+json"
+        )));
     }
 
     #[test]
@@ -351,6 +364,7 @@ mod tests {
         assert_eq!(whole_seconds(Duration::from_secs(3)), 3);
         assert_eq!(whole_seconds(Duration::from_millis(3001)), 4);
         assert_eq!(whole_seconds(Duration::ZERO), 0);
+        assert_eq!(whole_seconds(Duration::MAX), u64::MAX);
     }
 
     #[test]

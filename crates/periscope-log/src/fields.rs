@@ -170,7 +170,11 @@ impl ValueRules {
 
     /// A text value: a string, or JSON text kept as a string with its secrets redacted.
     pub(crate) fn write_text(&self, out: &mut Vec<u8>, text: &str, scratch: &mut Vec<u8>) {
-        if looks_like_json(text) && text.len() <= JSON_CHECK_LIMIT {
+        if !looks_like_json(text) {
+            json::write_str(out, text, self.max_value_bytes);
+            return;
+        }
+        if text.len() <= JSON_CHECK_LIMIT {
             scratch.clear();
             if self
                 .redactor
@@ -182,7 +186,19 @@ impl ValueRules {
                 return;
             }
         }
-        json::write_str(out, text, self.max_value_bytes);
+        self.write_unparsed(out, text);
+    }
+
+    /// Structured text that could not be redacted key by key (too big, or not quite JSON, as a
+    /// `Debug` map with a non-JSON escape): hidden whole when it mentions a sensitive key, so
+    /// redaction fails closed.
+    fn write_unparsed(&self, out: &mut Vec<u8>, text: &str) {
+        let shown = if self.redactor.mentions_sensitive_key(text) {
+            REDACTED
+        } else {
+            text
+        };
+        json::write_str(out, shown, self.max_value_bytes);
     }
 
     /// A `Debug` value: formatted once, then written as a string, or nested when it came from
@@ -200,6 +216,11 @@ impl ValueRules {
         let is_json = JSON_VALUES.with(Cell::get) != before;
         if capped.truncated() {
             let len = capped.len;
+            // Too big to redact key by key: structured text that mentions a secret is hidden.
+            if (is_json || looks_like_json(text)) && self.redactor.mentions_sensitive_key(text) {
+                json::write_str(out, REDACTED, usize::MAX);
+                return;
+            }
             out.push(b'"');
             json::write_escaped(
                 out,
@@ -207,7 +228,12 @@ impl ValueRules {
             );
             json::write_truncation(out, len);
             out.push(b'"');
-        } else if !(is_json && self.redactor.rewrite_json(text, self.max_value_bytes, out)) {
+        } else if is_json {
+            // Nested JSON; text around it (`Some({...})`) is not JSON and is written as text.
+            if !self.redactor.rewrite_json(text, self.max_value_bytes, out) {
+                self.write_unparsed(out, text);
+            }
+        } else {
             self.write_text(out, text, scratch);
         }
     }

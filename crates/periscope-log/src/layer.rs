@@ -342,6 +342,19 @@ fn level_name(level: &Level) -> &'static str {
     }
 }
 
+/// The buffers `Debug` values are formatted in grow with the largest value (up to
+/// `max_value_bytes`); like the line's, they go back to a bounded size after use.
+fn shrink_formatting_buffers(text: &mut String, scratch: &mut Vec<u8>) {
+    if text.capacity() > KEEP_BUFFER_CAPACITY {
+        text.clear();
+        text.shrink_to(KEEP_BUFFER_CAPACITY);
+    }
+    if scratch.capacity() > KEEP_BUFFER_CAPACITY {
+        scratch.clear();
+        scratch.shrink_to(KEEP_BUFFER_CAPACITY);
+    }
+}
+
 impl LogLayer {
     /// Formats what a span records (`fields` of them at most).
     fn span_fields(
@@ -364,6 +377,7 @@ impl LogLayer {
             Ok(mut buffers) => {
                 let Buffers { text, scratch, .. } = &mut *buffers;
                 record(text, scratch);
+                shrink_formatting_buffers(text, scratch);
             }
             // A value's Debug impl opened a span while this thread was formatting: fresh ones.
             Err(_) => record(&mut String::new(), &mut Vec::new()),
@@ -440,8 +454,14 @@ impl LogLayer {
             &mut parts.message,
             &mut parts.context,
         ] {
-            buffer.shrink_to(KEEP_BUFFER_CAPACITY);
+            // `shrink_to` keeps the length: a buffer is emptied first (it is cleared before its
+            // next use anyway).
+            if buffer.capacity() > KEEP_BUFFER_CAPACITY {
+                buffer.clear();
+                buffer.shrink_to(KEEP_BUFFER_CAPACITY);
+            }
         }
+        shrink_formatting_buffers(text, scratch);
     }
 
     fn assemble_json(
@@ -598,5 +618,42 @@ mod tests {
             [(0, &b"\"req_1\""[..])]
         );
         assert!(fields.values.len() < 64, "{}", fields.values.len());
+    }
+
+    #[test]
+    fn one_huge_debug_value_does_not_keep_its_memory_on_the_thread() {
+        use tracing_subscriber::prelude::*;
+        struct Big(usize);
+        impl fmt::Debug for Big {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let chunk = "y".repeat(1024);
+                (0..self.0 / 1024).try_for_each(|_| f.write_str(&chunk))
+            }
+        }
+        let (layer, guard) = LogLayer::builder()
+            .max_value_bytes(16 << 20)
+            .writer(std::io::sink())
+            .blocking(true)
+            .recent_limits(0, 0)
+            .build();
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("work", v = ?Big(8 << 20));
+            let _entered = span.enter();
+            tracing::info!(v = ?Big(8 << 20), "huge");
+        });
+        drop(guard);
+        let capacities = BUFFERS.with(|buffers| {
+            let buffers = buffers.borrow();
+            [
+                buffers.line.capacity(),
+                buffers.text.capacity(),
+                buffers.scratch.capacity(),
+            ]
+        });
+        assert!(
+            capacities.iter().all(|&c| c <= KEEP_BUFFER_CAPACITY),
+            "{capacities:?}"
+        );
     }
 }

@@ -140,6 +140,14 @@ impl Redactor {
         self.inner.matches(&buf[..len])
     }
 
+    /// Whether `text` contains a sensitive fragment anywhere (in the normalised form): for
+    /// structured text that could not be redacted key by key.
+    pub(crate) fn mentions_sensitive_key(&self, text: &str) -> bool {
+        let mut normalized = Vec::with_capacity(text.len());
+        normalize_into(text, &mut normalized);
+        self.inner.mentions(&normalized)
+    }
+
     /// Replaces the value of every sensitive key, at any depth, with `"[REDACTED]"`.
     pub fn redact_value(&self, value: &mut serde_json::Value) {
         match value {
@@ -192,14 +200,18 @@ impl Rules {
     }
 
     fn matches(&self, key: &[u8]) -> bool {
-        let hit = key.iter().enumerate().any(|(i, &b)| {
+        self.mentions(key) && !self.allowed.iter().any(|a| **a == *key)
+    }
+
+    /// Whether some fragment occurs in `text`.
+    fn mentions(&self, text: &[u8]) -> bool {
+        text.iter().enumerate().any(|(i, &b)| {
             self.first[b as usize]
                 && self
                     .fragments
                     .iter()
-                    .any(|f| f[0] == b && key[i..].starts_with(f))
-        });
-        hit && !self.allowed.iter().any(|a| **a == *key)
+                    .any(|f| f[0] == b && text[i..].starts_with(f))
+        })
     }
 }
 

@@ -159,3 +159,84 @@ fn hostile_messages_and_fields_give_exactly_one_valid_line_each() {
     assert_eq!(last["request_id"], "a\"\n}{\"level\":\"error");
     assert_eq!(last["level"], "info");
 }
+
+#[derive(serde::Serialize, Debug)]
+struct Login {
+    user: String,
+    password: String,
+    blob: String,
+}
+
+fn login(blob_len: usize) -> Login {
+    Login {
+        user: "ann".into(),
+        password: "hunter2".into(),
+        blob: "x".repeat(blob_len),
+    }
+}
+
+/// Structured values that cannot be redacted key by key (too big to parse, or `Debug` text that
+/// is not quite JSON) are hidden whole when they mention a sensitive key: redaction fails
+/// closed. Values that mention none are still written.
+#[test]
+fn structured_values_that_cannot_be_parsed_fail_closed() {
+    let mut map = std::collections::HashMap::new();
+    map.insert("password", "hunter2");
+    map.insert("note", "esc\u{1b}[0m"); // Debug writes \u{1b}: not JSON
+    let mut escaped = http::HeaderMap::new();
+    escaped.insert("authorization", "Bearer hunter2".parse().unwrap());
+    escaped.insert("user-agent", http::HeaderValue::from_static("x\\y")); // not a JSON escape
+    let mut marked = http::HeaderMap::new();
+    let mut auth = http::HeaderValue::from_static("Bearer abc");
+    auth.set_sensitive(true); // Debug writes a bare `Sensitive`
+    marked.insert("authorization", auth);
+    marked.insert("cookie", "sid=hunter2".parse().unwrap());
+    let big_body = format!(
+        r#"{{"password":"hunter2","blob":"{}"}}"#,
+        "x".repeat(70_000)
+    );
+    let mut harmless = std::collections::HashMap::new();
+    harmless.insert("note", "esc\u{1b}[0m");
+
+    let out = capture(
+        |b| b,
+        |_| {
+            tracing::info!(login = periscope_log::json(&login(70_000)), "big json");
+            tracing::info!(body = big_body.as_str(), "big text");
+            tracing::info!(params = ?map, "map");
+            tracing::info!(headers = ?escaped, "escaped");
+            tracing::info!(headers = ?marked, "marked");
+            tracing::info!(login = ?Some(periscope_log::Json(&login(0))), "wrapped");
+            tracing::info!(params = ?harmless, "harmless");
+        },
+    );
+    assert!(!out.text().contains("hunter2"), "a secret was written");
+    let lines = out.lines();
+    let field = |i: usize, key: &str| lines[i]["data"][key].clone();
+    for (line, key) in [
+        (0, "login"),
+        (1, "body"),
+        (2, "params"),
+        (3, "headers"),
+        (4, "headers"),
+        (5, "login"),
+    ] {
+        assert!(
+            field(line, key) == "[REDACTED]",
+            "line {line}: {key} not hidden"
+        );
+    }
+    assert_eq!(field(6, "params"), r#"{"note": "esc\u{1b}[0m"}"#);
+}
+
+/// Within the size bound a big `json` value is still redacted key by key.
+#[test]
+fn big_json_values_within_the_bound_are_redacted_key_by_key() {
+    let out = capture(
+        |b| b.max_value_bytes(1 << 20),
+        |_| tracing::info!(login = periscope_log::json(&login(70_000)), "big json"),
+    );
+    let login = &out.lines()[0]["data"]["login"];
+    assert!(login["password"] == "[REDACTED]" && login["user"] == "ann");
+    assert_eq!(login["blob"].as_str().map(str::len), Some(70_000));
+}
