@@ -473,10 +473,7 @@ impl Handled {
         let status = response.status();
         let (mut parts, body) = response.into_parts();
         if !(status.is_client_error() || status.is_server_error()) {
-            if self.echo_request_id && !parts.headers.contains_key(X_REQUEST_ID) {
-                let id = self.ids.request_id.header_value().clone();
-                parts.headers.insert(X_REQUEST_ID, id);
-            }
+            self.echo(&mut parts);
             return Inspected::Done(Response::from_parts(parts, ResponseBody::inner(body)));
         }
         if let Some(rendered) = parts.extensions.get::<RenderedError>() {
@@ -493,6 +490,7 @@ impl Handled {
             return Inspected::Done(self.rewrite(parts, error));
         }
         if is_json(&parts.headers) {
+            self.echo(&mut parts);
             return Inspected::Done(Response::from_parts(parts, ResponseBody::inner(body)));
         }
         let code = self.code_for(status);
@@ -500,6 +498,14 @@ impl Handled {
             return Inspected::Read { parts, body, code };
         }
         Inspected::Done(self.bare(parts, code, None))
+    }
+
+    /// Echoes the request id on a response passed through, when this layer is the one to.
+    fn echo(&self, parts: &mut http::response::Parts) {
+        if self.echo_request_id && !parts.headers.contains_key(X_REQUEST_ID) {
+            let id = self.ids.request_id.header_value().clone();
+            parts.headers.insert(X_REQUEST_ID, id);
+        }
     }
 
     /// The code of a bare error status.
@@ -724,6 +730,8 @@ mod tests {
         .await;
         assert_eq!(parts.status(), StatusCode::CONFLICT);
         assert_eq!(json, serde_json::json!({"mine": true}));
+        // Passed through, it still gets the request id, like every response.
+        assert!(parts.headers().contains_key("x-request-id"));
     }
 
     #[tokio::test]
