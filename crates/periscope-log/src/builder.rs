@@ -157,8 +157,15 @@ impl LogLayerBuilder {
     }
 
     /// Lifts a span field of this name to the top level, like `request_id` (at most 64).
+    ///
+    /// A name that is one of the line's own keys (`timestamp`, `level`, `message`, `target`,
+    /// `service`, `environment`, `version`, `span`, `data`) is ignored and the field stays in
+    /// `data`: a field must never write a second `level` or forge `service`.
     pub fn context_field(mut self, name: impl Into<String>) -> Self {
         let name = name.into();
+        if crate::layer::RESERVED_KEYS.contains(&name.as_str()) {
+            return self;
+        }
         if !self.context_fields.contains(&name) {
             self.context_fields.push(name);
         }

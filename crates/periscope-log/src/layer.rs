@@ -29,7 +29,7 @@ const KEEP_BUFFER_CAPACITY: usize = 64 * 1024;
 
 /// Top-level keys of a JSON line: in flattened mode, event fields with these names are written
 /// as `data.<name>` so they cannot overwrite them.
-const RESERVED_KEYS: &[&str] = &[
+pub(crate) const RESERVED_KEYS: &[&str] = &[
     "timestamp",
     "level",
     "message",

@@ -240,3 +240,26 @@ fn big_json_values_within_the_bound_are_redacted_key_by_key() {
     assert!(login["password"] == "[REDACTED]" && login["user"] == "ann");
     assert_eq!(login["blob"].as_str().map(str::len), Some(70_000));
 }
+
+/// A context field named like one of the line's own keys cannot duplicate or forge it.
+#[test]
+fn context_fields_cannot_take_the_lines_own_keys() {
+    let out = capture(
+        |b| {
+            b.service("api")
+                .context_field("level")
+                .context_field("service")
+        },
+        |_| tracing::error!(level = "info", service = "forged", "boom"),
+    );
+    let text = out.text();
+    let line = text.lines().next().unwrap();
+    // `data` comes last: before it, each of the line's keys appears once.
+    let top = &line[..line.find("\"data\":").unwrap_or(line.len())];
+    assert_eq!(top.matches("\"level\":").count(), 1, "{line}");
+    assert_eq!(top.matches("\"service\":").count(), 1, "{line}");
+    let parsed = &out.lines()[0];
+    assert_eq!(parsed["level"], "error");
+    assert_eq!(parsed["service"], "api");
+    assert_eq!(parsed["data"]["service"], "forged");
+}
