@@ -155,11 +155,16 @@ fn parse(body: &[u8]) -> Result<Action, Violation> {
         }
         return Ok(Action::Reset);
     }
-    let Some(text) = change.directives else {
+    // An empty value (often an unset shell variable) would silence the service for good:
+    // turning logs off takes an explicit "off".
+    let Some(text) = change.directives.filter(|text| {
+        text.split(',')
+            .any(|directive| !directive.trim().is_empty())
+    }) else {
         return Err(Violation::new(
             "directives",
             "required",
-            "directives is required, for example \"info,my_crate=debug\"",
+            "directives is required and not empty, for example \"info,my_crate=debug\" (\"off\" turns logs off)",
         ));
     };
     let directives = Directives::parse(&text)
@@ -224,6 +229,14 @@ mod tests {
             "ttl_s"
         );
         assert_eq!(problem(r#"{"ttl_s":5}"#).field, "directives");
+        // Empty directives would silence the service for good: "off" must be said.
+        for empty in [r#"{"directives":""}"#, r#"{"directives":" , "}"#] {
+            assert_eq!(problem(empty).field, "directives", "{empty}");
+        }
+        assert!(matches!(
+            parse(br#"{"directives":"off"}"#),
+            Ok(Action::Set(_))
+        ));
         assert_eq!(
             problem(r#"{"reset":true,"directives":"info"}"#).field,
             "reset"

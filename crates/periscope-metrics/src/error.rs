@@ -14,7 +14,7 @@ pub enum MetricsError {
     },
     /// A label name outside `[a-zA-Z_][a-zA-Z0-9_]*`, or one starting with the reserved `__`.
     #[error(
-        "invalid label name {name:?}: use ASCII letters, digits and `_`, not starting with a digit or `__`"
+        "invalid label name {name:?}: use ASCII letters, digits and `_`, not starting with a digit or `__`, and not `le` or `quantile` (the exposition's own bucket and quantile labels)"
     )]
     InvalidLabelName {
         /// The rejected name.

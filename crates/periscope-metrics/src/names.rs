@@ -23,6 +23,8 @@ pub(crate) fn check_label_name(name: &str) -> Result<(), MetricsError> {
     let valid = !name.is_empty()
         && !name.starts_with(|c: char| c.is_ascii_digit())
         && !name.starts_with("__")
+        // Histogram buckets and summary quantiles carry these: a second one breaks the scrape.
+        && !matches!(name, "le" | "quantile")
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if valid {
         Ok(())
@@ -73,6 +75,9 @@ mod tests {
         assert!(check_label_name("_private").is_ok());
         assert!(check_label_name("__reserved").is_err());
         assert!(check_label_name("a:b").is_err());
+        assert!(check_label_name("le").is_err());
+        assert!(check_label_name("quantile").is_err());
+        assert!(check_label_name("level").is_ok());
         assert!(check_label_names("m", &["a", "b", "a"]).is_err());
         assert_eq!(counter_family_name("api_requests_total"), "api_requests");
         assert_eq!(counter_family_name("api_requests"), "api_requests");
