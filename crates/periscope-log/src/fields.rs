@@ -186,14 +186,14 @@ impl ValueRules {
                 return;
             }
         }
-        self.write_unparsed(out, text);
+        self.write_unparsed(out, text, scratch);
     }
 
     /// Structured text that could not be redacted key by key (too big, or not quite JSON, as a
     /// `Debug` map with a non-JSON escape): hidden whole when it mentions a sensitive key, so
     /// redaction fails closed.
-    fn write_unparsed(&self, out: &mut Vec<u8>, text: &str) {
-        let shown = if self.redactor.mentions_sensitive_key(text) {
+    fn write_unparsed(&self, out: &mut Vec<u8>, text: &str, scratch: &mut Vec<u8>) {
+        let shown = if self.redactor.mentions_sensitive_key(text, scratch) {
             REDACTED
         } else {
             text
@@ -217,7 +217,9 @@ impl ValueRules {
         if capped.truncated() {
             let len = capped.len;
             // Too big to redact key by key: structured text that mentions a secret is hidden.
-            if (is_json || looks_like_json(text)) && self.redactor.mentions_sensitive_key(text) {
+            if (is_json || looks_like_json(text))
+                && self.redactor.mentions_sensitive_key(text, scratch)
+            {
                 json::write_str(out, REDACTED, usize::MAX);
                 return;
             }
@@ -231,7 +233,7 @@ impl ValueRules {
         } else if is_json {
             // Nested JSON; text around it (`Some({...})`) is not JSON and is written as text.
             if !self.redactor.rewrite_json(text, self.max_value_bytes, out) {
-                self.write_unparsed(out, text);
+                self.write_unparsed(out, text, scratch);
             }
         } else {
             self.write_text(out, text, scratch);

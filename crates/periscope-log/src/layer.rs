@@ -342,17 +342,22 @@ fn level_name(level: &Level) -> &'static str {
     }
 }
 
-/// The buffers `Debug` values are formatted in grow with the largest value (up to
-/// `max_value_bytes`); like the line's, they go back to a bounded size after use.
+/// Gives back what a thread's buffer grew past [`KEEP_BUFFER_CAPACITY`], so one huge value
+/// does not pin its memory to the thread for good. `shrink_to` keeps the length, so the buffer
+/// is emptied first: every buffer is cleared before its next use anyway.
+fn release(buffer: &mut Vec<u8>) {
+    if buffer.capacity() > KEEP_BUFFER_CAPACITY {
+        buffer.clear();
+        buffer.shrink_to(KEEP_BUFFER_CAPACITY);
+    }
+}
+
+/// [`release`] for the buffers `Debug` values are formatted in.
 fn shrink_formatting_buffers(text: &mut String, scratch: &mut Vec<u8>) {
     if text.capacity() > KEEP_BUFFER_CAPACITY {
-        text.clear();
-        text.shrink_to(KEEP_BUFFER_CAPACITY);
+        *text = String::with_capacity(KEEP_BUFFER_CAPACITY);
     }
-    if scratch.capacity() > KEEP_BUFFER_CAPACITY {
-        scratch.clear();
-        scratch.shrink_to(KEEP_BUFFER_CAPACITY);
-    }
+    release(scratch);
 }
 
 impl LogLayer {
@@ -447,19 +452,13 @@ impl LogLayer {
             self.recent.push(*metadata.level(), &line[..line.len() - 1]);
         }
         self.sink.write_line(line);
-        // One huge event must not pin its memory to the thread for good.
         for buffer in [
             line,
             &mut parts.data,
             &mut parts.message,
             &mut parts.context,
         ] {
-            // `shrink_to` keeps the length: a buffer is emptied first (it is cleared before its
-            // next use anyway).
-            if buffer.capacity() > KEEP_BUFFER_CAPACITY {
-                buffer.clear();
-                buffer.shrink_to(KEEP_BUFFER_CAPACITY);
-            }
+            release(buffer);
         }
         shrink_formatting_buffers(text, scratch);
     }

@@ -140,12 +140,11 @@ impl Redactor {
         self.inner.matches(&buf[..len])
     }
 
-    /// Whether `text` contains a sensitive fragment anywhere (in the normalised form): for
-    /// structured text that could not be redacted key by key.
-    pub(crate) fn mentions_sensitive_key(&self, text: &str) -> bool {
-        let mut normalized = Vec::with_capacity(text.len());
-        normalize_into(text, &mut normalized);
-        self.inner.mentions(&normalized)
+    /// Whether `text` contains a sensitive fragment anywhere (in the normalised form, made in
+    /// `scratch`): for structured text that could not be redacted key by key.
+    pub(crate) fn mentions_sensitive_key(&self, text: &str, scratch: &mut Vec<u8>) -> bool {
+        normalize_into(text, scratch);
+        self.inner.mentions(scratch)
     }
 
     /// Replaces the value of every sensitive key, at any depth, with `"[REDACTED]"`.
