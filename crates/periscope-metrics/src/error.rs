@@ -36,6 +36,20 @@ pub enum MetricsError {
         /// The name registered twice.
         name: String,
     },
+    /// A metric whose exposition would write a sample name another metric already writes
+    /// (a gauge `jobs_total` beside a counter `jobs`, a gauge `latency_count` beside a
+    /// histogram `latency`): scrapers reject the whole page.
+    #[error(
+        "metric {name:?} would write samples named {sample:?}, as metric {other:?} already does: pick a name that differs by more than a suffix"
+    )]
+    SampleNameTaken {
+        /// The metric being registered.
+        name: String,
+        /// The sample name both would write.
+        sample: String,
+        /// The registered metric that writes it.
+        other: String,
+    },
     /// Histogram buckets that are empty, not finite or not strictly increasing.
     #[error(
         "invalid buckets for {metric:?}: give at least one finite upper bound, in strictly increasing order"

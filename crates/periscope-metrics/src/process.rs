@@ -8,16 +8,16 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Unit;
 
-/// The family names the collector writes, reserved when it is registered.
-pub(crate) const FAMILIES: [&str; 8] = [
-    "process_cpu_seconds",
-    "process_open_fds",
-    "process_max_fds",
-    "process_virtual_memory_bytes",
-    "process_virtual_memory_max_bytes",
-    "process_resident_memory_bytes",
-    "process_start_time_seconds",
-    "process_threads",
+/// The names the collector writes, with their types, reserved when it is registered.
+pub(crate) const FAMILIES: [(&str, MetricType); 8] = [
+    ("process_cpu_seconds_total", MetricType::Counter),
+    ("process_open_fds", MetricType::Gauge),
+    ("process_max_fds", MetricType::Gauge),
+    ("process_virtual_memory_bytes", MetricType::Gauge),
+    ("process_virtual_memory_max_bytes", MetricType::Gauge),
+    ("process_resident_memory_bytes", MetricType::Gauge),
+    ("process_start_time_seconds", MetricType::Gauge),
+    ("process_threads", MetricType::Gauge),
 ];
 
 /// Reads the running process's CPU, memory, file descriptors, threads and start time on each

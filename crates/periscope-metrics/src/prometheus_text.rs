@@ -4,7 +4,8 @@
 //! differs is metadata and extras, so the rewrite is line by line:
 //! - a counter family is named after its samples (`x_total`), as 0.0.4 has no suffix rules;
 //! - `info` becomes a gauge named `x_info`, `unknown` becomes `untyped`;
-//! - `# UNIT`, `# EOF` and exemplars (` # {trace_id="..."} 0.1`) are dropped.
+//! - `# UNIT`, `# EOF` and exemplars (` # {trace_id="..."} 0.1`) are dropped;
+//! - HELP text loses the `\"` escape, which 0.0.4 parsers refuse (a bare `"` is fine there).
 
 /// Appends the 0.0.4 rendering of the OpenMetrics text `openmetrics` to `out`.
 pub(crate) fn from_openmetrics(openmetrics: &str, out: &mut String) {
@@ -28,7 +29,11 @@ pub(crate) fn from_openmetrics(openmetrics: &str, out: &mut String) {
             if let Some((help_name, help)) = pending_help.take()
                 && help_name == name
             {
-                push_line(out, &["# HELP ", name, suffix, " ", help]);
+                for part in ["# HELP ", name, suffix, " "] {
+                    out.push_str(part);
+                }
+                push_unquoted(out, help);
+                out.push('\n');
             }
             push_line(out, &["# TYPE ", name, suffix, " ", kind]);
         } else if line.starts_with('#') {
@@ -44,6 +49,29 @@ fn push_line(out: &mut String, parts: &[&str]) {
         out.push_str(part);
     }
     out.push('\n');
+}
+
+/// Appends OpenMetrics help text with `\"` written as `"`; `\\` and `\n` are kept, as
+/// both formats escape them.
+fn push_unquoted(out: &mut String, help: &str) {
+    let mut rest = help;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let escape = &rest[at..];
+        if let Some(after) = escape.strip_prefix("\\\"") {
+            out.push('"');
+            rest = after;
+        } else {
+            // `\\` or `\n`: copy both characters, so the next search starts after them.
+            let end = escape
+                .char_indices()
+                .nth(2)
+                .map_or(escape.len(), |(i, _)| i);
+            out.push_str(&escape[..end]);
+            rest = &escape[end..];
+        }
+    }
+    out.push_str(rest);
 }
 
 /// The sample line up to its value, without the exemplar that may follow.

@@ -1,6 +1,6 @@
 //! The shared registry: every family of the service, checked names, and the overflow counter.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use prometheus_client::collector::Collector;
@@ -49,8 +49,66 @@ pub struct MetricsRegistry {
 
 struct Inner {
     registry: RwLock<Registry>,
-    names: Mutex<HashSet<String>>,
+    names: Mutex<Names>,
     overflow: OverflowCounter,
+}
+
+/// The names taken so far: family names, and every sample name their types write (a counter
+/// `jobs` writes `jobs_total`, so a gauge `jobs_total` would break the scrape).
+#[derive(Default)]
+struct Names {
+    families: HashSet<String>,
+    /// Sample name to the name of the metric that writes it.
+    samples: HashMap<String, String>,
+}
+
+impl Names {
+    fn claim(
+        &mut self,
+        name: &str,
+        family: &str,
+        metric_type: MetricType,
+    ) -> Result<(), MetricsError> {
+        if self.families.contains(family) {
+            return Err(MetricsError::AlreadyRegistered {
+                name: name.to_owned(),
+            });
+        }
+        if let Some((sample, owner)) = sample_names(family, metric_type)
+            .iter()
+            .find_map(|sample| Some((sample, self.samples.get(sample)?)))
+        {
+            return Err(MetricsError::SampleNameTaken {
+                name: name.to_owned(),
+                sample: sample.clone(),
+                other: owner.clone(),
+            });
+        }
+        self.insert(name, family, metric_type);
+        Ok(())
+    }
+
+    fn insert(&mut self, name: &str, family: &str, metric_type: MetricType) {
+        self.families.insert(family.to_owned());
+        for sample in sample_names(family, metric_type) {
+            self.samples.insert(sample, name.to_owned());
+        }
+    }
+}
+
+/// The family name itself and every sample name a family of `metric_type` writes, in either
+/// exposition format.
+fn sample_names(family: &str, metric_type: MetricType) -> Vec<String> {
+    let suffixes: &[&str] = match metric_type {
+        MetricType::Counter => &["", "_total", "_created"],
+        MetricType::Histogram => &["", "_bucket", "_count", "_sum", "_created"],
+        MetricType::Info => &["", "_info"],
+        _ => &[""],
+    };
+    suffixes
+        .iter()
+        .map(|suffix| format!("{family}{suffix}"))
+        .collect()
 }
 
 impl Default for MetricsRegistry {
@@ -67,7 +125,7 @@ impl std::fmt::Debug for MetricsRegistry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         f.debug_struct("MetricsRegistry")
-            .field("families", &names.len())
+            .field("families", &names.families.len())
             .finish()
     }
 }
@@ -78,23 +136,27 @@ impl MetricsRegistry {
     pub fn new() -> Self {
         let overflow = OverflowCounter::default();
         let mut registry = Registry::default();
+        let family = counter_family_name(OVERFLOW_METRIC);
         registry.register(
-            counter_family_name(OVERFLOW_METRIC),
+            family,
             "Label values folded into __overflow__ by the cardinality guard, by metric and label",
             overflow.clone(),
         );
+        let mut names = Names::default();
+        names.insert(OVERFLOW_METRIC, family, MetricType::Counter);
         Self {
             inner: Arc::new(Inner {
                 registry: RwLock::new(registry),
-                names: Mutex::new(HashSet::from([
-                    counter_family_name(OVERFLOW_METRIC).to_owned()
-                ])),
+                names: Mutex::new(names),
                 overflow,
             }),
         }
     }
 
     /// Registers `metric` (any prometheus-client metric, a `Family` included) as `name`.
+    ///
+    /// `help` may hold any text: backslashes, quotes and line breaks are escaped so they
+    /// cannot break the exposition.
     pub fn register(
         &self,
         name: &str,
@@ -103,6 +165,7 @@ impl MetricsRegistry {
     ) -> Result<(), MetricsError> {
         let metric_type = metric.metric_type();
         let family = self.claim(name, metric_type)?;
+        let help = escape_help(help);
         // `# UNIT` only on counters and gauges: some OpenMetrics parsers reject it elsewhere.
         let unit = match metric_type {
             MetricType::Counter | MetricType::Gauge => split_unit(family),
@@ -184,8 +247,8 @@ impl MetricsRegistry {
     /// Registers the standard process metrics (`process_cpu_seconds_total`,
     /// `process_resident_memory_bytes`, `process_open_fds`...), read on every scrape.
     pub fn register_process_metrics(&self) -> Result<(), MetricsError> {
-        for name in crate::process::FAMILIES {
-            self.claim(name, MetricType::Gauge)?;
+        for (name, metric_type) in crate::process::FAMILIES {
+            self.claim(name, metric_type)?;
         }
         self.register_collector(Box::new(crate::process::ProcessCollector));
         Ok(())
@@ -210,7 +273,7 @@ impl MetricsRegistry {
         self.inner.overflow.clone()
     }
 
-    /// Checks `name` and reserves its family name; returns the family name.
+    /// Checks `name` and reserves its family name and sample names; returns the family name.
     pub(crate) fn claim<'n>(
         &self,
         name: &'n str,
@@ -221,18 +284,29 @@ impl MetricsRegistry {
             MetricType::Counter => counter_family_name(name),
             _ => name,
         };
-        let mut names = self
-            .inner
+        self.inner
             .names
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !names.insert(family.to_owned()) {
-            return Err(MetricsError::AlreadyRegistered {
-                name: name.to_owned(),
-            });
-        }
+            .unwrap_or_else(PoisonError::into_inner)
+            .claim(name, family, metric_type)?;
         Ok(family)
     }
+}
+
+/// Help text as OpenMetrics writes it: `\\`, `\n` and `\"` escaped, so a line break or a
+/// backslash cannot end the line or the scrape. The Prometheus rendering unescapes the quote.
+fn escape_help(help: &str) -> String {
+    let mut escaped = String::with_capacity(help.len());
+    for c in help.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '\n' => escaped.push_str("\\n"),
+            '"' => escaped.push_str("\\\""),
+            '\r' => escaped.push(' '),
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 /// Splits a recognised unit suffix off a family name, so the exposition carries its
@@ -336,6 +410,77 @@ mod tests {
             registry
                 .register("bad name", "x", Counter::<u64>::default())
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn names_that_would_write_the_same_samples_are_refused() {
+        use prometheus_client::metrics::gauge::Gauge;
+        use prometheus_client::metrics::histogram::Histogram;
+        use prometheus_client::metrics::info::Info;
+
+        let registry = MetricsRegistry::new();
+        let histogram = || Histogram::new([0.1, 1.0]);
+        registry
+            .register("jobs", "jobs", Counter::<u64>::default())
+            .unwrap();
+        registry
+            .register("latency", "latency", histogram())
+            .unwrap();
+        registry
+            .register("build", "build", Info::new(vec![("v", "1")]))
+            .unwrap();
+        let clash = |name: &str, sample: &str, other: &str| MetricsError::SampleNameTaken {
+            name: name.into(),
+            sample: sample.into(),
+            other: other.into(),
+        };
+        let gauge = || Gauge::<i64>::default();
+        assert_eq!(
+            registry.register("jobs_total", "x", gauge()),
+            Err(clash("jobs_total", "jobs_total", "jobs"))
+        );
+        assert_eq!(
+            registry.register("latency_count", "x", gauge()),
+            Err(clash("latency_count", "latency_count", "latency"))
+        );
+        assert_eq!(
+            registry.register("build_info", "x", gauge()),
+            Err(clash("build_info", "build_info", "build"))
+        );
+        // The other way round: a gauge first, then a counter whose samples would take its name.
+        registry.register("queue_total", "x", gauge()).unwrap();
+        assert_eq!(
+            registry.register("queue", "x", Counter::<u64>::default()),
+            Err(clash("queue", "queue_total", "queue_total"))
+        );
+        assert_eq!(
+            registry.register("periscope_label_overflow_total", "x", gauge()),
+            Err(clash(
+                "periscope_label_overflow_total",
+                "periscope_label_overflow_total",
+                OVERFLOW_METRIC
+            ))
+        );
+        // Names that only share a prefix are fine, and the refused ones left nothing behind.
+        registry.register("jobs_waiting", "x", gauge()).unwrap();
+        registry.register("latency_p99", "x", gauge()).unwrap();
+        registry.register("queue_depth", "x", gauge()).unwrap();
+        registry.register_process_metrics().unwrap();
+        assert!(
+            registry
+                .register("process_cpu_seconds_total", "x", gauge())
+                .is_err()
+        );
+        let text = registry.encode_prometheus().unwrap();
+        assert!(!text.contains("TYPE jobs_total gauge"), "{text}");
+    }
+
+    #[test]
+    fn help_text_is_escaped() {
+        assert_eq!(
+            escape_help("a \"b\" c:\\d\r\ne"),
+            "a \\\"b\\\" c:\\\\d \\ne"
         );
     }
 

@@ -22,6 +22,8 @@ use prometheus_client::metrics::gauge::Gauge;
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Help text with everything that needs escaping: it must not break either format.
+const QUEUE_HELP: &str = "Jobs waiting for a GPU (\"queue\" in C:\\jobs)\nsee the runbook";
 
 /// What the trace layer does: the request's context in its extensions.
 async fn with_context(mut request: Request, next: Next) -> Response {
@@ -40,11 +42,7 @@ async fn service() -> (std::net::SocketAddr, MetricsRegistry) {
     registry.register_process_metrics().unwrap();
     let queue = Gauge::<i64>::default();
     registry
-        .register(
-            "inference_queue_depth",
-            "Jobs waiting for a GPU",
-            queue.clone(),
-        )
+        .register("inference_queue_depth", QUEUE_HELP, queue.clone())
         .unwrap();
     queue.set(3);
     let predictions = registry
@@ -142,6 +140,12 @@ async fn openmetrics_scrape_parses_back_with_exemplars() {
     assert_eq!(info[0].label("environment"), "production");
 
     assert_eq!(total(&exposition, "inference_queue_depth"), 3.0);
+    assert!(
+        text.contains(
+            "# HELP inference_queue_depth Jobs waiting for a GPU (\\\"queue\\\" in C:\\\\jobs)\\nsee the runbook.\n"
+        ),
+        "help escaped as OpenMetrics says: {text}"
+    );
     assert!(total(&exposition, "process_resident_memory_bytes") > 0.0);
     assert!(exposition.families.contains_key("process_cpu_seconds"));
     assert!(
@@ -195,6 +199,12 @@ async fn prometheus_text_passes_promtool_and_parses_back() {
     assert_eq!(
         exposition.families["service_info"].family_type,
         PrometheusType::Gauge
+    );
+    assert!(
+        text.contains(
+            "# HELP inference_queue_depth Jobs waiting for a GPU (\"queue\" in C:\\\\jobs)\\nsee the runbook.\n"
+        ),
+        "help escaped as 0.0.4 says, the quote bare: {text}"
     );
 
     promtool_check(&text);
