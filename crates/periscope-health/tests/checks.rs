@@ -50,8 +50,9 @@ async fn http_get_passes_on_2xx_and_fails_otherwise() {
     let live = checks::http_get(&format!("http://{addr}/health")).unwrap();
     assert_eq!(outcome(HealthCheck::new("upstream", live)).await, None);
 
+    // The error, which `/ready` may show, names the URL without the key in its query.
     let url = format!("http://{addr}/ready");
-    let ready = checks::http_get(&url).unwrap();
+    let ready = checks::http_get(&format!("{url}?api_key=s3cret")).unwrap();
     assert_eq!(
         outcome(HealthCheck::new("upstream", ready)).await,
         Some(format!("GET {url} answered 503"))

@@ -11,12 +11,16 @@ const MAX_STATUS_LINE: usize = 1024;
 /// Passes when `GET url` answers a 2xx status. Plain `http://` only (a sidecar, a model server,
 /// another service's `/health`); for `https://` write a check with your HTTP client.
 ///
+/// Failure messages, which `/ready` may show, name the URL without its query string and
+/// fragment: a query often carries a key.
+///
 /// # Errors
 ///
 /// [`InvalidUrl`] when `url` is not an `http://host[:port][/path]` URL.
 pub fn http_get(url: &str) -> Result<HttpCheck, InvalidUrl> {
+    let shown = without_query(url);
     let invalid = |reason| InvalidUrl {
-        url: url.to_owned(),
+        url: shown.to_owned(),
         reason,
     };
     let rest = url
@@ -54,14 +58,19 @@ pub fn http_get(url: &str) -> Result<HttpCheck, InvalidUrl> {
         path.to_owned()
     };
     Ok(HttpCheck {
-        url: url.to_owned(),
+        url: shown.to_owned(),
         connect_to: format!("{host}:{port}"),
         host_header: authority.to_owned(),
         path,
     })
 }
 
-/// Why [`http_get`] refused a URL.
+/// `url` up to its query string or fragment, the part safe to show.
+fn without_query(url: &str) -> &str {
+    url.find(['?', '#']).map_or(url, |at| &url[..at])
+}
+
+/// Why [`http_get`] refused a URL (named without its query string).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid health check URL {url:?}: {reason}; expected http://host[:port][/path]")]
 pub struct InvalidUrl {
@@ -70,12 +79,21 @@ pub struct InvalidUrl {
 }
 
 /// The check [`http_get`] builds.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HttpCheck {
+    /// The URL without its query string: what messages show.
     url: String,
     connect_to: String,
     host_header: String,
     path: String,
+}
+
+impl std::fmt::Debug for HttpCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCheck")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpCheck {
@@ -151,6 +169,17 @@ mod tests {
         assert_eq!(check.connect_to, "[::1]:80");
         assert_eq!(check.path, "/");
         assert_eq!(http_get("http://svc?x").unwrap().path, "/?x");
+    }
+
+    #[test]
+    fn messages_and_debug_leave_the_query_out() {
+        let check = http_get("http://127.0.0.1:9/health?api_key=s3cret#frag").unwrap();
+        assert_eq!(check.path, "/health?api_key=s3cret", "the request keeps it");
+        assert_eq!(check.url, "http://127.0.0.1:9/health");
+        assert!(!format!("{check:?}").contains("s3cret"));
+        let error = http_get("http://host:99999/?token=s3cret").unwrap_err();
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+        assert_eq!(without_query("http://svc#a?b"), "http://svc");
     }
 
     #[test]
