@@ -7,7 +7,9 @@ impl Admin {
     /// [`Admin::endpoints`]) to it, every method included, so that wrong methods get the
     /// admin's 405 envelope. Merge it into an app: `app.merge(admin.router())`. Paths it does
     /// not serve (debug endpoints while disabled, `/metrics` without a registry) are left to
-    /// the app.
+    /// the app. While debug access is on, the router also takes every other `/debug/` path
+    /// (a catch-all, below any exact route of the app), so that a caller without the token
+    /// gets 401 everywhere there and cannot map the debug endpoints.
     ///
     /// ```
     /// use periscope_admin::Admin;
@@ -22,9 +24,15 @@ impl Admin {
     where
         S: Clone + Send + Sync + 'static,
     {
-        self.endpoints()
+        let router = self
+            .endpoints()
             .fold(axum::Router::new(), |router, endpoint| {
                 router.route_service(endpoint.path(), self.clone())
-            })
+            });
+        if self.debug_enabled() {
+            router.route_service("/debug/{*rest}", self.clone())
+        } else {
+            router
+        }
     }
 }

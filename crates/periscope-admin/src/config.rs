@@ -29,89 +29,99 @@ fn mask_urls_in(value: &mut Value, redactor: &Redactor) {
     }
 }
 
-/// Separates URLs in a list (`redis://a,redis://b`, space separated hosts, ...).
-fn is_separator(c: char) -> bool {
-    c.is_whitespace() || c == ',' || c == ';'
-}
-
 /// `text` with the secrets of its URLs masked, or `None` when nothing needed masking.
+///
+/// A URL starts at `scheme://` and runs to the next URL or the next whitespace, so a password
+/// holding `,`, `;`, `/`, `?` or `#` (unencoded, as configuration files have them) stays inside
+/// its URL. Lists of URLs separated by `,` or `;` are split where the next URL starts.
 pub(crate) fn mask_urls(text: &str, redactor: &Redactor) -> Option<String> {
     if !text.contains("://") {
         return None;
     }
+    let starts = url_starts(text);
     let mut out = String::with_capacity(text.len());
     let mut changed = false;
-    for piece in text.split_inclusive(is_separator) {
-        let (url, separator) = match piece.char_indices().last() {
-            Some((at, c)) if is_separator(c) => piece.split_at(at),
-            _ => (piece, ""),
-        };
-        match mask_url(url, redactor) {
-            Some(masked) => {
-                out.push_str(&masked);
-                changed = true;
-            }
-            None => out.push_str(url),
+    let mut copied = 0;
+    for (i, &start) in starts.iter().enumerate() {
+        let next = starts.get(i + 1).copied().unwrap_or(text.len());
+        let end = text[start..next]
+            .find(char::is_whitespace)
+            .map_or(next, |at| start + at);
+        // A list's separator before the next URL is not part of this one.
+        let url = text[start..end].trim_end_matches([',', ';']);
+        if let Some(masked) = mask_url(url, redactor) {
+            out.push_str(&text[copied..start]);
+            out.push_str(&masked);
+            copied = start + url.len();
+            changed = true;
         }
-        out.push_str(separator);
     }
+    out.push_str(&text[copied..]);
     changed.then_some(out)
 }
 
-/// One URL with its userinfo password and sensitive query values masked.
-fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let (rest, fragment) = split_keep(rest, '#');
-    let (rest, query) = split_keep(rest, '?');
-    let (authority, path) = match rest.find('/') {
-        Some(at) => rest.split_at(at),
-        None => (rest, ""),
-    };
-    let mut changed = false;
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => {
-                changed = true;
-                format!("{user}:{REDACTED}@{host}")
-            }
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
-    };
-    let query = query.map(|query| {
-        query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if redactor.is_sensitive(key) => {
-                    changed = true;
-                    format!("{key}={REDACTED}")
-                }
-                _ => pair.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join("&")
-    });
-    if !changed {
-        return None;
+/// Where each URL of `text` starts: at the scheme (`[a-zA-Z][a-zA-Z0-9+.-]*`) before `://`.
+fn url_starts(text: &str) -> Vec<usize> {
+    let is_scheme_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.');
+    let bytes = text.as_bytes();
+    let mut starts = Vec::new();
+    for (at, _) in text.match_indices("://") {
+        let scheme_len = bytes[..at]
+            .iter()
+            .rev()
+            .take_while(|&&b| is_scheme_char(b))
+            .count();
+        // Skip leading digits and signs so the scheme starts with a letter.
+        let start = (at - scheme_len..at).find(|&i| bytes[i].is_ascii_alphabetic());
+        if let Some(start) = start
+            && starts.last().is_none_or(|&last| last < start)
+        {
+            starts.push(start);
+        }
     }
-    let mut out = format!("{scheme}://{authority}{path}");
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(&query);
-    }
-    if let Some(fragment) = fragment {
-        out.push('#');
-        out.push_str(fragment);
-    }
-    Some(out)
+    starts
 }
 
-/// `text` before the first `at`, and what follows it when present.
-fn split_keep(text: &str, at: char) -> (&str, Option<&str>) {
-    match text.split_once(at) {
-        Some((before, after)) => (before, Some(after)),
-        None => (text, None),
+/// One URL with its credentials and sensitive query values masked: `user:[REDACTED]@host`
+/// for a password, `[REDACTED]@host` for a user alone (a token in the user position, as in
+/// `https://ghp_xxx@github.com`).
+///
+/// Credentials end at the URL's last `@`: an `@` in the path or query masks too much rather
+/// than letting a password holding `/`, `?` or `#` through.
+fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, rest)) => {
+            let masked = match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{user}:{REDACTED}@"),
+                None => format!("{REDACTED}@"),
+            };
+            (Some(masked), rest)
+        }
+        None => (None, rest),
+    };
+    let mut changed = credentials.is_some();
+    let mut out = format!("{scheme}://");
+    out.push_str(credentials.as_deref().unwrap_or_default());
+    // Parameters may sit in the query, in the fragment (`#access_token=`), or after a URL
+    // nested in another's query: mask every `key=value` after a `?`, `&` or `#`.
+    for (i, piece) in rest.split_inclusive(['?', '&', '#']).enumerate() {
+        let (pair, delimiter) = match piece.char_indices().last() {
+            Some((at, '?' | '&' | '#')) => piece.split_at(at),
+            _ => (piece, ""),
+        };
+        match pair.split_once('=') {
+            Some((key, _)) if i > 0 && redactor.is_sensitive(key) => {
+                changed = true;
+                out.push_str(key);
+                out.push('=');
+                out.push_str(REDACTED);
+            }
+            _ => out.push_str(pair),
+        }
+        out.push_str(delimiter);
     }
+    changed.then_some(out)
 }
 
 #[cfg(test)]
@@ -155,7 +165,56 @@ mod tests {
     fn leaves_text_without_url_secrets_alone() {
         let redactor = Redactor::default();
         assert_eq!(mask_urls("no url here", &redactor), None);
-        assert_eq!(mask_urls("http://user@host/x", &redactor), None);
         assert_eq!(mask_urls("://weird", &redactor), None);
+        assert_eq!(
+            mask_urls("see https://example.com/a, then b", &redactor),
+            None
+        );
+    }
+
+    #[test]
+    fn passwords_with_url_delimiters_and_tokens_as_users_are_masked() {
+        let redactor = Redactor::default();
+        let mask = |text: &str| mask_urls(text, &redactor).unwrap_or_else(|| text.to_owned());
+        for (text, masked) in [
+            (
+                "postgres://app:pa/ss@db/app",
+                "postgres://app:[REDACTED]@db/app",
+            ),
+            (
+                "postgres://app:p?w@db/app?x=1",
+                "postgres://app:[REDACTED]@db/app?x=1",
+            ),
+            ("redis://:p#w@cache:6379", "redis://:[REDACTED]@cache:6379"),
+            ("amqp://u:a,b;c@mq/vhost", "amqp://u:[REDACTED]@mq/vhost"),
+            (
+                "https://ghp_abc123@github.com/org/repo.git",
+                "https://[REDACTED]@github.com/org/repo.git",
+            ),
+            ("http://user@host/x", "http://[REDACTED]@host/x"),
+            (
+                "redis://:s1,x@a:6379;redis://:s2@b:6379 and http://plain/",
+                "redis://:[REDACTED]@a:6379;redis://:[REDACTED]@b:6379 and http://plain/",
+            ),
+            (
+                "DSN=mysql://root:r00t@db:3306/x, backup",
+                "DSN=mysql://root:[REDACTED]@db:3306/x, backup",
+            ),
+            (
+                "https://h/cb?next=https://u:p2@inner/&token=t1",
+                "https://h/cb?next=https://u:[REDACTED]@inner/&token=[REDACTED]",
+            ),
+            (
+                "https://app/cb#access_token=t2&state=s",
+                "https://app/cb#access_token=[REDACTED]&state=s",
+            ),
+        ] {
+            assert_eq!(mask(text), masked, "{text}");
+        }
+        // An `@` in a path masks too much rather than too little.
+        assert_eq!(
+            mask("https://h:8080/u/a@b.com"),
+            "https://h:[REDACTED]@b.com"
+        );
     }
 }

@@ -28,6 +28,9 @@ pub enum Endpoint {
     Memory,
 }
 
+/// The path prefix of every debug endpoint: the namespace the token guards.
+pub(crate) const DEBUG_PREFIX: &str = "/debug/";
+
 const READ: &[Method] = &[Method::GET, Method::HEAD];
 const READ_WRITE: &[Method] = &[Method::GET, Method::HEAD, Method::POST];
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tower_service::Service;
 
 use crate::access::Gate;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{DEBUG_PREFIX, Endpoint};
 use crate::memory::Memory;
 use crate::reply::{self, AdminBody};
 use crate::status::{GpuSnapshot, InFlightSource, Section, ServiceInfo, Started, StatusParts};
@@ -25,7 +25,9 @@ use crate::status::{GpuSnapshot, InFlightSource, Section, ServiceInfo, Started, 
 /// Unknown paths get a 404 `route_not_found` envelope, a wrong method a 405
 /// `method_not_allowed` envelope with `Allow`, a debug request without the right token a 401
 /// `token_missing` or `token_invalid` envelope with `WWW-Authenticate: Bearer`. Debug
-/// endpoints are absent (404) unless [`DebugAccess`](crate::DebugAccess) turns them on.
+/// endpoints are absent (404) unless [`DebugAccess`](crate::DebugAccess) turns them on; once
+/// on, every `/debug/` path asks for the token before anything else, so a caller without it
+/// cannot tell which debug endpoints exist.
 ///
 /// Serve it on its own listener, or merge [`Admin::router`] (feature `axum`) into an app.
 #[derive(Clone)]
@@ -97,6 +99,11 @@ impl Admin {
         }
     }
 
+    /// Whether debug access is on (a token or a separate listener).
+    pub(crate) fn debug_enabled(&self) -> bool {
+        !self.inner.gate.is_closed()
+    }
+
     /// The endpoints this admin service answers, probes first.
     pub fn endpoints(&self) -> impl Iterator<Item = Endpoint> + '_ {
         Endpoint::ALL.into_iter().filter(|e| self.serves(*e))
@@ -108,16 +115,18 @@ impl Admin {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let endpoint = Endpoint::from_path(request.uri().path()).filter(|e| self.serves(*e));
-        let Some(endpoint) = endpoint else {
-            return ResponseFuture::ready(reply::not_found(&request));
-        };
-        // The token first: without it, nothing about a debug endpoint is revealed.
-        if endpoint.is_debug()
+        // The token first, for every path under /debug/ while debug access is on: a 404 for
+        // some and a 401 for others would tell a caller which debug endpoints exist.
+        if request.uri().path().starts_with(DEBUG_PREFIX)
+            && self.debug_enabled()
             && let Err(denied) = self.inner.gate.check(request.headers())
         {
             return ResponseFuture::ready(reply::unauthorized(denied, &request));
         }
+        let endpoint = Endpoint::from_path(request.uri().path()).filter(|e| self.serves(*e));
+        let Some(endpoint) = endpoint else {
+            return ResponseFuture::ready(reply::not_found(&request));
+        };
         if !endpoint.methods().contains(request.method()) {
             return ResponseFuture::ready(reply::method_not_allowed(endpoint, &request));
         }

@@ -13,13 +13,14 @@ async fn serve_app(app: axum::Router) -> std::net::SocketAddr {
 }
 
 #[tokio::test]
-async fn the_router_serves_exactly_the_admin_paths_next_to_the_app() {
+async fn the_router_serves_the_admin_paths_next_to_the_app() {
     let admin = Admin::builder()
         .metrics(periscope_metrics::MetricsRegistry::new())
         .debug(DebugAccess::Token(TOKEN.into()))
         .build();
     let app = axum::Router::new()
         .route("/predict", axum::routing::post(|| async { "label" }))
+        .route("/debug/pprof", axum::routing::get(|| async { "app's own" }))
         .merge(admin.router())
         .fallback(|| async { (http::StatusCode::IM_A_TEAPOT, "app fallback") });
     let addr = serve_app(app).await;
@@ -38,8 +39,16 @@ async fn the_router_serves_exactly_the_admin_paths_next_to_the_app() {
     send(addr, "DELETE", "/health", &[], "")
         .await
         .envelope(405, "method_not_allowed");
-    // Paths the admin does not serve are the app's.
-    assert_eq!(get_authorised(addr, "/debug/logs").await.status, 418);
+    // Other /debug/ paths ask for the token too, so a caller cannot tell which exist; with
+    // it, those the admin does not serve are unknown.
+    for path in ["/debug/logs", "/debug/nothing/here"] {
+        get(addr, path).await.envelope(401, "token_missing");
+        get_authorised(addr, path)
+            .await
+            .envelope(404, "route_not_found");
+    }
+    // An exact route of the app wins over the admin's catch-all; other paths are the app's.
+    assert_eq!(get(addr, "/debug/pprof").await.text(), "app's own");
     assert_eq!(get(addr, "/other").await.status, 418);
 }
 

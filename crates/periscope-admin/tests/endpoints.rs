@@ -412,6 +412,31 @@ async fn without_parts_only_the_default_probes_exist() {
 }
 
 #[tokio::test]
+async fn without_the_token_no_debug_path_reveals_whether_it_exists() {
+    // Status and memory exist; logs and config were not given; the last is no endpoint at all.
+    let admin = Admin::builder()
+        .debug(DebugAccess::Token(TOKEN.into()))
+        .build();
+    let addr = serve(admin).await;
+    for path in ["/debug/status", "/debug/logs", "/debug/config", "/debug/x"] {
+        get(addr, path).await.envelope(401, "token_missing");
+        send(addr, "GET", path, &[("authorization", "Bearer nope")], "")
+            .await
+            .envelope(401, "token_invalid");
+    }
+    assert_eq!(get_authorised(addr, "/debug/status").await.status, 200);
+    for path in ["/debug/logs", "/debug/config", "/debug/x"] {
+        get_authorised(addr, path)
+            .await
+            .envelope(404, "route_not_found");
+    }
+    // Outside /debug/, unknown paths stay plain 404s.
+    get(addr, "/debugger")
+        .await
+        .envelope(404, "route_not_found");
+}
+
+#[tokio::test]
 async fn in_flight_counts_the_requests_the_metrics_layer_is_serving() {
     let registry = MetricsRegistry::new();
     let metrics = MetricsLayer::new(&registry).unwrap();
