@@ -296,13 +296,25 @@ impl EventSink<'_> {
         Some(&mut self.parts.context)
     }
 
-    fn data(&mut self, name: &'static str) -> &mut Vec<u8> {
+    /// Starts the data field `name`; `None` when the line already has a field of that key: the
+    /// first value wins, so a repeated field (`info!(a = 1, a = 2)`, or `level` and
+    /// `data.level` when flattened) cannot write one key twice.
+    fn data(&mut self, name: &'static str) -> Option<&mut Vec<u8>> {
+        let flattened = self.layer.flatten && self.layer.format == LogFormat::Json;
+        if self
+            .parts
+            .data_keys
+            .iter()
+            .any(|&written| same_key(flattened, written, name))
+        {
+            return None;
+        }
         self.parts.data_keys.push(name);
         let out = &mut self.parts.data;
         match self.layer.format {
             LogFormat::Json => {
                 out.extend_from_slice(b",\"");
-                if self.layer.flatten && RESERVED_KEYS.contains(&name) {
+                if flattened && RESERVED_KEYS.contains(&name) {
                     out.extend_from_slice(b"data.");
                 }
                 json::write_escaped(out, name);
@@ -314,8 +326,17 @@ impl EventSink<'_> {
                 out.push(b'=');
             }
         }
-        out
+        Some(out)
     }
+}
+
+/// Whether data fields `a` and `b` write the same key: the same name, or, when flattened, a
+/// reserved name (written `data.<name>`) and that `data.<name>` itself.
+fn same_key(flattened: bool, a: &str, b: &str) -> bool {
+    let is_data_form = |dotted: &str, plain: &str| {
+        dotted.strip_prefix("data.") == Some(plain) && RESERVED_KEYS.contains(&plain)
+    };
+    a == b || (flattened && (is_data_form(a, b) || is_data_form(b, a)))
 }
 
 impl FieldSink for EventSink<'_> {
@@ -323,7 +344,7 @@ impl FieldSink for EventSink<'_> {
         match slot {
             Slot::Context(index) => self.context(index),
             Slot::Data if self.bridged && name.starts_with("log.") => None,
-            Slot::Data | Slot::Message => Some(self.data(name)),
+            Slot::Data | Slot::Message => self.data(name),
         }
     }
 
@@ -433,8 +454,8 @@ impl LogLayer {
                 }
                 if self.span_fields {
                     for (name, value) in fields.data() {
-                        if !sink.parts.data_keys.contains(&name) {
-                            sink.data(name).extend_from_slice(value);
+                        if let Some(out) = sink.data(name) {
+                            out.extend_from_slice(value);
                         }
                     }
                 }

@@ -263,3 +263,47 @@ fn context_fields_cannot_take_the_lines_own_keys() {
     assert_eq!(parsed["service"], "api");
     assert_eq!(parsed["data"]["service"], "forged");
 }
+
+/// Counts `"key":` in a raw line: a parser keeps one value of a repeated key, so the line must
+/// not have two.
+fn occurrences(line: &str, key: &str) -> usize {
+    line.matches(&format!("\"{key}\":")).count()
+}
+
+#[test]
+fn a_key_is_written_once_the_first_value_winning() {
+    let out = capture(
+        |b| b,
+        |_| {
+            let span = tracing::info_span!("job", a = 3, b = "span");
+            let _entered = span.enter();
+            tracing::info!(a = 1, a = 2, "twice");
+        },
+    );
+    let line = out.text();
+    assert_eq!(occurrences(&line, "a"), 1, "{line}");
+    let parsed = &out.lines()[0];
+    assert_eq!(parsed["data"]["a"], 1, "the event's first value: {line}");
+    assert_eq!(parsed["data"]["b"], "span");
+
+    // Flattened, `level` is written as `data.level`: a field named `data.level` is that key.
+    let out = capture(
+        |b| b.flatten_data(true),
+        |_| tracing::info!(level = 1, data.level = 2, "flattened"),
+    );
+    let line = out.text();
+    assert_eq!(occurrences(&line, "data.level"), 1, "{line}");
+    assert_eq!(occurrences(&line, "level"), 1, "{line}");
+    let parsed = &out.lines()[0];
+    assert_eq!(parsed["level"], "info");
+    assert_eq!(parsed["data.level"], 1, "{line}");
+
+    // Not flattened, `level` and `data.level` are two keys of `data`.
+    let out = capture(
+        |b| b,
+        |_| tracing::info!(level = 1, data.level = 2, "nested"),
+    );
+    let parsed = &out.lines()[0];
+    assert_eq!(parsed["data"]["level"], 1);
+    assert_eq!(parsed["data"]["data.level"], 2);
+}
