@@ -27,6 +27,27 @@ use crate::render::{self, Format, Ids, RenderedError};
 
 /// The longest plain-text error body read to become the envelope's message, in bytes.
 const MAX_TEXT_BODY: usize = 1024;
+/// The longest JSON 5xx body read to check it is an envelope, in bytes; a longer one is
+/// replaced.
+const MAX_JSON_BODY: usize = 64 * 1024;
+
+/// A response extension that makes [`ErrorLayer`] pass an error response through untouched:
+/// for a body that is deliberate although it is not an envelope, such as a readiness report's
+/// 503 or a protocol's own error format.
+///
+/// Without it, a 5xx with a JSON body that is not an envelope is replaced by one (the body
+/// goes to the log), as internals in a handler's own JSON must not reach the client.
+///
+/// ```
+/// use http::{Response, StatusCode};
+/// use periscope_error::PassThrough;
+///
+/// let mut response = Response::new(r#"{"status":"fail"}"#.to_owned());
+/// *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+/// response.extensions_mut().insert(PassThrough);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassThrough;
 /// The longest request path quoted in a `route_not_found` or `method_not_allowed` message.
 const MAX_PATH_IN_MESSAGE: usize = 256;
 
@@ -35,8 +56,10 @@ const MAX_PATH_IN_MESSAGE: usize = 256;
 /// router's 404 and 405 `route_not_found` and `method_not_allowed`, a 413 `payload_too_large`,
 /// a body the framework could not parse a 400 `invalid_request` (422 `validation_error` for
 /// JSON of the wrong shape), and any other bare 4xx/5xx the code of its status. Responses that
-/// already carry an envelope (or any JSON body) pass through untouched; an envelope rendered
-/// by [`HttpError`] is re-rendered only to honour `Accept: application/problem+json`.
+/// already carry an envelope pass through untouched, as do 4xx with a JSON body and responses
+/// marked [`PassThrough`]; a 5xx whose JSON body is not an envelope is replaced (the body goes
+/// to the log). An envelope rendered by [`HttpError`] is re-rendered only to honour
+/// `Accept: application/problem+json`.
 ///
 /// The request id and trace id come from the [`RequestContext`] in the request's extensions
 /// (put there by periscope-trace's server layer) or the current one. Used alone, the layer
@@ -325,13 +348,15 @@ enum State<F, B> {
         #[pin]
         future: Scoped<F>,
     },
-    /// A bare plain-text error response is being read to become the envelope's message.
+    /// A bare plain-text error response is being read to become the envelope's message, or a
+    /// JSON 5xx to check whether it is an envelope.
     Reading {
         #[pin]
         body: B,
         parts: Option<http::response::Parts>,
         text: Vec<u8>,
         code: ErrorCode,
+        json: bool,
     },
     /// The response is known.
     Done {
@@ -368,12 +393,18 @@ where
                     let failure = match panic::catch(|| future.poll(cx)) {
                         Ok(Poll::Ready(Ok(response))) => match this.handled.inspect(response) {
                             Inspected::Done(response) => return Poll::Ready(Ok(response)),
-                            Inspected::Read { parts, body, code } => {
+                            Inspected::Read {
+                                parts,
+                                body,
+                                code,
+                                json,
+                            } => {
                                 this.state.set(State::Reading {
                                     body,
                                     parts: Some(parts),
                                     text: Vec::new(),
                                     code,
+                                    json,
                                 });
                                 continue;
                             }
@@ -400,17 +431,24 @@ where
                     parts,
                     text,
                     code,
+                    json,
                 } => {
                     // Past the deadline, the envelope goes out without the body's text.
-                    let complete = match read_text(body, text, cx) {
+                    let limit = if *json { MAX_JSON_BODY } else { MAX_TEXT_BODY };
+                    let complete = match read_text(body, text, limit, cx) {
                         Poll::Ready(complete) => complete,
                         Poll::Pending if expired(this.sleep.as_mut(), cx) => false,
                         Poll::Pending => return Poll::Pending,
                     };
-                    let text = complete.then(|| String::from_utf8_lossy(text).trim().to_owned());
-                    let Some(parts) = parts.take() else {
+                    let Some(mut parts) = parts.take() else {
                         panic!("periscope_error::ResponseFuture polled after completion");
                     };
+                    if *json && complete && is_envelope(text) {
+                        this.handled.echo(&mut parts);
+                        let body = ResponseBody::full(Bytes::from(std::mem::take(text)));
+                        return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                    }
+                    let text = complete.then(|| String::from_utf8_lossy(text).trim().to_owned());
                     return Poll::Ready(Ok(this.handled.bare(parts, *code, text)));
                 }
                 StateProj::Done { response } => match response.take() {
@@ -429,17 +467,18 @@ fn expired(sleep: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> bool {
         .is_some_and(|sleep| sleep.poll(cx).is_ready())
 }
 
-/// Reads a plain-text body up to [`MAX_TEXT_BODY`]; `false` when it is longer or fails.
+/// Reads a body up to `limit` bytes; `false` when it is longer or fails.
 fn read_text<B: Body<Data = Bytes>>(
     mut body: Pin<&mut B>,
     text: &mut Vec<u8>,
+    limit: usize,
     cx: &mut Context<'_>,
 ) -> Poll<bool> {
     loop {
         match ready!(body.as_mut().poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    if text.len() + data.len() > MAX_TEXT_BODY {
+                    if text.len() + data.len() > limit {
                         return Poll::Ready(false);
                     }
                     text.extend_from_slice(&data);
@@ -457,6 +496,8 @@ enum Inspected<B> {
         parts: http::response::Parts,
         body: B,
         code: ErrorCode,
+        /// A JSON 5xx, kept when it is an envelope.
+        json: bool,
     },
 }
 
@@ -489,13 +530,28 @@ impl Handled {
             }
             return Inspected::Done(self.rewrite(parts, error));
         }
-        if is_json(&parts.headers) {
+        let code = self.code_for(status);
+        let deliberate = parts.extensions.get::<PassThrough>().is_some();
+        if is_json(&parts.headers) || deliberate {
+            if status.is_server_error() && !deliberate {
+                // A handler's own JSON may hold internals: kept only when it is an envelope.
+                return Inspected::Read {
+                    parts,
+                    body,
+                    code,
+                    json: true,
+                };
+            }
             self.echo(&mut parts);
             return Inspected::Done(Response::from_parts(parts, ResponseBody::inner(body)));
         }
-        let code = self.code_for(status);
         if is_plain_text(&parts.headers) && body.size_hint().lower() <= MAX_TEXT_BODY as u64 {
-            return Inspected::Read { parts, body, code };
+            return Inspected::Read {
+                parts,
+                body,
+                code,
+                json: false,
+            };
         }
         Inspected::Done(self.bare(parts, code, None))
     }
@@ -637,6 +693,31 @@ impl Handled {
     }
 }
 
+/// Whether `body` is an error envelope, `{"error":{"code":..,"message":..}}`, or its RFC 9457
+/// rendering, which carries the same `code` as an extension member.
+fn is_envelope(body: &[u8]) -> bool {
+    let Ok(serde_json::Value::Object(object)) = serde_json::from_slice(body) else {
+        return false;
+    };
+    let has_code = |object: &serde_json::Map<String, serde_json::Value>| {
+        object.get("code").is_some_and(serde_json::Value::is_string)
+    };
+    match object.get("error") {
+        Some(serde_json::Value::Object(error)) => {
+            has_code(error)
+                && error
+                    .get("message")
+                    .is_some_and(serde_json::Value::is_string)
+        }
+        _ => {
+            has_code(&object)
+                && object
+                    .get("title")
+                    .is_some_and(serde_json::Value::is_string)
+        }
+    }
+}
+
 fn content_type(headers: &HeaderMap) -> &str {
     headers
         .get(header::CONTENT_TYPE)
@@ -732,6 +813,63 @@ mod tests {
         assert_eq!(json, serde_json::json!({"mine": true}));
         // Passed through, it still gets the request id, like every response.
         assert!(parts.headers().contains_key("x-request-id"));
+    }
+
+    fn json_response(status: u16, body: &'static str) -> Result<Res, BoxError> {
+        Ok(Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap())
+    }
+
+    #[tokio::test]
+    async fn json_5xx_is_kept_only_when_it_is_an_envelope_or_marked() {
+        // A handler's own JSON error: its internals stay in the log.
+        let (parts, json) = call(get("/"), |_| async {
+            json_response(503, r#"{"detail":"db password=hunter2 at 10.0.0.7"}"#)
+        })
+        .await;
+        assert_eq!(parts.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json["error"]["code"], "service_unavailable");
+        assert!(!json.to_string().contains("hunter2"), "{json}");
+        assert!(parts.headers().contains_key("x-request-id"));
+
+        // Not JSON at all, though labelled so: replaced too.
+        let (_, json) = call(get("/"), |_| async { json_response(500, "{oops") }).await;
+        assert_eq!(json["error"]["code"], "internal_error");
+
+        // An envelope (from an upstream, say) and its RFC 9457 rendering are kept as they are.
+        let envelope = r#"{"error":{"code":"upstream_error","message":"The model server failed","request_id":"req_up"}}"#;
+        let (parts, json) = call(get("/"), |_| async move { json_response(502, envelope) }).await;
+        assert_eq!(parts.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(json, serde_json::from_str::<Value>(envelope).unwrap());
+        let problem =
+            r#"{"type":"about:blank","title":"Bad Gateway","status":502,"code":"upstream_error"}"#;
+        let (_, json) = call(get("/"), |_| async move { json_response(502, problem) }).await;
+        assert_eq!(json["title"], "Bad Gateway");
+
+        // A deliberate body, marked: kept, whatever its shape.
+        let (parts, json) = call(get("/"), |_| async {
+            let mut response = json_response(503, r#"{"status":"fail"}"#)?;
+            response.extensions_mut().insert(PassThrough);
+            Ok(response)
+        })
+        .await;
+        assert_eq!(parts.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json, serde_json::json!({"status": "fail"}));
+        assert!(parts.headers().contains_key("x-request-id"));
+
+        // Over the size bound, a body cannot be checked: replaced.
+        let big: &'static str = Box::leak(
+            format!(
+                r#"{{"error":{{"code":"x","message":"{}"}}}}"#,
+                "a".repeat(MAX_JSON_BODY)
+            )
+            .into_boxed_str(),
+        );
+        let (_, json) = call(get("/"), move |_| async move { json_response(500, big) }).await;
+        assert_eq!(json["error"]["code"], "internal_error");
     }
 
     #[tokio::test]

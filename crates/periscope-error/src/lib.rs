@@ -62,7 +62,7 @@ pub use client::{ApiError, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RAW_BODY_BYTES, D
 pub use code::{BUILTIN, ErrorCode, InvalidCode, MAX_CODE_LEN, codes};
 pub use envelope::{Envelope, ErrorBody, Violation};
 pub use error::{BoxError, HttpError};
-pub use layer::{ErrorLayer, ErrorService, ResponseFuture};
+pub use layer::{ErrorLayer, ErrorService, PassThrough, ResponseFuture};
 pub use render::{APPLICATION_JSON, APPLICATION_PROBLEM_JSON, RenderedError, prefers_problem_json};
 pub use validation::Violations;
 

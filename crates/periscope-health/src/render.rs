@@ -116,6 +116,10 @@ pub(crate) fn render(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     // A probe answer describes this instant: no proxy may serve it later.
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // A 503 report is the probe's answer, not an error to turn into an envelope.
+    response
+        .extensions_mut()
+        .insert(periscope_error::PassThrough);
     response
 }
 

@@ -91,3 +91,27 @@ async fn check_metrics_are_exposed_in_the_registry() {
     assert!(text.contains("# TYPE health_check_status gauge"));
     assert!(text.contains("# TYPE health_check_duration_seconds gauge"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_error_layer_a_failing_report_reaches_the_prober_as_it_is() {
+    let health = Health::builder()
+        .check("database", || async { Err::<(), _>("connection refused") })
+        .build()
+        .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(periscope_error::ErrorLayer::new())
+        .service(health.service());
+    let addr = serve(service).await;
+
+    let ready = get(addr, "/ready").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["status"], "fail");
+    assert_eq!(ready.json()["checks"]["database"]["status"], "fail");
+    let health_json =
+        support::get_with(addr, "/ready", &[("accept", "application/health+json")]).await;
+    assert_eq!(health_json.status, 503);
+    assert_eq!(health_json.json()["status"], "fail");
+    let verbose = get(addr, "/ready?verbose").await;
+    assert_eq!(verbose.status, 503);
+    assert!(verbose.body.contains("database"), "{}", verbose.body);
+}
