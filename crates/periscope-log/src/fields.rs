@@ -216,20 +216,29 @@ impl ValueRules {
         let is_json = JSON_VALUES.with(Cell::get) != before;
         if capped.truncated() {
             let len = capped.len;
+            // A `json` object or array keeps its type, its text inside: a field that is an
+            // object on one line and a string on the next gets lines rejected by indexers.
+            let (open, close): (&[u8], &[u8]) = match text.as_bytes().first() {
+                Some(b'{') if is_json => (b"{\"_truncated\":", b"}"),
+                Some(b'[') if is_json => (b"[", b"]"),
+                _ => (b"", b""),
+            };
+            out.extend_from_slice(open);
             // Too big to redact key by key: structured text that mentions a secret is hidden.
             if (is_json || looks_like_json(text))
                 && self.redactor.mentions_sensitive_key(text, scratch)
             {
                 json::write_str(out, REDACTED, usize::MAX);
-                return;
+            } else {
+                out.push(b'"');
+                json::write_escaped(
+                    out,
+                    &text[..json::floor_char_boundary(text, self.max_value_bytes)],
+                );
+                json::write_truncation(out, len);
+                out.push(b'"');
             }
-            out.push(b'"');
-            json::write_escaped(
-                out,
-                &text[..json::floor_char_boundary(text, self.max_value_bytes)],
-            );
-            json::write_truncation(out, len);
-            out.push(b'"');
+            out.extend_from_slice(close);
         } else if is_json {
             // Nested JSON; text around it (`Some({...})`) is not JSON and is written as text.
             if !self.redactor.rewrite_json(text, self.max_value_bytes, out) {

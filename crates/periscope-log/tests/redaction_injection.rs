@@ -213,8 +213,12 @@ fn structured_values_that_cannot_be_parsed_fail_closed() {
     assert!(!out.text().contains("hunter2"), "a secret was written");
     let lines = out.lines();
     let field = |i: usize, key: &str| lines[i]["data"][key].clone();
+    // The oversized `json` object stays an object, its text hidden inside.
+    assert_eq!(
+        field(0, "login"),
+        serde_json::json!({"_truncated": "[REDACTED]"})
+    );
     for (line, key) in [
-        (0, "login"),
         (1, "body"),
         (2, "params"),
         (3, "headers"),
@@ -239,6 +243,37 @@ fn big_json_values_within_the_bound_are_redacted_key_by_key() {
     let login = &out.lines()[0]["data"]["login"];
     assert!(login["password"] == "[REDACTED]" && login["user"] == "ann");
     assert_eq!(login["blob"].as_str().map(str::len), Some(70_000));
+}
+
+/// Over the size bound, a `json` value without secrets keeps its type: an object stays an
+/// object and an array an array, their text truncated inside; a string stays a string.
+#[test]
+fn oversized_json_values_keep_their_type() {
+    let items: Vec<u32> = (0..20_000).collect();
+    let text = "y".repeat(100_000);
+    let out = capture(
+        |b| b,
+        |_| {
+            tracing::info!(
+                report = periscope_log::json(serde_json::json!({"blob": text})),
+                items = periscope_log::json(&items),
+                note = periscope_log::json(&text),
+                "big"
+            );
+        },
+    );
+    let data = &out.lines()[0]["data"];
+    let report = data["report"]["_truncated"].as_str().unwrap();
+    assert!(report.starts_with(r#"{"blob":"yyy"#), "{report:.40}");
+    assert!(
+        report.contains("…[truncated, original "),
+        "{}",
+        &report[report.len() - 60..]
+    );
+    let items = data["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert!(items[0].as_str().unwrap().starts_with("[0,1,2,"));
+    assert!(data["note"].as_str().unwrap().starts_with("\"yyy"));
 }
 
 /// A context field named like one of the line's own keys cannot duplicate or forge it.
