@@ -775,12 +775,20 @@ mod tests {
         Request::get(path).body(Full::default()).unwrap()
     }
 
-    fn text(status: u16, body: &'static str) -> Result<Res, BoxError> {
+    fn respond(status: u16, content_type: &str, body: &'static str) -> Result<Res, BoxError> {
         Ok(Response::builder()
             .status(status)
-            .header("content-type", "text/plain; charset=utf-8")
+            .header("content-type", content_type)
             .body(Full::new(Bytes::from_static(body.as_bytes())))
             .unwrap())
+    }
+
+    fn text(status: u16, body: &'static str) -> Result<Res, BoxError> {
+        respond(status, "text/plain; charset=utf-8", body)
+    }
+
+    fn json_response(status: u16, body: &'static str) -> Result<Res, BoxError> {
+        respond(status, "application/json", body)
     }
 
     #[tokio::test]
@@ -802,25 +810,13 @@ mod tests {
     #[tokio::test]
     async fn success_and_json_responses_pass_through() {
         let (parts, json) = call(get("/"), |_| async {
-            Ok(Response::builder()
-                .status(409)
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from_static(b"{\"mine\":true}")))
-                .unwrap())
+            json_response(409, r#"{"mine":true}"#)
         })
         .await;
         assert_eq!(parts.status(), StatusCode::CONFLICT);
         assert_eq!(json, serde_json::json!({"mine": true}));
         // Passed through, it still gets the request id, like every response.
         assert!(parts.headers().contains_key("x-request-id"));
-    }
-
-    fn json_response(status: u16, body: &'static str) -> Result<Res, BoxError> {
-        Ok(Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(body.as_bytes())))
-            .unwrap())
     }
 
     #[tokio::test]
