@@ -239,7 +239,7 @@ impl GpuCollector {
     /// a sample that started after this call completed. Blocks the calling thread: not for async request handlers.
     pub fn refresh(&self, timeout: Duration) -> bool {
         let shared = &self.inner.shared;
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut control = lock(&shared.control);
         // A sample already under way may have read the GPUs before this call: wait for the next.
         let under_way = control.started > control.completed;
@@ -363,7 +363,7 @@ impl GpuSampler {
                 control.started += 1;
             }
             let wait = self.sample_once();
-            let deadline = Instant::now() + wait;
+            let deadline = deadline_after(wait);
             let mut control = lock(&self.shared.control);
             control.completed += 1;
             self.shared.done.notify_all();
@@ -429,7 +429,7 @@ impl GpuSampler {
                 // Nothing to carry over any more: the next good sample takes them afresh.
                 self.last_expensive = None;
                 if matches!(error, GpuError::Unavailable { .. }) {
-                    self.retry = (self.retry * 2).min(self.config.retry_max);
+                    self.retry = self.retry.saturating_mul(2).min(self.config.retry_max);
                 }
                 next.errors_total += 1;
                 next.last_error = Some(error.to_string());
@@ -488,4 +488,13 @@ fn carry_expensive(sample: &mut GpuSample, previous: Option<&GpuSample>, request
             device.pcie_rx_bytes_per_second = before.pcie_rx_bytes_per_second;
         }
     }
+}
+
+/// Waits longer than this are cut to it: a day between samples is already "never", and
+/// `Instant + Duration::MAX` would panic.
+const LONGEST_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The instant `wait` from now, `wait` cut to [`LONGEST_WAIT`].
+fn deadline_after(wait: Duration) -> Instant {
+    Instant::now() + wait.min(LONGEST_WAIT)
 }

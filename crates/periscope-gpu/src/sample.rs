@@ -71,12 +71,12 @@ impl DeviceSample {
     }
 }
 
-/// The sum of the known values; `None` when none is known (absent, not zero).
+/// The sum of the known values; `None` when none is known (absent, not zero). Saturates: a
+/// driver reporting `u64::MAX` must not take the sampler or a request down.
 pub(crate) fn sum_known(values: impl IntoIterator<Item = Option<u64>>) -> Option<u64> {
-    values
-        .into_iter()
-        .flatten()
-        .fold(None, |sum, value| Some(sum.unwrap_or(0) + value))
+    values.into_iter().flatten().fold(None, |sum, value| {
+        Some(sum.unwrap_or(0).saturating_add(value))
+    })
 }
 
 /// A process holding a context on a GPU.

@@ -155,3 +155,60 @@ fn snapshot_before_the_first_sample_is_down_and_empty() {
     assert!(snapshot.devices.is_empty());
     assert_eq!(snapshot.errors_total, 0);
 }
+
+/// Values no real driver gives must not take the sampler or a request down.
+#[test]
+fn absurd_memory_figures_saturate_instead_of_panicking() {
+    let mut device = periscope_gpu::demo_device(0);
+    let pid = std::process::id();
+    device.processes = Some(vec![
+        periscope_gpu::GpuProcess {
+            pid,
+            used_memory_bytes: Some(u64::MAX),
+        },
+        periscope_gpu::GpuProcess {
+            pid,
+            used_memory_bytes: Some(1),
+        },
+    ]);
+    let (gpu, mut sampler) = GpuCollector::builder()
+        .processes(true)
+        .process_filter(periscope_gpu::ProcessFilter::All)
+        .build(FakeSource::new(GpuSample {
+            driver_version: None,
+            devices: vec![device],
+            unreadable_devices: 0,
+        }));
+    sampler.sample_once();
+    let snapshot = gpu.snapshot();
+    assert_eq!(
+        snapshot.devices[0].process_memory_used_mib,
+        Some(u64::MAX >> 20)
+    );
+}
+
+/// Durations past what `Instant` can hold are cut, not a panic in the caller or the thread.
+#[test]
+fn endless_durations_keep_the_collector_working() {
+    let gpu = GpuCollector::builder()
+        .interval(std::time::Duration::MAX)
+        .start(FakeSource::demo(1))
+        .unwrap();
+    assert!(gpu.refresh(std::time::Duration::MAX), "first refresh");
+    assert!(
+        gpu.refresh(std::time::Duration::from_secs(5)),
+        "the sampling thread still answers after a sample with an endless interval"
+    );
+
+    let source = FakeSource::demo(1);
+    let control = source.control();
+    control.set_failure(Some(GpuError::unavailable("no driver")));
+    let gpu = GpuCollector::builder()
+        .retry_backoff(std::time::Duration::MAX, std::time::Duration::MAX)
+        .start(source)
+        .unwrap();
+    assert!(gpu.refresh(std::time::Duration::from_secs(5)));
+    let snapshot = gpu.snapshot();
+    assert!(!snapshot.up);
+    assert_eq!(snapshot.errors_total, 1, "the failed attempt was published");
+}

@@ -240,3 +240,42 @@ fn a_short_run_still_has_one_reading() {
         "this process has memory"
     );
 }
+
+/// A NaN utilisation from a source leaves its cell empty ("not available") and does not
+/// spoil the other devices' mean; memory that cannot be added up saturates.
+#[test]
+fn odd_readings_leave_cells_empty_or_saturated() {
+    let mut odd = demo_device(0);
+    odd.utilization_ratio = Some(f64::NAN);
+    odd.memory_used_bytes = Some(u64::MAX);
+    let mut fine = demo_device(1);
+    fine.memory_used_bytes = Some(u64::MAX);
+    let fine_percent = format!("{:.1}", fine.utilization_ratio.unwrap() * 100.0);
+    let buf = SharedBuf(Default::default());
+    let tracker = ResourceTracker::builder()
+        .interval(Duration::from_millis(200))
+        .csv_writer(buf.clone())
+        .gpu_source(FakeSource::new(GpuSample {
+            driver_version: None,
+            devices: vec![odd, fine],
+            unreadable_devices: 0,
+        }))
+        .start()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    tracker.finish().expect("the tracker thread survived");
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let row: Vec<&str> = lines.next().expect("a row").split(',').collect();
+    // The mean of the devices that gave a number: the NaN one is left out.
+    assert_eq!(
+        row[column(header, "gpu_utilization_percent")],
+        fine_percent,
+        "{text}"
+    );
+    assert_eq!(
+        row[column(header, "gpu_memory_used_bytes")],
+        u64::MAX.to_string()
+    );
+}

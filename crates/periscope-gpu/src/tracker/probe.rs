@@ -181,6 +181,8 @@ fn gpu_reading(sample: &GpuSample, tree: &HashSet<u32>) -> GpuReading {
         .devices
         .iter()
         .filter_map(|d| d.utilization_ratio)
+        // A NaN from a source would spoil every device's mean and reach the CSV.
+        .filter(|ratio| ratio.is_finite())
         .collect();
     let mut used_by_tree = Vec::new();
     let mut tree_memory = Vec::new();
