@@ -6,6 +6,9 @@ use periscope_metrics::prometheus_client::metrics::counter::ConstCounter;
 
 use periscope_log::DroppedLines;
 
+/// The counter [`DroppedLinesCollector`] writes, as a registry takes its name.
+pub(crate) const DROPPED_LINES_METRIC: &str = "periscope_log_dropped_lines_total";
+
 /// `periscope_log_dropped_lines_total`: log lines dropped because the output could not keep up.
 #[derive(Debug)]
 pub(crate) struct DroppedLinesCollector(pub(crate) DroppedLines);

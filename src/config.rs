@@ -47,7 +47,9 @@ impl From<periscope_trace::otel::ConfigError> for ConfigError {
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// Everything the environment (or the builder) can set. See `docs/configuration.md`.
-#[derive(Clone, Debug)]
+///
+/// Its `Debug` output never shows the admin token (nor credentials in an OTLP endpoint).
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Settings {
     /// `SERVICE_NAME` (or `OTEL_SERVICE_NAME`): the `service` of every log line and metric.
@@ -91,6 +93,29 @@ impl Default for Settings {
             #[cfg(feature = "otel")]
             otel: periscope_trace::otel::OtelConfig::default(),
         }
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut debug = f.debug_struct("Settings");
+        debug
+            .field("service_name", &self.service_name)
+            .field("environment", &self.environment)
+            .field("version", &self.version)
+            .field("log_format", &self.log_format)
+            .field("log_directives", &self.log_directives)
+            .field("metrics", &self.metrics)
+            .field("tracing", &self.tracing)
+            .field("gpu", &self.gpu)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("request_timeout", &self.request_timeout);
+        #[cfg(feature = "otel")]
+        debug.field("otel", &self.otel);
+        debug.finish()
     }
 }
 
@@ -226,7 +251,7 @@ pub(crate) fn checked_name(var: &'static str, value: String) -> Result<String, C
     }
 }
 
-fn checked_token(token: String) -> Result<String, ConfigError> {
+pub(crate) fn checked_token(token: String) -> Result<String, ConfigError> {
     if token.len() < MIN_ADMIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
         // Never echo a secret back, not even a bad one.
         return Err(ConfigError::new(
@@ -255,13 +280,14 @@ fn parse_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
 
 fn parse_seconds(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
     match value.parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0 => {
+        // Below a millisecond every request would time out at once.
+        Ok(seconds) if (0.001..=86_400.0).contains(&seconds) => {
             Ok(Duration::from_secs_f64(seconds))
         }
         _ => Err(ConfigError::new(
             var,
             value,
-            "use a number of seconds above 0, at most 86400 (for example 30 or 2.5)",
+            "use a number of seconds from 0.001 to 86400 (for example 30 or 2.5)",
         )),
     }
 }
@@ -325,6 +351,8 @@ mod tests {
             ("LOG_LEVEL", "loud", ""),
             ("REQUEST_TIMEOUT_S", "-1", "seconds"),
             ("REQUEST_TIMEOUT_S", "soon", "seconds"),
+            ("REQUEST_TIMEOUT_S", "1e-12", "from 0.001"),
+            ("REQUEST_TIMEOUT_S", "NaN", "seconds"),
             ("SERVICE_NAME", "my service", "A-Z"),
             ("ENVIRONMENT", "prod env", "A-Z"),
         ];

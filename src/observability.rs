@@ -15,9 +15,10 @@ use periscope_metrics::{MetricsLayer, MetricsRegistry, ServiceInfo};
 use periscope_trace::CorrelationLayer;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::collectors::DroppedLinesCollector;
-use crate::config::{ConfigError, Settings, checked_name};
+use crate::collectors::{DROPPED_LINES_METRIC, DroppedLinesCollector};
+use crate::config::{ConfigError, Settings, checked_name, checked_token};
 use crate::stack::ObservabilityLayer;
+use periscope_metrics::prometheus_client::metrics::MetricType;
 
 /// What can go wrong while setting periscope up.
 #[derive(Debug, thiserror::Error)]
@@ -214,21 +215,19 @@ impl ObservabilityBuilder {
     /// Checks the settings and builds every component. Nothing global is installed until
     /// [`Observability::init`].
     pub fn build(self) -> Result<Observability, Error> {
-        let settings = self.settings;
+        #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
+        let mut settings = self.settings;
         checked_name("service_name", settings.service_name.clone())?;
         checked_name("environment", settings.environment.clone())?;
-        if let Some(token) = &settings.admin_token
-            && token.len() < crate::config::MIN_ADMIN_TOKEN_LEN
+        // The same rules as `ADMIN_TOKEN`, whichever way the token came: one read from a file
+        // with its line break could never be sent in a header.
+        if let Some(token) = &settings.admin_token {
+            checked_token(token.clone())?;
+        }
+        // One service name everywhere, set last: the log lines', the metrics' and the spans'.
+        #[cfg(feature = "otel")]
         {
-            return Err(ConfigError::new(
-                "ADMIN_TOKEN",
-                "[REDACTED]",
-                format!(
-                    "use at least {} characters",
-                    crate::config::MIN_ADMIN_TOKEN_LEN
-                ),
-            )
-            .into());
+            settings.otel.service_name = Some(settings.service_name.clone());
         }
         #[cfg(not(feature = "gpu"))]
         if settings.gpu {
@@ -282,9 +281,16 @@ impl ObservabilityBuilder {
                     .route_templates(templates.iter().copied())
                     .register(&registry)?,
             );
+            // Names written outside `register` are reserved, so the service cannot take them.
+            registry.reserve(DROPPED_LINES_METRIC, MetricType::Counter)?;
             registry.register_collector(Box::new(DroppedLinesCollector(log_layer.dropped_lines())));
             #[cfg(feature = "metrics")]
-            registry.with_registry(|r| health.register_metrics(r));
+            {
+                for (name, metric_type) in Health::metric_names() {
+                    registry.reserve(name, metric_type)?;
+                }
+                registry.with_registry(|r| health.register_metrics(r));
+            }
         }
 
         #[cfg(feature = "gpu")]
@@ -294,6 +300,9 @@ impl ObservabilityBuilder {
                 .start_nvml()
                 .map_err(Error::Gpu)?;
             if settings.metrics {
+                for (name, metric_type) in periscope_gpu::GpuCollector::metric_names() {
+                    registry.reserve(&name, metric_type)?;
+                }
                 registry.register_collector(Box::new(collector.clone()));
             }
             Some(collector)

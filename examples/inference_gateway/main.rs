@@ -87,10 +87,7 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         .build()?;
     let _guard = obs.init()?; // JSON logs from here on; flushed when main returns
 
-    let state = AppState {
-        model: model.clone(),
-        metrics: ModelMetrics::register(obs.registry())?,
-    };
+    let state = AppState::new(model.clone(), ModelMetrics::register(obs.registry())?);
     let mut app = predict::routes(state);
     let mut admin_app = None;
     match config.admin_port {
@@ -174,12 +171,7 @@ impl GatewayConfig {
                 0,
                 "a whole number of milliseconds",
             )?),
-            drain: Duration::from_secs_f64(env_or(
-                "SHUTDOWN_DRAIN_S",
-                5.0_f64,
-                "a number of seconds",
-            )?)
-            .min(Duration::from_secs(300)),
+            drain: env_seconds("SHUTDOWN_DRAIN_S", 5.0, 300.0)?,
             bare: env_bool("PERISCOPE_BARE", false)?,
         })
     }
@@ -194,6 +186,16 @@ fn env_parse<T: FromStr>(name: &str, accepted: &str) -> Result<Option<T>, String
         Ok(parsed) => Ok(Some(parsed)),
         Err(_) => Err(format!("{name}={value:?} is not valid: use {accepted}")),
     }
+}
+
+/// A number of seconds from 0 to `max`.
+fn env_seconds(name: &str, default: f64, max: f64) -> Result<Duration, String> {
+    let accepted = format!("a number of seconds from 0 to {max}");
+    let seconds = env_or(name, default, &accepted)?;
+    if !(0.0..=max).contains(&seconds) {
+        return Err(format!("{name}={seconds} is not valid: use {accepted}"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 fn env_or<T: FromStr>(name: &str, default: T, accepted: &str) -> Result<T, String> {

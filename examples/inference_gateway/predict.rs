@@ -1,6 +1,7 @@
 //! The gateway's routes: `POST /predict` and `GET /v1/models`, with the model's own metrics.
 
 use std::io::Cursor;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
@@ -16,6 +17,7 @@ use periscope::metrics::prometheus_client::metrics::counter::Counter;
 use periscope::metrics::prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use periscope::metrics::{Caps, GuardedFamily, MetricsError, MetricsRegistry};
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 use tracing::field::Empty;
 
 use super::model::{self, Input, ModelHandle};
@@ -41,6 +43,21 @@ pub const INVALID_IMAGE: ErrorCode = ErrorCode::new("invalid_image", ErrorClass:
 pub struct AppState {
     pub model: ModelHandle,
     pub metrics: ModelMetrics,
+    /// Decodes that may run at once: a 250 KiB PNG can ask for a 256 MiB image, so without a
+    /// bound a burst of them takes the memory of the host.
+    pub decodes: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// The state with one decode at a time per CPU.
+    pub fn new(model: ModelHandle, metrics: ModelMetrics) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            model,
+            metrics,
+            decodes: Arc::new(Semaphore::new(cpus)),
+        }
+    }
 }
 
 /// The model's metrics, both through the cardinality guard: a new model version or label can
@@ -96,7 +113,11 @@ async fn predict(
         HttpError::new(codes::SERVICE_UNAVAILABLE, "The model is not available").with_source(error)
     })?;
 
-    let input = preprocess(body).await?;
+    let input = {
+        // Waits its turn: the request's own timeout bounds the wait.
+        let _decoding = state.decodes.acquire().await.map_err(HttpError::internal)?;
+        preprocess(body).await?
+    };
 
     let span = tracing::info_span!("inference", model = model::NAME);
     let started = Instant::now();

@@ -343,6 +343,8 @@ async fn invalid_configuration_fails_at_startup_naming_the_variable() {
         ("PORT", "eighty", "a port number"),
         ("MODEL_WARMUP", "maybe", "true or false"),
         ("LOG_FORMAT", "xml", "json or pretty"),
+        ("SHUTDOWN_DRAIN_S", "-1", "from 0 to 300"),
+        ("SHUTDOWN_DRAIN_S", "nan", "from 0 to 300"),
     ] {
         let mut service = start(&[(var, value)]);
         let status = service.exit_status().await;

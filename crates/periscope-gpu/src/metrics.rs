@@ -17,6 +17,30 @@ impl Collector for GpuCollector {
     }
 }
 
+impl GpuCollector {
+    /// The names the collector can write, with their types, as a registry takes them
+    /// (`gpu_memory_used_bytes`, `gpu_collector_errors_total`): reserve them where the
+    /// collector is registered (`MetricsRegistry::reserve` in periscope-metrics), so that no
+    /// other metric can take them.
+    pub fn metric_names() -> Vec<(String, MetricType)> {
+        FAMILIES
+            .all()
+            .into_iter()
+            .map(|family| {
+                let mut name = family.name.to_owned();
+                if let Some(unit) = &family.unit {
+                    name.push('_');
+                    name.push_str(unit.as_str());
+                }
+                if matches!(family.kind, MetricType::Counter) {
+                    name.push_str("_total");
+                }
+                (name, family.kind)
+            })
+            .collect()
+    }
+}
+
 /// A metric family: its name without the unit, help, unit and type.
 struct Family {
     name: &'static str,
@@ -89,6 +113,31 @@ struct Families {
     up: Family,
     errors: Family,
     last_success: Family,
+}
+
+impl Families {
+    fn all(&self) -> [&Family; 18] {
+        [
+            &self.info,
+            &self.utilization,
+            &self.memory_utilization,
+            &self.memory_used,
+            &self.memory_total,
+            &self.temperature,
+            &self.power_usage,
+            &self.power_limit,
+            &self.energy,
+            &self.sm_clock,
+            &self.memory_clock,
+            &self.ecc_errors,
+            &self.throttle,
+            &self.process_memory,
+            &self.pcie,
+            &self.up,
+            &self.errors,
+            &self.last_success,
+        ]
+    }
 }
 
 static FAMILIES: LazyLock<Families> = LazyLock::new(|| Families {

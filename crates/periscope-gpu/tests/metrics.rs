@@ -645,3 +645,27 @@ fn a_panicking_source_is_a_failed_sample_and_the_thread_keeps_running() {
     assert!(exp.value("gpu_collector_errors_total", &[]).unwrap() >= 2.0);
     assert!(gpu.snapshot().last_error.unwrap().contains("panicked"));
 }
+
+/// `metric_names` lists exactly the families a full scrape writes, so that reserving them
+/// keeps every other metric off them.
+#[test]
+fn metric_names_are_the_families_the_collector_writes() {
+    let (gpu, mut sampler) = collector(FakeSource::demo(2));
+    sampler.sample_once();
+    let (_, exp) = scrape(&gpu);
+    let mut written: Vec<String> = exp
+        .types
+        .iter()
+        .map(|(family, kind)| match kind.as_str() {
+            "counter" => format!("{family}_total"),
+            _ => family.clone(),
+        })
+        .collect();
+    written.sort();
+    let mut named: Vec<String> = GpuCollector::metric_names()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    named.sort();
+    assert_eq!(named, written);
+}

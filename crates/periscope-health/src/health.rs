@@ -186,6 +186,14 @@ impl Health {
             .register(registry);
     }
 
+    /// The names [`register_metrics`](Self::register_metrics) registers, with their types:
+    /// reserve them in a registry that checks names (`MetricsRegistry::reserve` in
+    /// periscope-metrics), so that no other metric can take them.
+    #[cfg(feature = "metrics")]
+    pub fn metric_names() -> [(&'static str, prometheus_client::metrics::MetricType); 2] {
+        crate::metrics::NAMES
+    }
+
     pub(crate) fn respond(&self, probe: Probe) -> Option<Report> {
         match probe {
             Probe::Liveness => Some(self.liveness()),

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::AtomicU64;
 
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -17,15 +18,22 @@ pub(crate) struct HealthMetrics {
     duration: Family<CheckLabel, Gauge<f64, AtomicU64>>,
 }
 
+/// The families registered, with their types.
+pub(crate) const NAMES: [(&str, MetricType); 2] = [
+    ("health_check_status", MetricType::Gauge),
+    ("health_check_duration_seconds", MetricType::Gauge),
+];
+
 impl HealthMetrics {
     pub(crate) fn register(&self, registry: &mut Registry) {
+        let [(status, _), (duration, _)] = NAMES;
         registry.register(
-            "health_check_status",
+            status,
             "Whether the readiness check passed on its last run (1) or failed (0)",
             self.status.clone(),
         );
         registry.register(
-            "health_check_duration_seconds",
+            duration,
             "How long the readiness check took on its last run",
             self.duration.clone(),
         );

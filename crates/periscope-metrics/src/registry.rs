@@ -181,9 +181,30 @@ impl MetricsRegistry {
 
     /// Registers a collector, called on every scrape: the way to export values read at
     /// scrape time (health check results, GPU readings). The collector's names are its own
-    /// to keep unique.
+    /// to keep unique: [`reserve`](Self::reserve) them, so that nothing registered later can
+    /// write the same samples.
     pub fn register_collector(&self, collector: Box<dyn Collector>) {
         write(&self.inner.registry).register_collector(collector);
+    }
+
+    /// Reserves `name` for a metric written outside [`register`](Self::register) (by a
+    /// collector, or through [`with_registry`](Self::with_registry)), checked and refused
+    /// like a registration: a later `register` of a name whose samples would clash is an
+    /// error instead of a broken scrape. Give the name as `register` takes it
+    /// (`gpu_collector_errors_total`, `gpu_memory_used_bytes`).
+    ///
+    /// ```
+    /// use periscope_metrics::{MetricsError, MetricsRegistry};
+    /// use prometheus_client::metrics::MetricType;
+    /// use prometheus_client::metrics::gauge::Gauge;
+    ///
+    /// let registry = MetricsRegistry::new();
+    /// registry.reserve("jobs_total", MetricType::Counter).unwrap();
+    /// let clash = registry.register("jobs_total", "Jobs", Gauge::<i64>::default());
+    /// assert!(matches!(clash, Err(MetricsError::SampleNameTaken { .. })));
+    /// ```
+    pub fn reserve(&self, name: &str, metric_type: MetricType) -> Result<(), MetricsError> {
+        self.claim(name, metric_type).map(drop)
     }
 
     /// Runs `f` on the underlying prometheus-client registry, for what this type does not
@@ -248,7 +269,7 @@ impl MetricsRegistry {
     /// `process_resident_memory_bytes`, `process_open_fds`...), read on every scrape.
     pub fn register_process_metrics(&self) -> Result<(), MetricsError> {
         for (name, metric_type) in crate::process::FAMILIES {
-            self.claim(name, metric_type)?;
+            self.reserve(name, metric_type)?;
         }
         self.register_collector(Box::new(crate::process::ProcessCollector));
         Ok(())

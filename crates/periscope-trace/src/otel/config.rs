@@ -85,7 +85,7 @@ impl Sampler {
 /// let error = OtelConfig::from_lookup(bad).unwrap_err();
 /// assert!(error.to_string().starts_with("OTEL_TRACES_SAMPLER_ARG=\"half\""));
 /// ```
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct OtelConfig {
     /// `service.name` (`OTEL_SERVICE_NAME`, else `SERVICE_NAME`; else the SDK's default,
@@ -170,6 +170,37 @@ impl OtelConfig {
     }
 }
 
+impl std::fmt::Debug for OtelConfig {
+    // Endpoints may carry credentials: `Debug` output ends up in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn masked(url: &Option<String>) -> Option<std::borrow::Cow<'_, str>> {
+            url.as_deref().map(without_credentials)
+        }
+        f.debug_struct("OtelConfig")
+            .field("service_name", &self.service_name)
+            .field("endpoint", &masked(&self.endpoint))
+            .field(
+                "traces_endpoint_override",
+                &masked(&self.traces_endpoint_override),
+            )
+            .field("protocol", &self.protocol)
+            .field("sampler", &self.sampler)
+            .field("propagators", &self.propagators)
+            .field("disabled", &self.disabled)
+            .finish()
+    }
+}
+
+/// `url` with its `user:password@` part, if any, replaced by `[REDACTED]@`, for messages and
+/// `Debug`. Everything up to the last `@` counts, so a password holding `/` is masked whole.
+fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+    let start = url.find("://").map_or(0, |at| at + 3);
+    match url[start..].rfind('@') {
+        Some(at) => format!("{}[REDACTED]{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
+    }
+}
+
 fn invalid(var: &'static str, value: String, expected: &'static str) -> ConfigError {
     ConfigError {
         var,
@@ -182,7 +213,11 @@ fn check_url(var: &'static str, value: String) -> Result<String, ConfigError> {
     const EXPECTED: &str = "expected an http:// URL such as http://localhost:4317 (this build has no TLS: use a local collector or agent)";
     match value.parse::<http::Uri>() {
         Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => Ok(value),
-        _ => Err(invalid(var, value, EXPECTED)),
+        _ => Err(invalid(
+            var,
+            without_credentials(&value).into_owned(),
+            EXPECTED,
+        )),
     }
 }
 
@@ -336,6 +371,34 @@ mod tests {
         assert_eq!(none.propagators, Propagators::none());
         let both = config(&[("OTEL_PROPAGATORS", " baggage , tracecontext ")]).unwrap();
         assert_eq!(both.propagators, Propagators::default());
+    }
+
+    #[test]
+    fn endpoint_credentials_stay_out_of_errors_and_debug() {
+        let error = config(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://user:hunter2@collector:4318",
+        )])
+        .unwrap_err();
+        assert_eq!(error.value, "https://[REDACTED]@collector:4318");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+
+        let config = config(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://user:pa/ss@collector:4318",
+        )])
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("pa/ss"), "{debug}");
+        assert!(
+            debug.contains("http://[REDACTED]@collector:4318"),
+            "{debug}"
+        );
+        assert_eq!(
+            without_credentials("http://collector:4318"),
+            "http://collector:4318"
+        );
+        assert_eq!(without_credentials("u:p@host"), "[REDACTED]@host");
     }
 
     #[test]
