@@ -353,20 +353,12 @@ impl GpuSampler {
     /// on the unavailable back-off), or early on [`GpuCollector::refresh`].
     pub fn run(mut self) {
         loop {
-            {
-                let mut control = lock(&self.shared.control);
-                if control.stop {
-                    return;
-                }
-                // A refresh asked before this point is answered by this sample.
-                control.refresh = false;
-                control.started += 1;
+            if lock(&self.shared.control).stop {
+                return;
             }
             let wait = self.sample_once();
             let deadline = deadline_after(wait);
             let mut control = lock(&self.shared.control);
-            control.completed += 1;
-            self.shared.done.notify_all();
             while !control.stop && !control.refresh {
                 let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                     break;
@@ -381,8 +373,23 @@ impl GpuSampler {
         }
     }
 
-    /// Takes one sample and publishes it; returns how long to wait before the next one.
+    /// Takes one sample and publishes it; returns how long to wait before the next one. A
+    /// [`GpuCollector::refresh`] waiting meanwhile is answered by it, whoever drives the
+    /// sampler.
     pub fn sample_once(&mut self) -> Duration {
+        {
+            let mut control = lock(&self.shared.control);
+            // A refresh asked before this point is answered by this sample.
+            control.refresh = false;
+            control.started += 1;
+        }
+        let wait = self.sample();
+        lock(&self.shared.control).completed += 1;
+        self.shared.done.notify_all();
+        wait
+    }
+
+    fn sample(&mut self) -> Duration {
         let now = Instant::now();
         let expensive_due = self
             .last_expensive

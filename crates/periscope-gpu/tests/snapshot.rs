@@ -212,3 +212,24 @@ fn endless_durations_keep_the_collector_working() {
     assert!(!snapshot.up);
     assert_eq!(snapshot.errors_total, 1, "the failed attempt was published");
 }
+
+/// `refresh` is answered by a sampler driven by hand, as by the collector's own thread.
+#[test]
+fn refresh_is_answered_by_a_hand_driven_sampler() {
+    let (gpu, mut sampler) = GpuCollector::builder().build(FakeSource::demo(1));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let driver = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sampler.sample_once();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    });
+    let refreshed = gpu.refresh(std::time::Duration::from_secs(5));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    driver.join().unwrap();
+    assert!(refreshed);
+    assert!(gpu.is_up());
+}
