@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use periscope_context::headers::{BAGGAGE, TRACEPARENT, TRACESTATE};
-use periscope_context::{RequestContext, RequestId, TenantKey, remove_absent_tenants};
+use periscope_context::{RequestContext, TenantKey, remove_absent_tenants};
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
@@ -81,22 +81,23 @@ pub struct ClientSpan {
 }
 
 impl ClientSpan {
-    /// A span for a call made while handling the current request or job; a new trace (and a
-    /// generated request id) outside of one.
+    /// A span for a call made while handling the current request or job. Outside of one (a
+    /// background task, startup code) the call starts a trace of its own, with a generated
+    /// request id and this span as its root, so the sampler decides for it as for any new trace.
     pub fn new(method: &Method, uri: &Uri) -> Self {
         match RequestContext::current() {
             Some(parent) => Self::child_of(&parent, method, uri),
-            None => Self::child_of(
-                &RequestContext::start(RequestId::generate(), true),
-                method,
-                uri,
-            ),
+            None => Self::with_context(RequestContext::new_root(), method, uri),
         }
     }
 
     /// A span for a call made on behalf of `parent`.
     pub fn child_of(parent: &RequestContext, method: &Method, uri: &Uri) -> Self {
-        let mut context = parent.child();
+        Self::with_context(parent.child(), method, uri)
+    }
+
+    /// The span for `context`, whose span id is the call's own.
+    fn with_context(mut context: RequestContext, method: &Method, uri: &Uri) -> Self {
         let span = tracing::info_span!(
             target: CLIENT_TARGET,
             "http_client_request",
@@ -187,6 +188,8 @@ impl ClientSpan {
 ///
 /// The parent is the [`RequestContext`] in the outgoing request's extensions when there is
 /// one, else the [current](RequestContext::current) one (the request or job being handled).
+/// Put this layer outermost, outside `tower::buffer::Buffer` and anything else that calls the
+/// inner service on another task, where no request is current.
 ///
 /// ```
 /// use std::convert::Infallible;

@@ -202,6 +202,9 @@ where
             _ => None,
         };
         let span = if config.quiet.is_quiet(request.uri().path()) {
+            // No span is exported for a probe, so calls it makes must not be sampled either:
+            // they would be exported under a parent that does not exist.
+            ctx.trace_flags = ctx.trace_flags.with_sampled(false);
             Span::none()
         } else {
             let route = known.or(matched.as_ref().map(MatchedRoute::as_str));

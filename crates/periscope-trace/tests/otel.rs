@@ -431,3 +431,113 @@ fn without_an_endpoint_nothing_is_exported() {
     .unwrap();
     assert!(!disabled.is_exporting());
 }
+
+/// Keeps finished spans in memory, exported as they end.
+#[derive(Clone, Debug, Default)]
+struct Kept(Arc<Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+impl opentelemetry_sdk::trace::SpanExporter for Kept {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        self.0.lock().unwrap().extend(batch);
+        std::future::ready(Ok(()))
+    }
+}
+
+/// Runs `service` once for a request to `path` under an OpenTelemetry layer whose sampler is
+/// `sampler`; the service makes one call through the client layer. Returns the traceparent
+/// that call sent and the spans exported.
+async fn one_call(
+    sampler: opentelemetry_sdk::trace::Sampler,
+    path: &str,
+    through_server: bool,
+) -> (TraceParent, Vec<opentelemetry_sdk::trace::SpanData>) {
+    use http::{Request, Response};
+    use opentelemetry::trace::TracerProvider as _;
+    use periscope_trace::ClientTraceLayer;
+    use tower::{Layer, ServiceExt, service_fn};
+
+    let kept = Kept::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_simple_exporter(kept.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let transport = service_fn(|request: Request<String>| async move {
+        let sent = request.headers()["traceparent"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        Ok::<_, std::convert::Infallible>(Response::new(sent))
+    });
+    let client = ClientTraceLayer::new().layer(transport);
+    let call = || {
+        Request::get("http://dependency.internal/")
+            .body(String::new())
+            .unwrap()
+    };
+    let response = if through_server {
+        let server = CorrelationLayer::new().layer(service_fn(move |_: Request<String>| {
+            client.clone().oneshot(call())
+        }));
+        let request = Request::get(path).body(String::new()).unwrap();
+        server.oneshot(request).await
+    } else {
+        client.oneshot(call()).await
+    };
+    let sent = TraceParent::parse(response.unwrap().body()).unwrap();
+    provider.force_flush().unwrap();
+    let spans = kept.0.lock().unwrap().clone();
+    (sent, spans)
+}
+
+/// A call from a background task (no request or job around it) starts a trace of its own: its
+/// client span is the root, so no span names a parent that was never exported, and the
+/// sampler decides for it as for any new trace.
+#[tokio::test]
+async fn a_call_outside_any_request_is_the_root_of_a_new_trace() {
+    use opentelemetry_sdk::trace::Sampler as Sdk;
+
+    let (sent, spans) = one_call(Sdk::ParentBased(Box::new(Sdk::AlwaysOn)), "", false).await;
+    assert_eq!(spans.len(), 1);
+    let client = &spans[0];
+    assert_eq!(client.span_kind, opentelemetry::trace::SpanKind::Client);
+    assert_eq!(client.parent_span_id, opentelemetry::trace::SpanId::INVALID);
+    assert_eq!(
+        client.span_context.span_id().to_string(),
+        sent.parent_id.to_string()
+    );
+    assert_eq!(
+        client.span_context.trace_id().to_string(),
+        sent.trace_id.to_string()
+    );
+    assert!(sent.flags.is_sampled());
+
+    let (sent, spans) = one_call(Sdk::ParentBased(Box::new(Sdk::AlwaysOff)), "", false).await;
+    assert!(spans.is_empty(), "{spans:#?}");
+    assert!(!sent.flags.is_sampled(), "{sent}");
+}
+
+/// Probe paths export nothing, and neither do the calls they make.
+#[tokio::test]
+async fn calls_from_probe_paths_are_not_exported() {
+    use opentelemetry_sdk::trace::Sampler as Sdk;
+
+    let parent_based = || Sdk::ParentBased(Box::new(Sdk::AlwaysOn));
+    let (sent, spans) = one_call(parent_based(), "/ready", true).await;
+    assert!(spans.is_empty(), "{spans:#?}");
+    assert!(!sent.flags.is_sampled(), "{sent}");
+
+    let (sent, spans) = one_call(parent_based(), "/v1/jobs", true).await;
+    assert_eq!(
+        spans.len(),
+        2,
+        "the request's server span and its client span"
+    );
+    assert!(sent.flags.is_sampled());
+}

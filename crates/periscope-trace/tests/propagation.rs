@@ -256,6 +256,35 @@ async fn probe_paths_are_not_traced_but_keep_their_request_id() {
     assert_eq!(capture.spans_for("http_request", "probe-2").len(), 1);
 }
 
+/// A readiness check that calls a dependency: the probe has no span, so the call goes out
+/// unsampled (nobody would export its parent), still with the trace and request id.
+#[tokio::test]
+async fn calls_from_probe_paths_keep_their_ids_but_are_not_sampled() {
+    let (_capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let dependency = serve(app(hop_state("dep", None, &seen), CorrelationLayer::new())).await;
+    let probe = serve(app(
+        hop_state("probe", Some(format!("http://{dependency}")), &seen),
+        CorrelationLayer::new().quiet(periscope_trace::PathSelector::paths(["/hop"])),
+    ))
+    .await;
+
+    get(
+        probe,
+        "/hop",
+        &[("x-request-id", "probe-call"), ("traceparent", INCOMING)],
+    )
+    .await;
+    let hops = by_hop(&seen);
+    assert_eq!(hops.len(), 2);
+    let sent = TraceParent::parse(hops[0].headers["traceparent"].to_str().unwrap()).unwrap();
+    assert_eq!(hops[0].hop, "dep");
+    assert_eq!(sent.trace_id.to_string(), INCOMING_TRACE);
+    assert!(!sent.flags.is_sampled(), "{sent}");
+    assert_eq!(hops[0].headers["x-request-id"], "probe-call");
+    assert!(!hops[1].ctx.is_sampled());
+}
+
 #[tokio::test]
 async fn trust_boundary_starts_a_new_trace_and_links_the_caller() {
     let (capture, _guard) = capture();
@@ -437,4 +466,50 @@ async fn route_templates_name_the_span_without_a_router() {
         assert_eq!(spans[0].get("otel.name"), Some(name.as_str()), "{path}");
         assert_eq!(spans[0].get("http.route"), route, "{path}");
     }
+}
+
+/// A client shared through `tower::buffer::Buffer` calls its inner service on the buffer's
+/// worker task, where no request is current: with `ClientTraceLayer` outside the buffer, as
+/// docs/trace.md says, the calls still carry the request's trace and request id.
+#[tokio::test]
+async fn a_buffered_client_keeps_the_trace_with_the_layer_outside() {
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Full;
+    use tower::ServiceBuilder;
+
+    // A subscriber as in every test here: a thread without one races the others' callsite
+    // registration in tracing, and their spans can go unrecorded.
+    let (_capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let dependency = serve(app(hop_state("dep", None, &seen), CorrelationLayer::new())).await;
+    let shared = ServiceBuilder::new()
+        .layer(ClientTraceLayer::new())
+        .buffer(16)
+        .service(plain_client());
+    let front = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || {
+                let shared = shared.clone();
+                async move {
+                    let call = Request::get(format!("http://{dependency}/hop"))
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    send(shared, call).await.status()
+                }
+            }),
+        )
+        .layer(CorrelationLayer::new());
+    let front = serve(front).await;
+
+    get(
+        front,
+        "/",
+        &[("x-request-id", "buffered"), ("traceparent", INCOMING)],
+    )
+    .await;
+    let received = &seen.lock().unwrap()[0];
+    assert_eq!(received.ctx.trace_id.to_string(), INCOMING_TRACE);
+    assert_eq!(received.ctx.request_id.as_str(), "buffered");
 }

@@ -129,13 +129,15 @@ impl OtelConfig {
         let traces_endpoint_override = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .map(|v| check_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", v))
             .transpose()?;
-        let protocol = match get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
-            Some(value) => parse_protocol("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", value)?,
-            None => get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                .map(|value| parse_protocol("OTEL_EXPORTER_OTLP_PROTOCOL", value))
-                .transpose()?
-                .unwrap_or_default(),
-        };
+        // Both are checked, so a typo in the general one fails even while the other wins.
+        let general = get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            .map(|value| parse_protocol("OTEL_EXPORTER_OTLP_PROTOCOL", value))
+            .transpose()?;
+        let protocol = get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .map(|value| parse_protocol("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", value))
+            .transpose()?
+            .or(general)
+            .unwrap_or_default();
         let sampler = parse_sampler(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG"))?;
         let propagators = get("OTEL_PROPAGATORS")
             .map(parse_propagators)
@@ -157,7 +159,7 @@ impl OtelConfig {
     }
 
     /// Where spans are sent, if anywhere: the traces endpoint as is, else the base endpoint
-    /// (with `/v1/traces` appended for HTTP).
+    /// (with `/v1/traces` appended to its path for HTTP, a query string kept after it).
     pub fn traces_endpoint(&self) -> Option<String> {
         if let Some(url) = &self.traces_endpoint_override {
             return Some(url.clone());
@@ -165,7 +167,13 @@ impl OtelConfig {
         let base = self.endpoint.as_deref()?;
         Some(match self.protocol {
             Protocol::Grpc => base.to_owned(),
-            Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+            Protocol::HttpProtobuf => {
+                let (path, query) = match base.split_once('?') {
+                    Some((path, query)) => (path, format!("?{query}")),
+                    None => (base, String::new()),
+                };
+                format!("{}/v1/traces{query}", path.trim_end_matches('/'))
+            }
         })
     }
 }
@@ -210,9 +218,11 @@ fn invalid(var: &'static str, value: String, expected: &'static str) -> ConfigEr
 }
 
 fn check_url(var: &'static str, value: String) -> Result<String, ConfigError> {
-    const EXPECTED: &str = "expected an http:// URL such as http://localhost:4317 (this build has no TLS: use a local collector or agent)";
+    const EXPECTED: &str = "expected an http:// URL with a port up to 65535, such as http://localhost:4317 (this build has no TLS: use a local collector or agent)";
     match value.parse::<http::Uri>() {
-        Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => Ok(value),
+        Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() && port_fits(&uri) => {
+            Ok(value)
+        }
         _ => Err(invalid(
             var,
             without_credentials(&value).into_owned(),
@@ -221,8 +231,26 @@ fn check_url(var: &'static str, value: String) -> Result<String, ConfigError> {
     }
 }
 
+/// Whether the URL's port, if any, is one a socket can have: `Uri` takes any digits as a
+/// port (`:70000`), and the exporter would then fail on every batch.
+fn port_fits(uri: &http::Uri) -> bool {
+    let Some(authority) = uri.authority() else {
+        return false;
+    };
+    let host_and_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+    if host_and_port.ends_with(']') {
+        return true; // an IPv6 address without a port
+    }
+    match host_and_port.rsplit_once(':') {
+        Some((_, port)) => port.is_empty() || port.parse::<u16>().is_ok(),
+        None => true,
+    }
+}
+
+// Enum values are read without regard to case, as the OpenTelemetry specification asks.
+
 fn parse_protocol(var: &'static str, value: String) -> Result<Protocol, ConfigError> {
-    match value.as_str() {
+    match value.to_ascii_lowercase().as_str() {
         "grpc" => Ok(Protocol::Grpc),
         "http/protobuf" => Ok(Protocol::HttpProtobuf),
         _ => Err(invalid(var, value, "expected grpc or http/protobuf")),
@@ -247,7 +275,7 @@ fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, C
     let Some(name) = name else {
         return Ok(Sampler::default());
     };
-    match name.as_str() {
+    match name.to_ascii_lowercase().as_str() {
         "always_on" => Ok(Sampler::AlwaysOn),
         "always_off" => Ok(Sampler::AlwaysOff),
         "traceidratio" => Ok(Sampler::TraceIdRatio(ratio()?)),
@@ -259,23 +287,23 @@ fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, C
 }
 
 fn parse_propagators(value: String) -> Result<Propagators, ConfigError> {
-    let mut propagators = Propagators::none();
-    for name in value
+    const EXPECTED: &str = "expected a comma-separated list of tracecontext, baggage or none (B3, Jaeger and X-Ray are not supported)";
+    let names: Vec<String> = value
         .split(',')
-        .map(str::trim)
+        .map(|name| name.trim().to_ascii_lowercase())
         .filter(|name| !name.is_empty())
-    {
-        propagators = match name {
+        .collect();
+    if names.is_empty() {
+        // Only separators: turning propagation off takes an explicit `none`.
+        return Err(invalid("OTEL_PROPAGATORS", value, EXPECTED));
+    }
+    let mut propagators = Propagators::none();
+    for name in &names {
+        propagators = match name.as_str() {
             "tracecontext" => propagators.with_trace_context(true),
             "baggage" => propagators.with_baggage(true),
             "none" => propagators,
-            _ => {
-                return Err(invalid(
-                    "OTEL_PROPAGATORS",
-                    value,
-                    "expected a comma-separated list of tracecontext, baggage or none (B3, Jaeger and X-Ray are not supported)",
-                ));
-            }
+            _ => return Err(invalid("OTEL_PROPAGATORS", value, EXPECTED)),
         };
     }
     Ok(propagators)
@@ -374,6 +402,36 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_query_stays_after_the_traces_path() {
+        let http = config(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://collector:4318/tenant-a/?token=t1",
+        )])
+        .unwrap();
+        assert_eq!(
+            http.traces_endpoint().as_deref(),
+            Some("http://collector:4318/tenant-a/v1/traces?token=t1")
+        );
+    }
+
+    #[test]
+    fn names_are_read_without_regard_to_case() {
+        let config = config(&[
+            ("OTEL_TRACES_SAMPLER", "ParentBased_TraceIdRatio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+            ("OTEL_PROPAGATORS", "TraceContext"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "GRPC"),
+        ])
+        .unwrap();
+        assert_eq!(config.sampler, Sampler::ParentBasedTraceIdRatio(0.5));
+        assert_eq!(
+            config.propagators,
+            Propagators::none().with_trace_context(true)
+        );
+        assert_eq!(config.protocol, Protocol::Grpc);
+    }
+
+    #[test]
     fn endpoint_credentials_stay_out_of_errors_and_debug() {
         let error = config(&[(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -383,13 +441,21 @@ mod tests {
         assert_eq!(error.value, "https://[REDACTED]@collector:4318");
         assert!(!error.to_string().contains("hunter2"), "{error}");
 
-        let config = config(&[(
+        // A `/` in a password must be percent-encoded; unencoded, it is refused, masked.
+        let error = config(&[(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "http://user:pa/ss@collector:4318",
         )])
+        .unwrap_err();
+        assert_eq!(error.value, "http://[REDACTED]@collector:4318");
+
+        let config = config(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://user:pa%2Fss@collector:4318",
+        )])
         .unwrap();
         let debug = format!("{config:?}");
-        assert!(!debug.contains("pa/ss"), "{debug}");
+        assert!(!debug.contains("pa%2Fss"), "{debug}");
         assert!(
             debug.contains("http://[REDACTED]@collector:4318"),
             "{debug}"
@@ -408,15 +474,39 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "udp"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:70000"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user:pw@[::1]:65536"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://collector:99999/v1/traces",
+            ),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a url"),
             ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
             ("OTEL_PROPAGATORS", "tracecontext,b3"),
+            ("OTEL_PROPAGATORS", " , "),
             ("OTEL_SDK_DISABLED", "yes"),
         ];
         for (var, value) in cases {
             let error = config(&[(var, value)]).unwrap_err();
             assert_eq!(error.var, *var, "{value}");
             assert!(error.to_string().contains("expected"), "{error}");
+        }
+        // A typo in the general protocol fails even while the traces protocol wins.
+        let error = config(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobf"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.var, "OTEL_EXPORTER_OTLP_PROTOCOL");
+        for fits in [
+            "http://[::1]:4318",
+            "http://[::1]",
+            "http://u:p@collector:65535",
+        ] {
+            assert!(
+                config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", fits)]).is_ok(),
+                "{fits}"
+            );
         }
         for arg in ["2", "-0.5", "half", "NaN"] {
             let error = config(&[
