@@ -1,5 +1,7 @@
 //! The access log: one line per completed request, as a Tower layer.
 
+use std::any::Any;
+use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -26,8 +28,9 @@ pub const ACCESS_LOG_TARGET: &str = "periscope::access";
 /// Logs one line per completed request: method, route, path, status, `duration_ms`,
 /// `bytes_out`, with the request's context fields.
 ///
-/// The line is written when the response body has been sent (or dropped, as `aborted`),
-/// inside the span that was current when the request arrived, so the log layer lifts the
+/// The line is written when the response body has been sent (or dropped, as `aborted`; a
+/// response future dropped before the response, as on a client disconnect or an outer timeout,
+/// also gives an `aborted` line, without `status`), inside the span that was current when the request arrived, so the log layer lifts the
 /// request's context fields from it. The request id, trace id and span id also come from the
 /// [`RequestContext`] in the request's extensions (or the current one) when there is one.
 /// Level by outcome: 5xx `error`, 4xx `warn`, the rest `info`; quiet paths at `debug`.
@@ -110,7 +113,7 @@ struct RequestInfo {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AccessLog<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Error: fmt::Display,
+    S::Error: fmt::Display + 'static,
     ResBody: Body,
 {
     type Response = Response<AccessLogBody<ResBody>>;
@@ -166,7 +169,7 @@ fn matched_path<B>(request: &Request<B>) -> Option<String> {
 }
 
 /// The future of [`AccessLog`]: wraps the response body so the line is written when it ends.
-#[pin_project]
+#[pin_project(PinnedDrop)]
 pub struct ResponseFuture<F> {
     #[pin]
     inner: F,
@@ -182,7 +185,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    E: fmt::Display,
+    E: fmt::Display + 'static,
     B: Body,
 {
     type Output = Result<Response<AccessLogBody<B>>, E>;
@@ -211,12 +214,56 @@ where
                 Ok(response.map(|inner| AccessLogBody { inner, pending }))
             }
             Err(error) => {
-                info.log_error(&error);
+                match error_chain(&error) {
+                    Some(chained) => info.log_error(chained),
+                    None => info.log_error(&MessageOnly(error.to_string())),
+                }
                 Err(error)
             }
         })
     }
 }
+
+#[pinned_drop]
+impl<F> PinnedDrop for ResponseFuture<F> {
+    fn drop(self: Pin<&mut Self>) {
+        if let Some(info) = self.project().info.take() {
+            // Dropped before the response: the client went away, or an outer timeout fired.
+            info.log_aborted();
+        }
+    }
+}
+
+/// The service error as `&dyn Error`, for its `chain`, when its type is one that tells: the
+/// boxed errors Tower middleware returns, `io::Error`. A generic `Display` type cannot be
+/// asked for its causes.
+fn error_chain<E: fmt::Display + 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
+    let any: &dyn Any = error;
+    if let Some(boxed) = any.downcast_ref::<Box<dyn Error + Send + Sync>>() {
+        return Some(&**boxed);
+    }
+    if let Some(boxed) = any.downcast_ref::<Box<dyn Error + Send>>() {
+        return Some(&**boxed);
+    }
+    if let Some(boxed) = any.downcast_ref::<Box<dyn Error>>() {
+        return Some(&**boxed);
+    }
+    any.downcast_ref::<std::io::Error>()
+        .map(|error| error as &(dyn Error + 'static))
+}
+
+/// An error known only by its message: logged as `{"message": ..., "chain": []}` like any
+/// other, so the field keeps one type from line to line.
+#[derive(Debug)]
+struct MessageOnly(String);
+
+impl fmt::Display for MessageOnly {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Error for MessageOnly {}
 
 /// A response whose line is not written yet.
 struct Pending {
@@ -329,7 +376,7 @@ impl RequestInfo {
         }
     }
 
-    fn log_error(&self, error: &dyn fmt::Display) {
+    fn log_error(&self, error: &(dyn Error + 'static)) {
         let (request_id, trace_id, span_id) = self.ids();
         let trace_id = trace_id.as_ref().map(HexId::as_str);
         let span_id = span_id.as_ref().map(HexId::as_str);
@@ -340,11 +387,39 @@ impl RequestInfo {
             route = self.route.as_deref(),
             path = self.path.as_str(),
             duration_ms = self.duration_ms(),
-            error = %error,
+            error,
             request_id,
             trace_id,
             span_id,
             "request failed"
+        );
+    }
+}
+
+impl RequestInfo {
+    /// The line of a request whose response never came: no `status`, nothing sent.
+    fn log_aborted(&self) {
+        let (request_id, trace_id, span_id) = self.ids();
+        let trace_id = trace_id.as_ref().map(HexId::as_str);
+        let span_id = span_id.as_ref().map(HexId::as_str);
+        let level = if self.quiet {
+            Level::DEBUG
+        } else {
+            Level::WARN
+        };
+        let _entered = self.span.enter();
+        access_event!(
+            level,
+            method = self.method.as_str(),
+            route = self.route.as_deref(),
+            path = self.path.as_str(),
+            duration_ms = self.duration_ms(),
+            bytes_out = 0u64,
+            aborted = true,
+            request_id,
+            trace_id,
+            span_id,
+            "request completed"
         );
     }
 }

@@ -9,7 +9,7 @@ use crate::config::{LogConfig, LogFormat};
 use crate::fields::{DEFAULT_CONTEXT_FIELDS, MAX_CONTEXT_FIELDS, ValueRules};
 use crate::filter::{Directives, LevelControl};
 use crate::json;
-use crate::layer::LogLayer;
+use crate::layer::{LayerId, LogLayer};
 use crate::recent::{DEFAULT_RECENT_BYTES, DEFAULT_RECENT_LINES, RecentLogs};
 use crate::redact::Redactor;
 use crate::writer::{self, DroppedLines, LogGuard, WriterConfig};
@@ -98,6 +98,36 @@ impl Default for LogLayerBuilder {
     }
 }
 
+/// A context field name the builder refuses: see [`LogLayerBuilder::try_context_field`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("context field {name:?} is refused: {reason}")]
+pub struct ContextFieldError {
+    name: String,
+    reason: &'static str,
+}
+
+impl ContextFieldError {
+    /// The refused name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Why `name` cannot be a context field, if it cannot.
+fn refusal(name: &str) -> Option<&'static str> {
+    let reserved = |key: &str| crate::layer::RESERVED_KEYS.contains(&key);
+    if reserved(name) {
+        Some("it is one of the line's own keys, which a field must never write twice or forge")
+    } else if name.strip_prefix("data.").is_some_and(reserved) {
+        Some(
+            "with flatten_data(true) an event field named like one of the line's own keys is \
+             written under this name, so the line would hold it twice",
+        )
+    } else {
+        None
+    }
+}
+
 impl LogLayer {
     /// A builder with the defaults: JSON on stdout through the non-blocking writer, `info`,
     /// the contract's context fields and redaction rules.
@@ -158,14 +188,38 @@ impl LogLayerBuilder {
 
     /// Lifts a span field of this name to the top level, like `request_id` (at most 64).
     ///
-    /// A name that is one of the line's own keys (`timestamp`, `level`, `message`, `target`,
-    /// `service`, `environment`, `version`, `span`, `data`) is ignored and the field stays in
-    /// `data`: a field must never write a second `level` or forge `service`.
-    pub fn context_field(mut self, name: impl Into<String>) -> Self {
+    /// A name the line cannot hold once at the top level is ignored and the field stays in
+    /// `data`: one of the line's own keys (`timestamp`, `level`, `message`, `target`,
+    /// `service`, `environment`, `version`, `span`, `data`), which a field must never write a
+    /// second time or forge, or such a key after `data.` (`data.level`), which
+    /// [`flatten_data`](Self::flatten_data) writes for an event field named `level`. Use
+    /// [`try_context_field`](Self::try_context_field) to get an error instead.
+    pub fn context_field(self, name: impl Into<String>) -> Self {
         let name = name.into();
-        if crate::layer::RESERVED_KEYS.contains(&name.as_str()) {
+        if refusal(&name).is_some() {
             return self;
         }
+        self.push_context_field(name)
+    }
+
+    /// [`context_field`](Self::context_field), with an error naming the field and the reason
+    /// when the name is refused (for names that come from configuration).
+    ///
+    /// ```
+    /// let error = periscope_log::LogLayer::builder()
+    ///     .try_context_field("data.level")
+    ///     .unwrap_err();
+    /// assert_eq!(error.name(), "data.level");
+    /// ```
+    pub fn try_context_field(self, name: impl Into<String>) -> Result<Self, ContextFieldError> {
+        let name = name.into();
+        match refusal(&name) {
+            Some(reason) => Err(ContextFieldError { name, reason }),
+            None => Ok(self.push_context_field(name)),
+        }
+    }
+
+    fn push_context_field(mut self, name: String) -> Self {
         if !self.context_fields.contains(&name) {
             self.context_fields.push(name);
         }
@@ -302,6 +356,7 @@ impl LogLayerBuilder {
         let out = self.writer.unwrap_or_else(|| Box::new(std::io::stdout()));
         let (sink, guard) = writer::start(out, &self.writer_config, dropped.clone());
         let layer = LogLayer {
+            id: LayerId::next(),
             rules: ValueRules::new(self.redactor, self.max_value_bytes, context_fields),
             format: self.format,
             context_keys,

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tracing::field::{DebugValue, Field, Visit};
 
 use crate::json::{self, CappedString, EscapeWriter};
-use crate::redact::{REDACTED, Redactor};
+use crate::redact::{REDACTED, Redactor, looks_like_json};
 
 /// Longest text that is checked as JSON for sensitive keys; longer text stays a string.
 const JSON_CHECK_LIMIT: usize = 64 * 1024;
@@ -225,7 +225,7 @@ impl ValueRules {
             };
             out.extend_from_slice(open);
             // Too big to redact key by key: structured text that mentions a secret is hidden.
-            if (is_json || looks_like_json(text))
+            if (is_json || looks_like_json(text) || json_literal(text).is_some())
                 && self.redactor.mentions_sensitive_key(text, scratch)
             {
                 json::write_str(out, REDACTED, usize::MAX);
@@ -243,6 +243,13 @@ impl ValueRules {
             // Nested JSON; text around it (`Some({...})`) is not JSON and is written as text.
             if !self.redactor.rewrite_json(text, self.max_value_bytes, out) {
                 self.write_unparsed(out, text, scratch);
+            }
+        } else if let Some((content, bytes)) = json_literal(text) {
+            // `?body` on a `String` or `Bytes` holding JSON: the Debug text is a quoted literal,
+            // so the JSON inside is found only once the literal is decoded.
+            match decode_literal(content, bytes) {
+                Some(inner) => self.write_text(out, &inner, scratch),
+                None => self.write_unparsed(out, text, scratch),
             }
         } else {
             self.write_text(out, text, scratch);
@@ -279,13 +286,79 @@ impl ValueRules {
     }
 }
 
-/// Whether `text` starts like a JSON object or array (after JSON's own whitespace: the
-/// parser accepts no other).
-fn looks_like_json(text: &str) -> bool {
-    let first = text
-        .bytes()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-    matches!(first, Some(b'{' | b'['))
+/// A `Debug` string or byte-string literal (`"..."`, `b"..."`) whose content starts like JSON
+/// (after escaped whitespace or a byte order mark): the content after the opening quote, and
+/// whether it is a byte string.
+fn json_literal(text: &str) -> Option<(&str, bool)> {
+    let (content, bytes) = match text.strip_prefix("b\"") {
+        Some(content) => (content, true),
+        None => (text.strip_prefix('"')?, false),
+    };
+    let mut rest = content;
+    loop {
+        let skipped = [
+            " ",
+            "\\n",
+            "\\r",
+            "\\t",
+            "\\u{feff}",
+            "\u{feff}",
+            "\\xef\\xbb\\xbf",
+        ]
+        .iter()
+        .find_map(|prefix| rest.strip_prefix(prefix));
+        match skipped {
+            Some(after) => rest = after,
+            None => break,
+        }
+    }
+    matches!(rest.as_bytes().first(), Some(b'{' | b'[')).then_some((content, bytes))
+}
+
+/// The text of a `Debug` literal's `content` (after its opening quote, up to and including its
+/// closing one), Rust's escapes decoded: `None` when it is not exactly one well-formed literal.
+fn decode_literal(content: &str, bytes: bool) -> Option<String> {
+    let mut out = Vec::with_capacity(content.len());
+    let mut rest = content.as_bytes();
+    loop {
+        let at = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+        out.extend_from_slice(&rest[..at]);
+        if rest[at] == b'"' {
+            if at + 1 != rest.len() {
+                return None;
+            }
+            return if bytes {
+                Some(String::from_utf8_lossy(&out).into_owned())
+            } else {
+                String::from_utf8(out).ok()
+            };
+        }
+        let escape = rest.get(at + 1)?;
+        rest = &rest[at + 2..];
+        match escape {
+            b'"' | b'\\' | b'\'' => out.push(*escape),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'0' => out.push(0),
+            b'x' if bytes => {
+                let hex = std::str::from_utf8(rest.get(..2)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                rest = &rest[2..];
+            }
+            b'u' if !bytes => {
+                let close = rest.iter().position(|&b| b == b'}')?;
+                let hex = std::str::from_utf8(rest.get(1..close)?).ok()?;
+                if rest.first() != Some(&b'{') || hex.is_empty() || hex.len() > 6 {
+                    return None;
+                }
+                let c = char::from_u32(u32::from_str_radix(hex, 16).ok()?)?;
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                rest = &rest[close + 1..];
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// Receives one field's JSON value.
@@ -421,6 +494,46 @@ mod tests {
         let fresh = rules(Redactor::new(&["user"], &[]), &[]);
         assert_eq!(fresh.plan("user_ssn"), (Slot::Data, true));
         assert_eq!(fresh.plan("db_password"), (Slot::Data, false));
+    }
+
+    #[test]
+    fn debug_literals_decode_to_their_text_or_not_at_all() {
+        let decode = |text: &str| {
+            let (content, bytes) = match text.strip_prefix("b\"") {
+                Some(content) => (content, true),
+                None => (&text[1..], false),
+            };
+            decode_literal(content, bytes)
+        };
+        for original in [
+            "{\"a\":\"\\ \" ' \n\r\t\0 é 🎉 \u{feff} \u{1b} \u{200b}\"}",
+            "",
+        ] {
+            assert_eq!(decode(&format!("{original:?}")).as_deref(), Some(original));
+            let bytes = bytes::Bytes::from(original.to_owned());
+            assert_eq!(decode(&format!("{bytes:?}")).as_deref(), Some(original));
+        }
+        for broken in [
+            r#""{\q}""#,
+            r#""{\x41}""#,
+            r#"b"{\u{41}}""#,
+            r#""{\u{110000}}""#,
+            r#""{\u{}}""#,
+            r#""{\u41}""#,
+            r#"b"{\x4""#,
+            r#""{}" + "{}""#,
+            r#""{"#,
+            "\"{\\",
+        ] {
+            assert_eq!(decode(broken), None, "{broken}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_debug_literal_decodes_back(text in "\\PC*|[\\x00-\\x7f]*") {
+            proptest::prop_assert_eq!(decode_literal(&format!("{text:?}")[1..], false), Some(text));
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use tracing::level_filters::LevelFilter;
@@ -13,7 +14,7 @@ use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_core::subscriber::Interest;
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::layer::Context;
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{Extensions, LookupSpan};
 
 use crate::config::LogFormat;
 use crate::fields::{FieldSink, Slot, ValueRules, Visitor};
@@ -48,6 +49,8 @@ pub(crate) const RESERVED_KEYS: &[&str] = &[
 /// surface needs: [`level_control`](Self::level_control), [`recent_logs`](Self::recent_logs),
 /// [`dropped_lines`](Self::dropped_lines).
 pub struct LogLayer {
+    /// Tells this layer's span data from another `LogLayer`'s in the same registry.
+    pub(crate) id: LayerId,
     pub(crate) rules: ValueRules,
     pub(crate) format: LogFormat,
     /// `,"request_id":` (JSON) or ` request_id=` (pretty), by context slot.
@@ -101,12 +104,26 @@ impl LogLayer {
     }
 }
 
+/// Names one built [`LogLayer`]: span data is kept per layer, since each layer has its own
+/// context slots and rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LayerId(u64);
+
+impl LayerId {
+    pub(crate) fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
 /// What a span recorded, formatted once when recorded: kept in the span's extensions.
 ///
 /// The JSON values sit one after another in one buffer (one allocation per span, not one per
 /// field); each entry names its field and the range of its value.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 struct SpanFields {
+    /// The layer that wrote it: a second `LogLayer` keeps its own in [`OtherLayersFields`].
+    owner: LayerId,
     values: Vec<u8>,
     entries: Vec<(FieldKey, Range<usize>)>,
     /// The entry whose value is being written at the end of `values`.
@@ -115,6 +132,24 @@ struct SpanFields {
     garbage: usize,
     /// Whether non-context fields are kept (for `data`); otherwise they are not even formatted.
     keep_data: bool,
+}
+
+/// The span data of every `LogLayer` but the first to see the span (one extension per type:
+/// the common single-layer case stays one lookup).
+#[derive(Debug, Default)]
+struct OtherLayersFields(Vec<SpanFields>);
+
+/// This layer's data among a span's extensions.
+fn fields_of<'a>(extensions: &'a Extensions<'_>, owner: LayerId) -> Option<&'a SpanFields> {
+    match extensions.get::<SpanFields>() {
+        Some(fields) if fields.owner == owner => Some(fields),
+        Some(_) => extensions
+            .get::<OtherLayersFields>()?
+            .0
+            .iter()
+            .find(|fields| fields.owner == owner),
+        None => None,
+    }
 }
 
 /// Which field a span value belongs to.
@@ -128,8 +163,9 @@ enum FieldKey {
 
 impl SpanFields {
     /// Room for the values of `fields` fields, so recording them rarely grows the buffers.
-    fn with_capacity(fields: usize, keep_data: bool) -> Self {
+    fn with_capacity(owner: LayerId, fields: usize, keep_data: bool) -> Self {
         Self {
+            owner,
             values: Vec::with_capacity(fields * 24),
             entries: Vec::with_capacity(fields),
             open: None,
@@ -388,7 +424,7 @@ impl LogLayer {
         fields: usize,
         record: impl FnOnce(&mut Visitor<'_, SpanFields>),
     ) -> SpanFields {
-        let mut span_fields = SpanFields::with_capacity(fields, self.span_fields);
+        let mut span_fields = SpanFields::with_capacity(self.id, fields, self.span_fields);
         let record = |text: &mut String, scratch: &mut Vec<u8>| {
             record(&mut Visitor {
                 rules: &self.rules,
@@ -398,16 +434,22 @@ impl LogLayer {
             });
         };
         // The thread's buffers, so that formatting a span's `Debug` and `Display` values does
-        // not allocate a buffer per span.
-        BUFFERS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buffers) => {
+        // not allocate a buffer per span. Fresh ones when they are in use (a value's Debug impl
+        // opened a span while this thread was formatting) or already destroyed (a span opened
+        // from a thread-local destructor: `with` would panic there, and abort the process).
+        let mut record = Some(record);
+        let _ = BUFFERS.try_with(|cell| {
+            if let Ok(mut buffers) = cell.try_borrow_mut() {
                 let Buffers { text, scratch, .. } = &mut *buffers;
-                record(text, scratch);
+                if let Some(record) = record.take() {
+                    record(text, scratch);
+                }
                 shrink_formatting_buffers(text, scratch);
             }
-            // A value's Debug impl opened a span while this thread was formatting: fresh ones.
-            Err(_) => record(&mut String::new(), &mut Vec::new()),
         });
+        if let Some(record) = record {
+            record(&mut String::new(), &mut Vec::new());
+        }
         span_fields.close();
         span_fields
     }
@@ -444,7 +486,7 @@ impl LogLayer {
             for span in scope {
                 span_name.get_or_insert(span.name());
                 let extensions = span.extensions();
-                let Some(fields) = extensions.get::<SpanFields>() else {
+                let Some(fields) = fields_of(&extensions, self.id) else {
                     continue;
                 };
                 for (slot, value) in fields.context() {
@@ -578,7 +620,16 @@ where
             return;
         };
         let fields = self.span_fields(attrs.fields().len(), |visitor| attrs.record(visitor));
-        span.extensions_mut().insert(fields);
+        let mut extensions = span.extensions_mut();
+        // `insert` panics when the type is there already: another `LogLayer` saw the span first.
+        if extensions.get_mut::<SpanFields>().is_none() {
+            extensions.insert(fields);
+        } else if let Some(others) = extensions.get_mut::<OtherLayersFields>() {
+            others.0.retain(|other| other.owner != self.id);
+            others.0.push(fields);
+        } else {
+            extensions.insert(OtherLayersFields(vec![fields]));
+        }
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
@@ -588,17 +639,36 @@ where
         // Format before taking the span's lock: a value's Debug impl may itself log.
         let update = self.span_fields(values.len(), |visitor| values.record(visitor));
         let mut extensions = span.extensions_mut();
-        if let Some(fields) = extensions.get_mut::<SpanFields>() {
+        if let Some(fields) = extensions.get_mut::<SpanFields>()
+            && fields.owner == self.id
+        {
+            fields.merge(update);
+            return;
+        }
+        if let Some(fields) = extensions
+            .get_mut::<OtherLayersFields>()
+            .and_then(|others| others.0.iter_mut().find(|f| f.owner == self.id))
+        {
             fields.merge(update);
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        BUFFERS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buffers) => self.emit(&mut buffers, event, &ctx),
-            // A value's Debug impl logged while this thread was formatting: fresh buffers.
-            Err(_) => self.emit(&mut Buffers::default(), event, &ctx),
-        });
+        // Fresh buffers when the thread's are in use (a value's Debug impl logged while this
+        // thread was formatting) or destroyed (logging from a thread-local destructor, where
+        // `with` would panic and abort the process).
+        let done = BUFFERS
+            .try_with(|cell| match cell.try_borrow_mut() {
+                Ok(mut buffers) => {
+                    self.emit(&mut buffers, event, &ctx);
+                    true
+                }
+                Err(_) => false,
+            })
+            .unwrap_or(false);
+        if !done {
+            self.emit(&mut Buffers::default(), event, &ctx);
+        }
     }
 }
 
@@ -608,7 +678,8 @@ mod tests {
 
     #[test]
     fn values_recorded_again_replace_the_old_in_place_within_bounded_memory() {
-        let mut fields = SpanFields::with_capacity(3, true);
+        let owner = LayerId::next();
+        let mut fields = SpanFields::with_capacity(owner, 3, true);
         fields
             .begin("a", Slot::Data)
             .unwrap()
@@ -623,7 +694,7 @@ mod tests {
             .extend_from_slice(b"true");
         fields.close();
         for i in 0..1000 {
-            let mut update = SpanFields::with_capacity(1, true);
+            let mut update = SpanFields::with_capacity(owner, 1, true);
             let value = i.to_string();
             update
                 .begin("a", Slot::Data)

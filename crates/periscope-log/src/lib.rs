@@ -44,7 +44,7 @@ pub use access::{
     ACCESS_LOG_TARGET, AccessLog, AccessLogBody, AccessLogLayer, DEFAULT_QUIET_PATHS,
     ResponseFuture,
 };
-pub use builder::{DEFAULT_MAX_VALUE_BYTES, LogLayerBuilder};
+pub use builder::{ContextFieldError, DEFAULT_MAX_VALUE_BYTES, LogLayerBuilder};
 pub use config::{ConfigError, LogConfig, LogFormat};
 pub use fields::{DEFAULT_CONTEXT_FIELDS, Json, json};
 pub use filter::{DirectiveError, Directives, LevelControl, LevelStatus};

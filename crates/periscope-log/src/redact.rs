@@ -35,6 +35,20 @@ pub const DEFAULT_ALLOWED_KEYS: &[&str] = &[
 /// Nesting deeper than this is not parsed as JSON (the value stays a plain string).
 const MAX_DEPTH: usize = 128;
 
+/// Whether `text` starts like a JSON object or array: after a byte order mark, then JSON's
+/// own whitespace (the parser accepts no other).
+pub(crate) fn looks_like_json(text: &str) -> bool {
+    let first = strip_bom(text)
+        .bytes()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    matches!(first, Some(b'{' | b'['))
+}
+
+/// `text` without a leading U+FEFF (which JSON parsers reject but many writers add).
+pub(crate) fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
 /// Decides which keys are sensitive, and redacts JSON text and `serde_json` values by key.
 ///
 /// Keys are compared case-insensitively with `_`, `-`, `.` and spaces ignored, so `apiKey`,
@@ -170,6 +184,11 @@ impl Redactor {
     /// `limit` bytes truncated. Returns `false` (and leaves `out` as it was) when `text` is not
     /// valid JSON.
     pub(crate) fn rewrite_json(&self, text: &str, limit: usize, out: &mut Vec<u8>) -> bool {
+        self.rewrite_json_at(strip_bom(text), limit, out, 0)
+    }
+
+    /// [`rewrite_json`](Self::rewrite_json) of text found `depth` levels deep (in a string).
+    fn rewrite_json_at(&self, text: &str, limit: usize, out: &mut Vec<u8>, depth: usize) -> bool {
         let mark = out.len();
         let mut parser = Parser {
             s: text.as_bytes(),
@@ -178,7 +197,7 @@ impl Redactor {
             limit,
             key: String::new(),
         };
-        let ok = parser.value(out, 0).is_some() && {
+        let ok = parser.value(out, depth).is_some() && {
             parser.skip_ws();
             parser.i == parser.s.len()
         };
@@ -246,7 +265,11 @@ impl Parser<'_> {
             b'[' => self.array(out, depth),
             b'"' => {
                 self.string()?;
-                json::write_str(out, &self.key, self.limit);
+                if looks_like_json(&self.key) {
+                    self.nested_json(out, depth);
+                } else {
+                    json::write_str(out, &self.key, self.limit);
+                }
                 Some(())
             }
             b't' => self.literal(out, b"true"),
@@ -254,6 +277,26 @@ impl Parser<'_> {
             b'n' => self.literal(out, b"null"),
             _ => self.number(out),
         }
+    }
+
+    /// A string value (just read into `self.key`) that holds JSON text, as a serialized request
+    /// body does: redacted by key as well, still written as a string. Text that cannot be
+    /// redacted key by key (not JSON, or nested too deep) fails closed.
+    fn nested_json(&mut self, out: &mut Vec<u8>, depth: usize) {
+        let text = std::mem::take(&mut self.key);
+        let mut rewritten = Vec::new();
+        if self
+            .redactor
+            .rewrite_json_at(strip_bom(&text), self.limit, &mut rewritten, depth + 1)
+        {
+            // Only &str pieces were written into it.
+            json::write_str(out, &String::from_utf8_lossy(&rewritten), self.limit);
+        } else if self.redactor.mentions_sensitive_key(&text, &mut rewritten) {
+            json::write_str(out, REDACTED, usize::MAX);
+        } else {
+            json::write_str(out, &text, self.limit);
+        }
+        self.key = text;
     }
 
     fn object(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<()> {

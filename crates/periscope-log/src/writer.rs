@@ -1,6 +1,7 @@
 //! Where lines go: a background thread behind a bounded queue, or a locked writer.
 
-use std::io::Write;
+use std::io::{self, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -23,7 +24,8 @@ pub(crate) trait LineSink: Send + Sync {
     fn write_line(&self, line: &[u8]);
 }
 
-/// How many lines were lost: the queue was full, the output failed, or the guard was gone.
+/// How many lines were lost: the queue was full, the output failed or panicked, or the guard
+/// was gone.
 ///
 /// Cheap to clone; read it for a metric (`periscope_log_dropped_lines_total`).
 #[derive(Clone, Debug, Default)]
@@ -44,6 +46,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Runs an output call, a panic in the writer reported as `None`: it must neither unwind into
+/// the code that logged nor end the writer thread with lines still queued and uncounted.
+fn guarded<T>(write: impl FnOnce() -> io::Result<T>) -> Option<io::Result<T>> {
+    catch_unwind(AssertUnwindSafe(write)).ok()
+}
+
 /// Writes on the caller's thread under a lock: for tests, tools and short-lived programs.
 pub(crate) struct Blocking {
     writer: Mutex<Box<dyn Write + Send>>,
@@ -59,13 +67,15 @@ impl Blocking {
     }
 
     pub(crate) fn flush(&self) {
-        let _ = lock(&self.writer).flush();
+        let mut writer = lock(&self.writer);
+        let _ = guarded(|| writer.flush());
     }
 }
 
 impl LineSink for Blocking {
     fn write_line(&self, line: &[u8]) {
-        if lock(&self.writer).write_all(line).is_err() {
+        let mut writer = lock(&self.writer);
+        if !matches!(guarded(|| writer.write_all(line)), Some(Ok(()))) {
             self.dropped.add(1);
         }
     }
@@ -119,6 +129,18 @@ impl LineSink for NonBlocking {
 }
 
 impl Queue {
+    /// Counts the queued lines as dropped and empties the queue.
+    fn drop_queued(&self, state: &mut QueueState) {
+        self.dropped.add(std::mem::take(&mut state.lines) as u64);
+        state.bytes = Vec::new();
+    }
+
+    /// Tells the guard the thread is done.
+    fn finish(&self, mut state: MutexGuard<'_, QueueState>) {
+        state.finished = true;
+        self.finished.notify_all();
+    }
+
     fn run(&self, mut out: Box<dyn Write + Send>) {
         let mut batch = Vec::new();
         loop {
@@ -140,16 +162,27 @@ impl Queue {
                     .unwrap_or_else(PoisonError::into_inner);
             }
             if state.lines == 0 {
-                let _ = out.flush();
-                state.finished = true;
-                self.finished.notify_all();
+                drop(state);
+                let _ = guarded(|| out.flush());
+                self.finish(lock(&self.state));
                 return;
             }
             std::mem::swap(&mut state.bytes, &mut batch);
             let lines = std::mem::take(&mut state.lines);
             drop(state);
-            if out.write_all(&batch).and_then(|()| out.flush()).is_err() {
-                self.dropped.add(lines as u64);
+            match guarded(|| out.write_all(&batch).and_then(|()| out.flush())) {
+                Some(Ok(())) => {}
+                Some(Err(_)) => self.dropped.add(lines as u64),
+                None => {
+                    // The writer panicked: it may be in any state, so it is not used again.
+                    // Its batch, what is queued and every later line are counted as dropped.
+                    self.dropped.add(lines as u64);
+                    let mut state = lock(&self.state);
+                    state.closed = true;
+                    self.drop_queued(&mut state);
+                    self.finish(state);
+                    return;
+                }
             }
             batch.clear();
             batch.shrink_to(KEEP_BATCH_CAPACITY);
@@ -160,8 +193,9 @@ impl Queue {
 /// Flushes every queued line when dropped: keep it alive until the program ends.
 ///
 /// Dropping it closes the queue, waits (up to the flush timeout) until the background thread
-/// has written every line logged before, and stops that thread. Lines logged after it is
-/// dropped are counted as dropped.
+/// has written every line logged before, and stops that thread. Lines still queued when it
+/// gives up (the output stuck past the timeout, or its thread gone) and lines logged after it
+/// is dropped are counted as dropped.
 #[must_use = "dropping the guard stops the log writer: keep it until the program ends"]
 pub struct LogGuard {
     kind: GuardKind,
@@ -194,7 +228,10 @@ impl Drop for LogGuard {
                     let now = Instant::now();
                     let thread_gone = handle.as_ref().is_none_or(JoinHandle::is_finished);
                     if now >= deadline || thread_gone {
-                        return; // the output is stuck or its thread died: do not hang
+                        // The output is stuck or its thread died: do not hang, and count what
+                        // will now never be written.
+                        queue.drop_queued(&mut state);
+                        return;
                     }
                     state = queue
                         .finished

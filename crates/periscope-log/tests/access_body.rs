@@ -4,6 +4,7 @@
 mod common;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -128,6 +129,106 @@ fn a_service_error_is_an_error_line() {
     let line = &out.lines()[0];
     assert_eq!(line["level"], "error");
     assert_eq!(line["message"], "request failed");
-    assert_eq!(line["data"]["error"], "upstream refused");
+    // An error renders as everywhere else, even when its type can tell only its message.
+    assert_eq!(
+        line["data"]["error"],
+        json!({"message": "upstream refused", "chain": []})
+    );
     assert_eq!(line["data"]["method"], "POST");
+}
+
+#[test]
+fn a_boxed_service_error_keeps_its_chain() {
+    let out = capture(
+        |b| b,
+        |_| {
+            let failing = ServiceBuilder::new()
+                .layer(AccessLogLayer::new())
+                .service_fn(|_req: Request<()>| async {
+                    let cause = std::io::Error::other("connection reset");
+                    let error: tower::BoxError = Box::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        Wrapped(cause),
+                    ));
+                    Err::<Response<String>, _>(error)
+                });
+            let request = Request::get("/jobs").body(()).unwrap();
+            assert!(poll_now(failing.oneshot(request)).is_err());
+        },
+    );
+    let line = &out.lines()[0];
+    assert_eq!(
+        line["data"]["error"],
+        json!({"message": "upstream call failed", "chain": ["connection reset"]})
+    );
+}
+
+/// An error with a cause.
+#[derive(Debug)]
+struct Wrapped(std::io::Error);
+
+impl std::fmt::Display for Wrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream call failed")
+    }
+}
+
+impl std::error::Error for Wrapped {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+#[test]
+fn a_response_future_dropped_before_the_response_is_logged_as_aborted() {
+    let out = capture(
+        |b| b,
+        |_| {
+            let slow = ServiceBuilder::new()
+                .layer(AccessLogLayer::new())
+                .service_fn(|_req: Request<()>| {
+                    std::future::pending::<Result<Response<String>, Infallible>>()
+                });
+            let request = Request::put("/jobs/7?token=x").body(()).unwrap();
+            let mut future = Box::pin(slow.oneshot(request));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(future.as_mut().poll(&mut cx).is_pending());
+            // The client went away, or an outer timeout fired.
+            drop(future);
+        },
+    );
+    let lines = out.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["level"], "warn");
+    assert_eq!(line["message"], "request completed");
+    let data = &line["data"];
+    assert_eq!(data["aborted"], true);
+    assert_eq!(data["method"], "PUT");
+    assert_eq!(data["path"], "/jobs/7");
+    assert_eq!(data["bytes_out"], 0);
+    assert!(data.get("status").is_none(), "{data}");
+    assert!(data["duration_ms"].is_number());
+}
+
+#[test]
+fn a_completed_request_is_logged_once_even_when_its_future_is_dropped_after() {
+    let out = capture(
+        |b| b,
+        |_| {
+            let request = Request::get("/done").body(()).unwrap();
+            let mut future = Box::pin(service(1, StatusCode::OK).oneshot(request));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let Poll::Ready(Ok(response)) = future.as_mut().poll(&mut cx) else {
+                panic!("the test service answers at once");
+            };
+            drop(future);
+            let mut body = std::pin::pin!(response.into_body());
+            while let Poll::Ready(Some(_)) = body.as_mut().poll_frame(&mut cx) {}
+        },
+    );
+    let lines = out.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0]["data"].get("aborted").is_none());
+    assert_eq!(lines[0]["data"]["bytes_out"], 10);
 }

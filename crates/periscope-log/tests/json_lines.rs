@@ -388,3 +388,48 @@ fn without_span_fields_data_holds_only_the_event_fields() {
         "context fields are still lifted"
     );
 }
+
+#[test]
+fn two_log_layers_each_write_their_line_with_their_own_context_fields() {
+    use periscope_log::LogLayer;
+    use tracing_subscriber::prelude::*;
+
+    let (first_out, second_out) = (common::Captured::default(), common::Captured::default());
+    // Each layer has its own context fields, so the same span field sits in different slots.
+    let (first, first_guard) = LogLayer::builder()
+        .context_field("tenant_id")
+        .writer(first_out.clone())
+        .blocking(true)
+        .build();
+    let (second, second_guard) = LogLayer::builder()
+        .context_field("region")
+        .context_field("tenant_id")
+        .writer(second_out.clone())
+        .blocking(true)
+        .build();
+    let subscriber = tracing_subscriber::registry().with(first).with(second);
+    tracing::subscriber::with_default(subscriber, || {
+        let span = tracing::info_span!(
+            "job",
+            tenant_id = "t_1",
+            region = "eu",
+            step = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        span.record("step", 2u64);
+        tracing::info!(n = 1u64, "both");
+    });
+    drop((first_guard, second_guard));
+    let (first_line, second_line) = (&first_out.lines()[0], &second_out.lines()[0]);
+    for line in [first_line, second_line] {
+        assert_eq!(line["message"], "both");
+        assert_eq!(line["tenant_id"], "t_1", "{line}");
+        assert_eq!(line["data"]["step"], 2, "{line}");
+        assert_eq!(line["data"]["n"], 1, "{line}");
+    }
+    assert_eq!(first_line["data"]["region"], "eu", "{first_line}");
+    assert!(first_line.get("region").is_none(), "{first_line}");
+    assert_eq!(second_line["region"], "eu", "{second_line}");
+    assert!(second_line["data"].get("region").is_none(), "{second_line}");
+    assert_eq!((first_out.lines().len(), second_out.lines().len()), (1, 1));
+}

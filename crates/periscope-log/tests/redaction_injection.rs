@@ -342,3 +342,132 @@ fn a_key_is_written_once_the_first_value_winning() {
     assert_eq!(parsed["data"]["level"], 1);
     assert_eq!(parsed["data"]["data.level"], 2);
 }
+
+/// The redacted JSON a string field holds, parsed back.
+fn json_in(field: &Value) -> Value {
+    let text = field
+        .as_str()
+        .unwrap_or_else(|| panic!("a string: {field}"));
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn json_bodies_are_redacted_whether_displayed_debugged_as_string_or_bytes_or_bom_prefixed() {
+    let body = String::from(r#"{"user":"ann","password":"hunter2","note":"a \"quoted\" é\n"}"#);
+    let bytes = bytes::Bytes::from(body.clone());
+    let with_bom = format!("\u{feff}{body}");
+    let bytes_with_bom = bytes::Bytes::from(with_bom.clone());
+    let out = capture(
+        |b| b,
+        |_| {
+            tracing::info!(
+                shown = %body,
+                debugged = ?body,
+                raw = ?bytes,
+                bom = with_bom.as_str(),
+                debugged_bom = ?with_bom,
+                raw_bom = ?bytes_with_bom,
+                "bodies"
+            );
+        },
+    );
+    assert!(!out.text().contains("hunter2"), "{}", out.text());
+    let data = &out.lines()[0]["data"];
+    let expected = json!({"user": "ann", "password": "[REDACTED]", "note": "a \"quoted\" é\n"});
+    for key in ["shown", "debugged", "raw", "bom", "debugged_bom", "raw_bom"] {
+        assert_eq!(json_in(&data[key]), expected, "{key}");
+    }
+}
+
+#[test]
+fn debugged_literals_that_cannot_be_decoded_fail_closed() {
+    let out = capture(
+        |b| b,
+        |_| {
+            // A Debug impl that writes a string-like literal Rust never would (`\q`).
+            struct Odd;
+            impl std::fmt::Debug for Odd {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str(r#""{\"password\":\"hunter2\",\"x\":\"\q\"}""#)
+                }
+            }
+            tracing::info!(odd = ?Odd, plain = ?"not json", "x");
+        },
+    );
+    assert!(!out.text().contains("hunter2"), "{}", out.text());
+    let data = &out.lines()[0]["data"];
+    assert_eq!(data["odd"], "[REDACTED]");
+    assert_eq!(data["plain"], "\"not json\"");
+}
+
+#[test]
+fn json_text_inside_a_string_value_is_redacted_too() {
+    let body = r#"{"user":"ann","password":"hunter2"}"#;
+    let mut map = std::collections::HashMap::new();
+    map.insert("body", body);
+    let out = capture(
+        |b| b,
+        |_| {
+            tracing::info!(
+                req = periscope_log::json(json!({"path": "/login", "body": body})),
+                params = ?map,
+                "nested"
+            );
+            // Not JSON, so not redactable key by key: hidden when it mentions a secret.
+            let broken = r#"{"password": "hunter2""#;
+            tracing::info!(
+                req = periscope_log::json(json!({"body": broken, "tag": "[x]"})),
+                "broken"
+            );
+        },
+    );
+    assert!(!out.text().contains("hunter2"), "{}", out.text());
+    let lines = out.lines();
+    let expected = json!({"user": "ann", "password": "[REDACTED]"});
+    let req = &lines[0]["data"]["req"];
+    assert_eq!(req["path"], "/login");
+    assert_eq!(json_in(&req["body"]), expected);
+    let params = json_in(&lines[0]["data"]["params"]);
+    assert_eq!(json_in(&params["body"]), expected);
+    assert_eq!(
+        lines[1]["data"]["req"],
+        json!({"body": "[REDACTED]", "tag": "[x]"})
+    );
+}
+
+/// Flattened, an event field `level` is written `data.level`: a context field of that name
+/// would write the key a second time, so it is refused like the line's own keys.
+#[test]
+fn context_fields_cannot_take_the_data_form_of_the_lines_own_keys() {
+    let out = capture(
+        |b| b.flatten_data(true).context_field("data.level"),
+        |_| {
+            let span = tracing::info_span!("job", data.level = "from the span");
+            let _entered = span.enter();
+            tracing::info!(level = "forged", "flattened");
+        },
+    );
+    let line = out.text();
+    assert_eq!(occurrences(&line, "data.level"), 1, "{line}");
+    assert_eq!(out.lines()[0]["data.level"], "forged", "{line}");
+
+    let error = periscope_log::LogLayer::builder()
+        .try_context_field("data.level")
+        .unwrap_err();
+    assert_eq!(error.name(), "data.level");
+    assert!(
+        error
+            .to_string()
+            .starts_with("context field \"data.level\" is refused: "),
+        "{error}"
+    );
+    let error = periscope_log::LogLayer::builder()
+        .try_context_field("service")
+        .unwrap_err();
+    assert_eq!(error.name(), "service");
+    assert!(
+        periscope_log::LogLayer::builder()
+            .try_context_field("data.region")
+            .is_ok()
+    );
+}

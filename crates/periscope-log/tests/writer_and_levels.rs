@@ -51,26 +51,39 @@ fn every_line_logged_from_several_threads_is_written_when_the_guard_drops() {
 /// A writer that blocks until the test opens it, then counts lines.
 #[derive(Clone, Default)]
 struct Gate {
-    state: Arc<(Mutex<(bool, usize)>, Condvar)>,
+    state: Arc<(Mutex<GateState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct GateState {
+    open: bool,
+    lines: usize,
+    /// Writes begun, done or not.
+    writes: usize,
 }
 
 impl Gate {
     fn open(&self) {
         let (lock, cond) = &*self.state;
-        lock.lock().unwrap().0 = true;
+        lock.lock().unwrap().open = true;
         cond.notify_all();
     }
 
     fn lines(&self) -> usize {
-        self.state.0.lock().unwrap().1
+        self.state.0.lock().unwrap().lines
+    }
+
+    fn writes(&self) -> usize {
+        self.state.0.lock().unwrap().writes
     }
 }
 
 impl Write for Gate {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let (lock, cond) = &*self.state;
-        let mut state = cond.wait_while(lock.lock().unwrap(), |s| !s.0).unwrap();
-        state.1 += buf.iter().filter(|b| **b == b'\n').count();
+        lock.lock().unwrap().writes += 1;
+        let mut state = cond.wait_while(lock.lock().unwrap(), |s| !s.open).unwrap();
+        state.lines += buf.iter().filter(|b| **b == b'\n').count();
         Ok(buf.len())
     }
 
@@ -185,4 +198,83 @@ fn lines_keep_their_request_context_when_the_level_hides_info() {
     assert_eq!(lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     // A span without context fields follows the directives like any other.
     assert_eq!(lines[0]["span"], "http_request");
+}
+
+/// A writer that panics on every write.
+struct Panicking;
+
+impl Write for Panicking {
+    fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
+        panic!("the output broke");
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Waits (5 s at most) until `done` holds.
+fn wait_until(done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+#[test]
+fn a_writer_that_panics_drops_and_counts_every_line_from_then_on() {
+    let (layer, guard) = LogLayer::builder().writer(Panicking).build();
+    let dropped = layer.dropped_lines();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!("first");
+        // The first batch (this one line) is counted when the write panics.
+        assert!(wait_until(|| dropped.get() == 1), "{}", dropped.get());
+        // From then on lines are counted at once instead of queued for a dead writer.
+        for i in 0..100u64 {
+            tracing::info!(i, "after");
+        }
+        assert_eq!(dropped.get(), 101);
+    });
+    drop(guard);
+    assert_eq!(dropped.get(), 101);
+}
+
+#[test]
+fn a_writer_that_panics_in_blocking_mode_counts_the_line_and_does_not_panic_the_caller() {
+    let (layer, guard) = LogLayer::builder().writer(Panicking).blocking(true).build();
+    let dropped = layer.dropped_lines();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!("one");
+        tracing::info!("two");
+    });
+    drop(guard);
+    assert_eq!(dropped.get(), 2);
+}
+
+#[test]
+fn lines_still_queued_when_the_guard_gives_up_are_counted() {
+    let gate = Gate::default();
+    let (layer, guard) = LogLayer::builder()
+        .writer(gate.clone())
+        .flush_timeout(Duration::from_millis(50))
+        .build();
+    let dropped = layer.dropped_lines();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!("stuck in the write");
+        assert!(wait_until(|| gate.writes() == 1));
+        for _ in 0..5 {
+            tracing::info!("queued behind it");
+        }
+    });
+    drop(guard);
+    assert_eq!(dropped.get(), 5);
+    gate.open();
+    assert!(wait_until(|| gate.lines() == 1));
 }
