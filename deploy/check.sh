@@ -107,6 +107,7 @@ if [[ ${1:-} == metrics ]]; then
   fi
   check "promtool check metrics" check_exposition "$2"
   finish
+  exit 0
 fi
 
 check "promtool check rules" promtool check rules deploy/prometheus/*.yml

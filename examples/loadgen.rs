@@ -61,12 +61,22 @@ fn options() -> Result<Options, BoxError> {
         match flag.as_str() {
             "--connections" => options.connections = value.parse()?,
             "--requests" => options.requests = value.parse()?,
-            "--duration" => options.duration = Duration::from_secs_f64(value.parse()?),
-            "--warmup" => options.warmup = Duration::from_secs_f64(value.parse()?),
+            "--duration" => options.duration = seconds(&flag, &value)?,
+            "--warmup" => options.warmup = seconds(&flag, &value)?,
             _ => return Err(format!("unknown option {flag}; {USAGE}").into()),
         }
     }
     Ok(options)
+}
+
+/// A number of seconds from 0 to a day: more would overflow the deadline arithmetic.
+fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .filter(|duration| *duration <= Duration::from_secs(86_400))
+        .ok_or_else(|| format!("{flag} {value:?}: use a number of seconds from 0 to 86400"))
 }
 
 /// One kept-alive connection: sends the request, reads one whole response.

@@ -43,6 +43,13 @@ impl From<periscope_trace::otel::ConfigError> for ConfigError {
     }
 }
 
+/// The drain period when `SHUTDOWN_DRAIN_S` is not set.
+pub const DEFAULT_SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// The longest drain period accepted: past it, an orchestrator kills the process anyway
+/// (Kubernetes' default grace period is 30 s).
+pub const MAX_SHUTDOWN_DRAIN: Duration = Duration::from_secs(300);
+
 /// The shortest `ADMIN_TOKEN` accepted: a bearer token guessable by brute force is no gate.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
@@ -72,6 +79,9 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// `REQUEST_TIMEOUT_S`: requests running longer get a 504 envelope (default: none).
     pub request_timeout: Option<Duration>,
+    /// `SHUTDOWN_DRAIN_S`: how long `/ready` answers `draining` after SIGTERM or Ctrl-C before
+    /// the listeners close (default 5 s, at most [`MAX_SHUTDOWN_DRAIN`]).
+    pub shutdown_drain: Duration,
     /// The OpenTelemetry settings (`OTEL_*`).
     #[cfg(feature = "otel")]
     pub otel: periscope_trace::otel::OtelConfig,
@@ -90,6 +100,7 @@ impl Default for Settings {
             gpu: false,
             admin_token: None,
             request_timeout: None,
+            shutdown_drain: DEFAULT_SHUTDOWN_DRAIN,
             #[cfg(feature = "otel")]
             otel: periscope_trace::otel::OtelConfig::default(),
         }
@@ -112,7 +123,8 @@ impl std::fmt::Debug for Settings {
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "[REDACTED]"),
             )
-            .field("request_timeout", &self.request_timeout);
+            .field("request_timeout", &self.request_timeout)
+            .field("shutdown_drain", &self.shutdown_drain);
         #[cfg(feature = "otel")]
         debug.field("otel", &self.otel);
         debug.finish()
@@ -159,6 +171,9 @@ impl Settings {
         }
         if let Some(value) = get("REQUEST_TIMEOUT_S") {
             self.request_timeout = Some(parse_seconds("REQUEST_TIMEOUT_S", &value)?);
+        }
+        if let Some(value) = get("SHUTDOWN_DRAIN_S") {
+            self.shutdown_drain = parse_drain(&value)?;
         }
         self.apply_otel_env(&lookup)?;
         Ok(self)
@@ -216,6 +231,7 @@ impl Settings {
             "enable_gpu": self.gpu,
             "admin_token": self.admin_token,
             "request_timeout_s": self.request_timeout.map(|t| t.as_secs_f64()),
+            "shutdown_drain_s": self.shutdown_drain.as_secs_f64(),
         });
         #[cfg(feature = "otel")]
         if let Some(map) = json.as_object_mut() {
@@ -290,6 +306,23 @@ fn parse_seconds(var: &'static str, value: &str) -> Result<Duration, ConfigError
             "use a number of seconds from 0.001 to 86400 (for example 30 or 2.5)",
         )),
     }
+}
+
+fn parse_drain(value: &str) -> Result<Duration, ConfigError> {
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .filter(|drain| *drain <= MAX_SHUTDOWN_DRAIN)
+        .ok_or_else(|| drain_error(value))
+}
+
+pub(crate) fn drain_error(value: impl Into<String>) -> ConfigError {
+    ConfigError::new(
+        "SHUTDOWN_DRAIN_S",
+        value,
+        "use a number of seconds from 0 to 300 (for example 15)",
+    )
 }
 
 #[cfg(test)]

@@ -29,7 +29,9 @@ mod config;
 mod observability;
 mod stack;
 
-pub use config::{ConfigError, MIN_ADMIN_TOKEN_LEN, Settings};
+pub use config::{
+    ConfigError, DEFAULT_SHUTDOWN_DRAIN, MAX_SHUTDOWN_DRAIN, MIN_ADMIN_TOKEN_LEN, Settings,
+};
 pub use observability::{Error, Observability, ObservabilityBuilder, ObservabilityGuard};
 pub use stack::{MaybeMetrics, MaybeMetricsFuture, ObservabilityLayer, ObservabilityService};
 

@@ -8,6 +8,8 @@ use periscope_admin::{Admin, DebugAccess};
 use periscope_context::{RouteTemplates, TenantKey};
 use periscope_error::ErrorLayer;
 use periscope_health::Health;
+#[cfg(feature = "signal")]
+use periscope_health::Shutdown;
 use periscope_log::{
     AccessLogLayer, DroppedLines, LevelControl, LogFormat, LogGuard, LogLayer, RecentLogs, Redactor,
 };
@@ -16,7 +18,9 @@ use periscope_trace::CorrelationLayer;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::collectors::{DROPPED_LINES_METRIC, DroppedLinesCollector};
-use crate::config::{ConfigError, Settings, checked_name, checked_token};
+use crate::config::{
+    ConfigError, MAX_SHUTDOWN_DRAIN, Settings, checked_name, checked_token, drain_error,
+};
 use crate::stack::ObservabilityLayer;
 use periscope_metrics::prometheus_client::metrics::MetricType;
 
@@ -154,6 +158,13 @@ impl ObservabilityBuilder {
         self
     }
 
+    /// How long `/ready` answers `draining` after SIGTERM or Ctrl-C before the listeners close
+    /// (`SHUTDOWN_DRAIN_S`; default 5 s, at most 300 s). See [`Observability::shutdown_on_signal`].
+    pub fn shutdown_drain(mut self, drain: Duration) -> Self {
+        self.settings.shutdown_drain = drain;
+        self
+    }
+
     /// The health probes to serve (default: liveness and readiness with no checks).
     pub fn health(mut self, health: Health) -> Self {
         self.health = Some(health);
@@ -223,6 +234,10 @@ impl ObservabilityBuilder {
         // with its line break could never be sent in a header.
         if let Some(token) = &settings.admin_token {
             checked_token(token.clone())?;
+        }
+        if settings.shutdown_drain > MAX_SHUTDOWN_DRAIN {
+            let seconds = settings.shutdown_drain.as_secs_f64().to_string();
+            return Err(drain_error(seconds).into());
         }
         // One service name everywhere, set last: the log lines', the metrics' and the spans'.
         #[cfg(feature = "otel")]
@@ -508,6 +523,26 @@ impl Observability {
     /// The health probes (startup gates, drain handle).
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// Graceful shutdown on SIGTERM or Ctrl-C: `/ready` answers `draining` for the
+    /// [`shutdown_drain`](Settings::shutdown_drain) period (`SHUTDOWN_DRAIN_S`), so load
+    /// balancers stop sending traffic, then [`Shutdown::wait`] returns and the servers stop.
+    /// Call it inside the Tokio runtime; see [`Shutdown::on_signal`].
+    ///
+    /// ```no_run
+    /// # async fn run(app: axum::Router) -> Result<(), Box<dyn std::error::Error>> {
+    /// let obs = periscope::Observability::from_env()?;
+    /// let shutdown = obs.shutdown_on_signal();
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+    /// axum::serve(listener, app)
+    ///     .with_graceful_shutdown(shutdown.wait())
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "signal")]
+    pub fn shutdown_on_signal(&self) -> Shutdown {
+        Shutdown::on_signal(self.health.drain_handle(), self.settings.shutdown_drain)
     }
 
     /// Changes log levels at runtime.

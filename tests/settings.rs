@@ -79,3 +79,40 @@ fn the_exported_spans_take_the_service_name_set_last() {
         Some("billing-api")
     );
 }
+
+#[test]
+fn the_drain_period_comes_from_shutdown_drain_s_within_bounds() {
+    use std::time::Duration;
+
+    let env = |value: &str| {
+        let value = value.to_owned();
+        quiet().env_from(move |name| (name == "SHUTDOWN_DRAIN_S").then(|| value.clone()))
+    };
+    let built = |builder: periscope::ObservabilityBuilder| builder.build().unwrap();
+    assert_eq!(
+        built(quiet()).settings().shutdown_drain,
+        periscope::DEFAULT_SHUTDOWN_DRAIN
+    );
+    assert_eq!(
+        built(env("15").unwrap()).settings().shutdown_drain,
+        Duration::from_secs(15)
+    );
+    assert_eq!(
+        built(env("0").unwrap()).settings().shutdown_drain,
+        Duration::ZERO
+    );
+    for bad in ["-1", "nan", "inf", "300.5", "1e30", "soon"] {
+        let error = env(bad).unwrap_err().to_string();
+        assert!(error.starts_with("SHUTDOWN_DRAIN_S="), "{bad}: {error}");
+        assert!(error.contains("from 0 to 300"), "{bad}: {error}");
+    }
+    let too_long = quiet().shutdown_drain(Duration::from_secs(301)).build();
+    assert!(
+        too_long
+            .unwrap_err()
+            .to_string()
+            .starts_with("SHUTDOWN_DRAIN_S=")
+    );
+    let obs = built(quiet().shutdown_drain(Duration::from_millis(2500)));
+    assert_eq!(obs.settings().to_json()["shutdown_drain_s"], 2.5);
+}

@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, header};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -28,7 +28,6 @@ use hyper_util::service::TowerToHyperService;
 use periscope::Observability;
 use periscope::admin::Admin;
 use periscope::error::{HttpError, Violations};
-use periscope::health::Shutdown;
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -48,8 +47,6 @@ pub fn main() -> std::process::ExitCode {
 pub async fn run() -> Result<(), Box<dyn Error>> {
     let host: IpAddr = env_or("HOST", IpAddr::V4(Ipv4Addr::LOCALHOST), "an IP address")?;
     let port: u16 = env_or("PORT", 8003, "a port number 0-65535")?;
-    let drain = Duration::from_secs_f64(env_or("SHUTDOWN_DRAIN_S", 5.0, "a number of seconds")?)
-        .min(Duration::from_secs(300));
 
     let obs = Observability::builder()
         .service_name("hyper-minimal")
@@ -73,7 +70,7 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
 
     // Until the signal and the drain period after it, keep accepting: load balancers must
     // see /ready answer 503 draining before the listener goes away.
-    let stopped = Shutdown::on_signal(obs.health().drain_handle(), drain).wait();
+    let stopped = obs.shutdown_on_signal().wait();
     tokio::pin!(stopped);
     let connections = GracefulShutdown::new();
     loop {
@@ -111,19 +108,32 @@ async fn route(
     admin: Admin,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if request.method() == Method::GET
-        && let Some(name) = request.uri().path().strip_prefix("/hello/")
-    {
-        let response = match hello(name) {
+    let Some(name) = request.uri().path().strip_prefix("/hello/") else {
+        return admin.oneshot(request).await;
+    };
+    let response = if request.method() != Method::GET {
+        // A bare status: the error layer answers with the `method_not_allowed` envelope.
+        Response::builder()
+            .status(StatusCode::METHOD_NOT_ALLOWED)
+            .header(header::ALLOW, "GET")
+            .body(Full::default())
+            .unwrap_or_default()
+    } else if name.contains('/') {
+        // `/hello/a/b` is not `/hello/{name}`: `route_not_found`, as the metrics count it.
+        Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::default())
+            .unwrap_or_default()
+    } else {
+        match hello(name) {
             Ok(text) => Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
                 .body(Full::from(text))
                 .unwrap_or_default(),
             Err(error) => error.into_http_response_for(&request),
-        };
-        return Ok(response);
-    }
-    admin.oneshot(request).await
+        }
+    };
+    Ok(response)
 }
 
 fn hello(name: &str) -> Result<String, HttpError> {

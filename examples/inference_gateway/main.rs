@@ -46,7 +46,7 @@ use std::time::Duration;
 use axum::Router;
 use periscope::Observability;
 use periscope::admin::DebugAccess;
-use periscope::health::{Health, Shutdown};
+use periscope::health::Health;
 use tokio::net::TcpListener;
 
 use self::model::ModelHandle;
@@ -116,7 +116,7 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         model.defer();
     }
 
-    let shutdown = Shutdown::on_signal(obs.health().drain_handle(), config.drain);
+    let shutdown = obs.shutdown_on_signal();
     let mut admin_server = None;
     if let Some((port, admin)) = admin_app {
         // Loopback only: whoever reaches this port reaches the debug endpoints.
@@ -155,7 +155,6 @@ struct GatewayConfig {
     admin_port: Option<u16>,
     model_warmup: bool,
     model_load_delay: Duration,
-    drain: Duration,
     bare: bool,
 }
 
@@ -171,7 +170,6 @@ impl GatewayConfig {
                 0,
                 "a whole number of milliseconds",
             )?),
-            drain: env_seconds("SHUTDOWN_DRAIN_S", 5.0, 300.0)?,
             bare: env_bool("PERISCOPE_BARE", false)?,
         })
     }
@@ -186,16 +184,6 @@ fn env_parse<T: FromStr>(name: &str, accepted: &str) -> Result<Option<T>, String
         Ok(parsed) => Ok(Some(parsed)),
         Err(_) => Err(format!("{name}={value:?} is not valid: use {accepted}")),
     }
-}
-
-/// A number of seconds from 0 to `max`.
-fn env_seconds(name: &str, default: f64, max: f64) -> Result<Duration, String> {
-    let accepted = format!("a number of seconds from 0 to {max}");
-    let seconds = env_or(name, default, &accepted)?;
-    if !(0.0..=max).contains(&seconds) {
-        return Err(format!("{name}={seconds} is not valid: use {accepted}"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 fn env_or<T: FromStr>(name: &str, default: T, accepted: &str) -> Result<T, String> {

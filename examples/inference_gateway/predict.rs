@@ -17,7 +17,7 @@ use periscope::metrics::prometheus_client::metrics::counter::Counter;
 use periscope::metrics::prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use periscope::metrics::{Caps, GuardedFamily, MetricsError, MetricsRegistry};
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::field::Empty;
 
 use super::model::{self, Input, ModelHandle};
@@ -113,11 +113,14 @@ async fn predict(
         HttpError::new(codes::SERVICE_UNAVAILABLE, "The model is not available").with_source(error)
     })?;
 
-    let input = {
-        // Waits its turn: the request's own timeout bounds the wait.
-        let _decoding = state.decodes.acquire().await.map_err(HttpError::internal)?;
-        preprocess(body).await?
-    };
+    // Waits its turn: the request's own timeout bounds the wait.
+    let decoding = state
+        .decodes
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(HttpError::internal)?;
+    let input = preprocess(body, decoding).await?;
 
     let span = tracing::info_span!("inference", model = model::NAME);
     let started = Instant::now();
@@ -228,7 +231,11 @@ fn body_error(status: StatusCode, text: String) -> HttpError {
 
 /// Decodes the image and makes the model's input, on the blocking pool: decoding a large JPEG
 /// takes milliseconds of CPU that must not stall other requests.
-async fn preprocess(body: Bytes) -> Result<Input, HttpError> {
+///
+/// The decode holds `permit` until it ends: a client that disconnects (or a request that times
+/// out) drops this future, but not the decode already running on the pool, so releasing the
+/// permit with the future would let the next request start another decode beside it.
+async fn preprocess(body: Bytes, permit: OwnedSemaphorePermit) -> Result<Input, HttpError> {
     let span = tracing::info_span!(
         "preprocess",
         bytes = body.len(),
@@ -237,6 +244,7 @@ async fn preprocess(body: Bytes) -> Result<Input, HttpError> {
         height = Empty
     );
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         span.in_scope(|| {
             let (format, image) = decode(&body)?;
             let span = tracing::Span::current();

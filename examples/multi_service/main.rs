@@ -39,10 +39,8 @@ mod worker;
 
 use std::error::Error;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
 
 use periscope::Observability;
-use periscope::health::Shutdown;
 use tokio::net::TcpListener;
 
 /// Starts both services; a configuration error is printed and exits with status 1.
@@ -63,8 +61,6 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     let host: IpAddr = env_or("HOST", IpAddr::V4(Ipv4Addr::LOCALHOST), "an IP address")?;
     let api_port: u16 = env_or("PORT_API", 8001, "a port number 0-65535")?;
     let worker_port: u16 = env_or("PORT_WORKER", 8002, "a port number 0-65535")?;
-    let drain = Duration::from_secs_f64(env_or("SHUTDOWN_DRAIN_S", 5.0, "a number of seconds")?)
-        .min(Duration::from_secs(300));
 
     let (queue, consumer) = jobs::queue(64);
     let obs = Observability::builder()
@@ -93,7 +89,7 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     let api_listener = bind("api", SocketAddr::from((host, api_port))).await?;
     let consumer = tokio::spawn(consumer.run());
 
-    let shutdown = Shutdown::on_signal(obs.health().drain_handle(), drain);
+    let shutdown = obs.shutdown_on_signal();
     let worker = tokio::spawn(
         axum::serve(worker_listener, worker_app)
             .with_graceful_shutdown(shutdown.clone().wait())

@@ -19,6 +19,13 @@ async fn the_stack_works_without_axum() {
     get(addr, "/no/such/path")
         .await
         .envelope(404, "route_not_found");
+    // Only GET, and only one path segment, is `/hello/{name}`.
+    let post = send(addr, "POST", "/hello/world", &[], "").await;
+    assert_eq!(post.headers["allow"], "GET");
+    post.envelope(405, "method_not_allowed");
+    get(addr, "/hello/a/b")
+        .await
+        .envelope(404, "route_not_found");
     assert_eq!(get(addr, "/ready").await.status, 200);
 
     // Route templates stand in for a router's matched path.
@@ -37,7 +44,7 @@ async fn the_stack_works_without_axum() {
     let unmatched = [("route", "__unmatched__"), ("status", "4xx")];
     assert_eq!(
         metric(addr, "http_server_requests_total", &unmatched).await,
-        Some(1.0)
+        Some(2.0)
     );
 
     let lines = service.lines_of("hm-1", 1).await;

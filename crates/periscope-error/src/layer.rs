@@ -616,6 +616,11 @@ impl Handled {
             );
         }
         let mut error = HttpError::new(code, message).with_status(status);
+        if code == codes::VALIDATION_ERROR {
+            // A framework's 422 names the field in its text; there is no `violations` list to
+            // point to, as the code's own help does.
+            error = error.with_help("Fix the request body; the message says which field is wrong");
+        }
         if let Some(seconds) = render::retry_after_seconds(&parts.headers) {
             error = error.with_retry_after(Duration::from_secs(seconds));
         }

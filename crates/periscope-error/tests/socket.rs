@@ -54,6 +54,12 @@ fn load_job() -> Result<(), LoadFailed> {
     )))
 }
 
+/// A body with a required field, for axum's 422 on JSON of the wrong shape.
+#[derive(serde::Deserialize)]
+struct NamedJob {
+    name: String,
+}
+
 fn app() -> Router {
     Router::new()
         .route("/ok", get(|| async { "fine" }))
@@ -76,6 +82,10 @@ fn app() -> Router {
         .route(
             "/jobs",
             post(|Json(job): Json<Value>| async move { Json(job) }),
+        )
+        .route(
+            "/jobs/typed",
+            post(|Json(job): Json<NamedJob>| async move { job.name }),
         )
         .route(
             "/jobs/{id}",
@@ -276,6 +286,16 @@ async fn oversized_and_malformed_bodies() {
 
     let reply = send(addr, "POST", "/jobs", &[], b"{}").await;
     envelope(&reply, "unsupported_media_type", 415);
+
+    // JSON of the wrong shape: the framework's text names the field, and the help points to
+    // it rather than to a `violations` list the framework does not give.
+    let reply = send(addr, "POST", "/jobs/typed", &json_type, b"{\"nme\":\"x\"}").await;
+    let json = envelope(&reply, "validation_error", 422);
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("missing field `name`"), "{message}");
+    assert!(json["error"].get("violations").is_none(), "{json}");
+    let help = json["error"]["help"].as_str().unwrap();
+    assert!(!help.contains("violations"), "{help}");
 
     let reply = send(addr, "POST", "/jobs", &json_type, b"{\"name\":\"train\"}").await;
     assert_eq!(reply.status, 200);
