@@ -315,11 +315,30 @@ async fn jobs_export_a_consumer_span_under_the_request(
     assert_eq!(line.ctx("trace_id"), Some(trace));
 }
 
+/// A client through the client layer whose transport answers with the traceparent it was sent.
+fn echoing_client() -> impl tower::Service<
+    http::Request<String>,
+    Response = http::Response<String>,
+    Error = std::convert::Infallible,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    use tower::{Layer, service_fn};
+    let transport = service_fn(|request: http::Request<String>| async move {
+        let sent = request.headers()["traceparent"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        Ok::<_, std::convert::Infallible>(http::Response::new(sent))
+    });
+    periscope_trace::ClientTraceLayer::new().layer(transport)
+}
+
 /// Runs one request through the server layer and a client call, with `sampler` deciding, and
 /// returns the traceparent sent downstream.
 async fn downstream_traceparent(sampler: Sampler, incoming: Option<&str>) -> TraceParent {
-    use http::{Request, Response};
-    use periscope_trace::ClientTraceLayer;
+    use http::Request;
     use tower::{Layer, ServiceExt, service_fn};
 
     let mut config = config(&[]);
@@ -329,14 +348,7 @@ async fn downstream_traceparent(sampler: Sampler, incoming: Option<&str>) -> Tra
         .with(tracing_opentelemetry::layer().with_tracer(guard.tracer().clone()));
     let _default = tracing::subscriber::set_default(subscriber);
 
-    let transport = service_fn(|request: Request<String>| async move {
-        let sent = request.headers()["traceparent"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        Ok::<_, std::convert::Infallible>(Response::new(sent))
-    });
-    let client = ClientTraceLayer::new().layer(transport);
+    let client = echoing_client();
     let server = CorrelationLayer::new().layer(service_fn(move |_request: Request<String>| {
         let client = client.clone();
         async move {
@@ -454,9 +466,8 @@ async fn one_call(
     path: &str,
     through_server: bool,
 ) -> (TraceParent, Vec<opentelemetry_sdk::trace::SpanData>) {
-    use http::{Request, Response};
+    use http::Request;
     use opentelemetry::trace::TracerProvider as _;
-    use periscope_trace::ClientTraceLayer;
     use tower::{Layer, ServiceExt, service_fn};
 
     let kept = Kept::default();
@@ -468,14 +479,7 @@ async fn one_call(
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
     let _default = tracing::subscriber::set_default(subscriber);
 
-    let transport = service_fn(|request: Request<String>| async move {
-        let sent = request.headers()["traceparent"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        Ok::<_, std::convert::Infallible>(Response::new(sent))
-    });
-    let client = ClientTraceLayer::new().layer(transport);
+    let client = echoing_client();
     let call = || {
         Request::get("http://dependency.internal/")
             .body(String::new())
