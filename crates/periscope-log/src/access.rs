@@ -28,10 +28,10 @@ pub const ACCESS_LOG_TARGET: &str = "periscope::access";
 /// Logs one line per completed request: method, route, path, status, `duration_ms`,
 /// `bytes_out`, with the request's context fields.
 ///
-/// The line is written when the response body has been sent (or dropped, as `aborted`; a
-/// response future dropped before the response, as on a client disconnect or an outer timeout,
-/// also gives an `aborted` line, without `status`), inside the span that was current when the request arrived, so the log layer lifts the
-/// request's context fields from it. The request id, trace id and span id also come from the
+/// The line is written when the response body has been sent (or dropped, as `aborted`),
+/// inside the span that was current when the request arrived, so the log layer lifts the
+/// request's context fields from it. A response future dropped before the response (a client
+/// disconnect, an outer timeout) also gives an `aborted` line, without `status`. The request id, trace id and span id also come from the
 /// [`RequestContext`] in the request's extensions (or the current one) when there is one.
 /// Level by outcome: 5xx `error`, 4xx `warn`, the rest `info`; quiet paths at `debug`.
 /// The query string is never logged (it may hold secrets).
@@ -229,7 +229,7 @@ impl<F> PinnedDrop for ResponseFuture<F> {
     fn drop(self: Pin<&mut Self>) {
         if let Some(info) = self.project().info.take() {
             // Dropped before the response: the client went away, or an outer timeout fired.
-            info.log_aborted();
+            info.log_completed(None, 0, true);
         }
     }
 }
@@ -396,54 +396,33 @@ impl RequestInfo {
     }
 }
 
+impl Pending {
+    fn log(self, aborted: bool) {
+        self.info
+            .log_completed(Some(self.status), self.bytes, aborted);
+    }
+}
+
 impl RequestInfo {
-    /// The line of a request whose response never came: no `status`, nothing sent.
-    fn log_aborted(&self) {
+    /// The access line: `status` is `None` when the response never came (its future dropped).
+    fn log_completed(&self, status: Option<StatusCode>, bytes_out: u64, aborted: bool) {
+        let level = match status.map(|status| status.as_u16()) {
+            Some(500..) => self.level(true),
+            Some(400..500) | None if !self.quiet => Level::WARN,
+            _ => self.level(false),
+        };
         let (request_id, trace_id, span_id) = self.ids();
         let trace_id = trace_id.as_ref().map(HexId::as_str);
         let span_id = span_id.as_ref().map(HexId::as_str);
-        let level = if self.quiet {
-            Level::DEBUG
-        } else {
-            Level::WARN
-        };
         let _entered = self.span.enter();
         access_event!(
             level,
             method = self.method.as_str(),
             route = self.route.as_deref(),
             path = self.path.as_str(),
+            status = status.map(|status| status.as_u16()),
             duration_ms = self.duration_ms(),
-            bytes_out = 0u64,
-            aborted = true,
-            request_id,
-            trace_id,
-            span_id,
-            "request completed"
-        );
-    }
-}
-
-impl Pending {
-    fn log(self, aborted: bool) {
-        let info = &self.info;
-        let level = match self.status.as_u16() {
-            500.. => info.level(true),
-            400..500 if !info.quiet => Level::WARN,
-            _ => info.level(false),
-        };
-        let (request_id, trace_id, span_id) = info.ids();
-        let trace_id = trace_id.as_ref().map(HexId::as_str);
-        let span_id = span_id.as_ref().map(HexId::as_str);
-        let _entered = info.span.enter();
-        access_event!(
-            level,
-            method = info.method.as_str(),
-            route = info.route.as_deref(),
-            path = info.path.as_str(),
-            status = self.status.as_u16(),
-            duration_ms = info.duration_ms(),
-            bytes_out = self.bytes,
+            bytes_out,
             aborted = aborted.then_some(true),
             request_id,
             trace_id,
