@@ -417,10 +417,18 @@ impl GpuSampler {
                 if request.processes || request.pcie {
                     self.last_expensive = Some(now);
                 }
+                let dropped = sample.drop_inconsistencies();
+                if dropped > 0 {
+                    tracing::debug!(
+                        source = self.source.name(),
+                        dropped,
+                        "GPU source listed devices twice (same id or uuid); counted as errors"
+                    );
+                }
                 self.keep_own_processes(&mut sample);
                 carry_expensive(&mut sample, previous.sample.as_ref(), request);
                 self.recovered();
-                next.errors_total += u64::from(sample.unreadable_devices);
+                next.errors_total += u64::from(sample.unreadable_devices) + u64::from(dropped);
                 next.up = true;
                 next.last_success = Some(SystemTime::now());
                 next.sample = Some(sample);

@@ -1,5 +1,7 @@
 //! What a GPU source reads: one [`GpuSample`] per sampling tick, in base units.
 
+use std::collections::HashSet;
+
 /// One reading of every GPU a source sees.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GpuSample {
@@ -69,6 +71,49 @@ impl DeviceSample {
         let processes = self.processes.as_ref()?;
         sum_known(processes.iter().map(|p| p.used_memory_bytes))
     }
+}
+
+impl GpuSample {
+    /// Removes what no exposition can carry, whatever the source (NVML never returns it; a
+    /// custom source might): a device whose `id` or `uuid` repeats an earlier device's, a
+    /// negative energy counter, a throttle reason listed twice (the first reading wins) and a
+    /// pid listed twice on one device (merged, keeping the larger memory figure, as the NVML
+    /// source merges compute and graphics processes). One duplicate series makes a scraper
+    /// reject the whole page, the service's other metrics with it.
+    ///
+    /// Returns how many devices were dropped; the collector counts them as errors.
+    pub(crate) fn drop_inconsistencies(&mut self) -> u32 {
+        let mut ids = HashSet::new();
+        let mut uuids = HashSet::new();
+        let before = self.devices.len();
+        self.devices
+            .retain(|d| ids.insert(d.id.clone()) & uuids.insert(d.uuid.clone()));
+        for device in &mut self.devices {
+            device.energy_joules_total = device.energy_joules_total.filter(|j| *j >= 0.0);
+            let mut reasons = HashSet::new();
+            device
+                .throttle_reasons
+                .retain(|(reason, _)| reasons.insert(*reason));
+            if let Some(processes) = &mut device.processes {
+                merge_by_pid(processes);
+            }
+        }
+        u32::try_from(before - self.devices.len()).unwrap_or(u32::MAX)
+    }
+}
+
+/// One entry per pid, in first-seen order, with the largest memory figure reported for it.
+fn merge_by_pid(processes: &mut Vec<GpuProcess>) {
+    let mut merged: Vec<GpuProcess> = Vec::with_capacity(processes.len());
+    for process in processes.drain(..) {
+        match merged.iter_mut().find(|p| p.pid == process.pid) {
+            Some(kept) => {
+                kept.used_memory_bytes = kept.used_memory_bytes.max(process.used_memory_bytes)
+            }
+            None => merged.push(process),
+        }
+    }
+    *processes = merged;
 }
 
 /// The sum of the known values; `None` when none is known (absent, not zero). Saturates: a

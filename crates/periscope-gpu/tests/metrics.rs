@@ -554,6 +554,78 @@ fn label_values_are_escaped() {
     );
 }
 
+/// A custom source can return what NVML never does; the scrape must stay valid, since one
+/// duplicate series makes a scraper reject the whole `/metrics` page, RED metrics included.
+#[test]
+fn a_custom_source_cannot_write_duplicate_series_or_a_negative_counter() {
+    use periscope_gpu::ThrottleReason;
+
+    let mut first = demo_device(0);
+    first.energy_joules_total = Some(-5.0);
+    first.throttle_reasons = vec![
+        (ThrottleReason::SwPowerCap, true),
+        (ThrottleReason::SwPowerCap, false),
+    ];
+    first.processes = Some(vec![
+        GpuProcess {
+            pid: std::process::id(),
+            used_memory_bytes: Some(1024),
+        },
+        GpuProcess {
+            pid: std::process::id(),
+            used_memory_bytes: Some(4096),
+        },
+    ]);
+    let same_id = DeviceSample {
+        uuid: "GPU-another".into(),
+        ..demo_device(0)
+    };
+    let same_uuid = DeviceSample {
+        id: "7".into(),
+        ..demo_device(0)
+    };
+    let (gpu, mut sampler) = collector(FakeSource::new(GpuSample {
+        devices: vec![first, same_id, same_uuid, demo_device(1)],
+        ..GpuSample::default()
+    }));
+    sampler.sample_once();
+    let (text, exp) = scrape(&gpu);
+
+    let mut seen = std::collections::HashSet::new();
+    for line in &exp.lines {
+        assert!(
+            seen.insert((line.name.clone(), line.labels.clone())),
+            "duplicate series {} {:?} in\n{text}",
+            line.name,
+            line.labels
+        );
+    }
+    // The first device of each id and uuid is kept; the two others are counted as errors.
+    assert_eq!(exp.named("gpu_info").len(), 2, "{text}");
+    assert_eq!(exp.value("gpu_collector_errors_total", &[]), Some(2.0));
+    assert_eq!(exp.value("gpu_collector_up", &[]), Some(1.0));
+    // A negative counter is not available rather than a value that goes backwards.
+    assert_eq!(
+        exp.value("gpu_energy_joules_total", &[("gpu", "0")]),
+        None,
+        "{text}"
+    );
+    // The first reading of a repeated reason wins; a repeated pid keeps its largest figure,
+    // as the NVML source merges compute and graphics processes.
+    assert_eq!(
+        exp.value(
+            "gpu_throttle_reason_active",
+            &[("gpu", "0"), ("reason", "sw_power_cap")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        exp.value("gpu_process_memory_used_bytes", &[("gpu", "0")]),
+        Some(4096.0)
+    );
+    assert_eq!(gpu.snapshot().devices.len(), 2);
+}
+
 #[test]
 fn background_thread_samples_and_scrapes_read_the_last_sample() {
     let source = FakeSource::demo(1);
