@@ -103,7 +103,8 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// The app's one route, `GET /hello/{name}`; everything else goes to the admin service.
+/// The app's one route, `GET /hello/{name}` (and `HEAD`); everything else goes to the admin
+/// service.
 async fn route(
     admin: Admin,
     request: Request<Incoming>,
@@ -111,11 +112,12 @@ async fn route(
     let Some(name) = request.uri().path().strip_prefix("/hello/") else {
         return admin.oneshot(request).await;
     };
-    let response = if request.method() != Method::GET {
+    // HEAD is GET without the body (hyper leaves the body out and keeps its length).
+    let response = if !matches!(*request.method(), Method::GET | Method::HEAD) {
         // A bare status: the error layer answers with the `method_not_allowed` envelope.
         Response::builder()
             .status(StatusCode::METHOD_NOT_ALLOWED)
-            .header(header::ALLOW, "GET")
+            .header(header::ALLOW, "GET, HEAD")
             .body(Full::default())
             .unwrap_or_default()
     } else if name.contains('/') {

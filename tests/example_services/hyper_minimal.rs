@@ -19,9 +19,22 @@ async fn the_stack_works_without_axum() {
     get(addr, "/no/such/path")
         .await
         .envelope(404, "route_not_found");
-    // Only GET, and only one path segment, is `/hello/{name}`.
+    // HEAD answers like GET without the body, as HTTP requires of a GET resource.
+    let head = send(
+        addr,
+        "HEAD",
+        "/hello/world",
+        &[("x-request-id", "hm-head")],
+        "",
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.headers["content-length"], "13");
+    assert!(head.body.is_empty());
+    assert_eq!(head.request_id(), "hm-head");
+    // Only GET and HEAD, and only one path segment, is `/hello/{name}`.
     let post = send(addr, "POST", "/hello/world", &[], "").await;
-    assert_eq!(post.headers["allow"], "GET");
+    assert_eq!(post.headers["allow"], "GET, HEAD");
     post.envelope(405, "method_not_allowed");
     get(addr, "/hello/a/b")
         .await
