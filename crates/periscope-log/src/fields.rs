@@ -225,8 +225,9 @@ impl ValueRules {
             };
             out.extend_from_slice(open);
             // Too big to redact key by key: structured text that mentions a secret is hidden.
-            if (is_json || looks_like_json(text) || json_literal(text).is_some())
-                && self.redactor.mentions_sensitive_key(text, scratch)
+            if ((is_json || looks_like_json(text) || json_literal(text).is_some())
+                && self.redactor.mentions_sensitive_key(text, scratch))
+                || self.redactor.names_sensitive_key(text)
             {
                 json::write_str(out, REDACTED, usize::MAX);
             } else {
@@ -251,6 +252,10 @@ impl ValueRules {
                 Some(inner) => self.write_text(out, &inner, scratch),
                 None => self.write_unparsed(out, text, scratch),
             }
+        } else if !looks_like_json(text) && self.redactor.names_sensitive_key(text) {
+            // Not JSON, so not redactable key by key: a struct or map naming a secret is
+            // hidden whole.
+            json::write_str(out, REDACTED, usize::MAX);
         } else {
             self.write_text(out, text, scratch);
         }

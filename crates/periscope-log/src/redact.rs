@@ -161,6 +161,43 @@ impl Redactor {
         self.inner.mentions(scratch)
     }
 
+    /// Whether `Debug` text that is not JSON names a sensitive key: a struct field
+    /// (`Login { password: .. }`), a map key (`{"authorization": ..}`) or a key of JSON quoted
+    /// inside a literal (`Some("{\"password\":..}")`). A key counts where struct or map syntax
+    /// puts one, after `{`, `(`, `[` or `,`, so free text such as `"invalid token: expired"`
+    /// does not.
+    pub(crate) fn names_sensitive_key(&self, text: &str) -> bool {
+        let bytes = text.as_bytes();
+        let is_key_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+        for (at, _) in text.match_indices(':') {
+            // `std::io::Error` is a path, not a key.
+            if bytes.get(at + 1) == Some(&b':') || (at > 0 && bytes[at - 1] == b':') {
+                continue;
+            }
+            let mut end = at;
+            let quoted = strip_quote_before(bytes, &mut end);
+            let start = bytes[..end]
+                .iter()
+                .rposition(|&b| !is_key_byte(b))
+                .map_or(0, |i| i + 1);
+            if start == end {
+                continue;
+            }
+            let mut before = start;
+            if quoted && !strip_quote_before(bytes, &mut before) {
+                continue;
+            }
+            while before > 0 && bytes[before - 1] == b' ' {
+                before -= 1;
+            }
+            let opens = before == 0 || matches!(bytes[before - 1], b'{' | b'(' | b'[' | b',');
+            if opens && self.is_sensitive(&text[start..end]) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Replaces the value of every sensitive key, at any depth, with `"[REDACTED]"`.
     pub fn redact_value(&self, value: &mut serde_json::Value) {
         match value {
@@ -460,10 +497,49 @@ impl Parser<'_> {
     }
 }
 
+/// Moves `at` back over a quote (`"` or, inside a `Debug` literal, `\"`) just before it;
+/// whether there was one.
+fn strip_quote_before(bytes: &[u8], at: &mut usize) -> bool {
+    if *at == 0 || bytes[*at - 1] != b'"' {
+        return false;
+    }
+    *at -= 1;
+    if *at > 0 && bytes[*at - 1] == b'\\' {
+        *at -= 1;
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn debug_keys_are_found_where_struct_and_map_syntax_puts_them() {
+        let r = Redactor::default();
+        for named in [
+            "Login { user: \"ann\", password: \"x\" }",
+            "Config { db: Db { api_key: \"x\" } }",
+            "{\"Authorization\": \"Bearer x\"}",
+            "Some(\"{\\\"password\\\":\\\"x\\\"}\")",
+            "[(\"a\", 1), (\"x\", Creds { session_id: 4 })]",
+            "password: x",
+        ] {
+            assert!(r.names_sensitive_key(named), "{named}");
+        }
+        for free in [
+            "Rejected(\"invalid token: expired\")",
+            "Custom { kind: InvalidData, error: \"bad\" }",
+            "std::io::Error::token",
+            "Some(\"https://example.com/token\")",
+            "Usage { max_tokens: 5, total_tokens: 9 }",
+            "at 12:00: done",
+            "\"token\"",
+        ] {
+            assert!(!r.names_sensitive_key(free), "{free}");
+        }
+    }
 
     fn rewrite_with(redactor: &Redactor, text: &str) -> Option<String> {
         let mut out = Vec::new();

@@ -400,6 +400,50 @@ fn debugged_literals_that_cannot_be_decoded_fail_closed() {
     assert_eq!(data["plain"], "\"not json\"");
 }
 
+/// `Debug` text that is not JSON but names a sensitive key (a struct field, a map key, a key of
+/// JSON quoted inside a literal) cannot be redacted key by key: the whole value is hidden.
+#[test]
+fn debug_values_naming_a_sensitive_key_are_hidden_whole() {
+    #[derive(Debug)]
+    #[allow(dead_code)]
+    struct Login {
+        user: &'static str,
+        password: &'static str,
+    }
+    #[derive(Debug)]
+    #[allow(dead_code)]
+    enum AuthError {
+        Rejected(&'static str),
+    }
+    let body = String::from(r#"{"user":"ann","password":"hunter2"}"#);
+    let request = http::Request::builder()
+        .uri("/login")
+        .header("authorization", "Bearer hunter2")
+        .body(())
+        .unwrap();
+    let out = capture(
+        |b| b,
+        |_| {
+            tracing::info!(
+                login = ?Login { user: "ann", password: "hunter2" },
+                maybe_body = ?Some(body.clone()),
+                request = ?request,
+                // Free text that merely mentions a key word stays readable.
+                error = ?AuthError::Rejected("invalid token: expired"),
+                usage = ?Some([("max_tokens", 5)]),
+                "debugged"
+            );
+        },
+    );
+    assert!(!out.text().contains("hunter2"), "{}", out.text());
+    let data = &out.lines()[0]["data"];
+    for key in ["login", "maybe_body", "request"] {
+        assert_eq!(data[key], "[REDACTED]", "{key}");
+    }
+    assert_eq!(data["error"], r#"Rejected("invalid token: expired")"#);
+    assert_eq!(data["usage"], r#"Some([("max_tokens", 5)])"#);
+}
+
 #[test]
 fn json_text_inside_a_string_value_is_redacted_too() {
     let body = r#"{"user":"ann","password":"hunter2"}"#;
