@@ -527,8 +527,9 @@ impl Observability {
 
     /// Graceful shutdown on SIGTERM or Ctrl-C: `/ready` answers `draining` for the
     /// [`shutdown_drain`](Settings::shutdown_drain) period (`SHUTDOWN_DRAIN_S`), so load
-    /// balancers stop sending traffic, then [`Shutdown::wait`] returns and the servers stop.
-    /// Call it inside the Tokio runtime; see [`Shutdown::on_signal`].
+    /// balancers stop sending traffic, then [`Shutdown::wait`] returns and the servers stop. A
+    /// second signal skips the rest of the drain. Call it inside the Tokio runtime; see
+    /// [`Shutdown::on_signal`].
     ///
     /// ```no_run
     /// # async fn run(app: axum::Router) -> Result<(), Box<dyn std::error::Error>> {

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::future::{Either, select};
 use tokio::sync::watch;
 
 use crate::DrainHandle;
@@ -42,8 +43,15 @@ impl Shutdown {
     /// # Panics
     ///
     /// Outside a Tokio runtime, as `tokio::spawn` does.
+    ///
+    /// A second signal during the grace period ends it at once (Ctrl-C twice stops a service
+    /// now): `/ready` keeps answering `draining`, and [`wait`](Self::wait) returns.
     pub fn on_signal(drain: DrainHandle, grace: Duration) -> Self {
-        Self::on(stop_signal(), drain, grace)
+        let mut signals = StopSignals::install();
+        Self::spawn(drain, grace, async move {
+            let cause = signals.next().await;
+            (cause, async move { signals.next().await })
+        })
     }
 
     /// Shuts down when `trigger` completes (a signal of your own, an admin call, a test); its
@@ -56,16 +64,35 @@ impl Shutdown {
     where
         F: Future<Output = &'static str> + Send + 'static,
     {
+        Self::spawn(drain, grace, async move {
+            (trigger.await, std::future::pending())
+        })
+    }
+
+    /// Runs the shutdown: `signals` yields the cause of the stop and a future that completes
+    /// on a second stop request, which cuts the grace period short.
+    fn spawn<S, F>(drain: DrainHandle, grace: Duration, signals: S) -> Self
+    where
+        S: Future<Output = (&'static str, F)> + Send + 'static,
+        F: Future<Output = &'static str> + Send + 'static,
+    {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(async move {
-            let cause = trigger.await;
+            let (cause, again) = signals.await;
             tracing::info!(
                 target: SHUTDOWN_TARGET,
                 cause,
                 grace_s = grace.as_secs_f64(),
                 "shutting down: /ready answers draining"
             );
-            drain.drain_for(grace).await;
+            let drained = std::pin::pin!(drain.drain_for(grace));
+            if let Either::Right((cause, _)) = select(drained, std::pin::pin!(again)).await {
+                tracing::info!(
+                    target: SHUTDOWN_TARGET,
+                    cause,
+                    "second stop signal: the rest of the grace period is skipped"
+                );
+            }
             tracing::info!(
                 target: SHUTDOWN_TARGET,
                 "drained: stopping the listeners, finishing the requests in flight"
@@ -90,17 +117,33 @@ impl Shutdown {
 /// The tracing target of the shutdown's log lines.
 pub const SHUTDOWN_TARGET: &str = "periscope_health::shutdown";
 
-/// A future that completes on the first SIGTERM or SIGINT. The handlers are installed before it
-/// is returned; if they cannot be, it logs the error and never completes.
-#[cfg(unix)]
-fn stop_signal() -> impl Future<Output = &'static str> + Send + 'static {
-    use tokio::signal::unix::{SignalKind, signal};
-    let streams = signal(SignalKind::terminate())
-        .and_then(|terminate| Ok((terminate, signal(SignalKind::interrupt())?)));
-    async move {
-        match streams {
+/// The process's stop signals: SIGTERM and SIGINT (Unix), Ctrl-C elsewhere.
+struct StopSignals {
+    #[cfg(unix)]
+    streams: std::io::Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    /// Installs the handlers now, so a signal sent right after is not missed.
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = signal(SignalKind::terminate())
+                .and_then(|terminate| Ok((terminate, signal(SignalKind::interrupt())?)));
+            Self { streams }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next stop signal's name; if no handler could be installed, logs the error and never
+    /// completes.
+    #[cfg(unix)]
+    async fn next(&mut self) -> &'static str {
+        match &mut self.streams {
             // Without `tokio::select!`, which would need tokio's macros in every build.
-            Ok((mut terminate, mut interrupt)) => {
+            Ok((terminate, interrupt)) => {
                 std::future::poll_fn(|cx| {
                     if terminate.poll_recv(cx).is_ready() {
                         return std::task::Poll::Ready("SIGTERM");
@@ -109,16 +152,13 @@ fn stop_signal() -> impl Future<Output = &'static str> + Send + 'static {
                 })
                 .await
             }
-            Err(error) => never_without_handlers(&error).await,
+            Err(error) => never_without_handlers(error).await,
         }
     }
-}
 
-/// A future that completes on Ctrl-C; if no handler can be installed, it logs the error and
-/// never completes.
-#[cfg(not(unix))]
-fn stop_signal() -> impl Future<Output = &'static str> + Send + 'static {
-    async move {
+    /// The next Ctrl-C; if no handler can be installed, logs the error and never completes.
+    #[cfg(not(unix))]
+    async fn next(&mut self) -> &'static str {
         match tokio::signal::ctrl_c().await {
             Ok(()) => "Ctrl-C",
             Err(error) => never_without_handlers(&error).await,
