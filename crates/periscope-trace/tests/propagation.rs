@@ -513,3 +513,112 @@ async fn a_buffered_client_keeps_the_trace_with_the_layer_outside() {
     assert_eq!(received.ctx.trace_id.to_string(), INCOMING_TRACE);
     assert_eq!(received.ctx.request_id.as_str(), "buffered");
 }
+
+/// Sends every request twice, as a retry layer does after a failed attempt: the second copy
+/// carries the first one's headers, as a retry policy's clone of the request does.
+#[derive(Clone)]
+struct TwoAttempts<S>(S);
+
+impl<S> tower::Service<http::Request<http_body_util::Full<bytes::Bytes>>> for TwoAttempts<S>
+where
+    S: tower::Service<http::Request<http_body_util::Full<bytes::Bytes>>> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<http_body_util::Full<bytes::Bytes>>) -> Self::Future {
+        use tower::ServiceExt;
+        let mut again = http::Request::builder()
+            .method(request.method().clone())
+            .uri(request.uri().clone())
+            .body(request.body().clone())
+            .unwrap();
+        *again.headers_mut() = request.headers().clone();
+        let first = self.0.call(request);
+        let inner = self.0.clone();
+        Box::pin(async move {
+            drop(first.await?);
+            inner.oneshot(again).await
+        })
+    }
+}
+
+/// docs/trace.md: a retry layer inside `ClientTraceLayer` sends every attempt under the one
+/// client span (one `parent-id`); outside it, each attempt has a client span of its own.
+#[tokio::test]
+async fn a_retry_inside_the_client_layer_shares_its_span_and_outside_gets_one_per_attempt() {
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Full;
+    use tower::ServiceBuilder;
+
+    let (_capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let dependency = serve(app(hop_state("dep", None, &seen), CorrelationLayer::new())).await;
+    let inside = ServiceBuilder::new()
+        .layer(ClientTraceLayer::new())
+        .layer_fn(TwoAttempts)
+        .service(plain_client());
+    let outside = ServiceBuilder::new()
+        .layer_fn(TwoAttempts)
+        .layer(ClientTraceLayer::new())
+        .service(plain_client());
+    let front = axum::Router::new()
+        .route(
+            "/{placement}",
+            axum::routing::get(
+                move |axum::extract::Path(placement): axum::extract::Path<String>| {
+                    let (inside, outside) = (inside.clone(), outside.clone());
+                    async move {
+                        let call = Request::get(format!("http://{dependency}/hop"))
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        match placement.as_str() {
+                            "inside" => send(inside, call).await.status(),
+                            _ => send(outside, call).await.status(),
+                        }
+                    }
+                },
+            ),
+        )
+        .layer(CorrelationLayer::new());
+    let front = serve(front).await;
+
+    for placement in ["inside", "outside"] {
+        seen.lock().unwrap().clear();
+        get(
+            front,
+            &format!("/{placement}"),
+            &[("traceparent", INCOMING)],
+        )
+        .await;
+        let attempts = seen.lock().unwrap().clone();
+        assert_eq!(attempts.len(), 2, "{placement}");
+        for attempt in &attempts {
+            assert_eq!(
+                attempt.ctx.trace_id.to_string(),
+                INCOMING_TRACE,
+                "{placement}"
+            );
+        }
+        let parents: Vec<_> = attempts
+            .iter()
+            .map(|attempt| attempt.ctx.parent_span_id.expect("a parent"))
+            .collect();
+        assert_eq!(
+            parents[0] == parents[1],
+            placement == "inside",
+            "{placement}: {parents:?}"
+        );
+    }
+}
