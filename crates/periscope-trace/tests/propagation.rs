@@ -622,3 +622,46 @@ async fn a_retry_inside_the_client_layer_shares_its_span_and_outside_gets_one_pe
         );
     }
 }
+
+/// docs/trace.md: baggage for one call goes in a copy of the context put in the call's
+/// extensions; the request's own baggage and trace go along with it.
+#[tokio::test]
+async fn baggage_for_one_call_rides_in_a_context_in_its_extensions() {
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Full;
+
+    let (_capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let dependency = serve(app(hop_state("dep", None, &seen), CorrelationLayer::new())).await;
+    let client = ClientTraceLayer::new().layer(plain_client());
+    let front = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || {
+                let client = client.clone();
+                async move {
+                    let mut ctx = (*RequestContext::current().expect("inside the request")).clone();
+                    ctx.baggage.insert("attempt", "2").unwrap();
+                    let call = Request::get(format!("http://{dependency}/hop"))
+                        .extension(ctx)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    send(client, call).await.status()
+                }
+            }),
+        )
+        .layer(CorrelationLayer::new());
+    let front = serve(front).await;
+
+    get(
+        front,
+        "/",
+        &[("traceparent", INCOMING), ("baggage", "tenant_tier=gold")],
+    )
+    .await;
+    let received = &seen.lock().unwrap()[0];
+    assert_eq!(received.ctx.trace_id.to_string(), INCOMING_TRACE);
+    assert_eq!(received.ctx.baggage.get("tenant_tier"), Some("gold"));
+    assert_eq!(received.ctx.baggage.get("attempt"), Some("2"));
+}
