@@ -12,6 +12,9 @@ pub const DEFAULT_LOG_LINES: usize = 100;
 /// The most lines one request may ask for.
 pub const MAX_LOG_LINES: usize = 1000;
 
+/// The most problems one answer lists.
+const MAX_VIOLATIONS: usize = 8;
+
 /// What a `/debug/logs` request asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct LogsQuery {
@@ -31,9 +34,28 @@ impl LogsQuery {
             .unwrap_or_default()
             .split('&')
             .filter(|p| !p.is_empty());
+        let mut seen = (false, false);
         for pair in pairs {
+            // A query of thousands of bad pairs gets a short answer, not one entry per pair.
+            if violations.len() == MAX_VIOLATIONS {
+                break;
+            }
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = percent_decode_str(value).decode_utf8_lossy();
+            // `lines=5&lines=500` is ambiguous: say so rather than pick one.
+            let first = match key {
+                "lines" => !std::mem::replace(&mut seen.0, true),
+                "level" => !std::mem::replace(&mut seen.1, true),
+                _ => true,
+            };
+            if !first {
+                violations.push(Violation::new(
+                    format!("query.{key}"),
+                    "duplicate",
+                    format!("{key} is given more than once: give it once"),
+                ));
+                continue;
+            }
             match key {
                 "lines" => match value.parse::<usize>() {
                     Ok(lines) if lines <= MAX_LOG_LINES => parsed.lines = lines,
@@ -127,6 +149,20 @@ mod tests {
         assert_eq!(fields, ["query.lines", "query.level", "query.x"]);
         assert!(LogsQuery::parse(Some("lines=-1")).is_err());
         assert!(LogsQuery::parse(Some("lines=")).is_err());
+        let twice = LogsQuery::parse(Some("lines=2&lines=3&level=warn&level=warn")).unwrap_err();
+        let reasons: Vec<(&str, &str)> = twice
+            .iter()
+            .map(|v| (v.field.as_ref(), v.reason.as_ref()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [("query.lines", "duplicate"), ("query.level", "duplicate")]
+        );
+        let many = "x=1&".repeat(10_000);
+        assert_eq!(
+            LogsQuery::parse(Some(&many)).unwrap_err().len(),
+            MAX_VIOLATIONS
+        );
         let long = "k".repeat(500);
         let problems = LogsQuery::parse(Some(&long)).unwrap_err();
         assert!(problems[0].field.len() < 80);
