@@ -161,6 +161,41 @@ fn gpu_readings_find_the_trees_own_vram() {
     );
 }
 
+/// A custom source listing a device or a pid twice counts each once, as the collector does.
+#[test]
+fn repeated_devices_and_pids_from_a_source_count_once() {
+    let own = std::process::id();
+    let mut device = demo_device(0);
+    device.processes = Some(vec![
+        GpuProcess {
+            pid: own,
+            used_memory_bytes: Some(1 << 30),
+        },
+        GpuProcess {
+            pid: own,
+            used_memory_bytes: Some(2 << 30),
+        },
+    ]);
+    let source = FakeSource::new(GpuSample {
+        devices: vec![device.clone(), device],
+        ..GpuSample::default()
+    });
+    let tracker = ResourceTracker::builder()
+        .interval(Duration::from_millis(200))
+        .gpu_source(source)
+        .start()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let s = tracker.finish().unwrap().summary;
+    assert_eq!(s.gpu_count, 1);
+    assert_eq!(s.gpus_used, 1);
+    assert_eq!(
+        s.gpu_memory_bytes_max,
+        Some(2 << 30),
+        "the larger figure, once"
+    );
+}
+
 /// A writer the test can read after the tracker is done.
 #[derive(Clone)]
 struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

@@ -158,7 +158,11 @@ impl Probe {
             pcie: false,
         };
         match source.sample(request) {
-            Ok(sample) => Some(gpu_reading(&sample, tree)),
+            Ok(mut sample) => {
+                // A custom source's repeated devices and pids would be counted twice.
+                sample.drop_inconsistencies();
+                Some(gpu_reading(&sample, tree))
+            }
             Err(error @ GpuError::Unavailable { .. }) => {
                 // No driver: stop asking for the rest of this run.
                 tracing::info!(%error, "resource tracker runs without GPU readings");
