@@ -40,12 +40,13 @@ impl Shutdown {
     /// Tokio runtime with I/O enabled (`#[tokio::main]` is). When no handler can be installed
     /// the error is logged and the service runs on, without graceful shutdown.
     ///
-    /// # Panics
-    ///
-    /// Outside a Tokio runtime, as `tokio::spawn` does.
     ///
     /// A second signal during the grace period ends it at once (Ctrl-C twice stops a service
     /// now): `/ready` keeps answering `draining`, and [`wait`](Self::wait) returns.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, as `tokio::spawn` does.
     pub fn on_signal(drain: DrainHandle, grace: Duration) -> Self {
         let mut signals = StopSignals::install();
         Self::spawn(drain, grace, async move {
