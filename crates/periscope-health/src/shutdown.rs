@@ -40,7 +40,6 @@ impl Shutdown {
     /// Tokio runtime with I/O enabled (`#[tokio::main]` is). When no handler can be installed
     /// the error is logged and the service runs on, without graceful shutdown.
     ///
-    ///
     /// A second signal during the grace period ends it at once (Ctrl-C twice stops a service
     /// now): `/ready` keeps answering `draining`, and [`wait`](Self::wait) returns.
     ///
