@@ -88,8 +88,12 @@ impl Decoder {
 
     /// Decodes a response whose body is already in memory.
     pub fn decode(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
-        let too_long = body.len() > self.max_body;
-        self.decode_read(status, headers, body, too_long)
+        let read = if body.len() > self.max_body {
+            Read::TooLong
+        } else {
+            Read::Complete
+        };
+        self.decode_read(status, headers, body, read)
     }
 
     /// Reads at most the configured number of bytes of `response`'s body, then decodes it. A
@@ -120,12 +124,12 @@ impl Decoder {
         // One byte past the bound tells "exactly at the bound" from "longer".
         let limit = self.max_body.saturating_add(1);
         let mut read = Vec::new();
-        let mut complete = true;
+        let mut outcome = Read::Complete;
         loop {
             match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
                 None => break,
                 Some(Err(_)) => {
-                    complete = false;
+                    outcome = Read::Failed;
                     break;
                 }
                 Some(Ok(frame)) => {
@@ -139,24 +143,28 @@ impl Decoder {
                         data.advance(take);
                     }
                     if read.len() > self.max_body {
-                        complete = false;
+                        outcome = Read::TooLong;
                         break;
                     }
                 }
             }
         }
-        self.decode_read(parts.status, &parts.headers, &read, !complete)
+        self.decode_read(parts.status, &parts.headers, &read, outcome)
     }
 
-    /// Decodes `body`; `incomplete` when it was cut short (too long, or failed midway).
+    /// Decodes `body`, as far as `read` says it arrived.
     fn decode_read(
         &self,
         status: StatusCode,
         headers: &HeaderMap,
         body: &[u8],
-        incomplete: bool,
+        read: Read,
     ) -> ApiError {
-        let envelope = if incomplete {
+        // A body that failed midway is still parsed: the start of a JSON object is never a
+        // whole JSON object, so only an envelope that arrived in full decodes (a connection
+        // cut after the last byte, before the end of the chunked encoding).
+        let incomplete = read != Read::Complete;
+        let envelope = if read == Read::TooLong {
             None
         } else {
             serde_json::from_slice::<Value>(body)
@@ -216,12 +224,23 @@ impl Decoder {
     }
 }
 
+/// How much of a body arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Read {
+    /// All of it.
+    Complete,
+    /// More than the bound: not parsed.
+    TooLong,
+    /// The body failed midway: what arrived.
+    Failed,
+}
+
 /// An error response decoded on the client side: the envelope's facts when the server sent
 /// one, and sensible answers from the status and headers when it did not (an HTML page from a
 /// proxy, an empty or truncated body).
 ///
 /// Its `Display` is what a support engineer asks for first:
-/// `code: message (request_id: ...)`.
+/// `code: message (request_id: ...)`, on one line (control characters escaped).
 ///
 /// ```
 /// use http::{HeaderMap, StatusCode};
@@ -355,13 +374,37 @@ impl ApiError {
 }
 
 impl fmt::Display for ApiError {
+    /// One line, whatever the server sent: control characters in the code, message or request
+    /// id are escaped (`\n`, `\u{1b}`), so a response cannot forge lines in a text log or
+    /// drive a terminal. The accessors return the text as sent.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} (", self.code, self.message)?;
+        write_escaped(f, &self.code)?;
+        f.write_str(": ")?;
+        write_escaped(f, &self.message)?;
         match &self.request_id {
-            Some(id) => write!(f, "request_id: {id})"),
-            None => f.write_str("no request_id)"),
+            Some(id) => {
+                f.write_str(" (request_id: ")?;
+                write_escaped(f, id)?;
+                f.write_str(")")
+            }
+            None => f.write_str(" (no request_id)"),
         }
     }
+}
+
+/// Writes `text` with control characters and line separators escaped.
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    let breaks_line = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    let mut rest = text;
+    while let Some(at) = rest.find(breaks_line) {
+        f.write_str(&rest[..at])?;
+        let mut chars = rest[at..].chars();
+        if let Some(c) = chars.next() {
+            write!(f, "{}", c.escape_debug())?;
+        }
+        rest = chars.as_str();
+    }
+    f.write_str(rest)
 }
 
 impl std::error::Error for ApiError {}
@@ -584,6 +627,72 @@ mod tests {
             .await;
         assert_eq!(error.code(), "upstream_error");
         assert_eq!(error.raw_body().unwrap().len(), 100);
+        assert!(error.is_raw_body_truncated());
+    }
+
+    #[test]
+    fn display_is_one_line_whatever_the_server_sent() {
+        let body = serde_json::json!({"error": {
+            "code": "job_failed\r\nINFO forged",
+            "message": "Done\n2025-01-30 INFO admin logged in\u{1b}[2J\u{2028}é",
+            "request_id": "req_1\u{7}",
+        }});
+        let error = decode(500, body.to_string().as_bytes());
+        let line = error.to_string();
+        assert!(
+            !line.chars().any(|c| c.is_control() || c == '\u{2028}'),
+            "{line:?}"
+        );
+        assert_eq!(
+            line,
+            r"job_failed\r\nINFO forged: Done\n2025-01-30 INFO admin logged in\u{1b}[2J\u{2028}é (request_id: req_1\u{7})"
+        );
+        // The accessors keep the text as sent.
+        assert!(error.message().starts_with("Done\n"));
+        assert_eq!(error.request_id(), Some("req_1\u{7}"));
+    }
+
+    /// A body that sends `data`, then fails, as a connection cut before the chunked
+    /// encoding's last chunk does.
+    struct ThenFails(Option<Bytes>);
+
+    impl Body for ThenFails {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            let frame = match self.0.take() {
+                Some(data) => Ok(http_body::Frame::data(data)),
+                None => Err(std::io::Error::other("connection reset")),
+            };
+            std::task::Poll::Ready(Some(frame))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_after_the_whole_envelope_still_decodes() {
+        let envelope = br#"{"error":{"code":"job_already_terminal","message":"Already done","request_id":"req_5"}}"#;
+        let response = Response::builder()
+            .status(409)
+            .body(ThenFails(Some(Bytes::from_static(envelope))))
+            .unwrap();
+        let error = Decoder::new().decode_response(response).await;
+        assert_eq!(error.code(), "job_already_terminal");
+        assert_eq!(error.message(), "Already done");
+        assert_eq!(error.request_id(), Some("req_5"));
+        assert!(error.raw_body().is_none());
+
+        // Cut inside the envelope: what arrived is kept, marked as cut.
+        let response = Response::builder()
+            .status(409)
+            .body(ThenFails(Some(Bytes::from_static(&envelope[..40]))))
+            .unwrap();
+        let error = Decoder::new().decode_response(response).await;
+        assert_eq!(error.code(), "conflict");
+        assert_eq!(error.raw_body(), Some(&envelope[..40]));
         assert!(error.is_raw_body_truncated());
     }
 

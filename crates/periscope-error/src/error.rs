@@ -227,7 +227,9 @@ impl HttpError {
             .map(Ids::of)
             .unwrap_or_else(Ids::current_or_generated);
         let format = Format::negotiate(request.headers());
-        self.render(ids, format, Some(request.uri().path()))
+        let mut response: Response<B> = self.render(ids, format, Some(request.uri().path()));
+        render::vary_accept(response.headers_mut());
+        response
     }
 
     fn render<B: From<Bytes>>(
@@ -380,6 +382,8 @@ mod tests {
             response.headers()["content-type"],
             "application/problem+json"
         );
+        // The format depends on `Accept`: caches must know.
+        assert_eq!(response.headers()["vary"], "accept");
         let body = json(response);
         assert_eq!(body["instance"], "/jobs/7");
         assert_eq!(body["request_id"], ctx.request_id.as_str());

@@ -59,7 +59,8 @@ const MAX_PATH_IN_MESSAGE: usize = 256;
 /// already carry an envelope pass through untouched, as do 4xx with a JSON body and responses
 /// marked [`PassThrough`]; a 5xx whose JSON body is not an envelope is replaced (the body goes
 /// to the log). An envelope rendered by [`HttpError`] is re-rendered only to honour
-/// `Accept: application/problem+json`.
+/// `Accept: application/problem+json`; the responses whose format depends on `Accept` carry
+/// `Vary: Accept`.
 ///
 /// The request id and trace id come from the [`RequestContext`] in the request's extensions
 /// (put there by periscope-trace's server layer) or the current one. Used alone, the layer
@@ -435,10 +436,17 @@ where
                 } => {
                     // Past the deadline, the envelope goes out without the body's text.
                     let limit = if *json { MAX_JSON_BODY } else { MAX_TEXT_BODY };
-                    let complete = match read_text(body, text, limit, cx) {
-                        Poll::Ready(complete) => complete,
-                        Poll::Pending if expired(this.sleep.as_mut(), cx) => false,
-                        Poll::Pending => return Poll::Pending,
+                    // The body is the service's code too: a panic while it is read is the
+                    // handler's panic, answered like one instead of unwinding out of the layer.
+                    let complete = match panic::catch(|| read_text(body, text, limit, cx)) {
+                        Ok(Poll::Ready(complete)) => complete,
+                        Ok(Poll::Pending) if expired(this.sleep.as_mut(), cx) => false,
+                        Ok(Poll::Pending) => return Poll::Pending,
+                        Err(caught) => {
+                            // Drop the body now, in case its destructor panics too.
+                            let _ = panic::catch(|| this.state.set(State::Done { response: None }));
+                            return Poll::Ready(Ok(this.handled.failure(Failure::Panic(caught))));
+                        }
                     };
                     let Some(mut parts) = parts.take() else {
                         panic!("periscope_error::ResponseFuture polled after completion");
@@ -520,6 +528,8 @@ impl Handled {
         if let Some(rendered) = parts.extensions.get::<RenderedError>() {
             let up_to_date = rendered.ids_from_context() || !self.ids.from_context;
             if self.facts.format == Format::Json && up_to_date {
+                // Kept because of the `Accept` header: another one would get problem details.
+                render::vary_accept(&mut parts.headers);
                 return Inspected::Done(Response::from_parts(parts, ResponseBody::inner(body)));
             }
             let mut error = rendered.shared_body();
@@ -532,8 +542,13 @@ impl Handled {
         }
         let code = self.code_for(status);
         let deliberate = parts.extensions.get::<PassThrough>().is_some();
+        // A compressed body is not text or JSON as it stands: never read it as such.
+        let readable = !is_encoded(&parts.headers);
         if is_json(&parts.headers) || deliberate {
             if status.is_server_error() && !deliberate {
+                if !readable {
+                    return Inspected::Done(self.bare(parts, code, None));
+                }
                 // A handler's own JSON may hold internals: kept only when it is an envelope.
                 return Inspected::Read {
                     parts,
@@ -545,7 +560,10 @@ impl Handled {
             self.echo(&mut parts);
             return Inspected::Done(Response::from_parts(parts, ResponseBody::inner(body)));
         }
-        if is_plain_text(&parts.headers) && body.size_hint().lower() <= MAX_TEXT_BODY as u64 {
+        if readable
+            && is_plain_text(&parts.headers)
+            && body.size_hint().lower() <= MAX_TEXT_BODY as u64
+        {
             return Inspected::Read {
                 parts,
                 body,
@@ -694,6 +712,7 @@ impl Handled {
     ) -> Response<ResponseBody<B>> {
         let instance = Some(self.facts.path());
         let bytes = render::write(&mut parts, error, self.facts.format, instance, &self.ids);
+        render::vary_accept(&mut parts.headers);
         Response::from_parts(parts, ResponseBody::full(bytes))
     }
 }
@@ -741,6 +760,21 @@ fn is_json(headers: &HeaderMap) -> bool {
         || media
             .get(media.len().saturating_sub(5)..)
             .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"))
+}
+
+/// Whether the body carries a `Content-Encoding` other than `identity` (gzip, br, ...).
+fn is_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|value| {
+            value.to_str().map_or(true, |value| {
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+            })
+        })
 }
 
 fn is_plain_text(headers: &HeaderMap) -> bool {
@@ -963,6 +997,85 @@ mod tests {
         assert_eq!(json["error"]["message"], "The request is malformed");
     }
 
+    /// A body that panics when it is read, as a buggy streaming body does.
+    struct PanicsWhenRead;
+
+    impl Body for PanicsWhenRead {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            panic!("body exploded: password=hunter2")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_panics_while_read_becomes_internal_error() {
+        for (status, content_type) in [(400, "text/plain"), (503, "application/json")] {
+            let service =
+                ErrorLayer::new().layer(service_fn(move |_: Request<Full<Bytes>>| async move {
+                    let response = Response::builder()
+                        .status(status)
+                        .header("content-type", content_type)
+                        .header("x-secret", "kept-out")
+                        .body(PanicsWhenRead)
+                        .unwrap();
+                    Ok::<_, Infallible>(response)
+                }));
+            // Spawned, so a panic escaping the layer fails the join instead of the test thread.
+            let response = tokio::spawn(service.oneshot(get("/")))
+                .await
+                .expect("the panic stays inside the layer")
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(!response.headers().contains_key("x-secret"));
+            assert!(response.headers().contains_key("x-request-id"));
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let json: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(json["error"]["code"], "internal_error", "{status}");
+            assert!(!json.to_string().contains("hunter2"), "{json}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_compressed_error_body_is_never_read_as_text() {
+        // "hello", gzip-compressed.
+        const GZIP: &[u8] = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xcbH\xcd\xc9\xc9\x07\x00\x86\xa6\x106\x05\x00\x00\x00";
+        let compressed = |status: u16, content_type: &'static str, encoding: &'static str| {
+            move |_| async move {
+                Ok(Response::builder()
+                    .status(status)
+                    .header("content-type", content_type)
+                    .header("content-encoding", encoding)
+                    .body(Full::new(Bytes::from_static(GZIP)))
+                    .unwrap())
+            }
+        };
+        let (parts, json) = call(get("/"), compressed(400, "text/plain", "gzip")).await;
+        assert_eq!(parts.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(json["error"]["code"], "invalid_request");
+        assert_eq!(json["error"]["message"], "The request is malformed");
+        assert!(!parts.headers().contains_key("content-encoding"));
+
+        let (parts, json) = call(get("/"), compressed(502, "application/json", "GZIP")).await;
+        assert_eq!(parts.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(json["error"]["code"], "upstream_error");
+        assert!(!parts.headers().contains_key("content-encoding"));
+
+        // `identity` is no encoding: the text is still the message.
+        let (_, json) = call(get("/"), |_| async {
+            let mut response = text(400, "Missing field `name`")?;
+            let identity = http::HeaderValue::from_static("identity");
+            response.headers_mut().insert("content-encoding", identity);
+            Ok(response)
+        })
+        .await;
+        assert_eq!(json["error"]["message"], "Missing field `name`");
+    }
+
     #[tokio::test]
     async fn service_errors_are_classified() {
         let (parts, json) = call(get("/"), |_| async {
@@ -1047,6 +1160,60 @@ mod tests {
         assert_eq!(json["detail"], "No route matches GET /nowhere");
         assert_eq!(json["instance"], "/nowhere");
         assert_eq!(json["code"], "route_not_found");
+    }
+
+    /// The `Vary` header values of a response.
+    fn vary(parts: &Response<()>) -> Vec<&str> {
+        parts
+            .headers()
+            .get_all("vary")
+            .iter()
+            .map(|value| value.to_str().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn negotiated_error_responses_vary_on_accept() {
+        let problem = || {
+            Request::get("/x")
+                .header("accept", "application/problem+json")
+                .body(Full::default())
+                .unwrap()
+        };
+        let bare_404 = |_| async {
+            Ok(Response::builder()
+                .status(404)
+                .header("vary", "origin")
+                .body(Full::default())
+                .unwrap())
+        };
+        for request in [get("/x"), problem()] {
+            let (parts, _) = call(request, bare_404).await;
+            assert_eq!(vary(&parts), ["origin", "accept"]);
+        }
+        // A handler's envelope, kept or re-rendered, depends on `Accept` too.
+        let handler = |_| async { Ok(HttpError::from(codes::CONFLICT).into_http_response()) };
+        for request in [get("/x"), problem()] {
+            let (parts, _) = call(request, handler).await;
+            assert_eq!(vary(&parts), ["accept"]);
+        }
+        // Named once, whatever its case; `*` already covers it.
+        for already in ["Accept", "accept-encoding, ACCEPT", "*"] {
+            let (parts, _) = call(get("/x"), move |_| async move {
+                Ok(Response::builder()
+                    .status(500)
+                    .header("vary", already)
+                    .body(Full::default())
+                    .unwrap())
+            })
+            .await;
+            assert_eq!(vary(&parts), [already]);
+        }
+        // Responses that do not depend on `Accept` are left alone.
+        let (parts, _) = call(get("/x"), |_| async { json_response(409, "{}") }).await;
+        assert!(vary(&parts).is_empty());
+        let (parts, _) = call(get("/x"), |_| async { Ok(Response::new(Full::default())) }).await;
+        assert!(vary(&parts).is_empty());
     }
 
     #[tokio::test]

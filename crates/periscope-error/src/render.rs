@@ -198,6 +198,23 @@ pub(crate) fn write(
     bytes
 }
 
+/// Adds `Vary: Accept` to a response whose format was negotiated, so that a shared cache (a
+/// CDN may cache a 404) never serves problem details to a client that asked for the envelope,
+/// or the reverse. Kept as is when `Vary` already names `accept` or `*`.
+pub(crate) fn vary_accept(headers: &mut HeaderMap) {
+    let named = headers.get_all(header::VARY).iter().any(|value| {
+        value.to_str().is_ok_and(|value| {
+            value
+                .split(',')
+                .map(str::trim)
+                .any(|field| field == "*" || field.eq_ignore_ascii_case(header::ACCEPT.as_str()))
+        })
+    });
+    if !named {
+        headers.append(header::VARY, HeaderValue::from_static("accept"));
+    }
+}
+
 /// A `Retry-After` header as seconds from now: delta-seconds, or an HTTP date (RFC 9110
 /// section 10.2.3), rounded up, and 0 when the date has passed.
 pub(crate) fn retry_after_seconds(headers: &HeaderMap) -> Option<u64> {

@@ -60,6 +60,21 @@ struct NamedJob {
     name: String,
 }
 
+/// A streaming body with a bug: it panics when it is read.
+struct PanicsWhenRead;
+
+impl http_body::Body for PanicsWhenRead {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        panic!("secret body panic")
+    }
+}
+
 fn app() -> Router {
     Router::new()
         .route("/ok", get(|| async { "fine" }))
@@ -133,6 +148,16 @@ fn app() -> Router {
             }),
         )
         .route("/gone", get(|| async { StatusCode::NOT_FOUND }))
+        .route(
+            "/panic-in-body",
+            get(|| async {
+                Response::builder()
+                    .status(StatusCode::BAD_REQUEST)
+                    .header("content-type", "text/plain")
+                    .body(axum::body::Body::new(PanicsWhenRead))
+                    .unwrap()
+            }),
+        )
         .route(
             "/maintenance",
             get(|| async {
@@ -238,6 +263,22 @@ async fn panicking_handler_becomes_internal_error_and_the_panic_stays_in_the_log
     assert!(panic["panic.location"].contains("socket.rs:"), "{panic:?}");
 
     // The server is still serving.
+    assert_eq!(send(addr, "GET", "/ok", &[], b"").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_body_that_panics_while_the_layer_reads_it_becomes_internal_error() {
+    let addr = serve().await;
+    let reply = send(addr, "GET", "/panic-in-body", &[], b"").await;
+    let json = envelope(&reply, "internal_error", 500);
+    assert_eq!(json["error"]["message"], "An internal error occurred");
+    assert!(!reply.text().contains("secret body panic"));
+    let events = events_of(reply.header("x-request-id").unwrap());
+    let panic = events
+        .iter()
+        .find(|event| event.get("message").map(String::as_str) == Some("handler panicked"))
+        .expect("the panic is logged");
+    assert_eq!(panic["panic.message"], "secret body panic");
     assert_eq!(send(addr, "GET", "/ok", &[], b"").await.status, 200);
 }
 
@@ -426,6 +467,8 @@ async fn problem_json_is_negotiated() {
         assert_eq!(json["request_id"], reply.header("x-request-id").unwrap());
         assert!(json["title"].is_string() && json["detail"].is_string());
         assert!(!reply.text().contains("secret panic payload"));
+        // The same URL answers the envelope to other clients: shared caches must know.
+        assert_eq!(reply.header("vary"), Some("accept"));
         // The decoder reads problem details too.
         assert_eq!(reply.api_error().code(), code);
     }
