@@ -7,6 +7,7 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use http_body::Body;
+use prometheus_client::metrics::MetricType;
 
 use crate::error::MetricsError;
 use crate::guard::{Caps, GuardedFamily, LabelGuard};
@@ -135,7 +136,8 @@ impl MetricsLayerBuilder {
     }
 
     /// Also records response body sizes, as `http_server_response_body_size_bytes`. Only
-    /// bodies whose length is known when the response starts are observed (not streams).
+    /// bodies whose length is known when the response starts are observed (not streams);
+    /// responses to `HEAD` and 1xx, 204 and 304 responses count as 0, as they send no body.
     pub fn response_size(self) -> Self {
         self.response_size_name("http_server_response_body_size_bytes")
     }
@@ -226,6 +228,7 @@ impl MetricsLayerBuilder {
     }
 
     /// Registers the RED families in `registry` and returns the layer recording into them.
+    /// On an error, none of them is registered.
     pub fn register(self, registry: &MetricsRegistry) -> Result<MetricsLayer, MetricsError> {
         let full = |name: &str| match &self.prefix {
             Some(prefix) => format!("{prefix}_{name}"),
@@ -255,6 +258,17 @@ impl MetricsLayerBuilder {
             None => Arc::from(SIZE_BUCKETS),
         };
         let routes = RouteTemplates::new(&self.templates)?;
+        // All or nothing: a name refused below must not leave the families before it behind.
+        let histograms = request_size_name.iter().chain(&response_size_name);
+        let metric_types: Vec<_> = [
+            (requests_name.as_str(), MetricType::Counter),
+            (duration_name.as_str(), MetricType::Histogram),
+            (in_flight_name.as_str(), MetricType::Gauge),
+        ]
+        .into_iter()
+        .chain(histograms.map(|name| (name.as_str(), MetricType::Histogram)))
+        .collect();
+        registry.check_free(&metric_types)?;
 
         // The families share their method and route guards, so both keep the same values.
         let method_guard = LabelGuard::new(self.caps.label_cap(method));
@@ -488,19 +502,41 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let guard = PanicGuard {
+            recording: this.recording,
+            was_panicking: std::thread::panicking(),
+        };
         let output = ready!(this.inner.poll(cx));
-        if let Some(recording) = this.recording {
+        // Taken, so it leaves the in-flight gauge now rather than when the future is dropped.
+        if let Some(mut recording) = guard.recording.take() {
             match &output {
                 Ok(response) => recording.finish(
                     recording.status_label().value(response.status()),
-                    response.body().size_hint().exact(),
+                    recording.response_size(response),
                 ),
                 Err(_) => recording.finish(recording.status_label().server_error(), None),
             }
         }
-        // Leave the in-flight gauge now rather than when the future is dropped.
-        *this.recording = None;
         Poll::Ready(output)
+    }
+}
+
+/// Records the request as a server error when polling the inner future panics. A layer above
+/// that catches the panic (tower-http's `CatchPanicLayer`) drops this future only after the
+/// unwinding, when the drop could no longer tell a panic from a cancellation.
+struct PanicGuard<'a> {
+    recording: &'a mut Option<Recording>,
+    was_panicking: bool,
+}
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if !self.was_panicking
+            && std::thread::panicking()
+            && let Some(mut recording) = self.recording.take()
+        {
+            recording.finish(recording.status_label().server_error(), None);
+        }
     }
 }
 
@@ -629,5 +665,38 @@ mod tests {
             matches!(err, MetricsError::AlreadyRegistered { .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_refused_name_registers_none_of_the_families() {
+        use prometheus_client::metrics::gauge::Gauge;
+
+        let registry = MetricsRegistry::new();
+        registry
+            .register("requests_active", "taken", Gauge::<i64>::default())
+            .unwrap();
+        let err = MetricsLayer::builder()
+            .in_flight_name("requests_active")
+            .register(&registry)
+            .unwrap_err();
+        assert!(
+            matches!(err, MetricsError::AlreadyRegistered { .. }),
+            "{err}"
+        );
+        let err = MetricsLayer::builder()
+            .response_size_name("http_server_requests")
+            .register(&registry)
+            .unwrap_err();
+        assert!(
+            matches!(err, MetricsError::AlreadyRegistered { .. }),
+            "{err}"
+        );
+        let text = registry.encode_openmetrics().unwrap();
+        assert!(!text.contains("http_server_request"), "{text}");
+        // With the clash fixed, the same registry takes the layer.
+        MetricsLayer::builder()
+            .in_flight_name("http_server_requests_in_flight")
+            .register(&registry)
+            .unwrap();
     }
 }

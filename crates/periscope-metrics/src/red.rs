@@ -163,6 +163,24 @@ impl Recording {
     pub(crate) fn status_label(&self) -> StatusLabel {
         self.red.status
     }
+
+    /// The body size `response` puts on the wire, when known: none for a `HEAD` request or
+    /// a 1xx, 204 or 304 status, whatever the body holds (the server drops it).
+    pub(crate) fn response_size<B: http_body::Body>(
+        &self,
+        response: &http::Response<B>,
+    ) -> Option<u64> {
+        let status = response.status();
+        let bodiless = self.method == "HEAD"
+            || status.is_informational()
+            || status == http::StatusCode::NO_CONTENT
+            || status == http::StatusCode::NOT_MODIFIED;
+        if bodiless {
+            Some(0)
+        } else {
+            response.body().size_hint().exact()
+        }
+    }
 }
 
 impl Drop for Recording {

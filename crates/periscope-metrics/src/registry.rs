@@ -23,8 +23,9 @@ pub const OVERFLOW_METRIC: &str = "periscope_label_overflow_total";
 /// register here, and [`MetricsService`](crate::MetricsService) exposes it.
 ///
 /// Names are checked, and registering a name twice is an error rather than a broken
-/// exposition. Counter names may be given with or without `_total`; a counter or gauge whose
-/// name ends in a unit (`_seconds`, `_bytes`...) gets an OpenMetrics `# UNIT` line.
+/// exposition. Counter names may be given with or without `_total`, info names with or
+/// without `_info`; a counter or gauge whose name ends in a unit (`_seconds`, `_bytes`...)
+/// gets an OpenMetrics `# UNIT` line.
 ///
 /// ```
 /// use periscope_metrics::{MetricsRegistry, ServiceInfo};
@@ -55,7 +56,7 @@ struct Inner {
 
 /// The names taken so far: family names, and every sample name their types write (a counter
 /// `jobs` writes `jobs_total`, so a gauge `jobs_total` would break the scrape).
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Names {
     families: HashSet<String>,
     /// Sample name to the name of the metric that writes it.
@@ -119,11 +120,7 @@ impl Default for MetricsRegistry {
 
 impl std::fmt::Debug for MetricsRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names = self
-            .inner
-            .names
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let names = self.names();
         f.debug_struct("MetricsRegistry")
             .field("families", &names.families.len())
             .finish()
@@ -300,18 +297,47 @@ impl MetricsRegistry {
         name: &'n str,
         metric_type: MetricType,
     ) -> Result<&'n str, MetricsError> {
-        check_metric_name(name)?;
-        let family = match metric_type {
-            MetricType::Counter => counter_family_name(name),
-            _ => name,
-        };
+        let family = family_name(name, metric_type)?;
+        self.names().claim(name, family, metric_type)?;
+        Ok(family)
+    }
+
+    /// Checks that every one of `metrics` could be registered, together, without reserving
+    /// any: a set registered one by one is checked first, so a refused name cannot leave the
+    /// others registered.
+    pub(crate) fn check_free(&self, metrics: &[(&str, MetricType)]) -> Result<(), MetricsError> {
+        let mut trial = self.names().clone();
+        for &(name, metric_type) in metrics {
+            trial.claim(name, family_name(name, metric_type)?, metric_type)?;
+        }
+        Ok(())
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, Names> {
         self.inner
             .names
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .claim(name, family, metric_type)?;
-        Ok(family)
     }
+}
+
+/// The checked name of the family that `name` registers: counters and infos lose the suffix
+/// their samples get back.
+fn family_name(name: &str, metric_type: MetricType) -> Result<&str, MetricsError> {
+    check_metric_name(name)?;
+    let family = match metric_type {
+        MetricType::Counter => counter_family_name(name),
+        // Info samples get `_info` appended: `build_info` would write `build_info_info`.
+        MetricType::Info => name.strip_suffix("_info").unwrap_or(name),
+        _ => name,
+    };
+    // A counter named `_total` would be a family with no name: `# TYPE  counter`.
+    if family.is_empty() {
+        return Err(MetricsError::InvalidMetricName {
+            name: name.to_owned(),
+        });
+    }
+    Ok(family)
 }
 
 /// Help text as OpenMetrics writes it: `\\`, `\n` and `\"` escaped, so a line break or a
@@ -435,6 +461,26 @@ mod tests {
     }
 
     #[test]
+    fn a_counter_named_only_total_is_refused() {
+        let registry = MetricsRegistry::new();
+        assert_eq!(
+            registry.register("_total", "x", Counter::<u64>::default()),
+            Err(MetricsError::InvalidMetricName {
+                name: "_total".into()
+            })
+        );
+        let layer = crate::MetricsLayer::builder()
+            .requests_name("_total")
+            .register(&registry);
+        assert!(
+            matches!(layer, Err(MetricsError::InvalidMetricName { .. })),
+            "{layer:?}"
+        );
+        let text = registry.encode_openmetrics().unwrap();
+        assert!(!text.contains("# TYPE  counter"), "{text}");
+    }
+
+    #[test]
     fn names_that_would_write_the_same_samples_are_refused() {
         use prometheus_client::metrics::gauge::Gauge;
         use prometheus_client::metrics::histogram::Histogram;
@@ -495,6 +541,32 @@ mod tests {
         );
         let text = registry.encode_prometheus().unwrap();
         assert!(!text.contains("TYPE jobs_total gauge"), "{text}");
+    }
+
+    #[test]
+    fn info_names_may_be_given_with_their_suffix() {
+        use prometheus_client::metrics::info::Info;
+
+        let registry = MetricsRegistry::new();
+        registry
+            .register("build_info", "Build", Info::new(vec![("version", "1.2")]))
+            .unwrap();
+        let om = registry.encode_openmetrics().unwrap();
+        assert!(om.contains("# TYPE build info\n"), "{om}");
+        assert!(om.contains("build_info{version=\"1.2\"} 1\n"), "{om}");
+        assert!(!om.contains("build_info_info"), "{om}");
+        let text = registry.encode_prometheus().unwrap();
+        assert!(text.contains("# TYPE build_info gauge\n"), "{text}");
+        assert!(
+            registry
+                .register("build", "x", Info::new(vec![("v", "1")]))
+                .is_err()
+        );
+        assert!(
+            registry
+                .register("_info", "x", Info::new(vec![("v", "1")]))
+                .is_err()
+        );
     }
 
     #[test]

@@ -1,0 +1,163 @@
+//! What the RED families record for responses that do not end plainly: bodies the server
+//! drops (`HEAD`, 204, 304) count as empty, and a panic caught by a layer above the metrics
+//! layer (tower-http's `CatchPanicLayer` added after it with `Router::layer`) counts as the
+//! server error it is, not as a cancellation.
+// Test code: helpers outside #[test] functions may unwrap too.
+
+mod common;
+
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use common::{parse_openmetrics, points, request, serve};
+use openmetrics_parser::OpenMetricsValue;
+use periscope_metrics::{CANCELLED, MetricsLayer, MetricsRegistry};
+use tower_layer::layer_fn;
+use tower_service::Service;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_the_server_drops_are_recorded_as_empty() {
+    let registry = MetricsRegistry::new();
+    let layer = MetricsLayer::builder()
+        .route_templates(["/big", "/no-content", "/not-modified"])
+        .response_size()
+        .register(&registry)
+        .unwrap();
+    let app = Router::new()
+        .route("/big", get(|| async { "x".repeat(5000) }))
+        .route(
+            "/no-content",
+            get(|| async { (StatusCode::NO_CONTENT, "dropped") }),
+        )
+        .route(
+            "/not-modified",
+            get(|| async { (StatusCode::NOT_MODIFIED, "dropped") }),
+        )
+        .layer(layer);
+    let addr = serve(app).await;
+
+    let get = request(addr, "GET", "/big", &[]).await.unwrap();
+    assert_eq!(get.body.len(), 5000);
+    let head = request(addr, "HEAD", "/big", &[]).await.unwrap();
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    for path in ["/no-content", "/not-modified"] {
+        let response = request(addr, "GET", path, &[]).await.unwrap();
+        assert!(response.body.is_empty(), "{path}: {response:?}");
+    }
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let family = &exposition.families["http_server_response_body_size_bytes"];
+    let mut sizes = Vec::new();
+    for sample in family.iter_samples() {
+        let labels = sample.get_labelset().unwrap();
+        let OpenMetricsValue::Histogram(histogram) = &sample.value else {
+            panic!("{:?}", sample.value)
+        };
+        sizes.push((
+            labels.get_label_value("method").unwrap().to_owned(),
+            labels.get_label_value("route").unwrap().to_owned(),
+            histogram.count.unwrap(),
+            histogram.sum.as_ref().unwrap().as_f64(),
+        ));
+    }
+    sizes.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let expected = [
+        ("GET", "/big", 1, 5000.0),
+        ("GET", "/no-content", 1, 0.0),
+        ("GET", "/not-modified", 1, 0.0),
+        ("HEAD", "/big", 1, 0.0),
+    ]
+    .map(|(method, route, count, sum)| (method.to_owned(), route.to_owned(), count, sum));
+    assert_eq!(sizes, expected);
+}
+
+/// What tower-http's `CatchPanicLayer` does: catch the panic of one poll and answer 500,
+/// keeping the panicked future until the response future itself is dropped, after the
+/// unwinding. Hand-written futures only, as in tower-http: an `async fn` in between would drop
+/// the metrics future while unwinding and hide the case.
+#[derive(Clone)]
+struct CatchPanic<S>(S);
+
+impl<S, B> Service<Request<B>> for CatchPanic<S>
+where
+    S: Service<Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = CatchUnwind<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        CatchUnwind(Box::pin(self.0.call(request)))
+    }
+}
+
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F, E> Future for CatchUnwind<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => Poll::Ready(Ok(StatusCode::INTERNAL_SERVER_ERROR.into_response())),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_caught_above_the_layer_counts_as_a_server_error() {
+    let registry = MetricsRegistry::new();
+    let metrics = MetricsLayer::builder()
+        .route_templates(["/panic", "/ok"])
+        .register(&registry)
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/panic",
+            get(|| async {
+                if true {
+                    panic!("handler panicked on purpose");
+                }
+                "unreachable"
+            }),
+        )
+        .route("/ok", get(|| async { "ok" }))
+        .layer(metrics.clone())
+        .layer(layer_fn(CatchPanic));
+    let addr = serve(app).await;
+
+    for _ in 0..3 {
+        let response = request(addr, "GET", "/panic", &[]).await.unwrap();
+        assert_eq!(response.status, 500);
+    }
+    let response = request(addr, "GET", "/ok", &[]).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(metrics.in_flight(), 0);
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let requests = points(&exposition, "http_server_requests");
+    let count = |route: &str, status: &str| -> f64 {
+        requests
+            .iter()
+            .filter(|point| point.label("route") == route && point.label("status") == status)
+            .map(|point| point.value)
+            .sum()
+    };
+    assert_eq!(count("/panic", "5xx"), 3.0, "{requests:?}");
+    assert_eq!(count("/panic", CANCELLED), 0.0, "{requests:?}");
+    assert_eq!(count("/ok", "2xx"), 1.0, "{requests:?}");
+}
