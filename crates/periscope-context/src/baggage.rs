@@ -10,12 +10,15 @@ pub const MAX_BAGGAGE_MEMBERS: usize = 64;
 /// At most this many bytes of encoded baggage are kept and propagated.
 pub const MAX_BAGGAGE_BYTES: usize = 8192;
 
-/// Bytes a baggage value may not hold unencoded: everything outside `baggage-octet`, plus `%`.
+/// Bytes a baggage value is sent percent-encoded: everything outside `baggage-octet`, `%`, and
+/// `=`, which the specification allows unencoded but parsers that split a member on every `=`
+/// (OpenTelemetry Rust's among them) would cut the value at.
 const VALUE_ENCODE: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
     .add(b',')
     .add(b';')
+    .add(b'=')
     .add(b'\\')
     .add(b'%');
 
@@ -25,7 +28,8 @@ pub enum BaggageError {
     /// The key is not an RFC 7230 token.
     #[error("baggage key {0:?} is not a token (letters, digits and !#$%&'*+-.^_`|~)")]
     InvalidKey(String),
-    /// The value holds a byte outside `baggage-octet`, or percent-decodes to invalid UTF-8.
+    /// The value holds a byte outside `baggage-octet` (invalid UTF-8 after percent-decoding is
+    /// not an error: it becomes U+FFFD).
     #[error("baggage value for key {0:?} is not valid percent-encoded UTF-8")]
     InvalidValue(String),
     /// A property breaks `key [= value]`.
@@ -89,7 +93,8 @@ impl BaggageMember {
 
 /// Application-defined key/value pairs that travel with a request (W3C Baggage).
 ///
-/// Values are percent-decoded on parse and encoded on format; properties are kept as sent.
+/// Values are percent-decoded on parse and encoded on format (`=` included, so peers that split
+/// on every `=` read the whole value); properties are kept as sent.
 /// At most 64 members and 8192 bytes are kept: a member that does not fit in the bytes left is
 /// dropped whole (later, smaller members still get in), members past the 64th are dropped, and
 /// a member that breaks the grammar is dropped alone (baggage is advisory, so one bad member
@@ -136,11 +141,11 @@ impl Baggage {
 
     /// Adds the valid members of one header value; `false` once a limit is reached.
     pub(crate) fn extend_from_header(&mut self, value: &[u8]) -> bool {
-        // Header bytes outside ASCII are never valid baggage-octets: skip the value.
-        let Ok(value) = std::str::from_utf8(value) else {
-            return true;
-        };
-        for member in value.split(',') {
+        for member in value.split(|&b| b == b',') {
+            // Bytes that are not UTF-8 are never baggage-octets: only their member is dropped.
+            let Ok(member) = std::str::from_utf8(member) else {
+                continue;
+            };
             let member = member.trim_matches([' ', '\t']);
             if member.is_empty() {
                 continue;
@@ -373,6 +378,37 @@ mod tests {
                 .get("ok")
                 .is_some()
         );
+    }
+
+    /// A raw Latin-1 byte (a client that skipped percent-encoding) costs its member only.
+    #[test]
+    fn bytes_that_are_not_utf8_drop_only_their_member() {
+        let b = Baggage::parse_headers([b"a=1,b=caf\xe9,c=2;p=\xff,d=4".as_slice()]);
+        let keys: Vec<&str> = b.iter().map(BaggageMember::key).collect();
+        assert_eq!(keys, ["a", "d"]);
+    }
+
+    /// `=` is a baggage-octet, but a peer that splits a member on every `=` (OpenTelemetry
+    /// Rust) would cut a base64 value at its padding, so it is sent encoded.
+    #[test]
+    fn equals_signs_in_values_are_sent_encoded() {
+        let mut b = Baggage::new();
+        b.insert("token", "dGVzdA==").unwrap();
+        assert_eq!(b.to_string(), "token=dGVzdA%3D%3D");
+        assert_eq!(
+            Baggage::parse(&b.to_string()).get("token"),
+            Some("dGVzdA==")
+        );
+
+        let received = Baggage::parse("token=dGVzdA==,f=a=b;p=x=y");
+        assert_eq!(received.get("token"), Some("dGVzdA=="));
+        assert_eq!(received.get("f"), Some("a=b"));
+        assert_eq!(
+            received.to_string(),
+            "token=dGVzdA%3D%3D,f=a%3Db;p=x=y",
+            "properties are kept as sent"
+        );
+        assert_eq!(received.encoded_len, received.to_string().len());
     }
 
     #[test]

@@ -472,7 +472,9 @@ impl Carrier {
         carrier
     }
 
-    /// The context it carries, with the default options (see [`extract`]).
+    /// The context it carries, with the default options (see [`extract`]): of the tenant fields,
+    /// only `org_id` and `project_id` are read. For fields a service declares, pass its options:
+    /// `extract(&carrier, &options).context`.
     pub fn to_context(&self) -> RequestContext {
         extract(&self.0, &ExtractOptions::default()).context
     }
@@ -761,6 +763,31 @@ mod tests {
             assert_eq!(got.baggage.get("user"), Some("alice"));
             assert_eq!(got.tenant, ctx.tenant);
         }
+    }
+
+    /// As documented: `to_context` reads the default tenant fields; the service's options read
+    /// the ones it declares, from the same carrier after a trip through JSON.
+    #[cfg(feature = "serde")]
+    #[test]
+    fn a_carrier_keeps_declared_tenant_fields_for_the_services_options() {
+        let team = TenantKey::new("team_id").unwrap();
+        let mut ctx = RequestContext::new_root();
+        ctx.tenant.insert(TenantKey::ORG_ID, "org_1").unwrap();
+        ctx.tenant.insert(team.clone(), "team:7").unwrap();
+        let json = serde_json::to_string(&Carrier::from_context(&ctx)).unwrap();
+        let carrier: Carrier = serde_json::from_str(&json).unwrap();
+
+        let job = carrier.to_context();
+        assert_eq!(job.tenant.org_id(), Some("org_1"));
+        assert_eq!(job.tenant.get("team_id"), None);
+
+        let options = ExtractOptions {
+            tenant_keys: vec![TenantKey::ORG_ID, TenantKey::PROJECT_ID, team],
+            ..ExtractOptions::default()
+        };
+        let job = extract(&carrier, &options).context;
+        assert_eq!(job.tenant, ctx.tenant);
+        assert_eq!(job.parent_span_id, Some(ctx.span_id));
     }
 
     #[test]

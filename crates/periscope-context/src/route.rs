@@ -28,7 +28,8 @@ pub struct RouteTemplates {
 }
 
 impl RouteTemplates {
-    /// Compiles `templates`; fails on a malformed template or two that conflict.
+    /// Compiles `templates`; fails on a malformed template (one not starting with `/` included)
+    /// or two that conflict.
     pub fn new<I, T>(templates: I) -> Result<Self, RouteTemplateError>
     where
         I: IntoIterator<Item = T>,
@@ -41,8 +42,15 @@ impl RouteTemplates {
         Ok(routes)
     }
 
-    /// Adds one template.
+    /// Adds one template. It must start with `/`, as every request path does.
     pub fn add(&mut self, template: &str) -> Result<(), RouteTemplateError> {
+        // The matcher takes `users/{id}` happily, and it would then never match a request.
+        if !template.starts_with('/') {
+            return Err(RouteTemplateError {
+                template: template.to_owned(),
+                reason: "a template must start with '/', as request paths do".to_owned(),
+            });
+        }
         let shared: Arc<str> = Arc::from(template);
         self.router
             .insert(template, shared.clone())
@@ -163,5 +171,19 @@ mod tests {
         let err = RouteTemplates::new(["/users/{id}", "/users/{name}"]).unwrap_err();
         assert!(err.to_string().contains("/users/{name}"), "{err}");
         assert!(RouteTemplates::new(["/users/{id"]).is_err());
+    }
+
+    /// A template without the leading `/` could never match a request path: refused up front
+    /// rather than leaving the route unmatched forever.
+    #[test]
+    fn templates_must_start_with_a_slash() {
+        for template in ["users/{id}", "", "{*path}", " /users"] {
+            let err = RouteTemplates::new([template]).unwrap_err();
+            assert_eq!(err.template, template);
+            assert!(err.to_string().contains("start with '/'"), "{err}");
+        }
+        let routes = RouteTemplates::new(["/", "/{*path}"]).unwrap();
+        assert_eq!(routes.find("/"), Some("/"));
+        assert_eq!(routes.find("/a/b"), Some("/{*path}"));
     }
 }

@@ -1,8 +1,15 @@
-//! Property tests: formatting then parsing gives back the value, and no input panics.
+//! Property tests: formatting then parsing gives back the value, no input panics, and what
+//! periscope sends, OpenTelemetry's propagators read back unchanged.
+
+use std::collections::HashMap;
+
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry_sdk::propagation::BaggagePropagator;
 
 use periscope_context::{
-    Baggage, ExtractOptions, RequestId, SpanId, TraceFlags, TraceId, TraceParent, TraceState,
-    extract, validate_id,
+    Baggage, ExtractOptions, RequestContext, RequestId, SpanId, TraceFlags, TraceId, TraceParent,
+    TraceState, extract, inject, validate_id,
 };
 use proptest::prelude::*;
 
@@ -88,5 +95,50 @@ proptest! {
     #[test]
     fn near_valid_traceparents_never_panic(s in "[0-9a-fA-F. -]{50,60}") {
         let _ = TraceParent::parse(&s);
+    }
+}
+
+#[test]
+fn opentelemetry_reads_every_baggage_value_periscope_sends() {
+    let values = [
+        ("token", "dGVzdA=="),
+        ("filter", "a=b&c=d"),
+        ("spaces", " padded value "),
+        ("punctuation", "a,b;c\"d\\e%f"),
+        ("unicode", "Zoë 東京"),
+    ];
+    let mut ctx = RequestContext::new_root();
+    for (key, value) in values {
+        ctx.baggage.insert(key, value).unwrap();
+    }
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    inject(&ctx, &mut carrier);
+
+    let otel = BaggagePropagator::new().extract(&carrier);
+    for (key, value) in values {
+        let got = otel.baggage().get(key).map(|v| v.as_str().to_owned());
+        // OpenTelemetry trims what it decodes; the rest must arrive as it was inserted.
+        assert_eq!(got.as_deref(), Some(value.trim()), "{key}");
+    }
+}
+
+proptest::proptest! {
+    /// Any value, any characters: OpenTelemetry decodes what periscope encodes. (Keys stay
+    /// clear of `%`: they are tokens, sent as they are, where OpenTelemetry percent-decodes them.)
+    #[test]
+    fn opentelemetry_decodes_any_value(
+        members in proptest::collection::btree_map("[A-Za-z0-9!#$&'*+.^_`|~-]{1,12}", r#"([a-z=%,; "\\]|.){0,40}"#, 0..10),
+    ) {
+        let mut ctx = RequestContext::new_root();
+        for (key, value) in &members {
+            ctx.baggage.insert(key, value).unwrap();
+        }
+        let mut carrier: HashMap<String, String> = HashMap::new();
+        inject(&ctx, &mut carrier);
+        let otel = BaggagePropagator::new().extract(&carrier);
+        for (key, value) in &members {
+            let got = otel.baggage().get(key.as_str()).map(|v| v.as_str().to_owned());
+            proptest::prop_assert_eq!(got.as_deref(), Some(value.trim()), "{}", key);
+        }
     }
 }
