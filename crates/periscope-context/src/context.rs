@@ -133,7 +133,12 @@ impl RequestContext {
     /// assert_eq!(deep_inside_a_handler(), None);
     /// ```
     pub fn current() -> Option<Arc<RequestContext>> {
-        CURRENT.with(|current| current.borrow().clone())
+        // `try_with`: a thread winding down may log from a destructor after its slot is gone,
+        // and a panic there aborts the process.
+        CURRENT
+            .try_with(|current| current.borrow().clone())
+            .ok()
+            .flatten()
     }
 
     /// Runs `f` with this context as the current one.
@@ -157,15 +162,19 @@ struct ScopeGuard {
     previous: Option<Arc<RequestContext>>,
 }
 
+/// Once the thread has dropped its slot, nothing is entered and `current()` stays `None`.
 fn enter(ctx: Arc<RequestContext>) -> ScopeGuard {
-    let previous = CURRENT.with(|current| current.replace(Some(ctx)));
+    let previous = CURRENT
+        .try_with(|current| current.replace(Some(ctx)))
+        .ok()
+        .flatten();
     ScopeGuard { previous }
 }
 
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
         let previous = self.previous.take();
-        CURRENT.with(|current| *current.borrow_mut() = previous);
+        let _ = CURRENT.try_with(|current| *current.borrow_mut() = previous);
     }
 }
 
@@ -205,6 +214,35 @@ impl<F: Future> Future for WithContext<F> {
 mod tests {
     use super::*;
     use std::task::Waker;
+
+    /// Asks for the current context from its destructor, as a log line written while a thread
+    /// winds down does.
+    struct AsksOnDrop(std::sync::mpsc::Sender<Option<bool>>, RequestContext);
+
+    impl Drop for AsksOnDrop {
+        fn drop(&mut self) {
+            let seen = self.1.in_scope(|| RequestContext::current().is_some());
+            let _ = self.0.send(RequestContext::current().map(|_| seen));
+        }
+    }
+
+    thread_local! {
+        static ASKS_ON_DROP: RefCell<Option<AsksOnDrop>> = const { RefCell::new(None) };
+    }
+
+    #[test]
+    fn the_current_context_is_none_once_the_thread_has_dropped_it() {
+        let (sender, answers) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Registered before the current context's slot, so dropped after it.
+            let asks = AsksOnDrop(sender, RequestContext::new_root());
+            ASKS_ON_DROP.with(|slot| *slot.borrow_mut() = Some(asks));
+            RequestContext::new_root().in_scope(|| ());
+        })
+        .join()
+        .expect("the thread exits cleanly");
+        assert_eq!(answers.recv(), Ok(None));
+    }
 
     #[test]
     fn scope_sets_and_restores_current() {
