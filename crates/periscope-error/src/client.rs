@@ -22,6 +22,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_RAW_BODY_BYTES: usize = 4 * 1024;
 /// The longest `x-request-id` header taken as the request id when the body has none.
 const MAX_HEADER_ID_LEN: usize = 256;
+/// The longest retry delay reported: a server's `retry_after_s: 1e30` must not make the
+/// caller's `Instant::now() + delay` overflow and panic.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// Decodes error responses, knowing the service's own codes so their class and retryability
 /// are exact, and bounding how much of a body is read and kept.
@@ -191,7 +194,7 @@ impl Decoder {
             .as_ref()
             .and_then(|envelope| envelope.retry_after_s)
             .or_else(|| render::retry_after_seconds(headers))
-            .map(Duration::from_secs);
+            .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
         let request_id = envelope
             .as_ref()
             .map(|envelope| envelope.request_id.clone())
@@ -312,7 +315,8 @@ impl ApiError {
     }
 
     /// How long to wait before retrying: `retry_after_s`, else a `Retry-After` header (seconds,
-    /// or an HTTP date counted from when the response was decoded).
+    /// or an HTTP date counted from when the response was decoded), at most
+    /// [`MAX_RETRY_AFTER`] (a year).
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
@@ -598,6 +602,23 @@ mod tests {
         assert_eq!(retry_after(" 5 "), Some(Duration::from_secs(5)));
         for garbage in ["soon", "-3", "1.5", "Sun, 32 Nov 1994 08:49:37 GMT"] {
             assert_eq!(retry_after(garbage), None, "{garbage}");
+        }
+    }
+
+    #[test]
+    fn absurd_retry_delays_are_capped_so_deadlines_never_overflow() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", u64::MAX.to_string().parse().unwrap());
+        let from_header = ApiError::from_parts(StatusCode::SERVICE_UNAVAILABLE, &headers, b"");
+        let body =
+            br#"{"error":{"code":"rate_limited","message":"Slow down","retry_after_s":1e30}}"#;
+        let from_body =
+            ApiError::from_parts(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), body);
+        for error in [from_header, from_body] {
+            let delay = error.retry_after().unwrap();
+            assert_eq!(delay, MAX_RETRY_AFTER);
+            // What an SDK does with it.
+            let _deadline = std::time::Instant::now() + delay;
         }
     }
 

@@ -58,7 +58,9 @@ mod validation;
 
 pub use body::ResponseBody;
 pub use class::ErrorClass;
-pub use client::{ApiError, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RAW_BODY_BYTES, Decoder};
+pub use client::{
+    ApiError, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RAW_BODY_BYTES, Decoder, MAX_RETRY_AFTER,
+};
 pub use code::{BUILTIN, ErrorCode, InvalidCode, MAX_CODE_LEN, codes};
 pub use envelope::{Envelope, ErrorBody, Violation};
 pub use error::{BoxError, HttpError};
