@@ -15,7 +15,9 @@ use tracing::Span;
 use tracing::field::Empty;
 
 use crate::binding::{ParentKind, bind, early_id};
-use crate::fields::{RedactedUrl, method_name, method_original, record_failure, record_status};
+use crate::fields::{
+    RedactedUrl, method_name, method_original, record_failure, record_status, span_method,
+};
 use crate::propagation::Propagators;
 
 /// The tracing target of client spans.
@@ -101,7 +103,7 @@ impl ClientSpan {
         let span = tracing::info_span!(
             target: CLIENT_TARGET,
             "http_client_request",
-            otel.name = method_name(method),
+            otel.name = span_method(method_name(method)),
             otel.kind = "client",
             otel.status_code = Empty,
             http.request.method = method_name(method),

@@ -30,6 +30,16 @@ pub(crate) fn method_name(method: &Method) -> &'static str {
     }
 }
 
+/// The `{method}` part of a span name: the method, or `HTTP` for one folded into `_OTHER`, as
+/// the HTTP semantic conventions require.
+pub(crate) fn span_method(method_name: &'static str) -> &'static str {
+    if method_name == "_OTHER" {
+        "HTTP"
+    } else {
+        method_name
+    }
+}
+
 /// The original method, only when it was folded into `_OTHER`.
 pub(crate) fn method_original(method: &Method) -> Option<&str> {
     (method_name(method) == "_OTHER").then(|| method.as_str())
@@ -128,6 +138,8 @@ mod tests {
         assert_eq!(method_name(&custom), "_OTHER");
         assert_eq!(method_original(&custom), Some("PURGE"));
         assert_eq!(method_original(&Method::GET), None);
+        assert_eq!(span_method(method_name(&custom)), "HTTP");
+        assert_eq!(span_method(method_name(&Method::PATCH)), "PATCH");
     }
 
     #[test]

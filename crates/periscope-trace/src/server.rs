@@ -17,7 +17,7 @@ use tracing::Span;
 use tracing::field::Empty;
 
 use crate::binding::{ParentKind, bind, early_id};
-use crate::fields::{method_name, method_original, record_failure, record_status};
+use crate::fields::{method_name, method_original, record_failure, record_status, span_method};
 use crate::propagation::Propagators;
 use crate::selector::PathSelector;
 use crate::trust::Trust;
@@ -35,9 +35,9 @@ pub const SERVER_TARGET: &str = "periscope_trace::server";
 /// - reads the tenant headers (`x-org-id`, `x-project-id` by default), validated like the
 ///   request id;
 /// - opens a server span named `{method} {route}` (or `{method}` when no route template is
-///   known) with the OpenTelemetry HTTP fields and `request_id`, `trace_id`, `span_id` and the
-///   tenant fields; with the `otel` feature the `trace_id` / `span_id` are those of the exported
-///   span;
+///   known; `HTTP` for a method recorded as `_OTHER`) with the OpenTelemetry HTTP fields and
+///   `request_id`, `trace_id`, `span_id` and the tenant fields; with the `otel` feature the
+///   `trace_id` / `span_id` are those of the exported span;
 /// - stores the [`RequestContext`] in the request extensions and makes it
 ///   [current](RequestContext::current) while the inner service runs;
 /// - echoes the request id in `x-request-id` on every response the inner service returns
@@ -85,6 +85,7 @@ struct Config {
     trust: Trust,
     propagators: Propagators,
     routes: RouteTemplates,
+    forwarded_scheme: bool,
 }
 
 impl CorrelationLayer {
@@ -136,6 +137,15 @@ impl CorrelationLayer {
     /// Whether incoming traces are continued (default: [`Trust::Incoming`]).
     pub fn trust(mut self, trust: Trust) -> Self {
         self.config_mut().trust = trust;
+        self
+    }
+
+    /// Behind a TLS-terminating proxy: take `url.scheme` from the first element of
+    /// `Forwarded: proto=`, else of `X-Forwarded-Proto`, when it is `http` or `https`
+    /// (default: off, the request URI's scheme, else `http`). Turn it on where a proxy you run
+    /// sets these headers: any client can send them, and the lookups cost every request.
+    pub fn forwarded_scheme(mut self, on: bool) -> Self {
+        self.config_mut().forwarded_scheme = on;
         self
     }
 }
@@ -208,7 +218,12 @@ where
             Span::none()
         } else {
             let route = known.or(matched.as_ref().map(MatchedRoute::as_str));
-            let span = server_span(&request, route, &ctx);
+            let scheme = if config.forwarded_scheme {
+                forwarded_scheme(request.headers())
+            } else {
+                None
+            };
+            let span = server_span(&request, route, scheme, &ctx);
             bind(&span, &mut ctx, ParentKind::Remote, link.as_ref());
             span
         };
@@ -226,7 +241,12 @@ where
     }
 }
 
-fn server_span<B>(request: &Request<B>, route: Option<&str>, ctx: &RequestContext) -> Span {
+fn server_span<B>(
+    request: &Request<B>,
+    route: Option<&str>,
+    forwarded_scheme: Option<&'static str>,
+    ctx: &RequestContext,
+) -> Span {
     let method = method_name(request.method());
     tracing::info_span!(
         target: SERVER_TARGET,
@@ -239,7 +259,9 @@ fn server_span<B>(request: &Request<B>, route: Option<&str>, ctx: &RequestContex
         http.route = route,
         http.response.status_code = Empty,
         url.path = request.uri().path(),
-        url.scheme = request.uri().scheme_str().unwrap_or("http"),
+        url.scheme = forwarded_scheme
+            .or(request.uri().scheme_str())
+            .unwrap_or("http"),
         error.type = Empty,
         request_id = ctx.request_id.as_str(),
         trace_id = early_id(ctx.trace_id.to_hex().as_str()),
@@ -255,8 +277,52 @@ fn server_span<B>(request: &Request<B>, route: Option<&str>, ctx: &RequestContex
     )
 }
 
-/// `{method} {route}`, or `{method}` without a route template: formatted only by a layer that
-/// reads `otel.name` (the OpenTelemetry layer), not on every request.
+/// The scheme a proxy says the client used: the first, client-side element of
+/// `Forwarded: proto=`, else of `X-Forwarded-Proto`; only `http` and `https` are taken, so a
+/// caller cannot put arbitrary text in the field.
+fn forwarded_scheme(headers: &http::HeaderMap) -> Option<&'static str> {
+    headers
+        .get(http::header::FORWARDED)
+        .and_then(|value| forwarded_proto(value.as_bytes()))
+        .or_else(|| {
+            let value = headers.get(X_FORWARDED_PROTO)?.as_bytes();
+            let first = value.split(|&b| b == b',').next()?;
+            known_scheme(first.trim_ascii())
+        })
+}
+
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+
+/// The `proto` parameter of the first element of a `Forwarded` header (RFC 7239).
+fn forwarded_proto(value: &[u8]) -> Option<&'static str> {
+    let first = value.split(|&b| b == b',').next()?;
+    first.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let at = pair.iter().position(|&b| b == b'=')?;
+        let (name, value) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
+        if !name.eq_ignore_ascii_case(b"proto") {
+            return None;
+        }
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        known_scheme(value)
+    })
+}
+
+fn known_scheme(value: &[u8]) -> Option<&'static str> {
+    if value.eq_ignore_ascii_case(b"https") {
+        Some("https")
+    } else if value.eq_ignore_ascii_case(b"http") {
+        Some("http")
+    } else {
+        None
+    }
+}
+
+/// `{method} {route}`, or `{method}` without a route template (`HTTP` for a method recorded as
+/// `_OTHER`): formatted only by a layer that reads `otel.name`, not on every request.
 struct SpanName<'a> {
     method: &'static str,
     route: Option<&'a str>,
@@ -265,8 +331,8 @@ struct SpanName<'a> {
 impl fmt::Display for SpanName<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.route {
-            Some(route) => write!(f, "{} {route}", self.method),
-            None => f.write_str(self.method),
+            Some(route) => write!(f, "{} {route}", span_method(self.method)),
+            None => f.write_str(span_method(self.method)),
         }
     }
 }
@@ -340,5 +406,26 @@ where
                 Err(error)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_proto_reads_the_first_element_only() {
+        for (value, proto) in [
+            ("for=192.0.2.60;proto=https;by=203.0.113.43", Some("https")),
+            ("Proto=\"HTTPS\"", Some("https")),
+            (" for=a ; proto = http ", Some("http")),
+            ("for=a;proto=https, for=b;proto=http", Some("https")),
+            ("for=a, for=b;proto=https", None),
+            ("proto=gopher", None),
+            ("proto", None),
+            ("", None),
+        ] {
+            assert_eq!(forwarded_proto(value.as_bytes()), proto, "{value}");
+        }
     }
 }

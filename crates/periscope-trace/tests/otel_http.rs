@@ -32,6 +32,8 @@ const PARENT: &str = "00f067aa0ba902b7";
 struct Export {
     content_type: String,
     service_names: Vec<String>,
+    /// The resource's string attributes.
+    resource: Vec<(String, String)>,
     spans: Vec<ExportedSpan>,
 }
 
@@ -67,16 +69,19 @@ async fn receive(
     let mut export = Export {
         content_type,
         service_names: Vec::new(),
+        resource: Vec::new(),
         spans: Vec::new(),
     };
     for resource_spans in request.resource_spans {
         let attributes = resource_spans.resource.map(|r| r.attributes);
         for attribute in attributes.into_iter().flatten() {
-            if let ("service.name", Some(any_value::Value::StringValue(name))) = (
-                attribute.key.as_str(),
-                attribute.value.and_then(|value| value.value),
-            ) {
-                export.service_names.push(name);
+            if let Some(any_value::Value::StringValue(value)) =
+                attribute.value.and_then(|value| value.value)
+            {
+                if attribute.key == "service.name" {
+                    export.service_names.push(value.clone());
+                }
+                export.resource.push((attribute.key, value));
             }
         }
         for scope_spans in resource_spans.scope_spans {
@@ -118,6 +123,10 @@ async fn the_default_protocol_exports_protobuf_over_http() {
     let guard = OtelConfig::from_lookup(|name| match name {
         "OTEL_SERVICE_NAME" => Some("periscope-http-test".to_owned()),
         "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(endpoint.clone()),
+        // Values are percent-encoded; the collector gets them decoded.
+        "OTEL_RESOURCE_ATTRIBUTES" => {
+            Some("deployment.environment=eu%20west,team=pay%2Cments".to_owned())
+        }
         _ => None,
     })
     .unwrap()
@@ -153,6 +162,15 @@ async fn the_default_protocol_exports_protobuf_over_http() {
     let (export, server) = export_of(&exports, TRACE);
     assert_eq!(export.content_type, "application/x-protobuf");
     assert_eq!(export.service_names, ["periscope-http-test"]);
+    for (key, value) in [("deployment.environment", "eu west"), ("team", "pay,ments")] {
+        assert!(
+            export
+                .resource
+                .contains(&(key.to_owned(), value.to_owned())),
+            "{key}: {:?}",
+            export.resource
+        );
+    }
     let ctx = seen.lock().unwrap()[0].ctx.clone();
     assert_eq!(server.span_id, ctx.span_id.to_string());
     assert_eq!(server.parent_span_id, PARENT);

@@ -665,3 +665,100 @@ async fn baggage_for_one_call_rides_in_a_context_in_its_extensions() {
     assert_eq!(received.ctx.baggage.get("tenant_tier"), Some("gold"));
     assert_eq!(received.ctx.baggage.get("attempt"), Some("2"));
 }
+
+/// A method outside the standard set is recorded as `_OTHER` (the original beside it), and
+/// the HTTP semantic conventions name its span `HTTP`, never `_OTHER`: on the server span
+/// (`HTTP {route}`) and on the client span (`HTTP`). HTTP methods are case-sensitive, so a
+/// lowercase `get` is such a method too.
+#[tokio::test]
+async fn non_standard_methods_name_their_spans_http() {
+    use axum::routing;
+    use bytes::Bytes;
+    use http_body_util::Full;
+
+    let (capture, _guard) = capture();
+    let router = axum::Router::new()
+        .route("/items/{id}", routing::any(|| async { "done" }))
+        .layer(CorrelationLayer::new());
+    let addr = serve(router).await;
+
+    let span_of = |name: &str, method: &str| {
+        capture
+            .spans()
+            .into_iter()
+            .find(|span| {
+                span.name == name && span.get("http.request.method_original") == Some(method)
+            })
+            .unwrap_or_else(|| panic!("no {name} span for {method}"))
+    };
+    for method in ["PURGE", "get"] {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}/items/7"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = send(support::traced_client(), request).await;
+        assert_eq!(response.status(), StatusCode::OK, "{method}");
+
+        let server = span_of("http_request", method);
+        assert_eq!(
+            server.get("otel.name"),
+            Some("HTTP /items/{id}"),
+            "{method}"
+        );
+        assert_eq!(server.get("http.request.method"), Some("_OTHER"));
+        assert_eq!(server.get("http.route"), Some("/items/{id}"));
+
+        let client = span_of("http_client_request", method);
+        assert_eq!(client.get("otel.name"), Some("HTTP"), "{method}");
+        assert_eq!(client.get("http.request.method"), Some("_OTHER"));
+    }
+}
+
+/// Behind a TLS-terminating proxy the request arrives over plain HTTP: `url.scheme` is the
+/// client's scheme as the proxy reports it (HTTP semantic conventions), and only `http` or
+/// `https` is taken from a header.
+#[tokio::test]
+async fn url_scheme_is_the_clients_behind_a_proxy() {
+    let (capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let layer = CorrelationLayer::new().forwarded_scheme(true);
+    let addr = serve(app(hop_state("a", None, &seen), layer)).await;
+    // Off by default: the headers are not looked at.
+    let plain = serve(app(hop_state("b", None, &seen), CorrelationLayer::new())).await;
+    let id = "scheme-not-trusted";
+    get(
+        plain,
+        "/hop",
+        &[("x-forwarded-proto", "https"), ("x-request-id", id)],
+    )
+    .await;
+    let span = &capture.spans_for("http_request", id)[0];
+    assert_eq!(span.get("url.scheme"), Some("http"));
+
+    for (id, headers, scheme) in [
+        ("scheme-xfp", &[("x-forwarded-proto", "https")][..], "https"),
+        (
+            "scheme-xfp-list",
+            &[("x-forwarded-proto", "HTTPS, http")],
+            "https",
+        ),
+        (
+            "scheme-forwarded",
+            &[("forwarded", "for=192.0.2.60;proto=https;by=203.0.113.43")],
+            "https",
+        ),
+        (
+            "scheme-bogus",
+            &[("x-forwarded-proto", "javascript")],
+            "http",
+        ),
+        ("scheme-direct", &[], "http"),
+    ] {
+        let mut headers = headers.to_vec();
+        headers.push(("x-request-id", id));
+        get(addr, "/hop", &headers).await;
+        let span = &capture.spans_for("http_request", id)[0];
+        assert_eq!(span.get("url.scheme"), Some(scheme), "{id}");
+    }
+}

@@ -88,9 +88,12 @@ impl Sampler {
 #[derive(Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct OtelConfig {
-    /// `service.name` (`OTEL_SERVICE_NAME`, else `SERVICE_NAME`; else the SDK's default,
-    /// `unknown_service`). `OTEL_RESOURCE_ATTRIBUTES` is read by the SDK itself.
+    /// `service.name` (`OTEL_SERVICE_NAME`, else `SERVICE_NAME`; else `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES`; else the SDK's default, `unknown_service`).
     pub service_name: Option<String>,
+    /// The resource's attributes (`OTEL_RESOURCE_ATTRIBUTES`: `key=value,...`, the values
+    /// percent-decoded); a later key wins over an earlier one.
+    pub resource_attributes: Vec<(String, String)>,
     /// The collector's base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`); for HTTP, `/v1/traces` is
     /// appended. No endpoint at all means no export.
     pub endpoint: Option<String>,
@@ -123,6 +126,10 @@ impl OtelConfig {
                 .filter(|v| !v.is_empty())
         };
         let service_name = get("OTEL_SERVICE_NAME").or_else(|| get("SERVICE_NAME"));
+        let resource_attributes = get("OTEL_RESOURCE_ATTRIBUTES")
+            .map(parse_resource_attributes)
+            .transpose()?
+            .unwrap_or_default();
         let endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT")
             .map(|v| check_url("OTEL_EXPORTER_OTLP_ENDPOINT", v))
             .transpose()?;
@@ -138,6 +145,16 @@ impl OtelConfig {
             .transpose()?
             .or(general)
             .unwrap_or_default();
+        // The exporter reads these itself and drops a malformed pair without a word, so every
+        // export would then be refused by a collector that wants the header.
+        for var in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ] {
+            if let Some(value) = get(var) {
+                check_headers(var, &value)?;
+            }
+        }
         let sampler = parse_sampler(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG"))?;
         let propagators = get("OTEL_PROPAGATORS")
             .map(parse_propagators)
@@ -149,6 +166,7 @@ impl OtelConfig {
             .unwrap_or(false);
         Ok(Self {
             service_name,
+            resource_attributes,
             endpoint,
             traces_endpoint_override,
             protocol,
@@ -186,6 +204,7 @@ impl std::fmt::Debug for OtelConfig {
         }
         f.debug_struct("OtelConfig")
             .field("service_name", &self.service_name)
+            .field("resource_attributes", &self.resource_attributes)
             .field("endpoint", &masked(&self.endpoint))
             .field(
                 "traces_endpoint_override",
@@ -307,6 +326,77 @@ fn parse_propagators(value: String) -> Result<Propagators, ConfigError> {
         };
     }
     Ok(propagators)
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES`: the values are percent-encoded (W3C Baggage octets), and the
+/// OpenTelemetry specification asks for a malformed list to be refused whole.
+fn parse_resource_attributes(value: String) -> Result<Vec<(String, String)>, ConfigError> {
+    const EXPECTED: &str = "expected comma-separated key=value pairs with percent-encoded values, such as deployment.environment=eu%20west,team=payments";
+    let mut attributes = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let decoded = entry.split_once('=').and_then(|(key, raw)| {
+            let key = key.trim();
+            let value = percent_decode(raw.trim())?;
+            (!key.is_empty()).then(|| (key.to_owned(), value))
+        });
+        match decoded {
+            Some(attribute) => attributes.push(attribute),
+            None => return Err(invalid("OTEL_RESOURCE_ATTRIBUTES", value, EXPECTED)),
+        }
+    }
+    Ok(attributes)
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `name=value` pairs, values percent-encoded. The values are
+/// credentials more often than not: the error shows the names only.
+fn check_headers(var: &'static str, value: &str) -> Result<(), ConfigError> {
+    const EXPECTED: &str = "expected comma-separated name=value pairs with valid header names and percent-encoded values, such as api-key=KEY,x-scope=team%20a (values not shown)";
+    let valid = value
+        .split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .all(|pair| {
+            pair.split_once('=').is_some_and(|(name, raw)| {
+                http::HeaderName::from_bytes(name.trim().as_bytes()).is_ok()
+                    && percent_decode(raw.trim()).is_some_and(|value| {
+                        // The exporter drops an empty value.
+                        !value.is_empty() && http::HeaderValue::from_str(&value).is_ok()
+                    })
+            })
+        });
+    if valid {
+        return Ok(());
+    }
+    let masked: Vec<String> = value
+        .split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) => format!("{}=[REDACTED]", name.trim()),
+            None => "[REDACTED]".to_owned(),
+        })
+        .collect();
+    Err(invalid(var, masked.join(","), EXPECTED))
+}
+
+/// `%XX` sequences to bytes; `None` for a `%` without two hex digits or a result that is not
+/// UTF-8.
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        if byte == b'%' {
+            let hex = std::str::from_utf8(bytes.get(at + 1..at + 3)?).ok()?;
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            at += 3;
+        } else {
+            decoded.push(byte);
+            at += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
 }
 
 fn parse_bool(var: &'static str, value: String) -> Result<bool, ConfigError> {
@@ -465,6 +555,54 @@ mod tests {
             "http://collector:4318"
         );
         assert_eq!(without_credentials("u:p@host"), "[REDACTED]@host");
+    }
+
+    #[test]
+    fn resource_attributes_are_percent_decoded() {
+        let decoded = config(&[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            " deployment.environment=eu%20west , team=pay%2Cments,note=caf%C3%A9=%25ok,",
+        )])
+        .unwrap();
+        assert_eq!(
+            decoded.resource_attributes,
+            [
+                ("deployment.environment".to_owned(), "eu west".to_owned()),
+                ("team".to_owned(), "pay,ments".to_owned()),
+                ("note".to_owned(), "café=%ok".to_owned()),
+            ]
+        );
+        for bad in ["team", "=x", "a=%zz", "a=50%", "a=%E2%82", "ok=1,broken"] {
+            let error = config(&[("OTEL_RESOURCE_ATTRIBUTES", bad)]).unwrap_err();
+            assert_eq!(error.var, "OTEL_RESOURCE_ATTRIBUTES", "{bad}");
+            assert!(error.to_string().contains("percent-encoded"), "{error}");
+        }
+    }
+
+    #[test]
+    fn malformed_exporter_headers_fail_without_showing_their_values() {
+        for var in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ] {
+            let fine = "api-key=s3cret, x-scope=team%20a,authorization=Bearer%20abc==,";
+            assert!(config(&[(var, fine)]).is_ok(), "{var}");
+            for bad in [
+                "api-key=s3cret,Bearer s3cret",
+                "api key=s3cret",
+                "api-key=s3cret%zz",
+                "=s3cret",
+                "api-key=",
+                "api-key=s3cret%0A",
+            ] {
+                let error = config(&[(var, bad)]).unwrap_err();
+                assert_eq!(error.var, var, "{bad}");
+                assert!(error.to_string().contains("expected"), "{error}");
+                assert!(!error.to_string().contains("s3cret"), "{error}");
+            }
+        }
+        let error = config(&[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cret,token")]).unwrap_err();
+        assert_eq!(error.value, "api-key=[REDACTED],[REDACTED]");
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Building the tracer provider and keeping it alive: the guard.
 
+use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::resource::{
+    ResourceDetector, SdkProvidedResourceDetector, TelemetryResourceDetector,
+};
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetryLayer;
@@ -65,13 +69,9 @@ impl OtelConfig {
     /// [`OtelGuard::layer`] is `None`: ids and sampling then come from the periscope layers.
     pub fn install(self) -> Result<OtelGuard, InstallError> {
         let endpoint = self.traces_endpoint().filter(|_| !self.disabled);
-        let mut resource = Resource::builder();
-        if let Some(name) = &self.service_name {
-            resource = resource.with_service_name(name.clone());
-        }
         let mut builder = SdkTracerProvider::builder()
             .with_sampler(self.sampler.to_sdk())
-            .with_resource(resource.build());
+            .with_resource(self.resource());
         if let Some(endpoint) = &endpoint {
             let exporter = match self.protocol {
                 Protocol::Grpc => {
@@ -107,6 +107,28 @@ impl OtelConfig {
             propagators: self.propagators,
             exporting,
         })
+    }
+}
+
+impl OtelConfig {
+    /// The SDK's own attributes, then `OTEL_RESOURCE_ATTRIBUTES` as read by `from_lookup`
+    /// (the SDK's reader would not percent-decode it), then the service name.
+    fn resource(&self) -> Resource {
+        let detectors: [Box<dyn ResourceDetector>; 2] = [
+            Box::new(SdkProvidedResourceDetector),
+            Box::new(TelemetryResourceDetector),
+        ];
+        let mut resource = Resource::builder_empty()
+            .with_detectors(&detectors)
+            .with_attributes(
+                self.resource_attributes
+                    .iter()
+                    .map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
+            );
+        if let Some(name) = &self.service_name {
+            resource = resource.with_service_name(name.clone());
+        }
+        resource.build()
     }
 }
 
@@ -200,5 +222,33 @@ impl Drop for OtelGuard {
         // there is nobody left to tell.
         let _ = self.provider.force_flush();
         let _ = self.provider.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::{Key, Value};
+
+    #[test]
+    fn the_resource_holds_the_decoded_attributes_and_the_service_name_wins() {
+        let config = OtelConfig::from_lookup(|name| match name {
+            "OTEL_RESOURCE_ATTRIBUTES" => {
+                Some("service.name=from-attributes,deployment.environment=eu%20west".to_owned())
+            }
+            "SERVICE_NAME" => Some("checkout".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        let resource = config.resource();
+        assert_eq!(
+            resource.get(&Key::new("deployment.environment")),
+            Some(Value::from("eu west"))
+        );
+        assert_eq!(
+            resource.get(&Key::new("service.name")),
+            Some(Value::from("checkout"))
+        );
+        assert!(resource.get(&Key::new("telemetry.sdk.name")).is_some());
     }
 }
