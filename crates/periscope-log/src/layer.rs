@@ -287,6 +287,8 @@ struct Buffers {
 struct Parts {
     /// Escaped, without quotes.
     message: Vec<u8>,
+    /// Whether the message was recorded (it may be empty): a second one is ignored.
+    has_message: bool,
     /// Context fragments, each starting with its key.
     context: Vec<u8>,
     /// Which context slots are filled (the innermost value wins).
@@ -299,6 +301,7 @@ struct Parts {
 impl Parts {
     fn clear(&mut self) {
         self.message.clear();
+        self.has_message = false;
         self.context.clear();
         self.context_mask = 0;
         self.data.clear();
@@ -385,7 +388,10 @@ impl FieldSink for EventSink<'_> {
     }
 
     fn message(&mut self, rules: &ValueRules, value: &dyn fmt::Debug) {
-        write_message(&mut self.parts.message, rules, value);
+        // `info!(message = "a", "b")` records two: the first wins, as for any other field.
+        if !std::mem::replace(&mut self.parts.has_message, true) {
+            write_message(&mut self.parts.message, rules, value);
+        }
     }
 }
 

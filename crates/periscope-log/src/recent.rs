@@ -107,6 +107,11 @@ impl RecentLogs {
         }
         let mut text = reused.unwrap_or_default();
         text.clear();
+        // The bound is in bytes held: a buffer kept from a much longer line would carry its
+        // memory on to every line that reuses it, past the bound.
+        if text.capacity() > 2 * line.len() {
+            text = Vec::with_capacity(line.len());
+        }
         text.extend_from_slice(line);
         ring.bytes += text.len();
         ring.lines.push_back((level, text));
@@ -179,6 +184,24 @@ mod tests {
         small.push(Level::INFO, b"abc");
         small.push(Level::INFO, b"far too long for the buffer");
         assert_eq!(small.len(), 2);
+    }
+
+    /// Lines of very different sizes, a long one now and then: the memory held stays within
+    /// twice the byte bound, however often the long line comes back.
+    #[test]
+    fn memory_held_stays_within_the_byte_bound_when_line_sizes_vary() {
+        let recent = RecentLogs::new(100, 100_000, true);
+        let long = vec![b'x'; 50_000];
+        for _ in 0..100 {
+            recent.push(Level::INFO, &long);
+            for _ in 0..120 {
+                recent.push(Level::INFO, b"{\"short\":1}");
+            }
+        }
+        let ring = recent.ring();
+        let held: usize = ring.lines.iter().map(|(_, text)| text.capacity()).sum();
+        assert!(ring.bytes <= 100_000);
+        assert!(held <= 2 * 100_000, "{held} bytes held");
     }
 
     #[test]

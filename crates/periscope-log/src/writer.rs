@@ -48,35 +48,104 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Runs an output call, a panic in the writer reported as `None`: it must neither unwind into
 /// the code that logged nor end the writer thread with lines still queued and uncounted.
-fn guarded<T>(write: impl FnOnce() -> io::Result<T>) -> Option<io::Result<T>> {
+fn guarded<T>(write: impl FnOnce() -> T) -> Option<T> {
     catch_unwind(AssertUnwindSafe(write)).ok()
+}
+
+/// How long to wait before trying again an output that said `WouldBlock`.
+const WOULD_BLOCK_PAUSE: Duration = Duration::from_millis(1);
+
+/// An output and whether the last failed write stopped inside a line.
+struct Output {
+    out: Box<dyn Write + Send>,
+    mid_line: bool,
+}
+
+impl Output {
+    fn new(out: Box<dyn Write + Send>) -> Self {
+        Self {
+            out,
+            mid_line: false,
+        }
+    }
+
+    /// Writes `bytes` (whole lines), then flushes when asked; on failure, the number of its
+    /// lines not written whole. An output left non-blocking (by a process sharing the pipe) is waited
+    /// for instead of failing. A write that fails inside a line leaves a fragment: it is
+    /// ended before the next write, so only that one line is broken, not the next as well.
+    fn write_lines(&mut self, bytes: &[u8], flush: bool) -> Result<(), u64> {
+        let lines = |bytes: &[u8]| bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        if self.mid_line {
+            if write_retrying(&mut *self.out, b"\n") != 1 {
+                return Err(lines(bytes));
+            }
+            self.mid_line = false;
+        }
+        let written = write_retrying(&mut *self.out, bytes);
+        if written < bytes.len() {
+            self.mid_line = written > 0 && bytes[written - 1] != b'\n';
+            return Err(lines(&bytes[written..]));
+        }
+        if !flush {
+            return Ok(());
+        }
+        loop {
+            match self.out.flush() {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(WOULD_BLOCK_PAUSE);
+                }
+                Err(_) => return Err(lines(bytes)),
+            }
+        }
+    }
+}
+
+/// `write_all`, waiting out `WouldBlock`: how many bytes were written before an error.
+fn write_retrying(out: &mut dyn Write, bytes: &[u8]) -> usize {
+    let mut written = 0;
+    while written < bytes.len() {
+        match out.write(&bytes[written..]) {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(WOULD_BLOCK_PAUSE);
+            }
+            Err(_) => break,
+        }
+    }
+    written
 }
 
 /// Writes on the caller's thread under a lock: for tests, tools and short-lived programs.
 pub(crate) struct Blocking {
-    writer: Mutex<Box<dyn Write + Send>>,
+    writer: Mutex<Output>,
     dropped: DroppedLines,
 }
 
 impl Blocking {
     pub(crate) fn new(writer: Box<dyn Write + Send>, dropped: DroppedLines) -> Self {
         Self {
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Output::new(writer)),
             dropped,
         }
     }
 
     pub(crate) fn flush(&self) {
         let mut writer = lock(&self.writer);
-        let _ = guarded(|| writer.flush());
+        let _ = guarded(|| writer.out.flush());
     }
 }
 
 impl LineSink for Blocking {
     fn write_line(&self, line: &[u8]) {
         let mut writer = lock(&self.writer);
-        if !matches!(guarded(|| writer.write_all(line)), Some(Ok(()))) {
-            self.dropped.add(1);
+        match guarded(|| writer.write_lines(line, false)) {
+            Some(Ok(())) => {}
+            Some(Err(lost)) => self.dropped.add(lost),
+            None => self.dropped.add(1),
         }
     }
 }
@@ -141,7 +210,8 @@ impl Queue {
         self.finished.notify_all();
     }
 
-    fn run(&self, mut out: Box<dyn Write + Send>) {
+    fn run(&self, out: Box<dyn Write + Send>) {
+        let mut out = Output::new(out);
         let mut batch = Vec::new();
         loop {
             let mut state = lock(&self.state);
@@ -163,16 +233,16 @@ impl Queue {
             }
             if state.lines == 0 {
                 drop(state);
-                let _ = guarded(|| out.flush());
+                let _ = guarded(|| out.out.flush());
                 self.finish(lock(&self.state));
                 return;
             }
             std::mem::swap(&mut state.bytes, &mut batch);
             let lines = std::mem::take(&mut state.lines);
             drop(state);
-            match guarded(|| out.write_all(&batch).and_then(|()| out.flush())) {
+            match guarded(|| out.write_lines(&batch, true)) {
                 Some(Ok(())) => {}
-                Some(Err(_)) => self.dropped.add(lines as u64),
+                Some(Err(lost)) => self.dropped.add(lost),
                 None => {
                     // The writer panicked: it may be in any state, so it is not used again.
                     // Its batch, what is queued and every later line are counted as dropped.

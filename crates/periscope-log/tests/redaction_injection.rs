@@ -343,6 +343,24 @@ fn a_key_is_written_once_the_first_value_winning() {
     assert_eq!(parsed["data"]["data.level"], 2);
 }
 
+/// `message` recorded twice is one key like any other: the first value wins, the second is
+/// not glued onto it.
+#[test]
+fn a_message_recorded_twice_keeps_the_first() {
+    let out = capture(
+        |b| b,
+        |_| {
+            tracing::info!(message = "first", message = "second");
+            tracing::info!(message = "", message = "not empty");
+            // `tracing` records the format string before the fields.
+            tracing::info!(message = "field", "text");
+            tracing::info!("after");
+        },
+    );
+    let messages: Vec<Value> = out.lines().iter().map(|l| l["message"].clone()).collect();
+    assert_eq!(messages, ["first", "", "text", "after"]);
+}
+
 /// The redacted JSON a string field holds, parsed back.
 fn json_in(field: &Value) -> Value {
     let text = field

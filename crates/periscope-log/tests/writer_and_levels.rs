@@ -278,3 +278,107 @@ fn lines_still_queued_when_the_guard_gives_up_are_counted() {
     gate.open();
     assert!(wait_until(|| gate.lines() == 1));
 }
+
+/// What [`Scripted`] does on a write call; once its steps run out it takes everything.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Takes at most this many bytes.
+    Take(usize),
+    /// Fails with this error, taking nothing.
+    Fail(io::ErrorKind),
+}
+
+/// A writer that follows a script of short writes and errors, into a buffer.
+#[derive(Clone, Default)]
+struct Scripted {
+    out: Captured,
+    steps: Arc<Mutex<std::collections::VecDeque<Step>>>,
+}
+
+impl Scripted {
+    fn new(steps: impl IntoIterator<Item = Step>) -> Self {
+        let scripted = Self::default();
+        scripted.steps.lock().unwrap().extend(steps);
+        scripted
+    }
+}
+
+impl Write for Scripted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let step = self.steps.lock().unwrap().pop_front();
+        match step {
+            Some(Step::Fail(kind)) => Err(kind.into()),
+            Some(Step::Take(n)) => self.out.write(&buf[..n.min(buf.len())]),
+            None => self.out.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A pipe that another process made non-blocking answers `WouldBlock` when full: the lines
+/// wait for room instead of being dropped, and none is cut in two.
+#[test]
+fn an_output_that_would_block_is_waited_for_and_no_line_is_lost_or_cut() {
+    for blocking in [false, true] {
+        let steps = (0..200).flat_map(|_| [Step::Take(7), Step::Fail(io::ErrorKind::WouldBlock)]);
+        let out = Scripted::new(steps);
+        let (layer, guard) = LogLayer::builder()
+            .writer(out.clone())
+            .blocking(blocking)
+            .build();
+        let dropped = layer.dropped_lines();
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..20u64 {
+                tracing::info!(i, "line");
+            }
+        });
+        drop(guard);
+        assert_eq!(dropped.get(), 0, "blocking: {blocking}");
+        let lines = out.out.lines();
+        let numbers: Vec<u64> = lines
+            .iter()
+            .map(|l| l["data"]["i"].as_u64().unwrap())
+            .collect();
+        assert_eq!(numbers, (0..20).collect::<Vec<_>>(), "blocking: {blocking}");
+    }
+}
+
+/// A write that fails inside a line (a full disk) leaves a fragment of it in the output: the
+/// lines after it still start on a line of their own, and the lost line is counted.
+#[test]
+fn a_write_that_fails_inside_a_line_breaks_only_that_line() {
+    for blocking in [false, true] {
+        let out = Scripted::default();
+        let (layer, guard) = LogLayer::builder()
+            .writer(out.clone())
+            .blocking(blocking)
+            .build();
+        let dropped = layer.dropped_lines();
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("one");
+            assert!(wait_until(|| out.out.text().lines().count() == 1));
+            out.steps
+                .lock()
+                .unwrap()
+                .extend([Step::Take(20), Step::Fail(io::ErrorKind::StorageFull)]);
+            tracing::info!("two");
+            assert!(wait_until(|| dropped.get() == 1));
+            tracing::info!("three");
+        });
+        drop(guard);
+        assert_eq!(dropped.get(), 1, "blocking: {blocking}");
+        let text = out.out.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[1].len(), 20, "the fragment of the lost line: {text}");
+        for (line, message) in [(lines[0], "one"), (lines[2], "three")] {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(value["message"], message);
+        }
+    }
+}
