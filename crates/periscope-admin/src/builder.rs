@@ -83,7 +83,7 @@ impl AdminBuilder {
     }
 
     /// The in-flight request count of `/debug/status`: a `MetricsLayer` (feature `metrics`) or
-    /// any `Fn() -> i64`.
+    /// any `Fn() -> i64`. A source that panics shows `null`; the panic goes to the log.
     pub fn in_flight(mut self, source: impl InFlightSource) -> Self {
         self.in_flight = Some(Arc::new(source));
         self
@@ -128,8 +128,9 @@ impl AdminBuilder {
 
     /// A section of `/debug/status` under `sections.<name>`, read on each request: the current
     /// job, the queue depth, a cache's size. Keep `read` quick and non-blocking (it runs on
-    /// the request's task); a panic in it shows as an error in its section. A second section
-    /// with the same name replaces the first.
+    /// the request's task); a panic in it shows as an error in its section. With the `log`
+    /// feature its value is masked like `/debug/config`. A second section with the same name
+    /// replaces the first.
     pub fn status_section<F>(mut self, name: impl Into<String>, read: F) -> Self
     where
         F: Fn() -> serde_json::Value + Send + Sync + 'static,

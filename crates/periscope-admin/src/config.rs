@@ -11,9 +11,15 @@ use serde_json::Value;
 
 /// The masked configuration, encoded.
 pub(crate) fn masked(mut config: Value, redactor: &Redactor) -> Result<Vec<u8>, serde_json::Error> {
-    redactor.redact_value(&mut config);
-    mask_urls_in(&mut config, redactor);
+    mask(&mut config, redactor);
     serde_json::to_vec(&config)
+}
+
+/// Masks `value` in place: sensitive keys, then the secrets of URLs in any string. Also used
+/// for the `/debug/status` sections, which hold connection strings as often as a configuration.
+pub(crate) fn mask(value: &mut Value, redactor: &Redactor) {
+    redactor.redact_value(value);
+    mask_urls_in(value, redactor);
 }
 
 fn mask_urls_in(value: &mut Value, redactor: &Redactor) {

@@ -93,12 +93,19 @@ where
             return reply::invalid("The log level change is not valid", vec![violation], &head);
         }
     };
-    // Logged before it applies, so that even a change to `error` leaves a trace of itself.
-    tracing::warn!(change = %action, "log filter changed through /debug/log-level");
+    // Logged before it applies, so that even a change to `error` leaves a trace of itself;
+    // and again after, when the old filter (say `error`) dropped the first line, so that
+    // turning debug on from a quiet filter is not the one change the log misses.
+    let change = action.to_string();
+    let logged_before = tracing::enabled!(tracing::Level::WARN);
+    tracing::warn!(%change, "log filter changed through /debug/log-level");
     match action {
         Action::Set(directives) => control.set(directives),
         Action::SetFor(directives, ttl) => control.set_for(directives, ttl),
         Action::Reset => control.reset(),
+    }
+    if !logged_before {
+        tracing::warn!(%change, "log filter changed through /debug/log-level");
     }
     current(&control)
 }
@@ -167,7 +174,7 @@ fn parse(body: &[u8]) -> Result<Action, Violation> {
             "directives is required and not empty, for example \"info,my_crate=debug\" (\"off\" turns logs off)",
         ));
     };
-    let directives = Directives::parse(&text)
+    let directives = Directives::parse_log_level(&text)
         .map_err(|error| Violation::new("directives", "format", error.to_string()))?;
     match change.ttl_s {
         None => Ok(Action::Set(directives)),
@@ -237,6 +244,26 @@ mod tests {
             parse(br#"{"directives":"off"}"#),
             Ok(Action::Set(_))
         ));
+        // A lone word must be a level: as a bare target it would silence every other line.
+        for typo in [r#"{"directives":"debg"}"#, r#"{"directives":" verbose "}"#] {
+            let typo = problem(typo);
+            assert_eq!(
+                (typo.field.as_ref(), typo.reason.as_ref()),
+                ("directives", "format")
+            );
+            assert!(typo.message.contains("not a log level"), "{}", typo.message);
+        }
+        match parse(br#"{"directives":" Warn "}"#) {
+            Ok(Action::Set(d)) => assert_eq!(d.to_string(), "warn"),
+            other => panic!("{other:?}"),
+        }
+        // Written as directives, a target is a target.
+        match parse(br#"{"directives":"info,my_crate"}"#) {
+            Ok(Action::Set(d)) => {
+                assert_eq!(d.level_for("my_crate"), periscope_log::LevelFilter::TRACE)
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             problem(r#"{"reset":true,"directives":"info"}"#).field,
             "reset"

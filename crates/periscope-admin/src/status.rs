@@ -86,7 +86,7 @@ pub(crate) struct StatusParts<'a> {
     pub(crate) in_flight: Option<&'a dyn InFlightSource>,
     pub(crate) gpu: Option<GpuSnapshot>,
     pub(crate) sections: &'a [(String, Section)],
-    /// Masks secrets in the sections' values (the log crate's redactor, feature `log`).
+    /// Masks secrets in the sections' values as in `/debug/config` (feature `log`).
     pub(crate) mask: &'a dyn Fn(&mut Value),
 }
 
@@ -106,7 +106,7 @@ impl StatusParts<'_> {
             started_at: rfc3339_millis(self.started.at),
             uptime_s: self.started.instant.elapsed().as_secs(),
             pid: std::process::id(),
-            in_flight: self.in_flight.map(InFlightSource::in_flight),
+            in_flight: self.in_flight.and_then(read_in_flight),
             gpu: self.gpu.as_ref(),
             sections,
         })
@@ -120,6 +120,18 @@ fn read_section(name: &str, section: &Section) -> Value {
         Err(_) => {
             tracing::error!(section = name, "a /debug/status section panicked");
             serde_json::json!({ "error": "this section panicked; see the service log" })
+        }
+    }
+}
+
+/// The in-flight count, or `None` (shown as `null`) when the source panics: like a section,
+/// a bug in it must not take the whole answer, and the connection, down with it.
+fn read_in_flight(source: &dyn InFlightSource) -> Option<i64> {
+    match catch_unwind(AssertUnwindSafe(|| source.in_flight())) {
+        Ok(count) => Some(count),
+        Err(_) => {
+            tracing::error!("the /debug/status in-flight source panicked");
+            None
         }
     }
 }

@@ -333,6 +333,58 @@ async fn config_never_shows_a_secret_value() {
 }
 
 #[tokio::test]
+async fn status_sections_mask_url_secrets_like_config() {
+    // A section showing a pool's or a job's URLs is as likely to hold a password as the
+    // configuration; under neutral keys, only the URL rules catch it.
+    let admin = Admin::builder()
+        .status_section(
+            "db_pool",
+            || json!({"url": "postgres://app:hunter2@db:5432/app", "size": 10}),
+        )
+        .status_section("current_job", || {
+            json!({"inputs": ["https://ghp_tok3n@github.com/org/repo.git",
+                              "https://hooks.example/x?api_key=abc123&team=core"]})
+        })
+        .debug(DebugAccess::Token(TOKEN.into()))
+        .build();
+    let addr = serve(admin).await;
+    let answer = get_authorised(addr, "/debug/status").await;
+    assert_eq!(answer.status, 200);
+    let text = answer.text();
+    for secret in ["hunter2", "ghp_tok3n", "abc123"] {
+        assert!(!text.contains(secret), "{secret} shown in {text}");
+    }
+    let sections = &answer.json()["sections"];
+    assert_eq!(
+        sections["db_pool"],
+        json!({"url": "postgres://app:[REDACTED]@db:5432/app", "size": 10})
+    );
+    assert_eq!(
+        sections["current_job"]["inputs"],
+        json!([
+            "https://[REDACTED]@github.com/org/repo.git",
+            "https://hooks.example/x?api_key=[REDACTED]&team=core"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_in_flight_source_does_not_take_the_status_down() {
+    // A poisoned mutex behind the count, say: the answer still comes, with `null`.
+    let admin = Admin::builder()
+        .in_flight(|| -> i64 { panic!("in-flight source bug") })
+        .status_section("queue", || json!({"depth": 3}))
+        .debug(DebugAccess::SeparateListener)
+        .build();
+    let addr = serve(admin).await;
+    let status = get(addr, "/debug/status").await;
+    assert_eq!(status.status, 200, "{}", status.text());
+    let status = status.json();
+    assert_eq!(status["in_flight"], Value::Null);
+    assert_eq!(status["sections"]["queue"]["depth"], 3);
+}
+
+#[tokio::test]
 async fn unknown_paths_and_wrong_methods_get_envelopes() {
     let (admin, _) = full_admin(DebugAccess::Token(TOKEN.into()));
     let addr = serve(admin).await;

@@ -73,6 +73,13 @@ async fn a_change_takes_effect_on_the_next_event_and_reverts_after_its_ttl() {
         permanent.json(),
         json!({"current": "warn", "permanent": "warn", "reverts_in_s": null})
     );
+    // Logged once, before it applied, while the old filter let warnings through.
+    let logged = recent
+        .lines(usize::MAX, None)
+        .iter()
+        .filter(|line| line.text.contains(r#""change":"set warn""#))
+        .count();
+    assert_eq!(logged, 1);
     tracing::info!("marker-quiet");
     assert!(!buffered(&recent, "marker-quiet"));
     post_json(
@@ -91,6 +98,8 @@ async fn a_change_takes_effect_on_the_next_event_and_reverts_after_its_ttl() {
             "directives",
             "not a log level",
         ),
+        // A typo of a level, not a bare target that would silence every other line.
+        (r#"{"directives":"debg"}"#, "directives", "not a log level"),
         (r#"{"directives":"debug","ttl_s":0}"#, "ttl_s", "above 0"),
         (r#"{"directives":"debug","ttl_s":1e12}"#, "ttl_s", "at most"),
         (
@@ -138,4 +147,16 @@ async fn a_change_takes_effect_on_the_next_event_and_reverts_after_its_ttl() {
         get_authorised(addr, "/debug/log-level").await.json()["current"],
         "warn"
     );
+
+    // Turning logging up from a quiet filter still leaves a line saying so: the warning that
+    // `error` filtered out is written once the new filter lets it through.
+    post_json(addr, "/debug/log-level", r#"{"directives":"error"}"#).await;
+    let louder = post_json(
+        addr,
+        "/debug/log-level",
+        r#"{"directives":"info,audit_marker=debug","ttl_s":300}"#,
+    )
+    .await;
+    assert_eq!(louder.status, 200, "{}", louder.text());
+    assert!(buffered(&recent, "set info,audit_marker=debug for 300s"));
 }

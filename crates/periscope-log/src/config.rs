@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use crate::filter::{DirectiveError, Directives, parse_level};
+use crate::filter::Directives;
 
 /// The line format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,23 +92,14 @@ impl LogConfig {
             None => LogFormat::Json,
         };
         let directives = if let Some(value) = get("LOG_LEVEL") {
-            parse_log_level(&value).map_err(|e| invalid("LOG_LEVEL", value, e.to_string()))?
+            Directives::parse_log_level(&value)
+                .map_err(|e| invalid("LOG_LEVEL", value, e.to_string()))?
         } else if let Some(value) = get("RUST_LOG") {
             Directives::parse(&value).map_err(|e| invalid("RUST_LOG", value, e.to_string()))?
         } else {
             Directives::default()
         };
         Ok(Self { format, directives })
-    }
-}
-
-/// `LOG_LEVEL` is a level, unless it is written as directives: a bare word that is not a level
-/// is a mistake there, not a target.
-fn parse_log_level(value: &str) -> Result<Directives, DirectiveError> {
-    if value.contains([',', '=']) {
-        Directives::parse(value)
-    } else {
-        parse_level(value.trim()).map(Directives::level)
     }
 }
 

@@ -124,6 +124,26 @@ impl Directives {
         })
     }
 
+    /// Parses a level setting as `LOG_LEVEL` and `POST /debug/log-level` read it: a single
+    /// word must be a level (`debug`), since a typo such as `debg` taken as a bare target would
+    /// silence every other line; a list or `target=level` is read as [`parse`](Self::parse)
+    /// reads it.
+    ///
+    /// ```
+    /// use periscope_log::Directives;
+    ///
+    /// assert_eq!(Directives::parse_log_level("DEBUG").unwrap().to_string(), "debug");
+    /// assert!(Directives::parse_log_level("debg").is_err());
+    /// assert!(Directives::parse_log_level("info,my_crate").is_ok());
+    /// ```
+    pub fn parse_log_level(text: &str) -> Result<Self, DirectiveError> {
+        if text.contains([',', '=']) {
+            Self::parse(text)
+        } else {
+            parse_level(text.trim()).map(Self::level)
+        }
+    }
+
     /// The level that applies to `target`.
     pub fn level_for(&self, target: &str) -> LevelFilter {
         self.targets
