@@ -78,7 +78,10 @@ impl CheckError {
     pub fn from_error(error: &(dyn StdError + 'static)) -> Self {
         let mut message = error.to_string();
         let mut source = error.source();
-        while let Some(cause) = source {
+        // Bounded: an error whose `source()` returns itself would otherwise loop forever.
+        let mut depth = 0;
+        while let Some(cause) = source.filter(|_| depth < MAX_SOURCES) {
+            depth += 1;
             let text = cause.to_string();
             // Wrappers such as anyhow already print their cause: do not repeat it.
             if !message.contains(&text) {
@@ -98,6 +101,9 @@ impl CheckError {
         &self.message
     }
 }
+
+/// The most `source()` levels followed.
+const MAX_SOURCES: usize = 32;
 
 fn truncate(message: &mut String) {
     if message.len() > MAX_ERROR_LEN {
@@ -271,6 +277,31 @@ mod tests {
         let error = CheckError::msg("é".repeat(MAX_ERROR_LEN));
         assert!(error.message().len() <= MAX_ERROR_LEN + '…'.len_utf8());
         assert!(error.message().ends_with('…'));
+    }
+
+    #[test]
+    fn a_source_chain_that_loops_ends() {
+        #[derive(Debug)]
+        struct Loop;
+        impl fmt::Display for Loop {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("stuck")
+            }
+        }
+        impl StdError for Loop {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(self)
+            }
+        }
+        // On a thread, so that a loop fails the test instead of hanging it.
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(CheckError::from_error(&Loop));
+        });
+        let error = receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the chain is walked in bounded time");
+        assert_eq!(error.message(), "stuck");
     }
 
     #[test]

@@ -89,24 +89,35 @@ impl Health {
     /// Readiness: `draining`, else `starting` while a gate is closed, else the checks' result
     /// (`ok`, `degraded` or `fail`), from the cache, the run in flight, or a new run.
     pub async fn readiness(&self) -> Report {
-        match self.readiness_now() {
-            Some(report) => report,
-            None => {
-                let run = self.inner.runner.latest().await;
-                let status = status_of(&run.outcomes);
-                self.report(status, Vec::new(), Some(run))
-            }
+        if let Some(report) = self.readiness_now() {
+            return report;
         }
+        let run = self.inner.runner.latest().await;
+        // Draining (or a gate closing) while the checks ran wins: once draining has begun, no
+        // probe may still answer 200.
+        if let Some(report) = self.held_back() {
+            return report;
+        }
+        let status = status_of(&run.outcomes);
+        self.report(status, Vec::new(), Some(run))
     }
 
-    /// The readiness answer when it needs no waiting: draining, starting, or a fresh cache.
-    pub(crate) fn readiness_now(&self) -> Option<Report> {
+    /// `draining` or `starting`, when either holds: readiness then runs no check.
+    fn held_back(&self) -> Option<Report> {
         if self.inner.drain.is_draining() {
             return Some(self.report(Status::Draining, Vec::new(), None));
         }
         let waiting_for = self.closed_gates();
         if !waiting_for.is_empty() {
             return Some(self.report(Status::Starting, waiting_for, None));
+        }
+        None
+    }
+
+    /// The readiness answer when it needs no waiting: draining, starting, or a fresh cache.
+    pub(crate) fn readiness_now(&self) -> Option<Report> {
+        if let Some(report) = self.held_back() {
+            return Some(report);
         }
         let run = self.inner.runner.cached()?;
         Some(self.report(status_of(&run.outcomes), Vec::new(), Some(run)))

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use http::{Method, Request, Response};
 use http_body_util::Either;
@@ -15,6 +15,9 @@ use crate::service::{ProbeBody, ProbePaths};
 
 /// Answers `GET`/`HEAD` on the probe paths before the request reaches the inner service; every
 /// other request passes through untouched. Works with any Tower HTTP stack (hyper, axum, ...).
+///
+/// Probes never wait on the inner service's readiness, so an app at its concurrency limit still
+/// answers `/health`; the inner service must be `Clone` for that.
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -77,16 +80,20 @@ pub struct ProbeRouter<S> {
     paths: ProbePaths,
 }
 
+/// Always ready: a probe must not wait on the inner service's backpressure (a concurrency limit
+/// reached under load would otherwise hold `/health` until the kubelet restarts a busy pod).
+/// Other requests wait for the inner service's readiness in their future, on a clone of it, as
+/// axum's `Router` does.
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ProbeRouter<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
 {
     type Response = Response<Either<ProbeBody, ResBody>>;
     type Error = S::Error;
-    type Future = RouterFuture<S::Future>;
+    type Future = RouterFuture<InnerFuture<S, Request<ReqBody>>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
@@ -96,9 +103,64 @@ where
                 future: self.health.answer(probe, &request),
             },
             _ => RouterFuture::Inner {
-                future: self.inner.call(request),
+                future: InnerFuture {
+                    state: InnerState::Waiting {
+                        service: self.inner.clone(),
+                        request: Some(request),
+                    },
+                },
             },
         }
+    }
+}
+
+/// A request passed through by [`ProbeRouter`]: waits until the inner service is ready, then
+/// calls it.
+#[pin_project]
+pub struct InnerFuture<S: Service<R>, R> {
+    #[pin]
+    state: InnerState<S, R>,
+}
+
+#[pin_project(project = InnerStateProj)]
+enum InnerState<S: Service<R>, R> {
+    Waiting {
+        service: S,
+        request: Option<R>,
+    },
+    Called {
+        #[pin]
+        future: S::Future,
+    },
+}
+
+impl<S: Service<R>, R> Future for InnerFuture<S, R> {
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                InnerStateProj::Waiting { service, request } => {
+                    if let Err(error) = ready!(service.poll_ready(cx)) {
+                        return Poll::Ready(Err(error));
+                    }
+                    // The request is taken once, on the way to `Called`.
+                    let Some(request) = request.take() else {
+                        return Poll::Pending;
+                    };
+                    let future = service.call(request);
+                    state.set(InnerState::Called { future });
+                }
+                InnerStateProj::Called { future } => return future.poll(cx),
+            }
+        }
+    }
+}
+
+impl<S: Service<R>, R> std::fmt::Debug for InnerFuture<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InnerFuture").finish_non_exhaustive()
     }
 }
 

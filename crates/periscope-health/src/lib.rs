@@ -62,7 +62,7 @@ mod shutdown;
 pub use check::{Check, CheckError, CheckFuture, FnCheck, HealthCheck, MAX_ERROR_LEN, check_fn};
 pub use gate::{DrainHandle, StartupGate};
 pub use health::{BuildError, DEFAULT_CACHE_TTL, DEFAULT_TIMEOUT, Health, HealthBuilder};
-pub use layer::{ProbeLayer, ProbeRouter, RouterFuture};
+pub use layer::{InnerFuture, ProbeLayer, ProbeRouter, RouterFuture};
 pub use render::{Details, Probe};
 pub use report::{CheckOutcome, Report, Status};
 pub use runner::{MIN_POLL_INTERVAL, NoRuntime, Poller};

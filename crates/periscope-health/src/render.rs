@@ -66,14 +66,23 @@ impl Format {
         if verbose {
             return Format::Verbose;
         }
-        let health_json = request
+        // health+json when asked for, unless the client prefers plain `application/json`.
+        let (mut health_json, mut json) = (0.0_f32, 0.0_f32);
+        let ranges = request
             .headers()
             .get_all(ACCEPT)
             .iter()
             .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(accepts_health_json);
-        if health_json {
+            .flat_map(|value| value.split(','));
+        for range in ranges {
+            let (media_type, q) = media_range(range);
+            if media_type.eq_ignore_ascii_case(HEALTH_JSON) {
+                health_json = health_json.max(q);
+            } else if media_type.eq_ignore_ascii_case("application/json") {
+                json = json.max(q);
+            }
+        }
+        if health_json > 0.0 && health_json >= json {
             Format::HealthJson
         } else {
             Format::Json
@@ -81,16 +90,22 @@ impl Format {
     }
 }
 
-fn accepts_health_json(media_range: &str) -> bool {
-    let mut parts = media_range.split(';');
+/// A media range's type and its `q` weight (1 when absent, 0 when malformed).
+fn media_range(range: &str) -> (&str, f32) {
+    let mut parts = range.split(';');
     let media_type = parts.next().unwrap_or_default().trim();
-    let refused = parts.any(|param| {
-        let param = param.trim();
-        param.split_once('=').is_some_and(|(key, value)| {
-            key.trim().eq_ignore_ascii_case("q") && value.trim().parse::<f32>() == Ok(0.0)
-        })
-    });
-    media_type.eq_ignore_ascii_case(HEALTH_JSON) && !refused
+    let q = parts
+        .filter_map(|param| param.split_once('='))
+        .find(|(key, _)| key.trim().eq_ignore_ascii_case("q"))
+        .map_or(1.0, |(_, value)| {
+            value
+                .trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|q| (0.0..=1.0).contains(q))
+                .unwrap_or(0.0)
+        });
+    (media_type, q)
 }
 
 /// Renders a probe's answer.
@@ -393,6 +408,25 @@ mod tests {
         assert_eq!(
             format_of("/ready?verbose", Some("application/health+json")),
             Format::Verbose
+        );
+        // A client that prefers plain JSON gets it.
+        assert_eq!(
+            format_of(
+                "/ready",
+                Some("application/json, application/health+json;q=0.5")
+            ),
+            Format::Json
+        );
+        assert_eq!(
+            format_of(
+                "/ready",
+                Some("application/json;q=0.5, application/health+json")
+            ),
+            Format::HealthJson
+        );
+        assert_eq!(
+            format_of("/ready", Some("application/health+json;q=nan")),
+            Format::Json
         );
     }
 

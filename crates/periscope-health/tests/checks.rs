@@ -143,6 +143,102 @@ async fn writable_checks_directories_and_files_and_leaves_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writable_never_removes_a_file_it_did_not_create() {
+    // Another process's files in a shared directory, named as this process would name its
+    // probe files (replicas in containers often share a pid).
+    let dir = scratch_dir("writable-shared");
+    let theirs: Vec<_> = (0..1000)
+        .map(|n| dir.join(format!(".periscope-health-{}-{n}", std::process::id())))
+        .collect();
+    for file in &theirs {
+        std::fs::write(file, b"theirs").unwrap();
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            outcome(HealthCheck::new("dir", checks::writable(&dir))).await,
+            None
+        );
+    }
+    for file in &theirs {
+        assert_eq!(
+            std::fs::read(file).unwrap(),
+            b"theirs",
+            "{}",
+            file.display()
+        );
+    }
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), theirs.len());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A blocking call stuck in the kernel (here: opening a FIFO nobody reads, as a hung NFS mount
+/// would) outlives the timeout; later runs must report it at once instead of piling up threads.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_system_check_stuck_in_the_kernel_is_not_started_again() {
+    let dir = scratch_dir("stuck");
+    let fifo = dir.join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Unblocks the stuck open even when an assertion fails, or the runtime's shutdown would wait
+    // for that thread forever (on Linux, opening a FIFO read-write never blocks).
+    struct Unblock(std::path::PathBuf);
+    impl Drop for Unblock {
+        fn drop(&mut self) {
+            let _ = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.0);
+        }
+    }
+    let unblock = Unblock(fifo.clone());
+    let health = Health::builder()
+        .add_check(
+            HealthCheck::new("fifo", checks::writable(&fifo)).timeout(Duration::from_millis(100)),
+        )
+        .cache_ttl(Duration::ZERO)
+        .build()
+        .unwrap();
+
+    let first = health.readiness().await;
+    assert_eq!(
+        first.checks()[0].error.as_deref(),
+        Some("timed out after 100ms")
+    );
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let again = health.readiness().await;
+        let error = again.checks()[0].error.clone().unwrap();
+        assert!(
+            error.contains("the previous check is still blocked"),
+            "{error}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(100));
+    }
+
+    // A reader unblocks the stuck open; the check then runs again.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = health.readiness().await;
+        if report.checks()[0].error.is_none() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{report:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop((reader, unblock));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_space_compares_against_the_threshold() {
     let dir = scratch_dir("disk");
     assert_eq!(

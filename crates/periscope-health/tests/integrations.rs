@@ -4,6 +4,12 @@
 mod support;
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
 
 use http::{Request, Response};
 use periscope_health::{Health, ProbeLayer};
@@ -59,6 +65,60 @@ async fn the_layer_answers_probes_and_passes_everything_else_through() {
         post.body, "app saw POST /ready",
         "only GET and HEAD are probes"
     );
+}
+
+/// An app at its concurrency limit: not ready until `open`.
+#[derive(Clone, Default)]
+struct Saturated {
+    open: Arc<AtomicBool>,
+    waker: Arc<AtomicWaker>,
+}
+
+impl<B> tower::Service<Request<B>> for Saturated {
+    type Response = Response<http_body_util::Full<bytes::Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.waker.register(cx.waker());
+        if self.open.load(Ordering::SeqCst) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        std::future::ready(Ok(Response::new("app".into())))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_answers_probes_while_the_app_is_saturated() {
+    let health = Health::builder().build().unwrap();
+    let saturated = Saturated::default();
+    let app = tower::ServiceBuilder::new()
+        .layer(ProbeLayer::new(health))
+        .service(saturated.clone());
+    let addr = serve(app).await;
+
+    let waiting = tokio::spawn(async move { get(addr, "/orders").await });
+    for path in ["/health", "/ready", "/startup"] {
+        let answer = tokio::time::timeout(Duration::from_secs(5), get(addr, path))
+            .await
+            .unwrap_or_else(|_| panic!("{path} waited on the app's backpressure"));
+        assert_eq!(answer.status, 200, "{path}");
+    }
+    assert!(!waiting.is_finished());
+
+    // Once the app has room, the request it held is served.
+    saturated.open.store(true, Ordering::SeqCst);
+    saturated.waker.wake();
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the app answers once ready")
+        .unwrap();
+    assert_eq!(answer.body, "app");
 }
 
 #[cfg(feature = "metrics")]

@@ -160,6 +160,23 @@ async fn draining_answers_503_while_liveness_stays_200() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_waiting_on_the_checks_answers_draining_once_drain_begins() {
+    let (health, addr) = serve_health(Health::builder().check("database", || async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok::<_, String>(())
+    }))
+    .await;
+
+    // The probe arrives before the drain and waits on the slow check.
+    let probe = tokio::spawn(async move { get(addr, "/ready").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    health.drain_handle().drain();
+    let ready = probe.await.unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(ready.json()["status"], "draining");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_check_is_cut_off_at_its_timeout() {
     let (_, addr) = serve_health(
         Health::builder().check("database", ok_check()).add_check(

@@ -1,29 +1,35 @@
 //! A file or directory writable, and free disk space above a threshold.
 
+use std::collections::hash_map::RandomState;
 use std::fs::OpenOptions;
-use std::io::Write as _;
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::io::{ErrorKind, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::check::{Check, CheckError, CheckFuture};
-use crate::checks::blocking;
+use crate::checks::Blocking;
 
 /// Passes when `path` can be written: for a directory, a probe file is created, written and
 /// removed; for a file, it is opened for appending (and left unchanged).
 pub fn writable(path: impl Into<PathBuf>) -> WritableCheck {
-    WritableCheck { path: path.into() }
+    WritableCheck {
+        path: path.into(),
+        blocking: Blocking::default(),
+    }
 }
 
 /// The check [`writable`] builds.
 #[derive(Clone, Debug)]
 pub struct WritableCheck {
     path: PathBuf,
+    blocking: Blocking,
 }
 
 impl Check for WritableCheck {
     fn check(&self) -> CheckFuture<'_> {
         let path = self.path.clone();
-        Box::pin(blocking(move || probe_writable(&path)))
+        Box::pin(self.blocking.run(&self.path, move || probe_writable(&path)))
     }
 }
 
@@ -42,22 +48,40 @@ fn probe_writable(path: &Path) -> Result<(), CheckError> {
             .map(drop)
             .map_err(|error| fail("open for append", path, error));
     }
-    static PROBES: AtomicU64 = AtomicU64::new(0);
-    let probe = path.join(format!(
-        ".periscope-health-{}-{}",
-        std::process::id(),
-        PROBES.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-        .and_then(|mut file| file.write_all(b"periscope health probe\n"))
-        .map_err(|error| fail("create a probe file", path, error));
+    // Never remove a file this check did not create: the directory may be shared (a volume
+    // mounted by several replicas, each often pid 1), so on a name clash try another name.
+    let mut attempts = 0;
+    let (probe, mut file) = loop {
+        let probe = path.join(probe_file_name());
+        match OpenOptions::new().write(true).create_new(true).open(&probe) {
+            Ok(file) => break (probe, file),
+            Err(error) if error.kind() == ErrorKind::AlreadyExists && attempts < 3 => {
+                attempts += 1;
+            }
+            Err(error) => return Err(fail("create a probe file", path, error)),
+        }
+    };
+    let written = file
+        .write_all(b"periscope health probe\n")
+        .map_err(|error| fail("write a probe file", path, error));
+    drop(file);
     // Remove the probe file even when the write failed half-way.
     let removed = std::fs::remove_file(&probe);
     written?;
     removed.map_err(|error| fail("remove the probe file", &probe, error))
+}
+
+/// `.periscope-health-<pid>-<random>`: unique across processes that share the directory, even
+/// ones with the same pid in different containers.
+fn probe_file_name() -> String {
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(PROBES.fetch_add(1, Ordering::Relaxed));
+    format!(
+        ".periscope-health-{}-{:016x}",
+        std::process::id(),
+        hasher.finish()
+    )
 }
 
 /// Passes while the file system holding `path` has at least `min_available_bytes` available to
@@ -66,6 +90,7 @@ pub fn disk_space(path: impl Into<PathBuf>, min_available_bytes: u64) -> DiskSpa
     DiskSpaceCheck {
         path: path.into(),
         min_available_bytes,
+        blocking: Blocking::default(),
     }
 }
 
@@ -74,13 +99,14 @@ pub fn disk_space(path: impl Into<PathBuf>, min_available_bytes: u64) -> DiskSpa
 pub struct DiskSpaceCheck {
     path: PathBuf,
     min_available_bytes: u64,
+    blocking: Blocking,
 }
 
 impl Check for DiskSpaceCheck {
     fn check(&self) -> CheckFuture<'_> {
         let path = self.path.clone();
         let min = self.min_available_bytes;
-        Box::pin(blocking(move || {
+        Box::pin(self.blocking.run(&self.path, move || {
             let available = fs4::available_space(&path).map_err(|error| {
                 CheckError::msg(format!("free space of {} unknown: {error}", path.display()))
             })?;
