@@ -4,7 +4,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use periscope_admin::{Admin, DebugAccess};
+use periscope_admin::{Admin, AdminBuilder, DebugAccess};
 use periscope_context::{RouteTemplates, TenantKey};
 use periscope_error::ErrorLayer;
 use periscope_health::Health;
@@ -481,6 +481,25 @@ impl Observability {
     /// The admin surface with explicit debug access, for example
     /// [`DebugAccess::SeparateListener`] on a listener bound to a private interface only.
     pub fn admin_with(&self, access: DebugAccess) -> Admin {
+        self.admin_builder(access).build()
+    }
+
+    /// The builder behind [`admin_with`](Self::admin_with), filled in with this stack's parts,
+    /// for what only the service knows: the host names a separate listener is reached by
+    /// ([`AdminBuilder::debug_hosts`]), more status sections.
+    ///
+    /// ```
+    /// use periscope::admin::DebugAccess;
+    ///
+    /// let obs = periscope::Observability::builder().build()?;
+    /// let private = obs
+    ///     .admin_builder(DebugAccess::SeparateListener)
+    ///     .debug_hosts(["checkout-admin.ops.svc"])
+    ///     .build();
+    /// # let _ = private;
+    /// # Ok::<(), periscope::Error>(())
+    /// ```
+    pub fn admin_builder(&self, access: DebugAccess) -> AdminBuilder {
         let settings = &self.settings;
         let mut admin = Admin::builder()
             .service_info(
@@ -507,7 +526,7 @@ impl Observability {
             let read = Arc::clone(read);
             admin = admin.status_section(name.clone(), move || read());
         }
-        admin.build()
+        admin
     }
 
     /// The settings in force.

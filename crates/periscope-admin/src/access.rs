@@ -4,8 +4,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::HeaderMap;
-use http::header::AUTHORIZATION;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use http::header::{AUTHORIZATION, HOST};
+use http::{HeaderMap, Uri};
 use subtle::{Choice, ConstantTimeEq};
 
 /// Tokens shorter than this get a warning when the admin service is built.
@@ -34,6 +36,10 @@ pub enum DebugAccess {
     /// listener that only operators can reach. The caller must bind that listener to a private
     /// interface (`127.0.0.1`, a pod-internal or management network), never to a public one,
     /// and must not expose its port through a public load balancer or Kubernetes Service.
+    ///
+    /// Only requests addressed to an IP address, `localhost`, or a name given to
+    /// [`AdminBuilder::debug_hosts`](crate::AdminBuilder::debug_hosts) are answered (403
+    /// otherwise), so a web page cannot reach the listener through DNS rebinding.
     SeparateListener,
 }
 
@@ -64,7 +70,8 @@ impl fmt::Debug for DebugAccess {
 pub(crate) enum Gate {
     Closed,
     Token(Arc<[u8]>),
-    Open,
+    /// Open to requests addressed to an IP address, `localhost` or one of these names.
+    Open(Arc<[String]>),
 }
 
 /// Why a debug request was refused.
@@ -74,13 +81,20 @@ pub(crate) enum Denied {
     Missing,
     /// A header that is not `Bearer <the token>`.
     Invalid,
+    /// A separate listener's request addressed to a host name it does not know.
+    Host,
 }
 
 impl Gate {
-    pub(crate) fn new(access: DebugAccess) -> Self {
+    pub(crate) fn new(access: DebugAccess, hosts: &[String]) -> Self {
         match access {
             DebugAccess::Disabled => Gate::Closed,
-            DebugAccess::SeparateListener => Gate::Open,
+            DebugAccess::SeparateListener => Gate::Open(
+                hosts
+                    .iter()
+                    .map(|host| host.trim().trim_end_matches('.').to_ascii_lowercase())
+                    .collect(),
+            ),
             DebugAccess::Token(token) => {
                 let token = token.trim();
                 if token.is_empty() {
@@ -104,10 +118,10 @@ impl Gate {
         matches!(self, Gate::Closed)
     }
 
-    /// Whether `headers` may reach a debug endpoint.
-    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), Denied> {
+    /// Whether a request to `uri` with `headers` may reach a debug endpoint.
+    pub(crate) fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), Denied> {
         let expected = match self {
-            Gate::Open => return Ok(()),
+            Gate::Open(hosts) => return addressed_to_known_host(uri, headers, hosts),
             // Unreachable in practice: closed endpoints are not routed.
             Gate::Closed => return Err(Denied::Invalid),
             Gate::Token(expected) => expected,
@@ -124,6 +138,52 @@ impl Gate {
             _ => Err(Denied::Invalid),
         }
     }
+}
+
+/// Whether the request names a host DNS rebinding cannot forge: an IP address, `localhost`
+/// (`*.localhost` resolves to loopback in browsers), or a configured name. A request naming
+/// none (no `Host`, as from some tools) is not a browser's, and passes.
+fn addressed_to_known_host(uri: &Uri, headers: &HeaderMap, known: &[String]) -> Result<(), Denied> {
+    let mut values = headers.get_all(HOST).iter();
+    let host = match (uri.host(), values.next()) {
+        (Some(host), _) => host,
+        (None, None) => return Ok(()),
+        (None, Some(value)) => {
+            if values.next().is_some() {
+                return Err(Denied::Host);
+            }
+            let value = value.to_str().map_err(|_| Denied::Host)?;
+            host_of(value).ok_or(Denied::Host)?
+        }
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let literal = host
+        .strip_prefix('[')
+        .and_then(|v6| v6.strip_suffix(']'))
+        .map_or_else(
+            || host.parse::<Ipv4Addr>().is_ok(),
+            |v6| v6.parse::<Ipv6Addr>().is_ok(),
+        );
+    if literal || host == "localhost" || host.ends_with(".localhost") || known.contains(&host) {
+        Ok(())
+    } else {
+        Err(Denied::Host)
+    }
+}
+
+/// The host of a `Host` header value, without its port (`[::1]:9000` gives `[::1]`).
+fn host_of(value: &str) -> Option<&str> {
+    let value = value.trim();
+    let host = match value.rfind(':') {
+        Some(colon) if !value[colon..].contains(']') => {
+            let port = &value[colon + 1..];
+            port.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then_some(&value[..colon])?
+        }
+        _ => value,
+    };
+    (!host.is_empty()).then_some(host)
 }
 
 /// The credentials of `Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1).
@@ -161,8 +221,9 @@ mod tests {
 
     #[test]
     fn only_the_exact_bearer_token_passes() {
-        let gate = Gate::new(DebugAccess::Token("s3cret-token-0123456789".into()));
-        let check = |values: &[&str]| gate.check(&headers(values));
+        let gate = Gate::new(DebugAccess::Token("s3cret-token-0123456789".into()), &[]);
+        let check =
+            |values: &[&str]| gate.check(&Uri::from_static("/debug/status"), &headers(values));
         assert_eq!(check(&["Bearer s3cret-token-0123456789"]), Ok(()));
         assert_eq!(check(&["bearer   s3cret-token-0123456789 "]), Ok(()));
         assert_eq!(check(&[]), Err(Denied::Missing));
@@ -204,7 +265,7 @@ mod tests {
 
     #[test]
     fn empty_tokens_keep_the_endpoints_closed_and_debug_hides_the_token() {
-        assert!(Gate::new(DebugAccess::Token("  ".into())).is_closed());
+        assert!(Gate::new(DebugAccess::Token("  ".into()), &[]).is_closed());
         assert_eq!(
             DebugAccess::from_token(Some(String::new())),
             DebugAccess::Disabled
@@ -212,5 +273,59 @@ mod tests {
         assert_eq!(DebugAccess::from_token(None), DebugAccess::Disabled);
         let access = DebugAccess::from_token(Some("hunter2".into()));
         assert_eq!(format!("{access:?}"), "Token([REDACTED])");
+    }
+
+    #[test]
+    fn a_separate_listener_answers_only_hosts_rebinding_cannot_forge() {
+        let gate = Gate::new(
+            DebugAccess::SeparateListener,
+            &[" My-Service-Admin.ops.svc. ".to_owned()],
+        );
+        let check = |uri: &'static str, hosts: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for host in hosts {
+                headers.append(HOST, host.parse().unwrap());
+            }
+            gate.check(&Uri::from_static(uri), &headers)
+        };
+        for fine in [
+            "127.0.0.1:9000",
+            "10.1.2.3",
+            "[::1]:9000",
+            "[fe80::1]",
+            "localhost:9000",
+            "LOCALHOST.",
+            "admin.localhost:9000",
+            "my-service-admin.ops.svc:9000",
+        ] {
+            assert_eq!(check("/debug/status", &[fine]), Ok(()), "{fine}");
+        }
+        // No host at all: not a browser.
+        assert_eq!(check("/debug/status", &[]), Ok(()));
+        for refused in [
+            "attacker.example:9000",
+            "attacker.example",
+            "127.0.0.1.attacker.example",
+            "localhost.attacker.example",
+            "[::1",
+            "127.0.0.1:90x",
+            "",
+        ] {
+            assert_eq!(
+                check("/debug/status", &[refused]),
+                Err(Denied::Host),
+                "{refused}"
+            );
+        }
+        assert_eq!(
+            check("/debug/status", &["127.0.0.1", "attacker.example"]),
+            Err(Denied::Host)
+        );
+        // HTTP/2 names the host in the URI.
+        assert_eq!(
+            check("http://attacker.example:9000/debug/status", &["127.0.0.1"]),
+            Err(Denied::Host)
+        );
+        assert_eq!(check("http://127.0.0.1:9000/debug/status", &[]), Ok(()));
     }
 }

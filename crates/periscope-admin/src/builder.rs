@@ -33,6 +33,7 @@ pub struct AdminBuilder {
     gpu: Option<periscope_gpu::GpuCollector>,
     sections: Vec<(String, Section)>,
     debug: DebugAccess,
+    debug_hosts: Vec<String>,
 }
 
 impl fmt::Debug for AdminBuilder {
@@ -147,13 +148,27 @@ impl AdminBuilder {
         self
     }
 
+    /// Host names that a [`DebugAccess::SeparateListener`] answers debug requests for, besides
+    /// IP addresses and `localhost`: the name operators use to reach it, such as
+    /// `my-service-admin.ops.svc`. A debug request addressed to any other name gets 403: a web
+    /// page that rebinds its own name to the listener's address would otherwise read it from
+    /// the operator's browser.
+    pub fn debug_hosts<I, T>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.debug_hosts.extend(hosts.into_iter().map(Into::into));
+        self
+    }
+
     /// The admin service.
     pub fn build(self) -> Admin {
         #[cfg(feature = "log")]
         let redactor = self.redactor.unwrap_or_default();
         Admin::from_inner(Inner {
             started: Started::now(),
-            gate: Gate::new(self.debug),
+            gate: Gate::new(self.debug, &self.debug_hosts),
             #[cfg(feature = "health")]
             health: self.health.or_else(|| default_health(&self.info)),
             #[cfg(feature = "metrics")]

@@ -79,9 +79,22 @@ pub(crate) fn method_not_allowed<T>(
     response
 }
 
-/// 401 `token_missing` or `token_invalid`, with the `WWW-Authenticate` challenge of RFC 6750.
+/// 401 `token_missing` or `token_invalid`, with the `WWW-Authenticate` challenge of RFC 6750;
+/// 403 `insufficient_permissions` for a separate listener's request to a host it does not know.
 pub(crate) fn unauthorized<T>(denied: Denied, request: &Request<T>) -> Response<AdminBody> {
     let (code, message, challenge) = match denied {
+        Denied::Host => {
+            let refused = HttpError::new(
+                codes::INSUFFICIENT_PERMISSIONS,
+                "This admin listener answers debug requests addressed to an IP address, \
+                 `localhost`, or a host name it was given",
+            )
+            .with_help(
+                "Use the listener's IP address, or add the name you use with \
+                 `AdminBuilder::debug_hosts` (names are checked against DNS rebinding)",
+            );
+            return error(refused, request);
+        }
         Denied::Missing => (
             codes::TOKEN_MISSING,
             "Debug endpoints need an `Authorization: Bearer <admin token>` header",

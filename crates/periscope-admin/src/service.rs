@@ -119,7 +119,7 @@ impl Admin {
         // some and a 401 for others would tell a caller which debug endpoints exist.
         if request.uri().path().starts_with(DEBUG_PREFIX)
             && self.debug_enabled()
-            && let Err(denied) = self.inner.gate.check(request.headers())
+            && let Err(denied) = self.inner.gate.check(request.uri(), request.headers())
         {
             return ResponseFuture::ready(reply::unauthorized(denied, &request));
         }

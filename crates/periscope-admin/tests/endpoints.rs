@@ -289,6 +289,44 @@ async fn a_separate_listener_serves_debug_endpoints_without_a_token() {
 }
 
 #[tokio::test]
+async fn a_separate_listener_refuses_names_a_rebinding_page_would_use() {
+    let (admin, _) = full_admin(DebugAccess::SeparateListener);
+    let addr = serve(admin).await;
+    let port = addr.port();
+    // A page on attacker.example that rebinds its name to 127.0.0.1 sends its own name.
+    let rebound = format!("attacker.example:{port}");
+    for path in DEBUG_PATHS {
+        let answer = send(addr, "GET", path, &[("host", &rebound)], "").await;
+        answer.envelope(403, "insufficient_permissions");
+    }
+    // Probes and /metrics are no debug endpoints: any name reaches them.
+    let health = send(addr, "GET", "/health", &[("host", &rebound)], "").await;
+    assert_eq!(health.status, 200);
+    let localhost = format!("localhost:{port}");
+    let answer = send(addr, "GET", "/debug/status", &[("host", &localhost)], "").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+
+    // The name operators use, once given.
+    let admin = Admin::builder()
+        .debug(DebugAccess::SeparateListener)
+        .debug_hosts(["svc-admin.ops.svc"])
+        .build();
+    let addr = serve(admin).await;
+    let named = format!("SVC-ADMIN.ops.svc:{}", addr.port());
+    let answer = send(addr, "GET", "/debug/status", &[("host", &named)], "").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let other = send(
+        addr,
+        "GET",
+        "/debug/status",
+        &[("host", "other.ops.svc")],
+        "",
+    )
+    .await;
+    other.envelope(403, "insufficient_permissions");
+}
+
+#[tokio::test]
 async fn config_never_shows_a_secret_value() {
     let secrets = [
         "hunter2",
