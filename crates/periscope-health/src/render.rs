@@ -151,6 +151,10 @@ pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<Full<Byt
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    // As every answer of the probe server: a 404 is cacheable by default.
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::METHOD_NOT_ALLOWED {
         response
             .headers_mut()

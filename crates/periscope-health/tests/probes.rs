@@ -385,10 +385,14 @@ async fn verbose_text_lists_each_check() {
 async fn other_paths_and_methods_are_refused() {
     let health = Health::builder().build().unwrap();
     let addr = serve(health.service()).await;
-    assert_eq!(get(addr, "/nope").await.status, 404);
+    let missing = get(addr, "/nope").await;
+    assert_eq!(missing.status, 404);
+    // A 404 may be cached by default (RFC 9111): the probe server's never is.
+    assert_eq!(missing.header("cache-control"), Some("no-store"));
     let post = support::request(addr, "POST", "/ready", &[("content-length", "0")]).await;
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    assert_eq!(post.header("cache-control"), Some("no-store"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
