@@ -12,6 +12,8 @@ const DEFAULT_RETRY: Duration = Duration::from_secs(60);
 const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(3600);
 /// Shorter intervals would make the sampler itself a load on the driver.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// NVML answers in milliseconds; a sample running this long is a hung driver call.
+const DEFAULT_SAMPLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which GPU processes count as "this service's own" for `gpu_process_memory_used_bytes`
 /// and the snapshot.
@@ -69,6 +71,7 @@ pub struct GpuCollectorBuilder {
     process_filter: ProcessFilter,
     retry: Duration,
     retry_max: Duration,
+    sample_timeout: Duration,
 }
 
 impl Default for GpuCollectorBuilder {
@@ -81,6 +84,7 @@ impl Default for GpuCollectorBuilder {
             process_filter: ProcessFilter::default(),
             retry: DEFAULT_RETRY,
             retry_max: DEFAULT_RETRY_MAX,
+            sample_timeout: DEFAULT_SAMPLE_TIMEOUT,
         }
     }
 }
@@ -127,6 +131,14 @@ impl GpuCollectorBuilder {
         self
     }
 
+    /// How long one sample may run before the collector reports itself down (default 30 s,
+    /// at least 100 ms). A hung driver call then shows as `gpu_collector_up 0` with the device
+    /// series absent and one error counted, instead of the last readings frozen as if current.
+    pub fn sample_timeout(mut self, timeout: Duration) -> Self {
+        self.sample_timeout = timeout.clamp(MIN_INTERVAL, LONGEST_WAIT);
+        self
+    }
+
     /// The collector and its sampler, without a thread: drive [`GpuSampler::run`] or
     /// [`GpuSampler::sample_once`] yourself (for example in a blocking task).
     pub fn build<S: GpuSource>(self, source: S) -> (GpuCollector, GpuSampler) {
@@ -138,6 +150,7 @@ impl GpuCollectorBuilder {
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
             done: Condvar::new(),
+            sample_timeout: self.sample_timeout,
         });
         let sampler = GpuSampler {
             source: Box::new(source),
@@ -215,9 +228,35 @@ impl GpuCollector {
         GpuCollectorBuilder::default()
     }
 
-    /// The state the last sample left; a cheap `Arc` clone, never a driver call.
+    /// The state the last sample left; a cheap `Arc` clone, never a driver call. While a
+    /// sample runs past the sample timeout, the collector is shown down instead.
     pub(crate) fn published(&self) -> Arc<Published> {
-        self.inner.shared.published()
+        let shared = &self.inner.shared;
+        // Read under the control lock, which the sampler holds while it publishes, so that a
+        // stalled view and the sample that ends the stall are never mixed.
+        let control = lock(&shared.control);
+        let published = shared.published();
+        let running = control
+            .under_way_since
+            .map(|since| since.elapsed())
+            .filter(|running| *running > shared.sample_timeout);
+        drop(control);
+        let Some(running) = running else {
+            return published;
+        };
+        Arc::new(Published {
+            source: published.source,
+            up: false,
+            // The sampler counts the stalled sample when it ends: the counter never goes back.
+            errors_total: published.errors_total.saturating_add(1),
+            last_success: published.last_success,
+            last_error: Some(format!(
+                "the GPU source has not answered for {:.0} s (a hung driver call?); readings \
+                 are withheld until it does",
+                running.as_secs_f64()
+            )),
+            sample: None,
+        })
     }
 
     /// The last sample as the `/debug/status` GPU section.
@@ -259,13 +298,35 @@ impl GpuCollector {
         true
     }
 
-    /// Stops the sampling thread and waits for it (at most one sample's time). Blocks.
+    /// Stops the sampling thread and waits for it: at most for the sample under way, and no
+    /// longer than the sample timeout (a hung driver call leaves the thread behind). Blocks.
     pub fn shutdown(&self) {
-        self.inner.shared.stop();
-        if let Some(thread) = lock(&self.inner.thread).take() {
-            // A panicking source already logged its panic; nothing is left to do about it.
-            let _ = thread.join();
+        let shared = &self.inner.shared;
+        shared.stop();
+        let Some(thread) = lock(&self.inner.thread).take() else {
+            return;
+        };
+        let mut control = lock(&shared.control);
+        while let Some(since) = control.under_way_since {
+            let Some(left) = shared.sample_timeout.checked_sub(since.elapsed()) else {
+                drop(control);
+                tracing::warn!(
+                    source = shared.published().source,
+                    "GPU collector shutdown: a sample ran past the sample timeout (a hung \
+                     driver call?); the sampling thread is left to end on its own"
+                );
+                return;
+            };
+            control = shared
+                .done
+                .wait_timeout(control, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
+        drop(control);
+        // No sample is under way and none starts after `stop`: the thread ends at once. A
+        // panicking source already logged its panic; nothing is left to do about it.
+        let _ = thread.join();
     }
 }
 
@@ -288,6 +349,8 @@ struct Shared {
     wake: Condvar,
     /// Tells `refresh` callers that a sample completed.
     done: Condvar,
+    /// A sample running longer than this shows the collector down.
+    sample_timeout: Duration,
 }
 
 #[derive(Default)]
@@ -297,6 +360,8 @@ struct Control {
     /// Samples started and completed by the thread.
     started: u64,
     completed: u64,
+    /// When the sample under way started.
+    under_way_since: Option<Instant>,
 }
 
 impl Shared {
@@ -353,10 +418,16 @@ impl GpuSampler {
     /// on the unavailable back-off), or early on [`GpuCollector::refresh`].
     pub fn run(mut self) {
         loop {
-            if lock(&self.shared.control).stop {
-                return;
+            {
+                // Checked under the lock that starts the sample: `shutdown` never waits on a
+                // sample begun after it.
+                let mut control = lock(&self.shared.control);
+                if control.stop {
+                    return;
+                }
+                begin(&mut control);
             }
-            let wait = self.sample_once();
+            let wait = self.complete();
             let deadline = deadline_after(wait);
             let mut control = lock(&self.shared.control);
             while !control.stop && !control.refresh {
@@ -377,19 +448,38 @@ impl GpuSampler {
     /// [`GpuCollector::refresh`] waiting meanwhile is answered by it, whoever drives the
     /// sampler.
     pub fn sample_once(&mut self) -> Duration {
-        {
+        begin(&mut lock(&self.shared.control));
+        self.complete()
+    }
+
+    /// Takes the sample [`begin`] announced and publishes it.
+    fn complete(&mut self) -> Duration {
+        let (mut next, wait) = self.sample();
+        let took = {
             let mut control = lock(&self.shared.control);
-            // A refresh asked before this point is answered by this sample.
-            control.refresh = false;
-            control.started += 1;
-        }
-        let wait = self.sample();
-        lock(&self.shared.control).completed += 1;
+            let took = control.under_way_since.take().map(|since| since.elapsed());
+            // Scrapes showed this sample as one error once it ran past the timeout; counting
+            // it in the same step keeps the counter they saw from going back.
+            if took.is_some_and(|took| took > self.shared.sample_timeout) {
+                next.errors_total += 1;
+            }
+            self.shared.publish(next);
+            control.completed += 1;
+            took
+        };
         self.shared.done.notify_all();
+        if let Some(took) = took.filter(|took| *took > self.shared.sample_timeout) {
+            tracing::warn!(
+                source = self.source.name(),
+                took_s = took.as_secs_f64(),
+                "a GPU sample ran past the sample timeout; the collector showed down meanwhile"
+            );
+        }
         wait
     }
 
-    fn sample(&mut self) -> Duration {
+    /// Reads the source; returns what to publish and the wait before the next sample.
+    fn sample(&mut self) -> (Published, Duration) {
         let now = Instant::now();
         let expensive_due = self
             .last_expensive
@@ -412,6 +502,17 @@ impl GpuSampler {
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.source.sample(request)))
                 .unwrap_or_else(|_| Err(GpuError::read("the GPU source panicked")));
+        // A panicking custom filter would otherwise end the sampling thread, freezing the
+        // last published sample (`up 1`) for good.
+        let result = result.and_then(|mut sample| {
+            let filter = &self.config.process_filter;
+            let own_pid = self.own_pid;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                keep_own_processes(filter, own_pid, &mut sample);
+            }))
+            .map(|()| sample)
+            .map_err(|_| GpuError::read("the process filter panicked"))
+        });
         let wait = match result {
             Ok(mut sample) => {
                 if request.processes || request.pcie {
@@ -425,7 +526,6 @@ impl GpuSampler {
                         "GPU source listed devices twice (same id or uuid); counted as errors"
                     );
                 }
-                self.keep_own_processes(&mut sample);
                 carry_expensive(&mut sample, previous.sample.as_ref(), request);
                 self.recovered();
                 next.errors_total += u64::from(sample.unreadable_devices) + u64::from(dropped);
@@ -451,16 +551,7 @@ impl GpuSampler {
                 wait
             }
         };
-        self.shared.publish(next);
-        wait
-    }
-
-    fn keep_own_processes(&self, sample: &mut GpuSample) {
-        for device in &mut sample.devices {
-            if let Some(processes) = &mut device.processes {
-                processes.retain(|p| self.config.process_filter.keeps(p.pid, self.own_pid));
-            }
-        }
+        (next, wait)
     }
 
     /// One warning per outage; repeats go to debug so a missing driver never floods the log.
@@ -484,6 +575,22 @@ impl GpuSampler {
             tracing::info!(source = self.source.name(), "GPU collector is up again");
         }
         self.warned = false;
+    }
+}
+
+/// Marks a sample as started.
+fn begin(control: &mut Control) {
+    // A refresh asked before this point is answered by this sample.
+    control.refresh = false;
+    control.started += 1;
+    control.under_way_since = Some(Instant::now());
+}
+
+fn keep_own_processes(filter: &ProcessFilter, own_pid: u32, sample: &mut GpuSample) {
+    for device in &mut sample.devices {
+        if let Some(processes) = &mut device.processes {
+            processes.retain(|p| filter.keeps(p.pid, own_pid));
+        }
     }
 }
 

@@ -718,6 +718,158 @@ fn a_panicking_source_is_a_failed_sample_and_the_thread_keeps_running() {
     assert!(gpu.snapshot().last_error.unwrap().contains("panicked"));
 }
 
+/// A custom process filter that panics fails the sample like a panicking source: the
+/// thread survives, and the last good sample is not left behind as `up 1`.
+#[test]
+fn a_panicking_process_filter_is_a_failed_sample_and_the_thread_keeps_running() {
+    let gpu = GpuCollector::builder()
+        .interval(Duration::from_secs(3600))
+        .processes(true)
+        .process_filter(ProcessFilter::Custom(std::sync::Arc::new(|_| {
+            panic!("filter bug")
+        })))
+        .start(FakeSource::demo(1))
+        .expect("spawn");
+    assert!(
+        gpu.refresh(Duration::from_secs(10)),
+        "first sample answered"
+    );
+    assert!(
+        gpu.refresh(Duration::from_secs(10)),
+        "the sampler survived the panic"
+    );
+    let (_, exp) = scrape(&gpu);
+    assert_eq!(exp.value("gpu_collector_up", &[]), Some(0.0));
+    assert!(exp.value("gpu_collector_errors_total", &[]).unwrap() >= 2.0);
+    assert!(!exp.has_family("gpu_info"), "no device series while down");
+    let last_error = gpu.snapshot().last_error.unwrap();
+    assert!(
+        last_error.contains("process filter panicked"),
+        "{last_error}"
+    );
+}
+
+/// A source that blocks while its gate is closed, as a hung driver call does.
+#[derive(Clone, Default)]
+struct Gate {
+    closed: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Gate {
+    fn set_closed(&self, closed: bool) {
+        *self.closed.0.lock().unwrap() = closed;
+        self.closed.1.notify_all();
+    }
+
+    /// Waits until the source was called `n` times.
+    fn wait_for_calls(&self, n: u64) {
+        while self.calls.load(std::sync::atomic::Ordering::SeqCst) < n {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+struct Hanging {
+    gate: Gate,
+    inner: FakeSource,
+}
+
+impl periscope_gpu::GpuSource for Hanging {
+    fn name(&self) -> &'static str {
+        "hanging"
+    }
+
+    fn sample(&mut self, request: periscope_gpu::SampleRequest) -> Result<GpuSample, GpuError> {
+        self.gate
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (closed, opened) = &*self.gate.closed;
+        drop(
+            opened
+                .wait_while(closed.lock().unwrap(), |closed| *closed)
+                .unwrap(),
+        );
+        self.inner.sample(request)
+    }
+}
+
+/// A hung driver call must not leave the last readings exported as current with
+/// `gpu_collector_up 1`: past the sample timeout the collector shows down, and once the
+/// call returns it is up again without its error counter going back.
+#[test]
+fn a_hung_source_shows_down_after_the_sample_timeout() {
+    let gate = Gate::default();
+    let gpu = GpuCollector::builder()
+        .interval(Duration::from_secs(3600))
+        .sample_timeout(Duration::from_millis(200))
+        .start(Hanging {
+            gate: gate.clone(),
+            inner: FakeSource::demo(1),
+        })
+        .expect("spawn");
+    assert!(gpu.refresh(Duration::from_secs(10)));
+    assert_eq!(scrape(&gpu).1.value("gpu_collector_up", &[]), Some(1.0));
+
+    gate.set_closed(true);
+    assert!(!gpu.refresh(Duration::from_millis(600)), "the source hangs");
+    let (text, exp) = scrape(&gpu);
+    assert_eq!(exp.value("gpu_collector_up", &[]), Some(0.0), "{text}");
+    assert_eq!(exp.value("gpu_collector_errors_total", &[]), Some(1.0));
+    assert!(
+        !exp.has_family("gpu_info"),
+        "no frozen device series: {text}"
+    );
+    assert!(
+        exp.value("gpu_collector_last_success_timestamp_seconds", &[])
+            .is_some(),
+        "the last good sample's time stays"
+    );
+    let snapshot = gpu.snapshot();
+    assert!(!snapshot.up && snapshot.devices.is_empty());
+    let last_error = snapshot.last_error.unwrap();
+    assert!(last_error.contains("has not answered"), "{last_error}");
+    assert!(!gpu.is_up() && gpu.last_sample().is_none());
+
+    gate.set_closed(false);
+    assert!(gpu.refresh(Duration::from_secs(10)), "the call returned");
+    let (text, exp) = scrape(&gpu);
+    assert_eq!(exp.value("gpu_collector_up", &[]), Some(1.0), "{text}");
+    assert_eq!(
+        exp.value("gpu_collector_errors_total", &[]),
+        Some(1.0),
+        "the stalled sample stays counted once"
+    );
+    assert!(exp.has_family("gpu_info"));
+}
+
+/// `shutdown` with a hung source returns after the sample timeout instead of never.
+#[test]
+fn shutdown_does_not_wait_for_a_hung_source_past_the_sample_timeout() {
+    let gate = Gate::default();
+    gate.set_closed(true);
+    let gpu = GpuCollector::builder()
+        .sample_timeout(Duration::from_millis(300))
+        .start(Hanging {
+            gate: gate.clone(),
+            inner: FakeSource::demo(1),
+        })
+        .expect("spawn");
+    gate.wait_for_calls(1);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let handle = gpu.clone();
+    std::thread::spawn(move || {
+        handle.shutdown();
+        let _ = done_tx.send(());
+    });
+    let returned = done_rx.recv_timeout(Duration::from_secs(10)).is_ok();
+    gate.set_closed(false);
+    assert!(
+        returned,
+        "shutdown returned although the source still hangs"
+    );
+}
+
 /// `metric_names` lists exactly the families a full scrape writes, so that reserving them
 /// keeps every other metric off them.
 #[test]

@@ -5,7 +5,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use periscope_gpu::{
-    CSV_HEADER, FakeSource, GpuProcess, GpuSample, ResourceTracker, TrackerError, demo_device,
+    CSV_HEADER, DeviceSample, FakeSource, GpuError, GpuProcess, GpuSample, GpuSource,
+    ResourceTracker, SampleRequest, TrackerError, demo_device,
 };
 
 const BURN_ENV: &str = "PERISCOPE_GPU_TEST_BURN";
@@ -313,4 +314,116 @@ fn odd_readings_leave_cells_empty_or_saturated() {
         row[column(header, "gpu_memory_used_bytes")],
         u64::MAX.to_string()
     );
+}
+
+/// The CSV rows (after the header) as cells, by column name.
+fn rows(text: &str) -> (String, Vec<Vec<String>>) {
+    let mut lines = text.lines();
+    let header = lines.next().expect("a header").to_owned();
+    let rows = lines
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .collect();
+    (header, rows)
+}
+
+/// A source that panics on every sample.
+struct Panicking;
+
+impl GpuSource for Panicking {
+    fn name(&self) -> &'static str {
+        "panicking"
+    }
+
+    fn sample(&mut self, _: SampleRequest) -> Result<GpuSample, GpuError> {
+        panic!("driver bug");
+    }
+}
+
+/// A panicking GPU source costs the GPU columns, not the run's readings and report.
+#[test]
+fn a_panicking_gpu_source_leaves_the_gpu_cells_empty_and_the_report_whole() {
+    let buf = SharedBuf(Default::default());
+    let tracker = ResourceTracker::builder()
+        .interval(Duration::from_millis(200))
+        .csv_writer(buf.clone())
+        .gpu_source(Panicking)
+        .start()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let report = tracker.finish().expect("the tracker thread survived");
+    assert!(report.summary.samples >= 2, "{:?}", report.summary);
+    assert_eq!(report.summary.gpu_count, 0);
+    assert_eq!(report.summary.gpu_utilization_percent_mean, None);
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let (header, rows) = rows(&text);
+    assert_eq!(rows.len() as u64, report.summary.samples, "{text}");
+    for row in &rows {
+        assert_eq!(row.len(), header.split(',').count(), "{text}");
+        assert_eq!(row[column(&header, "gpu_count")], "", "{text}");
+        assert!(row[column(&header, "memory_bytes")].parse::<u64>().unwrap() > 0);
+    }
+}
+
+/// NVML reports a GPU in MIG mode in aggregate (its memory in use and its processes include
+/// its instances'), then each MIG instance: the tracker counts each byte and GPU once.
+#[test]
+fn mig_instances_are_not_counted_twice_with_their_gpu() {
+    const GIB: u64 = 1 << 30;
+    let own = std::process::id();
+    let mut parent = demo_device(0);
+    parent.utilization_ratio = None;
+    parent.memory_used_bytes = Some(10 * GIB);
+    parent.processes = Some(vec![GpuProcess {
+        pid: own,
+        used_memory_bytes: Some(8 * GIB),
+    }]);
+    let mig = |slot: u32, used: u64, pids: Vec<GpuProcess>| DeviceSample {
+        id: format!("0:mig{slot}"),
+        uuid: format!("MIG-00000000-0000-4000-8000-00000000000{slot}"),
+        name: "Fake GPU 80GB MIG 3g.40gb".into(),
+        mig_parent: Some("0".into()),
+        memory_used_bytes: Some(used),
+        memory_total_bytes: Some(40 * GIB),
+        processes: Some(pids),
+        ..DeviceSample::default()
+    };
+    let mine = mig(
+        0,
+        8 * GIB,
+        vec![GpuProcess {
+            pid: own,
+            used_memory_bytes: Some(8 * GIB),
+        }],
+    );
+    let other = mig(1, 2 * GIB, Vec::new());
+    let buf = SharedBuf(Default::default());
+    let tracker = ResourceTracker::builder()
+        .interval(Duration::from_millis(200))
+        .csv_writer(buf.clone())
+        .gpu_source(FakeSource::new(GpuSample {
+            driver_version: None,
+            devices: vec![parent, mine, other],
+            unreadable_devices: 0,
+        }))
+        .start()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let report = tracker.finish().unwrap();
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let (header, rows) = rows(&text);
+    let row = rows.first().expect("a row");
+    assert_eq!(
+        row[column(&header, "gpu_memory_used_bytes")],
+        (10 * GIB).to_string(),
+        "the GPU's figure already holds its instances': {text}"
+    );
+    assert_eq!(
+        row[column(&header, "gpu_process_memory_bytes")],
+        (8 * GIB).to_string(),
+        "{text}"
+    );
+    let s = &report.summary;
+    assert_eq!(s.gpus_used, 1, "one MIG instance, not it and its GPU");
+    assert_eq!(s.gpu_memory_bytes_max, Some(8 * GIB));
+    assert_eq!(report.recommendation.gpus, 1);
 }

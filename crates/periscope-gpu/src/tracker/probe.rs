@@ -157,7 +157,11 @@ impl Probe {
             processes: true,
             pcie: false,
         };
-        match source.sample(request) {
+        // A panicking source must not end the tracker thread: the run's report would be lost.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.sample(request)))
+                .unwrap_or_else(|_| Err(GpuError::read("the GPU source panicked")));
+        match result {
             Ok(mut sample) => {
                 // A custom source's repeated devices and pids would be counted twice.
                 sample.drop_inconsistencies();
@@ -188,9 +192,33 @@ fn gpu_reading(sample: &GpuSample, tree: &HashSet<u32>) -> GpuReading {
         // A NaN from a source would spoil every device's mean and reach the CSV.
         .filter(|ratio| ratio.is_finite())
         .collect();
+    // A GPU in MIG mode reports its instances' memory and processes again, in aggregate:
+    // each figure is taken once, memory from the GPU, processes from its instances.
+    let with_memory: HashSet<&str> = sample
+        .devices
+        .iter()
+        .filter(|d| d.memory_used_bytes.is_some())
+        .map(|d| d.id.as_str())
+        .collect();
+    let listing_migs: HashSet<&str> = sample
+        .devices
+        .iter()
+        .filter(|d| d.processes.is_some())
+        .filter_map(|d| d.mig_parent.as_deref())
+        .collect();
+    let memory_used = sum_known(sample.devices.iter().map(|d| {
+        let counted_by_parent = d
+            .mig_parent
+            .as_deref()
+            .is_some_and(|parent| with_memory.contains(parent));
+        d.memory_used_bytes.filter(|_| !counted_by_parent)
+    }));
     let mut used_by_tree = Vec::new();
     let mut tree_memory = Vec::new();
     for device in &sample.devices {
+        if listing_migs.contains(device.id.as_str()) {
+            continue;
+        }
         let mine: Vec<_> = device
             .processes
             .iter()
@@ -206,7 +234,7 @@ fn gpu_reading(sample: &GpuSample, tree: &HashSet<u32>) -> GpuReading {
         devices: u32::try_from(sample.devices.len()).unwrap_or(u32::MAX),
         utilization_percent: (!utilizations.is_empty())
             .then(|| utilizations.iter().sum::<f64>() / utilizations.len() as f64 * 100.0),
-        memory_used_bytes: sum_known(sample.devices.iter().map(|d| d.memory_used_bytes)),
+        memory_used_bytes: memory_used,
         tree_memory_bytes: sum_known(tree_memory),
         used_by_tree,
         busy: sample
