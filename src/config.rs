@@ -4,6 +4,33 @@ use std::time::Duration;
 
 use periscope_log::{Directives, LogConfig, LogFormat};
 
+/// Every environment variable periscope reads (through [`Settings::apply_env`]).
+pub(crate) const VARIABLES: &[&str] = &[
+    "SERVICE_NAME",
+    "OTEL_SERVICE_NAME",
+    "ENVIRONMENT",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "RUST_LOG",
+    "ENABLE_METRICS",
+    "ENABLE_TRACING",
+    "ENABLE_GPU",
+    "ADMIN_TOKEN",
+    "REQUEST_TIMEOUT_S",
+    "SHUTDOWN_DRAIN_S",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_PROPAGATORS",
+    "OTEL_SDK_DISABLED",
+];
+
 /// A setting that cannot be used, naming the variable (or builder method) and what it accepts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{var}={value:?} is invalid: {expected}")]
@@ -17,6 +44,24 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// A variable of the process environment that holds bytes that are not UTF-8.
+    pub(crate) fn not_unicode(var: &'static str, value: &std::ffi::OsStr) -> Self {
+        // Credentials are never echoed, not even mangled ones.
+        let secret = ["TOKEN", "HEADERS", "ENDPOINT"]
+            .iter()
+            .any(|part| var.contains(part));
+        let value = if secret {
+            "[REDACTED]".to_owned()
+        } else {
+            value.to_string_lossy().into_owned()
+        };
+        Self::new(
+            var,
+            value,
+            "the value is not valid UTF-8 (check the encoding of the file or secret it comes from)",
+        )
+    }
+
     pub(crate) fn new(
         var: &'static str,
         value: impl Into<String>,
@@ -59,7 +104,8 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct Settings {
-    /// `SERVICE_NAME` (or `OTEL_SERVICE_NAME`): the `service` of every log line and metric.
+    /// `SERVICE_NAME` (or `OTEL_SERVICE_NAME`, or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`
+    /// with the `otel` feature): the `service` of every log line, metric and exported span.
     pub service_name: String,
     /// `ENVIRONMENT`: `production`, `staging`, ... (default `development`).
     pub environment: String,
@@ -144,8 +190,11 @@ impl Settings {
                 .filter(|v| !v.is_empty())
         };
 
-        if let Some(name) = get("SERVICE_NAME").or_else(|| get("OTEL_SERVICE_NAME")) {
+        // The error names the variable the value came from.
+        if let Some(name) = get("SERVICE_NAME") {
             self.service_name = checked_name("SERVICE_NAME", name)?;
+        } else if let Some(name) = get("OTEL_SERVICE_NAME") {
+            self.service_name = checked_name("OTEL_SERVICE_NAME", name)?;
         }
         if let Some(environment) = get("ENVIRONMENT") {
             self.environment = checked_name("ENVIRONMENT", environment)?;
@@ -185,6 +234,20 @@ impl Settings {
         lookup: &impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
         let mut otel = periscope_trace::otel::OtelConfig::from_lookup(lookup)?;
+        // Without SERVICE_NAME or OTEL_SERVICE_NAME, `service.name` in OTEL_RESOURCE_ATTRIBUTES
+        // names the service, as OpenTelemetry specifies (the last one wins, as in the resource).
+        let named = ["SERVICE_NAME", "OTEL_SERVICE_NAME"]
+            .iter()
+            .any(|var| lookup(var).is_some_and(|v| !v.trim().is_empty()));
+        if !named
+            && let Some((_, name)) = otel
+                .resource_attributes
+                .iter()
+                .rev()
+                .find(|(key, _)| key == "service.name")
+        {
+            self.service_name = checked_name("OTEL_RESOURCE_ATTRIBUTES", name.clone())?;
+        }
         // One service name everywhere: the log lines', the metrics' and the exported spans'.
         otel.service_name = Some(self.service_name.clone());
         self.otel = otel;
@@ -294,18 +357,37 @@ fn parse_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// The request timeouts accepted: below a millisecond every request would time out at once.
+const REQUEST_TIMEOUTS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(86_400);
+
 fn parse_seconds(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    match value.parse::<f64>() {
-        // Below a millisecond every request would time out at once.
-        Ok(seconds) if (0.001..=86_400.0).contains(&seconds) => {
-            Ok(Duration::from_secs_f64(seconds))
-        }
-        _ => Err(ConfigError::new(
-            var,
-            value,
-            "use a number of seconds from 0.001 to 86400 (for example 30 or 2.5)",
-        )),
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .filter(|timeout| REQUEST_TIMEOUTS.contains(timeout))
+        .ok_or_else(|| timeout_error(var, value))
+}
+
+/// The same bounds as `REQUEST_TIMEOUT_S`, for a timeout set in code.
+pub(crate) fn checked_timeout(timeout: Duration) -> Result<Duration, ConfigError> {
+    if REQUEST_TIMEOUTS.contains(&timeout) {
+        Ok(timeout)
+    } else {
+        Err(timeout_error(
+            "REQUEST_TIMEOUT_S",
+            timeout.as_secs_f64().to_string(),
+        ))
     }
+}
+
+fn timeout_error(var: &'static str, value: impl Into<String>) -> ConfigError {
+    ConfigError::new(
+        var,
+        value,
+        "use a number of seconds from 0.001 to 86400 (for example 30 or 2.5)",
+    )
 }
 
 fn parse_drain(value: &str) -> Result<Duration, ConfigError> {
@@ -394,6 +476,21 @@ mod tests {
             assert_eq!(error.var, *var, "{error}");
             let text = error.to_string();
             assert!(text.starts_with(var) && text.contains(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn every_variable_read_is_listed() {
+        // `env()` names a variable that is not UTF-8 only if it is listed.
+        let read = std::cell::RefCell::new(Vec::new());
+        Settings::default()
+            .apply_env(|name| {
+                read.borrow_mut().push(name.to_owned());
+                None
+            })
+            .unwrap();
+        for name in read.into_inner() {
+            assert!(VARIABLES.contains(&name.as_str()), "{name} is not listed");
         }
     }
 

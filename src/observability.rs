@@ -19,7 +19,8 @@ use tracing_subscriber::layer::SubscriberExt;
 
 use crate::collectors::{DROPPED_LINES_METRIC, DroppedLinesCollector};
 use crate::config::{
-    ConfigError, MAX_SHUTDOWN_DRAIN, Settings, checked_name, checked_token, drain_error,
+    ConfigError, MAX_SHUTDOWN_DRAIN, Settings, VARIABLES, checked_name, checked_timeout,
+    checked_token, drain_error,
 };
 use crate::stack::ObservabilityLayer;
 use periscope_metrics::prometheus_client::metrics::MetricType;
@@ -115,15 +116,13 @@ impl ObservabilityBuilder {
         self
     }
 
-    /// Level directives such as `info,my_crate::db=debug` (`LOG_LEVEL` / `RUST_LOG` override
-    /// them).
+    /// A level (`debug`) or directives such as `info,my_crate::db=debug`, read like
+    /// `LOG_LEVEL` (`LOG_LEVEL` / `RUST_LOG` override them).
     pub fn log_level(mut self, directives: &str) -> Result<Self, ConfigError> {
-        self.settings.log_directives =
-            directives
-                .parse()
-                .map_err(|e: periscope_log::DirectiveError| {
-                    ConfigError::new("log_level", directives, e.to_string())
-                })?;
+        // Read as `LOG_LEVEL` is: a lone word that is no level (a typo, or an empty string) is
+        // an error, not a target at `trace` with every other line turned off.
+        self.settings.log_directives = periscope_log::Directives::parse_log_level(directives)
+            .map_err(|e| ConfigError::new("log_level", directives, e.to_string()))?;
         Ok(self)
     }
 
@@ -209,9 +208,31 @@ impl ObservabilityBuilder {
         self
     }
 
-    /// Applies the process environment on top of what was set so far.
+    /// Applies the process environment on top of what was set so far. A variable that is not
+    /// UTF-8 is an error naming it.
     pub fn env(self) -> Result<Self, ConfigError> {
-        self.env_from(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+        let not_unicode = std::cell::RefCell::new(None);
+        let applied = self.env_from(|name| {
+            let value = std::env::var_os(name)?;
+            match value.into_string() {
+                Ok(value) => Some(value),
+                Err(value) => match VARIABLES.iter().find(|var| **var == name) {
+                    Some(var) => {
+                        not_unicode
+                            .borrow_mut()
+                            .get_or_insert_with(|| ConfigError::not_unicode(var, &value));
+                        None
+                    }
+                    None => Some(value.to_string_lossy().into_owned()),
+                },
+            }
+        });
+        // Reported before anything else: a mangled value would fail with a misleading message,
+        // or pass with replacement characters in it.
+        match not_unicode.into_inner() {
+            Some(error) => Err(error),
+            None => applied,
+        }
     }
 
     /// Applies variables read through `lookup` (tests, or another configuration source).
@@ -234,6 +255,10 @@ impl ObservabilityBuilder {
         // with its line break could never be sent in a header.
         if let Some(token) = &settings.admin_token {
             checked_token(token.clone())?;
+        }
+        // A zero timeout would answer 504 to every request that waits at all.
+        if let Some(timeout) = settings.request_timeout {
+            checked_timeout(timeout)?;
         }
         if settings.shutdown_drain > MAX_SHUTDOWN_DRAIN {
             let seconds = settings.shutdown_drain.as_secs_f64().to_string();
@@ -416,21 +441,26 @@ impl Observability {
     ///
     /// With OTLP over gRPC, call it inside the Tokio runtime.
     pub fn init(&self) -> Result<ObservabilityGuard, Error> {
-        let taken = self
+        let mut pending = self
             .pending_log
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let Some((log_layer, log_guard)) = taken else {
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pending.is_none() {
             return Err(Error::AlreadyInitialized);
-        };
+        }
 
+        // The log layer is taken only once the exporter is up, so a failed install (gRPC
+        // outside the runtime) can be retried.
         #[cfg(feature = "otel")]
         let otel = if self.settings.tracing && self.settings.otel.traces_endpoint().is_some() {
             Some(self.settings.otel.clone().install()?)
         } else {
             None
         };
+        let Some((log_layer, log_guard)) = pending.take() else {
+            return Err(Error::AlreadyInitialized);
+        };
+        drop(pending);
         #[cfg(feature = "otel")]
         let otel_layer = otel.as_ref().and_then(|guard| guard.layer());
         #[cfg(not(feature = "otel"))]

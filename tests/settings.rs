@@ -3,6 +3,7 @@
 
 use periscope::Observability;
 use periscope::metrics::prometheus_client::metrics::gauge::Gauge;
+use serde_json::Value;
 
 const TOKEN: &str = "s3cr3t-admin-token-0123456789";
 
@@ -40,14 +41,17 @@ fn a_token_set_in_code_follows_the_rules_of_admin_token() {
 #[test]
 fn the_stacks_own_metric_names_are_reserved() {
     let obs = quiet().build().unwrap();
-    for name in [
+    let mut names = vec![
         "periscope_log_dropped_lines_total",
-        "health_check_status",
-        "health_check_duration_seconds",
         "process_cpu_seconds_total",
         "service_info",
         "http_server_requests_total",
-    ] {
+    ];
+    // The health metrics exist with the `metrics` feature only.
+    if cfg!(feature = "metrics") {
+        names.extend(["health_check_status", "health_check_duration_seconds"]);
+    }
+    for name in names {
         let result = obs
             .registry()
             .register(name, "taken", Gauge::<i64>::default());
@@ -115,4 +119,214 @@ fn the_drain_period_comes_from_shutdown_drain_s_within_bounds() {
     );
     let obs = built(quiet().shutdown_drain(Duration::from_millis(2500)));
     assert_eq!(obs.settings().to_json()["shutdown_drain_s"], 2.5);
+}
+
+#[test]
+fn an_invalid_otel_service_name_is_reported_under_its_own_name() {
+    let error = quiet()
+        .env_from(|name| (name == "OTEL_SERVICE_NAME").then(|| "my service".to_owned()))
+        .unwrap_err();
+    assert_eq!(error.var, "OTEL_SERVICE_NAME", "{error}");
+    assert!(
+        error.to_string().starts_with("OTEL_SERVICE_NAME="),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_log_level_set_in_code_is_read_like_log_level() {
+    let level = |text: &str| {
+        quiet()
+            .log_level(text)
+            .map(|builder| builder.build().unwrap().settings().to_json()["log_level"].clone())
+    };
+    assert_eq!(level("warning").unwrap(), "warn");
+    assert_eq!(level("DEBUG").unwrap(), "debug");
+    assert_eq!(
+        level("info,my_crate::db=debug").unwrap(),
+        "info,my_crate::db=debug"
+    );
+    // A typo or an empty value would otherwise turn every line off but one target's.
+    for typo in ["verbose", "", " "] {
+        let error = level(typo).unwrap_err();
+        assert_eq!(error.var, "log_level", "{typo:?}: {error}");
+    }
+}
+
+#[test]
+fn a_request_timeout_set_in_code_follows_the_rules_of_request_timeout_s() {
+    use std::time::Duration;
+
+    for bad in [
+        Duration::ZERO,
+        Duration::from_micros(500),
+        Duration::from_secs(86_401),
+        Duration::MAX,
+    ] {
+        let error = quiet()
+            .request_timeout(bad)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("REQUEST_TIMEOUT_S="), "{bad:?}: {error}");
+        assert!(error.contains("from 0.001 to 86400"), "{bad:?}: {error}");
+    }
+    for good in [Duration::from_millis(1), Duration::from_secs(86_400)] {
+        let obs = quiet().request_timeout(good).build().unwrap();
+        assert_eq!(obs.settings().request_timeout, Some(good));
+    }
+    let env = |value: &str| {
+        let value = value.to_owned();
+        quiet().env_from(move |name| (name == "REQUEST_TIMEOUT_S").then(|| value.clone()))
+    };
+    assert!(env("0.001").is_ok() && env("86400").is_ok());
+    assert!(env("0.0009").is_err() && env("inf").is_err());
+}
+
+/// Every variable the facade reads is in the configuration reference.
+#[test]
+fn every_variable_read_is_documented() {
+    let reference = include_str!("../docs/configuration.md");
+    let read = std::sync::Mutex::new(Vec::new());
+    let _ = quiet()
+        .env_from(|name| {
+            read.lock().unwrap().push(name.to_owned());
+            None
+        })
+        .unwrap();
+    let read = read.into_inner().unwrap();
+    assert!(read.len() > 10, "{read:?}");
+    let missing: Vec<_> = read
+        .iter()
+        .filter(|name| !reference.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in docs/configuration.md: {missing:?}"
+    );
+}
+
+/// Set in the child processes that run `not_utf8_child`.
+#[cfg(unix)]
+const CHILD_MARKER: &str = "PERISCOPE_TEST_NOT_UNICODE_CHILD";
+
+/// Run by `a_variable_that_is_not_utf8_is_an_error_naming_it` in a child process, whose
+/// environment holds bytes that are not UTF-8: prints what `env()` made of it.
+#[cfg(unix)]
+#[test]
+fn not_utf8_child() {
+    if std::env::var_os(CHILD_MARKER).is_none() {
+        return;
+    }
+    let outcome = match quiet().env() {
+        Ok(_) => serde_json::json!({"ok": true}),
+        Err(error) => serde_json::json!({"var": error.var, "message": error.to_string()}),
+    };
+    println!("OUTCOME {outcome}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_variable_that_is_not_utf8_is_an_error_naming_it() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let mut cases: Vec<(&str, &[u8])> = vec![
+        ("LOG_LEVEL", b"de\xffbug"),
+        ("SERVICE_NAME", b"caf\xe9"),
+        ("ADMIN_TOKEN", b"0123456789abcdef\xff0123456789"),
+    ];
+    // Read only with the `otel` feature; accepted with a replacement character before.
+    if cfg!(feature = "otel") {
+        cases.push(("OTEL_RESOURCE_ATTRIBUTES", b"team=caf\xe9"));
+    }
+    for (var, value) in cases {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([
+                "--exact",
+                "not_utf8_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_MARKER, "1")
+            .env(var, OsStr::from_bytes(value));
+        for other in ["SERVICE_NAME", "OTEL_SERVICE_NAME", "LOG_LEVEL", "RUST_LOG"] {
+            if other != var {
+                child.env_remove(other);
+            }
+        }
+        let output = child.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let outcome: Value = stdout
+            .lines()
+            .find_map(|line| line.split_once("OUTCOME ").map(|(_, json)| json))
+            .map(|json| serde_json::from_str(json).unwrap())
+            .unwrap_or_else(|| panic!("no outcome for {var}: {stdout}"));
+        assert_eq!(outcome["var"], var, "{outcome}");
+        let message = outcome["message"].as_str().unwrap();
+        assert!(message.contains("not valid UTF-8"), "{message}");
+        assert!(!message.contains("0123456789abcdef"), "{message}");
+    }
+}
+
+#[cfg(feature = "otel")]
+#[test]
+fn service_name_in_otel_resource_attributes_names_the_service() {
+    let env = |vars: &[(&str, &str)]| {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        quiet()
+            .service_name("from-code")
+            .env_from(move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    };
+    let attributes = (
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "service.name=checkout,team=payments",
+    );
+    let obs = env(&[attributes]).unwrap().build().unwrap();
+    assert_eq!(obs.settings().service_name, "checkout");
+    assert_eq!(
+        obs.settings().otel.service_name.as_deref(),
+        Some("checkout")
+    );
+    // SERVICE_NAME and OTEL_SERVICE_NAME win over the attribute.
+    for var in ["SERVICE_NAME", "OTEL_SERVICE_NAME"] {
+        let obs = env(&[attributes, (var, "api")]).unwrap().build().unwrap();
+        assert_eq!(obs.settings().service_name, "api", "{var}");
+    }
+    let error = env(&[("OTEL_RESOURCE_ATTRIBUTES", "service.name=my%20shop")]).unwrap_err();
+    assert_eq!(error.var, "OTEL_RESOURCE_ATTRIBUTES", "{error}");
+}
+
+/// The only test of this binary that installs the global subscriber.
+#[cfg(feature = "otel")]
+#[test]
+fn init_can_be_retried_after_the_exporter_failed_to_start() {
+    let obs = quiet()
+        .env_from(|name| match name {
+            // Nothing listens there; no span is exported in this test.
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:9".to_owned()),
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("grpc".to_owned()),
+            _ => None,
+        })
+        .unwrap()
+        .build()
+        .unwrap();
+    // gRPC export needs the Tokio runtime, and this call is outside one.
+    let error = obs.init().unwrap_err();
+    assert!(matches!(error, periscope::Error::Otel(_)), "{error}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _inside = runtime.enter();
+    let guard = obs.init().expect("the log layer survives a failed init");
+    assert!(matches!(
+        obs.init(),
+        Err(periscope::Error::AlreadyInitialized)
+    ));
+    drop(guard);
 }
