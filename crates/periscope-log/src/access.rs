@@ -204,8 +204,14 @@ where
                     status: response.status(),
                     bytes: 0,
                 };
-                // An empty body may never be polled: its request is complete now.
-                let pending = if response.body().is_end_stream() {
+                // An empty body may never be polled, and the server drops the body of a
+                // HEAD, 1xx, 204 or 304 answer unread: such a request is complete now.
+                let status = response.status();
+                let bodiless = pending.info.method == Method::HEAD
+                    || status.is_informational()
+                    || status == StatusCode::NO_CONTENT
+                    || status == StatusCode::NOT_MODIFIED;
+                let pending = if bodiless || response.body().is_end_stream() {
                     pending.log(false);
                     None
                 } else {

@@ -45,9 +45,13 @@ async fn job(axum::extract::Path(id): axum::extract::Path<String>) -> String {
 }
 
 async fn get_raw(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    send_raw(addr, "GET", path, headers).await
+}
+
+async fn send_raw(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request =
-        format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n{headers}\r\n");
+        format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n{headers}\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
@@ -155,6 +159,49 @@ async fn one_access_line_per_request_with_context_status_and_bytes() {
     assert_eq!(access[1]["data"]["bytes_out"], 4);
     assert_eq!(access[2]["level"], "debug");
     assert_eq!(access[2]["data"]["path"], "/health");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn answers_that_send_no_body_are_complete_not_aborted() {
+    let (out, _handles, guard, _default) = install();
+    let app = Router::new()
+        .route("/jobs/{id}", get(job))
+        .route(
+            "/gone",
+            get(|| async { (StatusCode::NO_CONTENT, "never sent") }),
+        )
+        .route(
+            "/same",
+            get(|| async { (StatusCode::NOT_MODIFIED, "never sent") }),
+        )
+        .layer(AccessLogLayer::new())
+        .layer(middleware::from_fn(correlate));
+    let addr = serve(app).await;
+
+    // The server drops these bodies unread, as HTTP says it must.
+    let (status, body) = send_raw(addr, "HEAD", "/jobs/42", "").await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert_eq!(get_raw(addr, "/gone", "").await.0, 204);
+    assert_eq!(get_raw(addr, "/same", "").await.0, 304);
+    drop(guard);
+
+    let lines = out.lines();
+    let access: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "periscope::access")
+        .collect();
+    assert_eq!(access.len(), 3, "{}", out.text());
+    for (line, (method, status)) in access
+        .iter()
+        .zip([("HEAD", 200), ("GET", 204), ("GET", 304)])
+    {
+        let data = &line["data"];
+        assert_eq!(data["method"], method, "{line}");
+        assert_eq!(data["status"], status, "{line}");
+        assert_eq!(data["bytes_out"], 0, "{line}");
+        assert_eq!(data.get("aborted"), None, "{line}");
+        assert_eq!(line["message"], "request completed", "{line}");
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]
