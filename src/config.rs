@@ -277,7 +277,9 @@ impl Settings {
         Ok(())
     }
 
-    /// The settings as JSON for `/debug/config` (the admin surface masks the token).
+    /// The settings as JSON for `/debug/config`: the admin token shows as `[REDACTED]` when
+    /// set, so the value is safe to log too (credentials in the OTLP endpoint's URL are masked
+    /// by the admin surface).
     pub fn to_json(&self) -> serde_json::Value {
         #[allow(unused_mut)]
         let mut json = serde_json::json!({
@@ -292,7 +294,7 @@ impl Settings {
             "enable_metrics": self.metrics,
             "enable_tracing": self.tracing,
             "enable_gpu": self.gpu,
-            "admin_token": self.admin_token,
+            "admin_token": self.admin_token.as_ref().map(|_| "[REDACTED]"),
             "request_timeout_s": self.request_timeout.map(|t| t.as_secs_f64()),
             "shutdown_drain_s": self.shutdown_drain.as_secs_f64(),
         });

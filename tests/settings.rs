@@ -20,9 +20,12 @@ fn debug_output_never_shows_the_admin_token() {
         "{shown}"
     );
     let obs = builder.build().unwrap();
-    for shown in [format!("{obs:?}"), format!("{:?}", obs.settings())] {
+    let json = obs.settings().to_json().to_string();
+    for shown in [format!("{obs:?}"), format!("{:?}", obs.settings()), json] {
         assert!(!shown.contains(TOKEN), "{shown}");
     }
+    // That a token is set still shows.
+    assert_eq!(obs.settings().to_json()["admin_token"], "[REDACTED]");
 }
 
 #[test]
