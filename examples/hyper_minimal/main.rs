@@ -22,7 +22,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use periscope::Observability;
@@ -30,6 +30,9 @@ use periscope::admin::Admin;
 use periscope::error::{HttpError, Violations};
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt};
+
+/// How long a client may take to send a request's head (hyper's default).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts the service; a configuration error is printed and exits with status 1.
 pub fn main() -> std::process::ExitCode {
@@ -86,10 +89,15 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
                 }
             },
         };
-        let connection = http1::Builder::new().serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service.clone()),
-        );
+        // Without a timer hyper applies no header timeout: a client that never finishes its
+        // request head would hold the connection, and the shutdown, forever.
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service.clone()),
+            );
         let connection = connections.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -151,10 +159,11 @@ fn hello(name: &str) -> Result<String, HttpError> {
     Ok(format!("hello, {name}\n"))
 }
 
-/// A variable's value, or `default` when unset or empty.
+/// A variable's value, or `default` when unset or empty. A value that is not UTF-8 is
+/// malformed, not unset.
 fn env_or<T: std::str::FromStr>(name: &str, default: T, accepted: &str) -> Result<T, String> {
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => value
+    match std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()) {
+        Some(value) if !value.trim().is_empty() => value
             .trim()
             .parse()
             .map_err(|_| format!("{name}={value:?} is not valid: use {accepted}")),

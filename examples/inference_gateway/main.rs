@@ -175,9 +175,13 @@ impl GatewayConfig {
     }
 }
 
-/// A variable's value; unset and empty are the same.
+/// A variable's value; unset and empty are the same. A value that is not UTF-8 is malformed,
+/// not unset: it must not fall back to the default.
 fn env_parse<T: FromStr>(name: &str, accepted: &str) -> Result<Option<T>, String> {
-    let Some(value) = std::env::var(name).ok().filter(|v| !v.trim().is_empty()) else {
+    let Some(value) = std::env::var_os(name)
+        .map(|v| v.to_string_lossy().into_owned())
+        .filter(|v| !v.trim().is_empty())
+    else {
         return Ok(None);
     };
     match value.trim().parse() {

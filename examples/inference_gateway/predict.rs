@@ -184,7 +184,9 @@ async fn read_image(request: Request) -> Result<Bytes, HttpError> {
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("multipart/form-data"));
+        // Media types are case-insensitive: `Multipart/Form-Data` is a form too.
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("multipart/form-data"));
     let image = if multipart {
         from_multipart(request).await?
     } else {

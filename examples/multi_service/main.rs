@@ -54,8 +54,8 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-/// Serves until SIGTERM or Ctrl-C, then drains, stops both services and finishes the queued
-/// jobs.
+/// Serves until SIGTERM or Ctrl-C, then drains, stops the api, then the worker (the api's
+/// requests in flight still call it), and finishes the queued jobs.
 #[tokio::main]
 pub async fn run() -> Result<(), Box<dyn Error>> {
     let host: IpAddr = env_or("HOST", IpAddr::V4(Ipv4Addr::LOCALHOST), "an IP address")?;
@@ -90,15 +90,21 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     let consumer = tokio::spawn(consumer.run());
 
     let shutdown = obs.shutdown_on_signal();
+    // The worker stops only once the api has: the api's requests in flight still call it.
+    let (api_stopped, worker_stop) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(
         axum::serve(worker_listener, worker_app)
-            .with_graceful_shutdown(shutdown.clone().wait())
+            .with_graceful_shutdown(async {
+                let _ = worker_stop.await;
+            })
             .into_future(),
     );
-    axum::serve(api_listener, api_app)
+    let api = axum::serve(api_listener, api_app)
         .with_graceful_shutdown(shutdown.wait())
-        .await?;
+        .await;
+    drop(api_stopped);
     worker.await??;
+    api?;
     // The api is stopped and its queue handle dropped: the consumer finishes what is queued.
     consumer.await?;
     tracing::info!("stopped");
@@ -113,10 +119,11 @@ async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, B
     Ok(bound)
 }
 
-/// A variable's value, or `default` when unset or empty.
+/// A variable's value, or `default` when unset or empty. A value that is not UTF-8 is
+/// malformed, not unset.
 fn env_or<T: std::str::FromStr>(name: &str, default: T, accepted: &str) -> Result<T, String> {
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => value
+    match std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()) {
+        Some(value) if !value.trim().is_empty() => value
             .trim()
             .parse()
             .map_err(|_| format!("{name}={value:?} is not valid: use {accepted}")),

@@ -1,6 +1,9 @@
 //! `examples/hyper_minimal`: the same stack on plain hyper and Tower.
 
-use crate::support::{Service, get, metric, send, wait_for_status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::hyper_minimal_app::HEADER_READ_TIMEOUT;
+use crate::support::{PATIENCE, Service, get, metric, send, wait_for_status};
 
 #[cfg(unix)] // stopped with a real SIGTERM
 #[tokio::test]
@@ -82,4 +85,24 @@ async fn the_stack_works_without_axum() {
     let status = service.exit_status().await;
     assert!(status.success(), "{status}");
     assert_eq!(service.log_lines().last().unwrap()["message"], "stopped");
+}
+
+#[tokio::test]
+async fn a_request_head_never_finished_does_not_hold_the_connection() {
+    let service = Service::start("hyper_minimal", &[("PORT", "0")]);
+    let addr = service.addr("http").await;
+
+    // Slowloris: half a request head, then silence. Such connections, held forever, run the
+    // service out of file descriptors and keep a SIGTERM from ever finishing.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /hello/world HTTP/1.1\r\nhost: hyper\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let closed =
+        tokio::time::timeout(HEADER_READ_TIMEOUT + PATIENCE, stream.read_to_end(&mut raw)).await;
+    assert!(closed.is_ok(), "the connection is still open");
+    assert!(!String::from_utf8_lossy(&raw).contains("hello, world"));
+    assert_eq!(get(addr, "/health").await.status, 200);
 }

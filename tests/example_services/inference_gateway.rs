@@ -70,6 +70,20 @@ async fn predicts_images_with_ids_in_logs_and_counts_in_metrics() {
     assert_eq!(blue.json()["request_id"], blue.request_id());
     assert!(blue.request_id().starts_with("req_"));
 
+    // Media types are case-insensitive: this is a form too, not a raw body.
+    let (content_type, body) = multipart("image", true, &png(16, 16, [30, 170, 45]));
+    let content_type = content_type.replace("multipart/form-data", "Multipart/Form-Data");
+    let green = send(
+        addr,
+        "POST",
+        "/predict",
+        &[("content-type", &content_type)],
+        body,
+    )
+    .await;
+    assert_eq!(green.status, 200, "{}", green.text());
+    assert_eq!(green.json()["label"], "green");
+
     let models = get(addr, "/v1/models").await;
     assert_eq!(models.status, 200);
     let model = &models.json()["models"][0];
@@ -80,9 +94,9 @@ async fn predicts_images_with_ids_in_logs_and_counts_in_metrics() {
     let predict_ok = [("method", "POST"), ("route", "/predict"), ("status", "2xx")];
     assert_eq!(
         metric(addr, "http_server_requests_total", &predict_ok).await,
-        Some(2.0)
+        Some(3.0)
     );
-    for label in ["red", "blue"] {
+    for label in ["red", "blue", "green"] {
         assert_eq!(
             metric(addr, "model_predictions_total", &[("label", label)]).await,
             Some(1.0),
@@ -96,7 +110,7 @@ async fn predicts_images_with_ids_in_logs_and_counts_in_metrics() {
             &[("model", "color-classifier")]
         )
         .await,
-        Some(2.0)
+        Some(3.0)
     );
 
     // The log: every line parses; the request's lines carry its ids.
@@ -360,6 +374,35 @@ async fn invalid_configuration_fails_at_startup_naming_the_variable() {
                 .iter()
                 .any(|line| line["message"] == "listening")
         );
+    }
+}
+
+#[cfg(unix)] // values that are not UTF-8
+#[tokio::test]
+async fn a_value_that_is_not_utf8_fails_at_startup_in_every_example() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    // Not UTF-8 is malformed, not unset: the default must not be used silently.
+    let bad = OsStr::from_bytes(b"\xff\xfe");
+    let zero = OsStr::new("0");
+    for (example, var) in [
+        ("inference_gateway", "HOST"),
+        ("inference_gateway", "MODEL_WARMUP"),
+        ("multi_service", "HOST"),
+        ("hyper_minimal", "HOST"),
+    ] {
+        let env = [
+            ("PORT", zero),
+            ("PORT_API", zero),
+            ("PORT_WORKER", zero),
+            (var, bad),
+        ];
+        let mut service = Service::start(example, &env);
+        let status = service.exit_status().await;
+        assert_eq!(status.code(), Some(1), "{example} {var}");
+        let stderr = service.stderr();
+        assert!(stderr.contains(var), "{example} {var}: {stderr}");
     }
 }
 

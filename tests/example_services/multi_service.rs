@@ -2,8 +2,10 @@
 //! job; a worker failure back to the client as an envelope.
 
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-use crate::support::{Service, metric, send};
+use crate::support::{PATIENCE, Service, metric, send};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -150,4 +152,59 @@ async fn a_worker_failure_reaches_the_client_as_an_envelope_with_its_request_id(
     assert_eq!(error["trace_id"], cause["trace_id"]);
     // No job for a failed task.
     assert!(from(&lines, "jobs").is_empty(), "{lines:#?}");
+}
+
+#[cfg(unix)] // stopped with a real SIGTERM
+#[tokio::test]
+async fn a_task_in_flight_at_shutdown_still_reaches_the_worker() {
+    let mut service = start();
+    let api = service.addr("api").await;
+
+    // A task whose body is still arriving when SIGTERM comes.
+    let body = r#"{"text":"sent across the shutdown"}"#;
+    let mut stream = TcpStream::connect(api).await.unwrap();
+    let head = format!(
+        "POST /v1/tasks HTTP/1.1\r\nhost: api\r\ncontent-type: application/json\r\n\
+         x-request-id: ms-inflight-1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..5]).await.unwrap();
+    let in_flight = [("method", "POST"), ("route", "/v1/tasks")];
+    let started = tokio::time::Instant::now();
+    while metric(api, "http_server_requests_in_flight", &in_flight).await != Some(1.0) {
+        assert!(started.elapsed() < PATIENCE, "the task never got in flight");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    service.terminate();
+
+    // The rest once the api has stopped accepting: the worker must still answer it.
+    while TcpStream::connect(api).await.is_ok() {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the api never stopped accepting"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stream.write_all(&body.as_bytes()[5..]).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("the answer")
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200 "), "{raw}");
+    let answer: Value = serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(answer["result"]["words"], 4, "{answer}");
+    let job_id = answer["job_id"].as_str().unwrap().to_owned();
+
+    // The job queued on the way out is done before the process exits.
+    let status = service.exit_status().await;
+    assert!(status.success(), "{status}");
+    assert!(
+        service
+            .log_lines()
+            .iter()
+            .any(|line| { line["message"] == "job done" && line["job_id"] == job_id.as_str() })
+    );
 }

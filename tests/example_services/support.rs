@@ -32,7 +32,7 @@ pub struct Service {
 impl Service {
     /// Starts `example` with only `env` set (nothing inherited, so the machine's
     /// `LOG_LEVEL` or `ADMIN_TOKEN` cannot change what is tested).
-    pub fn start(example: &str, env: &[(&str, &str)]) -> Self {
+    pub fn start<V: AsRef<std::ffi::OsStr>>(example: &str, env: &[(&str, V)]) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "example_process",
@@ -44,7 +44,7 @@ impl Service {
             ])
             .env_clear()
             .env(EXAMPLE_VAR, example)
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
