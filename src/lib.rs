@@ -20,6 +20,8 @@
 //! - [`health`]: liveness, readiness and startup probes.
 //! - [`admin`]: `/health`, `/ready`, `/metrics` and the gated `/debug/*` endpoints.
 //! - [`gpu`] (feature `gpu`): NVIDIA GPU collectors, the GPU snapshot, the resource tracker.
+//! - [`Server`] (feature `serve`): serves a Tower service with a request-head timeout and a
+//!   graceful stop.
 #![deny(missing_docs)]
 // Library code reports errors instead of panicking; tests, benches and examples may unwrap.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -27,12 +29,16 @@
 mod collectors;
 mod config;
 mod observability;
+#[cfg(feature = "serve")]
+mod serve;
 mod stack;
 
 pub use config::{
     ConfigError, DEFAULT_SHUTDOWN_DRAIN, MAX_SHUTDOWN_DRAIN, MIN_ADMIN_TOKEN_LEN, Settings,
 };
 pub use observability::{Error, Observability, ObservabilityBuilder, ObservabilityGuard};
+#[cfg(feature = "serve")]
+pub use serve::{DEFAULT_HEADER_READ_TIMEOUT, Server};
 pub use stack::{MaybeMetrics, MaybeMetricsFuture, ObservabilityLayer, ObservabilityService};
 
 pub use periscope_admin as admin;

@@ -1,6 +1,7 @@
 //! The facade end to end over a real socket: `Observability` installs the log layer, and its
 //! composed layer gives every response a request id, every failure an envelope, every request
-//! a log line and a count. One test per binary: `init` installs the global subscriber once.
+//! a log line and a count. One test per binary calls `init`, which installs the global
+//! subscriber once; the other runs `Server` alone.
 
 #![cfg(feature = "axum")]
 
@@ -277,4 +278,73 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
         .expect("the panic message goes to the log");
     assert_eq!(panic_log["level"], "error");
     assert_eq!(panic_log["trace_id"], access(&panic.request_id)["trace_id"]);
+}
+
+/// `Server`: a client that never finishes its request head is cut off, and does not hold the
+/// shutdown; requests in flight at the signal still get their answer.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_cuts_off_slow_request_heads_and_finishes_requests_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "done"
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        periscope::Server::new(listener)
+            .header_read_timeout(Duration::from_millis(200))
+            .serve(app, async {
+                let _ = stopped.await;
+            }),
+    );
+
+    let exchange = |request: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        let read = stream.read_to_string(&mut answer);
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("the connection is closed in time")
+            .unwrap();
+        answer
+    };
+    let hello = exchange("GET /hello HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").await;
+    assert!(
+        hello.starts_with("HTTP/1.1 200") && hello.ends_with("hello"),
+        "{hello}"
+    );
+
+    // Half a request head, then silence: closed after the timeout, not held open.
+    let started = std::time::Instant::now();
+    exchange("GET /hello HTTP/1.1\r\nhost: a\r\n").await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A request in flight when the signal comes still gets its answer; then the server stops,
+    // a silent connection left open notwithstanding.
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let slow = tokio::spawn(exchange(
+        "GET /slow HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stop);
+    let slow = slow.await.unwrap();
+    assert!(
+        slow.starts_with("HTTP/1.1 200") && slow.ends_with("done"),
+        "{slow}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
 }

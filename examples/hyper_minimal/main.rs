@@ -15,24 +15,16 @@
 use std::convert::Infallible;
 use std::error::Error;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use periscope::Observability;
 use periscope::admin::Admin;
 use periscope::error::{HttpError, Violations};
+use periscope::{Observability, Server};
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt};
-
-/// How long a client may take to send a request's head (hyper's default).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts the service; a configuration error is printed and exits with status 1.
 pub fn main() -> std::process::ExitCode {
@@ -72,41 +64,12 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     tracing::info!(listener = "http", addr = %listener.local_addr()?, "listening");
 
     // Until the signal and the drain period after it, keep accepting: load balancers must
-    // see /ready answer 503 draining before the listener goes away.
-    let stopped = obs.shutdown_on_signal().wait();
-    tokio::pin!(stopped);
-    let connections = GracefulShutdown::new();
-    loop {
-        let stream = tokio::select! {
-            () = &mut stopped => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of file descriptors, most likely: back off instead of spinning.
-                    tracing::warn!(error = %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        // Without a timer hyper applies no header timeout: a client that never finishes its
-        // request head would hold the connection, and the shutdown, forever.
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(
-                TokioIo::new(stream),
-                TowerToHyperService::new(service.clone()),
-            );
-        let connection = connections.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "connection closed with an error");
-            }
-        });
-    }
-    drop(listener);
-    connections.shutdown().await; // finishes requests in flight, closes idle connections
+    // see /ready answer 503 draining before the listener goes away. Then requests in flight
+    // finish and idle connections close; a client that never finishes its request head is
+    // cut off after 30 s.
+    Server::new(listener)
+        .serve(service, obs.shutdown_on_signal().wait())
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -44,9 +44,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use axum::Router;
-use periscope::Observability;
 use periscope::admin::DebugAccess;
 use periscope::health::Health;
+use periscope::{Observability, Server};
 use tokio::net::TcpListener;
 
 use self::model::ModelHandle;
@@ -122,16 +122,13 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         // Loopback only: whoever reaches this port reaches the debug endpoints.
         let listener = bind("admin", SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
         let stop = shutdown.clone();
-        admin_server = Some(tokio::spawn(async move {
-            axum::serve(listener, admin)
-                .with_graceful_shutdown(stop.wait())
-                .await
-        }));
+        admin_server = Some(tokio::spawn(
+            Server::new(listener).serve(admin, stop.wait()),
+        ));
     }
     let listener = bind("http", SocketAddr::from((config.host, config.port))).await?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.wait())
-        .await?;
+    // Unlike `axum::serve`, a client that never finishes its request head is cut off (30 s).
+    Server::new(listener).serve(app, shutdown.wait()).await?;
     if let Some(admin) = admin_server {
         admin.await??;
     }

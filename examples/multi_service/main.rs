@@ -40,7 +40,7 @@ mod worker;
 use std::error::Error;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use periscope::Observability;
+use periscope::{Observability, Server};
 use tokio::net::TcpListener;
 
 /// Starts both services; a configuration error is printed and exits with status 1.
@@ -92,15 +92,11 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     let shutdown = obs.shutdown_on_signal();
     // The worker stops only once the api has: the api's requests in flight still call it.
     let (api_stopped, worker_stop) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(
-        axum::serve(worker_listener, worker_app)
-            .with_graceful_shutdown(async {
-                let _ = worker_stop.await;
-            })
-            .into_future(),
-    );
-    let api = axum::serve(api_listener, api_app)
-        .with_graceful_shutdown(shutdown.wait())
+    let worker = tokio::spawn(Server::new(worker_listener).serve(worker_app, async {
+        let _ = worker_stop.await;
+    }));
+    let api = Server::new(api_listener)
+        .serve(api_app, shutdown.wait())
         .await;
     drop(api_stopped);
     worker.await??;

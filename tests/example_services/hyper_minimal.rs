@@ -2,8 +2,8 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::hyper_minimal_app::HEADER_READ_TIMEOUT;
 use crate::support::{PATIENCE, Service, get, metric, send, wait_for_status};
+use periscope::DEFAULT_HEADER_READ_TIMEOUT as HEADER_READ_TIMEOUT;
 
 #[cfg(unix)] // stopped with a real SIGTERM
 #[tokio::test]

@@ -1,0 +1,128 @@
+//! Serving a Tower HTTP service on a TCP listener, with the request-head timeout that
+//! `axum::serve` leaves out.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+/// How long a client may take to send a request's head by default (hyper's own default, which
+/// hyper applies only when a timer is set).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pause after a failed `accept` (out of file descriptors, most likely) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves a Tower HTTP service (an axum `Router`, a `ServiceBuilder` stack) over HTTP/1.1 on a
+/// TCP listener until a shutdown signal, then finishes the requests in flight.
+///
+/// Unlike `axum::serve`, a client that never finishes its request head is disconnected after
+/// [`header_read_timeout`](Self::header_read_timeout) (30 s by default): without it, slow
+/// clients (slowloris) hold connections, file descriptors and the shutdown without limit.
+/// HTTP/1.1 only, without connection upgrades (WebSocket): serve those with `axum::serve`.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let obs = periscope::Observability::from_env()?;
+/// let _guard = obs.init()?;
+/// let app = axum::Router::new()
+///     .route("/hello", axum::routing::get(|| async { "hello" }))
+///     .merge(obs.admin().router())
+///     .layer(obs.layer());
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+/// periscope::Server::new(listener)
+///     .serve(app, obs.shutdown_on_signal().wait())
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "call serve() to answer requests"]
+pub struct Server {
+    listener: TcpListener,
+    header_read_timeout: Duration,
+}
+
+impl Server {
+    /// A server on `listener`, with the default request-head timeout.
+    pub fn new(listener: TcpListener) -> Self {
+        Self {
+            listener,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+        }
+    }
+
+    /// How long a client may take to send a request's head, on a new connection or between
+    /// the requests of a kept-alive one (default 30 s; at least 1 ms).
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Answers connections with `service` until `shutdown` completes (for example
+    /// `obs.shutdown_on_signal().wait()`, which first drains `/ready`), then stops accepting,
+    /// finishes the requests in flight and closes idle connections. Connection errors are
+    /// logged at debug; they never end the server.
+    pub async fn serve<S, B>(self, service: S, shutdown: impl Future<Output = ()>) -> io::Result<()>
+    where
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn StdError + Send + Sync>>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let Self {
+            listener,
+            header_read_timeout,
+        } = self;
+        tokio::pin!(shutdown);
+        let connections = GracefulShutdown::new();
+        loop {
+            let stream = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                },
+            };
+            // Small answers go out at once rather than waiting for more to send.
+            let _ = stream.set_nodelay(true);
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .serve_connection(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(service.clone()),
+                );
+            let connection = connections.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(error = %error, "connection closed with an error");
+                }
+            });
+        }
+        drop(listener);
+        connections.shutdown().await;
+        Ok(())
+    }
+}
