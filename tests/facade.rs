@@ -1,7 +1,8 @@
 //! The facade end to end over a real socket: `Observability` installs the log layer, and its
 //! composed layer gives every response a request id, every failure an envelope, every request
 //! a log line and a count. One test per binary calls `init`, which installs the global
-//! subscriber once; the other runs `Server` alone.
+//! subscriber once; another runs `Server` alone; the third checks every signal of each kind of
+//! outcome under a subscriber of its own thread.
 
 #![cfg(feature = "axum")]
 
@@ -347,4 +348,415 @@ async fn the_server_cuts_off_slow_request_heads_and_finishes_requests_in_flight(
         .expect("the server stops")
         .unwrap()
         .unwrap();
+}
+
+/// One request, one truth: for every kind of outcome, served by `periscope::Server` through
+/// `Observability::layer()`, the status on the wire is the one the metrics count (counter and
+/// duration histogram), the access line and the server span record, and the envelope's code
+/// belongs to; the `x-request-id` the client gets is the envelope's and every line's. A request
+/// that never got its answer counts as `cancelled` and logs `aborted` without a status. The
+/// subscriber is this thread's (the current-thread runtime runs server and client here), so
+/// it sees the server span's fields, which the JSON log leaves out.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "current_thread")]
+async fn every_signal_of_a_request_tells_what_the_client_got() {
+    use std::collections::BTreeMap;
+
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    use openmetrics_parser::PrometheusValue;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, Layer};
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::registry::LookupSpan;
+
+    /// The fields of every closed `http_request` span.
+    #[derive(Clone, Default)]
+    struct Spans(Arc<Mutex<Vec<BTreeMap<String, String>>>>);
+    struct Fields(BTreeMap<String, String>);
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+    }
+    impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Spans {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            id: &tracing::Id,
+            ctx: Context<'_, S>,
+        ) {
+            if attrs.metadata().name() == "http_request" {
+                let mut fields = Fields(BTreeMap::new());
+                attrs.record(&mut fields);
+                ctx.span(id).unwrap().extensions_mut().insert(fields);
+            }
+        }
+        fn on_record(
+            &self,
+            id: &tracing::Id,
+            values: &tracing::span::Record<'_>,
+            ctx: Context<'_, S>,
+        ) {
+            if let Some(fields) = ctx.span(id).unwrap().extensions_mut().get_mut::<Fields>() {
+                values.record(fields);
+            }
+        }
+        fn on_close(&self, id: tracing::Id, ctx: Context<'_, S>) {
+            if let Some(fields) = ctx.span(&id).unwrap().extensions_mut().remove::<Fields>() {
+                self.0.lock().unwrap().push(fields.0);
+            }
+        }
+    }
+
+    /// An endless body, a chunk per tick, until the client goes away.
+    struct Drip(tokio::time::Interval);
+    impl http_body::Body for Drip {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::ready!(self.0.poll_tick(cx));
+            let chunk = http_body::Frame::data(Bytes::from_static(b"chunk\n"));
+            std::task::Poll::Ready(Some(Ok(chunk)))
+        }
+    }
+
+    let out = Captured::default();
+    let (log, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let spans = Spans::default();
+    let _default = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(log).with(spans.clone()),
+    );
+    let obs = Observability::builder()
+        .service_name("one-truth")
+        .request_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/ok", get(|| async { "ok" }))
+        .route("/items/{id}", get(|| async { "item" }))
+        .route("/json", post(|_: axum::Json<Value>| async { "parsed" }))
+        .route(
+            "/unavailable",
+            get(|| async { Err::<(), _>(HttpError::new(codes::SERVICE_UNAVAILABLE, "down")) }),
+        )
+        .route(
+            "/bare500",
+            get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+        )
+        .route("/panic", get(boom))
+        .route("/slow", get(slow))
+        .route(
+            "/stream",
+            get(|| async {
+                axum::body::Body::new(Drip(tokio::time::interval(Duration::from_millis(10))))
+            }),
+        )
+        .route("/not-modified", get(|| async { StatusCode::NOT_MODIFIED }))
+        .route("/no-content", get(|| async { StatusCode::NO_CONTENT }))
+        .merge(obs.admin().router())
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(periscope::Server::new(listener).serve(app, std::future::pending()));
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01\r\n");
+    struct Case {
+        name: &'static str,
+        method: &'static str,
+        path: &'static str,
+        headers: String,
+        body: &'static str,
+        /// The wire status; `None`: the client leaves before the answer.
+        status: Option<u16>,
+        route: &'static str,
+        code: Option<&'static str>,
+    }
+    let case = |name, method, path, status, route, code| Case {
+        name,
+        method,
+        path,
+        headers: format!("x-request-id: id-{name}\r\n"),
+        body: "",
+        status,
+        route,
+        code,
+    };
+    let mut cases = vec![
+        case("ok", "GET", "/ok", Some(200), "/ok", None),
+        case(
+            "unmatched",
+            "GET",
+            "/no/such",
+            Some(404),
+            "__unmatched__",
+            Some("route_not_found"),
+        ),
+        case(
+            "wrong-method",
+            "DELETE",
+            "/items/7",
+            Some(405),
+            "/items/{id}",
+            Some("method_not_allowed"),
+        ),
+        case(
+            "bad-json",
+            "POST",
+            "/json",
+            Some(400),
+            "/json",
+            Some("invalid_request"),
+        ),
+        case(
+            "unavailable",
+            "GET",
+            "/unavailable",
+            Some(503),
+            "/unavailable",
+            Some("service_unavailable"),
+        ),
+        case(
+            "bare500",
+            "GET",
+            "/bare500",
+            Some(500),
+            "/bare500",
+            Some("internal_error"),
+        ),
+        case(
+            "panic",
+            "GET",
+            "/panic",
+            Some(500),
+            "/panic",
+            Some("internal_error"),
+        ),
+        case(
+            "timeout",
+            "GET",
+            "/slow",
+            Some(504),
+            "/slow",
+            Some("timeout"),
+        ),
+        case("head", "HEAD", "/ok", Some(200), "/ok", None),
+        case(
+            "head-unmatched",
+            "HEAD",
+            "/no/such",
+            Some(404),
+            "__unmatched__",
+            None,
+        ),
+        case(
+            "not-modified",
+            "GET",
+            "/not-modified",
+            Some(304),
+            "/not-modified",
+            None,
+        ),
+        case(
+            "no-content",
+            "GET",
+            "/no-content",
+            Some(204),
+            "/no-content",
+            None,
+        ),
+        case("stream", "GET", "/stream", Some(200), "/stream", None),
+        // Gone while the handler still works, before the timeout answers.
+        case("cancelled", "GET", "/slow", None, "/slow", None),
+    ];
+    cases[3]
+        .headers
+        .push_str("content-type: application/json\r\ncontent-length: 5\r\n");
+    cases[3].body = "{bad}";
+    // An invalid id is replaced: the new one is everywhere. A traceparent is continued.
+    let mut bad_id = case("bad-id", "GET", "/items/1", Some(200), "/items/{id}", None);
+    bad_id.headers = "x-request-id: not valid!\r\n".to_owned();
+    let mut traced = case(
+        "traced",
+        "GET",
+        "/bare500",
+        Some(500),
+        "/bare500",
+        Some("internal_error"),
+    );
+    traced.headers.push_str(&traceparent);
+    cases.extend([bad_id, traced]);
+    let mut answers = BTreeMap::new();
+    for case in &cases {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "{} {} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n{}\r\n{}",
+            case.method, case.path, case.headers, case.body
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        match case.name {
+            "cancelled" => tokio::time::sleep(Duration::from_millis(50)).await,
+            "stream" => {
+                // The head and a first chunk, then the client goes away.
+                while !String::from_utf8_lossy(&answer).contains("chunk") {
+                    let mut buf = [0; 256];
+                    let n = stream.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the stream ended early");
+                    answer.extend_from_slice(&buf[..n]);
+                }
+            }
+            _ => {
+                stream.read_to_end(&mut answer).await.unwrap();
+            }
+        }
+        drop(stream);
+        answers.insert(case.name, String::from_utf8(answer).unwrap());
+    }
+    // The server notices the departed clients.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let exposition = obs.registry().encode_prometheus().unwrap();
+    drop(log_guard);
+    let lines = out.lines();
+    let spans = spans.0.lock().unwrap().clone();
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(&exposition)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let sample = |family: &str, method: &str, route: &str, status: &str| {
+        exposition.families[family]
+            .iter_samples()
+            .find_map(|sample| {
+                let set = sample.get_labelset().unwrap();
+                let matches = set.get_label_value("method") == Some(method)
+                    && set.get_label_value("route") == Some(route)
+                    && set.get_label_value("status") == Some(status);
+                match &sample.value {
+                    PrometheusValue::Counter(c) if matches => Some(c.value.as_f64()),
+                    PrometheusValue::Histogram(h) if matches => h.count.map(|c| c as f64),
+                    _ => None,
+                }
+            })
+    };
+
+    for case in &cases {
+        let name = case.name;
+        let answer = &answers[name];
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .unwrap_or((answer.as_str(), ""));
+        let header = |name: &str| {
+            head.lines().find_map(|line| {
+                let (key, value) = line.split_once(": ")?;
+                key.eq_ignore_ascii_case(name).then(|| value.to_owned())
+            })
+        };
+        let wire_status: Option<u16> = head.get(9..12).and_then(|s| s.parse().ok());
+        assert_eq!(wire_status, case.status, "{name}: {answer}");
+
+        // The request id the client got back (or, gone before the answer, the one it sent).
+        let request_id = match case.status {
+            Some(_) => header("x-request-id").unwrap_or_else(|| panic!("{name}: {answer}")),
+            None => format!("id-{name}"),
+        };
+        match name {
+            "bad-id" => assert!(request_id.starts_with("req_"), "{request_id}"),
+            _ => assert_eq!(request_id, format!("id-{name}")),
+        }
+
+        // The server span.
+        let span = spans
+            .iter()
+            .find(|s| s.get("request_id") == Some(&request_id))
+            .unwrap_or_else(|| panic!("{name}: no span in {spans:#?}"));
+        let trace_id = span["trace_id"].clone();
+        if name == "traced" {
+            assert_eq!(trace_id, TRACE);
+        }
+        let status_text = case.status.map(|s| s.to_string());
+        assert_eq!(
+            span.get("http.response.status_code"),
+            status_text.as_ref(),
+            "{name}"
+        );
+        let error = case.status.is_some_and(|s| s >= 500);
+        assert_eq!(
+            span.get("otel.status_code").map(String::as_str),
+            error.then_some("ERROR"),
+            "{name}"
+        );
+
+        // The envelope: the code of the status, the ids of the header and the span.
+        if let Some(code) = case.code {
+            let envelope: Value =
+                serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: {e}: {body}"));
+            assert_eq!(envelope["error"]["code"], code, "{name}");
+            assert_eq!(
+                envelope["error"]["request_id"],
+                request_id.as_str(),
+                "{name}"
+            );
+            assert_eq!(envelope["error"]["trace_id"], trace_id.as_str(), "{name}");
+        }
+
+        // The access line: one, with the same status and ids.
+        let access: Vec<&Value> = lines
+            .iter()
+            .filter(|l| {
+                l["target"] == "periscope::access" && l["request_id"] == request_id.as_str()
+            })
+            .collect();
+        assert_eq!(access.len(), 1, "{name}: {lines:#?}");
+        let access = access[0];
+        assert_eq!(access["trace_id"], trace_id.as_str(), "{name}");
+        assert_eq!(
+            access["data"]["status"].as_u64(),
+            case.status.map(u64::from),
+            "{name}"
+        );
+        let aborted = matches!(name, "stream" | "cancelled");
+        assert_eq!(
+            access["data"]["aborted"].as_bool(),
+            aborted.then_some(true),
+            "{name}"
+        );
+        // Every other line of the request carries the same ids.
+        for line in lines
+            .iter()
+            .filter(|l| l["request_id"] == request_id.as_str())
+        {
+            assert_eq!(line["trace_id"], trace_id.as_str(), "{name}: {line}");
+        }
+
+        // The metrics: the status class of the wire, or `cancelled`.
+        let label = match case.status {
+            Some(status) => format!("{}xx", status / 100),
+            None => "cancelled".to_owned(),
+        };
+        let count = sample(
+            "http_server_requests_total",
+            case.method,
+            case.route,
+            &label,
+        );
+        let timed = sample(
+            "http_server_request_duration_seconds",
+            case.method,
+            case.route,
+            &label,
+        );
+        assert!(count.is_some_and(|c| c >= 1.0), "{name}: {label}");
+        assert_eq!(count, timed, "{name}");
+    }
+    // The replaced id: the warning about it carries the new id, not the one sent.
+    assert!(!lines.iter().any(|l| l.to_string().contains("not valid!")));
 }

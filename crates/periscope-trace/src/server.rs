@@ -346,18 +346,25 @@ fn route_template<B>(request: &Request<B>) -> Option<&str> {
     MatchedRoute::of(request.extensions())
 }
 
-/// One warning per request for each header that was sent but could not be used.
+/// One warning per request for each header that was sent but could not be used. Each carries
+/// the request's ids itself: a probe path has no span to lift them from.
 fn warn_rejected(
     span: &Span,
     ctx: &RequestContext,
     request_id: &RequestIdOrigin,
     rejected_tenant: &[(TenantKey, InvalidId)],
 ) {
+    if !matches!(request_id, RequestIdOrigin::Replaced(_)) && rejected_tenant.is_empty() {
+        return;
+    }
+    let trace_id = ctx.trace_id.to_hex();
+    let trace_id = trace_id.as_str();
     if let RequestIdOrigin::Replaced(reason) = request_id {
         tracing::warn!(
             target: SERVER_TARGET,
             parent: span,
             request_id = ctx.request_id.as_str(),
+            trace_id,
             reason = %reason,
             "replaced the invalid incoming request id with a generated one"
         );
@@ -366,6 +373,8 @@ fn warn_rejected(
         tracing::warn!(
             target: SERVER_TARGET,
             parent: span,
+            request_id = ctx.request_id.as_str(),
+            trace_id,
             header = key.header().as_str(),
             reason = %reason,
             "ignored an invalid tenant header"

@@ -237,6 +237,41 @@ async fn invalid_request_id_is_replaced_and_logged_once_at_warn() {
     assert_eq!(tenant[0].fields["header"], "x-org-id");
 }
 
+/// A probe path has no request span to lift the ids from: the warnings about its rejected
+/// headers carry them themselves, so they are found by the id the client got back.
+#[tokio::test]
+async fn rejected_headers_on_probe_paths_are_logged_with_the_requests_ids() {
+    let (capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = serve(app(hop_state("a", None, &seen), CorrelationLayer::new())).await;
+
+    let response = get(
+        addr,
+        "/health",
+        &[
+            ("x-request-id", "not valid!"),
+            ("x-org-id", "org with spaces"),
+            ("traceparent", INCOMING),
+        ],
+    )
+    .await;
+    let id = response.headers()["x-request-id"].to_str().unwrap();
+    assert!(id.starts_with("req_"), "{id}");
+    let warnings: Vec<_> = capture
+        .lines()
+        .into_iter()
+        .filter(|l| {
+            l.target == periscope_trace::server::SERVER_TARGET && l.level == tracing::Level::WARN
+        })
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    for line in &warnings {
+        let field = |key: &str| line.fields.get(key).map(String::as_str);
+        assert_eq!(field("request_id"), Some(id), "{line:#?}");
+        assert_eq!(field("trace_id"), Some(INCOMING_TRACE), "{line:#?}");
+    }
+}
+
 #[tokio::test]
 async fn probe_paths_are_not_traced_but_keep_their_request_id() {
     let (capture, _guard) = capture();
@@ -670,6 +705,7 @@ async fn baggage_for_one_call_rides_in_a_context_in_its_extensions() {
 /// the HTTP semantic conventions name its span `HTTP`, never `_OTHER`: on the server span
 /// (`HTTP {route}`) and on the client span (`HTTP`). HTTP methods are case-sensitive, so a
 /// lowercase `get` is such a method too.
+#[cfg(feature = "axum")] // the route template comes from axum's MatchedPath
 #[tokio::test]
 async fn non_standard_methods_name_their_spans_http() {
     use axum::routing;
