@@ -1,6 +1,7 @@
-//! The response body of [`ErrorService`](crate::ErrorService): the inner body untouched, or a
-//! rendered envelope.
+//! The response body of [`ErrorService`](crate::ErrorService): the inner body, or a rendered
+//! envelope.
 
+use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -8,7 +9,17 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project::pin_project;
 
+use crate::error::BoxError;
+use crate::panic;
+use crate::render::Ids;
+
 /// The inner service's body, or the error envelope that replaced it.
+///
+/// The inner body's frames pass through untouched. A panic while the inner body produces a
+/// frame is caught: it is logged like a handler's panic (`handler panicked`, with the
+/// request's ids) and the body ends with an error, so the server aborts the response (the
+/// status and the frames already sent cannot be taken back). Hence the error type is
+/// [`BoxError`]: the inner body's error, or that panic.
 #[pin_project]
 #[derive(Debug)]
 pub struct ResponseBody<B> {
@@ -19,14 +30,15 @@ pub struct ResponseBody<B> {
 #[pin_project(project = KindProj)]
 #[derive(Debug)]
 enum Kind<B> {
-    Inner(#[pin] B),
+    /// The inner body, with the ids its panic is logged with.
+    Inner(#[pin] B, Ids),
     Full(Option<Bytes>),
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn inner(body: B) -> Self {
+    pub(crate) fn inner(body: B, ids: Ids) -> Self {
         Self {
-            kind: Kind::Inner(body),
+            kind: Kind::Inner(body, ids),
         }
     }
 
@@ -43,30 +55,56 @@ impl<B> From<Bytes> for ResponseBody<B> {
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
+/// The error that ends a body whose inner body panicked; the panic itself is in the log.
+#[derive(Debug)]
+struct BodyPanicked;
+
+impl fmt::Display for BodyPanicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the response body panicked (logged as `handler panicked`)")
+    }
+}
+
+impl std::error::Error for BodyPanicked {}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
-            KindProj::Inner(body) => body.poll_frame(cx),
-            KindProj::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut kind = self.project().kind;
+        match kind.as_mut().project() {
+            KindProj::Inner(body, ids) => match panic::catch(|| body.poll_frame(cx)) {
+                Ok(polled) => return polled.map(|frame| frame.map(|r| r.map_err(Into::into))),
+                Err(caught) => caught.log(ids),
+            },
+            KindProj::Full(bytes) => {
+                return Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes))));
+            }
         }
+        // Drop the body that panicked now, in case its destructor panics too, and end there.
+        let _ = panic::catch(|| kind.set(Kind::Full(None)));
+        // A zero-sized error: boxing it does not allocate.
+        Poll::Ready(Some(Err(Box::new(BodyPanicked))))
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Inner(body) => body.is_end_stream(),
+            Kind::Inner(body, _) => body.is_end_stream(),
             Kind::Full(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Inner(body) => body.size_hint(),
+            Kind::Inner(body, _) => body.size_hint(),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

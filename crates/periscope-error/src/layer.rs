@@ -62,6 +62,12 @@ const MAX_PATH_IN_MESSAGE: usize = 256;
 /// `Accept: application/problem+json`; the responses whose format depends on `Accept` carry
 /// `Vary: Accept`.
 ///
+/// A panic while a passed-through body streams (a `Body::from_stream` whose stream panics
+/// after the status went out) is caught too and logged the same way, as `handler panicked`;
+/// the status cannot change any more, so the body ends with an error instead and the server
+/// aborts the response: the client sees it truncated, never complete. A panic in a body's
+/// `Drop`, `size_hint` or `is_end_stream` is not caught.
+///
 /// The request id and trace id come from the [`RequestContext`] in the request's extensions
 /// (put there by periscope-trace's server layer) or the current one. Used alone, the layer
 /// extracts the context from the request headers itself, makes it current for the handler,
@@ -523,14 +529,14 @@ impl Handled {
         let (mut parts, body) = response.into_parts();
         if !(status.is_client_error() || status.is_server_error()) {
             self.echo(&mut parts);
-            return Inspected::Done(Response::from_parts(parts, ResponseBody::inner(body)));
+            return Inspected::Done(Response::from_parts(parts, self.pass(body)));
         }
         if let Some(rendered) = parts.extensions.get::<RenderedError>() {
             let up_to_date = rendered.ids_from_context() || !self.ids.from_context;
             if self.facts.format == Format::Json && up_to_date {
                 // Kept because of the `Accept` header: another one would get problem details.
                 render::vary_accept(&mut parts.headers);
-                return Inspected::Done(Response::from_parts(parts, ResponseBody::inner(body)));
+                return Inspected::Done(Response::from_parts(parts, self.pass(body)));
             }
             let mut error = rendered.shared_body();
             if !rendered.ids_from_context() {
@@ -558,7 +564,7 @@ impl Handled {
                 };
             }
             self.echo(&mut parts);
-            return Inspected::Done(Response::from_parts(parts, ResponseBody::inner(body)));
+            return Inspected::Done(Response::from_parts(parts, self.pass(body)));
         }
         if readable
             && is_plain_text(&parts.headers)
@@ -572,6 +578,12 @@ impl Handled {
             };
         }
         Inspected::Done(self.bare(parts, code, None))
+    }
+
+    /// The inner body, passed through: a panic while it streams is caught and logged with the
+    /// request's ids.
+    fn pass<B>(&self, body: B) -> ResponseBody<B> {
+        ResponseBody::inner(body, self.ids.clone())
     }
 
     /// Echoes the request id on a response passed through, when this layer is the one to.
@@ -651,15 +663,7 @@ impl Handled {
         let trace_id = self.ids.trace_id.map(tracing::field::display);
         let code = match failure {
             Failure::Panic(caught) => {
-                tracing::error!(
-                    request_id,
-                    trace_id,
-                    code = codes::INTERNAL_ERROR.name(),
-                    panic.message = caught.message,
-                    panic.location = caught.location,
-                    panic.backtrace = caught.backtrace,
-                    "handler panicked"
-                );
+                caught.log(&self.ids);
                 codes::INTERNAL_ERROR
             }
             Failure::TimedOut(timeout) => {
@@ -1037,6 +1041,57 @@ mod tests {
             let json: Value = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(json["error"]["code"], "internal_error", "{status}");
             assert!(!json.to_string().contains("hunter2"), "{json}");
+        }
+    }
+
+    /// A streaming body that sends one frame, then panics, as a buggy stream does.
+    struct PanicsOnSecondFrame(bool);
+
+    impl Body for PanicsOnSecondFrame {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            if std::mem::replace(&mut self.0, true) {
+                panic!("stream exploded: password=hunter2")
+            }
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                b"first",
+            )))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_passed_through_body_that_panics_ends_with_an_error() {
+        for status in [200, 409] {
+            let service =
+                ErrorLayer::new().layer(service_fn(move |_: Request<Full<Bytes>>| async move {
+                    let response = Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(PanicsOnSecondFrame(false))
+                        .unwrap();
+                    Ok::<_, Infallible>(response)
+                }));
+            let response = service.oneshot(get("/")).await.unwrap();
+            assert_eq!(response.status().as_u16(), status);
+            let mut body = response.into_body();
+            // Spawned, so a panic escaping the body fails the join instead of the test thread.
+            let (first, second, body) = tokio::spawn(async move {
+                let first = body.frame().await;
+                let second = body.frame().await;
+                (first, second, body)
+            })
+            .await
+            .expect("the panic stays inside the body");
+            let first = first.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(first, "first");
+            let error = second.unwrap().unwrap_err();
+            assert!(!error.to_string().contains("hunter2"), "{error}");
+            assert!(body.is_end_stream());
         }
     }
 

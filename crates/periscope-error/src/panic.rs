@@ -1,9 +1,9 @@
-//! Catching panics of the inner service, with their message, location and backtrace kept for
+//! Catching panics of the inner service and of its response body, with their message, location and backtrace kept for
 //! the log.
 //!
 //! `catch_unwind` hands back only the payload; the location and backtrace exist only inside
 //! the panic hook. So the layer installs, once per process, a hook that records them for panics
-//! raised while it polls the inner service, and hands every other panic to the hook that was
+//! raised while it polls the inner service or a body, and hands every other panic to the hook that was
 //! installed before. A panic the layer catches is reported by the layer's log line instead of
 //! the default hook's text on stderr.
 
@@ -13,12 +13,30 @@ use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, PanicHookInfo, catch_unwind};
 use std::sync::Once;
 
-/// A panic caught while polling the inner service.
+use crate::code::codes;
+use crate::render::Ids;
+
+/// A panic caught while polling the inner service or its response body.
 #[derive(Debug)]
 pub(crate) struct CaughtPanic {
     pub(crate) message: String,
     pub(crate) location: Option<String>,
     pub(crate) backtrace: Option<String>,
+}
+
+impl CaughtPanic {
+    /// The one log line of a caught panic, with the request's ids.
+    pub(crate) fn log(self, ids: &Ids) {
+        tracing::error!(
+            request_id = ids.request_id.as_str(),
+            trace_id = ids.trace_id.map(tracing::field::display),
+            code = codes::INTERNAL_ERROR.name(),
+            panic.message = self.message,
+            panic.location = self.location,
+            panic.backtrace = self.backtrace,
+            "handler panicked"
+        );
+    }
 }
 
 thread_local! {

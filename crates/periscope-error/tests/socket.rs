@@ -75,6 +75,31 @@ impl http_body::Body for PanicsWhenRead {
     }
 }
 
+/// A streaming body with a bug: its first chunk goes out, then it panics on the second, after
+/// the 200 and the first chunk have left (a short wait lets the server flush them).
+struct PanicsOnSecondChunk {
+    sent_first: bool,
+    wait: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for PanicsOnSecondChunk {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if !self.sent_first {
+            self.sent_first = true;
+            let chunk = bytes::Bytes::from_static(b"first chunk;");
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))));
+        }
+        std::task::ready!(self.wait.as_mut().poll(cx));
+        panic!("secret stream panic on chunk {}", 2)
+    }
+}
+
 fn app() -> Router {
     Router::new()
         .route("/ok", get(|| async { "fine" }))
@@ -156,6 +181,15 @@ fn app() -> Router {
                     .header("content-type", "text/plain")
                     .body(axum::body::Body::new(PanicsWhenRead))
                     .unwrap()
+            }),
+        )
+        .route(
+            "/stream-panics",
+            get(|| async {
+                axum::body::Body::new(PanicsOnSecondChunk {
+                    sent_first: false,
+                    wait: Box::pin(tokio::time::sleep(Duration::from_millis(50))),
+                })
             }),
         )
         .route(
@@ -279,6 +313,52 @@ async fn a_body_that_panics_while_the_layer_reads_it_becomes_internal_error() {
         .find(|event| event.get("message").map(String::as_str) == Some("handler panicked"))
         .expect("the panic is logged");
     assert_eq!(panic["panic.message"], "secret body panic");
+    assert_eq!(send(addr, "GET", "/ok", &[], b"").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_streaming_body_that_panics_after_the_200_is_caught_logged_and_aborts_the_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let addr = serve().await;
+    let request_id = "stream-panic-1";
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /stream-panics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\nx-request-id: {request_id}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Read until the server closes or resets the connection.
+    let mut raw = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    loop {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => raw.extend_from_slice(&buffer[..read]),
+        }
+    }
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(raw.contains("transfer-encoding: chunked"), "{raw}");
+    assert!(raw.contains("first chunk;"), "{raw}");
+    // Aborted, not ended: the chunked encoding's last chunk never comes, so the client knows
+    // the body is truncated.
+    assert!(!raw.ends_with("0\r\n\r\n"), "{raw}");
+    assert!(!raw.contains("secret stream panic"), "{raw}");
+
+    // Logged once, like a handler's panic, with the request's ids.
+    let panics: Vec<_> = events_of(request_id)
+        .into_iter()
+        .filter(|event| event.get("message").map(String::as_str) == Some("handler panicked"))
+        .collect();
+    assert_eq!(panics.len(), 1, "{panics:?}");
+    let panic = &panics[0];
+    assert_eq!(panic["level"], "ERROR");
+    assert_eq!(panic["code"], "internal_error");
+    assert_eq!(panic["panic.message"], "secret stream panic on chunk 2");
+    assert!(panic["panic.location"].contains("socket.rs:"), "{panic:?}");
+    assert_eq!(panic["trace_id"].len(), 32, "{panic:?}");
+
+    // The server is still serving.
     assert_eq!(send(addr, "GET", "/ok", &[], b"").await.status, 200);
 }
 

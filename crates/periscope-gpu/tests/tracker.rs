@@ -350,8 +350,10 @@ fn a_panicking_gpu_source_leaves_the_gpu_cells_empty_and_the_report_whole() {
         .start()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
+    // `finish` answers only when the thread survived every panic; how many readings fit in the
+    // wait depends on the machine's load, so at least one.
     let report = tracker.finish().expect("the tracker thread survived");
-    assert!(report.summary.samples >= 2, "{:?}", report.summary);
+    assert!(report.summary.samples >= 1, "{:?}", report.summary);
     assert_eq!(report.summary.gpu_count, 0);
     assert_eq!(report.summary.gpu_utilization_percent_mean, None);
     let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
