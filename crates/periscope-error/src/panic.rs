@@ -1,11 +1,11 @@
-//! Catching panics of the inner service and of its response body, with their message, location and backtrace kept for
-//! the log.
+//! Catching panics of the inner service and of its response body, with their message,
+//! location and backtrace kept for the log.
 //!
 //! `catch_unwind` hands back only the payload; the location and backtrace exist only inside
 //! the panic hook. So the layer installs, once per process, a hook that records them for panics
-//! raised while it polls the inner service or a body, and hands every other panic to the hook that was
-//! installed before. A panic the layer catches is reported by the layer's log line instead of
-//! the default hook's text on stderr.
+//! raised while it polls the inner service or a body, and hands every other panic to the hook
+//! that was installed before. A panic the layer catches is reported by the layer's log line
+//! instead of the default hook's text on stderr.
 
 use std::any::Any;
 use std::backtrace::{Backtrace, BacktraceStatus};
