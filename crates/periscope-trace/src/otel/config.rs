@@ -155,6 +155,35 @@ impl OtelConfig {
                 check_headers(var, &value)?;
             }
         }
+        // Also read by the exporter itself, which ignores a value it cannot use without a word:
+        // `10s` would leave the default timeout, `zip` no compression.
+        for var in [
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        ] {
+            if let Some(value) = get(var)
+                && value.parse::<u64>().is_err()
+            {
+                return Err(invalid(
+                    var,
+                    value,
+                    "expected whole milliseconds, such as 10000",
+                ));
+            }
+        }
+        for var in [
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        ] {
+            if let Some(value) = get(var)
+                && !matches!(
+                    value.to_ascii_lowercase().as_str(),
+                    "none" | "gzip" | "zstd"
+                )
+            {
+                return Err(invalid(var, value, "expected none, gzip or zstd"));
+            }
+        }
         let sampler = parse_sampler(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG"))?;
         let propagators = get("OTEL_PROPAGATORS")
             .map(parse_propagators)
@@ -576,6 +605,32 @@ mod tests {
             let error = config(&[("OTEL_RESOURCE_ATTRIBUTES", bad)]).unwrap_err();
             assert_eq!(error.var, "OTEL_RESOURCE_ATTRIBUTES", "{bad}");
             assert!(error.to_string().contains("percent-encoded"), "{error}");
+        }
+    }
+
+    #[test]
+    fn exporter_timeouts_and_compression_the_exporter_would_ignore_fail() {
+        for var in [
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        ] {
+            assert!(config(&[(var, "5000")]).is_ok(), "{var}");
+            for bad in ["10s", "-1", "1.5", "ten"] {
+                let error = config(&[(var, bad)]).unwrap_err();
+                assert_eq!(error.var, var, "{bad}");
+                assert!(error.to_string().contains("milliseconds"), "{error}");
+            }
+        }
+        for var in [
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        ] {
+            for fine in ["none", "gzip", "ZSTD"] {
+                assert!(config(&[(var, fine)]).is_ok(), "{var}={fine}");
+            }
+            let error = config(&[(var, "zip")]).unwrap_err();
+            assert_eq!(error.var, var);
+            assert!(error.to_string().contains("none, gzip or zstd"), "{error}");
         }
     }
 
