@@ -429,3 +429,139 @@ fn mig_instances_are_not_counted_twice_with_their_gpu() {
     assert_eq!(s.gpu_memory_bytes_max, Some(8 * GIB));
     assert_eq!(report.recommendation.gpus, 1);
 }
+
+/// A source that answers its first call, then blocks on every later one until the test
+/// releases it (a wedged driver); it tells the test when each call starts.
+struct Wedging {
+    calls: u32,
+    started: std::sync::mpsc::Sender<u32>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+impl GpuSource for Wedging {
+    fn name(&self) -> &'static str {
+        "wedging"
+    }
+
+    fn sample(&mut self, request: SampleRequest) -> Result<GpuSample, GpuError> {
+        self.calls += 1;
+        let _ = self.started.send(self.calls);
+        if self.calls == 2 {
+            // Blocks until the test sends or drops its sender.
+            let _ = self.release.recv();
+        }
+        FakeSource::demo(2).sample(request)
+    }
+}
+
+/// A wedging source, the receiver of its call numbers and the sender that releases it.
+fn wedging() -> (
+    Wedging,
+    std::sync::mpsc::Receiver<u32>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (started, calls) = std::sync::mpsc::channel();
+    let (release, wait) = std::sync::mpsc::channel();
+    let source = Wedging {
+        calls: 0,
+        started,
+        release: wait,
+    };
+    (source, calls, release)
+}
+
+/// Waits (generously) until the source has started its `n`th call.
+fn wait_for_call(calls: &std::sync::mpsc::Receiver<u32>, n: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match calls.recv_timeout(left) {
+            Ok(call) if call >= n => return,
+            Ok(_) => {}
+            Err(error) => panic!("the source's call {n} never started: {error}"),
+        }
+    }
+}
+
+/// A GPU read that never answers (a wedged driver) costs the GPU cells of the readings from
+/// then on, not the run: `finish` returns within about one reading plus the GPU timeout.
+#[test]
+fn a_hung_gpu_source_does_not_hang_finish() {
+    let (source, calls, release) = wedging();
+    let buf = SharedBuf(Default::default());
+    let tracker = ResourceTracker::builder()
+        .interval(Duration::from_millis(200))
+        .gpu_timeout(Duration::from_millis(200))
+        .csv_writer(buf.clone())
+        .gpu_source(source)
+        .start()
+        .unwrap();
+    // The second reading's GPU read is now stuck for good.
+    wait_for_call(&calls, 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let (done, report) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let _ = done.send(tracker.finish());
+    });
+    let report = report
+        .recv_timeout(Duration::from_secs(10))
+        .expect("finish returns although the GPU source hangs")
+        .expect("a report");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let (header, rows) = rows(&text);
+    let s = &report.summary;
+    // The first reading, and the one whose GPU read hung.
+    assert!(rows.len() >= 2, "{text}");
+    assert_eq!(rows.len() as u64, s.samples, "{text}");
+    let gpu = column(&header, "gpu_count");
+    // Only the first call answered: no row after it has GPU cells.
+    assert!(rows[1..].iter().all(|r| r[gpu].is_empty()), "{text}");
+    for row in &rows {
+        assert_eq!(row.len(), header.split(',').count(), "{text}");
+        assert!(row[column(&header, "memory_bytes")].parse::<u64>().unwrap() > 0);
+    }
+    assert!(s.memory_bytes_max > 0, "{s:?}");
+    assert!(s.duration_s > 0.0, "{s:?}");
+    assert!(report.recommendation.memory_bytes > 0);
+    // Only one GPU read at a time: the stuck one is not joined by others.
+    assert!(calls.try_iter().all(|call| call <= 2));
+    drop(release);
+}
+
+/// Once a stuck GPU read answers, the next readings read the GPUs again.
+#[test]
+fn gpu_readings_resume_after_a_stuck_read_answers() {
+    let (source, calls, release) = wedging();
+    let buf = SharedBuf(Default::default());
+    let tracker = ResourceTracker::builder()
+        .interval(Duration::from_millis(200))
+        .gpu_timeout(Duration::from_millis(500))
+        .csv_writer(buf.clone())
+        .gpu_source(source)
+        .start()
+        .unwrap();
+    wait_for_call(&calls, 2);
+    // Past the GPU timeout: that reading is recorded without GPU cells.
+    std::thread::sleep(Duration::from_millis(1200));
+    release.send(()).unwrap();
+    // A later reading starts a fresh read; give it time to be recorded.
+    wait_for_call(&calls, 3);
+    std::thread::sleep(Duration::from_millis(1000));
+    let report = tracker.finish().unwrap();
+
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let (header, rows) = rows(&text);
+    let gpu = column(&header, "gpu_count");
+    let hung = rows
+        .iter()
+        .position(|r| r[gpu].is_empty())
+        .unwrap_or_else(|| panic!("a reading without GPU cells: {text}"));
+    assert!(
+        rows[hung..].iter().any(|r| r[gpu] == "2"),
+        "GPU cells again after the stuck read answered: {text}"
+    );
+    assert_eq!(report.summary.gpu_count, 2);
+}

@@ -17,6 +17,10 @@ use probe::{Probe, Reading};
 use summary::Stats;
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// NVML answers in milliseconds; a GPU read running this long is a hung driver call.
+const DEFAULT_GPU_TIMEOUT: Duration = Duration::from_secs(30);
+const MIN_GPU_TIMEOUT: Duration = Duration::from_millis(100);
+const MAX_GPU_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The CSV header: one row per reading. Byte columns count the interval since the previous
 /// row; an empty cell means "not available".
@@ -40,7 +44,7 @@ pub enum TrackerError {
         "writing the resource CSV failed: {0}; check that the directory exists, is writable and has space"
     )]
     Csv(#[source] std::io::Error),
-    /// The sampling thread could not be started.
+    /// The sampling thread (or its GPU reading thread) could not be started.
     #[error("starting the resource tracker thread failed: {0}")]
     Spawn(#[source] std::io::Error),
     /// The sampling thread panicked (a bug: please report it).
@@ -61,6 +65,7 @@ pub struct ResourceTrackerBuilder {
     interval: Duration,
     csv: CsvTarget,
     gpu: Option<Box<dyn GpuSource>>,
+    gpu_timeout: Duration,
 }
 
 impl std::fmt::Debug for ResourceTrackerBuilder {
@@ -69,6 +74,7 @@ impl std::fmt::Debug for ResourceTrackerBuilder {
             .field("pid", &self.pid)
             .field("children", &self.children)
             .field("interval", &self.interval)
+            .field("gpu_timeout", &self.gpu_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -81,6 +87,7 @@ impl Default for ResourceTrackerBuilder {
             interval: DEFAULT_INTERVAL,
             csv: CsvTarget::None,
             gpu: None,
+            gpu_timeout: DEFAULT_GPU_TIMEOUT,
         }
     }
 }
@@ -124,7 +131,17 @@ impl ResourceTrackerBuilder {
         self
     }
 
-    /// Starts the readings on a thread named `periscope-tracker`.
+    /// How long one GPU read may take (default 30 s; at least 100 ms, at most a day). GPU
+    /// reads run on their own thread, one at a time: a reading whose GPU read has not answered
+    /// by then (a hung driver call) is recorded with empty GPU cells, and so are the next ones
+    /// until that read answers, so [`finish`](ResourceTracker::finish) still returns.
+    pub fn gpu_timeout(mut self, timeout: Duration) -> Self {
+        self.gpu_timeout = timeout.clamp(MIN_GPU_TIMEOUT, MAX_GPU_TIMEOUT);
+        self
+    }
+
+    /// Starts the readings on a thread named `periscope-tracker` (and, with a GPU source, its
+    /// GPU reads on one named `periscope-tracker-gpu`).
     pub fn start(self) -> Result<ResourceTracker, TrackerError> {
         let writer: Option<Box<dyn Write + Send>> = match self.csv {
             CsvTarget::None => None,
@@ -137,7 +154,8 @@ impl ResourceTrackerBuilder {
                 .and_then(|()| csv.flush())
                 .map_err(TrackerError::Csv)?;
         }
-        let probe = Probe::new(self.pid, self.children, self.gpu);
+        let probe = Probe::new(self.pid, self.children, self.gpu, self.gpu_timeout)
+            .map_err(TrackerError::Spawn)?;
         if !probe.root_exists() {
             return Err(TrackerError::ProcessNotFound { pid: self.pid });
         }
@@ -192,7 +210,8 @@ impl ResourceTracker {
         ResourceTrackerBuilder::default()
     }
 
-    /// Takes a last reading, stops, and returns the report. Blocks for at most one reading
+    /// Takes a last reading, stops, and returns the report. Blocks for at most one reading,
+    /// whose GPU read waits no longer than the [GPU timeout](ResourceTrackerBuilder::gpu_timeout)
     /// (run it with `spawn_blocking` from async code).
     pub fn finish(mut self) -> Result<ResourceReport, TrackerError> {
         self.stop.set();

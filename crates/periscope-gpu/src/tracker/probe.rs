@@ -1,7 +1,9 @@
 //! One reading of a process tree, the host and the GPUs, through sysinfo and a GPU source.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sysinfo::{Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, System, ThreadKind};
 
@@ -53,23 +55,32 @@ pub(crate) struct Probe {
     networks: Networks,
     root: Pid,
     children: bool,
-    gpu: Option<Box<dyn GpuSource>>,
-    started: std::time::Instant,
+    gpu: Option<GpuReader>,
+    started: Instant,
 }
 
 impl Probe {
-    pub(crate) fn new(root: u32, children: bool, gpu: Option<Box<dyn GpuSource>>) -> Self {
+    /// Fails only when the GPU reading thread cannot be started.
+    pub(crate) fn new(
+        root: u32,
+        children: bool,
+        gpu: Option<Box<dyn GpuSource>>,
+        gpu_timeout: Duration,
+    ) -> std::io::Result<Self> {
+        let gpu = gpu
+            .map(|source| GpuReader::spawn(source, gpu_timeout))
+            .transpose()?;
         let mut probe = Self {
             system: System::new(),
             networks: Networks::new_with_refreshed_list(),
             root: Pid::from_u32(root),
             children,
             gpu,
-            started: std::time::Instant::now(),
+            started: Instant::now(),
         };
         // CPU usage is a difference between two refreshes: this is the first one.
         probe.refresh();
-        probe
+        Ok(probe)
     }
 
     /// Whether the root process exists (checked after a refresh).
@@ -152,15 +163,8 @@ impl Probe {
     }
 
     fn read_gpu(&mut self, tree: &HashSet<u32>) -> Option<GpuReading> {
-        let source = self.gpu.as_mut()?;
-        let request = SampleRequest {
-            processes: true,
-            pcie: false,
-        };
-        // A panicking source must not end the tracker thread: the run's report would be lost.
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.sample(request)))
-                .unwrap_or_else(|_| Err(GpuError::read("the GPU source panicked")));
+        // `None`: a read still stuck from an earlier reading, or this one's ran past the timeout.
+        let result = self.gpu.as_mut()?.read()?;
         match result {
             Ok(mut sample) => {
                 // A custom source's repeated devices and pids would be counted twice.
@@ -244,4 +248,107 @@ fn gpu_reading(sample: &GpuSample, tree: &HashSet<u32>) -> GpuReading {
             .map(|d| d.uuid.clone())
             .collect(),
     }
+}
+
+/// The tracker's GPU reads, on a thread of their own (`periscope-tracker-gpu`), one at a time:
+/// a hung driver call costs the GPU cells of the readings while it hangs, not the run.
+struct GpuReader {
+    /// One message per read; `None` once dropping, to end the thread.
+    requests: Option<Sender<()>>,
+    answers: Receiver<Result<GpuSample, GpuError>>,
+    timeout: Duration,
+    /// When the read that ran past the timeout started; no other starts until it answers.
+    stuck_since: Option<Instant>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GpuReader {
+    fn spawn(mut source: Box<dyn GpuSource>, timeout: Duration) -> std::io::Result<Self> {
+        let (requests, to_read) = mpsc::channel::<()>();
+        let (answer, answers) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("periscope-tracker-gpu".to_owned())
+            .spawn(move || {
+                let request = SampleRequest {
+                    processes: true,
+                    pcie: false,
+                };
+                for () in to_read {
+                    // A panicking source must not end the thread: later readings would lose
+                    // their GPU cells for good.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        source.sample(request)
+                    }))
+                    .unwrap_or_else(|_| Err(GpuError::read("the GPU source panicked")));
+                    if answer.send(result).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            requests: Some(requests),
+            answers,
+            timeout,
+            stuck_since: None,
+            thread: Some(thread),
+        })
+    }
+
+    /// One GPU read, waiting up to the timeout; `None` when it has not answered by then, or
+    /// when an earlier read is still stuck (no second read is started meanwhile).
+    fn read(&mut self) -> Option<Result<GpuSample, GpuError>> {
+        if let Some(since) = self.stuck_since {
+            match self.answers.try_recv() {
+                // Too old for this reading; an `Unavailable` still ends the GPU reads.
+                Ok(Err(error @ GpuError::Unavailable { .. })) => return Some(Err(error)),
+                Ok(_) => {
+                    tracing::info!(
+                        after_s = since.elapsed().as_secs_f64(),
+                        "resource tracker: the stuck GPU read answered; GPU readings resume"
+                    );
+                    self.stuck_since = None;
+                }
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) => return Some(Err(ended())),
+            }
+        }
+        let sent = self.requests.as_ref().is_some_and(|r| r.send(()).is_ok());
+        if !sent {
+            return Some(Err(ended()));
+        }
+        let started = Instant::now();
+        match self.answers.recv_timeout(self.timeout) {
+            Ok(result) => Some(result),
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::warn!(
+                    timeout_s = self.timeout.as_secs_f64(),
+                    "resource tracker: a GPU read ran past the GPU timeout (a hung driver \
+                     call?); GPU cells stay empty until it answers"
+                );
+                self.stuck_since = Some(started);
+                None
+            }
+            Err(RecvTimeoutError::Disconnected) => Some(Err(ended())),
+        }
+    }
+}
+
+impl Drop for GpuReader {
+    fn drop(&mut self) {
+        // Ends the thread once it is idle; the source is dropped there.
+        self.requests = None;
+        let thread = self.thread.take();
+        // A thread stuck in a hung driver call is left to end on its own; an idle one ends at
+        // once, so the source is gone before `finish` returns.
+        if self.stuck_since.is_none()
+            && let Some(thread) = thread
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The GPU thread ended (it cannot, short of a bug): GPU readings stop for this run.
+fn ended() -> GpuError {
+    GpuError::unavailable("the resource tracker's GPU reading thread ended")
 }
