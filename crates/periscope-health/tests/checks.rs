@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use periscope_health::{Health, HealthCheck, Status, checks};
+use periscope_health::{Check, CheckError, Health, HealthCheck, Status, checks};
 use tokio::net::TcpListener;
 
 async fn outcome(check: HealthCheck) -> Option<String> {
@@ -103,6 +103,120 @@ async fn http_get_to_a_silent_server_times_out() {
     );
 }
 
+/// Serves one connection on 127.0.0.1: reads the request head, then writes what `answer` writes.
+async fn serve_once<F, Fut>(answer: F) -> String
+where
+    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut chunk = [0_u8; 256];
+        while !request.ends_with(b"\r\n\r\n") {
+            let read = stream.read(&mut chunk).await.unwrap();
+            assert_ne!(read, 0, "the request head is complete");
+            request.extend_from_slice(&chunk[..read]);
+        }
+        answer(stream).await;
+    });
+    format!("http://{addr}/health")
+}
+
+/// Answers `head` once, in pieces, flushed one by one.
+async fn answer_once(pieces: &'static [&'static [u8]]) -> String {
+    serve_once(move |mut stream| async move {
+        use tokio::io::AsyncWriteExt;
+        for piece in pieces {
+            stream.write_all(piece).await.unwrap();
+            stream.flush().await.unwrap();
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_get_skips_interim_responses() {
+    // RFC 9110 §15.2: `103 Early Hints` and `100 Continue` come before the final response.
+    let url = answer_once(&[
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n",
+        b"Link: </app.js>; rel=preload; as=script\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    ])
+    .await;
+    let check = HealthCheck::new("early-hints", checks::http_get(&url).unwrap());
+    assert_eq!(outcome(check).await, None);
+
+    // The final status counts, not the interim ones.
+    let url = answer_once(&[
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r",
+        b"\nHTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+    ])
+    .await;
+    let check = HealthCheck::new("upstream", checks::http_get(&url).unwrap());
+    assert_eq!(
+        outcome(check).await,
+        Some(format!("GET {url} answered 503"))
+    );
+
+    // A connection closed after an interim response has no final status.
+    let url =
+        answer_once(&[b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"]).await;
+    let check = HealthCheck::new("upstream", checks::http_get(&url).unwrap());
+    assert_eq!(
+        outcome(check).await,
+        Some(format!(
+            "GET {url}: the connection closed after an interim (1xx) response"
+        ))
+    );
+}
+
+/// A server that sends interim responses without end cannot hold the check, or make it buffer
+/// without bound: it gives up after a few, well before its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_get_gives_up_on_endless_interim_responses() {
+    use tokio::io::AsyncWriteExt;
+    let url = serve_once(|mut stream| async move {
+        while stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_ok()
+        {}
+    })
+    .await;
+    let check =
+        HealthCheck::new("x", checks::http_get(&url).unwrap()).timeout(Duration::from_secs(30));
+    assert_eq!(
+        outcome(check).await,
+        Some(format!("GET {url}: more than 8 interim (1xx) responses"))
+    );
+
+    // Nor one interim response with endless header fields.
+    let url = serve_once(|mut stream| async move {
+        stream
+            .write_all(b"HTTP/1.1 103 Early Hints\r\n")
+            .await
+            .unwrap();
+        while stream
+            .write_all(b"Link: </a.css>; rel=preload\r\n")
+            .await
+            .is_ok()
+        {}
+    })
+    .await;
+    let check =
+        HealthCheck::new("x", checks::http_get(&url).unwrap()).timeout(Duration::from_secs(30));
+    assert_eq!(
+        outcome(check).await,
+        Some(format!(
+            "GET {url}: the interim (1xx) responses exceed 16 KiB"
+        ))
+    );
+}
+
 fn scratch_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("periscope-health-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -171,29 +285,45 @@ async fn writable_never_removes_a_file_it_did_not_create() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A blocking call stuck in the kernel (here: opening a FIFO nobody reads, as a hung NFS mount
-/// would) outlives the timeout; later runs must report it at once instead of piling up threads.
+/// A FIFO in `dir`: opening it to write blocks in the kernel until someone opens it to read, as a
+/// call on a hung NFS mount would.
 #[cfg(unix)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_system_check_stuck_in_the_kernel_is_not_started_again() {
-    let dir = scratch_dir("stuck");
+fn make_fifo(dir: &std::path::Path) -> std::path::PathBuf {
     let fifo = dir.join("fifo");
     let made = std::process::Command::new("mkfifo")
         .arg(&fifo)
         .status()
         .unwrap();
     assert!(made.success());
-    // Unblocks the stuck open even when an assertion fails, or the runtime's shutdown would wait
-    // for that thread forever (on Linux, opening a FIFO read-write never blocks).
-    struct Unblock(std::path::PathBuf);
-    impl Drop for Unblock {
-        fn drop(&mut self) {
-            let _ = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&self.0);
+    fifo
+}
+
+/// Unblocks an open stuck on the FIFO even when an assertion fails, or the runtime's shutdown
+/// would wait for that thread forever (on Linux, opening a FIFO read-write never blocks). The
+/// reader is left open, so an open whose thread has not got there yet does not block either.
+#[cfg(unix)]
+struct Unblock(std::path::PathBuf);
+
+#[cfg(unix)]
+impl Drop for Unblock {
+    fn drop(&mut self) {
+        if let Ok(reader) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.0)
+        {
+            std::mem::forget(reader);
         }
     }
+}
+
+/// A blocking call stuck in the kernel (here: opening a FIFO nobody reads, as a hung NFS mount
+/// would) outlives the timeout; later runs must report it at once instead of piling up threads.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_system_check_stuck_in_the_kernel_is_not_started_again() {
+    let dir = scratch_dir("stuck");
+    let fifo = make_fifo(&dir);
     let unblock = Unblock(fifo.clone());
     let health = Health::builder()
         .add_check(
@@ -232,6 +362,112 @@ async fn a_file_system_check_stuck_in_the_kernel_is_not_started_again() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{report:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop((reader, unblock));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The same check cloned into two `Health`es: their runs overlap, and neither is failed as
+/// "still blocked" because the other's file-system call is in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_runs_of_a_cloned_file_system_check_both_pass() {
+    let dir = scratch_dir("overlap");
+    let writable = checks::writable(&dir);
+    let disk = checks::disk_space(&dir, 1);
+    let build = || {
+        Health::builder()
+            .add_check(HealthCheck::new("dir", writable.clone()).timeout(Duration::from_secs(30)))
+            .add_check(HealthCheck::new("disk", disk.clone()).timeout(Duration::from_secs(30)))
+            .cache_ttl(Duration::ZERO)
+            .build()
+            .unwrap()
+    };
+    let (one, two) = (build(), build());
+    for _ in 0..20 {
+        let (a, b) = tokio::join!(one.readiness(), two.readiness());
+        for report in [a, b] {
+            assert_eq!(report.status(), Status::Ok, "{report:?}");
+        }
+        let (a, b) = tokio::join!(writable.check(), writable.check());
+        assert_eq!(a.err().map(|error| error.message().to_owned()), None);
+        assert_eq!(b.err().map(|error| error.message().to_owned()), None);
+    }
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A run that finds the check's call in progress waits for it, then makes its own; once the run
+/// that started the call gives up on it (its timeout), the waiting run fails as "still blocked".
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_overlapping_a_file_system_call_in_progress_waits_for_it() {
+    use std::task::Poll;
+    let dir = scratch_dir("overlap-fifo");
+    let fifo = make_fifo(&dir);
+    let unblock = Unblock(fifo.clone());
+    let check = checks::writable(&fifo);
+    let clone = check.clone();
+    let message =
+        |result: Result<(), CheckError>| result.err().map(|error| error.message().to_owned());
+
+    let (mut first, mut second) = (check.check(), clone.check());
+    // The first run's call blocks opening the FIFO; the second finds it in progress.
+    std::future::poll_fn(|cx| {
+        assert!(first.as_mut().poll(cx).is_pending());
+        if let Poll::Ready(result) = second.as_mut().poll(cx) {
+            panic!("the second run did not wait: {:?}", message(result));
+        }
+        Poll::Ready(())
+    })
+    .await;
+    // A reader unblocks the call; then the second run makes its own.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let both = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(first, second)
+    });
+    let (a, b) = both
+        .await
+        .expect("both runs finish once the FIFO has a reader");
+    assert_eq!((message(a), message(b)), (None, None));
+    drop(reader);
+
+    let (mut first, mut second) = (check.check(), clone.check());
+    std::future::poll_fn(|cx| {
+        assert!(first.as_mut().poll(cx).is_pending());
+        assert!(second.as_mut().poll(cx).is_pending());
+        Poll::Ready(())
+    })
+    .await;
+    // The first run gives up (as at its timeout) while its call is stuck: the waiting run fails
+    // at once instead of starting another blocked call.
+    drop(first);
+    let error = std::future::poll_fn(|cx| match second.as_mut().poll(cx) {
+        Poll::Ready(result) => Poll::Ready(message(result)),
+        Poll::Pending => panic!("the waiting run still waits on an abandoned call"),
+    })
+    .await
+    .unwrap();
+    assert!(
+        error.contains("the previous check is still blocked"),
+        "{error}"
+    );
+    drop(second);
+
+    // A reader unblocks the stuck call (whenever its thread gets to the open); the check then
+    // runs again.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Some(error) = message(check.check().await) {
+        assert!(std::time::Instant::now() < deadline, "{error}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop((reader, unblock));

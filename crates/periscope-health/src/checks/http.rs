@@ -5,11 +5,23 @@ use tokio::net::TcpStream;
 
 use crate::check::{Check, CheckError, CheckFuture};
 
-/// The most bytes read while looking for the status line.
+/// The most bytes read while looking for a status line.
 const MAX_STATUS_LINE: usize = 1024;
+
+/// The most interim (1xx) responses skipped before the final one.
+const MAX_INTERIM_RESPONSES: usize = 8;
+
+/// The most bytes read while skipping interim (1xx) responses: Early Hints may carry long `Link`
+/// header fields, but a server cannot make the check buffer without bound.
+const MAX_HEAD: usize = 16 * 1024;
+
+const CLOSED_AFTER_INTERIM: &str = "the connection closed after an interim (1xx) response";
 
 /// Passes when `GET url` answers a 2xx status. Plain `http://` only (a sidecar, a model server,
 /// another service's `/health`); for `https://` write a check with your HTTP client.
+///
+/// Interim responses (`100 Continue`, `103 Early Hints`) are skipped: the final status counts.
+/// A server that sends more than 8 of them, or more than 16 KiB of them, fails the check.
 ///
 /// Failure messages, which `/ready` may show, name the URL without its query string and
 /// fragment: a query often carries a key.
@@ -112,21 +124,91 @@ impl HttpCheck {
             .write_all(request.as_bytes())
             .await
             .map_err(|error| fail("send", error))?;
-        let mut head = Vec::with_capacity(128);
-        let mut chunk = [0_u8; 256];
-        while !head.contains(&b'\n') && head.len() < MAX_STATUS_LINE {
-            let read = stream
-                .read(&mut chunk)
-                .await
-                .map_err(|error| fail("read", error))?;
-            if read == 0 {
-                break;
+        let mut head = Vec::with_capacity(256);
+        let mut read_total = 0;
+        let mut interim = 0;
+        loop {
+            // The status line of the next response.
+            while !head.contains(&b'\n') && head.len() < MAX_STATUS_LINE {
+                if !read_more(&mut stream, &mut head, &mut read_total)
+                    .await
+                    .map_err(|error| fail("read", error))?
+                {
+                    break;
+                }
             }
-            head.extend_from_slice(&chunk[..read]);
+            let status = parse_status(&head).ok_or_else(|| {
+                let what = if interim > 0 && head.is_empty() {
+                    CLOSED_AFTER_INTERIM
+                } else {
+                    "the answer is not HTTP/1.x"
+                };
+                CheckError::msg(format!("GET {}: {what}", self.url))
+            })?;
+            // RFC 9110 §15.2: an interim response (`100 Continue`, `103 Early Hints`) is followed
+            // by another response. (`101 Switching Protocols` is final: this request asks for no
+            // upgrade, so it fails the check as a non-2xx status.)
+            if !(100..200).contains(&status) || status == 101 {
+                return Ok(status);
+            }
+            interim += 1;
+            if interim > MAX_INTERIM_RESPONSES {
+                return Err(CheckError::msg(format!(
+                    "GET {}: more than {MAX_INTERIM_RESPONSES} interim (1xx) responses",
+                    self.url
+                )));
+            }
+            // Skip its header fields, up to the empty line.
+            loop {
+                if let Some(end) = head_end(&head) {
+                    head.drain(..end);
+                    break;
+                }
+                if read_total >= MAX_HEAD {
+                    return Err(CheckError::msg(format!(
+                        "GET {}: the interim (1xx) responses exceed {} KiB",
+                        self.url,
+                        MAX_HEAD / 1024
+                    )));
+                }
+                if !read_more(&mut stream, &mut head, &mut read_total)
+                    .await
+                    .map_err(|error| fail("read", error))?
+                {
+                    return Err(CheckError::msg(format!(
+                        "GET {}: {CLOSED_AFTER_INTERIM}",
+                        self.url
+                    )));
+                }
+            }
         }
-        parse_status(&head)
-            .ok_or_else(|| CheckError::msg(format!("GET {}: the answer is not HTTP/1.x", self.url)))
     }
+}
+
+/// Reads what `stream` has (at most 256 bytes) onto `head`; `false` at the end of the stream.
+async fn read_more(
+    stream: &mut TcpStream,
+    head: &mut Vec<u8>,
+    read_total: &mut usize,
+) -> std::io::Result<bool> {
+    let mut chunk = [0_u8; 256];
+    let read = stream.read(&mut chunk).await?;
+    head.extend_from_slice(&chunk[..read]);
+    *read_total += read;
+    Ok(read > 0)
+}
+
+/// Where the head of a response (status line and header fields) ends: after its first empty
+/// line.
+fn head_end(head: &[u8]) -> Option<usize> {
+    head.iter()
+        .enumerate()
+        .filter(|&(_, &byte)| byte == b'\n')
+        .find_map(|(at, _)| match &head[at + 1..] {
+            [b'\n', ..] => Some(at + 2),
+            [b'\r', b'\n', ..] => Some(at + 3),
+            _ => None,
+        })
 }
 
 /// The status code of `HTTP/1.x NNN ...`.
@@ -204,5 +286,16 @@ mod tests {
         assert_eq!(parse_status(b"HTTP/1.0 503\r\n"), Some(503));
         assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
         assert_eq!(parse_status(b""), None);
+    }
+
+    #[test]
+    fn finds_the_end_of_a_response_head() {
+        assert_eq!(head_end(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1"), Some(25));
+        assert_eq!(
+            head_end(b"HTTP/1.1 103 Early Hints\nLink: </a>\n\nX"),
+            Some(37)
+        );
+        assert_eq!(head_end(b"HTTP/1.1 100 Continue\r\nLink: </a>\r\n"), None);
+        assert_eq!(head_end(b"HTTP/1.1 100 Continue\r\n\r"), None);
     }
 }

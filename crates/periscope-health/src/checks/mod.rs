@@ -26,28 +26,80 @@ pub use self::http::{HttpCheck, InvalidUrl, http_get};
 pub use self::tcp::{TcpCheck, tcp};
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
+
+use tokio::sync::Notify;
 
 use crate::check::CheckError;
 
 /// Runs a check's blocking file-system work off the async threads, one call at a time.
 ///
 /// A blocking call stuck in the kernel (a hung NFS mount) outlives the check's timeout: aborting
-/// the task cannot stop its thread. While one is stuck, later runs fail at once instead of
-/// piling up blocked threads until the runtime's blocking pool is exhausted.
+/// the task cannot stop its thread. Once the run that started a call has given up on it (timed
+/// out or was cancelled) while the call is still blocked, later runs fail at once instead of piling
+/// up blocked threads until the runtime's blocking pool is exhausted. A run that merely overlaps
+/// a call in progress (the check cloned into two [`Health`](crate::Health)es, or called
+/// concurrently) waits for that call to return, then makes its own; its own timeout bounds the
+/// wait.
 #[derive(Clone, Debug, Default)]
 struct Blocking {
-    /// When the call still running started.
-    busy_since: Arc<Mutex<Option<Instant>>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    slot: Mutex<Slot>,
+    /// Woken when the call in progress returns, or its run gives up on it.
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    busy: Option<Busy>,
+    /// Tells calls apart, so a run only marks its own call abandoned.
+    next_call: u64,
+}
+
+/// The blocking call in progress.
+#[derive(Debug)]
+struct Busy {
+    call: u64,
+    since: Instant,
+    /// The run that started the call gave up on it: the call is stuck past that run's timeout.
+    abandoned: bool,
+}
+
+impl Shared {
+    fn slot(&self) -> MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Frees the [`Blocking`] slot when the blocking call returns (or is never run).
-struct Release(Arc<Mutex<Option<Instant>>>);
+struct Release(Arc<Shared>);
 
 impl Drop for Release {
     fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.0.slot().busy = None;
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// Marks the call abandoned when its run is dropped (timed out) before the call returned.
+struct Abandon {
+    shared: Arc<Shared>,
+    call: u64,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        let mut slot = self.shared.slot();
+        if let Some(busy) = slot.busy.as_mut().filter(|busy| busy.call == self.call) {
+            busy.abandoned = true;
+            drop(slot);
+            self.shared.changed.notify_waiters();
+        }
     }
 }
 
@@ -57,22 +109,39 @@ impl Blocking {
         path: &Path,
         work: impl FnOnce() -> Result<T, CheckError> + Send + 'static,
     ) -> Result<T, CheckError> {
-        {
-            let mut busy_since = self
-                .busy_since
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(since) = *busy_since {
-                return Err(CheckError::msg(format!(
-                    "{}: the previous check is still blocked after {}s (file system hung?)",
-                    path.display(),
-                    since.elapsed().as_secs()
-                )));
-            }
-            *busy_since = Some(Instant::now());
-        }
-        let release = Release(Arc::clone(&self.busy_since));
-        tokio::task::spawn_blocking(move || {
+        let call = loop {
+            let changed = {
+                let mut slot = self.shared.slot();
+                match &slot.busy {
+                    None => {
+                        let call = slot.next_call;
+                        slot.next_call += 1;
+                        slot.busy = Some(Busy {
+                            call,
+                            since: Instant::now(),
+                            abandoned: false,
+                        });
+                        break call;
+                    }
+                    Some(busy) if busy.abandoned => {
+                        return Err(CheckError::msg(format!(
+                            "{}: the previous check is still blocked after {}s (file system hung?)",
+                            path.display(),
+                            busy.since.elapsed().as_secs()
+                        )));
+                    }
+                    // Registered while the slot is locked, so no wake-up is missed.
+                    Some(_) => self.shared.changed.notified(),
+                }
+            };
+            changed.await;
+        };
+        let abandon = Abandon {
+            shared: Arc::clone(&self.shared),
+            call,
+        };
+        let release = Release(Arc::clone(&self.shared));
+        let result = tokio::task::spawn_blocking(move || {
             let _release = release;
             work()
         })
@@ -81,6 +150,8 @@ impl Blocking {
             Err(CheckError::msg(format!(
                 "file-system check did not finish: {error}"
             )))
-        })
+        });
+        drop(abandon);
+        result
     }
 }
