@@ -406,26 +406,19 @@ fn check_headers(var: &'static str, value: &str) -> Result<(), ConfigError> {
     Err(invalid(var, masked.join(","), EXPECTED))
 }
 
-/// `%XX` sequences to bytes; `None` for a `%` without two hex digits or a result that is not
-/// UTF-8.
+/// `%XX` sequences to bytes; `None` for a `%` without two hex digits (which the decoder
+/// would keep as it is) or a result that is not UTF-8.
 fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while let Some(&byte) = bytes.get(at) {
-        if byte == b'%' {
-            let hex = std::str::from_utf8(bytes.get(at + 1..at + 3)?).ok()?;
-            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return None;
-            }
-            decoded.push(u8::from_str_radix(hex, 16).ok()?);
-            at += 3;
-        } else {
-            decoded.push(byte);
-            at += 1;
-        }
-    }
-    String::from_utf8(decoded).ok()
+    let well_formed = value.split('%').skip(1).all(|after| {
+        after
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    let decoded = percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .ok()?;
+    well_formed.then(|| decoded.into_owned())
 }
 
 fn parse_bool(var: &'static str, value: String) -> Result<bool, ConfigError> {
