@@ -27,6 +27,7 @@
 //! | `ADMIN_PORT` | unset: the admin surface shares `PORT` | a port for the admin surface, served on 127.0.0.1 only, debug endpoints included (still behind `ADMIN_TOKEN` when one is set); `PORT` then keeps the probes and `/metrics` but no `/debug/*` |
 //! | `MODEL_WARMUP` | `true` | `false` loads the model on the first `/predict` instead of at startup |
 //! | `MODEL_LOAD_DELAY_MS` | `0` | extra milliseconds the model load takes (to watch `/ready` answer `starting`) |
+//! | `UPLOAD_BUFFER_MIB` | `64` | MiB of request bodies held in memory at once, `10` to `65536`: a `/predict` beyond it waits, unread, for its share (its request timeout bounds the wait) |
 //! | `SHUTDOWN_DRAIN_S` | `5` | seconds `/ready` answers `draining` after SIGTERM or Ctrl-C before the listeners close |
 //! | `PERISCOPE_BARE` | `false` | `true` serves the same routes without `obs.layer()` (overhead comparisons) |
 //!
@@ -87,7 +88,11 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         .build()?;
     let _guard = obs.init()?; // JSON logs from here on; flushed when main returns
 
-    let state = AppState::new(model.clone(), ModelMetrics::register(obs.registry())?);
+    let state = AppState::new(
+        model.clone(),
+        ModelMetrics::register(obs.registry())?,
+        config.upload_buffer_mib,
+    );
     let mut app = predict::routes(state);
     let mut admin_app = None;
     match config.admin_port {
@@ -152,6 +157,7 @@ struct GatewayConfig {
     admin_port: Option<u16>,
     model_warmup: bool,
     model_load_delay: Duration,
+    upload_buffer_mib: usize,
     bare: bool,
 }
 
@@ -167,10 +173,20 @@ impl GatewayConfig {
                 0,
                 "a whole number of milliseconds",
             )?),
+            upload_buffer_mib: env_or("UPLOAD_BUFFER_MIB", 64, UPLOAD_BUFFER_RANGE).and_then(
+                |mib| {
+                    (10..=65536).contains(&mib).then_some(mib).ok_or_else(|| {
+                        format!("UPLOAD_BUFFER_MIB={mib} is not valid: use {UPLOAD_BUFFER_RANGE}")
+                    })
+                },
+            )?,
             bare: env_bool("PERISCOPE_BARE", false)?,
         })
     }
 }
+
+/// At least one whole body (10 MiB); at most 64 GiB, so that the count of KiB fits a `u32`.
+const UPLOAD_BUFFER_RANGE: &str = "a whole number of MiB from 10 to 65536";
 
 /// A variable's value; unset and empty are the same. A value that is not UTF-8 is malformed,
 /// not unset: it must not fall back to the default.

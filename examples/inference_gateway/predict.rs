@@ -46,19 +46,27 @@ pub struct AppState {
     /// Decodes that may run at once: a 250 KiB PNG can ask for a 256 MiB image, so without a
     /// bound a burst of them takes the memory of the host.
     pub decodes: Arc<Semaphore>,
+    /// Memory for request bodies, in KiB: a body is held whole until its decode ends, so
+    /// without a bound a crowd of slow uploads holds 10 MiB each. A request waits here, its
+    /// bytes left unread on the socket, until its share is free (its timeout bounds the wait).
+    pub uploads: Arc<Semaphore>,
 }
 
 impl AppState {
-    /// The state with one decode at a time per CPU.
-    pub fn new(model: ModelHandle, metrics: ModelMetrics) -> Self {
+    /// The state with one decode at a time per CPU and `upload_mib` MiB of bodies in memory at
+    /// once (at least [`MAX_BODY_BYTES`], so that any accepted body fits).
+    pub fn new(model: ModelHandle, metrics: ModelMetrics, upload_mib: usize) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             model,
             metrics,
             decodes: Arc::new(Semaphore::new(cpus)),
+            uploads: Arc::new(Semaphore::new((upload_mib * KIB).max(MAX_BODY_BYTES / KIB))),
         }
     }
 }
+
+const KIB: usize = 1024;
 
 /// The model's metrics, both through the cardinality guard: a new model version or label can
 /// never grow the series without bound.
@@ -108,7 +116,7 @@ async fn predict(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Json<Value>, HttpError> {
-    let body = read_image(request).await?;
+    let (body, upload) = read_image(request, &state.uploads).await?;
     let model = state.model.get().await.map_err(|error| {
         HttpError::new(codes::SERVICE_UNAVAILABLE, "The model is not available").with_source(error)
     })?;
@@ -120,7 +128,7 @@ async fn predict(
         .acquire_owned()
         .await
         .map_err(HttpError::internal)?;
-    let input = preprocess(body, decoding).await?;
+    let input = preprocess(body, [decoding, upload]).await?;
 
     let span = tracing::info_span!("inference", model = model::NAME);
     let started = Instant::now();
@@ -169,8 +177,12 @@ async fn list_models(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// The image bytes: the body, or the `image` field (else the first file) of a multipart form.
-async fn read_image(request: Request) -> Result<Bytes, HttpError> {
+/// The image bytes: the body, or the `image` field (else the first file) of a multipart form,
+/// with the share of `uploads` they hold until their decode ends.
+async fn read_image(
+    request: Request,
+    uploads: &Arc<Semaphore>,
+) -> Result<(Bytes, OwnedSemaphorePermit), HttpError> {
     // Refuse a declared oversize before reading a byte: a client that sent
     // `Expect: 100-continue` (curl does for large files) never uploads it.
     let declared = request
@@ -180,6 +192,15 @@ async fn read_image(request: Request) -> Result<Bytes, HttpError> {
     if let Some(length) = declared.filter(|length| *length > MAX_BODY_BYTES as u64) {
         return Err(too_large().with_detail("content_length", length));
     }
+    // The declared length, else the most a body may be (the limit stops it there).
+    let kib = declared
+        .map_or(MAX_BODY_BYTES, |length| length as usize)
+        .div_ceil(KIB);
+    let upload = uploads
+        .clone()
+        .acquire_many_owned(kib.max(1) as u32)
+        .await
+        .map_err(HttpError::internal)?;
     let multipart = request
         .headers()
         .get(CONTENT_TYPE)
@@ -197,7 +218,7 @@ async fn read_image(request: Request) -> Result<Bytes, HttpError> {
     if image.is_empty() {
         return Err(HttpError::from(INVALID_IMAGE).with_message("The request has no image"));
     }
-    Ok(image)
+    Ok((image, upload))
 }
 
 async fn from_multipart(request: Request) -> Result<Bytes, HttpError> {
@@ -234,10 +255,11 @@ fn body_error(status: StatusCode, text: String) -> HttpError {
 /// Decodes the image and makes the model's input, on the blocking pool: decoding a large JPEG
 /// takes milliseconds of CPU that must not stall other requests.
 ///
-/// The decode holds `permit` until it ends: a client that disconnects (or a request that times
-/// out) drops this future, but not the decode already running on the pool, so releasing the
-/// permit with the future would let the next request start another decode beside it.
-async fn preprocess(body: Bytes, permit: OwnedSemaphorePermit) -> Result<Input, HttpError> {
+/// The decode holds `permits` (its decode slot and its body's memory) until it ends: a client
+/// that disconnects (or a request that times out) drops this future, but not the decode
+/// already running on the pool, so releasing them with the future would let the next request
+/// start another decode, or buffer another body, beside it.
+async fn preprocess(body: Bytes, permits: [OwnedSemaphorePermit; 2]) -> Result<Input, HttpError> {
     let span = tracing::info_span!(
         "preprocess",
         bytes = body.len(),
@@ -246,7 +268,7 @@ async fn preprocess(body: Bytes, permit: OwnedSemaphorePermit) -> Result<Input, 
         height = Empty
     );
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+        let _permits = permits;
         span.in_scope(|| {
             let (format, image) = decode(&body)?;
             let span = tracing::Span::current();

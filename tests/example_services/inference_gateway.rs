@@ -208,6 +208,44 @@ async fn bad_input_gets_an_envelope() {
     assert_eq!(access["data"]["status"], 413);
 }
 
+#[tokio::test]
+async fn bodies_in_memory_are_bounded_by_the_upload_buffer() {
+    // Room for one whole body: a slow upload of 10 MiB holds all of it.
+    let service = start(&[("UPLOAD_BUFFER_MIB", "10")]);
+    let addr = service.addr("http").await;
+    wait_for_status(addr, "/ready", 200).await;
+
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST /predict HTTP/1.1\r\nhost: gateway\r\ncontent-type: image/png\r\n\
+                content-length: 10485760\r\n\r\n";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&[0; 4096]).await.unwrap();
+    // The slow upload is taken first (its span shows it reading).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // A small image waits for the memory, unread, instead of being buffered beside it.
+    let waiting = tokio::spawn(async move {
+        send(
+            addr,
+            "POST",
+            "/predict",
+            &[("content-type", "image/png")],
+            png(8, 8, [220, 20, 25]),
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "answered while the buffer was full");
+
+    // The slow client gives up: its share is freed and the waiting image is served.
+    drop(slow);
+    let answer = tokio::time::timeout(crate::support::PATIENCE, waiting)
+        .await
+        .expect("served once the buffer had room")
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
 #[cfg(unix)] // stopped with a real SIGTERM
 #[tokio::test]
 async fn ready_waits_for_the_model_and_drains_on_sigterm() {
@@ -359,6 +397,8 @@ async fn invalid_configuration_fails_at_startup_naming_the_variable() {
         ("LOG_FORMAT", "xml", "json or pretty"),
         ("SHUTDOWN_DRAIN_S", "-1", "from 0 to 300"),
         ("SHUTDOWN_DRAIN_S", "nan", "from 0 to 300"),
+        ("UPLOAD_BUFFER_MIB", "9", "from 10 to 65536"),
+        ("UPLOAD_BUFFER_MIB", "lots", "from 10 to 65536"),
     ] {
         let mut service = start(&[(var, value)]);
         let status = service.exit_status().await;
