@@ -335,7 +335,7 @@ fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, C
 }
 
 fn parse_propagators(value: String) -> Result<Propagators, ConfigError> {
-    const EXPECTED: &str = "expected a comma-separated list of tracecontext, baggage or none (B3, Jaeger and X-Ray are not supported)";
+    const EXPECTED: &str = "expected a comma-separated list of tracecontext and baggage, or none alone (B3, Jaeger and X-Ray are not supported)";
     let names: Vec<String> = value
         .split(',')
         .map(|name| name.trim().to_ascii_lowercase())
@@ -343,6 +343,11 @@ fn parse_propagators(value: String) -> Result<Propagators, ConfigError> {
         .collect();
     if names.is_empty() {
         // Only separators: turning propagation off takes an explicit `none`.
+        return Err(invalid("OTEL_PROPAGATORS", value, EXPECTED));
+    }
+    if names.len() > 1 && names.iter().any(|name| name == "none") {
+        // `none,tracecontext` says two contrary things: refused, as other SDKs do, rather
+        // than guessed.
         return Err(invalid("OTEL_PROPAGATORS", value, EXPECTED));
     }
     let mut propagators = Propagators::none();
@@ -670,6 +675,8 @@ mod tests {
             ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
             ("OTEL_PROPAGATORS", "tracecontext,b3"),
             ("OTEL_PROPAGATORS", " , "),
+            ("OTEL_PROPAGATORS", "none,tracecontext"),
+            ("OTEL_PROPAGATORS", "baggage, NONE"),
             ("OTEL_SDK_DISABLED", "yes"),
         ];
         for (var, value) in cases {
