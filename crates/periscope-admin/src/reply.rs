@@ -50,14 +50,24 @@ pub(crate) fn internal(source: impl Into<BoxError>) -> Response<AdminBody> {
     response
 }
 
-/// 404 `route_not_found`: an unknown path, or a debug path while debug endpoints are off.
-pub(crate) fn not_found<T>(request: &Request<T>) -> Response<AdminBody> {
+/// 404 `route_not_found`: an unknown path, or a debug path while debug endpoints are off. The
+/// help names the paths `served` only: debug endpoints that are off stay unmentioned.
+pub(crate) fn not_found<T>(
+    request: &Request<T>,
+    served: impl Iterator<Item = Endpoint>,
+) -> Response<AdminBody> {
+    let paths: Vec<&str> = served.map(Endpoint::path).collect();
+    let help = if paths.is_empty() {
+        "This admin service serves no endpoint".to_owned()
+    } else {
+        format!("The admin paths here are {}", paths.join(", "))
+    };
     error(
         HttpError::new(
             codes::ROUTE_NOT_FOUND,
             "No admin endpoint answers on this path",
         )
-        .with_help("The admin paths are /health, /ready, /startup, /metrics and /debug/*"),
+        .with_help(help),
         request,
     )
 }

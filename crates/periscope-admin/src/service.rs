@@ -125,7 +125,7 @@ impl Admin {
         }
         let endpoint = Endpoint::from_path(request.uri().path()).filter(|e| self.serves(*e));
         let Some(endpoint) = endpoint else {
-            return ResponseFuture::ready(reply::not_found(&request));
+            return ResponseFuture::ready(reply::not_found(&request, self.endpoints()));
         };
         if !endpoint.methods().contains(request.method()) {
             return ResponseFuture::ready(reply::method_not_allowed(endpoint, &request));
@@ -149,19 +149,19 @@ impl Admin {
                 if let Some(health) = &self.inner.health {
                     return ResponseFuture::probe(health.answer(probe_of(endpoint), &request));
                 }
-                reply::not_found(&request)
+                reply::not_found(&request, self.endpoints())
             }
             #[cfg(feature = "metrics")]
             Endpoint::Metrics => match &self.inner.metrics {
                 Some(metrics) => metrics.respond(request.method(), request.headers()),
-                None => reply::not_found(&request),
+                None => reply::not_found(&request, self.endpoints()),
             },
             #[cfg(feature = "log")]
             Endpoint::Logs => self.logs(&request),
             #[cfg(feature = "log")]
             Endpoint::Config => match &self.inner.config {
                 Some(config) => reply::json_bytes(config.clone()),
-                None => reply::not_found(&request),
+                None => reply::not_found(&request, self.endpoints()),
             },
             #[cfg(feature = "log")]
             Endpoint::LogLevel => match &self.inner.level_control {
@@ -172,9 +172,9 @@ impl Admin {
                     ));
                 }
                 Some(control) => crate::log_level::current(control),
-                None => reply::not_found(&request),
+                None => reply::not_found(&request, self.endpoints()),
             },
-            _ => reply::not_found(&request),
+            _ => reply::not_found(&request, self.endpoints()),
         };
         ResponseFuture::ready(response)
     }
@@ -202,7 +202,7 @@ impl Admin {
     #[cfg(feature = "log")]
     fn logs<B>(&self, request: &Request<B>) -> Response<AdminBody> {
         let Some(recent) = &self.inner.logs else {
-            return reply::not_found(request);
+            return reply::not_found(request, self.endpoints());
         };
         match crate::logs::LogsQuery::parse(request.uri().query()) {
             Ok(query) => reply::json_bytes(query.answer(recent)),

@@ -148,10 +148,16 @@ async fn debug_endpoints_are_absent_when_disabled() {
         answer.envelope(404, "route_not_found");
         assert_eq!(answer.header("www-authenticate"), None);
     }
-    // Identical to a path that never existed.
-    get(addr, "/debug/nothing")
+    // Identical to a path that never existed; the help names only the paths served.
+    let error = get(addr, "/debug/nothing")
         .await
         .envelope(404, "route_not_found");
+    let help = error["help"].as_str().unwrap();
+    assert!(
+        help.contains("/health") && help.contains("/metrics"),
+        "{help}"
+    );
+    assert!(!help.contains("/debug"), "{help}");
     assert_eq!(get(addr, "/health").await.status, 200);
 }
 
@@ -477,7 +483,11 @@ async fn without_parts_only_the_default_probes_exist() {
     let ready = get(addr, "/ready").await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["version"], "2.0.0");
-    get(addr, "/metrics").await.envelope(404, "route_not_found");
+    let error = get(addr, "/metrics").await.envelope(404, "route_not_found");
+    assert_eq!(
+        error["help"], "The admin paths here are /health, /ready, /startup",
+        "{error}"
+    );
 
     // Debug on, but no log parts: status and memory only.
     let admin = Admin::builder()
