@@ -109,16 +109,28 @@ async fn route(
     Ok(response)
 }
 
+/// `name` is the raw path segment: percent-decoded here (`J%C3%BCrgen` is `Jürgen`), as
+/// axum's `Path` would.
 fn hello(name: &str) -> Result<String, HttpError> {
+    let decoded = percent_encoding::percent_decode_str(name).decode_utf8();
     let mut violations = Violations::new();
-    violations.check(
-        !name.is_empty() && name.len() <= 64,
-        "name",
-        "length",
-        "name must be 1 to 64 characters",
-    );
+    match &decoded {
+        Ok(name) => {
+            let length = name.chars().count();
+            violations.check(
+                (1..=64).contains(&length),
+                "name",
+                "length",
+                "name must be 1 to 64 characters",
+            );
+        }
+        Err(_) => {
+            violations.add("name", "utf8", "name must be percent-encoded UTF-8 text");
+        }
+    }
     violations.into_result()?;
-    tracing::info!(name, "greeting");
+    let name = decoded.unwrap_or_default();
+    tracing::info!(name = &*name, "greeting");
     Ok(format!("hello, {name}\n"))
 }
 
