@@ -346,6 +346,10 @@ async fn a_file_system_check_stuck_in_the_kernel_is_not_started_again() {
             error.contains("the previous check is still blocked"),
             "{error}"
         );
+        // Blocked since the first run, over 100 ms ago, in a unit that shows it.
+        let after = error.split("blocked after ").nth(1).unwrap();
+        let millis: u64 = after.split("ms ").next().unwrap().parse().unwrap();
+        assert!(millis >= 100, "{error}");
         assert!(started.elapsed() < Duration::from_millis(100));
     }
 

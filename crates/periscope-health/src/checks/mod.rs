@@ -27,7 +27,7 @@ pub use self::tcp::{TcpCheck, tcp};
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -125,9 +125,16 @@ impl Blocking {
                     }
                     Some(busy) if busy.abandoned => {
                         return Err(CheckError::msg(format!(
-                            "{}: the previous check is still blocked after {}s (file system hung?)",
+                            "{}: the previous check is still blocked after {} (file system hung?)",
                             path.display(),
-                            busy.since.elapsed().as_secs()
+                            // Whole milliseconds: a timeout under a second read "after 0s".
+                            crate::runner::format_duration(Duration::from_millis(
+                                busy.since
+                                    .elapsed()
+                                    .as_millis()
+                                    .try_into()
+                                    .unwrap_or(u64::MAX)
+                            ))
                         )));
                     }
                     // Registered while the slot is locked, so no wake-up is missed.

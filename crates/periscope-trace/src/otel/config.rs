@@ -88,7 +88,7 @@ impl Sampler {
 #[derive(Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct OtelConfig {
-    /// `service.name` (`OTEL_SERVICE_NAME`, else `SERVICE_NAME`; else `service.name` in
+    /// `service.name` (`SERVICE_NAME`, else `OTEL_SERVICE_NAME`; else `service.name` in
     /// `OTEL_RESOURCE_ATTRIBUTES`; else the SDK's default, `unknown_service`).
     pub service_name: Option<String>,
     /// The resource's attributes (`OTEL_RESOURCE_ATTRIBUTES`: `key=value,...`, the values
@@ -125,7 +125,9 @@ impl OtelConfig {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        let service_name = get("OTEL_SERVICE_NAME").or_else(|| get("SERVICE_NAME"));
+        // The design's order, as the facade and the log line read it: the name on the
+        // exported spans is the name on the log lines.
+        let service_name = get("SERVICE_NAME").or_else(|| get("OTEL_SERVICE_NAME"));
         let resource_attributes = get("OTEL_RESOURCE_ATTRIBUTES")
             .map(parse_resource_attributes)
             .transpose()?
@@ -445,6 +447,20 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         OtelConfig::from_lookup(|name| env.get(name).cloned())
+    }
+
+    #[test]
+    fn service_name_is_read_in_the_design_order() {
+        let both = [("SERVICE_NAME", "checkout"), ("OTEL_SERVICE_NAME", "other")];
+        assert_eq!(
+            config(&both).unwrap().service_name.as_deref(),
+            Some("checkout")
+        );
+        let otel_only = [("SERVICE_NAME", " "), ("OTEL_SERVICE_NAME", "other")];
+        assert_eq!(
+            config(&otel_only).unwrap().service_name.as_deref(),
+            Some("other")
+        );
     }
 
     #[test]
