@@ -8,6 +8,8 @@
 //!   and reachable from deep inside a handler through [`RequestContext::current`].
 //! - [`extract`], [`inject`] and [`Carrier`]: moving a context through headers, queue messages
 //!   and job payloads, so a background job continues the request's trace.
+//! - [`grpc`]: the status of a gRPC answer, which the layers count, trace and log by the HTTP
+//!   status it stands for.
 //!
 //! This crate has no Tower dependency; `periscope-trace` builds the layers on top of it.
 //!
@@ -31,6 +33,7 @@
 mod baggage;
 mod carrier;
 mod context;
+pub mod grpc;
 mod ids;
 mod request_id;
 mod route;

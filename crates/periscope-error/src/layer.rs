@@ -527,7 +527,10 @@ impl Handled {
     fn inspect<B: Body>(&self, response: Response<B>) -> Inspected<B> {
         let status = response.status();
         let (mut parts, body) = response.into_parts();
-        if !(status.is_client_error() || status.is_server_error()) {
+        // A gRPC service's answers are its own: a gRPC client reads no envelope.
+        if !(status.is_client_error() || status.is_server_error())
+            || self.facts.format == Format::Grpc
+        {
             self.echo(&mut parts);
             return Inspected::Done(Response::from_parts(parts, self.pass(body)));
         }
@@ -716,7 +719,9 @@ impl Handled {
     ) -> Response<ResponseBody<B>> {
         let instance = Some(self.facts.path());
         let bytes = render::write(&mut parts, error, self.facts.format, instance, &self.ids);
-        render::vary_accept(&mut parts.headers);
+        if self.facts.format != Format::Grpc {
+            render::vary_accept(&mut parts.headers);
+        }
         Response::from_parts(parts, ResponseBody::full(bytes))
     }
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use periscope_context::grpc::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode, is_grpc_request};
 use periscope_context::{RequestContext, RequestId, TraceId, headers::X_REQUEST_ID};
 use serde::Serialize;
 
@@ -89,11 +91,16 @@ impl Ids {
 pub(crate) enum Format {
     Json,
     Problem,
+    /// A gRPC call: the error goes in `grpc-status` and `grpc-message` of an HTTP 200, the
+    /// only shape a gRPC client reads.
+    Grpc,
 }
 
 impl Format {
     pub(crate) fn negotiate(headers: &HeaderMap) -> Format {
-        if prefers_problem_json(headers) {
+        if is_grpc_request(headers) {
+            Format::Grpc
+        } else if prefers_problem_json(headers) {
             Format::Problem
         } else {
             Format::Json
@@ -170,9 +177,16 @@ pub(crate) fn write(
     instance: Option<&str>,
     ids: &Ids,
 ) -> Bytes {
-    let bytes = match format {
-        Format::Json => serde_json::to_vec(&EnvelopeRef { error: &body }),
-        Format::Problem => serde_json::to_vec(&Problem::new(&body, parts.status, instance)),
+    let (bytes, media) = match format {
+        Format::Grpc => return write_grpc(parts, body, ids),
+        Format::Json => (
+            serde_json::to_vec(&EnvelopeRef { error: &body }),
+            APPLICATION_JSON,
+        ),
+        Format::Problem => (
+            serde_json::to_vec(&Problem::new(&body, parts.status, instance)),
+            APPLICATION_PROBLEM_JSON,
+        ),
     };
     // Serialising strings, numbers and `serde_json::Value`s cannot fail; stay well-formed anyway.
     let bytes = bytes.map(Bytes::from).unwrap_or_else(|_| {
@@ -182,10 +196,6 @@ pub(crate) fn write(
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::CONTENT_ENCODING);
-    let media = match format {
-        Format::Json => APPLICATION_JSON,
-        Format::Problem => APPLICATION_PROBLEM_JSON,
-    };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
     if let Some(seconds) = body.retry_after_s {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -197,6 +207,35 @@ pub(crate) fn write(
     });
     bytes
 }
+
+/// A gRPC error answer ("trailers-only"): HTTP 200 without a body, the code that the error's
+/// status stands for in `grpc-status` and its message in `grpc-message`.
+fn write_grpc(parts: &mut http::response::Parts, body: Arc<ErrorBody>, ids: &Ids) -> Bytes {
+    /// What gRPC's `grpc-message` must percent-encode: controls, `%` and (always) non-ASCII.
+    const GRPC_MESSAGE_SET: &AsciiSet = &CONTROLS.add(b'%');
+    let code = GrpcCode::from_http_status(parts.status);
+    parts.status = StatusCode::OK;
+    let headers = &mut parts.headers;
+    headers.clear();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(APPLICATION_GRPC),
+    );
+    headers.insert(GRPC_STATUS, HeaderValue::from(code.value()));
+    let message = utf8_percent_encode(&body.message, GRPC_MESSAGE_SET).to_string();
+    if let Ok(message) = HeaderValue::from_str(&message) {
+        headers.insert(GRPC_MESSAGE, message);
+    }
+    headers.insert(X_REQUEST_ID, ids.request_id.header_value().clone());
+    parts.extensions.insert(RenderedError {
+        body,
+        ids_from_context: ids.from_context,
+    });
+    Bytes::new()
+}
+
+/// The media type of a gRPC answer.
+const APPLICATION_GRPC: &str = "application/grpc";
 
 /// Adds `Vary: Accept` to a response whose format was negotiated, so that a shared cache (a
 /// CDN may cache a 404) never serves problem details to a client that asked for the envelope,

@@ -601,3 +601,38 @@ async fn handler_sees_the_context_of_the_request() {
     let reply = send(addr, "GET", "/id", &[("x-request-id", "abc")], b"").await;
     assert_eq!(reply.text(), "abc");
 }
+
+/// A gRPC client reads no envelope: for a gRPC request a panic and a timeout are answered as
+/// gRPC answers (HTTP 200, `grpc-status`, `grpc-message`), and the service's own answers pass
+/// through as they are.
+#[tokio::test]
+async fn grpc_calls_get_grpc_answers() {
+    let addr = serve().await;
+    let grpc = [
+        ("content-type", "application/grpc+proto"),
+        ("te", "trailers"),
+    ];
+
+    for (path, code, message) in [
+        ("/panic", "13", "An internal error occurred"),
+        ("/slow", "4", "The request did not complete within 300ms"),
+    ] {
+        let reply = send(addr, "GET", path, &grpc, b"").await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.header("content-type"), Some("application/grpc"));
+        assert_eq!(reply.header("grpc-status"), Some(code), "{path}");
+        let sent = reply.header("grpc-message").unwrap();
+        let decoded = percent_encoding::percent_decode_str(sent)
+            .decode_utf8()
+            .unwrap();
+        assert_eq!(decoded, message, "{path}");
+        assert!(reply.body.is_empty(), "{path}");
+        assert!(reply.header("x-request-id").is_some(), "{path}");
+        assert_eq!(reply.header("vary"), None, "{path}");
+    }
+
+    // An unknown route: the service's answer, not an envelope.
+    let reply = send(addr, "POST", "/pkg.Svc/Nope", &grpc, b"").await;
+    assert_eq!(reply.status, 404);
+    assert!(reply.body.is_empty(), "{}", reply.text());
+}

@@ -12,6 +12,7 @@ use std::time::Instant;
 use bytes::Buf;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use periscope_context::grpc::{GrpcCode, answer_code};
 use periscope_context::{HexId, RequestContext, RequestId, SpanId, TraceId};
 use pin_project::{pin_project, pinned_drop};
 use tower_layer::Layer;
@@ -202,6 +203,7 @@ where
                 let pending = Pending {
                     info,
                     status: response.status(),
+                    grpc: answer_code(response.status(), response.headers()),
                     bytes: 0,
                 };
                 // An empty body may never be polled, and the server drops the body of a
@@ -235,7 +237,7 @@ impl<F> PinnedDrop for ResponseFuture<F> {
     fn drop(self: Pin<&mut Self>) {
         if let Some(info) = self.project().info.take() {
             // Dropped before the response: the client went away, or an outer timeout fired.
-            info.log_completed(None, 0, true);
+            info.log_completed(None, None, 0, true);
         }
     }
 }
@@ -275,6 +277,8 @@ impl Error for MessageOnly {}
 struct Pending {
     info: RequestInfo,
     status: StatusCode,
+    /// A gRPC answer's code: from its head (trailers-only), else from its trailers.
+    grpc: Option<GrpcCode>,
     bytes: u64,
 }
 
@@ -305,8 +309,14 @@ impl<B: Body> Body for AccessLogBody<B> {
         let frame = ready!(inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                if let (Some(data), Some(pending)) = (frame.data_ref(), this.pending.as_mut()) {
-                    pending.bytes += data.remaining() as u64;
+                if let Some(pending) = this.pending.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        pending.bytes += data.remaining() as u64;
+                    } else if let Some(trailers) = frame.trailers_ref()
+                        && pending.status == StatusCode::OK
+                    {
+                        pending.grpc = GrpcCode::of(trailers).or(pending.grpc);
+                    }
                 }
             }
             Some(Err(_)) => {
@@ -316,7 +326,13 @@ impl<B: Body> Body for AccessLogBody<B> {
             }
             None => {}
         }
-        if (frame.is_none() || inner.is_end_stream())
+        // Trailers are the last frame: a server may drop the body after them unpolled.
+        let last = match &frame {
+            None => true,
+            Some(Ok(frame)) => frame.is_trailers(),
+            Some(Err(_)) => false,
+        };
+        if (last || inner.is_end_stream())
             && let Some(pending) = this.pending.take()
         {
             pending.log(false);
@@ -405,14 +421,22 @@ impl RequestInfo {
 impl Pending {
     fn log(self, aborted: bool) {
         self.info
-            .log_completed(Some(self.status), self.bytes, aborted);
+            .log_completed(Some(self.status), self.grpc, self.bytes, aborted);
     }
 }
 
 impl RequestInfo {
     /// The access line: `status` is `None` when the response never came (its future dropped).
-    fn log_completed(&self, status: Option<StatusCode>, bytes_out: u64, aborted: bool) {
-        let level = match status.map(|status| status.as_u16()) {
+    /// A gRPC answer's level follows the HTTP status its code stands for.
+    fn log_completed(
+        &self,
+        status: Option<StatusCode>,
+        grpc: Option<GrpcCode>,
+        bytes_out: u64,
+        aborted: bool,
+    ) {
+        let judged = grpc.map(GrpcCode::http_status).or(status);
+        let level = match judged.map(|status| status.as_u16()) {
             Some(500..) => self.level(true),
             Some(400..500) | None if !self.quiet => Level::WARN,
             _ => self.level(false),
@@ -427,6 +451,7 @@ impl RequestInfo {
             route = self.route.as_deref(),
             path = self.path.as_str(),
             status = status.map(|status| status.as_u16()),
+            grpc_status = grpc.map(GrpcCode::value),
             duration_ms = self.duration_ms(),
             bytes_out,
             aborted = aborted.then_some(true),

@@ -225,3 +225,82 @@ async fn client_errors_are_warnings_and_quiet_paths_are_configurable() {
     assert_eq!(lines[1]["data"]["status"], 404);
     assert!(lines[1]["data"].get("route").is_none(), "no route matched");
 }
+
+/// A gRPC answer's body: one message, then trailers with `grpc-status`.
+struct GrpcBody {
+    code: &'static str,
+    sent: u8,
+}
+
+impl http_body::Body for GrpcBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.sent += 1;
+        let frame = match self.sent {
+            1 => http_body::Frame::data(bytes::Bytes::from_static(b"\0\0\0\0\x02hi")),
+            2 => {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", self.code.parse().unwrap());
+                http_body::Frame::trailers(trailers)
+            }
+            _ => return std::task::Poll::Ready(None),
+        };
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
+}
+
+/// A gRPC answer is HTTP 200 whatever its outcome: its line carries `grpc_status`, from the
+/// head of a trailers-only answer or from the trailers, at the level of the HTTP status the
+/// code stands for.
+#[tokio::test(flavor = "current_thread")]
+async fn grpc_answers_are_logged_with_their_code_at_its_level() {
+    let (out, _handles, guard, _default) = install();
+    let trailers_only = |code: &'static str| {
+        axum::routing::post(move || async move { ([("grpc-status", code)], "") })
+    };
+    let streamed = |code: &'static str| {
+        axum::routing::post(
+            move || async move { axum::body::Body::new(GrpcBody { code, sent: 0 }) },
+        )
+    };
+    let app = Router::new()
+        .route("/pkg.Svc/Internal", trailers_only("13"))
+        .route("/pkg.Svc/Missing", trailers_only("5"))
+        .route("/pkg.Svc/StreamFailed", streamed("14"))
+        .route("/pkg.Svc/StreamOk", streamed("0"))
+        .layer(AccessLogLayer::new())
+        .layer(middleware::from_fn(correlate));
+    let addr = serve(app).await;
+    for path in [
+        "/pkg.Svc/Internal",
+        "/pkg.Svc/Missing",
+        "/pkg.Svc/StreamFailed",
+        "/pkg.Svc/StreamOk",
+    ] {
+        let headers = "content-type: application/grpc\r\nte: trailers\r\n";
+        assert_eq!(send_raw(addr, "POST", path, headers).await.0, 200);
+    }
+    drop(guard);
+
+    let lines = out.lines();
+    let access: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "periscope::access")
+        .collect();
+    assert_eq!(access.len(), 4, "{}", out.text());
+    for (line, (code, level)) in
+        access
+            .iter()
+            .zip([(13, "error"), (5, "warn"), (14, "error"), (0, "info")])
+    {
+        assert_eq!(line["data"]["status"], 200, "{line}");
+        assert_eq!(line["data"]["grpc_status"], code, "{line}");
+        assert_eq!(line["level"], level, "{line}");
+        assert_eq!(line["data"].get("aborted"), None, "{line}");
+    }
+}

@@ -16,6 +16,7 @@ use crate::names::{check_label_names, check_metric_name};
 use crate::red::{Part, Recording, Red, RequestsView, RouteFn};
 use crate::registry::MetricsRegistry;
 use periscope_context::RouteTemplates;
+use periscope_context::grpc::answer_status;
 
 /// OpenTelemetry's advice for HTTP server durations, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -510,8 +511,12 @@ where
         // Taken, so it leaves the in-flight gauge now rather than when the future is dropped.
         if let Some(mut recording) = guard.recording.take() {
             match &output {
+                // A trailers-only gRPC answer (HTTP 200) counts by the status its code
+                // stands for: a failed call is not a success.
                 Ok(response) => recording.finish(
-                    recording.status_label().value(response.status()),
+                    recording
+                        .status_label()
+                        .value(answer_status(response.status(), response.headers())),
                     recording.response_size(response),
                 ),
                 Err(_) => recording.finish(recording.status_label().server_error(), None),

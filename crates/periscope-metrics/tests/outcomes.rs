@@ -161,3 +161,50 @@ async fn a_panic_caught_above_the_layer_counts_as_a_server_error() {
     assert_eq!(count("/panic", CANCELLED), 0.0, "{requests:?}");
     assert_eq!(count("/ok", "2xx"), 1.0, "{requests:?}");
 }
+
+/// A gRPC server answers a failed call with HTTP 200 and `grpc-status` in its headers: the call
+/// counts under the status its code stands for, so the 5xx ratio sees gRPC failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_grpc_call_counts_under_the_status_its_code_stands_for() {
+    let registry = MetricsRegistry::new();
+    let metrics = MetricsLayer::builder()
+        .route_templates(["/pkg.Svc/{method}"])
+        .register(&registry)
+        .unwrap();
+    let grpc = |code: &'static str| {
+        move || async move {
+            (
+                [("content-type", "application/grpc"), ("grpc-status", code)],
+                "",
+            )
+        }
+    };
+    let app = Router::new()
+        .route("/pkg.Svc/Internal", axum::routing::post(grpc("13")))
+        .route("/pkg.Svc/Missing", axum::routing::post(grpc("5")))
+        .route("/pkg.Svc/Ok", axum::routing::post(grpc("0")))
+        // Success with the status in trailers: nothing in the headers.
+        .route("/pkg.Svc/Streamed", axum::routing::post(|| async { "" }))
+        .layer(metrics);
+    let addr = serve(app).await;
+    for method in ["Internal", "Internal", "Missing", "Ok", "Streamed"] {
+        let path = format!("/pkg.Svc/{method}");
+        let response = request(addr, "POST", &path, &[("content-type", "application/grpc")])
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200);
+    }
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let requests = points(&exposition, "http_server_requests");
+    let count = |status: &str| -> f64 {
+        requests
+            .iter()
+            .filter(|point| point.label("status") == status)
+            .map(|point| point.value)
+            .sum()
+    };
+    assert_eq!(count("5xx"), 2.0, "{requests:?}");
+    assert_eq!(count("4xx"), 1.0, "{requests:?}");
+    assert_eq!(count("2xx"), 2.0, "{requests:?}");
+}

@@ -109,6 +109,7 @@ impl ClientSpan {
             http.request.method = method_name(method),
             http.request.method_original = method_original(method),
             http.response.status_code = Empty,
+            rpc.grpc.status_code = Empty,
             server.address = uri.host(),
             server.port = uri.port_u16(),
             url.full = %RedactedUrl(uri),
@@ -176,7 +177,25 @@ impl ClientSpan {
 
     /// Records the response status (`otel.status_code` is `ERROR` for 4xx and 5xx).
     pub fn record_status(&self, status: StatusCode) {
-        record_status(&self.span, status, 400);
+        record_status(&self.span, status, &HeaderMap::new(), 400);
+    }
+
+    /// Records the response status and, for a trailers-only gRPC answer (200 with
+    /// `grpc-status` in `headers`), `rpc.grpc.status_code`; any code but `OK` is an error, as
+    /// the gRPC conventions want for client spans.
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method, StatusCode, Uri};
+    /// use periscope_trace::ClientSpan;
+    ///
+    /// let uri: Uri = "http://inventory.internal/inventory.v1.Items/Get".parse().unwrap();
+    /// let call = ClientSpan::new(&Method::POST, &uri);
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("grpc-status", "5".parse().unwrap()); // NOT_FOUND
+    /// call.record_response(StatusCode::OK, &headers);
+    /// ```
+    pub fn record_response(&self, status: StatusCode, headers: &HeaderMap) {
+        record_status(&self.span, status, headers, 400);
     }
 
     /// Records a call that got no response (connection refused, timeout, ...).
@@ -312,7 +331,9 @@ where
         let _entered = this.call.span.enter();
         let result = ready!(this.inner.poll(cx));
         match &result {
-            Ok(response) => this.call.record_status(response.status()),
+            Ok(response) => this
+                .call
+                .record_response(response.status(), response.headers()),
             Err(_) => this.call.record_error(),
         }
         Poll::Ready(result)

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use http::{Method, Uri};
+use periscope_context::grpc::answer_code;
 use periscope_context::{RequestContext, Tenant};
 use tracing::Span;
 
@@ -113,10 +114,25 @@ pub(crate) fn record_tenant(span: &Span, tenant: &Tenant) {
 }
 
 /// Records the response status; `otel.status_code` is `ERROR` from `error_from` up (5xx for a
-/// server span, 4xx for a client span, as the HTTP semantic conventions say).
-pub(crate) fn record_status(span: &Span, status: http::StatusCode, error_from: u16) {
+/// server span, 4xx for a client span, as the HTTP semantic conventions say). A trailers-only
+/// gRPC answer (200 with `grpc-status`) also records `rpc.grpc.status_code` and is judged by
+/// the HTTP status its code stands for: for a server span that fails exactly the codes the
+/// gRPC conventions name, for a client span every code but `OK`.
+pub(crate) fn record_status(
+    span: &Span,
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+    error_from: u16,
+) {
     span.record("http.response.status_code", status.as_u16());
-    if status.as_u16() >= error_from {
+    let judged = match answer_code(status, headers) {
+        Some(code) => {
+            span.record("rpc.grpc.status_code", code.value());
+            code.http_status()
+        }
+        None => status,
+    };
+    if judged.as_u16() >= error_from {
         span.record("otel.status_code", "ERROR");
     }
 }

@@ -258,6 +258,7 @@ fn server_span<B>(
         http.request.method_original = method_original(request.method()),
         http.route = route,
         http.response.status_code = Empty,
+        rpc.grpc.status_code = Empty,
         url.path = request.uri().path(),
         url.scheme = forwarded_scheme
             .or(request.uri().scheme_str())
@@ -403,7 +404,7 @@ where
         let result = ready!(this.inner.as_mut().poll(cx));
         Poll::Ready(match result {
             Ok(mut response) => {
-                record_status(this.span, response.status(), 500);
+                record_status(this.span, response.status(), response.headers(), 500);
                 response.headers_mut().insert(
                     X_REQUEST_ID,
                     this.inner.context().request_id.header_value().clone(),

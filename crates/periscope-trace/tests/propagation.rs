@@ -798,3 +798,74 @@ async fn url_scheme_is_the_clients_behind_a_proxy() {
         assert_eq!(span.get("url.scheme"), Some(scheme), "{id}");
     }
 }
+
+/// A gRPC server answers a failed call with HTTP 200 and `grpc-status` in its headers: the
+/// server span fails for the codes the gRPC conventions name (here `INTERNAL`, not
+/// `NOT_FOUND`), the client span for every code but `OK`, and both record the code.
+#[tokio::test]
+async fn grpc_answers_are_judged_by_their_status_code() {
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Full;
+
+    let (capture, _guard) = capture();
+    let grpc = |code: &'static str| {
+        axum::routing::post(move || async move {
+            (
+                [("content-type", "application/grpc"), ("grpc-status", code)],
+                "",
+            )
+        })
+    };
+    let server = axum::Router::new()
+        .route("/pkg.Svc/Internal", grpc("13"))
+        .route("/pkg.Svc/Missing", grpc("5"))
+        .route("/pkg.Svc/Ok", grpc("0"))
+        .layer(CorrelationLayer::new());
+    let addr = serve(server).await;
+    let client = ClientTraceLayer::new().layer(plain_client());
+    for method in ["Internal", "Missing", "Ok"] {
+        let call = Request::post(format!("http://{addr}/pkg.Svc/{method}"))
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(send(client.clone(), call).await.status(), StatusCode::OK);
+    }
+
+    for (method, code, server_failed, client_failed) in [
+        ("Internal", "13", true, true),
+        ("Missing", "5", false, true),
+        ("Ok", "0", false, false),
+    ] {
+        let path = format!("/pkg.Svc/{method}");
+        let spans = capture.spans();
+        let find = |name: &str, field: &str| {
+            spans
+                .iter()
+                .find(|span| {
+                    span.name == name && span.get(field).is_some_and(|url| url.ends_with(&path))
+                })
+                .unwrap()
+        };
+        let (server, client) = (
+            find("http_request", "url.path"),
+            find("http_client_request", "url.full"),
+        );
+        // One call: the server span continues the client span's trace and request id.
+        assert_eq!(server.get("request_id"), client.get("request_id"));
+        assert_eq!(server.get("http.response.status_code"), Some("200"));
+        assert_eq!(server.get("rpc.grpc.status_code"), Some(code), "{method}");
+        let error = |failed: bool| failed.then_some("ERROR");
+        assert_eq!(
+            server.get("otel.status_code"),
+            error(server_failed),
+            "{method}"
+        );
+        assert_eq!(client.get("rpc.grpc.status_code"), Some(code), "{method}");
+        assert_eq!(
+            client.get("otel.status_code"),
+            error(client_failed),
+            "{method}"
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! gRPC answers: their outcome travels in `grpc-status`, while the HTTP status stays 200.
+//!
+//! A tonic service answers a failed call with HTTP 200 and `grpc-status: 13` in the headers (a
+//! "trailers-only" answer), or in the trailers after streamed messages. Counted by their HTTP
+//! status, every failed call would look like a success; the layers count, trace and log a gRPC
+//! answer by the HTTP status its code stands for ([`GrpcCode::http_status`]), so the 5xx error
+//! ratio, alerts and span status mean the same for gRPC and HTTP services.
+
+use std::fmt;
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+/// The header (or trailer) that carries a gRPC call's status code.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// The header (or trailer) that carries a gRPC call's error message, percent-encoded.
+pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// A gRPC status code, as sent in `grpc-status`.
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use periscope_context::grpc::GrpcCode;
+///
+/// let mut trailers = HeaderMap::new();
+/// trailers.insert("grpc-status", "14".parse().unwrap());
+/// let code = GrpcCode::of(&trailers).unwrap();
+/// assert_eq!(code, GrpcCode::UNAVAILABLE);
+/// assert_eq!(code.name(), "UNAVAILABLE");
+/// assert_eq!(code.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GrpcCode(u16);
+
+impl GrpcCode {
+    /// 0: not an error.
+    pub const OK: Self = Self(0);
+    /// 1: the caller cancelled the call.
+    pub const CANCELLED: Self = Self(1);
+    /// 2: an error of no known kind.
+    pub const UNKNOWN: Self = Self(2);
+    /// 3: the caller sent an invalid argument.
+    pub const INVALID_ARGUMENT: Self = Self(3);
+    /// 4: the deadline passed before the call completed.
+    pub const DEADLINE_EXCEEDED: Self = Self(4);
+    /// 5: the entity asked for does not exist.
+    pub const NOT_FOUND: Self = Self(5);
+    /// 6: the entity to create exists already.
+    pub const ALREADY_EXISTS: Self = Self(6);
+    /// 7: the caller may not do this.
+    pub const PERMISSION_DENIED: Self = Self(7);
+    /// 8: a quota or resource ran out.
+    pub const RESOURCE_EXHAUSTED: Self = Self(8);
+    /// 9: the system is not in the state the call needs.
+    pub const FAILED_PRECONDITION: Self = Self(9);
+    /// 10: the call was aborted (a concurrency conflict).
+    pub const ABORTED: Self = Self(10);
+    /// 11: a value was past the valid range.
+    pub const OUT_OF_RANGE: Self = Self(11);
+    /// 12: the method is not implemented.
+    pub const UNIMPLEMENTED: Self = Self(12);
+    /// 13: an internal error.
+    pub const INTERNAL: Self = Self(13);
+    /// 14: the service is unavailable for now; retry.
+    pub const UNAVAILABLE: Self = Self(14);
+    /// 15: data was lost.
+    pub const DATA_LOSS: Self = Self(15);
+    /// 16: the caller is not authenticated.
+    pub const UNAUTHENTICATED: Self = Self(16);
+
+    /// The code for `value`.
+    pub const fn new(value: u16) -> Self {
+        Self(value)
+    }
+
+    /// The code's number.
+    pub const fn value(self) -> u16 {
+        self.0
+    }
+
+    /// Reads a `grpc-status` value: ASCII digits only (at most 5), else `None`.
+    pub fn parse(value: &HeaderValue) -> Option<Self> {
+        let bytes = value.as_bytes();
+        if bytes.is_empty() || bytes.len() > 5 || !bytes.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let value = bytes
+            .iter()
+            .fold(0u32, |n, &b| n * 10 + u32::from(b - b'0'));
+        u16::try_from(value).ok().map(Self)
+    }
+
+    /// The `grpc-status` in `headers` (a trailers-only answer's headers, or trailers).
+    pub fn of(headers: &HeaderMap) -> Option<Self> {
+        headers.get(GRPC_STATUS).and_then(Self::parse)
+    }
+
+    /// The code's name (`INTERNAL`); `UNKNOWN` for a number gRPC does not define.
+    pub const fn name(self) -> &'static str {
+        match self.0 {
+            0 => "OK",
+            1 => "CANCELLED",
+            3 => "INVALID_ARGUMENT",
+            4 => "DEADLINE_EXCEEDED",
+            5 => "NOT_FOUND",
+            6 => "ALREADY_EXISTS",
+            7 => "PERMISSION_DENIED",
+            8 => "RESOURCE_EXHAUSTED",
+            9 => "FAILED_PRECONDITION",
+            10 => "ABORTED",
+            11 => "OUT_OF_RANGE",
+            12 => "UNIMPLEMENTED",
+            13 => "INTERNAL",
+            14 => "UNAVAILABLE",
+            15 => "DATA_LOSS",
+            16 => "UNAUTHENTICATED",
+            _ => "UNKNOWN",
+        }
+    }
+
+    /// The HTTP status the code stands for (the mapping gRPC-gateway and Google's APIs use):
+    /// `NOT_FOUND` 404, `UNAVAILABLE` 503, `CANCELLED` 499 (client closed the request), and so
+    /// on; 500 for a number gRPC does not define. The server errors (5xx) are exactly the codes
+    /// OpenTelemetry's gRPC conventions mark a server span failed for: `UNKNOWN`,
+    /// `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE` and `DATA_LOSS`.
+    pub fn http_status(self) -> StatusCode {
+        match self.0 {
+            0 => StatusCode::OK,
+            1 => CLIENT_CLOSED_REQUEST,
+            3 | 9 | 11 => StatusCode::BAD_REQUEST,
+            4 => StatusCode::GATEWAY_TIMEOUT,
+            5 => StatusCode::NOT_FOUND,
+            6 | 10 => StatusCode::CONFLICT,
+            7 => StatusCode::FORBIDDEN,
+            8 => StatusCode::TOO_MANY_REQUESTS,
+            12 => StatusCode::NOT_IMPLEMENTED,
+            14 => StatusCode::SERVICE_UNAVAILABLE,
+            16 => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl GrpcCode {
+    /// The code for an error answered with HTTP `status`, the inverse of
+    /// [`http_status`](Self::http_status) where one exists: 504 `DEADLINE_EXCEEDED`, 503
+    /// `UNAVAILABLE`, 429 `RESOURCE_EXHAUSTED`, other 4xx `INVALID_ARGUMENT` or
+    /// `FAILED_PRECONDITION`, other 5xx `INTERNAL`; `OK` below 400.
+    pub fn from_http_status(status: StatusCode) -> Self {
+        match status.as_u16() {
+            ..400 => Self::OK,
+            400 | 413 | 414 | 415 | 422 | 431 => Self::INVALID_ARGUMENT,
+            401 => Self::UNAUTHENTICATED,
+            403 => Self::PERMISSION_DENIED,
+            404 | 410 => Self::NOT_FOUND,
+            501 => Self::UNIMPLEMENTED,
+            504 => Self::DEADLINE_EXCEEDED,
+            409 => Self::ABORTED,
+            429 => Self::RESOURCE_EXHAUSTED,
+            499 => Self::CANCELLED,
+            502 | 503 => Self::UNAVAILABLE,
+            400..=499 => Self::FAILED_PRECONDITION,
+            _ => Self::INTERNAL,
+        }
+    }
+}
+
+impl fmt::Display for GrpcCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.0, self.name())
+    }
+}
+
+/// 499, nginx's "client closed request": what `CANCELLED` stands for.
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
+/// Whether a request is a gRPC call: its `content-type` is `application/grpc`, with or without
+/// a `+format` or parameters (`application/grpc+proto`, gRPC-Web's `application/grpc-web`).
+pub fn is_grpc_request(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| is_grpc_content_type(value.as_bytes()))
+}
+
+fn is_grpc_content_type(value: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    value.len() >= GRPC.len()
+        && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(
+            value.get(GRPC.len()),
+            None | Some(b'+' | b';' | b'-' | b' ')
+        )
+}
+
+/// The gRPC code of an answer known from its head: a 200 carrying `grpc-status` (a
+/// trailers-only answer, the shape of a failed unary call). An answer whose status comes in
+/// trailers has none here.
+pub fn answer_code(status: StatusCode, headers: &HeaderMap) -> Option<GrpcCode> {
+    if status != StatusCode::OK || headers.is_empty() {
+        return None;
+    }
+    GrpcCode::of(headers)
+}
+
+/// The HTTP status an answer stands for: its gRPC code's ([`GrpcCode::http_status`]) for a
+/// trailers-only gRPC answer, else its own.
+pub fn answer_status(status: StatusCode, headers: &HeaderMap) -> StatusCode {
+    answer_code(status, headers).map_or(status, GrpcCode::http_status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_parse_from_digits_only() {
+        let parse = |s: &str| GrpcCode::parse(&HeaderValue::from_str(s).unwrap());
+        assert_eq!(parse("0"), Some(GrpcCode::OK));
+        assert_eq!(parse("13"), Some(GrpcCode::INTERNAL));
+        assert_eq!(parse("65535"), Some(GrpcCode::new(65535)));
+        for bad in ["", " 1", "1 ", "-1", "+1", "1a", "65536", "99999", "123456"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn server_errors_are_the_codes_opentelemetry_marks_failed() {
+        let failed = [2, 4, 12, 13, 14, 15];
+        for value in 0..=17 {
+            let code = GrpcCode::new(value);
+            assert_eq!(
+                code.http_status().is_server_error(),
+                failed.contains(&value) || value > 16,
+                "{code}"
+            );
+        }
+        assert_eq!(GrpcCode::CANCELLED.http_status().as_u16(), 499);
+        assert_eq!(GrpcCode::new(40).name(), "UNKNOWN");
+        assert_eq!(GrpcCode::NOT_FOUND.to_string(), "5 NOT_FOUND");
+    }
+
+    #[test]
+    fn errors_answered_over_grpc_keep_their_class() {
+        for status in 100..=599 {
+            let Ok(status) = StatusCode::from_u16(status) else {
+                continue;
+            };
+            let code = GrpcCode::from_http_status(status);
+            let back = code.http_status();
+            // A server error stays one, a client error stays one, the rest is OK.
+            assert_eq!(
+                back.is_server_error(),
+                status.is_server_error(),
+                "{status} {code}"
+            );
+            assert_eq!(
+                back.is_client_error(),
+                status.is_client_error(),
+                "{status} {code}"
+            );
+        }
+        for (status, code) in [
+            (504, GrpcCode::DEADLINE_EXCEEDED),
+            (503, GrpcCode::UNAVAILABLE),
+            (500, GrpcCode::INTERNAL),
+            (404, GrpcCode::NOT_FOUND),
+        ] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(GrpcCode::from_http_status(status), code);
+            assert_eq!(code.http_status(), status);
+        }
+    }
+
+    #[test]
+    fn grpc_requests_are_known_by_content_type() {
+        let headers = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::CONTENT_TYPE, value.parse().unwrap());
+            headers
+        };
+        for grpc in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC; charset=utf-8",
+            "application/grpc-web+proto",
+        ] {
+            assert!(is_grpc_request(&headers(grpc)), "{grpc}");
+        }
+        for other in ["application/json", "application/grpcx", "text/grpc", ""] {
+            assert!(!is_grpc_request(&headers(other)), "{other}");
+        }
+        assert!(!is_grpc_request(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn only_a_200_with_grpc_status_stands_for_another_status() {
+        let mut headers = HeaderMap::new();
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("5"));
+        assert_eq!(
+            answer_status(StatusCode::OK, &headers),
+            StatusCode::NOT_FOUND
+        );
+        // A proxy's own error keeps its status.
+        assert_eq!(
+            answer_status(StatusCode::BAD_GATEWAY, &headers),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            answer_status(StatusCode::OK, &HeaderMap::new()),
+            StatusCode::OK
+        );
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("x"));
+        assert_eq!(answer_status(StatusCode::OK, &headers), StatusCode::OK);
+    }
+}
