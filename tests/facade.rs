@@ -760,3 +760,139 @@ async fn every_signal_of_a_request_tells_what_the_client_got() {
     // The replaced id: the warning about it carries the new id, not the one sent.
     assert!(!lines.iter().any(|l| l.to_string().contains("not valid!")));
 }
+
+/// A tonic service behind the stack, called by a tonic client over HTTP/2: gRPC failures are
+/// HTTP 200 on the wire, yet the metrics, the access lines and the answers to a panic or a
+/// timeout tell what the client got.
+#[tokio::test(flavor = "current_thread")]
+async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+    use tonic::{Code, Request, Response, Status};
+    use tracing_subscriber::prelude::*;
+
+    /// Any generated service would do; what `export` does is chosen by the request's size.
+    struct Exporter;
+    #[tonic::async_trait]
+    impl TraceService for Exporter {
+        async fn export(
+            &self,
+            request: Request<ExportTraceServiceRequest>,
+        ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+            match request.get_ref().resource_spans.len() {
+                0 => Ok(Response::new(ExportTraceServiceResponse::default())),
+                1 => Err(Status::not_found("no such tenant")),
+                2 => Err(Status::internal("the store failed")),
+                3 => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok(Response::new(ExportTraceServiceResponse::default()))
+                }
+                _ => panic!("export panicked on purpose"),
+            }
+        }
+    }
+
+    let out = Captured::default();
+    let (log, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let obs = Observability::builder()
+        .service_name("grpc-service")
+        .request_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tonic::transport::Server::builder()
+        .layer(obs.layer())
+        .add_service(TraceServiceServer::new(Exporter))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    tokio::spawn(server);
+
+    let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut outcomes = Vec::new();
+    for (spans, id) in [
+        (0, "grpc-ok"),
+        (1, "grpc-404"),
+        (2, "grpc-500"),
+        (3, "grpc-slow"),
+        (4, "grpc-panic"),
+    ] {
+        let mut request = Request::new(ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans::default(); spans],
+        });
+        request
+            .metadata_mut()
+            .insert("x-request-id", id.parse().unwrap());
+        let outcome = match client.export(request).await {
+            Ok(response) => (Code::Ok, String::new(), response.metadata().clone()),
+            Err(status) => (
+                status.code(),
+                status.message().to_owned(),
+                status.metadata().clone(),
+            ),
+        };
+        // Every answer, failures included, echoes the request id.
+        assert_eq!(outcome.2.get("x-request-id").unwrap(), id, "{id}");
+        outcomes.push((outcome.0, outcome.1));
+    }
+    assert_eq!(
+        outcomes,
+        [
+            (Code::Ok, String::new()),
+            (Code::NotFound, "no such tenant".to_owned()),
+            (Code::Internal, "the store failed".to_owned()),
+            (
+                Code::DeadlineExceeded,
+                "The request did not complete within 300ms".to_owned()
+            ),
+            (Code::Internal, "An internal error occurred".to_owned()),
+        ]
+    );
+
+    let exposition = obs.registry().encode_prometheus().unwrap();
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(&exposition)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let count = |status: &str| -> f64 {
+        exposition.families["http_server_requests_total"]
+            .iter_samples()
+            .filter(|sample| {
+                sample.get_labelset().unwrap().get_label_value("status") == Some(status)
+            })
+            .map(|sample| match &sample.value {
+                openmetrics_parser::PrometheusValue::Counter(c) => c.value.as_f64(),
+                other => panic!("{other:?}"),
+            })
+            .sum()
+    };
+    assert_eq!((count("2xx"), count("4xx"), count("5xx")), (1.0, 1.0, 3.0));
+
+    drop(log_guard);
+    let lines = out.lines();
+    for (id, grpc_status, level) in [
+        ("grpc-ok", 0, "info"),
+        ("grpc-404", 5, "warn"),
+        ("grpc-500", 13, "error"),
+        ("grpc-slow", 4, "error"),
+        ("grpc-panic", 13, "error"),
+    ] {
+        let access = lines
+            .iter()
+            .find(|line| line["target"] == "periscope::access" && line["request_id"] == id)
+            .unwrap_or_else(|| panic!("no access line for {id}"));
+        assert_eq!(access["data"]["status"], 200, "{access}");
+        assert_eq!(access["data"]["grpc_status"], grpc_status, "{access}");
+        assert_eq!(access["level"], level, "{access}");
+        assert_eq!(access["data"].get("aborted"), None, "{access}");
+    }
+}
