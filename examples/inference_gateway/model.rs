@@ -183,18 +183,26 @@ impl ModelHandle {
 
     /// The model, loading it first if needed; concurrent callers share one load.
     pub async fn get(&self) -> Result<Arc<Model>, LoadError> {
-        self.inner
-            .model
-            .get_or_try_init(|| self.load())
-            .await
-            .cloned()
+        if let Some(model) = self.inner.model.get() {
+            return Ok(model.clone());
+        }
+        // The load runs in a task of its own: a request that gives up (its timeout, its client
+        // gone) must not cancel it, or every later request would start it over and none would
+        // ever see it finish.
+        let handle = self.clone();
+        tokio::spawn(async move {
+            let inner = &handle.inner;
+            inner.model.get_or_try_init(|| handle.load()).await.cloned()
+        })
+        .await
+        .map_err(|e| LoadError(e.to_string()))?
     }
 
     async fn load(&self) -> Result<Arc<Model>, LoadError> {
         let inner = &self.inner;
         inner.loading.store(true, Ordering::Release);
         let span = tracing::info_span!("model_load", model = NAME, version = VERSION);
-        async {
+        let loaded = async {
             tracing::info!("loading the model");
             let started = Instant::now();
             tokio::time::sleep(inner.load_delay).await;
@@ -209,7 +217,9 @@ impl ModelHandle {
             Ok(Arc::new(model))
         }
         .instrument(span)
-        .await
+        .await;
+        inner.loading.store(false, Ordering::Release);
+        loaded
     }
 
     /// Whether the model is in memory.

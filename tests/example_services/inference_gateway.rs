@@ -307,6 +307,32 @@ async fn deferred_loading_is_ready_at_once_and_loads_on_first_request() {
 }
 
 #[tokio::test]
+async fn a_deferred_load_longer_than_the_request_timeout_still_finishes() {
+    let service = start(&[
+        ("MODEL_WARMUP", "false"),
+        ("MODEL_LOAD_DELAY_MS", "1500"),
+        ("REQUEST_TIMEOUT_S", "0.3"),
+    ]);
+    let addr = service.addr("http").await;
+    let image = || png(8, 8, [250, 250, 250]);
+    // The first request gives up waiting, but not the load it started.
+    send(addr, "POST", "/predict", &[], image())
+        .await
+        .envelope(504, "timeout");
+    service
+        .wait_for_line("model loaded", |line| line["message"] == "model loaded")
+        .await;
+    let answer = send(addr, "POST", "/predict", &[], image()).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let loads = service
+        .log_lines()
+        .iter()
+        .filter(|line| line["message"] == "loading the model")
+        .count();
+    assert_eq!(loads, 1);
+}
+
+#[tokio::test]
 async fn debug_endpoints_refuse_a_missing_or_wrong_token() {
     let service = start(&[("ADMIN_TOKEN", TOKEN)]);
     let addr = service.addr("http").await;
