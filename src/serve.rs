@@ -13,10 +13,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
 /// How long a client may take to send a request's head by default (hyper's own default, which
 /// hyper applies only when a timer is set).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the requests in flight may take to finish after the shutdown signal by default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause after a failed `accept` (out of file descriptors, most likely) instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -26,7 +30,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 ///
 /// Unlike `axum::serve`, a client that never finishes its request head is disconnected after
 /// [`header_read_timeout`](Self::header_read_timeout) (30 s by default): without it, slow
-/// clients (slowloris) hold connections, file descriptors and the shutdown without limit.
+/// clients (slowloris) hold connections, file descriptors and the shutdown without limit. After
+/// the shutdown signal, connections still open after
+/// [`shutdown_timeout`](Self::shutdown_timeout) (10 s by default: a client stalled in the
+/// middle of its body, a long stream) are closed, so the process always stops.
 /// HTTP/1.1 only, without connection upgrades (WebSocket): serve those with `axum::serve`.
 ///
 /// ```no_run
@@ -48,6 +55,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Server {
     listener: TcpListener,
     header_read_timeout: Duration,
+    shutdown_timeout: Duration,
 }
 
 impl Server {
@@ -56,6 +64,7 @@ impl Server {
         Self {
             listener,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 
@@ -66,6 +75,14 @@ impl Server {
         self
     }
 
+    /// How long the requests in flight may take to finish once the shutdown signal came
+    /// (default 10 s); the connections still open then are closed. Keep it under Kubernetes'
+    /// `terminationGracePeriodSeconds` less the readiness drain.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
@@ -73,8 +90,8 @@ impl Server {
 
     /// Answers connections with `service` until `shutdown` completes (for example
     /// `obs.shutdown_on_signal().wait()`, which first drains `/ready`), then stops accepting,
-    /// finishes the requests in flight and closes idle connections. Connection errors are
-    /// logged at debug; they never end the server.
+    /// finishes the requests in flight (for at most the shutdown timeout) and closes idle
+    /// connections. Connection errors are logged at debug; they never end the server.
     pub async fn serve<S, B>(self, service: S, shutdown: impl Future<Output = ()>) -> io::Result<()>
     where
         S: tower_service::Service<Request<Incoming>, Response = Response<B>>
@@ -90,10 +107,15 @@ impl Server {
         let Self {
             listener,
             header_read_timeout,
+            shutdown_timeout,
         } = self;
         tokio::pin!(shutdown);
         let connections = GracefulShutdown::new();
+        // Owned here, so the connections still open after the shutdown timeout are closed.
+        let mut tasks = JoinSet::new();
         loop {
+            // Finished connections leave the set as the server goes, so it stays small.
+            while tasks.try_join_next().is_some() {}
             let stream = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
@@ -115,14 +137,24 @@ impl Server {
                     TowerToHyperService::new(service.clone()),
                 );
             let connection = connections.watch(connection);
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(error = %error, "connection closed with an error");
                 }
             });
         }
         drop(listener);
-        connections.shutdown().await;
+        if tokio::time::timeout(shutdown_timeout, connections.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = tasks.len(),
+                timeout_ms = u64::try_from(shutdown_timeout.as_millis()).unwrap_or(u64::MAX),
+                "connections still open after the shutdown timeout: closing them"
+            );
+        }
+        tasks.shutdown().await;
         Ok(())
     }
 }

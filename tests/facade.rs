@@ -896,3 +896,44 @@ async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
         assert_eq!(access["data"].get("aborted"), None, "{access}");
     }
 }
+
+/// A client stalled in the middle of its body holds its request forever, and with it the
+/// graceful shutdown: the server closes what is still open after the shutdown timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_stops_after_its_shutdown_timeout_whatever_the_clients_do() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = Router::new().route(
+        "/upload",
+        axum::routing::post(|body: Bytes| async move { body.len().to_string() }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        periscope::Server::new(listener)
+            .shutdown_timeout(Duration::from_millis(300))
+            .serve(app, async {
+                let _ = stopped.await;
+            }),
+    );
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 1000\r\n\r\nabc")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let started = std::time::Instant::now();
+    drop(stop);
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stops despite the stalled client")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Its connection was closed, not left behind.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut rest));
+    assert!(read.await.expect("the connection is closed").is_ok());
+}
