@@ -83,18 +83,19 @@ async fn route(
     let Some(name) = request.uri().path().strip_prefix("/hello/") else {
         return admin.oneshot(request).await;
     };
+    // The path first: `/hello/a/b` is not `/hello/{name}`, whatever the method, so it is
+    // `route_not_found`, as the metrics count it.
+    let response = if name.contains('/') {
+        Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::default())
+            .unwrap_or_default()
     // HEAD is GET without the body (hyper leaves the body out and keeps its length).
-    let response = if !matches!(*request.method(), Method::GET | Method::HEAD) {
+    } else if !matches!(*request.method(), Method::GET | Method::HEAD) {
         // A bare status: the error layer answers with the `method_not_allowed` envelope.
         Response::builder()
             .status(StatusCode::METHOD_NOT_ALLOWED)
             .header(header::ALLOW, "GET, HEAD")
-            .body(Full::default())
-            .unwrap_or_default()
-    } else if name.contains('/') {
-        // `/hello/a/b` is not `/hello/{name}`: `route_not_found`, as the metrics count it.
-        Response::builder()
-            .status(StatusCode::NOT_FOUND)
             .body(Full::default())
             .unwrap_or_default()
     } else {

@@ -55,6 +55,9 @@ async fn the_stack_works_without_axum() {
     get(addr, "/hello/a/b")
         .await
         .envelope(404, "route_not_found");
+    send(addr, "POST", "/hello/a/b", &[], "")
+        .await
+        .envelope(404, "route_not_found");
     assert_eq!(get(addr, "/ready").await.status, 200);
 
     // Route templates stand in for a router's matched path.
@@ -70,11 +73,18 @@ async fn the_stack_works_without_axum() {
             "{status}"
         );
     }
-    let unmatched = [("route", "__unmatched__"), ("status", "4xx")];
-    assert_eq!(
-        metric(addr, "http_server_requests_total", &unmatched).await,
-        Some(2.0)
-    );
+    for (method, count) in [("GET", 2.0), ("POST", 1.0)] {
+        let unmatched = [
+            ("method", method),
+            ("route", "__unmatched__"),
+            ("status", "4xx"),
+        ];
+        assert_eq!(
+            metric(addr, "http_server_requests_total", &unmatched).await,
+            Some(count),
+            "{method}"
+        );
+    }
 
     let lines = service.lines_of("hm-1", 1).await;
     let greeting = lines

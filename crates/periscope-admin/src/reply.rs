@@ -51,12 +51,16 @@ pub(crate) fn internal(source: impl Into<BoxError>) -> Response<AdminBody> {
 }
 
 /// 404 `route_not_found`: an unknown path, or a debug path while debug endpoints are off. The
-/// help names the paths `served` only: debug endpoints that are off stay unmentioned.
+/// help names the probe and metrics paths `served`, never a debug one: a caller without the
+/// token must not learn which debug endpoints exist.
 pub(crate) fn not_found<T>(
     request: &Request<T>,
     served: impl Iterator<Item = Endpoint>,
 ) -> Response<AdminBody> {
-    let paths: Vec<&str> = served.map(Endpoint::path).collect();
+    let paths: Vec<&str> = served
+        .filter(|endpoint| !endpoint.is_debug())
+        .map(Endpoint::path)
+        .collect();
     let help = if paths.is_empty() {
         "This admin service serves no endpoint".to_owned()
     } else {

@@ -208,6 +208,13 @@ async fn debug_endpoints_refuse_a_missing_or_wrong_token() {
             assert!(!refused.text().contains("hunter2") && !refused.text().contains("1.4.2"));
         }
     }
+    // An unknown path's help, open to anyone, names no debug endpoint either.
+    let error = get(addr, "/nothing").await.envelope(404, "route_not_found");
+    let help = error["help"].as_str().unwrap();
+    assert!(
+        help.contains("/health") && !help.contains("/debug"),
+        "{help}"
+    );
     // A POST without the token changes nothing and is refused before its method or body count.
     let change = send(
         addr,
