@@ -103,7 +103,7 @@ async fn one_request_id_and_trace_through_the_api_the_worker_and_the_job() {
         job_lines
             .iter()
             .filter(|l| l["span"] == "job")
-            .all(|l| l["job_id"] == job_id.as_str())
+            .all(|l| l["job_id"] == job_id.as_str() && l["job_name"] == "index_text")
     );
 
     // Both services' requests are counted.

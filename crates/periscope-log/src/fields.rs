@@ -26,6 +26,7 @@ pub const DEFAULT_CONTEXT_FIELDS: &[&str] = &[
     "org_id",
     "project_id",
     "job_id",
+    "job_name",
 ];
 
 /// At most this many context fields (they are tracked in a 64-bit mask).

@@ -31,7 +31,8 @@ pub fn carrier() -> Option<Carrier> {
 
 /// A worker's span for one job, continuing the trace and request id of the request that
 /// enqueued it. Its span records `request_id`, `trace_id`, `span_id`, the tenant fields,
-/// `job.name` and (when given) `job_id`; with the `otel` feature it is exported as a consumer
+/// `job_name` and (when given) `job_id` (both lifted to the top of log lines, so each line of a
+/// job says which job it is); with the `otel` feature it is exported as a consumer
 /// span whose parent is the enqueuing request's span.
 ///
 /// ```
@@ -81,7 +82,7 @@ impl JobSpan {
             otel.name = name,
             otel.kind = "consumer",
             otel.status_code = Empty,
-            job.name = name,
+            job_name = name,
             job_id = Empty,
             request_id = context.request_id.as_str(),
             trace_id = early_id(context.trace_id.to_hex().as_str()),
