@@ -50,6 +50,8 @@ const MAX_JSON_BODY: usize = 64 * 1024;
 pub struct PassThrough;
 /// The longest request path quoted in a `route_not_found` or `method_not_allowed` message.
 const MAX_PATH_IN_MESSAGE: usize = 256;
+/// The longest method quoted there: HTTP sets no limit on a method's length.
+const MAX_METHOD_IN_MESSAGE: usize = 32;
 
 /// Turns every failure of the inner service into an error envelope: a panic becomes a 500
 /// `internal_error` (message and location go to the log only), a timeout a 504 `timeout`, the
@@ -618,13 +620,14 @@ impl Handled {
         let text = text.filter(|text| !text.is_empty());
         let facts = &self.facts;
         let path = render::truncate(facts.path(), MAX_PATH_IN_MESSAGE);
+        let method = render::truncate(facts.method.as_str(), MAX_METHOD_IN_MESSAGE);
         let message = match &text {
             Some(text) if status.is_client_error() => text.clone(),
             _ if code == codes::ROUTE_NOT_FOUND => {
-                format!("No route matches {} {path}", facts.method)
+                format!("No route matches {method} {path}")
             }
             _ if code == codes::METHOD_NOT_ALLOWED => {
-                format!("{} is not allowed on {path}", facts.method)
+                format!("{method} is not allowed on {path}")
             }
             _ => code.default_message().to_owned(),
         };

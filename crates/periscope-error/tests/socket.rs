@@ -387,6 +387,15 @@ async fn unknown_route_and_wrong_method() {
     let json = envelope(&reply, "method_not_allowed", 405);
     assert_eq!(json["error"]["message"], "DELETE is not allowed on /ok");
     assert!(reply.header("allow").unwrap().contains("GET"));
+
+    // A method of any length is quoted short: the answer stays small.
+    let long = "X".repeat(5000);
+    let reply = send(addr, &long, "/ok", &[], b"").await;
+    let json = envelope(&reply, "method_not_allowed", 405);
+    assert_eq!(
+        json["error"]["message"],
+        format!("{} is not allowed on /ok", &long[..32])
+    );
 }
 
 #[tokio::test]
