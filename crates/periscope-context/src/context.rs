@@ -194,6 +194,18 @@ impl<F> WithContext<F> {
         Self { context, future }
     }
 
+    /// Makes the future with `make` while `context` is current, then wraps it like
+    /// [`new`](Self::new): for a Tower service's `call`, so the inner services see the context
+    /// in their own `call` as they do while their futures are polled (and a layer below finds
+    /// it current instead of scoping a copy of its own).
+    pub fn new_in_scope(context: Arc<RequestContext>, make: impl FnOnce() -> F) -> Self {
+        let future = {
+            let _guard = enter(context.clone());
+            make()
+        };
+        Self { context, future }
+    }
+
     /// The context this future runs with.
     pub fn context(&self) -> &Arc<RequestContext> {
         &self.context
@@ -256,6 +268,29 @@ mod tests {
             });
             assert_eq!(RequestContext::current().unwrap().span_id, outer.span_id);
         });
+        assert!(RequestContext::current().is_none());
+    }
+
+    #[test]
+    fn a_future_made_in_scope_sees_its_context_when_made_and_polled() {
+        let ctx = Arc::new(RequestContext::new_root());
+        let expected = ctx.request_id.clone();
+        let mut scoped = std::pin::pin!(WithContext::new_in_scope(ctx, || {
+            let made_with = RequestContext::current().map(|c| c.request_id.clone());
+            std::future::poll_fn(move |_| {
+                let polled_with = RequestContext::current().map(|c| c.request_id.clone());
+                Poll::Ready((made_with.clone(), polled_with))
+            })
+        }));
+        assert!(RequestContext::current().is_none());
+        let mut cx = Context::from_waker(Waker::noop());
+        let Poll::Ready((made, polled)) = scoped.as_mut().poll(&mut cx) else {
+            panic!("ready at once")
+        };
+        assert_eq!(
+            (made.as_ref(), polled.as_ref()),
+            (Some(&expected), Some(&expected))
+        );
         assert!(RequestContext::current().is_none());
     }
 

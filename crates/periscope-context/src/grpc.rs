@@ -179,13 +179,29 @@ const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
 /// Whether a request is a gRPC call: its `content-type` is `application/grpc`, with or without
 /// a `+format` or parameters (`application/grpc+proto`, gRPC-Web's `application/grpc-web`).
 pub fn is_grpc_request(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|value| is_grpc_content_type(value.as_bytes()))
+    find(headers, &http::header::CONTENT_TYPE).is_some_and(is_grpc_content_type)
 }
 
-fn is_grpc_content_type(value: &[u8]) -> bool {
+/// The first value of `name`. Every request and response pays for the gRPC checks, in several
+/// layers: comparing the names of a message's few headers costs less than hashing one for a
+/// lookup.
+fn find<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    // The header is almost always absent: the names alone are compared, and only a name found
+    // is looked up.
+    if headers.len() > SCAN_LIMIT || headers.keys().any(|key| key == name) {
+        headers.get(name)
+    } else {
+        None
+    }
+}
+
+/// Up to this many headers, [`find`] compares names rather than looking one up.
+const SCAN_LIMIT: usize = 12;
+
+/// Whether a `content-type` value is gRPC's (see [`is_grpc_request`]).
+pub fn is_grpc_content_type(value: &HeaderValue) -> bool {
     const GRPC: &[u8] = b"application/grpc";
+    let value = value.as_bytes();
     value.len() >= GRPC.len()
         && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
         && matches!(
@@ -198,10 +214,10 @@ fn is_grpc_content_type(value: &[u8]) -> bool {
 /// trailers-only answer, the shape of a failed unary call). An answer whose status comes in
 /// trailers has none here.
 pub fn answer_code(status: StatusCode, headers: &HeaderMap) -> Option<GrpcCode> {
-    if status != StatusCode::OK || headers.is_empty() {
+    if status != StatusCode::OK {
         return None;
     }
-    GrpcCode::of(headers)
+    find(headers, &GRPC_STATUS).and_then(GrpcCode::parse)
 }
 
 /// The HTTP status an answer stands for: its gRPC code's ([`GrpcCode::http_status`]) for a
@@ -270,6 +286,33 @@ mod tests {
             let status = StatusCode::from_u16(status).unwrap();
             assert_eq!(GrpcCode::from_http_status(status), code);
             assert_eq!(code.http_status(), status);
+        }
+    }
+
+    #[test]
+    fn headers_are_found_in_small_and_large_maps() {
+        for others in [0, 3, SCAN_LIMIT, SCAN_LIMIT + 5] {
+            let mut headers = HeaderMap::new();
+            for n in 0..others {
+                headers.insert(
+                    HeaderName::from_bytes(format!("x-other-{n}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("1"),
+                );
+            }
+            assert_eq!(answer_code(StatusCode::OK, &headers), None, "{others}");
+            headers.append(GRPC_STATUS, HeaderValue::from_static("14"));
+            headers.append(GRPC_STATUS, HeaderValue::from_static("0"));
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            // The first value, as a lookup gives it.
+            assert_eq!(
+                answer_code(StatusCode::OK, &headers),
+                Some(GrpcCode::UNAVAILABLE),
+                "{others}"
+            );
+            assert!(is_grpc_request(&headers), "{others}");
         }
     }
 

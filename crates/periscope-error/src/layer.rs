@@ -23,7 +23,7 @@ use crate::body::ResponseBody;
 use crate::code::{ErrorCode, codes};
 use crate::error::{BoxError, HttpError};
 use crate::panic::{self, CaughtPanic};
-use crate::render::{self, Format, Ids, RenderedError};
+use crate::render::{self, Format, Ids, RenderedError, RequestHeaders};
 
 /// The longest plain-text error body read to become the envelope's message, in bytes.
 const MAX_TEXT_BODY: usize = 1024;
@@ -211,11 +211,12 @@ struct RequestFacts {
 
 impl RequestFacts {
     fn of<B>(request: &Request<B>) -> Self {
+        let headers = RequestHeaders::scan(request.headers());
         Self {
             method: request.method().clone(),
             uri: request.uri().clone(),
-            format: Format::negotiate(request.headers()),
-            has_credentials: request.headers().contains_key(header::AUTHORIZATION),
+            format: headers.format(request.headers()),
+            has_credentials: headers.authorization,
             route_matched: route_matched(request),
         }
     }

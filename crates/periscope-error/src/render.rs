@@ -8,7 +8,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use periscope_context::grpc::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode, is_grpc_request};
+use periscope_context::grpc::{
+    GRPC_MESSAGE, GRPC_STATUS, GrpcCode, is_grpc_content_type, is_grpc_request,
+};
 use periscope_context::{RequestContext, RequestId, TraceId, headers::X_REQUEST_ID};
 use serde::Serialize;
 
@@ -86,7 +88,7 @@ impl Ids {
     }
 }
 
-/// Envelope or problem details.
+/// Envelope, problem details, or a gRPC answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Format {
     Json,
@@ -98,9 +100,51 @@ pub(crate) enum Format {
 
 impl Format {
     pub(crate) fn negotiate(headers: &HeaderMap) -> Format {
-        if is_grpc_request(headers) {
+        RequestHeaders::scan(headers).format(headers)
+    }
+}
+
+/// What rendering needs from a request's headers, read in one pass: every request pays for it,
+/// and comparing the names of a request's few headers costs less than hashing three names for
+/// lookups.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RequestHeaders {
+    grpc: bool,
+    accept: bool,
+    /// Whether the request carries `Authorization`.
+    pub(crate) authorization: bool,
+}
+
+impl RequestHeaders {
+    /// Up to this many headers, a scan; beyond, lookups.
+    const SCAN_LIMIT: usize = 12;
+
+    pub(crate) fn scan(headers: &HeaderMap) -> Self {
+        if headers.len() > Self::SCAN_LIMIT {
+            return Self {
+                grpc: is_grpc_request(headers),
+                accept: headers.contains_key(header::ACCEPT),
+                authorization: headers.contains_key(header::AUTHORIZATION),
+            };
+        }
+        let mut found = Self::default();
+        for (name, value) in headers {
+            if name == header::CONTENT_TYPE {
+                found.grpc |= is_grpc_content_type(value);
+            } else if name == header::ACCEPT {
+                found.accept = true;
+            } else if name == header::AUTHORIZATION {
+                found.authorization = true;
+            }
+        }
+        found
+    }
+
+    /// The format of the error answers to this request.
+    pub(crate) fn format(self, headers: &HeaderMap) -> Format {
+        if self.grpc {
             Format::Grpc
-        } else if prefers_problem_json(headers) {
+        } else if self.accept && prefers_problem_json(headers) {
             Format::Problem
         } else {
             Format::Json
@@ -351,6 +395,38 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, value.parse().unwrap());
         headers
+    }
+
+    #[test]
+    fn request_headers_are_read_alike_in_small_and_large_requests() {
+        for others in [
+            0,
+            2,
+            RequestHeaders::SCAN_LIMIT,
+            RequestHeaders::SCAN_LIMIT + 3,
+        ] {
+            let mut headers = HeaderMap::new();
+            for n in 0..others {
+                headers.insert(
+                    header::HeaderName::from_bytes(format!("x-other-{n}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("1"),
+                );
+            }
+            assert_eq!(Format::negotiate(&headers), Format::Json, "{others}");
+            assert!(!RequestHeaders::scan(&headers).authorization);
+            headers.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("application/problem+json"),
+            );
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+            assert_eq!(Format::negotiate(&headers), Format::Problem, "{others}");
+            assert!(RequestHeaders::scan(&headers).authorization, "{others}");
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            assert_eq!(Format::negotiate(&headers), Format::Grpc, "{others}");
+        }
     }
 
     #[test]

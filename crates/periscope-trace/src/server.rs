@@ -233,9 +233,11 @@ where
         warn_rejected(&span, &ctx, &request_id_origin, &rejected_tenant);
 
         request.extensions_mut().insert(ctx.clone());
-        let future = span.in_scope(|| self.inner.call(request));
+        let inner = &mut self.inner;
+        let future =
+            span.in_scope(|| WithContext::new_in_scope(Arc::new(ctx), || inner.call(request)));
         ResponseFuture {
-            inner: WithContext::new(Arc::new(ctx), future),
+            inner: future,
             span,
         }
     }
