@@ -38,7 +38,7 @@ pub use config::{
 };
 pub use observability::{Error, Observability, ObservabilityBuilder, ObservabilityGuard};
 #[cfg(feature = "serve")]
-pub use serve::{DEFAULT_HEADER_READ_TIMEOUT, Server};
+pub use serve::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Server};
 pub use stack::{MaybeMetrics, MaybeMetricsFuture, ObservabilityLayer, ObservabilityService};
 
 pub use periscope_admin as admin;

@@ -148,6 +148,8 @@ impl Server {
             .await
             .is_err()
         {
+            // Only the connections still running: the finished ones leave the set first.
+            while tasks.try_join_next().is_some() {}
             tracing::warn!(
                 open = tasks.len(),
                 timeout_ms = u64::try_from(shutdown_timeout.as_millis()).unwrap_or(u64::MAX),

@@ -898,10 +898,19 @@ async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
 }
 
 /// A client stalled in the middle of its body holds its request forever, and with it the
-/// graceful shutdown: the server closes what is still open after the shutdown timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// graceful shutdown: the server closes what is still open after the shutdown timeout, and
+/// says how many connections that was.
+#[tokio::test(flavor = "current_thread")]
 async fn the_server_stops_after_its_shutdown_timeout_whatever_the_clients_do() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tracing_subscriber::prelude::*;
+
+    let out = Captured::default();
+    let (log, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
 
     let app = Router::new().route(
         "/upload",
@@ -922,6 +931,18 @@ async fn the_server_stops_after_its_shutdown_timeout_whatever_the_clients_do() {
         .write_all(b"POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 1000\r\n\r\nabc")
         .await
         .unwrap();
+    // Connections that came and went since (the last one after the server's last accept)
+    // are not counted as open.
+    for _ in 0..3 {
+        let mut done = tokio::net::TcpStream::connect(addr).await.unwrap();
+        done.write_all(
+            b"POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi",
+        )
+        .await
+        .unwrap();
+        let mut answer = Vec::new();
+        done.read_to_end(&mut answer).await.unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let started = std::time::Instant::now();
@@ -936,4 +957,11 @@ async fn the_server_stops_after_its_shutdown_timeout_whatever_the_clients_do() {
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut rest));
     assert!(read.await.expect("the connection is closed").is_ok());
+    drop(log_guard);
+    let warning = out
+        .lines()
+        .into_iter()
+        .find(|line| line["level"] == "warn")
+        .expect("the closing is logged");
+    assert_eq!(warning["data"]["open"], 1, "{warning}");
 }

@@ -18,7 +18,8 @@
 //! both are on every log line, every error envelope and the `x-request-id` response header.
 //!
 //! The gateway's own settings (periscope's, such as `SERVICE_NAME`, `LOG_LEVEL`, `LOG_FORMAT`,
-//! `ADMIN_TOKEN`, `ENABLE_GPU`, `OTEL_*`, are in `docs/configuration.md`):
+//! `ADMIN_TOKEN`, `ENABLE_GPU`, `REQUEST_TIMEOUT_S`, `OTEL_*`, are in `docs/configuration.md`;
+//! the template sets a 30 s request timeout where periscope sets none):
 //!
 //! | variable | default | accepted values |
 //! | --- | --- | --- |
@@ -27,7 +28,7 @@
 //! | `ADMIN_PORT` | unset: the admin surface shares `PORT` | a port for the admin surface, served on 127.0.0.1 only, debug endpoints included (still behind `ADMIN_TOKEN` when one is set); `PORT` then keeps the probes and `/metrics` but no `/debug/*` |
 //! | `MODEL_WARMUP` | `true` | `false` loads the model on the first `/predict` instead of at startup |
 //! | `MODEL_LOAD_DELAY_MS` | `0` | extra milliseconds the model load takes (to watch `/ready` answer `starting`) |
-//! | `UPLOAD_BUFFER_MIB` | `64` | MiB of request bodies held in memory at once, `10` to `65536`: a `/predict` beyond it waits, unread, for its share (its request timeout bounds the wait) |
+//! | `UPLOAD_BUFFER_MIB` | `64` | MiB of request bodies held in memory at once, `10` to `65536`: a `/predict` reserves its `Content-Length` (10 MiB without one) and beyond it waits, unread, for its share (the request timeout bounds the wait) |
 //! | `SHUTDOWN_DRAIN_S` | `5` | seconds `/ready` answers `draining` after SIGTERM or Ctrl-C before the listeners close |
 //! | `PERISCOPE_BARE` | `false` | `true` serves the same routes without `obs.layer()` (overhead comparisons) |
 //!
@@ -84,6 +85,10 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
             let model = model.clone();
             move || model.status()
         })
+        // Bounds every request, the wait for upload memory and a decode slot included: a
+        // client that sends its head and never its body holds its share of the upload
+        // buffer this long at most (`REQUEST_TIMEOUT_S` overrides it).
+        .request_timeout(Duration::from_secs(30))
         .env()? // SERVICE_NAME, LOG_LEVEL, ADMIN_TOKEN, ENABLE_GPU, OTEL_*, ... win over the code
         .build()?;
     let _guard = obs.init()?; // JSON logs from here on; flushed when main returns

@@ -47,8 +47,10 @@ pub struct AppState {
     /// bound a burst of them takes the memory of the host.
     pub decodes: Arc<Semaphore>,
     /// Memory for request bodies, in KiB: a body is held whole until its decode ends, so
-    /// without a bound a crowd of slow uploads holds 10 MiB each. A request waits here, its
-    /// bytes left unread on the socket, until its share is free (its timeout bounds the wait).
+    /// without a bound a crowd of slow uploads holds 10 MiB each. A request reserves its
+    /// declared length (the 10 MiB limit without `Content-Length`) before reading, and waits
+    /// here, its bytes left unread on the socket, until its share is free; the request timeout
+    /// (30 s in this template) bounds both the wait and how long a share is held.
     pub uploads: Arc<Semaphore>,
 }
 

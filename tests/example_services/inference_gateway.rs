@@ -383,6 +383,8 @@ async fn debug_endpoints_refuse_a_missing_or_wrong_token() {
     assert_eq!(config.status, 200);
     assert!(!config.text().contains(TOKEN), "{}", config.text());
     assert_eq!(config.json()["admin_token"], "[REDACTED]");
+    // The template bounds every request (and so every share of the upload buffer) by default.
+    assert_eq!(config.json()["request_timeout_s"], 30.0);
 }
 
 #[tokio::test]

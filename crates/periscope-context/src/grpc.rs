@@ -200,14 +200,21 @@ const SCAN_LIMIT: usize = 12;
 
 /// Whether a `content-type` value is gRPC's (see [`is_grpc_request`]).
 pub fn is_grpc_content_type(value: &HeaderValue) -> bool {
-    const GRPC: &[u8] = b"application/grpc";
     let value = value.as_bytes();
-    value.len() >= GRPC.len()
-        && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
-        && matches!(
-            value.get(GRPC.len()),
-            None | Some(b'+' | b';' | b'-' | b' ')
-        )
+    let Some(rest) = strip_prefix_ignore_case(value, b"application/grpc") else {
+        return false;
+    };
+    // gRPC-Web: `application/grpc-web`, `application/grpc-web-text`.
+    let rest = strip_prefix_ignore_case(rest, b"-web").map_or(rest, |web| {
+        strip_prefix_ignore_case(web, b"-text").unwrap_or(web)
+    });
+    matches!(rest.first(), None | Some(b'+' | b';' | b' ' | b'\t'))
+}
+
+fn strip_prefix_ignore_case<'a>(value: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    let head = value.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &value[prefix.len()..])
 }
 
 /// The gRPC code of an answer known from its head: a 200 carrying `grpc-status` (a
@@ -328,10 +335,19 @@ mod tests {
             "application/grpc+proto",
             "Application/GRPC; charset=utf-8",
             "application/grpc-web+proto",
+            "application/grpc-web-text",
+            "application/grpc-web-text+proto",
         ] {
             assert!(is_grpc_request(&headers(grpc)), "{grpc}");
         }
-        for other in ["application/json", "application/grpcx", "text/grpc", ""] {
+        for other in [
+            "application/json",
+            "application/grpcx",
+            "application/grpc-foo",
+            "application/grpc-webx",
+            "text/grpc",
+            "",
+        ] {
             assert!(!is_grpc_request(&headers(other)), "{other}");
         }
         assert!(!is_grpc_request(&HeaderMap::new()));

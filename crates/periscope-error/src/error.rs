@@ -228,7 +228,9 @@ impl HttpError {
             .unwrap_or_else(Ids::current_or_generated);
         let format = Format::negotiate(request.headers());
         let mut response: Response<B> = self.render(ids, format, Some(request.uri().path()));
-        render::vary_accept(response.headers_mut());
+        if format != Format::Grpc {
+            render::vary_accept(response.headers_mut());
+        }
         response
     }
 

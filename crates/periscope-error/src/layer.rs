@@ -24,6 +24,7 @@ use crate::code::{ErrorCode, codes};
 use crate::error::{BoxError, HttpError};
 use crate::panic::{self, CaughtPanic};
 use crate::render::{self, Format, Ids, RenderedError, RequestHeaders};
+use periscope_context::grpc::{GRPC_STATUS, is_grpc_content_type};
 
 /// The longest plain-text error body read to become the envelope's message, in bytes.
 const MAX_TEXT_BODY: usize = 1024;
@@ -224,6 +225,14 @@ impl RequestFacts {
     fn path(&self) -> &str {
         self.uri.path()
     }
+}
+
+/// Whether an answer is a gRPC service's: a gRPC `content-type` or a `grpc-status`.
+fn is_grpc_answer(headers: &HeaderMap) -> bool {
+    headers.contains_key(GRPC_STATUS)
+        || headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(is_grpc_content_type)
 }
 
 /// Whether the router matched a route, so a bare 404 is the handler's, not the router's.
@@ -530,9 +539,11 @@ impl Handled {
     fn inspect<B: Body>(&self, response: Response<B>) -> Inspected<B> {
         let status = response.status();
         let (mut parts, body) = response.into_parts();
-        // A gRPC service's answers are its own: a gRPC client reads no envelope.
+        // A gRPC service's own answers pass as they are. Only answers that are gRPC: the
+        // client chose its `content-type`, and an HTTP 5xx to it is still scrubbed (and
+        // rendered as a gRPC answer).
         if !(status.is_client_error() || status.is_server_error())
-            || self.facts.format == Format::Grpc
+            || (self.facts.format == Format::Grpc && is_grpc_answer(&parts.headers))
         {
             self.echo(&mut parts);
             return Inspected::Done(Response::from_parts(parts, self.pass(body)));

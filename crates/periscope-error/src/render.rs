@@ -128,9 +128,14 @@ impl RequestHeaders {
             };
         }
         let mut found = Self::default();
+        let mut content_type = false;
         for (name, value) in headers {
             if name == header::CONTENT_TYPE {
-                found.grpc |= is_grpc_content_type(value);
+                // The first value, as a lookup reads it.
+                if !content_type {
+                    found.grpc = is_grpc_content_type(value);
+                }
+                content_type = true;
             } else if name == header::ACCEPT {
                 found.accept = true;
             } else if name == header::AUTHORIZATION {
@@ -426,6 +431,16 @@ mod tests {
                 HeaderValue::from_static("application/grpc"),
             );
             assert_eq!(Format::negotiate(&headers), Format::Grpc, "{others}");
+            // The first `content-type` decides, as a lookup reads it.
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.append(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            assert_eq!(Format::negotiate(&headers), Format::Problem, "{others}");
         }
     }
 

@@ -174,6 +174,16 @@ fn app() -> Router {
         )
         .route("/gone", get(|| async { StatusCode::NOT_FOUND }))
         .route(
+            "/grpc-own",
+            get(|| async {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [("content-type", "application/grpc"), ("grpc-status", "14")],
+                    "proxy says no",
+                )
+            }),
+        )
+        .route(
             "/panic-in-body",
             get(|| async {
                 Response::builder()
@@ -611,9 +621,9 @@ async fn handler_sees_the_context_of_the_request() {
     assert_eq!(reply.text(), "abc");
 }
 
-/// A gRPC client reads no envelope: for a gRPC request a panic and a timeout are answered as
-/// gRPC answers (HTTP 200, `grpc-status`, `grpc-message`), and the service's own answers pass
-/// through as they are.
+/// A gRPC client reads no envelope: for a gRPC request a panic, a timeout and any HTTP error
+/// are answered as gRPC answers (HTTP 200, `grpc-status`, `grpc-message`), still scrubbed;
+/// only the service's own gRPC answers pass through as they are.
 #[tokio::test]
 async fn grpc_calls_get_grpc_answers() {
     let addr = serve().await;
@@ -640,8 +650,38 @@ async fn grpc_calls_get_grpc_answers() {
         assert_eq!(reply.header("vary"), None, "{path}");
     }
 
-    // An unknown route: the service's answer, not an envelope.
-    let reply = send(addr, "POST", "/pkg.Svc/Nope", &grpc, b"").await;
-    assert_eq!(reply.status, 404);
-    assert!(reply.body.is_empty(), "{}", reply.text());
+    // HTTP errors to a gRPC request: gRPC answers, their internals still kept out. The
+    // client chose the `content-type`: it does not turn the scrubbing off.
+    for (method, path, code, message) in [
+        (
+            "POST",
+            "/pkg.Svc/Nope",
+            "5",
+            "No route matches POST /pkg.Svc/Nope",
+        ),
+        (
+            "GET",
+            "/maintenance",
+            "14",
+            "The service is temporarily unavailable",
+        ),
+        ("GET", "/fail", "13", "An internal error occurred"),
+        ("GET", "/jobs/7", "5", "No job has this id"),
+    ] {
+        let reply = send(addr, method, path, &grpc, b"").await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.header("grpc-status"), Some(code), "{path}");
+        let sent = reply.header("grpc-message").unwrap();
+        let decoded = percent_encoding::percent_decode_str(sent)
+            .decode_utf8()
+            .unwrap();
+        assert_eq!(decoded, message, "{path}");
+        assert!(reply.body.is_empty(), "{path}: {}", reply.text());
+    }
+
+    // A gRPC service's own answer passes untouched, whatever its status.
+    let reply = send(addr, "GET", "/grpc-own", &grpc, b"").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("grpc-status"), Some("14"));
+    assert_eq!(reply.text(), "proxy says no");
 }
