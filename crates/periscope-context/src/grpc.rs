@@ -143,19 +143,20 @@ impl GrpcCode {
 impl GrpcCode {
     /// The code for an error answered with HTTP `status`, the inverse of
     /// [`http_status`](Self::http_status) where one exists: 504 `DEADLINE_EXCEEDED`, 503
-    /// `UNAVAILABLE`, 429 `RESOURCE_EXHAUSTED`, other 4xx `INVALID_ARGUMENT` or
+    /// `UNAVAILABLE`, 429 and 413 `RESOURCE_EXHAUSTED`, other 4xx `INVALID_ARGUMENT` or
     /// `FAILED_PRECONDITION`, other 5xx `INTERNAL`; `OK` below 400.
     pub fn from_http_status(status: StatusCode) -> Self {
         match status.as_u16() {
             ..400 => Self::OK,
-            400 | 413 | 414 | 415 | 422 | 431 => Self::INVALID_ARGUMENT,
+            400 | 414 | 415 | 422 | 431 => Self::INVALID_ARGUMENT,
             401 => Self::UNAUTHENTICATED,
             403 => Self::PERMISSION_DENIED,
             404 | 410 => Self::NOT_FOUND,
             501 => Self::UNIMPLEMENTED,
             504 => Self::DEADLINE_EXCEEDED,
             409 => Self::ABORTED,
-            429 => Self::RESOURCE_EXHAUSTED,
+            // gRPC's own answer to a message over the size limit.
+            413 | 429 => Self::RESOURCE_EXHAUSTED,
             499 => Self::CANCELLED,
             502 | 503 => Self::UNAVAILABLE,
             400..=499 => Self::FAILED_PRECONDITION,
@@ -292,6 +293,10 @@ mod tests {
         ] {
             let status = StatusCode::from_u16(status).unwrap();
             assert_eq!(GrpcCode::from_http_status(status), code);
+            assert_eq!(
+                GrpcCode::from_http_status(StatusCode::PAYLOAD_TOO_LARGE),
+                GrpcCode::RESOURCE_EXHAUSTED
+            );
             assert_eq!(code.http_status(), status);
         }
     }
