@@ -228,7 +228,7 @@ impl HttpError {
             .unwrap_or_else(Ids::current_or_generated);
         let format = Format::negotiate(request.headers());
         let mut response: Response<B> = self.render(ids, format, Some(request.uri().path()));
-        if format != Format::Grpc {
+        if !format.is_grpc() {
             render::vary_accept(response.headers_mut());
         }
         response

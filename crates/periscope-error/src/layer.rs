@@ -543,7 +543,7 @@ impl Handled {
         // client chose its `content-type`, and an HTTP 5xx to it is still scrubbed (and
         // rendered as a gRPC answer).
         if !(status.is_client_error() || status.is_server_error())
-            || (self.facts.format == Format::Grpc && is_grpc_answer(&parts.headers))
+            || (self.facts.format.is_grpc() && is_grpc_answer(&parts.headers))
         {
             self.echo(&mut parts);
             return Inspected::Done(Response::from_parts(parts, self.pass(body)));
@@ -734,7 +734,7 @@ impl Handled {
     ) -> Response<ResponseBody<B>> {
         let instance = Some(self.facts.path());
         let bytes = render::write(&mut parts, error, self.facts.format, instance, &self.ids);
-        if self.facts.format != Format::Grpc {
+        if !self.facts.format.is_grpc() {
             render::vary_accept(&mut parts.headers);
         }
         Response::from_parts(parts, ResponseBody::full(bytes))

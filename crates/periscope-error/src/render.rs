@@ -8,9 +8,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use periscope_context::grpc::{
-    GRPC_MESSAGE, GRPC_STATUS, GrpcCode, is_grpc_content_type, is_grpc_request,
-};
+use periscope_context::grpc::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode, is_grpc_content_type};
 use periscope_context::{RequestContext, RequestId, TraceId, headers::X_REQUEST_ID};
 use serde::Serialize;
 
@@ -94,13 +92,21 @@ pub(crate) enum Format {
     Json,
     Problem,
     /// A gRPC call: the error goes in `grpc-status` and `grpc-message` of an HTTP 200, the
-    /// only shape a gRPC client reads.
-    Grpc,
+    /// only shape a gRPC client reads; `web` for gRPC-Web, answered in its own media type.
+    Grpc {
+        /// gRPC-Web (`application/grpc-web...`).
+        web: bool,
+    },
 }
 
 impl Format {
     pub(crate) fn negotiate(headers: &HeaderMap) -> Format {
         RequestHeaders::scan(headers).format(headers)
+    }
+
+    /// Whether errors are answered as gRPC answers.
+    pub(crate) fn is_grpc(self) -> bool {
+        matches!(self, Format::Grpc { .. })
     }
 }
 
@@ -109,7 +115,8 @@ impl Format {
 /// lookups.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct RequestHeaders {
-    grpc: bool,
+    /// gRPC's content type, and whether it is gRPC-Web's.
+    grpc: Option<bool>,
     accept: bool,
     /// Whether the request carries `Authorization`.
     pub(crate) authorization: bool,
@@ -122,7 +129,10 @@ impl RequestHeaders {
     pub(crate) fn scan(headers: &HeaderMap) -> Self {
         if headers.len() > Self::SCAN_LIMIT {
             return Self {
-                grpc: is_grpc_request(headers),
+                grpc: headers
+                    .get(header::CONTENT_TYPE)
+                    .filter(|value| is_grpc_content_type(value))
+                    .map(is_grpc_web),
                 accept: headers.contains_key(header::ACCEPT),
                 authorization: headers.contains_key(header::AUTHORIZATION),
             };
@@ -132,8 +142,8 @@ impl RequestHeaders {
         for (name, value) in headers {
             if name == header::CONTENT_TYPE {
                 // The first value, as a lookup reads it.
-                if !content_type {
-                    found.grpc = is_grpc_content_type(value);
+                if !content_type && is_grpc_content_type(value) {
+                    found.grpc = Some(is_grpc_web(value));
                 }
                 content_type = true;
             } else if name == header::ACCEPT {
@@ -147,8 +157,8 @@ impl RequestHeaders {
 
     /// The format of the error answers to this request.
     pub(crate) fn format(self, headers: &HeaderMap) -> Format {
-        if self.grpc {
-            Format::Grpc
+        if let Some(web) = self.grpc {
+            Format::Grpc { web }
         } else if self.accept && prefers_problem_json(headers) {
             Format::Problem
         } else {
@@ -227,7 +237,7 @@ pub(crate) fn write(
     ids: &Ids,
 ) -> Bytes {
     let (bytes, media) = match format {
-        Format::Grpc => return write_grpc(parts, body, ids),
+        Format::Grpc { web } => return write_grpc(parts, body, ids, web),
         Format::Json => (
             serde_json::to_vec(&EnvelopeRef { error: &body }),
             APPLICATION_JSON,
@@ -259,17 +269,24 @@ pub(crate) fn write(
 
 /// A gRPC error answer ("trailers-only"): HTTP 200 without a body, the code that the error's
 /// status stands for in `grpc-status` and its message in `grpc-message`.
-fn write_grpc(parts: &mut http::response::Parts, body: Arc<ErrorBody>, ids: &Ids) -> Bytes {
+fn write_grpc(
+    parts: &mut http::response::Parts,
+    body: Arc<ErrorBody>,
+    ids: &Ids,
+    web: bool,
+) -> Bytes {
     /// What gRPC's `grpc-message` must percent-encode: controls, `%` and (always) non-ASCII.
     const GRPC_MESSAGE_SET: &AsciiSet = &CONTROLS.add(b'%');
     let code = GrpcCode::from_http_status(parts.status);
     parts.status = StatusCode::OK;
     let headers = &mut parts.headers;
     headers.clear();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(APPLICATION_GRPC),
-    );
+    let media = if web {
+        APPLICATION_GRPC_WEB
+    } else {
+        APPLICATION_GRPC
+    };
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
     headers.insert(GRPC_STATUS, HeaderValue::from(code.value()));
     let message = utf8_percent_encode(&body.message, GRPC_MESSAGE_SET).to_string();
     if let Ok(message) = HeaderValue::from_str(&message) {
@@ -285,6 +302,17 @@ fn write_grpc(parts: &mut http::response::Parts, body: Arc<ErrorBody>, ids: &Ids
 
 /// The media type of a gRPC answer.
 const APPLICATION_GRPC: &str = "application/grpc";
+/// The media type of a gRPC-Web answer (a trailers-only answer has no body to encode, so
+/// `-text` clients read it too).
+const APPLICATION_GRPC_WEB: &str = "application/grpc-web+proto";
+
+/// Whether a gRPC `content-type` is gRPC-Web's.
+fn is_grpc_web(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .get(b"application/grpc".len()..b"application/grpc-web".len())
+        .is_some_and(|rest| rest.eq_ignore_ascii_case(b"-web"))
+}
 
 /// Adds `Vary: Accept` to a response whose format was negotiated, so that a shared cache (a
 /// CDN may cache a 404) never serves problem details to a client that asked for the envelope,
@@ -430,7 +458,20 @@ mod tests {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/grpc"),
             );
-            assert_eq!(Format::negotiate(&headers), Format::Grpc, "{others}");
+            assert_eq!(
+                Format::negotiate(&headers),
+                Format::Grpc { web: false },
+                "{others}"
+            );
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc-web-text"),
+            );
+            assert_eq!(
+                Format::negotiate(&headers),
+                Format::Grpc { web: true },
+                "{others}"
+            );
             // The first `content-type` decides, as a lookup reads it.
             headers.insert(
                 header::CONTENT_TYPE,

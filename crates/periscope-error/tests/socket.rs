@@ -679,6 +679,16 @@ async fn grpc_calls_get_grpc_answers() {
         assert!(reply.body.is_empty(), "{path}: {}", reply.text());
     }
 
+    // gRPC-Web is answered in its own media type.
+    let web = [("content-type", "application/grpc-web-text")];
+    let reply = send(addr, "GET", "/panic", &web, b"").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/grpc-web+proto")
+    );
+    assert_eq!(reply.header("grpc-status"), Some("13"));
+
     // A gRPC service's own answer passes untouched, whatever its status.
     let reply = send(addr, "GET", "/grpc-own", &grpc, b"").await;
     assert_eq!(reply.status, 503);
