@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Anything that knows how many requests are being served now.
 ///
@@ -69,7 +69,8 @@ struct StatusView<'a> {
     pid: u32,
     in_flight: Option<i64>,
     gpu: Option<&'a GpuSnapshot>,
-    sections: Map<String, Value>,
+    /// An object: a section's name to its value.
+    sections: Value,
 }
 
 /// The GPU section's type; without the `gpu` feature the key is always `null`.
@@ -86,21 +87,20 @@ pub(crate) struct StatusParts<'a> {
     pub(crate) in_flight: Option<&'a dyn InFlightSource>,
     pub(crate) gpu: Option<GpuSnapshot>,
     pub(crate) sections: &'a [(String, Section)],
-    /// Masks secrets in the sections' values as in `/debug/config` (feature `log`).
+    /// Masks secrets in the sections as in `/debug/config` (feature `log`): given the object
+    /// of all sections, so a section named like a secret (`api_token`) is masked whole.
     pub(crate) mask: &'a dyn Fn(&mut Value),
 }
 
 impl StatusParts<'_> {
     pub(crate) fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
-        let sections = self
-            .sections
-            .iter()
-            .map(|(name, section)| {
-                let mut value = read_section(name, section);
-                (self.mask)(&mut value);
-                (name.clone(), value)
-            })
-            .collect();
+        let mut sections = Value::Object(
+            self.sections
+                .iter()
+                .map(|(name, section)| (name.clone(), read_section(name, section)))
+                .collect(),
+        );
+        (self.mask)(&mut sections);
         serde_json::to_vec(&StatusView {
             info: self.info,
             started_at: rfc3339_millis(self.started.at),
@@ -169,8 +169,8 @@ mod tests {
             ("broken".into(), Arc::new(|| panic!("section bug"))),
         ];
         let in_flight = || 7_i64;
-        let mask = |value: &mut Value| {
-            if let Some(depth) = value.get_mut("depth") {
+        let mask = |sections: &mut Value| {
+            if let Some(depth) = sections.pointer_mut("/queue/depth") {
                 *depth = Value::from("masked");
             }
         };

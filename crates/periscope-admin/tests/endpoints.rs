@@ -396,13 +396,15 @@ async fn status_sections_mask_url_secrets_like_config() {
             json!({"inputs": ["https://ghp_tok3n@github.com/org/repo.git",
                               "https://hooks.example/x?api_key=abc123&team=core"]})
         })
+        // A section named like a secret is masked whole, as a key of the configuration is.
+        .status_section("upstream_api_token", || json!("sk-live-42"))
         .debug(DebugAccess::Token(TOKEN.into()))
         .build();
     let addr = serve(admin).await;
     let answer = get_authorised(addr, "/debug/status").await;
     assert_eq!(answer.status, 200);
     let text = answer.text();
-    for secret in ["hunter2", "ghp_tok3n", "abc123"] {
+    for secret in ["hunter2", "ghp_tok3n", "abc123", "sk-live-42"] {
         assert!(!text.contains(secret), "{secret} shown in {text}");
     }
     let sections = &answer.json()["sections"];
@@ -417,6 +419,7 @@ async fn status_sections_mask_url_secrets_like_config() {
             "https://hooks.example/x?api_key=[REDACTED]&team=core"
         ])
     );
+    assert_eq!(sections["upstream_api_token"], "[REDACTED]");
 }
 
 #[tokio::test]
