@@ -130,7 +130,8 @@ impl AdminBuilder {
     /// A section of `/debug/status` under `sections.<name>`, read on each request: the current
     /// job, the queue depth, a cache's size. Keep `read` quick and non-blocking (it runs on
     /// the request's task); a panic in it shows as an error in its section. With the `log`
-    /// feature its value is masked like `/debug/config`. A second section with the same name
+    /// feature its value is masked like `/debug/config` (the whole value when `name` is a
+    /// sensitive key, such as `api_token`). A second section with the same name
     /// replaces the first.
     pub fn status_section<F>(mut self, name: impl Into<String>, read: F) -> Self
     where
