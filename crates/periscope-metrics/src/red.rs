@@ -104,9 +104,10 @@ pub(crate) struct Recording {
     start: Instant,
     exemplar: Option<TraceId>,
     request_size: Option<u64>,
-    /// Whether the in-flight family folded the route: the requests family then receives
-    /// `__overflow__` already and must count the fold itself.
-    route_folded: bool,
+    /// The route when the in-flight family folded it (by its route cap or its series cap): the
+    /// requests family then decides for itself, under its own caps, and counts its own folds.
+    /// Kept only then, so the usual request copies nothing.
+    unfolded_route: Option<Arc<str>>,
     done: bool,
 }
 
@@ -121,7 +122,8 @@ impl Recording {
         let start = Instant::now();
         let in_flight = red.in_flight.series([method, route]);
         in_flight.metric.inc();
-        let route_folded = &*in_flight.values[1] == OVERFLOW && route != OVERFLOW;
+        let unfolded_route =
+            (&*in_flight.values[1] == OVERFLOW && route != OVERFLOW).then(|| Arc::from(route));
         Self {
             red,
             in_flight,
@@ -129,7 +131,7 @@ impl Recording {
             start,
             exemplar,
             request_size,
-            route_folded,
+            unfolded_route,
             done: false,
         }
     }
@@ -141,12 +143,12 @@ impl Recording {
         }
         self.done = true;
         let elapsed = self.start.elapsed().as_secs_f64();
-        // The route as the in-flight family kept it: already folded if it overflowed.
-        let route = &*self.in_flight.values[1];
+        // The route as the in-flight family kept it (no copy), unless that family folded it.
+        let route = self
+            .unfolded_route
+            .as_deref()
+            .unwrap_or(&self.in_flight.values[1]);
         let series = self.red.requests.series([self.method, route, status]);
-        if self.route_folded {
-            self.red.requests.report_overflow(1);
-        }
         let metrics = &series.metric;
         metrics.count.inc();
         metrics

@@ -216,3 +216,45 @@ async fn the_attack_over_a_real_socket_stays_bounded() {
     assert!(requests.len() <= 2 * 2 * 5, "{requests:?}");
     assert_eq!(layer.in_flight(), 0);
 }
+
+/// A family that hits its series cap folds the whole series: counted as `__series__` for that
+/// family only, never as a fold of a label that has room (the runbook's advice, "raise the cap
+/// of the label that hit it", must point at the right cap).
+#[tokio::test]
+async fn a_full_family_is_counted_as_its_series_cap_not_as_a_route_fold() {
+    let registry = MetricsRegistry::new();
+    let layer = MetricsLayer::builder()
+        .route_fn(|uri, _| Some(uri.path()))
+        .caps(periscope_metrics::Caps::default().series(2))
+        .register(&registry)
+        .unwrap();
+    let app = layer.layer(service_fn(|_: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    for path in ["/a", "/b", "/c", "/d", "/e"] {
+        let request = Request::get(path).body(String::new()).unwrap();
+        app.clone().oneshot(request).await.unwrap();
+    }
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let overflow = points(&exposition, "periscope_label_overflow");
+    let overflow_of = |metric: &str, label: &str| -> f64 {
+        overflow
+            .iter()
+            .filter(|point| point.label("metric") == metric && point.label("label") == label)
+            .map(|point| point.value)
+            .sum()
+    };
+    for metric in [
+        "http_server_requests_total",
+        "http_server_requests_in_flight",
+    ] {
+        assert_eq!(
+            overflow_of(metric, "__series__"),
+            3.0,
+            "{metric}: {overflow:?}"
+        );
+        assert_eq!(overflow_of(metric, "route"), 0.0, "{metric}: {overflow:?}");
+    }
+    assert_eq!(total(&exposition, "http_server_requests"), 5.0);
+}
