@@ -27,7 +27,6 @@ pub use self::tcp::{TcpCheck, tcp};
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -65,7 +64,6 @@ struct Slot {
 #[derive(Debug)]
 struct Busy {
     call: u64,
-    since: Instant,
     /// The run that started the call gave up on it: the call is stuck past that run's timeout.
     abandoned: bool,
 }
@@ -118,23 +116,16 @@ impl Blocking {
                         slot.next_call += 1;
                         slot.busy = Some(Busy {
                             call,
-                            since: Instant::now(),
                             abandoned: false,
                         });
                         break call;
                     }
                     Some(busy) if busy.abandoned => {
+                        // No running figure in the text: a steady failure must read the
+                        // same on every probe, or each one is logged as a new failure.
                         return Err(CheckError::msg(format!(
-                            "{}: the previous check is still blocked after {} (file system hung?)",
-                            path.display(),
-                            // Whole milliseconds: a timeout under a second read "after 0s".
-                            crate::runner::format_duration(Duration::from_millis(
-                                busy.since
-                                    .elapsed()
-                                    .as_millis()
-                                    .try_into()
-                                    .unwrap_or(u64::MAX)
-                            ))
+                            "{}: the previous check is still blocked (file system hung?)",
+                            path.display()
                         )));
                     }
                     // Registered while the slot is locked, so no wake-up is missed.
