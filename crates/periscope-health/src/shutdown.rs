@@ -37,7 +37,8 @@ pub struct Shutdown {
 impl Shutdown {
     /// Shuts down on SIGTERM (Unix) or Ctrl-C (SIGINT), logged as the `cause`. The handlers are
     /// in place when this returns, so a signal sent right after is not missed. Call it inside a
-    /// Tokio runtime with I/O enabled (`#[tokio::main]` is). When no handler can be installed
+    /// Tokio runtime with I/O and time enabled (`#[tokio::main]` is: the grace period is a
+    /// timer). When no handler can be installed
     /// the error is logged and the service runs on, without graceful shutdown.
     ///
     /// A second signal during the grace period ends it at once (Ctrl-C twice stops a service
