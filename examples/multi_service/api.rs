@@ -51,8 +51,10 @@ async fn create_task(
     Json(task): Json<NewTask>,
 ) -> Result<Json<Value>, HttpError> {
     tracing::info!(chars = task.text.len(), "task received");
+    // The queue's place first: a full queue refuses before the worker does the work.
+    let slot = state.queue.reserve()?;
     let result = state.worker.process(&task.text, task.fail).await?;
-    let job_id = state.queue.enqueue(task.text)?;
+    let job_id = slot.enqueue(task.text);
     Ok(Json(json!({
         "request_id": RequestContext::current().map(|ctx| ctx.request_id.to_string()),
         "result": result,

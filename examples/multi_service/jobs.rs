@@ -52,27 +52,18 @@ pub fn queue(capacity: usize) -> (JobQueue, Consumer) {
 }
 
 impl JobQueue {
-    /// Enqueues a job carrying the current request's context; returns its id.
-    pub fn enqueue(&self, text: String) -> Result<String, HttpError> {
-        let id = format!(
-            "job_{}",
-            self.counts.last_id.fetch_add(1, Ordering::Relaxed) + 1
-        );
-        // Inside a request there is always a context; a new trace otherwise.
-        let trace = periscope::trace::job::carrier()
-            .unwrap_or_else(|| Carrier::from_context(&RequestContext::new_root()));
-        let job = Job {
-            id: id.clone(),
-            text,
-            trace,
-        };
-        self.sender.try_send(job).map_err(|_| {
+    /// Takes a place in the queue for a job to come, or refuses at once when the queue is
+    /// full. Taken before the work the job follows: a client told to retry (503, retryable)
+    /// must not have that work done twice.
+    pub fn reserve(&self) -> Result<QueueSlot, HttpError> {
+        let permit = self.sender.clone().try_reserve_owned().map_err(|_| {
             HttpError::new(codes::SERVICE_UNAVAILABLE, "The job queue is full")
                 .with_retry_after(Duration::from_secs(1))
         })?;
-        self.counts.enqueued.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(job_id = id.as_str(), "job enqueued");
-        Ok(id)
+        Ok(QueueSlot {
+            permit,
+            counts: self.counts.clone(),
+        })
     }
 
     /// What `/debug/status` shows of the queue.
@@ -87,6 +78,33 @@ impl Counts {
         let enqueued = self.enqueued.load(Ordering::Relaxed);
         let done = self.done.load(Ordering::Relaxed);
         serde_json::json!({"enqueued": enqueued, "done": done, "pending": enqueued.saturating_sub(done)})
+    }
+}
+
+/// A place in the queue, released if the job is never enqueued.
+pub struct QueueSlot {
+    permit: mpsc::OwnedPermit<Job>,
+    counts: Arc<Counts>,
+}
+
+impl QueueSlot {
+    /// Enqueues a job carrying the current request's context; returns its id.
+    pub fn enqueue(self, text: String) -> String {
+        let id = format!(
+            "job_{}",
+            self.counts.last_id.fetch_add(1, Ordering::Relaxed) + 1
+        );
+        // Inside a request there is always a context; a new trace otherwise.
+        let trace = periscope::trace::job::carrier()
+            .unwrap_or_else(|| Carrier::from_context(&RequestContext::new_root()));
+        self.permit.send(Job {
+            id: id.clone(),
+            text,
+            trace,
+        });
+        self.counts.enqueued.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(job_id = id.as_str(), "job enqueued");
+        id
     }
 }
 

@@ -154,6 +154,46 @@ async fn a_worker_failure_reaches_the_client_as_an_envelope_with_its_request_id(
     assert!(from(&lines, "jobs").is_empty(), "{lines:#?}");
 }
 
+/// A full job queue refuses a task (503, retryable) before the worker does its work: a client
+/// that retries must not have the work done twice.
+#[tokio::test]
+async fn a_full_queue_refuses_a_task_before_the_worker_does_the_work() {
+    let service = start();
+    let api = service.addr("api").await;
+    let worker = service.addr("worker").await;
+    // More at once than the queue (64 jobs, 10 ms each) can take.
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            tokio::spawn(send(
+                api,
+                "POST",
+                "/v1/tasks",
+                &[("content-type", "application/json")],
+                r#"{"text":"one of many"}"#,
+            ))
+        })
+        .collect();
+    let (mut accepted, mut refused) = (0.0, 0);
+    for task in tasks {
+        let answer = task.await.unwrap();
+        match answer.status {
+            200 => accepted += 1.0,
+            _ => {
+                let error = answer.envelope(503, "service_unavailable");
+                assert_eq!(error["retryable"], true);
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "the queue never filled: nothing tested");
+    // The worker processed exactly the accepted tasks.
+    let processed = [("route", "/v1/process"), ("status", "2xx")];
+    assert_eq!(
+        metric(worker, "http_server_requests_total", &processed).await,
+        Some(accepted)
+    );
+}
+
 #[cfg(unix)] // stopped with a real SIGTERM
 #[tokio::test]
 async fn a_task_in_flight_at_shutdown_still_reaches_the_worker() {
