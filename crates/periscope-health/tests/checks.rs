@@ -87,6 +87,23 @@ async fn http_get_reports_a_server_that_is_not_http() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_get_fails_an_answer_cut_short_and_says_how() {
+    const CUT: &[&[u8]] = &[b"HTTP/1.1 200"];
+    const NOTHING: &[&[u8]] = &[];
+    for (pieces, what) in [
+        (
+            CUT,
+            "the connection closed in the middle of the status line",
+        ),
+        (NOTHING, "the connection closed without an answer"),
+    ] {
+        let url = answer_once(pieces).await;
+        let error = outcome(HealthCheck::new("x", checks::http_get(&url).unwrap())).await;
+        assert_eq!(error, Some(format!("GET {url}: {what}")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_get_to_a_silent_server_times_out() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
