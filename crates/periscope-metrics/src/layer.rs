@@ -472,17 +472,22 @@ where
             };
         }
         let request_size = request.body().size_hint().exact();
-        let recording = Recording::start(
+        let mut recording = Some(Recording::start(
             red.clone(),
             method_label(request.method()),
             red.route(&request),
             red.exemplar(&request),
             request_size,
-        );
-        ResponseFuture {
-            inner: self.inner.call(request),
-            recording: Some(recording),
-        }
+        ));
+        // A panic in the inner `call` is the service's failure: counted as such here, so a
+        // recording dropped later while the thread unwinds is another future's panic.
+        let guard = PanicGuard {
+            was_panicking: std::thread::panicking(),
+            recording: &mut recording,
+        };
+        let inner = self.inner.call(request);
+        drop(guard);
+        ResponseFuture { inner, recording }
     }
 }
 
@@ -526,9 +531,11 @@ where
     }
 }
 
-/// Records the request as a server error when polling the inner future panics. A layer above
-/// that catches the panic (tower-http's `CatchPanicLayer`) drops this future only after the
-/// unwinding, when the drop could no longer tell a panic from a cancellation.
+/// Records the request as a server error when the inner service's `call`, or a poll of its
+/// future, panics. A layer above that catches the panic (tower-http's `CatchPanicLayer`) drops
+/// this future only after the unwinding, and a future dropped while another one unwinds was
+/// cancelled, not failed: the drop cannot tell these apart, so the panic is seen where it
+/// happens.
 struct PanicGuard<'a> {
     recording: &'a mut Option<Recording>,
     was_panicking: bool,

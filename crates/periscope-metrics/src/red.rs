@@ -188,13 +188,10 @@ impl Recording {
 impl Drop for Recording {
     fn drop(&mut self) {
         if !self.done {
-            let status = if std::thread::panicking() {
-                // What the panic layer below answers, and what the client sees as a failure.
-                self.red.status.server_error()
-            } else {
-                CANCELLED
-            };
-            self.finish(status, None);
+            // Never answered: the client left, a timeout above fired, or another future of the
+            // task panicked. A panic of the service itself is counted where it happens
+            // (`Metrics::call` and the response future's poll).
+            self.finish(CANCELLED, None);
         }
         self.in_flight.metric.dec();
     }

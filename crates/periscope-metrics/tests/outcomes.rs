@@ -17,7 +17,7 @@ use axum::routing::get;
 use common::{parse_openmetrics, points, request, serve};
 use openmetrics_parser::OpenMetricsValue;
 use periscope_metrics::{CANCELLED, MetricsLayer, MetricsRegistry};
-use tower_layer::layer_fn;
+use tower_layer::{Layer, layer_fn};
 use tower_service::Service;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,4 +207,57 @@ async fn a_failed_grpc_call_counts_under_the_status_its_code_stands_for() {
     assert_eq!(count("5xx"), 2.0, "{requests:?}");
     assert_eq!(count("4xx"), 1.0, "{requests:?}");
     assert_eq!(count("2xx"), 2.0, "{requests:?}");
+}
+
+/// A panic in the service's own `call` is a server error; a request whose future is dropped
+/// while another future of the task unwinds was cancelled, not failed.
+#[tokio::test]
+async fn a_panic_is_a_server_error_only_where_the_service_panicked() {
+    use std::future::Future;
+    use std::task::Waker;
+
+    let registry = MetricsRegistry::new();
+    let metrics = MetricsLayer::builder()
+        .route_templates(["/call-panics", "/pending"])
+        .register(&registry)
+        .unwrap();
+
+    // The inner `call` panics.
+    let mut panics_in_call = metrics.layer(tower::service_fn(
+        |_: Request<String>| -> std::future::Ready<Result<Response, std::convert::Infallible>> {
+            panic!("call panicked on purpose")
+        },
+    ));
+    let request = Request::get("/call-panics").body(String::new()).unwrap();
+    let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let _ = panics_in_call.call(request);
+    }));
+    assert!(caught.is_err());
+
+    // A pending request dropped while a sibling panics.
+    let mut pending = metrics.layer(tower::service_fn(|_: Request<String>| {
+        std::future::pending::<Result<Response, std::convert::Infallible>>()
+    }));
+    let mut future = Box::pin(pending.call(Request::get("/pending").body(String::new()).unwrap()));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(future.as_mut().poll(&mut cx).is_pending());
+    let caught = std::panic::catch_unwind(AssertUnwindSafe(move || {
+        let _pending_request = future;
+        panic!("a sibling panicked on purpose");
+    }));
+    assert!(caught.is_err());
+    assert_eq!(metrics.in_flight(), 0);
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let requests = points(&exposition, "http_server_requests");
+    let count = |route: &str, status: &str| -> f64 {
+        requests
+            .iter()
+            .filter(|point| point.label("route") == route && point.label("status") == status)
+            .map(|point| point.value)
+            .sum()
+    };
+    assert_eq!(count("/call-panics", "5xx"), 1.0, "{requests:?}");
+    assert_eq!(count("/pending", CANCELLED), 1.0, "{requests:?}");
+    assert_eq!(count("/pending", "5xx"), 0.0, "{requests:?}");
 }
