@@ -218,14 +218,19 @@ fn strip_prefix_ignore_case<'a>(value: &'a [u8], prefix: &[u8]) -> Option<&'a [u
         .then(|| &value[prefix.len()..])
 }
 
-/// The gRPC code of an answer known from its head: a 200 carrying `grpc-status` (a
-/// trailers-only answer, the shape of a failed unary call). An answer whose status comes in
-/// trailers has none here.
+/// The gRPC code of an answer known from its head: a 200 with a gRPC `content-type` carrying
+/// `grpc-status` (a trailers-only answer, the shape of a failed unary call). An answer whose
+/// status comes in trailers has none here, nor has an HTTP answer that merely passes on a
+/// `grpc-status` header (a proxy's).
 pub fn answer_code(status: StatusCode, headers: &HeaderMap) -> Option<GrpcCode> {
     if status != StatusCode::OK {
         return None;
     }
-    find(headers, &GRPC_STATUS).and_then(GrpcCode::parse)
+    let code = find(headers, &GRPC_STATUS).and_then(GrpcCode::parse)?;
+    // Checked only once a code is found: the usual answer pays for one scan.
+    find(headers, &http::header::CONTENT_TYPE)
+        .is_some_and(is_grpc_content_type)
+        .then_some(code)
 }
 
 /// The HTTP status an answer stands for: its gRPC code's ([`GrpcCode::http_status`]) for a
@@ -359,9 +364,15 @@ mod tests {
     }
 
     #[test]
-    fn only_a_200_with_grpc_status_stands_for_another_status() {
+    fn only_a_grpc_200_with_grpc_status_stands_for_another_status() {
         let mut headers = HeaderMap::new();
         headers.insert(GRPC_STATUS, HeaderValue::from_static("5"));
+        // An HTTP answer passing on a backend's `grpc-status` is judged by its own status.
+        assert_eq!(answer_status(StatusCode::OK, &headers), StatusCode::OK);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
         assert_eq!(
             answer_status(StatusCode::OK, &headers),
             StatusCode::NOT_FOUND

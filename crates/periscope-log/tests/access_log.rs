@@ -261,7 +261,12 @@ impl http_body::Body for GrpcBody {
 async fn grpc_answers_are_logged_with_their_code_at_its_level() {
     let (out, _handles, guard, _default) = install();
     let trailers_only = |code: &'static str| {
-        axum::routing::post(move || async move { ([("grpc-status", code)], "") })
+        axum::routing::post(move || async move {
+            (
+                [("content-type", "application/grpc"), ("grpc-status", code)],
+                "",
+            )
+        })
     };
     let streamed = |code: &'static str| {
         axum::routing::post(
