@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 
 use axum::Router;
-use common::{parse_openmetrics, points, request, serve, total};
+use common::{parse_openmetrics, points, request, serve, sum_where, total};
 use http::{Method, Request, Response, StatusCode};
 use periscope_metrics::{
     DEFAULT_LABEL_CAP, DEFAULT_SERIES_CAP, MetricsLayer, MetricsRegistry, OTHER_METHOD, OVERFLOW,
@@ -118,13 +118,8 @@ async fn raw_paths_as_routes_fold_past_the_cap_and_totals_stay_exact() {
         .sum();
     assert!(folded >= (REQUESTS - DEFAULT_LABEL_CAP) as f64 * 0.99);
     let overflow = points(&exposition, "periscope_label_overflow");
-    let overflow_of = |metric: &str, label: &str| -> f64 {
-        overflow
-            .iter()
-            .filter(|point| point.label("metric") == metric && point.label("label") == label)
-            .map(|point| point.value)
-            .sum()
-    };
+    let overflow_of =
+        |metric: &str, label: &str| sum_where(&overflow, &[("metric", metric), ("label", label)]);
     assert_eq!(overflow_of("http_server_requests_total", "route"), folded);
     assert_eq!(
         overflow_of("http_server_requests_in_flight", "route"),
@@ -238,13 +233,8 @@ async fn a_full_family_is_counted_as_its_series_cap_not_as_a_route_fold() {
 
     let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
     let overflow = points(&exposition, "periscope_label_overflow");
-    let overflow_of = |metric: &str, label: &str| -> f64 {
-        overflow
-            .iter()
-            .filter(|point| point.label("metric") == metric && point.label("label") == label)
-            .map(|point| point.value)
-            .sum()
-    };
+    let overflow_of =
+        |metric: &str, label: &str| sum_where(&overflow, &[("metric", metric), ("label", label)]);
     for metric in [
         "http_server_requests_total",
         "http_server_requests_in_flight",

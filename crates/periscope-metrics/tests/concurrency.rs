@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::middleware::{Next, from_fn};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::{parse_openmetrics, points, request, request_and_abort, serve, total};
+use common::{parse_openmetrics, points, request, request_and_abort, serve, sum_where, total};
 use periscope_metrics::{CANCELLED, MetricsLayer, MetricsRegistry};
 
 const FAST: usize = 200;
@@ -154,13 +154,8 @@ async fn counts_are_exact_and_in_flight_returns_to_zero() {
     );
 
     let requests = points(&exposition, "http_server_requests");
-    let count = |route: &str, status: &str| -> f64 {
-        requests
-            .iter()
-            .filter(|point| point.label("route") == route && point.label("status") == status)
-            .map(|point| point.value)
-            .sum()
-    };
+    let count =
+        |route: &str, status: &str| sum_where(&requests, &[("route", route), ("status", status)]);
     assert_eq!(count("/fast", "2xx"), FAST as f64);
     assert_eq!(count("/items/{id}", "2xx"), (ITEMS / 2) as f64);
     assert_eq!(count("/items/{id}", "4xx"), (ITEMS / 2) as f64);

@@ -14,7 +14,7 @@ use axum::Router;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::{parse_openmetrics, points, request, serve};
+use common::{parse_openmetrics, points, request, serve, sum_where};
 use openmetrics_parser::OpenMetricsValue;
 use periscope_metrics::{CANCELLED, MetricsLayer, MetricsRegistry};
 use tower_layer::{Layer, layer_fn};
@@ -150,13 +150,8 @@ async fn a_panic_caught_above_the_layer_counts_as_a_server_error() {
 
     let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
     let requests = points(&exposition, "http_server_requests");
-    let count = |route: &str, status: &str| -> f64 {
-        requests
-            .iter()
-            .filter(|point| point.label("route") == route && point.label("status") == status)
-            .map(|point| point.value)
-            .sum()
-    };
+    let count =
+        |route: &str, status: &str| sum_where(&requests, &[("route", route), ("status", status)]);
     assert_eq!(count("/panic", "5xx"), 3.0, "{requests:?}");
     assert_eq!(count("/panic", CANCELLED), 0.0, "{requests:?}");
     assert_eq!(count("/ok", "2xx"), 1.0, "{requests:?}");
@@ -197,13 +192,7 @@ async fn a_failed_grpc_call_counts_under_the_status_its_code_stands_for() {
 
     let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
     let requests = points(&exposition, "http_server_requests");
-    let count = |status: &str| -> f64 {
-        requests
-            .iter()
-            .filter(|point| point.label("status") == status)
-            .map(|point| point.value)
-            .sum()
-    };
+    let count = |status: &str| sum_where(&requests, &[("status", status)]);
     assert_eq!(count("5xx"), 2.0, "{requests:?}");
     assert_eq!(count("4xx"), 1.0, "{requests:?}");
     assert_eq!(count("2xx"), 2.0, "{requests:?}");
@@ -250,13 +239,8 @@ async fn a_panic_is_a_server_error_only_where_the_service_panicked() {
 
     let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
     let requests = points(&exposition, "http_server_requests");
-    let count = |route: &str, status: &str| -> f64 {
-        requests
-            .iter()
-            .filter(|point| point.label("route") == route && point.label("status") == status)
-            .map(|point| point.value)
-            .sum()
-    };
+    let count =
+        |route: &str, status: &str| sum_where(&requests, &[("route", route), ("status", status)]);
     assert_eq!(count("/call-panics", "5xx"), 1.0, "{requests:?}");
     assert_eq!(count("/pending", CANCELLED), 1.0, "{requests:?}");
     assert_eq!(count("/pending", "5xx"), 0.0, "{requests:?}");

@@ -207,6 +207,19 @@ fn trace_id(exemplar: &openmetrics_parser::Exemplar) -> String {
 }
 
 /// The sum of a family's points.
+/// The sum of the points whose labels have these values.
+pub fn sum_where(points: &[Point], labels: &[(&str, &str)]) -> f64 {
+    points
+        .iter()
+        .filter(|point| {
+            labels
+                .iter()
+                .all(|(name, value)| point.label(name) == *value)
+        })
+        .map(|point| point.value)
+        .sum()
+}
+
 pub fn total(exposition: &OpenMetrics, family: &str) -> f64 {
     points(exposition, family)
         .iter()
