@@ -54,11 +54,15 @@ pub fn queue(capacity: usize) -> (JobQueue, Consumer) {
 impl JobQueue {
     /// Takes a place in the queue for a job to come, or refuses at once when the queue is
     /// full. Taken before the work the job follows: a client told to retry (503, retryable)
-    /// must not have that work done twice.
+    /// must not have that work done twice. So the tasks in progress hold places too, and the
+    /// queue's capacity bounds them with the jobs waiting.
     pub fn reserve(&self) -> Result<QueueSlot, HttpError> {
         let permit = self.sender.clone().try_reserve_owned().map_err(|_| {
-            HttpError::new(codes::SERVICE_UNAVAILABLE, "The job queue is full")
-                .with_retry_after(Duration::from_secs(1))
+            HttpError::new(
+                codes::SERVICE_UNAVAILABLE,
+                "Too many tasks queued or in progress",
+            )
+            .with_retry_after(Duration::from_secs(1))
         })?;
         Ok(QueueSlot {
             permit,

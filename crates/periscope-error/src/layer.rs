@@ -24,7 +24,6 @@ use crate::code::{ErrorCode, codes};
 use crate::error::{BoxError, HttpError};
 use crate::panic::{self, CaughtPanic};
 use crate::render::{self, Format, Ids, RenderedError, RequestHeaders};
-use periscope_context::grpc::{GRPC_STATUS, is_grpc_content_type};
 
 /// The longest plain-text error body read to become the envelope's message, in bytes.
 const MAX_TEXT_BODY: usize = 1024;
@@ -225,14 +224,6 @@ impl RequestFacts {
     fn path(&self) -> &str {
         self.uri.path()
     }
-}
-
-/// Whether an answer is a gRPC service's: a gRPC `content-type` or a `grpc-status`.
-fn is_grpc_answer(headers: &HeaderMap) -> bool {
-    headers.contains_key(GRPC_STATUS)
-        || headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(is_grpc_content_type)
 }
 
 /// Whether the router matched a route, so a bare 404 is the handler's, not the router's.
@@ -539,12 +530,10 @@ impl Handled {
     fn inspect<B: Body>(&self, response: Response<B>) -> Inspected<B> {
         let status = response.status();
         let (mut parts, body) = response.into_parts();
-        // A gRPC service's own answers pass as they are. Only answers that are gRPC: the
-        // client chose its `content-type`, and an HTTP 5xx to it is still scrubbed (and
-        // rendered as a gRPC answer).
-        if !(status.is_client_error() || status.is_server_error())
-            || (self.facts.format.is_grpc() && is_grpc_answer(&parts.headers))
-        {
+        // A gRPC service's own answers (HTTP 200) pass as they are. An HTTP error to a gRPC
+        // call is scrubbed like any and answered in gRPC, whatever it carries: the client
+        // chose its `content-type`, so claiming gRPC must not let internals through.
+        if !(status.is_client_error() || status.is_server_error()) {
             self.echo(&mut parts);
             return Inspected::Done(Response::from_parts(parts, self.pass(body)));
         }
@@ -567,7 +556,8 @@ impl Handled {
         let deliberate = parts.extensions.get::<PassThrough>().is_some();
         // A compressed body is not text or JSON as it stands: never read it as such.
         let readable = !is_encoded(&parts.headers);
-        if is_json(&parts.headers) || deliberate {
+        // A gRPC client reads neither JSON nor a deliberate HTTP body: its answer is rendered.
+        if (is_json(&parts.headers) || deliberate) && !self.facts.format.is_grpc() {
             if status.is_server_error() && !deliberate {
                 if !readable {
                     return Inspected::Done(self.bare(parts, code, None));

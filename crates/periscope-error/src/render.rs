@@ -280,7 +280,19 @@ fn write_grpc(
     let code = GrpcCode::from_http_status(parts.status);
     parts.status = StatusCode::OK;
     let headers = &mut parts.headers;
-    headers.clear();
+    // What described the replaced body or status goes; the rest (CORS, which a gRPC-Web client
+    // in a browser needs to read the answer at all) stays, as on the HTTP path.
+    for name in [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_ENCODING,
+        header::RETRY_AFTER,
+        GRPC_STATUS,
+        GRPC_MESSAGE,
+        GRPC_STATUS_DETAILS,
+    ] {
+        headers.remove(name);
+    }
     let media = if web {
         APPLICATION_GRPC_WEB
     } else {
@@ -302,6 +314,9 @@ fn write_grpc(
 
 /// The media type of a gRPC answer.
 const APPLICATION_GRPC: &str = "application/grpc";
+/// The rich error details of a gRPC status, which an answer rewritten here no longer matches.
+const GRPC_STATUS_DETAILS: header::HeaderName =
+    header::HeaderName::from_static("grpc-status-details-bin");
 /// The media type of a gRPC-Web answer (a trailers-only answer has no body to encode, so
 /// `-text` clients read it too).
 const APPLICATION_GRPC_WEB: &str = "application/grpc-web+proto";

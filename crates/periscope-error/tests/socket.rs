@@ -179,7 +179,40 @@ fn app() -> Router {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     [("content-type", "application/grpc"), ("grpc-status", "14")],
-                    "proxy says no",
+                    "proxy says no: password=hunter2",
+                )
+            }),
+        )
+        .route(
+            "/cors-404",
+            get(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    [("access-control-allow-origin", "*")],
+                    "no such thing",
+                )
+            }),
+        )
+        .route(
+            "/grpc-ok",
+            get(|| async {
+                (
+                    [
+                        ("content-type", "application/grpc"),
+                        ("grpc-status", "5"),
+                        ("grpc-message", "not%20here"),
+                    ],
+                    "",
+                )
+            }),
+        )
+        .route(
+            "/leaky-json",
+            get(|| async {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    [("grpc-status", "13")],
+                    axum::Json(serde_json::json!({"detail": "password=hunter2"})),
                 )
             }),
         )
@@ -622,8 +655,8 @@ async fn handler_sees_the_context_of_the_request() {
 }
 
 /// A gRPC client reads no envelope: for a gRPC request a panic, a timeout and any HTTP error
-/// are answered as gRPC answers (HTTP 200, `grpc-status`, `grpc-message`), still scrubbed;
-/// only the service's own gRPC answers pass through as they are.
+/// are answered as gRPC answers (HTTP 200, `grpc-status`, `grpc-message`), still scrubbed,
+/// whatever the error carries; only the service's own gRPC answers (HTTP 200) pass as they are.
 #[tokio::test]
 async fn grpc_calls_get_grpc_answers() {
     let addr = serve().await;
@@ -667,6 +700,14 @@ async fn grpc_calls_get_grpc_answers() {
         ),
         ("GET", "/fail", "13", "An internal error occurred"),
         ("GET", "/jobs/7", "5", "No job has this id"),
+        // Claiming to be gRPC lets no internals through, `grpc-status` or JSON alike.
+        (
+            "GET",
+            "/grpc-own",
+            "14",
+            "The service is temporarily unavailable",
+        ),
+        ("GET", "/leaky-json", "13", "An internal error occurred"),
     ] {
         let reply = send(addr, method, path, &grpc, b"").await;
         assert_eq!(reply.status, 200, "{path}");
@@ -679,7 +720,8 @@ async fn grpc_calls_get_grpc_answers() {
         assert!(reply.body.is_empty(), "{path}: {}", reply.text());
     }
 
-    // gRPC-Web is answered in its own media type.
+    // gRPC-Web is answered in its own media type, keeping what a layer below set for the
+    // browser (CORS).
     let web = [("content-type", "application/grpc-web-text")];
     let reply = send(addr, "GET", "/panic", &web, b"").await;
     assert_eq!(reply.status, 200);
@@ -688,10 +730,14 @@ async fn grpc_calls_get_grpc_answers() {
         Some("application/grpc-web+proto")
     );
     assert_eq!(reply.header("grpc-status"), Some("13"));
+    let reply = send(addr, "GET", "/cors-404", &web, b"").await;
+    assert_eq!(reply.header("grpc-status"), Some("5"));
+    assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+    assert!(reply.body.is_empty(), "{}", reply.text());
 
-    // A gRPC service's own answer passes untouched, whatever its status.
-    let reply = send(addr, "GET", "/grpc-own", &grpc, b"").await;
-    assert_eq!(reply.status, 503);
-    assert_eq!(reply.header("grpc-status"), Some("14"));
-    assert_eq!(reply.text(), "proxy says no");
+    // A gRPC service's own answer passes untouched.
+    let reply = send(addr, "GET", "/grpc-ok", &grpc, b"").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("grpc-status"), Some("5"));
+    assert_eq!(reply.header("grpc-message"), Some("not%20here"));
 }

@@ -101,6 +101,15 @@ async fn http_get_fails_an_answer_cut_short_and_says_how() {
         let error = outcome(HealthCheck::new("x", checks::http_get(&url).unwrap())).await;
         assert_eq!(error, Some(format!("GET {url}: {what}")));
     }
+    // A reason phrase past the status line's limit is not a cut: the code is read.
+    let long = format!(
+        "HTTP/1.1 200 {}\r\ncontent-length: 0\r\n\r\n",
+        "O".repeat(1100)
+    );
+    let pieces: &'static [&'static [u8]] = Box::leak(Box::new([long.leak().as_bytes()]));
+    let url = answer_once(pieces).await;
+    let error = outcome(HealthCheck::new("x", checks::http_get(&url).unwrap())).await;
+    assert_eq!(error, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

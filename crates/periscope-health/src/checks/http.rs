@@ -137,14 +137,15 @@ impl HttpCheck {
                     break;
                 }
             }
-            // A status line cut off by the end of the stream is no answer, whatever it began with.
-            let complete = head.contains(&b'\n');
-            let status = parse_status(&head).filter(|_| complete).ok_or_else(|| {
+            // A status line cut off by the end of the stream is no answer, whatever it began
+            // with; one longer than the limit (a long reason phrase) is read from its start.
+            let cut_short = !head.contains(&b'\n') && head.len() < MAX_STATUS_LINE;
+            let status = parse_status(&head).filter(|_| !cut_short).ok_or_else(|| {
                 let what = if head.is_empty() && interim > 0 {
                     CLOSED_AFTER_INTERIM
                 } else if head.is_empty() {
                     "the connection closed without an answer"
-                } else if !complete && head.len() < MAX_STATUS_LINE {
+                } else if cut_short {
                     "the connection closed in the middle of the status line"
                 } else {
                     "the answer is not HTTP/1.x"
