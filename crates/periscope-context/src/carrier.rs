@@ -163,12 +163,17 @@ impl Default for ExtractOptions {
 
 /// Where the request id of an extracted context came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RequestIdOrigin {
     /// The caller's valid `x-request-id` (or `x-correlation-id`) was kept.
     Kept,
+    /// The caller's `x-request-id` was invalid (the reason); its valid `x-correlation-id` was
+    /// kept, so the caller's correlation still holds.
+    KeptCorrelationId(InvalidId),
     /// None was sent; one was generated.
     Generated,
-    /// The caller's id was invalid and replaced by a generated one.
+    /// The caller's id was invalid and replaced by a generated one (the reason is the
+    /// `x-request-id`'s when both headers were sent and both were invalid).
     Replaced(InvalidId),
 }
 
@@ -223,13 +228,7 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
     // Filled in place: the reader is large, and moving it costs more than reading it.
     let mut sent = Sent::new();
     sent.read(carrier, options);
-    let (request_id, request_id_origin) = match sent.request_id.or(sent.correlation_id) {
-        None => (RequestId::generate(), RequestIdOrigin::Generated),
-        Some(sent) => match sent.to_id_header() {
-            Ok(id) => (RequestId::from_validated(id), RequestIdOrigin::Kept),
-            Err(error) => (RequestId::generate(), RequestIdOrigin::Replaced(error)),
-        },
-    };
+    let (request_id, request_id_origin) = request_id(sent.request_id, sent.correlation_id);
     let parsed = match sent.traceparents {
         0 | 1 => sent.traceparent.take(),
         _ => Some(Err(TraceParentError::Duplicated)),
@@ -279,6 +278,28 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
         trace,
         incoming,
         rejected_tenant,
+    }
+}
+
+/// The valid `x-request-id`, else the valid `x-correlation-id`, else a generated id.
+fn request_id(
+    request_id: Option<CarrierValue<'_>>,
+    correlation_id: Option<CarrierValue<'_>>,
+) -> (RequestId, RequestIdOrigin) {
+    match request_id.map(|value| value.to_id_header()) {
+        Some(Ok(id)) => (RequestId::from_validated(id), RequestIdOrigin::Kept),
+        Some(Err(error)) => match correlation_id.and_then(|value| value.to_id_header().ok()) {
+            Some(id) => (
+                RequestId::from_validated(id),
+                RequestIdOrigin::KeptCorrelationId(error),
+            ),
+            None => (RequestId::generate(), RequestIdOrigin::Replaced(error)),
+        },
+        None => match correlation_id.map(|value| value.to_id_header()) {
+            Some(Ok(id)) => (RequestId::from_validated(id), RequestIdOrigin::Kept),
+            Some(Err(error)) => (RequestId::generate(), RequestIdOrigin::Replaced(error)),
+            None => (RequestId::generate(), RequestIdOrigin::Generated),
+        },
     }
 }
 
@@ -339,9 +360,7 @@ impl<'a> Sent<'a> {
 
     fn look_up<C: Extractor + ?Sized>(&mut self, carrier: &'a C) {
         self.request_id = carrier.first(&headers::X_REQUEST_ID);
-        if self.request_id.is_none() {
-            self.correlation_id = carrier.first(&headers::X_CORRELATION_ID);
-        }
+        self.correlation_id = carrier.first(&headers::X_CORRELATION_ID);
         carrier.for_each(&headers::TRACEPARENT, &mut |value| self.traceparent(value));
         if matches!(self.traceparent, Some(Ok(_))) {
             let state = &mut self.tracestate;
@@ -592,7 +611,11 @@ mod tests {
                 "{pairs:?}"
             );
             let (a, b) = (&one_pass.context, &lookups.context);
-            if one_pass.request_id == RequestIdOrigin::Kept {
+            if !a
+                .request_id
+                .as_str()
+                .starts_with(RequestId::GENERATED_PREFIX)
+            {
                 assert_eq!(a.request_id, b.request_id, "{pairs:?}");
             }
             if one_pass.trace == TraceOrigin::Continued {
@@ -707,6 +730,46 @@ mod tests {
             e.request_id,
             RequestIdOrigin::Replaced(InvalidId::InvalidByte { .. })
         ));
+        assert!(e.context.request_id.as_str().starts_with("req_"));
+    }
+
+    /// An invalid `x-request-id` beside a valid `x-correlation-id`: the caller's correlation
+    /// id is kept (with the request id's fault), in either header order; with both invalid the
+    /// request id's fault is the one reported.
+    #[test]
+    fn a_valid_correlation_id_stands_in_for_an_invalid_request_id() {
+        for pairs in [
+            [
+                ("x-request-id", "has space"),
+                ("x-correlation-id", "corr-7"),
+            ],
+            [
+                ("x-correlation-id", "corr-7"),
+                ("x-request-id", "has space"),
+            ],
+        ] {
+            for e in [
+                run(&pairs),
+                extract(&LookupsOnly(headers(&pairs)), &ExtractOptions::default()),
+            ] {
+                assert_eq!(e.context.request_id.as_str(), "corr-7", "{pairs:?}");
+                assert!(
+                    matches!(
+                        e.request_id,
+                        RequestIdOrigin::KeptCorrelationId(InvalidId::InvalidByte {
+                            position: 3,
+                            ..
+                        })
+                    ),
+                    "{pairs:?}: {:?}",
+                    e.request_id
+                );
+            }
+        }
+        let e = run(&[("x-request-id", ""), ("x-correlation-id", "bad id")]);
+        assert_eq!(e.request_id, RequestIdOrigin::Replaced(InvalidId::Empty));
+        let e = run(&[("x-correlation-id", "bad id")]);
+        assert!(matches!(e.request_id, RequestIdOrigin::Replaced(_)));
         assert!(e.context.request_id.as_str().starts_with("req_"));
     }
 

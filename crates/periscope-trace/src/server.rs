@@ -357,19 +357,30 @@ fn warn_rejected(
     request_id: &RequestIdOrigin,
     rejected_tenant: &[(TenantKey, InvalidId)],
 ) {
-    if !matches!(request_id, RequestIdOrigin::Replaced(_)) && rejected_tenant.is_empty() {
+    let rejected_id = match request_id {
+        RequestIdOrigin::Replaced(reason) => Some((
+            reason,
+            "replaced the invalid incoming request id with a generated one",
+        )),
+        RequestIdOrigin::KeptCorrelationId(reason) => Some((
+            reason,
+            "ignored the invalid incoming x-request-id; kept the valid x-correlation-id",
+        )),
+        _ => None,
+    };
+    if rejected_id.is_none() && rejected_tenant.is_empty() {
         return;
     }
     let trace_id = ctx.trace_id.to_hex();
     let trace_id = trace_id.as_str();
-    if let RequestIdOrigin::Replaced(reason) = request_id {
+    if let Some((reason, message)) = rejected_id {
         tracing::warn!(
             target: SERVER_TARGET,
             parent: span,
             request_id = ctx.request_id.as_str(),
             trace_id,
             reason = %reason,
-            "replaced the invalid incoming request id with a generated one"
+            "{message}"
         );
     }
     for (key, reason) in rejected_tenant {

@@ -237,6 +237,39 @@ async fn invalid_request_id_is_replaced_and_logged_once_at_warn() {
     assert_eq!(tenant[0].fields["header"], "x-org-id");
 }
 
+/// A caller whose `x-request-id` is invalid but whose `x-correlation-id` is valid keeps its
+/// correlation: the correlation id is the request's id, and the invalid header is named once
+/// at warn.
+#[tokio::test]
+async fn a_valid_correlation_id_stands_in_for_an_invalid_request_id() {
+    let (capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = serve(app(hop_state("a", None, &seen), CorrelationLayer::new())).await;
+
+    let response = get(
+        addr,
+        "/hop",
+        &[
+            ("x-request-id", "{8a2f-bad id}"),
+            ("x-correlation-id", "corr-77"),
+        ],
+    )
+    .await;
+    assert_eq!(response.headers()["x-request-id"], "corr-77");
+    assert_eq!(seen.lock().unwrap()[0].ctx.request_id.as_str(), "corr-77");
+    let warnings: Vec<_> = capture
+        .lines_for("corr-77")
+        .into_iter()
+        .filter(|l| l.level == tracing::Level::WARN)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].message.contains("x-request-id")
+            && warnings[0].fields["reason"].contains("0x7b"),
+        "{warnings:?}"
+    );
+}
+
 /// A probe path has no request span to lift the ids from: the warnings about its rejected
 /// headers carry them themselves, so they are found by the id the client got back.
 #[tokio::test]
