@@ -460,6 +460,10 @@ impl Observability {
         let Some((log_layer, log_guard)) = pending.take() else {
             return Err(Error::AlreadyInitialized);
         };
+        // Outgoing calls (`inject`, `ClientTraceLayer`) send what `OTEL_PROPAGATORS` names,
+        // as the server layer reads it.
+        #[cfg(feature = "otel")]
+        self.settings.otel.propagators.set_global();
         drop(pending);
         #[cfg(feature = "otel")]
         let otel_layer = otel.as_ref().and_then(|guard| guard.layer());

@@ -304,15 +304,19 @@ fn service_name_in_otel_resource_attributes_names_the_service() {
     assert_eq!(error.var, "OTEL_RESOURCE_ATTRIBUTES", "{error}");
 }
 
-/// The only test of this binary that installs the global subscriber.
+/// The only test of this binary that installs the global subscriber (and sets the process's
+/// propagation formats: no other test here sends a request).
 #[cfg(feature = "otel")]
 #[test]
 fn init_can_be_retried_after_the_exporter_failed_to_start() {
+    use periscope::trace::Propagators;
+
     let obs = quiet()
         .env_from(|name| match name {
             // Nothing listens there; no span is exported in this test.
             "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:9".to_owned()),
             "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("grpc".to_owned()),
+            "OTEL_PROPAGATORS" => Some("baggage".to_owned()),
             _ => None,
         })
         .unwrap()
@@ -326,7 +330,13 @@ fn init_can_be_retried_after_the_exporter_failed_to_start() {
         .build()
         .unwrap();
     let _inside = runtime.enter();
+    assert_eq!(Propagators::global(), Propagators::default());
     let guard = obs.init().expect("the log layer survives a failed init");
+    // Outgoing calls (`inject`, `ClientTraceLayer`) now send what OTEL_PROPAGATORS names.
+    assert_eq!(
+        Propagators::global(),
+        Propagators::none().with_baggage(true)
+    );
     assert!(matches!(
         obs.init(),
         Err(periscope::Error::AlreadyInitialized)

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use periscope_context::headers::{BAGGAGE, TRACEPARENT, TRACESTATE};
 use periscope_context::{RequestContext, TenantKey, remove_absent_tenants};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -25,7 +24,8 @@ pub const CLIENT_TARGET: &str = "periscope_trace::client";
 
 /// Writes the current request's context into `headers` for a call made with any HTTP client
 /// (reqwest and the like): `traceparent` naming the request's span as the parent, `tracestate`,
-/// `baggage`, `x-request-id` and the tenant headers. Returns `false` (and writes nothing) outside
+/// `baggage`, `x-request-id` and the tenant headers, in the process's formats
+/// ([`Propagators::global`], `OTEL_PROPAGATORS`). Returns `false` (and writes nothing) outside
 /// a request or job.
 ///
 /// The callee's parent is then the request span itself. For a span of its own per call (a
@@ -45,6 +45,7 @@ pub fn inject(headers: &mut HeaderMap) -> bool {
     match RequestContext::current() {
         Some(ctx) => {
             periscope_context::inject(&ctx, headers);
+            Propagators::global().strip(headers);
             true
         }
         None => false,
@@ -78,7 +79,8 @@ pub fn inject(headers: &mut HeaderMap) -> bool {
 pub struct ClientSpan {
     span: Span,
     context: RequestContext,
-    propagators: Propagators,
+    /// `None`: the process's formats, [`Propagators::global`].
+    propagators: Option<Propagators>,
     tenant_keys: Option<Arc<[TenantKey]>>,
 }
 
@@ -128,14 +130,14 @@ impl ClientSpan {
         Self {
             span,
             context,
-            propagators: Propagators::default(),
+            propagators: None,
             tenant_keys: None,
         }
     }
 
-    /// Sends only these formats (default: W3C Trace Context and Baggage).
+    /// Sends only these formats (default: the process's, [`Propagators::global`]).
     pub fn with_propagators(mut self, propagators: Propagators) -> Self {
-        self.propagators = propagators;
+        self.propagators = Some(propagators);
         self
     }
 
@@ -166,13 +168,9 @@ impl ClientSpan {
         if let Some(keys) = &self.tenant_keys {
             remove_absent_tenants(&self.context, headers, keys);
         }
-        if !self.propagators.trace_context() {
-            headers.remove(TRACEPARENT);
-            headers.remove(TRACESTATE);
-        }
-        if !self.propagators.baggage() {
-            headers.remove(BAGGAGE);
-        }
+        self.propagators
+            .unwrap_or_else(Propagators::global)
+            .strip(headers);
     }
 
     /// Records the response status (`otel.status_code` is `ERROR` for 4xx and 5xx).
@@ -237,20 +235,20 @@ impl ClientSpan {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct ClientTraceLayer {
-    propagators: Propagators,
+    propagators: Option<Propagators>,
     tenant_keys: Option<Arc<[TenantKey]>>,
 }
 
 impl ClientTraceLayer {
-    /// The layer, sending W3C Trace Context and Baggage.
+    /// The layer, sending the process's formats ([`Propagators::global`]: W3C Trace Context
+    /// and Baggage unless `OTEL_PROPAGATORS` said otherwise).
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Sends only these formats; take them from `OTEL_PROPAGATORS` with the `otel` feature's
-    /// configuration.
+    /// Sends only these formats, whatever the process's are.
     pub fn propagators(mut self, propagators: Propagators) -> Self {
-        self.propagators = propagators;
+        self.propagators = Some(propagators);
         self
     }
 
@@ -279,7 +277,7 @@ impl<S> Layer<S> for ClientTraceLayer {
 #[derive(Clone, Debug)]
 pub struct ClientTrace<S> {
     inner: S,
-    propagators: Propagators,
+    propagators: Option<Propagators>,
     tenant_keys: Option<Arc<[TenantKey]>>,
 }
 
@@ -299,8 +297,8 @@ where
         let mut call = match request.extensions().get::<RequestContext>() {
             Some(parent) => ClientSpan::child_of(parent, request.method(), request.uri()),
             None => ClientSpan::new(request.method(), request.uri()),
-        }
-        .with_propagators(self.propagators);
+        };
+        call.propagators = self.propagators;
         call.tenant_keys.clone_from(&self.tenant_keys);
         call.inject(request.headers_mut());
         let future = call.span.in_scope(|| self.inner.call(request));

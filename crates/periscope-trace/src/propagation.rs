@@ -1,5 +1,7 @@
 //! Which propagation formats the layers read and write (`OTEL_PROPAGATORS`).
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 /// The propagation formats in use. W3C Trace Context (`traceparent`, `tracestate`) and W3C
 /// Baggage (`baggage`) are the ones periscope speaks; `x-request-id` and the tenant headers are
 /// always propagated.
@@ -19,14 +21,16 @@ pub struct Propagators {
 impl Default for Propagators {
     /// Both: `tracecontext,baggage`, as OpenTelemetry's default.
     fn default() -> Self {
-        Self {
-            trace_context: true,
-            baggage: true,
-        }
+        Self::BOTH
     }
 }
 
 impl Propagators {
+    const BOTH: Self = Self {
+        trace_context: true,
+        baggage: true,
+    };
+
     /// Neither format (`OTEL_PROPAGATORS=none`): every request starts a new trace and nothing
     /// but the request id and tenant headers is sent on.
     pub const fn none() -> Self {
@@ -52,6 +56,17 @@ impl Propagators {
         }
     }
 
+    /// Removes from `headers` what these formats do not send.
+    pub(crate) fn strip(self, headers: &mut http::HeaderMap) {
+        if !self.trace_context {
+            headers.remove(periscope_context::headers::TRACEPARENT);
+            headers.remove(periscope_context::headers::TRACESTATE);
+        }
+        if !self.baggage {
+            headers.remove(periscope_context::headers::BAGGAGE);
+        }
+    }
+
     /// Whether `traceparent` / `tracestate` are read and written.
     pub const fn trace_context(self) -> bool {
         self.trace_context
@@ -61,4 +76,43 @@ impl Propagators {
     pub const fn baggage(self) -> bool {
         self.baggage
     }
+
+    /// Makes these the process's formats: what [`inject`](crate::inject), [`ClientSpan`],
+    /// [`ClientTraceLayer`] and [`CorrelationLayer`] use unless told otherwise, the way
+    /// OpenTelemetry's global propagator serves every instrumented library.
+    /// [`OtelConfig::install`](crate::otel::OtelConfig::install) and periscope's `init` call
+    /// it with `OTEL_PROPAGATORS`.
+    ///
+    /// [`ClientSpan`]: crate::ClientSpan
+    /// [`ClientTraceLayer`]: crate::ClientTraceLayer
+    /// [`CorrelationLayer`]: crate::CorrelationLayer
+    ///
+    /// ```
+    /// use periscope_trace::Propagators;
+    ///
+    /// Propagators::default().with_baggage(false).set_global();
+    /// assert!(!Propagators::global().baggage());
+    /// ```
+    pub fn set_global(self) {
+        GLOBAL.store(self.bits(), Ordering::Relaxed);
+    }
+
+    /// The process's formats: both, unless [`set_global`](Self::set_global) said otherwise.
+    pub fn global() -> Self {
+        Self::from_bits(GLOBAL.load(Ordering::Relaxed))
+    }
+
+    const fn bits(self) -> u8 {
+        self.trace_context as u8 | (self.baggage as u8) << 1
+    }
+
+    const fn from_bits(bits: u8) -> Self {
+        Self {
+            trace_context: bits & 1 != 0,
+            baggage: bits & 2 != 0,
+        }
+    }
 }
+
+/// The process's formats, as bits (see [`Propagators::bits`]): one relaxed load per request.
+static GLOBAL: AtomicU8 = AtomicU8::new(Propagators::BOTH.bits());

@@ -83,7 +83,8 @@ struct Config {
     extract: ExtractOptions,
     quiet: PathSelector,
     trust: Trust,
-    propagators: Propagators,
+    /// `None`: the process's formats, [`Propagators::global`].
+    propagators: Option<Propagators>,
     routes: RouteTemplates,
     forwarded_scheme: bool,
 }
@@ -118,10 +119,10 @@ impl CorrelationLayer {
         self
     }
 
-    /// The formats read from requests (default: W3C Trace Context and Baggage); take them from
-    /// `OTEL_PROPAGATORS` with the `otel` feature's configuration.
+    /// The formats read from requests (default: the process's, [`Propagators::global`]: W3C
+    /// Trace Context and Baggage unless `OTEL_PROPAGATORS` said otherwise).
     pub fn propagators(mut self, propagators: Propagators) -> Self {
-        self.config_mut().propagators = propagators;
+        self.config_mut().propagators = Some(propagators);
         self
     }
 
@@ -190,8 +191,9 @@ where
             ..
         } = extract(request.headers(), &config.extract);
         let sample_new = config.extract.sample_new_traces;
+        let propagators = config.propagators.unwrap_or_else(Propagators::global);
         let mut link = None;
-        if !config.propagators.trace_context() {
+        if !propagators.trace_context() {
             // Trace context is not propagated: a new trace, the rest of the context kept.
             let mut fresh = RequestContext::start(ctx.request_id.clone(), sample_new);
             fresh.baggage = std::mem::take(&mut ctx.baggage);
@@ -202,7 +204,7 @@ where
             ctx = RequestContext::start(ctx.request_id.clone(), sample_new);
             link = incoming;
         }
-        if !config.propagators.baggage() {
+        if !propagators.baggage() {
             ctx.baggage = Baggage::new();
         }
 

@@ -63,7 +63,8 @@ pub enum InstallError {
 
 impl OtelConfig {
     /// Builds the tracer provider, registers it and the propagators as OpenTelemetry's
-    /// globals (so other instrumented libraries agree), and returns the guard that keeps it.
+    /// globals (so other instrumented libraries agree) and the propagators as periscope's
+    /// ([`Propagators::set_global`]), and returns the guard that keeps it.
     ///
     /// Without an endpoint, or with `OTEL_SDK_DISABLED=true`, nothing is exported and
     /// [`OtelGuard::layer`] is `None`: ids and sampling then come from the periscope layers.
@@ -101,6 +102,7 @@ impl OtelConfig {
             opentelemetry::global::set_tracer_provider(provider.clone());
         }
         set_global_propagator(self.propagators);
+        self.propagators.set_global();
         Ok(OtelGuard {
             tracer: provider.tracer("periscope"),
             provider,
