@@ -237,16 +237,20 @@ impl<F> PinnedDrop for ResponseFuture<F> {
     fn drop(self: Pin<&mut Self>) {
         if let Some(info) = self.project().info.take() {
             // Dropped before the response: the client went away, or an outer timeout fired.
-            info.log_completed(None, None, 0, true);
+            info.log_completed(None, None, 0, true, None);
         }
     }
 }
 
-/// The service error as `&dyn Error`, for its `chain`, when its type is one that tells: the
-/// boxed errors Tower middleware returns, `io::Error`. A generic `Display` type cannot be
-/// asked for its causes.
+/// The service's (or body's) error as `&dyn Error`, for its `chain`, when its type is one that
+/// tells: the boxed errors Tower middleware returns, `io::Error`, axum's body error. A generic
+/// `Display` type cannot be asked for its causes.
 fn error_chain<E: fmt::Display + 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
     let any: &dyn Any = error;
+    #[cfg(feature = "axum")]
+    if let Some(error) = any.downcast_ref::<axum::Error>() {
+        return Some(error);
+    }
     if let Some(boxed) = any.downcast_ref::<Box<dyn Error + Send + Sync>>() {
         return Some(&**boxed);
     }
@@ -296,7 +300,11 @@ impl<B> fmt::Debug for AccessLogBody<B> {
     }
 }
 
-impl<B: Body> Body for AccessLogBody<B> {
+impl<B> Body for AccessLogBody<B>
+where
+    B: Body,
+    B::Error: fmt::Display + 'static,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -319,9 +327,14 @@ impl<B: Body> Body for AccessLogBody<B> {
                     }
                 }
             }
-            Some(Err(_)) => {
+            Some(Err(error)) => {
                 if let Some(pending) = this.pending.take() {
-                    pending.log(true);
+                    // The answer was cut short by the service, not the client: a failure,
+                    // with its cause.
+                    match error_chain(error) {
+                        Some(chained) => pending.log_failed(chained),
+                        None => pending.log_failed(&MessageOnly(error.to_string())),
+                    }
                 }
             }
             None => {}
@@ -421,22 +434,31 @@ impl RequestInfo {
 impl Pending {
     fn log(self, aborted: bool) {
         self.info
-            .log_completed(Some(self.status), self.grpc, self.bytes, aborted);
+            .log_completed(Some(self.status), self.grpc, self.bytes, aborted, None);
+    }
+
+    /// The body failed while it was sent: the line says so at error, with the cause.
+    fn log_failed(self, error: &(dyn Error + 'static)) {
+        self.info
+            .log_completed(Some(self.status), self.grpc, self.bytes, true, Some(error));
     }
 }
 
 impl RequestInfo {
     /// The access line: `status` is `None` when the response never came (its future dropped).
-    /// A gRPC answer's level follows the HTTP status its code stands for.
+    /// A gRPC answer's level follows the HTTP status its code stands for; a body that failed
+    /// (`error`) is logged at error whatever its status.
     fn log_completed(
         &self,
         status: Option<StatusCode>,
         grpc: Option<GrpcCode>,
         bytes_out: u64,
         aborted: bool,
+        error: Option<&(dyn Error + 'static)>,
     ) {
         let judged = grpc.map(GrpcCode::http_status).or(status);
         let level = match judged.map(|status| status.as_u16()) {
+            _ if error.is_some() => self.level(true),
             Some(500..) => self.level(true),
             Some(400..500) | None if !self.quiet => Level::WARN,
             _ => self.level(false),
@@ -455,6 +477,7 @@ impl RequestInfo {
             duration_ms = self.duration_ms(),
             bytes_out,
             aborted = aborted.then_some(true),
+            error,
             request_id,
             trace_id,
             span_id,

@@ -309,3 +309,68 @@ async fn grpc_answers_are_logged_with_their_code_at_its_level() {
         assert_eq!(line["data"].get("aborted"), None, "{line}");
     }
 }
+
+/// Two rows of an export, then the stream it copies from fails.
+struct FailingBody(u8);
+
+impl http_body::Body for FailingBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.0 += 1;
+        std::task::Poll::Ready(Some(match self.0 {
+            1 => Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                b"id,total\n",
+            ))),
+            2 => Ok(http_body::Frame::data(bytes::Bytes::from_static(b"1,20\n"))),
+            _ => Err(std::io::Error::other("upstream reset")),
+        }))
+    }
+}
+
+/// A body that fails while it is sent (an upstream stream reset, say) is a failure of the
+/// service: its line is at error, marked aborted, with the bytes sent and the cause.
+#[tokio::test(flavor = "current_thread")]
+async fn a_body_that_fails_midway_is_logged_at_error_with_its_cause() {
+    let (out, _handles, guard, _default) = install();
+    let export = || async { axum::body::Body::new(FailingBody(0)) };
+    let app = Router::new()
+        .route("/export", get(export))
+        .layer(AccessLogLayer::new())
+        .layer(middleware::from_fn(correlate));
+    let addr = serve(app).await;
+
+    // The server cuts the connection (hyper may not even flush the head): read until then.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = "GET /export HTTP/1.1\r\nhost: test\r\nx-request-id: export-1\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received).await;
+    drop(guard);
+
+    let lines = out.lines();
+    let access: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "periscope::access")
+        .collect();
+    assert_eq!(access.len(), 1, "{}", out.text());
+    let line = access[0];
+    assert_eq!(line["level"], "error", "{line}");
+    assert_eq!(line["request_id"], "export-1", "{line}");
+    assert_eq!(line["data"]["status"], 200, "{line}");
+    assert_eq!(line["data"]["aborted"], true, "{line}");
+    assert_eq!(line["data"]["bytes_out"], 14, "{line}");
+    let error = &line["data"]["error"];
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream reset"),
+        "{line}"
+    );
+    assert!(error["chain"].is_array(), "{line}");
+}
