@@ -305,17 +305,31 @@ where
         ClientResponseFuture {
             inner: future,
             call,
+            done: false,
         }
     }
 }
 
 /// The response future of [`ClientTrace`].
-#[pin_project::pin_project]
+#[pin_project::pin_project(PinnedDrop)]
 #[must_use = "futures do nothing unless polled"]
 pub struct ClientResponseFuture<F> {
     #[pin]
     inner: F,
     call: ClientSpan,
+    done: bool,
+}
+
+#[pin_project::pinned_drop]
+impl<F> PinnedDrop for ClientResponseFuture<F> {
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        if !*this.done {
+            // Dropped before the answer: a timeout or a cancellation around the call. The
+            // call failed; its span must not read as a success.
+            record_failure(&this.call.span, "cancelled");
+        }
+    }
 }
 
 impl<F, ResBody, E> Future for ClientResponseFuture<F>
@@ -328,6 +342,7 @@ where
         let this = self.project();
         let _entered = this.call.span.enter();
         let result = ready!(this.inner.poll(cx));
+        *this.done = true;
         match &result {
             Ok(response) => this
                 .call

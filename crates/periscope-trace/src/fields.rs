@@ -114,10 +114,11 @@ pub(crate) fn record_tenant(span: &Span, tenant: &Tenant) {
 }
 
 /// Records the response status; `otel.status_code` is `ERROR` from `error_from` up (5xx for a
-/// server span, 4xx for a client span, as the HTTP semantic conventions say). A trailers-only
-/// gRPC answer (200 with `grpc-status`) also records `rpc.grpc.status_code` and is judged by
-/// the HTTP status its code stands for: for a server span that fails exactly the codes the
-/// gRPC conventions name, for a client span every code but `OK`.
+/// server span, 4xx for a client span, as the HTTP semantic conventions say), with `error.type`
+/// the status code as text. A trailers-only gRPC answer (200 with `grpc-status`) also records
+/// `rpc.grpc.status_code` and is judged by the HTTP status its code stands for: for a server
+/// span that fails exactly the codes the gRPC conventions name, for a client span every code
+/// but `OK`; its `error.type` is the code's name (`UNAVAILABLE`).
 pub(crate) fn record_status(
     span: &Span,
     status: http::StatusCode,
@@ -125,7 +126,8 @@ pub(crate) fn record_status(
     error_from: u16,
 ) {
     span.record("http.response.status_code", status.as_u16());
-    let judged = match answer_code(status, headers) {
+    let grpc = answer_code(status, headers);
+    let judged = match grpc {
         Some(code) => {
             span.record("rpc.grpc.status_code", code.value());
             code.http_status()
@@ -134,6 +136,10 @@ pub(crate) fn record_status(
     };
     if judged.as_u16() >= error_from {
         span.record("otel.status_code", "ERROR");
+        match grpc {
+            Some(code) => span.record("error.type", code.name()),
+            None => span.record("error.type", status.as_str()),
+        };
     }
 }
 

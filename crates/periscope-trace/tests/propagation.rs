@@ -153,6 +153,7 @@ async fn request_id_is_echoed_on_a_500_and_on_a_panic() {
         let span = &capture.spans_for("http_request", id)[0];
         assert_eq!(span.get("http.response.status_code"), Some("500"));
         assert_eq!(span.get("otel.status_code"), Some("ERROR"));
+        assert_eq!(span.get("error.type"), Some("500"));
     }
 }
 
@@ -900,5 +901,47 @@ async fn grpc_answers_are_judged_by_their_status_code() {
             error(client_failed),
             "{method}"
         );
+        // A failed call names its code.
+        let name = periscope_context::grpc::GrpcCode::new(code.parse().unwrap()).name();
+        assert_eq!(server.get("error.type"), server_failed.then_some(name));
+        assert_eq!(client.get("error.type"), client_failed.then_some(name));
     }
+}
+
+/// A call given up by a timeout around the client layer failed: its span says so, it does
+/// not read as a success without a status.
+#[tokio::test]
+async fn a_call_cut_off_by_a_timeout_is_a_failed_client_span() {
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Full;
+
+    let (capture, _guard) = capture();
+    let server = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            "late"
+        }),
+    );
+    let addr = serve(server).await;
+    let client = ClientTraceLayer::new().layer(plain_client());
+    let call = Request::get(format!("http://{addr}/slow"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        tower::ServiceExt::oneshot(client, call),
+    )
+    .await;
+    assert!(outcome.is_err(), "the call was not cut off");
+
+    let spans = capture.spans();
+    let call = spans
+        .iter()
+        .find(|span| span.name == "http_client_request")
+        .unwrap();
+    assert_eq!(call.get("otel.status_code"), Some("ERROR"), "{call:?}");
+    assert_eq!(call.get("error.type"), Some("cancelled"), "{call:?}");
+    assert_eq!(call.get("http.response.status_code"), None);
 }
