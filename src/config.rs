@@ -33,6 +33,12 @@ pub(crate) const VARIABLES: &[&str] = &[
     "OTEL_TRACES_SAMPLER_ARG",
     "OTEL_PROPAGATORS",
     "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_BSP_EXPORT_TIMEOUT",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BSP_MAX_CONCURRENT_EXPORTS",
 ];
 
 /// A setting that cannot be used, naming the variable (or builder method) and what it accepts.

@@ -107,7 +107,7 @@ pub struct OtelConfig {
     pub sampler: Sampler,
     /// The propagation formats (`OTEL_PROPAGATORS`; default `tracecontext,baggage`).
     pub propagators: Propagators,
-    /// Everything off (`OTEL_SDK_DISABLED=true`).
+    /// Nothing exported (`OTEL_SDK_DISABLED=true`, or `OTEL_TRACES_EXPORTER=none`).
     pub disabled: bool,
 }
 
@@ -157,20 +157,50 @@ impl OtelConfig {
                 check_headers(var, &value)?;
             }
         }
-        // Also read by the exporter itself, which ignores a value it cannot use without a word:
-        // `10s` would leave the default timeout, `zip` no compression.
-        for var in [
-            "OTEL_EXPORTER_OTLP_TIMEOUT",
-            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        // Also read by the exporter and the batch processor themselves, which ignore a value
+        // they cannot use without a word (`10s` would leave the default timeout) or take one
+        // that loses every span (a timeout of 0, a queue of 0).
+        for (var, min, expected) in [
+            (
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+                1,
+                "expected whole milliseconds, such as 10000",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                1,
+                "expected whole milliseconds, such as 10000",
+            ),
+            (
+                "OTEL_BSP_EXPORT_TIMEOUT",
+                1,
+                "expected whole milliseconds, such as 30000",
+            ),
+            (
+                "OTEL_BSP_SCHEDULE_DELAY",
+                0,
+                "expected whole milliseconds, such as 5000",
+            ),
+            (
+                "OTEL_BSP_MAX_QUEUE_SIZE",
+                1,
+                "expected a number of spans, such as 2048",
+            ),
+            (
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                1,
+                "expected a number of spans, such as 512",
+            ),
+            (
+                "OTEL_BSP_MAX_CONCURRENT_EXPORTS",
+                1,
+                "expected a number of exports, such as 1",
+            ),
         ] {
             if let Some(value) = get(var)
-                && value.parse::<u64>().is_err()
+                && value.parse::<u64>().map_or(true, |number| number < min)
             {
-                return Err(invalid(
-                    var,
-                    value,
-                    "expected whole milliseconds, such as 10000",
-                ));
+                return Err(invalid(var, value, expected));
             }
         }
         for var in [
@@ -191,10 +221,26 @@ impl OtelConfig {
             .map(parse_propagators)
             .transpose()?
             .unwrap_or_default();
+        // Traces are the only signal exported: `none` turns export off like OTEL_SDK_DISABLED.
+        let no_exporter = match get("OTEL_TRACES_EXPORTER") {
+            None => false,
+            Some(value) => match value.to_ascii_lowercase().as_str() {
+                "otlp" => false,
+                "none" => true,
+                _ => {
+                    return Err(invalid(
+                        "OTEL_TRACES_EXPORTER",
+                        value,
+                        "expected otlp or none (this build exports OTLP only)",
+                    ));
+                }
+            },
+        };
         let disabled = get("OTEL_SDK_DISABLED")
             .map(|value| parse_bool("OTEL_SDK_DISABLED", value))
             .transpose()?
-            .unwrap_or(false);
+            .unwrap_or(false)
+            || no_exporter;
         Ok(Self {
             service_name,
             resource_attributes,
@@ -268,9 +314,15 @@ fn invalid(var: &'static str, value: String, expected: &'static str) -> ConfigEr
 }
 
 fn check_url(var: &'static str, value: String) -> Result<String, ConfigError> {
-    const EXPECTED: &str = "expected an http:// URL with a port up to 65535, such as http://localhost:4317 (this build has no TLS: use a local collector or agent)";
+    const EXPECTED: &str = "expected an http:// URL with a host, a port from 1 to 65535 and no #fragment, such as http://localhost:4317 (this build has no TLS: use a local collector or agent)";
     match value.parse::<http::Uri>() {
-        Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() && port_fits(&uri) => {
+        // A fragment would end up before the appended `/v1/traces`, sending every span to `/`.
+        Ok(uri)
+            if uri.scheme_str() == Some("http")
+                && uri.host().is_some_and(|host| !host.is_empty())
+                && port_fits(&uri)
+                && !value.contains('#') =>
+        {
             Ok(value)
         }
         _ => Err(invalid(
@@ -281,8 +333,8 @@ fn check_url(var: &'static str, value: String) -> Result<String, ConfigError> {
     }
 }
 
-/// Whether the URL's port, if any, is one a socket can have: `Uri` takes any digits as a
-/// port (`:70000`), and the exporter would then fail on every batch.
+/// Whether the URL's port, if any, is one a socket can connect to: `Uri` takes any digits as a
+/// port (`:70000`, `:0`), and the exporter would then fail on every batch.
 fn port_fits(uri: &http::Uri) -> bool {
     let Some(authority) = uri.authority() else {
         return false;
@@ -292,7 +344,7 @@ fn port_fits(uri: &http::Uri) -> bool {
         return true; // an IPv6 address without a port
     }
     match host_and_port.rsplit_once(':') {
-        Some((_, port)) => port.is_empty() || port.parse::<u16>().is_ok(),
+        Some((_, port)) => port.is_empty() || port.parse::<u16>().is_ok_and(|port| port != 0),
         None => true,
     }
 }
@@ -629,11 +681,25 @@ mod tests {
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
         ] {
             assert!(config(&[(var, "5000")]).is_ok(), "{var}");
-            for bad in ["10s", "-1", "1.5", "ten"] {
+            // 0 would time every export out.
+            for bad in ["10s", "-1", "1.5", "ten", "0"] {
                 let error = config(&[(var, bad)]).unwrap_err();
                 assert_eq!(error.var, var, "{bad}");
                 assert!(error.to_string().contains("milliseconds"), "{error}");
             }
+        }
+        // The batch processor's own: a queue of 0 drops every span without a word.
+        for (var, fine, bad) in [
+            ("OTEL_BSP_SCHEDULE_DELAY", "0", "5s"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "30000", "0"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "2048", "0"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512", "-1"),
+            ("OTEL_BSP_MAX_CONCURRENT_EXPORTS", "1", "0"),
+        ] {
+            assert!(config(&[(var, fine)]).is_ok(), "{var}={fine}");
+            let error = config(&[(var, bad)]).unwrap_err();
+            assert_eq!(error.var, var, "{bad}");
+            assert!(error.to_string().contains("expected"), "{error}");
         }
         for var in [
             "OTEL_EXPORTER_OTLP_COMPRESSION",
@@ -675,6 +741,16 @@ mod tests {
     }
 
     #[test]
+    fn traces_exporter_none_turns_export_off() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        for (value, disabled) in [("otlp", false), ("OTLP", false), ("none", true)] {
+            let config = config(&[endpoint, ("OTEL_TRACES_EXPORTER", value)]).unwrap();
+            assert_eq!(config.disabled, disabled, "{value}");
+        }
+        assert!(!config(&[endpoint]).unwrap().disabled);
+    }
+
+    #[test]
     fn malformed_settings_name_their_variable() {
         let cases: &[(&str, &str)] = &[
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
@@ -688,6 +764,19 @@ mod tests {
                 "http://collector:99999/v1/traces",
             ),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a url"),
+            // Would send every span to `/`, to nowhere, to port 0.
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://127.0.0.1:4318#collector",
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://:4318"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:0"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://collector:4318/v1/traces#x",
+            ),
+            ("OTEL_TRACES_EXPORTER", "zipkin"),
+            ("OTEL_TRACES_EXPORTER", "otlp,console"),
             ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
             ("OTEL_PROPAGATORS", "tracecontext,b3"),
             ("OTEL_PROPAGATORS", " , "),
