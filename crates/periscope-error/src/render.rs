@@ -252,10 +252,10 @@ pub(crate) fn write(
         Bytes::from_static(br#"{"error":{"code":"internal_error","message":"An internal error occurred","request_id":""}}"#)
     });
     let headers = &mut parts.headers;
-    headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::CONTENT_ENCODING);
+    remove_representation(headers);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
+    // The envelope names this request's ids: a cache must not hand it to another request.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(seconds) = body.retry_after_s {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
@@ -282,10 +282,8 @@ fn write_grpc(
     let headers = &mut parts.headers;
     // What described the replaced body or status goes; the rest (CORS, which a gRPC-Web client
     // in a browser needs to read the answer at all) stays, as on the HTTP path.
+    remove_representation(headers);
     for name in [
-        header::CONTENT_LENGTH,
-        header::TRANSFER_ENCODING,
-        header::CONTENT_ENCODING,
         header::RETRY_AFTER,
         GRPC_STATUS,
         GRPC_MESSAGE,
@@ -311,6 +309,37 @@ fn write_grpc(
     });
     Bytes::new()
 }
+
+/// Removes the headers that described the body being replaced (its length, encoding, version,
+/// range, file name, language and digest): sent with the error, they would make a cache keep
+/// it under the old version, a browser save it as the old file, or a client reject it.
+fn remove_representation(headers: &mut HeaderMap) {
+    for name in [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_ENCODING,
+        header::CONTENT_RANGE,
+        header::CONTENT_DISPOSITION,
+        header::CONTENT_LANGUAGE,
+        header::CONTENT_LOCATION,
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::EXPIRES,
+        header::CACHE_CONTROL,
+        header::ACCEPT_RANGES,
+        CONTENT_DIGEST,
+        REPR_DIGEST,
+        DIGEST,
+        CONTENT_MD5,
+    ] {
+        headers.remove(name);
+    }
+}
+
+const CONTENT_DIGEST: header::HeaderName = header::HeaderName::from_static("content-digest");
+const REPR_DIGEST: header::HeaderName = header::HeaderName::from_static("repr-digest");
+const DIGEST: header::HeaderName = header::HeaderName::from_static("digest");
+const CONTENT_MD5: header::HeaderName = header::HeaderName::from_static("content-md5");
 
 /// The media type of a gRPC answer.
 const APPLICATION_GRPC: &str = "application/grpc";

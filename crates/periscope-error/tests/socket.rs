@@ -104,6 +104,25 @@ fn app() -> Router {
     Router::new()
         .route("/ok", get(|| async { "fine" }))
         .route(
+            "/report.csv",
+            get(|| async {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    [
+                        ("content-type", "text/csv"),
+                        ("content-disposition", "attachment; filename=\"report.csv\""),
+                        ("etag", "\"v7\""),
+                        ("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+                        ("cache-control", "public, max-age=86400"),
+                        ("content-language", "de"),
+                        ("content-digest", "sha-256=:AAAA:"),
+                        ("access-control-allow-origin", "https://app.example.com"),
+                    ],
+                    "partial,rows\n",
+                )
+            }),
+        )
+        .route(
             "/panic",
             get(|| async {
                 if true {
@@ -284,6 +303,8 @@ async fn serve() -> std::net::SocketAddr {
 fn envelope(reply: &Reply, code: &str, status: u16) -> Value {
     assert_eq!(reply.status, status, "{}", reply.text());
     assert_eq!(reply.header("content-type"), Some("application/json"));
+    // It names this request's ids: never cached for another.
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
     let json = reply.json();
     let error = &json["error"];
     assert_eq!(error["code"], code, "{json}");
@@ -341,6 +362,28 @@ async fn panicking_handler_becomes_internal_error_and_the_panic_stays_in_the_log
 
     // The server is still serving.
     assert_eq!(send(addr, "GET", "/ok", &[], b"").await.status, 200);
+}
+
+/// The headers that described the replaced body go with it: a cache would keep the error under
+/// the report's version for a day, a browser would save it as `report.csv`. The rest stays.
+#[tokio::test]
+async fn a_replaced_body_takes_the_headers_that_described_it_along() {
+    let addr = serve().await;
+    let reply = send(addr, "GET", "/report.csv", &[], b"").await;
+    envelope(&reply, "internal_error", 500);
+    for gone in [
+        "content-disposition",
+        "etag",
+        "last-modified",
+        "content-language",
+        "content-digest",
+    ] {
+        assert_eq!(reply.header(gone), None, "{gone} kept");
+    }
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
 }
 
 #[tokio::test]
