@@ -3,12 +3,13 @@
 
 use std::future::Future;
 
-use periscope_context::{Carrier, ExtractOptions, RequestContext, WithContext, extract};
+use periscope_context::{Carrier, ExtractOptions, Extracted, RequestContext, WithContext, extract};
 use tracing::Span;
 use tracing::field::Empty;
 use tracing::instrument::{Instrument, Instrumented};
 
 use crate::binding::{ParentKind, bind, early_id};
+use crate::rejected::warn_rejected;
 
 /// The tracing target of job spans.
 pub const JOB_TARGET: &str = "periscope_trace::job";
@@ -65,17 +66,26 @@ pub struct JobSpan {
 
 impl JobSpan {
     /// Continues the context in `carrier` (a new trace and request id when it holds none).
+    /// An entry that cannot be used (an invalid request id, `traceparent` or tenant field: a
+    /// bug or a tampered payload upstream) is logged once at warn, inside the job's span.
     pub fn from_carrier(name: &str, carrier: &Carrier) -> Self {
-        Self::from_extracted(name, extract(carrier, &ExtractOptions::default()).context)
+        Self::from_extracted(name, extract(carrier, &ExtractOptions::default()))
     }
 
     /// Like [`JobSpan::from_carrier`], reading `options.tenant_keys` (for tenant fields beyond
     /// `org_id` and `project_id`).
     pub fn from_carrier_with(name: &str, carrier: &Carrier, options: &ExtractOptions) -> Self {
-        Self::from_extracted(name, extract(carrier, options).context)
+        Self::from_extracted(name, extract(carrier, options))
     }
 
-    fn from_extracted(name: &str, mut context: RequestContext) -> Self {
+    fn from_extracted(name: &str, extracted: Extracted) -> Self {
+        let Extracted {
+            mut context,
+            request_id,
+            trace,
+            rejected_tenant,
+            ..
+        } = extracted;
         let span = tracing::info_span!(
             target: JOB_TARGET,
             "job",
@@ -95,6 +105,14 @@ impl JobSpan {
             tenant = Empty,
         );
         bind(&span, &mut context, ParentKind::Remote, None);
+        warn_rejected!(
+            JOB_TARGET,
+            &span,
+            &context,
+            &request_id,
+            &rejected_tenant,
+            Some(&trace)
+        );
         Self { span, context }
     }
 

@@ -30,6 +30,7 @@ pub mod job;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod propagation;
+mod rejected;
 mod selector;
 pub mod server;
 mod trust;

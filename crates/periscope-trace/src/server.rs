@@ -8,8 +8,8 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use periscope_context::{
-    Baggage, ExtractOptions, Extracted, InvalidId, MatchedRoute, RequestContext, RequestIdOrigin,
-    RouteTemplates, TenantKey, WithContext, extract, headers::X_REQUEST_ID,
+    Baggage, ExtractOptions, Extracted, MatchedRoute, RequestContext, RouteTemplates, TenantKey,
+    WithContext, extract, headers::X_REQUEST_ID,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -19,6 +19,7 @@ use tracing::field::Empty;
 use crate::binding::{ParentKind, bind, early_id};
 use crate::fields::{method_name, method_original, record_failure, record_status, span_method};
 use crate::propagation::Propagators;
+use crate::rejected::warn_rejected;
 use crate::selector::PathSelector;
 use crate::trust::Trust;
 
@@ -232,7 +233,15 @@ where
         if let Some(matched) = matched {
             request.extensions_mut().insert(matched);
         }
-        warn_rejected(&span, &ctx, &request_id_origin, &rejected_tenant);
+        // A client may send any traceparent: restarting is the W3C rule, not worth a warning.
+        warn_rejected!(
+            SERVER_TARGET,
+            &span,
+            &ctx,
+            &request_id_origin,
+            &rejected_tenant,
+            None
+        );
 
         request.extensions_mut().insert(ctx.clone());
         let inner = &mut self.inner;
@@ -349,53 +358,6 @@ fn route_template<B>(request: &Request<B>) -> Option<&str> {
         return Some(matched.as_str());
     }
     MatchedRoute::of(request.extensions())
-}
-
-/// One warning per request for each header that was sent but could not be used. Each carries
-/// the request's ids itself: a probe path has no span to lift them from.
-fn warn_rejected(
-    span: &Span,
-    ctx: &RequestContext,
-    request_id: &RequestIdOrigin,
-    rejected_tenant: &[(TenantKey, InvalidId)],
-) {
-    let rejected_id = match request_id {
-        RequestIdOrigin::Replaced(reason) => Some((
-            reason,
-            "replaced the invalid incoming request id with a generated one",
-        )),
-        RequestIdOrigin::KeptCorrelationId(reason) => Some((
-            reason,
-            "ignored the invalid incoming x-request-id; kept the valid x-correlation-id",
-        )),
-        _ => None,
-    };
-    if rejected_id.is_none() && rejected_tenant.is_empty() {
-        return;
-    }
-    let trace_id = ctx.trace_id.to_hex();
-    let trace_id = trace_id.as_str();
-    if let Some((reason, message)) = rejected_id {
-        tracing::warn!(
-            target: SERVER_TARGET,
-            parent: span,
-            request_id = ctx.request_id.as_str(),
-            trace_id,
-            reason = %reason,
-            "{message}"
-        );
-    }
-    for (key, reason) in rejected_tenant {
-        tracing::warn!(
-            target: SERVER_TARGET,
-            parent: span,
-            request_id = ctx.request_id.as_str(),
-            trace_id,
-            header = key.header().as_str(),
-            reason = %reason,
-            "ignored an invalid tenant header"
-        );
-    }
 }
 
 /// The response future of [`Correlation`].

@@ -504,6 +504,52 @@ async fn a_job_continues_the_request_trace_and_request_id() {
     assert_eq!(line.ctx("org_id"), Some("org_7"));
 }
 
+/// A job carrier whose entries cannot be used (a bug or a tampered payload upstream) starts
+/// the job afresh, and says so once per entry at warn, with the job's ids.
+#[tokio::test]
+async fn a_job_with_a_bad_carrier_warns_about_each_entry_it_could_not_use() {
+    let (capture, _guard) = capture();
+    let carrier = Carrier::from(std::collections::BTreeMap::from([
+        ("traceparent".to_owned(), "00-zz".to_owned()),
+        ("x-request-id".to_owned(), "bad id with spaces".to_owned()),
+        ("x-org-id".to_owned(), "bad org".to_owned()),
+    ]));
+    let job = JobSpan::from_carrier("send_receipt", &carrier);
+    let id = job.context().request_id.as_str().to_owned();
+    assert!(id.starts_with("req_"), "{id}");
+    job.run(async { tracing::info!("job ran") }).await;
+
+    let warnings: Vec<_> = capture
+        .lines_for(&id)
+        .into_iter()
+        .filter(|l| l.level == tracing::Level::WARN)
+        .collect();
+    let messages: Vec<&str> = warnings.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "replaced the invalid incoming request id with a generated one",
+            "started a new trace: the incoming traceparent is invalid",
+            "ignored an invalid tenant header",
+        ],
+        "{warnings:#?}"
+    );
+    assert_eq!(warnings[2].fields["header"], "x-org-id");
+    for warning in &warnings {
+        assert!(warning.ctx("trace_id").is_some(), "{warning:?}");
+    }
+    // A good carrier: no warning at all.
+    let good = RequestContext::new_root();
+    let job = JobSpan::from_carrier("send_receipt", &Carrier::from_context(&good));
+    job.run(async {}).await;
+    assert!(
+        capture
+            .lines_for(good.request_id.as_str())
+            .iter()
+            .all(|l| l.level != tracing::Level::WARN)
+    );
+}
+
 /// Without a router's matched path, the declared templates name the span and reach the inner
 /// layers as a `MatchedRoute`; an unmatched path gets neither.
 #[tokio::test]
