@@ -170,6 +170,9 @@ struct Queue {
 struct QueueState {
     bytes: Vec<u8>,
     lines: usize,
+    /// The lines of the batch the writer thread is writing; 0 once the guard has counted them
+    /// as dropped (it gave up waiting for them).
+    in_flight: usize,
     writer_waiting: bool,
     closed: bool,
     finished: bool,
@@ -198,9 +201,11 @@ impl LineSink for NonBlocking {
 }
 
 impl Queue {
-    /// Counts the queued lines as dropped and empties the queue.
+    /// Counts the queued lines, and those of the batch being written, as dropped and empties
+    /// the queue.
     fn drop_queued(&self, state: &mut QueueState) {
-        self.dropped.add(std::mem::take(&mut state.lines) as u64);
+        let lines = std::mem::take(&mut state.lines) + std::mem::take(&mut state.in_flight);
+        self.dropped.add(lines as u64);
         state.bytes = Vec::new();
     }
 
@@ -239,14 +244,21 @@ impl Queue {
             }
             std::mem::swap(&mut state.bytes, &mut batch);
             let lines = std::mem::take(&mut state.lines);
+            state.in_flight = lines;
             drop(state);
-            match guarded(|| out.write_lines(&batch, true)) {
+            let written = guarded(|| out.write_lines(&batch, true));
+            // A guard that gave up waiting has counted the whole batch already.
+            let counted = std::mem::take(&mut lock(&self.state).in_flight) == 0;
+            match written {
                 Some(Ok(())) => {}
+                Some(Err(_)) if counted => {}
                 Some(Err(lost)) => self.dropped.add(lost),
                 None => {
                     // The writer panicked: it may be in any state, so it is not used again.
                     // Its batch, what is queued and every later line are counted as dropped.
-                    self.dropped.add(lines as u64);
+                    if !counted {
+                        self.dropped.add(lines as u64);
+                    }
                     let mut state = lock(&self.state);
                     state.closed = true;
                     self.drop_queued(&mut state);
@@ -264,8 +276,9 @@ impl Queue {
 ///
 /// Dropping it closes the queue, waits (up to the flush timeout) until the background thread
 /// has written every line logged before, and stops that thread. Lines still queued when it
-/// gives up (the output stuck past the timeout, or its thread gone) and lines logged after it
-/// is dropped are counted as dropped.
+/// gives up (the output stuck past the timeout, or its thread gone), the lines the output was
+/// still writing then (the process usually ends next; written late, they stay counted), and
+/// lines logged after it is dropped are counted as dropped.
 #[must_use = "dropping the guard stops the log writer: keep it until the program ends"]
 pub struct LogGuard {
     kind: GuardKind,
