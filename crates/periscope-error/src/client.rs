@@ -415,7 +415,7 @@ impl std::error::Error for ApiError {}
 
 /// The envelope in `json`: `{"error": {...}}`, or RFC 9457 problem details that carry a `code`.
 /// Lenient: members of the wrong type are ignored rather than failing the whole body.
-fn envelope_from_json(json: &Value) -> Option<ErrorBody> {
+pub(crate) fn envelope_from_json(json: &Value) -> Option<ErrorBody> {
     let object = json.as_object()?;
     if let Some(error) = object.get("error").and_then(Value::as_object) {
         return body_from_members(error, "message");

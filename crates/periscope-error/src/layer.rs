@@ -458,13 +458,16 @@ where
                             return Poll::Ready(Ok(this.handled.failure(Failure::Panic(caught))));
                         }
                     };
-                    let Some(mut parts) = parts.take() else {
+                    let Some(parts) = parts.take() else {
                         panic!("periscope_error::ResponseFuture polled after completion");
                     };
-                    if *json && complete && is_envelope(text) {
-                        this.handled.echo(&mut parts);
-                        let body = ResponseBody::full(Bytes::from(std::mem::take(text)));
-                        return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                    if *json
+                        && complete
+                        && let Some(error) = parse_envelope(text)
+                    {
+                        // Another service's (or a hand-written) envelope: its facts kept, with
+                        // this request's ids and in the format this client asked for.
+                        return Poll::Ready(Ok(this.handled.readopt(parts, error)));
                     }
                     let text = complete.then(|| String::from_utf8_lossy(text).trim().to_owned());
                     return Poll::Ready(Ok(this.handled.bare(parts, *code, text)));
@@ -718,6 +721,17 @@ impl Handled {
     }
 
     /// `parts` with `error` as the negotiated body.
+    /// Renders an envelope the service sent as its own, under this request's ids.
+    fn readopt<B>(
+        &self,
+        parts: http::response::Parts,
+        mut error: crate::ErrorBody,
+    ) -> Response<ResponseBody<B>> {
+        error.request_id = self.ids.request_id.as_str().to_owned();
+        error.trace_id = self.ids.trace_id.map(|id| id.to_string());
+        self.rewrite(parts, Arc::new(error))
+    }
+
     fn rewrite<B>(
         &self,
         mut parts: http::response::Parts,
@@ -732,29 +746,16 @@ impl Handled {
     }
 }
 
-/// Whether `body` is an error envelope, `{"error":{"code":..,"message":..}}`, or its RFC 9457
-/// rendering, which carries the same `code` as an extension member.
-fn is_envelope(body: &[u8]) -> bool {
-    let Ok(serde_json::Value::Object(object)) = serde_json::from_slice(body) else {
-        return false;
-    };
-    let has_code = |object: &serde_json::Map<String, serde_json::Value>| {
-        object.get("code").is_some_and(serde_json::Value::is_string)
-    };
-    match object.get("error") {
-        Some(serde_json::Value::Object(error)) => {
-            has_code(error)
-                && error
-                    .get("message")
-                    .is_some_and(serde_json::Value::is_string)
-        }
-        _ => {
-            has_code(&object)
-                && object
-                    .get("title")
-                    .is_some_and(serde_json::Value::is_string)
-        }
+/// The error envelope in `body`, `{"error":{"code":..,"message":..}}`, or its RFC 9457
+/// rendering, which carries the same `code` as an extension member (its `detail`, else its
+/// `title`, as the message); `None` for any other body.
+fn parse_envelope(body: &[u8]) -> Option<crate::ErrorBody> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut error = crate::client::envelope_from_json(&json)?;
+    if error.message.is_empty() {
+        error.message = json.get("title")?.as_str()?.to_owned().into();
     }
+    (!error.message.is_empty()).then_some(error)
 }
 
 fn content_type(headers: &HeaderMap) -> &str {
@@ -889,15 +890,39 @@ mod tests {
         let (_, json) = call(get("/"), |_| async { json_response(500, "{oops") }).await;
         assert_eq!(json["error"]["code"], "internal_error");
 
-        // An envelope (from an upstream, say) and its RFC 9457 rendering are kept as they are.
-        let envelope = r#"{"error":{"code":"upstream_error","message":"The model server failed","request_id":"req_up"}}"#;
+        // An envelope (from an upstream, say) and its RFC 9457 rendering keep their facts, under
+        // this request's ids (the header's and the body's agree) and in the format asked for.
+        let envelope = r#"{"error":{"code":"upstream_error","message":"The model server failed","request_id":"req_up","details":{"model":"m1"},"retryable":true}}"#;
         let (parts, json) = call(get("/"), |_| async move { json_response(502, envelope) }).await;
         assert_eq!(parts.status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(json, serde_json::from_str::<Value>(envelope).unwrap());
+        let error = &json["error"];
+        assert_eq!(error["code"], "upstream_error");
+        assert_eq!(error["message"], "The model server failed");
+        assert_eq!(error["details"]["model"], "m1");
+        assert_eq!(error["retryable"], true);
+        assert_eq!(
+            error["request_id"],
+            parts.headers()["x-request-id"].to_str().unwrap()
+        );
+        assert_eq!(parts.headers()["cache-control"], "no-store");
         let problem =
             r#"{"type":"about:blank","title":"Bad Gateway","status":502,"code":"upstream_error"}"#;
         let (_, json) = call(get("/"), |_| async move { json_response(502, problem) }).await;
-        assert_eq!(json["title"], "Bad Gateway");
+        assert_eq!(json["error"]["code"], "upstream_error");
+        assert_eq!(json["error"]["message"], "Bad Gateway");
+        // Asked for problem details, the envelope is rendered so.
+        let mut request = get("/");
+        request
+            .headers_mut()
+            .insert("accept", "application/problem+json".parse().unwrap());
+        let (parts, json) = call(request, |_| async move { json_response(502, envelope) }).await;
+        assert_eq!(parts.headers()["content-type"], "application/problem+json");
+        assert_eq!(json["code"], "upstream_error");
+        assert_eq!(json["detail"], "The model server failed");
+        assert_eq!(
+            json["request_id"],
+            parts.headers()["x-request-id"].to_str().unwrap()
+        );
 
         // A deliberate body, marked: kept, whatever its shape.
         let (parts, json) = call(get("/"), |_| async {
