@@ -384,10 +384,16 @@ pub(crate) struct Visitor<'a, S> {
 }
 
 impl<S: FieldSink> Visitor<'_, S> {
-    /// The output for `field` unless it is skipped; `None` also when it was redacted.
-    fn value_out(&mut self, field: &Field) -> Option<&mut Vec<u8>> {
+    /// The output for `field` unless it is skipped; `None` also when it was redacted, and for
+    /// a `message` that is not text (`info!(message = 5)`), which becomes the message as
+    /// `as_message` writes it.
+    fn value_out(&mut self, field: &Field, as_message: &dyn fmt::Debug) -> Option<&mut Vec<u8>> {
         let name = field.name();
         let (slot, sensitive) = self.rules.plan(name);
+        if slot == Slot::Message {
+            self.sink.message(self.rules, as_message);
+            return None;
+        }
         let out = self.sink.begin(name, slot)?;
         if sensitive {
             json::write_str(out, REDACTED, usize::MAX);
@@ -399,37 +405,37 @@ impl<S: FieldSink> Visitor<'_, S> {
 
 impl<S: FieldSink> Visit for Visitor<'_, S> {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        if let Some(out) = self.value_out(field) {
+        if let Some(out) = self.value_out(field, &value) {
             json::write_f64(out, value);
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if let Some(out) = self.value_out(field) {
+        if let Some(out) = self.value_out(field, &value) {
             json::write_i64(out, value);
         }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if let Some(out) = self.value_out(field) {
+        if let Some(out) = self.value_out(field, &value) {
             json::write_u64(out, value);
         }
     }
 
     fn record_i128(&mut self, field: &Field, value: i128) {
-        if let Some(out) = self.value_out(field) {
+        if let Some(out) = self.value_out(field, &value) {
             let _ = std::io::Write::write_fmt(out, format_args!("{value}"));
         }
     }
 
     fn record_u128(&mut self, field: &Field, value: u128) {
-        if let Some(out) = self.value_out(field) {
+        if let Some(out) = self.value_out(field, &value) {
             let _ = std::io::Write::write_fmt(out, format_args!("{value}"));
         }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if let Some(out) = self.value_out(field) {
+        if let Some(out) = self.value_out(field, &value) {
             out.extend_from_slice(if value { b"true" } else { b"false" });
         }
     }
@@ -445,7 +451,7 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
         }
         let rules = self.rules;
         let mut scratch = std::mem::take(self.scratch);
-        if let Some(out) = self.value_out(field) {
+        if let Some(out) = self.value_out(field, &value) {
             rules.write_text(out, value, &mut scratch);
         }
         *self.scratch = scratch;
@@ -453,7 +459,7 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
 
     fn record_error(&mut self, field: &Field, value: &(dyn Error + 'static)) {
         let rules = self.rules;
-        if let Some(out) = self.value_out(field) {
+        if let Some(out) = self.value_out(field, &format_args!("{value}")) {
             rules.write_error(out, value);
         }
     }
@@ -466,7 +472,7 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
         let rules = self.rules;
         let mut text = std::mem::take(self.text);
         let mut scratch = std::mem::take(self.scratch);
-        if let Some(out) = self.value_out(field) {
+        if let Some(out) = self.value_out(field, value) {
             rules.write_debug(out, value, &mut text, &mut scratch);
         }
         *self.text = text;

@@ -141,6 +141,21 @@ fn outside_any_span_there_is_no_span_and_data_is_an_empty_object() {
     assert_eq!(line["level"], "warn");
 }
 
+/// `message` given as a number, a flag or an error is the message, as text: a line whose
+/// message is empty and whose `data.message` holds it reads as if it had none.
+#[test]
+fn a_message_that_is_not_text_is_the_message_as_text() {
+    let line = one_line(|| tracing::info!(message = 5));
+    assert_eq!(line["message"], "5");
+    assert_eq!(line["data"], json!({}));
+    let line = one_line(|| tracing::info!(message = true, attempt = 2));
+    assert_eq!(line["message"], "true");
+    assert_eq!(line["data"], json!({"attempt": 2}));
+    let error = std::io::Error::other("disk full");
+    let line = one_line(|| tracing::error!(message = &error as &dyn std::error::Error));
+    assert_eq!(line["message"], "disk full");
+}
+
 #[test]
 fn the_innermost_span_wins_and_the_event_wins_over_spans() {
     let line = one_line(|| {
