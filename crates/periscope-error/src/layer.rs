@@ -635,6 +635,17 @@ impl Handled {
             _ if code == codes::METHOD_NOT_ALLOWED => {
                 format!("{method} is not allowed on {path}")
             }
+            // A status folded into the catch-all codes (431, 451, 501, 511, ...): its own reason
+            // phrase says more than "The request is malformed", and reveals nothing.
+            _ if (code == codes::INVALID_REQUEST && status != StatusCode::BAD_REQUEST)
+                || (code == codes::INTERNAL_ERROR
+                    && status != StatusCode::INTERNAL_SERVER_ERROR) =>
+            {
+                status
+                    .canonical_reason()
+                    .unwrap_or(code.default_message())
+                    .to_owned()
+            }
             _ => code.default_message().to_owned(),
         };
         let request_id = self.ids.request_id.as_str();
@@ -1251,6 +1262,31 @@ mod tests {
         assert_eq!(json["detail"], "No route matches GET /nowhere");
         assert_eq!(json["instance"], "/nowhere");
         assert_eq!(json["code"], "route_not_found");
+    }
+
+    /// A status folded into a catch-all code keeps its own reason as the message.
+    #[tokio::test]
+    async fn folded_statuses_say_their_own_reason() {
+        for (status, code, message) in [
+            (431, "invalid_request", "Request Header Fields Too Large"),
+            (451, "invalid_request", "Unavailable For Legal Reasons"),
+            (400, "invalid_request", "The request is malformed"),
+            (501, "internal_error", "Not Implemented"),
+            (511, "internal_error", "Network Authentication Required"),
+            (500, "internal_error", "An internal error occurred"),
+            (599, "internal_error", "An internal error occurred"),
+        ] {
+            let (parts, json) = call(get("/"), move |_| async move {
+                Ok(Response::builder()
+                    .status(status)
+                    .body(Full::default())
+                    .unwrap())
+            })
+            .await;
+            assert_eq!(parts.status().as_u16(), status);
+            assert_eq!(json["error"]["code"], code, "{status}");
+            assert_eq!(json["error"]["message"], message, "{status}");
+        }
     }
 
     /// Without axum, the route the server layer matched among its templates tells a handler's
