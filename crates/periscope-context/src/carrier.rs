@@ -458,7 +458,10 @@ pub fn remove_absent_tenants<C: Injector + ?Sized>(
 
 /// A string map that carries a [`RequestContext`] inside a queue message or job payload.
 ///
-/// Serialises as a flat JSON object of header-named keys, so any queue can hold it.
+/// Serialises as a flat JSON object of header-named keys, so any queue can hold it. Read back,
+/// keys are taken without regard to case (`Traceparent`, as a Go `http.Header` writes it, is
+/// `traceparent`) and a key given twice keeps its first value, as a header does; values must
+/// be strings.
 ///
 /// ```
 /// use periscope_context::{Carrier, RequestContext};
@@ -476,12 +479,37 @@ pub fn remove_absent_tenants<C: Injector + ?Sized>(
 /// assert_eq!(job.parent_span_id, Some(ctx.span_id));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize, serde::Deserialize),
-    serde(transparent)
-)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(transparent))]
 pub struct Carrier(BTreeMap<String, String>);
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Carrier {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = Carrier;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of header names to string values")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Carrier, A::Error> {
+                let mut entries = BTreeMap::new();
+                while let Some((mut key, value)) = map.next_entry::<String, String>()? {
+                    key.make_ascii_lowercase();
+                    entries.entry(key).or_insert(value);
+                }
+                Ok(Carrier(entries))
+            }
+        }
+
+        deserializer.deserialize_map(Entries)
+    }
+}
 
 impl Carrier {
     /// A carrier holding `ctx` (see [`inject`]).
@@ -826,6 +854,24 @@ mod tests {
             assert_eq!(got.baggage.get("user"), Some("alice"));
             assert_eq!(got.tenant, ctx.tenant);
         }
+    }
+
+    /// Keys are read without regard to case (a Go `http.Header` writes `Traceparent`), and a key
+    /// given twice keeps its first value, as a header does.
+    #[cfg(feature = "serde")]
+    #[test]
+    fn a_carrier_reads_keys_in_any_case_and_the_first_of_twins() {
+        let json = format!(
+            r#"{{"Traceparent":"{TP}","X-Request-Id":"up-1","x-request-id":"up-2","X-Org-Id":"o-1"}}"#
+        );
+        let carrier: Carrier = serde_json::from_str(&json).unwrap();
+        let extracted = extract(&carrier, &ExtractOptions::default());
+        assert_eq!(extracted.trace, TraceOrigin::Continued);
+        assert_eq!(extracted.context.request_id.as_str(), "up-1");
+        assert_eq!(extracted.context.tenant.get("org_id"), Some("o-1"));
+        // Values must be strings; the error says what was expected.
+        let error = serde_json::from_str::<Carrier>(r#"{"traceparent":5}"#).unwrap_err();
+        assert!(error.to_string().contains("string"), "{error}");
     }
 
     /// As documented: `to_context` reads the default tenant fields; the service's options read
