@@ -84,8 +84,20 @@ mod otel {
             return;
         }
         let parent_span_id = ctx.parent_span_id;
-        let parent_cx = match parent_span_id {
-            Some(parent_id) => {
+        // A call made inside a span of the service's own (`db_lookup`) nests under it, as
+        // tracing nests it, when that span belongs to the context's trace; a call outside any
+        // request joins the trace of the span it is made in, if any.
+        let enclosing = (parent == ParentKind::Local)
+            .then(|| Span::current().context())
+            .filter(|cx| {
+                let enclosing = cx.span().span_context().clone();
+                enclosing.is_valid()
+                    && (parent_span_id.is_none()
+                        || enclosing.trace_id().to_bytes() == ctx.trace_id.to_bytes())
+            });
+        let parent_cx = match (enclosing, parent_span_id) {
+            (Some(enclosing), _) => enclosing,
+            (None, Some(parent_id)) => {
                 let state = otel_trace_state(&ctx.trace_state);
                 Context::new().with_remote_span_context(SpanContext::new(
                     TraceId::from_bytes(ctx.trace_id.to_bytes()),
@@ -97,7 +109,7 @@ mod otel {
             }
             // An explicit empty parent: a new trace must not attach to whatever OpenTelemetry
             // context happens to be current on this thread.
-            None => Context::new(),
+            (None, None) => Context::new(),
         };
         if span.set_parent(parent_cx).is_err() {
             // No OpenTelemetry layer (or the span was started already): our ids stand.

@@ -466,9 +466,25 @@ async fn one_call(
     path: &str,
     through_server: bool,
 ) -> (TraceParent, Vec<opentelemetry_sdk::trace::SpanData>) {
+    one_call_in(sampler, path, through_server, None).await
+}
+
+/// [`one_call`], the call made inside a span of the service's own named `user_span`.
+async fn one_call_in(
+    sampler: opentelemetry_sdk::trace::Sampler,
+    path: &str,
+    through_server: bool,
+    user_span: Option<&'static str>,
+) -> (TraceParent, Vec<opentelemetry_sdk::trace::SpanData>) {
     use http::Request;
     use opentelemetry::trace::TracerProvider as _;
     use tower::{Layer, ServiceExt, service_fn};
+    use tracing::Instrument;
+
+    let within = move || match user_span {
+        Some(name) => tracing::info_span!("user", otel.name = name),
+        None => tracing::Span::none(),
+    };
 
     let kept = Kept::default();
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
@@ -487,12 +503,16 @@ async fn one_call(
     };
     let response = if through_server {
         let server = CorrelationLayer::new().layer(service_fn(move |_: Request<String>| {
-            client.clone().oneshot(call())
+            let span = within();
+            let call = span.in_scope(|| client.clone().oneshot(call()));
+            call.instrument(span)
         }));
         let request = Request::get(path).body(String::new()).unwrap();
         server.oneshot(request).await
     } else {
-        client.oneshot(call()).await
+        let span = within();
+        let call = span.in_scope(|| client.oneshot(call()));
+        call.instrument(span).await
     };
     let sent = TraceParent::parse(response.unwrap().body()).unwrap();
     provider.force_flush().unwrap();
@@ -525,6 +545,49 @@ async fn a_call_outside_any_request_is_the_root_of_a_new_trace() {
     let (sent, spans) = one_call(Sdk::ParentBased(Box::new(Sdk::AlwaysOff)), "", false).await;
     assert!(spans.is_empty(), "{spans:#?}");
     assert!(!sent.flags.is_sampled(), "{sent}");
+}
+
+/// A call made inside a span of the service's own nests under that span in the export, as
+/// tracing nests it; outside any request, it joins the trace of the span it is made in.
+#[tokio::test]
+async fn a_call_nests_under_the_services_own_span() {
+    use opentelemetry_sdk::trace::Sampler as Sdk;
+
+    use opentelemetry::trace::SpanKind;
+
+    let find = |spans: &[opentelemetry_sdk::trace::SpanData], name: &str, kind: SpanKind| {
+        spans
+            .iter()
+            .find(|span| span.name == name && span.span_kind == kind)
+            .unwrap_or_else(|| panic!("no {name} span: {spans:#?}"))
+            .clone()
+    };
+    let always = || Sdk::ParentBased(Box::new(Sdk::AlwaysOn));
+    let (sent, spans) = one_call_in(always(), "/v1/jobs", true, Some("db_lookup")).await;
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let server = find(&spans, "GET", SpanKind::Server);
+    let lookup = find(&spans, "db_lookup", SpanKind::Internal);
+    let client = &find(&spans, "GET", SpanKind::Client);
+    assert_eq!(lookup.parent_span_id, server.span_context.span_id());
+    assert_eq!(client.parent_span_id, lookup.span_context.span_id());
+    assert_eq!(
+        sent.parent_id.to_string(),
+        client.span_context.span_id().to_string()
+    );
+    for span in [&lookup, client] {
+        assert_eq!(span.span_context.trace_id(), server.span_context.trace_id());
+    }
+
+    let (sent, spans) = one_call_in(always(), "", false, Some("background_poll")).await;
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let poll = find(&spans, "background_poll", SpanKind::Internal);
+    let client = find(&spans, "GET", SpanKind::Client);
+    assert_eq!(client.parent_span_id, poll.span_context.span_id());
+    assert_eq!(client.span_context.trace_id(), poll.span_context.trace_id());
+    assert_eq!(
+        sent.trace_id.to_string(),
+        poll.span_context.trace_id().to_string()
+    );
 }
 
 /// Probe paths export nothing, and neither do the calls they make.
