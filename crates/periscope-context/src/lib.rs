@@ -54,6 +54,24 @@ pub use tenant::{InvalidTenantKey, Tenant, TenantKey};
 pub use traceparent::{TRACEPARENT_LEN, TraceParent, TraceParentError};
 pub use tracestate::{MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TraceState, TraceStateError};
 
+/// Whether an answer goes out without a body whatever its handler set: one to a `HEAD`
+/// request, or a 1xx, 204 or 304 status (RFC 9110). Servers drop such a body unread, so the
+/// layers that count bytes or wait for a body's end take the answer as complete at once.
+///
+/// ```
+/// use http::StatusCode;
+///
+/// assert!(periscope_context::is_bodiless(true, StatusCode::OK));
+/// assert!(periscope_context::is_bodiless(false, StatusCode::NOT_MODIFIED));
+/// assert!(!periscope_context::is_bodiless(false, StatusCode::OK));
+/// ```
+pub fn is_bodiless(head_request: bool, status: http::StatusCode) -> bool {
+    head_request
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+}
+
 /// The header names periscope reads and writes.
 pub mod headers {
     use http::HeaderName;

@@ -208,11 +208,10 @@ where
                 };
                 // An empty body may never be polled, and the server drops the body of a
                 // HEAD, 1xx, 204 or 304 answer unread: such a request is complete now.
-                let status = response.status();
-                let bodiless = pending.info.method == Method::HEAD
-                    || status.is_informational()
-                    || status == StatusCode::NO_CONTENT
-                    || status == StatusCode::NOT_MODIFIED;
+                let bodiless = periscope_context::is_bodiless(
+                    pending.info.method == Method::HEAD,
+                    response.status(),
+                );
                 let pending = if bodiless || response.body().is_end_stream() {
                     pending.log(false);
                     None

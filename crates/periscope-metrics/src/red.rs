@@ -172,12 +172,7 @@ impl Recording {
         &self,
         response: &http::Response<B>,
     ) -> Option<u64> {
-        let status = response.status();
-        let bodiless = self.method == "HEAD"
-            || status.is_informational()
-            || status == http::StatusCode::NO_CONTENT
-            || status == http::StatusCode::NOT_MODIFIED;
-        if bodiless {
+        if periscope_context::is_bodiless(self.method == "HEAD", response.status()) {
             Some(0)
         } else {
             response.body().size_hint().exact()
