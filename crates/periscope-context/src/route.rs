@@ -108,10 +108,9 @@ pub struct RouteTemplateError {
 
 /// The route template a request matched, put in its extensions by the first layer that finds it
 /// (the server layer, from its [`RouteTemplates`]), so the layers inside it (metrics, access
-/// log, errors) agree on the route without matching again. axum's `MatchedPath`, when present,
-/// comes first everywhere. The error layer takes a bare 404 on a matched route for the
-/// handler's (`not_found`: no such record), on any other path for the router's
-/// (`route_not_found`).
+/// log) agree on the route without matching again. axum's `MatchedPath`, when present, comes
+/// first everywhere. A template match names the route a path belongs to, not that a handler
+/// serves it: the error layer tells a router's 404 (`route_not_found`) only by `MatchedPath`.
 ///
 /// ```
 /// use periscope_context::{MatchedRoute, RouteTemplates};

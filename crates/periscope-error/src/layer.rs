@@ -226,19 +226,18 @@ impl RequestFacts {
     }
 }
 
-/// Whether a route matched (axum's router, or the server layer's route templates as a
-/// [`MatchedRoute`](periscope_context::MatchedRoute)), so a bare 404 is the handler's ("no such
-/// job"), not the router's.
+/// Whether the router matched a route, so a bare 404 is the handler's, not the router's.
+#[cfg(feature = "axum")]
 fn route_matched<B>(request: &Request<B>) -> bool {
-    #[cfg(feature = "axum")]
-    if request
+    request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .is_some()
-    {
-        return true;
-    }
-    periscope_context::MatchedRoute::of(request.extensions()).is_some()
+}
+
+#[cfg(not(feature = "axum"))]
+fn route_matched<B>(_request: &Request<B>) -> bool {
+    false
 }
 
 /// The ids to render with, the context to make current if nobody did, and whether the layer
@@ -1287,29 +1286,6 @@ mod tests {
             assert_eq!(json["error"]["code"], code, "{status}");
             assert_eq!(json["error"]["message"], message, "{status}");
         }
-    }
-
-    /// Without axum, the route the server layer matched among its templates tells a handler's
-    /// 404 ("no such job") from the router's.
-    #[tokio::test]
-    async fn a_bare_404_on_a_matched_route_template_is_the_handlers() {
-        let routes = periscope_context::RouteTemplates::new(["/jobs/{id}"]).unwrap();
-        let not_found = |_| async {
-            Ok(Response::builder()
-                .status(404)
-                .body(Full::default())
-                .unwrap())
-        };
-        let mut request = get("/jobs/7");
-        request
-            .extensions_mut()
-            .insert(routes.matched("/jobs/7").unwrap());
-        let (parts, json) = call(request, not_found).await;
-        assert_eq!(parts.status(), 404);
-        assert_eq!(json["error"]["code"], "not_found", "{json}");
-        // No match: the router's 404.
-        let (_, json) = call(get("/nowhere"), not_found).await;
-        assert_eq!(json["error"]["code"], "route_not_found", "{json}");
     }
 
     /// The `Vary` header values of a response.

@@ -129,7 +129,7 @@ impl CorrelationLayer {
 
     /// The route templates of a service without axum (`/users/{id}`): the span is named after
     /// the template a request matches, and the match goes into the request's extensions as a
-    /// [`MatchedRoute`] for the layers inside (metrics, access log, errors). axum's
+    /// [`MatchedRoute`] for the layers inside (metrics, access log). axum's
     /// `MatchedPath` comes first when present.
     pub fn route_templates(mut self, routes: RouteTemplates) -> Self {
         self.config_mut().routes = routes;
