@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, VARY};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -129,8 +129,10 @@ pub(crate) fn render(
     *response.status_mut() = report.status().http_status();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // A probe answer describes this instant: no proxy may serve it later.
+    // A probe answer describes this instant: no proxy may serve it later. Its format follows
+    // `Accept`, which a cache that ignores `no-store` must key on too.
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(VARY, HeaderValue::from_static("accept"));
     // A 503 report is the probe's answer, not an error to turn into an envelope.
     response
         .extensions_mut()

@@ -53,6 +53,8 @@ async fn all_checks_passing_answer_200_ok() {
     assert_eq!(response.status, 200);
     assert_eq!(response.header("content-type"), Some("application/json"));
     assert_eq!(response.header("cache-control"), Some("no-store"));
+    // The format follows `Accept`.
+    assert_eq!(response.header("vary"), Some("accept"));
     let json = response.json();
     assert_eq!(json["status"], "ok");
     assert_eq!(json["version"], "1.4.2");
