@@ -80,7 +80,7 @@ pub use access::DebugAccess;
 pub use builder::AdminBuilder;
 pub use endpoint::Endpoint;
 #[cfg(feature = "log")]
-pub use log_level::{MAX_BODY_BYTES, MAX_TTL_S};
+pub use log_level::{MAX_BODY_BYTES, MAX_TTL_S, MIN_TTL_S};
 #[cfg(feature = "log")]
 pub use logs::{DEFAULT_LOG_LINES, MAX_LOG_LINES};
 pub use reply::AdminBody;

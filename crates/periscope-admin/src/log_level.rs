@@ -16,6 +16,9 @@ use crate::reply::{self, AdminBody};
 
 /// The longest temporary change, in seconds (a day): longer belongs in the configuration.
 pub const MAX_TTL_S: f64 = 86_400.0;
+
+/// The shortest `ttl_s` accepted: a millisecond.
+pub const MIN_TTL_S: f64 = 0.001;
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
@@ -178,14 +181,15 @@ fn parse(body: &[u8]) -> Result<Action, Violation> {
         .map_err(|error| Violation::new("directives", "format", error.to_string()))?;
     match change.ttl_s {
         None => Ok(Action::Set(directives)),
-        Some(ttl) if ttl > 0.0 && ttl <= MAX_TTL_S => {
+        // Under a millisecond the change would revert before it is answered.
+        Some(ttl) if (MIN_TTL_S..=MAX_TTL_S).contains(&ttl) => {
             Ok(Action::SetFor(directives, Duration::from_secs_f64(ttl)))
         }
         Some(_) => Err(Violation::new(
             "ttl_s",
             "out_of_range",
             format!(
-                "ttl_s must be above 0 and at most {MAX_TTL_S} seconds; leave it out for a permanent change"
+                "ttl_s must be from {MIN_TTL_S} to {MAX_TTL_S} seconds; leave it out for a permanent change"
             ),
         )),
     }
@@ -227,6 +231,10 @@ mod tests {
                 .contains("not a log level")
         );
         assert_eq!(problem(r#"{"directives":"info","ttl_s":0}"#).field, "ttl_s");
+        assert_eq!(
+            problem(r#"{"directives":"info","ttl_s":5e-10}"#).field,
+            "ttl_s"
+        );
         assert_eq!(
             problem(r#"{"directives":"info","ttl_s":-3}"#).field,
             "ttl_s"
