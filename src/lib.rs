@@ -32,13 +32,17 @@ mod observability;
 #[cfg(feature = "serve")]
 mod serve;
 mod stack;
+#[cfg(feature = "serve")]
+mod write_stall;
 
 pub use config::{
     ConfigError, DEFAULT_SHUTDOWN_DRAIN, MAX_SHUTDOWN_DRAIN, MIN_ADMIN_TOKEN_LEN, Settings,
 };
 pub use observability::{Error, Observability, ObservabilityBuilder, ObservabilityGuard};
 #[cfg(feature = "serve")]
-pub use serve::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Server};
+pub use serve::{
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Server,
+};
 pub use stack::{MaybeMetrics, MaybeMetricsFuture, ObservabilityLayer, ObservabilityService};
 
 pub use periscope_admin as admin;

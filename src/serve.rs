@@ -15,6 +15,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::write_stall::WriteStallGuard;
+
 /// How long a client may take to send a request's head by default (hyper's own default, which
 /// hyper applies only when a timer is set).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -22,15 +24,23 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the requests in flight may take to finish after the shutdown signal by default.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a write to a client may make no progress by default.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Pause after a failed `accept` (out of file descriptors, most likely) instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// At most one warning per this long about failed `accept`s, with the count since the last.
+const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Serves a Tower HTTP service (an axum `Router`, a `ServiceBuilder` stack) over HTTP/1.1 on a
 /// TCP listener until a shutdown signal, then finishes the requests in flight.
 ///
 /// Unlike `axum::serve`, a client that never finishes its request head is disconnected after
-/// [`header_read_timeout`](Self::header_read_timeout) (30 s by default): without it, slow
-/// clients (slowloris) hold connections, file descriptors and the shutdown without limit. After
+/// [`header_read_timeout`](Self::header_read_timeout) (30 s by default), and one that stops
+/// reading its answers after [`write_timeout`](Self::write_timeout) (30 s without progress by
+/// default): without them, slow clients (slowloris) hold connections, file descriptors and the
+/// shutdown without limit. After
 /// the shutdown signal, connections still open after
 /// [`shutdown_timeout`](Self::shutdown_timeout) (10 s by default: a client stalled in the
 /// middle of its body, a long stream) are closed, so the process always stops.
@@ -55,6 +65,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Server {
     listener: TcpListener,
     header_read_timeout: Duration,
+    write_timeout: Duration,
     shutdown_timeout: Duration,
 }
 
@@ -64,6 +75,7 @@ impl Server {
         Self {
             listener,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
@@ -72,6 +84,15 @@ impl Server {
     /// the requests of a kept-alive one (default 30 s; at least 1 ms).
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a write to a client may make no progress before the connection is closed
+    /// (default 30 s; at least 1 ms): a client that stops reading its answers would otherwise
+    /// hold its connection for good. Any progress restarts the clock, so a slow download that
+    /// moves keeps going.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 
@@ -107,8 +128,10 @@ impl Server {
         let Self {
             listener,
             header_read_timeout,
+            write_timeout,
             shutdown_timeout,
         } = self;
+        let mut accept_failures = AcceptFailures::default();
         tokio::pin!(shutdown);
         let connections = GracefulShutdown::new();
         // Owned here, so the connections still open after the shutdown timeout are closed.
@@ -121,7 +144,7 @@ impl Server {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(error) => {
-                        tracing::warn!(error = %error, "accept failed");
+                        accept_failures.failed(&error);
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }
@@ -133,7 +156,7 @@ impl Server {
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout)
                 .serve_connection(
-                    TokioIo::new(stream),
+                    TokioIo::new(WriteStallGuard::new(stream, write_timeout)),
                     TowerToHyperService::new(service.clone()),
                 );
             let connection = connections.watch(connection);
@@ -158,5 +181,70 @@ impl Server {
         }
         tasks.shutdown().await;
         Ok(())
+    }
+}
+
+/// Failed `accept`s (out of file descriptors, most likely, which lasts): warned about at most
+/// once per [`ACCEPT_WARNING_INTERVAL`], with how many failed since, instead of ten lines a
+/// second.
+#[derive(Default)]
+struct AcceptFailures {
+    last_warning: Option<tokio::time::Instant>,
+    since_warning: u64,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, error: &io::Error) {
+        self.since_warning += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_warning
+            .is_some_and(|last| now.duration_since(last) < ACCEPT_WARNING_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            error = %error,
+            failures = self.since_warning,
+            "accept failed: new connections wait in the listen queue"
+        );
+        self.last_warning = Some(now);
+        self.since_warning = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Counts the events it sees.
+    struct Count(&'static AtomicUsize);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+        fn on_event(
+            &self,
+            _event: &tracing::Event<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Out of file descriptors, `accept` fails ten times a second for as long as it lasts: one
+    /// warning per interval, not one per failure.
+    #[tokio::test]
+    async fn failed_accepts_are_warned_about_once_per_interval() {
+        static WARNINGS: AtomicUsize = AtomicUsize::new(0);
+        let subscriber = tracing_subscriber::registry().with(Count(&WARNINGS));
+        let _default = tracing::subscriber::set_default(subscriber);
+        let mut failures = AcceptFailures::default();
+        let error = io::Error::from_raw_os_error(24); // EMFILE
+        for _ in 0..100 {
+            failures.failed(&error);
+        }
+        assert_eq!(WARNINGS.load(Ordering::Relaxed), 1);
+        assert_eq!(failures.since_warning, 99);
     }
 }

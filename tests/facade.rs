@@ -350,6 +350,44 @@ async fn the_server_cuts_off_slow_request_heads_and_finishes_requests_in_flight(
         .unwrap();
 }
 
+/// A client that stops reading its answer is cut off once the writes have made no progress for
+/// the write timeout, instead of holding its connection (and a file descriptor) for good.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_cuts_off_a_client_that_stops_reading() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const BODY: usize = 64 << 20; // far more than the socket buffers hold
+    let app = Router::new().route("/export", get(|| async { vec![b'x'; BODY] }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        periscope::Server::new(listener)
+            .write_timeout(Duration::from_millis(300))
+            .serve(app, std::future::pending()),
+    );
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /export HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // Read nothing for well past the write timeout, then take what is left.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
+        .await
+        .expect("the server closed the connection");
+    assert!(
+        read.is_err() || received.len() < BODY,
+        "the whole answer came through ({} bytes)",
+        received.len()
+    );
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+}
+
 /// One request, one truth: for every kind of outcome, served by `periscope::Server` through
 /// `Observability::layer()`, the status on the wire is the one the metrics count (counter and
 /// duration histogram), the access line and the server span record, and the envelope's code

@@ -41,8 +41,10 @@ impl Shutdown {
     /// timer). When no handler can be installed
     /// the error is logged and the service runs on, without graceful shutdown.
     ///
-    /// A second signal during the grace period ends it at once (Ctrl-C twice stops a service
-    /// now): `/ready` keeps answering `draining`, and [`wait`](Self::wait) returns.
+    /// A second signal during the grace period ends it at once: `/ready` keeps answering
+    /// `draining`, and [`wait`](Self::wait) returns. The requests in flight then have the
+    /// server's own shutdown timeout to finish (`periscope::Server`: 10 s); signals after the
+    /// grace period are not listened for.
     ///
     /// # Panics
     ///
