@@ -65,6 +65,7 @@ pub use tracestate::{MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TraceState, Tra
 /// assert!(periscope_context::is_bodiless(false, StatusCode::NOT_MODIFIED));
 /// assert!(!periscope_context::is_bodiless(false, StatusCode::OK));
 /// ```
+#[inline]
 pub fn is_bodiless(head_request: bool, status: http::StatusCode) -> bool {
     head_request
         || status.is_informational()

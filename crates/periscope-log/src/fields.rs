@@ -386,7 +386,8 @@ pub(crate) struct Visitor<'a, S> {
 impl<S: FieldSink> Visitor<'_, S> {
     /// The output for `field` unless it is skipped; `None` also when it was redacted, and for
     /// a `message` that is not text (`info!(message = 5)`), which becomes the message as
-    /// `as_message` writes it.
+    /// `as_message` writes it. Inlined: it runs for every field of every event.
+    #[inline(always)]
     fn value_out(&mut self, field: &Field, as_message: &dyn fmt::Debug) -> Option<&mut Vec<u8>> {
         let name = field.name();
         let (slot, sensitive) = self.rules.plan(name);

@@ -8,8 +8,8 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use periscope_context::{
-    Baggage, ExtractOptions, Extracted, MatchedRoute, RequestContext, RouteTemplates, TenantKey,
-    WithContext, extract, headers::X_REQUEST_ID,
+    Baggage, ExtractOptions, Extracted, MatchedRoute, RequestContext, RequestIdOrigin,
+    RouteTemplates, TenantKey, WithContext, extract, headers::X_REQUEST_ID,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -233,15 +233,13 @@ where
         if let Some(matched) = matched {
             request.extensions_mut().insert(matched);
         }
-        // A client may send any traceparent: restarting is the W3C rule, not worth a warning.
-        warn_rejected!(
-            SERVER_TARGET,
-            &span,
-            &ctx,
-            &request_id_origin,
-            &rejected_tenant,
-            None
-        );
+        if !matches!(
+            request_id_origin,
+            RequestIdOrigin::Kept | RequestIdOrigin::Generated
+        ) || !rejected_tenant.is_empty()
+        {
+            warn_rejected_headers(&span, &ctx, &request_id_origin, &rejected_tenant);
+        }
 
         request.extensions_mut().insert(ctx.clone());
         let inner = &mut self.inner;
@@ -252,6 +250,20 @@ where
             span,
         }
     }
+}
+
+/// The warnings about headers that were sent but could not be used: out of line, since
+/// nearly every request has none. A client may send any `traceparent`: restarting is the W3C
+/// rule, not worth a warning.
+#[cold]
+#[inline(never)]
+fn warn_rejected_headers(
+    span: &Span,
+    ctx: &RequestContext,
+    request_id: &RequestIdOrigin,
+    rejected_tenant: &[(TenantKey, periscope_context::InvalidId)],
+) {
+    warn_rejected!(SERVER_TARGET, span, ctx, request_id, rejected_tenant, None);
 }
 
 fn server_span<B>(
