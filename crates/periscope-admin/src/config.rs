@@ -4,7 +4,9 @@
 //! Masked: the value of every key the log crate's [`Redactor`] finds sensitive (`password`,
 //! `token`, `api_key`, ... at any depth), and inside any string holding URLs, the password of
 //! `scheme://user:password@host` and the values of sensitive query parameters
-//! (`?api_key=...`), since connection strings rarely sit under a sensitive key.
+//! (`?api_key=...`), since connection strings rarely sit under a sensitive key. A string that
+//! holds a JSON object or array (`"{\"password\":...}"`) is masked inside, as the log lines
+//! mask it.
 
 use periscope_log::{REDACTED, Redactor};
 use serde_json::Value;
@@ -25,14 +27,80 @@ pub(crate) fn mask(value: &mut Value, redactor: &Redactor) {
 fn mask_urls_in(value: &mut Value, redactor: &Redactor) {
     match value {
         Value::String(text) => {
-            if let Some(masked) = mask_urls(text, redactor) {
+            if let Some(masked) = mask_json_in(text, redactor) {
                 *text = masked;
+            } else {
+                if let Some(masked) = mask_urls(text, redactor) {
+                    *text = masked;
+                }
+                if let Some(masked) = mask_key_values(text, redactor) {
+                    *text = masked;
+                }
             }
         }
         Value::Array(items) => items.iter_mut().for_each(|v| mask_urls_in(v, redactor)),
         Value::Object(map) => map.values_mut().for_each(|v| mask_urls_in(v, redactor)),
         _ => {}
     }
+}
+
+/// A string holding a JSON object or array, masked inside and encoded again; `None` when it
+/// holds none, or nothing in it needed masking (the string then stays as it was written).
+fn mask_json_in(text: &str, redactor: &Redactor) -> Option<String> {
+    let trimmed = text.trim_start_matches(['\u{feff}', ' ', '\t', '\n', '\r']);
+    if !trimmed.starts_with(['{', '[']) {
+        return None;
+    }
+    // serde_json stops at 128 levels of nesting: a hostile string cannot recurse deeper.
+    let original: Value = serde_json::from_str(trimmed).ok()?;
+    let mut inner = original.clone();
+    mask(&mut inner, redactor);
+    (inner != original).then(|| serde_json::to_string(&inner).ok())?
+}
+
+/// `text` with the value of every `key=value` whose key is sensitive masked (a libpq
+/// `host=db password=...`, an ADO `Server=db;Password=...;`, `DB_PASSWORD=...` in a list), or
+/// `None` when there is none. A value runs to the next whitespace, `;`, `,` or `&`, or to its
+/// closing quote when quoted.
+fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
+    let is_key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    for (at, _) in text.match_indices('=') {
+        if at < copied {
+            continue; // inside a value already masked
+        }
+        let key_len = bytes[..at]
+            .iter()
+            .rev()
+            .take_while(|&&b| is_key_char(b))
+            .count();
+        let key = &text[at - key_len..at];
+        if key.is_empty() || !redactor.is_sensitive(key) {
+            continue;
+        }
+        let value_start = at + 1;
+        let value_end = match bytes.get(value_start) {
+            Some(&quote @ (b'\'' | b'"')) => text[value_start + 1..]
+                .find(char::from(quote))
+                .map_or(text.len(), |close| value_start + 1 + close + 1),
+            _ => text[value_start..]
+                .find(|c: char| c.is_whitespace() || matches!(c, ';' | ',' | '&'))
+                .map_or(text.len(), |end| value_start + end),
+        };
+        if text[value_start..value_end].trim_matches(['\'', '"']) == REDACTED {
+            continue; // masked as part of a URL already
+        }
+        out.push_str(&text[copied..value_start]);
+        out.push_str(REDACTED);
+        copied = value_end;
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&text[copied..]);
+    Some(out)
 }
 
 /// `text` with the secrets of its URLs masked, or `None` when nothing needed masking.
@@ -165,6 +233,66 @@ mod tests {
         );
         assert_eq!(value["plain"], "https://example.com/path");
         assert_eq!(value["port"], 8000);
+    }
+
+    /// JSON held in a string (an env var holding a JSON document) is masked inside, as the log
+    /// lines mask it; JSON without secrets stays as it was written.
+    #[test]
+    fn json_inside_a_string_is_masked_inside() {
+        let config = json!({
+            "embedded_json": "{\"password\":\"HUNTER-EMBED\",\"host\":\"db\"}",
+            "nested": " [{\"dsn\":\"postgres://app:HUNTER-URL@db/x\"}]",
+            "harmless": "{ \"replicas\": 3 }",
+            "not_json": "{oops replicas=3",
+        });
+        let text = String::from_utf8(masked(config, &Redactor::default()).unwrap()).unwrap();
+        assert!(!text.contains("HUNTER"), "{text}");
+        let value: Value = serde_json::from_str(&text).unwrap();
+        let embedded: Value =
+            serde_json::from_str(value["embedded_json"].as_str().unwrap()).unwrap();
+        assert_eq!(embedded, json!({"password": REDACTED, "host": "db"}));
+        let nested: Value = serde_json::from_str(value["nested"].as_str().unwrap()).unwrap();
+        assert_eq!(nested[0]["dsn"], "postgres://app:[REDACTED]@db/x");
+        assert_eq!(value["harmless"], "{ \"replicas\": 3 }");
+        assert_eq!(value["not_json"], "{oops replicas=3");
+    }
+
+    /// Connection strings that are not URLs name their secrets as `key=value`.
+    #[test]
+    fn key_value_secrets_in_strings_are_masked() {
+        let redactor = Redactor::default();
+        for (text, expected) in [
+            (
+                "host=db user=app password=HUNTER1 sslmode=require",
+                "host=db user=app password=[REDACTED] sslmode=require",
+            ),
+            (
+                "Server=db;Password=HUNTER2;Database=app",
+                "Server=db;Password=[REDACTED];Database=app",
+            ),
+            (
+                "DB_PASSWORD=HUNTER3,LOG_LEVEL=info",
+                "DB_PASSWORD=[REDACTED],LOG_LEVEL=info",
+            ),
+            (
+                "password='HUNTER 4' user=app",
+                "password=[REDACTED] user=app",
+            ),
+            ("api_key=HUNTER5", "api_key=[REDACTED]"),
+        ] {
+            assert_eq!(
+                mask_key_values(text, &redactor).as_deref(),
+                Some(expected),
+                "{text}"
+            );
+        }
+        for plain in ["replicas=3 zone=a", "a == b", "=x", "no pairs"] {
+            assert_eq!(mask_key_values(plain, &redactor), None, "{plain}");
+        }
+        // A URL's query is masked once, by the URL rules.
+        let mut value = json!("https://h/x?api_key=HUNTER6&team=core");
+        mask(&mut value, &redactor);
+        assert_eq!(value, "https://h/x?api_key=[REDACTED]&team=core");
     }
 
     #[test]
