@@ -55,12 +55,13 @@ pub(crate) enum Format {
 pub(crate) const HEALTH_JSON: &str = "application/health+json";
 
 impl Format {
-    /// `?verbose` (unless `=false` or `=0`) wins, then `Accept: application/health+json`.
+    /// `?verbose` (unless `=false`, in any case, or `=0`) wins, then
+    /// `Accept: application/health+json`.
     pub(crate) fn of<B>(request: &Request<B>) -> Self {
         let verbose = request.uri().query().is_some_and(|query| {
             query.split('&').any(|pair| {
                 let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                key == "verbose" && value != "false" && value != "0"
+                key == "verbose" && !value.eq_ignore_ascii_case("false") && value != "0"
             })
         });
         if verbose {
@@ -403,6 +404,7 @@ mod tests {
         assert_eq!(format_of("/ready?verbose", None), Format::Verbose);
         assert_eq!(format_of("/ready?x=1&verbose=true", None), Format::Verbose);
         assert_eq!(format_of("/ready?verbose=0", None), Format::Json);
+        assert_eq!(format_of("/ready?verbose=FALSE", None), Format::Json);
         assert_eq!(
             format_of("/ready", Some("text/html, application/health+json;q=0.9")),
             Format::HealthJson
