@@ -46,9 +46,9 @@ impl Collector for ProcessCollector {
             ),
             (
                 "process_max_fds",
-                "Maximum number of open file descriptors (0: unlimited)",
+                "Maximum number of open file descriptors",
                 None,
-                m.max_fds,
+                m.max_fds.map(limit),
             ),
             (
                 "process_virtual_memory",
@@ -58,9 +58,9 @@ impl Collector for ProcessCollector {
             ),
             (
                 "process_virtual_memory_max",
-                "Maximum amount of virtual memory available in bytes (0: unlimited)",
+                "Maximum amount of virtual memory available in bytes",
                 Some(Unit::Bytes),
-                m.virtual_memory_max_bytes,
+                m.virtual_memory_max_bytes.map(limit),
             ),
             (
                 "process_resident_memory",
@@ -95,10 +95,24 @@ impl Collector for ProcessCollector {
     }
 }
 
+/// A resource limit as the Go client reports it: `metrics-process` reads "unlimited" as 0,
+/// which no running process can have as a limit, and `process_open_fds / process_max_fds`
+/// would then be infinite (and an "over 80 % of the limit" alert would fire). The Go client
+/// reports the kernel's unlimited value, 2^64 − 1.
+fn limit(value: u64) -> u64 {
+    if value == 0 { u64::MAX } else { value }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use prometheus_client::registry::Registry;
+
+    #[test]
+    fn unlimited_reads_as_the_go_client_writes_it() {
+        assert_eq!(limit(0), 18_446_744_073_709_551_615);
+        assert_eq!(limit(1024), 1024);
+    }
 
     #[test]
     fn process_metrics_carry_the_standard_names_and_live_values() {
