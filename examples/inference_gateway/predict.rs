@@ -14,7 +14,7 @@ use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 use periscope::context::RequestContext;
 use periscope::error::{ErrorClass, ErrorCode, HttpError, codes};
 use periscope::metrics::prometheus_client::metrics::counter::Counter;
-use periscope::metrics::prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use periscope::metrics::prometheus_client::metrics::histogram::Histogram;
 use periscope::metrics::{Caps, GuardedFamily, MetricsError, MetricsRegistry};
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -37,6 +37,14 @@ pub const INVALID_IMAGE: ErrorCode = ErrorCode::new("invalid_image", ErrorClass:
         "Send a PNG or JPEG image of at most 8192x8192 pixels, as the body or as the `image` \
          field of a multipart form",
     );
+
+/// The inference histogram's bounds, in seconds: 50 µs to 5 s, about three to a decade (a
+/// forward pass is far shorter than a request). Written out so that the `le` labels read as
+/// typed (`le="0.0015"`); computed bounds carry float noise (`0.00015000000000000001`) that a
+/// query for `le="0.00015"` never matches.
+const INFERENCE_BUCKETS: [f64; 11] = [
+    0.000_05, 0.000_15, 0.000_5, 0.001_5, 0.005, 0.015, 0.05, 0.15, 0.5, 1.5, 5.0,
+];
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -86,8 +94,7 @@ impl ModelMetrics {
             "Time of the model's forward pass, by model",
             ["model"],
             Caps::default().label("model", 8),
-            // 50 µs to about 3 s: a forward pass is far shorter than a request.
-            || Histogram::new(exponential_buckets(0.000_05, 3.0, 11)),
+            || Histogram::new(INFERENCE_BUCKETS.into_iter()),
         )?;
         let predictions = registry.guarded_family(
             "model_predictions_total",

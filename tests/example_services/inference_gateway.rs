@@ -112,6 +112,21 @@ async fn predicts_images_with_ids_in_logs_and_counts_in_metrics() {
         .await,
         Some(3.0)
     );
+    // Its bounds read as written, so a query for `le="0.00015"` matches.
+    let exposition = get(addr, "/metrics").await.text();
+    let bounds: Vec<&str> = exposition
+        .lines()
+        .filter(|line| line.starts_with("model_inference_duration_seconds_bucket"))
+        .filter_map(|line| line.split("le=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(
+        bounds,
+        [
+            "0.00005", "0.00015", "0.0005", "0.0015", "0.005", "0.015", "0.05", "0.15", "0.5",
+            "1.5", "5.0", "+Inf"
+        ],
+        "{exposition}"
+    );
 
     // The log: every line parses; the request's lines carry its ids.
     let lines = service.lines_of("gw-red-1", 1).await;
