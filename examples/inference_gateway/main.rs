@@ -29,6 +29,7 @@
 //! | `MODEL_WARMUP` | `true` | `false` loads the model on the first `/predict` instead of at startup |
 //! | `MODEL_LOAD_DELAY_MS` | `0` | extra milliseconds the model load takes (to watch `/ready` answer `starting`) |
 //! | `UPLOAD_BUFFER_MIB` | `64` | MiB of request bodies held in memory at once, `10` to `65536`: a `/predict` reserves its `Content-Length` (10 MiB without one) and beyond it waits, unread, for its share (the request timeout bounds the wait) |
+//! | `DECODE_MEMORY_MIB` | `512` | MiB of decoded images in memory at once, `256` to `65536`: a decode reserves what the image's header says it will take (a 250 KiB PNG can claim 256 MiB) and waits for its share, so the memory a burst of uploads takes does not grow with the CPU count |
 //! | `SHUTDOWN_DRAIN_S` | `5` | seconds `/ready` answers `draining` after SIGTERM or Ctrl-C before the listeners close |
 //! | `PERISCOPE_BARE` | `false` | `true` serves the same routes without `obs.layer()` (overhead comparisons) |
 //!
@@ -97,6 +98,7 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         model.clone(),
         ModelMetrics::register(obs.registry())?,
         config.upload_buffer_mib,
+        config.decode_memory_mib,
     );
     let mut app = predict::routes(state);
     let mut admin_app = None;
@@ -163,6 +165,7 @@ struct GatewayConfig {
     model_warmup: bool,
     model_load_delay: Duration,
     upload_buffer_mib: usize,
+    decode_memory_mib: usize,
     bare: bool,
 }
 
@@ -185,6 +188,13 @@ impl GatewayConfig {
                     })
                 },
             )?,
+            decode_memory_mib: env_or("DECODE_MEMORY_MIB", 512, DECODE_MEMORY_RANGE).and_then(
+                |mib| {
+                    (256..=65536).contains(&mib).then_some(mib).ok_or_else(|| {
+                        format!("DECODE_MEMORY_MIB={mib} is not valid: use {DECODE_MEMORY_RANGE}")
+                    })
+                },
+            )?,
             bare: env_bool("PERISCOPE_BARE", false)?,
         })
     }
@@ -192,6 +202,9 @@ impl GatewayConfig {
 
 /// At least one whole body (10 MiB); at most 64 GiB, so that the count of KiB fits a `u32`.
 const UPLOAD_BUFFER_RANGE: &str = "a whole number of MiB from 10 to 65536";
+
+/// At least the largest image decoded (256 MiB), so that any accepted image fits.
+const DECODE_MEMORY_RANGE: &str = "a whole number of MiB from 256 to 65536";
 
 /// A variable's value; unset and empty are the same. A value that is not UTF-8 is malformed,
 /// not unset: it must not fall back to the default.

@@ -51,9 +51,12 @@ const INFERENCE_BUCKETS: [f64; 11] = [
 pub struct AppState {
     pub model: ModelHandle,
     pub metrics: ModelMetrics,
-    /// Decodes that may run at once: a 250 KiB PNG can ask for a 256 MiB image, so without a
-    /// bound a burst of them takes the memory of the host.
+    /// Decodes that may run at once: one per CPU.
     pub decodes: Arc<Semaphore>,
+    /// Memory for decoded images, in MiB: a 250 KiB PNG can ask for a 256 MiB image, so without
+    /// a bound a burst of them (one per CPU, on a host without a CPU limit) takes the memory of
+    /// the host. A decode reserves what the image's header says it will take.
+    pub decode_memory: Arc<Semaphore>,
     /// Memory for request bodies, in KiB: a body is held whole until its decode ends, so
     /// without a bound a crowd of slow uploads holds 10 MiB each. A request reserves its
     /// declared length (the 10 MiB limit without `Content-Length`) before reading, and waits
@@ -63,20 +66,46 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The state with one decode at a time per CPU and `upload_mib` MiB of bodies in memory at
-    /// once (at least [`MAX_BODY_BYTES`], so that any accepted body fits).
-    pub fn new(model: ModelHandle, metrics: ModelMetrics, upload_mib: usize) -> Self {
+    /// The state with one decode at a time per CPU, `upload_mib` MiB of bodies in memory at
+    /// once (at least [`MAX_BODY_BYTES`], so that any accepted body fits) and `decode_mib` MiB
+    /// of decoded images (at least [`MAX_DECODE_BYTES`], so that any accepted image fits).
+    pub fn new(
+        model: ModelHandle,
+        metrics: ModelMetrics,
+        upload_mib: usize,
+        decode_mib: usize,
+    ) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             model,
             metrics,
             decodes: Arc::new(Semaphore::new(cpus)),
+            decode_memory: Arc::new(Semaphore::new(decode_mib.max(MAX_DECODE_MIB as usize))),
             uploads: Arc::new(Semaphore::new((upload_mib * KIB).max(MAX_BODY_BYTES / KIB))),
         }
     }
 }
 
 const KIB: usize = 1024;
+
+/// [`MAX_DECODE_BYTES`] in MiB.
+const MAX_DECODE_MIB: u32 = (MAX_DECODE_BYTES >> 20) as u32;
+
+/// The MiB a decode of `body` may take, from the image's header: its pixels at 8 bytes each
+/// (16-bit RGBA, the widest PNG), at most what the decoder may allocate. A header that cannot
+/// be read costs 1: its decode fails at once.
+fn decode_mib(body: &[u8]) -> u32 {
+    let dimensions = ImageReader::new(Cursor::new(body))
+        .with_guessed_format()
+        .ok()
+        .and_then(|reader| reader.into_dimensions().ok());
+    let Some((width, height)) = dimensions else {
+        return 1;
+    };
+    let bytes = u64::from(width) * u64::from(height) * 8;
+    let mib = bytes.div_ceil(1 << 20).clamp(1, u64::from(MAX_DECODE_MIB));
+    u32::try_from(mib).unwrap_or(MAX_DECODE_MIB)
+}
 
 /// The model's metrics, both through the cardinality guard: a new model version or label can
 /// never grow the series without bound.
@@ -94,7 +123,7 @@ impl ModelMetrics {
             "Time of the model's forward pass, by model",
             ["model"],
             Caps::default().label("model", 8),
-            || Histogram::new(INFERENCE_BUCKETS.into_iter()),
+            || Histogram::new(INFERENCE_BUCKETS),
         )?;
         let predictions = registry.guarded_family(
             "model_predictions_total",
@@ -130,14 +159,21 @@ async fn predict(
         HttpError::new(codes::SERVICE_UNAVAILABLE, "The model is not available").with_source(error)
     })?;
 
-    // Waits its turn: the request's own timeout bounds the wait.
+    // Waits its turn, and for the memory its image takes: the request's own timeout bounds
+    // the wait.
+    let memory = state
+        .decode_memory
+        .clone()
+        .acquire_many_owned(decode_mib(&body))
+        .await
+        .map_err(HttpError::internal)?;
     let decoding = state
         .decodes
         .clone()
         .acquire_owned()
         .await
         .map_err(HttpError::internal)?;
-    let input = preprocess(body, [decoding, upload]).await?;
+    let input = preprocess(body, [decoding, memory, upload]).await?;
 
     let span = tracing::info_span!("inference", model = model::NAME);
     let started = Instant::now();
@@ -264,11 +300,11 @@ fn body_error(status: StatusCode, text: String) -> HttpError {
 /// Decodes the image and makes the model's input, on the blocking pool: decoding a large JPEG
 /// takes milliseconds of CPU that must not stall other requests.
 ///
-/// The decode holds `permits` (its decode slot and its body's memory) until it ends: a client
+/// The decode holds `permits` (its decode slot, its image's memory and its body's) until it ends: a client
 /// that disconnects (or a request that times out) drops this future, but not the decode
 /// already running on the pool, so releasing them with the future would let the next request
 /// start another decode, or buffer another body, beside it.
-async fn preprocess(body: Bytes, permits: [OwnedSemaphorePermit; 2]) -> Result<Input, HttpError> {
+async fn preprocess(body: Bytes, permits: [OwnedSemaphorePermit; 3]) -> Result<Input, HttpError> {
     let span = tracing::info_span!(
         "preprocess",
         bytes = body.len(),
@@ -312,4 +348,32 @@ fn decode(body: &[u8]) -> Result<(ImageFormat, DynamicImage), HttpError> {
             .with_detail("format", format.extensions_str().first().copied())
     })?;
     Ok((format, image))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        DynamicImage::new_rgb8(width, height)
+            .write_to(&mut out, ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    }
+
+    /// A decode reserves what its image's header says it takes, not what its file weighs.
+    #[test]
+    fn a_decode_reserves_the_memory_its_header_claims() {
+        assert_eq!(decode_mib(&png(16, 16)), 1);
+        // 640 × 480 × 8 bytes = 2.3 MiB.
+        assert_eq!(decode_mib(&png(640, 480)), 3);
+        // 2048 × 2048 × 8 = 32 MiB, from a file of a few KiB.
+        let large = png(2048, 2048);
+        assert!(large.len() < 1 << 20, "{}", large.len());
+        assert_eq!(decode_mib(&large), 32);
+        // Not an image: its decode fails at once.
+        assert_eq!(decode_mib(b"not an image"), 1);
+        assert_eq!(decode_mib(b""), 1);
+    }
 }

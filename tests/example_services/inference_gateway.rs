@@ -442,6 +442,7 @@ async fn invalid_configuration_fails_at_startup_naming_the_variable() {
         ("SHUTDOWN_DRAIN_S", "nan", "from 0 to 300"),
         ("UPLOAD_BUFFER_MIB", "9", "from 10 to 65536"),
         ("UPLOAD_BUFFER_MIB", "lots", "from 10 to 65536"),
+        ("DECODE_MEMORY_MIB", "128", "from 256 to 65536"),
     ] {
         let mut service = start(&[(var, value)]);
         let status = service.exit_status().await;
