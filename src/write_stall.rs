@@ -49,19 +49,19 @@ impl<S: AsyncWrite> WriteStallGuard<S> {
             *this.waiting = false;
             return Poll::Ready(result);
         }
-        let deadline = tokio::time::Instant::now() + *this.timeout;
-        let clock = this
-            .clock
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if !std::mem::replace(this.waiting, true) {
-            clock.as_mut().reset(deadline);
+            let deadline = tokio::time::Instant::now() + *this.timeout;
+            match this.clock {
+                Some(clock) => clock.as_mut().reset(deadline),
+                None => *this.clock = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
         }
-        match clock.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+        match this.clock.as_mut().map(|clock| clock.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client read nothing for the write timeout",
             ))),
-            Poll::Pending => Poll::Pending,
+            Some(Poll::Pending) | None => Poll::Pending,
         }
     }
 }
