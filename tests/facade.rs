@@ -358,12 +358,20 @@ async fn the_server_cuts_off_a_client_that_stops_reading() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const BODY: usize = 64 << 20; // far more than the socket buffers hold
-    let app = Router::new().route("/export", get(|| async { vec![b'x'; BODY] }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    const STEADY: usize = 2 << 20;
+    let app = Router::new()
+        .route("/export", get(|| async { vec![b'x'; BODY] }))
+        .route("/steady", get(|| async { vec![b'y'; STEADY] }));
+    // Small send buffers (accepted sockets inherit them), so a reader's pace shows in the
+    // server's writes.
+    let listener = tokio::net::TcpSocket::new_v4().unwrap();
+    listener.set_send_buffer_size(64 << 10).unwrap();
+    listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = listener.listen(64).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         periscope::Server::new(listener)
-            .write_timeout(Duration::from_millis(300))
+            .write_timeout(Duration::from_secs(1))
             .serve(app, std::future::pending()),
     );
 
@@ -375,7 +383,7 @@ async fn the_server_cuts_off_a_client_that_stops_reading() {
         .await
         .unwrap();
     // Read nothing for well past the write timeout, then take what is left.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let mut received = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
         .await
@@ -386,6 +394,25 @@ async fn the_server_cuts_off_a_client_that_stops_reading() {
         received.len()
     );
     assert!(received.starts_with(b"HTTP/1.1 200"));
+
+    // A slow reader that keeps reading gets its whole answer: progress restarts the clock.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /steady HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = 0;
+    let mut chunk = vec![0; 64 << 10];
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match stream.read(&mut chunk).await.unwrap() {
+            0 => break,
+            n => received += n,
+        }
+    }
+    assert!(received > STEADY, "cut off after {received} bytes");
 }
 
 /// One request, one truth: for every kind of outcome, served by `periscope::Server` through
