@@ -15,7 +15,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::write_stall::WriteStallGuard;
+use crate::write_stall::{WriteStallGuard, limit_unsent};
 
 /// How long a client may take to send a request's head by default (hyper's own default, which
 /// hyper applies only when a timer is set).
@@ -88,9 +88,12 @@ impl Server {
     }
 
     /// How long a write to a client may make no progress before the connection is closed
-    /// (default 30 s; at least 1 ms): a client that stops reading its answers would otherwise
-    /// hold its connection for good. Any progress restarts the clock, so a slow download that
-    /// moves keeps going.
+    /// (default 30 s; at least 1 ms; `Duration::MAX` for never), as nginx's `send_timeout`: a
+    /// client that stops reading its answers would otherwise hold its connection for good.
+    /// Progress is the client taking bytes; on Linux the server keeps at most 128 KiB unsent
+    /// (`TCP_NOTSENT_LOWAT`), so a download that moves faster than 128 KiB per timeout keeps
+    /// going (4 KiB/s with the default). Elsewhere the kernel reports progress in coarser
+    /// steps: give slow clients a longer timeout there.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = timeout.max(Duration::from_millis(1));
         self
@@ -152,6 +155,7 @@ impl Server {
             };
             // Small answers go out at once rather than waiting for more to send.
             let _ = stream.set_nodelay(true);
+            limit_unsent(&stream);
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout)

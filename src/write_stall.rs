@@ -14,6 +14,10 @@ use tokio::time::Sleep;
 /// `TimedOut`: a client that stops reading its answers (its receive window full) is cut off
 /// instead of holding the connection, and a file descriptor, for good. Any progress restarts
 /// the clock, so a slow but steady reader keeps its connection.
+///
+/// The kernel tells a waiting writer about room in the send buffer in steps; on Linux a step
+/// is a third of a buffer that grows to 4 MiB, so a reader slower than 1.3 MiB per timeout
+/// would look stalled. [`limit_unsent`] makes the steps 128 KiB.
 #[pin_project]
 pub(crate) struct WriteStallGuard<S> {
     #[pin]
@@ -50,10 +54,12 @@ impl<S: AsyncWrite> WriteStallGuard<S> {
             return Poll::Ready(result);
         }
         if !std::mem::replace(this.waiting, true) {
-            let deadline = tokio::time::Instant::now() + *this.timeout;
-            match this.clock {
-                Some(clock) => clock.as_mut().reset(deadline),
-                None => *this.clock = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            // A timeout too long for the clock (`Duration::MAX`) never fires.
+            if let Some(deadline) = tokio::time::Instant::now().checked_add(*this.timeout) {
+                match this.clock {
+                    Some(clock) => clock.as_mut().reset(deadline),
+                    None => *this.clock = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
             }
         }
         match this.clock.as_mut().map(|clock| clock.as_mut().poll(cx)) {
@@ -103,5 +109,56 @@ impl<S: AsyncWrite> AsyncWrite for WriteStallGuard<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.guarded(cx, |inner, cx| inner.poll_shutdown(cx))
+    }
+}
+
+/// The most bytes a connection keeps queued in the kernel unsent: a waiting writer is woken
+/// each time the client has taken about this much, so the write timeout sees a slow reader's
+/// progress (and a slow reader holds less memory in the kernel).
+const UNSENT_LIMIT: u32 = 128 * 1024;
+
+/// Sets `TCP_NOTSENT_LOWAT` on `stream` (Linux): see [`WriteStallGuard`]. Elsewhere, and when
+/// the option is refused, the kernel's own steps apply.
+pub(crate) fn limit_unsent(stream: &tokio::net::TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(UNSENT_LIMIT);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (stream, UNSENT_LIMIT);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepted connections keep at most 128 KiB unsent, so a slow reader's progress shows.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[tokio::test]
+    async fn connections_keep_little_unsent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        limit_unsent(&stream);
+        let lowat = socket2::SockRef::from(&stream).tcp_notsent_lowat().unwrap();
+        assert_eq!(lowat, UNSENT_LIMIT);
+    }
+
+    /// `Duration::MAX` turns the clock off rather than overflowing it.
+    #[tokio::test]
+    async fn a_timeout_too_long_for_the_clock_never_fires() {
+        let (client, mut server) = tokio::io::duplex(8);
+        let mut guarded = std::pin::pin!(WriteStallGuard::new(client, Duration::MAX));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        // Fill the pipe, then a write has to wait: no panic, no error.
+        assert!(matches!(
+            guarded.as_mut().poll_write(&mut cx, &[0; 8]),
+            Poll::Ready(Ok(8))
+        ));
+        assert!(guarded.as_mut().poll_write(&mut cx, &[0; 8]).is_pending());
+        let mut buf = [0; 8];
+        tokio::io::AsyncReadExt::read_exact(&mut server, &mut buf)
+            .await
+            .unwrap();
     }
 }
