@@ -730,7 +730,6 @@ impl Handled {
         self.rewrite(parts, Arc::new(error.into_body(&self.ids)))
     }
 
-    /// `parts` with `error` as the negotiated body.
     /// Renders an envelope the service sent as its own, under this request's ids.
     fn readopt<B>(
         &self,
@@ -742,6 +741,7 @@ impl Handled {
         self.rewrite(parts, Arc::new(error))
     }
 
+    /// `parts` with `error` as the negotiated body.
     fn rewrite<B>(
         &self,
         mut parts: http::response::Parts,
@@ -756,16 +756,30 @@ impl Handled {
     }
 }
 
-/// The error envelope in `body`, `{"error":{"code":..,"message":..}}`, or its RFC 9457
-/// rendering, which carries the same `code` as an extension member (its `detail`, else its
-/// `title`, as the message); `None` for any other body.
+/// The error envelope in `body`: `{"error":{"code":..,"message":..}}`, or its RFC 9457
+/// rendering, which carries the same `code` as an extension member beside its `title` (the
+/// message is its `detail`, else its `title`); `None` for any other body. Only these shapes
+/// count: a 5xx body with a `code` and a `detail` alone is a handler's own JSON, whose
+/// internals stay in the log.
 fn parse_envelope(body: &[u8]) -> Option<crate::ErrorBody> {
     let json: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let mut error = crate::client::envelope_from_json(&json)?;
-    if error.message.is_empty() {
-        error.message = json.get("title")?.as_str()?.to_owned().into();
+    let text = |object: &serde_json::Value, key: &str| object.get(key)?.as_str().map(str::to_owned);
+    let is_envelope = match json.get("error") {
+        Some(error) if error.is_object() => {
+            text(error, "code").is_some() && text(error, "message").is_some()
+        }
+        _ => text(&json, "code").is_some() && text(&json, "title").is_some(),
+    };
+    if !is_envelope {
+        return None;
     }
-    (!error.message.is_empty()).then_some(error)
+    let mut error = crate::client::envelope_from_json(&json)?;
+    if error.message.is_empty()
+        && let Some(title) = text(&json, "title")
+    {
+        error.message = title.into();
+    }
+    Some(error)
 }
 
 fn content_type(headers: &HeaderMap) -> &str {
@@ -895,6 +909,17 @@ mod tests {
         assert_eq!(json["error"]["code"], "service_unavailable");
         assert!(!json.to_string().contains("hunter2"), "{json}");
         assert!(parts.headers().contains_key("x-request-id"));
+
+        // A `code` beside a `detail` alone is not an envelope: the detail stays in the log.
+        let (_, json) = call(get("/"), |_| async {
+            json_response(
+                500,
+                r#"{"status":500,"code":"db_error","detail":"password authentication failed for admin at 10.0.0.5"}"#,
+            )
+        })
+        .await;
+        assert_eq!(json["error"]["code"], "internal_error");
+        assert!(!json.to_string().contains("10.0.0.5"), "{json}");
 
         // Not JSON at all, though labelled so: replaced too.
         let (_, json) = call(get("/"), |_| async { json_response(500, "{oops") }).await;
