@@ -60,8 +60,9 @@ fn mask_json_in(text: &str, redactor: &Redactor) -> Option<String> {
 
 /// `text` with the value of every `key=value` whose key is sensitive masked (a libpq
 /// `host=db password=...`, an ADO `Server=db;Password=...;`, `DB_PASSWORD=...` in a list), or
-/// `None` when there is none. A value runs to the next whitespace, `;`, `,` or `&`, or to its
-/// closing quote when quoted.
+/// `None` when there is none. A value runs to the next whitespace or `;` (libpq's and ADO's
+/// ends: a `,` or `&` may be part of a password, and masking too much beats showing the rest),
+/// or to its closing quote when quoted, `\"` escapes included.
 fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
     let is_key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
     let bytes = text.as_bytes();
@@ -82,14 +83,17 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
         }
         let value_start = at + 1;
         let value_end = match bytes.get(value_start) {
-            Some(&quote @ (b'\'' | b'"')) => text[value_start + 1..]
-                .find(char::from(quote))
-                .map_or(text.len(), |close| value_start + 1 + close + 1),
+            Some(&quote @ (b'\'' | b'"')) => {
+                closing_quote(bytes, value_start + 1, quote).map_or(text.len(), |close| close + 1)
+            }
             _ => text[value_start..]
-                .find(|c: char| c.is_whitespace() || matches!(c, ';' | ',' | '&'))
+                .find(|c: char| c.is_whitespace() || c == ';')
                 .map_or(text.len(), |end| value_start + end),
         };
-        if text[value_start..value_end].trim_matches(['\'', '"']) == REDACTED {
+        if text[value_start..value_end]
+            .trim_start_matches(['\'', '"'])
+            .starts_with(REDACTED)
+        {
             continue; // masked as part of a URL already
         }
         out.push_str(&text[copied..value_start]);
@@ -101,6 +105,20 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
     }
     out.push_str(&text[copied..]);
     Some(out)
+}
+
+/// Where the quoted value starting at `from` ends: its `quote` not escaped by a `\`.
+fn closing_quote(bytes: &[u8], from: usize, quote: u8) -> Option<usize> {
+    let mut escaped = false;
+    for (at, &b) in bytes.iter().enumerate().skip(from) {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' => escaped = true,
+            _ if b == quote => return Some(at),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// `text` with the secrets of its URLs masked, or `None` when nothing needed masking.
@@ -271,8 +289,21 @@ mod tests {
                 "Server=db;Password=[REDACTED];Database=app",
             ),
             (
-                "DB_PASSWORD=HUNTER3,LOG_LEVEL=info",
-                "DB_PASSWORD=[REDACTED],LOG_LEVEL=info",
+                "DB_PASSWORD=HUNTER3 LOG_LEVEL=info",
+                "DB_PASSWORD=[REDACTED] LOG_LEVEL=info",
+            ),
+            // `,` and `&` may be part of a password: the value runs to whitespace or `;`.
+            (
+                "password=HUN,TER&7 user=app",
+                "password=[REDACTED] user=app",
+            ),
+            (
+                "Password=p&ss,HUNTER8;Database=x",
+                "Password=[REDACTED];Database=x",
+            ),
+            (
+                r#"password="a\"HUNTER 9" user=app"#,
+                "password=[REDACTED] user=app",
             ),
             (
                 "password='HUNTER 4' user=app",
