@@ -93,7 +93,7 @@ const MAX_DECODE_MIB: u32 = (MAX_DECODE_BYTES >> 20) as u32;
 
 /// The MiB a decode of `body` may take, from the image's header: its pixels at 8 bytes each
 /// (16-bit RGBA, the widest PNG), at most what the decoder may allocate. A header that cannot
-/// be read costs 1: its decode fails at once.
+/// be read, or that claims more than [`MAX_IMAGE_SIDE`], costs 1: its decode fails at once.
 fn decode_mib(body: &[u8]) -> u32 {
     let dimensions = ImageReader::new(Cursor::new(body))
         .with_guessed_format()
@@ -102,6 +102,9 @@ fn decode_mib(body: &[u8]) -> u32 {
     let Some((width, height)) = dimensions else {
         return 1;
     };
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        return 1;
+    }
     let bytes = u64::from(width) * u64::from(height) * 8;
     let mib = bytes.div_ceil(1 << 20).clamp(1, u64::from(MAX_DECODE_MIB));
     u32::try_from(mib).unwrap_or(MAX_DECODE_MIB)
@@ -159,18 +162,18 @@ async fn predict(
         HttpError::new(codes::SERVICE_UNAVAILABLE, "The model is not available").with_source(error)
     })?;
 
-    // Waits its turn, and for the memory its image takes: the request's own timeout bounds
-    // the wait.
-    let memory = state
-        .decode_memory
-        .clone()
-        .acquire_many_owned(decode_mib(&body))
-        .await
-        .map_err(HttpError::internal)?;
+    // Waits its turn, then for the memory its image takes (a decode slot is cheap to hold
+    // while waiting; memory is not): the request's own timeout bounds both waits.
     let decoding = state
         .decodes
         .clone()
         .acquire_owned()
+        .await
+        .map_err(HttpError::internal)?;
+    let memory = state
+        .decode_memory
+        .clone()
+        .acquire_many_owned(decode_mib(&body))
         .await
         .map_err(HttpError::internal)?;
     let input = preprocess(body, [decoding, memory, upload]).await?;
@@ -372,7 +375,8 @@ mod tests {
         let large = png(2048, 2048);
         assert!(large.len() < 1 << 20, "{}", large.len());
         assert_eq!(decode_mib(&large), 32);
-        // Not an image: its decode fails at once.
+        // Beyond the side limit, or not an image: its decode fails at once.
+        assert_eq!(decode_mib(&png(MAX_IMAGE_SIDE + 1, 1)), 1);
         assert_eq!(decode_mib(b"not an image"), 1);
         assert_eq!(decode_mib(b""), 1);
     }
