@@ -458,10 +458,10 @@ pub fn remove_absent_tenants<C: Injector + ?Sized>(
 
 /// A string map that carries a [`RequestContext`] inside a queue message or job payload.
 ///
-/// Serialises as a flat JSON object of header-named keys, so any queue can hold it. Read back,
-/// keys are taken without regard to case (`Traceparent`, as a Go `http.Header` writes it, is
-/// `traceparent`) and a key given twice keeps its first value, as a header does; values must
-/// be strings.
+/// Serialises as a flat JSON object of header-named keys, so any queue can hold it. Read back
+/// (or made from a map), keys are taken without regard to case (`Traceparent`, Go's canonical
+/// header form, is `traceparent`) and a key given twice keeps its first value, as a header
+/// does; values must be strings.
 ///
 /// ```
 /// use periscope_context::{Carrier, RequestContext};
@@ -533,8 +533,21 @@ impl Carrier {
 }
 
 impl From<BTreeMap<String, String>> for Carrier {
+    /// Keys are taken without regard to case, as when read from a payload: of two that differ
+    /// only in case, the first in the map's order stays.
     fn from(map: BTreeMap<String, String>) -> Self {
-        Self(map)
+        if !map
+            .keys()
+            .any(|key| key.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            return Self(map);
+        }
+        let mut entries = BTreeMap::new();
+        for (mut key, value) in map {
+            key.make_ascii_lowercase();
+            entries.entry(key).or_insert(value);
+        }
+        Self(entries)
     }
 }
 
@@ -639,11 +652,10 @@ mod tests {
                 "{pairs:?}"
             );
             let (a, b) = (&one_pass.context, &lookups.context);
-            if !a
-                .request_id
-                .as_str()
-                .starts_with(RequestId::GENERATED_PREFIX)
-            {
+            if !matches!(
+                one_pass.request_id,
+                RequestIdOrigin::Generated | RequestIdOrigin::Replaced(_)
+            ) {
                 assert_eq!(a.request_id, b.request_id, "{pairs:?}");
             }
             if one_pass.trace == TraceOrigin::Continued {
@@ -856,8 +868,8 @@ mod tests {
         }
     }
 
-    /// Keys are read without regard to case (a Go `http.Header` writes `Traceparent`), and a key
-    /// given twice keeps its first value, as a header does.
+    /// Keys are read without regard to case (`Traceparent`, Go's canonical header form), and a
+    /// key given twice keeps its first value, as a header does.
     #[cfg(feature = "serde")]
     #[test]
     fn a_carrier_reads_keys_in_any_case_and_the_first_of_twins() {
@@ -869,6 +881,14 @@ mod tests {
         assert_eq!(extracted.trace, TraceOrigin::Continued);
         assert_eq!(extracted.context.request_id.as_str(), "up-1");
         assert_eq!(extracted.context.tenant.get("org_id"), Some("o-1"));
+        // Made from a map, the same.
+        let map = BTreeMap::from([
+            ("Traceparent".to_owned(), TP.to_owned()),
+            ("X-Request-Id".to_owned(), "up-3".to_owned()),
+        ]);
+        let extracted = extract(&Carrier::from(map), &ExtractOptions::default());
+        assert_eq!(extracted.trace, TraceOrigin::Continued);
+        assert_eq!(extracted.context.request_id.as_str(), "up-3");
         // Values must be strings; the error says what was expected.
         let error = serde_json::from_str::<Carrier>(r#"{"traceparent":5}"#).unwrap_err();
         assert!(error.to_string().contains("string"), "{error}");
