@@ -28,7 +28,6 @@
 
 mod collectors;
 mod config;
-mod draining;
 mod observability;
 #[cfg(feature = "serve")]
 mod serve;
@@ -39,7 +38,6 @@ mod write_stall;
 pub use config::{
     ConfigError, DEFAULT_SHUTDOWN_DRAIN, MAX_SHUTDOWN_DRAIN, MIN_ADMIN_TOKEN_LEN, Settings,
 };
-pub use draining::{CloseWhenDraining, CloseWhenDrainingFuture};
 pub use observability::{Error, Observability, ObservabilityBuilder, ObservabilityGuard};
 #[cfg(feature = "serve")]
 pub use serve::{

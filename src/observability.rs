@@ -502,7 +502,6 @@ impl Observability {
             metrics: self.metrics_layer.clone(),
             access_log: AccessLogLayer::new(),
             errors,
-            drain: self.health.drain_handle(),
         }
     }
 

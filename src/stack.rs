@@ -6,14 +6,11 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use periscope_error::{ErrorLayer, ErrorService};
-use periscope_health::DrainHandle;
 use periscope_log::{AccessLog, AccessLogLayer};
 use periscope_metrics::{Metrics, MetricsLayer};
 use periscope_trace::{Correlation, CorrelationLayer};
 use tower_layer::Layer;
 use tower_service::Service;
-
-use crate::draining::CloseWhenDraining;
 
 /// Every periscope middleware as one layer, outermost first:
 ///
@@ -25,9 +22,6 @@ use crate::draining::CloseWhenDraining;
 /// 4. panic catching and error envelopes ([`ErrorLayer`]): innermost, so a panic becomes a 500
 ///    envelope that the layers above still see, count and log.
 ///
-/// Around them all, [`CloseWhenDraining`] adds `Connection: close` to the HTTP/1.x answers
-/// given while the service drains.
-///
 /// Made by [`Observability::layer`](crate::Observability::layer). With axum, add it with
 /// `Router::layer` so the route template (`MatchedPath`) is known to every layer.
 #[derive(Clone, Debug)]
@@ -36,12 +30,10 @@ pub struct ObservabilityLayer {
     pub(crate) metrics: Option<MetricsLayer>,
     pub(crate) access_log: AccessLogLayer,
     pub(crate) errors: ErrorLayer,
-    pub(crate) drain: DrainHandle,
 }
 
 /// The service [`ObservabilityLayer`] makes.
-pub type ObservabilityService<S> =
-    CloseWhenDraining<Correlation<MaybeMetrics<AccessLog<ErrorService<S>>>>>;
+pub type ObservabilityService<S> = Correlation<MaybeMetrics<AccessLog<ErrorService<S>>>>;
 
 impl<S> Layer<S> for ObservabilityLayer {
     type Service = ObservabilityService<S>;
@@ -52,7 +44,7 @@ impl<S> Layer<S> for ObservabilityLayer {
             Some(metrics) => MaybeMetrics::On(metrics.layer(inner)),
             None => MaybeMetrics::Off(inner),
         };
-        CloseWhenDraining::new(self.correlation.layer(inner), self.drain.clone())
+        self.correlation.layer(inner)
     }
 }
 

@@ -415,49 +415,6 @@ async fn the_server_cuts_off_a_client_that_stops_reading() {
     assert!(received > STEADY, "cut off after {received} bytes");
 }
 
-/// While the service drains, its HTTP/1.1 answers carry `Connection: close` and the server
-/// closes the connection after them: clients retire their pooled connections to it before the
-/// listener closes, instead of racing the close.
-#[cfg(feature = "serve")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_given_while_draining_close_their_connection() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let obs = Observability::builder()
-        .service_name("draining")
-        .build()
-        .unwrap();
-    let app = Router::new()
-        .route("/hello", get(|| async { "hello" }))
-        .layer(obs.layer());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(periscope::Server::new(listener).serve(app, std::future::pending()));
-
-    // One keep-alive connection: the first answer keeps it, the one given while draining
-    // closes it.
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = b"GET /hello HTTP/1.1\r\nhost: a\r\n\r\n";
-    stream.write_all(request).await.unwrap();
-    let mut first = vec![0; 4096];
-    let n = stream.read(&mut first).await.unwrap();
-    let first = String::from_utf8_lossy(&first[..n]).to_lowercase();
-    assert!(first.starts_with("http/1.1 200"), "{first}");
-    assert!(!first.contains("connection: close"), "{first}");
-
-    obs.health().drain_handle().drain();
-    stream.write_all(request).await.unwrap();
-    let mut rest = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut rest))
-        .await
-        .expect("the server closed the connection after the answer")
-        .unwrap();
-    let rest = rest.to_lowercase();
-    assert!(rest.starts_with("http/1.1 200"), "{rest}");
-    assert!(rest.contains("connection: close"), "{rest}");
-    assert!(rest.ends_with("hello"), "{rest}");
-}
-
 /// One request, one truth: for every kind of outcome, served by `periscope::Server` through
 /// `Observability::layer()`, the status on the wire is the one the metrics count (counter and
 /// duration histogram), the access line and the server span record, and the envelope's code
