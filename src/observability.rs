@@ -599,6 +599,25 @@ impl Observability {
         Shutdown::on_signal(self.health.drain_handle(), self.settings.shutdown_drain)
     }
 
+    /// A [`Server`](crate::Server) on `listener` that stops keeping connections alive once this
+    /// service drains ([`Server::drain_handle`](crate::Server::drain_handle)): clients retire
+    /// their pooled connections during the grace period of
+    /// [`shutdown_on_signal`](Self::shutdown_on_signal).
+    ///
+    /// ```no_run
+    /// # async fn run(app: axum::Router) -> Result<(), Box<dyn std::error::Error>> {
+    /// let obs = periscope::Observability::from_env()?;
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+    /// obs.server(listener)
+    ///     .serve(app, obs.shutdown_on_signal().wait())
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "serve")]
+    pub fn server(&self, listener: tokio::net::TcpListener) -> crate::Server {
+        crate::Server::new(listener).drain_handle(self.health.drain_handle())
+    }
+
     /// Changes log levels at runtime.
     pub fn level_control(&self) -> &LevelControl {
         &self.level_control

@@ -12,6 +12,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use periscope_health::DrainHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -55,7 +56,8 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 ///     .merge(obs.admin().router())
 ///     .layer(obs.layer());
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
-/// periscope::Server::new(listener)
+/// // `Server::new(listener)`, told when the service drains.
+/// obs.server(listener)
 ///     .serve(app, obs.shutdown_on_signal().wait())
 ///     .await?;
 /// # Ok(()) }
@@ -67,6 +69,7 @@ pub struct Server {
     header_read_timeout: Duration,
     write_timeout: Duration,
     shutdown_timeout: Duration,
+    drain: Option<DrainHandle>,
 }
 
 impl Server {
@@ -77,6 +80,7 @@ impl Server {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            drain: None,
         }
     }
 
@@ -96,6 +100,17 @@ impl Server {
     /// steps: give slow clients a longer timeout there.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Stops keeping connections alive once `drain` drains (`obs.health().drain_handle()`, which
+    /// `obs.shutdown_on_signal()` drains on SIGTERM): from then on every answer carries
+    /// `Connection: close` and idle connections are closed, so clients retire their pooled
+    /// connections to this instance during the grace period instead of sending a request on
+    /// one the server closes when the listener stops (the keep-alive race behind connection
+    /// resets at a rollout). New connections are still answered until the shutdown signal.
+    pub fn drain_handle(mut self, drain: DrainHandle) -> Self {
+        self.drain = Some(drain);
         self
     }
 
@@ -133,10 +148,20 @@ impl Server {
             header_read_timeout,
             write_timeout,
             shutdown_timeout,
+            drain,
         } = self;
+        let draining = async {
+            match &drain {
+                Some(drain) => drain.draining().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(draining);
+        // The shutdown of the connections accepted before the drain began, once it has.
+        let mut before_drain: Option<tokio::task::JoinHandle<()>> = None;
         let mut accept_failures = AcceptFailures::default();
         tokio::pin!(shutdown);
-        let connections = GracefulShutdown::new();
+        let mut connections = GracefulShutdown::new();
         // Owned here, so the connections still open after the shutdown timeout are closed.
         let mut tasks = JoinSet::new();
         loop {
@@ -144,6 +169,13 @@ impl Server {
             while tasks.try_join_next().is_some() {}
             let stream = tokio::select! {
                 () = &mut shutdown => break,
+                () = &mut draining, if before_drain.is_none() => {
+                    // The connections so far stop keeping alive: idle ones close, busy ones
+                    // close after their answer. Later ones are served without keep-alive.
+                    let before = std::mem::replace(&mut connections, GracefulShutdown::new());
+                    before_drain = Some(tokio::spawn(before.shutdown()));
+                    continue;
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(error) => {
@@ -159,6 +191,7 @@ impl Server {
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout)
+                .keep_alive(before_drain.is_none())
                 .serve_connection(
                     TokioIo::new(WriteStallGuard::new(stream, write_timeout)),
                     TowerToHyperService::new(service.clone()),
@@ -171,7 +204,13 @@ impl Server {
             });
         }
         drop(listener);
-        if tokio::time::timeout(shutdown_timeout, connections.shutdown())
+        let finished = async {
+            connections.shutdown().await;
+            if let Some(before_drain) = before_drain {
+                let _ = before_drain.await;
+            }
+        };
+        if tokio::time::timeout(shutdown_timeout, finished)
             .await
             .is_err()
         {

@@ -415,6 +415,76 @@ async fn the_server_cuts_off_a_client_that_stops_reading() {
     assert!(received > STEADY, "cut off after {received} bytes");
 }
 
+/// Once the service drains, the server stops keeping connections alive: an idle kept-alive
+/// connection is closed, a request in flight gets `Connection: close` on its answer, and a new
+/// connection is still answered, then closed. Clients retire their pooled connections during
+/// the grace period instead of racing the listener's close.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_server_stops_keeping_connections_alive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let drain = periscope::health::DrainHandle::default();
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                "done"
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        periscope::Server::new(listener)
+            .drain_handle(drain.clone())
+            .serve(app, std::future::pending()),
+    );
+    let hello = b"GET /hello HTTP/1.1\r\nhost: a\r\n\r\n";
+    let read_to_end = |mut stream: tokio::net::TcpStream| async move {
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+            .await
+            .expect("the server closed the connection")
+            .unwrap();
+        answer.to_lowercase()
+    };
+
+    // Before the drain: kept alive.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(hello).await.unwrap();
+    let mut first = vec![0; 4096];
+    let n = idle.read(&mut first).await.unwrap();
+    let first = String::from_utf8_lossy(&first[..n]).to_lowercase();
+    assert!(first.starts_with("http/1.1 200"), "{first}");
+    assert!(!first.contains("connection: close"), "{first}");
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    drain.drain();
+    // The idle one is closed without an answer; the busy one gets its answer, then closes.
+    assert_eq!(read_to_end(idle).await, "");
+    let slow = read_to_end(busy).await;
+    assert!(slow.starts_with("http/1.1 200"), "{slow}");
+    assert!(
+        slow.contains("connection: close") && slow.ends_with("done"),
+        "{slow}"
+    );
+    // A new connection is still answered, then closed.
+    let mut late = tokio::net::TcpStream::connect(addr).await.unwrap();
+    late.write_all(hello).await.unwrap();
+    let late = read_to_end(late).await;
+    assert!(late.starts_with("http/1.1 200"), "{late}");
+    assert!(
+        late.contains("connection: close") && late.ends_with("hello"),
+        "{late}"
+    );
+}
+
 /// One request, one truth: for every kind of outcome, served by `periscope::Server` through
 /// `Observability::layer()`, the status on the wire is the one the metrics count (counter and
 /// duration histogram), the access line and the server span record, and the envelope's code

@@ -20,9 +20,9 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use periscope::Observability;
 use periscope::admin::Admin;
 use periscope::error::{HttpError, Violations};
-use periscope::{Observability, Server};
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -66,8 +66,8 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     // Until the signal and the drain period after it, keep accepting: load balancers must
     // see /ready answer 503 draining before the listener goes away. Then requests in flight
     // finish and idle connections close; a client that never finishes its request head is
-    // cut off after 30 s.
-    Server::new(listener)
+    // cut off after 30 s. From the signal on, answers carry `Connection: close`.
+    obs.server(listener)
         .serve(service, obs.shutdown_on_signal().wait())
         .await?;
     tracing::info!("stopped");

@@ -47,9 +47,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use axum::Router;
+use periscope::Observability;
 use periscope::admin::DebugAccess;
 use periscope::health::Health;
-use periscope::{Observability, Server};
 use tokio::net::TcpListener;
 
 use self::model::ModelHandle;
@@ -134,13 +134,12 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         // Loopback only: whoever reaches this port reaches the debug endpoints.
         let listener = bind("admin", SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
         let stop = shutdown.clone();
-        admin_server = Some(tokio::spawn(
-            Server::new(listener).serve(admin, stop.wait()),
-        ));
+        admin_server = Some(tokio::spawn(obs.server(listener).serve(admin, stop.wait())));
     }
     let listener = bind("http", SocketAddr::from((config.host, config.port))).await?;
-    // Unlike `axum::serve`, a client that never finishes its request head is cut off (30 s).
-    Server::new(listener).serve(app, shutdown.wait()).await?;
+    // Unlike `axum::serve`, a client that never finishes its request head is cut off (30 s),
+    // and once draining, answers carry `Connection: close` so clients let go of this instance.
+    obs.server(listener).serve(app, shutdown.wait()).await?;
     if let Some(admin) = admin_server {
         admin.await??;
     }

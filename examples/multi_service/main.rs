@@ -95,7 +95,8 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     let worker = tokio::spawn(Server::new(worker_listener).serve(worker_app, async {
         let _ = worker_stop.await;
     }));
-    let api = Server::new(api_listener)
+    let api = obs
+        .server(api_listener)
         .serve(api_app, shutdown.wait())
         .await;
     drop(api_stopped);

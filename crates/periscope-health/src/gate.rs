@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 /// A startup condition the service opens when it is met, for example "model loaded".
 ///
 /// While any gate is closed, `/startup` and `/ready` answer 503 `starting` and the readiness
@@ -77,15 +79,23 @@ impl fmt::Debug for StartupGate {
 /// health.drain_handle().drain_for(Duration::from_secs(5)).await;
 /// # }
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct DrainHandle {
-    draining: Arc<AtomicBool>,
+    draining: Arc<watch::Sender<bool>>,
+}
+
+impl Default for DrainHandle {
+    fn default() -> Self {
+        Self {
+            draining: Arc::new(watch::Sender::new(false)),
+        }
+    }
 }
 
 impl DrainHandle {
     /// Starts draining: `/ready` answers 503 `draining` from now on.
     pub fn drain(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.draining.send_replace(true);
     }
 
     /// Starts draining, then waits `grace` (at least two readiness probe periods is the rule of
@@ -97,12 +107,20 @@ impl DrainHandle {
 
     /// Stops draining (a cancelled shutdown).
     pub fn resume(&self) {
-        self.draining.store(false, Ordering::Release);
+        self.draining.send_replace(false);
     }
 
     /// Whether the service is draining.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        *self.draining.borrow()
+    }
+
+    /// Returns once the service drains (at once when it already does): for a server that stops
+    /// keeping connections alive from then on (`periscope::Server::drain_handle`).
+    pub async fn draining(&self) {
+        let mut draining = self.draining.subscribe();
+        // The handle holds the sender, so the channel stays open while this waits.
+        let _ = draining.wait_for(|draining| *draining).await;
     }
 }
 
@@ -111,5 +129,31 @@ impl fmt::Debug for DrainHandle {
         f.debug_struct("DrainHandle")
             .field("draining", &self.is_draining())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `draining()` wakes every waiter when a clone drains, and returns at once afterwards.
+    #[tokio::test]
+    async fn waiters_learn_when_any_clone_drains() {
+        let drain = DrainHandle::default();
+        let waiter = drain.clone();
+        let waiting = tokio::spawn(async move { waiter.draining().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        drain.clone().drain();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiter woke")
+            .unwrap();
+        tokio::time::timeout(Duration::from_millis(100), drain.draining())
+            .await
+            .expect("already draining: at once");
+        assert!(drain.is_draining());
+        drain.resume();
+        assert!(!drain.is_draining());
     }
 }
