@@ -2,8 +2,8 @@
 //!
 //! ```sh
 //! cargo run --example inference_gateway          # http://127.0.0.1:8000, JSON logs on stdout
-//! curl -s -X POST -H 'content-type: image/png' --data-binary @photo.png http://127.0.0.1:8000/predict
-//! curl -s -F image=@photo.jpg http://127.0.0.1:8000/predict   # multipart works too
+//! curl -s -X POST -H 'content-type: image/png' --data-binary @examples/inference_gateway/red.png http://127.0.0.1:8000/predict
+//! curl -s -F image=@examples/inference_gateway/red.png http://127.0.0.1:8000/predict   # multipart works too
 //! ```
 //!
 //! | endpoint | what it shows |
