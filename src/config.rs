@@ -42,7 +42,8 @@ pub(crate) const VARIABLES: &[&str] = &[
 ];
 
 /// A setting that cannot be used, naming the variable (or builder method) and what it accepts.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// `Debug` writes the message too (see [`Error`](crate::Error)).
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{var}={value:?} is invalid: {expected}")]
 pub struct ConfigError {
     /// The environment variable (or builder method) that was wrong.
@@ -51,6 +52,12 @@ pub struct ConfigError {
     pub value: String,
     /// What it accepts.
     pub expected: String,
+}
+
+impl std::fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl ConfigError {
@@ -422,6 +429,19 @@ pub(crate) fn drain_error(value: impl Into<String>) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `main() -> Result<(), Box<dyn Error>>` prints an error with `Debug`: the message, not
+    /// the struct.
+    #[test]
+    fn a_setting_error_returned_from_main_reads_as_its_message() {
+        let error = env(&[("LOG_FORMAT", "xml")]).unwrap_err();
+        let boxed: Box<dyn std::error::Error> = Box::new(crate::Error::from(error.clone()));
+        assert_eq!(format!("{boxed:?}"), error.to_string());
+        assert!(
+            format!("{error:?}").starts_with("LOG_FORMAT=\"xml\" is invalid"),
+            "{error:?}"
+        );
+    }
 
     fn env(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         Settings::default().apply_env(|name| {

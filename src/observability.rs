@@ -26,7 +26,10 @@ use crate::stack::ObservabilityLayer;
 use periscope_metrics::prometheus_client::metrics::MetricType;
 
 /// What can go wrong while setting periscope up.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` writes the message too, so `main() -> Result<(), Box<dyn Error>>` prints
+/// `Error: LOG_FORMAT="xml" is invalid: use json or pretty`, not the struct.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A setting is malformed; the message names the variable and the accepted values.
@@ -56,6 +59,12 @@ pub enum Error {
     #[cfg(feature = "gpu")]
     #[error("GPU collector: could not start its sampling thread: {0}")]
     Gpu(std::io::Error),
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// Builds an [`Observability`]: code sets the defaults, [`env`](Self::env) applies the
