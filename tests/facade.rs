@@ -858,6 +858,18 @@ async fn every_signal_of_a_request_tells_what_the_client_got() {
             case.status.map(u64::from),
             "{name}"
         );
+        // The envelope's code, so the line says which error a 4xx or 5xx was (a HEAD answer
+        // has its envelope rendered, then dropped by the server).
+        let rendered = if name == "head-unmatched" {
+            Some("route_not_found")
+        } else {
+            case.code
+        };
+        assert_eq!(
+            access["data"]["error_code"].as_str(),
+            rendered,
+            "{name}: {access}"
+        );
         let aborted = matches!(name, "stream" | "cancelled");
         assert_eq!(
             access["data"]["aborted"].as_bool(),

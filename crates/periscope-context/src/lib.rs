@@ -54,6 +54,33 @@ pub use tenant::{InvalidTenantKey, Tenant, TenantKey};
 pub use traceparent::{TRACEPARENT_LEN, TraceParent, TraceParentError};
 pub use tracestate::{MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TraceState, TraceStateError};
 
+/// The error code of an answer periscope rendered as an error envelope, in its response's
+/// extensions: the error layer puts it there, so the layers above it (the access log) can say
+/// which error a 4xx or 5xx was without reading the body.
+///
+/// ```
+/// use periscope_context::AnsweredError;
+///
+/// let mut response = http::Response::new(());
+/// response.extensions_mut().insert(AnsweredError::new("order_not_found"));
+/// let answered = response.extensions().get::<AnsweredError>().unwrap();
+/// assert_eq!(answered.code(), "order_not_found");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnsweredError(std::borrow::Cow<'static, str>);
+
+impl AnsweredError {
+    /// The answer's error code.
+    pub fn new(code: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self(code.into())
+    }
+
+    /// The code (`order_not_found`).
+    pub fn code(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Whether an answer goes out without a body whatever its handler set: one to a `HEAD`
 /// request, or a 1xx, 204 or 304 status (RFC 9110). Servers drop such a body unread, so the
 /// layers that count bytes or wait for a body's end take the answer as complete at once.

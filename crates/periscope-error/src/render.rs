@@ -260,11 +260,20 @@ pub(crate) fn write(
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     headers.insert(X_REQUEST_ID, ids.request_id.header_value().clone());
+    remember(parts, body, ids);
+    bytes
+}
+
+/// Leaves the rendered error in the response's extensions: whole, for an error layer above
+/// that re-renders it, and its code for the access log.
+fn remember(parts: &mut http::response::Parts, body: Arc<ErrorBody>, ids: &Ids) {
+    parts
+        .extensions
+        .insert(periscope_context::AnsweredError::new(body.code.clone()));
     parts.extensions.insert(RenderedError {
         body,
         ids_from_context: ids.from_context,
     });
-    bytes
 }
 
 /// A gRPC error answer ("trailers-only"): HTTP 200 without a body, the code that the error's
@@ -303,10 +312,7 @@ fn write_grpc(
         headers.insert(GRPC_MESSAGE, message);
     }
     headers.insert(X_REQUEST_ID, ids.request_id.header_value().clone());
-    parts.extensions.insert(RenderedError {
-        body,
-        ids_from_context: ids.from_context,
-    });
+    remember(parts, body, ids);
     Bytes::new()
 }
 

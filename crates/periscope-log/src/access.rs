@@ -13,7 +13,7 @@ use bytes::Buf;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use periscope_context::grpc::{GrpcCode, answer_code};
-use periscope_context::{HexId, RequestContext, RequestId, SpanId, TraceId};
+use periscope_context::{AnsweredError, HexId, RequestContext, RequestId, SpanId, TraceId};
 use pin_project::{pin_project, pinned_drop};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -203,6 +203,7 @@ where
                 let pending = Pending {
                     info,
                     status: response.status(),
+                    answered: response.extensions().get::<AnsweredError>().cloned(),
                     grpc: answer_code(response.status(), response.headers()),
                     bytes: 0,
                 };
@@ -236,7 +237,7 @@ impl<F> PinnedDrop for ResponseFuture<F> {
     fn drop(self: Pin<&mut Self>) {
         if let Some(info) = self.project().info.take() {
             // Dropped before the response: the client went away, or an outer timeout fired.
-            info.log_completed(None, None, 0, true, None);
+            info.log_completed(Answer::default(), 0, true, None);
         }
     }
 }
@@ -280,9 +281,20 @@ impl Error for MessageOnly {}
 struct Pending {
     info: RequestInfo,
     status: StatusCode,
+    /// The error envelope periscope rendered, if any: its code goes on the line.
+    answered: Option<AnsweredError>,
     /// A gRPC answer's code: from its head (trailers-only), else from its trailers.
     grpc: Option<GrpcCode>,
     bytes: u64,
+}
+
+/// What the line says about the answer: its status (none when it never came), its gRPC code,
+/// and the code of the error envelope periscope rendered for it.
+#[derive(Default)]
+struct Answer<'a> {
+    status: Option<StatusCode>,
+    grpc: Option<GrpcCode>,
+    error_code: Option<&'a str>,
 }
 
 /// The response body of [`AccessLog`]: counts the bytes sent and writes the line at its end.
@@ -432,14 +444,21 @@ impl RequestInfo {
 
 impl Pending {
     fn log(self, aborted: bool) {
-        self.info
-            .log_completed(Some(self.status), self.grpc, self.bytes, aborted, None);
+        self.log_with(aborted, None);
     }
 
     /// The body failed while it was sent: the line says so at error, with the cause.
     fn log_failed(self, error: &(dyn Error + 'static)) {
-        self.info
-            .log_completed(Some(self.status), self.grpc, self.bytes, true, Some(error));
+        self.log_with(true, Some(error));
+    }
+
+    fn log_with(self, aborted: bool, error: Option<&(dyn Error + 'static)>) {
+        let answer = Answer {
+            status: Some(self.status),
+            grpc: self.grpc,
+            error_code: self.answered.as_ref().map(AnsweredError::code),
+        };
+        self.info.log_completed(answer, self.bytes, aborted, error);
     }
 }
 
@@ -449,12 +468,16 @@ impl RequestInfo {
     /// (`error`) is logged at error whatever its status.
     fn log_completed(
         &self,
-        status: Option<StatusCode>,
-        grpc: Option<GrpcCode>,
+        answer: Answer<'_>,
         bytes_out: u64,
         aborted: bool,
         error: Option<&(dyn Error + 'static)>,
     ) {
+        let Answer {
+            status,
+            grpc,
+            error_code,
+        } = answer;
         let judged = grpc.map(GrpcCode::http_status).or(status);
         let level = match judged.map(|status| status.as_u16()) {
             _ if error.is_some() => self.level(true),
@@ -473,6 +496,7 @@ impl RequestInfo {
             path = self.path.as_str(),
             status = status.map(|status| status.as_u16()),
             grpc_status = grpc.map(GrpcCode::value),
+            error_code,
             duration_ms = self.duration_ms(),
             bytes_out,
             aborted = aborted.then_some(true),
