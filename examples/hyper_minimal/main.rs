@@ -22,6 +22,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use periscope::Observability;
 use periscope::admin::Admin;
+use periscope::admin::Endpoint;
 use periscope::error::{HttpError, Violations};
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt};
@@ -52,8 +53,8 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         .build()?;
     let _guard = obs.init()?;
 
-    // The app answers its routes and hands every other path to the admin service: probes,
-    // /metrics, /debug/* (behind ADMIN_TOKEN) and the 404 envelope.
+    // The app answers its routes and hands the admin paths to the admin service: probes,
+    // /metrics and /debug/* (behind ADMIN_TOKEN). Any other path is a 404 envelope.
     let admin = obs.admin();
     let app = tower::service_fn(move |request| route(admin.clone(), request));
     let service = ServiceBuilder::new().layer(obs.layer()).service(app);
@@ -74,14 +75,23 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// The app's one route, `GET /hello/{name}` (and `HEAD`); everything else goes to the admin
-/// service.
+/// The app's one route, `GET /hello/{name}` (and `HEAD`); the admin paths go to the admin
+/// service, any other is a 404.
 async fn route(
     admin: Admin,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let Some(name) = request.uri().path().strip_prefix("/hello/") else {
-        return admin.oneshot(request).await;
+    let path = request.uri().path();
+    let Some(name) = path.strip_prefix("/hello/") else {
+        // The admin surface answers its own paths (`/debug/*` behind the token); any other is
+        // the service's 404, which the error layer words as a router's.
+        if Endpoint::from_path(path).is_some() || path.starts_with("/debug/") {
+            return admin.oneshot(request).await;
+        }
+        return Ok(Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::default())
+            .unwrap_or_default());
     };
     // The path first: `/hello/a/b` is not `/hello/{name}`, whatever the method, so it is
     // `route_not_found`, as the metrics count it.

@@ -32,9 +32,20 @@ async fn the_stack_works_without_axum() {
         .await
         .envelope(422, "validation_error");
     assert_eq!(error["violations"][0]["reason"], "utf8", "{error}");
-    get(addr, "/no/such/path")
+    // The service's own 404, not the admin surface's (which would list its paths).
+    let error = get(addr, "/no/such/path")
         .await
         .envelope(404, "route_not_found");
+    assert_eq!(
+        error["message"], "No route matches GET /no/such/path",
+        "{error}"
+    );
+    assert!(
+        error
+            .get("help")
+            .is_none_or(|help| !help.to_string().contains("/metrics")),
+        "{error}"
+    );
     // HEAD answers like GET without the body, as HTTP requires of a GET resource.
     let head = send(
         addr,
