@@ -28,6 +28,9 @@
 
 mod collectors;
 mod config;
+#[cfg(feature = "serve")]
+mod draining;
+pub mod env;
 mod observability;
 #[cfg(feature = "serve")]
 mod serve;

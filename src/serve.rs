@@ -16,6 +16,7 @@ use periscope_health::DrainHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::draining::CloseWhenDraining;
 use crate::write_stall::{WriteStallGuard, limit_unsent};
 
 /// How long a client may take to send a request's head by default (hyper's own default, which
@@ -69,7 +70,8 @@ pub struct Server {
     header_read_timeout: Duration,
     write_timeout: Duration,
     shutdown_timeout: Duration,
-    drain: Option<DrainHandle>,
+    /// A handle of its own (never drained) unless told about the service's.
+    drain: DrainHandle,
 }
 
 impl Server {
@@ -80,7 +82,7 @@ impl Server {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            drain: None,
+            drain: DrainHandle::default(),
         }
     }
 
@@ -104,13 +106,14 @@ impl Server {
     }
 
     /// Stops keeping connections alive once `drain` drains (`obs.health().drain_handle()`, which
-    /// `obs.shutdown_on_signal()` drains on SIGTERM): from then on every answer carries
-    /// `Connection: close` and idle connections are closed, so clients retire their pooled
-    /// connections to this instance during the grace period instead of sending a request on
-    /// one the server closes when the listener stops (the keep-alive race behind connection
-    /// resets at a rollout). New connections are still answered until the shutdown signal.
+    /// `obs.shutdown_on_signal()` drains on SIGTERM): from then on the answer to every HTTP/1.x
+    /// request carries `Connection: close`, so clients retire their pooled connections to this
+    /// instance during the grace period instead of sending a request on one the server closes
+    /// when the listener stops (the keep-alive race behind connection resets at a rollout).
+    /// Idle connections are left open until then (closing one could cut off a request already
+    /// on its way); new connections are answered until the shutdown signal.
     pub fn drain_handle(mut self, drain: DrainHandle) -> Self {
-        self.drain = Some(drain);
+        self.drain = drain;
         self
     }
 
@@ -150,18 +153,9 @@ impl Server {
             shutdown_timeout,
             drain,
         } = self;
-        let draining = async {
-            match &drain {
-                Some(drain) => drain.draining().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(draining);
-        // The shutdown of the connections accepted before the drain began, once it has.
-        let mut before_drain: Option<tokio::task::JoinHandle<()>> = None;
         let mut accept_failures = AcceptFailures::default();
         tokio::pin!(shutdown);
-        let mut connections = GracefulShutdown::new();
+        let connections = GracefulShutdown::new();
         // Owned here, so the connections still open after the shutdown timeout are closed.
         let mut tasks = JoinSet::new();
         loop {
@@ -169,13 +163,6 @@ impl Server {
             while tasks.try_join_next().is_some() {}
             let stream = tokio::select! {
                 () = &mut shutdown => break,
-                () = &mut draining, if before_drain.is_none() => {
-                    // The connections so far stop keeping alive: idle ones close, busy ones
-                    // close after their answer. Later ones are served without keep-alive.
-                    let before = std::mem::replace(&mut connections, GracefulShutdown::new());
-                    before_drain = Some(tokio::spawn(before.shutdown()));
-                    continue;
-                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(error) => {
@@ -191,10 +178,12 @@ impl Server {
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout)
-                .keep_alive(before_drain.is_none())
                 .serve_connection(
                     TokioIo::new(WriteStallGuard::new(stream, write_timeout)),
-                    TowerToHyperService::new(service.clone()),
+                    TowerToHyperService::new(CloseWhenDraining::new(
+                        service.clone(),
+                        drain.clone(),
+                    )),
                 );
             let connection = connections.watch(connection);
             tasks.spawn(async move {
@@ -204,13 +193,7 @@ impl Server {
             });
         }
         drop(listener);
-        let finished = async {
-            connections.shutdown().await;
-            if let Some(before_drain) = before_drain {
-                let _ = before_drain.await;
-            }
-        };
-        if tokio::time::timeout(shutdown_timeout, finished)
+        if tokio::time::timeout(shutdown_timeout, connections.shutdown())
             .await
             .is_err()
         {

@@ -20,10 +20,10 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use periscope::Observability;
 use periscope::admin::Admin;
 use periscope::admin::Endpoint;
 use periscope::error::{HttpError, Violations};
+use periscope::{Observability, env};
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -41,8 +41,8 @@ pub fn main() -> std::process::ExitCode {
 /// Serves until SIGTERM or Ctrl-C, then drains readiness and stops.
 #[tokio::main]
 pub async fn run() -> Result<(), Box<dyn Error>> {
-    let host: IpAddr = env_or("HOST", IpAddr::V4(Ipv4Addr::LOCALHOST), "an IP address")?;
-    let port: u16 = env_or("PORT", 8003, "a port number 0-65535")?;
+    let host: IpAddr = env::var("HOST", IpAddr::V4(Ipv4Addr::LOCALHOST), "an IP address")?;
+    let port: u16 = env::var("PORT", 8003, "a port number 0-65535")?;
 
     let obs = Observability::builder()
         .service_name("hyper-minimal")
@@ -143,16 +143,4 @@ fn hello(name: &str) -> Result<String, HttpError> {
     let name = decoded.unwrap_or_default();
     tracing::info!(name = &*name, "greeting");
     Ok(format!("hello, {name}\n"))
-}
-
-/// A variable's value, or `default` when unset or empty. A value that is not UTF-8 is
-/// malformed, not unset.
-fn env_or<T: std::str::FromStr>(name: &str, default: T, accepted: &str) -> Result<T, String> {
-    match std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()) {
-        Some(value) if !value.trim().is_empty() => value
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name}={value:?} is not valid: use {accepted}")),
-        _ => Ok(default),
-    }
 }

@@ -43,13 +43,12 @@ mod predict;
 
 use std::error::Error;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::str::FromStr;
 use std::time::Duration;
 
 use axum::Router;
-use periscope::Observability;
 use periscope::admin::DebugAccess;
 use periscope::health::Health;
+use periscope::{Observability, env};
 use tokio::net::TcpListener;
 
 use self::model::ModelHandle;
@@ -169,68 +168,35 @@ struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    fn from_env() -> Result<Self, String> {
+    /// Read as periscope reads its own: unset or empty is the default, anything malformed
+    /// stops the service naming the variable.
+    fn from_env() -> Result<Self, periscope::ConfigError> {
         Ok(Self {
-            host: env_or("HOST", IpAddr::V4(Ipv4Addr::LOCALHOST), "an IP address")?,
-            port: env_or("PORT", 8000, "a port number 0-65535")?,
-            admin_port: env_parse("ADMIN_PORT", "a port number 0-65535")?,
-            model_warmup: env_bool("MODEL_WARMUP", true)?,
-            model_load_delay: Duration::from_millis(env_or(
+            host: env::var("HOST", IpAddr::V4(Ipv4Addr::LOCALHOST), "an IP address")?,
+            port: env::var("PORT", 8000, "a port number 0-65535")?,
+            admin_port: env::optional("ADMIN_PORT", "a port number 0-65535")?,
+            model_warmup: env::flag("MODEL_WARMUP", true)?,
+            model_load_delay: Duration::from_millis(env::var(
                 "MODEL_LOAD_DELAY_MS",
                 0,
                 "a whole number of milliseconds",
             )?),
-            upload_buffer_mib: env_or("UPLOAD_BUFFER_MIB", 64, UPLOAD_BUFFER_RANGE).and_then(
-                |mib| {
-                    (10..=65536).contains(&mib).then_some(mib).ok_or_else(|| {
-                        format!("UPLOAD_BUFFER_MIB={mib} is not valid: use {UPLOAD_BUFFER_RANGE}")
-                    })
-                },
+            // At least one whole body (10 MiB); at most 64 GiB, so that the count of KiB
+            // fits a `u32`.
+            upload_buffer_mib: env::var_within(
+                "UPLOAD_BUFFER_MIB",
+                64,
+                10..=65536,
+                "a whole number of MiB from 10 to 65536",
             )?,
-            decode_memory_mib: env_or("DECODE_MEMORY_MIB", 512, DECODE_MEMORY_RANGE).and_then(
-                |mib| {
-                    (256..=65536).contains(&mib).then_some(mib).ok_or_else(|| {
-                        format!("DECODE_MEMORY_MIB={mib} is not valid: use {DECODE_MEMORY_RANGE}")
-                    })
-                },
+            // At least the largest image decoded (256 MiB), so that any accepted image fits.
+            decode_memory_mib: env::var_within(
+                "DECODE_MEMORY_MIB",
+                512,
+                256..=65536,
+                "a whole number of MiB from 256 to 65536",
             )?,
-            bare: env_bool("PERISCOPE_BARE", false)?,
+            bare: env::flag("PERISCOPE_BARE", false)?,
         })
-    }
-}
-
-/// At least one whole body (10 MiB); at most 64 GiB, so that the count of KiB fits a `u32`.
-const UPLOAD_BUFFER_RANGE: &str = "a whole number of MiB from 10 to 65536";
-
-/// At least the largest image decoded (256 MiB), so that any accepted image fits.
-const DECODE_MEMORY_RANGE: &str = "a whole number of MiB from 256 to 65536";
-
-/// A variable's value; unset and empty are the same. A value that is not UTF-8 is malformed,
-/// not unset: it must not fall back to the default.
-fn env_parse<T: FromStr>(name: &str, accepted: &str) -> Result<Option<T>, String> {
-    let Some(value) = std::env::var_os(name)
-        .map(|v| v.to_string_lossy().into_owned())
-        .filter(|v| !v.trim().is_empty())
-    else {
-        return Ok(None);
-    };
-    match value.trim().parse() {
-        Ok(parsed) => Ok(Some(parsed)),
-        Err(_) => Err(format!("{name}={value:?} is not valid: use {accepted}")),
-    }
-}
-
-fn env_or<T: FromStr>(name: &str, default: T, accepted: &str) -> Result<T, String> {
-    Ok(env_parse(name, accepted)?.unwrap_or(default))
-}
-
-fn env_bool(name: &str, default: bool) -> Result<bool, String> {
-    let Some(value) = env_parse::<String>(name, "true or false")? else {
-        return Ok(default);
-    };
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(format!("{name}={value:?} is not valid: use true or false")),
     }
 }

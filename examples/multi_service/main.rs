@@ -40,7 +40,7 @@ mod worker;
 use std::error::Error;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use periscope::{Observability, Server};
+use periscope::{Observability, Server, env};
 use tokio::net::TcpListener;
 
 /// Starts both services; a configuration error is printed and exits with status 1.
@@ -58,9 +58,9 @@ pub fn main() -> std::process::ExitCode {
 /// requests in flight still call it), and finishes the queued jobs.
 #[tokio::main]
 pub async fn run() -> Result<(), Box<dyn Error>> {
-    let host: IpAddr = env_or("HOST", IpAddr::V4(Ipv4Addr::LOCALHOST), "an IP address")?;
-    let api_port: u16 = env_or("PORT_API", 8001, "a port number 0-65535")?;
-    let worker_port: u16 = env_or("PORT_WORKER", 8002, "a port number 0-65535")?;
+    let host: IpAddr = env::var("HOST", IpAddr::V4(Ipv4Addr::LOCALHOST), "an IP address")?;
+    let api_port: u16 = env::var("PORT_API", 8001, "a port number 0-65535")?;
+    let worker_port: u16 = env::var("PORT_WORKER", 8002, "a port number 0-65535")?;
 
     let (queue, consumer) = jobs::queue(64);
     let obs = Observability::builder()
@@ -114,16 +114,4 @@ async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, B
         .map_err(|e| format!("cannot listen on {addr} ({listener}): {e}"))?;
     tracing::info!(listener, addr = %bound.local_addr()?, "listening");
     Ok(bound)
-}
-
-/// A variable's value, or `default` when unset or empty. A value that is not UTF-8 is
-/// malformed, not unset.
-fn env_or<T: std::str::FromStr>(name: &str, default: T, accepted: &str) -> Result<T, String> {
-    match std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()) {
-        Some(value) if !value.trim().is_empty() => value
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name}={value:?} is not valid: use {accepted}")),
-        _ => Ok(default),
-    }
 }

@@ -79,23 +79,24 @@ impl fmt::Debug for StartupGate {
 /// health.drain_handle().drain_for(Duration::from_secs(5)).await;
 /// # }
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct DrainHandle {
-    draining: Arc<watch::Sender<bool>>,
+    inner: Arc<Drain>,
 }
 
-impl Default for DrainHandle {
-    fn default() -> Self {
-        Self {
-            draining: Arc::new(watch::Sender::new(false)),
-        }
-    }
+#[derive(Default)]
+struct Drain {
+    /// Read on every request by a server told about the drain: an atomic, not a lock.
+    draining: AtomicBool,
+    /// Wakes those waiting for the drain.
+    changed: watch::Sender<()>,
 }
 
 impl DrainHandle {
     /// Starts draining: `/ready` answers 503 `draining` from now on.
     pub fn drain(&self) {
-        self.draining.send_replace(true);
+        self.inner.draining.store(true, Ordering::Release);
+        self.inner.changed.send_replace(());
     }
 
     /// Starts draining, then waits `grace` (at least two readiness probe periods is the rule of
@@ -107,20 +108,26 @@ impl DrainHandle {
 
     /// Stops draining (a cancelled shutdown).
     pub fn resume(&self) {
-        self.draining.send_replace(false);
+        self.inner.draining.store(false, Ordering::Release);
+        self.inner.changed.send_replace(());
     }
 
     /// Whether the service is draining.
     pub fn is_draining(&self) -> bool {
-        *self.draining.borrow()
+        self.inner.draining.load(Ordering::Acquire)
     }
 
-    /// Returns once the service drains (at once when it already does): for a server that stops
-    /// keeping connections alive from then on (`periscope::Server::drain_handle`).
+    /// Returns once the service drains (at once when it already does): for a server of your
+    /// own that stops keeping connections alive then, as `periscope::Server` does.
     pub async fn draining(&self) {
-        let mut draining = self.draining.subscribe();
-        // The handle holds the sender, so the channel stays open while this waits.
-        let _ = draining.wait_for(|draining| *draining).await;
+        let mut changed = self.inner.changed.subscribe();
+        // The handle holds the sender, so the channel stays open while this waits; the flag is
+        // read after subscribing, so a drain in between is not missed.
+        while !self.is_draining() {
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
     }
 }
 

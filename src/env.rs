@@ -1,0 +1,74 @@
+//! A service's own settings, read from the environment the way periscope reads its own: unset
+//! or empty is the default, and a malformed value (one that does not parse, is out of range or
+//! is not UTF-8) is a [`ConfigError`] naming the variable, the value and what is accepted, so
+//! the service fails at startup with a message that says what to fix.
+//!
+//! ```
+//! # fn run() -> Result<(), periscope::ConfigError> {
+//! let port: u16 = periscope::env::var("PORT", 8000, "a port number 0-65535")?;
+//! let warmup = periscope::env::flag("MODEL_WARMUP", true)?;
+//! let buffer_mib = periscope::env::var_within("BUFFER_MIB", 64, 10..=65536, "MiB from 10 to 65536")?;
+//! let admin_port: Option<u16> = periscope::env::optional("ADMIN_PORT", "a port number 0-65535")?;
+//! # let _ = (port, warmup, buffer_mib, admin_port);
+//! # Ok(()) }
+//! # run().unwrap();
+//! ```
+
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+use crate::config::{ConfigError, parse_bool};
+
+/// `name`'s value parsed, `None` when unset or empty (surrounding whitespace is ignored). A
+/// value that does not parse is an error: `NAME="x" is invalid: use {accepted}`.
+pub fn optional<T: FromStr>(name: &'static str, accepted: &str) -> Result<Option<T>, ConfigError> {
+    let Some(value) = text(name)? else {
+        return Ok(None);
+    };
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| ConfigError::new(name, value, format!("use {accepted}")))
+}
+
+/// `name`'s value parsed, `default` when unset or empty; see [`optional`].
+pub fn var<T: FromStr>(name: &'static str, default: T, accepted: &str) -> Result<T, ConfigError> {
+    Ok(optional(name, accepted)?.unwrap_or(default))
+}
+
+/// [`var`], and within `range` (`accepted` should say so).
+pub fn var_within<T: FromStr + PartialOrd>(
+    name: &'static str,
+    default: T,
+    range: RangeInclusive<T>,
+    accepted: &str,
+) -> Result<T, ConfigError> {
+    let Some(value) = text(name)? else {
+        return Ok(default);
+    };
+    match value.parse() {
+        Ok(parsed) if range.contains(&parsed) => Ok(parsed),
+        _ => Err(ConfigError::new(name, value, format!("use {accepted}"))),
+    }
+}
+
+/// A switch: `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`, in any case), as
+/// periscope's own `ENABLE_*`; `default` when unset or empty.
+pub fn flag(name: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match text(name)? {
+        Some(value) => parse_bool(name, &value),
+        None => Ok(default),
+    }
+}
+
+/// The trimmed value, `None` when unset or empty; not UTF-8 is malformed, not unset.
+fn text(name: &'static str) -> Result<Option<String>, ConfigError> {
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    let value = value
+        .into_string()
+        .map_err(|value| ConfigError::not_unicode(name, &value))?;
+    let value = value.trim();
+    Ok((!value.is_empty()).then(|| value.to_owned()))
+}
