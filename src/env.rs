@@ -11,7 +11,6 @@
 //! let admin_port: Option<u16> = periscope::env::optional("ADMIN_PORT", "a port number 0-65535")?;
 //! # let _ = (port, warmup, buffer_mib, admin_port);
 //! # Ok(()) }
-//! # run().unwrap();
 //! ```
 
 use std::ops::RangeInclusive;
