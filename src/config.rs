@@ -63,10 +63,12 @@ impl std::fmt::Debug for ConfigError {
 impl ConfigError {
     /// A variable of the process environment that holds bytes that are not UTF-8.
     pub(crate) fn not_unicode(var: &'static str, value: &std::ffi::OsStr) -> Self {
-        // Credentials are never echoed, not even mangled ones.
+        // Credentials are never echoed, not even mangled ones: periscope's own that hold them,
+        // and any name the log layer would redact (`DB_PASSWORD`, `API_KEY`).
         let secret = ["TOKEN", "HEADERS", "ENDPOINT"]
             .iter()
-            .any(|part| var.contains(part));
+            .any(|part| var.contains(part))
+            || periscope_log::Redactor::default().is_sensitive(var);
         let value = if secret {
             "[REDACTED]".to_owned()
         } else {

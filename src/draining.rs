@@ -10,8 +10,8 @@ use periscope_health::DrainHandle;
 use tower_service::Service;
 
 /// The service a [`Server`](crate::Server) told about the drain runs: while the service drains
-/// (after the stop signal, before the listener closes), the answer to every request that
-/// arrives carries `Connection: close`, so clients retire their pooled connections to this
+/// (after the stop signal, before the listener closes), every HTTP/1.x answer carries
+/// `Connection: close`, so clients retire their pooled connections to this
 /// instance instead of sending on one the server closes when the listener stops (the
 /// keep-alive race behind connection resets at a rollout). Idle connections are left alone
 /// until then: closing one could cut off a request already on its way.
@@ -40,11 +40,14 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // Decided when the request arrives: one atomic load, nothing kept in the future.
-        let close = request.version() <= Version::HTTP_11 && self.drain.is_draining();
+        // Decided when the answer is ready, so a request in flight when the drain begins gets
+        // it too (the clone is one reference count: hyper clones the whole service per request).
+        let version = request.version();
+        let drain = (version <= Version::HTTP_11).then(|| self.drain.clone());
         CloseWhenDrainingFuture {
             inner: self.inner.call(request),
-            close,
+            drain,
+            version,
         }
     }
 }
@@ -56,7 +59,9 @@ where
 pub(crate) struct CloseWhenDrainingFuture<F> {
     #[pin]
     inner: F,
-    close: bool,
+    /// The drain, for an HTTP/1.x request.
+    drain: Option<DrainHandle>,
+    version: Version,
 }
 
 impl<F, ResBody, E> Future for CloseWhenDrainingFuture<F>
@@ -68,12 +73,16 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut result = ready!(this.inner.poll(cx));
-        if *this.close
+        if this.drain.as_ref().is_some_and(DrainHandle::is_draining)
             && let Ok(response) = &mut result
         {
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
+            // An HTTP/1.0 answer marked 1.1 would get hyper's `keep-alive` beside the `close`.
+            if *this.version == Version::HTTP_10 {
+                *response.version_mut() = Version::HTTP_10;
+            }
         }
         Poll::Ready(result)
     }

@@ -19,15 +19,16 @@ use std::str::FromStr;
 use crate::config::{ConfigError, parse_bool};
 
 /// `name`'s value parsed, `None` when unset or empty (surrounding whitespace is ignored). A
-/// value that does not parse is an error: `NAME="x" is invalid: use {accepted}`.
+/// value that does not parse is an error: `NAME="x" is invalid: use {accepted}` (the value
+/// left out under a sensitive name, a URL's credentials masked).
 pub fn optional<T: FromStr>(name: &'static str, accepted: &str) -> Result<Option<T>, ConfigError> {
     let Some(value) = text(name)? else {
         return Ok(None);
     };
-    value
-        .parse()
-        .map(Some)
-        .map_err(|_| ConfigError::new(name, value, format!("use {accepted}")))
+    match value.parse() {
+        Ok(parsed) => Ok(Some(parsed)),
+        Err(_) => Err(invalid(name, &value, accepted)),
+    }
 }
 
 /// `name`'s value parsed, `default` when unset or empty; see [`optional`].
@@ -47,7 +48,38 @@ pub fn var_within<T: FromStr + PartialOrd>(
     };
     match value.parse() {
         Ok(parsed) if range.contains(&parsed) => Ok(parsed),
-        _ => Err(ConfigError::new(name, value, format!("use {accepted}"))),
+        _ => Err(invalid(name, &value, accepted)),
+    }
+}
+
+/// The error for a value that cannot be used. It ends up on stderr and in logs, so the value
+/// is shown only when nothing in it is a secret: not at all under a sensitive name
+/// (`DB_PASSWORD`, `API_KEY`, as log fields are redacted), and a URL without its credentials.
+fn invalid(name: &'static str, value: &str, accepted: &str) -> ConfigError {
+    let shown = if periscope_log::Redactor::default().is_sensitive(name) {
+        periscope_log::REDACTED.to_owned()
+    } else {
+        without_credentials(value)
+    };
+    ConfigError::new(name, shown, format!("use {accepted}"))
+}
+
+/// `value` with the `user:password@` of a URL in it replaced by `[REDACTED]@`.
+fn without_credentials(value: &str) -> String {
+    let Some(scheme_end) = value.find("://").map(|at| at + 3) else {
+        return value.to_owned();
+    };
+    let authority_end = value[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(value.len(), |at| scheme_end + at);
+    match value[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!(
+            "{}{}{}",
+            &value[..scheme_end],
+            periscope_log::REDACTED,
+            &value[scheme_end + at..]
+        ),
+        None => value.to_owned(),
     }
 }
 
@@ -70,4 +102,25 @@ fn text(name: &'static str) -> Result<Option<String>, ConfigError> {
         .map_err(|value| ConfigError::not_unicode(name, &value))?;
     let value = value.trim();
     Ok((!value.is_empty()).then(|| value.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What stderr and the logs get of a value that cannot be used: no secret.
+    #[test]
+    fn errors_show_no_secret() {
+        let error = invalid("DATABASE_URL", "postgres://app:hunter2@db:5432/x", "a URL");
+        assert_eq!(error.value, "postgres://[REDACTED]@db:5432/x");
+        let error = invalid("OPENAI_API_KEY", "sk-live-123", "a key");
+        assert_eq!(error.value, "[REDACTED]");
+        let error = invalid("PORT", "eighty", "a port number 0-65535");
+        assert_eq!(
+            error.to_string(),
+            r#"PORT="eighty" is invalid: use a port number 0-65535"#
+        );
+        assert_eq!(without_credentials("http://h/x@y"), "http://h/x@y");
+        assert_eq!(without_credentials("no url"), "no url");
+    }
 }

@@ -426,7 +426,15 @@ async fn a_draining_server_stops_keeping_connections_alive() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let drain = periscope::health::DrainHandle::default();
-    let app = Router::new().route("/hello", get(|| async { "hello" }));
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "done"
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -453,7 +461,19 @@ async fn a_draining_server_stops_keeping_connections_alive() {
     assert!(first.starts_with("http/1.1 200"), "{first}");
     assert!(!first.contains("connection: close"), "{first}");
 
+    // A request in flight when the drain begins gets it too.
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
     drain.drain();
+    let slow = read_to_end(busy).await;
+    assert!(
+        slow.contains("connection: close") && slow.ends_with("done"),
+        "{slow}"
+    );
     // The kept-alive connection is still open: its next request is answered, then it closes.
     tokio::time::sleep(Duration::from_millis(100)).await;
     kept.write_all(hello).await.unwrap();
@@ -472,6 +492,14 @@ async fn a_draining_server_stops_keeping_connections_alive() {
         late.contains("connection: close") && late.ends_with("hello"),
         "{late}"
     );
+    // An HTTP/1.0 client asking for keep-alive gets a plain `close`, not `close, keep-alive`.
+    let mut old = tokio::net::TcpStream::connect(addr).await.unwrap();
+    old.write_all(b"GET /hello HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let old = read_to_end(old).await;
+    assert!(old.contains("connection: close\r\n"), "{old}");
+    assert!(!old.contains("keep-alive"), "{old}");
 }
 
 /// One request, one truth: for every kind of outcome, served by `periscope::Server` through

@@ -343,3 +343,89 @@ fn init_can_be_retried_after_the_exporter_failed_to_start() {
     ));
     drop(guard);
 }
+
+const ENV_CHILD_MARKER: &str = "PERISCOPE_TEST_ENV_CHILD";
+
+/// Run by `a_services_own_settings_read_as_documented` in a child process with the variables
+/// set: prints what `periscope::env` made of each.
+#[test]
+fn env_child() {
+    use periscope::env;
+
+    if std::env::var_os(ENV_CHILD_MARKER).is_none() {
+        return;
+    }
+    let text = |result: Result<String, periscope::ConfigError>| match result {
+        Ok(value) => format!("ok {value}"),
+        Err(error) => format!("err {error}"),
+    };
+    let outcome = serde_json::json!({
+        "unset": text(env::var::<u16>("T_UNSET", 7, "a port").map(|v| v.to_string())),
+        "empty": text(env::var::<u16>("T_EMPTY", 7, "a port").map(|v| v.to_string())),
+        "blank": text(env::var::<u16>("T_BLANK", 7, "a port").map(|v| v.to_string())),
+        "padded": text(env::var::<u16>("T_PADDED", 7, "a port").map(|v| v.to_string())),
+        "bad": text(env::var::<u16>("T_BAD", 7, "a port").map(|v| v.to_string())),
+        "optional": text(env::optional::<u16>("T_UNSET", "a port").map(|v| format!("{v:?}"))),
+        "range": text(env::var_within("T_RANGE", 15, 10..=20, "from 10 to 20").map(|v: u32| v.to_string())),
+        "flag": text(env::flag("T_FLAG", false).map(|v| v.to_string())),
+        "flag_bad": text(env::flag("T_FLAG_BAD", false).map(|v| v.to_string())),
+        "secret": text(env::var::<u16>("T_DB_PASSWORD", 7, "a number").map(|v| v.to_string())),
+        "url": text(env::var::<u16>("T_DSN", 7, "a number").map(|v| v.to_string())),
+        "not_unicode": text(env::var::<u16>("T_API_KEY", 7, "a number").map(|v| v.to_string())),
+    });
+    println!("OUTCOME {outcome}");
+}
+
+/// `periscope::env` as documented: unset, empty and blank are the default, values are trimmed,
+/// malformed and out-of-range ones name the variable, and no secret reaches the message.
+#[cfg(unix)]
+#[test]
+fn a_services_own_settings_read_as_documented() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "env_child", "--nocapture", "--test-threads=1"])
+        .env(ENV_CHILD_MARKER, "1")
+        .env_remove("T_UNSET")
+        .env("T_EMPTY", "")
+        .env("T_BLANK", "   ")
+        .env("T_PADDED", " 8080 ")
+        .env("T_BAD", "eighty")
+        .env("T_RANGE", "9")
+        .env("T_FLAG", " Yes ")
+        .env("T_FLAG_BAD", "maybe")
+        .env("T_DB_PASSWORD", "hunter2")
+        .env("T_DSN", "postgres://app:hunter3@db/x")
+        .env("T_API_KEY", OsStr::from_bytes(b"sk-live-\xff"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let outcome: Value = stdout
+        .lines()
+        .find_map(|line| line.split_once("OUTCOME ").map(|(_, json)| json))
+        .map(|json| serde_json::from_str(json).unwrap())
+        .unwrap_or_else(|| panic!("no outcome: {stdout}"));
+    let said = |key: &str| outcome[key].as_str().unwrap().to_owned();
+    for key in ["unset", "empty", "blank"] {
+        assert_eq!(said(key), "ok 7", "{key}");
+    }
+    assert_eq!(said("padded"), "ok 8080");
+    assert_eq!(said("bad"), r#"err T_BAD="eighty" is invalid: use a port"#);
+    assert_eq!(said("optional"), "ok None");
+    assert_eq!(
+        said("range"),
+        r#"err T_RANGE="9" is invalid: use from 10 to 20"#
+    );
+    assert_eq!(said("flag"), "ok true");
+    assert!(said("flag_bad").starts_with("err T_FLAG_BAD"), "{outcome}");
+    for (key, secret) in [
+        ("secret", "hunter2"),
+        ("url", "hunter3"),
+        ("not_unicode", "sk-live"),
+    ] {
+        let message = said(key);
+        assert!(message.starts_with("err T_"), "{key}: {message}");
+        assert!(!message.contains(secret), "{key}: {message}");
+    }
+}
