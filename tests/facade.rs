@@ -281,14 +281,10 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
     assert_eq!(panic_log["trace_id"], access(&panic.request_id)["trace_id"]);
 }
 
-/// `Server`: a client that never finishes its request head is cut off, and does not hold the
-/// shutdown; requests in flight at the signal still get their answer.
+/// The app of the server tests: `/hello` at once, `/slow` after 300 ms.
 #[cfg(feature = "serve")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_server_cuts_off_slow_request_heads_and_finishes_requests_in_flight() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let app = Router::new()
+fn hello_and_slow() -> Router {
+    Router::new()
         .route("/hello", get(|| async { "hello" }))
         .route(
             "/slow",
@@ -296,7 +292,30 @@ async fn the_server_cuts_off_slow_request_heads_and_finishes_requests_in_flight(
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 "done"
             }),
-        );
+        )
+}
+
+/// What the server sends on `stream` until it closes the connection (within 5 s).
+#[cfg(feature = "serve")]
+async fn read_until_closed(mut stream: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+        .await
+        .expect("the server closed the connection in time")
+        .unwrap();
+    answer
+}
+
+/// `Server`: a client that never finishes its request head is cut off, and does not hold the
+/// shutdown; requests in flight at the signal still get their answer.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_cuts_off_slow_request_heads_and_finishes_requests_in_flight() {
+    use tokio::io::AsyncWriteExt;
+
+    let app = hello_and_slow();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -311,13 +330,7 @@ async fn the_server_cuts_off_slow_request_heads_and_finishes_requests_in_flight(
     let exchange = |request: &'static str| async move {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = String::new();
-        let read = stream.read_to_string(&mut answer);
-        tokio::time::timeout(Duration::from_secs(5), read)
-            .await
-            .expect("the connection is closed in time")
-            .unwrap();
-        answer
+        read_until_closed(stream).await
     };
     let hello = exchange("GET /hello HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").await;
     assert!(
@@ -426,15 +439,7 @@ async fn a_draining_server_stops_keeping_connections_alive() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let drain = periscope::health::DrainHandle::default();
-    let app = Router::new()
-        .route("/hello", get(|| async { "hello" }))
-        .route(
-            "/slow",
-            get(|| async {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                "done"
-            }),
-        );
+    let app = hello_and_slow();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -443,13 +448,8 @@ async fn a_draining_server_stops_keeping_connections_alive() {
             .serve(app, std::future::pending()),
     );
     let hello = b"GET /hello HTTP/1.1\r\nhost: a\r\n\r\n";
-    let read_to_end = |mut stream: tokio::net::TcpStream| async move {
-        let mut answer = String::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
-            .await
-            .expect("the server closed the connection")
-            .unwrap();
-        answer.to_lowercase()
+    let read_to_end = |stream: tokio::net::TcpStream| async move {
+        read_until_closed(stream).await.to_lowercase()
     };
 
     // Before the drain: kept alive.
