@@ -66,7 +66,7 @@ pub use envelope::{Envelope, ErrorBody, Violation};
 pub use error::{BoxError, HttpError};
 pub use layer::{ErrorLayer, ErrorService, PassThrough, ResponseFuture};
 pub use render::{APPLICATION_JSON, APPLICATION_PROBLEM_JSON, RenderedError, prefers_problem_json};
-pub use validation::Violations;
+pub use validation::{MAX_VIOLATIONS, Violations};
 
 // The Rust examples of the crate's guide compile and run as doc tests.
 #[doc = include_str!("../../../docs/errors.md")]

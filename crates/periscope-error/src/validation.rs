@@ -30,7 +30,15 @@ use crate::error::HttpError;
 #[derive(Clone, Debug, Default)]
 pub struct Violations {
     list: Vec<Violation>,
+    /// Those past [`MAX_VIOLATIONS`]: counted, not kept.
+    omitted: usize,
 }
+
+/// The most violations kept and listed in the error: a request with thousands of bad items (a
+/// client's bug, or an attacker's) gets a bounded error body, and the server holds a bounded
+/// list. The rest are counted: the message says how many fields are invalid, and the error's
+/// `details.violations_omitted` how many are not listed.
+pub const MAX_VIOLATIONS: usize = 100;
 
 /// How many field names the summary message lists before "and N more".
 const NAMED_IN_MESSAGE: usize = 5;
@@ -48,8 +56,16 @@ impl Violations {
         reason: impl Into<Cow<'static, str>>,
         message: impl Into<Cow<'static, str>>,
     ) -> &mut Self {
-        self.list.push(Violation::new(field, reason, message));
+        self.push(Violation::new(field, reason, message));
         self
+    }
+
+    fn push(&mut self, violation: Violation) {
+        if self.list.len() < MAX_VIOLATIONS {
+            self.list.push(violation);
+        } else {
+            self.omitted += 1;
+        }
     }
 
     /// Records the violation unless `valid` holds.
@@ -71,12 +87,12 @@ impl Violations {
         self.list.is_empty()
     }
 
-    /// How many violations were recorded.
+    /// How many violations were recorded (those past [`MAX_VIOLATIONS`] included).
     pub fn len(&self) -> usize {
-        self.list.len()
+        self.list.len() + self.omitted
     }
 
-    /// The recorded violations, in order.
+    /// The violations kept (the first [`MAX_VIOLATIONS`]), in order.
     pub fn iter(&self) -> impl Iterator<Item = &Violation> {
         self.list.iter()
     }
@@ -93,12 +109,16 @@ impl Violations {
             return Ok(());
         }
         let message = self.summary();
-        Err(HttpError::new(code, message).with_violations(self.list))
+        let error = HttpError::new(code, message).with_violations(self.list);
+        Err(match self.omitted {
+            0 => error,
+            omitted => error.with_detail("violations_omitted", omitted),
+        })
     }
 
     /// "2 fields are invalid: name, gpus".
     fn summary(&self) -> String {
-        let count = self.list.len();
+        let count = self.len();
         let mut message = if count == 1 {
             String::from("1 field is invalid: ")
         } else {
@@ -119,15 +139,15 @@ impl Violations {
 
 impl Extend<Violation> for Violations {
     fn extend<I: IntoIterator<Item = Violation>>(&mut self, iter: I) {
-        self.list.extend(iter);
+        iter.into_iter().for_each(|violation| self.push(violation));
     }
 }
 
 impl FromIterator<Violation> for Violations {
     fn from_iter<I: IntoIterator<Item = Violation>>(iter: I) -> Self {
-        Self {
-            list: iter.into_iter().collect(),
-        }
+        let mut violations = Self::default();
+        violations.extend(iter);
+        violations
     }
 }
 
@@ -135,6 +155,32 @@ impl FromIterator<Violation> for Violations {
 mod tests {
     use super::*;
     use http::StatusCode;
+
+    /// Thousands of bad items give a bounded list and body, and say how many there were.
+    #[test]
+    fn violations_past_the_bound_are_counted_not_kept() {
+        let mut violations = Violations::new();
+        for i in 0..150 {
+            violations.add(format!("items[{i}]"), "required", "required");
+        }
+        violations.extend((0..50).map(|i| Violation::new(format!("more[{i}]"), "x", "x")));
+        assert_eq!(violations.len(), 200);
+        assert_eq!(violations.iter().count(), MAX_VIOLATIONS);
+        let error = violations.into_result().unwrap_err();
+        assert_eq!(error.violations().len(), MAX_VIOLATIONS);
+        assert_eq!(
+            error.message(),
+            "200 fields are invalid: items[0], items[1], items[2], items[3], items[4] and 195 more"
+        );
+        assert_eq!(error.details().unwrap()["violations_omitted"], 100);
+        let collected: Violations = (0..120)
+            .map(|i| Violation::new(format!("f{i}"), "x", "x"))
+            .collect();
+        assert_eq!(
+            (collected.len(), collected.iter().count()),
+            (120, MAX_VIOLATIONS)
+        );
+    }
 
     #[test]
     fn no_violation_is_ok() {
