@@ -278,18 +278,24 @@ impl Settings {
         &mut self,
         lookup: &impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
+        // Export switched off the standard ways needs no exporter.
+        let is = |var: &str, off: &str| {
+            lookup(var).is_some_and(|value| value.trim().eq_ignore_ascii_case(off))
+        };
+        if !self.tracing || is("OTEL_SDK_DISABLED", "true") || is("OTEL_TRACES_EXPORTER", "none") {
+            return Ok(());
+        }
         for var in [
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
         ] {
-            if let Some(value) = lookup(var).filter(|v| !v.trim().is_empty())
-                && self.tracing
-            {
+            if let Some(value) = lookup(var).filter(|v| !v.trim().is_empty()) {
                 return Err(ConfigError::new(
                     var,
-                    value,
+                    crate::env::without_credentials(&value),
                     "this build has no OpenTelemetry export: enable periscope's `otel` feature, \
-                     or unset the variable (or set ENABLE_TRACING=false)",
+                     or unset the variable (or set ENABLE_TRACING=false, OTEL_SDK_DISABLED=true \
+                     or OTEL_TRACES_EXPORTER=none)",
                 ));
             }
         }
@@ -540,13 +546,21 @@ mod tests {
     fn an_otlp_endpoint_without_the_otel_feature_is_an_error() {
         let error = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317")]).unwrap_err();
         assert_eq!(error.var, "OTEL_EXPORTER_OTLP_ENDPOINT");
-        assert!(
-            env(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4317"),
-                ("ENABLE_TRACING", "false")
-            ])
-            .is_ok()
-        );
+        // Export switched off any standard way needs no exporter.
+        for off in [
+            ("ENABLE_TRACING", "false"),
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ] {
+            assert!(
+                env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4317"), off]).is_ok(),
+                "{off:?}"
+            );
+        }
+        // The error never shows the endpoint's credentials.
+        let error =
+            env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user:hunter2@h:4318")]).unwrap_err();
+        assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 
     #[cfg(feature = "otel")]

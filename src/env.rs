@@ -65,7 +65,7 @@ fn invalid(name: &'static str, value: &str, accepted: &str) -> ConfigError {
 }
 
 /// `value` with the `user:password@` of a URL in it replaced by `[REDACTED]@`.
-fn without_credentials(value: &str) -> String {
+pub(crate) fn without_credentials(value: &str) -> String {
     let Some(scheme_end) = value.find("://").map(|at| at + 3) else {
         return value.to_owned();
     };
