@@ -1,6 +1,7 @@
 //! The in-process job queue: a job carries the request's context as a `Carrier`, and the
 //! consumer runs it under a `JobSpan` that continues the same request id and trace.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -32,12 +33,14 @@ pub struct Consumer {
     counts: Arc<Counts>,
 }
 
-/// Jobs enqueued and done, for `/debug/status` (without holding the queue open).
+/// Jobs enqueued, done and failed, for `/debug/status` (without holding the queue open).
 #[derive(Default)]
 pub struct Counts {
     last_id: AtomicU64,
     enqueued: AtomicU64,
     done: AtomicU64,
+    /// Of those done, the ones that panicked.
+    failed: AtomicU64,
 }
 
 /// A bounded queue: when it is full, new jobs are refused rather than piling up in memory.
@@ -57,13 +60,21 @@ impl JobQueue {
     /// must not have that work done twice. So the tasks in progress hold places too, and the
     /// queue's capacity bounds them with the jobs waiting.
     pub fn reserve(&self) -> Result<QueueSlot, HttpError> {
-        let permit = self.sender.clone().try_reserve_owned().map_err(|_| {
-            HttpError::new(
-                codes::SERVICE_UNAVAILABLE,
-                "Too many tasks queued or in progress",
-            )
-            .with_retry_after(Duration::from_secs(1))
-        })?;
+        let permit = self
+            .sender
+            .clone()
+            .try_reserve_owned()
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => HttpError::new(
+                    codes::SERVICE_UNAVAILABLE,
+                    "Too many tasks queued or in progress",
+                )
+                .with_retry_after(Duration::from_secs(1)),
+                // The consumer is gone (the service is stopping): a retry here cannot help.
+                mpsc::error::TrySendError::Closed(_) => {
+                    HttpError::new(codes::INTERNAL_ERROR, "The job queue is closed")
+                }
+            })?;
         Ok(QueueSlot {
             permit,
             counts: self.counts.clone(),
@@ -81,7 +92,14 @@ impl Counts {
     pub fn status(&self) -> serde_json::Value {
         let enqueued = self.enqueued.load(Ordering::Relaxed);
         let done = self.done.load(Ordering::Relaxed);
-        serde_json::json!({"enqueued": enqueued, "done": done, "pending": enqueued.saturating_sub(done)})
+        let failed = self.failed.load(Ordering::Relaxed);
+        serde_json::json!({"enqueued": enqueued, "done": done, "failed": failed, "pending": self.pending()})
+    }
+
+    /// Jobs enqueued and not done yet.
+    pub fn pending(&self) -> u64 {
+        let enqueued = self.enqueued.load(Ordering::Relaxed);
+        enqueued.saturating_sub(self.done.load(Ordering::Relaxed))
     }
 }
 
@@ -114,12 +132,43 @@ impl QueueSlot {
 
 impl Consumer {
     /// Runs jobs one by one until every `JobQueue` is dropped and the queue is empty.
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        self.run_with(index_text).await;
+    }
+
+    /// [`run`](Self::run), with `work` as the job. Each job runs as a task of its own, so one
+    /// that panics (a bug) is logged as failed, with its ids, and the queue goes on: a panic in
+    /// the consumer itself would stop every later job for good.
+    async fn run_with<F, W>(mut self, work: W)
+    where
+        W: Fn(Job) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
         while let Some(job) = self.receiver.recv().await {
+            let job_id = job.id.clone();
             let span = JobSpan::from_carrier("index_text", &job.trace).with_job_id(&job.id);
-            span.run(index_text(job)).await;
+            let job_span = span.span().clone();
+            if let Err(error) = tokio::spawn(span.run(work(job))).await {
+                let panic = panic_message(error);
+                job_span.in_scope(|| {
+                    tracing::error!(job_id = job_id.as_str(), panic, "job failed");
+                });
+                self.counts.failed.fetch_add(1, Ordering::Relaxed);
+            }
             self.counts.done.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// What a job task's panic said (`cancelled` for a task aborted at shutdown).
+fn panic_message(error: tokio::task::JoinError) -> String {
+    match error.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned()),
+        Err(_) => "cancelled".to_owned(),
     }
 }
 
@@ -130,4 +179,47 @@ async fn index_text(job: Job) {
     let words = job.text.split_whitespace().count();
     tokio::time::sleep(Duration::from_millis(10)).await; // stands for real work
     tracing::info!(words, "job done");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job that panics is logged as failed and the queue goes on with the next one.
+    #[tokio::test]
+    async fn a_job_that_panics_fails_alone() {
+        let (queue, consumer) = queue(4);
+        let counts = queue.counts();
+        for text in ["panic here", "fine"] {
+            queue
+                .reserve()
+                .unwrap_or_else(|_| panic!("room"))
+                .enqueue(text.to_owned());
+        }
+        drop(queue);
+        let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = ran.clone();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            consumer.run_with(move |job| {
+                let seen = seen.clone();
+                async move {
+                    assert!(!job.text.starts_with("panic"), "a bug in the job");
+                    seen.lock().unwrap().push(job.text);
+                }
+            }),
+        )
+        .await
+        .expect("the consumer ends once the queue is dropped and empty");
+        assert_eq!(*ran.lock().unwrap(), ["fine"]);
+        let status = counts.status();
+        assert_eq!(
+            (
+                status["done"].as_u64(),
+                status["failed"].as_u64(),
+                status["pending"].as_u64()
+            ),
+            (Some(2), Some(1), Some(0))
+        );
+    }
 }

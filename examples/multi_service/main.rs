@@ -39,9 +39,13 @@ mod worker;
 
 use std::error::Error;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use periscope::{Observability, Server, env};
 use tokio::net::TcpListener;
+
+/// How long the queued jobs may take to finish once the services have stopped.
+const JOB_DRAIN: Duration = Duration::from_secs(10);
 
 /// Starts both services; a configuration error is printed and exits with status 1.
 pub fn main() -> std::process::ExitCode {
@@ -63,6 +67,7 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     let worker_port: u16 = env::var("PORT_WORKER", 8002, "a port number 0-65535")?;
 
     let (queue, consumer) = jobs::queue(64);
+    let counts = queue.counts();
     let obs = Observability::builder()
         .service_name("multi-service")
         .version(env!("CARGO_PKG_VERSION"))
@@ -102,8 +107,16 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     drop(api_stopped);
     worker.await??;
     api?;
-    // The api is stopped and its queue handle dropped: the consumer finishes what is queued.
-    consumer.await?;
+    // The api is stopped and its queue handle dropped: the consumer finishes what is queued,
+    // for at most JOB_DRAIN (a pod is killed after its grace period anyway): the jobs left are
+    // logged, not lost without a word.
+    if tokio::time::timeout(JOB_DRAIN, consumer).await.is_err() {
+        tracing::warn!(
+            pending = counts.pending(),
+            drain_s = JOB_DRAIN.as_secs(),
+            "jobs still queued at shutdown: stopping without them"
+        );
+    }
     tracing::info!("stopped");
     Ok(())
 }
