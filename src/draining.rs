@@ -18,11 +18,12 @@ use tower_service::Service;
 #[derive(Clone, Debug)]
 pub(crate) struct CloseWhenDraining<S> {
     inner: S,
-    drain: DrainHandle,
+    /// `None`: the server was not told about the drain, and answers as they are.
+    drain: Option<DrainHandle>,
 }
 
 impl<S> CloseWhenDraining<S> {
-    pub(crate) fn new(inner: S, drain: DrainHandle) -> Self {
+    pub(crate) fn new(inner: S, drain: Option<DrainHandle>) -> Self {
         Self { inner, drain }
     }
 }
@@ -43,7 +44,11 @@ where
         // Decided when the answer is ready, so a request in flight when the drain begins gets
         // it too (the clone is one reference count: hyper clones the whole service per request).
         let version = request.version();
-        let drain = (version <= Version::HTTP_11).then(|| self.drain.clone());
+        let drain = self
+            .drain
+            .as_ref()
+            .filter(|_| version <= Version::HTTP_11)
+            .cloned();
         CloseWhenDrainingFuture {
             inner: self.inner.call(request),
             drain,

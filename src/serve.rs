@@ -70,8 +70,8 @@ pub struct Server {
     header_read_timeout: Duration,
     write_timeout: Duration,
     shutdown_timeout: Duration,
-    /// A handle of its own (never drained) unless told about the service's.
-    drain: DrainHandle,
+    /// The service's drain, when told about it.
+    drain: Option<DrainHandle>,
 }
 
 impl Server {
@@ -82,7 +82,7 @@ impl Server {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            drain: DrainHandle::default(),
+            drain: None,
         }
     }
 
@@ -113,7 +113,7 @@ impl Server {
     /// Idle connections are left open until then (closing one could cut off a request already
     /// on its way); new connections are answered until the shutdown signal.
     pub fn drain_handle(mut self, drain: DrainHandle) -> Self {
-        self.drain = drain;
+        self.drain = Some(drain);
         self
     }
 

@@ -451,6 +451,14 @@ async fn a_draining_server_stops_keeping_connections_alive() {
     let read_to_end = |stream: tokio::net::TcpStream| async move {
         read_until_closed(stream).await.to_lowercase()
     };
+    // A 200 with `body`, marked to close its connection.
+    let closing = |answer: &str, body: &str| {
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        assert!(
+            answer.contains("connection: close") && answer.ends_with(body),
+            "{answer}"
+        );
+    };
 
     // Before the drain: kept alive.
     let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -469,29 +477,15 @@ async fn a_draining_server_stops_keeping_connections_alive() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     drain.drain();
-    let slow = read_to_end(busy).await;
-    assert!(
-        slow.contains("connection: close") && slow.ends_with("done"),
-        "{slow}"
-    );
+    closing(&read_to_end(busy).await, "done");
     // The kept-alive connection is still open: its next request is answered, then it closes.
     tokio::time::sleep(Duration::from_millis(100)).await;
     kept.write_all(hello).await.unwrap();
-    let second = read_to_end(kept).await;
-    assert!(second.starts_with("http/1.1 200"), "{second}");
-    assert!(
-        second.contains("connection: close") && second.ends_with("hello"),
-        "{second}"
-    );
+    closing(&read_to_end(kept).await, "hello");
     // A new connection is still answered, then closed.
     let mut late = tokio::net::TcpStream::connect(addr).await.unwrap();
     late.write_all(hello).await.unwrap();
-    let late = read_to_end(late).await;
-    assert!(late.starts_with("http/1.1 200"), "{late}");
-    assert!(
-        late.contains("connection: close") && late.ends_with("hello"),
-        "{late}"
-    );
+    closing(&read_to_end(late).await, "hello");
     // An HTTP/1.0 client asking for keep-alive gets a plain `close`, not `close, keep-alive`.
     let mut old = tokio::net::TcpStream::connect(addr).await.unwrap();
     old.write_all(b"GET /hello HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")

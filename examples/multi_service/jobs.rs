@@ -145,14 +145,12 @@ impl Consumer {
         F: Future<Output = ()> + Send + 'static,
     {
         while let Some(job) = self.receiver.recv().await {
-            let job_id = job.id.clone();
             let span = JobSpan::from_carrier("index_text", &job.trace).with_job_id(&job.id);
             let job_span = span.span().clone();
             if let Err(error) = tokio::spawn(span.run(work(job))).await {
+                // In the job's span: the line carries its `job_id`, request and trace ids.
                 let panic = panic_message(error);
-                job_span.in_scope(|| {
-                    tracing::error!(job_id = job_id.as_str(), panic, "job failed");
-                });
+                job_span.in_scope(|| tracing::error!(panic, "job failed"));
                 self.counts.failed.fetch_add(1, Ordering::Relaxed);
             }
             self.counts.done.fetch_add(1, Ordering::Relaxed);

@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 /// A startup condition the service opens when it is met, for example "model loaded".
 ///
 /// While any gate is closed, `/startup` and `/ready` answer 503 `starting` and the readiness
@@ -81,22 +79,13 @@ impl fmt::Debug for StartupGate {
 /// ```
 #[derive(Clone, Default)]
 pub struct DrainHandle {
-    inner: Arc<Drain>,
-}
-
-#[derive(Default)]
-struct Drain {
-    /// Read on every request by a server told about the drain: an atomic, not a lock.
-    draining: AtomicBool,
-    /// Wakes those waiting for the drain.
-    changed: watch::Sender<()>,
+    draining: Arc<AtomicBool>,
 }
 
 impl DrainHandle {
     /// Starts draining: `/ready` answers 503 `draining` from now on.
     pub fn drain(&self) {
-        self.inner.draining.store(true, Ordering::Release);
-        self.inner.changed.send_replace(());
+        self.draining.store(true, Ordering::Release);
     }
 
     /// Starts draining, then waits `grace` (at least two readiness probe periods is the rule of
@@ -108,26 +97,12 @@ impl DrainHandle {
 
     /// Stops draining (a cancelled shutdown).
     pub fn resume(&self) {
-        self.inner.draining.store(false, Ordering::Release);
-        self.inner.changed.send_replace(());
+        self.draining.store(false, Ordering::Release);
     }
 
     /// Whether the service is draining.
     pub fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::Acquire)
-    }
-
-    /// Returns once the service drains (at once when it already does): for a server of your
-    /// own that stops keeping connections alive then, as `periscope::Server` does.
-    pub async fn draining(&self) {
-        let mut changed = self.inner.changed.subscribe();
-        // The handle holds the sender, so the channel stays open while this waits; the flag is
-        // read after subscribing, so a drain in between is not missed.
-        while !self.is_draining() {
-            if changed.changed().await.is_err() {
-                return;
-            }
-        }
+        self.draining.load(Ordering::Acquire)
     }
 }
 
@@ -136,31 +111,5 @@ impl fmt::Debug for DrainHandle {
         f.debug_struct("DrainHandle")
             .field("draining", &self.is_draining())
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `draining()` wakes every waiter when a clone drains, and returns at once afterwards.
-    #[tokio::test]
-    async fn waiters_learn_when_any_clone_drains() {
-        let drain = DrainHandle::default();
-        let waiter = drain.clone();
-        let waiting = tokio::spawn(async move { waiter.draining().await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished());
-        drain.clone().drain();
-        tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .expect("the waiter woke")
-            .unwrap();
-        tokio::time::timeout(Duration::from_millis(100), drain.draining())
-            .await
-            .expect("already draining: at once");
-        assert!(drain.is_draining());
-        drain.resume();
-        assert!(!drain.is_draining());
     }
 }
