@@ -196,6 +196,10 @@ pub struct Extracted {
     pub context: RequestContext,
     /// Where the request id came from.
     pub request_id: RequestIdOrigin,
+    /// Whether the request id is the carrier's own `x-request-id` (the first one sent): where
+    /// it is not (generated, replaced, or taken from `x-correlation-id`), a server that wants
+    /// the code inside it to read the id from the header rewrites it.
+    pub request_id_from_header: bool,
     /// Whether the trace was continued.
     pub trace: TraceOrigin,
     /// The caller's valid `traceparent`, when one was sent (for a span link at a trust boundary).
@@ -228,7 +232,10 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
     // Filled in place: the reader is large, and moving it costs more than reading it.
     let mut sent = Sent::new();
     sent.read(carrier, options);
+    let request_id_sent = sent.request_id.is_some();
     let (request_id, request_id_origin) = request_id(sent.request_id, sent.correlation_id);
+    // A sent `x-request-id` is kept only when valid: else the origin says otherwise.
+    let request_id_from_header = request_id_sent && request_id_origin == RequestIdOrigin::Kept;
     let parsed = match sent.traceparents {
         0 | 1 => sent.traceparent.take(),
         _ => Some(Err(TraceParentError::Duplicated)),
@@ -275,6 +282,7 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
     Extracted {
         context,
         request_id: request_id_origin,
+        request_id_from_header,
         trace,
         incoming,
         rejected_tenant,
@@ -771,6 +779,17 @@ mod tests {
             RequestIdOrigin::Replaced(InvalidId::InvalidByte { .. })
         ));
         assert!(e.context.request_id.as_str().starts_with("req_"));
+        // Only a kept `x-request-id` is already where a server's inner code reads it.
+        for (pairs, from_header) in [
+            (&[("x-request-id", "abc")][..], true),
+            (&[("x-request-id", "abc"), ("x-correlation-id", "c")][..], true),
+            (&[("x-correlation-id", "corr-1")][..], false),
+            (&[("x-request-id", "bad id"), ("x-correlation-id", "c")][..], false),
+            (&[("x-request-id", "bad id")][..], false),
+            (&[][..], false),
+        ] {
+            assert_eq!(run(pairs).request_id_from_header, from_header, "{pairs:?}");
+        }
     }
 
     /// An invalid `x-request-id` beside a valid `x-correlation-id`: the caller's correlation

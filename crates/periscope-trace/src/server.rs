@@ -30,7 +30,8 @@ pub const SERVER_TARGET: &str = "periscope_trace::server";
 ///
 /// For every request it:
 /// - keeps a valid `x-request-id` (else `x-correlation-id`), or generates one; an invalid id is
-///   replaced and the replacement logged once at warn;
+///   replaced and the replacement logged once at warn; the request's `x-request-id` header is
+///   set to the id chosen, so code inside that reads the header sees it too;
 /// - continues a valid W3C `traceparent` (with its `tracestate` and `baggage`) under a new
 ///   span, or starts a new trace; see [`Trust`] for public endpoints;
 /// - reads the tenant headers (`x-org-id`, `x-project-id` by default), validated like the
@@ -187,6 +188,7 @@ where
         let Extracted {
             context: mut ctx,
             request_id: request_id_origin,
+            request_id_from_header,
             incoming,
             rejected_tenant,
             ..
@@ -241,6 +243,13 @@ where
             warn_rejected_headers(&span, &ctx, &request_id_origin, &rejected_tenant);
         }
 
+        if !request_id_from_header {
+            // Code inside (tower-http's request-id layers, a proxy forwarding the headers)
+            // reads the id every periscope signal carries, not a missing, invalid or other one.
+            request
+                .headers_mut()
+                .insert(X_REQUEST_ID, ctx.request_id.header_value().clone());
+        }
         request.extensions_mut().insert(ctx.clone());
         let inner = &mut self.inner;
         let future =

@@ -271,6 +271,38 @@ async fn a_valid_correlation_id_stands_in_for_an_invalid_request_id() {
     );
 }
 
+/// The code inside the layer (tower-http's request-id layers a team is migrating from, a
+/// proxy forwarding the headers, a handler reading them) sees in `x-request-id` the id every
+/// periscope signal carries: generated, replaced or taken from `x-correlation-id` alike.
+#[tokio::test]
+async fn the_request_header_carries_the_id_the_client_gets_back() {
+    let router = axum::Router::new()
+        .route(
+            "/echo",
+            axum::routing::get(|headers: http::HeaderMap| async move {
+                let sent: Vec<_> = headers
+                    .get_all("x-request-id")
+                    .iter()
+                    .map(|value| value.to_str().unwrap().to_owned())
+                    .collect();
+                sent.join("|")
+            }),
+        )
+        .layer(CorrelationLayer::new());
+    let addr = serve(router).await;
+    for headers in [
+        &[][..],
+        &[("x-request-id", "has space")][..],
+        &[("x-correlation-id", "corr-5")][..],
+        &[("x-request-id", "{bad}"), ("x-correlation-id", "corr-6")][..],
+        &[("x-request-id", "kept-1")][..],
+    ] {
+        let response = get(addr, "/echo", headers).await;
+        let echoed = response.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(response.body(), echoed.as_bytes(), "{headers:?}");
+    }
+}
+
 /// A probe path has no request span to lift the ids from: the warnings about its rejected
 /// headers carry them themselves, so they are found by the id the client got back.
 #[tokio::test]
