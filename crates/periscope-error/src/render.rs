@@ -251,8 +251,16 @@ pub(crate) fn write(
     let bytes = bytes.map(Bytes::from).unwrap_or_else(|_| {
         Bytes::from_static(br#"{"error":{"code":"internal_error","message":"An internal error occurred","request_id":""}}"#)
     });
+    // A 416's `Content-Range: bytes */length` tells the resource's length, not the body's range.
+    let unsatisfied_range = (parts.status == http::StatusCode::RANGE_NOT_SATISFIABLE)
+        .then(|| parts.headers.get(header::CONTENT_RANGE).cloned())
+        .flatten()
+        .filter(|range| range.as_bytes().starts_with(b"bytes */"));
     let headers = &mut parts.headers;
     remove_representation(headers);
+    if let Some(range) = unsatisfied_range {
+        headers.insert(header::CONTENT_RANGE, range);
+    }
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
     // The envelope names this request's ids: a cache must not hand it to another request.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

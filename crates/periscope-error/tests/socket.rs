@@ -123,6 +123,15 @@ fn app() -> Router {
             }),
         )
         .route(
+            "/range",
+            get(|| async {
+                (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    [("content-range", "bytes */10"), ("etag", "\"v7\"")],
+                )
+            }),
+        )
+        .route(
             "/panic",
             get(|| async {
                 if true {
@@ -384,6 +393,17 @@ async fn a_replaced_body_takes_the_headers_that_described_it_along() {
         reply.header("access-control-allow-origin"),
         Some("https://app.example.com")
     );
+}
+
+/// A 416 keeps its `Content-Range: bytes */length`: it tells the client the resource's length
+/// (RFC 9110, 15.5.17), not the range of the body replaced.
+#[tokio::test]
+async fn an_unsatisfiable_range_keeps_the_length_it_tells() {
+    let addr = serve().await;
+    let reply = send(addr, "GET", "/range", &[("range", "bytes=20-30")], b"").await;
+    envelope(&reply, "invalid_request", 416);
+    assert_eq!(reply.header("content-range"), Some("bytes */10"));
+    assert_eq!(reply.header("etag"), None);
 }
 
 #[tokio::test]

@@ -264,22 +264,34 @@ impl ValueRules {
 
     fn write_error(&self, out: &mut Vec<u8>, error: &(dyn Error + 'static)) {
         out.extend_from_slice(b"{\"message\":\"");
+        let start = out.len();
         self.write_display(out, error);
+        // The text last written: a wrapper that shows its source's message as its own (axum's
+        // `Error`, `#[error(transparent)]`) would repeat it, so a cause that says the same is
+        // left out.
+        let mut previous = start..out.len();
         out.extend_from_slice(b"\",\"chain\":[");
-        let mut source = error.source();
-        let mut n = 0;
-        while let Some(cause) = source {
-            if n == MAX_CHAIN {
+        let mut written = 0;
+        // Bounded in steps as well as in entries: a chain of repeats never ends otherwise.
+        let causes = std::iter::successors(error.source(), |&cause| cause.source());
+        for cause in causes.take(4 * MAX_CHAIN) {
+            if written == MAX_CHAIN {
                 break;
             }
-            if n > 0 {
+            let mark = out.len();
+            if written > 0 {
                 out.push(b',');
             }
             out.push(b'"');
+            let text = out.len();
             self.write_display(out, cause);
+            if out[text..] == out[previous.clone()] {
+                out.truncate(mark);
+                continue;
+            }
+            previous = text..out.len();
             out.push(b'"');
-            source = cause.source();
-            n += 1;
+            written += 1;
         }
         out.extend_from_slice(b"]}");
     }

@@ -272,6 +272,36 @@ fn errors_render_as_message_and_chain() {
     );
 }
 
+/// A wrapper that shows its source's message as its own (axum's `Error`,
+/// `#[error(transparent)]`).
+#[derive(Debug)]
+struct Transparent(Box<dyn Error + Send + Sync>);
+
+impl fmt::Display for Transparent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+impl Error for Transparent {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+#[test]
+fn a_cause_that_repeats_the_message_before_it_is_left_out() {
+    let line = one_line(|| {
+        let io = std::io::Error::other(Outer(Inner));
+        let error = Transparent(Box::new(Transparent(Box::new(io))));
+        tracing::error!(error = &error as &dyn Error, "upload failed");
+    });
+    // io::Error::other shows its payload and has it as its source: the same text, once.
+    assert_eq!(
+        line["data"]["error"],
+        json!({"message": "cannot cancel job", "chain": ["database \"jobs\" unreachable"]})
+    );
+}
+
 #[test]
 fn long_strings_are_truncated_with_their_original_length() {
     let long = "é".repeat(100); // 200 bytes
