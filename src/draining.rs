@@ -80,6 +80,8 @@ where
         let mut result = ready!(this.inner.poll(cx));
         if this.drain.as_ref().is_some_and(DrainHandle::is_draining)
             && let Ok(response) = &mut result
+            // A 101's `Connection: upgrade` is what switches the protocol.
+            && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
         {
             response
                 .headers_mut()

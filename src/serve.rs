@@ -10,7 +10,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use periscope_health::DrainHandle;
 use tokio::net::TcpListener;
@@ -46,7 +45,10 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// the shutdown signal, connections still open after
 /// [`shutdown_timeout`](Self::shutdown_timeout) (10 s by default: a client stalled in the
 /// middle of its body, a long stream) are closed, so the process always stops.
-/// HTTP/1.1 only, without connection upgrades (WebSocket): serve those with `axum::serve`.
+/// HTTP/1.1 only (HTTP/2 clients, gRPC among them, need another server such as tonic's).
+/// Connection upgrades (WebSocket) are handed to the service as hyper hands them: an upgraded
+/// connection is the service's from the 101 on, so the server neither waits for it nor closes
+/// it at shutdown, and it keeps the write timeout.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -155,7 +157,8 @@ impl Server {
         } = self;
         let mut accept_failures = AcceptFailures::default();
         tokio::pin!(shutdown);
-        let connections = GracefulShutdown::new();
+        // Tells every connection to finish its request in flight and close.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
         // Owned here, so the connections still open after the shutdown timeout are closed.
         let mut tasks = JoinSet::new();
         loop {
@@ -184,16 +187,30 @@ impl Server {
                         service.clone(),
                         drain.clone(),
                     )),
-                );
-            let connection = connections.watch(connection);
+                )
+                // An upgraded connection (WebSocket) leaves hyper, and this server, once the
+                // 101 is sent: the service's upgrade task owns it from then on.
+                .with_upgrades();
+            let mut stopping = stopping.clone();
             tasks.spawn(async move {
-                if let Err(error) = connection.await {
+                tokio::pin!(connection);
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    // The guard `wait_for` returns is dropped at once (it is not `Send`).
+                    _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(error) = result {
                     tracing::debug!(error = %error, "connection closed with an error");
                 }
             });
         }
         drop(listener);
-        if tokio::time::timeout(shutdown_timeout, connections.shutdown())
+        let _ = stop.send(true);
+        let finished = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(shutdown_timeout, finished)
             .await
             .is_err()
         {

@@ -308,6 +308,81 @@ async fn read_until_closed(mut stream: tokio::net::TcpStream) -> String {
     answer
 }
 
+/// `Server` hands an upgraded connection (WebSocket's handshake, here a byte echo) to the
+/// service: the 101 keeps its `Connection: upgrade` while draining, the bytes after it reach
+/// the service's task, and the shutdown neither waits for the connection nor closes it.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_hands_upgraded_connections_to_the_service() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = Router::new().route(
+        "/echo",
+        get(|mut request: axum::extract::Request| async move {
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let mut io = hyper_util::rt::TokioIo::new(upgrade.await.unwrap());
+                let mut buffer = [0; 64];
+                loop {
+                    match io.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => io.write_all(&buffer[..n]).await.unwrap(),
+                    }
+                }
+            });
+            http::Response::builder()
+                .status(http::StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "echo")
+                .body(axum::body::Body::empty())
+                .unwrap()
+        }),
+    );
+    let drain = periscope::health::DrainHandle::default();
+    drain.drain();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        periscope::Server::new(listener)
+            .drain_handle(drain)
+            .serve(app, async {
+                let _ = stopped.await;
+            }),
+    );
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /echo HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed after {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("connection: upgrade"), "{head}");
+
+    let mut echoed = [0; 5];
+    stream.write_all(b"ping1").await.unwrap();
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping1");
+
+    // The shutdown is not held by the upgraded connection, which goes on.
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stopped without waiting for the upgraded connection")
+        .unwrap()
+        .unwrap();
+    stream.write_all(b"ping2").await.unwrap();
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping2");
+}
+
 /// `Server`: a client that never finishes its request head is cut off, and does not hold the
 /// shutdown; requests in flight at the signal still get their answer.
 #[cfg(feature = "serve")]
