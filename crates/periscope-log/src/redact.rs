@@ -176,15 +176,25 @@ impl Redactor {
             }
             let mut end = at;
             let quoted = strip_quote_before(bytes, &mut end);
-            let start = bytes[..end]
-                .iter()
-                .rposition(|&b| !is_key_byte(b))
-                .map_or(0, |i| i + 1);
-            if start == end {
-                continue;
-            }
-            let mut before = start;
-            if quoted && !strip_quote_before(bytes, &mut before) {
+            // A quoted key (a map key) is everything inside its quotes: `"db password"` and
+            // `"auth/token"` are keys, and their separators must not hide the secret.
+            let (start, mut before) = if quoted {
+                let escaped = bytes.get(end) == Some(&b'\\');
+                let Some(open) = bytes[..end].iter().rposition(|&b| b == b'"') else {
+                    continue;
+                };
+                if escaped && (open == 0 || bytes[open - 1] != b'\\') {
+                    continue;
+                }
+                (open + 1, if escaped { open - 1 } else { open })
+            } else {
+                let start = bytes[..end]
+                    .iter()
+                    .rposition(|&b| !is_key_byte(b))
+                    .map_or(0, |i| i + 1);
+                (start, start)
+            };
+            if start >= end {
                 continue;
             }
             while before > 0 && bytes[before - 1] == b' ' {

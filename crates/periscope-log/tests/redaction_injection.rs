@@ -533,3 +533,26 @@ fn context_fields_cannot_take_the_data_form_of_the_lines_own_keys() {
             .is_ok()
     );
 }
+
+/// A map key in `Debug` text is everything inside its quotes: a space or a symbol in it
+/// (`"db password"`, `"auth/token"`) or a letter outside ASCII does not hide the secret.
+#[test]
+fn debug_map_keys_with_separators_or_symbols_are_hidden() {
+    use std::collections::BTreeMap;
+    let creds = BTreeMap::from([("db password", "hunter2")]);
+    let headers = BTreeMap::from([("auth/token", "hunter3")]);
+    let accented = BTreeMap::from([("éPassword", "hunter4")]);
+    let out = common::capture(
+        |b| b,
+        |_| {
+            tracing::info!(v = ?Some(&creds), "a");
+            tracing::info!(v = ?(1, &headers), "b");
+            tracing::info!(v = ?Some(&accented), "c");
+        },
+    );
+    let lines = out.lines();
+    assert_eq!(lines.len(), 3);
+    for line in lines {
+        assert_eq!(line["data"]["v"], "[REDACTED]", "{line}");
+    }
+}
