@@ -677,14 +677,6 @@ mod tests {
         assert_eq!(e.context.trace_state.as_str(), "foo=1,bar=2");
         assert_eq!(run(cases[6]).context.tenant.get("org_id"), Some("o-1"));
 
-        // A tenant key on the request id's own header is still read.
-        let options = ExtractOptions {
-            tenant_keys: vec![TenantKey::new("request_id").unwrap()],
-            ..ExtractOptions::default()
-        };
-        let e = extract(&headers(&[("x-request-id", "r-1")]), &options);
-        assert_eq!(e.context.tenant.get("request_id"), Some("r-1"));
-        assert_eq!(e.context.request_id.as_str(), "r-1");
     }
 
     /// Past the pass's limit of names, and for tenant keys past the last bit, lookups decide.

@@ -15,6 +15,7 @@ use crate::request_id::{InvalidId, validate_id};
 /// let team = TenantKey::new("team_id").unwrap();
 /// assert_eq!(team.header().as_str(), "x-team-id");
 /// assert!(TenantKey::new("Team Id").is_err());
+/// assert!(TenantKey::new("request_id").is_err());
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TenantKey {
@@ -22,10 +23,11 @@ pub struct TenantKey {
     header: HeaderName,
 }
 
-/// A tenant field name that is not `[a-z0-9_]{1,64}`.
+/// A tenant field name that is not `[a-z0-9_]{1,64}`, or one whose header carries the request
+/// id (`request_id`, `correlation_id`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "tenant field name {0:?} is invalid: use 1-64 characters of a-z 0-9 _ (for example \"team_id\")"
+    "tenant field name {0:?} is invalid: use 1-64 characters of a-z 0-9 _ (for example \"team_id\"), other than request_id and correlation_id, whose headers carry the request id"
 )]
 pub struct InvalidTenantKey(pub String);
 
@@ -47,7 +49,10 @@ impl TenantKey {
             && field.len() <= 64
             && field
                 .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            // Their headers are `x-request-id` and `x-correlation-id`: sent downstream, the
+            // tenant value would replace the request id.
+            && !matches!(field, "request_id" | "correlation_id");
         if !valid {
             return Err(InvalidTenantKey(field.chars().take(64).collect()));
         }
