@@ -37,26 +37,39 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The length of the run of bytes at the start of `bytes` that are written as they are,
 /// checked eight at a time (most text is plain ASCII); stops at the first eight that hold a
-/// byte below 0x20, `"`, `\` or one from 0x7f up, leaving those to [`ESCAPE`].
+/// byte below 0x20, `"`, `\` or one from 0x7f up, leaving those to [`ESCAPE`]. A last piece
+/// shorter than eight is checked padded with a plain byte, so a plain string is one run
+/// (short values, such as ids, would otherwise go a byte at a time through their tail).
 fn plain_run(bytes: &[u8]) -> usize {
+    let mut n = 0;
+    while let Some(chunk) = bytes[n..].first_chunk::<8>() {
+        if !plain_eight(u64::from_ne_bytes(*chunk)) {
+            return n;
+        }
+        n += 8;
+    }
+    let tail = &bytes[n..];
+    let mut padded = [b'a'; 8];
+    padded[..tail.len()].copy_from_slice(tail);
+    if plain_eight(u64::from_ne_bytes(padded)) {
+        n += tail.len();
+    }
+    n
+}
+
+/// Whether none of the eight bytes in `x` is below 0x20, `"`, `\`, or from 0x7f up.
+#[inline(always)]
+fn plain_eight(x: u64) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     // High bit of each byte set where the byte is zero (exact for "any", which is all we ask).
     let zero = |x: u64| x.wrapping_sub(ONES) & !x;
-    let mut n = 0;
-    while let Some(chunk) = bytes[n..].first_chunk::<8>() {
-        let x = u64::from_ne_bytes(*chunk);
-        let control = x.wrapping_sub(ONES * 0x20) & !x;
-        let quote = zero(x ^ (ONES * u64::from(b'"')));
-        let backslash = zero(x ^ (ONES * u64::from(b'\\')));
-        // (b & 0x7f) + 1 carries into the high bit only for 0x7f; b's own high bit: 0x80 up.
-        let high = ((x & !HIGH) + ONES) | x;
-        if (control | quote | backslash | high) & HIGH != 0 {
-            break;
-        }
-        n += 8;
-    }
-    n
+    let control = x.wrapping_sub(ONES * 0x20) & !x;
+    let quote = zero(x ^ (ONES * u64::from(b'"')));
+    let backslash = zero(x ^ (ONES * u64::from(b'\\')));
+    // (b & 0x7f) + 1 carries into the high bit only for 0x7f; b's own high bit: 0x80 up.
+    let high = ((x & !HIGH) + ONES) | x;
+    (control | quote | backslash | high) & HIGH == 0
 }
 
 /// Appends `s` as the inside of a JSON string (no quotes), escaped.
@@ -293,11 +306,15 @@ mod tests {
         for special in [
             "\"", "\\", "\n", "\u{1f}", "\u{7f}", "\u{85}", "\u{2028}", "é", "🎉",
         ] {
-            for offset in 0..20 {
-                let s = format!("{}{special}{}", "a".repeat(offset), "b".repeat(20 - offset));
-                let json = quoted(&s, usize::MAX);
-                assert!(!json.contains(['\n', '\u{1f}', '\u{7f}', '\u{85}', '\u{2028}']));
-                assert_eq!(serde_json::from_str::<String>(&json).unwrap(), s, "{json}");
+            // Every length, so the special byte sits in a whole run of eight and in every
+            // position of a shorter last piece.
+            for len in 0..=20 {
+                for offset in 0..=len {
+                    let s = format!("{}{special}{}", "a".repeat(offset), "b".repeat(len - offset));
+                    let json = quoted(&s, usize::MAX);
+                    assert!(!json.contains(['\n', '\u{1f}', '\u{7f}', '\u{85}', '\u{2028}']));
+                    assert_eq!(serde_json::from_str::<String>(&json).unwrap(), s, "{json}");
+                }
             }
         }
     }
