@@ -130,6 +130,8 @@ struct SpanFields {
     open: Option<usize>,
     /// Bytes of `values` no entry points at any more (replaced values).
     garbage: usize,
+    /// How many fields the span or record declares: the room taken when the first is kept.
+    fields: usize,
     /// Whether non-context fields are kept (for `data`); otherwise they are not even formatted.
     keep_data: bool,
 }
@@ -162,14 +164,17 @@ enum FieldKey {
 }
 
 impl SpanFields {
-    /// Room for the values of `fields` fields, so recording them rarely grows the buffers.
+    /// Room for the values of `fields` fields, taken when the first is kept (so recording them
+    /// rarely grows the buffers), and not at all when none is: a `record` of fields this layer
+    /// does not keep (`http.response.status_code`) allocates nothing.
     fn with_capacity(owner: LayerId, fields: usize, keep_data: bool) -> Self {
         Self {
             owner,
-            values: Vec::with_capacity(fields * 24),
-            entries: Vec::with_capacity(fields),
+            values: Vec::new(),
+            entries: Vec::new(),
             open: None,
             garbage: 0,
+            fields,
             keep_data,
         }
     }
@@ -178,6 +183,10 @@ impl SpanFields {
     /// place), closing the value before it.
     fn start(&mut self, key: FieldKey) -> &mut Vec<u8> {
         self.close();
+        if self.entries.capacity() == 0 {
+            self.values.reserve(self.fields.max(1) * 24);
+            self.entries.reserve(self.fields.max(1));
+        }
         let end = self.values.len();
         let index = match self.entries.iter().position(|(k, _)| *k == key) {
             Some(index) => {
