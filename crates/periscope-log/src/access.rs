@@ -104,7 +104,7 @@ pub struct AccessLog<S> {
 struct RequestInfo {
     method: Method,
     path: String,
-    route: Option<String>,
+    route: Option<Route>,
     ids: Option<(RequestId, TraceId, SpanId)>,
     quiet: bool,
     started: Instant,
@@ -160,13 +160,35 @@ where
 }
 
 /// The route template: axum's matched route, or the one an outer layer matched
-/// ([`MatchedRoute`](periscope_context::MatchedRoute)).
-fn matched_path<B>(request: &Request<B>) -> Option<String> {
+/// ([`MatchedRoute`](periscope_context::MatchedRoute)), shared rather than copied.
+fn matched_path<B>(request: &Request<B>) -> Option<Route> {
     #[cfg(feature = "axum")]
     if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
-        return Some(matched.as_str().to_owned());
+        return Some(Route::Axum(matched.clone()));
     }
-    periscope_context::MatchedRoute::of(request.extensions()).map(str::to_owned)
+    request
+        .extensions()
+        .get::<periscope_context::MatchedRoute>()
+        .cloned()
+        .map(Route::Declared)
+}
+
+/// A request's route template, as the router or an outer layer left it.
+#[derive(Debug)]
+enum Route {
+    #[cfg(feature = "axum")]
+    Axum(axum::extract::MatchedPath),
+    Declared(periscope_context::MatchedRoute),
+}
+
+impl Route {
+    fn as_str(&self) -> &str {
+        match self {
+            #[cfg(feature = "axum")]
+            Self::Axum(matched) => matched.as_str(),
+            Self::Declared(matched) => matched.as_str(),
+        }
+    }
 }
 
 /// The future of [`AccessLog`]: wraps the response body so the line is written when it ends.
@@ -430,7 +452,7 @@ impl RequestInfo {
         access_event!(
             self.level(true),
             method = self.method.as_str(),
-            route = self.route.as_deref(),
+            route = self.route.as_ref().map(Route::as_str),
             path = self.path.as_str(),
             duration_ms = self.duration_ms(),
             error,
@@ -492,7 +514,7 @@ impl RequestInfo {
         access_event!(
             level,
             method = self.method.as_str(),
-            route = self.route.as_deref(),
+            route = self.route.as_ref().map(Route::as_str),
             path = self.path.as_str(),
             status = status.map(|status| status.as_u16()),
             grpc_status = grpc.map(GrpcCode::value),
