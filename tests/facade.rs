@@ -343,13 +343,12 @@ async fn the_server_hands_upgraded_connections_to_the_service() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        periscope::Server::new(listener)
-            .drain_handle(drain)
-            .serve(app, async {
-                let _ = stopped.await;
-            }),
-    );
+    let server = tokio::spawn(periscope::Server::new(listener).drain_handle(drain).serve(
+        app,
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
@@ -359,7 +358,11 @@ async fn the_server_hands_upgraded_connections_to_the_service() {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0];
-        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed after {head:?}");
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "closed after {head:?}"
+        );
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).unwrap().to_lowercase();

@@ -196,9 +196,9 @@ pub struct Extracted {
     pub context: RequestContext,
     /// Where the request id came from.
     pub request_id: RequestIdOrigin,
-    /// Whether the request id is the carrier's own `x-request-id` (the first one sent): where
-    /// it is not (generated, replaced, or taken from `x-correlation-id`), a server that wants
-    /// the code inside it to read the id from the header rewrites it.
+    /// Whether the request id is the carrier's own, single `x-request-id`: where it is not
+    /// (generated, replaced, taken from `x-correlation-id`, or one of several sent), a server
+    /// that wants the code inside it to read the id from the header rewrites it.
     pub request_id_from_header: bool,
     /// Whether the trace was continued.
     pub trace: TraceOrigin,
@@ -232,10 +232,11 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
     // Filled in place: the reader is large, and moving it costs more than reading it.
     let mut sent = Sent::new();
     sent.read(carrier, options);
-    let request_id_sent = sent.request_id.is_some();
+    // One `x-request-id`, kept (only when valid: else the origin says otherwise). Beside
+    // others, it is rewritten alone, so no code inside reads (or forwards) one not kept.
+    let request_id_sent_once = sent.request_ids == 1;
     let (request_id, request_id_origin) = request_id(sent.request_id, sent.correlation_id);
-    // A sent `x-request-id` is kept only when valid: else the origin says otherwise.
-    let request_id_from_header = request_id_sent && request_id_origin == RequestIdOrigin::Kept;
+    let request_id_from_header = request_id_sent_once && request_id_origin == RequestIdOrigin::Kept;
     let parsed = match sent.traceparents {
         0 | 1 => sent.traceparent.take(),
         _ => Some(Err(TraceParentError::Duplicated)),
@@ -315,6 +316,8 @@ fn request_id(
 /// them, else by one lookup per header.
 struct Sent<'a> {
     request_id: Option<CarrierValue<'a>>,
+    /// How many `x-request-id` values were sent.
+    request_ids: usize,
     correlation_id: Option<CarrierValue<'a>>,
     traceparents: usize,
     /// The first `traceparent`, parsed.
@@ -330,6 +333,7 @@ impl<'a> Sent<'a> {
     fn new() -> Self {
         Self {
             request_id: None,
+            request_ids: 0,
             correlation_id: None,
             traceparents: 0,
             traceparent: None,
@@ -350,6 +354,7 @@ impl<'a> Sent<'a> {
     fn entry(&mut self, options: &ExtractOptions, name: &str, value: CarrierValue<'a>) {
         match name {
             "x-request-id" => {
+                self.request_ids += 1;
                 self.request_id.get_or_insert(value);
             }
             "x-correlation-id" => {
@@ -368,6 +373,8 @@ impl<'a> Sent<'a> {
 
     fn look_up<C: Extractor + ?Sized>(&mut self, carrier: &'a C) {
         self.request_id = carrier.first(&headers::X_REQUEST_ID);
+        let request_ids = &mut self.request_ids;
+        carrier.for_each(&headers::X_REQUEST_ID, &mut |_| *request_ids += 1);
         self.correlation_id = carrier.first(&headers::X_CORRELATION_ID);
         carrier.for_each(&headers::TRACEPARENT, &mut |value| self.traceparent(value));
         if matches!(self.traceparent, Some(Ok(_))) {
@@ -676,7 +683,6 @@ mod tests {
         let e = run(cases[3]);
         assert_eq!(e.context.trace_state.as_str(), "foo=1,bar=2");
         assert_eq!(run(cases[6]).context.tenant.get("org_id"), Some("o-1"));
-
     }
 
     /// Past the pass's limit of names, and for tenant keys past the last bit, lookups decide.
@@ -774,9 +780,19 @@ mod tests {
         // Only a kept `x-request-id` is already where a server's inner code reads it.
         for (pairs, from_header) in [
             (&[("x-request-id", "abc")][..], true),
-            (&[("x-request-id", "abc"), ("x-correlation-id", "c")][..], true),
+            (
+                &[("x-request-id", "abc"), ("x-correlation-id", "c")][..],
+                true,
+            ),
+            (
+                &[("x-request-id", "abc"), ("x-request-id", "bad id")][..],
+                false,
+            ),
             (&[("x-correlation-id", "corr-1")][..], false),
-            (&[("x-request-id", "bad id"), ("x-correlation-id", "c")][..], false),
+            (
+                &[("x-request-id", "bad id"), ("x-correlation-id", "c")][..],
+                false,
+            ),
             (&[("x-request-id", "bad id")][..], false),
             (&[][..], false),
         ] {

@@ -310,7 +310,11 @@ mod tests {
             // position of a shorter last piece.
             for len in 0..=20 {
                 for offset in 0..=len {
-                    let s = format!("{}{special}{}", "a".repeat(offset), "b".repeat(len - offset));
+                    let s = format!(
+                        "{}{special}{}",
+                        "a".repeat(offset),
+                        "b".repeat(len - offset)
+                    );
                     let json = quoted(&s, usize::MAX);
                     assert!(!json.contains(['\n', '\u{1f}', '\u{7f}', '\u{85}', '\u{2028}']));
                     assert_eq!(serde_json::from_str::<String>(&json).unwrap(), s, "{json}");

@@ -169,39 +169,57 @@ impl Redactor {
     pub(crate) fn names_sensitive_key(&self, text: &str) -> bool {
         let bytes = text.as_bytes();
         let is_key_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
-        for (at, _) in text.match_indices(':') {
-            // `std::io::Error` is a path, not a key.
-            if bytes.get(at + 1) == Some(&b':') || (at > 0 && bytes[at - 1] == b':') {
-                continue;
-            }
-            let mut end = at;
-            let quoted = strip_quote_before(bytes, &mut end);
-            // A quoted key (a map key) is everything inside its quotes: `"db password"` and
-            // `"auth/token"` are keys, and their separators must not hide the secret.
-            let (start, mut before) = if quoted {
-                let escaped = bytes.get(end) == Some(&b'\\');
-                let Some(open) = bytes[..end].iter().rposition(|&b| b == b'"') else {
-                    continue;
-                };
-                if escaped && (open == 0 || bytes[open - 1] != b'\\') {
-                    continue;
-                }
-                (open + 1, if escaped { open - 1 } else { open })
-            } else {
-                let start = bytes[..end]
-                    .iter()
-                    .rposition(|&b| !is_key_byte(b))
-                    .map_or(0, |i| i + 1);
-                (start, start)
-            };
+        // Whether the key `start..end`, its opening quote (if any) at `before`, sits where struct
+        // or map syntax puts a key and is sensitive.
+        let names = |start: usize, end: usize, mut before: usize| {
             if start >= end {
-                continue;
+                return false;
             }
             while before > 0 && bytes[before - 1] == b' ' {
                 before -= 1;
             }
             let opens = before == 0 || matches!(bytes[before - 1], b'{' | b'(' | b'[' | b',');
-            if opens && self.is_sensitive(&text[start..end]) {
+            opens && self.is_sensitive(&text[start..end])
+        };
+        for (at, _) in text.match_indices(':') {
+            // `std::io::Error` is a path, not a key.
+            if bytes.get(at + 1) == Some(&b':') || (at > 0 && bytes[at - 1] == b':') {
+                continue;
+            }
+            let Some(close) = at.checked_sub(1).filter(|&q| bytes[q] == b'"') else {
+                // A struct field: the run of key bytes before the colon.
+                let start = bytes[..at]
+                    .iter()
+                    .rposition(|&b| !is_key_byte(b))
+                    .map_or(0, |i| i + 1);
+                if names(start, at, start) {
+                    return true;
+                }
+                continue;
+            };
+            // A quote after an odd number of backslashes is escaped: the key of JSON quoted
+            // inside a literal (`\"password\":`); after an even number, a Debug map key's
+            // closing quote (`"my token\\":`).
+            let escaped = backslashes_before(bytes, close) % 2 == 1;
+            let end = if escaped { close - 1 } else { close };
+            // A map key is everything inside its quotes (`"db password"`, `"auth/token"`): its
+            // opening quote is the nearest one before it with the same escaping.
+            let open = (0..end)
+                .rev()
+                .find(|&i| bytes[i] == b'"' && (backslashes_before(bytes, i) % 2 == 1) == escaped);
+            if let Some(open) = open
+                && names(open + 1, end, if escaped { open - 1 } else { open })
+            {
+                return true;
+            }
+            // Else the run of key bytes right after a quote, as before (`("password\\": x")`,
+            // JSON text cut inside a literal).
+            let start = bytes[..end]
+                .iter()
+                .rposition(|&b| !is_key_byte(b))
+                .map_or(0, |i| i + 1);
+            let mut before = start;
+            if strip_quote_before(bytes, &mut before) && names(start, end, before) {
                 return true;
             }
         }
@@ -505,6 +523,15 @@ impl Parser<'_> {
         self.i += 4;
         u32::from_str_radix(digits, 16).ok()
     }
+}
+
+/// How many backslashes come right before `bytes[at]`.
+fn backslashes_before(bytes: &[u8], at: usize) -> usize {
+    bytes[..at]
+        .iter()
+        .rev()
+        .take_while(|&&b| b == b'\\')
+        .count()
 }
 
 /// Moves `at` back over a quote (`"` or, inside a `Debug` literal, `\"`) just before it;

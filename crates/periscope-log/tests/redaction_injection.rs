@@ -556,3 +556,28 @@ fn debug_map_keys_with_separators_or_symbols_are_hidden() {
         assert_eq!(line["data"]["v"], "[REDACTED]", "{line}");
     }
 }
+
+/// What the key-byte rule caught before a quoted key became "everything inside its quotes"
+/// still is: JSON text cut inside a literal (`Chunk("password\": ..")`), and a map key holding
+/// an escaped quote or ending in a backslash.
+#[test]
+fn debug_keys_cut_or_escaped_are_still_hidden() {
+    use std::collections::BTreeMap;
+    #[derive(Debug)]
+    #[allow(dead_code)]
+    struct Chunk(&'static str);
+    let out = common::capture(
+        |b| b,
+        |_| {
+            tracing::info!(v = ?Chunk("password\": \"hunter2\"}"), "a");
+            tracing::info!(v = ?(1, "password\":\"hunter2\""), "b");
+            tracing::info!(v = ?Some(BTreeMap::from([("my token\\", "hunter2")])), "c");
+            tracing::info!(v = ?Some(BTreeMap::from([("x\"password", "hunter2")])), "d");
+        },
+    );
+    let lines = out.lines();
+    assert_eq!(lines.len(), 4);
+    for line in lines {
+        assert_eq!(line["data"]["v"], "[REDACTED]", "{line}");
+    }
+}

@@ -296,6 +296,8 @@ async fn the_request_header_carries_the_id_the_client_gets_back() {
         &[("x-correlation-id", "corr-5")][..],
         &[("x-request-id", "{bad}"), ("x-correlation-id", "corr-6")][..],
         &[("x-request-id", "kept-1")][..],
+        // Several: the first is kept, and the others do not stay beside it.
+        &[("x-request-id", "kept-2"), ("x-request-id", "bad id")][..],
     ] {
         let response = get(addr, "/echo", headers).await;
         let echoed = response.headers()["x-request-id"].to_str().unwrap();
