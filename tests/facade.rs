@@ -1029,9 +1029,35 @@ async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     Ok(Response::new(ExportTraceServiceResponse::default()))
                 }
+                // Answered, then failed in the trailers (see `fail_in_trailers`).
+                5 => {
+                    let mut response = Response::new(ExportTraceServiceResponse::default());
+                    response
+                        .metadata_mut()
+                        .insert(THEN_FAIL, "13".parse().unwrap());
+                    Ok(response)
+                }
                 _ => panic!("export panicked on purpose"),
             }
         }
+    }
+
+    /// A stand-in for a streaming call that fails after its messages: the answer the handler
+    /// marks sends a message, then trailers with the marked code instead of `OK`.
+    const THEN_FAIL: &str = "x-test-then-fail";
+    fn fail_in_trailers(
+        mut response: http::Response<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
+        if let Some(code) = response.headers_mut().remove(THEN_FAIL) {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", code);
+            trailers.insert("grpc-message", "the stream failed".parse().unwrap());
+            // One empty message (its 5-byte prefix), then the trailers.
+            let body = http_body_util::Full::new(Bytes::from_static(&[0, 0, 0, 0, 0]))
+                .with_trailers(async move { Some(Ok(trailers)) });
+            *response.body_mut() = tonic::body::Body::new(body);
+        }
+        response
     }
 
     let out = Captured::default();
@@ -1052,6 +1078,7 @@ async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
     let addr = listener.local_addr().unwrap();
     let server = tonic::transport::Server::builder()
         .layer(obs.layer())
+        .layer(tower::util::MapResponseLayer::new(fail_in_trailers))
         .add_service(TraceServiceServer::new(Exporter))
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
     tokio::spawn(server);
@@ -1066,6 +1093,7 @@ async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
         (2, "grpc-500"),
         (3, "grpc-slow"),
         (4, "grpc-panic"),
+        (5, "grpc-stream-500"),
     ] {
         let mut request = Request::new(ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans::default(); spans],
@@ -1081,8 +1109,11 @@ async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
                 status.metadata().clone(),
             ),
         };
-        // Every answer, failures included, echoes the request id.
-        assert_eq!(outcome.2.get("x-request-id").unwrap(), id, "{id}");
+        // Every answer, failures included, echoes the request id; a status that came in the
+        // trailers carries their metadata, not the head's.
+        if spans != 5 {
+            assert_eq!(outcome.2.get("x-request-id").unwrap(), id, "{id}");
+        }
         outcomes.push((outcome.0, outcome.1));
     }
     assert_eq!(
@@ -1096,6 +1127,7 @@ async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
                 "The request did not complete within 300ms".to_owned()
             ),
             (Code::Internal, "An internal error occurred".to_owned()),
+            (Code::Internal, "the stream failed".to_owned()),
         ]
     );
 
@@ -1114,7 +1146,16 @@ async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
             })
             .sum()
     };
-    assert_eq!((count("2xx"), count("4xx"), count("5xx")), (1.0, 1.0, 3.0));
+    // The call that failed in its trailers counts as the failure it was, once.
+    assert_eq!((count("2xx"), count("4xx"), count("5xx")), (1.0, 1.0, 4.0));
+    let in_flight: f64 = exposition.families["http_server_requests_in_flight"]
+        .iter_samples()
+        .map(|sample| match &sample.value {
+            openmetrics_parser::PrometheusValue::Gauge(g) => g.as_f64(),
+            other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(in_flight, 0.0);
     assert!(
         exposition.families["http_server_requests_total"]
             .iter_samples()
@@ -1130,6 +1171,7 @@ async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
         ("grpc-500", 13, "error"),
         ("grpc-slow", 4, "error"),
         ("grpc-panic", 13, "error"),
+        ("grpc-stream-500", 13, "error"),
     ] {
         let access = lines
             .iter()

@@ -5,8 +5,14 @@
 //! status, every failed call would look like a success; the layers count, trace and log a gRPC
 //! answer by the HTTP status its code stands for ([`GrpcCode::http_status`]), so the 5xx error
 //! ratio, alerts and span status mean the same for gRPC and HTTP services.
+//!
+//! [`head_outcome`] tells, from an answer's head, whether its outcome is its HTTP status, the
+//! code in its head, or the code in its trailers; [`StreamEnd`] gives the code a streamed
+//! answer ended with, trailers or not, and a [`StreamEndWatch`] hands that end from the layer
+//! that reads the body (the access log) to the layers that record it (metrics, server span).
 
 use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
@@ -239,6 +245,228 @@ pub fn answer_status(status: StatusCode, headers: &HeaderMap) -> StatusCode {
     answer_code(status, headers).map_or(status, GrpcCode::http_status)
 }
 
+/// What an answer's head says about how to judge it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadOutcome {
+    /// Not a gRPC answer (or one whose outcome cannot be read at all): judged by its HTTP
+    /// status.
+    Status,
+    /// A trailers-only gRPC answer: its code, in its head ([`answer_code`]).
+    Code(GrpcCode),
+    /// A gRPC answer (HTTP 200, `content-type: application/grpc`, no `grpc-status` in its
+    /// head) whose code comes in the trailers after its messages: its outcome is known only at
+    /// the end of its body ([`StreamEnd`]). gRPC-Web answers are never this: their trailers
+    /// travel inside the body, so they are judged by their head.
+    Trailers,
+}
+
+/// How to judge an answer from its head: by its HTTP status, by the gRPC code in its head, or
+/// only once its trailers come ([`HeadOutcome`]). One scan of the headers for the usual HTTP
+/// answer, which has no gRPC `content-type`.
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use periscope_context::grpc::{GrpcCode, HeadOutcome, head_outcome};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("content-type", "application/grpc".parse().unwrap());
+/// assert_eq!(head_outcome(StatusCode::OK, &headers), HeadOutcome::Trailers);
+/// headers.insert("grpc-status", "5".parse().unwrap());
+/// assert_eq!(head_outcome(StatusCode::OK, &headers), HeadOutcome::Code(GrpcCode::NOT_FOUND));
+/// assert_eq!(head_outcome(StatusCode::OK, &HeaderMap::new()), HeadOutcome::Status);
+/// ```
+pub fn head_outcome(status: StatusCode, headers: &HeaderMap) -> HeadOutcome {
+    if status != StatusCode::OK {
+        return HeadOutcome::Status;
+    }
+    // `application/grpc...`: byte 12 tells it from the usual `application/json` or
+    // `text/...`; the rest is looked at only then, out of the usual answer's way.
+    match content_type(headers) {
+        Some(value)
+            if value
+                .as_bytes()
+                .get(12)
+                .is_some_and(|b| b.eq_ignore_ascii_case(&b'g')) =>
+        {
+            grpc_outcome(headers, value)
+        }
+        _ => HeadOutcome::Status,
+    }
+}
+
+/// [`head_outcome`] of a 200 whose `content-type` may be gRPC's.
+#[inline(never)]
+fn grpc_outcome(headers: &HeaderMap, content_type: &HeaderValue) -> HeadOutcome {
+    if !is_grpc_content_type(content_type) {
+        return HeadOutcome::Status;
+    }
+    match find(headers, &GRPC_STATUS) {
+        Some(value) => GrpcCode::parse(value).map_or(HeadOutcome::Status, HeadOutcome::Code),
+        // gRPC-Web sends its trailers as the body's last message, not as HTTP trailers.
+        None if strip_prefix_ignore_case(content_type.as_bytes(), b"application/grpc-web")
+            .is_some() =>
+        {
+            HeadOutcome::Status
+        }
+        None => HeadOutcome::Trailers,
+    }
+}
+
+/// The first `content-type`, found by comparing names rather than by a lookup (see [`find`]):
+/// the usual answer has one, so the value is taken where the name is found. A lookup hashes the
+/// name, which costs as much as comparing a dozen names: the scan is kept for every map.
+fn content_type(headers: &HeaderMap) -> Option<&HeaderValue> {
+    headers
+        .iter()
+        .find_map(|(key, value)| (key == http::header::CONTENT_TYPE).then_some(value))
+}
+
+/// How the body of a gRPC answer whose code comes in its trailers ([`HeadOutcome::Trailers`])
+/// ended, and so the code the call ended with ([`code`](Self::code)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The trailers came, with this `grpc-status` (`None`: they carry none, or not a number);
+    /// see [`StreamEnd::trailers`].
+    Trailers(Option<GrpcCode>),
+    /// The body ended without trailers.
+    NoTrailers,
+    /// The body failed: the server resets the stream.
+    Failed,
+    /// The body was dropped before its end: the client cancelled the call or went away.
+    Dropped,
+}
+
+impl StreamEnd {
+    /// The end of a body whose last frame was `trailers`.
+    pub fn trailers(trailers: &HeaderMap) -> Self {
+        Self::Trailers(GrpcCode::of(trailers))
+    }
+
+    /// The code the call ended with: the trailers' `grpc-status`; `UNKNOWN` when the body
+    /// ended without one (no trailers, or trailers without `grpc-status`: the client gets no
+    /// status); `INTERNAL` when the body failed (the stream is reset with `INTERNAL_ERROR`,
+    /// which a client reads as `INTERNAL`); `CANCELLED` when it was dropped before its end.
+    pub fn code(self) -> GrpcCode {
+        match self {
+            Self::Trailers(code) => code.unwrap_or(GrpcCode::UNKNOWN),
+            Self::NoTrailers => GrpcCode::UNKNOWN,
+            Self::Failed => GrpcCode::INTERNAL,
+            Self::Dropped => GrpcCode::CANCELLED,
+        }
+    }
+}
+
+/// A hook run when a watched stream ends.
+type Hook = Box<dyn FnOnce(StreamEnd) + Send>;
+
+/// The end of a gRPC answer whose code comes in its trailers, handed from the layer that reads
+/// its body to the layers above that record it.
+///
+/// The access log (periscope-log's `AccessLogLayer`) already watches every response body to
+/// the end for its line. For such an answer ([`HeadOutcome::Trailers`]) it puts a watch in the
+/// response's extensions and [`end`](Self::end)s it when the body ends; a layer outside it
+/// (the RED metrics, the server span) finds the watch at the response head and registers a
+/// hook with [`on_end`](Self::on_end) to record the call then. No other answer gets one: plain
+/// HTTP pays nothing, and a call that waits for its trailers pays one allocation for the watch
+/// and one per hook.
+///
+/// Clones share one watch. The first [`end`](Self::end) counts, later ones are ignored; a hook
+/// registered after the end runs at once, with that end; each hook runs exactly once. If every
+/// handle is dropped before the watch was ended (the body's reader went away without telling),
+/// the hooks run with [`StreamEnd::Dropped`], as for a client that cancelled: a hook is never
+/// lost. Hooks run on the thread that ends the watch (or registers late), outside its lock, so
+/// a hook may use the watch.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use periscope_context::grpc::{GrpcCode, StreamEnd, StreamEndWatch};
+///
+/// let watch = StreamEndWatch::new();
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let hook = seen.clone();
+/// watch.on_end(move |end| hook.lock().unwrap().push(end.code()));
+/// watch.clone().end(StreamEnd::Trailers(Some(GrpcCode::INTERNAL)));
+/// watch.end(StreamEnd::Dropped); // too late: ignored
+/// assert_eq!(*seen.lock().unwrap(), [GrpcCode::INTERNAL]);
+/// ```
+#[derive(Clone, Default)]
+pub struct StreamEndWatch(Arc<Mutex<WatchState>>);
+
+#[derive(Default)]
+struct WatchState {
+    end: Option<StreamEnd>,
+    hooks: Vec<Hook>,
+}
+
+impl StreamEndWatch {
+    /// A watch not ended yet, with no hooks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, WatchState> {
+        // Hooks never run under the lock: it cannot be poisoned by one.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `hook` with the stream's end: when [`end`](Self::end) is called, or at once if it
+    /// was already.
+    pub fn on_end(&self, hook: impl FnOnce(StreamEnd) + Send + 'static) {
+        let mut state = self.lock();
+        match state.end {
+            Some(end) => {
+                drop(state);
+                hook(end);
+            }
+            None => state.hooks.push(Box::new(hook)),
+        }
+    }
+
+    /// Ends the watch: runs every hook registered with `end`, once. Returns `false`, and does
+    /// nothing, when it was ended already.
+    pub fn end(&self, end: StreamEnd) -> bool {
+        let hooks = {
+            let mut state = self.lock();
+            if state.end.is_some() {
+                return false;
+            }
+            state.end = Some(end);
+            std::mem::take(&mut state.hooks)
+        };
+        for hook in hooks {
+            hook(end);
+        }
+        true
+    }
+
+    /// How the stream ended, once it has.
+    pub fn ended(&self) -> Option<StreamEnd> {
+        self.lock().end
+    }
+}
+
+impl Drop for WatchState {
+    fn drop(&mut self) {
+        // The last handle is gone and nobody ended the watch: the body was dropped unseen.
+        if self.end.is_none() {
+            self.end = Some(StreamEnd::Dropped);
+            for hook in std::mem::take(&mut self.hooks) {
+                hook(StreamEnd::Dropped);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for StreamEndWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("StreamEndWatch")
+            .field("end", &state.end)
+            .field("hooks", &state.hooks.len())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,5 +616,123 @@ mod tests {
         );
         headers.insert(GRPC_STATUS, HeaderValue::from_static("x"));
         assert_eq!(answer_status(StatusCode::OK, &headers), StatusCode::OK);
+    }
+
+    #[test]
+    fn only_a_grpc_200_without_a_head_status_waits_for_its_trailers() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            headers
+        };
+        let grpc = headers(&[("content-type", "application/grpc+proto")]);
+        assert_eq!(head_outcome(StatusCode::OK, &grpc), HeadOutcome::Trailers);
+        // A proxy's own error, an HTTP answer, gRPC-Web (trailers in the body): the head.
+        assert_eq!(
+            head_outcome(StatusCode::BAD_GATEWAY, &grpc),
+            HeadOutcome::Status
+        );
+        for other in [
+            headers(&[]),
+            headers(&[("content-type", "text/plain"), ("grpc-status", "13")]),
+            headers(&[("content-type", "application/grpc-web+proto")]),
+            headers(&[("content-type", "application/grpc"), ("grpc-status", "x")]),
+        ] {
+            assert_eq!(
+                head_outcome(StatusCode::OK, &other),
+                HeadOutcome::Status,
+                "{other:?}"
+            );
+        }
+        for content_type in ["application/grpc", "application/grpc-web-text"] {
+            let trailers_only = headers(&[("content-type", content_type), ("grpc-status", "5")]);
+            assert_eq!(
+                head_outcome(StatusCode::OK, &trailers_only),
+                HeadOutcome::Code(GrpcCode::NOT_FOUND)
+            );
+        }
+        // A large map too.
+        let mut large = grpc.clone();
+        for n in 0..=SCAN_LIMIT {
+            large.insert(
+                HeaderName::from_bytes(format!("x-other-{n}").as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        assert_eq!(head_outcome(StatusCode::OK, &large), HeadOutcome::Trailers);
+    }
+
+    #[test]
+    fn a_stream_ends_with_its_trailers_code_or_the_one_its_end_stands_for() {
+        let mut trailers = HeaderMap::new();
+        assert_eq!(StreamEnd::trailers(&trailers).code(), GrpcCode::UNKNOWN);
+        trailers.insert(GRPC_STATUS, HeaderValue::from_static("13"));
+        assert_eq!(StreamEnd::trailers(&trailers).code(), GrpcCode::INTERNAL);
+        assert_eq!(StreamEnd::NoTrailers.code(), GrpcCode::UNKNOWN);
+        assert_eq!(StreamEnd::Failed.code(), GrpcCode::INTERNAL);
+        assert_eq!(StreamEnd::Dropped.code(), GrpcCode::CANCELLED);
+    }
+
+    /// A hook that pushes what it saw, tagged.
+    fn recorder(
+        seen: &Arc<Mutex<Vec<(&'static str, StreamEnd)>>>,
+        tag: &'static str,
+    ) -> impl FnOnce(StreamEnd) + Send + 'static {
+        let seen = seen.clone();
+        move |end| seen.lock().unwrap().push((tag, end))
+    }
+
+    #[test]
+    fn a_watch_runs_each_hook_once_with_its_first_end() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let watch = StreamEndWatch::new();
+        let other = watch.clone();
+        watch.on_end(recorder(&seen, "a"));
+        other.on_end(recorder(&seen, "b"));
+        assert!(seen.lock().unwrap().is_empty());
+        assert_eq!(watch.ended(), None);
+        let end = StreamEnd::Trailers(Some(GrpcCode::NOT_FOUND));
+        assert!(other.end(end));
+        assert!(!watch.end(StreamEnd::Failed));
+        // Registered after the end: runs at once, with that end.
+        watch.on_end(recorder(&seen, "late"));
+        drop((watch, other));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [("a", end), ("b", end), ("late", end)]
+        );
+    }
+
+    #[test]
+    fn a_watch_dropped_before_its_end_ends_as_cancelled() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let watch = StreamEndWatch::new();
+        let other = watch.clone();
+        watch.on_end(recorder(&seen, "a"));
+        drop(watch);
+        // A handle is left: not ended yet.
+        assert!(seen.lock().unwrap().is_empty());
+        drop(other);
+        assert_eq!(*seen.lock().unwrap(), [("a", StreamEnd::Dropped)]);
+        assert_eq!(StreamEnd::Dropped.code(), GrpcCode::CANCELLED);
+    }
+
+    #[test]
+    fn a_hook_may_use_its_watch() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let watch = StreamEndWatch::new();
+        let inner = watch.clone();
+        let late = recorder(&seen, "from a hook");
+        watch.on_end(move |_| inner.on_end(late));
+        watch.end(StreamEnd::NoTrailers);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [("from a hook", StreamEnd::NoTrailers)]
+        );
     }
 }

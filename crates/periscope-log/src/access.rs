@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Buf;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use periscope_context::grpc::{GrpcCode, answer_code};
+use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEnd, StreamEndWatch, head_outcome};
 use periscope_context::{AnsweredError, HexId, RequestContext, RequestId, SpanId, TraceId};
 use pin_project::{pin_project, pinned_drop};
 use tower_layer::Layer;
@@ -36,6 +36,13 @@ pub const ACCESS_LOG_TARGET: &str = "periscope::access";
 /// [`RequestContext`] in the request's extensions (or the current one) when there is one.
 /// Level by outcome: 5xx `error`, 4xx `warn`, the rest `info`; quiet paths at `debug`.
 /// The query string is never logged (it may hold secrets).
+///
+/// A gRPC answer whose code comes in its trailers (HTTP 200, `application/grpc`, no
+/// `grpc-status` in its head) is logged with the trailers' code. For such an answer the layer
+/// also puts a [`StreamEndWatch`] in the response's extensions and ends it when the body ends
+/// (with the trailers' code; `UNKNOWN` when none comes, `INTERNAL` when the body fails,
+/// `CANCELLED` when it is dropped first): the layers outside it, periscope's RED metrics and
+/// server span, record the call then. No other answer gets one.
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -221,21 +228,35 @@ where
             return Poll::Pending;
         };
         Poll::Ready(match result {
-            Ok(response) => {
-                let pending = Pending {
+            Ok(mut response) => {
+                let status = response.status();
+                let (grpc, trailers) = match head_outcome(status, response.headers()) {
+                    HeadOutcome::Status => (None, false),
+                    HeadOutcome::Code(code) => (Some(code), false),
+                    HeadOutcome::Trailers => (None, true),
+                };
+                let mut pending = Pending {
                     info,
-                    status: response.status(),
+                    status,
                     answered: response.extensions().get::<AnsweredError>().cloned(),
-                    grpc: answer_code(response.status(), response.headers()),
+                    grpc,
                     bytes: 0,
+                    watch: None,
                 };
                 // An empty body may never be polled, and the server drops the body of a
                 // HEAD, 1xx, 204 or 304 answer unread: such a request is complete now.
-                let bodiless = periscope_context::is_bodiless(
-                    pending.info.method == Method::HEAD,
-                    response.status(),
-                );
-                let pending = if bodiless || response.body().is_end_stream() {
+                let bodiless =
+                    periscope_context::is_bodiless(pending.info.method == Method::HEAD, status);
+                let complete = bodiless || response.body().is_end_stream();
+                if trailers {
+                    // The layers outside record the call when its body ends (see the type's
+                    // documentation); a body that is over already ends it now, without
+                    // trailers.
+                    let watch = StreamEndWatch::new();
+                    response.extensions_mut().insert(watch.clone());
+                    pending.watch = Some(watch);
+                }
+                let pending = if complete {
                     pending.log(false);
                     None
                 } else {
@@ -308,6 +329,9 @@ struct Pending {
     /// A gRPC answer's code: from its head (trailers-only), else from its trailers.
     grpc: Option<GrpcCode>,
     bytes: u64,
+    /// For a gRPC answer whose code comes in its trailers: the watch the layers outside wait
+    /// on, ended when the body ends.
+    watch: Option<StreamEndWatch>,
 }
 
 /// What the line says about the answer: its status (none when it never came), its gRPC code,
@@ -357,6 +381,9 @@ where
                         && pending.status == StatusCode::OK
                     {
                         pending.grpc = GrpcCode::of(trailers).or(pending.grpc);
+                        if let Some(watch) = pending.watch.take() {
+                            watch.end(StreamEnd::trailers(trailers));
+                        }
                     }
                 }
             }
@@ -475,6 +502,14 @@ impl Pending {
     }
 
     fn log_with(self, aborted: bool, error: Option<&(dyn Error + 'static)>) {
+        // The trailers, when they came, ended the watch already.
+        if let Some(watch) = &self.watch {
+            watch.end(match (error, aborted) {
+                (Some(_), _) => StreamEnd::Failed,
+                (None, true) => StreamEnd::Dropped,
+                (None, false) => StreamEnd::NoTrailers,
+            });
+        }
         let answer = Answer {
             status: Some(self.status),
             grpc: self.grpc,

@@ -16,7 +16,7 @@ use crate::names::{check_label_names, check_metric_name};
 use crate::red::{Part, Recording, Red, RequestsView, RouteFn};
 use crate::registry::MetricsRegistry;
 use periscope_context::RouteTemplates;
-use periscope_context::grpc::answer_status;
+use periscope_context::grpc::{HeadOutcome, StreamEndWatch, answer_status, head_outcome};
 
 /// OpenTelemetry's advice for HTTP server durations, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -309,7 +309,7 @@ impl MetricsLayerBuilder {
         )?;
         registry.register(
             &duration_name,
-            "HTTP request duration until the response started, in seconds",
+            "HTTP request duration until the response started (a gRPC call answered in trailers: until its end), in seconds",
             view(Part::Duration),
         )?;
         registry.register(
@@ -365,6 +365,16 @@ fn checked_buckets(metric: &str, buckets: &[f64]) -> Result<Arc<[f64]>, MetricsE
 /// Recording happens when the inner service's response is ready (duration is time to the
 /// response head). A request whose future is dropped first is recorded with status
 /// `cancelled`; one that panics, as a server error; either way it leaves the in-flight gauge.
+///
+/// A gRPC answer whose `grpc-status` comes in its trailers, after streamed messages (HTTP 200,
+/// `application/grpc`, no `grpc-status` in its head), is recorded when its body ends instead:
+/// under the status its code stands for (`UNKNOWN`, 500, when none comes; `INTERNAL`, 500,
+/// when the body fails; `CANCELLED`, 499, when it is dropped first), with the duration of the
+/// whole call (OpenTelemetry's `rpc.server.duration`), and it stays in the in-flight gauge
+/// until then. The trailers are read by periscope-log's `AccessLogLayer`, which tells this
+/// layer through a [`StreamEndWatch`] in the response's extensions: compose it inside this
+/// layer, as `periscope`'s `obs.layer()` does. Without it such a call is recorded at its head,
+/// as the 200 it was then. The response body is the inner service's, untouched.
 ///
 /// ```
 /// use periscope_metrics::{MetricsLayer, MetricsRegistry};
@@ -516,14 +526,28 @@ where
         // Taken, so it leaves the in-flight gauge now rather than when the future is dropped.
         if let Some(mut recording) = guard.recording.take() {
             match &output {
-                // A trailers-only gRPC answer (HTTP 200) counts by the status its code
-                // stands for: a failed call is not a success.
-                Ok(response) => recording.finish(
-                    recording
-                        .status_label()
-                        .value(answer_status(response.status(), response.headers())),
-                    recording.response_size(response),
-                ),
+                Ok(response) => {
+                    let size = recording.response_size(response);
+                    // A gRPC call whose code comes in its trailers, after its messages: the
+                    // access log inside watches its body (the watch, in the response's
+                    // extensions, comes with no other answer). Recorded, and in flight, until
+                    // the body ends.
+                    if let Some(watch) = response.extensions().get::<StreamEndWatch>()
+                        && head_outcome(response.status(), response.headers())
+                            == HeadOutcome::Trailers
+                    {
+                        watch.on_end(move |end| {
+                            let status = recording.status_label().value(end.code().http_status());
+                            recording.finish(status, size);
+                        });
+                        return Poll::Ready(output);
+                    }
+                    // A gRPC answer counts by the status its code stands for: a failed call is
+                    // not a success. Without a watch, a call whose code comes in its trailers
+                    // counts as the 200 of its head.
+                    let status = answer_status(response.status(), response.headers());
+                    recording.finish(recording.status_label().value(status), size);
+                }
                 Err(_) => recording.finish(recording.status_label().server_error(), None),
             }
         }

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use http::{Method, Uri};
-use periscope_context::grpc::answer_code;
+use periscope_context::grpc::{GrpcCode, answer_code};
 use periscope_context::{RequestContext, Tenant};
 use tracing::Span;
 
@@ -140,6 +140,18 @@ pub(crate) fn record_status(
             Some(code) => span.record("error.type", code.name()),
             None => span.record("error.type", status.as_str()),
         };
+    }
+}
+
+/// Records the code a gRPC call ended with, known after its head (its trailers'):
+/// `rpc.grpc.status_code`, and `otel.status_code` `ERROR` with `error.type` the code's name
+/// when the HTTP status the code stands for is `error_from` or above, as [`record_status`] does
+/// for a trailers-only answer.
+pub(crate) fn record_grpc_code(span: &Span, code: GrpcCode, error_from: u16) {
+    span.record("rpc.grpc.status_code", code.value());
+    if code.http_status().as_u16() >= error_from {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", code.name());
     }
 }
 

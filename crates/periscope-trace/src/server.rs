@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
+use periscope_context::grpc::{HeadOutcome, StreamEndWatch, head_outcome};
 use periscope_context::{
     Baggage, ExtractOptions, Extracted, MatchedRoute, RequestContext, RequestIdOrigin,
     RouteTemplates, TenantKey, WithContext, extract, headers::X_REQUEST_ID,
@@ -17,7 +18,9 @@ use tracing::Span;
 use tracing::field::Empty;
 
 use crate::binding::{ParentKind, bind, early_id};
-use crate::fields::{method_name, method_original, record_failure, record_status, span_method};
+use crate::fields::{
+    method_name, method_original, record_failure, record_grpc_code, record_status, span_method,
+};
 use crate::propagation::Propagators;
 use crate::rejected::warn_rejected;
 use crate::selector::PathSelector;
@@ -44,6 +47,16 @@ pub const SERVER_TARGET: &str = "periscope_trace::server";
 ///   [current](RequestContext::current) while the inner service runs;
 /// - echoes the request id in `x-request-id` on every response the inner service returns
 ///   (compose a panic catcher inside this layer so panics become responses too).
+///
+/// A gRPC answer is judged by the HTTP status its code stands for. When that code comes in
+/// the trailers, after streamed messages (HTTP 200, `application/grpc`, no `grpc-status` in
+/// its head), the span stays open until the body ends and then records `rpc.grpc.status_code`,
+/// and `otel.status_code` `ERROR` with `error.type` the code's name for the server-error codes
+/// (`UNKNOWN` when no code comes, `INTERNAL` when the body fails, `CANCELLED`, not a failure,
+/// when it is dropped first). The trailers are read by periscope-log's `AccessLogLayer`, which
+/// tells this layer through a [`StreamEndWatch`] in the response's extensions: compose it
+/// inside, as `periscope`'s `obs.layer()` does. Without it such a call is judged by its head,
+/// as the 200 it was then. The response body is the inner service's, untouched.
 ///
 /// Probe and scrape paths get the request id and context but no span (see [`PathSelector`]).
 ///
@@ -402,7 +415,26 @@ where
         let result = ready!(this.inner.as_mut().poll(cx));
         Poll::Ready(match result {
             Ok(mut response) => {
-                record_status(this.span, response.status(), response.headers(), 500);
+                let span = &*this.span;
+                match response.extensions().get::<StreamEndWatch>() {
+                    // A gRPC call whose code comes in its trailers, after its messages: the
+                    // access log inside watches its body (the watch, in the response's
+                    // extensions, comes with no other answer). The hook's handle keeps the
+                    // span open until the body ends.
+                    Some(watch)
+                        if head_outcome(response.status(), response.headers())
+                            == HeadOutcome::Trailers =>
+                    {
+                        span.record("http.response.status_code", response.status().as_u16());
+                        if !span.is_disabled() {
+                            let span = span.clone();
+                            watch.on_end(move |end| record_grpc_code(&span, end.code(), 500));
+                        }
+                    }
+                    // Judged by its head: without a watch, a call whose code comes in its
+                    // trailers is the 200 it was then.
+                    _ => record_status(span, response.status(), response.headers(), 500),
+                }
                 response.headers_mut().insert(
                     X_REQUEST_ID,
                     this.inner.context().request_id.header_value().clone(),

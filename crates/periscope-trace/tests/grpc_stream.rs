@@ -1,0 +1,247 @@
+//! gRPC calls whose `grpc-status` comes in the trailers, after streamed messages, over a real
+//! socket: the server span stays open until the body ends and records the code the call ended
+//! with, failing for the server-error codes only, as for a trailers-only answer.
+//!
+//! The trailers are read by the access log (`AccessLogLayer`) composed inside the server
+//! layer, as `obs.layer()` composes them; without it, such a call is judged by its head.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::Uri;
+use axum::response::Response;
+use bytes::Bytes;
+use http_body::Frame;
+use periscope_log::AccessLogLayer;
+use periscope_trace::CorrelationLayer;
+use support::{Capture, ClosedSpan, serve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tracing_subscriber::layer::SubscriberExt;
+
+type FrameResult = Result<Frame<Bytes>, std::io::Error>;
+
+/// A response body whose frames the test sends, one by one; it ends when the sender is dropped.
+struct Script(tokio::sync::mpsc::UnboundedReceiver<FrameResult>);
+
+impl http_body::Body for Script {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+type Scripts = Arc<Mutex<HashMap<String, Script>>>;
+
+async fn answer(State(scripts): State<Scripts>, uri: Uri) -> Response {
+    let script = scripts.lock().unwrap().remove(uri.path()).unwrap();
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .body(axum::body::Body::new(script))
+        .unwrap()
+}
+
+fn message() -> FrameResult {
+    Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi")))
+}
+
+fn trailers(code: &str) -> FrameResult {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", code.parse().unwrap());
+    Ok(Frame::trailers(trailers))
+}
+
+fn script(scripts: &Scripts, path: &str, frames: Vec<FrameResult>) -> UnboundedSender<FrameResult> {
+    let (sender, receiver) = unbounded_channel();
+    for frame in frames {
+        sender.send(frame).unwrap();
+    }
+    scripts
+        .lock()
+        .unwrap()
+        .insert(path.to_owned(), Script(receiver));
+    sender
+}
+
+/// Sends a gRPC call for `path` on its own connection, reads until the answer holds `until`
+/// (or to its end when `None`), and returns the connection.
+async fn call(
+    addr: SocketAddr,
+    id: &str,
+    path: &str,
+    until: Option<&[u8]>,
+) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: test\r\nx-request-id: {id}\r\n\
+         content-type: application/grpc\r\nte: trailers\r\ncontent-length: 0\r\n\
+         connection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    loop {
+        if until.is_some_and(|until| received.windows(until.len()).any(|w| w == until)) {
+            break;
+        }
+        let mut buf = [0; 1024];
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                assert!(until.is_none(), "the answer ended before {until:?}");
+                break;
+            }
+            Ok(read) => received.extend_from_slice(&buf[..read]),
+        }
+    }
+    stream
+}
+
+fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    (
+        capture.clone(),
+        tracing::subscriber::set_default(subscriber),
+    )
+}
+
+/// The closed server span of request `id`, waited for.
+async fn closed_span(capture: &Capture, id: &str) -> ClosedSpan {
+    for _ in 0..200 {
+        if let Some(span) = capture.spans_for("http_request", id).pop() {
+            return span;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the span of {id} never closed");
+}
+
+/// The server layer over the access log, which reads the trailers, as `obs.layer()` has them.
+async fn app(scripts: &Scripts) -> SocketAddr {
+    let app = Router::new()
+        .fallback(answer)
+        .with_state(scripts.clone())
+        .layer(AccessLogLayer::new())
+        .layer(CorrelationLayer::new());
+    serve(app).await
+}
+
+#[tokio::test]
+async fn the_server_span_is_judged_by_the_code_in_the_trailers() {
+    let (capture, _guard) = capture();
+    let scripts = Scripts::default();
+    let addr = app(&scripts).await;
+
+    // (id, frames, rpc.grpc.status_code, error.type when the span failed)
+    let cases: [(&str, Vec<FrameResult>, &str, Option<&str>); 6] = [
+        (
+            "internal",
+            vec![message(), message(), trailers("13")],
+            "13",
+            Some("INTERNAL"),
+        ),
+        ("not-found", vec![message(), trailers("5")], "5", None),
+        ("ok", vec![message(), trailers("0")], "0", None),
+        (
+            "unavailable",
+            vec![trailers("14")],
+            "14",
+            Some("UNAVAILABLE"),
+        ),
+        // No status: the client gets none, the call is `UNKNOWN`.
+        ("untold", vec![message()], "2", Some("UNKNOWN")),
+        // The service's stream fails: the server resets the call, `INTERNAL`.
+        (
+            "failed",
+            vec![message(), Err(std::io::Error::other("upstream reset"))],
+            "13",
+            Some("INTERNAL"),
+        ),
+    ];
+    for (id, frames, code, error) in cases {
+        let path = format!("/pkg.Svc/{id}");
+        drop(script(&scripts, &path, frames));
+        drop(call(addr, id, &path, None).await);
+        let span = closed_span(&capture, id).await;
+        assert_eq!(span.get("http.response.status_code"), Some("200"), "{id}");
+        assert_eq!(span.get("rpc.grpc.status_code"), Some(code), "{id}");
+        assert_eq!(
+            span.get("otel.status_code"),
+            error.map(|_| "ERROR"),
+            "{id}: {span:?}"
+        );
+        assert_eq!(span.get("error.type"), error, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn the_server_span_stays_open_until_the_call_ends() {
+    let (capture, _guard) = capture();
+    let scripts = Scripts::default();
+    let addr = app(&scripts).await;
+
+    let path = "/pkg.Svc/Slow";
+    let sender = script(&scripts, path, vec![message()]);
+    let connection = call(addr, "slow", path, Some(b"hi")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The head and a message are out; the call goes on.
+    assert!(capture.spans_for("http_request", "slow").is_empty());
+    sender.send(trailers("4")).unwrap();
+    drop(sender);
+    let span = closed_span(&capture, "slow").await;
+    drop(connection);
+    assert_eq!(span.get("rpc.grpc.status_code"), Some("4"));
+    assert_eq!(span.get("otel.status_code"), Some("ERROR"));
+    assert_eq!(span.get("error.type"), Some("DEADLINE_EXCEEDED"));
+
+    // The client goes away in the middle: `CANCELLED`, not a failure of the server.
+    let path = "/pkg.Svc/Dropped";
+    let sender = script(&scripts, path, vec![message()]);
+    let connection = call(addr, "dropped", path, Some(b"hi")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(capture.spans_for("http_request", "dropped").is_empty());
+    drop(connection);
+    let span = closed_span(&capture, "dropped").await;
+    assert_eq!(span.get("rpc.grpc.status_code"), Some("1"));
+    assert_eq!(span.get("otel.status_code"), None);
+    assert_eq!(span.get("error.type"), None);
+    drop(sender);
+}
+
+/// Without the access log inside, nothing reads the trailers for the server layer: the span
+/// of a call whose code comes in them is judged by its head, as the 200 it was then (the
+/// documented fallback), and closes with its response head.
+#[tokio::test]
+async fn without_the_access_log_the_server_span_is_judged_by_its_head() {
+    let (capture, _guard) = capture();
+    let scripts = Scripts::default();
+    let app = Router::new()
+        .fallback(answer)
+        .with_state(scripts.clone())
+        .layer(CorrelationLayer::new());
+    let addr = serve(app).await;
+
+    let path = "/pkg.Svc/Alone";
+    let sender = script(&scripts, path, vec![message()]);
+    let connection = call(addr, "alone", path, Some(b"hi")).await;
+    // Closed with the head, before the trailers.
+    let span = closed_span(&capture, "alone").await;
+    assert_eq!(span.get("http.response.status_code"), Some("200"));
+    assert_eq!(span.get("rpc.grpc.status_code"), None);
+    assert_eq!(span.get("otel.status_code"), None);
+    sender.send(trailers("13")).unwrap();
+    drop(sender);
+    drop(connection);
+}
