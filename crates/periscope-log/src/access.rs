@@ -114,6 +114,11 @@ struct RequestInfo {
     route: Option<Route>,
     ids: Option<(RequestId, TraceId, SpanId)>,
     quiet: bool,
+    /// The answer's status and gRPC code (from its head when trailers-only, else from its
+    /// trailers), set when it comes. Kept here, next to `quiet`, where they fit in its
+    /// padding: the body that carries this moves through every layer above.
+    status: StatusCode,
+    grpc: Option<GrpcCode>,
     started: Instant,
     span: Span,
 }
@@ -156,6 +161,8 @@ where
             route: matched_path(&request),
             ids,
             quiet: self.layer.quiet_paths.iter().any(|p| **p == *path),
+            status: StatusCode::OK,
+            grpc: None,
             started: Instant::now(),
             span,
         };
@@ -229,34 +236,32 @@ where
         };
         Poll::Ready(match result {
             Ok(mut response) => {
-                let status = response.status();
-                let (grpc, trailers) = match head_outcome(status, response.headers()) {
-                    HeadOutcome::Status => (None, false),
-                    HeadOutcome::Code(code) => (Some(code), false),
-                    HeadOutcome::Trailers => (None, true),
-                };
-                let mut pending = Pending {
-                    info,
-                    status,
-                    answered: response.extensions().get::<AnsweredError>().cloned(),
-                    grpc,
-                    bytes: 0,
-                    watch: None,
-                };
-                // An empty body may never be polled, and the server drops the body of a
-                // HEAD, 1xx, 204 or 304 answer unread: such a request is complete now.
-                let bodiless =
-                    periscope_context::is_bodiless(pending.info.method == Method::HEAD, status);
-                let complete = bodiless || response.body().is_end_stream();
-                if trailers {
+                let mut info = info;
+                info.status = response.status();
+                let watch = match head_outcome(info.status, response.headers()) {
+                    HeadOutcome::Status => None,
+                    HeadOutcome::Code(code) => {
+                        info.grpc = Some(code);
+                        None
+                    }
                     // The layers outside record the call when its body ends (see the type's
                     // documentation); a body that is over already ends it now, without
                     // trailers.
-                    let watch = StreamEndWatch::new();
-                    response.extensions_mut().insert(watch.clone());
-                    pending.watch = Some(watch);
-                }
-                let pending = if complete {
+                    HeadOutcome::Trailers => Some(watch(response.extensions_mut())),
+                };
+                let pending = Pending {
+                    answered: response.extensions().get::<AnsweredError>().cloned(),
+                    info,
+                    bytes: 0,
+                    watch,
+                };
+                // An empty body may never be polled, and the server drops the body of a
+                // HEAD, 1xx, 204 or 304 answer unread: such a request is complete now.
+                let bodiless = periscope_context::is_bodiless(
+                    pending.info.method == Method::HEAD,
+                    pending.info.status,
+                );
+                let pending = if bodiless || response.body().is_end_stream() {
                     pending.log(false);
                     None
                 } else {
@@ -273,6 +278,14 @@ where
             }
         })
     }
+}
+
+/// A watch for the layers outside, put in `extensions`; the other handle is the body's.
+#[inline(never)]
+fn watch(extensions: &mut http::Extensions) -> StreamEndWatch {
+    let watch = StreamEndWatch::new();
+    extensions.insert(watch.clone());
+    watch
 }
 
 #[pinned_drop]
@@ -323,11 +336,8 @@ impl Error for MessageOnly {}
 /// A response whose line is not written yet.
 struct Pending {
     info: RequestInfo,
-    status: StatusCode,
     /// The error envelope periscope rendered, if any: its code goes on the line.
     answered: Option<AnsweredError>,
-    /// A gRPC answer's code: from its head (trailers-only), else from its trailers.
-    grpc: Option<GrpcCode>,
     bytes: u64,
     /// For a gRPC answer whose code comes in its trailers: the watch the layers outside wait
     /// on, ended when the body ends.
@@ -378,9 +388,9 @@ where
                     if let Some(data) = frame.data_ref() {
                         pending.bytes += data.remaining() as u64;
                     } else if let Some(trailers) = frame.trailers_ref()
-                        && pending.status == StatusCode::OK
+                        && pending.info.status == StatusCode::OK
                     {
-                        pending.grpc = GrpcCode::of(trailers).or(pending.grpc);
+                        pending.info.grpc = GrpcCode::of(trailers).or(pending.info.grpc);
                         if let Some(watch) = pending.watch.take() {
                             watch.end(StreamEnd::trailers(trailers));
                         }
@@ -504,19 +514,28 @@ impl Pending {
     fn log_with(self, aborted: bool, error: Option<&(dyn Error + 'static)>) {
         // The trailers, when they came, ended the watch already.
         if let Some(watch) = &self.watch {
-            watch.end(match (error, aborted) {
-                (Some(_), _) => StreamEnd::Failed,
-                (None, true) => StreamEnd::Dropped,
-                (None, false) => StreamEnd::NoTrailers,
-            });
+            end_without_trailers(watch, aborted, error.is_some());
         }
         let answer = Answer {
-            status: Some(self.status),
-            grpc: self.grpc,
+            status: Some(self.info.status),
+            grpc: self.info.grpc,
             error_code: self.answered.as_ref().map(AnsweredError::code),
         };
         self.info.log_completed(answer, self.bytes, aborted, error);
     }
+}
+
+/// Ends `watch` for a body that ended before trailers came: it failed, it was dropped, or it
+/// simply ended.
+#[inline(never)]
+fn end_without_trailers(watch: &StreamEndWatch, aborted: bool, failed: bool) {
+    watch.end(if failed {
+        StreamEnd::Failed
+    } else if aborted {
+        StreamEnd::Dropped
+    } else {
+        StreamEnd::NoTrailers
+    });
 }
 
 impl RequestInfo {

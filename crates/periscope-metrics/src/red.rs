@@ -82,6 +82,7 @@ impl Red {
     }
 
     /// The trace to link from the duration histogram: the request's, when sampled.
+    #[inline]
     pub(crate) fn exemplar<B>(&self, request: &Request<B>) -> Option<TraceId> {
         if !self.exemplars {
             return None;
