@@ -367,15 +367,17 @@ type Hook = Box<dyn FnOnce(StreamEnd) + Send>;
 /// response's extensions and [`end`](Self::end)s it when the body ends; a layer outside it
 /// (the RED metrics, the server span) finds the watch at the response head and registers a
 /// hook with [`on_end`](Self::on_end) to record the call then. No other answer gets one: plain
-/// HTTP pays nothing, and a call that waits for its trailers pays one allocation for the watch
-/// and one per hook.
+/// HTTP pays nothing, and a call that waits for its trailers pays a few small allocations (the
+/// watch, and a box per hook).
 ///
 /// Clones share one watch. The first [`end`](Self::end) counts, later ones are ignored; a hook
 /// registered after the end runs at once, with that end; each hook runs exactly once. If every
 /// handle is dropped before the watch was ended (the body's reader went away without telling),
 /// the hooks run with [`StreamEnd::Dropped`], as for a client that cancelled: a hook is never
-/// lost. Hooks run on the thread that ends the watch (or registers late), outside its lock, so
-/// a hook may use the watch.
+/// lost, unless it holds a handle of its own watch (a cycle: the watch is then never dropped,
+/// so hold none). Hooks run on the thread that ends the watch (or registers late), outside its
+/// lock, so a hook may use the watch; a hook that panics does not stop the others: all run,
+/// then the first panic goes on.
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
@@ -433,8 +435,8 @@ impl StreamEndWatch {
             state.end = Some(end);
             std::mem::take(&mut state.hooks)
         };
-        for hook in hooks {
-            hook(end);
+        if let Some(panic) = run_hooks(hooks, end) {
+            std::panic::resume_unwind(panic);
         }
         true
     }
@@ -450,11 +452,28 @@ impl Drop for WatchState {
         // The last handle is gone and nobody ended the watch: the body was dropped unseen.
         if self.end.is_none() {
             self.end = Some(StreamEnd::Dropped);
-            for hook in std::mem::take(&mut self.hooks) {
-                hook(StreamEnd::Dropped);
+            let panic = run_hooks(std::mem::take(&mut self.hooks), StreamEnd::Dropped);
+            // A second panic while unwinding would abort the process: that one is dropped.
+            if let Some(panic) = panic
+                && !std::thread::panicking()
+            {
+                std::panic::resume_unwind(panic);
             }
         }
     }
+}
+
+/// Runs every hook, also when one panics: each layer's hook records its own signal (the
+/// metrics' recording, the span), and one that panics must not lose the others. The first
+/// panic is handed back, to go on once all have run.
+fn run_hooks(hooks: Vec<Hook>, end: StreamEnd) -> Option<Box<dyn std::any::Any + Send>> {
+    let mut first = None;
+    for hook in hooks {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(end))) {
+            first.get_or_insert(panic);
+        }
+    }
+    first
 }
 
 impl fmt::Debug for StreamEndWatch {
@@ -706,6 +725,21 @@ mod tests {
             *seen.lock().unwrap(),
             [("a", end), ("b", end), ("late", end)]
         );
+    }
+
+    /// A hook that panics does not cost the others their signal: all run, then the panic
+    /// goes on.
+    #[test]
+    fn a_hook_that_panics_does_not_stop_the_others() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let watch = StreamEndWatch::new();
+        watch.on_end(|_| panic!("a hook failed"));
+        watch.on_end(recorder(&seen, "after"));
+        let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            watch.end(StreamEnd::NoTrailers)
+        }));
+        assert!(ended.is_err(), "the panic goes on once every hook ran");
+        assert_eq!(*seen.lock().unwrap(), [("after", StreamEnd::NoTrailers)]);
     }
 
     #[test]

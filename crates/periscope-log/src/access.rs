@@ -238,6 +238,10 @@ where
             Ok(mut response) => {
                 let mut info = info;
                 info.status = response.status();
+                // An empty body may never be polled, and the server drops the body of a
+                // HEAD, 1xx, 204 or 304 answer unread: such a request is complete now.
+                let bodiless =
+                    periscope_context::is_bodiless(info.method == Method::HEAD, info.status);
                 let watch = match head_outcome(info.status, response.headers()) {
                     HeadOutcome::Status => None,
                     HeadOutcome::Code(code) => {
@@ -247,7 +251,10 @@ where
                     // The layers outside record the call when its body ends (see the type's
                     // documentation); a body that is over already ends it now, without
                     // trailers.
-                    HeadOutcome::Trailers => Some(watch(response.extensions_mut())),
+                    // A HEAD answer sends no body, so no trailers: it is no gRPC call, and
+                    // it is judged by its head.
+                    HeadOutcome::Trailers if !bodiless => Some(watch(response.extensions_mut())),
+                    HeadOutcome::Trailers => None,
                 };
                 let pending = Pending {
                     answered: response.extensions().get::<AnsweredError>().cloned(),
@@ -255,12 +262,6 @@ where
                     bytes: 0,
                     watch,
                 };
-                // An empty body may never be polled, and the server drops the body of a
-                // HEAD, 1xx, 204 or 304 answer unread: such a request is complete now.
-                let bodiless = periscope_context::is_bodiless(
-                    pending.info.method == Method::HEAD,
-                    pending.info.status,
-                );
                 let pending = if bodiless || response.body().is_end_stream() {
                     pending.log(false);
                     None
@@ -392,7 +393,11 @@ where
                     {
                         pending.info.grpc = GrpcCode::of(trailers).or(pending.info.grpc);
                         if let Some(watch) = pending.watch.take() {
-                            watch.end(StreamEnd::trailers(trailers));
+                            // The line tells the code the metrics and the span record:
+                            // `UNKNOWN` for trailers without a status.
+                            let end = StreamEnd::trailers(trailers);
+                            pending.info.grpc = Some(end.code());
+                            watch.end(end);
                         }
                     }
                 }
@@ -511,10 +516,11 @@ impl Pending {
         self.log_with(true, Some(error));
     }
 
-    fn log_with(self, aborted: bool, error: Option<&(dyn Error + 'static)>) {
-        // The trailers, when they came, ended the watch already.
+    fn log_with(mut self, aborted: bool, error: Option<&(dyn Error + 'static)>) {
+        // The trailers, when they came, ended the watch already. Otherwise the line tells
+        // the code the metrics and the span record (`UNKNOWN`, `INTERNAL`, `CANCELLED`).
         if let Some(watch) = &self.watch {
-            end_without_trailers(watch, aborted, error.is_some());
+            self.info.grpc = Some(end_without_trailers(watch, aborted, error.is_some()));
         }
         let answer = Answer {
             status: Some(self.info.status),
@@ -528,14 +534,16 @@ impl Pending {
 /// Ends `watch` for a body that ended before trailers came: it failed, it was dropped, or it
 /// simply ended.
 #[inline(never)]
-fn end_without_trailers(watch: &StreamEndWatch, aborted: bool, failed: bool) {
-    watch.end(if failed {
+fn end_without_trailers(watch: &StreamEndWatch, aborted: bool, failed: bool) -> GrpcCode {
+    let end = if failed {
         StreamEnd::Failed
     } else if aborted {
         StreamEnd::Dropped
     } else {
         StreamEnd::NoTrailers
-    });
+    };
+    watch.end(end);
+    end.code()
 }
 
 impl RequestInfo {

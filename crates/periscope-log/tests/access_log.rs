@@ -226,7 +226,8 @@ async fn client_errors_are_warnings_and_quiet_paths_are_configurable() {
     assert!(lines[1]["data"].get("route").is_none(), "no route matched");
 }
 
-/// A gRPC answer's body: one message, then trailers with `grpc-status`.
+/// A gRPC answer's body: one message, then trailers with `grpc-status` (none when `code` is
+/// empty).
 struct GrpcBody {
     code: &'static str,
     sent: u8,
@@ -243,7 +244,7 @@ impl http_body::Body for GrpcBody {
         self.sent += 1;
         let frame = match self.sent {
             1 => http_body::Frame::data(bytes::Bytes::from_static(b"\0\0\0\0\x02hi")),
-            2 => {
+            2 if !self.code.is_empty() => {
                 let mut trailers = http::HeaderMap::new();
                 trailers.insert("grpc-status", self.code.parse().unwrap());
                 http_body::Frame::trailers(trailers)
@@ -256,7 +257,8 @@ impl http_body::Body for GrpcBody {
 
 /// A gRPC answer is HTTP 200 whatever its outcome: its line carries `grpc_status`, from the
 /// head of a trailers-only answer or from the trailers, at the level of the HTTP status the
-/// code stands for.
+/// code stands for; a stream that ends without a status is `UNKNOWN`, as the metrics and the
+/// span count it.
 #[tokio::test(flavor = "current_thread")]
 async fn grpc_answers_are_logged_with_their_code_at_its_level() {
     let (out, _handles, guard, _default) = install();
@@ -269,15 +271,19 @@ async fn grpc_answers_are_logged_with_their_code_at_its_level() {
         })
     };
     let streamed = |code: &'static str| {
-        axum::routing::post(
-            move || async move { axum::body::Body::new(GrpcBody { code, sent: 0 }) },
-        )
+        axum::routing::post(move || async move {
+            (
+                [("content-type", "application/grpc")],
+                axum::body::Body::new(GrpcBody { code, sent: 0 }),
+            )
+        })
     };
     let app = Router::new()
         .route("/pkg.Svc/Internal", trailers_only("13"))
         .route("/pkg.Svc/Missing", trailers_only("5"))
         .route("/pkg.Svc/StreamFailed", streamed("14"))
         .route("/pkg.Svc/StreamOk", streamed("0"))
+        .route("/pkg.Svc/StreamUntold", streamed(""))
         .layer(AccessLogLayer::new())
         .layer(middleware::from_fn(correlate));
     let addr = serve(app).await;
@@ -286,6 +292,7 @@ async fn grpc_answers_are_logged_with_their_code_at_its_level() {
         "/pkg.Svc/Missing",
         "/pkg.Svc/StreamFailed",
         "/pkg.Svc/StreamOk",
+        "/pkg.Svc/StreamUntold",
     ] {
         let headers = "content-type: application/grpc\r\nte: trailers\r\n";
         assert_eq!(send_raw(addr, "POST", path, headers).await.0, 200);
@@ -297,12 +304,14 @@ async fn grpc_answers_are_logged_with_their_code_at_its_level() {
         .iter()
         .filter(|l| l["target"] == "periscope::access")
         .collect();
-    assert_eq!(access.len(), 4, "{}", out.text());
-    for (line, (code, level)) in
-        access
-            .iter()
-            .zip([(13, "error"), (5, "warn"), (14, "error"), (0, "info")])
-    {
+    assert_eq!(access.len(), 5, "{}", out.text());
+    for (line, (code, level)) in access.iter().zip([
+        (13, "error"),
+        (5, "warn"),
+        (14, "error"),
+        (0, "info"),
+        (2, "error"),
+    ]) {
         assert_eq!(line["data"]["status"], 200, "{line}");
         assert_eq!(line["data"]["grpc_status"], code, "{line}");
         assert_eq!(line["level"], level, "{line}");

@@ -187,6 +187,25 @@ async fn a_call_failing_after_its_messages_counts_by_its_trailers() {
     }
 }
 
+/// A HEAD answered like a gRPC call sends no body, so no trailers: it is judged by its head
+/// (a load balancer's probe on a gRPC port must not count as a failure).
+#[tokio::test(flavor = "current_thread")]
+async fn a_head_request_is_judged_by_its_head() {
+    let registry = MetricsRegistry::new();
+    let scripts = Scripts::default();
+    let (layer, app) = app(&registry, &scripts);
+    let addr = serve(app).await;
+
+    let path = "/pkg.Svc/Probe";
+    drop(script(&scripts, path, vec![message(), trailers("0")]));
+    let headers = [("content-type", "application/grpc")];
+    let answer = request(addr, "HEAD", path, &headers).await;
+    assert_eq!(answer.map(|answer| answer.status), Some(200));
+    eventually("the probe is recorded", || total(&registry, path) == 1.0).await;
+    assert_eq!(recorded(&registry, path, "200").0, 1.0);
+    assert_eq!(layer.in_flight(), 0);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_streamed_call_is_timed_and_in_flight_until_its_trailers() {
     let registry = MetricsRegistry::new();
