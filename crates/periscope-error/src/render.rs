@@ -255,7 +255,11 @@ pub(crate) fn write(
     let unsatisfied_range = (parts.status == http::StatusCode::RANGE_NOT_SATISFIABLE)
         .then(|| parts.headers.get(header::CONTENT_RANGE).cloned())
         .flatten()
-        .filter(|range| range.as_bytes().starts_with(b"bytes */"));
+        .filter(|range| {
+            // Range units are case-insensitive (RFC 9110, 14.1).
+            let value = range.as_bytes();
+            value.len() > 8 && value[..8].eq_ignore_ascii_case(b"bytes */")
+        });
     let headers = &mut parts.headers;
     remove_representation(headers);
     if let Some(range) = unsatisfied_range {

@@ -127,7 +127,7 @@ fn app() -> Router {
             get(|| async {
                 (
                     StatusCode::RANGE_NOT_SATISFIABLE,
-                    [("content-range", "bytes */10"), ("etag", "\"v7\"")],
+                    [("content-range", "Bytes */10"), ("etag", "\"v7\"")],
                 )
             }),
         )
@@ -402,7 +402,7 @@ async fn an_unsatisfiable_range_keeps_the_length_it_tells() {
     let addr = serve().await;
     let reply = send(addr, "GET", "/range", &[("range", "bytes=20-30")], b"").await;
     envelope(&reply, "invalid_request", 416);
-    assert_eq!(reply.header("content-range"), Some("bytes */10"));
+    assert_eq!(reply.header("content-range"), Some("Bytes */10"));
     assert_eq!(reply.header("etag"), None);
 }
 
