@@ -109,7 +109,7 @@ impl Server {
 
     /// Stops keeping connections alive once `drain` drains (`obs.health().drain_handle()`, which
     /// `obs.shutdown_on_signal()` drains on SIGTERM): from then on every HTTP/1.x answer (to a
-    /// request in flight too) carries `Connection: close`, so clients retire their pooled connections to this
+    /// request in flight too) but a 101 (an upgrade) carries `Connection: close`, so clients retire their pooled connections to this
     /// instance during the grace period instead of sending a request on one the server closes
     /// when the listener stops (the keep-alive race behind connection resets at a rollout).
     /// Idle connections are left open until then (closing one could cut off a request already
