@@ -33,6 +33,8 @@ mod draining;
 pub mod env;
 mod observability;
 #[cfg(feature = "serve")]
+mod rejected;
+#[cfg(feature = "serve")]
 mod serve;
 mod stack;
 #[cfg(feature = "serve")]
@@ -44,7 +46,8 @@ pub use config::{
 pub use observability::{Error, Observability, ObservabilityBuilder, ObservabilityGuard};
 #[cfg(feature = "serve")]
 pub use serve::{
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Server,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_HEADER_SIZE, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_WRITE_TIMEOUT, Server,
 };
 pub use stack::{MaybeMetrics, MaybeMetricsFuture, ObservabilityLayer, ObservabilityService};
 

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::draining::CloseWhenDraining;
+use crate::rejected::RejectedRequests;
 use crate::write_stall::{WriteStallGuard, limit_unsent};
 
 /// How long a client may take to send a request's head by default (hyper's own default, which
@@ -27,6 +28,11 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a write to a client may make no progress by default.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest request head (request line and headers) accepted by default, in bytes: larger
+/// ones are answered 431 by hyper. Without a limit hyper buffers about 400 KiB per connection,
+/// so a few hundred slow clients could hold a hundred megabytes.
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
 
 /// Pause after a failed `accept` (out of file descriptors, most likely) instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -41,7 +47,10 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// [`header_read_timeout`](Self::header_read_timeout) (30 s by default), and one that stops
 /// reading its answers after [`write_timeout`](Self::write_timeout) (30 s without progress by
 /// default): without them, slow clients (slowloris) hold connections, file descriptors and the
-/// shutdown without limit. After
+/// shutdown without limit. A request head over [`max_header_size`](Self::max_header_size)
+/// (64 KiB by default) is answered 431. Requests hyper turns away itself (too large, not
+/// parsable, an HTTP/2 client on this port) reach no access line and no count: the server
+/// warns about them, at most once per 10 s with the counts since. After
 /// the shutdown signal, connections still open after
 /// [`shutdown_timeout`](Self::shutdown_timeout) (10 s by default: a client stalled in the
 /// middle of its body, a long stream) are closed, so the process always stops.
@@ -72,6 +81,7 @@ pub struct Server {
     header_read_timeout: Duration,
     write_timeout: Duration,
     shutdown_timeout: Duration,
+    max_header_size: usize,
     /// The service's drain, when told about it.
     drain: Option<DrainHandle>,
 }
@@ -84,8 +94,18 @@ impl Server {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            max_header_size: DEFAULT_MAX_HEADER_SIZE,
             drain: None,
         }
+    }
+
+    /// The largest request head (request line and headers) accepted, in bytes (default
+    /// 64 KiB; at least 1 KiB): a larger one is answered `431 Request Header Fields Too Large`,
+    /// and counted in the server's warning about requests rejected before the service saw
+    /// them.
+    pub fn max_header_size(mut self, bytes: usize) -> Self {
+        self.max_header_size = bytes.max(1024);
+        self
     }
 
     /// How long a client may take to send a request's head, on a new connection or between
@@ -153,9 +173,11 @@ impl Server {
             header_read_timeout,
             write_timeout,
             shutdown_timeout,
+            max_header_size,
             drain,
         } = self;
         let mut accept_failures = AcceptFailures::default();
+        let rejected = RejectedRequests::default();
         tokio::pin!(shutdown);
         // Tells every connection to finish its request in flight and close.
         let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -164,10 +186,10 @@ impl Server {
         loop {
             // Finished connections leave the set as the server goes, so it stays small.
             while tasks.try_join_next().is_some() {}
-            let stream = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         accept_failures.failed(&error);
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -181,6 +203,7 @@ impl Server {
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout)
+                .max_header_size(max_header_size)
                 .serve_connection(
                     TokioIo::new(WriteStallGuard::new(stream, write_timeout)),
                     TowerToHyperService::new(CloseWhenDraining::new(
@@ -192,6 +215,7 @@ impl Server {
                 // 101 is sent: the service's upgrade task owns it from then on.
                 .with_upgrades();
             let mut stopping = stopping.clone();
+            let rejected = rejected.clone();
             tasks.spawn(async move {
                 tokio::pin!(connection);
                 let result = tokio::select! {
@@ -203,7 +227,7 @@ impl Server {
                     }
                 };
                 if let Err(error) = result {
-                    tracing::debug!(error = %error, "connection closed with an error");
+                    rejected.connection_failed(&error, peer);
                 }
             });
         }

@@ -386,6 +386,31 @@ async fn the_server_hands_upgraded_connections_to_the_service() {
     assert_eq!(&echoed, b"ping2");
 }
 
+/// `Server` answers a request head over 64 KiB with 431 itself (hyper would buffer about
+/// 400 KiB per connection otherwise); one under it reaches the service.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_refuses_request_heads_over_its_limit() {
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(periscope::Server::new(listener).serve(hello_and_slow(), std::future::pending()));
+    for (header, status) in [(60 << 10, "200"), (100 << 10, "431")] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "GET /hello HTTP/1.1\r\nhost: a\r\nconnection: close\r\nx-big: {}\r\n\r\n",
+            "a".repeat(header)
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_until_closed(stream).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{header} bytes: {answer}"
+        );
+    }
+}
+
 /// `Server`: a client that never finishes its request head is cut off, and does not hold the
 /// shutdown; requests in flight at the signal still get their answer.
 #[cfg(feature = "serve")]
