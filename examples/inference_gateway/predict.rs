@@ -1,8 +1,9 @@
 //! The gateway's routes: `POST /predict` and `GET /v1/models`, with the model's own metrics.
 
+use std::error::Error;
 use std::io::Cursor;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::routing::{get, post};
@@ -21,6 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::field::Empty;
 
 use super::model::{self, Input, ModelHandle};
+use super::upload::{Paced, stalled};
 
 /// The largest request body `/predict` reads.
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
@@ -36,6 +38,17 @@ pub const INVALID_IMAGE: ErrorCode = ErrorCode::new("invalid_image", ErrorClass:
     .with_help(
         "Send a PNG or JPEG image of at most 8192x8192 pixels, as the body or as the `image` \
          field of a multipart form",
+    );
+
+/// The gateway's own error code: the upload paused too long or trickled (see
+/// [`upload`](crate::upload)); its share of the upload buffer goes back to the others.
+pub const UPLOAD_STALLED: ErrorCode = ErrorCode::new("upload_stalled", ErrorClass::Validation)
+    .with_status(StatusCode::REQUEST_TIMEOUT)
+    .with_retryable(true)
+    .with_message("The upload stalled")
+    .with_help(
+        "Send the body without pausing: an upload may not pause longer than UPLOAD_IDLE_S \
+         seconds (5 by default) and must average at least 16 KiB/s after that",
     );
 
 /// The inference histogram's bounds, in seconds: 50 µs to 5 s, about three to a decade (a
@@ -63,6 +76,8 @@ pub struct AppState {
     /// here, its bytes left unread on the socket, until its share is free; the request timeout
     /// (30 s in this template) bounds both the wait and how long a share is held.
     pub uploads: Arc<Semaphore>,
+    /// The longest pause an upload may take (and the window before its pace is checked).
+    pub upload_idle: Duration,
 }
 
 impl AppState {
@@ -74,6 +89,7 @@ impl AppState {
         metrics: ModelMetrics,
         upload_mib: usize,
         decode_mib: usize,
+        upload_idle: Duration,
     ) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
@@ -82,6 +98,7 @@ impl AppState {
             decodes: Arc::new(Semaphore::new(cpus)),
             decode_memory: Arc::new(Semaphore::new(decode_mib.max(MAX_DECODE_MIB as usize))),
             uploads: Arc::new(Semaphore::new((upload_mib * KIB).max(MAX_BODY_BYTES / KIB))),
+            upload_idle,
         }
     }
 }
@@ -157,7 +174,7 @@ async fn predict(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Json<Value>, HttpError> {
-    let (body, upload) = read_image(request, &state.uploads).await?;
+    let (body, upload) = read_image(request, &state.uploads, state.upload_idle).await?;
     let model = state.model.get().await.map_err(|error| {
         HttpError::new(codes::SERVICE_UNAVAILABLE, "The model is not available").with_source(error)
     })?;
@@ -230,6 +247,7 @@ async fn list_models(State(state): State<AppState>) -> Json<Value> {
 async fn read_image(
     request: Request,
     uploads: &Arc<Semaphore>,
+    idle: Duration,
 ) -> Result<(Bytes, OwnedSemaphorePermit), HttpError> {
     // Refuse a declared oversize before reading a byte: a client that sent
     // `Expect: 100-continue` (curl does for large files) never uploads it.
@@ -249,6 +267,8 @@ async fn read_image(
         .acquire_many_owned(kib.max(1) as u32)
         .await
         .map_err(HttpError::internal)?;
+    // The share is held while the body comes: a body that stalls gives it back.
+    let request = request.map(|body| axum::body::Body::new(Paced::new(body, idle)));
     let multipart = request
         .headers()
         .get(CONTENT_TYPE)
@@ -261,7 +281,9 @@ async fn read_image(
     } else {
         Bytes::from_request(request, &())
             .await
-            .map_err(|rejection| body_error(rejection.status(), rejection.body_text()))?
+            .map_err(|rejection| {
+                body_error(rejection.status(), rejection.body_text(), &rejection)
+            })?
     };
     if image.is_empty() {
         return Err(HttpError::from(INVALID_IMAGE).with_message("The request has no image"));
@@ -272,9 +294,9 @@ async fn read_image(
 async fn from_multipart(request: Request) -> Result<Bytes, HttpError> {
     let mut form = Multipart::from_request(request, &())
         .await
-        .map_err(|rejection| body_error(rejection.status(), rejection.body_text()))?;
+        .map_err(|rejection| body_error(rejection.status(), rejection.body_text(), &rejection))?;
     let multipart_error =
-        |e: axum::extract::multipart::MultipartError| body_error(e.status(), e.body_text());
+        |e: axum::extract::multipart::MultipartError| body_error(e.status(), e.body_text(), &e);
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
         if field.name() == Some("image") || field.file_name().is_some() {
             return field.bytes().await.map_err(multipart_error);
@@ -292,8 +314,12 @@ fn too_large() -> HttpError {
 }
 
 /// A body that could not be read: too large, or malformed.
-fn body_error(status: StatusCode, text: String) -> HttpError {
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
+fn body_error(status: StatusCode, text: String, error: &(dyn Error + 'static)) -> HttpError {
+    if let Some(stall) = stalled(error) {
+        HttpError::from(UPLOAD_STALLED)
+            .with_detail("received_bytes", stall.received)
+            .with_detail("after_ms", stall.after.as_millis() as u64)
+    } else if status == StatusCode::PAYLOAD_TOO_LARGE {
         too_large()
     } else {
         HttpError::new(codes::INVALID_REQUEST, text)

@@ -261,6 +261,60 @@ async fn bodies_in_memory_are_bounded_by_the_upload_buffer() {
     assert_eq!(answer.status, 200, "{}", answer.text());
 }
 
+/// An upload that stalls, or trickles, is answered 408 `upload_stalled` and gives its share of
+/// the upload buffer back: a few clients announcing 10 MiB and sending nothing more held the
+/// whole buffer until the request timeout, and every honest upload waited behind them.
+#[tokio::test]
+async fn a_stalled_or_trickling_upload_gives_its_share_back() {
+    use tokio::io::AsyncReadExt;
+
+    let service = start(&[("UPLOAD_BUFFER_MIB", "10"), ("UPLOAD_IDLE_S", "1")]);
+    let addr = service.addr("http").await;
+    wait_for_status(addr, "/ready", 200).await;
+    let head = "POST /predict HTTP/1.1\r\nhost: gateway\r\ncontent-type: image/png\r\n\
+                content-length: 10485760\r\nconnection: close\r\n\r\n";
+
+    // Stalled: 4 KiB, then nothing. Trickling: a byte every 200 ms, under 16 KiB/s.
+    for trickle in [false, true] {
+        let started = std::time::Instant::now();
+        let mut upload = tokio::net::TcpStream::connect(addr).await.unwrap();
+        upload.write_all(head.as_bytes()).await.unwrap();
+        upload.write_all(&[0; 4096]).await.unwrap();
+        let (mut reader, mut writer) = upload.into_split();
+        let dripping = tokio::spawn(async move {
+            while trickle && writer.write_all(&[0]).await.is_ok() {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            writer
+        });
+        let mut answer = Vec::new();
+        tokio::time::timeout(crate::support::PATIENCE, reader.read_to_end(&mut answer))
+            .await
+            .expect("answered")
+            .ok();
+        dripping.abort();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("\"code\":\"upload_stalled\""), "{answer}");
+        // Cut by its pace, well before the 30 s request timeout.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{trickle}"
+        );
+    }
+
+    // The buffer is free again: an image is served at once.
+    let answer = send(
+        addr,
+        "POST",
+        "/predict",
+        &[("content-type", "image/png")],
+        png(8, 8, [220, 20, 25]),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
 #[cfg(unix)] // stopped with a real SIGTERM
 #[tokio::test]
 async fn ready_waits_for_the_model_and_drains_on_sigterm() {
@@ -443,6 +497,7 @@ async fn invalid_configuration_fails_at_startup_naming_the_variable() {
         ("UPLOAD_BUFFER_MIB", "9", "from 10 to 65536"),
         ("UPLOAD_BUFFER_MIB", "lots", "from 10 to 65536"),
         ("DECODE_MEMORY_MIB", "128", "from 256 to 65536"),
+        ("UPLOAD_IDLE_S", "0", "from 1 to 300"),
     ] {
         let mut service = start(&[(var, value)]);
         let status = service.exit_status().await;
