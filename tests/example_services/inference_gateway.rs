@@ -271,15 +271,31 @@ async fn a_stalled_or_trickling_upload_gives_its_share_back() {
     let service = start(&[("UPLOAD_BUFFER_MIB", "10"), ("UPLOAD_IDLE_S", "1")]);
     let addr = service.addr("http").await;
     wait_for_status(addr, "/ready", 200).await;
-    let head = "POST /predict HTTP/1.1\r\nhost: gateway\r\ncontent-type: image/png\r\n\
-                content-length: 10485760\r\nconnection: close\r\n\r\n";
+    let head = |content_type: &str| {
+        format!(
+            "POST /predict HTTP/1.1\r\nhost: gateway\r\ncontent-type: {content_type}\r\n\
+             content-length: 10485760\r\nconnection: close\r\n\r\n"
+        )
+    };
+    let form = "multipart/form-data; boundary=b";
 
-    // Stalled: 4 KiB, then nothing. Trickling: a byte every 200 ms, under 16 KiB/s.
-    for trickle in [false, true] {
+    // Stalled: 4 KiB, then nothing. Trickling: a byte every 200 ms, under 16 KiB/s. A form's
+    // field stalls alike.
+    for (content_type, trickle) in [("image/png", false), ("image/png", true), (form, false)] {
+        let head = head(content_type);
+        let first: Vec<u8> = if content_type == form {
+            let mut part = b"--b\r\ncontent-disposition: form-data; name=\"image\"; \
+                             filename=\"a.png\"\r\ncontent-type: image/png\r\n\r\n"
+                .to_vec();
+            part.resize(4096, 0);
+            part
+        } else {
+            vec![0; 4096]
+        };
         let started = std::time::Instant::now();
         let mut upload = tokio::net::TcpStream::connect(addr).await.unwrap();
         upload.write_all(head.as_bytes()).await.unwrap();
-        upload.write_all(&[0; 4096]).await.unwrap();
+        upload.write_all(&first).await.unwrap();
         let (mut reader, mut writer) = upload.into_split();
         let dripping = tokio::spawn(async move {
             while trickle && writer.write_all(&[0]).await.is_ok() {
