@@ -29,7 +29,7 @@
 //! | `MODEL_WARMUP` | `true` | `false` loads the model on the first `/predict` instead of at startup |
 //! | `MODEL_LOAD_DELAY_MS` | `0` | extra milliseconds the model load takes (to watch `/ready` answer `starting`) |
 //! | `UPLOAD_BUFFER_MIB` | `64` | MiB of request bodies held in memory at once, `10` to `65536`: a `/predict` reserves its `Content-Length` (10 MiB without one) and beyond it waits, unread, for its share (the request timeout bounds the wait) |
-//! | `UPLOAD_IDLE_S` | `5` | seconds an upload may pause, `1` to `300`; past its first such window it must also average 16 KiB/s. A body that stalls or trickles is answered 408 `upload_stalled` and gives its share of the upload buffer back (a client announcing 10 MiB and sending nothing more held its share until the request timeout) |
+//! | `UPLOAD_IDLE_S` | `5` | seconds an upload may pause, `1` to `300`; past its first such window it must also keep the pace that brings its `Content-Length` in within the request timeout (16 KiB/s at least). A body that stalls or falls behind is answered 408 `upload_stalled` and gives its share of the upload buffer back (a client announcing 10 MiB and sending nothing more held its share until the request timeout) |
 //! | `DECODE_MEMORY_MIB` | `512` | MiB of decoded images in memory at once, `256` to `65536`: a decode reserves what the image's header says it will take (a 250 KiB PNG can claim 256 MiB) and waits for its share, so the memory a burst of uploads takes does not grow with the CPU count |
 //! | `SHUTDOWN_DRAIN_S` | `5` | seconds `/ready` answers `draining` after SIGTERM or Ctrl-C before the listeners close |
 //! | `PERISCOPE_BARE` | `false` | `true` serves the same routes without `obs.layer()` (overhead comparisons) |
@@ -101,6 +101,7 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         config.upload_buffer_mib,
         config.decode_memory_mib,
         config.upload_idle,
+        obs.settings().request_timeout,
     );
     let mut app = predict::routes(state);
     let mut admin_app = None;

@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::field::Empty;
 
 use super::model::{self, Input, ModelHandle};
-use super::upload::{Paced, stalled};
+use super::upload::{Paced, min_pace, stalled};
 
 /// The largest request body `/predict` reads.
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
@@ -48,7 +48,8 @@ pub const UPLOAD_STALLED: ErrorCode = ErrorCode::new("upload_stalled", ErrorClas
     .with_message("The upload stalled")
     .with_help(
         "Send the body without pausing: an upload may not pause longer than UPLOAD_IDLE_S \
-         seconds (5 by default) and must average at least 16 KiB/s after that",
+         seconds (5 by default), and after that must keep the pace that brings it in within \
+         the request timeout",
     );
 
 /// The inference histogram's bounds, in seconds: 50 µs to 5 s, about three to a decade (a
@@ -78,6 +79,8 @@ pub struct AppState {
     pub uploads: Arc<Semaphore>,
     /// The longest pause an upload may take (and the window before its pace is checked).
     pub upload_idle: Duration,
+    /// The request timeout, which the pace an upload must keep is reckoned against.
+    pub request_timeout: Option<Duration>,
 }
 
 impl AppState {
@@ -90,6 +93,7 @@ impl AppState {
         upload_mib: usize,
         decode_mib: usize,
         upload_idle: Duration,
+        request_timeout: Option<Duration>,
     ) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
@@ -99,6 +103,7 @@ impl AppState {
             decode_memory: Arc::new(Semaphore::new(decode_mib.max(MAX_DECODE_MIB as usize))),
             uploads: Arc::new(Semaphore::new((upload_mib * KIB).max(MAX_BODY_BYTES / KIB))),
             upload_idle,
+            request_timeout,
         }
     }
 }
@@ -174,7 +179,7 @@ async fn predict(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Json<Value>, HttpError> {
-    let (body, upload) = read_image(request, &state.uploads, state.upload_idle).await?;
+    let (body, upload) = read_image(request, &state).await?;
     let model = state.model.get().await.map_err(|error| {
         HttpError::new(codes::SERVICE_UNAVAILABLE, "The model is not available").with_source(error)
     })?;
@@ -246,8 +251,7 @@ async fn list_models(State(state): State<AppState>) -> Json<Value> {
 /// with the share of `uploads` they hold until their decode ends.
 async fn read_image(
     request: Request,
-    uploads: &Arc<Semaphore>,
-    idle: Duration,
+    state: &AppState,
 ) -> Result<(Bytes, OwnedSemaphorePermit), HttpError> {
     // Refuse a declared oversize before reading a byte: a client that sent
     // `Expect: 100-continue` (curl does for large files) never uploads it.
@@ -262,13 +266,20 @@ async fn read_image(
     let kib = declared
         .map_or(MAX_BODY_BYTES, |length| length as usize)
         .div_ceil(KIB);
-    let upload = uploads
+    let upload = state
+        .uploads
         .clone()
         .acquire_many_owned(kib.max(1) as u32)
         .await
         .map_err(HttpError::internal)?;
-    // The share is held while the body comes: a body that stalls gives it back.
-    let request = request.map(|body| axum::body::Body::new(Paced::new(body, idle)));
+    // The share is held while the body comes: a body that stalls, or falls behind the pace it
+    // needs to arrive within the request timeout, gives it back.
+    let idle = state.upload_idle;
+    let window = state
+        .request_timeout
+        .map(|timeout| timeout.saturating_sub(idle));
+    let pace = min_pace(declared, window);
+    let request = request.map(|body| axum::body::Body::new(Paced::new(body, idle, pace)));
     let multipart = request
         .headers()
         .get(CONTENT_TYPE)

@@ -16,10 +16,25 @@ use http_body::{Body, Frame};
 use pin_project::pin_project;
 use tokio::time::{Instant, Sleep};
 
-/// The slowest average pace an upload may keep once its first `idle` window has passed.
+/// The slowest average pace any upload may keep once its first `idle` window has passed.
 pub const MIN_UPLOAD_BYTES_PER_S: u64 = 16 * 1024;
 
-/// The upload stopped (no bytes for `idle`) or fell under [`MIN_UPLOAD_BYTES_PER_S`].
+/// The pace an upload of `declared` bytes must keep: enough to arrive within `window` (the
+/// request timeout less the first idle window), at least [`MIN_UPLOAD_BYTES_PER_S`]. A body
+/// that would miss the request timeout anyway is cut as soon as it falls behind, rather than
+/// holding its share of the buffer until then; one that keeps it is never cut earlier than
+/// the timeout would cut it.
+pub fn min_pace(declared: Option<u64>, window: Option<Duration>) -> u64 {
+    let needed = match (declared, window) {
+        (Some(declared), Some(window)) if !window.is_zero() => {
+            (declared as f64 / window.as_secs_f64()) as u64
+        }
+        _ => 0,
+    };
+    needed.max(MIN_UPLOAD_BYTES_PER_S)
+}
+
+/// The upload stopped (no bytes for `idle`) or fell behind its pace.
 #[derive(Debug)]
 pub struct UploadStalled {
     pub received: u64,
@@ -40,12 +55,13 @@ impl fmt::Display for UploadStalled {
 impl Error for UploadStalled {}
 
 /// A request body that fails with [`UploadStalled`] when no bytes come for `idle`, or when,
-/// after the first `idle`, fewer have come than [`MIN_UPLOAD_BYTES_PER_S`] allows.
+/// after the first `idle`, fewer have come than `pace` bytes a second allows.
 #[pin_project]
 pub struct Paced<B> {
     #[pin]
     inner: B,
     idle: Duration,
+    pace: u64,
     started: Instant,
     last_frame: Instant,
     received: u64,
@@ -54,11 +70,12 @@ pub struct Paced<B> {
 }
 
 impl<B> Paced<B> {
-    pub fn new(inner: B, idle: Duration) -> Self {
+    pub fn new(inner: B, idle: Duration, pace: u64) -> Self {
         let now = Instant::now();
         Self {
             inner,
             idle,
+            pace: pace.max(1),
             started: now,
             last_frame: now,
             received: 0,
@@ -70,8 +87,14 @@ impl<B> Paced<B> {
 impl<B> Paced<B> {
     /// When the body is late: the idle window after the last frame, or the moment the bytes
     /// received so far stop covering the minimum pace.
-    fn due(idle: Duration, started: Instant, last_frame: Instant, received: u64) -> Instant {
-        let covered = Duration::from_secs_f64(received as f64 / MIN_UPLOAD_BYTES_PER_S as f64);
+    fn due(
+        idle: Duration,
+        pace: u64,
+        started: Instant,
+        last_frame: Instant,
+        received: u64,
+    ) -> Instant {
+        let covered = Duration::from_secs_f64(received as f64 / pace as f64);
         (last_frame + idle).min(started + idle + covered)
     }
 }
@@ -95,7 +118,13 @@ where
                     *this.received += data.len() as u64;
                 }
                 *this.last_frame = Instant::now();
-                let due = Self::due(*this.idle, *this.started, *this.last_frame, *this.received);
+                let due = Self::due(
+                    *this.idle,
+                    *this.pace,
+                    *this.started,
+                    *this.last_frame,
+                    *this.received,
+                );
                 this.deadline.reset(due);
                 Poll::Ready(Some(Ok(frame)))
             }
