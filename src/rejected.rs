@@ -1,5 +1,6 @@
 //! Requests hyper answers or drops itself, before the service sees them: no access line, no
-//! count and no span tell about them, so the server warns, at most once per interval.
+//! count and no span tell about them, so the server warns: the first at once, then those that
+//! follow within an interval together when it is over.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,7 +14,7 @@ const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// Why hyper turned a request away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Rejection {
-    /// A request head over the size limit: answered 431 (414 for the request line).
+    /// A request head over the size limit: answered 431.
     TooLarge,
     /// An HTTP/2 connection preface (a gRPC or h2c client) on this HTTP/1.1 port: closed.
     Http2,
@@ -44,48 +45,99 @@ pub(crate) struct RejectedRequests(Arc<Mutex<Tally>>);
 #[derive(Default)]
 struct Tally {
     last_warning: Option<Instant>,
+    /// Whether a task will report what comes in before the interval is over.
+    report_pending: bool,
+    counts: Counts,
+}
+
+/// The rejections since the last warning, and the latest one's peer and error.
+#[derive(Default)]
+struct Counts {
     too_large: u64,
     http2: u64,
     malformed: u64,
+    latest: Option<(SocketAddr, String)>,
 }
 
-impl RejectedRequests {
-    /// Takes note of a connection that ended with `error`: a rejection is warned about (the
-    /// first at once, then at most once per [`WARNING_INTERVAL`] with the counts since), the
-    /// rest is logged at debug.
-    pub(crate) fn connection_failed(&self, error: &hyper::Error, peer: SocketAddr) {
-        let Some(rejection) = Rejection::of(error) else {
-            tracing::debug!(error = %error, %peer, "connection closed with an error");
+impl Counts {
+    fn warn(self) {
+        let Some((peer, error)) = self.latest else {
             return;
         };
-        let mut tally = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        match rejection {
-            Rejection::TooLarge => tally.too_large += 1,
-            Rejection::Http2 => tally.http2 += 1,
-            Rejection::Malformed => tally.malformed += 1,
-        }
-        let now = Instant::now();
-        if tally
-            .last_warning
-            .is_some_and(|last| now.duration_since(last) < WARNING_INTERVAL)
-        {
-            return;
-        }
         tracing::warn!(
-            too_large = tally.too_large,
-            http2 = tally.http2,
-            malformed = tally.malformed,
+            too_large = self.too_large,
+            http2 = self.http2,
+            malformed = self.malformed,
             %peer,
-            error = %error,
+            error,
             "requests rejected before the service saw them (no access line, not counted): \
              heads over the size limit (431), HTTP/2 clients on this HTTP/1.1 port, or \
              requests that do not parse (400); the counts are since the last such warning, \
              the peer and error the latest's"
         );
-        *tally = Tally {
-            last_warning: Some(now),
-            ..Tally::default()
+    }
+}
+
+impl RejectedRequests {
+    /// Takes note of a connection that ended with `error`: a rejection is warned about (the
+    /// first at once; those within [`WARNING_INTERVAL`] of a warning together when it is
+    /// over), the rest is logged at debug.
+    pub(crate) fn connection_failed(&self, error: &hyper::Error, peer: SocketAddr) {
+        let Some(rejection) = Rejection::of(error) else {
+            tracing::debug!(error = %error, %peer, "connection closed with an error");
+            return;
         };
+        let now = Instant::now();
+        let due = {
+            let mut tally = self.lock();
+            let counts = &mut tally.counts;
+            match rejection {
+                Rejection::TooLarge => counts.too_large += 1,
+                Rejection::Http2 => counts.http2 += 1,
+                Rejection::Malformed => counts.malformed += 1,
+            }
+            counts.latest = Some((peer, error.to_string()));
+            match tally.last_warning {
+                Some(last) if now.duration_since(last) < WARNING_INTERVAL => {
+                    if tally.report_pending {
+                        return;
+                    }
+                    tally.report_pending = true;
+                    Some(last + WARNING_INTERVAL)
+                }
+                _ => None,
+            }
+        };
+        match due {
+            // Reported when the interval is over, whether more come or not.
+            Some(due) => {
+                let rejected = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(due).await;
+                    rejected.report(due);
+                });
+            }
+            None => self.report(now),
+        }
+    }
+
+    /// Warns about the rejections counted so far, if any (outside the lock: the output may
+    /// block).
+    fn report(&self, now: Instant) {
+        let counts = {
+            let mut tally = self.lock();
+            tally.report_pending = false;
+            if tally.counts.latest.is_none() {
+                return;
+            }
+            tally.last_warning = Some(now);
+            std::mem::take(&mut tally.counts)
+        };
+        counts.warn();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -148,7 +200,7 @@ mod tests {
     /// A head over the limit (431), an HTTP/2 preface and a request that does not parse (400)
     /// never reach the service: the first is warned about at once, the next two are counted
     /// for the next warning; a client that leaves is not warned about.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn requests_hyper_turns_away_are_warned_about_once_per_interval() {
         let warnings = Warnings::default();
         let subscriber = tracing_subscriber::registry().with(warnings.clone());
@@ -180,7 +232,13 @@ mod tests {
                 && seen[0].contains("peer=192.0.2.7:40000"),
             "{seen:?}"
         );
-        let tally = rejected.0.lock().unwrap();
-        assert_eq!((tally.too_large, tally.http2, tally.malformed), (0, 1, 1));
+        // The two within the interval are reported when it is over, with no more coming.
+        tokio::time::sleep(WARNING_INTERVAL + Duration::from_secs(1)).await;
+        let seen = warnings.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(
+            seen[1].contains("too_large=0 http2=1 malformed=1"),
+            "{seen:?}"
+        );
     }
 }

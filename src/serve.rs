@@ -50,7 +50,7 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// shutdown without limit. A request head over [`max_header_size`](Self::max_header_size)
 /// (64 KiB by default) is answered 431. Requests hyper turns away itself (too large, not
 /// parsable, an HTTP/2 client on this port) reach no access line and no count: the server
-/// warns about them, at most once per 10 s with the counts since. After
+/// warns about them, the first at once, then those of the next 10 s together. After
 /// the shutdown signal, connections still open after
 /// [`shutdown_timeout`](Self::shutdown_timeout) (10 s by default: a client stalled in the
 /// middle of its body, a long stream) are closed, so the process always stops.
@@ -100,9 +100,10 @@ impl Server {
     }
 
     /// The largest request head (request line and headers) accepted, in bytes (default
-    /// 64 KiB; at least 1 KiB): a larger one is answered `431 Request Header Fields Too Large`,
-    /// and counted in the server's warning about requests rejected before the service saw
-    /// them.
+    /// 64 KiB; a value under 1 KiB counts as 1 KiB, though browsers with cookies send 4 to
+    /// 8 KiB): a larger one is answered `431 Request Header Fields Too Large`, and counted in
+    /// the server's warning about requests rejected before the service saw them. It bounds a
+    /// chunked body's trailers too.
     pub fn max_header_size(mut self, bytes: usize) -> Self {
         self.max_header_size = bytes.max(1024);
         self
