@@ -250,9 +250,8 @@ where
                     }
                     // The layers outside record the call when its body ends (see the type's
                     // documentation); a body that is over already ends it now, without
-                    // trailers.
-                    // A HEAD answer sends no body, so no trailers: it is no gRPC call, and
-                    // it is judged by its head.
+                    // trailers. An answer that sends no body (to a HEAD) has no trailers to
+                    // wait for: it gets no watch and is judged by its head.
                     HeadOutcome::Trailers if !bodiless => Some(watch(response.extensions_mut())),
                     HeadOutcome::Trailers => None,
                 };
