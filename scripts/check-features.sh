@@ -12,7 +12,7 @@ sets=(
   "-p periscope-gpu --no-default-features"
   "-p periscope-admin --no-default-features"
 )
-for feature in axum metrics gpu signal serve otel gpu-tracker; do
+for feature in axum metrics gpu signal serve http2 otel gpu-tracker; do
   sets+=("-p periscope --no-default-features --features $feature")
 done
 for feature in health metrics log gpu axum; do

@@ -21,7 +21,7 @@
 //! - [`admin`]: `/health`, `/ready`, `/metrics` and the gated `/debug/*` endpoints.
 //! - [`gpu`] (feature `gpu`): NVIDIA GPU collectors, the GPU snapshot, the resource tracker.
 //! - [`Server`] (feature `serve`): serves a Tower service with a request-head timeout and a
-//!   graceful stop.
+//!   graceful stop; over HTTP/1.1, and HTTP/2 with prior knowledge too with feature `http2`.
 #![deny(missing_docs)]
 // Library code reports errors instead of panicking; tests, benches and examples may unwrap.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -31,6 +31,8 @@ mod config;
 #[cfg(feature = "serve")]
 mod draining;
 pub mod env;
+#[cfg(feature = "http2")]
+mod http2;
 mod observability;
 #[cfg(feature = "serve")]
 mod rejected;

@@ -71,7 +71,8 @@ impl Counts {
             %peer,
             error,
             "requests rejected before the service saw them (no access line, not counted): \
-             heads over the size limit (431), HTTP/2 clients on this HTTP/1.1 port, or \
+             heads over the size limit (431), HTTP/2 clients on this HTTP/1.1 port (periscope's \
+             `http2` feature serves them), or \
              requests that do not parse (400); the counts are since the last such warning, \
              the peer and error the latest's"
         );

@@ -54,7 +54,13 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// the shutdown signal, connections still open after
 /// [`shutdown_timeout`](Self::shutdown_timeout) (10 s by default: a client stalled in the
 /// middle of its body, a long stream) are closed, so the process always stops.
-/// HTTP/1.1 only (HTTP/2 clients, gRPC among them, need another server such as tonic's).
+/// HTTP/1.1, and with the `http2` feature HTTP/2 with prior knowledge (h2c: gRPC clients, and
+/// proxies that speak HTTP/2 to their upstreams) on the same port, told apart by the client's
+/// first bytes. An HTTP/2 connection keeps the write timeout, the header size limit (as
+/// `SETTINGS_MAX_HEADER_LIST_SIZE`) and hyper's limit of 200 concurrent streams; it is closed
+/// gracefully (GOAWAY, then its open streams finish) once it has had no stream for the
+/// request-head timeout, after an answer while the service drains, and at the shutdown signal.
+/// Without the feature an HTTP/2 client is closed and warned about.
 /// Connection upgrades (WebSocket) are handed to the service as hyper hands them: an upgraded
 /// connection is the service's from the 101 on, so the server neither waits for it nor closes
 /// it at shutdown, and it keeps the write timeout.
@@ -132,7 +138,8 @@ impl Server {
     /// `obs.shutdown_on_signal()` drains on SIGTERM): from then on every HTTP/1.x answer (to a
     /// request in flight too) but a 101 (an upgrade) carries `Connection: close`, so clients retire their pooled connections to this
     /// instance during the grace period instead of sending a request on one the server closes
-    /// when the listener stops (the keep-alive race behind connection resets at a rollout).
+    /// when the listener stops (the keep-alive race behind connection resets at a rollout);
+    /// an HTTP/2 connection (feature `http2`) is sent GOAWAY after such an answer instead.
     /// Idle connections are left open until then (closing one could cut off a request already
     /// on its way); new connections are answered until the shutdown signal.
     pub fn drain_handle(mut self, drain: DrainHandle) -> Self {
@@ -201,23 +208,49 @@ impl Server {
             // Small answers go out at once rather than waiting for more to send.
             let _ = stream.set_nodelay(true);
             limit_unsent(&stream);
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .max_header_size(max_header_size)
-                .serve_connection(
-                    TokioIo::new(WriteStallGuard::new(stream, write_timeout)),
-                    TowerToHyperService::new(CloseWhenDraining::new(
-                        service.clone(),
-                        drain.clone(),
-                    )),
-                )
-                // An upgraded connection (WebSocket) leaves hyper, and this server, once the
-                // 101 is sent: the service's upgrade task owns it from then on.
-                .with_upgrades();
+            let service = service.clone();
+            let drain = drain.clone();
             let mut stopping = stopping.clone();
             let rejected = rejected.clone();
             tasks.spawn(async move {
+                #[cfg(feature = "http2")]
+                {
+                    let opens_with_preface = tokio::select! {
+                        opens = crate::http2::opens_with_preface(&stream, header_read_timeout) => opens,
+                        _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => return,
+                    };
+                    match opens_with_preface {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            let limits = crate::http2::Http2Limits {
+                                idle_timeout: header_read_timeout,
+                                max_header_size,
+                            };
+                            let io = TokioIo::new(WriteStallGuard::new(stream, write_timeout));
+                            let served =
+                                crate::http2::serve_http2(io, service, drain, limits, stopping);
+                            if let Err(error) = served.await {
+                                rejected.connection_failed(&error, peer);
+                            }
+                            return;
+                        }
+                        Err(error) => {
+                            tracing::debug!(error = %error, %peer, "connection closed before its first request");
+                            return;
+                        }
+                    }
+                }
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_read_timeout)
+                    .max_header_size(max_header_size)
+                    .serve_connection(
+                        TokioIo::new(WriteStallGuard::new(stream, write_timeout)),
+                        TowerToHyperService::new(CloseWhenDraining::new(service, drain)),
+                    )
+                    // An upgraded connection (WebSocket) leaves hyper, and this server, once the
+                    // 101 is sent: the service's upgrade task owns it from then on.
+                    .with_upgrades();
                 tokio::pin!(connection);
                 let result = tokio::select! {
                     result = connection.as_mut() => result,

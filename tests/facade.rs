@@ -1277,3 +1277,220 @@ async fn the_server_stops_after_its_shutdown_timeout_whatever_the_clients_do() {
         .expect("the closing is logged");
     assert_eq!(warning["data"]["open"], 1, "{warning}");
 }
+
+/// A client that sends nothing, or the start of an HTTP/2 preface and then nothing, is cut
+/// off after the request-head timeout, as one that stops in the middle of its request head.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_cuts_off_clients_that_send_nothing_or_half_a_preface() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        periscope::Server::new(listener)
+            .header_read_timeout(Duration::from_millis(200))
+            .serve(hello_and_slow(), std::future::pending()),
+    );
+    for sent in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(sent).await.unwrap();
+        let started = std::time::Instant::now();
+        // Closed with the bytes unread, the connection may end in a reset rather than an end.
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest));
+        assert!(
+            closed.await.is_ok(),
+            "the server closed the connection in time"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            String::from_utf8_lossy(sent)
+        );
+    }
+}
+
+/// An HTTP/2 connection (prior knowledge: what a proxy's or a gRPC client's is) to the server
+/// of `app`, with the task that drives it: the task ends when the server closes it.
+#[cfg(feature = "http2")]
+async fn http2_connection(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let driven = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, driven)
+}
+
+/// `GET path` on an HTTP/2 connection: the status, the version and the body.
+#[cfg(feature = "http2")]
+async fn http2_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> (u16, http::Version, String, http::HeaderMap) {
+    sender.ready().await.unwrap();
+    let request = http::Request::get(format!("http://a{path}"))
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (head, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        head.status.as_u16(),
+        head.version,
+        String::from_utf8_lossy(&body).into_owned(),
+        head.headers,
+    )
+}
+
+/// With the `http2` feature, `Server` answers HTTP/2 with prior knowledge beside HTTP/1.1 on
+/// one port: plain requests and a tonic service behind `obs.layer()` get their request ids,
+/// counts and gRPC outcomes, as over HTTP/1.1 or under tonic's own server.
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_answers_http2_with_prior_knowledge_beside_http1() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+
+    /// Exports nothing: an empty request is accepted, any other refused as `NOT_FOUND`.
+    struct Exporter;
+    #[tonic::async_trait]
+    impl TraceService for Exporter {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            if request.get_ref().resource_spans.is_empty() {
+                Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+            } else {
+                Err(tonic::Status::not_found("no such tenant"))
+            }
+        }
+    }
+
+    const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    let obs = Observability::builder()
+        .service_name("h2-service")
+        .log_writer(std::io::sink())
+        .build()
+        .unwrap();
+    let app = hello_and_slow()
+        .route_service(EXPORT, TraceServiceServer::new(Exporter))
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(obs.server(listener).serve(app, std::future::pending()));
+
+    let (mut sender, _driven) = http2_connection(addr).await;
+    for _ in 0..2 {
+        let (status, version, body, headers) = http2_get(&mut sender, "/hello").await;
+        assert_eq!(
+            (status, version, body.as_str()),
+            (200, http::Version::HTTP_2, "hello")
+        );
+        assert!(
+            headers["x-request-id"]
+                .to_str()
+                .unwrap()
+                .starts_with("req_")
+        );
+    }
+    // HTTP/1.1 on the same port.
+    let http1 = get_path(addr, "/hello", Some("over-http1")).await;
+    assert_eq!(
+        (http1.status, http1.request_id.as_str()),
+        (200, "over-http1")
+    );
+
+    let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut accepted = tonic::Request::new(ExportTraceServiceRequest::default());
+    accepted
+        .metadata_mut()
+        .insert("x-request-id", "grpc-call".parse().unwrap());
+    let answer = client.export(accepted).await.unwrap();
+    assert_eq!(answer.metadata().get("x-request-id").unwrap(), "grpc-call");
+    let refused = client
+        .export(ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans::default()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+
+    let exposition = obs.registry().encode_prometheus().unwrap();
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(&exposition)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let count = |route: &str, status: &str| -> f64 {
+        exposition.families["http_server_requests_total"]
+            .iter_samples()
+            .filter(|sample| {
+                let labels = sample.get_labelset().unwrap();
+                labels.get_label_value("route") == Some(route)
+                    && labels.get_label_value("status") == Some(status)
+            })
+            .map(|sample| match &sample.value {
+                openmetrics_parser::PrometheusValue::Counter(c) => c.value.as_f64(),
+                other => panic!("{other:?}"),
+            })
+            .sum()
+    };
+    assert_eq!(count("/hello", "2xx"), 3.0);
+    assert_eq!((count(EXPORT, "2xx"), count(EXPORT, "4xx")), (1.0, 1.0));
+}
+
+/// An HTTP/2 connection is closed gracefully (GOAWAY) once it has had no stream for the
+/// request-head timeout, but not while a stream is open; while the service drains, after its
+/// next answer (HTTP/2's `Connection: close`), a new connection still being answered.
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_retires_http2_connections_when_idle_or_draining() {
+    let drain = periscope::health::DrainHandle::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        periscope::Server::new(listener)
+            .header_read_timeout(Duration::from_millis(150))
+            .drain_handle(drain.clone())
+            .serve(hello_and_slow(), std::future::pending()),
+    );
+    let closes_within = |driven: tokio::task::JoinHandle<()>, within: Duration| async move {
+        tokio::time::timeout(within, driven).await.is_ok()
+    };
+
+    // A stream open for 300 ms, twice the idle timeout: the connection stays, and takes the
+    // next request; once idle, it is closed.
+    let (mut sender, driven) = http2_connection(addr).await;
+    assert_eq!(http2_get(&mut sender, "/slow").await.2, "done");
+    assert_eq!(http2_get(&mut sender, "/hello").await.2, "hello");
+    let idle = std::time::Instant::now();
+    assert!(closes_within(driven, Duration::from_secs(3)).await);
+    assert!(idle.elapsed() >= Duration::from_millis(150));
+
+    // Draining: the next answer on a connection is its last.
+    let (mut kept, kept_driven) = http2_connection(addr).await;
+    assert_eq!(http2_get(&mut kept, "/hello").await.0, 200);
+    drain.drain();
+    assert_eq!(http2_get(&mut kept, "/hello").await.0, 200);
+    assert!(closes_within(kept_driven, Duration::from_millis(100)).await);
+    let (mut late, _late_driven) = http2_connection(addr).await;
+    assert_eq!(http2_get(&mut late, "/hello").await.0, 200);
+}
