@@ -81,14 +81,26 @@ impl ConfigError {
         )
     }
 
+    /// The error for `var` holding `value`. It ends up on stderr and in logs, so the value is
+    /// shown only as far as nothing in it is a secret: not at all under a sensitive name
+    /// (`DB_PASSWORD`, `API_KEY`, as log fields are redacted), else with the secrets of the
+    /// URLs, `key=value` pairs and JSON in it masked (a connection string given to the wrong
+    /// variable).
     pub(crate) fn new(
         var: &'static str,
         value: impl Into<String>,
         expected: impl Into<String>,
     ) -> Self {
+        let redactor = periscope_log::Redactor::default();
+        let value = value.into();
+        let value = if redactor.is_sensitive(var) {
+            periscope_log::REDACTED.to_owned()
+        } else {
+            redactor.mask_text(&value).unwrap_or(value)
+        };
         Self {
             var,
-            value: value.into(),
+            value,
             expected: expected.into(),
         }
     }
@@ -292,7 +304,7 @@ impl Settings {
             if let Some(value) = lookup(var).filter(|v| !v.trim().is_empty()) {
                 return Err(ConfigError::new(
                     var,
-                    crate::env::without_credentials(&value),
+                    value,
                     "this build has no OpenTelemetry export: enable periscope's `otel` feature, \
                      or unset the variable (or set ENABLE_TRACING=false, OTEL_SDK_DISABLED=true \
                      or OTEL_TRACES_EXPORTER=none)",

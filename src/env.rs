@@ -52,35 +52,9 @@ pub fn var_within<T: FromStr + PartialOrd>(
     }
 }
 
-/// The error for a value that cannot be used. It ends up on stderr and in logs, so the value
-/// is shown only when nothing in it is a secret: not at all under a sensitive name
-/// (`DB_PASSWORD`, `API_KEY`, as log fields are redacted), and a URL without its credentials.
+/// The error for a value that cannot be used (its secrets masked by [`ConfigError`]).
 fn invalid(name: &'static str, value: &str, accepted: &str) -> ConfigError {
-    let shown = if periscope_log::Redactor::default().is_sensitive(name) {
-        periscope_log::REDACTED.to_owned()
-    } else {
-        without_credentials(value)
-    };
-    ConfigError::new(name, shown, format!("use {accepted}"))
-}
-
-/// `value` with the `user:password@` of a URL in it replaced by `[REDACTED]@`.
-pub(crate) fn without_credentials(value: &str) -> String {
-    let Some(scheme_end) = value.find("://").map(|at| at + 3) else {
-        return value.to_owned();
-    };
-    let authority_end = value[scheme_end..]
-        .find(['/', '?', '#'])
-        .map_or(value.len(), |at| scheme_end + at);
-    match value[scheme_end..authority_end].rfind('@') {
-        Some(at) => format!(
-            "{}{}{}",
-            &value[..scheme_end],
-            periscope_log::REDACTED,
-            &value[scheme_end + at..]
-        ),
-        None => value.to_owned(),
-    }
+    ConfigError::new(name, value, format!("use {accepted}"))
 }
 
 /// A switch: `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`, in any case), as
@@ -108,11 +82,12 @@ fn text(name: &'static str) -> Result<Option<String>, ConfigError> {
 mod tests {
     use super::*;
 
-    /// What stderr and the logs get of a value that cannot be used: no secret.
+    /// What stderr and the logs get of a value that cannot be used: no secret, whatever the
+    /// variable and wherever the secret sits in it.
     #[test]
     fn errors_show_no_secret() {
         let error = invalid("DATABASE_URL", "postgres://app:hunter2@db:5432/x", "a URL");
-        assert_eq!(error.value, "postgres://[REDACTED]@db:5432/x");
+        assert_eq!(error.value, "postgres://app:[REDACTED]@db:5432/x");
         let error = invalid("OPENAI_API_KEY", "sk-live-123", "a key");
         assert_eq!(error.value, "[REDACTED]");
         let error = invalid("PORT", "eighty", "a port number 0-65535");
@@ -120,7 +95,26 @@ mod tests {
             error.to_string(),
             r#"PORT="eighty" is invalid: use a port number 0-65535"#
         );
-        assert_eq!(without_credentials("http://h/x@y"), "http://h/x@y");
-        assert_eq!(without_credentials("no url"), "no url");
+        // A password holding `/` or `?`, a secret in the query, a key=value pair: masked.
+        for (value, shown) in [
+            (
+                "postgres://app:hunt/er2@db/app",
+                "postgres://app:[REDACTED]@db/app",
+            ),
+            (
+                "http://user:pa?ss@collector:4318",
+                "http://user:[REDACTED]@collector:4318",
+            ),
+            (
+                "http://collector:4318/v1/traces?api_key=SECRETQ",
+                "http://collector:4318/v1/traces?api_key=[REDACTED]",
+            ),
+            ("host=db password=hunter2", "host=db password=[REDACTED]"),
+        ] {
+            assert_eq!(invalid("PORT", value, "a port").value, shown, "{value}");
+        }
+        // A switch given a connection string by mistake.
+        let error = crate::config::parse_bool("ENABLE_GPU", "postgres://app:hunter2@db/app");
+        assert_eq!(error.unwrap_err().value, "postgres://app:[REDACTED]@db/app");
     }
 }

@@ -182,7 +182,7 @@ impl Admin {
     fn status(&self) -> Response<AdminBody> {
         let inner = &self.inner;
         #[cfg(feature = "log")]
-        let mask = |value: &mut Value| crate::config::mask(value, &inner.redactor);
+        let mask = |value: &mut Value| inner.redactor.mask_value(value);
         #[cfg(not(feature = "log"))]
         let mask = |_: &mut Value| {};
         let parts = StatusParts {

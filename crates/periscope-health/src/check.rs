@@ -59,8 +59,11 @@ impl<C: Check + ?Sized> Check for Box<C> {
     }
 }
 
-/// Why a check failed: the error's text, with its `source()` chain joined by `": "`, cut to
-/// [`MAX_ERROR_LEN`] bytes.
+/// Why a check failed: the error's text, with its `source()` chain joined by `": "`, its
+/// secrets masked (a connection string's password, `password=...`: see
+/// [`Redactor::mask_text`](periscope_log::Redactor::mask_text)), cut to [`MAX_ERROR_LEN`]
+/// bytes. `/ready` shows it to anyone who can reach the port (unless
+/// [`Details::Withheld`](crate::Details::Withheld)), and the log keeps it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CheckError {
     message: String,
@@ -69,7 +72,10 @@ pub struct CheckError {
 impl CheckError {
     /// An error with this text.
     pub fn msg(message: impl Into<String>) -> Self {
-        let mut message = message.into();
+        let message = message.into();
+        let mut message = periscope_log::Redactor::default()
+            .mask_text(&message)
+            .unwrap_or(message);
         truncate(&mut message);
         Self { message }
     }
@@ -270,6 +276,22 @@ mod tests {
             CheckError::from_error(&error).message(),
             "connect failed: connection refused"
         );
+    }
+
+    /// `/ready` shows the text to anyone who reaches the port: a driver's error that names
+    /// its connection string does not show the password.
+    #[test]
+    fn secrets_in_error_text_are_masked() {
+        let error = Outer(std::io::Error::other(
+            "postgres://app:hunter2@db:5432/app refused (password=hunter2 sslmode=require)",
+        ));
+        let message = CheckError::from_error(&error).message().to_owned();
+        assert_eq!(
+            message,
+            "connect failed: postgres://app:[REDACTED]@db:5432/app refused \
+             (password=[REDACTED] sslmode=require)"
+        );
+        assert_eq!(CheckError::msg("timed out").message(), "timed out");
     }
 
     #[test]

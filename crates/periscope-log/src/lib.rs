@@ -35,6 +35,7 @@ mod fields;
 mod filter;
 mod json;
 mod layer;
+mod mask;
 mod recent;
 mod redact;
 mod timestamp;

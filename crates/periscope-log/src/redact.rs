@@ -226,12 +226,14 @@ impl Redactor {
         false
     }
 
-    /// Replaces the value of every sensitive key, at any depth, with `"[REDACTED]"`.
+    /// Replaces the value of every sensitive key, at any depth, with `"[REDACTED]"`; a `null`
+    /// stays `null`, so a configuration shows whether a secret is set at all.
     pub fn redact_value(&self, value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(map) => {
                 for (key, value) in map.iter_mut() {
-                    if self.is_sensitive(key) {
+                    // `null` tells that no secret is set (`"admin_token": null`), and hides none.
+                    if self.is_sensitive(key) && !value.is_null() {
                         *value = serde_json::Value::String(REDACTED.to_owned());
                     } else {
                         self.redact_value(value);

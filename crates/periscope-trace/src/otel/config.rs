@@ -295,13 +295,21 @@ impl std::fmt::Debug for OtelConfig {
     }
 }
 
-/// `url` with its `user:password@` part, if any, replaced by `[REDACTED]@`, for messages and
-/// `Debug`. Everything up to the last `@` counts, so a password holding `/` is masked whole.
+/// `url` with its `user:password@` part, if any, replaced by `[REDACTED]@`, and its query and
+/// fragment (`?api_key=...`) by `?[REDACTED]`, for messages and `Debug`. Everything up to the
+/// last `@` counts, so a password holding `/` is masked whole.
 fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
     let start = url.find("://").map_or(0, |at| at + 3);
-    match url[start..].rfind('@') {
-        Some(at) => format!("{}[REDACTED]{}", &url[..start], &url[start + at..]).into(),
-        None => url.into(),
+    let (url, query) = match url[start..].rfind('@') {
+        Some(at) => (
+            std::borrow::Cow::Owned(format!("{}[REDACTED]{}", &url[..start], &url[start + at..])),
+            start + "[REDACTED]".len(),
+        ),
+        None => (std::borrow::Cow::Borrowed(url), start),
+    };
+    match url[query..].find(['?', '#']) {
+        Some(at) => format!("{}?[REDACTED]", &url[..query + at]).into(),
+        None => url,
     }
 }
 
@@ -455,11 +463,15 @@ fn check_headers(var: &'static str, value: &str) -> Result<(), ConfigError> {
     if valid {
         return Ok(());
     }
+    // A name is shown only when it is one: `Authorization: Basic dXNlcjpw==` (header style
+    // where `name=value` was wanted) has no name before its first `=`, only the secret.
     let masked: Vec<String> = value
         .split(',')
         .map(|pair| match pair.split_once('=') {
-            Some((name, _)) => format!("{}=[REDACTED]", name.trim()),
-            None => "[REDACTED]".to_owned(),
+            Some((name, _)) if http::HeaderName::from_bytes(name.trim().as_bytes()).is_ok() => {
+                format!("{}=[REDACTED]", name.trim())
+            }
+            _ => "[REDACTED]".to_owned(),
         })
         .collect();
     Err(invalid(var, masked.join(","), EXPECTED))
@@ -652,6 +664,21 @@ mod tests {
         assert_eq!(without_credentials("u:p@host"), "[REDACTED]@host");
     }
 
+    /// A secret in the query of a refused URL (a fragment is refused) is not shown either.
+    #[test]
+    fn endpoint_query_secrets_stay_out_of_errors() {
+        let error = config(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://collector:4318/v1/traces?api_key=SECRETQ#x",
+        )])
+        .unwrap_err();
+        assert_eq!(error.value, "http://collector:4318/v1/traces?[REDACTED]");
+        assert_eq!(
+            without_credentials("http://u:p@h/x?next=a#b"),
+            "http://[REDACTED]@h/x?[REDACTED]"
+        );
+    }
+
     #[test]
     fn resource_attributes_are_percent_decoded() {
         let decoded = config(&[(
@@ -738,6 +765,14 @@ mod tests {
         }
         let error = config(&[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cret,token")]).unwrap_err();
         assert_eq!(error.value, "api-key=[REDACTED],[REDACTED]");
+        // Header style, where name=value is wanted: what comes before the base64 padding is
+        // the secret, not a name.
+        let error = config(&[(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "Authorization: Basic dXNlcjpodW50ZXIy==",
+        )])
+        .unwrap_err();
+        assert_eq!(error.value, "[REDACTED]");
     }
 
     #[test]

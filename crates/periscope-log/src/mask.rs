@@ -1,0 +1,422 @@
+//! Masking the secrets of configuration values and free text shown to operators: the values
+//! of sensitive keys (by [`Redactor::is_sensitive`]), the password of `scheme://user:password@host`
+//! and the values of sensitive query parameters (`?api_key=...`), sensitive `key=value` pairs,
+//! and a JSON document held in a string, masked inside as the log lines mask it.
+
+use serde_json::Value;
+
+use crate::{REDACTED, Redactor};
+
+impl Redactor {
+    /// Masks `value` in place: the value of every sensitive key at any depth, then the secrets
+    /// inside every string (see [`mask_text`](Self::mask_text)). For a configuration or a
+    /// status document shown to operators, whose connection strings rarely sit under a
+    /// sensitive key.
+    ///
+    /// ```
+    /// use periscope_log::Redactor;
+    ///
+    /// let mut config = serde_json::json!({
+    ///     "database": "postgres://app:hunter2@db:5432/app",
+    ///     "api_key": "sk-live-123",
+    /// });
+    /// Redactor::default().mask_value(&mut config);
+    /// assert_eq!(config["database"], "postgres://app:[REDACTED]@db:5432/app");
+    /// assert_eq!(config["api_key"], "[REDACTED]");
+    /// ```
+    pub fn mask_value(&self, value: &mut Value) {
+        self.redact_value(value);
+        mask_urls_in(value, self);
+    }
+
+    /// `text` with its secrets masked, or `None` when it holds none: the password of
+    /// `scheme://user:password@host` (the user too when alone: a token), the values of
+    /// sensitive query parameters (`?api_key=`), of sensitive `key=value` pairs (libpq's
+    /// `password=`, ADO's `Password=...;`), and of sensitive keys of a JSON document held in
+    /// the text. For free text that may hold a connection string: an error message, a value
+    /// that failed to parse.
+    ///
+    /// ```
+    /// use periscope_log::Redactor;
+    ///
+    /// let redactor = Redactor::default();
+    /// assert_eq!(
+    ///     redactor.mask_text("connect to postgres://app:pa/ss@db/app failed").as_deref(),
+    ///     Some("connect to postgres://app:[REDACTED]@db/app failed")
+    /// );
+    /// assert_eq!(
+    ///     redactor.mask_text("host=db password=hunter2").as_deref(),
+    ///     Some("host=db password=[REDACTED]")
+    /// );
+    /// assert_eq!(redactor.mask_text("timed out after 2s"), None);
+    /// ```
+    pub fn mask_text(&self, text: &str) -> Option<String> {
+        if let Some(masked) = mask_json_in(text, self) {
+            return Some(masked);
+        }
+        let urls = mask_urls(text, self);
+        let pairs = mask_key_values(urls.as_deref().unwrap_or(text), self);
+        pairs.or(urls)
+    }
+}
+
+fn mask_urls_in(value: &mut Value, redactor: &Redactor) {
+    match value {
+        Value::String(text) => {
+            if let Some(masked) = redactor.mask_text(text) {
+                *text = masked;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| mask_urls_in(v, redactor)),
+        Value::Object(map) => map.values_mut().for_each(|v| mask_urls_in(v, redactor)),
+        _ => {}
+    }
+}
+
+/// A string holding a JSON object or array, masked inside and encoded again; `None` when it
+/// holds none, or nothing in it needed masking (the string then stays as it was written).
+fn mask_json_in(text: &str, redactor: &Redactor) -> Option<String> {
+    let trimmed = text.trim_start_matches(['\u{feff}', ' ', '\t', '\n', '\r']);
+    if !trimmed.starts_with(['{', '[']) {
+        return None;
+    }
+    // serde_json stops at 128 levels of nesting: a hostile string cannot recurse deeper.
+    let original: Value = serde_json::from_str(trimmed).ok()?;
+    let mut inner = original.clone();
+    redactor.mask_value(&mut inner);
+    (inner != original).then(|| serde_json::to_string(&inner).ok())?
+}
+
+/// `text` with the value of every `key=value` whose key is sensitive masked (a libpq
+/// `host=db password=...`, an ADO `Server=db;Password=...;`, `DB_PASSWORD=...` in a list), or
+/// `None` when there is none. A value runs to the next whitespace or `;` (libpq's and ADO's
+/// ends: a `,` or `&` may be part of a password, and masking too much beats showing the rest),
+/// or to its closing quote when quoted, `\"` escapes included.
+fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
+    let is_key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    for (at, _) in text.match_indices('=') {
+        if at < copied {
+            continue; // inside a value already masked
+        }
+        let key_len = bytes[..at]
+            .iter()
+            .rev()
+            .take_while(|&&b| is_key_char(b))
+            .count();
+        let key = &text[at - key_len..at];
+        if key.is_empty() || !redactor.is_sensitive(key) {
+            continue;
+        }
+        let value_start = at + 1;
+        let value_end = match bytes.get(value_start) {
+            Some(&quote @ (b'\'' | b'"')) => {
+                closing_quote(bytes, value_start + 1, quote).map_or(text.len(), |close| close + 1)
+            }
+            _ => text[value_start..]
+                .find(|c: char| c.is_whitespace() || c == ';')
+                .map_or(text.len(), |end| value_start + end),
+        };
+        if text[value_start..value_end]
+            .trim_start_matches(['\'', '"'])
+            .starts_with(REDACTED)
+        {
+            continue; // masked as part of a URL already
+        }
+        out.push_str(&text[copied..value_start]);
+        out.push_str(REDACTED);
+        copied = value_end;
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&text[copied..]);
+    Some(out)
+}
+
+/// Where the quoted value starting at `from` ends: its `quote` not escaped by a `\`.
+fn closing_quote(bytes: &[u8], from: usize, quote: u8) -> Option<usize> {
+    let mut escaped = false;
+    for (at, &b) in bytes.iter().enumerate().skip(from) {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' => escaped = true,
+            _ if b == quote => return Some(at),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `text` with the secrets of its URLs masked, or `None` when nothing needed masking.
+///
+/// A URL starts at `scheme://` and runs to the next URL or the next whitespace, so a password
+/// holding `,`, `;`, `/`, `?` or `#` (unencoded, as configuration files have them) stays inside
+/// its URL. Lists of URLs separated by `,` or `;` are split where the next URL starts.
+fn mask_urls(text: &str, redactor: &Redactor) -> Option<String> {
+    if !text.contains("://") {
+        return None;
+    }
+    let starts = url_starts(text);
+    let mut out = String::with_capacity(text.len());
+    let mut changed = false;
+    let mut copied = 0;
+    for (i, &start) in starts.iter().enumerate() {
+        let next = starts.get(i + 1).copied().unwrap_or(text.len());
+        let end = text[start..next]
+            .find(char::is_whitespace)
+            .map_or(next, |at| start + at);
+        // A list's separator before the next URL is not part of this one.
+        let url = text[start..end].trim_end_matches([',', ';']);
+        if let Some(masked) = mask_url(url, redactor) {
+            out.push_str(&text[copied..start]);
+            out.push_str(&masked);
+            copied = start + url.len();
+            changed = true;
+        }
+    }
+    out.push_str(&text[copied..]);
+    changed.then_some(out)
+}
+
+/// Where each URL of `text` starts: at the scheme (`[a-zA-Z][a-zA-Z0-9+.-]*`) before `://`.
+fn url_starts(text: &str) -> Vec<usize> {
+    let is_scheme_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.');
+    let bytes = text.as_bytes();
+    let mut starts = Vec::new();
+    for (at, _) in text.match_indices("://") {
+        let scheme_len = bytes[..at]
+            .iter()
+            .rev()
+            .take_while(|&&b| is_scheme_char(b))
+            .count();
+        // Skip leading digits and signs so the scheme starts with a letter.
+        let start = (at - scheme_len..at).find(|&i| bytes[i].is_ascii_alphabetic());
+        if let Some(start) = start
+            && starts.last().is_none_or(|&last| last < start)
+        {
+            starts.push(start);
+        }
+    }
+    starts
+}
+
+/// One URL with its credentials and sensitive query values masked: `user:[REDACTED]@host`
+/// for a password, `[REDACTED]@host` for a user alone (a token in the user position, as in
+/// `https://ghp_xxx@github.com`).
+///
+/// Credentials end at the URL's last `@`: an `@` in the path or query masks too much rather
+/// than letting a password holding `/`, `?` or `#` through.
+fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, rest)) => {
+            let masked = match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{user}:{REDACTED}@"),
+                None => format!("{REDACTED}@"),
+            };
+            (Some(masked), rest)
+        }
+        None => (None, rest),
+    };
+    let mut changed = credentials.is_some();
+    let mut out = format!("{scheme}://");
+    out.push_str(credentials.as_deref().unwrap_or_default());
+    // Parameters may sit in the query, in the fragment (`#access_token=`), or after a URL
+    // nested in another's query: mask every `key=value` after a `?`, `&` or `#`.
+    for (i, piece) in rest.split_inclusive(['?', '&', '#']).enumerate() {
+        let (pair, delimiter) = match piece.char_indices().last() {
+            Some((at, '?' | '&' | '#')) => piece.split_at(at),
+            _ => (piece, ""),
+        };
+        match pair.split_once('=') {
+            Some((key, _)) if i > 0 && redactor.is_sensitive(key) => {
+                changed = true;
+                out.push_str(key);
+                out.push('=');
+                out.push_str(REDACTED);
+            }
+            _ => out.push_str(pair),
+        }
+        out.push_str(delimiter);
+    }
+    changed.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn masked(mut config: Value) -> String {
+        Redactor::default().mask_value(&mut config);
+        config.to_string()
+    }
+
+    #[test]
+    fn masks_sensitive_keys_and_url_secrets_at_any_depth() {
+        let config = json!({
+            "database": {"url": "postgres://app:hunter2@db:5432/app?sslmode=require", "password": "hunter2"},
+            "redis": ["redis://:s3cret@a:6379,redis://:s3cret@b:6379"],
+            "webhook": "https://hooks.example/x?api_key=abc123&team=core#frag",
+            "openai_api_key": "sk-live-123",
+            "admin_token": null,
+            "plain": "https://example.com/path",
+            "port": 8000,
+        });
+        let text = masked(config);
+        for secret in ["hunter2", "s3cret", "abc123", "sk-live-123"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value["database"]["url"],
+            "postgres://app:[REDACTED]@db:5432/app?sslmode=require"
+        );
+        assert_eq!(value["database"]["password"], REDACTED);
+        assert_eq!(
+            value["redis"][0],
+            "redis://:[REDACTED]@a:6379,redis://:[REDACTED]@b:6379"
+        );
+        assert_eq!(
+            value["webhook"],
+            "https://hooks.example/x?api_key=[REDACTED]&team=core#frag"
+        );
+        // No secret set is no secret to hide: the operator sees that none is set.
+        assert_eq!(value["admin_token"], Value::Null);
+        assert_eq!(value["plain"], "https://example.com/path");
+        assert_eq!(value["port"], 8000);
+    }
+
+    /// JSON held in a string (an env var holding a JSON document) is masked inside, as the log
+    /// lines mask it; JSON without secrets stays as it was written.
+    #[test]
+    fn json_inside_a_string_is_masked_inside() {
+        let config = json!({
+            "embedded_json": "{\"password\":\"HUNTER-EMBED\",\"host\":\"db\"}",
+            "nested": " [{\"dsn\":\"postgres://app:HUNTER-URL@db/x\"}]",
+            "harmless": "{ \"replicas\": 3 }",
+            "not_json": "{oops replicas=3",
+        });
+        let text = masked(config);
+        assert!(!text.contains("HUNTER"), "{text}");
+        let value: Value = serde_json::from_str(&text).unwrap();
+        let embedded: Value =
+            serde_json::from_str(value["embedded_json"].as_str().unwrap()).unwrap();
+        assert_eq!(embedded, json!({"password": REDACTED, "host": "db"}));
+        let nested: Value = serde_json::from_str(value["nested"].as_str().unwrap()).unwrap();
+        assert_eq!(nested[0]["dsn"], "postgres://app:[REDACTED]@db/x");
+        assert_eq!(value["harmless"], "{ \"replicas\": 3 }");
+        assert_eq!(value["not_json"], "{oops replicas=3");
+    }
+
+    /// Connection strings that are not URLs name their secrets as `key=value`.
+    #[test]
+    fn key_value_secrets_in_strings_are_masked() {
+        let redactor = Redactor::default();
+        for (text, expected) in [
+            (
+                "host=db user=app password=HUNTER1 sslmode=require",
+                "host=db user=app password=[REDACTED] sslmode=require",
+            ),
+            (
+                "Server=db;Password=HUNTER2;Database=app",
+                "Server=db;Password=[REDACTED];Database=app",
+            ),
+            (
+                "DB_PASSWORD=HUNTER3 LOG_LEVEL=info",
+                "DB_PASSWORD=[REDACTED] LOG_LEVEL=info",
+            ),
+            // `,` and `&` may be part of a password: the value runs to whitespace or `;`.
+            (
+                "password=HUN,TER&7 user=app",
+                "password=[REDACTED] user=app",
+            ),
+            (
+                "Password=p&ss,HUNTER8;Database=x",
+                "Password=[REDACTED];Database=x",
+            ),
+            (
+                r#"password="a\"HUNTER 9" user=app"#,
+                "password=[REDACTED] user=app",
+            ),
+            (
+                "password='HUNTER 4' user=app",
+                "password=[REDACTED] user=app",
+            ),
+            ("api_key=HUNTER5", "api_key=[REDACTED]"),
+        ] {
+            assert_eq!(
+                mask_key_values(text, &redactor).as_deref(),
+                Some(expected),
+                "{text}"
+            );
+        }
+        for plain in ["replicas=3 zone=a", "a == b", "=x", "no pairs"] {
+            assert_eq!(mask_key_values(plain, &redactor), None, "{plain}");
+        }
+        // A URL's query is masked once, by the URL rules.
+        let mut value = json!("https://h/x?api_key=HUNTER6&team=core");
+        redactor.mask_value(&mut value);
+        assert_eq!(value, "https://h/x?api_key=[REDACTED]&team=core");
+    }
+
+    #[test]
+    fn leaves_text_without_url_secrets_alone() {
+        let redactor = Redactor::default();
+        assert_eq!(mask_urls("no url here", &redactor), None);
+        assert_eq!(mask_urls("://weird", &redactor), None);
+        assert_eq!(
+            mask_urls("see https://example.com/a, then b", &redactor),
+            None
+        );
+    }
+
+    #[test]
+    fn passwords_with_url_delimiters_and_tokens_as_users_are_masked() {
+        let redactor = Redactor::default();
+        let mask = |text: &str| mask_urls(text, &redactor).unwrap_or_else(|| text.to_owned());
+        for (text, masked) in [
+            (
+                "postgres://app:pa/ss@db/app",
+                "postgres://app:[REDACTED]@db/app",
+            ),
+            (
+                "postgres://app:p?w@db/app?x=1",
+                "postgres://app:[REDACTED]@db/app?x=1",
+            ),
+            ("redis://:p#w@cache:6379", "redis://:[REDACTED]@cache:6379"),
+            ("amqp://u:a,b;c@mq/vhost", "amqp://u:[REDACTED]@mq/vhost"),
+            (
+                "https://ghp_abc123@github.com/org/repo.git",
+                "https://[REDACTED]@github.com/org/repo.git",
+            ),
+            ("http://user@host/x", "http://[REDACTED]@host/x"),
+            (
+                "redis://:s1,x@a:6379;redis://:s2@b:6379 and http://plain/",
+                "redis://:[REDACTED]@a:6379;redis://:[REDACTED]@b:6379 and http://plain/",
+            ),
+            (
+                "DSN=mysql://root:r00t@db:3306/x, backup",
+                "DSN=mysql://root:[REDACTED]@db:3306/x, backup",
+            ),
+            (
+                "https://h/cb?next=https://u:p2@inner/&token=t1",
+                "https://h/cb?next=https://u:[REDACTED]@inner/&token=[REDACTED]",
+            ),
+            (
+                "https://app/cb#access_token=t2&state=s",
+                "https://app/cb#access_token=[REDACTED]&state=s",
+            ),
+        ] {
+            assert_eq!(mask(text), masked, "{text}");
+        }
+        // An `@` in a path masks too much rather than too little.
+        assert_eq!(
+            mask("https://h:8080/u/a@b.com"),
+            "https://h:[REDACTED]@b.com"
+        );
+    }
+}
