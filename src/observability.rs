@@ -448,7 +448,10 @@ impl Observability {
     /// layer when tracing is on and an endpoint is set). Keep the guard until the end of
     /// `main`: dropping it flushes traces, then every queued log line.
     ///
-    /// With OTLP over gRPC, call it inside the Tokio runtime.
+    /// With OTLP over gRPC, call it inside the Tokio runtime, a multi-thread one: on a
+    /// current-thread runtime the guard's last flush cannot run when it drops, and the last
+    /// spans are lost after the export timeout. Fails with [`Error::AlreadyInitialized`] when a
+    /// global subscriber is already installed, before anything global is changed.
     pub fn init(&self) -> Result<ObservabilityGuard, Error> {
         let mut pending = self
             .pending_log
@@ -460,19 +463,25 @@ impl Observability {
 
         // The log layer is taken only once the exporter is up, so a failed install (gRPC
         // outside the runtime) can be retried.
+        // Built, not registered: OpenTelemetry's globals are set only once the subscriber is
+        // in, so a failed `init` (another subscriber was first) leaves them as they were.
         #[cfg(feature = "otel")]
         let otel = if self.settings.tracing && self.settings.otel.traces_endpoint().is_some() {
-            Some(self.settings.otel.clone().install()?)
+            Some(self.settings.otel.clone().build()?)
         } else {
             None
         };
+        // A GPU collector that failed before the subscriber was in warned nobody: said again
+        // once the log is there.
+        #[cfg(feature = "gpu")]
+        let gpu_down = self
+            .gpu
+            .as_ref()
+            .map(periscope_gpu::GpuCollector::snapshot)
+            .filter(|snapshot| !snapshot.up && snapshot.last_error.is_some());
         let Some((log_layer, log_guard)) = pending.take() else {
             return Err(Error::AlreadyInitialized);
         };
-        // Outgoing calls (`inject`, `ClientTraceLayer`) send what `OTEL_PROPAGATORS` names,
-        // as the server layer reads it.
-        #[cfg(feature = "otel")]
-        self.settings.otel.propagators.set_global();
         drop(pending);
         #[cfg(feature = "otel")]
         let otel_layer = otel.as_ref().and_then(|guard| guard.layer());
@@ -484,6 +493,22 @@ impl Observability {
             .with(otel_layer);
         tracing::subscriber::set_global_default(subscriber)
             .map_err(|_| Error::AlreadyInitialized)?;
+        // Outgoing calls (`inject`, `ClientTraceLayer`) send what `OTEL_PROPAGATORS` names,
+        // as the server layer reads it.
+        #[cfg(feature = "otel")]
+        match &otel {
+            Some(otel) => otel.register_globals(),
+            None => self.settings.otel.propagators.set_global(),
+        }
+        #[cfg(feature = "gpu")]
+        if let Some(snapshot) = gpu_down {
+            tracing::warn!(
+                target: "periscope_gpu::collector",
+                source = snapshot.source,
+                error = snapshot.last_error,
+                "GPU collector is down (gpu_collector_up 0); the service keeps running"
+            );
+        }
         // Libraries that write through the `log` crate reach the same lines, with their own
         // target and level, and the request's ids when they log inside one.
         if tracing_log::LogTracer::init().is_err() {

@@ -61,6 +61,7 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// gracefully (GOAWAY, then its open streams finish) once it has had no stream for the
 /// request-head timeout, after an answer while the service drains, and at the shutdown signal.
 /// Without the feature an HTTP/2 client is closed and warned about.
+/// It needs a Tokio runtime with I/O and time enabled (`#[tokio::main]` enables both).
 /// Connection upgrades (WebSocket) are handed to the service as hyper hands them: an upgraded
 /// connection is the service's from the 101 on, so the server neither waits for it nor closes
 /// it at shutdown, and it keeps the write timeout.

@@ -116,8 +116,17 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
         })
         .unwrap()
         .request_timeout(Duration::from_secs(1))
+        .gpu(cfg!(feature = "gpu"))
         .build()
         .unwrap();
+    // The GPU collector's first sample, before the log is in: where there is no GPU, its
+    // warning would have reached nobody.
+    #[cfg(feature = "gpu")]
+    let gpu_up = {
+        let gpu = obs.gpu().unwrap();
+        assert!(gpu.refresh(Duration::from_secs(10)));
+        gpu.is_up()
+    };
     let guard = obs.init().unwrap();
     assert!(matches!(
         obs.init(),
@@ -279,6 +288,23 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
         .expect("the panic message goes to the log");
     assert_eq!(panic_log["level"], "error");
     assert_eq!(panic_log["trace_id"], access(&panic.request_id)["trace_id"]);
+    // A GPU collector down from its first sample is warned about once the log is in.
+    #[cfg(feature = "gpu")]
+    {
+        let gpu_down: Vec<_> = lines
+            .iter()
+            .filter(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("GPU collector is down"))
+            })
+            .collect();
+        assert_eq!(gpu_down.len(), usize::from(!gpu_up), "{gpu_down:#?}");
+        if let Some(line) = gpu_down.first() {
+            assert_eq!(line["level"], "warn");
+            assert!(line["data"]["error"].as_str().is_some(), "{line}");
+        }
+    }
 }
 
 /// The app of the server tests: `/hello` at once, `/slow` after 300 ms.

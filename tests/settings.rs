@@ -341,6 +341,35 @@ fn init_can_be_retried_after_the_exporter_failed_to_start() {
         obs.init(),
         Err(periscope::Error::AlreadyInitialized)
     ));
+
+    // A second service's `init` in the same process fails before it touches OpenTelemetry's
+    // globals: the first one's tracer provider still records, its formats still apply.
+    let second = quiet()
+        .env_from(|name| match name {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:9".to_owned()),
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".to_owned()),
+            "OTEL_PROPAGATORS" => Some("tracecontext".to_owned()),
+            _ => None,
+        })
+        .unwrap()
+        .build()
+        .unwrap();
+    assert!(matches!(
+        second.init(),
+        Err(periscope::Error::AlreadyInitialized)
+    ));
+    {
+        use opentelemetry::trace::{Span, Tracer};
+        let span = opentelemetry::global::tracer("after-second-init").start("probe");
+        assert!(
+            span.is_recording(),
+            "the first service's provider was shut down"
+        );
+    }
+    assert_eq!(
+        Propagators::global(),
+        Propagators::none().with_baggage(true)
+    );
     drop(guard);
 }
 

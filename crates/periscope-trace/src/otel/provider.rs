@@ -69,6 +69,17 @@ impl OtelConfig {
     /// Without an endpoint, or with `OTEL_SDK_DISABLED=true`, nothing is exported and
     /// [`OtelGuard::layer`] is `None`: ids and sampling then come from the periscope layers.
     pub fn install(self) -> Result<OtelGuard, InstallError> {
+        let guard = self.build()?;
+        guard.register_globals();
+        Ok(guard)
+    }
+
+    /// Builds the tracer provider and its exporter as [`install`](Self::install) does, but
+    /// registers nothing global yet: call [`OtelGuard::register_globals`] once the tracing
+    /// subscriber is installed. A process whose subscriber could not be installed (another one
+    /// was first) then keeps OpenTelemetry's globals as they were, instead of a provider that
+    /// is shut down when the guard drops.
+    pub fn build(self) -> Result<OtelGuard, InstallError> {
         let endpoint = self.traces_endpoint().filter(|_| !self.disabled);
         let mut builder = SdkTracerProvider::builder()
             .with_sampler(self.sampler.to_sdk())
@@ -98,11 +109,6 @@ impl OtelConfig {
         }
         let provider = builder.build();
         let exporting = endpoint.is_some();
-        if exporting {
-            opentelemetry::global::set_tracer_provider(provider.clone());
-        }
-        set_global_propagator(self.propagators);
-        self.propagators.set_global();
         Ok(OtelGuard {
             tracer: provider.tracer("periscope"),
             provider,
@@ -181,6 +187,18 @@ impl OtelGuard {
                 .with_tracer(self.tracer.clone())
                 .with_filter(transport_filter())
         })
+    }
+
+    /// Registers the provider (when it exports) and the propagators as OpenTelemetry's
+    /// globals, so other instrumented libraries agree, and the propagators as periscope's
+    /// ([`Propagators::set_global`]). [`OtelConfig::install`] calls it; call it yourself after
+    /// [`OtelConfig::build`].
+    pub fn register_globals(&self) {
+        if self.exporting {
+            opentelemetry::global::set_tracer_provider(self.provider.clone());
+        }
+        set_global_propagator(self.propagators);
+        self.propagators.set_global();
     }
 
     /// Whether spans are exported (an endpoint is set and the SDK is not disabled).
