@@ -9,7 +9,7 @@ use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use periscope_error::{BoxError, HttpError, Violation, codes};
-use periscope_log::{Directives, LevelControl};
+use periscope_log::{Directives, LEVEL_CHANGE_TARGET, LevelControl};
 use serde::{Deserialize, Serialize};
 
 use crate::reply::{self, AdminBody};
@@ -96,20 +96,22 @@ where
             return reply::invalid("The log level change is not valid", vec![violation], &head);
         }
     };
-    // Logged before it applies, so that even a change to `error` leaves a trace of itself;
-    // and again after, when the old filter (say `error`) dropped the first line, so that
-    // turning debug on from a quiet filter is not the one change the log misses.
     let change = action.to_string();
-    let logged_before = tracing::enabled!(tracing::Level::WARN);
-    tracing::warn!(%change, "log filter changed through /debug/log-level");
+    let from = control.current();
     match action {
         Action::Set(directives) => control.set(directives),
         Action::SetFor(directives, ttl) => control.set_for(directives, ttl),
         Action::Reset => control.reset(),
     }
-    if !logged_before {
-        tracing::warn!(%change, "log filter changed through /debug/log-level");
-    }
+    // Under the reserved target, which every filter lets through: no directive (`off`,
+    // `periscope_admin=off`) can hide a change of the filter, this one included.
+    tracing::warn!(
+        target: LEVEL_CHANGE_TARGET,
+        %change,
+        %from,
+        to = %control.current(),
+        "log filter changed through /debug/log-level"
+    );
     current(&control)
 }
 

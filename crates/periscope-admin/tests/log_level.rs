@@ -73,7 +73,7 @@ async fn a_change_takes_effect_on_the_next_event_and_reverts_after_its_ttl() {
         permanent.json(),
         json!({"current": "warn", "permanent": "warn", "reverts_in_s": null})
     );
-    // Logged once, before it applied, while the old filter let warnings through.
+    // Logged once.
     let logged = recent
         .lines(usize::MAX, None)
         .iter()
@@ -152,8 +152,8 @@ async fn a_change_takes_effect_on_the_next_event_and_reverts_after_its_ttl() {
         "warn"
     );
 
-    // Turning logging up from a quiet filter still leaves a line saying so: the warning that
-    // `error` filtered out is written once the new filter lets it through.
+    // Turning logging up from a quiet filter leaves a line saying so too: `error` does not
+    // filter out the change lines.
     post_json(addr, "/debug/log-level", r#"{"directives":"error"}"#).await;
     let louder = post_json(
         addr,

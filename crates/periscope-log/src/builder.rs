@@ -304,7 +304,8 @@ impl LogLayerBuilder {
         self
     }
 
-    /// Bounds of the recent-lines buffer (default 1000 lines, 4 MiB; 0 lines turns it off).
+    /// Bounds of the recent-lines buffer (default 1000 lines, 4 MiB; 0 lines turns it off),
+    /// a quarter of each kept for `error` lines (see [`RecentLogs`](crate::RecentLogs)).
     pub fn recent_limits(mut self, lines: usize, bytes: usize) -> Self {
         self.recent_lines = lines;
         self.recent_bytes = bytes;

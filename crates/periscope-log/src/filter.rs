@@ -8,12 +8,23 @@ use std::time::{Duration, Instant};
 use tracing::level_filters::LevelFilter;
 use tracing_core::Metadata;
 
+/// The `tracing` target of the lines that record a change of the log filter
+/// (`POST /debug/log-level`, a temporary change reverting). Reserved: its events at `warn` or
+/// more severe pass every [`Directives`], `off` and `periscope::log_level=off` included, so
+/// the change that silences the log is still in it.
+pub const LEVEL_CHANGE_TARGET: &str = "periscope::log_level";
+
+/// The level of the level change lines; [`Directives::max_level_hint`] never goes below it.
+const LEVEL_CHANGE_LEVEL: LevelFilter = LevelFilter::WARN;
+
 /// Parsed filter directives: a default level and levels per target prefix.
 ///
 /// The syntax is the common subset of `RUST_LOG`: comma-separated `LEVEL`, `target=LEVEL` or
 /// a bare `target` (all levels). Levels are `off`, `error`, `warn`, `info`, `debug`, `trace`.
 /// The longest matching target prefix wins; targets no directive names use the default level
 /// (off when there is none). Span and field filters (`target[span{field}]`) are not supported.
+/// Events with the reserved target [`LEVEL_CHANGE_TARGET`] at `warn` or more severe always
+/// pass.
 ///
 /// ```
 /// use periscope_log::Directives;
@@ -157,8 +168,12 @@ impl Directives {
     /// Whether an event or span with this metadata passes. Spans that carry request context
     /// (a `request_id`, `trace_id` or `job_id` field) always pass: they cost little, and
     /// without them the lines that do pass would lose their ids (and OpenTelemetry its spans).
+    /// Events of [`LEVEL_CHANGE_TARGET`] at `warn` or more severe always pass: a filter change
+    /// cannot hide itself.
     pub fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        *metadata.level() <= self.level_for(metadata.target()) || carries_context(metadata)
+        *metadata.level() <= self.level_for(metadata.target())
+            || carries_context(metadata)
+            || records_level_change(metadata)
     }
 
     /// The most verbose level any directive allows.
@@ -172,10 +187,21 @@ impl Directives {
     }
 
     /// The hint for `tracing`'s global level: [`max_level`](Self::max_level), but never below
-    /// `info`, so context spans (created at `info`) still reach [`enabled`](Self::enabled).
+    /// `info`, so context spans (created at `info`) and the level change lines (`warn`, see
+    /// [`LEVEL_CHANGE_TARGET`]) still reach [`enabled`](Self::enabled).
     pub fn max_level_hint(&self) -> LevelFilter {
-        self.max_level().max(LevelFilter::INFO)
+        // `tracing` skips the callsites above the hint without asking the filter.
+        self.max_level()
+            .max(LevelFilter::INFO)
+            .max(LEVEL_CHANGE_LEVEL)
     }
+}
+
+/// The events that record a change of the filter.
+fn records_level_change(metadata: &Metadata<'_>) -> bool {
+    metadata.is_event()
+        && metadata.target() == LEVEL_CHANGE_TARGET
+        && *metadata.level() <= LEVEL_CHANGE_LEVEL
 }
 
 /// Spans whose callsite declares a request context field.
@@ -223,7 +249,9 @@ impl fmt::Display for Directives {
 ///
 /// Cheap to clone; every clone controls the same filter. A change takes effect on the next
 /// event. A temporary change ([`set_for`](Self::set_for)) reverts to the permanent directives
-/// when its time is up, even if nothing else happens.
+/// when its time is up, even if nothing else happens, and the revert is logged at `warn` with
+/// target [`LEVEL_CHANGE_TARGET`] (which no directive filters out), with the directives it
+/// ended (`from`) and those in force again (`to`).
 ///
 /// ```
 /// use std::time::Duration;
@@ -421,8 +449,21 @@ impl Shared {
             };
             let now = Instant::now();
             if now >= deadline {
-                state.temporary = None;
+                let ended = state.temporary.take().map(|(directives, _)| directives);
                 self.apply(&state);
+                let restored = state.permanent.to_string();
+                // Logged without the lock: the line goes through layers that may read the
+                // control (`status`), and a slow output must not hold up a new change.
+                drop(state);
+                if let Some(ended) = ended {
+                    tracing::warn!(
+                        target: LEVEL_CHANGE_TARGET,
+                        from = %ended,
+                        to = %restored,
+                        "temporary log filter change reverted"
+                    );
+                }
+                state = lock(&self.state);
             } else {
                 state = self
                     .changed

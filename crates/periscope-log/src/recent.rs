@@ -12,10 +12,20 @@ pub const DEFAULT_RECENT_LINES: usize = 1000;
 /// Default bound of the bytes kept.
 pub const DEFAULT_RECENT_BYTES: usize = 4 * 1024 * 1024;
 
+/// The share of each bound (1/4) reserved for `error` lines: lines of other levels cannot
+/// push out the newest error lines that fit in it.
+const ERROR_RESERVE_DIVISOR: usize = 4;
+
 /// The most recent log lines, bounded in count and bytes, for an admin endpoint.
 ///
 /// Cheap to clone; every clone reads the same buffer. Lines are the exact text written to the
 /// output (JSON objects, or text in the `pretty` format).
+///
+/// The oldest lines go first when a bound is reached, with one exception: lines of other
+/// levels do not push out the newest `error` lines that fit in a quarter of each bound (a
+/// quarter of the lines and a quarter of the bytes). A flood of `warn` lines (refused
+/// requests, say) cannot flush the errors an operator looks for after an incident; newer
+/// `error` lines still push out older ones. The bounds hold for all lines together.
 ///
 /// ```
 /// use periscope_log::{LogLayer, LogFormat};
@@ -45,6 +55,12 @@ struct Ring {
     bytes: usize,
     max_lines: usize,
     max_bytes: usize,
+    /// The `error` lines held, and their bytes.
+    error_lines: usize,
+    error_bytes: usize,
+    /// The share of the bounds that other levels cannot take from `error` lines.
+    reserve_lines: usize,
+    reserve_bytes: usize,
 }
 
 /// One line of [`RecentLogs`].
@@ -77,6 +93,10 @@ impl RecentLogs {
                 bytes: 0,
                 max_lines,
                 max_bytes,
+                error_lines: 0,
+                error_bytes: 0,
+                reserve_lines: max_lines / ERROR_RESERVE_DIVISOR,
+                reserve_bytes: max_bytes / ERROR_RESERVE_DIVISOR,
             })),
             json,
         }
@@ -90,19 +110,22 @@ impl RecentLogs {
         self.ring().max_lines > 0
     }
 
-    /// Keeps `line` (without its newline), evicting the oldest lines past the bounds.
+    /// Keeps `line` (without its newline), evicting the oldest lines past the bounds (but not
+    /// the reserved `error` lines for a line of another level).
     pub(crate) fn push(&self, level: Level, line: &[u8]) {
         let mut ring = self.ring();
         if ring.max_lines == 0 || line.len() > ring.max_bytes {
             return;
         }
+        let error = level == Level::ERROR;
         // Reuse the evicted line's allocation: no allocation in the steady state.
         let mut reused = None;
         while ring.lines.len() >= ring.max_lines || ring.bytes + line.len() > ring.max_bytes {
-            let Some((_, old)) = ring.lines.pop_front() else {
-                break;
+            let Some(old) = ring.evict(error) else {
+                // Only the reserved error lines are left, and a line of another level over
+                // three quarters of the byte bound does not fit beside them: not kept.
+                return;
             };
-            ring.bytes -= old.len();
             reused = Some(old);
         }
         let mut text = reused.unwrap_or_default();
@@ -114,6 +137,10 @@ impl RecentLogs {
         }
         text.extend_from_slice(line);
         ring.bytes += text.len();
+        if error {
+            ring.error_lines += 1;
+            ring.error_bytes += text.len();
+        }
         ring.lines.push_back((level, text));
     }
 
@@ -165,6 +192,32 @@ impl RecentLogs {
     }
 }
 
+impl Ring {
+    /// Removes the oldest line that a new line (an `error` line when `for_error`) may push
+    /// out, and returns its text; `None` when every line left is a reserved error line.
+    fn evict(&mut self, for_error: bool) -> Option<Vec<u8>> {
+        let within_reserve =
+            self.error_lines <= self.reserve_lines && self.error_bytes <= self.reserve_bytes;
+        // Past the reserve, the oldest error lines are not among the newest that fit in it:
+        // the oldest line goes, whatever its level. Within it, the oldest line of another level
+        // goes; the error lines before it number at most `reserve_lines`.
+        let index = if for_error || !within_reserve {
+            0
+        } else {
+            self.lines
+                .iter()
+                .position(|(level, _)| *level != Level::ERROR)?
+        };
+        let (level, old) = self.lines.remove(index)?;
+        self.bytes -= old.len();
+        if level == Level::ERROR {
+            self.error_lines -= 1;
+            self.error_bytes -= old.len();
+        }
+        Some(old)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +255,127 @@ mod tests {
         let held: usize = ring.lines.iter().map(|(_, text)| text.capacity()).sum();
         assert!(ring.bytes <= 100_000);
         assert!(held <= 2 * 100_000, "{held} bytes held");
+    }
+
+    /// The lines held, with their levels, oldest first; and the bounds checked.
+    fn contents(recent: &RecentLogs) -> Vec<(Level, String)> {
+        let ring = recent.ring();
+        let bytes: usize = ring.lines.iter().map(|(_, text)| text.len()).sum();
+        assert_eq!(ring.bytes, bytes);
+        assert!(
+            ring.lines.len() <= ring.max_lines,
+            "{} lines",
+            ring.lines.len()
+        );
+        assert!(bytes <= ring.max_bytes, "{bytes} bytes");
+        let errors = ring.lines.iter().filter(|(l, _)| *l == Level::ERROR);
+        assert_eq!(ring.error_lines, errors.clone().count());
+        assert_eq!(
+            ring.error_bytes,
+            errors.map(|(_, t)| t.len()).sum::<usize>()
+        );
+        ring.lines
+            .iter()
+            .map(|(level, text)| (*level, String::from_utf8_lossy(text).into_owned()))
+            .collect()
+    }
+
+    /// A flood of large `warn` lines (refused requests with long paths) after the errors of an
+    /// incident: the newest errors that fit in a quarter of each bound are still there.
+    #[test]
+    fn a_flood_of_other_levels_keeps_the_newest_error_lines() {
+        // The line bound binds the reserve: 25 lines of 100, small lines.
+        let recent = RecentLogs::new(100, 100_000, true);
+        for i in 0..100 {
+            recent.push(Level::ERROR, format!("{{\"error\":{i}}}").as_bytes());
+        }
+        let warn = |i: usize| format!("{{\"warn\":{i},\"path\":\"/{}\"}}", "a".repeat(3000));
+        for i in 0..1000 {
+            recent.push(Level::WARN, warn(i).as_bytes());
+        }
+        let held = contents(&recent);
+        let errors: Vec<String> = recent
+            .lines(1000, Some(Level::ERROR))
+            .into_iter()
+            .map(|line| line.text)
+            .collect();
+        let expected: Vec<String> = (75..100).map(|i| format!("{{\"error\":{i}}}")).collect();
+        assert_eq!(errors, expected);
+        // Oldest first: the errors, then the newest warnings that fit, in the order logged.
+        let warns: Vec<String> = held[25..].iter().map(|(_, text)| text.clone()).collect();
+        let first = 1000 - warns.len();
+        assert_eq!(warns, (first..1000).map(warn).collect::<Vec<_>>());
+        assert!(warns.len() > 20, "{} warnings", warns.len());
+        assert_eq!(
+            recent.lines(usize::MAX, None).len(),
+            held.len(),
+            "lines() returns what is held"
+        );
+
+        // The byte bound binds the reserve: 2500 of 10 000 bytes, error lines of about 500.
+        let recent = RecentLogs::new(100, 10_000, true);
+        let error = |i: usize| format!("{{\"error\":{i},\"pad\":\"{}\"}}", "e".repeat(480));
+        for i in 0..40 {
+            recent.push(Level::ERROR, error(i).as_bytes());
+        }
+        for i in 0..400 {
+            recent.push(Level::WARN, &warn(i).as_bytes()[..1000]);
+        }
+        let held = contents(&recent);
+        let errors: Vec<String> = held
+            .iter()
+            .filter(|(level, _)| *level == Level::ERROR)
+            .map(|(_, text)| text.clone())
+            .collect();
+        let kept = 2500 / error(39).len();
+        assert!(kept >= 4, "{kept}");
+        assert_eq!(errors, (40 - kept..40).map(error).collect::<Vec<_>>());
+        assert!(held[..kept].iter().all(|(level, _)| *level == Level::ERROR));
+        assert!(held[kept..].iter().all(|(level, _)| *level == Level::WARN));
+    }
+
+    /// Errors among the warnings keep their place in time, and newer errors push out older
+    /// ones: the reserve holds the newest.
+    #[test]
+    fn reserved_error_lines_stay_in_time_order_and_the_newest_win() {
+        let recent = RecentLogs::new(8, 1000, true);
+        // Reserve: 2 lines.
+        for i in 0..20 {
+            let level = if i % 5 == 0 {
+                Level::ERROR
+            } else {
+                Level::INFO
+            };
+            recent.push(level, format!("{i}").as_bytes());
+        }
+        let texts: Vec<String> = contents(&recent)
+            .into_iter()
+            .map(|(_, text)| text)
+            .collect();
+        // 10 and 15 are the newest errors; the 6 newest info lines fill the rest.
+        assert_eq!(texts, ["10", "13", "14", "15", "16", "17", "18", "19"]);
+        for i in 20..30 {
+            recent.push(Level::ERROR, format!("{i}").as_bytes());
+        }
+        let texts: Vec<String> = contents(&recent)
+            .into_iter()
+            .map(|(_, text)| text)
+            .collect();
+        assert_eq!(texts, ["22", "23", "24", "25", "26", "27", "28", "29"]);
+        recent.push(Level::WARN, b"30");
+        let texts: Vec<String> = contents(&recent)
+            .into_iter()
+            .map(|(_, text)| text)
+            .collect();
+        assert_eq!(texts, ["23", "24", "25", "26", "27", "28", "29", "30"]);
+
+        // A line of another level that does not fit beside the reserved errors is not kept.
+        let small = RecentLogs::new(8, 100, true);
+        small.push(Level::ERROR, &[b'e'; 20]);
+        small.push(Level::INFO, &[b'i'; 90]);
+        assert_eq!(contents(&small), [(Level::ERROR, "e".repeat(20))]);
+        small.push(Level::ERROR, &[b'E'; 90]);
+        assert_eq!(contents(&small), [(Level::ERROR, "E".repeat(90))]);
     }
 
     #[test]

@@ -153,6 +153,39 @@ fn a_level_change_applies_to_the_next_event_and_reverts_after_its_ttl() {
 }
 
 #[test]
+fn level_change_lines_pass_every_directive() {
+    let out = capture(
+        |b| {
+            b.directives(
+                "off,periscope=off,periscope::log_level=off"
+                    .parse()
+                    .unwrap(),
+            )
+        },
+        |_| {
+            tracing::error!("hidden by off");
+            tracing::warn!(target: periscope_log::LEVEL_CHANGE_TARGET, "shown: a change");
+            // Reserved for the change lines, which are `warn`: not a way around the filter.
+            tracing::info!(target: periscope_log::LEVEL_CHANGE_TARGET, "hidden info");
+        },
+    );
+    let lines = out.lines();
+    let messages: Vec<&str> = lines
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["shown: a change"]);
+    assert_eq!(lines[0]["target"], "periscope::log_level");
+    assert!(
+        "off"
+            .parse::<periscope_log::Directives>()
+            .unwrap()
+            .max_level_hint()
+            >= periscope_log::LevelFilter::WARN
+    );
+}
+
+#[test]
 fn a_later_temporary_change_replaces_the_pending_one() {
     let out = capture(
         |b| b,
