@@ -35,6 +35,8 @@ pub mod env;
 mod http2;
 mod observability;
 #[cfg(feature = "serve")]
+mod peer;
+#[cfg(feature = "serve")]
 mod rejected;
 #[cfg(feature = "serve")]
 mod serve;

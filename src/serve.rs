@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::draining::CloseWhenDraining;
+use crate::peer::WithPeer;
 use crate::rejected::RejectedRequests;
 use crate::write_stall::{WriteStallGuard, limit_unsent};
 
@@ -209,7 +210,7 @@ impl Server {
             // Small answers go out at once rather than waiting for more to send.
             let _ = stream.set_nodelay(true);
             limit_unsent(&stream);
-            let service = service.clone();
+            let service = WithPeer::new(service.clone(), peer);
             let drain = drain.clone();
             let mut stopping = stopping.clone();
             let rejected = rejected.clone();

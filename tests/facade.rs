@@ -1520,3 +1520,50 @@ async fn the_server_retires_http2_connections_when_idle_or_draining() {
     let (mut late, _late_driven) = http2_connection(addr).await;
     assert_eq!(http2_get(&mut late, "/hello").await.0, 200);
 }
+
+/// `Server` tells who is calling: the connection's address is the access line's `peer`, and
+/// axum's `ConnectInfo` extractor reads it, as under `axum::serve` with
+/// `into_make_service_with_connect_info`.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "current_thread")]
+async fn the_server_gives_the_peer_address_to_the_service_and_the_access_log() {
+    use axum::extract::ConnectInfo;
+    use tokio::io::AsyncWriteExt;
+    use tracing_subscriber::prelude::*;
+
+    let out = Captured::default();
+    let (log, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let obs = Observability::builder().build().unwrap();
+    let app = Router::new()
+        .route(
+            "/whoami",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        )
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(obs.server(listener).serve(app, std::future::pending()));
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let me = stream.local_addr().unwrap();
+    stream
+        .write_all(
+            b"GET /whoami HTTP/1.1\r\nhost: a\r\nx-request-id: who\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = read_until_closed(stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(&me.to_string()), "{answer}");
+    drop(log_guard);
+    let lines = out.lines();
+    let access = lines
+        .iter()
+        .find(|line| line["target"] == "periscope::access" && line["request_id"] == "who")
+        .expect("an access line");
+    assert_eq!(access["data"]["peer"], me.to_string(), "{access}");
+}

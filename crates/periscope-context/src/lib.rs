@@ -35,6 +35,7 @@ mod carrier;
 mod context;
 pub mod grpc;
 mod ids;
+mod peer;
 mod request_id;
 mod route;
 mod tenant;
@@ -48,6 +49,7 @@ pub use carrier::{
 };
 pub use context::{RequestContext, WithContext};
 pub use ids::{HexId, SpanId, TraceFlags, TraceId};
+pub use peer::PeerAddr;
 pub use request_id::{InvalidId, MAX_REQUEST_ID_LEN, RequestId, validate_id};
 pub use route::{MatchedRoute, RouteTemplateError, RouteTemplates};
 pub use tenant::{InvalidTenantKey, Tenant, TenantKey};

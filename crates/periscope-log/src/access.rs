@@ -109,6 +109,8 @@ pub struct AccessLog<S> {
 
 /// What the line needs, taken when the request arrives.
 struct RequestInfo {
+    /// Where the connection comes from, when the server told ([`periscope_context::PeerAddr`]).
+    peer: Option<std::net::SocketAddr>,
     method: Method,
     path: String,
     route: Option<Route>,
@@ -156,6 +158,7 @@ where
             }
         };
         let info = RequestInfo {
+            peer: periscope_context::PeerAddr::of(&request),
             method: request.method().clone(),
             path: path.to_owned(),
             route: matched_path(&request),
@@ -495,6 +498,7 @@ impl RequestInfo {
             method = self.method.as_str(),
             route = self.route.as_ref().map(Route::as_str),
             path = self.path.as_str(),
+            peer = self.peer.as_ref().map(tracing::field::display),
             duration_ms = self.duration_ms(),
             error,
             request_id,
@@ -577,6 +581,7 @@ impl RequestInfo {
             method = self.method.as_str(),
             route = self.route.as_ref().map(Route::as_str),
             path = self.path.as_str(),
+            peer = self.peer.as_ref().map(tracing::field::display),
             status = status.map(|status| status.as_u16()),
             grpc_status = grpc.map(GrpcCode::value),
             error_code,
