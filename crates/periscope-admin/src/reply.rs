@@ -1,7 +1,9 @@
 //! Building the answers: JSON bodies and error envelopes, never cached by a proxy.
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{
+    ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
+};
 use http::{Request, Response};
 use http_body_util::Full;
 use periscope_error::{BoxError, HttpError, codes};
@@ -16,10 +18,19 @@ pub type AdminBody = Full<Bytes>;
 /// A `200` JSON answer of `body`, already encoded.
 pub(crate) fn json_bytes(body: impl Into<Bytes>) -> Response<AdminBody> {
     let mut response = Response::new(Full::new(body.into()));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    guarded(response)
+}
+
+/// `response` marked for what it is: debug answers describe this instant and may be
+/// sensitive, so no cache may keep them, and no browser may read them as anything but their
+/// content type.
+fn guarded(mut response: Response<AdminBody>) -> Response<AdminBody> {
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    // Debug answers describe this instant and may be sensitive: no cache may keep them.
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response
 }
 
@@ -34,20 +45,12 @@ pub(crate) fn json(value: &impl Serialize) -> Response<AdminBody> {
 
 /// The error envelope for `error`, with the ids of `request`'s context when it has one.
 pub(crate) fn error<T>(error: HttpError, request: &Request<T>) -> Response<AdminBody> {
-    let mut response: Response<AdminBody> = error.into_http_response_for(request);
-    response
-        .headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    guarded(error.into_http_response_for(request))
 }
 
 /// 500 `internal_error`; `source` goes to the log only.
 pub(crate) fn internal(source: impl Into<BoxError>) -> Response<AdminBody> {
-    let mut response: Response<AdminBody> = HttpError::internal(source).into_http_response();
-    response
-        .headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    guarded(HttpError::internal(source).into_http_response())
 }
 
 /// 404 `route_not_found`: an unknown path, or a debug path while debug endpoints are off. The
@@ -165,5 +168,8 @@ mod tests {
         assert_eq!(wrong.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(wrong.headers()[ALLOW], "GET, HEAD, POST");
         assert_eq!(wrong.headers()[CACHE_CONTROL], "no-store");
+        for answer in [&missing, &invalid, &wrong, &json_bytes("{}")] {
+            assert_eq!(answer.headers()[X_CONTENT_TYPE_OPTIONS], "nosniff");
+        }
     }
 }
