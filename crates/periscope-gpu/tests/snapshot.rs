@@ -210,7 +210,13 @@ fn endless_durations_keep_the_collector_working() {
     assert!(gpu.refresh(std::time::Duration::from_secs(5)));
     let snapshot = gpu.snapshot();
     assert!(!snapshot.up);
-    assert_eq!(snapshot.errors_total, 1, "the failed attempt was published");
+    // The first attempt, or a second one the refresh asked for when the first had already
+    // begun: either way a failed attempt was published.
+    assert!(
+        (1..=2).contains(&snapshot.errors_total),
+        "the failed attempt was published: {}",
+        snapshot.errors_total
+    );
 }
 
 /// `refresh` is answered by a sampler driven by hand, as by the collector's own thread.
