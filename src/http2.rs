@@ -5,10 +5,10 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -25,9 +25,12 @@ use crate::write_stall::WriteStallGuard;
 /// What an HTTP/2 client sends first, before any frame (RFC 9113, section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// How long to wait before looking again at a preface that came in part: clients send it in
-/// one write, so this is the rare split packet, not a loop that spins.
+/// How long to wait before looking again at a preface that came in part, at first, then twice
+/// as long each time up to [`SPLIT_PREFACE_MAX_PAUSE`]: clients send it in one write, so a
+/// split is a rare packet boundary, or a client that stops there (which must not cost a wake-up
+/// every few milliseconds until the head timeout).
 const SPLIT_PREFACE_PAUSE: Duration = Duration::from_millis(5);
+const SPLIT_PREFACE_MAX_PAUSE: Duration = Duration::from_millis(250);
 
 /// Whether the connection opens with the HTTP/2 preface, judged by its first bytes (peeked:
 /// they stay for the protocol that reads them). A client that sends nothing for `timeout` is an
@@ -35,6 +38,7 @@ const SPLIT_PREFACE_PAUSE: Duration = Duration::from_millis(5);
 pub(crate) async fn opens_with_preface(stream: &TcpStream, timeout: Duration) -> io::Result<bool> {
     let look = async {
         let mut first = [0; PREFACE.len()];
+        let mut pause = SPLIT_PREFACE_PAUSE;
         loop {
             let n = stream.peek(&mut first).await?;
             // Closed, or not the preface: HTTP/1.1, whose parser answers or closes.
@@ -44,7 +48,8 @@ pub(crate) async fn opens_with_preface(stream: &TcpStream, timeout: Duration) ->
             if n == PREFACE.len() {
                 return Ok(true);
             }
-            tokio::time::sleep(SPLIT_PREFACE_PAUSE).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(SPLIT_PREFACE_MAX_PAUSE);
         }
     };
     tokio::time::timeout(timeout, look)
@@ -60,11 +65,17 @@ pub(crate) struct Http2Limits {
     pub(crate) idle_timeout: Duration,
     /// The largest header list a request may send (HTTP/2's `SETTINGS_MAX_HEADER_LIST_SIZE`).
     pub(crate) max_header_size: usize,
+    /// How long an answer may wait for the client to take more of it (flow control) before
+    /// the connection is closed: the write timeout, which the socket alone cannot tell on
+    /// HTTP/2 (a client that opens no window leaves the server nothing to write).
+    pub(crate) write_timeout: Duration,
 }
 
 /// Serves one HTTP/2 connection until the client closes it, the server stops (`stopping`), the
 /// connection has been idle for the idle timeout, or it answered while `drain` drains; the last
-/// three end it gracefully: GOAWAY, then the streams open finish.
+/// three end it gracefully: GOAWAY, then the streams open finish. An answer the client has
+/// taken nothing of for the write timeout closes it at once, as a stalled write does in
+/// HTTP/1.1.
 pub(crate) async fn serve_http2<S, B>(
     io: TokioIo<WriteStallGuard<TcpStream>>,
     service: S,
@@ -80,7 +91,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let streams = Arc::new(Streams::default());
+    let streams = Arc::new(Streams::new());
     let service = TrackStreams {
         inner: service,
         streams: Arc::clone(&streams),
@@ -91,6 +102,25 @@ where
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
         .serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(connection);
+    // `Duration::MAX` is "never".
+    let write_check = (limits.write_timeout != Duration::MAX).then_some(limits.write_timeout);
+    let stalled = || {
+        write_check.is_some_and(|timeout| {
+            let stalled = streams.waits_for_client_longer_than(timeout);
+            if stalled {
+                tracing::debug!(
+                    timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    "HTTP/2 connection closed: an answer waited for the client longer than the \
+                     write timeout"
+                );
+            }
+            stalled
+        })
+    };
+    // Timers that keep their pace whichever branch wakes first (a sleep made anew in each
+    // turn of the loop would be put off by the other).
+    let mut idle_ticks = ticks(limits.idle_timeout);
+    let mut write_ticks = ticks(write_check.unwrap_or(limits.idle_timeout));
     let mut seen = streams.events.load(Ordering::Relaxed);
     loop {
         tokio::select! {
@@ -98,7 +128,7 @@ where
             // The guard `wait_for` returns is dropped at once (it is not `Send`).
             _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => break,
             () = streams.retire.notified() => break,
-            () = tokio::time::sleep(limits.idle_timeout) => {
+            _ = idle_ticks.tick() => {
                 // Idle: no stream opened or finished for a whole timeout, and none open.
                 let now = streams.events.load(Ordering::Relaxed);
                 if now == seen && streams.open.load(Ordering::Relaxed) == 0 {
@@ -106,14 +136,37 @@ where
                 }
                 seen = now;
             }
+            _ = write_ticks.tick(), if write_check.is_some() => if stalled() {
+                return Ok(());
+            },
         }
     }
     connection.as_mut().graceful_shutdown();
-    connection.await
+    // The connection closes once the client acknowledges the GOAWAY's PING: one that never
+    // does would hold it for good, so it is dropped once no stream is left.
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            _ = idle_ticks.tick() => if streams.open.load(Ordering::Relaxed) == 0 {
+                return Ok(());
+            },
+            _ = write_ticks.tick(), if write_check.is_some() => if stalled() {
+                return Ok(());
+            },
+        }
+    }
+}
+
+/// Ticks every `period`, the first one `period` from now.
+fn ticks(period: Duration) -> tokio::time::Interval {
+    // A year stands for "never" (`Duration::MAX` would overflow the clock).
+    let period = period.min(Duration::from_secs(365 * 24 * 3600));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
 }
 
 /// The streams of one HTTP/2 connection.
-#[derive(Default)]
 struct Streams {
     /// Streams opened or finished on the connection, ever: activity, for the idle timeout.
     events: AtomicU64,
@@ -121,6 +174,62 @@ struct Streams {
     open: AtomicUsize,
     /// Told when an answer went out while the service drains: the connection is retired.
     retire: Notify,
+    /// When the connection started: the clocks of the answers count from it.
+    started: Instant,
+    /// The answers' bodies still alive, to find one the client has left waiting.
+    bodies: Mutex<Vec<Weak<BodyClock>>>,
+}
+
+impl Streams {
+    fn new() -> Self {
+        Self {
+            events: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            retire: Notify::new(),
+            started: Instant::now(),
+            bodies: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Milliseconds since the connection started.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// A clock for a new answer's body, waiting for hyper's first poll.
+    fn clock(&self) -> Arc<BodyClock> {
+        let clock = Arc::new(BodyClock(AtomicU64::new(self.now_ms())));
+        let mut bodies = self.bodies.lock().unwrap_or_else(PoisonError::into_inner);
+        // Dropped bodies leave when the list would grow: it stays about as long as the
+        // number of answers alive.
+        if bodies.len() == bodies.capacity() {
+            bodies.retain(|body| body.strong_count() > 0);
+        }
+        bodies.push(Arc::downgrade(&clock));
+        clock
+    }
+
+    /// Whether a body has been waiting for hyper to take more of it (the client to open its
+    /// flow-control window) for longer than `timeout`.
+    fn waits_for_client_longer_than(&self, timeout: Duration) -> bool {
+        let now = self.now_ms();
+        let timeout = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut bodies = self.bodies.lock().unwrap_or_else(PoisonError::into_inner);
+        bodies.retain(|body| body.strong_count() > 0);
+        bodies.iter().filter_map(Weak::upgrade).any(|clock| {
+            let since = clock.0.load(Ordering::Relaxed);
+            since != BodyClock::NOT_WAITING && now.saturating_sub(since) > timeout
+        })
+    }
+}
+
+/// Since when (milliseconds after the connection started) an answer's body has been waiting
+/// for hyper to poll it, which hyper does when the client's flow-control window lets it send.
+struct BodyClock(AtomicU64);
+
+impl BodyClock {
+    /// The body is being polled, or waits on itself (a stream with nothing to send yet).
+    const NOT_WAITING: u64 = u64::MAX;
 }
 
 /// Counts a connection's streams and retires the connection once it answers while the service
@@ -190,16 +299,19 @@ where
             // A permit when the connection task is not waiting yet: it is not lost.
             open.0.retire.notify_one();
         }
-        Poll::Ready(Ok(response.map(|inner| Tracked { inner, _open: open })))
+        let clock = open.as_ref().map(|open| open.0.clock());
+        Poll::Ready(Ok(response.map(|inner| Tracked { inner, clock, open })))
     }
 }
 
-/// An answer's body, which keeps its stream counted as open until it is dropped.
+/// An answer's body, which keeps its stream counted as open until it is dropped, and tells
+/// its clock when it waits for hyper (and so for the client) to take more of it.
 #[pin_project::pin_project]
 pub(crate) struct Tracked<B> {
     #[pin]
     inner: B,
-    _open: Option<OpenStream>,
+    clock: Option<Arc<BodyClock>>,
+    open: Option<OpenStream>,
 }
 
 impl<B: Body> Body for Tracked<B> {
@@ -210,7 +322,17 @@ impl<B: Body> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if let (Some(clock), Some(open)) = (this.clock, this.open) {
+            // A frame handed over: the next poll is up to hyper, and so to the client's window.
+            let since = match &frame {
+                Poll::Ready(Some(Ok(_))) => open.0.now_ms(),
+                _ => BodyClock::NOT_WAITING,
+            };
+            clock.0.store(since, Ordering::Relaxed);
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

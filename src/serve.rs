@@ -57,10 +57,15 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// middle of its body, a long stream) are closed, so the process always stops.
 /// HTTP/1.1, and with the `http2` feature HTTP/2 with prior knowledge (h2c: gRPC clients, and
 /// proxies that speak HTTP/2 to their upstreams) on the same port, told apart by the client's
-/// first bytes. An HTTP/2 connection keeps the write timeout, the header size limit (as
-/// `SETTINGS_MAX_HEADER_LIST_SIZE`) and hyper's limit of 200 concurrent streams; it is closed
-/// gracefully (GOAWAY, then its open streams finish) once it has had no stream for the
-/// request-head timeout, after an answer while the service drains, and at the shutdown signal.
+/// first bytes. An HTTP/2 connection keeps the write timeout (an answer whose client opens no
+/// flow-control window for it counts as a stalled write, and closes the connection), the
+/// header size limit (as `SETTINGS_MAX_HEADER_LIST_SIZE`; hyper refuses a larger header list
+/// itself, stream by stream, with no warning) and hyper's limit of 200 concurrent streams; it
+/// is closed gracefully (GOAWAY, then its open streams finish) once it has had no stream for
+/// the request-head timeout, after an answer while the service drains, and at the shutdown
+/// signal, and dropped when the client does not let the GOAWAY complete. A request sent just as
+/// its connection is retired can fail in hyper-based clients (tonic's among them) with
+/// `GoAway(NO_ERROR)`: the service never saw it, so it is safe to retry.
 /// Without the feature an HTTP/2 client is closed and warned about.
 /// It needs a Tokio runtime with I/O and time enabled (`#[tokio::main]` enables both).
 /// Connection upgrades (WebSocket) are handed to the service as hyper hands them: an upgraded
@@ -110,8 +115,8 @@ impl Server {
     /// The largest request head (request line and headers) accepted, in bytes (default
     /// 64 KiB; a value under 1 KiB counts as 1 KiB, though browsers with cookies send 4 to
     /// 8 KiB): a larger one is answered `431 Request Header Fields Too Large`, and counted in
-    /// the server's warning about requests rejected before the service saw them. It bounds a
-    /// chunked body's trailers too.
+    /// the server's warning about requests rejected before the service saw them (HTTP/1.1;
+    /// HTTP/2 refuses it per stream, unwarned). It bounds a chunked body's trailers too.
     pub fn max_header_size(mut self, bytes: usize) -> Self {
         self.max_header_size = bytes.max(1024);
         self
@@ -227,6 +232,7 @@ impl Server {
                             let limits = crate::http2::Http2Limits {
                                 idle_timeout: header_read_timeout,
                                 max_header_size,
+                                write_timeout,
                             };
                             let io = TokioIo::new(WriteStallGuard::new(stream, write_timeout));
                             let served =

@@ -1567,3 +1567,61 @@ async fn the_server_gives_the_peer_address_to_the_service_and_the_access_log() {
         .expect("an access line");
     assert_eq!(access["data"]["peer"], me.to_string(), "{access}");
 }
+
+/// HTTP/2 clients that hold a connection by doing nothing are closed: one that opens no
+/// flow-control window for its answer after the write timeout (it leaves the server nothing to
+/// write, so the socket alone never stalls), one that never acknowledges the GOAWAY's PING
+/// once the connection is idle.
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_closes_http2_connections_held_by_doing_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = Router::new().route("/big", get(|| async { vec![b'x'; 1 << 20] }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        periscope::Server::new(listener)
+            .header_read_timeout(Duration::from_millis(200))
+            .write_timeout(Duration::from_millis(300))
+            .serve(app, std::future::pending()),
+    );
+
+    // A window of 0 for every stream: the answer's head comes, its body never can.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .adaptive_window(false)
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    let driven = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    sender.ready().await.unwrap();
+    let request = http::Request::get("http://a/big")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), driven)
+        .await
+        .expect("the stalled connection is closed")
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The preface and an empty SETTINGS frame, then nothing: no SETTINGS or PING ack.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut taken = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut taken));
+    assert!(closed.await.is_ok(), "the connection is closed, not held");
+}
