@@ -92,16 +92,22 @@ impl ConfigError {
         expected: impl Into<String>,
     ) -> Self {
         let redactor = periscope_log::Redactor::default();
-        let value = value.into();
+        let raw = value.into();
         let value = if redactor.is_sensitive(var) {
             periscope_log::REDACTED.to_owned()
         } else {
-            redactor.mask_text(&value).unwrap_or(value)
+            redactor.mask_text(&raw).unwrap_or_else(|| raw.clone())
         };
+        // The reason may quote the value (a log directive that is not one), or a part of it.
+        let mut expected = expected.into();
+        if !raw.is_empty() && value != raw {
+            expected = expected.replace(&raw, &value);
+        }
+        let expected = redactor.mask_text(&expected).unwrap_or(expected);
         Self {
             var,
             value,
-            expected: expected.into(),
+            expected,
         }
     }
 }

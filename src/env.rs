@@ -113,6 +113,22 @@ mod tests {
         ] {
             assert_eq!(invalid("PORT", value, "a port").value, shown, "{value}");
         }
+        // A reason that quotes the value, whole or in part, masks it too.
+        for (value, reason) in [
+            (
+                "postgres://app:hunter2@db/app",
+                "\"postgres://app:hunter2@db/app\" is not a log level",
+            ),
+            (
+                "host=db password=hunter2",
+                "\"db password=hunter2\" is not a log level",
+            ),
+        ] {
+            let error = ConfigError::new("LOG_LEVEL", value, reason);
+            assert!(!error.to_string().contains("hunter2"), "{error}");
+        }
+        let error = ConfigError::new("DB_PASSWORD", "hunter2", "\"hunter2\" is too short");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
         // A switch given a connection string by mistake.
         let error = crate::config::parse_bool("ENABLE_GPU", "postgres://app:hunter2@db/app");
         assert_eq!(error.unwrap_err().value, "postgres://app:[REDACTED]@db/app");

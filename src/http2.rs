@@ -22,6 +22,10 @@ use tokio::sync::{Notify, watch};
 
 use crate::write_stall::WriteStallGuard;
 
+/// A year stands for "never" in the connection's timers (`Duration::MAX` would overflow the
+/// clock).
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// What an HTTP/2 client sends first, before any frame (RFC 9113, section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -97,8 +101,14 @@ where
         streams: Arc::clone(&streams),
         drain,
     };
+    // A PING after a head timeout without a frame from the client, and the connection closed
+    // when it goes unanswered as long: a client gone silent (or that never sends the rest of
+    // its request) does not hold the connection; a live one answers by itself.
+    let keep_alive = limits.idle_timeout.min(NEVER);
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        .keep_alive_interval(keep_alive)
+        .keep_alive_timeout(keep_alive)
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
         .serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(connection);
@@ -159,8 +169,7 @@ where
 
 /// Ticks every `period`, the first one `period` from now.
 fn ticks(period: Duration) -> tokio::time::Interval {
-    // A year stands for "never" (`Duration::MAX` would overflow the clock).
-    let period = period.min(Duration::from_secs(365 * 24 * 3600));
+    let period = period.min(NEVER);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks

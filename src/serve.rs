@@ -123,7 +123,11 @@ impl Server {
     }
 
     /// How long a client may take to send a request's head, on a new connection or between
-    /// the requests of a kept-alive one (default 30 s; at least 1 ms).
+    /// the requests of a kept-alive one (default 30 s; at least 1 ms). With the `http2`
+    /// feature a new connection first has this long to send its first bytes (which tell HTTP/2
+    /// from HTTP/1.1), then an HTTP/1.1 one this long again for the rest of its first head; an
+    /// HTTP/2 connection with no stream for it (checked on a tick of this period, so after one
+    /// to two periods) is closed.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout.max(Duration::from_millis(1));
         self

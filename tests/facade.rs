@@ -1577,7 +1577,12 @@ async fn the_server_gives_the_peer_address_to_the_service_and_the_access_log() {
 async fn the_server_closes_http2_connections_held_by_doing_nothing() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let app = Router::new().route("/big", get(|| async { vec![b'x'; 1 << 20] }));
+    let app = Router::new()
+        .route("/big", get(|| async { vec![b'x'; 1 << 20] }))
+        .route(
+            "/upload",
+            axum::routing::post(|body: Bytes| async move { body.len().to_string() }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -1624,4 +1629,20 @@ async fn the_server_closes_http2_connections_held_by_doing_nothing() {
     let mut taken = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut taken));
     assert!(closed.await.is_ok(), "the connection is closed, not held");
+
+    // The head of an upload (`POST /upload`, END_HEADERS, no END_STREAM), then silence: the
+    // handler waits for a body that never comes, and the client answers no PING.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    // HPACK: :method POST, :scheme http, :path /upload, :authority a.
+    let block = b"\x83\x86\x04\x07/upload\x01\x01a";
+    frames.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x4, 0, 0, 0, 1]);
+    frames.extend_from_slice(block);
+    stalled.write_all(&frames).await.unwrap();
+    let mut taken = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut taken));
+    assert!(
+        closed.await.is_ok(),
+        "a silent client's upload does not hold the connection"
+    );
 }

@@ -15,6 +15,8 @@ use http_body::{Body, Frame, SizeHint};
 use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEnd, StreamEndWatch, head_outcome};
 use periscope_context::{AnsweredError, HexId, RequestContext, RequestId, SpanId, TraceId};
 use pin_project::{pin_project, pinned_drop};
+
+use crate::peer_text::PeerText;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::{Level, Span};
@@ -492,13 +494,14 @@ impl RequestInfo {
         let (request_id, trace_id, span_id) = self.ids();
         let trace_id = trace_id.as_ref().map(HexId::as_str);
         let span_id = span_id.as_ref().map(HexId::as_str);
+        let peer = self.peer.map(PeerText::new);
         let _entered = self.span.enter();
         access_event!(
             self.level(true),
             method = self.method.as_str(),
             route = self.route.as_ref().map(Route::as_str),
             path = self.path.as_str(),
-            peer = self.peer.as_ref().map(tracing::field::display),
+            peer = peer.as_ref().map(PeerText::as_str),
             duration_ms = self.duration_ms(),
             error,
             request_id,
@@ -575,13 +578,14 @@ impl RequestInfo {
         let (request_id, trace_id, span_id) = self.ids();
         let trace_id = trace_id.as_ref().map(HexId::as_str);
         let span_id = span_id.as_ref().map(HexId::as_str);
+        let peer = self.peer.map(PeerText::new);
         let _entered = self.span.enter();
         access_event!(
             level,
             method = self.method.as_str(),
             route = self.route.as_ref().map(Route::as_str),
             path = self.path.as_str(),
-            peer = self.peer.as_ref().map(tracing::field::display),
+            peer = peer.as_ref().map(PeerText::as_str),
             status = status.map(|status| status.as_u16()),
             grpc_status = grpc.map(GrpcCode::value),
             error_code,

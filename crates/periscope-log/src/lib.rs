@@ -36,6 +36,7 @@ mod filter;
 mod json;
 mod layer;
 mod mask;
+mod peer_text;
 mod recent;
 mod redact;
 mod timestamp;

@@ -1,7 +1,7 @@
 //! Masking the secrets of configuration values and free text shown to operators: the values
 //! of sensitive keys (by [`Redactor::is_sensitive`]), the password of `scheme://user:password@host`
 //! and the values of sensitive query parameters (`?api_key=...`), sensitive `key=value` pairs,
-//! and a JSON document held in a string, masked inside as the log lines mask it.
+//! and a string that is a JSON document, masked inside as the log lines mask it.
 
 use serde_json::Value;
 
@@ -31,10 +31,12 @@ impl Redactor {
 
     /// `text` with its secrets masked, or `None` when it holds none: the password of
     /// `scheme://user:password@host` (the user too when alone: a token), the values of
-    /// sensitive query parameters (`?api_key=`), of sensitive `key=value` pairs (libpq's
-    /// `password=`, ADO's `Password=...;`), and of sensitive keys of a JSON document held in
-    /// the text. For free text that may hold a connection string: an error message, a value
-    /// that failed to parse.
+    /// sensitive query parameters (`?api_key=`) and `key=value` pairs (libpq's `password=`,
+    /// ADO's `Password=...;`), and, when the whole text is a JSON document, the values of its
+    /// sensitive keys. For free text that may hold a connection string: an error message, a
+    /// value that failed to parse. In free text a key names a secret when it ends with a
+    /// sensitive word (`db_password`, `api_token`, `credentials`, `session_id`), not when it
+    /// merely holds one as a field name does: `token_count=12` and `tokenizer=llama3` stay.
     ///
     /// ```
     /// use periscope_log::Redactor;
@@ -107,10 +109,18 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
             .take_while(|&&b| is_key_char(b))
             .count();
         let key = &text[at - key_len..at];
-        if key.is_empty() || !redactor.is_sensitive(key) {
+        if key.is_empty() || !redactor.names_a_secret(key) {
             continue;
         }
         let value_start = at + 1;
+        // Checked before looking for the value's end: a text of many parameters the URL rules
+        // masked would otherwise be scanned again from each of them (quadratic time).
+        if text[value_start..]
+            .trim_start_matches(['\'', '"'])
+            .starts_with(REDACTED)
+        {
+            continue; // masked as part of a URL already
+        }
         let value_end = match bytes.get(value_start) {
             Some(&quote @ (b'\'' | b'"')) => {
                 closing_quote(bytes, value_start + 1, quote).map_or(text.len(), |close| close + 1)
@@ -119,12 +129,6 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
                 .find(|c: char| c.is_whitespace() || c == ';')
                 .map_or(text.len(), |end| value_start + end),
         };
-        if text[value_start..value_end]
-            .trim_start_matches(['\'', '"'])
-            .starts_with(REDACTED)
-        {
-            continue; // masked as part of a URL already
-        }
         out.push_str(&text[copied..value_start]);
         out.push_str(REDACTED);
         copied = value_end;
@@ -211,7 +215,16 @@ fn url_starts(text: &str) -> Vec<usize> {
 /// than letting a password holding `/`, `?` or `#` through.
 fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
-    let (credentials, rest) = match rest.rsplit_once('@') {
+    // Where user information can end: at the URL's last `@` when the authority starts like
+    // `user:password` (an unencoded password may hold `/`, `?` or `#`), else within the
+    // authority (`token@host`): an `@` in a path (`/users/@me`) is not one.
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo_end = if authority.contains(':') {
+        rest.rfind('@')
+    } else {
+        authority.rfind('@')
+    };
+    let (credentials, rest) = match userinfo_end.map(|at| (&rest[..at], &rest[at + 1..])) {
         Some((userinfo, rest)) => {
             let masked = match userinfo.split_once(':') {
                 Some((user, _password)) => format!("{user}:{REDACTED}@"),
@@ -232,7 +245,7 @@ fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
             _ => (piece, ""),
         };
         match pair.split_once('=') {
-            Some((key, _)) if i > 0 && redactor.is_sensitive(key) => {
+            Some((key, _)) if i > 0 && redactor.names_a_secret(key) => {
                 changed = true;
                 out.push_str(key);
                 out.push('=');
@@ -361,6 +374,55 @@ mod tests {
         let mut value = json!("https://h/x?api_key=HUNTER6&team=core");
         redactor.mask_value(&mut value);
         assert_eq!(value, "https://h/x?api_key=[REDACTED]&team=core");
+    }
+
+    /// In free text a key names a secret when it ends with a sensitive word: the figures and
+    /// names that only hold one stay readable.
+    #[test]
+    fn ordinary_pairs_and_paths_stay_readable() {
+        let redactor = Redactor::default();
+        for text in [
+            "token_count=9000 max=8192",
+            "tokenizer=llama3 not loaded",
+            "num_tokens=12 session_count=3 cookie_jar_size=0 secrets_loaded=false",
+            "status=503",
+            "GET https://api.example.com/v1/users/@me failed: 503",
+            "https://h/x?tokenizer=bpe",
+        ] {
+            assert_eq!(redactor.mask_text(text), None, "{text}");
+        }
+        for (text, masked) in [
+            (
+                "db_password=a api_token=b",
+                "db_password=[REDACTED] api_token=[REDACTED]",
+            ),
+            (
+                "credentials=c session_id=d",
+                "credentials=[REDACTED] session_id=[REDACTED]",
+            ),
+            ("X-API-Key=e", "X-API-Key=[REDACTED]"),
+            (
+                "https://ghp_x@github.com/org/@me",
+                "https://[REDACTED]@github.com/org/@me",
+            ),
+        ] {
+            assert_eq!(redactor.mask_text(text).as_deref(), Some(masked), "{text}");
+        }
+    }
+
+    /// A megabyte of masked query parameters, or of pairs, is masked whole. (Masking rescanned
+    /// the rest of the text after each parameter: this took minutes, where it now takes a
+    /// few copies of the text.)
+    #[test]
+    fn a_megabyte_of_parameters_or_pairs_is_masked_whole() {
+        let redactor = Redactor::default();
+        let parameters = format!("https://h/x?{}", "token=a&".repeat(1 << 17));
+        let masked = redactor.mask_text(&parameters).unwrap();
+        assert_eq!(masked.matches("token=[REDACTED]&").count(), 1 << 17);
+        let pairs = "token=[REDACTED] password=b ".repeat(1 << 15);
+        let masked = redactor.mask_text(&pairs).unwrap();
+        assert_eq!(masked.matches(REDACTED).count(), 1 << 16);
+        assert!(!masked.contains("=b"));
     }
 
     #[test]

@@ -118,6 +118,15 @@ impl RecentLogs {
             return;
         }
         let error = level == Level::ERROR;
+        // A line of another level that cannot fit beside the reserved error lines is refused
+        // before anything is evicted for it.
+        if !error
+            && ring.error_lines <= ring.reserve_lines
+            && ring.error_bytes <= ring.reserve_bytes
+            && ring.error_bytes + line.len() > ring.max_bytes
+        {
+            return;
+        }
         // Reuse the evicted line's allocation: no allocation in the steady state.
         let mut reused = None;
         while ring.lines.len() >= ring.max_lines || ring.bytes + line.len() > ring.max_bytes {
@@ -376,6 +385,20 @@ mod tests {
         assert_eq!(contents(&small), [(Level::ERROR, "e".repeat(20))]);
         small.push(Level::ERROR, &[b'E'; 90]);
         assert_eq!(contents(&small), [(Level::ERROR, "E".repeat(90))]);
+        // Refused before anything is evicted for it: the lines already there stay.
+        let small = RecentLogs::new(8, 100, true);
+        small.push(Level::INFO, b"i1");
+        small.push(Level::WARN, b"w2");
+        small.push(Level::ERROR, &[b'e'; 20]);
+        small.push(Level::INFO, &[b'i'; 90]);
+        assert_eq!(
+            contents(&small),
+            [
+                (Level::INFO, "i1".to_owned()),
+                (Level::WARN, "w2".to_owned()),
+                (Level::ERROR, "e".repeat(20))
+            ]
+        );
     }
 
     #[test]

@@ -154,6 +154,26 @@ impl Redactor {
         self.inner.matches(&buf[..len])
     }
 
+    /// Whether `key`, written in free text (`key=value`, a query parameter), names a secret:
+    /// it ends with a sensitive word, or its plural or `id` form (`db_password`, `api_token`,
+    /// `credentials`, `session_id`). A field name counts when it holds one anywhere
+    /// ([`is_sensitive`](Self::is_sensitive)); in prose that would hide `token_count=12`,
+    /// `tokenizer=llama3` or `secrets_loaded=false`.
+    pub(crate) fn names_a_secret(&self, key: &str) -> bool {
+        if !self.is_sensitive(key) {
+            return false;
+        }
+        let mut normalized = Vec::with_capacity(key.len());
+        normalize_into(key, &mut normalized);
+        self.inner.fragments.iter().any(|fragment| {
+            let fragment: &[u8] = fragment;
+            normalized.strip_suffix(b"id".as_slice()).unwrap_or(&normalized).ends_with(fragment)
+                // `tokens` counts them (`num_tokens`).
+                || (fragment != b"token".as_slice()
+                    && normalized.strip_suffix(b"s".as_slice()).is_some_and(|k| k.ends_with(fragment)))
+        })
+    }
+
     /// Whether `text` contains a sensitive fragment anywhere (in the normalised form, made in
     /// `scratch`): for structured text that could not be redacted key by key.
     pub(crate) fn mentions_sensitive_key(&self, text: &str, scratch: &mut Vec<u8>) -> bool {
