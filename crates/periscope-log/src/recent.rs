@@ -207,15 +207,25 @@ impl Ring {
     fn evict(&mut self, for_error: bool) -> Option<Vec<u8>> {
         let within_reserve =
             self.error_lines <= self.reserve_lines && self.error_bytes <= self.reserve_bytes;
-        // Past the reserve, the oldest error lines are not among the newest that fit in it:
-        // the oldest line goes, whatever its level. Within it, the oldest line of another level
-        // goes; the error lines before it number at most `reserve_lines`.
-        let index = if for_error || !within_reserve {
-            0
-        } else {
+        let other_line = || {
             self.lines
                 .iter()
-                .position(|(level, _)| *level != Level::ERROR)?
+                .position(|(level, _)| *level != Level::ERROR)
+        };
+        // Past the reserve, the oldest error lines are not among the newest that fit in it:
+        // the oldest line goes, whatever its level. Within it, the oldest line of another level
+        // goes, for an error line too while one more still fits the reserve; the error lines
+        // before it number at most `reserve_lines`.
+        let index = if !within_reserve {
+            0
+        } else if for_error {
+            if self.error_lines < self.reserve_lines {
+                other_line().unwrap_or(0)
+            } else {
+                0
+            }
+        } else {
+            other_line()?
         };
         let (level, old) = self.lines.remove(index)?;
         self.bytes -= old.len();
@@ -385,6 +395,22 @@ mod tests {
         assert_eq!(contents(&small), [(Level::ERROR, "e".repeat(20))]);
         small.push(Level::ERROR, &[b'E'; 90]);
         assert_eq!(contents(&small), [(Level::ERROR, "E".repeat(90))]);
+        // An error line pushes out a line of another level while the errors fit the reserve.
+        let recent = RecentLogs::new(8, 1000, true);
+        recent.push(Level::ERROR, b"E1");
+        for _ in 0..7 {
+            recent.push(Level::INFO, b"i");
+        }
+        recent.push(Level::ERROR, b"E2");
+        for _ in 0..10 {
+            recent.push(Level::WARN, b"w");
+        }
+        let errors: Vec<String> = recent
+            .lines(10, Some(Level::ERROR))
+            .into_iter()
+            .map(|line| line.text)
+            .collect();
+        assert_eq!(errors, ["E1", "E2"]);
         // Refused before anything is evicted for it: the lines already there stay.
         let small = RecentLogs::new(8, 100, true);
         small.push(Level::INFO, b"i1");
