@@ -34,9 +34,10 @@ impl Redactor {
     /// sensitive query parameters (`?api_key=`) and `key=value` pairs (libpq's `password=`,
     /// ADO's `Password=...;`), and, when the whole text is a JSON document, the values of its
     /// sensitive keys. For free text that may hold a connection string: an error message, a
-    /// value that failed to parse. In free text a key names a secret when it ends with a
-    /// sensitive word (`db_password`, `api_token`, `credentials`, `session_id`), not when it
-    /// merely holds one as a field name does: `token_count=12` and `tokenizer=llama3` stay.
+    /// value that failed to parse. In free text a key names a secret when a sensitive word ends
+    /// it or is followed only by `id`, `key`, `access_key`, `value` or `hash` (`db_password`,
+    /// `api_token`, `credentials`, `session_id`, `secret_key`), not when it merely holds one
+    /// as a field name does: `token_count=12` and `tokenizer=llama3` stay.
     ///
     /// ```
     /// use periscope_log::Redactor;
@@ -401,6 +402,14 @@ mod tests {
                 "credentials=[REDACTED] session_id=[REDACTED]",
             ),
             ("X-API-Key=e", "X-API-Key=[REDACTED]"),
+            (
+                "SECRET_KEY=f aws_secret_access_key=g",
+                "SECRET_KEY=[REDACTED] aws_secret_access_key=[REDACTED]",
+            ),
+            (
+                "refresh_token=h client_secret=i sessionid=j",
+                "refresh_token=[REDACTED] client_secret=[REDACTED] sessionid=[REDACTED]",
+            ),
             (
                 "https://ghp_x@github.com/org/@me",
                 "https://[REDACTED]@github.com/org/@me",

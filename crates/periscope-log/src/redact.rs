@@ -155,11 +155,14 @@ impl Redactor {
     }
 
     /// Whether `key`, written in free text (`key=value`, a query parameter), names a secret:
-    /// it ends with a sensitive word, or its plural or `id` form (`db_password`, `api_token`,
-    /// `credentials`, `session_id`). A field name counts when it holds one anywhere
-    /// ([`is_sensitive`](Self::is_sensitive)); in prose that would hide `token_count=12`,
-    /// `tokenizer=llama3` or `secrets_loaded=false`.
+    /// a sensitive word ends it, or is followed only by what names a secret's parts
+    /// (`db_password`, `api_token`, `credentials`, `session_id`, `secret_key`,
+    /// `aws_secret_access_key`, `cookie_value`, `password_hash`). A field name counts when it
+    /// holds one anywhere ([`is_sensitive`](Self::is_sensitive)); in prose that would hide
+    /// `token_count=12`, `tokenizer=llama3` or `secrets_loaded=false`.
     pub(crate) fn names_a_secret(&self, key: &str) -> bool {
+        /// What may follow a sensitive word in a key that names a secret.
+        const TAILS: &[&[u8]] = &[b"", b"id", b"key", b"accesskey", b"value", b"hash"];
         if !self.is_sensitive(key) {
             return false;
         }
@@ -167,10 +170,14 @@ impl Redactor {
         normalize_into(key, &mut normalized);
         self.inner.fragments.iter().any(|fragment| {
             let fragment: &[u8] = fragment;
-            normalized.strip_suffix(b"id".as_slice()).unwrap_or(&normalized).ends_with(fragment)
-                // `tokens` counts them (`num_tokens`).
-                || (fragment != b"token".as_slice()
-                    && normalized.strip_suffix(b"s".as_slice()).is_some_and(|k| k.ends_with(fragment)))
+            (0..normalized.len()).any(|at| {
+                let Some(tail) = normalized[at..].strip_prefix(fragment) else {
+                    return false;
+                };
+                TAILS.contains(&tail)
+                    // A plural (`credentials`); `tokens` counts them (`num_tokens`).
+                    || (tail == b"s" && fragment != b"token".as_slice())
+            })
         })
     }
 
