@@ -170,14 +170,14 @@ impl Redactor {
         normalize_into(key, &mut normalized);
         self.inner.fragments.iter().any(|fragment| {
             let fragment: &[u8] = fragment;
-            (0..normalized.len()).any(|at| {
-                let Some(tail) = normalized[at..].strip_prefix(fragment) else {
-                    return false;
-                };
-                TAILS.contains(&tail)
-                    // A plural (`credentials`); `tokens` counts them (`num_tokens`).
-                    || (tail == b"s" && fragment != b"token".as_slice())
-            })
+            let before = |tail: &[u8]| {
+                normalized
+                    .strip_suffix(tail)
+                    .is_some_and(|rest| rest.ends_with(fragment))
+            };
+            TAILS.iter().any(|tail| before(tail))
+                // A plural (`credentials`); `tokens` counts them (`num_tokens`).
+                || (fragment != b"token".as_slice() && before(b"s"))
         })
     }
 
