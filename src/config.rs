@@ -98,10 +98,12 @@ impl ConfigError {
         } else {
             redactor.mask_text(&raw).unwrap_or_else(|| raw.clone())
         };
-        // The reason may quote the value (a log directive that is not one), or a part of it.
+        // The reason may quote the value (a log directive that is not one), or a part of it
+        // that the masking hid (`"hunter2" is not a log level` for `token=hunter2`).
         let mut expected = expected.into();
         if !raw.is_empty() && value != raw {
             expected = expected.replace(&raw, &value);
+            expected = hide_quoted_parts(&expected, &raw, &value);
         }
         let expected = redactor.mask_text(&expected).unwrap_or(expected);
         Self {
@@ -110,6 +112,29 @@ impl ConfigError {
             expected,
         }
     }
+}
+
+/// `reason` with each quoted part (`"..."`) that the raw value holds but its masked form does
+/// not replaced by `[REDACTED]`.
+fn hide_quoted_parts(reason: &str, raw: &str, masked: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = reason;
+    while let Some(open) = rest.find('"') {
+        let Some(close) = rest[open + 1..].find('"').map(|at| open + 1 + at) else {
+            break;
+        };
+        let quoted = &rest[open + 1..close];
+        out.push_str(&rest[..=open]);
+        if !quoted.is_empty() && raw.contains(quoted) && !masked.contains(quoted) {
+            out.push_str(periscope_log::REDACTED);
+        } else {
+            out.push_str(quoted);
+        }
+        out.push('"');
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl From<periscope_log::ConfigError> for ConfigError {

@@ -123,6 +123,7 @@ mod tests {
                 "host=db password=hunter2",
                 "\"db password=hunter2\" is not a log level",
             ),
+            ("info,token=hunter2x", "\"hunter2x\" is not a log level"),
         ] {
             let error = ConfigError::new("LOG_LEVEL", value, reason);
             assert!(!error.to_string().contains("hunter2"), "{error}");

@@ -22,6 +22,10 @@ use tokio::sync::{Notify, watch};
 
 use crate::write_stall::WriteStallGuard;
 
+/// The fewest bytes the client must take in a write timeout while an answer waits on it: the
+/// server's own PINGs and acknowledgements are a few dozen.
+const MIN_PROGRESS: u64 = 1024;
+
 /// A year stands for "never" in the connection's timers (`Duration::MAX` would overflow the
 /// clock).
 const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -81,7 +85,7 @@ pub(crate) struct Http2Limits {
 /// taken nothing of for the write timeout closes it at once, as a stalled write does in
 /// HTTP/1.1.
 pub(crate) async fn serve_http2<S, B>(
-    io: TokioIo<WriteStallGuard<TcpStream>>,
+    stream: TcpStream,
     service: S,
     drain: Option<DrainHandle>,
     limits: Http2Limits,
@@ -95,6 +99,12 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    // The bytes the client took: what tells an answer waiting on a stalled client from one
+    // draining to a slow reader (hyper holds a whole chunk until the window lets it out).
+    let written = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(
+        WriteStallGuard::new(stream, limits.write_timeout).counting(Arc::clone(&written)),
+    );
     let streams = Arc::new(Streams::new());
     let service = TrackStreams {
         inner: service,
@@ -114,9 +124,13 @@ where
     tokio::pin!(connection);
     // `Duration::MAX` is "never".
     let write_check = (limits.write_timeout != Duration::MAX).then_some(limits.write_timeout);
-    let stalled = || {
+    // Bytes the client took since the last tick of each timer.
+    let mut written_for_write = Progress::new(&written);
+    let mut written_for_idle = Progress::new(&written);
+    let mut stalled = || {
+        let moved = written_for_write.moved();
         write_check.is_some_and(|timeout| {
-            let stalled = streams.waits_for_client_longer_than(timeout);
+            let stalled = !moved && streams.waits_for_client_longer_than(timeout);
             if stalled {
                 tracing::debug!(
                     timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
@@ -139,9 +153,12 @@ where
             _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => break,
             () = streams.retire.notified() => break,
             _ = idle_ticks.tick() => {
-                // Idle: no stream opened or finished for a whole timeout, and none open.
+                // Idle: no stream opened or finished for a whole timeout, none open, and
+                // nothing sent (an answer whose body is done may still be draining from
+                // hyper's buffers).
                 let now = streams.events.load(Ordering::Relaxed);
-                if now == seen && streams.open.load(Ordering::Relaxed) == 0 {
+                let moved = written_for_idle.moved();
+                if now == seen && !moved && streams.open.load(Ordering::Relaxed) == 0 {
                     break;
                 }
                 seen = now;
@@ -153,17 +170,44 @@ where
     }
     connection.as_mut().graceful_shutdown();
     // The connection closes once the client acknowledges the GOAWAY's PING: one that never
-    // does would hold it for good, so it is dropped once no stream is left.
+    // does would hold it for good, so it is dropped once no stream is left and nothing moves.
     loop {
         tokio::select! {
             result = connection.as_mut() => return result,
-            _ = idle_ticks.tick() => if streams.open.load(Ordering::Relaxed) == 0 {
-                return Ok(());
-            },
+            _ = idle_ticks.tick() => {
+                let moved = written_for_idle.moved();
+                if !moved && streams.open.load(Ordering::Relaxed) == 0 {
+                    return Ok(());
+                }
+            }
             _ = write_ticks.tick(), if write_check.is_some() => if stalled() {
                 return Ok(());
             },
         }
+    }
+}
+
+/// The bytes written on a connection, as one timer sees them.
+struct Progress<'a> {
+    written: &'a AtomicU64,
+    last: u64,
+}
+
+impl<'a> Progress<'a> {
+    fn new(written: &'a AtomicU64) -> Self {
+        Self {
+            written,
+            last: written.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the client took at least [`MIN_PROGRESS`] bytes since the last call: less is
+    /// the server's own PINGs and acknowledgements.
+    fn moved(&mut self) -> bool {
+        let now = self.written.load(Ordering::Relaxed);
+        let moved = now.saturating_sub(self.last) >= MIN_PROGRESS;
+        self.last = now;
+        moved
     }
 }
 
@@ -179,7 +223,8 @@ fn ticks(period: Duration) -> tokio::time::Interval {
 struct Streams {
     /// Streams opened or finished on the connection, ever: activity, for the idle timeout.
     events: AtomicU64,
-    /// Requests whose answer has not been sent whole (or dropped) yet.
+    /// Requests whose answer's body hyper still holds (it may keep sending a last chunk from
+    /// its own buffers after dropping the body: the bytes written tell that).
     open: AtomicUsize,
     /// Told when an answer went out while the service drains: the connection is retired.
     retire: Notify,

@@ -127,7 +127,9 @@ impl Server {
     /// feature a new connection first has this long to send its first bytes (which tell HTTP/2
     /// from HTTP/1.1), then an HTTP/1.1 one this long again for the rest of its first head; an
     /// HTTP/2 connection with no stream for it (checked on a tick of this period, so after one
-    /// to two periods) is closed.
+    /// to two periods) is closed, and one that sends no frame for it is sent a PING and closed
+    /// when that goes unanswered as long: a client paused for over twice this long is cut off,
+    /// mid-stream too.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout.max(Duration::from_millis(1));
         self
@@ -238,9 +240,8 @@ impl Server {
                                 max_header_size,
                                 write_timeout,
                             };
-                            let io = TokioIo::new(WriteStallGuard::new(stream, write_timeout));
                             let served =
-                                crate::http2::serve_http2(io, service, drain, limits, stopping);
+                                crate::http2::serve_http2(stream, service, drain, limits, stopping);
                             if let Err(error) = served.await {
                                 rejected.connection_failed(&error, peer);
                             }

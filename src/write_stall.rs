@@ -3,6 +3,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +30,8 @@ pub(crate) struct WriteStallGuard<S> {
     clock: Option<Pin<Box<Sleep>>>,
     /// Whether a write is waiting (the clock runs).
     waiting: bool,
+    /// Bytes written, counted for an HTTP/2 connection (see [`counting`](Self::counting)).
+    written: Option<Arc<AtomicU64>>,
 }
 
 impl<S> WriteStallGuard<S> {
@@ -37,6 +41,22 @@ impl<S> WriteStallGuard<S> {
             timeout,
             clock: None,
             waiting: false,
+            written: None,
+        }
+    }
+
+    /// Counts the bytes written into `written`: an HTTP/2 connection's answers may wait on the
+    /// client's flow-control window with nothing to write, which the stall clock cannot see,
+    /// and the count tells such a wait from a slow but steady reader.
+    #[cfg(feature = "http2")]
+    pub(crate) fn counting(mut self, written: Arc<AtomicU64>) -> Self {
+        self.written = Some(written);
+        self
+    }
+
+    fn count(&self, result: &Poll<io::Result<usize>>) {
+        if let (Some(written), Poll::Ready(Ok(bytes))) = (&self.written, result) {
+            written.fetch_add(*bytes as u64, Ordering::Relaxed);
         }
     }
 }
@@ -84,19 +104,27 @@ impl<S: AsyncRead> AsyncRead for WriteStallGuard<S> {
 
 impl<S: AsyncWrite> AsyncWrite for WriteStallGuard<S> {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.guarded(cx, |inner, cx| inner.poll_write(cx, buf))
+        let result = self
+            .as_mut()
+            .guarded(cx, |inner, cx| inner.poll_write(cx, buf));
+        self.count(&result);
+        result
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.guarded(cx, |inner, cx| inner.poll_write_vectored(cx, bufs))
+        let result = self
+            .as_mut()
+            .guarded(cx, |inner, cx| inner.poll_write_vectored(cx, bufs));
+        self.count(&result);
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1592,6 +1592,34 @@ async fn the_server_closes_http2_connections_held_by_doing_nothing() {
             .serve(app, std::future::pending()),
     );
 
+    // A slow but steady reader, 64 KiB of window at a time, takes the whole 1 MiB answer
+    // (handed to hyper in one chunk, which it keeps until the window lets it all out) over
+    // several write timeouts: not cut.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .adaptive_window(false)
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender.ready().await.unwrap();
+    let request = http::Request::get("http://a/big")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let mut body = sender.send_request(request).await.unwrap().into_body();
+    let (mut taken, started) = (0, std::time::Instant::now());
+    while let Some(frame) = body.frame().await {
+        taken += frame.unwrap().into_data().map_or(0, |data| data.len());
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    assert_eq!(taken, 1 << 20);
+    assert!(
+        started.elapsed() > Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+
     // A window of 0 for every stream: the answer's head comes, its body never can.
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())

@@ -126,9 +126,23 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
             Some(&quote @ (b'\'' | b'"')) => {
                 closing_quote(bytes, value_start + 1, quote).map_or(text.len(), |close| close + 1)
             }
-            _ => text[value_start..]
-                .find(|c: char| c.is_whitespace() || c == ';')
-                .map_or(text.len(), |end| value_start + end),
+            _ => {
+                let word_end = |from: usize| {
+                    text[from..]
+                        .find(|c: char| c.is_whitespace() || c == ';')
+                        .map_or(text.len(), |end| from + end)
+                };
+                let end = word_end(value_start);
+                // `authorization=Bearer <token>`: the credentials follow the scheme's name.
+                let scheme = &text[value_start..end];
+                if AUTH_SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme))
+                    && text[end..].starts_with(' ')
+                {
+                    word_end(end + 1)
+                } else {
+                    end
+                }
+            }
         };
         out.push_str(&text[copied..value_start]);
         out.push_str(REDACTED);
@@ -140,6 +154,9 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
     out.push_str(&text[copied..]);
     Some(out)
 }
+
+/// Authorization schemes whose credentials follow their name and a space.
+const AUTH_SCHEMES: &[&str] = &["Bearer", "Basic", "Token", "Digest", "Negotiate", "ApiKey"];
 
 /// Where the quoted value starting at `from` ends: its `quote` not escaped by a `\`.
 fn closing_quote(bytes: &[u8], from: usize, quote: u8) -> Option<usize> {
@@ -216,15 +233,7 @@ fn url_starts(text: &str) -> Vec<usize> {
 /// than letting a password holding `/`, `?` or `#` through.
 fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
-    // Where user information can end: at the URL's last `@` when the authority starts like
-    // `user:password` (an unencoded password may hold `/`, `?` or `#`), else within the
-    // authority (`token@host`): an `@` in a path (`/users/@me`) is not one.
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo_end = if authority.contains(':') {
-        rest.rfind('@')
-    } else {
-        authority.rfind('@')
-    };
+    let userinfo_end = userinfo_end(rest);
     let (credentials, rest) = match userinfo_end.map(|at| (&rest[..at], &rest[at + 1..])) {
         Some((userinfo, rest)) => {
             let masked = match userinfo.split_once(':') {
@@ -257,6 +266,50 @@ fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
         out.push_str(delimiter);
     }
     changed.then_some(out)
+}
+
+/// Where the user information of a URL (after its `scheme://`) ends, if it has any: at the
+/// URL's last `@` when the authority starts like `user:password` (an unencoded password may
+/// hold `/`, `?` or `#`; a port or an IPv6 address is not a password); else at an `@` in the
+/// authority (`token@host`); else at the first `@` that follows something other than `/` and
+/// comes before a host name (a token holding `/`). An `@` starting a path segment
+/// (`/users/@me`) is not one.
+fn userinfo_end(rest: &str) -> Option<usize> {
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if has_password(authority) {
+        return rest.rfind('@');
+    }
+    if let Some(at) = authority.rfind('@') {
+        return Some(at);
+    }
+    let at = rest.find('@')?;
+    let host = rest[at + 1..]
+        .split(['/', '?', '#', ':'])
+        .next()
+        .unwrap_or_default();
+    let is_host = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    (at > 0 && !rest[..at].ends_with('/') && is_host).then_some(at)
+}
+
+/// Whether an authority (up to the first `/`, `?` or `#`) starts like `user:password`: it has
+/// a `:` outside an IPv6 address's brackets that is not a port's (digits to its end).
+fn has_password(authority: &str) -> bool {
+    let mut in_brackets = false;
+    for (at, c) in authority.char_indices() {
+        match c {
+            '[' => in_brackets = true,
+            ']' => in_brackets = false,
+            ':' if !in_brackets => {
+                let after = &authority[at + 1..];
+                return !after.bytes().all(|b| b.is_ascii_digit());
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -361,6 +414,10 @@ mod tests {
                 "password=[REDACTED] user=app",
             ),
             ("api_key=HUNTER5", "api_key=[REDACTED]"),
+            (
+                "authorization=Bearer HUNTER10 next",
+                "authorization=[REDACTED] next",
+            ),
         ] {
             assert_eq!(
                 mask_key_values(text, &redactor).as_deref(),
@@ -385,9 +442,12 @@ mod tests {
         for text in [
             "token_count=9000 max=8192",
             "tokenizer=llama3 not loaded",
-            "num_tokens=12 session_count=3 cookie_jar_size=0 secrets_loaded=false",
+            "num_tokens=12 session_count=3 secrets_loaded=false password_min_length=8",
+            "token_ttl=60 secret_name=db-creds",
             "status=503",
             "GET https://api.example.com/v1/users/@me failed: 503",
+            "GET https://api.example.com:8443/v1/users/@me failed: 503",
+            "http://[::1]:8080/users/@me",
             "https://h/x?tokenizer=bpe",
         ] {
             assert_eq!(redactor.mask_text(text), None, "{text}");
@@ -411,8 +471,26 @@ mod tests {
                 "refresh_token=[REDACTED] client_secret=[REDACTED] sessionid=[REDACTED]",
             ),
             (
+                "SECRET_KEY_BASE=k credentials_json=l private_key_pem=m password_b64=n",
+                "SECRET_KEY_BASE=[REDACTED] credentials_json=[REDACTED] \
+                 private_key_pem=[REDACTED] password_b64=[REDACTED]",
+            ),
+            (
+                "DB_PASSWORD_2=o api_token_v2=p tokens=q auth_tokens=r set_cookie_header=s",
+                "DB_PASSWORD_2=[REDACTED] api_token_v2=[REDACTED] tokens=[REDACTED] \
+                 auth_tokens=[REDACTED] set_cookie_header=[REDACTED]",
+            ),
+            (
                 "https://ghp_x@github.com/org/@me",
                 "https://[REDACTED]@github.com/org/@me",
+            ),
+            (
+                "https://ab/cd+ef@github.com/org/repo.git",
+                "https://[REDACTED]@github.com/org/repo.git",
+            ),
+            (
+                "https://us/er:hunter2@host/x",
+                "https://us/er:[REDACTED]@host/x",
             ),
         ] {
             assert_eq!(redactor.mask_text(text).as_deref(), Some(masked), "{text}");

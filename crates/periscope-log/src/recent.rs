@@ -118,12 +118,11 @@ impl RecentLogs {
             return;
         }
         let error = level == Level::ERROR;
-        // A line of another level that cannot fit beside the reserved error lines is refused
-        // before anything is evicted for it.
+        // A line of another level that cannot fit beside the error lines eviction keeps is
+        // refused before anything is evicted for it.
         if !error
-            && ring.error_lines <= ring.reserve_lines
-            && ring.error_bytes <= ring.reserve_bytes
             && ring.error_bytes + line.len() > ring.max_bytes
+            && ring.kept_error_bytes() + line.len() > ring.max_bytes
         {
             return;
         }
@@ -204,6 +203,26 @@ impl RecentLogs {
 impl Ring {
     /// Removes the oldest line that a new line (an `error` line when `for_error`) may push
     /// out, and returns its text; `None` when every line left is a reserved error line.
+    /// The bytes of the error lines that evicting for a line of another level keeps: the
+    /// newest ones within the reserve (eviction takes the oldest first while the errors are
+    /// past it).
+    fn kept_error_bytes(&self) -> usize {
+        let (mut lines, mut bytes) = (0, 0);
+        for (_, text) in self
+            .lines
+            .iter()
+            .rev()
+            .filter(|(level, _)| *level == Level::ERROR)
+        {
+            if lines + 1 > self.reserve_lines || bytes + text.len() > self.reserve_bytes {
+                break;
+            }
+            lines += 1;
+            bytes += text.len();
+        }
+        bytes
+    }
+
     fn evict(&mut self, for_error: bool) -> Option<Vec<u8>> {
         let within_reserve =
             self.error_lines <= self.reserve_lines && self.error_bytes <= self.reserve_bytes;
@@ -411,6 +430,20 @@ mod tests {
             .map(|line| line.text)
             .collect();
         assert_eq!(errors, ["E1", "E2"]);
+        // Past the reserve too: the errors eviction would keep leave no room, so nothing goes.
+        let small = RecentLogs::new(5, 46, true);
+        small.push(Level::ERROR, &[b'e'; 7]);
+        small.push(Level::INFO, &[b'i'; 28]);
+        small.push(Level::ERROR, &[b'E'; 11]);
+        small.push(Level::DEBUG, &[b'd'; 37]);
+        assert_eq!(
+            contents(&small),
+            [
+                (Level::ERROR, "e".repeat(7)),
+                (Level::INFO, "i".repeat(28)),
+                (Level::ERROR, "E".repeat(11))
+            ]
+        );
         // Refused before anything is evicted for it: the lines already there stay.
         let small = RecentLogs::new(8, 100, true);
         small.push(Level::INFO, b"i1");

@@ -155,30 +155,78 @@ impl Redactor {
     }
 
     /// Whether `key`, written in free text (`key=value`, a query parameter), names a secret:
-    /// a sensitive word ends it, or is followed only by what names a secret's parts
-    /// (`db_password`, `api_token`, `credentials`, `session_id`, `secret_key`,
-    /// `aws_secret_access_key`, `cookie_value`, `password_hash`). A field name counts when it
-    /// holds one anywhere ([`is_sensitive`](Self::is_sensitive)); in prose that would hide
-    /// `token_count=12`, `tokenizer=llama3` or `secrets_loaded=false`.
+    /// a sensitive key ([`is_sensitive`](Self::is_sensitive)) unless what follows its last
+    /// sensitive word says it is about a secret, not one (`token_count`, `tokenizer`,
+    /// `password_min_length`, `secrets_loaded`, `secret_name`, `num_tokens`). Anything else
+    /// counts (`secret_key_base`, `db_password_2`, `auth_tokens`): masking a figure now and then
+    /// beats showing a secret.
     pub(crate) fn names_a_secret(&self, key: &str) -> bool {
-        /// What may follow a sensitive word in a key that names a secret.
-        const TAILS: &[&[u8]] = &[b"", b"id", b"key", b"accesskey", b"value", b"hash"];
+        /// What, after a key's last sensitive word, makes it about a secret rather than one.
+        const ABOUT: &[&[u8]] = &[
+            b"count",
+            b"counts",
+            b"len",
+            b"length",
+            b"minlength",
+            b"maxlength",
+            b"ttl",
+            b"timeout",
+            b"expiry",
+            b"maxage",
+            b"url",
+            b"uri",
+            b"file",
+            b"path",
+            b"name",
+            b"domain",
+            b"store",
+            b"loaded",
+            b"enabled",
+            b"izer",
+            b"izers",
+            b"type",
+            b"size",
+            b"limit",
+        ];
+        /// Before `tokens`, what makes the key a count of tokens.
+        const COUNTED: &[&[u8]] = &[
+            b"num",
+            b"max",
+            b"total",
+            b"prompt",
+            b"completion",
+            b"input",
+            b"output",
+            b"used",
+            b"remaining",
+        ];
         if !self.is_sensitive(key) {
             return false;
         }
         let mut normalized = Vec::with_capacity(key.len());
         normalize_into(key, &mut normalized);
-        self.inner.fragments.iter().any(|fragment| {
+        // The last sensitive word: the occurrence that ends furthest right.
+        let mut last: Option<(usize, &[u8])> = None;
+        for fragment in &self.inner.fragments {
             let fragment: &[u8] = fragment;
-            let before = |tail: &[u8]| {
-                normalized
-                    .strip_suffix(tail)
-                    .is_some_and(|rest| rest.ends_with(fragment))
-            };
-            TAILS.iter().any(|tail| before(tail))
-                // A plural (`credentials`); `tokens` counts them (`num_tokens`).
-                || (fragment != b"token".as_slice() && before(b"s"))
-        })
+            for start in 0..normalized.len() {
+                if normalized[start..].starts_with(fragment)
+                    && last.is_none_or(|(at, word)| start + fragment.len() > at + word.len())
+                {
+                    last = Some((start, fragment));
+                }
+            }
+        }
+        let Some((start, word)) = last else {
+            return true;
+        };
+        let tail = &normalized[start + word.len()..];
+        // A plural before it (`secrets_loaded`).
+        let about = |tail: &[u8]| ABOUT.contains(&tail);
+        let counted = word == b"token".as_slice()
+            && tail == b"s".as_slice()
+            && COUNTED.contains(&&normalized[..start]);
+        !(about(tail) || tail.strip_prefix(b"s".as_slice()).is_some_and(about) || counted)
     }
 
     /// Whether `text` contains a sensitive fragment anywhere (in the normalised form, made in
