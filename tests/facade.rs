@@ -1346,13 +1346,29 @@ async fn http2_connection(
     hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
     tokio::task::JoinHandle<()>,
 ) {
+    http2_connection_with_window(addr, None).await
+}
+
+/// [`http2_connection`], with the stream window given (fixed) instead of hyper's.
+#[cfg(feature = "http2")]
+async fn http2_connection_with_window(
+    addr: SocketAddr,
+    window: Option<u32>,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, connection) = hyper::client::conn::http2::handshake(
-        TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    if let Some(window) = window {
+        builder
+            .initial_stream_window_size(window)
+            .adaptive_window(false);
+    }
+    let (sender, connection) = builder
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
     let driven = tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -1595,14 +1611,7 @@ async fn the_server_closes_http2_connections_held_by_doing_nothing() {
     // A slow but steady reader, 64 KiB of window at a time, takes the whole 1 MiB answer
     // (handed to hyper in one chunk, which it keeps until the window lets it all out) over
     // several write timeouts: not cut.
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(65_535)
-        .adaptive_window(false)
-        .handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (mut sender, _driven) = http2_connection_with_window(addr, Some(65_535)).await;
     sender.ready().await.unwrap();
     let request = http::Request::get("http://a/big")
         .body(Empty::<Bytes>::new())
@@ -1621,16 +1630,7 @@ async fn the_server_closes_http2_connections_held_by_doing_nothing() {
     );
 
     // A window of 0 for every stream: the answer's head comes, its body never can.
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .adaptive_window(false)
-        .handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
-    let driven = tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let (mut sender, driven) = http2_connection_with_window(addr, Some(0)).await;
     sender.ready().await.unwrap();
     let request = http::Request::get("http://a/big")
         .body(Empty::<Bytes>::new())
