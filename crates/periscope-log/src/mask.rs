@@ -1,7 +1,8 @@
 //! Masking the secrets of configuration values and free text shown to operators: the values
 //! of sensitive keys (by [`Redactor::is_sensitive`]), the password of `scheme://user:password@host`
 //! and the values of sensitive query parameters (`?api_key=...`), sensitive `key=value` pairs,
-//! and a string that is a JSON document, masked inside as the log lines mask it.
+//! credential headers quoted in a text, and JSON held in a string, masked inside as the log
+//! lines mask it.
 
 use serde_json::Value;
 
@@ -32,8 +33,9 @@ impl Redactor {
     /// `text` with its secrets masked, or `None` when it holds none: the password of
     /// `scheme://user:password@host` (the user too when alone: a token), the values of
     /// sensitive query parameters (`?api_key=`) and `key=value` pairs (libpq's `password=`,
-    /// ADO's `Password=...;`), and, when the whole text is a JSON document, the values of its
-    /// sensitive keys. For free text that may hold a connection string: an error message, a
+    /// ADO's `Password=...;`), of credential headers quoted in it (`Authorization: Bearer ...`,
+    /// `Cookie: ...`, to the end of the line), and of the sensitive keys of JSON objects in it
+    /// (a whole document, or a body quoted in an error: `failed: {"password": ...}`). For free text that may hold a connection string: an error message, a
     /// value that failed to parse. In free text a key names a secret when a sensitive word ends
     /// it or is followed only by `id`, `key`, `access_key`, `value` or `hash` (`db_password`,
     /// `api_token`, `credentials`, `session_id`, `secret_key`), not when it merely holds one
@@ -57,10 +59,112 @@ impl Redactor {
         if let Some(masked) = mask_json_in(text, self) {
             return Some(masked);
         }
-        let urls = mask_urls(text, self);
-        let pairs = mask_key_values(urls.as_deref().unwrap_or(text), self);
-        pairs.or(urls)
+        let mut masked: Option<String> = None;
+        let steps: [fn(&str, &Redactor) -> Option<String>; 4] = [
+            mask_urls,
+            mask_key_values,
+            mask_secret_headers,
+            mask_json_objects_within,
+        ];
+        for step in steps {
+            if let Some(next) = step(masked.as_deref().unwrap_or(text), self) {
+                masked = Some(next);
+            }
+        }
+        masked
     }
+}
+
+/// Headers whose value is a credential, as error texts quote them (`Authorization: Bearer x`).
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+];
+
+/// `text` with the value of every `Header: value` of a [`SECRET_HEADERS`] name masked, to the
+/// end of its line (or a closing quote), or `None` when there is none.
+fn mask_secret_headers(text: &str, _redactor: &Redactor) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    for (colon, _) in text.match_indices(':') {
+        if colon < copied {
+            continue;
+        }
+        let name_start = bytes[..colon]
+            .iter()
+            .rposition(|&b| !(b.is_ascii_alphanumeric() || b == b'-'))
+            .map_or(0, |at| at + 1);
+        let name = &text[name_start..colon];
+        if !SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        let value_start =
+            colon + 1 + (text[colon + 1..].len() - text[colon + 1..].trim_start_matches(' ').len());
+        if text[value_start..].starts_with(REDACTED) {
+            continue;
+        }
+        let value_end = text[value_start..]
+            .find(['\n', '\r', '"'])
+            .map_or(text.len(), |end| value_start + end);
+        if value_end == value_start {
+            continue;
+        }
+        out.push_str(&text[copied..value_start]);
+        out.push_str(REDACTED);
+        copied = value_end;
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&text[copied..]);
+    Some(out)
+}
+
+/// The most places in one text where a JSON object or array is tried: each try may read to
+/// the text's end, so a text of many `{` stays linear.
+const MAX_JSON_TRIES: usize = 8;
+
+/// `text` with each JSON object or array inside it (`failed: {"password": "x"} at ...`)
+/// masked as a string holding one is, or `None` when none needed masking.
+fn mask_json_objects_within(text: &str, redactor: &Redactor) -> Option<String> {
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut tries = 0;
+    let mut from = 0;
+    while let Some(at) = text[from..].find(['{', '[']).map(|at| from + at) {
+        if tries == MAX_JSON_TRIES {
+            break;
+        }
+        tries += 1;
+        let mut values = serde_json::Deserializer::from_str(&text[at..]).into_iter::<Value>();
+        match values.next() {
+            Some(Ok(original)) if original.is_object() || original.is_array() => {
+                let end = at + values.byte_offset();
+                let mut inner = original.clone();
+                redactor.mask_value(&mut inner);
+                if inner != original
+                    && let Ok(encoded) = serde_json::to_string(&inner)
+                {
+                    out.push_str(&text[copied..at]);
+                    out.push_str(&encoded);
+                    copied = end;
+                }
+                from = end;
+            }
+            _ => from = at + 1,
+        }
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&text[copied..]);
+    Some(out)
 }
 
 fn mask_urls_in(value: &mut Value, redactor: &Redactor) {
@@ -510,6 +614,39 @@ mod tests {
         let masked = redactor.mask_text(&pairs).unwrap();
         assert_eq!(masked.matches(REDACTED).count(), 1 << 16);
         assert!(!masked.contains("=b"));
+    }
+
+    /// Error texts quote headers and bodies: their credentials are masked too.
+    #[test]
+    fn headers_and_json_inside_a_text_are_masked() {
+        let redactor = Redactor::default();
+        for (text, masked) in [
+            (
+                "request failed: Authorization: Bearer HUNTER1\nretry",
+                "request failed: Authorization: [REDACTED]\nretry",
+            ),
+            ("sent api-key: HUNTER2", "sent api-key: [REDACTED]"),
+            (
+                r#"bad body: {"password":"HUNTER3","user":"ann"} (400)"#,
+                r#"bad body: {"password":"[REDACTED]","user":"ann"} (400)"#,
+            ),
+            (
+                r#"invalid body {"token": "HUNTER4"} from client"#,
+                r#"invalid body {"token":"[REDACTED]"} from client"#,
+            ),
+        ] {
+            assert_eq!(redactor.mask_text(text).as_deref(), Some(masked), "{text}");
+        }
+        for plain in [
+            "invalid token: expired signature",
+            "see {oops} and [1, 2]",
+            r#"bad body: {"user":"ann"}"#,
+        ] {
+            assert_eq!(redactor.mask_text(plain), None, "{plain}");
+        }
+        // Many unclosed objects: a few tries, not one per brace.
+        let braces = format!("{}{}", r#"{"password":"x"#, "{".repeat(1 << 16));
+        assert_eq!(redactor.mask_text(&braces), None);
     }
 
     #[test]
