@@ -75,6 +75,40 @@ impl Redactor {
     }
 }
 
+/// A text rebuilt with some of its ranges replaced, left to right.
+struct Splice<'a> {
+    text: &'a str,
+    out: String,
+    /// Where the text is copied up to.
+    copied: usize,
+}
+
+impl<'a> Splice<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            out: String::new(),
+            copied: 0,
+        }
+    }
+
+    /// Replaces `start..end` (after what was replaced before) with `with`.
+    fn replace(&mut self, start: usize, end: usize, with: &str) {
+        self.out.push_str(&self.text[self.copied..start]);
+        self.out.push_str(with);
+        self.copied = end;
+    }
+
+    /// The text rebuilt, or `None` when nothing was replaced.
+    fn finish(mut self) -> Option<String> {
+        if self.copied == 0 {
+            return None;
+        }
+        self.out.push_str(&self.text[self.copied..]);
+        Some(self.out)
+    }
+}
+
 /// Headers whose value is a credential, as error texts quote them (`Authorization: Bearer x`).
 const SECRET_HEADERS: &[&str] = &[
     "authorization",
@@ -90,10 +124,9 @@ const SECRET_HEADERS: &[&str] = &[
 /// end of its line (or a closing quote), or `None` when there is none.
 fn mask_secret_headers(text: &str, _redactor: &Redactor) -> Option<String> {
     let bytes = text.as_bytes();
-    let mut out = String::new();
-    let mut copied = 0;
+    let mut splice = Splice::new(text);
     for (colon, _) in text.match_indices(':') {
-        if colon < copied {
+        if colon < splice.copied {
             continue;
         }
         let name_start = bytes[..colon]
@@ -115,15 +148,9 @@ fn mask_secret_headers(text: &str, _redactor: &Redactor) -> Option<String> {
         if value_end == value_start {
             continue;
         }
-        out.push_str(&text[copied..value_start]);
-        out.push_str(REDACTED);
-        copied = value_end;
+        splice.replace(value_start, value_end, REDACTED);
     }
-    if copied == 0 {
-        return None;
-    }
-    out.push_str(&text[copied..]);
-    Some(out)
+    splice.finish()
 }
 
 /// The most places in one text where a JSON object or array is tried: each try may read to
@@ -133,8 +160,7 @@ const MAX_JSON_TRIES: usize = 8;
 /// `text` with each JSON object or array inside it (`failed: {"password": "x"} at ...`)
 /// masked as a string holding one is, or `None` when none needed masking.
 fn mask_json_objects_within(text: &str, redactor: &Redactor) -> Option<String> {
-    let mut out = String::new();
-    let mut copied = 0;
+    let mut splice = Splice::new(text);
     let mut tries = 0;
     let mut from = 0;
     while let Some(at) = text[from..].find(['{', '[']).map(|at| from + at) {
@@ -151,20 +177,14 @@ fn mask_json_objects_within(text: &str, redactor: &Redactor) -> Option<String> {
                 if inner != original
                     && let Ok(encoded) = serde_json::to_string(&inner)
                 {
-                    out.push_str(&text[copied..at]);
-                    out.push_str(&encoded);
-                    copied = end;
+                    splice.replace(at, end, &encoded);
                 }
                 from = end;
             }
             _ => from = at + 1,
         }
     }
-    if copied == 0 {
-        return None;
-    }
-    out.push_str(&text[copied..]);
-    Some(out)
+    splice.finish()
 }
 
 fn mask_urls_in(value: &mut Value, redactor: &Redactor) {
@@ -202,10 +222,9 @@ fn mask_json_in(text: &str, redactor: &Redactor) -> Option<String> {
 fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
     let is_key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
     let bytes = text.as_bytes();
-    let mut out = String::new();
-    let mut copied = 0;
+    let mut splice = Splice::new(text);
     for (at, _) in text.match_indices('=') {
-        if at < copied {
+        if at < splice.copied {
             continue; // inside a value already masked
         }
         let key_len = bytes[..at]
@@ -248,15 +267,9 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
                 }
             }
         };
-        out.push_str(&text[copied..value_start]);
-        out.push_str(REDACTED);
-        copied = value_end;
+        splice.replace(value_start, value_end, REDACTED);
     }
-    if copied == 0 {
-        return None;
-    }
-    out.push_str(&text[copied..]);
-    Some(out)
+    splice.finish()
 }
 
 /// Authorization schemes whose credentials follow their name and a space.
@@ -286,9 +299,7 @@ fn mask_urls(text: &str, redactor: &Redactor) -> Option<String> {
         return None;
     }
     let starts = url_starts(text);
-    let mut out = String::with_capacity(text.len());
-    let mut changed = false;
-    let mut copied = 0;
+    let mut splice = Splice::new(text);
     for (i, &start) in starts.iter().enumerate() {
         let next = starts.get(i + 1).copied().unwrap_or(text.len());
         let end = text[start..next]
@@ -297,14 +308,10 @@ fn mask_urls(text: &str, redactor: &Redactor) -> Option<String> {
         // A list's separator before the next URL is not part of this one.
         let url = text[start..end].trim_end_matches([',', ';']);
         if let Some(masked) = mask_url(url, redactor) {
-            out.push_str(&text[copied..start]);
-            out.push_str(&masked);
-            copied = start + url.len();
-            changed = true;
+            splice.replace(start, start + url.len(), &masked);
         }
     }
-    out.push_str(&text[copied..]);
-    changed.then_some(out)
+    splice.finish()
 }
 
 /// Where each URL of `text` starts: at the scheme (`[a-zA-Z][a-zA-Z0-9+.-]*`) before `://`.
