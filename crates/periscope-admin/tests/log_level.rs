@@ -4,11 +4,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use periscope_admin::{Admin, DebugAccess, MAX_BODY_BYTES};
-use periscope_log::{LogLayer, RecentLogs};
+use periscope_admin::MAX_BODY_BYTES;
+use periscope_log::RecentLogs;
 use serde_json::json;
-use support::{TOKEN, get_authorised, post_json, send, serve};
-use tracing_subscriber::prelude::*;
+use support::{TOKEN, get_authorised, post_json, send, serve_global_logs};
 
 fn buffered(recent: &RecentLogs, marker: &str) -> bool {
     recent
@@ -19,15 +18,7 @@ fn buffered(recent: &RecentLogs, marker: &str) -> bool {
 
 #[tokio::test]
 async fn a_change_takes_effect_on_the_next_event_and_reverts_after_its_ttl() {
-    let (layer, _guard) = LogLayer::builder().writer(std::io::sink()).build();
-    let recent = layer.recent_logs();
-    let admin = Admin::builder()
-        .logs(recent.clone())
-        .level_control(layer.level_control())
-        .debug(DebugAccess::Token(TOKEN.into()))
-        .build();
-    tracing_subscriber::registry().with(layer).init();
-    let addr = serve(admin).await;
+    let (recent, addr, _guard) = serve_global_logs().await;
 
     tracing::debug!("marker-before");
     assert!(!buffered(&recent, "marker-before"));

@@ -5,11 +5,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use periscope_admin::{Admin, DebugAccess};
-use periscope_log::{LogLayer, RecentLogs};
+use periscope_log::RecentLogs;
 use serde_json::Value;
-use support::{TOKEN, post_json, serve};
-use tracing_subscriber::prelude::*;
+use support::{post_json, serve_global_logs};
 
 /// The buffered lines whose message is `message`, parsed.
 fn lines_saying(recent: &RecentLogs, message: &str) -> Vec<Value> {
@@ -26,16 +24,8 @@ const REVERTED: &str = "temporary log filter change reverted";
 
 #[tokio::test]
 async fn changes_and_reverts_are_logged_after_the_filter_turns_logging_off() {
-    let (layer, _guard) = LogLayer::builder().writer(std::io::sink()).build();
-    let recent = layer.recent_logs();
-    let admin = Admin::builder()
-        .logs(recent.clone())
-        .level_control(layer.level_control())
-        .debug(DebugAccess::Token(TOKEN.into()))
-        .build();
     // Global: the revert is logged from the control's own thread.
-    tracing_subscriber::registry().with(layer).init();
-    let addr = serve(admin).await;
+    let (recent, addr, _guard) = serve_global_logs().await;
 
     // Each change silences the admin crate, then more, then everything: each is logged once,
     // with what was asked, the filter before and the filter after.

@@ -126,3 +126,26 @@ pub async fn post_json(addr: SocketAddr, path: &str, body: &str) -> Answer {
     ];
     send(addr, "POST", path, &headers, body).await
 }
+
+/// An admin behind [`TOKEN`] serving the recent lines and the level control of a log layer
+/// installed as the global subscriber (once per test binary), on a real socket.
+#[cfg(feature = "log")]
+pub async fn serve_global_logs() -> (
+    periscope_log::RecentLogs,
+    SocketAddr,
+    periscope_log::LogGuard,
+) {
+    use tracing_subscriber::prelude::*;
+
+    let (layer, guard) = periscope_log::LogLayer::builder()
+        .writer(std::io::sink())
+        .build();
+    let recent = layer.recent_logs();
+    let admin = periscope_admin::Admin::builder()
+        .logs(recent.clone())
+        .level_control(layer.level_control())
+        .debug(periscope_admin::DebugAccess::Token(TOKEN.into()))
+        .build();
+    tracing_subscriber::registry().with(layer).init();
+    (recent, serve(admin).await, guard)
+}
