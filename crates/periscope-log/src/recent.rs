@@ -295,6 +295,53 @@ mod tests {
         assert!(held <= 2 * 100_000, "{held} bytes held");
     }
 
+    /// Random rings and random pushes against the ring's rules: both bounds and the counters
+    /// hold (checked by `contents`), lines stay in the order they came, a line is either kept
+    /// as the newest or refused with nothing evicted for it, and the error lines a line of
+    /// another level pushes past stay the newest that fit the reserve.
+    #[test]
+    fn random_pushes_keep_the_rules() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |below: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below as u64) as usize
+        };
+        let levels = [Level::ERROR, Level::WARN, Level::INFO, Level::DEBUG];
+        for _ in 0..2_000 {
+            let recent = RecentLogs::new(1 + next(12), 8 + next(120), true);
+            for n in 0..60 {
+                let level = levels[next(levels.len())];
+                let text = format!("{n:03}{}", "x".repeat(next(40)));
+                let before = contents(&recent);
+                recent.push(level, text.as_bytes());
+                let after = contents(&recent);
+                let numbers: Vec<usize> = after
+                    .iter()
+                    .map(|(_, text)| text[..3].parse().unwrap())
+                    .collect();
+                assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+                if after.last() != Some(&(level, text.clone())) {
+                    assert_eq!(after, before, "refused {level} {text}: nothing evicted");
+                } else if level != Level::ERROR {
+                    // The errors evicted for it were older than every error kept.
+                    let kept: Vec<_> = after.iter().filter(|(l, _)| *l == Level::ERROR).collect();
+                    let gone = before
+                        .iter()
+                        .filter(|(l, _)| *l == Level::ERROR)
+                        .filter(|line| !kept.contains(line));
+                    for line in gone {
+                        assert!(
+                            kept.iter().all(|k| k.1 > line.1),
+                            "{line:?} before {kept:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// The lines held, with their levels, oldest first; and the bounds checked.
     fn contents(recent: &RecentLogs) -> Vec<(Level, String)> {
         let ring = recent.ring();
