@@ -1048,6 +1048,29 @@ async fn every_signal_of_a_request_tells_what_the_client_got() {
     assert!(!lines.iter().any(|l| l.to_string().contains("not valid!")));
 }
 
+/// `http_server_requests_total` summed over the series with this `status` (and `route`).
+fn requests_counted(
+    exposition: &openmetrics_parser::MetricsExposition<
+        openmetrics_parser::PrometheusType,
+        openmetrics_parser::PrometheusValue,
+    >,
+    route: Option<&str>,
+    status: &str,
+) -> f64 {
+    exposition.families["http_server_requests_total"]
+        .iter_samples()
+        .filter(|sample| {
+            let labels = sample.get_labelset().unwrap();
+            labels.get_label_value("status") == Some(status)
+                && route.is_none_or(|route| labels.get_label_value("route") == Some(route))
+        })
+        .map(|sample| match &sample.value {
+            openmetrics_parser::PrometheusValue::Counter(c) => c.value.as_f64(),
+            other => panic!("{other:?}"),
+        })
+        .sum()
+}
+
 /// A tonic service behind the stack, called by a tonic client over HTTP/2: gRPC failures are
 /// HTTP 200 on the wire, yet the metrics, the access lines and the answers to a panic or a
 /// timeout tell what the client got.
@@ -1185,18 +1208,7 @@ async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
     let exposition = obs.registry().encode_prometheus().unwrap();
     let exposition = openmetrics_parser::prometheus::parse_prometheus(&exposition)
         .unwrap_or_else(|e| panic!("{e:?}"));
-    let count = |status: &str| -> f64 {
-        exposition.families["http_server_requests_total"]
-            .iter_samples()
-            .filter(|sample| {
-                sample.get_labelset().unwrap().get_label_value("status") == Some(status)
-            })
-            .map(|sample| match &sample.value {
-                openmetrics_parser::PrometheusValue::Counter(c) => c.value.as_f64(),
-                other => panic!("{other:?}"),
-            })
-            .sum()
-    };
+    let count = |status: &str| requests_counted(&exposition, None, status);
     // The call that failed in its trailers counts as the failure it was, once.
     assert_eq!((count("2xx"), count("4xx"), count("5xx")), (1.0, 1.0, 4.0));
     let in_flight: f64 = exposition.families["http_server_requests_in_flight"]
@@ -1481,20 +1493,7 @@ async fn the_server_answers_http2_with_prior_knowledge_beside_http1() {
     let exposition = obs.registry().encode_prometheus().unwrap();
     let exposition = openmetrics_parser::prometheus::parse_prometheus(&exposition)
         .unwrap_or_else(|e| panic!("{e:?}"));
-    let count = |route: &str, status: &str| -> f64 {
-        exposition.families["http_server_requests_total"]
-            .iter_samples()
-            .filter(|sample| {
-                let labels = sample.get_labelset().unwrap();
-                labels.get_label_value("route") == Some(route)
-                    && labels.get_label_value("status") == Some(status)
-            })
-            .map(|sample| match &sample.value {
-                openmetrics_parser::PrometheusValue::Counter(c) => c.value.as_f64(),
-                other => panic!("{other:?}"),
-            })
-            .sum()
-    };
+    let count = |route: &str, status: &str| requests_counted(&exposition, Some(route), status);
     assert_eq!(count("/hello", "2xx"), 3.0);
     assert_eq!((count(EXPORT, "2xx"), count(EXPORT, "4xx")), (1.0, 1.0));
 }
