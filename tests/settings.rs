@@ -309,12 +309,21 @@ fn service_name_in_otel_resource_attributes_names_the_service() {
 #[cfg(feature = "otel")]
 #[test]
 fn init_can_be_retried_after_the_exporter_failed_to_start() {
+    use fake_opentelemetry_collector::FakeCollectorServer;
     use periscope::trace::Propagators;
 
+    // A multi-thread runtime drives the gRPC exporter on its own, as in a service: the
+    // flush at the end does not depend on this thread polling anything.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut collector = runtime.block_on(FakeCollectorServer::start()).unwrap();
+    let endpoint = collector.endpoint();
     let obs = quiet()
         .env_from(|name| match name {
-            // Nothing listens there; no span is exported in this test.
-            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:9".to_owned()),
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(endpoint.clone()),
             "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("grpc".to_owned()),
             "OTEL_PROPAGATORS" => Some("baggage".to_owned()),
             _ => None,
@@ -322,14 +331,10 @@ fn init_can_be_retried_after_the_exporter_failed_to_start() {
         .unwrap()
         .build()
         .unwrap();
-    // gRPC export needs the Tokio runtime, and this call is outside one.
+    // gRPC export needs the Tokio runtime, and this call is outside its context.
     let error = obs.init().unwrap_err();
     assert!(matches!(error, periscope::Error::Otel(_)), "{error}");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let _inside = runtime.enter();
+    let inside = runtime.enter();
     assert_eq!(Propagators::global(), Propagators::default());
     let guard = obs.init().expect("the log layer survives a failed init");
     // Outgoing calls (`inject`, `ClientTraceLayer`) now send what OTEL_PROPAGATORS names.
@@ -343,9 +348,11 @@ fn init_can_be_retried_after_the_exporter_failed_to_start() {
     ));
 
     // A second service's `init` in the same process fails before it touches OpenTelemetry's
-    // globals: the first one's tracer provider still records, its formats still apply.
+    // globals: the first one's tracer provider still records and exports, its formats still
+    // apply.
     let second = quiet()
         .env_from(|name| match name {
+            // Nothing listens there; the second service never exports.
             "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:9".to_owned()),
             "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".to_owned()),
             "OTEL_PROPAGATORS" => Some("tracecontext".to_owned()),
@@ -370,7 +377,15 @@ fn init_can_be_retried_after_the_exporter_failed_to_start() {
         Propagators::global(),
         Propagators::none().with_baggage(true)
     );
+    // Dropping the guard flushes the probe span to the first service's collector.
     drop(guard);
+    drop(inside);
+    let exported =
+        runtime.block_on(collector.exported_spans(1, std::time::Duration::from_secs(10)));
+    assert!(
+        exported.iter().any(|span| span.name == "probe"),
+        "{exported:?}"
+    );
 }
 
 const ENV_CHILD_MARKER: &str = "PERISCOPE_TEST_ENV_CHILD";
