@@ -448,10 +448,9 @@ impl Observability {
     /// layer when tracing is on and an endpoint is set). Keep the guard until the end of
     /// `main`: dropping it flushes traces, then every queued log line.
     ///
-    /// With OTLP over gRPC, call it inside the Tokio runtime, a multi-thread one: on a
-    /// current-thread runtime the guard's last flush cannot run when it drops, and the last
-    /// spans are lost after the export timeout. Fails with [`Error::AlreadyInitialized`] when a
-    /// global subscriber is already installed, before anything global is changed.
+    /// It can run on any thread, inside a Tokio runtime or not: OTLP export over gRPC runs on
+    /// a thread of its own. Fails with [`Error::AlreadyInitialized`] when a global subscriber
+    /// is already installed, before anything global is changed.
     pub fn init(&self) -> Result<ObservabilityGuard, Error> {
         let mut pending = self
             .pending_log
@@ -461,8 +460,8 @@ impl Observability {
             return Err(Error::AlreadyInitialized);
         }
 
-        // The log layer is taken only once the exporter is up, so a failed install (gRPC
-        // outside the runtime) can be retried.
+        // The log layer is taken only once the exporter is up, so a failed install (the
+        // export thread could not start) can be retried.
         // Built, not registered: OpenTelemetry's globals are set only once the subscriber is
         // in, so a failed `init` (another subscriber was first) leaves them as they were.
         #[cfg(feature = "otel")]

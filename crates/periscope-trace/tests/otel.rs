@@ -420,15 +420,59 @@ async fn the_sampler_decision_is_what_goes_downstream() {
     assert_ne!(continued.parent_id.to_string(), PARENT);
 }
 
+/// Export over gRPC runs on the exporter's own thread: built outside any runtime, or on a
+/// current-thread runtime and dropped inside its async code (where the runtime cannot run
+/// anything while the guard's flush blocks it), the last span still reaches the collector.
 #[test]
-fn grpc_export_without_a_runtime_is_a_clear_error() {
-    let error = config(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-    ])
-    .install()
-    .unwrap_err();
-    assert!(error.to_string().contains("Tokio runtime"), "{error}");
+fn grpc_export_needs_no_runtime_of_the_application() {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+
+    let collector_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut collector = collector_runtime
+        .block_on(FakeCollectorServer::start())
+        .unwrap();
+    let endpoint = collector.endpoint();
+    let build = || {
+        config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .build()
+        .unwrap()
+    };
+    let mut exported = |name: &str| {
+        collector_runtime
+            .block_on(collector.exported_spans(1, Duration::from_secs(10)))
+            .into_iter()
+            .map(|span| span.name)
+            .find(|exported| exported == name)
+    };
+
+    let guard = build();
+    guard.tracer().start("outside-any-runtime").end();
+    drop(guard);
+    assert_eq!(
+        exported("outside-any-runtime").as_deref(),
+        Some("outside-any-runtime")
+    );
+
+    let current_thread = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    current_thread.block_on(async {
+        let guard = build();
+        guard.tracer().start("on-a-current-thread-runtime").end();
+        drop(guard);
+    });
+    assert_eq!(
+        exported("on-a-current-thread-runtime").as_deref(),
+        Some("on-a-current-thread-runtime")
+    );
 }
 
 #[test]

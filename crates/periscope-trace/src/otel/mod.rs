@@ -6,14 +6,13 @@
 //! use tracing_subscriber::layer::SubscriberExt;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
-//! // Fails at startup, naming the variable, when a setting is malformed.
+//! // Fails at startup, naming the variable, when a setting is malformed. Export runs on
+//! // threads of its own, so this works inside any Tokio runtime or outside one.
 //! let otel = OtelConfig::from_env()?.install()?;
 //! let subscriber = tracing_subscriber::registry().with(otel.layer());
 //! tracing::subscriber::set_global_default(subscriber)?;
 //! // ... serve; dropping `otel` at the end of main flushes the spans still buffered.
-//! # Ok::<_, Box<dyn std::error::Error>>(())
-//! # })
+//! # Ok(())
 //! # }
 //! ```
 //!

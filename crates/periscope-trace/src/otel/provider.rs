@@ -46,11 +46,9 @@ fn transport_filter() -> Targets {
 /// Why the tracer provider could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    /// gRPC export runs on the application's Tokio runtime.
-    #[error(
-        "OTLP over gRPC needs a Tokio runtime: call install() from inside one (for example in #[tokio::main]), or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
-    )]
-    NoTokioRuntime,
+    /// The thread that runs OTLP export over gRPC could not be started.
+    #[error("could not start the OTLP export thread: {0}")]
+    ExportThread(#[source] std::io::Error),
     /// The exporter rejected its settings.
     #[error("could not build the OTLP exporter for {endpoint}: {source}")]
     Exporter {
@@ -59,6 +57,45 @@ pub enum InstallError {
         /// The exporter's error.
         source: opentelemetry_otlp::ExporterBuildError,
     },
+}
+
+/// The Tokio runtime OTLP export over gRPC runs on: one thread of its own, stopped when the
+/// guard drops. tonic's connection lives there rather than on the application's runtime, so
+/// `install` works from any thread, and the guard's last flush neither waits on a
+/// current-thread runtime it is blocking nor on one already shut down.
+#[derive(Debug)]
+struct ExportThread {
+    runtime: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ExportThread {
+    fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("periscope-otlp".to_owned())
+            // The runtime is dropped on this thread once told to stop (or once the sender is
+            // gone), never inside the application's async code.
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok(Self {
+            runtime: handle,
+            stop: Some(stop),
+        })
+    }
+}
+
+impl Drop for ExportThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 impl OtelConfig {
@@ -84,16 +121,21 @@ impl OtelConfig {
         let mut builder = SdkTracerProvider::builder()
             .with_sampler(self.sampler.to_sdk())
             .with_resource(self.resource());
+        let mut export_thread = None;
         if let Some(endpoint) = &endpoint {
             let exporter = match self.protocol {
                 Protocol::Grpc => {
-                    if tokio::runtime::Handle::try_current().is_err() {
-                        return Err(InstallError::NoTokioRuntime);
-                    }
-                    SpanExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(endpoint.clone())
-                        .build()
+                    let thread = ExportThread::start().map_err(InstallError::ExportThread)?;
+                    // tonic puts its connection on the runtime current while it is built.
+                    let built = {
+                        let _on_export_thread = thread.runtime.enter();
+                        SpanExporter::builder()
+                            .with_tonic()
+                            .with_endpoint(endpoint.clone())
+                            .build()
+                    };
+                    export_thread = Some(thread);
+                    built
                 }
                 Protocol::HttpProtobuf => SpanExporter::builder()
                     .with_http()
@@ -114,6 +156,7 @@ impl OtelConfig {
             provider,
             propagators: self.propagators,
             exporting,
+            _export_thread: export_thread,
         })
     }
 }
@@ -157,14 +200,16 @@ fn set_global_propagator(propagators: Propagators) {
 ///
 /// Drop it (or call [`OtelGuard::shutdown`]) at the end of `main`, after the server has
 /// stopped: flushing waits for the export to finish (bounded by the exporter's timeout,
-/// `OTEL_EXPORTER_OTLP_TIMEOUT`, 10 s by default). With gRPC export the Tokio runtime must
-/// still be running then, with a worker free (a multi-thread runtime).
+/// `OTEL_EXPORTER_OTLP_TIMEOUT`, 10 s by default). Export over gRPC runs on a thread of its
+/// own, so the flush works on any runtime, inside async code or after the runtime is gone.
 #[derive(Debug)]
 pub struct OtelGuard {
     provider: SdkTracerProvider,
     tracer: Tracer,
     propagators: Propagators,
     exporting: bool,
+    /// Declared last: stopped only once the provider has flushed and shut down.
+    _export_thread: Option<ExportThread>,
 }
 
 impl OtelGuard {
