@@ -46,8 +46,8 @@ fn transport_filter() -> Targets {
 /// Why the tracer provider could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    /// The thread that runs OTLP export over gRPC could not be started.
-    #[error("could not start the OTLP export thread: {0}")]
+    /// The runtime that runs OTLP export over gRPC, or its thread, could not be started.
+    #[error("could not start the OTLP export runtime or its thread: {0}")]
     ExportThread(#[source] std::io::Error),
     /// The exporter rejected its settings.
     #[error("could not build the OTLP exporter for {endpoint}: {source}")]
@@ -199,9 +199,10 @@ fn set_global_propagator(propagators: Propagators) {
 /// down when dropped.
 ///
 /// Drop it (or call [`OtelGuard::shutdown`]) at the end of `main`, after the server has
-/// stopped: flushing waits for the export to finish (bounded by the exporter's timeout,
-/// `OTEL_EXPORTER_OTLP_TIMEOUT`, 10 s by default). Export over gRPC runs on a thread of its
-/// own, so the flush works on any runtime, inside async code or after the runtime is gone.
+/// stopped: flushing waits for the export to finish, at most about 10 s (the SDK waits 5 s
+/// for the flush, then 5 s for the shutdown; less when `OTEL_EXPORTER_OTLP_TIMEOUT` is
+/// shorter). Export over gRPC runs on a thread of its own, so the flush works on any runtime,
+/// inside async code or after the runtime is gone.
 #[derive(Debug)]
 pub struct OtelGuard {
     provider: SdkTracerProvider,
