@@ -68,21 +68,27 @@ async fn get_with(
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    let response = client
-        .request(request.body(Empty::new()).unwrap())
+    // Bounded, so a server that never answers fails the test instead of holding it.
+    let exchange = async {
+        let response = client
+            .request(request.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let request_id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            request_id,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
         .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let request_id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        request_id,
-        body: String::from_utf8(body.to_vec()).unwrap(),
-    }
+        .unwrap_or_else(|_| panic!("GET {path}: no answer within 30 s"))
 }
 
 async fn conflict() -> Result<&'static str, HttpError> {
@@ -444,7 +450,21 @@ async fn the_server_refuses_request_heads_over_its_limit() {
 async fn the_server_cuts_off_slow_request_heads_and_finishes_requests_in_flight() {
     use tokio::io::AsyncWriteExt;
 
-    let app = hello_and_slow();
+    // `/slow` says when it has started, so the signal surely comes while it is in flight.
+    let slow_started = Arc::new(tokio::sync::Notify::new());
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .route(
+            "/slow",
+            get({
+                let slow_started = slow_started.clone();
+                || async move {
+                    slow_started.notify_one();
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "done"
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -478,7 +498,9 @@ async fn the_server_cuts_off_slow_request_heads_and_finishes_requests_in_flight(
     let slow = tokio::spawn(exchange(
         "GET /slow HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
     ));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(10), slow_started.notified())
+        .await
+        .expect("/slow was called");
     drop(stop);
     let slow = slow.await.unwrap();
     assert!(
@@ -1505,14 +1527,18 @@ async fn the_server_answers_http2_with_prior_knowledge_beside_http1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_retires_http2_connections_when_idle_or_draining() {
     let drain = periscope::health::DrainHandle::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        periscope::Server::new(listener)
-            .header_read_timeout(Duration::from_millis(150))
-            .drain_handle(drain.clone())
-            .serve(hello_and_slow(), std::future::pending()),
-    );
+    let serve = |idle: Duration, drain: periscope::health::DrainHandle| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            periscope::Server::new(listener)
+                .header_read_timeout(idle)
+                .drain_handle(drain)
+                .serve(hello_and_slow(), std::future::pending()),
+        );
+        addr
+    };
+    let addr = serve(Duration::from_millis(150), Default::default()).await;
     let closes_within = |driven: tokio::task::JoinHandle<()>, within: Duration| async move {
         tokio::time::timeout(within, driven).await.is_ok()
     };
@@ -1521,17 +1547,20 @@ async fn the_server_retires_http2_connections_when_idle_or_draining() {
     // next request; once idle, it is closed.
     let (mut sender, driven) = http2_connection(addr).await;
     assert_eq!(http2_get(&mut sender, "/slow").await.2, "done");
+    // Taken before the last request: the server's idle clock starts after its answer, so the
+    // close cannot come sooner than the timeout after this, however late this task runs.
+    let before_last_request = std::time::Instant::now();
     assert_eq!(http2_get(&mut sender, "/hello").await.2, "hello");
-    let idle = std::time::Instant::now();
     assert!(closes_within(driven, Duration::from_secs(3)).await);
-    assert!(idle.elapsed() >= Duration::from_millis(150));
+    assert!(before_last_request.elapsed() >= Duration::from_millis(150));
 
-    // Draining: the next answer on a connection is its last.
+    // Draining: the next answer on a connection is its last, long before its idle timeout.
+    let addr = serve(Duration::from_secs(60), drain.clone()).await;
     let (mut kept, kept_driven) = http2_connection(addr).await;
     assert_eq!(http2_get(&mut kept, "/hello").await.0, 200);
     drain.drain();
     assert_eq!(http2_get(&mut kept, "/hello").await.0, 200);
-    assert!(closes_within(kept_driven, Duration::from_millis(100)).await);
+    assert!(closes_within(kept_driven, Duration::from_secs(10)).await);
     let (mut late, _late_driven) = http2_connection(addr).await;
     assert_eq!(http2_get(&mut late, "/hello").await.0, 200);
 }
@@ -1602,8 +1631,8 @@ async fn the_server_closes_http2_connections_held_by_doing_nothing() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         periscope::Server::new(listener)
-            .header_read_timeout(Duration::from_millis(200))
-            .write_timeout(Duration::from_millis(300))
+            .header_read_timeout(Duration::from_millis(400))
+            .write_timeout(Duration::from_millis(600))
             .serve(app, std::future::pending()),
     );
 
@@ -1619,11 +1648,11 @@ async fn the_server_closes_http2_connections_held_by_doing_nothing() {
     let (mut taken, started) = (0, std::time::Instant::now());
     while let Some(frame) = body.frame().await {
         taken += frame.unwrap().into_data().map_or(0, |data| data.len());
-        tokio::time::sleep(Duration::from_millis(15)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(taken, 1 << 20);
     assert!(
-        started.elapsed() > Duration::from_millis(600),
+        started.elapsed() > Duration::from_millis(1200),
         "{:?}",
         started.elapsed()
     );
@@ -1642,7 +1671,7 @@ async fn the_server_closes_http2_connections_held_by_doing_nothing() {
         .expect("the stalled connection is closed")
         .unwrap();
     assert!(
-        started.elapsed() >= Duration::from_millis(250),
+        started.elapsed() >= Duration::from_millis(550),
         "{:?}",
         started.elapsed()
     );

@@ -235,8 +235,9 @@ async fn bodies_in_memory_are_bounded_by_the_upload_buffer() {
                 content-length: 10485760\r\n\r\n";
     slow.write_all(head.as_bytes()).await.unwrap();
     slow.write_all(&[0; 4096]).await.unwrap();
-    // The slow upload is taken first (its span shows it reading).
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The slow upload is taken first (its span shows it reading); a second leaves room for a
+    // loaded machine.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
 
     // A small image waits for the memory, unread, instead of being buffered beside it.
     let waiting = tokio::spawn(async move {
@@ -345,7 +346,8 @@ async fn a_stalled_or_trickling_upload_gives_its_share_back() {
 #[cfg(unix)] // stopped with a real SIGTERM
 #[tokio::test]
 async fn ready_waits_for_the_model_and_drains_on_sigterm() {
-    let mut service = start(&[("MODEL_LOAD_DELAY_MS", "2000"), ("SHUTDOWN_DRAIN_S", "3")]);
+    // Loading long enough for the first probes to find it loading on a loaded machine.
+    let mut service = start(&[("MODEL_LOAD_DELAY_MS", "4000"), ("SHUTDOWN_DRAIN_S", "3")]);
     let addr = service.addr("http").await;
 
     // Loading: not ready, not started, but alive.
@@ -364,7 +366,7 @@ async fn ready_waits_for_the_model_and_drains_on_sigterm() {
     let loaded = service
         .wait_for_line("model loaded", |line| line["message"] == "model loaded")
         .await;
-    assert!(loaded["data"]["duration_ms"].as_u64().unwrap() >= 2000);
+    assert!(loaded["data"]["duration_ms"].as_u64().unwrap() >= 4000);
 
     // SIGTERM: readiness drains first, liveness stays up, then the process exits cleanly.
     service.terminate();
@@ -406,8 +408,9 @@ async fn deferred_loading_is_ready_at_once_and_loads_on_first_request() {
 async fn a_deferred_load_longer_than_the_request_timeout_still_finishes() {
     let service = start(&[
         ("MODEL_WARMUP", "false"),
-        ("MODEL_LOAD_DELAY_MS", "1500"),
-        ("REQUEST_TIMEOUT_S", "0.3"),
+        ("MODEL_LOAD_DELAY_MS", "3000"),
+        // Room for the second, loaded request on a loaded machine.
+        ("REQUEST_TIMEOUT_S", "1"),
     ]);
     let addr = service.addr("http").await;
     let image = || png(8, 8, [250, 250, 250]);

@@ -227,7 +227,7 @@ impl Answer {
     }
 }
 
-/// Sends one request on a new connection.
+/// Sends one request on a new connection; fails the test after [`PATIENCE`] without an answer.
 pub async fn send(
     addr: SocketAddr,
     method: &str,
@@ -242,18 +242,23 @@ pub async fn send(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = client
-        .request(request.body(Full::new(body.into())).unwrap())
+    let exchange = async {
+        let response = client
+            .request(request.body(Full::new(body.into())).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    };
+    tokio::time::timeout(PATIENCE, exchange)
         .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body,
-    }
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer within {PATIENCE:?}"))
 }
 
 pub async fn get(addr: SocketAddr, path: &str) -> Answer {

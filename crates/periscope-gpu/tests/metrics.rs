@@ -764,7 +764,12 @@ impl Gate {
 
     /// Waits until the source was called `n` times.
     fn wait_for_calls(&self, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while self.calls.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than {n} calls within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }

@@ -353,7 +353,7 @@ async fn a_file_system_check_stuck_in_the_kernel_is_not_started_again() {
     let unblock = Unblock(fifo.clone());
     let health = Health::builder()
         .add_check(
-            HealthCheck::new("fifo", checks::writable(&fifo)).timeout(Duration::from_millis(100)),
+            HealthCheck::new("fifo", checks::writable(&fifo)).timeout(Duration::from_secs(2)),
         )
         .cache_ttl(Duration::ZERO)
         .build()
@@ -362,7 +362,7 @@ async fn a_file_system_check_stuck_in_the_kernel_is_not_started_again() {
     let first = health.readiness().await;
     assert_eq!(
         first.checks()[0].error.as_deref(),
-        Some("timed out after 100ms")
+        Some("timed out after 2s")
     );
     let mut errors = Vec::new();
     for _ in 0..3 {
@@ -373,7 +373,8 @@ async fn a_file_system_check_stuck_in_the_kernel_is_not_started_again() {
             error.contains("the previous check is still blocked"),
             "{error}"
         );
-        assert!(started.elapsed() < Duration::from_millis(100));
+        // At once, not after the check's timeout, with room for a loaded machine.
+        assert!(started.elapsed() < Duration::from_secs(1));
         errors.push(error);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

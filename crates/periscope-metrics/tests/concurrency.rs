@@ -108,7 +108,12 @@ async fn counts_are_exact_and_in_flight_returns_to_zero() {
         tasks.spawn(async move {
             // Hang up only once every such request reached its handler, so each one counts.
             let all_started = async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
                 while hanging.load(Ordering::SeqCst) < ABORTED {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "not every /hang request reached its handler within 30 s"
+                    );
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             };

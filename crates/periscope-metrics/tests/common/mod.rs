@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,8 +71,12 @@ pub async fn request_with_body(
     head.push_str(body);
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    // A reset connection reads as an error: no response.
-    stream.read_to_end(&mut raw).await.ok()?;
+    // A reset connection reads as an error: no response. Bounded, so a server that never
+    // closes fails the test instead of holding it.
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: not answered within 30 s"))
+        .ok()?;
     parse_response(&raw, method == "HEAD")
 }
 
