@@ -95,5 +95,8 @@ mod doc_pages {
     struct Gpu;
     #[doc = include_str!("../docs/admin.md")]
     struct Admin;
+    #[cfg(feature = "axum")]
+    #[doc = include_str!("../docs/migrating.md")]
+    struct Migrating;
     // docs/errors.md is compiled by periscope-error's own doc tests.
 }

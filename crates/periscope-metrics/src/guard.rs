@@ -345,6 +345,7 @@ impl<M, const N: usize> GuardedFamily<M, N> {
             } else {
                 tracing::warn!(
                     metric = %inner.name,
+                    label = SERIES_OVERFLOW,
                     cap = inner.series_cap,
                     "metric family reached its cap of series; further series are recorded with \
                      every label {OVERFLOW} (raise the cap or bound the labels)"

@@ -248,3 +248,81 @@ async fn a_full_family_is_counted_as_its_series_cap_not_as_a_route_fold() {
     }
     assert_eq!(total(&exposition, "http_server_requests"), 5.0);
 }
+
+/// The first fold of each label, and of the series cap, is logged once, naming the metric, the
+/// label (`__series__` for the series cap) and the cap: what the runbook's query shows.
+#[tokio::test(flavor = "current_thread")]
+async fn the_first_fold_of_each_cap_is_logged_once_with_metric_label_and_cap() {
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let out = Captured::default();
+    let (log, _log_guard) = periscope_log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+
+    let registry = MetricsRegistry::new();
+    let layer = MetricsLayer::builder()
+        .route_fn(|uri, _| Some(uri.path()))
+        .caps(
+            periscope_metrics::Caps::default()
+                .label("route", 2)
+                .series(3),
+        )
+        .register(&registry)
+        .unwrap();
+    let app = layer.layer(service_fn(|_: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    // Routes past the cap of 2 fold into `__overflow__`; methods then fill the series cap.
+    for (method, path) in [
+        ("GET", "/a"),
+        ("GET", "/b"),
+        ("GET", "/c"),
+        ("GET", "/d"),
+        ("POST", "/a"),
+        ("PUT", "/a"),
+        ("DELETE", "/a"),
+    ] {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(String::new())
+            .unwrap();
+        app.clone().oneshot(request).await.unwrap();
+    }
+
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|line| {
+            line["level"] == "warn" && line["data"]["metric"] == "http_server_requests_total"
+        })
+        .collect();
+    let fold = |label: &str| {
+        warnings
+            .iter()
+            .filter(|line| line["data"]["label"] == label)
+            .collect::<Vec<_>>()
+    };
+    let route = fold("route");
+    assert_eq!(route.len(), 1, "{text}");
+    assert_eq!(route[0]["data"]["cap"], 2, "{text}");
+    let series = fold("__series__");
+    assert_eq!(series.len(), 1, "{text}");
+    assert_eq!(series[0]["data"]["cap"], 3, "{text}");
+}
