@@ -197,8 +197,9 @@ async fn a_hanging_check_is_cut_off_at_its_timeout() {
     let started = Instant::now();
     let response = get(addr, "/ready").await;
     let elapsed = started.elapsed();
+    // Far below the check's 10 s, with room for a loaded machine.
     assert!(
-        elapsed < Duration::from_secs(1),
+        elapsed < Duration::from_secs(3),
         "answered after {elapsed:?}"
     );
     assert_eq!(response.status, 503);

@@ -14,7 +14,8 @@ use tokio::sync::oneshot;
 async fn readiness_drains_for_the_grace_period_then_the_server_stops() {
     let health = Health::builder().build().unwrap();
     let (trigger, triggered) = oneshot::channel::<()>();
-    let grace = Duration::from_millis(600);
+    // Long enough for the probes below on a loaded machine.
+    let grace = Duration::from_secs(2);
     let shutdown = Shutdown::on(
         async move {
             let _ = triggered.await;

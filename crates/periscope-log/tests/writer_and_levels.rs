@@ -127,11 +127,12 @@ fn a_level_change_applies_to_the_next_event_and_reverts_after_its_ttl() {
         |b| b,
         |Handles { level, .. }| {
             tracing::debug!("hidden before");
-            level.set_for("debug".parse().unwrap(), Duration::from_millis(300));
+            // Two seconds: long enough for the next event on a loaded machine.
+            level.set_for("debug".parse().unwrap(), Duration::from_secs(2));
             tracing::debug!("shown during");
             assert_eq!(level.status().current, "debug");
             let reverts_in = level.status().reverts_in.unwrap();
-            assert!(reverts_in <= Duration::from_millis(300));
+            assert!(reverts_in <= Duration::from_secs(2));
             let deadline = Instant::now() + Duration::from_secs(10);
             while level.status().reverts_in.is_some() {
                 assert!(Instant::now() < deadline, "never reverted");
