@@ -34,8 +34,10 @@ impl Redactor {
     /// `scheme://user:password@host` (the user too when alone: a token), the values of
     /// sensitive query parameters (`?api_key=`) and `key=value` pairs (libpq's `password=`,
     /// ADO's `Password=...;`), of credential headers quoted in it (`Authorization: Bearer ...`,
-    /// `Cookie: ...`, to the end of the line), and of the sensitive keys of JSON objects in it
-    /// (a whole document, or a body quoted in an error: `failed: {"password": ...}`). For free text that may hold a connection string: an error message, a
+    /// `Cookie: ...`, `X-Vault-Token: ...`, to the end of the line), of `password: ...` (after
+    /// a `:`, only a password's own name counts), and of the sensitive keys of JSON in it (a
+    /// whole document, a body quoted in an error: `failed: {"password": ...}`, or one cut
+    /// short or with escaped quotes). For free text that may hold a connection string: an error message, a
     /// value that failed to parse. In free text a key names a secret when a sensitive word ends
     /// it or is followed only by `id`, `key`, `access_key`, `value` or `hash` (`db_password`,
     /// `api_token`, `credentials`, `session_id`, `secret_key`), not when it merely holds one
@@ -60,11 +62,14 @@ impl Redactor {
             return Some(masked);
         }
         let mut masked: Option<String> = None;
-        let steps: [fn(&str, &Redactor) -> Option<String>; 4] = [
+        // JSON and quoted pairs first, while their quotes and commas are intact: the later
+        // steps mask a value to the next whitespace, which may run over them.
+        let steps: [fn(&str, &Redactor) -> Option<String>; 5] = [
+            mask_json_objects_within,
+            mask_quoted_pairs,
             mask_urls,
             mask_key_values,
             mask_secret_headers,
-            mask_json_objects_within,
         ];
         for step in steps {
             if let Some(next) = step(masked.as_deref().unwrap_or(text), self) {
@@ -122,7 +127,7 @@ const SECRET_HEADERS: &[&str] = &[
 
 /// `text` with the value of every `Header: value` of a [`SECRET_HEADERS`] name masked, to the
 /// end of its line (or a closing quote), or `None` when there is none.
-fn mask_secret_headers(text: &str, _redactor: &Redactor) -> Option<String> {
+fn mask_secret_headers(text: &str, redactor: &Redactor) -> Option<String> {
     let bytes = text.as_bytes();
     let mut splice = Splice::new(text);
     for (colon, _) in text.match_indices(':') {
@@ -134,11 +139,19 @@ fn mask_secret_headers(text: &str, _redactor: &Redactor) -> Option<String> {
             .rposition(|&b| !(b.is_ascii_alphanumeric() || b == b'-'))
             .map_or(0, |at| at + 1);
         let name = &text[name_start..colon];
-        if !SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+        // A header name of several words (`X-Vault-Token`, `Private-Token`) is read as a key.
+        let secret_name = SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+            || (name.contains('-') && redactor.names_a_secret(name));
+        if !secret_name {
             continue;
         }
-        let value_start =
+        let mut value_start =
             colon + 1 + (text[colon + 1..].len() - text[colon + 1..].trim_start_matches(' ').len());
+        // A quoted value (`Authorization: "Bearer x"`) runs to its closing quote.
+        let quoted = text[value_start..].starts_with('"');
+        if quoted {
+            value_start += 1;
+        }
         if text[value_start..].starts_with(REDACTED) {
             continue;
         }
@@ -153,25 +166,36 @@ fn mask_secret_headers(text: &str, _redactor: &Redactor) -> Option<String> {
     splice.finish()
 }
 
-/// The most places in one text where a JSON object or array is tried: each try may read to
-/// the text's end, so a text of many `{` stays linear.
-const MAX_JSON_TRIES: usize = 8;
+/// How many bytes the search for JSON in a text may read, per byte of the text (and at
+/// least [`MIN_JSON_SCAN`]): enough for every bracketed span of ordinary text, while a text
+/// of many unclosed brackets, each read to the end, stays linear.
+const JSON_SCAN_PER_BYTE: usize = 8;
+const MIN_JSON_SCAN: usize = 64 << 10;
 
 /// `text` with each JSON object or array inside it (`failed: {"password": "x"} at ...`)
-/// masked as a string holding one is, or `None` when none needed masking.
+/// masked as a string holding one is, or `None` when none needed masking. Each `{` or `[`
+/// starts a span that ends where its brackets balance (outside JSON strings); a span that is
+/// not JSON (`[warn]`) is passed over, and the search goes on inside it.
 fn mask_json_objects_within(text: &str, redactor: &Redactor) -> Option<String> {
+    let bytes = text.as_bytes();
     let mut splice = Splice::new(text);
-    let mut tries = 0;
+    let mut budget = text
+        .len()
+        .saturating_mul(JSON_SCAN_PER_BYTE)
+        .max(MIN_JSON_SCAN);
     let mut from = 0;
     while let Some(at) = text[from..].find(['{', '[']).map(|at| from + at) {
-        if tries == MAX_JSON_TRIES {
+        let (end, read) = match balanced_end(bytes, at) {
+            Some(end) => (Some(end), 2 * (end - at)),
+            None => (None, text.len() - at),
+        };
+        let Some(left) = budget.checked_sub(read) else {
             break;
-        }
-        tries += 1;
-        let mut values = serde_json::Deserializer::from_str(&text[at..]).into_iter::<Value>();
-        match values.next() {
-            Some(Ok(original)) if original.is_object() || original.is_array() => {
-                let end = at + values.byte_offset();
+        };
+        budget = left;
+        let original = end.and_then(|end| serde_json::from_str::<Value>(&text[at..end]).ok());
+        match (end, original) {
+            (Some(end), Some(original)) => {
                 let mut inner = original.clone();
                 redactor.mask_value(&mut inner);
                 if inner != original
@@ -182,6 +206,90 @@ fn mask_json_objects_within(text: &str, redactor: &Redactor) -> Option<String> {
                 from = end;
             }
             _ => from = at + 1,
+        }
+    }
+    splice.finish()
+}
+
+/// Where the bracketed span starting at `start` ends (just after the bracket that balances
+/// it, brackets inside JSON strings not counted), or `None` when it runs to the text's end.
+fn balanced_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (at, &b) in bytes.iter().enumerate().skip(start) {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(at + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `text` with the string value of every `"key": "value"` whose key names a secret masked,
+/// also when the quotes are escaped (`\"password\": \"x\"`, JSON quoted in a `Debug` text)
+/// or the document is cut short (`{"password":"x"` of a truncated body): what the JSON step
+/// cannot parse. `None` when there is none.
+fn mask_quoted_pairs(text: &str, redactor: &Redactor) -> Option<String> {
+    let is_key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+    let bytes = text.as_bytes();
+    let mut splice = Splice::new(text);
+    for (colon, _) in text.match_indices(':') {
+        if colon < splice.copied {
+            continue;
+        }
+        // Backwards from the colon: spaces, the key's closing quote, the key, its opening one.
+        let key_end = text[..colon].trim_end_matches(' ').len();
+        if key_end == 0 || bytes[key_end - 1] != b'"' {
+            continue;
+        }
+        let escaped = key_end >= 2 && bytes[key_end - 2] == b'\\';
+        let quote: &str = if escaped { "\\\"" } else { "\"" };
+        let key_close = key_end - quote.len();
+        let key_len = bytes[..key_close]
+            .iter()
+            .rev()
+            .take_while(|&&b| is_key_char(b))
+            .count();
+        let key_open = key_close - key_len;
+        if key_len == 0
+            || !text[..key_open].ends_with(quote)
+            || !redactor.names_a_secret(&text[key_open..key_close])
+        {
+            continue;
+        }
+        // Forwards: spaces, the value's opening quote, the value, its closing quote.
+        let value_open =
+            colon + 1 + (text[colon + 1..].len() - text[colon + 1..].trim_start_matches(' ').len());
+        if !text[value_open..].starts_with(quote) {
+            continue;
+        }
+        let value_start = value_open + quote.len();
+        if text[value_start..].starts_with(REDACTED) {
+            continue;
+        }
+        let value_end = if escaped {
+            text[value_start..].find(quote).map(|end| value_start + end)
+        } else {
+            closing_quote(bytes, value_start, b'"')
+        }
+        .unwrap_or(text.len());
+        if value_end > value_start {
+            splice.replace(value_start, value_end, REDACTED);
         }
     }
     splice.finish()
@@ -223,20 +331,32 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
     let is_key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
     let bytes = text.as_bytes();
     let mut splice = Splice::new(text);
-    for (at, _) in text.match_indices('=') {
+    for (at, separator) in text.match_indices(['=', ':']) {
         if at < splice.copied {
             continue; // inside a value already masked
         }
-        let key_len = bytes[..at]
+        let after = &text[at + 1..];
+        // `==`, `::` (a path) and `://` (a URL, masked by its own rules) separate nothing.
+        if after.starts_with(['=', ':', '/']) || text[..at].ends_with(['=', ':']) {
+            continue;
+        }
+        // Spaces may stand around the separator (`password = x`).
+        let key_end = text[..at].trim_end_matches(' ').len();
+        let key_len = bytes[..key_end]
             .iter()
             .rev()
             .take_while(|&&b| is_key_char(b))
             .count();
-        let key = &text[at - key_len..at];
-        if key.is_empty() || !redactor.names_a_secret(key) {
+        let key = &text[key_end - key_len..key_end];
+        // After `:` only a password's own name counts: `invalid token: expired` stays.
+        let secret = match separator {
+            "=" => redactor.names_a_secret(key),
+            _ => names_a_password(key) && redactor.names_a_secret(key),
+        };
+        if key.is_empty() || !secret {
             continue;
         }
-        let value_start = at + 1;
+        let value_start = at + 1 + (after.len() - after.trim_start_matches(' ').len());
         // Checked before looking for the value's end: a text of many parameters the URL rules
         // masked would otherwise be scanned again from each of them (quadratic time).
         if text[value_start..]
@@ -258,10 +378,9 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
                 let end = word_end(value_start);
                 // `authorization=Bearer <token>`: the credentials follow the scheme's name.
                 let scheme = &text[value_start..end];
-                if AUTH_SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme))
-                    && text[end..].starts_with(' ')
-                {
-                    word_end(end + 1)
+                let spaces = text[end..].len() - text[end..].trim_start_matches(' ').len();
+                if AUTH_SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme)) && spaces > 0 {
+                    word_end(end + spaces)
                 } else {
                     end
                 }
@@ -270,6 +389,15 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
         splice.replace(value_start, value_end, REDACTED);
     }
     splice.finish()
+}
+
+/// Whether a key written before a `:` is a password's name (`password`, `db_passwd`,
+/// `client_secret`): a colon follows many words in free text, so only these count there.
+fn names_a_password(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "passwd", "passphrase", "secret"]
+        .iter()
+        .any(|word| key.contains(word))
 }
 
 /// Authorization schemes whose credentials follow their name and a space.
@@ -621,6 +749,22 @@ mod tests {
         let masked = redactor.mask_text(&pairs).unwrap();
         assert_eq!(masked.matches(REDACTED).count(), 1 << 16);
         assert!(!masked.contains("=b"));
+        // Shapes that make each step read far ahead, a megabyte each: done in linear time (a
+        // quadratic step would take minutes here).
+        let started = std::time::Instant::now();
+        for shape in [
+            "[".repeat(1 << 20),
+            "[a] ".repeat(1 << 18),
+            r#"{"a":"#.repeat(1 << 18),
+            r#""password":""#.repeat(1 << 16),
+            r#"\"password\": \""#.repeat(1 << 16),
+            "password: ".repeat(1 << 17),
+            "password = ".repeat(1 << 17),
+            "X-Api-Token: ".repeat(1 << 16),
+        ] {
+            let _ = redactor.mask_text(&shape);
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
     }
 
     /// Error texts quote headers and bodies: their credentials are masked too.
@@ -651,9 +795,66 @@ mod tests {
         ] {
             assert_eq!(redactor.mask_text(plain), None, "{plain}");
         }
-        // Many unclosed objects: a few tries, not one per brace.
+        // A truncated body, then many unclosed objects: masked to the end, in linear time.
         let braces = format!("{}{}", r#"{"password":"x"#, "{".repeat(1 << 16));
-        assert_eq!(redactor.mask_text(&braces), None);
+        assert_eq!(
+            redactor.mask_text(&braces).as_deref(),
+            Some(r#"{"password":"[REDACTED]"#)
+        );
+    }
+
+    /// Shapes of error texts that let a secret through before: JSON whose values the
+    /// `key=value` rule ran over, JSON after many brackets, truncated or escaped JSON,
+    /// spaces around `=`, `password:`, quoted or multi-word credential headers.
+    #[test]
+    fn secrets_in_the_shapes_error_texts_take_are_masked() {
+        let redactor = Redactor::default();
+        for (text, masked) in [
+            (
+                r#"request failed: {"cfg":"token=abc", "password":"hunter2"}"#,
+                r#"request failed: {"cfg":"token=[REDACTED]","password":"[REDACTED]"}"#,
+            ),
+            (
+                r#"[a] [b] [c] [d] [e] [f] [g] [h] [i] {"password":"hunter2"}"#,
+                r#"[a] [b] [c] [d] [e] [f] [g] [h] [i] {"password":"[REDACTED]"}"#,
+            ),
+            (
+                r#"upstream said {"password":"hunter2", "user"#,
+                r#"upstream said {"password":"[REDACTED]", "user"#,
+            ),
+            (
+                r#"Err(Parse("{\"password\": \"hunter2\"}"))"#,
+                r#"Err(Parse("{\"password\": \"[REDACTED]\"}"))"#,
+            ),
+            (
+                "password = hunter2 at login",
+                "password = [REDACTED] at login",
+            ),
+            ("bad db_password: hunter2", "bad db_password: [REDACTED]"),
+            (
+                r#"sent Authorization: "Bearer abc" twice"#,
+                r#"sent Authorization: "[REDACTED]" twice"#,
+            ),
+            (
+                "authorization=Bearer  abc rest",
+                "authorization=[REDACTED] rest",
+            ),
+            (
+                "with X-Vault-Token: s.abc",
+                "with X-Vault-Token: [REDACTED]",
+            ),
+        ] {
+            assert_eq!(redactor.mask_text(text).as_deref(), Some(masked), "{text}");
+        }
+        for plain in [
+            "invalid token: expired signature",
+            "at 12:30: periscope::secret::Store failed",
+            "if a == b then c",
+            "Content-Type: text/plain",
+            r#"missing field "token_count": 3"#,
+        ] {
+            assert_eq!(redactor.mask_text(plain), None, "{plain}");
+        }
     }
 
     #[test]
