@@ -476,6 +476,12 @@ fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
     let (credentials, rest) = match userinfo_end.map(|at| (&rest[..at], &rest[at + 1..])) {
         Some((userinfo, rest)) => {
             let masked = match userinfo.split_once(':') {
+                // GitHub's `https://<token>:x-oauth-basic@github.com`: the user is the token.
+                Some((_token, placeholder))
+                    if placeholder.eq_ignore_ascii_case("x-oauth-basic") =>
+                {
+                    format!("{REDACTED}:{placeholder}@")
+                }
                 Some((user, _password)) => format!("{user}:{REDACTED}@"),
                 None => format!("{REDACTED}@"),
             };
@@ -842,6 +848,10 @@ mod tests {
             (
                 "with X-Vault-Token: s.abc",
                 "with X-Vault-Token: [REDACTED]",
+            ),
+            (
+                "clone https://ghp_abc:x-oauth-basic@github.com/o/r failed",
+                "clone https://[REDACTED]:x-oauth-basic@github.com/o/r failed",
             ),
         ] {
             assert_eq!(redactor.mask_text(text).as_deref(), Some(masked), "{text}");
