@@ -521,7 +521,10 @@ fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
 /// (`/users/@me`) is not one.
 fn userinfo_end(rest: &str) -> Option<usize> {
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    if has_password(authority) {
+    // `user:/pa/ss@host`: an empty "port" with an `@` after it starts a password.
+    let empty_port_then_at =
+        authority.len() > 1 && authority.ends_with(':') && rest[authority.len()..].contains('@');
+    if has_password(authority) || empty_port_then_at {
         return rest.rfind('@');
     }
     if let Some(at) = authority.rfind('@') {
@@ -848,6 +851,10 @@ mod tests {
             (
                 "with X-Vault-Token: s.abc",
                 "with X-Vault-Token: [REDACTED]",
+            ),
+            (
+                "postgres://u:/x/@h/db down",
+                "postgres://u:[REDACTED]@h/db down",
             ),
             (
                 "clone https://ghp_abc:x-oauth-basic@github.com/o/r failed",
