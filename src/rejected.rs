@@ -1,6 +1,8 @@
 //! Requests hyper answers or drops itself, before the service sees them: no access line, no
 //! count and no span tell about them, so the server warns: the first at once, then those that
-//! follow within an interval together when it is over.
+//! follow within an interval together when it is over. Clients cut off for reading nothing of
+//! their answers are warned about the same way: their access line tells the bytes handed
+//! over, not those the client received.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,6 +22,8 @@ enum Rejection {
     Http2,
     /// A request head that does not parse: answered 400.
     Malformed,
+    /// A client that read nothing of its answer for the write timeout: cut off.
+    WriteStalled,
 }
 
 impl Rejection {
@@ -32,10 +36,25 @@ impl Rejection {
             Some(Self::Http2)
         } else if error.is_parse() {
             Some(Self::Malformed)
+        } else if write_stalled(error) {
+            Some(Self::WriteStalled)
         } else {
             None
         }
     }
+}
+
+/// Whether `error` is [`WriteStallGuard`](crate::write_stall::WriteStallGuard)'s: an I/O
+/// error of kind `TimedOut` in its chain (hyper's own timeouts are not I/O errors).
+fn write_stalled(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// The tally of rejected requests, shared by every connection of one server.
@@ -56,6 +75,7 @@ struct Counts {
     too_large: u64,
     http2: u64,
     malformed: u64,
+    write_stalled: u64,
     latest: Option<(SocketAddr, String)>,
 }
 
@@ -68,13 +88,16 @@ impl Counts {
             too_large = self.too_large,
             http2 = self.http2,
             malformed = self.malformed,
+            write_stalled = self.write_stalled,
             %peer,
             error,
-            "requests rejected before the service saw them (no access line, not counted): \
-             heads over the size limit (431), HTTP/2 clients on this HTTP/1.1 port (periscope's \
-             `http2` feature serves them), or \
-             requests that do not parse (400); the counts are since the last such warning, \
-             the peer and error the latest's"
+            "connections the server closed: requests rejected before the service saw them (no \
+             access line, not counted): heads over the size limit (431), HTTP/2 clients on this \
+             HTTP/1.1 port (periscope's `http2` feature serves them), requests that do not \
+             parse (400); or clients that read nothing of their answer for the write timeout \
+             (write_stalled: their access line counts the bytes handed over, not those the \
+             client received); the counts are since the last such warning, the peer and error \
+             the latest's"
         );
     }
 }
@@ -96,6 +119,7 @@ impl RejectedRequests {
                 Rejection::TooLarge => counts.too_large += 1,
                 Rejection::Http2 => counts.http2 += 1,
                 Rejection::Malformed => counts.malformed += 1,
+                Rejection::WriteStalled => counts.write_stalled += 1,
             }
             counts.latest = Some((peer, error.to_string()));
             match tally.last_warning {
@@ -229,7 +253,7 @@ mod tests {
         let seen = warnings.0.lock().unwrap().clone();
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert!(
-            seen[0].contains("too_large=1 http2=0 malformed=0")
+            seen[0].contains("too_large=1 http2=0 malformed=0 write_stalled=0")
                 && seen[0].contains("peer=192.0.2.7:40000"),
             "{seen:?}"
         );
@@ -238,8 +262,43 @@ mod tests {
         let seen = warnings.0.lock().unwrap().clone();
         assert_eq!(seen.len(), 2, "{seen:?}");
         assert!(
-            seen[1].contains("too_large=0 http2=1 malformed=1"),
+            seen[1].contains("too_large=0 http2=1 malformed=1 write_stalled=0"),
             "{seen:?}"
         );
+    }
+
+    /// A client that reads nothing of its answer is cut off after the write timeout and
+    /// warned about (its access line alone would show a 200 with every byte handed over).
+    #[tokio::test(start_paused = true)]
+    async fn clients_cut_off_for_reading_nothing_are_warned_about() {
+        let warnings = Warnings::default();
+        let subscriber = tracing_subscriber::registry().with(warnings.clone());
+        let _default = tracing::subscriber::set_default(subscriber);
+        let (mut client, server) = tokio::io::duplex(4096);
+        let service = hyper::service::service_fn(|_request| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new("x".repeat(1 << 20)))
+        });
+        let stalled = crate::write_stall::WriteStallGuard::new(server, Duration::from_secs(1));
+        let connection =
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stalled), service));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        // The client reads nothing, and stays.
+        let error = connection.await.unwrap().unwrap_err();
+        assert_eq!(
+            Rejection::of(&error),
+            Some(Rejection::WriteStalled),
+            "{error}"
+        );
+        RejectedRequests::default().connection_failed(&error, "192.0.2.7:40000".parse().unwrap());
+        let seen = warnings.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].contains("too_large=0 http2=0 malformed=0 write_stalled=1"),
+            "{seen:?}"
+        );
+        drop(client);
     }
 }

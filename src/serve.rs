@@ -141,7 +141,9 @@ impl Server {
     /// Progress is the client taking bytes; on Linux the server keeps at most 128 KiB unsent
     /// (`TCP_NOTSENT_LOWAT`), so a download that moves faster than 128 KiB per timeout keeps
     /// going (4 KiB/s with the default). Elsewhere the kernel reports progress in coarser
-    /// steps: give slow clients a longer timeout there.
+    /// steps: give slow clients a longer timeout there. Clients cut off so are counted in the
+    /// server's warning about closed connections (`write_stalled`): their access line tells
+    /// the bytes handed over, not those received.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = timeout.max(Duration::from_millis(1));
         self
