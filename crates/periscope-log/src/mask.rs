@@ -500,7 +500,12 @@ fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
             _ => (piece, ""),
         };
         match pair.split_once('=') {
-            Some((key, _)) if i > 0 && redactor.names_a_secret(key) => {
+            Some((key, _))
+                if i > 0
+                    && redactor.names_a_secret(
+                        &percent_encoding::percent_decode_str(key).decode_utf8_lossy(),
+                    ) =>
+            {
                 changed = true;
                 out.push_str(key);
                 out.push('=');
@@ -851,6 +856,10 @@ mod tests {
             (
                 "with X-Vault-Token: s.abc",
                 "with X-Vault-Token: [REDACTED]",
+            ),
+            (
+                "GET https://h/x?pass%77ord=abc&a=1 failed",
+                "GET https://h/x?pass%77ord=[REDACTED]&a=1 failed",
             ),
             (
                 "postgres://u:/x/@h/db down",
