@@ -139,9 +139,15 @@ fn mask_secret_headers(text: &str, redactor: &Redactor) -> Option<String> {
             .rposition(|&b| !(b.is_ascii_alphanumeric() || b == b'-'))
             .map_or(0, |at| at + 1);
         let name = &text[name_start..colon];
-        // A header name of several words (`X-Vault-Token`, `Private-Token`) is read as a key.
+        // A header name of several words ending in a credential's name (`X-Vault-Token`,
+        // `Private-Token`, `X-Secret-Key`); not `tower-sessions:` or `...-Allow-Credentials`.
+        let last_word = name.rsplit('-').next().unwrap_or_default();
         let secret_name = SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
-            || (name.contains('-') && redactor.names_a_secret(name));
+            || (name.contains('-')
+                && ["token", "key", "secret", "password", "apikey"]
+                    .iter()
+                    .any(|word| word.eq_ignore_ascii_case(last_word))
+                && redactor.names_a_secret(name));
         if !secret_name {
             continue;
         }
@@ -166,11 +172,12 @@ fn mask_secret_headers(text: &str, redactor: &Redactor) -> Option<String> {
     splice.finish()
 }
 
-/// How many bytes the search for JSON in a text may read, per byte of the text (and at
-/// least [`MIN_JSON_SCAN`]): enough for every bracketed span of ordinary text, while a text
-/// of many unclosed brackets, each read to the end, stays linear.
+/// How many bytes the search for JSON in a text may read, per byte of the text: enough for
+/// every bracketed span of ordinary text, while a text of many unclosed brackets, each read to
+/// the end, stays linear.
 const JSON_SCAN_PER_BYTE: usize = 8;
-const MIN_JSON_SCAN: usize = 64 << 10;
+/// The least it may read, whatever the text's length: a short text may nest brackets deeply.
+const MIN_JSON_SCAN: usize = 1 << 20;
 
 /// `text` with each JSON object or array inside it (`failed: {"password": "x"} at ...`)
 /// masked as a string holding one is, or `None` when none needed masking. Each `{` or `[`
@@ -349,14 +356,22 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
             .count();
         let key = &text[key_end - key_len..key_end];
         // After `:` only a password's own name counts: `invalid token: expired` stays.
+        let mut value_start = at + 1 + (after.len() - after.trim_start_matches(' ').len());
+        // `Config { token: "abc" }`, `Auth { bearer_token: Some("abc") }`: a `Debug` struct.
+        let debug_value =
+            text[value_start..].starts_with('"') || text[value_start..].starts_with("Some(\"");
         let secret = match separator {
             "=" => redactor.names_a_secret(key),
-            _ => names_a_password(key) && redactor.names_a_secret(key),
+            // After `:`, a password's name, or any secret's name with a quoted value: `invalid
+            // token: expired` stays.
+            _ => redactor.names_a_secret(key) && (names_a_password(key) || debug_value),
         };
         if key.is_empty() || !secret {
             continue;
         }
-        let value_start = at + 1 + (after.len() - after.trim_start_matches(' ').len());
+        if text[value_start..].starts_with("Some(") {
+            value_start += "Some(".len();
+        }
         // Checked before looking for the value's end: a text of many parameters the URL rules
         // masked would otherwise be scanned again from each of them (quadratic time).
         if text[value_start..]
@@ -386,16 +401,19 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
                 }
             }
         };
-        splice.replace(value_start, value_end, REDACTED);
+        if value_end > value_start {
+            splice.replace(value_start, value_end, REDACTED);
+        }
     }
     splice.finish()
 }
 
-/// Whether a key written before a `:` is a password's name (`password`, `db_passwd`,
-/// `client_secret`): a colon follows many words in free text, so only these count there.
+/// Whether a key written before a `:` is a password's name (`password`, `db_passwd`): a colon
+/// follows many words in free text (`failed to read secret: no such file`), so only these
+/// count there unless a quoted value follows.
 fn names_a_password(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "passwd", "passphrase", "secret"]
+    ["password", "passwd", "passphrase"]
         .iter()
         .any(|word| key.contains(word))
 }
@@ -476,11 +494,15 @@ fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
     let (credentials, rest) = match userinfo_end.map(|at| (&rest[..at], &rest[at + 1..])) {
         Some((userinfo, rest)) => {
             let masked = match userinfo.split_once(':') {
-                // GitHub's `https://<token>:x-oauth-basic@github.com`: the user is the token.
-                Some((_token, placeholder))
-                    if placeholder.eq_ignore_ascii_case("x-oauth-basic") =>
+                // GitHub's `https://<token>:x-oauth-basic@github.com` (the user information
+                // may run to a later `@`), `https://<token>:@host`: the user is the token.
+                Some((_token, password))
+                    if password.is_empty()
+                        || password
+                            .get(..13)
+                            .is_some_and(|start| start.eq_ignore_ascii_case("x-oauth-basic")) =>
                 {
-                    format!("{REDACTED}:{placeholder}@")
+                    format!("{REDACTED}:{REDACTED}@")
                 }
                 Some((user, _password)) => format!("{user}:{REDACTED}@"),
                 None => format!("{REDACTED}@"),
@@ -526,10 +548,7 @@ fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
 /// (`/users/@me`) is not one.
 fn userinfo_end(rest: &str) -> Option<usize> {
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    // `user:/pa/ss@host`: an empty "port" with an `@` after it starts a password.
-    let empty_port_then_at =
-        authority.len() > 1 && authority.ends_with(':') && rest[authority.len()..].contains('@');
-    if has_password(authority) || empty_port_then_at {
+    if has_password(authority) {
         return rest.rfind('@');
     }
     if let Some(at) = authority.rfind('@') {
@@ -847,7 +866,7 @@ mod tests {
             ("bad db_password: hunter2", "bad db_password: [REDACTED]"),
             (
                 r#"sent Authorization: "Bearer abc" twice"#,
-                r#"sent Authorization: "[REDACTED]" twice"#,
+                r#"sent Authorization: [REDACTED] twice"#,
             ),
             (
                 "authorization=Bearer  abc rest",
@@ -862,12 +881,24 @@ mod tests {
                 "GET https://h/x?pass%77ord=[REDACTED]&a=1 failed",
             ),
             (
-                "postgres://u:/x/@h/db down",
-                "postgres://u:[REDACTED]@h/db down",
+                "clone https://ghp_abc:x-oauth-basic@github.com/o/r failed",
+                "clone https://[REDACTED]:[REDACTED]@github.com/o/r failed",
             ),
             (
-                "clone https://ghp_abc:x-oauth-basic@github.com/o/r failed",
-                "clone https://[REDACTED]:x-oauth-basic@github.com/o/r failed",
+                "git+https://ghp_abc:x-oauth-basic@github.com/o/r.git@v1.0",
+                "git+https://[REDACTED]:[REDACTED]@v1.0",
+            ),
+            (
+                "https://ghp_abc:@github.com/o/r",
+                "https://[REDACTED]:[REDACTED]@github.com/o/r",
+            ),
+            (
+                r#"Config { token: "abc", api_key: "sk-live-1" }"#,
+                r#"Config { token: [REDACTED], api_key: [REDACTED] }"#,
+            ),
+            (
+                r#"Auth { bearer_token: Some("abc") }"#,
+                r#"Auth { bearer_token: Some([REDACTED]) }"#,
             ),
         ] {
             assert_eq!(redactor.mask_text(text).as_deref(), Some(masked), "{text}");
@@ -877,6 +908,10 @@ mod tests {
             "at 12:30: periscope::secret::Store failed",
             "if a == b then c",
             "Content-Type: text/plain",
+            "tower-sessions: failed to load session: connection refused",
+            "Access-Control-Allow-Credentials: true",
+            "failed to read secret: no such file",
+            "Password: ",
             r#"missing field "token_count": 3"#,
         ] {
             assert_eq!(redactor.mask_text(plain), None, "{plain}");
