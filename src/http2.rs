@@ -83,14 +83,14 @@ pub(crate) struct Http2Limits {
 /// connection has been idle for the idle timeout, or it answered while `drain` drains; the last
 /// three end it gracefully: GOAWAY, then the streams open finish. An answer the client has
 /// taken nothing of for the write timeout closes it at once, as a stalled write does in
-/// HTTP/1.1.
+/// HTTP/1.1 (the result says so, for the server's warning).
 pub(crate) async fn serve_http2<S, B>(
     stream: TcpStream,
     service: S,
     drain: Option<DrainHandle>,
     limits: Http2Limits,
     mut stopping: watch::Receiver<bool>,
-) -> Result<(), hyper::Error>
+) -> Result<Http2End, hyper::Error>
 where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -148,7 +148,7 @@ where
     let mut seen = streams.events.load(Ordering::Relaxed);
     loop {
         tokio::select! {
-            result = connection.as_mut() => return result,
+            result = connection.as_mut() => return result.map(|()| Http2End::Closed),
             // The guard `wait_for` returns is dropped at once (it is not `Send`).
             _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => break,
             () = streams.retire.notified() => break,
@@ -164,7 +164,7 @@ where
                 seen = now;
             }
             _ = write_ticks.tick(), if write_check.is_some() => if stalled() {
-                return Ok(());
+                return Ok(Http2End::WriteStalled);
             },
         }
     }
@@ -173,18 +173,27 @@ where
     // does would hold it for good, so it is dropped once no stream is left and nothing moves.
     loop {
         tokio::select! {
-            result = connection.as_mut() => return result,
+            result = connection.as_mut() => return result.map(|()| Http2End::Closed),
             _ = idle_ticks.tick() => {
                 let moved = written_for_idle.moved();
                 if !moved && streams.open.load(Ordering::Relaxed) == 0 {
-                    return Ok(());
+                    return Ok(Http2End::Closed);
                 }
             }
             _ = write_ticks.tick(), if write_check.is_some() => if stalled() {
-                return Ok(());
+                return Ok(Http2End::WriteStalled);
             },
         }
     }
+}
+
+/// How an HTTP/2 connection ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Http2End {
+    /// Closed by the client, or gracefully by the server.
+    Closed,
+    /// Cut off: an answer waited on the client for the write timeout.
+    WriteStalled,
 }
 
 /// The bytes written on a connection, as one timer sees them.

@@ -22,7 +22,7 @@ enum Rejection {
     Http2,
     /// A request head that does not parse: answered 400.
     Malformed,
-    /// A client that read nothing of its answer for the write timeout: cut off.
+    /// A client that stopped reading its answer for the write timeout: cut off.
     WriteStalled,
 }
 
@@ -44,13 +44,19 @@ impl Rejection {
     }
 }
 
-/// Whether `error` is [`WriteStallGuard`](crate::write_stall::WriteStallGuard)'s: an I/O
-/// error of kind `TimedOut` in its chain (hyper's own timeouts are not I/O errors).
+/// Whether `error` is [`WriteStallGuard`](crate::write_stall::WriteStallGuard)'s: the
+/// connection's I/O failed with its [`WriteStalled`](crate::write_stall::WriteStalled) (a
+/// service's or a body's own errors are the user's, and not counted).
 fn write_stalled(error: &hyper::Error) -> bool {
+    if error.is_user() {
+        return false;
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(error) = source {
         if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::TimedOut;
+            return io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<crate::write_stall::WriteStalled>());
         }
         source = error.source();
     }
@@ -94,7 +100,7 @@ impl Counts {
             "connections the server closed: requests rejected before the service saw them (no \
              access line, not counted): heads over the size limit (431), HTTP/2 clients on this \
              HTTP/1.1 port (periscope's `http2` feature serves them), requests that do not \
-             parse (400); or clients that read nothing of their answer for the write timeout \
+             parse (400); or clients that stopped reading their answer for the write timeout \
              (write_stalled: their access line counts the bytes handed over, not those the \
              client received); the counts are since the last such warning, the peer and error \
              the latest's"
@@ -111,6 +117,21 @@ impl RejectedRequests {
             tracing::debug!(error = %error, %peer, "connection closed with an error");
             return;
         };
+        self.count(rejection, peer, error.to_string());
+    }
+
+    /// Takes note of an HTTP/2 connection cut off because an answer waited on its client for
+    /// the write timeout (no error: the server closed it).
+    #[cfg(feature = "http2")]
+    pub(crate) fn write_stalled(&self, peer: SocketAddr) {
+        self.count(
+            Rejection::WriteStalled,
+            peer,
+            crate::write_stall::WriteStalled.to_string(),
+        );
+    }
+
+    fn count(&self, rejection: Rejection, peer: SocketAddr, error: String) {
         let now = Instant::now();
         let due = {
             let mut tally = self.lock();
@@ -121,7 +142,7 @@ impl RejectedRequests {
                 Rejection::Malformed => counts.malformed += 1,
                 Rejection::WriteStalled => counts.write_stalled += 1,
             }
-            counts.latest = Some((peer, error.to_string()));
+            counts.latest = Some((peer, error));
             match tally.last_warning {
                 Some(last) if now.duration_since(last) < WARNING_INTERVAL => {
                     if tally.report_pending {
@@ -292,7 +313,8 @@ mod tests {
             Some(Rejection::WriteStalled),
             "{error}"
         );
-        RejectedRequests::default().connection_failed(&error, "192.0.2.7:40000".parse().unwrap());
+        let rejected = RejectedRequests::default();
+        rejected.connection_failed(&error, "192.0.2.7:40000".parse().unwrap());
         let seen = warnings.0.lock().unwrap().clone();
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert!(
@@ -300,5 +322,22 @@ mod tests {
             "{seen:?}"
         );
         drop(client);
+
+        // A service's own `TimedOut` (an upstream that timed out) is not a stalled client.
+        let (mut client, server) = tokio::io::duplex(4096);
+        let failing = hyper::service::service_fn(|_request| async {
+            Err::<http::Response<String>, _>(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "upstream timed out",
+            ))
+        });
+        let connection =
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(server), failing));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let error = connection.await.unwrap().unwrap_err();
+        assert_eq!(Rejection::of(&error), None, "{error}");
     }
 }

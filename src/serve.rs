@@ -244,8 +244,12 @@ impl Server {
                             };
                             let served =
                                 crate::http2::serve_http2(stream, service, drain, limits, stopping);
-                            if let Err(error) = served.await {
-                                rejected.connection_failed(&error, peer);
+                            match served.await {
+                                Ok(crate::http2::Http2End::WriteStalled) => {
+                                    rejected.write_stalled(peer);
+                                }
+                                Ok(crate::http2::Http2End::Closed) => {}
+                                Err(error) => rejected.connection_failed(&error, peer),
                             }
                             return;
                         }

@@ -12,6 +12,19 @@ use pin_project::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+/// The error a stalled write fails with, told apart from other `TimedOut` errors (a service's
+/// own, the kernel's) by its type.
+#[derive(Debug)]
+pub(crate) struct WriteStalled;
+
+impl std::fmt::Display for WriteStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client took nothing of its answer for the write timeout")
+    }
+}
+
+impl std::error::Error for WriteStalled {}
+
 /// Wraps a connection's stream so that a write making no progress for `timeout` fails with
 /// `TimedOut`: a client that stops reading its answers (its receive window full) is cut off
 /// instead of holding the connection, and a file descriptor, for good. Any progress restarts
@@ -83,10 +96,9 @@ impl<S: AsyncWrite> WriteStallGuard<S> {
             }
         }
         match this.clock.as_mut().map(|clock| clock.as_mut().poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client read nothing for the write timeout",
-            ))),
+            Some(Poll::Ready(())) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, WriteStalled)))
+            }
             Some(Poll::Pending) | None => Poll::Pending,
         }
     }

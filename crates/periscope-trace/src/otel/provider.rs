@@ -71,20 +71,32 @@ struct ExportThread {
 
 impl ExportThread {
     fn start() -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (started, handle) = std::sync::mpsc::sync_channel(1);
+        // The runtime is made, run and dropped on its own thread, never in the caller's
+        // (which may be async code, where dropping a runtime panics).
         std::thread::Builder::new()
             .name("periscope-otlp".to_owned())
-            // The runtime is dropped on this thread once told to stop (or once the sender is
-            // gone), never inside the application's async code.
             .spawn(move || {
-                let _ = runtime.block_on(stopped);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => {
+                        let _ = started.send(Ok(runtime.handle().clone()));
+                        // Until the guard drops (or its sender is gone).
+                        let _ = runtime.block_on(stopped);
+                    }
+                    Err(error) => {
+                        let _ = started.send(Err(error));
+                    }
+                }
             })?;
+        let runtime = handle
+            .recv()
+            .map_err(|_| std::io::Error::other("the OTLP export thread ended at once"))??;
         Ok(Self {
-            runtime: handle,
+            runtime,
             stop: Some(stop),
         })
     }
