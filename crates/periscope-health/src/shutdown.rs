@@ -100,6 +100,9 @@ impl Shutdown {
                 target: SHUTDOWN_TARGET,
                 "drained: stopping the listeners, finishing the requests in flight"
             );
+            // A `resume()` during the grace period does not cancel the shutdown: `/ready`
+            // must not send traffic back to listeners that are closing.
+            drain.drain();
             let _ = stop.send(true);
         });
         Self { stopped }

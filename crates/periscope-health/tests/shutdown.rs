@@ -96,3 +96,35 @@ fn a_shutdown_whose_task_is_gone_does_not_wait_forever() {
             .expect("wait returns once nothing can end it");
     });
 }
+
+/// A `resume()` during the grace period does not cancel the shutdown: once the listeners stop,
+/// `/ready` drains again rather than sending traffic back to a closing instance.
+#[tokio::test]
+async fn a_resume_during_the_grace_period_does_not_leave_ready_open_at_the_stop() {
+    let health = Health::builder().build().unwrap();
+    let drain = health.drain_handle();
+    let (trigger, triggered) = oneshot::channel::<()>();
+    let shutdown = Shutdown::on(
+        async move {
+            let _ = triggered.await;
+            "test"
+        },
+        drain.clone(),
+        Duration::from_millis(300),
+    );
+    trigger.send(()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !drain.is_draining() {
+        assert!(Instant::now() < deadline, "never drained");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drain.resume();
+    assert!(!drain.is_draining());
+    tokio::time::timeout(Duration::from_secs(5), shutdown.wait())
+        .await
+        .expect("the shutdown goes on");
+    assert!(
+        drain.is_draining(),
+        "/ready would answer ok while the listeners stop"
+    );
+}

@@ -218,16 +218,28 @@ fn head_end(head: &[u8]) -> Option<usize> {
         })
 }
 
-/// The status code of `HTTP/1.x NNN ...`.
+/// The status code of `HTTP/1.x NNN ...`, read from bytes: the reason phrase may be in any
+/// encoding (RFC 9112 allows Latin-1) or cut by the read limit, and is ignored.
 fn parse_status(head: &[u8]) -> Option<u16> {
     let line = head.split(|&byte| byte == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split(' ');
-    if !parts.next()?.starts_with("HTTP/1.") {
+    let rest = line.strip_prefix(b"HTTP/1.")?;
+    // The minor version digit, a space, three digits, then a space or the line's end.
+    let [minor, b' ', code @ ..] = rest else {
+        return None;
+    };
+    if !minor.is_ascii_digit() || code.len() < 3 {
         return None;
     }
-    let code = parts.next()?.trim_end();
-    (code.len() == 3).then(|| code.parse().ok()).flatten()
+    let (digits, after) = code.split_at(3);
+    if !digits.iter().all(u8::is_ascii_digit) || !matches!(after.first(), None | Some(b' ' | b'\r'))
+    {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0, |code, digit| code * 10 + u16::from(digit - b'0')),
+    )
 }
 
 impl Check for HttpCheck {
@@ -293,6 +305,24 @@ mod tests {
         assert_eq!(parse_status(b"HTTP/1.0 503\r\n"), Some(503));
         assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
         assert_eq!(parse_status(b""), None);
+        // A reason phrase in Latin-1, or cut in the middle of a character by the read limit,
+        // does not hide a healthy status.
+        assert_eq!(parse_status(b"HTTP/1.1 200 \xC7a va\r\n\r\n"), Some(200));
+        let long = [
+            b"HTTP/1.1 200 ".as_slice(),
+            &"é".repeat(800).as_bytes()[..1023],
+        ]
+        .concat();
+        assert_eq!(parse_status(&long), Some(200));
+        assert_eq!(parse_status(b"HTTP/1.1 200\n"), Some(200));
+        for not_a_status in [
+            b"HTTP/1.1 +20 OK\r\n".as_slice(),
+            b"HTTP/1.1 2000 OK\r\n",
+            b"HTTP/1.1 20\r\n",
+            b"HTTP/1.x 200 OK\r\n",
+        ] {
+            assert_eq!(parse_status(not_a_status), None, "{not_a_status:?}");
+        }
     }
 
     #[test]
