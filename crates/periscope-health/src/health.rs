@@ -175,14 +175,20 @@ impl Health {
     }
 
     /// Background mode: runs the checks every `every` (at least 100 ms) in a task, and probes
-    /// answer from the last run whatever its age, so no probe ever waits on a dependency.
+    /// answer from the last run whatever its age, so no probe ever waits on a dependency. No
+    /// check runs while a startup gate is closed or the service drains, as for probes.
     /// Polling stops when the returned [`Poller`] is dropped.
     ///
     /// # Errors
     ///
     /// [`NoRuntime`] when called outside a Tokio runtime.
     pub fn spawn_poller(&self, every: Duration) -> Result<Poller, NoRuntime> {
-        self.inner.runner.spawn_poller(every)
+        // While starting or draining readiness runs no check; neither does the poller.
+        let drain = self.inner.drain.clone();
+        let gates = self.inner.gates.clone();
+        self.inner.runner.spawn_poller(every, move || {
+            drain.is_draining() || gates.iter().any(|gate| !gate.is_open())
+        })
     }
 
     /// Registers `health_check_status{check}` (1 pass, 0 fail) and

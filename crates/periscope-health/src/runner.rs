@@ -139,9 +139,14 @@ impl Runner {
         run
     }
 
-    /// Starts a task that runs the checks every `every` (at least [`MIN_POLL_INTERVAL`]);
+    /// Starts a task that runs the checks every `every` (at least [`MIN_POLL_INTERVAL`]),
+    /// but not while `held_back` (starting or draining: readiness runs no check then);
     /// stopped when the returned [`Poller`] is dropped.
-    pub(crate) fn spawn_poller(self: &Arc<Self>, every: Duration) -> Result<Poller, NoRuntime> {
+    pub(crate) fn spawn_poller(
+        self: &Arc<Self>,
+        every: Duration,
+        held_back: impl Fn() -> bool + Send + 'static,
+    ) -> Result<Poller, NoRuntime> {
         let handle = Handle::try_current().map_err(|_| NoRuntime)?;
         let every = every.max(MIN_POLL_INTERVAL);
         let runner = Arc::downgrade(self);
@@ -151,9 +156,11 @@ impl Runner {
                 let Some(runner) = runner.upgrade() else {
                     return;
                 };
-                let run = runner.join_or_start();
-                drop(runner);
-                run.await;
+                if !held_back() {
+                    let run = runner.join_or_start();
+                    drop(runner);
+                    run.await;
+                }
                 tokio::time::sleep(every).await;
             }
         });

@@ -464,6 +464,33 @@ async fn a_background_poller_answers_probes_without_running_checks() {
     );
 }
 
+/// While starting or draining readiness runs no check, and neither does the poller: a pod
+/// loading or shutting down does not load its dependencies with probe traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poller_runs_no_check_while_starting_or_draining() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let model_loaded = StartupGate::new("model_loaded");
+    let health = Health::builder()
+        .check("database", counting(&runs))
+        .startup_gate(model_loaded.clone())
+        .cache_ttl(Duration::ZERO)
+        .build()
+        .unwrap();
+    let _poller = health.spawn_poller(Duration::from_millis(100)).unwrap();
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "ran while starting");
+
+    model_loaded.open();
+    wait_until(|| runs.load(Ordering::SeqCst) >= 2).await;
+
+    health.drain_handle().drain();
+    // A run under way when the drain began may still finish.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let drained = runs.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), drained, "ran while draining");
+}
+
 /// Waits (up to 10 s) for a condition the runtime makes true in the background.
 async fn wait_until(condition: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
