@@ -59,8 +59,11 @@ impl Runner {
 
     /// The last run when it is still fresh (or kept fresh by a poller), without waiting.
     pub(crate) fn cached(&self) -> Option<Arc<CheckRun>> {
+        self.fresh(&self.state())
+    }
+
+    fn fresh(&self, state: &RunState) -> Option<Arc<CheckRun>> {
         let polled = self.pollers.load(Ordering::Acquire) > 0;
-        let state = self.state();
         state
             .last
             .as_ref()
@@ -73,12 +76,17 @@ impl Runner {
         if let Some(run) = self.cached() {
             return run;
         }
-        self.join_or_start().await
+        self.join_or_start(true).await
     }
 
-    /// Joins the run in flight, or starts one, ignoring the cache.
-    fn join_or_start(self: &Arc<Self>) -> SharedRun {
+    /// Joins the run in flight, or starts one; with `fresh_will_do`, first takes a fresh run
+    /// under the same lock (one may have finished since the caller looked: it is not run
+    /// again).
+    fn join_or_start(self: &Arc<Self>, fresh_will_do: bool) -> SharedRun {
         let mut state = self.state();
+        if fresh_will_do && let Some(run) = self.fresh(&state) {
+            return async move { run }.boxed().shared();
+        }
         if let Some(run) = &state.in_flight {
             return run.clone();
         }
@@ -157,7 +165,7 @@ impl Runner {
                     return;
                 };
                 if !held_back() {
-                    let run = runner.join_or_start();
+                    let run = runner.join_or_start(false);
                     drop(runner);
                     run.await;
                 }
