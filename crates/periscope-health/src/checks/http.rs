@@ -49,18 +49,39 @@ pub fn http_get(url: &str) -> Result<HttpCheck, InvalidUrl> {
     if authority.contains('@') {
         return Err(invalid("credentials in the URL are not supported"));
     }
-    let (host, port) = match authority.rsplit_once(':') {
-        // A bare IPv6 address such as `[::1]` has colons but no port.
-        Some((host, port)) if !port.contains(']') => {
-            let port = port
-                .parse::<u16>()
-                .map_err(|_| invalid("the port is not a number from 0 to 65535"))?;
-            (host, port)
-        }
-        _ => (authority, 80),
+    let parse_port = |port: &str| {
+        // Digits only: `u16::from_str` would take `+80`.
+        port.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| port.parse::<u16>().ok())
+            .flatten()
+            .ok_or_else(|| invalid("the port is not a number from 0 to 65535"))
     };
-    if host.is_empty() || host == "[]" {
-        return Err(invalid("the host is missing"));
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        // An IPv6 address: `[::1]`, `[::1]:8080`.
+        let (address, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| invalid("an IPv6 address lacks its closing `]`"))?;
+        if address.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(invalid("the host in brackets is not an IPv6 address"));
+        }
+        let port = match after {
+            "" => 80,
+            _ => parse_port(
+                after
+                    .strip_prefix(':')
+                    .ok_or_else(|| invalid("only a `:port` may follow an IPv6 address"))?,
+            )?,
+        };
+        (&authority[..address.len() + 2], port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, parse_port(port)?),
+            None => (authority, 80),
+        }
+    };
+    if host.is_empty() || (!host.starts_with('[') && host.contains([':', '[', ']'])) {
+        return Err(invalid("the host is missing or malformed"));
     }
     let path = if path.starts_with('?') {
         format!("/{path}")
@@ -269,6 +290,8 @@ mod tests {
         let check = http_get("HTTP://[::1]").unwrap();
         assert_eq!(check.connect_to, "[::1]:80");
         assert_eq!(check.path, "/");
+        let check = http_get("http://[fe80::1]:8080/ready").unwrap();
+        assert_eq!(check.connect_to, "[fe80::1]:8080");
         assert_eq!(http_get("http://svc?x").unwrap().path, "/?x");
     }
 
@@ -294,6 +317,12 @@ mod tests {
             "http://host/\r\nX-Injected: 1",
             "",
             "é",
+            "http://[::1",
+            "http://[::1]x/",
+            "http://[zz]/",
+            "http://[]/",
+            "http://host:+80/",
+            "http://a:b:80/",
         ] {
             assert!(http_get(url).is_err(), "{url:?}");
         }
