@@ -355,7 +355,6 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
             .take_while(|&&b| is_key_char(b))
             .count();
         let key = &text[key_end - key_len..key_end];
-        // After `:` only a password's own name counts: `invalid token: expired` stays.
         let mut value_start = at + 1 + (after.len() - after.trim_start_matches(' ').len());
         // `Config { token: "abc" }`, `Auth { bearer_token: Some("abc") }`: a `Debug` struct.
         let debug_value =
