@@ -203,3 +203,52 @@ async fn the_default_protocol_exports_protobuf_over_http() {
     assert_eq!(failed.status.as_ref().unwrap().code, "STATUS_CODE_ERROR");
     assert!(attr(&failed, "http.response.status_code").contains("500"));
 }
+
+/// HTTP export runs on the exporter's own thread, as gRPC export does: built outside any
+/// runtime and dropped inside async code on a current-thread runtime (which the guard's flush
+/// blocks), the last span still reaches the receiver.
+#[test]
+fn http_export_needs_no_runtime_of_the_application() {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+
+    let receiver_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (endpoint, exports) = receiver_runtime.block_on(start_receiver());
+    let build = || {
+        OtelConfig::from_lookup(|name| {
+            (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| endpoint.clone())
+        })
+        .unwrap()
+        .build()
+        .unwrap()
+    };
+    let trace_of =
+        |span: &opentelemetry_sdk::trace::Span| span.span_context().trace_id().to_string();
+
+    let guard = build();
+    let mut span = guard.tracer().start("outside-any-runtime");
+    let outside = trace_of(&span);
+    span.end();
+    drop(guard);
+    assert_eq!(export_of(&exports, &outside).1.name, "outside-any-runtime");
+
+    let current_thread = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let inside = current_thread.block_on(async {
+        let guard = build();
+        let mut span = guard.tracer().start("on-a-current-thread-runtime");
+        let inside = trace_of(&span);
+        span.end();
+        drop(guard);
+        inside
+    });
+    assert_eq!(
+        export_of(&exports, &inside).1.name,
+        "on-a-current-thread-runtime"
+    );
+}

@@ -1,8 +1,14 @@
 //! Building the tracer provider and keeping it alive: the guard.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_http::hyper::HyperClient;
+use opentelemetry_http::{HttpClient, HttpError};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
@@ -26,13 +32,12 @@ pub type OtelLayer<S> = Filtered<OpenTelemetryLayer<S, Tracer>, Targets, S>;
 
 /// The crates the exporter itself runs on. Their debug spans would be exported by the export
 /// they describe, feeding on themselves: only their warnings and errors are kept.
-const TRANSPORT_TARGETS: [&str; 7] = [
+const TRANSPORT_TARGETS: [&str; 6] = [
     "h2",
     "hyper",
     "hyper_util",
     "tonic",
     "tower",
-    "reqwest",
     "opentelemetry",
 ];
 
@@ -59,9 +64,9 @@ pub enum InstallError {
     },
 }
 
-/// The Tokio runtime OTLP export over gRPC runs on: one thread of its own, stopped when the
-/// guard drops. tonic's connection lives there rather than on the application's runtime, so
-/// `install` works from any thread, and the guard's last flush neither waits on a
+/// The Tokio runtime OTLP export runs on: one thread of its own, stopped when the guard drops.
+/// tonic's connection, or hyper's requests, live there rather than on the application's
+/// runtime, so `install` works from any thread, and the guard's last flush neither waits on a
 /// current-thread runtime it is blocking nor on one already shut down.
 #[derive(Debug)]
 struct ExportThread {
@@ -102,6 +107,51 @@ impl ExportThread {
     }
 }
 
+/// OTLP over HTTP sent by hyper on the export thread's runtime; the SDK's batch thread, outside
+/// any runtime, awaits the answer.
+#[derive(Debug)]
+struct ExportHttpClient {
+    runtime: tokio::runtime::Handle,
+    hyper: HyperClient,
+}
+
+impl HttpClient for ExportHttpClient {
+    // `HttpClient` is an `async_trait`: this is the signature it expands `async fn` to.
+    fn send_bytes<'client, 'future>(
+        &'client self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Pin<
+        Box<dyn Future<Output = Result<http::Response<bytes::Bytes>, HttpError>> + Send + 'future>,
+    >
+    where
+        'client: 'future,
+        Self: 'future,
+    {
+        let hyper = self.hyper.clone();
+        let sent = self
+            .runtime
+            .spawn(async move { hyper.send_bytes(request).await });
+        Box::pin(async move {
+            sent.await
+                .map_err(|stopped| Box::new(stopped) as HttpError)?
+        })
+    }
+}
+
+/// The export's timeout, as the exporter reads it (checked by [`OtelConfig::from_lookup`]).
+fn export_timeout() -> Duration {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .iter()
+    .find_map(|var| std::env::var(var).ok()?.trim().parse::<u64>().ok())
+    .map_or(DEFAULT_EXPORT_TIMEOUT, Duration::from_millis)
+}
+
+/// The OTLP exporters' default timeout.
+const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Drop for ExportThread {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -135,22 +185,22 @@ impl OtelConfig {
             .with_resource(self.resource());
         let mut export_thread = None;
         if let Some(endpoint) = &endpoint {
+            let thread = ExportThread::start().map_err(InstallError::ExportThread)?;
             let exporter = match self.protocol {
                 Protocol::Grpc => {
-                    let thread = ExportThread::start().map_err(InstallError::ExportThread)?;
                     // tonic puts its connection on the runtime current while it is built.
-                    let built = {
-                        let _on_export_thread = thread.runtime.enter();
-                        SpanExporter::builder()
-                            .with_tonic()
-                            .with_endpoint(endpoint.clone())
-                            .build()
-                    };
-                    export_thread = Some(thread);
-                    built
+                    let _on_export_thread = thread.runtime.enter();
+                    SpanExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(endpoint.clone())
+                        .build()
                 }
                 Protocol::HttpProtobuf => SpanExporter::builder()
                     .with_http()
+                    .with_http_client(ExportHttpClient {
+                        runtime: thread.runtime.clone(),
+                        hyper: HyperClient::with_default_connector(export_timeout(), None),
+                    })
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                     .with_endpoint(endpoint.clone())
                     .build(),
@@ -160,6 +210,7 @@ impl OtelConfig {
                 source,
             })?;
             builder = builder.with_batch_exporter(exporter);
+            export_thread = Some(thread);
         }
         let provider = builder.build();
         let exporting = endpoint.is_some();
@@ -229,7 +280,7 @@ impl OtelGuard {
     /// The layer to add to the tracing subscriber; `None` when nothing is exported.
     ///
     /// Spans and events of the crates the export runs on (`h2`, `hyper`, `tonic`, `tower`,
-    /// `reqwest`, `opentelemetry`) are kept out of it below warn level, so exporting can never
+    /// `opentelemetry`) are kept out of it below warn level, so exporting can never
     /// feed on its own telemetry. For another filter, build a layer from
     /// [`OtelGuard::tracer`].
     ///
