@@ -36,7 +36,7 @@ impl Rejection {
             Some(Self::Http2)
         } else if error.is_parse() {
             Some(Self::Malformed)
-        } else if write_stalled(error) {
+        } else if is_write_stall(error) {
             Some(Self::WriteStalled)
         } else {
             None
@@ -47,7 +47,7 @@ impl Rejection {
 /// Whether `error` is [`WriteStallGuard`](crate::write_stall::WriteStallGuard)'s: the
 /// connection's I/O failed with its [`WriteStalled`](crate::write_stall::WriteStalled) (a
 /// service's or a body's own errors are the user's, and not counted).
-fn write_stalled(error: &hyper::Error) -> bool {
+fn is_write_stall(error: &hyper::Error) -> bool {
     if error.is_user() {
         return false;
     }
@@ -295,19 +295,13 @@ mod tests {
         let warnings = Warnings::default();
         let subscriber = tracing_subscriber::registry().with(warnings.clone());
         let _default = tracing::subscriber::set_default(subscriber);
-        let (mut client, server) = tokio::io::duplex(4096);
         let service = hyper::service::service_fn(|_request| async {
             Ok::<_, std::convert::Infallible>(http::Response::new("x".repeat(1 << 20)))
         });
-        let stalled = crate::write_stall::WriteStallGuard::new(server, Duration::from_secs(1));
-        let connection =
-            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stalled), service));
-        client
-            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
-        // The client reads nothing, and stays.
-        let error = connection.await.unwrap().unwrap_err();
+        let error = error_of_one_get(service, |server| {
+            crate::write_stall::WriteStallGuard::new(server, Duration::from_secs(1))
+        })
+        .await;
         assert_eq!(
             Rejection::of(&error),
             Some(Rejection::WriteStalled),
@@ -321,23 +315,44 @@ mod tests {
             seen[0].contains("too_large=0 http2=0 malformed=0 write_stalled=1"),
             "{seen:?}"
         );
-        drop(client);
 
         // A service's own `TimedOut` (an upstream that timed out) is not a stalled client.
-        let (mut client, server) = tokio::io::duplex(4096);
         let failing = hyper::service::service_fn(|_request| async {
             Err::<http::Response<String>, _>(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "upstream timed out",
             ))
         });
-        let connection =
-            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(server), failing));
+        let error = error_of_one_get(failing, |server| server).await;
+        assert_eq!(Rejection::of(&error), None, "{error}");
+    }
+
+    /// The error a connection ends with after `GET /`, its server side wrapped by `wrap`; the
+    /// client stays, reading nothing, until it has ended.
+    async fn error_of_one_get<S, I>(
+        service: S,
+        wrap: impl FnOnce(tokio::io::DuplexStream) -> I,
+    ) -> hyper::Error
+    where
+        S: hyper::service::Service<
+                http::Request<hyper::body::Incoming>,
+                Response = http::Response<String>,
+            > + Send
+            + 'static,
+        S::Future: Send,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let connection = tokio::spawn(
+            http1::Builder::new().serve_connection(TokioIo::new(wrap(server)), service),
+        );
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
             .await
             .unwrap();
         let error = connection.await.unwrap().unwrap_err();
-        assert_eq!(Rejection::of(&error), None, "{error}");
+        drop(client);
+        error
     }
 }
