@@ -13,7 +13,7 @@ use periscope_health::Shutdown;
 use periscope_log::{
     AccessLogLayer, DroppedLines, LevelControl, LogFormat, LogGuard, LogLayer, RecentLogs, Redactor,
 };
-use periscope_metrics::{MetricsLayer, MetricsRegistry, ServiceInfo};
+use periscope_metrics::{MetricsLayer, MetricsLayerBuilder, MetricsRegistry, ServiceInfo};
 use periscope_trace::CorrelationLayer;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -87,7 +87,11 @@ pub struct ObservabilityBuilder {
     route_templates: Vec<String>,
     log_writer: Option<Box<dyn Write + Send>>,
     status_sections: Vec<(String, StatusSection)>,
+    red_metrics: Option<ConfigureRed>,
 }
+
+/// What the service changes in the RED layer's names, labels and buckets.
+type ConfigureRed = Box<dyn FnOnce(MetricsLayerBuilder) -> MetricsLayerBuilder + Send>;
 
 /// A section of `/debug/status` the service registers (its queue, its current job, ...).
 type StatusSection = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
@@ -211,6 +215,39 @@ impl ObservabilityBuilder {
         self
     }
 
+    /// Changes the RED metrics that [`layer`](Observability::layer) records: their names,
+    /// label names, status rendering, buckets and caps (the defaults are
+    /// `http_server_requests_total`, `http_server_request_duration_seconds` and
+    /// `http_server_requests_in_flight` with `method`, `route` and the status class). `change`
+    /// gets the builder the facade set up (its route templates: the admin paths and
+    /// [`route_templates`](Self::route_templates)) and returns it changed; `build` fails when
+    /// the result is refused (a malformed name, one the facade's own metrics use).
+    ///
+    /// ```
+    /// use periscope::metrics::StatusLabel;
+    ///
+    /// // Dashboards built on axum-prometheus keep working:
+    /// // axum_http_requests_total{method,endpoint,status="200"}, ...
+    /// let obs = periscope::Observability::builder()
+    ///     .red_metrics(|red| {
+    ///         red.prefix("axum")
+    ///             .requests_name("http_requests_total")
+    ///             .duration_name("http_requests_duration_seconds")
+    ///             .in_flight_name("http_requests_pending")
+    ///             .route_label("endpoint")
+    ///             .status_label(StatusLabel::Code)
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), periscope::Error>(())
+    /// ```
+    pub fn red_metrics<F>(mut self, change: F) -> Self
+    where
+        F: FnOnce(MetricsLayerBuilder) -> MetricsLayerBuilder + Send + 'static,
+    {
+        self.red_metrics = Some(Box::new(change));
+        self
+    }
+
     /// Writes log lines here instead of stdout (tests, or a file).
     pub fn log_writer(mut self, writer: impl Write + Send + 'static) -> Self {
         self.log_writer = Some(Box::new(writer));
@@ -325,11 +362,11 @@ impl ObservabilityBuilder {
                 settings.environment.clone(),
             ))?;
             registry.register_process_metrics()?;
-            metrics_layer = Some(
-                MetricsLayer::builder()
-                    .route_templates(templates.iter().copied())
-                    .register(&registry)?,
-            );
+            let mut red = MetricsLayer::builder().route_templates(templates.iter().copied());
+            if let Some(change) = self.red_metrics {
+                red = change(red);
+            }
+            metrics_layer = Some(red.register(&registry)?);
             // Names written outside `register` are reserved, so the service cannot take them.
             registry.reserve(DROPPED_LINES_METRIC, MetricType::Counter)?;
             registry.register_collector(Box::new(DroppedLinesCollector(log_layer.dropped_lines())));
@@ -436,6 +473,7 @@ impl Observability {
             route_templates: Vec::new(),
             log_writer: None,
             status_sections: Vec::new(),
+            red_metrics: None,
         }
     }
 

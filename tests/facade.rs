@@ -1702,3 +1702,82 @@ async fn the_server_closes_http2_connections_held_by_doing_nothing() {
         "a silent client's upload does not hold the connection"
     );
 }
+
+/// A team moving from axum-prometheus keeps its dashboards: the facade's RED families take the
+/// old names, route label and exact status codes, and nothing is written under the default
+/// names. A name the facade's own metrics use is refused when the facade is built.
+#[tokio::test(flavor = "current_thread")]
+async fn the_facade_writes_red_metrics_under_the_names_a_service_gives() {
+    use periscope::metrics::StatusLabel;
+
+    let obs = Observability::builder()
+        .service_name("renamed")
+        .log_writer(std::io::sink())
+        .red_metrics(|red| {
+            red.prefix("axum")
+                .requests_name("http_requests_total")
+                .duration_name("http_requests_duration_seconds")
+                .in_flight_name("http_requests_pending")
+                .route_label("endpoint")
+                .status_label(StatusLabel::Code)
+                .duration_buckets([
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+        })
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/orders/{id}", get(|| async { "order" }))
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    assert_eq!(get_path(addr, "/orders/7", None).await.status, 200);
+    assert_eq!(get_path(addr, "/nowhere", None).await.status, 404);
+
+    let text = obs.registry().encode_prometheus().unwrap();
+    let exposition =
+        openmetrics_parser::prometheus::parse_prometheus(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    let counted = |endpoint: &str, status: &str| -> f64 {
+        exposition.families["axum_http_requests_total"]
+            .iter_samples()
+            .filter(|sample| {
+                let labels = sample.get_labelset().unwrap();
+                labels.get_label_value("endpoint") == Some(endpoint)
+                    && labels.get_label_value("status") == Some(status)
+                    && labels.get_label_value("method") == Some("GET")
+            })
+            .map(|sample| match &sample.value {
+                openmetrics_parser::PrometheusValue::Counter(c) => c.value.as_f64(),
+                other => panic!("{other:?}"),
+            })
+            .sum()
+    };
+    assert_eq!(counted("/orders/{id}", "200"), 1.0, "{text}");
+    assert_eq!(counted("__unmatched__", "404"), 1.0, "{text}");
+    for family in [
+        "axum_http_requests_duration_seconds",
+        "axum_http_requests_pending",
+    ] {
+        assert!(exposition.families.contains_key(family), "{family}: {text}");
+    }
+    // Eleven bounds and +Inf per series, as axum-prometheus wrote them.
+    let bounds = text
+        .lines()
+        .filter(|line| line.starts_with("axum_http_requests_duration_seconds_bucket{"))
+        .filter(|line| line.contains("status=\"200\""))
+        .count();
+    assert_eq!(bounds, 12, "{text}");
+    assert!(!text.contains("http_server_request"), "{text}");
+
+    let refused = Observability::builder()
+        .log_writer(std::io::sink())
+        .red_metrics(|red| red.requests_name("periscope_log_dropped_lines_total"))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("periscope_log_dropped_lines_total"),
+        "{refused}"
+    );
+}
