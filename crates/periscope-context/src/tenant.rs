@@ -16,6 +16,8 @@ use crate::request_id::{InvalidId, validate_id};
 /// assert_eq!(team.header().as_str(), "x-team-id");
 /// assert!(TenantKey::new("Team Id").is_err());
 /// assert!(TenantKey::new("request_id").is_err());
+/// // Its header would be read by proxies as the client's address.
+/// assert!(TenantKey::new("forwarded_for").is_err());
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TenantKey {
@@ -23,13 +25,102 @@ pub struct TenantKey {
     header: HeaderName,
 }
 
-/// A tenant field name that is not `[a-z0-9_]{1,64}`, or one whose header carries the request
-/// id (`request_id`, `correlation_id`).
+/// A tenant field name refused by [`TenantKey::new`], with the reason.
+///
+/// ```
+/// use periscope_context::TenantKey;
+///
+/// let refused = TenantKey::new("forwarded_for").unwrap_err();
+/// assert_eq!(refused.name(), "forwarded_for");
+/// assert!(refused.to_string().contains("x-forwarded-for"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "tenant field name {0:?} is invalid: use 1-64 characters of a-z 0-9 _ (for example \"team_id\"), other than request_id and correlation_id, whose headers carry the request id"
-)]
-pub struct InvalidTenantKey(pub String);
+#[error("tenant field name {name:?} is refused: {reason}")]
+pub struct InvalidTenantKey {
+    name: String,
+    reason: Cow<'static, str>,
+}
+
+impl InvalidTenantKey {
+    /// The name refused (at most its first 64 characters).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Why it was refused, and what to do instead.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// Header names (after `x-`) that mean something else to proxies, servers or tracing systems:
+/// a tenant value sent downstream in one would be read as the request id, the client's address,
+/// scheme or host, the method, or another system's trace.
+const TAKEN_HEADERS: &[&str] = &[
+    "request-id",
+    "correlation-id",
+    "real-ip",
+    "client-ip",
+    "original-forwarded-for",
+    "http-method-override",
+    "http-method",
+    "method-override",
+    "amzn-trace-id",
+    "cloud-trace-context",
+    "envoy-original-path",
+];
+
+/// Header name prefixes (after `x-`) of the same kind: `x-forwarded-for`, `-proto`, `-host`,
+/// ...; B3 and Datadog propagation.
+const TAKEN_HEADER_PREFIXES: &[&str] = &["forwarded-", "b3-", "datadog-", "envoy-"];
+
+/// Parts of a name that say its value is a secret, as the log redaction reads keys: a tenant
+/// value is sent downstream, recorded on the exported span and logged.
+const SECRET_PARTS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "cookie",
+    "credential",
+    "private_key",
+    "session",
+];
+
+/// Why `field` cannot name a tenant field, if it cannot.
+fn refusal(field: &str) -> Option<Cow<'static, str>> {
+    let well_formed = !field.is_empty()
+        && field.len() <= 64
+        && field
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !well_formed {
+        return Some(Cow::Borrowed(
+            "use 1-64 characters of a-z 0-9 _ (for example \"team_id\")",
+        ));
+    }
+    let header = field.replace('_', "-");
+    if TAKEN_HEADERS.contains(&header.as_str())
+        || TAKEN_HEADER_PREFIXES
+            .iter()
+            .any(|prefix| header.starts_with(prefix))
+    {
+        return Some(Cow::Owned(format!(
+            "its header x-{header} already means something to proxies, servers or tracing \
+             systems, which would read the tenant value sent downstream: choose another name"
+        )));
+    }
+    if let Some(part) = SECRET_PARTS.iter().find(|part| field.contains(*part)) {
+        return Some(Cow::Owned(format!(
+            "it names a secret ({part}): tenant values are sent downstream, logged and \
+             exported on spans unmasked; carry an id that names the tenant instead"
+        )));
+    }
+    None
+}
 
 impl TenantKey {
     /// `org_id`, carried in `x-org-id`.
@@ -45,20 +136,16 @@ impl TenantKey {
 
     /// A service-declared field; its header is `x-` followed by the name with `_` as `-`.
     pub fn new(field: &str) -> Result<Self, InvalidTenantKey> {
-        let valid = !field.is_empty()
-            && field.len() <= 64
-            && field
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            // Their headers are `x-request-id` and `x-correlation-id`: sent downstream, the
-            // tenant value would replace the request id.
-            && !matches!(field, "request_id" | "correlation_id");
-        if !valid {
-            return Err(InvalidTenantKey(field.chars().take(64).collect()));
+        let refused = |reason| InvalidTenantKey {
+            name: field.chars().take(64).collect(),
+            reason,
+        };
+        if let Some(reason) = refusal(field) {
+            return Err(refused(reason));
         }
         let header = format!("x-{}", field.replace('_', "-"));
         let header = HeaderName::from_bytes(header.as_bytes())
-            .map_err(|_| InvalidTenantKey(field.into()))?;
+            .map_err(|_| refused(Cow::Borrowed("it makes no valid header name")))?;
         Ok(Self {
             field: Cow::Owned(field.to_owned()),
             header,
@@ -197,6 +284,41 @@ mod tests {
         assert_eq!(key.header().as_str(), "x-user-id");
         for bad in ["", "UserId", "user-id", "user id", &"a".repeat(65)] {
             assert!(TenantKey::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_whose_header_or_value_means_something_else_are_refused() {
+        for (name, says) in [
+            ("request_id", "x-request-id"),
+            ("correlation_id", "x-correlation-id"),
+            ("forwarded_for", "x-forwarded-for"),
+            ("forwarded_proto", "x-forwarded-proto"),
+            ("forwarded_host", "x-forwarded-host"),
+            ("real_ip", "x-real-ip"),
+            ("b3_traceid", "x-b3-traceid"),
+            ("datadog_trace_id", "x-datadog-trace-id"),
+            ("amzn_trace_id", "x-amzn-trace-id"),
+            ("http_method_override", "x-http-method-override"),
+            ("api_key", "secret (api_key)"),
+            ("session_id", "secret (session)"),
+            ("auth_token", "secret (token)"),
+        ] {
+            let refused = TenantKey::new(name).unwrap_err();
+            assert_eq!(refused.name(), name);
+            assert!(refused.to_string().contains(says), "{refused}");
+        }
+        // Names near them stay usable.
+        for name in [
+            "team_id",
+            "tenant",
+            "forwarded",
+            "region",
+            "b3",
+            "user_id",
+            "key_1",
+        ] {
+            assert!(TenantKey::new(name).is_ok(), "{name}");
         }
     }
 }
