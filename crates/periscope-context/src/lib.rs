@@ -117,3 +117,19 @@ pub mod headers {
     /// W3C Baggage.
     pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 }
+
+/// The contract's sensitive key fragments: a field, parameter or header name that contains one
+/// holds a secret. The log redaction hides such values; a tenant field may not be named so.
+pub const SENSITIVE_KEY_PARTS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "cookie",
+    "credential",
+    "private_key",
+    "session",
+];

@@ -74,22 +74,6 @@ const TAKEN_HEADERS: &[&str] = &[
 /// ...; B3 and Datadog propagation.
 const TAKEN_HEADER_PREFIXES: &[&str] = &["forwarded-", "b3-", "datadog-", "envoy-"];
 
-/// Parts of a name that say its value is a secret, as the log redaction reads keys: a tenant
-/// value is sent downstream, recorded on the exported span and logged.
-const SECRET_PARTS: &[&str] = &[
-    "password",
-    "passwd",
-    "secret",
-    "token",
-    "api_key",
-    "apikey",
-    "authorization",
-    "cookie",
-    "credential",
-    "private_key",
-    "session",
-];
-
 /// Why `field` cannot name a tenant field, if it cannot.
 fn refusal(field: &str) -> Option<Cow<'static, str>> {
     let well_formed = !field.is_empty()
@@ -113,7 +97,10 @@ fn refusal(field: &str) -> Option<Cow<'static, str>> {
              systems, which would read the tenant value sent downstream: choose another name"
         )));
     }
-    if let Some(part) = SECRET_PARTS.iter().find(|part| field.contains(*part)) {
+    if let Some(part) = crate::SENSITIVE_KEY_PARTS
+        .iter()
+        .find(|part| field.contains(*part))
+    {
         return Some(Cow::Owned(format!(
             "it names a secret ({part}): tenant values are sent downstream, logged and \
              exported on spans unmasked; carry an id that names the tenant instead"

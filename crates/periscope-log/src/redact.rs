@@ -8,19 +8,7 @@ use crate::json;
 pub const REDACTED: &str = "[REDACTED]";
 
 /// The contract's sensitive key fragments: a key that contains any of them is redacted.
-pub const DEFAULT_SENSITIVE_KEYS: &[&str] = &[
-    "password",
-    "passwd",
-    "secret",
-    "token",
-    "api_key",
-    "apikey",
-    "authorization",
-    "cookie",
-    "credential",
-    "private_key",
-    "session",
-];
+pub const DEFAULT_SENSITIVE_KEYS: &[&str] = periscope_context::SENSITIVE_KEY_PARTS;
 
 /// Keys that contain `token` but count tokens (LLM usage figures), so they are not secrets.
 pub const DEFAULT_ALLOWED_KEYS: &[&str] = &[
