@@ -69,8 +69,11 @@ pub(crate) async fn opens_with_preface(stream: &TcpStream, timeout: Duration) ->
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Http2Limits {
     /// A connection with no stream open or started for this long is closed (GOAWAY): the
-    /// request-head timeout, which is the idle timeout of an HTTP/1.1 connection too.
+    /// keep-alive idle timeout, as for an HTTP/1.1 connection.
     pub(crate) idle_timeout: Duration,
+    /// A connection that sends no frame for this long is sent a PING, and closed when that
+    /// goes unanswered as long: the request-head timeout.
+    pub(crate) ping_timeout: Duration,
     /// The largest header list a request may send (HTTP/2's `SETTINGS_MAX_HEADER_LIST_SIZE`).
     pub(crate) max_header_size: usize,
     /// How long an answer may wait for the client to take more of it (flow control) before
@@ -114,7 +117,7 @@ where
     // A PING after a head timeout without a frame from the client, and the connection closed
     // when it goes unanswered as long: a client gone silent (or that never sends the rest of
     // its request) does not hold the connection; a live one answers by itself.
-    let keep_alive = limits.idle_timeout.min(NEVER);
+    let keep_alive = limits.ping_timeout.min(NEVER);
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(keep_alive)

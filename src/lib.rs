@@ -20,8 +20,9 @@
 //! - [`health`]: liveness, readiness and startup probes.
 //! - [`admin`]: `/health`, `/ready`, `/metrics` and the gated `/debug/*` endpoints.
 //! - [`gpu`] (feature `gpu`): NVIDIA GPU collectors, the GPU snapshot, the resource tracker.
-//! - [`Server`] (feature `serve`): serves a Tower service with a request-head timeout and a
-//!   graceful stop; over HTTP/1.1, and HTTP/2 with prior knowledge too with feature `http2`.
+//! - [`Server`] (feature `serve`): serves a Tower service with request-head, keep-alive idle
+//!   and write timeouts and a graceful stop; over HTTP/1.1, and HTTP/2 with prior knowledge
+//!   too with feature `http2`.
 #![deny(missing_docs)]
 // Library code reports errors instead of panicking; tests, benches and examples may unwrap.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -33,6 +34,8 @@ mod draining;
 pub mod env;
 #[cfg(feature = "http2")]
 mod http2;
+#[cfg(feature = "serve")]
+mod idle;
 mod observability;
 #[cfg(feature = "serve")]
 mod peer;
@@ -50,8 +53,8 @@ pub use config::{
 pub use observability::{Error, Observability, ObservabilityBuilder, ObservabilityGuard};
 #[cfg(feature = "serve")]
 pub use serve::{
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_HEADER_SIZE, DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_WRITE_TIMEOUT, Server,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_SIZE,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Server,
 };
 pub use stack::{MaybeMetrics, MaybeMetricsFuture, ObservabilityLayer, ObservabilityService};
 

@@ -2,7 +2,8 @@
 //! count and no span tell about them, so the server warns: the first at once, then those that
 //! follow within an interval together when it is over. Clients cut off for reading nothing of
 //! their answers are warned about the same way: their access line tells the bytes handed
-//! over, not those the client received.
+//! over, not those the client received; and so are request heads begun and not finished
+//! within the head timeout.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,11 +25,13 @@ enum Rejection {
     Malformed,
     /// A client that stopped reading its answer for the write timeout: cut off.
     WriteStalled,
+    /// A request head begun and not finished within the head timeout: closed.
+    HeadTimeout,
 }
 
 impl Rejection {
-    /// The rejections worth an operator's attention; timeouts (an idle kept-alive connection
-    /// ends by the head timeout too) and clients that leave stay at debug.
+    /// The rejections worth an operator's attention; idle connections closed (quietly, with
+    /// no error), hyper's own timeouts and clients that leave stay at debug.
     fn of(error: &hyper::Error) -> Option<Self> {
         if error.is_parse_too_large() {
             Some(Self::TooLarge)
@@ -36,27 +39,28 @@ impl Rejection {
             Some(Self::Http2)
         } else if error.is_parse() {
             Some(Self::Malformed)
-        } else if is_write_stall(error) {
+        } else if io_failed_with::<crate::write_stall::WriteStalled>(error) {
             Some(Self::WriteStalled)
+        } else if io_failed_with::<crate::idle::HeadTimedOut>(error) {
+            Some(Self::HeadTimeout)
         } else {
             None
         }
     }
 }
 
-/// Whether `error` is [`WriteStallGuard`](crate::write_stall::WriteStallGuard)'s: the
-/// connection's I/O failed with its [`WriteStalled`](crate::write_stall::WriteStalled) (a
-/// service's or a body's own errors are the user's, and not counted).
-fn is_write_stall(error: &hyper::Error) -> bool {
+/// Whether the connection's I/O failed with `E`, the error of one of the server's guards
+/// ([`WriteStalled`](crate::write_stall::WriteStalled),
+/// [`HeadTimedOut`](crate::idle::HeadTimedOut)); a service's or a body's own errors are the
+/// user's, and not counted.
+fn io_failed_with<E: std::error::Error + 'static>(error: &hyper::Error) -> bool {
     if error.is_user() {
         return false;
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(error) = source {
         if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            return io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<crate::write_stall::WriteStalled>());
+            return io.get_ref().is_some_and(|inner| inner.is::<E>());
         }
         source = error.source();
     }
@@ -82,6 +86,7 @@ struct Counts {
     http2: u64,
     malformed: u64,
     write_stalled: u64,
+    head_timeout: u64,
     latest: Option<(SocketAddr, String)>,
 }
 
@@ -95,12 +100,14 @@ impl Counts {
             http2 = self.http2,
             malformed = self.malformed,
             write_stalled = self.write_stalled,
+            head_timeout = self.head_timeout,
             %peer,
             error,
             "connections the server closed: requests rejected before the service saw them (no \
              access line, not counted): heads over the size limit (431), HTTP/2 clients on this \
              HTTP/1.1 port (periscope's `http2` feature serves them), requests that do not \
-             parse (400); or clients that stopped reading their answer for the write timeout \
+             parse (400), heads begun and not finished within the head timeout \
+             (head_timeout); or clients that stopped reading their answer for the write timeout \
              (write_stalled: their access line counts the bytes handed over, not those the \
              client received); the counts are since the last such warning, the peer and error \
              the latest's"
@@ -141,6 +148,7 @@ impl RejectedRequests {
                 Rejection::Http2 => counts.http2 += 1,
                 Rejection::Malformed => counts.malformed += 1,
                 Rejection::WriteStalled => counts.write_stalled += 1,
+                Rejection::HeadTimeout => counts.head_timeout += 1,
             }
             counts.latest = Some((peer, error));
             match tally.last_warning {
@@ -325,6 +333,48 @@ mod tests {
         });
         let error = error_of_one_get(failing, |server| server).await;
         assert_eq!(Rejection::of(&error), None, "{error}");
+    }
+
+    /// A request head begun and not finished within the head timeout is warned about; a
+    /// kept-alive connection closed for being idle ends without an error, so it never is.
+    #[tokio::test(start_paused = true)]
+    async fn request_heads_not_finished_in_time_are_warned_about() {
+        use crate::idle::{Activity, IdleGuard};
+
+        let warnings = Warnings::default();
+        let subscriber = tracing_subscriber::registry().with(warnings.clone());
+        let _default = tracing::subscriber::set_default(subscriber);
+        let (mut client, server) = tokio::io::duplex(4096);
+        let head = Duration::from_secs(30);
+        let server = IdleGuard::new(
+            server,
+            Activity::new(Instant::now()),
+            head,
+            Duration::from_secs(75),
+        );
+        let service = hyper::service::service_fn(|_request| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+        });
+        let connection = tokio::spawn(
+            http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(crate::idle::backstop(head, Duration::from_secs(75)))
+                .serve_connection(TokioIo::new(server), service),
+        );
+        client.write_all(b"GET / HTTP/1.1\r\nho").await.unwrap();
+        let error = connection.await.unwrap().unwrap_err();
+        assert_eq!(
+            Rejection::of(&error),
+            Some(Rejection::HeadTimeout),
+            "{error}"
+        );
+        RejectedRequests::default().connection_failed(&error, "192.0.2.7:40000".parse().unwrap());
+        let seen = warnings.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].contains("write_stalled=0 head_timeout=1"),
+            "{seen:?}"
+        );
     }
 
     /// The error a connection ends with after `GET /`, its server side wrapped by `wrap`; the

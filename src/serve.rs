@@ -1,9 +1,10 @@
-//! Serving a Tower HTTP service on a TCP listener, with the request-head timeout that
-//! `axum::serve` leaves out.
+//! Serving a Tower HTTP service on a TCP listener, with the request-head, keep-alive idle and
+//! write timeouts that `axum::serve` leaves out.
 
 use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -16,13 +17,19 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::draining::CloseWhenDraining;
+use crate::idle::{Activity, IdleGuard, TrackAnswers};
 use crate::peer::WithPeer;
 use crate::rejected::RejectedRequests;
 use crate::write_stall::{WriteStallGuard, limit_unsent};
 
-/// How long a client may take to send a request's head by default (hyper's own default, which
-/// hyper applies only when a timer is set).
+/// How long a client may take to send a request's head by default, from its first byte (or
+/// from the accept, for a connection's first request).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a kept-alive connection may wait for its next request by default: nginx's
+/// `keepalive_timeout`, above the 60 s for which AWS load balancers and nginx's upstream
+/// keep-alive hold idle connections.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// How long the requests in flight may take to finish after the shutdown signal by default.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,14 +52,16 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// TCP listener until a shutdown signal, then finishes the requests in flight.
 ///
 /// Unlike `axum::serve`, a client that never finishes its request head is disconnected after
-/// [`header_read_timeout`](Self::header_read_timeout) (30 s by default), and one that stops
+/// [`header_read_timeout`](Self::header_read_timeout) (30 s by default), one that stops
 /// reading its answers after [`write_timeout`](Self::write_timeout) (30 s without progress by
-/// default): without them, slow clients (slowloris) hold connections, file descriptors and the
-/// shutdown without limit. A request head over [`max_header_size`](Self::max_header_size)
-/// (64 KiB by default) is answered 431. Requests hyper turns away itself (too large, not
-/// parsable, an HTTP/2 client on this port) reach no access line and no count: the server
-/// warns about them, the first at once, then those of the next 10 s together. After
-/// the shutdown signal, connections still open after
+/// default), and a kept-alive connection with no request after
+/// [`idle_timeout`](Self::idle_timeout) (75 s by default: behind a load balancer, keep it
+/// above the balancer's own idle timeout): without them, slow clients (slowloris) and idle
+/// ones hold connections, file descriptors and the shutdown without limit. A request head
+/// over [`max_header_size`](Self::max_header_size) (64 KiB by default) is answered 431.
+/// Requests hyper turns away itself (too large, not parsable, an HTTP/2 client on this port)
+/// reach no access line and no count: the server warns about them, the first at once, then
+/// those of the next 10 s together. After the shutdown signal, connections still open after
 /// [`shutdown_timeout`](Self::shutdown_timeout) (10 s by default: a client stalled in the
 /// middle of its body, a long stream) are closed, so the process always stops.
 /// HTTP/1.1, and with the `http2` feature HTTP/2 with prior knowledge (h2c: gRPC clients, and
@@ -62,7 +71,7 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// header size limit (as `SETTINGS_MAX_HEADER_LIST_SIZE`; hyper refuses a larger header list
 /// itself, stream by stream, with no warning) and hyper's limit of 200 concurrent streams; it
 /// is closed gracefully (GOAWAY, then its open streams finish) once it has had no stream for
-/// the request-head timeout, after an answer while the service drains, and at the shutdown
+/// the idle timeout, after an answer while the service drains, and at the shutdown
 /// signal, and dropped when the client does not let the GOAWAY complete. A request sent just as
 /// its connection is retired can fail in hyper-based clients (tonic's among them) with
 /// `GoAway(NO_ERROR)`: the service never saw it, so it is safe to retry.
@@ -92,6 +101,7 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Server {
     listener: TcpListener,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
     write_timeout: Duration,
     shutdown_timeout: Duration,
     max_header_size: usize,
@@ -100,11 +110,12 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server on `listener`, with the default request-head timeout.
+    /// A server on `listener`, with the default timeouts and limits.
     pub fn new(listener: TcpListener) -> Self {
         Self {
             listener,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             max_header_size: DEFAULT_MAX_HEADER_SIZE,
@@ -122,16 +133,34 @@ impl Server {
         self
     }
 
-    /// How long a client may take to send a request's head, on a new connection or between
-    /// the requests of a kept-alive one (default 30 s; at least 1 ms). With the `http2`
-    /// feature a new connection first has this long to send its first bytes (which tell HTTP/2
-    /// from HTTP/1.1), then an HTTP/1.1 one this long again for the rest of its first head; an
-    /// HTTP/2 connection with no stream for it (checked on a tick of this period, so after one
-    /// to two periods) is closed, and one that sends no frame for it is sent a PING and closed
-    /// when that goes unanswered as long: a client paused for over twice this long is cut off,
+    /// How long a client may take to send a request's head (default 30 s; at least 1 ms):
+    /// on a new connection from the accept, so one that sends nothing is closed after it too
+    /// (quietly: browsers open connections they may never use); on a kept-alive one from the
+    /// head's first byte, the wait before it being the [idle timeout](Self::idle_timeout).
+    /// A head begun and not finished in time is counted in the server's warning about
+    /// requests rejected before the service saw them (`head_timeout`). An HTTP/2 connection
+    /// (feature `http2`) that sends no frame for this long is sent a PING and closed when that
+    /// goes unanswered as long: a client paused for over twice this long is cut off,
     /// mid-stream too.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a kept-alive connection may wait for its next request, with no byte of it
+    /// come, before the server closes it (default 75 s, nginx's `keepalive_timeout`; at least
+    /// 1 ms; `Duration::MAX` for never). Behind a load balancer or a proxy that keeps
+    /// connections to this server open between requests, make it longer than the balancer's
+    /// idle timeout (AWS ALB's is 60 s, nginx's upstream `keepalive_timeout` 60 s, Google
+    /// Cloud's load balancers' 600 s, so about 620 s there): otherwise the balancer can send a
+    /// request on a connection at the moment the server closes it, and its client gets a 502.
+    /// Such closes are not warned about. A new connection that has sent nothing has the
+    /// [head timeout](Self::header_read_timeout) instead, so that idle clients that never send
+    /// a request do not hold file descriptors for long. An HTTP/2 connection (feature
+    /// `http2`) with no stream for this long (checked on a tick of this period, so after one to
+    /// two periods) is closed gracefully (GOAWAY).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 
@@ -194,6 +223,7 @@ impl Server {
         let Self {
             listener,
             header_read_timeout,
+            idle_timeout,
             write_timeout,
             shutdown_timeout,
             max_header_size,
@@ -220,6 +250,8 @@ impl Server {
                     }
                 },
             };
+            // A connection's first request head counts from here.
+            let accepted = tokio::time::Instant::now();
             // Small answers go out at once rather than waiting for more to send.
             let _ = stream.set_nodelay(true);
             limit_unsent(&stream);
@@ -238,7 +270,8 @@ impl Server {
                         Ok(false) => {}
                         Ok(true) => {
                             let limits = crate::http2::Http2Limits {
-                                idle_timeout: header_read_timeout,
+                                idle_timeout,
+                                ping_timeout: header_read_timeout,
                                 max_header_size,
                                 write_timeout,
                             };
@@ -259,14 +292,21 @@ impl Server {
                         }
                     }
                 }
+                // The idle and head timeouts are the stream's, which the service tells when an
+                // answer is under way.
+                let activity = Activity::new(accepted);
+                let io = IdleGuard::new(
+                    WriteStallGuard::new(stream, write_timeout),
+                    Arc::clone(&activity),
+                    header_read_timeout,
+                    idle_timeout,
+                );
+                let service = TrackAnswers::new(CloseWhenDraining::new(service, drain), activity);
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(header_read_timeout)
+                    .header_read_timeout(crate::idle::backstop(header_read_timeout, idle_timeout))
                     .max_header_size(max_header_size)
-                    .serve_connection(
-                        TokioIo::new(WriteStallGuard::new(stream, write_timeout)),
-                        TowerToHyperService::new(CloseWhenDraining::new(service, drain)),
-                    )
+                    .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
                     // An upgraded connection (WebSocket) leaves hyper, and this server, once the
                     // 101 is sent: the service's upgrade task owns it from then on.
                     .with_upgrades();

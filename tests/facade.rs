@@ -342,7 +342,8 @@ async fn read_until_closed(mut stream: tokio::net::TcpStream) -> String {
 
 /// `Server` hands an upgraded connection (WebSocket's handshake, here a byte echo) to the
 /// service: the 101 keeps its `Connection: upgrade` while draining, the bytes after it reach
-/// the service's task, and the shutdown neither waits for the connection nor closes it.
+/// the service's task, silence on it for longer than the head and idle timeouts does not close
+/// it, and the shutdown neither waits for the connection nor closes it.
 #[cfg(feature = "serve")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_hands_upgraded_connections_to_the_service() {
@@ -375,12 +376,15 @@ async fn the_server_hands_upgraded_connections_to_the_service() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(periscope::Server::new(listener).drain_handle(drain).serve(
-        app,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = tokio::spawn(
+        periscope::Server::new(listener)
+            .drain_handle(drain)
+            .header_read_timeout(Duration::from_millis(200))
+            .idle_timeout(Duration::from_millis(300))
+            .serve(app, async {
+                let _ = stopped.await;
+            }),
+    );
 
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
@@ -401,6 +405,8 @@ async fn the_server_hands_upgraded_connections_to_the_service() {
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("connection: upgrade"), "{head}");
 
+    // Silent for longer than both timeouts: the connection is the service's, not timed.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let mut echoed = [0; 5];
     stream.write_all(b"ping1").await.unwrap();
     stream.read_exact(&mut echoed).await.unwrap();
@@ -512,6 +518,174 @@ async fn the_server_cuts_off_slow_request_heads_and_finishes_requests_in_flight(
         .expect("the server stops")
         .unwrap()
         .unwrap();
+}
+
+/// A server of [`hello_and_slow`] with the request-head and idle timeouts given, whose log
+/// (warnings: the rejected requests) goes to the `Captured` returned; the subscriber is this
+/// thread's (a current-thread runtime's tasks) while the guard lives.
+#[cfg(feature = "serve")]
+async fn server_with_timeouts(
+    head: Duration,
+    idle: Duration,
+) -> (
+    SocketAddr,
+    Captured,
+    periscope::log::LogGuard,
+    tracing::subscriber::DefaultGuard,
+) {
+    use tracing_subscriber::prelude::*;
+
+    let out = Captured::default();
+    let (log, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        periscope::Server::new(listener)
+            .header_read_timeout(head)
+            .idle_timeout(idle)
+            .serve(hello_and_slow(), std::future::pending()),
+    );
+    (addr, out, log_guard, default)
+}
+
+/// Sends `GET path` `count` times in one write (pipelined), and reads their `count` answers,
+/// each `body`.
+#[cfg(feature = "serve")]
+async fn pipelined_gets(stream: &mut tokio::net::TcpStream, path: &str, body: &str, count: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let requests = format!("GET {path} HTTP/1.1\r\nhost: a\r\n\r\n").repeat(count);
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let mut answers = Vec::new();
+    while String::from_utf8_lossy(&answers)
+        .matches(&format!("\r\n\r\n{body}"))
+        .count()
+        < count
+    {
+        let mut chunk = [0; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("answered in time");
+        // An error (a reset) or an end: the server closed the connection.
+        let n = read.unwrap_or(0);
+        assert_ne!(n, 0, "closed after {:?}", String::from_utf8_lossy(&answers));
+        answers.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A kept-alive connection waits for its next request for the idle timeout, not the (shorter)
+/// request-head timeout: idle for longer than the head timeout, it still takes requests
+/// (pipelined too); idle for the idle timeout, the server closes it, without a warning.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "current_thread")]
+async fn the_server_keeps_idle_connections_for_the_idle_timeout() {
+    use tokio::io::AsyncReadExt;
+
+    const HEAD: Duration = Duration::from_millis(200);
+    // Wide of the 700 ms idle below, so a late wake-up on a loaded machine does not miss it.
+    const IDLE: Duration = Duration::from_millis(3000);
+    let (addr, out, log_guard, _default) = server_with_timeouts(HEAD, IDLE).await;
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    pipelined_gets(&mut stream, "/hello", "hello", 2).await;
+    // Idle for over three head timeouts, and under a quarter of the idle timeout.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Taken before the last request: the server's idle clock starts after its answer, so the
+    // close cannot come sooner than the idle timeout after this, however late this task runs.
+    let before_last_request = std::time::Instant::now();
+    // One that takes a while: hyper waits on the stream while the service works.
+    pipelined_gets(&mut stream, "/slow", "done", 1).await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(IDLE + Duration::from_secs(5), stream.read_to_end(&mut rest));
+    assert!(
+        closed.await.expect("closed in time").is_ok(),
+        "an end, not a reset"
+    );
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    let waited = before_last_request.elapsed();
+    assert!(waited >= IDLE, "{waited:?}");
+
+    // The rejection warning would be written at once: none came.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(log_guard);
+    let warnings: Vec<_> = out
+        .lines()
+        .into_iter()
+        .filter(|line| line["level"] == "warn")
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+/// The request-head timeout counts from a head's first byte: a head begun after the connection
+/// was idle for longer than the head timeout (and blank lines, which begin none) is cut off
+/// the head timeout after it began, long before the idle timeout (its count in the server's
+/// warning is tested in `rejected.rs`). A new connection that sends nothing is closed after the
+/// head timeout (not the idle timeout), quietly.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "current_thread")]
+async fn the_server_cuts_off_a_request_head_the_head_timeout_after_it_began() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const HEAD: Duration = Duration::from_millis(300);
+    const IDLE: Duration = Duration::from_secs(60);
+    let (addr, out, log_guard, _default) = server_with_timeouts(HEAD, IDLE).await;
+
+    // Sends nothing at all: closed after the head timeout, without a warning.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connected = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest));
+    assert!(closed.await.is_ok(), "closed long before the idle timeout");
+    let waited = connected.elapsed();
+    assert!(waited >= HEAD, "{waited:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !out.lines().iter().any(|line| line["level"] == "warn"),
+        "{:?}",
+        out.lines()
+    );
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    pipelined_gets(&mut stream, "/hello", "hello", 1).await;
+    // Idle for over two head timeouts; a blank line (which begins no head) amid.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stream.write_all(b"\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Taken before the first byte: the server's head clock cannot start sooner.
+    let before_head = std::time::Instant::now();
+    stream
+        .write_all(b"GET /hello HTTP/1.1\r\nhost: a\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest));
+    // Closed with bytes unread, the connection may end in a reset rather than an end.
+    assert!(closed.await.is_ok(), "closed long before the idle timeout");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    let waited = before_head.elapsed();
+    assert!(waited >= HEAD, "{waited:?}");
+    drop(log_guard);
+}
+
+/// `Duration::MAX` for the head and idle timeouts means "never" rather than overflowing the
+/// clock (which failed every connection in hyper's head timer).
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "current_thread")]
+async fn the_server_takes_timeouts_too_long_for_the_clock() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        periscope::Server::new(listener)
+            .header_read_timeout(Duration::MAX)
+            .idle_timeout(Duration::MAX)
+            .serve(hello_and_slow(), std::future::pending()),
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    pipelined_gets(&mut stream, "/hello", "hello", 2).await;
 }
 
 /// A client that stops reading its answer is cut off once the writes have made no progress for
@@ -1521,7 +1695,7 @@ async fn the_server_answers_http2_with_prior_knowledge_beside_http1() {
 }
 
 /// An HTTP/2 connection is closed gracefully (GOAWAY) once it has had no stream for the
-/// request-head timeout, but not while a stream is open; while the service drains, after its
+/// idle timeout, but not while a stream is open; while the service drains, after its
 /// next answer (HTTP/2's `Connection: close`), a new connection still being answered.
 #[cfg(feature = "http2")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1532,7 +1706,7 @@ async fn the_server_retires_http2_connections_when_idle_or_draining() {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
             periscope::Server::new(listener)
-                .header_read_timeout(idle)
+                .idle_timeout(idle)
                 .drain_handle(drain)
                 .serve(hello_and_slow(), std::future::pending()),
         );
@@ -1632,6 +1806,7 @@ async fn the_server_closes_http2_connections_held_by_doing_nothing() {
     tokio::spawn(
         periscope::Server::new(listener)
             .header_read_timeout(Duration::from_millis(400))
+            .idle_timeout(Duration::from_millis(400))
             .write_timeout(Duration::from_millis(600))
             .serve(app, std::future::pending()),
     );
