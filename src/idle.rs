@@ -41,9 +41,11 @@ impl std::fmt::Display for HeadTimedOut {
 impl std::error::Error for HeadTimedOut {}
 
 /// hyper's own request-head timeout: a backstop later than any deadline of [`IdleGuard`]
-/// (which counts from the same instants or earlier). One must be set: with none, hyper whose
-/// last read waited (while the service worked on a request) does not read again once the
-/// answer is done, but at the client's next byte, so the guard's idle clock would never run.
+/// (which counts from the same instants or earlier: hyper starts its timer once it has
+/// written an answer's last bytes, from which the guard's idle clock counts). One must be
+/// set: with none, hyper whose last read waited (while the service worked on a request) does
+/// not read again once the answer is done, but at the client's next byte, so the guard's idle
+/// clock would never run.
 pub(crate) fn backstop(head_timeout: Duration, idle_timeout: Duration) -> Duration {
     idle_timeout
         .saturating_add(head_timeout.saturating_mul(2))
@@ -209,7 +211,13 @@ impl<B: Body> Body for Answered<B> {
 /// is under way (the request's body) and after an upgrade are not timed. Bytes of a pipelined
 /// request that came during the previous answer are in hyper's buffer already: such a head,
 /// if unfinished, has the idle timeout, then the head timeout once more of it comes.
-#[pin_project]
+///
+/// The idle timeout counts from the previous answer's last bytes written, not from the end of
+/// its body: hyper drops a body once it has taken its last chunk, and a large one sent in one
+/// chunk reaches a slow reader long after (hyper keeps it in its buffer meanwhile, and reads to
+/// see whether the client leaves). While some bytes still wait for the client, the idle clock
+/// does not run: the write timeout judges a client that takes none.
+#[pin_project(project = IdleGuardProj)]
 pub(crate) struct IdleGuard<S> {
     #[pin]
     inner: S,
@@ -225,6 +233,11 @@ pub(crate) struct IdleGuard<S> {
     clock: Option<Pin<Box<Sleep>>>,
     /// The deadline the clock is set to.
     deadline: Option<Instant>,
+    /// When bytes were last written with no answer under way: an answer's last ones, which
+    /// hyper writes after it dropped the answer's body.
+    wrote_at: Instant,
+    /// The last write waited for the client to take bytes.
+    write_blocked: bool,
 }
 
 impl<S> IdleGuard<S> {
@@ -235,6 +248,7 @@ impl<S> IdleGuard<S> {
         idle_timeout: Duration,
     ) -> Self {
         Self {
+            wrote_at: activity.accepted,
             inner,
             activity,
             head_timeout: head_timeout.min(NEVER),
@@ -243,6 +257,25 @@ impl<S> IdleGuard<S> {
             head_began: None,
             clock: None,
             deadline: None,
+            write_blocked: false,
+        }
+    }
+}
+
+/// Whether no answer is under way on the connection, nor was it upgraded: its stream waits
+/// for a head, or writes the last bytes of an answer whose body hyper dropped.
+fn between_answers(activity: &Activity) -> bool {
+    !activity.upgraded.load(Ordering::Relaxed)
+        && activity.finished.load(Ordering::Acquire) == activity.started.load(Ordering::Relaxed)
+}
+
+impl<S> IdleGuardProj<'_, S> {
+    /// Notes a write's (or a flush's) outcome for the idle clock: whether it waits for the
+    /// client, and when bytes were written (a flush writes none: hyper flushes on every turn).
+    fn wrote(&mut self, blocked: bool, bytes: bool) {
+        *self.write_blocked = blocked;
+        if bytes && between_answers(self.activity) {
+            *self.wrote_at = Instant::now();
         }
     }
 }
@@ -283,20 +316,37 @@ impl<S: AsyncRead> AsyncRead for IdleGuard<S> {
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
             Poll::Pending => {}
         }
-        let deadline = match *this.head_began {
+        let idle_from = || activity.idle_since().max(*this.wrote_at);
+        let mut deadline = match *this.head_began {
             _ if started == 0 => activity.accepted + *this.head_timeout,
             Some(began) => began + *this.head_timeout,
-            None => activity.idle_since() + *this.idle_timeout,
+            None => idle_from() + *this.idle_timeout,
         };
-        if *this.deadline != Some(deadline) {
-            match this.clock {
-                Some(clock) => clock.as_mut().reset(deadline),
-                None => *this.clock = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        loop {
+            if *this.deadline != Some(deadline) {
+                match this.clock {
+                    Some(clock) => clock.as_mut().reset(deadline),
+                    None => *this.clock = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+                *this.deadline = Some(deadline);
             }
-            *this.deadline = Some(deadline);
-        }
-        if let Some(clock) = this.clock {
-            ready!(clock.as_mut().poll(cx));
+            if let Some(clock) = this.clock {
+                ready!(clock.as_mut().poll(cx));
+            }
+            if started == 0 || this.head_began.is_some() {
+                break;
+            }
+            // The idle clock, set before the answer's last bytes were written: put off while
+            // some wait for the client, or until the idle timeout after the last ones.
+            let now = Instant::now();
+            deadline = if *this.write_blocked {
+                now + *this.idle_timeout
+            } else {
+                idle_from() + *this.idle_timeout
+            };
+            if deadline <= now {
+                break;
+            }
         }
         if this.head_began.is_some() {
             Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, HeadTimedOut)))
@@ -313,7 +363,13 @@ impl<S: AsyncWrite> AsyncWrite for IdleGuard<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let mut this = self.project();
+        let written = this.inner.as_mut().poll_write(cx, buf);
+        this.wrote(
+            written.is_pending(),
+            matches!(written, Poll::Ready(Ok(1..))),
+        );
+        written
     }
 
     fn poll_write_vectored(
@@ -321,7 +377,13 @@ impl<S: AsyncWrite> AsyncWrite for IdleGuard<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let mut this = self.project();
+        let written = this.inner.as_mut().poll_write_vectored(cx, bufs);
+        this.wrote(
+            written.is_pending(),
+            matches!(written, Poll::Ready(Ok(1..))),
+        );
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -329,7 +391,10 @@ impl<S: AsyncWrite> AsyncWrite for IdleGuard<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let mut this = self.project();
+        let flushed = this.inner.as_mut().poll_flush(cx);
+        this.wrote(flushed.is_pending(), false);
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -141,7 +141,9 @@ impl Server {
     /// requests rejected before the service saw them (`head_timeout`). An HTTP/2 connection
     /// (feature `http2`) that sends no frame for this long is sent a PING and closed when that
     /// goes unanswered as long: a client paused for over twice this long is cut off,
-    /// mid-stream too.
+    /// mid-stream too. A request body that the service still reads after its answer has been
+    /// sent (an upload handed to a task after a `202`) is timed as the next request's head:
+    /// its bytes must all come within this long after the answer.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout.max(Duration::from_millis(1));
         self

@@ -671,6 +671,55 @@ async fn the_server_cuts_off_a_request_head_the_head_timeout_after_it_began() {
     drop(log_guard);
 }
 
+/// The idle timeout counts from an answer's last bytes written, not from the end of its body:
+/// a body sent in one chunk (a `Vec` or a file read whole) ends for hyper at once, and reaches
+/// a slow reader long after; the connection is not closed under it, and its client gets it
+/// whole.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "current_thread")]
+async fn the_server_does_not_cut_off_an_answer_still_going_out_for_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const BODY: usize = 4 << 20;
+    let app = Router::new().route("/big", get(|| async { vec![b'x'; BODY] }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        periscope::Server::new(listener)
+            .header_read_timeout(Duration::from_millis(200))
+            .idle_timeout(Duration::from_millis(300))
+            .serve(app, std::future::pending()),
+    );
+    // A small receive buffer: the answer waits in the server, not in this socket.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // About 1.6 MB/s: the answer takes over two seconds, several idle timeouts.
+    let mut answer = Vec::new();
+    let mut chunk = vec![0; 64 << 10];
+    loop {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("the server sent or closed in time");
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head_end = answer
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("an answer")
+        + 4;
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(answer.len() - head_end, BODY, "the whole body");
+}
+
 /// `Duration::MAX` for the head and idle timeouts means "never" rather than overflowing the
 /// clock (which failed every connection in hyper's head timer).
 #[cfg(feature = "serve")]
