@@ -66,6 +66,8 @@ pub(crate) struct Activity {
     idle_since: AtomicU64,
     /// An answer switched protocols (101, or 2xx to `CONNECT`): the stream is the service's.
     upgraded: AtomicBool,
+    /// The server stops: no new request is waited for.
+    stopping: AtomicBool,
 }
 
 impl Activity {
@@ -76,7 +78,15 @@ impl Activity {
             finished: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         })
+    }
+
+    /// The server stops: a wait for a head ends at once, a head begun included (hyper's
+    /// graceful shutdown closes an idle connection, but waits for a connection's first head
+    /// to come whole, which a slow client could make last the whole shutdown timeout).
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
     fn idle_since(&self) -> Instant {
@@ -315,6 +325,11 @@ impl<S: AsyncRead> AsyncRead for IdleGuard<S> {
             }
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
             Poll::Pending => {}
+        }
+        if activity.stopping.load(Ordering::Relaxed) {
+            // The end of the stream: a head begun is not finished, its client can send it
+            // again elsewhere (the service never saw it).
+            return Poll::Ready(Ok(()));
         }
         let idle_from = || activity.idle_since().max(*this.wrote_at);
         let mut deadline = match *this.head_began {

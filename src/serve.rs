@@ -63,7 +63,9 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// reach no access line and no count: the server warns about them, the first at once, then
 /// those of the next 10 s together. After the shutdown signal, connections still open after
 /// [`shutdown_timeout`](Self::shutdown_timeout) (10 s by default: a client stalled in the
-/// middle of its body, a long stream) are closed, so the process always stops.
+/// middle of its body, a long stream) are closed, so the process always stops; idle
+/// connections, and HTTP/1.1 ones whose next request head has not come whole, are closed at
+/// the signal (the service never saw that request: its client can send it elsewhere).
 /// HTTP/1.1, and with the `http2` feature HTTP/2 with prior knowledge (h2c: gRPC clients, and
 /// proxies that speak HTTP/2 to their upstreams) on the same port, told apart by the client's
 /// first bytes. An HTTP/2 connection keeps the write timeout (an answer whose client opens no
@@ -303,7 +305,10 @@ impl Server {
                     header_read_timeout,
                     idle_timeout,
                 );
-                let service = TrackAnswers::new(CloseWhenDraining::new(service, drain), activity);
+                let service = TrackAnswers::new(
+                    CloseWhenDraining::new(service, drain),
+                    Arc::clone(&activity),
+                );
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(crate::idle::backstop(header_read_timeout, idle_timeout))
@@ -317,6 +322,7 @@ impl Server {
                     result = connection.as_mut() => result,
                     // The guard `wait_for` returns is dropped at once (it is not `Send`).
                     _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                        activity.stop();
                         connection.as_mut().graceful_shutdown();
                         connection.await
                     }

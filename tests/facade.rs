@@ -1561,6 +1561,59 @@ async fn the_server_stops_after_its_shutdown_timeout_whatever_the_clients_do() {
     assert_eq!(warning["data"]["open"], 1, "{warning}");
 }
 
+/// At the shutdown, a connection's first request head begun and not finished (a slow or
+/// stalled client) is closed at once, as an idle connection is, instead of holding the
+/// shutdown until the head or shutdown timeout: the service never saw it, so its client can
+/// send it again elsewhere.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_stops_at_once_when_a_first_request_head_is_unfinished() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        periscope::Server::new(listener)
+            .header_read_timeout(Duration::from_secs(60))
+            .shutdown_timeout(Duration::from_secs(30))
+            .serve(hello_and_slow(), async {
+                let _ = stopped.await;
+            }),
+    );
+    let mut first_head = tokio::net::TcpStream::connect(addr).await.unwrap();
+    first_head
+        .write_all(b"GET /hello HTTP/1.1\r\nhost: a\r\n")
+        .await
+        .unwrap();
+    let mut kept_alive = tokio::net::TcpStream::connect(addr).await.unwrap();
+    kept_alive
+        .write_all(b"GET /hello HTTP/1.1\r\nhost: a\r\n\r\nGET /hello HTTP/1.1\r\nho")
+        .await
+        .unwrap();
+    let mut answer = [0; 64];
+    let read = kept_alive.read(&mut answer).await.unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    drop(stop);
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops long before its head and shutdown timeouts")
+        .unwrap()
+        .unwrap();
+    // Closed (an end, or a reset where bytes were left unread), with no answer to the
+    // unfinished heads.
+    for (mut stream, answers) in [(first_head, 0), (kept_alive, 1)] {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest));
+        let _ = read.await.expect("the connection is closed");
+        let rest = String::from_utf8_lossy(&rest);
+        let got = rest.matches("HTTP/1.1").count() + usize::from(answers == 1);
+        assert_eq!(got, answers, "{rest}");
+    }
+}
+
 /// A client that sends nothing, or the start of an HTTP/2 preface and then nothing, is cut
 /// off after the request-head timeout, as one that stops in the middle of its request head.
 #[cfg(feature = "serve")]
