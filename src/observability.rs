@@ -88,10 +88,14 @@ pub struct ObservabilityBuilder {
     log_writer: Option<Box<dyn Write + Send>>,
     status_sections: Vec<(String, StatusSection)>,
     red_metrics: Option<ConfigureRed>,
+    correlation: Option<ConfigureCorrelation>,
 }
 
 /// What the service changes in the RED layer's names, labels and buckets.
 type ConfigureRed = Box<dyn FnOnce(MetricsLayerBuilder) -> MetricsLayerBuilder + Send>;
+
+/// What the service changes in the server layer: its trust, quiet paths, scheme source.
+type ConfigureCorrelation = Box<dyn FnOnce(CorrelationLayer) -> CorrelationLayer + Send>;
 
 /// A section of `/debug/status` the service registers (its queue, its current job, ...).
 type StatusSection = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
@@ -245,6 +249,32 @@ impl ObservabilityBuilder {
         F: FnOnce(MetricsLayerBuilder) -> MetricsLayerBuilder + Send + 'static,
     {
         self.red_metrics = Some(Box::new(change));
+        self
+    }
+
+    /// Changes the server layer (request ids, trace context and the request span) that
+    /// [`layer`](Observability::layer) puts outermost: a public endpoint's
+    /// [`Trust::Boundary`](periscope_trace::Trust) (new traces, the caller's kept as a link),
+    /// the paths that get no span ([`quiet`](CorrelationLayer::quiet)), the scheme a
+    /// TLS-terminating proxy reports ([`forwarded_scheme`](CorrelationLayer::forwarded_scheme)).
+    /// `change` gets the layer the facade set up, with its tenant keys, route templates and
+    /// propagators: declare tenant fields and routes with [`tenant_key`](Self::tenant_key) and
+    /// [`route_templates`](Self::route_templates), which the log and metrics layers follow too.
+    ///
+    /// ```
+    /// use periscope::trace::Trust;
+    ///
+    /// // A public API: callers do not choose its trace ids or sampling.
+    /// let obs = periscope::Observability::builder()
+    ///     .correlation(|layer| layer.trust(Trust::Boundary))
+    ///     .build()?;
+    /// # Ok::<(), periscope::Error>(())
+    /// ```
+    pub fn correlation<F>(mut self, change: F) -> Self
+    where
+        F: FnOnce(CorrelationLayer) -> CorrelationLayer + Send + 'static,
+    {
+        self.correlation = Some(Box::new(change));
         self
     }
 
@@ -407,6 +437,10 @@ impl ObservabilityBuilder {
         // One propagation setting for incoming and outgoing context (OTEL_PROPAGATORS).
         #[cfg(feature = "otel")]
         let correlation = correlation.propagators(settings.otel.propagators);
+        let correlation = match self.correlation {
+            Some(change) => change(correlation),
+            None => correlation,
+        };
 
         Ok(Observability {
             level_control: log_layer.level_control(),
@@ -474,6 +508,7 @@ impl Observability {
             log_writer: None,
             status_sections: Vec::new(),
             red_metrics: None,
+            correlation: None,
         }
     }
 

@@ -2058,3 +2058,61 @@ async fn the_facade_writes_red_metrics_under_the_names_a_service_gives() {
         "{refused}"
     );
 }
+
+/// A public API's facade at a trust boundary: a caller's `traceparent` starts no trace of its
+/// own there (the request id is still kept), where the default facade continues it.
+#[tokio::test(flavor = "current_thread")]
+async fn the_facade_server_layer_takes_a_trust_boundary() {
+    use periscope::context::RequestContext;
+    use periscope::trace::Trust;
+
+    const INCOMING: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    async fn trace_of(obs: &Observability) -> (String, String) {
+        let app = Router::new()
+            .route(
+                "/ctx",
+                get(|| async {
+                    let ctx = RequestContext::current().expect("inside a request");
+                    format!("{} {}", ctx.trace_id.to_hex(), ctx.request_id)
+                }),
+            )
+            .layer(obs.layer());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let request = http::Request::get(format!("http://{addr}/ctx"))
+            .header("x-request-id", "order-42")
+            .header("traceparent", format!("00-{INCOMING}-00f067aa0ba902b7-01"))
+            .body(Empty::new())
+            .unwrap();
+        let exchange = async {
+            let response = client.request(request).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(body.to_vec()).unwrap()
+        };
+        let body = tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .expect("an answer within 30 s");
+        let (trace_id, request_id) = body.split_once(' ').unwrap();
+        (trace_id.to_owned(), request_id.to_owned())
+    }
+
+    let continued = Observability::builder()
+        .log_writer(std::io::sink())
+        .build()
+        .unwrap();
+    assert_eq!(
+        trace_of(&continued).await,
+        (INCOMING.to_owned(), "order-42".to_owned())
+    );
+    let boundary = Observability::builder()
+        .log_writer(std::io::sink())
+        .correlation(|layer| layer.trust(Trust::Boundary))
+        .build()
+        .unwrap();
+    let (trace_id, request_id) = trace_of(&boundary).await;
+    assert_ne!(trace_id, INCOMING);
+    assert_eq!(trace_id.len(), 32, "{trace_id}");
+    assert_eq!(request_id, "order-42");
+}
