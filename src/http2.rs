@@ -20,15 +20,12 @@ use periscope_health::DrainHandle;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 
+use crate::idle::NEVER;
 use crate::write_stall::WriteStallGuard;
 
 /// The fewest bytes the client must take in a write timeout while an answer waits on it: the
 /// server's own PINGs and acknowledgements are a few dozen.
 const MIN_PROGRESS: u64 = 1024;
-
-/// A year stands for "never" in the connection's timers (`Duration::MAX` would overflow the
-/// clock).
-const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// What an HTTP/2 client sends first, before any frame (RFC 9113, section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -173,11 +170,13 @@ where
     }
     connection.as_mut().graceful_shutdown();
     // The connection closes once the client acknowledges the GOAWAY's PING: one that never
-    // does would hold it for good, so it is dropped once no stream is left and nothing moves.
+    // does would hold it for good, so it is dropped once no stream is left and nothing moves
+    // for a PING's timeout (the idle timeout may be many minutes).
+    let mut goaway_ticks = ticks(limits.ping_timeout);
     loop {
         tokio::select! {
             result = connection.as_mut() => return result.map(|()| Http2End::Closed),
-            _ = idle_ticks.tick() => {
+            _ = goaway_ticks.tick() => {
                 let moved = written_for_idle.moved();
                 if !moved && streams.open.load(Ordering::Relaxed) == 0 {
                     return Ok(Http2End::Closed);

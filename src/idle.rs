@@ -25,7 +25,7 @@ use tower_service::Service;
 
 /// A year stands for "never" in the connection's timers (`Duration::MAX` would overflow the
 /// clock).
-const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The error a request head that began but was not finished within the head timeout fails
 /// with, told apart from other `TimedOut` errors by its type.
@@ -42,10 +42,11 @@ impl std::error::Error for HeadTimedOut {}
 
 /// hyper's own request-head timeout: a backstop later than any deadline of [`IdleGuard`]
 /// (which counts from the same instants or earlier: hyper starts its timer once it has
-/// written an answer's last bytes, from which the guard's idle clock counts). One must be
-/// set: with none, hyper whose last read waited (while the service worked on a request) does
-/// not read again once the answer is done, but at the client's next byte, so the guard's idle
-/// clock would never run.
+/// written an answer's last bytes, from which the guard's idle clock counts, or once it has
+/// read off the rest of a request body the service left, later still). One must be set: with
+/// none, hyper whose last read waited (while the service worked on a request) does not read
+/// again once the answer is done, but at the client's next byte, so the guard's idle clock
+/// would never run.
 pub(crate) fn backstop(head_timeout: Duration, idle_timeout: Duration) -> Duration {
     idle_timeout
         .saturating_add(head_timeout.saturating_mul(2))
@@ -217,10 +218,16 @@ impl<B: Body> Body for Answered<B> {
 /// - with [`HeadTimedOut`] (`TimedOut`) once a head that began is not finished within the
 ///   head timeout: from its first byte, or from the accept for a connection's first head.
 ///
-/// Blank lines between requests (which hyper skips) do not begin a head. Reads while an answer
-/// is under way (the request's body) and after an upgrade are not timed. Bytes of a pipelined
-/// request that came during the previous answer are in hyper's buffer already: such a head,
-/// if unfinished, has the idle timeout, then the head timeout once more of it comes.
+/// Blank lines between requests (which hyper skips) do not begin a head, nor do the bytes a
+/// first read after an answer finds waiting: they may be the rest of a request body the
+/// service left unread (a 404 to a `POST`), which hyper reads off then; only bytes that come
+/// after a read found nothing begin a head. Reads while an answer is under way (the request's
+/// body) and after an upgrade are not timed. Bytes of a pipelined request that came during or
+/// right after the previous answer are in hyper's buffer already: such a head, if unfinished,
+/// has the idle timeout, then the head timeout once more of it comes.
+///
+/// At the shutdown ([`Activity::stop`]) a wait for a head ends at once, unless an answer's
+/// last bytes still wait for the client (the shutdown timeout bounds those).
 ///
 /// The idle timeout counts from the previous answer's last bytes written, not from the end of
 /// its body: hyper drops a body once it has taken its last chunk, and a large one sent in one
@@ -238,6 +245,8 @@ pub(crate) struct IdleGuard<S> {
     requests: u64,
     /// When the first byte of the head waited for came.
     head_began: Option<Instant>,
+    /// A read since the last answer found nothing to read: bytes from now on are a new head's.
+    waited: bool,
     /// The clock: boxed (hyper wants an `Unpin` stream), made on the first wait, reset when
     /// the deadline changes.
     clock: Option<Pin<Box<Sleep>>>,
@@ -265,6 +274,7 @@ impl<S> IdleGuard<S> {
             idle_timeout: idle_timeout.min(NEVER),
             requests: 0,
             head_began: None,
+            waited: false,
             clock: None,
             deadline: None,
             write_blocked: false,
@@ -311,10 +321,16 @@ impl<S: AsyncRead> AsyncRead for IdleGuard<S> {
         if *this.requests != started {
             *this.requests = started;
             *this.head_began = None;
+            *this.waited = false;
         }
         match read {
             Poll::Ready(Ok(())) => {
+                // Bytes that were there at the first read after an answer may be the rest of
+                // a request body the service left unread, which hyper reads off now: only
+                // bytes that come after a wait begin a head (a pipelined head among the first
+                // ones has the idle timeout, as when it came during the answer).
                 if this.head_began.is_none()
+                    && (started == 0 || *this.waited)
                     && buf.filled()[before..]
                         .iter()
                         .any(|byte| !matches!(byte, b'\r' | b'\n'))
@@ -324,11 +340,12 @@ impl<S: AsyncRead> AsyncRead for IdleGuard<S> {
                 return Poll::Ready(Ok(()));
             }
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-            Poll::Pending => {}
+            Poll::Pending => *this.waited = true,
         }
-        if activity.stopping.load(Ordering::Relaxed) {
+        if activity.stopping.load(Ordering::Relaxed) && !*this.write_blocked {
             // The end of the stream: a head begun is not finished, its client can send it
-            // again elsewhere (the service never saw it).
+            // again elsewhere (the service never saw it). Not while an answer's last bytes
+            // still wait for the client: the shutdown timeout bounds those.
             return Poll::Ready(Ok(()));
         }
         let idle_from = || activity.idle_since().max(*this.wrote_at);

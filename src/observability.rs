@@ -225,7 +225,11 @@ impl ObservabilityBuilder {
     /// `http_server_requests_in_flight` with `method`, `route` and the status class). `change`
     /// gets the builder the facade set up (its route templates: the admin paths and
     /// [`route_templates`](Self::route_templates)) and returns it changed; `build` fails when
-    /// the result is refused (a malformed name, one the facade's own metrics use).
+    /// the result is refused (a malformed name, one the facade's own metrics use). Routes
+    /// given here (`route_templates`, `route_fn`) label the metrics only: declare them with
+    /// [`route_templates`](Self::route_templates), which the span and the access line follow
+    /// too. With metrics off (`ENABLE_METRICS=false`) `change` is not called. The operations
+    /// kit in `deploy/` (dashboard, alerts, runbooks) queries the default names.
     ///
     /// ```
     /// use periscope::metrics::StatusLabel;
@@ -258,8 +262,11 @@ impl ObservabilityBuilder {
     /// the paths that get no span ([`quiet`](CorrelationLayer::quiet)), the scheme a
     /// TLS-terminating proxy reports ([`forwarded_scheme`](CorrelationLayer::forwarded_scheme)).
     /// `change` gets the layer the facade set up, with its tenant keys, route templates and
-    /// propagators: declare tenant fields and routes with [`tenant_key`](Self::tenant_key) and
-    /// [`route_templates`](Self::route_templates), which the log and metrics layers follow too.
+    /// propagators. `tenant_keys`, `route_templates` and `propagators` called here replace the
+    /// facade's, and the log and metrics layers (and the outgoing propagation) do not follow
+    /// them: declare tenant fields and routes with [`tenant_key`](Self::tenant_key) and
+    /// [`route_templates`](Self::route_templates) instead, and the formats with
+    /// `OTEL_PROPAGATORS`. Paths made quiet here still get an access line.
     ///
     /// ```
     /// use periscope::trace::Trust;

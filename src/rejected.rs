@@ -371,10 +371,9 @@ mod tests {
         RejectedRequests::default().connection_failed(&error, "192.0.2.7:40000".parse().unwrap());
         let seen = warnings.0.lock().unwrap().clone();
         assert_eq!(seen.len(), 1, "{seen:?}");
-        assert!(
-            seen[0].contains("write_stalled=0 head_timeout=1"),
-            "{seen:?}"
-        );
+        for field in ["write_stalled=0", "head_timeout=1", "malformed=0"] {
+            assert!(seen[0].contains(field), "{field}: {seen:?}");
+        }
     }
 
     /// The error a connection ends with after `GET /`, its server side wrapped by `wrap`; the

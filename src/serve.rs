@@ -144,8 +144,10 @@ impl Server {
     /// (feature `http2`) that sends no frame for this long is sent a PING and closed when that
     /// goes unanswered as long: a client paused for over twice this long is cut off,
     /// mid-stream too. A request body that the service still reads after its answer has been
-    /// sent (an upload handed to a task after a `202`) is timed as the next request's head:
-    /// its bytes must all come within this long after the answer.
+    /// sent (an upload handed to a task after a `202`) is timed as the next request's head
+    /// once it pauses: what comes after the pause must come whole within this long (the
+    /// server cannot tell such a body from a new head; a body the service leaves unread,
+    /// which hyper reads off after the answer, is told apart).
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout.max(Duration::from_millis(1));
         self

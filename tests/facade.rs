@@ -671,24 +671,25 @@ async fn the_server_cuts_off_a_request_head_the_head_timeout_after_it_began() {
     drop(log_guard);
 }
 
-/// The idle timeout counts from an answer's last bytes written, not from the end of its body:
-/// a body sent in one chunk (a `Vec` or a file read whole) ends for hyper at once, and reaches
-/// a slow reader long after; the connection is not closed under it, and its client gets it
-/// whole.
+/// A 4 MiB answer in one chunk (a `Vec`: hyper takes it whole at once) from a server with a
+/// 200 ms head timeout and a 300 ms idle timeout, to a client with a small receive buffer,
+/// and the shutdown signal's sender.
 #[cfg(feature = "serve")]
-#[tokio::test(flavor = "current_thread")]
-async fn the_server_does_not_cut_off_an_answer_still_going_out_for_the_idle_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+async fn big_answer_to_a_slow_reader() -> (tokio::net::TcpStream, tokio::sync::oneshot::Sender<()>)
+{
+    use tokio::io::AsyncWriteExt;
 
-    const BODY: usize = 4 << 20;
-    let app = Router::new().route("/big", get(|| async { vec![b'x'; BODY] }));
+    let app = Router::new().route("/big", get(|| async { vec![b'x'; BIG_ANSWER] }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(
         periscope::Server::new(listener)
             .header_read_timeout(Duration::from_millis(200))
             .idle_timeout(Duration::from_millis(300))
-            .serve(app, std::future::pending()),
+            .serve(app, async {
+                let _ = stopped.await;
+            }),
     );
     // A small receive buffer: the answer waits in the server, not in this socket.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -698,7 +699,22 @@ async fn the_server_does_not_cut_off_an_answer_still_going_out_for_the_idle_time
         .write_all(b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n")
         .await
         .unwrap();
-    // About 1.6 MB/s: the answer takes over two seconds, several idle timeouts.
+    (stream, stop)
+}
+
+#[cfg(feature = "serve")]
+const BIG_ANSWER: usize = 4 << 20;
+
+/// Reads `stream` at about 1.6 MB/s until the server closes it (the 4 MiB answer takes over
+/// two seconds, several idle timeouts), calling `at_quarter_mib` once 256 KiB came; asserts
+/// the whole answer came.
+#[cfg(feature = "serve")]
+async fn read_the_big_answer_slowly(
+    mut stream: tokio::net::TcpStream,
+    mut at_quarter_mib: impl FnMut(),
+) {
+    use tokio::io::AsyncReadExt;
+
     let mut answer = Vec::new();
     let mut chunk = vec![0; 64 << 10];
     loop {
@@ -710,6 +726,9 @@ async fn the_server_does_not_cut_off_an_answer_still_going_out_for_the_idle_time
             Ok(0) | Err(_) => break,
             Ok(n) => answer.extend_from_slice(&chunk[..n]),
         }
+        if answer.len() >= 256 << 10 {
+            at_quarter_mib();
+        }
     }
     let head_end = answer
         .windows(4)
@@ -717,7 +736,64 @@ async fn the_server_does_not_cut_off_an_answer_still_going_out_for_the_idle_time
         .expect("an answer")
         + 4;
     assert!(answer.starts_with(b"HTTP/1.1 200"));
-    assert_eq!(answer.len() - head_end, BODY, "the whole body");
+    assert_eq!(answer.len() - head_end, BIG_ANSWER, "the whole body");
+}
+
+/// The idle timeout counts from an answer's last bytes written, not from the end of its body:
+/// a body sent in one chunk ends for hyper at once, and reaches a slow reader long after; the
+/// connection is not closed under it, and its client gets it whole.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "current_thread")]
+async fn the_server_does_not_cut_off_an_answer_still_going_out_for_the_idle_timeout() {
+    let (stream, _stop) = big_answer_to_a_slow_reader().await;
+    read_the_big_answer_slowly(stream, || {}).await;
+}
+
+/// The shutdown signal does not cut off an answer still going out either (its body over for
+/// hyper, its bytes not): the shutdown timeout bounds it.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "current_thread")]
+async fn the_server_finishes_an_answer_still_going_out_at_the_shutdown_signal() {
+    let (stream, stop) = big_answer_to_a_slow_reader().await;
+    let mut stop = Some(stop);
+    read_the_big_answer_slowly(stream, || drop(stop.take())).await;
+}
+
+/// A request body the service left unread (a 404 to a `POST`), which hyper reads off after the
+/// answer, is not taken for the next request's head: the connection still waits the idle
+/// timeout for it, not the head timeout.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_body_left_unread_does_not_shorten_the_idle_wait() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        periscope::Server::new(listener)
+            .header_read_timeout(Duration::from_millis(300))
+            .idle_timeout(Duration::from_secs(5))
+            .serve(hello_and_slow(), std::future::pending()),
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request =
+        b"POST /nowhere HTTP/1.1\r\nhost: a\r\ncontent-length: 12000\r\n\r\n".to_vec();
+    request.extend_from_slice(&[b'x'; 12000]);
+    stream.write_all(&request).await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0; 1024];
+    while !answer.windows(4).any(|window| window == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        assert_ne!(n, 0, "closed before its answer");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 404"), "{answer:?}");
+    // Over three head timeouts, well within the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    pipelined_gets(&mut stream, "/hello", "hello", 1).await;
 }
 
 /// `Duration::MAX` for the head and idle timeouts means "never" rather than overflowing the
@@ -1586,6 +1662,7 @@ async fn the_server_stops_at_once_when_a_first_request_head_is_unfinished() {
         .write_all(b"GET /hello HTTP/1.1\r\nhost: a\r\n")
         .await
         .unwrap();
+    // A control: hyper itself closes a kept-alive connection at once, a next head begun too.
     let mut kept_alive = tokio::net::TcpStream::connect(addr).await.unwrap();
     kept_alive
         .write_all(b"GET /hello HTTP/1.1\r\nhost: a\r\n\r\nGET /hello HTTP/1.1\r\nho")
@@ -1594,7 +1671,11 @@ async fn the_server_stops_at_once_when_a_first_request_head_is_unfinished() {
     let mut answer = [0; 64];
     let read = kept_alive.read(&mut answer).await.unwrap();
     assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Time for the server to read the first head's bytes (the kept-alive connection's answer
+    // shows it accepts and reads): had it read none, hyper would close that connection at
+    // once too, as one that sent nothing (the test then passes without the fix: it fails
+    // without it when the bytes were read, as they are here).
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     drop(stop);
     tokio::time::timeout(Duration::from_secs(10), server)

@@ -54,25 +54,32 @@ impl InvalidTenantKey {
 }
 
 /// Header names (after `x-`) that mean something else to proxies, servers or tracing systems:
-/// a tenant value sent downstream in one would be read as the request id, the client's address,
-/// scheme or host, the method, or another system's trace.
+/// a tenant value sent downstream in one would be read as the request id, the client's address
+/// or identity, the method or path, or another system's trace.
 const TAKEN_HEADERS: &[&str] = &[
     "request-id",
     "correlation-id",
     "real-ip",
     "client-ip",
+    "cluster-client-ip",
     "original-forwarded-for",
     "http-method-override",
     "http-method",
     "method-override",
-    "amzn-trace-id",
+    "original-url",
+    "original-uri",
+    "rewrite-url",
+    "remote-user",
+    "ms-client-principal",
     "cloud-trace-context",
-    "envoy-original-path",
+    "ot-span-context",
 ];
 
 /// Header name prefixes (after `x-`) of the same kind: `x-forwarded-for`, `-proto`, `-host`,
-/// ...; B3 and Datadog propagation.
-const TAKEN_HEADER_PREFIXES: &[&str] = &["forwarded-", "b3-", "datadog-", "envoy-"];
+/// ...; B3, Datadog and Envoy headers; the identity and trace headers of AWS's and Google's
+/// load balancers (`x-amzn-oidc-identity`, `x-goog-authenticated-user-email`).
+const TAKEN_HEADER_PREFIXES: &[&str] =
+    &["forwarded-", "b3-", "datadog-", "envoy-", "amzn-", "goog-"];
 
 /// Why `field` cannot name a tenant field, if it cannot.
 fn refusal(field: &str) -> Option<Cow<'static, str>> {
@@ -286,6 +293,13 @@ mod tests {
             ("b3_traceid", "x-b3-traceid"),
             ("datadog_trace_id", "x-datadog-trace-id"),
             ("amzn_trace_id", "x-amzn-trace-id"),
+            ("amzn_oidc_identity", "x-amzn-oidc-identity"),
+            (
+                "goog_authenticated_user_email",
+                "x-goog-authenticated-user-email",
+            ),
+            ("original_url", "x-original-url"),
+            ("remote_user", "x-remote-user"),
             ("http_method_override", "x-http-method-override"),
             ("api_key", "secret (api_key)"),
             ("session_id", "secret (session)"),
