@@ -106,8 +106,10 @@ where
         WriteStallGuard::new(stream, limits.write_timeout).counting(Arc::clone(&written)),
     );
     let streams = Arc::new(Streams::new());
+    // Outside the Tower service: a stream counts from its request's head, not from when the
+    // service was ready for it (one waiting for a concurrency limit is not an idle connection).
     let service = TrackStreams {
-        inner: service,
+        inner: TowerToHyperService::new(service),
         streams: Arc::clone(&streams),
         drain,
     };
@@ -120,7 +122,7 @@ where
         .keep_alive_interval(keep_alive)
         .keep_alive_timeout(keep_alive)
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-        .serve_connection(io, TowerToHyperService::new(service));
+        .serve_connection(io, service);
     tokio::pin!(connection);
     // `Duration::MAX` is "never".
     let write_check = (limits.write_timeout != Duration::MAX).then_some(limits.write_timeout);
@@ -171,8 +173,15 @@ where
     connection.as_mut().graceful_shutdown();
     // The connection closes once the client acknowledges the GOAWAY's PING: one that never
     // does would hold it for good, so it is dropped once no stream is left and nothing moves
-    // for a PING's timeout (the idle timeout may be many minutes).
-    let mut goaway_ticks = ticks(limits.ping_timeout);
+    // for a PING's timeout (the idle timeout may be many minutes), or for the write timeout
+    // where that is longer: an answer whose body hyper has taken whole (so no stream counts as
+    // open) may still wait in h2's buffers for the client's window, and nothing moving then is
+    // a write stall, which the write timeout judges.
+    let mut goaway_ticks = ticks(
+        limits
+            .ping_timeout
+            .max(write_check.unwrap_or(Duration::ZERO)),
+    );
     loop {
         tokio::select! {
             result = connection.as_mut() => return result.map(|()| Http2End::Closed),
@@ -306,19 +315,15 @@ struct TrackStreams<S> {
     drain: Option<DrainHandle>,
 }
 
-impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for TrackStreams<S>
+impl<S, ReqBody, ResBody> hyper::service::Service<Request<ReqBody>> for TrackStreams<S>
 where
-    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: hyper::service::Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
     type Response = Response<Tracked<ResBody>>;
     type Error = S::Error;
     type Future = TrackedFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&self, request: Request<ReqBody>) -> Self::Future {
         self.streams.events.fetch_add(1, Ordering::Relaxed);
         self.streams.open.fetch_add(1, Ordering::Relaxed);
         TrackedFuture {

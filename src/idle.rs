@@ -21,7 +21,6 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-use tower_service::Service;
 
 /// A year stands for "never" in the connection's timers (`Duration::MAX` would overflow the
 /// clock).
@@ -112,6 +111,11 @@ impl Drop for Answer {
 
 /// The connection's service, which tells [`Activity`] when a request comes and when its
 /// answer is done (no allocation: the answer holds a reference count).
+///
+/// A hyper service (around `TowerToHyperService`), not a Tower one: hyper calls it as soon as
+/// it has parsed a head, while a Tower service inside `TowerToHyperService` is only called
+/// once it is ready (a concurrency limit, a full buffer): the request counts from its head
+/// on, so a request waiting for the service is not timed as a head that did not come.
 #[derive(Clone, Debug)]
 pub(crate) struct TrackAnswers<S> {
     inner: S,
@@ -124,19 +128,15 @@ impl<S> TrackAnswers<S> {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for TrackAnswers<S>
+impl<S, ReqBody, ResBody> hyper::service::Service<Request<ReqBody>> for TrackAnswers<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: hyper::service::Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
     type Response = Response<Answered<ResBody>>;
     type Error = S::Error;
     type Future = AnswerFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&self, request: Request<ReqBody>) -> Self::Future {
         self.activity.started.fetch_add(1, Ordering::Relaxed);
         let connect = request.method() == Method::CONNECT;
         AnswerFuture {
@@ -453,18 +453,17 @@ mod tests {
         let activity = Activity::new(Instant::now());
         let io = IdleGuard::new(server, Arc::clone(&activity), HEAD, IDLE);
         let service = TrackAnswers::new(
-            tower::service_fn(|_request: Request<hyper::body::Incoming>| async {
-                Ok::<_, std::convert::Infallible>(Response::new(String::from("ok")))
-            }),
+            hyper_util::service::TowerToHyperService::new(tower::service_fn(
+                |_request: Request<hyper::body::Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(String::from("ok")))
+                },
+            )),
             activity,
         );
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(backstop(HEAD, IDLE))
-            .serve_connection(
-                TokioIo::new(io),
-                hyper_util::service::TowerToHyperService::new(service),
-            );
+            .serve_connection(TokioIo::new(io), service);
         (client, tokio::spawn(connection))
     }
 
@@ -550,20 +549,19 @@ mod tests {
         let activity = Activity::new(Instant::now());
         let io = IdleGuard::new(server, Arc::clone(&activity), HEAD, IDLE);
         let service = TrackAnswers::new(
-            tower::service_fn(|_request: Request<hyper::body::Incoming>| async {
-                tokio::time::sleep(IDLE * 2).await;
-                Ok::<_, std::convert::Infallible>(Response::new(String::from("ok")))
-            }),
+            hyper_util::service::TowerToHyperService::new(tower::service_fn(
+                |_request: Request<hyper::body::Incoming>| async {
+                    tokio::time::sleep(IDLE * 2).await;
+                    Ok::<_, std::convert::Infallible>(Response::new(String::from("ok")))
+                },
+            )),
             activity,
         );
         let connection = tokio::spawn(
             http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(backstop(HEAD, IDLE))
-                .serve_connection(
-                    TokioIo::new(io),
-                    hyper_util::service::TowerToHyperService::new(service),
-                ),
+                .serve_connection(TokioIo::new(io), service),
         );
         let mut client = client;
         get(&mut client).await;

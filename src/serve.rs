@@ -139,7 +139,12 @@ impl Server {
     /// on a new connection from the accept, so one that sends nothing is closed after it too
     /// (quietly: browsers open connections they may never use); on a kept-alive one from the
     /// head's first byte, the wait before it being the [idle timeout](Self::idle_timeout).
-    /// A head begun and not finished in time is counted in the server's warning about
+    /// Bytes of a next head that are already there when an answer is done (pipelined, or
+    /// sent right behind the answer's request) cannot be told from the rest of a request body
+    /// the service left unread, which hyper reads off then: such a head begins no clock until
+    /// the server has waited for more of it, so it has the idle timeout and then this long.
+    /// A request whose head has come whole is not timed while it waits for the service to be
+    /// ready (a concurrency limit, a full buffer). A head begun and not finished in time is counted in the server's warning about
     /// requests rejected before the service saw them (`head_timeout`). An HTTP/2 connection
     /// (feature `http2`) that sends no frame for this long is sent a PING and closed when that
     /// goes unanswered as long: a client paused for over twice this long is cut off,
@@ -269,6 +274,9 @@ impl Server {
                 #[cfg(feature = "http2")]
                 {
                     let opens_with_preface = tokio::select! {
+                        // The client's bytes first: a request already come whole when the
+                        // task first runs after the signal is answered, not dropped unread.
+                        biased;
                         opens = crate::http2::opens_with_preface(&stream, header_read_timeout) => opens,
                         _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => return,
                     };
@@ -307,20 +315,27 @@ impl Server {
                     header_read_timeout,
                     idle_timeout,
                 );
+                // Outside the Tower service: a request counts from its head, not from when the
+                // service was ready for it.
                 let service = TrackAnswers::new(
-                    CloseWhenDraining::new(service, drain),
+                    TowerToHyperService::new(CloseWhenDraining::new(service, drain)),
                     Arc::clone(&activity),
                 );
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(crate::idle::backstop(header_read_timeout, idle_timeout))
                     .max_header_size(max_header_size)
-                    .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+                    .serve_connection(TokioIo::new(io), service)
                     // An upgraded connection (WebSocket) leaves hyper, and this server, once the
                     // 101 is sent: the service's upgrade task owns it from then on.
                     .with_upgrades();
                 tokio::pin!(connection);
                 let result = tokio::select! {
+                    // The connection first: hyper's graceful shutdown closes a connection that
+                    // has read nothing yet, though a whole request may wait in its socket; once
+                    // read, it is answered (a head still unfinished ends at the signal: see
+                    // `Activity::stop`).
+                    biased;
                     result = connection.as_mut() => result,
                     // The guard `wait_for` returns is dropped at once (it is not `Send`).
                     _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => {

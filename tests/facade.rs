@@ -1787,6 +1787,22 @@ async fn http2_get(
     )
 }
 
+/// `GET path` on an HTTP/2 connection whose stream window is 64 KiB (fixed): the answer's
+/// body, to read at the test's pace, and the task that drives the connection.
+#[cfg(feature = "http2")]
+async fn http2_slow_get(
+    addr: SocketAddr,
+    path: &str,
+) -> (hyper::body::Incoming, tokio::task::JoinHandle<()>) {
+    let (mut sender, driven) = http2_connection_with_window(addr, Some(65_535)).await;
+    sender.ready().await.unwrap();
+    let request = http::Request::get(format!("http://a{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let body = sender.send_request(request).await.unwrap().into_body();
+    (body, driven)
+}
+
 /// With the `http2` feature, `Server` answers HTTP/2 with prior knowledge beside HTTP/1.1 on
 /// one port: plain requests and a tonic service behind `obs.layer()` get their request ids,
 /// counts and gRPC outcomes, as over HTTP/1.1 or under tonic's own server.
@@ -1922,6 +1938,99 @@ async fn the_server_retires_http2_connections_when_idle_or_draining() {
     assert_eq!(http2_get(&mut late, "/hello").await.0, 200);
 }
 
+/// [`hello_and_slow`] behind a service that is not ready until `open_at` once it has let
+/// `free` requests through: what a concurrency limit or a full buffer does to a request
+/// whose head has come whole.
+#[cfg(feature = "serve")]
+#[derive(Clone)]
+struct NotReadyUntil {
+    inner: Router,
+    free: usize,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    open_at: tokio::time::Instant,
+}
+
+#[cfg(feature = "serve")]
+impl tower::Service<http::Request<hyper::body::Incoming>> for NotReadyUntil {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = <Router as tower::Service<http::Request<hyper::body::Incoming>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        use std::sync::atomic::Ordering;
+
+        if self.calls.load(Ordering::SeqCst) >= self.free
+            && tokio::time::Instant::now() < self.open_at
+        {
+            // A wake-up at the opening (a spawned timer: the service keeps no state per poll).
+            let (waker, open_at) = (cx.waker().clone(), self.open_at);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(open_at).await;
+                waker.wake();
+            });
+            return std::task::Poll::Pending;
+        }
+        tower::Service::<http::Request<hyper::body::Incoming>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.call(request)
+    }
+}
+
+/// A request whose head has come whole waits for its service to be ready (a concurrency
+/// limit) for longer than the head timeout, and longer than the idle timeout: it is answered
+/// then, on a new connection and on a kept-alive one, not cut off as a head that did not come.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_its_service_is_not_timed_as_a_head() {
+    for free in [0, 1] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = NotReadyUntil {
+            inner: hello_and_slow(),
+            free,
+            calls: Arc::default(),
+            open_at: tokio::time::Instant::now() + Duration::from_millis(1200),
+        };
+        tokio::spawn(
+            periscope::Server::new(listener)
+                .header_read_timeout(Duration::from_millis(200))
+                .idle_timeout(Duration::from_millis(400))
+                .serve(service, std::future::pending()),
+        );
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // `free` requests answered at once, then one that waits for the service.
+        pipelined_gets(&mut stream, "/hello", "hello", free + 1).await;
+    }
+}
+
+/// Over HTTP/2 too: a stream waiting for its service is a stream, not an idle connection.
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_waiting_for_its_service_does_not_leave_its_connection_idle() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = NotReadyUntil {
+        inner: hello_and_slow(),
+        free: 0,
+        calls: Arc::default(),
+        open_at: tokio::time::Instant::now() + Duration::from_millis(1500),
+    };
+    tokio::spawn(
+        periscope::Server::new(listener)
+            .header_read_timeout(Duration::from_millis(200))
+            .idle_timeout(Duration::from_millis(200))
+            .serve(service, std::future::pending()),
+    );
+    let (mut sender, _driven) = http2_connection(addr).await;
+    assert_eq!(http2_get(&mut sender, "/hello").await.2, "hello");
+}
+
 /// `Server` tells who is calling: the connection's address is the access line's `peer`, and
 /// axum's `ConnectInfo` extractor reads it, as under `axum::serve` with
 /// `into_make_service_with_connect_info`.
@@ -1997,12 +2106,7 @@ async fn the_server_closes_http2_connections_held_by_doing_nothing() {
     // A slow but steady reader, 64 KiB of window at a time, takes the whole 1 MiB answer
     // (handed to hyper in one chunk, which it keeps until the window lets it all out) over
     // several write timeouts: not cut.
-    let (mut sender, _driven) = http2_connection_with_window(addr, Some(65_535)).await;
-    sender.ready().await.unwrap();
-    let request = http::Request::get("http://a/big")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let mut body = sender.send_request(request).await.unwrap().into_body();
+    let (mut body, _driven) = http2_slow_get(addr, "/big").await;
     let (mut taken, started) = (0, std::time::Instant::now());
     while let Some(frame) = body.frame().await {
         taken += frame.unwrap().into_data().map_or(0, |data| data.len());
@@ -2059,6 +2163,41 @@ async fn the_server_closes_http2_connections_held_by_doing_nothing() {
         closed.await.is_ok(),
         "a silent client's upload does not hold the connection"
     );
+}
+
+/// An HTTP/2 answer that hyper took whole (its body over, so no stream counts as open) waits
+/// in h2's buffers for a client that has paused its window for longer than the idle and PING
+/// timeouts, well within the write timeout: the connection is retired (GOAWAY), but the
+/// answer comes whole once the client reads on.
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_answer_waiting_for_a_paused_client_comes_whole() {
+    const SIZE: usize = 4 << 20;
+    let app = Router::new().route("/big", get(|| async { vec![b'x'; SIZE] }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        periscope::Server::new(listener)
+            .header_read_timeout(Duration::from_millis(200))
+            .idle_timeout(Duration::from_millis(200))
+            .write_timeout(Duration::from_secs(10))
+            .serve(app, std::future::pending()),
+    );
+    let (mut body, _driven) = http2_slow_get(addr, "/big").await;
+    let mut taken = 0;
+    let mut paused = false;
+    while let Some(frame) = body.frame().await {
+        taken += frame
+            .unwrap_or_else(|error| panic!("cut off after {taken} bytes: {error}"))
+            .into_data()
+            .map_or(0, |data| data.len());
+        if !paused && taken >= 128 << 10 {
+            paused = true;
+            // Several idle and PING timeouts; a tenth of the write timeout.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+    }
+    assert_eq!(taken, SIZE);
 }
 
 /// A team moving from axum-prometheus keeps its dashboards: the facade's RED families take the
