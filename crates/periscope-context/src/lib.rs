@@ -118,6 +118,20 @@ pub mod headers {
     pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 }
 
+/// The log line's own top-level keys (the contract's "Log line"): no field lifted to the top
+/// level may take one of these names, since the line would hold it twice or let it forge one.
+pub const LOG_LINE_KEYS: &[&str] = &[
+    "timestamp",
+    "level",
+    "message",
+    "target",
+    "service",
+    "environment",
+    "version",
+    "span",
+    "data",
+];
+
 /// The contract's sensitive key fragments: a field, parameter or header name that contains one
 /// holds a secret. The log redaction hides such values; a tenant field may not be named so.
 pub const SENSITIVE_KEY_PARTS: &[&str] = &[

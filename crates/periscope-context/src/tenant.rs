@@ -81,6 +81,9 @@ const TAKEN_HEADERS: &[&str] = &[
 const TAKEN_HEADER_PREFIXES: &[&str] =
     &["forwarded-", "b3-", "datadog-", "envoy-", "amzn-", "goog-"];
 
+/// The correlation fields every span and log line carry beside the line's own keys.
+const CORRELATION_FIELDS: &[&str] = &["trace_id", "span_id"];
+
 /// Why `field` cannot name a tenant field, if it cannot.
 fn refusal(field: &str) -> Option<Cow<'static, str>> {
     let well_formed = !field.is_empty()
@@ -102,6 +105,13 @@ fn refusal(field: &str) -> Option<Cow<'static, str>> {
         return Some(Cow::Owned(format!(
             "its header x-{header} already means something to proxies, servers or tracing \
              systems, which would read the tenant value sent downstream: choose another name"
+        )));
+    }
+    if crate::LOG_LINE_KEYS.contains(&field) || CORRELATION_FIELDS.contains(&field) {
+        return Some(Cow::Owned(format!(
+            "{field} is already a field of every log line and server span, which a tenant \
+             field would clash with (its value would show on none of them): choose another \
+             name, such as \"{field}_id\" or \"tenant_{field}\""
         )));
     }
     if let Some(part) = crate::SENSITIVE_KEY_PARTS
@@ -129,6 +139,11 @@ impl TenantKey {
     };
 
     /// A service-declared field; its header is `x-` followed by the name with `_` as `-`.
+    ///
+    /// Refused, with the reason: a name that is not 1–64 characters of `a-z 0-9 _`, whose
+    /// header already means something to proxies or tracing systems (`forwarded_for`,
+    /// `real_ip`, `b3_*`, ...), that every log line or server span already has (`service`,
+    /// `trace_id`, ...), or that names a secret (`api_key`, `session_id`, ...).
     pub fn new(field: &str) -> Result<Self, InvalidTenantKey> {
         let refused = |reason| InvalidTenantKey {
             name: field.chars().take(64).collect(),
@@ -304,6 +319,11 @@ mod tests {
             ("api_key", "secret (api_key)"),
             ("session_id", "secret (session)"),
             ("auth_token", "secret (token)"),
+            ("service", "already a field of every log line"),
+            ("level", "already a field of every log line"),
+            ("version", "already a field of every log line"),
+            ("trace_id", "already a field of every log line"),
+            ("span_id", "already a field of every log line"),
         ] {
             let refused = TenantKey::new(name).unwrap_err();
             assert_eq!(refused.name(), name);
@@ -318,6 +338,8 @@ mod tests {
             "b3",
             "user_id",
             "key_1",
+            "service_id",
+            "tenant_version",
         ] {
             assert!(TenantKey::new(name).is_ok(), "{name}");
         }

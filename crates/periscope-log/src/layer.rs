@@ -30,17 +30,7 @@ const KEEP_BUFFER_CAPACITY: usize = 64 * 1024;
 
 /// Top-level keys of a JSON line: in flattened mode, event fields with these names are written
 /// as `data.<name>` so they cannot overwrite them.
-pub(crate) const RESERVED_KEYS: &[&str] = &[
-    "timestamp",
-    "level",
-    "message",
-    "target",
-    "service",
-    "environment",
-    "version",
-    "span",
-    "data",
-];
+pub(crate) const RESERVED_KEYS: &[&str] = periscope_context::LOG_LINE_KEYS;
 
 /// The layer that formats events into lines: build it with [`LogLayer::builder`].
 ///
