@@ -21,7 +21,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 
 use crate::idle::NEVER;
-use crate::write_stall::WriteStallGuard;
+use crate::write_stall::{WriteStallGuard, Written};
+
+/// How often a connection told to go away at the shutdown signal is checked for no stream
+/// open and nothing written since the last check (its client's acknowledgement not come):
+/// about a second in all for a client gone silent (the GOAWAY itself is written in the first
+/// period), time enough for a request sent just before the GOAWAY to arrive, and short
+/// enough that such a client does not hold the shutdown.
+const GOAWAY_CHECK_AT_SHUTDOWN: Duration = Duration::from_millis(500);
 
 /// The fewest bytes the client must take in a write timeout while an answer waits on it: the
 /// server's own PINGs and acknowledgements are a few dozen.
@@ -101,11 +108,11 @@ where
 {
     // The bytes the client took: what tells an answer waiting on a stalled client from one
     // draining to a slow reader (hyper holds a whole chunk until the window lets it out).
-    let written = Arc::new(AtomicU64::new(0));
+    let written = Arc::new(Written::default());
     let io = TokioIo::new(
         WriteStallGuard::new(stream, limits.write_timeout).counting(Arc::clone(&written)),
     );
-    let streams = Arc::new(Streams::new());
+    let streams = Arc::new(Streams::new(Arc::clone(&written)));
     // Outside the Tower service: a stream counts from its request's head, not from when the
     // service was ready for it (one waiting for a concurrency limit is not an idle connection).
     let service = TrackStreams {
@@ -127,8 +134,8 @@ where
     // `Duration::MAX` is "never".
     let write_check = (limits.write_timeout != Duration::MAX).then_some(limits.write_timeout);
     // Bytes the client took since the last tick of each timer.
-    let mut written_for_write = Progress::new(&written);
-    let mut written_for_idle = Progress::new(&written);
+    let mut written_for_write = Progress::new(&written.bytes);
+    let mut written_for_idle = Progress::new(&written.bytes);
     let mut stalled = || {
         let moved = written_for_write.moved();
         write_check.is_some_and(|timeout| {
@@ -150,7 +157,7 @@ where
     let mut seen = streams.events.load(Ordering::Relaxed);
     loop {
         tokio::select! {
-            result = connection.as_mut() => return result.map(|()| Http2End::Closed),
+            result = connection.as_mut() => return ended(result, &written),
             // The guard `wait_for` returns is dropped at once (it is not `Send`).
             _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => break,
             () = streams.retire.notified() => break,
@@ -172,19 +179,27 @@ where
     }
     connection.as_mut().graceful_shutdown();
     // The connection closes once the client acknowledges the GOAWAY's PING: one that never
-    // does would hold it for good, so it is dropped once no stream is left and nothing moves
-    // for a PING's timeout (the idle timeout may be many minutes), or for the write timeout
-    // where that is longer: an answer whose body hyper has taken whole (so no stream counts as
-    // open) may still wait in h2's buffers for the client's window, and nothing moving then is
-    // a write stall, which the write timeout judges.
-    let mut goaway_ticks = ticks(
-        limits
-            .ping_timeout
-            .max(write_check.unwrap_or(Duration::ZERO)),
-    );
+    // does would hold it for good, so it is dropped once no stream is left (an answer whose
+    // bytes still wait for the client's window keeps its stream: see `Tracked`) and nothing
+    // moves for a PING's timeout (the idle timeout may be many minutes); at the shutdown
+    // signal, for `GOAWAY_CHECK_AT_SHUTDOWN` at most, so that a peer gone silent does not
+    // hold the shutdown.
+    let grace = |stopping: bool| {
+        if stopping {
+            limits.ping_timeout.min(GOAWAY_CHECK_AT_SHUTDOWN)
+        } else {
+            limits.ping_timeout
+        }
+    };
+    let mut stopped = *stopping.borrow();
+    let mut goaway_ticks = ticks(grace(stopped));
     loop {
         tokio::select! {
-            result = connection.as_mut() => return result.map(|()| Http2End::Closed),
+            result = connection.as_mut() => return ended(result, &written),
+            _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) }, if !stopped => {
+                stopped = true;
+                goaway_ticks = ticks(grace(true));
+            }
             _ = goaway_ticks.tick() => {
                 let moved = written_for_idle.moved();
                 if !moved && streams.open.load(Ordering::Relaxed) == 0 {
@@ -195,6 +210,16 @@ where
                 return Ok(Http2End::WriteStalled);
             },
         }
+    }
+}
+
+/// How a connection that hyper ended with `result` ended: a write that stalled for the write
+/// timeout (the guard's error reaches hyper as text only) is a [`Http2End::WriteStalled`].
+fn ended(result: Result<(), hyper::Error>, written: &Written) -> Result<Http2End, hyper::Error> {
+    match result {
+        Ok(()) => Ok(Http2End::Closed),
+        Err(_) if written.stalled.load(Ordering::Relaxed) => Ok(Http2End::WriteStalled),
+        Err(error) => Err(error),
     }
 }
 
@@ -252,11 +277,15 @@ struct Streams {
     started: Instant,
     /// The answers' bodies still alive, to find one the client has left waiting.
     bodies: Mutex<Vec<Weak<BodyClock>>>,
+    /// The bytes written on the connection: a body hands its next frame, or its end, only
+    /// once its last frame has gone out (see [`Tracked`]).
+    written: Arc<Written>,
 }
 
 impl Streams {
-    fn new() -> Self {
+    fn new(written: Arc<Written>) -> Self {
         Self {
+            written,
             events: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             retire: Notify::new(),
@@ -370,18 +399,33 @@ where
             open.0.retire.notify_one();
         }
         let clock = open.as_ref().map(|open| open.0.clock());
-        Poll::Ready(Ok(response.map(|inner| Tracked { inner, clock, open })))
+        Poll::Ready(Ok(response.map(|inner| Tracked {
+            inner,
+            clock,
+            open,
+            out_at: None,
+        })))
     }
 }
 
 /// An answer's body, which keeps its stream counted as open until it is dropped, and tells
 /// its clock when it waits for hyper (and so for the client) to take more of it.
+///
+/// hyper takes a frame as soon as the client's window has room for one byte of it, and h2
+/// keeps the rest until the window lets it out: a body whose last frame (an axum `Vec` or
+/// `String` body is one frame) is taken would be dropped, its stream no longer open and its
+/// clock gone, while the client holds the answer, and the connection, by opening no window.
+/// So the body hands its next frame, its trailers or its end only once the connection has
+/// written as many bytes as its last frame holds since that frame was handed over (a bound
+/// other streams' bytes may reach sooner), and its clock keeps waiting until then.
 #[pin_project::pin_project]
 pub(crate) struct Tracked<B> {
     #[pin]
     inner: B,
     clock: Option<Arc<BodyClock>>,
     open: Option<OpenStream>,
+    /// The connection's count of written bytes by which the last frame handed over is out.
+    out_at: Option<u64>,
 }
 
 impl<B: Body> Body for Tracked<B> {
@@ -393,23 +437,95 @@ impl<B: Body> Body for Tracked<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let frame = this.inner.poll_frame(cx);
-        if let (Some(clock), Some(open)) = (this.clock, this.open) {
-            // A frame handed over: the next poll is up to hyper, and so to the client's window.
-            let since = match &frame {
-                Poll::Ready(Some(Ok(_))) => open.0.now_ms(),
-                _ => BodyClock::NOT_WAITING,
-            };
-            clock.0.store(since, Ordering::Relaxed);
+        let (Some(clock), Some(open)) = (this.clock, this.open) else {
+            return this.inner.poll_frame(cx);
+        };
+        if let Some(out_at) = *this.out_at {
+            // The last frame may still wait in h2's buffers for the client's window: its clock
+            // runs on (a reset stream drops the body).
+            ready!(open.0.written.poll_written(out_at, cx));
+            *this.out_at = None;
         }
+        let frame = this.inner.poll_frame(cx);
+        // A frame handed over: the next poll is up to hyper, and so to the client's window.
+        let since = match &frame {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = u64::try_from(hyper::body::Buf::remaining(data)).unwrap_or(u64::MAX);
+                    if len > 0 {
+                        let written = open.0.written.bytes.load(Ordering::SeqCst);
+                        *this.out_at = Some(written.saturating_add(len));
+                    }
+                }
+                open.0.now_ms()
+            }
+            _ => BodyClock::NOT_WAITING,
+        };
+        clock.0.store(since, Ordering::Relaxed);
         frame
     }
 
     fn is_end_stream(&self) -> bool {
+        // Not while the last frame may wait for the client: hyper would drop the body with it.
         self.inner.is_end_stream()
+            && self.out_at.is_none_or(|out_at| {
+                self.open
+                    .as_ref()
+                    .is_none_or(|open| open.0.written.bytes.load(Ordering::SeqCst) >= out_at)
+            })
     }
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A client that takes nothing from its socket (its flow-control windows wide open) stalls
+    /// the connection's writes: the connection ends as `WriteStalled`, which the server's
+    /// warning counts, not as an error logged at debug (h2 keeps only the text of the guard's
+    /// error).
+    #[tokio::test]
+    async fn a_client_whose_socket_takes_nothing_ends_its_connection_as_write_stalled() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut client = socket
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        crate::write_stall::limit_unsent(&server);
+        let mut frames = PREFACE.to_vec();
+        // SETTINGS: INITIAL_WINDOW_SIZE 2^31-1; WINDOW_UPDATE on the connection to the same.
+        frames.extend_from_slice(b"\0\0\x06\x04\0\0\0\0\0\0\x04\x7f\xff\xff\xff");
+        frames.extend_from_slice(b"\0\0\x04\x08\0\0\0\0\0");
+        frames.extend_from_slice(&(0x7fff_ffff_u32 - 65_535).to_be_bytes());
+        // HEADERS (END_STREAM, END_HEADERS): GET http://a/.
+        let block = b"\x82\x86\x84\x01\x01a";
+        frames.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x5, 0, 0, 0, 1]);
+        frames.extend_from_slice(block);
+        client.write_all(&frames).await.unwrap();
+        let service = tower::service_fn(|_request: Request<Incoming>| async {
+            let body = http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; 4 << 20]));
+            Ok::<_, std::convert::Infallible>(Response::new(body))
+        });
+        let limits = Http2Limits {
+            idle_timeout: Duration::from_secs(60),
+            ping_timeout: Duration::from_secs(60),
+            max_header_size: 64 << 10,
+            write_timeout: Duration::from_millis(300),
+        };
+        let (_stop, stopping) = watch::channel(false);
+        let served = serve_http2(server, service, None, limits, stopping);
+        let end = tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("the stalled connection ends");
+        assert_eq!(end.unwrap(), Http2End::WriteStalled);
+        drop(client);
     }
 }

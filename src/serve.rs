@@ -71,10 +71,13 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// first bytes. An HTTP/2 connection keeps the write timeout (an answer whose client opens no
 /// flow-control window for it counts as a stalled write, and closes the connection), the
 /// header size limit (as `SETTINGS_MAX_HEADER_LIST_SIZE`; hyper refuses a larger header list
-/// itself, stream by stream, with no warning) and hyper's limit of 200 concurrent streams; it
+/// itself, stream by stream, with no warning, up to about 1.25 times the limit: h2 takes one
+/// far larger, sent in more CONTINUATION frames than that needs, for a flood and closes the
+/// whole connection) and hyper's limit of 200 concurrent streams; it
 /// is closed gracefully (GOAWAY, then its open streams finish) once it has had no stream for
 /// the idle timeout, after an answer while the service drains, and at the shutdown
-/// signal, and dropped when the client does not let the GOAWAY complete. A request sent just as
+/// signal, and dropped when the client does not let the GOAWAY complete (with no stream open
+/// and nothing written for the PING timeout, or for about a second at the shutdown signal). A request sent just as
 /// its connection is retired can fail in hyper-based clients (tonic's among them) with
 /// `GoAway(NO_ERROR)`: the service never saw it, so it is safe to retry.
 /// Without the feature an HTTP/2 client is closed and warned about.

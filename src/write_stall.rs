@@ -4,7 +4,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -43,8 +43,78 @@ pub(crate) struct WriteStallGuard<S> {
     clock: Option<Pin<Box<Sleep>>>,
     /// Whether a write is waiting (the clock runs).
     waiting: bool,
-    /// Bytes written, counted for an HTTP/2 connection (see [`counting`](Self::counting)).
-    written: Option<Arc<AtomicU64>>,
+    /// What an HTTP/2 connection's task is told (see [`counting`](Self::counting)).
+    written: Option<Arc<Written>>,
+}
+
+/// What the guard of an HTTP/2 connection tells its connection task.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    /// The bytes written.
+    pub(crate) bytes: AtomicU64,
+    /// Whether a write stalled for the timeout: h2 keeps only the text of the I/O error a
+    /// connection ends with, so hyper's error cannot tell it ([`WriteStalled`] is lost).
+    pub(crate) stalled: AtomicBool,
+    /// Whether `waiting` holds any (so that a write looks at the lock only then).
+    anyone_waiting: AtomicBool,
+    /// Who waits for which count of bytes to be written (see
+    /// [`poll_written`](Self::poll_written)).
+    waiting: std::sync::Mutex<Vec<(u64, std::task::Waker)>>,
+}
+
+impl Written {
+    /// Ready once `bytes` have been written; until then `cx` is woken by the write that
+    /// reaches them.
+    #[cfg(feature = "http2")]
+    pub(crate) fn poll_written(&self, bytes: u64, cx: &mut Context<'_>) -> Poll<()> {
+        if self.bytes.load(Ordering::SeqCst) >= bytes {
+            return Poll::Ready(());
+        }
+        {
+            let mut waiting = self.lock_waiting();
+            match waiting
+                .iter_mut()
+                .find(|(_, waker)| waker.will_wake(cx.waker()))
+            {
+                Some(slot) => slot.0 = bytes,
+                None => waiting.push((bytes, cx.waker().clone())),
+            }
+            self.anyone_waiting.store(true, Ordering::SeqCst);
+        }
+        // Again: a write between the first look and the registration woke no one.
+        if self.bytes.load(Ordering::SeqCst) >= bytes {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn wrote(&self, bytes: u64) {
+        let total = self.bytes.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        if self.anyone_waiting.load(Ordering::SeqCst) {
+            let mut reached = Vec::new();
+            {
+                let mut waiting = self.lock_waiting();
+                waiting.retain(|(until, waker)| {
+                    let done = *until <= total;
+                    if done {
+                        reached.push(waker.clone());
+                    }
+                    !done
+                });
+                self.anyone_waiting
+                    .store(!waiting.is_empty(), Ordering::SeqCst);
+            }
+            // Woken outside the lock: a woken body may wait again at once.
+            reached.into_iter().for_each(std::task::Waker::wake);
+        }
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Vec<(u64, std::task::Waker)>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl<S> WriteStallGuard<S> {
@@ -62,14 +132,14 @@ impl<S> WriteStallGuard<S> {
     /// client's flow-control window with nothing to write, which the stall clock cannot see,
     /// and the count tells such a wait from a slow but steady reader.
     #[cfg(feature = "http2")]
-    pub(crate) fn counting(mut self, written: Arc<AtomicU64>) -> Self {
+    pub(crate) fn counting(mut self, written: Arc<Written>) -> Self {
         self.written = Some(written);
         self
     }
 
     fn count(&self, result: &Poll<io::Result<usize>>) {
         if let (Some(written), Poll::Ready(Ok(bytes))) = (&self.written, result) {
-            written.fetch_add(*bytes as u64, Ordering::Relaxed);
+            written.wrote(*bytes as u64);
         }
     }
 }
@@ -97,6 +167,9 @@ impl<S: AsyncWrite> WriteStallGuard<S> {
         }
         match this.clock.as_mut().map(|clock| clock.as_mut().poll(cx)) {
             Some(Poll::Ready(())) => {
+                if let Some(written) = this.written {
+                    written.stalled.store(true, Ordering::Relaxed);
+                }
                 Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, WriteStalled)))
             }
             Some(Poll::Pending) | None => Poll::Pending,

@@ -2200,6 +2200,85 @@ async fn an_http2_answer_waiting_for_a_paused_client_comes_whole() {
     assert_eq!(taken, SIZE);
 }
 
+/// An answer handed to hyper in one chunk (axum's `Vec` body: hyper drops the body at once,
+/// its bytes wait in h2's buffers), of which the client takes a first window and then nothing:
+/// the write timeout closes the connection, as for a client that opens no window at all, and
+/// long before the idle timeout.
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_stops_taking_a_one_chunk_answer_is_cut_off() {
+    let app = Router::new().route("/big", get(|| async { vec![b'x'; 1 << 20] }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        periscope::Server::new(listener)
+            .header_read_timeout(Duration::from_millis(400))
+            .idle_timeout(Duration::from_secs(60))
+            .write_timeout(Duration::from_millis(600))
+            .serve(app, std::future::pending()),
+    );
+    let (mut sender, driven) = http2_connection_with_window(addr, Some(65_535)).await;
+    sender.ready().await.unwrap();
+    let request = http::Request::get("http://a/big")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let mut body = sender.send_request(request).await.unwrap().into_body();
+    // One frame taken (its window given back), then nothing.
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(!first.is_empty());
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), driven)
+        .await
+        .expect("the stalled connection is closed after the write timeout")
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// At the shutdown signal an idle HTTP/2 connection is closed within about a second, even
+/// when its client does not acknowledge the GOAWAY's PING (a peer gone away): the server does
+/// not wait for the shutdown timeout.
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_does_not_hold_the_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        periscope::Server::new(listener)
+            .shutdown_timeout(Duration::from_secs(5))
+            .serve(hello_and_slow(), async {
+                let _ = stopped.await;
+            }),
+    );
+    // The preface, an empty SETTINGS and the server's SETTINGS acknowledged; then silence.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\0\x04\x01\0\0\0\0")
+        .await
+        .unwrap();
+    let mut first = [0; 9];
+    silent.read_exact(&mut first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    drop(stop);
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the server stopped after {:?}",
+        started.elapsed()
+    );
+}
+
 /// A team moving from axum-prometheus keeps its dashboards: the facade's RED families take the
 /// old names, route label and exact status codes, and nothing is written under the default
 /// names. A name the facade's own metrics use is refused when the facade is built.
