@@ -40,8 +40,9 @@ pub const MAX_ERROR_LEN: usize = 1024;
 /// A check does not need its own timeout: the runner cuts it off at the check's timeout, and a
 /// panic inside it is caught and reported as a failure. A check must not block its thread
 /// (synchronous I/O, `std::thread::sleep`): wrap blocking work in
-/// `tokio::task::spawn_blocking`, as the ready-made file-system checks do, or a stuck call can
-/// stall the runtime thread that would have enforced the timeout.
+/// `tokio::task::spawn_blocking` (or a thread of its own, as the ready-made file-system checks
+/// do, for a call that can hang for good: the runtime's drop waits for its blocking tasks), or
+/// a stuck call can stall the runtime thread that would have enforced the timeout.
 pub trait Check: Send + Sync + 'static {
     /// Runs the check once: `Ok(())` when the dependency is usable.
     fn check(&self) -> CheckFuture<'_>;

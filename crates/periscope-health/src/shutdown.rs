@@ -135,8 +135,17 @@ impl StopSignals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            let streams = signal(SignalKind::terminate())
-                .and_then(|terminate| Ok((terminate, signal(SignalKind::interrupt())?)));
+            // Tokio panics, rather than failing, when its runtime has no I/O driver (the signal
+            // driver is part of it): that is an error to log too, not a reason to stop.
+            let install = || {
+                signal(SignalKind::terminate())
+                    .and_then(|terminate| Ok((terminate, signal(SignalKind::interrupt())?)))
+            };
+            let streams = std::panic::catch_unwind(install).unwrap_or_else(|_| {
+                Err(std::io::Error::other(
+                    "the Tokio runtime has no I/O driver, so no signal driver",
+                ))
+            });
             Self { streams }
         }
         #[cfg(not(unix))]

@@ -343,6 +343,39 @@ impl Drop for Unblock {
     }
 }
 
+/// A file-system check stuck in the kernel does not keep the process from exiting: the runtime
+/// `#[tokio::main]` drops at the end of `main` waits for every `spawn_blocking` task still
+/// running, so the call must not be one (a service drained and stopped after SIGTERM, then
+/// hung until killed).
+#[cfg(unix)]
+#[test]
+fn a_file_system_check_stuck_in_the_kernel_does_not_hold_the_runtime_at_exit() {
+    let dir = scratch_dir("exit");
+    let fifo = make_fifo(&dir);
+    let _unblock = Unblock(fifo.clone());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let health = Health::builder()
+        .add_check(
+            HealthCheck::new("fifo", checks::writable(&fifo)).timeout(Duration::from_millis(200)),
+        )
+        .build()
+        .unwrap();
+    let report = runtime.block_on(health.readiness());
+    assert_eq!(
+        report.checks()[0].error.as_deref(),
+        Some("timed out after 200ms")
+    );
+    let (dropped, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(runtime);
+        let _ = dropped.send(());
+    });
+    assert!(
+        done.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the runtime's drop waits for the stuck file-system call"
+    );
+}
+
 /// A blocking call stuck in the kernel (here: opening a FIFO nobody reads, as a hung NFS mount
 /// would) outlives the timeout; later runs must report it at once instead of piling up threads.
 #[cfg(unix)]

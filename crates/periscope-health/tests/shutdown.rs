@@ -128,3 +128,28 @@ async fn a_resume_during_the_grace_period_does_not_leave_ready_open_at_the_stop(
         "/ready would answer ok while the listeners stop"
     );
 }
+
+/// `Shutdown::on_signal` in a Tokio runtime without I/O (so without its signal driver): the
+/// handlers cannot be installed, the error is logged and the service runs on without a
+/// graceful shutdown, as documented, instead of panicking (Tokio panics there rather than
+/// failing).
+#[cfg(unix)]
+#[test]
+fn without_a_signal_driver_on_signal_runs_on() {
+    let health = Health::builder().build().unwrap();
+    // Time only: the grace period's timer works, the signal driver (part of I/O) does not.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let shutdown = Shutdown::on_signal(health.drain_handle(), Duration::from_secs(1));
+        // No signal can ever come, so the wait does not end.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), shutdown.wait())
+                .await
+                .is_err()
+        );
+        assert!(!health.drain_handle().is_draining());
+    });
+}

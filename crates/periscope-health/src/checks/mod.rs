@@ -139,16 +139,30 @@ impl Blocking {
             call,
         };
         let release = Release(Arc::clone(&self.shared));
-        let result = tokio::task::spawn_blocking(move || {
-            let _release = release;
-            work()
-        })
-        .await
-        .unwrap_or_else(|error| {
-            Err(CheckError::msg(format!(
-                "file-system check did not finish: {error}"
-            )))
-        });
+        // A thread of its own, not Tokio's blocking pool: the runtime's drop waits for every
+        // blocking task still running, so a call stuck for good (the hung mount this guards
+        // against) would keep the process from exiting after its server stopped. A detached
+        // thread does not hold the exit; at most one is blocked per check (the slot above).
+        let (sender, answer) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("periscope-fs-check".to_owned())
+            .spawn(move || {
+                let result = work();
+                // The slot is free before the run hears back, as when a blocking task returns:
+                // a run that finds its call returned never marks it abandoned.
+                drop(release);
+                let _ = sender.send(result);
+            });
+        let result = match spawned {
+            Ok(_detached) => answer.await.unwrap_or_else(|_| {
+                Err(CheckError::msg(
+                    "file-system check did not finish: its thread panicked",
+                ))
+            }),
+            Err(error) => Err(CheckError::msg(format!(
+                "file-system check could not start a thread: {error}"
+            ))),
+        };
         drop(abandon);
         result
     }
