@@ -41,6 +41,21 @@ pub(crate) fn bind(
     crate::fields::record_tenant(span, &ctx.tenant);
 }
 
+/// The context to name as the parent of work handed on from here without a span of its own
+/// (a job's carrier): `ctx`, or, with OpenTelemetry, `ctx` under the id of the span current
+/// on this thread when that span belongs to `ctx`'s trace (a span of the service's own inside
+/// the request, `enqueue_receipt`), so the work nests under it in the export as a client call
+/// made there does.
+pub(crate) fn handing_on(ctx: &RequestContext) -> std::borrow::Cow<'_, RequestContext> {
+    #[cfg(feature = "otel")]
+    if let Some(span_id) = otel::enclosing_span_id(ctx) {
+        let mut inner = ctx.clone();
+        inner.span_id = span_id;
+        return std::borrow::Cow::Owned(inner);
+    }
+    std::borrow::Cow::Borrowed(ctx)
+}
+
 /// The value of an id field when the span is created: the id itself without OpenTelemetry
 /// (nothing can change it, and recording it up front is cheaper); with OpenTelemetry, nothing
 /// yet, since [`bind`] records the exported span's ids.
@@ -72,6 +87,23 @@ mod otel {
                 .filter(|member| TraceState::from_key_value([*member]).is_ok());
             TraceState::from_key_value(accepted).unwrap_or(TraceState::NONE)
         })
+    }
+
+    /// The exported id of the span current on this thread, when it is valid, belongs to
+    /// `ctx`'s trace and is not `ctx`'s own span.
+    pub(super) fn enclosing_span_id(ctx: &RequestContext) -> Option<periscope_context::SpanId> {
+        let current = Span::current();
+        if current.is_disabled() {
+            return None;
+        }
+        let cx = current.context();
+        let span = cx.span();
+        let enclosing = span.span_context();
+        if !enclosing.is_valid() || enclosing.trace_id().to_bytes() != ctx.trace_id.to_bytes() {
+            return None;
+        }
+        periscope_context::SpanId::from_bytes(enclosing.span_id().to_bytes())
+            .filter(|id| *id != ctx.span_id)
     }
 
     pub(super) fn adopt_exported_ids(

@@ -15,7 +15,8 @@ use tracing::field::Empty;
 
 use crate::binding::{ParentKind, bind, early_id};
 use crate::fields::{
-    RedactedUrl, method_name, method_original, record_failure, record_status, span_method,
+    RedactedUrl, method_name, method_original, record_failure, record_status, server_port,
+    span_method,
 };
 use crate::propagation::Propagators;
 
@@ -113,7 +114,7 @@ impl ClientSpan {
             http.response.status_code = Empty,
             rpc.grpc.status_code = Empty,
             server.address = uri.host(),
-            server.port = uri.port_u16(),
+            server.port = server_port(uri),
             url.full = %RedactedUrl(uri),
             error.type = Empty,
             request_id = context.request_id.as_str(),

@@ -87,6 +87,17 @@ impl fmt::Display for RedactedUrl<'_> {
     }
 }
 
+/// `server.port` of a client span, which the HTTP semantic conventions require: the URI's
+/// port, else the default port of its scheme (80 for `http`, 443 for `https`), where the
+/// request goes.
+pub(crate) fn server_port(uri: &Uri) -> Option<u16> {
+    uri.port_u16().or_else(|| match uri.scheme_str() {
+        Some(scheme) if scheme.eq_ignore_ascii_case("http") => Some(80),
+        Some(scheme) if scheme.eq_ignore_ascii_case("https") => Some(443),
+        _ => None,
+    })
+}
+
 /// Records the context's ids on `span`.
 pub(crate) fn record_ids(span: &Span, ctx: &RequestContext) {
     span.record("trace_id", ctx.trace_id.to_hex().as_str());

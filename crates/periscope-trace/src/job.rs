@@ -8,15 +8,16 @@ use tracing::Span;
 use tracing::field::Empty;
 use tracing::instrument::{Instrument, Instrumented};
 
-use crate::binding::{ParentKind, bind, early_id};
+use crate::binding::{ParentKind, bind, early_id, handing_on};
 use crate::rejected::warn_rejected;
 
 /// The tracing target of job spans.
 pub const JOB_TARGET: &str = "periscope_trace::job";
 
 /// The carrier to put in a job's payload when enqueuing it from a request (or another job):
-/// the current context, naming the current span as the job's parent. `None` outside a request
-/// or job.
+/// the current context, naming the current span as the job's parent (with OpenTelemetry, a
+/// span of the service's own that it is enqueued in, when that span belongs to the request's
+/// trace; else the request's or job's span). `None` outside a request or job.
 ///
 /// ```
 /// use periscope_context::RequestContext;
@@ -27,7 +28,7 @@ pub const JOB_TARGET: &str = "periscope_trace::job";
 /// assert!(periscope_trace::job::carrier().is_none());
 /// ```
 pub fn carrier() -> Option<Carrier> {
-    RequestContext::current().map(|ctx| Carrier::from_context(&ctx))
+    RequestContext::current().map(|ctx| Carrier::from_context(&handing_on(&ctx)))
 }
 
 /// A worker's span for one job, continuing the trace and request id of the request that

@@ -653,3 +653,57 @@ async fn calls_from_probe_paths_are_not_exported() {
     );
     assert!(sent.flags.is_sampled());
 }
+
+/// docs/trace.md: a job's parent is the span that enqueued it. Enqueued inside a span of the
+/// service's own (`enqueue_receipt`), the job's consumer span is exported under that span, as
+/// a client call made there is, not beside it under the request span.
+#[tokio::test]
+async fn a_job_enqueued_inside_a_span_of_the_services_own_nests_under_it() {
+    use http::Request;
+    use opentelemetry::trace::{SpanKind, TracerProvider as _};
+    use tower::{Layer, ServiceExt, service_fn};
+
+    let kept = Kept::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(kept.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let server = CorrelationLayer::new().layer(service_fn(|_: Request<String>| async {
+        let step = tracing::info_span!("user", otel.name = "enqueue_receipt");
+        let in_step = step.in_scope(periscope_trace::job::carrier).unwrap();
+        let direct = periscope_trace::job::carrier().unwrap();
+        Ok::<_, std::convert::Infallible>(http::Response::new((in_step, direct)))
+    }));
+    let request = Request::get("/v1/orders").body(String::new()).unwrap();
+    let (carrier, direct) = server.oneshot(request).await.unwrap().into_body();
+    let payload = serde_json::to_string(&carrier).unwrap();
+    let carrier: Carrier = serde_json::from_str(&payload).unwrap();
+    JobSpan::from_carrier("send_receipt", &carrier)
+        .run(async {})
+        .await;
+    provider.force_flush().unwrap();
+
+    let spans = kept.0.lock().unwrap().clone();
+    let find = |name: &str, kind: SpanKind| {
+        spans
+            .iter()
+            .find(|span| span.name == name && span.span_kind == kind)
+            .unwrap_or_else(|| panic!("no {name} span: {spans:#?}"))
+    };
+    let server = find("GET", SpanKind::Server);
+    let step = find("enqueue_receipt", SpanKind::Internal);
+    let job = find("send_receipt", SpanKind::Consumer);
+    assert_eq!(step.parent_span_id, server.span_context.span_id());
+    assert_eq!(job.parent_span_id, step.span_context.span_id());
+    assert_eq!(job.span_context.trace_id(), server.span_context.trace_id());
+
+    // Enqueued in the request's own span, the job's parent is the request span.
+    let sent = TraceParent::parse(&direct.as_map()["traceparent"]).unwrap();
+    assert_eq!(
+        sent.parent_id.to_string(),
+        server.span_context.span_id().to_string()
+    );
+}

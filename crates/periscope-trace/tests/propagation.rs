@@ -1025,3 +1025,53 @@ async fn a_call_cut_off_by_a_timeout_is_a_failed_client_span() {
     assert_eq!(call.get("error.type"), Some("cancelled"), "{call:?}");
     assert_eq!(call.get("http.response.status_code"), None);
 }
+
+/// The HTTP client conventions require `server.port` on a client span: a URL without a port
+/// goes to its scheme's default (80 for `http`, 443 for `https`), and the span says so; an
+/// explicit port (a real call on 127.0.0.1) is the one recorded.
+#[tokio::test]
+async fn a_client_span_always_names_the_server_port() {
+    use std::convert::Infallible;
+    use tower::{ServiceExt, service_fn};
+
+    let (capture, _guard) = capture();
+    let addr = serve(axum::Router::new().route("/", axum::routing::get(|| async { "ok" }))).await;
+    let ctx = RequestContext::new_root();
+    let response = ctx
+        .clone()
+        .scope(send(
+            support::traced_client(),
+            support::services::get_request(format!("http://{addr}/"), &[]),
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // Stands in for a client reaching hosts on the default ports.
+    let transport =
+        service_fn(|_: http::Request<()>| async { Ok::<_, Infallible>(http::Response::new(())) });
+    let client = ClientTraceLayer::new().layer(transport);
+    for url in [
+        "http://inventory.internal/items",
+        "https://inventory.internal/items",
+    ] {
+        let request = http::Request::get(url).body(()).unwrap();
+        ctx.clone()
+            .scope(client.clone().oneshot(request))
+            .await
+            .unwrap();
+    }
+
+    let spans = capture.spans_for("http_client_request", ctx.request_id.as_str());
+    let ports: Vec<(&str, Option<&str>)> = spans
+        .iter()
+        .map(|span| (span.get("url.full").unwrap(), span.get("server.port")))
+        .collect();
+    let real = addr.port().to_string();
+    assert_eq!(
+        ports,
+        [
+            (format!("http://{addr}/").as_str(), Some(real.as_str())),
+            ("http://inventory.internal/items", Some("80")),
+            ("https://inventory.internal/items", Some("443")),
+        ],
+    );
+}
