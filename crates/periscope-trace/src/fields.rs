@@ -46,12 +46,31 @@ pub(crate) fn method_original(method: &Method) -> Option<&str> {
     (method_name(method) == "_OTHER").then(|| method.as_str())
 }
 
-/// Query parameters that carry signatures or keys, redacted in `url.full` (the list of the
-/// OpenTelemetry HTTP semantic conventions).
-const SENSITIVE_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
+/// Query parameters that carry signatures or keys, redacted in `url.full`: the list of the
+/// OpenTelemetry HTTP semantic conventions, and AWS's presigned-URL signature. Beside them,
+/// any parameter whose name holds one of the contract's sensitive key parts
+/// (`X-Amz-Security-Token`, `access_token`, `api_key`, ...), as the log redaction reads keys.
+const SENSITIVE_QUERY_KEYS: [&str; 5] = [
+    "AWSAccessKeyId",
+    "Signature",
+    "sig",
+    "X-Goog-Signature",
+    "X-Amz-Signature",
+];
+
+/// Whether a query parameter of this name holds a secret.
+fn sensitive_query_key(key: &str) -> bool {
+    SENSITIVE_QUERY_KEYS.contains(&key)
+        || periscope_context::SENSITIVE_KEY_PARTS.iter().any(|part| {
+            key.as_bytes()
+                .windows(part.len())
+                .any(|window| window.eq_ignore_ascii_case(part.as_bytes()))
+        })
+}
 
 /// `url.full` as the HTTP semantic conventions want it: user and password replaced by
-/// `REDACTED:REDACTED`, and the values of signature query parameters by `REDACTED`. Formatted
+/// `REDACTED:REDACTED`, and the values of signature and secret query parameters by
+/// `REDACTED`. Formatted
 /// only by a layer that reads the field.
 pub(crate) struct RedactedUrl<'a>(pub(crate) &'a Uri);
 
@@ -77,7 +96,7 @@ impl fmt::Display for RedactedUrl<'_> {
                 f.write_str("&")?;
             }
             match pair.split_once('=') {
-                Some((key, _)) if SENSITIVE_QUERY_KEYS.contains(&key) => {
+                Some((key, _)) if sensitive_query_key(key) => {
                     write!(f, "{key}=REDACTED")?;
                 }
                 _ => f.write_str(pair)?,
@@ -195,6 +214,19 @@ mod tests {
             "http://REDACTED:REDACTED@inventory.internal:8080/items?id=7&sig=REDACTED&Signature=REDACTED"
         );
         assert_eq!(redacted("https://token@h/"), "https://REDACTED:REDACTED@h/");
+        // An AWS presigned URL, and parameters named as the log redaction reads secrets.
+        assert_eq!(
+            redacted(
+                "https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIA%2F1&X-Amz-Security-Token=tok\
+                 &X-Amz-Signature=abc&X-Amz-Expires=60"
+            ),
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=REDACTED\
+             &X-Amz-Security-Token=REDACTED&X-Amz-Signature=REDACTED&X-Amz-Expires=60"
+        );
+        assert_eq!(
+            redacted("/cb?access_token=t&API_KEY=k&state=xyz&page=2"),
+            "/cb?access_token=REDACTED&API_KEY=REDACTED&state=xyz&page=2"
+        );
         // Everything else is written as the URI itself writes it.
         for plain in [
             "http://inventory.internal/items/7?a=1&&b&c=",
