@@ -9,7 +9,7 @@ use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use periscope_error::{BoxError, HttpError, Violation, codes};
-use periscope_log::{Directives, LEVEL_CHANGE_TARGET, LevelControl};
+use periscope_log::{Directives, LEVEL_CHANGE_TARGET, LevelControl, LevelStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::reply::{self, AdminBody};
@@ -32,7 +32,10 @@ struct LevelView {
 
 /// `GET /debug/log-level`.
 pub(crate) fn current(control: &LevelControl) -> Response<AdminBody> {
-    let status = control.status();
+    view(control.status())
+}
+
+fn view(status: LevelStatus) -> Response<AdminBody> {
     reply::json(&LevelView {
         current: status.current,
         permanent: status.permanent,
@@ -46,11 +49,19 @@ pub(crate) fn current(control: &LevelControl) -> Response<AdminBody> {
 struct Change {
     /// `info,my_crate=debug`.
     directives: Option<String>,
-    /// Revert after this many seconds; permanent when absent.
+    /// Revert after this many seconds; permanent when absent. `null` is refused (as a wrong
+    /// type), not read as absent: an unset variable in a script must not make `trace`
+    /// permanent.
+    #[serde(default, deserialize_with = "a_number")]
     ttl_s: Option<f64>,
     /// End the temporary change now.
     #[serde(default)]
     reset: bool,
+}
+
+/// `ttl_s` when present: a number, never `null`.
+fn a_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    f64::deserialize(deserializer).map(Some)
 }
 
 /// What a valid `POST` does.
@@ -97,22 +108,23 @@ where
         }
     };
     let change = action.to_string();
-    let from = control.current();
-    match action {
+    // `from` and the new state are read under the lock that orders changes: read around it,
+    // a concurrent change (another operator, a revert) would slip into this line and answer.
+    let done = match action {
         Action::Set(directives) => control.set(directives),
         Action::SetFor(directives, ttl) => control.set_for(directives, ttl),
         Action::Reset => control.reset(),
-    }
+    };
     // Under the reserved target, which every filter lets through: no directive (`off`,
     // `periscope_admin=off`) can hide a change of the filter, this one included.
     tracing::warn!(
         target: LEVEL_CHANGE_TARGET,
         %change,
-        %from,
-        to = %control.current(),
+        from = %done.from,
+        to = %done.status.current,
         "log filter changed through /debug/log-level"
     );
-    current(&control)
+    view(done.status)
 }
 
 /// `Content-Type: application/json` (parameters allowed). Requiring it makes a browser send a

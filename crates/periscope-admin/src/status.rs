@@ -69,8 +69,32 @@ struct StatusView<'a> {
     pid: u32,
     in_flight: Option<i64>,
     gpu: Option<&'a GpuSnapshot>,
-    /// An object: a section's name to its value.
-    sections: Value,
+    /// An object: a section's name to its value, in registration order.
+    sections: OrderedSections<'a>,
+}
+
+/// The masked sections, written in registration order: a `serde_json::Map` (without the
+/// `preserve_order` feature) would sort them by name.
+struct OrderedSections<'a> {
+    sections: &'a [(String, Section)],
+    /// The object of every section's value, masked.
+    values: &'a Value,
+}
+
+impl Serialize for OrderedSections<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(values) = self.values.as_object() else {
+            return self.values.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(values.len()))?;
+        for (name, _) in self.sections {
+            if let Some(value) = values.get(name) {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
 }
 
 /// The GPU section's type; without the `gpu` feature the key is always `null`.
@@ -108,7 +132,10 @@ impl StatusParts<'_> {
             pid: std::process::id(),
             in_flight: self.in_flight.and_then(read_in_flight),
             gpu: self.gpu.as_ref(),
-            sections,
+            sections: OrderedSections {
+                sections: self.sections,
+                values: &sections,
+            },
         })
     }
 }

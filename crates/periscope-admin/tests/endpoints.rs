@@ -423,6 +423,30 @@ async fn status_sections_mask_url_secrets_like_config() {
 }
 
 #[tokio::test]
+async fn status_sections_keep_their_registration_order() {
+    // docs/admin.md: one key per section, in registration order; a section given again
+    // replaces the first, and goes last.
+    let admin = Admin::builder()
+        .status_section("queue", || json!({"depth": 3}))
+        .status_section("current_job", || json!({"job_id": "job_789"}))
+        .status_section("b_cache", || json!(1))
+        .status_section("api_token", || json!("sk-live-42"))
+        .status_section("a_model", || json!("loaded"))
+        .status_section("b_cache", || json!(2))
+        .debug(DebugAccess::Token(TOKEN.into()))
+        .build();
+    let addr = serve(admin).await;
+    let answer = get_authorised(addr, "/debug/status").await;
+    assert_eq!(answer.status, 200);
+    let text = answer.text();
+    let sections = &text[text.find("\"sections\":").unwrap()..];
+    assert_eq!(
+        sections,
+        r#""sections":{"queue":{"depth":3},"current_job":{"job_id":"job_789"},"api_token":"[REDACTED]","a_model":"loaded","b_cache":2}}"#
+    );
+}
+
+#[tokio::test]
 async fn a_panicking_in_flight_source_does_not_take_the_status_down() {
     // A poisoned mutex behind the count, say: the answer still comes, with `null`.
     let admin = Admin::builder()

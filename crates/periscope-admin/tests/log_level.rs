@@ -4,10 +4,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use periscope_admin::MAX_BODY_BYTES;
-use periscope_log::RecentLogs;
+use periscope_admin::{Admin, DebugAccess, MAX_BODY_BYTES};
+use periscope_log::{Directives, LevelControl, LevelStatus, RecentLogs};
 use serde_json::json;
-use support::{TOKEN, get_authorised, post_json, send, serve_global_logs};
+use support::{TOKEN, get_authorised, post_json, send, serve, serve_global_logs};
 
 fn buffered(recent: &RecentLogs, marker: &str) -> bool {
     recent
@@ -154,4 +154,41 @@ async fn a_change_takes_effect_on_the_next_event_and_reverts_after_its_ttl() {
     .await;
     assert_eq!(louder.status, 200, "{}", louder.text());
     assert!(buffered(&recent, "set info,audit_marker=debug for 300s"));
+}
+
+#[tokio::test]
+async fn a_null_ttl_is_refused_rather_than_made_permanent() {
+    // `"ttl_s": null` (a script's unset variable through `jq --argjson`) is not a number of
+    // seconds: taken as "no ttl_s", it would leave `trace` on for good.
+    let control = LevelControl::new(Directives::default());
+    let admin = Admin::builder()
+        .level_control(control.clone())
+        .debug(DebugAccess::Token(TOKEN.into()))
+        .build();
+    let addr = serve(admin).await;
+    let refused = post_json(
+        addr,
+        "/debug/log-level",
+        r#"{"directives":"trace","ttl_s":null}"#,
+    )
+    .await;
+    let error = refused.envelope(400, "invalid_request");
+    assert_eq!(error["violations"][0]["field"], "body", "{error}");
+    assert_eq!(
+        control.status(),
+        LevelStatus {
+            current: "info".into(),
+            permanent: "info".into(),
+            reverts_in: None
+        }
+    );
+    // Leaving it out is still the way to a permanent change.
+    // (A directive of its own: the other test counts the change lines it caused.)
+    let permanent = post_json(
+        addr,
+        "/debug/log-level",
+        r#"{"directives":"warn,null_ttl=debug"}"#,
+    )
+    .await;
+    assert_eq!(permanent.json()["permanent"], "warn,null_ttl=debug");
 }

@@ -287,6 +287,17 @@ struct State {
     reverter_running: bool,
 }
 
+/// What one change did, read under the lock that orders changes: concurrent changes (two
+/// operators, a temporary change reverting) cannot mix into it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LevelChange {
+    /// The directives in force just before the change.
+    pub from: String,
+    /// Where the control stands just after it: `status.current` is the directives it put in
+    /// force.
+    pub status: LevelStatus,
+}
+
 /// Where the level control stands, for an admin endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct LevelStatus {
@@ -349,7 +360,12 @@ impl LevelControl {
 
     /// The current, permanent and temporary state.
     pub fn status(&self) -> LevelStatus {
-        let state = lock(&self.shared.state);
+        self.status_of(&lock(&self.shared.state))
+    }
+
+    /// The status, with the state lock held: the directives in force are only replaced under
+    /// it.
+    fn status_of(&self, state: &State) -> LevelStatus {
         LevelStatus {
             current: self.current().to_string(),
             permanent: state.permanent.to_string(),
@@ -361,17 +377,23 @@ impl LevelControl {
     }
 
     /// Replaces the permanent directives and ends any temporary change.
-    pub fn set(&self, directives: Directives) {
+    pub fn set(&self, directives: Directives) -> LevelChange {
         let mut state = lock(&self.shared.state);
+        let from = self.current().to_string();
         state.permanent = directives;
         state.temporary = None;
         self.shared.apply(&state);
         self.shared.changed.notify_all();
+        LevelChange {
+            from,
+            status: self.status_of(&state),
+        }
     }
 
     /// Applies `directives` for `ttl`, then reverts to the permanent directives.
-    pub fn set_for(&self, directives: Directives, ttl: Duration) {
+    pub fn set_for(&self, directives: Directives, ttl: Duration) -> LevelChange {
         let mut state = lock(&self.shared.state);
+        let from = self.current().to_string();
         let deadline = Instant::now()
             .checked_add(ttl)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
@@ -379,26 +401,36 @@ impl LevelControl {
         self.shared.apply(&state);
         if state.reverter_running {
             self.shared.changed.notify_all();
-            return;
+        } else {
+            let shared = self.shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("periscope-log-level".into())
+                .spawn(move || shared.revert_when_due());
+            // Without a thread the change cannot revert by itself: keep the permanent
+            // directives.
+            state.reverter_running = spawned.is_ok();
+            if spawned.is_err() {
+                state.temporary = None;
+                self.shared.apply(&state);
+            }
         }
-        let shared = self.shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("periscope-log-level".into())
-            .spawn(move || shared.revert_when_due());
-        // Without a thread the change cannot revert by itself: keep the permanent directives.
-        state.reverter_running = spawned.is_ok();
-        if spawned.is_err() {
-            state.temporary = None;
-            self.shared.apply(&state);
+        LevelChange {
+            from,
+            status: self.status_of(&state),
         }
     }
 
     /// Ends a temporary change now.
-    pub fn reset(&self) {
+    pub fn reset(&self) -> LevelChange {
         let mut state = lock(&self.shared.state);
+        let from = self.current().to_string();
         state.temporary = None;
         self.shared.apply(&state);
         self.shared.changed.notify_all();
+        LevelChange {
+            from,
+            status: self.status_of(&state),
+        }
     }
 }
 

@@ -49,7 +49,9 @@ pub use access::{
 pub use builder::{ContextFieldError, DEFAULT_MAX_VALUE_BYTES, LogLayerBuilder};
 pub use config::{ConfigError, LogConfig, LogFormat};
 pub use fields::{DEFAULT_CONTEXT_FIELDS, Json, json};
-pub use filter::{DirectiveError, Directives, LEVEL_CHANGE_TARGET, LevelControl, LevelStatus};
+pub use filter::{
+    DirectiveError, Directives, LEVEL_CHANGE_TARGET, LevelChange, LevelControl, LevelStatus,
+};
 pub use layer::LogLayer;
 pub use recent::{DEFAULT_RECENT_BYTES, DEFAULT_RECENT_LINES, RecentLine, RecentLogs};
 pub use redact::{DEFAULT_ALLOWED_KEYS, DEFAULT_SENSITIVE_KEYS, REDACTED, Redactor};
