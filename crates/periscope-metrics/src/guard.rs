@@ -27,6 +27,12 @@ pub const DEFAULT_LABEL_CAP: usize = 100;
 /// The default cap of series per family.
 pub const DEFAULT_SERIES_CAP: usize = 2000;
 
+/// The longest label value kept, in bytes; a longer one folds into [`OVERFLOW`] like a value
+/// past its label's cap. The caps bound how many values a label takes; this bounds their
+/// size, so a route function handing out client-sent paths cannot make every scrape write
+/// megabytes per series.
+pub const MAX_LABEL_VALUE_LEN: usize = 256;
+
 /// Caps of one metric family: distinct values per label, and series in all.
 ///
 /// ```
@@ -109,6 +115,9 @@ impl LabelGuard {
 
     /// Whether `value` is (or now becomes) one of the kept values.
     fn admit(&self, value: &str) -> bool {
+        if value.len() > MAX_LABEL_VALUE_LEN {
+            return false;
+        }
         if read(&self.admitted).contains(value) {
             return true;
         }
@@ -339,8 +348,9 @@ impl<M, const N: usize> GuardedFamily<M, N> {
                     metric = %inner.name,
                     label = %label,
                     cap,
-                    "label reached its cap of distinct values; further values are recorded as \
-                     {OVERFLOW} (raise the cap or bound the values)"
+                    "label reached its cap of distinct values (or got a value over \
+                     {MAX_LABEL_VALUE_LEN} bytes); further values are recorded as {OVERFLOW} \
+                     (raise the cap or bound the values)"
                 );
             } else {
                 tracing::warn!(

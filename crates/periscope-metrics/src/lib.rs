@@ -53,7 +53,10 @@ mod sync;
 
 pub use error::MetricsError;
 pub use exposition::{Format, MetricsService};
-pub use guard::{Caps, DEFAULT_LABEL_CAP, DEFAULT_SERIES_CAP, GuardedFamily, SERIES_OVERFLOW};
+pub use guard::{
+    Caps, DEFAULT_LABEL_CAP, DEFAULT_SERIES_CAP, GuardedFamily, MAX_LABEL_VALUE_LEN,
+    SERIES_OVERFLOW,
+};
 pub use labels::{CANCELLED, OTHER_METHOD, OVERFLOW, StatusLabel, UNMATCHED, method_label};
 pub use layer::{
     DURATION_BUCKETS, Metrics, MetricsLayer, MetricsLayerBuilder, ResponseFuture, SIZE_BUCKETS,

@@ -326,3 +326,59 @@ async fn the_first_fold_of_each_cap_is_logged_once_with_metric_label_and_cap() {
     assert_eq!(series.len(), 1, "{text}");
     assert_eq!(series[0]["data"]["cap"], 3, "{text}");
 }
+
+/// The caps bound how many values a label takes, and its values must be bounded in length too:
+/// with a route function that names gRPC methods by their path (the documented recipe), a
+/// client sending a few hundred requests with long random paths would otherwise make every
+/// scrape write each path once per sample line (18 per histogram series), some hundreds of
+/// megabytes of exposition, and keep them all in memory for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_label_values_fold_so_the_exposition_stays_small() {
+    const LONG: usize = 8_000;
+    let registry = MetricsRegistry::new();
+    let layer = MetricsLayer::builder()
+        .route_fn(|uri, _| Some(uri.path()))
+        .register(&registry)
+        .unwrap();
+    let app = Router::new()
+        .route("/pkg.Svc/Run", axum::routing::post(|| async { "ran" }))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(layer.clone());
+    let addr = serve(app).await;
+
+    let padding = "x".repeat(LONG);
+    let mut sent = 0;
+    for i in 0..60 {
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            let path = format!("/pkg.Svc/{i}{padding}");
+            let response = request(addr, method, &path, &[]).await.unwrap();
+            assert_eq!(response.status, 404);
+            sent += 1;
+        }
+    }
+    request(addr, "POST", "/pkg.Svc/Run", &[]).await.unwrap();
+    sent += 1;
+
+    let text = registry.encode_openmetrics().unwrap();
+    let exposition = parse_openmetrics(&text);
+    assert_eq!(total(&exposition, "http_server_requests"), f64::from(sent));
+    let requests = points(&exposition, "http_server_requests");
+    assert!(
+        requests
+            .iter()
+            .all(|point| point.label("route").len() < LONG),
+        "a {LONG}-byte path became a route label"
+    );
+    assert_eq!(
+        sum_where(&requests, &[("route", OVERFLOW)]),
+        f64::from(sent - 1),
+        "{requests:?}"
+    );
+    assert_eq!(sum_where(&requests, &[("route", "/pkg.Svc/Run")]), 1.0);
+    assert!(
+        text.len() < 1024 * 1024,
+        "{sent} requests made a {} MB exposition",
+        text.len() / (1024 * 1024)
+    );
+    assert_eq!(layer.in_flight(), 0);
+}
