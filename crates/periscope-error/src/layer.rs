@@ -709,14 +709,29 @@ impl Handled {
                 } else {
                     codes::INTERNAL_ERROR
                 };
-                let error: &(dyn std::error::Error + 'static) = &*error;
-                tracing::error!(
-                    request_id,
-                    trace_id,
-                    code = code.name(),
-                    error,
-                    "the service failed"
-                );
+                // The error is the service's code: a `Display` (or `Drop`) that panics while
+                // it is logged is caught like the service's panic, so the answer still goes out.
+                let logged = panic::catch(|| {
+                    let error: &(dyn std::error::Error + 'static) = &*error;
+                    tracing::error!(
+                        request_id,
+                        trace_id,
+                        code = code.name(),
+                        error,
+                        "the service failed"
+                    );
+                });
+                if let Err(caught) = logged {
+                    tracing::error!(
+                        request_id,
+                        trace_id,
+                        code = code.name(),
+                        panic.message = caught.message,
+                        panic.location = caught.location,
+                        "the service failed with an error that panicked when it was formatted"
+                    );
+                }
+                let _ = panic::catch(move || drop(error));
                 code
             }
         };
@@ -738,6 +753,21 @@ impl Handled {
     ) -> Response<ResponseBody<B>> {
         error.request_id = self.ids.request_id.as_str().to_owned();
         error.trace_id = self.ids.trace_id.map(|id| id.to_string());
+        // What periscope renders always says whether to retry: an envelope without it gets
+        // what a client would conclude (the code's, else its family's class, else the
+        // status's), so the answer does not depend on which decoder reads it.
+        if error.retryable.is_none() {
+            let known = ErrorCode::find_builtin(&error.code);
+            let class = known
+                .map(|code| code.class())
+                .or_else(|| crate::code::class_of_family(&error.code))
+                .unwrap_or_else(|| crate::ErrorClass::from_status(parts.status));
+            error.retryable = Some(known.map_or(class.is_retryable(), |code| code.is_retryable()));
+        }
+        // The `Retry-After` header stays; the body says the same delay.
+        if error.retry_after_s.is_none() {
+            error.retry_after_s = render::retry_after_seconds(&parts.headers);
+        }
         self.rewrite(parts, Arc::new(error))
     }
 
@@ -1217,6 +1247,123 @@ mod tests {
         .await;
         assert_eq!(parts.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!json.to_string().contains("secret"));
+    }
+
+    /// An error whose `Display` panics, as a buggy error type's does.
+    #[derive(Debug)]
+    struct DisplayPanics;
+
+    impl std::fmt::Display for DisplayPanics {
+        fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            panic!("display exploded: password=hunter2")
+        }
+    }
+
+    impl std::error::Error for DisplayPanics {}
+
+    /// A subscriber that formats every error it is given, as a log layer does.
+    struct FormatsErrors;
+
+    impl tracing::Subscriber for FormatsErrors {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            struct Format;
+            impl tracing::field::Visit for Format {
+                fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    let _ = format!("{value:?}");
+                }
+                fn record_error(
+                    &mut self,
+                    _: &tracing::field::Field,
+                    value: &(dyn std::error::Error + 'static),
+                ) {
+                    let _ = value.to_string();
+                }
+            }
+            event.record(&mut Format);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// A panic payload whose destructor panics too.
+    struct PanicsWhenDropped;
+
+    impl Drop for PanicsWhenDropped {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("payload drop exploded")
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_that_panics_when_logged_or_a_payload_when_dropped_stays_inside() {
+        let _log = tracing::subscriber::set_default(FormatsErrors);
+        let service = ErrorLayer::new().layer(service_fn(|_: Request<Full<Bytes>>| async {
+            Err::<Res, _>(BoxError::from(DisplayPanics))
+        }));
+        // Spawned on this thread (its subscriber), so an escaping panic fails the join.
+        let local = tokio::task::LocalSet::new();
+        let response = local
+            .run_until(async { tokio::task::spawn_local(service.oneshot(get("/"))).await })
+            .await
+            .expect("the panic stays inside the layer")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(!String::from_utf8_lossy(&bytes).contains("hunter2"));
+
+        let service = ErrorLayer::new().layer(service_fn(|_: Request<Full<Bytes>>| async {
+            if true {
+                std::panic::panic_any(PanicsWhenDropped);
+            }
+            Ok::<Res, Infallible>(Response::new(Full::default()))
+        }));
+        let response = tokio::spawn(service.oneshot(get("/")))
+            .await
+            .expect("the payload's panic stays inside the layer")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// An upstream's (or a hand-written) 5xx envelope is re-rendered as periscope renders one:
+    /// `retryable` always, and `retry_after_s` agreeing with the `Retry-After` header it keeps.
+    #[tokio::test]
+    async fn a_readopted_envelope_says_whether_and_when_to_retry() {
+        let (parts, json) = call(get("/"), |_| async {
+            Ok(Response::builder()
+                .status(503)
+                .header("content-type", "application/json")
+                .header("retry-after", "30")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"error":{"code":"db_down","message":"The database is down"}}"#,
+                )))
+                .unwrap())
+        })
+        .await;
+        assert_eq!(parts.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json["error"]["code"], "db_down");
+        assert_eq!(json["error"]["retryable"], true, "{json}");
+        assert_eq!(json["error"]["retry_after_s"], 30, "{json}");
+        assert_eq!(parts.headers()["retry-after"], "30");
+
+        let (_, json) = call(get("/"), |_| async {
+            json_response(
+                500,
+                r#"{"error":{"code":"ledger_corrupt","message":"Ledger check failed"}}"#,
+            )
+        })
+        .await;
+        assert_eq!(json["error"]["retryable"], false, "{json}");
+        assert!(json["error"].get("retry_after_s").is_none(), "{json}");
     }
 
     #[tokio::test]

@@ -42,8 +42,16 @@ impl CaughtPanic {
 thread_local! {
     /// Whether this thread is inside [`catch`]: the hook then records instead of printing.
     static CATCHING: Cell<bool> = const { Cell::new(false) };
-    /// Location and backtrace of the last panic recorded by the hook on this thread.
-    static RECORDED: RefCell<Option<(Option<String>, Option<String>)>> = const { RefCell::new(None) };
+    /// The last panic recorded by the hook on this thread, until [`catch`] claims it.
+    static RECORDED: RefCell<Option<Recorded>> = const { RefCell::new(None) };
+}
+
+/// What the hook saw of a panic: its message (when the payload is a string), location and
+/// backtrace.
+struct Recorded {
+    message: Option<String>,
+    location: Option<String>,
+    backtrace: Option<String>,
 }
 
 static INSTALL: Once = Once::new();
@@ -74,32 +82,94 @@ fn record(info: &PanicHookInfo<'_>) {
     let backtrace = Backtrace::capture();
     let backtrace =
         (backtrace.status() == BacktraceStatus::Captured).then(|| backtrace.to_string());
-    RECORDED.with(|recorded| *recorded.borrow_mut() = Some((location, backtrace)));
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned());
+    let panic = Recorded {
+        message,
+        location,
+        backtrace,
+    };
+    // A record nobody claimed is of a panic the service caught itself: reported, not dropped.
+    if let Some(unclaimed) = RECORDED.with(|recorded| recorded.borrow_mut().replace(panic)) {
+        report_caught_by_the_service(unclaimed);
+    }
+}
+
+/// Reports a panic that the hook recorded while the layer polled the service, but that the
+/// service caught itself (its own `catch_unwind`): the hook did not pass it to the previous
+/// hook, so it is logged here instead of vanishing.
+fn report_caught_by_the_service(panic: Recorded) {
+    tracing::warn!(
+        panic.message = panic.message,
+        panic.location = panic.location,
+        panic.backtrace = panic.backtrace,
+        "a panic was caught inside the service"
+    );
+}
+
+/// Takes the record of this thread's last panic, if any.
+fn take_recorded() -> Option<Recorded> {
+    RECORDED.with(|recorded| recorded.borrow_mut().take())
 }
 
 /// Runs `f`, turning a panic into a [`CaughtPanic`].
 pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, CaughtPanic> {
+    // A record left over is of an earlier panic the service caught itself; it must not be
+    // taken for a panic of this call (`resume_unwind` raises one without calling the hook).
+    if let Some(unclaimed) = take_recorded() {
+        report_caught_by_the_service(unclaimed);
+    }
     let was_catching = CATCHING.with(|catching| catching.replace(true));
     let result = catch_unwind(AssertUnwindSafe(f));
     CATCHING.with(|catching| catching.set(was_catching));
-    result.map_err(|payload| {
-        let (location, backtrace) = RECORDED
-            .with(|recorded| recorded.borrow_mut().take())
-            .unwrap_or_default();
-        CaughtPanic {
-            message: payload_message(payload),
-            location,
-            backtrace,
+    let recorded = take_recorded();
+    match result {
+        Ok(value) => {
+            if let Some(unclaimed) = recorded {
+                report_caught_by_the_service(unclaimed);
+            }
+            Ok(value)
         }
-    })
+        Err(payload) => {
+            let message = payload_message(payload);
+            // The record is this panic's only when the hook saw the same message: a panic
+            // re-raised with `resume_unwind` skips the hook, and the record is then another's.
+            let (location, backtrace) = match recorded {
+                Some(recorded) if recorded.message == message => {
+                    (recorded.location, recorded.backtrace)
+                }
+                Some(unclaimed) => {
+                    report_caught_by_the_service(unclaimed);
+                    (None, None)
+                }
+                None => (None, None),
+            };
+            Err(CaughtPanic {
+                message: message.unwrap_or_else(|| "a panic with a non-string payload".to_owned()),
+                location,
+                backtrace,
+            })
+        }
+    }
 }
 
-fn payload_message(payload: Box<dyn Any + Send>) -> String {
+/// The payload's text, when it is a string (as every `panic!` message is).
+fn payload_message(payload: Box<dyn Any + Send>) -> Option<String> {
     match payload.downcast::<String>() {
-        Ok(message) => *message,
+        Ok(message) => Some(*message),
         Err(payload) => match payload.downcast::<&'static str>() {
-            Ok(message) => (*message).to_owned(),
-            Err(_) => "a panic with a non-string payload".to_owned(),
+            Ok(message) => Some((*message).to_owned()),
+            Err(payload) => {
+                // A payload's destructor may panic too (`catch_unwind`'s known trap): that
+                // panic must not unwind out of the layer either, nor its payload's.
+                if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                    std::mem::forget(again);
+                }
+                None
+            }
         },
     }
 }
@@ -116,6 +186,21 @@ mod tests {
         let location = caught.location.unwrap();
         assert!(location.contains("panic.rs:"), "{location}");
         assert_eq!(catch(|| 7).unwrap(), 7);
+    }
+
+    #[test]
+    fn a_re_raised_panic_never_takes_the_location_of_a_panic_caught_before() {
+        install_hook();
+        // The service catches a panic itself while the layer polls it ...
+        let recovered = catch(|| std::panic::catch_unwind(|| -> u8 { panic!("first") }).is_err());
+        assert!(recovered.unwrap());
+        // ... and a later poll re-raises another one, which skips the hook.
+        let caught = catch(|| std::panic::resume_unwind(Box::new("re-raised"))).unwrap_err();
+        assert_eq!(caught.message, "re-raised");
+        assert_eq!(
+            caught.location, None,
+            "the location of `first` is not this panic's"
+        );
     }
 
     #[test]

@@ -202,6 +202,25 @@ fn app() -> Router {
         )
         .route("/gone", get(|| async { StatusCode::NOT_FOUND }))
         .route(
+            "/recovers",
+            get(|| async {
+                // A handler that guards a call with its own `catch_unwind`.
+                let parsed =
+                    std::panic::catch_unwind(|| -> u32 { panic!("caught by the handler") });
+                format!("recovered: {}", parsed.is_err())
+            }),
+        )
+        .route(
+            "/re-raises",
+            get(|| async {
+                // What a handler does with a spawned task's panic (`JoinError::into_panic`).
+                if true {
+                    std::panic::resume_unwind(Box::new("re-raised from a task"));
+                }
+                "unreachable"
+            }),
+        )
+        .route(
             "/grpc-own",
             get(|| async {
                 (
@@ -803,4 +822,33 @@ async fn grpc_calls_get_grpc_answers() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("grpc-status"), Some("5"));
     assert_eq!(reply.header("grpc-message"), Some("not%20here"));
+}
+
+/// A panic the handler catches itself is not the layer's to answer, but the hook still saw it:
+/// it is reported, not silently dropped; and a panic re-raised later (which skips the hook)
+/// never takes its location.
+#[tokio::test(flavor = "current_thread")]
+async fn a_panic_the_handler_catches_itself_is_reported_and_never_lends_its_location() {
+    let addr = serve().await;
+    let reply = send(addr, "GET", "/recovers", &[], b"").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "recovered: true");
+    assert!(
+        captured_events().iter().any(|event| {
+            event.get("panic.message").map(String::as_str) == Some("caught by the handler")
+                && event["level"] == "WARN"
+        }),
+        "the panic the handler caught is reported"
+    );
+
+    // Same runtime thread: the re-raised panic must not get the location of the one above.
+    let reply = send(addr, "GET", "/re-raises", &[], b"").await;
+    envelope(&reply, "internal_error", 500);
+    let events = events_of(reply.header("x-request-id").unwrap());
+    let panic = events
+        .iter()
+        .find(|event| event.get("message").map(String::as_str) == Some("handler panicked"))
+        .expect("the panic is logged");
+    assert_eq!(panic["panic.message"], "re-raised from a task");
+    assert_eq!(panic.get("panic.location"), None, "{panic:?}");
 }
