@@ -15,6 +15,25 @@ use crate::redact::{REDACTED, Redactor, looks_like_json};
 const JSON_CHECK_LIMIT: usize = 64 * 1024;
 /// Most causes listed in an error's `chain`.
 const MAX_CHAIN: usize = 32;
+/// Written instead of a value whose `Debug`, `Display` or `Serialize` panicked.
+pub(crate) const PANICKED: &str = "[panicked while formatting]";
+
+/// Runs `write`, which formats a value with the caller's code (`Debug`, `Display`, an error's
+/// chain, `Serialize`) into `out`: a panic there is caught, whatever it wrote is taken back and
+/// [`PANICKED`] written instead (as a JSON string, or its inside when `quoted` by the caller),
+/// so it neither unwinds into the code that logged nor loses or cuts the line.
+pub(crate) fn formatting(out: &mut Vec<u8>, quoted: bool, write: impl FnOnce(&mut Vec<u8>)) {
+    let mark = out.len();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(&mut *out)));
+    if caught.is_err() {
+        out.truncate(mark);
+        if quoted {
+            json::write_escaped(out, PANICKED);
+        } else {
+            json::write_str(out, PANICKED, usize::MAX);
+        }
+    }
+}
 
 /// The context fields lifted to the top level by default.
 pub const DEFAULT_CONTEXT_FIELDS: &[&str] = &[
@@ -473,7 +492,7 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
     fn record_error(&mut self, field: &Field, value: &(dyn Error + 'static)) {
         let rules = self.rules;
         if let Some(out) = self.value_out(field, &format_args!("{value}")) {
-            rules.write_error(out, value);
+            formatting(out, false, |out| rules.write_error(out, value));
         }
     }
 
@@ -486,7 +505,9 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
         let mut text = std::mem::take(self.text);
         let mut scratch = std::mem::take(self.scratch);
         if let Some(out) = self.value_out(field, value) {
-            rules.write_debug(out, value, &mut text, &mut scratch);
+            formatting(out, false, |out| {
+                rules.write_debug(out, value, &mut text, &mut scratch);
+            });
         }
         *self.text = text;
         *self.scratch = scratch;

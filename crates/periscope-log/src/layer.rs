@@ -17,7 +17,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{Extensions, LookupSpan};
 
 use crate::config::LogFormat;
-use crate::fields::{FieldSink, Slot, ValueRules, Visitor};
+use crate::fields::{FieldSink, Slot, ValueRules, Visitor, formatting};
 use crate::filter::LevelControl;
 use crate::json::{self, EscapeWriter};
 use crate::recent::RecentLogs;
@@ -267,9 +267,11 @@ impl FieldSink for SpanFields {
 }
 
 fn write_message(out: &mut Vec<u8>, rules: &ValueRules, value: &dyn fmt::Debug) {
-    let mut writer = EscapeWriter::new(out, rules.max_value_bytes);
-    let _ = write!(writer, "{value:?}");
-    writer.finish();
+    formatting(out, true, |out| {
+        let mut writer = EscapeWriter::new(out, rules.max_value_bytes);
+        let _ = write!(writer, "{value:?}");
+        writer.finish();
+    });
 }
 
 /// Per-thread buffers, reused by every event on the thread.

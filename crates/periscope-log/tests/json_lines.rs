@@ -478,3 +478,70 @@ fn two_log_layers_each_write_their_line_with_their_own_context_fields() {
     assert!(second_line["data"].get("region").is_none(), "{second_line}");
     assert_eq!((first_out.lines().len(), second_out.lines().len()), (1, 1));
 }
+
+/// A value whose formatting panics.
+struct PanicsWhenFormatted;
+
+impl fmt::Display for PanicsWhenFormatted {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        panic!("a Display that panics")
+    }
+}
+
+impl fmt::Debug for PanicsWhenFormatted {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        panic!("a Debug that panics")
+    }
+}
+
+#[derive(Debug)]
+struct PanickingError;
+
+impl fmt::Display for PanickingError {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        panic!("an error whose message panics")
+    }
+}
+
+impl Error for PanickingError {}
+
+/// A field, message or span field whose `Display` or `Debug` panics neither unwinds into the
+/// code that logged (a request handler) nor loses the line: the value is a placeholder, the
+/// rest of the line, the request's context included, is whole.
+#[test]
+fn a_value_whose_formatting_panics_leaves_the_line_whole_and_does_not_unwind() {
+    let out = capture(
+        |b| b,
+        |_| {
+            let logged = std::panic::catch_unwind(|| {
+                let span = tracing::info_span!(
+                    "request",
+                    request_id = "req_1",
+                    broken = ?PanicsWhenFormatted,
+                    later = tracing::field::Empty,
+                );
+                span.record("later", tracing::field::display(PanicsWhenFormatted));
+                let _entered = span.enter();
+                tracing::info!(a = %PanicsWhenFormatted, b = 1, "display");
+                tracing::info!(e = &PanickingError as &dyn Error, "error");
+                tracing::info!("{}", PanicsWhenFormatted);
+            });
+            assert!(
+                logged.is_ok(),
+                "a panic in a value unwound out of the log call"
+            );
+        },
+    );
+    let lines = out.lines();
+    assert_eq!(lines.len(), 3);
+    let placeholder = "[panicked while formatting]";
+    for line in &lines {
+        assert_eq!(line["request_id"], "req_1", "{line}");
+        assert_eq!(line["data"]["broken"], placeholder, "{line}");
+        assert_eq!(line["data"]["later"], placeholder, "{line}");
+    }
+    assert_eq!(lines[0]["data"]["a"], placeholder);
+    assert_eq!(lines[0]["data"]["b"], 1);
+    assert_eq!(lines[1]["data"]["e"], placeholder);
+    assert_eq!(lines[2]["message"], placeholder);
+}
