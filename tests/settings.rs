@@ -156,6 +156,34 @@ fn a_log_level_set_in_code_is_read_like_log_level() {
     }
 }
 
+/// A list with no level and no `target=level` in it (`debg,`, a stray `,,`) turned every line
+/// off, errors included, but a typo's: the very case a lone typo is refused for.
+#[test]
+fn a_log_level_list_with_no_level_in_it_is_refused() {
+    for value in ["debg,", ",,,", " , ", "verbose,my_crate"] {
+        let error = quiet()
+            .env_from(|name| (name == "LOG_LEVEL").then(|| value.to_owned()))
+            .unwrap_err();
+        assert_eq!(error.var, "LOG_LEVEL", "{value:?}: {error}");
+        assert!(error.to_string().contains("not a log level"), "{error}");
+        let error = quiet().log_level(value).unwrap_err();
+        assert_eq!(error.var, "log_level", "{value:?}: {error}");
+    }
+    // A level, or a target given its level, still reads as before.
+    for (value, read) in [
+        ("info,my_crate", "info,my_crate=trace"),
+        ("my_crate=debug", "my_crate=debug"),
+        ("debug,", "debug"),
+    ] {
+        let obs = quiet()
+            .env_from(|name| (name == "LOG_LEVEL").then(|| value.to_owned()))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(obs.settings().to_json()["log_level"], read, "{value:?}");
+    }
+}
+
 #[test]
 fn a_request_timeout_set_in_code_follows_the_rules_of_request_timeout_s() {
     use std::time::Duration;

@@ -148,11 +148,19 @@ impl Directives {
     /// assert!(Directives::parse_log_level("info,my_crate").is_ok());
     /// ```
     pub fn parse_log_level(text: &str) -> Result<Self, DirectiveError> {
-        if text.contains([',', '=']) {
-            Self::parse(text)
-        } else {
-            parse_level(text.trim()).map(Self::level)
+        if !text.contains([',', '=']) {
+            return parse_level(text.trim()).map(Self::level);
         }
+        let directives = Self::parse(text)?;
+        // A list with neither a level nor a `target=level` in it (`debg,`, a stray `,,`)
+        // would turn every line off but a typo's, as a lone typo would.
+        if directives.default.is_none() && !text.contains('=') {
+            let first = text.split(',').map(str::trim).find(|part| !part.is_empty());
+            return Err(DirectiveError::UnknownLevel(
+                first.unwrap_or_default().to_owned(),
+            ));
+        }
+        Ok(directives)
     }
 
     /// The level that applies to `target`.

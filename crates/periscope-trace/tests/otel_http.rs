@@ -35,6 +35,8 @@ struct Export {
     /// The resource's string attributes.
     resource: Vec<(String, String)>,
     spans: Vec<ExportedSpan>,
+    /// The `api-key` header, as an `OTEL_EXPORTER_OTLP_HEADERS` list would set it.
+    api_key: Option<String>,
 }
 
 type Exports = Arc<Mutex<Vec<Export>>>;
@@ -71,6 +73,10 @@ async fn receive(
         service_names: Vec::new(),
         resource: Vec::new(),
         spans: Vec::new(),
+        api_key: headers
+            .get("api-key")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
     };
     for resource_spans in request.resource_spans {
         let attributes = resource_spans.resource.map(|r| r.attributes);
@@ -251,4 +257,111 @@ fn http_export_needs_no_runtime_of_the_application() {
         export_of(&exports, &inside).1.name,
         "on-a-current-thread-runtime"
     );
+}
+
+const HEADERS_CHILD: &str = "PERISCOPE_TEST_HEADERS_CHILD";
+
+/// In a child process: a receiver, and the provider built from the environment exporting to
+/// it (the runtime serving the receiver goes with them).
+fn exporting_from_env() -> (
+    tokio::runtime::Runtime,
+    Exports,
+    periscope_trace::otel::OtelGuard,
+) {
+    let receiver_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (endpoint, exports) = receiver_runtime.block_on(start_receiver());
+    let mut config = OtelConfig::from_env().unwrap();
+    config.endpoint = Some(endpoint);
+    let guard = config.build().unwrap();
+    (receiver_runtime, exports, guard)
+}
+
+/// Run by `a_blank_traces_headers_variable_leaves_the_general_headers_in_force` in a child
+/// process with the variables set: prints the `api-key` header the receiver got.
+#[test]
+fn headers_child() {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+
+    if std::env::var_os(HEADERS_CHILD).is_none() {
+        return;
+    }
+    let (_receiver_runtime, exports, guard) = exporting_from_env();
+    let mut span = guard.tracer().start("with-headers");
+    let trace = span.span_context().trace_id().to_string();
+    span.end();
+    drop(guard);
+    println!("API-KEY {:?}", export_of(&exports, &trace).0.api_key);
+}
+
+/// Empty counts as unset, as for every variable: an empty `OTEL_EXPORTER_OTLP_TRACES_HEADERS=`
+/// (a manifest's placeholder) took the place of `OTEL_EXPORTER_OTLP_HEADERS` in the exporter,
+/// and every export went without its API key.
+#[test]
+fn a_blank_traces_headers_variable_leaves_the_general_headers_in_force() {
+    for (traces, sent) in [
+        (None, "Some(\"k1\")"),
+        (Some(""), "Some(\"k1\")"),
+        (Some("  "), "Some(\"k1\")"),
+        (Some("api-key=k2"), "Some(\"k2\")"),
+    ] {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args(["--exact", "headers_child", "--nocapture"])
+            .env(HEADERS_CHILD, "1")
+            .env("OTEL_EXPORTER_OTLP_HEADERS", "api-key=k1");
+        match traces {
+            Some(value) => child.env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", value),
+            None => child.env_remove("OTEL_EXPORTER_OTLP_TRACES_HEADERS"),
+        };
+        let output = child.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{traces:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("API-KEY {sent}")),
+            "{traces:?}: {stdout}"
+        );
+    }
+}
+
+const BATCH_CHILD: &str = "PERISCOPE_TEST_BATCH_CHILD";
+
+/// Run by `a_padded_batch_setting_is_used_as_checked` in a child process with the variables
+/// set: prints how many exports reached the receiver within a second, the guard still alive.
+#[test]
+fn batch_child() {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+
+    if std::env::var_os(BATCH_CHILD).is_none() {
+        return;
+    }
+    let (_receiver_runtime, exports, guard) = exporting_from_env();
+    guard.tracer().start("scheduled").end();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    println!("EXPORTS {}", exports.lock().unwrap().len());
+    drop(guard);
+}
+
+/// The value checked is the value used: `OTEL_BSP_SCHEDULE_DELAY=" 100"` passed the check
+/// (values are trimmed), and the batch processor, reading it as it is, kept its 5 s.
+#[test]
+fn a_padded_batch_setting_is_used_as_checked() {
+    for delay in ["100", " 100", "100 "] {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "batch_child", "--nocapture"])
+            .env(BATCH_CHILD, "1")
+            .env("OTEL_BSP_SCHEDULE_DELAY", delay)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{delay:?}: {stdout}");
+        assert!(stdout.contains("EXPORTS 1"), "{delay:?}: {stdout}");
+    }
 }

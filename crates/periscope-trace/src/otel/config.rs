@@ -160,45 +160,54 @@ impl OtelConfig {
         // Also read by the exporter and the batch processor themselves, which ignore a value
         // they cannot use without a word (`10s` would leave the default timeout) or take one
         // that loses every span (a timeout of 0, a queue of 0).
-        for (var, min, expected) in [
+        for (var, min, max, expected) in [
             (
                 "OTEL_EXPORTER_OTLP_TIMEOUT",
                 1,
+                u64::MAX,
                 "expected whole milliseconds, such as 10000",
             ),
             (
                 "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
                 1,
+                u64::MAX,
                 "expected whole milliseconds, such as 10000",
             ),
             (
                 "OTEL_BSP_EXPORT_TIMEOUT",
                 1,
+                u64::MAX,
                 "expected whole milliseconds, such as 30000",
             ),
             (
                 "OTEL_BSP_SCHEDULE_DELAY",
                 0,
+                u64::MAX,
                 "expected whole milliseconds, such as 5000",
             ),
             (
                 "OTEL_BSP_MAX_QUEUE_SIZE",
                 1,
-                "expected a number of spans, such as 2048",
+                MAX_SPAN_QUEUE,
+                "expected a number of spans from 1 to 1000000, such as 2048 (the whole queue is allocated at startup)",
             ),
             (
                 "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
                 1,
+                u64::MAX,
                 "expected a number of spans, such as 512",
             ),
             (
                 "OTEL_BSP_MAX_CONCURRENT_EXPORTS",
                 1,
+                u64::MAX,
                 "expected a number of exports, such as 1",
             ),
         ] {
             if let Some(value) = get(var)
-                && value.parse::<u64>().map_or(true, |number| number < min)
+                && value
+                    .parse::<u64>()
+                    .map_or(true, |number| number < min || number > max)
             {
                 return Err(invalid(var, value, expected));
             }
@@ -295,6 +304,11 @@ impl std::fmt::Debug for OtelConfig {
     }
 }
 
+/// The largest `OTEL_BSP_MAX_QUEUE_SIZE` accepted: the batch processor allocates the whole
+/// queue when it starts (about 370 bytes a span, so 370 MB at this size), and a larger one
+/// aborted the process or panicked on `capacity overflow` instead of naming the variable.
+const MAX_SPAN_QUEUE: u64 = 1_000_000;
+
 /// `url` with its `user:password@` part, if any, replaced by `[REDACTED]@`, and its query and
 /// fragment (`?api_key=...`) by `?[REDACTED]`, for messages and `Debug`. Everything up to the
 /// last `@` counts, so a password holding `/` is masked whole.
@@ -322,6 +336,18 @@ fn invalid(var: &'static str, value: String, expected: &'static str) -> ConfigEr
 }
 
 fn check_url(var: &'static str, value: String) -> Result<String, ConfigError> {
+    const NO_CREDENTIALS: &str = "expected an http:// URL without user:password@: the exporter never sends a URL's credentials (every export would be refused, and the HTTP client logs them at trace level); give them as a header in OTEL_EXPORTER_OTLP_HEADERS, such as authorization=Basic%20<base64 of user:password>";
+    if let Ok(uri) = value.parse::<http::Uri>()
+        && uri
+            .authority()
+            .is_some_and(|authority| authority.as_str().contains('@'))
+    {
+        return Err(invalid(
+            var,
+            without_credentials(&value).into_owned(),
+            NO_CREDENTIALS,
+        ));
+    }
     const EXPECTED: &str = "expected an http:// URL with a host, a port from 1 to 65535 and no #fragment, such as http://localhost:4317 (this build has no TLS: use a local collector or agent)";
     match value.parse::<http::Uri>() {
         // A fragment would end up before the appended `/v1/traces`, sending every span to `/`.
@@ -447,20 +473,7 @@ fn parse_resource_attributes(value: String) -> Result<Vec<(String, String)>, Con
 /// credentials more often than not: the error shows the names only.
 fn check_headers(var: &'static str, value: &str) -> Result<(), ConfigError> {
     const EXPECTED: &str = "expected comma-separated name=value pairs with valid header names and percent-encoded values, such as api-key=KEY,x-scope=team%20a (values not shown)";
-    let valid = value
-        .split(',')
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .all(|pair| {
-            pair.split_once('=').is_some_and(|(name, raw)| {
-                http::HeaderName::from_bytes(name.trim().as_bytes()).is_ok()
-                    && percent_decode(raw.trim()).is_some_and(|value| {
-                        // The exporter drops an empty value.
-                        !value.is_empty() && http::HeaderValue::from_str(&value).is_ok()
-                    })
-            })
-        });
-    if valid {
+    if header_pairs(value).is_some() {
         return Ok(());
     }
     // A name is shown only when it is one: `Authorization: Basic dXNlcjpw==` (header style
@@ -475,6 +488,23 @@ fn check_headers(var: &'static str, value: &str) -> Result<(), ConfigError> {
         })
         .collect();
     Err(invalid(var, masked.join(","), EXPECTED))
+}
+
+/// The headers of a list such as `OTEL_EXPORTER_OTLP_HEADERS` (`name=value` pairs, values
+/// percent-encoded, empty pairs skipped); `None` when a pair is malformed.
+pub(super) fn header_pairs(value: &str) -> Option<Vec<(http::HeaderName, http::HeaderValue)>> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, raw) = pair.split_once('=')?;
+            let name = http::HeaderName::from_bytes(name.trim().as_bytes()).ok()?;
+            // The exporter drops an empty value.
+            let value = percent_decode(raw.trim()).filter(|value| !value.is_empty())?;
+            Some((name, http::HeaderValue::from_str(&value).ok()?))
+        })
+        .collect()
 }
 
 /// `%XX` sequences to bytes; `None` for a `%` without two hex digits (which the decoder
@@ -646,11 +676,26 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.value, "http://[REDACTED]@collector:4318");
 
-        let config = config(&[(
+        // Credentials the exporter would never send are refused, masked, pointing to the
+        // headers: a collector that wants them refused every export without a word.
+        for var in [
             "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "http://user:pa%2Fss@collector:4318",
-        )])
-        .unwrap();
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ] {
+            let error = config(&[(var, "http://user:pa%2Fss@collector:4318")]).unwrap_err();
+            assert_eq!(error.var, var);
+            assert_eq!(error.value, "http://[REDACTED]@collector:4318");
+            assert!(!error.to_string().contains("pa%2Fss"), "{error}");
+            assert!(
+                error.to_string().contains("OTEL_EXPORTER_OTLP_HEADERS"),
+                "{error}"
+            );
+        }
+        // Set in code, they are still masked in `Debug`.
+        let config = OtelConfig {
+            endpoint: Some("http://user:pa%2Fss@collector:4318".to_owned()),
+            ..OtelConfig::default()
+        };
         let debug = format!("{config:?}");
         assert!(!debug.contains("pa%2Fss"), "{debug}");
         assert!(
@@ -738,6 +783,24 @@ mod tests {
             let error = config(&[(var, "zip")]).unwrap_err();
             assert_eq!(error.var, var);
             assert!(error.to_string().contains("none, gzip or zstd"), "{error}");
+        }
+    }
+
+    /// The batch processor allocates its whole queue at startup: a huge size aborted the
+    /// process (`memory allocation of ... bytes failed`) or panicked (`capacity overflow`)
+    /// instead of naming the variable.
+    #[test]
+    fn a_span_queue_too_large_to_allocate_fails_naming_the_variable() {
+        for fine in ["1", "2048", "1000000"] {
+            assert!(
+                config(&[("OTEL_BSP_MAX_QUEUE_SIZE", fine)]).is_ok(),
+                "{fine}"
+            );
+        }
+        for bad in ["1000001", "100000000000", "18446744073709551615"] {
+            let error = config(&[("OTEL_BSP_MAX_QUEUE_SIZE", bad)]).unwrap_err();
+            assert_eq!(error.var, "OTEL_BSP_MAX_QUEUE_SIZE", "{bad}");
+            assert!(error.to_string().contains("1000000"), "{error}");
         }
     }
 
@@ -834,7 +897,7 @@ mod tests {
         for fits in [
             "http://[::1]:4318",
             "http://[::1]",
-            "http://u:p@collector:65535",
+            "http://collector:65535",
         ] {
             assert!(
                 config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", fits)]).is_ok(),

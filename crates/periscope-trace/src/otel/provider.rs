@@ -8,7 +8,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_http::{HttpClient, HttpError};
-use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
@@ -145,8 +145,53 @@ fn export_timeout() -> Duration {
         "OTEL_EXPORTER_OTLP_TIMEOUT",
     ]
     .iter()
-    .find_map(|var| std::env::var(var).ok()?.trim().parse::<u64>().ok())
+    .find_map(|var| env_number(var))
     .map_or(DEFAULT_EXPORT_TIMEOUT, Duration::from_millis)
+}
+
+/// A whole number read from the environment as `OtelConfig::from_lookup` checks it (spaces
+/// around it trimmed).
+fn env_number(var: &str) -> Option<u64> {
+    std::env::var(var).ok()?.trim().parse().ok()
+}
+
+/// The export's headers as periscope reads them (checked by [`OtelConfig::from_lookup`]):
+/// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`, a blank value
+/// counting as unset. The exporter reads them too, but takes a set, blank traces variable (an
+/// empty `OTEL_EXPORTER_OTLP_TRACES_HEADERS=` in a manifest) as the whole list: given here,
+/// the general list's headers (an API key) are still sent.
+fn export_headers() -> Vec<(http::HeaderName, http::HeaderValue)> {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+    ]
+    .iter()
+    .find_map(|var| {
+        std::env::var(var)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+    })
+    .and_then(|list| super::config::header_pairs(&list))
+    .unwrap_or_default()
+}
+
+/// The batch processor's settings as [`OtelConfig::from_lookup`] checked them: trimmed. The
+/// processor reads `OTEL_BSP_*` itself, as they are, and ignores a value with a space around
+/// it (`OTEL_BSP_SCHEDULE_DELAY=" 100"` left 5 s) without a word; set here, they win.
+fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
+    let read = env_number;
+    let to_usize = |number: u64| usize::try_from(number).unwrap_or(usize::MAX);
+    let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default();
+    if let Some(size) = read("OTEL_BSP_MAX_QUEUE_SIZE") {
+        config = config.with_max_queue_size(to_usize(size));
+    }
+    if let Some(size) = read("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+        config = config.with_max_export_batch_size(to_usize(size));
+    }
+    if let Some(delay) = read("OTEL_BSP_SCHEDULE_DELAY") {
+        config = config.with_scheduled_delay(Duration::from_millis(delay));
+    }
+    config.build()
 }
 
 /// The OTLP exporters' default timeout.
@@ -192,6 +237,12 @@ impl OtelConfig {
                     let _on_export_thread = thread.runtime.enter();
                     SpanExporter::builder()
                         .with_tonic()
+                        .with_timeout(export_timeout())
+                        .with_metadata(
+                            opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
+                                export_headers().into_iter().collect(),
+                            ),
+                        )
                         .with_endpoint(endpoint.clone())
                         .build()
                 }
@@ -202,6 +253,15 @@ impl OtelConfig {
                         hyper: HyperClient::with_default_connector(export_timeout(), None),
                     })
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_timeout(export_timeout())
+                    .with_headers(
+                        export_headers()
+                            .into_iter()
+                            .filter_map(|(name, value)| {
+                                Some((name.to_string(), value.to_str().ok()?.to_owned()))
+                            })
+                            .collect(),
+                    )
                     .with_endpoint(endpoint.clone())
                     .build(),
             }
@@ -209,7 +269,11 @@ impl OtelConfig {
                 endpoint: endpoint.clone(),
                 source,
             })?;
-            builder = builder.with_batch_exporter(exporter);
+            builder = builder.with_span_processor(
+                opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(batch_config())
+                    .build(),
+            );
             export_thread = Some(thread);
         }
         let provider = builder.build();
