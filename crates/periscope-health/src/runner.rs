@@ -11,7 +11,7 @@ use futures_util::future::{BoxFuture, Shared, join_all};
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
-use crate::check::HealthCheck;
+use crate::check::{CheckError, HealthCheck};
 use crate::report::{CheckOutcome, CheckRun};
 
 type SharedRun = Shared<BoxFuture<'static, Arc<CheckRun>>>;
@@ -32,6 +32,9 @@ pub(crate) struct Runner {
 struct RunState {
     last: Option<Arc<CheckRun>>,
     in_flight: Option<SharedRun>,
+    /// Each check's panic message on the last run (masked and cut), so that a steady panic is
+    /// logged once, as a steady failure is.
+    last_panics: Vec<Option<String>>,
 }
 
 impl Runner {
@@ -124,21 +127,34 @@ impl Runner {
 
     /// Runs every check concurrently, stores the result as the last run and reports it.
     async fn execute(self: Arc<Self>) -> Arc<CheckRun> {
-        let outcomes = join_all(
+        let (outcomes, panics): (Vec<_>, Vec<_>) = join_all(
             self.checks
                 .iter()
                 .map(|check| run_one(check, check.timeout.unwrap_or(self.default_timeout))),
         )
-        .await;
+        .await
+        .into_iter()
+        .unzip();
         let run = Arc::new(CheckRun {
             outcomes,
             finished: Instant::now(),
         });
-        let previous = {
+        let (previous, previous_panics) = {
             let mut state = self.state();
             state.in_flight = None;
-            state.last.replace(Arc::clone(&run))
+            (
+                state.last.replace(Arc::clone(&run)),
+                std::mem::replace(&mut state.last_panics, panics.clone()),
+            )
         };
+        for (index, panic) in panics.iter().enumerate() {
+            if let Some(panic) = panic
+                && previous_panics.get(index).and_then(Option::as_deref) != Some(panic.as_str())
+            {
+                let check = &run.outcomes[index].name;
+                tracing::error!(check = %check, panic = %panic, "health check panicked");
+            }
+        }
         log_changes(previous.as_deref(), &run);
         #[cfg(feature = "metrics")]
         if let Some(metrics) = self.metrics.get() {
@@ -238,17 +254,21 @@ fn aborted_run(runner: &Weak<Runner>) -> Arc<CheckRun> {
 /// Runs one check in its own task: a panic is caught by the task, and at the timeout the task is
 /// aborted. (A check that blocks its thread instead of awaiting cannot be cut off reliably: the
 /// `Check` docs ask for `spawn_blocking` around blocking work.)
-async fn run_one(check: &HealthCheck, timeout: Duration) -> CheckOutcome {
+/// Also returns the panic message (masked and cut as an error text is) when the check panicked:
+/// the caller logs it when it changes.
+async fn run_one(check: &HealthCheck, timeout: Duration) -> (CheckOutcome, Option<String>) {
     let started = Instant::now();
     let inner = Arc::clone(&check.check);
     let mut task = tokio::spawn(async move { inner.check().await });
+    let mut panic = None;
     let error = match tokio::time::timeout(timeout, &mut task).await {
         Ok(Ok(Ok(()))) => None,
         Ok(Ok(Err(error))) => Some(error.message().to_owned()),
         Ok(Err(join_error)) if join_error.is_panic() => {
             let payload = join_error.into_panic();
-            let panic = panic_text(&payload);
-            tracing::error!(check = %check.name, panic, "health check panicked");
+            // Masked and cut as a check's error text: a driver's panic (`expect` on a connect
+            // error) often names its connection string.
+            panic = Some(CheckError::msg(panic_text(&payload)).message().to_owned());
             Some("check panicked".to_owned())
         }
         Ok(Err(_)) => Some("check was cancelled".to_owned()),
@@ -258,7 +278,7 @@ async fn run_one(check: &HealthCheck, timeout: Duration) -> CheckOutcome {
         }
     };
     let duration = started.elapsed();
-    match error {
+    let outcome = match error {
         None => CheckOutcome {
             name: Arc::clone(&check.name),
             critical: check.critical,
@@ -266,7 +286,8 @@ async fn run_one(check: &HealthCheck, timeout: Duration) -> CheckOutcome {
             error: None,
         },
         Some(error) => failed(check, duration, error),
-    }
+    };
+    (outcome, panic)
 }
 
 fn failed(check: &HealthCheck, duration: Duration, error: String) -> CheckOutcome {

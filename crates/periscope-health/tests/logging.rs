@@ -117,3 +117,37 @@ async fn a_panic_message_goes_to_the_log_not_the_response() {
         "{lines:?}"
     );
 }
+
+/// A steady panic is a steady failure: logged once, not on every run. Its message is masked and
+/// cut as a check's error text is, since a driver's panic often names its connection string.
+#[tokio::test(flavor = "current_thread")]
+async fn a_steady_panic_is_logged_once_masked_and_bounded() {
+    let captured = Captured::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+    let health = Health::builder()
+        .check("database", || async {
+            if std::env::var_os("PERISCOPE_NEVER_SET").is_none() {
+                panic!(
+                    "connect to postgres://svc:hunter2@db:5432/app failed: {}",
+                    "x".repeat(100_000)
+                );
+            }
+            Ok::<_, String>(())
+        })
+        .cache_ttl(std::time::Duration::ZERO)
+        .build()
+        .unwrap();
+
+    for _ in 0..3 {
+        assert_eq!(health.readiness().await.status(), Status::Fail);
+    }
+    let lines = captured.take();
+    let panics: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.starts_with("ERROR health check panicked "))
+        .collect();
+    assert_eq!(panics.len(), 1, "logged once, not on every run: {lines:?}");
+    assert!(!panics[0].contains("hunter2"), "{}", &panics[0][..200]);
+    assert!(panics[0].len() < 2 * 1024, "{} bytes", panics[0].len());
+}

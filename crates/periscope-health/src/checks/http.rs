@@ -32,7 +32,7 @@ const CLOSED_AFTER_INTERIM: &str = "the connection closed after an interim (1xx)
 pub fn http_get(url: &str) -> Result<HttpCheck, InvalidUrl> {
     let shown = without_query(url);
     let invalid = |reason| InvalidUrl {
-        url: shown.to_owned(),
+        url: without_userinfo(shown),
         reason,
     };
     let rest = url
@@ -103,7 +103,23 @@ fn without_query(url: &str) -> &str {
     url.find(['?', '#']).map_or(url, |at| &url[..at])
 }
 
-/// Why [`http_get`] refused a URL (named without its query string).
+/// `url` with the credentials of its authority (`user:password@`) replaced by `[REDACTED]`:
+/// a refused URL is named in an error that reaches startup logs.
+fn without_userinfo(url: &str) -> String {
+    let start = url.find("://").map_or(0, |at| at + 3);
+    let end = url[start..].find('/').map_or(url.len(), |at| start + at);
+    match url[start..end].rfind('@') {
+        Some(at) => format!(
+            "{}{}{}",
+            &url[..start],
+            periscope_log::REDACTED,
+            &url[start + at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+/// Why [`http_get`] refused a URL (named without its query string and credentials).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid health check URL {url:?}: {reason}; expected http://host[:port][/path]")]
 pub struct InvalidUrl {
@@ -304,6 +320,27 @@ mod tests {
         let error = http_get("http://host:99999/?token=s3cret").unwrap_err();
         assert!(!error.to_string().contains("s3cret"), "{error}");
         assert_eq!(without_query("http://svc#a?b"), "http://svc");
+    }
+
+    /// A refused URL is named in the build error (often printed at startup): credentials in
+    /// its authority must not show, whatever the reason for refusing it.
+    #[test]
+    fn refused_urls_are_named_without_their_credentials() {
+        for url in [
+            "http://admin:hunter2@db:8080/health",
+            "https://admin:hunter2@db/health",
+            "http://hunter2@db/",
+            "HTTP://admin:hunter2@db",
+        ] {
+            let error = http_get(url).unwrap_err().to_string();
+            assert!(!error.contains("hunter2"), "{error}");
+            assert!(error.contains("[REDACTED]@db"), "{error}");
+        }
+        assert_eq!(
+            without_userinfo("http://svc/a@b"),
+            "http://svc/a@b",
+            "an `@` in the path is not userinfo"
+        );
     }
 
     #[test]
