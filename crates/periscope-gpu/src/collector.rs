@@ -502,6 +502,18 @@ impl GpuSampler {
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.source.sample(request)))
                 .unwrap_or_else(|_| Err(GpuError::read("the GPU source panicked")));
+        // Devices listed but none readable (NVML counts a GPU that fell off the bus, then
+        // cannot open it) is a lost GPU: down, not `up 1` with no device at all.
+        let result = result.and_then(|sample| {
+            if sample.devices.is_empty() && sample.unreadable_devices > 0 {
+                Err(GpuError::read(format!(
+                    "none of the {} GPUs listed could be read (a lost GPU?)",
+                    sample.unreadable_devices
+                )))
+            } else {
+                Ok(sample)
+            }
+        });
         // A panicking custom filter would otherwise end the sampling thread, freezing the
         // last published sample (`up 1`) for good.
         let result = result.and_then(|mut sample| {

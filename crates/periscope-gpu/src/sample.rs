@@ -1,6 +1,6 @@
 //! What a GPU source reads: one [`GpuSample`] per sampling tick, in base units.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// One reading of every GPU a source sees.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -103,14 +103,20 @@ impl GpuSample {
 }
 
 /// One entry per pid, in first-seen order, with the largest memory figure reported for it.
+/// Linear: a shared node with `ProcessFilter::All` can list many processes.
 fn merge_by_pid(processes: &mut Vec<GpuProcess>) {
     let mut merged: Vec<GpuProcess> = Vec::with_capacity(processes.len());
+    let mut index: HashMap<u32, usize> = HashMap::with_capacity(processes.len());
     for process in processes.drain(..) {
-        match merged.iter_mut().find(|p| p.pid == process.pid) {
-            Some(kept) => {
-                kept.used_memory_bytes = kept.used_memory_bytes.max(process.used_memory_bytes)
+        match index.get(&process.pid) {
+            Some(&at) => {
+                let kept = &mut merged[at];
+                kept.used_memory_bytes = kept.used_memory_bytes.max(process.used_memory_bytes);
             }
-            None => merged.push(process),
+            None => {
+                index.insert(process.pid, merged.len());
+                merged.push(process);
+            }
         }
     }
     *processes = merged;

@@ -359,6 +359,37 @@ fn unreadable_devices_count_as_errors_while_the_rest_is_exported() {
     assert_eq!(exp.named("gpu_info").len(), 1);
 }
 
+/// NVML lists a GPU that fell off the bus (Xid 79, `GPU_IS_LOST`) in its device count but
+/// cannot open it: the source reports it as unreadable. With no device left to read, that is
+/// the "lost GPU" row of docs/gpu.md (`gpu_collector_up 0`, `last_error` set, one warning),
+/// not "some devices cannot be read, others can" (`up 1` with no device at all).
+#[test]
+fn every_device_unreadable_is_down_not_up_with_no_devices() {
+    let source = FakeSource::new(GpuSample {
+        driver_version: Some("550.54.15".into()),
+        devices: Vec::new(),
+        unreadable_devices: 1,
+    });
+    let (gpu, mut sampler) = collector(source);
+    sampler.sample_once();
+    let (text, exp) = scrape(&gpu);
+    assert_eq!(exp.value("gpu_collector_up", &[]), Some(0.0), "{text}");
+    assert_eq!(
+        exp.value("gpu_collector_errors_total", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(!gpu.is_up());
+    let snapshot = gpu.snapshot();
+    assert!(snapshot.devices.is_empty());
+    assert!(
+        snapshot
+            .last_error
+            .is_some_and(|e| e.contains("could be read")),
+        "the snapshot says why it is down"
+    );
+}
+
 #[test]
 fn unavailable_source_backs_off_and_read_errors_retry_at_the_interval() {
     let source = FakeSource::demo(1);
@@ -503,6 +534,32 @@ fn only_this_services_processes_are_exported_by_default() {
         exp.named("gpu_process_memory_used_bytes")[0].labels["pid"],
         other.to_string()
     );
+}
+
+/// `ProcessFilter::All` on a busy shared node: many processes, each listed twice (as compute
+/// and as graphics), are merged into one entry per pid in first-seen order with the larger
+/// memory figure. (The merge is linear: 100,000 processes took 12 s a sample when it was not.)
+#[test]
+fn many_processes_listed_twice_are_merged_one_per_pid() {
+    const COUNT: u32 = 20_000;
+    let mut sample = device_with_processes(&(1..=COUNT).collect::<Vec<_>>());
+    let processes = sample.devices[0].processes.as_mut().unwrap();
+    processes.extend((1..=COUNT).rev().map(|pid| GpuProcess {
+        pid,
+        used_memory_bytes: Some(u64::from(pid) << 20),
+    }));
+    let (gpu, mut sampler) = GpuCollector::builder()
+        .processes(true)
+        .process_filter(ProcessFilter::All)
+        .build(FakeSource::new(sample));
+    sampler.sample_once();
+    let merged = &gpu.snapshot().devices[0].processes;
+    assert_eq!(merged.len(), COUNT as usize);
+    for (at, process) in merged.iter().enumerate() {
+        let pid = u32::try_from(at).unwrap() + 1;
+        assert_eq!(process.pid, pid);
+        assert_eq!(process.memory_used_mib, Some(u64::from(pid)));
+    }
 }
 
 #[test]
