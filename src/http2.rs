@@ -184,8 +184,8 @@ where
     // moves for a PING's timeout (the idle timeout may be many minutes); at the shutdown
     // signal, for `GOAWAY_CHECK_AT_SHUTDOWN` at most, so that a peer gone silent does not
     // hold the shutdown.
-    let grace = |stopping: bool| {
-        if stopping {
+    let grace = |at_shutdown: bool| {
+        if at_shutdown {
             limits.ping_timeout.min(GOAWAY_CHECK_AT_SHUTDOWN)
         } else {
             limits.ping_timeout

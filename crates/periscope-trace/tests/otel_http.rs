@@ -217,12 +217,7 @@ async fn the_default_protocol_exports_protobuf_over_http() {
 fn http_export_needs_no_runtime_of_the_application() {
     use opentelemetry::trace::{Span as _, Tracer as _};
 
-    let receiver_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (endpoint, exports) = receiver_runtime.block_on(start_receiver());
+    let (_receiver_runtime, endpoint, exports) = receiver_on_its_own_runtime();
     let build = || {
         OtelConfig::from_lookup(|name| {
             (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| endpoint.clone())
@@ -259,6 +254,17 @@ fn http_export_needs_no_runtime_of_the_application() {
     );
 }
 
+/// A receiver served by a runtime of its own (returned: the receiver lives as long as it).
+fn receiver_on_its_own_runtime() -> (tokio::runtime::Runtime, String, Exports) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (endpoint, exports) = runtime.block_on(start_receiver());
+    (runtime, endpoint, exports)
+}
+
 const HEADERS_CHILD: &str = "PERISCOPE_TEST_HEADERS_CHILD";
 
 /// In a child process: a receiver, and the provider built from the environment exporting to
@@ -268,12 +274,7 @@ fn exporting_from_env() -> (
     Exports,
     periscope_trace::otel::OtelGuard,
 ) {
-    let receiver_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (endpoint, exports) = receiver_runtime.block_on(start_receiver());
+    let (receiver_runtime, endpoint, exports) = receiver_on_its_own_runtime();
     let mut config = OtelConfig::from_env().unwrap();
     config.endpoint = Some(endpoint);
     let guard = config.build().unwrap();
