@@ -1893,6 +1893,50 @@ async fn the_server_answers_http2_with_prior_knowledge_beside_http1() {
     assert_eq!((count(EXPORT, "2xx"), count(EXPORT, "4xx")), (1.0, 1.0));
 }
 
+/// A tonic client calling a method the server has no route for (a client built from a newer
+/// `.proto`, a probe for an optional service) gets `UNIMPLEMENTED`, as from tonic's own
+/// router, not `NOT_FOUND`, which it would take for a missing resource.
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_to_an_unknown_method_is_unimplemented() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+
+    let obs = Observability::builder()
+        .service_name("h2-service")
+        .log_writer(std::io::sink())
+        .build()
+        .unwrap();
+    let app = hello_and_slow().layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(obs.server(listener).serve(app, std::future::pending()));
+
+    // The generated client, its calls sent to a method this server does not have.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let renamed = tower::ServiceBuilder::new()
+        .map_request(|mut request: http::Request<tonic::body::Body>| {
+            *request.uri_mut() = format!("http://{addr}/pkg.Newer/Method").parse().unwrap();
+            request
+        })
+        .service(channel);
+    let mut client = TraceServiceClient::new(renamed);
+    let mut call = tonic::Request::new(ExportTraceServiceRequest::default());
+    call.metadata_mut()
+        .insert("x-request-id", "unknown-method".parse().unwrap());
+    let status = client.export(call).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert_eq!(status.message(), "No route matches POST /pkg.Newer/Method");
+    assert_eq!(
+        status.metadata().get("x-request-id").unwrap(),
+        "unknown-method"
+    );
+}
+
 /// An HTTP/2 connection is closed gracefully (GOAWAY) once it has had no stream for the
 /// idle timeout, but not while a stream is open; while the service drains, after its
 /// next answer (HTTP/2's `Connection: close`), a new connection still being answered.

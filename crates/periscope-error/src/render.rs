@@ -12,6 +12,7 @@ use periscope_context::grpc::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode, is_grpc_conte
 use periscope_context::{RequestContext, RequestId, TraceId, headers::X_REQUEST_ID};
 use serde::Serialize;
 
+use crate::code::codes;
 use crate::envelope::{ErrorBody, Violation};
 
 /// The media type of the envelope.
@@ -298,7 +299,17 @@ fn write_grpc(
 ) -> Bytes {
     /// What gRPC's `grpc-message` must percent-encode: controls, `%` and (always) non-ASCII.
     const GRPC_MESSAGE_SET: &AsciiSet = &CONTROLS.add(b'%');
-    let code = GrpcCode::from_http_status(parts.status);
+    // No route for the path (or not for POST) means the service has no such method: gRPC's
+    // `UNIMPLEMENTED`, what tonic's own router answers and what clients probing for an
+    // optional service (health, reflection) look for, not a resource's `NOT_FOUND`.
+    let no_method = [codes::ROUTE_NOT_FOUND, codes::METHOD_NOT_ALLOWED]
+        .iter()
+        .any(|code| body.code == code.name());
+    let code = if no_method {
+        GrpcCode::UNIMPLEMENTED
+    } else {
+        GrpcCode::from_http_status(parts.status)
+    };
     parts.status = StatusCode::OK;
     let headers = &mut parts.headers;
     // What described the replaced body or status goes; the rest (CORS, which a gRPC-Web client

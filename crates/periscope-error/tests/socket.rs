@@ -768,12 +768,14 @@ async fn grpc_calls_get_grpc_answers() {
     // HTTP errors to a gRPC request: gRPC answers, their internals still kept out. The
     // client chose the `content-type`: it does not turn the scrubbing off.
     for (method, path, code, message) in [
+        // No such method: `UNIMPLEMENTED`, as gRPC servers answer (tonic's router among them).
         (
             "POST",
             "/pkg.Svc/Nope",
-            "5",
+            "12",
             "No route matches POST /pkg.Svc/Nope",
         ),
+        ("POST", "/ok", "12", "POST is not allowed on /ok"),
         (
             "GET",
             "/maintenance",
