@@ -2459,3 +2459,68 @@ async fn the_facade_server_layer_takes_a_trust_boundary() {
     assert_eq!(trace_id.len(), 32, "{trace_id}");
     assert_eq!(request_id, "order-42");
 }
+
+/// A tenant field the service declares beyond the five the request span names (`org_id`,
+/// `project_id`, `team_id`, `user_id`, `tenant_id`) is recorded in the span's `tenant` field;
+/// every line logged in the request still carries it at the top level, as the other context
+/// fields.
+#[tokio::test(flavor = "current_thread")]
+async fn a_declared_tenant_field_is_lifted_into_every_line_of_the_request() {
+    use periscope::context::TenantKey;
+    use tracing_subscriber::prelude::*;
+
+    let workspace = TenantKey::new("workspace_id").unwrap();
+    let out = Captured::default();
+    let (log, _log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .tenant_keys(std::slice::from_ref(&workspace))
+        .build();
+    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let obs = Observability::builder()
+        .tenant_key(workspace)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/jobs",
+            get(|| async {
+                tracing::info!("listing jobs");
+                "[]"
+            }),
+        )
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(periscope::Server::new(listener).serve(app, std::future::pending()));
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let request = http::Request::get(format!("http://{addr}/jobs"))
+        .header("x-request-id", "ws-1")
+        .header("x-org-id", "org_1")
+        .header("x-workspace-id", "ws_42")
+        .body(Empty::new())
+        .unwrap();
+    let exchange = async {
+        let response = client.request(request).await.unwrap();
+        response.into_body().collect().await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .expect("an answer within 30 s");
+
+    let lines: Vec<Value> = out
+        .lines()
+        .into_iter()
+        .filter(|line| line["request_id"] == "ws-1")
+        .collect();
+    let messages: Vec<&str> = lines
+        .iter()
+        .map(|line| line["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["listing jobs", "request completed"], "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["org_id"], "org_1", "{line}");
+        assert_eq!(line["workspace_id"], "ws_42", "{line}");
+    }
+}

@@ -435,6 +435,29 @@ impl<S: FieldSink> Visitor<'_, S> {
     }
 }
 
+/// The span field in which periscope-trace records the declared tenant fields that have no
+/// span field of their own, as `key=value,...` (tracing needs field names at compile time).
+const TENANT_FIELD: &str = "tenant";
+
+impl<S: FieldSink> Visitor<'_, S> {
+    /// Lifts the members of a [`TENANT_FIELD`] value whose keys are context fields
+    /// (`workspace_id=ws_1` when the service declared `workspace_id`), so a declared tenant
+    /// field reaches the top level of every line as the named ones do.
+    #[cold]
+    fn lift_tenant_fields(&mut self, value: &str) {
+        for (key, member) in value.split(',').filter_map(|pair| pair.split_once('=')) {
+            let Slot::Context(slot) = self.rules.slot(key) else {
+                continue;
+            };
+            let sensitive = self.rules.redactor.is_sensitive(key);
+            if let Some(out) = self.sink.begin(TENANT_FIELD, Slot::Context(slot)) {
+                let shown = if sensitive { REDACTED } else { member };
+                json::write_str(out, shown, self.rules.max_value_bytes);
+            }
+        }
+    }
+}
+
 impl<S: FieldSink> Visit for Visitor<'_, S> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         if let Some(out) = self.value_out(field, &value) {
@@ -487,6 +510,9 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
             rules.write_text(out, value, &mut scratch);
         }
         *self.scratch = scratch;
+        if field.name() == TENANT_FIELD {
+            self.lift_tenant_fields(value);
+        }
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn Error + 'static)) {

@@ -158,8 +158,9 @@ impl CorrelationLayer {
 
     /// Behind a TLS-terminating proxy: take `url.scheme` from the first element of
     /// `Forwarded: proto=`, else of `X-Forwarded-Proto`, when it is `http` or `https`
-    /// (default: off, the request URI's scheme, else `http`). Turn it on where a proxy you run
-    /// sets these headers: any client can send them, and the lookups cost every request.
+    /// (default: off, the request URI's scheme when it is `http` or `https`, else `http`).
+    /// Turn it on where a proxy you run sets these headers: any client can send them, and the
+    /// lookups cost every request.
     pub fn forwarded_scheme(mut self, on: bool) -> Self {
         self.config_mut().forwarded_scheme = on;
         self
@@ -307,8 +308,10 @@ fn server_span<B>(
         http.response.status_code = Empty,
         rpc.grpc.status_code = Empty,
         url.path = request.uri().path(),
+        // An absolute-form target names any scheme the client likes (`javascript://x/`):
+        // only `http` and `https` are taken from it, as from the proxy headers.
         url.scheme = forwarded_scheme
-            .or(request.uri().scheme_str())
+            .or_else(|| known_scheme(request.uri().scheme_str()?.as_bytes()))
             .unwrap_or("http"),
         error.type = Empty,
         request_id = ctx.request_id.as_str(),

@@ -913,6 +913,39 @@ async fn url_scheme_is_the_clients_behind_a_proxy() {
     }
 }
 
+/// A request target in absolute form names its own scheme (`GET javascript://x/hop`): the
+/// client chooses it, so only `http` and `https` are taken from it, as from a header.
+#[tokio::test]
+async fn url_scheme_takes_only_http_or_https_from_the_request_target() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = serve(app(hop_state("a", None, &seen), CorrelationLayer::new())).await;
+    for (id, target, scheme) in [
+        ("target-bogus", "javascript://evil.example/hop", "http"),
+        ("target-https", "https://a/hop", "https"),
+        ("target-origin", "/hop", "http"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "GET {target} HTTP/1.1\r\nhost: a\r\nconnection: close\r\nx-request-id: {id}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            stream.read_to_end(&mut answer),
+        )
+        .await
+        .expect("an answer within 30 s")
+        .unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{id}");
+        let span = &capture.spans_for("http_request", id)[0];
+        assert_eq!(span.get("url.scheme"), Some(scheme), "{id}");
+    }
+}
+
 /// A gRPC server answers a failed call with HTTP 200 and `grpc-status` in its headers: the
 /// server span fails for the codes the gRPC conventions name (here `INTERNAL`, not
 /// `NOT_FOUND`), the client span for every code but `OK`, and both record the code.
