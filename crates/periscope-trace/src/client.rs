@@ -19,6 +19,7 @@ use crate::fields::{
     span_method,
 };
 use crate::propagation::Propagators;
+use crate::rpc::RpcName;
 
 /// The tracing target of client spans.
 pub const CLIENT_TARGET: &str = "periscope_trace::client";
@@ -90,19 +91,39 @@ impl ClientSpan {
     /// background task, startup code) the call starts a trace of its own, with a generated
     /// request id and this span as its root, so the sampler decides for it as for any new trace.
     pub fn new(method: &Method, uri: &Uri) -> Self {
-        match RequestContext::current() {
-            Some(parent) => Self::child_of(&parent, method, uri),
-            None => Self::with_context(RequestContext::new_root(), method, uri),
-        }
+        Self::for_call(None, method, uri, None)
     }
 
     /// A span for a call made on behalf of `parent`.
     pub fn child_of(parent: &RequestContext, method: &Method, uri: &Uri) -> Self {
-        Self::with_context(parent.child(), method, uri)
+        Self::for_call(Some(parent), method, uri, None)
+    }
+
+    /// The span of a call made on behalf of `parent`, else of the current request or job, else
+    /// of no one (a new trace); `rpc` names a gRPC call.
+    fn for_call(
+        parent: Option<&RequestContext>,
+        method: &Method,
+        uri: &Uri,
+        rpc: Option<RpcName<'_>>,
+    ) -> Self {
+        let context = match parent {
+            Some(parent) => parent.child(),
+            None => match RequestContext::current() {
+                Some(parent) => parent.child(),
+                None => RequestContext::new_root(),
+            },
+        };
+        Self::with_context(context, method, uri, rpc)
     }
 
     /// The span for `context`, whose span id is the call's own.
-    fn with_context(mut context: RequestContext, method: &Method, uri: &Uri) -> Self {
+    fn with_context(
+        mut context: RequestContext,
+        method: &Method,
+        uri: &Uri,
+        rpc: Option<RpcName<'_>>,
+    ) -> Self {
         let span = tracing::info_span!(
             target: CLIENT_TARGET,
             "http_client_request",
@@ -112,6 +133,9 @@ impl ClientSpan {
             http.request.method = method_name(method),
             http.request.method_original = method_original(method),
             http.response.status_code = Empty,
+            rpc.system = Empty,
+            rpc.service = Empty,
+            rpc.method = Empty,
             rpc.grpc.status_code = Empty,
             server.address = uri.host(),
             server.port = server_port(uri),
@@ -127,6 +151,10 @@ impl ClientSpan {
             tenant_id = Empty,
             tenant = Empty,
         );
+        if let Some(rpc) = rpc {
+            rpc.record(&span);
+            span.record("otel.name", tracing::field::display(rpc));
+        }
         bind(&span, &mut context, ParentKind::Local, None);
         Self {
             span,
@@ -210,6 +238,11 @@ impl ClientSpan {
 /// one, else the [current](RequestContext::current) one (the request or job being handled).
 /// Put this layer outermost, outside `tower::buffer::Buffer` and anything else that calls the
 /// inner service on another task, where no request is current.
+///
+/// A gRPC call (a `POST` with a gRPC `content-type`, as a tonic channel sends) to
+/// `/package.Service/Method` (each segment at most 128 ASCII letters, digits, `_` or `.`) is
+/// named `package.Service/Method` and records `rpc.system`, `rpc.service` and `rpc.method`, as the
+/// OpenTelemetry RPC conventions want; any other call keeps the HTTP name (`{method}`).
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -295,10 +328,18 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let mut call = match request.extensions().get::<RequestContext>() {
-            Some(parent) => ClientSpan::child_of(parent, request.method(), request.uri()),
-            None => ClientSpan::new(request.method(), request.uri()),
-        };
+        let rpc = RpcName::of_request(
+            request.method(),
+            request.headers(),
+            None,
+            request.uri().path(),
+        );
+        let mut call = ClientSpan::for_call(
+            request.extensions().get::<RequestContext>(),
+            request.method(),
+            request.uri(),
+            rpc,
+        );
         call.propagators = self.propagators;
         call.tenant_keys.clone_from(&self.tenant_keys);
         call.inject(request.headers_mut());

@@ -31,6 +31,7 @@ pub mod job;
 pub mod otel;
 mod propagation;
 mod rejected;
+mod rpc;
 mod selector;
 pub mod server;
 mod trust;

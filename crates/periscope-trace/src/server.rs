@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
-use periscope_context::grpc::{HeadOutcome, StreamEndWatch, head_outcome};
+use periscope_context::grpc::{
+    GrpcCode, HeadOutcome, StreamEndWatch, answer_code, head_outcome,
+};
 use periscope_context::{
     Baggage, ExtractOptions, Extracted, MatchedRoute, RequestContext, RequestIdOrigin,
     RouteTemplates, TenantKey, WithContext, extract, headers::X_REQUEST_ID,
@@ -23,6 +25,7 @@ use crate::fields::{
 };
 use crate::propagation::Propagators;
 use crate::rejected::warn_rejected;
+use crate::rpc::RpcName;
 use crate::selector::PathSelector;
 use crate::trust::Trust;
 
@@ -42,7 +45,10 @@ pub const SERVER_TARGET: &str = "periscope_trace::server";
 /// - opens a server span named `{method} {route}` (or `{method}` when no route template is
 ///   known; `HTTP` for a method recorded as `_OTHER`) with the OpenTelemetry HTTP fields and
 ///   `request_id`, `trace_id`, `span_id` and the tenant fields; with the `otel` feature the
-///   `trace_id` / `span_id` are those of the exported span;
+///   `trace_id` / `span_id` are those of the exported span. A gRPC call (a `POST` with a gRPC
+///   `content-type`) to `/package.Service/Method` (the route template, else the path; each
+///   segment at most 128 ASCII letters, digits, `_` or `.`) is named `package.Service/Method`
+///   instead and records `rpc.system`, `rpc.service` and `rpc.method` too;
 /// - stores the [`RequestContext`] in the request extensions and makes it
 ///   [current](RequestContext::current) while the inner service runs;
 /// - echoes the request id in `x-request-id` on every response the inner service returns
@@ -230,6 +236,7 @@ where
             None if !config.routes.is_empty() => config.routes.matched(request.uri().path()),
             _ => None,
         };
+        let mut named_by_client = false;
         let span = if config.quiet.is_quiet(request.uri().path()) {
             // No span is exported for a probe, so calls it makes must not be sampled either:
             // they would be exported under a parent that does not exist.
@@ -242,7 +249,14 @@ where
             } else {
                 None
             };
-            let span = server_span(&request, route, scheme, &ctx);
+            let rpc = RpcName::of_request(
+                request.method(),
+                request.headers(),
+                route,
+                request.uri().path(),
+            );
+            named_by_client = rpc.is_some() && route.and_then(RpcName::parse).is_none();
+            let span = server_span(&request, route, rpc, scheme, &ctx);
             bind(&span, &mut ctx, ParentKind::Remote, link.as_ref());
             span
         };
@@ -271,6 +285,7 @@ where
         ResponseFuture {
             inner: future,
             span,
+            named_by_client,
         }
     }
 }
@@ -292,20 +307,24 @@ fn warn_rejected_headers(
 fn server_span<B>(
     request: &Request<B>,
     route: Option<&str>,
+    rpc: Option<RpcName<'_>>,
     forwarded_scheme: Option<&'static str>,
     ctx: &RequestContext,
 ) -> Span {
     let method = method_name(request.method());
-    tracing::info_span!(
+    let span = tracing::info_span!(
         target: SERVER_TARGET,
         "http_request",
-        otel.name = %SpanName { method, route },
+        otel.name = %SpanName { method, route, rpc },
         otel.kind = "server",
         otel.status_code = Empty,
         http.request.method = method,
         http.request.method_original = method_original(request.method()),
         http.route = route,
         http.response.status_code = Empty,
+        rpc.system = Empty,
+        rpc.service = Empty,
+        rpc.method = Empty,
         rpc.grpc.status_code = Empty,
         url.path = request.uri().path(),
         // An absolute-form target names any scheme the client likes (`javascript://x/`):
@@ -325,7 +344,11 @@ fn server_span<B>(
         tenant = Empty,
         link.trace_id = Empty,
         link.span_id = Empty,
-    )
+    );
+    if let Some(rpc) = rpc {
+        rpc.record(&span);
+    }
+    span
 }
 
 /// The scheme a proxy says the client used: the first, client-side element of
@@ -373,14 +396,19 @@ fn known_scheme(value: &[u8]) -> Option<&'static str> {
 }
 
 /// `{method} {route}`, or `{method}` without a route template (`HTTP` for a method recorded as
-/// `_OTHER`): formatted only by a layer that reads `otel.name`, not on every request.
+/// `_OTHER`), or a gRPC call's `package.Service/Method`: formatted only by a layer that reads
+/// `otel.name`, not on every request.
 struct SpanName<'a> {
     method: &'static str,
     route: Option<&'a str>,
+    rpc: Option<RpcName<'a>>,
 }
 
 impl fmt::Display for SpanName<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(rpc) = self.rpc {
+            return rpc.fmt(f);
+        }
         match self.route {
             Some(route) => write!(f, "{} {route}", span_method(self.method)),
             None => f.write_str(span_method(self.method)),
@@ -404,6 +432,8 @@ pub struct ResponseFuture<F> {
     #[pin]
     inner: WithContext<F>,
     span: Span,
+    /// The span is named after a gRPC path no route template vouches for.
+    named_by_client: bool,
 }
 
 impl<F, ResBody, E> Future for ResponseFuture<F>
@@ -419,6 +449,14 @@ where
         Poll::Ready(match result {
             Ok(mut response) => {
                 let span = &*this.span;
+                if *this.named_by_client
+                    && answer_code(response.status(), response.headers())
+                        == Some(GrpcCode::UNIMPLEMENTED)
+                {
+                    // A method the service does not have keeps the HTTP name: named by its
+                    // path, any caller could add span names without end.
+                    span.record("otel.name", "POST");
+                }
                 match response.extensions().get::<StreamEndWatch>() {
                     // A gRPC call whose code comes in its trailers, after its messages: the
                     // access log inside watches its body (the watch, in the response's

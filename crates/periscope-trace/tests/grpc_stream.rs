@@ -47,7 +47,14 @@ impl http_body::Body for Script {
 type Scripts = Arc<Mutex<HashMap<String, Script>>>;
 
 async fn answer(State(scripts): State<Scripts>, uri: Uri) -> Response {
-    let script = scripts.lock().unwrap().remove(uri.path()).unwrap();
+    let Some(script) = scripts.lock().unwrap().remove(uri.path()) else {
+        // No such method: a trailers-only `UNIMPLEMENTED`, as tonic's router answers.
+        return Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "12")
+            .body(axum::body::Body::empty())
+            .unwrap();
+    };
     Response::builder()
         .header("content-type", "application/grpc")
         .body(axum::body::Body::new(script))
@@ -84,10 +91,21 @@ async fn call(
     path: &str,
     until: Option<&[u8]>,
 ) -> tokio::net::TcpStream {
+    call_as(addr, id, path, "application/grpc", until).await
+}
+
+/// [`call`] with this `content-type`.
+async fn call_as(
+    addr: SocketAddr,
+    id: &str,
+    path: &str,
+    content_type: &str,
+    until: Option<&[u8]>,
+) -> tokio::net::TcpStream {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nhost: test\r\nx-request-id: {id}\r\n\
-         content-type: application/grpc\r\nte: trailers\r\ncontent-length: 0\r\n\
+         content-type: {content_type}\r\nte: trailers\r\ncontent-length: 0\r\n\
          connection: close\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -244,4 +262,80 @@ async fn without_the_access_log_the_server_span_is_judged_by_its_head() {
     sender.send(trailers("13")).unwrap();
     drop(sender);
     drop(connection);
+}
+
+/// The OpenTelemetry RPC conventions: a gRPC call to `/package.Service/Method` is named
+/// `package.Service/Method` and records `rpc.system`, `rpc.service` and `rpc.method`, the HTTP
+/// fields kept. A plain HTTP request, and a path whose segments a proto name cannot have,
+/// keep the HTTP name and record none of them: no client text goes into span names.
+#[tokio::test]
+async fn grpc_calls_are_named_by_service_and_method() {
+    let (capture, _guard) = capture();
+    let scripts = Scripts::default();
+    let addr = app(&scripts).await;
+
+    // (id, path, content-type, (service, method) when named so)
+    let long = format!("/pkg.Svc/{}", "A".repeat(1024));
+    let cases = [
+        (
+            "grpc",
+            "/inventory.v1.Items/Get",
+            "application/grpc",
+            Some(("inventory.v1.Items", "Get")),
+        ),
+        (
+            "grpc-web",
+            "/inventory.v1.Items/List_2",
+            "application/grpc-web+proto",
+            Some(("inventory.v1.Items", "List_2")),
+        ),
+        ("plain", "/inventory.v1.Items/Get", "application/json", None),
+        ("spaced", "/a%20b/c", "application/grpc", None),
+        ("long", long.as_str(), "application/grpc", None),
+        (
+            "nested",
+            "/pkg.Svc/Get/more",
+            "application/grpc+proto",
+            None,
+        ),
+    ];
+    for (id, path, content_type, named) in cases {
+        drop(script(&scripts, path, vec![trailers("0")]));
+        drop(call_as(addr, id, path, content_type, None).await);
+        let span = closed_span(&capture, id).await;
+        assert_eq!(span.get("http.request.method"), Some("POST"), "{id}");
+        assert_eq!(span.get("url.path"), Some(path), "{id}");
+        assert_eq!(span.get("http.response.status_code"), Some("200"), "{id}");
+        match named {
+            Some((service, method)) => {
+                let name = format!("{service}/{method}");
+                assert_eq!(span.get("otel.name"), Some(name.as_str()), "{id}");
+                assert_eq!(span.get("rpc.system"), Some("grpc"), "{id}");
+                assert_eq!(span.get("rpc.service"), Some(service), "{id}");
+                assert_eq!(span.get("rpc.method"), Some(method), "{id}");
+            }
+            None => {
+                assert_eq!(span.get("otel.name"), Some("POST"), "{id}: {span:?}");
+                for field in ["rpc.system", "rpc.service", "rpc.method"] {
+                    assert_eq!(span.get(field), None, "{id}: {field}");
+                }
+            }
+        }
+    }
+}
+
+/// A call to a method the service does not have (`UNIMPLEMENTED`), named by nothing but the
+/// client's path, keeps the HTTP name: otherwise any caller could add span names without end.
+#[tokio::test]
+async fn a_call_to_a_method_the_service_lacks_keeps_the_http_name() {
+    let (capture, _guard) = capture();
+    let scripts = Scripts::default();
+    let addr = app(&scripts).await;
+
+    for (id, path) in [("scan-1", "/pkg.Scan/A1"), ("scan-2", "/pkg.Scan/A2")] {
+        drop(call(addr, id, path, None).await);
+        let span = closed_span(&capture, id).await;
+        assert_eq!(span.get("otel.name"), Some("POST"), "{id}: {span:?}");
+        assert_eq!(span.get("rpc.grpc.status_code"), Some("12"), "{id}");
+    }
 }

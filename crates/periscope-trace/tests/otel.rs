@@ -707,3 +707,86 @@ async fn a_job_enqueued_inside_a_span_of_the_services_own_nests_under_it() {
         server.span_context.span_id().to_string()
     );
 }
+
+/// The OpenTelemetry RPC conventions, as exported: a gRPC call's server span and the client
+/// span of a gRPC call it makes are named `package.Service/Method` (recorded after the client
+/// span was opened, which the export must follow) with `rpc.system`, `rpc.service` and
+/// `rpc.method`; the same calls without a gRPC `content-type` keep the HTTP names and none of
+/// these attributes.
+#[tokio::test]
+async fn grpc_calls_are_exported_with_the_rpc_fields() {
+    use http::Request;
+    use opentelemetry::trace::{SpanKind, TracerProvider as _};
+    use tower::{Layer, ServiceExt, service_fn};
+
+    let kept = Kept::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(kept.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let client = echoing_client();
+    let server = CorrelationLayer::new().layer(service_fn(move |request: Request<String>| {
+        let content_type = request.headers()["content-type"].clone();
+        let call = Request::post("http://dependency.internal/stock.v2.Ledger/Reserve")
+            .header("content-type", content_type)
+            .body(String::new())
+            .unwrap();
+        client.clone().oneshot(call)
+    }));
+    let attribute = |span: &opentelemetry_sdk::trace::SpanData, key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    };
+    for (content_type, grpc) in [("application/grpc", true), ("application/json", false)] {
+        kept.0.lock().unwrap().clear();
+        let request = Request::post("/inventory.v1.Items/Get")
+            .header("content-type", content_type)
+            .body(String::new())
+            .unwrap();
+        server.clone().oneshot(request).await.unwrap();
+        provider.force_flush().unwrap();
+        let spans = kept.0.lock().unwrap().clone();
+        assert_eq!(spans.len(), 2, "{spans:#?}");
+        let of_kind = |kind: SpanKind| spans.iter().find(|s| s.span_kind == kind).unwrap();
+        let (server, client) = (of_kind(SpanKind::Server), of_kind(SpanKind::Client));
+        assert_eq!(
+            attribute(server, "http.request.method").as_deref(),
+            Some("POST")
+        );
+        assert_eq!(
+            attribute(client, "http.request.method").as_deref(),
+            Some("POST")
+        );
+        for (span, name, service, method) in [
+            (
+                server,
+                "inventory.v1.Items/Get",
+                "inventory.v1.Items",
+                "Get",
+            ),
+            (
+                client,
+                "stock.v2.Ledger/Reserve",
+                "stock.v2.Ledger",
+                "Reserve",
+            ),
+        ] {
+            if grpc {
+                assert_eq!(span.name, name, "{span:#?}");
+                assert_eq!(attribute(span, "rpc.system").as_deref(), Some("grpc"));
+                assert_eq!(attribute(span, "rpc.service").as_deref(), Some(service));
+                assert_eq!(attribute(span, "rpc.method").as_deref(), Some(method));
+            } else {
+                assert_eq!(span.name, "POST", "{span:#?}");
+                for key in ["rpc.system", "rpc.service", "rpc.method"] {
+                    assert_eq!(attribute(span, key), None, "{key}: {span:#?}");
+                }
+            }
+        }
+    }
+}
