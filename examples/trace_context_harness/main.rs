@@ -55,12 +55,8 @@ async fn run_calls(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let port: u16 = match std::env::var("PORT") {
-        Ok(port) => port
-            .parse()
-            .map_err(|_| format!("PORT={port:?} is not a port number"))?,
-        Err(_) => 5000,
-    };
+    // Unset or empty: 5000; `0` takes a free port, which the line below names.
+    let port: u16 = periscope::env::var("PORT", 5000, "a port number 0-65535")?;
     let client = ClientTraceLayer::new().layer(Client::builder(TokioExecutor::new()).build_http());
     let app = Router::new()
         .route("/test", post(run_calls))
@@ -69,6 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     println!("trace context harness listening on http://{addr}/test");
     axum::serve(listener, app).await?;
     Ok(())

@@ -52,7 +52,9 @@ pub use ids::{HexId, SpanId, TraceFlags, TraceId};
 pub use peer::PeerAddr;
 pub use request_id::{InvalidId, MAX_REQUEST_ID_LEN, RequestId, validate_id};
 pub use route::{MatchedRoute, RouteTemplateError, RouteTemplates};
-pub use tenant::{InvalidTenantKey, Tenant, TenantKey};
+pub use tenant::{
+    InvalidTenantKey, SPAN_TENANT_FIELDS, SPAN_TENANT_OTHERS, Tenant, TenantKey, TenantSpanFields,
+};
 pub use traceparent::{TRACEPARENT_LEN, TraceParent, TraceParentError};
 pub use tracestate::{MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TraceState, TraceStateError};
 

@@ -259,6 +259,56 @@ impl Tenant {
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty()
     }
+
+    /// The fields as spans and log lines record them (tracing needs field names at compile
+    /// time): those of [`SPAN_TENANT_FIELDS`] under their own names, the others together in
+    /// [`SPAN_TENANT_OTHERS`] as `key=value,...` (values never hold `,` or `=`).
+    ///
+    /// ```
+    /// use periscope_context::{Tenant, TenantKey};
+    ///
+    /// let mut tenant = Tenant::new();
+    /// tenant.insert(TenantKey::new("org_id").unwrap(), "org_1").unwrap();
+    /// tenant.insert(TenantKey::new("workspace_id").unwrap(), "ws_2").unwrap();
+    /// let fields = tenant.span_fields();
+    /// assert_eq!(fields.named, [Some("org_1"), None, None, None, None]);
+    /// assert_eq!(fields.others.as_deref(), Some("workspace_id=ws_2"));
+    /// ```
+    pub fn span_fields(&self) -> TenantSpanFields<'_> {
+        let mut fields = TenantSpanFields::default();
+        for (key, value) in self.iter() {
+            match SPAN_TENANT_FIELDS.iter().position(|name| *name == key.field()) {
+                Some(index) => fields.named[index] = Some(value),
+                None => {
+                    let others = fields.others.get_or_insert_with(String::new);
+                    if !others.is_empty() {
+                        others.push(',');
+                    }
+                    others.push_str(key.field());
+                    others.push('=');
+                    others.push_str(value);
+                }
+            }
+        }
+        fields
+    }
+}
+
+/// Tenant fields recorded under their own name on every request span and access line.
+pub const SPAN_TENANT_FIELDS: [&str; 5] =
+    ["org_id", "project_id", "team_id", "user_id", "tenant_id"];
+
+/// The span field in which the other declared tenant fields are recorded together, as
+/// `key=value,...`.
+pub const SPAN_TENANT_OTHERS: &str = "tenant";
+
+/// A [`Tenant`] as spans record it: see [`Tenant::span_fields`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenantSpanFields<'a> {
+    /// The values of [`SPAN_TENANT_FIELDS`], in that order.
+    pub named: [Option<&'a str>; 5],
+    /// The other fields as `key=value,...`, when there are any.
+    pub others: Option<String>,
 }
 
 impl fmt::Debug for Tenant {

@@ -13,7 +13,7 @@ use bytes::Buf;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEnd, StreamEndWatch, head_outcome};
-use periscope_context::{AnsweredError, HexId, RequestContext, RequestId, SpanId, TraceId};
+use periscope_context::{AnsweredError, HexId, RequestContext, RequestId, SpanId, Tenant, TraceId};
 use pin_project::{pin_project, pinned_drop};
 
 use crate::peer_text::PeerText;
@@ -34,8 +34,9 @@ pub const ACCESS_LOG_TARGET: &str = "periscope::access";
 /// The line is written when the response body has been sent (or dropped, as `aborted`),
 /// inside the span that was current when the request arrived, so the log layer lifts the
 /// request's context fields from it. A response future dropped before the response (a client
-/// disconnect, an outer timeout) also gives an `aborted` line, without `status`. The request id, trace id and span id also come from the
-/// [`RequestContext`] in the request's extensions (or the current one) when there is one.
+/// disconnect, an outer timeout) also gives an `aborted` line, without `status`. Without a
+/// request span (a quiet path), the request id, trace id, span id and tenant fields come from
+/// the [`RequestContext`] in the request's extensions (or the current one) when there is one.
 /// Level by outcome: 5xx `error`, 4xx `warn`, the rest `info`; quiet paths at `debug`.
 /// The query string is never logged (it may hold secrets).
 ///
@@ -117,6 +118,9 @@ struct RequestInfo {
     path: String,
     route: Option<Route>,
     ids: Option<(RequestId, TraceId, SpanId)>,
+    /// The context's tenant fields, taken with `ids` (no request span records them) when
+    /// there are any; boxed, as it is rare.
+    tenant: Option<Box<Tenant>>,
     quiet: bool,
     /// The answer's status and gRPC code (from its head when trailers-only, else from its
     /// trailers), set when it comes. Kept here, next to `quiet`, where they fit in its
@@ -150,13 +154,21 @@ where
         let span_has_ids = span
             .metadata()
             .is_some_and(|metadata| metadata.fields().field("request_id").is_some());
-        let ids = if span_has_ids {
-            None
+        let (ids, tenant) = if span_has_ids {
+            (None, None)
         } else {
+            let context = |ctx: &RequestContext| {
+                let tenant = (!ctx.tenant.is_empty()).then(|| Box::new(ctx.tenant.clone()));
+                (
+                    Some((ctx.request_id.clone(), ctx.trace_id, ctx.span_id)),
+                    tenant,
+                )
+            };
             match request.extensions().get::<RequestContext>() {
-                Some(ctx) => Some((ctx.request_id.clone(), ctx.trace_id, ctx.span_id)),
+                Some(ctx) => context(ctx),
                 None => RequestContext::current()
-                    .map(|ctx| (ctx.request_id.clone(), ctx.trace_id, ctx.span_id)),
+                    .map(|ctx| context(&ctx))
+                    .unwrap_or_default(),
             }
         };
         let info = RequestInfo {
@@ -165,6 +177,7 @@ where
             path: path.to_owned(),
             route: matched_path(&request),
             ids,
+            tenant,
             quiet: self.layer.quiet_paths.iter().any(|p| **p == *path),
             status: StatusCode::OK,
             grpc: None,
@@ -260,13 +273,21 @@ where
                     HeadOutcome::Trailers if !bodiless => Some(watch(response.extensions_mut())),
                     HeadOutcome::Trailers => None,
                 };
+                // A body with a `Content-Length` is over for the server once that many bytes
+                // are sent: hyper (HTTP/1.1) then drops it without polling its end, so the
+                // line is written when they are. Not for an answer whose trailers are awaited.
+                let length = watch
+                    .is_none()
+                    .then(|| content_length(response.headers()))
+                    .flatten();
                 let pending = Pending {
                     answered: response.extensions().get::<AnsweredError>().cloned(),
                     info,
                     bytes: 0,
+                    length,
                     watch,
                 };
-                let pending = if bodiless || response.body().is_end_stream() {
+                let pending = if bodiless || length == Some(0) || response.body().is_end_stream() {
                     pending.log(false);
                     None
                 } else {
@@ -283,6 +304,13 @@ where
             }
         })
     }
+}
+
+/// The answer's `Content-Length`, when it has one valid value.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let length = values.next()?.to_str().ok()?.parse().ok()?;
+    values.next().is_none().then_some(length)
 }
 
 /// A watch for the layers outside, put in `extensions`; the other handle is the body's.
@@ -344,6 +372,9 @@ struct Pending {
     /// The error envelope periscope rendered, if any: its code goes on the line.
     answered: Option<AnsweredError>,
     bytes: u64,
+    /// The answer's `Content-Length`, when it has one (and no trailers are awaited): the body
+    /// is over when that many bytes are sent.
+    length: Option<u64>,
     /// For a gRPC answer whose code comes in its trailers: the watch the layers outside wait
     /// on, ended when the body ends.
     watch: Option<StreamEndWatch>,
@@ -418,10 +449,16 @@ where
             }
             None => {}
         }
-        // Trailers are the last frame: a server may drop the body after them unpolled.
+        // Trailers are the last frame, and so is the one that completes the `Content-Length`:
+        // a server may drop the body after them unpolled.
         let last = match &frame {
             None => true,
-            Some(Ok(frame)) => frame.is_trailers(),
+            Some(Ok(frame)) => {
+                frame.is_trailers()
+                    || this.pending.as_ref().is_some_and(|pending| {
+                        pending.length.is_some_and(|length| pending.bytes >= length)
+                    })
+            }
             Some(Err(_)) => false,
         };
         if (last || inner.is_end_stream())
@@ -491,6 +528,11 @@ impl RequestInfo {
     }
 
     fn log_error(&self, error: &(dyn Error + 'static)) {
+        let tenant = self
+            .tenant
+            .as_deref()
+            .map(Tenant::span_fields)
+            .unwrap_or_default();
         let (request_id, trace_id, span_id) = self.ids();
         let trace_id = trace_id.as_ref().map(HexId::as_str);
         let span_id = span_id.as_ref().map(HexId::as_str);
@@ -507,6 +549,12 @@ impl RequestInfo {
             request_id,
             trace_id,
             span_id,
+            org_id = tenant.named[0],
+            project_id = tenant.named[1],
+            team_id = tenant.named[2],
+            user_id = tenant.named[3],
+            tenant_id = tenant.named[4],
+            tenant = tenant.others.as_deref(),
             "request failed"
         );
     }
@@ -575,6 +623,11 @@ impl RequestInfo {
             Some(400..500) | None if !self.quiet => Level::WARN,
             _ => self.level(false),
         };
+        let tenant = self
+            .tenant
+            .as_deref()
+            .map(Tenant::span_fields)
+            .unwrap_or_default();
         let (request_id, trace_id, span_id) = self.ids();
         let trace_id = trace_id.as_ref().map(HexId::as_str);
         let span_id = span_id.as_ref().map(HexId::as_str);
@@ -596,6 +649,12 @@ impl RequestInfo {
             request_id,
             trace_id,
             span_id,
+            org_id = tenant.named[0],
+            project_id = tenant.named[1],
+            team_id = tenant.named[2],
+            user_id = tenant.named[3],
+            tenant_id = tenant.named[4],
+            tenant = tenant.others.as_deref(),
             "request completed"
         );
     }

@@ -437,7 +437,7 @@ impl<S: FieldSink> Visitor<'_, S> {
 
 /// The span field in which periscope-trace records the declared tenant fields that have no
 /// span field of their own, as `key=value,...` (tracing needs field names at compile time).
-const TENANT_FIELD: &str = "tenant";
+const TENANT_FIELD: &str = periscope_context::SPAN_TENANT_OTHERS;
 
 impl<S: FieldSink> Visitor<'_, S> {
     /// Lifts the members of a [`TENANT_FIELD`] value whose keys are context fields

@@ -383,3 +383,84 @@ async fn a_body_that_fails_midway_is_logged_at_error_with_its_cause() {
     );
     assert!(error["chain"].is_array(), "{line}");
 }
+
+/// Without a request span (a path the correlation layer keeps quiet, which still gets its
+/// access line; or a level that turns the span off), the line takes the request's context
+/// fields from the `RequestContext` in its extensions: the tenant fields with the ids.
+#[tokio::test(flavor = "current_thread")]
+async fn a_line_without_a_request_span_carries_the_tenant_of_its_context() {
+    async fn context_only(mut request: Request, next: Next) -> Response {
+        let ctx = extract(request.headers(), &ExtractOptions::default()).context;
+        request.extensions_mut().insert(ctx);
+        next.run(request).await
+    }
+    let (out, _, guard, _default) = install();
+    let app = Router::new()
+        .route("/v1/items", get(|| async { "ok" }))
+        .layer(AccessLogLayer::new())
+        .layer(middleware::from_fn(context_only));
+    let addr = serve(app).await;
+
+    let headers = "x-request-id: spanless-1\r\nx-org-id: org_7\r\nx-project-id: prj_8\r\n";
+    assert_eq!(get_raw(addr, "/v1/items", headers).await.0, 200);
+    drop(guard);
+    let lines = out.lines();
+    assert_eq!(lines.len(), 1, "{}", out.text());
+    let line = &lines[0];
+    assert_eq!(line["request_id"], "spanless-1", "{line}");
+    assert_eq!(line["org_id"], "org_7", "{line}");
+    assert_eq!(line["project_id"], "prj_8", "{line}");
+    assert_eq!(line["data"]["status"], 200, "{line}");
+}
+
+/// A streamed body that yields `text` and only then tells it is over, as a stream of a file
+/// or of an upstream answer does.
+struct Streamed(Option<&'static str>);
+
+impl http_body::Body for Streamed {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = self.0.take().filter(|text| !text.is_empty()).map(|text| {
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                text.as_bytes(),
+            )))
+        });
+        std::task::Poll::Ready(frame)
+    }
+}
+
+/// A streamed answer with a `Content-Length` (a file download, a proxied answer) is over for
+/// hyper once that many bytes are sent: it drops the body without asking it for its end.
+/// That is a complete answer, not an `aborted` one.
+#[tokio::test(flavor = "current_thread")]
+async fn a_streamed_answer_with_a_content_length_is_complete_when_it_is_all_sent() {
+    let (out, _, guard, _default) = install();
+    let streamed = |text: &'static str| {
+        (
+            [(http::header::CONTENT_LENGTH, text.len().to_string())],
+            axum::body::Body::new(Streamed(Some(text))),
+        )
+    };
+    let app = Router::new()
+        .route("/file", get(move || async move { streamed("hello") }))
+        .route("/empty", get(move || async move { streamed("") }))
+        .layer(AccessLogLayer::new());
+    let addr = serve(app).await;
+
+    assert_eq!(get_raw(addr, "/file", "").await, (200, "hello".to_owned()));
+    assert_eq!(get_raw(addr, "/empty", "").await, (200, String::new()));
+    drop(guard);
+    let lines = out.lines();
+    assert_eq!(lines.len(), 2, "{}", out.text());
+    for (line, bytes) in lines.iter().zip([5, 0]) {
+        let data = &line["data"];
+        assert_eq!(data["status"], 200, "{line}");
+        assert_eq!(data["bytes_out"], bytes, "{line}");
+        assert_eq!(data.get("aborted"), None, "{line}");
+    }
+}

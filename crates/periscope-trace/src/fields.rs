@@ -10,8 +10,7 @@ use tracing::Span;
 
 /// Tenant fields recorded under their own name on every span (tracing needs field names at
 /// compile time). Other declared tenant keys are recorded together in the `tenant` field.
-pub const SPAN_TENANT_FIELDS: [&str; 5] =
-    ["org_id", "project_id", "team_id", "user_id", "tenant_id"];
+pub use periscope_context::SPAN_TENANT_FIELDS;
 
 /// `http.request.method`: the standard methods as themselves, anything else as `_OTHER`
 /// (the original goes to `http.request.method_original`), so a flood of made-up methods cannot
@@ -125,21 +124,14 @@ pub(crate) fn record_ids(span: &Span, ctx: &RequestContext) {
 
 /// Records the tenant fields on `span`.
 pub(crate) fn record_tenant(span: &Span, tenant: &Tenant) {
-    let mut others = String::new();
-    for (key, value) in tenant.iter() {
-        if SPAN_TENANT_FIELDS.contains(&key.field()) {
-            span.record(key.field(), value);
-        } else {
-            if !others.is_empty() {
-                others.push(',');
-            }
-            others.push_str(key.field());
-            others.push('=');
-            others.push_str(value);
+    let fields = tenant.span_fields();
+    for (name, value) in SPAN_TENANT_FIELDS.iter().zip(fields.named) {
+        if let Some(value) = value {
+            span.record(*name, value);
         }
     }
-    if !others.is_empty() {
-        span.record("tenant", others.as_str());
+    if let Some(others) = fields.others {
+        span.record(periscope_context::SPAN_TENANT_OTHERS, others.as_str());
     }
 }
 
