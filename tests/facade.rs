@@ -2524,3 +2524,144 @@ async fn a_declared_tenant_field_is_lifted_into_every_line_of_the_request() {
         assert_eq!(line["workspace_id"], "ws_42", "{line}");
     }
 }
+
+/// One request on a connection of its own, as raw HTTP/1.1: the status line and headers, and
+/// the body (`Connection: close`, so the body is all that follows the head).
+async fn raw_get(addr: SocketAddr, path: &str, request_id: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nhost: a\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a response head");
+    (head.to_owned(), body.to_owned())
+}
+
+/// `obs.layer()` on a nested router and again on the outer one (a team's sub-router that
+/// brings the stack along, or a move to the outer router half done): each request still gets
+/// one access line, one trace, one count and one `x-request-id`; another metrics layer
+/// inside still records it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_stack_applied_twice_observes_each_request_once() {
+    use tracing_subscriber::prelude::*;
+
+    let out = Captured::default();
+    let (log, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let obs = Observability::builder().build().unwrap();
+    let other_registry = periscope::metrics::MetricsRegistry::new();
+    let other_metrics = periscope::metrics::MetricsLayer::builder()
+        .prefix("other")
+        .register(&other_registry)
+        .unwrap();
+    let api = Router::new()
+        .route("/items/{id}", get(|| async { "item" }))
+        .route("/boom", get(boom))
+        .layer(other_metrics)
+        .layer(obs.layer());
+    let app = Router::new().nest("/api", api).layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let (head, _) = raw_get(addr, "/api/items/5", "twice-ok").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(head.matches("x-request-id: ").count(), 1, "{head}");
+    let (head, body) = raw_get(addr, "/api/boom", "twice-boom").await;
+    assert!(head.starts_with("HTTP/1.1 500"), "{head}");
+    let envelope: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(envelope["error"]["request_id"], "twice-boom", "{body}");
+    drop(log_guard);
+
+    let lines = out.lines();
+    for id in ["twice-ok", "twice-boom"] {
+        let of_request: Vec<&Value> = lines.iter().filter(|l| l["request_id"] == id).collect();
+        let access = of_request
+            .iter()
+            .filter(|l| l["target"] == "periscope::access")
+            .count();
+        assert_eq!(access, 1, "{of_request:#?}");
+        let traces: std::collections::BTreeSet<String> = of_request
+            .iter()
+            .map(|l| l["trace_id"].to_string())
+            .collect();
+        assert_eq!(traces.len(), 1, "one trace per request: {of_request:#?}");
+    }
+    let count = |registry: &periscope::metrics::MetricsRegistry, name: &str, route: &str| {
+        let text = registry
+            .encode(periscope::metrics::Format::Prometheus)
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(&format!("route=\"{route}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum::<f64>()
+    };
+    for route in ["/api/items/{id}", "/api/boom"] {
+        assert_eq!(
+            count(obs.registry(), "http_server_requests_total", route),
+            1.0
+        );
+        assert_eq!(
+            count(&other_registry, "other_http_server_requests_total", route),
+            1.0
+        );
+    }
+    assert_eq!(obs.in_flight(), 0);
+}
+
+/// Under `axum::serve` with `into_make_service_with_connect_info`, the access line's `peer`
+/// comes from axum's `ConnectInfo`.
+#[tokio::test(flavor = "current_thread")]
+async fn the_access_line_reads_the_peer_from_axum_connect_info() {
+    use tracing_subscriber::prelude::*;
+
+    let out = Captured::default();
+    let (log, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let obs = Observability::builder().build().unwrap();
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let me = stream.local_addr().unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"GET /hello HTTP/1.1\r\nhost: a\r\nx-request-id: peer-ci\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(log_guard);
+    let lines = out.lines();
+    let access = lines
+        .iter()
+        .find(|l| l["target"] == "periscope::access" && l["request_id"] == "peer-ci")
+        .expect("an access line");
+    assert_eq!(access["data"]["peer"], me.to_string(), "{access}");
+}

@@ -104,6 +104,23 @@ pub fn is_bodiless(head_request: bool, status: http::StatusCode) -> bool {
         || status == http::StatusCode::NOT_MODIFIED
 }
 
+/// The body length a message's `Content-Length` announces, when it has exactly one valid value
+/// (a streamed body with one is over, for the server, once that many bytes are sent).
+///
+/// ```
+/// let mut headers = http::HeaderMap::new();
+/// assert_eq!(periscope_context::content_length(&headers), None);
+/// headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("42"));
+/// assert_eq!(periscope_context::content_length(&headers), Some(42));
+/// headers.append(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("43"));
+/// assert_eq!(periscope_context::content_length(&headers), None);
+/// ```
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let length = values.next()?.to_str().ok()?.parse().ok()?;
+    values.next().is_none().then_some(length)
+}
+
 /// The header names periscope reads and writes.
 pub mod headers {
     use http::HeaderName;

@@ -277,7 +277,10 @@ impl Tenant {
     pub fn span_fields(&self) -> TenantSpanFields<'_> {
         let mut fields = TenantSpanFields::default();
         for (key, value) in self.iter() {
-            match SPAN_TENANT_FIELDS.iter().position(|name| *name == key.field()) {
+            match SPAN_TENANT_FIELDS
+                .iter()
+                .position(|name| *name == key.field())
+            {
                 Some(index) => fields.named[index] = Some(value),
                 None => {
                     let others = fields.others.get_or_insert_with(String::new);

@@ -112,7 +112,7 @@ pub struct AccessLog<S> {
 
 /// What the line needs, taken when the request arrives.
 struct RequestInfo {
-    /// Where the connection comes from, when the server told ([`periscope_context::PeerAddr`]).
+    /// Where the connection comes from, when the server told ([`peer_addr`]).
     peer: Option<std::net::SocketAddr>,
     method: Method,
     path: String,
@@ -145,7 +145,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // Applied twice (the stack on a nested router and on the outer one): the layer
+        // outside writes the request's line; a second would count it twice in every query.
+        if request.extensions().get::<Logged>().is_some() {
+            return ResponseFuture {
+                inner: self.inner.call(request),
+                info: None,
+                logged_outside: true,
+            };
+        }
+        request.extensions_mut().insert(Logged);
         let path = request.uri().path();
         let span = Span::current();
         // Inside the request span the line lifts the ids from it: recording them again on
@@ -172,7 +182,7 @@ where
             }
         };
         let info = RequestInfo {
-            peer: periscope_context::PeerAddr::of(&request),
+            peer: peer_addr(&request),
             method: request.method().clone(),
             path: path.to_owned(),
             route: matched_path(&request),
@@ -187,8 +197,28 @@ where
         ResponseFuture {
             inner: self.inner.call(request),
             info: Some(info),
+            logged_outside: false,
         }
     }
+}
+
+/// Marks a request an [`AccessLog`] writes the line of, for a second one inside.
+#[derive(Clone, Copy, Debug)]
+struct Logged;
+
+/// Where the connection comes from: what the server put in the request, periscope's
+/// [`PeerAddr`](periscope_context::PeerAddr) or axum's `ConnectInfo<SocketAddr>` (what
+/// `into_make_service_with_connect_info` gives under `axum::serve`).
+fn peer_addr<B>(request: &Request<B>) -> Option<std::net::SocketAddr> {
+    let peer = periscope_context::PeerAddr::of(request);
+    #[cfg(feature = "axum")]
+    let peer = peer.or_else(|| {
+        request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0)
+    });
+    peer
 }
 
 /// The route template: axum's matched route, or the one an outer layer matched
@@ -229,6 +259,8 @@ pub struct ResponseFuture<F> {
     #[pin]
     inner: F,
     info: Option<RequestInfo>,
+    /// An access log outside writes the line: the response passes through.
+    logged_outside: bool,
 }
 
 impl<F> fmt::Debug for ResponseFuture<F> {
@@ -248,6 +280,14 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
+        if *this.logged_outside {
+            return Poll::Ready(result.map(|response| {
+                response.map(|inner| AccessLogBody {
+                    inner,
+                    pending: None,
+                })
+            }));
+        }
         let Some(info) = this.info.take() else {
             // Polled after completion: the inner future decides what that means.
             return Poll::Pending;
@@ -278,7 +318,7 @@ where
                 // line is written when they are. Not for an answer whose trailers are awaited.
                 let length = watch
                     .is_none()
-                    .then(|| content_length(response.headers()))
+                    .then(|| periscope_context::content_length(response.headers()))
                     .flatten();
                 let pending = Pending {
                     answered: response.extensions().get::<AnsweredError>().cloned(),
@@ -304,13 +344,6 @@ where
             }
         })
     }
-}
-
-/// The answer's `Content-Length`, when it has one valid value.
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let length = values.next()?.to_str().ok()?.parse().ok()?;
-    values.next().is_none().then_some(length)
 }
 
 /// A watch for the layers outside, put in `extensions`; the other handle is the body's.

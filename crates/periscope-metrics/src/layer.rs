@@ -137,7 +137,8 @@ impl MetricsLayerBuilder {
     }
 
     /// Also records response body sizes, as `http_server_response_body_size_bytes`. Only
-    /// bodies whose length is known when the response starts are observed (not streams);
+    /// bodies whose length is known when the response starts are observed (a full body, or a
+    /// stream with a `Content-Length`; not other streams);
     /// responses to `HEAD` and 1xx, 204 and 304 responses count as 0, as they send no body.
     pub fn response_size(self) -> Self {
         self.response_size_name("http_server_response_body_size_bytes")
@@ -473,9 +474,28 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let red = &self.red;
-        if red.ignores(request.uri().path()) {
+        // The same layer applied twice (the stack on a nested router and on the outer one)
+        // records the request once, outside. Another metrics layer (other names, another
+        // registry) still records it.
+        let id = Arc::as_ptr(red) as usize;
+        let recorded = match request.extensions_mut().get_mut::<Recorded>() {
+            Some(recorded) if recorded.first == id || recorded.more.contains(&id) => true,
+            Some(recorded) => {
+                recorded.more.push(id);
+                false
+            }
+            None => {
+                let first = Recorded {
+                    first: id,
+                    more: Vec::new(),
+                };
+                request.extensions_mut().insert(first);
+                false
+            }
+        };
+        if recorded || red.ignores(request.uri().path()) {
             return ResponseFuture {
                 inner: self.inner.call(request),
                 recording: None,
@@ -499,6 +519,14 @@ where
         drop(guard);
         ResponseFuture { inner, recording }
     }
+}
+
+/// The metrics layers (by their shared state) that record a request, for the same layer
+/// applied again inside.
+#[derive(Clone, Debug)]
+struct Recorded {
+    first: usize,
+    more: Vec<usize>,
 }
 
 /// The response future of [`Metrics`].

@@ -176,7 +176,9 @@ impl Recording {
         if periscope_context::is_bodiless(self.method == "HEAD", response.status()) {
             Some(0)
         } else {
-            response.body().size_hint().exact()
+            // A streamed body (a file, a proxied answer) is as long as its `Content-Length`.
+            let exact = response.body().size_hint().exact();
+            exact.or_else(|| periscope_context::content_length(response.headers()))
         }
     }
 }

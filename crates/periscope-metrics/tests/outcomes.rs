@@ -20,11 +20,32 @@ use periscope_metrics::{CANCELLED, MetricsLayer, MetricsRegistry};
 use tower_layer::{Layer, layer_fn};
 use tower_service::Service;
 
+/// A body that yields `text` in one frame and only then says it is over, as a stream of a
+/// file or of an upstream answer does: its size is not known up front.
+struct Streamed(Option<&'static str>);
+
+impl http_body::Body for Streamed {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let text = self.0.take();
+        Poll::Ready(text.map(|text| {
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                text.as_bytes(),
+            )))
+        }))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_the_server_drops_are_recorded_as_empty() {
     let registry = MetricsRegistry::new();
     let layer = MetricsLayer::builder()
-        .route_templates(["/big", "/no-content", "/not-modified"])
+        .route_templates(["/big", "/no-content", "/not-modified", "/file", "/stream"])
         .response_size()
         .register(&registry)
         .unwrap();
@@ -38,9 +59,25 @@ async fn bodies_the_server_drops_are_recorded_as_empty() {
             "/not-modified",
             get(|| async { (StatusCode::NOT_MODIFIED, "dropped") }),
         )
+        // A streamed answer with a `Content-Length` is that long; one without, unknown.
+        .route(
+            "/file",
+            get(|| async {
+                let body = axum::body::Body::new(Streamed(Some("seven b")));
+                ([(axum::http::header::CONTENT_LENGTH, "7")], body)
+            }),
+        )
+        .route(
+            "/stream",
+            get(|| async { axum::body::Body::new(Streamed(Some("unknown"))) }),
+        )
         .layer(layer);
     let addr = serve(app).await;
 
+    for path in ["/file", "/stream"] {
+        let response = request(addr, "GET", path, &[]).await.unwrap();
+        assert_eq!(response.body.len(), 7, "{path}: {response:?}");
+    }
     let get = request(addr, "GET", "/big", &[]).await.unwrap();
     assert_eq!(get.body.len(), 5000);
     let head = request(addr, "HEAD", "/big", &[]).await.unwrap();
@@ -69,8 +106,10 @@ async fn bodies_the_server_drops_are_recorded_as_empty() {
     sizes.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     let expected = [
         ("GET", "/big", 1, 5000.0),
+        ("GET", "/file", 1, 7.0),
         ("GET", "/no-content", 1, 0.0),
         ("GET", "/not-modified", 1, 0.0),
+        ("GET", "/stream", 0, 0.0),
         ("HEAD", "/big", 1, 0.0),
     ]
     .map(|(method, route, count, sum)| (method.to_owned(), route.to_owned(), count, sum));

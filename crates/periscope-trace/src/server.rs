@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
-use periscope_context::grpc::{
-    GrpcCode, HeadOutcome, StreamEndWatch, answer_code, head_outcome,
-};
+use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEndWatch, answer_code, head_outcome};
 use periscope_context::{
     Baggage, ExtractOptions, Extracted, MatchedRoute, RequestContext, RequestIdOrigin,
     RouteTemplates, TenantKey, WithContext, extract, headers::X_REQUEST_ID,
@@ -204,6 +202,20 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // Applied twice (the stack on a nested router and on the outer one): the layer
+        // outside already made the request's context and span. A second span would start a
+        // second trace for the same request (no `traceparent` came with it), so the request
+        // goes through under the context it has.
+        if request.extensions().get::<Entered>().is_some()
+            && let Some(ctx) = request.extensions().get::<RequestContext>().cloned()
+        {
+            let inner = &mut self.inner;
+            return ResponseFuture {
+                inner: WithContext::new_in_scope(Arc::new(ctx), || inner.call(request)),
+                span: Span::none(),
+                named_by_client: false,
+            };
+        }
         let config = &*self.config;
         let Extracted {
             context: mut ctx,
@@ -279,6 +291,7 @@ where
                 .insert(X_REQUEST_ID, ctx.request_id.header_value().clone());
         }
         request.extensions_mut().insert(ctx.clone());
+        request.extensions_mut().insert(Entered);
         let inner = &mut self.inner;
         let future =
             span.in_scope(|| WithContext::new_in_scope(Arc::new(ctx), || inner.call(request)));
@@ -289,6 +302,10 @@ where
         }
     }
 }
+
+/// Marks a request a [`Correlation`] has given its context and span, for a second one inside.
+#[derive(Clone, Copy, Debug)]
+struct Entered;
 
 /// The warnings about headers that were sent but could not be used: out of line, since
 /// nearly every request has none. A client may send any `traceparent`: restarting is the W3C
