@@ -124,6 +124,9 @@ pub(crate) fn record_ids(span: &Span, ctx: &RequestContext) {
 
 /// Records the tenant fields on `span`.
 pub(crate) fn record_tenant(span: &Span, tenant: &Tenant) {
+    if tenant.is_empty() {
+        return;
+    }
     let fields = tenant.span_fields();
     for (name, value) in SPAN_TENANT_FIELDS.iter().zip(fields.named) {
         if let Some(value) = value {

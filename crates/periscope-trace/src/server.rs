@@ -30,6 +30,9 @@ use crate::trust::Trust;
 /// The tracing target of the server span and of the layer's warnings.
 pub const SERVER_TARGET: &str = "periscope_trace::server";
 
+/// The name of the server span (`otel.name` carries the name it is exported under).
+const SERVER_SPAN: &str = "http_request";
+
 /// Correlation and tracing for incoming HTTP requests: the outermost periscope layer.
 ///
 /// For every request it:
@@ -205,10 +208,12 @@ where
         // Applied twice (the stack on a nested router and on the outer one): the layer
         // outside already made the request's context and span. A second span would start a
         // second trace for the same request (no `traceparent` came with it), so the request
-        // goes through under the context it has.
-        if request.extensions().get::<Entered>().is_some()
-            && let Some(ctx) = request.extensions().get::<RequestContext>().cloned()
+        // goes through under the context it has. Looked for only where a context is already
+        // there: a marker of its own would cost every request an insertion.
+        if let Some(ctx) = request.extensions().get::<RequestContext>()
+            && in_server_span()
         {
+            let ctx = ctx.clone();
             let inner = &mut self.inner;
             return ResponseFuture {
                 inner: WithContext::new_in_scope(Arc::new(ctx), || inner.call(request)),
@@ -291,7 +296,6 @@ where
                 .insert(X_REQUEST_ID, ctx.request_id.header_value().clone());
         }
         request.extensions_mut().insert(ctx.clone());
-        request.extensions_mut().insert(Entered);
         let inner = &mut self.inner;
         let future =
             span.in_scope(|| WithContext::new_in_scope(Arc::new(ctx), || inner.call(request)));
@@ -303,9 +307,18 @@ where
     }
 }
 
-/// Marks a request a [`Correlation`] has given its context and span, for a second one inside.
-#[derive(Clone, Copy, Debug)]
-struct Entered;
+/// Whether the current span is a server span of this layer: the request is being served by
+/// a [`Correlation`] outside, which made its context (a layer that only puts a context in the
+/// extensions, such as the error layer on its own, opens no such span).
+#[cold]
+fn in_server_span() -> bool {
+    tracing::dispatcher::get_default(|dispatch| {
+        dispatch
+            .current_span()
+            .metadata()
+            .is_some_and(|span| span.target() == SERVER_TARGET && span.name() == SERVER_SPAN)
+    })
+}
 
 /// The warnings about headers that were sent but could not be used: out of line, since
 /// nearly every request has none. A client may send any `traceparent`: restarting is the W3C
@@ -331,7 +344,7 @@ fn server_span<B>(
     let method = method_name(request.method());
     let span = tracing::info_span!(
         target: SERVER_TARGET,
-        "http_request",
+        SERVER_SPAN,
         otel.name = %SpanName { method, route, rpc },
         otel.kind = "server",
         otel.status_code = Empty,
