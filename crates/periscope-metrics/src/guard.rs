@@ -382,8 +382,11 @@ impl<M, const N: usize> GuardedFamily<M, N> {
         mut encoder: MetricEncoder,
         encode_one: impl Fn(&M, MetricEncoder) -> std::fmt::Result,
     ) -> std::fmt::Result {
-        let table = read(&self.inner.series);
-        for series in table.iter() {
+        // Encode from a snapshot, not under the table's lock: a new series waits for the write
+        // lock, and every lookup queues behind that writer, so holding the lock through a big
+        // family's encoding (tens of milliseconds for 10,000 histograms) stalled all requests.
+        let snapshot: Vec<Arc<Series<M, N>>> = read(&self.inner.series).iter().cloned().collect();
+        for series in &snapshot {
             let labels = NamedLabels {
                 names: &self.inner.label_names,
                 values: &series.values,

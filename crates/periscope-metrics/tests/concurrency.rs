@@ -174,3 +174,85 @@ async fn counts_are_exact_and_in_flight_returns_to_zero() {
     );
     assert!(requests.iter().all(|point| point.label("method") == "GET"));
 }
+
+/// A gauge whose encoding waits until the test releases it: a scrape caught in the middle of
+/// encoding a family.
+#[derive(Clone, Debug)]
+struct HeldEncoding {
+    entered: std::sync::mpsc::SyncSender<()>,
+    release: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl prometheus_client::encoding::EncodeMetric for HeldEncoding {
+    fn encode(&self, encoder: prometheus_client::encoding::MetricEncoder) -> std::fmt::Result {
+        let _ = self.entered.try_send(());
+        let (released, wake) = &*self.release;
+        // Bounded, so the test fails rather than hangs if the new series never comes.
+        let _ = wake
+            .wait_timeout_while(released.lock().unwrap(), Duration::from_secs(20), |r| !*r)
+            .unwrap();
+        prometheus_client::metrics::gauge::ConstGauge::new(1_i64).encode(encoder)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Gauge
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for HeldEncoding {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Gauge;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_in_progress_does_not_hold_back_new_series() {
+    let registry = MetricsRegistry::new();
+    let (entered, entered_rx) = std::sync::mpsc::sync_channel(8);
+    let release = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let metric = HeldEncoding {
+        entered,
+        release: release.clone(),
+    };
+    let family = registry
+        .guarded_family_with(
+            "held",
+            "A family whose encoding the test holds",
+            ["key"],
+            periscope_metrics::Caps::default(),
+            move || metric.clone(),
+        )
+        .unwrap();
+    family.get_or_create(["a"]);
+    let app = Router::new().route_service(
+        "/metrics",
+        periscope_metrics::MetricsService::new(registry.clone()),
+    );
+    let addr = serve(app).await;
+    let accept = [("accept", "application/openmetrics-text")];
+    let scrape = tokio::spawn(async move { request(addr, "GET", "/metrics", &accept).await });
+
+    // The scrape is now encoding the family; a request needing a new series of it must not
+    // wait for the scrape to end (the encoder used to hold the family's lock throughout).
+    let created = tokio::task::spawn_blocking(move || {
+        entered_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        let (done, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            family.get_or_create(["b"]);
+            let _ = done.send(());
+        });
+        done_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+    })
+    .await
+    .unwrap();
+    *release.0.lock().unwrap() = true;
+    release.1.notify_all();
+    assert!(
+        created,
+        "creating a series waited for the scrape encoding its family"
+    );
+
+    let response = scrape.await.unwrap().unwrap();
+    assert_eq!(response.status, 200);
+    let exposition = parse_openmetrics(&response.text());
+    assert!(!points(&exposition, "held").is_empty());
+}
