@@ -58,6 +58,19 @@ pub enum MetricsError {
         /// The histogram.
         metric: String,
     },
+    /// A cap set on a label the family does not have (a cap for `route` after the label was
+    /// renamed `endpoint`): it would be silently ignored, the label kept at the default cap.
+    #[error(
+        "a cap is set on label {label:?}, which metric {metric:?} does not have (its labels: {labels}): name one of its labels, as renamed"
+    )]
+    CapForUnknownLabel {
+        /// The metric.
+        metric: String,
+        /// The label named by the cap.
+        label: String,
+        /// The metric's labels, comma-separated.
+        labels: String,
+    },
     /// A route template that is malformed or conflicts with one declared before.
     #[error("invalid route template {template:?}: {reason}")]
     RouteTemplate {

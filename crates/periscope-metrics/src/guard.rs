@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
+use crate::error::MetricsError;
 use crate::labels::OVERFLOW;
 use crate::sync::{read, write};
 
@@ -94,6 +95,22 @@ impl Caps {
     /// The cap of series.
     pub fn series_cap(&self) -> usize {
         self.series_cap
+    }
+
+    /// Refuses a cap on a label `metric` does not have, which would otherwise be ignored.
+    pub(crate) fn check_labels(&self, metric: &str, labels: &[&str]) -> Result<(), MetricsError> {
+        match self
+            .per_label
+            .iter()
+            .find(|(name, _)| !labels.contains(&name.as_str()))
+        {
+            None => Ok(()),
+            Some((label, _)) => Err(MetricsError::CapForUnknownLabel {
+                metric: metric.to_owned(),
+                label: label.clone(),
+                labels: labels.join(", "),
+            }),
+        }
     }
 }
 

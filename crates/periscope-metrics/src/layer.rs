@@ -254,6 +254,8 @@ impl MetricsLayerBuilder {
             self.status_label_name.as_str(),
         );
         check_label_names(&requests_name, &[method, route, status])?;
+        self.caps
+            .check_labels(&requests_name, &[method, route, status])?;
         let duration_buckets = checked_buckets(&duration_name, &self.duration_buckets)?;
         let size_buckets = match request_size_name.as_ref().or(response_size_name.as_ref()) {
             Some(name) => checked_buckets(name, &self.size_buckets)?,

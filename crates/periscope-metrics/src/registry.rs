@@ -241,6 +241,7 @@ impl MetricsRegistry {
     {
         check_metric_name(name)?;
         check_label_names(name, &label_names)?;
+        caps.check_labels(name, &label_names)?;
         let family = GuardedFamily::new(
             name,
             label_names,

@@ -382,3 +382,43 @@ async fn long_label_values_fold_so_the_exposition_stays_small() {
     );
     assert_eq!(layer.in_flight(), 0);
 }
+
+/// A cap on a label the family does not have (the label renamed, or misspelt) is refused at
+/// registration, naming the labels there are: left unnoticed, the label it meant would keep
+/// the default cap.
+#[test]
+fn a_cap_on_a_label_the_family_lacks_is_refused() {
+    use periscope_metrics::{Caps, MetricsError};
+
+    let registry = MetricsRegistry::new();
+    let error = MetricsLayer::builder()
+        .route_label("endpoint")
+        .caps(Caps::default().label("route", 20))
+        .register(&registry)
+        .unwrap_err();
+    assert!(
+        matches!(&error, MetricsError::CapForUnknownLabel { label, .. } if label == "route"),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("method, endpoint, status"),
+        "{error}"
+    );
+    // Nothing was registered: the layer can be built again, its cap named as renamed.
+    MetricsLayer::builder()
+        .route_label("endpoint")
+        .caps(Caps::default().label("endpoint", 20))
+        .register(&registry)
+        .unwrap();
+
+    let refused = registry.guarded_family::<prometheus_client::metrics::counter::Counter, 1>(
+        "predictions",
+        "Predictions by model",
+        ["model"],
+        Caps::default().label("modle", 5),
+    );
+    assert!(
+        matches!(&refused, Err(MetricsError::CapForUnknownLabel { label, .. }) if label == "modle"),
+        "{refused:?}"
+    );
+}
