@@ -192,15 +192,12 @@ impl Health {
     }
 
     /// Registers `health_check_status{check}` (1 pass, 0 fail) and
-    /// `health_check_duration_seconds{check}` into `registry`; both are updated after every run.
+    /// `health_check_duration_seconds{check}` into `registry`; both are updated after every run
+    /// (and show the last run at once when registered after it).
     /// Use `registry.sub_registry_with_prefix(..)` for other names.
     #[cfg(feature = "metrics")]
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
-        self.inner
-            .runner
-            .metrics
-            .get_or_init(Default::default)
-            .register(registry);
+        self.inner.runner.metrics().register(registry);
     }
 
     /// The names [`register_metrics`](Self::register_metrics) registers, with their types:

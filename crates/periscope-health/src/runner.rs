@@ -22,10 +22,14 @@ pub(crate) struct Runner {
     default_timeout: Duration,
     cache_ttl: Duration,
     state: Mutex<RunState>,
+    /// Held by a run from publishing its results until it has logged them, so that a later
+    /// run (started once this one is published) is published and logged after it: the log's
+    /// last word on a check is then the run `/ready` answers from.
+    publishing: tokio::sync::Mutex<()>,
     /// Background pollers alive: while one is, probes answer from its last run whatever its age.
     pollers: AtomicUsize,
     #[cfg(feature = "metrics")]
-    pub(crate) metrics: std::sync::OnceLock<crate::metrics::HealthMetrics>,
+    metrics: std::sync::OnceLock<crate::metrics::HealthMetrics>,
 }
 
 #[derive(Default)]
@@ -48,6 +52,7 @@ impl Runner {
             default_timeout,
             cache_ttl,
             state: Mutex::default(),
+            publishing: tokio::sync::Mutex::const_new(()),
             pollers: AtomicUsize::new(0),
             #[cfg(feature = "metrics")]
             metrics: std::sync::OnceLock::new(),
@@ -139,9 +144,16 @@ impl Runner {
             outcomes,
             finished: Instant::now(),
         });
+        let _publishing = self.publishing.lock().await;
         let (previous, previous_panics) = {
             let mut state = self.state();
             state.in_flight = None;
+            // Recorded as the run is published, under the same locks: the gauges always show
+            // the run `/ready` answers from.
+            #[cfg(feature = "metrics")]
+            if let Some(metrics) = self.metrics.get() {
+                metrics.record(&run.outcomes);
+            }
             (
                 state.last.replace(Arc::clone(&run)),
                 std::mem::replace(&mut state.last_panics, panics.clone()),
@@ -156,11 +168,20 @@ impl Runner {
             }
         }
         log_changes(previous.as_deref(), &run);
-        #[cfg(feature = "metrics")]
-        if let Some(metrics) = self.metrics.get() {
-            metrics.record(&run.outcomes);
-        }
         run
+    }
+
+    /// The gauges, created on first use and filled from the last run if there is one: a
+    /// registry that arrives after the first run shows it at once, not after the next run.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn metrics(&self) -> &crate::metrics::HealthMetrics {
+        let metrics = self.metrics.get_or_init(Default::default);
+        // Under the lock that publishes runs, so an older run never overwrites a newer one.
+        let state = self.state();
+        if let Some(last) = &state.last {
+            metrics.record(&last.outcomes);
+        }
+        metrics
     }
 
     /// Starts a task that runs the checks every `every` (at least [`MIN_POLL_INTERVAL`]),

@@ -152,6 +152,31 @@ async fn check_metrics_are_exposed_in_the_registry() {
     assert!(text.contains("# TYPE health_check_duration_seconds gauge"));
 }
 
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_added_after_a_run_shows_that_run_at_once() {
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::registry::Registry;
+
+    let health = Health::builder()
+        .check("database", || async { Err::<(), _>("connection refused") })
+        .build()
+        .unwrap();
+    assert_eq!(health.readiness().await.status().as_str(), "fail");
+
+    // Registered after the run (and within the cache interval, so no probe runs the checks
+    // again): the gauges show that run at once.
+    let mut registry = Registry::default();
+    health.register_metrics(&mut registry);
+    let mut text = String::new();
+    encode(&mut text, &registry).unwrap();
+    assert!(
+        text.lines()
+            .any(|line| line == "health_check_status{check=\"database\"} 0"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_the_error_layer_a_failing_report_reaches_the_prober_as_it_is() {
     let health = Health::builder()
