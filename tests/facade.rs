@@ -2665,3 +2665,98 @@ async fn the_access_line_reads_the_peer_from_axum_connect_info() {
         .expect("an access line");
     assert_eq!(access["data"]["peer"], me.to_string(), "{access}");
 }
+
+/// An HTTP/2 client that cancels its upload mid-body (RST_STREAM after 1,000 of a declared
+/// 100,000 bytes) is logged and counted as `request_body_incomplete`, the stream `aborted`
+/// (the answer never reached it); a complete body that is not JSON is still
+/// `invalid_request`, and answered.
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "current_thread")]
+async fn an_http2_upload_the_client_cancels_is_not_a_malformed_request() {
+    use axum::routing::post;
+    use tracing_subscriber::prelude::*;
+
+    /// Its bytes, then its end, or a failure: hyper's client resets the stream then.
+    struct Upload(Option<Bytes>, bool);
+    impl http_body::Body for Upload {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(match self.0.take() {
+                Some(data) => Some(Ok(http_body::Frame::data(data))),
+                None if self.1 => Some(Err(std::io::Error::other("the client gave up"))),
+                None => None,
+            })
+        }
+    }
+
+    let out = Captured::default();
+    let (log, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let obs = Observability::builder()
+        .service_name("cut-h2")
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/json", post(|_: axum::Json<Value>| async { "parsed" }))
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(periscope::Server::new(listener).serve(app, std::future::pending()));
+
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = |id: &str, length: usize| {
+        http::Request::post(format!("http://{addr}/json"))
+            .header("content-type", "application/json")
+            .header("content-length", length)
+            .header("x-request-id", id)
+    };
+    let cut = Upload(Some(Bytes::from(vec![b' '; 1000])), true);
+    let cut = request("h2-cut", 100_000).body(cut).unwrap();
+    assert!(
+        sender.send_request(cut).await.is_err(),
+        "the stream is reset"
+    );
+    // For contrast, on the same connection: a complete body that is not JSON.
+    let bad = Upload(Some(Bytes::from_static(b"{not json")), false);
+    let bad = request("h2-bad", 9).body(bad).unwrap();
+    let bad = sender.send_request(bad).await.unwrap();
+    assert_eq!(bad.status(), 400);
+
+    let access = |id: &str| {
+        out.lines()
+            .into_iter()
+            .find(|l| l["target"] == "periscope::access" && l["request_id"] == id)
+    };
+    let cut = async {
+        loop {
+            if let Some(line) = access("h2-cut") {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let cut = tokio::time::timeout(Duration::from_secs(10), cut)
+        .await
+        .expect("an access line for the cancelled upload");
+    assert_eq!(
+        cut["data"]["error_code"], "request_body_incomplete",
+        "{cut}"
+    );
+    assert_eq!(cut["data"]["aborted"], true, "{cut}");
+    let bad = access("h2-bad").expect("an access line for the malformed body");
+    assert_eq!(bad["data"]["error_code"], "invalid_request", "{bad}");
+    assert_eq!(bad["data"]["status"], 400, "{bad}");
+    drop(log_guard);
+}

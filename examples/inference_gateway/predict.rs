@@ -13,7 +13,7 @@ use http::StatusCode;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 use periscope::context::RequestContext;
-use periscope::error::{ErrorClass, ErrorCode, HttpError, codes};
+use periscope::error::{ErrorClass, ErrorCode, HttpError, codes, is_request_body_cut};
 use periscope::metrics::prometheus_client::metrics::counter::Counter;
 use periscope::metrics::prometheus_client::metrics::histogram::Histogram;
 use periscope::metrics::{Caps, GuardedFamily, MetricsError, MetricsRegistry};
@@ -324,12 +324,15 @@ fn too_large() -> HttpError {
     .with_detail("limit_bytes", MAX_BODY_BYTES)
 }
 
-/// A body that could not be read: too large, or malformed.
+/// A body that could not be read: stalled, cut off by the client, too large, or malformed.
 fn body_error(status: StatusCode, text: String, error: &(dyn Error + 'static)) -> HttpError {
     if let Some(stall) = stalled(error) {
         HttpError::from(UPLOAD_STALLED)
             .with_detail("received_bytes", stall.received)
             .with_detail("after_ms", stall.after.as_millis() as u64)
+    } else if is_request_body_cut(error) {
+        // The client went away mid-upload: not a malformed request.
+        HttpError::from(codes::REQUEST_BODY_INCOMPLETE)
     } else if status == StatusCode::PAYLOAD_TOO_LARGE {
         too_large()
     } else {

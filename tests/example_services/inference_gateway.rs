@@ -343,6 +343,64 @@ async fn a_stalled_or_trickling_upload_gives_its_share_back() {
     assert_eq!(answer.status, 200, "{}", answer.text());
 }
 
+/// An upload the client stops sending (4 KiB of a declared 10 MiB, then its write side
+/// closed) is answered 400 `request_body_incomplete`, not `invalid_request`: the request was
+/// not malformed, the client went away. A closed connection and a reset one are logged alike.
+#[tokio::test]
+async fn an_upload_the_client_stops_sending_is_not_a_malformed_request() {
+    let service = start(&[]);
+    let addr = service.addr("http").await;
+    wait_for_status(addr, "/ready", 200).await;
+    for how in ["half-close", "close", "reset"] {
+        let mut upload = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /predict HTTP/1.1\r\nhost: gateway\r\ncontent-type: image/png\r\n\
+             content-length: 10485760\r\nx-request-id: cut-{how}\r\n\r\n"
+        );
+        upload.write_all(head.as_bytes()).await.unwrap();
+        upload.write_all(&[0; 4096]).await.unwrap();
+        match how {
+            "half-close" => {
+                upload.shutdown().await.unwrap();
+                let mut answer = Vec::new();
+                upload.read_to_end(&mut answer).await.unwrap();
+                let answer = String::from_utf8_lossy(&answer);
+                assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+                assert!(
+                    answer.contains("\"code\":\"request_body_incomplete\""),
+                    "{answer}"
+                );
+            }
+            "close" => drop(upload),
+            _ => {
+                // A zero linger: the close sends RST, as a crashed client's kernel does.
+                upload.set_zero_linger().unwrap();
+                drop(upload);
+            }
+        }
+        let lines = service.lines_of(&format!("cut-{how}"), 1).await;
+        let access = lines
+            .iter()
+            .find(|line| line["target"] == "periscope::access")
+            .unwrap();
+        assert_eq!(access["data"]["status"], 400, "{how}: {access}");
+        assert_eq!(
+            access["data"]["error_code"], "request_body_incomplete",
+            "{how}: {access}"
+        );
+    }
+    // A body that is complete but not an image is still the client's mistake.
+    let answer = send(
+        addr,
+        "POST",
+        "/predict",
+        &[("content-type", "image/png")],
+        b"not an image".to_vec(),
+    )
+    .await;
+    answer.envelope(400, "invalid_image");
+}
+
 #[cfg(unix)] // stopped with a real SIGTERM
 #[tokio::test]
 async fn ready_waits_for_the_model_and_drains_on_sigterm() {

@@ -540,6 +540,17 @@ pub mod codes {
         .with_status(StatusCode::UNPROCESSABLE_ENTITY)
         .with_message("The request has invalid fields")
         .with_help("Fix the fields listed in `violations`");
+    /// The client stopped sending the request body before its end: the connection closed or
+    /// was reset, or the HTTP/2 stream was cancelled, mid-upload. Retryable: the request was
+    /// never handled.
+    pub const REQUEST_BODY_INCOMPLETE: ErrorCode =
+        ErrorCode::builtin("request_body_incomplete", Validation)
+            .with_retryable(true)
+            .with_message("The request body ended before it was complete")
+            .with_help(
+                "The client stopped sending the body (it closed the connection or cancelled \
+                 the request mid-upload); send the whole body again",
+            );
     /// The request body is over the service's limit.
     pub const PAYLOAD_TOO_LARGE: ErrorCode = ErrorCode::builtin("payload_too_large", Validation)
         .with_status(StatusCode::PAYLOAD_TOO_LARGE)
@@ -623,6 +634,7 @@ pub const BUILTIN: &[ErrorCode] = {
         ADMIN_REQUIRED,
         INVALID_REQUEST,
         VALIDATION_ERROR,
+        REQUEST_BODY_INCOMPLETE,
         PAYLOAD_TOO_LARGE,
         METHOD_NOT_ALLOWED,
         UNSUPPORTED_MEDIA_TYPE,
@@ -659,6 +671,7 @@ mod tests {
         ("admin_required", ErrorClass::Permission, 403, false),
         ("invalid_request", ErrorClass::Validation, 400, false),
         ("validation_error", ErrorClass::Validation, 422, false),
+        ("request_body_incomplete", ErrorClass::Validation, 400, true),
         ("payload_too_large", ErrorClass::Validation, 413, false),
         ("method_not_allowed", ErrorClass::Validation, 405, false),
         ("unsupported_media_type", ErrorClass::Validation, 415, false),

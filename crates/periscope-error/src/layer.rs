@@ -57,7 +57,8 @@ const MAX_METHOD_IN_MESSAGE: usize = 32;
 /// `internal_error` (message and location go to the log only), a timeout a 504 `timeout`, the
 /// router's 404 and 405 `route_not_found` and `method_not_allowed`, a 413 `payload_too_large`,
 /// a body the framework could not parse a 400 `invalid_request` (422 `validation_error` for
-/// JSON of the wrong shape), and any other bare 4xx/5xx the code of its status. Responses that
+/// JSON of the wrong shape; 400 `request_body_incomplete` when the client stopped sending an
+/// axum body, `axum` feature), and any other bare 4xx/5xx the code of its status. Responses that
 /// already carry an envelope pass through untouched, as do 4xx with a JSON body and responses
 /// marked [`PassThrough`]; a 5xx whose JSON body is not an envelope is replaced (the body goes
 /// to the log). An envelope rendered by [`HttpError`] is re-rendered only to honour
@@ -207,6 +208,8 @@ struct RequestFacts {
     format: Format,
     has_credentials: bool,
     route_matched: bool,
+    /// The body's declared length, told in a `request_body_incomplete` answer.
+    content_length: Option<u64>,
 }
 
 impl RequestFacts {
@@ -218,6 +221,10 @@ impl RequestFacts {
             format: headers.format(request.headers()),
             has_credentials: headers.authorization,
             route_matched: route_matched(request),
+            content_length: request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|value| value.to_str().ok()?.parse().ok()),
         }
     }
 
@@ -261,6 +268,8 @@ fn resolve_context<B>(
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ErrorService<S>
 where
+    // `'static`: an axum body is recognised (by its type) to watch it for a cut.
+    ReqBody: 'static,
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
     ResBody: Body<Data = Bytes>,
@@ -290,10 +299,14 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let facts = RequestFacts::of(&request);
         let (ids, scope, echo_request_id) = resolve_context(&mut request, &self.config.extract);
+        #[cfg(feature = "axum")]
+        let body = crate::request_body::watch(&mut request);
         let handled = Handled {
             facts,
             ids,
             echo_request_id,
+            #[cfg(feature = "axum")]
+            body,
         };
         if let Some(failure) = self.not_ready.take() {
             let response = handled.failure(failure);
@@ -526,9 +539,20 @@ struct Handled {
     facts: RequestFacts,
     ids: Ids,
     echo_request_id: bool,
+    /// The request body's watch: whether the client stopped sending it.
+    #[cfg(feature = "axum")]
+    body: Option<Arc<crate::request_body::BodyWatch>>,
 }
 
 impl Handled {
+    /// The bytes received of a request body the client stopped sending, if it did.
+    fn body_cut_after(&self) -> Option<u64> {
+        #[cfg(feature = "axum")]
+        return self.body.as_ref().and_then(|watch| watch.cut_after());
+        #[cfg(not(feature = "axum"))]
+        None
+    }
+
     /// Decides what to do with the inner service's response.
     fn inspect<B: Body>(&self, response: Response<B>) -> Inspected<B> {
         let status = response.status();
@@ -623,6 +647,13 @@ impl Handled {
     ) -> Response<ResponseBody<B>> {
         let status = parts.status;
         let text = text.filter(|text| !text.is_empty());
+        // An extractor's 400 for a body the client stopped sending: not a malformed request.
+        if status == StatusCode::BAD_REQUEST
+            && code == codes::INVALID_REQUEST
+            && let Some(received) = self.body_cut_after()
+        {
+            return self.body_incomplete(parts, received);
+        }
         let facts = &self.facts;
         let path = render::truncate(facts.path(), MAX_PATH_IN_MESSAGE);
         let method = render::truncate(facts.method.as_str(), MAX_METHOD_IN_MESSAGE);
@@ -675,6 +706,40 @@ impl Handled {
         }
         if let Some(seconds) = render::retry_after_seconds(&parts.headers) {
             error = error.with_retry_after(Duration::from_secs(seconds));
+        }
+        self.rewrite(parts, Arc::new(error.into_body(&self.ids)))
+    }
+
+    /// The 400 `request_body_incomplete` that replaces an extractor's 400 when the client
+    /// stopped sending the body: logged at info (the client went away; nothing to fix here),
+    /// with the bytes received and the declared length.
+    fn body_incomplete<B>(
+        &self,
+        parts: http::response::Parts,
+        received: u64,
+    ) -> Response<ResponseBody<B>> {
+        let expected = self.facts.content_length;
+        tracing::info!(
+            request_id = self.ids.request_id.as_str(),
+            trace_id = self.ids.trace_id.map(tracing::field::display),
+            code = codes::REQUEST_BODY_INCOMPLETE.name(),
+            received_bytes = received,
+            expected_bytes = expected,
+            "the client stopped sending the request body"
+        );
+        let message = match expected {
+            Some(expected) => format!(
+                "The request body ended after {received} of its {expected} bytes: the client \
+                 stopped sending it"
+            ),
+            None => format!(
+                "The request body ended after {received} bytes: the client stopped sending it"
+            ),
+        };
+        let mut error = HttpError::new(codes::REQUEST_BODY_INCOMPLETE, message)
+            .with_detail("received_bytes", received);
+        if let Some(expected) = expected {
+            error = error.with_detail("expected_bytes", expected);
         }
         self.rewrite(parts, Arc::new(error.into_body(&self.ids)))
     }

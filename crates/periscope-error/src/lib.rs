@@ -54,6 +54,8 @@ mod error;
 mod layer;
 mod panic;
 mod render;
+#[cfg(feature = "axum")]
+mod request_body;
 mod validation;
 
 pub use body::ResponseBody;
@@ -66,6 +68,8 @@ pub use envelope::{Envelope, ErrorBody, Violation};
 pub use error::{BoxError, HttpError};
 pub use layer::{ErrorLayer, ErrorService, PassThrough, ResponseFuture};
 pub use render::{APPLICATION_JSON, APPLICATION_PROBLEM_JSON, RenderedError, prefers_problem_json};
+#[cfg(feature = "axum")]
+pub use request_body::is_request_body_cut;
 pub use validation::{MAX_VIOLATIONS, Violations};
 
 // The Rust examples of the crate's guide compile and run as doc tests.

@@ -854,3 +854,75 @@ async fn a_panic_the_handler_catches_itself_is_reported_and_never_lends_its_loca
     assert_eq!(panic["panic.message"], "re-raised from a task");
     assert_eq!(panic.get("panic.location"), None, "{panic:?}");
 }
+
+/// A body the client stops sending (1,000 bytes of a declared 100,000) is answered 400
+/// `request_body_incomplete` with what came, and logged at info: the client went away, the
+/// request was not malformed. Closed with its write side shut (the client still reads the
+/// answer), closed whole, or reset, the server tells the same; a complete malformed body is
+/// still `invalid_request`.
+#[tokio::test]
+async fn a_body_the_client_stops_sending_is_not_a_malformed_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let addr = serve().await;
+    for how in ["half-close", "close", "reset"] {
+        let id = format!("cut-body-{how}");
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /jobs HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+             content-length: 100000\r\nx-request-id: {id}\r\n\r\n{{\"name\":\""
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        client.write_all(&[b'x'; 991]).await.unwrap();
+        match how {
+            "half-close" => {
+                client.shutdown().await.unwrap();
+                let mut answer = Vec::new();
+                client.read_to_end(&mut answer).await.unwrap();
+                let answer = String::from_utf8(answer).unwrap();
+                assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+                let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+                let json: Value = serde_json::from_str(body).unwrap();
+                let error = &json["error"];
+                assert_eq!(error["code"], "request_body_incomplete", "{json}");
+                assert_eq!(error["request_id"], id.as_str());
+                assert_eq!(error["retryable"], true);
+                assert_eq!(error["details"]["received_bytes"], 1000, "{json}");
+                assert_eq!(error["details"]["expected_bytes"], 100000, "{json}");
+                let help = error["help"].as_str().unwrap();
+                assert!(help.contains("stopped sending"), "{help}");
+            }
+            "close" => drop(client),
+            _ => {
+                // A zero linger: the close sends RST, as a crashed client's kernel does.
+                client.set_zero_linger().unwrap();
+                drop(client);
+            }
+        }
+        // Logged once, at info, with the bytes that came.
+        let logged = async {
+            loop {
+                let found = captured_events().into_iter().find(|event| {
+                    event.get("request_id") == Some(&id) && event.get("code").is_some()
+                });
+                if let Some(event) = found {
+                    return event;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let event = tokio::time::timeout(Duration::from_secs(10), logged)
+            .await
+            .expect("the cut body is logged");
+        assert_eq!(event["code"], "request_body_incomplete", "{how}: {event:?}");
+        assert_eq!(event["level"], "INFO", "{how}: {event:?}");
+        assert_eq!(event["received_bytes"], "1000", "{how}: {event:?}");
+    }
+
+    // For contrast: a complete body that is not JSON, and a valid one.
+    let json_type = [("content-type", "application/json")];
+    let reply = send(addr, "POST", "/jobs", &json_type, b"{\"name\":").await;
+    envelope(&reply, "invalid_request", 400);
+    let reply = send(addr, "POST", "/jobs", &json_type, b"{\"name\":\"train\"}").await;
+    assert_eq!(reply.status, 200);
+}

@@ -1,0 +1,140 @@
+//! A request body that the client stopped sending: told apart from a malformed one, so that a
+//! client that goes away mid-upload is answered (and logged) as `request_body_incomplete`
+//! rather than `invalid_request`.
+
+use std::error::Error;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Request;
+use http_body::{Body, Frame, SizeHint};
+use pin_project::pin_project;
+
+/// Whether `error`, or an error in its source chain, says that the client stopped sending the
+/// request body: the connection closed or was reset before the body's end (hyper's
+/// [`is_incomplete_message`](hyper::Error::is_incomplete_message), an I/O error such as
+/// `UnexpectedEof` or `ConnectionReset`), or, over HTTP/2, the client reset its stream or
+/// the connection (with the `http2` feature).
+///
+/// A body the client finished but that is malformed (bad JSON, invalid UTF-8, broken chunked
+/// framing, an HTTP/2 stream that ends before its `Content-Length`) is not cut: `false`.
+/// Handlers that read the body themselves use it to answer [`codes::REQUEST_BODY_INCOMPLETE`]
+/// instead of `invalid_request`; [`ErrorLayer`](crate::ErrorLayer) does it for the bare
+/// rejections of axum's extractors (`Bytes`, `Json`, `String`, `Form`, `Multipart`).
+///
+/// [`codes::REQUEST_BODY_INCOMPLETE`]: crate::codes::REQUEST_BODY_INCOMPLETE
+///
+/// ```
+/// use periscope_error::is_request_body_cut;
+///
+/// let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+/// assert!(is_request_body_cut(&eof));
+/// let malformed = std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid chunk size");
+/// assert!(!is_request_body_cut(&malformed));
+/// ```
+pub fn is_request_body_cut(error: &(dyn Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(error) = error.downcast_ref::<hyper::Error>()
+            && error.is_incomplete_message()
+        {
+            return true;
+        }
+        if let Some(error) = error.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                error.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+            );
+        }
+        #[cfg(feature = "http2")]
+        if let Some(error) = error.downcast_ref::<h2::Error>() {
+            // The client cancelled the stream (RST_STREAM) or went away (GOAWAY); a reset h2
+            // sent itself (a stream shorter than its `Content-Length`, flow control) is the
+            // client's protocol error, not a cut.
+            return error.is_remote() && (error.is_reset() || error.is_go_away());
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// What [`ErrorLayer`](crate::ErrorLayer) saw of the request body while the service read it.
+#[derive(Debug, Default)]
+pub(crate) struct BodyWatch {
+    received: AtomicU64,
+    cut: AtomicBool,
+}
+
+impl BodyWatch {
+    /// The bytes received before the body was cut, if it was.
+    pub(crate) fn cut_after(&self) -> Option<u64> {
+        self.cut
+            .load(Ordering::Relaxed)
+            .then(|| self.received.load(Ordering::Relaxed))
+    }
+}
+
+/// Puts a watch on the request's body when it is an `axum::body::Body` (what a `Router`'s
+/// layers get): the only way to tell a cut body once an extractor has turned its error into a
+/// plain-text 400.
+pub(crate) fn watch<B: 'static>(request: &mut Request<B>) -> Option<Arc<BodyWatch>> {
+    let body = (request.body_mut() as &mut dyn std::any::Any).downcast_mut::<axum::body::Body>()?;
+    // A request without a body (most GETs) costs nothing more.
+    if body.is_end_stream() {
+        return None;
+    }
+    let watch = Arc::new(BodyWatch::default());
+    let inner = std::mem::take(body);
+    *body = axum::body::Body::new(Watched {
+        inner,
+        watch: Arc::clone(&watch),
+    });
+    Some(watch)
+}
+
+/// The request body, counting its bytes and noting a cut.
+#[pin_project]
+struct Watched {
+    #[pin]
+    inner: axum::body::Body,
+    watch: Arc<BodyWatch>,
+}
+
+impl Body for Watched {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.watch
+                        .received
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(Some(Err(error))) if is_request_body_cut(error) => {
+                this.watch.cut.store(true, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
