@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use periscope_context::{ForwardingHeader, TrustedProxies};
 use periscope_log::{Directives, LogConfig, LogFormat};
 
 /// Every environment variable periscope reads (through [`Settings::apply_env`]).
@@ -18,6 +19,8 @@ pub(crate) const VARIABLES: &[&str] = &[
     "ADMIN_TOKEN",
     "REQUEST_TIMEOUT_S",
     "SHUTDOWN_DRAIN_S",
+    "TRUSTED_PROXIES",
+    "TRUSTED_PROXIES_HEADER",
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -190,6 +193,12 @@ pub struct Settings {
     /// `SHUTDOWN_DRAIN_S`: how long `/ready` answers `draining` after SIGTERM or Ctrl-C before
     /// the listeners close (default 5 s, at most [`MAX_SHUTDOWN_DRAIN`]).
     pub shutdown_drain: Duration,
+    /// `TRUSTED_PROXIES`: the networks of the proxies in front of the service, whose
+    /// forwarding header tells the client's address (the access line's `client`, the span's
+    /// `client.address`); default none. `TRUSTED_PROXIES_HEADER`: which header they set
+    /// ([`TrustedProxies::forwarding_header`], `x-forwarded-for` by default, or `forwarded`),
+    /// the only one read. See [`TrustedProxies::client_addr`].
+    pub trusted_proxies: TrustedProxies,
     /// The OpenTelemetry settings (`OTEL_*`).
     #[cfg(feature = "otel")]
     pub otel: periscope_trace::otel::OtelConfig,
@@ -209,6 +218,7 @@ impl Default for Settings {
             admin_token: None,
             request_timeout: None,
             shutdown_drain: DEFAULT_SHUTDOWN_DRAIN,
+            trusted_proxies: TrustedProxies::none(),
             #[cfg(feature = "otel")]
             otel: periscope_trace::otel::OtelConfig::default(),
         }
@@ -232,7 +242,12 @@ impl std::fmt::Debug for Settings {
                 &self.admin_token.as_ref().map(|_| "[REDACTED]"),
             )
             .field("request_timeout", &self.request_timeout)
-            .field("shutdown_drain", &self.shutdown_drain);
+            .field("shutdown_drain", &self.shutdown_drain)
+            .field("trusted_proxies", &self.trusted_proxies.to_string())
+            .field(
+                "trusted_proxies_header",
+                &self.trusted_proxies.forwarding_header().as_str(),
+            );
         #[cfg(feature = "otel")]
         debug.field("otel", &self.otel);
         debug.finish()
@@ -285,6 +300,14 @@ impl Settings {
         }
         if let Some(value) = get("SHUTDOWN_DRAIN_S") {
             self.shutdown_drain = parse_drain(&value)?;
+        }
+        if let Some(value) = get("TRUSTED_PROXIES") {
+            let header = self.trusted_proxies.forwarding_header();
+            self.trusted_proxies = parse_trusted_proxies("TRUSTED_PROXIES", &value)?.header(header);
+        }
+        if let Some(value) = get("TRUSTED_PROXIES_HEADER") {
+            let header = parse_forwarding_header("TRUSTED_PROXIES_HEADER", &value)?;
+            self.trusted_proxies = self.trusted_proxies.clone().header(header);
         }
         self.apply_otel_env(&lookup)?;
         Ok(self)
@@ -365,6 +388,8 @@ impl Settings {
             "admin_token": self.admin_token.as_ref().map(|_| "[REDACTED]"),
             "request_timeout_s": self.request_timeout.map(|t| t.as_secs_f64()),
             "shutdown_drain_s": self.shutdown_drain.as_secs_f64(),
+            "trusted_proxies": self.trusted_proxies.to_string(),
+            "trusted_proxies_header": self.trusted_proxies.forwarding_header().as_str(),
         });
         #[cfg(feature = "otel")]
         if let Some(map) = json.as_object_mut() {
@@ -398,6 +423,36 @@ pub(crate) fn checked_name(var: &'static str, value: String) -> Result<String, C
             "use 1-128 characters of A-Z a-z 0-9 - _ .",
         ))
     }
+}
+
+/// Comma-separated networks in CIDR notation (or single addresses).
+pub(crate) fn parse_trusted_proxies(
+    var: &'static str,
+    value: &str,
+) -> Result<TrustedProxies, ConfigError> {
+    value
+        .parse()
+        .map_err(|error: periscope_context::InvalidProxyNet| {
+            ConfigError::new(
+                var,
+                value,
+                format!("{error}; list networks separated by commas, as in 10.0.0.0/8,fd00::/8"),
+            )
+        })
+}
+
+/// `x-forwarded-for` or `forwarded`, in any case.
+pub(crate) fn parse_forwarding_header(
+    var: &'static str,
+    value: &str,
+) -> Result<ForwardingHeader, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::new(
+            var,
+            value,
+            "use x-forwarded-for (the default) or forwarded: the header your proxies set",
+        )
+    })
 }
 
 pub(crate) fn checked_token(token: String) -> Result<String, ConfigError> {

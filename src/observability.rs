@@ -89,6 +89,8 @@ pub struct ObservabilityBuilder {
     status_sections: Vec<(String, StatusSection)>,
     red_metrics: Option<ConfigureRed>,
     correlation: Option<ConfigureCorrelation>,
+    /// A network given to [`trusted_proxies`](Self::trusted_proxies) that is not one.
+    invalid_proxies: Option<ConfigError>,
 }
 
 /// What the service changes in the RED layer's names, labels and buckets.
@@ -178,6 +180,66 @@ impl ObservabilityBuilder {
     /// (`SHUTDOWN_DRAIN_S`; default 5 s, at most 300 s). See [`Observability::shutdown_on_signal`].
     pub fn shutdown_drain(mut self, drain: Duration) -> Self {
         self.settings.shutdown_drain = drain;
+        self
+    }
+
+    /// The networks (CIDR notation, or single addresses; IPv4 and IPv6) of the proxies in
+    /// front of the service (`TRUSTED_PROXIES`; default none): a request whose connection
+    /// comes from one of them has the client's address its forwarding header tells (the one
+    /// [`trusted_proxies_header`](Self::trusted_proxies_header) names, `X-Forwarded-For` by
+    /// default), as `client` on the access line and `client.address` on the span; one from
+    /// anywhere else, whatever it sends, its own. See
+    /// [`TrustedProxies::client_addr`](periscope_context::TrustedProxies::client_addr) for the
+    /// rule. `build` fails on a malformed network.
+    ///
+    /// ```
+    /// let obs = periscope::Observability::builder()
+    ///     .trusted_proxies(["10.0.0.0/8", "fd00::/8"])
+    ///     .build()?;
+    /// assert_eq!(obs.settings().trusted_proxies.to_string(), "10.0.0.0/8,fd00::/8");
+    /// # Ok::<(), periscope::Error>(())
+    /// ```
+    pub fn trusted_proxies<I, S>(mut self, networks: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        match periscope_context::TrustedProxies::parse(networks) {
+            Ok(proxies) => {
+                // The header chosen stays, whichever is set first.
+                let header = self.settings.trusted_proxies.forwarding_header();
+                self.settings.trusted_proxies = proxies.header(header);
+                self.invalid_proxies = None;
+            }
+            Err(error) => {
+                self.invalid_proxies = Some(ConfigError::new(
+                    "trusted_proxies",
+                    error.value.clone(),
+                    error.to_string(),
+                ));
+            }
+        }
+        self
+    }
+
+    /// The forwarding header the [trusted proxies](Self::trusted_proxies) set
+    /// (`TRUSTED_PROXIES_HEADER`): [`XForwardedFor`](periscope_context::ForwardingHeader::XForwardedFor)
+    /// by default, or [`Forwarded`](periscope_context::ForwardingHeader::Forwarded) (RFC 7239).
+    /// Only this header is read; a client's own copy of the other one, which many proxies
+    /// pass through untouched, is ignored.
+    ///
+    /// ```
+    /// use periscope::context::ForwardingHeader;
+    ///
+    /// let obs = periscope::Observability::builder()
+    ///     .trusted_proxies(["10.0.0.0/8"])
+    ///     .trusted_proxies_header(ForwardingHeader::Forwarded)
+    ///     .build()?;
+    /// assert_eq!(obs.settings().trusted_proxies.forwarding_header(), ForwardingHeader::Forwarded);
+    /// # Ok::<(), periscope::Error>(())
+    /// ```
+    pub fn trusted_proxies_header(mut self, header: periscope_context::ForwardingHeader) -> Self {
+        self.settings.trusted_proxies = self.settings.trusted_proxies.clone().header(header);
         self
     }
 
@@ -332,6 +394,9 @@ impl ObservabilityBuilder {
     pub fn build(self) -> Result<Observability, Error> {
         #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
         let mut settings = self.settings;
+        if let Some(error) = self.invalid_proxies {
+            return Err(error.into());
+        }
         checked_name("service_name", settings.service_name.clone())?;
         checked_name("environment", settings.environment.clone())?;
         // The same rules as `ADMIN_TOKEN`, whichever way the token came: one read from a file
@@ -440,7 +505,8 @@ impl ObservabilityBuilder {
                     .into_iter()
                     .chain(tenant_keys.iter().cloned()),
             )
-            .route_templates(routes);
+            .route_templates(routes)
+            .trusted_proxies(settings.trusted_proxies.clone());
         // One propagation setting for incoming and outgoing context (OTEL_PROPAGATORS).
         #[cfg(feature = "otel")]
         let correlation = correlation.propagators(settings.otel.propagators);
@@ -516,6 +582,7 @@ impl Observability {
             status_sections: Vec::new(),
             red_metrics: None,
             correlation: None,
+            invalid_proxies: None,
         }
     }
 
@@ -613,7 +680,8 @@ impl Observability {
         ObservabilityLayer {
             correlation: self.correlation.clone(),
             metrics: self.metrics_layer.clone(),
-            access_log: AccessLogLayer::new(),
+            access_log: AccessLogLayer::new()
+                .trusted_proxies(self.settings.trusted_proxies.clone()),
             errors,
         }
     }

@@ -2760,3 +2760,180 @@ async fn an_http2_upload_the_client_cancels_is_not_a_malformed_request() {
     assert_eq!(bad["data"]["status"], 400, "{bad}");
     drop(log_guard);
 }
+
+/// The server span's `client.address` and `request_id`, by span.
+#[cfg(feature = "serve")]
+#[derive(Clone, Default)]
+struct ClientAddresses(Arc<Mutex<std::collections::HashMap<u64, SpanClient>>>);
+
+/// A server span's `request_id` and `client.address`.
+#[cfg(feature = "serve")]
+type SpanClient = (String, Option<String>);
+
+#[cfg(feature = "serve")]
+impl ClientAddresses {
+    /// The `client.address` of the span of the request `request_id`; `None` when not recorded.
+    fn of(&self, request_id: &str) -> Option<String> {
+        let spans = self.0.lock().unwrap();
+        let (_, client) = spans
+            .values()
+            .find(|(id, _)| id == request_id)
+            .unwrap_or_else(|| panic!("no span for {request_id}"));
+        client.clone()
+    }
+}
+
+#[cfg(feature = "serve")]
+struct FieldVisitor<'a>(&'a mut (String, Option<String>));
+
+#[cfg(feature = "serve")]
+impl tracing::field::Visit for FieldVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.record_debug(field, &value);
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}").trim_matches('"').to_owned();
+        match field.name() {
+            "request_id" => self.0.0 = text,
+            "client.address" => self.0.1 = Some(text),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(feature = "serve")]
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ClientAddresses {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().name() == "http_request" {
+            let mut fields = (String::new(), None);
+            attrs.record(&mut FieldVisitor(&mut fields));
+            self.0.lock().unwrap().insert(id.into_u64(), fields);
+        }
+    }
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let Some(fields) = self.0.lock().unwrap().get_mut(&id.into_u64()) {
+            values.record(&mut FieldVisitor(fields));
+        }
+    }
+}
+
+/// Behind trusted proxies (here 127.0.0.1), the access line's `client` and the span's
+/// `client.address` are the client's address as the proxies tell it, walked from the right,
+/// in the one header they set (X-Forwarded-For by default, `Forwarded` when chosen; the
+/// other, which a client may have sent through them, is ignored); from an untrusted peer the
+/// forwarding headers are ignored (no spoofing); a hostile header costs a bounded walk and
+/// never yields an address the client chose; without trusted proxies nothing changes.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "current_thread")]
+async fn the_client_address_is_read_only_from_trusted_proxies() {
+    use tokio::io::AsyncWriteExt;
+    use tracing_subscriber::prelude::*;
+
+    let out = Captured::default();
+    let spans = ClientAddresses::default();
+    let (log, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let _default = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(log).with(spans.clone()),
+    );
+    let serve = |obs: Observability| async move {
+        let app = hello_and_slow().layer(obs.layer());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(obs.server(listener).serve(app, std::future::pending()));
+        addr
+    };
+    let trusting = serve(
+        Observability::builder()
+            .trusted_proxies(["127.0.0.1/32", "fd00::/8"])
+            .build()
+            .unwrap(),
+    )
+    .await;
+    // The environment's way: here 127.0.0.1 is not among the proxies.
+    let elsewhere = serve(
+        Observability::builder()
+            .env_from(|name| (name == "TRUSTED_PROXIES").then(|| "10.0.0.0/8, ::1".to_owned()))
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await;
+    // Proxies that set `Forwarded`, chosen through the environment.
+    let forwarding = serve(
+        Observability::builder()
+            .env_from(|name| match name {
+                "TRUSTED_PROXIES" => Some("127.0.0.1".to_owned()),
+                "TRUSTED_PROXIES_HEADER" => Some("Forwarded".to_owned()),
+                _ => None,
+            })
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let unconfigured = serve(Observability::builder().build().unwrap()).await;
+
+    let hostile_xff = format!("6.6.6.6{}", ", 127.0.0.1".repeat(1000));
+    let hostile_forwarded = format!("for=6.6.6.6{}", ", for=127.0.0.1".repeat(1000));
+    let garbage = "x".repeat(4000);
+    let cases: Vec<(SocketAddr, &str, String, Option<&str>)> = vec![
+        // A chain of trusted hops: the first untrusted address from the right.
+        (trusting, "chain", "x-forwarded-for: 6.6.6.6, 198.51.100.7, 127.0.0.1\r\nx-forwarded-for: 127.0.0.1".into(), Some("198.51.100.7")),
+        // X-Forwarded-For proxies pass a client's own `Forwarded` through: never read.
+        (trusting, "fwd-through-xff-proxy", "forwarded: for=6.6.6.6\r\nx-forwarded-for: 198.51.100.7".into(), Some("198.51.100.7")),
+        (trusting, "fwd-alone", "forwarded: for=6.6.6.6".into(), Some("127.0.0.1")),
+        // `Forwarded` chosen: read, and X-Forwarded-For ignored.
+        (forwarding, "forwarded-v6", "forwarded: for=\"[2001:db8::7]:4711\";proto=https, for=127.0.0.1\r\nx-forwarded-for: 6.6.6.6".into(), Some("2001:db8::7")),
+        (forwarding, "xff-ignored", "x-forwarded-for: 6.6.6.6".into(), Some("127.0.0.1")),
+        (forwarding, "unknown", "forwarded: for=6.6.6.6, for=unknown".into(), Some("127.0.0.1")),
+        (trusting, "direct", String::new(), Some("127.0.0.1")),
+        // Hostile headers: a thousand trusted hops hide the spoofed one; garbage stops the walk.
+        (trusting, "hostile-xff", format!("x-forwarded-for: {hostile_xff}"), Some("127.0.0.1")),
+        (forwarding, "hostile-fwd", format!("forwarded: {hostile_forwarded}"), Some("127.0.0.1")),
+        (trusting, "garbage", format!("x-forwarded-for: 6.6.6.6, {garbage}"), Some("127.0.0.1")),
+        // Spoof attempts from a peer that is no trusted proxy.
+        (elsewhere, "spoof-xff", "x-forwarded-for: 6.6.6.6".into(), Some("127.0.0.1")),
+        (elsewhere, "spoof-fwd", "forwarded: for=6.6.6.6".into(), Some("127.0.0.1")),
+        // Not configured: no `client`, no `client.address`.
+        (unconfigured, "plain", "x-forwarded-for: 6.6.6.6".into(), None),
+    ];
+    for (addr, id, headers, _) in &cases {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let extra = if headers.is_empty() {
+            String::new()
+        } else {
+            format!("{headers}\r\n")
+        };
+        let request = format!(
+            "GET /hello HTTP/1.1\r\nhost: a\r\nx-request-id: {id}\r\n{extra}connection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_until_closed(stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{id}: {answer}");
+    }
+    drop(log_guard);
+    let lines = out.lines();
+    for (_, id, _, client) in &cases {
+        let access = lines
+            .iter()
+            .find(|l| l["target"] == "periscope::access" && l["request_id"] == *id)
+            .unwrap_or_else(|| panic!("no access line for {id}"));
+        let peer = access["data"]["peer"].as_str().unwrap();
+        assert!(peer.starts_with("127.0.0.1:"), "{access}");
+        assert_eq!(access["data"]["client"].as_str(), *client, "{access}");
+        assert_eq!(spans.of(id).as_deref(), *client, "{id}");
+    }
+}

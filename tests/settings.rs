@@ -497,3 +497,135 @@ fn a_services_own_settings_read_as_documented() {
         assert!(!message.contains(secret), "{key}: {message}");
     }
 }
+
+#[test]
+fn trusted_proxies_come_from_trusted_proxies_or_the_builder() {
+    let env = |value: &str| {
+        let value = value.to_owned();
+        quiet().env_from(move |name| (name == "TRUSTED_PROXIES").then(|| value.clone()))
+    };
+    let obs = env(" 10.0.0.0/8, fd00::/8 ,192.0.2.7")
+        .unwrap()
+        .build()
+        .unwrap();
+    let proxies = &obs.settings().trusted_proxies;
+    assert_eq!(proxies.to_string(), "10.0.0.0/8,fd00::/8,192.0.2.7/32");
+    assert_eq!(
+        obs.settings().to_json()["trusted_proxies"],
+        proxies.to_string()
+    );
+    assert!(
+        quiet()
+            .build()
+            .unwrap()
+            .settings()
+            .trusted_proxies
+            .is_empty()
+    );
+    for bad in [
+        "10.0.0.0/33",
+        "10.0.0.0/8;fd00::/8",
+        "proxy.internal",
+        "10.0.0.0/8, 300.1.1.1",
+    ] {
+        let error = env(bad).unwrap_err().to_string();
+        assert!(error.starts_with("TRUSTED_PROXIES="), "{bad}: {error}");
+        assert!(error.contains("CIDR notation"), "{bad}: {error}");
+    }
+    let error = quiet()
+        .trusted_proxies(["10.0.0.0/8", "everyone"])
+        .build()
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("trusted_proxies=\"everyone\""),
+        "{error}"
+    );
+    let obs = quiet().trusted_proxies(["::1"]).build().unwrap();
+    assert!(
+        obs.settings()
+            .trusted_proxies
+            .contains("::1".parse().unwrap())
+    );
+}
+
+#[test]
+fn the_forwarding_header_comes_from_trusted_proxies_header_or_the_builder() {
+    use periscope::context::ForwardingHeader;
+
+    let env = |pairs: &[(&str, &str)]| {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        quiet().env_from(move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+    };
+    let header = |obs: &Observability| obs.settings().trusted_proxies.forwarding_header();
+    // The default: X-Forwarded-For, shown in Debug and /debug/config.
+    let obs = env(&[("TRUSTED_PROXIES", "10.0.0.0/8")])
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(header(&obs), ForwardingHeader::XForwardedFor);
+    assert_eq!(
+        obs.settings().to_json()["trusted_proxies_header"],
+        "x-forwarded-for"
+    );
+    let debug = format!("{:?}", obs.settings());
+    assert!(
+        debug.contains("trusted_proxies_header: \"x-forwarded-for\""),
+        "{debug}"
+    );
+    for (value, expected) in [
+        ("forwarded", ForwardingHeader::Forwarded),
+        (" Forwarded ", ForwardingHeader::Forwarded),
+        ("X-FORWARDED-FOR", ForwardingHeader::XForwardedFor),
+    ] {
+        let obs = env(&[
+            ("TRUSTED_PROXIES", "10.0.0.0/8"),
+            ("TRUSTED_PROXIES_HEADER", value),
+        ])
+        .unwrap()
+        .build()
+        .unwrap();
+        assert_eq!(header(&obs), expected, "{value}");
+        assert_eq!(obs.settings().trusted_proxies.to_string(), "10.0.0.0/8");
+        assert_eq!(
+            obs.settings().to_json()["trusted_proxies_header"],
+            expected.to_string()
+        );
+    }
+    for bad in ["x-real-ip", "xff", "forwarded,x-forwarded-for"] {
+        let error = env(&[("TRUSTED_PROXIES_HEADER", bad)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(&format!("TRUSTED_PROXIES_HEADER={bad:?}")),
+            "{bad}: {error}"
+        );
+        assert!(error.contains("x-forwarded-for"), "{bad}: {error}");
+    }
+    // The builder, in either order with the networks, and the environment over it.
+    let obs = quiet()
+        .trusted_proxies_header(ForwardingHeader::Forwarded)
+        .trusted_proxies(["10.0.0.0/8"])
+        .build()
+        .unwrap();
+    assert_eq!(header(&obs), ForwardingHeader::Forwarded);
+    assert!(!obs.settings().trusted_proxies.is_empty());
+    let obs = quiet()
+        .trusted_proxies(["10.0.0.0/8"])
+        .trusted_proxies_header(ForwardingHeader::Forwarded)
+        .env_from(|name| (name == "TRUSTED_PROXIES").then(|| "192.0.2.0/24".to_owned()))
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(header(&obs), ForwardingHeader::Forwarded);
+    assert_eq!(obs.settings().trusted_proxies.to_string(), "192.0.2.0/24");
+}

@@ -8,6 +8,9 @@
 //!   and reachable from deep inside a handler through [`RequestContext::current`].
 //! - [`extract`], [`inject`] and [`Carrier`]: moving a context through headers, queue messages
 //!   and job payloads, so a background job continues the request's trace.
+//! - [`TrustedProxies`], [`ForwardingHeader`], [`ClientAddr`]: the client's address behind the
+//!   proxies a service trusts, from the header they set (`X-Forwarded-For` or `Forwarded`),
+//!   which no other caller can set.
 //! - [`grpc`]: the status of a gRPC answer, which the layers count, trace and log by the HTTP
 //!   status it stands for.
 //!
@@ -32,6 +35,7 @@
 
 mod baggage;
 mod carrier;
+mod client;
 mod context;
 pub mod grpc;
 mod ids;
@@ -46,6 +50,10 @@ pub use baggage::{Baggage, BaggageError, BaggageMember, MAX_BAGGAGE_BYTES, MAX_B
 pub use carrier::{
     Carrier, CarrierValue, ExtractOptions, Extracted, Extractor, Injector, RequestIdOrigin,
     TraceOrigin, extract, inject, remove_absent_tenants,
+};
+pub use client::{
+    ClientAddr, ForwardingHeader, InvalidForwardingHeader, InvalidProxyNet, MAX_FORWARDED_HOPS,
+    TrustedProxies,
 };
 pub use context::{RequestContext, WithContext};
 pub use ids::{HexId, SpanId, TraceFlags, TraceId};

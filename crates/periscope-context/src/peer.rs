@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 
 /// The address the request's connection comes from, in the request's extensions:
 /// `periscope::Server` puts it there, and the access log writes it as `peer`. Behind a proxy or
-/// a load balancer it is theirs, not the client's (which `x-forwarded-for` may tell).
+/// a load balancer it is theirs, not the client's: see [`TrustedProxies`](crate::TrustedProxies)
+/// for the client's own, as the proxies tell it.
 ///
 /// A server of your own puts it in each request's extensions the same way:
 ///

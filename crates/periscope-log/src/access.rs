@@ -13,7 +13,10 @@ use bytes::Buf;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEnd, StreamEndWatch, head_outcome};
-use periscope_context::{AnsweredError, HexId, RequestContext, RequestId, SpanId, Tenant, TraceId};
+use periscope_context::{
+    AnsweredError, ClientAddr, HexId, RequestContext, RequestId, SpanId, Tenant, TraceId,
+    TrustedProxies,
+};
 use pin_project::{pin_project, pinned_drop};
 
 use crate::peer_text::PeerText;
@@ -64,6 +67,7 @@ pub const ACCESS_LOG_TARGET: &str = "periscope::access";
 #[derive(Clone, Debug)]
 pub struct AccessLogLayer {
     quiet_paths: Arc<[Box<str>]>,
+    trusted_proxies: TrustedProxies,
 }
 
 impl Default for AccessLogLayer {
@@ -77,7 +81,19 @@ impl AccessLogLayer {
     pub fn new() -> Self {
         Self {
             quiet_paths: DEFAULT_QUIET_PATHS.iter().map(|p| (*p).into()).collect(),
+            trusted_proxies: TrustedProxies::none(),
         }
+    }
+
+    /// The networks of the proxies in front of the service and the header they set (default:
+    /// none). With some, the line has `client` beside `peer`: the client's address (no port),
+    /// from the one forwarding header chosen with [`TrustedProxies::header`], by the rule of
+    /// [`TrustedProxies::client_addr`], the one a layer above put in the request as a
+    /// [`ClientAddr`] (periscope-trace's `CorrelationLayer` with the same networks), else
+    /// worked out here. Without networks, no `client` and nothing read.
+    pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.trusted_proxies = proxies;
+        self
     }
 
     /// Paths (exact match) logged at debug instead of by outcome; an empty list logs every
@@ -114,6 +130,8 @@ pub struct AccessLog<S> {
 struct RequestInfo {
     /// Where the connection comes from, when the server told ([`peer_addr`]).
     peer: Option<std::net::SocketAddr>,
+    /// The client behind trusted proxies, when any are configured and the peer is known.
+    client: Option<std::net::IpAddr>,
     method: Method,
     path: String,
     route: Option<Route>,
@@ -181,8 +199,15 @@ where
                     .unwrap_or_default(),
             }
         };
+        let peer = peer_addr(&request);
+        let client = if self.layer.trusted_proxies.is_empty() {
+            None
+        } else {
+            client_addr(&request, peer, &self.layer.trusted_proxies)
+        };
         let info = RequestInfo {
-            peer: peer_addr(&request),
+            peer,
+            client,
             method: request.method().clone(),
             path: path.to_owned(),
             route: matched_path(&request),
@@ -219,6 +244,16 @@ fn peer_addr<B>(request: &Request<B>) -> Option<std::net::SocketAddr> {
             .map(|info| info.0)
     });
     peer
+}
+
+/// The client's address: the one a layer above worked out, else by the rule of `proxies`.
+#[inline(never)]
+fn client_addr<B>(
+    request: &Request<B>,
+    peer: Option<std::net::SocketAddr>,
+    proxies: &TrustedProxies,
+) -> Option<std::net::IpAddr> {
+    ClientAddr::of(request).or_else(|| Some(proxies.client_addr(peer?.ip(), request.headers())))
 }
 
 /// The route template: axum's matched route, or the one an outer layer matched
@@ -570,6 +605,7 @@ impl RequestInfo {
         let trace_id = trace_id.as_ref().map(HexId::as_str);
         let span_id = span_id.as_ref().map(HexId::as_str);
         let peer = self.peer.map(PeerText::new);
+        let client = self.client.map(PeerText::ip);
         let _entered = self.span.enter();
         access_event!(
             self.level(true),
@@ -577,6 +613,7 @@ impl RequestInfo {
             route = self.route.as_ref().map(Route::as_str),
             path = self.path.as_str(),
             peer = peer.as_ref().map(PeerText::as_str),
+            client = client.as_ref().map(PeerText::as_str),
             duration_ms = self.duration_ms(),
             error,
             request_id,
@@ -665,6 +702,7 @@ impl RequestInfo {
         let trace_id = trace_id.as_ref().map(HexId::as_str);
         let span_id = span_id.as_ref().map(HexId::as_str);
         let peer = self.peer.map(PeerText::new);
+        let client = self.client.map(PeerText::ip);
         let _entered = self.span.enter();
         access_event!(
             level,
@@ -672,6 +710,7 @@ impl RequestInfo {
             route = self.route.as_ref().map(Route::as_str),
             path = self.path.as_str(),
             peer = peer.as_ref().map(PeerText::as_str),
+            client = client.as_ref().map(PeerText::as_str),
             status = status.map(|status| status.as_u16()),
             grpc_status = grpc.map(GrpcCode::value),
             error_code,

@@ -1,7 +1,7 @@
 //! A socket address as text on the stack, for the access line's `peer`.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// The longest text of a socket address: `[` an IPv6 address with a zone `%` `]:65535`.
 const MAX_LEN: usize = 64;
@@ -21,12 +21,7 @@ impl PeerText {
         };
         match addr {
             SocketAddr::V4(v4) => {
-                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text.push(b'.');
-                    }
-                    text.push_number(u32::from(octet));
-                }
+                text.push_v4(*v4.ip());
                 text.push(b':');
                 text.push_number(u32::from(v4.port()));
             }
@@ -38,6 +33,33 @@ impl PeerText {
             }
         }
         text
+    }
+
+    /// An address without a port, for the access line's `client`.
+    pub(crate) fn ip(addr: IpAddr) -> Self {
+        let mut text = Self {
+            buf: [0; MAX_LEN],
+            len: 0,
+        };
+        match addr {
+            IpAddr::V4(v4) => text.push_v4(v4),
+            IpAddr::V6(v6) => {
+                let mut cursor = std::io::Cursor::new(&mut text.buf[..]);
+                // Fits: an IPv6 address is at most 45 characters.
+                let _ = write!(cursor, "{v6}");
+                text.len = usize::try_from(cursor.position()).unwrap_or(0);
+            }
+        }
+        text
+    }
+
+    fn push_v4(&mut self, ip: std::net::Ipv4Addr) {
+        for (i, octet) in ip.octets().into_iter().enumerate() {
+            if i > 0 {
+                self.push(b'.');
+            }
+            self.push_number(u32::from(octet));
+        }
     }
 
     pub(crate) fn as_str(&self) -> &str {
@@ -87,6 +109,7 @@ mod tests {
         ] {
             let addr: SocketAddr = addr.parse().unwrap();
             assert_eq!(PeerText::new(addr).as_str(), addr.to_string());
+            assert_eq!(PeerText::ip(addr.ip()).as_str(), addr.ip().to_string());
         }
     }
 }

@@ -9,8 +9,9 @@ use std::task::{Context, Poll, ready};
 use http::{Request, Response};
 use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEndWatch, answer_code, head_outcome};
 use periscope_context::{
-    Baggage, ExtractOptions, Extracted, MatchedRoute, RequestContext, RequestIdOrigin,
-    RouteTemplates, TenantKey, WithContext, extract, headers::X_REQUEST_ID,
+    Baggage, ClientAddr, ExtractOptions, Extracted, MatchedRoute, PeerAddr, RequestContext,
+    RequestIdOrigin, RouteTemplates, TenantKey, TrustedProxies, WithContext, extract,
+    headers::X_REQUEST_ID,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -50,6 +51,9 @@ const SERVER_SPAN: &str = "http_request";
 ///   `content-type`) to `/package.Service/Method` (the route template, else the path; each
 ///   segment at most 128 ASCII letters, digits, `_` or `.`) is named `package.Service/Method`
 ///   instead and records `rpc.system`, `rpc.service` and `rpc.method` too;
+/// - with [`trusted_proxies`](CorrelationLayer::trusted_proxies), works out the client's
+///   address ([`TrustedProxies::client_addr`]), records it as `client.address` and puts it in
+///   the request extensions as a [`ClientAddr`] (the access log's `client`);
 /// - stores the [`RequestContext`] in the request extensions and makes it
 ///   [current](RequestContext::current) while the inner service runs;
 /// - echoes the request id in `x-request-id` on every response the inner service returns
@@ -109,6 +113,7 @@ struct Config {
     propagators: Option<Propagators>,
     routes: RouteTemplates,
     forwarded_scheme: bool,
+    trusted_proxies: TrustedProxies,
 }
 
 impl CorrelationLayer {
@@ -170,6 +175,18 @@ impl CorrelationLayer {
     /// lookups cost every request.
     pub fn forwarded_scheme(mut self, on: bool) -> Self {
         self.config_mut().forwarded_scheme = on;
+        self
+    }
+
+    /// The networks of the proxies in front of the service and the header they set (default:
+    /// none). With some, the span records the client's address as `client.address`, by the
+    /// rule of [`TrustedProxies::client_addr`] (the one forwarding header chosen with
+    /// [`TrustedProxies::header`], read only from a trusted peer), and
+    /// the request's extensions hold it as a [`ClientAddr`]. The peer comes from
+    /// [`PeerAddr`] (`periscope::Server`) or axum's `ConnectInfo`; without one, nothing is
+    /// recorded. Without networks the layer reads neither the peer nor the headers.
+    pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.config_mut().trusted_proxies = proxies;
         self
     }
 }
@@ -280,6 +297,9 @@ where
         if let Some(matched) = matched {
             request.extensions_mut().insert(matched);
         }
+        if !config.trusted_proxies.is_empty() {
+            client_addr(&mut request, &config.trusted_proxies, &span);
+        }
         if !matches!(
             request_id_origin,
             RequestIdOrigin::Kept | RequestIdOrigin::Generated
@@ -320,6 +340,24 @@ fn in_server_span() -> bool {
     })
 }
 
+/// Puts the client's address in the request's extensions and records it on `span`; out of
+/// line, as only services behind trusted proxies do it.
+#[inline(never)]
+fn client_addr<B>(request: &mut Request<B>, proxies: &TrustedProxies, span: &Span) {
+    let peer = PeerAddr::of(request);
+    #[cfg(feature = "axum")]
+    let peer = peer.or_else(|| {
+        request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0)
+    });
+    let Some(peer) = peer else { return };
+    let client = proxies.client_addr(peer.ip(), request.headers());
+    span.record("client.address", tracing::field::display(client));
+    request.extensions_mut().insert(ClientAddr(client));
+}
+
 /// The warnings about headers that were sent but could not be used: out of line, since
 /// nearly every request has none. A client may send any `traceparent`: restarting is the W3C
 /// rule, not worth a warning.
@@ -357,6 +395,8 @@ fn server_span<B>(
         rpc.method = Empty,
         rpc.grpc.status_code = Empty,
         url.path = request.uri().path(),
+        // Recorded only behind trusted proxies (`CorrelationLayer::trusted_proxies`).
+        client.address = Empty,
         // An absolute-form target names any scheme the client likes (`javascript://x/`):
         // only `http` and `https` are taken from it, as from the proxy headers.
         url.scheme = forwarded_scheme
