@@ -119,19 +119,31 @@ impl Caps {
 #[derive(Debug)]
 pub(crate) struct LabelGuard {
     cap: usize,
+    /// Values always kept, outside the cap: the layer's own fallbacks (`__unmatched__`), which
+    /// must stay apart from `__overflow__` however many other values came first.
+    reserved: &'static [&'static str],
     admitted: RwLock<HashSet<Arc<str>>>,
 }
 
 impl LabelGuard {
     pub(crate) fn new(cap: usize) -> Arc<Self> {
+        Self::reserving(cap, &[])
+    }
+
+    /// A guard that keeps `reserved` whatever the cap.
+    pub(crate) fn reserving(cap: usize, reserved: &'static [&'static str]) -> Arc<Self> {
         Arc::new(Self {
             cap,
+            reserved,
             admitted: RwLock::default(),
         })
     }
 
     /// Whether `value` is (or now becomes) one of the kept values.
     fn admit(&self, value: &str) -> bool {
+        if self.reserved.contains(&value) {
+            return true;
+        }
         if value.len() > MAX_LABEL_VALUE_LEN {
             return false;
         }

@@ -11,7 +11,7 @@ use prometheus_client::metrics::MetricType;
 
 use crate::error::MetricsError;
 use crate::guard::{Caps, GuardedFamily, LabelGuard};
-use crate::labels::{StatusLabel, method_label};
+use crate::labels::{CANCELLED, OTHER_METHOD, StatusLabel, UNMATCHED, method_label};
 use crate::names::{check_label_names, check_metric_name};
 use crate::red::{Part, Recording, Red, RequestsView, RouteFn};
 use crate::registry::MetricsRegistry;
@@ -275,9 +275,11 @@ impl MetricsLayerBuilder {
         registry.check_free(&metric_types)?;
 
         // The families share their method and route guards, so both keep the same values.
-        let method_guard = LabelGuard::new(self.caps.label_cap(method));
-        let route_guard = LabelGuard::new(self.caps.label_cap(route));
-        let status_guard = LabelGuard::new(self.caps.label_cap(status));
+        // The layer's own fallbacks are kept outside the caps: requests no route matched stay
+        // `__unmatched__` (not `__overflow__`) once the declared routes fill the route cap.
+        let method_guard = LabelGuard::reserving(self.caps.label_cap(method), &[OTHER_METHOD]);
+        let route_guard = LabelGuard::reserving(self.caps.label_cap(route), &[UNMATCHED]);
+        let status_guard = LabelGuard::reserving(self.caps.label_cap(status), &[CANCELLED]);
         let series_cap = self.caps.series_cap();
         let requests = GuardedFamily::with_guards(
             &requests_name,

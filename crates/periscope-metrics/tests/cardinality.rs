@@ -422,3 +422,52 @@ fn a_cap_on_a_label_the_family_lacks_is_refused() {
         "{refused:?}"
     );
 }
+
+/// The layer's own fallbacks stay apart from the overflow once the cap is full: a request no
+/// route matched is `__unmatched__`, an invented method `_OTHER`, however many declared routes
+/// came before, so "no such route" and "too many routes" remain distinguishable.
+#[tokio::test(flavor = "current_thread")]
+async fn fallback_labels_are_kept_outside_the_caps() {
+    let registry = MetricsRegistry::new();
+    let layer = MetricsLayer::builder()
+        .route_templates(["/a", "/b", "/c"])
+        .caps(
+            periscope_metrics::Caps::default()
+                .label("route", 2)
+                .label("method", 1),
+        )
+        .register(&registry)
+        .unwrap();
+    let app = layer.layer(service_fn(|_: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    for (method, path) in [
+        ("GET", "/a"),
+        ("GET", "/b"),
+        ("GET", "/c"),
+        ("GET", "/nowhere"),
+        ("BREW", "/a"),
+    ] {
+        let request = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(path)
+            .body(String::new())
+            .unwrap();
+        app.clone().oneshot(request).await.unwrap();
+    }
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let requests = points(&exposition, "http_server_requests");
+    let count =
+        |method: &str, route: &str| sum_where(&requests, &[("method", method), ("route", route)]);
+    assert_eq!(count("GET", "/a"), 1.0, "{requests:?}");
+    assert_eq!(count("GET", "/b"), 1.0, "{requests:?}");
+    assert_eq!(
+        count("GET", OVERFLOW),
+        1.0,
+        "/c is past the route cap: {requests:?}"
+    );
+    assert_eq!(count("GET", UNMATCHED), 1.0, "{requests:?}");
+    assert_eq!(count(OTHER_METHOD, "/a"), 1.0, "{requests:?}");
+    assert_eq!(total(&exposition, "http_server_requests"), 5.0);
+}

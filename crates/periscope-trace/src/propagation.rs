@@ -80,8 +80,8 @@ impl Propagators {
     /// Makes these the process's formats: what [`inject`](crate::inject), [`ClientSpan`],
     /// [`ClientTraceLayer`] and [`CorrelationLayer`] use unless told otherwise, the way
     /// OpenTelemetry's global propagator serves every instrumented library.
-    /// [`OtelConfig::install`](crate::otel::OtelConfig::install) and periscope's `init` call
-    /// it with `OTEL_PROPAGATORS`.
+    /// `OtelConfig::install` (feature `otel`) and periscope's `init` call it with
+    /// `OTEL_PROPAGATORS`.
     ///
     /// [`ClientSpan`]: crate::ClientSpan
     /// [`ClientTraceLayer`]: crate::ClientTraceLayer
