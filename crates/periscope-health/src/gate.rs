@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A startup condition the service opens when it is met, for example "model loaded".
@@ -24,6 +24,9 @@ use std::time::Duration;
 pub struct StartupGate {
     name: Arc<str>,
     open: Arc<AtomicBool>,
+    /// How many times the gate has closed: a run of the checks taken before a closing no longer
+    /// describes the service once the gate opens again (a reloaded model).
+    closings: Arc<AtomicU64>,
 }
 
 impl StartupGate {
@@ -32,6 +35,7 @@ impl StartupGate {
         Self {
             name: Arc::from(name.into()),
             open: Arc::new(AtomicBool::new(false)),
+            closings: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -42,7 +46,15 @@ impl StartupGate {
 
     /// Marks the condition unmet again, for example while a model reloads.
     pub fn close(&self) {
-        self.open.store(false, Ordering::Release);
+        // Counted after the switch, so that a probe that sees the gate open again sees the count.
+        if self.open.swap(false, Ordering::AcqRel) {
+            self.closings.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// How many times the gate has closed (read before the switch by readiness).
+    pub(crate) fn closings(&self) -> u64 {
+        self.closings.load(Ordering::Acquire)
     }
 
     /// Whether the condition is met.
@@ -80,12 +92,18 @@ impl fmt::Debug for StartupGate {
 #[derive(Clone, Default)]
 pub struct DrainHandle {
     draining: Arc<AtomicBool>,
+    /// How many drains have begun: a run of the checks taken before one no longer describes the
+    /// service once it is resumed.
+    drains: Arc<AtomicU64>,
 }
 
 impl DrainHandle {
     /// Starts draining: `/ready` answers 503 `draining` from now on.
     pub fn drain(&self) {
-        self.draining.store(true, Ordering::Release);
+        // Counted after the switch, so that a probe that sees the drain ended sees the count.
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            self.drains.fetch_add(1, Ordering::Release);
+        }
     }
 
     /// Starts draining, then waits `grace` (at least two readiness probe periods is the rule of
@@ -103,6 +121,11 @@ impl DrainHandle {
     /// Whether the service is draining.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// How many drains have begun (read before the switch by readiness).
+    pub(crate) fn drains(&self) -> u64 {
+        self.drains.load(Ordering::Acquire)
     }
 }
 

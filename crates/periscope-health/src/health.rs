@@ -89,10 +89,16 @@ impl Health {
     /// Readiness: `draining`, else `starting` while a gate is closed, else the checks' result
     /// (`ok`, `degraded` or `fail`), from the cache, the run in flight, or a new run.
     pub async fn readiness(&self) -> Report {
-        if let Some(report) = self.readiness_now() {
+        let epoch = self.epoch();
+        if let Some(report) = self.readiness_at(epoch) {
             return report;
         }
-        let run = self.inner.runner.latest().await;
+        let mut run = self.inner.runner.latest(epoch).await;
+        if run.epoch != epoch {
+            // Joined a run started before a gate closed or a drain began (and since reopened or
+            // ended): it does not describe the service now, so wait for one started after.
+            run = self.inner.runner.latest(epoch).await;
+        }
         // Draining (or a gate closing) while the checks ran wins: once draining has begun, no
         // probe may still answer 200.
         if let Some(report) = self.held_back() {
@@ -116,11 +122,25 @@ impl Health {
 
     /// The readiness answer when it needs no waiting: draining, starting, or a fresh cache.
     pub(crate) fn readiness_now(&self) -> Option<Report> {
+        self.readiness_at(self.epoch())
+    }
+
+    /// [`readiness_now`](Self::readiness_now) with the epoch read before the switches.
+    fn readiness_at(&self, epoch: u64) -> Option<Report> {
         if let Some(report) = self.held_back() {
             return Some(report);
         }
-        let run = self.inner.runner.cached()?;
+        let run = self.inner.runner.cached(epoch)?;
         Some(self.report(status_of(&run.outcomes), Vec::new(), Some(run)))
+    }
+
+    /// How many times a gate has closed or a drain begun: a run of the checks answers only the
+    /// probes of its epoch, so a gate opening or a drain ending is never answered from a run
+    /// taken before (a model reloaded because a check failed is not held unready by that
+    /// failure, a pod back from a drain does not answer from its dependencies' state before it).
+    /// Read before the switches themselves, which are counted after they flip.
+    fn epoch(&self) -> u64 {
+        epoch(&self.inner.drain, &self.inner.gates)
     }
 
     /// The names of the startup gates still closed.
@@ -175,8 +195,10 @@ impl Health {
     }
 
     /// Background mode: runs the checks every `every` (at least 100 ms) in a task, and probes
-    /// answer from the last run whatever its age, so no probe ever waits on a dependency. No
-    /// check runs while a startup gate is closed or the service drains, as for probes.
+    /// answer from the last run whatever its age, so no probe waits on a dependency, except the
+    /// first after a startup gate opens or a drain ends: a run taken before the gate closed or
+    /// the drain began answers no probe after. No check runs while a startup gate is closed or
+    /// the service drains, as for probes.
     /// Polling stops when the returned [`Poller`] is dropped.
     ///
     /// # Errors
@@ -184,10 +206,13 @@ impl Health {
     /// [`NoRuntime`] when called outside a Tokio runtime.
     pub fn spawn_poller(&self, every: Duration) -> Result<Poller, NoRuntime> {
         // While starting or draining readiness runs no check; neither does the poller.
+        // The switches, not the `Health`: the task must not keep the runner alive.
         let drain = self.inner.drain.clone();
         let gates = self.inner.gates.clone();
         self.inner.runner.spawn_poller(every, move || {
-            drain.is_draining() || gates.iter().any(|gate| !gate.is_open())
+            let epoch = epoch(&drain, &gates);
+            let held_back = drain.is_draining() || gates.iter().any(|gate| !gate.is_open());
+            (!held_back).then_some(epoch)
         })
     }
 
@@ -215,6 +240,14 @@ impl Health {
             Probe::Readiness => self.readiness_now(),
         }
     }
+}
+
+/// See [`Health::epoch`]: each count only grows, so their sum changes whenever one does.
+fn epoch(drain: &DrainHandle, gates: &[StartupGate]) -> u64 {
+    gates
+        .iter()
+        .map(StartupGate::closings)
+        .fold(drain.drains(), u64::wrapping_add)
 }
 
 /// Builds a [`Health`].

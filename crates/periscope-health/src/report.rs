@@ -79,6 +79,9 @@ impl CheckOutcome {
 pub(crate) struct CheckRun {
     pub(crate) outcomes: Vec<CheckOutcome>,
     pub(crate) finished: Instant,
+    /// The gate closings and drains counted before the run started: a run taken before a gate
+    /// closed or a drain began answers no probe after the gate opens or the drain ends.
+    pub(crate) epoch: u64,
 }
 
 /// Combines outcomes into `ok`, `degraded` or `fail`.

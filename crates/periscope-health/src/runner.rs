@@ -65,34 +65,38 @@ impl Runner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The last run when it is still fresh (or kept fresh by a poller), without waiting.
-    pub(crate) fn cached(&self) -> Option<Arc<CheckRun>> {
-        self.fresh(&self.state())
+    /// The last run when it is still fresh (or kept fresh by a poller) and was taken in `epoch`
+    /// (after the last gate closing or drain), without waiting.
+    pub(crate) fn cached(&self, epoch: u64) -> Option<Arc<CheckRun>> {
+        self.fresh(&self.state(), epoch)
     }
 
-    fn fresh(&self, state: &RunState) -> Option<Arc<CheckRun>> {
+    fn fresh(&self, state: &RunState, epoch: u64) -> Option<Arc<CheckRun>> {
         let polled = self.pollers.load(Ordering::Acquire) > 0;
         state
             .last
             .as_ref()
+            .filter(|run| run.epoch == epoch)
             .filter(|run| polled || run.finished.elapsed() < self.cache_ttl)
             .cloned()
     }
 
     /// The cached run, or the run in flight, or a new run: concurrent callers share one.
-    pub(crate) async fn latest(self: &Arc<Self>) -> Arc<CheckRun> {
-        if let Some(run) = self.cached() {
+    pub(crate) async fn latest(self: &Arc<Self>, epoch: u64) -> Arc<CheckRun> {
+        if let Some(run) = self.cached(epoch) {
             return run;
         }
-        self.join_or_start(true).await
+        self.join_or_start(Some(epoch), epoch).await
     }
 
-    /// Joins the run in flight, or starts one; with `fresh_will_do`, first takes a fresh run
-    /// under the same lock (one may have finished since the caller looked: it is not run
-    /// again).
-    fn join_or_start(self: &Arc<Self>, fresh_will_do: bool) -> SharedRun {
+    /// Joins the run in flight, or starts one in `epoch`; with `fresh_will_do`, first takes a
+    /// fresh run of that epoch under the same lock (one may have finished since the caller
+    /// looked: it is not run again).
+    fn join_or_start(self: &Arc<Self>, fresh_will_do: Option<u64>, epoch: u64) -> SharedRun {
         let mut state = self.state();
-        if fresh_will_do && let Some(run) = self.fresh(&state) {
+        if let Some(wanted) = fresh_will_do
+            && let Some(run) = self.fresh(&state, wanted)
+        {
             return async move { run }.boxed().shared();
         }
         if let Some(run) = &state.in_flight {
@@ -102,12 +106,12 @@ impl Runner {
             Ok(handle) => {
                 // The run is its own task, so a probe that gives up (client gone) does not
                 // cancel the run the other probes wait on.
-                let task = handle.spawn(Arc::clone(self).execute());
+                let task = handle.spawn(Arc::clone(self).execute(epoch));
                 let runner = Arc::downgrade(self);
                 async move {
                     match task.await {
                         Ok(run) => run,
-                        Err(_) => aborted_run(&runner),
+                        Err(_) => aborted_run(&runner, epoch),
                     }
                 }
                 .boxed()
@@ -122,6 +126,7 @@ impl Runner {
                 let run = Arc::new(CheckRun {
                     outcomes,
                     finished: Instant::now(),
+                    epoch,
                 });
                 return async move { run }.boxed().shared();
             }
@@ -131,7 +136,7 @@ impl Runner {
     }
 
     /// Runs every check concurrently, stores the result as the last run and reports it.
-    async fn execute(self: Arc<Self>) -> Arc<CheckRun> {
+    async fn execute(self: Arc<Self>, epoch: u64) -> Arc<CheckRun> {
         let (outcomes, panics): (Vec<_>, Vec<_>) = join_all(
             self.checks
                 .iter()
@@ -143,6 +148,7 @@ impl Runner {
         let run = Arc::new(CheckRun {
             outcomes,
             finished: Instant::now(),
+            epoch,
         });
         let _publishing = self.publishing.lock().await;
         let (previous, previous_panics) = {
@@ -184,13 +190,13 @@ impl Runner {
         metrics
     }
 
-    /// Starts a task that runs the checks every `every` (at least [`MIN_POLL_INTERVAL`]),
-    /// but not while `held_back` (starting or draining: readiness runs no check then);
-    /// stopped when the returned [`Poller`] is dropped.
+    /// Starts a task that runs the checks every `every` (at least [`MIN_POLL_INTERVAL`]) in the
+    /// epoch `epoch` gives, but not while it gives none (starting or draining: readiness runs
+    /// no check then); stopped when the returned [`Poller`] is dropped.
     pub(crate) fn spawn_poller(
         self: &Arc<Self>,
         every: Duration,
-        held_back: impl Fn() -> bool + Send + 'static,
+        epoch: impl Fn() -> Option<u64> + Send + 'static,
     ) -> Result<Poller, NoRuntime> {
         let handle = Handle::try_current().map_err(|_| NoRuntime)?;
         let every = every.max(MIN_POLL_INTERVAL);
@@ -201,8 +207,8 @@ impl Runner {
                 let Some(runner) = runner.upgrade() else {
                     return;
                 };
-                if !held_back() {
-                    let run = runner.join_or_start(false);
+                if let Some(epoch) = epoch() {
+                    let run = runner.join_or_start(None, epoch);
                     drop(runner);
                     run.await;
                 }
@@ -254,7 +260,7 @@ impl std::fmt::Debug for Runner {
 }
 
 /// The run task was cancelled (the runtime is shutting down): every check failed, nothing cached.
-fn aborted_run(runner: &Weak<Runner>) -> Arc<CheckRun> {
+fn aborted_run(runner: &Weak<Runner>, epoch: u64) -> Arc<CheckRun> {
     let outcomes = match runner.upgrade() {
         Some(runner) => {
             runner.state().in_flight = None;
@@ -269,6 +275,7 @@ fn aborted_run(runner: &Weak<Runner>) -> Arc<CheckRun> {
     Arc::new(CheckRun {
         outcomes,
         finished: Instant::now(),
+        epoch,
     })
 }
 

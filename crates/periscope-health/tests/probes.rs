@@ -524,3 +524,88 @@ async fn the_error_chain_is_reported() {
         Some("query failed: connection reset")
     );
 }
+
+/// A check that fails while `broken` is set.
+fn broken_while(
+    broken: &Arc<std::sync::atomic::AtomicBool>,
+) -> impl Fn() -> std::future::Ready<Result<(), String>> + Send + Sync + 'static {
+    let broken = Arc::clone(broken);
+    move || {
+        std::future::ready(if broken.load(Ordering::SeqCst) {
+            Err("model broken".to_owned())
+        } else {
+            Ok(())
+        })
+    }
+}
+
+/// `/ready` over the socket, within a generous bound.
+async fn ready_now(addr: SocketAddr) -> support::Answer {
+    tokio::time::timeout(Duration::from_secs(10), get(addr, "/ready"))
+        .await
+        .expect("/ready answered within 10 s")
+}
+
+/// With a poller on a long interval, a gate opening or a drain ending is seen by the next probe,
+/// which never answers from a run taken before the change (a model reloaded because a check
+/// failed must not stay unready until the next poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_poller_gate_and_drain_changes_take_effect_at_the_next_probe() {
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let model_loaded = StartupGate::new("model_loaded");
+    let (health, addr) = serve_health(
+        Health::builder()
+            .check("model", broken_while(&broken))
+            .startup_gate(model_loaded.clone()),
+    )
+    .await;
+    let _poller = health.spawn_poller(Duration::from_secs(60)).unwrap();
+
+    assert_eq!(ready_now(addr).await.json()["status"], "starting");
+    model_loaded.open();
+    let ready = ready_now(addr).await;
+    assert_eq!(
+        (ready.status, ready.json()["status"].clone()),
+        (200, "ok".into())
+    );
+
+    // The model breaks and is reloaded behind the gate: the poller's passing run, taken before,
+    // must not answer once the gate opens again.
+    broken.store(true, Ordering::SeqCst);
+    model_loaded.close();
+    assert_eq!(ready_now(addr).await.json()["status"], "starting");
+    model_loaded.open();
+    let ready = ready_now(addr).await;
+    assert_eq!(
+        (ready.status, ready.json()["status"].clone()),
+        (503, "fail".into()),
+        "the run taken before the gate closed answered after it opened"
+    );
+
+    // Reloaded: close, fix, open → the next probe answers 200 at once.
+    model_loaded.close();
+    broken.store(false, Ordering::SeqCst);
+    model_loaded.open();
+    let ready = ready_now(addr).await;
+    assert_eq!(
+        (ready.status, ready.json()["status"].clone()),
+        (200, "ok".into()),
+        "the failing run taken before the reload answered after it"
+    );
+
+    // Draining answers 503 at once; a drain ended answers from a run taken after it.
+    health.drain_handle().drain();
+    let ready = ready_now(addr).await;
+    assert_eq!(
+        (ready.status, ready.json()["status"].clone()),
+        (503, "draining".into())
+    );
+    broken.store(true, Ordering::SeqCst);
+    health.drain_handle().resume();
+    let ready = ready_now(addr).await;
+    assert_eq!(
+        (ready.status, ready.json()["status"].clone()),
+        (503, "fail".into()),
+        "the passing run taken before the drain answered after it ended"
+    );
+}
