@@ -1937,6 +1937,91 @@ async fn a_grpc_call_to_an_unknown_method_is_unimplemented() {
     );
 }
 
+/// A gRPC client's deadline (`grpc-timeout`) shorter than the request timeout is the server's
+/// too, as under tonic's own server: a call to a handler that takes 2 s, sent with a 200 ms
+/// deadline, is answered `DEADLINE_EXCEEDED` by the server, logged and counted as a timeout.
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_grpc_clients_deadline_shorter_than_the_request_timeout_is_kept() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use tracing_subscriber::prelude::*;
+
+    struct Slow;
+    #[tonic::async_trait]
+    impl TraceService for Slow {
+        async fn export(
+            &self,
+            _: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    let out = Captured::default();
+    let (log, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    let obs = Observability::builder()
+        .service_name("grpc-deadline")
+        .build()
+        .unwrap();
+    let app = hello_and_slow()
+        .route_service(EXPORT, TraceServiceServer::new(Slow))
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(obs.server(listener).serve(app, std::future::pending()));
+
+    // The generated client over a plain HTTP/2 client: tonic's own channel would enforce the
+    // deadline itself (answering `CANCELLED`, "Timeout expired"), so only the server does here.
+    let http2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<tonic::body::Body>();
+    let mut client =
+        TraceServiceClient::with_origin(http2, format!("http://{addr}").parse().unwrap());
+    let mut call = tonic::Request::new(ExportTraceServiceRequest::default());
+    call.set_timeout(Duration::from_millis(200));
+    call.metadata_mut()
+        .insert("x-request-id", "grpc-deadline".parse().unwrap());
+    let status = client.export(call).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "The request did not complete within the client's deadline of 200ms (grpc-timeout)"
+    );
+    assert_eq!(
+        status.metadata().get("x-request-id").unwrap(),
+        "grpc-deadline"
+    );
+
+    // Counted and logged as the request timeout is, with whose deadline it was.
+    let exposition = obs.registry().encode_prometheus().unwrap();
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(&exposition)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(requests_counted(&exposition, Some(EXPORT), "5xx"), 1.0);
+    // Its access line (`grpc_status` 4, at `error`) is the request timeout's, checked in
+    // `a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status`.
+    drop(log_guard);
+    let lines = out.lines();
+    let timed_out = lines
+        .iter()
+        .find(|line| line["data"]["code"] == "timeout" && line["request_id"] == "grpc-deadline")
+        .unwrap_or_else(|| panic!("no timeout line: {lines:?}"));
+    assert_eq!(timed_out["level"], "warn", "{timed_out}");
+    assert_eq!(timed_out["data"]["timeout_ms"], 200, "{timed_out}");
+    assert_eq!(timed_out["data"]["grpc_timeout"], true, "{timed_out}");
+}
+
 /// An HTTP/2 connection is closed gracefully (GOAWAY) once it has had no stream for the
 /// idle timeout, but not while a stream is open; while the service drains, after its
 /// next answer (HTTP/2's `Connection: close`), a new connection still being answered.

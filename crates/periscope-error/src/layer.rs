@@ -141,6 +141,12 @@ impl ErrorLayer {
 
     /// Answers 504 `timeout` when the inner service has not responded within `timeout`, and
     /// drops (cancels) its future.
+    ///
+    /// A gRPC call (a gRPC `content-type`) with a valid `grpc-timeout` header (1 to 8 ASCII
+    /// digits and a unit, `H`, `M`, `S`, `m`, `u` or `n`, as the gRPC over HTTP/2 spec has it)
+    /// shorter than `timeout`, or any, without a `timeout`, gets the client's deadline instead:
+    /// answered `DEADLINE_EXCEEDED` with a message naming it, as tonic's own server does. Any
+    /// other value is ignored; the header never lengthens `timeout`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         Arc::make_mut(&mut self.config).timeout = Some(timeout);
         self
@@ -197,7 +203,65 @@ impl<S: Clone> Clone for ErrorService<S> {
 enum Failure {
     Panic(CaughtPanic),
     Error(BoxError),
-    TimedOut(Duration),
+    TimedOut(Limit),
+}
+
+/// How long the inner service has to answer, and whose limit that is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Limit {
+    after: Duration,
+    /// The client's `grpc-timeout`, shorter than the layer's own timeout (or without one).
+    client: bool,
+}
+
+impl Limit {
+    /// The shorter of the layer's `timeout` and, for a gRPC call, the client's `grpc-timeout`.
+    fn of(timeout: Option<Duration>, grpc: bool, headers: &HeaderMap) -> Option<Self> {
+        let own = timeout.map(|after| Limit {
+            after,
+            client: false,
+        });
+        let Some(deadline) = grpc.then(|| grpc_timeout(headers)).flatten() else {
+            return own;
+        };
+        match own {
+            Some(own) if own.after <= deadline => Some(own),
+            _ => Some(Limit {
+                after: deadline,
+                client: true,
+            }),
+        }
+    }
+}
+
+/// The longest `grpc-timeout` value: 8 digits, as the gRPC over HTTP/2 spec allows.
+const MAX_GRPC_TIMEOUT_DIGITS: usize = 8;
+
+/// The client's deadline in `grpc-timeout`: `TimeoutValue TimeoutUnit`, 1 to 8 ASCII digits,
+/// then `H`, `M`, `S`, `m`, `u` or `n`; `None` for a missing header or any other value (a
+/// sign, spaces, more digits, another unit), which the spec leaves to be ignored.
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty()
+        || digits.len() > MAX_GRPC_TIMEOUT_DIGITS
+        || !digits.iter().all(u8::is_ascii_digit)
+    {
+        return None;
+    }
+    // At most 99,999,999: no overflow below, even in hours (about 3.6e11 seconds).
+    let value = digits
+        .iter()
+        .fold(0u64, |value, digit| value * 10 + u64::from(digit - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(value * 3600),
+        b'M' => Duration::from_secs(value * 60),
+        b'S' => Duration::from_secs(value),
+        b'm' => Duration::from_millis(value),
+        b'u' => Duration::from_micros(value),
+        b'n' => Duration::from_nanos(value),
+        _ => return None,
+    })
 }
 
 /// What the layer needs to know about the request once it has been handed on.
@@ -298,6 +362,11 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let facts = RequestFacts::of(&request);
+        let limit = Limit::of(
+            self.config.timeout,
+            facts.format.is_grpc(),
+            request.headers(),
+        );
         let (ids, scope, echo_request_id) = resolve_context(&mut request, &self.config.extract);
         #[cfg(feature = "axum")]
         let body = crate::request_body::watch(&mut request);
@@ -320,8 +389,10 @@ where
                 };
                 ResponseFuture {
                     state: State::Running { future },
-                    sleep: self.config.timeout.map(tokio::time::sleep),
-                    timeout: self.config.timeout,
+                    // `tokio::time::sleep` takes any duration (a deadline past its clock's
+                    // range waits forever), so a client's 99,999,999 hours is harmless.
+                    sleep: limit.map(|limit| tokio::time::sleep(limit.after)),
+                    timeout: limit,
                     handled,
                 }
             }
@@ -360,7 +431,7 @@ pub struct ResponseFuture<F, B> {
     /// The deadline, while the response is not known yet.
     #[pin]
     sleep: Option<Sleep>,
-    timeout: Option<Duration>,
+    timeout: Option<Limit>,
     handled: Handled,
 }
 
@@ -753,18 +824,28 @@ impl Handled {
                 caught.log(&self.ids);
                 codes::INTERNAL_ERROR
             }
-            Failure::TimedOut(timeout) => {
+            Failure::TimedOut(Limit {
+                after: timeout,
+                client,
+            }) => {
                 tracing::warn!(
                     request_id,
                     trace_id,
                     code = codes::TIMEOUT.name(),
                     timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    // Whose limit passed: the client's `grpc-timeout`, else the layer's own.
+                    grpc_timeout = client.then_some(true),
                     "request timed out after {timeout:?}"
                 );
-                return self.fresh(
-                    HttpError::from(codes::TIMEOUT)
-                        .with_message(format!("The request did not complete within {timeout:?}")),
-                );
+                let message = if client {
+                    format!(
+                        "The request did not complete within the client's deadline of \
+                         {timeout:?} (grpc-timeout)"
+                    )
+                } else {
+                    format!("The request did not complete within {timeout:?}")
+                };
+                return self.fresh(HttpError::from(codes::TIMEOUT).with_message(message));
             }
             Failure::Error(error) => {
                 let code = if error.is::<tower::timeout::error::Elapsed>() {
@@ -1441,6 +1522,201 @@ mod tests {
         assert_eq!(parts.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(json["error"]["code"], "timeout");
         assert_eq!(json["error"]["retryable"], true);
+    }
+
+    fn timeout_header(value: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "grpc-timeout",
+            http::HeaderValue::from_bytes(value).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn grpc_timeout_is_read_as_the_spec_writes_it() {
+        for (value, expected) in [
+            ("1H", Duration::from_secs(3600)),
+            ("2M", Duration::from_secs(120)),
+            ("3S", Duration::from_secs(3)),
+            ("200m", Duration::from_millis(200)),
+            ("5u", Duration::from_micros(5)),
+            ("7n", Duration::from_nanos(7)),
+            ("0m", Duration::ZERO),
+            ("0000200m", Duration::from_millis(200)),
+            ("99999999H", Duration::from_secs(99_999_999 * 3600)),
+            ("99999999n", Duration::from_nanos(99_999_999)),
+        ] {
+            let parsed = grpc_timeout(&timeout_header(value.as_bytes()));
+            assert_eq!(parsed, Some(expected), "{value}");
+        }
+    }
+
+    #[test]
+    fn a_hostile_grpc_timeout_is_ignored() {
+        for value in [
+            &b""[..],
+            b"m",
+            b"S",
+            b"200",
+            b"+200m",
+            b"-200m",
+            b" 200m",
+            b"200m ",
+            b"200 m",
+            b"2 00m",
+            b"123456789m",
+            b"000000200m",
+            b"999999999999999999999H",
+            b"18446744073709551616n",
+            b"200x",
+            b"200ms",
+            b"200h",
+            b"200s",
+            b"200N",
+            b"0x10m",
+            b"1e3m",
+            b"2.5S",
+            b"200m200m",
+            b"\xef\xbc\x91m",
+            b"2\xff",
+            b"\xff",
+            b"\xd9\xa3m",
+        ] {
+            assert_eq!(
+                grpc_timeout(&timeout_header(value)),
+                None,
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn the_shorter_limit_wins_and_the_header_counts_for_grpc_only() {
+        let own = Some(Duration::from_secs(30));
+        let short = timeout_header(b"200m");
+        let client = |after| {
+            Some(Limit {
+                after,
+                client: true,
+            })
+        };
+        let server = |after| {
+            Some(Limit {
+                after,
+                client: false,
+            })
+        };
+        assert_eq!(
+            Limit::of(own, true, &short),
+            client(Duration::from_millis(200))
+        );
+        assert_eq!(
+            Limit::of(own, false, &short),
+            server(Duration::from_secs(30))
+        );
+        // Never longer than the layer's own timeout; equal is the layer's own.
+        for long in [&b"1H"[..], b"30S", b"99999999H"] {
+            assert_eq!(
+                Limit::of(own, true, &timeout_header(long)),
+                server(Duration::from_secs(30))
+            );
+        }
+        assert_eq!(
+            Limit::of(own, true, &timeout_header(b"+1m")),
+            server(Duration::from_secs(30))
+        );
+        // Without a timeout of its own, the layer keeps the client's deadline.
+        assert_eq!(
+            Limit::of(None, true, &short),
+            client(Duration::from_millis(200))
+        );
+        assert_eq!(Limit::of(None, true, &HeaderMap::new()), None);
+        assert_eq!(Limit::of(None, false, &short), None);
+    }
+
+    /// A call (over a layer with a 300 ms timeout) to a service that sleeps, then answers OK.
+    async fn grpc_call(
+        timeout: Option<&str>,
+        content_type: &str,
+        sleep: Duration,
+    ) -> http::response::Parts {
+        let service = ErrorLayer::new()
+            .timeout(Duration::from_millis(300))
+            .layer(service_fn(move |_: Request<Full<Bytes>>| async move {
+                tokio::time::sleep(sleep).await;
+                Ok::<Res, BoxError>(
+                    Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", "0")
+                        .body(Full::default())
+                        .unwrap(),
+                )
+            }));
+        let mut request = Request::post("/pkg.Svc/Method")
+            .header("content-type", content_type)
+            .body(Full::default())
+            .unwrap();
+        if let Some(timeout) = timeout {
+            request
+                .headers_mut()
+                .insert("grpc-timeout", timeout.parse().unwrap());
+        }
+        service.oneshot(request).await.unwrap().into_parts().0
+    }
+
+    #[tokio::test]
+    async fn a_grpc_call_gets_the_clients_deadline_when_it_is_shorter() {
+        let grpc = |parts: &http::response::Parts| {
+            (
+                parts.headers["grpc-status"].to_str().unwrap().to_owned(),
+                parts.headers["grpc-message"].to_str().unwrap().to_owned(),
+            )
+        };
+        let client = grpc_call(Some("50m"), "application/grpc", Duration::from_secs(10)).await;
+        assert_eq!(
+            grpc(&client),
+            (
+                "4".to_owned(),
+                "The request did not complete within the client's deadline of 50ms \
+                 (grpc-timeout)"
+                    .to_owned()
+            )
+        );
+        // Longer than the layer's own timeout, or not a valid value: the layer's own.
+        for timeout in [Some("1H"), Some("+50m"), Some("50 m"), None] {
+            let own = grpc_call(timeout, "application/grpc", Duration::from_secs(10)).await;
+            assert_eq!(
+                grpc(&own),
+                (
+                    "4".to_owned(),
+                    "The request did not complete within 300ms".to_owned()
+                ),
+                "{timeout:?}"
+            );
+        }
+        // Not a gRPC call: the header means nothing.
+        let plain = grpc_call(Some("50m"), "application/json", Duration::from_secs(10)).await;
+        assert_eq!(plain.status, StatusCode::GATEWAY_TIMEOUT);
+        // A call answered within the client's deadline passes.
+        let answered = grpc_call(Some("5S"), "application/grpc", Duration::from_millis(10)).await;
+        assert_eq!(answered.headers["grpc-status"], "0");
+    }
+
+    #[tokio::test]
+    async fn the_largest_grpc_timeout_without_a_timeout_of_its_own_is_harmless() {
+        let service = ErrorLayer::new().layer(service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<Res, BoxError>(Response::new(Full::default()))
+        }));
+        let request = Request::post("/pkg.Svc/Method")
+            .header("content-type", "application/grpc")
+            .header("grpc-timeout", "99999999H")
+            .body(Full::default())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
     }
 
     #[tokio::test]

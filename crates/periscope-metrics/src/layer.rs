@@ -16,7 +16,9 @@ use crate::names::{check_label_names, check_metric_name};
 use crate::red::{Part, Recording, Red, RequestsView, RouteFn};
 use crate::registry::MetricsRegistry;
 use periscope_context::RouteTemplates;
-use periscope_context::grpc::{HeadOutcome, StreamEndWatch, answer_status, head_outcome};
+use periscope_context::grpc::{
+    HeadOutcome, StreamEnd, StreamEndWatch, answer_status, head_outcome,
+};
 
 /// OpenTelemetry's advice for HTTP server durations, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -374,7 +376,8 @@ fn checked_buckets(metric: &str, buckets: &[f64]) -> Result<Arc<[f64]>, MetricsE
 /// A gRPC answer whose `grpc-status` comes in its trailers, after streamed messages (HTTP 200,
 /// `application/grpc`, no `grpc-status` in its head), is recorded when its body ends instead:
 /// under the status its code stands for (`UNKNOWN`, 500, when none comes; `INTERNAL`, 500,
-/// when the body fails; `CANCELLED`, 499, when it is dropped first), with the duration of the
+/// when the body fails), or `cancelled` when the body is dropped first (the client cancelled
+/// the call or went away, as for a call dropped before its head), with the duration of the
 /// whole call (OpenTelemetry's `rpc.server.duration`), and it stays in the in-flight gauge
 /// until then. The trailers are read by periscope-log's `AccessLogLayer`, which tells this
 /// layer through a [`StreamEndWatch`] in the response's extensions: compose it inside this
@@ -568,9 +571,16 @@ where
                         && head_outcome(response.status(), response.headers())
                             == HeadOutcome::Trailers
                     {
-                        watch.on_end(move |end| {
-                            let status = recording.status_label().value(end.code().http_status());
-                            recording.finish(status, size);
+                        watch.on_end(move |end| match end {
+                            // The client cancelled (or went away) mid-stream: `cancelled`, as
+                            // a call it drops before the head, not the 499 of a `CANCELLED`
+                            // the service answered. The body was not sent in full.
+                            StreamEnd::Dropped => recording.finish(CANCELLED, None),
+                            end => {
+                                let status =
+                                    recording.status_label().value(end.code().http_status());
+                                recording.finish(status, size);
+                            }
                         });
                         return Poll::Ready(output);
                     }

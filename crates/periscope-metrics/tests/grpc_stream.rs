@@ -1,7 +1,8 @@
 //! gRPC calls whose `grpc-status` comes in the trailers, after streamed messages, over a real
 //! socket: each is counted once, when its body ends, under the status its code stands for,
-//! timed to its end and in flight until then; a body that ends without a status, fails, or is
-//! dropped by a client that went away counts as `UNKNOWN`, `INTERNAL` or `CANCELLED`.
+//! timed to its end and in flight until then; a body that ends without a status or fails
+//! counts as `UNKNOWN` or `INTERNAL`, one dropped by a client that went away as `cancelled`,
+//! as a call the client drops before its head.
 //!
 //! The trailers are read by the access log (`AccessLogLayer`) composed inside the metrics
 //! layer, as `obs.layer()` composes them; without it, such a call is recorded at its head.
@@ -280,13 +281,65 @@ async fn a_stream_cut_short_counts_once_as_cancelled_or_failed() {
         total(&registry, dropped) == 1.0
     })
     .await;
-    // `CANCELLED`: 499, client closed request.
-    assert_eq!(recorded(&registry, dropped, "499").0, 1.0);
+    // The client cancelled: `cancelled`, as a call dropped before its head (below), not the
+    // 499 of a `CANCELLED` the service answers.
+    assert_eq!(recorded(&registry, dropped, "cancelled").0, 1.0);
+    assert_eq!(recorded(&registry, dropped, "499").0, 0.0);
     assert_eq!(layer.in_flight(), 0);
     // Nothing more once the body is gone, whatever the service still sends.
     let _ = sender.send(trailers("0"));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(total(&registry, dropped), 1.0);
+}
+
+/// A call the client drops is `cancelled` wherever it drops it: before the head (a unary call
+/// still running) as mid-stream (above); a `CANCELLED` the service answers itself is its 499.
+#[tokio::test(flavor = "current_thread")]
+async fn a_call_the_client_drops_before_its_head_is_cancelled_too() {
+    let registry = MetricsRegistry::new();
+    let scripts = Scripts::default();
+    let layer = metrics_layer(&registry);
+    let app = Router::new()
+        .route(
+            "/pkg.Svc/Unary",
+            axum::routing::post(std::future::pending::<Response>),
+        )
+        .fallback(answer)
+        .with_state(scripts.clone())
+        .layer(AccessLogLayer::new())
+        .layer(layer.clone());
+    let addr = serve(app).await;
+
+    let unary = "/pkg.Svc/Unary";
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST {unary} HTTP/1.1\r\nhost: test\r\ncontent-type: application/grpc\r\n\
+                 te: trailers\r\ncontent-length: 0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    eventually("the call is in flight", || layer.in_flight() == 1).await;
+    drop(stream);
+    eventually("the dropped call is recorded", || {
+        total(&registry, unary) == 1.0
+    })
+    .await;
+    assert_eq!(recorded(&registry, unary, "cancelled").0, 1.0);
+    assert_eq!(layer.in_flight(), 0);
+
+    // The service's own `CANCELLED`, in the trailers: the status it stands for.
+    let answered = "/pkg.Svc/Answered";
+    drop(script(&scripts, answered, vec![message(), trailers("1")]));
+    let _ = call(addr, answered).await;
+    eventually("the answered call is recorded", || {
+        total(&registry, answered) == 1.0
+    })
+    .await;
+    assert_eq!(recorded(&registry, answered, "499").0, 1.0);
 }
 
 /// Every other answer is recorded at its head, as before: a plain HTTP stream is not waited
