@@ -39,6 +39,7 @@ mod client;
 mod context;
 pub mod grpc;
 mod ids;
+pub mod order;
 mod peer;
 mod request_id;
 mod route;

@@ -12,7 +12,7 @@ use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use periscope_context::{
-    ExtractOptions, RequestContext, WithContext, extract, headers::X_REQUEST_ID,
+    ExtractOptions, RequestContext, WithContext, extract, headers::X_REQUEST_ID, order,
 };
 use pin_project::pin_project;
 use tokio::time::Sleep;
@@ -77,7 +77,8 @@ const MAX_METHOD_IN_MESSAGE: usize = 32;
 /// and echoes `x-request-id` on every response.
 ///
 /// Place it innermost (closest to the handlers), so that the access log and metrics layers
-/// above see and count the envelope. The timeout needs a Tokio runtime with its time driver.
+/// above see and count the envelope. A periscope access log, metrics or correlation layer found
+/// inside it is warned about once per process (`docs/ordering.md`). The timeout needs a Tokio runtime with its time driver.
 ///
 /// ```
 /// use std::time::Duration;
@@ -327,6 +328,11 @@ fn resolve_context<B>(
     }
     let ctx = extract(request.headers(), options).context;
     request.extensions_mut().insert(ctx.clone());
+    // No correlation layer outside: a correlation layer inside (out of the documented order)
+    // takes this context's ids instead of making others.
+    request
+        .extensions_mut()
+        .insert(order::ContextFromErrorLayer);
     (Ids::of(&ctx), Some(Arc::new(ctx)), true)
 }
 
@@ -516,8 +522,14 @@ where
                         },
                         Err(caught) => Failure::Panic(caught),
                     };
-                    // Drop the failed future now, in case its destructor panics too.
-                    let _ = panic::catch(|| this.state.set(State::Done { response: None }));
+                    // Drop the failed future now, in case its destructor panics too. A
+                    // periscope access log or metrics layer dropped here is inside this one,
+                    // out of the documented order: it warns (docs/ordering.md).
+                    let _ = panic::catch(|| {
+                        order::error_layer_dropping(|| {
+                            this.state.set(State::Done { response: None })
+                        })
+                    });
                     return Poll::Ready(Ok(this.handled.failure(failure)));
                 }
                 StateProj::Reading {

@@ -16,6 +16,7 @@ use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEnd, StreamEndWatch, 
 use periscope_context::{
     AnsweredError, ClientAddr, HexId, RequestContext, RequestId, SpanId, Tenant, TraceId,
     TrustedProxies,
+    order::{self, AccessLogged, Misordering},
 };
 use pin_project::{pin_project, pinned_drop};
 
@@ -166,14 +167,16 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // Applied twice (the stack on a nested router and on the outer one): the layer
         // outside writes the request's line; a second would count it twice in every query.
-        if request.extensions().get::<Logged>().is_some() {
+        if request.extensions().get::<AccessLogged>().is_some() {
             return ResponseFuture {
                 inner: self.inner.call(request),
                 info: None,
                 logged_outside: true,
             };
         }
-        request.extensions_mut().insert(Logged);
+        // For a second access log inside, and for a correlation layer inside, which warns:
+        // it belongs outside.
+        request.extensions_mut().insert(AccessLogged);
         let path = request.uri().path();
         let span = Span::current();
         // Inside the request span the line lifts the ids from it: recording them again on
@@ -227,9 +230,19 @@ where
     }
 }
 
-/// Marks a request an [`AccessLog`] writes the line of, for a second one inside.
-#[derive(Clone, Copy, Debug)]
-struct Logged;
+/// Warns, once per process, that two periscope layers are composed out of order.
+#[cold]
+#[inline(never)]
+fn warn_misordered(misordering: Misordering) {
+    if misordering.first_time() {
+        tracing::warn!(
+            target: order::ORDER_TARGET,
+            outer = misordering.outer(),
+            inner = misordering.inner(),
+            "{misordering}"
+        );
+    }
+}
 
 /// Where the connection comes from: what the server put in the request, periscope's
 /// [`PeerAddr`](periscope_context::PeerAddr) or axum's `ConnectInfo<SocketAddr>` (what
@@ -394,6 +407,11 @@ impl<F> PinnedDrop for ResponseFuture<F> {
     fn drop(self: Pin<&mut Self>) {
         if let Some(info) = self.project().info.take() {
             // Dropped before the response: the client went away, or an outer timeout fired.
+            if order::dropped_by_error_layer() {
+                // An error layer outside answers the request with an envelope this line
+                // never sees.
+                warn_misordered(Misordering::ErrorOutsideAccessLog);
+            }
             info.log_completed(Answer::default(), 0, true, None);
         }
     }

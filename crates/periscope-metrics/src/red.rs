@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::Request;
+use periscope_context::order::{self, Misordering};
 use periscope_context::{RequestContext, TraceId};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, LabelSetEncoder, MetricEncoder};
 use prometheus_client::metrics::MetricType;
@@ -189,9 +190,27 @@ impl Drop for Recording {
             // Never answered: the client left, a timeout above fired, or another future of the
             // task panicked. A panic of the service itself is counted where it happens
             // (`Metrics::call` and the response future's poll).
+            if order::dropped_by_error_layer() {
+                // An error layer outside answers it (a 504 envelope) without this layer.
+                warn_misordered(Misordering::ErrorOutsideMetrics);
+            }
             self.finish(CANCELLED, None);
         }
         self.in_flight.metric.dec();
+    }
+}
+
+/// Warns, once per process, that two periscope layers are composed out of order.
+#[cold]
+#[inline(never)]
+fn warn_misordered(misordering: Misordering) {
+    if misordering.first_time() {
+        tracing::warn!(
+            target: order::ORDER_TARGET,
+            outer = misordering.outer(),
+            inner = misordering.inner(),
+            "{misordering}"
+        );
     }
 }
 

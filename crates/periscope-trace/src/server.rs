@@ -10,8 +10,10 @@ use http::{Request, Response};
 use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEndWatch, answer_code, head_outcome};
 use periscope_context::{
     Baggage, ClientAddr, ExtractOptions, Extracted, MatchedRoute, PeerAddr, RequestContext,
-    RequestIdOrigin, RouteTemplates, TenantKey, TrustedProxies, WithContext, extract,
+    RequestId, RequestIdOrigin, RouteTemplates, TenantKey, TraceId, TrustedProxies, WithContext,
+    extract,
     headers::X_REQUEST_ID,
+    order::{self, AccessLogged, ContextFromErrorLayer, Misordering},
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -70,6 +72,12 @@ const SERVER_SPAN: &str = "http_request";
 /// as the 200 it was then. The response body is the inner service's, untouched.
 ///
 /// Probe and scrape paths get the request id and context but no span (see [`PathSelector`]).
+///
+/// Composed out of the documented order (`docs/ordering.md`), it warns once per process under
+/// [`ORDER_TARGET`](periscope_context::order::ORDER_TARGET): with periscope-log's
+/// `AccessLogLayer` outside it, and with periscope-error's `ErrorLayer` outside it, whose
+/// request id (and, for a trace started here, trace id) it then takes so the envelope and the
+/// log lines agree.
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -227,16 +235,26 @@ where
         // second trace for the same request (no `traceparent` came with it), so the request
         // goes through under the context it has. Looked for only where a context is already
         // there: a marker of its own would cost every request an insertion.
-        if let Some(ctx) = request.extensions().get::<RequestContext>()
-            && in_server_span()
-        {
-            let ctx = ctx.clone();
-            let inner = &mut self.inner;
-            return ResponseFuture {
-                inner: WithContext::new_in_scope(Arc::new(ctx), || inner.call(request)),
-                span: Span::none(),
-                named_by_client: false,
-            };
+        let mut from_error_layer = None;
+        match request.extensions().get::<RequestContext>() {
+            Some(ctx) if in_server_span() => {
+                let ctx = ctx.clone();
+                let inner = &mut self.inner;
+                return ResponseFuture {
+                    inner: WithContext::new_in_scope(Arc::new(ctx), || inner.call(request)),
+                    span: Span::none(),
+                    named_by_client: false,
+                };
+            }
+            Some(_) => from_error_layer = error_layer_context(&request),
+            // An access log outside this layer writes its line outside the request span,
+            // without the ids (one lookup: no insertion, no allocation). Not looked for under
+            // a context: the stack applied twice on a quiet path (no span) has one outside.
+            None => {
+                if request.extensions().get::<AccessLogged>().is_some() {
+                    warn_misordered(Misordering::AccessLogOutsideCorrelation);
+                }
+            }
         }
         let config = &*self.config;
         let Extracted {
@@ -263,6 +281,9 @@ where
         }
         if !propagators.baggage() {
             ctx.baggage = Baggage::new();
+        }
+        if let Some(outer) = from_error_layer {
+            adopt_ids(&mut ctx, outer);
         }
 
         let known = route_template(&request);
@@ -338,6 +359,43 @@ fn in_server_span() -> bool {
             .metadata()
             .is_some_and(|span| span.target() == SERVER_TARGET && span.name() == SERVER_SPAN)
     })
+}
+
+/// The context an error layer outside made, out of the documented order (it found none):
+/// warned once; its ids are taken, so the envelope and the log lines agree.
+#[cold]
+#[inline(never)]
+fn error_layer_context<B>(request: &Request<B>) -> Option<(RequestId, TraceId)> {
+    request.extensions().get::<ContextFromErrorLayer>()?;
+    warn_misordered(Misordering::ErrorOutsideCorrelation);
+    let ctx = request.extensions().get::<RequestContext>()?;
+    Some((ctx.request_id.clone(), ctx.trace_id))
+}
+
+/// Takes the request id an error layer outside chose (kept from the same header, or generated)
+/// and, for a trace started here, its trace id: the ids its envelope carries.
+/// With the `otel` feature the exported span's trace id wins.
+#[cold]
+#[inline(never)]
+fn adopt_ids(ctx: &mut RequestContext, (request_id, trace_id): (RequestId, TraceId)) {
+    ctx.request_id = request_id;
+    if ctx.parent_span_id.is_none() {
+        ctx.trace_id = trace_id;
+    }
+}
+
+/// Warns, once per process, that two periscope layers are composed out of order.
+#[cold]
+#[inline(never)]
+fn warn_misordered(misordering: Misordering) {
+    if misordering.first_time() {
+        tracing::warn!(
+            target: order::ORDER_TARGET,
+            outer = misordering.outer(),
+            inner = misordering.inner(),
+            "{misordering}"
+        );
+    }
 }
 
 /// Puts the client's address in the request's extensions and records it on `span`; out of
