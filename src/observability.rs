@@ -598,6 +598,11 @@ impl Observability {
     /// It can run on any thread, inside a Tokio runtime or not: OTLP export over gRPC runs on
     /// a thread of its own. Fails with [`Error::AlreadyInitialized`] when a global subscriber
     /// is already installed, before anything global is changed.
+    ///
+    /// It also installs, once per process, a panic hook that logs panics outside requests (in
+    /// `main`, a thread, a spawned task) as an `error` line with target `periscope::panic`,
+    /// then calls the hook before it. `std::process::exit` runs no destructors: drop the guard
+    /// before calling it, or the lines still queued are lost.
     pub fn init(&self) -> Result<ObservabilityGuard, Error> {
         let mut pending = self
             .pending_log
@@ -655,6 +660,7 @@ impl Observability {
                 "GPU collector is down (gpu_collector_up 0); the service keeps running"
             );
         }
+        log_panics();
         // Libraries that write through the `log` crate reach the same lines, with their own
         // target and level, and the request's ids when they log inside one.
         if tracing_log::LogTracer::init().is_err() {
@@ -831,6 +837,59 @@ impl Observability {
     pub fn gpu(&self) -> Option<&periscope_gpu::GpuCollector> {
         self.gpu.as_ref()
     }
+}
+
+/// Installs, once per process, a panic hook that logs every panic the error layer does not
+/// catch (in `main`, a thread, a spawned task) as an `error` line with target
+/// `periscope::panic`, then hands it to the hook installed before (the default one still
+/// prints it on stderr). Without it such a panic reaches stderr only, as plain text outside
+/// the JSON log and `/debug/logs`.
+fn log_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        // `take_hook` may not be called while panicking.
+        if std::thread::panicking() {
+            return;
+        }
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // A panic the error layer catches gets the request's `handler panicked` line.
+            if !periscope_error::is_catching_panics() {
+                log_panic(info);
+            }
+            previous(info);
+        }));
+    });
+}
+
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    thread_local! {
+        /// Set while a panic is being logged: a panic while logging it is left to the hook
+        /// before, not logged in turn.
+        static LOGGING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if LOGGING.try_with(|logging| logging.replace(true)) != Ok(false) {
+        return;
+    }
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic with a non-string payload");
+    let location = info
+        .location()
+        .map(|at| format!("{}:{}:{}", at.file(), at.line(), at.column()));
+    // Captured only when RUST_BACKTRACE / RUST_LIB_BACKTRACE ask for it.
+    let backtrace = std::backtrace::Backtrace::capture();
+    let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+        .then(|| backtrace.to_string());
+    tracing::error!(
+        target: "periscope::panic",
+        { panic.message = message, panic.location = location, panic.backtrace = backtrace },
+        "panicked"
+    );
+    let _ = LOGGING.try_with(|logging| logging.set(false));
 }
 
 /// Flushes traces, then logs, when dropped. Returned by [`Observability::init`].

@@ -629,3 +629,78 @@ fn the_forwarding_header_comes_from_trusted_proxies_header_or_the_builder() {
     assert_eq!(header(&obs), ForwardingHeader::Forwarded);
     assert_eq!(obs.settings().trusted_proxies.to_string(), "192.0.2.0/24");
 }
+
+/// Set in the child of `a_panic_outside_a_request_is_an_error_line_of_the_log`: the file its
+/// log lines go to.
+const PANIC_CHILD_FILE: &str = "PERISCOPE_TEST_PANIC_CHILD_FILE";
+
+/// Run in a child process: panics in a request, in a thread, then in its own thread with the
+/// guard alive, as a failing `main` does.
+#[test]
+fn panic_child() {
+    use tower::{Layer, ServiceExt};
+
+    let Some(path) = std::env::var_os(PANIC_CHILD_FILE) else {
+        return;
+    };
+    let file = std::fs::File::create(path).unwrap();
+    let obs = Observability::builder().log_writer(file).build().unwrap();
+    // The error layer's hook is installed first here, so the one `init` adds runs before it.
+    let layer = obs.layer();
+    let _guard = obs.init().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let service = layer.layer(tower::service_fn(|_: http::Request<String>| async {
+        if true {
+            panic!("handler boom");
+        }
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    }));
+    let request = http::Request::builder()
+        .uri("/boom")
+        .body(String::new())
+        .unwrap();
+    let response = runtime.block_on(service.oneshot(request)).unwrap();
+    assert_eq!(response.status(), 500);
+    std::thread::spawn(|| panic!("worker died"))
+        .join()
+        .unwrap_err();
+    panic!("main failed");
+}
+
+#[test]
+fn a_panic_outside_a_request_is_an_error_line_of_the_log() {
+    let path = std::env::temp_dir().join(format!("periscope-panic-{}.log", std::process::id()));
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "panic_child", "--test-threads=1"])
+        .env(PANIC_CHILD_FILE, &path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the child ends with its panic");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let handler: Vec<&Value> = lines
+        .iter()
+        .filter(|line| line["message"] == "handler panicked")
+        .collect();
+    assert_eq!(handler.len(), 1, "{text}");
+    let panics: Vec<&Value> = lines
+        .iter()
+        .filter(|line| line["target"] == "periscope::panic")
+        .collect();
+    // The panic the error layer caught is not logged a second time.
+    assert_eq!(panics.len(), 2, "{text}");
+    for (line, message) in panics.iter().zip(["worker died", "main failed"]) {
+        assert_eq!(line["level"], "error", "{line}");
+        assert_eq!(line["message"], "panicked", "{line}");
+        assert_eq!(line["data"]["panic.message"], message, "{line}");
+        let location = line["data"]["panic.location"].as_str().unwrap();
+        assert!(location.starts_with("tests/settings.rs:"), "{location}");
+    }
+}

@@ -74,6 +74,14 @@ pub(crate) fn install_hook() {
     });
 }
 
+/// Whether a panic raised on this thread now is caught by an [`ErrorLayer`](crate::ErrorLayer)
+/// and reported by its `handler panicked` line (or its `a panic was caught inside the service`
+/// line): a panic hook of the service's own can leave such panics to it instead of reporting
+/// them twice.
+pub fn is_catching_panics() -> bool {
+    CATCHING.try_with(Cell::get).unwrap_or(false)
+}
+
 fn record(info: &PanicHookInfo<'_>) {
     let location = info
         .location()

@@ -56,6 +56,9 @@ pub struct LogLayerBuilder {
     span_fields: bool,
     ansi: Option<bool>,
     writer: Option<Box<dyn Write + Send>>,
+    /// Whether the writer given is a terminal: the default of `ansi` follows the output the
+    /// lines go to, not stdout.
+    writer_is_terminal: bool,
     writer_config: WriterConfig,
     recent_lines: usize,
     recent_bytes: usize,
@@ -91,6 +94,7 @@ impl Default for LogLayerBuilder {
             span_fields: true,
             ansi: None,
             writer: None,
+            writer_is_terminal: false,
             writer_config: WriterConfig::default(),
             recent_lines: DEFAULT_RECENT_LINES,
             recent_bytes: DEFAULT_RECENT_BYTES,
@@ -271,7 +275,8 @@ impl LogLayerBuilder {
         self
     }
 
-    /// Colours the level in the pretty format (default: when stdout is a terminal).
+    /// Colours the level in the pretty format (default: when the output is a terminal: stdout,
+    /// or the [`writer`](Self::writer) given when it is stdout, stderr or a `File` that is one).
     pub fn ansi(mut self, on: bool) -> Self {
         self.ansi = Some(on);
         self
@@ -279,6 +284,7 @@ impl LogLayerBuilder {
 
     /// Where lines go (default stdout).
     pub fn writer(mut self, writer: impl Write + Send + 'static) -> Self {
+        self.writer_is_terminal = is_terminal(&writer);
         self.writer = Some(Box::new(writer));
         self
     }
@@ -354,6 +360,7 @@ impl LogLayerBuilder {
             .level_control
             .unwrap_or_else(|| LevelControl::new(self.directives));
         let dropped = DroppedLines::default();
+        let writer_given = self.writer.is_some();
         let out = self.writer.unwrap_or_else(|| Box::new(std::io::stdout()));
         let (sink, guard) = writer::start(out, &self.writer_config, dropped.clone());
         let layer = LogLayer {
@@ -364,7 +371,13 @@ impl LogLayerBuilder {
             static_fields,
             flatten: self.flatten,
             span_fields: self.span_fields,
-            ansi: self.ansi.unwrap_or_else(|| std::io::stdout().is_terminal()),
+            ansi: self.ansi.unwrap_or_else(|| {
+                if writer_given {
+                    self.writer_is_terminal
+                } else {
+                    std::io::stdout().is_terminal()
+                }
+            }),
             filter: self.global_filter.then(|| level_control.clone()),
             level_control,
             sink,
@@ -372,5 +385,19 @@ impl LogLayerBuilder {
             dropped,
         };
         (layer, guard)
+    }
+}
+
+/// Whether `writer` is a terminal, for the types that can tell: a file or pipe given as the
+/// output must not get colour escapes because the program was started from a terminal.
+fn is_terminal(writer: &dyn std::any::Any) -> bool {
+    if let Some(file) = writer.downcast_ref::<std::fs::File>() {
+        file.is_terminal()
+    } else if writer.is::<std::io::Stdout>() {
+        std::io::stdout().is_terminal()
+    } else if writer.is::<std::io::Stderr>() {
+        std::io::stderr().is_terminal()
+    } else {
+        false
     }
 }

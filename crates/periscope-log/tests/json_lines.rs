@@ -11,6 +11,7 @@ use periscope_context::{ExtractOptions, RequestContext, extract};
 use periscope_log::{LogFormat, RecentLogs};
 use serde_json::{Value, json};
 use tracing::Level;
+use tracing_subscriber::layer::SubscriberExt;
 
 /// A request context the way the server layer makes it: from incoming headers.
 fn request_context() -> RequestContext {
@@ -387,6 +388,66 @@ fn pretty_format_is_one_readable_line_per_event() {
         ),
         "{line}"
     );
+}
+
+/// Set in the child of [`pretty_lines_to_a_file_have_no_colour_when_stdout_is_a_terminal`]:
+/// the file it writes its lines to.
+const ANSI_CHILD_FILE: &str = "PERISCOPE_TEST_ANSI_CHILD_FILE";
+
+#[test]
+fn ansi_child() {
+    let Some(path) = std::env::var_os(ANSI_CHILD_FILE) else {
+        return;
+    };
+    use std::io::IsTerminal;
+    let file = std::fs::File::create(&path).unwrap();
+    let (layer, guard) = periscope_log::LogLayer::builder()
+        .format(LogFormat::Pretty)
+        .writer(file)
+        .blocking(true)
+        .build();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    tracing::subscriber::with_default(subscriber, || tracing::warn!("to a file"));
+    drop(guard);
+    // Told to the parent after the line, so it knows the test could see the defect.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    use std::io::Write;
+    writeln!(
+        file,
+        "stdout_is_terminal={}",
+        std::io::stdout().is_terminal()
+    )
+    .unwrap();
+}
+
+#[test]
+fn pretty_lines_to_a_file_have_no_colour_when_stdout_is_a_terminal() {
+    // `script` gives the child a terminal as stdout, as a developer's shell does.
+    let exe = std::env::current_exe().unwrap();
+    let path = std::env::temp_dir().join(format!("periscope-ansi-{}.log", std::process::id()));
+    let command = format!(
+        "'{}' --exact ansi_child --test-threads=1 --quiet",
+        exe.display()
+    );
+    let Ok(status) = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env(ANSI_CHILD_FILE, &path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+    else {
+        eprintln!("skipped: no `script` to give the child a terminal");
+        return;
+    };
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(text.contains("stdout_is_terminal=true"), "{text:?}");
+    assert!(!text.contains('\x1b'), "colour escapes in a file: {text:?}");
+    assert!(text.contains(" WARN "), "{text:?}");
 }
 
 #[test]
