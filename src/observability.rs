@@ -884,9 +884,15 @@ fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
     let backtrace = std::backtrace::Backtrace::capture();
     let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
         .then(|| backtrace.to_string());
+    let thread = std::thread::current();
     tracing::error!(
         target: "periscope::panic",
-        { panic.message = message, panic.location = location, panic.backtrace = backtrace },
+        {
+            panic.message = message,
+            panic.location = location,
+            panic.backtrace = backtrace,
+            thread.name = thread.name(),
+        },
         "panicked"
     );
     let _ = LOGGING.try_with(|logging| logging.set(false));

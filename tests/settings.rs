@@ -664,7 +664,10 @@ fn panic_child() {
         .unwrap();
     let response = runtime.block_on(service.oneshot(request)).unwrap();
     assert_eq!(response.status(), 500);
-    std::thread::spawn(|| panic!("worker died"))
+    std::thread::Builder::new()
+        .name("worker".into())
+        .spawn(|| panic!("worker died"))
+        .unwrap()
         .join()
         .unwrap_err();
     panic!("main failed");
@@ -703,4 +706,5 @@ fn a_panic_outside_a_request_is_an_error_line_of_the_log() {
         let location = line["data"]["panic.location"].as_str().unwrap();
         assert!(location.starts_with("tests/settings.rs:"), "{location}");
     }
+    assert_eq!(panics[0]["data"]["thread.name"], "worker", "{}", panics[0]);
 }
