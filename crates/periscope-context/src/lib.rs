@@ -113,6 +113,45 @@ pub fn is_bodiless(head_request: bool, status: http::StatusCode) -> bool {
         || status == http::StatusCode::NOT_MODIFIED
 }
 
+/// Which periscope layers already observe a request, kept in its extensions: the same layer
+/// applied again inside (the stack on a nested router and on the outer one) leaves the request
+/// to the copy outside. One value for the access log and the metrics layers, so the stack
+/// inserts one per request rather than one each. For periscope's layers, not a stable API.
+///
+/// ```
+/// let mut observed = periscope_context::Observed::default();
+/// assert!(observed.record(1) && observed.record(2));
+/// assert!(!observed.record(1) && !observed.record(2));
+/// ```
+#[doc(hidden)]
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// An access log writes the request's line (a second one inside passes it through; a
+    /// correlation layer inside warns: it belongs outside).
+    pub logged: bool,
+    /// The metrics layers that record the request, by the address of their shared state.
+    recorded: Option<usize>,
+    more_recorded: Vec<usize>,
+}
+
+impl Observed {
+    /// Notes that the metrics layer `id` records the request; false when it already does.
+    pub fn record(&mut self, id: usize) -> bool {
+        match self.recorded {
+            Some(first) if first == id => false,
+            None => {
+                self.recorded = Some(id);
+                true
+            }
+            Some(_) if self.more_recorded.contains(&id) => false,
+            Some(_) => {
+                self.more_recorded.push(id);
+                true
+            }
+        }
+    }
+}
+
 /// The body length a message's `Content-Length` announces, when it has exactly one valid value
 /// (a streamed body with one is over, for the server, once that many bytes are sent).
 ///

@@ -20,11 +20,6 @@ pub const DOCUMENTED_ORDER: &str = "CorrelationLayer → MetricsLayer → Access
 #[derive(Clone, Copy, Debug)]
 pub struct ContextFromErrorLayer;
 
-/// In a request's extensions: periscope-log's `AccessLogLayer` writes the request's line (a
-/// second access log inside passes it through; a correlation layer inside warns).
-#[derive(Clone, Copy, Debug)]
-pub struct AccessLogged;
-
 thread_local! {
     static ERROR_LAYER_DROPPING: Cell<bool> = const { Cell::new(false) };
 }

@@ -273,8 +273,6 @@ struct RequestFacts {
     format: Format,
     has_credentials: bool,
     route_matched: bool,
-    /// The body's declared length, told in a `request_body_incomplete` answer.
-    content_length: Option<u64>,
 }
 
 impl RequestFacts {
@@ -286,10 +284,6 @@ impl RequestFacts {
             format: headers.format(request.headers()),
             has_credentials: headers.authorization,
             route_matched: route_matched(request),
-            content_length: request
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|value| value.to_str().ok()?.parse().ok()),
         }
     }
 
@@ -397,7 +391,7 @@ where
                     state: State::Running { future },
                     // `tokio::time::sleep` takes any duration (a deadline past its clock's
                     // range waits forever), so a client's 99,999,999 hours is harmless.
-                    sleep: limit.map(|limit| tokio::time::sleep(limit.after)),
+                    sleep: limit.map(|limit| Box::pin(tokio::time::sleep(limit.after))),
                     timeout: limit,
                     handled,
                 }
@@ -434,9 +428,11 @@ impl<F: Future> Future for Scoped<F> {
 pub struct ResponseFuture<F, B> {
     #[pin]
     state: State<F, B>,
-    /// The deadline, while the response is not known yet.
-    #[pin]
-    sleep: Option<Sleep>,
+    /// The deadline, while the response is not known yet. Boxed: a `Sleep` is over 100 bytes,
+    /// and this future is a part of every request's future, which axum boxes per request (a
+    /// box past 1,032 bytes misses the allocator's per-thread cache); only requests with a
+    /// deadline pay the allocation.
+    sleep: Option<Pin<Box<Sleep>>>,
     timeout: Option<Limit>,
     handled: Handled,
 }
@@ -515,9 +511,7 @@ where
                                 .failure(Failure::Error(error.into()))));
                         }
                         Ok(Poll::Pending) => match *this.timeout {
-                            Some(timeout) if expired(this.sleep.as_mut(), cx) => {
-                                Failure::TimedOut(timeout)
-                            }
+                            Some(timeout) if expired(this.sleep, cx) => Failure::TimedOut(timeout),
                             _ => return Poll::Pending,
                         },
                         Err(caught) => Failure::Panic(caught),
@@ -545,7 +539,7 @@ where
                     // handler's panic, answered like one instead of unwinding out of the layer.
                     let complete = match panic::catch(|| read_text(body, text, limit, cx)) {
                         Ok(Poll::Ready(complete)) => complete,
-                        Ok(Poll::Pending) if expired(this.sleep.as_mut(), cx) => false,
+                        Ok(Poll::Pending) if expired(this.sleep, cx) => false,
                         Ok(Poll::Pending) => return Poll::Pending,
                         Err(caught) => {
                             // Drop the body now, in case its destructor panics too.
@@ -577,10 +571,10 @@ where
 }
 
 /// Whether the deadline, if any, has passed.
-fn expired(sleep: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> bool {
+fn expired(sleep: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
     sleep
-        .as_pin_mut()
-        .is_some_and(|sleep| sleep.poll(cx).is_ready())
+        .as_mut()
+        .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
 }
 
 /// Reads a body up to `limit` bytes; `false` when it is longer or fails.
@@ -628,8 +622,9 @@ struct Handled {
 }
 
 impl Handled {
-    /// The bytes received of a request body the client stopped sending, if it did.
-    fn body_cut_after(&self) -> Option<u64> {
+    /// The bytes received of a request body the client stopped sending, if it did, and the
+    /// length its `Content-Length` declared.
+    fn body_cut_after(&self) -> Option<(u64, Option<u64>)> {
         #[cfg(feature = "axum")]
         return self.body.as_ref().and_then(|watch| watch.cut_after());
         #[cfg(not(feature = "axum"))]
@@ -733,9 +728,9 @@ impl Handled {
         // An extractor's 400 for a body the client stopped sending: not a malformed request.
         if status == StatusCode::BAD_REQUEST
             && code == codes::INVALID_REQUEST
-            && let Some(received) = self.body_cut_after()
+            && let Some((received, expected)) = self.body_cut_after()
         {
-            return self.body_incomplete(parts, received);
+            return self.body_incomplete(parts, received, expected);
         }
         let facts = &self.facts;
         let path = render::truncate(facts.path(), MAX_PATH_IN_MESSAGE);
@@ -800,8 +795,8 @@ impl Handled {
         &self,
         parts: http::response::Parts,
         received: u64,
+        expected: Option<u64>,
     ) -> Response<ResponseBody<B>> {
-        let expected = self.facts.content_length;
         tracing::info!(
             request_id = self.ids.request_id.as_str(),
             trace_id = self.ids.trace_id.map(tracing::field::display),

@@ -67,14 +67,17 @@ pub fn is_request_body_cut(error: &(dyn Error + 'static)) -> bool {
 pub(crate) struct BodyWatch {
     received: AtomicU64,
     cut: AtomicBool,
+    /// The length the request's `Content-Length` declares, read here (only for a body that
+    /// is not empty) rather than for every request.
+    expected: Option<u64>,
 }
 
 impl BodyWatch {
-    /// The bytes received before the body was cut, if it was.
-    pub(crate) fn cut_after(&self) -> Option<u64> {
+    /// The bytes received before the body was cut, if it was, and the declared length.
+    pub(crate) fn cut_after(&self) -> Option<(u64, Option<u64>)> {
         self.cut
             .load(Ordering::Relaxed)
-            .then(|| self.received.load(Ordering::Relaxed))
+            .then(|| (self.received.load(Ordering::Relaxed), self.expected))
     }
 }
 
@@ -87,8 +90,15 @@ pub(crate) fn watch<B: 'static>(request: &mut Request<B>) -> Option<Arc<BodyWatc
     if body.is_end_stream() {
         return None;
     }
-    let watch = Arc::new(BodyWatch::default());
     let inner = std::mem::take(body);
+    let watch = Arc::new(BodyWatch {
+        expected: request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse().ok()),
+        ..BodyWatch::default()
+    });
+    let body = (request.body_mut() as &mut dyn std::any::Any).downcast_mut::<axum::body::Body>()?;
     *body = axum::body::Body::new(Watched {
         inner,
         watch: Arc::clone(&watch),

@@ -14,9 +14,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEnd, StreamEndWatch, head_outcome};
 use periscope_context::{
-    AnsweredError, ClientAddr, HexId, RequestContext, RequestId, SpanId, Tenant, TraceId,
+    AnsweredError, ClientAddr, HexId, Observed, RequestContext, RequestId, SpanId, Tenant, TraceId,
     TrustedProxies,
-    order::{self, AccessLogged, Misordering},
+    order::{self, Misordering},
 };
 use pin_project::{pin_project, pinned_drop};
 
@@ -167,16 +167,22 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // Applied twice (the stack on a nested router and on the outer one): the layer
         // outside writes the request's line; a second would count it twice in every query.
-        if request.extensions().get::<AccessLogged>().is_some() {
-            return ResponseFuture {
-                inner: self.inner.call(request),
-                info: None,
-                logged_outside: true,
-            };
+        // The mark is shared with the metrics layer outside, which has usually put it there.
+        match request.extensions_mut().get_mut::<Observed>() {
+            Some(observed) if observed.logged => {
+                return ResponseFuture {
+                    inner: self.inner.call(request),
+                    info: None,
+                    logged_outside: true,
+                };
+            }
+            Some(observed) => observed.logged = true,
+            None => {
+                let mut observed = Observed::default();
+                observed.logged = true;
+                request.extensions_mut().insert(observed);
+            }
         }
-        // For a second access log inside, and for a correlation layer inside, which warns:
-        // it belongs outside.
-        request.extensions_mut().insert(AccessLogged);
         let path = request.uri().path();
         let span = Span::current();
         // Inside the request span the line lifts the ids from it: recording them again on

@@ -15,10 +15,10 @@ use crate::labels::{CANCELLED, OTHER_METHOD, StatusLabel, UNMATCHED, method_labe
 use crate::names::{check_label_names, check_metric_name};
 use crate::red::{Part, Recording, Red, RequestsView, RouteFn};
 use crate::registry::MetricsRegistry;
-use periscope_context::RouteTemplates;
 use periscope_context::grpc::{
     HeadOutcome, StreamEnd, StreamEndWatch, answer_status, head_outcome,
 };
+use periscope_context::{Observed, RouteTemplates};
 
 /// OpenTelemetry's advice for HTTP server durations, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -485,20 +485,13 @@ where
         let red = &self.red;
         // The same layer applied twice (the stack on a nested router and on the outer one)
         // records the request once, outside. Another metrics layer (other names, another
-        // registry) still records it.
-        let id = Arc::as_ptr(red) as usize;
-        let recorded = match request.extensions_mut().get_mut::<Recorded>() {
-            Some(recorded) if recorded.first == id || recorded.more.contains(&id) => true,
-            Some(recorded) => {
-                recorded.more.push(id);
-                false
-            }
+        // registry) still records it. The mark is shared with the access log inside.
+        let recorded = match request.extensions_mut().get_mut::<Observed>() {
+            Some(observed) => !observed.record(Arc::as_ptr(red) as usize),
             None => {
-                let first = Recorded {
-                    first: id,
-                    more: Vec::new(),
-                };
-                request.extensions_mut().insert(first);
+                let mut observed = Observed::default();
+                observed.record(Arc::as_ptr(red) as usize);
+                request.extensions_mut().insert(observed);
                 false
             }
         };
@@ -526,14 +519,6 @@ where
         drop(guard);
         ResponseFuture { inner, recording }
     }
-}
-
-/// The metrics layers (by their shared state) that record a request, for the same layer
-/// applied again inside.
-#[derive(Clone, Debug)]
-struct Recorded {
-    first: usize,
-    more: Vec<usize>,
 }
 
 /// The response future of [`Metrics`].

@@ -13,7 +13,7 @@ use periscope_context::{
     RequestId, RequestIdOrigin, RouteTemplates, TenantKey, TraceId, TrustedProxies, WithContext,
     extract,
     headers::X_REQUEST_ID,
-    order::{self, AccessLogged, ContextFromErrorLayer, Misordering},
+    order::{self, ContextFromErrorLayer, Misordering},
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -251,7 +251,8 @@ where
             // without the ids (one lookup: no insertion, no allocation). Not looked for under
             // a context: the stack applied twice on a quiet path (no span) has one outside.
             None => {
-                if request.extensions().get::<AccessLogged>().is_some() {
+                let observed = request.extensions().get::<periscope_context::Observed>();
+                if observed.is_some_and(|observed| observed.logged) {
                     warn_misordered(Misordering::AccessLogOutsideCorrelation);
                 }
             }
