@@ -644,6 +644,11 @@ impl Observability {
             .with(otel_layer);
         tracing::subscriber::set_global_default(subscriber)
             .map_err(|_| Error::AlreadyInitialized)?;
+        // A callsite another thread met for the first time while the subscriber was going in
+        // was asked of that thread's default, still no subscriber (tracing-core's shortcut
+        // while one `Dispatch` exists), and cached as never enabled: its lines would be lost
+        // until the next level change. Ask every callsite again now that the global is set.
+        tracing::callsite::rebuild_interest_cache();
         // Outgoing calls (`inject`, `ClientTraceLayer`) send what `OTEL_PROPAGATORS` names,
         // as the server layer reads it.
         #[cfg(feature = "otel")]

@@ -8,7 +8,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -42,6 +42,48 @@ impl Captured {
             .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
             .collect()
     }
+}
+
+/// Installs `subscriber` as this thread's default, for a test that reads the lines it writes.
+///
+/// While a process holds a single `Dispatch`, tracing-core asks only the default of the thread
+/// that meets a callsite first whether it is enabled, and caches the answer for every thread:
+/// a test that runs with no subscriber of its own, meeting the access line's callsite first,
+/// has it cached as never enabled, and a test capturing lines at the same time misses them.
+/// Two dispatchers kept for the whole run make tracing-core ask every live one instead (see
+/// docs/development.md).
+fn set_default(
+    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+) -> tracing::subscriber::DefaultGuard {
+    static KEPT: OnceLock<[tracing::Dispatch; 2]> = OnceLock::new();
+    KEPT.get_or_init(|| {
+        [(); 2].map(|()| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()))
+    });
+    tracing::subscriber::set_default(subscriber)
+}
+
+/// A callsite another test's thread (with no subscriber of its own) meets first is still
+/// enabled for a test capturing lines: see [`set_default`].
+#[test]
+fn a_line_whose_callsite_another_thread_met_first_is_captured() {
+    use tracing_subscriber::prelude::*;
+
+    fn log() {
+        tracing::info!(target: "periscope::first_met", "once per thread");
+    }
+    let out = Captured::default();
+    let (log_layer, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let default = set_default(tracing_subscriber::registry().with(log_layer));
+    std::thread::spawn(log).join().unwrap();
+    log();
+    drop(default);
+    drop(log_guard);
+    let lines = out.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["message"], "once per thread");
 }
 
 struct Answer {
@@ -540,7 +582,7 @@ async fn server_with_timeouts(
         .writer(out.clone())
         .blocking(true)
         .build();
-    let default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let default = set_default(tracing_subscriber::registry().with(log));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -1030,9 +1072,7 @@ async fn every_signal_of_a_request_tells_what_the_client_got() {
         .blocking(true)
         .build();
     let spans = Spans::default();
-    let _default = tracing::subscriber::set_default(
-        tracing_subscriber::registry().with(log).with(spans.clone()),
-    );
+    let _default = set_default(tracing_subscriber::registry().with(log).with(spans.clone()));
     let obs = Observability::builder()
         .service_name("one-truth")
         .request_timeout(Duration::from_millis(300))
@@ -1460,7 +1500,7 @@ async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
         .writer(out.clone())
         .blocking(true)
         .build();
-    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let _default = set_default(tracing_subscriber::registry().with(log));
     // tonic's router gives no matched path: the method is declared as a route template.
     const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     let obs = Observability::builder()
@@ -1581,7 +1621,7 @@ async fn the_server_stops_after_its_shutdown_timeout_whatever_the_clients_do() {
         .writer(out.clone())
         .blocking(true)
         .build();
-    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let _default = set_default(tracing_subscriber::registry().with(log));
 
     let app = Router::new().route(
         "/upload",
@@ -1969,7 +2009,7 @@ async fn a_grpc_clients_deadline_shorter_than_the_request_timeout_is_kept() {
         .writer(out.clone())
         .blocking(true)
         .build();
-    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let _default = set_default(tracing_subscriber::registry().with(log));
     const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     let obs = Observability::builder()
         .service_name("grpc-deadline")
@@ -2175,7 +2215,7 @@ async fn the_server_gives_the_peer_address_to_the_service_and_the_access_log() {
         .writer(out.clone())
         .blocking(true)
         .build();
-    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let _default = set_default(tracing_subscriber::registry().with(log));
     let obs = Observability::builder().build().unwrap();
     let app = Router::new()
         .route(
@@ -2561,7 +2601,7 @@ async fn a_declared_tenant_field_is_lifted_into_every_line_of_the_request() {
         .blocking(true)
         .tenant_keys(std::slice::from_ref(&workspace))
         .build();
-    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let _default = set_default(tracing_subscriber::registry().with(log));
     let obs = Observability::builder()
         .tenant_key(workspace)
         .build()
@@ -2642,7 +2682,7 @@ async fn a_stack_applied_twice_observes_each_request_once() {
         .writer(out.clone())
         .blocking(true)
         .build();
-    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let _default = set_default(tracing_subscriber::registry().with(log));
     let obs = Observability::builder().build().unwrap();
     let other_registry = periscope::metrics::MetricsRegistry::new();
     let other_metrics = periscope::metrics::MetricsLayer::builder()
@@ -2715,7 +2755,7 @@ async fn the_access_line_reads_the_peer_from_axum_connect_info() {
         .writer(out.clone())
         .blocking(true)
         .build();
-    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let _default = set_default(tracing_subscriber::registry().with(log));
     let obs = Observability::builder().build().unwrap();
     let app = Router::new()
         .route("/hello", get(|| async { "hello" }))
@@ -2783,7 +2823,7 @@ async fn an_http2_upload_the_client_cancels_is_not_a_malformed_request() {
         .writer(out.clone())
         .blocking(true)
         .build();
-    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let _default = set_default(tracing_subscriber::registry().with(log));
     let obs = Observability::builder()
         .service_name("cut-h2")
         .build()
@@ -2930,9 +2970,7 @@ async fn the_client_address_is_read_only_from_trusted_proxies() {
         .writer(out.clone())
         .blocking(true)
         .build();
-    let _default = tracing::subscriber::set_default(
-        tracing_subscriber::registry().with(log).with(spans.clone()),
-    );
+    let _default = set_default(tracing_subscriber::registry().with(log).with(spans.clone()));
     let serve = |obs: Observability| async move {
         let app = hello_and_slow().layer(obs.layer());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
