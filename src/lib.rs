@@ -47,6 +47,29 @@ mod stack;
 #[cfg(feature = "serve")]
 mod write_stall;
 
+/// What the unit tests share.
+#[cfg(all(test, feature = "serve"))]
+mod test_support {
+    /// Installs `subscriber` as this thread's default, for a test that reads the events it
+    /// captures.
+    ///
+    /// While a process holds a single `Dispatch`, tracing-core asks only the default of the thread
+    /// that meets a callsite first whether it is enabled, and caches the answer for every thread:
+    /// a test that runs with no subscriber of its own, meeting a shared callsite first, has it
+    /// cached as never enabled, and a test capturing events at the same time misses them. Two
+    /// dispatchers kept for the whole run make tracing-core ask every live one instead (see
+    /// docs/development.md).
+    pub(crate) fn set_default(
+        subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+    ) -> tracing::subscriber::DefaultGuard {
+        static KEPT: std::sync::OnceLock<[tracing::Dispatch; 2]> = std::sync::OnceLock::new();
+        KEPT.get_or_init(|| {
+            [(); 2].map(|()| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()))
+        });
+        tracing::subscriber::set_default(subscriber)
+    }
+}
+
 pub use config::{
     ConfigError, DEFAULT_SHUTDOWN_DRAIN, MAX_SHUTDOWN_DRAIN, MIN_ADMIN_TOKEN_LEN, Settings,
 };

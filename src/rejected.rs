@@ -258,7 +258,7 @@ mod tests {
     async fn requests_hyper_turns_away_are_warned_about_once_per_interval() {
         let warnings = Warnings::default();
         let subscriber = tracing_subscriber::registry().with(warnings.clone());
-        let _default = tracing::subscriber::set_default(subscriber);
+        let _default = crate::test_support::set_default(subscriber);
         let rejected = RejectedRequests::default();
         let peer: SocketAddr = "192.0.2.7:40000".parse().unwrap();
 
@@ -302,7 +302,7 @@ mod tests {
     async fn clients_cut_off_for_reading_nothing_are_warned_about() {
         let warnings = Warnings::default();
         let subscriber = tracing_subscriber::registry().with(warnings.clone());
-        let _default = tracing::subscriber::set_default(subscriber);
+        let _default = crate::test_support::set_default(subscriber);
         let service = hyper::service::service_fn(|_request| async {
             Ok::<_, std::convert::Infallible>(http::Response::new("x".repeat(1 << 20)))
         });
@@ -343,7 +343,7 @@ mod tests {
 
         let warnings = Warnings::default();
         let subscriber = tracing_subscriber::registry().with(warnings.clone());
-        let _default = tracing::subscriber::set_default(subscriber);
+        let _default = crate::test_support::set_default(subscriber);
         let (mut client, server) = tokio::io::duplex(4096);
         let head = Duration::from_secs(30);
         let server = IdleGuard::new(

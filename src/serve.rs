@@ -426,7 +426,7 @@ mod tests {
     async fn failed_accepts_are_warned_about_once_per_interval() {
         static WARNINGS: AtomicUsize = AtomicUsize::new(0);
         let subscriber = tracing_subscriber::registry().with(Count(&WARNINGS));
-        let _default = tracing::subscriber::set_default(subscriber);
+        let _default = crate::test_support::set_default(subscriber);
         let mut failures = AcceptFailures::default();
         let error = io::Error::from_raw_os_error(24); // EMFILE
         for _ in 0..100 {

@@ -73,6 +73,25 @@ fn routes() -> Router {
         .route("/slow", get(slow))
 }
 
+/// Installs `subscriber` as this thread's default, for a test that reads the lines it
+/// captures.
+///
+/// While a process holds a single `Dispatch`, tracing-core asks only the default of the thread
+/// that meets a callsite first whether it is enabled, and caches the answer for every thread:
+/// a test that runs with no subscriber of its own, meeting a shared callsite first, has it
+/// cached as never enabled, and a test capturing lines at the same time misses them. Two
+/// dispatchers kept for the whole run make tracing-core ask every live one instead (see
+/// docs/development.md).
+fn set_default(
+    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+) -> tracing::subscriber::DefaultGuard {
+    static KEPT: std::sync::OnceLock<[tracing::Dispatch; 2]> = std::sync::OnceLock::new();
+    KEPT.get_or_init(|| {
+        [(); 2].map(|()| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()))
+    });
+    tracing::subscriber::set_default(subscriber)
+}
+
 /// Serves `app` on this thread's runtime with a JSON log capturing every line; the guard
 /// flushes on drop.
 async fn serve(app: Router) -> (SocketAddr, Captured, impl Drop) {
@@ -81,7 +100,7 @@ async fn serve(app: Router) -> (SocketAddr, Captured, impl Drop) {
         .writer(out.clone())
         .blocking(true)
         .build();
-    let default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let default = set_default(tracing_subscriber::registry().with(log));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

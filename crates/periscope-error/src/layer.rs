@@ -1016,6 +1016,25 @@ mod tests {
     use serde_json::Value;
     use tower::{ServiceExt, service_fn};
 
+    /// Installs `subscriber` as this thread's default, for a test that reads the events it
+    /// captures.
+    ///
+    /// While a process holds a single `Dispatch`, tracing-core asks only the default of the thread
+    /// that meets a callsite first whether it is enabled, and caches the answer for every thread:
+    /// a test that runs with no subscriber of its own, meeting a shared callsite first, has it
+    /// cached as never enabled, and a test capturing events at the same time misses them. Two
+    /// dispatchers kept for the whole run make tracing-core ask every live one instead (see
+    /// docs/development.md).
+    fn set_default(
+        subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+    ) -> tracing::subscriber::DefaultGuard {
+        static KEPT: std::sync::OnceLock<[tracing::Dispatch; 2]> = std::sync::OnceLock::new();
+        KEPT.get_or_init(|| {
+            [(); 2].map(|()| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()))
+        });
+        tracing::subscriber::set_default(subscriber)
+    }
+
     type Res = Response<Full<Bytes>>;
 
     async fn call<F, Fut>(request: Request<Full<Bytes>>, handler: F) -> (Response<()>, Value)
@@ -1459,7 +1478,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_error_that_panics_when_logged_or_a_payload_when_dropped_stays_inside() {
-        let _log = tracing::subscriber::set_default(FormatsErrors);
+        let _log = set_default(FormatsErrors);
         let service = ErrorLayer::new().layer(service_fn(|_: Request<Full<Bytes>>| async {
             Err::<Res, _>(BoxError::from(DisplayPanics))
         }));

@@ -1,5 +1,7 @@
 //! What reaches the log: withheld error texts, panics, and failures logged once per change.
 
+mod support;
+
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,8 +44,7 @@ impl Captured {
 #[tokio::test(flavor = "current_thread")]
 async fn withheld_errors_are_logged_once_per_change() {
     let captured = Captured::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+    let _guard = support::set_default(tracing_subscriber::registry().with(captured.clone()));
     let healthy = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&healthy);
     let health = Health::builder()
@@ -94,8 +95,7 @@ async fn withheld_errors_are_logged_once_per_change() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_panic_message_goes_to_the_log_not_the_response() {
     let captured = Captured::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+    let _guard = support::set_default(tracing_subscriber::registry().with(captured.clone()));
     let health = Health::builder()
         .check("buggy", || async {
             if std::env::var_os("PERISCOPE_NEVER_SET").is_none() {
@@ -123,8 +123,7 @@ async fn a_panic_message_goes_to_the_log_not_the_response() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_steady_panic_is_logged_once_masked_and_bounded() {
     let captured = Captured::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+    let _guard = support::set_default(tracing_subscriber::registry().with(captured.clone()));
     let health = Health::builder()
         .check("database", || async {
             if std::env::var_os("PERISCOPE_NEVER_SET").is_none() {

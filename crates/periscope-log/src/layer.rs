@@ -683,6 +683,25 @@ where
 mod tests {
     use super::*;
 
+    /// Installs `subscriber` as this thread's default, for a test that reads the lines it
+    /// captures.
+    ///
+    /// While a process holds a single `Dispatch`, tracing-core asks only the default of the thread
+    /// that meets a callsite first whether it is enabled, and caches the answer for every thread:
+    /// a test that runs with no subscriber of its own, meeting a shared callsite first, has it
+    /// cached as never enabled, and a test capturing lines at the same time misses them. Two
+    /// dispatchers kept for the whole run make tracing-core ask every live one instead (see
+    /// docs/development.md).
+    fn set_default(
+        subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+    ) -> tracing::subscriber::DefaultGuard {
+        static KEPT: std::sync::OnceLock<[tracing::Dispatch; 2]> = std::sync::OnceLock::new();
+        KEPT.get_or_init(|| {
+            [(); 2].map(|()| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()))
+        });
+        tracing::subscriber::set_default(subscriber)
+    }
+
     #[test]
     fn values_recorded_again_replace_the_old_in_place_within_bounded_memory() {
         let owner = LayerId::next();
@@ -735,11 +754,12 @@ mod tests {
             .recent_limits(0, 0)
             .build();
         let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
+        {
+            let _default = set_default(subscriber);
             let span = tracing::info_span!("work", v = ?Big(8 << 20));
             let _entered = span.enter();
             tracing::info!(v = ?Big(8 << 20), "huge");
-        });
+        }
         drop(guard);
         let capacities = BUFFERS.with(|buffers| {
             let buffers = buffers.borrow();

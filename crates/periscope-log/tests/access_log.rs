@@ -78,7 +78,7 @@ fn install() -> (
         .blocking(true)
         .build();
     let handles = Handles::of(&layer);
-    let default = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    let default = common::set_default(tracing_subscriber::registry().with(layer));
     (out, handles, guard, default)
 }
 

@@ -407,7 +407,7 @@ fn ansi_child() {
         .blocking(true)
         .build();
     let subscriber = tracing_subscriber::registry().with(layer);
-    tracing::subscriber::with_default(subscriber, || tracing::warn!("to a file"));
+    common::with_default(subscriber, || tracing::warn!("to a file"));
     drop(guard);
     // Told to the parent after the line, so it knows the test could see the defect.
     let mut file = std::fs::OpenOptions::new()
@@ -514,7 +514,7 @@ fn two_log_layers_each_write_their_line_with_their_own_context_fields() {
         .blocking(true)
         .build();
     let subscriber = tracing_subscriber::registry().with(first).with(second);
-    tracing::subscriber::with_default(subscriber, || {
+    common::with_default(subscriber, || {
         let span = tracing::info_span!(
             "job",
             tenant_id = "t_1",

@@ -23,7 +23,7 @@ fn every_line_logged_from_several_threads_is_written_when_the_guard_drops() {
         .map(|t| {
             let (dispatch, start) = (dispatch.clone(), start.clone());
             std::thread::spawn(move || {
-                tracing::dispatcher::with_default(&dispatch, || {
+                common::with_default(dispatch, || {
                     start.wait();
                     for i in 0..PER_THREAD {
                         tracing::info!(thread = t as u64, i = i as u64, "line");
@@ -103,7 +103,7 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
     let dropped = layer.dropped_lines();
     let subscriber = tracing_subscriber::registry().with(layer);
     let started = Instant::now();
-    tracing::subscriber::with_default(subscriber, || {
+    common::with_default(subscriber, || {
         for i in 0..LINES {
             tracing::info!(i = i as u64, "line");
         }
@@ -264,7 +264,7 @@ fn a_writer_that_panics_drops_and_counts_every_line_from_then_on() {
     let (layer, guard) = LogLayer::builder().writer(Panicking).build();
     let dropped = layer.dropped_lines();
     let subscriber = tracing_subscriber::registry().with(layer);
-    tracing::subscriber::with_default(subscriber, || {
+    common::with_default(subscriber, || {
         tracing::info!("first");
         // The first batch (this one line) is counted when the write panics.
         assert!(wait_until(|| dropped.get() == 1), "{}", dropped.get());
@@ -283,7 +283,7 @@ fn a_writer_that_panics_in_blocking_mode_counts_the_line_and_does_not_panic_the_
     let (layer, guard) = LogLayer::builder().writer(Panicking).blocking(true).build();
     let dropped = layer.dropped_lines();
     let subscriber = tracing_subscriber::registry().with(layer);
-    tracing::subscriber::with_default(subscriber, || {
+    common::with_default(subscriber, || {
         tracing::info!("one");
         tracing::info!("two");
     });
@@ -300,7 +300,7 @@ fn lines_still_queued_when_the_guard_gives_up_are_counted() {
         .build();
     let dropped = layer.dropped_lines();
     let subscriber = tracing_subscriber::registry().with(layer);
-    tracing::subscriber::with_default(subscriber, || {
+    common::with_default(subscriber, || {
         tracing::info!("stuck in the write");
         assert!(wait_until(|| gate.writes() == 1));
         for _ in 0..5 {
@@ -369,7 +369,7 @@ fn an_output_that_would_block_is_waited_for_and_no_line_is_lost_or_cut() {
             .build();
         let dropped = layer.dropped_lines();
         let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
+        common::with_default(subscriber, || {
             for i in 0..20u64 {
                 tracing::info!(i, "line");
             }
@@ -397,7 +397,7 @@ fn a_write_that_fails_inside_a_line_breaks_only_that_line() {
             .build();
         let dropped = layer.dropped_lines();
         let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
+        common::with_default(subscriber, || {
             tracing::info!("one");
             assert!(wait_until(|| out.out.text().lines().count() == 1));
             out.steps

@@ -272,7 +272,7 @@ async fn the_first_fold_of_each_cap_is_logged_once_with_metric_label_and_cap() {
         .writer(out.clone())
         .blocking(true)
         .build();
-    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(log));
+    let _default = common::set_default(tracing_subscriber::registry().with(log));
 
     let registry = MetricsRegistry::new();
     let layer = MetricsLayer::builder()

@@ -3,6 +3,8 @@
 //! same callsites without a subscriber could hide events from this one.
 // Test code: helpers outside #[test] functions may unwrap too.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -35,7 +37,8 @@ impl Subscriber for CountWarnings {
 #[test]
 fn overflow_is_logged_once_per_metric_and_label() {
     let warnings = Arc::new(AtomicUsize::new(0));
-    tracing::subscriber::with_default(CountWarnings(warnings.clone()), || {
+    {
+        let _default = common::set_default(CountWarnings(warnings.clone()));
         let registry = MetricsRegistry::new();
         let labels_capped = registry
             .guarded_family::<Counter, 2>(
@@ -71,5 +74,5 @@ fn overflow_is_logged_once_per_metric_and_label() {
             3,
             "and one for the series cap"
         );
-    });
+    }
 }

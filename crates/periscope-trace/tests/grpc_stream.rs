@@ -129,10 +129,7 @@ async fn call_as(
 fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
-    (
-        capture.clone(),
-        tracing::subscriber::set_default(subscriber),
-    )
+    (capture.clone(), support::set_default(subscriber))
 }
 
 /// The closed server span of request `id`, waited for.

@@ -347,7 +347,7 @@ async fn downstream_traceparent(sampler: Sampler, incoming: Option<&str>) -> Tra
     let guard = config.install().unwrap();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(guard.tracer().clone()));
-    let _default = tracing::subscriber::set_default(subscriber);
+    let _default = support::set_default(subscriber);
 
     let client = echoing_client();
     let server = CorrelationLayer::new().layer(service_fn(move |_request: Request<String>| {
@@ -538,7 +538,7 @@ async fn one_call_in(
         .build();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let _default = tracing::subscriber::set_default(subscriber);
+    let _default = support::set_default(subscriber);
 
     let client = echoing_client();
     let call = || {
@@ -669,7 +669,7 @@ async fn a_job_enqueued_inside_a_span_of_the_services_own_nests_under_it() {
         .build();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let _default = tracing::subscriber::set_default(subscriber);
+    let _default = support::set_default(subscriber);
 
     let server = CorrelationLayer::new().layer(service_fn(|_: Request<String>| async {
         let step = tracing::info_span!("user", otel.name = "enqueue_receipt");
@@ -725,7 +725,7 @@ async fn grpc_calls_are_exported_with_the_rpc_fields() {
         .build();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let _default = tracing::subscriber::set_default(subscriber);
+    let _default = support::set_default(subscriber);
 
     let client = echoing_client();
     let server = CorrelationLayer::new().layer(service_fn(move |request: Request<String>| {

@@ -22,7 +22,7 @@ const INCOMING_PARENT: &str = "00f067aa0ba902b7";
 fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
-    let guard = tracing::subscriber::set_default(subscriber);
+    let guard = support::set_default(subscriber);
     (capture, guard)
 }
 

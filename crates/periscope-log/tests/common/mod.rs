@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test file uses a part of it
 
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use periscope_log::{DroppedLines, LevelControl, LogLayer, LogLayerBuilder, RecentLogs};
 use serde_json::Value;
@@ -73,7 +73,7 @@ pub fn capture(
     let (layer, guard) = configure(LogLayer::builder().writer(out.clone()).blocking(true)).build();
     let handles = Handles::of(&layer);
     let subscriber = tracing_subscriber::registry().with(layer);
-    tracing::subscriber::with_default(subscriber, || f(&handles));
+    with_default(subscriber, || f(&handles));
     drop(guard);
     out
 }
@@ -83,4 +83,27 @@ pub fn one_line(f: impl FnOnce()) -> Value {
     let mut lines = capture(|b| b, |_| f()).lines();
     assert_eq!(lines.len(), 1, "exactly one line");
     lines.remove(0)
+}
+
+/// Installs `subscriber` (a subscriber or a `Dispatch`) as this thread's default, for a test
+/// that reads the lines it captures.
+///
+/// While a process holds a single `Dispatch`, tracing-core asks only the default of the thread
+/// that meets a callsite first whether it is enabled, and caches the answer for every thread:
+/// a test that runs with no subscriber of its own, meeting a shared callsite first, has it
+/// cached as never enabled, and a test capturing lines at the same time misses them. Two
+/// dispatchers kept for the whole run make tracing-core ask every live one instead (see
+/// docs/development.md).
+pub fn set_default(subscriber: impl Into<tracing::Dispatch>) -> tracing::subscriber::DefaultGuard {
+    static KEPT: OnceLock<[tracing::Dispatch; 2]> = OnceLock::new();
+    KEPT.get_or_init(|| {
+        [(); 2].map(|()| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()))
+    });
+    tracing::dispatcher::set_default(&subscriber.into())
+}
+
+/// Runs `f` with `subscriber` as this thread's default, installed by [`set_default`].
+pub fn with_default<T>(subscriber: impl Into<tracing::Dispatch>, f: impl FnOnce() -> T) -> T {
+    let _default = set_default(subscriber);
+    f()
 }

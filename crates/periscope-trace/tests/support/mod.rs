@@ -220,3 +220,22 @@ where
     let body = body.collect().await.unwrap().to_bytes();
     Response::from_parts(parts, body)
 }
+
+/// Installs `subscriber` as this thread's default, for a test that reads the lines it
+/// captures.
+///
+/// While a process holds a single `Dispatch`, tracing-core asks only the default of the thread
+/// that meets a callsite first whether it is enabled, and caches the answer for every thread:
+/// a test that runs with no subscriber of its own, meeting a shared callsite first, has it
+/// cached as never enabled, and a test capturing lines at the same time misses them. Two
+/// dispatchers kept for the whole run make tracing-core ask every live one instead (see
+/// docs/development.md).
+pub fn set_default(
+    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+) -> tracing::subscriber::DefaultGuard {
+    static KEPT: std::sync::OnceLock<[tracing::Dispatch; 2]> = std::sync::OnceLock::new();
+    KEPT.get_or_init(|| {
+        [(); 2].map(|()| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()))
+    });
+    tracing::subscriber::set_default(subscriber)
+}
