@@ -14,8 +14,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEnd, StreamEndWatch, head_outcome};
 use periscope_context::{
-    AnsweredError, ClientAddr, HexId, Observed, RequestContext, RequestId, SpanId, Tenant, TraceId,
-    TrustedProxies,
+    AnsweredError, ClientAddr, HexId, Observed, RequestContext, RequestId, SpanId, Tenant,
+    TenantSpanFields, TraceId, TrustedProxies,
     order::{self, Misordering},
 };
 use pin_project::{pin_project, pinned_drop};
@@ -369,11 +369,20 @@ where
                 };
                 // A body with a `Content-Length` is over for the server once that many bytes
                 // are sent: hyper (HTTP/1.1) then drops it without polling its end, so the
-                // line is written when they are. Not for an answer whose trailers are awaited.
-                let length = watch
-                    .is_none()
-                    .then(|| periscope_context::content_length(response.headers()))
-                    .flatten();
+                // line is written when they are. Not for an answer whose trailers are awaited,
+                // nor for one that is over already. A body that knows its exact size is the
+                // length hyper sends (and what an explicit header must say): the header is
+                // looked up only for a body that does not.
+                let over = bodiless || response.body().is_end_stream();
+                let length = if over || watch.is_some() {
+                    None
+                } else {
+                    response
+                        .body()
+                        .size_hint()
+                        .exact()
+                        .or_else(|| periscope_context::content_length(response.headers()))
+                };
                 let pending = Pending {
                     answered: response.extensions().get::<AnsweredError>().cloned(),
                     info,
@@ -381,7 +390,7 @@ where
                     length,
                     watch,
                 };
-                let pending = if bodiless || length == Some(0) || response.body().is_end_stream() {
+                let pending = if over || length == Some(0) {
                     pending.log(false);
                     None
                 } else {
@@ -620,37 +629,64 @@ impl RequestInfo {
     }
 
     fn log_error(&self, error: &(dyn Error + 'static)) {
-        let tenant = self
-            .tenant
-            .as_deref()
-            .map(Tenant::span_fields)
-            .unwrap_or_default();
         let (request_id, trace_id, span_id) = self.ids();
         let trace_id = trace_id.as_ref().map(HexId::as_str);
         let span_id = span_id.as_ref().map(HexId::as_str);
         let peer = self.peer.map(PeerText::new);
-        let client = self.client.map(PeerText::ip);
         let _entered = self.span.enter();
-        access_event!(
-            self.level(true),
-            method = self.method.as_str(),
-            route = self.route.as_ref().map(Route::as_str),
-            path = self.path.as_str(),
-            peer = peer.as_ref().map(PeerText::as_str),
-            client = client.as_ref().map(PeerText::as_str),
-            duration_ms = self.duration_ms(),
-            error,
-            request_id,
-            trace_id,
-            span_id,
-            org_id = tenant.named[0],
-            project_id = tenant.named[1],
-            team_id = tenant.named[2],
-            user_id = tenant.named[3],
-            tenant_id = tenant.named[4],
-            tenant = tenant.others.as_deref(),
-            "request failed"
-        );
+        // `client` and the tenant fields are inserted where the brackets are.
+        macro_rules! line {
+            ([$($client:tt)*] [$($tenant:tt)*]) => {
+                access_event!(
+                    self.level(true),
+                    method = self.method.as_str(),
+                    route = self.route.as_ref().map(Route::as_str),
+                    path = self.path.as_str(),
+                    peer = peer.as_ref().map(PeerText::as_str),
+                    $($client)*
+                    duration_ms = self.duration_ms(),
+                    error,
+                    request_id,
+                    trace_id,
+                    span_id,
+                    $($tenant)*
+                    "request failed"
+                )
+            };
+        }
+        if self.has_extra_fields() {
+            let client = self.client.map(PeerText::ip);
+            let tenant = self.tenant_fields();
+            line!(
+                [client = client.as_ref().map(PeerText::as_str),]
+                [
+                    org_id = tenant.named[0],
+                    project_id = tenant.named[1],
+                    team_id = tenant.named[2],
+                    user_id = tenant.named[3],
+                    tenant_id = tenant.named[4],
+                    tenant = tenant.others.as_deref(),
+                ]
+            );
+        } else {
+            line!([] []);
+        }
+    }
+
+    /// Whether the line has `client` (trusted proxies configured) or tenant fields (no
+    /// request span records them). Most lines have neither: they are written by a callsite
+    /// without those fields, as each field of an event costs its subscriber a visit even
+    /// when empty.
+    fn has_extra_fields(&self) -> bool {
+        self.client.is_some() || self.tenant.is_some()
+    }
+
+    /// The tenant fields the line records itself (none inside the request span).
+    fn tenant_fields(&self) -> TenantSpanFields<'_> {
+        self.tenant
+            .as_deref()
+            .map(Tenant::span_fields)
+            .unwrap_or_default()
     }
 }
 
@@ -717,41 +753,52 @@ impl RequestInfo {
             Some(400..500) | None if !self.quiet => Level::WARN,
             _ => self.level(false),
         };
-        let tenant = self
-            .tenant
-            .as_deref()
-            .map(Tenant::span_fields)
-            .unwrap_or_default();
         let (request_id, trace_id, span_id) = self.ids();
         let trace_id = trace_id.as_ref().map(HexId::as_str);
         let span_id = span_id.as_ref().map(HexId::as_str);
         let peer = self.peer.map(PeerText::new);
-        let client = self.client.map(PeerText::ip);
         let _entered = self.span.enter();
-        access_event!(
-            level,
-            method = self.method.as_str(),
-            route = self.route.as_ref().map(Route::as_str),
-            path = self.path.as_str(),
-            peer = peer.as_ref().map(PeerText::as_str),
-            client = client.as_ref().map(PeerText::as_str),
-            status = status.map(|status| status.as_u16()),
-            grpc_status = grpc.map(GrpcCode::value),
-            error_code,
-            duration_ms = self.duration_ms(),
-            bytes_out,
-            aborted = aborted.then_some(true),
-            error,
-            request_id,
-            trace_id,
-            span_id,
-            org_id = tenant.named[0],
-            project_id = tenant.named[1],
-            team_id = tenant.named[2],
-            user_id = tenant.named[3],
-            tenant_id = tenant.named[4],
-            tenant = tenant.others.as_deref(),
-            "request completed"
-        );
+        // `client` and the tenant fields are inserted where the brackets are.
+        macro_rules! line {
+            ([$($client:tt)*] [$($tenant:tt)*]) => {
+                access_event!(
+                    level,
+                    method = self.method.as_str(),
+                    route = self.route.as_ref().map(Route::as_str),
+                    path = self.path.as_str(),
+                    peer = peer.as_ref().map(PeerText::as_str),
+                    $($client)*
+                    status = status.map(|status| status.as_u16()),
+                    grpc_status = grpc.map(GrpcCode::value),
+                    error_code,
+                    duration_ms = self.duration_ms(),
+                    bytes_out,
+                    aborted = aborted.then_some(true),
+                    error,
+                    request_id,
+                    trace_id,
+                    span_id,
+                    $($tenant)*
+                    "request completed"
+                )
+            };
+        }
+        if self.has_extra_fields() {
+            let client = self.client.map(PeerText::ip);
+            let tenant = self.tenant_fields();
+            line!(
+                [client = client.as_ref().map(PeerText::as_str),]
+                [
+                    org_id = tenant.named[0],
+                    project_id = tenant.named[1],
+                    team_id = tenant.named[2],
+                    user_id = tenant.named[3],
+                    tenant_id = tenant.named[4],
+                    tenant = tenant.others.as_deref(),
+                ]
+            );
+        } else {
+            line!([] []);
+        }
     }
 }
