@@ -10,8 +10,9 @@ use http::HeaderMap;
 use ipnet::IpNet;
 
 /// The most hops of a forwarding header examined for one request, from the right: past them
-/// the walk stops at the last one examined, so a header of a thousand hops costs no more than
-/// one of 32.
+/// the walk stops at the last one examined, so no more than 32 hops are parsed however long
+/// the header (a `Forwarded` header is still scanned whole for its element boundaries, which
+/// quoted strings can hide).
 pub const MAX_FORWARDED_HOPS: usize = 32;
 
 /// The longest node text taken as an address: a bracketed IPv6 address with a port is at most
@@ -173,10 +174,10 @@ impl TrustedProxies {
     /// nearest the service first), skipping those inside trusted networks: the first other one
     /// is the client. The hops are the addresses of `X-Forwarded-For` or, when
     /// [`ForwardingHeader::Forwarded`] is chosen, the `for=` of each `Forwarded` element
-    /// (RFC 7239), over all the header's lines; the other header is never read. An entry that is not an address (`unknown`, an obfuscated
-    /// `_name`, garbage, an element without `for=`) stops the walk at the last address before
-    /// it, the proxy that added it; so does the end of the header, and the
-    /// [`MAX_FORWARDED_HOPS`]th hop.
+    /// (RFC 7239), over all the header's lines; the other header is never read. An entry that
+    /// is not an address (`unknown`, an obfuscated `_name`, garbage, an element without
+    /// `for=`) stops the walk at the last address before it, the proxy that added it; so does
+    /// the end of the header, and the [`MAX_FORWARDED_HOPS`]th hop.
     ///
     /// The proxies must set the header chosen: a client can send either header, and only the
     /// hops a trusted proxy appended are believed.
@@ -201,14 +202,14 @@ impl TrustedProxies {
         match self.header {
             ForwardingHeader::Forwarded => {
                 // Elements are split outside quoted strings, so they are read from the left;
-                // only the last `MAX_FORWARDED_HOPS` are kept.
+                // only the last `MAX_FORWARDED_HOPS` are kept, and parsed.
                 let mut hops = LastHops::default();
                 for value in headers.get_all(http::header::FORWARDED) {
                     for element in split_unquoted(value.as_bytes(), b',') {
-                        hops.push(forwarded_for(element));
+                        hops.push(element);
                     }
                 }
-                self.walk(peer, hops.right_to_left())
+                self.walk(peer, hops.right_to_left().map(forwarded_for))
             }
             ForwardingHeader::XForwardedFor => {
                 let hops = headers
@@ -273,28 +274,20 @@ fn parse_net(text: &str) -> Result<IpNet, InvalidProxyNet> {
     }
 }
 
-/// The last [`MAX_FORWARDED_HOPS`] hops of a header read from the left, without allocating.
-struct LastHops {
-    hops: [Option<IpAddr>; MAX_FORWARDED_HOPS],
+/// The last [`MAX_FORWARDED_HOPS`] elements of a header read from the left, without allocating.
+#[derive(Default)]
+struct LastHops<'a> {
+    hops: [&'a [u8]; MAX_FORWARDED_HOPS],
     pushed: usize,
 }
 
-impl Default for LastHops {
-    fn default() -> Self {
-        Self {
-            hops: [None; MAX_FORWARDED_HOPS],
-            pushed: 0,
-        }
-    }
-}
-
-impl LastHops {
-    fn push(&mut self, hop: Option<IpAddr>) {
+impl<'a> LastHops<'a> {
+    fn push(&mut self, hop: &'a [u8]) {
         self.hops[self.pushed % MAX_FORWARDED_HOPS] = hop;
         self.pushed += 1;
     }
 
-    fn right_to_left(&self) -> impl Iterator<Item = Option<IpAddr>> + '_ {
+    fn right_to_left(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
         let kept = self.pushed.min(MAX_FORWARDED_HOPS);
         (0..kept).map(move |back| self.hops[(self.pushed - 1 - back) % MAX_FORWARDED_HOPS])
     }
@@ -603,6 +596,14 @@ mod tests {
         );
         let past = format!("203.0.113.9,{}", trusted[..MAX_FORWARDED_HOPS].join(","));
         let client = |xff: &str| p.client_addr(peer, &headers(&[("x-forwarded-for", xff)]));
+        assert_eq!(client(&within), ip("203.0.113.9"));
+        assert_eq!(client(&past), ip(&trusted[0]));
+        // The same cap for `Forwarded`, whose last elements are kept as it is read.
+        let client = |list: &str| {
+            let elements = list.split(',').map(|hop| format!("for={hop}"));
+            let value = elements.collect::<Vec<_>>().join(", ");
+            fp.client_addr(peer, &headers(&[("forwarded", &value)]))
+        };
         assert_eq!(client(&within), ip("203.0.113.9"));
         assert_eq!(client(&past), ip(&trusted[0]));
         // A long run of garbage is not parsed.

@@ -39,6 +39,9 @@ mod client;
 mod context;
 pub mod grpc;
 mod ids;
+// How periscope's own layers tell each other they are composed out of order: public for
+// them, not a stable API (the warnings' target, `periscope::order`, is what users see).
+#[doc(hidden)]
 pub mod order;
 mod peer;
 mod request_id;
@@ -153,7 +156,8 @@ impl Observed {
 }
 
 /// The body length a message's `Content-Length` announces, when it has exactly one valid value
-/// (a streamed body with one is over, for the server, once that many bytes are sent).
+/// (a streamed body with one is over, for the server, once that many bytes are sent). For
+/// periscope's layers, not a stable API.
 ///
 /// ```
 /// let mut headers = http::HeaderMap::new();
@@ -163,6 +167,7 @@ impl Observed {
 /// headers.append(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("43"));
 /// assert_eq!(periscope_context::content_length(&headers), None);
 /// ```
+#[doc(hidden)]
 pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
     let length = values.next()?.to_str().ok()?.parse().ok()?;

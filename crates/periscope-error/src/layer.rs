@@ -78,7 +78,8 @@ const MAX_METHOD_IN_MESSAGE: usize = 32;
 ///
 /// Place it innermost (closest to the handlers), so that the access log and metrics layers
 /// above see and count the envelope. A periscope access log, metrics or correlation layer found
-/// inside it is warned about once per process (`docs/ordering.md`). The timeout needs a Tokio runtime with its time driver.
+/// inside it is warned about once per process (`docs/ordering.md`). The timeout needs a Tokio
+/// runtime with its time driver.
 ///
 /// ```
 /// use std::time::Duration;

@@ -92,10 +92,7 @@ pub(crate) fn watch<B: 'static>(request: &mut Request<B>) -> Option<Arc<BodyWatc
     }
     let inner = std::mem::take(body);
     let watch = Arc::new(BodyWatch {
-        expected: request
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok()?.parse().ok()),
+        expected: periscope_context::content_length(request.headers()),
         ..BodyWatch::default()
     });
     let body = (request.body_mut() as &mut dyn std::any::Any).downcast_mut::<axum::body::Body>()?;

@@ -589,6 +589,32 @@ impl<B> PinnedDrop for AccessLogBody<B> {
     }
 }
 
+/// Writes the line with `$line` (a macro taking the `client` fields, then the tenant fields, each
+/// in brackets): with those fields when the line has any ([`RequestInfo::has_extra_fields`]),
+/// else from a second callsite without them, as each field of an event costs its subscriber a
+/// visit even when empty.
+macro_rules! with_extra_fields {
+    ($info:expr, $line:ident) => {
+        if $info.has_extra_fields() {
+            let client = $info.client.map(PeerText::ip);
+            let tenant = $info.tenant_fields();
+            $line!(
+                [client = client.as_ref().map(PeerText::as_str),]
+                [
+                    org_id = tenant.named[0],
+                    project_id = tenant.named[1],
+                    team_id = tenant.named[2],
+                    user_id = tenant.named[3],
+                    tenant_id = tenant.named[4],
+                    tenant = tenant.others.as_deref(),
+                ]
+            );
+        } else {
+            $line!([] []);
+        }
+    };
+}
+
 /// Emits the access event at a level chosen at run time (`tracing` macros need a constant).
 macro_rules! access_event {
     ($level:expr, $($rest:tt)*) => {
@@ -635,7 +661,7 @@ impl RequestInfo {
         let peer = self.peer.map(PeerText::new);
         let _entered = self.span.enter();
         // `client` and the tenant fields are inserted where the brackets are.
-        macro_rules! line {
+        macro_rules! access_line {
             ([$($client:tt)*] [$($tenant:tt)*]) => {
                 access_event!(
                     self.level(true),
@@ -654,23 +680,7 @@ impl RequestInfo {
                 )
             };
         }
-        if self.has_extra_fields() {
-            let client = self.client.map(PeerText::ip);
-            let tenant = self.tenant_fields();
-            line!(
-                [client = client.as_ref().map(PeerText::as_str),]
-                [
-                    org_id = tenant.named[0],
-                    project_id = tenant.named[1],
-                    team_id = tenant.named[2],
-                    user_id = tenant.named[3],
-                    tenant_id = tenant.named[4],
-                    tenant = tenant.others.as_deref(),
-                ]
-            );
-        } else {
-            line!([] []);
-        }
+        with_extra_fields!(self, access_line);
     }
 
     /// Whether the line has `client` (trusted proxies configured) or tenant fields (no
@@ -759,7 +769,7 @@ impl RequestInfo {
         let peer = self.peer.map(PeerText::new);
         let _entered = self.span.enter();
         // `client` and the tenant fields are inserted where the brackets are.
-        macro_rules! line {
+        macro_rules! access_line {
             ([$($client:tt)*] [$($tenant:tt)*]) => {
                 access_event!(
                     level,
@@ -783,22 +793,6 @@ impl RequestInfo {
                 )
             };
         }
-        if self.has_extra_fields() {
-            let client = self.client.map(PeerText::ip);
-            let tenant = self.tenant_fields();
-            line!(
-                [client = client.as_ref().map(PeerText::as_str),]
-                [
-                    org_id = tenant.named[0],
-                    project_id = tenant.named[1],
-                    team_id = tenant.named[2],
-                    user_id = tenant.named[3],
-                    tenant_id = tenant.named[4],
-                    tenant = tenant.others.as_deref(),
-                ]
-            );
-        } else {
-            line!([] []);
-        }
+        with_extra_fields!(self, access_line);
     }
 }

@@ -74,7 +74,7 @@ const SERVER_SPAN: &str = "http_request";
 /// Probe and scrape paths get the request id and context but no span (see [`PathSelector`]).
 ///
 /// Composed out of the documented order (`docs/ordering.md`), it warns once per process under
-/// [`ORDER_TARGET`](periscope_context::order::ORDER_TARGET): with periscope-log's
+/// the target `periscope::order`: with periscope-log's
 /// `AccessLogLayer` outside it, and with periscope-error's `ErrorLayer` outside it, whose
 /// request id (and, for a trace started here, trace id) it then takes so the envelope and the
 /// log lines agree.
