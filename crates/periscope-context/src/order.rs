@@ -120,3 +120,22 @@ impl fmt::Display for Misordering {
         )
     }
 }
+
+/// Warns, once per process, that two periscope layers are composed out of order: a
+/// [`Misordering`]'s one `warn` line under [`ORDER_TARGET`]. A macro, so the line is logged
+/// through the calling layer's `tracing` (this crate does not log).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! warn_misordered {
+    ($misordering:expr) => {{
+        let misordering: $crate::order::Misordering = $misordering;
+        if misordering.first_time() {
+            tracing::warn!(
+                target: $crate::order::ORDER_TARGET,
+                outer = misordering.outer(),
+                inner = misordering.inner(),
+                "{misordering}"
+            );
+        }
+    }};
+}

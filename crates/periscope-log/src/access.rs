@@ -240,14 +240,7 @@ where
 #[cold]
 #[inline(never)]
 fn warn_misordered(misordering: Misordering) {
-    if misordering.first_time() {
-        tracing::warn!(
-            target: order::ORDER_TARGET,
-            outer = misordering.outer(),
-            inner = misordering.inner(),
-            "{misordering}"
-        );
-    }
+    periscope_context::warn_misordered!(misordering);
 }
 
 /// Where the connection comes from: what the server put in the request, periscope's

@@ -204,14 +204,7 @@ impl Drop for Recording {
 #[cold]
 #[inline(never)]
 fn warn_misordered(misordering: Misordering) {
-    if misordering.first_time() {
-        tracing::warn!(
-            target: order::ORDER_TARGET,
-            outer = misordering.outer(),
-            inner = misordering.inner(),
-            "{misordering}"
-        );
-    }
+    periscope_context::warn_misordered!(misordering);
 }
 
 /// The exemplar label set: `{trace_id="<32 hex>"}`.

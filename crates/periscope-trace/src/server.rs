@@ -13,7 +13,7 @@ use periscope_context::{
     RequestId, RequestIdOrigin, RouteTemplates, TenantKey, TraceId, TrustedProxies, WithContext,
     extract,
     headers::X_REQUEST_ID,
-    order::{self, ContextFromErrorLayer, Misordering},
+    order::{ContextFromErrorLayer, Misordering},
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -389,14 +389,7 @@ fn adopt_ids(ctx: &mut RequestContext, (request_id, trace_id): (RequestId, Trace
 #[cold]
 #[inline(never)]
 fn warn_misordered(misordering: Misordering) {
-    if misordering.first_time() {
-        tracing::warn!(
-            target: order::ORDER_TARGET,
-            outer = misordering.outer(),
-            inner = misordering.inner(),
-            "{misordering}"
-        );
-    }
+    periscope_context::warn_misordered!(misordering);
 }
 
 /// Puts the client's address in the request's extensions and records it on `span`; out of
