@@ -2744,6 +2744,75 @@ async fn a_stack_applied_twice_observes_each_request_once() {
     assert_eq!(obs.in_flight(), 0);
 }
 
+/// The stack applied twice on a quiet path (`/health`): no server span is opened there, so
+/// the inner `CorrelationLayer` must still see the outer one's context in the extensions and
+/// keep it; a second context gave the handler (and the inner error layer's envelope) a trace
+/// id the access line did not carry.
+#[tokio::test(flavor = "current_thread")]
+async fn a_stack_applied_twice_keeps_one_context_on_a_quiet_path() {
+    use tracing_subscriber::prelude::*;
+
+    let out = Captured::default();
+    let (log, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .directives(periscope::log::Directives::parse("debug").unwrap())
+        .build();
+    let _default = set_default(tracing_subscriber::registry().with(log));
+    let obs = Observability::builder().build().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen_in = seen.clone();
+    let app = Router::new()
+        .route(
+            "/health",
+            get(move || {
+                let seen = seen_in.clone();
+                async move {
+                    let ctx = periscope::context::RequestContext::current().unwrap();
+                    seen.lock()
+                        .unwrap()
+                        .push((ctx.request_id.to_string(), ctx.trace_id.to_string()));
+                    HttpError::new(codes::SERVICE_UNAVAILABLE, "down")
+                }
+            }),
+        )
+        .layer(obs.layer())
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let (head, body) = raw_get(addr, "/health", "twice-quiet").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert_eq!(head.matches("x-request-id: ").count(), 1, "{head}");
+    let envelope: Value = serde_json::from_str(&body).unwrap();
+    drop(log_guard);
+
+    let (request_id, trace_id) = seen.lock().unwrap()[0].clone();
+    assert_eq!(request_id, "twice-quiet");
+    assert_eq!(envelope["error"]["request_id"], "twice-quiet", "{body}");
+    assert_eq!(envelope["error"]["trace_id"], trace_id.as_str(), "{body}");
+    let lines = out.lines();
+    let access: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "periscope::access")
+        .collect();
+    assert_eq!(access.len(), 1, "{lines:#?}");
+    assert_eq!(access[0]["request_id"], "twice-quiet", "{access:#?}");
+    assert_eq!(access[0]["trace_id"], trace_id.as_str(), "{access:#?}");
+    let text = obs
+        .registry()
+        .encode(periscope::metrics::Format::Prometheus)
+        .unwrap();
+    let counted: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("http_server_requests_total") && l.contains("/health"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(counted <= 1.0, "{text}");
+    assert_eq!(obs.in_flight(), 0);
+}
+
 /// Under `axum::serve` with `into_make_service_with_connect_info`, the access line's `peer`
 /// comes from axum's `ConnectInfo`.
 #[tokio::test(flavor = "current_thread")]

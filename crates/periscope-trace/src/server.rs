@@ -237,7 +237,16 @@ where
         // there: a marker of its own would cost every request an insertion.
         let mut from_error_layer = None;
         match request.extensions().get::<RequestContext>() {
-            Some(ctx) if in_server_span() => {
+            // On a quiet path no server span is opened, so the outer layer is told by its
+            // context alone (one made by an error layer outside is taken below instead).
+            Some(ctx)
+                if in_server_span()
+                    || (self.config.quiet.is_quiet(request.uri().path())
+                        && request
+                            .extensions()
+                            .get::<ContextFromErrorLayer>()
+                            .is_none()) =>
+            {
                 let ctx = ctx.clone();
                 let inner = &mut self.inner;
                 return ResponseFuture {
