@@ -601,7 +601,8 @@ impl Observability {
     ///
     /// It also installs, once per process, a panic hook that logs panics outside requests (in
     /// `main`, a thread, a spawned task) as an `error` line with target `periscope::panic`,
-    /// then calls the hook before it. `std::process::exit` runs no destructors: drop the guard
+    /// waits (up to the flush timeout) until that line is written, as a panic may abort the
+    /// process next, then calls the hook before it. `std::process::exit` runs no destructors: drop the guard
     /// before calling it, or the lines still queued are lost.
     pub fn init(&self) -> Result<ObservabilityGuard, Error> {
         let mut pending = self
@@ -665,7 +666,7 @@ impl Observability {
                 "GPU collector is down (gpu_collector_up 0); the service keeps running"
             );
         }
-        log_panics();
+        log_panics(log_guard.flusher());
         // Libraries that write through the `log` crate reach the same lines, with their own
         // target and level, and the request's ids when they log inside one.
         if tracing_log::LogTracer::init().is_err() {
@@ -849,7 +850,14 @@ impl Observability {
 /// `periscope::panic`, then hands it to the hook installed before (the default one still
 /// prints it on stderr). Without it such a panic reaches stderr only, as plain text outside
 /// the JSON log and `/debug/logs`.
-fn log_panics() {
+/// The writer of the log that `init` set up last, flushed after a panic's line.
+static PANIC_FLUSHER: std::sync::Mutex<Option<periscope_log::LogFlusher>> =
+    std::sync::Mutex::new(None);
+
+fn log_panics(flusher: periscope_log::LogFlusher) {
+    *PANIC_FLUSHER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(flusher);
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
         // `take_hook` may not be called while panicking.
@@ -861,6 +869,16 @@ fn log_panics() {
             // A panic the error layer catches gets the request's `handler panicked` line.
             if !periscope_error::is_catching_panics() {
                 log_panic(info);
+                // The line is only queued: a panic while unwinding, or under
+                // `panic = "abort"`, aborts the process once the hooks return.
+                let flusher = match PANIC_FLUSHER.try_lock() {
+                    Ok(flusher) => flusher.clone(),
+                    Err(std::sync::TryLockError::Poisoned(flusher)) => flusher.into_inner().clone(),
+                    Err(std::sync::TryLockError::WouldBlock) => None,
+                };
+                if let Some(flusher) = flusher {
+                    flusher.flush();
+                }
             }
             previous(info);
         }));

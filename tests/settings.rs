@@ -708,3 +708,57 @@ fn a_panic_outside_a_request_is_an_error_line_of_the_log() {
     }
     assert_eq!(panics[0]["data"]["thread.name"], "worker", "{}", panics[0]);
 }
+
+/// Set in the child of `a_panic_that_aborts_is_still_logged`: the file its log lines go to.
+const ABORT_CHILD_FILE: &str = "PERISCOPE_TEST_ABORT_CHILD_FILE";
+
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("second panic in drop");
+    }
+}
+
+/// Run in a child process: a panic while unwinding another aborts the process.
+#[test]
+fn abort_child() {
+    let Some(path) = std::env::var_os(ABORT_CHILD_FILE) else {
+        return;
+    };
+    let file = std::fs::File::create(path).unwrap();
+    let obs = Observability::builder().log_writer(file).build().unwrap();
+    let _guard = obs.init().unwrap();
+    let _bomb = PanicsOnDrop;
+    panic!("first panic");
+}
+
+#[test]
+fn a_panic_that_aborts_is_still_logged() {
+    let path = std::env::temp_dir().join(format!("periscope-abort-{}.log", std::process::id()));
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "abort_child", "--test-threads=1", "--nocapture"])
+        .env(ABORT_CHILD_FILE, &path)
+        // The backtraces the hooks capture give the process more time to abort in.
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the child aborts");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let messages: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .filter(|line| line["target"] == "periscope::panic")
+        .map(|line| line["data"]["panic.message"].clone())
+        .collect();
+    // Every panic the standard hook reported, the last one (that aborts) too: the hook waits
+    // for each line to be written.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let reported =
+        stderr.matches("' panicked at ").count() + stderr.matches(") panicked at ").count();
+    assert!(reported >= 2, "{stderr}");
+    assert_eq!(messages.len(), reported, "{text}\n{stderr}");
+    assert_eq!(messages[0], "first panic", "{text}");
+    assert_eq!(messages[1], "second panic in drop", "{text}");
+}

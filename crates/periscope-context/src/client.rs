@@ -318,8 +318,12 @@ fn split_unquoted(value: &[u8], separator: u8) -> impl Iterator<Item = &[u8]> {
 }
 
 /// The address in the `for` parameter of one `Forwarded` element; `None` when it has none,
-/// or it is not an address (`unknown`, `_hidden`, malformed).
+/// or it is not an address (`unknown`, `_hidden`, malformed). The whole element must be
+/// well formed (`name=token` or `name="quoted"` pairs, `for` at most once): an unclosed quote
+/// a client sent swallows the elements a proxy appended to the same line, leaving the
+/// client's own `for` as the last element.
 fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
+    let mut found = None;
     for pair in split_unquoted(element, b';') {
         let pair = pair.trim_ascii();
         if pair.is_empty() {
@@ -327,15 +331,48 @@ fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
         }
         let at = pair.iter().position(|&b| b == b'=')?;
         let (name, value) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return None;
+        }
+        let value = forwarded_value(value)?;
         if name.eq_ignore_ascii_case(b"for") {
-            let value = match value.strip_prefix(b"\"") {
-                Some(quoted) => quoted.strip_suffix(b"\"")?,
-                None => value,
-            };
-            return parse_node(value);
+            if found.is_some() {
+                return None;
+            }
+            found = Some(value);
         }
     }
-    None
+    parse_node(found?)
+}
+
+/// A pair's value: one quoted string (its inside, escapes left as they are) or one run of
+/// visible characters without quotes; `None` for anything else.
+fn forwarded_value(value: &[u8]) -> Option<&[u8]> {
+    match value.strip_prefix(b"\"") {
+        Some(quoted) => {
+            let mut escaped = false;
+            for (at, &b) in quoted.iter().enumerate() {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    // The closing quote ends the value.
+                    return (at + 1 == quoted.len()).then_some(&quoted[..at]);
+                }
+            }
+            None
+        }
+        None => {
+            let visible = value.iter().all(|&b| b.is_ascii_graphic() && b != b'"');
+            (!value.is_empty() && visible).then_some(value)
+        }
+    }
+}
+
+/// An RFC 9110 token character.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A node of either header: an IPv4 address, an IPv6 address bare or in brackets, each
@@ -551,6 +588,39 @@ mod tests {
         assert_eq!(chosen.client_addr(peer, &spoof), ip("6.6.6.6"));
         let back = chosen.header(ForwardingHeader::XForwardedFor);
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn forwarded_quotes_cannot_swallow_a_proxys_element() {
+        let p = proxies().header(ForwardingHeader::Forwarded);
+        let peer = ip("10.0.0.1");
+        // A client's element with an unclosed quote, to which a trusted proxy appended its own
+        // element on the same line: the quote swallows the proxy's element, so the only
+        // element left names the address the client chose. Malformed: not believed.
+        for line in [
+            "for=6.6.6.6;x=\", for=203.0.113.9",
+            "for=6.6.6.6;x=\", for=\"[2001:db8::5]\"",
+            "for=6.6.6.6;x=\"a\\, for=203.0.113.9",
+            // Repeated or trailing parameters, and values that are not one token or one
+            // quoted string, make the element malformed too.
+            "for=203.0.113.9;for=6.6.6.6",
+            "for=6.6.6.6;x=\"a\"b",
+            "for=6.6.6.6;x",
+            "for=6.6.6.6;=x",
+            "for=6.6.6.6 x",
+        ] {
+            assert_eq!(
+                p.client_addr(peer, &headers(&[("forwarded", line)])),
+                peer,
+                "{line}"
+            );
+        }
+        // Valid parameters around `for` are still read.
+        let line = "by=10.0.0.1;for=\"203.0.113.9\";host=\"a;b,\\\"c\";proto=https";
+        assert_eq!(
+            p.client_addr(peer, &headers(&[("forwarded", line)])),
+            ip("203.0.113.9")
+        );
     }
 
     #[test]

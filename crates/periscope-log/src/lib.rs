@@ -56,7 +56,8 @@ pub use layer::LogLayer;
 pub use recent::{DEFAULT_RECENT_BYTES, DEFAULT_RECENT_LINES, RecentLine, RecentLogs};
 pub use redact::{DEFAULT_ALLOWED_KEYS, DEFAULT_SENSITIVE_KEYS, REDACTED, Redactor};
 pub use writer::{
-    DEFAULT_FLUSH_TIMEOUT, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_LINES, DroppedLines, LogGuard,
+    DEFAULT_FLUSH_TIMEOUT, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_LINES, DroppedLines, LogFlusher,
+    LogGuard,
 };
 
 /// Re-exported so callers can name levels without depending on `tracing` directly.

@@ -176,6 +176,10 @@ struct QueueState {
     writer_waiting: bool,
     closed: bool,
     finished: bool,
+    /// Lines ever queued, and lines written or given up: a [`LogFlusher`] waits for the
+    /// second to reach what the first was when it was called.
+    queued_total: u64,
+    done_total: u64,
 }
 
 impl LineSink for NonBlocking {
@@ -191,6 +195,7 @@ impl LineSink for NonBlocking {
         }
         state.bytes.extend_from_slice(line);
         state.lines += 1;
+        state.queued_total += 1;
         // Only a sleeping writer, or a napping one facing a filling queue, needs the (system
         // call) wake-up.
         if state.writer_waiting || state.lines == queue.max_lines / 2 {
@@ -206,6 +211,7 @@ impl Queue {
     fn drop_queued(&self, state: &mut QueueState) {
         let lines = std::mem::take(&mut state.lines) + std::mem::take(&mut state.in_flight);
         self.dropped.add(lines as u64);
+        state.done_total += lines as u64;
         state.bytes = Vec::new();
     }
 
@@ -248,7 +254,11 @@ impl Queue {
             drop(state);
             let written = guarded(|| out.write_lines(&batch, true));
             // A guard that gave up waiting has counted the whole batch already.
-            let counted = std::mem::take(&mut lock(&self.state).in_flight) == 0;
+            let counted = {
+                let mut state = lock(&self.state);
+                state.done_total += lines as u64;
+                std::mem::take(&mut state.in_flight) == 0
+            };
             match written {
                 Some(Ok(())) => {}
                 Some(Err(_)) if counted => {}
@@ -295,6 +305,70 @@ impl std::fmt::Debug for LogGuard {
         f.debug_struct("LogGuard")
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
+    }
+}
+
+impl LogGuard {
+    /// A handle that waits for the lines logged so far to be written, for code that cannot
+    /// reach the guard: a panic hook, before the process may abort.
+    pub fn flusher(&self) -> LogFlusher {
+        let thread = match &self.kind {
+            GuardKind::Thread(queue, handle) => Some((
+                Arc::downgrade(queue),
+                handle.as_ref().map(|handle| handle.thread().id()),
+            )),
+            GuardKind::Blocking(_) => None,
+        };
+        LogFlusher {
+            thread,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// Waits, up to the flush timeout, until the background writer has written the lines logged
+/// before the call ([`LogGuard::flusher`]): a panic that aborts the process (a panic while
+/// unwinding, `panic = "abort"`) ends it before the writer thread gets to its line otherwise.
+/// The guard itself still flushes at the end of the program.
+#[derive(Clone, Debug)]
+pub struct LogFlusher {
+    thread: Option<(std::sync::Weak<Queue>, Option<std::thread::ThreadId>)>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").finish_non_exhaustive()
+    }
+}
+
+impl LogFlusher {
+    /// Returns once every line logged before is written or given up, the writer has stopped,
+    /// or the flush timeout has passed; at once with a blocking writer (its lines are written
+    /// already) and on the writer thread itself (which would wait for itself).
+    pub fn flush(&self) {
+        let Some((queue, writer)) = &self.thread else {
+            return;
+        };
+        let Some(queue) = queue.upgrade() else { return };
+        if *writer == Some(std::thread::current().id()) {
+            return;
+        }
+        let deadline = Instant::now() + self.timeout;
+        let mut state = lock(&queue.state);
+        let target = state.queued_total;
+        state.writer_waiting = false;
+        queue.work.notify_one();
+        while state.done_total < target && !state.finished {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            drop(state);
+            // The writer signals nothing per batch: a short nap is enough for a rare call.
+            std::thread::sleep((deadline - now).min(Duration::from_millis(1)));
+            state = lock(&queue.state);
+        }
     }
 }
 
