@@ -727,10 +727,11 @@ impl Handled {
         let status = parts.status;
         let text = text.filter(|text| !text.is_empty());
         // An extractor's 400 for a body the client stopped sending: not a malformed request.
-        if status == StatusCode::BAD_REQUEST
-            && code == codes::INVALID_REQUEST
-            && let Some((received, expected)) = self.body_cut_after()
-        {
+        // axum's `Multipart` answers the same cut with a bare 500 ("failed to read stream"):
+        // not the service's fault either, so not an `internal_error` logged at error.
+        let cut_rejection = (status == StatusCode::BAD_REQUEST && code == codes::INVALID_REQUEST)
+            || (status == StatusCode::INTERNAL_SERVER_ERROR && code == codes::INTERNAL_ERROR);
+        if cut_rejection && let Some((received, expected)) = self.body_cut_after() {
             return self.body_incomplete(parts, received, expected);
         }
         let facts = &self.facts;
@@ -789,15 +790,17 @@ impl Handled {
         self.rewrite(parts, Arc::new(error.into_body(&self.ids)))
     }
 
-    /// The 400 `request_body_incomplete` that replaces an extractor's 400 when the client
+    /// The 400 `request_body_incomplete` that replaces an extractor's 400 (`Multipart`'s 500) when the client
     /// stopped sending the body: logged at info (the client went away; nothing to fix here),
     /// with the bytes received and the declared length.
     fn body_incomplete<B>(
         &self,
-        parts: http::response::Parts,
+        mut parts: http::response::Parts,
         received: u64,
         expected: Option<u64>,
     ) -> Response<ResponseBody<B>> {
+        // Multipart's 500 becomes the code's 400.
+        parts.status = StatusCode::BAD_REQUEST;
         tracing::info!(
             request_id = self.ids.request_id.as_str(),
             trace_id = self.ids.trace_id.map(tracing::field::display),

@@ -295,6 +295,16 @@ fn app() -> Router {
             }),
         )
         .route(
+            "/upload",
+            post(|mut form: axum::extract::Multipart| async move {
+                let mut bytes = 0;
+                while let Some(field) = form.next_field().await? {
+                    bytes += field.bytes().await?.len();
+                }
+                Ok::<_, axum::extract::multipart::MultipartError>(bytes.to_string())
+            }),
+        )
+        .route(
             "/validate",
             post(|Json(body): Json<Value>| async move {
                 let mut violations = Violations::new();
@@ -925,4 +935,44 @@ async fn a_body_the_client_stops_sending_is_not_a_malformed_request() {
     envelope(&reply, "invalid_request", 400);
     let reply = send(addr, "POST", "/jobs", &json_type, b"{\"name\":\"train\"}").await;
     assert_eq!(reply.status, 200);
+}
+
+/// A multipart upload the client stops sending: axum's `Multipart` answers the cut with a bare
+/// 500 ("failed to read stream"), which is no more the service's fault than the 400 of `Json`.
+#[tokio::test]
+async fn a_multipart_upload_the_client_stops_sending_is_not_an_internal_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let addr = serve().await;
+    let id = "cut-multipart";
+    let part = "--XX\r\ncontent-disposition: form-data; name=\"file\"\r\n\r\n";
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: test\r\ncontent-type: multipart/form-data; boundary=XX\r\n\
+         content-length: 100000\r\nx-request-id: {id}\r\n\r\n{part}"
+    );
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&[b'x'; 500]).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    let json: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["error"]["code"], "request_body_incomplete", "{json}");
+    let sent = part.len() as u64 + 500;
+    assert_eq!(json["error"]["details"]["received_bytes"], sent, "{json}");
+    // Logged at info, and nothing at error: no one is paged for a dropped upload.
+    let events = events_of(id);
+    assert!(
+        events
+            .iter()
+            .any(|event| event["code"] == "request_body_incomplete" && event["level"] == "INFO"),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().all(|event| event["level"] != "ERROR"),
+        "{events:?}"
+    );
 }
