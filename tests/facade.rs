@@ -6,9 +6,8 @@
 
 #![cfg(feature = "axum")]
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -21,46 +20,8 @@ use periscope::Observability;
 use periscope::error::{HttpError, codes};
 use serde_json::Value;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<Value> {
-        String::from_utf8(self.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-            .collect()
-    }
-}
-
-/// Installs `subscriber` as this thread's default, for a test that reads the lines it writes.
-///
-/// While a process holds a single `Dispatch`, tracing-core asks only the default of the thread
-/// that meets a callsite first whether it is enabled, and caches the answer for every thread:
-/// a test that runs with no subscriber of its own, meeting the access line's callsite first,
-/// has it cached as never enabled, and a test capturing lines at the same time misses them.
-/// Two dispatchers kept for the whole run make tracing-core ask every live one instead (see
-/// docs/development.md).
-fn set_default(
-    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
-) -> tracing::subscriber::DefaultGuard {
-    static KEPT: OnceLock<[tracing::Dispatch; 2]> = OnceLock::new();
-    KEPT.get_or_init(|| {
-        [(); 2].map(|()| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()))
-    });
-    tracing::subscriber::set_default(subscriber)
-}
+mod capture;
+use capture::{Captured, set_default};
 
 /// A callsite another test's thread (with no subscriber of its own) meets first is still
 /// enabled for a test capturing lines: see [`set_default`].

@@ -5,9 +5,7 @@
 
 #![cfg(feature = "axum")]
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -17,30 +15,12 @@ use periscope::log::AccessLogLayer;
 use periscope::metrics::{Format, MetricsLayer, MetricsRegistry};
 use periscope::trace::CorrelationLayer;
 use serde_json::Value;
+
+mod capture;
+use capture::{Captured, set_default};
 use tracing_subscriber::prelude::*;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 impl Captured {
-    fn lines(&self) -> Vec<Value> {
-        String::from_utf8(self.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-            .collect()
-    }
-
     /// The layer-order warnings.
     fn order_warnings(&self) -> Vec<Value> {
         self.lines()
@@ -71,25 +51,6 @@ fn routes() -> Router {
         .route("/ok", get(|| async { "ok" }))
         .route("/boom", get(boom))
         .route("/slow", get(slow))
-}
-
-/// Installs `subscriber` as this thread's default, for a test that reads the lines it
-/// captures.
-///
-/// While a process holds a single `Dispatch`, tracing-core asks only the default of the thread
-/// that meets a callsite first whether it is enabled, and caches the answer for every thread:
-/// a test that runs with no subscriber of its own, meeting a shared callsite first, has it
-/// cached as never enabled, and a test capturing lines at the same time misses them. Two
-/// dispatchers kept for the whole run make tracing-core ask every live one instead (see
-/// docs/development.md).
-fn set_default(
-    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
-) -> tracing::subscriber::DefaultGuard {
-    static KEPT: std::sync::OnceLock<[tracing::Dispatch; 2]> = std::sync::OnceLock::new();
-    KEPT.get_or_init(|| {
-        [(); 2].map(|()| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()))
-    });
-    tracing::subscriber::set_default(subscriber)
 }
 
 /// Serves `app` on this thread's runtime with a JSON log capturing every line; the guard

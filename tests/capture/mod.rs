@@ -1,0 +1,50 @@
+//! Log lines captured by a test: a writer into memory, read back as JSON, and the scoped
+//! subscriber that must be installed with it (shared by the facade's test binaries).
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde_json::Value;
+
+/// A log writer into memory; clones write to the same buffer.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Every line written so far, parsed.
+    pub fn lines(&self) -> Vec<Value> {
+        String::from_utf8(self.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect()
+    }
+}
+
+/// Installs `subscriber` as this thread's default, for a test that reads the lines it writes.
+///
+/// While a process holds a single `Dispatch`, tracing-core asks only the default of the thread
+/// that meets a callsite first whether it is enabled, and caches the answer for every thread:
+/// a test that runs with no subscriber of its own, meeting a shared callsite first, has it
+/// cached as never enabled, and a test capturing lines at the same time misses them. Two
+/// dispatchers kept for the whole run make tracing-core ask every live one instead (see
+/// docs/development.md).
+pub fn set_default(
+    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+) -> tracing::subscriber::DefaultGuard {
+    static KEPT: OnceLock<[tracing::Dispatch; 2]> = OnceLock::new();
+    KEPT.get_or_init(|| {
+        [(); 2].map(|()| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()))
+    });
+    tracing::subscriber::set_default(subscriber)
+}
