@@ -12,7 +12,7 @@ sets=(
   "-p periscope-gpu --no-default-features"
   "-p periscope-admin --no-default-features"
 )
-for feature in axum metrics gpu signal serve http2 otel gpu-tracker; do
+for feature in axum metrics gpu signal serve http2 grpc otel gpu-tracker; do
   sets+=("-p periscope --no-default-features --features $feature")
 done
 for feature in health metrics log gpu axum; do
@@ -22,7 +22,7 @@ sets+=("-p periscope-gpu --no-default-features --features tracker")
 for crate in trace health log error metrics; do
   sets+=("-p periscope-$crate --no-default-features")
 done
-for feature in signal metrics axum; do sets+=("-p periscope-health --features $feature"); done
+for feature in signal metrics axum grpc; do sets+=("-p periscope-health --features $feature"); done
 for feature in otel axum; do sets+=("-p periscope-trace --features $feature"); done
 for crate in error log metrics; do sets+=("-p periscope-$crate --features axum"); done
 

@@ -124,7 +124,12 @@ mod doc_pages {
     #[cfg(feature = "axum")]
     #[doc = include_str!("../docs/migrating.md")]
     struct Migrating;
-    #[cfg(all(feature = "axum", feature = "serve", feature = "signal"))]
+    #[cfg(all(
+        feature = "axum",
+        feature = "serve",
+        feature = "signal",
+        feature = "grpc"
+    ))]
     #[doc = include_str!("../docs/grpc.md")]
     struct Grpc;
     // docs/errors.md is compiled by periscope-error's own doc tests.

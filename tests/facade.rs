@@ -21,23 +21,16 @@ use periscope::error::{HttpError, codes};
 use serde_json::Value;
 
 mod capture;
-use capture::{Captured, set_default};
+use capture::{Captured, capture_lines, set_default};
 
 /// A callsite another test's thread (with no subscriber of its own) meets first is still
 /// enabled for a test capturing lines: see [`set_default`].
 #[test]
 fn a_line_whose_callsite_another_thread_met_first_is_captured() {
-    use tracing_subscriber::prelude::*;
-
     fn log() {
         tracing::info!(target: "periscope::first_met", "once per thread");
     }
-    let out = Captured::default();
-    let (log_layer, log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .build();
-    let default = set_default(tracing_subscriber::registry().with(log_layer));
+    let (out, log_guard, default) = capture_lines(None);
     std::thread::spawn(log).join().unwrap();
     log();
     drop(default);
@@ -536,14 +529,7 @@ async fn server_with_timeouts(
     periscope::log::LogGuard,
     tracing::subscriber::DefaultGuard,
 ) {
-    use tracing_subscriber::prelude::*;
-
-    let out = Captured::default();
-    let (log, log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .build();
-    let default = set_default(tracing_subscriber::registry().with(log));
+    let (out, log_guard, default) = capture_lines(None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -1407,7 +1393,6 @@ async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
     };
     use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
     use tonic::{Code, Request, Response, Status};
-    use tracing_subscriber::prelude::*;
 
     /// Any generated service would do; what `export` does is chosen by the request's size.
     struct Exporter;
@@ -1456,12 +1441,7 @@ async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
         response
     }
 
-    let out = Captured::default();
-    let (log, log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .build();
-    let _default = set_default(tracing_subscriber::registry().with(log));
+    let (out, log_guard, _default) = capture_lines(None);
     // tonic's router gives no matched path: the method is declared as a route template.
     const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     let obs = Observability::builder()
@@ -1575,14 +1555,8 @@ async fn a_tonic_service_is_counted_logged_and_answered_by_its_grpc_status() {
 #[tokio::test(flavor = "current_thread")]
 async fn the_server_stops_after_its_shutdown_timeout_whatever_the_clients_do() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tracing_subscriber::prelude::*;
 
-    let out = Captured::default();
-    let (log, log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .build();
-    let _default = set_default(tracing_subscriber::registry().with(log));
+    let (out, log_guard, _default) = capture_lines(None);
 
     let app = Router::new().route(
         "/upload",
@@ -1951,7 +1925,6 @@ async fn a_grpc_clients_deadline_shorter_than_the_request_timeout_is_kept() {
     use opentelemetry_proto::tonic::collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
     };
-    use tracing_subscriber::prelude::*;
 
     struct Slow;
     #[tonic::async_trait]
@@ -1965,12 +1938,7 @@ async fn a_grpc_clients_deadline_shorter_than_the_request_timeout_is_kept() {
         }
     }
 
-    let out = Captured::default();
-    let (log, log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .build();
-    let _default = set_default(tracing_subscriber::registry().with(log));
+    let (out, log_guard, _default) = capture_lines(None);
     const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     let obs = Observability::builder()
         .service_name("grpc-deadline")
@@ -2021,6 +1989,79 @@ async fn a_grpc_clients_deadline_shorter_than_the_request_timeout_is_kept() {
     assert_eq!(timed_out["level"], "warn", "{timed_out}");
     assert_eq!(timed_out["data"]["timeout_ms"], 200, "{timed_out}");
     assert_eq!(timed_out["data"]["grpc_timeout"], true, "{timed_out}");
+}
+
+/// The standard gRPC health service routed in the app behind the stack: a Kubernetes `grpc`
+/// probe (tonic-health's client here) gets the readiness of the service's own checks and
+/// gates, and its calls are quiet like `/ready`'s (access lines at `debug`, no span).
+#[cfg(all(feature = "http2", feature = "grpc"))]
+#[tokio::test(flavor = "current_thread")]
+async fn the_grpc_health_service_behind_the_stack_answers_the_probes_quietly() {
+    use periscope::health::tonic_health::pb::HealthCheckRequest;
+    use periscope::health::tonic_health::pb::health_check_response::ServingStatus;
+    use periscope::health::tonic_health::pb::health_client::HealthClient;
+
+    let (out, log_guard, _default) = capture_lines(Some("debug"));
+    let model_loaded = periscope::health::StartupGate::new("model_loaded");
+    let health = periscope::health::Health::builder()
+        .startup_gate(model_loaded.clone())
+        .build()
+        .unwrap();
+    let obs = Observability::builder()
+        .service_name("grpc-health")
+        .health(health)
+        .build()
+        .unwrap();
+    let app = hello_and_slow()
+        .route_service(
+            "/grpc.health.v1.Health/{*method}",
+            obs.health().grpc().into_service(),
+        )
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(obs.server(listener).serve(app, std::future::pending()));
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let mut check = async |service: &str| {
+        let mut call = tonic::Request::new(HealthCheckRequest {
+            service: service.to_owned(),
+        });
+        call.metadata_mut()
+            .insert("x-request-id", "grpc-probe".parse().unwrap());
+        let response = client.check(call).await.unwrap();
+        assert_eq!(
+            response.metadata().get("x-request-id").unwrap(),
+            "grpc-probe"
+        );
+        ServingStatus::try_from(response.into_inner().status).unwrap()
+    };
+    assert_eq!(check("").await, ServingStatus::NotServing);
+    assert_eq!(check("liveness").await, ServingStatus::Serving);
+    model_loaded.open();
+    assert_eq!(check("").await, ServingStatus::Serving);
+    drop(log_guard);
+
+    let lines = out.lines();
+    let probes: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "periscope::access")
+        .collect();
+    assert_eq!(probes.len(), 3, "{lines:#?}");
+    for line in probes {
+        assert_eq!(line["level"], "debug", "{line}");
+        assert_eq!(
+            line["data"]["path"], "/grpc.health.v1.Health/Check",
+            "{line}"
+        );
+        assert_eq!(line["request_id"], "grpc-probe", "{line}");
+        assert!(line.get("span").is_none(), "no server span: {line}");
+    }
 }
 
 /// An HTTP/2 connection is closed gracefully (GOAWAY) once it has had no stream for the
@@ -2169,14 +2210,8 @@ async fn an_http2_request_waiting_for_its_service_does_not_leave_its_connection_
 async fn the_server_gives_the_peer_address_to_the_service_and_the_access_log() {
     use axum::extract::ConnectInfo;
     use tokio::io::AsyncWriteExt;
-    use tracing_subscriber::prelude::*;
 
-    let out = Captured::default();
-    let (log, log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .build();
-    let _default = set_default(tracing_subscriber::registry().with(log));
+    let (out, log_guard, _default) = capture_lines(None);
     let obs = Observability::builder().build().unwrap();
     let app = Router::new()
         .route(
@@ -2636,14 +2671,7 @@ async fn raw_get(addr: SocketAddr, path: &str, request_id: &str) -> (String, Str
 /// inside still records it.
 #[tokio::test(flavor = "current_thread")]
 async fn a_stack_applied_twice_observes_each_request_once() {
-    use tracing_subscriber::prelude::*;
-
-    let out = Captured::default();
-    let (log, log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .build();
-    let _default = set_default(tracing_subscriber::registry().with(log));
+    let (out, log_guard, _default) = capture_lines(None);
     let obs = Observability::builder().build().unwrap();
     let other_registry = periscope::metrics::MetricsRegistry::new();
     let other_metrics = periscope::metrics::MetricsLayer::builder()
@@ -2711,15 +2739,7 @@ async fn a_stack_applied_twice_observes_each_request_once() {
 /// id the access line did not carry.
 #[tokio::test(flavor = "current_thread")]
 async fn a_stack_applied_twice_keeps_one_context_on_a_quiet_path() {
-    use tracing_subscriber::prelude::*;
-
-    let out = Captured::default();
-    let (log, log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .directives(periscope::log::Directives::parse("debug").unwrap())
-        .build();
-    let _default = set_default(tracing_subscriber::registry().with(log));
+    let (out, log_guard, _default) = capture_lines(Some("debug"));
     let obs = Observability::builder().build().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen_in = seen.clone();
@@ -2778,14 +2798,7 @@ async fn a_stack_applied_twice_keeps_one_context_on_a_quiet_path() {
 /// comes from axum's `ConnectInfo`.
 #[tokio::test(flavor = "current_thread")]
 async fn the_access_line_reads_the_peer_from_axum_connect_info() {
-    use tracing_subscriber::prelude::*;
-
-    let out = Captured::default();
-    let (log, log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .build();
-    let _default = set_default(tracing_subscriber::registry().with(log));
+    let (out, log_guard, _default) = capture_lines(None);
     let obs = Observability::builder().build().unwrap();
     let app = Router::new()
         .route("/hello", get(|| async { "hello" }))
@@ -2829,7 +2842,6 @@ async fn the_access_line_reads_the_peer_from_axum_connect_info() {
 #[tokio::test(flavor = "current_thread")]
 async fn an_http2_upload_the_client_cancels_is_not_a_malformed_request() {
     use axum::routing::post;
-    use tracing_subscriber::prelude::*;
 
     /// Its bytes, then its end, or a failure: hyper's client resets the stream then.
     struct Upload(Option<Bytes>, bool);
@@ -2848,12 +2860,7 @@ async fn an_http2_upload_the_client_cancels_is_not_a_malformed_request() {
         }
     }
 
-    let out = Captured::default();
-    let (log, log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .build();
-    let _default = set_default(tracing_subscriber::registry().with(log));
+    let (out, log_guard, _default) = capture_lines(None);
     let obs = Observability::builder()
         .service_name("cut-h2")
         .build()

@@ -17,8 +17,7 @@ use periscope::trace::CorrelationLayer;
 use serde_json::Value;
 
 mod capture;
-use capture::{Captured, set_default};
-use tracing_subscriber::prelude::*;
+use capture::{Captured, capture_lines};
 
 impl Captured {
     /// The layer-order warnings.
@@ -56,12 +55,7 @@ fn routes() -> Router {
 /// Serves `app` on this thread's runtime with a JSON log capturing every line; the guard
 /// flushes on drop.
 async fn serve(app: Router) -> (SocketAddr, Captured, impl Drop) {
-    let out = Captured::default();
-    let (log, log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .build();
-    let default = set_default(tracing_subscriber::registry().with(log));
+    let (out, log_guard, default) = capture_lines(None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -48,3 +48,26 @@ pub fn set_default(
     });
     tracing::subscriber::set_default(subscriber)
 }
+
+/// The lines periscope's log layer writes on this thread while the guards live, at the default
+/// level or under `directives` (such as `"debug"`); drop the log guard before reading them.
+pub fn capture_lines(
+    directives: Option<&str>,
+) -> (
+    Captured,
+    periscope::log::LogGuard,
+    tracing::subscriber::DefaultGuard,
+) {
+    use tracing_subscriber::prelude::*;
+
+    let out = Captured::default();
+    let mut builder = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true);
+    if let Some(directives) = directives {
+        builder = builder.directives(periscope::log::Directives::parse(directives).unwrap());
+    }
+    let (log, log_guard) = builder.build();
+    let default = set_default(tracing_subscriber::registry().with(log));
+    (out, log_guard, default)
+}

@@ -240,6 +240,14 @@ impl Health {
             Probe::Readiness => self.readiness_now(),
         }
     }
+
+    /// The report of `probe`, waiting for a run of the checks when readiness needs one.
+    pub(crate) async fn report_for(&self, probe: Probe) -> Report {
+        match self.respond(probe) {
+            Some(report) => report,
+            None => self.readiness().await,
+        }
+    }
 }
 
 /// See [`Health::epoch`]: each count only grows, so their sum changes whenever one does.

@@ -48,6 +48,8 @@ mod axum;
 mod check;
 pub mod checks;
 mod gate;
+#[cfg(feature = "grpc")]
+mod grpc;
 mod health;
 mod layer;
 #[cfg(feature = "metrics")]
@@ -61,6 +63,8 @@ mod shutdown;
 
 pub use check::{Check, CheckError, CheckFuture, FnCheck, HealthCheck, MAX_ERROR_LEN, check_fn};
 pub use gate::{DrainHandle, StartupGate};
+#[cfg(feature = "grpc")]
+pub use grpc::{DEFAULT_WATCH_INTERVAL, GRPC_HEALTH_PATHS, GrpcHealth, WatchStream};
 pub use health::{BuildError, DEFAULT_CACHE_TTL, DEFAULT_TIMEOUT, Health, HealthBuilder};
 pub use layer::{InnerFuture, ProbeLayer, ProbeRouter, RouterFuture};
 pub use render::{Details, Probe};
@@ -69,3 +73,7 @@ pub use runner::{MIN_POLL_INTERVAL, NoRuntime, Poller};
 pub use service::{ProbeBody, ProbePaths, ProbeService, ResponseFuture};
 #[cfg(feature = "signal")]
 pub use shutdown::{SHUTDOWN_TARGET, Shutdown};
+/// The `grpc.health.v1` types and client this crate's [`GrpcHealth`] is built on, so a service
+/// uses the same version (feature `grpc`).
+#[cfg(feature = "grpc")]
+pub use tonic_health;

@@ -3,10 +3,17 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-/// The paths that are not traced by default: liveness, readiness, startup probes and the
-/// metrics scrape. Orchestrators and scrapers call them every few seconds; a span per call
-/// would drown the real traffic.
-pub const DEFAULT_QUIET_PATHS: [&str; 4] = ["/health", "/ready", "/startup", "/metrics"];
+/// The paths that are not traced by default: liveness, readiness, startup probes, the
+/// metrics scrape and the standard gRPC health service's two methods. Orchestrators and
+/// scrapers call them every few seconds; a span per call would drown the real traffic.
+pub const DEFAULT_QUIET_PATHS: [&str; 6] = [
+    "/health",
+    "/ready",
+    "/startup",
+    "/metrics",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+];
 
 /// Chooses the requests that get no span (probe and scrape paths).
 ///
