@@ -190,6 +190,19 @@ pub mod headers {
     pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 }
 
+/// The probe and scrape paths periscope's layers keep quiet by default (no span, access lines
+/// at `debug`): liveness, readiness and startup probes, the metrics scrape and the standard gRPC
+/// health service's two methods. Orchestrators and scrapers call them every few seconds; a span
+/// or an `info` line per call would drown the real traffic.
+pub const DEFAULT_QUIET_PATHS: [&str; 6] = [
+    "/health",
+    "/ready",
+    "/startup",
+    "/metrics",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+];
+
 /// The log line's own top-level keys (the contract's "Log line"): no field lifted to the top
 /// level may take one of these names, since the line would hold it twice or let it forge one.
 pub const LOG_LINE_KEYS: &[&str] = &[

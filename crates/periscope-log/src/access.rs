@@ -25,16 +25,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::{Level, Span};
 
-/// Probe and scrape paths whose lines are quiet (logged at debug) by default: the HTTP probes,
-/// the metrics scrape and the standard gRPC health service's two methods.
-pub const DEFAULT_QUIET_PATHS: &[&str] = &[
-    "/health",
-    "/ready",
-    "/startup",
-    "/metrics",
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-];
+/// Probe and scrape paths whose lines are quiet (logged at debug) by default (periscope-context's
+/// list, shared with the trace layer).
+pub use periscope_context::DEFAULT_QUIET_PATHS;
 
 /// The `tracing` target of access-log lines: filter it like any other
 /// (`periscope::access=warn` keeps only failures).

@@ -3,17 +3,9 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-/// The paths that are not traced by default: liveness, readiness, startup probes, the
-/// metrics scrape and the standard gRPC health service's two methods. Orchestrators and
-/// scrapers call them every few seconds; a span per call would drown the real traffic.
-pub const DEFAULT_QUIET_PATHS: [&str; 6] = [
-    "/health",
-    "/ready",
-    "/startup",
-    "/metrics",
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-];
+/// The paths that are not traced by default (periscope-context's list, shared with the access
+/// log).
+pub use periscope_context::DEFAULT_QUIET_PATHS;
 
 /// Chooses the requests that get no span (probe and scrape paths).
 ///
