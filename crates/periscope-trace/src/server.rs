@@ -272,7 +272,7 @@ where
             request_id: request_id_origin,
             request_id_from_header,
             incoming,
-            rejected_tenant,
+            mut rejected_tenant,
             ..
         } = extract(request.headers(), &config.extract);
         let sample_new = config.extract.sample_new_traces;
@@ -286,8 +286,10 @@ where
             ctx = fresh;
         } else if !config.trust.continues(request.headers()) {
             // A trust boundary: a new trace under the kept request id, the caller's as a link.
+            // Every tenant header is dropped here, valid or not: none is worth a warning.
             ctx = RequestContext::start(ctx.request_id.clone(), sample_new);
             link = incoming;
+            rejected_tenant.clear();
         }
         if !propagators.baggage() {
             ctx.baggage = Baggage::new();

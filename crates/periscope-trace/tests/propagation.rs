@@ -407,11 +407,19 @@ async fn trust_boundary_starts_a_new_trace_and_links_the_caller() {
             ("tracestate", "vendor=opaque"),
             ("baggage", "user_tier=gold"),
             ("x-org-id", "org_spoofed"),
+            ("x-project-id", "not a valid id"),
         ],
     )
     .await;
     let ctx = seen.lock().unwrap()[0].ctx.clone();
     assert_eq!(ctx.request_id.as_str(), "public-1");
+    // Every tenant header is dropped at the boundary, so an invalid one is not warned about.
+    let warnings: Vec<_> = capture
+        .lines_for("public-1")
+        .into_iter()
+        .filter(|l| l.level == tracing::Level::WARN)
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
     assert_ne!(ctx.trace_id.to_string(), INCOMING_TRACE);
     assert_eq!(ctx.parent_span_id, None);
     assert!(ctx.trace_state.is_empty() && ctx.baggage.is_empty() && ctx.tenant.is_empty());
