@@ -303,11 +303,12 @@ impl Settings {
         }
         if let Some(value) = get("TRUSTED_PROXIES") {
             let header = self.trusted_proxies.forwarding_header();
-            self.trusted_proxies = parse_trusted_proxies("TRUSTED_PROXIES", &value)?.header(header);
+            self.trusted_proxies =
+                parse_trusted_proxies("TRUSTED_PROXIES", &value)?.with_forwarding_header(header);
         }
         if let Some(value) = get("TRUSTED_PROXIES_HEADER") {
             let header = parse_forwarding_header("TRUSTED_PROXIES_HEADER", &value)?;
-            self.trusted_proxies = self.trusted_proxies.clone().header(header);
+            self.trusted_proxies = self.trusted_proxies.clone().with_forwarding_header(header);
         }
         self.apply_otel_env(&lookup)?;
         Ok(self)

@@ -208,7 +208,7 @@ impl ObservabilityBuilder {
             Ok(proxies) => {
                 // The header chosen stays, whichever is set first.
                 let header = self.settings.trusted_proxies.forwarding_header();
-                self.settings.trusted_proxies = proxies.header(header);
+                self.settings.trusted_proxies = proxies.with_forwarding_header(header);
                 self.invalid_proxies = None;
             }
             Err(error) => {
@@ -239,7 +239,11 @@ impl ObservabilityBuilder {
     /// # Ok::<(), periscope::Error>(())
     /// ```
     pub fn trusted_proxies_header(mut self, header: periscope_context::ForwardingHeader) -> Self {
-        self.settings.trusted_proxies = self.settings.trusted_proxies.clone().header(header);
+        self.settings.trusted_proxies = self
+            .settings
+            .trusted_proxies
+            .clone()
+            .with_forwarding_header(header);
         self
     }
 

@@ -143,16 +143,16 @@ impl TrustedProxies {
     ///
     /// let proxies = "10.0.0.0/8".parse::<TrustedProxies>().unwrap();
     /// assert_eq!(proxies.forwarding_header(), ForwardingHeader::XForwardedFor);
-    /// let proxies = proxies.header(ForwardingHeader::Forwarded);
+    /// let proxies = proxies.with_forwarding_header(ForwardingHeader::Forwarded);
     /// assert_eq!(proxies.forwarding_header(), ForwardingHeader::Forwarded);
     /// ```
     #[must_use]
-    pub fn header(mut self, header: ForwardingHeader) -> Self {
+    pub fn with_forwarding_header(mut self, header: ForwardingHeader) -> Self {
         self.header = header;
         self
     }
 
-    /// The forwarding header read (see [`header`](Self::header)).
+    /// The forwarding header read (see [`with_forwarding_header`](Self::with_forwarding_header)).
     pub fn forwarding_header(&self) -> ForwardingHeader {
         self.header
     }
@@ -473,7 +473,7 @@ mod tests {
         for header in [ForwardingHeader::XForwardedFor, ForwardingHeader::Forwarded] {
             assert_eq!(
                 proxies()
-                    .header(header)
+                    .with_forwarding_header(header)
                     .client_addr(ip("203.0.113.9"), &spoof),
                 ip("203.0.113.9")
             );
@@ -522,7 +522,7 @@ mod tests {
 
     #[test]
     fn forwarded_is_read_only_when_chosen() {
-        let p = proxies().header(ForwardingHeader::Forwarded);
+        let p = proxies().with_forwarding_header(ForwardingHeader::Forwarded);
         let peer = ip("10.0.0.1");
         for (lines, client) in [
             (&["for=203.0.113.9"][..], "203.0.113.9"),
@@ -583,16 +583,18 @@ mod tests {
         let alone = headers(&[("forwarded", "for=6.6.6.6")]);
         assert_eq!(p.client_addr(peer, &alone), peer);
         // Choosing a header keeps the networks, and back.
-        let chosen = p.clone().header(ForwardingHeader::Forwarded);
+        let chosen = p
+            .clone()
+            .with_forwarding_header(ForwardingHeader::Forwarded);
         assert_eq!(chosen.to_string(), p.to_string());
         assert_eq!(chosen.client_addr(peer, &spoof), ip("6.6.6.6"));
-        let back = chosen.header(ForwardingHeader::XForwardedFor);
+        let back = chosen.with_forwarding_header(ForwardingHeader::XForwardedFor);
         assert_eq!(back, p);
     }
 
     #[test]
     fn forwarded_quotes_cannot_swallow_a_proxys_element() {
-        let p = proxies().header(ForwardingHeader::Forwarded);
+        let p = proxies().with_forwarding_header(ForwardingHeader::Forwarded);
         let peer = ip("10.0.0.1");
         // A client's element with an unclosed quote, to which a trusted proxy appended its own
         // element on the same line: the quote swallows the proxy's element, so the only
@@ -655,7 +657,9 @@ mod tests {
             .map(|hop| format!("for={hop}"))
             .collect::<Vec<_>>()
             .join(",");
-        let fp = p.clone().header(ForwardingHeader::Forwarded);
+        let fp = p
+            .clone()
+            .with_forwarding_header(ForwardingHeader::Forwarded);
         let client = fp.client_addr(peer, &headers(&[("forwarded", &forwarded)]));
         assert!(p.contains(client), "{client}");
         // The client is found within the cap, not past it.
