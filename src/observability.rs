@@ -451,10 +451,12 @@ impl ObservabilityBuilder {
                 .build()?,
         };
 
-        // The admin paths count under their own route, with axum or without.
+        // The admin paths and the gRPC health service's count under their own route, with axum
+        // or without (tonic's router gives no matched path).
         let templates: Vec<&str> = periscope_admin::Endpoint::ALL
             .iter()
             .map(|endpoint| endpoint.path())
+            .chain(periscope_context::GRPC_HEALTH_PATHS)
             .chain(self.route_templates.iter().map(String::as_str))
             .collect();
         let routes = RouteTemplates::new(&templates)?;

@@ -2064,6 +2064,54 @@ async fn the_grpc_health_service_behind_the_stack_answers_the_probes_quietly() {
     }
 }
 
+/// The gRPC health service on tonic's own server behind `obs.layer()`: tonic's router gives no
+/// matched path, so its calls would count under `__unmatched__`, mixed with scanners' calls;
+/// they count under their own path.
+#[cfg(feature = "grpc")]
+#[tokio::test(flavor = "current_thread")]
+async fn grpc_health_calls_on_tonics_server_count_under_their_own_path() {
+    use periscope::health::tonic_health::pb::HealthCheckRequest;
+    use periscope::health::tonic_health::pb::health_client::HealthClient;
+
+    let obs = Observability::builder()
+        .service_name("tonic-health")
+        .log_writer(std::io::sink())
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(obs.layer())
+            .add_service(obs.health().grpc().into_service())
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    for _ in 0..3 {
+        let request = HealthCheckRequest {
+            service: "readiness".to_owned(),
+        };
+        client.check(request).await.unwrap();
+    }
+
+    let exposition = obs.registry().encode_prometheus().unwrap();
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(&exposition)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        requests_counted(&exposition, Some("/grpc.health.v1.Health/Check"), "2xx"),
+        3.0
+    );
+    assert_eq!(
+        requests_counted(&exposition, Some("__unmatched__"), "2xx"),
+        0.0
+    );
+}
+
 /// An HTTP/2 connection is closed gracefully (GOAWAY) once it has had no stream for the
 /// idle timeout, but not while a stream is open; while the service drains, after its
 /// next answer (HTTP/2's `Connection: close`), a new connection still being answered.

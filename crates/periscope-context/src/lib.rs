@@ -190,6 +190,14 @@ pub mod headers {
     pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 }
 
+/// The paths of the standard gRPC health service's two methods (`grpc.health.v1.Health`):
+/// probes like `/ready`, so quiet by default, and labelled by their own path in the facade's
+/// metrics, with axum or without.
+pub const GRPC_HEALTH_PATHS: [&str; 2] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+];
+
 /// The probe and scrape paths periscope's layers keep quiet by default (no span, access lines
 /// at `debug`): liveness, readiness and startup probes, the metrics scrape and the standard gRPC
 /// health service's two methods. Orchestrators and scrapers call them every few seconds; a span
@@ -199,8 +207,8 @@ pub const DEFAULT_QUIET_PATHS: [&str; 6] = [
     "/ready",
     "/startup",
     "/metrics",
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
+    GRPC_HEALTH_PATHS[0],
+    GRPC_HEALTH_PATHS[1],
 ];
 
 /// The log line's own top-level keys (the contract's "Log line"): no field lifted to the top

@@ -19,13 +19,6 @@ use crate::runner::MIN_POLL_INTERVAL;
 /// How often a `Watch` call looks at its probe again, unless set.
 pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The paths of the service's two methods: quiet by default in periscope's trace and access log
-/// layers, as the HTTP probe paths are.
-pub const GRPC_HEALTH_PATHS: [&str; 2] = [
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-];
-
 /// The `grpc.health.v1.Health` service answering the same probes as `/health`, `/ready` and
 /// `/startup`, with the same checks, cache, single flight, gates and draining.
 ///

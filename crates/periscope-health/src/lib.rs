@@ -64,7 +64,7 @@ mod shutdown;
 pub use check::{Check, CheckError, CheckFuture, FnCheck, HealthCheck, MAX_ERROR_LEN, check_fn};
 pub use gate::{DrainHandle, StartupGate};
 #[cfg(feature = "grpc")]
-pub use grpc::{DEFAULT_WATCH_INTERVAL, GRPC_HEALTH_PATHS, GrpcHealth, WatchStream};
+pub use grpc::{DEFAULT_WATCH_INTERVAL, GrpcHealth, WatchStream};
 pub use health::{BuildError, DEFAULT_CACHE_TTL, DEFAULT_TIMEOUT, Health, HealthBuilder};
 pub use layer::{InnerFuture, ProbeLayer, ProbeRouter, RouterFuture};
 pub use render::{Details, Probe};
