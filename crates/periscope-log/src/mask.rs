@@ -368,6 +368,12 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
         if key.is_empty() || !secret {
             continue;
         }
+        // `password= Authorization: Bearer x`: an empty value followed by the next secret's
+        // key. Masking that key as the value would hide it from the later steps and show its
+        // secret; left alone, it is masked by its own rule.
+        if value_start > at + 1 && starts_with_secret_key(&text[value_start..], redactor) {
+            continue;
+        }
         if text[value_start..].starts_with("Some(") {
             value_start += "Some(".len();
         }
@@ -405,6 +411,22 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
         }
     }
     splice.finish()
+}
+
+/// Whether `text` starts with the key of another secret (`db_password:`, `token=`,
+/// `Authorization:`): a word ending in its separator whose name is a secret's or a
+/// credential header's, with a value after it (a last word is a value, whatever it ends in).
+fn starts_with_secret_key(text: &str, redactor: &Redactor) -> bool {
+    let end = text.find(char::is_whitespace).unwrap_or(text.len());
+    let (word, rest) = text.split_at(end);
+    let Some(key) = word.strip_suffix([':', '=']) else {
+        return false;
+    };
+    !rest.trim_start().is_empty()
+        && !key.is_empty()
+        && !key.ends_with([':', '='])
+        && (redactor.names_a_secret(key)
+            || SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(key)))
 }
 
 /// Whether a key written before a `:` is a password's name (`password`, `db_passwd`): a colon

@@ -581,3 +581,25 @@ fn debug_keys_cut_or_escaped_are_still_hidden() {
         assert_eq!(line["data"]["v"], "[REDACTED]", "{line}");
     }
 }
+
+#[test]
+fn an_empty_password_does_not_swallow_the_next_secrets_key() {
+    let redactor = periscope_log::Redactor::default();
+    for text in [
+        "login password= Authorization: Bearer S3cr3tXYZ",
+        "login password= db_password: S3cr3tXYZ",
+        "login password= cookie: S3cr3tXYZ",
+    ] {
+        let masked = redactor.mask_text(text).expect("a secret is masked");
+        assert!(!masked.contains("S3cr3tXYZ"), "{text:?} became {masked:?}");
+    }
+    // A value after spaces is still masked, also one that ends like a key.
+    assert_eq!(
+        redactor.mask_text("password = c2VjcmV0==").as_deref(),
+        Some("password = [REDACTED]")
+    );
+    assert_eq!(
+        redactor.mask_text("password = my_secret:").as_deref(),
+        Some("password = [REDACTED]")
+    );
+}
