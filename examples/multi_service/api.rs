@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use periscope::context::RequestContext;
 use periscope::error::{Decoder, HttpError, codes};
+use periscope::metrics::{ClientMetrics, ClientMetricsLayer, MetricsError, MetricsRegistry};
 use periscope::trace::{ClientTrace, ClientTraceLayer};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -63,20 +64,23 @@ async fn create_task(
 }
 
 /// The worker's HTTP client. `ClientTraceLayer` sends the request's `x-request-id`,
-/// `traceparent` (with a client span of its own as the parent), `tracestate` and `baggage`.
+/// `traceparent` (with a client span of its own as the parent), `tracestate` and `baggage`;
+/// `ClientMetricsLayer` counts and times each call in `http_client_requests_total` and
+/// `http_client_request_duration_seconds`.
 #[derive(Clone)]
 pub struct WorkerClient {
-    client: ClientTrace<Client<HttpConnector, Full<Bytes>>>,
+    client: ClientTrace<ClientMetrics<Client<HttpConnector, Full<Bytes>>>>,
     base_url: String,
 }
 
 impl WorkerClient {
-    pub fn new(base_url: String) -> Self {
+    pub fn new(base_url: String, registry: &MetricsRegistry) -> Result<Self, MetricsError> {
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Self {
+        let client = ClientMetricsLayer::new(registry)?.layer(client);
+        Ok(Self {
             client: ClientTraceLayer::new().layer(client),
             base_url,
-        }
+        })
     }
 
     /// Calls `POST /v1/process`. A worker error becomes a 502 `upstream_error` whose details

@@ -115,6 +115,19 @@ async fn one_request_id_and_trace_through_the_api_the_worker_and_the_job() {
             "{route}"
         );
     }
+    // And the api's call to the worker, by the worker's address.
+    let worker = service.addr("worker").await;
+    let port = worker.port().to_string();
+    let labels = [
+        ("method", "POST"),
+        ("server_address", "127.0.0.1"),
+        ("server_port", port.as_str()),
+        ("status", "2xx"),
+    ];
+    assert_eq!(
+        metric(api, "http_client_requests_total", &labels).await,
+        Some(1.0)
+    );
 }
 
 #[tokio::test]

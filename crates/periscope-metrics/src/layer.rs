@@ -353,7 +353,7 @@ impl MetricsLayerBuilder {
     }
 }
 
-fn checked_buckets(metric: &str, buckets: &[f64]) -> Result<Arc<[f64]>, MetricsError> {
+pub(crate) fn checked_buckets(metric: &str, buckets: &[f64]) -> Result<Arc<[f64]>, MetricsError> {
     let valid = !buckets.is_empty()
         && buckets.iter().all(|bound| bound.is_finite())
         && buckets.windows(2).all(|pair| pair[0] < pair[1]);

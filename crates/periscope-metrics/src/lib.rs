@@ -5,6 +5,9 @@
 //!   (OpenTelemetry buckets, `trace_id` exemplars) and `http_server_requests_in_flight`, by
 //!   `method`, `route` and `status`; optional body-size histograms; names and labels
 //!   configurable.
+//! - [`ClientMetricsLayer`]: the same for the calls the service makes,
+//!   `http_client_requests_total` and `http_client_request_duration_seconds` by `method`,
+//!   `server_address`, `server_port` and `status`.
 //! - Bounded labels: `route` is axum's matched route (feature `axum`), a declared
 //!   [`RouteTemplates`] template, or `__unmatched__`, never the raw path; `method` outside the
 //!   standard nine is `_OTHER`; `status` is the class (`2xx`) unless exact codes are asked for.
@@ -39,6 +42,7 @@
 // Library code reports errors instead of panicking; tests, benches and examples may unwrap.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod client;
 mod error;
 mod exposition;
 mod guard;
@@ -51,6 +55,10 @@ mod red;
 mod registry;
 mod sync;
 
+pub use client::{
+    CALL_ERROR, ClientMetrics, ClientMetricsLayer, ClientMetricsLayerBuilder, ClientResponseFuture,
+    UNKNOWN_SERVER,
+};
 pub use error::MetricsError;
 pub use exposition::{Format, MetricsService};
 pub use guard::{

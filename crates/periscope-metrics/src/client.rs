@@ -1,0 +1,361 @@
+//! RED metrics of outgoing calls: [`ClientMetricsLayer`] around any Tower HTTP client.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::{Request, Response, Uri};
+use periscope_context::grpc::{HeadOutcome, head_outcome};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::error::MetricsError;
+use crate::guard::{Caps, GuardedFamily};
+use crate::labels::{CANCELLED, StatusLabel, method_label};
+use crate::layer::{DURATION_BUCKETS, checked_buckets};
+use crate::registry::MetricsRegistry;
+
+/// The `server_address` (and `server_port`) of a call whose URI names no host: give the client
+/// its origin (tonic's `with_origin`, an absolute URI for hyper-util's client).
+pub const UNKNOWN_SERVER: &str = "__unknown__";
+
+/// The `status` of a call that failed without an answer (connection refused, reset, a TLS
+/// failure, the client's own timeout answering an error).
+pub const CALL_ERROR: &str = "error";
+
+/// The labels of both client families, in order.
+const LABELS: [&str; 4] = ["method", "server_address", "server_port", "status"];
+
+/// Configures the client RED layer; [`register`](Self::register) adds its families to a
+/// registry and returns the layer.
+///
+/// Defaults: `http_client_requests_total` and `http_client_request_duration_seconds`
+/// (OpenTelemetry's buckets), both by `method`, `server_address`, `server_port` and `status`;
+/// status as its class; 100 values per label and 2000 series per family.
+///
+/// ```
+/// use periscope_metrics::{Caps, ClientMetricsLayer, MetricsRegistry, StatusLabel};
+///
+/// let registry = MetricsRegistry::new();
+/// let layer = ClientMetricsLayer::builder()
+///     .status_label(StatusLabel::Code)
+///     .caps(Caps::default().label("server_address", 20))
+///     .register(&registry)
+///     .unwrap();
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "call register to build the layer"]
+pub struct ClientMetricsLayerBuilder {
+    prefix: Option<String>,
+    requests_name: String,
+    duration_name: String,
+    duration_buckets: Vec<f64>,
+    status: StatusLabel,
+    caps: Caps,
+}
+
+impl Default for ClientMetricsLayerBuilder {
+    fn default() -> Self {
+        Self {
+            prefix: None,
+            requests_name: "http_client_requests_total".into(),
+            duration_name: "http_client_request_duration_seconds".into(),
+            duration_buckets: DURATION_BUCKETS.to_vec(),
+            status: StatusLabel::Class,
+            caps: Caps::default(),
+        }
+    }
+}
+
+impl ClientMetricsLayerBuilder {
+    /// A prefix for both metric names: `api` makes `api_http_client_requests_total`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// The counter's name (default `http_client_requests_total`).
+    pub fn requests_name(mut self, name: impl Into<String>) -> Self {
+        self.requests_name = name.into();
+        self
+    }
+
+    /// The histogram's name (default `http_client_request_duration_seconds`).
+    pub fn duration_name(mut self, name: impl Into<String>) -> Self {
+        self.duration_name = name.into();
+        self
+    }
+
+    /// The duration histogram's buckets, in seconds (default [`DURATION_BUCKETS`]).
+    pub fn duration_buckets(mut self, buckets: impl IntoIterator<Item = f64>) -> Self {
+        self.duration_buckets = buckets.into_iter().collect();
+        self
+    }
+
+    /// Status as its class (`2xx`, the default) or the exact code.
+    pub fn status_label(mut self, status: StatusLabel) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Caps on label values and series (see [`Caps`]); `server_address` is the label to watch
+    /// when the service calls URLs its users choose.
+    pub fn caps(mut self, caps: Caps) -> Self {
+        self.caps = caps;
+        self
+    }
+
+    /// Registers both families in `registry` and returns the layer.
+    pub fn register(self, registry: &MetricsRegistry) -> Result<ClientMetricsLayer, MetricsError> {
+        let full = |name: &str| match &self.prefix {
+            Some(prefix) => format!("{prefix}_{name}"),
+            None => name.to_owned(),
+        };
+        let requests_name = full(&self.requests_name);
+        let duration_name = full(&self.duration_name);
+        let buckets = checked_buckets(&duration_name, &self.duration_buckets)?;
+        // All or nothing: a name refused must not leave the other family behind.
+        registry.check_free(&[
+            (
+                requests_name.as_str(),
+                prometheus_client::metrics::MetricType::Counter,
+            ),
+            (
+                duration_name.as_str(),
+                prometheus_client::metrics::MetricType::Histogram,
+            ),
+        ])?;
+        let requests = registry.guarded_family::<Counter, 4>(
+            &requests_name,
+            "HTTP client calls completed, by method, server and status",
+            LABELS,
+            self.caps.clone(),
+        )?;
+        let duration = registry.guarded_family_with(
+            &duration_name,
+            "HTTP client call duration until the answer's head, in seconds",
+            LABELS,
+            self.caps,
+            move || Histogram::new(buckets.iter().copied()),
+        )?;
+        Ok(ClientMetricsLayer {
+            families: Arc::new(Families {
+                requests,
+                duration,
+                status: self.status,
+            }),
+        })
+    }
+}
+
+struct Families {
+    requests: GuardedFamily<Counter, 4>,
+    duration: GuardedFamily<Histogram, 4>,
+    status: StatusLabel,
+}
+
+/// RED metrics of the calls a service makes: wrap an HTTP client (hyper-util's, a tonic
+/// channel, reqwest through a Tower adapter) and each call is counted and timed by method,
+/// server and status, under the same cardinality guard as the server's families.
+///
+/// - `server_address` is the URI's host (lower case), `server_port` its port or the scheme's
+///   default (`80`, `443`); both [`UNKNOWN_SERVER`] for a URI without a host.
+/// - `status` is the answer's status (class or code); a gRPC call answered trailers-only (the
+///   usual failure) counts as the status its `grpc-status` stands for, one whose code comes
+///   after its messages as the 200 its head was; [`CALL_ERROR`] when the client failed without
+///   an answer, [`CANCELLED`] when the call was dropped first (a timeout around it, the
+///   caller gone).
+/// - The duration runs to the answer's head, as OpenTelemetry's `http.client.request.duration`.
+///
+/// ```
+/// use periscope_metrics::{ClientMetricsLayer, MetricsRegistry};
+/// use tower_layer::Layer;
+/// # use std::convert::Infallible;
+///
+/// let registry = MetricsRegistry::new();
+/// let calls = ClientMetricsLayer::new(&registry).unwrap();
+/// // Any Tower HTTP client: hyper_util's `Client`, a tonic `Channel`...
+/// let client = tower::service_fn(|_request: http::Request<String>| async {
+///     Ok::<_, Infallible>(http::Response::new(String::new()))
+/// });
+/// let client = calls.layer(client);
+/// # let _ = client;
+/// ```
+#[derive(Clone)]
+pub struct ClientMetricsLayer {
+    families: Arc<Families>,
+}
+
+impl ClientMetricsLayer {
+    /// The builder, with the defaults described on [`ClientMetricsLayerBuilder`].
+    pub fn builder() -> ClientMetricsLayerBuilder {
+        ClientMetricsLayerBuilder::default()
+    }
+
+    /// The layer with every default, registered in `registry`.
+    pub fn new(registry: &MetricsRegistry) -> Result<Self, MetricsError> {
+        Self::builder().register(registry)
+    }
+}
+
+impl std::fmt::Debug for ClientMetricsLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientMetricsLayer")
+            .field("requests", &self.families.requests)
+            .field("duration", &self.families.duration)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> tower_layer::Layer<S> for ClientMetricsLayer {
+    type Service = ClientMetrics<S>;
+
+    fn layer(&self, inner: S) -> ClientMetrics<S> {
+        ClientMetrics {
+            inner,
+            families: self.families.clone(),
+        }
+    }
+}
+
+/// The service made by [`ClientMetricsLayer`].
+#[derive(Clone)]
+pub struct ClientMetrics<S> {
+    inner: S,
+    families: Arc<Families>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for ClientMetrics<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientMetrics")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for ClientMetrics<S>
+where
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ClientResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let call = Call::start(self.families.clone(), request.uri(), request.method());
+        ClientResponseFuture {
+            inner: self.inner.call(request),
+            call: Some(call),
+        }
+    }
+}
+
+/// The response future of [`ClientMetrics`].
+#[pin_project::pin_project]
+pub struct ClientResponseFuture<F> {
+    #[pin]
+    inner: F,
+    call: Option<Call>,
+}
+
+impl<F, ResBody, E> Future for ClientResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let output = ready!(this.inner.poll(cx));
+        if let Some(mut call) = this.call.take() {
+            let status = match &output {
+                Ok(response) => {
+                    let families = &call.families;
+                    let status = match head_outcome(response.status(), response.headers()) {
+                        HeadOutcome::Code(code) => code.http_status(),
+                        HeadOutcome::Status | HeadOutcome::Trailers => response.status(),
+                    };
+                    families.status.value(status)
+                }
+                Err(_) => CALL_ERROR,
+            };
+            call.finish(status);
+        }
+        Poll::Ready(output)
+    }
+}
+
+/// One call being timed; dropped unfinished, it counts as [`CANCELLED`].
+struct Call {
+    families: Arc<Families>,
+    method: &'static str,
+    server: Server,
+    start: Instant,
+    done: bool,
+}
+
+impl Call {
+    fn start(families: Arc<Families>, uri: &Uri, method: &http::Method) -> Self {
+        Self {
+            families,
+            method: method_label(method),
+            server: Server::of(uri),
+            start: Instant::now(),
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, status: &str) {
+        self.done = true;
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let labels = [self.method, &self.server.address, &self.server.port, status];
+        self.families.requests.get_or_create(labels).inc();
+        self.families
+            .duration
+            .get_or_create(labels)
+            .observe(elapsed);
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(CANCELLED);
+        }
+    }
+}
+
+/// The server a call goes to, as its `server_address` and `server_port` labels.
+struct Server {
+    address: Cow<'static, str>,
+    port: Cow<'static, str>,
+}
+
+impl Server {
+    fn of(uri: &Uri) -> Self {
+        let Some(host) = uri.host().filter(|host| !host.is_empty()) else {
+            return Server {
+                address: Cow::Borrowed(UNKNOWN_SERVER),
+                port: Cow::Borrowed(UNKNOWN_SERVER),
+            };
+        };
+        let port = match (uri.port_u16(), uri.scheme_str()) {
+            (Some(port), _) => Cow::Owned(port.to_string()),
+            (None, Some("https")) => Cow::Borrowed("443"),
+            (None, Some("http")) => Cow::Borrowed("80"),
+            (None, _) => Cow::Borrowed(UNKNOWN_SERVER),
+        };
+        Server {
+            address: Cow::Owned(host.to_ascii_lowercase()),
+            port,
+        }
+    }
+}

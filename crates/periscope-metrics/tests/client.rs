@@ -1,0 +1,167 @@
+//! The client layer around hyper-util's client, calling a real server on 127.0.0.1: each call
+//! counted and timed once by method, server and status, failures without an answer as
+//! `error`, calls dropped first as `cancelled`, trailers-only gRPC failures by their code.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use common::{parse_openmetrics, points, serve, sum_where};
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use periscope_metrics::{ClientMetricsLayer, MetricsRegistry, UNKNOWN_SERVER};
+use tower::{Layer, ServiceExt};
+
+fn upstream() -> Router {
+    Router::new()
+        .route("/ok", get(|| async { "ok" }))
+        .route("/busy", post(|| async { StatusCode::SERVICE_UNAVAILABLE }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        )
+        .route(
+            "/grpc-unavailable",
+            post(|| async {
+                // A trailers-only gRPC failure: HTTP 200, the code in the head.
+                (
+                    [("content-type", "application/grpc"), ("grpc-status", "14")],
+                    "",
+                )
+                    .into_response()
+            }),
+        )
+}
+
+#[tokio::test]
+async fn each_call_is_counted_once_by_method_server_and_status() {
+    let registry = MetricsRegistry::new();
+    let layer = ClientMetricsLayer::new(&registry).unwrap();
+    let client =
+        layer.layer(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>());
+    let addr = serve(upstream()).await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let call = |method: &str, uri: String| {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Empty::new())
+            .unwrap();
+        client.clone().oneshot(request)
+    };
+
+    for _ in 0..2 {
+        assert_eq!(
+            call("GET", format!("http://{addr}/ok"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        call("POST", format!("http://{addr}/busy"))
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    call("POST", format!("http://{addr}/grpc-unavailable"))
+        .await
+        .unwrap();
+    assert!(call("GET", format!("http://{closed}/ok")).await.is_err());
+    assert!(
+        call("GET", "/ok".to_owned()).await.is_err(),
+        "no host to call"
+    );
+    let slow = tokio::time::timeout(
+        Duration::from_millis(100),
+        call("GET", format!("http://{addr}/slow")),
+    );
+    assert!(slow.await.is_err(), "the caller gave up first");
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let port = addr.port().to_string();
+    let closed_port = closed.port().to_string();
+    for family in [
+        "http_client_requests",
+        "http_client_request_duration_seconds",
+    ] {
+        let calls = points(&exposition, family);
+        let count = |method, address, port: &str, status| {
+            sum_where(
+                &calls,
+                &[
+                    ("method", method),
+                    ("server_address", address),
+                    ("server_port", port),
+                    ("status", status),
+                ],
+            )
+        };
+        assert_eq!(
+            count("GET", "127.0.0.1", &port, "2xx"),
+            2.0,
+            "{family}: {calls:#?}"
+        );
+        assert_eq!(
+            count("POST", "127.0.0.1", &port, "5xx"),
+            2.0,
+            "{family}: 503 and UNAVAILABLE"
+        );
+        assert_eq!(
+            count("GET", "127.0.0.1", &closed_port, "error"),
+            1.0,
+            "{family}"
+        );
+        assert_eq!(
+            count("GET", UNKNOWN_SERVER, UNKNOWN_SERVER, "error"),
+            1.0,
+            "{family}"
+        );
+        assert_eq!(
+            count("GET", "127.0.0.1", &port, "cancelled"),
+            1.0,
+            "{family}"
+        );
+        let all: f64 = calls.iter().map(|point| point.value).sum();
+        assert_eq!(all, 7.0, "{family}: each call once: {calls:#?}");
+    }
+}
+
+#[tokio::test]
+async fn the_default_port_is_the_schemes_and_hosts_are_lower_case() {
+    let registry = MetricsRegistry::new();
+    let layer = ClientMetricsLayer::new(&registry).unwrap();
+    let answered = tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    });
+    for uri in [
+        "https://Models.Internal/v1/predict",
+        "http://models.internal/health",
+    ] {
+        let request = http::Request::get(uri).body(()).unwrap();
+        layer.layer(answered).oneshot(request).await.unwrap();
+    }
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let calls = points(&exposition, "http_client_requests");
+    let at = |port| {
+        sum_where(
+            &calls,
+            &[("server_address", "models.internal"), ("server_port", port)],
+        )
+    };
+    assert_eq!(at("443"), 1.0, "{calls:#?}");
+    assert_eq!(at("80"), 1.0, "{calls:#?}");
+}
