@@ -79,7 +79,10 @@ pub use serve::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_SIZE,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Server,
 };
-pub use stack::{MaybeMetrics, MaybeMetricsFuture, ObservabilityLayer, ObservabilityService};
+pub use stack::{
+    ClientLayer, ClientService, MaybeMetrics, MaybeMetricsFuture, ObservabilityLayer,
+    ObservabilityService,
+};
 
 pub use periscope_admin as admin;
 pub use periscope_context as context;

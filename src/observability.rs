@@ -13,8 +13,10 @@ use periscope_health::Shutdown;
 use periscope_log::{
     AccessLogLayer, DroppedLines, LevelControl, LogFormat, LogGuard, LogLayer, RecentLogs, Redactor,
 };
-use periscope_metrics::{MetricsLayer, MetricsLayerBuilder, MetricsRegistry, ServiceInfo};
-use periscope_trace::CorrelationLayer;
+use periscope_metrics::{
+    ClientMetricsLayer, MetricsLayer, MetricsLayerBuilder, MetricsRegistry, ServiceInfo,
+};
+use periscope_trace::{ClientTraceLayer, CorrelationLayer};
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::collectors::{DROPPED_LINES_METRIC, DroppedLinesCollector};
@@ -22,7 +24,7 @@ use crate::config::{
     ConfigError, MAX_SHUTDOWN_DRAIN, Settings, VARIABLES, checked_name, checked_timeout,
     checked_token, drain_error,
 };
-use crate::stack::ObservabilityLayer;
+use crate::stack::{ClientLayer, ObservabilityLayer};
 use periscope_metrics::prometheus_client::metrics::MetricType;
 
 /// What can go wrong while setting periscope up.
@@ -463,6 +465,7 @@ impl ObservabilityBuilder {
 
         let registry = MetricsRegistry::new();
         let mut metrics_layer = None;
+        let mut client_metrics = None;
         if settings.metrics {
             registry.register_service_info(&ServiceInfo::new(
                 settings.service_name.clone(),
@@ -475,6 +478,7 @@ impl ObservabilityBuilder {
                 red = change(red);
             }
             metrics_layer = Some(red.register(&registry)?);
+            client_metrics = Some(ClientMetricsLayer::new(&registry)?);
             // Names written outside `register` are reserved, so the service cannot take them.
             registry.reserve(DROPPED_LINES_METRIC, MetricType::Counter)?;
             registry.register_collector(Box::new(DroppedLinesCollector(log_layer.dropped_lines())));
@@ -504,13 +508,23 @@ impl ObservabilityBuilder {
             None
         };
 
+        // Outgoing calls send the same tenant fields the server layer reads.
+        let all_tenant_keys: Vec<TenantKey> = TenantKey::defaults()
+            .into_iter()
+            .chain(tenant_keys.iter().cloned())
+            .collect();
+        let client_trace = ClientTraceLayer::new().tenant_keys(all_tenant_keys.iter().cloned());
+        #[cfg(feature = "otel")]
+        let client_trace = client_trace.propagators(settings.otel.propagators);
+        // With metrics off, the calls are counted in a registry nobody serves.
+        let client_metrics = match client_metrics {
+            Some(layer) => layer,
+            None => ClientMetricsLayer::new(&MetricsRegistry::new())?,
+        };
+
         // The server layer matches the route once; the layers inside read its match.
         let correlation = CorrelationLayer::new()
-            .tenant_keys(
-                TenantKey::defaults()
-                    .into_iter()
-                    .chain(tenant_keys.iter().cloned()),
-            )
+            .tenant_keys(all_tenant_keys)
             .route_templates(routes)
             .trusted_proxies(settings.trusted_proxies.clone());
         // One propagation setting for incoming and outgoing context (OTEL_PROPAGATORS).
@@ -531,6 +545,7 @@ impl ObservabilityBuilder {
             settings,
             registry,
             metrics_layer,
+            client: ClientLayer::new(client_metrics, client_trace),
             health,
             correlation,
             #[cfg(feature = "gpu")]
@@ -555,6 +570,7 @@ pub struct Observability {
     settings: Settings,
     registry: MetricsRegistry,
     metrics_layer: Option<MetricsLayer>,
+    client: ClientLayer,
     health: Health,
     correlation: CorrelationLayer,
     level_control: LevelControl,
@@ -687,6 +703,30 @@ impl Observability {
             otel,
             log: Some(log_guard),
         })
+    }
+
+    /// For the service's own outgoing HTTP calls (hyper-util's `Client`, a tonic `Channel`, any
+    /// Tower HTTP client): `ClientTraceLayer` (the call's span, and the request id, trace
+    /// context, baggage and tenant headers it sends, with this service's tenant keys and
+    /// propagators) over `ClientMetricsLayer` (`http_client_requests_total` and
+    /// `http_client_request_duration_seconds` in [`registry`](Self::registry), when metrics
+    /// are on). Clones share the families.
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use hyper_util::client::legacy::Client;
+    /// use hyper_util::rt::TokioExecutor;
+    /// use tower::Layer;
+    ///
+    /// let obs = periscope::Observability::from_env()?;
+    /// let client = obs
+    ///     .client_layer()
+    ///     .layer(Client::builder(TokioExecutor::new()).build_http::<String>());
+    /// # let _ = client;
+    /// # Ok(()) }
+    /// ```
+    pub fn client_layer(&self) -> ClientLayer {
+        self.client.clone()
     }
 
     /// The composed middleware stack; see [`ObservabilityLayer`] for the order.

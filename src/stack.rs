@@ -48,6 +48,15 @@ impl<S> Layer<S> for ObservabilityLayer {
     }
 }
 
+/// The layer for outgoing calls made by
+/// [`Observability::client_layer`](crate::Observability::client_layer): `ClientTraceLayer`
+/// outside, `ClientMetricsLayer` inside.
+pub type ClientLayer =
+    tower_layer::Stack<periscope_metrics::ClientMetricsLayer, periscope_trace::ClientTraceLayer>;
+
+/// The service [`ClientLayer`] makes around a client `C`.
+pub type ClientService<C> = periscope_trace::ClientTrace<periscope_metrics::ClientMetrics<C>>;
+
 /// The metrics layer when metrics are on, the inner service as is when they are off; unlike
 /// `tower::util::Either`, it keeps the inner error type, so the stack stays usable with axum.
 #[derive(Clone, Debug)]

@@ -2112,6 +2112,86 @@ async fn grpc_health_calls_on_tonics_server_count_under_their_own_path() {
     );
 }
 
+/// `obs.client_layer()` on a service with a tenant field of its own: a call made while handling
+/// a request sends the request's ids and that tenant field, a call whose context has none sends
+/// none (a forwarded request's header is removed: a bare `ClientTraceLayer` knows only the
+/// default tenant fields and would pass it on), and each call is counted in the service's
+/// registry by the server called.
+#[tokio::test(flavor = "current_thread")]
+async fn the_client_layer_sends_the_services_tenant_fields_and_counts_the_call() {
+    use periscope::context::{RequestContext, TenantKey};
+    use tower::{Layer, ServiceExt};
+
+    let team = TenantKey::new("team_id").unwrap();
+    let obs = Observability::builder()
+        .service_name("caller")
+        .tenant_key(team.clone())
+        .log_writer(std::io::sink())
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(None));
+    let seen_in = seen.clone();
+    let upstream = Router::new().route(
+        "/v1/work",
+        get(move |headers: axum::http::HeaderMap| {
+            let seen = seen_in.clone();
+            async move {
+                *seen.lock().unwrap() = Some(headers);
+                "done"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+
+    let client = obs
+        .client_layer()
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+    let mut ctx = RequestContext::new_root();
+    ctx.tenant.insert(team, "tm_456").unwrap();
+    let request_id = ctx.request_id.to_string();
+    let request = http::Request::get(format!("http://{addr}/v1/work"))
+        .body(Empty::new())
+        .unwrap();
+    let answer = ctx.scope(client.clone().oneshot(request)).await.unwrap();
+    assert_eq!(answer.status(), 200);
+
+    let headers = seen.lock().unwrap().take().unwrap();
+    assert_eq!(headers["x-request-id"], request_id.as_str());
+    assert_eq!(headers["x-team-id"], "tm_456", "{headers:?}");
+
+    let forwarded = http::Request::get(format!("http://{addr}/v1/work"))
+        .header("x-team-id", "tm_of_another_request")
+        .body(Empty::new())
+        .unwrap();
+    let answer = RequestContext::new_root()
+        .scope(client.oneshot(forwarded))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let headers = seen.lock().unwrap().take().unwrap();
+    assert!(headers.get("x-team-id").is_none(), "{headers:?}");
+    let exposition = obs.registry().encode_prometheus().unwrap();
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(&exposition)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let port = addr.port().to_string();
+    let counted: f64 = exposition.families["http_client_requests_total"]
+        .iter_samples()
+        .filter(|sample| {
+            let labels = sample.get_labelset().unwrap();
+            labels.get_label_value("server_address") == Some("127.0.0.1")
+                && labels.get_label_value("server_port") == Some(port.as_str())
+                && labels.get_label_value("status") == Some("2xx")
+        })
+        .map(|sample| match &sample.value {
+            openmetrics_parser::PrometheusValue::Counter(counter) => counter.value.as_f64(),
+            other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(counted, 2.0);
+}
+
 /// An HTTP/2 connection is closed gracefully (GOAWAY) once it has had no stream for the
 /// idle timeout, but not while a stream is open; while the service drains, after its
 /// next answer (HTTP/2's `Connection: close`), a new connection still being answered.

@@ -14,8 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use periscope::context::RequestContext;
 use periscope::error::{Decoder, HttpError, codes};
-use periscope::metrics::{ClientMetrics, ClientMetricsLayer, MetricsError, MetricsRegistry};
-use periscope::trace::{ClientTrace, ClientTraceLayer};
+use periscope::{ClientLayer, ClientService};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt};
@@ -63,24 +62,23 @@ async fn create_task(
     })))
 }
 
-/// The worker's HTTP client. `ClientTraceLayer` sends the request's `x-request-id`,
-/// `traceparent` (with a client span of its own as the parent), `tracestate` and `baggage`;
-/// `ClientMetricsLayer` counts and times each call in `http_client_requests_total` and
+/// The worker's HTTP client, under `obs.client_layer()`: each call sends the request's
+/// `x-request-id`, `traceparent` (with a client span of its own as the parent), `tracestate`
+/// and `baggage`, and is counted and timed in `http_client_requests_total` and
 /// `http_client_request_duration_seconds`.
 #[derive(Clone)]
 pub struct WorkerClient {
-    client: ClientTrace<ClientMetrics<Client<HttpConnector, Full<Bytes>>>>,
+    client: ClientService<Client<HttpConnector, Full<Bytes>>>,
     base_url: String,
 }
 
 impl WorkerClient {
-    pub fn new(base_url: String, registry: &MetricsRegistry) -> Result<Self, MetricsError> {
+    pub fn new(base_url: String, layer: &ClientLayer) -> Self {
         let client = Client::builder(TokioExecutor::new()).build_http();
-        let client = ClientMetricsLayer::new(registry)?.layer(client);
-        Ok(Self {
-            client: ClientTraceLayer::new().layer(client),
+        Self {
+            client: layer.layer(client),
             base_url,
-        })
+        }
     }
 
     /// Calls `POST /v1/process`. A worker error becomes a 502 `upstream_error` whose details

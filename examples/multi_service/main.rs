@@ -86,7 +86,7 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         .merge(obs.admin().router())
         .layer(obs.layer());
     let api_app = api::routes(api::ApiState {
-        worker: api::WorkerClient::new(worker_url, obs.registry())?,
+        worker: api::WorkerClient::new(worker_url, &obs.client_layer()),
         queue,
     })
     .merge(obs.admin().router())

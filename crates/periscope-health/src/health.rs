@@ -242,6 +242,7 @@ impl Health {
     }
 
     /// The report of `probe`, waiting for a run of the checks when readiness needs one.
+    #[cfg(feature = "grpc")]
     pub(crate) async fn report_for(&self, probe: Probe) -> Report {
         match self.respond(probe) {
             Some(report) => report,
