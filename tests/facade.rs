@@ -2012,11 +2012,12 @@ async fn the_grpc_health_service_behind_the_stack_answers_the_probes_quietly() {
         .health(health)
         .build()
         .unwrap();
+    // Each method on its own route, as docs/grpc.md routes them: a wildcard route would count
+    // the `Watch` calls (open until the drain) and the probes' `Check` calls as one series.
+    let grpc_health = obs.health().grpc().into_service();
     let app = hello_and_slow()
-        .route_service(
-            "/grpc.health.v1.Health/{*method}",
-            obs.health().grpc().into_service(),
-        )
+        .route_service("/grpc.health.v1.Health/Check", grpc_health.clone())
+        .route_service("/grpc.health.v1.Health/Watch", grpc_health)
         .layer(obs.layer());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -2062,6 +2063,14 @@ async fn the_grpc_health_service_behind_the_stack_answers_the_probes_quietly() {
         assert_eq!(line["request_id"], "grpc-probe", "{line}");
         assert!(line.get("span").is_none(), "no server span: {line}");
     }
+
+    let exposition = obs.registry().encode_prometheus().unwrap();
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(&exposition)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        requests_counted(&exposition, Some("/grpc.health.v1.Health/Check"), "2xx"),
+        3.0
+    );
 }
 
 /// The gRPC health service on tonic's own server behind `obs.layer()`: tonic's router gives no

@@ -192,7 +192,7 @@ pub mod headers {
 
 /// The paths of the standard gRPC health service's two methods (`grpc.health.v1.Health`):
 /// probes like `/ready`, so quiet by default, and labelled by their own path in the facade's
-/// metrics, with axum or without.
+/// metrics (with axum, when each is routed on its own path: a wildcard route's template wins).
 pub const GRPC_HEALTH_PATHS: [&str; 2] = [
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",

@@ -40,8 +40,10 @@ pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// interval however many watch). It ends with `UNAVAILABLE` once the service drains (after
 /// sending `NOT_SERVING` for readiness), so a graceful shutdown never waits on a watcher.
 ///
-/// With tonic (an axum `Router` takes it too:
-/// `.route_service("/grpc.health.v1.Health/{*method}", grpc_health)`):
+/// With tonic (an axum `Router` takes it too, one route per method so that metrics count
+/// `Check` and the long `Watch` calls apart:
+/// `.route_service("/grpc.health.v1.Health/Check", grpc_health.clone())` and
+/// `.route_service("/grpc.health.v1.Health/Watch", grpc_health)`):
 ///
 /// ```no_run
 /// use periscope_health::{Health, Probe};
