@@ -415,6 +415,13 @@ impl<M, const N: usize> GuardedFamily<M, N> {
         // lock, and every lookup queues behind that writer, so holding the lock through a big
         // family's encoding (tens of milliseconds for 10,000 histograms) stalled all requests.
         let snapshot: Vec<Arc<Series<M, N>>> = read(&self.inner.series).iter().cloned().collect();
+        if N == 0 {
+            // A family without labels has one series, written `name 1`, not `name{} 1`.
+            return match snapshot.first() {
+                Some(series) => encode_one(&series.metric, encoder),
+                None => Ok(()),
+            };
+        }
         for series in &snapshot {
             let labels = NamedLabels {
                 names: &self.inner.label_names,

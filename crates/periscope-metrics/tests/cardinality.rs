@@ -471,3 +471,31 @@ async fn fallback_labels_are_kept_outside_the_caps() {
     assert_eq!(count(OTHER_METHOD, "/a"), 1.0, "{requests:?}");
     assert_eq!(total(&exposition, "http_server_requests"), 5.0);
 }
+
+/// A guarded family without labels is one series, written as a plain sample (`name 3`) in both
+/// formats, not with an empty label set (`name{} 3`) that some parsers and tools trip over.
+#[test]
+fn a_family_without_labels_is_written_without_braces() {
+    use periscope_metrics::Caps;
+    use prometheus_client::metrics::counter::Counter;
+
+    let registry = MetricsRegistry::new();
+    let jobs = registry
+        .guarded_family::<Counter, 0>("jobs_done", "Jobs done", [], Caps::default())
+        .unwrap();
+    for _ in 0..3 {
+        jobs.get_or_create([]).inc();
+    }
+    let prometheus = registry.encode_prometheus().unwrap();
+    assert!(
+        prometheus.lines().any(|l| l == "jobs_done_total 3"),
+        "{prometheus}"
+    );
+    assert!(!prometheus.contains("{}"), "{prometheus}");
+    let openmetrics = registry.encode_openmetrics().unwrap();
+    assert!(
+        openmetrics.lines().any(|l| l == "jobs_done_total 3"),
+        "{openmetrics}"
+    );
+    assert_eq!(total(&parse_openmetrics(&openmetrics), "jobs_done"), 3.0);
+}
