@@ -150,6 +150,10 @@ async fn check_metrics_are_exposed_in_the_registry() {
     assert!(value("health_check_duration_seconds{check=\"database\"}") >= 0.0);
     assert!(text.contains("# TYPE health_check_status gauge"));
     assert!(text.contains("# TYPE health_check_duration_seconds gauge"));
+    assert!(
+        text.contains("# UNIT health_check_duration_seconds seconds"),
+        "{text}"
+    );
 }
 
 #[cfg(feature = "metrics")]
