@@ -128,8 +128,10 @@ impl AdminBuilder {
     }
 
     /// A section of `/debug/status` under `sections.<name>`, read on each request: the current
-    /// job, the queue depth, a cache's size. Keep `read` quick and non-blocking (it runs on
-    /// the request's task); a panic in it shows as an error in its section. With the `log`
+    /// job, the queue depth, a cache's size. Keep `read` quick and non-blocking. It runs on a
+    /// thread of its own (never blocking a runtime worker), by one request at a time: while a
+    /// read is still running, other requests show an error in its section and answer at once.
+    /// A panic in it shows as an error in its section. With the `log`
     /// feature its value is masked like `/debug/config` (the whole value when `name` is a
     /// sensitive key, such as `api_token`). A second section with the same name
     /// replaces the first.
@@ -139,7 +141,7 @@ impl AdminBuilder {
     {
         let name = name.into();
         self.sections.retain(|(existing, _)| *existing != name);
-        self.sections.push((name, Arc::new(read)));
+        self.sections.push((name, Section::new(read)));
         self
     }
 

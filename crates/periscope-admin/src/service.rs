@@ -142,6 +142,25 @@ impl Admin {
     {
         #[allow(unreachable_patterns)] // with every feature on, each endpoint has its arm
         let response = match endpoint {
+            // Sections run the service's own code, which may block: read them on a thread of
+            // their own. A worker thread of the runtime that blocks stalls more than its own
+            // request (tokio's I/O driver can be parked with it: every connection waits).
+            Endpoint::Status if !self.inner.sections.is_empty() => {
+                let admin = self.clone();
+                // A section's panic is logged with the request's subscriber and span.
+                let dispatch = tracing::dispatcher::get_default(Clone::clone);
+                let span = tracing::Span::current();
+                let read = crate::status::on_own_thread(move || {
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        span.in_scope(|| admin.status())
+                    })
+                });
+                return ResponseFuture::boxed(async move {
+                    read.await.unwrap_or_else(|| {
+                        reply::internal("the thread reading the status sections ended first")
+                    })
+                });
+            }
             Endpoint::Status => self.status(),
             Endpoint::Memory => reply::json(&Memory::read(self.gpu_snapshot())),
             #[cfg(feature = "health")]

@@ -1,7 +1,9 @@
 //! `/debug/status`: who this service is, how long it has run, what it is doing now.
 
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -34,7 +36,20 @@ impl InFlightSource for periscope_metrics::MetricsLayer {
 }
 
 /// A section the service adds to `/debug/status`, read on each request.
-pub(crate) type Section = Arc<dyn Fn() -> Value + Send + Sync>;
+pub(crate) struct Section {
+    read: Box<dyn Fn() -> Value + Send + Sync>,
+    /// Set while a request reads it: one read at a time (see [`read_section`]).
+    reading: AtomicBool,
+}
+
+impl Section {
+    pub(crate) fn new(read: impl Fn() -> Value + Send + Sync + 'static) -> Self {
+        Self {
+            read: Box::new(read),
+            reading: AtomicBool::new(false),
+        }
+    }
+}
 
 /// Who the service is, from `service_info(..)`.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -140,13 +155,59 @@ impl StatusParts<'_> {
     }
 }
 
-/// A panicking section shows an error instead of failing the whole answer.
+/// A panicking section shows an error instead of failing the whole answer. A section is read
+/// by one request at a time: a read that blocks (on a lock a long job holds) keeps its
+/// request's worker thread until it returns, and an operator's refreshes must not each block
+/// one more until the runtime has none left for `/health`; they show an error instead.
 fn read_section(name: &str, section: &Section) -> Value {
-    match catch_unwind(AssertUnwindSafe(|| section())) {
+    if section.reading.swap(true, Ordering::Acquire) {
+        return serde_json::json!({
+            "error": "an earlier request is still reading this section; its read may be blocked"
+        });
+    }
+    let value = match catch_unwind(AssertUnwindSafe(|| (section.read)())) {
         Ok(value) => value,
         Err(_) => {
             tracing::error!(section = name, "a /debug/status section panicked");
             serde_json::json!({ "error": "this section panicked; see the service log" })
+        }
+    };
+    section.reading.store(false, Ordering::Release);
+    value
+}
+
+/// Runs `read` on a thread of its own and resolves to what it returns, without a runtime
+/// (this crate serves any executor); `None` if that thread died first. When no thread can be
+/// started, `read` runs here.
+pub(crate) fn on_own_thread<T: Send + 'static>(
+    read: impl FnOnce() -> T + Send + 'static,
+) -> impl Future<Output = Option<T>> + Send {
+    let (sender, receiver) = futures_channel::oneshot::channel();
+    // Shared, so that `read` can still run here when no thread starts.
+    let job = Arc::new(Mutex::new(Some(read)));
+    let take = |job: &Mutex<Option<_>>| job.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let spawned = std::thread::Builder::new()
+        .name("periscope-status".into())
+        .spawn({
+            let job = Arc::clone(&job);
+            move || {
+                if let Some(read) = take(&job) {
+                    // The request may have gone: nobody to tell.
+                    let _ = sender.send(read());
+                }
+            }
+        });
+    let inline = match spawned {
+        Ok(_) => None,
+        Err(error) => {
+            tracing::warn!(%error, "no thread for /debug/status; reading its sections on the request's task");
+            take(&job)
+        }
+    };
+    async move {
+        match inline {
+            Some(read) => Some(read()),
+            None => receiver.await.ok(),
         }
     }
 }
@@ -192,8 +253,11 @@ mod tests {
             environment: Some("test".into()),
         };
         let sections: Vec<(String, Section)> = vec![
-            ("queue".into(), Arc::new(|| serde_json::json!({"depth": 3}))),
-            ("broken".into(), Arc::new(|| panic!("section bug"))),
+            (
+                "queue".into(),
+                Section::new(|| serde_json::json!({"depth": 3})),
+            ),
+            ("broken".into(), Section::new(|| panic!("section bug"))),
         ];
         let in_flight = || 7_i64;
         let mask = |sections: &mut Value| {

@@ -446,6 +446,83 @@ async fn status_sections_keep_their_registration_order() {
     );
 }
 
+/// `GET path` over a plain socket, off any runtime: the status code and the body.
+fn blocking_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (head[9..12].parse().unwrap(), body.to_owned())
+}
+
+#[test]
+fn a_blocked_section_holds_neither_the_service_nor_other_requests() {
+    // A section waiting on a lock a long job holds: on a worker thread of the runtime it
+    // stalled every connection (tokio's I/O driver parked with it), `/health` included, and
+    // each refresh blocked again. The wait gives up after 30 s only so that a regression fails
+    // instead of hanging.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicI64::new(0));
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let admin = Admin::builder()
+        .status_section("current_job", {
+            let calls = Arc::clone(&calls);
+            move || {
+                let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut released = true;
+                if call == 1 {
+                    entered_tx.send(()).unwrap();
+                    let wait = release_rx
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(Duration::from_secs(30));
+                    released = wait.is_ok();
+                }
+                json!({ "call": call, "released": released })
+            }
+        })
+        .status_section("queue", || json!({"depth": 3}))
+        .debug(DebugAccess::SeparateListener)
+        .build();
+    let addr = runtime.block_on(serve(admin));
+    let first = std::thread::spawn(move || blocking_get(addr, "/debug/status"));
+    entered_rx.recv().unwrap();
+
+    // While the first read is blocked: the probes answer, and so does the status, saying
+    // the section is still being read instead of waiting on it.
+    assert_eq!(blocking_get(addr, "/health").0, 200);
+    let (status, second) = blocking_get(addr, "/debug/status");
+    assert_eq!(status, 200, "{second}");
+    let second: Value = serde_json::from_str(&second).unwrap();
+    assert!(
+        second["sections"]["current_job"]["error"].is_string(),
+        "{second}"
+    );
+    assert_eq!(second["sections"]["queue"]["depth"], 3);
+
+    release_tx.send(()).unwrap();
+    let first: Value = serde_json::from_str(&first.join().unwrap().1).unwrap();
+    assert_eq!(
+        first["sections"]["current_job"],
+        json!({"call": 1, "released": true})
+    );
+    // Once the read returns, the section is read again.
+    let third: Value = serde_json::from_str(&blocking_get(addr, "/debug/status").1).unwrap();
+    assert_eq!(third["sections"]["current_job"]["call"], 2);
+}
+
 #[tokio::test]
 async fn a_panicking_in_flight_source_does_not_take_the_status_down() {
     // A poisoned mutex behind the count, say: the answer still comes, with `null`.
