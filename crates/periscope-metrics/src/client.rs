@@ -13,9 +13,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::error::MetricsError;
-use crate::guard::{Caps, GuardedFamily};
-use crate::labels::{CANCELLED, StatusLabel, method_label};
+use crate::guard::{Caps, GuardedFamily, LabelGuard};
+use crate::labels::{CANCELLED, OTHER_METHOD, StatusLabel, method_label};
 use crate::layer::{DURATION_BUCKETS, checked_buckets};
+use crate::names::{check_label_names, check_metric_name};
 use crate::registry::MetricsRegistry;
 
 /// The `server_address` (and `server_port`) of a call whose URI names no host: give the client
@@ -23,7 +24,8 @@ use crate::registry::MetricsRegistry;
 pub const UNKNOWN_SERVER: &str = "__unknown__";
 
 /// The `status` of a call that failed without an answer (connection refused, reset, a TLS
-/// failure, the client's own timeout answering an error).
+/// failure, the client's own timeout answering an error, a panic in the client below the
+/// layer).
 pub const CALL_ERROR: &str = "error";
 
 /// The labels of both client families, in order.
@@ -34,7 +36,8 @@ const LABELS: [&str; 4] = ["method", "server_address", "server_port", "status"];
 ///
 /// Defaults: `http_client_requests_total` and `http_client_request_duration_seconds`
 /// (OpenTelemetry's buckets), both by `method`, `server_address`, `server_port` and `status`;
-/// status as its class; 100 values per label and 2000 series per family.
+/// status as its class; 100 values per label and 2000 series per family. The layer's own values
+/// ([`UNKNOWN_SERVER`], [`CALL_ERROR`], [`CANCELLED`], `_OTHER`) are kept outside the caps.
 ///
 /// ```
 /// use periscope_metrics::{Caps, ClientMetricsLayer, MetricsRegistry, StatusLabel};
@@ -117,6 +120,8 @@ impl ClientMetricsLayerBuilder {
         };
         let requests_name = full(&self.requests_name);
         let duration_name = full(&self.duration_name);
+        check_metric_name(&requests_name)?;
+        check_metric_name(&duration_name)?;
         let buckets = checked_buckets(&duration_name, &self.duration_buckets)?;
         // All or nothing: a name refused must not leave the other family behind.
         registry.check_free(&[
@@ -129,18 +134,45 @@ impl ClientMetricsLayerBuilder {
                 prometheus_client::metrics::MetricType::Histogram,
             ),
         ])?;
-        let requests = registry.guarded_family::<Counter, 4>(
+        check_label_names(&requests_name, &LABELS)?;
+        self.caps.check_labels(&requests_name, &LABELS)?;
+        // The families share their guards, so both keep the same hosts; the layer's own
+        // fallbacks are kept outside the caps, so a call without a host or an answer stays
+        // `__unknown__` or `error` (not `__overflow__`) once the hosts the service calls fill
+        // the `server_address` cap.
+        let [method, address, port, status] = LABELS;
+        let guards = [
+            LabelGuard::reserving(self.caps.label_cap(method), &[OTHER_METHOD]),
+            LabelGuard::reserving(self.caps.label_cap(address), &[UNKNOWN_SERVER]),
+            LabelGuard::reserving(self.caps.label_cap(port), &[UNKNOWN_SERVER]),
+            LabelGuard::reserving(self.caps.label_cap(status), &[CALL_ERROR, CANCELLED]),
+        ];
+        let series_cap = self.caps.series_cap();
+        let requests = GuardedFamily::<Counter, 4>::with_guards(
+            &requests_name,
+            LABELS,
+            guards.clone(),
+            series_cap,
+            registry.overflow(),
+            Box::new(Counter::default),
+        );
+        let duration = GuardedFamily::with_guards(
+            &duration_name,
+            LABELS,
+            guards,
+            series_cap,
+            registry.overflow(),
+            Box::new(move || Histogram::new(buckets.iter().copied())),
+        );
+        registry.register(
             &requests_name,
             "HTTP client calls completed, by method, server and status",
-            LABELS,
-            self.caps.clone(),
+            requests.clone(),
         )?;
-        let duration = registry.guarded_family_with(
+        registry.register(
             &duration_name,
             "HTTP client call duration until the answer's head, in seconds",
-            LABELS,
-            self.caps,
-            move || Histogram::new(buckets.iter().copied()),
+            duration.clone(),
         )?;
         Ok(ClientMetricsLayer {
             families: Arc::new(Families {
@@ -328,7 +360,14 @@ impl Call {
 impl Drop for Call {
     fn drop(&mut self) {
         if !self.done {
-            self.finish(CANCELLED);
+            // Dropped by a panic of the client below (its future unwinding): the call failed
+            // without an answer; dropped otherwise, the caller gave up on it.
+            let status = if std::thread::panicking() {
+                CALL_ERROR
+            } else {
+                CANCELLED
+            };
+            self.finish(status);
         }
     }
 }

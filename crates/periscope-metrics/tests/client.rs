@@ -165,3 +165,94 @@ async fn the_default_port_is_the_schemes_and_hosts_are_lower_case() {
     assert_eq!(at("443"), 1.0, "{calls:#?}");
     assert_eq!(at("80"), 1.0, "{calls:#?}");
 }
+
+/// A client calling URLs its users choose fills the `server_address` cap; the layer's own
+/// fallbacks must still be told apart from the folded hosts: a call without a host stays
+/// `__unknown__`, a failed one `error`, and the two families keep the same hosts.
+#[tokio::test]
+async fn the_layers_own_values_stay_outside_the_caps() {
+    let registry = MetricsRegistry::new();
+    let layer = ClientMetricsLayer::builder()
+        .caps(
+            periscope_metrics::Caps::default()
+                .label("server_address", 3)
+                .label("server_port", 3)
+                .label("status", 1),
+        )
+        .register(&registry)
+        .unwrap();
+    let answered = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    }));
+    for i in 0..10 {
+        let request = http::Request::get(format!("http://h{i}.example:{}/", 1000 + i))
+            .body(())
+            .unwrap();
+        answered.clone().oneshot(request).await.unwrap();
+    }
+    let request = http::Request::get("/no-host").body(()).unwrap();
+    answered.clone().oneshot(request).await.unwrap();
+    let failing = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+        Err::<http::Response<()>, _>(std::io::Error::other("refused"))
+    }));
+    let request = http::Request::get("http://h0.example:1000/")
+        .body(())
+        .unwrap();
+    assert!(failing.oneshot(request).await.is_err());
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    for family in [
+        "http_client_requests",
+        "http_client_request_duration_seconds",
+    ] {
+        let calls = points(&exposition, family);
+        let unknown = sum_where(
+            &calls,
+            &[
+                ("server_address", UNKNOWN_SERVER),
+                ("server_port", UNKNOWN_SERVER),
+                ("status", "2xx"),
+            ],
+        );
+        assert_eq!(unknown, 1.0, "{family}: {calls:#?}");
+        let failed = sum_where(
+            &calls,
+            &[("server_address", "h0.example"), ("status", "error")],
+        );
+        assert_eq!(failed, 1.0, "{family}: {calls:#?}");
+        let folded = sum_where(&calls, &[("server_address", "__overflow__")]);
+        assert_eq!(folded, 7.0, "{family}: h3 to h9: {calls:#?}");
+        let all: f64 = calls.iter().map(|point| point.value).sum();
+        assert_eq!(all, 12.0, "{family}");
+    }
+}
+
+/// A client that panics failed without an answer: `error`, not `cancelled` (which says the
+/// caller gave up).
+#[tokio::test]
+async fn a_panicking_client_counts_as_an_error() {
+    let registry = MetricsRegistry::new();
+    let layer = ClientMetricsLayer::new(&registry).unwrap();
+    let panicking = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+        panic!("the client panicked on purpose");
+        #[allow(unreachable_code)]
+        Ok::<http::Response<()>, std::convert::Infallible>(http::Response::new(()))
+    }));
+    let request = http::Request::get("http://models.internal/")
+        .body(())
+        .unwrap();
+    let joined = tokio::spawn(panicking.oneshot(request)).await;
+    assert!(joined.unwrap_err().is_panic());
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let calls = points(&exposition, "http_client_requests");
+    assert_eq!(
+        sum_where(
+            &calls,
+            &[("server_address", "models.internal"), ("status", "error")]
+        ),
+        1.0,
+        "{calls:#?}"
+    );
+    assert_eq!(calls.iter().map(|point| point.value).sum::<f64>(), 1.0);
+}
