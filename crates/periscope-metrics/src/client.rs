@@ -9,14 +9,16 @@ use std::time::Instant;
 
 use http::{Request, Response, Uri};
 use periscope_context::grpc::{HeadOutcome, head_outcome};
+use periscope_context::{RequestContext, TraceId};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 
 use crate::error::MetricsError;
 use crate::guard::{Caps, GuardedFamily, LabelGuard};
 use crate::labels::{CANCELLED, OTHER_METHOD, StatusLabel, method_label};
 use crate::layer::{DURATION_BUCKETS, checked_buckets};
 use crate::names::{check_label_names, check_metric_name};
+use crate::red::TraceExemplar;
 use crate::registry::MetricsRegistry;
 
 /// The `server_address` (and `server_port`) of a call whose URI names no host: give the client
@@ -59,6 +61,7 @@ pub struct ClientMetricsLayerBuilder {
     duration_buckets: Vec<f64>,
     status: StatusLabel,
     caps: Caps,
+    exemplars: bool,
 }
 
 impl Default for ClientMetricsLayerBuilder {
@@ -70,6 +73,7 @@ impl Default for ClientMetricsLayerBuilder {
             duration_buckets: DURATION_BUCKETS.to_vec(),
             status: StatusLabel::Class,
             caps: Caps::default(),
+            exemplars: true,
         }
     }
 }
@@ -109,6 +113,13 @@ impl ClientMetricsLayerBuilder {
     /// when the service calls URLs its users choose.
     pub fn caps(mut self, caps: Caps) -> Self {
         self.caps = caps;
+        self
+    }
+
+    /// Whether the duration histogram links each observation to its trace (a `trace_id`
+    /// exemplar, OpenMetrics scrapes only) when the call's trace is sampled (default: yes).
+    pub fn exemplars(mut self, enabled: bool) -> Self {
+        self.exemplars = enabled;
         self
     }
 
@@ -162,7 +173,7 @@ impl ClientMetricsLayerBuilder {
             guards,
             series_cap,
             registry.overflow(),
-            Box::new(move || Histogram::new(buckets.iter().copied())),
+            Box::new(move || HistogramWithExemplars::new(buckets.iter().copied())),
         );
         registry.register(
             &requests_name,
@@ -179,6 +190,7 @@ impl ClientMetricsLayerBuilder {
                 requests,
                 duration,
                 status: self.status,
+                exemplars: self.exemplars,
             }),
         })
     }
@@ -186,8 +198,9 @@ impl ClientMetricsLayerBuilder {
 
 struct Families {
     requests: GuardedFamily<Counter, 4>,
-    duration: GuardedFamily<Histogram, 4>,
+    duration: GuardedFamily<HistogramWithExemplars<TraceExemplar>, 4>,
     status: StatusLabel,
+    exemplars: bool,
 }
 
 /// RED metrics of the calls a service makes: wrap an HTTP client (hyper-util's, a tonic
@@ -282,7 +295,10 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let call = Call::start(self.families.clone(), request.uri(), request.method());
+        let mut call = Call::start(self.families.clone(), request.uri(), request.method());
+        if self.families.exemplars {
+            call.exemplar = sampled_trace(&request);
+        }
         ClientResponseFuture {
             inner: self.inner.call(request),
             call: Some(call),
@@ -331,6 +347,7 @@ struct Call {
     method: &'static str,
     server: Server,
     start: Instant,
+    exemplar: Option<TraceId>,
     done: bool,
 }
 
@@ -341,6 +358,7 @@ impl Call {
             method: method_label(method),
             server: Server::of(uri),
             start: Instant::now(),
+            exemplar: None,
             done: false,
         }
     }
@@ -350,10 +368,11 @@ impl Call {
         let elapsed = self.start.elapsed().as_secs_f64();
         let labels = [self.method, &self.server.address, &self.server.port, status];
         self.families.requests.get_or_create(labels).inc();
-        self.families
-            .duration
-            .get_or_create(labels)
-            .observe(elapsed);
+        self.families.duration.get_or_create(labels).observe(
+            elapsed,
+            self.exemplar.map(TraceExemplar),
+            None,
+        );
     }
 }
 
@@ -369,6 +388,17 @@ impl Drop for Call {
             };
             self.finish(status);
         }
+    }
+}
+
+/// The trace of the call, when sampled: the request's context in its extensions (a caller
+/// that passes it on), else the one in scope (the client span of `ClientTraceLayer` outside,
+/// the request being handled).
+fn sampled_trace<B>(request: &Request<B>) -> Option<TraceId> {
+    let sampled = |ctx: &RequestContext| ctx.is_sampled().then_some(ctx.trace_id);
+    match request.extensions().get::<RequestContext>() {
+        Some(ctx) => sampled(ctx),
+        None => RequestContext::current().and_then(|ctx| sampled(&ctx)),
     }
 }
 

@@ -209,7 +209,7 @@ fn warn_misordered(misordering: Misordering) {
 
 /// The exemplar label set: `{trace_id="<32 hex>"}`.
 #[derive(Clone, Debug)]
-pub(crate) struct TraceExemplar(TraceId);
+pub(crate) struct TraceExemplar(pub(crate) TraceId);
 
 impl EncodeLabelSet for TraceExemplar {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {

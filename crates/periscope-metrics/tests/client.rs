@@ -256,3 +256,43 @@ async fn a_panicking_client_counts_as_an_error() {
     );
     assert_eq!(calls.iter().map(|point| point.value).sum::<f64>(), 1.0);
 }
+
+/// A call made for a sampled trace links its duration to that trace (an OpenMetrics exemplar),
+/// so a slow dependency call leads to its trace; an unsampled one links nothing.
+#[tokio::test]
+async fn a_sampled_calls_duration_links_its_trace() {
+    use periscope_context::{RequestContext, RequestId};
+
+    let registry = MetricsRegistry::new();
+    let layer = ClientMetricsLayer::new(&registry).unwrap();
+    let answered = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    }));
+    let sampled = RequestContext::start(RequestId::generate(), true);
+    let trace_id = sampled.trace_id.to_string();
+    let request = http::Request::get("http://sampled.internal/")
+        .body(())
+        .unwrap();
+    sampled
+        .scope(answered.clone().oneshot(request))
+        .await
+        .unwrap();
+    let unsampled = RequestContext::start(RequestId::generate(), false);
+    let request = http::Request::get("http://unsampled.internal/")
+        .body(())
+        .unwrap();
+    unsampled.scope(answered.oneshot(request)).await.unwrap();
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let calls = points(&exposition, "http_client_request_duration_seconds");
+    let exemplars = |host: &str| {
+        calls
+            .iter()
+            .find(|point| point.label("server_address") == host)
+            .unwrap_or_else(|| panic!("{host}: {calls:#?}"))
+            .exemplars
+            .clone()
+    };
+    assert_eq!(exemplars("sampled.internal"), [trace_id]);
+    assert!(exemplars("unsampled.internal").is_empty());
+}
