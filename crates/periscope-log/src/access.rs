@@ -10,6 +10,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Buf;
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEnd, StreamEndWatch, head_outcome};
@@ -135,7 +136,9 @@ struct RequestInfo {
     /// The client behind trusted proxies, when any are configured and the peer is known.
     client: Option<std::net::IpAddr>,
     method: Method,
-    path: String,
+    /// The request's path and query, shared with the request rather than copied (an
+    /// allocation per request); `None` where the URI has no path (an authority-form target).
+    path: Option<PathAndQuery>,
     route: Option<Route>,
     ids: Option<(RequestId, TraceId, SpanId)>,
     /// The context's tenant fields, taken with `ids` (no request span records them) when
@@ -219,7 +222,13 @@ where
             peer,
             client,
             method: request.method().clone(),
-            path: path.to_owned(),
+            // `Uri::path` is the path of `path_and_query` but where the URI has none (then
+            // empty, where `PathAndQuery::path` would say `/`).
+            path: request
+                .uri()
+                .path_and_query()
+                .filter(|shared| shared.path().len() == path.len())
+                .cloned(),
             route: matched_path(&request),
             ids,
             tenant,
@@ -622,6 +631,11 @@ macro_rules! access_event {
 }
 
 impl RequestInfo {
+    /// The request's path, as `Uri::path` gave it.
+    fn path(&self) -> &str {
+        self.path.as_ref().map_or("", PathAndQuery::path)
+    }
+
     fn level(&self, failed: bool) -> Level {
         if self.quiet {
             Level::DEBUG
@@ -661,7 +675,7 @@ impl RequestInfo {
                     self.level(true),
                     method = self.method.as_str(),
                     route = self.route.as_ref().map(Route::as_str),
-                    path = self.path.as_str(),
+                    path = self.path(),
                     peer = peer.as_ref().map(PeerText::as_str),
                     $($client)*
                     duration_ms = self.duration_ms(),
@@ -769,7 +783,7 @@ impl RequestInfo {
                     level,
                     method = self.method.as_str(),
                     route = self.route.as_ref().map(Route::as_str),
-                    path = self.path.as_str(),
+                    path = self.path(),
                     peer = peer.as_ref().map(PeerText::as_str),
                     $($client)*
                     status = status.map(|status| status.as_u16()),

@@ -154,6 +154,19 @@ impl ValueRules {
         // Fibonacci hashing of address and rules: the top bits pick the first entry to look at.
         let hash = (key.1 as u64 ^ key.0.rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let first = (hash >> (64 - FIELD_PLAN_SLOTS.trailing_zeros())) as usize;
+        // The usual case, the name found at its first entry, in a closure small enough to be
+        // inlined with the thread-local access (about 20 instructions saved per field, some
+        // 16 fields a request); the rest of the probe, and a miss, out of line.
+        let hit = FIELD_PLANS.with(|(plans, _)| {
+            let (id, ptr, len, slot, sensitive) = plans[first].get();
+            ((id, ptr, len) == key).then_some((slot, sensitive))
+        });
+        hit.unwrap_or_else(|| self.plan_probe(key, first, name))
+    }
+
+    /// [`plan`](Self::plan) past the first entry: probes on, and works the plan out on a miss.
+    #[inline(never)]
+    fn plan_probe(&self, key: (u64, usize, usize), first: usize, name: &str) -> (Slot, bool) {
         FIELD_PLANS.with(|(plans, used)| {
             let mut index = first;
             loop {
@@ -420,19 +433,32 @@ impl<S: FieldSink> Visitor<'_, S> {
     /// `as_message` writes it. Inlined: it runs for every field of every event.
     #[inline(always)]
     fn value_out(&mut self, field: &Field, as_message: &dyn fmt::Debug) -> Option<&mut Vec<u8>> {
-        let name = field.name();
-        let (slot, sensitive) = self.rules.plan(name);
-        if slot == Slot::Message {
-            self.sink.message(self.rules, as_message);
-            return None;
-        }
-        let out = self.sink.begin(name, slot)?;
-        if sensitive {
-            json::write_str(out, REDACTED, usize::MAX);
-            return None;
-        }
-        Some(out)
+        value_out(self.rules, self.sink, field, as_message)
     }
+}
+
+/// [`Visitor::value_out`] borrowing only the rules and the sink, so the visitor's text and
+/// scratch buffers stay free to use beside the output (and are not moved out and back for a
+/// field that is skipped: most of a span's, when only context fields are kept).
+#[inline(always)]
+fn value_out<'o, S: FieldSink>(
+    rules: &ValueRules,
+    sink: &'o mut S,
+    field: &Field,
+    as_message: &dyn fmt::Debug,
+) -> Option<&'o mut Vec<u8>> {
+    let name = field.name();
+    let (slot, sensitive) = rules.plan(name);
+    if slot == Slot::Message {
+        sink.message(rules, as_message);
+        return None;
+    }
+    let out = sink.begin(name, slot)?;
+    if sensitive {
+        json::write_str(out, REDACTED, usize::MAX);
+        return None;
+    }
+    Some(out)
 }
 
 /// The span field in which periscope-trace records the declared tenant fields that have no
@@ -504,12 +530,9 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
             self.sink.message(self.rules, &format_args!("{value}"));
             return;
         }
-        let rules = self.rules;
-        let mut scratch = std::mem::take(self.scratch);
-        if let Some(out) = self.value_out(field, &value) {
-            rules.write_text(out, value, &mut scratch);
+        if let Some(out) = value_out(self.rules, self.sink, field, &value) {
+            self.rules.write_text(out, value, self.scratch);
         }
-        *self.scratch = scratch;
         if field.name() == TENANT_FIELD {
             self.lift_tenant_fields(value);
         }
@@ -527,16 +550,17 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
             self.sink.message(self.rules, value);
             return;
         }
-        let rules = self.rules;
-        let mut text = std::mem::take(self.text);
-        let mut scratch = std::mem::take(self.scratch);
-        if let Some(out) = self.value_out(field, value) {
+        let Self {
+            rules,
+            sink,
+            text,
+            scratch,
+        } = self;
+        if let Some(out) = value_out(rules, *sink, field, value) {
             formatting(out, false, |out| {
-                rules.write_debug(out, value, &mut text, &mut scratch);
+                rules.write_debug(out, value, text, scratch)
             });
         }
-        *self.text = text;
-        *self.scratch = scratch;
     }
 }
 

@@ -38,8 +38,8 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// The length of the run of bytes at the start of `bytes` that are written as they are,
 /// checked eight at a time (most text is plain ASCII); stops at the first eight that hold a
 /// byte below 0x20, `"`, `\` or one from 0x7f up, leaving those to [`ESCAPE`]. A last piece
-/// shorter than eight is checked padded with a plain byte, so a plain string is one run
-/// (short values, such as ids, would otherwise go a byte at a time through their tail).
+/// shorter than eight is checked in one step too, so a plain string is one run (short values,
+/// such as ids, would otherwise go a byte at a time through their tail).
 fn plain_run(bytes: &[u8]) -> usize {
     let mut n = 0;
     while let Some(chunk) = bytes[n..].first_chunk::<8>() {
@@ -48,11 +48,29 @@ fn plain_run(bytes: &[u8]) -> usize {
         }
         n += 8;
     }
-    let tail = &bytes[n..];
-    let mut padded = [b'a'; 8];
-    padded[..tail.len()].copy_from_slice(tail);
-    if plain_eight(u64::from_ne_bytes(padded)) {
-        n += tail.len();
+    if n == bytes.len() {
+        return n;
+    }
+    // The string's last eight bytes when it has that many (those before the piece were just
+    // found plain). Else (one to seven bytes) pieces of fixed length that overlap to cover
+    // them all, padded with a plain byte: copies of fixed length are plain loads, where one
+    // of the piece's own length is a `memcpy` call, on nearly every value and field name.
+    let last = match bytes.last_chunk::<8>() {
+        Some(last) => *last,
+        None => {
+            let len = bytes.len();
+            let mut padded = [b'a'; 8];
+            if len >= 4 {
+                padded[..4].copy_from_slice(&bytes[..4]);
+                padded[4..].copy_from_slice(&bytes[len - 4..]);
+            } else {
+                padded[..3].copy_from_slice(&[bytes[0], bytes[len / 2], bytes[len - 1]]);
+            }
+            padded
+        }
+    };
+    if plain_eight(u64::from_ne_bytes(last)) {
+        n = bytes.len();
     }
     n
 }

@@ -640,11 +640,16 @@ where
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        // Format before taking the span's lock: a value's Debug impl may itself log.
+        let update = self.span_fields(values.len(), |visitor| values.record(visitor));
+        // Nothing kept (the server layer's `http.response.status_code` on every request):
+        // the span and its lock are not even looked up.
+        if update.entries.is_empty() {
+            return;
+        }
         let Some(span) = ctx.span(id) else {
             return;
         };
-        // Format before taking the span's lock: a value's Debug impl may itself log.
-        let update = self.span_fields(values.len(), |visitor| values.record(visitor));
         let mut extensions = span.extensions_mut();
         if let Some(fields) = extensions.get_mut::<SpanFields>()
             && fields.owner == self.id

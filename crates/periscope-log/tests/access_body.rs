@@ -92,6 +92,36 @@ fn bytes_are_counted_across_frames_and_the_line_waits_for_the_end() {
     assert!(data.get("aborted").is_none());
 }
 
+/// The line's `path` is what `Uri::path` says for every form of request target: the path
+/// alone (no query), `/` for an absolute URI without one, `*`, and empty for an authority
+/// (a `CONNECT` target), where the URI has no path.
+#[test]
+fn the_path_is_the_uris_path_for_every_form_of_target() {
+    for (target, path) in [
+        ("/v1/items?q=1", "/v1/items"),
+        ("http://example.com/v1/items?q=1", "/v1/items"),
+        ("http://example.com", "/"),
+        ("*", "*"),
+        ("example.com:443", ""),
+    ] {
+        let uri: http::Uri = target.parse().unwrap();
+        assert_eq!(uri.path(), path, "{target}");
+        let out = capture(
+            |b| b,
+            |_| {
+                let request = Request::get(uri).body(()).unwrap();
+                let response = poll_now(service(0, StatusCode::OK).oneshot(request)).unwrap();
+                let mut body = std::pin::pin!(response.into_body());
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                while let Poll::Ready(Some(_)) = body.as_mut().poll_frame(&mut cx) {}
+            },
+        );
+        let lines = out.lines();
+        assert_eq!(lines.len(), 1, "{target}");
+        assert_eq!(lines[0]["data"]["path"], path, "{target}: {}", lines[0]);
+    }
+}
+
 #[test]
 fn a_body_dropped_before_its_end_is_logged_as_aborted() {
     let out = capture(
