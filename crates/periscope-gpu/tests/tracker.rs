@@ -258,6 +258,28 @@ fn a_missing_process_or_unwritable_csv_is_a_clear_error() {
     assert!(error.to_string().contains("writable"), "{error}");
 }
 
+/// A tracker that cannot start (the job already exited) leaves the CSV an earlier run wrote
+/// at the same path as it was, instead of truncating it to a header.
+#[test]
+fn a_missing_process_leaves_an_existing_csv_untouched() {
+    let csv =
+        std::env::temp_dir().join(format!("periscope-tracker-keep-{}.csv", std::process::id()));
+    let earlier = format!("{CSV_HEADER}\n1.000,0.000,1,0.000,1,0,0,0.0,1,1,0,0,,,,\n");
+    std::fs::write(&csv, &earlier).unwrap();
+    let error = ResourceTracker::builder()
+        .pid(u32::MAX - 7)
+        .csv_path(&csv)
+        .start()
+        .unwrap_err();
+    let left = std::fs::read_to_string(&csv).unwrap();
+    std::fs::remove_file(&csv).ok();
+    assert!(
+        matches!(error, TrackerError::ProcessNotFound { .. }),
+        "{error}"
+    );
+    assert_eq!(left, earlier);
+}
+
 #[test]
 fn a_short_run_still_has_one_reading() {
     let tracker = ResourceTracker::builder()
@@ -314,6 +336,59 @@ fn odd_readings_leave_cells_empty_or_saturated() {
         row[column(header, "gpu_memory_used_bytes")],
         u64::MAX.to_string()
     );
+}
+
+/// Utilisations too large to add up (a custom source's garbage) never reach the CSV or the
+/// summary as `inf`: a ratio whose percent is not finite is left out like a NaN, and finite
+/// percents are averaged without overflowing.
+#[test]
+fn huge_utilisations_never_write_inf() {
+    let run = |ratios: &[f64]| {
+        let devices = ratios
+            .iter()
+            .enumerate()
+            .map(|(i, &ratio)| {
+                let mut device = demo_device(u32::try_from(i).unwrap());
+                device.utilization_ratio = Some(ratio);
+                device
+            })
+            .collect();
+        let buf = SharedBuf(Default::default());
+        let tracker = ResourceTracker::builder()
+            .interval(Duration::from_millis(200))
+            .csv_writer(buf.clone())
+            .gpu_source(FakeSource::new(GpuSample {
+                driver_version: None,
+                devices,
+                unreadable_devices: 0,
+            }))
+            .start()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        let report = tracker.finish().unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let (header, rows) = rows(&text);
+        let at = column(&header, "gpu_utilization_percent");
+        let cells: Vec<String> = rows.iter().map(|row| row[at].clone()).collect();
+        (cells, report.summary, text)
+    };
+
+    // 1e308 is a finite ratio but no finite percent: left out, the other device is the mean.
+    let (cells, summary, text) = run(&[1e308, 0.5]);
+    assert!(cells.iter().all(|cell| cell == "50.0"), "{text}");
+    assert_eq!(summary.gpu_utilization_percent_mean, Some(50.0));
+
+    // Finite percents whose sum overflows: the cell and the summary stay finite numbers.
+    let (cells, summary, text) = run(&[1e306, 1e306]);
+    assert!(summary.samples >= 2, "{text}");
+    for cell in &cells {
+        let percent: f64 = cell.parse().unwrap_or_else(|_| panic!("{cell:?}: {text}"));
+        assert!(percent.is_finite(), "{cell}: {text}");
+    }
+    let mean = summary.gpu_utilization_percent_mean.expect("a mean");
+    assert!(mean.is_finite(), "{summary:?}");
+    let json = serde_json::to_value(&summary).unwrap();
+    assert!(json["gpu_utilization_percent_mean"].is_f64(), "{json}");
 }
 
 /// The CSV rows (after the header) as cells, by column name.

@@ -142,7 +142,18 @@ impl ResourceTrackerBuilder {
 
     /// Starts the readings on a thread named `periscope-tracker` (and, with a GPU source, its
     /// GPU reads on one named `periscope-tracker-gpu`).
+    ///
+    /// Blocks the calling thread briefly: it creates the CSV file, writes its header and
+    /// reads the process table once (milliseconds; more with thousands of processes or a
+    /// slow file system). From async code, call it with `spawn_blocking`, like `finish`.
     pub fn start(self) -> Result<ResourceTracker, TrackerError> {
+        let probe = Probe::new(self.pid, self.children, self.gpu, self.gpu_timeout)
+            .map_err(TrackerError::Spawn)?;
+        if !probe.root_exists() {
+            return Err(TrackerError::ProcessNotFound { pid: self.pid });
+        }
+        // Created only once the process is known to exist: a tracker that cannot start must
+        // not truncate the CSV an earlier run left at the same path.
         let writer: Option<Box<dyn Write + Send>> = match self.csv {
             CsvTarget::None => None,
             CsvTarget::Path(path) => Some(Box::new(File::create(path).map_err(TrackerError::Csv)?)),
@@ -153,11 +164,6 @@ impl ResourceTrackerBuilder {
             writeln!(csv, "{CSV_HEADER}")
                 .and_then(|()| csv.flush())
                 .map_err(TrackerError::Csv)?;
-        }
-        let probe = Probe::new(self.pid, self.children, self.gpu, self.gpu_timeout)
-            .map_err(TrackerError::Spawn)?;
-        if !probe.root_exists() {
-            return Err(TrackerError::ProcessNotFound { pid: self.pid });
         }
         let stop = Arc::new(Stop::default());
         let run = Run {
@@ -270,8 +276,18 @@ impl Run {
                 let reading = self.probe.read();
                 last = Instant::now();
                 self.stats.add(&reading);
-                if let Some(csv) = &mut self.csv {
-                    write_row(csv, &reading).map_err(TrackerError::Csv)?;
+                if let Some(csv) = &mut self.csv
+                    && let Err(error) = write_row(csv, &reading)
+                {
+                    // Said now: a tracker dropped without `finish` would otherwise stop its
+                    // readings (a full disk) in silence.
+                    tracing::warn!(
+                        %error,
+                        samples = self.stats.samples(),
+                        "resource tracker: writing the CSV failed (disk full?); the readings \
+                         stop and `finish()` returns the error"
+                    );
+                    return Err(TrackerError::Csv(error));
                 }
             }
             if stopped {

@@ -193,8 +193,10 @@ fn gpu_reading(sample: &GpuSample, tree: &HashSet<u32>) -> GpuReading {
         .devices
         .iter()
         .filter_map(|d| d.utilization_ratio)
-        // A NaN from a source would spoil every device's mean and reach the CSV.
-        .filter(|ratio| ratio.is_finite())
+        .map(|ratio| ratio * 100.0)
+        // A NaN (or a ratio too large to be a percent) from a source would spoil every
+        // device's mean and reach the CSV as `NaN` or `inf`.
+        .filter(|percent| percent.is_finite())
         .collect();
     // A GPU in MIG mode reports its instances' memory and processes again, in aggregate:
     // each figure is taken once, memory from the GPU, processes from its instances.
@@ -236,8 +238,11 @@ fn gpu_reading(sample: &GpuSample, tree: &HashSet<u32>) -> GpuReading {
     }
     GpuReading {
         devices: u32::try_from(sample.devices.len()).unwrap_or(u32::MAX),
-        utilization_percent: (!utilizations.is_empty())
-            .then(|| utilizations.iter().sum::<f64>() / utilizations.len() as f64 * 100.0),
+        // Divided before adding up, so that finite percents cannot add up to `inf`.
+        utilization_percent: (!utilizations.is_empty()).then(|| {
+            let n = utilizations.len() as f64;
+            utilizations.iter().map(|percent| percent / n).sum::<f64>()
+        }),
         memory_used_bytes: memory_used,
         tree_memory_bytes: sum_known(tree_memory),
         used_by_tree,

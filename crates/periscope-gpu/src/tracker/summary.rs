@@ -89,7 +89,8 @@ pub(crate) struct Stats {
     host_cpu_sum: f64,
     host_memory_max: u64,
     gpu_count: u32,
-    gpu_util_sum: f64,
+    /// A running mean: a sum of huge (finite) readings would overflow to `inf`.
+    gpu_util_mean: f64,
     gpu_util_samples: u64,
     gpu_util_max: Option<f64>,
     tree_vram_max: Option<u64>,
@@ -120,8 +121,8 @@ impl Stats {
         let Some(gpu) = &r.gpu else { return };
         self.gpu_count = self.gpu_count.max(gpu.devices);
         if let Some(util) = gpu.utilization_percent {
-            self.gpu_util_sum += util;
             self.gpu_util_samples += 1;
+            self.gpu_util_mean += (util - self.gpu_util_mean) / self.gpu_util_samples as f64;
             self.gpu_util_max = Some(self.gpu_util_max.map_or(util, |max| max.max(util)));
         }
         self.tree_vram_max = self.tree_vram_max.max(gpu.tree_memory_bytes);
@@ -149,8 +150,7 @@ impl Stats {
             host_cpu_percent_mean: self.host_cpu_sum / n,
             host_memory_used_bytes_max: self.host_memory_max,
             gpu_count: self.gpu_count,
-            gpu_utilization_percent_mean: (self.gpu_util_samples > 0)
-                .then(|| self.gpu_util_sum / self.gpu_util_samples as f64),
+            gpu_utilization_percent_mean: (self.gpu_util_samples > 0).then_some(self.gpu_util_mean),
             gpu_utilization_percent_max: self.gpu_util_max,
             gpu_memory_bytes_max: vram_max,
             gpus_used,
