@@ -240,3 +240,16 @@ pub const SENSITIVE_KEY_PARTS: &[&str] = &[
     "private_key",
     "session",
 ];
+
+/// Query parameters that carry a URL's signature or key without a sensitive name (compared
+/// case-insensitively): the list of the OpenTelemetry HTTP semantic conventions, and AWS's
+/// presigned-URL signature (`sig` is also Azure's SAS signature). Redacted in a client span's
+/// `url.full` and in URLs the log redaction finds in free text, beside every parameter whose
+/// name holds one of the [`SENSITIVE_KEY_PARTS`].
+pub const SIGNATURE_QUERY_PARAMS: &[&str] = &[
+    "AWSAccessKeyId",
+    "Signature",
+    "sig",
+    "X-Goog-Signature",
+    "X-Amz-Signature",
+];

@@ -54,7 +54,9 @@ pub use filter::{
 };
 pub use layer::LogLayer;
 pub use recent::{DEFAULT_RECENT_BYTES, DEFAULT_RECENT_LINES, RecentLine, RecentLogs};
-pub use redact::{DEFAULT_ALLOWED_KEYS, DEFAULT_SENSITIVE_KEYS, REDACTED, Redactor};
+pub use redact::{
+    DEFAULT_ALLOWED_KEYS, DEFAULT_SENSITIVE_KEYS, DEFAULT_SENSITIVE_WORDS, REDACTED, Redactor,
+};
 pub use writer::{
     DEFAULT_FLUSH_TIMEOUT, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_LINES, DroppedLines, LogFlusher,
     LogGuard,

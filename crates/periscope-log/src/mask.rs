@@ -42,6 +42,10 @@ impl Redactor {
     /// it or is followed only by `id`, `key`, `access_key`, `value` or `hash` (`db_password`,
     /// `api_token`, `credentials`, `session_id`, `secret_key`), not when it merely holds one
     /// as a field name does: `token_count=12` and `tokenizer=llama3` stay.
+    /// Also masked: URL signature parameters (`periscope_context::SIGNATURE_QUERY_PARAMS`:
+    /// `sig`, `X-Amz-Signature`, ...), a webhook's path secret (`hooks.slack.com`,
+    /// `/webhooks/`), `--password <value>` options, ODBC's `Pwd=` in a `;`-separated
+    /// connection string, and keys whose last word is `auth`.
     ///
     /// ```
     /// use periscope_log::Redactor;
@@ -64,11 +68,12 @@ impl Redactor {
         let mut masked: Option<String> = None;
         // JSON and quoted pairs first, while their quotes and commas are intact: the later
         // steps mask a value to the next whitespace, which may run over them.
-        let steps: [fn(&str, &Redactor) -> Option<String>; 5] = [
+        let steps: [fn(&str, &Redactor) -> Option<String>; 6] = [
             mask_json_objects_within,
             mask_quoted_pairs,
             mask_urls,
             mask_key_values,
+            mask_flag_values,
             mask_secret_headers,
         ];
         for step in steps {
@@ -333,18 +338,24 @@ fn mask_json_in(text: &str, redactor: &Redactor) -> Option<String> {
 /// `host=db password=...`, an ADO `Server=db;Password=...;`, `DB_PASSWORD=...` in a list), or
 /// `None` when there is none. A value runs to the next whitespace or `;` (libpq's and ADO's
 /// ends: a `,` or `&` may be part of a password, and masking too much beats showing the rest),
-/// or to its closing quote when quoted, `\"` escapes included.
+/// or to its closing quote when quoted, `\"` escapes included (see [`value_end`]). ODBC's `Pwd`
+/// counts in a connection string only ([`in_connection_string`]).
 fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
     let is_key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
     let bytes = text.as_bytes();
     let mut splice = Splice::new(text);
+    let mut words = WordEnds::default();
     for (at, separator) in text.match_indices(['=', ':']) {
         if at < splice.copied {
             continue; // inside a value already masked
         }
         let after = &text[at + 1..];
-        // `==`, `::` (a path) and `://` (a URL, masked by its own rules) separate nothing.
-        if after.starts_with(['=', ':', '/']) || text[..at].ends_with(['=', ':']) {
+        // `==`, `::` (a path) and `://` (a URL, masked by its own rules) separate nothing; a
+        // value after `=` may start with `/` (`password=/x`).
+        if after.starts_with(['=', ':'])
+            || (separator == ":" && after.starts_with('/'))
+            || text[..at].ends_with(['=', ':'])
+        {
             continue;
         }
         // Spaces may stand around the separator (`password = x`).
@@ -360,7 +371,11 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
         let debug_value =
             text[value_start..].starts_with('"') || text[value_start..].starts_with("Some(\"");
         let secret = match separator {
-            "=" => redactor.names_a_secret(key),
+            "=" => {
+                redactor.names_a_secret(key)
+                    || (key.eq_ignore_ascii_case("pwd")
+                        && in_connection_string(text, key_end - key_len, value_start, &mut words))
+            }
             // After `:`, a password's name, or any secret's name with a quoted value: `invalid
             // token: expired` stays.
             _ => redactor.names_a_secret(key) && (names_a_password(key) || debug_value),
@@ -385,27 +400,119 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
         {
             continue; // masked as part of a URL already
         }
-        let value_end = match bytes.get(value_start) {
-            Some(&quote @ (b'\'' | b'"')) => {
-                closing_quote(bytes, value_start + 1, quote).map_or(text.len(), |close| close + 1)
+        let value_end = value_end(text, value_start);
+        if value_end > value_start {
+            splice.replace(value_start, value_end, REDACTED);
+        }
+    }
+    splice.finish()
+}
+
+/// Where the value starting at `value_start` ends: at its closing quote when quoted (`\"`
+/// escapes included), at the `}` that ends it when braced (ODBC's `Pwd={a;b}`), else at the
+/// next whitespace or `;`, or after the credentials of `Bearer <token>`.
+fn value_end(text: &str, value_start: usize) -> usize {
+    let bytes = text.as_bytes();
+    match bytes.get(value_start) {
+        Some(&quote @ (b'\'' | b'"')) => {
+            closing_quote(bytes, value_start + 1, quote).map_or(text.len(), |close| close + 1)
+        }
+        // ODBC doubles a `}` inside: the value ends at one followed by its list's end.
+        Some(b'{') => closing_delimiter(bytes, value_start + 1, b'}', b";")
+            .map_or(text.len(), |close| close + 1),
+        _ => {
+            let word_end = |from: usize| {
+                text[from..]
+                    .find(|c: char| c.is_whitespace() || c == ';')
+                    .map_or(text.len(), |end| from + end)
+            };
+            let end = word_end(value_start);
+            // `authorization=Bearer <token>`: the credentials follow the scheme's name.
+            let scheme = &text[value_start..end];
+            let spaces = text[end..].len() - text[end..].trim_start_matches(' ').len();
+            if AUTH_SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme)) && spaces > 0 {
+                word_end(end + spaces)
+            } else {
+                end
             }
-            _ => {
-                let word_end = |from: usize| {
-                    text[from..]
-                        .find(|c: char| c.is_whitespace() || c == ';')
-                        .map_or(text.len(), |end| from + end)
-                };
-                let end = word_end(value_start);
-                // `authorization=Bearer <token>`: the credentials follow the scheme's name.
-                let scheme = &text[value_start..end];
-                let spaces = text[end..].len() - text[end..].trim_start_matches(' ').len();
-                if AUTH_SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme)) && spaces > 0 {
-                    word_end(end + spaces)
-                } else {
-                    end
-                }
-            }
+        }
+    }
+}
+
+/// Where the runs of a text that end at whitespace or `;` end, remembered for the last one
+/// asked about: each `=` in `pwd=pwd=pwd=...` asks about the same run, which is read once.
+#[derive(Default)]
+struct WordEnds {
+    /// The last run asked about: where it was read from, and its end.
+    last: Option<(usize, usize)>,
+}
+
+impl WordEnds {
+    /// Where the run holding `from` ends.
+    fn end(&mut self, text: &str, from: usize) -> usize {
+        if let Some((start, end)) = self.last
+            && (start..=end).contains(&from)
+        {
+            return end;
+        }
+        let end = text[from..]
+            .find(|c: char| c.is_whitespace() || c == ';')
+            .map_or(text.len(), |end| from + end);
+        self.last = Some((from, end));
+        end
+    }
+}
+
+/// Whether the `pwd=` pair at `key_start` is part of a connection string, where `Pwd` is ODBC's
+/// password: a `;` separates it from the pair before or after it (`Uid=app;Pwd=x;`). A shell's
+/// `PWD=/home/app` is a directory.
+fn in_connection_string(
+    text: &str,
+    key_start: usize,
+    value_start: usize,
+    words: &mut WordEnds,
+) -> bool {
+    text[..key_start].trim_end().ends_with(';')
+        || text.as_bytes().get(words.end(text, value_start)) == Some(&b';')
+}
+
+/// `text` with the value of every command-line option whose name names a secret masked
+/// (`--password S3cr3t`, `-token "a b"`; `--token=x` is a `key=value` pair), or `None` when
+/// there is none. The option is a word of one or two `-` and a key; its value is the next word
+/// (to its closing quote when quoted), unless that starts with `-`: the next option.
+fn mask_flag_values(text: &str, redactor: &Redactor) -> Option<String> {
+    let is_key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+    let bytes = text.as_bytes();
+    let mut splice = Splice::new(text);
+    for (at, _) in text.match_indices('-') {
+        // Only a `-` that starts a word, outside a value masked already.
+        if at < splice.copied || (at > 0 && !bytes[at - 1].is_ascii_whitespace()) {
+            continue;
+        }
+        let name_start = if bytes.get(at + 1) == Some(&b'-') {
+            at + 2
+        } else {
+            at + 1
         };
+        let name_len = bytes[name_start..]
+            .iter()
+            .take_while(|&&b| is_key_char(b))
+            .count();
+        let name_end = name_start + name_len;
+        // The option ends its word, and spaces (not a line's end) lead to its value.
+        let spaces =
+            text[name_end..].len() - text[name_end..].trim_start_matches([' ', '\t']).len();
+        let value_start = name_end + spaces;
+        if name_len == 0
+            || spaces == 0
+            || value_start == text.len()
+            || matches!(bytes[value_start], b'-' | b'\n' | b'\r')
+            || text[value_start..].starts_with(REDACTED)
+            || !redactor.names_a_secret(&text[name_start..name_end])
+        {
+            continue;
+        }
+        let value_end = value_end(text, value_start);
         if value_end > value_start {
             splice.replace(value_start, value_end, REDACTED);
         }
@@ -442,14 +549,30 @@ fn names_a_password(key: &str) -> bool {
 /// Authorization schemes whose credentials follow their name and a space.
 const AUTH_SCHEMES: &[&str] = &["Bearer", "Basic", "Token", "Digest", "Negotiate", "ApiKey"];
 
-/// Where the quoted value starting at `from` ends: its `quote` not escaped by a `\`.
+/// Where the quoted value starting at `from` ends: its `quote` not escaped by a `\` and
+/// followed by the text's end, whitespace or what may end a value (`;`, `,`, `&`, a closing
+/// bracket). A quote followed by anything else is inside the value: an unclosed quote before
+/// (`password='x` and, later, `Password='S3cr3t';`) then runs over the next value instead of
+/// closing at its opening quote and showing it; SQL's doubled quote (`'it''s'`) stays inside.
 fn closing_quote(bytes: &[u8], from: usize, quote: u8) -> Option<usize> {
+    closing_delimiter(bytes, from, quote, b";,&)]}")
+}
+
+/// Where the value starting at `from` ends: its `close` not escaped by a `\` and followed by
+/// the text's end, whitespace or one of `ends`.
+fn closing_delimiter(bytes: &[u8], from: usize, close: u8, ends: &[u8]) -> Option<usize> {
     let mut escaped = false;
     for (at, &b) in bytes.iter().enumerate().skip(from) {
         match b {
             _ if escaped => escaped = false,
             b'\\' => escaped = true,
-            _ if b == quote => return Some(at),
+            _ if b == close
+                && bytes
+                    .get(at + 1)
+                    .is_none_or(|&next| next.is_ascii_whitespace() || ends.contains(&next)) =>
+            {
+                return Some(at);
+            }
             _ => {}
         }
     }
@@ -535,6 +658,9 @@ fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
     let mut changed = credentials.is_some();
     let mut out = format!("{scheme}://");
     out.push_str(credentials.as_deref().unwrap_or_default());
+    let masked_path = mask_webhook_path(rest);
+    changed |= masked_path.is_some();
+    let rest = masked_path.as_deref().unwrap_or(rest);
     // Parameters may sit in the query, in the fragment (`#access_token=`), or after a URL
     // nested in another's query: mask every `key=value` after a `?`, `&` or `#`.
     for (i, piece) in rest.split_inclusive(['?', '&', '#']).enumerate() {
@@ -542,13 +668,15 @@ fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
             Some((at, '?' | '&' | '#')) => piece.split_at(at),
             _ => (piece, ""),
         };
+        let secret_key = |key: &str| {
+            let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+            redactor.names_a_secret(&key)
+                || periscope_context::SIGNATURE_QUERY_PARAMS
+                    .iter()
+                    .any(|param| param.eq_ignore_ascii_case(&key))
+        };
         match pair.split_once('=') {
-            Some((key, _))
-                if i > 0
-                    && redactor.names_a_secret(
-                        &percent_encoding::percent_decode_str(key).decode_utf8_lossy(),
-                    ) =>
-            {
+            Some((key, _)) if i > 0 && secret_key(key) => {
                 changed = true;
                 out.push_str(key);
                 out.push('=');
@@ -559,6 +687,52 @@ fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
         out.push_str(delimiter);
     }
     changed.then_some(out)
+}
+
+/// Path segments after which a webhook URL holds its secret: Discord's
+/// `/api/webhooks/<id>/<secret>`, Mattermost's `/hooks/<secret>`.
+const WEBHOOK_WORDS: &[&str] = &["hooks", "webhook", "webhooks"];
+
+/// A URL's rest (after its `scheme://` and user information) with the secret of a webhook's
+/// path masked: the whole path on Slack's `hooks.slack.com` (`/services/T/B/<secret>`) or a
+/// host with a `webhook` label (Teams' `*.webhook.office.com`), else the path after a segment
+/// of the [`WEBHOOK_WORDS`]; `None` when it is no webhook or the path ends there.
+fn mask_webhook_path(rest: &str) -> Option<String> {
+    let path_start = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    if path_start >= path_end {
+        return None;
+    }
+    let is_word = |word: &str| WEBHOOK_WORDS.iter().any(|w| w.eq_ignore_ascii_case(word));
+    let host = rest[..path_start]
+        .rsplit_once(':')
+        .map_or(&rest[..path_start], |(h, _)| h);
+    let webhook_host = host.eq_ignore_ascii_case("hooks.slack.com")
+        || host
+            .split('.')
+            .any(|label| label.eq_ignore_ascii_case("webhook"));
+    let secret_start = if webhook_host {
+        path_start + 1
+    } else {
+        let mut at = path_start + 1;
+        let mut found = None;
+        for segment in rest[path_start + 1..path_end].split('/') {
+            at += segment.len() + 1;
+            if is_word(segment) {
+                found = Some(at);
+                break;
+            }
+        }
+        found?
+    };
+    if secret_start >= path_end {
+        return None;
+    }
+    Some(format!(
+        "{}{REDACTED}{}",
+        &rest[..secret_start],
+        &rest[path_end..]
+    ))
 }
 
 /// Where the user information of a URL (after its `scheme://`) ends, if it has any: at the
@@ -815,6 +989,13 @@ mod tests {
             "password: ".repeat(1 << 17),
             "password = ".repeat(1 << 17),
             "X-Api-Token: ".repeat(1 << 16),
+            "pwd=".repeat(1 << 18),
+            ";Pwd={".repeat(1 << 17),
+            "password='a".repeat(1 << 17),
+            "--password '".repeat(1 << 16),
+            "-".repeat(1 << 20),
+            " -token".repeat(1 << 17),
+            "https://hooks.x/".repeat(1 << 16),
         ] {
             let _ = redactor.mask_text(&shape);
         }

@@ -10,6 +10,12 @@ pub const REDACTED: &str = "[REDACTED]";
 /// The contract's sensitive key fragments: a key that contains any of them is redacted.
 pub const DEFAULT_SENSITIVE_KEYS: &[&str] = periscope_context::SENSITIVE_KEY_PARTS;
 
+/// Words that name a secret only as a key's last word (words split at `_`, `-`, `.`, spaces and
+/// a lower-case letter followed by an upper-case one): `auth`, `basic_auth`, `proxyAuth`,
+/// `HTTP_AUTH`, but not `oauth_callback_url`, `auth_url` or `author`. As a fragment, `auth`
+/// would hide every `oauth_*` setting.
+pub const DEFAULT_SENSITIVE_WORDS: &[&str] = &["auth"];
+
 /// Keys that contain `token` but count tokens (LLM usage figures), so they are not secrets.
 pub const DEFAULT_ALLOWED_KEYS: &[&str] = &[
     "max_tokens",
@@ -42,7 +48,9 @@ pub(crate) fn strip_bom(text: &str) -> &str {
 /// Keys are compared case-insensitively with `_`, `-`, `.` and spaces ignored, so `apiKey`,
 /// `X-Api-Key`, `API_KEY` and `api.key` all match `api_key`. A key matches when it contains a
 /// sensitive fragment anywhere (`db_password`, `password_hash`, `Set-Cookie`), unless it is
-/// one of the allowed keys.
+/// one of the allowed keys. A key whose last word is one of the [`DEFAULT_SENSITIVE_WORDS`]
+/// (`auth`, `basic_auth`) hides its string or number in [`redact_value`](Self::redact_value)
+/// and names a secret in free text ([`mask_text`](Self::mask_text)).
 ///
 /// ```
 /// use periscope_log::Redactor;
@@ -70,12 +78,33 @@ struct Rules {
     first: [bool; 256],
     /// Normalised keys that are never sensitive.
     allowed: Vec<Box<[u8]>>,
+    /// Lower-case words that make a key sensitive when they are its last word.
+    words: Vec<Box<[u8]>>,
 }
 
 impl Default for Redactor {
     fn default() -> Self {
-        Self::new(DEFAULT_SENSITIVE_KEYS, DEFAULT_ALLOWED_KEYS)
+        let mut redactor = Self::new(DEFAULT_SENSITIVE_KEYS, DEFAULT_ALLOWED_KEYS);
+        Arc::make_mut(&mut redactor.inner).words = DEFAULT_SENSITIVE_WORDS
+            .iter()
+            .map(|word| word.to_ascii_lowercase().into_bytes().into_boxed_slice())
+            .collect();
+        redactor
     }
+}
+
+/// The last word of `key`: its trailing run of ASCII letters and digits, cut where a lower-case
+/// letter is followed by an upper-case one (`proxyAuth` ends in `Auth`; `OAuth` is one word).
+fn last_word(key: &str) -> &[u8] {
+    let bytes = key.as_bytes();
+    let mut start = bytes.len();
+    while start > 0 && bytes[start - 1].is_ascii_alphanumeric() {
+        start -= 1;
+        if start > 0 && bytes[start].is_ascii_uppercase() && bytes[start - 1].is_ascii_lowercase() {
+            break;
+        }
+    }
+    &bytes[start..]
 }
 
 /// Lower case, without `_ - .` and spaces: the form keys are compared in.
@@ -95,12 +124,14 @@ fn normalized(key: &str) -> Box<[u8]> {
 }
 
 impl Redactor {
-    /// A redactor with exactly these sensitive fragments and allowed keys.
+    /// A redactor with exactly these sensitive fragments and allowed keys (and none of the
+    /// [`DEFAULT_SENSITIVE_WORDS`], which [`Redactor::default`] adds).
     pub fn new(sensitive: &[&str], allowed: &[&str]) -> Self {
         let mut rules = Rules {
             fragments: Vec::new(),
             first: [false; 256],
             allowed: allowed.iter().map(|k| normalized(k)).collect(),
+            words: Vec::new(),
         };
         for key in sensitive {
             rules.add_fragment(key);
@@ -140,6 +171,19 @@ impl Redactor {
             len += 1;
         }
         self.inner.matches(&buf[..len])
+    }
+
+    /// Whether the last word of `key` is one of the [`DEFAULT_SENSITIVE_WORDS`] (`auth`,
+    /// `basic_auth`), and the key is not allowed: its value is a secret when it is a string
+    /// or a number, while an object under it (`"auth": {"type": .., "password": ..}`) is
+    /// redacted key by key.
+    fn ends_in_sensitive_word(&self, key: &str) -> bool {
+        let word = last_word(key);
+        self.inner
+            .words
+            .iter()
+            .any(|w| w.eq_ignore_ascii_case(word))
+            && !self.inner.allowed.iter().any(|a| **a == *normalized(key))
     }
 
     /// Whether `key`, written in free text (`key=value`, a query parameter), names a secret:
@@ -189,7 +233,7 @@ impl Redactor {
             b"remaining",
         ];
         if !self.is_sensitive(key) {
-            return false;
+            return self.ends_in_sensitive_word(key);
         }
         let mut normalized = Vec::with_capacity(key.len());
         normalize_into(key, &mut normalized);
@@ -290,13 +334,18 @@ impl Redactor {
     }
 
     /// Replaces the value of every sensitive key, at any depth, with `"[REDACTED]"`; a `null`
-    /// stays `null`, so a configuration shows whether a secret is set at all.
+    /// stays `null`, so a configuration shows whether a secret is set at all. A string, number
+    /// or boolean under a key ending in a [sensitive word](DEFAULT_SENSITIVE_WORDS) (`auth`) is
+    /// replaced too.
     pub fn redact_value(&self, value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(map) => {
                 for (key, value) in map.iter_mut() {
                     // `null` tells that no secret is set (`"admin_token": null`), and hides none.
-                    if self.is_sensitive(key) && !value.is_null() {
+                    let scalar = !(value.is_object() || value.is_array());
+                    if (self.is_sensitive(key) || (scalar && self.ends_in_sensitive_word(key)))
+                        && !value.is_null()
+                    {
                         *value = serde_json::Value::String(REDACTED.to_owned());
                     } else {
                         self.redact_value(value);

@@ -603,3 +603,140 @@ fn an_empty_password_does_not_swallow_the_next_secrets_key() {
         Some("password = [REDACTED]")
     );
 }
+
+/// Secrets that `/debug/config` and error texts showed before: an ODBC connection string's
+/// `Pwd`, the signature of an Azure SAS, S3 presigned or GCS signed URL, a webhook's path, a
+/// command line's `--password <value>`, a key named `auth`.
+#[test]
+fn connection_strings_signed_urls_webhooks_and_options_are_masked() {
+    let redactor = periscope_log::Redactor::default();
+    for (text, expected) in [
+        (
+            "Driver={ODBC Driver 18};Server=db;Uid=app;Pwd=S3cr3t;",
+            "Driver={ODBC Driver 18};Server=db;Uid=app;Pwd=[REDACTED];",
+        ),
+        (
+            "Server=db;UID=app;PWD=S3cr3t",
+            "Server=db;UID=app;PWD=[REDACTED]",
+        ),
+        (
+            "Server=db; Uid=app; Pwd={S3c;r}}3t};Database=x",
+            "Server=db; Uid=app; Pwd=[REDACTED];Database=x",
+        ),
+        ("password=/S3cr3t user=app", "password=[REDACTED] user=app"),
+        (
+            "https://acct.blob.core.windows.net/c?sv=2022&sig=S3cr3t",
+            "https://acct.blob.core.windows.net/c?sv=2022&sig=[REDACTED]",
+        ),
+        (
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=S3cr3t&X-Amz-Expires=60",
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=[REDACTED]&X-Amz-Signature=[REDACTED]&X-Amz-Expires=60",
+        ),
+        (
+            "GET https://b.s3.amazonaws.com/k?AWSAccessKeyId=AK&Signature=S3cr3t&Expires=1 failed",
+            "GET https://b.s3.amazonaws.com/k?AWSAccessKeyId=[REDACTED]&Signature=[REDACTED]&Expires=1 failed",
+        ),
+        (
+            "https://storage.googleapis.com/b/o?X-Goog-Signature=S3cr3t",
+            "https://storage.googleapis.com/b/o?X-Goog-Signature=[REDACTED]",
+        ),
+        (
+            "post to https://hooks.slack.com/services/T000/B000/S3cr3t failed",
+            "post to https://hooks.slack.com/[REDACTED] failed",
+        ),
+        (
+            "https://discord.com/api/webhooks/123/S3cr3t?wait=true",
+            "https://discord.com/api/webhooks/[REDACTED]?wait=true",
+        ),
+        (
+            "exec db-tool --password S3cr3t --user app",
+            "exec db-tool --password [REDACTED] --user app",
+        ),
+        (
+            "exec db-tool -api-token 'S3 cr3t' -v",
+            "exec db-tool -api-token [REDACTED] -v",
+        ),
+        (
+            "exec db-tool --token=S3cr3t",
+            "exec db-tool --token=[REDACTED]",
+        ),
+        ("auth=S3cr3t host=db", "auth=[REDACTED] host=db"),
+    ] {
+        assert_eq!(
+            redactor.mask_text(text).as_deref(),
+            Some(expected),
+            "{text}"
+        );
+    }
+    let mut config = serde_json::json!({
+        "auth": "S3cr3t",
+        "proxy": {"basic_auth": "u:S3cr3t", "proxyAuth": "S3cr3t"},
+        "http_auth": {"type": "basic", "password": "S3cr3t"},
+        "oauth_callback_url": "https://app/cb",
+        "OAuth": {"client_id": "app"},
+        "author": "ann",
+        "auth_url": "https://idp/authorize",
+        "pwd": "/srv/app",
+    });
+    redactor.mask_value(&mut config);
+    assert_eq!(
+        config,
+        serde_json::json!({
+            "auth": "[REDACTED]",
+            "proxy": {"basic_auth": "[REDACTED]", "proxyAuth": "[REDACTED]"},
+            "http_auth": {"type": "basic", "password": "[REDACTED]"},
+            "oauth_callback_url": "https://app/cb",
+            "OAuth": {"client_id": "app"},
+            "author": "ann",
+            "auth_url": "https://idp/authorize",
+            "pwd": "/srv/app",
+        })
+    );
+}
+
+/// What merely looks like those secrets stays readable: a shell's `PWD`, `auth` inside a word,
+/// `signature` in prose, options about a secret, a webhook endpoint without a path after it.
+#[test]
+fn pwd_directories_oauth_settings_and_prose_stay_readable() {
+    let redactor = periscope_log::Redactor::default();
+    for text in [
+        "PWD=/home/app HOME=/root",
+        "oauth_callback_url=https://app/cb author=ann auth_url=https://idp/x",
+        "invalid signature: expected Signature header",
+        "https://example.com/x?signed=1&sv=2022",
+        "https://app.example/webhooks",
+        "run --no-password --user app",
+        "run --password-file /run/s --tokenizer bpe --session-timeout 30",
+        "a - b -- c",
+    ] {
+        assert_eq!(redactor.mask_text(text), None, "{text}");
+    }
+}
+
+/// A quote left open earlier in a text does not close at a later value's opening quote and
+/// show that value: a quote closes a value only before whitespace, `;`, `,`, `&`, a closing
+/// bracket or the end.
+#[test]
+fn an_unclosed_quote_does_not_show_a_later_quoted_secret() {
+    let redactor = periscope_log::Redactor::default();
+    for text in [
+        "password='x\nPassword='S3cr3t';",
+        "password='x Password='S3cr3t' next",
+        "--password 'x --token 'S3cr3t'",
+        r#"{"password":"x, "token":"S3cr3t"}"#,
+    ] {
+        let masked = redactor.mask_text(text).expect("a secret is masked");
+        assert!(!masked.contains("S3cr3t"), "{text:?} became {masked:?}");
+    }
+    // SQL's doubled quote stays inside the value; closed values end where they did.
+    assert_eq!(
+        redactor.mask_text("password='it''s' user=app").as_deref(),
+        Some("password=[REDACTED] user=app")
+    );
+    assert_eq!(
+        redactor
+            .mask_text(r#"Config { token: "a", api_key: Some("b") }"#)
+            .as_deref(),
+        Some("Config { token: [REDACTED], api_key: Some([REDACTED]) }")
+    );
+}

@@ -45,21 +45,14 @@ pub(crate) fn method_original(method: &Method) -> Option<&str> {
     (method_name(method) == "_OTHER").then(|| method.as_str())
 }
 
-/// Query parameters that carry signatures or keys, redacted in `url.full`: the list of the
-/// OpenTelemetry HTTP semantic conventions, and AWS's presigned-URL signature. Beside them,
-/// any parameter whose name holds one of the contract's sensitive key parts
+/// Whether a query parameter of this name holds a secret: a signature or key of the shared list
+/// (`X-Amz-Signature`, `sig`), or any name holding one of the contract's sensitive key parts
 /// (`X-Amz-Security-Token`, `access_token`, `api_key`, ...), as the log redaction reads keys.
-const SENSITIVE_QUERY_KEYS: [&str; 5] = [
-    "AWSAccessKeyId",
-    "Signature",
-    "sig",
-    "X-Goog-Signature",
-    "X-Amz-Signature",
-];
-
-/// Whether a query parameter of this name holds a secret.
 fn sensitive_query_key(key: &str) -> bool {
-    SENSITIVE_QUERY_KEYS.contains(&key)
+    // The list the log redaction masks in URLs in free text too.
+    periscope_context::SIGNATURE_QUERY_PARAMS
+        .iter()
+        .any(|param| param.eq_ignore_ascii_case(key))
         || periscope_context::SENSITIVE_KEY_PARTS.iter().any(|part| {
             key.as_bytes()
                 .windows(part.len())
