@@ -219,3 +219,22 @@ async fn watching_an_unknown_service_says_so_and_keeps_the_call_open() {
         .expect("the call ends once the service drains");
     assert_eq!(end.unwrap_err().code(), tonic::Code::Unavailable);
 }
+
+#[tokio::test]
+async fn a_liveness_watch_stays_serving_and_ends_when_the_service_drains() {
+    // Liveness does not change at a drain: no NOT_SERVING, but the call still ends, so a
+    // graceful shutdown does not wait on a watcher of it.
+    let health = Health::builder().build().unwrap();
+    let mut client = serve(health.grpc().watch_interval(Duration::from_millis(20))).await;
+    let request = HealthCheckRequest {
+        service: "liveness".to_owned(),
+    };
+    let mut watch = client.watch(request).await.unwrap().into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    health.drain_handle().drain();
+    let end = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("the call ends once the service drains");
+    assert_eq!(end.unwrap_err().code(), tonic::Code::Unavailable);
+}

@@ -385,9 +385,18 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
         }
         // `password= Authorization: Bearer x`: an empty value followed by the next secret's
         // key. Masking that key as the value would hide it from the later steps and show its
-        // secret; left alone, it is masked by its own rule.
-        if value_start > at + 1 && starts_with_secret_key(&text[value_start..], redactor) {
-            continue;
+        // secret: it is left to its own rule, or, where that rule sees no secret (`token: x`),
+        // masked here with its value (the word may as well be the password).
+        let mut mask_from = None;
+        if value_start > at + 1
+            && let Some((key_len, by_its_own_rule)) =
+                secret_key_ahead(&text[value_start..], redactor)
+        {
+            if by_its_own_rule {
+                continue;
+            }
+            mask_from = Some(value_start);
+            value_start += key_len;
         }
         if text[value_start..].starts_with("Some(") {
             value_start += "Some(".len();
@@ -402,7 +411,7 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
         }
         let value_end = value_end(text, value_start);
         if value_end > value_start {
-            splice.replace(value_start, value_end, REDACTED);
+            splice.replace(mask_from.unwrap_or(value_start), value_end, REDACTED);
         }
     }
     splice.finish()
@@ -520,20 +529,31 @@ fn mask_flag_values(text: &str, redactor: &Redactor) -> Option<String> {
     splice.finish()
 }
 
-/// Whether `text` starts with the key of another secret (`db_password:`, `token=`,
-/// `Authorization:`): a word ending in its separator whose name is a secret's or a
-/// credential header's, with a value after it (a last word is a value, whatever it ends in).
-fn starts_with_secret_key(text: &str, redactor: &Redactor) -> bool {
+/// Where `text` starts with the key of another secret (`db_password:`, `token=`,
+/// `Authorization:`): a word ending in its separator whose name is a secret's or a credential
+/// header's, with a value after it (a last word is a value, whatever it ends in). Then the
+/// length of that key and the spaces after it, and whether [`mask_key_values`] masks its value by
+/// its own rule: after `:` only a password's name or a quoted value counts there (`token: abc`
+/// is free text), and the value must then be masked for it.
+fn secret_key_ahead(text: &str, redactor: &Redactor) -> Option<(usize, bool)> {
     let end = text.find(char::is_whitespace).unwrap_or(text.len());
     let (word, rest) = text.split_at(end);
-    let Some(key) = word.strip_suffix([':', '=']) else {
-        return false;
-    };
-    !rest.trim_start().is_empty()
-        && !key.is_empty()
-        && !key.ends_with([':', '='])
-        && (redactor.names_a_secret(key)
-            || SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(key)))
+    let key = word.strip_suffix([':', '='])?;
+    let value = rest.trim_start();
+    let header = SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(key));
+    if value.is_empty()
+        || key.is_empty()
+        || key.ends_with([':', '='])
+        || !(header || redactor.names_a_secret(key))
+    {
+        return None;
+    }
+    let by_its_own_rule = header
+        || word.ends_with('=')
+        || names_a_password(key)
+        || value.starts_with('"')
+        || value.starts_with("Some(\"");
+    Some((text.len() - value.len(), by_its_own_rule))
 }
 
 /// Whether a key written before a `:` is a password's name (`password`, `db_passwd`): a colon

@@ -740,3 +740,19 @@ fn an_unclosed_quote_does_not_show_a_later_quoted_secret() {
         Some("Config { token: [REDACTED], api_key: Some([REDACTED]) }")
     );
 }
+
+#[test]
+fn an_empty_password_before_a_word_only_some_rules_mask_hides_what_follows() {
+    // `token:` before a plain word is free text for its own rule (only a password's name, a
+    // credential header or a quoted value counts after `:`): skipping the empty password's
+    // value for it would show the secret after it.
+    let redactor = periscope_log::Redactor::default();
+    for text in [
+        "login password= token: S3cr3tXYZ",
+        "login password= api_key: S3cr3tXYZ",
+        "login password= secret: S3cr3tXYZ",
+    ] {
+        let masked = redactor.mask_text(text).expect("a secret is masked");
+        assert_eq!(masked, "login password= [REDACTED]", "{text:?}");
+    }
+}

@@ -299,8 +299,10 @@ where
         if self.families.exemplars {
             call.exemplar = sampled_trace(&request);
         }
+        let inner = self.inner.call(request);
+        call.in_client = false;
         ClientResponseFuture {
-            inner: self.inner.call(request),
+            inner,
             call: Some(call),
         }
     }
@@ -322,7 +324,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let output = ready!(this.inner.poll(cx));
+        // Left set if the client's poll unwinds (see `Call::in_client`).
+        if let Some(call) = this.call {
+            call.in_client = true;
+        }
+        let output = this.inner.poll(cx);
+        if let Some(call) = this.call {
+            call.in_client = false;
+        }
+        let output = ready!(output);
         if let Some(mut call) = this.call.take() {
             let status = match &output {
                 Ok(response) => {
@@ -349,6 +359,10 @@ struct Call {
     start: Instant,
     exemplar: Option<TraceId>,
     done: bool,
+    /// Set while the client below runs (its `call`, each poll of its future): still set when
+    /// the call is dropped, the client panicked, whether or not the panic is still unwinding
+    /// (a layer that catches panics around a poll drops the call afterwards).
+    in_client: bool,
 }
 
 impl Call {
@@ -360,6 +374,7 @@ impl Call {
             start: Instant::now(),
             exemplar: None,
             done: false,
+            in_client: true,
         }
     }
 
@@ -379,9 +394,9 @@ impl Call {
 impl Drop for Call {
     fn drop(&mut self) {
         if !self.done {
-            // Dropped by a panic of the client below (its future unwinding): the call failed
-            // without an answer; dropped otherwise, the caller gave up on it.
-            let status = if std::thread::panicking() {
+            // Dropped after a panic of the client below: the call failed without an answer;
+            // dropped otherwise, the caller gave up on it.
+            let status = if self.in_client {
                 CALL_ERROR
             } else {
                 CANCELLED

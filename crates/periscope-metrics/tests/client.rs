@@ -296,3 +296,39 @@ async fn a_sampled_calls_duration_links_its_trace() {
     assert_eq!(exemplars("sampled.internal"), [trace_id]);
     assert!(exemplars("unsampled.internal").is_empty());
 }
+
+/// A client whose poll panics is still an `error` when the panic is caught around that poll
+/// and the call dropped afterwards, as a handler behind a panic-catching layer (periscope's
+/// `ErrorLayer`, `futures::FutureExt::catch_unwind`) is: no unwinding is under way by then.
+#[test]
+fn a_client_panic_caught_around_its_poll_counts_as_an_error() {
+    let registry = MetricsRegistry::new();
+    let layer = ClientMetricsLayer::new(&registry).unwrap();
+    let mut panicking = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+        panic!("the client panicked on purpose");
+        #[allow(unreachable_code)]
+        Ok::<http::Response<()>, std::convert::Infallible>(http::Response::new(()))
+    }));
+    let request = http::Request::get("http://models.internal/")
+        .body(())
+        .unwrap();
+    let mut call = Box::pin(tower::Service::call(&mut panicking, request));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        call.as_mut().poll(&mut cx).is_ready()
+    }));
+    assert!(polled.is_err());
+    drop(call);
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let calls = points(&exposition, "http_client_requests");
+    assert_eq!(
+        sum_where(
+            &calls,
+            &[("server_address", "models.internal"), ("status", "error")]
+        ),
+        1.0,
+        "{calls:#?}"
+    );
+    assert_eq!(calls.iter().map(|point| point.value).sum::<f64>(), 1.0);
+}
