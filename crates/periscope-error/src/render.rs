@@ -168,8 +168,14 @@ impl RequestHeaders {
     }
 }
 
-/// Whether the request's `Accept` header prefers `application/problem+json` (listed with a
-/// q-value above 0 and at least that of `application/json`).
+/// Whether the request's `Accept` header prefers `application/problem+json`: listed with a
+/// q-value above 0 and at least that of `application/json`, or reached by a wildcard
+/// (`*/*`, `application/*`) while `application/json` is refused (`q=0`).
+///
+/// A type's q-value is the one of the most specific range that matches it (RFC 9110, section
+/// 12.5.1): `application/json` takes the q-value of `application/*`, else of `*/*`, when it is
+/// not listed itself, so `application/problem+json;q=0.5, */*;q=0.9` prefers the envelope. A
+/// q-value that is not a number from 0 to 1 counts as 0.
 ///
 /// ```
 /// use http::HeaderMap;
@@ -181,10 +187,14 @@ impl RequestHeaders {
 /// assert!(prefers_problem_json(&headers));
 /// headers.insert("accept", "application/json, application/problem+json;q=0.9".parse().unwrap());
 /// assert!(!prefers_problem_json(&headers));
+/// headers.insert("accept", "application/problem+json;q=0.5, */*;q=0.9".parse().unwrap());
+/// assert!(!prefers_problem_json(&headers));
 /// ```
 pub fn prefers_problem_json(headers: &HeaderMap) -> bool {
     let mut problem: Option<f32> = None;
     let mut json: Option<f32> = None;
+    let mut application: Option<f32> = None;
+    let mut any: Option<f32> = None;
     for value in headers.get_all(header::ACCEPT) {
         let Ok(value) = value.to_str() else { continue };
         for range in value.split(',') {
@@ -196,20 +206,35 @@ pub fn prefers_problem_json(headers: &HeaderMap) -> bool {
                     let (name, value) = param.split_once('=')?;
                     name.trim().eq_ignore_ascii_case("q").then_some(value)
                 })
-                .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
+                .map_or(1.0, |q| {
+                    // `NaN`, `inf` and `1.5` are no q-values: refused, like other junk.
+                    q.trim()
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|q| (0.0..=1.0).contains(q))
+                        .unwrap_or(0.0)
+                });
             let slot = if media.eq_ignore_ascii_case(APPLICATION_PROBLEM_JSON) {
                 &mut problem
             } else if media.eq_ignore_ascii_case(APPLICATION_JSON) {
                 &mut json
+            } else if media.eq_ignore_ascii_case("application/*") {
+                &mut application
+            } else if media == "*/*" {
+                &mut any
             } else {
                 continue;
             };
             *slot = Some(slot.map_or(q, |seen| seen.max(q)));
         }
     }
+    // The most specific range that matches `application/json` gives its q-value.
+    let wildcard = application.or(any);
+    let json = json.or(wildcard);
     match problem {
-        Some(p) if p > 0.0 => json.is_none_or(|j| p >= j),
-        _ => false,
+        Some(p) => p > 0.0 && json.is_none_or(|j| p >= j),
+        // Not listed: only when the envelope's type is refused and a wildcard takes any other.
+        None => json == Some(0.0) && wildcard.is_some_and(|w| w > 0.0),
     }
 }
 
@@ -585,6 +610,35 @@ mod tests {
         assert!(prefers_problem_json(&accept(
             "application/json;Q=0.1, application/problem+json"
         )));
+    }
+
+    /// A wildcard gives `application/json` its q-value when it is not listed itself.
+    #[test]
+    fn negotiation_counts_wildcards_for_the_envelope() {
+        for (value, problem) in [
+            ("application/problem+json;q=0.5, */*;q=0.9", false),
+            ("application/problem+json;q=0.5, application/*;q=0.9", false),
+            // The more specific `application/*` wins over `*/*`.
+            (
+                "application/problem+json;q=0.5, application/*;q=0.1, */*",
+                true,
+            ),
+            ("application/problem+json, */*", true),
+            ("application/problem+json;q=0.9, */*;q=0.9", true),
+            // Refused by name, reached by a wildcard: problem details.
+            ("application/json;q=0, */*", true),
+            ("application/json;q=0, application/*;q=0.2", true),
+            ("application/json;q=0", false),
+            // Wildcards alone: the envelope, as before.
+            ("*/*", false),
+            ("application/*", false),
+            // No q-values: refused.
+            ("application/problem+json;q=inf, application/json", false),
+            ("application/problem+json;q=NaN", false),
+            ("application/problem+json;q=1.5", false),
+        ] {
+            assert_eq!(prefers_problem_json(&accept(value)), problem, "{value}");
+        }
     }
 
     #[test]

@@ -696,6 +696,10 @@ async fn problem_json_is_negotiated() {
         // The decoder reads problem details too.
         assert_eq!(reply.api_error().code(), code);
     }
+    // A wildcard that prefers everything else over problem details gives the envelope.
+    let wildcard = [("accept", "application/problem+json;q=0.5, */*;q=0.9")];
+    let reply = send(addr, "GET", "/nope", &wildcard, b"").await;
+    envelope(&reply, "route_not_found", 404);
     let reply = send(addr, "POST", "/jobs/job_1/cancel", &accept, b"").await;
     assert_eq!(
         reply.json()["type"],
