@@ -17,8 +17,9 @@
 //! - [`error`]: the error envelope, code taxonomy, catch-all layer and client-side decoding.
 //! - [`metrics`]: RED metrics with cardinality guards, the registry, `/metrics` exposition.
 //! - [`log`]: the JSON log layer, redaction, runtime level control, recent lines, access log.
-//! - [`health`]: liveness, readiness and startup probes.
-//! - [`admin`]: `/health`, `/ready`, `/metrics` and the gated `/debug/*` endpoints.
+//! - [`health`]: liveness, readiness and startup probes; with feature `grpc`, the standard
+//!   gRPC health service (`grpc.health.v1`) over them.
+//! - [`admin`]: `/health`, `/ready`, `/startup`, `/metrics` and the gated `/debug/*` endpoints.
 //! - [`gpu`] (feature `gpu`): NVIDIA GPU collectors, the GPU snapshot, the resource tracker.
 //! - [`Server`] (feature `serve`): serves a Tower service with request-head, keep-alive idle
 //!   and write timeouts and a graceful stop; over HTTP/1.1, and HTTP/2 with prior knowledge

@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | `/health`, `/ready`, `/startup` | the probes (feature `health`) | open |
 //! | `/metrics` | Prometheus / OpenMetrics text (feature `metrics`) | open |
-//! | `/debug/status` | service, version, environment, uptime, pid, in-flight requests, GPU snapshot, the service's own sections | debug |
+//! | `/debug/status` | service, version, environment, uptime, pid, in-flight requests, GPU snapshot, the service's own sections (read on a thread of their own) | debug |
 //! | `/debug/logs?lines=N&level=L` | recent log lines (feature `log`) | debug |
 //! | `/debug/config` | the configuration, secrets masked (feature `log`) | debug |
 //! | `GET`/`POST /debug/log-level` | the log filter, changed at run time, optionally for a while (feature `log`) | debug |

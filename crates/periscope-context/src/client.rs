@@ -119,7 +119,8 @@ impl TrustedProxies {
     }
 
     /// The networks, each in CIDR notation (`10.0.0.0/8`, `fd00::/8`) or a single address;
-    /// the header read is the default, `X-Forwarded-For` (see [`header`](Self::header)).
+    /// the header read is the default, `X-Forwarded-For` (see
+    /// [`with_forwarding_header`](Self::with_forwarding_header)).
     pub fn parse<I, S>(nets: I) -> Result<Self, InvalidProxyNet>
     where
         I: IntoIterator<Item = S>,

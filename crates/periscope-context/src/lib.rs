@@ -13,6 +13,9 @@
 //!   which no other caller can set.
 //! - [`grpc`]: the status of a gRPC answer, which the layers count, trace and log by the HTTP
 //!   status it stands for.
+//! - The lists the layers share: [`DEFAULT_QUIET_PATHS`] (the probe and scrape paths, the
+//!   gRPC health service's [`GRPC_HEALTH_PATHS`] among them), [`SENSITIVE_KEY_PARTS`] and
+//!   [`SIGNATURE_QUERY_PARAMS`] (what redaction masks).
 //!
 //! This crate has no Tower dependency; `periscope-trace` builds the layers on top of it.
 //!

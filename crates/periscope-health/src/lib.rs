@@ -7,6 +7,9 @@
 //!   (only non-critical checks failed) with 200, `fail`, `starting` (a [`StartupGate`] still
 //!   closed) and `draining` (see [`DrainHandle`]) with 503.
 //! - `GET /startup` answers `starting` (503) until every startup gate is open, then `ok`.
+//! - With the `grpc` feature, `Health::grpc()` is the standard `grpc.health.v1.Health`
+//!   service (`Check` and `Watch`) over the same probes, for Kubernetes `grpc:` probes and gRPC
+//!   clients.
 //!
 //! Results are cached for a short interval (1 s unless set) and concurrent probes share one run,
 //! so a probe storm runs each check once; [`Health::spawn_poller`] runs them in the background

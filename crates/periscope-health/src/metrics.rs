@@ -29,14 +29,14 @@ impl HealthMetrics {
         let [(status, _), (duration, _)] = NAMES;
         registry.register(
             status,
-            "Whether the readiness check passed on its last run (1) or failed (0).",
+            "Whether the readiness check passed on its last run (1) or failed (0)",
             self.status.clone(),
         );
         // With its unit, so OpenMetrics scrapes carry `# UNIT ... seconds`; the name is the same.
         let base = duration.strip_suffix("_seconds").unwrap_or(duration);
         registry.register_with_unit(
             base,
-            "How long the readiness check took on its last run, in seconds.",
+            "How long the readiness check took on its last run, in seconds",
             prometheus_client::registry::Unit::Seconds,
             self.duration.clone(),
         );

@@ -90,7 +90,7 @@ impl AccessLogLayer {
 
     /// The networks of the proxies in front of the service and the header they set (default:
     /// none). With some, the line has `client` beside `peer`: the client's address (no port),
-    /// from the one forwarding header chosen with [`TrustedProxies::header`], by the rule of
+    /// from the one forwarding header chosen with [`TrustedProxies::with_forwarding_header`], by the rule of
     /// [`TrustedProxies::client_addr`], the one a layer above put in the request as a
     /// [`ClientAddr`] (periscope-trace's `CorrelationLayer` with the same networks), else
     /// worked out here. Without networks, no `client` and nothing read.

@@ -189,7 +189,7 @@ impl CorrelationLayer {
     /// The networks of the proxies in front of the service and the header they set (default:
     /// none). With some, the span records the client's address as `client.address`, by the
     /// rule of [`TrustedProxies::client_addr`] (the one forwarding header chosen with
-    /// [`TrustedProxies::header`], read only from a trusted peer), and
+    /// [`TrustedProxies::with_forwarding_header`], read only from a trusted peer), and
     /// the request's extensions hold it as a [`ClientAddr`]. The peer comes from
     /// [`PeerAddr`] (`periscope::Server`) or axum's `ConnectInfo`; without one, nothing is
     /// recorded. Without networks the layer reads neither the peer nor the headers.
