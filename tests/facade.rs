@@ -2201,6 +2201,66 @@ async fn the_client_layer_sends_the_services_tenant_fields_and_counts_the_call()
     assert_eq!(counted, 2.0);
 }
 
+/// A call made outside any request (a background task) starts a trace of its own, sampled
+/// here (OpenTelemetry off): its duration links that trace, the one the callee was sent, as a
+/// call made while handling a request links the request's.
+#[tokio::test(flavor = "current_thread")]
+async fn a_call_outside_any_request_links_the_trace_it_started() {
+    use tower::{Layer, ServiceExt};
+
+    let obs = Observability::builder()
+        .service_name("caller")
+        .log_writer(std::io::sink())
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(None));
+    let seen_in = seen.clone();
+    let upstream = Router::new().route(
+        "/v1/refresh",
+        get(move |headers: axum::http::HeaderMap| {
+            let seen = seen_in.clone();
+            async move {
+                *seen.lock().unwrap() = Some(headers);
+                "done"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+
+    let client = obs
+        .client_layer()
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+    let request = http::Request::get(format!("http://{addr}/v1/refresh"))
+        .body(Empty::new())
+        .unwrap();
+    assert!(periscope::context::RequestContext::current().is_none());
+    let answer = client.oneshot(request).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let headers = seen.lock().unwrap().take().unwrap();
+    let sent =
+        periscope::context::TraceParent::parse(headers["traceparent"].to_str().unwrap()).unwrap();
+    assert!(sent.flags.is_sampled(), "{headers:?}");
+
+    let exposition = obs.registry().encode_openmetrics().unwrap();
+    let exposition = openmetrics_parser::openmetrics::parse_openmetrics(&exposition)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let exemplars: Vec<String> = exposition.families["http_client_request_duration_seconds"]
+        .iter_samples()
+        .flat_map(|sample| match &sample.value {
+            openmetrics_parser::OpenMetricsValue::Histogram(histogram) => histogram
+                .buckets
+                .iter()
+                .filter_map(|bucket| bucket.exemplar.as_ref())
+                .filter_map(|exemplar| exemplar.labels.get("trace_id").cloned())
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(exemplars, [sent.trace_id.to_string()]);
+}
+
 /// An HTTP/2 connection is closed gracefully (GOAWAY) once it has had no stream for the
 /// idle timeout, but not while a stream is open; while the service drains, after its
 /// next answer (HTTP/2's `Connection: close`), a new connection still being answered.

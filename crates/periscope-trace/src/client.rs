@@ -236,6 +236,8 @@ impl ClientSpan {
 ///
 /// The parent is the [`RequestContext`] in the outgoing request's extensions when there is
 /// one, else the [current](RequestContext::current) one (the request or job being handled).
+/// While the client below takes the call, the call's own context (its trace, its span as the
+/// parent) is [current](RequestContext::current), for the layers under this one.
 /// Put this layer outermost, outside `tower::buffer::Buffer` and anything else that calls the
 /// inner service on another task, where no request is current.
 ///
@@ -343,7 +345,12 @@ where
         call.propagators = self.propagators;
         call.tenant_keys.clone_from(&self.tenant_keys);
         call.inject(request.headers_mut());
-        let future = call.span.in_scope(|| self.inner.call(request));
+        // The call's own context is current while the client below takes the call, so a
+        // layer there (`ClientMetricsLayer`'s exemplar) sees the call's trace, also the one it
+        // starts outside any request, where no other context is current.
+        let future = call
+            .context
+            .in_scope(|| call.span.in_scope(|| self.inner.call(request)));
         ClientResponseFuture {
             inner: future,
             call,
