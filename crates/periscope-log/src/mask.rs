@@ -494,8 +494,19 @@ fn mask_flag_values(text: &str, redactor: &Redactor) -> Option<String> {
     let bytes = text.as_bytes();
     let mut splice = Splice::new(text);
     for (at, _) in text.match_indices('-') {
-        // Only a `-` that starts a word, outside a value masked already.
-        if at < splice.copied || (at > 0 && !bytes[at - 1].is_ascii_whitespace()) {
+        // A quoted option is an item of an argument list (`["--password", "x"]`, a
+        // `Command`'s `Debug`: `"tool" "--password" "x"`), its value the next item.
+        let quote = at
+            .checked_sub(1)
+            .map(|before| bytes[before])
+            .filter(|&b| matches!(b, b'"' | b'\''));
+        let word_start = at - usize::from(quote.is_some());
+        // Only a `-` that starts a word or a list's item, outside a value masked already.
+        if at < splice.copied
+            || (word_start > 0
+                && !bytes[word_start - 1].is_ascii_whitespace()
+                && !(quote.is_some() && matches!(bytes[word_start - 1], b'[' | b'(' | b',')))
+        {
             continue;
         }
         let name_start = if bytes.get(at + 1) == Some(&b'-') {
@@ -508,14 +519,29 @@ fn mask_flag_values(text: &str, redactor: &Redactor) -> Option<String> {
             .take_while(|&&b| is_key_char(b))
             .count();
         let name_end = name_start + name_len;
+        // A quoted option ends at its closing quote, and its list's `,` may follow.
+        let mut option_end = name_end;
+        let mut comma = false;
+        if let Some(quote) = quote {
+            if bytes.get(option_end) != Some(&quote) {
+                continue;
+            }
+            option_end += 1;
+            comma = bytes.get(option_end) == Some(&b',');
+            option_end += usize::from(comma);
+        }
         // The option ends its word, and spaces (not a line's end) lead to its value.
         let spaces =
-            text[name_end..].len() - text[name_end..].trim_start_matches([' ', '\t']).len();
-        let value_start = name_end + spaces;
+            text[option_end..].len() - text[option_end..].trim_start_matches([' ', '\t']).len();
+        let value_start = option_end + spaces;
         if name_len == 0
-            || spaces == 0
+            || (spaces == 0 && !comma)
             || value_start == text.len()
             || matches!(bytes[value_start], b'-' | b'\n' | b'\r')
+            // The next item of a list, quoted, is the next option.
+            || (quote.is_some()
+                && matches!(bytes[value_start], b'"' | b'\'')
+                && bytes.get(value_start + 1) == Some(&b'-'))
             || text[value_start..].starts_with(REDACTED)
             || !redactor.names_a_secret(&text[name_start..name_end])
         {
@@ -530,7 +556,7 @@ fn mask_flag_values(text: &str, redactor: &Redactor) -> Option<String> {
 }
 
 /// Where `text` starts with the key of another secret (`db_password:`, `token=`,
-/// `Authorization:`): a word ending in its separator whose name is a secret's or a credential
+/// `Authorization:`, an option `--token x`): a word ending in its separator whose name is a secret's or a credential
 /// header's, with a value after it (a last word is a value, whatever it ends in). Then the
 /// length of that key and the spaces after it, and whether [`mask_key_values`] masks its value by
 /// its own rule: after `:` only a password's name or a quoted value counts there (`token: abc`
@@ -538,8 +564,23 @@ fn mask_flag_values(text: &str, redactor: &Redactor) -> Option<String> {
 fn secret_key_ahead(text: &str, redactor: &Redactor) -> Option<(usize, bool)> {
     let end = text.find(char::is_whitespace).unwrap_or(text.len());
     let (word, rest) = text.split_at(end);
-    let key = word.strip_suffix([':', '='])?;
     let value = rest.trim_start();
+    // `password= --token x`: a command-line option naming a secret, whose value
+    // [`mask_flag_values`] masks (the same conditions).
+    let spaces = rest.len() - rest.trim_start_matches([' ', '\t']).len();
+    if let Some(name) = word.strip_prefix("--").or_else(|| word.strip_prefix('-'))
+        && !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && spaces > 0
+        && !rest[spaces..].is_empty()
+        && !rest[spaces..].starts_with(['-', '\n', '\r'])
+        && redactor.names_a_secret(name)
+    {
+        return Some((text.len() - value.len(), true));
+    }
+    let key = word.strip_suffix([':', '='])?;
     let header = SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(key));
     if value.is_empty()
         || key.is_empty()
@@ -654,7 +695,14 @@ fn url_starts(text: &str) -> Vec<usize> {
 /// than letting a password holding `/`, `?` or `#` through.
 fn mask_url(url: &str, redactor: &Redactor) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
-    let userinfo_end = userinfo_end(rest);
+    let mut userinfo_end = userinfo_end(rest);
+    // An `@` in a webhook's secret path (Teams' `/webhookb2/<id>@<id>/IncomingWebhook/...`)
+    // ends no user information: taken for one, it hid the host and showed the secret.
+    if let (Some(at), Some(secret_start)) = (userinfo_end, webhook_secret_start(rest))
+        && at >= secret_start
+    {
+        userinfo_end = rest[..secret_start].rfind('@');
+    }
     let (credentials, rest) = match userinfo_end.map(|at| (&rest[..at], &rest[at + 1..])) {
         Some((userinfo, rest)) => {
             let masked = match userinfo.split_once(':') {
@@ -716,17 +764,30 @@ const WEBHOOK_WORDS: &[&str] = &["hooks", "webhook", "webhooks"];
 /// A URL's rest (after its `scheme://` and user information) with the secret of a webhook's
 /// path masked: the whole path on Slack's `hooks.slack.com` (`/services/T/B/<secret>`) or a
 /// host with a `webhook` label (Teams' `*.webhook.office.com`), else the path after a segment
-/// of the [`WEBHOOK_WORDS`]; `None` when it is no webhook or the path ends there.
+/// of the [`WEBHOOK_WORDS`] and the numeric ids after it; `None` when it is no webhook or the
+/// path ends there.
 fn mask_webhook_path(rest: &str) -> Option<String> {
+    let secret_start = webhook_secret_start(rest)?;
+    let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    Some(format!(
+        "{}{REDACTED}{}",
+        &rest[..secret_start],
+        &rest[path_end..]
+    ))
+}
+
+/// Where the secret of a webhook's path starts in a URL's rest (see [`mask_webhook_path`]),
+/// user information before its host allowed; `None` when it is no webhook or the path ends
+/// there.
+fn webhook_secret_start(rest: &str) -> Option<usize> {
     let path_start = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
     if path_start >= path_end {
         return None;
     }
     let is_word = |word: &str| WEBHOOK_WORDS.iter().any(|w| w.eq_ignore_ascii_case(word));
-    let host = rest[..path_start]
-        .rsplit_once(':')
-        .map_or(&rest[..path_start], |(h, _)| h);
+    let authority = rest[..path_start].rsplit('@').next().unwrap_or_default();
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
     let webhook_host = host.eq_ignore_ascii_case("hooks.slack.com")
         || host
             .split('.')
@@ -737,22 +798,20 @@ fn mask_webhook_path(rest: &str) -> Option<String> {
         let mut at = path_start + 1;
         let mut found = None;
         for segment in rest[path_start + 1..path_end].split('/') {
-            at += segment.len() + 1;
-            if is_word(segment) {
-                found = Some(at);
-                break;
+            let numeric = !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit());
+            match found {
+                // A number after the word is the hook's id, not its secret (GitHub's
+                // `/repos/o/r/hooks/123`, Discord's `/webhooks/<id>/<secret>`).
+                Some(start) if numeric && start == at => found = Some(at + segment.len() + 1),
+                Some(_) => break,
+                None if is_word(segment) => found = Some(at + segment.len() + 1),
+                None => {}
             }
+            at += segment.len() + 1;
         }
         found?
     };
-    if secret_start >= path_end {
-        return None;
-    }
-    Some(format!(
-        "{}{REDACTED}{}",
-        &rest[..secret_start],
-        &rest[path_end..]
-    ))
+    (secret_start < path_end).then_some(secret_start)
 }
 
 /// Where the user information of a URL (after its `scheme://`) ends, if it has any: at the

@@ -334,15 +334,15 @@ impl Redactor {
     }
 
     /// Replaces the value of every sensitive key, at any depth, with `"[REDACTED]"`; a `null`
-    /// stays `null`, so a configuration shows whether a secret is set at all. A string, number
-    /// or boolean under a key ending in a [sensitive word](DEFAULT_SENSITIVE_WORDS) (`auth`) is
-    /// replaced too.
+    /// stays `null`, so a configuration shows whether a secret is set at all. A string or
+    /// number under a key ending in a [sensitive word](DEFAULT_SENSITIVE_WORDS) (`auth`) is
+    /// replaced too; a boolean there (`"require_auth": true`) is a setting, not a secret.
     pub fn redact_value(&self, value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(map) => {
                 for (key, value) in map.iter_mut() {
                     // `null` tells that no secret is set (`"admin_token": null`), and hides none.
-                    let scalar = !(value.is_object() || value.is_array());
+                    let scalar = value.is_string() || value.is_number();
                     if (self.is_sensitive(key) || (scalar && self.ends_in_sensitive_word(key)))
                         && !value.is_null()
                     {

@@ -646,7 +646,7 @@ fn connection_strings_signed_urls_webhooks_and_options_are_masked() {
         ),
         (
             "https://discord.com/api/webhooks/123/S3cr3t?wait=true",
-            "https://discord.com/api/webhooks/[REDACTED]?wait=true",
+            "https://discord.com/api/webhooks/123/[REDACTED]?wait=true",
         ),
         (
             "exec db-tool --password S3cr3t --user app",
@@ -755,4 +755,134 @@ fn an_empty_password_before_a_word_only_some_rules_mask_hides_what_follows() {
         let masked = redactor.mask_text(text).expect("a secret is masked");
         assert_eq!(masked, "login password= [REDACTED]", "{text:?}");
     }
+}
+
+/// A Teams webhook's path holds an `@` (`/webhookb2/<id>@<id>/IncomingWebhook/<secret>/..`):
+/// taken for the end of user information, it hid the host and showed the secret.
+#[test]
+fn an_at_sign_in_a_webhook_path_does_not_show_its_secret() {
+    let redactor = periscope_log::Redactor::default();
+    for (text, expected) in [
+        (
+            "post https://org.webhook.office.com/webhookb2/a-b@c-d/IncomingWebhook/S3cr3t/e-f failed",
+            "post https://org.webhook.office.com/[REDACTED] failed",
+        ),
+        (
+            "https://outlook.office.com/webhook/a-b@c-d/IncomingWebhook/S3cr3t/e-f",
+            "https://outlook.office.com/webhook/[REDACTED]",
+        ),
+        (
+            "https://app:pw@outlook.office.com/webhook/a@b/IncomingWebhook/S3cr3t/c",
+            "https://app:[REDACTED]@outlook.office.com/webhook/[REDACTED]",
+        ),
+        // A token holding `/` before the host is still user information.
+        (
+            "https://ab/cd+ef@github.com/org/repo.git",
+            "https://[REDACTED]@github.com/org/repo.git",
+        ),
+    ] {
+        assert_eq!(
+            redactor.mask_text(text).as_deref(),
+            Some(expected),
+            "{text}"
+        );
+    }
+}
+
+/// An empty `password=` before an option naming a secret (`--token x`) took the option for
+/// its value and masked it, so the option's own rule no longer saw it and showed its value.
+#[test]
+fn an_empty_password_before_a_secret_option_does_not_show_its_value() {
+    let redactor = periscope_log::Redactor::default();
+    for (text, expected) in [
+        (
+            "login password= --token S3cr3t x",
+            "login password= --token [REDACTED] x",
+        ),
+        (
+            "login password=  -api-key 'S3 cr3t' -v",
+            "login password=  -api-key [REDACTED] -v",
+        ),
+        // Not followed by a value: the option is the empty password's value, as before.
+        ("login password= --token", "login password= [REDACTED]"),
+    ] {
+        assert_eq!(
+            redactor.mask_text(text).as_deref(),
+            Some(expected),
+            "{text}"
+        );
+    }
+}
+
+/// A command line printed as a list of quoted arguments (a `Command`'s `Debug`, a `Vec`'s, a
+/// JSON array) masks the item after an option naming a secret, as it does on a shell's line.
+#[test]
+fn quoted_argument_lists_mask_a_secret_options_value() {
+    let redactor = periscope_log::Redactor::default();
+    for (text, expected) in [
+        (
+            r#"failed to spawn "db-tool" "--password" "S3cr3t" "--user" "app""#,
+            r#"failed to spawn "db-tool" "--password" [REDACTED] "--user" "app""#,
+        ),
+        (
+            r#"args: ["--password", "S3 cr3t", "--user", "app"]"#,
+            r#"args: ["--password", [REDACTED], "--user", "app"]"#,
+        ),
+        (
+            r#"exec ['tool', '-api-token', 'S3cr3t']"#,
+            r#"exec ['tool', '-api-token', [REDACTED]]"#,
+        ),
+        (r#"["--token","S3cr3t"]"#, r#"["--token",[REDACTED]]"#),
+    ] {
+        assert_eq!(
+            redactor.mask_text(text).as_deref(),
+            Some(expected),
+            "{text}"
+        );
+    }
+    // An option without a value, followed by the next one, hides nothing.
+    for text in [
+        r#"["psql", "--password", "--username", "app"]"#,
+        r#"["--no-password", "--user", "app"]"#,
+    ] {
+        assert_eq!(redactor.mask_text(text), None, "{text}");
+    }
+}
+
+/// A boolean under a key ending in `auth` is a setting an operator checks in `/debug/config`
+/// (is authentication required?), not a secret.
+#[test]
+fn a_boolean_auth_setting_stays_readable() {
+    let redactor = periscope_log::Redactor::default();
+    let mut config = serde_json::json!({
+        "require_auth": true,
+        "proxy": {"disable_auth": false, "basic_auth": "u:S3cr3t"},
+    });
+    redactor.mask_value(&mut config);
+    assert_eq!(
+        config,
+        serde_json::json!({
+            "require_auth": true,
+            "proxy": {"disable_auth": false, "basic_auth": "[REDACTED]"},
+        })
+    );
+}
+
+/// A number after `hooks` is a hook's id, not its secret: GitHub's and GitLab's API URLs stay
+/// readable in an error, while the secret after Discord's id is still masked.
+#[test]
+fn a_hook_id_in_a_path_stays_readable() {
+    let redactor = periscope_log::Redactor::default();
+    for text in [
+        "GET https://api.github.com/repos/org/repo/hooks/123 failed: 404",
+        "https://gitlab.example.com/api/v4/projects/7/hooks/42",
+    ] {
+        assert_eq!(redactor.mask_text(text), None, "{text}");
+    }
+    assert_eq!(
+        redactor
+            .mask_text("https://discord.com/api/webhooks/123/S3cr3t")
+            .as_deref(),
+        Some("https://discord.com/api/webhooks/123/[REDACTED]")
+    );
 }
