@@ -26,6 +26,13 @@ impl Redactor {
     /// assert_eq!(config["api_key"], "[REDACTED]");
     /// ```
     pub fn mask_value(&self, value: &mut Value) {
+        self.mask_structured(value);
+        mask_option_lists(value, self);
+    }
+
+    /// [`mask_value`](Self::mask_value) but for command lines kept as lists: also the JSON
+    /// found in free text, whose argument lists `mask_text` masks in place, as written.
+    fn mask_structured(&self, value: &mut Value) {
         self.redact_value(value);
         mask_urls_in(value, self);
     }
@@ -209,7 +216,7 @@ fn mask_json_objects_within(text: &str, redactor: &Redactor) -> Option<String> {
         match (end, original) {
             (Some(end), Some(original)) => {
                 let mut inner = original.clone();
-                redactor.mask_value(&mut inner);
+                redactor.mask_structured(&mut inner);
                 if inner != original
                     && let Ok(encoded) = serde_json::to_string(&inner)
                 {
@@ -320,6 +327,46 @@ fn mask_urls_in(value: &mut Value, redactor: &Redactor) {
     }
 }
 
+/// Every list in `value`, masked as a command line may be ([`mask_option_items`]).
+fn mask_option_lists(value: &mut Value, redactor: &Redactor) {
+    match value {
+        Value::Array(items) => {
+            items
+                .iter_mut()
+                .for_each(|v| mask_option_lists(v, redactor));
+            mask_option_items(items, redactor);
+        }
+        Value::Object(map) => map
+            .values_mut()
+            .for_each(|v| mask_option_lists(v, redactor)),
+        _ => {}
+    }
+}
+
+/// A command line kept as a list (`["serve", "--password", "S3cr3t"]`): the item after an
+/// option naming a secret is its value, masked unless it is the next option.
+fn mask_option_items(items: &mut [Value], redactor: &Redactor) {
+    for at in 1..items.len() {
+        let Value::String(option) = &items[at - 1] else {
+            continue;
+        };
+        let name = option
+            .strip_prefix("--")
+            .or_else(|| option.strip_prefix('-'))
+            .unwrap_or_default();
+        let is_secret_option = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            && redactor.names_a_secret(name);
+        if let (true, Value::String(value)) = (is_secret_option, &mut items[at])
+            && !value.starts_with('-')
+        {
+            *value = REDACTED.to_owned();
+        }
+    }
+}
+
 /// A string holding a JSON object or array, masked inside and encoded again; `None` when it
 /// holds none, or nothing in it needed masking (the string then stays as it was written).
 fn mask_json_in(text: &str, redactor: &Redactor) -> Option<String> {
@@ -330,7 +377,7 @@ fn mask_json_in(text: &str, redactor: &Redactor) -> Option<String> {
     // serde_json stops at 128 levels of nesting: a hostile string cannot recurse deeper.
     let original: Value = serde_json::from_str(trimmed).ok()?;
     let mut inner = original.clone();
-    redactor.mask_value(&mut inner);
+    redactor.mask_structured(&mut inner);
     (inner != original).then(|| serde_json::to_string(&inner).ok())?
 }
 

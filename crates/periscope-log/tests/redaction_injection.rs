@@ -886,3 +886,30 @@ fn a_hook_id_in_a_path_stays_readable() {
         Some("https://discord.com/api/webhooks/123/[REDACTED]")
     );
 }
+
+/// A command line kept in the configuration as a list shows its options, not the values of
+/// those that name a secret.
+#[test]
+fn a_command_line_kept_as_a_list_hides_its_secret_options_values() {
+    let mut config = serde_json::json!({
+        "args": ["serve", "--password", "S3cr3t", "--port", "8080", "-token", "abc", "--debug"],
+        "nested": [["--api-key", "k-123"], ["--password", "--verbose"]],
+    });
+    periscope_log::Redactor::default().mask_value(&mut config);
+    assert_eq!(
+        config["args"],
+        serde_json::json!([
+            "serve",
+            "--password",
+            "[REDACTED]",
+            "--port",
+            "8080",
+            "-token",
+            "[REDACTED]",
+            "--debug"
+        ])
+    );
+    assert_eq!(config["nested"][0][1], "[REDACTED]");
+    // An option right after a secret's option is the next option, not its value.
+    assert_eq!(config["nested"][1][1], "--verbose");
+}
