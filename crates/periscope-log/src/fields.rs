@@ -179,7 +179,7 @@ impl ValueRules {
                 }
                 index = (index + 1) % FIELD_PLAN_SLOTS;
             }
-            let plan = (self.slot(name), self.redactor.is_sensitive(name));
+            let plan = (self.slot(name), self.redactor.hides_field(name));
             if used.get() >= FIELD_PLAN_SLOTS / 4 * 3 {
                 plans.iter().for_each(|entry| entry.set(NO_PLAN));
                 used.set(0);

@@ -173,6 +173,13 @@ impl Redactor {
         self.inner.matches(&buf[..len])
     }
 
+    /// Whether a log field named `name` is written `"[REDACTED]"`: a sensitive key, or one
+    /// whose last word is a sensitive word (`auth`, `proxy_auth`: a log field's value is a
+    /// credential's text or a structure shown whole).
+    pub(crate) fn hides_field(&self, name: &str) -> bool {
+        self.is_sensitive(name) || self.ends_in_sensitive_word(name)
+    }
+
     /// Whether the last word of `key` is one of the [`DEFAULT_SENSITIVE_WORDS`] (`auth`,
     /// `basic_auth`), and the key is not allowed: its value is a secret when it is a string
     /// or a number, while an object under it (`"auth": {"type": .., "password": ..}`) is

@@ -913,3 +913,29 @@ fn a_command_line_kept_as_a_list_hides_its_secret_options_values() {
     // An option right after a secret's option is the next option, not its value.
     assert_eq!(config["nested"][1][1], "--verbose");
 }
+
+/// A log field whose last word is `auth` holds a credential (`auth = "Basic ..."`), as in
+/// `mask_value`; `author`, `oauth_url` and `auth_url` are not.
+#[test]
+fn a_field_ending_in_auth_is_redacted_in_log_lines() {
+    let out = capture(
+        |b| b,
+        |_| {
+            tracing::info!(
+                auth = "Basic dXNlcjpodW50ZXIy",
+                proxy_auth = "Basic cHJveHk6c2VjcmV0",
+                author = "alice",
+                oauth_url = "https://idp.example/authorize",
+                auth_url = "https://idp.example/token",
+                "calling upstream"
+            );
+        },
+    );
+    let lines = out.lines();
+    let data = &lines[0]["data"];
+    assert_eq!(data["auth"], "[REDACTED]", "{data}");
+    assert_eq!(data["proxy_auth"], "[REDACTED]", "{data}");
+    assert_eq!(data["author"], "alice");
+    assert_eq!(data["oauth_url"], "https://idp.example/authorize");
+    assert_eq!(data["auth_url"], "https://idp.example/token");
+}
