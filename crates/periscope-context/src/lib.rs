@@ -119,6 +119,28 @@ pub fn is_bodiless(head_request: bool, status: http::StatusCode) -> bool {
         || status == http::StatusCode::NOT_MODIFIED
 }
 
+/// The host a URI names, as OpenTelemetry's `server.address` takes it: an IPv6 literal
+/// without the brackets a URI needs around it (`server.port` stands apart), `None` for a URI
+/// without a host. The client span's `server.address` and the client metrics'
+/// `server_address` label are this.
+///
+/// ```
+/// use http::Uri;
+/// use periscope_context::server_address;
+///
+/// assert_eq!(server_address(&Uri::from_static("http://[::1]:8080/v1")), Some("::1"));
+/// assert_eq!(server_address(&Uri::from_static("https://models.internal/")), Some("models.internal"));
+/// assert_eq!(server_address(&Uri::from_static("/v1/jobs")), None);
+/// ```
+pub fn server_address(uri: &http::Uri) -> Option<&str> {
+    let host = uri.host().filter(|host| !host.is_empty())?;
+    Some(
+        host.strip_prefix('[')
+            .and_then(|inner| inner.strip_suffix(']'))
+            .unwrap_or(host),
+    )
+}
+
 /// Which periscope layers already observe a request, kept in its extensions: the same layer
 /// applied again inside (the stack on a nested router and on the outer one) leaves the request
 /// to the copy outside. One value for the access log and the metrics layers, so the stack

@@ -207,8 +207,9 @@ struct Families {
 /// channel, reqwest through a Tower adapter) and each call is counted and timed by method,
 /// server and status, under the same cardinality guard as the server's families.
 ///
-/// - `server_address` is the URI's host (lower case), `server_port` its port or the scheme's
-///   default (`80`, `443`); both [`UNKNOWN_SERVER`] for a URI without a host.
+/// - `server_address` is the URI's host (lower case; an IPv6 address without its brackets),
+///   `server_port` its port or the scheme's default (`80`, `443`); both [`UNKNOWN_SERVER`]
+///   for a URI without a host.
 /// - `status` is the answer's status (class or code); a gRPC call answered trailers-only (the
 ///   usual failure) counts as the status its `grpc-status` stands for, one whose code comes
 ///   after its messages as the 200 its head was; [`CALL_ERROR`] when the client failed without
@@ -425,7 +426,7 @@ struct Server {
 
 impl Server {
     fn of(uri: &Uri) -> Self {
-        let Some(host) = uri.host().filter(|host| !host.is_empty()) else {
+        let Some(host) = periscope_context::server_address(uri) else {
             return Server {
                 address: Cow::Borrowed(UNKNOWN_SERVER),
                 port: Cow::Borrowed(UNKNOWN_SERVER),

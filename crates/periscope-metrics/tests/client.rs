@@ -166,6 +166,31 @@ async fn the_default_port_is_the_schemes_and_hosts_are_lower_case() {
     assert_eq!(at("80"), 1.0, "{calls:#?}");
 }
 
+/// An IPv6 server is counted under its bare address, as the client span names it: the
+/// brackets belong to the URL, not to the address (`server_port` stands apart).
+#[tokio::test]
+async fn an_ipv6_server_is_counted_without_brackets() {
+    let registry = MetricsRegistry::new();
+    let layer = ClientMetricsLayer::new(&registry).unwrap();
+    let answered = tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    });
+    for uri in ["http://[::1]:8080/v1/predict", "http://[FD00::7]/health"] {
+        let request = http::Request::get(uri).body(()).unwrap();
+        layer.layer(answered).oneshot(request).await.unwrap();
+    }
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let calls = points(&exposition, "http_client_requests");
+    let at = |address, port| {
+        sum_where(
+            &calls,
+            &[("server_address", address), ("server_port", port)],
+        )
+    };
+    assert_eq!(at("::1", "8080"), 1.0, "{calls:#?}");
+    assert_eq!(at("fd00::7", "80"), 1.0, "{calls:#?}");
+}
+
 /// A client calling URLs its users choose fills the `server_address` cap; the layer's own
 /// fallbacks must still be told apart from the folded hosts: a call without a host stays
 /// `__unknown__`, a failed one `error`, and the two families keep the same hosts.

@@ -137,7 +137,7 @@ impl ClientSpan {
             rpc.service = Empty,
             rpc.method = Empty,
             rpc.grpc.status_code = Empty,
-            server.address = uri.host(),
+            server.address = periscope_context::server_address(uri),
             server.port = server_port(uri),
             url.full = %RedactedUrl(uri),
             error.type = Empty,
