@@ -870,13 +870,27 @@ impl Handled {
                 // it is logged is caught like the service's panic, so the answer still goes out.
                 let logged = panic::catch(|| {
                     let error: &(dyn std::error::Error + 'static) = &*error;
-                    tracing::error!(
-                        request_id,
-                        trace_id,
-                        code = code.name(),
-                        error,
-                        "the service failed"
-                    );
+                    if code == codes::INTERNAL_ERROR {
+                        tracing::error!(
+                            request_id,
+                            trace_id,
+                            code = code.name(),
+                            error,
+                            "the service failed"
+                        );
+                    } else {
+                        // A timeout or load shedding layer inside gave up by design: logged
+                        // as this layer's own timeout is, not as a failure of the service
+                        // (a shedder answers many requests at once, just when the service is
+                        // under pressure).
+                        tracing::warn!(
+                            request_id,
+                            trace_id,
+                            code = code.name(),
+                            error,
+                            "a layer inside gave up on the request"
+                        );
+                    }
                 });
                 if let Err(caught) = logged {
                     tracing::error!(

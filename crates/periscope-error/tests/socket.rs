@@ -511,6 +511,60 @@ async fn slow_handler_past_the_timeout_gets_504_timeout() {
     assert!(events.iter().any(|event| event["level"] == "WARN"));
 }
 
+/// tower's `Timeout` and `LoadShed` inside the layer give up by design: their errors become a
+/// 504 `timeout` and a 503 `service_unavailable`, logged at warn as the layer's own timeout is,
+/// not at error as a service that failed (a shedder answers many requests at once, just when
+/// the service is under pressure, and alerts on error lines would page for it).
+#[tokio::test]
+async fn a_timeout_or_load_shedding_layer_inside_is_logged_at_warn() {
+    use tower::ServiceBuilder;
+
+    support::install_capture();
+    let slow = || async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        "late"
+    };
+    let app = Router::new()
+        .route("/timed", get(slow))
+        .layer(
+            ServiceBuilder::new()
+                .layer(ErrorLayer::new())
+                .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(50))),
+        )
+        .merge(
+            // No permit is ever free: every request is shed at once.
+            Router::new().route("/shed", get(slow)).layer(
+                ServiceBuilder::new()
+                    .layer(ErrorLayer::new())
+                    .load_shed()
+                    .concurrency_limit(0),
+            ),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    for (path, code, status) in [
+        ("/timed", "timeout", 504),
+        ("/shed", "service_unavailable", 503),
+    ] {
+        let reply = send(addr, "GET", path, &[], b"").await;
+        assert_eq!(reply.status, status, "{path}: {}", reply.text());
+        assert_eq!(reply.json()["error"]["code"], code, "{path}");
+        let request_id = reply.header("x-request-id").expect("x-request-id echoed");
+        let events = events_of(request_id);
+        let line = events
+            .iter()
+            .find(|event| event.get("code").map(String::as_str) == Some(code))
+            .unwrap_or_else(|| panic!("{path}: a line with code {code}: {events:?}"));
+        assert_eq!(line["level"], "WARN", "{path}: {line:?}");
+        assert!(
+            events.iter().all(|event| event["level"] != "ERROR"),
+            "{path}: {events:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn unknown_route_and_wrong_method() {
     let addr = serve().await;
