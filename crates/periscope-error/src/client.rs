@@ -170,9 +170,7 @@ impl Decoder {
         let envelope = if read == Read::TooLong {
             None
         } else {
-            serde_json::from_slice::<Value>(body)
-                .ok()
-                .and_then(|json| envelope_from_json(&json))
+            parse_json(body).and_then(|json| envelope_from_json(&json))
         };
         let known = envelope
             .as_ref()
@@ -413,6 +411,13 @@ fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
 
 impl std::error::Error for ApiError {}
 
+/// `body` as JSON, skipping a UTF-8 byte order mark (RFC 8259 lets a parser ignore one; some
+/// servers and proxies write it).
+fn parse_json(body: &[u8]) -> Option<Value> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    serde_json::from_slice(body).ok()
+}
+
 /// The envelope in `json`: `{"error": {...}}`, or RFC 9457 problem details that carry a `code`.
 /// Lenient: members of the wrong type are ignored rather than failing the whole body.
 pub(crate) fn envelope_from_json(json: &Value) -> Option<ErrorBody> {
@@ -541,6 +546,15 @@ mod tests {
         assert!(error.is_retryable(), "from the code");
         assert_eq!(error.retry_after(), Some(Duration::from_secs(3)));
         assert_eq!(error.violations(), &[Violation::new("a", "", "")]);
+    }
+
+    #[test]
+    fn an_envelope_after_a_byte_order_mark_decodes() {
+        let body = "\u{feff}{\"error\":{\"code\":\"node_draining\",\"message\":\"Draining\",\"request_id\":\"req_1\"}}";
+        let error = decode(409, body.as_bytes());
+        assert_eq!(error.code(), "node_draining");
+        assert!(error.is_retryable());
+        assert_eq!(error.request_id(), Some("req_1"));
     }
 
     #[test]
