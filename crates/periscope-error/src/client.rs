@@ -412,10 +412,18 @@ fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
 impl std::error::Error for ApiError {}
 
 /// `body` as JSON, skipping a UTF-8 byte order mark (RFC 8259 lets a parser ignore one; some
-/// servers and proxies write it).
+/// servers and proxies write it). Bytes that are not UTF-8 (a message in Latin-1) are read as
+/// U+FFFD rather than losing the whole envelope, and with it the code and request id.
 fn parse_json(body: &[u8]) -> Option<Value> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    serde_json::from_slice(body).ok()
+    match serde_json::from_slice(body) {
+        Ok(json) => Some(json),
+        // Only a body that is not UTF-8 is read again: at most ~3 times the bounded body.
+        Err(_) => match String::from_utf8_lossy(body) {
+            Cow::Owned(text) => serde_json::from_str(&text).ok(),
+            Cow::Borrowed(_) => None,
+        },
+    }
 }
 
 /// The envelope in `json`: `{"error": {...}}`, or RFC 9457 problem details that carry a `code`.
@@ -555,6 +563,18 @@ mod tests {
         assert_eq!(error.code(), "node_draining");
         assert!(error.is_retryable());
         assert_eq!(error.request_id(), Some("req_1"));
+    }
+
+    #[test]
+    fn an_envelope_with_bytes_that_are_not_utf8_still_decodes() {
+        // A message in Latin-1 (`Caf\xe9`): the code, and with it the class, stay.
+        let body = b"{\"error\":{\"code\":\"node_draining\",\"message\":\"Caf\xe9 node\",\"request_id\":\"req_2\"}}";
+        let error = decode(409, body);
+        assert_eq!(error.code(), "node_draining");
+        assert_eq!(error.class(), ErrorClass::Provisioning);
+        assert!(error.is_retryable());
+        assert_eq!(error.message(), "Caf\u{fffd} node");
+        assert_eq!(error.request_id(), Some("req_2"));
     }
 
     #[test]
