@@ -167,11 +167,12 @@ impl Decoder {
         // whole JSON object, so only an envelope that arrived in full decodes (a connection
         // cut after the last byte, before the end of the chunked encoding).
         let incomplete = read != Read::Complete;
-        let envelope = if read == Read::TooLong {
+        let json = if read == Read::TooLong {
             None
         } else {
-            parse_json(body).and_then(|json| envelope_from_json(&json))
+            parse_json(body)
         };
+        let envelope = json.as_ref().and_then(envelope_from_json);
         let known = envelope
             .as_ref()
             .and_then(|envelope| ErrorCode::find(&envelope.code, self.codes));
@@ -197,6 +198,7 @@ impl Decoder {
             .as_ref()
             .map(|envelope| envelope.request_id.clone())
             .filter(|id| !id.is_empty())
+            .or_else(|| json.as_ref().and_then(request_id_from_json))
             .or_else(|| request_id_header(headers));
         let (message, raw_body) = match &envelope {
             Some(envelope) => (envelope.message.to_string(), None),
@@ -319,7 +321,9 @@ impl ApiError {
         self.retry_after
     }
 
-    /// The request id to quote to support: the envelope's, else the `x-request-id` header.
+    /// The request id to quote to support: the envelope's, else the `request_id` of a JSON body
+    /// that is not quite an envelope (`{"error": {"request_id": ...}}` without a string `code`,
+    /// or a top-level one), else the `x-request-id` header.
     pub fn request_id(&self) -> Option<&str> {
         self.request_id.as_deref()
     }
@@ -489,6 +493,20 @@ fn seconds(json: &Value) -> Option<u64> {
     })
 }
 
+/// The `request_id` of a JSON body that is not an envelope (its `code` missing or not a
+/// string, RFC 9457 without a `code`): the id support asks for is not lost with the rest.
+fn request_id_from_json(json: &Value) -> Option<String> {
+    let object = json.as_object()?;
+    let inner = object.get("error").and_then(Value::as_object);
+    [inner, Some(object)]
+        .into_iter()
+        .flatten()
+        .find_map(|members| {
+            let id = members.get("request_id")?.as_str()?;
+            (!id.is_empty()).then(|| id.to_owned())
+        })
+}
+
 fn request_id_header(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(X_REQUEST_ID)?.to_str().ok()?.trim();
     (!value.is_empty() && value.len() <= MAX_HEADER_ID_LEN).then(|| value.to_owned())
@@ -575,6 +593,29 @@ mod tests {
         assert!(error.is_retryable());
         assert_eq!(error.message(), "Caf\u{fffd} node");
         assert_eq!(error.request_id(), Some("req_2"));
+    }
+
+    #[test]
+    fn the_request_id_of_a_json_body_that_is_not_an_envelope_is_kept() {
+        for body in [
+            &br#"{"error":{"code":4001,"message":"Bad","request_id":"req_3"}}"#[..],
+            br#"{"error":{"message":"Bad","request_id":"req_3"}}"#,
+            br#"{"error":"invalid_grant","request_id":"req_3"}"#,
+            br#"{"type":"about:blank","title":"Bad Request","status":400,"request_id":"req_3"}"#,
+        ] {
+            let error = decode(400, body);
+            assert!(error.envelope().is_none());
+            assert_eq!(error.code(), "invalid_request");
+            let text = String::from_utf8_lossy(body);
+            assert_eq!(error.request_id(), Some("req_3"), "{text}");
+            assert_eq!(error.raw_body(), Some(body));
+        }
+        // The header still stands in when the body has none.
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", "req_4".parse().unwrap());
+        let body = br#"{"error":{"message":"Bad"}}"#;
+        let error = ApiError::from_parts(StatusCode::BAD_REQUEST, &headers, body);
+        assert_eq!(error.request_id(), Some("req_4"));
     }
 
     #[test]
