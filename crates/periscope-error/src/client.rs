@@ -203,11 +203,14 @@ impl Decoder {
         let (message, raw_body) = match &envelope {
             Some(envelope) => (envelope.message.to_string(), None),
             None => {
-                let reason = status.canonical_reason().unwrap_or("");
-                let message = format!(
-                    "HTTP {} {reason} without an error envelope",
-                    status.as_u16()
-                );
+                // A status without a reason phrase (599) gets no empty word in its place.
+                let message = match status.canonical_reason() {
+                    Some(reason) => format!(
+                        "HTTP {} {reason} without an error envelope",
+                        status.as_u16()
+                    ),
+                    None => format!("HTTP {} without an error envelope", status.as_u16()),
+                };
                 let kept = &body[..body.len().min(self.max_raw_body)];
                 let truncated = incomplete || kept.len() < body.len();
                 (message, Some((Bytes::copy_from_slice(kept), truncated)))
@@ -616,6 +619,13 @@ mod tests {
         let body = br#"{"error":{"message":"Bad"}}"#;
         let error = ApiError::from_parts(StatusCode::BAD_REQUEST, &headers, body);
         assert_eq!(error.request_id(), Some("req_4"));
+    }
+
+    #[test]
+    fn a_status_without_a_reason_phrase_reads_cleanly() {
+        let error = decode(599, b"");
+        assert_eq!(error.message(), "HTTP 599 without an error envelope");
+        assert_eq!(error.class(), ErrorClass::Internal);
     }
 
     #[test]
