@@ -167,13 +167,12 @@ impl Decoder {
         // whole JSON object, so only an envelope that arrived in full decodes (a connection
         // cut after the last byte, before the end of the chunked encoding).
         let incomplete = read != Read::Complete;
-        let envelope = if read == Read::TooLong {
+        let json = if read == Read::TooLong {
             None
         } else {
-            serde_json::from_slice::<Value>(body)
-                .ok()
-                .and_then(|json| envelope_from_json(&json))
+            parse_json(body)
         };
+        let envelope = json.as_ref().and_then(envelope_from_json);
         let known = envelope
             .as_ref()
             .and_then(|envelope| ErrorCode::find(&envelope.code, self.codes));
@@ -199,15 +198,19 @@ impl Decoder {
             .as_ref()
             .map(|envelope| envelope.request_id.clone())
             .filter(|id| !id.is_empty())
+            .or_else(|| json.as_ref().and_then(request_id_from_json))
             .or_else(|| request_id_header(headers));
         let (message, raw_body) = match &envelope {
             Some(envelope) => (envelope.message.to_string(), None),
             None => {
-                let reason = status.canonical_reason().unwrap_or("");
-                let message = format!(
-                    "HTTP {} {reason} without an error envelope",
-                    status.as_u16()
-                );
+                // A status without a reason phrase (599) gets no empty word in its place.
+                let message = match status.canonical_reason() {
+                    Some(reason) => format!(
+                        "HTTP {} {reason} without an error envelope",
+                        status.as_u16()
+                    ),
+                    None => format!("HTTP {} without an error envelope", status.as_u16()),
+                };
                 let kept = &body[..body.len().min(self.max_raw_body)];
                 let truncated = incomplete || kept.len() < body.len();
                 (message, Some((Bytes::copy_from_slice(kept), truncated)))
@@ -321,7 +324,9 @@ impl ApiError {
         self.retry_after
     }
 
-    /// The request id to quote to support: the envelope's, else the `x-request-id` header.
+    /// The request id to quote to support: the envelope's, else the `request_id` of a JSON body
+    /// that is not quite an envelope (`{"error": {"request_id": ...}}` without a string `code`,
+    /// or a top-level one), else the `x-request-id` header.
     pub fn request_id(&self) -> Option<&str> {
         self.request_id.as_deref()
     }
@@ -413,6 +418,21 @@ fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
 
 impl std::error::Error for ApiError {}
 
+/// `body` as JSON, skipping a UTF-8 byte order mark (RFC 8259 lets a parser ignore one; some
+/// servers and proxies write it). Bytes that are not UTF-8 (a message in Latin-1) are read as
+/// U+FFFD rather than losing the whole envelope, and with it the code and request id.
+fn parse_json(body: &[u8]) -> Option<Value> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    match serde_json::from_slice(body) {
+        Ok(json) => Some(json),
+        // Only a body that is not UTF-8 is read again: at most ~3 times the bounded body.
+        Err(_) => match String::from_utf8_lossy(body) {
+            Cow::Owned(text) => serde_json::from_str(&text).ok(),
+            Cow::Borrowed(_) => None,
+        },
+    }
+}
+
 /// The envelope in `json`: `{"error": {...}}`, or RFC 9457 problem details that carry a `code`.
 /// Lenient: members of the wrong type are ignored rather than failing the whole body.
 pub(crate) fn envelope_from_json(json: &Value) -> Option<ErrorBody> {
@@ -474,6 +494,20 @@ fn seconds(json: &Value) -> Option<u64> {
         // `as` saturates at u64::MAX for values past it.
         (value.is_finite() && value >= 0.0).then(|| value.ceil() as u64)
     })
+}
+
+/// The `request_id` of a JSON body that is not an envelope (its `code` missing or not a
+/// string, RFC 9457 without a `code`): the id support asks for is not lost with the rest.
+fn request_id_from_json(json: &Value) -> Option<String> {
+    let object = json.as_object()?;
+    let inner = object.get("error").and_then(Value::as_object);
+    [inner, Some(object)]
+        .into_iter()
+        .flatten()
+        .find_map(|members| {
+            let id = members.get("request_id")?.as_str()?;
+            (!id.is_empty()).then(|| id.to_owned())
+        })
 }
 
 fn request_id_header(headers: &HeaderMap) -> Option<String> {
@@ -541,6 +575,57 @@ mod tests {
         assert!(error.is_retryable(), "from the code");
         assert_eq!(error.retry_after(), Some(Duration::from_secs(3)));
         assert_eq!(error.violations(), &[Violation::new("a", "", "")]);
+    }
+
+    #[test]
+    fn an_envelope_after_a_byte_order_mark_decodes() {
+        let body = "\u{feff}{\"error\":{\"code\":\"node_draining\",\"message\":\"Draining\",\"request_id\":\"req_1\"}}";
+        let error = decode(409, body.as_bytes());
+        assert_eq!(error.code(), "node_draining");
+        assert!(error.is_retryable());
+        assert_eq!(error.request_id(), Some("req_1"));
+    }
+
+    #[test]
+    fn an_envelope_with_bytes_that_are_not_utf8_still_decodes() {
+        // A message in Latin-1 (`Caf\xe9`): the code, and with it the class, stay.
+        let body = b"{\"error\":{\"code\":\"node_draining\",\"message\":\"Caf\xe9 node\",\"request_id\":\"req_2\"}}";
+        let error = decode(409, body);
+        assert_eq!(error.code(), "node_draining");
+        assert_eq!(error.class(), ErrorClass::Provisioning);
+        assert!(error.is_retryable());
+        assert_eq!(error.message(), "Caf\u{fffd} node");
+        assert_eq!(error.request_id(), Some("req_2"));
+    }
+
+    #[test]
+    fn the_request_id_of_a_json_body_that_is_not_an_envelope_is_kept() {
+        for body in [
+            &br#"{"error":{"code":4001,"message":"Bad","request_id":"req_3"}}"#[..],
+            br#"{"error":{"message":"Bad","request_id":"req_3"}}"#,
+            br#"{"error":"invalid_grant","request_id":"req_3"}"#,
+            br#"{"type":"about:blank","title":"Bad Request","status":400,"request_id":"req_3"}"#,
+        ] {
+            let error = decode(400, body);
+            assert!(error.envelope().is_none());
+            assert_eq!(error.code(), "invalid_request");
+            let text = String::from_utf8_lossy(body);
+            assert_eq!(error.request_id(), Some("req_3"), "{text}");
+            assert_eq!(error.raw_body(), Some(body));
+        }
+        // The header still stands in when the body has none.
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", "req_4".parse().unwrap());
+        let body = br#"{"error":{"message":"Bad"}}"#;
+        let error = ApiError::from_parts(StatusCode::BAD_REQUEST, &headers, body);
+        assert_eq!(error.request_id(), Some("req_4"));
+    }
+
+    #[test]
+    fn a_status_without_a_reason_phrase_reads_cleanly() {
+        let error = decode(599, b"");
+        assert_eq!(error.message(), "HTTP 599 without an error envelope");
+        assert_eq!(error.class(), ErrorClass::Internal);
     }
 
     #[test]

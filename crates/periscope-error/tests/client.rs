@@ -1,0 +1,131 @@
+//! `Decoder::decode_response` on what a real HTTP client reads off a socket on 127.0.0.1: a
+//! proxy's page, a body the server cut, a body that never ends.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use periscope_error::{ApiError, Decoder, ErrorClass};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Accepts one connection, reads the request head, then lets `answer` write what it likes.
+async fn serve_once<F, Fut>(answer: F) -> SocketAddr
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        answer(stream).await;
+        // Dropping the stream closes the connection.
+    });
+    addr
+}
+
+/// `GET /` with hyper's HTTP/1.1 client, the response decoded by `decoder`.
+async fn get(addr: SocketAddr, decoder: Decoder) -> ApiError {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri("/")
+        .header("host", "127.0.0.1")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    decoder.decode_response(response).await
+}
+
+const ENVELOPE: &str =
+    r#"{"error":{"code":"node_draining","message":"Node is draining","request_id":"req_1"}}"#;
+
+#[tokio::test]
+async fn a_proxy_page_keeps_the_status_request_id_and_page() {
+    let page = "<html><body><h1>502 Bad Gateway</h1></body></html>";
+    let addr = serve_once(move |mut stream| async move {
+        let head = format!(
+            "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\nx-request-id: req_lb\r\ncontent-length: {}\r\n\r\n",
+            page.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(page.as_bytes()).await.unwrap();
+    })
+    .await;
+    let error = get(addr, Decoder::new()).await;
+    assert_eq!(error.code(), "upstream_error");
+    assert_eq!(error.class(), ErrorClass::Unavailable);
+    assert!(error.is_retryable());
+    assert_eq!(error.request_id(), Some("req_lb"));
+    assert_eq!(error.raw_body(), Some(page.as_bytes()));
+    assert!(!error.is_raw_body_truncated());
+}
+
+#[tokio::test]
+async fn an_envelope_whose_chunked_encoding_is_cut_before_its_end_still_decodes() {
+    let addr = serve_once(|mut stream| async move {
+        let answer = format!(
+            "HTTP/1.1 409 Conflict\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{ENVELOPE}\r\n",
+            ENVELOPE.len()
+        );
+        // No last chunk: the connection closes.
+        stream.write_all(answer.as_bytes()).await.unwrap();
+    })
+    .await;
+    let error = get(addr, Decoder::new()).await;
+    assert_eq!(error.code(), "node_draining");
+    assert_eq!(error.class(), ErrorClass::Provisioning);
+    assert!(error.is_retryable());
+    assert_eq!(error.request_id(), Some("req_1"));
+}
+
+#[tokio::test]
+async fn a_body_shorter_than_its_content_length_keeps_status_request_id_and_what_arrived() {
+    let addr = serve_once(|mut stream| async move {
+        let head = "HTTP/1.1 409 Conflict\r\nx-request-id: req_cut\r\ncontent-length: 1000\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&ENVELOPE.as_bytes()[..30]).await.unwrap();
+    })
+    .await;
+    let error = get(addr, Decoder::new()).await;
+    assert_eq!(error.status(), 409);
+    assert_eq!(error.code(), "conflict");
+    assert_eq!(error.request_id(), Some("req_cut"));
+    assert_eq!(error.raw_body(), Some(&ENVELOPE.as_bytes()[..30]));
+    assert!(error.is_raw_body_truncated());
+}
+
+#[tokio::test]
+async fn an_endless_body_is_read_only_up_to_the_bound() {
+    let addr = serve_once(|mut stream| async move {
+        let head = "HTTP/1.1 503 Service Unavailable\r\nretry-after: 7\r\ntransfer-encoding: chunked\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let chunk = format!("2000\r\n{}\r\n", "<".repeat(0x2000));
+        // Until the client hangs up.
+        while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+    })
+    .await;
+    let decoder = Decoder::new()
+        .max_body_bytes(100_000)
+        .max_raw_body_bytes(1_000);
+    let error = get(addr, decoder).await;
+    assert_eq!(error.code(), "service_unavailable");
+    assert!(error.is_retryable());
+    assert_eq!(error.retry_after(), Some(std::time::Duration::from_secs(7)));
+    assert_eq!(error.raw_body().map(<[u8]>::len), Some(1_000));
+    assert!(error.is_raw_body_truncated());
+}
