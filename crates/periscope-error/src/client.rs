@@ -421,7 +421,7 @@ impl std::error::Error for ApiError {}
 /// `body` as JSON, skipping a UTF-8 byte order mark (RFC 8259 lets a parser ignore one; some
 /// servers and proxies write it). Bytes that are not UTF-8 (a message in Latin-1) are read as
 /// U+FFFD rather than losing the whole envelope, and with it the code and request id.
-fn parse_json(body: &[u8]) -> Option<Value> {
+pub(crate) fn parse_json(body: &[u8]) -> Option<Value> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     match serde_json::from_slice(body) {
         Ok(json) => Some(json),

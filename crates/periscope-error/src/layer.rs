@@ -963,7 +963,9 @@ impl Handled {
 /// count: a 5xx body with a `code` and a `detail` alone is a handler's own JSON, whose
 /// internals stay in the log.
 fn parse_envelope(body: &[u8]) -> Option<crate::ErrorBody> {
-    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    // Read as the client decoder reads one: a byte order mark or a Latin-1 byte in a message
+    // does not turn an upstream's envelope into an unknown 5xx body.
+    let json = crate::client::parse_json(body)?;
     let text = |object: &serde_json::Value, key: &str| object.get(key)?.as_str().map(str::to_owned);
     let is_envelope = match json.get("error") {
         Some(error) if error.is_object() => {
@@ -1554,6 +1556,28 @@ mod tests {
         .await;
         assert_eq!(json["error"]["retryable"], false, "{json}");
         assert!(json["error"].get("retry_after_s").is_none(), "{json}");
+    }
+
+    /// An upstream's envelope with a byte order mark, or a Latin-1 byte in its message, is
+    /// still the upstream's envelope (its code kept), as the client decoder reads it.
+    #[tokio::test]
+    async fn an_upstream_envelope_with_a_byte_order_mark_or_latin1_is_readopted() {
+        for body in [
+            "\u{feff}{\"error\":{\"code\":\"db_down\",\"message\":\"The database is down\"}}"
+                .as_bytes(),
+            b"{\"error\":{\"code\":\"db_down\",\"message\":\"Caf\xe9 database down\"}}",
+        ] {
+            let (parts, json) = call(get("/"), move |_| async move {
+                Ok(Response::builder()
+                    .status(503)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(body)))
+                    .unwrap())
+            })
+            .await;
+            assert_eq!(parts.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(json["error"]["code"], "db_down", "{json}");
+        }
     }
 
     #[tokio::test]
