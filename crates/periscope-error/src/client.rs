@@ -100,7 +100,8 @@ impl Decoder {
     }
 
     /// Reads at most the configured number of bytes of `response`'s body, then decodes it. A
-    /// body that fails midway is decoded from what arrived.
+    /// body that fails midway is decoded from what arrived. No time limit of its own: a body
+    /// that stalls is bounded by the client's timeout around the call.
     ///
     /// ```
     /// use http_body_util::Full;
