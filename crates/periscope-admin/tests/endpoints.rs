@@ -700,3 +700,61 @@ async fn head_requests_are_answered_without_a_body() {
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
 }
+
+#[tokio::test]
+async fn a_grpc_content_type_does_not_turn_refusals_into_successes() {
+    // The admin speaks HTTP and JSON. Rendered as gRPC, a refusal would be an HTTP 200 with
+    // `grpc-status`: token guesses would count as successes in the access log's statuses.
+    let (admin, _) = full_admin(DebugAccess::Token(TOKEN.into()));
+    let addr = serve(admin).await;
+    let bearer = format!("Bearer {TOKEN}");
+    for content_type in [
+        "application/grpc",
+        "application/grpc+proto",
+        "application/grpc-web",
+    ] {
+        let grpc = ("content-type", content_type);
+        for path in DEBUG_PATHS {
+            send(addr, "GET", path, &[grpc], "")
+                .await
+                .envelope(401, "token_missing");
+            send(
+                addr,
+                "GET",
+                path,
+                &[grpc, ("authorization", "Bearer nope")],
+                "",
+            )
+            .await
+            .envelope(401, "token_invalid");
+        }
+        send(addr, "GET", "/nothing", &[grpc], "")
+            .await
+            .envelope(404, "route_not_found");
+        let authorised = [grpc, ("authorization", bearer.as_str())];
+        send(addr, "POST", "/debug/status", &authorised, "")
+            .await
+            .envelope(405, "method_not_allowed");
+        send(addr, "POST", "/debug/log-level", &authorised, "{}")
+            .await
+            .envelope(415, "unsupported_media_type");
+    }
+    // The request's context still names the error: its ids, and problem+json when asked.
+    let answer = send(
+        addr,
+        "GET",
+        "/debug/status",
+        &[
+            ("content-type", "application/grpc"),
+            ("accept", "application/problem+json"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(answer.json()["code"], "token_missing");
+}
