@@ -700,3 +700,181 @@ async fn head_requests_are_answered_without_a_body() {
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
 }
+
+#[tokio::test]
+async fn a_grpc_content_type_does_not_turn_refusals_into_successes() {
+    // The admin speaks HTTP and JSON. Rendered as gRPC, a refusal would be an HTTP 200 with
+    // `grpc-status`: token guesses would count as successes in the access log's statuses.
+    let (admin, _) = full_admin(DebugAccess::Token(TOKEN.into()));
+    let addr = serve(admin).await;
+    let bearer = format!("Bearer {TOKEN}");
+    for content_type in [
+        "application/grpc",
+        "application/grpc+proto",
+        "application/grpc-web",
+    ] {
+        let grpc = ("content-type", content_type);
+        for path in DEBUG_PATHS {
+            send(addr, "GET", path, &[grpc], "")
+                .await
+                .envelope(401, "token_missing");
+            send(
+                addr,
+                "GET",
+                path,
+                &[grpc, ("authorization", "Bearer nope")],
+                "",
+            )
+            .await
+            .envelope(401, "token_invalid");
+        }
+        send(addr, "GET", "/nothing", &[grpc], "")
+            .await
+            .envelope(404, "route_not_found");
+        let authorised = [grpc, ("authorization", bearer.as_str())];
+        send(addr, "POST", "/debug/status", &authorised, "")
+            .await
+            .envelope(405, "method_not_allowed");
+        send(addr, "POST", "/debug/log-level", &authorised, "{}")
+            .await
+            .envelope(415, "unsupported_media_type");
+    }
+    // The request's context still names the error: its ids, and problem+json when asked.
+    let answer = send(
+        addr,
+        "GET",
+        "/debug/status",
+        &[
+            ("content-type", "application/grpc"),
+            ("accept", "application/problem+json"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(answer.json()["code"], "token_missing");
+}
+
+#[tokio::test]
+async fn the_token_counts_only_in_the_authorization_header() {
+    let (admin, _) = full_admin(DebugAccess::Token(TOKEN.into()));
+    let addr = serve(admin).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let cookie = format!("token={TOKEN}");
+    for path in [
+        format!("/debug/config?access_token={TOKEN}"),
+        format!("/debug/config?token={TOKEN}"),
+    ] {
+        let refused = get(addr, &path).await;
+        refused.envelope(401, "token_missing");
+        assert!(!refused.text().contains(TOKEN));
+    }
+    // Nor does a header that claims a local client: the token is the only key.
+    for header in [
+        ("x-forwarded-for", "127.0.0.1"),
+        ("x-real-ip", "127.0.0.1"),
+        ("forwarded", "for=127.0.0.1"),
+        ("proxy-authorization", bearer.as_str()),
+        ("cookie", cookie.as_str()),
+    ] {
+        send(addr, "GET", "/debug/config", &[header], "")
+            .await
+            .envelope(401, "token_missing");
+    }
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let header = format!("{scheme} {TOKEN}");
+        let answer = send(
+            addr,
+            "GET",
+            "/debug/status",
+            &[("authorization", &header)],
+            "",
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{scheme}");
+    }
+    for almost in [
+        format!("Bearer\t{TOKEN}"),
+        format!("Bearer{TOKEN}"),
+        format!("Bearer \"{TOKEN}\""),
+        format!("Bearer {TOKEN},"),
+        String::new(),
+    ] {
+        send(
+            addr,
+            "GET",
+            "/debug/status",
+            &[("authorization", &almost)],
+            "",
+        )
+        .await
+        .envelope(401, "token_invalid");
+    }
+}
+
+/// Sends `request` as written on a new connection and returns the status line.
+async fn raw_status(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(!answer.contains("hunter2"), "{answer}");
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn no_spelling_of_a_path_reaches_a_debug_endpoint_without_the_token() {
+    let (admin, _) = full_admin(DebugAccess::Token(TOKEN.into()));
+    let addr = serve(admin).await;
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    // Paths are not normalised: a path under /debug/ asks for the token, any other is no
+    // debug endpoint, however it would resolve.
+    for (target, token, status) in [
+        ("/debug/../metrics", "", 401),
+        ("/debug/./config", "", 401),
+        ("/debug/%63onfig", "", 401),
+        ("/debug/%63onfig", bearer.as_str(), 404),
+        ("/debug/config/", bearer.as_str(), 404),
+        ("/debug/config;x", "", 401),
+        ("/metrics/../debug/config", "", 404),
+        ("/metrics/../debug/config", bearer.as_str(), 404),
+        ("//debug/config", "", 404),
+        ("/%64ebug/config", "", 404),
+        ("/DEBUG/config", "", 404),
+        ("http://127.0.0.1/debug/config", "", 401),
+        ("http://127.0.0.1/debug/config", bearer.as_str(), 200),
+    ] {
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\n{token}Connection: close\r\n\r\n");
+        let line = raw_status(addr, &request).await;
+        assert!(
+            line.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{target} (token: {}): {line}",
+            !token.is_empty()
+        );
+    }
+    // Any method, known or not, asks for the token first, then gets the endpoint's 405.
+    for method in ["OPTIONS", "TRACE", "PATCH", "FOO"] {
+        let request =
+            format!("{method} /debug/config HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert!(
+            raw_status(addr, &request)
+                .await
+                .starts_with("HTTP/1.1 401 ")
+        );
+        let request = format!(
+            "{method} /debug/config HTTP/1.1\r\nHost: x\r\n{bearer}Connection: close\r\n\r\n"
+        );
+        assert!(
+            raw_status(addr, &request)
+                .await
+                .starts_with("HTTP/1.1 405 ")
+        );
+    }
+}

@@ -192,3 +192,47 @@ async fn a_null_ttl_is_refused_rather_than_made_permanent() {
     .await;
     assert_eq!(permanent.json()["permanent"], "warn,null_ttl=debug");
 }
+
+#[tokio::test]
+async fn a_later_change_outlives_the_deadline_of_the_temporary_one_it_replaced() {
+    // Directives of their own: the change lines reach the global subscriber of the test
+    // above, which counts its own.
+    let control = LevelControl::new(Directives::parse("info").unwrap());
+    let admin = Admin::builder()
+        .level_control(control)
+        .debug(DebugAccess::Token(TOKEN.into()))
+        .build();
+    let addr = serve(admin).await;
+    let short = r#"{"directives":"info,overlap=debug","ttl_s":0.05}"#;
+    assert_eq!(post_json(addr, "/debug/log-level", short).await.status, 200);
+    let long = r#"{"directives":"info,overlap=trace","ttl_s":300}"#;
+    assert_eq!(post_json(addr, "/debug/log-level", long).await.status, 200);
+    // The first change's deadline passes: it must not end the second.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let level = get_authorised(addr, "/debug/log-level").await.json();
+    assert_eq!(level["current"], "info,overlap=trace", "{level}");
+    assert!(level["reverts_in_s"].as_f64().unwrap() > 200.0, "{level}");
+
+    // A permanent change ends the temporary one, and a later temporary change reverts to it.
+    let permanent = post_json(
+        addr,
+        "/debug/log-level",
+        r#"{"directives":"warn,overlap=info"}"#,
+    )
+    .await;
+    assert_eq!(
+        permanent.json(),
+        json!({"current": "warn,overlap=info", "permanent": "warn,overlap=info", "reverts_in_s": null})
+    );
+    assert_eq!(post_json(addr, "/debug/log-level", short).await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let level = get_authorised(addr, "/debug/log-level").await.json();
+        if level["reverts_in_s"].is_null() {
+            assert_eq!(level["current"], "warn,overlap=info", "{level}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reverted: {level}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
