@@ -481,6 +481,8 @@ impl Shared {
 
     /// Runs on its own thread while a temporary change is pending.
     fn revert_when_due(&self) {
+        // Declared before the state's guard, so it runs after the lock is released.
+        let _exit = ReverterExit(self);
         let mut state = lock(&self.state);
         loop {
             let Some((_, deadline)) = state.temporary else {
@@ -511,6 +513,19 @@ impl Shared {
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
+        }
+    }
+}
+
+/// Marks the reverter stopped when its thread unwinds (a layer of the application's that
+/// panics on the revert line, or while callsites are asked again): the next temporary change
+/// then starts another reverter instead of counting on one that is gone, and is reverted.
+struct ReverterExit<'a>(&'a Shared);
+
+impl Drop for ReverterExit<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            lock(&self.0.state).reverter_running = false;
         }
     }
 }
