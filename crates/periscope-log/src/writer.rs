@@ -55,9 +55,11 @@ fn guarded<T>(write: impl FnOnce() -> T) -> Option<T> {
 /// How long to wait before trying again an output that said `WouldBlock`.
 const WOULD_BLOCK_PAUSE: Duration = Duration::from_millis(1);
 
-/// An output and whether the last failed write stopped inside a line.
+/// An output and whether what it was last given stops inside a line.
 struct Output {
     out: Box<dyn Write + Send>,
+    /// Kept up to date after every write call that took bytes, so it is right even when a
+    /// later call panics (a blocking output is used again after a panic).
     mid_line: bool,
 }
 
@@ -75,15 +77,11 @@ impl Output {
     /// ended before the next write, so only that one line is broken, not the next as well.
     fn write_lines(&mut self, bytes: &[u8], flush: bool) -> Result<(), u64> {
         let lines = |bytes: &[u8]| bytes.iter().filter(|&&b| b == b'\n').count() as u64;
-        if self.mid_line {
-            if write_retrying(&mut *self.out, b"\n") != 1 {
-                return Err(lines(bytes));
-            }
-            self.mid_line = false;
+        if self.mid_line && self.write_retrying(b"\n") != 1 {
+            return Err(lines(bytes));
         }
-        let written = write_retrying(&mut *self.out, bytes);
+        let written = self.write_retrying(bytes);
         if written < bytes.len() {
-            self.mid_line = written > 0 && bytes[written - 1] != b'\n';
             return Err(lines(&bytes[written..]));
         }
         if !flush {
@@ -100,23 +98,26 @@ impl Output {
             }
         }
     }
-}
 
-/// `write_all`, waiting out `WouldBlock`: how many bytes were written before an error.
-fn write_retrying(out: &mut dyn Write, bytes: &[u8]) -> usize {
-    let mut written = 0;
-    while written < bytes.len() {
-        match out.write(&bytes[written..]) {
-            Ok(0) => break,
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(WOULD_BLOCK_PAUSE);
+    /// `write_all`, waiting out `WouldBlock`: how many bytes were written before an error.
+    fn write_retrying(&mut self, bytes: &[u8]) -> usize {
+        let mut written = 0;
+        while written < bytes.len() {
+            match self.out.write(&bytes[written..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    written = (written + n).min(bytes.len());
+                    self.mid_line = bytes[written - 1] != b'\n';
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(WOULD_BLOCK_PAUSE);
+                }
+                Err(_) => break,
             }
-            Err(_) => break,
         }
+        written
     }
-    written
 }
 
 /// Writes on the caller's thread under a lock: for tests, tools and short-lived programs.
