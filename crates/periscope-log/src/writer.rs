@@ -1,5 +1,6 @@
 //! Where lines go: a background thread behind a bounded queue, or a locked writer.
 
+use std::cell::Cell;
 use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -135,17 +136,40 @@ impl Blocking {
     }
 
     pub(crate) fn flush(&self) {
-        let mut writer = lock(&self.writer);
-        let _ = guarded(|| writer.out.flush());
+        let _ = self.with_output(|out| guarded(|| out.out.flush()));
     }
+
+    /// Runs `f` on the locked output; `None` when this thread holds the lock already. A line
+    /// logged while the output writes, on the same thread (by the output itself, or by a
+    /// panic hook while it panics; the global default subscriber passes such lines on), would
+    /// otherwise wait for that lock forever.
+    fn with_output<T>(&self, f: impl FnOnce(&mut Output) -> T) -> Option<T> {
+        let this = std::ptr::from_ref(self) as usize;
+        let outer = WRITING.with(|writing| writing.replace(this));
+        if outer == this {
+            return None;
+        }
+        let result = f(&mut lock(&self.writer));
+        WRITING.with(|writing| writing.set(outer));
+        Some(result)
+    }
+}
+
+thread_local! {
+    /// The [`Blocking`] output this thread is writing to (its address), 0 when none. No
+    /// destructor: still there for lines logged while the thread ends.
+    static WRITING: Cell<usize> = const { Cell::new(0) };
 }
 
 impl LineSink for Blocking {
     fn write_line(&self, line: &[u8]) {
-        let mut writer = lock(&self.writer);
-        match guarded(|| writer.write_lines(line, false)) {
+        match self
+            .with_output(|out| guarded(|| out.write_lines(line, false)))
+            .flatten()
+        {
             Some(Ok(())) => {}
             Some(Err(lost)) => self.dropped.add(lost),
+            // The output panicked, or this line was logged from inside it.
             None => self.dropped.add(1),
         }
     }
