@@ -8,7 +8,7 @@ use std::fmt;
 use common::{capture, one_line};
 use http::HeaderMap;
 use periscope_context::{ExtractOptions, RequestContext, extract};
-use periscope_log::{LogFormat, RecentLogs};
+use periscope_log::{LogFormat, LogLayer, RecentLogs};
 use serde_json::{Value, json};
 use tracing::Level;
 use tracing_subscriber::layer::SubscriberExt;
@@ -367,6 +367,37 @@ fn declared_context_fields_are_lifted() {
         },
     );
     assert_eq!(out.lines()[0]["tenant_id"], "t_1");
+}
+
+/// Context fields are 64 at most, the defaults included: `try_context_field` refuses one more
+/// (a name already declared is still fine), and `context_field` ignores it, its field staying
+/// in `data`.
+#[test]
+fn context_fields_past_the_cap_are_refused_and_stay_in_data() {
+    let room = 64 - periscope_log::DEFAULT_CONTEXT_FIELDS.len();
+    assert_eq!(
+        room, 55,
+        "the span below names the last field that fits and the next"
+    );
+    let builder = (0..room).fold(LogLayer::builder(), |b, i| {
+        b.try_context_field(format!("ctx_{i}")).unwrap()
+    });
+    let builder = builder.try_context_field("ctx_0").unwrap();
+    let error = builder.try_context_field("one_too_many").unwrap_err();
+    assert_eq!(error.name(), "one_too_many");
+    assert!(error.to_string().contains("64"), "{error}");
+
+    let out = capture(
+        |b| (0..=room).fold(b, |b, i| b.context_field(format!("ctx_{i}"))),
+        |_| {
+            let span = tracing::info_span!("job", ctx_54 = "lifted", ctx_55 = "kept");
+            let _enter = span.enter();
+            tracing::info!("x");
+        },
+    );
+    let line = &out.lines()[0];
+    assert_eq!(line[format!("ctx_{}", room - 1)], "lifted");
+    assert_eq!(line["data"][format!("ctx_{room}")], "kept");
 }
 
 #[test]
