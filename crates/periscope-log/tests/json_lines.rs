@@ -647,3 +647,55 @@ fn a_value_whose_formatting_panics_leaves_the_line_whole_and_does_not_unwind() {
     assert_eq!(lines[1]["data"]["e"], placeholder);
     assert_eq!(lines[2]["message"], placeholder);
 }
+
+/// 128-bit integers are written as JSON numbers digit for digit, `-0.0` stays a number, odd
+/// field names (empty, quoted, escaped, control, non-ASCII) are keys that parse back to the
+/// same text on events and spans alike, a field never recorded is absent, and `{}` in a
+/// message's arguments is text.
+#[test]
+fn extreme_numbers_and_odd_field_names_parse_back() {
+    let out = capture(
+        |b| b,
+        |_| {
+            let span = tracing::info_span!(
+                "odd",
+                "" = 1,
+                "q\"uote" = 2,
+                "ctl\u{1}\u{2028}" = 3,
+                "日本" = 4,
+                never = tracing::field::Empty,
+            );
+            let _enter = span.enter();
+            tracing::info!(
+                imin = i128::MIN,
+                umax = u128::MAX,
+                zero = -0.0f64,
+                "back\\slash" = 5,
+                "{} {{}} {:?}",
+                "{x}",
+                "{}"
+            );
+        },
+    );
+    let text = out.text();
+    assert!(text.contains(&format!("\"imin\":{}", i128::MIN)), "{text}");
+    assert!(text.contains(&format!("\"umax\":{}", u128::MAX)), "{text}");
+    let line = &out.lines()[0];
+    assert_eq!(line["message"], "{x} {} \"{}\"");
+    let data = &line["data"];
+    assert!(data["zero"].as_f64().is_some_and(f64::is_sign_negative), "{data}");
+    assert!(
+        data["imin"].is_number() && data["umax"].is_number(),
+        "{data}"
+    );
+    for (key, value) in [
+        ("", 1),
+        ("q\"uote", 2),
+        ("ctl\u{1}\u{2028}", 3),
+        ("日本", 4),
+    ] {
+        assert_eq!(data[key], value, "{key:?}: {data}");
+    }
+    assert_eq!(data["back\\slash"], 5);
+    assert!(data.get("never").is_none(), "{data}");
+}
