@@ -190,17 +190,19 @@ impl LogLayerBuilder {
         self
     }
 
-    /// Lifts a span field of this name to the top level, like `request_id` (at most 64).
+    /// Lifts a span field of this name to the top level, like `request_id`.
     ///
-    /// A name the line cannot hold once at the top level is ignored and the field stays in
-    /// `data`: one of the line's own keys (`timestamp`, `level`, `message`, `target`,
+    /// There are at most 64 context fields, the defaults ([`DEFAULT_CONTEXT_FIELDS`]) included:
+    /// a name past them is ignored and its field stays in `data`. A name the line cannot hold
+    /// once at the top level is ignored too and the field stays in `data`: one of the line's
+    /// own keys (`timestamp`, `level`, `message`, `target`,
     /// `service`, `environment`, `version`, `span`, `data`), which a field must never write a
     /// second time or forge, or such a key after `data.` (`data.level`), which
     /// [`flatten_data`](Self::flatten_data) writes for an event field named `level`. Use
     /// [`try_context_field`](Self::try_context_field) to get an error instead.
     pub fn context_field(self, name: impl Into<String>) -> Self {
         let name = name.into();
-        if refusal(&name).is_some() {
+        if self.refusal(&name).is_some() {
             return self;
         }
         self.push_context_field(name)
@@ -217,10 +219,20 @@ impl LogLayerBuilder {
     /// ```
     pub fn try_context_field(self, name: impl Into<String>) -> Result<Self, ContextFieldError> {
         let name = name.into();
-        match refusal(&name) {
+        match self.refusal(&name) {
             Some(reason) => Err(ContextFieldError { name, reason }),
             None => Ok(self.push_context_field(name)),
         }
+    }
+
+    /// Why `name` cannot be added as a context field, if it cannot.
+    fn refusal(&self, name: &str) -> Option<&'static str> {
+        refusal(name).or_else(|| {
+            // The filled context slots are tracked in a 64-bit mask.
+            let full = self.context_fields.len() >= MAX_CONTEXT_FIELDS
+                && !self.context_fields.iter().any(|field| field == name);
+            full.then_some("there are 64 context fields already, the defaults included")
+        })
     }
 
     fn push_context_field(mut self, name: String) -> Self {

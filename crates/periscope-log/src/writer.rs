@@ -1,5 +1,6 @@
 //! Where lines go: a background thread behind a bounded queue, or a locked writer.
 
+use std::cell::Cell;
 use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,9 +56,11 @@ fn guarded<T>(write: impl FnOnce() -> T) -> Option<T> {
 /// How long to wait before trying again an output that said `WouldBlock`.
 const WOULD_BLOCK_PAUSE: Duration = Duration::from_millis(1);
 
-/// An output and whether the last failed write stopped inside a line.
+/// An output and whether what it was last given stops inside a line.
 struct Output {
     out: Box<dyn Write + Send>,
+    /// Kept up to date after every write call that took bytes, so it is right even when a
+    /// later call panics (a blocking output is used again after a panic).
     mid_line: bool,
 }
 
@@ -75,15 +78,11 @@ impl Output {
     /// ended before the next write, so only that one line is broken, not the next as well.
     fn write_lines(&mut self, bytes: &[u8], flush: bool) -> Result<(), u64> {
         let lines = |bytes: &[u8]| bytes.iter().filter(|&&b| b == b'\n').count() as u64;
-        if self.mid_line {
-            if write_retrying(&mut *self.out, b"\n") != 1 {
-                return Err(lines(bytes));
-            }
-            self.mid_line = false;
+        if self.mid_line && self.write_retrying(b"\n") != 1 {
+            return Err(lines(bytes));
         }
-        let written = write_retrying(&mut *self.out, bytes);
+        let written = self.write_retrying(bytes);
         if written < bytes.len() {
-            self.mid_line = written > 0 && bytes[written - 1] != b'\n';
             return Err(lines(&bytes[written..]));
         }
         if !flush {
@@ -100,23 +99,26 @@ impl Output {
             }
         }
     }
-}
 
-/// `write_all`, waiting out `WouldBlock`: how many bytes were written before an error.
-fn write_retrying(out: &mut dyn Write, bytes: &[u8]) -> usize {
-    let mut written = 0;
-    while written < bytes.len() {
-        match out.write(&bytes[written..]) {
-            Ok(0) => break,
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(WOULD_BLOCK_PAUSE);
+    /// `write_all`, waiting out `WouldBlock`: how many bytes were written before an error.
+    fn write_retrying(&mut self, bytes: &[u8]) -> usize {
+        let mut written = 0;
+        while written < bytes.len() {
+            match self.out.write(&bytes[written..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    written = (written + n).min(bytes.len());
+                    self.mid_line = bytes[written - 1] != b'\n';
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(WOULD_BLOCK_PAUSE);
+                }
+                Err(_) => break,
             }
-            Err(_) => break,
         }
+        written
     }
-    written
 }
 
 /// Writes on the caller's thread under a lock: for tests, tools and short-lived programs.
@@ -134,17 +136,40 @@ impl Blocking {
     }
 
     pub(crate) fn flush(&self) {
-        let mut writer = lock(&self.writer);
-        let _ = guarded(|| writer.out.flush());
+        let _ = self.with_output(|out| guarded(|| out.out.flush()));
     }
+
+    /// Runs `f` on the locked output; `None` when this thread holds the lock already. A line
+    /// logged while the output writes, on the same thread (by the output itself, or by a
+    /// panic hook while it panics; the global default subscriber passes such lines on), would
+    /// otherwise wait for that lock forever.
+    fn with_output<T>(&self, f: impl FnOnce(&mut Output) -> T) -> Option<T> {
+        let this = std::ptr::from_ref(self) as usize;
+        let outer = WRITING.with(|writing| writing.replace(this));
+        if outer == this {
+            return None;
+        }
+        let result = f(&mut lock(&self.writer));
+        WRITING.with(|writing| writing.set(outer));
+        Some(result)
+    }
+}
+
+thread_local! {
+    /// The [`Blocking`] output this thread is writing to (its address), 0 when none. No
+    /// destructor: still there for lines logged while the thread ends.
+    static WRITING: Cell<usize> = const { Cell::new(0) };
 }
 
 impl LineSink for Blocking {
     fn write_line(&self, line: &[u8]) {
-        let mut writer = lock(&self.writer);
-        match guarded(|| writer.write_lines(line, false)) {
+        match self
+            .with_output(|out| guarded(|| out.write_lines(line, false)))
+            .flatten()
+        {
             Some(Ok(())) => {}
             Some(Err(lost)) => self.dropped.add(lost),
+            // The output panicked, or this line was logged from inside it.
             None => self.dropped.add(1),
         }
     }

@@ -8,7 +8,7 @@ use std::fmt;
 use common::{capture, one_line};
 use http::HeaderMap;
 use periscope_context::{ExtractOptions, RequestContext, extract};
-use periscope_log::{LogFormat, RecentLogs};
+use periscope_log::{LogFormat, LogLayer, RecentLogs};
 use serde_json::{Value, json};
 use tracing::Level;
 use tracing_subscriber::layer::SubscriberExt;
@@ -369,6 +369,37 @@ fn declared_context_fields_are_lifted() {
     assert_eq!(out.lines()[0]["tenant_id"], "t_1");
 }
 
+/// Context fields are 64 at most, the defaults included: `try_context_field` refuses one more
+/// (a name already declared is still fine), and `context_field` ignores it, its field staying
+/// in `data`.
+#[test]
+fn context_fields_past_the_cap_are_refused_and_stay_in_data() {
+    let room = 64 - periscope_log::DEFAULT_CONTEXT_FIELDS.len();
+    assert_eq!(
+        room, 55,
+        "the span below names the last field that fits and the next"
+    );
+    let builder = (0..room).fold(LogLayer::builder(), |b, i| {
+        b.try_context_field(format!("ctx_{i}")).unwrap()
+    });
+    let builder = builder.try_context_field("ctx_0").unwrap();
+    let error = builder.try_context_field("one_too_many").unwrap_err();
+    assert_eq!(error.name(), "one_too_many");
+    assert!(error.to_string().contains("64"), "{error}");
+
+    let out = capture(
+        |b| (0..=room).fold(b, |b, i| b.context_field(format!("ctx_{i}"))),
+        |_| {
+            let span = tracing::info_span!("job", ctx_54 = "lifted", ctx_55 = "kept");
+            let _enter = span.enter();
+            tracing::info!("x");
+        },
+    );
+    let line = &out.lines()[0];
+    assert_eq!(line[format!("ctx_{}", room - 1)], "lifted");
+    assert_eq!(line["data"][format!("ctx_{room}")], "kept");
+}
+
 #[test]
 fn pretty_format_is_one_readable_line_per_event() {
     let out = capture(
@@ -615,4 +646,56 @@ fn a_value_whose_formatting_panics_leaves_the_line_whole_and_does_not_unwind() {
     assert_eq!(lines[0]["data"]["b"], 1);
     assert_eq!(lines[1]["data"]["e"], placeholder);
     assert_eq!(lines[2]["message"], placeholder);
+}
+
+/// 128-bit integers are written as JSON numbers digit for digit, `-0.0` stays a number, odd
+/// field names (empty, quoted, escaped, control, non-ASCII) are keys that parse back to the
+/// same text on events and spans alike, a field never recorded is absent, and `{}` in a
+/// message's arguments is text.
+#[test]
+fn extreme_numbers_and_odd_field_names_parse_back() {
+    let out = capture(
+        |b| b,
+        |_| {
+            let span = tracing::info_span!(
+                "odd",
+                "" = 1,
+                "q\"uote" = 2,
+                "ctl\u{1}\u{2028}" = 3,
+                "日本" = 4,
+                never = tracing::field::Empty,
+            );
+            let _enter = span.enter();
+            tracing::info!(
+                imin = i128::MIN,
+                umax = u128::MAX,
+                zero = -0.0f64,
+                "back\\slash" = 5,
+                "{} {{}} {:?}",
+                "{x}",
+                "{}"
+            );
+        },
+    );
+    let text = out.text();
+    assert!(text.contains(&format!("\"imin\":{}", i128::MIN)), "{text}");
+    assert!(text.contains(&format!("\"umax\":{}", u128::MAX)), "{text}");
+    let line = &out.lines()[0];
+    assert_eq!(line["message"], "{x} {} \"{}\"");
+    let data = &line["data"];
+    assert!(data["zero"].as_f64().is_some_and(f64::is_sign_negative), "{data}");
+    assert!(
+        data["imin"].is_number() && data["umax"].is_number(),
+        "{data}"
+    );
+    for (key, value) in [
+        ("", 1),
+        ("q\"uote", 2),
+        ("ctl\u{1}\u{2028}", 3),
+        ("日本", 4),
+    ] {
+        assert_eq!(data[key], value, "{key:?}: {data}");
+    }
+    assert_eq!(data["back\\slash"], 5);
+    assert!(data.get("never").is_none(), "{data}");
 }

@@ -324,6 +324,8 @@ enum Step {
     Take(usize),
     /// Fails with this error, taking nothing.
     Fail(io::ErrorKind),
+    /// Panics, taking nothing.
+    Panic,
 }
 
 /// A writer that follows a script of short writes and errors, into a buffer.
@@ -346,6 +348,7 @@ impl Write for Scripted {
         let step = self.steps.lock().unwrap().pop_front();
         match step {
             Some(Step::Fail(kind)) => Err(kind.into()),
+            Some(Step::Panic) => panic!("the output panicked"),
             Some(Step::Take(n)) => self.out.write(&buf[..n.min(buf.len())]),
             None => self.out.write(buf),
         }
@@ -419,4 +422,29 @@ fn a_write_that_fails_inside_a_line_breaks_only_that_line() {
             assert_eq!(value["message"], message);
         }
     }
+}
+
+/// A blocking output that panics after taking part of a line is used again: the next line
+/// still starts on a line of its own instead of being glued to the fragment.
+#[test]
+fn a_blocking_writer_that_panics_inside_a_line_breaks_only_that_line() {
+    let out = Scripted::new([Step::Take(20), Step::Panic]);
+    let (layer, guard) = LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let dropped = layer.dropped_lines();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    common::with_default(subscriber, || {
+        tracing::info!("one");
+        tracing::info!("two");
+    });
+    drop(guard);
+    assert_eq!(dropped.get(), 1);
+    let text = out.out.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0].len(), 20, "the fragment of the lost line: {text}");
+    let value: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(value["message"], "two");
 }
