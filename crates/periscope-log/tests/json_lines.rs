@@ -683,7 +683,10 @@ fn extreme_numbers_and_odd_field_names_parse_back() {
     let line = &out.lines()[0];
     assert_eq!(line["message"], "{x} {} \"{}\"");
     let data = &line["data"];
-    assert!(data["zero"].as_f64().is_some_and(f64::is_sign_negative), "{data}");
+    assert!(
+        data["zero"].as_f64().is_some_and(f64::is_sign_negative),
+        "{data}"
+    );
     assert!(
         data["imin"].is_number() && data["umax"].is_number(),
         "{data}"
