@@ -963,6 +963,45 @@ mod tests {
         assert_eq!(job.parent_span_id, Some(ctx.span_id));
     }
 
+    /// A carrier sent on through JSON, hop after hop, at the limits of every part (32
+    /// tracestate members, 64 baggage members whose values are re-encoded longer than they
+    /// came, 128-character ids): nothing changes or grows from one hop to the next, and each
+    /// hop names the previous one as its parent.
+    #[cfg(feature = "serde")]
+    #[test]
+    fn a_carrier_sent_on_through_json_settles_and_never_grows() {
+        let state: Vec<String> = (0..32).map(|i| format!("k{i}=v{i}")).collect();
+        let baggage: Vec<String> = (0..64).map(|i| format!("b{i}=%FF%zz=a")).collect();
+        let id = "i".repeat(128);
+        for flags in ["00", "01"] {
+            let traceparent =
+                format!("00-12345678901234567890123456789012-1234567890123456-{flags}");
+            let mut ctx = run(&[
+                ("traceparent", &traceparent),
+                ("tracestate", &state.join(",")),
+                ("baggage", &baggage.join(",")),
+                ("x-request-id", &id),
+                ("x-org-id", &id),
+            ])
+            .context;
+            assert_eq!((ctx.trace_state.len(), ctx.baggage.len()), (32, 64));
+            let first = ctx.clone();
+            for hop in 0..4 {
+                let json = serde_json::to_string(&Carrier::from_context(&ctx)).unwrap();
+                let next = serde_json::from_str::<Carrier>(&json).unwrap().to_context();
+                assert_eq!(next.parent_span_id, Some(ctx.span_id), "hop {hop}");
+                assert_ne!(next.span_id, ctx.span_id, "hop {hop}");
+                assert_eq!(next.trace_id, first.trace_id);
+                assert_eq!(next.trace_flags, first.trace_flags, "{flags}");
+                assert_eq!(next.request_id, first.request_id);
+                assert_eq!(next.trace_state, first.trace_state);
+                assert_eq!(next.baggage, first.baggage, "hop {hop}");
+                assert_eq!(next.tenant, first.tenant);
+                ctx = next;
+            }
+        }
+    }
+
     /// A string map that already holds context keys in another case (a message from another
     /// SDK, re-enqueued): `inject` leaves only its own, so a reader that ignores case (a
     /// `Carrier` read from the map, which keeps the first of twins) sees the injected context.
