@@ -112,6 +112,21 @@ impl Injector for HeaderMap {
     }
 }
 
+/// Removes the keys that spell `key` in another case (`Traceparent`, as Go's header carrier
+/// writes it): the same header to a reader that ignores case, such as a [`Carrier`] read from
+/// the map, which would keep whichever comes first instead of the injected value.
+macro_rules! remove_other_cases {
+    ($map:expr, $key:expr) => {
+        let key = $key.as_str();
+        if $map
+            .keys()
+            .any(|k| k.len() == key.len() && k != key && k.eq_ignore_ascii_case(key))
+        {
+            $map.retain(|k, _| k == key || !k.eq_ignore_ascii_case(key));
+        }
+    };
+}
+
 macro_rules! string_map_carrier {
     ($map:ident) => {
         impl Extractor for $map<String, String> {
@@ -129,12 +144,14 @@ macro_rules! string_map_carrier {
 
         impl Injector for $map<String, String> {
             fn set(&mut self, key: &HeaderName, value: &HeaderValue) {
+                remove_other_cases!(self, key);
                 if let Ok(value) = value.to_str() {
                     self.insert(key.as_str().to_owned(), value.to_owned());
                 }
             }
 
             fn remove(&mut self, key: &HeaderName) {
+                remove_other_cases!(self, key);
                 $map::remove(self, key.as_str());
             }
         }
@@ -423,11 +440,11 @@ impl TenantsSent {
 /// Writes `ctx` into a carrier: `traceparent` naming `ctx.span_id` as the parent,
 /// `tracestate` and `baggage` when not empty, `x-request-id`, and the tenant fields.
 ///
-/// The context owns these headers: what the carrier held under them is replaced, and a
-/// `tracestate`, `baggage`, `x-org-id` or `x-project-id` the context has no value for is
-/// removed, so a forwarded request never carries the caller's trace state, baggage or tenant
-/// past a trust boundary. (Headers of other tenant keys: see the client layer's
-/// `tenant_keys`.)
+/// The context owns these headers: what the carrier held under them is replaced (in a string
+/// map, under any case of the name: `Traceparent` too), and a `tracestate`, `baggage`,
+/// `x-org-id` or `x-project-id` the context has no value for is removed, so a forwarded request
+/// never carries the caller's trace state, baggage or tenant past a trust boundary. (Headers of
+/// other tenant keys: see the client layer's `tenant_keys`.)
 ///
 /// For an outgoing call that should appear as its own span, inject `ctx.child()`.
 ///
@@ -944,6 +961,87 @@ mod tests {
         let job = extract(&carrier, &options).context;
         assert_eq!(job.tenant, ctx.tenant);
         assert_eq!(job.parent_span_id, Some(ctx.span_id));
+    }
+
+    /// A carrier sent on through JSON, hop after hop, at the limits of every part (32
+    /// tracestate members, 64 baggage members whose values are re-encoded longer than they
+    /// came, 128-character ids): nothing changes or grows from one hop to the next, and each
+    /// hop names the previous one as its parent.
+    #[cfg(feature = "serde")]
+    #[test]
+    fn a_carrier_sent_on_through_json_settles_and_never_grows() {
+        let state: Vec<String> = (0..32).map(|i| format!("k{i}=v{i}")).collect();
+        let baggage: Vec<String> = (0..64).map(|i| format!("b{i}=%FF%zz=a")).collect();
+        let id = "i".repeat(128);
+        for flags in ["00", "01"] {
+            let traceparent =
+                format!("00-12345678901234567890123456789012-1234567890123456-{flags}");
+            let mut ctx = run(&[
+                ("traceparent", &traceparent),
+                ("tracestate", &state.join(",")),
+                ("baggage", &baggage.join(",")),
+                ("x-request-id", &id),
+                ("x-org-id", &id),
+            ])
+            .context;
+            assert_eq!((ctx.trace_state.len(), ctx.baggage.len()), (32, 64));
+            let first = ctx.clone();
+            for hop in 0..4 {
+                let json = serde_json::to_string(&Carrier::from_context(&ctx)).unwrap();
+                let next = serde_json::from_str::<Carrier>(&json).unwrap().to_context();
+                assert_eq!(next.parent_span_id, Some(ctx.span_id), "hop {hop}");
+                assert_ne!(next.span_id, ctx.span_id, "hop {hop}");
+                assert_eq!(next.trace_id, first.trace_id);
+                assert_eq!(next.trace_flags, first.trace_flags, "{flags}");
+                assert_eq!(next.request_id, first.request_id);
+                assert_eq!(next.trace_state, first.trace_state);
+                assert_eq!(next.baggage, first.baggage, "hop {hop}");
+                assert_eq!(next.tenant, first.tenant);
+                ctx = next;
+            }
+        }
+    }
+
+    /// A string map that already holds context keys in another case (a message from another
+    /// SDK, re-enqueued): `inject` leaves only its own, so a reader that ignores case (a
+    /// `Carrier` read from the map, which keeps the first of twins) sees the injected context.
+    #[cfg(feature = "serde")]
+    #[test]
+    fn inject_replaces_context_keys_of_any_case_in_a_string_map() {
+        let stale = [
+            ("Traceparent", TP),
+            ("TRACEPARENT", TP),
+            ("Tracestate", "stale=1"),
+            ("Baggage", "role=admin"),
+            ("X-Request-Id", "theirs"),
+            ("X-Org-Id", "victim_org"),
+            ("Content-Type", "application/json"),
+        ];
+        let fresh = RequestContext::new_root();
+        let mut btree: BTreeMap<String, String> = stale
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        inject(&fresh, &mut btree);
+        let mut map: HashMap<String, String> = stale
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        inject(&fresh, &mut map);
+        for json in [
+            serde_json::to_string(&btree).unwrap(),
+            serde_json::to_string(&map).unwrap(),
+        ] {
+            let got = serde_json::from_str::<Carrier>(&json).unwrap().to_context();
+            assert_eq!(got.trace_id, fresh.trace_id, "{json}");
+            assert_eq!(got.request_id, fresh.request_id, "{json}");
+            assert!(got.trace_state.is_empty(), "{json}");
+            assert!(got.baggage.is_empty(), "{json}");
+            assert!(got.tenant.is_empty(), "{json}");
+        }
+        let keys: Vec<&str> = btree.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["Content-Type", "traceparent", "x-request-id"]);
+        assert_eq!(map.len(), 3);
     }
 
     #[test]

@@ -592,6 +592,50 @@ async fn a_job_with_a_bad_carrier_warns_about_each_entry_it_could_not_use() {
     );
 }
 
+/// A job that enqueues the next (a worker's pipeline): every hop keeps the trace id, the
+/// request id, the sampling decision, the trace state, baggage and tenant, names the previous
+/// job's span as its parent under a fresh span of its own, and its carrier does not grow.
+#[tokio::test]
+async fn a_job_enqueued_by_a_job_keeps_the_trace_with_a_new_parent_per_hop() {
+    for flags in ["00", "01"] {
+        let mut headers = http::HeaderMap::new();
+        let traceparent = format!("00-{INCOMING_TRACE}-{INCOMING_PARENT}-{flags}");
+        headers.insert("traceparent", traceparent.parse().unwrap());
+        headers.insert("x-request-id", "pipeline-1".parse().unwrap());
+        headers.insert("tracestate", "vendor=1".parse().unwrap());
+        headers.insert("baggage", "k=v".parse().unwrap());
+        headers.insert("x-org-id", "org_7".parse().unwrap());
+        let request =
+            periscope_context::extract(&headers, &periscope_context::ExtractOptions::default())
+                .context;
+        let mut carrier = request.in_scope(periscope_trace::job::carrier).unwrap();
+        let entries = carrier.as_map().len();
+        let mut spans = vec![request.span_id];
+        for hop in 0..4 {
+            let payload = serde_json::to_string(&carrier).unwrap();
+            let job = JobSpan::from_carrier("step", &serde_json::from_str(&payload).unwrap());
+            let ctx = job.context().clone();
+            assert_eq!(ctx.trace_id, request.trace_id, "{flags} hop {hop}");
+            assert_eq!(ctx.request_id.as_str(), "pipeline-1");
+            assert_eq!(ctx.is_sampled(), flags == "01", "{flags} hop {hop}");
+            assert_eq!(
+                ctx.parent_span_id,
+                spans.last().copied(),
+                "{flags} hop {hop}"
+            );
+            assert!(!spans.contains(&ctx.span_id), "{flags} hop {hop}");
+            assert_eq!(ctx.trace_state.as_str(), "vendor=1");
+            assert_eq!(ctx.baggage.get("k"), Some("v"));
+            assert_eq!(ctx.tenant.org_id(), Some("org_7"));
+            spans.push(ctx.span_id);
+            carrier = job
+                .run(async { periscope_trace::job::carrier().unwrap() })
+                .await;
+            assert_eq!(carrier.as_map().len(), entries, "{carrier:?}");
+        }
+    }
+}
+
 /// Without a router's matched path, the declared templates name the span and reach the inner
 /// layers as a `MatchedRoute`; an unmatched path gets neither.
 #[tokio::test]
