@@ -492,11 +492,14 @@ fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, C
 
 fn parse_propagators(value: String) -> Result<Propagators, ConfigError> {
     const EXPECTED: &str = "expected a comma-separated list of tracecontext and baggage, or none alone (B3, Jaeger and X-Ray are not supported)";
-    let names: Vec<String> = value
+    let mut names: Vec<String> = value
         .split(',')
         .map(|name| name.trim().to_ascii_lowercase())
         .filter(|name| !name.is_empty())
         .collect();
+    // Duplicates count once, as the OpenTelemetry specification asks: `none,none` is `none`.
+    names.sort();
+    names.dedup();
     if names.is_empty() {
         // Only separators: turning propagation off takes an explicit `none`.
         return Err(invalid("OTEL_PROPAGATORS", value, EXPECTED));
@@ -747,6 +750,25 @@ mod tests {
         assert_eq!(none.propagators, Propagators::none());
         let both = config(&[("OTEL_PROPAGATORS", " baggage , tracecontext ")]).unwrap();
         assert_eq!(both.propagators, Propagators::default());
+    }
+
+    /// A name given twice counts once, as the specification asks: `none,none` was refused as
+    /// `none` mixed with another.
+    #[test]
+    fn propagators_given_twice_count_once() {
+        for (value, expected) in [
+            ("none,none", Propagators::none()),
+            (" NONE , none ", Propagators::none()),
+            (
+                "tracecontext,TraceContext",
+                Propagators::none().with_trace_context(true),
+            ),
+            ("baggage,tracecontext,baggage", Propagators::default()),
+        ] {
+            let config = config(&[("OTEL_PROPAGATORS", value)]).unwrap();
+            assert_eq!(config.propagators, expected, "{value}");
+        }
+        assert!(config(&[("OTEL_PROPAGATORS", "none,none,baggage")]).is_err());
     }
 
     #[test]
