@@ -143,6 +143,11 @@ impl OtelConfig {
 
     /// Reads the variables through `lookup` (tests, or configuration from another source).
     /// Empty values count as unset, as the OpenTelemetry specification asks.
+    ///
+    /// The exporter's headers, timeout and compression (`OTEL_EXPORTER_OTLP_HEADERS`, ...) and
+    /// the batch processor's `OTEL_BSP_*` are checked here but have no field: the exporter and
+    /// the processor take them from the process environment when [`build`](Self::build) runs,
+    /// whatever `lookup` said.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| {
             lookup(name)
