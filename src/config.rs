@@ -332,7 +332,12 @@ impl Settings {
                 .rev()
                 .find(|(key, _)| key == "service.name")
         {
-            self.service_name = checked_name("OTEL_RESOURCE_ATTRIBUTES", name.clone())?;
+            // The value shown is the pair, not the bare name: `""` for `service.name=` named
+            // nothing that is in the variable.
+            self.service_name =
+                checked_name("OTEL_RESOURCE_ATTRIBUTES", name.clone()).map_err(|error| {
+                    ConfigError::new(error.var, format!("service.name={name}"), error.expected)
+                })?;
         }
         // One service name everywhere: the log lines', the metrics' and the exported spans'.
         otel.service_name = Some(self.service_name.clone());
@@ -678,5 +683,22 @@ mod tests {
         assert_eq!(s.otel.service_name.as_deref(), Some("api"));
         let error = env(&[("OTEL_TRACES_SAMPLER", "sometimes")]).unwrap_err();
         assert_eq!(error.var, "OTEL_TRACES_SAMPLER");
+    }
+
+    /// A `service.name` in `OTEL_RESOURCE_ATTRIBUTES` that cannot name the service shows the
+    /// pair it came from: `OTEL_RESOURCE_ATTRIBUTES=""` for `service.name=` named nothing the
+    /// variable holds.
+    #[cfg(feature = "otel")]
+    #[test]
+    fn a_bad_service_name_attribute_shows_its_pair() {
+        for (value, shown) in [
+            ("team=a,service.name=", "service.name="),
+            ("service.name=my%20shop", "service.name=my shop"),
+        ] {
+            let error = env(&[("OTEL_RESOURCE_ATTRIBUTES", value)]).unwrap_err();
+            assert_eq!(error.var, "OTEL_RESOURCE_ATTRIBUTES");
+            assert_eq!(error.value, shown);
+            assert!(error.expected.contains("A-Z a-z 0-9"), "{error}");
+        }
     }
 }

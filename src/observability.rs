@@ -387,6 +387,9 @@ impl ObservabilityBuilder {
     }
 
     /// Applies variables read through `lookup` (tests, or another configuration source).
+    /// With the `otel` feature, the OTLP exporter's headers, timeout and compression and the
+    /// `OTEL_BSP_*` settings are checked in `lookup` but taken from the process environment,
+    /// where the exporter and the batch processor read them.
     pub fn env_from(
         mut self,
         lookup: impl Fn(&str) -> Option<String>,

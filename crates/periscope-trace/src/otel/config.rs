@@ -112,13 +112,42 @@ pub struct OtelConfig {
 }
 
 impl OtelConfig {
-    /// Reads the process environment. See the crate documentation for every variable.
+    /// Reads the process environment. See the crate documentation for every variable. A
+    /// value that is not UTF-8 is an error naming the variable, as a malformed one is.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_os_lookup(|name| std::env::var_os(name))
+    }
+
+    /// [`from_lookup`](Self::from_lookup) over values that may not be UTF-8: the first such
+    /// value is the error. Read as unset, it would pass without a word (an endpoint that is
+    /// not UTF-8 turned export off, a sampler fell back to the default).
+    fn from_os_lookup(
+        lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Self, ConfigError> {
+        let not_unicode = std::cell::RefCell::new(None);
+        let config = Self::from_lookup(|name| match lookup(name)?.into_string() {
+            Ok(value) => Some(value),
+            Err(value) => {
+                let var = VARIABLES.iter().find(|var| **var == name)?;
+                not_unicode
+                    .borrow_mut()
+                    .get_or_insert_with(|| not_unicode_error(var, &value.to_string_lossy()));
+                None
+            }
+        });
+        match not_unicode.into_inner() {
+            Some(error) => Err(error),
+            None => config,
+        }
     }
 
     /// Reads the variables through `lookup` (tests, or configuration from another source).
     /// Empty values count as unset, as the OpenTelemetry specification asks.
+    ///
+    /// The exporter's headers, timeout and compression (`OTEL_EXPORTER_OTLP_HEADERS`, ...) and
+    /// the batch processor's `OTEL_BSP_*` are checked here but have no field: the exporter and
+    /// the processor take them from the process environment when [`build`](Self::build) runs,
+    /// whatever `lookup` said.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| {
             lookup(name)
@@ -327,6 +356,50 @@ fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Every variable [`OtelConfig::from_lookup`] reads.
+const VARIABLES: &[&str] = &[
+    "SERVICE_NAME",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    "OTEL_BSP_EXPORT_TIMEOUT",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BSP_MAX_CONCURRENT_EXPORTS",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_PROPAGATORS",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_SDK_DISABLED",
+];
+
+/// The error for `var` holding bytes that are not UTF-8 (`lossy`, as replacement characters
+/// show them): the headers are never shown, an endpoint's credentials are masked.
+fn not_unicode_error(var: &'static str, lossy: &str) -> ConfigError {
+    let value = if var.contains("HEADERS") {
+        "[REDACTED]".to_owned()
+    } else if var.contains("ENDPOINT") {
+        without_credentials(lossy).into_owned()
+    } else {
+        lossy.to_owned()
+    };
+    invalid(
+        var,
+        value,
+        "expected valid UTF-8 (check the encoding of the file or secret it comes from)",
+    )
+}
+
 fn invalid(var: &'static str, value: String, expected: &'static str) -> ConfigError {
     ConfigError {
         var,
@@ -424,11 +497,14 @@ fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, C
 
 fn parse_propagators(value: String) -> Result<Propagators, ConfigError> {
     const EXPECTED: &str = "expected a comma-separated list of tracecontext and baggage, or none alone (B3, Jaeger and X-Ray are not supported)";
-    let names: Vec<String> = value
+    let mut names: Vec<String> = value
         .split(',')
         .map(|name| name.trim().to_ascii_lowercase())
         .filter(|name| !name.is_empty())
         .collect();
+    // Duplicates count once, as the OpenTelemetry specification asks: `none,none` is `none`.
+    names.sort();
+    names.dedup();
     if names.is_empty() {
         // Only separators: turning propagation off takes an explicit `none`.
         return Err(invalid("OTEL_PROPAGATORS", value, EXPECTED));
@@ -543,6 +619,59 @@ mod tests {
         OtelConfig::from_lookup(|name| env.get(name).cloned())
     }
 
+    /// A value that is not UTF-8 was read as unset: an endpoint turned export off without a
+    /// word. Now it names the variable, the value masked as any other.
+    #[cfg(unix)]
+    #[test]
+    fn a_value_that_is_not_utf8_fails_naming_the_variable() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+
+        let read = |name: &'static str, bytes: &[u8]| {
+            let bytes = bytes.to_vec();
+            OtelConfig::from_os_lookup(move |var| {
+                (var == name).then(|| OsString::from_vec(bytes.clone()))
+            })
+        };
+        for (var, bytes, shown) in [
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &b"http://user:s3cret@collector:43\xff18"[..],
+                "http://[REDACTED]@collector:43\u{fffd}18",
+            ),
+            ("OTEL_TRACES_SAMPLER", b"always_o\xff", "always_o\u{fffd}"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                b"api-key=s3cr\xffet",
+                "[REDACTED]",
+            ),
+        ] {
+            let error = read(var, bytes).unwrap_err();
+            assert_eq!(error.var, var);
+            assert_eq!(error.value, shown);
+            assert!(error.to_string().contains("UTF-8"), "{error}");
+            assert!(!error.to_string().contains("s3cr"), "{error}");
+        }
+        assert!(read("OTEL_TRACES_SAMPLER", b"always_off").is_ok());
+    }
+
+    #[test]
+    fn every_variable_read_is_listed() {
+        let read = std::cell::RefCell::new(Vec::new());
+        OtelConfig::from_lookup(|name| {
+            read.borrow_mut().push(name.to_owned());
+            None
+        })
+        .unwrap();
+        let read = read.into_inner();
+        for name in &read {
+            assert!(VARIABLES.contains(&name.as_str()), "{name} is not listed");
+        }
+        for name in VARIABLES {
+            assert!(read.iter().any(|read| read == name), "{name} is not read");
+        }
+    }
+
     #[test]
     fn service_name_is_read_in_the_design_order() {
         let both = [("SERVICE_NAME", "checkout"), ("OTEL_SERVICE_NAME", "other")];
@@ -626,6 +755,25 @@ mod tests {
         assert_eq!(none.propagators, Propagators::none());
         let both = config(&[("OTEL_PROPAGATORS", " baggage , tracecontext ")]).unwrap();
         assert_eq!(both.propagators, Propagators::default());
+    }
+
+    /// A name given twice counts once, as the specification asks: `none,none` was refused as
+    /// `none` mixed with another.
+    #[test]
+    fn propagators_given_twice_count_once() {
+        for (value, expected) in [
+            ("none,none", Propagators::none()),
+            (" NONE , none ", Propagators::none()),
+            (
+                "tracecontext,TraceContext",
+                Propagators::none().with_trace_context(true),
+            ),
+            ("baggage,tracecontext,baggage", Propagators::default()),
+        ] {
+            let config = config(&[("OTEL_PROPAGATORS", value)]).unwrap();
+            assert_eq!(config.propagators, expected, "{value}");
+        }
+        assert!(config(&[("OTEL_PROPAGATORS", "none,none,baggage")]).is_err());
     }
 
     #[test]
