@@ -387,9 +387,10 @@ impl ObservabilityBuilder {
     }
 
     /// Applies variables read through `lookup` (tests, or another configuration source).
-    /// With the `otel` feature, the OTLP exporter's headers, timeout and compression and the
-    /// `OTEL_BSP_*` settings are checked in `lookup` but taken from the process environment,
-    /// where the exporter and the batch processor read them.
+    /// With the `otel` feature, the OTLP exporter's headers and timeout and the batch
+    /// processor's queue, batch size and delay are taken from `lookup` too; its compression,
+    /// `OTEL_BSP_EXPORT_TIMEOUT` and `OTEL_BSP_MAX_CONCURRENT_EXPORTS` are checked in `lookup`
+    /// but taken from the process environment, where the SDK reads them.
     pub fn env_from(
         mut self,
         lookup: impl Fn(&str) -> Option<String>,

@@ -265,6 +265,31 @@ fn receiver_on_its_own_runtime() -> (tokio::runtime::Runtime, String, Exports) {
     (runtime, endpoint, exports)
 }
 
+/// Settings read from another source than the process environment (a configuration file,
+/// through `OtelConfig::from_lookup` or the facade's `env_from`) apply to the export too: the
+/// header an API key goes in was checked there, then never sent, and the collector refused
+/// every export.
+#[test]
+fn export_headers_from_a_lookup_are_sent() {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+
+    let (_receiver_runtime, endpoint, exports) = receiver_on_its_own_runtime();
+    let guard = OtelConfig::from_lookup(|name| match name {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(endpoint.clone()),
+        "OTEL_EXPORTER_OTLP_HEADERS" => Some("api-key=from%20a%20file".to_owned()),
+        _ => None,
+    })
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut span = guard.tracer().start("with-looked-up-headers");
+    let trace = span.span_context().trace_id().to_string();
+    span.end();
+    drop(guard);
+    let (export, _) = export_of(&exports, &trace);
+    assert_eq!(export.api_key.as_deref(), Some("from a file"));
+}
+
 const HEADERS_CHILD: &str = "PERISCOPE_TEST_HEADERS_CHILD";
 
 /// In a child process: a receiver, and the provider built from the environment exporting to

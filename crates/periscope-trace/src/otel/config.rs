@@ -1,5 +1,7 @@
 //! OpenTelemetry settings, read from the standard `OTEL_*` environment variables.
 
+use std::time::Duration;
+
 use crate::propagation::Propagators;
 
 /// A malformed setting, named with the variable that holds it.
@@ -109,6 +111,48 @@ pub struct OtelConfig {
     pub propagators: Propagators,
     /// Nothing exported (`OTEL_SDK_DISABLED=true`, or `OTEL_TRACES_EXPORTER=none`).
     pub disabled: bool,
+    /// The exporter's headers and timeout and the batch processor's sizes, as read from the
+    /// same source as the rest (default: the SDK's).
+    pub export: ExportSettings,
+}
+
+/// The exporter's and the batch processor's settings that [`OtelConfig::from_lookup`] reads,
+/// so a configuration source other than the process environment sets them too (the SDK reads
+/// only the environment). `None` or empty leaves the SDK's default; the batch processor's
+/// export timeout and concurrency and the exporter's compression still come from the process
+/// environment.
+#[derive(Clone, Default, PartialEq)]
+pub struct ExportSettings {
+    /// Sent with every export (`OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else
+    /// `OTEL_EXPORTER_OTLP_HEADERS`, values percent-decoded); `Debug` does not show values.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// How long one export may take (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, in milliseconds; default 10 s).
+    pub timeout: Option<Duration>,
+    /// Spans kept waiting for export (`OTEL_BSP_MAX_QUEUE_SIZE`).
+    pub max_queue_size: Option<usize>,
+    /// Spans sent in one export (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
+    pub max_export_batch_size: Option<usize>,
+    /// The wait between exports (`OTEL_BSP_SCHEDULE_DELAY`, in milliseconds).
+    pub scheduled_delay: Option<Duration>,
+}
+
+impl std::fmt::Debug for ExportSettings {
+    // Header values are credentials (an API key): `Debug` output ends up in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<String> = self
+            .headers
+            .iter()
+            .map(|(name, _)| format!("{name}=[REDACTED]"))
+            .collect();
+        f.debug_struct("ExportSettings")
+            .field("headers", &headers)
+            .field("timeout", &self.timeout)
+            .field("max_queue_size", &self.max_queue_size)
+            .field("max_export_batch_size", &self.max_export_batch_size)
+            .field("scheduled_delay", &self.scheduled_delay)
+            .finish()
+    }
 }
 
 impl OtelConfig {
@@ -144,10 +188,10 @@ impl OtelConfig {
     /// Reads the variables through `lookup` (tests, or configuration from another source).
     /// Empty values count as unset, as the OpenTelemetry specification asks.
     ///
-    /// The exporter's headers, timeout and compression (`OTEL_EXPORTER_OTLP_HEADERS`, ...) and
-    /// the batch processor's `OTEL_BSP_*` are checked here but have no field: the exporter and
-    /// the processor take them from the process environment when [`build`](Self::build) runs,
-    /// whatever `lookup` said.
+    /// The exporter's headers and timeout and the batch processor's queue, batch size and delay
+    /// are read here too ([`ExportSettings`]). The exporter's compression and the processor's
+    /// `OTEL_BSP_EXPORT_TIMEOUT` and `OTEL_BSP_MAX_CONCURRENT_EXPORTS` are only checked here:
+    /// the SDK takes them from the process environment when [`build`](Self::build) runs.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| {
             lookup(name)
@@ -279,6 +323,23 @@ impl OtelConfig {
             .transpose()?
             .unwrap_or(false)
             || no_exporter;
+        // Checked above; kept here so a source other than the environment sets them too.
+        let number = |var: &str| get(var).and_then(|value| value.parse::<u64>().ok());
+        let to_usize = |number: u64| usize::try_from(number).unwrap_or(usize::MAX);
+        let export = ExportSettings {
+            // A blank traces list counts as unset (`get`): the general list's headers (an API
+            // key) are still sent, where the exporter would take the blank one as the list.
+            headers: get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+                .or_else(|| get("OTEL_EXPORTER_OTLP_HEADERS"))
+                .and_then(|list| header_pairs(&list))
+                .unwrap_or_default(),
+            timeout: number("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+                .or_else(|| number("OTEL_EXPORTER_OTLP_TIMEOUT"))
+                .map(Duration::from_millis),
+            max_queue_size: number("OTEL_BSP_MAX_QUEUE_SIZE").map(to_usize),
+            max_export_batch_size: number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").map(to_usize),
+            scheduled_delay: number("OTEL_BSP_SCHEDULE_DELAY").map(Duration::from_millis),
+        };
         Ok(Self {
             service_name,
             resource_attributes,
@@ -288,6 +349,7 @@ impl OtelConfig {
             sampler,
             propagators,
             disabled,
+            export,
         })
     }
 
@@ -329,6 +391,7 @@ impl std::fmt::Debug for OtelConfig {
             .field("sampler", &self.sampler)
             .field("propagators", &self.propagators)
             .field("disabled", &self.disabled)
+            .field("export", &self.export)
             .finish()
     }
 }
@@ -568,7 +631,7 @@ fn check_headers(var: &'static str, value: &str) -> Result<(), ConfigError> {
 
 /// The headers of a list such as `OTEL_EXPORTER_OTLP_HEADERS` (`name=value` pairs, values
 /// percent-encoded, empty pairs skipped); `None` when a pair is malformed.
-pub(super) fn header_pairs(value: &str) -> Option<Vec<(http::HeaderName, http::HeaderValue)>> {
+fn header_pairs(value: &str) -> Option<Vec<(http::HeaderName, http::HeaderValue)>> {
     value
         .split(',')
         .map(str::trim)
@@ -855,6 +918,61 @@ mod tests {
             "http://collector:4318"
         );
         assert_eq!(without_credentials("u:p@host"), "[REDACTED]@host");
+    }
+
+    /// The exporter's and batch processor's settings come from the lookup, as the rest does,
+    /// the traces-specific ones first; header values never show in `Debug`.
+    #[test]
+    fn export_settings_are_read_from_the_lookup() {
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=general"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                " api-key=k%2F1 , x-team=pay ",
+            ),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "7000"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", " 2500 "),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "4096"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "256"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ];
+        let config = OtelConfig::from_lookup(|name| {
+            vars.iter()
+                .find(|(var, _)| *var == name)
+                .map(|(_, value)| (*value).to_owned())
+        })
+        .unwrap();
+        let export = &config.export;
+        let headers: Vec<(&str, &str)> = export
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.to_str().unwrap()))
+            .collect();
+        assert_eq!(headers, [("api-key", "k/1"), ("x-team", "pay")]);
+        assert_eq!(export.timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(export.max_queue_size, Some(4096));
+        assert_eq!(export.max_export_batch_size, Some(256));
+        assert_eq!(export.scheduled_delay, Some(Duration::from_millis(100)));
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("k/1") && !debug.contains("pay\""),
+            "{debug}"
+        );
+        assert!(debug.contains("api-key=[REDACTED]"), "{debug}");
+
+        // A blank traces list counts as unset: the general headers are sent.
+        let config = OtelConfig::from_lookup(|name| match name {
+            "OTEL_EXPORTER_OTLP_HEADERS" => Some("api-key=general".to_owned()),
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS" => Some("  ".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config.export.headers.len(), 1);
+        assert_eq!(config.export.headers[0].1, "general");
+        assert_eq!(
+            OtelConfig::from_lookup(|_| None).unwrap().export,
+            ExportSettings::default()
+        );
     }
 
     /// A secret in the query of a refused URL (a fragment is refused) is not shown either.

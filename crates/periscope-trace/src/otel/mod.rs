@@ -23,7 +23,7 @@
 mod config;
 mod provider;
 
-pub use config::{ConfigError, OtelConfig, Protocol, Sampler};
+pub use config::{ConfigError, ExportSettings, OtelConfig, Protocol, Sampler};
 pub use provider::{InstallError, OtelGuard, OtelLayer};
 
 pub use opentelemetry;

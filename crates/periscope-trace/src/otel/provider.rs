@@ -22,7 +22,7 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::{Filtered, LevelFilter, Targets};
 use tracing_subscriber::registry::LookupSpan;
 
-use super::config::{OtelConfig, Protocol};
+use super::config::{ExportSettings, OtelConfig, Protocol};
 use crate::propagation::Propagators;
 
 /// The tracing layer that turns periscope's spans (and the application's) into exported
@@ -138,58 +138,19 @@ impl HttpClient for ExportHttpClient {
     }
 }
 
-/// The export's timeout, as the exporter reads it (checked by [`OtelConfig::from_lookup`]).
-fn export_timeout() -> Duration {
-    [
-        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-        "OTEL_EXPORTER_OTLP_TIMEOUT",
-    ]
-    .iter()
-    .find_map(|var| env_number(var))
-    .map_or(DEFAULT_EXPORT_TIMEOUT, Duration::from_millis)
-}
-
-/// A whole number read from the environment as `OtelConfig::from_lookup` checks it (spaces
-/// around it trimmed).
-fn env_number(var: &str) -> Option<u64> {
-    std::env::var(var).ok()?.trim().parse().ok()
-}
-
-/// The export's headers as periscope reads them (checked by [`OtelConfig::from_lookup`]):
-/// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`, a blank value
-/// counting as unset. The exporter reads them too, but takes a set, blank traces variable (an
-/// empty `OTEL_EXPORTER_OTLP_TRACES_HEADERS=` in a manifest) as the whole list: given here,
-/// the general list's headers (an API key) are still sent.
-fn export_headers() -> Vec<(http::HeaderName, http::HeaderValue)> {
-    [
-        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-        "OTEL_EXPORTER_OTLP_HEADERS",
-    ]
-    .iter()
-    .find_map(|var| {
-        std::env::var(var)
-            .ok()
-            .filter(|value| !value.trim().is_empty())
-    })
-    .and_then(|list| super::config::header_pairs(&list))
-    .unwrap_or_default()
-}
-
-/// The batch processor's settings as [`OtelConfig::from_lookup`] checked them: trimmed. The
-/// processor reads `OTEL_BSP_*` itself, as they are, and ignores a value with a space around
-/// it (`OTEL_BSP_SCHEDULE_DELAY=" 100"` left 5 s) without a word; set here, they win.
-fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
-    let read = env_number;
-    let to_usize = |number: u64| usize::try_from(number).unwrap_or(usize::MAX);
+/// The batch processor's settings: those [`OtelConfig::from_lookup`] read, over the SDK's
+/// defaults. (The SDK reads `OTEL_BSP_*` itself, as they are, and would ignore a value with a
+/// space around it, `OTEL_BSP_SCHEDULE_DELAY=" 100"`, without a word; set here, they win.)
+fn batch_config(export: &ExportSettings) -> opentelemetry_sdk::trace::BatchConfig {
     let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default();
-    if let Some(size) = read("OTEL_BSP_MAX_QUEUE_SIZE") {
-        config = config.with_max_queue_size(to_usize(size));
+    if let Some(size) = export.max_queue_size {
+        config = config.with_max_queue_size(size);
     }
-    if let Some(size) = read("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
-        config = config.with_max_export_batch_size(to_usize(size));
+    if let Some(size) = export.max_export_batch_size {
+        config = config.with_max_export_batch_size(size);
     }
-    if let Some(delay) = read("OTEL_BSP_SCHEDULE_DELAY") {
-        config = config.with_scheduled_delay(Duration::from_millis(delay));
+    if let Some(delay) = export.scheduled_delay {
+        config = config.with_scheduled_delay(delay);
     }
     config.build()
 }
@@ -231,16 +192,18 @@ impl OtelConfig {
         let mut export_thread = None;
         if let Some(endpoint) = &endpoint {
             let thread = ExportThread::start().map_err(InstallError::ExportThread)?;
+            let timeout = self.export.timeout.unwrap_or(DEFAULT_EXPORT_TIMEOUT);
+            let headers = self.export.headers.clone();
             let exporter = match self.protocol {
                 Protocol::Grpc => {
                     // tonic puts its connection on the runtime current while it is built.
                     let _on_export_thread = thread.runtime.enter();
                     SpanExporter::builder()
                         .with_tonic()
-                        .with_timeout(export_timeout())
+                        .with_timeout(timeout)
                         .with_metadata(
                             opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
-                                export_headers().into_iter().collect(),
+                                headers.into_iter().collect(),
                             ),
                         )
                         .with_endpoint(endpoint.clone())
@@ -250,12 +213,12 @@ impl OtelConfig {
                     .with_http()
                     .with_http_client(ExportHttpClient {
                         runtime: thread.runtime.clone(),
-                        hyper: HyperClient::with_default_connector(export_timeout(), None),
+                        hyper: HyperClient::with_default_connector(timeout, None),
                     })
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .with_timeout(export_timeout())
+                    .with_timeout(timeout)
                     .with_headers(
-                        export_headers()
+                        headers
                             .into_iter()
                             .filter_map(|(name, value)| {
                                 Some((name.to_string(), value.to_str().ok()?.to_owned()))
@@ -271,7 +234,7 @@ impl OtelConfig {
             })?;
             builder = builder.with_span_processor(
                 opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
-                    .with_batch_config(batch_config())
+                    .with_batch_config(batch_config(&self.export))
                     .build(),
             );
             export_thread = Some(thread);
