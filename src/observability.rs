@@ -388,9 +388,7 @@ impl ObservabilityBuilder {
 
     /// Applies variables read through `lookup` (tests, or another configuration source).
     /// With the `otel` feature, the OTLP exporter's headers and timeout and the batch
-    /// processor's queue, batch size and delay are taken from `lookup` too; its compression,
-    /// `OTEL_BSP_EXPORT_TIMEOUT` and `OTEL_BSP_MAX_CONCURRENT_EXPORTS` are checked in `lookup`
-    /// but taken from the process environment, where the SDK reads them.
+    /// processor's queue, batch size and delay are taken from `lookup` too.
     pub fn env_from(
         mut self,
         lookup: impl Fn(&str) -> Option<String>,

@@ -118,9 +118,7 @@ pub struct OtelConfig {
 
 /// The exporter's and the batch processor's settings that [`OtelConfig::from_lookup`] reads,
 /// so a configuration source other than the process environment sets them too (the SDK reads
-/// only the environment). `None` or empty leaves the SDK's default; the batch processor's
-/// export timeout and concurrency and the exporter's compression still come from the process
-/// environment.
+/// only the environment). `None` or empty leaves the SDK's default.
 #[derive(Clone, Default, PartialEq)]
 pub struct ExportSettings {
     /// Sent with every export (`OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else
@@ -190,8 +188,8 @@ impl OtelConfig {
     ///
     /// The exporter's headers and timeout and the batch processor's queue, batch size and delay
     /// are read here too ([`ExportSettings`]). The exporter's compression and the processor's
-    /// `OTEL_BSP_EXPORT_TIMEOUT` and `OTEL_BSP_MAX_CONCURRENT_EXPORTS` are only checked here:
-    /// the SDK takes them from the process environment when [`build`](Self::build) runs.
+    /// `OTEL_BSP_EXPORT_TIMEOUT` and `OTEL_BSP_MAX_CONCURRENT_EXPORTS` are only checked: this
+    /// build neither compresses nor uses them.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| {
             lookup(name)
