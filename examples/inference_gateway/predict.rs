@@ -209,27 +209,24 @@ async fn predict(
         .get_or_create([model::NAME])
         .observe(started.elapsed().as_secs_f64());
 
-    let prediction = tracing::info_span!("postprocess").in_scope(|| {
+    let (prediction, confidence) = tracing::info_span!("postprocess").in_scope(|| {
         let prediction = model.postprocess(&scores);
+        // Four decimals, in the log line as in the answer: more would only show f32 rounding.
+        let confidence = (f64::from(prediction.confidence) * 1e4).round() / 1e4;
         state
             .metrics
             .predictions
             .get_or_create([prediction.label])
             .inc();
-        tracing::info!(
-            label = prediction.label,
-            confidence = f64::from(prediction.confidence),
-            "prediction"
-        );
-        prediction
+        tracing::info!(label = prediction.label, confidence, "prediction");
+        (prediction, confidence)
     });
 
     // The same id as the `x-request-id` header and every log line of this request.
     let request_id = RequestContext::current().map(|ctx| ctx.request_id.to_string());
     Ok(Json(json!({
         "label": prediction.label,
-        // Four decimals: more would only show f32 rounding.
-        "confidence": (f64::from(prediction.confidence) * 1e4).round() / 1e4,
+        "confidence": confidence,
         "model": {"name": model::NAME, "version": model::VERSION},
         "request_id": request_id,
     })))
