@@ -2,6 +2,11 @@
 //! the same life cycle as one (loaded once, behind a startup gate, shared by every request) and
 //! the same three stages per request: preprocess (decoded image → input), inference
 //! (input → scores), postprocess (scores → label and confidence).
+//!
+//! When copying the template: replace `Model` (and `NAME`, `VERSION`, `labels`) with your own
+//! model, reading its weights in `Model::load`; keep `ModelHandle`, which loads it once behind
+//! the startup gate and reports it in `/debug/status`. `load_delay` (`MODEL_LOAD_DELAY_MS`)
+//! only simulates a slow load: drop it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

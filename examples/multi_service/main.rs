@@ -24,6 +24,13 @@
 //! `::worker` or `::jobs`, and the access line's `route` tell them apart). In production each
 //! is its own process with its own `SERVICE_NAME`, built the same way.
 //!
+//! When copying it, split it: each service gets its own `main`, built like
+//! `examples/inference_gateway`'s with `obs.server(listener)` and `obs.shutdown_on_signal()`
+//! (the worker's plain `Server::new`, stopped after the api, is only for sharing this process);
+//! the api reads the worker's URL from its configuration; and the in-process queue becomes your
+//! broker: serialise the job's `Carrier` into the message (it is a flat JSON object of
+//! header-named strings) and read it back in the consumer for its `JobSpan`.
+//!
 //! | variable | default | accepted values |
 //! | --- | --- | --- |
 //! | `HOST` | `127.0.0.1` | the IP address both services listen on |

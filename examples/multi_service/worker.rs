@@ -1,4 +1,4 @@
-//! The worker service: processes the api's calls. Its `CorrelationLayer` continues the
+//! The worker service: processes the api's calls. `obs.layer()` around it continues the
 //! request id and trace the api sent, so its lines carry the client's ids.
 
 use axum::routing::post;
