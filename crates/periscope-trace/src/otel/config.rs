@@ -402,7 +402,7 @@ const MAX_SPAN_QUEUE: u64 = 1_000_000;
 /// `url` with its `user:password@` part, if any, replaced by `[REDACTED]@`, and its query and
 /// fragment (`?api_key=...`) by `?[REDACTED]`, for messages and `Debug`. Everything up to the
 /// last `@` counts, so a password holding `/` is masked whole.
-fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
     let start = url.find("://").map_or(0, |at| at + 3);
     let (url, query) = match url[start..].rfind('@') {
         Some(at) => (

@@ -22,9 +22,11 @@
 
 mod config;
 mod provider;
+mod reporting;
 
 pub use config::{ConfigError, ExportSettings, OtelConfig, Protocol, Sampler};
 pub use provider::{InstallError, OtelGuard, OtelLayer};
+pub use reporting::EXPORT_TARGET;
 
 pub use opentelemetry;
 pub use opentelemetry_otlp;

@@ -23,6 +23,7 @@ use tracing_subscriber::filter::{Filtered, LevelFilter, Targets};
 use tracing_subscriber::registry::LookupSpan;
 
 use super::config::{ExportSettings, OtelConfig, Protocol};
+use super::reporting::ReportingExporter;
 use crate::propagation::Propagators;
 
 /// The tracing layer that turns periscope's spans (and the application's) into exported
@@ -232,6 +233,10 @@ impl OtelConfig {
                 endpoint: endpoint.clone(),
                 source,
             })?;
+            let exporter = ReportingExporter::new(
+                exporter,
+                super::config::without_credentials(endpoint).into_owned(),
+            );
             builder = builder.with_span_processor(
                 opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
                     .with_batch_config(batch_config(&self.export))
