@@ -502,16 +502,23 @@ impl GpuSampler {
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.source.sample(request)))
                 .unwrap_or_else(|_| Err(GpuError::read("the GPU source panicked")));
-        // Devices listed but none readable (NVML counts a GPU that fell off the bus, then
-        // cannot open it) is a lost GPU: down, not `up 1` with no device at all.
+        // No device to export is down, never `up 1` with no device at all: devices listed but
+        // none readable (NVML counts a GPU that fell off the bus, then cannot open it) is a
+        // lost GPU; none listed (a driver without a GPU, or a container given none) is a
+        // machine without GPUs, retried on the back-off like a missing driver.
         let result = result.and_then(|sample| {
-            if sample.devices.is_empty() && sample.unreadable_devices > 0 {
+            if !sample.devices.is_empty() {
+                Ok(sample)
+            } else if sample.unreadable_devices > 0 {
                 Err(GpuError::read(format!(
                     "none of the {} GPUs listed could be read (a lost GPU?)",
                     sample.unreadable_devices
                 )))
             } else {
-                Ok(sample)
+                Err(GpuError::unavailable(
+                    "the GPU source lists no GPU (none installed, or none visible to this \
+                     container)",
+                ))
             }
         });
         // A panicking custom filter would otherwise end the sampling thread, freezing the

@@ -390,6 +390,47 @@ fn every_device_unreadable_is_down_not_up_with_no_devices() {
     );
 }
 
+/// A driver that loads but lists no GPU (`nvidia-smi`: "No devices were found"; a pod given
+/// the driver libraries but no GPU) leaves the collector blind: that is down with the reason,
+/// retried on the unavailable back-off, as the runbook says; not `up 1` with no device at all.
+#[test]
+fn a_source_listing_no_gpu_is_down_and_backs_off() {
+    let source = FakeSource::new(GpuSample {
+        driver_version: Some("550.54.15".into()),
+        ..GpuSample::default()
+    });
+    let control = source.control();
+    let (gpu, mut sampler) = GpuCollector::builder()
+        .interval(Duration::from_secs(10))
+        .retry_backoff(Duration::from_secs(60), Duration::from_secs(3600))
+        .build(source);
+    assert_eq!(sampler.sample_once(), Duration::from_secs(60));
+    assert_eq!(sampler.sample_once(), Duration::from_secs(120));
+    let (text, exp) = scrape(&gpu);
+    assert_eq!(exp.value("gpu_collector_up", &[]), Some(0.0), "{text}");
+    assert_eq!(
+        exp.value("gpu_collector_errors_total", &[]),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        exp.named("gpu_collector_last_success_timestamp_seconds")
+            .is_empty(),
+        "{text}"
+    );
+    let snapshot = gpu.snapshot();
+    assert!(!snapshot.up && snapshot.devices.is_empty());
+    let last_error = snapshot.last_error.unwrap();
+    assert!(last_error.contains("no GPU"), "{last_error}");
+
+    control.set_sample(GpuSample {
+        devices: vec![demo_device(0)],
+        ..GpuSample::default()
+    });
+    assert_eq!(sampler.sample_once(), Duration::from_secs(10));
+    assert!(gpu.is_up());
+}
+
 #[test]
 fn unavailable_source_backs_off_and_read_errors_retry_at_the_interval() {
     let source = FakeSource::demo(1);
