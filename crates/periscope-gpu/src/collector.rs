@@ -4,7 +4,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::{GpuError, GpuSample, GpuSnapshot, GpuSource, SampleRequest};
+use crate::{DeviceSample, GpuError, GpuSample, GpuSnapshot, GpuSource, SampleRequest};
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_EXPENSIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -618,7 +618,11 @@ fn keep_own_processes(filter: &ProcessFilter, own_pid: u32, sample: &mut GpuSamp
 fn carry_expensive(sample: &mut GpuSample, previous: Option<&GpuSample>, request: SampleRequest) {
     let Some(previous) = previous else { return };
     for device in &mut sample.devices {
-        let Some(before) = previous.devices.iter().find(|d| d.uuid == device.uuid) else {
+        // By UUID, so readings follow the physical device; by `gpu` id when it is unknown.
+        let same = |d: &&DeviceSample| {
+            d.uuid == device.uuid && (!device.uuid.is_empty() || d.id == device.id)
+        };
+        let Some(before) = previous.devices.iter().find(same) else {
             continue;
         };
         if !request.processes && device.processes.is_none() {

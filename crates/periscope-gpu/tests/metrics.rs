@@ -724,6 +724,81 @@ fn a_custom_source_cannot_write_duplicate_series_or_a_negative_counter() {
     assert_eq!(gpu.snapshot().devices.len(), 2);
 }
 
+/// NVML always gives a UUID; a custom source may not know it (`""`, as docs/gpu.md allows for
+/// unknown identity labels). Devices told apart by their `gpu` id are distinct devices, not
+/// repeats, and each keeps its own process list between expensive readings.
+#[test]
+fn devices_without_a_uuid_are_told_apart_by_their_gpu_id() {
+    let own = std::process::id();
+    let device = |index: u32, bytes: u64| DeviceSample {
+        uuid: String::new(),
+        processes: Some(vec![GpuProcess {
+            pid: own,
+            used_memory_bytes: Some(bytes),
+        }]),
+        ..demo_device(index)
+    };
+    let (gpu, mut sampler) = GpuCollector::builder()
+        .processes(true)
+        .expensive_interval(Duration::from_secs(3600))
+        .build(FakeSource::new(GpuSample {
+            devices: vec![device(0, 1024), device(1, 2048)],
+            ..GpuSample::default()
+        }));
+    sampler.sample_once();
+    sampler.sample_once(); // processes not read again: carried over from the first
+    let (text, exp) = scrape(&gpu);
+    assert_eq!(exp.named("gpu_info").len(), 2, "{text}");
+    assert_eq!(
+        exp.value("gpu_collector_errors_total", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    for (gpu_id, bytes) in [("0", 1024.0), ("1", 2048.0)] {
+        assert_eq!(
+            exp.value("gpu_process_memory_used_bytes", &[("gpu", gpu_id)]),
+            Some(bytes),
+            "{text}"
+        );
+    }
+}
+
+/// Only kept devices count as seen: a device dropped as a repeat of an earlier `gpu` id does
+/// not make a later device with another id a repeat as well.
+#[test]
+fn a_dropped_repeat_does_not_drop_a_later_device() {
+    let first = demo_device(0);
+    let repeat = DeviceSample {
+        uuid: "GPU-repeat".into(),
+        ..demo_device(0)
+    };
+    let later = DeviceSample {
+        id: "1".into(),
+        uuid: "GPU-repeat".into(),
+        ..demo_device(0)
+    };
+    let (gpu, mut sampler) = collector(FakeSource::new(GpuSample {
+        devices: vec![first, repeat, later],
+        ..GpuSample::default()
+    }));
+    sampler.sample_once();
+    let (text, exp) = scrape(&gpu);
+    let kept: Vec<_> = exp
+        .named("gpu_info")
+        .iter()
+        .map(|l| (l.labels["gpu"].clone(), l.labels["uuid"].clone()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("0".to_owned(), demo_device(0).uuid),
+            ("1".to_owned(), "GPU-repeat".to_owned())
+        ],
+        "{text}"
+    );
+    assert_eq!(exp.value("gpu_collector_errors_total", &[]), Some(1.0));
+}
+
 #[test]
 fn background_thread_samples_and_scrapes_read_the_last_sample() {
     let source = FakeSource::demo(1);
