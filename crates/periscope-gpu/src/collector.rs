@@ -275,7 +275,8 @@ impl GpuCollector {
     }
 
     /// Asks the sampling thread for a sample now and waits up to `timeout` for it; `true` when
-    /// a sample that started after this call completed. Blocks the calling thread: not for async request handlers.
+    /// a sample that started after this call completed; `false` at once after
+    /// [`shutdown`](Self::shutdown). Blocks the calling thread: not for async request handlers.
     pub fn refresh(&self, timeout: Duration) -> bool {
         let shared = &self.inner.shared;
         let deadline = deadline_after(timeout);
@@ -286,6 +287,10 @@ impl GpuCollector {
         control.refresh = true;
         shared.wake.notify_all();
         while control.completed < target {
+            // Stopped (shut down): no sample will come, so waiting out the timeout is pointless.
+            if control.stop {
+                return false;
+            }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return false;
             };
@@ -384,6 +389,8 @@ impl Shared {
     fn stop(&self) {
         lock(&self.control).stop = true;
         self.wake.notify_all();
+        // Refresh callers waiting for a sample that will not come.
+        self.done.notify_all();
     }
 }
 

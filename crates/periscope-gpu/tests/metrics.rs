@@ -830,6 +830,25 @@ fn background_thread_samples_and_scrapes_read_the_last_sample() {
     assert_eq!(control.calls(), calls + 1);
 }
 
+/// After `shutdown` no sample can come: `refresh` says so at once instead of blocking its
+/// caller for the whole timeout.
+#[test]
+fn refresh_after_shutdown_returns_at_once() {
+    let gpu = GpuCollector::builder()
+        .interval(Duration::from_secs(3600))
+        .start(FakeSource::demo(1))
+        .expect("spawn");
+    assert!(gpu.refresh(Duration::from_secs(10)));
+    gpu.shutdown();
+    let started = std::time::Instant::now();
+    assert!(!gpu.refresh(Duration::from_secs(30)));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refresh waited {:?} for a sampler that had stopped",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn dropping_the_last_handle_stops_the_thread() {
     let source = FakeSource::demo(1);
