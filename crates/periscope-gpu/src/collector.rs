@@ -4,7 +4,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::{GpuError, GpuSample, GpuSnapshot, GpuSource, SampleRequest};
+use crate::{DeviceSample, GpuError, GpuSample, GpuSnapshot, GpuSource, SampleRequest};
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_EXPENSIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -275,7 +275,8 @@ impl GpuCollector {
     }
 
     /// Asks the sampling thread for a sample now and waits up to `timeout` for it; `true` when
-    /// a sample that started after this call completed. Blocks the calling thread: not for async request handlers.
+    /// a sample that started after this call completed; `false` at once after
+    /// [`shutdown`](Self::shutdown). Blocks the calling thread: not for async request handlers.
     pub fn refresh(&self, timeout: Duration) -> bool {
         let shared = &self.inner.shared;
         let deadline = deadline_after(timeout);
@@ -286,6 +287,10 @@ impl GpuCollector {
         control.refresh = true;
         shared.wake.notify_all();
         while control.completed < target {
+            // Stopped (shut down): no sample will come, so waiting out the timeout is pointless.
+            if control.stop {
+                return false;
+            }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return false;
             };
@@ -384,6 +389,8 @@ impl Shared {
     fn stop(&self) {
         lock(&self.control).stop = true;
         self.wake.notify_all();
+        // Refresh callers waiting for a sample that will not come.
+        self.done.notify_all();
     }
 }
 
@@ -502,16 +509,23 @@ impl GpuSampler {
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.source.sample(request)))
                 .unwrap_or_else(|_| Err(GpuError::read("the GPU source panicked")));
-        // Devices listed but none readable (NVML counts a GPU that fell off the bus, then
-        // cannot open it) is a lost GPU: down, not `up 1` with no device at all.
+        // No device to export is down, never `up 1` with no device at all: devices listed but
+        // none readable (NVML counts a GPU that fell off the bus, then cannot open it) is a
+        // lost GPU; none listed (a driver without a GPU, or a container given none) is a
+        // machine without GPUs, retried on the back-off like a missing driver.
         let result = result.and_then(|sample| {
-            if sample.devices.is_empty() && sample.unreadable_devices > 0 {
+            if !sample.devices.is_empty() {
+                Ok(sample)
+            } else if sample.unreadable_devices > 0 {
                 Err(GpuError::read(format!(
                     "none of the {} GPUs listed could be read (a lost GPU?)",
                     sample.unreadable_devices
                 )))
             } else {
-                Ok(sample)
+                Err(GpuError::unavailable(
+                    "the GPU source lists no GPU (none installed, or none visible to this \
+                     container)",
+                ))
             }
         });
         // A panicking custom filter would otherwise end the sampling thread, freezing the
@@ -611,7 +625,11 @@ fn keep_own_processes(filter: &ProcessFilter, own_pid: u32, sample: &mut GpuSamp
 fn carry_expensive(sample: &mut GpuSample, previous: Option<&GpuSample>, request: SampleRequest) {
     let Some(previous) = previous else { return };
     for device in &mut sample.devices {
-        let Some(before) = previous.devices.iter().find(|d| d.uuid == device.uuid) else {
+        // By UUID, so readings follow the physical device; by `gpu` id when it is unknown.
+        let same = |d: &&DeviceSample| {
+            d.uuid == device.uuid && (!device.uuid.is_empty() || d.id == device.id)
+        };
+        let Some(before) = previous.devices.iter().find(same) else {
             continue;
         };
         if !request.processes && device.processes.is_none() {

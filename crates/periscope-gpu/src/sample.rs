@@ -75,8 +75,8 @@ impl DeviceSample {
 
 impl GpuSample {
     /// Removes what no exposition can carry, whatever the source (NVML never returns it; a
-    /// custom source might): a device whose `id` or `uuid` repeats an earlier device's, a
-    /// negative energy counter, a throttle reason listed twice (the first reading wins) and a
+    /// custom source might): a device whose `id` or non-empty `uuid` repeats a device kept
+    /// before it (an empty `uuid` is unknown, not shared), a negative energy counter, a throttle reason listed twice (the first reading wins) and a
     /// pid listed twice on one device (merged, keeping the larger memory figure, as the NVML
     /// source merges compute and graphics processes). One duplicate series makes a scraper
     /// reject the whole page, the service's other metrics with it.
@@ -86,8 +86,15 @@ impl GpuSample {
         let mut ids = HashSet::new();
         let mut uuids = HashSet::new();
         let before = self.devices.len();
-        self.devices
-            .retain(|d| ids.insert(d.id.clone()) & uuids.insert(d.uuid.clone()));
+        self.devices.retain(|d| {
+            let repeat = ids.contains(&d.id) || (!d.uuid.is_empty() && uuids.contains(&d.uuid));
+            // Only kept devices are recorded: a dropped repeat makes no later device one.
+            if !repeat {
+                ids.insert(d.id.clone());
+                uuids.insert(d.uuid.clone());
+            }
+            !repeat
+        });
         for device in &mut self.devices {
             device.energy_joules_total = device.energy_joules_total.filter(|j| *j >= 0.0);
             let mut reasons = HashSet::new();

@@ -390,6 +390,47 @@ fn every_device_unreadable_is_down_not_up_with_no_devices() {
     );
 }
 
+/// A driver that loads but lists no GPU (`nvidia-smi`: "No devices were found"; a pod given
+/// the driver libraries but no GPU) leaves the collector blind: that is down with the reason,
+/// retried on the unavailable back-off, as the runbook says; not `up 1` with no device at all.
+#[test]
+fn a_source_listing_no_gpu_is_down_and_backs_off() {
+    let source = FakeSource::new(GpuSample {
+        driver_version: Some("550.54.15".into()),
+        ..GpuSample::default()
+    });
+    let control = source.control();
+    let (gpu, mut sampler) = GpuCollector::builder()
+        .interval(Duration::from_secs(10))
+        .retry_backoff(Duration::from_secs(60), Duration::from_secs(3600))
+        .build(source);
+    assert_eq!(sampler.sample_once(), Duration::from_secs(60));
+    assert_eq!(sampler.sample_once(), Duration::from_secs(120));
+    let (text, exp) = scrape(&gpu);
+    assert_eq!(exp.value("gpu_collector_up", &[]), Some(0.0), "{text}");
+    assert_eq!(
+        exp.value("gpu_collector_errors_total", &[]),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        exp.named("gpu_collector_last_success_timestamp_seconds")
+            .is_empty(),
+        "{text}"
+    );
+    let snapshot = gpu.snapshot();
+    assert!(!snapshot.up && snapshot.devices.is_empty());
+    let last_error = snapshot.last_error.unwrap();
+    assert!(last_error.contains("no GPU"), "{last_error}");
+
+    control.set_sample(GpuSample {
+        devices: vec![demo_device(0)],
+        ..GpuSample::default()
+    });
+    assert_eq!(sampler.sample_once(), Duration::from_secs(10));
+    assert!(gpu.is_up());
+}
+
 #[test]
 fn unavailable_source_backs_off_and_read_errors_retry_at_the_interval() {
     let source = FakeSource::demo(1);
@@ -683,6 +724,81 @@ fn a_custom_source_cannot_write_duplicate_series_or_a_negative_counter() {
     assert_eq!(gpu.snapshot().devices.len(), 2);
 }
 
+/// NVML always gives a UUID; a custom source may not know it (`""`, as docs/gpu.md allows for
+/// unknown identity labels). Devices told apart by their `gpu` id are distinct devices, not
+/// repeats, and each keeps its own process list between expensive readings.
+#[test]
+fn devices_without_a_uuid_are_told_apart_by_their_gpu_id() {
+    let own = std::process::id();
+    let device = |index: u32, bytes: u64| DeviceSample {
+        uuid: String::new(),
+        processes: Some(vec![GpuProcess {
+            pid: own,
+            used_memory_bytes: Some(bytes),
+        }]),
+        ..demo_device(index)
+    };
+    let (gpu, mut sampler) = GpuCollector::builder()
+        .processes(true)
+        .expensive_interval(Duration::from_secs(3600))
+        .build(FakeSource::new(GpuSample {
+            devices: vec![device(0, 1024), device(1, 2048)],
+            ..GpuSample::default()
+        }));
+    sampler.sample_once();
+    sampler.sample_once(); // processes not read again: carried over from the first
+    let (text, exp) = scrape(&gpu);
+    assert_eq!(exp.named("gpu_info").len(), 2, "{text}");
+    assert_eq!(
+        exp.value("gpu_collector_errors_total", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    for (gpu_id, bytes) in [("0", 1024.0), ("1", 2048.0)] {
+        assert_eq!(
+            exp.value("gpu_process_memory_used_bytes", &[("gpu", gpu_id)]),
+            Some(bytes),
+            "{text}"
+        );
+    }
+}
+
+/// Only kept devices count as seen: a device dropped as a repeat of an earlier `gpu` id does
+/// not make a later device with another id a repeat as well.
+#[test]
+fn a_dropped_repeat_does_not_drop_a_later_device() {
+    let first = demo_device(0);
+    let repeat = DeviceSample {
+        uuid: "GPU-repeat".into(),
+        ..demo_device(0)
+    };
+    let later = DeviceSample {
+        id: "1".into(),
+        uuid: "GPU-repeat".into(),
+        ..demo_device(0)
+    };
+    let (gpu, mut sampler) = collector(FakeSource::new(GpuSample {
+        devices: vec![first, repeat, later],
+        ..GpuSample::default()
+    }));
+    sampler.sample_once();
+    let (text, exp) = scrape(&gpu);
+    let kept: Vec<_> = exp
+        .named("gpu_info")
+        .iter()
+        .map(|l| (l.labels["gpu"].clone(), l.labels["uuid"].clone()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("0".to_owned(), demo_device(0).uuid),
+            ("1".to_owned(), "GPU-repeat".to_owned())
+        ],
+        "{text}"
+    );
+    assert_eq!(exp.value("gpu_collector_errors_total", &[]), Some(1.0));
+}
+
 #[test]
 fn background_thread_samples_and_scrapes_read_the_last_sample() {
     let source = FakeSource::demo(1);
@@ -712,6 +828,25 @@ fn background_thread_samples_and_scrapes_read_the_last_sample() {
         "no sampling after shutdown"
     );
     assert_eq!(control.calls(), calls + 1);
+}
+
+/// After `shutdown` no sample can come: `refresh` says so at once instead of blocking its
+/// caller for the whole timeout.
+#[test]
+fn refresh_after_shutdown_returns_at_once() {
+    let gpu = GpuCollector::builder()
+        .interval(Duration::from_secs(3600))
+        .start(FakeSource::demo(1))
+        .expect("spawn");
+    assert!(gpu.refresh(Duration::from_secs(10)));
+    gpu.shutdown();
+    let started = std::time::Instant::now();
+    assert!(!gpu.refresh(Duration::from_secs(30)));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refresh waited {:?} for a sampler that had stopped",
+        started.elapsed()
+    );
 }
 
 #[test]
