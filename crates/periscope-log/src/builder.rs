@@ -209,7 +209,8 @@ impl LogLayerBuilder {
     }
 
     /// [`context_field`](Self::context_field), with an error naming the field and the reason
-    /// when the name is refused (for names that come from configuration).
+    /// when the name is refused, or comes past the 64 context fields (for names that come from
+    /// configuration).
     ///
     /// ```
     /// let error = periscope_log::LogLayer::builder()

@@ -153,7 +153,11 @@ impl Redactor {
         self
     }
 
-    /// Whether values under `key` are hidden.
+    /// Whether values under `key` are hidden, whatever they are: `key` holds a sensitive
+    /// fragment and is not allowed. A key whose last word is one of the
+    /// [`DEFAULT_SENSITIVE_WORDS`] (`basic_auth`) is not counted here:
+    /// [`redact_value`](Self::redact_value) hides only its string or number (a log field so
+    /// named is hidden whole).
     pub fn is_sensitive(&self, key: &str) -> bool {
         // Field names are short: normalise on the stack.
         let mut buf = [0u8; 64];

@@ -118,11 +118,15 @@ pub struct OtelConfig {
 
 /// The exporter's and the batch processor's settings that [`OtelConfig::from_lookup`] reads,
 /// so a configuration source other than the process environment sets them too (the SDK reads
-/// only the environment). `None` or empty leaves the SDK's default.
+/// only the environment). `None` or empty leaves the SDK's default: for the batch processor,
+/// what the SDK reads from the process environment; for the timeout, 10 s, which wins over
+/// the process environment's.
 #[derive(Clone, Default, PartialEq)]
 pub struct ExportSettings {
     /// Sent with every export (`OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else
     /// `OTEL_EXPORTER_OTLP_HEADERS`, values percent-decoded); `Debug` does not show values.
+    /// The exporter also adds the process environment's list itself, which wins for a header
+    /// named in both.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// How long one export may take (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else
     /// `OTEL_EXPORTER_OTLP_TIMEOUT`, in milliseconds; default 10 s).

@@ -9,7 +9,8 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
-/// The tracing target of the export's warnings.
+/// The tracing target of the export's warnings (`OTLP export failed`, at `warn`) and of the
+/// line saying it works again (`OTLP export works again`, at `info`).
 pub const EXPORT_TARGET: &str = "periscope_trace::otel";
 
 /// At most one warning per interval while exports keep failing, with the counts since the last.
