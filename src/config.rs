@@ -71,7 +71,7 @@ impl ConfigError {
         let secret = ["TOKEN", "HEADERS", "ENDPOINT"]
             .iter()
             .any(|part| var.contains(part))
-            || periscope_log::Redactor::default().is_sensitive(var);
+            || periscope_log::Redactor::default().hides_field(var);
         let value = if secret {
             "[REDACTED]".to_owned()
         } else {
@@ -86,7 +86,7 @@ impl ConfigError {
 
     /// The error for `var` holding `value`. It ends up on stderr and in logs, so the value is
     /// shown only as far as nothing in it is a secret: not at all under a sensitive name
-    /// (`DB_PASSWORD`, `API_KEY`, as log fields are redacted), else with the secrets of the
+    /// (`DB_PASSWORD`, `API_KEY`, `PROXY_AUTH`, as log fields are redacted), else with the secrets of the
     /// URLs, `key=value` pairs and JSON in it masked (a connection string given to the wrong
     /// variable).
     pub(crate) fn new(
@@ -96,7 +96,7 @@ impl ConfigError {
     ) -> Self {
         let redactor = periscope_log::Redactor::default();
         let raw = value.into();
-        let value = if redactor.is_sensitive(var) {
+        let value = if redactor.hides_field(var) {
             periscope_log::REDACTED.to_owned()
         } else {
             redactor.mask_text(&raw).unwrap_or_else(|| raw.clone())

@@ -90,6 +90,10 @@ mod tests {
         assert_eq!(error.value, "postgres://app:[REDACTED]@db:5432/x");
         let error = invalid("OPENAI_API_KEY", "sk-live-123", "a key");
         assert_eq!(error.value, "[REDACTED]");
+        // A name whose last word is `auth` holds a credential, as a log field so named does.
+        let error = invalid("PROXY_AUTH", "user:S3cret", "user:password");
+        assert_eq!(error.value, "[REDACTED]");
+        assert!(!error.to_string().contains("S3cret"), "{error}");
         let error = invalid("PORT", "eighty", "a port number 0-65535");
         assert_eq!(
             error.to_string(),

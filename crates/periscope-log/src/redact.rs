@@ -177,10 +177,17 @@ impl Redactor {
         self.inner.matches(&buf[..len])
     }
 
-    /// Whether a log field named `name` is written `"[REDACTED]"`: a sensitive key, or one
-    /// whose last word is a sensitive word (`auth`, `proxy_auth`: a log field's value is a
-    /// credential's text or a structure shown whole).
-    pub(crate) fn hides_field(&self, name: &str) -> bool {
+    /// Whether a value named `name` is hidden whole, as a log field so named is written
+    /// `"[REDACTED]"`: a sensitive key, or one whose last word is a sensitive word (`auth`,
+    /// `PROXY_AUTH`: such a value is a credential's text). For anything named once and shown
+    /// whole, such as a setting in an error message.
+    ///
+    /// ```
+    /// let redactor = periscope_log::Redactor::default();
+    /// assert!(redactor.hides_field("PROXY_AUTH") && redactor.hides_field("db_password"));
+    /// assert!(!redactor.hides_field("AUTHOR") && !redactor.hides_field("port"));
+    /// ```
+    pub fn hides_field(&self, name: &str) -> bool {
         self.is_sensitive(name) || self.ends_in_sensitive_word(name)
     }
 

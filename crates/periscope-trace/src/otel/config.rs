@@ -122,6 +122,7 @@ pub struct OtelConfig {
 /// what the SDK reads from the process environment; for the timeout, 10 s, which wins over
 /// the process environment's.
 #[derive(Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ExportSettings {
     /// Sent with every export (`OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else
     /// `OTEL_EXPORTER_OTLP_HEADERS`, values percent-decoded); `Debug` does not show values.
