@@ -68,8 +68,9 @@ const MAX_METHOD_IN_MESSAGE: usize = 32;
 /// A panic while a passed-through body streams (a `Body::from_stream` whose stream panics
 /// after the status went out) is caught too and logged the same way, as `handler panicked`;
 /// the status cannot change any more, so the body ends with an error instead and the server
-/// aborts the response: the client sees it truncated, never complete. A panic in a body's
-/// `Drop`, `size_hint` or `is_end_stream` is not caught.
+/// aborts the response: the client sees it truncated, never complete. A panic in the `Drop` of
+/// a body the layer replaces is caught like one while it reads it; one in the `Drop` of a body
+/// passed through, or in a body's `size_hint` or `is_end_stream`, is not.
 ///
 /// The request id and trace id come from the [`RequestContext`] in the request's extensions
 /// (put there by periscope-trace's server layer) or the current one. Used alone, the layer
@@ -505,6 +506,7 @@ where
                                 });
                                 continue;
                             }
+                            Inspected::Panicked(caught) => Failure::Panic(caught),
                         },
                         Ok(Poll::Ready(Err(error))) => {
                             return Poll::Ready(Ok(this
@@ -551,16 +553,24 @@ where
                     let Some(parts) = parts.take() else {
                         panic!("periscope_error::ResponseFuture polled after completion");
                     };
-                    if *json
+                    let (code, json, text) = (*code, *json, std::mem::take(text));
+                    // Drop the body here, where a panic in its destructor is caught and answered
+                    // like one while it is read, not later with this future, by the server.
+                    if let Err(caught) =
+                        panic::catch(|| this.state.set(State::Done { response: None }))
+                    {
+                        return Poll::Ready(Ok(this.handled.failure(Failure::Panic(caught))));
+                    }
+                    if json
                         && complete
-                        && let Some(error) = parse_envelope(text)
+                        && let Some(error) = parse_envelope(&text)
                     {
                         // Another service's (or a hand-written) envelope: its facts kept, with
                         // this request's ids and in the format this client asked for.
                         return Poll::Ready(Ok(this.handled.readopt(parts, error)));
                     }
-                    let text = complete.then(|| String::from_utf8_lossy(text).trim().to_owned());
-                    return Poll::Ready(Ok(this.handled.bare(parts, *code, text)));
+                    let text = complete.then(|| String::from_utf8_lossy(&text).trim().to_owned());
+                    return Poll::Ready(Ok(this.handled.bare(parts, code, text)));
                 }
                 StateProj::Done { response } => match response.take() {
                     Some(response) => return Poll::Ready(Ok(response)),
@@ -569,6 +579,13 @@ where
             }
         }
     }
+}
+
+/// Drops a body the layer replaces unread. Its destructor is the service's code too: a panic
+/// there is answered like one while the body is read, instead of unwinding out of the layer
+/// and costing the client its answer.
+fn discard<B>(body: B) -> Result<(), CaughtPanic> {
+    panic::catch(move || drop(body))
 }
 
 /// Whether the deadline, if any, has passed.
@@ -610,6 +627,8 @@ enum Inspected<B> {
         /// A JSON 5xx, kept when it is an envelope.
         json: bool,
     },
+    /// The body to replace panicked when it was dropped.
+    Panicked(CaughtPanic),
 }
 
 /// A request being handled: what the layer renders its responses with.
@@ -656,6 +675,9 @@ impl Handled {
                 error.request_id = self.ids.request_id.as_str().to_owned();
                 error.trace_id = self.ids.trace_id.map(|id| id.to_string());
             }
+            if let Err(caught) = discard(body) {
+                return Inspected::Panicked(caught);
+            }
             return Inspected::Done(self.rewrite(parts, error));
         }
         let code = self.code_for(status);
@@ -666,6 +688,9 @@ impl Handled {
         if (is_json(&parts.headers) || deliberate) && !self.facts.format.is_grpc() {
             if status.is_server_error() && !deliberate {
                 if !readable {
+                    if let Err(caught) = discard(body) {
+                        return Inspected::Panicked(caught);
+                    }
                     return Inspected::Done(self.bare(parts, code, None));
                 }
                 // A handler's own JSON may hold internals: kept only when it is an envelope.
@@ -689,6 +714,9 @@ impl Handled {
                 code,
                 json: false,
             };
+        }
+        if let Err(caught) = discard(body) {
+            return Inspected::Panicked(caught);
         }
         Inspected::Done(self.bare(parts, code, None))
     }

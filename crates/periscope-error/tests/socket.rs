@@ -100,6 +100,28 @@ impl http_body::Body for PanicsOnSecondChunk {
     }
 }
 
+/// An error body with a bug: its destructor panics, after the layer has read it or when the
+/// layer discards it unread.
+struct PanicsWhenDropped(Option<bytes::Bytes>);
+
+impl http_body::Body for PanicsWhenDropped {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|chunk| Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        panic!("secret drop panic")
+    }
+}
+
 fn app() -> Router {
     Router::new()
         .route("/ok", get(|| async { "fine" }))
@@ -270,6 +292,23 @@ fn app() -> Router {
                     .status(StatusCode::BAD_REQUEST)
                     .header("content-type", "text/plain")
                     .body(axum::body::Body::new(PanicsWhenRead))
+                    .unwrap()
+            }),
+        )
+        .route(
+            "/drop-panics",
+            get(|headers: axum::http::HeaderMap| async move {
+                // Read by the layer (a short plain-text 400, a JSON 5xx), or discarded unread.
+                let (status, content_type) = match headers.get("x-kind").map(|v| v.as_bytes()) {
+                    Some(b"text") => (StatusCode::BAD_REQUEST, "text/plain"),
+                    Some(b"json") => (StatusCode::BAD_GATEWAY, "application/json"),
+                    _ => (StatusCode::NOT_FOUND, "application/octet-stream"),
+                };
+                let chunk = bytes::Bytes::from_static(br#"{"detail":"secret"}"#);
+                Response::builder()
+                    .status(status)
+                    .header("content-type", content_type)
+                    .body(axum::body::Body::new(PanicsWhenDropped(Some(chunk))))
                     .unwrap()
             }),
         )
@@ -448,6 +487,31 @@ async fn a_body_that_panics_while_the_layer_reads_it_becomes_internal_error() {
         .find(|event| event.get("message").map(String::as_str) == Some("handler panicked"))
         .expect("the panic is logged");
     assert_eq!(panic["panic.message"], "secret body panic");
+    assert_eq!(send(addr, "GET", "/ok", &[], b"").await.status, 200);
+}
+
+/// The body the layer replaces is dropped by the layer: a destructor that panics there is the
+/// service's panic, answered with the envelope instead of costing the client its answer.
+#[tokio::test]
+async fn a_body_that_panics_when_the_layer_drops_it_becomes_internal_error() {
+    let addr = serve().await;
+    for kind in ["text", "json", "unread"] {
+        let reply = send(addr, "GET", "/drop-panics", &[("x-kind", kind)], b"").await;
+        let json = envelope(&reply, "internal_error", 500);
+        assert_eq!(
+            json["error"]["message"], "An internal error occurred",
+            "{kind}"
+        );
+        assert!(!reply.text().contains("secret"), "{kind}: {}", reply.text());
+        let events = events_of(reply.header("x-request-id").unwrap());
+        let panics: Vec<_> = events
+            .iter()
+            .filter(|event| event.get("message").map(String::as_str) == Some("handler panicked"))
+            .collect();
+        assert_eq!(panics.len(), 1, "{kind}: {events:?}");
+        assert_eq!(panics[0]["panic.message"], "secret drop panic", "{kind}");
+        assert!(panics[0]["panic.location"].contains("socket.rs:"), "{kind}");
+    }
     assert_eq!(send(addr, "GET", "/ok", &[], b"").await.status, 200);
 }
 
