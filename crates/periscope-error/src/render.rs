@@ -322,8 +322,6 @@ fn write_grpc(
     ids: &Ids,
     web: bool,
 ) -> Bytes {
-    /// What gRPC's `grpc-message` must percent-encode: controls, `%` and (always) non-ASCII.
-    const GRPC_MESSAGE_SET: &AsciiSet = &CONTROLS.add(b'%');
     // No route for the path (or not for POST) means the service has no such method: gRPC's
     // `UNIMPLEMENTED`, what tonic's own router answers and what clients probing for an
     // optional service (health, reflection) look for, not a resource's `NOT_FOUND`.
@@ -355,13 +353,41 @@ fn write_grpc(
     };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
     headers.insert(GRPC_STATUS, HeaderValue::from(code.value()));
-    let message = utf8_percent_encode(&body.message, GRPC_MESSAGE_SET).to_string();
-    if let Ok(message) = HeaderValue::from_str(&message) {
+    if let Ok(message) = HeaderValue::from_str(&grpc_message(&body.message)) {
         headers.insert(GRPC_MESSAGE, message);
     }
     headers.insert(X_REQUEST_ID, ids.request_id.header_value().clone());
     remember(parts, body, ids);
     Bytes::new()
+}
+
+/// What gRPC's `grpc-message` must percent-encode: controls, `%` and (always) non-ASCII.
+const GRPC_MESSAGE_SET: &AsciiSet = &CONTROLS.add(b'%');
+
+/// The longest `grpc-message` written, in bytes once percent-encoded. It is a header: proxies
+/// refuse a response whose headers pass their buffer (nginx's 4 or 8 KiB) and HTTP/2 clients
+/// one past their header list limit (hyper's 16 KiB), and the call would lose its code.
+const MAX_GRPC_MESSAGE: usize = 1024;
+
+/// `message` percent-encoded for `grpc-message`, cut at a character's end so that it stays
+/// within [`MAX_GRPC_MESSAGE`] bytes and still decodes as UTF-8.
+fn grpc_message(message: &str) -> String {
+    let mut end = 0;
+    let mut encoded = 0;
+    for (at, c) in message.char_indices() {
+        // Printable ASCII but `%` is written as is; every other byte as `%XX`.
+        let width = if c.is_ascii() && !c.is_ascii_control() && c != '%' {
+            1
+        } else {
+            3 * c.len_utf8()
+        };
+        if encoded + width > MAX_GRPC_MESSAGE {
+            break;
+        }
+        encoded += width;
+        end = at + c.len_utf8();
+    }
+    utf8_percent_encode(&message[..end], GRPC_MESSAGE_SET).to_string()
 }
 
 /// Removes the headers that described the body being replaced (its length, encoding, version,
@@ -680,6 +706,15 @@ mod tests {
         assert_eq!(whole_seconds(Duration::from_millis(3001)), 4);
         assert_eq!(whole_seconds(Duration::ZERO), 0);
         assert_eq!(whole_seconds(Duration::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn grpc_message_is_encoded_whole_or_cut_within_its_limit() {
+        assert_eq!(grpc_message("a b%c\n\u{7f}é"), "a b%25c%0A%7F%C3%A9");
+        let ascii = "x".repeat(MAX_GRPC_MESSAGE + 10);
+        assert_eq!(grpc_message(&ascii), ascii[..MAX_GRPC_MESSAGE]);
+        // 170 characters of 6 encoded bytes fit; the 171st would pass the limit.
+        assert_eq!(grpc_message(&"é".repeat(1000)), "%C3%A9".repeat(170));
     }
 
     #[test]

@@ -296,6 +296,13 @@ fn app() -> Router {
             }),
         )
         .route(
+            "/long-message",
+            get(|| async {
+                // 40,000 bytes that percent-encode to 120,000: over every proxy's header limit.
+                Err::<String, _>(HttpError::new(codes::CONFLICT, "é".repeat(20_000)))
+            }),
+        )
+        .route(
             "/drop-panics",
             get(|headers: axum::http::HeaderMap| async move {
                 // Read by the layer (a short plain-text 400, a JSON 5xx), or discarded unread.
@@ -956,6 +963,35 @@ async fn grpc_calls_get_grpc_answers() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("grpc-status"), Some("5"));
     assert_eq!(reply.header("grpc-message"), Some("not%20here"));
+}
+
+/// `grpc-message` is a header: a long message is cut (at a character's end, before a
+/// percent-encoded byte), so the answer still fits a proxy's or client's header limit and the
+/// call keeps its code. The envelope of an HTTP client keeps the whole message.
+#[tokio::test]
+async fn a_long_message_is_cut_to_fit_in_grpc_message() {
+    let addr = serve().await;
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+    let reply = send(addr, "GET", "/long-message", &grpc, b"").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("grpc-status"), Some("10"));
+    let sent = reply.header("grpc-message").unwrap();
+    assert!(sent.len() <= 1024, "{} bytes", sent.len());
+    assert!(sent.len() > 1000, "{} bytes", sent.len());
+    let decoded = percent_encoding::percent_decode_str(sent)
+        .decode_utf8()
+        .expect("cut at a character's end");
+    assert!(
+        !decoded.is_empty() && decoded.chars().all(|c| c == 'é'),
+        "{decoded}"
+    );
+
+    let reply = send(addr, "GET", "/long-message", &[], b"").await;
+    let json = envelope(&reply, "conflict", 409);
+    assert_eq!(
+        json["error"]["message"].as_str().map(str::len),
+        Some(40_000)
+    );
 }
 
 /// A panic the handler catches itself is not the layer's to answer, but the hook still saw it:
