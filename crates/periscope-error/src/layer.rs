@@ -1232,6 +1232,24 @@ mod tests {
         assert_eq!(json["error"]["code"], "internal_error");
     }
 
+    /// "Over 64 KiB" is replaced: an envelope of exactly the limit is still read, and JSON
+    /// nested past serde_json's depth limit is replaced, never overflowing the stack.
+    #[tokio::test]
+    async fn a_json_5xx_at_the_limit_is_read_and_one_nested_too_deep_is_replaced() {
+        let head = r#"{"error":{"code":"upstream_error","message":"The model server failed"}}"#;
+        let padded = format!("{head}{}", " ".repeat(MAX_JSON_BODY - head.len()));
+        let padded: &'static str = Box::leak(padded.into_boxed_str());
+        let (_, json) = call(get("/"), move |_| async move { json_response(502, padded) }).await;
+        assert_eq!(json["error"]["message"], "The model server failed");
+
+        let nested = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+        let nested: &'static str = Box::leak(nested.into_boxed_str());
+        let (parts, json) =
+            call(get("/"), move |_| async move { json_response(500, nested) }).await;
+        assert_eq!(parts.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(json["error"]["code"], "internal_error");
+    }
+
     #[tokio::test]
     async fn plain_text_4xx_becomes_the_message_and_5xx_text_stays_in_the_log() {
         let (parts, json) = call(get("/"), |_| async {
