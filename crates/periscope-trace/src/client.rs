@@ -345,17 +345,31 @@ where
         call.propagators = self.propagators;
         call.tenant_keys.clone_from(&self.tenant_keys);
         call.inject(request.headers_mut());
+        // Still armed if the client's `call` panics: the call failed without an answer (as
+        // `ClientMetricsLayer` counts it), its span must not close without an outcome.
+        let unwinding = FailOnDrop(&call.span);
         // The call's own context is current while the client below takes the call, so a
         // layer there (`ClientMetricsLayer`'s exemplar) sees the call's trace, also the one it
         // starts outside any request, where no other context is current.
         let future = call
             .context
             .in_scope(|| call.span.in_scope(|| self.inner.call(request)));
+        std::mem::forget(unwinding);
         ClientResponseFuture {
             inner: future,
             call,
             done: false,
+            in_client: false,
         }
+    }
+}
+
+/// Records a failed call (`_OTHER`) on the span when dropped.
+struct FailOnDrop<'a>(&'a Span);
+
+impl Drop for FailOnDrop<'_> {
+    fn drop(&mut self) {
+        record_failure(self.0, "_OTHER");
     }
 }
 
@@ -367,6 +381,10 @@ pub struct ClientResponseFuture<F> {
     inner: F,
     call: ClientSpan,
     done: bool,
+    /// Set while the client's future is polled: still set when the future is dropped, the
+    /// client panicked, whether or not the panic is still unwinding (a layer that catches
+    /// panics around a poll drops the future afterwards).
+    in_client: bool,
 }
 
 #[pin_project::pinned_drop]
@@ -374,9 +392,15 @@ impl<F> PinnedDrop for ClientResponseFuture<F> {
     fn drop(self: Pin<&mut Self>) {
         let this = self.project();
         if !*this.done {
-            // Dropped before the answer: a timeout or a cancellation around the call. The
-            // call failed; its span must not read as a success.
-            record_failure(&this.call.span, "cancelled");
+            // Dropped before the answer: the client panicked (a failure without an answer,
+            // as for a transport error), else a timeout or a cancellation around the call.
+            // Either way the call failed; its span must not read as a success.
+            let error_type = if *this.in_client {
+                "_OTHER"
+            } else {
+                "cancelled"
+            };
+            record_failure(&this.call.span, error_type);
         }
     }
 }
@@ -390,7 +414,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.call.span.enter();
-        let result = ready!(this.inner.poll(cx));
+        *this.in_client = true;
+        let result = this.inner.poll(cx);
+        *this.in_client = false;
+        let result = ready!(result);
         *this.done = true;
         match &result {
             Ok(response) => this

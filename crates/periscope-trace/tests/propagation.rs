@@ -1111,6 +1111,55 @@ async fn a_call_cut_off_by_a_timeout_is_a_failed_client_span() {
     assert_eq!(call.get("http.response.status_code"), None);
 }
 
+/// A client that panics (in its `call` or while its future is polled) failed without an
+/// answer: its span records a failure as for a transport error (`_OTHER`, as the client metrics
+/// count it `error`), not `cancelled` (which says the caller gave up) and not no outcome at all.
+#[tokio::test]
+async fn a_panicking_client_is_a_failed_client_span() {
+    use std::convert::Infallible;
+    use std::task::{Context, Poll};
+    use tower::{Service, ServiceExt};
+
+    #[derive(Clone)]
+    struct PanicsInCall;
+    impl tower::Service<http::Request<()>> for PanicsInCall {
+        type Response = http::Response<()>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<http::Response<()>, Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            panic!("the client panics in call")
+        }
+    }
+
+    let (capture, _guard) = capture();
+    let ctx = RequestContext::new_root();
+    let panics_in_poll = tower::service_fn(|_: http::Request<()>| async {
+        panic!("the client panics in its future");
+        #[allow(unreachable_code)]
+        Ok::<_, Infallible>(http::Response::new(()))
+    });
+    let call = |path: &str| http::Request::get(format!("http://inventory.internal{path}")).body(());
+    let polled = ClientTraceLayer::new()
+        .layer(panics_in_poll)
+        .oneshot(call("/poll").unwrap());
+    assert!(tokio::spawn(ctx.clone().scope(polled)).await.is_err());
+    let mut called = ClientTraceLayer::new().layer(PanicsInCall);
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ctx.in_scope(|| drop(called.call(call("/call").unwrap())))
+    }));
+    assert!(unwound.is_err());
+
+    let spans = capture.spans_for("http_client_request", ctx.request_id.as_str());
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    for span in &spans {
+        assert_eq!(span.get("otel.status_code"), Some("ERROR"), "{span:?}");
+        assert_eq!(span.get("error.type"), Some("_OTHER"), "{span:?}");
+    }
+}
+
 /// The HTTP client conventions require `server.port` on a client span: a URL without a port
 /// goes to its scheme's default (80 for `http`, 443 for `https`), and the span says so; an
 /// explicit port (a real call on 127.0.0.1) is the one recorded.
