@@ -48,7 +48,11 @@ pub(crate) fn method_original(method: &Method) -> Option<&str> {
 /// Whether a query parameter of this name holds a secret: a signature or key of the shared list
 /// (`X-Amz-Signature`, `sig`), or any name holding one of the contract's sensitive key parts
 /// (`X-Amz-Security-Token`, `access_token`, `api_key`, ...), as the log redaction reads keys.
+/// The name is read percent-decoded, as the server reads it: `access%5Ftoken` is
+/// `access_token`.
 fn sensitive_query_key(key: &str) -> bool {
+    let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+    let key = key.as_ref();
     // The list the log redaction masks in URLs in free text too.
     periscope_context::SIGNATURE_QUERY_PARAMS
         .iter()
@@ -192,6 +196,24 @@ mod tests {
         assert_eq!(method_original(&Method::GET), None);
         assert_eq!(span_method(method_name(&custom)), "HTTP");
         assert_eq!(span_method(method_name(&Method::PATCH)), "PATCH");
+    }
+
+    /// A parameter's name is the same to the server percent-encoded or not, so an encoded
+    /// secret name (as some URL builders write every character they were given) must not
+    /// carry its value into the span.
+    #[test]
+    fn percent_encoded_secret_names_are_redacted() {
+        let redacted = |uri: &str| RedactedUrl(&uri.parse().unwrap()).to_string();
+        assert_eq!(
+            redacted("http://h/cb?access%5Ftoken=t&%61pi_key=k&%53ignature=s&page=%32&a%20b=c"),
+            "http://h/cb?access%5Ftoken=REDACTED&%61pi_key=REDACTED&%53ignature=REDACTED\
+             &page=%32&a%20b=c"
+        );
+        // A name that decodes to no valid UTF-8 is read lossily, never refused.
+        assert_eq!(
+            redacted("http://h/?%FFtoken=t&%FF=x"),
+            "http://h/?%FFtoken=REDACTED&%FF=x"
+        );
     }
 
     #[test]
