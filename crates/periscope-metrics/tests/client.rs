@@ -357,3 +357,78 @@ fn a_client_panic_caught_around_its_poll_counts_as_an_error() {
     );
     assert_eq!(calls.iter().map(|point| point.value).sum::<f64>(), 1.0);
 }
+
+/// Answers a server gives that are not plain successes: a redirect counts as `3xx` (the client
+/// does not follow it), a head cut off or bytes that are no HTTP as `error`, and an answer whose
+/// body is cut off after its head as the status its head gave (the count ends at the head).
+#[tokio::test]
+async fn redirects_and_broken_answers_are_counted_by_what_came_back() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0; 1];
+                if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            let answer: &[u8] = match head.split(' ').nth(1) {
+                Some("/moved") => b"HTTP/1.1 301 Moved\r\nlocation: /\r\ncontent-length: 0\r\n\r\n",
+                Some("/cut-head") => b"HTTP/1.1 200 OK\r\ncontent-len",
+                Some("/cut-body") => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort",
+                _ => b"NOT HTTP\r\n\r\n",
+            };
+            socket.write_all(answer).await.unwrap();
+            // Closed: one answer per connection.
+        }
+    });
+    let registry = MetricsRegistry::new();
+    let client = ClientMetricsLayer::new(&registry)
+        .unwrap()
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>());
+    let call = |path: &str| {
+        let request = http::Request::get(format!("http://{addr}{path}"))
+            .body(Empty::new())
+            .unwrap();
+        client.clone().oneshot(request)
+    };
+
+    assert_eq!(call("/moved").await.unwrap().status(), 301);
+    assert!(call("/cut-head").await.is_err());
+    assert!(call("/garbage").await.is_err());
+    let cut = call("/cut-body").await.unwrap();
+    assert!(cut.into_body().collect().await.is_err(), "the body was cut");
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let port = addr.port().to_string();
+    for family in [
+        "http_client_requests",
+        "http_client_request_duration_seconds",
+    ] {
+        let calls = points(&exposition, family);
+        let count = |status| {
+            sum_where(
+                &calls,
+                &[
+                    ("method", "GET"),
+                    ("server_address", "127.0.0.1"),
+                    ("server_port", &port),
+                    ("status", status),
+                ],
+            )
+        };
+        assert_eq!(count("3xx"), 1.0, "{family}: {calls:#?}");
+        assert_eq!(count("error"), 2.0, "{family}: {calls:#?}");
+        assert_eq!(count("2xx"), 1.0, "{family}: {calls:#?}");
+        let all: f64 = calls.iter().map(|point| point.value).sum();
+        assert_eq!(all, 4.0, "{family}: each call once: {calls:#?}");
+    }
+}

@@ -1160,6 +1160,98 @@ async fn a_panicking_client_is_a_failed_client_span() {
     }
 }
 
+/// hyper-util's client against a server that answers a redirect, a 404, a head it cuts off
+/// and bytes that are no HTTP: a client span each, the `traceparent` it sent naming it as the
+/// parent; a 3xx is no error (the client does not follow it), a 4xx is (`error.type` the
+/// code), and an answer that never came whole is a transport error (`_OTHER`).
+#[tokio::test]
+async fn client_spans_judge_redirects_client_errors_and_broken_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (capture, _guard) = capture();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = sent.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0; 1];
+                if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            let answer: &[u8] = match head.split(' ').nth(1) {
+                Some("/moved") => b"HTTP/1.1 302 Found\r\nlocation: /\r\ncontent-length: 0\r\n\r\n",
+                Some("/missing") => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+                Some("/cut") => b"HTTP/1.1 200 OK\r\ncontent-len",
+                _ => b"NOT HTTP\r\n\r\n",
+            };
+            heads.lock().unwrap().push(head);
+            socket.write_all(answer).await.unwrap();
+            // Closed: one answer per connection.
+        }
+    });
+
+    let ctx = RequestContext::new_root();
+    let client = support::traced_client();
+    for (path, answered) in [
+        ("/moved", true),
+        ("/missing", true),
+        ("/cut", false),
+        ("/garbage", false),
+    ] {
+        let request = support::services::get_request(format!("http://{addr}{path}"), &[]);
+        let outcome = ctx
+            .clone()
+            .scope(tower::ServiceExt::oneshot(client.clone(), request))
+            .await;
+        assert_eq!(outcome.is_ok(), answered, "{path}: {outcome:?}");
+    }
+
+    let spans = capture.spans_for("http_client_request", ctx.request_id.as_str());
+    let outcomes: Vec<_> = spans
+        .iter()
+        .map(|span| {
+            (
+                span.get("http.response.status_code"),
+                span.get("otel.status_code"),
+                span.get("error.type"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Some("302"), None, None),
+            (Some("404"), Some("ERROR"), Some("404")),
+            (None, Some("ERROR"), Some("_OTHER")),
+            (None, Some("ERROR"), Some("_OTHER")),
+        ]
+    );
+    let sent = sent.lock().unwrap();
+    assert_eq!(sent.len(), 4);
+    for (head, span) in sent.iter().zip(&spans) {
+        let traceparents: Vec<_> = head
+            .lines()
+            .filter_map(|line| line.strip_prefix("traceparent: "))
+            .collect();
+        let [traceparent] = traceparents[..] else {
+            panic!("one traceparent: {head}");
+        };
+        let traceparent = TraceParent::parse(traceparent).unwrap();
+        assert_eq!(traceparent.trace_id, ctx.trace_id);
+        assert_eq!(
+            Some(traceparent.parent_id.to_hex().as_str()),
+            span.get("span_id")
+        );
+    }
+}
+
 /// The HTTP client conventions require `server.port` on a client span: a URL without a port
 /// goes to its scheme's default (80 for `http`, 443 for `https`), and the span says so; an
 /// explicit port (a real call on 127.0.0.1) is the one recorded.
