@@ -410,17 +410,7 @@ impl LevelControl {
         if state.reverter_running {
             self.shared.changed.notify_all();
         } else {
-            let shared = self.shared.clone();
-            let spawned = std::thread::Builder::new()
-                .name("periscope-log-level".into())
-                .spawn(move || shared.revert_when_due());
-            // Without a thread the change cannot revert by itself: keep the permanent
-            // directives.
-            state.reverter_running = spawned.is_ok();
-            if spawned.is_err() {
-                state.temporary = None;
-                self.shared.apply(&state);
-            }
+            Shared::start_reverter(&self.shared, &mut state);
         }
         LevelChange {
             from,
@@ -479,10 +469,24 @@ impl Shared {
         tracing_core::callsite::rebuild_interest_cache();
     }
 
+    /// Starts the thread that reverts the pending temporary change, with the state locked.
+    /// Without a thread the change cannot revert by itself: the permanent directives are kept.
+    fn start_reverter(shared: &Arc<Shared>, state: &mut State) {
+        let reverter = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("periscope-log-level".into())
+            .spawn(move || reverter.revert_when_due());
+        state.reverter_running = spawned.is_ok();
+        if spawned.is_err() {
+            state.temporary = None;
+            shared.apply(state);
+        }
+    }
+
     /// Runs on its own thread while a temporary change is pending.
-    fn revert_when_due(&self) {
+    fn revert_when_due(self: Arc<Self>) {
         // Declared before the state's guard, so it runs after the lock is released.
-        let _exit = ReverterExit(self);
+        let _exit = ReverterExit(self.clone());
         let mut state = lock(&self.state);
         loop {
             let Some((_, deadline)) = state.temporary else {
@@ -498,12 +502,16 @@ impl Shared {
                 // control (`status`), and a slow output must not hold up a new change.
                 drop(state);
                 if let Some(ended) = ended {
-                    tracing::warn!(
-                        target: LEVEL_CHANGE_TARGET,
-                        from = %ended,
-                        to = %restored,
-                        "temporary log filter change reverted"
-                    );
+                    // A layer of the application's that panics on this line must not end the
+                    // thread: changes made meanwhile still have to revert.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        tracing::warn!(
+                            target: LEVEL_CHANGE_TARGET,
+                            from = %ended,
+                            to = %restored,
+                            "temporary log filter change reverted"
+                        );
+                    }));
                 }
                 state = lock(&self.state);
             } else {
@@ -517,15 +525,19 @@ impl Shared {
     }
 }
 
-/// Marks the reverter stopped when its thread unwinds (a layer of the application's that
-/// panics on the revert line, or while callsites are asked again): the next temporary change
-/// then starts another reverter instead of counting on one that is gone, and is reverted.
-struct ReverterExit<'a>(&'a Shared);
+/// When the reverter's thread unwinds all the same (a layer of the application's that panics
+/// while callsites are asked again): a change made meanwhile gets a new reverter, and a later
+/// one starts its own, instead of counting on a thread that is gone.
+struct ReverterExit(Arc<Shared>);
 
-impl Drop for ReverterExit<'_> {
+impl Drop for ReverterExit {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            lock(&self.0.state).reverter_running = false;
+            let mut state = lock(&self.0.state);
+            state.reverter_running = false;
+            if state.temporary.is_some() {
+                Shared::start_reverter(&self.0, &mut state);
+            }
         }
     }
 }
