@@ -2138,21 +2138,7 @@ async fn the_client_layer_sends_the_services_tenant_fields_and_counts_the_call()
         .log_writer(std::io::sink())
         .build()
         .unwrap();
-    let seen = Arc::new(Mutex::new(None));
-    let seen_in = seen.clone();
-    let upstream = Router::new().route(
-        "/v1/work",
-        get(move |headers: axum::http::HeaderMap| {
-            let seen = seen_in.clone();
-            async move {
-                *seen.lock().unwrap() = Some(headers);
-                "done"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+    let (addr, seen) = serve_recording_headers("/v1/work").await;
 
     let client = obs
         .client_layer()
@@ -2213,21 +2199,7 @@ async fn a_call_outside_any_request_links_the_trace_it_started() {
         .log_writer(std::io::sink())
         .build()
         .unwrap();
-    let seen = Arc::new(Mutex::new(None));
-    let seen_in = seen.clone();
-    let upstream = Router::new().route(
-        "/v1/refresh",
-        get(move |headers: axum::http::HeaderMap| {
-            let seen = seen_in.clone();
-            async move {
-                *seen.lock().unwrap() = Some(headers);
-                "done"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+    let (addr, seen) = serve_recording_headers("/v1/refresh").await;
 
     let client = obs
         .client_layer()
@@ -3293,4 +3265,26 @@ async fn the_client_address_is_read_only_from_trusted_proxies() {
         assert_eq!(access["data"]["client"].as_str(), *client, "{access}");
         assert_eq!(spans.of(id).as_deref(), *client, "{id}");
     }
+}
+
+/// An upstream on 127.0.0.1 answering `GET path` with `done`, and the headers of the last call.
+async fn serve_recording_headers(
+    path: &str,
+) -> (SocketAddr, Arc<Mutex<Option<axum::http::HeaderMap>>>) {
+    let seen = Arc::new(Mutex::new(None));
+    let seen_in = seen.clone();
+    let upstream = Router::new().route(
+        path,
+        get(move |headers: axum::http::HeaderMap| {
+            let seen = seen_in.clone();
+            async move {
+                *seen.lock().unwrap() = Some(headers);
+                "done"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+    (addr, seen)
 }

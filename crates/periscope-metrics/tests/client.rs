@@ -269,17 +269,7 @@ async fn a_panicking_client_counts_as_an_error() {
     let joined = tokio::spawn(panicking.oneshot(request)).await;
     assert!(joined.unwrap_err().is_panic());
 
-    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
-    let calls = points(&exposition, "http_client_requests");
-    assert_eq!(
-        sum_where(
-            &calls,
-            &[("server_address", "models.internal"), ("status", "error")]
-        ),
-        1.0,
-        "{calls:#?}"
-    );
-    assert_eq!(calls.iter().map(|point| point.value).sum::<f64>(), 1.0);
+    assert_one_call_failed(&registry);
 }
 
 /// A call made for a sampled trace links its duration to that trace (an OpenMetrics exemplar),
@@ -345,17 +335,7 @@ fn a_client_panic_caught_around_its_poll_counts_as_an_error() {
     assert!(polled.is_err());
     drop(call);
 
-    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
-    let calls = points(&exposition, "http_client_requests");
-    assert_eq!(
-        sum_where(
-            &calls,
-            &[("server_address", "models.internal"), ("status", "error")]
-        ),
-        1.0,
-        "{calls:#?}"
-    );
-    assert_eq!(calls.iter().map(|point| point.value).sum::<f64>(), 1.0);
+    assert_one_call_failed(&registry);
 }
 
 /// Answers a server gives that are not plain successes: a redirect counts as `3xx` (the client
@@ -431,4 +411,19 @@ async fn redirects_and_broken_answers_are_counted_by_what_came_back() {
         let all: f64 = calls.iter().map(|point| point.value).sum();
         assert_eq!(all, 4.0, "{family}: each call once: {calls:#?}");
     }
+}
+
+/// The registry holds exactly one call, to `models.internal`, counted as `error`.
+fn assert_one_call_failed(registry: &MetricsRegistry) {
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let calls = points(&exposition, "http_client_requests");
+    assert_eq!(
+        sum_where(
+            &calls,
+            &[("server_address", "models.internal"), ("status", "error")]
+        ),
+        1.0,
+        "{calls:#?}"
+    );
+    assert_eq!(calls.iter().map(|point| point.value).sum::<f64>(), 1.0);
 }
