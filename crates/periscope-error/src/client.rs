@@ -205,13 +205,17 @@ impl Decoder {
             Some(envelope) => (envelope.message.to_string(), None),
             None => {
                 // A status without a reason phrase (599) gets no empty word in its place.
-                let message = match status.canonical_reason() {
+                let mut message = match status.canonical_reason() {
                     Some(reason) => format!(
                         "HTTP {} {reason} without an error envelope",
                         status.as_u16()
                     ),
                     None => format!("HTTP {} without an error envelope", status.as_u16()),
                 };
+                if let Some(words) = json.as_ref().and_then(|json| words_from_json(json, status)) {
+                    message.push_str(": ");
+                    push_bounded(&mut message, words, MAX_WORDS_LEN);
+                }
                 let kept = &body[..body.len().min(self.max_raw_body)];
                 let truncated = incomplete || kept.len() < body.len();
                 (message, Some((Bytes::copy_from_slice(kept), truncated)))
@@ -337,7 +341,8 @@ impl ApiError {
         self.envelope.as_ref()?.trace_id.as_deref()
     }
 
-    /// The message: the envelope's, or a description of the bare response.
+    /// The message: the envelope's, or a description of the bare response and the words of
+    /// a JSON body that is not an envelope (`detail`, `message`, ...).
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -511,6 +516,42 @@ fn request_id_from_json(json: &Value) -> Option<String> {
         })
 }
 
+/// The most text of a server's own words kept in a message: the whole body is in
+/// [`ApiError::raw_body`].
+const MAX_WORDS_LEN: usize = 1024;
+
+/// The server's own words in a JSON body that is not an envelope: RFC 9457's `detail`, else a
+/// `title` that says more than the reason phrase, else the `message` of an `error` object or of
+/// the body, else OAuth's `error_description` or `error` (RFC 6749).
+fn words_from_json(json: &Value, status: StatusCode) -> Option<&str> {
+    let object = json.as_object()?;
+    fn text<'a>(members: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+        let words = members.get(key)?.as_str()?.trim();
+        (!words.is_empty()).then_some(words)
+    }
+    let title = text(object, "title").filter(|title| {
+        status
+            .canonical_reason()
+            .is_none_or(|reason| !title.eq_ignore_ascii_case(reason))
+    });
+    let error = object.get("error").and_then(Value::as_object);
+    text(object, "detail")
+        .or(title)
+        .or_else(|| error.and_then(|error| text(error, "message")))
+        .or_else(|| text(object, "message"))
+        .or_else(|| text(object, "error_description"))
+        .or_else(|| text(object, "error"))
+}
+
+/// Appends `words`, cut on a character boundary at `max` bytes with an ellipsis.
+fn push_bounded(out: &mut String, words: &str, max: usize) {
+    let kept = render::truncate(words, max);
+    out.push_str(kept);
+    if kept.len() < words.len() {
+        out.push('…');
+    }
+}
+
 fn request_id_header(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(X_REQUEST_ID)?.to_str().ok()?.trim();
     (!value.is_empty() && value.len() <= MAX_HEADER_ID_LEN).then(|| value.to_owned())
@@ -620,6 +661,57 @@ mod tests {
         let body = br#"{"error":{"message":"Bad"}}"#;
         let error = ApiError::from_parts(StatusCode::BAD_REQUEST, &headers, body);
         assert_eq!(error.request_id(), Some("req_4"));
+    }
+
+    /// Problem details without a `code` (as many frameworks write them), an error object
+    /// without one, or an OAuth error: the server's own words are what a person reads first.
+    #[test]
+    fn the_message_of_a_json_body_that_is_not_an_envelope_is_kept() {
+        for (body, words) in [
+            (
+                &br#"{"type":"about:blank","title":"Bad Request","status":400,"detail":"name is required"}"#[..],
+                "name is required",
+            ),
+            (
+                br#"{"type":"https://x/out-of-credit","title":"You do not have enough credit.","status":400}"#,
+                "You do not have enough credit.",
+            ),
+            (br#"{"error":{"message":"Bad name","code":4001}}"#, "Bad name"),
+            (br#"{"message":"Bad name"}"#, "Bad name"),
+            (
+                br#"{"error":"invalid_grant","error_description":"Code expired"}"#,
+                "Code expired",
+            ),
+            (br#"{"error":"invalid_grant"}"#, "invalid_grant"),
+        ] {
+            let error = decode(400, body);
+            assert!(error.envelope().is_none());
+            assert_eq!(
+                error.message(),
+                format!("HTTP 400 Bad Request without an error envelope: {words}"),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(error.raw_body(), Some(body));
+        }
+        // A title that only repeats the reason phrase, or no words at all, adds nothing.
+        for body in [
+            &br#"{"type":"about:blank","title":"bad request","status":400}"#[..],
+            br#"{"error":{"message":"   "}}"#,
+            br#"{"message":7}"#,
+            b"[\"a\"]",
+        ] {
+            let error = decode(400, body);
+            assert_eq!(
+                error.message(),
+                "HTTP 400 Bad Request without an error envelope"
+            );
+        }
+        // Long words are cut on a character boundary.
+        let long = format!(r#"{{"detail":"{}"}}"#, "é".repeat(2000));
+        let message = decode(400, long.as_bytes()).message().to_owned();
+        assert!(message.len() < 1100, "{}", message.len());
+        assert!(message.ends_with("é…"), "{message}");
     }
 
     #[test]
