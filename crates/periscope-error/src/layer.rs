@@ -31,6 +31,10 @@ const MAX_TEXT_BODY: usize = 1024;
 /// replaced.
 const MAX_JSON_BODY: usize = 64 * 1024;
 
+/// How long a body the layer reads may take without a [`ErrorLayer::timeout`]: a handful of
+/// bytes that have not come in this long are not coming.
+pub const BODY_READ_LIMIT: Duration = Duration::from_secs(5);
+
 /// A response extension that makes [`ErrorLayer`] pass an error response through untouched:
 /// for a body that is deliberate although it is not an envelope, such as a readiness report's
 /// 503 or a protocol's own error format.
@@ -150,6 +154,9 @@ impl ErrorLayer {
     /// shorter than `timeout`, or any, without a `timeout`, gets the client's deadline instead:
     /// answered `DEADLINE_EXCEEDED` with a message naming it, as tonic's own server does. Any
     /// other value is ignored; the header never lengthens `timeout`.
+    ///
+    /// The deadline also bounds the reading of an error body the layer replaces (a short text
+    /// body, a JSON 5xx); without one, such a read is given up after [`BODY_READ_LIMIT`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         Arc::make_mut(&mut self.config).timeout = Some(timeout);
         self
@@ -497,6 +504,9 @@ where
                                 code,
                                 json,
                             } => {
+                                if this.sleep.is_none() {
+                                    *this.sleep = read_deadline();
+                                }
                                 this.state.set(State::Reading {
                                     body,
                                     parts: Some(parts),
@@ -586,6 +596,13 @@ where
 /// and costing the client its answer.
 fn discard<B>(body: B) -> Result<(), CaughtPanic> {
     panic::catch(move || drop(body))
+}
+
+/// The deadline for reading a body without the layer's own: [`BODY_READ_LIMIT`] from now, on
+/// a Tokio runtime (elsewhere none, as without a timeout).
+fn read_deadline() -> Option<Pin<Box<Sleep>>> {
+    tokio::runtime::Handle::try_current().ok()?;
+    Some(Box::pin(tokio::time::sleep(BODY_READ_LIMIT)))
 }
 
 /// Whether the deadline, if any, has passed.
@@ -1338,6 +1355,53 @@ mod tests {
         let json: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["error"]["code"], "invalid_request");
         assert_eq!(json["error"]["message"], "The request is malformed");
+    }
+
+    /// Without a `timeout`, a body the layer reads (a short text error, a JSON 5xx) that never
+    /// ends must not hold the answer for good: after `BODY_READ_LIMIT` the envelope goes out
+    /// from the status alone.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_without_a_timeout_is_answered_after_the_read_limit() {
+        for (status, content_type, code) in [
+            (400, "text/plain", "invalid_request"),
+            (502, "application/json", "upstream_error"),
+        ] {
+            let service = ErrorLayer::new().layer(service_fn(move |_: Request<Full<Bytes>>| {
+                let response = Response::builder()
+                    .status(status)
+                    .header("content-type", content_type)
+                    .body(Stalled)
+                    .unwrap();
+                async move { Ok::<_, Infallible>(response) }
+            }));
+            let started = tokio::time::Instant::now();
+            let response = tokio::time::timeout(2 * BODY_READ_LIMIT, service.oneshot(get("/")))
+                .await
+                .expect("answered after the read limit")
+                .unwrap();
+            assert_eq!(started.elapsed(), BODY_READ_LIMIT, "{status}");
+            assert_eq!(response.status().as_u16(), status);
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let json: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(json["error"]["code"], code, "{status}");
+        }
+    }
+
+    /// Off a Tokio runtime (no timeout asked for), reading a body sets no deadline rather than
+    /// panicking for want of a timer.
+    #[test]
+    fn reading_a_body_off_a_runtime_sets_no_deadline() {
+        let mut service = ErrorLayer::new().layer(service_fn(|_: Request<Full<Bytes>>| {
+            let response = Response::builder()
+                .status(400)
+                .header("content-type", "text/plain")
+                .body(Stalled)
+                .unwrap();
+            std::future::ready(Ok::<_, Infallible>(response))
+        }));
+        let mut future = std::pin::pin!(service.call(get("/")));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(future.as_mut().poll(&mut cx).is_pending());
     }
 
     /// A body that panics when it is read, as a buggy streaming body does.

@@ -66,7 +66,7 @@ pub use client::{
 pub use code::{BUILTIN, ErrorCode, InvalidCode, MAX_CODE_LEN, codes};
 pub use envelope::{Envelope, ErrorBody, Violation};
 pub use error::{BoxError, HttpError};
-pub use layer::{ErrorLayer, ErrorService, PassThrough, ResponseFuture};
+pub use layer::{BODY_READ_LIMIT, ErrorLayer, ErrorService, PassThrough, ResponseFuture};
 pub use panic::is_catching_panics;
 pub use render::{APPLICATION_JSON, APPLICATION_PROBLEM_JSON, RenderedError, prefers_problem_json};
 #[cfg(feature = "axum")]
