@@ -7,8 +7,9 @@ pub enum GpuError {
     /// The GPU library or driver cannot be used on this machine (no NVIDIA driver, no
     /// `libnvidia-ml.so.1`, no permission). The collector backs off and retries rarely.
     #[error(
-        "GPU readings are unavailable: {reason}; install the NVIDIA driver (libnvidia-ml.so.1) \
-         to get GPU metrics, or leave the GPU collector off on machines without NVIDIA"
+        "GPU readings are unavailable: {reason}; with NVIDIA GPUs, check that the driver is \
+         installed and loaded, matches its library (libnvidia-ml.so.1) and lets this process \
+         in (`nvidia-smi` run as the service's user tells); without, leave the GPU collector off"
     )]
     Unavailable {
         /// What the library or driver said.

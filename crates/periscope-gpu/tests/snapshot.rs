@@ -142,7 +142,7 @@ fn snapshot_while_down_says_why_and_lists_no_devices() {
     assert!(value["age_s"].is_null());
     let error = value["last_error"].as_str().unwrap();
     assert!(
-        error.contains("libnvidia-ml.so.1") && error.contains("install the NVIDIA driver"),
+        error.contains("libnvidia-ml.so.1") && error.contains("check that the driver is installed"),
         "{error}"
     );
 }
