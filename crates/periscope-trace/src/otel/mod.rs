@@ -22,6 +22,7 @@
 
 mod config;
 mod provider;
+mod queue;
 mod reporting;
 
 pub use config::{ConfigError, ExportSettings, OtelConfig, Protocol, Sampler};

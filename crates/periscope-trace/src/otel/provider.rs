@@ -23,6 +23,7 @@ use tracing_subscriber::filter::{Filtered, LevelFilter, Targets};
 use tracing_subscriber::registry::LookupSpan;
 
 use super::config::{ExportSettings, OtelConfig, Protocol};
+use super::queue::{QueueGuard, SpanQueue};
 use super::reporting::ReportingExporter;
 use crate::propagation::Propagators;
 
@@ -143,10 +144,8 @@ impl HttpClient for ExportHttpClient {
 /// defaults. (The SDK reads `OTEL_BSP_*` itself, as they are, and would ignore a value with a
 /// space around it, `OTEL_BSP_SCHEDULE_DELAY=" 100"`, without a word; set here, they win.)
 fn batch_config(export: &ExportSettings) -> opentelemetry_sdk::trace::BatchConfig {
-    let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default();
-    if let Some(size) = export.max_queue_size {
-        config = config.with_max_queue_size(size);
-    }
+    let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default()
+        .with_max_queue_size(queue_size(export));
     if let Some(size) = export.max_export_batch_size {
         config = config.with_max_export_batch_size(size);
     }
@@ -154,6 +153,17 @@ fn batch_config(export: &ExportSettings) -> opentelemetry_sdk::trace::BatchConfi
         config = config.with_scheduled_delay(delay);
     }
     config.build()
+}
+
+/// The batch processor's queue: the configured size, else what the SDK would read from the
+/// process environment itself, else its default. Always given to the processor, so that
+/// [`SpanQueue`] guards a queue of exactly this size.
+fn queue_size(export: &ExportSettings) -> usize {
+    use opentelemetry_sdk::trace::{OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_QUEUE_SIZE_DEFAULT};
+    export
+        .max_queue_size
+        .or_else(|| std::env::var(OTEL_BSP_MAX_QUEUE_SIZE).ok()?.parse().ok())
+        .unwrap_or(OTEL_BSP_MAX_QUEUE_SIZE_DEFAULT)
 }
 
 /// The OTLP exporters' default timeout.
@@ -233,15 +243,18 @@ impl OtelConfig {
                 endpoint: endpoint.clone(),
                 source,
             })?;
+            let queue = SpanQueue::new(queue_size(&self.export));
             let exporter = ReportingExporter::new(
                 exporter,
                 super::config::without_credentials(endpoint).into_owned(),
+                queue.clone(),
             );
-            builder = builder.with_span_processor(
+            builder = builder.with_span_processor(QueueGuard::new(
                 opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
                     .with_batch_config(batch_config(&self.export))
                     .build(),
-            );
+                queue,
+            ));
             export_thread = Some(thread);
         }
         let provider = builder.build();

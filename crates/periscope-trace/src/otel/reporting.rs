@@ -1,30 +1,45 @@
-//! Failed exports said in the log. The SDK drops a batch it could not send without a word (its
-//! own logs are off in this build), so a collector that is down, unreachable or refusing the
-//! spans would go unnoticed until someone looked for a trace and found none.
+//! Failed exports, and spans dropped on a full queue, said in the log. The SDK drops a batch
+//! it could not send, or a span its queue has no room for, without a word (its own logs are off
+//! in this build), so a collector that is down, unreachable or refusing the spans, or more spans
+//! than export keeps up with, would go unnoticed until someone looked for a trace and found none.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
-/// The tracing target of the export's warnings (`OTLP export failed`, at `warn`) and of the
-/// line saying it works again (`OTLP export works again`, at `info`).
+use super::queue::SpanQueue;
+
+/// The tracing target of the export's warnings (`OTLP export failed` and `OTLP export queue
+/// full`, at `warn`) and of the line saying export works again (`OTLP export works again`, at
+/// `info`).
 pub const EXPORT_TARGET: &str = "periscope_trace::otel";
 
-/// At most one warning per interval while exports keep failing, with the counts since the last.
+/// At most one warning of a kind per interval while the trouble lasts, with the counts since
+/// the last.
 const WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Whether a warning last given at `last` may be given again.
+fn due(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|last| now.duration_since(last) >= WARNING_INTERVAL)
+}
 
 /// Wraps the OTLP exporter: the first failed export is warned about at once, later ones at
 /// most once a minute with how many batches and spans were lost since, and the first export
-/// that succeeds again says so at `info`.
+/// that succeeds again says so at `info`. Spans dropped because the queue was full are warned
+/// about the same way, on the next export (the queue is full, so one follows), and those not
+/// yet said at shutdown.
 #[derive(Debug)]
 pub(super) struct ReportingExporter<E> {
     inner: E,
     /// The traces endpoint, its credentials masked.
     endpoint: String,
     failures: Mutex<Failures>,
+    queue: Arc<SpanQueue>,
+    /// When spans dropped on a full queue were last warned about.
+    last_drop_warning: Mutex<Option<Instant>>,
 }
 
 #[derive(Debug, Default)]
@@ -37,11 +52,13 @@ struct Failures {
 }
 
 impl<E> ReportingExporter<E> {
-    pub(super) fn new(inner: E, endpoint: String) -> Self {
+    pub(super) fn new(inner: E, endpoint: String, queue: Arc<SpanQueue>) -> Self {
         Self {
             inner,
             endpoint,
             failures: Mutex::default(),
+            queue,
+            last_drop_warning: Mutex::default(),
         }
     }
 
@@ -51,10 +68,7 @@ impl<E> ReportingExporter<E> {
         failures.batches += 1;
         failures.spans += spans as u64;
         let now = Instant::now();
-        if failures
-            .last_warning
-            .is_some_and(|last| now.duration_since(last) < WARNING_INTERVAL)
-        {
+        if !due(failures.last_warning, now) {
             return;
         }
         tracing::warn!(
@@ -84,6 +98,34 @@ impl<E> ReportingExporter<E> {
         );
         *failures = Failures::default();
     }
+
+    /// Warns about the spans dropped on a full queue since the last warning, when one is due
+    /// (or `always`, at shutdown).
+    fn report_drops(&self, always: bool) {
+        if !self.queue.has_dropped() {
+            return;
+        }
+        let mut last = self
+            .last_drop_warning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if !always && !due(*last, now) {
+            return;
+        }
+        let dropped = self.queue.take_dropped();
+        if dropped == 0 {
+            return;
+        }
+        tracing::warn!(
+            target: EXPORT_TARGET,
+            endpoint = %self.endpoint,
+            dropped_spans = dropped,
+            max_queue_size = self.queue.capacity(),
+            "OTLP export queue full: spans were dropped; raise OTEL_BSP_MAX_QUEUE_SIZE, sample fewer traces (OTEL_TRACES_SAMPLER_ARG) or check the collector"
+        );
+        *last = Some(now);
+    }
 }
 
 impl<E: SpanExporter> SpanExporter for ReportingExporter<E> {
@@ -92,6 +134,9 @@ impl<E: SpanExporter> SpanExporter for ReportingExporter<E> {
         batch: Vec<SpanData>,
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
         let spans = batch.len();
+        // Out of the queue: room for as many spans again.
+        self.queue.taken(spans);
+        self.report_drops(false);
         let export = self.inner.export(batch);
         async move {
             let result = export.await;
@@ -104,6 +149,8 @@ impl<E: SpanExporter> SpanExporter for ReportingExporter<E> {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        // The last export is done: no drop goes unsaid.
+        self.report_drops(true);
         self.inner.shutdown_with_timeout(timeout)
     }
 
