@@ -1,0 +1,670 @@
+//! HTTP/2 end to end over 127.0.0.1: a real tonic client, its channel wrapped in
+//! `obs.client_layer()`, calling gRPC services behind `obs.layer()` on `periscope::Server`; and
+//! hyper's HTTP/2 client with many streams on one connection. What each side logs, traces and
+//! counts is read back from the real outputs (JSON lines, span fields, exposition text).
+
+#![cfg(all(feature = "axum", feature = "http2", feature = "grpc"))]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use periscope::Observability;
+use periscope::context::{RequestContext, TenantKey, TraceParent};
+use serde_json::Value;
+
+mod capture;
+use capture::{Captured, capture_lines, set_default};
+
+/// The fields of every span opened while recording, in order; a span id the registry reuses
+/// starts a new entry.
+#[derive(Clone, Default)]
+struct Spans(Arc<Mutex<SpanLog>>);
+
+#[derive(Default)]
+struct SpanLog {
+    spans: Vec<(&'static str, HashMap<&'static str, String>)>,
+    live: HashMap<u64, usize>,
+}
+
+impl Spans {
+    /// The fields of the spans named `name` whose `request_id` is `request_id`.
+    fn of(&self, name: &str, request_id: &str) -> Vec<HashMap<&'static str, String>> {
+        let log = self.0.lock().unwrap();
+        log.spans
+            .iter()
+            .filter(|(n, fields)| {
+                *n == name && fields.get("request_id").map(String::as_str) == Some(request_id)
+            })
+            .map(|(_, fields)| fields.clone())
+            .collect()
+    }
+}
+
+struct Fields<'a>(&'a mut HashMap<&'static str, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name(), value.to_owned());
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name(), format!("{value:?}"));
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Spans {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = HashMap::new();
+        attrs.record(&mut Fields(&mut fields));
+        let mut log = self.0.lock().unwrap();
+        log.spans.push((attrs.metadata().name(), fields));
+        let at = log.spans.len() - 1;
+        log.live.insert(id.into_u64(), at);
+    }
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut log = self.0.lock().unwrap();
+        if let Some(&at) = log.live.get(&id.into_u64()) {
+            values.record(&mut Fields(&mut log.spans[at].1));
+        }
+    }
+}
+
+/// The log lines (access lines at `debug` too, for the quiet health paths) and the spans of
+/// this thread, while the guards live: `capture_lines` with the spans beside.
+fn record() -> (
+    Captured,
+    Spans,
+    periscope::log::LogGuard,
+    tracing::subscriber::DefaultGuard,
+) {
+    use tracing_subscriber::prelude::*;
+
+    let out = Captured::default();
+    let spans = Spans::default();
+    let (log, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .directives(periscope::log::Directives::parse("info,periscope::access=debug").unwrap())
+        .build();
+    let default = set_default(tracing_subscriber::registry().with(log).with(spans.clone()));
+    (out, spans, log_guard, default)
+}
+
+/// A counter family's samples summed over the series whose labels match `labels`.
+fn counted(exposition: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(exposition)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let Some(family) = exposition.families.get(family) else {
+        return 0.0;
+    };
+    family
+        .iter_samples()
+        .filter(|sample| {
+            let set = sample.get_labelset().unwrap();
+            labels
+                .iter()
+                .all(|(name, value)| set.get_label_value(name) == Some(*value))
+        })
+        .map(|sample| match &sample.value {
+            openmetrics_parser::PrometheusValue::Counter(c) => c.value.as_f64(),
+            other => panic!("{other:?}"),
+        })
+        .sum()
+}
+
+/// Polls `found` every 10 ms for up to 10 s (the server records a call once its stream has
+/// ended, which a client that left first does not wait for).
+async fn eventually<T>(what: &str, mut found: impl FnMut() -> Option<T>) -> T {
+    let poll = async {
+        loop {
+            if let Some(value) = found() {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within 10 s"))
+}
+
+const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const CHECK: &str = "/grpc.health.v1.Health/Check";
+const WATCH: &str = "/grpc.health.v1.Health/Watch";
+
+/// What a caller's side and the server's side should tell of one kind of call.
+struct Expected {
+    /// The caller's `http_client_requests_total` status.
+    client_status: &'static str,
+    /// The client span's `rpc.grpc.status_code` and `error.type` when failed.
+    client_failure: Option<(Option<&'static str>, &'static str)>,
+    /// The server's access line: `grpc_status` and whether `aborted`.
+    access: (Option<u64>, bool),
+}
+
+/// A tonic client whose channel is wrapped in `obs.client_layer()`, calling services behind
+/// `obs.layer()` on `periscope::Server` over HTTP/2: each call's client span, the headers the
+/// server received, the server's span and access line, and both sides' RED counts agree, for
+/// calls answered `OK` (in turn and concurrently on the one connection), failed trailers-only
+/// (`NOT_FOUND`, `UNAVAILABLE`), failed in the trailers after a message, a server stream the
+/// client cancels, a call the caller drops and a deadline that expires.
+#[tokio::test(flavor = "current_thread")]
+async fn a_tonic_channel_in_the_client_layer_agrees_with_the_server_it_calls() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+    use periscope::health::tonic_health::pb::HealthCheckRequest;
+    use periscope::health::tonic_health::pb::health_check_response::ServingStatus;
+    use periscope::health::tonic_health::pb::health_client::HealthClient;
+    use tower::Layer;
+
+    /// What `export` does is chosen by the request's size.
+    struct Exporter;
+    #[tonic::async_trait]
+    impl TraceService for Exporter {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            match request.get_ref().resource_spans.len() {
+                0 => Ok(tonic::Response::new(ExportTraceServiceResponse::default())),
+                1 => Err(tonic::Status::not_found("no such tenant")),
+                2 => Err(tonic::Status::unavailable("the store is down")),
+                3 => {
+                    let mut response = tonic::Response::new(ExportTraceServiceResponse::default());
+                    response
+                        .metadata_mut()
+                        .insert(THEN_FAIL, "13".parse().unwrap());
+                    Ok(response)
+                }
+                _ => {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+                }
+            }
+        }
+    }
+
+    /// A stand-in for a call that fails after its messages: the answer the handler marks
+    /// sends its message, then trailers with the marked code instead of `OK`.
+    const THEN_FAIL: &str = "x-test-then-fail";
+    fn fail_in_trailers(
+        mut response: http::Response<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
+        if let Some(code) = response.headers_mut().remove(THEN_FAIL) {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", code);
+            let body = http_body_util::Full::new(Bytes::from_static(&[0, 0, 0, 0, 0]))
+                .with_trailers(async move { Some(Ok(trailers)) });
+            *response.body_mut() = tonic::body::Body::new(body);
+        }
+        response
+    }
+
+    let (out, spans, log_guard, _default) = record();
+    // The callee: every path traced (the health methods are quiet by default).
+    let callee = Observability::builder()
+        .service_name("callee")
+        .correlation(|layer| layer.quiet(periscope::trace::PathSelector::none()))
+        .build()
+        .unwrap();
+    let health = callee.health().grpc().into_service();
+    // The headers each call arrived with, before any layer of the server saw them. The
+    // deadline a call sends is taken off: the client alone enforces it here, so that no race
+    // with the server's own enforcing of it (tested in `tests/facade.rs`) decides the outcome.
+    let received = Arc::new(Mutex::new(Vec::<http::HeaderMap>::new()));
+    let received_in = received.clone();
+    let app = Router::new()
+        .route_service(CHECK, health.clone())
+        .route_service(WATCH, health)
+        .route_service(
+            EXPORT,
+            tower::ServiceBuilder::new()
+                .map_response(fail_in_trailers)
+                .service(TraceServiceServer::new(Exporter)),
+        )
+        .layer(callee.layer())
+        .layer(tower::util::MapRequestLayer::new(
+            move |mut request: http::Request<axum::body::Body>| {
+                received_in.lock().unwrap().push(request.headers().clone());
+                request.headers_mut().remove("grpc-timeout");
+                request
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let port = addr.port().to_string();
+    tokio::spawn(callee.server(listener).serve(app, std::future::pending()));
+
+    // The caller: tonic's channel in the client layer, given its origin so that the layers
+    // know the server (a channel adds it only below them).
+    let caller = Observability::builder()
+        .service_name("caller")
+        .build()
+        .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let channel = caller.client_layer().layer(channel);
+    let origin: http::Uri = format!("http://{addr}").parse().unwrap();
+    let mut exporter = TraceServiceClient::with_origin(channel.clone(), origin.clone());
+    let mut health = HealthClient::with_origin(channel, origin);
+
+    let org = TenantKey::new("org_id").unwrap();
+    // A request of the caller's, with its tenant.
+    let request_ctx = |org_id: &str| {
+        let mut ctx = RequestContext::new_root();
+        ctx.tenant.insert(org.clone(), org_id).unwrap();
+        ctx
+    };
+    let export = |spans: usize| ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans::default(); spans],
+    };
+    let ok = Expected {
+        client_status: "2xx",
+        client_failure: None,
+        access: (Some(0), false),
+    };
+    let mut calls = Vec::new();
+
+    // Two calls while handling one request: one trace, a parent of its own each.
+    let ctx = request_ctx("org_ok");
+    let twice = ctx
+        .clone()
+        .scope(async {
+            let first = exporter.export(export(0)).await.map(|_| ());
+            let second = exporter.export(export(0)).await.map(|_| ());
+            (first, second)
+        })
+        .await;
+    assert!(twice.0.is_ok() && twice.1.is_ok(), "{twice:?}");
+    calls.push((ctx, EXPORT, 2, ok));
+
+    // Calls of many requests at once, as streams of the channel's one connection.
+    let mut concurrent = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let ctx = request_ctx(&format!("org_{i}"));
+        let mut exporter = exporter.clone();
+        let call = ctx.clone().scope(async move {
+            let call = exporter.export(ExportTraceServiceRequest::default()).await;
+            call.map(|_| ())
+        });
+        concurrent.spawn(async move { (ctx, call.await) });
+    }
+    for (ctx, answer) in concurrent.join_all().await {
+        assert!(answer.is_ok(), "{answer:?}");
+        let ok = Expected {
+            client_status: "2xx",
+            client_failure: None,
+            access: (Some(0), false),
+        };
+        calls.push((ctx, EXPORT, 1, ok));
+    }
+
+    let ctx = request_ctx("org_404");
+    let status = ctx.clone().scope(exporter.export(export(1))).await;
+    assert_eq!(status.unwrap_err().code(), tonic::Code::NotFound);
+    let not_found = Expected {
+        client_status: "4xx",
+        client_failure: Some((Some("5"), "NOT_FOUND")),
+        access: (Some(5), false),
+    };
+    calls.push((ctx, EXPORT, 1, not_found));
+
+    let ctx = request_ctx("org_503");
+    let status = ctx.clone().scope(exporter.export(export(2))).await;
+    assert_eq!(status.unwrap_err().code(), tonic::Code::Unavailable);
+    let unavailable = Expected {
+        client_status: "5xx",
+        client_failure: Some((Some("14"), "UNAVAILABLE")),
+        access: (Some(14), false),
+    };
+    calls.push((ctx, EXPORT, 1, unavailable));
+
+    // Failed after a message: the client layer judges the head it got, the server the
+    // trailers it sent.
+    let ctx = request_ctx("org_trailers");
+    let status = ctx.clone().scope(exporter.export(export(3))).await;
+    assert_eq!(status.unwrap_err().code(), tonic::Code::Internal);
+    let in_trailers = Expected {
+        client_status: "2xx",
+        client_failure: None,
+        access: (Some(13), false),
+    };
+    calls.push((ctx, EXPORT, 1, in_trailers));
+
+    // tonic-health's own server refuses an unknown name trailers-only.
+    let ctx = request_ctx("org_unknown");
+    let unknown_name = HealthCheckRequest {
+        service: "no.such.Service".into(),
+    };
+    let status = ctx.clone().scope(health.check(unknown_name)).await;
+    assert_eq!(status.unwrap_err().code(), tonic::Code::NotFound);
+    let unknown = Expected {
+        client_status: "4xx",
+        client_failure: Some((Some("5"), "NOT_FOUND")),
+        access: (Some(5), false),
+    };
+    calls.push((ctx, CHECK, 1, unknown));
+
+    // A server stream: its first message, then the client gives up on it. An answer for
+    // the client, a cancellation for the server.
+    let ctx = request_ctx("org_watch");
+    let first = ctx
+        .clone()
+        .scope(async {
+            let watch = HealthCheckRequest {
+                service: String::new(),
+            };
+            let mut stream = health.watch(watch).await.unwrap().into_inner();
+            stream.message().await.unwrap().unwrap()
+        })
+        .await;
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let watched = Expected {
+        client_status: "2xx",
+        client_failure: None,
+        access: (Some(1), true),
+    };
+    calls.push((ctx, WATCH, 1, watched));
+
+    // A call its caller stops waiting for: the stream is reset, and the server drops it.
+    let ctx = request_ctx("org_dropped");
+    let gone = tokio::time::timeout(
+        Duration::from_millis(200),
+        ctx.clone().scope(exporter.export(export(4))),
+    )
+    .await;
+    assert!(gone.is_err(), "{gone:?}");
+    let dropped = Expected {
+        client_status: "cancelled",
+        client_failure: Some((None, "cancelled")),
+        access: (None, true),
+    };
+    calls.push((ctx, EXPORT, 1, dropped));
+
+    // A deadline the handler cannot meet: the channel gives up on the call itself (tonic's
+    // `CANCELLED`, "Timeout expired"), an error without an answer for the client layer.
+    let ctx = request_ctx("org_late");
+    let mut call = tonic::Request::new(export(4));
+    call.set_timeout(Duration::from_millis(200));
+    let status = ctx.clone().scope(exporter.export(call)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+    let late = Expected {
+        client_status: "error",
+        client_failure: Some((None, "_OTHER")),
+        access: (None, true),
+    };
+    let id = ctx.request_id.as_str();
+    let deadline = received
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|h| h["x-request-id"] == id)
+        .cloned();
+    assert!(deadline.unwrap().contains_key("grpc-timeout"));
+    calls.push((ctx, EXPORT, 1, late));
+
+    let mut client_counts: HashMap<&str, f64> = HashMap::new();
+    for (ctx, route, count, expected) in &calls {
+        let id = ctx.request_id.as_str();
+        let org_id = ctx.tenant.get("org_id").unwrap();
+        *client_counts.entry(expected.client_status).or_default() += *count as f64;
+        // What the server received: the caller's ids and tenant, each call its own client
+        // span as the parent.
+        let sent: Vec<TraceParent> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|headers| headers["x-request-id"] == id)
+            .map(|headers| {
+                assert_eq!(headers["x-org-id"], org_id, "{headers:?}");
+                TraceParent::parse(headers["traceparent"].to_str().unwrap()).unwrap()
+            })
+            .collect();
+        let client = spans.of("http_client_request", id);
+        assert_eq!((sent.len(), client.len()), (*count, *count), "{id}");
+        for (parent, span) in sent.iter().zip(&client) {
+            assert_eq!(parent.trace_id, ctx.trace_id, "{id}");
+            assert_eq!(span["trace_id"], ctx.trace_id.to_string(), "{id}");
+            assert_eq!(span["span_id"], parent.parent_id.to_string(), "{id}");
+            assert_ne!(parent.parent_id, ctx.span_id, "{id}");
+            assert_eq!(span["otel.name"], route.trim_start_matches('/'), "{id}");
+            assert_eq!(span["rpc.system"], "grpc", "{id}");
+            assert_eq!(span["server.address"], "127.0.0.1", "{id}");
+            assert_eq!(span["server.port"], port, "{id}");
+            match expected.client_failure {
+                Some((code, error)) => {
+                    assert_eq!(span.get("rpc.grpc.status_code").map(String::as_str), code);
+                    assert_eq!(span["otel.status_code"], "ERROR", "{id}: {span:?}");
+                    assert_eq!(span["error.type"], error, "{id}: {span:?}");
+                }
+                None => assert_eq!(span.get("otel.status_code"), None, "{id}: {span:?}"),
+            }
+        }
+        if *count == 2 {
+            assert_ne!(sent[0].parent_id, sent[1].parent_id, "a parent per call");
+        }
+
+        // The server's span and access line continue the caller's trace, with its tenant.
+        let lines = eventually(id, || {
+            let lines: Vec<Value> = out
+                .lines()
+                .into_iter()
+                .filter(|l| l["target"] == "periscope::access" && l["request_id"] == id)
+                .collect();
+            (lines.len() == *count).then_some(lines)
+        })
+        .await;
+        for line in &lines {
+            assert_eq!(line["trace_id"], ctx.trace_id.to_string(), "{line}");
+            assert_eq!(line["org_id"], org_id, "{line}");
+            assert_eq!(line["data"]["route"], *route, "{line}");
+            let (grpc_status, aborted) = expected.access;
+            assert_eq!(line["data"]["grpc_status"].as_u64(), grpc_status, "{line}");
+            assert_eq!(line["data"]["aborted"].as_bool(), aborted.then_some(true));
+        }
+        let server = spans.of("http_request", id);
+        assert_eq!(server.len(), *count, "{id}");
+        for span in &server {
+            assert_eq!(span["trace_id"], ctx.trace_id.to_string(), "{id}");
+            assert_ne!(span["span_id"], client[0]["span_id"], "{id}");
+        }
+    }
+
+    // Each call counted once on each side: by the caller as its head told, by the server as
+    // its code did.
+    let caller_text = caller.registry().encode_prometheus().unwrap();
+    for (status, count) in &client_counts {
+        let labels = [
+            ("method", "POST"),
+            ("server_address", "127.0.0.1"),
+            ("server_port", port.as_str()),
+            ("status", status),
+        ];
+        let counted = counted(&caller_text, "http_client_requests_total", &labels);
+        assert_eq!(counted, *count, "{status}");
+    }
+    let all = counted(&caller_text, "http_client_requests_total", &[]);
+    assert_eq!(all, client_counts.values().sum::<f64>());
+    let callee_text = callee.registry().encode_prometheus().unwrap();
+    let server = |route: &str, status: &str| {
+        counted(
+            &callee_text,
+            "http_server_requests_total",
+            &[("route", route), ("status", status)],
+        )
+    };
+    assert_eq!(server(EXPORT, "2xx"), 18.0);
+    assert_eq!(server(EXPORT, "4xx"), 1.0);
+    assert_eq!(server(EXPORT, "5xx"), 2.0);
+    assert_eq!(server(EXPORT, "cancelled"), 2.0);
+    assert_eq!(server(CHECK, "4xx"), 1.0);
+    assert_eq!(server(WATCH, "cancelled"), 1.0);
+    let all = counted(&callee_text, "http_server_requests_total", &[]);
+    assert_eq!(all, 25.0);
+    drop(log_guard);
+}
+
+/// An answer that never ends, sent as fast as the client takes it.
+struct Endless;
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let chunk = Bytes::from_static(&[b'x'; 16 << 10]);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+type Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>;
+
+/// `GET path` with these headers on an HTTP/2 connection.
+async fn send(
+    mut sender: Sender,
+    path: &str,
+    headers: &[(&str, String)],
+) -> http::Response<hyper::body::Incoming> {
+    let mut request = http::Request::get(format!("http://a{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    sender.ready().await.unwrap();
+    let request = request.body(http_body_util::Empty::new()).unwrap();
+    sender.send_request(request).await.unwrap()
+}
+
+/// Many streams at once on one HTTP/2 connection to `periscope::Server` (hyper's client, prior
+/// knowledge): each gets its own request id back and in its handler's context, and one access
+/// line; a large header within the limit passes, one over it is refused on its stream alone,
+/// and a stream the client resets mid-answer is logged `aborted` while the others go on.
+#[tokio::test(flavor = "current_thread")]
+async fn concurrent_http2_streams_keep_their_own_request_ids() {
+    use axum::routing::get;
+
+    let (out, log_guard, _default) = capture_lines(None);
+    let obs = Observability::builder().service_name("h2").build().unwrap();
+    let app = Router::new()
+        .route(
+            "/echo",
+            get(|headers: http::HeaderMap| async move {
+                // Held a while, so that the streams are open together.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let ctx = RequestContext::current().unwrap();
+                let large = headers.get("x-large").map_or(0, |value| value.len());
+                format!("{} {large}", ctx.request_id)
+            }),
+        )
+        .route("/endless", get(|| async { axum::body::Body::new(Endless) }))
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(obs.server(listener).serve(app, std::future::pending()));
+
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+
+    let mut streams = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let sender = sender.clone();
+        streams.spawn(async move {
+            let id = format!("stream-{i}");
+            let mut headers = vec![("x-request-id", id.clone())];
+            // 40 KB, within the 64 KiB limit.
+            if i == 7 {
+                headers.push(("x-large", "a".repeat(40_000)));
+            }
+            let response = send(sender, "/echo", &headers).await;
+            let echoed = response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (id, echoed, String::from_utf8(body.to_vec()).unwrap())
+        });
+    }
+    let answers = tokio::time::timeout(Duration::from_secs(30), streams.join_all())
+        .await
+        .expect("every stream answered");
+    let mut ids = Vec::new();
+    for (id, echoed, body) in answers {
+        assert_eq!(echoed, id);
+        let large = if id == "stream-7" { 40_000 } else { 0 };
+        assert_eq!(body, format!("{id} {large}"));
+        ids.push(id);
+    }
+
+    // Over the limit: refused by hyper on its stream, the connection kept.
+    let headers = [
+        ("x-request-id", "too-large".to_owned()),
+        ("x-large", "a".repeat(70_000)),
+    ];
+    let refused = send(sender.clone(), "/echo", &headers).await;
+    assert_eq!(refused.status(), 431);
+
+    // Reset by the client after its first chunk.
+    let headers = [("x-request-id", "reset-mid-answer".to_owned())];
+    let mut body = send(sender.clone(), "/endless", &headers).await.into_body();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    drop(body);
+    let headers = [("x-request-id", "after-reset".to_owned())];
+    let after = send(sender.clone(), "/echo", &headers).await;
+    assert_eq!(after.headers()["x-request-id"], "after-reset");
+    ids.push("after-reset".to_owned());
+
+    let reset = eventually("the reset stream's access line", || {
+        out.lines()
+            .into_iter()
+            .find(|l| l["target"] == "periscope::access" && l["request_id"] == "reset-mid-answer")
+    })
+    .await;
+    assert_eq!(reset["data"]["aborted"], true, "{reset}");
+    assert_eq!(reset["data"]["status"], 200, "{reset}");
+    drop(log_guard);
+
+    // One access line per stream, each in its stream's own trace.
+    let lines = out.lines();
+    let mut traces = std::collections::HashSet::new();
+    for id in &ids {
+        let access: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["target"] == "periscope::access" && l["request_id"] == id.as_str())
+            .collect();
+        assert_eq!(access.len(), 1, "{id}: {access:?}");
+        assert_eq!(access[0]["data"]["status"], 200, "{id}");
+        assert!(traces.insert(access[0]["trace_id"].as_str().unwrap().to_owned()));
+    }
+    let text = obs.registry().encode_prometheus().unwrap();
+    let echo = [("route", "/echo"), ("status", "2xx")];
+    assert_eq!(counted(&text, "http_server_requests_total", &echo), 65.0);
+}
