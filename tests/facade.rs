@@ -3288,3 +3288,92 @@ async fn serve_recording_headers(
     tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
     (addr, seen)
 }
+
+/// A response body whose chunks are made as they are sent (server-sent events, a model's
+/// tokens, a gRPC server stream): what it logs while it makes them carries the request's ids
+/// and span, and `RequestContext::current()` answers there as in the handler.
+#[tokio::test(flavor = "current_thread")]
+async fn lines_logged_while_a_streamed_body_is_made_carry_the_request_ids() {
+    use periscope::context::RequestContext;
+    use tracing_subscriber::prelude::*;
+
+    /// Three chunks, each logged as it is made, one per poll.
+    struct Tokens {
+        left: u8,
+        seen: Arc<Mutex<Vec<Option<String>>>>,
+    }
+
+    impl http_body::Body for Tokens {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            if self.left == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            self.left -= 1;
+            tracing::info!(left = self.left, "token sent");
+            let current = RequestContext::current().map(|ctx| ctx.request_id.to_string());
+            self.seen.lock().unwrap().push(current);
+            // The next token comes on a later poll, as from a model.
+            cx.waker().wake_by_ref();
+            let token = http_body::Frame::data(Bytes::from_static(b"data: token\n\n"));
+            std::task::Poll::Ready(Some(Ok(token)))
+        }
+    }
+
+    let out = Captured::default();
+    let (log, _log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let _default = set_default(tracing_subscriber::registry().with(log));
+    let obs = Observability::builder().build().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let app = Router::new()
+        .route(
+            "/events",
+            get({
+                let seen = seen.clone();
+                move || async move {
+                    let body = Tokens { left: 3, seen };
+                    (
+                        [("content-type", "text/event-stream")],
+                        axum::body::Body::new(body),
+                    )
+                }
+            }),
+        )
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(periscope::Server::new(listener).serve(app, std::future::pending()));
+
+    let answer = tokio::time::timeout(
+        Duration::from_secs(30),
+        get_path(addr, "/events", Some("stream-1")),
+    )
+    .await
+    .expect("an answer within 30 s");
+    assert_eq!(answer.body, "data: token\n\n".repeat(3));
+
+    assert_eq!(*seen.lock().unwrap(), vec![Some("stream-1".to_owned()); 3]);
+    let lines = out.lines();
+    let tokens: Vec<&Value> = lines
+        .iter()
+        .filter(|line| line["message"] == "token sent")
+        .collect();
+    let access = lines
+        .iter()
+        .find(|line| line["message"] == "request completed")
+        .expect("an access line");
+    assert_eq!(tokens.len(), 3, "{lines:#?}");
+    for line in tokens {
+        assert_eq!(line["request_id"], "stream-1", "{line}");
+        assert_eq!(line["trace_id"], access["trace_id"], "{line}");
+        assert_eq!(line["span_id"], access["span_id"], "{line}");
+    }
+}

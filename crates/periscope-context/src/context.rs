@@ -210,6 +210,38 @@ impl<F> WithContext<F> {
     pub fn context(&self) -> &Arc<RequestContext> {
         &self.context
     }
+
+    /// The wrapped value.
+    pub fn get_ref(&self) -> &F {
+        &self.future
+    }
+
+    /// The wrapped value, unwrapped.
+    pub fn into_inner(self) -> F {
+        self.future
+    }
+
+    /// Runs `f` on the wrapped value while the context is current: for a wrapped value that is
+    /// not a future, such as a response body whose frames are made as they are sent (a stream
+    /// of server-sent events, a gRPC server stream), so the lines they log carry the request's
+    /// ids.
+    ///
+    /// ```
+    /// use std::pin::pin;
+    /// use std::sync::Arc;
+    /// use periscope_context::{RequestContext, WithContext};
+    ///
+    /// let ctx = Arc::new(RequestContext::new_root());
+    /// let mut wrapped = pin!(WithContext::new(ctx.clone(), "a body"));
+    /// let seen = wrapped.as_mut().in_scope(|_body| RequestContext::current());
+    /// assert_eq!(seen.unwrap().request_id, ctx.request_id);
+    /// assert!(RequestContext::current().is_none());
+    /// ```
+    pub fn in_scope<R>(self: Pin<&mut Self>, f: impl FnOnce(Pin<&mut F>) -> R) -> R {
+        let this = self.project();
+        let _guard = enter(this.context.clone());
+        f(this.future)
+    }
 }
 
 impl<F: Future> Future for WithContext<F> {

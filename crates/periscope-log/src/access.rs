@@ -618,14 +618,22 @@ macro_rules! with_extra_fields {
     };
 }
 
-/// Emits the access event at a level chosen at run time (`tracing` macros need a constant).
+/// Emits the access event at a level chosen at run time (`tracing` macros need a constant),
+/// as a child of `$parent`, the span current when the request came in: named rather than
+/// entered, which costs a subscriber two calls per line for the same result.
 macro_rules! access_event {
-    ($level:expr, $($rest:tt)*) => {
+    ($level:expr, $parent:expr, $($rest:tt)*) => {
         match $level {
-            Level::ERROR => tracing::event!(target: ACCESS_LOG_TARGET, Level::ERROR, $($rest)*),
-            Level::WARN => tracing::event!(target: ACCESS_LOG_TARGET, Level::WARN, $($rest)*),
-            Level::INFO => tracing::event!(target: ACCESS_LOG_TARGET, Level::INFO, $($rest)*),
-            _ => tracing::event!(target: ACCESS_LOG_TARGET, Level::DEBUG, $($rest)*),
+            Level::ERROR => {
+                tracing::event!(target: ACCESS_LOG_TARGET, parent: $parent, Level::ERROR, $($rest)*)
+            }
+            Level::WARN => {
+                tracing::event!(target: ACCESS_LOG_TARGET, parent: $parent, Level::WARN, $($rest)*)
+            }
+            Level::INFO => {
+                tracing::event!(target: ACCESS_LOG_TARGET, parent: $parent, Level::INFO, $($rest)*)
+            }
+            _ => tracing::event!(target: ACCESS_LOG_TARGET, parent: $parent, Level::DEBUG, $($rest)*),
         }
     };
 }
@@ -667,12 +675,12 @@ impl RequestInfo {
         let trace_id = trace_id.as_ref().map(HexId::as_str);
         let span_id = span_id.as_ref().map(HexId::as_str);
         let peer = self.peer.map(PeerText::new);
-        let _entered = self.span.enter();
         // `client` and the tenant fields are inserted where the brackets are.
         macro_rules! access_line {
             ([$($client:tt)*] [$($tenant:tt)*]) => {
                 access_event!(
                     self.level(true),
+                    &self.span,
                     method = self.method.as_str(),
                     route = self.route.as_ref().map(Route::as_str),
                     path = self.path(),
@@ -775,12 +783,12 @@ impl RequestInfo {
         let trace_id = trace_id.as_ref().map(HexId::as_str);
         let span_id = span_id.as_ref().map(HexId::as_str);
         let peer = self.peer.map(PeerText::new);
-        let _entered = self.span.enter();
         // `client` and the tenant fields are inserted where the brackets are.
         macro_rules! access_line {
             ([$($client:tt)*] [$($tenant:tt)*]) => {
                 access_event!(
                     level,
+                    &self.span,
                     method = self.method.as_str(),
                     route = self.route.as_ref().map(Route::as_str),
                     path = self.path(),

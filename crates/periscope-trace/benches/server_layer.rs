@@ -24,7 +24,7 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use periscope_trace::CorrelationLayer;
-use tower::{Layer, Service, ServiceBuilder, service_fn};
+use tower::{Service, ServiceBuilder, service_fn};
 use tower_http::ServiceBuilderExt;
 use tower_http::request_id::MakeRequestUuid;
 use tower_http::trace::{
@@ -92,7 +92,13 @@ type BoxedService = tower::util::BoxService<Request<Body>, Response<Body>, Infal
 fn contender(name: &str) -> BoxedService {
     match name {
         "noop" => BoxedService::new(service_fn(noop)),
-        "periscope" => BoxedService::new(CorrelationLayer::new().layer(service_fn(noop))),
+        "periscope" => BoxedService::new(
+            ServiceBuilder::new()
+                // As for tower-http's stack: the response's body (with the span) dropped.
+                .map_response(|response: Response<_>| response.map(|_| Body::new()))
+                .layer(CorrelationLayer::new())
+                .service(service_fn(noop)),
+        ),
         "tower_http" => tower_http(
             DefaultMakeSpan::new().level(Level::INFO),
             debug_on_response(),

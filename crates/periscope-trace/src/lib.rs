@@ -24,6 +24,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod binding;
+mod body;
 pub mod client;
 mod fields;
 pub mod job;
@@ -36,6 +37,7 @@ mod selector;
 pub mod server;
 mod trust;
 
+pub use body::CorrelationBody;
 pub use client::{ClientSpan, ClientTrace, ClientTraceLayer, inject};
 pub use fields::SPAN_TENANT_FIELDS;
 pub use propagation::Propagators;

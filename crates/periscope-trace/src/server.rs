@@ -21,6 +21,7 @@ use tracing::Span;
 use tracing::field::Empty;
 
 use crate::binding::{ParentKind, bind, early_id};
+use crate::body::CorrelationBody;
 use crate::fields::{
     method_name, method_original, record_failure, record_grpc_code, record_status, span_method,
 };
@@ -59,7 +60,10 @@ const SERVER_SPAN: &str = "http_request";
 /// - stores the [`RequestContext`] in the request extensions and makes it
 ///   [current](RequestContext::current) while the inner service runs;
 /// - echoes the request id in `x-request-id` on every response the inner service returns
-///   (compose a panic catcher inside this layer so panics become responses too).
+///   (compose a panic catcher inside this layer so panics become responses too);
+/// - keeps the span and the context with the response body, a [`CorrelationBody`]: the body is
+///   polled inside the span with the context current (what a streamed body logs while its
+///   frames are made carries the request's ids), and the span ends when the body does.
 ///
 /// A gRPC answer is judged by the HTTP status its code stands for. When that code comes in
 /// the trailers, after streamed messages (HTTP 200, `application/grpc`, no `grpc-status` in
@@ -69,7 +73,7 @@ const SERVER_SPAN: &str = "http_request";
 /// when it is dropped first). The trailers are read by periscope-log's `AccessLogLayer`, which
 /// tells this layer through a [`StreamEndWatch`] in the response's extensions: compose it
 /// inside, as `periscope`'s `obs.layer()` does. Without it such a call is judged by its head,
-/// as the 200 it was then. The response body is the inner service's, untouched.
+/// as the 200 it was then. The body's frames are the inner service's, untouched.
 ///
 /// Probe and scrape paths get the request id and context but no span (see [`PathSelector`]).
 ///
@@ -221,7 +225,7 @@ impl<S, B, ResBody> Service<Request<B>> for Correlation<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<CorrelationBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
@@ -576,53 +580,55 @@ impl<F, ResBody, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
 {
-    type Output = Result<Response<ResBody>, E>;
+    type Output = Result<Response<CorrelationBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let _entered = this.span.enter();
+        let entered = this.span.enter();
         let result = ready!(this.inner.as_mut().poll(cx));
-        Poll::Ready(match result {
-            Ok(mut response) => {
-                let span = &*this.span;
-                if *this.named_by_client
-                    && answer_code(response.status(), response.headers())
-                        == Some(GrpcCode::UNIMPLEMENTED)
-                {
-                    // A method the service does not have keeps the HTTP name: named by its
-                    // path, any caller could add span names without end.
-                    span.record("otel.name", "POST");
-                }
-                match response.extensions().get::<StreamEndWatch>() {
-                    // A gRPC call whose code comes in its trailers, after its messages: the
-                    // access log inside watches its body (the watch, in the response's
-                    // extensions, comes with no other answer). The hook's handle keeps the
-                    // span open until the body ends.
-                    Some(watch)
-                        if head_outcome(response.status(), response.headers())
-                            == HeadOutcome::Trailers =>
-                    {
-                        span.record("http.response.status_code", response.status().as_u16());
-                        if !span.is_disabled() {
-                            let span = span.clone();
-                            watch.on_end(move |end| record_grpc_code(&span, end.code(), 500));
-                        }
-                    }
-                    // Judged by its head: without a watch, a call whose code comes in its
-                    // trailers is the 200 it was then.
-                    _ => record_status(span, response.status(), response.headers(), 500),
-                }
-                response.headers_mut().insert(
-                    X_REQUEST_ID,
-                    this.inner.context().request_id.header_value().clone(),
-                );
-                Ok(response)
-            }
+        let mut response = match result {
+            Ok(response) => response,
             Err(error) => {
                 record_failure(this.span, "_OTHER");
-                Err(error)
+                return Poll::Ready(Err(error));
             }
-        })
+        };
+        let span = &*this.span;
+        if *this.named_by_client
+            && answer_code(response.status(), response.headers()) == Some(GrpcCode::UNIMPLEMENTED)
+        {
+            // A method the service does not have keeps the HTTP name: named by its path, any
+            // caller could add span names without end.
+            span.record("otel.name", "POST");
+        }
+        match response.extensions().get::<StreamEndWatch>() {
+            // A gRPC call whose code comes in its trailers, after its messages: the access log
+            // inside watches its body (the watch, in the response's extensions, comes with no
+            // other answer) and records the code when the body ends.
+            Some(watch)
+                if head_outcome(response.status(), response.headers()) == HeadOutcome::Trailers =>
+            {
+                span.record("http.response.status_code", response.status().as_u16());
+                if !span.is_disabled() {
+                    let span = span.clone();
+                    watch.on_end(move |end| record_grpc_code(&span, end.code(), 500));
+                }
+            }
+            // Judged by its head: without a watch, a call whose code comes in its trailers is
+            // the 200 it was then.
+            _ => record_status(span, response.status(), response.headers(), 500),
+        }
+        let context = this.inner.context().clone();
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID, context.request_id.header_value().clone());
+        drop(entered);
+        // The body keeps the span, which ends with it, and the context: a streamed body's
+        // frames are made, and may log, after this future is done.
+        let span = std::mem::replace(this.span, Span::none());
+        Poll::Ready(Ok(
+            response.map(|body| CorrelationBody::new(body, context, span))
+        ))
     }
 }
 

@@ -41,7 +41,12 @@ async fn served(server: &CorrelationLayer) -> RequestContext {
         .header("baggage", "k=v")
         .body(())
         .unwrap();
-    service.oneshot(request).await.unwrap().into_body()
+    service
+        .oneshot(request)
+        .await
+        .unwrap()
+        .into_body()
+        .into_inner()
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use http::StatusCode;
 use periscope_context::{Carrier, RequestContext, TraceParent};
 use periscope_trace::job::JobSpan;
 use periscope_trace::otel::{OtelConfig, OtelGuard, Sampler};
-use periscope_trace::{CorrelationLayer, Trust};
+use periscope_trace::{CorrelationBody, CorrelationLayer, Trust};
 use support::services::{app, by_hop, chain, get, hop_state};
 use support::{Capture, attr, serve};
 use tracing_subscriber::layer::SubscriberExt;
@@ -366,7 +366,7 @@ async fn downstream_traceparent(sampler: Sampler, incoming: Option<&str>) -> Tra
             .insert("traceparent", incoming.parse().unwrap());
     }
     let response = server.oneshot(request).await.unwrap();
-    TraceParent::parse(response.body()).unwrap()
+    TraceParent::parse(response.body().get_ref()).unwrap()
 }
 
 #[tokio::test]
@@ -553,7 +553,10 @@ async fn one_call_in(
             call.instrument(span)
         }));
         let request = Request::get(path).body(String::new()).unwrap();
-        server.oneshot(request).await
+        server
+            .oneshot(request)
+            .await
+            .map(|response| response.map(CorrelationBody::into_inner))
     } else {
         let span = within();
         let call = span.in_scope(|| client.oneshot(call()));
@@ -678,7 +681,12 @@ async fn a_job_enqueued_inside_a_span_of_the_services_own_nests_under_it() {
         Ok::<_, std::convert::Infallible>(http::Response::new((in_step, direct)))
     }));
     let request = Request::get("/v1/orders").body(String::new()).unwrap();
-    let (carrier, direct) = server.oneshot(request).await.unwrap().into_body();
+    let (carrier, direct) = server
+        .oneshot(request)
+        .await
+        .unwrap()
+        .into_body()
+        .into_inner();
     let payload = serde_json::to_string(&carrier).unwrap();
     let carrier: Carrier = serde_json::from_str(&payload).unwrap();
     JobSpan::from_carrier("send_receipt", &carrier)

@@ -1344,3 +1344,33 @@ async fn call_without_network(ctx: &RequestContext, urls: &[&str]) {
             .unwrap();
     }
 }
+
+/// The server span covers the whole answer, a streamed body included: it ends when the body
+/// is dropped, not when the head is ready, and the body is polled inside it with the request's
+/// context current.
+#[tokio::test]
+async fn the_server_span_ends_with_the_response_body() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let (capture, _guard) = capture();
+    let service =
+        CorrelationLayer::new().layer(tower::service_fn(|_: http::Request<String>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from_static(b"streamed"),
+            )))
+        }));
+    let request = http::Request::get("/stream")
+        .header("x-request-id", "body-1")
+        .body(String::new())
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.body().context().request_id.as_str(), "body-1");
+    assert!(
+        capture.spans_for("http_request", "body-1").is_empty(),
+        "the span outlives the head while the body is unsent"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "streamed");
+    assert_eq!(capture.spans_for("http_request", "body-1").len(), 1);
+}

@@ -1,0 +1,75 @@
+//! The server layer's response body: the request's span and context stay with the body, so
+//! what its frames log while they are made (a stream of server-sent events, a gRPC server
+//! stream) carries the request's ids, and the span ends when the body does.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http_body::{Body, Frame, SizeHint};
+use periscope_context::{RequestContext, WithContext};
+use tracing::Span;
+
+/// The response body of [`Correlation`](crate::Correlation): the inner service's body,
+/// untouched, polled inside the request's span with its [`RequestContext`] current.
+#[pin_project::pin_project]
+pub struct CorrelationBody<B> {
+    #[pin]
+    inner: WithContext<B>,
+    span: Span,
+}
+
+impl<B> CorrelationBody<B> {
+    pub(crate) fn new(inner: B, context: Arc<RequestContext>, span: Span) -> Self {
+        Self {
+            inner: WithContext::new(context, inner),
+            span,
+        }
+    }
+
+    /// The request's context, current while the body is polled.
+    pub fn context(&self) -> &Arc<RequestContext> {
+        self.inner.context()
+    }
+
+    /// The inner service's body.
+    pub fn get_ref(&self) -> &B {
+        self.inner.get_ref()
+    }
+
+    /// The inner service's body, unwrapped (the request's span ends with this wrapper).
+    pub fn into_inner(self) -> B {
+        self.inner.into_inner()
+    }
+}
+
+impl<B> fmt::Debug for CorrelationBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CorrelationBody")
+            .field("request_id", &self.context().request_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for CorrelationBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        this.inner.in_scope(|body| body.poll_frame(cx))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.get_ref().is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.get_ref().size_hint()
+    }
+}
