@@ -139,7 +139,9 @@ impl ClientSpan {
             rpc.grpc.status_code = Empty,
             server.address = periscope_context::server_address(uri),
             server.port = server_port(uri),
-            url.full = %RedactedUrl(uri),
+            // Only an absolute URL: a client that adds the server below this layer (a tonic
+            // `Channel` without `with_origin`) sends a bare path, which is no `url.full`.
+            url.full = uri.host().map(|_| tracing::field::display(RedactedUrl(uri))),
             error.type = Empty,
             request_id = context.request_id.as_str(),
             trace_id = early_id(context.trace_id.to_hex().as_str()),

@@ -1293,6 +1293,22 @@ async fn a_client_span_always_names_the_server_port() {
     );
 }
 
+/// A client that adds the server below the layer (a tonic `Channel` built without
+/// `with_origin` sends a bare path through it) gives no absolute URL: `url.full` is left out
+/// rather than holding a relative one the conventions do not allow, as are the server's
+/// address and port.
+#[tokio::test]
+async fn a_call_without_an_absolute_url_records_no_url_full() {
+    let (capture, _guard) = capture();
+    let ctx = RequestContext::new_root();
+    call_without_network(&ctx, &["/pkg.Svc/Get?page=2", "http://h.internal/x"]).await;
+    let spans = capture.spans_for("http_client_request", ctx.request_id.as_str());
+    let urls: Vec<Option<&str>> = spans.iter().map(|span| span.get("url.full")).collect();
+    assert_eq!(urls, [None, Some("http://h.internal/x")]);
+    assert_eq!(spans[0].get("server.address"), None);
+    assert_eq!(spans[0].get("server.port"), None);
+}
+
 /// `server.address` is an address or a name on its own, beside `server.port`: an IPv6 literal
 /// loses the brackets its URL needs (as the conventions list bare addresses, and as the
 /// OpenTelemetry instrumentations of other languages record it), so spans of calls to the same
