@@ -145,11 +145,16 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     let mut admin_server = None;
     if let Some((port, admin)) = admin_app {
         // Loopback only: whoever reaches this port reaches the debug endpoints.
-        let listener = bind("admin", SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
+        let listener = bind(
+            "admin",
+            "ADMIN_PORT",
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        )
+        .await?;
         let stop = shutdown.clone();
         admin_server = Some(tokio::spawn(obs.server(listener).serve(admin, stop.wait())));
     }
-    let listener = bind("http", SocketAddr::from((config.host, config.port))).await?;
+    let listener = bind("http", "PORT", SocketAddr::from((config.host, config.port))).await?;
     // Unlike `axum::serve`, a client that never finishes its request head is cut off (30 s),
     // and once draining, answers carry `Connection: close` so clients let go of this instance.
     obs.server(listener).serve(app, shutdown.wait()).await?;
@@ -160,11 +165,25 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// Binds a listener and logs its address (the one to use when the port was 0).
-async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, Box<dyn Error>> {
-    let bound = TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr} ({listener}): {e}"))?;
+/// Binds a listener and logs its address (the one to use when the port was 0); `port_var` is
+/// the variable that sets its port, named in the error when the port is taken.
+async fn bind(
+    listener: &'static str,
+    port_var: &'static str,
+    addr: SocketAddr,
+) -> Result<TcpListener, Box<dyn Error>> {
+    let bound = TcpListener::bind(addr).await.map_err(|e| {
+        let what_to_do = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                format!(": set {port_var} to a free port (0 picks one), or stop what holds it")
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                ": set HOST to an address of this machine (0.0.0.0 for all of them)".to_owned()
+            }
+            _ => String::new(),
+        };
+        format!("cannot listen on {addr} ({listener}): {e}{what_to_do}")
+    })?;
     tracing::info!(listener, addr = %bound.local_addr()?, "listening");
     Ok(bound)
 }

@@ -604,6 +604,37 @@ async fn invalid_configuration_fails_at_startup_naming_the_variable() {
     }
 }
 
+/// A port already taken (the template still running from the last try, a copy started beside
+/// it) or an address this machine does not have stops the service naming the variable to
+/// change.
+#[tokio::test]
+async fn a_listener_that_cannot_bind_fails_naming_the_variable_to_change() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    for (env, expected) in [
+        (("PORT", port.as_str()), "set PORT to a free port"),
+        (
+            ("ADMIN_PORT", port.as_str()),
+            "set ADMIN_PORT to a free port",
+        ),
+        // TEST-NET-1 (RFC 5737): assigned to no machine.
+        (
+            ("HOST", "192.0.2.1"),
+            "set HOST to an address of this machine",
+        ),
+    ] {
+        let mut service = start(&[env]);
+        let status = service.exit_status().await;
+        assert_eq!(status.code(), Some(1), "{env:?}");
+        let stderr = service.stderr();
+        assert!(
+            stderr.contains("cannot listen on") && stderr.contains(expected),
+            "{env:?}: {stderr}"
+        );
+    }
+    drop(taken);
+}
+
 #[cfg(unix)] // values that are not UTF-8
 #[tokio::test]
 async fn a_value_that_is_not_utf8_fails_at_startup_in_every_example() {
