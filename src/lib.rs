@@ -10,6 +10,21 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A whole service also merges `obs.admin().router()` ([`Observability::admin`]: `/health`,
+//! `/ready`, `/startup`, `/metrics`, and `/debug/*` behind `ADMIN_TOKEN`) and serves with
+//! `obs.server(listener)` and `obs.shutdown_on_signal()` (features `serve` and `signal`, on by
+//! default), which drain `/ready` on SIGTERM before stopping.
+//!
+//! Where to start, in the repository (periscope is not published; depend on it by path or
+//! git): `README.md` has the command that runs the template service and the one that runs
+//! every test; `docs/getting-started.md` goes from a fresh clone to a service of your own
+//! (every endpoint of the template, `examples/inference_gateway`, the ten-line setup, and how
+//! to copy the template); `docs/configuration.md` lists every environment variable that
+//! [`Observability::from_env`] and [`ObservabilityBuilder::env`] read. The rest of `docs/`
+//! (its `README.md` lists the pages) is the reference: logging, metrics, errors, trace,
+//! health, admin, gRPC, layer ordering, and migrating from tower-http, `tracing-subscriber`
+//! and axum-prometheus.
+//!
 //! The facade sets the crates up together; each is also usable alone:
 //!
 //! - [`context`]: request ids, W3C Trace Context and Baggage, the request context and carriers.
