@@ -63,7 +63,8 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// reach no access line and no count: the server warns about them, the first at once, then
 /// those of the next 10 s together. After the shutdown signal, connections still open after
 /// [`shutdown_timeout`](Self::shutdown_timeout) (10 s by default: a client stalled in the
-/// middle of its body, a long stream) are closed, so the process always stops; idle
+/// middle of its body, a long stream: end server-sent events on the shutdown signal, as with
+/// `stream.take_until(shutdown.clone().wait())`) are closed, so the process always stops; idle
 /// connections, and HTTP/1.1 ones whose next request head has not come whole, are closed at
 /// the signal (the service never saw that request: its client can send it elsewhere).
 /// HTTP/1.1, and with the `http2` feature HTTP/2 with prior knowledge (h2c: gRPC clients, and

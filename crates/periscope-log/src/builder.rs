@@ -376,8 +376,10 @@ impl LogLayerBuilder {
         let writer_given = self.writer.is_some();
         let out = self.writer.unwrap_or_else(|| Box::new(std::io::stdout()));
         let (sink, guard) = writer::start(out, &self.writer_config, dropped.clone());
+        let request_id_slot = context_fields.iter().position(|f| &**f == "request_id");
         let layer = LogLayer {
             id: LayerId::next(),
+            request_id_slot,
             rules: ValueRules::new(self.redactor, self.max_value_bytes, context_fields),
             format: self.format,
             context_keys,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use periscope_context::RequestContext;
 use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -21,7 +22,7 @@ use crate::fields::{FieldSink, Slot, ValueRules, Visitor, formatting};
 use crate::filter::LevelControl;
 use crate::json::{self, EscapeWriter};
 use crate::recent::RecentLogs;
-use crate::redact::Redactor;
+use crate::redact::{REDACTED, Redactor};
 use crate::timestamp;
 use crate::writer::{DroppedLines, LineSink};
 
@@ -45,6 +46,9 @@ pub struct LogLayer {
     pub(crate) format: LogFormat,
     /// `,"request_id":` (JSON) or ` request_id=` (pretty), by context slot.
     pub(crate) context_keys: Vec<Vec<u8>>,
+    /// The slot of `request_id`: a line that no span in scope gave one takes the ids of the
+    /// current [`RequestContext`], if any.
+    pub(crate) request_id_slot: Option<usize>,
     /// `,"service":"...","environment":"...","version":"..."` (JSON) or empty (pretty).
     pub(crate) static_fields: Vec<u8>,
     pub(crate) flatten: bool,
@@ -511,6 +515,15 @@ impl LogLayer {
             }
         }
 
+        // No span in scope said which request the line belongs to: the request's context may
+        // (a task spawned with `ctx.scope(..)`, a closure run in `ctx.in_scope(..)`).
+        if self
+            .request_id_slot
+            .is_some_and(|slot| sink.parts.context_mask & (1 << slot) == 0)
+        {
+            self.lift_current_context(&mut sink);
+        }
+
         line.clear();
         let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
         match self.format {
@@ -531,6 +544,32 @@ impl LogLayer {
             release(buffer);
         }
         shrink_formatting_buffers(text, scratch);
+    }
+
+    /// Fills the context fields still empty from the current [`RequestContext`], if any: its
+    /// ids (the span id being the request's span, the line's parent) and its tenant fields.
+    fn lift_current_context(&self, sink: &mut EventSink<'_>) {
+        let Some(ctx) = RequestContext::current() else {
+            return;
+        };
+        let mut lift = |name: &str, value: &str| {
+            if let Slot::Context(slot) = self.rules.slot(name)
+                && let Some(out) = sink.context(slot)
+            {
+                let shown = if self.rules.redactor.is_sensitive(name) {
+                    REDACTED
+                } else {
+                    value
+                };
+                json::write_str(out, shown, self.rules.max_value_bytes);
+            }
+        };
+        lift("request_id", ctx.request_id.as_str());
+        lift("trace_id", ctx.trace_id.to_hex().as_str());
+        lift("span_id", ctx.span_id.to_hex().as_str());
+        for (key, value) in ctx.tenant.iter() {
+            lift(key.field(), value);
+        }
     }
 
     fn assemble_json(

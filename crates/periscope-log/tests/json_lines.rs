@@ -184,6 +184,33 @@ fn fields_recorded_later_on_a_span_are_lifted() {
     assert_eq!(line["user_id"], "usr_late");
 }
 
+/// A line logged outside the request's span but inside its context (a task spawned with
+/// `ctx.scope(..)`, feeding a stream; a blocking closure in `ctx.in_scope(..)`) carries the
+/// context's ids and tenant fields; a span in scope that records them still wins.
+#[test]
+fn a_line_in_a_request_context_without_its_span_carries_the_contexts_ids() {
+    let ctx = request_context();
+    let line = one_line(|| ctx.in_scope(|| tracing::info!("token produced")));
+    assert_eq!(line["request_id"], "req_01jjabc");
+    assert_eq!(line["trace_id"], ctx.trace_id.to_string());
+    assert_eq!(line["span_id"], ctx.span_id.to_string());
+    assert_eq!(line["org_id"], "org_9");
+    assert_eq!(line.get("span"), None);
+    assert_eq!(line["data"], json!({}));
+
+    let line = one_line(|| {
+        ctx.in_scope(|| {
+            let job = tracing::info_span!("job", request_id = "req_job", job_id = "job_1");
+            let _job = job.enter();
+            tracing::info!(org_id = "org_event", "x");
+        })
+    });
+    assert_eq!(line["request_id"], "req_job");
+    assert_eq!(line["job_id"], "job_1");
+    assert_eq!(line["org_id"], "org_event");
+    assert_eq!(line["span"], "job");
+}
+
 /// A value whose `Debug` logs (and opens a span of its own) while it is being formatted.
 struct Chatty(&'static str);
 
