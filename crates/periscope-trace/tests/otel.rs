@@ -74,6 +74,36 @@ async fn exported_spans_logs_and_downstream_traceparents_agree() {
     sampled_out_requests_are_not_exported_but_propagate(&guard, &mut collector, &capture).await;
     trust_boundary_exports_a_link(&guard, &mut collector).await;
     jobs_export_a_consumer_span_under_the_request(&guard, &mut collector, &capture).await;
+    debug_spans_and_events_stay_out_of_the_export(&guard, &mut collector).await;
+}
+
+/// The export takes spans and events from `info` up: a library's (or the service's) debug
+/// spans and lines are not exported, nor turned on everywhere by the export, whatever the log
+/// level.
+async fn debug_spans_and_events_stay_out_of_the_export(
+    guard: &Arc<OtelGuard>,
+    collector: &mut FakeCollectorServer,
+) {
+    let root = tracing::info_span!("level_root");
+    root.in_scope(|| {
+        tracing::debug_span!("debug_child").in_scope(|| tracing::info!("inside debug child"));
+        tracing::info_span!("info_child").in_scope(|| {});
+        tracing::debug!("a detail");
+        tracing::info!("a step");
+    });
+    drop(root);
+    let spans = exported(guard, collector, 2).await;
+    let names: Vec<&str> = spans.iter().map(|span| span.name.as_str()).collect();
+    assert!(names.contains(&"level_root"), "{names:?}");
+    assert!(names.contains(&"info_child"), "{names:?}");
+    assert!(!names.contains(&"debug_child"), "{names:?}");
+    let root = spans.iter().find(|span| span.name == "level_root").unwrap();
+    let events: Vec<&str> = root
+        .events
+        .iter()
+        .map(|event| event.name.as_str())
+        .collect();
+    assert_eq!(events, ["inside debug child", "a step"], "{root:#?}");
 }
 
 async fn chain_ids_are_the_exported_ids(

@@ -28,8 +28,8 @@ use super::reporting::ReportingExporter;
 use crate::propagation::Propagators;
 
 /// The tracing layer that turns periscope's spans (and the application's) into exported
-/// OpenTelemetry spans, with the transport crates' own spans filtered out (see
-/// [`OtelGuard::layer`]).
+/// OpenTelemetry spans, from `info` up and with the transport crates' own spans filtered out
+/// (see [`OtelGuard::layer`]).
 pub type OtelLayer<S> = Filtered<OpenTelemetryLayer<S, Tracer>, Targets, S>;
 
 /// The crates the exporter itself runs on. Their debug spans would be exported by the export
@@ -43,9 +43,13 @@ const TRANSPORT_TARGETS: [&str; 6] = [
     "opentelemetry",
 ];
 
-fn transport_filter() -> Targets {
+/// The spans and events exported: `info` and up (as periscope's own spans are), so the
+/// export neither sends every library's debug spans and lines nor turns their callsites on
+/// (and with them the `log` crate's records) whatever the log level; the transport crates'
+/// from `warn` up.
+fn export_filter() -> Targets {
     TRANSPORT_TARGETS.iter().fold(
-        Targets::new().with_default(LevelFilter::TRACE),
+        Targets::new().with_default(LevelFilter::INFO),
         |targets, target| targets.with_target(*target, LevelFilter::WARN),
     )
 }
@@ -324,10 +328,10 @@ pub struct OtelGuard {
 impl OtelGuard {
     /// The layer to add to the tracing subscriber; `None` when nothing is exported.
     ///
-    /// Spans and events of the crates the export runs on (`h2`, `hyper`, `tonic`, `tower`,
-    /// `opentelemetry`) are kept out of it below warn level, so exporting can never
-    /// feed on its own telemetry. For another filter, build a layer from
-    /// [`OtelGuard::tracer`].
+    /// Spans and events are exported from `info` up (debug spans and lines are not, and the
+    /// export does not turn their callsites on); those of the crates the export runs on (`h2`,
+    /// `hyper`, `tonic`, `tower`, `opentelemetry`) from `warn` up, so exporting can never feed
+    /// on its own telemetry. For another filter, build a layer from [`OtelGuard::tracer`].
     ///
     /// With this layer, the `trace_id` and `span_id` that periscope's spans record (and so
     /// the log lines) are the ids of the exported spans, and the `sampled` flag sent
@@ -339,7 +343,7 @@ impl OtelGuard {
         self.exporting.then(|| {
             tracing_opentelemetry::layer()
                 .with_tracer(self.tracer.clone())
-                .with_filter(transport_filter())
+                .with_filter(export_filter())
         })
     }
 
