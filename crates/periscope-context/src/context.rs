@@ -180,18 +180,37 @@ impl Drop for ScopeGuard {
 
 /// A future that runs with a [`RequestContext`] as the current one.
 /// Created by [`RequestContext::scope`] or [`WithContext::new`].
-#[pin_project::pin_project]
+///
+/// The context is current while the future is polled, and while it is dropped: what its
+/// destructors log when it is cancelled (a client that went away, an aborted task) carries
+/// the request's ids too.
+#[pin_project::pin_project(PinnedDrop)]
 #[must_use = "futures do nothing unless polled"]
 pub struct WithContext<F> {
     context: Arc<RequestContext>,
     #[pin]
     future: F,
+    /// Set while the wrapper is dropped: declared after `future`, so it restores the previous
+    /// context once `future` has been dropped with this one current.
+    restore: Option<ScopeGuard>,
+}
+
+#[pin_project::pinned_drop]
+impl<F> PinnedDrop for WithContext<F> {
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        *this.restore = Some(enter(this.context.clone()));
+    }
 }
 
 impl<F> WithContext<F> {
     /// Wraps `future` so `context` is current while it is polled.
     pub fn new(context: Arc<RequestContext>, future: F) -> Self {
-        Self { context, future }
+        Self {
+            context,
+            future,
+            restore: None,
+        }
     }
 
     /// Makes the future with `make` while `context` is current, then wraps it like
@@ -203,7 +222,7 @@ impl<F> WithContext<F> {
             let _guard = enter(context.clone());
             make()
         };
-        Self { context, future }
+        Self::new(context, future)
     }
 
     /// The context this future runs with.
@@ -214,11 +233,6 @@ impl<F> WithContext<F> {
     /// The wrapped value.
     pub fn get_ref(&self) -> &F {
         &self.future
-    }
-
-    /// The wrapped value, unwrapped.
-    pub fn into_inner(self) -> F {
-        self.future
     }
 
     /// Runs `f` on the wrapped value while the context is current: for a wrapped value that is
@@ -357,6 +371,88 @@ mod tests {
         );
         assert!(scoped.as_mut().poll(&mut cx).is_pending());
         assert_eq!(scoped.as_mut().poll(&mut cx), Poll::Ready(3));
+    }
+
+    /// Notes the request current when it is dropped.
+    struct NotesOnDrop(Arc<std::sync::Mutex<Vec<Option<RequestId>>>>);
+
+    impl Drop for NotesOnDrop {
+        fn drop(&mut self) {
+            let current = RequestContext::current().map(|ctx| ctx.request_id.clone());
+            self.0.lock().unwrap().push(current);
+        }
+    }
+
+    #[test]
+    fn a_cancelled_future_is_dropped_with_its_context_current() {
+        let noted = Arc::default();
+        let ctx = RequestContext::new_root();
+        let outer = RequestContext::new_root();
+        let guard = NotesOnDrop(Arc::clone(&noted));
+        let mut scoped = Box::pin(ctx.clone().scope(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(scoped.as_mut().poll(&mut cx).is_pending());
+        // Dropped inside another request's scope (a `select!` in its handler, say): that
+        // request is current again afterwards.
+        outer.in_scope(|| {
+            drop(scoped);
+            assert_eq!(
+                RequestContext::current().map(|c| c.request_id.clone()),
+                Some(outer.request_id.clone())
+            );
+        });
+        assert!(RequestContext::current().is_none());
+        assert_eq!(*noted.lock().unwrap(), [Some(ctx.request_id.clone())]);
+
+        // Never polled: dropped in its context all the same.
+        let guard = NotesOnDrop(Arc::clone(&noted));
+        drop(WithContext::new(Arc::new(ctx.clone()), guard));
+        assert!(RequestContext::current().is_none());
+        assert_eq!(noted.lock().unwrap()[1], Some(ctx.request_id));
+    }
+
+    /// Panics when dropped.
+    struct PanicsOnDrop;
+
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("a destructor panicked");
+        }
+    }
+
+    #[test]
+    fn a_panic_while_dropping_or_polling_restores_the_outer_context() {
+        let outer = RequestContext::new_root();
+        let inner = Arc::new(RequestContext::new_root());
+        let scoped = WithContext::new(inner.clone(), PanicsOnDrop);
+        outer.in_scope(|| {
+            let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(scoped)));
+            assert!(dropped.is_err());
+            assert_eq!(RequestContext::current().unwrap().span_id, outer.span_id);
+        });
+        assert!(RequestContext::current().is_none());
+
+        // Nested scopes, the innermost poll panicking and caught between the two: the outer
+        // request is current again, and none once the outer poll returns.
+        let panicking = WithContext::new(
+            inner,
+            std::future::poll_fn(|_| -> Poll<()> { panic!("a poll panicked") }),
+        );
+        let outer_span = outer.span_id;
+        let mut panicking = Box::pin(panicking);
+        let mut scoped = std::pin::pin!(outer.scope(std::future::poll_fn(move |cx| {
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                panicking.as_mut().poll(cx)
+            }));
+            assert!(polled.is_err());
+            Poll::Ready(RequestContext::current().map(|ctx| ctx.span_id))
+        })));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(scoped.as_mut().poll(&mut cx), Poll::Ready(Some(outer_span)));
+        assert!(RequestContext::current().is_none());
     }
 
     #[test]

@@ -12,7 +12,9 @@ use periscope_context::{RequestContext, WithContext};
 use tracing::Span;
 
 /// The response body of [`Correlation`](crate::Correlation): the inner service's body,
-/// untouched, polled inside the request's span with its [`RequestContext`] current.
+/// untouched, polled inside the request's span with its [`RequestContext`] current. The
+/// context is current while the body is dropped too: what it logs when the client goes away
+/// mid-stream carries the request's ids.
 #[pin_project::pin_project]
 pub struct CorrelationBody<B> {
     #[pin]
@@ -36,11 +38,6 @@ impl<B> CorrelationBody<B> {
     /// The inner service's body.
     pub fn get_ref(&self) -> &B {
         self.inner.get_ref()
-    }
-
-    /// The inner service's body, unwrapped (the request's span ends with this wrapper).
-    pub fn into_inner(self) -> B {
-        self.inner.into_inner()
     }
 }
 

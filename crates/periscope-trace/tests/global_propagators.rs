@@ -46,7 +46,8 @@ async fn served(server: &CorrelationLayer) -> RequestContext {
         .await
         .unwrap()
         .into_body()
-        .into_inner()
+        .get_ref()
+        .clone()
 }
 
 #[tokio::test]
