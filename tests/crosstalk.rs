@@ -606,10 +606,10 @@ fn crosstalk(multi_thread: bool, count: usize) {
 
 #[test]
 fn no_line_carries_another_requests_ids_on_a_multi_thread_runtime() {
-    crosstalk(true, 700);
+    crosstalk(true, 1500);
 }
 
 #[test]
 fn no_line_carries_another_requests_ids_on_a_current_thread_runtime() {
-    crosstalk(false, 210);
+    crosstalk(false, 350);
 }
