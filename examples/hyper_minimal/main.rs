@@ -61,7 +61,18 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
 
     let listener = TcpListener::bind(SocketAddr::from((host, port)))
         .await
-        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+        .map_err(|e| {
+            let what_to_do = match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    ": set PORT to a free port (0 picks one), or stop what holds it"
+                }
+                std::io::ErrorKind::AddrNotAvailable => {
+                    ": set HOST to an address of this machine (0.0.0.0 for all of them)"
+                }
+                _ => "",
+            };
+            format!("cannot listen on {host}:{port}: {e}{what_to_do}")
+        })?;
     tracing::info!(listener = "http", addr = %listener.local_addr()?, "listening");
 
     // Until the signal and the drain period after it, keep accepting: load balancers must

@@ -87,7 +87,12 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     let _guard = obs.init()?;
 
     // The worker first: the api needs its address.
-    let worker_listener = bind("worker", SocketAddr::from((host, worker_port))).await?;
+    let worker_listener = bind(
+        "worker",
+        "PORT_WORKER",
+        SocketAddr::from((host, worker_port)),
+    )
+    .await?;
     let worker_url = format!("http://{}", worker_listener.local_addr()?);
     let worker_app = worker::routes()
         .merge(obs.admin().router())
@@ -98,7 +103,7 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     })
     .merge(obs.admin().router())
     .layer(obs.layer());
-    let api_listener = bind("api", SocketAddr::from((host, api_port))).await?;
+    let api_listener = bind("api", "PORT_API", SocketAddr::from((host, api_port))).await?;
     let consumer = tokio::spawn(consumer.run());
 
     let shutdown = obs.shutdown_on_signal();
@@ -128,10 +133,25 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, Box<dyn Error>> {
-    let bound = TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr} ({listener}): {e}"))?;
+/// Binds a listener and logs its address; `port_var` sets its port, named in the error when
+/// the port is taken.
+async fn bind(
+    listener: &'static str,
+    port_var: &'static str,
+    addr: SocketAddr,
+) -> Result<TcpListener, Box<dyn Error>> {
+    let bound = TcpListener::bind(addr).await.map_err(|e| {
+        let what_to_do = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                format!(": set {port_var} to a free port (0 picks one), or stop what holds it")
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                ": set HOST to an address of this machine (0.0.0.0 for all of them)".to_owned()
+            }
+            _ => String::new(),
+        };
+        format!("cannot listen on {addr} ({listener}): {e}{what_to_do}")
+    })?;
     tracing::info!(listener, addr = %bound.local_addr()?, "listening");
     Ok(bound)
 }

@@ -140,3 +140,19 @@ async fn a_request_head_never_finished_does_not_hold_the_connection() {
     assert!(!String::from_utf8_lossy(&raw).contains("hello, world"));
     assert_eq!(get(addr, "/health").await.status, 200);
 }
+
+/// A port already taken stops the service naming the variable to change.
+#[tokio::test]
+async fn a_listener_that_cannot_bind_fails_naming_the_variable_to_change() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut service = Service::start("hyper_minimal", &[("PORT", port.as_str())]);
+    let status = service.exit_status().await;
+    assert_eq!(status.code(), Some(1));
+    let stderr = service.stderr();
+    assert!(
+        stderr.contains("cannot listen on") && stderr.contains("set PORT to a free port"),
+        "{stderr}"
+    );
+    drop(taken);
+}

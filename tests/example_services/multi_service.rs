@@ -261,3 +261,23 @@ async fn a_task_in_flight_at_shutdown_still_reaches_the_worker() {
             .any(|line| { line["message"] == "job done" && line["job_id"] == job_id.as_str() })
     );
 }
+
+/// A port already taken stops the service naming the variable to change, for either listener.
+#[tokio::test]
+async fn a_listener_that_cannot_bind_fails_naming_the_variable_to_change() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    for (variable, other) in [("PORT_API", "PORT_WORKER"), ("PORT_WORKER", "PORT_API")] {
+        let mut service =
+            Service::start("multi_service", &[(variable, port.as_str()), (other, "0")]);
+        let status = service.exit_status().await;
+        assert_eq!(status.code(), Some(1), "{variable}");
+        let stderr = service.stderr();
+        let expected = format!("set {variable} to a free port");
+        assert!(
+            stderr.contains("cannot listen on") && stderr.contains(&expected),
+            "{variable}: {stderr}"
+        );
+    }
+    drop(taken);
+}
