@@ -181,25 +181,28 @@ impl Drop for ScopeGuard {
 /// A future that runs with a [`RequestContext`] as the current one.
 /// Created by [`RequestContext::scope`] or [`WithContext::new`].
 ///
-/// The context is current while the future is polled, and while it is dropped: what its
-/// destructors log when it is cancelled (a client that went away, an aborted task) carries
-/// the request's ids too.
+/// The context is current while the future is polled, and while it is dropped: a future that
+/// completes is dropped at once, inside the poll that completed it; one dropped before (a
+/// client that went away, an aborted task) is dropped with the context made current again, so
+/// what its destructors log carries the request's ids too.
 #[pin_project::pin_project(PinnedDrop)]
 #[must_use = "futures do nothing unless polled"]
 pub struct WithContext<F> {
     context: Arc<RequestContext>,
+    /// `None` once finished: the future completed, or [`finish`](Self::finish) was called.
     #[pin]
-    future: F,
-    /// Set while the wrapper is dropped: declared after `future`, so it restores the previous
-    /// context once `future` has been dropped with this one current.
-    restore: Option<ScopeGuard>,
+    inner: Option<F>,
 }
 
 #[pin_project::pinned_drop]
 impl<F> PinnedDrop for WithContext<F> {
     fn drop(self: Pin<&mut Self>) {
-        let this = self.project();
-        *this.restore = Some(enter(this.context.clone()));
+        let mut this = self.project();
+        if this.inner.is_some() {
+            // Restored after the drop, even when the drop panics.
+            let _guard = enter(this.context.clone());
+            this.inner.set(None);
+        }
     }
 }
 
@@ -208,8 +211,7 @@ impl<F> WithContext<F> {
     pub fn new(context: Arc<RequestContext>, future: F) -> Self {
         Self {
             context,
-            future,
-            restore: None,
+            inner: Some(future),
         }
     }
 
@@ -230,15 +232,15 @@ impl<F> WithContext<F> {
         &self.context
     }
 
-    /// The wrapped value.
-    pub fn get_ref(&self) -> &F {
-        &self.future
+    /// The wrapped value; `None` once finished (a future that completed).
+    pub fn get_ref(&self) -> Option<&F> {
+        self.inner.as_ref()
     }
 
     /// Runs `f` on the wrapped value while the context is current: for a wrapped value that is
     /// not a future, such as a response body whose frames are made as they are sent (a stream
     /// of server-sent events, a gRPC server stream), so the lines they log carry the request's
-    /// ids.
+    /// ids. `f` is given `None` once the value is finished.
     ///
     /// ```
     /// use std::pin::pin;
@@ -251,10 +253,20 @@ impl<F> WithContext<F> {
     /// assert_eq!(seen.unwrap().request_id, ctx.request_id);
     /// assert!(RequestContext::current().is_none());
     /// ```
-    pub fn in_scope<R>(self: Pin<&mut Self>, f: impl FnOnce(Pin<&mut F>) -> R) -> R {
+    pub fn in_scope<R>(self: Pin<&mut Self>, f: impl FnOnce(Option<Pin<&mut F>>) -> R) -> R {
         let this = self.project();
         let _guard = enter(this.context.clone());
-        f(this.future)
+        f(this.inner.as_pin_mut())
+    }
+
+    /// Drops the wrapped value now, with the context current (a body that has ended): the
+    /// wrapper's own drop then has nothing left to do.
+    pub fn finish(self: Pin<&mut Self>) {
+        let mut this = self.project();
+        if this.inner.is_some() {
+            let _guard = enter(this.context.clone());
+            this.inner.set(None);
+        }
     }
 }
 
@@ -262,9 +274,15 @@ impl<F: Future> Future for WithContext<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let _guard = enter(this.context.clone());
-        this.future.poll(cx)
+        let Some(future) = this.inner.as_mut().as_pin_mut() else {
+            panic!("`WithContext` polled after completion");
+        };
+        let output = std::task::ready!(future.poll(cx));
+        // Dropped here, where its context is current, rather than later without it.
+        this.inner.set(None);
+        Poll::Ready(output)
     }
 }
 

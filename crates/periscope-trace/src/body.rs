@@ -35,8 +35,9 @@ impl<B> CorrelationBody<B> {
         self.inner.context()
     }
 
-    /// The inner service's body.
-    pub fn get_ref(&self) -> &B {
+    /// The inner service's body; `None` once it has ended (it is dropped then, inside the
+    /// request's span and context).
+    pub fn get_ref(&self) -> Option<&B> {
         self.inner.get_ref()
     }
 }
@@ -59,14 +60,24 @@ impl<B: Body> Body for CorrelationBody<B> {
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
         let _entered = this.span.enter();
-        this.inner.in_scope(|body| body.poll_frame(cx))
+        let mut inner = this.inner;
+        let frame = inner.as_mut().in_scope(|body| match body {
+            Some(body) => body.poll_frame(cx),
+            None => Poll::Ready(None),
+        });
+        if let Poll::Ready(None) = frame {
+            // Ended: dropped now, in the span and context, so the wrapper's drop does no work.
+            inner.finish();
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.get_ref().is_end_stream()
+        self.get_ref().is_none_or(B::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.get_ref().size_hint()
+        self.get_ref()
+            .map_or_else(|| SizeHint::with_exact(0), B::size_hint)
     }
 }

@@ -47,6 +47,7 @@ async fn served(server: &CorrelationLayer) -> RequestContext {
         .unwrap()
         .into_body()
         .get_ref()
+        .unwrap()
         .clone()
 }
 

@@ -396,7 +396,7 @@ async fn downstream_traceparent(sampler: Sampler, incoming: Option<&str>) -> Tra
             .insert("traceparent", incoming.parse().unwrap());
     }
     let response = server.oneshot(request).await.unwrap();
-    TraceParent::parse(response.body().get_ref()).unwrap()
+    TraceParent::parse(response.body().get_ref().unwrap()).unwrap()
 }
 
 #[tokio::test]
@@ -587,7 +587,7 @@ async fn one_call_in(
             .oneshot(request)
             .await
             // The body's text; the wrapper, and the request's span with it, ends here.
-            .map(|response| response.map(|body| body.get_ref().clone()))
+            .map(|response| response.map(|body| body.get_ref().unwrap().clone()))
     } else {
         let span = within();
         let call = span.in_scope(|| client.oneshot(call()));
@@ -718,6 +718,7 @@ async fn a_job_enqueued_inside_a_span_of_the_services_own_nests_under_it() {
         .unwrap()
         .into_body()
         .get_ref()
+        .unwrap()
         .clone();
     let payload = serde_json::to_string(&carrier).unwrap();
     let carrier: Carrier = serde_json::from_str(&payload).unwrap();
