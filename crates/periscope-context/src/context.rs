@@ -197,12 +197,7 @@ pub struct WithContext<F> {
 #[pin_project::pinned_drop]
 impl<F> PinnedDrop for WithContext<F> {
     fn drop(self: Pin<&mut Self>) {
-        let mut this = self.project();
-        if this.inner.is_some() {
-            // Restored after the drop, even when the drop panics.
-            let _guard = enter(this.context.clone());
-            this.inner.set(None);
-        }
+        self.finish();
     }
 }
 
@@ -264,6 +259,7 @@ impl<F> WithContext<F> {
     pub fn finish(self: Pin<&mut Self>) {
         let mut this = self.project();
         if this.inner.is_some() {
+            // Restored after the drop, even when the drop panics.
             let _guard = enter(this.context.clone());
             this.inner.set(None);
         }
