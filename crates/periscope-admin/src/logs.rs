@@ -41,6 +41,9 @@ impl LogsQuery {
                 break;
             }
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            // Names are decoded like values: `%6Cevel` is `level` to any URL parser.
+            let key = percent_decode_str(key).decode_utf8_lossy();
+            let key = key.as_ref();
             let value = percent_decode_str(value).decode_utf8_lossy();
             // `lines=5&lines=500` is ambiguous: say so rather than pick one.
             let first = match key {

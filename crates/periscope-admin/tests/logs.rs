@@ -88,3 +88,33 @@ async fn debug_logs_filters_by_level_and_bounds_lines() {
         .collect();
     assert_eq!(fields, ["query.lines", "query.level", "query.follow"]);
 }
+
+#[tokio::test]
+async fn debug_logs_decodes_parameter_names_like_values() {
+    let (layer, _guard) = LogLayer::builder().writer(std::io::sink()).build();
+    let recent = layer.recent_logs();
+    // This thread's subscriber only: the other test of this binary installs the global one.
+    let _default = tracing_subscriber::registry().with(layer).set_default();
+    let admin = Admin::builder()
+        .logs(recent)
+        .debug(DebugAccess::Token(support::TOKEN.into()))
+        .build();
+    let addr = serve(admin).await;
+    tracing::info!("quiet");
+    tracing::warn!("loud 0");
+    tracing::warn!("loud 1");
+
+    // `%6C` is `l`: the names are `level` and `lines`, encoded as a client may send them.
+    let answer = get_authorised(addr, "/debug/logs?%6Cevel=warn&%6C%69nes=1").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(messages(&answer.json()), ["loud 1"]);
+    // A name given twice is a duplicate whichever way it is spelt.
+    let twice = get_authorised(addr, "/debug/logs?lines=1&%6Cines=2").await;
+    let error = twice.envelope(400, "invalid_request");
+    assert_eq!(error["violations"][0]["field"], "query.lines");
+    assert_eq!(error["violations"][0]["reason"], "duplicate");
+    // An unknown name is reported decoded.
+    let unknown = get_authorised(addr, "/debug/logs?f%6Fllow=1").await;
+    let error = unknown.envelope(400, "invalid_request");
+    assert_eq!(error["violations"][0]["field"], "query.follow");
+}
