@@ -1,5 +1,6 @@
 //! An axum `Router` of exactly the admin paths (feature `axum`).
 
+use crate::endpoint::DEBUG_PREFIX;
 use crate::service::Admin;
 
 impl Admin {
@@ -7,9 +8,11 @@ impl Admin {
     /// [`Admin::endpoints`]) to it, every method included, so that wrong methods get the
     /// admin's 405 envelope. Merge it into an app: `app.merge(admin.router())`. Paths it does
     /// not serve (debug endpoints while disabled, `/metrics` without a registry) are left to
-    /// the app. While debug access is on, the router also takes every other `/debug/` path
-    /// (a catch-all, below any exact route of the app), so that a caller without the token
-    /// gets 401 everywhere there and cannot map the debug endpoints.
+    /// the app. While debug access is on, the router also takes `/debug/` and every other
+    /// path under it (a catch-all, below any exact route of the app; an app's own `/debug/`
+    /// route conflicts with it), so that a caller without the token gets 401 everywhere there
+    /// and cannot map the debug endpoints; `/debug` itself, like any path the admin does not
+    /// serve, stays with the app.
     ///
     /// ```
     /// use periscope_admin::Admin;
@@ -30,7 +33,11 @@ impl Admin {
                 router.route_service(endpoint.path(), self.clone())
             });
         if self.debug_enabled() {
-            router.route_service("/debug/{*rest}", self.clone())
+            // A catch-all never matches an empty rest, so `/debug/` needs its own route: it
+            // is a debug path too, and asks for the token like the others.
+            router
+                .route_service(DEBUG_PREFIX, self.clone())
+                .route_service("/debug/{*rest}", self.clone())
         } else {
             router
         }

@@ -47,6 +47,15 @@ async fn the_router_serves_the_admin_paths_next_to_the_app() {
             .await
             .envelope(404, "route_not_found");
     }
+    // `/debug/` itself is a debug path as well (axum's catch-all does not match it empty):
+    // the token first, then the admin's 404, as when the admin is served alone.
+    get(addr, "/debug/").await.envelope(401, "token_missing");
+    get_authorised(addr, "/debug/")
+        .await
+        .envelope(404, "route_not_found");
+    // `/debug` is not under `/debug/`: paths match exactly, so it is the app's, as when the
+    // admin is served alone it is an unknown path like any other.
+    assert_eq!(get(addr, "/debug").await.status, 418);
     // An exact route of the app wins over the admin's catch-all; other paths are the app's.
     assert_eq!(get(addr, "/debug/pprof").await.text(), "app's own");
     assert_eq!(get(addr, "/other").await.status, 418);
@@ -61,5 +70,6 @@ async fn with_debug_disabled_the_debug_paths_are_left_to_the_app() {
     let addr = serve_app(app).await;
     assert_eq!(get(addr, "/ready").await.status, 200);
     assert_eq!(get_authorised(addr, "/debug/status").await.status, 418);
+    assert_eq!(get_authorised(addr, "/debug/").await.status, 418);
     assert_eq!(get(addr, "/metrics").await.status, 418);
 }
