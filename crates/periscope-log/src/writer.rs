@@ -25,8 +25,9 @@ pub(crate) trait LineSink: Send + Sync {
     fn write_line(&self, line: &[u8]);
 }
 
-/// How many lines were lost: the queue was full, the output failed or panicked, or the guard
-/// was gone.
+/// How many lines were lost: the queue was full, the output refused them (a write failed)
+/// or panicked, or the guard was gone. A failed flush counts nothing: the output took those
+/// lines.
 ///
 /// Cheap to clone; read it for a metric (`periscope_log_dropped_lines_total`).
 #[derive(Clone, Debug, Default)]
@@ -72,8 +73,8 @@ impl Output {
         }
     }
 
-    /// Writes `bytes` (whole lines), then flushes when asked; on failure, the number of its
-    /// lines not written whole. An output left non-blocking (by a process sharing the pipe) is waited
+    /// Writes `bytes` (whole lines), then flushes when asked; when a write fails, the number
+    /// of its lines the output did not take whole. An output left non-blocking (by a process sharing the pipe) is waited
     /// for instead of failing. A write that fails inside a line leaves a fragment: it is
     /// ended before the next write, so only that one line is broken, not the next as well.
     fn write_lines(&mut self, bytes: &[u8], flush: bool) -> Result<(), u64> {
@@ -88,14 +89,15 @@ impl Output {
         if !flush {
             return Ok(());
         }
+        // A failed flush loses no line the output took: those bytes are the output's to keep
+        // and write again (a `BufWriter` keeps them for its next flush), so none is counted.
         loop {
             match self.out.flush() {
-                Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     std::thread::sleep(WOULD_BLOCK_PAUSE);
                 }
-                Err(_) => return Err(lines(bytes)),
+                Ok(()) | Err(_) => return Ok(()),
             }
         }
     }

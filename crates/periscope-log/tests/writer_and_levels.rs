@@ -448,3 +448,58 @@ fn a_blocking_writer_that_panics_inside_a_line_breaks_only_that_line() {
     let value: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
     assert_eq!(value["message"], "two");
 }
+
+/// An output whose writes fail a given number of times first, then take everything.
+#[derive(Clone, Default)]
+struct FailsFirst {
+    out: Captured,
+    failures_left: Arc<Mutex<usize>>,
+}
+
+impl Write for FailsFirst {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut left = self.failures_left.lock().unwrap();
+        if *left > 0 {
+            *left -= 1;
+            return Err(io::Error::other("the disk is busy"));
+        }
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A flush that fails loses nothing the output took: a `BufWriter` keeps the lines it
+/// buffered and writes them on its next flush, so none of them is counted as dropped.
+#[test]
+fn a_failed_flush_counts_no_line_the_output_took() {
+    let out = FailsFirst {
+        failures_left: Arc::new(Mutex::new(1)),
+        ..FailsFirst::default()
+    };
+    let (layer, guard) = LogLayer::builder()
+        .writer(io::BufWriter::new(out.clone()))
+        .build();
+    let dropped = layer.dropped_lines();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    common::with_default(subscriber, || {
+        tracing::info!("one");
+        tracing::info!("two");
+    });
+    drop(guard);
+    assert_eq!(
+        *out.failures_left.lock().unwrap(),
+        0,
+        "the flush failed once"
+    );
+    let messages: Vec<String> = out
+        .out
+        .lines()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(messages, ["one", "two"]);
+    assert_eq!(dropped.get(), 0, "every line was written");
+}
