@@ -292,23 +292,24 @@ struct Buffers {
 struct Parts {
     /// Escaped, without quotes.
     message: Vec<u8>,
-    /// Whether the message was recorded (it may be empty): a second one is ignored.
-    has_message: bool,
     /// Context fragments, each starting with its key.
     context: Vec<u8>,
     /// Which context slots are filled (the innermost value wins).
     context_mask: u64,
+    /// The slot of each context fragment and where it starts, in order.
+    context_starts: Vec<(usize, usize)>,
     /// Data fragments, each starting with its key.
     data: Vec<u8>,
-    data_keys: Vec<&'static str>,
+    /// The name of each data fragment and where it starts, in order.
+    data_keys: Vec<(&'static str, usize)>,
 }
 
 impl Parts {
     fn clear(&mut self) {
         self.message.clear();
-        self.has_message = false;
         self.context.clear();
         self.context_mask = 0;
+        self.context_starts.clear();
         self.data.clear();
         self.data_keys.clear();
     }
@@ -325,36 +326,65 @@ struct EventSink<'a> {
     /// A `log` record bridged by `tracing-log`: its `log.*` fields (target, module, file,
     /// line) are metadata, restored from them, not data.
     bridged: bool,
+    /// Whether the event's own fields are being recorded: one named again replaces the value
+    /// before it (the last wins, as in a span), while a span's never replaces the event's.
+    own: bool,
+}
+
+/// Removes fragment `index` of `out`, whose fragments start where `starts` says, in order.
+/// Only for a field named twice in one event: rare, so a copy of the tail is fine.
+fn remove_fragment<K>(out: &mut Vec<u8>, starts: &mut Vec<(K, usize)>, index: usize) {
+    let start = starts[index].1;
+    let end = starts.get(index + 1).map_or(out.len(), |next| next.1);
+    out.drain(start..end);
+    starts.remove(index);
+    for later in &mut starts[index..] {
+        later.1 -= end - start;
+    }
 }
 
 impl EventSink<'_> {
+    /// Starts the value of context slot `slot`; `None` when it is filled already and this is
+    /// not the event's own field: the event's value wins over the spans', an inner span's over
+    /// an outer one's.
     fn context(&mut self, slot: usize) -> Option<&mut Vec<u8>> {
         let bit = 1u64 << slot;
-        if self.parts.context_mask & bit != 0 {
-            return None;
+        let parts = &mut *self.parts;
+        if parts.context_mask & bit != 0 {
+            if !self.own {
+                return None;
+            }
+            if let Some(index) = parts.context_starts.iter().position(|&(s, _)| s == slot) {
+                remove_fragment(&mut parts.context, &mut parts.context_starts, index);
+            }
         }
-        self.parts.context_mask |= bit;
-        self.parts
+        parts.context_mask |= bit;
+        parts.context_starts.push((slot, parts.context.len()));
+        parts
             .context
             .extend_from_slice(&self.layer.context_keys[slot]);
-        Some(&mut self.parts.context)
+        Some(&mut parts.context)
     }
 
-    /// Starts the data field `name`; `None` when the line already has a field of that key: the
-    /// first value wins, so a repeated field (`info!(a = 1, a = 2)`, or `level` and
-    /// `data.level` when flattened) cannot write one key twice.
+    /// Starts the data field `name`; `None` when the line already has a field of that key and
+    /// this is not the event's own field. A field the event names twice (`info!(a = 1, a = 2)`,
+    /// or `level` and `data.level` when flattened) replaces the value before it, so one key is
+    /// never written twice.
     fn data(&mut self, name: &'static str) -> Option<&mut Vec<u8>> {
         let flattened = self.layer.flatten && self.layer.format == LogFormat::Json;
-        if self
-            .parts
+        let parts = &mut *self.parts;
+        if let Some(index) = parts
             .data_keys
             .iter()
-            .any(|&written| same_key(flattened, written, name))
+            .position(|&(written, _)| same_key(flattened, written, name))
         {
-            return None;
+            if !self.own {
+                return None;
+            }
+            remove_fragment(&mut parts.data, &mut parts.data_keys, index);
         }
-        self.parts.data_keys.push(name);
-        let out = &mut self.parts.data;
+        parts.data_keys.push((name, parts.data.len()));
+        let out = &mut parts.data;
         match self.layer.format {
             LogFormat::Json => {
                 out.extend_from_slice(b",\"");
@@ -393,10 +423,10 @@ impl FieldSink for EventSink<'_> {
     }
 
     fn message(&mut self, rules: &ValueRules, value: &dyn fmt::Debug) {
-        // `info!(message = "a", "b")` records two: the first wins, as for any other field.
-        if !std::mem::replace(&mut self.parts.has_message, true) {
-            write_message(&mut self.parts.message, rules, value);
-        }
+        // Only the event records a message: one recorded twice keeps its last value, as any
+        // other field.
+        self.parts.message.clear();
+        write_message(&mut self.parts.message, rules, value);
     }
 }
 
@@ -483,6 +513,7 @@ impl LogLayer {
             layer: self,
             parts,
             bridged: normalized.is_some(),
+            own: true,
         };
         event.record(&mut Visitor {
             rules: &self.rules,
@@ -490,6 +521,7 @@ impl LogLayer {
             text,
             scratch,
         });
+        sink.own = false;
 
         // Context and data from the spans in scope, innermost first: the first value wins.
         let mut span_name = None;

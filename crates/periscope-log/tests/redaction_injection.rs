@@ -305,21 +305,51 @@ fn occurrences(line: &str, key: &str) -> usize {
     line.matches(&format!("\"{key}\":")).count()
 }
 
+/// A field named twice keeps its last value, in an event as in a span (and as a value
+/// recorded again replaces the old one); the event's own fields still win over the spans'.
 #[test]
-fn a_key_is_written_once_the_first_value_winning() {
+fn a_key_is_written_once_the_last_value_winning_in_events_as_in_spans() {
     let out = capture(
         |b| b,
         |_| {
-            let span = tracing::info_span!("job", a = 3, b = "span");
+            let span = tracing::info_span!(
+                "job",
+                s = 1,
+                s = 2,
+                b = "span",
+                request_id = "req_span_1",
+                request_id = "req_span_2"
+            );
             let _entered = span.enter();
             tracing::info!(a = 1, a = 2, "twice");
+            tracing::info!(
+                user_id = "usr_1",
+                user_id = "usr_2",
+                request_id = "req_event_1",
+                request_id = "req_event_2",
+                s = 8,
+                s = 9,
+                "context twice"
+            );
         },
     );
-    let line = out.text();
-    assert_eq!(occurrences(&line, "a"), 1, "{line}");
-    let parsed = &out.lines()[0];
-    assert_eq!(parsed["data"]["a"], 1, "the event's first value: {line}");
-    assert_eq!(parsed["data"]["b"], "span");
+    let text = out.text();
+    for line in text.lines() {
+        for key in ["a", "s", "b", "request_id", "user_id"] {
+            assert!(occurrences(line, key) <= 1, "{key}: {line}");
+        }
+    }
+    let lines = out.lines();
+    assert_eq!(lines[0]["data"]["a"], 2, "the event's last value: {text}");
+    assert_eq!(lines[0]["data"]["s"], 2, "the span's last value: {text}");
+    assert_eq!(lines[0]["data"]["b"], "span");
+    assert_eq!(lines[0]["request_id"], "req_span_2", "{text}");
+    assert_eq!(lines[1]["user_id"], "usr_2", "{text}");
+    assert_eq!(
+        lines[1]["request_id"], "req_event_2",
+        "the event wins: {text}"
+    );
+    assert_eq!(lines[1]["data"]["s"], 9, "the event wins: {text}");
 
     // Flattened, `level` is written as `data.level`: a field named `data.level` is that key.
     let out = capture(
@@ -331,7 +361,7 @@ fn a_key_is_written_once_the_first_value_winning() {
     assert_eq!(occurrences(&line, "level"), 1, "{line}");
     let parsed = &out.lines()[0];
     assert_eq!(parsed["level"], "info");
-    assert_eq!(parsed["data.level"], 1, "{line}");
+    assert_eq!(parsed["data.level"], 2, "{line}");
 
     // Not flattened, `level` and `data.level` are two keys of `data`.
     let out = capture(
@@ -343,22 +373,22 @@ fn a_key_is_written_once_the_first_value_winning() {
     assert_eq!(parsed["data"]["data.level"], 2);
 }
 
-/// `message` recorded twice is one key like any other: the first value wins, the second is
-/// not glued onto it.
+/// `message` recorded twice is one key like any other: the last value wins, and is not glued
+/// onto the first.
 #[test]
-fn a_message_recorded_twice_keeps_the_first() {
+fn a_message_recorded_twice_keeps_the_last() {
     let out = capture(
         |b| b,
         |_| {
             tracing::info!(message = "first", message = "second");
-            tracing::info!(message = "", message = "not empty");
+            tracing::info!(message = "not empty", message = "");
             // `tracing` records the format string before the fields.
             tracing::info!(message = "field", "text");
             tracing::info!("after");
         },
     );
     let messages: Vec<Value> = out.lines().iter().map(|l| l["message"].clone()).collect();
-    assert_eq!(messages, ["first", "", "text", "after"]);
+    assert_eq!(messages, ["second", "", "field", "after"]);
 }
 
 /// The redacted JSON a string field holds, parsed back.
