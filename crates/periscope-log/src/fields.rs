@@ -1,5 +1,6 @@
 //! Turning `tracing` field values into JSON: one value writer shared by events and spans.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::error::Error;
 use std::fmt::{self, Write as _};
@@ -220,6 +221,28 @@ impl ValueRules {
             }
         }
         self.write_unparsed(out, text, scratch);
+    }
+
+    /// A [`TENANT_FIELD`] value (`key=value,...`) with the value of each member whose key is
+    /// sensitive masked, as [`Visitor::lift_tenant_fields`] masks it at the top level: a tenant
+    /// field the service configured as sensitive must not show in `data.tenant` either.
+    fn masked_tenant<'v>(&self, value: &'v str) -> Cow<'v, str> {
+        let sensitive = |pair: &str| {
+            pair.split_once('=')
+                .is_some_and(|(key, _)| self.redactor.is_sensitive(key))
+        };
+        // JSON text is not a list of members; `write_text` redacts it by its keys.
+        if looks_like_json(value) || !value.split(',').any(sensitive) {
+            return Cow::Borrowed(value);
+        }
+        let masked: Vec<Cow<'_, str>> = value
+            .split(',')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if sensitive(pair) => Cow::Owned(format!("{key}={REDACTED}")),
+                _ => Cow::Borrowed(pair),
+            })
+            .collect();
+        Cow::Owned(masked.join(","))
     }
 
     /// Structured text that could not be redacted key by key (too big, or not quite JSON, as a
@@ -530,11 +553,18 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
             self.sink.message(self.rules, &format_args!("{value}"));
             return;
         }
+        if field.name() == TENANT_FIELD {
+            if let Some(out) = value_out(self.rules, self.sink, field, &value) {
+                match self.rules.masked_tenant(value) {
+                    Cow::Owned(masked) => json::write_str(out, &masked, self.rules.max_value_bytes),
+                    Cow::Borrowed(_) => self.rules.write_text(out, value, self.scratch),
+                }
+            }
+            self.lift_tenant_fields(value);
+            return;
+        }
         if let Some(out) = value_out(self.rules, self.sink, field, &value) {
             self.rules.write_text(out, value, self.scratch);
-        }
-        if field.name() == TENANT_FIELD {
-            self.lift_tenant_fields(value);
         }
     }
 

@@ -5,6 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::capture;
+use periscope_log::LogLayerBuilder;
 use serde_json::{Value, json};
 
 const SECRETS: &[&str] = &[
@@ -968,4 +969,50 @@ fn a_field_ending_in_auth_is_redacted_in_log_lines() {
     assert_eq!(data["author"], "alice");
     assert_eq!(data["oauth_url"], "https://idp.example/authorize");
     assert_eq!(data["auth_url"], "https://idp.example/token");
+}
+
+/// Tenant ids reach the top level of every line from the `tenant` span field (the declared
+/// tenant fields without a span field of their own) as from their own fields. One the service
+/// configured as sensitive is masked at the top level and inside `data.tenant` alike: the
+/// line must not show it at all.
+#[test]
+fn tenant_fields_show_unless_configured_sensitive_and_then_nowhere() {
+    let keys = [
+        periscope_context::TenantKey::new("workspace_id").unwrap(),
+        periscope_context::TenantKey::new("region_id").unwrap(),
+    ];
+    let log = |configure: fn(LogLayerBuilder) -> LogLayerBuilder| {
+        capture(
+            |b| configure(b.tenant_keys(&keys)),
+            |_| {
+                let span = tracing::info_span!(
+                    "request",
+                    org_id = "org_1",
+                    project_id = "prj_1",
+                    tenant = "workspace_id=ws_1,region_id=eu_1"
+                );
+                let _entered = span.enter();
+                tracing::info!("inside");
+            },
+        )
+    };
+
+    let out = log(|b| b);
+    let line = &out.lines()[0];
+    assert_eq!(line["org_id"], "org_1", "{line}");
+    assert_eq!(line["project_id"], "prj_1", "{line}");
+    assert_eq!(line["workspace_id"], "ws_1", "{line}");
+    assert_eq!(line["region_id"], "eu_1", "{line}");
+    assert_eq!(line["data"]["tenant"], "workspace_id=ws_1,region_id=eu_1");
+
+    let out = log(|b| b.sensitive_key("workspace"));
+    assert!(!out.text().contains("ws_1"), "{}", out.text());
+    let line = &out.lines()[0];
+    assert_eq!(line["workspace_id"], "[REDACTED]", "{line}");
+    assert_eq!(line["region_id"], "eu_1", "{line}");
+    assert_eq!(line["org_id"], "org_1", "{line}");
+    assert_eq!(
+        line["data"]["tenant"],
+        "workspace_id=[REDACTED],region_id=eu_1"
+    );
 }
