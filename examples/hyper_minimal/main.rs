@@ -3,8 +3,8 @@
 //!
 //! ```sh
 //! cargo run --example hyper_minimal        # http://127.0.0.1:8003
-//! curl -i http://127.0.0.1:8003/hello/world
-//! curl -i http://127.0.0.1:8003/metrics
+//! curl -si http://127.0.0.1:8003/hello/world
+//! curl -si http://127.0.0.1:8003/metrics
 //! ```
 //!
 //! `HOST` (default `127.0.0.1`), `PORT` (default `8003`; `0` picks a free port, named in the

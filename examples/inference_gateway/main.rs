@@ -135,12 +135,6 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         app = app.layer(obs.layer()); // ids and trace, RED metrics, access log, error envelopes
     }
 
-    if config.model_warmup {
-        model.warm_up();
-    } else {
-        model.defer();
-    }
-
     let shutdown = obs.shutdown_on_signal();
     let mut admin_server = None;
     if let Some((port, admin)) = admin_app {
@@ -155,6 +149,14 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         admin_server = Some(tokio::spawn(obs.server(listener).serve(admin, stop.wait())));
     }
     let listener = bind("http", "PORT", SocketAddr::from((config.host, config.port))).await?;
+    // The model loads once both listeners are bound, so a port that is taken stops the service
+    // at once instead of after the warm-up; until it is loaded, the startup gate keeps /ready
+    // and /startup at 503 `starting`.
+    if config.model_warmup {
+        model.warm_up();
+    } else {
+        model.defer();
+    }
     // Unlike `axum::serve`, a client that never finishes its request head is cut off (30 s),
     // and once draining, answers carry `Connection: close` so clients let go of this instance.
     obs.server(listener).serve(app, shutdown.wait()).await?;

@@ -7,9 +7,13 @@
 //! through `CorrelationLayer`, so the suite sees exactly what a periscope service propagates.
 //!
 //! Run: `PORT=5000 cargo run --example trace_context_harness`, then the suite (see
-//! `docs/trace.md`).
+//! `docs/trace.md`). It logs JSON lines on stdout like the other examples (the `listening` line
+//! names the port `PORT=0` picked; periscope's `LOG_*` variables apply) and stops cleanly, with
+//! status 0, on SIGTERM or Ctrl-C.
 
+use std::error::Error;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::post;
@@ -53,10 +57,33 @@ async fn run_calls(
     StatusCode::OK
 }
 
+/// Starts the harness; a configuration error is printed and exits with status 1.
+pub fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("trace_context_harness: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until SIGTERM or Ctrl-C.
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Unset or empty: 5000; `0` takes a free port, which the line below names.
+pub async fn run() -> Result<(), Box<dyn Error>> {
+    // Unset or empty: 5000; `0` takes a free port, which the `listening` line names.
     let port: u16 = periscope::env::var("PORT", 5000, "a port number 0-65535")?;
+    // Only the logs (and the signal handling) of the examples' setup: requests go through
+    // `CorrelationLayer` and calls through `ClientTraceLayer` alone, the two layers under test.
+    let obs = periscope::Observability::builder()
+        .service_name("trace-context-harness")
+        .version(env!("CARGO_PKG_VERSION"))
+        // No readiness probe to drain: stop at once (`SHUTDOWN_DRAIN_S` still overrides it).
+        .shutdown_drain(Duration::ZERO)
+        .env()?
+        .build()?;
+    let _guard = obs.init()?; // JSON logs from here on; flushed when `run` returns
+
     let client = ClientTraceLayer::new().layer(Client::builder(TokioExecutor::new()).build_http());
     let app = Router::new()
         .route("/test", post(run_calls))
@@ -64,9 +91,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(CorrelationLayer::new());
 
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let addr = listener.local_addr()?;
-    println!("trace context harness listening on http://{addr}/test");
-    axum::serve(listener, app).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(listener = "http", addr = %listener.local_addr()?, "listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(obs.shutdown_on_signal().wait())
+        .await?;
+    tracing::info!("stopped");
     Ok(())
 }

@@ -606,7 +606,7 @@ async fn invalid_configuration_fails_at_startup_naming_the_variable() {
 
 /// A port already taken (the template still running from the last try, a copy started beside
 /// it) or an address this machine does not have stops the service naming the variable to
-/// change.
+/// change, at once: before the model's warm-up starts (a real model takes minutes to load).
 #[tokio::test]
 async fn a_listener_that_cannot_bind_fails_naming_the_variable_to_change() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -623,16 +623,67 @@ async fn a_listener_that_cannot_bind_fails_naming_the_variable_to_change() {
             "set HOST to an address of this machine",
         ),
     ] {
-        let mut service = start(&[env]);
-        let status = service.exit_status().await;
-        assert_eq!(status.code(), Some(1), "{env:?}");
-        let stderr = service.stderr();
-        assert!(
-            stderr.contains("cannot listen on") && stderr.contains(expected),
-            "{env:?}: {stderr}"
-        );
+        for warmup in ["true", "false"] {
+            let mut service = start(&[env, ("MODEL_WARMUP", warmup)]);
+            let status = service.exit_status().await;
+            assert_eq!(status.code(), Some(1), "{env:?}");
+            let stderr = service.stderr();
+            assert!(
+                stderr.contains("cannot listen on") && stderr.contains(expected),
+                "{env:?}: {stderr}"
+            );
+            let model_lines: Vec<_> = service
+                .log_lines()
+                .into_iter()
+                .filter(|line| {
+                    line["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("model"))
+                })
+                .collect();
+            assert!(
+                model_lines.is_empty(),
+                "{env:?} MODEL_WARMUP={warmup}: {model_lines:?}"
+            );
+        }
     }
     drop(taken);
+}
+
+/// The listeners are bound (and say so) before the model starts loading, and readiness waits
+/// for the model all the same.
+#[tokio::test]
+async fn the_listeners_are_bound_before_the_model_loads() {
+    let service = start(&[("MODEL_LOAD_DELAY_MS", "2000"), ("ADMIN_PORT", "0")]);
+    let addr = service.addr("http").await;
+    assert_eq!(get(addr, "/ready").await.json()["status"], "starting");
+    service
+        .wait_for_line("model loaded", |line| line["message"] == "model loaded")
+        .await;
+    let messages: Vec<String> = service
+        .log_lines()
+        .iter()
+        .filter_map(|line| line["message"].as_str().map(str::to_owned))
+        .collect();
+    let at = |message: &str| {
+        messages
+            .iter()
+            .position(|m| m == message)
+            .unwrap_or_else(|| panic!("no {message:?} line: {messages:?}"))
+    };
+    let listening: Vec<usize> = messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| *m == "listening")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(listening.len(), 2, "admin and http: {messages:?}");
+    assert!(
+        listening.iter().all(|&i| i < at("loading the model")),
+        "{messages:?}"
+    );
+    assert!(at("loading the model") < at("model loaded"));
+    assert_eq!(get(addr, "/ready").await.status, 200);
 }
 
 #[cfg(unix)] // values that are not UTF-8

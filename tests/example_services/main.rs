@@ -19,6 +19,9 @@ mod hyper_minimal_app;
 #[allow(dead_code)]
 #[path = "../../examples/multi_service/main.rs"]
 mod multi_service_app;
+#[allow(dead_code)]
+#[path = "../../examples/trace_context_harness/main.rs"]
+mod trace_context_harness_app;
 
 #[cfg_attr(not(feature = "axum"), allow(dead_code))]
 mod support;
@@ -28,6 +31,7 @@ mod hyper_minimal;
 mod inference_gateway;
 #[cfg(feature = "axum")]
 mod multi_service;
+mod trace_context_harness;
 
 /// The body of a service process: runs the example named by `PERISCOPE_EXAMPLE` until it
 /// stops. Ignored, so a plain `cargo test` never runs it; `support::Service::start` runs it.
@@ -40,6 +44,7 @@ fn example_process() {
         #[cfg(feature = "axum")]
         Ok("multi_service") => multi_service_app::run(),
         Ok("hyper_minimal") => hyper_minimal_app::run(),
+        Ok("trace_context_harness") => trace_context_harness_app::run(),
         _ => return,
     };
     if let Err(error) = result {

@@ -159,11 +159,10 @@ impl Service {
 
     /// Everything the service wrote, for failure messages.
     fn output(&self) -> String {
-        format!(
-            "--- stdout\n{}\n--- stderr\n{}",
-            self.stdout.lock().unwrap().join("\n"),
-            self.stderr()
-        )
+        // Also after a panic while a lock was held (a line that is not JSON): poisoned is fine.
+        let stdout = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
+        let stderr = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        format!("--- stdout\n{}\n--- stderr\n{stderr}", stdout.join("\n"))
     }
 }
 

@@ -331,7 +331,8 @@ impl ApiError {
 
     /// The request id to quote to support: the envelope's, else the `request_id` of a JSON body
     /// that is not quite an envelope (`{"error": {"request_id": ...}}` without a string `code`,
-    /// or a top-level one), else the `x-request-id` header.
+    /// or a top-level one), else the `x-request-id` header. A `request_id` sent as a JSON
+    /// number is its decimal text (`"90210"`).
     pub fn request_id(&self) -> Option<&str> {
         self.request_id.as_deref()
     }
@@ -461,7 +462,10 @@ fn body_from_members(members: &Map<String, Value>, message_key: &str) -> Option<
     let mut body = ErrorBody::new(
         code,
         text(message_key).unwrap_or_default(),
-        text("request_id").unwrap_or_default(),
+        members
+            .get("request_id")
+            .and_then(request_id_text)
+            .unwrap_or_default(),
     );
     body.trace_id = text("trace_id");
     body.details = members.get("details").and_then(Value::as_object).cloned();
@@ -511,9 +515,19 @@ fn request_id_from_json(json: &Value) -> Option<String> {
         .into_iter()
         .flatten()
         .find_map(|members| {
-            let id = members.get("request_id")?.as_str()?;
-            (!id.is_empty()).then(|| id.to_owned())
+            let id = request_id_text(members.get("request_id")?)?;
+            (!id.is_empty()).then_some(id)
         })
+}
+
+/// A `request_id` member as text: a string as sent, a number (servers that count their
+/// requests) as its decimal text; any other type is not an id.
+fn request_id_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(id) => Some(id.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
 }
 
 /// The most text of a server's own words kept in a message: the whole body is in
@@ -661,6 +675,51 @@ mod tests {
         let body = br#"{"error":{"message":"Bad"}}"#;
         let error = ApiError::from_parts(StatusCode::BAD_REQUEST, &headers, body);
         assert_eq!(error.request_id(), Some("req_4"));
+    }
+
+    /// Servers that number their requests send the id as a JSON number: support still gets
+    /// it, as its decimal text; other types are not an id.
+    #[test]
+    fn a_request_id_that_is_a_json_number_is_kept_as_its_decimal_text() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", "req_header".parse().unwrap());
+        for (body, id) in [
+            (
+                &br#"{"error":{"code":"node_draining","message":"Draining","request_id":1234567890123}}"#[..],
+                "1234567890123",
+            ),
+            (
+                br#"{"error":{"code":"node_draining","message":"Draining","request_id":-7}}"#,
+                "-7",
+            ),
+            (
+                br#"{"type":"about:blank","title":"Conflict","status":409,"code":"node_draining","request_id":42}"#,
+                "42",
+            ),
+            // Not quite an envelope: the id is still the body's.
+            (br#"{"error":{"message":"Bad","request_id":99}}"#, "99"),
+            (
+                br#"{"error":{"code":"node_draining","message":"Draining","request_id":"007"}}"#,
+                "007",
+            ),
+        ] {
+            let text = String::from_utf8_lossy(body);
+            let error = ApiError::from_parts(StatusCode::CONFLICT, &headers, body);
+            assert_eq!(error.request_id(), Some(id), "{text}");
+            if let Some(envelope) = error.envelope() {
+                assert_eq!(envelope.request_id, id, "{text}");
+            }
+            assert!(error.to_string().ends_with(&format!("(request_id: {id})")));
+        }
+        // Other types are ignored: the header stands in.
+        for id in ["true", "null", "[1]", r#"{"n":1}"#] {
+            let body = format!(
+                r#"{{"error":{{"code":"node_draining","message":"D","request_id":{id}}}}}"#
+            );
+            let error = ApiError::from_parts(StatusCode::CONFLICT, &headers, body.as_bytes());
+            assert_eq!(error.code(), "node_draining", "{id}");
+            assert_eq!(error.request_id(), Some("req_header"), "{id}");
+        }
     }
 
     /// Problem details without a `code` (as many frameworks write them), an error object

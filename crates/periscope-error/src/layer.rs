@@ -30,6 +30,9 @@ const MAX_TEXT_BODY: usize = 1024;
 /// The longest JSON 5xx body read to check it is an envelope, in bytes; a longer one is
 /// replaced.
 const MAX_JSON_BODY: usize = 64 * 1024;
+/// The longest start of a JSON 5xx body logged when the layer gave up reading it (too long,
+/// or not ended in time): its first words say what went wrong, and the line stays short.
+const MAX_LOGGED_BODY_START: usize = 4 * 1024;
 
 /// How long a body the layer reads may take without a [`ErrorLayer::timeout`]: a handful of
 /// bytes that have not come in this long are not coming.
@@ -462,6 +465,8 @@ enum State<F, B> {
         text: Vec<u8>,
         code: ErrorCode,
         json: bool,
+        /// The body's length, when it was announced: logged when the read is given up.
+        length: Option<u64>,
     },
     /// The response is known.
     Done {
@@ -507,12 +512,14 @@ where
                                 if this.sleep.is_none() {
                                     *this.sleep = read_deadline();
                                 }
+                                let length = body_length(&body, &parts.headers);
                                 this.state.set(State::Reading {
                                     body,
                                     parts: Some(parts),
                                     text: Vec::new(),
                                     code,
                                     json,
+                                    length,
                                 });
                                 continue;
                             }
@@ -545,6 +552,7 @@ where
                     text,
                     code,
                     json,
+                    length,
                 } => {
                     // Past the deadline, the envelope goes out without the body's text.
                     let limit = if *json { MAX_JSON_BODY } else { MAX_TEXT_BODY };
@@ -563,7 +571,8 @@ where
                     let Some(parts) = parts.take() else {
                         panic!("periscope_error::ResponseFuture polled after completion");
                     };
-                    let (code, json, text) = (*code, *json, std::mem::take(text));
+                    let (code, json, length) = (*code, *json, *length);
+                    let text = std::mem::take(text);
                     // Drop the body here, where a panic in its destructor is caught and answered
                     // like one while it is read, not later with this future, by the server.
                     if let Err(caught) =
@@ -579,8 +588,17 @@ where
                         // this request's ids and in the format this client asked for.
                         return Poll::Ready(Ok(this.handled.readopt(parts, error)));
                     }
-                    let text = complete.then(|| String::from_utf8_lossy(&text).trim().to_owned());
-                    return Poll::Ready(Ok(this.handled.bare(parts, code, text)));
+                    let text = String::from_utf8_lossy(&text);
+                    let read = if complete {
+                        BodyText::Whole(text.trim().to_owned())
+                    } else if json {
+                        // Given up: what the upstream said is in its first words.
+                        let start = render::truncate(&text, MAX_LOGGED_BODY_START);
+                        BodyText::Start(start.to_owned(), length)
+                    } else {
+                        BodyText::None
+                    };
+                    return Poll::Ready(Ok(this.handled.bare(parts, code, read)));
                 }
                 StateProj::Done { response } => match response.take() {
                     Some(response) => return Poll::Ready(Ok(response)),
@@ -612,7 +630,31 @@ fn expired(sleep: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
         .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
 }
 
-/// Reads a body up to `limit` bytes; `false` when it is longer or fails.
+/// The length a body announces: its exact size hint, else its `Content-Length`.
+fn body_length<B: Body>(body: &B, headers: &HeaderMap) -> Option<u64> {
+    body.size_hint().exact().or_else(|| {
+        headers
+            .get(http::header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    })
+}
+
+/// What the layer read of a body it replaces.
+enum BodyText {
+    /// Nothing: not read, or a text body given up.
+    None,
+    /// The whole body, trimmed.
+    Whole(String),
+    /// The start of a JSON body the layer gave up reading (longer than it reads, or not ended
+    /// in time), and the body's length when it was announced: for the log only.
+    Start(String, Option<u64>),
+}
+
+/// Reads a body up to `limit` bytes; `false` when it is longer (`text` then holds its first
+/// `limit` bytes) or fails.
 fn read_text<B: Body<Data = Bytes>>(
     mut body: Pin<&mut B>,
     text: &mut Vec<u8>,
@@ -624,6 +666,7 @@ fn read_text<B: Body<Data = Bytes>>(
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     if text.len() + data.len() > limit {
+                        text.extend_from_slice(&data[..limit - text.len()]);
                         return Poll::Ready(false);
                     }
                     text.extend_from_slice(&data);
@@ -708,7 +751,7 @@ impl Handled {
                     if let Err(caught) = discard(body) {
                         return Inspected::Panicked(caught);
                     }
-                    return Inspected::Done(self.bare(parts, code, None));
+                    return Inspected::Done(self.bare(parts, code, BodyText::None));
                 }
                 // A handler's own JSON may hold internals: kept only when it is an envelope.
                 return Inspected::Read {
@@ -735,7 +778,7 @@ impl Handled {
         if let Err(caught) = discard(body) {
             return Inspected::Panicked(caught);
         }
-        Inspected::Done(self.bare(parts, code, None))
+        Inspected::Done(self.bare(parts, code, BodyText::None))
     }
 
     /// The inner body, passed through: a panic while it streams is caught and logged with the
@@ -762,15 +805,23 @@ impl Handled {
     }
 
     /// Replaces a bare error response (no envelope) with an envelope, keeping its status and
-    /// headers. The body's text, if any, becomes the message for 4xx and is logged for 5xx.
+    /// headers. The body's whole text, if any, becomes the message for 4xx; what was read is
+    /// logged for 5xx.
     fn bare<B>(
         &self,
         parts: http::response::Parts,
         code: ErrorCode,
-        text: Option<String>,
+        read: BodyText,
     ) -> Response<ResponseBody<B>> {
         let status = parts.status;
+        let (text, cut) = match read {
+            BodyText::None => (None, None),
+            BodyText::Whole(text) => (Some(text), None),
+            BodyText::Start(start, length) => (Some(start), Some(length)),
+        };
         let text = text.filter(|text| !text.is_empty());
+        // Only a whole body's text is the client's message.
+        let message_text = text.as_ref().filter(|_| cut.is_none());
         // An extractor's 400 for a body the client stopped sending: not a malformed request.
         // axum's `Multipart` answers the same cut with a bare 500 ("failed to read stream"):
         // not the service's fault either, so not an `internal_error` logged at error.
@@ -782,7 +833,7 @@ impl Handled {
         let facts = &self.facts;
         let path = render::truncate(facts.path(), MAX_PATH_IN_MESSAGE);
         let method = render::truncate(facts.method.as_str(), MAX_METHOD_IN_MESSAGE);
-        let message = match &text {
+        let message = match message_text {
             Some(text) if status.is_client_error() => text.clone(),
             _ if code == codes::ROUTE_NOT_FOUND => {
                 format!("No route matches {method} {path}")
@@ -812,6 +863,8 @@ impl Handled {
                 code = code.name(),
                 status = status.as_u16(),
                 body = text.as_deref(),
+                body_truncated = cut.is_some().then_some(true),
+                body_bytes = cut.flatten(),
                 "the service answered {status} without an error envelope"
             );
         } else {

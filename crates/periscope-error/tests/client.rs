@@ -129,3 +129,28 @@ async fn an_endless_body_is_read_only_up_to_the_bound() {
     assert_eq!(error.raw_body().map(<[u8]>::len), Some(1_000));
     assert!(error.is_raw_body_truncated());
 }
+
+/// A server that numbers its requests sends the id as a JSON number: the decoder keeps it as
+/// its decimal text, ahead of the `x-request-id` a proxy in front added.
+#[tokio::test]
+async fn a_request_id_sent_as_a_json_number_is_kept() {
+    let envelope =
+        r#"{"error":{"code":"node_draining","message":"Node is draining","request_id":90210}}"#;
+    let addr = serve_once(move |mut stream| async move {
+        let head = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-request-id: req_proxy\r\ncontent-length: {}\r\n\r\n",
+            envelope.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(envelope.as_bytes()).await.unwrap();
+    })
+    .await;
+    let error = get(addr, Decoder::new()).await;
+    assert_eq!(error.code(), "node_draining");
+    assert_eq!(error.request_id(), Some("90210"));
+    assert_eq!(error.envelope().unwrap().request_id, "90210");
+    assert_eq!(
+        error.to_string(),
+        "node_draining: Node is draining (request_id: 90210)"
+    );
+}

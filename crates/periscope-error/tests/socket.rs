@@ -100,6 +100,34 @@ impl http_body::Body for PanicsOnSecondChunk {
     }
 }
 
+/// An upstream's JSON 5xx over the layer's 64 KiB read bound: its first words say what went
+/// wrong, a long trace follows.
+fn huge_upstream_json() -> String {
+    format!(
+        r#"{{"detail":"model server out of memory: CUDA OOM at layer 31","trace":"{}"}}"#,
+        "frame;".repeat(12_000)
+    )
+}
+
+/// A body sent in chunks, of a length it does not announce (a proxied chunked response).
+struct Chunked(std::collections::VecDeque<bytes::Bytes>);
+
+impl http_body::Body for Chunked {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.0
+                .pop_front()
+                .map(|chunk| Ok(http_body::Frame::data(chunk))),
+        )
+    }
+}
+
 /// An error body with a bug: its destructor panics, after the layer has read it or when the
 /// layer discards it unread.
 struct PanicsWhenDropped(Option<bytes::Bytes>);
@@ -367,6 +395,31 @@ fn app() -> Router {
                     "gpus must be between 0 and 8",
                 );
                 violations.into_result().map(|()| "valid")
+            }),
+        )
+        .route(
+            "/upstream-huge",
+            get(|| async {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    [("content-type", "application/json")],
+                    huge_upstream_json(),
+                )
+            }),
+        )
+        .route(
+            "/upstream-huge-chunked",
+            get(|| async {
+                let text = bytes::Bytes::from(huge_upstream_json());
+                let chunks = (0..text.len())
+                    .step_by(8192)
+                    .map(|at| text.slice(at..text.len().min(at + 8192)))
+                    .collect();
+                (
+                    StatusCode::BAD_GATEWAY,
+                    [("content-type", "application/json")],
+                    axum::body::Body::new(Chunked(chunks)),
+                )
             }),
         )
         .layer(DefaultBodyLimit::max(1024))
@@ -1133,4 +1186,51 @@ async fn a_multipart_upload_the_client_stops_sending_is_not_an_internal_error() 
         events.iter().all(|event| event["level"] != "ERROR"),
         "{events:?}"
     );
+}
+
+/// A JSON 5xx too long to check for an envelope is still replaced, but its log line shows how
+/// it starts (what the upstream said), that it was cut, and its length when it was announced.
+#[tokio::test]
+async fn a_json_5xx_over_the_read_bound_is_logged_by_its_start() {
+    let addr = serve().await;
+    let whole = huge_upstream_json();
+    for (path, length) in [
+        ("/upstream-huge", Some(whole.len().to_string())),
+        ("/upstream-huge-chunked", None),
+    ] {
+        let reply = send(addr, "GET", path, &[], b"").await;
+        let json = envelope(&reply, "upstream_error", 502);
+        // The client's answer is what it was: the code's default message, nothing of the body.
+        assert_eq!(
+            json["error"]["message"],
+            codes::UPSTREAM_ERROR.default_message(),
+            "{path}"
+        );
+        assert!(!reply.text().contains("CUDA"), "{path}");
+        let events = events_of(reply.header("x-request-id").unwrap());
+        let logged = events
+            .iter()
+            .find(|event| {
+                event
+                    .get("message")
+                    .is_some_and(|m| m.contains("without an error envelope"))
+            })
+            .unwrap_or_else(|| panic!("{path}: no line for the body: {events:?}"));
+        assert_eq!(logged["level"], "ERROR");
+        let body = logged
+            .get("body")
+            .unwrap_or_else(|| panic!("{path}: {logged:?}"));
+        assert!(
+            body.starts_with(r#"{"detail":"model server out of memory: CUDA OOM at layer 31""#),
+            "{path}: {body}"
+        );
+        assert!(body.len() <= 4096, "{path}: {} bytes logged", body.len());
+        assert!(whole.starts_with(body.as_str()), "{path}");
+        assert_eq!(
+            logged.get("body_truncated").map(String::as_str),
+            Some("true"),
+            "{path}"
+        );
+        assert_eq!(logged.get("body_bytes"), length.as_ref(), "{path}");
+    }
 }

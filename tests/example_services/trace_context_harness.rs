@@ -1,0 +1,95 @@
+//! `examples/trace_context_harness`, the W3C Trace Context test service.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::http::HeaderMap;
+use axum::routing::post;
+
+use crate::support::{Service, send};
+
+/// What a callee of the harness received: its headers and body.
+type Received = Arc<Mutex<Vec<(HeaderMap, bytes::Bytes)>>>;
+
+/// A callee on 127.0.0.1 that records what the harness sends it.
+async fn callee() -> (std::net::SocketAddr, Received) {
+    let received = Received::default();
+    let kept = received.clone();
+    let app = Router::new().route(
+        "/called",
+        post(move |headers: HeaderMap, body: bytes::Bytes| async move {
+            kept.lock().unwrap().push((headers, body));
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, received)
+}
+
+/// Its lines are JSON like every example's, it still runs the suite's calls in order with
+/// the trace propagated, and SIGTERM stops it cleanly (status 0, as a test runner expects).
+#[cfg(unix)] // stopped with a real SIGTERM
+#[tokio::test]
+async fn the_harness_logs_json_propagates_the_trace_and_stops_cleanly_on_sigterm() {
+    let mut service = Service::start("trace_context_harness", &[("PORT", "0")]);
+    let addr = service.addr("http").await;
+    let (callee, received) = callee().await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let calls = serde_json::json!([
+        {"url": format!("http://{callee}/called"), "arguments": [1, {"a": 2}]},
+        {"url": format!("http://{callee}/called"), "arguments": []},
+    ]);
+    let answer = send(
+        addr,
+        "POST",
+        "/test",
+        &[
+            ("content-type", "application/json"),
+            ("traceparent", &traceparent),
+            ("tracestate", "foo=bar"),
+        ],
+        calls.to_string(),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let received = received.lock().unwrap().clone();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].1, r#"[1,{"a":2}]"#);
+    assert_eq!(received[1].1, "[]");
+    for (headers, _) in &received {
+        assert_eq!(headers["content-type"], "application/json");
+        let sent = headers["traceparent"].to_str().unwrap();
+        let fields: Vec<&str> = sent.split('-').collect();
+        assert_eq!(fields.len(), 4, "{sent}");
+        assert_eq!((fields[0], fields[1], fields[3]), ("00", trace_id, "01"));
+        assert_ne!(fields[2], "00f067aa0ba902b7", "a span of its own");
+        assert_eq!(headers["tracestate"], "foo=bar");
+    }
+
+    // Not a list of calls: refused.
+    let refused = send(
+        addr,
+        "POST",
+        "/test",
+        &[("content-type", "application/json")],
+        "{}",
+    )
+    .await;
+    assert_eq!(refused.status, 400);
+
+    service.terminate();
+    let status = service.exit_status().await;
+    assert!(status.success(), "{status}");
+    let lines = service.log_lines();
+    let stopping = lines
+        .iter()
+        .find(|line| line["message"] == "shutting down: /ready answers draining")
+        .expect("the shutdown line");
+    assert_eq!(stopping["data"]["cause"], "SIGTERM");
+    let last = lines.last().unwrap();
+    assert_eq!(last["message"], "stopped");
+    assert_eq!(last["service"], "trace-context-harness");
+}
