@@ -23,6 +23,8 @@ mod multi_service_app;
 #[cfg_attr(not(feature = "axum"), allow(dead_code))]
 mod support;
 
+#[cfg(feature = "axum")]
+mod gateway_otlp;
 mod hyper_minimal;
 #[cfg(feature = "axum")]
 mod inference_gateway;
