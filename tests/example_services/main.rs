@@ -30,6 +30,10 @@ mod hyper_minimal;
 mod inference_gateway;
 #[cfg(feature = "axum")]
 mod multi_service;
+#[cfg(all(feature = "axum", feature = "otel"))]
+mod multi_service_otlp;
+#[cfg(feature = "otel")]
+mod otlp;
 
 /// The body of a service process: runs the example named by `PERISCOPE_EXAMPLE` until it
 /// stops. Ignored, so a plain `cargo test` never runs it; `support::Service::start` runs it.
