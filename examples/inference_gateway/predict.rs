@@ -345,9 +345,10 @@ fn body_error(status: StatusCode, text: String, error: &(dyn Error + 'static)) -
 /// already running on the pool, so releasing them with the future would let the next request
 /// start another decode, or buffer another body, beside it.
 async fn preprocess(body: Bytes, permits: [OwnedSemaphorePermit; 3]) -> Result<Input, HttpError> {
+    // Numbers as `i64`: an unsigned field is exported to OpenTelemetry as text.
     let span = tracing::info_span!(
         "preprocess",
-        bytes = body.len(),
+        bytes = body.len() as i64,
         format = Empty,
         width = Empty,
         height = Empty
@@ -358,8 +359,8 @@ async fn preprocess(body: Bytes, permits: [OwnedSemaphorePermit; 3]) -> Result<I
             let (format, image) = decode(&body)?;
             let span = tracing::Span::current();
             span.record("format", format.extensions_str().first().copied());
-            span.record("width", image.width());
-            span.record("height", image.height());
+            span.record("width", i64::from(image.width()));
+            span.record("height", i64::from(image.height()));
             tracing::debug!("image decoded");
             Ok(model::Model::preprocess(&image))
         })

@@ -26,11 +26,17 @@ mod trace_context_harness_app;
 #[cfg_attr(not(feature = "axum"), allow(dead_code))]
 mod support;
 
+#[cfg(feature = "axum")]
+mod gateway_otlp;
 mod hyper_minimal;
 #[cfg(feature = "axum")]
 mod inference_gateway;
 #[cfg(feature = "axum")]
 mod multi_service;
+#[cfg(all(feature = "axum", feature = "otel"))]
+mod multi_service_otlp;
+#[cfg(feature = "otel")]
+mod otlp;
 mod trace_context_harness;
 
 /// The body of a service process: runs the example named by `PERISCOPE_EXAMPLE` until it

@@ -138,7 +138,7 @@ impl ClientSpan {
             rpc.method = Empty,
             rpc.grpc.status_code = Empty,
             server.address = periscope_context::server_address(uri),
-            server.port = server_port(uri),
+            server.port = server_port(uri).map(i64::from),
             // Only an absolute URL: a client that adds the server below this layer (a tonic
             // `Channel` without `with_origin`) sends a bare path, which is no `url.full`.
             url.full = uri.host().map(|_| tracing::field::display(RedactedUrl(uri))),

@@ -147,11 +147,11 @@ pub(crate) fn record_status(
     headers: &http::HeaderMap,
     error_from: u16,
 ) {
-    span.record("http.response.status_code", status.as_u16());
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     let grpc = answer_code(status, headers);
     let judged = match grpc {
         Some(code) => {
-            span.record("rpc.grpc.status_code", code.value());
+            span.record("rpc.grpc.status_code", i64::from(code.value()));
             code.http_status()
         }
         None => status,
@@ -170,7 +170,7 @@ pub(crate) fn record_status(
 /// when the HTTP status the code stands for is `error_from` or above, as [`record_status`] does
 /// for a trailers-only answer.
 pub(crate) fn record_grpc_code(span: &Span, code: GrpcCode, error_from: u16) {
-    span.record("rpc.grpc.status_code", code.value());
+    span.record("rpc.grpc.status_code", i64::from(code.value()));
     if code.http_status().as_u16() >= error_from {
         span.record("otel.status_code", "ERROR");
         span.record("error.type", code.name());

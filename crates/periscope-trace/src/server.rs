@@ -608,7 +608,10 @@ where
             Some(watch)
                 if head_outcome(response.status(), response.headers()) == HeadOutcome::Trailers =>
             {
-                span.record("http.response.status_code", response.status().as_u16());
+                span.record(
+                    "http.response.status_code",
+                    i64::from(response.status().as_u16()),
+                );
                 if !span.is_disabled() {
                     let span = span.clone();
                     watch.on_end(move |end| record_grpc_code(&span, end.code(), 500));

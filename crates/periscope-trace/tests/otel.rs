@@ -831,3 +831,65 @@ async fn grpc_calls_are_exported_with_the_rpc_fields() {
         }
     }
 }
+
+/// The numeric attributes are exported as integers, as the semantic conventions type them:
+/// `http.response.status_code` and `rpc.grpc.status_code` on server and client spans,
+/// `server.port` on client spans. (tracing-opentelemetry exports an unsigned field as its
+/// text, `"503"`, which a backend's `http.response.status_code >= 500` never matches.)
+#[tokio::test]
+async fn numeric_attributes_are_exported_as_integers() {
+    use http::Request;
+    use opentelemetry::Value;
+    use opentelemetry::trace::{SpanKind, TracerProvider as _};
+    use tower::{Layer, ServiceExt, service_fn};
+
+    let kept = Kept::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(kept.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _default = support::set_default(subscriber);
+
+    // A dependency that answers a gRPC call `UNAVAILABLE` (14) in its head.
+    let unavailable = service_fn(|_: Request<String>| async {
+        let answer = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "14")
+            .body(String::new())
+            .unwrap();
+        Ok::<_, std::convert::Infallible>(answer)
+    });
+    let client = periscope_trace::ClientTraceLayer::new().layer(unavailable);
+    let server = CorrelationLayer::new().layer(service_fn(move |_: Request<String>| {
+        let call = Request::post("http://dependency.internal:8443/stock.v2.Ledger/Reserve")
+            .header("content-type", "application/grpc")
+            .body(String::new())
+            .unwrap();
+        client.clone().oneshot(call)
+    }));
+    let request = Request::post("/inventory.v1.Items/Get")
+        .header("content-type", "application/grpc")
+        .body(String::new())
+        .unwrap();
+    server.oneshot(request).await.unwrap();
+    provider.force_flush().unwrap();
+
+    let spans = kept.0.lock().unwrap().clone();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let attribute = |kind: SpanKind, key: &str| {
+        let span = spans.iter().find(|s| s.span_kind == kind).unwrap();
+        let found = span.attributes.iter().find(|kv| kv.key.as_str() == key);
+        found.map(|kv| kv.value.clone())
+    };
+    let exported = [
+        (SpanKind::Server, "http.response.status_code"),
+        (SpanKind::Server, "rpc.grpc.status_code"),
+        (SpanKind::Client, "http.response.status_code"),
+        (SpanKind::Client, "rpc.grpc.status_code"),
+        (SpanKind::Client, "server.port"),
+    ]
+    .map(|(kind, key)| attribute(kind, key));
+    let expected = [200, 14, 200, 14, 8443].map(|n| Some(Value::I64(n)));
+    assert_eq!(exported, expected);
+}
