@@ -25,6 +25,7 @@ done
 for feature in signal metrics axum grpc; do sets+=("-p periscope-health --features $feature"); done
 for feature in otel axum; do sets+=("-p periscope-trace --features $feature"); done
 for crate in error log metrics; do sets+=("-p periscope-$crate --features axum"); done
+sets+=("-p periscope-log --features otel")
 
 for set in "${sets[@]}"; do
   echo "--- cargo clippy $set --lib"

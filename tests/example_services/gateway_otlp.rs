@@ -359,6 +359,17 @@ async fn exported_spans_carry_the_ids_of_the_log_lines_and_responses() {
         spans.iter().filter(|s| s.trace_id == load.trace_id).count() == 1,
         "{spans:#?}"
     );
+    // Its lines carry the ids of the span exported for it, though no request made them.
+    let lines = service.log_lines();
+    for message in ["loading the model", "model loaded"] {
+        let line = lines
+            .iter()
+            .find(|line| line["message"] == message)
+            .unwrap_or_else(|| panic!("no line {message:?}"));
+        assert_eq!(line["trace_id"], load.trace_id.as_str(), "{line}");
+        assert_eq!(line["span_id"], load.span_id.as_str(), "{line}");
+        assert!(line.get("request_id").is_none(), "{line}");
+    }
 }
 
 /// With export off (the default), the same ids agree in the log lines, the responses and

@@ -59,6 +59,9 @@ pub struct LogLayer {
     pub(crate) sink: Arc<dyn LineSink>,
     pub(crate) recent: RecentLogs,
     pub(crate) dropped: DroppedLines,
+    /// With feature `otel`: the ids of exported spans, for lines outside any request.
+    #[cfg(feature = "otel")]
+    pub(crate) exported: crate::exported::ExportedSpans,
 }
 
 impl fmt::Debug for LogLayer {
@@ -554,6 +557,9 @@ impl LogLayer {
             .is_some_and(|slot| sink.parts.context_mask & (1 << slot) == 0)
         {
             self.lift_current_context(&mut sink);
+            // Nor the context: work outside any request, inside a span that is exported.
+            #[cfg(feature = "otel")]
+            self.lift_exported_span(&mut sink, event, ctx);
         }
 
         line.clear();
@@ -584,23 +590,51 @@ impl LogLayer {
         let Some(ctx) = RequestContext::current() else {
             return;
         };
-        let mut lift = |name: &str, value: &str| {
-            if let Slot::Context(slot) = self.rules.slot(name)
-                && let Some(out) = sink.context(slot)
-            {
-                let shown = if self.rules.redactor.is_sensitive(name) {
-                    REDACTED
-                } else {
-                    value
-                };
-                json::write_str(out, shown, self.rules.max_value_bytes);
-            }
-        };
-        lift("request_id", ctx.request_id.as_str());
-        lift("trace_id", ctx.trace_id.to_hex().as_str());
-        lift("span_id", ctx.span_id.to_hex().as_str());
+        self.lift(sink, "request_id", ctx.request_id.as_str());
+        self.lift(sink, "trace_id", ctx.trace_id.to_hex().as_str());
+        self.lift(sink, "span_id", ctx.span_id.to_hex().as_str());
         for (key, value) in ctx.tenant.iter() {
-            lift(key.field(), value);
+            self.lift(sink, key.field(), value);
+        }
+    }
+
+    /// Fills `trace_id` and `span_id`, if still empty, with the ids of the innermost span in
+    /// scope that OpenTelemetry exports.
+    #[cfg(feature = "otel")]
+    fn lift_exported_span<S>(
+        &self,
+        sink: &mut EventSink<'_>,
+        event: &Event<'_>,
+        ctx: &Context<'_, S>,
+    ) where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let Slot::Context(trace_slot) = self.rules.slot("trace_id") else {
+            return;
+        };
+        if sink.parts.context_mask & (1 << trace_slot) != 0 {
+            return;
+        }
+        let Some(scope) = ctx.event_scope(event) else {
+            return;
+        };
+        if let Some((trace_id, span_id)) = self.exported.ids(scope.map(|span| span.id())) {
+            self.lift(sink, "trace_id", &trace_id);
+            self.lift(sink, "span_id", &span_id);
+        }
+    }
+
+    /// Writes context field `name` unless the line has it already.
+    fn lift(&self, sink: &mut EventSink<'_>, name: &str, value: &str) {
+        if let Slot::Context(slot) = self.rules.slot(name)
+            && let Some(out) = sink.context(slot)
+        {
+            let shown = if self.rules.redactor.is_sensitive(name) {
+                REDACTED
+            } else {
+                value
+            };
+            json::write_str(out, shown, self.rules.max_value_bytes);
         }
     }
 
@@ -675,6 +709,11 @@ impl<S> tracing_subscriber::Layer<S> for LogLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    #[cfg(feature = "otel")]
+    fn on_register_dispatch(&self, dispatch: &tracing::Dispatch) {
+        self.exported.register(dispatch);
+    }
+
     fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
         if self.passes(metadata) {
             Interest::always()

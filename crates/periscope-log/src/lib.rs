@@ -31,6 +31,8 @@
 mod access;
 mod builder;
 mod config;
+#[cfg(feature = "otel")]
+mod exported;
 mod fields;
 mod filter;
 mod json;
