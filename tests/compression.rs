@@ -313,7 +313,18 @@ async fn every_answer_decodes_and_keeps_its_ids_with_compression_outside_or_insi
         assert_eq!(json.header("content-length"), None, "{place:?}");
         assert_eq!(json.json(), items());
 
-        let conflict = get_gzip(addr, "/conflict", &id("conflict")).await;
+        // The caller's trace continues: the envelope (compressed or not) carries its trace id.
+        let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+        let conflict = send(
+            addr,
+            "GET",
+            "/conflict",
+            &id("conflict"),
+            &[("traceparent", &traceparent)],
+            Vec::new(),
+        )
+        .await;
         assert_eq!(conflict.status, 409);
         assert_eq!(
             conflict.header("x-request-id"),
@@ -323,6 +334,7 @@ async fn every_answer_decodes_and_keeps_its_ids_with_compression_outside_or_insi
         assert_eq!(envelope["error"]["code"], "conflict", "{place:?}");
         assert_eq!(envelope["error"]["request_id"], id("conflict"));
         assert_eq!(envelope["error"]["details"]["job_id"], "job_1");
+        assert_eq!(envelope["error"]["trace_id"], trace_id);
 
         // A panic unwinds through a compression layer inside: periscope's envelope is then
         // not compressed; outside, it is.
@@ -409,10 +421,9 @@ async fn every_answer_decodes_and_keeps_its_ids_with_compression_outside_or_insi
             assert_eq!(access["data"]["bytes_out"], 0, "{access}");
             assert_eq!(access["data"].get("aborted"), None, "{access}");
         }
-        assert_eq!(
-            access_line(&lines, &id("conflict"))["data"]["error_code"],
-            "conflict"
-        );
+        let access = access_line(&lines, &id("conflict"));
+        assert_eq!(access["data"]["error_code"], "conflict");
+        assert_eq!(access["trace_id"], trace_id);
         assert_eq!(
             counted(&obs, "/json", "2xx"),
             2.0,
