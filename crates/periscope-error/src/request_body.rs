@@ -20,7 +20,11 @@ use pin_project::pin_project;
 /// the connection (with the `http2` feature).
 ///
 /// A body the client finished but that is malformed (bad JSON, invalid UTF-8, broken chunked
-/// framing, an HTTP/2 stream that ends before its `Content-Length`) is not cut: `false`.
+/// framing, an HTTP/2 stream that ends before its `Content-Length`) is not cut: `false`. Nor is
+/// a body that a layer decodes (tower-http's `RequestDecompressionLayer`) and that ends in
+/// the middle of its gzip stream: the decoder's `UnexpectedEof`, deeper in the chain than the
+/// error itself and not the source of hyper's error, is the body's fault, not the
+/// connection's.
 /// Handlers that read the body themselves use it to answer [`codes::REQUEST_BODY_INCOMPLETE`]
 /// instead of `invalid_request`; [`ErrorLayer`](crate::ErrorLayer) does it for the bare
 /// rejections of axum's extractors (`Bytes`, `Json`, `String`, `Form`, `Multipart`).
@@ -34,21 +38,31 @@ use pin_project::pin_project;
 /// assert!(is_request_body_cut(&eof));
 /// let malformed = std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid chunk size");
 /// assert!(!is_request_body_cut(&malformed));
+/// // A truncated gzip body, as the body's reader sees it through a decoder.
+/// let truncated = axum::Error::new(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+/// assert!(!is_request_body_cut(&truncated));
 /// ```
 pub fn is_request_body_cut(error: &(dyn Error + 'static)) -> bool {
     let mut cause = Some(error);
+    // An I/O error tells of the connection only as the error itself or as hyper's cause;
+    // further down another error's chain it is that layer's (a decoder's `UnexpectedEof`).
+    let mut from_connection = true;
     while let Some(error) = cause {
-        if let Some(error) = error.downcast_ref::<hyper::Error>()
-            && error.is_incomplete_message()
-        {
-            return true;
+        if let Some(error) = error.downcast_ref::<hyper::Error>() {
+            if error.is_incomplete_message() {
+                return true;
+            }
+            from_connection = true;
+            cause = error.source();
+            continue;
         }
         if let Some(error) = error.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
-            return matches!(
-                error.kind(),
-                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
-            );
+            return from_connection
+                && matches!(
+                    error.kind(),
+                    UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+                );
         }
         #[cfg(feature = "http2")]
         if let Some(error) = error.downcast_ref::<h2::Error>() {
@@ -57,6 +71,7 @@ pub fn is_request_body_cut(error: &(dyn Error + 'static)) -> bool {
             // client's protocol error, not a cut.
             return error.is_remote() && (error.is_reset() || error.is_go_away());
         }
+        from_connection = false;
         cause = error.source();
     }
     false
