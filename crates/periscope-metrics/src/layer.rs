@@ -14,7 +14,7 @@ use crate::error::MetricsError;
 use crate::guard::{Caps, GuardedFamily, LabelGuard};
 use crate::labels::{CANCELLED, OTHER_METHOD, StatusLabel, UNMATCHED, method_label};
 use crate::names::{check_label_names, check_metric_name};
-use crate::red::{Part, Recording, Red, RequestsView, RouteFn};
+use crate::red::{InFlight, Part, Recording, Red, RequestsView, RouteFn};
 use crate::registry::MetricsRegistry;
 use periscope_context::grpc::{
     HeadOutcome, StreamEnd, StreamEndWatch, answer_status, head_outcome,
@@ -552,48 +552,63 @@ where
         let output = ready!(this.inner.poll(cx));
         // Taken, so an error leaves the in-flight gauge now rather than when the future is
         // dropped; a response hands its place in the gauge to its body.
-        let Some(mut recording) = guard.recording.take() else {
-            return Poll::Ready(output.map(|response| response.map(MetricsBody::new)));
-        };
+        let in_flight = guard
+            .recording
+            .take()
+            .and_then(|recording| record(recording, &output));
+        // One way out for every answer, as parts and body rather than through `map`s: the
+        // response is large, and this way it is copied once less per request.
         Poll::Ready(match output {
             Ok(response) => {
-                let size = recording.response_size(&response);
-                // A gRPC call whose code comes in its trailers, after its messages: the
-                // access log inside watches its body (the watch, in the response's
-                // extensions, comes with no other answer). Recorded, and in flight, until
-                // the body ends.
-                if let Some(watch) = response.extensions().get::<StreamEndWatch>()
-                    && head_outcome(response.status(), response.headers()) == HeadOutcome::Trailers
-                {
-                    // The recording, and with it the call's place in the gauge, goes
-                    // with the hook: the access log ends the watch when the body ends.
-                    watch.on_end(move |end| match end {
-                        // The client cancelled (or went away) mid-stream: `cancelled`, as
-                        // a call it drops before the head, not the 499 of a `CANCELLED`
-                        // the service answered. The body was not sent in full.
-                        StreamEnd::Dropped => recording.finish(CANCELLED, None),
-                        end => {
-                            let status = recording.status_label().value(end.code().http_status());
-                            recording.finish(status, size);
-                        }
-                    });
-                    return Poll::Ready(Ok(response.map(MetricsBody::new)));
-                }
-                // A gRPC answer counts by the status its code stands for: a failed call is
-                // not a success. Without a watch, a call whose code comes in its trailers
-                // counts as the 200 of its head.
-                let status = answer_status(response.status(), response.headers());
-                recording.finish(recording.status_label().value(status), size);
-                // Recorded and timed at the head; in flight until the body ends or is dropped.
-                let in_flight = recording.into_in_flight();
-                Ok(response.map(|body| MetricsBody::holding(body, in_flight)))
+                let (parts, body) = response.into_parts();
+                Ok(Response::from_parts(
+                    parts,
+                    MetricsBody::holding(body, in_flight),
+                ))
             }
-            Err(error) => {
-                recording.finish(recording.status_label().server_error(), None);
-                Err(error)
-            }
+            Err(error) => Err(error),
         })
     }
+}
+
+/// Records the inner service's answer; returns the request's place in the in-flight gauge for
+/// the response body to hold, or `None` when it leaves the gauge otherwise (an error, now; a
+/// gRPC call answered in its trailers, with its recording at its end).
+fn record<B: Body, E>(
+    mut recording: Recording,
+    output: &Result<Response<B>, E>,
+) -> Option<InFlight> {
+    let Ok(response) = output else {
+        recording.finish(recording.status_label().server_error(), None);
+        return None;
+    };
+    let size = recording.response_size(response);
+    // A gRPC call whose code comes in its trailers, after its messages: the access log inside
+    // watches its body (the watch, in the response's extensions, comes with no other answer).
+    // Recorded, and in flight, until the body ends.
+    if let Some(watch) = response.extensions().get::<StreamEndWatch>()
+        && head_outcome(response.status(), response.headers()) == HeadOutcome::Trailers
+    {
+        // The recording, and with it the call's place in the gauge, goes with the hook: the
+        // access log ends the watch when the body ends.
+        watch.on_end(move |end| match end {
+            // The client cancelled (or went away) mid-stream: `cancelled`, as a call it drops
+            // before the head, not the 499 of a `CANCELLED` the service answered. The body
+            // was not sent in full.
+            StreamEnd::Dropped => recording.finish(CANCELLED, None),
+            end => {
+                let status = recording.status_label().value(end.code().http_status());
+                recording.finish(status, size);
+            }
+        });
+        return None;
+    }
+    // A gRPC answer counts by the status its code stands for: a failed call is not a success.
+    // Without a watch, a call whose code comes in its trailers counts as the 200 of its head.
+    let status = answer_status(response.status(), response.headers());
+    recording.finish(recording.status_label().value(status), size);
+    // Recorded and timed at the head; in flight until the body ends or is dropped.
+    recording.into_in_flight()
 }
 
 /// Records the request as a server error when the inner service's `call`, or a poll of its
