@@ -880,7 +880,8 @@ impl Observability {
         self.dropped_lines.get()
     }
 
-    /// Requests in flight right now (0 when metrics are off).
+    /// Requests in flight right now, open streams included until their body ends (0 when
+    /// metrics are off).
     pub fn in_flight(&self) -> i64 {
         self.metrics_layer
             .as_ref()

@@ -275,7 +275,8 @@ async fn a_stream_outlives_the_request_timeout_and_its_access_line_covers_it_who
 }
 
 /// The client leaves an endless stream of events: the request ends (its access line
-/// `aborted`, its span closed) and the task feeding the stream stops, as nothing reads it.
+/// `aborted`, its span closed, out of the in-flight gauge it stayed in while open) and the
+/// task feeding the stream stops, as nothing reads it.
 #[tokio::test(flavor = "current_thread")]
 async fn a_client_leaving_an_event_stream_ends_its_request_and_stops_its_producer() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -316,9 +317,11 @@ async fn a_client_leaving_an_event_stream_ends_its_request_and_stops_its_produce
         assert!(n > 0, "the stream ended early");
         answer.extend_from_slice(&buf[..n]);
     }
+    assert_eq!(obs.in_flight(), 1, "an open stream is being served");
     drop(client);
 
     eventually("the producer stops", || stopped.load(Ordering::SeqCst)).await;
+    eventually("the stream leaves the gauge", || obs.in_flight() == 0).await;
     eventually("the request's span closes", || spans.count() == 0).await;
     drop(log_guard);
     let lines = out.lines();

@@ -9,11 +9,12 @@ use http::{Request, Response};
 use http_body::Body;
 use prometheus_client::metrics::MetricType;
 
+use crate::body::MetricsBody;
 use crate::error::MetricsError;
 use crate::guard::{Caps, GuardedFamily, LabelGuard};
 use crate::labels::{CANCELLED, OTHER_METHOD, StatusLabel, UNMATCHED, method_label};
 use crate::names::{check_label_names, check_metric_name};
-use crate::red::{Part, Recording, Red, RequestsView, RouteFn};
+use crate::red::{InFlight, Part, Recording, Red, RequestsView, RouteFn};
 use crate::registry::MetricsRegistry;
 use periscope_context::grpc::{
     HeadOutcome, StreamEnd, StreamEndWatch, answer_status, head_outcome,
@@ -321,7 +322,7 @@ impl MetricsLayerBuilder {
         )?;
         registry.register(
             &in_flight_name,
-            "HTTP requests being served now, by method and route",
+            "HTTP requests being served now (until their response body ends), by method and route",
             in_flight.clone(),
         )?;
         if let Some(name) = &request_size_name {
@@ -370,8 +371,13 @@ pub(crate) fn checked_buckets(metric: &str, buckets: &[f64]) -> Result<Arc<[f64]
 /// labels. Build it with [`MetricsLayer::builder`].
 ///
 /// Recording happens when the inner service's response is ready (duration is time to the
-/// response head). A request whose future is dropped first is recorded with status
-/// `cancelled`; one that panics, as a server error; either way it leaves the in-flight gauge.
+/// response head, so a long stream does not swamp latency objectives). The request stays in
+/// the in-flight gauge until its response body ends, fails or is dropped (the client went
+/// away): the response body is a [`MetricsBody`] holding it, so a server-sent-event stream
+/// or a streamed answer counts as being served for as long as it runs, as OpenTelemetry's
+/// `http.server.active_requests` does. A request whose future is dropped first is recorded
+/// with status `cancelled`; one that panics, as a server error; either way it leaves the
+/// in-flight gauge.
 ///
 /// A gRPC answer whose `grpc-status` comes in its trailers, after streamed messages (HTTP 200,
 /// `application/grpc`, no `grpc-status` in its head), is recorded when its body ends instead:
@@ -382,7 +388,8 @@ pub(crate) fn checked_buckets(metric: &str, buckets: &[f64]) -> Result<Arc<[f64]
 /// until then. The trailers are read by periscope-log's `AccessLogLayer`, which tells this
 /// layer through a [`StreamEndWatch`] in the response's extensions: compose it inside this
 /// layer, as `periscope`'s `obs.layer()` does. Without it such a call is recorded at its head,
-/// as the 200 it was then. The response body is the inner service's, untouched.
+/// as the 200 it was then (and still in flight until its body ends). The response body is the
+/// inner service's, untouched, inside the [`MetricsBody`].
 ///
 /// ```
 /// use periscope_metrics::{MetricsLayer, MetricsRegistry};
@@ -473,7 +480,7 @@ where
     ReqBody: Body,
     ResBody: Body,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<MetricsBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
@@ -534,7 +541,7 @@ where
     F: Future<Output = Result<Response<ResBody>, E>>,
     ResBody: Body,
 {
-    type Output = F::Output;
+    type Output = Result<Response<MetricsBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -543,43 +550,65 @@ where
             was_panicking: std::thread::panicking(),
         };
         let output = ready!(this.inner.poll(cx));
-        // Taken, so it leaves the in-flight gauge now rather than when the future is dropped.
-        if let Some(mut recording) = guard.recording.take() {
-            match &output {
-                Ok(response) => {
-                    let size = recording.response_size(response);
-                    // A gRPC call whose code comes in its trailers, after its messages: the
-                    // access log inside watches its body (the watch, in the response's
-                    // extensions, comes with no other answer). Recorded, and in flight, until
-                    // the body ends.
-                    if let Some(watch) = response.extensions().get::<StreamEndWatch>()
-                        && head_outcome(response.status(), response.headers())
-                            == HeadOutcome::Trailers
-                    {
-                        watch.on_end(move |end| match end {
-                            // The client cancelled (or went away) mid-stream: `cancelled`, as
-                            // a call it drops before the head, not the 499 of a `CANCELLED`
-                            // the service answered. The body was not sent in full.
-                            StreamEnd::Dropped => recording.finish(CANCELLED, None),
-                            end => {
-                                let status =
-                                    recording.status_label().value(end.code().http_status());
-                                recording.finish(status, size);
-                            }
-                        });
-                        return Poll::Ready(output);
-                    }
-                    // A gRPC answer counts by the status its code stands for: a failed call is
-                    // not a success. Without a watch, a call whose code comes in its trailers
-                    // counts as the 200 of its head.
-                    let status = answer_status(response.status(), response.headers());
-                    recording.finish(recording.status_label().value(status), size);
-                }
-                Err(_) => recording.finish(recording.status_label().server_error(), None),
+        // Taken, so an error leaves the in-flight gauge now rather than when the future is
+        // dropped; a response hands its place in the gauge to its body.
+        let in_flight = guard
+            .recording
+            .take()
+            .and_then(|recording| record(recording, &output));
+        // One way out for every answer, as parts and body rather than through `map`s: the
+        // response is large, and this way it is copied once less per request.
+        Poll::Ready(match output {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                Ok(Response::from_parts(
+                    parts,
+                    MetricsBody::holding(body, in_flight),
+                ))
             }
-        }
-        Poll::Ready(output)
+            Err(error) => Err(error),
+        })
     }
+}
+
+/// Records the inner service's answer; returns the request's place in the in-flight gauge for
+/// the response body to hold, or `None` when it leaves the gauge otherwise (an error, now; a
+/// gRPC call answered in its trailers, with its recording at its end).
+fn record<B: Body, E>(
+    mut recording: Recording,
+    output: &Result<Response<B>, E>,
+) -> Option<InFlight> {
+    let Ok(response) = output else {
+        recording.finish(recording.status_label().server_error(), None);
+        return None;
+    };
+    let size = recording.response_size(response);
+    // A gRPC call whose code comes in its trailers, after its messages: the access log inside
+    // watches its body (the watch, in the response's extensions, comes with no other answer).
+    // Recorded, and in flight, until the body ends.
+    if let Some(watch) = response.extensions().get::<StreamEndWatch>()
+        && head_outcome(response.status(), response.headers()) == HeadOutcome::Trailers
+    {
+        // The recording, and with it the call's place in the gauge, goes with the hook: the
+        // access log ends the watch when the body ends.
+        watch.on_end(move |end| match end {
+            // The client cancelled (or went away) mid-stream: `cancelled`, as a call it drops
+            // before the head, not the 499 of a `CANCELLED` the service answered. The body
+            // was not sent in full.
+            StreamEnd::Dropped => recording.finish(CANCELLED, None),
+            end => {
+                let status = recording.status_label().value(end.code().http_status());
+                recording.finish(status, size);
+            }
+        });
+        return None;
+    }
+    // A gRPC answer counts by the status its code stands for: a failed call is not a success.
+    // Without a watch, a call whose code comes in its trailers counts as the 200 of its head.
+    let status = answer_status(response.status(), response.headers());
+    recording.finish(recording.status_label().value(status), size);
+    // Recorded and timed at the head; in flight until the body ends or is dropped.
+    recording.into_in_flight()
 }
 
 /// Records the request as a server error when the inner service's `call`, or a poll of its
@@ -690,7 +719,7 @@ mod tests {
         for path in ["/metrics", "/metrics", "/work"] {
             let request = Request::get(path).body(String::new()).unwrap();
             let response = runtime.block_on(app.clone().oneshot(request)).unwrap();
-            assert_eq!(response.body(), "ok");
+            assert_eq!(response.body().get_ref(), "ok");
         }
         let text = registry.encode_prometheus().unwrap();
         assert!(

@@ -42,6 +42,7 @@
 // Library code reports errors instead of panicking; tests, benches and examples may unwrap.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod body;
 mod client;
 mod error;
 mod exposition;
@@ -55,6 +56,7 @@ mod red;
 mod registry;
 mod sync;
 
+pub use body::MetricsBody;
 pub use client::{
     CALL_ERROR, ClientMetrics, ClientMetricsLayer, ClientMetricsLayerBuilder, ClientResponseFuture,
     UNKNOWN_SERVER,

@@ -96,12 +96,31 @@ impl Red {
     }
 }
 
+/// One request's place in the in-flight gauge, under the method and route that family kept.
+/// Dropping it takes the request out, so the gauge can neither leak nor go negative: it goes
+/// with the recording until the response head, then with the response body.
+pub(crate) struct InFlight(Arc<Series<Gauge, 2>>);
+
+impl InFlight {
+    fn enter(series: Arc<Series<Gauge, 2>>) -> Self {
+        series.metric.inc();
+        Self(series)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.metric.dec();
+    }
+}
+
 /// One request being recorded. Dropping it records the request if its response never came
-/// (cancelled, or unwinding from a panic) and always takes it out of the in-flight gauge, so
-/// neither count nor gauge can leak.
+/// (cancelled, or unwinding from a panic); its [`InFlight`] leaves the gauge with it unless
+/// handed to the response body first.
 pub(crate) struct Recording {
     red: Arc<Red>,
-    in_flight: Arc<Series<Gauge, 2>>,
+    /// `None` once handed to the response body, which only happens once recorded.
+    in_flight: Option<InFlight>,
     method: &'static str,
     start: Instant,
     exemplar: Option<TraceId>,
@@ -122,13 +141,12 @@ impl Recording {
         request_size: Option<u64>,
     ) -> Self {
         let start = Instant::now();
-        let in_flight = red.in_flight.series([method, route]);
-        in_flight.metric.inc();
+        let in_flight = InFlight::enter(red.in_flight.series([method, route]));
         let unfolded_route =
-            (&*in_flight.values[1] == OVERFLOW && route != OVERFLOW).then(|| Arc::from(route));
+            (&*in_flight.0.values[1] == OVERFLOW && route != OVERFLOW).then(|| Arc::from(route));
         Self {
             red,
-            in_flight,
+            in_flight: Some(in_flight),
             method,
             start,
             exemplar,
@@ -140,16 +158,17 @@ impl Recording {
 
     /// Records the request as answered with `status`.
     pub(crate) fn finish(&mut self, status: &str, response_size: Option<u64>) {
-        if self.done {
+        // Handed over only once done: a recording without its place is recorded already.
+        let (false, Some(in_flight)) = (self.done, &self.in_flight) else {
             return;
-        }
+        };
         self.done = true;
         let elapsed = self.start.elapsed().as_secs_f64();
         // The route as the in-flight family kept it (no copy), unless that family folded it.
         let route = self
             .unfolded_route
             .as_deref()
-            .unwrap_or(&self.in_flight.values[1]);
+            .unwrap_or(&in_flight.0.values[1]);
         let series = self.red.requests.series([self.method, route, status]);
         let metrics = &series.metric;
         metrics.count.inc();
@@ -162,6 +181,12 @@ impl Recording {
         if let (Some(histogram), Some(size)) = (&metrics.response_size, response_size) {
             histogram.observe(size as f64);
         }
+    }
+
+    /// The request's place in the in-flight gauge, for the response body to hold until its
+    /// end. Taken after [`finish`](Self::finish): the recording has nothing left to do.
+    pub(crate) fn into_in_flight(mut self) -> Option<InFlight> {
+        self.in_flight.take()
     }
 
     pub(crate) fn status_label(&self) -> StatusLabel {
@@ -196,7 +221,6 @@ impl Drop for Recording {
             }
             self.finish(CANCELLED, None);
         }
-        self.in_flight.metric.dec();
     }
 }
 

@@ -344,6 +344,7 @@ async fn a_call_the_client_drops_before_its_head_is_cancelled_too() {
 
 /// Every other answer is recorded at its head, as before: a plain HTTP stream is not waited
 /// for, nor is a trailers-only gRPC answer or a gRPC-Web one (its trailers are in its body).
+/// It stays in flight until its body ends, as every answer does.
 #[tokio::test(flavor = "current_thread")]
 async fn other_answers_are_recorded_at_their_head() {
     let registry = MetricsRegistry::new();
@@ -373,18 +374,18 @@ async fn other_answers_are_recorded_at_their_head() {
         let client = tokio::spawn(async move { call(addr, path).await });
         eventually("recorded at the head", || total(&registry, path) == 1.0).await;
         assert_eq!(recorded(&registry, path, "200").0, 1.0, "{path}");
-        // Out of the in-flight gauge at the head too.
-        assert_eq!(layer.in_flight(), 0, "{path}");
+        assert_eq!(layer.in_flight(), 1, "{path}");
         sender.send(trailers("13")).unwrap();
         drop(sender);
         assert_eq!(client.await.unwrap(), Some(200));
         assert_eq!(total(&registry, path), 1.0, "{path}");
+        assert_eq!(layer.in_flight(), 0, "{path}");
     }
 }
 
 /// Without the access log inside, nothing reads the trailers for the metrics layer: a call
 /// whose code comes in them is recorded at its head, as the 200 it was then (the documented
-/// fallback), and leaves the in-flight gauge there.
+/// fallback); it leaves the in-flight gauge when its body ends, as any answer.
 #[tokio::test(flavor = "current_thread")]
 async fn without_the_access_log_a_streamed_call_is_recorded_at_its_head() {
     let registry = MetricsRegistry::new();
@@ -401,11 +402,12 @@ async fn without_the_access_log_a_streamed_call_is_recorded_at_its_head() {
     let client = tokio::spawn(async move { call(addr, path).await });
     eventually("recorded at the head", || total(&registry, path) == 1.0).await;
     assert_eq!(recorded(&registry, path, "200").0, 1.0);
-    assert_eq!(layer.in_flight(), 0);
+    assert_eq!(layer.in_flight(), 1);
     sender.send(trailers("13")).unwrap();
     drop(sender);
     assert_eq!(client.await.unwrap(), Some(200));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(total(&registry, path), 1.0);
+    assert_eq!(layer.in_flight(), 0);
     assert_eq!(recorded(&registry, path, "500").0, 0.0);
 }
