@@ -190,7 +190,10 @@ async fn an_open_stream_is_in_flight_until_its_body_ends() {
     // Counted and timed at its head: the time the stream stays open is not its latency.
     let (count, timed, seconds) = recorded(addr, "/events", "2xx").await;
     assert_eq!((count, timed), (1.0, 1));
-    assert!(seconds <= to_head, "timed to the head: {seconds} > {to_head}");
+    assert!(
+        seconds <= to_head,
+        "timed to the head: {seconds} > {to_head}"
+    );
 
     // The service ends the stream: the client reads it to its end, and it leaves the gauge.
     drop(sender);
