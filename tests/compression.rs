@@ -649,3 +649,43 @@ async fn an_unsupported_request_encoding_gets_an_envelope_with_decompression_ins
     );
     assert_eq!(counted(&obs, "/echo", "4xx"), 1.0);
 }
+
+/// A gzip upload the client stops sending part way (its write side closed before the
+/// announced length) is `request_body_incomplete` in either place: the connection's
+/// end-of-file reaches the error layer through the decoder, as hyper's error, and is not
+/// taken for a truncated gzip stream.
+#[tokio::test(flavor = "current_thread")]
+async fn a_gzip_upload_cut_by_the_client_is_request_body_incomplete() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    for place in [Place::Outside, Place::Inside] {
+        let obs = Observability::builder().build().unwrap();
+        let addr = serve(decompressing_app(&obs, place)).await;
+        let whole = gzip(&serde_json::to_vec(&items()).unwrap());
+        let id = format!("{place:?}-cut");
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nhost: test\r\nx-request-id: {id}\r\n\
+             content-type: application/json\r\ncontent-encoding: gzip\r\n\
+             content-length: {}\r\n\r\n",
+            whole.len() * 10
+        );
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&whole[..whole.len() / 2]).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+            .await
+            .expect("an answer within 30 s")
+            .unwrap();
+        let raw = String::from_utf8_lossy(&raw);
+        assert!(raw.starts_with("HTTP/1.1 400"), "{place:?}: {raw}");
+        let body = &raw[raw.find("\r\n\r\n").unwrap() + 4..];
+        let envelope: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"));
+        assert_eq!(
+            envelope["error"]["code"], "request_body_incomplete",
+            "{place:?}: {envelope}"
+        );
+        assert_eq!(envelope["error"]["request_id"], id.as_str());
+    }
+}

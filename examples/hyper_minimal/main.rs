@@ -73,15 +73,15 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
             };
             format!("cannot listen on {host}:{port}: {e}{what_to_do}")
         })?;
+    // Before the `listening` line: a SIGTERM sent as soon as it shows is a clean stop too.
+    let shutdown = obs.shutdown_on_signal();
     tracing::info!(listener = "http", addr = %listener.local_addr()?, "listening");
 
     // Until the signal and the drain period after it, keep accepting: load balancers must
     // see /ready answer 503 draining before the listener goes away. Then requests in flight
     // finish and idle connections close; a client that never finishes its request head is
     // cut off after 30 s. From the signal on, answers carry `Connection: close`.
-    obs.server(listener)
-        .serve(service, obs.shutdown_on_signal().wait())
-        .await?;
+    obs.server(listener).serve(service, shutdown.wait()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -618,7 +618,7 @@ impl LogLayer {
         let Some(scope) = ctx.event_scope(event) else {
             return;
         };
-        if let Some((trace_id, span_id)) = self.exported.ids(scope.map(|span| span.id())) {
+        if let Some((trace_id, span_id)) = self.exported.ids(scope) {
             self.lift(sink, "trace_id", &trace_id);
             self.lift(sink, "span_id", &span_id);
         }
@@ -712,6 +712,13 @@ where
     #[cfg(feature = "otel")]
     fn on_register_dispatch(&self, dispatch: &tracing::Dispatch) {
         self.exported.register(dispatch);
+    }
+
+    #[cfg(feature = "otel")]
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id) {
+            self.exported.on_enter(&span);
+        }
     }
 
     fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {

@@ -74,9 +74,10 @@ impl Output {
     }
 
     /// Writes `bytes` (whole lines), then flushes when asked; when a write fails, the number
-    /// of its lines the output did not take whole. An output left non-blocking (by a process sharing the pipe) is waited
-    /// for instead of failing. A write that fails inside a line leaves a fragment: it is
-    /// ended before the next write, so only that one line is broken, not the next as well.
+    /// of its lines the output did not take whole. An output left non-blocking (by a process
+    /// sharing the pipe) is waited for instead of failing. A write that fails inside a line
+    /// leaves a fragment: it is ended before the next write, so only that one line is broken,
+    /// not the next as well.
     fn write_lines(&mut self, bytes: &[u8], flush: bool) -> Result<(), u64> {
         let lines = |bytes: &[u8]| bytes.iter().filter(|&&b| b == b'\n').count() as u64;
         if self.mid_line && self.write_retrying(b"\n") != 1 {

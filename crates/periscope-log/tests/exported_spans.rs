@@ -132,3 +132,57 @@ fn without_an_export_layer_a_line_outside_requests_has_no_ids() {
     assert!(lines[0].get("trace_id").is_none(), "{}", lines[0]);
     assert!(lines[0].get("span_id").is_none(), "{}", lines[0]);
 }
+
+/// A span processor that logs, through tracing, each span it starts.
+#[derive(Debug)]
+struct LoggingProcessor;
+
+impl opentelemetry_sdk::trace::SpanProcessor for LoggingProcessor {
+    fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {
+        tracing::info!("span started");
+    }
+    fn on_end(&self, _: opentelemetry_sdk::trace::SpanData) {}
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+    fn shutdown_with_timeout(
+        &self,
+        _: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_processor_logging_as_a_span_starts_does_not_deadlock() {
+    // The span's lock is held while OpenTelemetry starts it: a line logged then must not wait
+    // on it.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let out = Captured::default();
+        let (layer, guard) = LogLayer::builder()
+            .writer(out.clone())
+            .blocking(true)
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(LoggingProcessor)
+            .build();
+        let export = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        let subscriber = tracing_subscriber::registry().with(layer).with(export);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!("outer").in_scope(|| {
+                tracing::info_span!("job").in_scope(|| tracing::info!("working"));
+            });
+        });
+        drop(guard);
+        let _ = done.send(out.lines());
+    });
+    let lines = finished
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("logging from a span processor deadlocked");
+    let working = lines
+        .iter()
+        .find(|line| line["message"] == "working")
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    ids_of(working);
+}
