@@ -398,8 +398,6 @@ impl LogLayerBuilder {
             sink,
             recent: RecentLogs::new(self.recent_lines, self.recent_bytes, json_format),
             dropped,
-            #[cfg(feature = "otel")]
-            exported: Default::default(),
         };
         (layer, guard)
     }

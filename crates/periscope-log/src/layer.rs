@@ -59,9 +59,6 @@ pub struct LogLayer {
     pub(crate) sink: Arc<dyn LineSink>,
     pub(crate) recent: RecentLogs,
     pub(crate) dropped: DroppedLines,
-    /// With feature `otel`: the ids of exported spans, for lines outside any request.
-    #[cfg(feature = "otel")]
-    pub(crate) exported: crate::exported::ExportedSpans,
 }
 
 impl fmt::Debug for LogLayer {
@@ -559,7 +556,7 @@ impl LogLayer {
             self.lift_current_context(&mut sink);
             // Nor the context: work outside any request, inside a span that is exported.
             #[cfg(feature = "otel")]
-            self.lift_exported_span(&mut sink, event, ctx);
+            self.lift_exported_span(&mut sink, event);
         }
 
         line.clear();
@@ -598,27 +595,18 @@ impl LogLayer {
         }
     }
 
-    /// Fills `trace_id` and `span_id`, if still empty, with the ids of the innermost span in
-    /// scope that OpenTelemetry exports.
+    /// Fills `trace_id` and `span_id`, if still empty, with the ids of the exported span
+    /// entered innermost (OpenTelemetry's current context), for a line logged in the spans
+    /// entered on its thread: one that names its parent (or none) may belong elsewhere.
     #[cfg(feature = "otel")]
-    fn lift_exported_span<S>(
-        &self,
-        sink: &mut EventSink<'_>,
-        event: &Event<'_>,
-        ctx: &Context<'_, S>,
-    ) where
-        S: Subscriber + for<'a> LookupSpan<'a>,
-    {
+    fn lift_exported_span(&self, sink: &mut EventSink<'_>, event: &Event<'_>) {
         let Slot::Context(trace_slot) = self.rules.slot("trace_id") else {
             return;
         };
-        if sink.parts.context_mask & (1 << trace_slot) != 0 {
+        if sink.parts.context_mask & (1 << trace_slot) != 0 || !event.is_contextual() {
             return;
         }
-        let Some(scope) = ctx.event_scope(event) else {
-            return;
-        };
-        if let Some((trace_id, span_id)) = self.exported.ids(scope) {
+        if let Some((trace_id, span_id)) = crate::exported::current_span_ids() {
             self.lift(sink, "trace_id", &trace_id);
             self.lift(sink, "span_id", &span_id);
         }
@@ -709,18 +697,6 @@ impl<S> tracing_subscriber::Layer<S> for LogLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    #[cfg(feature = "otel")]
-    fn on_register_dispatch(&self, dispatch: &tracing::Dispatch) {
-        self.exported.register(dispatch);
-    }
-
-    #[cfg(feature = "otel")]
-    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(id) {
-            self.exported.on_enter(&span);
-        }
-    }
-
     fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
         if self.passes(metadata) {
             Interest::always()
