@@ -11,20 +11,22 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use periscope_admin::AdminBody;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
 pub const TOKEN: &str = "test-admin-token-0123456789abcdef";
 
-/// Serves `service` with hyper on an ephemeral port of 127.0.0.1.
-pub async fn serve<S>(service: S) -> SocketAddr
+/// Serves `service` (the admin's, or an app's in a layer) with hyper on an ephemeral port of
+/// 127.0.0.1.
+pub async fn serve<S, B>(service: S) -> SocketAddr
 where
-    S: tower::Service<Request<Incoming>, Response = Response<AdminBody>, Error = Infallible>
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
