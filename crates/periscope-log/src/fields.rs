@@ -148,6 +148,11 @@ impl ValueRules {
         }
     }
 
+    /// Names these rules in per-thread caches: never shared by two sets of rules made apart.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// [`slot`](Self::slot) and whether the value is redacted, for a `tracing` field name:
     /// read from the per-thread cache, worked out on a miss.
     fn plan(&self, name: &'static str) -> (Slot, bool) {
@@ -486,7 +491,7 @@ fn value_out<'o, S: FieldSink>(
 
 /// The span field in which periscope-trace records the declared tenant fields that have no
 /// span field of their own, as `key=value,...` (tracing needs field names at compile time).
-const TENANT_FIELD: &str = periscope_context::SPAN_TENANT_OTHERS;
+pub(crate) const TENANT_FIELD: &str = periscope_context::SPAN_TENANT_OTHERS;
 
 impl<S: FieldSink> Visitor<'_, S> {
     /// Lifts the members of a [`TENANT_FIELD`] value whose keys are context fields

@@ -23,6 +23,7 @@ use crate::filter::LevelControl;
 use crate::json::{self, EscapeWriter};
 use crate::recent::RecentLogs;
 use crate::redact::{REDACTED, Redactor};
+use crate::span_plan::{AnyKept, KeptFields, SpanPlan};
 use crate::timestamp;
 use crate::writer::{DroppedLines, LineSink};
 
@@ -719,7 +720,13 @@ where
         let Some(span) = ctx.span(id) else {
             return;
         };
-        let fields = self.span_fields(attrs.fields().len(), |visitor| attrs.record(visitor));
+        let kept = SpanPlan::of(&self.rules, attrs.metadata()).kept(self.span_fields);
+        let fields = self.span_fields(kept.count(), |visitor| {
+            attrs.record(&mut KeptFields {
+                kept,
+                inner: visitor,
+            })
+        });
         let mut extensions = span.extensions_mut();
         // `insert` panics when the type is there already: another `LogLayer` saw the span first.
         if extensions.get_mut::<SpanFields>().is_none() {
@@ -733,16 +740,27 @@ where
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        // Format before taking the span's lock: a value's Debug impl may itself log.
-        let update = self.span_fields(values.len(), |visitor| values.record(visitor));
-        // Nothing kept (the server layer's `http.response.status_code` on every request):
-        // the span and its lock are not even looked up.
-        if update.entries.is_empty() {
-            return;
-        }
         let Some(span) = ctx.span(id) else {
             return;
         };
+        let kept = SpanPlan::of(&self.rules, span.metadata()).kept(self.span_fields);
+        // Nothing kept (the server layer's `http.response.status_code` on every request):
+        // nothing is set up to format it.
+        let mut any = AnyKept { kept, found: false };
+        values.record(&mut any);
+        if !any.found {
+            return;
+        }
+        // Format before taking the span's lock: a value's Debug impl may itself log.
+        let update = self.span_fields(kept.count().min(values.len()), |visitor| {
+            values.record(&mut KeptFields {
+                kept,
+                inner: visitor,
+            })
+        });
+        if update.entries.is_empty() {
+            return;
+        }
         let mut extensions = span.extensions_mut();
         if let Some(fields) = extensions.get_mut::<SpanFields>()
             && fields.owner == self.id

@@ -41,6 +41,7 @@ mod mask;
 mod peer_text;
 mod recent;
 mod redact;
+mod span_plan;
 mod timestamp;
 mod writer;
 

@@ -729,3 +729,67 @@ fn extreme_numbers_and_odd_field_names_parse_back() {
     assert_eq!(data["back\\slash"], 5);
     assert!(data.get("never").is_none(), "{data}");
 }
+
+/// The server span's shape: OpenTelemetry attributes (never on a line), context fields, a
+/// data field, the tenant list, and fields recorded later.
+fn server_like_span() -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        otel.kind = "server",
+        url.path = "/v1/jobs/42",
+        http.response.status_code = tracing::field::Empty,
+        request_id = "req_1",
+        region = "eu",
+        step = tracing::field::Empty,
+        tenant = "workspace_id=ws_1",
+    )
+}
+
+/// Which span fields a layer keeps is worked out once per callsite and set of rules: every
+/// layer, whatever its context fields and `span_fields` setting, still gets its own answer,
+/// on the first span of a callsite and on the later ones.
+#[test]
+fn one_span_callsite_under_two_differently_configured_layers() {
+    use tracing_subscriber::prelude::*;
+
+    let (data_out, quiet_out) = (common::Captured::default(), common::Captured::default());
+    let (data, data_guard) = LogLayer::builder()
+        .context_field("workspace_id")
+        .writer(data_out.clone())
+        .blocking(true)
+        .build();
+    let (quiet, quiet_guard) = LogLayer::builder()
+        .context_field("region")
+        .context_field("workspace_id")
+        .span_fields(false)
+        .writer(quiet_out.clone())
+        .blocking(true)
+        .build();
+    let subscriber = tracing_subscriber::registry().with(data).with(quiet);
+    common::with_default(subscriber, || {
+        for n in 0..3u64 {
+            let span = server_like_span();
+            let _entered = span.enter();
+            span.record("http.response.status_code", 200);
+            span.record("step", n);
+            span.record("step", n + 10);
+            tracing::info!(n, "done");
+        }
+    });
+    drop((data_guard, quiet_guard));
+    let (data_lines, quiet_lines) = (data_out.lines(), quiet_out.lines());
+    assert_eq!((data_lines.len(), quiet_lines.len()), (3, 3));
+    for (n, (data_line, quiet_line)) in data_lines.iter().zip(&quiet_lines).enumerate() {
+        for line in [data_line, quiet_line] {
+            assert_eq!(line["request_id"], "req_1", "{line}");
+            assert_eq!(line["workspace_id"], "ws_1", "{line}");
+        }
+        assert_eq!(
+            data_line["data"],
+            json!({"n": n, "region": "eu", "step": n + 10, "tenant": "workspace_id=ws_1"}),
+        );
+        assert!(data_line.get("region").is_none(), "{data_line}");
+        assert_eq!(quiet_line["region"], "eu", "{quiet_line}");
+        assert_eq!(quiet_line["data"], json!({"n": n}));
+    }
+}
