@@ -25,13 +25,14 @@ use crate::error::{BoxError, HttpError};
 use crate::panic::{self, CaughtPanic};
 use crate::render::{self, Format, Ids, RenderedError, RequestHeaders};
 
-/// The longest plain-text error body read to become the envelope's message, in bytes.
+/// The longest plain-text 4xx body read to become the envelope's message, in bytes.
 const MAX_TEXT_BODY: usize = 1024;
 /// The longest JSON 5xx body read to check it is an envelope, in bytes; a longer one is
 /// replaced.
 const MAX_JSON_BODY: usize = 64 * 1024;
-/// The longest start of a JSON 5xx body logged when the layer gave up reading it (too long,
-/// or not ended in time): its first words say what went wrong, and the line stays short.
+/// The longest text of a 5xx body logged: a plain-text one is read this far, and of a JSON one
+/// the layer gave up reading (too long, or not ended in time) this much is logged. Its first
+/// words say what went wrong, and the line stays short.
 const MAX_LOGGED_BODY_START: usize = 4 * 1024;
 
 /// How long a body the layer reads may take without a [`ErrorLayer::timeout`]: a handful of
@@ -456,8 +457,8 @@ enum State<F, B> {
         #[pin]
         future: Scoped<F>,
     },
-    /// A bare plain-text error response is being read to become the envelope's message, or a
-    /// JSON 5xx to check whether it is an envelope.
+    /// A bare plain-text error response is being read, a 4xx to become the envelope's message
+    /// and a 5xx to be logged, or a JSON 5xx to check whether it is an envelope.
     Reading {
         #[pin]
         body: B,
@@ -465,6 +466,8 @@ enum State<F, B> {
         text: Vec<u8>,
         code: ErrorCode,
         json: bool,
+        /// How many bytes are read at most.
+        limit: usize,
         /// The body's length, when it was announced: logged when the read is given up.
         length: Option<u64>,
     },
@@ -508,6 +511,7 @@ where
                                 body,
                                 code,
                                 json,
+                                limit,
                             } => {
                                 if this.sleep.is_none() {
                                     *this.sleep = read_deadline();
@@ -519,6 +523,7 @@ where
                                     text: Vec::new(),
                                     code,
                                     json,
+                                    limit,
                                     length,
                                 });
                                 continue;
@@ -552,10 +557,11 @@ where
                     text,
                     code,
                     json,
+                    limit,
                     length,
                 } => {
                     // Past the deadline, the envelope goes out without the body's text.
-                    let limit = if *json { MAX_JSON_BODY } else { MAX_TEXT_BODY };
+                    let limit = *limit;
                     // The body is the service's code too: a panic while it is read is the
                     // handler's panic, answered like one instead of unwinding out of the layer.
                     let complete = match panic::catch(|| read_text(body, text, limit, cx)) {
@@ -588,14 +594,13 @@ where
                         // this request's ids and in the format this client asked for.
                         return Poll::Ready(Ok(this.handled.readopt(parts, error)));
                     }
-                    let text = String::from_utf8_lossy(&text);
                     let read = if complete {
-                        BodyText::Whole(text.trim().to_owned())
-                    } else if json {
-                        // Given up: what the upstream said is in its first words.
-                        let start = render::truncate(&text, MAX_LOGGED_BODY_START);
-                        BodyText::Start(start.to_owned(), length)
+                        BodyText::Whole(String::from_utf8_lossy(&text).trim().to_owned())
+                    } else if parts.status.is_server_error() {
+                        // Given up: what the service said is in its first words.
+                        BodyText::Start(body_start(&text), length)
                     } else {
+                        // A 4xx's cut text is no message, and 4xx bodies are not logged.
                         BodyText::None
                     };
                     return Poll::Ready(Ok(this.handled.bare(parts, code, read)));
@@ -644,13 +649,38 @@ fn body_length<B: Body>(body: &B, headers: &HeaderMap) -> Option<u64> {
 
 /// What the layer read of a body it replaces.
 enum BodyText {
-    /// Nothing: not read, or a text body given up.
+    /// Nothing: not read, or a 4xx body given up.
     None,
     /// The whole body, trimmed.
     Whole(String),
-    /// The start of a JSON body the layer gave up reading (longer than it reads, or not ended
-    /// in time), and the body's length when it was announced: for the log only.
+    /// The start of a 5xx body the layer gave up reading (longer than it reads, failed, or not
+    /// ended in time), and the body's length when it was announced: for the log only.
     Start(String, Option<u64>),
+}
+
+/// The text logged of a 5xx body the layer gave up reading: its first
+/// [`MAX_LOGGED_BODY_START`] bytes, cut on a character boundary, bytes that are not UTF-8
+/// replaced (U+FFFD).
+fn body_start(bytes: &[u8]) -> String {
+    let start = without_split_char(&bytes[..bytes.len().min(MAX_LOGGED_BODY_START)]);
+    let text = String::from_utf8_lossy(start);
+    // A replaced byte takes three: cut again, on a character boundary.
+    render::truncate(&text, MAX_LOGGED_BODY_START).to_owned()
+}
+
+/// `bytes` without the start of a character that the read bound or the body's end split: it is
+/// left out whole, as a cut on a `str` does, instead of showing as U+FFFD.
+fn without_split_char(bytes: &[u8]) -> &[u8] {
+    // A UTF-8 character is at most 4 bytes: a split one starts in the last 3.
+    for at in bytes.len().saturating_sub(3)..bytes.len() {
+        if let Err(error) = std::str::from_utf8(&bytes[at..])
+            && error.valid_up_to() == 0
+            && error.error_len().is_none()
+        {
+            return &bytes[..at];
+        }
+    }
+    bytes
 }
 
 /// Reads a body up to `limit` bytes; `false` when it is longer (`text` then holds its first
@@ -686,6 +716,8 @@ enum Inspected<B> {
         code: ErrorCode,
         /// A JSON 5xx, kept when it is an envelope.
         json: bool,
+        /// How many bytes to read at most.
+        limit: usize,
     },
     /// The body to replace panicked when it was dropped.
     Panicked(CaughtPanic),
@@ -759,21 +791,29 @@ impl Handled {
                     body,
                     code,
                     json: true,
+                    limit: MAX_JSON_BODY,
                 };
             }
             self.echo(&mut parts);
             return Inspected::Done(Response::from_parts(parts, self.pass(body)));
         }
-        if readable
-            && is_plain_text(&parts.headers)
-            && body.size_hint().lower() <= MAX_TEXT_BODY as u64
-        {
-            return Inspected::Read {
-                parts,
-                body,
-                code,
-                json: false,
+        if readable && is_plain_text(&parts.headers) {
+            // A 4xx's text becomes the message when it is short; a 5xx's start goes to the log
+            // whatever its length, as what the service said is in its first words.
+            let limit = if status.is_server_error() {
+                Some(MAX_LOGGED_BODY_START)
+            } else {
+                Some(MAX_TEXT_BODY).filter(|&limit| body.size_hint().lower() <= limit as u64)
             };
+            if let Some(limit) = limit {
+                return Inspected::Read {
+                    parts,
+                    body,
+                    code,
+                    json: false,
+                    limit,
+                };
+            }
         }
         if let Err(caught) = discard(body) {
             return Inspected::Panicked(caught);
@@ -1340,6 +1380,30 @@ mod tests {
         assert_eq!(parts.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(json["error"]["code"], "internal_error");
         assert!(!json.to_string().contains("hunter2"));
+    }
+
+    /// The logged start of a body given up is at most 4 KiB and ends on a character boundary:
+    /// a character split by the bound (or by the body's end) is left out, not replaced, while a
+    /// byte that is not UTF-8 is replaced wherever it is.
+    #[test]
+    fn the_logged_start_of_a_body_is_cut_on_a_character_boundary() {
+        let fire = "\u{1F525}".as_bytes();
+        for inside in 0..fire.len() {
+            let mut bytes = vec![b'a'; MAX_LOGGED_BODY_START - inside];
+            bytes.extend_from_slice(fire);
+            let start = body_start(&bytes);
+            assert_eq!(start.len(), MAX_LOGGED_BODY_START - inside, "{inside}");
+            assert!(start.bytes().all(|b| b == b'a'), "{inside}");
+            // Split by the body's end (a read given up early), not by the bound.
+            let start = body_start(&bytes[..bytes.len() - 1]);
+            assert!(!start.contains('\u{FFFD}'), "{inside}");
+        }
+        // Latin-1 bytes take three each once replaced: still at most 4 KiB.
+        let start = body_start(&[0xfc; 2 * MAX_LOGGED_BODY_START]);
+        assert_eq!(start, "\u{FFFD}".repeat(MAX_LOGGED_BODY_START / 3));
+        // A lone lead byte inside the text is replaced, one at the very end left out.
+        assert_eq!(body_start(b"a\xe2b\xe2"), "a\u{FFFD}b");
+        assert_eq!(body_start(b""), "");
     }
 
     #[tokio::test]

@@ -128,6 +128,86 @@ impl http_body::Body for Chunked {
     }
 }
 
+/// A worker's plain-text 5xx over the layer's 4 KiB bound: its first words say what went
+/// wrong, a queue dump follows. A 4-byte character straddles the 4 KiB mark, 3 of its bytes
+/// inside, so a cut that splits it shows.
+fn huge_worker_text() -> String {
+    let mut text = "worker pool exhausted: 64 of 64 busy; queue: ".to_owned();
+    while text.len() < 4093 {
+        text.push_str("job;");
+    }
+    text.truncate(4093);
+    text + &"\u{1F525}".repeat(2_000)
+}
+
+/// A plain-text 5xx between the 1 KiB a 4xx message may have and the 4 KiB bound.
+fn two_kib_worker_text() -> String {
+    format!("worker crashed: {}", "frame;".repeat(340))
+}
+
+/// A Latin-1 text body (not UTF-8) over the 4 KiB bound.
+fn latin1_text() -> Vec<u8> {
+    b"Fehler: Datei f\xfcr Auftrag nicht gefunden; ".repeat(150)
+}
+
+/// A body whose first chunk arrives, then fails (a proxied upstream that reset).
+struct FailsMidway(Option<bytes::Bytes>);
+
+impl http_body::Body for FailsMidway {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(Some(match self.0.take() {
+            Some(chunk) => Ok(http_body::Frame::data(chunk)),
+            None => Err(std::io::Error::other("upstream reset")),
+        }))
+    }
+}
+
+/// The response of `/text-error`: a plain-text error body of the shape `x-shape` names, with
+/// the status `x-status` (500 without one).
+fn text_error(headers: &axum::http::HeaderMap) -> Response {
+    let status = headers
+        .get("x-status")
+        .and_then(|value| value.to_str().ok()?.parse().ok())
+        .unwrap_or(500);
+    let (content_type, body) = match headers.get("x-shape").map(|value| value.as_bytes()) {
+        Some(b"chunked") => {
+            let text = bytes::Bytes::from(huge_worker_text());
+            let chunks = (0..text.len())
+                .step_by(1000)
+                .map(|at| text.slice(at..text.len().min(at + 1000)))
+                .collect();
+            ("text/plain", axum::body::Body::new(Chunked(chunks)))
+        }
+        Some(b"2k") => ("text/plain", axum::body::Body::from(two_kib_worker_text())),
+        Some(b"latin1") => (
+            "text/plain; charset=iso-8859-1",
+            axum::body::Body::from(latin1_text()),
+        ),
+        Some(b"fails") => {
+            let chunk = bytes::Bytes::from_static(b"disk full on the job volume; ");
+            (
+                "text/plain",
+                axum::body::Body::new(FailsMidway(Some(chunk))),
+            )
+        }
+        _ => (
+            "text/plain; charset=utf-8",
+            axum::body::Body::from(huge_worker_text()),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(body)
+        .unwrap()
+}
+
 /// An error body with a bug: its destructor panics, after the layer has read it or when the
 /// layer discards it unread.
 struct PanicsWhenDropped(Option<bytes::Bytes>);
@@ -421,6 +501,10 @@ fn app() -> Router {
                     axum::body::Body::new(Chunked(chunks)),
                 )
             }),
+        )
+        .route(
+            "/text-error",
+            get(|headers: axum::http::HeaderMap| async move { text_error(&headers) }),
         )
         .layer(DefaultBodyLimit::max(1024))
         .layer(ErrorLayer::new().timeout(Duration::from_millis(300)))
@@ -1233,4 +1317,171 @@ async fn a_json_5xx_over_the_read_bound_is_logged_by_its_start() {
         );
         assert_eq!(logged.get("body_bytes"), length.as_ref(), "{path}");
     }
+}
+
+/// The line that logs what the service answered without an envelope, of `reply`'s request.
+fn body_line(reply: &Reply, what: &str) -> support::Captured {
+    let events = events_of(reply.header("x-request-id").unwrap());
+    events
+        .into_iter()
+        .find(|event| {
+            event
+                .get("message")
+                .is_some_and(|m| m.contains("without an error envelope"))
+        })
+        .unwrap_or_else(|| panic!("{what}: no line for the body"))
+}
+
+/// A plain-text 5xx over what the layer reads (a worker's crash dump, a proxy's text page) is
+/// logged like a JSON one: its first 4 KiB, cut on a character boundary, `body_truncated`, and
+/// its length when it announced one. The client's answer shows none of it, and a 4xx message
+/// never comes from a cut body.
+#[tokio::test]
+async fn a_plain_text_5xx_over_the_read_bound_is_logged_by_its_start() {
+    let addr = serve().await;
+    let whole = huge_worker_text();
+    for (shape, length) in [("long", Some(whole.len().to_string())), ("chunked", None)] {
+        let reply = send(addr, "GET", "/text-error", &[("x-shape", shape)], b"").await;
+        let json = envelope(&reply, "internal_error", 500);
+        assert_eq!(
+            json["error"]["message"],
+            codes::INTERNAL_ERROR.default_message(),
+            "{shape}"
+        );
+        assert!(!reply.text().contains("worker"), "{shape}");
+        let logged = body_line(&reply, shape);
+        assert_eq!(logged["level"], "ERROR");
+        let body = logged
+            .get("body")
+            .unwrap_or_else(|| panic!("{shape}: {logged:?}"));
+        assert!(
+            body.starts_with("worker pool exhausted: 64 of 64 busy; queue: job;"),
+            "{shape}: {body}"
+        );
+        // The character the 4 KiB bound splits is left out whole, not replaced.
+        assert_eq!(body.len(), 4093, "{shape}");
+        assert!(whole.starts_with(body.as_str()), "{shape}");
+        assert_eq!(
+            logged.get("body_truncated").map(String::as_str),
+            Some("true"),
+            "{shape}"
+        );
+        assert_eq!(logged.get("body_bytes"), length.as_ref(), "{shape}");
+    }
+
+    // Within the bound: logged whole, not marked cut.
+    let reply = send(addr, "GET", "/text-error", &[("x-shape", "2k")], b"").await;
+    let json = envelope(&reply, "internal_error", 500);
+    assert_eq!(
+        json["error"]["message"],
+        codes::INTERNAL_ERROR.default_message()
+    );
+    let logged = body_line(&reply, "2k");
+    assert_eq!(logged.get("body"), Some(&two_kib_worker_text()));
+    assert_eq!(logged.get("body_truncated"), None);
+    assert_eq!(logged.get("body_bytes"), None);
+
+    // A 4xx over the 1 KiB a message may have: the code's default message, none of the text.
+    let reply = send(
+        addr,
+        "GET",
+        "/text-error",
+        &[("x-shape", "long"), ("x-status", "400")],
+        b"",
+    )
+    .await;
+    let json = envelope(&reply, "invalid_request", 400);
+    assert_eq!(
+        json["error"]["message"],
+        codes::INVALID_REQUEST.default_message()
+    );
+    assert!(!reply.text().contains("worker"));
+}
+
+/// A text 5xx that is not UTF-8, one that fails midway, and one answering a HEAD request: the
+/// layer answers each as it always has and logs what it read, without a panic.
+#[tokio::test]
+async fn odd_plain_text_5xx_bodies_are_logged_and_answered_as_before() {
+    let addr = serve().await;
+
+    let reply = send(addr, "GET", "/text-error", &[("x-shape", "latin1")], b"").await;
+    let json = envelope(&reply, "internal_error", 500);
+    assert_eq!(
+        json["error"]["message"],
+        codes::INTERNAL_ERROR.default_message()
+    );
+    let logged = body_line(&reply, "latin1");
+    let body = logged
+        .get("body")
+        .unwrap_or_else(|| panic!("latin1: {logged:?}"));
+    assert!(
+        body.starts_with("Fehler: Datei f\u{FFFD}r Auftrag nicht gefunden; "),
+        "{body}"
+    );
+    assert!(body.len() <= 4096, "{} bytes logged", body.len());
+    assert_eq!(
+        logged.get("body_truncated").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        logged.get("body_bytes"),
+        Some(&latin1_text().len().to_string())
+    );
+
+    // A body that fails after its first chunk: what arrived is logged, marked cut.
+    let reply = send(
+        addr,
+        "GET",
+        "/text-error",
+        &[("x-shape", "fails"), ("x-status", "503")],
+        b"",
+    )
+    .await;
+    let json = envelope(&reply, "service_unavailable", 503);
+    assert_eq!(
+        json["error"]["message"],
+        codes::SERVICE_UNAVAILABLE.default_message()
+    );
+    let logged = body_line(&reply, "fails");
+    assert_eq!(
+        logged.get("body").map(String::as_str),
+        Some("disk full on the job volume; ")
+    );
+    assert_eq!(
+        logged.get("body_truncated").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(logged.get("body_bytes"), None);
+    // The same cut under a 4xx never becomes its message.
+    let reply = send(
+        addr,
+        "GET",
+        "/text-error",
+        &[("x-shape", "fails"), ("x-status", "400")],
+        b"",
+    )
+    .await;
+    let json = envelope(&reply, "invalid_request", 400);
+    assert_eq!(
+        json["error"]["message"],
+        codes::INVALID_REQUEST.default_message()
+    );
+
+    // HEAD: the head of the envelope, no body, and the log line of a GET.
+    let reply = send(addr, "HEAD", "/text-error", &[], b"").await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    assert!(reply.body.is_empty(), "{}", reply.text());
+    let logged = body_line(&reply, "HEAD");
+    assert_eq!(logged["level"], "ERROR");
+    assert_eq!(
+        logged.get("body").map(String::len),
+        Some(4093),
+        "{logged:?}"
+    );
+    assert_eq!(
+        logged.get("body_truncated").map(String::as_str),
+        Some("true")
+    );
 }
