@@ -436,9 +436,9 @@ impl<B: Body> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
+        let mut this = self.project();
         let (Some(clock), Some(open)) = (this.clock, this.open) else {
-            return this.inner.poll_frame(cx);
+            return poll_skipping_empty(this.inner, cx);
         };
         if let Some(out_at) = *this.out_at {
             // The last frame may still wait in h2's buffers for the client's window: its clock
@@ -446,7 +446,7 @@ impl<B: Body> Body for Tracked<B> {
             ready!(open.0.written.poll_written(out_at, cx));
             *this.out_at = None;
         }
-        let frame = this.inner.poll_frame(cx);
+        let frame = poll_skipping_empty(this.inner.as_mut(), cx);
         // A frame handed over: the next poll is up to hyper, and so to the client's window.
         let since = match &frame {
             Poll::Ready(Some(Ok(frame))) => {
@@ -477,6 +477,26 @@ impl<B: Body> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// What polling a body for its next frame gives.
+type PolledFrame<B> = Poll<Option<Result<Frame<<B as Body>::Data>, <B as Body>::Error>>>;
+
+/// The body's next frame, past any empty data frame. hyper sends each as a DATA frame without
+/// END_STREAM, which carries nothing, and which h2 clients (0.4.16 on) count for the whole
+/// connection: after 100 they close it with `ENHANCE_YOUR_CALM`. A handler relaying another
+/// HTTP/2 answer yields one per relayed stream (hyper's client hands a stream's end as an
+/// empty chunk). The end of the body still goes out as an empty DATA frame with END_STREAM.
+fn poll_skipping_empty<B: Body>(mut body: Pin<&mut B>, cx: &mut Context<'_>) -> PolledFrame<B> {
+    loop {
+        match body.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame)))
+                if frame
+                    .data_ref()
+                    .is_some_and(|data| !hyper::body::Buf::has_remaining(data)) => {}
+            polled => return polled,
+        }
     }
 }
 

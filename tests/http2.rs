@@ -668,3 +668,43 @@ async fn concurrent_http2_streams_keep_their_own_request_ids() {
     let echo = [("route", "/echo"), ("status", "2xx")];
     assert_eq!(counted(&text, "http_server_requests_total", &echo), 65.0);
 }
+
+/// A handler body with empty chunks, as one relaying another HTTP/2 answer has (hyper's client
+/// hands the end of a stream as an empty chunk): the server sends no empty DATA frame for them,
+/// which HTTP/2 clients count against the connection (h2 closes it with `ENHANCE_YOUR_CALM`
+/// after 100), so a long-lived connection keeps answering.
+#[tokio::test(flavor = "current_thread")]
+async fn empty_chunks_do_not_cost_an_http2_client_its_connection() {
+    use axum::routing::get;
+
+    let obs = Observability::builder().service_name("h2").build().unwrap();
+    let app = Router::new()
+        .route(
+            "/relay",
+            get(|| async {
+                let chunks =
+                    ["a", "", "b", ""].map(|chunk| Ok::<_, std::io::Error>(Bytes::from(chunk)));
+                axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+            }),
+        )
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(obs.server(listener).serve(app, std::future::pending()));
+
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for i in 0..120 {
+        let response = send(sender.clone(), "/relay", &[]).await;
+        let body = response.into_body().collect().await;
+        let body = body
+            .unwrap_or_else(|e| panic!("answer {i}: {e:?}"))
+            .to_bytes();
+        assert_eq!(body, "ab", "answer {i}");
+    }
+}
