@@ -5,6 +5,10 @@
 //! through `obs.client_layer()` (and stream its body back), panic, fail, or are left by their
 //! client mid-way. Every line is read back: a line carries the ids of the request that logged
 //! it and no other's, and no context or span stays current on a thread between tasks.
+//!
+//! The same exchange runs over HTTP/1.1 and (feature `http2`) over HTTP/2 with prior knowledge:
+//! then the requests are concurrent streams on a few connections, the front calls its upstream
+//! over HTTP/2 too, and a request left mid-way is a stream the client resets.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
@@ -60,14 +64,49 @@ impl Drop for LogOnDrop {
     }
 }
 
-type CallClient = <periscope::ClientLayer as Layer<
-    Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
->>::Service;
+/// How the test client talks to the front, and the front to its upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// HTTP/1.1: a connection per request in flight; leaving mid-way closes it.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c): requests are streams sharing a connection; leaving
+    /// mid-way drops the response future or body, which resets the stream alone.
+    #[cfg(feature = "http2")]
+    Http2,
+}
+
+impl Protocol {
+    /// The version every answer comes in.
+    fn version(self) -> http::Version {
+        match self {
+            Protocol::Http1 => http::Version::HTTP_11,
+            #[cfg(feature = "http2")]
+            Protocol::Http2 => http::Version::HTTP_2,
+        }
+    }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+/// A client that speaks `protocol`: over HTTP/2, every request to one address is a stream on
+/// the same connection.
+fn client(protocol: Protocol) -> HttpClient {
+    match protocol {
+        Protocol::Http1 => Client::builder(TokioExecutor::new()).build_http(),
+        #[cfg(feature = "http2")]
+        Protocol::Http2 => Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http(),
+    }
+}
+
+type CallClient = <periscope::ClientLayer as Layer<HttpClient>>::Service;
 
 #[derive(Clone)]
 struct App {
     client: CallClient,
     upstream: SocketAddr,
+    protocol: Protocol,
     started: Arc<Mutex<HashSet<String>>>,
     dropped: Arc<Mutex<HashSet<String>>>,
 }
@@ -125,6 +164,7 @@ async fn call(State(app): State<App>, Path(id): Path<String>) -> String {
         .body(Empty::new())
         .unwrap();
     let response = app.client.oneshot(request).await.unwrap();
+    assert_eq!(response.version(), app.protocol.version());
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let body = String::from_utf8(body.to_vec()).unwrap();
     let (got_request_id, got_traceparent) = body.split_once(' ').unwrap();
@@ -318,16 +358,16 @@ async fn listen() -> (tokio::net::TcpListener, SocketAddr) {
 }
 
 /// Starts the upstream service and the front service, both with `obs.layer()` on
-/// `periscope::Server`; the front's address and its shared state.
-async fn start(obs: &Observability) -> (SocketAddr, App) {
+/// `periscope::Server`, the front calling the upstream over `protocol`; the front's address
+/// and its shared state.
+async fn start(obs: &Observability, protocol: Protocol) -> (SocketAddr, App) {
     let (listener, upstream_addr) = listen().await;
     tokio::spawn(periscope::Server::new(listener).serve(upstream(obs), std::future::pending()));
-    let client = obs
-        .client_layer()
-        .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+    let client = obs.client_layer().layer(client(protocol));
     let app = App {
         client,
         upstream: upstream_addr,
+        protocol,
         started: Arc::default(),
         dropped: Arc::default(),
     };
@@ -337,27 +377,37 @@ async fn start(obs: &Observability) -> (SocketAddr, App) {
     (addr, app)
 }
 
-/// Sends requests `ids` (at most 64 at once), each with its own id and trace; checks each
-/// answer echoes its id.
-async fn drive(addr: SocketAddr, ids: std::ops::Range<usize>) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+/// `GET path` on the front with request `id`'s own `x-request-id` and trace.
+fn request_to(addr: SocketAddr, path: &str, id: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::get(format!("http://{addr}{path}"))
+        .header("x-request-id", id)
+        .header(
+            "traceparent",
+            format!("00-{}-00f067aa0ba902b7-01", trace_of(id)),
+        )
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// Sends requests `ids` (at most 64 at once), each with its own id and trace, request `n`
+/// through `clients[n % clients.len()]`; checks each answer echoes its id.
+async fn drive(
+    protocol: Protocol,
+    clients: &[HttpClient],
+    addr: SocketAddr,
+    ids: std::ops::Range<usize>,
+) {
     let permits = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = tokio::task::JoinSet::new();
     for n in ids {
-        let (client, permits) = (client.clone(), permits.clone());
+        let (client, permits) = (clients[n % clients.len()].clone(), permits.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.unwrap();
             let id = request_id(n);
             let kind = kind_of(&id);
-            let request = http::Request::get(format!("http://{addr}/{kind}/{id}"))
-                .header("x-request-id", &id)
-                .header(
-                    "traceparent",
-                    format!("00-{}-00f067aa0ba902b7-01", trace_of(&id)),
-                )
-                .body(Empty::new())
-                .unwrap();
+            let request = request_to(addr, &format!("/{kind}/{id}"), &id);
             let response = client.request(request).await.unwrap();
+            assert_eq!(response.version(), protocol.version());
             assert_eq!(response.headers()["x-request-id"], id.as_str());
             let status = response.status().as_u16();
             let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -378,9 +428,34 @@ async fn drive(addr: SocketAddr, ids: std::ops::Range<usize>) {
     }
 }
 
+/// Sends `path`, waits until the handler is running (or the first chunk came), and goes away:
+/// over HTTP/1.1 by closing a connection of its own, over HTTP/2 by dropping the response
+/// future or body (`client`'s connection, shared with other requests, stays open).
+async fn leave_mid_way(
+    protocol: Protocol,
+    client: &HttpClient,
+    addr: SocketAddr,
+    app: &App,
+    path: &str,
+    id: &str,
+    wait_for_chunk: bool,
+) {
+    match protocol {
+        // On a connection of its own, not `client`'s.
+        Protocol::Http1 => close_mid_way(addr, app, path, id, wait_for_chunk).await,
+        #[cfg(feature = "http2")]
+        Protocol::Http2 => reset_mid_way(client, addr, app, path, id, wait_for_chunk).await,
+    }
+    let _ = client;
+    eventually(&format!("{path} dropped"), || {
+        app.dropped.lock().unwrap().contains(id)
+    })
+    .await;
+}
+
 /// Opens a connection for `path`, waits until the handler is running (or the first chunk
-/// came), and goes away.
-async fn leave_mid_way(addr: SocketAddr, app: &App, path: &str, id: &str, wait_for_chunk: bool) {
+/// came), and closes it.
+async fn close_mid_way(addr: SocketAddr, app: &App, path: &str, id: &str, wait_for_chunk: bool) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "GET {path} HTTP/1.1\r\nhost: front\r\nx-request-id: {id}\r\n\
@@ -403,10 +478,33 @@ async fn leave_mid_way(addr: SocketAddr, app: &App, path: &str, id: &str, wait_f
         .await;
     }
     drop(stream);
-    eventually(&format!("{path} dropped"), || {
-        app.dropped.lock().unwrap().contains(id)
-    })
-    .await;
+}
+
+/// Sends `path` as a stream on `client`'s connection, waits until the handler is running (or
+/// the first chunk came), and drops what it holds: the client resets the stream.
+#[cfg(feature = "http2")]
+async fn reset_mid_way(
+    client: &HttpClient,
+    addr: SocketAddr,
+    app: &App,
+    path: &str,
+    id: &str,
+    wait_for_chunk: bool,
+) {
+    let response = client.request(request_to(addr, path, id));
+    if wait_for_chunk {
+        let mut body = response.await.unwrap().into_body();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "drip\n", "{path}");
+        drop(body);
+    } else {
+        let what = format!("{path} started");
+        let started = eventually(&what, || app.started.lock().unwrap().contains(id));
+        tokio::select! {
+            response = response => panic!("{path} answered: {response:?}"),
+            () = started => {}
+        }
+    }
 }
 
 /// Waits (polling, up to 30 s) until `done` holds.
@@ -527,8 +625,9 @@ fn check_counts(by_request: &BTreeMap<(String, String), usize>, ids: impl Iterat
     }
 }
 
-/// Runs the whole exchange on a runtime of the flavour given; `count` requests.
-fn crosstalk(multi_thread: bool, count: usize) {
+/// Runs the whole exchange on a runtime of the flavour given; `count` requests over
+/// `protocol`, on `connections` clients (over HTTP/2, a connection each).
+fn crosstalk(multi_thread: bool, count: usize, protocol: Protocol, connections: usize) {
     let observed = observe();
     let _default = tracing::dispatcher::set_default(&observed.dispatch);
     let runtime = runtime(multi_thread, &observed);
@@ -544,8 +643,9 @@ fn crosstalk(multi_thread: bool, count: usize) {
             .service_name("crosstalk")
             .build()
             .unwrap();
-        let (addr, app) = start(&obs).await;
-        drive(addr, 0..count).await;
+        let (addr, app) = start(&obs, protocol).await;
+        let clients: Vec<HttpClient> = (0..connections).map(|_| client(protocol)).collect();
+        drive(protocol, &clients, addr, 0..count).await;
         // Requests left by their client mid-way, while others run.
         let cancelled = [
             (count, "hang", false),
@@ -554,13 +654,14 @@ fn crosstalk(multi_thread: bool, count: usize) {
             (count + 3, "drip-hang", true),
         ];
         let leaving = cancelled.map(|(n, kind, wait_for_chunk)| {
-            let app = app.clone();
+            let (app, client) = (app.clone(), clients[n % connections].clone());
             tokio::spawn(async move {
                 let id = request_id(n);
-                leave_mid_way(addr, &app, &format!("/{kind}/{id}"), &id, wait_for_chunk).await;
+                let path = format!("/{kind}/{id}");
+                leave_mid_way(protocol, &client, addr, &app, &path, &id, wait_for_chunk).await;
             })
         });
-        drive(addr, second.clone()).await;
+        drive(protocol, &clients, addr, second.clone()).await;
         for leaving in leaving {
             leaving.await.unwrap();
         }
@@ -606,10 +707,24 @@ fn crosstalk(multi_thread: bool, count: usize) {
 
 #[test]
 fn no_line_carries_another_requests_ids_on_a_multi_thread_runtime() {
-    crosstalk(true, 1500);
+    crosstalk(true, 1500, Protocol::Http1, 1);
 }
 
 #[test]
 fn no_line_carries_another_requests_ids_on_a_current_thread_runtime() {
-    crosstalk(false, 350);
+    crosstalk(false, 350, Protocol::Http1, 1);
+}
+
+/// Over HTTP/2: the requests are streams, 64 at once on two connections (hyper serves each
+/// stream as a task of its own), and the front calls its upstream over HTTP/2.
+#[cfg(feature = "http2")]
+#[test]
+fn no_line_carries_another_requests_ids_over_http2_on_a_multi_thread_runtime() {
+    crosstalk(true, 1500, Protocol::Http2, 2);
+}
+
+#[cfg(feature = "http2")]
+#[test]
+fn no_line_carries_another_requests_ids_over_http2_on_a_current_thread_runtime() {
+    crosstalk(false, 350, Protocol::Http2, 2);
 }
