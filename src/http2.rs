@@ -488,8 +488,10 @@ type PolledFrame<B> = Poll<Option<Result<Frame<<B as Body>::Data>, <B as Body>::
 /// connection: after 100 they close it with `ENHANCE_YOUR_CALM`. A handler relaying another
 /// HTTP/2 answer yields one per relayed stream (hyper's client hands a stream's end as an
 /// empty chunk). The end of the body still goes out as an empty DATA frame with END_STREAM.
+/// A body that keeps yielding empty chunks gets the task's turn back now and then, rather
+/// than holding its thread.
 fn poll_skipping_empty<B: Body>(mut body: Pin<&mut B>, cx: &mut Context<'_>) -> PolledFrame<B> {
-    loop {
+    for _ in 0..EMPTY_CHUNKS_PER_POLL {
         match body.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame)))
                 if frame
@@ -498,12 +500,88 @@ fn poll_skipping_empty<B: Body>(mut body: Pin<&mut B>, cx: &mut Context<'_>) -> 
             polled => return polled,
         }
     }
+    cx.waker().wake_by_ref();
+    Poll::Pending
 }
+
+/// Empty chunks skipped in one poll before the task yields.
+const EMPTY_CHUNKS_PER_POLL: usize = 32;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    /// Yields `empty` empty chunks, then one of data, then ends; `usize::MAX`: empty for good.
+    struct EmptyChunks {
+        empty: usize,
+        data_sent: bool,
+    }
+
+    impl Body for EmptyChunks {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+            if self.empty > 0 {
+                self.empty = self
+                    .empty
+                    .saturating_sub(usize::from(self.empty != usize::MAX));
+                return Poll::Ready(Some(Ok(Frame::data(bytes::Bytes::new()))));
+            }
+            if std::mem::replace(&mut self.data_sent, true) {
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Ok(Frame::data(bytes::Bytes::from_static(b"x")))))
+        }
+    }
+
+    /// Counts the wake-ups it is asked for.
+    struct CountWakes(AtomicUsize);
+
+    impl std::task::Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn empty_chunks_are_skipped_and_an_endless_run_of_them_yields_the_task() {
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut body = std::pin::pin!(EmptyChunks {
+            empty: 100,
+            data_sent: false,
+        });
+        let mut polls = 0;
+        let data = loop {
+            polls += 1;
+            match poll_skipping_empty(body.as_mut(), &mut cx) {
+                Poll::Ready(Some(Ok(frame))) => break frame.into_data().unwrap(),
+                Poll::Pending => continue,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(&data[..], b"x");
+        assert_eq!((polls, wakes.0.load(Ordering::Relaxed)), (4, 3));
+        assert!(matches!(
+            poll_skipping_empty(body.as_mut(), &mut cx),
+            Poll::Ready(None)
+        ));
+
+        let mut endless = std::pin::pin!(EmptyChunks {
+            empty: usize::MAX,
+            data_sent: false,
+        });
+        for _ in 0..10 {
+            assert!(poll_skipping_empty(endless.as_mut(), &mut cx).is_pending());
+        }
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 13);
+    }
 
     /// A client that takes nothing from its socket (its flow-control windows wide open) stalls
     /// the connection's writes: the connection ends as `WriteStalled`, which the server's
