@@ -93,9 +93,9 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     // Before the `listening` line: a SIGTERM sent as soon as it shows is a clean stop too.
     let shutdown = obs.shutdown_on_signal();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        format!("cannot listen on {addr}: {e}: set PORT to a free port (0 picks one)")
+    })?;
     tracing::info!(listener = "http", addr = %listener.local_addr()?, "listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.wait())

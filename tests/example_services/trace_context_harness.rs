@@ -93,3 +93,19 @@ async fn the_harness_logs_json_propagates_the_trace_and_stops_cleanly_on_sigterm
     assert_eq!(last["message"], "stopped");
     assert_eq!(last["service"], "trace-context-harness");
 }
+
+/// A taken port stops the harness at once, saying which variable to change.
+#[tokio::test]
+async fn a_listener_that_cannot_bind_fails_naming_the_variable_to_change() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut service = Service::start("trace_context_harness", &[("PORT", port.as_str())]);
+    let status = service.exit_status().await;
+    assert_eq!(status.code(), Some(1));
+    let stderr = service.stderr();
+    assert!(
+        stderr.contains("cannot listen on") && stderr.contains("set PORT to a free port"),
+        "{stderr}"
+    );
+    drop(taken);
+}
