@@ -4,9 +4,10 @@
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MetricsError {
-    /// A metric name outside `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+    /// A metric name outside `[a-zA-Z_:][a-zA-Z0-9_:]*`, or a counter name that is only
+    /// `_total` or ends in `_total` twice (the exposition adds the suffix once).
     #[error(
-        "invalid metric name {name:?}: use ASCII letters, digits, `_` and `:`, not starting with a digit"
+        "invalid metric name {name:?}: use ASCII letters, digits, `_` and `:`, not starting with a digit; a counter's name ends in `_total` at most once, with a name before it"
     )]
     InvalidMetricName {
         /// The rejected name.

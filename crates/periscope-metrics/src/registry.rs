@@ -206,7 +206,9 @@ impl MetricsRegistry {
 
     /// Runs `f` on the underlying prometheus-client registry, for what this type does not
     /// wrap (sub-registries with a prefix or constant labels). Names registered there are not
-    /// checked for duplicates.
+    /// checked for duplicates, and go to prometheus-client as given: name a counter without
+    /// `_total` there (the exposition adds it; prometheus-client panics on the suffix in
+    /// debug builds).
     pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
         f(&mut write(&self.inner.registry))
     }
@@ -332,8 +334,12 @@ fn family_name(name: &str, metric_type: MetricType) -> Result<&str, MetricsError
         MetricType::Info => name.strip_suffix("_info").unwrap_or(name),
         _ => name,
     };
-    // A counter named `_total` would be a family with no name: `# TYPE  counter`.
-    if family.is_empty() {
+    // A counter named `_total` would be a family with no name: `# TYPE  counter`. One named
+    // `jobs_total_total` keeps a family ending in `_total`, which prometheus-client (0.26)
+    // asserts against in debug builds: refused here rather than a panic.
+    let counter_still_total =
+        matches!(metric_type, MetricType::Counter) && family.ends_with("_total");
+    if family.is_empty() || counter_still_total {
         return Err(MetricsError::InvalidMetricName {
             name: name.to_owned(),
         });
@@ -438,6 +444,7 @@ impl EncodeMetric for ServiceInfo {
 mod tests {
     use super::*;
     use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::gauge::Gauge;
 
     #[test]
     fn a_name_registered_twice_is_an_error_not_a_broken_exposition() {
@@ -482,8 +489,54 @@ mod tests {
     }
 
     #[test]
+    fn a_counter_name_with_total_twice_is_refused_not_a_panic() {
+        let registry = MetricsRegistry::new();
+        let refused = |name: &str| {
+            Err(MetricsError::InvalidMetricName {
+                name: name.to_owned(),
+            })
+        };
+        // Its family would still end in `_total`, which prometheus-client asserts against.
+        assert_eq!(
+            registry.register("jobs_total_total", "x", Counter::<u64>::default()),
+            refused("jobs_total_total")
+        );
+        assert_eq!(
+            registry.reserve("jobs_total_total", MetricType::Counter),
+            refused("jobs_total_total")
+        );
+        let family = registry.guarded_family::<Counter, 1>(
+            "calls_total_total",
+            "x",
+            ["kind"],
+            Caps::default(),
+        );
+        assert!(
+            matches!(family, Err(MetricsError::InvalidMetricName { .. })),
+            "{family:?}"
+        );
+        let layer = crate::MetricsLayer::builder()
+            .requests_name("http_requests_total_total")
+            .register(&registry);
+        assert!(
+            matches!(layer, Err(MetricsError::InvalidMetricName { .. })),
+            "{layer:?}"
+        );
+        // Refused, nothing half-registered: the name without the doubled suffix is still free,
+        // and a gauge may keep `_total` twice (its samples get no suffix).
+        registry
+            .register("jobs_total", "x", Counter::<u64>::default())
+            .unwrap();
+        registry
+            .register("queue_total_total", "x", Gauge::<i64>::default())
+            .unwrap();
+        let text = registry.encode_prometheus().unwrap();
+        assert!(text.contains("# TYPE jobs_total counter\n"), "{text}");
+        assert!(!text.contains("_total_total_total"), "{text}");
+    }
+
+    #[test]
     fn names_that_would_write_the_same_samples_are_refused() {
-        use prometheus_client::metrics::gauge::Gauge;
         use prometheus_client::metrics::histogram::Histogram;
         use prometheus_client::metrics::info::Info;
 
