@@ -29,8 +29,8 @@ pub(crate) const CLIENT_ERROR_FROM: u16 = 400;
 ///   a code, `INTERNAL` when the body fails (what the server's span records, and what a gRPC
 ///   client reads from a stream the server resets), and `CANCELLED` when the body is dropped
 ///   first.
-/// - A body that fails marks the span `ERROR`, `error.type` `_OTHER` (unless its head had
-///   already failed it: its status stays the error).
+/// - Any other body that fails marks the span `ERROR`, `error.type` `_OTHER` (unless its head
+///   had already failed it: its status stays the error).
 /// - A body dropped before its end (the caller stopped reading) closes the span; a plain
 ///   HTTP call keeps what its head said (not reading on is the caller's choice, not a
 ///   failure).
