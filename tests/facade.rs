@@ -2187,6 +2187,48 @@ async fn the_client_layer_sends_the_services_tenant_fields_and_counts_the_call()
     assert_eq!(counted, 2.0);
 }
 
+/// `ClientMetricsLayer` composes with `ClientTraceLayer` in either order: outside it (the
+/// reverse of `obs.client_layer()`), it counts the call at its head all the same, and hands on
+/// the client span's body, which the caller reads to its end.
+#[tokio::test(flavor = "current_thread")]
+async fn the_client_metrics_compose_outside_the_client_span_too() {
+    use tower::ServiceExt;
+
+    let registry = periscope::metrics::MetricsRegistry::new();
+    let metrics = periscope::metrics::ClientMetricsLayer::builder()
+        .register(&registry)
+        .unwrap();
+    let (addr, seen) = serve_recording_headers("/v1/work").await;
+    let client = tower::ServiceBuilder::new()
+        .layer(metrics)
+        .layer(periscope::trace::ClientTraceLayer::new())
+        .service(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+    let request = http::Request::get(format!("http://{addr}/v1/work"))
+        .body(Empty::new())
+        .unwrap();
+    let ctx = periscope::context::RequestContext::new_root();
+    let answer: http::Response<periscope::trace::ClientBody<hyper::body::Incoming>> =
+        ctx.clone().scope(client.oneshot(request)).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "done");
+    let headers = seen.lock().unwrap().take().unwrap();
+    assert_eq!(headers["x-request-id"], ctx.request_id.as_str());
+
+    let exposition = registry.encode_prometheus().unwrap();
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(&exposition)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let counted: Vec<f64> = exposition.families["http_client_requests_total"]
+        .iter_samples()
+        .filter(|sample| sample.get_labelset().unwrap().get_label_value("status") == Some("2xx"))
+        .map(|sample| match &sample.value {
+            openmetrics_parser::PrometheusValue::Counter(counter) => counter.value.as_f64(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(counted, [1.0]);
+}
+
 /// A call made outside any request (a background task) starts a trace of its own, sampled
 /// here (OpenTelemetry off): its duration links that trace, the one the callee was sent, as a
 /// call made while handling a request links the request's.

@@ -342,14 +342,14 @@ async fn a_tonic_channel_in_the_client_layer_agrees_with_the_server_it_calls() {
     };
     calls.push((ctx, EXPORT, 1, unavailable));
 
-    // Failed after a message: the client layer judges the head it got, the server the
-    // trailers it sent.
+    // Failed after a message: the client metrics count the head they got, the client span
+    // and the server the code of the trailers.
     let ctx = request_ctx("org_trailers");
     let status = ctx.clone().scope(exporter.export(export(3))).await;
     assert_eq!(status.unwrap_err().code(), tonic::Code::Internal);
     let in_trailers = Expected {
         client_status: "2xx",
-        client_failure: None,
+        client_failure: Some((Some("13"), "INTERNAL")),
         access: (Some(13), false),
     };
     calls.push((ctx, EXPORT, 1, in_trailers));
@@ -369,7 +369,7 @@ async fn a_tonic_channel_in_the_client_layer_agrees_with_the_server_it_calls() {
     calls.push((ctx, CHECK, 1, unknown));
 
     // A server stream: its first message, then the client gives up on it. An answer for
-    // the client, a cancellation for the server.
+    // the client metrics, a cancellation for the client span and the server.
     let ctx = request_ctx("org_watch");
     let first = ctx
         .clone()
@@ -384,7 +384,7 @@ async fn a_tonic_channel_in_the_client_layer_agrees_with_the_server_it_calls() {
     assert_eq!(first.status, ServingStatus::Serving as i32);
     let watched = Expected {
         client_status: "2xx",
-        client_failure: None,
+        client_failure: Some((Some("1"), "CANCELLED")),
         access: (Some(1), true),
     };
     calls.push((ctx, WATCH, 1, watched));
@@ -460,7 +460,11 @@ async fn a_tonic_channel_in_the_client_layer_agrees_with_the_server_it_calls() {
                     assert_eq!(span["otel.status_code"], "ERROR", "{id}: {span:?}");
                     assert_eq!(span["error.type"], error, "{id}: {span:?}");
                 }
-                None => assert_eq!(span.get("otel.status_code"), None, "{id}: {span:?}"),
+                None => {
+                    // `OK`, in the trailers of every answered call.
+                    assert_eq!(span["rpc.grpc.status_code"], "0", "{id}: {span:?}");
+                    assert_eq!(span.get("otel.status_code"), None, "{id}: {span:?}");
+                }
             }
         }
         if *count == 2 {

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use periscope_context::grpc::{HeadOutcome, head_outcome};
 use periscope_context::{RequestContext, TenantKey, remove_absent_tenants};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -14,6 +16,7 @@ use tracing::Span;
 use tracing::field::Empty;
 
 use crate::binding::{ParentKind, bind, early_id};
+use crate::client_body::{CLIENT_ERROR_FROM, ClientBody, Pending};
 use crate::fields::{
     RedactedUrl, method_name, method_original, record_failure, record_status, server_port,
     span_method,
@@ -248,6 +251,13 @@ impl ClientSpan {
 /// named `package.Service/Method` and records `rpc.system`, `rpc.service` and `rpc.method`, as the
 /// OpenTelemetry RPC conventions want; any other call keeps the HTTP name (`{method}`).
 ///
+/// The span covers the whole answer, as tower-http's trace layer does: the answer's body is a
+/// [`ClientBody`], polled inside the span, which ends when the body does (at once for an
+/// answer without one: `HEAD`, 204, 304). The head records the status (and the code of a
+/// trailers-only gRPC answer); the body records what comes after it: the code a gRPC call's
+/// trailers bring, a body that fails, a gRPC call cancelled by dropping its body (see
+/// [`ClientBody`]). A body kept unread keeps its span open: read it to its end or drop it.
+///
 /// ```
 /// use std::convert::Infallible;
 /// use http::{Request, Response};
@@ -266,7 +276,8 @@ impl ClientSpan {
 /// let ctx = RequestContext::new_root();
 /// let request = Request::get("http://callee.internal/").body(String::new()).unwrap();
 /// let response = ctx.clone().scope(client.oneshot(request)).await.unwrap();
-/// let sent = TraceParent::parse(response.body()).unwrap();
+/// // The answer's body is a `ClientBody`, which keeps the call's span until it ends.
+/// let sent = TraceParent::parse(response.body().get_ref()).unwrap();
 /// assert_eq!(sent.trace_id, ctx.trace_id);
 /// assert_ne!(sent.parent_id, ctx.span_id); // the client span's own id
 /// # });
@@ -322,8 +333,9 @@ pub struct ClientTrace<S> {
 impl<S, B, ResBody> Service<Request<B>> for ClientTrace<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Body,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ClientBody<ResBody>>;
     type Error = S::Error;
     type Future = ClientResponseFuture<S::Future>;
 
@@ -410,23 +422,41 @@ impl<F> PinnedDrop for ClientResponseFuture<F> {
 impl<F, ResBody, E> Future for ClientResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body,
 {
-    type Output = Result<Response<ResBody>, E>;
+    type Output = Result<Response<ClientBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.call.span.enter();
+        let entered = this.call.span.enter();
         *this.in_client = true;
         let result = this.inner.poll(cx);
         *this.in_client = false;
         let result = ready!(result);
         *this.done = true;
-        match &result {
-            Ok(response) => this
-                .call
-                .record_response(response.status(), response.headers()),
-            Err(_) => this.call.record_error(),
-        }
-        Poll::Ready(result)
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                this.call.record_error();
+                return Poll::Ready(Err(error));
+            }
+        };
+        let span = &this.call.span;
+        let failed = record_status(
+            span,
+            response.status(),
+            response.headers(),
+            CLIENT_ERROR_FROM,
+        );
+        let pending = match head_outcome(response.status(), response.headers()) {
+            // The code comes in the trailers, after the messages: recorded by the body.
+            HeadOutcome::Trailers => Pending::GrpcCode,
+            HeadOutcome::Status | HeadOutcome::Code(_) => Pending::End { failed },
+        };
+        drop(entered);
+        // The body keeps the span, which ends with it: a streamed answer's frames come after
+        // this future is done.
+        let span = std::mem::replace(&mut this.call.span, Span::none());
+        Poll::Ready(Ok(response.map(|body| ClientBody::new(body, span, pending))))
     }
 }

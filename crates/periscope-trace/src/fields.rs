@@ -140,13 +140,14 @@ pub(crate) fn record_tenant(span: &Span, tenant: &Tenant) {
 /// the status code as text. A trailers-only gRPC answer (200 with `grpc-status`) also records
 /// `rpc.grpc.status_code` and is judged by the HTTP status its code stands for: for a server
 /// span that fails exactly the codes the gRPC conventions name, for a client span every code
-/// but `OK`; its `error.type` is the code's name (`UNAVAILABLE`).
+/// but `OK`; its `error.type` is the code's name (`UNAVAILABLE`). Returns whether the span
+/// failed.
 pub(crate) fn record_status(
     span: &Span,
     status: http::StatusCode,
     headers: &http::HeaderMap,
     error_from: u16,
-) {
+) -> bool {
     span.record("http.response.status_code", i64::from(status.as_u16()));
     let grpc = answer_code(status, headers);
     let judged = match grpc {
@@ -156,13 +157,15 @@ pub(crate) fn record_status(
         }
         None => status,
     };
-    if judged.as_u16() >= error_from {
+    let failed = judged.as_u16() >= error_from;
+    if failed {
         span.record("otel.status_code", "ERROR");
         match grpc {
             Some(code) => span.record("error.type", code.name()),
             None => span.record("error.type", status.as_str()),
         };
     }
+    failed
 }
 
 /// Records the code a gRPC call ended with, known after its head (its trailers'):

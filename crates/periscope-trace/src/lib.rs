@@ -8,7 +8,8 @@
 //!   log line, and the [`RequestContext`](periscope_context::RequestContext) in the request
 //!   extensions.
 //! - [`ClientTraceLayer`], [`ClientSpan`] and [`inject`]: outgoing calls carry the context, each
-//!   under its own client span.
+//!   under its own client span; through the layer the span lasts until the answer's body ends
+//!   ([`ClientBody`]), with the code a gRPC call's trailers bring.
 //! - [`job`]: a job enqueued from a request continues its trace and request id.
 //! - `otel` (feature): a tracer provider from the `OTEL_*` environment, OTLP export over gRPC
 //!   or HTTP/protobuf, and the re-exported OpenTelemetry crates.
@@ -26,6 +27,7 @@
 mod binding;
 mod body;
 pub mod client;
+mod client_body;
 mod fields;
 pub mod job;
 #[cfg(feature = "otel")]
@@ -39,6 +41,7 @@ mod trust;
 
 pub use body::CorrelationBody;
 pub use client::{ClientSpan, ClientTrace, ClientTraceLayer, inject};
+pub use client_body::ClientBody;
 pub use fields::SPAN_TENANT_FIELDS;
 pub use propagation::Propagators;
 pub use selector::{DEFAULT_QUIET_PATHS, PathSelector};

@@ -619,7 +619,9 @@ where
             }
             // Judged by its head: without a watch, a call whose code comes in its trailers is
             // the 200 it was then.
-            _ => record_status(span, response.status(), response.headers(), 500),
+            _ => {
+                record_status(span, response.status(), response.headers(), 500);
+            }
         }
         let context = this.inner.context().clone();
         response

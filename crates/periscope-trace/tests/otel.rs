@@ -349,7 +349,7 @@ async fn jobs_export_a_consumer_span_under_the_request(
 /// A client through the client layer whose transport answers with the traceparent it was sent.
 fn echoing_client() -> impl tower::Service<
     http::Request<String>,
-    Response = http::Response<String>,
+    Response = http::Response<periscope_trace::ClientBody<String>>,
     Error = std::convert::Infallible,
     Future: Send,
 > + Clone
@@ -396,7 +396,9 @@ async fn downstream_traceparent(sampler: Sampler, incoming: Option<&str>) -> Tra
             .insert("traceparent", incoming.parse().unwrap());
     }
     let response = server.oneshot(request).await.unwrap();
-    TraceParent::parse(response.body().get_ref().unwrap()).unwrap()
+    // The server's body holds the client's answer, whose body holds the text.
+    let sent = response.body().get_ref().unwrap().get_ref();
+    TraceParent::parse(sent).unwrap()
 }
 
 #[tokio::test]
@@ -586,12 +588,15 @@ async fn one_call_in(
         server
             .oneshot(request)
             .await
-            // The body's text; the wrapper, and the request's span with it, ends here.
-            .map(|response| response.map(|body| body.get_ref().unwrap().clone()))
+            // The body's text; the wrappers, and the request's and the call's spans with
+            // them, end here.
+            .map(|response| response.map(|body| body.get_ref().unwrap().get_ref().clone()))
     } else {
         let span = within();
         let call = span.in_scope(|| client.oneshot(call()));
-        call.instrument(span).await
+        // The text; the call's span ends with its body, here.
+        let response = call.instrument(span).await;
+        response.map(|response| response.map(|body| body.get_ref().clone()))
     };
     let sent = TraceParent::parse(response.unwrap().body()).unwrap();
     provider.force_flush().unwrap();

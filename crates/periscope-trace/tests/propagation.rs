@@ -1123,9 +1123,9 @@ async fn a_panicking_client_is_a_failed_client_span() {
     #[derive(Clone)]
     struct PanicsInCall;
     impl tower::Service<http::Request<()>> for PanicsInCall {
-        type Response = http::Response<()>;
+        type Response = http::Response<String>;
         type Error = Infallible;
-        type Future = std::future::Ready<Result<http::Response<()>, Infallible>>;
+        type Future = std::future::Ready<Result<http::Response<String>, Infallible>>;
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
             Poll::Ready(Ok(()))
         }
@@ -1139,7 +1139,7 @@ async fn a_panicking_client_is_a_failed_client_span() {
     let panics_in_poll = tower::service_fn(|_: http::Request<()>| async {
         panic!("the client panics in its future");
         #[allow(unreachable_code)]
-        Ok::<_, Infallible>(http::Response::new(()))
+        Ok::<_, Infallible>(http::Response::new(String::new()))
     });
     let call = |path: &str| http::Request::get(format!("http://inventory.internal{path}")).body(());
     let polled = ClientTraceLayer::new()
@@ -1349,8 +1349,9 @@ async fn call_without_network(ctx: &RequestContext, urls: &[&str]) {
     use std::convert::Infallible;
     use tower::{ServiceExt, service_fn};
 
-    let transport =
-        service_fn(|_: http::Request<()>| async { Ok::<_, Infallible>(http::Response::new(())) });
+    let transport = service_fn(|_: http::Request<()>| async {
+        Ok::<_, Infallible>(http::Response::new(String::new()))
+    });
     let client = ClientTraceLayer::new().layer(transport);
     for url in urls {
         let request = http::Request::get(*url).body(()).unwrap();

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use bytes::Bytes;
@@ -53,11 +54,14 @@ impl Line {
     }
 }
 
-/// A closed span: its name and every field it recorded.
+/// A closed span: its name, every field it recorded, and when it was open.
 #[derive(Clone, Debug)]
 pub struct ClosedSpan {
     pub name: String,
     pub fields: BTreeMap<String, String>,
+    /// From its creation to its close.
+    pub duration: Duration,
+    pub closed_at: Instant,
 }
 
 impl ClosedSpan {
@@ -111,6 +115,9 @@ impl Capture {
 
 struct Fields(BTreeMap<String, String>);
 
+/// When a span was created.
+struct Opened(Instant);
+
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.0.insert(field.name().to_owned(), format!("{value:?}"));
@@ -128,7 +135,9 @@ where
         let mut fields = Fields(BTreeMap::new());
         attrs.record(&mut fields);
         if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(fields);
+            let mut extensions = span.extensions_mut();
+            extensions.insert(fields);
+            extensions.insert(Opened(Instant::now()));
         }
     }
 
@@ -169,14 +178,18 @@ where
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(&id) {
-            let fields = span
-                .extensions()
+            let closed_at = Instant::now();
+            let extensions = span.extensions();
+            let fields = extensions
                 .get::<Fields>()
                 .map(|f| f.0.clone())
                 .unwrap_or_default();
+            let opened = extensions.get::<Opened>().map_or(closed_at, |o| o.0);
             self.spans.lock().unwrap().push(ClosedSpan {
                 name: span.name().to_owned(),
                 fields,
+                duration: closed_at - opened,
+                closed_at,
             });
         }
     }
@@ -210,10 +223,12 @@ pub fn plain_client() -> Client<HttpConnector, Full<Bytes>> {
 }
 
 /// Sends `request` and reads the whole response.
-pub async fn send<C>(client: C, request: Request<Full<Bytes>>) -> Response<Bytes>
+pub async fn send<C, B>(client: C, request: Request<Full<Bytes>>) -> Response<Bytes>
 where
-    C: tower::Service<Request<Full<Bytes>>, Response = Response<hyper::body::Incoming>>,
+    C: tower::Service<Request<Full<Bytes>>, Response = Response<B>>,
     C::Error: fmt::Debug,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: fmt::Debug,
 {
     let response = client.oneshot(request).await.unwrap();
     let (parts, body) = response.into_parts();
