@@ -2189,7 +2189,7 @@ async fn the_client_layer_sends_the_services_tenant_fields_and_counts_the_call()
 
 /// `ClientMetricsLayer` composes with `ClientTraceLayer` in either order: outside it (the
 /// reverse of `obs.client_layer()`), it counts the call at its head all the same, and hands on
-/// the client span's body, which the caller reads to its end.
+/// the client span's body in its own, which the caller reads to its end.
 #[tokio::test(flavor = "current_thread")]
 async fn the_client_metrics_compose_outside_the_client_span_too() {
     use tower::ServiceExt;
@@ -2207,8 +2207,9 @@ async fn the_client_metrics_compose_outside_the_client_span_too() {
         .body(Empty::new())
         .unwrap();
     let ctx = periscope::context::RequestContext::new_root();
-    let answer: http::Response<periscope::trace::ClientBody<hyper::body::Incoming>> =
-        ctx.clone().scope(client.oneshot(request)).await.unwrap();
+    let answer: http::Response<
+        periscope::metrics::MetricsBody<periscope::trace::ClientBody<hyper::body::Incoming>>,
+    > = ctx.clone().scope(client.oneshot(request)).await.unwrap();
     assert_eq!(answer.status(), 200);
     let body = answer.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "done");

@@ -106,6 +106,10 @@ fn record() -> (
 
 /// A counter family's samples summed over the series whose labels match `labels`.
 fn counted(exposition: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
+    // A registry with no samples yet encodes as no text at all.
+    if exposition.is_empty() {
+        return 0.0;
+    }
     let exposition = openmetrics_parser::prometheus::parse_prometheus(exposition)
         .unwrap_or_else(|e| panic!("{e:?}"));
     let Some(family) = exposition.families.get(family) else {
@@ -342,13 +346,13 @@ async fn a_tonic_channel_in_the_client_layer_agrees_with_the_server_it_calls() {
     };
     calls.push((ctx, EXPORT, 1, unavailable));
 
-    // Failed after a message: the client metrics count the head they got, the client span
-    // and the server the code of the trailers.
+    // Failed after a message: both sides count, and both spans record, the code of the
+    // trailers.
     let ctx = request_ctx("org_trailers");
     let status = ctx.clone().scope(exporter.export(export(3))).await;
     assert_eq!(status.unwrap_err().code(), tonic::Code::Internal);
     let in_trailers = Expected {
-        client_status: "2xx",
+        client_status: "5xx",
         client_failure: Some((Some("13"), "INTERNAL")),
         access: (Some(13), false),
     };
@@ -368,8 +372,8 @@ async fn a_tonic_channel_in_the_client_layer_agrees_with_the_server_it_calls() {
     };
     calls.push((ctx, CHECK, 1, unknown));
 
-    // A server stream: its first message, then the client gives up on it. An answer for
-    // the client metrics, a cancellation for the client span and the server.
+    // A server stream: its first message, then the client gives up on it. A cancellation
+    // for both sides' metrics and spans.
     let ctx = request_ctx("org_watch");
     let first = ctx
         .clone()
@@ -383,7 +387,7 @@ async fn a_tonic_channel_in_the_client_layer_agrees_with_the_server_it_calls() {
         .await;
     assert_eq!(first.status, ServingStatus::Serving as i32);
     let watched = Expected {
-        client_status: "2xx",
+        client_status: "cancelled",
         client_failure: Some((Some("1"), "CANCELLED")),
         access: (Some(1), true),
     };
@@ -497,8 +501,7 @@ async fn a_tonic_channel_in_the_client_layer_agrees_with_the_server_it_calls() {
         }
     }
 
-    // Each call counted once on each side: by the caller as its head told, by the server as
-    // its code did.
+    // Each call counted once on each side, as its code did.
     let caller_text = caller.registry().encode_prometheus().unwrap();
     for (status, count) in &client_counts {
         let labels = [
@@ -711,4 +714,275 @@ async fn empty_chunks_do_not_cost_an_http2_client_its_connection() {
             .to_bytes();
         assert_eq!(body, "ab", "answer {i}");
     }
+}
+
+/// What a scripted `Health/Watch` answer does, picked by the request's `service`.
+fn watch_script(service: &str) -> Vec<Step> {
+    match service {
+        "internal" => vec![Step::Message, Step::Fail(tonic::Status::internal("lost"))],
+        "not_found" => vec![Step::Message, Step::Fail(tonic::Status::not_found("gone"))],
+        // Three messages 100 ms apart, then `OK`.
+        "slow" => vec![
+            Step::Message,
+            Step::Pause(Duration::from_millis(100)),
+            Step::Message,
+            Step::Pause(Duration::from_millis(100)),
+            Step::Message,
+        ],
+        "endless" => vec![Step::Message, Step::Hold],
+        other => panic!("no script for {other}"),
+    }
+}
+
+/// One step of a scripted server stream.
+enum Step {
+    Message,
+    Pause(Duration),
+    Fail(tonic::Status),
+    /// Nothing more, until the caller goes.
+    Hold,
+}
+
+/// Marks a `Health/Watch` answer whose body the server fails after its first message (see
+/// [`reset_after_a_message`]).
+const RESET: &str = "x-test-reset";
+
+/// A gRPC health service whose `Watch` streams what [`watch_script`] says, or, for the service
+/// `reset`, one message and then a reset of the stream; `Check` answers `SERVING`.
+struct ScriptedHealth;
+
+#[tonic::async_trait]
+impl periscope::health::tonic_health::pb::health_server::Health for ScriptedHealth {
+    async fn check(
+        &self,
+        _: tonic::Request<periscope::health::tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<
+        tonic::Response<periscope::health::tonic_health::pb::HealthCheckResponse>,
+        tonic::Status,
+    > {
+        Ok(tonic::Response::new(serving()))
+    }
+
+    type WatchStream = std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                    Item = Result<
+                        periscope::health::tonic_health::pb::HealthCheckResponse,
+                        tonic::Status,
+                    >,
+                > + Send,
+        >,
+    >;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<periscope::health::tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        let service = request.into_inner().service;
+        if service == "reset" {
+            let stream: Self::WatchStream = Box::pin(futures_util::stream::iter([Ok(serving())]));
+            let mut response = tonic::Response::new(stream);
+            response.metadata_mut().insert(RESET, "1".parse().unwrap());
+            return Ok(response);
+        }
+        let steps = watch_script(&service).into_iter();
+        let stream = futures_util::stream::unfold(steps, |mut steps| async move {
+            loop {
+                match steps.next()? {
+                    Step::Message => return Some((Ok(serving()), steps)),
+                    Step::Pause(pause) => tokio::time::sleep(pause).await,
+                    Step::Fail(status) => return Some((Err(status), steps)),
+                    Step::Hold => std::future::pending::<()>().await,
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+}
+
+fn serving() -> periscope::health::tonic_health::pb::HealthCheckResponse {
+    use periscope::health::tonic_health::pb::health_check_response::ServingStatus;
+
+    periscope::health::tonic_health::pb::HealthCheckResponse {
+        status: ServingStatus::Serving as i32,
+    }
+}
+
+/// The answer marked [`RESET`]: its one message, then, 50 ms later, a failing body (the
+/// server resets the stream; the pause keeps the reset from overtaking the head).
+fn reset_after_a_message(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    if response.headers_mut().remove(RESET).is_some() {
+        let message = futures_util::stream::once(async {
+            let mut message = vec![0, 0, 0, 0, 2];
+            message.extend_from_slice(&[0x08, 0x01]);
+            Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(message)))
+        });
+        let reset = futures_util::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(std::io::Error::other("the stream failed"))
+        });
+        let body = http_body_util::StreamBody::new(futures_util::StreamExt::chain(message, reset));
+        *response.body_mut() = tonic::body::Body::new(body);
+    }
+    response
+}
+
+/// The count and the duration histogram's sum of the client calls under `status`.
+fn client_calls(exposition: &str, status: &str) -> (f64, f64) {
+    if exposition.is_empty() {
+        return (0.0, 0.0);
+    }
+    let parsed = openmetrics_parser::prometheus::parse_prometheus(exposition)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let mut sum = 0.0;
+    if let Some(family) = parsed.families.get("http_client_request_duration_seconds") {
+        for sample in family.iter_samples() {
+            if sample.get_labelset().unwrap().get_label_value("status") != Some(status) {
+                continue;
+            }
+            match &sample.value {
+                openmetrics_parser::PrometheusValue::Histogram(histogram) => {
+                    sum += histogram.sum.as_ref().unwrap().as_f64();
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let count = counted(
+        exposition,
+        "http_client_requests_total",
+        &[("status", status)],
+    );
+    (count, sum)
+}
+
+/// Makes `call` and checks that it was counted once, under `status`, with a duration of at
+/// least `at_least`.
+async fn counted_once<F: Future>(
+    exposition: &dyn Fn() -> String,
+    status: &str,
+    at_least: Duration,
+    call: F,
+) -> F::Output {
+    let before = exposition();
+    let all_before = counted(&before, "http_client_requests_total", &[]);
+    let (count_before, sum_before) = client_calls(&before, status);
+    let output = call.await;
+    let after = exposition();
+    let all = counted(&after, "http_client_requests_total", &[]);
+    let (count, sum) = client_calls(&after, status);
+    assert_eq!(
+        all - all_before,
+        1.0,
+        "{status}: counted once in all: {after}"
+    );
+    assert_eq!(count - count_before, 1.0, "{status}: {after}");
+    assert!(
+        sum - sum_before >= at_least.as_secs_f64(),
+        "{status}: timed {} s, not to the end of the call",
+        sum - sum_before
+    );
+    output
+}
+
+/// Calls a tonic health server through `client` (a tonic channel in the client layers) and
+/// checks each call's count and duration in `exposition`.
+async fn grpc_calls_are_counted_by_their_code<T>(
+    mut client: periscope::health::tonic_health::pb::health_client::HealthClient<T>,
+    exposition: &dyn Fn() -> String,
+) where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    use periscope::health::tonic_health::pb::HealthCheckRequest;
+
+    let request = |service: &str| HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    // A unary call answered `OK` in its trailers.
+    let ok = counted_once(exposition, "2xx", Duration::ZERO, client.check(request("")));
+    assert!(ok.await.is_ok());
+
+    // A server stream failing in its trailers after a message.
+    for (service, status, code) in [
+        ("internal", "5xx", tonic::Code::Internal),
+        ("not_found", "4xx", tonic::Code::NotFound),
+        ("reset", "5xx", tonic::Code::Internal),
+    ] {
+        let streamed = async {
+            let mut stream = client.watch(request(service)).await.unwrap().into_inner();
+            assert!(stream.message().await.unwrap().is_some(), "{service}");
+            stream.message().await.unwrap_err()
+        };
+        let failed = counted_once(exposition, status, Duration::ZERO, streamed).await;
+        assert_eq!(failed.code(), code, "{service}: {failed:?}");
+    }
+
+    // Messages 100 ms apart: timed to the stream's end.
+    let slow = async {
+        let mut stream = client.watch(request("slow")).await.unwrap().into_inner();
+        let mut messages = 0;
+        while stream.message().await.unwrap().is_some() {
+            messages += 1;
+        }
+        messages
+    };
+    let messages = counted_once(exposition, "2xx", Duration::from_millis(200), slow).await;
+    assert_eq!(messages, 3);
+
+    // A server stream the caller drops half-read.
+    let dropped = async {
+        let mut stream = client.watch(request("endless")).await.unwrap().into_inner();
+        assert!(stream.message().await.unwrap().is_some());
+        drop(stream);
+    };
+    counted_once(exposition, "cancelled", Duration::ZERO, dropped).await;
+}
+
+/// The caller's RED metrics of a gRPC call whose code comes in the trailers (every call tonic
+/// answers with a message) wait for that code: a unary `OK` counts `2xx`, a server stream
+/// failing after a message with `INTERNAL` `5xx` and with `NOT_FOUND` `4xx`, one the server
+/// resets `5xx`, one the caller drops half-read `cancelled`; a stream of messages 100 ms apart
+/// is timed to its end. Each call counted once, with `ClientMetricsLayer` inside
+/// `ClientTraceLayer` (`obs.client_layer()`) and outside it.
+#[tokio::test(flavor = "current_thread")]
+async fn the_callers_grpc_metrics_wait_for_the_code_in_the_trailers() {
+    use periscope::health::tonic_health::pb::health_client::HealthClient;
+    use periscope::health::tonic_health::pb::health_server::HealthServer;
+    use tower::Layer;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(reset_after_a_message))
+        .add_service(HealthServer::new(ScriptedHealth))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    tokio::spawn(server);
+    let origin: http::Uri = format!("http://{addr}").parse().unwrap();
+    let channel = tonic::transport::Endpoint::from(origin.clone())
+        .connect()
+        .await
+        .unwrap();
+
+    let obs = Observability::builder()
+        .service_name("caller")
+        .log_writer(std::io::sink())
+        .build()
+        .unwrap();
+    let facade = obs.client_layer().layer(channel.clone());
+    let text = || obs.registry().encode_prometheus().unwrap();
+    grpc_calls_are_counted_by_their_code(HealthClient::with_origin(facade, origin.clone()), &text)
+        .await;
+
+    let registry = periscope::metrics::MetricsRegistry::new();
+    let outside = tower::ServiceBuilder::new()
+        .layer(periscope::metrics::ClientMetricsLayer::new(&registry).unwrap())
+        .layer(periscope::trace::ClientTraceLayer::new())
+        .service(channel);
+    let text = || registry.encode_prometheus().unwrap();
+    grpc_calls_are_counted_by_their_code(HealthClient::with_origin(outside, origin), &text).await;
 }

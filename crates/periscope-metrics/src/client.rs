@@ -8,11 +8,13 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use http::{Request, Response, Uri};
-use periscope_context::grpc::{HeadOutcome, head_outcome};
+use http_body::Body;
+use periscope_context::grpc::{HeadOutcome, StreamEnd, head_outcome};
 use periscope_context::{RequestContext, TraceId};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 
+use crate::body::{AtEnd, MetricsBody};
 use crate::error::MetricsError;
 use crate::guard::{Caps, GuardedFamily, LabelGuard};
 use crate::labels::{CANCELLED, OTHER_METHOD, StatusLabel, method_label};
@@ -182,7 +184,7 @@ impl ClientMetricsLayerBuilder {
         )?;
         registry.register(
             &duration_name,
-            "HTTP client call duration until the answer's head, in seconds",
+            "HTTP client call duration until the answer's head (a gRPC call answered in trailers: until its end), in seconds",
             duration.clone(),
         )?;
         Ok(ClientMetricsLayer {
@@ -210,12 +212,25 @@ struct Families {
 /// - `server_address` is the URI's host (lower case; an IPv6 address without its brackets),
 ///   `server_port` its port or the scheme's default (`80`, `443`); both [`UNKNOWN_SERVER`]
 ///   for a URI without a host.
-/// - `status` is the answer's status (class or code); a gRPC call answered trailers-only (the
-///   usual failure) counts as the status its `grpc-status` stands for, one whose code comes
-///   after its messages as the 200 its head was; [`CALL_ERROR`] when the client failed without
-///   an answer, [`CANCELLED`] when the call was dropped first (a timeout around it, the
-///   caller gone).
-/// - The duration runs to the answer's head, as OpenTelemetry's `http.client.request.duration`.
+/// - `status` is the answer's status (class or code); a gRPC answer counts as the status its
+///   code stands for (see below); [`CALL_ERROR`] when the client failed without an answer,
+///   [`CANCELLED`] when the call was dropped first (a timeout around it, the caller gone).
+/// - An HTTP call, and a gRPC call answered trailers-only (the code in its head: the usual
+///   failure), is recorded at the answer's head, and timed to it, as OpenTelemetry's
+///   `http.client.request.duration`: a streamed HTTP answer is not timed to its end.
+/// - A gRPC call whose code comes in the trailers, after its messages (HTTP 200,
+///   `application/grpc`, no `grpc-status` in its head: every call tonic answers with a
+///   message, and a server stream that fails after messages) is recorded when its body ends,
+///   and timed to that end, as OpenTelemetry's `rpc.client.duration`: under the status its
+///   code stands for (`UNKNOWN`, 500, when the body ends without one; `INTERNAL`, 500, when
+///   it fails, as a stream the server resets), or [`CANCELLED`] when the body is dropped
+///   first (a server stream the caller stops reading). An answer with no body at all is
+///   recorded at once.
+///
+/// The response body is a [`MetricsBody`], which records such a call at its end and passes
+/// every other body's frames on with nothing more to do. Each call is counted once. The layer
+/// composes with periscope-trace's `ClientTraceLayer` in either order, and a tonic client
+/// takes the stack as its channel.
 ///
 /// ```
 /// use periscope_metrics::{ClientMetricsLayer, MetricsRegistry};
@@ -286,8 +301,9 @@ impl<S: std::fmt::Debug> std::fmt::Debug for ClientMetrics<S> {
 impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for ClientMetrics<S>
 where
     S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<MetricsBody<ResBody>>;
     type Error = S::Error;
     type Future = ClientResponseFuture<S::Future>;
 
@@ -320,8 +336,9 @@ pub struct ClientResponseFuture<F> {
 impl<F, ResBody, E> Future for ClientResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body,
 {
-    type Output = F::Output;
+    type Output = Result<Response<MetricsBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -334,26 +351,32 @@ where
             call.in_client = false;
         }
         let output = ready!(output);
-        if let Some(mut call) = this.call.take() {
-            let status = match &output {
-                Ok(response) => {
-                    let families = &call.families;
-                    let status = match head_outcome(response.status(), response.headers()) {
-                        HeadOutcome::Code(code) => code.http_status(),
-                        HeadOutcome::Status | HeadOutcome::Trailers => response.status(),
-                    };
-                    families.status.value(status)
+        let call = this.call.take();
+        Poll::Ready(match output {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                let end = match call {
+                    Some(call) => call.answered(&parts, &body),
+                    None => AtEnd::Nothing,
+                };
+                Ok(Response::from_parts(
+                    parts,
+                    MetricsBody::with_end(body, end),
+                ))
+            }
+            Err(error) => {
+                if let Some(mut call) = call {
+                    call.finish(CALL_ERROR);
                 }
-                Err(_) => CALL_ERROR,
-            };
-            call.finish(status);
-        }
-        Poll::Ready(output)
+                Err(error)
+            }
+        })
     }
 }
 
-/// One call being timed; dropped unfinished, it counts as [`CANCELLED`].
-struct Call {
+/// One call being timed, by its response future and then, for a gRPC call whose code comes
+/// in the trailers, by the answer's body; dropped unfinished, it counts as [`CANCELLED`].
+pub(crate) struct Call {
     families: Arc<Families>,
     method: &'static str,
     server: Server,
@@ -379,6 +402,34 @@ impl Call {
         }
     }
 
+    /// Records the call at its answer's head, or hands it to the body when its gRPC code
+    /// comes in the trailers (decided here, so that no other body does anything per frame).
+    fn answered<B: Body>(mut self, head: &http::response::Parts, body: &B) -> AtEnd {
+        let status = match head_outcome(head.status, &head.headers) {
+            HeadOutcome::Code(code) => code.http_status(),
+            HeadOutcome::Status => head.status,
+            // No body at all: no trailers will come.
+            HeadOutcome::Trailers if body.is_end_stream() => {
+                self.stream_end(StreamEnd::NoTrailers);
+                return AtEnd::Nothing;
+            }
+            HeadOutcome::Trailers => return AtEnd::Call(Box::new(self)),
+        };
+        self.finish(self.families.status.value(status));
+        AtEnd::Nothing
+    }
+
+    /// Records a gRPC call whose code comes in the trailers, by how its body ended: the
+    /// status its code stands for, or `cancelled` (not the 499 of a `CANCELLED` the server
+    /// answered) when the caller dropped the body first.
+    pub(crate) fn stream_end(&mut self, end: StreamEnd) {
+        let status = match end {
+            StreamEnd::Dropped => CANCELLED,
+            end => self.families.status.value(end.code().http_status()),
+        };
+        self.finish(status);
+    }
+
     fn finish(&mut self, status: &str) {
         self.done = true;
         let elapsed = self.start.elapsed().as_secs_f64();
@@ -396,7 +447,8 @@ impl Drop for Call {
     fn drop(&mut self) {
         if !self.done {
             // Dropped after a panic of the client below: the call failed without an answer;
-            // dropped otherwise, the caller gave up on it.
+            // dropped otherwise (its future, or its answer's body before its code), the
+            // caller gave up on it.
             let status = if self.in_client {
                 CALL_ERROR
             } else {

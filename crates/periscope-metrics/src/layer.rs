@@ -9,7 +9,7 @@ use http::{Request, Response};
 use http_body::Body;
 use prometheus_client::metrics::MetricType;
 
-use crate::body::MetricsBody;
+use crate::body::{AtEnd, MetricsBody};
 use crate::error::MetricsError;
 use crate::guard::{Caps, GuardedFamily, LabelGuard};
 use crate::labels::{CANCELLED, OTHER_METHOD, StatusLabel, UNMATCHED, method_label};
@@ -561,9 +561,10 @@ where
         Poll::Ready(match output {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
+                let end = in_flight.map_or(AtEnd::Nothing, AtEnd::InFlight);
                 Ok(Response::from_parts(
                     parts,
-                    MetricsBody::holding(body, in_flight),
+                    MetricsBody::with_end(body, end),
                 ))
             }
             Err(error) => Err(error),

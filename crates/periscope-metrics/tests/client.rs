@@ -10,7 +10,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use common::{parse_openmetrics, points, serve, sum_where};
+use common::{parse_openmetrics, points, serve, sum_where, total};
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -145,7 +145,7 @@ async fn the_default_port_is_the_schemes_and_hosts_are_lower_case() {
     let registry = MetricsRegistry::new();
     let layer = ClientMetricsLayer::new(&registry).unwrap();
     let answered = tower::service_fn(|_: http::Request<()>| async {
-        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<bytes::Bytes>::new()))
     });
     for uri in [
         "https://Models.Internal/v1/predict",
@@ -173,7 +173,7 @@ async fn an_ipv6_server_is_counted_without_brackets() {
     let registry = MetricsRegistry::new();
     let layer = ClientMetricsLayer::new(&registry).unwrap();
     let answered = tower::service_fn(|_: http::Request<()>| async {
-        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<bytes::Bytes>::new()))
     });
     for uri in ["http://[::1]:8080/v1/predict", "http://[FD00::7]/health"] {
         let request = http::Request::get(uri).body(()).unwrap();
@@ -207,7 +207,7 @@ async fn the_layers_own_values_stay_outside_the_caps() {
         .register(&registry)
         .unwrap();
     let answered = layer.layer(tower::service_fn(|_: http::Request<()>| async {
-        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<bytes::Bytes>::new()))
     }));
     for i in 0..10 {
         let request = http::Request::get(format!("http://h{i}.example:{}/", 1000 + i))
@@ -218,7 +218,7 @@ async fn the_layers_own_values_stay_outside_the_caps() {
     let request = http::Request::get("/no-host").body(()).unwrap();
     answered.clone().oneshot(request).await.unwrap();
     let failing = layer.layer(tower::service_fn(|_: http::Request<()>| async {
-        Err::<http::Response<()>, _>(std::io::Error::other("refused"))
+        Err::<http::Response<Empty<bytes::Bytes>>, _>(std::io::Error::other("refused"))
     }));
     let request = http::Request::get("http://h0.example:1000/")
         .body(())
@@ -261,7 +261,9 @@ async fn a_panicking_client_counts_as_an_error() {
     let panicking = layer.layer(tower::service_fn(|_: http::Request<()>| async {
         panic!("the client panicked on purpose");
         #[allow(unreachable_code)]
-        Ok::<http::Response<()>, std::convert::Infallible>(http::Response::new(()))
+        Ok::<http::Response<Empty<bytes::Bytes>>, std::convert::Infallible>(http::Response::new(
+            Empty::<bytes::Bytes>::new(),
+        ))
     }));
     let request = http::Request::get("http://models.internal/")
         .body(())
@@ -281,7 +283,7 @@ async fn a_sampled_calls_duration_links_its_trace() {
     let registry = MetricsRegistry::new();
     let layer = ClientMetricsLayer::new(&registry).unwrap();
     let answered = layer.layer(tower::service_fn(|_: http::Request<()>| async {
-        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<bytes::Bytes>::new()))
     }));
     let sampled = RequestContext::start(RequestId::generate(), true);
     let trace_id = sampled.trace_id.to_string();
@@ -322,7 +324,9 @@ fn a_client_panic_caught_around_its_poll_counts_as_an_error() {
     let mut panicking = layer.layer(tower::service_fn(|_: http::Request<()>| async {
         panic!("the client panicked on purpose");
         #[allow(unreachable_code)]
-        Ok::<http::Response<()>, std::convert::Infallible>(http::Response::new(()))
+        Ok::<http::Response<Empty<bytes::Bytes>>, std::convert::Infallible>(http::Response::new(
+            Empty::<bytes::Bytes>::new(),
+        ))
     }));
     let request = http::Request::get("http://models.internal/")
         .body(())
@@ -426,4 +430,248 @@ fn assert_one_call_failed(registry: &MetricsRegistry) {
         "{calls:#?}"
     );
     assert_eq!(calls.iter().map(|point| point.value).sum::<f64>(), 1.0);
+}
+
+/// A body of `left` chunks, each sent 100 ms after the one before.
+struct Paced {
+    left: u32,
+    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Paced {
+    fn new(chunks: u32) -> Self {
+        Self {
+            left: chunks,
+            pause: Box::pin(tokio::time::sleep(Duration::from_millis(100))),
+        }
+    }
+}
+
+impl http_body::Body for Paced {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(self.pause.as_mut().poll(cx));
+        self.left -= 1;
+        let next = tokio::time::Instant::now() + Duration::from_millis(100);
+        self.pause.as_mut().reset(next);
+        let chunk = bytes::Bytes::from_static(b"token");
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+/// The count and the duration histogram's sum of the calls under `status`.
+fn count_and_sum(registry: &MetricsRegistry, status: &str) -> (f64, f64) {
+    let text = registry.encode_openmetrics().unwrap();
+    // No call counted yet: no family is written (and the text does not parse).
+    if !text.contains("http_client_requests_total") {
+        return (0.0, 0.0);
+    }
+    let exposition = parse_openmetrics(&text);
+    let count = sum_where(
+        &points(&exposition, "http_client_requests"),
+        &[("status", status)],
+    );
+    let mut sum = 0.0;
+    for sample in exposition.families["http_client_request_duration_seconds"].iter_samples() {
+        let labels = sample.get_labelset().unwrap();
+        if labels.get_label_value("status") != Some(status) {
+            continue;
+        }
+        match &sample.value {
+            openmetrics_parser::OpenMetricsValue::Histogram(histogram) => {
+                sum += histogram.sum.as_ref().unwrap().as_f64();
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    (count, sum)
+}
+
+/// A plain HTTP answer streamed in chunks 100 ms apart is counted and timed at its head, as
+/// OpenTelemetry's `http.client.request.duration`: counted before its body is read, its
+/// duration not covering the stream.
+#[tokio::test]
+async fn a_plain_http_stream_is_still_timed_to_its_head() {
+    use http_body_util::BodyExt;
+
+    let app = Router::new().route(
+        "/stream",
+        get(|| async { axum::body::Body::new(Paced::new(3)) }),
+    );
+    let addr = serve(app).await;
+    let registry = MetricsRegistry::new();
+    let client = ClientMetricsLayer::new(&registry)
+        .unwrap()
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>());
+    let request = http::Request::get(format!("http://{addr}/stream"))
+        .body(Empty::new())
+        .unwrap();
+    let response = client.oneshot(request).await.unwrap();
+    assert_eq!(
+        count_and_sum(&registry, "2xx").0,
+        1.0,
+        "counted at its head"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "tokentokentoken");
+
+    let (count, sum) = count_and_sum(&registry, "2xx");
+    assert_eq!(count, 1.0);
+    assert!(sum < 0.1, "timed to the end of its body: {sum} s");
+}
+
+/// A gRPC answer (HTTP 200, `application/grpc`, no `grpc-status` in its head) whose code comes
+/// in its trailers, from a client answering `body`.
+fn grpc_client<B>(
+    layer: &ClientMetricsLayer,
+    body: impl Fn() -> B + Clone + Send + 'static,
+) -> impl tower::Service<
+    http::Request<()>,
+    Response = http::Response<
+        impl http_body::Body<Data = bytes::Bytes, Error = std::convert::Infallible> + Unpin,
+    >,
+    Error = std::convert::Infallible,
+> + Clone
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = std::convert::Infallible>
+        + Unpin
+        + Send
+        + 'static,
+{
+    layer.layer(tower::service_fn(move |_: http::Request<()>| {
+        let body = body.clone();
+        async move {
+            let response = http::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(body())
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    }))
+}
+
+type FrameSender = tokio::sync::mpsc::UnboundedSender<http_body::Frame<bytes::Bytes>>;
+
+/// A body whose frames the test sends; it ends when the sender is dropped.
+struct Script(tokio::sync::mpsc::UnboundedReceiver<http_body::Frame<bytes::Bytes>>);
+
+impl http_body::Body for Script {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|frame| frame.map(Ok))
+    }
+}
+
+/// A gRPC call whose code comes in its trailers is counted when they come, under the exact
+/// code its `grpc-status` stands for with the status switch (`NOT_FOUND`: 404), and its
+/// duration links the sampled trace of the call, as one counted at its head does.
+#[tokio::test]
+async fn a_grpc_call_is_counted_when_its_trailers_come() {
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    use periscope_context::{RequestContext, RequestId};
+
+    let registry = MetricsRegistry::new();
+    let layer = ClientMetricsLayer::builder()
+        .status_label(periscope_metrics::StatusLabel::Code)
+        .register(&registry)
+        .unwrap();
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let receiver = std::sync::Arc::new(std::sync::Mutex::new(Some(receiver)));
+    let client = grpc_client(&layer, move || {
+        Script(receiver.lock().unwrap().take().unwrap())
+    });
+    let sender: FrameSender = sender;
+    let ctx = RequestContext::start(RequestId::generate(), true);
+    let request = http::Request::get("http://models.internal/pkg.Svc/Run")
+        .body(())
+        .unwrap();
+    let response = ctx.clone().scope(client.oneshot(request)).await.unwrap();
+    let mut body = response.into_body();
+    assert_eq!(
+        count_and_sum(&registry, "200").0,
+        0.0,
+        "counted at its head"
+    );
+
+    sender
+        .send(http_body::Frame::data(bytes::Bytes::from_static(&[0; 5])))
+        .unwrap();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    assert!(!body.is_end_stream());
+    assert_eq!(
+        count_and_sum(&registry, "200").0,
+        0.0,
+        "counted at a message"
+    );
+
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", "5".parse().unwrap());
+    sender.send(http_body::Frame::trailers(trailers)).unwrap();
+    assert!(body.frame().await.unwrap().unwrap().is_trailers());
+    drop((sender, body));
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    for family in [
+        "http_client_requests",
+        "http_client_request_duration_seconds",
+    ] {
+        let calls = points(&exposition, family);
+        assert_eq!(sum_where(&calls, &[("status", "404")]), 1.0, "{calls:#?}");
+        assert_eq!(total(&exposition, family), 1.0, "{family}: once");
+    }
+    let calls = points(&exposition, "http_client_request_duration_seconds");
+    assert_eq!(calls[0].exemplars, [ctx.trace_id.to_string()]);
+}
+
+/// A gRPC answer whose body ends without a code is `UNKNOWN` (500), as the caller reads it:
+/// when its last message ends it, and at once when its body is empty at the head (nothing
+/// more will come). Its size hint and end of stream are the inner body's.
+#[tokio::test]
+async fn a_grpc_answer_ending_without_a_code_counts_as_unknown() {
+    use http_body::Body as _;
+    use http_body_util::{BodyExt, Full};
+
+    let registry = MetricsRegistry::new();
+    let layer = ClientMetricsLayer::new(&registry).unwrap();
+    let request = || {
+        http::Request::get("http://models.internal/pkg.Svc/Run")
+            .body(())
+            .unwrap()
+    };
+
+    let empty = grpc_client(&layer, Empty::<bytes::Bytes>::new);
+    let response = empty.oneshot(request()).await.unwrap();
+    assert!(response.body().is_end_stream());
+    assert_eq!(response.body().size_hint().exact(), Some(0));
+    assert_eq!(count_and_sum(&registry, "5xx").0, 1.0, "counted at once");
+    drop(response);
+
+    let message = || Full::new(bytes::Bytes::from_static(&[0; 5]));
+    let one_message = grpc_client(&layer, message);
+    let response = one_message.oneshot(request()).await.unwrap();
+    let mut body = response.into_body();
+    assert_eq!(body.size_hint().exact(), Some(5));
+    assert!(!body.is_end_stream());
+    assert_eq!(count_and_sum(&registry, "5xx").0, 1.0, "the empty one only");
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    assert!(body.is_end_stream());
+    assert_eq!(count_and_sum(&registry, "5xx").0, 2.0, "counted at its end");
+    drop(body);
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    assert_eq!(total(&exposition, "http_client_requests"), 2.0, "each once");
 }
