@@ -233,7 +233,8 @@ struct Families {
 /// takes the stack as its channel.
 ///
 /// ```
-/// use periscope_metrics::{ClientMetricsLayer, MetricsRegistry};
+/// use periscope_metrics::{ClientMetricsLayer, MetricsBody, MetricsRegistry};
+/// use tower::ServiceExt;
 /// use tower_layer::Layer;
 /// # use std::convert::Infallible;
 ///
@@ -241,10 +242,19 @@ struct Families {
 /// let calls = ClientMetricsLayer::new(&registry).unwrap();
 /// // Any Tower HTTP client: hyper_util's `Client`, a tonic `Channel`...
 /// let client = tower::service_fn(|_request: http::Request<String>| async {
-///     Ok::<_, Infallible>(http::Response::new(String::new()))
+///     Ok::<_, Infallible>(http::Response::new(String::from("ok")))
 /// });
 /// let client = calls.layer(client);
-/// # let _ = client;
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let request = http::Request::get("http://models.internal/v1/models")
+///     .body(String::new())
+///     .unwrap();
+/// // The answer's body is the client's, in a `MetricsBody`.
+/// let answer: http::Response<MetricsBody<String>> = client.oneshot(request).await.unwrap();
+/// assert_eq!(answer.body().get_ref(), "ok");
+/// # });
+/// let text = registry.encode_prometheus().unwrap();
+/// assert!(text.contains(r#"server_address="models.internal",server_port="80",status="2xx"} 1"#));
 /// ```
 #[derive(Clone)]
 pub struct ClientMetricsLayer {
