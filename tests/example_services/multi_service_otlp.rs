@@ -101,6 +101,16 @@ async fn the_call_downstream_and_the_job_are_exported_with_the_ids_of_their_line
         );
         assert_eq!(client.trace_id, trace);
         assert_eq!(client.parent_span_id, api_span.span_id, "{client:#?}");
+        // Each child lies within its parent in time: the worker's server span within the
+        // api's client span (which lasts until the worker's answer has been read), and that
+        // within the api's server span.
+        for (parent, child) in [(api_span, client), (client, worker_span)] {
+            assert!(
+                parent.start_unix_nano <= child.start_unix_nano
+                    && child.end_unix_nano <= parent.end_unix_nano,
+                "{child:#?} outside {parent:#?}"
+            );
+        }
         let expected = if error {
             SpanStatus::Error
         } else {

@@ -30,6 +30,9 @@ pub struct Exported {
     pub status: SpanStatus,
     /// String, integer and boolean attributes, as JSON values.
     pub attributes: BTreeMap<String, Value>,
+    /// When the span started and ended, in nanoseconds since the Unix epoch.
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
 }
 
 pub type Spans = Arc<Mutex<Vec<Exported>>>;
@@ -71,6 +74,8 @@ async fn receive(State(spans): State<Spans>, body: Bytes) -> (StatusCode, Vec<u8
                 kind: span.kind(),
                 status: span.status.as_ref().map_or(SpanStatus::Unset, |s| s.code()),
                 attributes: attributes(&span.attributes),
+                start_unix_nano: span.start_time_unix_nano,
+                end_unix_nano: span.end_time_unix_nano,
             });
         }
     }
