@@ -164,8 +164,12 @@ impl MetricsRegistry {
         let family = self.claim(name, metric_type)?;
         let help = escape_help(help);
         // `# UNIT` only on counters and gauges: some OpenMetrics parsers reject it elsewhere.
-        let unit = match metric_type {
-            MetricType::Counter | MetricType::Gauge => split_unit(family),
+        let unit = match (metric_type, split_unit(family)) {
+            // prometheus-client asserts (in debug builds) that a counter's name before its
+            // unit does not end in `_total`: `jobs_total_seconds_total` goes without `# UNIT`,
+            // its samples the same.
+            (MetricType::Counter, (base, Some(_))) if base.ends_with("_total") => (family, None),
+            (MetricType::Counter | MetricType::Gauge, unit) => unit,
             _ => (family, None),
         };
         let mut registry = write(&self.inner.registry);
@@ -533,6 +537,39 @@ mod tests {
         let text = registry.encode_prometheus().unwrap();
         assert!(text.contains("# TYPE jobs_total counter\n"), "{text}");
         assert!(!text.contains("_total_total_total"), "{text}");
+    }
+
+    /// A counter whose name ends in `_total` before its unit (`jobs_total_seconds_total`):
+    /// registered and written in both formats, not a debug-build panic of prometheus-client
+    /// (which sees the name without the unit, `jobs_total`).
+    #[test]
+    fn a_counter_with_total_before_its_unit_is_registered() {
+        let registry = MetricsRegistry::new();
+        let counter = Counter::<u64>::default();
+        registry
+            .register("jobs_total_seconds_total", "x", counter.clone())
+            .unwrap();
+        counter.inc_by(3);
+        let text = registry.encode_openmetrics().unwrap();
+        let parsed = openmetrics_parser::openmetrics::parse_openmetrics(&text)
+            .unwrap_or_else(|e| panic!("{e:?}: {text}"));
+        let family = &parsed.families["jobs_total_seconds"];
+        let values: Vec<f64> = family
+            .iter_samples()
+            .map(|sample| match &sample.value {
+                openmetrics_parser::OpenMetricsValue::Counter(counter) => counter.value.as_f64(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(values, [3.0], "{text}");
+        let text = registry.encode_prometheus().unwrap();
+        let parsed = openmetrics_parser::prometheus::parse_prometheus(&text)
+            .unwrap_or_else(|e| panic!("{e:?}: {text}"));
+        assert!(
+            parsed.families.contains_key("jobs_total_seconds_total"),
+            "{text}"
+        );
+        assert!(text.contains("\njobs_total_seconds_total 3\n"), "{text}");
     }
 
     #[test]
