@@ -24,8 +24,9 @@ use crate::red::InFlight;
 /// - behind [`ClientMetricsLayer`](crate::ClientMetricsLayer), for a gRPC call whose code comes
 ///   in the trailers, it records the call when they come (under the status its code stands
 ///   for: `UNKNOWN` when the body ends without one, `INTERNAL` when it fails), or as
-///   [`CANCELLED`](crate::CANCELLED) when it is dropped first. Any other answer was recorded
-///   at its head, and its body only passes its frames on.
+///   [`CANCELLED`](crate::CANCELLED) when it is dropped first ([`CALL_ERROR`](crate::CALL_ERROR)
+///   when dropped after a panic of the client's body). Any other answer was recorded at its
+///   head, and its body only passes its frames on.
 ///
 /// [`MetricsBody::new`] wraps a body with nothing to do at its end, for a stack that turns
 /// metrics off but keeps the same response type.
@@ -97,7 +98,12 @@ impl<B: Body> Body for MetricsBody<B> {
             return this.inner.poll_frame(cx);
         }
         let mut inner = this.inner;
-        let frame = ready!(inner.as_mut().poll_frame(cx));
+        let frame = match this.end {
+            // A panic in the client's body leaves the call marked: it counts as `error`.
+            AtEnd::Call(call) => call.in_client(|| inner.as_mut().poll_frame(cx)),
+            _ => inner.as_mut().poll_frame(cx),
+        };
+        let frame = ready!(frame);
         let end = match &frame {
             Some(Ok(data)) => match data.trailers_ref() {
                 // Trailers are a body's last frame.

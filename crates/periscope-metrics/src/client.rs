@@ -213,7 +213,8 @@ struct Families {
 ///   `server_port` its port or the scheme's default (`80`, `443`); both [`UNKNOWN_SERVER`]
 ///   for a URI without a host.
 /// - `status` is the answer's status (class or code); a gRPC answer counts as the status its
-///   code stands for (see below); [`CALL_ERROR`] when the client failed without an answer,
+///   code stands for (see below); [`CALL_ERROR`] when the client failed without an answer
+///   (or panicked: in its future, or in the body of a gRPC answer waiting for its code),
 ///   [`CANCELLED`] when the call was dropped first (a timeout around it, the caller gone).
 /// - An HTTP call, and a gRPC call answered trailers-only (the code in its head: the usual
 ///   failure), is recorded at the answer's head, and timed to it, as OpenTelemetry's
@@ -352,14 +353,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        // Left set if the client's poll unwinds (see `Call::in_client`).
-        if let Some(call) = this.call {
-            call.in_client = true;
-        }
-        let output = this.inner.poll(cx);
-        if let Some(call) = this.call {
-            call.in_client = false;
-        }
+        let mut inner = this.inner;
+        let output = match this.call {
+            Some(call) => call.in_client(|| inner.as_mut().poll(cx)),
+            None => inner.poll(cx),
+        };
         let output = ready!(output);
         let call = this.call.take();
         Poll::Ready(match output {
@@ -393,9 +391,10 @@ pub(crate) struct Call {
     start: Instant,
     exemplar: Option<TraceId>,
     done: bool,
-    /// Set while the client below runs (its `call`, each poll of its future): still set when
-    /// the call is dropped, the client panicked, whether or not the panic is still unwinding
-    /// (a layer that catches panics around a poll drops the call afterwards).
+    /// Set while the client below runs (its `call`, each poll of its future, each poll of its
+    /// answer's body while the call waits for its trailers): still set when the call is
+    /// dropped, the client panicked, whether or not the panic is still unwinding (a layer that
+    /// catches panics around a poll drops the call afterwards).
     in_client: bool,
 }
 
@@ -410,6 +409,15 @@ impl Call {
             done: false,
             in_client: true,
         }
+    }
+
+    /// Runs `poll` (a poll of the client's future or body) as the client's: a panic in it
+    /// leaves the call marked, and dropping it then counts [`CALL_ERROR`].
+    pub(crate) fn in_client<T>(&mut self, poll: impl FnOnce() -> T) -> T {
+        self.in_client = true;
+        let output = poll();
+        self.in_client = false;
+        output
     }
 
     /// Records the call at its answer's head, or hands it to the body when its gRPC code
@@ -456,9 +464,9 @@ impl Call {
 impl Drop for Call {
     fn drop(&mut self) {
         if !self.done {
-            // Dropped after a panic of the client below: the call failed without an answer;
-            // dropped otherwise (its future, or its answer's body before its code), the
-            // caller gave up on it.
+            // Dropped after a panic of the client below (its future, or its answer's body):
+            // the client failed; dropped otherwise (its future, or its answer's body before
+            // its code), the caller gave up on it.
             let status = if self.in_client {
                 CALL_ERROR
             } else {

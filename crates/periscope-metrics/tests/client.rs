@@ -676,3 +676,77 @@ async fn a_grpc_answer_ending_without_a_code_counts_as_unknown() {
     let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
     assert_eq!(total(&exposition, "http_client_requests"), 2.0, "each once");
 }
+
+/// The client's body, panicking when polled after its first frame (a decoder below the layer
+/// with a bug).
+struct PanicsAfterOneFrame<B> {
+    inner: B,
+    polled: bool,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for PanicsAfterOneFrame<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        if self.polled {
+            panic!("the client's body panicked on purpose");
+        }
+        let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        self.polled = frame.is_ready();
+        frame
+    }
+}
+
+/// A gRPC call waiting for the code in its trailers whose body panics in the client below the
+/// layer (the reading task dies, the body dropped while unwinding): the client failed, as
+/// when its future panics: `error`, not `cancelled` (which says the caller gave up), counted
+/// once.
+#[tokio::test]
+async fn a_grpc_body_panicking_in_the_client_counts_as_an_error() {
+    use http_body_util::BodyExt;
+
+    let app = Router::new().route(
+        "/pkg.Svc/Watch",
+        post(|| async {
+            let body = axum::body::Body::new(Paced::new(3));
+            ([("content-type", "application/grpc")], body)
+        }),
+    );
+    let addr = serve(app).await;
+    let registry = MetricsRegistry::new();
+    let panics = tower::util::MapResponseLayer::new(|response: http::Response<_>| {
+        response.map(|inner| PanicsAfterOneFrame {
+            inner,
+            polled: false,
+        })
+    });
+    let client = ClientMetricsLayer::new(&registry).unwrap().layer(
+        panics.layer(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>()),
+    );
+    let request = http::Request::post(format!("http://{addr}/pkg.Svc/Watch"))
+        .body(Empty::new())
+        .unwrap();
+    let response = client.oneshot(request).await.unwrap();
+    let mut body = response.into_body();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    assert_eq!(
+        count_and_sum(&registry, "2xx").0,
+        0.0,
+        "counted at a message"
+    );
+    let read = tokio::spawn(async move { while body.frame().await.is_some() {} }).await;
+    assert!(read.unwrap_err().is_panic());
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let calls = points(&exposition, "http_client_requests");
+    assert_eq!(sum_where(&calls, &[("status", "error")]), 1.0, "{calls:#?}");
+    assert_eq!(
+        total(&exposition, "http_client_requests"),
+        1.0,
+        "{calls:#?}"
+    );
+}

@@ -34,6 +34,10 @@ pub(crate) const CLIENT_ERROR_FROM: u16 = 400;
 /// - A body dropped before its end (the caller stopped reading) closes the span; a plain
 ///   HTTP call keeps what its head said (not reading on is the caller's choice, not a
 ///   failure).
+/// - A body dropped while the client's body was polled (it panicked, and the panic was caught
+///   above) marks the span `ERROR`, `error.type` `_OTHER`, as a panic of the client before
+///   the answer does (unless the head had already failed it): the client failed, the caller
+///   did not cancel.
 ///
 /// A body kept but never polled to its end keeps its span open as long as it is kept: read it
 /// or drop it.
@@ -49,6 +53,10 @@ struct CallEnd {
     /// `Span::none()` once the call has ended: its span is closed.
     span: Span,
     pending: Pending,
+    /// Set while the client's body is polled: still set when the body is dropped, it
+    /// panicked, whether or not the panic is still unwinding (a layer that catches panics
+    /// around a poll drops the body afterwards).
+    in_client: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,17 +86,27 @@ impl CallEnd {
 
 impl Drop for CallEnd {
     fn drop(&mut self) {
-        if self.pending == Pending::GrpcCode {
+        match self.pending {
+            Pending::Closed | Pending::End { failed: true } => {}
+            // The client's body panicked: a failure of the client, as for its future.
+            _ if self.in_client => record_failure(&self.span, "_OTHER"),
             // The caller stopped reading before the code came: the call is cancelled (its
             // stream is reset), as the server's span records it.
-            record_grpc_code(&self.span, GrpcCode::CANCELLED, CLIENT_ERROR_FROM);
+            Pending::GrpcCode => {
+                record_grpc_code(&self.span, GrpcCode::CANCELLED, CLIENT_ERROR_FROM);
+            }
+            Pending::End { failed: false } => {}
         }
     }
 }
 
 impl<B: Body> ClientBody<B> {
     pub(crate) fn new(inner: B, span: Span, pending: Pending) -> Self {
-        let mut call = CallEnd { span, pending };
+        let mut call = CallEnd {
+            span,
+            pending,
+            in_client: false,
+        };
         if inner.is_end_stream() {
             // No body at all (`HEAD`, 204, 304): the call ended with its head.
             call.end(StreamEnd::NoTrailers);
@@ -133,7 +151,9 @@ impl<B: Body> Body for ClientBody<B> {
         }
         let entered = call.span.enter();
         let mut inner = this.inner;
+        call.in_client = true;
         let frame = inner.as_mut().poll_frame(cx);
+        call.in_client = false;
         let end = match &frame {
             Poll::Pending => return frame,
             Poll::Ready(Some(Ok(data))) => match data.trailers_ref() {

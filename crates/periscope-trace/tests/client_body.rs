@@ -506,3 +506,101 @@ async fn the_body_is_read_inside_the_client_span() {
         assert_eq!(line.ctx("span_id"), span.get("span_id"), "{line:?}");
     }
 }
+
+/// The client's body, panicking when polled after its first frame (a decoder below the layer
+/// with a bug).
+struct PanicsAfterOneFrame<B> {
+    inner: B,
+    polled: bool,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for PanicsAfterOneFrame<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        if self.polled {
+            panic!("the client's body panicked on purpose");
+        }
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        self.polled = frame.is_ready();
+        frame
+    }
+}
+
+/// The answer's body, panicking when polled after its first frame.
+fn panics_after_one_frame<B>(
+    response: http::Response<B>,
+) -> http::Response<PanicsAfterOneFrame<B>> {
+    response.map(|inner| PanicsAfterOneFrame {
+        inner,
+        polled: false,
+    })
+}
+
+/// A client's body that panics while it is read (caught around the poll, the body dropped
+/// afterwards, as a task-level `catch_unwind` does): the client failed, as when its future
+/// panics, so the span is an error (`_OTHER`): not a success for a plain HTTP answer, not
+/// `CANCELLED` for a gRPC call, which the caller did not cancel. The span is not left entered:
+/// the next line logged on the thread carries no ids of the call.
+#[tokio::test]
+async fn a_client_body_that_panics_fails_the_client_span() {
+    let (capture, _guard) = capture();
+    let http = http_server().await;
+    let client = ClientTraceLayer::new().layer(
+        tower::util::MapResponseLayer::new(panics_after_one_frame).layer(support::plain_client()),
+    );
+    body_panics(&capture, client, get(http, Method::GET, "/stream")).await;
+
+    let (channel, origin) = grpc_server().await;
+    let client = ClientTraceLayer::new()
+        .layer(tower::util::MapResponseLayer::new(panics_after_one_frame).layer(channel));
+    let request = Request::post(format!("{origin}{}", &EXPORT[1..]))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header(ANSWER, "holds")
+        .body(tonic::body::Body::new(Full::new(Bytes::from_static(
+            &[0; 5],
+        ))))
+        .unwrap();
+    body_panics(&capture, client, request).await;
+}
+
+/// Calls `client`, reads the answer's first frame, has the next poll panic, and checks the
+/// call's span and the line logged next.
+async fn body_panics<S, B, R>(capture: &Capture, mut client: S, request: Request<R>)
+where
+    S: Service<Request<R>, Response = http::Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let ctx = RequestContext::new_root();
+    let id = ctx.request_id.as_str();
+    let client = client.ready().await.unwrap();
+    // The call's span is made in `call`: the request's context must be current there.
+    let response = ctx.in_scope(|| client.call(request)).await.unwrap();
+    let mut body = response.into_body();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Pin::new(&mut body).poll_frame(&mut cx).is_ready()
+    }));
+    assert!(polled.is_err(), "{id}: the body did not panic");
+    tracing::info!(call = id, "after the panic");
+    drop(body);
+
+    let span = closed_span(capture, id).await;
+    assert_eq!(span.get("otel.status_code"), Some("ERROR"), "{span:?}");
+    assert_eq!(span.get("error.type"), Some("_OTHER"), "{span:?}");
+    assert_eq!(span.get("rpc.grpc.status_code"), None, "{span:?}");
+    let after = capture
+        .lines()
+        .into_iter()
+        .find(|line| line.fields.get("call").map(String::as_str) == Some(id))
+        .unwrap();
+    assert_eq!(after.ctx("span_id"), None, "{after:?}");
+}
