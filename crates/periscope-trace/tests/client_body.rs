@@ -432,6 +432,18 @@ async fn a_grpc_body_that_fails_or_ends_without_a_code_records_the_callers_code(
     }
 }
 
+/// A raw `Export` call (one empty message) whose answer sends one message and then holds.
+fn held_export(origin: &http::Uri) -> Request<tonic::body::Body> {
+    Request::post(format!("{origin}{}", &EXPORT[1..]))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header(ANSWER, "holds")
+        .body(tonic::body::Body::new(Full::new(Bytes::from_static(
+            &[0; 5],
+        ))))
+        .unwrap()
+}
+
 /// A gRPC answer the caller stops reading after its first message (a server stream it gives
 /// up on): its code never comes, the call is cancelled (its stream reset), and the span closes
 /// when the body is dropped with `CANCELLED`, as the server's span records it.
@@ -440,14 +452,7 @@ async fn a_grpc_body_dropped_before_its_code_is_cancelled() {
     let (capture, _guard) = capture();
     let (channel, origin) = grpc_server().await;
     let mut client = ClientTraceLayer::new().layer(channel);
-    let request = Request::post(format!("{origin}{}", &EXPORT[1..]))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header(ANSWER, "holds")
-        .body(tonic::body::Body::new(Full::new(Bytes::from_static(
-            &[0; 5],
-        ))))
-        .unwrap();
+    let request = held_export(&origin);
     let ctx = RequestContext::new_root();
     let id = ctx.request_id.as_str();
     let client = client.ready().await.unwrap();
@@ -558,14 +563,7 @@ async fn a_client_body_that_panics_fails_the_client_span() {
     let (channel, origin) = grpc_server().await;
     let client = ClientTraceLayer::new()
         .layer(tower::util::MapResponseLayer::new(panics_after_one_frame).layer(channel));
-    let request = Request::post(format!("{origin}{}", &EXPORT[1..]))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header(ANSWER, "holds")
-        .body(tonic::body::Body::new(Full::new(Bytes::from_static(
-            &[0; 5],
-        ))))
-        .unwrap();
+    let request = held_export(&origin);
     body_panics(&capture, client, request).await;
 }
 
