@@ -54,7 +54,12 @@ impl<S> Layer<S> for ObservabilityLayer {
 pub type ClientLayer =
     tower_layer::Stack<periscope_metrics::ClientMetricsLayer, periscope_trace::ClientTraceLayer>;
 
-/// The service [`ClientLayer`] makes around a client `C`.
+/// The service [`ClientLayer`] makes around a client `C`. For a client answering
+/// `Response<B>` it answers `Response<ClientBody<MetricsBody<B>>>`
+/// ([`ClientBody`](periscope_trace::ClientBody),
+/// [`MetricsBody`](periscope_metrics::MetricsBody)): the call's span, and the count of a gRPC
+/// call whose code comes in its trailers, wait for that body's end, so read it to its end or
+/// drop it.
 pub type ClientService<C> = periscope_trace::ClientTrace<periscope_metrics::ClientMetrics<C>>;
 
 /// The metrics layer when metrics are on, the inner service as is when they are off; unlike
