@@ -225,14 +225,15 @@ fn strip_prefix_ignore_case<'a>(value: &'a [u8], prefix: &[u8]) -> Option<&'a [u
 }
 
 /// The gRPC code of an answer known from its head: a 200 with a gRPC `content-type` carrying
-/// `grpc-status` (a trailers-only answer, the shape of a failed unary call). An answer whose
-/// status comes in trailers has none here, nor has an HTTP answer that merely passes on a
-/// `grpc-status` header (a proxy's).
+/// `grpc-status` (a trailers-only answer, the shape of a failed unary call); `UNKNOWN` when
+/// that `grpc-status` is not a number (what a gRPC client reads then, as from trailers). An
+/// answer whose status comes in trailers has none here, nor has an HTTP answer that merely
+/// passes on a `grpc-status` header (a proxy's).
 pub fn answer_code(status: StatusCode, headers: &HeaderMap) -> Option<GrpcCode> {
     if status != StatusCode::OK {
         return None;
     }
-    let code = find(headers, &GRPC_STATUS).and_then(GrpcCode::parse)?;
+    let code = find(headers, &GRPC_STATUS).map(head_code)?;
     // Checked only once a code is found: the usual answer pays for one scan.
     find(headers, &http::header::CONTENT_TYPE)
         .is_some_and(is_grpc_content_type)
@@ -301,7 +302,7 @@ fn grpc_outcome(headers: &HeaderMap, content_type: &HeaderValue) -> HeadOutcome 
         return HeadOutcome::Status;
     }
     match find(headers, &GRPC_STATUS) {
-        Some(value) => GrpcCode::parse(value).map_or(HeadOutcome::Status, HeadOutcome::Code),
+        Some(value) => HeadOutcome::Code(head_code(value)),
         // gRPC-Web sends its trailers as the body's last message, not as HTTP trailers.
         None if strip_prefix_ignore_case(content_type.as_bytes(), b"application/grpc-web")
             .is_some() =>
@@ -310,6 +311,13 @@ fn grpc_outcome(headers: &HeaderMap, content_type: &HeaderValue) -> HeadOutcome 
         }
         None => HeadOutcome::Trailers,
     }
+}
+
+/// The code a `grpc-status` in an answer's head stands for: `UNKNOWN` when it is not a number,
+/// as a gRPC client reads it (the call failed, it did not succeed with the HTTP 200 it came
+/// with), and as [`StreamEnd::code`] reads such trailers.
+fn head_code(value: &HeaderValue) -> GrpcCode {
+    GrpcCode::parse(value).unwrap_or(GrpcCode::UNKNOWN)
 }
 
 /// The first `content-type`, found by comparing names rather than by a lookup (see [`find`]):
@@ -633,8 +641,16 @@ mod tests {
             answer_status(StatusCode::OK, &HeaderMap::new()),
             StatusCode::OK
         );
+        // Not a number: the gRPC client reads `UNKNOWN`, a failure (as from trailers).
         headers.insert(GRPC_STATUS, HeaderValue::from_static("x"));
-        assert_eq!(answer_status(StatusCode::OK, &headers), StatusCode::OK);
+        assert_eq!(
+            answer_status(StatusCode::OK, &headers),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            answer_code(StatusCode::OK, &headers),
+            Some(GrpcCode::UNKNOWN)
+        );
     }
 
     #[test]
@@ -660,7 +676,6 @@ mod tests {
             headers(&[]),
             headers(&[("content-type", "text/plain"), ("grpc-status", "13")]),
             headers(&[("content-type", "application/grpc-web+proto")]),
-            headers(&[("content-type", "application/grpc"), ("grpc-status", "x")]),
         ] {
             assert_eq!(
                 head_outcome(StatusCode::OK, &other),
@@ -673,6 +688,12 @@ mod tests {
             assert_eq!(
                 head_outcome(StatusCode::OK, &trailers_only),
                 HeadOutcome::Code(GrpcCode::NOT_FOUND)
+            );
+            // A `grpc-status` that is not a number: what a gRPC client reads, `UNKNOWN`.
+            let garbled = headers(&[("content-type", content_type), ("grpc-status", "x")]);
+            assert_eq!(
+                head_outcome(StatusCode::OK, &garbled),
+                HeadOutcome::Code(GrpcCode::UNKNOWN)
             );
         }
         // A large map too.

@@ -677,6 +677,30 @@ async fn a_grpc_answer_ending_without_a_code_counts_as_unknown() {
     assert_eq!(total(&exposition, "http_client_requests"), 2.0, "each once");
 }
 
+/// A trailers-only gRPC answer whose `grpc-status` is not a number fails the call as
+/// `UNKNOWN` (500), what a gRPC client reads from it, not the success of its HTTP 200; the same
+/// value in the trailers already counted so.
+#[tokio::test]
+async fn a_grpc_status_that_is_not_a_number_counts_as_unknown() {
+    let registry = MetricsRegistry::new();
+    let client = ClientMetricsLayer::new(&registry)
+        .unwrap()
+        .layer(tower::service_fn(|_: http::Request<()>| async {
+            let response = http::Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "not-a-code")
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(response)
+        }));
+    let request = http::Request::post("http://models.internal/pkg.Svc/Run")
+        .body(())
+        .unwrap();
+    drop(client.oneshot(request).await.unwrap());
+    assert_eq!(count_and_sum(&registry, "5xx").0, 1.0);
+    assert_eq!(count_and_sum(&registry, "2xx").0, 0.0);
+}
+
 /// The client's body, panicking when polled after its first frame (a decoder below the layer
 /// with a bug).
 struct PanicsAfterOneFrame<B> {
