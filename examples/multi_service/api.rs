@@ -1,28 +1,29 @@
 //! The api service: takes a task, has the worker process it over HTTP, enqueues a job.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use bytes::Bytes;
-use http::Request;
 use http::header::CONTENT_TYPE;
-use http_body_util::{BodyExt, Full};
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use periscope::context::RequestContext;
 use periscope::error::{Decoder, HttpError, codes};
-use periscope::{ClientLayer, ClientService};
+use periscope::{ClientLayer, ClientService, ConfigError, env};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt};
 
 use super::jobs::JobQueue;
 
-/// How long the api waits for the worker.
-const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of a worker's successful answer the api reads (its result is small).
+const MAX_RESULT_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -62,6 +63,32 @@ async fn create_task(
     })))
 }
 
+/// `WORKER_URL`: the worker the api calls, when it is not the in-process one.
+pub fn worker_url() -> Result<Option<String>, ConfigError> {
+    let url: Option<WorkerUrl> = env::optional(
+        "WORKER_URL",
+        "the worker's http:// URL, such as http://127.0.0.1:8002",
+    )?;
+    Ok(url.map(|url| url.0))
+}
+
+/// A worker's base URL: `http://host[:port]`, without a path (the api adds `/v1/process`).
+struct WorkerUrl(String);
+
+impl FromStr for WorkerUrl {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let uri: Uri = text.parse().map_err(|_| ())?;
+        let plain = uri.scheme_str() == Some("http")
+            && uri.authority().is_some()
+            && matches!(uri.path_and_query().map(|p| p.as_str()), None | Some("/"));
+        plain
+            .then(|| WorkerUrl(text.trim_end_matches('/').to_owned()))
+            .ok_or(())
+    }
+}
+
 /// The worker's HTTP client, under `obs.client_layer()`: each call sends the request's
 /// `x-request-id`, `traceparent` (with a client span of its own as the parent), `tracestate`
 /// and `baggage`, and is counted and timed in `http_client_requests_total` and
@@ -70,39 +97,63 @@ async fn create_task(
 pub struct WorkerClient {
     client: ClientService<Client<HttpConnector, Full<Bytes>>>,
     base_url: String,
+    timeout: Duration,
 }
 
 impl WorkerClient {
-    pub fn new(base_url: String, layer: &ClientLayer) -> Self {
+    /// A client of the worker at `base_url`, giving up on an answer not read whole within
+    /// `timeout`.
+    pub fn new(base_url: String, timeout: Duration, layer: &ClientLayer) -> Self {
         let client = Client::builder(TokioExecutor::new()).build_http();
         Self {
             client: layer.layer(client),
             base_url,
+            timeout,
         }
     }
 
     /// Calls `POST /v1/process`. A worker error becomes a 502 `upstream_error` whose details
-    /// name the worker's code; the request id stays the client's.
+    /// name the worker's code; the request id stays the client's. The whole exchange, the
+    /// answer's body included, is bounded by the timeout: a worker that stalls after its head
+    /// is a 504 `timeout` like one that never answers.
     async fn process(&self, text: &str, fail: bool) -> Result<Value, HttpError> {
         let body = serde_json::to_vec(&json!({"text": text, "fail": fail}))?;
         let request = Request::post(format!("{}/v1/process", self.base_url))
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))?;
-        let response = tokio::time::timeout(WORKER_TIMEOUT, self.client.clone().oneshot(request))
+        tokio::time::timeout(self.timeout, self.exchange(request))
             .await
             .map_err(|_| {
                 HttpError::new(codes::TIMEOUT, "The worker did not answer in time")
                     .with_detail("upstream", "worker")
             })?
-            .map_err(|error| {
-                HttpError::new(codes::UPSTREAM_ERROR, "The worker could not be reached")
-                    .with_detail("upstream", "worker")
-                    .with_source(error)
-            })?;
+    }
+
+    /// One call, its answer read whole and turned into the result or the error to answer.
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<Value, HttpError> {
+        let unusable = |message: &'static str| {
+            HttpError::new(codes::UPSTREAM_ERROR, message).with_detail("upstream", "worker")
+        };
+        let response = self
+            .client
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|error| unusable("The worker could not be reached").with_source(error))?;
 
         if response.status().is_success() {
-            let body = response.into_body().collect().await?.to_bytes();
-            return Ok(serde_json::from_slice(&body)?);
+            // The worker's fault, not the client's: a cut or oversized answer, or one that is
+            // not JSON, is a 502 like a worker error (the cause is logged, never sent).
+            let body = Limited::new(response.into_body(), MAX_RESULT_BYTES)
+                .collect()
+                .await
+                .map_err(|error| {
+                    unusable("The worker's answer could not be read").with_source(error)
+                })?
+                .to_bytes();
+            return serde_json::from_slice(&body).map_err(|error| {
+                unusable("The worker's answer is not its result").with_source(error)
+            });
         }
         // The worker answered with an envelope: keep its code for the client and the log.
         let error = Decoder::new().decode_response(response).await;

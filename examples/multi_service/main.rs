@@ -27,7 +27,7 @@
 //! When copying it, split it: each service gets its own `main`, built like
 //! `examples/inference_gateway`'s with `obs.server(listener)` and `obs.shutdown_on_signal()`
 //! (the worker's plain `Server::new`, stopped after the api, is only for sharing this process);
-//! the api reads the worker's URL from its configuration; and the in-process queue becomes your
+//! the api reads the worker's URL from its configuration (`WORKER_URL` here); and the in-process queue becomes your
 //! broker: serialise the job's `Carrier` into the message (it is a flat JSON object of
 //! header-named strings) and read it back in the consumer for its `JobSpan`.
 //!
@@ -37,6 +37,8 @@
 //! | `PORT_API` | `8001` | the api's port (`0`: a free one, named in the `listening` line) |
 //! | `PORT_WORKER` | `8002` | the worker's port (`0`: a free one) |
 //! | `SHUTDOWN_DRAIN_S` | `5` | seconds `/ready` answers `draining` after SIGTERM or Ctrl-C |
+//! | `WORKER_URL` | the in-process worker | the worker the api calls, `http://host:port` (the in-process one still serves) |
+//! | `WORKER_TIMEOUT_S` | `5` | seconds the api waits for the worker's whole answer, 0.001 to 3600 |
 //!
 //! and periscope's own variables (`LOG_LEVEL`, `ADMIN_TOKEN`, ...; see `docs/configuration.md`).
 
@@ -72,6 +74,13 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     let host: IpAddr = env::var("HOST", IpAddr::V4(Ipv4Addr::LOCALHOST), "an IP address")?;
     let api_port: u16 = env::var("PORT_API", 8001, "a port number 0-65535")?;
     let worker_port: u16 = env::var("PORT_WORKER", 8002, "a port number 0-65535")?;
+    let worker_url = api::worker_url()?;
+    let worker_timeout = Duration::from_secs_f64(env::var_within(
+        "WORKER_TIMEOUT_S",
+        5.0,
+        0.001..=3600.0,
+        "a number of seconds from 0.001 to 3600",
+    )?);
 
     let (queue, consumer) = jobs::queue(64);
     let counts = queue.counts();
@@ -93,12 +102,15 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         SocketAddr::from((host, worker_port)),
     )
     .await?;
-    let worker_url = format!("http://{}", worker_listener.local_addr()?);
+    let worker_url = match worker_url {
+        Some(url) => url,
+        None => format!("http://{}", worker_listener.local_addr()?),
+    };
     let worker_app = worker::routes()
         .merge(obs.admin().router())
         .layer(obs.layer());
     let api_app = api::routes(api::ApiState {
-        worker: api::WorkerClient::new(worker_url, &obs.client_layer()),
+        worker: api::WorkerClient::new(worker_url, worker_timeout, &obs.client_layer()),
         queue,
     })
     .merge(obs.admin().router())

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{PATIENCE, Service, metric, send};
 
@@ -280,4 +280,107 @@ async fn a_listener_that_cannot_bind_fails_naming_the_variable_to_change() {
         );
     }
     drop(taken);
+}
+
+/// A worker on 127.0.0.1 that answers every request with `answer` (raw HTTP/1.1), then keeps
+/// the connection open without another word.
+async fn misbehaving_worker(answer: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0; 4096];
+                if stream.read(&mut request).await.unwrap_or(0) > 0 {
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    std::future::pending::<()>().await;
+                }
+            });
+        }
+    });
+    url
+}
+
+/// Starts the example with its api calling `worker_url`, waiting at most 0.5 s for it.
+fn start_with_worker(worker_url: &str) -> Service {
+    Service::start(
+        "multi_service",
+        &[
+            ("PORT_API", "0"),
+            ("PORT_WORKER", "0"),
+            ("WORKER_URL", worker_url),
+            ("WORKER_TIMEOUT_S", "0.5"),
+        ],
+    )
+}
+
+async fn post_task(service: &Service, request_id: &str) -> crate::support::Answer {
+    send(
+        service.addr("api").await,
+        "POST",
+        "/v1/tasks",
+        &[
+            ("content-type", "application/json"),
+            ("x-request-id", request_id),
+        ],
+        r#"{"text":"hello"}"#,
+    )
+    .await
+}
+
+/// A worker that sends its head and then stalls is a timeout too: `WORKER_TIMEOUT_S` bounds
+/// the whole answer, not only its head.
+#[tokio::test]
+async fn a_worker_stalling_after_its_head_is_a_timeout() {
+    let worker = misbehaving_worker(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n{\"result\":",
+    )
+    .await;
+    let service = start_with_worker(&worker);
+    let started = std::time::Instant::now();
+    let answer = post_task(&service, "ms-stall-1").await;
+    let error = answer.envelope(504, "timeout");
+    assert_eq!(error["details"]["upstream"], "worker");
+    assert!(started.elapsed() < PATIENCE / 2, "{:?}", started.elapsed());
+}
+
+/// A successful answer the api cannot use is the worker's fault (502), not the api's (500).
+#[tokio::test]
+async fn a_worker_answer_that_is_not_json_is_an_upstream_error() {
+    let worker = misbehaving_worker(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 8\r\n\r\nnot json",
+    )
+    .await;
+    let service = start_with_worker(&worker);
+    let answer = post_task(&service, "ms-garbled-1").await;
+    let error = answer.envelope(502, "upstream_error");
+    assert_eq!(error["details"]["upstream"], "worker");
+    // The parse error stays in the log, with the request id.
+    assert!(!answer.text().contains("expected"), "{}", answer.text());
+    let lines = service.lines_of("ms-garbled-1", 1).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.to_string().contains("expected ident")),
+        "{lines:#?}"
+    );
+}
+
+/// A worker URL the api cannot call stops the service at startup, naming the variable.
+#[tokio::test]
+async fn a_worker_url_that_is_not_plain_http_fails_naming_the_variable() {
+    for url in [
+        "https://worker:8443",
+        "http://worker:8002/v1",
+        "worker:8002",
+        "http://",
+    ] {
+        let mut service = start_with_worker(url);
+        assert_eq!(service.exit_status().await.code(), Some(1), "{url}");
+        let stderr = service.stderr();
+        assert!(
+            stderr.contains("WORKER_URL=") && stderr.contains("http:// URL"),
+            "{url}: {stderr}"
+        );
+    }
 }
