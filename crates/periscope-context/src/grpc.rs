@@ -83,16 +83,21 @@ impl GrpcCode {
         self.0
     }
 
-    /// Reads a `grpc-status` value: ASCII digits only (at most 5), else `None`.
+    /// Reads a `grpc-status` value: ASCII digits only, else `None`. A number gRPC does not
+    /// define (over 16) reads as `UNKNOWN`, as tonic gives it to the caller and as
+    /// OpenTelemetry's `rpc.grpc.status_code` (one of 0 to 16) wants it.
     pub fn parse(value: &HeaderValue) -> Option<Self> {
         let bytes = value.as_bytes();
-        if bytes.is_empty() || bytes.len() > 5 || !bytes.iter().all(u8::is_ascii_digit) {
+        if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let value = bytes
-            .iter()
-            .fold(0u32, |n, &b| n * 10 + u32::from(b - b'0'));
-        u16::try_from(value).ok().map(Self)
+        let value = bytes.iter().fold(0u32, |n, &b| {
+            n.saturating_mul(10).saturating_add(u32::from(b - b'0'))
+        });
+        Some(match u16::try_from(value) {
+            Ok(value @ 0..=16) => Self(value),
+            _ => Self::UNKNOWN,
+        })
     }
 
     /// The `grpc-status` in `headers` (a trailers-only answer's headers, or trailers).
@@ -503,8 +508,12 @@ mod tests {
         let parse = |s: &str| GrpcCode::parse(&HeaderValue::from_str(s).unwrap());
         assert_eq!(parse("0"), Some(GrpcCode::OK));
         assert_eq!(parse("13"), Some(GrpcCode::INTERNAL));
-        assert_eq!(parse("65535"), Some(GrpcCode::new(65535)));
-        for bad in ["", " 1", "1 ", "-1", "+1", "1a", "65536", "99999", "123456"] {
+        assert_eq!(parse("16"), Some(GrpcCode::UNAUTHENTICATED));
+        assert_eq!(parse("016"), Some(GrpcCode::UNAUTHENTICATED));
+        for undefined in ["17", "99", "99999", "123456", "99999999999999999999999"] {
+            assert_eq!(parse(undefined), Some(GrpcCode::UNKNOWN), "{undefined}");
+        }
+        for bad in ["", " 1", "1 ", "-1", "+1", "1a", "1.0", "x"] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
     }

@@ -334,6 +334,7 @@ fn scripted(mut response: http::Response<tonic::body::Body>) -> http::Response<t
         "ends" => After::Ends,
         "holds" => After::Holds,
         "13" => After::Trailers("13"),
+        "99" => After::Trailers("99"),
         other => panic!("no answer {other}"),
     };
     let body = OneMessage {
@@ -414,14 +415,17 @@ async fn a_grpc_call_failing_in_its_trailers_fails_the_client_span() {
     assert_eq!(span.get("error.type"), Some("INTERNAL"), "{span:?}");
 }
 
-/// A gRPC answer whose body fails (the server resets the stream) or ends without a
-/// `grpc-status`: the span records the code the caller gets, `INTERNAL` and `UNKNOWN`.
+/// A gRPC answer whose body fails (the server resets the stream), ends without a
+/// `grpc-status`, or ends with a number gRPC does not define: the span records the code the
+/// caller gets, `INTERNAL`, `UNKNOWN` and `UNKNOWN` (OpenTelemetry's `rpc.grpc.status_code` is
+/// one of 0 to 16).
 #[tokio::test]
 async fn a_grpc_body_that_fails_or_ends_without_a_code_records_the_callers_code() {
     let (capture, _guard) = capture();
     for (answer, expected, name) in [
         ("fails", tonic::Code::Internal, "INTERNAL"),
         ("ends", tonic::Code::Unknown, "UNKNOWN"),
+        ("99", tonic::Code::Unknown, "UNKNOWN"),
     ] {
         let (code, span) = call(&capture, Some(answer)).await;
         assert_eq!(code, expected, "{answer}");
