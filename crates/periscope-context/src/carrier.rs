@@ -129,15 +129,19 @@ macro_rules! remove_other_cases {
 
 macro_rules! string_map_carrier {
     ($map:ident) => {
+        /// Keys are read without regard to case: the lower-case one, else the first in sort
+        /// order of those in another case (see [`in_any_case`]).
         impl Extractor for $map<String, String> {
             fn for_each(&self, key: &HeaderName, f: &mut dyn FnMut(&[u8])) {
-                if let Some(value) = self.get(key.as_str()) {
+                if let Some(value) = self.first(key) {
                     f(value.as_bytes());
                 }
             }
 
             fn first(&self, key: &HeaderName) -> Option<CarrierValue<'_>> {
-                self.get(key.as_str())
+                let key = key.as_str();
+                self.get(key)
+                    .or_else(|| in_any_case(self, key))
                     .map(|v| CarrierValue::Bytes(v.as_bytes()))
             }
         }
@@ -159,6 +163,19 @@ macro_rules! string_map_carrier {
 }
 string_map_carrier!(HashMap);
 string_map_carrier!(BTreeMap);
+
+/// The value of a key that spells `key` in another case (`Traceparent`, as Go's header carrier
+/// writes it, in a map filled by another SDK); of several, the first in sort order, so that a
+/// `HashMap` reads the same whatever its order.
+fn in_any_case<'a>(
+    map: impl IntoIterator<Item = (&'a String, &'a String)>,
+    key: &str,
+) -> Option<&'a String> {
+    map.into_iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(key))
+        .min_by(|a, b| a.0.cmp(b.0))
+        .map(|(_, value)| value)
+}
 
 /// What [`extract`] reads besides the standard headers.
 #[derive(Clone, Debug)]
@@ -583,13 +600,19 @@ impl From<BTreeMap<String, String>> for Carrier {
     }
 }
 
+/// Its keys are lower case already (made so when read or made from a map; written so by
+/// [`inject`]): a lookup is enough.
 impl Extractor for Carrier {
     fn for_each(&self, key: &HeaderName, f: &mut dyn FnMut(&[u8])) {
-        self.0.for_each(key, f);
+        if let Some(value) = self.first(key) {
+            f(value.as_bytes());
+        }
     }
 
     fn first(&self, key: &HeaderName) -> Option<CarrierValue<'_>> {
-        self.0.first(key)
+        self.0
+            .get(key.as_str())
+            .map(|v| CarrierValue::Bytes(v.as_bytes()))
     }
 }
 
@@ -936,6 +959,57 @@ mod tests {
         // Values must be strings; the error says what was expected.
         let error = serde_json::from_str::<Carrier>(r#"{"traceparent":5}"#).unwrap_err();
         assert!(error.to_string().contains("string"), "{error}");
+    }
+
+    /// A plain string map (message attributes, a job payload's headers written by another SDK)
+    /// is read without regard to case too, as a `Carrier` is: Go's header carrier writes
+    /// `Traceparent`. The lower-case key wins over another case; of other cases only, the first
+    /// in sort order, whatever the map's order.
+    #[test]
+    fn a_string_map_is_read_in_any_case_of_its_keys() {
+        let upper = [
+            ("Traceparent", TP),
+            ("X-Request-Id", "job-1"),
+            ("X-Org-Id", "o-1"),
+            ("Tracestate", "vendor=1"),
+        ];
+        let hash: HashMap<String, String> = upper
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let btree: BTreeMap<String, String> = hash.clone().into_iter().collect();
+        for extracted in [
+            extract(&hash, &ExtractOptions::default()),
+            extract(&btree, &ExtractOptions::default()),
+        ] {
+            assert_eq!(extracted.trace, TraceOrigin::Continued);
+            assert_eq!(extracted.context.request_id.as_str(), "job-1");
+            assert_eq!(extracted.context.tenant.get("org_id"), Some("o-1"));
+            assert_eq!(extracted.context.trace_state.to_string(), "vendor=1");
+        }
+        for pairs in [
+            [
+                ("X-REQUEST-ID", "b"),
+                ("x-request-id", "a"),
+                ("X-Request-Id", "c"),
+            ],
+            [
+                ("X-Request-Id", "c"),
+                ("X-REQUEST-ID", "b"),
+                ("x-request-id", "a"),
+            ],
+        ] {
+            let map: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let extracted = extract(&map, &ExtractOptions::default());
+            assert_eq!(extracted.context.request_id.as_str(), "a");
+            let mut others = map.clone();
+            others.remove("x-request-id");
+            let extracted = extract(&others, &ExtractOptions::default());
+            assert_eq!(extracted.context.request_id.as_str(), "b");
+        }
     }
 
     /// As documented: `to_context` reads the default tenant fields; the service's options read
