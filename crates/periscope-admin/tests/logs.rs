@@ -94,7 +94,7 @@ async fn debug_logs_decodes_parameter_names_like_values() {
     let (layer, _guard) = LogLayer::builder().writer(std::io::sink()).build();
     let recent = layer.recent_logs();
     // This thread's subscriber only: the other test of this binary installs the global one.
-    let _default = tracing_subscriber::registry().with(layer).set_default();
+    let _default = support::set_default(tracing_subscriber::registry().with(layer));
     let admin = Admin::builder()
         .logs(recent)
         .debug(DebugAccess::Token(support::TOKEN.into()))

@@ -27,7 +27,7 @@ fn with_export(f: impl FnOnce()) -> Vec<Value> {
         .with_tracer(provider.tracer("test"))
         .with_filter(LevelFilter::INFO);
     let subscriber = tracing_subscriber::registry().with(layer).with(export);
-    tracing::subscriber::with_default(subscriber, f);
+    common::with_default(subscriber, f);
     drop(guard);
     out.lines()
 }
@@ -123,7 +123,7 @@ fn without_an_export_layer_a_line_outside_requests_has_no_ids() {
     let other = tracing_subscriber::fmt::layer()
         .with_writer(std::io::sink)
         .with_filter(filter_fn(|_| true));
-    tracing::subscriber::with_default(
+    common::with_default(
         tracing_subscriber::registry().with(layer).with(other),
         || {
             tracing::info_span!("model_load").in_scope(|| tracing::info!("loading"));
@@ -171,7 +171,7 @@ fn a_processor_logging_as_a_span_starts_does_not_deadlock() {
             .build();
         let export = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
         let subscriber = tracing_subscriber::registry().with(layer).with(export);
-        tracing::subscriber::with_default(subscriber, || {
+        common::with_default(subscriber, || {
             tracing::info_span!("outer").in_scope(|| {
                 tracing::info_span!("job").in_scope(|| tracing::info!("working"));
             });

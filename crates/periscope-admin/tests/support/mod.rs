@@ -151,3 +151,15 @@ pub async fn serve_global_logs() -> (
     tracing_subscriber::registry().with(layer).init();
     (recent, serve(admin).await, guard)
 }
+
+/// Installs `subscriber` as this thread's default, for a test that reads the lines it
+/// captures. Two dispatchers kept for the whole run make tracing-core ask every live one whether
+/// a callsite is enabled, instead of caching the answer of whichever thread met it first (see
+/// docs/development.md).
+pub fn set_default(subscriber: impl Into<tracing::Dispatch>) -> tracing::subscriber::DefaultGuard {
+    static KEPT: std::sync::OnceLock<[tracing::Dispatch; 2]> = std::sync::OnceLock::new();
+    KEPT.get_or_init(|| {
+        [(); 2].map(|()| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()))
+    });
+    tracing::dispatcher::set_default(&subscriber.into())
+}
