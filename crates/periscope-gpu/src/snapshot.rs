@@ -64,7 +64,8 @@ pub struct DeviceSnapshot {
     /// Enforced power limit, watts.
     pub power_limit_watts: Option<f64>,
     /// GPU memory this service's processes use on this device, MiB; `null` when process
-    /// listing is off or unsupported.
+    /// listing is off or unsupported, or when none of them is listed on this device (or none
+    /// of their memory).
     pub process_memory_used_mib: Option<u64>,
     /// This service's processes on this device.
     pub processes: Vec<ProcessSnapshot>,

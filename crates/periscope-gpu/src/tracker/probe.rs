@@ -42,7 +42,8 @@ pub(crate) struct GpuReading {
     pub(crate) utilization_percent: Option<f64>,
     /// Summed over the devices.
     pub(crate) memory_used_bytes: Option<u64>,
-    /// GPU memory of the tree's processes; `None` when the driver lists no process memory.
+    /// GPU memory of the tree's processes; `None` when the driver lists none of them (or none
+    /// of their memory).
     pub(crate) tree_memory_bytes: Option<u64>,
     /// UUIDs of the devices the tree's processes are on.
     pub(crate) used_by_tree: Vec<String>,

@@ -44,8 +44,8 @@ pub struct ResourceSummary {
     pub gpu_utilization_percent_mean: Option<f64>,
     /// Peak GPU utilisation (mean across the devices at one reading), percent.
     pub gpu_utilization_percent_max: Option<f64>,
-    /// Peak VRAM: the tree's own GPU memory when the driver lists processes, otherwise the
-    /// devices' memory in use; bytes.
+    /// Peak VRAM: the tree's own GPU memory when the driver lists any of its processes,
+    /// otherwise the devices' memory in use; bytes.
     pub gpu_memory_bytes_max: Option<u64>,
     /// GPUs the tree's processes were seen on.
     pub gpus_used: u32,
@@ -58,9 +58,11 @@ pub struct ResourceRecommendation {
     pub cpu_cores: u32,
     /// Memory: the peak × 1.2, bytes.
     pub memory_bytes: u64,
-    /// GPUs: those the tree used (or, when the driver lists no processes, those that were busy).
+    /// GPUs: those the tree used (or, when the driver lists none of its processes, those that
+    /// were busy: NVML's host pids are never the tree's in a container without the host pid
+    /// namespace; a job that used no GPU gets the busy ones too, so check `gpus_used`).
     pub gpus: u32,
-    /// VRAM per run: the peak × 1.2, bytes; `None` when no GPU was used.
+    /// VRAM per run: the peak × 1.2, bytes; `None` when `gpus` is 0.
     pub gpu_memory_bytes: Option<u64>,
 }
 
