@@ -200,6 +200,10 @@ pub struct Settings {
     /// ([`TrustedProxies::forwarding_header`], `x-forwarded-for` by default, or `forwarded`),
     /// the only one read. See [`TrustedProxies::client_addr`].
     pub trusted_proxies: TrustedProxies,
+    /// `OTEL_PROPAGATORS`: the formats the layers read and send (W3C Trace Context and Baggage
+    /// by default). Read in every build, with the `otel` feature or without: it names what is
+    /// propagated, not what is exported.
+    pub propagators: periscope_trace::Propagators,
     /// The OpenTelemetry settings (`OTEL_*`).
     #[cfg(feature = "otel")]
     pub otel: periscope_trace::otel::OtelConfig,
@@ -220,6 +224,7 @@ impl Default for Settings {
             request_timeout: None,
             shutdown_drain: DEFAULT_SHUTDOWN_DRAIN,
             trusted_proxies: TrustedProxies::none(),
+            propagators: periscope_trace::Propagators::default(),
             #[cfg(feature = "otel")]
             otel: periscope_trace::otel::OtelConfig::default(),
         }
@@ -248,7 +253,8 @@ impl std::fmt::Debug for Settings {
             .field(
                 "trusted_proxies_header",
                 &self.trusted_proxies.forwarding_header().as_str(),
-            );
+            )
+            .field("propagators", &self.propagators);
         #[cfg(feature = "otel")]
         debug.field("otel", &self.otel);
         debug.finish()
@@ -321,6 +327,7 @@ impl Settings {
         lookup: &impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
         let mut otel = periscope_trace::otel::OtelConfig::from_lookup(lookup)?;
+        self.propagators = otel.propagators;
         // Without SERVICE_NAME or OTEL_SERVICE_NAME, `service.name` in OTEL_RESOURCE_ATTRIBUTES
         // names the service, as OpenTelemetry specifies (the last one wins, as in the resource).
         let named = ["SERVICE_NAME", "OTEL_SERVICE_NAME"]
@@ -351,6 +358,21 @@ impl Settings {
         &mut self,
         lookup: &impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
+        // What is propagated does not depend on export: honoured (and checked) in this build
+        // too, or `none` would be ignored without a word.
+        if let Some(value) = lookup("OTEL_PROPAGATORS")
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+        {
+            self.propagators =
+                periscope_trace::Propagators::from_list(&value).ok_or_else(|| {
+                    ConfigError::new(
+                        "OTEL_PROPAGATORS",
+                        value.clone(),
+                        periscope_trace::Propagators::ACCEPTED,
+                    )
+                })?;
+        }
         // Export switched off the standard ways needs no exporter.
         let is = |var: &str, off: &str| {
             lookup(var).is_some_and(|value| value.trim().eq_ignore_ascii_case(off))

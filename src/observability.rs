@@ -516,9 +516,11 @@ impl ObservabilityBuilder {
             .into_iter()
             .chain(tenant_keys.iter().cloned())
             .collect();
-        let client_trace = ClientTraceLayer::new().tenant_keys(all_tenant_keys.iter().cloned());
-        #[cfg(feature = "otel")]
-        let client_trace = client_trace.propagators(settings.otel.propagators);
+        // One propagation setting for incoming and outgoing context (OTEL_PROPAGATORS), with
+        // export or without.
+        let client_trace = ClientTraceLayer::new()
+            .tenant_keys(all_tenant_keys.iter().cloned())
+            .propagators(settings.propagators);
         // With metrics off, the calls are counted in a registry nobody serves.
         let client_metrics = match client_metrics {
             Some(layer) => layer,
@@ -529,10 +531,8 @@ impl ObservabilityBuilder {
         let correlation = CorrelationLayer::new()
             .tenant_keys(all_tenant_keys)
             .route_templates(routes)
-            .trusted_proxies(settings.trusted_proxies.clone());
-        // One propagation setting for incoming and outgoing context (OTEL_PROPAGATORS).
-        #[cfg(feature = "otel")]
-        let correlation = correlation.propagators(settings.otel.propagators);
+            .trusted_proxies(settings.trusted_proxies.clone())
+            .propagators(settings.propagators);
         let correlation = match self.correlation {
             Some(change) => change(correlation),
             None => correlation,
@@ -680,8 +680,10 @@ impl Observability {
         #[cfg(feature = "otel")]
         match &otel {
             Some(otel) => otel.register_globals(),
-            None => self.settings.otel.propagators.set_global(),
+            None => self.settings.propagators.set_global(),
         }
+        #[cfg(not(feature = "otel"))]
+        self.settings.propagators.set_global();
         #[cfg(feature = "gpu")]
         if let Some(snapshot) = gpu_down {
             tracing::warn!(

@@ -2187,6 +2187,73 @@ async fn the_client_layer_sends_the_services_tenant_fields_and_counts_the_call()
     assert_eq!(counted, 2.0);
 }
 
+/// `OTEL_PROPAGATORS` is honoured in every build, not only with the `otel` feature (it names
+/// what is propagated, not what is exported): with `none`, `obs.layer()` starts a new trace
+/// whatever `traceparent` came in, and `obs.client_layer()` sends neither trace context nor
+/// baggage, only the request id. A malformed value stops the service at startup.
+#[tokio::test(flavor = "current_thread")]
+async fn otel_propagators_none_stops_trace_propagation_in_every_build() {
+    use tower::{Layer, ServiceExt};
+
+    const INCOMING_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let error = Observability::builder()
+        .log_writer(std::io::sink())
+        .env_from(|name| (name == "OTEL_PROPAGATORS").then(|| "b3".to_owned()))
+        .unwrap_err();
+    assert_eq!(error.var, "OTEL_PROPAGATORS", "{error}");
+
+    let obs = Observability::builder()
+        .log_writer(std::io::sink())
+        .env_from(|name| (name == "OTEL_PROPAGATORS").then(|| "none".to_owned()))
+        .unwrap()
+        .build()
+        .unwrap();
+    let (upstream, seen) = serve_recording_headers("/v1/work").await;
+    let client = obs
+        .client_layer()
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+    let app = Router::new()
+        .route(
+            "/call",
+            get(move || async move {
+                let request = http::Request::get(format!("http://{upstream}/v1/work"))
+                    .body(Empty::new())
+                    .unwrap();
+                client.oneshot(request).await.unwrap();
+                let ctx = periscope::context::RequestContext::current().unwrap();
+                ctx.trace_id.to_string()
+            }),
+        )
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let caller = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let request = http::Request::get(format!("http://{addr}/call"))
+        .header("x-request-id", "prop-none-1")
+        .header(
+            "traceparent",
+            format!("00-{INCOMING_TRACE}-00f067aa0ba902b7-01"),
+        )
+        .header("baggage", "user_tier=gold")
+        .body(Empty::new())
+        .unwrap();
+    let answer = caller.request(request).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let trace_id = answer.into_body().collect().await.unwrap().to_bytes();
+    assert_ne!(
+        &trace_id[..],
+        INCOMING_TRACE.as_bytes(),
+        "the trace was continued"
+    );
+
+    let headers = seen.lock().unwrap().take().unwrap();
+    assert_eq!(headers["x-request-id"], "prop-none-1");
+    assert!(headers.get("traceparent").is_none(), "{headers:?}");
+    assert!(headers.get("baggage").is_none(), "{headers:?}");
+}
+
 /// `ClientMetricsLayer` composes with `ClientTraceLayer` in either order: outside it (the
 /// reverse of `obs.client_layer()`), it counts the call at its head all the same, and hands on
 /// the client span's body in its own, which the caller reads to its end.

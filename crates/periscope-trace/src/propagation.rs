@@ -56,6 +56,47 @@ impl Propagators {
         }
     }
 
+    /// What [`from_list`](Self::from_list) accepts, for error messages.
+    pub const ACCEPTED: &'static str = "expected a comma-separated list of tracecontext and baggage, or none alone (B3, Jaeger and X-Ray are not supported)";
+
+    /// The formats an `OTEL_PROPAGATORS` value names: `tracecontext`, `baggage` (either
+    /// case, a name given twice counted once), or `none` alone. `None` for any other name,
+    /// `none` beside another, or a list of commas only. It names what is propagated, not what
+    /// is exported, so it applies with OpenTelemetry export or without.
+    ///
+    /// ```
+    /// use periscope_trace::Propagators;
+    ///
+    /// assert_eq!(Propagators::from_list("TraceContext"), Some(Propagators::default().with_baggage(false)));
+    /// assert_eq!(Propagators::from_list("none"), Some(Propagators::none()));
+    /// assert_eq!(Propagators::from_list("tracecontext,b3"), None);
+    /// ```
+    pub fn from_list(list: &str) -> Option<Self> {
+        let mut names: Vec<String> = list
+            .split(',')
+            .map(|name| name.trim().to_ascii_lowercase())
+            .filter(|name| !name.is_empty())
+            .collect();
+        // Duplicates count once, as the OpenTelemetry specification asks: `none,none` is `none`.
+        names.sort();
+        names.dedup();
+        // Only separators: turning propagation off takes an explicit `none`. `none` beside
+        // another name says two contrary things: refused, as other SDKs do, rather than guessed.
+        if names.is_empty() || (names.len() > 1 && names.iter().any(|name| name == "none")) {
+            return None;
+        }
+        let mut propagators = Self::none();
+        for name in &names {
+            propagators = match name.as_str() {
+                "tracecontext" => propagators.with_trace_context(true),
+                "baggage" => propagators.with_baggage(true),
+                "none" => propagators,
+                _ => return None,
+            };
+        }
+        Some(propagators)
+    }
+
     /// Removes from `headers` what these formats do not send.
     pub(crate) fn strip(self, headers: &mut http::HeaderMap) {
         if !self.trace_context {

@@ -562,34 +562,10 @@ fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, C
 }
 
 fn parse_propagators(value: String) -> Result<Propagators, ConfigError> {
-    const EXPECTED: &str = "expected a comma-separated list of tracecontext and baggage, or none alone (B3, Jaeger and X-Ray are not supported)";
-    let mut names: Vec<String> = value
-        .split(',')
-        .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| !name.is_empty())
-        .collect();
-    // Duplicates count once, as the OpenTelemetry specification asks: `none,none` is `none`.
-    names.sort();
-    names.dedup();
-    if names.is_empty() {
-        // Only separators: turning propagation off takes an explicit `none`.
-        return Err(invalid("OTEL_PROPAGATORS", value, EXPECTED));
+    match Propagators::from_list(&value) {
+        Some(propagators) => Ok(propagators),
+        None => Err(invalid("OTEL_PROPAGATORS", value, Propagators::ACCEPTED)),
     }
-    if names.len() > 1 && names.iter().any(|name| name == "none") {
-        // `none,tracecontext` says two contrary things: refused, as other SDKs do, rather
-        // than guessed.
-        return Err(invalid("OTEL_PROPAGATORS", value, EXPECTED));
-    }
-    let mut propagators = Propagators::none();
-    for name in &names {
-        propagators = match name.as_str() {
-            "tracecontext" => propagators.with_trace_context(true),
-            "baggage" => propagators.with_baggage(true),
-            "none" => propagators,
-            _ => return Err(invalid("OTEL_PROPAGATORS", value, EXPECTED)),
-        };
-    }
-    Ok(propagators)
 }
 
 /// `OTEL_RESOURCE_ATTRIBUTES`: the values are percent-encoded (W3C Baggage octets), and the
