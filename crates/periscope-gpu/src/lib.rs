@@ -58,6 +58,6 @@ pub use snapshot::{DeviceSnapshot, GpuSnapshot, ProcessSnapshot};
 pub use source::{GpuSource, SampleRequest};
 #[cfg(feature = "tracker")]
 pub use tracker::{
-    CSV_HEADER, ResourceRecommendation, ResourceReport, ResourceSummary, ResourceTracker,
-    ResourceTrackerBuilder, TrackerError,
+    CSV_HEADER, GpuAttribution, ResourceRecommendation, ResourceReport, ResourceSummary,
+    ResourceTracker, ResourceTrackerBuilder, TrackerError,
 };

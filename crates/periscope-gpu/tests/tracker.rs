@@ -5,8 +5,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use periscope_gpu::{
-    CSV_HEADER, DeviceSample, FakeSource, GpuError, GpuProcess, GpuSample, GpuSource,
-    ResourceTracker, SampleRequest, TrackerError, demo_device,
+    CSV_HEADER, DeviceSample, FakeSource, GpuAttribution, GpuError, GpuProcess, GpuSample,
+    GpuSource, ResourceReport, ResourceTracker, SampleRequest, TrackerError, demo_device,
 };
 
 const BURN_ENV: &str = "PERISCOPE_GPU_TEST_BURN";
@@ -639,4 +639,135 @@ fn gpu_readings_resume_after_a_stuck_read_answers() {
         "GPU cells again after the stuck read answered: {text}"
     );
     assert_eq!(report.summary.gpu_count, 2);
+}
+
+/// Two busy GPUs (37 % and 47 %, 20 and 21 GiB in use), each listing one process that is
+/// not this test's.
+fn busy_with_others() -> Vec<DeviceSample> {
+    (0..2)
+        .map(|i| {
+            let mut device = demo_device(i);
+            device.processes = Some(vec![GpuProcess {
+                pid: u32::MAX - 1 - i,
+                used_memory_bytes: Some(30 << 30),
+            }]);
+            device
+        })
+        .collect()
+}
+
+/// Tracks this process (which uses no GPU) over `devices`, in the host pid namespace or
+/// not, and returns the report as a user reads it: JSON, parsed back.
+fn report_over(devices: Vec<DeviceSample>, host_pid_namespace: bool) -> serde_json::Value {
+    let tracker = ResourceTracker::builder()
+        .interval(Duration::from_millis(200))
+        .host_pid_namespace(host_pid_namespace)
+        .gpu_source(FakeSource::new(GpuSample {
+            devices,
+            ..GpuSample::default()
+        }))
+        .start()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let report = tracker.finish().unwrap();
+    serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap()
+}
+
+/// A CPU-only job on a node where other processes keep the GPUs busy, in the host pid
+/// namespace (where the driver's pids are the tree's): it is recommended no GPU.
+#[test]
+fn a_cpu_only_job_on_a_busy_host_is_recommended_no_gpu() {
+    let json = report_over(busy_with_others(), true);
+    let (summary, recommendation) = (&json["summary"], &json["recommendation"]);
+    assert_eq!(summary["gpu_attribution"], "none", "{json}");
+    assert_eq!(summary["gpu_count"], 2, "{json}");
+    assert_eq!(summary["gpus_used"], 0, "{json}");
+    assert_eq!(
+        summary["gpu_memory_bytes_max"], 0,
+        "the tree's own VRAM, not the others': {json}"
+    );
+    assert_eq!(recommendation["gpus"], 0, "{json}");
+    assert!(recommendation["gpu_memory_bytes"].is_null(), "{json}");
+}
+
+/// The same node seen from another pid namespace (or one that cannot be told): the tree's
+/// processes could not have been found, so the busy GPUs stay the guess, and say so.
+#[test]
+fn outside_the_host_pid_namespace_the_busy_gpus_stay_the_guess() {
+    const GIB: u64 = 1 << 30;
+    let json = report_over(busy_with_others(), false);
+    let (summary, recommendation) = (&json["summary"], &json["recommendation"]);
+    assert_eq!(summary["gpu_attribution"], "busy_gpus", "{json}");
+    assert_eq!(summary["gpus_used"], 0, "{json}");
+    assert_eq!(summary["gpu_memory_bytes_max"], 41 * GIB, "{json}");
+    assert_eq!(recommendation["gpus"], 2, "{json}");
+    assert_eq!(
+        recommendation["gpu_memory_bytes"],
+        ((41 * GIB) as f64 * 1.2).ceil() as u64,
+        "{json}"
+    );
+}
+
+/// In the host pid namespace, a busy GPU that lists no process (listing unavailable: MIG,
+/// permissions) may be hiding the job's: the busy-GPU guess stays, for every busy GPU.
+#[test]
+fn a_busy_gpu_without_a_process_list_keeps_the_guess() {
+    // No process listed anywhere.
+    let mut silent = busy_with_others();
+    silent[0].processes = Some(Vec::new());
+    silent[1].processes = None;
+    let json = report_over(silent, true);
+    assert_eq!(json["summary"]["gpu_attribution"], "busy_gpus", "{json}");
+    assert_eq!(json["recommendation"]["gpus"], 2, "{json}");
+    assert!(
+        json["recommendation"]["gpu_memory_bytes"].is_u64(),
+        "{json}"
+    );
+
+    // One busy GPU lists another's process, the other busy GPU lists nothing.
+    let mut partial = busy_with_others();
+    partial[1].processes = None;
+    let json = report_over(partial, true);
+    assert_eq!(json["summary"]["gpu_attribution"], "busy_gpus", "{json}");
+    assert_eq!(json["recommendation"]["gpus"], 2, "{json}");
+}
+
+/// The tree's own processes on a GPU decide, in whatever pid namespace (a driver that gives
+/// container pids finds them too).
+#[test]
+fn the_trees_own_processes_decide_in_any_namespace() {
+    const GIB: u64 = 1 << 30;
+    for host in [true, false] {
+        let mut devices = busy_with_others();
+        devices[1].processes.as_mut().unwrap().push(GpuProcess {
+            pid: std::process::id(),
+            used_memory_bytes: Some(3 * GIB),
+        });
+        let json = report_over(devices, host);
+        let (summary, recommendation) = (&json["summary"], &json["recommendation"]);
+        assert_eq!(summary["gpu_attribution"], "processes", "{json}");
+        assert_eq!(summary["gpus_used"], 1, "{json}");
+        assert_eq!(summary["gpu_memory_bytes_max"], 3 * GIB, "{json}");
+        assert_eq!(recommendation["gpus"], 1, "{json}");
+    }
+}
+
+/// Without GPUs there is no attribution to make; a report written before the field existed
+/// still reads back.
+#[test]
+fn no_gpu_means_no_attribution_and_older_reports_still_parse() {
+    let json = report_over(Vec::new(), true);
+    assert!(json["summary"]["gpu_attribution"].is_null(), "{json}");
+    assert_eq!(json["recommendation"]["gpus"], 0, "{json}");
+
+    let mut older = json.clone();
+    older["summary"]
+        .as_object_mut()
+        .unwrap()
+        .remove("gpu_attribution");
+    let report: ResourceReport = serde_json::from_value(older).unwrap();
+    assert_eq!(report.summary.gpu_attribution, None);
+    let report: ResourceReport =
+        serde_json::from_value(report_over(busy_with_others(), true)).expect("a report reads back");
+    assert_eq!(report.summary.gpu_attribution, Some(GpuAttribution::NoGpu));
 }

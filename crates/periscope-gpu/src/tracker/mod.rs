@@ -1,5 +1,6 @@
 //! [`ResourceTracker`]: what a run or job used, sampled into CSV, summarised at the end.
 
+mod pid_namespace;
 mod probe;
 mod summary;
 
@@ -10,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use summary::{ResourceRecommendation, ResourceReport, ResourceSummary};
+pub use summary::{GpuAttribution, ResourceRecommendation, ResourceReport, ResourceSummary};
 
 use crate::GpuSource;
 use probe::{Probe, Reading};
@@ -66,6 +67,8 @@ pub struct ResourceTrackerBuilder {
     csv: CsvTarget,
     gpu: Option<Box<dyn GpuSource>>,
     gpu_timeout: Duration,
+    /// `None`: detected at start.
+    host_pid_namespace: Option<bool>,
 }
 
 impl std::fmt::Debug for ResourceTrackerBuilder {
@@ -75,6 +78,7 @@ impl std::fmt::Debug for ResourceTrackerBuilder {
             .field("children", &self.children)
             .field("interval", &self.interval)
             .field("gpu_timeout", &self.gpu_timeout)
+            .field("host_pid_namespace", &self.host_pid_namespace)
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +92,7 @@ impl Default for ResourceTrackerBuilder {
             csv: CsvTarget::None,
             gpu: None,
             gpu_timeout: DEFAULT_GPU_TIMEOUT,
+            host_pid_namespace: None,
         }
     }
 }
@@ -140,6 +145,19 @@ impl ResourceTrackerBuilder {
         self
     }
 
+    /// Whether the tracker shares the host's pid namespace, so that the pids the GPU driver
+    /// lists (host pids) are the tree's. Default: detected at [`start`](Self::start), `true`
+    /// only where `/proc/self/ns/pid` names the kernel's initial pid namespace; in another
+    /// namespace, or where it cannot be read, `false`.
+    ///
+    /// When none of the tree's processes is ever listed on a GPU, `true` lets the report say
+    /// that the job used no GPU ([`GpuAttribution::NoGpu`]) if every busy GPU listed processes;
+    /// `false` keeps the busy-GPU guess ([`GpuAttribution::BusyGpus`]).
+    pub fn host_pid_namespace(mut self, host: bool) -> Self {
+        self.host_pid_namespace = Some(host);
+        self
+    }
+
     /// Starts the readings on a thread named `periscope-tracker` (and, with a GPU source, its
     /// GPU reads on one named `periscope-tracker-gpu`).
     ///
@@ -168,6 +186,9 @@ impl ResourceTrackerBuilder {
         let stop = Arc::new(Stop::default());
         let run = Run {
             probe,
+            host_pid_namespace: self
+                .host_pid_namespace
+                .unwrap_or_else(pid_namespace::detect),
             csv,
             interval: self.interval,
             stop: Arc::clone(&stop),
@@ -259,6 +280,7 @@ impl Stop {
 
 struct Run {
     probe: Probe,
+    host_pid_namespace: bool,
     csv: Option<BufWriter<Box<dyn Write + Send>>>,
     interval: Duration,
     stop: Arc<Stop>,
@@ -291,7 +313,10 @@ impl Run {
                 }
             }
             if stopped {
-                return Ok(self.stats.report(self.started.elapsed().as_secs_f64()));
+                return Ok(self.stats.report(
+                    self.started.elapsed().as_secs_f64(),
+                    self.host_pid_namespace,
+                ));
             }
         }
     }

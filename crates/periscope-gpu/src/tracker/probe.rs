@@ -49,6 +49,9 @@ pub(crate) struct GpuReading {
     pub(crate) used_by_tree: Vec<String>,
     /// UUIDs of the devices with non-zero utilisation.
     pub(crate) busy: Vec<String>,
+    /// UUIDs of the devices whose process list names at least one process (anyone's): the
+    /// driver's listing visibly works there.
+    pub(crate) listing: Vec<String>,
 }
 
 pub(crate) struct Probe {
@@ -251,6 +254,12 @@ fn gpu_reading(sample: &GpuSample, tree: &HashSet<u32>) -> GpuReading {
             .devices
             .iter()
             .filter(|d| d.utilization_ratio.is_some_and(|u| u > 0.0))
+            .map(|d| d.uuid.clone())
+            .collect(),
+        listing: sample
+            .devices
+            .iter()
+            .filter(|d| d.processes.as_ref().is_some_and(|p| !p.is_empty()))
             .map(|d| d.uuid.clone())
             .collect(),
     }

@@ -44,11 +44,40 @@ pub struct ResourceSummary {
     pub gpu_utilization_percent_mean: Option<f64>,
     /// Peak GPU utilisation (mean across the devices at one reading), percent.
     pub gpu_utilization_percent_max: Option<f64>,
-    /// Peak VRAM: the tree's own GPU memory when the driver lists any of its processes,
-    /// otherwise the devices' memory in use; bytes.
+    /// Peak VRAM, bytes: the tree's own GPU memory when the driver lists any of its processes;
+    /// 0 when the tree is known to have used no GPU ([`GpuAttribution::NoGpu`]); otherwise the
+    /// devices' memory in use.
     pub gpu_memory_bytes_max: Option<u64>,
     /// GPUs the tree's processes were seen on.
     pub gpus_used: u32,
+    /// Which rule gave the GPU figures and the recommended `gpus`, so how far to trust them;
+    /// `None` when no GPU was seen (`gpu_count` 0). Absent from older reports.
+    #[serde(default)]
+    pub gpu_attribution: Option<GpuAttribution>,
+}
+
+/// How the tracker told which GPUs a job used (`gpu_attribution` in the summary's JSON).
+///
+/// The tree's processes are found on the GPUs by pid, and NVML reports host pids: they are the
+/// tree's only when the tracker runs in the host's pid namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum GpuAttribution {
+    /// `"processes"`: the tree's own processes were seen on the GPUs; `gpus` counts those GPUs
+    /// and the VRAM is the tree's (the devices' in use if the driver gives none of its
+    /// processes' memory).
+    Processes,
+    /// `"none"`: the job used no GPU. The tracker runs in the host pid namespace, every GPU
+    /// that was busy listed processes, and none of them was ever the tree's (at the readings:
+    /// a GPU process that lives only between two readings is not seen).
+    #[serde(rename = "none")]
+    NoGpu,
+    /// `"busy_gpus"`: a guess. None of the tree's processes was seen where they might not be
+    /// seen even if there (another pid namespace, one that cannot be told, or a busy GPU that
+    /// listed no process: MIG, permissions): `gpus` counts the busy GPUs and the VRAM is their
+    /// memory in use. Right for a job in a container, wrong for a job that used no GPU.
+    BusyGpus,
 }
 
 /// What to request for the next run of the same job.
@@ -58,9 +87,9 @@ pub struct ResourceRecommendation {
     pub cpu_cores: u32,
     /// Memory: the peak × 1.2, bytes.
     pub memory_bytes: u64,
-    /// GPUs: those the tree used (or, when the driver lists none of its processes, those that
-    /// were busy: NVML's host pids are never the tree's in a container without the host pid
-    /// namespace; a job that used no GPU gets the busy ones too, so check `gpus_used`).
+    /// GPUs: those the tree used; 0 when it is known to have used none; otherwise (none of
+    /// its processes seen where they might not be seen even if there) those that were busy.
+    /// The summary's [`gpu_attribution`](ResourceSummary::gpu_attribution) says which.
     pub gpus: u32,
     /// VRAM per run: the peak × 1.2, bytes; `None` when `gpus` is 0.
     pub gpu_memory_bytes: Option<u64>,
@@ -100,6 +129,7 @@ pub(crate) struct Stats {
     /// Bounded by the number of GPUs.
     used_by_tree: BTreeSet<String>,
     busy: BTreeSet<String>,
+    listing: BTreeSet<String>,
 }
 
 impl Stats {
@@ -131,12 +161,23 @@ impl Stats {
         self.device_vram_max = self.device_vram_max.max(gpu.memory_used_bytes);
         self.used_by_tree.extend(gpu.used_by_tree.iter().cloned());
         self.busy.extend(gpu.busy.iter().cloned());
+        self.listing.extend(gpu.listing.iter().cloned());
     }
 
-    pub(crate) fn report(&self, duration_s: f64) -> ResourceReport {
+    /// `host_pid_namespace`: whether the driver's pids are known to be the tree's.
+    pub(crate) fn report(&self, duration_s: f64, host_pid_namespace: bool) -> ResourceReport {
         let n = self.samples.max(1) as f64;
         let gpus_used = count(&self.used_by_tree);
-        let vram_max = self.tree_vram_max.or(self.device_vram_max);
+        let attribution = self.attribution(host_pid_namespace);
+        let (gpus, vram_max) = match attribution {
+            Some(GpuAttribution::Processes) => {
+                (gpus_used, self.tree_vram_max.or(self.device_vram_max))
+            }
+            Some(GpuAttribution::NoGpu) => (0, Some(0)),
+            // Without usable process lists the busy GPUs are the best guess at what the job
+            // used.
+            Some(GpuAttribution::BusyGpus) | None => (count(&self.busy), self.device_vram_max),
+        };
         let summary = ResourceSummary {
             duration_s,
             samples: self.samples,
@@ -156,12 +197,7 @@ impl Stats {
             gpu_utilization_percent_max: self.gpu_util_max,
             gpu_memory_bytes_max: vram_max,
             gpus_used,
-        };
-        // Without process lists the busy GPUs are the best guess at what the job used.
-        let gpus = if self.tree_vram_max.is_some() || gpus_used > 0 {
-            gpus_used
-        } else {
-            count(&self.busy)
+            gpu_attribution: attribution,
         };
         let recommendation = ResourceRecommendation {
             cpu_cores: (summary.cpu_cores_mean.round() as u32).max(1),
@@ -172,6 +208,24 @@ impl Stats {
         ResourceReport {
             summary,
             recommendation,
+        }
+    }
+
+    fn attribution(&self, host_pid_namespace: bool) -> Option<GpuAttribution> {
+        if self.gpu_count == 0 {
+            return None;
+        }
+        if !self.used_by_tree.is_empty() || self.tree_vram_max.is_some() {
+            return Some(GpuAttribution::Processes);
+        }
+        // In the host pid namespace a busy GPU whose list named processes (at any reading:
+        // listing works there) would have named the tree's. A busy GPU that never listed one
+        // may hide them (MIG, permissions), so the guess stays.
+        let listing_works = !self.listing.is_empty() && self.busy.is_subset(&self.listing);
+        if host_pid_namespace && listing_works {
+            Some(GpuAttribution::NoGpu)
+        } else {
+            Some(GpuAttribution::BusyGpus)
         }
     }
 }
