@@ -291,7 +291,7 @@ impl ErrorCode {
 
     /// The built-in code that stands for a bare error status (a response without an envelope):
     /// 400 `invalid_request`, 401 `token_invalid`, 403 `insufficient_permissions`,
-    /// 404 `not_found`, 405 `method_not_allowed`, 408 and 504 `timeout`, 409 and 412 `conflict`,
+    /// 404 and 410 `not_found`, 405 `method_not_allowed`, 408 and 504 `timeout`, 409 and 412 `conflict`,
     /// 413 `payload_too_large`, 415 `unsupported_media_type`, 422 `validation_error`,
     /// 429 `rate_limited`, 502 `upstream_error`, 503 `service_unavailable`; other 4xx
     /// `invalid_request`, anything else `internal_error`.

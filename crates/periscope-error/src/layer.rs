@@ -66,11 +66,14 @@ const MAX_METHOD_IN_MESSAGE: usize = 32;
 /// router's 404 and 405 `route_not_found` and `method_not_allowed`, a 413 `payload_too_large`,
 /// a body the framework could not parse a 400 `invalid_request` (422 `validation_error` for
 /// JSON of the wrong shape; 400 `request_body_incomplete` when the client stopped sending an
-/// axum body, `axum` feature), and any other bare 4xx/5xx the code of its status. Responses that
-/// already carry an envelope pass through untouched, as do 4xx with a JSON body and responses
-/// marked [`PassThrough`]; a 5xx whose JSON body is not an envelope is replaced (the body goes
-/// to the log). An envelope rendered by [`HttpError`] is re-rendered only to honour
-/// `Accept: application/problem+json`; the responses whose format depends on `Accept` carry
+/// axum body, `axum` feature), and any other bare 4xx/5xx the code of its status. A 4xx with
+/// a JSON body and a response marked [`PassThrough`] pass through untouched. An envelope
+/// rendered by [`HttpError`] passes through too, but is re-rendered to honour
+/// `Accept: application/problem+json`, or with this request's ids when it was rendered outside
+/// the request's context. A 5xx whose JSON body is an envelope not rendered here (an
+/// upstream's, or one written by hand) keeps its facts but is rendered again with this
+/// request's `request_id` and `trace_id`; a 5xx whose JSON body is not an envelope is replaced
+/// (the body goes to the log). The responses whose format depends on `Accept` carry
 /// `Vary: Accept`.
 ///
 /// A panic while a passed-through body streams (a `Body::from_stream` whose stream panics

@@ -10,8 +10,9 @@ use std::time::Duration;
 /// The future a [`Check`] returns.
 pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<(), CheckError>> + Send + 'a>>;
 
-/// The longest error text kept from a check; longer text is cut so a chatty dependency cannot
-/// grow a probe response without bound.
+/// The longest error text kept from a check, in bytes; longer text is cut there (on a character
+/// boundary) and ends with `…`, so a chatty dependency cannot grow a probe response without
+/// bound.
 pub const MAX_ERROR_LEN: usize = 1024;
 
 /// A readiness check: asks one dependency whether it can serve.
@@ -62,8 +63,8 @@ impl<C: Check + ?Sized> Check for Box<C> {
 
 /// Why a check failed: the error's text, with its `source()` chain joined by `": "`, its
 /// secrets masked (a connection string's password, `password=...`: see
-/// [`Redactor::mask_text`](periscope_log::Redactor::mask_text)), cut to [`MAX_ERROR_LEN`]
-/// bytes. `/ready` shows it to anyone who can reach the port (unless
+/// [`Redactor::mask_text`](periscope_log::Redactor::mask_text)), cut at [`MAX_ERROR_LEN`]
+/// bytes (then `…`). `/ready` shows it to anyone who can reach the port (unless
 /// [`Details::Withheld`](crate::Details::Withheld)), and the log keeps it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CheckError {

@@ -13,7 +13,8 @@ pub enum MetricsError {
         /// The rejected name.
         name: String,
     },
-    /// A label name outside `[a-zA-Z_][a-zA-Z0-9_]*`, or one starting with the reserved `__`.
+    /// A label name outside `[a-zA-Z_][a-zA-Z0-9_]*`, one starting with the reserved `__`, or
+    /// `le` or `quantile` (the exposition's own bucket and quantile labels).
     #[error(
         "invalid label name {name:?}: use ASCII letters, digits and `_`, not starting with a digit or `__`, and not `le` or `quantile` (the exposition's own bucket and quantile labels)"
     )]

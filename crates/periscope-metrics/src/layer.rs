@@ -128,7 +128,8 @@ impl MetricsLayerBuilder {
     }
 
     /// Also records request body sizes, as `http_server_request_body_size_bytes`. Only bodies
-    /// whose length is known up front (`Content-Length`) are observed.
+    /// whose length is known up front are observed: a `Content-Length`, or no body at all (a
+    /// `GET` without one counts as 0); a chunked body is not.
     pub fn request_size(self) -> Self {
         self.request_size_name("http_server_request_body_size_bytes")
     }
