@@ -156,9 +156,9 @@ impl StatusParts<'_> {
 }
 
 /// A panicking section shows an error instead of failing the whole answer. A section is read
-/// by one request at a time: a read that blocks (on a lock a long job holds) keeps its
-/// request's worker thread until it returns, and an operator's refreshes must not each block
-/// one more until the runtime has none left for `/health`; they show an error instead.
+/// by one request at a time: a read that blocks (on a lock a long job holds) keeps the thread
+/// it runs on (its own, see [`on_own_thread`]) until it returns, and an operator's refreshes
+/// must not each start one more blocked thread; they show an error instead.
 fn read_section(name: &str, section: &Section) -> Value {
     if section.reading.swap(true, Ordering::Acquire) {
         return serde_json::json!({

@@ -331,8 +331,9 @@ impl ApiError {
 
     /// The request id to quote to support: the envelope's, else the `request_id` of a JSON body
     /// that is not quite an envelope (`{"error": {"request_id": ...}}` without a string `code`,
-    /// or a top-level one), else the `x-request-id` header. A `request_id` sent as a JSON
-    /// number is its decimal text (`"90210"`).
+    /// or a top-level one), else the `x-request-id` header (one of at most 256 bytes of text;
+    /// a longer one is not taken). A `request_id` sent as a JSON number is its decimal text
+    /// (`"90210"`).
     pub fn request_id(&self) -> Option<&str> {
         self.request_id.as_deref()
     }

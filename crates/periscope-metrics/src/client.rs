@@ -24,7 +24,9 @@ use crate::red::TraceExemplar;
 use crate::registry::MetricsRegistry;
 
 /// The `server_address` (and `server_port`) of a call whose URI names no host: give the client
-/// its origin (tonic's `with_origin`, an absolute URI for hyper-util's client).
+/// its origin (tonic's `with_origin`, an absolute URI for hyper-util's client). Also the
+/// `server_port` of a URI with neither a port nor a scheme whose default port is known (`http`
+/// 80, `https` 443).
 pub const UNKNOWN_SERVER: &str = "__unknown__";
 
 /// The `status` of a call that failed without an answer (connection refused, reset, a TLS
