@@ -43,7 +43,9 @@ pub const ACCESS_LOG_TARGET: &str = "periscope::access";
 /// disconnect, an outer timeout) also gives an `aborted` line, without `status`. Without a
 /// request span (a quiet path), the request id, trace id, span id and tenant fields come from
 /// the [`RequestContext`] in the request's extensions (or the current one) when there is one.
-/// Level by outcome: 5xx `error`, 4xx `warn`, the rest `info`; quiet paths at `debug`.
+/// Level by outcome: 5xx `error`, 4xx `warn`, the rest `info`; a response future dropped
+/// before the response `warn`, a body that fails while it is sent `error`; quiet paths at
+/// `debug` whatever the outcome.
 /// The query string is never logged (it may hold secrets).
 ///
 /// A gRPC answer whose code comes in its trailers (HTTP 200, `application/grpc`, no

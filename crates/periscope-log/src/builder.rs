@@ -141,19 +141,19 @@ impl LogLayer {
 }
 
 impl LogLayerBuilder {
-    /// The `service` field of every line.
+    /// The `service` field of every JSON line (the `pretty` format leaves it out).
     pub fn service(mut self, name: impl Into<String>) -> Self {
         self.service = Some(name.into());
         self
     }
 
-    /// The `environment` field of every line.
+    /// The `environment` field of every JSON line (the `pretty` format leaves it out).
     pub fn environment(mut self, name: impl Into<String>) -> Self {
         self.environment = Some(name.into());
         self
     }
 
-    /// The `version` field of every line.
+    /// The `version` field of every JSON line (the `pretty` format leaves it out).
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.version = Some(version.into());
         self
@@ -310,7 +310,8 @@ impl LogLayerBuilder {
     }
 
     /// Bounds of the queue in front of the background writer (default 65 536 lines, 32 MiB);
-    /// past them lines are dropped and counted.
+    /// past them lines are dropped and counted. A bound of 0 counts as 1, and a line longer
+    /// than the bytes bound is always dropped.
     pub fn queue_limits(mut self, lines: usize, bytes: usize) -> Self {
         self.writer_config.max_lines = lines;
         self.writer_config.max_bytes = bytes;

@@ -45,10 +45,10 @@ impl Redactor {
     /// a `:`, only a password's own name counts), and of the sensitive keys of JSON in it (a
     /// whole document, a body quoted in an error: `failed: {"password": ...}`, or one cut
     /// short or with escaped quotes). For free text that may hold a connection string: an error message, a
-    /// value that failed to parse. In free text a key names a secret when a sensitive word ends
-    /// it or is followed only by `id`, `key`, `access_key`, `value` or `hash` (`db_password`,
-    /// `api_token`, `credentials`, `session_id`, `secret_key`), not when it merely holds one
-    /// as a field name does: `token_count=12` and `tokenizer=llama3` stay.
+    /// value that failed to parse. In free text a sensitive key names a secret (`db_password`,
+    /// `api_token`, `credentials`, `session_id`, `secret_key_base`, `db_password_2`) unless what
+    /// follows its last sensitive word says it is about a secret, not one: `token_count=12`,
+    /// `tokenizer=llama3`, `password_min_length=8` and `secret_name=x` stay.
     /// Also masked: URL signature parameters (`periscope_context::SIGNATURE_QUERY_PARAMS`:
     /// `sig`, `X-Amz-Signature`, ...), a webhook's path secret (`hooks.slack.com`,
     /// `/webhooks/`), `--password <value>` options, ODBC's `Pwd=` in a `;`-separated

@@ -26,7 +26,7 @@ pub(crate) trait LineSink: Send + Sync {
 }
 
 /// How many lines were lost: the queue was full, the output refused them (a write failed)
-/// or panicked, or the guard was gone. A failed flush counts nothing: the output took those
+/// or panicked, or the guard of the background writer was gone. A failed flush counts nothing: the output took those
 /// lines.
 ///
 /// Cheap to clone; read it for a metric (`periscope_log_dropped_lines_total`).
@@ -316,7 +316,9 @@ impl Queue {
 /// has written every line logged before, and stops that thread. Lines still queued when it
 /// gives up (the output stuck past the timeout, or its thread gone), the lines the output was
 /// still writing then (the process usually ends next; written late, they stay counted), and
-/// lines logged after it is dropped are counted as dropped.
+/// lines logged after it is dropped are counted as dropped. With a
+/// [`blocking`](crate::LogLayerBuilder::blocking) writer, dropping it only flushes the output:
+/// each line is written as it is logged, after the drop too.
 #[must_use = "dropping the guard stops the log writer: keep it until the program ends"]
 pub struct LogGuard {
     kind: GuardKind,
