@@ -111,7 +111,7 @@ fn refusal(field: &str) -> Option<Cow<'static, str>> {
         return Some(Cow::Owned(format!(
             "{field} is already a field of every log line and server span, which a tenant \
              field would clash with (its value would show on none of them): choose another \
-             name, such as \"{field}_id\" or \"tenant_{field}\""
+             name, such as \"tenant_{field}\""
         )));
     }
     if let Some(part) = crate::SENSITIVE_KEY_PARTS
