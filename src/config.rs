@@ -398,8 +398,8 @@ impl Settings {
     }
 
     /// The settings as JSON for `/debug/config`: the admin token shows as `[REDACTED]` when
-    /// set, so the value is safe to log too (credentials in the OTLP endpoint's URL are masked
-    /// by the admin surface).
+    /// set, and secrets in the OTLP endpoint's query (`?api_key=...`) are masked, so the value
+    /// is safe to log too.
     pub fn to_json(&self) -> serde_json::Value {
         #[allow(unused_mut)]
         let mut json = serde_json::json!({
@@ -422,10 +422,17 @@ impl Settings {
         });
         #[cfg(feature = "otel")]
         if let Some(map) = json.as_object_mut() {
+            // A key in the endpoint's query (`?api_key=...`) is masked here, not only by the
+            // admin surface: the value is logged as it is.
+            let endpoint = self.otel.traces_endpoint().map(|endpoint| {
+                periscope_log::Redactor::default()
+                    .mask_text(&endpoint)
+                    .unwrap_or(endpoint)
+            });
             map.insert(
                 "otel".to_owned(),
                 serde_json::json!({
-                    "traces_endpoint": self.otel.traces_endpoint(),
+                    "traces_endpoint": endpoint,
                     "protocol": format!("{:?}", self.otel.protocol),
                     "sampler": format!("{:?}", self.otel.sampler),
                     "disabled": self.otel.disabled,

@@ -266,8 +266,9 @@ impl ObservabilityBuilder {
 
     /// Route templates such as `/v1/jobs/{id}` for services without axum: the request span's
     /// name, the access line's `route` and the `route` label all say the template a request
-    /// matches (axum's matched route is used when present). `build` fails on a malformed or
-    /// conflicting template.
+    /// matches (axum's matched route is used when present). The admin paths (`/health`,
+    /// `/metrics`, ...) are declared already; a template given twice counts once. `build`
+    /// fails on a malformed or conflicting template.
     pub fn route_templates<I, T>(mut self, templates: I) -> Self
     where
         I: IntoIterator<Item = T>,
@@ -458,12 +459,19 @@ impl ObservabilityBuilder {
 
         // The admin paths and the gRPC health service's count under their own route, with axum
         // or without (tonic's router gives no matched path).
-        let templates: Vec<&str> = periscope_admin::Endpoint::ALL
+        let mut templates: Vec<&str> = Vec::new();
+        for template in periscope_admin::Endpoint::ALL
             .iter()
             .map(|endpoint| endpoint.path())
             .chain(periscope_context::GRPC_HEALTH_PATHS)
             .chain(self.route_templates.iter().map(String::as_str))
-            .collect();
+        {
+            // A set: one given twice, or an admin path the service declares too, is no
+            // conflict (the matcher refuses a second insertion of the same template).
+            if !templates.contains(&template) {
+                templates.push(template);
+            }
+        }
         let routes = RouteTemplates::new(&templates)?;
 
         let registry = MetricsRegistry::new();
@@ -897,15 +905,15 @@ impl Observability {
     }
 }
 
+/// The writer of the log that `init` set up last, flushed after a panic's line.
+static PANIC_FLUSHER: std::sync::Mutex<Option<periscope_log::LogFlusher>> =
+    std::sync::Mutex::new(None);
+
 /// Installs, once per process, a panic hook that logs every panic the error layer does not
 /// catch (in `main`, a thread, a spawned task) as an `error` line with target
 /// `periscope::panic`, then hands it to the hook installed before (the default one still
 /// prints it on stderr). Without it such a panic reaches stderr only, as plain text outside
 /// the JSON log and `/debug/logs`.
-/// The writer of the log that `init` set up last, flushed after a panic's line.
-static PANIC_FLUSHER: std::sync::Mutex<Option<periscope_log::LogFlusher>> =
-    std::sync::Mutex::new(None);
-
 fn log_panics(flusher: periscope_log::LogFlusher) {
     *PANIC_FLUSHER
         .lock()

@@ -3487,3 +3487,36 @@ async fn lines_logged_while_a_streamed_body_is_made_carry_the_request_ids() {
         assert_eq!(line["span_id"], access["span_id"], "{line}");
     }
 }
+
+/// A service without axum declares its routes, and may name one the facade declares itself
+/// (an admin path such as `/health`) or one twice: the templates are a set, so `build`
+/// succeeds and each request is counted under its template.
+#[tokio::test(flavor = "current_thread")]
+async fn route_templates_given_twice_or_naming_an_admin_path_are_accepted() {
+    let obs = Observability::builder()
+        .log_writer(std::io::sink())
+        .route_templates(["/health", "/v1/jobs/{id}"])
+        .route_templates(["/v1/jobs/{id}"])
+        .build()
+        .expect("a template declared twice is no conflict");
+    let service = tower::ServiceBuilder::new()
+        .layer(obs.layer())
+        .service(tower::service_fn(
+            |_request: http::Request<hyper::body::Incoming>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::from("job")))
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(obs.server(listener).serve(service, std::future::pending()));
+
+    let answer = get_path(addr, "/v1/jobs/7", None).await;
+    assert_eq!((answer.status, answer.body.as_str()), (200, "job"));
+    let exposition = obs.registry().encode_prometheus().unwrap();
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(&exposition)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        requests_counted(&exposition, Some("/v1/jobs/{id}"), "2xx"),
+        1.0
+    );
+}

@@ -69,6 +69,33 @@ fn the_stacks_own_metric_names_are_reserved() {
     );
 }
 
+/// `Settings::to_json` is documented as safe to log: a secret in an OTLP endpoint's query
+/// (user info is refused when read) is masked there, not only by `/debug/config`.
+#[cfg(feature = "otel")]
+#[test]
+fn the_settings_json_never_shows_the_otlp_endpoints_credentials() {
+    for (var, url) in [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://collector:4318?token=hunter2",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://collector:4318/v1/traces?api_key=hunter2",
+        ),
+    ] {
+        let obs = quiet()
+            .env_from(|name| (name == var).then(|| url.to_owned()))
+            .unwrap()
+            .build()
+            .unwrap();
+        let json = obs.settings().to_json();
+        let endpoint = json["otel"]["traces_endpoint"].as_str().unwrap();
+        assert!(!endpoint.contains("hunter2"), "{json}");
+        assert!(endpoint.contains("collector:4318"), "{json}");
+    }
+}
+
 #[cfg(feature = "otel")]
 #[test]
 fn the_exported_spans_take_the_service_name_set_last() {

@@ -53,7 +53,9 @@ const SERVER_SPAN: &str = "http_request";
 ///   `trace_id` / `span_id` are those of the exported span. A gRPC call (a `POST` with a gRPC
 ///   `content-type`) to `/package.Service/Method` (the route template, else the path; each
 ///   segment at most 128 ASCII letters, digits, `_` or `.`) is named `package.Service/Method`
-///   instead and records `rpc.system`, `rpc.service` and `rpc.method` too;
+///   instead and records `rpc.system`, `rpc.service` and `rpc.method` too (named after its
+///   path rather than a route template, a call answered `UNIMPLEMENTED` in its head is
+///   renamed `POST`, so made-up methods add no span names);
 /// - with [`trusted_proxies`](CorrelationLayer::trusted_proxies), works out the client's
 ///   address ([`TrustedProxies::client_addr`]), records it as `client.address` and puts it in
 ///   the request extensions as a [`ClientAddr`] (the access log's `client`);
