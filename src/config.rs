@@ -300,7 +300,7 @@ impl Settings {
             self.gpu = parse_bool("ENABLE_GPU", &value)?;
         }
         if let Some(token) = get("ADMIN_TOKEN") {
-            self.admin_token = Some(checked_token(token)?);
+            self.admin_token = Some(checked_token("ADMIN_TOKEN", token)?);
         }
         if let Some(value) = get("REQUEST_TIMEOUT_S") {
             self.request_timeout = Some(parse_seconds("REQUEST_TIMEOUT_S", &value)?);
@@ -491,11 +491,13 @@ pub(crate) fn parse_forwarding_header(
     })
 }
 
-pub(crate) fn checked_token(token: String) -> Result<String, ConfigError> {
+/// `token` under `ADMIN_TOKEN`'s rules; an error names `var` (the variable, or the builder
+/// method that set it).
+pub(crate) fn checked_token(var: &'static str, token: String) -> Result<String, ConfigError> {
     if token.len() < MIN_ADMIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
         // Never echo a secret back, not even a bad one.
         return Err(ConfigError::new(
-            "ADMIN_TOKEN",
+            var,
             "[REDACTED]",
             format!(
                 "use at least {MIN_ADMIN_TOKEN_LEN} printable characters without spaces \
@@ -531,14 +533,28 @@ fn parse_seconds(var: &'static str, value: &str) -> Result<Duration, ConfigError
         .ok_or_else(|| timeout_error(var, value))
 }
 
-/// The same bounds as `REQUEST_TIMEOUT_S`, for a timeout set in code.
+/// The same bounds as `REQUEST_TIMEOUT_S`, for a timeout set in code (`request_timeout`).
 pub(crate) fn checked_timeout(timeout: Duration) -> Result<Duration, ConfigError> {
     if REQUEST_TIMEOUTS.contains(&timeout) {
         Ok(timeout)
     } else {
-        Err(timeout_error(
-            "REQUEST_TIMEOUT_S",
-            timeout.as_secs_f64().to_string(),
+        Err(ConfigError::new(
+            "request_timeout",
+            format!("{timeout:?}"),
+            "use a duration from 1 ms to 86400 s (REQUEST_TIMEOUT_S has the same bounds)",
+        ))
+    }
+}
+
+/// The same bound as `SHUTDOWN_DRAIN_S`, for a drain set in code (`shutdown_drain`).
+pub(crate) fn checked_drain(drain: Duration) -> Result<Duration, ConfigError> {
+    if drain <= MAX_SHUTDOWN_DRAIN {
+        Ok(drain)
+    } else {
+        Err(ConfigError::new(
+            "shutdown_drain",
+            format!("{drain:?}"),
+            "use a duration of at most 300 s (SHUTDOWN_DRAIN_S has the same bound)",
         ))
     }
 }
@@ -560,7 +576,7 @@ fn parse_drain(value: &str) -> Result<Duration, ConfigError> {
         .ok_or_else(|| drain_error(value))
 }
 
-pub(crate) fn drain_error(value: impl Into<String>) -> ConfigError {
+fn drain_error(value: impl Into<String>) -> ConfigError {
     ConfigError::new(
         "SHUTDOWN_DRAIN_S",
         value,

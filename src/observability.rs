@@ -21,8 +21,7 @@ use tracing_subscriber::layer::SubscriberExt;
 
 use crate::collectors::{DROPPED_LINES_METRIC, DroppedLinesCollector};
 use crate::config::{
-    ConfigError, MAX_SHUTDOWN_DRAIN, Settings, VARIABLES, checked_name, checked_timeout,
-    checked_token, drain_error,
+    ConfigError, Settings, VARIABLES, checked_drain, checked_name, checked_timeout, checked_token,
 };
 use crate::stack::{ClientLayer, ObservabilityLayer};
 use periscope_metrics::prometheus_client::metrics::MetricType;
@@ -410,18 +409,16 @@ impl ObservabilityBuilder {
         checked_name("service_name", settings.service_name.clone())?;
         checked_name("environment", settings.environment.clone())?;
         // The same rules as `ADMIN_TOKEN`, whichever way the token came: one read from a file
-        // with its line break could never be sent in a header.
+        // with its line break could never be sent in a header. The environment's values were
+        // checked by `env()`: what fails here was set in code, so the error names the method.
         if let Some(token) = &settings.admin_token {
-            checked_token(token.clone())?;
+            checked_token("admin_token", token.clone())?;
         }
         // A zero timeout would answer 504 to every request that waits at all.
         if let Some(timeout) = settings.request_timeout {
             checked_timeout(timeout)?;
         }
-        if settings.shutdown_drain > MAX_SHUTDOWN_DRAIN {
-            let seconds = settings.shutdown_drain.as_secs_f64().to_string();
-            return Err(drain_error(seconds).into());
-        }
+        checked_drain(settings.shutdown_drain)?;
         // One service name everywhere, set last: the log lines', the metrics' and the spans'.
         #[cfg(feature = "otel")]
         {
