@@ -32,7 +32,8 @@ pub struct GpuSnapshot {
     pub sampled_at_unix_s: Option<f64>,
     /// Seconds since the last successful sample.
     pub age_s: Option<f64>,
-    /// Failed samples and unreadable devices since start (`gpu_collector_errors_total`).
+    /// Failed samples, unreadable devices and devices a source listed twice, since start
+    /// (`gpu_collector_errors_total`).
     pub errors_total: u64,
     /// Why the last sample failed, while the collector is down.
     pub last_error: Option<String>,

@@ -212,9 +212,10 @@ impl ClientSpan {
         record_status(&self.span, status, &HeaderMap::new(), 400);
     }
 
-    /// Records the response status and, for a trailers-only gRPC answer (200 with
-    /// `grpc-status` in `headers`), `rpc.grpc.status_code`; any code but `OK` is an error, as
-    /// the gRPC conventions want for client spans.
+    /// Records the response status and, for a trailers-only gRPC answer (200 with a gRPC
+    /// `content-type` and `grpc-status` in `headers`), `rpc.grpc.status_code`; any code but
+    /// `OK` is an error, as the gRPC conventions want for client spans. A `grpc-status` without
+    /// a gRPC `content-type` (a proxy's plain HTTP answer) is not read: the status judges it.
     ///
     /// ```
     /// use http::{HeaderMap, Method, StatusCode, Uri};
@@ -223,6 +224,7 @@ impl ClientSpan {
     /// let uri: Uri = "http://inventory.internal/inventory.v1.Items/Get".parse().unwrap();
     /// let call = ClientSpan::new(&Method::POST, &uri);
     /// let mut headers = HeaderMap::new();
+    /// headers.insert("content-type", "application/grpc".parse().unwrap());
     /// headers.insert("grpc-status", "5".parse().unwrap()); // NOT_FOUND
     /// call.record_response(StatusCode::OK, &headers);
     /// ```

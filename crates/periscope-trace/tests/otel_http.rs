@@ -391,3 +391,98 @@ fn a_padded_batch_setting_is_used_as_checked() {
         assert!(stdout.contains("EXPORTS 1"), "{delay:?}: {stdout}");
     }
 }
+
+/// Settings set in code are used as a lookup's are: a span queue too large to allocate
+/// panicked (`capacity overflow`) in `build`, and one of 0 dropped every span.
+#[test]
+fn a_span_queue_set_in_code_is_kept_within_what_the_lookup_accepts() {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+
+    let (_receiver_runtime, endpoint, exports) = receiver_on_its_own_runtime();
+    for size in [usize::MAX, 0] {
+        let mut config = OtelConfig::default();
+        config.endpoint = Some(endpoint.clone());
+        config.export.max_queue_size = Some(size);
+        let guard = config.build().unwrap();
+        let mut span = guard.tracer().start("queued");
+        let trace = span.span_context().trace_id().to_string();
+        span.end();
+        drop(guard);
+        let (_, exported) = export_of(&exports, &trace);
+        assert_eq!(exported.name, "queued", "{size}");
+    }
+}
+
+const IDLE_CHILD: &str = "PERISCOPE_TEST_IDLE_CHILD";
+
+/// The CPU time this process has used, in clock ticks (1/100 s on Linux).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // After the command name, which may hold spaces: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Run by `a_schedule_delay_of_zero_does_not_keep_a_core_busy` in a child process, alone in
+/// it: exports a span with the delay the parent sets, then prints the CPU time the idle
+/// process used over two seconds.
+#[test]
+fn idle_child() {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+
+    let Some(delay) = std::env::var_os(IDLE_CHILD) else {
+        return;
+    };
+    let (_receiver_runtime, endpoint, exports) = receiver_on_its_own_runtime();
+    let delay = delay.into_string().unwrap();
+    let guard = OtelConfig::from_lookup(|name| match name {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(endpoint.clone()),
+        "OTEL_BSP_SCHEDULE_DELAY" => Some(delay.clone()),
+        _ => None,
+    })
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut span = guard.tracer().start("soon");
+    let trace = span.span_context().trace_id().to_string();
+    span.end();
+    // Exported without a flush: the delay is short.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !exports
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|export| export.spans.iter().any(|s| s.trace_id == trace))
+    {
+        assert!(std::time::Instant::now() < deadline, "never exported");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let before = cpu_ticks();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    println!("TICKS {}", cpu_ticks() - before);
+    drop(guard);
+}
+
+/// `OTEL_BSP_SCHEDULE_DELAY=0` (export at once) passes the check, and the batch processor's
+/// thread then polled for spans without pause: a whole core busy while the service idled.
+#[test]
+fn a_schedule_delay_of_zero_does_not_keep_a_core_busy() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "idle_child", "--nocapture"])
+        .env(IDLE_CHILD, "0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ticks: u64 = stdout
+        .split("TICKS ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    // Busy, it used about 200 ticks (two seconds of one core); idle, next to none.
+    assert!(ticks < 40, "{ticks} ticks of CPU in 2 s idle");
+}

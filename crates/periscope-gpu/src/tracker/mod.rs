@@ -23,8 +23,9 @@ const DEFAULT_GPU_TIMEOUT: Duration = Duration::from_secs(30);
 const MIN_GPU_TIMEOUT: Duration = Duration::from_millis(100);
 const MAX_GPU_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The CSV header: one row per reading. Byte columns count the interval since the previous
-/// row; an empty cell means "not available".
+/// The CSV header: one row per reading. The disk and network byte columns count the interval
+/// since the previous row; the memory columns are the amounts in use at the reading. An empty
+/// cell means "not available".
 pub const CSV_HEADER: &str = "timestamp_unix_s,elapsed_s,processes,cpu_cores,memory_bytes,\
 disk_read_bytes,disk_written_bytes,host_cpu_percent,host_memory_used_bytes,\
 host_memory_total_bytes,host_net_rx_bytes,host_net_tx_bytes,gpu_count,\

@@ -132,11 +132,15 @@ pub struct ExportSettings {
     /// How long one export may take (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else
     /// `OTEL_EXPORTER_OTLP_TIMEOUT`, in milliseconds; default 10 s).
     pub timeout: Option<Duration>,
-    /// Spans kept waiting for export (`OTEL_BSP_MAX_QUEUE_SIZE`).
+    /// Spans kept waiting for export (`OTEL_BSP_MAX_QUEUE_SIZE`, from 1 to 1 000 000: the
+    /// whole queue is allocated at startup). Set in code, a size outside that range is taken
+    /// as the nearest bound.
     pub max_queue_size: Option<usize>,
     /// Spans sent in one export (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
     pub max_export_batch_size: Option<usize>,
-    /// The wait between exports (`OTEL_BSP_SCHEDULE_DELAY`, in milliseconds).
+    /// The wait between exports (`OTEL_BSP_SCHEDULE_DELAY`, in milliseconds). 0 is taken as
+    /// 1 ms: spans are exported as soon as they end, and the export thread still sleeps
+    /// between its rounds.
     pub scheduled_delay: Option<Duration>,
 }
 
@@ -159,8 +163,9 @@ impl std::fmt::Debug for ExportSettings {
 }
 
 impl OtelConfig {
-    /// Reads the process environment. See the crate documentation for every variable. A
-    /// value that is not UTF-8 is an error naming the variable, as a malformed one is.
+    /// Reads the process environment. Each field of [`OtelConfig`] and [`ExportSettings`]
+    /// names the variables it is read from. A value that is not UTF-8 is an error naming the
+    /// variable, as a malformed one is.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_os_lookup(|name| std::env::var_os(name))
     }
@@ -402,7 +407,7 @@ impl std::fmt::Debug for OtelConfig {
 /// The largest `OTEL_BSP_MAX_QUEUE_SIZE` accepted: the batch processor allocates the whole
 /// queue when it starts (about 370 bytes a span, so 370 MB at this size), and a larger one
 /// aborted the process or panicked on `capacity overflow` instead of naming the variable.
-const MAX_SPAN_QUEUE: u64 = 1_000_000;
+pub(super) const MAX_SPAN_QUEUE: u64 = 1_000_000;
 
 /// `url` with its `user:password@` part, if any, replaced by `[REDACTED]@`, and its query and
 /// fragment (`?api_key=...`) by `?[REDACTED]`, for messages and `Debug`. Everything up to the

@@ -149,25 +149,46 @@ impl HttpClient for ExportHttpClient {
 /// space around it, `OTEL_BSP_SCHEDULE_DELAY=" 100"`, without a word; set here, they win.)
 fn batch_config(export: &ExportSettings) -> opentelemetry_sdk::trace::BatchConfig {
     let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default()
-        .with_max_queue_size(queue_size(export));
+        .with_max_queue_size(queue_size(export))
+        .with_scheduled_delay(scheduled_delay(export));
     if let Some(size) = export.max_export_batch_size {
         config = config.with_max_export_batch_size(size);
-    }
-    if let Some(delay) = export.scheduled_delay {
-        config = config.with_scheduled_delay(delay);
     }
     config.build()
 }
 
 /// The batch processor's queue: the configured size, else what the SDK would read from the
 /// process environment itself, else its default. Always given to the processor, so that
-/// [`SpanQueue`] guards a queue of exactly this size.
+/// [`SpanQueue`] guards a queue of exactly this size. Kept from 1 to what `from_lookup`
+/// accepts, wherever it comes from (set in code, or the process environment under another
+/// lookup): the processor allocates the whole queue at once (a larger one panicked on
+/// `capacity overflow` or aborted), and one of 0 drops every span.
 fn queue_size(export: &ExportSettings) -> usize {
     use opentelemetry_sdk::trace::{OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_QUEUE_SIZE_DEFAULT};
+    let largest = usize::try_from(super::config::MAX_SPAN_QUEUE).unwrap_or(usize::MAX);
     export
         .max_queue_size
         .or_else(|| std::env::var(OTEL_BSP_MAX_QUEUE_SIZE).ok()?.parse().ok())
         .unwrap_or(OTEL_BSP_MAX_QUEUE_SIZE_DEFAULT)
+        .clamp(1, largest)
+}
+
+/// The shortest wait between the batch processor's rounds: with none, its thread polls for
+/// spans without pause, a whole core busy while the service idles.
+const MIN_SCHEDULED_DELAY: Duration = Duration::from_millis(1);
+
+/// The wait between exports: the configured one, else what the SDK would read from the
+/// process environment itself, else its default; at least [`MIN_SCHEDULED_DELAY`].
+fn scheduled_delay(export: &ExportSettings) -> Duration {
+    use opentelemetry_sdk::trace::{OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_SCHEDULE_DELAY_DEFAULT};
+    export
+        .scheduled_delay
+        .or_else(|| {
+            let millis = std::env::var(OTEL_BSP_SCHEDULE_DELAY).ok()?.parse().ok()?;
+            Some(Duration::from_millis(millis))
+        })
+        .unwrap_or(OTEL_BSP_SCHEDULE_DELAY_DEFAULT)
+        .max(MIN_SCHEDULED_DELAY)
 }
 
 /// The OTLP exporters' default timeout.
@@ -313,8 +334,8 @@ fn set_global_propagator(propagators: Propagators) {
 /// Drop it (or call [`OtelGuard::shutdown`]) at the end of `main`, after the server has
 /// stopped: flushing waits for the export to finish, at most about 10 s (the SDK waits 5 s
 /// for the flush, then 5 s for the shutdown; less when `OTEL_EXPORTER_OTLP_TIMEOUT` is
-/// shorter). Export over gRPC runs on a thread of its own, so the flush works on any runtime,
-/// inside async code or after the runtime is gone.
+/// shorter). Export, over gRPC or HTTP, runs on threads of its own, so the flush works on any
+/// runtime, inside async code or after the runtime is gone.
 #[derive(Debug)]
 pub struct OtelGuard {
     provider: SdkTracerProvider,
