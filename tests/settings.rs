@@ -34,7 +34,10 @@ fn a_token_set_in_code_follows_the_rules_of_admin_token() {
         let error = quiet().admin_token(token).build().unwrap_err().to_string();
         // Set in code: the error names the method, not a variable nobody set.
         assert!(error.starts_with("admin_token="), "{error}");
-        assert!(error.contains("at least 16 printable characters"), "{error}");
+        assert!(
+            error.contains("at least 16 printable characters"),
+            "{error}"
+        );
         assert!(
             !error.contains("abcdefgh"),
             "the token is never echoed: {error}"

@@ -180,10 +180,18 @@ async fn the_default_protocol_exports_protobuf_over_http() {
     let ctx = seen.lock().unwrap()[0].ctx.clone();
     assert_eq!(server.span_id, ctx.span_id.to_string());
     assert_eq!(server.parent_span_id, PARENT);
-    assert_eq!(server.name, "GET /hop");
+    // The route template comes from axum's matched path (feature `axum`).
+    let name = if cfg!(feature = "axum") {
+        "GET /hop"
+    } else {
+        "GET"
+    };
+    assert_eq!(server.name, name);
     assert_eq!(server.kind, "SPAN_KIND_SERVER");
     assert!(attr(&server, "http.request.method").contains("\"GET\""));
-    assert!(attr(&server, "http.route").contains("\"/hop\""));
+    if cfg!(feature = "axum") {
+        assert!(attr(&server, "http.route").contains("\"/hop\""));
+    }
     assert!(attr(&server, "http.response.status_code").contains("200"));
     assert!(attr(&server, "request_id").contains("\"otel-http\""));
     assert!(attr(&server, "org_id").contains("\"org_9\""));
@@ -205,7 +213,12 @@ async fn the_default_protocol_exports_protobuf_over_http() {
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     blocking(move || drop::<OtelGuard>(guard)).await;
     let (_, failed) = export_of(&exports, failing);
-    assert_eq!(failed.name, "GET /fail");
+    let name = if cfg!(feature = "axum") {
+        "GET /fail"
+    } else {
+        "GET"
+    };
+    assert_eq!(failed.name, name);
     assert_eq!(failed.status.as_ref().unwrap().code, "STATUS_CODE_ERROR");
     assert!(attr(&failed, "http.response.status_code").contains("500"));
 }
