@@ -200,6 +200,10 @@ async fn predict(
         .map_err(HttpError::internal)?;
     let input = preprocess(body, [decoding, memory, upload]).await?;
 
+    // The stand-in's forward pass takes microseconds, so it runs here, on the async thread. A
+    // real one takes milliseconds of CPU (or blocks on a GPU) and would stall every request on
+    // this thread, probes included: run it on the blocking pool as `preprocess` runs the decode,
+    // holding a `decodes` slot so that at most one runs per CPU.
     let span = tracing::info_span!("inference", model = model::NAME);
     let started = Instant::now();
     let scores = span.in_scope(|| model.infer(&input));
