@@ -51,7 +51,7 @@ async fn create_task(
     State(state): State<ApiState>,
     Json(task): Json<NewTask>,
 ) -> Result<Json<Value>, HttpError> {
-    tracing::info!(chars = task.text.len(), "task received");
+    tracing::info!(chars = task.text.chars().count(), "task received");
     // The queue's place first: a full queue refuses before the worker does the work.
     let slot = state.queue.reserve()?;
     let result = state.worker.process(&task.text, task.fail).await?;

@@ -54,7 +54,7 @@ async fn one_request_id_and_trace_through_the_api_the_worker_and_the_job() {
             ("x-request-id", "ms-request-1"),
             ("traceparent", &traceparent),
         ],
-        r#"{"text":"one request through three places"}"#,
+        r#"{"text":"one request through thrée plâces"}"#,
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
@@ -75,8 +75,16 @@ async fn one_request_id_and_trace_through_the_api_the_worker_and_the_job() {
     let api_lines = from(&lines, "api");
     let worker_lines = from(&lines, "worker");
     let job_lines = from(&lines, "jobs");
-    assert!(api_lines.iter().any(|l| l["message"] == "task received"));
-    assert!(worker_lines.iter().any(|l| l["message"] == "processing"));
+    // `chars` counts characters, not the bytes of their UTF-8.
+    let chars = "one request through thrée plâces".chars().count();
+    let received = api_lines.iter().find(|l| l["message"] == "task received");
+    assert_eq!(received.unwrap()["data"]["chars"], chars, "{api_lines:#?}");
+    let processing = worker_lines.iter().find(|l| l["message"] == "processing");
+    assert_eq!(
+        processing.unwrap()["data"]["chars"],
+        chars,
+        "{worker_lines:#?}"
+    );
     for message in ["job enqueued", "job started", "job done"] {
         assert!(
             job_lines.iter().any(|l| l["message"] == message),
