@@ -15,7 +15,8 @@
 //! | `/debug/*` | status (with a `model` section), logs, config, log level, memory: behind `ADMIN_TOKEN`, or on `ADMIN_PORT` |
 //!
 //! Every request gets a request id (kept from `x-request-id` when valid) and a W3C trace;
-//! both are on every log line, every error envelope and the `x-request-id` response header.
+//! both are on every log line and every error envelope, and the request id is in the
+//! `x-request-id` response header.
 //!
 //! The gateway's own settings (periscope's, such as `SERVICE_NAME`, `LOG_LEVEL`, `LOG_FORMAT`,
 //! `ADMIN_TOKEN`, `ENABLE_GPU`, `REQUEST_TIMEOUT_S`, `OTEL_*`, are in `docs/configuration.md`;
