@@ -15,7 +15,8 @@
 //! | `/debug/*` | status (with a `model` section), logs, config, log level, memory: behind `ADMIN_TOKEN`, or on `ADMIN_PORT` |
 //!
 //! Every request gets a request id (kept from `x-request-id` when valid) and a W3C trace;
-//! both are on every log line, every error envelope and the `x-request-id` response header.
+//! both are on every log line and every error envelope, and the request id is in the
+//! `x-request-id` response header.
 //!
 //! The gateway's own settings (periscope's, such as `SERVICE_NAME`, `LOG_LEVEL`, `LOG_FORMAT`,
 //! `ADMIN_TOKEN`, `ENABLE_GPU`, `REQUEST_TIMEOUT_S`, `OTEL_*`, are in `docs/configuration.md`;
@@ -45,7 +46,7 @@
 //! | file | keep | change |
 //! | --- | --- | --- |
 //! | `main.rs` | the `Observability` setup, the startup gate in `Health`, the admin router or admin port, the drain on SIGTERM, the `listening` line | `service_name`, the `status_section`s, the request timeout, the settings of `GatewayConfig` |
-//! | `model.rs` | `ModelHandle`: one shared load behind the startup gate, off the request threads, the `/debug/status` section | `Model`, `NAME`, `VERSION`: load your weights in `Model::load`, your own `preprocess` / `infer` / `postprocess`; drop `MODEL_LOAD_DELAY_MS`, which only simulates a slow load |
+//! | `model.rs` | `ModelHandle`: one shared load behind the startup gate, off the request threads, the `/debug/status` section | `Model`, `NAME`, `VERSION`: load your weights in `Model::load`, your own `preprocess` / `infer` / `postprocess` (a real `infer` goes on the blocking pool: see `predict.rs`); drop `MODEL_LOAD_DELAY_MS`, which only simulates a slow load |
 //! | `predict.rs` | the body limit and the early `Content-Length` check, the upload and decode budgets, decoding on the blocking pool, one span per stage, metrics through `guarded_family`, error codes declared once | the routes, the response, your own error codes and metric names |
 //! | `upload.rs` | the pace an upload must keep | `MIN_UPLOAD_BYTES_PER_S`, if your clients are slower |
 

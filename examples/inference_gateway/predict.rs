@@ -200,6 +200,10 @@ async fn predict(
         .map_err(HttpError::internal)?;
     let input = preprocess(body, [decoding, memory, upload]).await?;
 
+    // The stand-in's forward pass takes microseconds, so it runs here, on the async thread. A
+    // real one takes milliseconds of CPU (or blocks on a GPU) and would stall every request on
+    // this thread, probes included: run it on the blocking pool as `preprocess` runs the decode,
+    // holding a `decodes` slot so that at most one runs per CPU.
     let span = tracing::info_span!("inference", model = model::NAME);
     let started = Instant::now();
     let scores = span.in_scope(|| model.infer(&input));
@@ -299,18 +303,26 @@ async fn read_image(
     Ok((image, upload))
 }
 
+/// The form's `image` field, wherever it is; without one, the first file. A file before the
+/// `image` field is kept until the form ends: the upload's share covers the whole body.
 async fn from_multipart(request: Request) -> Result<Bytes, HttpError> {
     let mut form = Multipart::from_request(request, &())
         .await
         .map_err(|rejection| body_error(rejection.status(), rejection.body_text(), &rejection))?;
     let multipart_error =
         |e: axum::extract::multipart::MultipartError| body_error(e.status(), e.body_text(), &e);
+    let mut first_file = None;
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
-        if field.name() == Some("image") || field.file_name().is_some() {
+        if field.name() == Some("image") {
             return field.bytes().await.map_err(multipart_error);
         }
+        if first_file.is_none() && field.file_name().is_some() {
+            first_file = Some(field.bytes().await.map_err(multipart_error)?);
+        }
     }
-    Err(HttpError::from(INVALID_IMAGE).with_message("The multipart form has no `image` field"))
+    first_file.ok_or_else(|| {
+        HttpError::from(INVALID_IMAGE).with_message("The multipart form has no `image` field")
+    })
 }
 
 fn too_large() -> HttpError {

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use periscope::context::RequestContext;
-use periscope::error::{Decoder, HttpError, codes};
+use periscope::error::{Decoder, HttpError, Violations, codes};
 use periscope::{ClientLayer, ClientService, ConfigError, env};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -22,8 +22,14 @@ use tower::{Layer, ServiceExt};
 
 use super::jobs::JobQueue;
 
-/// The most of a worker's successful answer the api reads (its result is small).
+/// The most of a worker's successful answer the api reads.
 const MAX_RESULT_BYTES: usize = 1024 * 1024;
+
+/// The longest text the api takes, in bytes. The worker's answer holds the text in upper case
+/// (up to three times as many bytes, six once JSON escapes control characters): a longer text
+/// would get an answer over [`MAX_RESULT_BYTES`], which the api would refuse after the worker
+/// did the work, as the worker's failure.
+const MAX_TEXT_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -51,7 +57,13 @@ async fn create_task(
     State(state): State<ApiState>,
     Json(task): Json<NewTask>,
 ) -> Result<Json<Value>, HttpError> {
-    tracing::info!(chars = task.text.len(), "task received");
+    tracing::info!(chars = task.text.chars().count(), "task received");
+    if task.text.len() > MAX_TEXT_BYTES {
+        let message = format!("text must be at most {MAX_TEXT_BYTES} bytes of UTF-8");
+        let mut violations = Violations::new();
+        violations.add("text", "too_long", message);
+        violations.into_result()?;
+    }
     // The queue's place first: a full queue refuses before the worker does the work.
     let slot = state.queue.reserve()?;
     let result = state.worker.process(&task.text, task.fail).await?;

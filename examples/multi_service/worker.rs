@@ -22,7 +22,7 @@ struct Work {
 /// `POST /v1/process`: the text in upper case and its word count, or (with `fail`) a 500
 /// envelope whose cause goes to this service's log only.
 async fn process(Json(work): Json<Work>) -> Result<Json<Value>, HttpError> {
-    tracing::info!(chars = work.text.len(), "processing");
+    tracing::info!(chars = work.text.chars().count(), "processing");
     if work.fail {
         return Err(HttpError::internal(std::io::Error::other(
             "simulated failure: the worker's model crashed on this input",

@@ -15,14 +15,25 @@ fn start(env: &[(&str, &str)]) -> Service {
 
 /// A multipart form with one field; `file`: a file field, named `x.jpg`.
 fn multipart(field: &str, file: bool, content: &[u8]) -> (String, Vec<u8>) {
+    form(&[(field, file, content)])
+}
+
+/// A multipart form with these fields, in order: name, whether it is a file, content.
+fn form(fields: &[(&str, bool, &[u8])]) -> (String, Vec<u8>) {
     let boundary = "periscope-test-boundary";
-    let file_name = if file { "; filename=\"x.jpg\"" } else { "" };
-    let mut body = format!(
-        "--{boundary}\r\ncontent-disposition: form-data; name=\"{field}\"{file_name}\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend_from_slice(content);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let mut body = Vec::new();
+    for (field, file, content) in fields {
+        let file_name = if *file { "; filename=\"x.jpg\"" } else { "" };
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\ncontent-disposition: form-data; name=\"{field}\"{file_name}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
@@ -221,6 +232,41 @@ async fn bad_input_gets_an_envelope() {
         })
         .await;
     assert_eq!(access["data"]["status"], 413);
+}
+
+/// A form's `image` field is the image, wherever it is in the form; without one, the first
+/// file is (the form a client sends with `curl -F photo=@x.jpg`).
+#[tokio::test]
+async fn a_form_s_image_field_wins_over_the_files_before_it() {
+    let service = start(&[]);
+    let addr = service.addr("http").await;
+    wait_for_status(addr, "/ready", 200).await;
+    let post_form = async |fields: &[(&str, bool, &[u8])]| {
+        let (content_type, body) = form(fields);
+        send(
+            addr,
+            "POST",
+            "/predict",
+            &[("content-type", &content_type)],
+            body,
+        )
+        .await
+    };
+
+    let red = png(16, 16, [220, 20, 25]);
+    let notes: &[u8] = b"taken at noon, no filter";
+    let answer = post_form(&[("notes", true, notes), ("image", true, &red)]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["label"], "red");
+    let answer = post_form(&[("caption", false, notes), ("image", false, &red)]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["label"], "red");
+
+    // No `image` field: the first file, wherever it is.
+    let blue = jpeg(16, 16, [20, 50, 210]);
+    let answer = post_form(&[("caption", false, notes), ("photo", true, &blue)]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["label"], "blue");
 }
 
 #[tokio::test]

@@ -54,7 +54,7 @@ async fn one_request_id_and_trace_through_the_api_the_worker_and_the_job() {
             ("x-request-id", "ms-request-1"),
             ("traceparent", &traceparent),
         ],
-        r#"{"text":"one request through three places"}"#,
+        r#"{"text":"one request through thrée plâces"}"#,
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
@@ -75,8 +75,16 @@ async fn one_request_id_and_trace_through_the_api_the_worker_and_the_job() {
     let api_lines = from(&lines, "api");
     let worker_lines = from(&lines, "worker");
     let job_lines = from(&lines, "jobs");
-    assert!(api_lines.iter().any(|l| l["message"] == "task received"));
-    assert!(worker_lines.iter().any(|l| l["message"] == "processing"));
+    // `chars` counts characters, not the bytes of their UTF-8.
+    let chars = "one request through thrée plâces".chars().count();
+    let received = api_lines.iter().find(|l| l["message"] == "task received");
+    assert_eq!(received.unwrap()["data"]["chars"], chars, "{api_lines:#?}");
+    let processing = worker_lines.iter().find(|l| l["message"] == "processing");
+    assert_eq!(
+        processing.unwrap()["data"]["chars"],
+        chars,
+        "{worker_lines:#?}"
+    );
     for message in ["job enqueued", "job started", "job done"] {
         assert!(
             job_lines.iter().any(|l| l["message"] == message),
@@ -169,6 +177,42 @@ async fn a_worker_failure_reaches_the_client_as_an_envelope_with_its_request_id(
 
 /// A full job queue refuses a task (503, retryable) before the worker does its work: a client
 /// that retries must not have the work done twice.
+/// A text the api takes always gets the worker's answer: one whose answer would not fit what
+/// the api reads of it is refused up front, as the client's error, before the worker works.
+#[tokio::test]
+async fn a_text_too_long_is_refused_before_the_worker_is_called() {
+    let service = start();
+    let api = service.addr("api").await;
+    let task = |text: &str| serde_json::json!({ "text": text }).to_string();
+    let post = async |body: String| {
+        send(
+            api,
+            "POST",
+            "/v1/tasks",
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
+    };
+
+    // 1.5 MB: within the api's JSON body limit, and the worker's answer is as long.
+    let answer = post(task(&"word ".repeat(300_000))).await;
+    let error = answer.envelope(422, "validation_error");
+    assert_eq!(error["retryable"], false, "{error}");
+    assert_eq!(error["violations"][0]["field"], "text", "{error}");
+    assert_eq!(
+        metric(api, "http_client_requests_total", &[]).await,
+        None,
+        "the worker is not called"
+    );
+
+    // At the limit, in letters whose upper case is three times longer: answered.
+    let longest = "ΐ".repeat(32 * 1024);
+    let answer = post(task(&longest)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["result"]["upper"], longest.to_uppercase());
+}
+
 #[tokio::test]
 async fn a_full_queue_refuses_a_task_before_the_worker_does_the_work() {
     let service = start();
