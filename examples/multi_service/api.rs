@@ -25,6 +25,10 @@ use super::jobs::JobQueue;
 /// The most of a worker's successful answer the api reads.
 const MAX_RESULT_BYTES: usize = 1024 * 1024;
 
+/// How long an idle connection to the worker is kept: below the worker's server's idle timeout
+/// ([`periscope::DEFAULT_IDLE_TIMEOUT`], 75 s).
+const WORKER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The longest text the api takes, in bytes. The worker's answer holds the text in upper case
 /// (up to three times as many bytes, six once JSON escapes control characters): a longer text
 /// would get an answer over [`MAX_RESULT_BYTES`], which the api would refuse after the worker
@@ -116,7 +120,12 @@ impl WorkerClient {
     /// A client of the worker at `base_url`, giving up on an answer not read whole within
     /// `timeout`.
     pub fn new(base_url: String, timeout: Duration, layer: &ClientLayer) -> Self {
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        // Idle connections are given up before the worker's server closes them (periscope's
+        // `Server` after 75 s; hyper-util keeps them 90 s by default): a call sent on one the
+        // server is closing at that moment would fail as the worker's error.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(WORKER_IDLE_TIMEOUT)
+            .build_http();
         Self {
             client: layer.layer(client),
             base_url,
