@@ -106,7 +106,8 @@ impl AdminBuilder {
 
     /// The rules that mask `/debug/config` and the status sections; the log layer's redactor
     /// (`log_layer.redactor()`) keeps them the same as the logs'. Default:
-    /// `Redactor::default()`.
+    /// `Redactor::default()`. Either way, the values of the OTLP exporter's header variables
+    /// (`OTEL_EXPORTER_OTLP_HEADERS` and its per-signal forms) are masked whole too.
     #[cfg(feature = "log")]
     pub fn redactor(mut self, redactor: periscope_log::Redactor) -> Self {
         self.redactor = Some(redactor);
@@ -168,7 +169,7 @@ impl AdminBuilder {
     /// The admin service.
     pub fn build(self) -> Admin {
         #[cfg(feature = "log")]
-        let redactor = self.redactor.unwrap_or_default();
+        let redactor = crate::config::admin_redactor(self.redactor.unwrap_or_default());
         Admin::from_inner(Inner {
             started: Started::now(),
             gate: Gate::new(self.debug, &self.debug_hosts),

@@ -160,7 +160,7 @@ where
 }
 
 fn parse(body: &[u8]) -> Result<Action, Violation> {
-    let change: Change = serde_json::from_slice(body).map_err(|error| {
+    let refused = |error: &dyn fmt::Display| {
         Violation::new(
             "body",
             "format",
@@ -168,7 +168,13 @@ fn parse(body: &[u8]) -> Result<Action, Violation> {
                 "{error}; send {{\"directives\":\"info,my_crate=debug\",\"ttl_s\":300}} or {{\"reset\":true}}"
             ),
         )
-    })?;
+    };
+    // serde reads a struct from a JSON array too, by position: `["trace"]` would be a
+    // permanent `trace`. A change is an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(refused(&"invalid type: array, expected a JSON object"));
+    }
+    let change: Change = serde_json::from_slice(body).map_err(|error| refused(&error))?;
     if change.reset {
         if change.directives.is_some() || change.ttl_s.is_some() {
             return Err(Violation::new(

@@ -271,8 +271,9 @@ where
     }
 }
 
-/// The future of an admin answer: ready at once, except readiness probes that run checks and
-/// a log-level change that reads its body.
+/// The future of an admin answer: ready at once, except readiness probes that run checks, a
+/// `/debug/status` with sections (read on a thread of their own) and a log-level change that
+/// reads its body.
 pub struct ResponseFuture {
     state: State,
 }

@@ -384,6 +384,56 @@ async fn config_never_shows_a_secret_value() {
 }
 
 #[tokio::test]
+async fn config_and_sections_mask_the_otlp_exporter_headers_whole() {
+    // The OTLP exporter's header variables exist to carry credentials, under header names no
+    // rule can know: Honeycomb's `x-honeycomb-team=<api key>` is the documented setup.
+    let config = json!({
+        "OTEL_EXPORTER_OTLP_HEADERS": "x-honeycomb-team=hc-key-1",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-honeycomb-team=hc-key-2,x-honeycomb-dataset=prod",
+        "otel_exporter_otlp_metrics_headers": "x-honeycomb-team=hc-key-3",
+        "OTEL_EXPORTER_OTLP_LOGS_HEADERS": {"x-honeycomb-team": "hc-key-4"},
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "https://api.honeycomb.io",
+        "env": "OTEL_EXPORTER_OTLP_HEADERS=x-honeycomb-team=hc-key-5 PORT=8000",
+    });
+    let admin = Admin::builder()
+        .config(config)
+        .status_section(
+            "exporter",
+            || json!({"OTEL_EXPORTER_OTLP_HEADERS": "x-honeycomb-team=hc-key-6"}),
+        )
+        .debug(DebugAccess::Token(TOKEN.into()))
+        .build();
+    let addr = serve(admin).await;
+    let config = get_authorised(addr, "/debug/config").await;
+    let status = get_authorised(addr, "/debug/status").await;
+    for answer in [&config, &status] {
+        assert_eq!(answer.status, 200);
+        assert!(!answer.text().contains("hc-key-"), "{}", answer.text());
+    }
+    let config = config.json();
+    for key in [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "otel_exporter_otlp_metrics_headers",
+        "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+    ] {
+        assert_eq!(config[key], "[REDACTED]", "{key}: {config}");
+    }
+    assert_eq!(
+        config["OTEL_EXPORTER_OTLP_ENDPOINT"],
+        "https://api.honeycomb.io"
+    );
+    assert!(
+        config["env"].as_str().unwrap().ends_with(" PORT=8000"),
+        "{config}"
+    );
+    assert_eq!(
+        status.json()["sections"]["exporter"]["OTEL_EXPORTER_OTLP_HEADERS"],
+        "[REDACTED]"
+    );
+}
+
+#[tokio::test]
 async fn status_sections_mask_url_secrets_like_config() {
     // A section showing a pool's or a job's URLs is as likely to hold a password as the
     // configuration; under neutral keys, only the URL rules catch it.

@@ -236,3 +236,48 @@ async fn a_later_change_outlives_the_deadline_of_the_temporary_one_it_replaced()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_changes_nothing() {
+    // serde reads a struct from a JSON array too (`["trace"]` as `{"directives":"trace"}`):
+    // a body of the wrong type must be refused like any other, not made a permanent change.
+    let control = LevelControl::new(Directives::default());
+    let admin = Admin::builder()
+        .level_control(control.clone())
+        .debug(DebugAccess::Token(TOKEN.into()))
+        .build();
+    let addr = serve(admin).await;
+    for body in [
+        r#"["trace"]"#,
+        r#" ["trace", 300]"#,
+        r#"["trace", 300, false]"#,
+        "[]",
+        r#""trace""#,
+        "null",
+        "7",
+    ] {
+        let refused = post_json(addr, "/debug/log-level", body).await;
+        let error = refused.envelope(400, "invalid_request");
+        let violation = &error["violations"][0];
+        assert_eq!(
+            (&violation["field"], &violation["reason"]),
+            (&json!("body"), &json!("format")),
+            "{body}: {error}"
+        );
+        assert!(
+            violation["message"]
+                .as_str()
+                .unwrap()
+                .contains("invalid type"),
+            "{body}: {error}"
+        );
+    }
+    assert_eq!(
+        control.status(),
+        LevelStatus {
+            current: "info".into(),
+            permanent: "info".into(),
+            reverts_in: None
+        }
+    );
+}
