@@ -264,6 +264,9 @@ pub const SENSITIVE_KEY_PARTS: &[&str] = &[
     "credential",
     "private_key",
     "session",
+    "passphrase",
+    "signing_key",
+    "encryption_key",
 ];
 
 /// Query parameters that carry a URL's signature or key without a sensitive name (compared

@@ -738,10 +738,21 @@ mod tests {
             "credentials",
             "privateKey",
             "session_id",
+            "ssh_passphrase",
+            "JWT_SIGNING_KEY",
+            "encryptionKey",
         ] {
             assert!(r.is_sensitive(key), "{key}");
         }
-        for key in ["user_id", "method", "status", "prompt_tokens", "keyboard"] {
+        for key in [
+            "user_id",
+            "method",
+            "status",
+            "prompt_tokens",
+            "keyboard",
+            "passenger",
+            "signing_algorithm",
+        ] {
             assert!(!r.is_sensitive(key), "{key}");
         }
         let long = format!("{}_password", "x".repeat(100));
