@@ -93,12 +93,9 @@ impl Health {
         if let Some(report) = self.readiness_at(epoch) {
             return report;
         }
-        let mut run = self.inner.runner.latest(epoch).await;
-        if run.epoch != epoch {
-            // Joined a run started before a gate closed or a drain began (and since reopened or
-            // ended): it does not describe the service now, so wait for one started after.
-            run = self.inner.runner.latest(epoch).await;
-        }
+        // A run of this epoch or a later one: never one taken before a gate closed or a drain
+        // began.
+        let run = self.inner.runner.latest(epoch).await;
         // Draining (or a gate closing) while the checks ran wins: once draining has begun, no
         // probe may still answer 200.
         if let Some(report) = self.held_back() {
@@ -135,7 +132,7 @@ impl Health {
     }
 
     /// How many times a gate has closed or a drain begun: a run of the checks answers only the
-    /// probes of its epoch, so a gate opening or a drain ending is never answered from a run
+    /// probes of its epoch (or of an earlier one), so a gate opening or a drain ending is never answered from a run
     /// taken before (a model reloaded because a check failed is not held unready by that
     /// failure, a pod back from a drain does not answer from its dependencies' state before it).
     /// Read before the switches themselves, which are counted after they flip.

@@ -35,10 +35,25 @@ pub(crate) struct Runner {
 #[derive(Default)]
 struct RunState {
     last: Option<Arc<CheckRun>>,
-    in_flight: Option<SharedRun>,
+    /// The run in flight, with the epoch it was started in.
+    in_flight: Option<(u64, SharedRun)>,
     /// Each check's panic message on the last run (masked and cut), so that a steady panic is
     /// logged once, as a steady failure is.
     last_panics: Vec<Option<String>>,
+}
+
+impl RunState {
+    /// Forgets the run in flight if it is the run of `epoch` (a later one may have started
+    /// beside it).
+    fn end_flight(&mut self, epoch: u64) {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|(running, _)| *running == epoch)
+        {
+            self.in_flight = None;
+        }
+    }
 }
 
 impl Runner {
@@ -66,7 +81,7 @@ impl Runner {
     }
 
     /// The last run when it is still fresh (or kept fresh by a poller) and was taken in `epoch`
-    /// (after the last gate closing or drain), without waiting.
+    /// or later (after the last gate closing or drain), without waiting.
     pub(crate) fn cached(&self, epoch: u64) -> Option<Arc<CheckRun>> {
         self.fresh(&self.state(), epoch)
     }
@@ -76,7 +91,7 @@ impl Runner {
         state
             .last
             .as_ref()
-            .filter(|run| run.epoch == epoch)
+            .filter(|run| run.epoch >= epoch)
             .filter(|run| polled || run.finished.elapsed() < self.cache_ttl)
             .cloned()
     }
@@ -90,8 +105,13 @@ impl Runner {
     }
 
     /// Joins the run in flight, or starts one in `epoch`; with `fresh_will_do`, first takes a
-    /// fresh run of that epoch under the same lock (one may have finished since the caller
-    /// looked: it is not run again).
+    /// fresh run of that epoch or a later one under the same lock (one may have finished since
+    /// the caller looked: it is not run again).
+    ///
+    /// A run in flight from an earlier epoch (started before a gate closed or a drain began) is
+    /// not joined: it cannot answer, and waiting for it, then for a run of one's own, would take
+    /// up to twice the longest timeout. A new run starts beside it; the old one still answers the
+    /// probes that joined it.
     fn join_or_start(self: &Arc<Self>, fresh_will_do: Option<u64>, epoch: u64) -> SharedRun {
         let mut state = self.state();
         if let Some(wanted) = fresh_will_do
@@ -99,7 +119,9 @@ impl Runner {
         {
             return async move { run }.boxed().shared();
         }
-        if let Some(run) = &state.in_flight {
+        if let Some((running, run)) = &state.in_flight
+            && *running >= epoch
+        {
             return run.clone();
         }
         let run = match Handle::try_current() {
@@ -131,7 +153,7 @@ impl Runner {
                 return async move { run }.boxed().shared();
             }
         };
-        state.in_flight = Some(run.clone());
+        state.in_flight = Some((epoch, run.clone()));
         run
     }
 
@@ -153,7 +175,12 @@ impl Runner {
         let _publishing = self.publishing.lock().await;
         let (previous, previous_panics) = {
             let mut state = self.state();
-            state.in_flight = None;
+            state.end_flight(epoch);
+            // A run of a later epoch published first: this one answers only the probes that
+            // joined it, and must not replace it (nor the gauges and the log's last word).
+            if state.last.as_ref().is_some_and(|last| last.epoch > epoch) {
+                return run;
+            }
             // Recorded as the run is published, under the same locks: the gauges always show
             // the run `/ready` answers from.
             #[cfg(feature = "metrics")]
@@ -263,7 +290,7 @@ impl std::fmt::Debug for Runner {
 fn aborted_run(runner: &Weak<Runner>, epoch: u64) -> Arc<CheckRun> {
     let outcomes = match runner.upgrade() {
         Some(runner) => {
-            runner.state().in_flight = None;
+            runner.state().end_flight(epoch);
             runner
                 .checks
                 .iter()

@@ -614,3 +614,54 @@ async fn with_a_poller_gate_and_drain_changes_take_effect_at_the_next_probe() {
         "the passing run taken before the drain answered after it ended"
     );
 }
+
+/// A gate that closes and opens again (a model reloaded) while a check hangs: the first probe
+/// after it must not wait for the run taken before the reload and then for a run of its own
+/// (twice the timeout, past a kubelet's `timeoutSeconds: 3` with the default 2 s), but answer
+/// from a run started for it, within one timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_probe_after_a_reload_during_a_hung_run_answers_within_one_timeout() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let model_loaded = StartupGate::new("model_loaded");
+    model_loaded.open();
+    let counted = Arc::clone(&runs);
+    let (_, addr) = serve_health(
+        Health::builder()
+            .add_check(
+                HealthCheck::new(
+                    "database",
+                    check_fn(move || {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        std::future::pending::<Result<(), String>>()
+                    }),
+                )
+                .timeout(Duration::from_secs(2)),
+            )
+            .startup_gate(model_loaded.clone())
+            .cache_ttl(Duration::from_secs(60)),
+    )
+    .await;
+
+    // A probe starts a run, which hangs until its 2 s timeout.
+    let first = tokio::spawn(async move { get(addr, "/ready").await });
+    wait_until(|| runs.load(Ordering::SeqCst) == 1).await;
+    // The model reloads meanwhile.
+    model_loaded.close();
+    model_loaded.open();
+
+    let started = Instant::now();
+    let ready = get(addr, "/ready").await;
+    let elapsed = started.elapsed();
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(
+        ready.json()["checks"]["database"]["error"],
+        "timed out after 2s"
+    );
+    // One timeout (2 s) plus room for a loaded machine; two would be about 4 s.
+    assert!(
+        elapsed < Duration::from_millis(3500),
+        "answered after {elapsed:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "one run after the reload");
+    assert_eq!(first.await.unwrap().status, 503);
+}
