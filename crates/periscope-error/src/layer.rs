@@ -686,6 +686,12 @@ fn without_split_char(bytes: &[u8]) -> &[u8] {
     bytes
 }
 
+/// The most frames of a body read in one poll. A body that always has a frame ready but
+/// never reaches the bound (empty chunks, trailers, without end) would otherwise keep the
+/// thread forever: past this many, the read yields (and is polled again at once), so the
+/// deadline is checked and the thread's other tasks run.
+const MAX_FRAMES_PER_POLL: usize = 64;
+
 /// Reads a body up to `limit` bytes; `false` when it is longer (`text` then holds its first
 /// `limit` bytes) or fails.
 fn read_text<B: Body<Data = Bytes>>(
@@ -694,7 +700,7 @@ fn read_text<B: Body<Data = Bytes>>(
     limit: usize,
     cx: &mut Context<'_>,
 ) -> Poll<bool> {
-    loop {
+    for _ in 0..MAX_FRAMES_PER_POLL {
         match ready!(body.as_mut().poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
@@ -709,6 +715,8 @@ fn read_text<B: Body<Data = Bytes>>(
             None => return Poll::Ready(true),
         }
     }
+    cx.waker().wake_by_ref();
+    Poll::Pending
 }
 
 enum Inspected<B> {

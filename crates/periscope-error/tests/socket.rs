@@ -168,6 +168,22 @@ impl http_body::Body for FailsMidway {
     }
 }
 
+/// A body with a bug: it always has a frame ready, an empty one, and never ends (a stream
+/// that keeps yielding empty chunks).
+struct EndlessEmptyFrames;
+
+impl http_body::Body for EndlessEmptyFrames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::new()))))
+    }
+}
+
 /// The response of `/text-error`: a plain-text error body of the shape `x-shape` names, with
 /// the status `x-status` (500 without one).
 fn text_error(headers: &axum::http::HeaderMap) -> Response {
@@ -185,6 +201,11 @@ fn text_error(headers: &axum::http::HeaderMap) -> Response {
             ("text/plain", axum::body::Body::new(Chunked(chunks)))
         }
         Some(b"2k") => ("text/plain", axum::body::Body::from(two_kib_worker_text())),
+        Some(b"endless-empty") => ("text/plain", axum::body::Body::new(EndlessEmptyFrames)),
+        Some(b"endless-empty-json") => (
+            "application/json",
+            axum::body::Body::new(EndlessEmptyFrames),
+        ),
         Some(b"latin1") => (
             "text/plain; charset=iso-8859-1",
             axum::body::Body::from(latin1_text()),
@@ -1484,4 +1505,48 @@ async fn odd_plain_text_5xx_bodies_are_logged_and_answered_as_before() {
         logged.get("body_truncated").map(String::as_str),
         Some("true")
     );
+}
+
+/// An error body that always has an empty frame ready and never ends: the layer reads it as
+/// far as its deadline, then answers, instead of spinning on the frames and holding the
+/// server's thread (and every request on it) forever.
+#[test]
+fn an_error_body_of_endless_empty_frames_is_given_up_at_the_deadline() {
+    support::install_capture();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move { axum::serve(listener, app()).await.unwrap() });
+    let cases = [
+        ("endless-empty", "500", "internal_error", 500),
+        ("endless-empty", "400", "invalid_request", 400),
+        ("endless-empty-json", "502", "upstream_error", 502),
+    ];
+    // A client on its own thread, with a read timeout: a spinning server thread cannot hold
+    // up the test's clock.
+    let replies: Vec<_> = cases
+        .iter()
+        .map(|(shape, status, _, _)| {
+            support::send_blocking(
+                addr,
+                "/text-error",
+                &[("x-shape", shape), ("x-status", status)],
+                Duration::from_secs(5),
+            )
+        })
+        .collect();
+    // A worker that spins forever would block the runtime's drop.
+    runtime.shutdown_background();
+    for ((shape, _, code, status), reply) in cases.iter().zip(replies) {
+        let reply = reply.unwrap_or_else(|| panic!("{shape} {status}: no answer within 5 s"));
+        let json = envelope(&reply, code, *status);
+        let default = ErrorCode::find(code, JOB_CODES).unwrap().default_message();
+        assert_eq!(json["error"]["message"], default, "{shape} {status}");
+    }
 }

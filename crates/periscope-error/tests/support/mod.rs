@@ -136,6 +136,29 @@ pub async fn send(
     parse(&raw)
 }
 
+/// Sends one HTTP/1.1 `GET` on a fresh connection from this thread, with blocking I/O, and
+/// reads the whole response; `None` when it has not come within `timeout`. For a test whose
+/// server may hold up its runtime.
+pub fn send_blocking(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: std::time::Duration,
+) -> Option<Reply> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    Some(parse(&raw))
+}
+
 fn parse(raw: &[u8]) -> Reply {
     let split = raw
         .windows(4)
