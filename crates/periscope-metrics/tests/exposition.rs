@@ -4,15 +4,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::io::Read;
 
 use axum::Router;
 use axum::extract::Request;
 use axum::middleware::{Next, from_fn};
 use axum::response::Response;
 use axum::routing::{get, post};
-use common::{parse_openmetrics, points, request, request_with_body, serve, total};
+use common::{parse_openmetrics, points, promtool_check, request, request_with_body, serve, total};
 use openmetrics_parser::{PrometheusType, PrometheusValue};
 use periscope_context::{RequestContext, RequestId, TraceParent, TraceState};
 use periscope_metrics::{Caps, MetricsLayer, MetricsRegistry, MetricsService, ServiceInfo};
@@ -208,48 +207,6 @@ async fn prometheus_text_passes_promtool_and_parses_back() {
     );
 
     promtool_check(&text);
-}
-
-/// Runs `promtool check metrics`: it must accept the text with no problem reported. Without
-/// promtool the check is skipped locally and fails in CI (`CI` set), where it is installed.
-fn promtool_check(text: &str) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "promtool is not installed: CI must install Debian's `prometheus` package"
-            );
-            println!(
-                "promtool not found: skipping `promtool check metrics` (install `prometheus`)"
-            );
-            return;
-        }
-        Err(err) => panic!("running promtool failed: {err}"),
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() && report.trim().is_empty(),
-        "promtool check metrics: {}\n{report}\n{text}",
-        output.status
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

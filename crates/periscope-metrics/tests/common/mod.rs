@@ -250,3 +250,46 @@ pub fn set_default(
     });
     tracing::subscriber::set_default(subscriber)
 }
+
+/// Runs `promtool check metrics`: it must accept the text with no problem reported. Without
+/// promtool the check is skipped locally and fails in CI (`CI` set), where it is installed.
+pub fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "promtool is not installed: CI must install Debian's `prometheus` package"
+            );
+            println!(
+                "promtool not found: skipping `promtool check metrics` (install `prometheus`)"
+            );
+            return;
+        }
+        Err(err) => panic!("running promtool failed: {err}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {}\n{report}\n{text}",
+        output.status
+    );
+}
