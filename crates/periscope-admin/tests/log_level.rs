@@ -16,6 +16,16 @@ fn buffered(recent: &RecentLogs, marker: &str) -> bool {
         .any(|line| line.text.contains(marker))
 }
 
+/// An admin service with a fresh level control behind the token, served on 127.0.0.1.
+async fn serve_level_control() -> (LevelControl, std::net::SocketAddr) {
+    let control = LevelControl::new(Directives::default());
+    let admin = Admin::builder()
+        .level_control(control.clone())
+        .debug(DebugAccess::Token(TOKEN.into()))
+        .build();
+    (control, serve(admin).await)
+}
+
 #[tokio::test]
 async fn a_change_takes_effect_on_the_next_event_and_reverts_after_its_ttl() {
     let (recent, addr, _guard) = serve_global_logs().await;
@@ -160,12 +170,7 @@ async fn a_change_takes_effect_on_the_next_event_and_reverts_after_its_ttl() {
 async fn a_null_ttl_is_refused_rather_than_made_permanent() {
     // `"ttl_s": null` (a script's unset variable through `jq --argjson`) is not a number of
     // seconds: taken as "no ttl_s", it would leave `trace` on for good.
-    let control = LevelControl::new(Directives::default());
-    let admin = Admin::builder()
-        .level_control(control.clone())
-        .debug(DebugAccess::Token(TOKEN.into()))
-        .build();
-    let addr = serve(admin).await;
+    let (control, addr) = serve_level_control().await;
     let refused = post_json(
         addr,
         "/debug/log-level",
@@ -241,12 +246,7 @@ async fn a_later_change_outlives_the_deadline_of_the_temporary_one_it_replaced()
 async fn a_body_that_is_not_a_json_object_changes_nothing() {
     // serde reads a struct from a JSON array too (`["trace"]` as `{"directives":"trace"}`):
     // a body of the wrong type must be refused like any other, not made a permanent change.
-    let control = LevelControl::new(Directives::default());
-    let admin = Admin::builder()
-        .level_control(control.clone())
-        .debug(DebugAccess::Token(TOKEN.into()))
-        .build();
-    let addr = serve(admin).await;
+    let (control, addr) = serve_level_control().await;
     for body in [
         r#"["trace"]"#,
         r#" ["trace", 300]"#,

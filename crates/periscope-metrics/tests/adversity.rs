@@ -37,6 +37,20 @@ fn without_cr(text: &str) -> String {
     text.replace('\r', "<CR>")
 }
 
+/// Any path answered, counted under its own path as the route (client-sent paths as labels),
+/// and `/metrics` of `registry`, served on 127.0.0.1.
+async fn serve_paths_as_routes(registry: &MetricsRegistry) -> std::net::SocketAddr {
+    let layer = MetricsLayer::builder()
+        .route_fn(|uri, _| Some(uri.path()))
+        .register(registry)
+        .unwrap();
+    let app = Router::new()
+        .fallback(get(|| async { "x" }))
+        .layer(layer)
+        .route_service("/metrics", MetricsService::new(registry.clone()));
+    serve(app).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_label_values_round_trip_in_both_formats_without_forged_series() {
     let registry = MetricsRegistry::new();
@@ -48,15 +62,7 @@ async fn hostile_label_values_round_trip_in_both_formats_without_forged_series()
     }
     // Over the length limit: folded, not written.
     family.get_or_create([&"é".repeat(200), "k"]).inc();
-    let layer = MetricsLayer::builder()
-        .route_fn(|uri, _| Some(uri.path()))
-        .register(&registry)
-        .unwrap();
-    let app = Router::new()
-        .fallback(get(|| async { "x" }))
-        .layer(layer)
-        .route_service("/metrics", MetricsService::new(registry.clone()));
-    let addr = serve(app).await;
+    let addr = serve_paths_as_routes(&registry).await;
     // Client-sent paths as routes: percent-encoded as sent, and a bare quote the URI parser
     // lets through.
     for path in ["/a%22b", "/a%5Cb", "/%E6%97%A5", "/a%0A%0Db", "/a\"}b"] {
@@ -168,15 +174,7 @@ async fn thousands_of_servers_and_methods_fold_at_the_client_caps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scrapes_in_every_format_during_heavy_traffic_parse_and_only_grow() {
     let registry = MetricsRegistry::new();
-    let layer = MetricsLayer::builder()
-        .route_fn(|uri, _| Some(uri.path()))
-        .register(&registry)
-        .unwrap();
-    let app = Router::new()
-        .fallback(get(|| async { "x" }))
-        .layer(layer)
-        .route_service("/metrics", MetricsService::new(registry.clone()));
-    let addr = serve(app).await;
+    let addr = serve_paths_as_routes(&registry).await;
     // One request first: a registry with no series yet is `# EOF` alone, valid OpenMetrics
     // that the parser in dev-dependencies refuses.
     request(addr, "GET", "/first", &[]).await.unwrap();
