@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{capture, one_line};
+use common::{capture, one_line, wait_until};
 use periscope_log::LogLayer;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
@@ -461,10 +461,7 @@ fn a_line_missing_only_its_newline_is_not_counted_as_dropped() {
         common::with_default(subscriber, || {
             tracing::info!("first");
             if !blocking {
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while output.calls.load(Ordering::Relaxed) < 2 && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                wait_until(|| output.calls.load(Ordering::Relaxed) >= 2);
             }
             tracing::info!("second");
         });

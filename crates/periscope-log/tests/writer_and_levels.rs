@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Captured, Handles, capture};
+use common::{Captured, Handles, capture, wait_until};
 use periscope_log::LogLayer;
 use tracing_subscriber::prelude::*;
 
@@ -245,18 +245,6 @@ impl Write for Panicking {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-}
-
-/// Waits (5 s at most) until `done` holds.
-fn wait_until(done: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !done() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    true
 }
 
 #[test]

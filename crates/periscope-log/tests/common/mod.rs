@@ -107,3 +107,15 @@ pub fn with_default<T>(subscriber: impl Into<tracing::Dispatch>, f: impl FnOnce(
     let _default = set_default(subscriber);
     f()
 }
+
+/// Waits (5 s at most) until `done` holds.
+pub fn wait_until(done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    true
+}
