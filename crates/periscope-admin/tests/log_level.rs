@@ -26,6 +26,18 @@ async fn serve_level_control() -> (LevelControl, std::net::SocketAddr) {
     (control, serve(admin).await)
 }
 
+/// The level is still the default `info`, for good: a refused change changed nothing.
+fn assert_unchanged(control: &LevelControl) {
+    assert_eq!(
+        control.status(),
+        LevelStatus {
+            current: "info".into(),
+            permanent: "info".into(),
+            reverts_in: None
+        }
+    );
+}
+
 #[tokio::test]
 async fn a_change_takes_effect_on_the_next_event_and_reverts_after_its_ttl() {
     let (recent, addr, _guard) = serve_global_logs().await;
@@ -179,14 +191,7 @@ async fn a_null_ttl_is_refused_rather_than_made_permanent() {
     .await;
     let error = refused.envelope(400, "invalid_request");
     assert_eq!(error["violations"][0]["field"], "body", "{error}");
-    assert_eq!(
-        control.status(),
-        LevelStatus {
-            current: "info".into(),
-            permanent: "info".into(),
-            reverts_in: None
-        }
-    );
+    assert_unchanged(&control);
     // Leaving it out is still the way to a permanent change.
     // (A directive of its own: the other test counts the change lines it caused.)
     let permanent = post_json(
@@ -272,12 +277,5 @@ async fn a_body_that_is_not_a_json_object_changes_nothing() {
             "{body}: {error}"
         );
     }
-    assert_eq!(
-        control.status(),
-        LevelStatus {
-            current: "info".into(),
-            permanent: "info".into(),
-            reverts_in: None
-        }
-    );
+    assert_unchanged(&control);
 }
