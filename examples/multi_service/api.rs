@@ -183,12 +183,23 @@ impl WorkerClient {
             upstream_code = error.code(),
             "the worker failed"
         );
-        Err(HttpError::new(
+        let mut failed = HttpError::new(
             codes::UPSTREAM_ERROR,
             format!("The worker failed: {}", error.message()),
         )
         .with_detail("upstream", "worker")
         .with_detail("upstream_status", error.status().as_u16())
-        .with_detail("upstream_code", error.code()))
+        .with_detail("upstream_code", error.code());
+        // A worker that refused the request (4xx) would refuse it again: retrying helps only
+        // where the worker says so (429), and then no sooner than it says.
+        if error.status().is_client_error() && !error.is_retryable() {
+            failed = failed
+                .with_retryable(false)
+                .with_help("The worker refused this request: sent again unchanged, it fails again");
+        }
+        if let Some(delay) = error.retry_after() {
+            failed = failed.with_retry_after(delay);
+        }
+        Err(failed)
     }
 }

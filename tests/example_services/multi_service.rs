@@ -410,6 +410,40 @@ async fn a_worker_answer_that_is_not_json_is_an_upstream_error() {
     );
 }
 
+/// A worker that refuses the request (4xx) would refuse it again: the api's 502 is retryable
+/// only where the worker's answer is, and carries the delay the worker asks for.
+#[tokio::test]
+async fn a_worker_refusal_is_retryable_only_where_the_worker_says_so() {
+    let refused = misbehaving_worker(concat!(
+        "HTTP/1.1 422 Unprocessable Entity\r\ncontent-type: application/json\r\n",
+        "content-length: 70\r\n\r\n",
+        r#"{"error":{"code":"validation_error","message":"no","retryable":false}}"#,
+    ))
+    .await;
+    let service = start_with_worker(&refused);
+    let answer = post_task(&service, "ms-refused-1").await;
+    let error = answer.envelope(502, "upstream_error");
+    assert_eq!(error["details"]["upstream_status"], 422);
+    assert_eq!(error["retryable"], false, "{error}");
+    assert!(
+        !error["help"].as_str().unwrap().contains("Retry"),
+        "{error}"
+    );
+
+    let limited = misbehaving_worker(concat!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n",
+        "retry-after: 7\r\ncontent-length: 90\r\n\r\n",
+        r#"{"error":{"code":"rate_limited","message":"slow down","retryable":true,"retry_after_s":7}}"#,
+    ))
+    .await;
+    let service = start_with_worker(&limited);
+    let answer = post_task(&service, "ms-limited-1").await;
+    let error = answer.envelope(502, "upstream_error");
+    assert_eq!(error["details"]["upstream_status"], 429);
+    assert_eq!(error["retryable"], true, "{error}");
+    assert_eq!(error["retry_after_s"], 7, "{error}");
+}
+
 /// A worker URL the api cannot call stops the service at startup, naming the variable.
 #[tokio::test]
 async fn a_worker_url_that_is_not_plain_http_fails_naming_the_variable() {
