@@ -52,7 +52,7 @@ impl Redactor {
     /// Also masked: URL signature parameters (`periscope_context::SIGNATURE_QUERY_PARAMS`:
     /// `sig`, `X-Amz-Signature`, ...), a webhook's path secret (`hooks.slack.com`,
     /// `/webhooks/`), `--password <value>` options, ODBC's `Pwd=` in a `;`-separated
-    /// connection string, and keys whose last word is `auth`.
+    /// connection string, and keys whose last word is `auth` or `pass`.
     ///
     /// ```
     /// use periscope_log::Redactor;

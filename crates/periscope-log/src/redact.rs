@@ -12,9 +12,10 @@ pub const DEFAULT_SENSITIVE_KEYS: &[&str] = periscope_context::SENSITIVE_KEY_PAR
 
 /// Words that name a secret only as a key's last word (words split at `_`, `-`, `.`, spaces and
 /// a lower-case letter followed by an upper-case one): `auth`, `basic_auth`, `proxyAuth`,
-/// `HTTP_AUTH`, but not `oauth_callback_url`, `auth_url` or `author`. As a fragment, `auth`
-/// would hide every `oauth_*` setting.
-pub const DEFAULT_SENSITIVE_WORDS: &[&str] = &["auth"];
+/// `HTTP_AUTH`, but not `oauth_callback_url`, `auth_url` or `author`; `pass`, `DB_PASS`,
+/// `mysqlPass`, but not `bypass` or `passenger`. As fragments, `auth` would hide every
+/// `oauth_*` setting and `pass` every `bypass`.
+pub const DEFAULT_SENSITIVE_WORDS: &[&str] = &["auth", "pass"];
 
 /// Keys that contain `token` but count tokens (LLM usage figures), so they are not secrets.
 pub const DEFAULT_ALLOWED_KEYS: &[&str] = &[
@@ -49,7 +50,7 @@ pub(crate) fn strip_bom(text: &str) -> &str {
 /// `X-Api-Key`, `API_KEY` and `api.key` all match `api_key`. A key matches when it contains a
 /// sensitive fragment anywhere (`db_password`, `password_hash`, `Set-Cookie`), unless it is
 /// one of the allowed keys. A key whose last word is one of the [`DEFAULT_SENSITIVE_WORDS`]
-/// (`auth`, `basic_auth`) hides its string or number in [`redact_value`](Self::redact_value)
+/// (`auth`, `basic_auth`, `DB_PASS`) hides its string or number in [`redact_value`](Self::redact_value)
 /// and names a secret in free text ([`mask_text`](Self::mask_text)).
 ///
 /// ```

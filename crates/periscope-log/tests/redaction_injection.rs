@@ -1016,3 +1016,42 @@ fn tenant_fields_show_unless_configured_sensitive_and_then_nowhere() {
         "workspace_id=[REDACTED],region_id=eu_1"
     );
 }
+
+/// `pass` names a password as a key's last word (`DB_PASS`, `smtp_pass`, `mysqlPass`, as
+/// connection settings often spell it), in a configuration and in free text; inside a word
+/// (`bypass`, `compass`, `passenger`) or as a flag it names nothing secret.
+#[test]
+fn a_key_ending_in_the_word_pass_is_a_password() {
+    let redactor = periscope_log::Redactor::default();
+    let mut config = serde_json::json!({
+        "DB_PASS": "S3cr3t",
+        "smtp": {"smtp_pass": "S3cr3t", "mysqlPass": 1234, "pass": "S3cr3t"},
+        "bypass": "cache",
+        "compass": "north",
+        "passenger": "ann",
+        "first_pass": true,
+    });
+    redactor.mask_value(&mut config);
+    assert_eq!(
+        config,
+        serde_json::json!({
+            "DB_PASS": "[REDACTED]",
+            "smtp": {"smtp_pass": "[REDACTED]", "mysqlPass": "[REDACTED]", "pass": "[REDACTED]"},
+            "bypass": "cache",
+            "compass": "north",
+            "passenger": "ann",
+            "first_pass": true,
+        })
+    );
+    for (text, expected) in [
+        ("DB_PASS=S3cr3t psql", "DB_PASS=[REDACTED] psql"),
+        ("bypass=cache compass=north", "bypass=cache compass=north"),
+    ] {
+        assert_eq!(
+            redactor.mask_text(text).as_deref().unwrap_or(text),
+            expected,
+            "{text}"
+        );
+    }
+    assert!(redactor.hides_field("SMTP_PASS") && !redactor.hides_field("bypass"));
+}
