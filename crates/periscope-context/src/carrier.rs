@@ -509,8 +509,9 @@ pub fn remove_absent_tenants<C: Injector + ?Sized>(
 ///
 /// Serialises as a flat JSON object of header-named keys, so any queue can hold it. Read back
 /// (or made from a map), keys are taken without regard to case (`Traceparent`, Go's canonical
-/// header form, is `traceparent`) and a key given twice keeps its first value, as a header
-/// does; values must be strings.
+/// header form, is `traceparent`); read back, a key given twice keeps its first value, as a
+/// header does (made from a map, the lower-case key's, as [`extract`] reads the map); values
+/// must be strings.
 ///
 /// ```
 /// use periscope_context::{Carrier, RequestContext};
@@ -582,17 +583,16 @@ impl Carrier {
 }
 
 impl From<BTreeMap<String, String>> for Carrier {
-    /// Keys are taken without regard to case, as when read from a payload: of two that differ
-    /// only in case, the first in the map's order stays.
+    /// Keys are taken without regard to case, as [`extract`] reads the same map: of keys that
+    /// differ only in case, the lower-case one stays, else the first in the map's order.
     fn from(map: BTreeMap<String, String>) -> Self {
-        if !map
-            .keys()
-            .any(|key| key.bytes().any(|b| b.is_ascii_uppercase()))
-        {
+        let has_upper = |key: &String| key.bytes().any(|b| b.is_ascii_uppercase());
+        if !map.keys().any(has_upper) {
             return Self(map);
         }
-        let mut entries = BTreeMap::new();
-        for (mut key, value) in map {
+        let (mut entries, others): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            map.into_iter().partition(|(key, _)| !has_upper(key));
+        for (mut key, value) in others {
             key.make_ascii_lowercase();
             entries.entry(key).or_insert(value);
         }
@@ -1009,6 +1009,15 @@ mod tests {
             others.remove("x-request-id");
             let extracted = extract(&others, &ExtractOptions::default());
             assert_eq!(extracted.context.request_id.as_str(), "b");
+            // A carrier made from the same map reads it as `extract` does.
+            for map in [map, others] {
+                let btree: BTreeMap<String, String> = map.clone().into_iter().collect();
+                assert_eq!(
+                    Carrier::from(btree).to_context().request_id,
+                    extract(&map, &ExtractOptions::default()).context.request_id,
+                    "{map:?}"
+                );
+            }
         }
     }
 
