@@ -146,7 +146,38 @@ fn to_json(value: &impl Serialize) -> Bytes {
     serde_json::to_vec(value).unwrap_or_default().into()
 }
 
-/// A short plain-text answer for requests that are not a probe (405 and 404).
+/// Why a request is not a probe.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Refusal {
+    /// No probe answers on the path (404).
+    NoProbe,
+    /// Probes answer `GET` and `HEAD` only (405).
+    Method,
+}
+
+/// The answer to a request that is not a probe: the error envelope every periscope error
+/// response has (ids from the request's extensions when a correlation layer put them there),
+/// even with no error layer in front of the probe server.
+pub(crate) fn refusal<B>(refusal: Refusal, request: &Request<B>) -> Response<Full<Bytes>> {
+    use periscope_error::{HttpError, codes};
+    let error = match refusal {
+        Refusal::NoProbe => HttpError::new(codes::ROUTE_NOT_FOUND, "No probe answers on this path"),
+        Refusal::Method => HttpError::new(codes::METHOD_NOT_ALLOWED, "Probes answer GET and HEAD"),
+    };
+    let mut response: Response<Full<Bytes>> = error.into_http_response_for(request);
+    // As every answer of the probe server: a 404 is cacheable by default.
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Refusal::Method = refusal {
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    response
+}
+
+/// A short plain-text answer (a future polled after it completed).
 pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
@@ -154,15 +185,9 @@ pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<Full<Byt
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    // As every answer of the probe server: a 404 is cacheable by default.
     response
         .headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status == StatusCode::METHOD_NOT_ALLOWED {
-        response
-            .headers_mut()
-            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-    }
     response
 }
 

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use tower_service::Service;
 
 use crate::health::Health;
-use crate::render::{Format, Probe, plain, render};
+use crate::render::{Format, Probe, Refusal, plain, refusal, render};
 
 /// The response body of every probe answer.
 pub type ProbeBody = Full<Bytes>;
@@ -94,10 +94,7 @@ impl Health {
     /// Answers `probe` for `request` (its method, `?verbose` and `Accept` header).
     pub fn answer<B>(&self, probe: Probe, request: &Request<B>) -> ResponseFuture {
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            return ResponseFuture::ready(plain(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "probes answer GET and HEAD\n",
-            ));
+            return ResponseFuture::ready(refusal(Refusal::Method, request));
         }
         let format = Format::of(request);
         let details = self.details();
@@ -129,7 +126,7 @@ impl<B> Service<Request<B>> for ProbeService {
         };
         match probe {
             Some(probe) => self.health.answer(probe, &request),
-            None => ResponseFuture::ready(plain(StatusCode::NOT_FOUND, "not found\n")),
+            None => ResponseFuture::ready(refusal(Refusal::NoProbe, &request)),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use periscope_health::{Details, Health, HealthBuilder, HealthCheck, StartupGate, check_fn};
+use periscope_health::{Details, Health, HealthBuilder, HealthCheck, Probe, StartupGate, check_fn};
 use support::{get, get_with, serve};
 
 /// Builds the health and serves it on 127.0.0.1.
@@ -396,6 +396,24 @@ async fn other_paths_and_methods_are_refused() {
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow"), Some("GET, HEAD"));
     assert_eq!(post.header("cache-control"), Some("no-store"));
+    // Both in the error envelope every periscope error response has, even with no error
+    // layer in front of the probe server.
+    for (answer, code) in [(missing, "route_not_found"), (post, "method_not_allowed")] {
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+        let error = &answer.json()["error"];
+        assert_eq!(error["code"], code, "{error}");
+        assert!(
+            error["request_id"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty())
+        );
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let probe = health.probe_service(Probe::Readiness);
+    let addr = serve(probe).await;
+    let put = support::request(addr, "PUT", "/anything", &[("content-length", "0")]).await;
+    assert_eq!(put.status, 405);
+    assert_eq!(put.json()["error"]["code"], "method_not_allowed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
