@@ -130,7 +130,7 @@ macro_rules! remove_other_cases {
 macro_rules! string_map_carrier {
     ($map:ident) => {
         /// Keys are read without regard to case: the lower-case one, else the first in sort
-        /// order of those in another case (see [`in_any_case`]).
+        /// order of those in another case.
         impl Extractor for $map<String, String> {
             fn for_each(&self, key: &HeaderName, f: &mut dyn FnMut(&[u8])) {
                 if let Some(value) = self.first(key) {
