@@ -8,7 +8,7 @@ use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use http::header::{ACCEPT, ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, VARY};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use prometheus_client::registry::Registry;
 
@@ -36,6 +36,9 @@ impl Format {
     /// The format a scraper's `Accept` header prefers: OpenMetrics when it ranks
     /// `application/openmetrics-text` at least as high as plain text, Prometheus otherwise.
     ///
+    /// This reads one header line; [`from_headers`](Self::from_headers) reads every
+    /// `Accept` line of a request.
+    ///
     /// ```
     /// use periscope_metrics::Format;
     ///
@@ -45,12 +48,30 @@ impl Format {
     /// assert_eq!(Format::from_accept(None), Format::Prometheus);
     /// ```
     pub fn from_accept(accept: Option<&str>) -> Format {
-        let Some(accept) = accept else {
-            return Format::Prometheus;
-        };
+        Self::preferred(accept.into_iter().flat_map(ranges))
+    }
+
+    /// The format a request's `Accept` header prefers, as [`from_accept`](Self::from_accept)
+    /// decides it, with every `Accept` line read as one list: a field split over several
+    /// lines means the same as its values joined by commas on one (RFC 9110 §5.3).
+    ///
+    /// ```
+    /// use http::header::{ACCEPT, HeaderMap, HeaderValue};
+    /// use periscope_metrics::Format;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.append(ACCEPT, HeaderValue::from_static("text/plain;q=0.5"));
+    /// headers.append(ACCEPT, HeaderValue::from_static("application/openmetrics-text"));
+    /// assert_eq!(Format::from_headers(&headers), Format::OpenMetrics);
+    /// ```
+    pub fn from_headers(headers: &HeaderMap) -> Format {
+        Self::preferred(list_items(headers, &ACCEPT))
+    }
+
+    fn preferred<'a>(ranges: impl Iterator<Item = (&'a str, f32)>) -> Format {
         let mut openmetrics = 0.0_f32;
         let mut text = 0.0_f32;
-        for (media, q) in ranges(accept) {
+        for (media, q) in ranges {
             if media.eq_ignore_ascii_case("application/openmetrics-text") {
                 openmetrics = openmetrics.max(q);
             } else if media.eq_ignore_ascii_case("text/plain")
@@ -68,14 +89,12 @@ impl Format {
     }
 }
 
-/// Whether `Accept-Encoding` accepts gzip (`gzip` or `*` with a non-zero weight).
-pub(crate) fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
-    let Some(accept_encoding) = accept_encoding else {
-        return false;
-    };
+/// Whether the request's `Accept-Encoding` lines accept gzip (`gzip` or `*` with a non-zero
+/// weight).
+pub(crate) fn accepts_gzip(headers: &HeaderMap) -> bool {
     let mut gzip = None;
     let mut any = None;
-    for (coding, q) in ranges(accept_encoding) {
+    for (coding, q) in list_items(headers, &ACCEPT_ENCODING) {
         if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
             gzip = Some(q);
         } else if coding == "*" {
@@ -83,6 +102,25 @@ pub(crate) fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
         }
     }
     gzip.or(any).is_some_and(|q| q > 0.0)
+}
+
+/// The items of a list-valued header over all its lines, as if they were one line joined by
+/// commas (RFC 9110 §5.3). Nothing when any line is not visible ASCII: the joined line would
+/// not be either, and such a header reads as absent. Borrows the lines, no allocation.
+fn list_items<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = (&'h str, f32)> {
+    let readable = headers
+        .get_all(name)
+        .iter()
+        .all(|line| line.to_str().is_ok());
+    headers
+        .get_all(name)
+        .iter()
+        .filter(move |_| readable)
+        .filter_map(|line| line.to_str().ok())
+        .flat_map(ranges)
 }
 
 /// The items of a comma-separated header with their `q` weight (1 when absent; 0 when
@@ -122,8 +160,9 @@ pub(crate) fn encode(registry: &Registry, format: Format) -> Result<String, std:
     })
 }
 
-/// The Tower service that answers a scrape: `GET` (or `HEAD`) returns the registry in the
-/// format the `Accept` header prefers, gzip-compressed when `Accept-Encoding` allows it.
+/// The Tower service that answers a scrape: `GET` returns the registry in the format the
+/// `Accept` header prefers, gzip-compressed when `Accept-Encoding` allows it (each header read
+/// over all its lines). `HEAD` gets the same headers without encoding anything.
 /// Mount it at `/metrics`; it answers whatever path it is given.
 ///
 /// Encoding runs inline: it is CPU work proportional to the number of sample lines (a few
@@ -182,34 +221,31 @@ impl MetricsService {
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
         }
-        let header = |name| {
-            headers
-                .get(name)
-                .and_then(|value: &HeaderValue| value.to_str().ok())
-        };
-        let format = Format::from_accept(header(ACCEPT));
-        let text = match self.registry.encode(format) {
-            Ok(text) => text,
-            Err(std::fmt::Error) => {
-                tracing::error!(
-                    "encoding the metrics registry failed: a collector returned an error"
-                );
-                return plain(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "encoding the metrics failed; see the service log\n",
-                );
-            }
-        };
-        let gzip = accepts_gzip(header(ACCEPT_ENCODING));
-        let body = if gzip {
-            gzip_bytes(text.as_bytes())
-        } else {
-            Bytes::from(text)
-        };
+        let format = Format::from_headers(headers);
+        let gzip = accepts_gzip(headers);
+        // HEAD gets GET's headers without the exposition: a monitoring check must not cost a
+        // scrape (collectors, `/proc` reads, gzip). So it cannot see an encoding failure that
+        // would make a GET a 500; Content-Length is left out (RFC 9110 §9.3.2).
         let body = if method == Method::HEAD {
             Bytes::new()
         } else {
-            body
+            let text = match self.registry.encode(format) {
+                Ok(text) => text,
+                Err(std::fmt::Error) => {
+                    tracing::error!(
+                        "encoding the metrics registry failed: a collector returned an error"
+                    );
+                    return plain(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "encoding the metrics failed; see the service log\n",
+                    );
+                }
+            };
+            if gzip {
+                gzip_bytes(text.as_bytes())
+            } else {
+                Bytes::from(text)
+            }
         };
         let mut response = Response::new(Full::new(body));
         let headers = response.headers_mut();
@@ -289,15 +325,87 @@ mod tests {
         assert_eq!(Format::from_accept(Some(",,;;")), Format::Prometheus);
     }
 
+    /// Headers with `name` given on one line per item of `lines`.
+    fn lines(name: HeaderName, lines: &[&[u8]]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append(&name, HeaderValue::from_bytes(line).unwrap());
+        }
+        headers
+    }
+
+    fn gzip(accept_encoding: &[&str]) -> bool {
+        let values: Vec<&[u8]> = accept_encoding.iter().map(|v| v.as_bytes()).collect();
+        accepts_gzip(&lines(ACCEPT_ENCODING, &values))
+    }
+
     #[test]
     fn gzip_only_when_accepted() {
-        assert!(accepts_gzip(Some("gzip, deflate, br")));
-        assert!(accepts_gzip(Some("br;q=1.0, gzip;q=0.8")));
-        assert!(accepts_gzip(Some("*")));
-        assert!(!accepts_gzip(Some("gzip;q=0")));
-        assert!(!accepts_gzip(Some("*, gzip;q=0")));
-        assert!(!accepts_gzip(Some("identity")));
-        assert!(!accepts_gzip(None));
+        assert!(gzip(&["gzip, deflate, br"]));
+        assert!(gzip(&["br;q=1.0, gzip;q=0.8"]));
+        assert!(gzip(&["*"]));
+        assert!(!gzip(&["gzip;q=0"]));
+        assert!(!gzip(&["*, gzip;q=0"]));
+        assert!(!gzip(&["identity"]));
+        assert!(!gzip(&[]));
+    }
+
+    /// Every split of a list over lines negotiates as the list on one line.
+    #[test]
+    fn lines_of_a_header_are_one_list() {
+        let accepts = [
+            "text/plain;q=0.5, application/openmetrics-text",
+            "application/openmetrics-text;q=0.3, text/plain",
+            "*/*;q=0.1, application/openmetrics-text;q=0.1, text/plain;q=0",
+            "application/openmetrics-text;q=0, application/openmetrics-text;q=0.2",
+            "text/html, , application/openmetrics-text;q=oops",
+        ];
+        let encodings = [
+            "identity, gzip",
+            "gzip, gzip;q=0",
+            "*;q=0, gzip",
+            "br, *",
+            "gzip;q=0, *",
+        ];
+        for list in accepts.into_iter().chain(encodings) {
+            let items: Vec<&str> = list.split(',').collect();
+            for split in 0..=items.len() {
+                let (first, second) = items.split_at(split);
+                let (first, second) = (first.join(","), second.join(","));
+                let split_lines: &[&[u8]] = &[first.as_bytes(), second.as_bytes()];
+                assert_eq!(
+                    Format::from_headers(&lines(ACCEPT, split_lines)),
+                    Format::from_accept(Some(list)),
+                    "{first:?} then {second:?}"
+                );
+                assert_eq!(
+                    accepts_gzip(&lines(ACCEPT_ENCODING, split_lines)),
+                    accepts_gzip(&lines(ACCEPT_ENCODING, &[list.as_bytes()])),
+                    "{first:?} then {second:?}"
+                );
+            }
+        }
+        assert!(gzip(&["identity", "gzip"]));
+        assert!(!gzip(&["gzip", "gzip;q=0"]));
+        let split: &[&[u8]] = &[
+            b"text/plain;q=0.5",
+            b"application/openmetrics-text;version=1.0.0",
+        ];
+        assert_eq!(
+            Format::from_headers(&lines(ACCEPT, split)),
+            Format::OpenMetrics
+        );
+    }
+
+    /// A line that is not visible ASCII makes the whole field unreadable, as it would on one
+    /// line: the defaults (Prometheus text, no gzip), and no panic.
+    #[test]
+    fn a_line_that_is_not_ascii_reads_as_no_header() {
+        let om: &[&[u8]] = &[b"application/openmetrics-text", b"text/x-\xe9t\xe9"];
+        assert_eq!(Format::from_headers(&lines(ACCEPT, om)), Format::Prometheus);
+        let gz: &[&[u8]] = &[b"x-caf\xe9", b"gzip"];
+        assert!(!accepts_gzip(&lines(ACCEPT_ENCODING, gz)));
+        assert_eq!(Format::from_headers(&HeaderMap::new()), Format::Prometheus);
     }
 
     #[test]

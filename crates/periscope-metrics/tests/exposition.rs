@@ -1,10 +1,13 @@
 //! The `/metrics` endpoint over a real socket: OpenMetrics and Prometheus text parsed back by
-//! a real parser, `promtool check metrics` on the Prometheus text, gzip, HEAD and 405.
+//! a real parser, `promtool check metrics` on the Prometheus text, gzip, negotiation over
+//! headers split across lines, HEAD without encoding, and 405.
 // Test code: helpers outside #[test] functions may unwrap too.
 
 mod common;
 
 use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::Request;
@@ -15,7 +18,9 @@ use common::{parse_openmetrics, points, promtool_check, request, request_with_bo
 use openmetrics_parser::{PrometheusType, PrometheusValue};
 use periscope_context::{RequestContext, RequestId, TraceParent, TraceState};
 use periscope_metrics::{Caps, MetricsLayer, MetricsRegistry, MetricsService, ServiceInfo};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::Gauge;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -243,4 +248,150 @@ async fn gzip_head_and_other_methods() {
     let post = request(addr, "POST", "/metrics", &[]).await.unwrap();
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow"), Some("GET, HEAD"));
+}
+
+fn gunzip(body: &[u8]) -> String {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(body)
+        .read_to_string(&mut text)
+        .unwrap();
+    text
+}
+
+/// `Accept` and `Accept-Encoding` split over several lines, as a proxy may send them: the
+/// lines form one list (RFC 9110 §5.3), negotiated exactly as the same values on one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_and_accept_encoding_over_several_lines_are_one_list() {
+    let (addr, _registry) = service().await;
+
+    let split = [
+        ("accept", "text/plain;q=0.5"),
+        ("accept", "application/openmetrics-text;version=1.0.0"),
+    ];
+    let response = request(addr, "GET", "/metrics", &split).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some(OPENMETRICS));
+    let exposition = parse_openmetrics(&response.text());
+    assert_eq!(total(&exposition, "http_server_requests"), 3.0);
+
+    // A later line may also rank OpenMetrics lower than the first did.
+    let split = [
+        ("accept", "application/openmetrics-text;q=0.3"),
+        ("accept", "text/plain;version=0.0.4"),
+    ];
+    let response = request(addr, "GET", "/metrics", &split).await.unwrap();
+    assert_eq!(response.header("content-type"), Some(PROMETHEUS));
+    promtool_check(&response.text());
+
+    let split = [("accept-encoding", "identity"), ("accept-encoding", "gzip")];
+    let response = request(addr, "GET", "/metrics", &split).await.unwrap();
+    assert_eq!(response.header("content-encoding"), Some("gzip"));
+    assert_eq!(response.header("content-type"), Some(PROMETHEUS));
+    promtool_check(&gunzip(&response.body));
+
+    // Both split at once, with the values on one line as the reference.
+    let split = [
+        ("accept", "text/plain;version=0.0.4;q=0.5"),
+        ("accept-encoding", "br"),
+        (
+            "accept",
+            "*/*;q=0.1, application/openmetrics-text;version=1.0.0",
+        ),
+        ("accept-encoding", "gzip;q=0.8"),
+    ];
+    let joined = [
+        (
+            "accept",
+            "text/plain;version=0.0.4;q=0.5, */*;q=0.1, application/openmetrics-text;version=1.0.0",
+        ),
+        ("accept-encoding", "br, gzip;q=0.8"),
+    ];
+    for headers in [&split[..], &joined[..]] {
+        let response = request(addr, "GET", "/metrics", headers).await.unwrap();
+        assert_eq!(
+            response.header("content-type"),
+            Some(OPENMETRICS),
+            "{headers:?}"
+        );
+        assert_eq!(
+            response.header("content-encoding"),
+            Some("gzip"),
+            "{headers:?}"
+        );
+        let exposition = parse_openmetrics(&gunzip(&response.body));
+        assert!(exposition.families.contains_key("http_server_requests"));
+    }
+}
+
+/// A collector that counts the scrapes that encode the registry, writing one counter.
+#[derive(Debug)]
+struct CountEncodes(Arc<AtomicUsize>);
+
+impl Collector for CountEncodes {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let calls = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+        let metric = ConstCounter::new(calls as u64);
+        let family = encoder.encode_descriptor(
+            "test_encodes",
+            "Times the registry was encoded",
+            None,
+            metric.metric_type(),
+        )?;
+        metric.encode(family)
+    }
+}
+
+/// `HEAD /metrics` (a monitoring check) gets the status and headers a `GET` gets, negotiated
+/// the same way, and no body, without encoding the registry: it costs no scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_gets_the_negotiated_headers_without_encoding() {
+    let (addr, registry) = service().await;
+    registry
+        .reserve(
+            "test_encodes_total",
+            prometheus_client::metrics::MetricType::Counter,
+        )
+        .unwrap();
+    let encodes = Arc::new(AtomicUsize::new(0));
+    registry.register_collector(Box::new(CountEncodes(encodes.clone())));
+
+    let cases: [&[(&str, &str)]; 4] = [
+        &[],
+        &[("accept-encoding", "gzip")],
+        &[("accept", "application/openmetrics-text;version=1.0.0")],
+        &[
+            ("accept", "text/plain;q=0.5"),
+            ("accept", "application/openmetrics-text;version=1.0.0"),
+            ("accept-encoding", "identity"),
+            ("accept-encoding", "gzip"),
+        ],
+    ];
+    for (scrapes, headers) in cases.into_iter().enumerate() {
+        let get = request(addr, "GET", "/metrics", headers).await.unwrap();
+        assert_eq!(get.status, 200);
+        assert_eq!(
+            encodes.load(Ordering::SeqCst),
+            scrapes + 1,
+            "a GET encodes once"
+        );
+        let text = match get.header("content-encoding") {
+            Some(_) => gunzip(&get.body),
+            None => get.text(),
+        };
+        assert!(text.contains("test_encodes_total"), "{text}");
+
+        let head = request(addr, "HEAD", "/metrics", headers).await.unwrap();
+        assert_eq!(
+            encodes.load(Ordering::SeqCst),
+            scrapes + 1,
+            "{headers:?}: HEAD encoded the registry"
+        );
+        assert_eq!(head.status, get.status, "{headers:?}");
+        for name in ["content-type", "vary", "content-encoding"] {
+            assert_eq!(head.header(name), get.header(name), "{headers:?}: {name}");
+        }
+        assert!(head.body.is_empty(), "{headers:?}");
+        // Left out (RFC 9110 §9.3.2), never a `0` that would claim an empty exposition.
+        assert_eq!(head.header("content-length"), None, "{headers:?}");
+    }
 }
