@@ -690,7 +690,7 @@ fn without_split_char(bytes: &[u8]) -> &[u8] {
 /// never reaches the bound (empty chunks, trailers, without end) would otherwise keep the
 /// thread forever: past this many, the read yields (and is polled again at once), so the
 /// deadline is checked and the thread's other tasks run.
-const MAX_FRAMES_PER_POLL: usize = 64;
+pub(crate) const MAX_FRAMES_PER_POLL: usize = 64;
 
 /// Reads a body up to `limit` bytes; `false` when it is longer (`text` then holds its first
 /// `limit` bytes) or fails.
