@@ -1073,6 +1073,8 @@ impl Handled {
     ) -> Response<ResponseBody<B>> {
         error.request_id = self.ids.request_id.as_str().to_owned();
         error.trace_id = self.ids.trace_id.map(|id| id.to_string());
+        // Bounded like an `HttpError`'s, whatever the service wrote.
+        error.bound_texts();
         // What periscope renders always says whether to retry: an envelope without it gets
         // what a client would conclude (the code's, else its family's class, else the
         // status's), so the answer does not depend on which decoder reads it.
