@@ -2,6 +2,8 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -14,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::class::ErrorClass;
 use crate::code::{self, ErrorCode};
 use crate::envelope::{ErrorBody, Violation};
+use crate::layer::MAX_FRAMES_PER_POLL;
 use crate::render;
 
 /// How much of a body the decoder reads and parses by default, in bytes.
@@ -101,7 +104,9 @@ impl Decoder {
 
     /// Reads at most the configured number of bytes of `response`'s body, then decodes it. A
     /// body that fails midway is decoded from what arrived. No time limit of its own: a body
-    /// that stalls is bounded by the client's timeout around the call.
+    /// that stalls is bounded by the client's timeout around the call. The read yields to the
+    /// runtime every 64 frames, so that timeout also fires for a body that always has a frame
+    /// ready but never ends (endless empty chunks).
     ///
     /// ```
     /// use http_body_util::Full;
@@ -125,34 +130,9 @@ impl Decoder {
     pub async fn decode_response<B: Body>(&self, response: Response<B>) -> ApiError {
         let (parts, body) = response.into_parts();
         let mut body = std::pin::pin!(body);
-        // One byte past the bound tells "exactly at the bound" from "longer".
-        let limit = self.max_body.saturating_add(1);
         let mut read = Vec::new();
-        let mut outcome = Read::Complete;
-        loop {
-            match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-                None => break,
-                Some(Err(_)) => {
-                    outcome = Read::Failed;
-                    break;
-                }
-                Some(Ok(frame)) => {
-                    let Ok(mut data) = frame.into_data() else {
-                        continue;
-                    };
-                    while data.has_remaining() && read.len() < limit {
-                        let chunk = data.chunk();
-                        let take = chunk.len().min(limit - read.len());
-                        read.extend_from_slice(&chunk[..take]);
-                        data.advance(take);
-                    }
-                    if read.len() > self.max_body {
-                        outcome = Read::TooLong;
-                        break;
-                    }
-                }
-            }
-        }
+        let outcome =
+            std::future::poll_fn(|cx| read_body(body.as_mut(), &mut read, self.max_body, cx)).await;
         self.decode_read(parts.status, &parts.headers, &read, outcome)
     }
 
@@ -244,6 +224,44 @@ enum Read {
     TooLong,
     /// The body failed midway: what arrived.
     Failed,
+}
+
+/// Reads `body` into `read` until it ends, fails, or passes `max` bytes (then `read` holds
+/// one byte more than `max`: that tells "exactly at the bound" from "longer").
+///
+/// A body that always has a frame ready but never reaches the bound (empty chunks, trailers,
+/// without end) would keep the thread forever, and a timeout around the decoder would never
+/// fire: past [`MAX_FRAMES_PER_POLL`] frames, the read yields (and is polled again at once),
+/// as the layer's own body read does.
+fn read_body<B: Body>(
+    mut body: Pin<&mut B>,
+    read: &mut Vec<u8>,
+    max: usize,
+    cx: &mut Context<'_>,
+) -> Poll<Read> {
+    let limit = max.saturating_add(1);
+    for _ in 0..MAX_FRAMES_PER_POLL {
+        match ready!(body.as_mut().poll_frame(cx)) {
+            None => return Poll::Ready(Read::Complete),
+            Some(Err(_)) => return Poll::Ready(Read::Failed),
+            Some(Ok(frame)) => {
+                let Ok(mut data) = frame.into_data() else {
+                    continue;
+                };
+                while data.has_remaining() && read.len() < limit {
+                    let chunk = data.chunk();
+                    let take = chunk.len().min(limit - read.len());
+                    read.extend_from_slice(&chunk[..take]);
+                    data.advance(take);
+                }
+                if read.len() > max {
+                    return Poll::Ready(Read::TooLong);
+                }
+            }
+        }
+    }
+    cx.waker().wake_by_ref();
+    Poll::Pending
 }
 
 /// An error response decoded on the client side: the envelope's facts when the server sent
@@ -887,6 +905,62 @@ mod tests {
         assert_eq!(error.code(), "upstream_error");
         assert_eq!(error.raw_body().unwrap().len(), 100);
         assert!(error.is_raw_body_truncated());
+    }
+
+    /// A body with a bug: it always has a frame ready, an empty data frame (or trailers), and
+    /// never ends (a stream that keeps yielding empty chunks).
+    struct EndlessEmptyFrames {
+        trailers: bool,
+    }
+
+    impl Body for EndlessEmptyFrames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            let frame = if self.trailers {
+                http_body::Frame::trailers(HeaderMap::new())
+            } else {
+                http_body::Frame::data(Bytes::new())
+            };
+            std::task::Poll::Ready(Some(Ok(frame)))
+        }
+    }
+
+    /// A body of endless empty frames never reaches the read bound: the read yields to the
+    /// runtime now and then, so the caller's `tokio::time::timeout` fires instead of the
+    /// decoder spinning on the thread forever.
+    #[test]
+    fn a_timeout_around_decoding_a_body_of_endless_empty_frames_fires() {
+        for trailers in [false, true] {
+            // On a thread of its own: a decoder that spins must fail the test, not hang it.
+            let (sender, receiver) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                let response = Response::builder()
+                    .status(502)
+                    .body(EndlessEmptyFrames { trailers })
+                    .unwrap();
+                let decoded = runtime.block_on(async {
+                    let decoder = Decoder::new();
+                    let decode = decoder.decode_response(response);
+                    tokio::time::timeout(Duration::from_millis(100), decode).await
+                });
+                let _ = sender.send(decoded.is_err());
+            });
+            let timed_out = receiver
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|error| {
+                    panic!("trailers {trailers}: no answer within 10 s: {error}")
+                });
+            assert!(timed_out, "trailers {trailers}: decoded an endless body");
+        }
     }
 
     #[test]

@@ -5,6 +5,26 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// The longest `message` and `help` of an envelope periscope renders, and of each violation's
+/// `field` and `message`, in bytes. Longer text is cut on a character boundary and ends with
+/// `…` (the ellipsis counted in the bound), so a handler that echoes a huge input into its
+/// error sends (and logs) a bounded one.
+pub const MAX_MESSAGE_LEN: usize = 1024;
+
+/// `text` within [`MAX_MESSAGE_LEN`] bytes: whole when it fits, else its start, cut on a
+/// character boundary, then `…`.
+pub(crate) fn bounded(text: Cow<'static, str>) -> Cow<'static, str> {
+    if text.len() <= MAX_MESSAGE_LEN {
+        return text;
+    }
+    let kept = crate::render::truncate(&text, MAX_MESSAGE_LEN - '…'.len_utf8());
+    // A copy, not a truncation in place: the huge original is freed now.
+    let mut cut = String::with_capacity(kept.len() + '…'.len_utf8());
+    cut.push_str(kept);
+    cut.push('…');
+    Cow::Owned(cut)
+}
+
 /// The JSON body of every error response: `{"error": {...}}`.
 ///
 /// ```
@@ -78,6 +98,15 @@ impl ErrorBody {
             violations: Vec::new(),
         }
     }
+
+    /// `message`, `help` and the violations cut to [`MAX_MESSAGE_LEN`].
+    pub(crate) fn bound_texts(&mut self) {
+        self.message = bounded(std::mem::take(&mut self.message));
+        self.help = self.help.take().map(bounded);
+        for violation in &mut self.violations {
+            violation.bound_texts();
+        }
+    }
 }
 
 /// One invalid field of a request: `{"field": "email", "reason": "format", "message": "..."}`.
@@ -92,6 +121,13 @@ pub struct Violation {
 }
 
 impl Violation {
+    /// `field` and `message` cut to [`MAX_MESSAGE_LEN`]: both can echo a client's input (a
+    /// JSON key, a value).
+    pub(crate) fn bound_texts(&mut self) {
+        self.field = bounded(std::mem::take(&mut self.field));
+        self.message = bounded(std::mem::take(&mut self.message));
+    }
+
     /// A violation of `field` for `reason`, explained by `message`.
     pub fn new(
         field: impl Into<Cow<'static, str>>,
@@ -109,6 +145,20 @@ impl Violation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn texts_over_the_bound_are_cut_on_a_character_boundary_with_an_ellipsis() {
+        let fits = "x".repeat(MAX_MESSAGE_LEN);
+        assert_eq!(bounded(fits.clone().into()), fits);
+        let cut = bounded("x".repeat(MAX_MESSAGE_LEN + 1).into());
+        assert_eq!(cut, format!("{}…", "x".repeat(MAX_MESSAGE_LEN - 3)));
+        // A 4-byte character across the cut at 1,021 bytes is left out whole.
+        let text = format!("{}{}", "x".repeat(MAX_MESSAGE_LEN - 4), "🔥".repeat(10));
+        assert_eq!(
+            bounded(text.into()),
+            format!("{}…", "x".repeat(MAX_MESSAGE_LEN - 4))
+        );
+    }
 
     #[test]
     fn serialises_exactly_like_the_contract() {

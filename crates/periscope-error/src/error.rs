@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::code::{ErrorCode, codes};
-use crate::envelope::{ErrorBody, Violation};
+use crate::envelope::{ErrorBody, Violation, bounded};
 use crate::render::{self, Format, Ids};
 
 /// A boxed error that can cross threads: what services and bodies fail with.
@@ -75,12 +75,24 @@ struct Inner {
 
 impl HttpError {
     /// An error of `code` with `message`; status, retryability and help come from the code.
+    ///
+    /// A message over [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN) bytes (1,024) is cut there, on a character
+    /// boundary, and ends with `…`: a handler that echoes a huge input into it sends and logs
+    /// a bounded error.
+    ///
+    /// ```
+    /// use periscope_error::{HttpError, MAX_MESSAGE_LEN, codes};
+    ///
+    /// let error = HttpError::new(codes::INVALID_REQUEST, "x".repeat(1 << 20));
+    /// assert_eq!(error.message().len(), MAX_MESSAGE_LEN);
+    /// assert!(error.message().ends_with('…'));
+    /// ```
     pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         Self {
             inner: Box::new(Inner {
                 code,
                 status: code.status(),
-                message: message.into(),
+                message: bounded(message.into()),
                 details: None,
                 help: code.help().map(Cow::Borrowed),
                 retryable: code.is_retryable(),
@@ -97,9 +109,10 @@ impl HttpError {
         HttpError::from(codes::INTERNAL_ERROR).with_source(source)
     }
 
-    /// Replaces the message.
+    /// Replaces the message; one over [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN) bytes is cut as in
+    /// [`new`](HttpError::new).
     pub fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
-        self.inner.message = message.into();
+        self.inner.message = bounded(message.into());
         self
     }
 
@@ -120,9 +133,10 @@ impl HttpError {
         self
     }
 
-    /// Replaces the help text (by default the code's).
+    /// Replaces the help text (by default the code's); one over [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN) bytes is
+    /// cut as in [`new`](HttpError::new).
     pub fn with_help(mut self, help: impl Into<Cow<'static, str>>) -> Self {
-        self.inner.help = Some(help.into());
+        self.inner.help = Some(bounded(help.into()));
         self
     }
 
@@ -148,15 +162,22 @@ impl HttpError {
         self
     }
 
-    /// Adds one invalid field.
-    pub fn with_violation(mut self, violation: Violation) -> Self {
+    /// Adds one invalid field. Its `field` and `message` over [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN) bytes are
+    /// cut as the message is in [`new`](HttpError::new).
+    pub fn with_violation(mut self, mut violation: Violation) -> Self {
+        violation.bound_texts();
         self.inner.violations.push(violation);
         self
     }
 
-    /// Adds invalid fields.
+    /// Adds invalid fields, each bounded as in [`with_violation`](HttpError::with_violation).
     pub fn with_violations(mut self, violations: impl IntoIterator<Item = Violation>) -> Self {
-        self.inner.violations.extend(violations);
+        self.inner
+            .violations
+            .extend(violations.into_iter().map(|mut violation| {
+                violation.bound_texts();
+                violation
+            }));
         self
     }
 

@@ -690,7 +690,7 @@ fn without_split_char(bytes: &[u8]) -> &[u8] {
 /// never reaches the bound (empty chunks, trailers, without end) would otherwise keep the
 /// thread forever: past this many, the read yields (and is polled again at once), so the
 /// deadline is checked and the thread's other tasks run.
-const MAX_FRAMES_PER_POLL: usize = 64;
+pub(crate) const MAX_FRAMES_PER_POLL: usize = 64;
 
 /// Reads a body up to `limit` bytes; `false` when it is longer (`text` then holds its first
 /// `limit` bytes) or fails.
@@ -1073,6 +1073,8 @@ impl Handled {
     ) -> Response<ResponseBody<B>> {
         error.request_id = self.ids.request_id.as_str().to_owned();
         error.trace_id = self.ids.trace_id.map(|id| id.to_string());
+        // Bounded like an `HttpError`'s, whatever the service wrote.
+        error.bound_texts();
         // What periscope renders always says whether to retry: an envelope without it gets
         // what a client would conclude (the code's, else its family's class, else the
         // status's), so the answer does not depend on which decoder reads it.

@@ -64,7 +64,7 @@ pub use client::{
     ApiError, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RAW_BODY_BYTES, Decoder, MAX_RETRY_AFTER,
 };
 pub use code::{BUILTIN, ErrorCode, InvalidCode, MAX_CODE_LEN, codes};
-pub use envelope::{Envelope, ErrorBody, Violation};
+pub use envelope::{Envelope, ErrorBody, MAX_MESSAGE_LEN, Violation};
 pub use error::{BoxError, HttpError};
 pub use layer::{BODY_READ_LIMIT, ErrorLayer, ErrorService, PassThrough, ResponseFuture};
 pub use panic::is_catching_panics;

@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use periscope_context::{ExtractOptions, RequestContext, extract};
 use periscope_error::{
-    ErrorClass, ErrorCode, ErrorLayer, HttpError, Violations, codes, error_codes,
+    ErrorClass, ErrorCode, ErrorLayer, HttpError, Violation, Violations, codes, error_codes,
 };
 use serde_json::Value;
 
@@ -107,6 +107,12 @@ fn huge_upstream_json() -> String {
         r#"{{"detail":"model server out of memory: CUDA OOM at layer 31","trace":"{}"}}"#,
         "frame;".repeat(12_000)
     )
+}
+
+/// About 1 MB of a 3-byte character: one straddles the 1,024-byte mark (and the 1,021 bytes
+/// left before a 3-byte `…`), so a cut that splits it shows.
+fn huge_input() -> String {
+    "€".repeat(350_000)
 }
 
 /// A body sent in chunks, of a length it does not announce (a proxied chunked response).
@@ -429,6 +435,33 @@ fn app() -> Router {
             get(|| async {
                 // 40,000 bytes that percent-encode to 120,000: over every proxy's header limit.
                 Err::<String, _>(HttpError::new(codes::CONFLICT, "é".repeat(20_000)))
+            }),
+        )
+        .route(
+            "/echo-huge",
+            get(|| async {
+                // A handler that echoes a 1 MB input into its message, help and violation.
+                Err::<String, _>(
+                    HttpError::new(codes::VALIDATION_ERROR, huge_input())
+                        .with_help("h".repeat(1 << 20))
+                        .with_violation(Violation::new(huge_input(), "too_long", huge_input())),
+                )
+            }),
+        )
+        .route(
+            "/upstream-envelope-long",
+            get(|| async {
+                // An upstream's envelope, proxied: the layer renders it again.
+                let envelope = serde_json::json!({"error": {
+                    "code": "upstream_error",
+                    "message": "€".repeat(700),
+                    "help": "h".repeat(2000),
+                }});
+                (
+                    StatusCode::BAD_GATEWAY,
+                    [("content-type", "application/json")],
+                    envelope.to_string(),
+                )
             }),
         )
         .route(
@@ -1144,12 +1177,57 @@ async fn a_long_message_is_cut_to_fit_in_grpc_message() {
         "{decoded}"
     );
 
+    // The envelope's message is bounded (`MAX_MESSAGE_LEN`), the ellipsis included.
     let reply = send(addr, "GET", "/long-message", &[], b"").await;
     let json = envelope(&reply, "conflict", 409);
+    assert_eq!(json["error"]["message"], format!("{}…", "é".repeat(510)));
+}
+
+/// A handler that echoes a 1 MB input into its error sends a bounded envelope: the message,
+/// help and violation message are cut to at most 1,024 bytes on a character boundary, ending
+/// with `…`, as JSON and as problem details; the log line is bounded too.
+#[tokio::test]
+async fn a_huge_message_is_cut_on_a_character_boundary() {
+    let addr = serve().await;
+    // 340 whole characters (1,020 bytes) and the ellipsis: 1,023 bytes.
+    let cut = format!("{}…", "€".repeat(340));
+    let help = format!("{}…", "h".repeat(1021));
+    let reply = send(addr, "GET", "/echo-huge", &[], b"").await;
+    assert!(reply.body.len() < 8 * 1024, "{} bytes", reply.body.len());
+    let json = envelope(&reply, "validation_error", 422);
+    let error = &json["error"];
+    assert_eq!(error["message"], cut.as_str());
+    assert_eq!(error["help"], help.as_str());
+    assert_eq!(error["violations"][0]["message"], cut.as_str());
+    assert_eq!(error["violations"][0]["field"], cut.as_str());
+    assert_eq!(help.len(), 1024);
+    assert_eq!(reply.api_error().message(), cut);
+    let request_id = reply.header("x-request-id").unwrap();
+    let logged = events_of(request_id)
+        .into_iter()
+        .find_map(|event| event.get("message").cloned())
+        .expect("a log line of the request");
+    assert_eq!(logged, format!("request rejected: {cut}"));
+
+    let accept = [("accept", "application/problem+json")];
+    let reply = send(addr, "GET", "/echo-huge", &accept, b"").await;
+    assert_eq!(reply.status, 422);
     assert_eq!(
-        json["error"]["message"].as_str().map(str::len),
-        Some(40_000)
+        reply.header("content-type"),
+        Some("application/problem+json")
     );
+    let json = reply.json();
+    assert_eq!(json["detail"], cut.as_str());
+    assert_eq!(json["help"], help.as_str());
+    assert_eq!(json["violations"][0]["message"], cut.as_str());
+
+    // An upstream's envelope the layer renders again is bounded alike.
+    let reply = send(addr, "GET", "/upstream-envelope-long", &[], b"").await;
+    assert_eq!(reply.status, 502);
+    let json = reply.json();
+    assert_eq!(json["error"]["code"], "upstream_error");
+    assert_eq!(json["error"]["message"], cut.as_str());
+    assert_eq!(json["error"]["help"], help.as_str());
 }
 
 /// A panic the handler catches itself is not the layer's to answer, but the hook still saw it:
