@@ -204,6 +204,11 @@ pub struct Settings {
     /// by default). Read in every build, with the `otel` feature or without: it names what is
     /// propagated, not what is exported.
     pub propagators: periscope_trace::Propagators,
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`: which traces are sampled
+    /// (`parentbased_always_on` by default). Read in every build: where no OpenTelemetry
+    /// sampler decides (a build without the `otel` feature, or one that exports nothing),
+    /// the layers decide with it, so the `sampled` flag sent downstream follows it.
+    pub sampler: periscope_trace::Sampler,
     /// The OpenTelemetry settings (`OTEL_*`).
     #[cfg(feature = "otel")]
     pub otel: periscope_trace::otel::OtelConfig,
@@ -225,6 +230,7 @@ impl Default for Settings {
             shutdown_drain: DEFAULT_SHUTDOWN_DRAIN,
             trusted_proxies: TrustedProxies::none(),
             propagators: periscope_trace::Propagators::default(),
+            sampler: periscope_trace::Sampler::default(),
             #[cfg(feature = "otel")]
             otel: periscope_trace::otel::OtelConfig::default(),
         }
@@ -254,7 +260,8 @@ impl std::fmt::Debug for Settings {
                 "trusted_proxies_header",
                 &self.trusted_proxies.forwarding_header().as_str(),
             )
-            .field("propagators", &self.propagators);
+            .field("propagators", &self.propagators)
+            .field("sampler", &self.sampler);
         #[cfg(feature = "otel")]
         debug.field("otel", &self.otel);
         debug.finish()
@@ -328,6 +335,7 @@ impl Settings {
     ) -> Result<(), ConfigError> {
         let mut otel = periscope_trace::otel::OtelConfig::from_lookup(lookup)?;
         self.propagators = otel.propagators;
+        self.sampler = otel.sampler;
         // Without SERVICE_NAME or OTEL_SERVICE_NAME, `service.name` in OTEL_RESOURCE_ATTRIBUTES
         // names the service, as OpenTelemetry specifies (the last one wins, as in the resource).
         let named = ["SERVICE_NAME", "OTEL_SERVICE_NAME"]
@@ -373,6 +381,18 @@ impl Settings {
                     )
                 })?;
         }
+        // Sampling decides the `sampled` flag sent downstream, with export or without.
+        let value = |var: &str| {
+            lookup(var)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let (name, arg) = (
+            value("OTEL_TRACES_SAMPLER"),
+            value("OTEL_TRACES_SAMPLER_ARG"),
+        );
+        self.sampler = periscope_trace::Sampler::from_env_values(name.as_deref(), arg.as_deref())
+            .map_err(|error| ConfigError::new(error.var, error.value, error.expected))?;
         // Export switched off the standard ways needs no exporter.
         let is = |var: &str, off: &str| {
             lookup(var).is_some_and(|value| value.trim().eq_ignore_ascii_case(off))
@@ -711,6 +731,28 @@ mod tests {
         let error =
             env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user:hunter2@h:4318")]).unwrap_err();
         assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+
+    /// The sampler is read and checked with the `otel` feature and without it: the layers
+    /// decide the `sampled` flag with it where nothing is exported.
+    #[test]
+    fn the_trace_sampler_is_read_in_every_build() {
+        use periscope_trace::Sampler;
+        assert_eq!(env(&[]).unwrap().sampler, Sampler::ParentBasedAlwaysOn);
+        let s = env(&[
+            ("OTEL_TRACES_SAMPLER", " parentbased_traceidratio "),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ])
+        .unwrap();
+        assert_eq!(s.sampler, Sampler::ParentBasedTraceIdRatio(0.25));
+        let error = env(&[("OTEL_TRACES_SAMPLER", "sometimes")]).unwrap_err();
+        assert_eq!(error.var, "OTEL_TRACES_SAMPLER");
+        let error = env(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "half"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.var, "OTEL_TRACES_SAMPLER_ARG");
     }
 
     #[cfg(feature = "otel")]

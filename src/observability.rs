@@ -537,7 +537,8 @@ impl ObservabilityBuilder {
             .tenant_keys(all_tenant_keys)
             .route_templates(routes)
             .trusted_proxies(settings.trusted_proxies.clone())
-            .propagators(settings.propagators);
+            .propagators(settings.propagators)
+            .sampler(settings.sampler);
         let correlation = match self.correlation {
             Some(change) => change(correlation),
             None => correlation,
@@ -681,14 +682,21 @@ impl Observability {
         // until the next level change. Ask every callsite again now that the global is set.
         tracing::callsite::rebuild_interest_cache();
         // Outgoing calls (`inject`, `ClientTraceLayer`) send what `OTEL_PROPAGATORS` names,
-        // as the server layer reads it.
+        // as the server layer reads it, and the traces they and jobs start are sampled by
+        // `OTEL_TRACES_SAMPLER`, as the server layer samples.
         #[cfg(feature = "otel")]
         match &otel {
             Some(otel) => otel.register_globals(),
-            None => self.settings.propagators.set_global(),
+            None => {
+                self.settings.propagators.set_global();
+                self.settings.sampler.set_global();
+            }
         }
         #[cfg(not(feature = "otel"))]
-        self.settings.propagators.set_global();
+        {
+            self.settings.propagators.set_global();
+            self.settings.sampler.set_global();
+        }
         #[cfg(feature = "gpu")]
         if let Some(snapshot) = gpu_down {
             tracing::warn!(

@@ -2254,6 +2254,86 @@ async fn otel_propagators_none_stops_trace_propagation_in_every_build() {
     assert!(headers.get("baggage").is_none(), "{headers:?}");
 }
 
+/// `OTEL_TRACES_SAMPLER` decides the `sampled` flag where no OpenTelemetry sampler does (a
+/// build without the `otel` feature, or one that exports nothing, as here): it is what the
+/// `traceparent` sent downstream says, so the services after this one sample as configured.
+/// A malformed value stops the service at startup, naming the variable.
+#[tokio::test(flavor = "current_thread")]
+async fn otel_traces_sampler_decides_the_sampled_flag_in_every_build() {
+    use tower::{Layer, ServiceExt};
+
+    for (name, arg, var) in [
+        ("sometimes", None, "OTEL_TRACES_SAMPLER"),
+        ("traceidratio", Some("2"), "OTEL_TRACES_SAMPLER_ARG"),
+    ] {
+        let error = Observability::builder()
+            .log_writer(std::io::sink())
+            .env_from(move |key| match key {
+                "OTEL_TRACES_SAMPLER" => Some(name.to_owned()),
+                "OTEL_TRACES_SAMPLER_ARG" => arg.map(str::to_owned),
+                _ => None,
+            })
+            .unwrap_err();
+        assert_eq!(error.var, var, "{error}");
+    }
+
+    // Whether the `traceparent` the upstream receives is sampled, for a request sent with
+    // `incoming` (a `traceparent`'s flags, or none).
+    async fn sampled_sent(sampler: &'static str, incoming: Option<&str>) -> bool {
+        let obs = Observability::builder()
+            .log_writer(std::io::sink())
+            .env_from(move |key| (key == "OTEL_TRACES_SAMPLER").then(|| sampler.to_owned()))
+            .unwrap()
+            .build()
+            .unwrap();
+        let (upstream, seen) = serve_recording_headers("/v1/work").await;
+        let client = obs
+            .client_layer()
+            .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+        let app = Router::new()
+            .route(
+                "/call",
+                get(move || async move {
+                    let request = http::Request::get(format!("http://{upstream}/v1/work"))
+                        .body(Empty::new())
+                        .unwrap();
+                    client.oneshot(request).await.unwrap();
+                }),
+            )
+            .layer(obs.layer());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let mut request = http::Request::get(format!("http://{addr}/call"));
+        if let Some(flags) = incoming {
+            request = request.header(
+                "traceparent",
+                format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"),
+            );
+        }
+        let caller = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let answer = caller
+            .request(request.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        let headers = seen.lock().unwrap().take().unwrap();
+        let traceparent = headers["traceparent"].to_str().unwrap();
+        let flags = u8::from_str_radix(traceparent.rsplit('-').next().unwrap(), 16).unwrap();
+        flags & 1 == 1
+    }
+
+    // Parent-based: a new trace as the sampler says, a continued one as its caller said.
+    assert!(!sampled_sent("parentbased_always_off", None).await);
+    assert!(sampled_sent("parentbased_always_off", Some("01")).await);
+    assert!(!sampled_sent("parentbased_always_on", Some("00")).await);
+    // Not parent-based: whatever the caller said.
+    assert!(!sampled_sent("always_off", Some("01")).await);
+    assert!(sampled_sent("always_on", Some("00")).await);
+    // The default samples new traces.
+    assert!(sampled_sent("", None).await);
+}
+
 /// `ClientMetricsLayer` composes with `ClientTraceLayer` in either order: outside it (the
 /// reverse of `obs.client_layer()`), it counts the call at its head all the same, and hands on
 /// the client span's body in its own, which the caller reads to its end.

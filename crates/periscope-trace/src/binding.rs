@@ -10,6 +10,8 @@
 use periscope_context::{RequestContext, TraceParent};
 use tracing::Span;
 
+use crate::sampler::Sampler;
+
 /// Whether the parent named by `ctx.parent_span_id` lives in another process (a `traceparent`
 /// or a job carrier) or in this one (the request span of an outgoing call).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,16 +23,25 @@ pub(crate) enum ParentKind {
 
 /// Binds `span` and `ctx` to the same ids and records them (and the tenant) on the span.
 /// `link` is a trace this span is linked to rather than a child of (trust boundary).
+/// `sampler` decides `ctx`'s sampled flag where no OpenTelemetry layer took the span (and so
+/// its sampler's decision): after that layer had its say, so it is told the caller's own flag.
 pub(crate) fn bind(
     span: &Span,
     ctx: &mut RequestContext,
     parent: ParentKind,
     link: Option<&TraceParent>,
+    sampler: Option<Sampler>,
 ) {
     #[cfg(feature = "otel")]
-    otel::adopt_exported_ids(span, ctx, parent, link);
+    let exported = otel::adopt_exported_ids(span, ctx, parent, link);
     #[cfg(not(feature = "otel"))]
-    let _ = parent;
+    let exported = {
+        let _ = parent;
+        false
+    };
+    if !exported && let Some(sampler) = sampler {
+        sampler.apply(ctx);
+    }
     if let Some(link) = link {
         span.record("link.trace_id", link.trace_id.to_hex().as_str());
         span.record("link.span_id", link.parent_id.to_hex().as_str());
@@ -106,14 +117,15 @@ mod otel {
             .filter(|id| *id != ctx.span_id)
     }
 
+    /// Whether the span is exported's: `ctx` then has its ids and sampling decision.
     pub(super) fn adopt_exported_ids(
         span: &Span,
         ctx: &mut RequestContext,
         parent: ParentKind,
         link: Option<&TraceParent>,
-    ) {
+    ) -> bool {
         if span.is_disabled() {
-            return;
+            return false;
         }
         let parent_span_id = ctx.parent_span_id;
         // A call made inside a span of the service's own (`db_lookup`) nests under it, as
@@ -145,7 +157,7 @@ mod otel {
         };
         if span.set_parent(parent_cx).is_err() {
             // No OpenTelemetry layer (or the span was started already): our ids stand.
-            return;
+            return false;
         }
         if let Some(link) = link {
             span.add_link(SpanContext::new(
@@ -163,15 +175,16 @@ mod otel {
             periscope_context::SpanId::from_bytes(exported.span_id().to_bytes()),
         ) else {
             // A tracer that makes no spans (shut down, or a no-op tracer): our ids stand.
-            return;
+            return false;
         };
         if Some(span_id) == parent_span_id {
             // A no-op tracer hands the parent back as the "new" span: not a span of ours.
-            return;
+            return false;
         }
         ctx.trace_id = trace_id;
         ctx.span_id = span_id;
         ctx.trace_flags = ctx.trace_flags.with_sampled(exported.is_sampled());
+        true
     }
 }
 

@@ -23,6 +23,7 @@ use crate::fields::{
 };
 use crate::propagation::Propagators;
 use crate::rpc::RpcName;
+use crate::sampler::Sampler;
 
 /// The tracing target of client spans.
 pub const CLIENT_TARGET: &str = "periscope_trace::client";
@@ -114,7 +115,11 @@ impl ClientSpan {
             Some(parent) => parent.child(),
             None => match RequestContext::current() {
                 Some(parent) => parent.child(),
-                None => RequestContext::new_root(),
+                None => {
+                    let mut root = RequestContext::new_root();
+                    Sampler::global().apply(&mut root);
+                    root
+                }
             },
         };
         Self::with_context(context, method, uri, rpc)
@@ -160,7 +165,8 @@ impl ClientSpan {
             rpc.record(&span);
             span.record("otel.name", tracing::field::display(rpc));
         }
-        bind(&span, &mut context, ParentKind::Local, None);
+        // A call inside a request keeps the request's decision; a new trace's was taken above.
+        bind(&span, &mut context, ParentKind::Local, None, None);
         Self {
             span,
             context,

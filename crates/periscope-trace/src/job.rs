@@ -10,6 +10,7 @@ use tracing::instrument::{Instrument, Instrumented};
 
 use crate::binding::{ParentKind, bind, early_id, handing_on};
 use crate::rejected::warn_rejected;
+use crate::sampler::Sampler;
 
 /// The tracing target of job spans.
 pub const JOB_TARGET: &str = "periscope_trace::job";
@@ -70,16 +71,21 @@ impl JobSpan {
     /// An entry that cannot be used (an invalid request id, `traceparent` or tenant field: a
     /// bug or a tampered payload upstream) is logged once at warn, inside the job's span.
     pub fn from_carrier(name: &str, carrier: &Carrier) -> Self {
-        Self::from_extracted(name, extract(carrier, &ExtractOptions::default()))
+        Self::from_carrier_with(name, carrier, &ExtractOptions::default())
     }
 
     /// Like [`JobSpan::from_carrier`], reading `options.tenant_keys` (for tenant fields beyond
     /// `org_id` and `project_id`).
+    ///
+    /// Sampling follows the process's sampler ([`Sampler::global`]) where no OpenTelemetry
+    /// sampler decides, unless `options.sample_new_traces` is `false`: a trace started here is
+    /// then not sampled.
     pub fn from_carrier_with(name: &str, carrier: &Carrier, options: &ExtractOptions) -> Self {
-        Self::from_extracted(name, extract(carrier, options))
+        let sampler = options.sample_new_traces.then(Sampler::global);
+        Self::from_extracted(name, extract(carrier, options), sampler)
     }
 
-    fn from_extracted(name: &str, extracted: Extracted) -> Self {
+    fn from_extracted(name: &str, extracted: Extracted, sampler: Option<Sampler>) -> Self {
         let Extracted {
             mut context,
             request_id,
@@ -105,7 +111,7 @@ impl JobSpan {
             tenant_id = Empty,
             tenant = Empty,
         );
-        bind(&span, &mut context, ParentKind::Remote, None);
+        bind(&span, &mut context, ParentKind::Remote, None, sampler);
         warn_rejected!(
             JOB_TARGET,
             &span,

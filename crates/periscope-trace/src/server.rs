@@ -28,6 +28,7 @@ use crate::fields::{
 use crate::propagation::Propagators;
 use crate::rejected::warn_rejected;
 use crate::rpc::RpcName;
+use crate::sampler::Sampler;
 use crate::selector::PathSelector;
 use crate::trust::Trust;
 
@@ -125,14 +126,17 @@ struct Config {
     trust: Trust,
     /// `None`: the process's formats, [`Propagators::global`].
     propagators: Option<Propagators>,
+    /// `None`: the process's sampler, [`Sampler::global`].
+    sampler: Option<Sampler>,
     routes: RouteTemplates,
     forwarded_scheme: bool,
     trusted_proxies: TrustedProxies,
 }
 
 impl CorrelationLayer {
-    /// The defaults: trust incoming traces, tenant fields `org_id` and `project_id`, sample new
-    /// traces, probe and scrape paths quiet.
+    /// The defaults: trust incoming traces, tenant fields `org_id` and `project_id`, sampling
+    /// by the process's sampler ([`Sampler::global`]: new traces sampled unless set otherwise),
+    /// probe and scrape paths quiet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -147,10 +151,25 @@ impl CorrelationLayer {
         self
     }
 
-    /// Whether traces started here are sampled when no OpenTelemetry sampler decides
-    /// (default: `true`). With the `otel` feature the tracer provider's sampler decides.
+    /// Whether traces started here are sampled when no OpenTelemetry sampler decides: a
+    /// shorthand for [`sampler`](Self::sampler) with `parentbased_always_on` or
+    /// `parentbased_always_off`.
     pub fn sample_new_traces(mut self, sampled: bool) -> Self {
         self.config_mut().extract.sample_new_traces = sampled;
+        self.sampler(if sampled {
+            Sampler::ParentBasedAlwaysOn
+        } else {
+            Sampler::ParentBasedAlwaysOff
+        })
+    }
+
+    /// Which requests are sampled where no OpenTelemetry sampler decides (a build without the
+    /// `otel` feature, or one that exports nothing): the `sampled` flag of the context, of the
+    /// `traceparent` sent downstream and of the exemplars (default: the process's,
+    /// [`Sampler::global`], which periscope's `init` sets from `OTEL_TRACES_SAMPLER`). Where
+    /// an OpenTelemetry layer exports the span, its tracer provider's sampler decides.
+    pub fn sampler(mut self, sampler: Sampler) -> Self {
+        self.config_mut().sampler = Some(sampler);
         self
     }
 
@@ -330,7 +349,14 @@ where
             );
             named_by_client = rpc.is_some() && route.and_then(RpcName::parse).is_none();
             let span = server_span(&request, route, rpc, scheme, &ctx);
-            bind(&span, &mut ctx, ParentKind::Remote, link.as_ref());
+            let sampler = config.sampler.unwrap_or_else(Sampler::global);
+            bind(
+                &span,
+                &mut ctx,
+                ParentKind::Remote,
+                link.as_ref(),
+                Some(sampler),
+            );
             span
         };
         if let Some(matched) = matched {

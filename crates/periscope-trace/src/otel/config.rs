@@ -26,36 +26,19 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
-/// The sampler for spans (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub enum Sampler {
-    /// `always_on`: every trace.
-    AlwaysOn,
-    /// `always_off`: no trace.
-    AlwaysOff,
-    /// `traceidratio`: this fraction of traces, by trace id, whatever the caller decided.
-    TraceIdRatio(f64),
-    /// `parentbased_always_on` (the default): follow the caller; sample new traces.
-    #[default]
-    ParentBasedAlwaysOn,
-    /// `parentbased_always_off`: follow the caller; do not sample new traces.
-    ParentBasedAlwaysOff,
-    /// `parentbased_traceidratio`: follow the caller; sample this fraction of new traces.
-    ParentBasedTraceIdRatio(f64),
-}
+pub use crate::sampler::Sampler;
 
-impl Sampler {
-    pub(crate) fn to_sdk(self) -> opentelemetry_sdk::trace::Sampler {
-        use opentelemetry_sdk::trace::Sampler as Sdk;
-        match self {
-            Self::AlwaysOn => Sdk::AlwaysOn,
-            Self::AlwaysOff => Sdk::AlwaysOff,
-            Self::TraceIdRatio(ratio) => Sdk::TraceIdRatioBased(ratio),
-            Self::ParentBasedAlwaysOn => Sdk::ParentBased(Box::new(Sdk::AlwaysOn)),
-            Self::ParentBasedAlwaysOff => Sdk::ParentBased(Box::new(Sdk::AlwaysOff)),
-            Self::ParentBasedTraceIdRatio(ratio) => {
-                Sdk::ParentBased(Box::new(Sdk::TraceIdRatioBased(ratio)))
-            }
+/// The OpenTelemetry SDK's sampler for `sampler`.
+pub(crate) fn sdk_sampler(sampler: Sampler) -> opentelemetry_sdk::trace::Sampler {
+    use opentelemetry_sdk::trace::Sampler as Sdk;
+    match sampler {
+        Sampler::AlwaysOn => Sdk::AlwaysOn,
+        Sampler::AlwaysOff => Sdk::AlwaysOff,
+        Sampler::TraceIdRatio(ratio) => Sdk::TraceIdRatioBased(ratio),
+        Sampler::ParentBasedAlwaysOn => Sdk::ParentBased(Box::new(Sdk::AlwaysOn)),
+        Sampler::ParentBasedAlwaysOff => Sdk::ParentBased(Box::new(Sdk::AlwaysOff)),
+        Sampler::ParentBasedTraceIdRatio(ratio) => {
+            Sdk::ParentBased(Box::new(Sdk::TraceIdRatioBased(ratio)))
         }
     }
 }
@@ -538,32 +521,8 @@ fn parse_protocol(var: &'static str, value: String) -> Result<Protocol, ConfigEr
 }
 
 fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, ConfigError> {
-    const SAMPLERS: &str = "expected always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio";
-    let ratio = || -> Result<f64, ConfigError> {
-        match arg.clone() {
-            None => Ok(1.0),
-            Some(value) => match value.parse::<f64>() {
-                Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
-                _ => Err(invalid(
-                    "OTEL_TRACES_SAMPLER_ARG",
-                    value,
-                    "expected a sampling ratio between 0 and 1, such as 0.25",
-                )),
-            },
-        }
-    };
-    let Some(name) = name else {
-        return Ok(Sampler::default());
-    };
-    match name.to_ascii_lowercase().as_str() {
-        "always_on" => Ok(Sampler::AlwaysOn),
-        "always_off" => Ok(Sampler::AlwaysOff),
-        "traceidratio" => Ok(Sampler::TraceIdRatio(ratio()?)),
-        "parentbased_always_on" => Ok(Sampler::ParentBasedAlwaysOn),
-        "parentbased_always_off" => Ok(Sampler::ParentBasedAlwaysOff),
-        "parentbased_traceidratio" => Ok(Sampler::ParentBasedTraceIdRatio(ratio()?)),
-        _ => Err(invalid("OTEL_TRACES_SAMPLER", name, SAMPLERS)),
-    }
+    Sampler::from_env_values(name.as_deref(), arg.as_deref())
+        .map_err(|error| invalid(error.var, error.value, error.expected))
 }
 
 fn parse_propagators(value: String) -> Result<Propagators, ConfigError> {
@@ -1161,6 +1120,46 @@ mod tests {
             ])
             .unwrap_err();
             assert_eq!(error.var, "OTEL_TRACES_SAMPLER_ARG");
+        }
+    }
+}
+
+/// The layers' own sampling decision (used where nothing is exported) is the SDK's, for the
+/// same trace id: a trace is sampled alike by the services that export it and those that
+/// only pass its flag on.
+#[cfg(test)]
+mod sampling_agrees_with_the_sdk {
+    use opentelemetry::trace::{SpanKind, TraceId};
+    use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+
+    use super::{Sampler, sdk_sampler};
+
+    #[test]
+    fn ratio_decisions_match_for_every_trace_id() {
+        for ratio in [0.0, 1e-9, 0.01, 0.25, 0.5, 0.75, 0.999_999, 1.0] {
+            let sampler = Sampler::TraceIdRatio(ratio);
+            let sdk = sdk_sampler(sampler);
+            let mut sampled = 0;
+            for _ in 0..20_000 {
+                let id = periscope_context::TraceId::random();
+                let theirs = sdk
+                    .should_sample(
+                        None,
+                        TraceId::from_bytes(id.to_bytes()),
+                        "s",
+                        &SpanKind::Server,
+                        &[],
+                        &[],
+                    )
+                    .decision
+                    == SamplingDecision::RecordAndSample;
+                assert_eq!(sampler.samples(id, None), theirs, "{ratio} {id}");
+                sampled += usize::from(theirs);
+            }
+            // Not all one way by accident of the ids drawn.
+            if ratio == 0.5 {
+                assert!((9_000..11_000).contains(&sampled), "{sampled}");
+            }
         }
     }
 }

@@ -26,6 +26,7 @@ use super::config::{ExportSettings, OtelConfig, Protocol};
 use super::queue::{QueueGuard, SpanQueue};
 use super::reporting::ReportingExporter;
 use crate::propagation::Propagators;
+use crate::sampler::Sampler;
 
 /// The tracing layer that turns periscope's spans (and the application's) into exported
 /// OpenTelemetry spans, from `info` up and with the transport crates' own spans filtered out
@@ -204,11 +205,13 @@ impl Drop for ExportThread {
 
 impl OtelConfig {
     /// Builds the tracer provider, registers it and the propagators as OpenTelemetry's
-    /// globals (so other instrumented libraries agree) and the propagators as periscope's
-    /// ([`Propagators::set_global`]), and returns the guard that keeps it.
+    /// globals (so other instrumented libraries agree) and the propagators and the sampler as
+    /// periscope's ([`Propagators::set_global`], [`Sampler::set_global`]), and returns the
+    /// guard that keeps it.
     ///
     /// Without an endpoint, or with `OTEL_SDK_DISABLED=true`, nothing is exported and
-    /// [`OtelGuard::layer`] is `None`: ids and sampling then come from the periscope layers.
+    /// [`OtelGuard::layer`] is `None`: ids and sampling then come from the periscope layers,
+    /// which decide by the same sampler.
     pub fn install(self) -> Result<OtelGuard, InstallError> {
         let guard = self.build()?;
         guard.register_globals();
@@ -223,7 +226,7 @@ impl OtelConfig {
     pub fn build(self) -> Result<OtelGuard, InstallError> {
         let endpoint = self.traces_endpoint().filter(|_| !self.disabled);
         let mut builder = SdkTracerProvider::builder()
-            .with_sampler(self.sampler.to_sdk())
+            .with_sampler(super::config::sdk_sampler(self.sampler))
             .with_resource(self.resource());
         let mut export_thread = None;
         if let Some(endpoint) = &endpoint {
@@ -288,6 +291,7 @@ impl OtelConfig {
             tracer: provider.tracer("periscope"),
             provider,
             propagators: self.propagators,
+            sampler: self.sampler,
             exporting,
             _export_thread: export_thread,
         })
@@ -341,6 +345,9 @@ pub struct OtelGuard {
     provider: SdkTracerProvider,
     tracer: Tracer,
     propagators: Propagators,
+    /// Made the process's sampler by `register_globals`: the layers decide with it where no
+    /// OpenTelemetry layer does (nothing exported).
+    sampler: Sampler,
     exporting: bool,
     /// Declared last: stopped only once the provider has flushed and shut down.
     _export_thread: Option<ExportThread>,
@@ -369,8 +376,9 @@ impl OtelGuard {
     }
 
     /// Registers the provider (when it exports) and the propagators as OpenTelemetry's
-    /// globals, so other instrumented libraries agree, and the propagators as periscope's
-    /// ([`Propagators::set_global`]). [`OtelConfig::install`] calls it; call it yourself after
+    /// globals, so other instrumented libraries agree, and the propagators and the sampler as
+    /// periscope's ([`Propagators::set_global`], [`Sampler::set_global`]: without export the
+    /// layers decide sampling with it). [`OtelConfig::install`] calls it; call it yourself after
     /// [`OtelConfig::build`].
     pub fn register_globals(&self) {
         if self.exporting {
@@ -378,6 +386,7 @@ impl OtelGuard {
         }
         set_global_propagator(self.propagators);
         self.propagators.set_global();
+        self.sampler.set_global();
     }
 
     /// Whether spans are exported (an endpoint is set and the SDK is not disabled).
