@@ -11,7 +11,7 @@ use pin_project::pin_project;
 
 use crate::error::BoxError;
 use crate::panic;
-use crate::render::Ids;
+use crate::render::{self, Ids};
 
 /// The inner service's body, or the error envelope that replaced it.
 ///
@@ -19,12 +19,17 @@ use crate::render::Ids;
 /// frame is caught: it is logged like a handler's panic (`handler panicked`, with the
 /// request's ids) and the body ends with an error, so the server aborts the response (the
 /// status and the frames already sent cannot be taken back). Hence the error type is
-/// [`BoxError`]: the inner body's error, or that panic.
+/// [`BoxError`]: the inner body's error, or that panic. A gRPC answer whose code comes in its
+/// trailers (a stream's) ends instead with the trailers of a panicking handler's answer,
+/// `grpc-status: 13` and the standard message: a gRPC client reads a reset stream as a
+/// transport failure ("h2 protocol error"), not as the call's `INTERNAL`.
 #[pin_project]
 #[derive(Debug)]
 pub struct ResponseBody<B> {
     #[pin]
     kind: Kind<B>,
+    /// Whether a panic ends the body with gRPC trailers rather than an error.
+    grpc_trailers: bool,
 }
 
 #[pin_project(project = KindProj)]
@@ -39,12 +44,23 @@ impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B, ids: Ids) -> Self {
         Self {
             kind: Kind::Inner(body, ids),
+            grpc_trailers: false,
+        }
+    }
+
+    /// The body of a gRPC answer whose code comes in its trailers: a panic ends it with
+    /// `INTERNAL` trailers.
+    pub(crate) fn grpc_stream(body: B, ids: Ids) -> Self {
+        Self {
+            kind: Kind::Inner(body, ids),
+            grpc_trailers: true,
         }
     }
 
     pub(crate) fn full(bytes: Bytes) -> Self {
         Self {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+            grpc_trailers: false,
         }
     }
 }
@@ -79,7 +95,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut kind = self.project().kind;
+        let this = self.project();
+        let mut kind = this.kind;
         match kind.as_mut().project() {
             KindProj::Inner(body, ids) => match panic::catch(|| body.poll_frame(cx)) {
                 Ok(polled) => return polled.map(|frame| frame.map(|r| r.map_err(Into::into))),
@@ -91,6 +108,9 @@ where
         }
         // Drop the body that panicked now, in case its destructor panics too, and end there.
         let _ = panic::catch(|| kind.set(Kind::Full(None)));
+        if *this.grpc_trailers {
+            return Poll::Ready(Some(Ok(Frame::trailers(render::grpc_panic_trailers()))));
+        }
         // A zero-sized error: boxing it does not allocate.
         Poll::Ready(Some(Err(Box::new(BodyPanicked))))
     }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
+use periscope_context::grpc::{HeadOutcome, head_outcome};
 use periscope_context::{
     ExtractOptions, RequestContext, WithContext, extract, headers::X_REQUEST_ID, order,
 };
@@ -763,7 +764,16 @@ impl Handled {
         // chose its `content-type`, so claiming gRPC must not let internals through.
         if !(status.is_client_error() || status.is_server_error()) {
             self.echo(&mut parts);
-            return Inspected::Done(Response::from_parts(parts, self.pass(body)));
+            // A gRPC stream's code comes in its trailers: a panic mid-stream must end it with
+            // one too. Looked at only for gRPC calls, so plain HTTP pays nothing.
+            let stream = self.facts.format == (Format::Grpc { web: false })
+                && head_outcome(status, &parts.headers) == HeadOutcome::Trailers;
+            let body = if stream {
+                ResponseBody::grpc_stream(body, self.ids.clone())
+            } else {
+                self.pass(body)
+            };
+            return Inspected::Done(Response::from_parts(parts, body));
         }
         if let Some(rendered) = parts.extensions.get::<RenderedError>() {
             let up_to_date = rendered.ids_from_context() || !self.ids.from_context;
@@ -1625,6 +1635,48 @@ mod tests {
             let error = second.unwrap().unwrap_err();
             assert!(!error.to_string().contains("hunter2"), "{error}");
             assert!(body.is_end_stream());
+        }
+    }
+
+    /// A gRPC stream (its code to come in the trailers) that panics after a message ends with
+    /// the trailers of a panicking handler's answer, which a gRPC client reads as the call's
+    /// `INTERNAL`; a gRPC-Web stream (trailers inside the body) still ends with an error.
+    #[tokio::test]
+    async fn a_grpc_stream_that_panics_ends_with_internal_trailers() {
+        for (content_type, trailers) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("application/grpc-web+proto", false),
+        ] {
+            let service =
+                ErrorLayer::new().layer(service_fn(move |_: Request<Full<Bytes>>| async move {
+                    let response = Response::builder()
+                        .header("content-type", content_type)
+                        .body(PanicsOnSecondFrame(false))
+                        .unwrap();
+                    Ok::<_, Infallible>(response)
+                }));
+            let call = Request::post("/pkg.Service/Stream")
+                .header("content-type", content_type)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let mut body = service.oneshot(call).await.unwrap().into_body();
+            let (first, second, end) = tokio::spawn(async move {
+                let first = body.frame().await;
+                let second = body.frame().await;
+                (first, second, body.frame().await)
+            })
+            .await
+            .expect("the panic stays inside the body");
+            assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "first");
+            let second = second.unwrap();
+            assert_eq!(second.is_ok(), trailers, "{content_type}: {second:?}");
+            if trailers {
+                let trailers = second.unwrap().into_trailers().unwrap();
+                assert_eq!(trailers["grpc-status"], "13");
+                assert_eq!(trailers["grpc-message"], "An internal error occurred");
+                assert!(end.is_none(), "{content_type}");
+            }
         }
     }
 

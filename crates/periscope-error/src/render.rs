@@ -361,6 +361,18 @@ fn write_grpc(
     Bytes::new()
 }
 
+/// The trailers that end a gRPC stream whose body panicked after its head: `INTERNAL` with
+/// the message a panicking handler's answer has, so the client gets the same status either way.
+pub(crate) fn grpc_panic_trailers() -> HeaderMap {
+    let mut trailers = HeaderMap::with_capacity(2);
+    trailers.insert(GRPC_STATUS, HeaderValue::from(GrpcCode::INTERNAL.value()));
+    let message = grpc_message(codes::INTERNAL_ERROR.default_message());
+    if let Ok(message) = HeaderValue::from_str(&message) {
+        trailers.insert(GRPC_MESSAGE, message);
+    }
+    trailers
+}
+
 /// What gRPC's `grpc-message` must percent-encode: controls, `%` and (always) non-ASCII.
 const GRPC_MESSAGE_SET: &AsciiSet = &CONTROLS.add(b'%');
 
