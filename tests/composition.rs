@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -26,57 +26,13 @@ use serde_json::Value;
 // Shared with the other test binaries; this one installs its own subscriber.
 #[allow(dead_code)]
 mod capture;
+#[allow(dead_code)]
+mod recorded;
 use capture::{Captured, set_default};
+use recorded::Spans;
 
-/// The ids of every closed `http_request` span (the JSON log leaves span fields out).
-#[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<BTreeMap<String, String>>>>);
-
-struct Fields(BTreeMap<String, String>);
-
-impl tracing::field::Visit for Fields {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-impl<S> tracing_subscriber::Layer<S> for Spans
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        id: &tracing::Id,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        if attrs.metadata().name() == "http_request" {
-            let mut fields = Fields(BTreeMap::new());
-            attrs.record(&mut fields);
-            ctx.span(id).unwrap().extensions_mut().insert(fields);
-        }
-    }
-    fn on_record(
-        &self,
-        id: &tracing::Id,
-        values: &tracing::span::Record<'_>,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        if let Some(fields) = ctx.span(id).unwrap().extensions_mut().get_mut::<Fields>() {
-            values.record(fields);
-        }
-    }
-    fn on_close(&self, id: tracing::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        if let Some(fields) = ctx.span(&id).unwrap().extensions_mut().remove::<Fields>() {
-            self.0.lock().unwrap().push(fields.0);
-        }
-    }
-}
-
-/// A service served on 127.0.0.1, the lines it logs and the spans it closes on this thread.
+/// A service served on 127.0.0.1, the lines it logs and the spans it opens on this thread
+/// (the JSON log leaves span fields out).
 struct Served {
     addr: SocketAddr,
     obs: Observability,
@@ -261,12 +217,9 @@ impl Served {
         let of_request = |line: &Value| {
             line["target"] == "periscope::access" && line["request_id"].as_str() == Some(id)
         };
-        let span_of_request = |span: &BTreeMap<String, String>| {
-            span.get("request_id").map(String::as_str) == Some(id)
-        };
         let started = Instant::now();
         while !self.out.lines().iter().any(of_request)
-            || !self.spans.0.lock().unwrap().iter().any(span_of_request)
+            || self.spans.of("http_request", id).is_empty()
         {
             assert!(
                 started.elapsed() < Duration::from_secs(5),
@@ -284,10 +237,7 @@ impl Served {
         if let Some(envelope) = &envelope {
             assert_eq!(envelope["error"]["trace_id"], line["trace_id"], "{id}");
         }
-        let spans: Vec<_> = (self.spans.0.lock().unwrap().iter())
-            .filter(|span| span_of_request(span))
-            .cloned()
-            .collect();
+        let spans = self.spans.of("http_request", id);
         assert_eq!(spans.len(), 1, "{id}: {spans:#?}");
         for field in ["trace_id", "span_id"] {
             assert_eq!(spans[0][field], line[field].as_str().unwrap(), "{id}");

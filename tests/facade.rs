@@ -2193,8 +2193,6 @@ async fn the_client_layer_sends_the_services_tenant_fields_and_counts_the_call()
 /// baggage, only the request id. A malformed value stops the service at startup.
 #[tokio::test(flavor = "current_thread")]
 async fn otel_propagators_none_stops_trace_propagation_in_every_build() {
-    use tower::{Layer, ServiceExt};
-
     const INCOMING_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     let error = Observability::builder()
         .log_writer(std::io::sink())
@@ -2209,25 +2207,7 @@ async fn otel_propagators_none_stops_trace_propagation_in_every_build() {
         .build()
         .unwrap();
     let (upstream, seen) = serve_recording_headers("/v1/work").await;
-    let client = obs
-        .client_layer()
-        .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
-    let app = Router::new()
-        .route(
-            "/call",
-            get(move || async move {
-                let request = http::Request::get(format!("http://{upstream}/v1/work"))
-                    .body(Empty::new())
-                    .unwrap();
-                client.oneshot(request).await.unwrap();
-                let ctx = periscope::context::RequestContext::current().unwrap();
-                ctx.trace_id.to_string()
-            }),
-        )
-        .layer(obs.layer());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve_calling_upstream(&obs, upstream).await;
 
     let caller = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let request = http::Request::get(format!("http://{addr}/call"))
@@ -2260,8 +2240,6 @@ async fn otel_propagators_none_stops_trace_propagation_in_every_build() {
 /// A malformed value stops the service at startup, naming the variable.
 #[tokio::test(flavor = "current_thread")]
 async fn otel_traces_sampler_decides_the_sampled_flag_in_every_build() {
-    use tower::{Layer, ServiceExt};
-
     for (name, arg, var) in [
         ("sometimes", None, "OTEL_TRACES_SAMPLER"),
         ("traceidratio", Some("2"), "OTEL_TRACES_SAMPLER_ARG"),
@@ -2287,23 +2265,7 @@ async fn otel_traces_sampler_decides_the_sampled_flag_in_every_build() {
             .build()
             .unwrap();
         let (upstream, seen) = serve_recording_headers("/v1/work").await;
-        let client = obs
-            .client_layer()
-            .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
-        let app = Router::new()
-            .route(
-                "/call",
-                get(move || async move {
-                    let request = http::Request::get(format!("http://{upstream}/v1/work"))
-                        .body(Empty::new())
-                        .unwrap();
-                    client.oneshot(request).await.unwrap();
-                }),
-            )
-            .layer(obs.layer());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = serve_calling_upstream(&obs, upstream).await;
         let mut request = http::Request::get(format!("http://{addr}/call"));
         if let Some(flags) = incoming {
             request = request.header(
@@ -3455,6 +3417,33 @@ async fn the_client_address_is_read_only_from_trusted_proxies() {
         assert_eq!(access["data"]["client"].as_str(), *client, "{access}");
         assert_eq!(spans.of(id).as_deref(), *client, "{id}");
     }
+}
+
+/// Serves `GET /call` behind `obs.layer()` on 127.0.0.1: one call through `obs.client_layer()`
+/// to `upstream`'s `/v1/work`, answered with the request's trace id.
+async fn serve_calling_upstream(obs: &Observability, upstream: SocketAddr) -> SocketAddr {
+    use tower::{Layer, ServiceExt};
+
+    let client = obs
+        .client_layer()
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+    let app = Router::new()
+        .route(
+            "/call",
+            get(move || async move {
+                let request = http::Request::get(format!("http://{upstream}/v1/work"))
+                    .body(Empty::new())
+                    .unwrap();
+                client.oneshot(request).await.unwrap();
+                let ctx = periscope::context::RequestContext::current().unwrap();
+                ctx.trace_id.to_string()
+            }),
+        )
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
 }
 
 /// An upstream on 127.0.0.1 answering `GET path` with `done`, and the headers of the last call.

@@ -395,13 +395,8 @@ fn server_count(obs: &Observability, route: &str, status: &str) -> f64 {
 #[tokio::test(flavor = "current_thread")]
 async fn every_kind_of_call_is_logged_counted_and_traced_by_its_code() {
     let (out, spans, log_guard, _default) = record();
-    let obs = Observability::builder()
-        .service_name("grpc-audit")
-        .route_templates(METHODS)
-        .build()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let obs = with_methods("grpc-audit");
+    let (listener, addr) = listen().await;
     tokio::spawn(
         tonic::transport::Server::builder()
             .layer(obs.layer())
@@ -519,13 +514,8 @@ async fn every_kind_of_call_is_logged_counted_and_traced_by_its_code() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_panic_in_a_grpc_stream_ends_it_with_internal_in_its_trailers() {
     let (out, spans, log_guard, _default) = record();
-    let obs = Observability::builder()
-        .service_name("grpc-audit")
-        .route_templates(METHODS)
-        .build()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let obs = with_methods("grpc-audit");
+    let (listener, addr) = listen().await;
     let app = axum::Router::new()
         .route_service(SERVER_STREAM, Echo)
         .layer(obs.layer());
@@ -595,8 +585,7 @@ async fn interceptors_routes_and_cancelled_streams_in_an_axum_app() {
         .route_service("/guarded.Echo/Unary", guarded)
         .merge(tonic::service::Routes::new(Echo).into_axum_router())
         .layer(obs.layer());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = listen().await;
     tokio::spawn(obs.server(listener).serve(app, std::future::pending()));
     let mut client = connect(addr).await;
 
@@ -703,13 +692,8 @@ async fn interceptors_routes_and_cancelled_streams_in_an_axum_app() {
 #[tokio::test(flavor = "current_thread")]
 async fn tonics_own_timeout_and_load_shedding_act_outside_the_stack() {
     let (out, log_guard, _default) = capture_lines(None);
-    let obs = Observability::builder()
-        .service_name("grpc-audit")
-        .route_templates(METHODS)
-        .build()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let obs = with_methods("grpc-audit");
+    let (listener, addr) = listen().await;
     tokio::spawn(
         tonic::transport::Server::builder()
             .timeout(Duration::from_millis(300))
@@ -758,13 +742,8 @@ async fn streaming_calls_through_the_client_layer() {
     use tower::Layer;
 
     let (out, spans, log_guard, _default) = record();
-    let callee = Observability::builder()
-        .service_name("callee")
-        .route_templates(METHODS)
-        .build()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let callee = with_methods("callee");
+    let (listener, addr) = listen().await;
     tokio::spawn(
         tonic::transport::Server::builder()
             .layer(callee.layer())
@@ -853,4 +832,20 @@ async fn streaming_calls_through_the_client_layer() {
         (1.0, 1.0)
     );
     drop(log_guard);
+}
+
+/// A service's observability with the audit service's methods as its route templates.
+fn with_methods(service_name: &str) -> Observability {
+    Observability::builder()
+        .service_name(service_name)
+        .route_templates(METHODS)
+        .build()
+        .unwrap()
+}
+
+/// A listener on a free port of 127.0.0.1, and its address.
+async fn listen() -> (tokio::net::TcpListener, std::net::SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
 }

@@ -878,8 +878,10 @@ mod tests {
         }
     }
 
-    /// A body of 1 KiB frames that never ends.
-    struct Endless;
+    /// A body that never ends: it always has a frame ready, made by its function (1 KiB of
+    /// data; or, a body with a bug, an empty data frame or trailers, as a stream that keeps
+    /// yielding empty chunks).
+    struct Endless(fn() -> http_body::Frame<Bytes>);
 
     impl Body for Endless {
         type Data = Bytes;
@@ -889,14 +891,17 @@ mod tests {
             self: std::pin::Pin<&mut Self>,
             _: &mut std::task::Context<'_>,
         ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-            let frame = http_body::Frame::data(Bytes::from_static(&[b'<'; 1024]));
-            std::task::Poll::Ready(Some(Ok(frame)))
+            std::task::Poll::Ready(Some(Ok((self.0)())))
         }
     }
 
     #[tokio::test]
     async fn streaming_decode_stops_reading_at_the_bound() {
-        let response = Response::builder().status(502).body(Endless).unwrap();
+        let kilobyte = || http_body::Frame::data(Bytes::from_static(&[b'<'; 1024]));
+        let response = Response::builder()
+            .status(502)
+            .body(Endless(kilobyte))
+            .unwrap();
         let error = Decoder::new()
             .max_body_bytes(10_000)
             .max_raw_body_bytes(100)
@@ -907,35 +912,14 @@ mod tests {
         assert!(error.is_raw_body_truncated());
     }
 
-    /// A body with a bug: it always has a frame ready, an empty data frame (or trailers), and
-    /// never ends (a stream that keeps yielding empty chunks).
-    struct EndlessEmptyFrames {
-        trailers: bool,
-    }
-
-    impl Body for EndlessEmptyFrames {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-            let frame = if self.trailers {
-                http_body::Frame::trailers(HeaderMap::new())
-            } else {
-                http_body::Frame::data(Bytes::new())
-            };
-            std::task::Poll::Ready(Some(Ok(frame)))
-        }
-    }
-
     /// A body of endless empty frames never reaches the read bound: the read yields to the
     /// runtime now and then, so the caller's `tokio::time::timeout` fires instead of the
     /// decoder spinning on the thread forever.
     #[test]
     fn a_timeout_around_decoding_a_body_of_endless_empty_frames_fires() {
-        for trailers in [false, true] {
+        let empty_data = || http_body::Frame::data(Bytes::new());
+        let trailers = || http_body::Frame::trailers(HeaderMap::new());
+        for (frames, frame) in [("data", empty_data as fn() -> _), ("trailers", trailers)] {
             // On a thread of its own: a decoder that spins must fail the test, not hang it.
             let (sender, receiver) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
@@ -945,7 +929,7 @@ mod tests {
                     .unwrap();
                 let response = Response::builder()
                     .status(502)
-                    .body(EndlessEmptyFrames { trailers })
+                    .body(Endless(frame))
                     .unwrap();
                 let decoded = runtime.block_on(async {
                     let decoder = Decoder::new();
@@ -956,10 +940,8 @@ mod tests {
             });
             let timed_out = receiver
                 .recv_timeout(Duration::from_secs(10))
-                .unwrap_or_else(|error| {
-                    panic!("trailers {trailers}: no answer within 10 s: {error}")
-                });
-            assert!(timed_out, "trailers {trailers}: decoded an endless body");
+                .unwrap_or_else(|error| panic!("{frames} frames: no answer within 10 s: {error}"));
+            assert!(timed_out, "{frames} frames: decoded an endless body");
         }
     }
 
