@@ -3,7 +3,7 @@
 //! nothing), the way OpenTelemetry's samplers decide, so the `sampled` flag sent downstream
 //! follows the setting whether this service exports or not.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use periscope_context::{RequestContext, TraceId};
 
@@ -123,8 +123,8 @@ impl Sampler {
     /// Makes this the process's sampler: what [`CorrelationLayer`](crate::CorrelationLayer),
     /// the client layers and jobs use for the traces they start (and, for the samplers that
     /// are not parent-based, continue) unless told otherwise. `OtelGuard::register_globals`
-    /// (feature `otel`) and periscope's `init` call it with `OTEL_TRACES_SAMPLER`. Meant to
-    /// be called once, at startup.
+    /// (feature `otel`) and periscope's `init` call it with `OTEL_TRACES_SAMPLER`. A ratio
+    /// outside 0 to 1 is kept as the nearest bound (it decides the same), NaN as 0.
     ///
     /// ```
     /// use periscope_trace::Sampler;
@@ -134,37 +134,54 @@ impl Sampler {
     /// # Sampler::default().set_global();
     /// ```
     pub fn set_global(self) {
-        let (kind, ratio) = match self {
-            Self::AlwaysOn => (0, 1.0),
-            Self::AlwaysOff => (1, 0.0),
-            Self::TraceIdRatio(ratio) => (2, ratio),
-            Self::ParentBasedAlwaysOn => (3, 1.0),
-            Self::ParentBasedAlwaysOff => (4, 0.0),
-            Self::ParentBasedTraceIdRatio(ratio) => (5, ratio),
-        };
-        GLOBAL_RATIO.store(ratio.to_bits(), Ordering::Relaxed);
-        GLOBAL_KIND.store(kind, Ordering::Release);
+        GLOBAL.store(self.bits(), Ordering::Relaxed);
     }
 
     /// The process's sampler: `parentbased_always_on` unless
     /// [`set_global`](Self::set_global) said otherwise.
     pub fn global() -> Self {
-        let kind = GLOBAL_KIND.load(Ordering::Acquire);
-        let ratio = || f64::from_bits(GLOBAL_RATIO.load(Ordering::Relaxed));
-        match kind {
-            0 => Self::AlwaysOn,
-            1 => Self::AlwaysOff,
-            2 => Self::TraceIdRatio(ratio()),
-            4 => Self::ParentBasedAlwaysOff,
-            5 => Self::ParentBasedTraceIdRatio(ratio()),
-            _ => Self::ParentBasedAlwaysOn,
+        Self::from_bits(GLOBAL.load(Ordering::Relaxed))
+    }
+
+    /// One word, so a sampler set while requests run is never read half-set: the ratio's bits
+    /// (a ratio from 0 to 1 leaves the top two clear), bit 63 for a parent-based sampler, bit
+    /// 62 for `always_on` / `always_off` (ratio 1 / 0).
+    fn bits(self) -> u64 {
+        let (parent_based, always, ratio) = match self {
+            Self::AlwaysOn => (false, true, 1.0),
+            Self::AlwaysOff => (false, true, 0.0),
+            Self::TraceIdRatio(ratio) => (false, false, ratio),
+            Self::ParentBasedAlwaysOn => (true, true, 1.0),
+            Self::ParentBasedAlwaysOff => (true, true, 0.0),
+            Self::ParentBasedTraceIdRatio(ratio) => (true, false, ratio),
+        };
+        // `+ 0.0` turns -0.0, whose sign bit is the parent-based bit, into 0.0.
+        let ratio: f64 = if ratio.is_nan() {
+            0.0
+        } else {
+            ratio.clamp(0.0, 1.0) + 0.0
+        };
+        ratio.to_bits() | u64::from(parent_based) << 63 | u64::from(always) << 62
+    }
+
+    fn from_bits(bits: u64) -> Self {
+        let ratio = f64::from_bits(bits & !(0b11 << 62));
+        match (bits >> 63 == 1, bits >> 62 & 1 == 1) {
+            (false, true) if ratio >= 1.0 => Self::AlwaysOn,
+            (false, true) => Self::AlwaysOff,
+            (false, false) => Self::TraceIdRatio(ratio),
+            (true, true) if ratio >= 1.0 => Self::ParentBasedAlwaysOn,
+            (true, true) => Self::ParentBasedAlwaysOff,
+            (true, false) => Self::ParentBasedTraceIdRatio(ratio),
         }
     }
 }
 
-/// The process's sampler: its kind (the order of [`Sampler::set_global`]) and its ratio.
-static GLOBAL_KIND: AtomicU8 = AtomicU8::new(3);
-static GLOBAL_RATIO: AtomicU64 = AtomicU64::new(0);
+/// The process's sampler, as [`Sampler::bits`]: one relaxed load per request.
+static GLOBAL: AtomicU64 = AtomicU64::new(PARENT_BASED_ALWAYS_ON);
+
+/// [`Sampler::ParentBasedAlwaysOn`]'s bits: parent-based, `always`, ratio 1.
+const PARENT_BASED_ALWAYS_ON: u64 = 1.0f64.to_bits() | 0b11 << 62;
 
 /// OpenTelemetry's `TraceIdRatioBased` decision: the trace id's last eight bytes, shifted
 /// right by one, below `ratio` × 2⁶³.
@@ -218,5 +235,37 @@ mod tests {
             read(Some("b3"), None).unwrap_err().var,
             "OTEL_TRACES_SAMPLER"
         );
+    }
+
+    #[test]
+    fn every_sampler_survives_the_global_word() {
+        for sampler in [
+            Sampler::AlwaysOn,
+            Sampler::AlwaysOff,
+            Sampler::TraceIdRatio(0.0),
+            Sampler::TraceIdRatio(0.3),
+            Sampler::TraceIdRatio(1.0),
+            Sampler::ParentBasedAlwaysOn,
+            Sampler::ParentBasedAlwaysOff,
+            Sampler::ParentBasedTraceIdRatio(1e-9),
+            Sampler::ParentBasedTraceIdRatio(1.0),
+        ] {
+            assert_eq!(Sampler::from_bits(sampler.bits()), sampler);
+        }
+        assert_eq!(
+            Sampler::from_bits(PARENT_BASED_ALWAYS_ON),
+            Sampler::default()
+        );
+        let out_of_range = Sampler::TraceIdRatio(7.0).bits();
+        assert_eq!(Sampler::from_bits(out_of_range), Sampler::TraceIdRatio(1.0));
+        let nan = Sampler::ParentBasedTraceIdRatio(f64::NAN).bits();
+        assert_eq!(
+            Sampler::from_bits(nan),
+            Sampler::ParentBasedTraceIdRatio(0.0)
+        );
+        for negative in [-1.0, -0.0] {
+            let bits = Sampler::TraceIdRatio(negative).bits();
+            assert_eq!(Sampler::from_bits(bits), Sampler::TraceIdRatio(0.0));
+        }
     }
 }
