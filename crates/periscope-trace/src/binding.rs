@@ -139,6 +139,9 @@ mod otel {
                     && (parent_span_id.is_none()
                         || enclosing.trace_id().to_bytes() == ctx.trace_id.to_bytes())
             });
+        // Joining the enclosing span's trace (no context of its own): that trace's id may be
+        // a caller's, which the W3C `random` flag must not vouch for.
+        let joined = enclosing.is_some() && parent_span_id.is_none();
         let parent_cx = match (enclosing, parent_span_id) {
             (Some(enclosing), _) => enclosing,
             (None, Some(parent_id)) => {
@@ -184,6 +187,9 @@ mod otel {
         ctx.trace_id = trace_id;
         ctx.span_id = span_id;
         ctx.trace_flags = ctx.trace_flags.with_sampled(exported.is_sampled());
+        if joined {
+            ctx.trace_flags = ctx.trace_flags.with_random(false);
+        }
         true
     }
 }

@@ -680,6 +680,47 @@ async fn a_call_nests_under_the_services_own_span() {
     );
 }
 
+/// A call that joins the trace of the span it is made in, without the request's context (a
+/// task spawned with `.in_current_span()` alone), keeps the caller's trace id: it must not
+/// claim the W3C `random` flag for an id the caller chose, which did not claim it.
+#[tokio::test]
+async fn a_call_joining_a_continued_trace_does_not_claim_its_id_is_random() {
+    use http::Request;
+    use opentelemetry::trace::TracerProvider as _;
+    use tower::{Layer, ServiceExt, service_fn};
+    use tracing::Instrument;
+
+    let kept = Kept::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(kept.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _default = support::set_default(subscriber);
+
+    let client = echoing_client();
+    let server = CorrelationLayer::new().layer(service_fn(move |_: Request<String>| {
+        let client = client.clone();
+        async move {
+            let call = Request::get("http://dependency.internal/")
+                .body(String::new())
+                .unwrap();
+            let task = async move { client.oneshot(call).await.unwrap() }.in_current_span();
+            let response = tokio::spawn(task).await.unwrap();
+            Ok::<_, std::convert::Infallible>(response.map(|body| body.get_ref().clone()))
+        }
+    }));
+    let request = Request::get("/v1/orders")
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .body(String::new())
+        .unwrap();
+    let response = server.oneshot(request).await.unwrap();
+    let sent = TraceParent::parse(response.into_body().get_ref().unwrap()).unwrap();
+    assert_eq!(sent.trace_id.to_string(), TRACE, "{sent}");
+    assert!(sent.flags.is_sampled(), "{sent}");
+    assert!(!sent.flags.is_random(), "{sent}");
+}
+
 /// Probe paths export nothing, and neither do the calls they make.
 #[tokio::test]
 async fn calls_from_probe_paths_are_not_exported() {
