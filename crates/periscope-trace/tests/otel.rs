@@ -560,7 +560,6 @@ async fn one_call_in(
     user_span: Option<&'static str>,
 ) -> (TraceParent, Vec<opentelemetry_sdk::trace::SpanData>) {
     use http::Request;
-    use opentelemetry::trace::TracerProvider as _;
     use tower::{Layer, ServiceExt, service_fn};
     use tracing::Instrument;
 
@@ -569,14 +568,7 @@ async fn one_call_in(
         None => tracing::Span::none(),
     };
 
-    let kept = Kept::default();
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_sampler(sampler)
-        .with_simple_exporter(kept.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let _default = support::set_default(subscriber);
+    let (kept, provider, _default) = export_in_process(sampler);
 
     let client = echoing_client();
     let call = || {
@@ -686,17 +678,10 @@ async fn a_call_nests_under_the_services_own_span() {
 #[tokio::test]
 async fn a_call_joining_a_continued_trace_does_not_claim_its_id_is_random() {
     use http::Request;
-    use opentelemetry::trace::TracerProvider as _;
     use tower::{Layer, ServiceExt, service_fn};
     use tracing::Instrument;
 
-    let kept = Kept::default();
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_simple_exporter(kept.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let _default = support::set_default(subscriber);
+    let (_kept, _provider, _default) = export_in_process(parent_based_always_on());
 
     let client = echoing_client();
     let server = CorrelationLayer::new().layer(service_fn(move |_: Request<String>| {
@@ -746,16 +731,10 @@ async fn calls_from_probe_paths_are_not_exported() {
 #[tokio::test]
 async fn a_job_enqueued_inside_a_span_of_the_services_own_nests_under_it() {
     use http::Request;
-    use opentelemetry::trace::{SpanKind, TracerProvider as _};
+    use opentelemetry::trace::SpanKind;
     use tower::{Layer, ServiceExt, service_fn};
 
-    let kept = Kept::default();
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_simple_exporter(kept.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let _default = support::set_default(subscriber);
+    let (kept, provider, _default) = export_in_process(parent_based_always_on());
 
     let server = CorrelationLayer::new().layer(service_fn(|_: Request<String>| async {
         let step = tracing::info_span!("user", otel.name = "enqueue_receipt");
@@ -809,16 +788,10 @@ async fn a_job_enqueued_inside_a_span_of_the_services_own_nests_under_it() {
 #[tokio::test]
 async fn grpc_calls_are_exported_with_the_rpc_fields() {
     use http::Request;
-    use opentelemetry::trace::{SpanKind, TracerProvider as _};
+    use opentelemetry::trace::SpanKind;
     use tower::{Layer, ServiceExt, service_fn};
 
-    let kept = Kept::default();
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_simple_exporter(kept.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let _default = support::set_default(subscriber);
+    let (kept, provider, _default) = export_in_process(parent_based_always_on());
 
     let client = echoing_client();
     let server = CorrelationLayer::new().layer(service_fn(move |request: Request<String>| {
@@ -892,16 +865,10 @@ async fn grpc_calls_are_exported_with_the_rpc_fields() {
 async fn numeric_attributes_are_exported_as_integers() {
     use http::Request;
     use opentelemetry::Value;
-    use opentelemetry::trace::{SpanKind, TracerProvider as _};
+    use opentelemetry::trace::SpanKind;
     use tower::{Layer, ServiceExt, service_fn};
 
-    let kept = Kept::default();
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_simple_exporter(kept.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let _default = support::set_default(subscriber);
+    let (kept, provider, _default) = export_in_process(parent_based_always_on());
 
     // A dependency that answers a gRPC call `UNAVAILABLE` (14) in its head.
     let unavailable = service_fn(|_: Request<String>| async {
@@ -944,4 +911,32 @@ async fn numeric_attributes_are_exported_as_integers() {
     .map(|(kind, key)| attribute(kind, key));
     let expected = [200, 14, 200, 14, 8443].map(|n| Some(Value::I64(n)));
     assert_eq!(exported, expected);
+}
+
+/// Spans exported in process under `sampler` (in `Kept` once the provider is flushed), with
+/// the OpenTelemetry layer in this thread's subscriber while the guard lives.
+fn export_in_process(
+    sampler: opentelemetry_sdk::trace::Sampler,
+) -> (
+    Kept,
+    opentelemetry_sdk::trace::SdkTracerProvider,
+    tracing::subscriber::DefaultGuard,
+) {
+    use opentelemetry::trace::TracerProvider as _;
+
+    let kept = Kept::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_simple_exporter(kept.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let default = support::set_default(subscriber);
+    (kept, provider, default)
+}
+
+/// The SDK's default sampler.
+fn parent_based_always_on() -> opentelemetry_sdk::trace::Sampler {
+    use opentelemetry_sdk::trace::Sampler;
+    Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
 }
