@@ -154,8 +154,7 @@ impl CorrelationLayer {
     /// Whether traces started here are sampled when no OpenTelemetry sampler decides: a
     /// shorthand for [`sampler`](Self::sampler) with `parentbased_always_on` or
     /// `parentbased_always_off`.
-    pub fn sample_new_traces(mut self, sampled: bool) -> Self {
-        self.config_mut().extract.sample_new_traces = sampled;
+    pub fn sample_new_traces(self, sampled: bool) -> Self {
         self.sampler(if sampled {
             Sampler::ParentBasedAlwaysOn
         } else {
@@ -300,7 +299,8 @@ where
             mut rejected_tenant,
             ..
         } = extract(request.headers(), &config.extract);
-        let sample_new = config.extract.sample_new_traces;
+        // A trace started here is sampled or not by the sampler, when the span is bound.
+        let sample_new = true;
         let propagators = config.propagators.unwrap_or_else(Propagators::global);
         let mut link = None;
         if !propagators.trace_context() {
