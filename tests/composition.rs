@@ -28,7 +28,7 @@ use serde_json::Value;
 mod capture;
 #[allow(dead_code)]
 mod recorded;
-use capture::{Captured, set_default};
+use capture::Captured;
 use recorded::Spans;
 
 /// A service served on 127.0.0.1, the lines it logs and the spans it opens on this thread
@@ -66,15 +66,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    use tracing_subscriber::prelude::*;
-
-    let out = Captured::default();
-    let (log, log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .build();
-    let spans = Spans::default();
-    let default = set_default(tracing_subscriber::registry().with(log).with(spans.clone()));
+    let (out, spans, log_guard, default) = recorded::record();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(periscope::Server::new(listener).serve(service, std::future::pending()));
