@@ -275,7 +275,16 @@ impl ValueRules {
         let mut capped = CappedString::new(text, JSON_CHECK_LIMIT.max(self.max_value_bytes));
         let _ = write!(capped, "{value:?}");
         let is_json = JSON_VALUES.with(Cell::get) != before;
-        if capped.truncated() {
+        if !is_json
+            && capped.len <= self.max_value_bytes
+            && json::is_plain_word(capped.text.as_bytes())
+        {
+            // An id, a number or an enum variant (the span's `trace_id` recorded as a
+            // `Display` value): no JSON, quote, escape or key in it, so written as it is.
+            out.push(b'"');
+            out.extend_from_slice(capped.text.as_bytes());
+            out.push(b'"');
+        } else if capped.truncated() {
             let len = capped.len;
             // A `json` object or array keeps its type, its text inside: a field that is an
             // object on one line and a string on the next gets lines rejected by indexers.

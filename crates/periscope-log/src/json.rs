@@ -37,13 +37,29 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The length of the run of bytes at the start of `bytes` that are written as they are,
 /// checked eight at a time (most text is plain ASCII); stops at the first eight that hold a
-/// byte below 0x20, `"`, `\` or one from 0x7f up, leaving those to [`ESCAPE`]. A last piece
-/// shorter than eight is checked in one step too, so a plain string is one run (short values,
-/// such as ids, would otherwise go a byte at a time through their tail).
+/// byte below 0x20, `"`, `\` or one from 0x7f up, leaving those to [`ESCAPE`].
 fn plain_run(bytes: &[u8]) -> usize {
+    run_of(bytes, plain_eight)
+}
+
+/// Whether `bytes` is plain (see [`plain_run`]) and holds no `:`, `{` or `[`: text that is
+/// neither JSON nor struct or map syntax naming a key, such as an id or an enum variant, and
+/// so is written the same whether it came as text or as `Debug` output.
+pub(crate) fn is_plain_word(bytes: &[u8]) -> bool {
+    run_of(bytes, |x| {
+        // `[` and `{` differ only in bit 0x20: both are `{` once it is set.
+        (unplain_bytes(x) | byte_at(x, b':') | byte_at(x | (ONES * 0x20), b'{')) & HIGH == 0
+    }) == bytes.len()
+}
+
+/// The length of the run at the start of `bytes` whose eight-byte pieces pass `plain`. A last
+/// piece shorter than eight is checked in one step too, so a plain string is one run (short
+/// values, such as ids, would otherwise go a byte at a time through their tail).
+#[inline(always)]
+fn run_of(bytes: &[u8], plain: impl Fn(u64) -> bool) -> usize {
     let mut n = 0;
     while let Some(chunk) = bytes[n..].first_chunk::<8>() {
-        if !plain_eight(u64::from_ne_bytes(*chunk)) {
+        if !plain(u64::from_ne_bytes(*chunk)) {
             return n;
         }
         n += 8;
@@ -69,25 +85,37 @@ fn plain_run(bytes: &[u8]) -> usize {
             padded
         }
     };
-    if plain_eight(u64::from_ne_bytes(last)) {
+    if plain(u64::from_ne_bytes(last)) {
         n = bytes.len();
     }
     n
 }
 
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+
 /// Whether none of the eight bytes in `x` is below 0x20, `"`, `\`, or from 0x7f up.
 #[inline(always)]
 fn plain_eight(x: u64) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    // High bit of each byte set where the byte is zero (exact for "any", which is all we ask).
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    unplain_bytes(x) & HIGH == 0
+}
+
+/// The high bit of each byte of `x` below 0x20, `"`, `\`, or from 0x7f up, and maybe of
+/// others too where one is (exact for "any", which is all that is asked).
+#[inline(always)]
+fn unplain_bytes(x: u64) -> u64 {
     let control = x.wrapping_sub(ONES * 0x20) & !x;
-    let quote = zero(x ^ (ONES * u64::from(b'"')));
-    let backslash = zero(x ^ (ONES * u64::from(b'\\')));
     // (b & 0x7f) + 1 carries into the high bit only for 0x7f; b's own high bit: 0x80 up.
     let high = ((x & !HIGH) + ONES) | x;
-    (control | quote | backslash | high) & HIGH == 0
+    control | byte_at(x, b'"') | byte_at(x, b'\\') | high
+}
+
+/// The high bit set in bytes of `x` that are `byte` (and maybe in others where one is: exact
+/// for "any").
+#[inline(always)]
+fn byte_at(x: u64, byte: u8) -> u64 {
+    let y = x ^ (ONES * u64::from(byte));
+    y.wrapping_sub(ONES) & !y
 }
 
 /// Appends `s` as the inside of a JSON string (no quotes), escaped.
@@ -319,26 +347,48 @@ mod tests {
         }
     }
 
+    /// `special` in plain text of every length up to 20, at every offset: in a whole run of
+    /// eight and in every position of a shorter last piece.
+    fn at_every_offset(special: &str) -> impl Iterator<Item = String> + '_ {
+        (0..=20).flat_map(move |len| {
+            (0..=len).map(move |offset| {
+                format!(
+                    "{}{special}{}",
+                    "a".repeat(offset),
+                    "-".repeat(len - offset)
+                )
+            })
+        })
+    }
+
     #[test]
     fn every_escape_is_found_at_every_offset_of_an_eight_byte_run() {
         for special in [
             "\"", "\\", "\n", "\u{1f}", "\u{7f}", "\u{85}", "\u{2028}", "é", "🎉",
         ] {
-            // Every length, so the special byte sits in a whole run of eight and in every
-            // position of a shorter last piece.
-            for len in 0..=20 {
-                for offset in 0..=len {
-                    let s = format!(
-                        "{}{special}{}",
-                        "a".repeat(offset),
-                        "b".repeat(len - offset)
-                    );
-                    let json = quoted(&s, usize::MAX);
-                    assert!(!json.contains(['\n', '\u{1f}', '\u{7f}', '\u{85}', '\u{2028}']));
-                    assert_eq!(serde_json::from_str::<String>(&json).unwrap(), s, "{json}");
-                }
+            for s in at_every_offset(special) {
+                let json = quoted(&s, usize::MAX);
+                assert!(!json.contains(['\n', '\u{1f}', '\u{7f}', '\u{85}', '\u{2028}']));
+                assert_eq!(serde_json::from_str::<String>(&json).unwrap(), s, "{json}");
             }
         }
+    }
+
+    #[test]
+    fn a_plain_word_is_told_from_text_with_any_special_byte_at_any_offset() {
+        let reference = |s: &str| {
+            s.bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && !b"\"\\:{[".contains(&b))
+        };
+        for special in [
+            "\"", "\\", ":", "{", "[", "\n", "\u{7f}", "é", "\u{2028}", "z", "]",
+        ] {
+            for s in at_every_offset(special) {
+                assert_eq!(is_plain_word(s.as_bytes()), reference(&s), "{s:?}");
+            }
+        }
+        assert!(is_plain_word(b""));
+        assert!(is_plain_word(b"4bf92f3577b34da6a3ce929d0e0e4736"));
     }
 
     #[test]

@@ -349,6 +349,45 @@ fn long_strings_are_truncated_with_their_original_length() {
 }
 
 #[test]
+fn a_display_value_is_written_as_the_same_text_would_be() {
+    // Plain words take a shorter path than other `Display` / `Debug` output (ids recorded as
+    // `Display` values by periscope-trace): the line must not tell them apart.
+    let values = [
+        "",
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "01hq3v5k7w9yb2c4d6e8f0g1h2",
+        "a-b_c.d",
+        &"x".repeat(41),
+        "a\"b",
+        "a\\b",
+        "a:b",
+        "{\"a\":1}",
+        "[1,2]",
+        " {",
+        "line\nbreak",
+        "é",
+        "\u{7f}",
+    ];
+    for value in values {
+        let out = capture(
+            |b| b.max_value_bytes(40),
+            |_| {
+                let span = tracing::info_span!("s", text = value, shown = %value);
+                span.in_scope(|| tracing::info!(event_text = value, event_shown = %value, "m"));
+            },
+        );
+        let line = &out.lines()[0];
+        assert!(line["data"]["text"].is_string(), "{line}");
+        assert!(line["data"]["event_text"].is_string(), "{line}");
+        assert_eq!(line["data"]["text"], line["data"]["shown"], "{value:?}");
+        assert_eq!(
+            line["data"]["event_text"], line["data"]["event_shown"],
+            "{value:?}"
+        );
+    }
+}
+
+#[test]
 fn nested_json_is_logged_as_an_object() {
     #[derive(serde::Serialize)]
     struct Usage {

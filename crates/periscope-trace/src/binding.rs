@@ -69,9 +69,10 @@ pub(crate) fn handing_on(ctx: &RequestContext) -> std::borrow::Cow<'_, RequestCo
 
 /// The value of an id field when the span is created: the id itself without OpenTelemetry
 /// (nothing can change it, and recording it up front is cheaper); with OpenTelemetry, nothing
-/// yet, since [`bind`] records the exported span's ids.
-pub(crate) fn early_id(id: &str) -> Option<&str> {
-    (!cfg!(feature = "otel")).then_some(id)
+/// yet, since [`bind`] records the exported span's ids. A `Display` value, so its hex form is
+/// written only by a layer that reads it.
+pub(crate) fn early_id<T: std::fmt::Display>(id: T) -> Option<tracing::field::DisplayValue<T>> {
+    (!cfg!(feature = "otel")).then(|| tracing::field::display(id))
 }
 
 #[cfg(feature = "otel")]

@@ -151,9 +151,9 @@ impl ClientSpan {
             // `Channel` without `with_origin`) sends a bare path, which is no `url.full`.
             url.full = uri.host().map(|_| tracing::field::display(RedactedUrl(uri))),
             error.type = Empty,
-            request_id = context.request_id.as_str(),
-            trace_id = early_id(context.trace_id.to_hex().as_str()),
-            span_id = early_id(context.span_id.to_hex().as_str()),
+            request_id = %context.request_id,
+            trace_id = early_id(context.trace_id),
+            span_id = early_id(context.span_id),
             org_id = Empty,
             project_id = Empty,
             team_id = Empty,

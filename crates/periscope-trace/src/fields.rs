@@ -115,8 +115,8 @@ pub(crate) fn server_port(uri: &Uri) -> Option<u16> {
 
 /// Records the context's ids on `span`.
 pub(crate) fn record_ids(span: &Span, ctx: &RequestContext) {
-    span.record("trace_id", ctx.trace_id.to_hex().as_str());
-    span.record("span_id", ctx.span_id.to_hex().as_str());
+    span.record("trace_id", tracing::field::display(ctx.trace_id));
+    span.record("span_id", tracing::field::display(ctx.span_id));
 }
 
 /// Records the tenant fields on `span`.

@@ -501,9 +501,9 @@ fn server_span<B>(
             .or_else(|| known_scheme(request.uri().scheme_str()?.as_bytes()))
             .unwrap_or("http"),
         error.type = Empty,
-        request_id = ctx.request_id.as_str(),
-        trace_id = early_id(ctx.trace_id.to_hex().as_str()),
-        span_id = early_id(ctx.span_id.to_hex().as_str()),
+        request_id = %ctx.request_id,
+        trace_id = early_id(ctx.trace_id),
+        span_id = early_id(ctx.span_id),
         org_id = Empty,
         project_id = Empty,
         team_id = Empty,
