@@ -80,7 +80,9 @@ impl Decoder {
         self
     }
 
-    /// Reads and parses at most `bytes` of a body; a longer body is not parsed.
+    /// Reads and parses at most `bytes` of a body; a longer body is not parsed. A body
+    /// compressed with `gzip` or `deflate` (its `Content-Encoding`) is inflated to at most
+    /// `bytes` too, so a small body that inflates to gigabytes is cut like a long one.
     pub const fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
@@ -106,7 +108,9 @@ impl Decoder {
     /// body that fails midway is decoded from what arrived. No time limit of its own: a body
     /// that stalls is bounded by the client's timeout around the call. The read yields to the
     /// runtime every 64 frames, so that timeout also fires for a body that always has a frame
-    /// ready but never ends (endless empty chunks).
+    /// ready but never ends (endless empty chunks). A body compressed with `gzip` or `deflate`
+    /// (a proxy's, when the caller forwarded an `Accept-Encoding`) is inflated before decoding;
+    /// other codings (`br`, `zstd`) are not, and decode as a body that is not an envelope.
     ///
     /// ```
     /// use http_body_util::Full;
@@ -144,6 +148,14 @@ impl Decoder {
         body: &[u8],
         read: Read,
     ) -> ApiError {
+        // A body a proxy compressed (the caller forwarded an `Accept-Encoding`, or the proxy
+        // ignored it) is inflated first, to the same bound, so its envelope is not lost and
+        // `raw_body` is its text, not gzip bytes.
+        let inflated = inflate(headers, body, read, self.max_body);
+        let (body, read) = match &inflated {
+            Some((text, read)) => (text.as_slice(), *read),
+            None => (body, read),
+        };
         // A body that failed midway is still parsed: the start of a JSON object is never a
         // whole JSON object, so only an envelope that arrived in full decodes (a connection
         // cut after the last byte, before the end of the chunked encoding).
@@ -262,6 +274,54 @@ fn read_body<B: Body>(
     }
     cx.waker().wake_by_ref();
     Poll::Pending
+}
+
+/// `body` inflated, when its `Content-Encoding` is `gzip` (or `x-gzip`) or `deflate`, to at
+/// most `max` bytes (then one more, and [`Read::TooLong`]: a small body that inflates to
+/// gigabytes is cut like a plain one); `None` for any other body. What arrived of a body that
+/// failed, or of a stream that is corrupt or cut, is kept as [`Read::Failed`]; a body that is
+/// not compressed at all, whatever its header says, is read as sent. A body too long
+/// to be read whole is not inflated (its start is kept as it came).
+fn inflate(headers: &HeaderMap, body: &[u8], read: Read, max: usize) -> Option<(Vec<u8>, Read)> {
+    use std::io::Read as _;
+
+    let coding = headers
+        .get(http::header::CONTENT_ENCODING)?
+        .to_str()
+        .ok()?
+        .trim();
+    let mut decoder: Box<dyn std::io::Read + '_> =
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            Box::new(flate2::read::MultiGzDecoder::new(body))
+        } else if coding.eq_ignore_ascii_case("deflate") {
+            // HTTP's `deflate` is the zlib format (RFC 9110, 8.4.1.2).
+            Box::new(flate2::read::ZlibDecoder::new(body))
+        } else {
+            return None;
+        };
+    if read == Read::TooLong {
+        return None;
+    }
+    let limit = max.saturating_add(1);
+    let mut text = Vec::new();
+    let mut chunk = [0; 8 * 1024];
+    let mut outcome = read;
+    while text.len() < limit {
+        match decoder.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&chunk[..n.min(limit - text.len())]),
+            // Not compressed after all (a server that labels plain JSON `gzip`): read as sent.
+            Err(_) if text.is_empty() => return None,
+            Err(_) => {
+                outcome = Read::Failed;
+                break;
+            }
+        }
+    }
+    if text.len() > max {
+        outcome = Read::TooLong;
+    }
+    Some((text, outcome))
 }
 
 /// An error response decoded on the client side: the envelope's facts when the server sent
@@ -618,6 +678,17 @@ mod tests {
             error.to_string(),
             "timeout: HTTP 504 Gateway Timeout without an error envelope (no request_id)"
         );
+    }
+
+    #[test]
+    fn a_body_labelled_gzip_that_is_not_is_read_as_sent() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-encoding", "gzip".parse().unwrap());
+        let body =
+            br#"{"error":{"code":"node_draining","message":"Draining","request_id":"req_1"}}"#;
+        let error = ApiError::from_parts(StatusCode::CONFLICT, &headers, body);
+        assert_eq!(error.code(), "node_draining");
+        assert_eq!(error.request_id(), Some("req_1"));
     }
 
     #[test]

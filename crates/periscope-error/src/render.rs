@@ -474,6 +474,11 @@ pub(crate) fn retry_after_seconds(headers: &HeaderMap) -> Option<u64> {
     if let Ok(seconds) = value.parse() {
         return Some(seconds);
     }
+    // More digits than a u64 holds: the longest delay, not none (a caller would retry at
+    // once), as RFC 9111 wants of delta-seconds too large to represent.
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(u64::MAX);
+    }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(
         at.duration_since(SystemTime::now())

@@ -154,3 +154,97 @@ async fn a_request_id_sent_as_a_json_number_is_kept() {
         "node_draining: Node is draining (request_id: 90210)"
     );
 }
+
+/// `body` compressed as `coding` (`gzip` or `deflate`) sends it.
+fn compressed(coding: &str, body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let level = flate2::Compression::default();
+    match coding {
+        "gzip" => {
+            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), level);
+            encoder.write_all(body).unwrap();
+            encoder.finish().unwrap()
+        }
+        _ => {
+            let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), level);
+            encoder.write_all(body).unwrap();
+            encoder.finish().unwrap()
+        }
+    }
+}
+
+/// An answer with `body` compressed as `coding`, behind the head `status_line`.
+async fn serve_compressed(
+    status_line: &'static str,
+    coding: &'static str,
+    body: Vec<u8>,
+) -> SocketAddr {
+    let body = compressed(coding, &body);
+    serve_once(move |mut stream| async move {
+        let head = format!(
+            "HTTP/1.1 {status_line}\r\ncontent-type: application/json\r\ncontent-encoding: {coding}\r\nx-request-id: req_proxy\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+    })
+    .await
+}
+
+/// A proxy in front compresses error answers (the caller forwarded an `Accept-Encoding`, or the
+/// proxy ignores it): the envelope's code, retryability, delay and request id still come
+/// through, and a page that is not an envelope is kept as its text, not as gzip bytes.
+#[tokio::test]
+async fn a_compressed_envelope_decodes_as_one() {
+    let envelope = br#"{"error":{"code":"node_draining","message":"Node is draining","request_id":"req_gz","retryable":true,"retry_after_s":30}}"#;
+    for coding in ["gzip", "deflate"] {
+        let addr = serve_compressed("503 Service Unavailable", coding, envelope.to_vec()).await;
+        let error = get(addr, Decoder::new()).await;
+        assert_eq!(error.code(), "node_draining", "{coding}");
+        assert_eq!(error.message(), "Node is draining", "{coding}");
+        assert_eq!(error.request_id(), Some("req_gz"), "{coding}");
+        assert_eq!(
+            error.retry_after(),
+            Some(std::time::Duration::from_secs(30)),
+            "{coding}"
+        );
+        assert!(error.raw_body().is_none(), "{coding}");
+    }
+    let page = b"<html><body><h1>502 Bad Gateway</h1></body></html>";
+    let addr = serve_compressed("502 Bad Gateway", "gzip", page.to_vec()).await;
+    let error = get(addr, Decoder::new()).await;
+    assert_eq!(error.code(), "upstream_error");
+    assert_eq!(error.request_id(), Some("req_proxy"));
+    assert_eq!(error.raw_body(), Some(&page[..]));
+}
+
+/// A small compressed body that inflates to megabytes is inflated only up to the decoder's
+/// bound, as a plain body is read only up to it: it is not parsed, and what is kept is bounded.
+#[tokio::test]
+async fn a_compressed_body_is_inflated_only_up_to_the_bound() {
+    let mut huge = br#"{"error":{"code":"node_draining","message":""#.to_vec();
+    huge.resize(16 << 20, b' ');
+    huge.extend_from_slice(br#""}}"#);
+    let addr = serve_compressed("503 Service Unavailable", "gzip", huge).await;
+    let error = get(addr, Decoder::new().max_raw_body_bytes(100)).await;
+    assert_eq!(error.code(), "service_unavailable");
+    assert_eq!(error.request_id(), Some("req_proxy"));
+    let kept = error.raw_body().unwrap();
+    assert_eq!(kept.len(), 100);
+    assert!(kept.starts_with(br#"{"error""#), "{kept:?}");
+    assert!(error.is_raw_body_truncated());
+}
+
+/// A `Retry-After` too large for any clock (more digits than a `u64` holds) means "not for a
+/// very long time", not "no delay given": the caller must not retry at once.
+#[tokio::test]
+async fn a_retry_after_too_large_to_count_is_the_longest_delay() {
+    let addr = serve_once(|mut stream| async move {
+        let head = "HTTP/1.1 429 Too Many Requests\r\nretry-after: 99999999999999999999999\r\ncontent-length: 0\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+    })
+    .await;
+    let error = get(addr, Decoder::new()).await;
+    assert_eq!(error.code(), "rate_limited");
+    assert_eq!(error.retry_after(), Some(periscope_error::MAX_RETRY_AFTER));
+}
