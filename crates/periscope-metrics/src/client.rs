@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use http::{Request, Response, Uri};
 use http_body::Body;
-use periscope_context::grpc::{HeadOutcome, StreamEnd, head_outcome};
+use periscope_context::grpc::{HeadOutcome, StreamEnd, head_outcome, is_grpc_request};
 use periscope_context::{RequestContext, TraceId};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
@@ -229,6 +229,9 @@ struct Families {
 ///   it fails, as a stream the server resets), or [`CANCELLED`] when the body is dropped
 ///   first (a server stream the caller stops reading). An answer with no body at all is
 ///   recorded at once.
+/// - Only a call sent as gRPC (a gRPC `content-type`, as every gRPC client sends) is judged by
+///   gRPC's rules: a plain call whose answer says `application/grpc` (a misconfigured proxy)
+///   counts by its status, as any HTTP call.
 ///
 /// The response body is a [`MetricsBody`], which records such a call at its end and passes
 /// every other body's frames on with nothing more to do. Each call is counted once. The layer
@@ -325,7 +328,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let mut call = Call::start(self.families.clone(), request.uri(), request.method());
+        let mut call = Call::start(self.families.clone(), &request);
         if self.families.exemplars {
             call.exemplar = sampled_trace(&request);
         }
@@ -392,6 +395,8 @@ pub(crate) struct Call {
     server: Server,
     start: Instant,
     exemplar: Option<TraceId>,
+    /// Whether the call was sent as gRPC: only then is its answer judged by gRPC's rules.
+    grpc: bool,
     done: bool,
     /// Set while the client below runs (its `call`, each poll of its future, each poll of its
     /// answer's body while the call waits for its trailers): still set when the call is
@@ -401,13 +406,14 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    fn start(families: Arc<Families>, uri: &Uri, method: &http::Method) -> Self {
+    fn start<B>(families: Arc<Families>, request: &Request<B>) -> Self {
         Self {
             families,
-            method: method_label(method),
-            server: Server::of(uri),
+            method: method_label(request.method()),
+            server: Server::of(request.uri()),
             start: Instant::now(),
             exemplar: None,
+            grpc: is_grpc_request(request.headers()),
             done: false,
             in_client: true,
         }
@@ -425,7 +431,14 @@ impl Call {
     /// Records the call at its answer's head, or hands it to the body when its gRPC code
     /// comes in the trailers (decided here, so that no other body does anything per frame).
     fn answered<B: Body>(mut self, head: &http::response::Parts, body: &B) -> AtEnd {
-        let status = match head_outcome(head.status, &head.headers) {
+        // A plain call's answer that calls itself gRPC (a misconfigured proxy) counts by its
+        // status, as any HTTP answer: it is no gRPC call waiting for its code.
+        let outcome = if self.grpc {
+            head_outcome(head.status, &head.headers)
+        } else {
+            HeadOutcome::Status
+        };
+        let status = match outcome {
             HeadOutcome::Code(code) => code.http_status(),
             HeadOutcome::Status => head.status,
             // No body at all: no trailers will come.

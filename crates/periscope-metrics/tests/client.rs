@@ -53,9 +53,16 @@ async fn each_call_is_counted_once_by_method_server_and_status() {
         listener.local_addr().unwrap()
     };
     let call = |method: &str, uri: String| {
+        // A gRPC call is sent as one, as a gRPC client does.
+        let content_type = if uri.contains("/grpc-") {
+            "application/grpc"
+        } else {
+            "text/plain"
+        };
         let request = http::Request::builder()
             .method(method)
             .uri(uri)
+            .header("content-type", content_type)
             .body(Empty::new())
             .unwrap();
         client.clone().oneshot(request)
@@ -417,6 +424,67 @@ async fn redirects_and_broken_answers_are_counted_by_what_came_back() {
     }
 }
 
+/// A plain HTTP call (not a gRPC request) whose 200 answer says it is gRPC (a misconfigured
+/// proxy), without a code or with a failing one in its head: counted by its status, `2xx`, as
+/// any HTTP call, at its head; not as a gRPC call ending without a code (`5xx`) or failing.
+#[tokio::test]
+async fn a_plain_call_answered_with_a_grpc_content_type_counts_by_its_status() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0; 1];
+                if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let code = if head.starts_with(b"GET /failing") {
+                "grpc-status: 14\r\n"
+            } else {
+                ""
+            };
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n{code}content-length: 2\r\n\r\nok"
+            );
+            socket.write_all(answer.as_bytes()).await.unwrap();
+        }
+    });
+    let registry = MetricsRegistry::new();
+    let client = ClientMetricsLayer::new(&registry)
+        .unwrap()
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>());
+    for path in ["/plain", "/failing"] {
+        let request = http::Request::get(format!("http://{addr}{path}"))
+            .body(Empty::new())
+            .unwrap();
+        let response = client.clone().oneshot(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
+    }
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    for family in [
+        "http_client_requests",
+        "http_client_request_duration_seconds",
+    ] {
+        let calls = points(&exposition, family);
+        assert_eq!(
+            sum_where(&calls, &[("method", "GET"), ("status", "2xx")]),
+            2.0,
+            "{family}: {calls:#?}"
+        );
+        let all: f64 = calls.iter().map(|point| point.value).sum();
+        assert_eq!(all, 2.0, "{family}: each call once: {calls:#?}");
+    }
+}
+
 /// The registry holds exactly one call, to `models.internal`, counted as `error`.
 fn assert_one_call_failed(registry: &MetricsRegistry) {
     let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
@@ -559,6 +627,11 @@ where
     }))
 }
 
+/// A gRPC call to `uri`, sent as gRPC clients send one: a `POST` of `application/grpc`.
+fn grpc_request(uri: &str) -> http::request::Builder {
+    http::Request::post(uri).header("content-type", "application/grpc")
+}
+
 type FrameSender = tokio::sync::mpsc::UnboundedSender<http_body::Frame<bytes::Bytes>>;
 
 /// A body whose frames the test sends; it ends when the sender is dropped.
@@ -597,7 +670,7 @@ async fn a_grpc_call_is_counted_when_its_trailers_come() {
     });
     let sender: FrameSender = sender;
     let ctx = RequestContext::start(RequestId::generate(), true);
-    let request = http::Request::get("http://models.internal/pkg.Svc/Run")
+    let request = grpc_request("http://models.internal/pkg.Svc/Run")
         .body(())
         .unwrap();
     let response = ctx.clone().scope(client.oneshot(request)).await.unwrap();
@@ -649,7 +722,7 @@ async fn a_grpc_answer_ending_without_a_code_counts_as_unknown() {
     let registry = MetricsRegistry::new();
     let layer = ClientMetricsLayer::new(&registry).unwrap();
     let request = || {
-        http::Request::get("http://models.internal/pkg.Svc/Run")
+        grpc_request("http://models.internal/pkg.Svc/Run")
             .body(())
             .unwrap()
     };
@@ -693,7 +766,7 @@ async fn a_grpc_status_that_is_not_a_number_counts_as_unknown() {
                 .unwrap();
             Ok::<_, std::convert::Infallible>(response)
         }));
-    let request = http::Request::post("http://models.internal/pkg.Svc/Run")
+    let request = grpc_request("http://models.internal/pkg.Svc/Run")
         .body(())
         .unwrap();
     drop(client.oneshot(request).await.unwrap());
@@ -751,7 +824,7 @@ async fn a_grpc_body_panicking_in_the_client_counts_as_an_error() {
     let client = ClientMetricsLayer::new(&registry).unwrap().layer(
         panics.layer(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>()),
     );
-    let request = http::Request::post(format!("http://{addr}/pkg.Svc/Watch"))
+    let request = grpc_request(&format!("http://{addr}/pkg.Svc/Watch"))
         .body(Empty::new())
         .unwrap();
     let response = client.oneshot(request).await.unwrap();

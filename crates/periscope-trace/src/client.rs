@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
-use periscope_context::grpc::{HeadOutcome, head_outcome};
+use periscope_context::grpc::{HeadOutcome, head_outcome, is_grpc_request};
 use periscope_context::{RequestContext, TenantKey, remove_absent_tenants};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -265,6 +265,8 @@ impl ClientSpan {
 /// trailers-only gRPC answer); the body records what comes after it: the code a gRPC call's
 /// trailers bring, a body that fails, a gRPC call cancelled by dropping its body (see
 /// [`ClientBody`]). A body kept unread keeps its span open: read it to its end or drop it.
+/// Only a call sent as gRPC (a gRPC `content-type`) is judged by gRPC's rules: a plain call
+/// whose answer says `application/grpc` (a misconfigured proxy) is judged by its status.
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -358,6 +360,7 @@ where
             None,
             request.uri().path(),
         );
+        let grpc = is_grpc_request(request.headers());
         let mut call = ClientSpan::for_call(
             request.extensions().get::<RequestContext>(),
             request.method(),
@@ -380,6 +383,7 @@ where
         ClientResponseFuture {
             inner: future,
             call,
+            grpc,
             done: false,
             in_client: false,
         }
@@ -402,6 +406,8 @@ pub struct ClientResponseFuture<F> {
     #[pin]
     inner: F,
     call: ClientSpan,
+    /// Whether the call was sent as gRPC: only then is its answer judged by gRPC's rules.
+    grpc: bool,
     done: bool,
     /// Set while the client's future is polled: still set when the future is dropped, the
     /// client panicked, whether or not the panic is still unwinding (a layer that catches
@@ -450,13 +456,17 @@ where
             }
         };
         let span = &this.call.span;
-        let failed = record_status(
-            span,
-            response.status(),
-            response.headers(),
-            CLIENT_ERROR_FROM,
-        );
-        let pending = match head_outcome(response.status(), response.headers()) {
+        // A plain call's answer that calls itself gRPC (a misconfigured proxy) is judged by
+        // its status, as any HTTP answer: its `grpc-status`, or the trailers it lacks, are no
+        // outcome of a call that was not gRPC.
+        let no_headers = HeaderMap::new();
+        let head = if *this.grpc {
+            response.headers()
+        } else {
+            &no_headers
+        };
+        let failed = record_status(span, response.status(), head, CLIENT_ERROR_FROM);
+        let pending = match head_outcome(response.status(), head) {
             // The code comes in the trailers, after the messages: recorded by the body.
             HeadOutcome::Trailers => Pending::GrpcCode,
             HeadOutcome::Status | HeadOutcome::Code(_) => Pending::End { failed },

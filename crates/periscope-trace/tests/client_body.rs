@@ -111,6 +111,16 @@ async fn answer(mut stream: tokio::net::TcpStream) {
             stream.write_all(b"5\r\ntoken\r\n").await.unwrap();
             // Closed without the last chunk: the body is cut short.
         }
+        (_, "/grpc-typed") => {
+            // A plain HTTP answer that calls itself gRPC (a misconfigured proxy), once without
+            // a code and once with a failing one in its head.
+            let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+            stream.write_all(head).await.unwrap();
+        }
+        (_, "/grpc-typed-failing") => {
+            let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 14\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+            stream.write_all(head).await.unwrap();
+        }
         (_, "/hold") => {
             stream.write_all(CHUNKED).await.unwrap();
             stream.write_all(b"5\r\ntoken\r\n").await.unwrap();
@@ -196,6 +206,31 @@ async fn a_body_cut_by_the_server_fails_the_client_span() {
     assert_eq!(span.get("http.response.status_code"), Some("200"));
     assert_eq!(span.get("otel.status_code"), Some("ERROR"), "{span:?}");
     assert_eq!(span.get("error.type"), Some("_OTHER"), "{span:?}");
+}
+
+/// A plain HTTP call (not a gRPC request) whose 200 answer says it is gRPC (a misconfigured
+/// proxy): judged by its status, as any HTTP call, not failed as a gRPC call without a code
+/// (`UNKNOWN`) or with the `grpc-status` of its head.
+#[tokio::test]
+async fn a_plain_call_answered_with_a_grpc_content_type_is_judged_by_its_status() {
+    let (capture, _guard) = capture();
+    let addr = http_server().await;
+    for path in ["/grpc-typed", "/grpc-typed-failing"] {
+        let ctx = RequestContext::new_root();
+        let response = ctx
+            .clone()
+            .scope(traced_client().oneshot(get(addr, Method::GET, path)))
+            .await
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
+
+        let span = closed_span(&capture, ctx.request_id.as_str()).await;
+        assert_eq!(span.get("http.response.status_code"), Some("200"), "{path}");
+        assert_eq!(span.get("otel.status_code"), None, "{path}: {span:?}");
+        assert_eq!(span.get("error.type"), None, "{path}: {span:?}");
+        assert_eq!(span.get("rpc.grpc.status_code"), None, "{path}: {span:?}");
+    }
 }
 
 /// A body the caller drops half-read: the span stays open while it is read and closes when it
