@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use periscope_context::grpc::{HeadOutcome, head_outcome};
 use periscope_context::{
@@ -67,7 +67,11 @@ const MAX_METHOD_IN_MESSAGE: usize = 32;
 /// router's 404 and 405 `route_not_found` and `method_not_allowed`, a 413 `payload_too_large`,
 /// a body the framework could not parse a 400 `invalid_request` (422 `validation_error` for
 /// JSON of the wrong shape; 400 `request_body_incomplete` when the client stopped sending an
-/// axum body, `axum` feature), and any other bare 4xx/5xx the code of its status. A 4xx with
+/// axum body, `axum` feature), and any other bare 4xx/5xx the code of its status. An interim
+/// (1xx) status answered as the final one, which no server can send (hyper would send a bare
+/// 500 without the request id), becomes a 500 `internal_error` too, and so does a `101
+/// Switching Protocols` to an HTTP/2 request, which has no upgrade (hyper would reset the
+/// stream); a 101 to an HTTP/1.1 request passes, as the upgrade it is. A 4xx with
 /// a JSON body and a response marked [`PassThrough`] pass through untouched. An envelope
 /// rendered by [`HttpError`] passes through too, but is re-rendered to honour
 /// `Accept: application/problem+json`, or with this request's ids when it was rendered outside
@@ -287,6 +291,7 @@ fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 struct RequestFacts {
     method: Method,
     uri: Uri,
+    version: Version,
     format: Format,
     has_credentials: bool,
     route_matched: bool,
@@ -298,6 +303,7 @@ impl RequestFacts {
         Self {
             method: request.method().clone(),
             uri: request.uri().clone(),
+            version: request.version(),
             format: headers.format(request.headers()),
             has_credentials: headers.authorization,
             route_matched: route_matched(request),
@@ -618,6 +624,33 @@ where
     }
 }
 
+/// Why a final answer with the interim (1xx) `status` cannot reach the client, if it cannot:
+/// an interim status only comes before the final one (hyper sends a bare 500 instead, and
+/// closes the connection), and HTTP/2 has no 101 (RFC 9113, section 8.6: hyper resets the
+/// stream). A 101 to an HTTP/1.x request is an upgrade, and goes out.
+#[cold]
+fn unsendable(status: StatusCode, version: Version) -> Option<BoxError> {
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        return Some(
+            format!(
+                "the service answered {status} as its final answer: an interim status can only \
+                 come before one"
+            )
+            .into(),
+        );
+    }
+    if version <= Version::HTTP_11 {
+        return None;
+    }
+    Some(
+        format!(
+            "the service answered {status} to an {version:?} request, which has no upgrade \
+             (WebSocket over HTTP/2 is an extended CONNECT answered 200)"
+        )
+        .into(),
+    )
+}
+
 /// Drops a body the layer replaces unread. Its destructor is the service's code too: a panic
 /// there is answered like one while the body is read, instead of unwinding out of the layer
 /// and costing the client its answer.
@@ -759,6 +792,14 @@ impl Handled {
     fn inspect<B: Body>(&self, response: Response<B>) -> Inspected<B> {
         let status = response.status();
         let (mut parts, body) = response.into_parts();
+        if status.is_informational()
+            && let Some(error) = unsendable(status, self.facts.version)
+        {
+            if let Err(caught) = discard(body) {
+                return Inspected::Panicked(caught);
+            }
+            return Inspected::Done(self.failure(Failure::Error(error)));
+        }
         // A gRPC service's own answers (HTTP 200) pass as they are. An HTTP error to a gRPC
         // call is scrubbed like any and answered in gRPC, whatever it carries: the client
         // chose its `content-type`, so claiming gRPC must not let internals through.
@@ -1279,6 +1320,45 @@ mod tests {
         assert_eq!(json, serde_json::json!({"mine": true}));
         // Passed through, it still gets the request id, like every response.
         assert!(parts.headers().contains_key("x-request-id"));
+    }
+
+    /// An interim status as the final answer never reaches the client as such (hyper sends a
+    /// bare 500, or resets an HTTP/2 stream answered 101): it becomes the 500 envelope. A 101
+    /// to an HTTP/1.1 request is an upgrade and passes as it is.
+    #[tokio::test]
+    async fn an_interim_status_passes_only_as_an_http1_upgrade() {
+        let request = |version| {
+            Request::get("/ws")
+                .version(version)
+                .body(Full::default())
+                .unwrap()
+        };
+        let cases = [
+            (Version::HTTP_11, 101, 101),
+            (Version::HTTP_10, 101, 101),
+            (Version::HTTP_2, 101, 500),
+            (Version::HTTP_11, 103, 500),
+            (Version::HTTP_11, 100, 500),
+            (Version::HTTP_2, 103, 500),
+        ];
+        for (version, status, answered) in cases {
+            let (parts, json) = call(request(version), move |_| async move {
+                Ok(Response::builder()
+                    .status(status)
+                    .body(Full::default())
+                    .unwrap())
+            })
+            .await;
+            assert_eq!(parts.status(), answered, "{version:?} {status}");
+            if answered == 500 {
+                assert_eq!(
+                    json["error"]["code"], "internal_error",
+                    "{version:?} {status}"
+                );
+            } else {
+                assert_eq!(json, Value::Null, "{version:?} {status}");
+            }
+        }
     }
 
     #[tokio::test]
