@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use periscope::context::{Carrier, RequestContext};
+use periscope::context::Carrier;
 use periscope::error::{HttpError, codes};
 use periscope::trace::job::JobSpan;
 use tokio::sync::mpsc;
@@ -116,9 +116,9 @@ impl QueueSlot {
             "job_{}",
             self.counts.last_id.fetch_add(1, Ordering::Relaxed) + 1
         );
-        // Inside a request there is always a context; a new trace otherwise.
-        let trace = periscope::trace::job::carrier()
-            .unwrap_or_else(|| Carrier::from_context(&RequestContext::new_root()));
+        // Inside a request, its context; outside any, a request id of the job's own (each
+        // attempt then starts a trace whose root is the job's span).
+        let trace = periscope::trace::job::carrier_or_new();
         self.permit.send(Job {
             id: id.clone(),
             text,

@@ -510,8 +510,11 @@ pub fn remove_absent_tenants<C: Injector + ?Sized>(
 /// Serialises as a flat JSON object of header-named keys, so any queue can hold it. Read back
 /// (or made from a map), keys are taken without regard to case (`Traceparent`, Go's canonical
 /// header form, is `traceparent`); read back, a key given twice keeps its first value, as a
-/// header does (made from a map, the lower-case key's, as [`extract`] reads the map); values
-/// must be strings.
+/// header does (made from a map, the lower-case key's, as [`extract`] reads the map). An entry
+/// whose value is not a string (a number, a list, `null` for an absent value) is left out
+/// rather than failing the whole payload, so a job is never lost for its trace context; the
+/// keys of those that are not `null` are kept in [`Carrier::ignored_keys`] for the worker to
+/// warn about (`JobSpan` does). A carrier that is not a JSON object is still an error.
 ///
 /// ```
 /// use periscope_context::{Carrier, RequestContext};
@@ -530,7 +533,18 @@ pub fn remove_absent_tenants<C: Injector + ?Sized>(
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize), serde(transparent))]
-pub struct Carrier(BTreeMap<String, String>);
+pub struct Carrier(
+    BTreeMap<String, String>,
+    /// The keys read whose values were not strings (nor `null`), at most
+    /// [`MAX_IGNORED_KEYS`], each cut to [`MAX_IGNORED_KEY_LEN`] bytes.
+    #[cfg_attr(feature = "serde", serde(skip))]
+    Vec<String>,
+);
+
+/// At most this many keys of ignored entries are kept (a hostile payload may hold millions).
+const MAX_IGNORED_KEYS: usize = 8;
+/// Keys of ignored entries are kept up to this many bytes.
+const MAX_IGNORED_KEY_LEN: usize = 64;
 
 #[cfg(feature = "serde")]
 impl<'de> serde::Deserialize<'de> for Carrier {
@@ -549,15 +563,112 @@ impl<'de> serde::Deserialize<'de> for Carrier {
                 mut map: A,
             ) -> Result<Carrier, A::Error> {
                 let mut entries = BTreeMap::new();
-                while let Some((mut key, value)) = map.next_entry::<String, String>()? {
+                let mut ignored = Vec::new();
+                while let Some(mut key) = map.next_key::<String>()? {
                     key.make_ascii_lowercase();
-                    entries.entry(key).or_insert(value);
+                    match map.next_value::<Value>()? {
+                        Value::Text(value) => {
+                            entries.entry(key).or_insert(value);
+                        }
+                        Value::Null => {}
+                        Value::Other if ignored.len() < MAX_IGNORED_KEYS => {
+                            let mut end = key.len().min(MAX_IGNORED_KEY_LEN);
+                            while !key.is_char_boundary(end) {
+                                end -= 1;
+                            }
+                            key.truncate(end);
+                            ignored.push(key);
+                        }
+                        Value::Other => {}
+                    }
                 }
-                Ok(Carrier(entries))
+                Ok(Carrier(entries, ignored))
             }
         }
 
         deserializer.deserialize_map(Entries)
+    }
+}
+
+/// An entry's value: text kept, anything else left out.
+#[cfg(feature = "serde")]
+enum Value {
+    Text(String),
+    Null,
+    Other,
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AnyValue;
+
+        impl<'de> serde::de::Visitor<'de> for AnyValue {
+            type Value = Value;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+                Ok(Value::Text(value.to_owned()))
+            }
+
+            fn visit_string<E>(self, value: String) -> Result<Value, E> {
+                Ok(Value::Text(value))
+            }
+
+            fn visit_unit<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+
+            fn visit_none<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Value, E> {
+                Ok(Value::Other)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Value, E> {
+                Ok(Value::Other)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Value, E> {
+                Ok(Value::Other)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Value, E> {
+                Ok(Value::Other)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Value::Other)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Value::Other)
+            }
+        }
+
+        // A self-describing format (JSON, which every human-readable one is) says what each
+        // value is; a compact one (bincode) cannot, and keeps reading strings only.
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_any(AnyValue)
+        } else {
+            deserializer.deserialize_string(AnyValue)
+        }
     }
 }
 
@@ -580,6 +691,22 @@ impl Carrier {
     pub fn as_map(&self) -> &BTreeMap<String, String> {
         &self.0
     }
+
+    /// The keys of the entries left out when the carrier was read because their values were
+    /// not strings (`null` aside): at most 8, each cut to 64 bytes. Empty for a carrier made
+    /// here or read from an object of strings.
+    ///
+    /// ```
+    /// use periscope_context::Carrier;
+    ///
+    /// let carrier: Carrier =
+    ///     serde_json::from_str(r#"{"x-request-id":"req-1","traceparent":5,"baggage":null}"#).unwrap();
+    /// assert_eq!(carrier.as_map().len(), 1);
+    /// assert_eq!(carrier.ignored_keys(), ["traceparent"]);
+    /// ```
+    pub fn ignored_keys(&self) -> &[String] {
+        &self.1
+    }
 }
 
 impl From<BTreeMap<String, String>> for Carrier {
@@ -588,7 +715,7 @@ impl From<BTreeMap<String, String>> for Carrier {
     fn from(map: BTreeMap<String, String>) -> Self {
         let has_upper = |key: &String| key.bytes().any(|b| b.is_ascii_uppercase());
         if !map.keys().any(has_upper) {
-            return Self(map);
+            return Self(map, Vec::new());
         }
         let (mut entries, others): (BTreeMap<_, _>, BTreeMap<_, _>) =
             map.into_iter().partition(|(key, _)| !has_upper(key));
@@ -596,7 +723,7 @@ impl From<BTreeMap<String, String>> for Carrier {
             key.make_ascii_lowercase();
             entries.entry(key).or_insert(value);
         }
-        Self(entries)
+        Self(entries, Vec::new())
     }
 }
 
@@ -956,9 +1083,21 @@ mod tests {
         let extracted = extract(&Carrier::from(map), &ExtractOptions::default());
         assert_eq!(extracted.trace, TraceOrigin::Continued);
         assert_eq!(extracted.context.request_id.as_str(), "up-3");
-        // Values must be strings; the error says what was expected.
-        let error = serde_json::from_str::<Carrier>(r#"{"traceparent":5}"#).unwrap_err();
-        assert!(error.to_string().contains("string"), "{error}");
+        // A value that is not a string is left out, its key kept for a warning; a carrier
+        // that is not an object is an error that says what was expected.
+        let carrier = serde_json::from_str::<Carrier>(r#"{"traceparent":5}"#).unwrap();
+        assert!(carrier.as_map().is_empty());
+        assert_eq!(carrier.ignored_keys(), ["traceparent"]);
+        // A payload of many such entries keeps a few keys, each cut short.
+        let many: String = (0..100)
+            .map(|i| format!(r#""{i}{}":1,"#, "k".repeat(100)))
+            .collect();
+        let carrier = serde_json::from_str::<Carrier>(&format!("{{{many}\"a\":\"b\"}}")).unwrap();
+        assert_eq!(carrier.as_map().len(), 1);
+        assert_eq!(carrier.ignored_keys().len(), 8);
+        assert!(carrier.ignored_keys().iter().all(|key| key.len() == 64));
+        let error = serde_json::from_str::<Carrier>(r#""traceparent""#).unwrap_err();
+        assert!(error.to_string().contains("map"), "{error}");
     }
 
     /// A plain string map (message attributes, a job payload's headers written by another SDK)

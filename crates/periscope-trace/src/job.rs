@@ -32,6 +32,31 @@ pub fn carrier() -> Option<Carrier> {
     RequestContext::current().map(|ctx| Carrier::from_context(&handing_on(&ctx)))
 }
 
+/// [`carrier`] inside a request or job; outside any (a scheduled task, startup code), a
+/// carrier holding only a new request id. Every attempt of such a job keeps that request id
+/// and starts a trace of its own, with its job span as the root: a carrier made from a new
+/// context instead (`RequestContext::new_root()`) would name as the parent a span that no one
+/// ever exports.
+///
+/// ```
+/// use periscope_trace::job::{self, JobSpan};
+///
+/// let carrier = job::carrier_or_new();
+/// let first = JobSpan::from_carrier("nightly_report", &carrier);
+/// let retry = JobSpan::from_carrier("nightly_report", &carrier);
+/// assert_eq!(first.context().request_id, retry.context().request_id);
+/// assert_eq!(first.context().parent_span_id, None);
+/// ```
+pub fn carrier_or_new() -> Carrier {
+    carrier().unwrap_or_else(|| {
+        let id = periscope_context::RequestId::generate();
+        Carrier::from(std::collections::BTreeMap::from([(
+            "x-request-id".to_owned(),
+            id.as_str().to_owned(),
+        )]))
+    })
+}
+
 /// A worker's span for one job, continuing the trace and request id of the request that
 /// enqueued it. Its span records `request_id`, `trace_id`, `span_id`, the tenant fields,
 /// `job_name` and (when given) `job_id` (both lifted to the top of log lines, so each line of a
@@ -68,8 +93,9 @@ pub struct JobSpan {
 
 impl JobSpan {
     /// Continues the context in `carrier` (a new trace and request id when it holds none).
-    /// An entry that cannot be used (an invalid request id, `traceparent` or tenant field: a
-    /// bug or a tampered payload upstream) is logged once at warn, inside the job's span.
+    /// An entry that cannot be used (an invalid request id, `traceparent` or tenant field, or
+    /// one whose value was not a string: a bug or a tampered payload upstream) is logged once
+    /// at warn, inside the job's span.
     pub fn from_carrier(name: &str, carrier: &Carrier) -> Self {
         Self::from_carrier_with(name, carrier, &ExtractOptions::default())
     }
@@ -82,7 +108,22 @@ impl JobSpan {
     /// then not sampled.
     pub fn from_carrier_with(name: &str, carrier: &Carrier, options: &ExtractOptions) -> Self {
         let sampler = options.sample_new_traces.then(Sampler::global);
-        Self::from_extracted(name, extract(carrier, options), sampler)
+        let job = Self::from_extracted(name, extract(carrier, options), sampler);
+        let ignored = carrier.ignored_keys();
+        if !ignored.is_empty() {
+            // Left out when the payload was read (not strings): the job runs as if they were
+            // absent, and says which they were.
+            let keys = ignored.join(",");
+            tracing::warn!(
+                target: JOB_TARGET,
+                parent: &job.span,
+                request_id = job.context.request_id.as_str(),
+                trace_id = job.context.trace_id.to_hex().as_str(),
+                keys = keys.as_str(),
+                "ignored carrier entries whose values are not strings"
+            );
+        }
+        job
     }
 
     fn from_extracted(name: &str, extracted: Extracted, sampler: Option<Sampler>) -> Self {
