@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -28,42 +28,7 @@ use serde_json::Value;
 // Shared with the other test binaries; this one installs its own subscriber.
 #[allow(dead_code)]
 mod capture;
-use capture::{Captured, set_default};
-
-/// How many `http_request` spans are open: a stream that ended must have closed its span.
-#[derive(Clone, Default)]
-struct OpenSpans(Arc<AtomicIsize>);
-
-impl OpenSpans {
-    fn count(&self) -> isize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl<S> tracing_subscriber::Layer<S> for OpenSpans
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        _id: &tracing::Id,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        if attrs.metadata().name() == "http_request" {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn on_close(&self, id: tracing::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        if ctx
-            .span(&id)
-            .is_some_and(|span| span.name() == "http_request")
-        {
-            self.0.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-}
+use capture::{Captured, OpenSpans, set_default};
 
 /// The log lines periscope writes on this thread, and the request spans open.
 fn capture() -> (

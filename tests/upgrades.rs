@@ -13,8 +13,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -31,48 +29,13 @@ use tower_http::compression::CompressionLayer;
 // Shared with the other test binaries; this one installs its own subscriber.
 #[allow(dead_code)]
 mod capture;
-use capture::{Captured, set_default};
+use capture::{Captured, OpenSpans, set_default};
 #[allow(dead_code)]
 mod recorded;
 use recorded::{Spans, counted, eventually};
 
 /// The request timeout of every stack here: the upgraded connections outlive it.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(200);
-
-/// How many `http_request` spans are open: a handshake's span must end at its 101.
-#[derive(Clone, Default)]
-struct OpenSpans(Arc<AtomicIsize>);
-
-impl OpenSpans {
-    fn count(&self) -> isize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl<S> tracing_subscriber::Layer<S> for OpenSpans
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        _id: &tracing::Id,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        if attrs.metadata().name() == "http_request" {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn on_close(&self, id: tracing::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        if ctx
-            .span(&id)
-            .is_some_and(|span| span.name() == "http_request")
-        {
-            self.0.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-}
 
 /// The lines periscope writes on this thread (access lines at debug too), the fields of the
 /// spans and how many request spans are open, while the guards live.
@@ -289,6 +252,34 @@ async fn handshake(addr: SocketAddr, id: &str, version: &str) -> (TcpStream, Hea
     stream.write_all(request.as_bytes()).await.unwrap();
     let head = read_head(&mut stream).await;
     (stream, head)
+}
+
+/// Reads the error envelope `head` announces and checks what every one carries: the status,
+/// JSON, the request id in its header and its body, and `code`.
+async fn read_envelope(
+    stream: &mut TcpStream,
+    head: &Head,
+    status: u16,
+    code: &str,
+    request_id: &str,
+) -> Value {
+    assert_eq!(head.status, status, "{}", head.text);
+    assert_eq!(
+        head.header("content-type"),
+        Some("application/json"),
+        "{}",
+        head.text
+    );
+    assert_eq!(
+        head.header("x-request-id"),
+        Some(request_id),
+        "{}",
+        head.text
+    );
+    let envelope = read_json(stream, head).await;
+    assert_eq!(envelope["error"]["code"], code, "{envelope}");
+    assert_eq!(envelope["error"]["request_id"], request_id, "{envelope}");
+    envelope
 }
 
 /// Reads the body `head` announces (a `Content-Length` or chunked, gzip or not) as JSON.
@@ -522,27 +513,16 @@ async fn a_refused_handshake_gets_the_envelope() {
     let addr = serve(app(&obs, Place::Outside), Serve::Periscope).await;
 
     let (mut stream, head) = handshake(addr, "refused-version", "8").await;
-    assert_eq!(head.status, 400, "{}", head.text);
-    assert_eq!(
-        head.header("content-type"),
-        Some("application/json"),
-        "{}",
-        head.text
-    );
-    assert_eq!(
-        head.header("x-request-id"),
-        Some("refused-version"),
-        "{}",
-        head.text
-    );
-    let envelope = read_json(&mut stream, &head).await;
-    assert_eq!(envelope["error"]["code"], "invalid_request", "{envelope}");
+    let envelope = read_envelope(
+        &mut stream,
+        &head,
+        400,
+        "invalid_request",
+        "refused-version",
+    )
+    .await;
     assert_eq!(
         envelope["error"]["message"], "WebSocket version not supported",
-        "{envelope}"
-    );
-    assert_eq!(
-        envelope["error"]["request_id"], "refused-version",
         "{envelope}"
     );
 
@@ -552,20 +532,8 @@ async fn a_refused_handshake_gets_the_envelope() {
         .await
         .unwrap();
     let head = read_head(&mut stream).await;
-    assert_eq!(head.status, 426, "{}", head.text);
     assert_eq!(head.header("upgrade"), Some("websocket"), "{}", head.text);
-    assert_eq!(
-        head.header("content-type"),
-        Some("application/json"),
-        "{}",
-        head.text
-    );
-    let envelope = read_json(&mut stream, &head).await;
-    assert_eq!(envelope["error"]["code"], "invalid_request", "{envelope}");
-    assert_eq!(
-        envelope["error"]["request_id"], "refused-plain",
-        "{envelope}"
-    );
+    read_envelope(&mut stream, &head, 426, "invalid_request", "refused-plain").await;
 
     drop(stream);
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -607,22 +575,7 @@ async fn an_interim_status_as_the_final_answer_is_a_500_envelope() {
         let request = format!("GET /hints HTTP/1.1\r\nhost: t\r\nx-request-id: {id}\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let head = read_head(&mut stream).await;
-        assert_eq!(head.status, 500, "{id}: {}", head.text);
-        assert_eq!(
-            head.header("x-request-id"),
-            Some(&*id),
-            "{id}: {}",
-            head.text
-        );
-        assert_eq!(
-            head.header("content-type"),
-            Some("application/json"),
-            "{}",
-            head.text
-        );
-        let envelope = read_json(&mut stream, &head).await;
-        assert_eq!(envelope["error"]["code"], "internal_error", "{envelope}");
-        assert_eq!(envelope["error"]["request_id"], *id, "{envelope}");
+        read_envelope(&mut stream, &head, 500, "internal_error", &id).await;
 
         tokio::time::sleep(Duration::from_millis(50)).await;
         let exposition = obs.registry().encode_prometheus().unwrap();

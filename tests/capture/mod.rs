@@ -2,6 +2,7 @@
 //! subscriber that must be installed with it (shared by the facade's test binaries).
 
 use std::io::Write;
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value;
@@ -70,4 +71,42 @@ pub fn capture_lines(
     let (log, log_guard) = builder.build();
     let default = set_default(tracing_subscriber::registry().with(log));
     (out, log_guard, default)
+}
+
+/// How many `http_request` spans are open (a request that ended must have closed its span),
+/// as a layer of a test's subscriber.
+#[derive(Clone, Default)]
+#[allow(dead_code)] // not every binary sharing this module counts spans
+pub struct OpenSpans(Arc<AtomicIsize>);
+
+#[allow(dead_code)]
+impl OpenSpans {
+    pub fn count(&self) -> isize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for OpenSpans
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().name() == "http_request" {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn on_close(&self, id: tracing::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if ctx
+            .span(&id)
+            .is_some_and(|span| span.name() == "http_request")
+        {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }

@@ -355,32 +355,17 @@ fn a_client_panic_caught_around_its_poll_counts_as_an_error() {
 #[tokio::test]
 async fn redirects_and_broken_answers_are_counted_by_what_came_back() {
     use http_body_util::BodyExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut byte = [0; 1];
-                if socket.read(&mut byte).await.unwrap_or(0) == 0 {
-                    break;
-                }
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8(head).unwrap();
-            let answer: &[u8] = match head.split(' ').nth(1) {
-                Some("/moved") => b"HTTP/1.1 301 Moved\r\nlocation: /\r\ncontent-length: 0\r\n\r\n",
-                Some("/cut-head") => b"HTTP/1.1 200 OK\r\ncontent-len",
-                Some("/cut-body") => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort",
-                _ => b"NOT HTTP\r\n\r\n",
-            };
-            socket.write_all(answer).await.unwrap();
-            // Closed: one answer per connection.
-        }
-    });
+    let addr = raw_upstream(|head| {
+        let answer: &[u8] = match head.split(' ').nth(1) {
+            Some("/moved") => b"HTTP/1.1 301 Moved\r\nlocation: /\r\ncontent-length: 0\r\n\r\n",
+            Some("/cut-head") => b"HTTP/1.1 200 OK\r\ncontent-len",
+            Some("/cut-body") => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort",
+            _ => b"NOT HTTP\r\n\r\n",
+        };
+        answer.to_vec()
+    })
+    .await;
     let registry = MetricsRegistry::new();
     let client = ClientMetricsLayer::new(&registry)
         .unwrap()
@@ -430,32 +415,19 @@ async fn redirects_and_broken_answers_are_counted_by_what_came_back() {
 #[tokio::test]
 async fn a_plain_call_answered_with_a_grpc_content_type_counts_by_its_status() {
     use http_body_util::BodyExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut byte = [0; 1];
-                if socket.read(&mut byte).await.unwrap_or(0) == 0 {
-                    break;
-                }
-                head.push(byte[0]);
-            }
-            let code = if head.starts_with(b"GET /failing") {
-                "grpc-status: 14\r\n"
-            } else {
-                ""
-            };
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n{code}content-length: 2\r\n\r\nok"
-            );
-            socket.write_all(answer.as_bytes()).await.unwrap();
-        }
-    });
+    let addr = raw_upstream(|head| {
+        let code = if head.starts_with("GET /failing") {
+            "grpc-status: 14\r\n"
+        } else {
+            ""
+        };
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n{code}content-length: 2\r\n\r\nok"
+        )
+        .into_bytes()
+    })
+    .await;
     let registry = MetricsRegistry::new();
     let client = ClientMetricsLayer::new(&registry)
         .unwrap()
@@ -846,4 +818,29 @@ async fn a_grpc_body_panicking_in_the_client_counts_as_an_error() {
         1.0,
         "{calls:#?}"
     );
+}
+
+/// A server on 127.0.0.1 that reads each request's head and writes the bytes `answer` gives
+/// for it, then closes the connection: one answer per connection, right or broken.
+async fn raw_upstream(answer: fn(&str) -> Vec<u8>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0; 1];
+                if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            socket.write_all(&answer(&head)).await.unwrap();
+        }
+    });
+    addr
 }
