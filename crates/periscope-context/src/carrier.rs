@@ -542,8 +542,10 @@ pub struct Carrier(
 );
 
 /// At most this many keys of ignored entries are kept (a hostile payload may hold millions).
+#[cfg(feature = "serde")]
 const MAX_IGNORED_KEYS: usize = 8;
 /// Keys of ignored entries are kept up to this many bytes.
+#[cfg(feature = "serde")]
 const MAX_IGNORED_KEY_LEN: usize = 64;
 
 #[cfg(feature = "serde")]
