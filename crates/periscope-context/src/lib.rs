@@ -46,6 +46,10 @@ mod ids;
 // them, not a stable API (the warnings' target, `periscope::order`, is what users see).
 #[doc(hidden)]
 pub mod order;
+// Panic catching shared by periscope-error's layer and periscope-trace's job spans: public
+// for them, not a stable API (their log lines are what users see).
+#[doc(hidden)]
+pub mod panic;
 mod peer;
 mod request_id;
 mod route;

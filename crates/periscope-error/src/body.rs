@@ -10,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project::pin_project;
 
 use crate::error::BoxError;
-use crate::panic;
+use crate::panic::{self, LogPanic};
 use crate::render::{self, Ids};
 
 /// The inner service's body, or the error envelope that replaced it.

@@ -23,7 +23,7 @@ use tower_service::Service;
 use crate::body::ResponseBody;
 use crate::code::{ErrorCode, codes};
 use crate::error::{BoxError, HttpError};
-use crate::panic::{self, CaughtPanic};
+use crate::panic::{self, CaughtPanic, LogPanic};
 use crate::render::{self, Format, Ids, RenderedError, RequestHeaders};
 
 /// The longest plain-text 4xx body read to become the envelope's message, in bytes.
