@@ -630,8 +630,8 @@ impl Observability {
     /// a thread of its own. Fails with [`Error::AlreadyInitialized`] when a global subscriber
     /// is already installed, before anything global is changed.
     ///
-    /// It also installs, once per process, a panic hook that logs panics outside requests (in
-    /// `main`, a thread, a spawned task) as an `error` line with target `periscope::panic`,
+    /// It also installs, once per process, a panic hook that logs panics outside requests and
+    /// job spans (in `main`, a thread, a spawned task) as an `error` line with target `periscope::panic`,
     /// waits (up to the flush timeout) until that line is written, as a panic may abort the
     /// process next, then calls the hook before it. `std::process::exit` runs no destructors: drop the guard
     /// before calling it, or the lines still queued are lost.
@@ -914,8 +914,8 @@ impl Observability {
 static PANIC_FLUSHER: std::sync::Mutex<Option<periscope_log::LogFlusher>> =
     std::sync::Mutex::new(None);
 
-/// Installs, once per process, a panic hook that logs every panic the error layer does not
-/// catch (in `main`, a thread, a spawned task) as an `error` line with target
+/// Installs, once per process, a panic hook that logs every panic the error layer or a job
+/// span does not catch (in `main`, a thread, a spawned task) as an `error` line with target
 /// `periscope::panic`, then hands it to the hook installed before (the default one still
 /// prints it on stderr). Without it such a panic reaches stderr only, as plain text outside
 /// the JSON log and `/debug/logs`.
@@ -931,7 +931,8 @@ fn log_panics(flusher: periscope_log::LogFlusher) {
         }
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            // A panic the error layer catches gets the request's `handler panicked` line.
+            // A panic the error layer catches gets the request's `handler panicked` line, one
+            // a job span catches the job's `job panicked` line.
             if !periscope_error::is_catching_panics() {
                 log_panic(info);
                 // The line is only queued: a panic while unwinding, or under

@@ -669,8 +669,8 @@ fn the_forwarding_header_comes_from_trusted_proxies_header_or_the_builder() {
 /// log lines go to.
 const PANIC_CHILD_FILE: &str = "PERISCOPE_TEST_PANIC_CHILD_FILE";
 
-/// Run in a child process: panics in a request, in a thread, then in its own thread with the
-/// guard alive, as a failing `main` does.
+/// Run in a child process: panics in a request, in a job, in a thread, then in its own thread
+/// with the guard alive, as a failing `main` does.
 #[test]
 fn panic_child() {
     use tower::{Layer, ServiceExt};
@@ -699,6 +699,12 @@ fn panic_child() {
         .unwrap();
     let response = runtime.block_on(service.oneshot(request)).unwrap();
     assert_eq!(response.status(), 500);
+    let carrier = periscope::trace::job::carrier_or_new();
+    let job =
+        periscope::trace::job::JobSpan::from_carrier("reindex", &carrier).with_job_id("job_1");
+    let joined =
+        runtime.block_on(async { tokio::spawn(job.run(async { panic!("job boom") })).await });
+    assert!(joined.unwrap_err().is_panic());
     std::thread::Builder::new()
         .name("worker".into())
         .spawn(|| panic!("worker died"))
@@ -728,11 +734,21 @@ fn a_panic_outside_a_request_is_an_error_line_of_the_log() {
         .filter(|line| line["message"] == "handler panicked")
         .collect();
     assert_eq!(handler.len(), 1, "{text}");
+    // A job's panic: its job span's line, not the hook's as well.
+    let job: Vec<&Value> = lines
+        .iter()
+        .filter(|line| line["message"] == "job panicked")
+        .collect();
+    assert_eq!(job.len(), 1, "{text}");
+    assert_eq!(job[0]["job_id"], "job_1", "{text}");
+    assert_eq!(job[0]["data"]["panic.message"], "job boom", "{text}");
+    let location = job[0]["data"]["panic.location"].as_str().unwrap();
+    assert!(location.starts_with("tests/settings.rs:"), "{location}");
     let panics: Vec<&Value> = lines
         .iter()
         .filter(|line| line["target"] == "periscope::panic")
         .collect();
-    // The panic the error layer caught is not logged a second time.
+    // The panics the error layer and the job span caught are not logged a second time.
     assert_eq!(panics.len(), 2, "{text}");
     for (line, message) in panics.iter().zip(["worker died", "main failed"]) {
         assert_eq!(line["level"], "error", "{line}");

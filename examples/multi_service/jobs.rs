@@ -137,8 +137,9 @@ impl Consumer {
     }
 
     /// [`run`](Self::run), with `work` as the job. Each job runs as a task of its own, so one
-    /// that panics (a bug) is logged as failed, with its ids, and the queue goes on: a panic in
-    /// the consumer itself would stop every later job for good.
+    /// that panics (a bug) fails alone and the queue goes on: a panic in the consumer itself
+    /// would stop every later job for good. `JobSpan::run` logs the panic (`job panicked`,
+    /// with the job's ids) before it ends the task.
     async fn run_with<F, W>(mut self, work: W)
     where
         W: Fn(Job) -> F,
@@ -146,27 +147,11 @@ impl Consumer {
     {
         while let Some(job) = self.receiver.recv().await {
             let span = JobSpan::from_carrier("index_text", &job.trace).with_job_id(&job.id);
-            let job_span = span.span().clone();
-            if let Err(error) = tokio::spawn(span.run(work(job))).await {
-                // In the job's span: the line carries its `job_id`, request and trace ids.
-                let panic = panic_message(error);
-                job_span.in_scope(|| tracing::error!(panic, "job failed"));
+            if tokio::spawn(span.run(work(job))).await.is_err() {
                 self.counts.failed.fetch_add(1, Ordering::Relaxed);
             }
             self.counts.done.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-/// What a job task's panic said (`cancelled` for a task aborted at shutdown).
-fn panic_message(error: tokio::task::JoinError) -> String {
-    match error.try_into_panic() {
-        Ok(payload) => payload
-            .downcast_ref::<&str>()
-            .map(|text| (*text).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".to_owned()),
-        Err(_) => "cancelled".to_owned(),
     }
 }
 

@@ -1,9 +1,15 @@
 //! Background jobs: the request's context travels in the job payload, and the worker continues
 //! the same trace and request id under a span of its own.
 
+use std::error::Error;
+use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use periscope_context::panic::{self, CaughtPanic};
 use periscope_context::{Carrier, ExtractOptions, Extracted, RequestContext, WithContext, extract};
+use pin_project::pin_project;
 use tracing::Span;
 use tracing::field::Empty;
 use tracing::instrument::{Instrument, Instrumented};
@@ -180,9 +186,141 @@ impl JobSpan {
         &self.span
     }
 
-    /// Runs `job` inside the span (an error-level event inside it marks the exported span as
-    /// failed), with the job's context [current](RequestContext::current).
-    pub fn run<F: Future>(self, job: F) -> Instrumented<WithContext<F>> {
-        self.context.scope(job).instrument(self.span)
+    /// Runs `job` inside the span, with the job's context [current](RequestContext::current).
+    /// An error-level line inside it marks the exported span as failed.
+    ///
+    /// A panic while the job is polled is logged once, at `error` inside the span (`job
+    /// panicked`, with `panic.message`, `panic.location`, and `panic.backtrace` when
+    /// `RUST_BACKTRACE` is set; the line carries the job's ids and, with OpenTelemetry, marks
+    /// the exported span `ERROR`), and then goes on unwinding with its own payload, so the
+    /// worker's retry logic sees it (a task's `JoinError`, `catch_unwind`). As with
+    /// periscope-error's layer, the first call installs a panic hook (once per process) that
+    /// records the location of the panics it catches and reports them by this line instead
+    /// of the default hook's text on stderr; other panics reach the hook installed before.
+    /// An `Err` the job returns is its value: see [`run_fallible`](Self::run_fallible) to log
+    /// it.
+    ///
+    /// ```
+    /// use periscope_trace::job::{self, JobSpan};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let carrier = job::carrier_or_new();
+    /// let job = JobSpan::from_carrier("resize_image", &carrier).with_job_id("job_7");
+    /// // Logged as `job panicked` with the job's ids; the task still ends with the panic.
+    /// let joined = tokio::spawn(job.run(async { panic!("no such image") })).await;
+    /// assert!(joined.unwrap_err().is_panic());
+    /// # });
+    /// ```
+    pub fn run<F: Future>(self, job: F) -> JobFuture<F> {
+        panic::install_hook();
+        JobFuture {
+            inner: self.context.scope(job).instrument(self.span),
+            report: None,
+        }
+    }
+
+    /// [`run`](Self::run) for a job that returns a `Result`: an `Err` is also logged once, at
+    /// `error` inside the span (`job failed`, with the error and its `source()` chain under
+    /// `error`, as the log layer writes an `&dyn Error`), which marks the exported span
+    /// `ERROR`. The result is returned unchanged, for the worker to retry or give up.
+    ///
+    /// A boxed error (`Box<dyn Error + Send + Sync>`) or anyhow's does not implement `Error`
+    /// itself: log such a job's error inside it, or turn it into an error type first.
+    ///
+    /// ```
+    /// use periscope_trace::job::{self, JobSpan};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let carrier = job::carrier_or_new();
+    /// let job = JobSpan::from_carrier("send_receipt", &carrier).with_job_id("job_8");
+    /// // Logged as `job failed`, with `error: {"message": "mail server refused", "chain": []}`.
+    /// let sent: Result<(), std::io::Error> = job
+    ///     .run_fallible(async { Err(std::io::Error::other("mail server refused")) })
+    ///     .await;
+    /// assert!(sent.is_err());
+    /// # });
+    /// ```
+    pub fn run_fallible<F, T, E>(self, job: F) -> JobFuture<F>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: Error + 'static,
+    {
+        let mut future = self.run(job);
+        future.report = Some(report_err::<T, E>);
+        future
+    }
+}
+
+/// A job run by [`JobSpan::run`] or [`JobSpan::run_fallible`]: `F` inside the job's span,
+/// with the job's context current, logging a panic (and, for `run_fallible`, an `Err`) once
+/// inside the span. `Send` when `F` is; a job that neither panics nor fails pays a
+/// `catch_unwind` per poll.
+#[pin_project]
+#[must_use = "futures do nothing unless polled"]
+pub struct JobFuture<F: Future> {
+    #[pin]
+    inner: Instrumented<WithContext<F>>,
+    /// Logs an `Err` output (`run_fallible`).
+    report: Option<fn(&F::Output)>,
+}
+
+impl<F: Future> JobFuture<F> {
+    /// The job's span.
+    pub fn span(&self) -> &Span {
+        self.inner.span()
+    }
+}
+
+impl<F: Future> fmt::Debug for JobFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobFuture")
+            .field("span", self.inner.span())
+            .field("logs_err", &self.report.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for JobFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        let polled = match panic::catch(|| this.inner.as_mut().poll(cx)) {
+            Ok(polled) => polled,
+            Err(caught) => {
+                inside(this.inner, || log_panic(&caught));
+                caught.resume()
+            }
+        };
+        if let (Poll::Ready(output), Some(report)) = (&polled, *this.report) {
+            inside(this.inner, || report(output));
+        }
+        polled
+    }
+}
+
+/// Runs `f` as a line of the job would run: inside its span, with its context current.
+#[cold]
+fn inside(inner: Pin<&mut Instrumented<WithContext<impl Future>>>, f: impl FnOnce()) {
+    let span = inner.span().clone();
+    inner.inner_pin_mut().in_scope(|_| span.in_scope(f));
+}
+
+fn log_panic(caught: &CaughtPanic) {
+    tracing::error!(
+        target: JOB_TARGET,
+        {
+            panic.message = caught.message.as_str(),
+            panic.location = caught.location.as_deref(),
+            panic.backtrace = caught.backtrace.as_deref(),
+        },
+        "job panicked"
+    );
+}
+
+fn report_err<T, E: Error + 'static>(output: &Result<T, E>) {
+    if let Err(error) = output {
+        let error: &(dyn Error + 'static) = error;
+        tracing::error!(target: JOB_TARGET, error, "job failed");
     }
 }

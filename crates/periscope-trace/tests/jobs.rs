@@ -1,6 +1,7 @@
 //! Jobs end to end: the carrier as a queue stores it (JSON), carriers from older, newer,
 //! broken or hostile writers, retries, jobs enqueued by jobs or outside any request, sampling,
-//! the worker's JSON log lines, failing jobs, and (with `otel`) the exported job spans.
+//! the worker's JSON log lines, failing and panicking jobs, and (with `otel`) the exported job
+//! spans.
 
 mod support;
 
@@ -506,33 +507,167 @@ async fn the_workers_lines_carry_the_jobs_ids() {
     }
 }
 
-/// A job that returns an error, or panics. An `Err` is the job's value: nothing is logged
-/// for it. A panic unwinds through the span: the worker that catches it (a task's
-/// `JoinError`) logs it inside a clone of the job's span, so the line carries the job's ids.
+/// A bug's panic whose message is JSON with a secret in it (masked by key in the log, as the
+/// log layer masks any JSON text, a handler's panic message included).
+const SECRET_PANIC: &str = r#"{"card":"4242","password":"hunter2"}"#;
+
+/// A job that panics: one `error` line inside its span, with the job's ids and the panic's
+/// message (masked by the log layer) and location; the panic still ends the worker's task, with
+/// its own payload, for the worker's retry logic.
 #[tokio::test]
-async fn a_failing_job_is_logged_by_its_worker_with_the_jobs_ids() {
+async fn a_panicking_job_is_logged_once_with_its_ids_and_still_unwinds() {
     let (logs, _guard) = json_logs();
-    let request = request(&format!("00-{TRACE}-{PARENT}-01"), "req-fail");
+    let request = request(&format!("00-{TRACE}-{PARENT}-01"), "req-panic");
+    let carrier = through_json(&request.in_scope(job::carrier).unwrap());
+    let job = JobSpan::from_carrier("charge", &carrier).with_job_id("job_9");
+    let ctx = job.context().clone();
+    let joined = tokio::spawn(job.run(async {
+        tracing::info!("charging");
+        panic!("{SECRET_PANIC}");
+    }))
+    .await;
+    let payload = joined.unwrap_err().into_panic();
+    assert_eq!(payload.downcast_ref::<String>().unwrap(), SECRET_PANIC);
+
+    let lines = logs.lines_for("req-panic");
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let line = &lines[1];
+    assert_eq!(line["level"], "error", "{line}");
+    assert_eq!(line["message"], "job panicked", "{line}");
+    assert_eq!(line["job_id"], "job_9", "{line}");
+    assert_eq!(line["job_name"], "charge", "{line}");
+    assert_eq!(line["trace_id"], TRACE, "{line}");
+    assert_eq!(line["span_id"], ctx.span_id.to_string(), "{line}");
+    assert_eq!(line["org_id"], "org_7", "{line}");
+    let message = line["data"]["panic.message"].as_str().unwrap();
+    let message: Value = serde_json::from_str(message).unwrap();
+    assert_eq!(message["card"], "4242", "{line}");
+    assert_eq!(message["password"], "[REDACTED]", "{line}");
+    let location = line["data"]["panic.location"].as_str().unwrap();
+    assert!(location.contains("jobs.rs:"), "{location}");
+}
+
+/// The panic reaches `catch_unwind` around the worker's own poll with its payload unchanged,
+/// whatever it is; the line says what it can of it, and a long message is cut as any value.
+#[test]
+fn a_panic_reaches_catch_unwind_with_its_payload() {
+    #[derive(Debug, PartialEq)]
+    struct Retry(u32);
+
+    let (logs, _guard) = json_logs();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let carrier = Carrier::from_context(&request(&format!("00-{TRACE}-{PARENT}-01"), "req-any"));
+    let job = JobSpan::from_carrier("sync", &carrier).with_job_id("job_any");
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(job.run(async { std::panic::panic_any(Retry(3)) }))
+    }))
+    .unwrap_err();
+    assert_eq!(caught.downcast_ref::<Retry>(), Some(&Retry(3)));
+
+    let long = "x".repeat(100_000);
+    let job = JobSpan::from_carrier("sync", &carrier).with_job_id("job_long");
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(job.run(async { panic!("{long}") }))
+    }))
+    .unwrap_err();
+    assert_eq!(caught.downcast_ref::<String>(), Some(&long));
+
+    let lines = logs.lines_for("req-any");
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(lines[0]["job_id"], "job_any");
+    assert_eq!(
+        lines[0]["data"]["panic.message"],
+        "a panic with a non-string payload"
+    );
+    assert_eq!(lines[1]["job_id"], "job_long");
+    let message = lines[1]["data"]["panic.message"].as_str().unwrap();
+    assert!(
+        message.len() < 17 * 1024 && message.starts_with("xxx"),
+        "{} bytes",
+        message.len()
+    );
+}
+
+/// A job that returns `Err` through `run_fallible`: one `error` line inside its span with the
+/// error and its chain, and the result unchanged. Through `run`, an `Err` is the job's value
+/// and nothing is logged for it.
+#[tokio::test]
+async fn a_fallible_jobs_err_is_logged_once_with_its_chain() {
+    #[derive(Debug)]
+    struct ChargeFailed(std::io::Error);
+
+    impl std::fmt::Display for ChargeFailed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("charge failed")
+        }
+    }
+
+    impl std::error::Error for ChargeFailed {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    let (logs, _guard) = json_logs();
+    let request = request(&format!("00-{TRACE}-{PARENT}-01"), "req-err");
     let carrier = through_json(&request.in_scope(job::carrier).unwrap());
     let result: Result<(), &str> = JobSpan::from_carrier("charge", &carrier)
         .run(async { Err("card declined") })
         .await;
     assert_eq!(result, Err("card declined"));
-    assert!(logs.lines_for("req-fail").is_empty());
+    assert!(logs.lines_for("req-err").is_empty());
 
-    let job = JobSpan::from_carrier("charge", &carrier).with_job_id("job_9");
-    let (span, ctx) = (job.span().clone(), job.context().clone());
-    let joined = tokio::spawn(job.run(async { panic!("a bug") })).await;
-    let error = joined.unwrap_err();
-    assert!(error.is_panic());
-    span.in_scope(|| tracing::error!(panic = "a bug", "job failed"));
-    let lines = logs.lines_for("req-fail");
+    let job = JobSpan::from_carrier("charge", &carrier).with_job_id("job_10");
+    let ctx = job.context().clone();
+    let result: Result<u8, ChargeFailed> = job
+        .run_fallible(async { Err(ChargeFailed(std::io::Error::other("gateway timed out"))) })
+        .await;
+    let error = result.unwrap_err();
+    assert_eq!(error.0.to_string(), "gateway timed out");
+
+    let lines = logs.lines_for("req-err");
     assert_eq!(lines.len(), 1, "{lines:#?}");
-    assert_eq!(lines[0]["level"], "error");
-    assert_eq!(lines[0]["job_id"], "job_9");
-    assert_eq!(lines[0]["job_name"], "charge");
-    assert_eq!(lines[0]["span_id"], ctx.span_id.to_string());
-    assert_eq!(lines[0]["trace_id"], TRACE);
+    let line = &lines[0];
+    assert_eq!(line["level"], "error", "{line}");
+    assert_eq!(line["message"], "job failed", "{line}");
+    assert_eq!(line["job_id"], "job_10", "{line}");
+    assert_eq!(line["job_name"], "charge", "{line}");
+    assert_eq!(line["trace_id"], TRACE, "{line}");
+    assert_eq!(line["span_id"], ctx.span_id.to_string(), "{line}");
+    assert_eq!(
+        line["data"]["error"],
+        serde_json::json!({"message": "charge failed", "chain": ["gateway timed out"]}),
+        "{line}"
+    );
+}
+
+/// A job that succeeds, through either form, logs nothing of its own.
+#[tokio::test]
+async fn a_job_that_succeeds_logs_nothing_new() {
+    let (logs, _guard) = json_logs();
+    let carrier = Carrier::from_context(&request(&format!("00-{TRACE}-{PARENT}-01"), "req-ok"));
+    let done = JobSpan::from_carrier("plain", &carrier)
+        .run(async { 7 })
+        .await;
+    assert_eq!(done, 7);
+    let done: Result<u8, std::io::Error> = JobSpan::from_carrier("fallible", &carrier)
+        .run_fallible(async { Ok(8) })
+        .await;
+    assert_eq!(done.unwrap(), 8);
+    assert!(logs.lines_for("req-ok").is_empty(), "{:#?}", logs.lines());
+}
+
+/// A worker hands the job's future to a multi-threaded runtime: it is `Send` when the job is.
+#[test]
+fn a_jobs_future_is_send() {
+    fn send<T: Send>(_: &T) {}
+    let carrier = job::carrier_or_new();
+    send(&JobSpan::from_carrier("plain", &carrier).run(async {}));
+    let fallible = JobSpan::from_carrier("fallible", &carrier)
+        .run_fallible(async { Ok::<(), std::io::Error>(()) });
+    send(&fallible);
 }
 
 #[cfg(feature = "otel")]
@@ -663,11 +798,10 @@ mod otel {
         }
     }
 
-    /// What marks an exported job span failed: an error-level line inside it (the worker's
-    /// line about a panic, logged in a clone of the span, included); an `Err` the job
-    /// returns, or a panic no one logs, does not.
+    /// What marks an exported job span failed: an error-level line inside it, a panic, or an
+    /// `Err` through `run_fallible`; an `Err` through `run`, or success, does not.
     #[tokio::test]
-    async fn a_failing_job_is_exported_as_an_error_only_once_logged() {
+    async fn a_failing_job_is_exported_as_an_error() {
         let (kept, provider, _logs, _guard) = export(always());
         let carrier = Carrier::from_context(&request(&format!("00-{TRACE}-{PARENT}-01"), "r"));
         JobSpan::from_carrier("logs_error", &carrier)
@@ -676,29 +810,41 @@ mod otel {
         let _: Result<(), &str> = JobSpan::from_carrier("returns_err", &carrier)
             .run(async { Err("no") })
             .await;
-        let job = JobSpan::from_carrier("panics_unlogged", &carrier);
+        let _: Result<(), std::io::Error> = JobSpan::from_carrier("fallible_err", &carrier)
+            .run_fallible(async { Err(std::io::Error::other("no")) })
+            .await;
+        let _: Result<(), std::io::Error> = JobSpan::from_carrier("fallible_ok", &carrier)
+            .run_fallible(async { Ok(()) })
+            .await;
+        let job = JobSpan::from_carrier("panics", &carrier);
         assert!(
             tokio::spawn(job.run(async { panic!("a bug") }))
                 .await
-                .is_err()
+                .unwrap_err()
+                .is_panic()
         );
-        let job = JobSpan::from_carrier("panics_logged", &carrier);
-        let span = job.span().clone();
-        assert!(
-            tokio::spawn(job.run(async { panic!("a bug") }))
-                .await
-                .is_err()
-        );
-        span.in_scope(|| tracing::error!(panic = "a bug", "job failed"));
-        drop(span);
         provider.force_flush().unwrap();
 
         let spans = kept.0.lock().unwrap().clone();
         let error = |name| matches!(find(&spans, name).status, Status::Error { .. });
         assert!(error("logs_error"));
         assert!(!error("returns_err"));
-        assert!(!error("panics_unlogged"));
-        assert!(error("panics_logged"));
+        assert!(error("fallible_err"));
+        assert!(!error("fallible_ok"));
+        assert!(error("panics"));
+        let panics = find(&spans, "panics");
+        let event = panics
+            .events
+            .iter()
+            .find(|event| event.name == "job panicked")
+            .unwrap_or_else(|| panic!("{panics:#?}"));
+        assert!(
+            event
+                .attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "panic.message" && kv.value.as_str() == "a bug"),
+            "{event:#?}"
+        );
     }
 
     /// A sampled-out caller: the job is not exported, and its calls say so downstream.
