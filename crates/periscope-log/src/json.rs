@@ -42,6 +42,11 @@ fn plain_run(bytes: &[u8]) -> usize {
     run_of(bytes, plain_eight)
 }
 
+/// Whether [`write_escaped`] writes `s` as it is: no byte of it is escaped.
+pub(crate) fn is_plain(s: &str) -> bool {
+    plain_run(s.as_bytes()) == s.len()
+}
+
 /// Whether `bytes` is plain (see [`plain_run`]) and holds no `:`, `{` or `[`: text that is
 /// neither JSON nor struct or map syntax naming a key, such as an id or an enum variant, and
 /// so is written the same whether it came as text or as `Debug` output.
