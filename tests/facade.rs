@@ -1301,6 +1301,9 @@ async fn every_signal_of_a_request_tells_what_the_client_got() {
         assert_eq!(access.len(), 1, "{name}: {lines:#?}");
         let access = access[0];
         assert_eq!(access["trace_id"], trace_id.as_str(), "{name}");
+        // Written in the request's span, even where the client left first (the span stays
+        // open until the layers inside it are done).
+        assert_eq!(access["span"], "http_request", "{name}: {access}");
         assert_eq!(
             access["data"]["status"].as_u64(),
             case.status.map(u64::from),

@@ -145,6 +145,16 @@ pub fn server_address(uri: &http::Uri) -> Option<&str> {
     )
 }
 
+/// The `tracing` target and name of periscope-trace's server span, by which the layers inside
+/// it know it: its `Correlation` future and body hold the span until after they have dropped
+/// the layers inside, so those may name it as a parent by its id without a handle of their
+/// own. For periscope's layers, not a stable API.
+#[doc(hidden)]
+pub const SERVER_SPAN_TARGET: &str = "periscope_trace::server";
+/// See [`SERVER_SPAN_TARGET`].
+#[doc(hidden)]
+pub const SERVER_SPAN_NAME: &str = "http_request";
+
 /// Which periscope layers already observe a request, kept in its extensions: the same layer
 /// applied again inside (the stack on a nested router and on the outer one) leaves the request
 /// to the copy outside. One value for the access log and the metrics layers, so the stack

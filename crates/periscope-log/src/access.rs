@@ -15,8 +15,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEnd, StreamEndWatch, head_outcome};
 use periscope_context::{
-    AnsweredError, ClientAddr, HexId, Observed, RequestContext, RequestId, SpanId, Tenant,
-    TenantSpanFields, TraceId, TrustedProxies,
+    AnsweredError, ClientAddr, HexId, Observed, RequestContext, RequestId, SERVER_SPAN_NAME,
+    SERVER_SPAN_TARGET, SpanId, Tenant, TenantSpanFields, TraceId, TrustedProxies,
     order::{self, Misordering},
 };
 use pin_project::{pin_project, pinned_drop};
@@ -24,7 +24,7 @@ use pin_project::{pin_project, pinned_drop};
 use crate::peer_text::PeerText;
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::{Level, Span};
+use tracing::{Id, Level, Span};
 
 /// Probe and scrape paths whose lines are quiet (logged at debug) by default (periscope-context's
 /// list, shared with the trace layer).
@@ -153,7 +153,46 @@ struct RequestInfo {
     status: StatusCode,
     grpc: Option<GrpcCode>,
     started: Instant,
-    span: Span,
+    parent: Parent,
+}
+
+/// The span the line is logged in: the one current when the request arrived.
+enum Parent {
+    /// periscope-trace's server span: the correlation layer outside holds it until after this
+    /// layer's future and body are dropped, so its id is enough (a handle of this layer's own
+    /// would cost a clone and a close, some 700 instructions a request).
+    Server(Id),
+    /// Any other span (or none), held so that it is still open when the line is written.
+    Held(Span),
+}
+
+impl Parent {
+    /// The span current now, and whether it records the request's ids.
+    fn current() -> (Self, bool) {
+        let server = tracing::dispatcher::get_default(|dispatch| {
+            let current = dispatch.current_span();
+            let metadata = current.metadata()?;
+            let server =
+                metadata.target() == SERVER_SPAN_TARGET && metadata.name() == SERVER_SPAN_NAME;
+            current.id().filter(|_| server).cloned()
+        });
+        if let Some(id) = server {
+            return (Self::Server(id), true);
+        }
+        let span = Span::current();
+        let has_ids = span
+            .metadata()
+            .is_some_and(|metadata| metadata.fields().field("request_id").is_some());
+        (Self::Held(span), has_ids)
+    }
+
+    /// The line's parent; `None` (a line of its own) where no span was current.
+    fn id(&self) -> Option<Id> {
+        match self {
+            Self::Server(id) => Some(id.clone()),
+            Self::Held(span) => span.id(),
+        }
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AccessLog<S>
@@ -190,13 +229,10 @@ where
             }
         }
         let path = request.uri().path();
-        let span = Span::current();
         // Inside the request span the line lifts the ids from it: recording them again on
         // the event would only repeat the work. Without one (the layer alone, or a quiet
         // path), the event carries them itself.
-        let span_has_ids = span
-            .metadata()
-            .is_some_and(|metadata| metadata.fields().field("request_id").is_some());
+        let (parent, span_has_ids) = Parent::current();
         let (ids, tenant) = if span_has_ids {
             (None, None)
         } else {
@@ -238,7 +274,7 @@ where
             status: StatusCode::OK,
             grpc: None,
             started: Instant::now(),
-            span,
+            parent,
         };
         ResponseFuture {
             inner: self.inner.call(request),
@@ -621,8 +657,8 @@ macro_rules! with_extra_fields {
 }
 
 /// Emits the access event at a level chosen at run time (`tracing` macros need a constant),
-/// as a child of `$parent`, the span current when the request came in: named rather than
-/// entered, which costs a subscriber two calls per line for the same result.
+/// as a child of `$parent` (an `Option<Id>`), the span current when the request came in:
+/// named rather than entered, which costs a subscriber two calls per line for the same result.
 macro_rules! access_event {
     ($level:expr, $parent:expr, $($rest:tt)*) => {
         match $level {
@@ -682,7 +718,7 @@ impl RequestInfo {
             ([$($client:tt)*] [$($tenant:tt)*]) => {
                 access_event!(
                     self.level(true),
-                    &self.span,
+                    self.parent.id(),
                     method = self.method.as_str(),
                     route = self.route.as_ref().map(Route::as_str),
                     path = self.path(),
@@ -790,7 +826,7 @@ impl RequestInfo {
             ([$($client:tt)*] [$($tenant:tt)*]) => {
                 access_event!(
                     level,
-                    &self.span,
+                    self.parent.id(),
                     method = self.method.as_str(),
                     route = self.route.as_ref().map(Route::as_str),
                     path = self.path(),

@@ -37,9 +37,17 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The length of the run of bytes at the start of `bytes` that are written as they are,
 /// checked eight at a time (most text is plain ASCII); stops at the first eight that hold a
-/// byte below 0x20, `"`, `\` or one from 0x7f up, leaving those to [`ESCAPE`].
+/// byte below 0x20, `"`, `\` or one from 0x7f up, leaving those to [`ESCAPE`]. Inlined into
+/// [`write_escaped`], which runs it for every value: with [`is_plain`] as a second caller the
+/// compiler would make it a call.
+#[inline(always)]
 fn plain_run(bytes: &[u8]) -> usize {
     run_of(bytes, plain_eight)
+}
+
+/// Whether [`write_escaped`] writes `s` as it is: no byte of it is escaped.
+pub(crate) fn is_plain(s: &str) -> bool {
+    plain_run(s.as_bytes()) == s.len()
 }
 
 /// Whether `bytes` is plain (see [`plain_run`]) and holds no `:`, `{` or `[`: text that is

@@ -252,7 +252,7 @@ impl SpanFields {
 }
 
 impl FieldSink for SpanFields {
-    fn begin(&mut self, name: &'static str, slot: Slot) -> Option<&mut Vec<u8>> {
+    fn begin(&mut self, name: &'static str, slot: Slot, _: bool) -> Option<&mut Vec<u8>> {
         match slot {
             Slot::Context(index) => Some(self.start(FieldKey::Context(index))),
             // Dotted names are attributes for OpenTelemetry: `otel.*` instructions (span kind,
@@ -370,8 +370,8 @@ impl EventSink<'_> {
     /// Starts the data field `name`; `None` when the line already has a field of that key and
     /// this is not the event's own field. A field the event names twice (`info!(a = 1, a = 2)`,
     /// or `level` and `data.level` when flattened) replaces the value before it, so one key is
-    /// never written twice.
-    fn data(&mut self, name: &'static str) -> Option<&mut Vec<u8>> {
+    /// never written twice. `plain_name`: `name` needs no escaping (known from its plan).
+    fn data(&mut self, name: &'static str, plain_name: bool) -> Option<&mut Vec<u8>> {
         let flattened = self.layer.flatten && self.layer.format == LogFormat::Json;
         let parts = &mut *self.parts;
         if let Some(index) = parts
@@ -392,7 +392,11 @@ impl EventSink<'_> {
                 if flattened && RESERVED_KEYS.contains(&name) {
                     out.extend_from_slice(b"data.");
                 }
-                json::write_escaped(out, name);
+                if plain_name {
+                    out.extend_from_slice(name.as_bytes());
+                } else {
+                    json::write_escaped(out, name);
+                }
                 out.extend_from_slice(b"\":");
             }
             LogFormat::Pretty => {
@@ -415,11 +419,11 @@ fn same_key(flattened: bool, a: &str, b: &str) -> bool {
 }
 
 impl FieldSink for EventSink<'_> {
-    fn begin(&mut self, name: &'static str, slot: Slot) -> Option<&mut Vec<u8>> {
+    fn begin(&mut self, name: &'static str, slot: Slot, plain_name: bool) -> Option<&mut Vec<u8>> {
         match slot {
             Slot::Context(index) => self.context(index),
             Slot::Data if self.bridged && name.starts_with("log.") => None,
-            Slot::Data | Slot::Message => self.data(name),
+            Slot::Data | Slot::Message => self.data(name, plain_name),
         }
     }
 
@@ -540,7 +544,7 @@ impl LogLayer {
                 }
                 if self.span_fields {
                     for (name, value) in fields.data() {
-                        if let Some(out) = sink.data(name) {
+                        if let Some(out) = sink.data(name, false) {
                             out.extend_from_slice(value);
                         }
                     }
@@ -823,15 +827,15 @@ mod tests {
         let owner = LayerId::next();
         let mut fields = SpanFields::with_capacity(owner, 3, true);
         fields
-            .begin("a", Slot::Data)
+            .begin("a", Slot::Data, true)
             .unwrap()
             .extend_from_slice(b"1");
         fields
-            .begin("request_id", Slot::Context(0))
+            .begin("request_id", Slot::Context(0), true)
             .unwrap()
             .extend_from_slice(b"\"req_1\"");
         fields
-            .begin("b", Slot::Data)
+            .begin("b", Slot::Data, true)
             .unwrap()
             .extend_from_slice(b"true");
         fields.close();
@@ -839,7 +843,7 @@ mod tests {
             let mut update = SpanFields::with_capacity(owner, 1, true);
             let value = i.to_string();
             update
-                .begin("a", Slot::Data)
+                .begin("a", Slot::Data, true)
                 .unwrap()
                 .extend_from_slice(value.as_bytes());
             fields.merge(update);

@@ -17,6 +17,8 @@ use tracing::Span;
 /// mid-stream carries the request's ids.
 #[pin_project::pin_project]
 pub struct CorrelationBody<B> {
+    // Declared before `span`, so dropped first: the access log inside names the span as its
+    // line's parent by id alone (`periscope_context::SERVER_SPAN_TARGET`).
     #[pin]
     inner: WithContext<B>,
     span: Span,

@@ -33,10 +33,10 @@ use crate::selector::PathSelector;
 use crate::trust::Trust;
 
 /// The tracing target of the server span and of the layer's warnings.
-pub const SERVER_TARGET: &str = "periscope_trace::server";
+pub const SERVER_TARGET: &str = periscope_context::SERVER_SPAN_TARGET;
 
 /// The name of the server span (`otel.name` carries the name it is exported under).
-const SERVER_SPAN: &str = "http_request";
+const SERVER_SPAN: &str = periscope_context::SERVER_SPAN_NAME;
 
 /// Correlation and tracing for incoming HTTP requests: the outermost periscope layer.
 ///
@@ -597,6 +597,9 @@ fn route_template<B>(request: &Request<B>) -> Option<&str> {
 #[pin_project::pin_project]
 #[must_use = "futures do nothing unless polled"]
 pub struct ResponseFuture<F> {
+    // Declared before `span`, so dropped first: the access log inside names the span as its
+    // line's parent by id alone, without a handle that would keep it open
+    // (`periscope_context::SERVER_SPAN_TARGET`).
     #[pin]
     inner: WithContext<F>,
     span: Span,
