@@ -75,6 +75,22 @@ pub(crate) fn early_id<T: std::fmt::Display>(id: T) -> Option<tracing::field::Di
     (!cfg!(feature = "otel")).then(|| tracing::field::display(id))
 }
 
+/// A text field of the server span as it is best recorded: without OpenTelemetry a `Display`
+/// value, which a formatting layer writes as it is (text it quotes and escapes character by
+/// character: about 570 instructions a request for the span's four); with OpenTelemetry the
+/// text itself, which its layer copies (a `Display` value it formats: about 1,400 more a
+/// request). Both give JSON layers and exporters the same string.
+#[cfg(not(feature = "otel"))]
+pub(crate) fn span_text(text: &str) -> tracing::field::DisplayValue<&str> {
+    tracing::field::display(text)
+}
+
+/// See the version without OpenTelemetry.
+#[cfg(feature = "otel")]
+pub(crate) fn span_text(text: &str) -> &str {
+    text
+}
+
 #[cfg(feature = "otel")]
 mod otel {
     use super::ParentKind;

@@ -20,7 +20,7 @@ use tower_service::Service;
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::binding::{ParentKind, bind, early_id};
+use crate::binding::{ParentKind, bind, early_id, span_text};
 use crate::body::CorrelationBody;
 use crate::fields::{
     method_name, method_original, record_failure, record_grpc_code, record_status, span_method,
@@ -484,22 +484,24 @@ fn server_span<B>(
         otel.name = %SpanName { method, route, rpc },
         otel.kind = "server",
         otel.status_code = Empty,
-        http.request.method = method,
+        http.request.method = span_text(method),
         http.request.method_original = method_original(request.method()),
-        http.route = route,
+        http.route = route.map(span_text),
         http.response.status_code = Empty,
         rpc.system = Empty,
         rpc.service = Empty,
         rpc.method = Empty,
         rpc.grpc.status_code = Empty,
-        url.path = request.uri().path(),
+        url.path = span_text(request.uri().path()),
         // Recorded only behind trusted proxies (`CorrelationLayer::trusted_proxies`).
         client.address = Empty,
         // An absolute-form target names any scheme the client likes (`javascript://x/`):
         // only `http` and `https` are taken from it, as from the proxy headers.
-        url.scheme = forwarded_scheme
-            .or_else(|| known_scheme(request.uri().scheme_str()?.as_bytes()))
-            .unwrap_or("http"),
+        url.scheme = span_text(
+            forwarded_scheme
+                .or_else(|| known_scheme(request.uri().scheme_str()?.as_bytes()))
+                .unwrap_or("http")
+        ),
         error.type = Empty,
         request_id = %ctx.request_id,
         trace_id = early_id(ctx.trace_id),
