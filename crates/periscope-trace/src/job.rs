@@ -4,6 +4,7 @@
 use std::error::Error;
 use std::fmt;
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -225,7 +226,7 @@ impl JobSpan {
     /// `ERROR`. The result is returned unchanged, for the worker to retry or give up.
     ///
     /// A boxed error (`Box<dyn Error + Send + Sync>`) or anyhow's does not implement `Error`
-    /// itself: log such a job's error inside it, or turn it into an error type first.
+    /// itself: run such a job through [`run_fallible_dyn`](Self::run_fallible_dyn).
     ///
     /// ```
     /// use periscope_trace::job::{self, JobSpan};
@@ -249,10 +250,41 @@ impl JobSpan {
         future.report = Some(report_err::<T, E>);
         future
     }
+
+    /// [`run_fallible`](Self::run_fallible) for a job whose error is a pointer to a
+    /// `dyn Error + Send + Sync`: `Box<dyn Error + Send + Sync>`, anyhow's `Error`, eyre's
+    /// `Report` (none of which implements `Error` itself). The `Err` is logged the same way,
+    /// with the chain of the error it points to, and returned unchanged.
+    ///
+    /// ```
+    /// use periscope_trace::job::{self, JobSpan};
+    ///
+    /// type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let carrier = job::carrier_or_new();
+    /// let job = JobSpan::from_carrier("send_receipt", &carrier).with_job_id("job_9");
+    /// // Logged as `job failed`, with `error: {"message": "mail server refused", "chain": []}`.
+    /// let sent: Result<(), BoxError> = job
+    ///     .run_fallible_dyn(async { Err("mail server refused".into()) })
+    ///     .await;
+    /// assert!(sent.is_err());
+    /// # });
+    /// ```
+    pub fn run_fallible_dyn<F, T, E>(self, job: F) -> JobFuture<F>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: Deref<Target = dyn Error + Send + Sync + 'static>,
+    {
+        let mut future = self.run(job);
+        future.report = Some(report_dyn_err::<T, E>);
+        future
+    }
 }
 
-/// A job run by [`JobSpan::run`] or [`JobSpan::run_fallible`]: `F` inside the job's span,
-/// with the job's context current, logging a panic (and, for `run_fallible`, an `Err`) once
+/// A job run by [`JobSpan::run`], [`JobSpan::run_fallible`] or [`JobSpan::run_fallible_dyn`]:
+/// `F` inside the job's span, with the job's context current, logging a panic (and, for the
+/// fallible forms, an `Err`) once
 /// inside the span. `Send` when `F` is; a job that neither panics nor fails pays a
 /// `catch_unwind` per poll.
 #[pin_project]
@@ -260,7 +292,7 @@ impl JobSpan {
 pub struct JobFuture<F: Future> {
     #[pin]
     inner: Instrumented<WithContext<F>>,
-    /// Logs an `Err` output (`run_fallible`).
+    /// Logs an `Err` output (`run_fallible`, `run_fallible_dyn`).
     report: Option<fn(&F::Output)>,
 }
 
@@ -320,7 +352,16 @@ fn log_panic(caught: &CaughtPanic) {
 
 fn report_err<T, E: Error + 'static>(output: &Result<T, E>) {
     if let Err(error) = output {
-        let error: &(dyn Error + 'static) = error;
-        tracing::error!(target: JOB_TARGET, error, "job failed");
+        log_job_error(error);
     }
+}
+
+fn report_dyn_err<T, E: Deref<Target = dyn Error + Send + Sync + 'static>>(output: &Result<T, E>) {
+    if let Err(error) = output {
+        log_job_error(&**error);
+    }
+}
+
+fn log_job_error(error: &(dyn Error + 'static)) {
+    tracing::error!(target: JOB_TARGET, error, "job failed");
 }

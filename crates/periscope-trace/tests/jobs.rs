@@ -643,6 +643,61 @@ async fn a_fallible_jobs_err_is_logged_once_with_its_chain() {
     );
 }
 
+/// A job whose error is boxed (`Box<dyn Error + Send + Sync>`, as anyhow's and eyre's errors
+/// are pointers to one) is logged as a concrete error is: once, with the chain it points to.
+#[tokio::test]
+async fn a_boxed_jobs_err_is_logged_once_with_its_chain() {
+    #[derive(Debug)]
+    struct UploadFailed(std::io::Error);
+
+    impl std::fmt::Display for UploadFailed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("upload failed")
+        }
+    }
+
+    impl std::error::Error for UploadFailed {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+    let (logs, _guard) = json_logs();
+    let request = request(&format!("00-{TRACE}-{PARENT}-01"), "req-boxed");
+    let carrier = through_json(&request.in_scope(job::carrier).unwrap());
+    let job = JobSpan::from_carrier("upload", &carrier).with_job_id("job_11");
+    let ctx = job.context().clone();
+    let result: Result<u8, BoxError> = job
+        .run_fallible_dyn(async {
+            Err(UploadFailed(std::io::Error::other("bucket is read-only")).into())
+        })
+        .await;
+    assert_eq!(result.unwrap_err().to_string(), "upload failed");
+
+    let lines = logs.lines_for("req-boxed");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let line = &lines[0];
+    assert_eq!(line["level"], "error", "{line}");
+    assert_eq!(line["message"], "job failed", "{line}");
+    assert_eq!(line["job_id"], "job_11", "{line}");
+    assert_eq!(line["trace_id"], TRACE, "{line}");
+    assert_eq!(line["span_id"], ctx.span_id.to_string(), "{line}");
+    assert_eq!(
+        line["data"]["error"],
+        serde_json::json!({"message": "upload failed", "chain": ["bucket is read-only"]}),
+        "{line}"
+    );
+
+    // Success logs nothing, as through `run_fallible`.
+    let done: Result<u8, BoxError> = JobSpan::from_carrier("upload", &carrier)
+        .run_fallible_dyn(async { Ok(3) })
+        .await;
+    assert_eq!(done.unwrap(), 3);
+    assert_eq!(logs.lines_for("req-boxed").len(), 1);
+}
+
 /// A job that succeeds, through either form, logs nothing of its own.
 #[tokio::test]
 async fn a_job_that_succeeds_logs_nothing_new() {
