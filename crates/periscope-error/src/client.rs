@@ -401,8 +401,9 @@ impl ApiError {
     }
 
     /// How long to wait before retrying: `retry_after_s`, else a `Retry-After` header (seconds,
-    /// or an HTTP date counted from when the response was decoded), at most
-    /// [`MAX_RETRY_AFTER`] (a year).
+    /// or an HTTP date less the answer's own `Date`, by the server's clock as RFC 9110 says;
+    /// less this machine's clock when `Date` is missing or not a date; none for a date before
+    /// it), at most [`MAX_RETRY_AFTER`] (a year).
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
@@ -929,6 +930,46 @@ mod tests {
         assert_eq!(retry_after(" 5 "), Some(Duration::from_secs(5)));
         for garbage in ["soon", "-3", "1.5", "Sun, 32 Nov 1994 08:49:37 GMT"] {
             assert_eq!(retry_after(garbage), None, "{garbage}");
+        }
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date_counts_from_the_answers_date() {
+        let retry_after = |date: &str, value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("date", date.parse().unwrap());
+            headers.insert("retry-after", value.parse().unwrap());
+            ApiError::from_parts(StatusCode::SERVICE_UNAVAILABLE, &headers, b"").retry_after()
+        };
+        let at = |time: SystemTime| httpdate::fmt_http_date(time);
+        let hour = Duration::from_secs(3600);
+        let minute = Duration::from_secs(60);
+        // The server's clock an hour ahead of this machine's, then an hour behind.
+        for server_now in [SystemTime::now() + hour, SystemTime::now() - hour] {
+            let date = at(server_now);
+            assert_eq!(retry_after(&date, &at(server_now + minute)), Some(minute));
+            // Before the answer's date: no delay.
+            assert_eq!(
+                retry_after(&date, &at(server_now - minute)),
+                Some(Duration::ZERO)
+            );
+            // Clamped as the seconds form is.
+            let far = at(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799));
+            assert_eq!(retry_after(&date, &far), Some(MAX_RETRY_AFTER));
+        }
+        // The obsolete date formats count for `Date` too.
+        assert_eq!(
+            retry_after(
+                "Sunday, 06-Nov-94 08:49:37 GMT",
+                "Sun, 06 Nov 1994 08:50:07 GMT"
+            ),
+            Some(Duration::from_secs(30))
+        );
+        // A `Date` that is not a date: this machine's clock, as without one.
+        let in_a_minute = at(SystemTime::now() + minute);
+        for date in ["yesterday", ""] {
+            let seconds = retry_after(date, &in_a_minute).unwrap().as_secs();
+            assert!((58..=61).contains(&seconds), "{date:?}: {seconds} s");
         }
     }
 
