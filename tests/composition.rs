@@ -554,6 +554,86 @@ async fn layers_inside_the_stack_answer_with_envelopes() {
     }
 }
 
+/// tower-http's `RequestBodyTimeoutLayer`, inside `obs.layer()` or outside it: a client that
+/// sends half its body and stalls gets a 408 `timeout` envelope (retryable) with its request
+/// id, the connection closed, logged and counted as a `4xx` of its route, not the extractor's
+/// 400 `invalid_request` ("fix the request").
+#[tokio::test(flavor = "current_thread")]
+async fn a_stalled_upload_is_a_408_timeout_in_either_place() {
+    use tower_http::timeout::RequestBodyTimeoutLayer;
+
+    let body_timeout = RequestBodyTimeoutLayer::new(Duration::from_millis(100));
+    for place in ["inside", "outside"] {
+        let obs = observability(5000);
+        let app = match place {
+            "inside" => routes().layer(body_timeout.clone()).layer(obs.layer()),
+            _ => routes().layer(obs.layer()).layer(body_timeout.clone()),
+        };
+        let s = serve(obs, app).await;
+        for path in ["/upload", "/json"] {
+            let id = format!("stalled-{place}{}", path.replace('/', "-"));
+            let before = counts(&s.obs);
+            // Half the declared body, then nothing: the client neither sends more nor closes.
+            let answer = raw(
+                s.addr,
+                &format!(
+                    "POST {path} HTTP/1.1\r\nhost: a\r\nx-request-id: {id}\r\n\
+                     content-type: application/json\r\ncontent-length: 100\r\n\r\n\
+                     {{\"name\":\"{}",
+                    "x".repeat(41)
+                ),
+            )
+            .await;
+            assert!(answer.starts_with("HTTP/1.1 408 "), "{id}: {answer}");
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+            assert!(
+                head.contains(&format!("\r\nx-request-id: {id}\r\n")),
+                "{head}"
+            );
+            assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+            let envelope: Value = serde_json::from_str(body).unwrap();
+            let error = &envelope["error"];
+            assert_eq!(error["code"], "timeout", "{id}: {envelope}");
+            assert_eq!(error["request_id"], id.as_str(), "{id}");
+            assert_eq!(error["retryable"], true, "{id}");
+            assert_eq!(error["details"]["received_bytes"], 50, "{id}: {envelope}");
+
+            let line = async {
+                loop {
+                    let lines = s.out.lines();
+                    let found = lines.into_iter().find(|line| {
+                        line["target"] == "periscope::access" && line["request_id"] == id.as_str()
+                    });
+                    if let Some(line) = found {
+                        return line;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            let line = tokio::time::timeout(Duration::from_secs(5), line)
+                .await
+                .unwrap_or_else(|_| panic!("{id}: no access line"));
+            assert_eq!(line["data"]["status"], 408, "{id}: {line}");
+            assert_eq!(line["data"]["error_code"], "timeout", "{id}: {line}");
+            assert_eq!(line["data"]["route"], path, "{id}: {line}");
+            assert_eq!(line["trace_id"], error["trace_id"], "{id}");
+            // The error layer's own line says what happened, with the bytes that came.
+            let said = s.out.lines().into_iter().any(|l| {
+                l["request_id"] == id.as_str()
+                    && l["message"] == "the client did not send the request body in time"
+                    && l["data"]["received_bytes"] == 50
+            });
+            assert!(said, "{id}: {:#?}", s.out.lines());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(s.access_lines(&id), 1, "{id}");
+            let after = counts(&s.obs);
+            let key = (path.to_owned(), "4xx".to_owned());
+            let added = after.get(&key).unwrap_or(&0.0) - before.get(&key).unwrap_or(&0.0);
+            assert_eq!(added, 1.0, "{id}: {after:?}");
+        }
+    }
+}
+
 /// tower-http's `CorsLayer` outside `obs.layer()` (docs/ordering.md): every answer has its
 /// headers, the envelopes of a panic and a timeout included, and exposes `x-request-id` to the
 /// browser; preflights are answered by CORS alone, never reaching periscope.

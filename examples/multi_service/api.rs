@@ -181,21 +181,32 @@ impl WorkerClient {
         tracing::warn!(
             upstream_status = error.status().as_u16(),
             upstream_code = error.code(),
+            upstream_message = error.message(),
             "the worker failed"
         );
-        let mut failed = HttpError::new(
-            codes::UPSTREAM_ERROR,
-            format!("The worker failed: {}", error.message()),
-        )
-        .with_detail("upstream", "worker")
-        .with_detail("upstream_status", error.status().as_u16())
-        .with_detail("upstream_code", error.code());
-        // A worker that refused the request (4xx) would refuse it again: retrying helps only
-        // where the worker says so (429), and then no sooner than it says.
-        if error.status().is_client_error() && !error.is_retryable() {
-            failed = failed
-                .with_retryable(false)
-                .with_help("The worker refused this request: sent again unchanged, it fails again");
+        // A redirect is the worker's deployment, not the client's request (this client follows
+        // none): where it points, an address of the worker's, stays in the log line above.
+        let message = if error.status().is_redirection() {
+            format!(
+                "The worker redirected the call (HTTP {}), which is not followed",
+                error.status().as_u16()
+            )
+        } else {
+            format!("The worker failed: {}", error.message())
+        };
+        let mut failed = HttpError::new(codes::UPSTREAM_ERROR, message)
+            .with_detail("upstream", "worker")
+            .with_detail("upstream_status", error.status().as_u16())
+            .with_detail("upstream_code", error.code());
+        // A worker that refused the request (4xx) would refuse it again, and one that
+        // redirected it would redirect it again: retrying helps only where the worker says so
+        // (429), and then no sooner than it says.
+        if (error.status().is_client_error() || error.status().is_redirection())
+            && !error.is_retryable()
+        {
+            failed = failed.with_retryable(false).with_help(
+                "The worker refused or redirected this request: sent again unchanged, it fails again",
+            );
         }
         if let Some(delay) = error.retry_after() {
             failed = failed.with_retry_after(delay);

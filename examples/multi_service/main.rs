@@ -17,7 +17,9 @@
 //! Every log line of the request, in the api, in the worker and in the job, carries the same
 //! `request_id` and `trace_id` (grep the log for the id). A worker failure reaches the client as
 //! a 502 `upstream_error` envelope with the client's request id and the worker's error code in
-//! `details`, retryable unless the worker refused the task (a 4xx it does not mark retryable). A text over 64 KiB is the client's error, a 422 `validation_error`, refused before
+//! `details`, retryable unless the worker refused the task (a 4xx it does not mark retryable)
+//! or redirected it (a 3xx, which the api does not follow; where it points stays in the log).
+//! A text over 64 KiB is the client's error, a 422 `validation_error`, refused before
 //! the worker is called: the worker's answer to it would not fit the 1 MiB the api reads of it.
 //!
 //! Both services run in this one process to keep the example small: they share one

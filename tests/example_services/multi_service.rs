@@ -444,6 +444,40 @@ async fn a_worker_refusal_is_retryable_only_where_the_worker_says_so() {
     assert_eq!(error["retry_after_s"], 7, "{error}");
 }
 
+/// A worker that redirects the call (a move the api's configuration missed) is a 502 that is
+/// not retryable, as the same call would be redirected again; where it points, an address of
+/// the worker's, stays in the api's log, out of the answer.
+#[tokio::test]
+async fn a_worker_redirect_is_an_upstream_error_not_retried_and_its_location_stays_in_the_log() {
+    let moved = misbehaving_worker(concat!(
+        "HTTP/1.1 308 Permanent Redirect\r\nlocation: http://10.1.2.3:8081/v2/process\r\n",
+        "content-type: text/html\r\ncontent-length: 13\r\n\r\n<a>moved</a>\n",
+    ))
+    .await;
+    let service = start_with_worker(&moved);
+    let answer = post_task(&service, "ms-moved-1").await;
+    let error = answer.envelope(502, "upstream_error");
+    assert_eq!(error["details"]["upstream_status"], 308, "{error}");
+    assert_eq!(
+        error["details"]["upstream_code"], "invalid_request",
+        "{error}"
+    );
+    assert_eq!(error["retryable"], false, "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("redirected"), "{message}");
+    assert!(!answer.text().contains("10.1.2.3"), "{}", answer.text());
+    let lines = service.lines_of("ms-moved-1", 1).await;
+    let warned = lines
+        .iter()
+        .find(|l| l["message"] == "the worker failed")
+        .unwrap_or_else(|| panic!("the worker's redirect is logged: {lines:#?}"));
+    let logged = warned["data"]["upstream_message"].as_str().unwrap();
+    assert!(
+        logged.contains("redirected to http://10.1.2.3:8081/v2/process"),
+        "{warned}"
+    );
+}
+
 /// A worker URL the api cannot call stops the service at startup, naming the variable.
 #[tokio::test]
 async fn a_worker_url_that_is_not_plain_http_fails_naming_the_variable() {

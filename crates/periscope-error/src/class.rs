@@ -27,7 +27,8 @@ pub enum ErrorClass {
     Auth,
     /// The caller is authenticated but may not do this (403).
     Permission,
-    /// The request itself is wrong: malformed, invalid fields, too large (400, 422, 413, ...).
+    /// The request itself is wrong: malformed, invalid fields, too large (400, 422, 413, ...);
+    /// on the client, also a redirect (3xx) it did not follow.
     Validation,
     /// The addressed resource or route does not exist (404).
     NotFound,
@@ -98,8 +99,9 @@ impl ErrorClass {
     /// The class a client assumes for a response that carries no (known) error code.
     ///
     /// 401 → auth, 403 → permission, 404 and 410 → not_found, 409 and 412 → conflict,
-    /// 429 → rate_limited, 408, 502, 503 and 504 → unavailable, other 4xx → validation,
-    /// everything else (500, other 5xx, and statuses that are not errors) → internal.
+    /// 429 → rate_limited, 408, 502, 503 and 504 → unavailable, other 4xx and every 3xx (a
+    /// redirect the client did not follow) → validation, everything else (500, other 5xx, 1xx
+    /// and 2xx) → internal.
     pub const fn from_status(status: StatusCode) -> ErrorClass {
         match status.as_u16() {
             401 => ErrorClass::Auth,
@@ -108,7 +110,8 @@ impl ErrorClass {
             409 | 412 => ErrorClass::Conflict,
             429 => ErrorClass::RateLimited,
             408 | 502 | 503 | 504 => ErrorClass::Unavailable,
-            400..=499 => ErrorClass::Validation,
+            // A redirect the client did not follow: the call must change (to its `Location`).
+            300..=499 => ErrorClass::Validation,
             _ => ErrorClass::Internal,
         }
     }

@@ -32,6 +32,13 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// Decodes error responses, knowing the service's own codes so their class and retryability
 /// are exact, and bounding how much of a body is read and kept.
 ///
+/// A response without an envelope gets the built-in code of its status
+/// ([`ErrorCode::for_status`]). A redirect (3xx) that reached the decoder was not followed:
+/// not the upstream's internal error, but a call that must change, so it decodes as
+/// `invalid_request` (validation, not retryable), its message naming the `Location`:
+/// `HTTP 301 Moved Permanently: redirected to https://api.example.com/v2/jobs, and the client
+/// did not follow the redirect`.
+///
 /// ```
 /// use http::{HeaderMap, StatusCode};
 /// use periscope_error::{Decoder, ErrorClass, ErrorCode, error_codes};
@@ -198,15 +205,22 @@ impl Decoder {
             None => {
                 // A status without a reason phrase (599) gets no empty word in its place.
                 let mut message = match status.canonical_reason() {
-                    Some(reason) => format!(
-                        "HTTP {} {reason} without an error envelope",
-                        status.as_u16()
-                    ),
-                    None => format!("HTTP {} without an error envelope", status.as_u16()),
+                    Some(reason) => format!("HTTP {} {reason}", status.as_u16()),
+                    None => format!("HTTP {}", status.as_u16()),
                 };
-                if let Some(words) = json.as_ref().and_then(|json| words_from_json(json, status)) {
-                    message.push_str(": ");
-                    push_bounded(&mut message, words, MAX_WORDS_LEN);
+                // A redirect's body is a stub page: where it points is what the caller needs.
+                if let Some(location) = redirected_to(status, headers) {
+                    message.push_str(": redirected to ");
+                    push_bounded(&mut message, &location, MAX_WORDS_LEN);
+                    message.push_str(", and the client did not follow the redirect");
+                } else {
+                    message.push_str(" without an error envelope");
+                    if let Some(words) =
+                        json.as_ref().and_then(|json| words_from_json(json, status))
+                    {
+                        message.push_str(": ");
+                        push_bounded(&mut message, words, MAX_WORDS_LEN);
+                    }
                 }
                 let kept = &body[..body.len().min(self.max_raw_body)];
                 let truncated = incomplete || kept.len() < body.len();
@@ -401,8 +415,9 @@ impl ApiError {
     }
 
     /// How long to wait before retrying: `retry_after_s`, else a `Retry-After` header (seconds,
-    /// or an HTTP date counted from when the response was decoded), at most
-    /// [`MAX_RETRY_AFTER`] (a year).
+    /// or an HTTP date less the answer's own `Date`, by the server's clock as RFC 9110 says;
+    /// less this machine's clock when `Date` is missing or not a date; none for a date before
+    /// it), at most [`MAX_RETRY_AFTER`] (a year).
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
@@ -422,7 +437,8 @@ impl ApiError {
     }
 
     /// The message: the envelope's, or a description of the bare response and the words of
-    /// a JSON body that is not an envelope (`detail`, `message`, ...).
+    /// a JSON body that is not an envelope (`detail`, `message`, ...), or for a redirect where
+    /// its `Location` points.
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -643,6 +659,16 @@ fn push_bounded(out: &mut String, words: &str, max: usize) {
     if kept.len() < words.len() {
         out.push('…');
     }
+}
+
+/// Where a 3xx points: its `Location`, as text (bytes that are not UTF-8 as U+FFFD); `None`
+/// for any other status, or a 3xx without one (a 304).
+fn redirected_to(status: StatusCode, headers: &HeaderMap) -> Option<Cow<'_, str>> {
+    if !status.is_redirection() {
+        return None;
+    }
+    let location = headers.get(http::header::LOCATION)?.as_bytes().trim_ascii();
+    (!location.is_empty()).then(|| String::from_utf8_lossy(location))
 }
 
 fn request_id_header(headers: &HeaderMap) -> Option<String> {
@@ -871,6 +897,64 @@ mod tests {
     }
 
     #[test]
+    fn a_redirect_the_client_did_not_follow_is_not_an_internal_error() {
+        let redirect = |status: u16, location: Option<&str>, body: &[u8]| {
+            let mut headers = HeaderMap::new();
+            if let Some(location) = location {
+                headers.insert("location", location.parse().unwrap());
+            }
+            headers.insert("x-request-id", "req_moved".parse().unwrap());
+            ApiError::from_parts(StatusCode::from_u16(status).unwrap(), &headers, body)
+        };
+        let moved = "https://api.example.com/v2/jobs";
+        for status in [301, 302, 303, 307, 308] {
+            let error = redirect(status, Some(moved), b"<html>Moved</html>");
+            assert_eq!(error.code(), "invalid_request", "{status}");
+            assert_eq!(error.class(), ErrorClass::Validation, "{status}");
+            assert!(!error.is_retryable(), "{status}");
+            assert_eq!(error.request_id(), Some("req_moved"));
+            let message = error.message();
+            assert!(message.starts_with(&format!("HTTP {status} ")), "{message}");
+            assert!(
+                message.ends_with(&format!(
+                    ": redirected to {moved}, and the client did not follow the redirect"
+                )),
+                "{message}"
+            );
+            assert_eq!(error.raw_body(), Some(&b"<html>Moved</html>"[..]));
+        }
+        // Without a `Location` (a 304 to a conditional request): the status says it all.
+        let error = redirect(304, None, b"");
+        assert_eq!(error.code(), "invalid_request");
+        assert!(!error.is_retryable());
+        assert_eq!(
+            error.message(),
+            "HTTP 304 Not Modified without an error envelope"
+        );
+        // A long `Location` is cut, one that is not UTF-8 read as far as it is.
+        let long = format!("https://example.com/{}", "a".repeat(4000));
+        let error = redirect(302, Some(&long), b"");
+        assert!(error.message().len() < 1200, "{}", error.message().len());
+        let mut headers = HeaderMap::new();
+        let latin1 = http::HeaderValue::from_bytes(b"/caf\xe9").unwrap();
+        headers.insert("location", latin1);
+        let error = ApiError::from_parts(StatusCode::FOUND, &headers, b"");
+        assert!(
+            error.message().contains("redirected to /caf\u{fffd}"),
+            "{}",
+            error.message()
+        );
+        // An envelope on a 3xx is taken as sent.
+        let error = redirect(
+            303,
+            Some(moved),
+            br#"{"error":{"code":"job_moved","message":"See the new job","request_id":"r"}}"#,
+        );
+        assert_eq!(error.code(), "job_moved");
+        assert_eq!(error.message(), "See the new job");
+    }
+
+    #[test]
     fn problem_details_decode_too() {
         let error = decode(
             404,
@@ -929,6 +1013,46 @@ mod tests {
         assert_eq!(retry_after(" 5 "), Some(Duration::from_secs(5)));
         for garbage in ["soon", "-3", "1.5", "Sun, 32 Nov 1994 08:49:37 GMT"] {
             assert_eq!(retry_after(garbage), None, "{garbage}");
+        }
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date_counts_from_the_answers_date() {
+        let retry_after = |date: &str, value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("date", date.parse().unwrap());
+            headers.insert("retry-after", value.parse().unwrap());
+            ApiError::from_parts(StatusCode::SERVICE_UNAVAILABLE, &headers, b"").retry_after()
+        };
+        let at = |time: SystemTime| httpdate::fmt_http_date(time);
+        let hour = Duration::from_secs(3600);
+        let minute = Duration::from_secs(60);
+        // The server's clock an hour ahead of this machine's, then an hour behind.
+        for server_now in [SystemTime::now() + hour, SystemTime::now() - hour] {
+            let date = at(server_now);
+            assert_eq!(retry_after(&date, &at(server_now + minute)), Some(minute));
+            // Before the answer's date: no delay.
+            assert_eq!(
+                retry_after(&date, &at(server_now - minute)),
+                Some(Duration::ZERO)
+            );
+            // Clamped as the seconds form is.
+            let far = at(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799));
+            assert_eq!(retry_after(&date, &far), Some(MAX_RETRY_AFTER));
+        }
+        // The obsolete date formats count for `Date` too.
+        assert_eq!(
+            retry_after(
+                "Sunday, 06-Nov-94 08:49:37 GMT",
+                "Sun, 06 Nov 1994 08:50:07 GMT"
+            ),
+            Some(Duration::from_secs(30))
+        );
+        // A `Date` that is not a date: this machine's clock, as without one.
+        let in_a_minute = at(SystemTime::now() + minute);
+        for date in ["yesterday", ""] {
+            let seconds = retry_after(date, &in_a_minute).unwrap().as_secs();
+            assert!((58..=61).contains(&seconds), "{date:?}: {seconds} s");
         }
     }
 

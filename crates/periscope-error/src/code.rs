@@ -294,7 +294,8 @@ impl ErrorCode {
     /// 404 and 410 `not_found`, 405 `method_not_allowed`, 408 and 504 `timeout`, 409 and 412 `conflict`,
     /// 413 `payload_too_large`, 415 `unsupported_media_type`, 422 `validation_error`,
     /// 429 `rate_limited`, 502 `upstream_error`, 503 `service_unavailable`; other 4xx
-    /// `invalid_request`, anything else `internal_error`.
+    /// `invalid_request`, and a 3xx too (a redirect that reached error handling was not
+    /// followed: the call needs its `Location`, not a retry); anything else `internal_error`.
     pub const fn for_status(status: StatusCode) -> ErrorCode {
         use codes::*;
         match status.as_u16() {
@@ -310,7 +311,7 @@ impl ErrorCode {
             429 => RATE_LIMITED,
             502 => UPSTREAM_ERROR,
             503 => SERVICE_UNAVAILABLE,
-            400..=499 => INVALID_REQUEST,
+            300..=499 => INVALID_REQUEST,
             _ => INTERNAL_ERROR,
         }
     }
@@ -790,7 +791,8 @@ mod tests {
 
     #[test]
     fn every_error_status_has_a_code_of_its_class() {
-        for status in 400..600u16 {
+        // A redirect too: one that reaches a decoder was not followed.
+        for status in 300..600u16 {
             let status = StatusCode::from_u16(status).unwrap();
             let code = ErrorCode::for_status(status);
             assert_eq!(

@@ -57,6 +57,8 @@ pub const BODY_READ_LIMIT: Duration = Duration::from_secs(5);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PassThrough;
+/// What axum's `Multipart` answers (a bare 500) when reading the request body failed.
+const MULTIPART_READ_FAILED: &str = "failed to read stream";
 /// The longest request path quoted in a `route_not_found` or `method_not_allowed` message.
 const MAX_PATH_IN_MESSAGE: usize = 256;
 /// The longest method quoted there: HTTP sets no limit on a method's length.
@@ -67,7 +69,9 @@ const MAX_METHOD_IN_MESSAGE: usize = 32;
 /// router's 404 and 405 `route_not_found` and `method_not_allowed`, a 413 `payload_too_large`,
 /// a body the framework could not parse a 400 `invalid_request` (422 `validation_error` for
 /// JSON of the wrong shape; 400 `request_body_incomplete` when the client stopped sending an
-/// axum body, `axum` feature), and any other bare 4xx/5xx the code of its status. An interim
+/// axum body, and 408 `timeout` when it sent one too slowly for tower-http's
+/// `RequestBodyTimeoutLayer`, inside or outside this layer, `axum` feature), and any other
+/// bare 4xx/5xx the code of its status. An interim
 /// (1xx) status answered as the final one, which no server can send (hyper would send a bare
 /// 500 without the request id), becomes a 500 `internal_error` too, and so does a `101
 /// Switching Protocols` to an HTTP/2 request, which has no upgrade (hyper would reset the
@@ -788,6 +792,19 @@ impl Handled {
         None
     }
 
+    /// The bytes received of a request body whose client stalled past a body timeout, if it
+    /// did, and the declared length; `read_failed`: the rejection says a body error ended the
+    /// read.
+    fn body_stalled_after(&self, read_failed: bool) -> Option<(u64, Option<u64>)> {
+        #[cfg(feature = "axum")]
+        return (self.body.as_ref()).and_then(|watch| watch.stalled_after(read_failed));
+        #[cfg(not(feature = "axum"))]
+        {
+            let _ = read_failed;
+            None
+        }
+    }
+
     /// Decides what to do with the inner service's response.
     fn inspect<B: Body>(&self, response: Response<B>) -> Inspected<B> {
         let status = response.status();
@@ -932,6 +949,16 @@ impl Handled {
         if cut_rejection && let Some((received, expected)) = self.body_cut_after() {
             return self.body_incomplete(parts, received, expected);
         }
+        // The same rejections for a body the client sent too slowly: a body timeout ended the
+        // read. Seen as tower-http's error when its layer is outside this one; when it is
+        // inside, as a read left waiting for the client's bytes, then rejected (the
+        // extractors' 400; `Multipart`'s 500 only with its own words, as a handler's 500 is
+        // the handler's).
+        let read_failed =
+            status == StatusCode::BAD_REQUEST || text.as_deref() == Some(MULTIPART_READ_FAILED);
+        if cut_rejection && let Some((received, expected)) = self.body_stalled_after(read_failed) {
+            return self.body_timed_out(parts, received, expected);
+        }
         let facts = &self.facts;
         let path = render::truncate(facts.path(), MAX_PATH_IN_MESSAGE);
         let method = render::truncate(facts.method.as_str(), MAX_METHOD_IN_MESSAGE);
@@ -1019,6 +1046,55 @@ impl Handled {
             ),
         };
         let mut error = HttpError::new(codes::REQUEST_BODY_INCOMPLETE, message)
+            .with_detail("received_bytes", received);
+        if let Some(expected) = expected {
+            error = error.with_detail("expected_bytes", expected);
+        }
+        self.rewrite(parts, Arc::new(error.into_body(&self.ids)))
+    }
+
+    /// The 408 `timeout` that replaces an extractor's rejection (`Multipart`'s 500) when the
+    /// client sent the body too slowly for a body timeout: retryable, logged at info (the
+    /// client's pace; nothing to fix here), with the bytes received and the declared length.
+    /// The connection is closed after it (RFC 9110, 15.5.9), as the rest of the body may
+    /// still come.
+    fn body_timed_out<B>(
+        &self,
+        mut parts: http::response::Parts,
+        received: u64,
+        expected: Option<u64>,
+    ) -> Response<ResponseBody<B>> {
+        parts.status = StatusCode::REQUEST_TIMEOUT;
+        // HTTP/2 has no `Connection` header: its stream ends with the answer anyway.
+        if self.facts.version <= Version::HTTP_11 {
+            parts.headers.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        tracing::info!(
+            request_id = self.ids.request_id.as_str(),
+            trace_id = self.ids.trace_id.map(tracing::field::display),
+            code = codes::TIMEOUT.name(),
+            received_bytes = received,
+            expected_bytes = expected,
+            "the client did not send the request body in time"
+        );
+        let message = match expected {
+            Some(expected) => format!(
+                "The request body did not arrive in time: {received} of its {expected} bytes \
+                 came before the server stopped waiting"
+            ),
+            None => format!(
+                "The request body did not arrive in time: {received} bytes came before the \
+                 server stopped waiting"
+            ),
+        };
+        let mut error = HttpError::new(codes::TIMEOUT, message)
+            .with_status(StatusCode::REQUEST_TIMEOUT)
+            .with_help(
+                "Send the body again without pausing: the server stops waiting for one that stalls",
+            )
             .with_detail("received_bytes", received);
         if let Some(expected) = expected {
             error = error.with_detail("expected_bytes", expected);

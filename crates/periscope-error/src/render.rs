@@ -468,7 +468,9 @@ pub(crate) fn vary_accept(headers: &mut HeaderMap) {
 }
 
 /// A `Retry-After` header as seconds from now: delta-seconds, or an HTTP date (RFC 9110
-/// section 10.2.3), rounded up, and 0 when the date has passed.
+/// section 10.2.3) less the answer's own `Date`, 0 when the date is before it. The two dates
+/// are the same server's clock; this machine's may be minutes or hours off it, so it stands in
+/// only for an answer without a valid `Date`.
 pub(crate) fn retry_after_seconds(headers: &HeaderMap) -> Option<u64> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse() {
@@ -480,10 +482,12 @@ pub(crate) fn retry_after_seconds(headers: &HeaderMap) -> Option<u64> {
         return Some(u64::MAX);
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(SystemTime::now())
-            .map_or(0, whole_seconds),
-    )
+    let sent = headers
+        .get(header::DATE)
+        .and_then(|date| date.to_str().ok())
+        .and_then(|date| httpdate::parse_http_date(date.trim()).ok())
+        .unwrap_or_else(SystemTime::now);
+    Some(at.duration_since(sent).map_or(0, whole_seconds))
 }
 
 /// A delay in whole seconds, rounded up: a client never retries early.

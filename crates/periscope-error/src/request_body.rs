@@ -1,6 +1,7 @@
-//! A request body that the client stopped sending: told apart from a malformed one, so that a
-//! client that goes away mid-upload is answered (and logged) as `request_body_incomplete`
-//! rather than `invalid_request`.
+//! A request body that the client stopped sending, or sent too slowly: told apart from a
+//! malformed one, so that a client that goes away mid-upload is answered (and logged) as
+//! `request_body_incomplete`, and one whose upload stalls past a body timeout as a 408
+//! `timeout`, rather than `invalid_request`.
 
 use std::error::Error;
 use std::pin::Pin;
@@ -77,11 +78,31 @@ pub fn is_request_body_cut(error: &(dyn Error + 'static)) -> bool {
     false
 }
 
+/// Whether `error`, or an error in its source chain, is tower-http's body timeout
+/// (`RequestBodyTimeoutLayer`, `TimeoutBody`, `DeadlineBody`): the client did not send the
+/// body's next bytes in time.
+fn is_body_timeout(error: &(dyn Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
 /// What [`ErrorLayer`](crate::ErrorLayer) saw of the request body while the service read it.
 #[derive(Debug, Default)]
 pub(crate) struct BodyWatch {
     received: AtomicU64,
     cut: AtomicBool,
+    /// tower-http's body timeout, inside this watch, ended the read.
+    timed_out: AtomicBool,
+    /// The last read found no bytes and was left waiting for the client's next ones: when the
+    /// service rejects the body then, something between this watch and the handler stopped
+    /// waiting (tower-http's body timeout placed inside the layer).
+    waiting: AtomicBool,
     /// The length the request's `Content-Length` declares, read here (only for a body that
     /// is not empty) rather than for every request.
     expected: Option<u64>,
@@ -93,6 +114,17 @@ impl BodyWatch {
         self.cut
             .load(Ordering::Relaxed)
             .then(|| (self.received.load(Ordering::Relaxed), self.expected))
+    }
+
+    /// The bytes received before the client's upload stalled past a body timeout, if it did,
+    /// and the declared length: when tower-http's timeout error came through the watch, or
+    /// when the read was left waiting for the client's bytes and the service's rejection says
+    /// that a body error ended it (`read_failed`): only a layer between the watch and the
+    /// handler that stopped waiting (a body timeout inside the error layer) ends it so.
+    pub(crate) fn stalled_after(&self, read_failed: bool) -> Option<(u64, Option<u64>)> {
+        let stalled = self.timed_out.load(Ordering::Relaxed)
+            || (read_failed && self.waiting.load(Ordering::Relaxed));
+        stalled.then(|| (self.received.load(Ordering::Relaxed), self.expected))
     }
 }
 
@@ -136,16 +168,21 @@ impl Body for Watched {
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
+        let watch = this.watch;
+        watch.waiting.store(polled.is_pending(), Ordering::Relaxed);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.watch
+                    watch
                         .received
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
             }
             Poll::Ready(Some(Err(error))) if is_request_body_cut(error) => {
-                this.watch.cut.store(true, Ordering::Relaxed);
+                watch.cut.store(true, Ordering::Relaxed);
+            }
+            Poll::Ready(Some(Err(error))) if is_body_timeout(error) => {
+                watch.timed_out.store(true, Ordering::Relaxed);
             }
             _ => {}
         }

@@ -130,6 +130,31 @@ async fn an_endless_body_is_read_only_up_to_the_bound() {
     assert!(error.is_raw_body_truncated());
 }
 
+/// A server whose clock is an hour ahead of this machine's, or an hour behind, asks for two
+/// minutes with a `Retry-After` date: the delay is that date less the answer's own `Date`
+/// (RFC 9110, 10.2.3), not less this machine's clock (an hour and two minutes, or none).
+#[tokio::test]
+async fn a_retry_after_date_counts_from_the_answers_own_date() {
+    use std::time::{Duration, SystemTime};
+
+    let hour = Duration::from_secs(3600);
+    for server_now in [SystemTime::now() + hour, SystemTime::now() - hour] {
+        let date = httpdate::fmt_http_date(server_now);
+        let retry_at = httpdate::fmt_http_date(server_now + Duration::from_secs(120));
+        let addr = serve_once(move |mut stream| async move {
+            let head = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ndate: {date}\r\nretry-after: {retry_at}\r\n\
+                 content-length: 0\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+        })
+        .await;
+        let error = get(addr, Decoder::new()).await;
+        assert_eq!(error.code(), "service_unavailable");
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(120)));
+    }
+}
+
 /// A server that numbers its requests sends the id as a JSON number: the decoder keeps it as
 /// its decimal text, ahead of the `x-request-id` a proxy in front added.
 #[tokio::test]

@@ -1371,6 +1371,110 @@ async fn a_multipart_upload_the_client_stops_sending_is_not_an_internal_error() 
     );
 }
 
+/// A client that sends part of its body and then stalls, behind tower-http's
+/// `RequestBodyTimeoutLayer` inside the error layer or outside it: the extractor's rejection
+/// (`Bytes` and `Json`'s 400, `Multipart`'s 500) becomes a 408 `timeout`, retryable, not
+/// "fix the request"; answered with `connection: close` while the client still holds its
+/// connection, and logged once at info with the bytes that came.
+#[tokio::test]
+async fn a_body_the_client_stalls_is_a_408_timeout_not_a_malformed_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower_http::timeout::RequestBodyTimeoutLayer;
+
+    support::install_capture();
+    let routes = || {
+        Router::new()
+            .route(
+                "/bytes",
+                post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+            )
+            .route("/json", post(|_: Json<Value>| async { "parsed" }))
+            .route(
+                "/multipart",
+                post(|mut form: axum::extract::Multipart| async move {
+                    while let Some(field) = form.next_field().await? {
+                        field.bytes().await?;
+                    }
+                    Ok::<_, axum::extract::multipart::MultipartError>("stored")
+                }),
+            )
+    };
+    let body_timeout = RequestBodyTimeoutLayer::new(Duration::from_millis(100));
+    let inside = routes()
+        .layer(body_timeout.clone())
+        .layer(ErrorLayer::new())
+        .layer(middleware::from_fn(correlate));
+    let outside = routes()
+        .layer(ErrorLayer::new())
+        .layer(body_timeout)
+        .layer(middleware::from_fn(correlate));
+    let part = "--XX\r\ncontent-disposition: form-data; name=\"file\"\r\n\r\n";
+    for (place, app) in [("inside", inside), ("outside", outside)] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        for (path, content_type, start) in [
+            ("/bytes", "application/octet-stream", String::new()),
+            ("/json", "application/json", "{\"name\":\"".to_owned()),
+            (
+                "/multipart",
+                "multipart/form-data; boundary=XX",
+                part.to_owned(),
+            ),
+        ] {
+            let id = format!("stalled-{place}{}", path.replace('/', "-"));
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\n\
+                 content-length: 1000\r\nx-request-id: {id}\r\n\r\n{start}"
+            );
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            client.write_all(head.as_bytes()).await.unwrap();
+            client.write_all(&[b'x'; 40]).await.unwrap();
+            // The client neither sends more nor closes: the server answers and closes.
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+                .await
+                .unwrap_or_else(|_| panic!("{id}: no answer while the client stalls"))
+                .unwrap();
+            let answer = String::from_utf8(answer).unwrap();
+            assert!(answer.starts_with("HTTP/1.1 408 "), "{id}: {answer}");
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+            assert!(
+                head.contains(&format!("\r\nx-request-id: {id}\r\n")),
+                "{head}"
+            );
+            assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+            let json: Value = serde_json::from_str(body).unwrap();
+            let error = &json["error"];
+            assert_eq!(error["code"], "timeout", "{id}: {json}");
+            assert_eq!(error["request_id"], id.as_str());
+            assert_eq!(error["retryable"], true, "{id}: {json}");
+            let received = (start.len() + 40) as u64;
+            assert_eq!(error["details"]["received_bytes"], received, "{id}: {json}");
+            assert_eq!(error["details"]["expected_bytes"], 1000, "{id}: {json}");
+            let message = error["message"].as_str().unwrap();
+            assert!(message.contains("in time"), "{id}: {message}");
+            // Logged once at info with the bytes that came, and nothing at error.
+            let events = events_of(&id);
+            let logged: Vec<_> = (events.iter())
+                .filter(|event| event.get("code").map(String::as_str) == Some("timeout"))
+                .collect();
+            assert_eq!(logged.len(), 1, "{id}: {events:?}");
+            assert_eq!(logged[0]["level"], "INFO", "{id}: {events:?}");
+            assert_eq!(logged[0]["received_bytes"], received.to_string(), "{id}");
+            assert!(
+                events.iter().all(|event| event["level"] != "ERROR"),
+                "{id}: {events:?}"
+            );
+        }
+        // For contrast: a whole body that is not JSON is still the client's mistake.
+        let json_type = [("content-type", "application/json")];
+        let reply = send(addr, "POST", "/json", &json_type, b"{\"name\":").await;
+        assert_eq!(reply.status, 400, "{place}: {}", reply.text());
+        assert_eq!(reply.json()["error"]["code"], "invalid_request", "{place}");
+    }
+}
+
 /// A JSON 5xx too long to check for an envelope is still replaced, but its log line shows how
 /// it starts (what the upstream said), that it was cut, and its length when it was announced.
 #[tokio::test]
