@@ -49,7 +49,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::{Dispatch, Level};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer as _;
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 
 const ROUTE: &str = "/v1/jobs/{id}";
@@ -196,7 +196,7 @@ fn periscope_setup(router: Router, blocking: bool, otel: Option<SdkTracerProvide
     let otel_layer = otel.map(|provider| {
         let layer = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("periscope"))
-            .with_filter(transport_filter());
+            .with_filter(export_filter());
         keep.push(Box::new(provider));
         layer
     });
@@ -209,21 +209,27 @@ fn periscope_setup(router: Router, blocking: bool, otel: Option<SdkTracerProvide
     }
 }
 
-/// The filter `periscope::trace::otel` puts on its OpenTelemetry layer (transport crates'
-/// own spans kept out), so the OpenTelemetry contenders run what a service runs.
-fn transport_filter() -> Targets {
+/// The filter `periscope::trace::otel` puts on its OpenTelemetry layer, so the OpenTelemetry
+/// contenders run what a service runs.
+#[cfg(feature = "otel")]
+fn export_filter<S>() -> periscope::trace::otel::ExportFilter<S> {
+    periscope::trace::otel::export_filter()
+}
+
+/// Without the `otel` feature, its transport crates' filter alone.
+#[cfg(not(feature = "otel"))]
+fn export_filter() -> tracing_subscriber::filter::Targets {
     [
         "h2",
         "hyper",
         "hyper_util",
         "tonic",
         "tower",
-        "reqwest",
         "opentelemetry",
     ]
     .into_iter()
     .fold(
-        Targets::new().with_default(LevelFilter::TRACE),
+        tracing_subscriber::filter::Targets::new().with_default(LevelFilter::INFO),
         |targets, target| targets.with_target(target, LevelFilter::WARN),
     )
 }

@@ -141,6 +141,26 @@ impl RequestContext {
             .flatten()
     }
 
+    /// Whether the current context's trace is sampled (`None` outside any request), read
+    /// without cloning the context: cheap enough for a filter asked about every event.
+    ///
+    /// ```
+    /// use periscope_context::{RequestContext, TraceFlags};
+    ///
+    /// let mut ctx = RequestContext::new_root();
+    /// ctx.trace_flags = TraceFlags::SAMPLED;
+    /// assert_eq!(ctx.in_scope(RequestContext::current_is_sampled), Some(true));
+    /// ctx.trace_flags = TraceFlags::default();
+    /// assert_eq!(ctx.in_scope(RequestContext::current_is_sampled), Some(false));
+    /// assert_eq!(RequestContext::current_is_sampled(), None);
+    /// ```
+    pub fn current_is_sampled() -> Option<bool> {
+        CURRENT
+            .try_with(|current| Some(current.borrow().as_ref()?.trace_flags.is_sampled()))
+            .ok()
+            .flatten()
+    }
+
     /// Runs `f` with this context as the current one.
     pub fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
         let _guard = enter(Arc::new(self.clone()));

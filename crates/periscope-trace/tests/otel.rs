@@ -206,6 +206,10 @@ async fn root_trace_ids_come_from_the_exported_span(
         .unwrap();
     assert_eq!(server.trace_id, ctx.trace_id.to_string());
     assert_eq!(server.parent_span_id, "");
+    // A sampled request's lines are its span's events: the export filter, which keeps those of
+    // requests not sampled from the layer, keeps these.
+    let events: Vec<&str> = server.events.iter().map(|e| e.name.as_str()).collect();
+    assert!(events.contains(&"handling the hop"), "{server:#?}");
     let line = capture.line("otel-root", "handling the hop", None);
     assert_eq!(line.ctx("trace_id"), Some(server.trace_id.as_str()));
     assert_eq!(line.ctx("span_id"), Some(server.span_id.as_str()));

@@ -21,11 +21,13 @@
 //! as periscope and never mixes two.
 
 mod config;
+mod filter;
 mod provider;
 mod queue;
 mod reporting;
 
 pub use config::{ConfigError, ExportSettings, OtelConfig, Protocol, Sampler};
+pub use filter::{ExportFilter, SampledEvents, export_filter};
 pub use provider::{InstallError, OtelGuard, OtelLayer};
 pub use reporting::EXPORT_TARGET;
 

@@ -19,10 +19,11 @@ use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetryLayer;
 use tracing_subscriber::Layer as _;
-use tracing_subscriber::filter::{Filtered, LevelFilter, Targets};
+use tracing_subscriber::filter::Filtered;
 use tracing_subscriber::registry::LookupSpan;
 
 use super::config::{ExportSettings, OtelConfig, Protocol};
+use super::filter::{ExportFilter, export_filter};
 use super::queue::{QueueGuard, SpanQueue};
 use super::reporting::ReportingExporter;
 use crate::propagation::Propagators;
@@ -31,29 +32,7 @@ use crate::sampler::Sampler;
 /// The tracing layer that turns periscope's spans (and the application's) into exported
 /// OpenTelemetry spans, from `info` up and with the transport crates' own spans filtered out
 /// (see [`OtelGuard::layer`]).
-pub type OtelLayer<S> = Filtered<OpenTelemetryLayer<S, Tracer>, Targets, S>;
-
-/// The crates the exporter itself runs on. Their debug spans would be exported by the export
-/// they describe, feeding on themselves: only their warnings and errors are kept.
-const TRANSPORT_TARGETS: [&str; 6] = [
-    "h2",
-    "hyper",
-    "hyper_util",
-    "tonic",
-    "tower",
-    "opentelemetry",
-];
-
-/// The spans and events exported: `info` and up (as periscope's own spans are), so the
-/// export neither sends every library's debug spans and lines nor turns their callsites on
-/// (and with them the `log` crate's records) whatever the log level; the transport crates'
-/// from `warn` up.
-fn export_filter() -> Targets {
-    TRANSPORT_TARGETS.iter().fold(
-        Targets::new().with_default(LevelFilter::INFO),
-        |targets, target| targets.with_target(*target, LevelFilter::WARN),
-    )
-}
+pub type OtelLayer<S> = Filtered<OpenTelemetryLayer<S, Tracer>, ExportFilter<S>, S>;
 
 /// Why the tracer provider could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -359,7 +338,9 @@ impl OtelGuard {
     /// Spans and events are exported from `info` up (debug spans and lines are not, and the
     /// export does not turn their callsites on); those of the crates the export runs on (`h2`,
     /// `hyper`, `tonic`, `tower`, `opentelemetry`) from `warn` up, so exporting can never feed
-    /// on its own telemetry. For another filter, build a layer from [`OtelGuard::tracer`].
+    /// on its own telemetry; the events of a request whose trace is not sampled are not given
+    /// to the layer at all ([`export_filter`](super::export_filter)). For another filter,
+    /// build a layer from [`OtelGuard::tracer`].
     ///
     /// With this layer, the `trace_id` and `span_id` that periscope's spans record (and so
     /// the log lines) are the ids of the exported spans, and the `sampled` flag sent
