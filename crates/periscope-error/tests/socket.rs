@@ -1299,6 +1299,69 @@ async fn a_huge_message_is_cut_on_a_character_boundary() {
     assert_eq!(json["error"]["help"], help.as_str());
 }
 
+/// An `ErrorBody` a handler builds by hand (its constructor, then its public fields) and sends
+/// as a 409 with a JSON body, which the layer passes through untouched: rendered, its message,
+/// help and violations are cut as an `HttpError`'s are, whether it came through a socket or
+/// was serialised in place.
+#[tokio::test]
+async fn a_hand_built_error_body_is_cut_when_it_is_rendered() {
+    use periscope_error::{Envelope, ErrorBody};
+
+    support::install_capture();
+    let huge = huge_input();
+    let hand_built = {
+        let huge = huge.clone();
+        move || {
+            let mut body = ErrorBody::new("job_already_terminal", huge.clone(), "req_hand");
+            body.help = Some(huge.clone().into());
+            body.violations = vec![Violation::new(huge.clone(), "too_long", huge.clone())];
+            body
+        }
+    };
+    let app = Router::new()
+        .route(
+            "/hand-built",
+            get({
+                let hand_built = hand_built.clone();
+                move || async move {
+                    (
+                        StatusCode::CONFLICT,
+                        Json(Envelope {
+                            error: hand_built(),
+                        }),
+                    )
+                }
+            }),
+        )
+        .layer(ErrorLayer::new())
+        .layer(middleware::from_fn(correlate));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // What the server side renders of the same text.
+    let server = HttpError::new(JOB_ALREADY_TERMINAL, huge.clone());
+    let cut = server.message();
+    assert!(cut.len() <= periscope_error::MAX_MESSAGE_LEN && cut.ends_with('…'));
+    let reply = send(addr, "GET", "/hand-built", &[], b"").await;
+    assert_eq!(reply.status, 409, "{}", reply.text());
+    assert!(reply.body.len() < 8 * 1024, "{} bytes", reply.body.len());
+    let sent = reply.json();
+    let in_place: Value = serde_json::to_value(Envelope {
+        error: hand_built(),
+    })
+    .unwrap();
+    for json in [&sent, &in_place] {
+        let error = &json["error"];
+        assert_eq!(error["code"], "job_already_terminal");
+        assert_eq!(error["message"], cut);
+        assert_eq!(error["help"], cut);
+        assert_eq!(error["violations"][0]["field"], cut);
+        assert_eq!(error["violations"][0]["reason"], "too_long");
+        assert_eq!(error["violations"][0]["message"], cut);
+    }
+}
+
 /// A panic the handler catches itself is not the layer's to answer, but the hook still saw it:
 /// it is reported, not silently dropped; and a panic re-raised later (which skips the hook)
 /// never takes its location.
