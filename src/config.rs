@@ -189,7 +189,8 @@ pub struct Settings {
     /// `ADMIN_TOKEN`: turns the `/debug/*` endpoints on behind this bearer token.
     pub admin_token: Option<String>,
     /// `REQUEST_TIMEOUT_S`: requests whose answer's head has not come within it get a 504
-    /// envelope (default: none); a streamed body may run longer.
+    /// envelope, a 408 when the handler was waiting for a request body the client stalled
+    /// (default: none); a streamed body may run longer.
     pub request_timeout: Option<Duration>,
     /// `SHUTDOWN_DRAIN_S`: how long `/ready` answers `draining` after SIGTERM or Ctrl-C before
     /// the listeners close (default 5 s, at most [`MAX_SHUTDOWN_DRAIN`]).

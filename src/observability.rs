@@ -172,7 +172,8 @@ impl ObservabilityBuilder {
     }
 
     /// Requests whose answer's head has not come within this get a 504 `timeout` envelope
-    /// (`REQUEST_TIMEOUT_S`); a streamed body may run longer once its head is out.
+    /// (`REQUEST_TIMEOUT_S`), or a 408 `timeout` when the handler was waiting for a request
+    /// body the client stalled; a streamed body may run longer once its head is out.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.settings.request_timeout = Some(timeout);
         self

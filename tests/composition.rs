@@ -247,6 +247,23 @@ impl Served {
         (reply, line)
     }
 
+    /// The access line of `id`, once it is written (within 5 s).
+    async fn access_line(&self, id: &str) -> Value {
+        let line = async {
+            loop {
+                let found = (self.out.lines().into_iter())
+                    .find(|line| line["target"] == "periscope::access" && line["request_id"] == id);
+                if let Some(line) = found {
+                    return line;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), line)
+            .await
+            .unwrap_or_else(|_| panic!("{id}: no access line"))
+    }
+
     /// The access lines of `id` (none when periscope never saw the request).
     fn access_lines(&self, id: &str) -> usize {
         (self.out.lines().iter())
@@ -598,21 +615,7 @@ async fn a_stalled_upload_is_a_408_timeout_in_either_place() {
             assert_eq!(error["retryable"], true, "{id}");
             assert_eq!(error["details"]["received_bytes"], 50, "{id}: {envelope}");
 
-            let line = async {
-                loop {
-                    let lines = s.out.lines();
-                    let found = lines.into_iter().find(|line| {
-                        line["target"] == "periscope::access" && line["request_id"] == id.as_str()
-                    });
-                    if let Some(line) = found {
-                        return line;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            };
-            let line = tokio::time::timeout(Duration::from_secs(5), line)
-                .await
-                .unwrap_or_else(|_| panic!("{id}: no access line"));
+            let line = s.access_line(&id).await;
             assert_eq!(line["data"]["status"], 408, "{id}: {line}");
             assert_eq!(line["data"]["error_code"], "timeout", "{id}: {line}");
             assert_eq!(line["data"]["route"], path, "{id}: {line}");
@@ -631,6 +634,139 @@ async fn a_stalled_upload_is_a_408_timeout_in_either_place() {
             let added = after.get(&key).unwrap_or(&0.0) - before.get(&key).unwrap_or(&0.0);
             assert_eq!(added, 1.0, "{id}: {after:?}");
         }
+    }
+}
+
+/// Without a body timeout, the request timeout (`REQUEST_TIMEOUT_S`) is what stops waiting for
+/// a client that stalls its upload. The handler was waiting for the client's bytes: answered
+/// as a body timeout would (408 `timeout`, retryable, `connection: close`, the bytes in
+/// `details`), logged at info as the client's doing and counted a `4xx`, not a 504 at
+/// `error` that pages on-call. A handler that had its whole body, or had given up reading
+/// it, and was still computing when the timeout fired gets the 504 at `error`.
+#[tokio::test(flavor = "current_thread")]
+async fn a_stalled_upload_under_the_request_timeout_is_the_clients_408() {
+    let obs = observability(300);
+    let app = routes()
+        .route(
+            "/digest",
+            post(|body: Bytes| async move {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                body.len().to_string()
+            }),
+        )
+        .route(
+            "/peek",
+            post(|body: axum::body::Body| async move {
+                // Gives up on the body (dropping it), then computes.
+                let _ = tokio::time::timeout(Duration::from_millis(50), body.collect()).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "done"
+            }),
+        )
+        .layer(obs.layer());
+    let s = serve(obs, app).await;
+    // Half the declared body, then nothing: the client neither sends more nor closes.
+    let stalled = |path: &str, id: &str, close: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: a\r\nx-request-id: {id}\r\n{close}\
+             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"name\":\"{}",
+            "x".repeat(41)
+        )
+    };
+    let of = |id: &str| -> Vec<Value> {
+        (s.out.lines().into_iter())
+            .filter(|line| line["request_id"] == id)
+            .collect()
+    };
+    for path in ["/upload", "/json"] {
+        let id = format!("stalled-request-timeout{}", path.replace('/', "-"));
+        let before = counts(&s.obs);
+        let answer = raw(s.addr, &stalled(path, &id, "")).await;
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{id}: {answer}");
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("\r\nx-request-id: {id}\r\n")),
+            "{head}"
+        );
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+        let envelope: Value = serde_json::from_str(body).unwrap();
+        let error = &envelope["error"];
+        assert_eq!(error["code"], "timeout", "{id}: {envelope}");
+        assert_eq!(error["request_id"], id.as_str(), "{id}");
+        assert_eq!(error["retryable"], true, "{id}");
+        assert_eq!(error["details"]["received_bytes"], 50, "{id}: {envelope}");
+        assert_eq!(error["details"]["expected_bytes"], 100, "{id}: {envelope}");
+
+        let line = s.access_line(&id).await;
+        assert_eq!(line["data"]["status"], 408, "{id}: {line}");
+        assert_eq!(line["data"]["error_code"], "timeout", "{id}: {line}");
+        assert_eq!(line["data"]["route"], path, "{id}: {line}");
+        // Every 4xx's access line is at warn: nothing at error pages anyone.
+        assert_eq!(line["level"], "warn", "{id}: {line}");
+        assert_eq!(line["trace_id"], error["trace_id"], "{id}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let lines = of(&id);
+        // The error layer's own line, at info, with the bytes that came.
+        let said: Vec<_> = (lines.iter())
+            .filter(|l| l["message"] == "the client did not send the request body in time")
+            .collect();
+        assert_eq!(said.len(), 1, "{id}: {lines:#?}");
+        assert_eq!(said[0]["level"], "info", "{id}: {lines:#?}");
+        assert_eq!(said[0]["data"]["received_bytes"], 50, "{id}: {lines:#?}");
+        assert!(
+            lines.iter().all(|l| l["level"] != "error"),
+            "{id}: {lines:#?}"
+        );
+        assert_eq!(s.access_lines(&id), 1, "{id}");
+        let after = counts(&s.obs);
+        let key = (path.to_owned(), "4xx".to_owned());
+        let added = after.get(&key).unwrap_or(&0.0) - before.get(&key).unwrap_or(&0.0);
+        assert_eq!(added, 1.0, "{id}: {after:?}");
+        let key = (path.to_owned(), "5xx".to_owned());
+        assert_eq!(after.get(&key), before.get(&key), "{id}: {after:?}");
+    }
+
+    // The whole body came, or the handler stopped reading it: the service was computing.
+    let whole = format!(
+        "POST /digest HTTP/1.1\r\nhost: a\r\nx-request-id: computing-digest\r\n\
+         connection: close\r\ncontent-length: 100\r\n\r\n{}",
+        "x".repeat(100)
+    );
+    for (id, request) in [
+        ("computing-digest", whole),
+        (
+            "computing-peek",
+            stalled("/peek", "computing-peek", "connection: close\r\n"),
+        ),
+    ] {
+        let before = counts(&s.obs);
+        let answer = raw(s.addr, &request).await;
+        assert!(answer.starts_with("HTTP/1.1 504 "), "{id}: {answer}");
+        let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+        let envelope: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(envelope["error"]["code"], "timeout", "{id}: {envelope}");
+        assert!(
+            envelope["error"].get("details").is_none(),
+            "{id}: {envelope}"
+        );
+        let line = s.access_line(id).await;
+        assert_eq!(line["data"]["status"], 504, "{id}: {line}");
+        assert_eq!(line["level"], "error", "{id}: {line}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let lines = of(id);
+        let timed_out = (lines.iter()).any(|l| {
+            l["level"] == "warn"
+                && l["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("request timed out")
+        });
+        assert!(timed_out, "{id}: {lines:#?}");
+        let route = id.replace("computing-", "/");
+        let after = counts(&s.obs);
+        let key = (route, "5xx".to_owned());
+        let added = after.get(&key).unwrap_or(&0.0) - before.get(&key).unwrap_or(&0.0);
+        assert_eq!(added, 1.0, "{id}: {after:?}");
     }
 }
 

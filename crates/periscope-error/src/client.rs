@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::class::ErrorClass;
 use crate::code::{self, ErrorCode};
-use crate::envelope::{ErrorBody, Violation};
+use crate::envelope::{self, ErrorBody, Violation};
 use crate::layer::MAX_FRAMES_PER_POLL;
 use crate::render;
 
@@ -438,7 +438,9 @@ impl ApiError {
 
     /// The message: the envelope's, or a description of the bare response and the words of
     /// a JSON body that is not an envelope (`detail`, `message`, ...), or for a redirect where
-    /// its `Location` points.
+    /// its `Location` points. At most [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN) bytes: a
+    /// longer one is cut as the server cuts what it renders (on a character boundary, ending
+    /// with `…`), as are the envelope's `help` and violations.
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -465,7 +467,8 @@ impl ApiError {
             .map_or(&[], |envelope| &envelope.violations)
     }
 
-    /// The decoded envelope (or problem details), when the body was one.
+    /// The decoded envelope (or problem details), when the body was one; its `message`, `help`
+    /// and violations cut to [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN) bytes.
     pub fn envelope(&self) -> Option<&ErrorBody> {
         self.envelope.as_ref()
     }
@@ -487,7 +490,7 @@ impl ApiError {
 impl fmt::Display for ApiError {
     /// One line, whatever the server sent: control characters in the code, message or request
     /// id are escaped (`\n`, `\u{1b}`), so a response cannot forge lines in a text log or
-    /// drive a terminal. The accessors return the text as sent.
+    /// drive a terminal. The accessors return the text unescaped.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write_escaped(f, &self.code)?;
         f.write_str(": ")?;
@@ -573,6 +576,8 @@ fn body_from_members(members: &Map<String, Value>, message_key: &str) -> Option<
         .and_then(Value::as_array)
         .map(|list| list.iter().filter_map(violation_from_json).collect())
         .unwrap_or_default();
+    // Cut as the server side cuts what it renders: a service relays or logs what it decodes.
+    body.bound_texts();
     Some(body)
 }
 
@@ -625,9 +630,10 @@ fn request_id_text(value: &Value) -> Option<String> {
     }
 }
 
-/// The most text of a server's own words kept in a message: the whole body is in
-/// [`ApiError::raw_body`].
-const MAX_WORDS_LEN: usize = 1024;
+/// The most text of a server's own words (or of a redirect's `Location`) kept in a message:
+/// the whole body is in [`ApiError::raw_body`]. With the words around them (at most 87
+/// bytes), the message stays within [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN).
+const MAX_WORDS_LEN: usize = 896;
 
 /// The server's own words in a JSON body that is not an envelope: RFC 9457's `detail`, else a
 /// `title` that says more than the reason phrase, else the `message` of an `error` object or of
@@ -652,13 +658,9 @@ fn words_from_json(json: &Value, status: StatusCode) -> Option<&str> {
         .or_else(|| text(object, "error"))
 }
 
-/// Appends `words`, cut on a character boundary at `max` bytes with an ellipsis.
+/// Appends `words`, cut as an envelope's message is cut, to at most `max` bytes.
 fn push_bounded(out: &mut String, words: &str, max: usize) {
-    let kept = render::truncate(words, max);
-    out.push_str(kept);
-    if kept.len() < words.len() {
-        out.push('…');
-    }
+    out.push_str(&envelope::cut(words, max));
 }
 
 /// Where a 3xx points: its `Location`, as text (bytes that are not UTF-8 as U+FFFD); `None`
@@ -885,7 +887,7 @@ mod tests {
         // Long words are cut on a character boundary.
         let long = format!(r#"{{"detail":"{}"}}"#, "é".repeat(2000));
         let message = decode(400, long.as_bytes()).message().to_owned();
-        assert!(message.len() < 1100, "{}", message.len());
+        assert!(message.len() <= crate::MAX_MESSAGE_LEN, "{}", message.len());
         assert!(message.ends_with("é…"), "{message}");
     }
 
@@ -933,8 +935,11 @@ mod tests {
         );
         // A long `Location` is cut, one that is not UTF-8 read as far as it is.
         let long = format!("https://example.com/{}", "a".repeat(4000));
-        let error = redirect(302, Some(&long), b"");
-        assert!(error.message().len() < 1200, "{}", error.message().len());
+        for status in [301, 302, 307, 308] {
+            let message = redirect(status, Some(&long), b"").message().to_owned();
+            assert!(message.len() <= crate::MAX_MESSAGE_LEN, "{}", message.len());
+            assert!(message.ends_with("a…, and the client did not follow the redirect"));
+        }
         let mut headers = HeaderMap::new();
         let latin1 = http::HeaderValue::from_bytes(b"/caf\xe9").unwrap();
         headers.insert("location", latin1);

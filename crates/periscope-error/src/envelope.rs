@@ -2,27 +2,54 @@
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 /// The longest `message` and `help` of an envelope periscope renders, and of each violation's
 /// `field` and `message`, in bytes. Longer text is cut on a character boundary and ends with
 /// `…` (the ellipsis counted in the bound), so a handler that echoes a huge input into its
-/// error sends (and logs) a bounded one.
+/// error sends (and logs) a bounded one. The same bound holds for an [`ErrorBody`] built by
+/// hand, cut when it is serialised, and for what the client [`Decoder`](crate::Decoder)
+/// decodes: [`ApiError::message`](crate::ApiError::message), `help` and violations.
 pub const MAX_MESSAGE_LEN: usize = 1024;
 
-/// `text` within [`MAX_MESSAGE_LEN`] bytes: whole when it fits, else its start, cut on a
-/// character boundary, then `…`.
-pub(crate) fn bounded(text: Cow<'static, str>) -> Cow<'static, str> {
-    if text.len() <= MAX_MESSAGE_LEN {
-        return text;
+/// `text` within `max` bytes: whole when it fits, else its start, cut on a character boundary,
+/// then `…` (counted in `max`). The one cut of every bounded text, server and client side.
+pub(crate) fn cut(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
     }
-    let kept = crate::render::truncate(&text, MAX_MESSAGE_LEN - '…'.len_utf8());
-    // A copy, not a truncation in place: the huge original is freed now.
+    let kept = crate::render::truncate(text, max.saturating_sub('…'.len_utf8()));
     let mut cut = String::with_capacity(kept.len() + '…'.len_utf8());
     cut.push_str(kept);
     cut.push('…');
     Cow::Owned(cut)
+}
+
+/// `text` within [`MAX_MESSAGE_LEN`] bytes, [`cut`] when longer.
+pub(crate) fn bounded(text: Cow<'static, str>) -> Cow<'static, str> {
+    if text.len() <= MAX_MESSAGE_LEN {
+        return text;
+    }
+    // A copy, not a truncation in place: the huge original is freed now.
+    Cow::Owned(cut(&text, MAX_MESSAGE_LEN).into_owned())
+}
+
+/// Writes a text within [`MAX_MESSAGE_LEN`] bytes: the fields of an [`ErrorBody`] are public,
+/// so a body built by hand is bounded when it is rendered, not when it is built.
+fn serialize_bounded<S: Serializer>(text: &str, to: S) -> Result<S::Ok, S::Error> {
+    to.serialize_str(&cut(text, MAX_MESSAGE_LEN))
+}
+
+/// [`serialize_bounded`] for an optional text.
+fn serialize_bounded_some<S: Serializer>(
+    text: &Option<Cow<'static, str>>,
+    to: S,
+) -> Result<S::Ok, S::Error> {
+    match text {
+        Some(text) => to.serialize_some(&*cut(text, MAX_MESSAGE_LEN)),
+        None => to.serialize_none(),
+    }
 }
 
 /// The JSON body of every error response: `{"error": {...}}`.
@@ -48,7 +75,8 @@ pub struct Envelope {
 pub struct ErrorBody {
     /// The snake_case error code (`job_already_terminal`).
     pub code: Cow<'static, str>,
-    /// What went wrong, for a human.
+    /// What went wrong, for a human. Rendered cut to [`MAX_MESSAGE_LEN`] bytes.
+    #[serde(serialize_with = "serialize_bounded")]
     pub message: Cow<'static, str>,
     /// The request (correlation) id: what a support engineer asks for first.
     #[serde(default)]
@@ -61,8 +89,12 @@ pub struct ErrorBody {
     /// serde_json's `preserve_order` feature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<Map<String, Value>>,
-    /// What to change so the request succeeds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What to change so the request succeeds. Rendered cut to [`MAX_MESSAGE_LEN`] bytes.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_bounded_some"
+    )]
     pub help: Option<Cow<'static, str>>,
     /// Whether the same request may succeed later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,7 +105,8 @@ pub struct ErrorBody {
     /// Where the code is documented.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docs_url: Option<Cow<'static, str>>,
-    /// The invalid fields of a validation error.
+    /// The invalid fields of a validation error (each one's `field` and `message` rendered cut
+    /// to [`MAX_MESSAGE_LEN`] bytes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub violations: Vec<Violation>,
 }
@@ -99,7 +132,8 @@ impl ErrorBody {
         }
     }
 
-    /// `message`, `help` and the violations cut to [`MAX_MESSAGE_LEN`].
+    /// `message`, `help` and the violations cut to [`MAX_MESSAGE_LEN`] in place (rendering cuts
+    /// them anyway): for the layers that read a rendered body, and for a decoded one.
     pub(crate) fn bound_texts(&mut self) {
         self.message = bounded(std::mem::take(&mut self.message));
         self.help = self.help.take().map(bounded);
@@ -112,11 +146,14 @@ impl ErrorBody {
 /// One invalid field of a request: `{"field": "email", "reason": "format", "message": "..."}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Violation {
-    /// The field's path in the request (`email`, `items[2].quantity`, `query.limit`).
+    /// The field's path in the request (`email`, `items[2].quantity`, `query.limit`). Rendered
+    /// cut to [`MAX_MESSAGE_LEN`] bytes.
+    #[serde(serialize_with = "serialize_bounded")]
     pub field: Cow<'static, str>,
     /// A machine-readable snake_case reason (`required`, `too_long`, `format`, `out_of_range`).
     pub reason: Cow<'static, str>,
-    /// What is wrong, for a human.
+    /// What is wrong, for a human. Rendered cut to [`MAX_MESSAGE_LEN`] bytes.
+    #[serde(serialize_with = "serialize_bounded")]
     pub message: Cow<'static, str>,
 }
 

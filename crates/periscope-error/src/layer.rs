@@ -65,7 +65,8 @@ const MAX_PATH_IN_MESSAGE: usize = 256;
 const MAX_METHOD_IN_MESSAGE: usize = 32;
 
 /// Turns every failure of the inner service into an error envelope: a panic becomes a 500
-/// `internal_error` (message and location go to the log only), a timeout a 504 `timeout`, the
+/// `internal_error` (message and location go to the log only), a timeout a 504 `timeout` (a
+/// 408 `timeout` when the handler was waiting for the client's request body, `axum` feature), the
 /// router's 404 and 405 `route_not_found` and `method_not_allowed`, a 413 `payload_too_large`,
 /// a body the framework could not parse a 400 `invalid_request` (422 `validation_error` for
 /// JSON of the wrong shape; 400 `request_body_incomplete` when the client stopped sending an
@@ -165,6 +166,12 @@ impl ErrorLayer {
     /// Answers 504 `timeout` when the inner service has not responded within `timeout`, and
     /// drops (cancels) its future.
     ///
+    /// With the `axum` feature, when the handler was still waiting for the request body's
+    /// next bytes at that moment (the client stalled its upload), the answer is the client's
+    /// 408 `timeout` instead, as tower-http's `RequestBodyTimeoutLayer` would get: retryable,
+    /// `details.received_bytes` and `expected_bytes`, `Connection: close` over HTTP/1.1,
+    /// logged at info. Not for a gRPC call, whose deadline stays `DEADLINE_EXCEEDED`.
+    ///
     /// A gRPC call (a gRPC `content-type`) with a valid `grpc-timeout` header (1 to 8 ASCII
     /// digits and a unit, `H`, `M`, `S`, `m`, `u` or `n`, as the gRPC over HTTP/2 spec has it)
     /// shorter than `timeout`, or any, without a `timeout`, gets the client's deadline instead:
@@ -230,6 +237,14 @@ enum Failure {
     Panic(CaughtPanic),
     Error(BoxError),
     TimedOut(Limit),
+    /// The timeout fired while the service waited for the client's request body: the bytes
+    /// received, the declared length, and the timeout.
+    #[cfg(feature = "axum")]
+    BodyStalled {
+        received: u64,
+        expected: Option<u64>,
+        after: Duration,
+    },
 }
 
 /// How long the inner service has to answer, and whose limit that is.
@@ -550,7 +565,9 @@ where
                                 .failure(Failure::Error(error.into()))));
                         }
                         Ok(Poll::Pending) => match *this.timeout {
-                            Some(timeout) if expired(this.sleep, cx) => Failure::TimedOut(timeout),
+                            Some(timeout) if expired(this.sleep, cx) => {
+                                this.handled.timed_out(timeout)
+                            }
                             _ => return Poll::Pending,
                         },
                         Err(caught) => Failure::Panic(caught),
@@ -805,6 +822,26 @@ impl Handled {
         }
     }
 
+    /// What the request timeout `limit` means, asked while the service's future (and the body
+    /// it reads) is still there: a 504 of the service's, unless the service was waiting for
+    /// the client's request body (axum's, watched), which is the client's pace, answered as a
+    /// body timeout would be. Not for gRPC, whose client streams at the pace it likes within
+    /// the deadline it set.
+    fn timed_out(&self, limit: Limit) -> Failure {
+        #[cfg(feature = "axum")]
+        if !self.facts.format.is_grpc()
+            && let Some(watch) = &self.body
+            && let Some((received, expected)) = crate::request_body::BodyWatch::awaited_after(watch)
+        {
+            return Failure::BodyStalled {
+                received,
+                expected,
+                after: limit.after,
+            };
+        }
+        Failure::TimedOut(limit)
+    }
+
     /// Decides what to do with the inner service's response.
     fn inspect<B: Body>(&self, response: Response<B>) -> Inspected<B> {
         let status = response.status();
@@ -957,7 +994,7 @@ impl Handled {
         let read_failed =
             status == StatusCode::BAD_REQUEST || text.as_deref() == Some(MULTIPART_READ_FAILED);
         if cut_rejection && let Some((received, expected)) = self.body_stalled_after(read_failed) {
-            return self.body_timed_out(parts, received, expected);
+            return self.body_timed_out(parts, received, expected, None);
         }
         let facts = &self.facts;
         let path = render::truncate(facts.path(), MAX_PATH_IN_MESSAGE);
@@ -1054,8 +1091,10 @@ impl Handled {
     }
 
     /// The 408 `timeout` that replaces an extractor's rejection (`Multipart`'s 500) when the
-    /// client sent the body too slowly for a body timeout: retryable, logged at info (the
-    /// client's pace; nothing to fix here), with the bytes received and the declared length.
+    /// client sent the body too slowly for a body timeout, or the request timeout's 504 when
+    /// it fired while the service waited for the body (`request_timeout`): retryable, logged
+    /// at info (the client's pace; nothing to fix here), with the bytes received and the
+    /// declared length.
     /// The connection is closed after it (RFC 9110, 15.5.9), as the rest of the body may
     /// still come.
     fn body_timed_out<B>(
@@ -1063,6 +1102,7 @@ impl Handled {
         mut parts: http::response::Parts,
         received: u64,
         expected: Option<u64>,
+        request_timeout: Option<Duration>,
     ) -> Response<ResponseBody<B>> {
         parts.status = StatusCode::REQUEST_TIMEOUT;
         // HTTP/2 has no `Connection` header: its stream ends with the answer anyway.
@@ -1078,6 +1118,9 @@ impl Handled {
             code = codes::TIMEOUT.name(),
             received_bytes = received,
             expected_bytes = expected,
+            // The request timeout's, when it stopped waiting (else a body timeout did).
+            timeout_ms =
+                request_timeout.map(|after| u64::try_from(after.as_millis()).unwrap_or(u64::MAX)),
             "the client did not send the request body in time"
         );
         let message = match expected {
@@ -1133,6 +1176,15 @@ impl Handled {
                     format!("The request did not complete within {timeout:?}")
                 };
                 return self.fresh(HttpError::from(codes::TIMEOUT).with_message(message));
+            }
+            #[cfg(feature = "axum")]
+            Failure::BodyStalled {
+                received,
+                expected,
+                after,
+            } => {
+                let (parts, ()) = Response::new(()).into_parts();
+                return self.body_timed_out(parts, received, expected, Some(after));
             }
             Failure::Error(error) => {
                 let code = if error.is::<tower::timeout::error::Elapsed>() {

@@ -1,7 +1,8 @@
 //! A request body that the client stopped sending, or sent too slowly: told apart from a
 //! malformed one, so that a client that goes away mid-upload is answered (and logged) as
-//! `request_body_incomplete`, and one whose upload stalls past a body timeout as a 408
-//! `timeout`, rather than `invalid_request`.
+//! `request_body_incomplete`, and one whose upload stalls past a body timeout (or, without
+//! one, past the request timeout while the service waits for it) as a 408 `timeout`, rather
+//! than `invalid_request` (or the request timeout's 504).
 
 use std::error::Error;
 use std::pin::Pin;
@@ -101,7 +102,8 @@ pub(crate) struct BodyWatch {
     timed_out: AtomicBool,
     /// The last read found no bytes and was left waiting for the client's next ones: when the
     /// service rejects the body then, something between this watch and the handler stopped
-    /// waiting (tower-http's body timeout placed inside the layer).
+    /// waiting (tower-http's body timeout placed inside the layer); when the request timeout
+    /// fires then, the service was waiting for the client.
     waiting: AtomicBool,
     /// The length the request's `Content-Length` declares, read here (only for a body that
     /// is not empty) rather than for every request.
@@ -125,6 +127,15 @@ impl BodyWatch {
         let stalled = self.timed_out.load(Ordering::Relaxed)
             || (read_failed && self.waiting.load(Ordering::Relaxed));
         stalled.then(|| (self.received.load(Ordering::Relaxed), self.expected))
+    }
+
+    /// The bytes received while the service is left waiting for the client's next ones, and
+    /// the declared length: its last read of the body found none, and it still holds the body
+    /// (`watch` is shared with the body alone: one count is the body's). Asked when the
+    /// request timeout fires: the client's pace stopped the request, not the service's work.
+    pub(crate) fn awaited_after(watch: &Arc<Self>) -> Option<(u64, Option<u64>)> {
+        let waiting = watch.waiting.load(Ordering::Relaxed) && Arc::strong_count(watch) > 1;
+        waiting.then(|| (watch.received.load(Ordering::Relaxed), watch.expected))
     }
 }
 

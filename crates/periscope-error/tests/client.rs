@@ -273,3 +273,53 @@ async fn a_retry_after_too_large_to_count_is_the_longest_delay() {
     assert_eq!(error.code(), "rate_limited");
     assert_eq!(error.retry_after(), Some(periscope_error::MAX_RETRY_AFTER));
 }
+
+/// An upstream whose envelope carries a 100 KiB message, help and violation (an echoed input, a
+/// stack dump): what the decoder hands a service, that relays or logs it, is cut as the
+/// server side cuts what it renders (`MAX_MESSAGE_LEN` bytes, on a character boundary, ending
+/// with `…`), with the default 64 KiB read and with a decoder that reads more.
+#[tokio::test]
+async fn a_huge_upstream_message_is_cut_as_the_server_cuts_it() {
+    use periscope_error::{HttpError, MAX_MESSAGE_LEN, Violation, codes};
+
+    for (decoder, kib) in [
+        (Decoder::new(), 10),
+        (Decoder::new().max_body_bytes(1 << 20), 100),
+    ] {
+        // Two-byte characters, so a cut in the middle of one would show.
+        let huge = "é".repeat(kib * 512);
+        let envelope = serde_json::json!({"error": {
+            "code": "conflict",
+            "message": huge,
+            "request_id": "req_huge",
+            "help": huge,
+            "violations": [{"field": huge, "reason": "too_long", "message": huge}],
+        }})
+        .to_string();
+        let addr = serve_once(move |mut stream| async move {
+            let head = format!(
+                "HTTP/1.1 409 Conflict\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                envelope.len()
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(envelope.as_bytes()).await.unwrap();
+        })
+        .await;
+        let error = get(addr, decoder).await;
+        assert_eq!(error.code(), "conflict", "{kib} KiB");
+        assert_eq!(error.request_id(), Some("req_huge"), "{kib} KiB");
+        // What the server side renders of the same text.
+        let server = HttpError::new(codes::CONFLICT, huge.clone()).with_violation(Violation::new(
+            huge.clone(),
+            "too_long",
+            huge.clone(),
+        ));
+        let cut = server.message();
+        assert!(cut.len() <= MAX_MESSAGE_LEN && cut.ends_with("é…"), "{cut}");
+        assert_eq!(error.message(), cut, "{kib} KiB");
+        assert_eq!(error.envelope().unwrap().message, cut, "{kib} KiB");
+        assert_eq!(error.help(), Some(cut), "{kib} KiB");
+        assert_eq!(error.violations(), server.violations(), "{kib} KiB");
+        assert!(error.to_string().len() < 2 * MAX_MESSAGE_LEN, "{kib} KiB");
+    }
+}

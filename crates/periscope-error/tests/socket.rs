@@ -773,6 +773,75 @@ async fn slow_handler_past_the_timeout_gets_504_timeout() {
     assert!(events.iter().any(|event| event["level"] == "WARN"));
 }
 
+/// `ErrorLayer::timeout` alone, without a body timeout: a client that stalls its upload while
+/// the handler waits for it gets a 408 `timeout` (the bytes that came, `connection: close`),
+/// logged at info, not the 504 logged at warn. A gRPC call stalled so is still its deadline's
+/// `DEADLINE_EXCEEDED`: a gRPC client streams at its own pace within the deadline it set.
+#[tokio::test]
+async fn an_upload_stalled_past_the_layers_timeout_is_a_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    support::install_capture();
+    let app = Router::new()
+        .route(
+            "/bytes",
+            post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+        )
+        .layer(ErrorLayer::new().timeout(Duration::from_millis(300)))
+        .layer(middleware::from_fn(correlate));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    for (id, content_type, status) in [
+        ("stalled-json", "application/json", "408 "),
+        ("stalled-grpc", "application/grpc", "200 "),
+    ] {
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /bytes HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\n\
+             content-length: 1000\r\nx-request-id: {id}\r\n\r\n{{\"name\":\""
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{id}: no answer while the client stalls"))
+            .unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{id}: {answer}"
+        );
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let events = events_of(id);
+        if content_type == "application/grpc" {
+            assert!(head.contains("\r\ngrpc-status: 4\r\n"), "{head}");
+            assert!(
+                events.iter().any(|event| event["level"] == "WARN"),
+                "{events:?}"
+            );
+            continue;
+        }
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+        let json: Value = serde_json::from_str(body).unwrap();
+        let error = &json["error"];
+        assert_eq!(error["code"], "timeout", "{json}");
+        assert_eq!(error["retryable"], true, "{json}");
+        assert_eq!(error["details"]["received_bytes"], 9, "{json}");
+        assert_eq!(error["details"]["expected_bytes"], 1000, "{json}");
+        let logged: Vec<_> = (events.iter())
+            .filter(|event| event.get("code").map(String::as_str) == Some("timeout"))
+            .collect();
+        assert_eq!(logged.len(), 1, "{events:?}");
+        assert_eq!(logged[0]["level"], "INFO", "{events:?}");
+        assert_eq!(logged[0]["timeout_ms"], "300", "{events:?}");
+        assert!(
+            events.iter().all(|event| event["level"] == "INFO"),
+            "{events:?}"
+        );
+    }
+}
+
 /// tower's `Timeout` and `LoadShed` inside the layer give up by design: their errors become a
 /// 504 `timeout` and a 503 `service_unavailable`, logged at warn as the layer's own timeout is,
 /// not at error as a service that failed (a shedder answers many requests at once, just when
@@ -1228,6 +1297,69 @@ async fn a_huge_message_is_cut_on_a_character_boundary() {
     assert_eq!(json["error"]["code"], "upstream_error");
     assert_eq!(json["error"]["message"], cut.as_str());
     assert_eq!(json["error"]["help"], help.as_str());
+}
+
+/// An `ErrorBody` a handler builds by hand (its constructor, then its public fields) and sends
+/// as a 409 with a JSON body, which the layer passes through untouched: rendered, its message,
+/// help and violations are cut as an `HttpError`'s are, whether it came through a socket or
+/// was serialised in place.
+#[tokio::test]
+async fn a_hand_built_error_body_is_cut_when_it_is_rendered() {
+    use periscope_error::{Envelope, ErrorBody};
+
+    support::install_capture();
+    let huge = huge_input();
+    let hand_built = {
+        let huge = huge.clone();
+        move || {
+            let mut body = ErrorBody::new("job_already_terminal", huge.clone(), "req_hand");
+            body.help = Some(huge.clone().into());
+            body.violations = vec![Violation::new(huge.clone(), "too_long", huge.clone())];
+            body
+        }
+    };
+    let app = Router::new()
+        .route(
+            "/hand-built",
+            get({
+                let hand_built = hand_built.clone();
+                move || async move {
+                    (
+                        StatusCode::CONFLICT,
+                        Json(Envelope {
+                            error: hand_built(),
+                        }),
+                    )
+                }
+            }),
+        )
+        .layer(ErrorLayer::new())
+        .layer(middleware::from_fn(correlate));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // What the server side renders of the same text.
+    let server = HttpError::new(JOB_ALREADY_TERMINAL, huge.clone());
+    let cut = server.message();
+    assert!(cut.len() <= periscope_error::MAX_MESSAGE_LEN && cut.ends_with('…'));
+    let reply = send(addr, "GET", "/hand-built", &[], b"").await;
+    assert_eq!(reply.status, 409, "{}", reply.text());
+    assert!(reply.body.len() < 8 * 1024, "{} bytes", reply.body.len());
+    let sent = reply.json();
+    let in_place: Value = serde_json::to_value(Envelope {
+        error: hand_built(),
+    })
+    .unwrap();
+    for json in [&sent, &in_place] {
+        let error = &json["error"];
+        assert_eq!(error["code"], "job_already_terminal");
+        assert_eq!(error["message"], cut);
+        assert_eq!(error["help"], cut);
+        assert_eq!(error["violations"][0]["field"], cut);
+        assert_eq!(error["violations"][0]["reason"], "too_long");
+        assert_eq!(error["violations"][0]["message"], cut);
+    }
 }
 
 /// A panic the handler catches itself is not the layer's to answer, but the hook still saw it:
