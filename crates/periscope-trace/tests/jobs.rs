@@ -590,26 +590,39 @@ fn a_panic_reaches_catch_unwind_with_its_payload() {
     );
 }
 
+/// A job's error with a cause: what `run_fallible` and `run_fallible_dyn` log with its chain.
+#[derive(Debug)]
+struct StepFailed {
+    step: &'static str,
+    cause: std::io::Error,
+}
+
+impl StepFailed {
+    fn new(step: &'static str, cause: &str) -> Self {
+        Self {
+            step,
+            cause: std::io::Error::other(cause.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for StepFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.step)
+    }
+}
+
+impl std::error::Error for StepFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.cause)
+    }
+}
+
 /// A job that returns `Err` through `run_fallible`: one `error` line inside its span with the
 /// error and its chain, and the result unchanged. Through `run`, an `Err` is the job's value
 /// and nothing is logged for it.
 #[tokio::test]
 async fn a_fallible_jobs_err_is_logged_once_with_its_chain() {
-    #[derive(Debug)]
-    struct ChargeFailed(std::io::Error);
-
-    impl std::fmt::Display for ChargeFailed {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("charge failed")
-        }
-    }
-
-    impl std::error::Error for ChargeFailed {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
-    }
-
     let (logs, _guard) = json_logs();
     let request = request(&format!("00-{TRACE}-{PARENT}-01"), "req-err");
     let carrier = through_json(&request.in_scope(job::carrier).unwrap());
@@ -621,21 +634,14 @@ async fn a_fallible_jobs_err_is_logged_once_with_its_chain() {
 
     let job = JobSpan::from_carrier("charge", &carrier).with_job_id("job_10");
     let ctx = job.context().clone();
-    let result: Result<u8, ChargeFailed> = job
-        .run_fallible(async { Err(ChargeFailed(std::io::Error::other("gateway timed out"))) })
+    let result: Result<u8, StepFailed> = job
+        .run_fallible(async { Err(StepFailed::new("charge failed", "gateway timed out")) })
         .await;
     let error = result.unwrap_err();
-    assert_eq!(error.0.to_string(), "gateway timed out");
+    assert_eq!(error.cause.to_string(), "gateway timed out");
 
-    let lines = logs.lines_for("req-err");
-    assert_eq!(lines.len(), 1, "{lines:#?}");
-    let line = &lines[0];
-    assert_eq!(line["level"], "error", "{line}");
-    assert_eq!(line["message"], "job failed", "{line}");
-    assert_eq!(line["job_id"], "job_10", "{line}");
+    let line = the_job_failed_line(&logs, "req-err", "job_10", &ctx);
     assert_eq!(line["job_name"], "charge", "{line}");
-    assert_eq!(line["trace_id"], TRACE, "{line}");
-    assert_eq!(line["span_id"], ctx.span_id.to_string(), "{line}");
     assert_eq!(
         line["data"]["error"],
         serde_json::json!({"message": "charge failed", "chain": ["gateway timed out"]}),
@@ -643,25 +649,28 @@ async fn a_fallible_jobs_err_is_logged_once_with_its_chain() {
     );
 }
 
+/// The one line logged for `request_id`: `job failed` at error, with the job's ids.
+fn the_job_failed_line(
+    logs: &Written,
+    request_id: &str,
+    job_id: &str,
+    ctx: &RequestContext,
+) -> Value {
+    let lines = logs.lines_for(request_id);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let line = lines.into_iter().next().unwrap();
+    assert_eq!(line["level"], "error", "{line}");
+    assert_eq!(line["message"], "job failed", "{line}");
+    assert_eq!(line["job_id"], job_id, "{line}");
+    assert_eq!(line["trace_id"], TRACE, "{line}");
+    assert_eq!(line["span_id"], ctx.span_id.to_string(), "{line}");
+    line
+}
+
 /// A job whose error is boxed (`Box<dyn Error + Send + Sync>`, as anyhow's and eyre's errors
 /// are pointers to one) is logged as a concrete error is: once, with the chain it points to.
 #[tokio::test]
 async fn a_boxed_jobs_err_is_logged_once_with_its_chain() {
-    #[derive(Debug)]
-    struct UploadFailed(std::io::Error);
-
-    impl std::fmt::Display for UploadFailed {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("upload failed")
-        }
-    }
-
-    impl std::error::Error for UploadFailed {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
-    }
-
     type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
     let (logs, _guard) = json_logs();
@@ -671,19 +680,12 @@ async fn a_boxed_jobs_err_is_logged_once_with_its_chain() {
     let ctx = job.context().clone();
     let result: Result<u8, BoxError> = job
         .run_fallible_dyn(async {
-            Err(UploadFailed(std::io::Error::other("bucket is read-only")).into())
+            Err(StepFailed::new("upload failed", "bucket is read-only").into())
         })
         .await;
     assert_eq!(result.unwrap_err().to_string(), "upload failed");
 
-    let lines = logs.lines_for("req-boxed");
-    assert_eq!(lines.len(), 1, "{lines:#?}");
-    let line = &lines[0];
-    assert_eq!(line["level"], "error", "{line}");
-    assert_eq!(line["message"], "job failed", "{line}");
-    assert_eq!(line["job_id"], "job_11", "{line}");
-    assert_eq!(line["trace_id"], TRACE, "{line}");
-    assert_eq!(line["span_id"], ctx.span_id.to_string(), "{line}");
+    let line = the_job_failed_line(&logs, "req-boxed", "job_11", &ctx);
     assert_eq!(
         line["data"]["error"],
         serde_json::json!({"message": "upload failed", "chain": ["bucket is read-only"]}),
