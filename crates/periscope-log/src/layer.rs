@@ -24,6 +24,7 @@ use crate::json::{self, EscapeWriter};
 use crate::recent::RecentLogs;
 use crate::redact::{REDACTED, Redactor};
 use crate::span_plan::{AnyKept, KeptFields, SpanPlan};
+use crate::static_text;
 use crate::timestamp;
 use crate::writer::{DroppedLines, LineSink};
 
@@ -590,7 +591,11 @@ impl LogLayer {
         line.clear();
         let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
         match self.format {
-            LogFormat::Json => self.assemble_json(line, metadata, parts, span_name),
+            LogFormat::Json => {
+                // A bridged `log` record's target is its own, not the callsite's static text.
+                let static_target = normalized.is_none().then(|| event.metadata().target());
+                self.assemble_json(line, metadata, static_target, parts, span_name);
+            }
             LogFormat::Pretty => self.assemble_pretty(line, metadata, parts, span_name),
         }
         line.push(b'\n');
@@ -654,12 +659,14 @@ impl LogLayer {
         }
     }
 
+    /// `static_target`: the target when it is the callsite's (`metadata`'s otherwise).
     fn assemble_json(
         &self,
         line: &mut Vec<u8>,
         metadata: &Metadata<'_>,
+        static_target: Option<&'static str>,
         parts: &Parts,
-        span_name: Option<&str>,
+        span_name: Option<&'static str>,
     ) {
         line.extend_from_slice(b"{\"timestamp\":\"");
         timestamp::write_rfc3339_millis(line, SystemTime::now());
@@ -668,13 +675,16 @@ impl LogLayer {
         line.extend_from_slice(b"\",\"message\":\"");
         line.extend_from_slice(&parts.message);
         line.extend_from_slice(b"\",\"target\":\"");
-        json::write_escaped(line, metadata.target());
+        match static_target {
+            Some(target) => static_text::write(line, target),
+            None => json::write_escaped(line, metadata.target()),
+        }
         line.push(b'"');
         line.extend_from_slice(&self.static_fields);
         line.extend_from_slice(&parts.context);
         if let Some(name) = span_name {
             line.extend_from_slice(b",\"span\":\"");
-            json::write_escaped(line, name);
+            static_text::write(line, name);
             line.push(b'"');
         }
         if self.flatten {
