@@ -10,6 +10,7 @@ use serde::Serialize;
 use tracing::field::{DebugValue, Field, Visit};
 
 use crate::json::{self, CappedString, EscapeWriter};
+use crate::layer::key_bit;
 use crate::redact::{REDACTED, Redactor, looks_like_json};
 
 /// Longest text that is checked as JSON for sensitive keys; longer text stays a string.
@@ -111,17 +112,58 @@ pub(crate) struct ValueRules {
 /// Entries in [`FIELD_PLANS`] (a power of two); it is emptied when three quarters are used.
 const FIELD_PLAN_SLOTS: usize = 256;
 
-/// A cached field plan: (rules id, name address, name length, slot, redacted, plain name).
-type FieldPlan = (u64, usize, usize, Slot, bool, bool);
+/// What the line does with a `tracing` field, by name and set of rules: see
+/// [`ValueRules::plan`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FieldPlan {
+    pub(crate) slot: Slot,
+    /// The value is redacted.
+    pub(crate) sensitive: bool,
+    pub(crate) name: NameShape,
+}
 
-const NO_PLAN: FieldPlan = (0, 0, 0, Slot::Data, false, false);
+/// What writing a field name as a key needs to know of it, worked out once with its plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NameShape {
+    /// Written in JSON as it is (nearly every name): the line then copies it rather than
+    /// escaping it, some 80 instructions a field.
+    pub(crate) plain: bool,
+    /// Which bit of a line's mask of written keys stands for it (see [`key_bit`]).
+    pub(crate) key_bit: u8,
+}
+
+impl NameShape {
+    pub(crate) fn of(name: &str) -> Self {
+        Self {
+            plain: json::is_plain(name),
+            key_bit: key_bit(name),
+        }
+    }
+}
+
+/// A cached field plan: (rules id, name address, name length, plan).
+type PlanEntry = (u64, usize, usize, FieldPlan);
+
+const NO_PLAN: PlanEntry = (
+    0,
+    0,
+    0,
+    FieldPlan {
+        slot: Slot::Data,
+        sensitive: false,
+        name: NameShape {
+            plain: false,
+            key_bit: 0,
+        },
+    },
+);
 
 thread_local! {
     /// Where each `tracing` field name goes and whether it is redacted, per set of rules: an
     /// open-addressing table, so two names never keep evicting each other. Field names are
     /// `&'static str`: never freed, so address and length name the same text for good, and
     /// the same few names come back on every request. Rules id 0: a free entry.
-    static FIELD_PLANS: ([Cell<FieldPlan>; FIELD_PLAN_SLOTS], Cell<usize>) =
+    static FIELD_PLANS: ([Cell<PlanEntry>; FIELD_PLAN_SLOTS], Cell<usize>) =
         const { ([const { Cell::new(NO_PLAN) }; FIELD_PLAN_SLOTS], Cell::new(0)) };
 }
 
@@ -153,11 +195,9 @@ impl ValueRules {
         self.id
     }
 
-    /// [`slot`](Self::slot), whether the value is redacted, and whether the name is written
-    /// in JSON as it is (nearly every name: the line then copies it rather than escaping it,
-    /// some 80 instructions a field), for a `tracing` field name: read from the per-thread
-    /// cache, worked out on a miss.
-    fn plan(&self, name: &'static str) -> (Slot, bool, bool) {
+    /// [`slot`](Self::slot), whether the value is redacted, and the name's shape as a key,
+    /// for a `tracing` field name: read from the per-thread cache, worked out on a miss.
+    fn plan(&self, name: &'static str) -> FieldPlan {
         let key = (self.id, name.as_ptr() as usize, name.len());
         // Fibonacci hashing of address and rules: the top bits pick the first entry to look at.
         let hash = (key.1 as u64 ^ key.0.rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -166,38 +206,38 @@ impl ValueRules {
         // inlined with the thread-local access (about 20 instructions saved per field, some
         // 16 fields a request); the rest of the probe, and a miss, out of line.
         let hit = FIELD_PLANS.with(|(plans, _)| {
-            let (id, ptr, len, slot, sensitive, plain) = plans[first].get();
-            ((id, ptr, len) == key).then_some((slot, sensitive, plain))
+            let (id, ptr, len, plan) = plans[first].get();
+            ((id, ptr, len) == key).then_some(plan)
         });
         hit.unwrap_or_else(|| self.plan_probe(key, first, name))
     }
 
     /// [`plan`](Self::plan) past the first entry: probes on, and works the plan out on a miss.
     #[inline(never)]
-    fn plan_probe(&self, key: (u64, usize, usize), first: usize, name: &str) -> (Slot, bool, bool) {
+    fn plan_probe(&self, key: (u64, usize, usize), first: usize, name: &str) -> FieldPlan {
         FIELD_PLANS.with(|(plans, used)| {
             let mut index = first;
             loop {
-                let (id, ptr, len, slot, sensitive, plain) = plans[index].get();
+                let (id, ptr, len, plan) = plans[index].get();
                 if (id, ptr, len) == key {
-                    return (slot, sensitive, plain);
+                    return plan;
                 }
                 if id == 0 {
                     break;
                 }
                 index = (index + 1) % FIELD_PLAN_SLOTS;
             }
-            let plan = (
-                self.slot(name),
-                self.redactor.hides_field(name),
-                json::is_plain(name),
-            );
+            let plan = FieldPlan {
+                slot: self.slot(name),
+                sensitive: self.redactor.hides_field(name),
+                name: NameShape::of(name),
+            };
             if used.get() >= FIELD_PLAN_SLOTS / 4 * 3 {
                 plans.iter().for_each(|entry| entry.set(NO_PLAN));
                 used.set(0);
                 index = first;
             }
-            plans[index].set((key.0, key.1, key.2, plan.0, plan.1, plan.2));
+            plans[index].set((key.0, key.1, key.2, plan));
             used.set(used.get() + 1);
             plan
         })
@@ -457,8 +497,8 @@ fn decode_literal(content: &str, bytes: bool) -> Option<String> {
 /// Receives one field's JSON value.
 pub(crate) trait FieldSink {
     /// The buffer for the value of field `name` in `slot`, or `None` to skip the field;
-    /// `plain_name`: `name` needs no escaping in JSON.
-    fn begin(&mut self, name: &'static str, slot: Slot, plain_name: bool) -> Option<&mut Vec<u8>>;
+    /// `shape`: what its plan knows of `name` as a key.
+    fn begin(&mut self, name: &'static str, slot: Slot, shape: NameShape) -> Option<&mut Vec<u8>>;
     /// Receives the event's message.
     fn message(&mut self, rules: &ValueRules, value: &dyn fmt::Debug);
 }
@@ -492,13 +532,13 @@ fn value_out<'o, S: FieldSink>(
     as_message: &dyn fmt::Debug,
 ) -> Option<&'o mut Vec<u8>> {
     let name = field.name();
-    let (slot, sensitive, plain_name) = rules.plan(name);
-    if slot == Slot::Message {
+    let plan = rules.plan(name);
+    if plan.slot == Slot::Message {
         sink.message(rules, as_message);
         return None;
     }
-    let out = sink.begin(name, slot, plain_name)?;
-    if sensitive {
+    let out = sink.begin(name, plan.slot, plan.name)?;
+    if plan.sensitive {
         json::write_str(out, REDACTED, usize::MAX);
         return None;
     }
@@ -520,7 +560,8 @@ impl<S: FieldSink> Visitor<'_, S> {
                 continue;
             };
             let sensitive = self.rules.redactor.is_sensitive(key);
-            if let Some(out) = self.sink.begin(TENANT_FIELD, Slot::Context(slot), true) {
+            let shape = NameShape::of(TENANT_FIELD);
+            if let Some(out) = self.sink.begin(TENANT_FIELD, Slot::Context(slot), shape) {
                 let shown = if sensitive { REDACTED } else { member };
                 json::write_str(out, shown, self.rules.max_value_bytes);
             }
@@ -623,27 +664,38 @@ mod tests {
         ValueRules::new(redactor, 64, context.iter().map(|&c| c.into()).collect())
     }
 
+    /// A plan's (slot, redacted, plain name), the parts the rules decide.
+    fn answer(plan: FieldPlan) -> (Slot, bool, bool) {
+        (plan.slot, plan.sensitive, plan.name.plain)
+    }
+
     #[test]
     fn field_plans_answer_for_the_rules_that_ask() {
         let plain = rules(Redactor::default(), &["request_id"]);
         let strict = rules(Redactor::default().with_sensitive_key("ssn"), &["user_ssn"]);
         for _ in 0..2 {
             // The second round reads the per-thread cache.
-            assert_eq!(plain.plan("user_ssn"), (Slot::Data, false, true));
-            assert_eq!(strict.plan("user_ssn"), (Slot::Context(0), true, true));
-            assert_eq!(plain.plan("request_id"), (Slot::Context(0), false, true));
-            assert_eq!(strict.plan("request_id"), (Slot::Data, false, true));
-            assert_eq!(plain.plan("db_password"), (Slot::Data, true, true));
-            assert_eq!(plain.plan("message"), (Slot::Message, false, true));
+            assert_eq!(answer(plain.plan("user_ssn")), (Slot::Data, false, true));
+            assert_eq!(
+                answer(strict.plan("user_ssn")),
+                (Slot::Context(0), true, true)
+            );
+            assert_eq!(
+                answer(plain.plan("request_id")),
+                (Slot::Context(0), false, true)
+            );
+            assert_eq!(answer(strict.plan("request_id")), (Slot::Data, false, true));
+            assert_eq!(answer(plain.plan("db_password")), (Slot::Data, true, true));
+            assert_eq!(answer(plain.plan("message")), (Slot::Message, false, true));
         }
         // Rules made after others were dropped never read their answers.
         drop((plain, strict));
         let fresh = rules(Redactor::new(&["user"], &[]), &[]);
-        assert_eq!(fresh.plan("user_ssn"), (Slot::Data, true, true));
-        assert_eq!(fresh.plan("db_password"), (Slot::Data, false, true));
+        assert_eq!(answer(fresh.plan("user_ssn")), (Slot::Data, true, true));
+        assert_eq!(answer(fresh.plan("db_password")), (Slot::Data, false, true));
         // A name with a byte JSON escapes is escaped, however many times it is planned.
         for _ in 0..2 {
-            assert_eq!(fresh.plan("a\"b\n"), (Slot::Data, false, false));
+            assert_eq!(answer(fresh.plan("a\"b\n")), (Slot::Data, false, false));
         }
     }
 
@@ -697,7 +749,12 @@ mod tests {
         for _ in 0..2 {
             for (i, name) in names.iter().enumerate() {
                 let slot = if i == 3 { Slot::Context(0) } else { Slot::Data };
-                assert_eq!(rules.plan(name), (slot, i % 10 == 7, true), "{name}");
+                assert_eq!(
+                    answer(rules.plan(name)),
+                    (slot, i % 10 == 7, true),
+                    "{name}"
+                );
+                assert_eq!(rules.plan(name).name, NameShape::of(name), "{name}");
             }
         }
     }

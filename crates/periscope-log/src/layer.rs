@@ -18,12 +18,13 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{Extensions, LookupSpan};
 
 use crate::config::LogFormat;
-use crate::fields::{FieldSink, Slot, ValueRules, Visitor, formatting};
+use crate::fields::{FieldSink, NameShape, Slot, ValueRules, Visitor, formatting};
 use crate::filter::LevelControl;
 use crate::json::{self, EscapeWriter};
 use crate::recent::RecentLogs;
 use crate::redact::{REDACTED, Redactor};
 use crate::span_plan::{AnyKept, KeptFields, SpanPlan};
+use crate::static_text;
 use crate::timestamp;
 use crate::writer::{DroppedLines, LineSink};
 
@@ -154,8 +155,8 @@ fn fields_of<'a>(extensions: &'a Extensions<'_>, owner: LayerId) -> Option<&'a S
 enum FieldKey {
     /// A context field, by slot.
     Context(usize),
-    /// Any other field, by name.
-    Data(&'static str),
+    /// Any other field, by name (and its shape as a key, for the line).
+    Data(&'static str, NameShape),
 }
 
 impl SpanFields {
@@ -213,14 +214,14 @@ impl SpanFields {
     fn context(&self) -> impl Iterator<Item = (usize, &[u8])> {
         self.entries.iter().filter_map(|(key, range)| match key {
             FieldKey::Context(slot) => Some((*slot, self.value(range))),
-            FieldKey::Data(_) => None,
+            FieldKey::Data(..) => None,
         })
     }
 
-    /// Other values: (field name, JSON value).
-    fn data(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+    /// Other values: (field name, its shape, JSON value).
+    fn data(&self) -> impl Iterator<Item = (&'static str, NameShape, &[u8])> {
         self.entries.iter().filter_map(|(key, range)| match key {
-            FieldKey::Data(name) => Some((*name, self.value(range))),
+            FieldKey::Data(name, shape) => Some((*name, *shape, self.value(range))),
             FieldKey::Context(_) => None,
         })
     }
@@ -252,19 +253,19 @@ impl SpanFields {
 }
 
 impl FieldSink for SpanFields {
-    fn begin(&mut self, name: &'static str, slot: Slot, _: bool) -> Option<&mut Vec<u8>> {
+    fn begin(&mut self, name: &'static str, slot: Slot, shape: NameShape) -> Option<&mut Vec<u8>> {
         match slot {
             Slot::Context(index) => Some(self.start(FieldKey::Context(index))),
             // Dotted names are attributes for OpenTelemetry: `otel.*` instructions (span kind,
             // name, status) and semantic-convention fields (`http.route`, `url.path`, ...),
             // which the request's access line already states in its own words.
             Slot::Data | Slot::Message if !self.keep_data || name.contains('.') => None,
-            Slot::Data | Slot::Message => Some(self.start(FieldKey::Data(name))),
+            Slot::Data | Slot::Message => Some(self.start(FieldKey::Data(name, shape))),
         }
     }
 
     fn message(&mut self, rules: &ValueRules, value: &dyn fmt::Debug) {
-        let out = self.start(FieldKey::Data("message"));
+        let out = self.start(FieldKey::Data("message", NameShape::of("message")));
         out.push(b'"');
         write_message(out, rules, value);
         out.push(b'"');
@@ -303,6 +304,9 @@ struct Parts {
     data: Vec<u8>,
     /// The name of each data fragment and where it starts, in order.
     data_keys: Vec<(&'static str, usize)>,
+    /// The [`key_bit`]s of the data keys written: a key whose bit is not set is not written
+    /// yet, so the look for it in `data_keys` is left out (nearly every field).
+    data_mask: u64,
 }
 
 impl Parts {
@@ -313,6 +317,7 @@ impl Parts {
         self.context_starts.clear();
         self.data.clear();
         self.data_keys.clear();
+        self.data_mask = 0;
     }
 }
 
@@ -370,20 +375,23 @@ impl EventSink<'_> {
     /// Starts the data field `name`; `None` when the line already has a field of that key and
     /// this is not the event's own field. A field the event names twice (`info!(a = 1, a = 2)`,
     /// or `level` and `data.level` when flattened) replaces the value before it, so one key is
-    /// never written twice. `plain_name`: `name` needs no escaping (known from its plan).
-    fn data(&mut self, name: &'static str, plain_name: bool) -> Option<&mut Vec<u8>> {
+    /// never written twice. `shape`: what its plan knows of `name` as a key.
+    fn data(&mut self, name: &'static str, shape: NameShape) -> Option<&mut Vec<u8>> {
         let flattened = self.layer.flatten && self.layer.format == LogFormat::Json;
         let parts = &mut *self.parts;
-        if let Some(index) = parts
-            .data_keys
-            .iter()
-            .position(|&(written, _)| same_key(flattened, written, name))
+        let bit = 1u64 << shape.key_bit;
+        if parts.data_mask & bit != 0
+            && let Some(index) = parts
+                .data_keys
+                .iter()
+                .position(|&(written, _)| same_key(flattened, written, name))
         {
             if !self.own {
                 return None;
             }
             remove_fragment(&mut parts.data, &mut parts.data_keys, index);
         }
+        parts.data_mask |= bit;
         parts.data_keys.push((name, parts.data.len()));
         let out = &mut parts.data;
         match self.layer.format {
@@ -392,7 +400,7 @@ impl EventSink<'_> {
                 if flattened && RESERVED_KEYS.contains(&name) {
                     out.extend_from_slice(b"data.");
                 }
-                if plain_name {
+                if shape.plain {
                     out.extend_from_slice(name.as_bytes());
                 } else {
                     json::write_escaped(out, name);
@@ -418,12 +426,28 @@ fn same_key(flattened: bool, a: &str, b: &str) -> bool {
     a == b || (flattened && (is_data_form(a, b) || is_data_form(b, a)))
 }
 
+/// Which of 64 bits stands for data field `name` in a line's mask of written keys: names that
+/// [`same_key`] may find the same, flattened or not, get the same bit (`data.<name>` that of
+/// `<name>` for a reserved name), so a key whose bit is not set yet cannot be written yet.
+/// Worked out once per name, with its field plan: a hash of the text, the same on every run.
+pub(crate) fn key_bit(name: &str) -> u8 {
+    let key = name
+        .strip_prefix("data.")
+        .filter(|rest| RESERVED_KEYS.contains(rest))
+        .unwrap_or(name);
+    // FNV-1a; its top six bits pick the bit.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash >> 58) as u8
+}
+
 impl FieldSink for EventSink<'_> {
-    fn begin(&mut self, name: &'static str, slot: Slot, plain_name: bool) -> Option<&mut Vec<u8>> {
+    fn begin(&mut self, name: &'static str, slot: Slot, shape: NameShape) -> Option<&mut Vec<u8>> {
         match slot {
             Slot::Context(index) => self.context(index),
             Slot::Data if self.bridged && name.starts_with("log.") => None,
-            Slot::Data | Slot::Message => self.data(name, plain_name),
+            Slot::Data | Slot::Message => self.data(name, shape),
         }
     }
 
@@ -543,8 +567,8 @@ impl LogLayer {
                     }
                 }
                 if self.span_fields {
-                    for (name, value) in fields.data() {
-                        if let Some(out) = sink.data(name, false) {
+                    for (name, shape, value) in fields.data() {
+                        if let Some(out) = sink.data(name, shape) {
                             out.extend_from_slice(value);
                         }
                     }
@@ -567,7 +591,11 @@ impl LogLayer {
         line.clear();
         let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
         match self.format {
-            LogFormat::Json => self.assemble_json(line, metadata, parts, span_name),
+            LogFormat::Json => {
+                // A bridged `log` record's target is its own, not the callsite's static text.
+                let static_target = normalized.is_none().then(|| event.metadata().target());
+                self.assemble_json(line, metadata, static_target, parts, span_name);
+            }
             LogFormat::Pretty => self.assemble_pretty(line, metadata, parts, span_name),
         }
         line.push(b'\n');
@@ -631,12 +659,14 @@ impl LogLayer {
         }
     }
 
+    /// `static_target`: the target when it is the callsite's (`metadata`'s otherwise).
     fn assemble_json(
         &self,
         line: &mut Vec<u8>,
         metadata: &Metadata<'_>,
+        static_target: Option<&'static str>,
         parts: &Parts,
-        span_name: Option<&str>,
+        span_name: Option<&'static str>,
     ) {
         line.extend_from_slice(b"{\"timestamp\":\"");
         timestamp::write_rfc3339_millis(line, SystemTime::now());
@@ -645,13 +675,16 @@ impl LogLayer {
         line.extend_from_slice(b"\",\"message\":\"");
         line.extend_from_slice(&parts.message);
         line.extend_from_slice(b"\",\"target\":\"");
-        json::write_escaped(line, metadata.target());
+        match static_target {
+            Some(target) => static_text::write(line, target),
+            None => json::write_escaped(line, metadata.target()),
+        }
         line.push(b'"');
         line.extend_from_slice(&self.static_fields);
         line.extend_from_slice(&parts.context);
         if let Some(name) = span_name {
             line.extend_from_slice(b",\"span\":\"");
-            json::write_escaped(line, name);
+            static_text::write(line, name);
             line.push(b'"');
         }
         if self.flatten {
@@ -827,15 +860,15 @@ mod tests {
         let owner = LayerId::next();
         let mut fields = SpanFields::with_capacity(owner, 3, true);
         fields
-            .begin("a", Slot::Data, true)
+            .begin("a", Slot::Data, NameShape::of("a"))
             .unwrap()
             .extend_from_slice(b"1");
         fields
-            .begin("request_id", Slot::Context(0), true)
+            .begin("request_id", Slot::Context(0), NameShape::of("request_id"))
             .unwrap()
             .extend_from_slice(b"\"req_1\"");
         fields
-            .begin("b", Slot::Data, true)
+            .begin("b", Slot::Data, NameShape::of("b"))
             .unwrap()
             .extend_from_slice(b"true");
         fields.close();
@@ -843,18 +876,35 @@ mod tests {
             let mut update = SpanFields::with_capacity(owner, 1, true);
             let value = i.to_string();
             update
-                .begin("a", Slot::Data, true)
+                .begin("a", Slot::Data, NameShape::of("a"))
                 .unwrap()
                 .extend_from_slice(value.as_bytes());
             fields.merge(update);
         }
-        let data: Vec<_> = fields.data().collect();
+        let data: Vec<_> = fields
+            .data()
+            .map(|(name, _, value)| (name, value))
+            .collect();
         assert_eq!(data, [("a", &b"999"[..]), ("b", &b"true"[..])]);
         assert_eq!(
             fields.context().collect::<Vec<_>>(),
             [(0, &b"\"req_1\""[..])]
         );
         assert!(fields.values.len() < 64, "{}", fields.values.len());
+    }
+
+    #[test]
+    fn names_of_one_key_share_a_bit_of_the_key_mask() {
+        // Flattened, a reserved name and `data.<name>` are one key: the mask must not tell
+        // them apart, or the second would be written without looking for the first.
+        for reserved in RESERVED_KEYS {
+            assert_eq!(key_bit(&format!("data.{reserved}")), key_bit(reserved));
+        }
+        // Distinct names sharing a bit, as the integration tests rely on (they are still
+        // looked for among the keys written, and so told apart).
+        assert_eq!(key_bit("method"), key_bit("aborted"));
+        assert_eq!(key_bit("status"), key_bit("client"));
+        assert!((0..64).contains(&key_bit("")));
     }
 
     #[test]

@@ -42,6 +42,7 @@ mod peer_text;
 mod recent;
 mod redact;
 mod span_plan;
+mod static_text;
 mod timestamp;
 mod writer;
 

@@ -127,6 +127,42 @@ fn every_control_character_in_values_messages_and_names_parses_back_unchanged() 
     assert_eq!(lines[3]["data"]["v"], hostile.as_str());
 }
 
+/// Targets and span names are checked for escapes once per string and thread, then copied:
+/// lines from the same callsites again and again, plain or not, and a bridged `log` record
+/// (its own target, not the callsite's) are written right every time.
+#[test]
+fn targets_and_span_names_are_written_right_on_every_line_of_their_callsite() {
+    let out = capture(
+        |b| b,
+        |_| {
+            for _ in 0..3 {
+                let odd = tracing::info_span!("s\"pan\n");
+                odd.in_scope(|| tracing::info!(target: "t\"arget\n", "odd"));
+                let plain = tracing::info_span!("plain_span");
+                plain.in_scope(|| tracing::info!(target: "plain::target", "plain"));
+                let record = tracing_log::log::Record::builder()
+                    .target("l\"og\n")
+                    .level(tracing_log::log::Level::Warn)
+                    .args(format_args!("bridged"))
+                    .build();
+                plain.in_scope(|| tracing_log::format_trace(&record).unwrap());
+            }
+        },
+    );
+    let text = out.text();
+    assert_eq!(text.matches('\n').count(), 9, "{text}");
+    let lines = strict_lines(&text);
+    for round in lines.chunks(3) {
+        assert_eq!(round[0]["target"], "t\"arget\n", "{text}");
+        assert_eq!(round[0]["span"], "s\"pan\n", "{text}");
+        assert_eq!(round[1]["target"], "plain::target", "{text}");
+        assert_eq!(round[1]["span"], "plain_span", "{text}");
+        assert_eq!(round[2]["target"], "l\"og\n", "{text}");
+        assert_eq!(round[2]["level"], "warn", "{text}");
+        assert_eq!(round[2]["span"], "plain_span", "{text}");
+    }
+}
+
 #[test]
 fn names_of_top_level_keys_never_overwrite_them_flattened_or_not() {
     for flatten in [false, true] {

@@ -374,6 +374,45 @@ fn a_key_is_written_once_the_last_value_winning_in_events_as_in_spans() {
     assert_eq!(parsed["data"]["data.level"], 2);
 }
 
+/// Distinct names that share a bit of the line's mask of written keys (`method` and
+/// `aborted`, `status` and `client`: the layer's unit tests pin that they do) are all written,
+/// from the event and from a span alike, while a name repeated among them keeps one value.
+#[test]
+fn distinct_keys_sharing_a_bit_of_the_key_mask_are_all_written() {
+    let out = capture(
+        |b| b,
+        |_| {
+            let span = tracing::info_span!("s", client = "span", aborted = "span", status = "span");
+            let _entered = span.enter();
+            tracing::info!(
+                method = "GET",
+                aborted = true,
+                status = 200,
+                status = 201,
+                "own"
+            );
+            tracing::info!(method = "GET", "spans");
+        },
+    );
+    let text = out.text();
+    for line in text.lines() {
+        for key in ["method", "aborted", "status", "client"] {
+            assert_eq!(occurrences(line, key), 1, "{key}: {line}");
+        }
+    }
+    let lines = out.lines();
+    assert_eq!(
+        lines[0]["data"],
+        json!({"method": "GET", "aborted": true, "status": 201, "client": "span"}),
+        "{text}"
+    );
+    assert_eq!(
+        lines[1]["data"],
+        json!({"method": "GET", "client": "span", "aborted": "span", "status": "span"}),
+        "{text}"
+    );
+}
+
 /// `message` recorded twice is one key like any other: the last value wins, and is not glued
 /// onto the first.
 #[test]
