@@ -57,7 +57,7 @@ pub type ClientLayer =
 /// The service [`ClientLayer`] makes around a client `C`. For a client answering
 /// `Response<B>` it answers `Response<ClientBody<MetricsBody<B>>>`
 /// ([`ClientBody`](periscope_trace::ClientBody),
-/// [`MetricsBody`](periscope_metrics::MetricsBody)): the call's span, and the count of a gRPC
+/// [`MetricsBody`]): the call's span, and the count of a gRPC
 /// call whose code comes in its trailers, wait for that body's end, so read it to its end or
 /// drop it.
 pub type ClientService<C> = periscope_trace::ClientTrace<periscope_metrics::ClientMetrics<C>>;

@@ -325,7 +325,7 @@ impl LogLayerBuilder {
     }
 
     /// Bounds of the recent-lines buffer (default 1000 lines, 4 MiB; 0 lines turns it off),
-    /// a quarter of each kept for `error` lines (see [`RecentLogs`](crate::RecentLogs)).
+    /// a quarter of each kept for `error` lines (see [`RecentLogs`]).
     pub fn recent_limits(mut self, lines: usize, bytes: usize) -> Self {
         self.recent_lines = lines;
         self.recent_bytes = bytes;

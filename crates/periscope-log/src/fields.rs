@@ -60,7 +60,7 @@ thread_local! {
 }
 
 /// Logs a `serde::Serialize` value as a nested JSON object under `data`, redacted by key at
-/// any depth. Use it through [`json`], or as `?Json(value)` / `%Json(value)`.
+/// any depth. Use it through [`json()`], or as `?Json(value)` / `%Json(value)`.
 ///
 /// ```
 /// # use serde::Serialize;

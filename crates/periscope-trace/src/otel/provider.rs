@@ -339,7 +339,7 @@ impl OtelGuard {
     /// export does not turn their callsites on); those of the crates the export runs on (`h2`,
     /// `hyper`, `tonic`, `tower`, `opentelemetry`) from `warn` up, so exporting can never feed
     /// on its own telemetry; the events of a request whose trace is not sampled are not given
-    /// to the layer at all ([`export_filter`](super::export_filter)). For another filter,
+    /// to the layer at all ([`export_filter`]). For another filter,
     /// build a layer from [`OtelGuard::tracer`].
     ///
     /// With this layer, the `trace_id` and `span_id` that periscope's spans record (and so
