@@ -22,7 +22,7 @@ const SHORT_TOKEN: usize = 16;
 /// let access = DebugAccess::from_token(std::env::var("ADMIN_TOKEN").ok());
 /// # let _ = access;
 /// ```
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub enum DebugAccess {
     /// The debug endpoints do not exist: they answer 404 `route_not_found` like any unknown
     /// path. The default.
@@ -53,6 +53,21 @@ impl DebugAccess {
         }
     }
 }
+
+/// Tokens are compared in constant time, as a request's token is: comparing a configured
+/// access with one built from input must not tell the token byte by byte.
+impl PartialEq for DebugAccess {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (DebugAccess::Token(a), DebugAccess::Token(b)) => {
+                tokens_equal(a.as_bytes(), b.as_bytes())
+            }
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
+}
+
+impl Eq for DebugAccess {}
 
 impl fmt::Debug for DebugAccess {
     // The token never reaches a log line through `{:?}`.
@@ -273,6 +288,20 @@ mod tests {
         assert_eq!(DebugAccess::from_token(None), DebugAccess::Disabled);
         let access = DebugAccess::from_token(Some("hunter2".into()));
         assert_eq!(format!("{access:?}"), "Token([REDACTED])");
+    }
+
+    /// Equal accesses are equal by value, tokens compared in constant time.
+    #[test]
+    fn accesses_compare_by_value() {
+        let token = |t: &str| DebugAccess::Token(t.to_string());
+        assert_eq!(token("s3cret"), token("s3cret"));
+        assert_ne!(token("s3cret"), token("s3cres"));
+        assert_ne!(token("s3cret"), token("s3cret!"));
+        assert_ne!(token("s3cret"), token(""));
+        assert_eq!(token(""), token(""));
+        assert_ne!(token("s3cret"), DebugAccess::Disabled);
+        assert_ne!(DebugAccess::SeparateListener, DebugAccess::Disabled);
+        assert_eq!(DebugAccess::SeparateListener, DebugAccess::SeparateListener);
     }
 
     #[test]
