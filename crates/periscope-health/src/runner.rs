@@ -133,7 +133,7 @@ impl Runner {
                 async move {
                     match task.await {
                         Ok(run) => run,
-                        Err(_) => aborted_run(&runner, epoch),
+                        Err(error) => aborted_run(&runner, epoch, &run_failure(error)),
                     }
                 }
                 .boxed()
@@ -286,15 +286,27 @@ impl std::fmt::Debug for Runner {
     }
 }
 
-/// The run task was cancelled (the runtime is shutting down): every check failed, nothing cached.
-fn aborted_run(runner: &Weak<Runner>, epoch: u64) -> Arc<CheckRun> {
+/// Why the run task ended without a run: cancelled (the runtime is shutting down), or a panic
+/// of the runner itself, whose message says what to fix (a runtime built without
+/// `enable_time` panics at the first timeout: "timers are disabled. Call `enable_time`...").
+fn run_failure(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return "check run was cancelled".to_owned();
+    }
+    let payload = error.into_panic();
+    let message = format!("check run failed: {}", panic_text(&payload));
+    CheckError::msg(message).message().to_owned()
+}
+
+/// The run task ended without a run (`reason`): every check failed, nothing cached.
+fn aborted_run(runner: &Weak<Runner>, epoch: u64, reason: &str) -> Arc<CheckRun> {
     let outcomes = match runner.upgrade() {
         Some(runner) => {
             runner.state().end_flight(epoch);
             runner
                 .checks
                 .iter()
-                .map(|check| failed(check, Duration::ZERO, "check run was cancelled".to_owned()))
+                .map(|check| failed(check, Duration::ZERO, reason.to_owned()))
                 .collect()
         }
         None => Vec::new(),

@@ -574,3 +574,20 @@ async fn disk_space_compares_against_the_threshold() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// On a runtime built without timers the checks cannot be timed: the report says so, with
+/// tokio's own words on what to enable, instead of calling the run cancelled.
+#[test]
+fn a_runtime_without_timers_is_named_as_the_cause() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let error = runtime.block_on(async {
+        let check = periscope_health::check_fn(|| async { Ok::<_, String>(()) });
+        outcome(HealthCheck::new("db", check))
+            .await
+            .expect("the check cannot pass")
+    });
+    assert!(error.contains("enable_time"), "{error}");
+    assert!(!error.contains("cancelled"), "{error}");
+}
