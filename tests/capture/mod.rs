@@ -22,6 +22,12 @@ impl Write for Captured {
 }
 
 impl Captured {
+    /// Every byte written so far, as written.
+    #[allow(dead_code)] // not every binary sharing this module reads the raw bytes
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+
     /// Every line written so far, parsed.
     pub fn lines(&self) -> Vec<Value> {
         String::from_utf8(self.0.lock().unwrap().clone())

@@ -20,6 +20,16 @@ struct SpanLog {
 }
 
 impl Spans {
+    /// The fields of every span named `name`.
+    #[allow(dead_code)] // not every binary sharing this module reads them all
+    pub fn named(&self, name: &str) -> Vec<HashMap<&'static str, String>> {
+        let log = self.0.lock().unwrap();
+        (log.spans.iter())
+            .filter(|(n, _)| *n == name)
+            .map(|(_, fields)| fields.clone())
+            .collect()
+    }
+
     /// The fields of the spans named `name` whose `request_id` is `request_id`.
     pub fn of(&self, name: &str, request_id: &str) -> Vec<HashMap<&'static str, String>> {
         let log = self.0.lock().unwrap();

@@ -14,7 +14,7 @@ use periscope_context::headers::X_REQUEST_ID;
 use serde_json::{Map, Value};
 
 use crate::class::ErrorClass;
-use crate::code::{self, ErrorCode};
+use crate::code::{self, ErrorCode, MAX_CODE_LEN};
 use crate::envelope::{self, ErrorBody, Violation};
 use crate::layer::MAX_FRAMES_PER_POLL;
 use crate::render;
@@ -23,8 +23,13 @@ use crate::render;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// How much of a body that is not an envelope the decoder keeps by default, in bytes.
 pub const DEFAULT_MAX_RAW_BODY_BYTES: usize = 4 * 1024;
-/// The longest `x-request-id` header taken as the request id when the body has none.
-const MAX_HEADER_ID_LEN: usize = 256;
+/// The longest request id or trace id the decoder takes, in bytes, from an envelope or from
+/// the `x-request-id` header: a longer one is no id (a cut id would name another request), and
+/// is not taken.
+pub const MAX_ID_LEN: usize = 256;
+/// The most of an envelope's `details` the decoder keeps, in bytes of its JSON text: members
+/// are kept in order while the whole stays within it; a member that would pass it is left out.
+pub const MAX_DETAILS_LEN: usize = 4096;
 /// The longest retry delay reported: a server's `retry_after_s: 1e30` must not make the
 /// caller's `Instant::now() + delay` overflow and panic.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -398,7 +403,9 @@ impl ApiError {
     }
 
     /// The error code: the envelope's, or for a response without one the built-in code of its
-    /// status (`upstream_error` for a 502 page from a proxy).
+    /// status (`upstream_error` for a 502 page from a proxy). A `code` longer than
+    /// [`MAX_CODE_LEN`](crate::MAX_CODE_LEN) bytes, which no service can declare, is no code:
+    /// the body is then decoded as one that is not an envelope, as without a `code`.
     pub fn code(&self) -> &str {
         &self.code
     }
@@ -424,14 +431,14 @@ impl ApiError {
 
     /// The request id to quote to support: the envelope's, else the `request_id` of a JSON body
     /// that is not quite an envelope (`{"error": {"request_id": ...}}` without a string `code`,
-    /// or a top-level one), else the `x-request-id` header (one of at most 256 bytes of text;
-    /// a longer one is not taken). A `request_id` sent as a JSON number is its decimal text
-    /// (`"90210"`).
+    /// or a top-level one), else the `x-request-id` header. Each of at most [`MAX_ID_LEN`]
+    /// bytes of text: a longer one is not taken. A `request_id` sent as a JSON number is its
+    /// decimal text (`"90210"`).
     pub fn request_id(&self) -> Option<&str> {
         self.request_id.as_deref()
     }
 
-    /// The trace id, when the envelope carried one.
+    /// The trace id, when the envelope carried one of at most [`MAX_ID_LEN`] bytes.
     pub fn trace_id(&self) -> Option<&str> {
         self.envelope.as_ref()?.trace_id.as_deref()
     }
@@ -445,7 +452,8 @@ impl ApiError {
         &self.message
     }
 
-    /// The envelope's `details`.
+    /// The envelope's `details`: its members in order while their JSON stays within
+    /// [`MAX_DETAILS_LEN`] bytes (a member that would pass it is left out).
     pub fn details(&self) -> Option<&Map<String, Value>> {
         self.envelope.as_ref()?.details.as_ref()
     }
@@ -455,7 +463,8 @@ impl ApiError {
         self.envelope.as_ref()?.help.as_deref()
     }
 
-    /// The envelope's `docs_url`.
+    /// The envelope's `docs_url`, when it is at most [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN)
+    /// bytes (a longer one is left out: cut, it would point elsewhere).
     pub fn docs_url(&self) -> Option<&str> {
         self.envelope.as_ref()?.docs_url.as_deref()
     }
@@ -554,23 +563,36 @@ pub(crate) fn envelope_from_json(json: &Value) -> Option<ErrorBody> {
     None
 }
 
+/// Every member is bounded, as a service relays or logs what it decodes: texts for humans are
+/// cut (`bound_texts`); a code, an id or a URL is not cut (a cut one names something else),
+/// but one longer than it can be is not taken: a `code` over [`MAX_CODE_LEN`] bytes (the
+/// longest a service can declare) makes the body no envelope, as a missing code does; a
+/// `request_id` or `trace_id` over [`MAX_ID_LEN`], a `docs_url` over
+/// [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN), are left out. `details` keeps its members in
+/// order within [`MAX_DETAILS_LEN`].
 fn body_from_members(members: &Map<String, Value>, message_key: &str) -> Option<ErrorBody> {
-    let text = |key: &str| members.get(key).and_then(Value::as_str).map(str::to_owned);
-    let code = text("code").filter(|code| !code.is_empty())?;
+    let text = |key: &str, max: usize| {
+        let text = members.get(key)?.as_str()?;
+        (text.len() <= max).then(|| text.to_owned())
+    };
+    let code = text("code", MAX_CODE_LEN).filter(|code| !code.is_empty())?;
     let mut body = ErrorBody::new(
         code,
-        text(message_key).unwrap_or_default(),
+        text(message_key, usize::MAX).unwrap_or_default(),
         members
             .get("request_id")
             .and_then(request_id_text)
             .unwrap_or_default(),
     );
-    body.trace_id = text("trace_id");
-    body.details = members.get("details").and_then(Value::as_object).cloned();
-    body.help = text("help").map(Cow::Owned);
+    body.trace_id = text("trace_id", MAX_ID_LEN);
+    body.details = members
+        .get("details")
+        .and_then(Value::as_object)
+        .map(bounded_details);
+    body.help = text("help", usize::MAX).map(Cow::Owned);
     body.retryable = members.get("retryable").and_then(Value::as_bool);
     body.retry_after_s = members.get("retry_after_s").and_then(seconds);
-    body.docs_url = text("docs_url").map(Cow::Owned);
+    body.docs_url = text("docs_url", envelope::MAX_MESSAGE_LEN).map(Cow::Owned);
     body.violations = members
         .get("violations")
         .and_then(Value::as_array)
@@ -621,12 +643,53 @@ fn request_id_from_json(json: &Value) -> Option<String> {
 }
 
 /// A `request_id` member as text: a string as sent, a number (servers that count their
-/// requests) as its decimal text; any other type is not an id.
+/// requests) as its decimal text; any other type, or a text over [`MAX_ID_LEN`] bytes, is not
+/// an id.
 fn request_id_text(value: &Value) -> Option<String> {
     match value {
-        Value::String(id) => Some(id.clone()),
+        Value::String(id) if id.len() <= MAX_ID_LEN => Some(id.clone()),
         Value::Number(number) => Some(number.to_string()),
         _ => None,
+    }
+}
+
+/// `details` within [`MAX_DETAILS_LEN`] bytes of JSON: whole when it fits, else its members in
+/// order, each kept while the whole stays within the bound (one that would pass it is left
+/// out, so a huge dump does not cost the small facts after it).
+fn bounded_details(details: &Map<String, Value>) -> Map<String, Value> {
+    if json_len(details) <= MAX_DETAILS_LEN {
+        return details.clone();
+    }
+    let mut kept = Map::new();
+    // The braces.
+    let mut len = 2;
+    for (key, value) in details {
+        // The key, its colon, the value, and a comma before every member but the first.
+        let member = json_len(key) + 1 + json_len(value) + usize::from(!kept.is_empty());
+        if len + member <= MAX_DETAILS_LEN {
+            len += member;
+            kept.insert(key.clone(), value.clone());
+        }
+    }
+    kept
+}
+
+/// The length of `value`'s JSON text, counted without writing it.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
     }
 }
 
@@ -675,7 +738,7 @@ fn redirected_to(status: StatusCode, headers: &HeaderMap) -> Option<Cow<'_, str>
 
 fn request_id_header(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(X_REQUEST_ID)?.to_str().ok()?.trim();
-    (!value.is_empty() && value.len() <= MAX_HEADER_ID_LEN).then(|| value.to_owned())
+    (!value.is_empty() && value.len() <= MAX_ID_LEN).then(|| value.to_owned())
 }
 
 #[cfg(test)]

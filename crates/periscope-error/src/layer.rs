@@ -332,6 +332,18 @@ impl RequestFacts {
     fn path(&self) -> &str {
         self.uri.path()
     }
+
+    /// The request target as a message quotes it: the path, or for a `CONNECT` (whose target
+    /// is an authority, `example.com:443`, and whose path is empty) the authority.
+    fn target(&self) -> &str {
+        match self.uri.path() {
+            "" => self
+                .uri
+                .authority()
+                .map_or("", |authority| authority.as_str()),
+            path => path,
+        }
+    }
 }
 
 /// Whether the router matched a route, so a bare 404 is the handler's, not the router's.
@@ -997,7 +1009,7 @@ impl Handled {
             return self.body_timed_out(parts, received, expected, None);
         }
         let facts = &self.facts;
-        let path = render::truncate(facts.path(), MAX_PATH_IN_MESSAGE);
+        let path = render::truncate(facts.target(), MAX_PATH_IN_MESSAGE);
         let method = render::truncate(facts.method.as_str(), MAX_METHOD_IN_MESSAGE);
         let message = match message_text {
             Some(text) if status.is_client_error() => text.clone(),
@@ -2342,6 +2354,27 @@ mod tests {
         assert_eq!(json["detail"], "No route matches GET /nowhere");
         assert_eq!(json["instance"], "/nowhere");
         assert_eq!(json["code"], "route_not_found");
+    }
+
+    /// A `CONNECT` names an authority, not a path (`CONNECT example.com:443`): the router's 404
+    /// quotes the target as sent, not an empty path.
+    #[tokio::test]
+    async fn a_connect_without_a_route_names_its_authority() {
+        let request = Request::connect("example.com:443")
+            .body(Full::default())
+            .unwrap();
+        let (_, json) = call(request, |_| async {
+            Ok(Response::builder()
+                .status(404)
+                .body(Full::default())
+                .unwrap())
+        })
+        .await;
+        assert_eq!(json["error"]["code"], "route_not_found");
+        assert_eq!(
+            json["error"]["message"],
+            "No route matches CONNECT example.com:443"
+        );
     }
 
     /// A status folded into a catch-all code keeps its own reason as the message.

@@ -323,3 +323,100 @@ async fn a_huge_upstream_message_is_cut_as_the_server_cuts_it() {
         assert!(error.to_string().len() < 2 * MAX_MESSAGE_LEN, "{kib} KiB");
     }
 }
+
+/// An envelope `answer` sends as a 409, with `x-request-id: req_header`, decoded.
+async fn decode_conflict(envelope: serde_json::Value) -> ApiError {
+    let envelope = envelope.to_string();
+    let addr = serve_once(move |mut stream| async move {
+        let head = format!(
+            "HTTP/1.1 409 Conflict\r\ncontent-type: application/json\r\n\
+             x-request-id: req_header\r\ncontent-length: {}\r\n\r\n",
+            envelope.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(envelope.as_bytes()).await.unwrap();
+    })
+    .await;
+    get(addr, Decoder::new()).await
+}
+
+/// Every member of an upstream's envelope is bounded, not only its texts for humans: a
+/// service that relays or logs what it decoded relays or logs a bounded error, whatever the
+/// upstream sent within the 64 KiB read. Ids and URLs are not cut (a cut one names something
+/// else): one over its bound is left out, and the request id falls back to the header's.
+/// `details` keeps its members in order while its JSON stays within its bound.
+#[tokio::test]
+async fn every_member_of_an_upstream_envelope_is_bounded() {
+    use periscope_error::{MAX_CODE_LEN, MAX_DETAILS_LEN, MAX_ID_LEN, MAX_MESSAGE_LEN};
+
+    let huge = "x".repeat(30 * 1024);
+    let error = decode_conflict(serde_json::json!({"error": {
+        "code": "job_already_terminal",
+        "message": "Job is gone",
+        "request_id": "r".repeat(MAX_ID_LEN + 1),
+        "trace_id": "4".repeat(MAX_ID_LEN + 1),
+        "docs_url": format!("https://docs.example.com/{}", "d".repeat(MAX_MESSAGE_LEN)),
+        "details": {"a_job_id": "job_1", "b_dump": huge, "c_state": "done"},
+    }}))
+    .await;
+    assert_eq!(error.code(), "job_already_terminal");
+    assert_eq!(error.request_id(), Some("req_header"));
+    assert_eq!(error.trace_id(), None);
+    assert_eq!(error.docs_url(), None);
+    let details = error.details().unwrap();
+    assert_eq!(
+        serde_json::Value::Object(details.clone()),
+        serde_json::json!({"a_job_id": "job_1", "c_state": "done"})
+    );
+
+    // Many small members: the first ones, within the bound.
+    let many: serde_json::Map<_, _> = (0..2000)
+        .map(|i| (format!("k{i:04}"), serde_json::Value::from("v".repeat(20))))
+        .collect();
+    let error = decode_conflict(serde_json::json!({"error": {
+        "code": "conflict", "message": "m", "request_id": "req_1", "details": many,
+    }}))
+    .await;
+    let details = error.details().unwrap();
+    let text = serde_json::to_string(details).unwrap();
+    assert!(
+        text.len() <= MAX_DETAILS_LEN && text.len() > MAX_DETAILS_LEN - 40,
+        "{}",
+        text.len()
+    );
+    assert!(details.keys().eq(many.keys().take(details.len())));
+
+    // At their bounds, members are kept whole.
+    let id = "r".repeat(MAX_ID_LEN);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let docs_url = format!(
+        "https://docs.example.com/{}",
+        "d".repeat(MAX_MESSAGE_LEN - 25)
+    );
+    let code = "c".repeat(MAX_CODE_LEN);
+    let error = decode_conflict(serde_json::json!({"error": {
+        "code": code, "message": "m", "request_id": id, "trace_id": trace_id,
+        "docs_url": docs_url,
+    }}))
+    .await;
+    assert_eq!(error.code(), code);
+    assert_eq!(error.request_id(), Some(id.as_str()));
+    assert_eq!(error.trace_id(), Some(trace_id));
+    assert_eq!(error.docs_url(), Some(docs_url.as_str()));
+
+    // A code longer than any code can be is not a code: the body is not an envelope (as one
+    // without a code), decoded by its status, its words and request id kept.
+    let error = decode_conflict(serde_json::json!({"error": {
+        "code": "c".repeat(MAX_CODE_LEN + 1), "message": "Job is gone", "request_id": "req_2",
+    }}))
+    .await;
+    assert_eq!(error.code(), "conflict");
+    assert_eq!(error.class(), ErrorClass::Conflict);
+    assert!(error.envelope().is_none());
+    assert_eq!(error.request_id(), Some("req_2"));
+    assert_eq!(
+        error.message(),
+        "HTTP 409 Conflict without an error envelope: Job is gone"
+    );
+    assert!(error.raw_body().is_some());
+}

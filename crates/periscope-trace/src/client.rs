@@ -132,6 +132,7 @@ impl ClientSpan {
         uri: &Uri,
         rpc: Option<RpcName<'_>>,
     ) -> Self {
+        let method_original = method_original(method);
         let span = tracing::info_span!(
             target: CLIENT_TARGET,
             "http_client_request",
@@ -139,7 +140,7 @@ impl ClientSpan {
             otel.kind = "client",
             otel.status_code = Empty,
             http.request.method = method_name(method),
-            http.request.method_original = method_original(method),
+            http.request.method_original = method_original.as_deref(),
             http.response.status_code = Empty,
             rpc.system = Empty,
             rpc.service = Empty,

@@ -1,6 +1,7 @@
 //! Span fields shared by the server, client and job spans: OpenTelemetry HTTP semantic
 //! conventions plus periscope's context fields (`request_id`, `trace_id`, `span_id`, tenant).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use http::{Method, Uri};
@@ -40,9 +41,34 @@ pub(crate) fn span_method(method_name: &'static str) -> &'static str {
     }
 }
 
-/// The original method, only when it was folded into `_OTHER`.
-pub(crate) fn method_original(method: &Method) -> Option<&str> {
-    (method_name(method) == "_OTHER").then(|| method.as_str())
+/// The longest `url.path` the server span records, in bytes. The path is the client's to
+/// choose, up to about 64 KiB (the request head's limit): a longer one is cut on a character
+/// boundary and ends with `…` (counted in the bound), so requests with huge paths cannot fill
+/// the span export queue (2,048 spans by default) with megabytes of attributes.
+pub const MAX_URL_PATH_LEN: usize = 2048;
+
+/// The longest `http.request.method_original` a span records, in bytes (the longest method
+/// HTTP defines has 17 characters; a client may send one as long as the request head): a
+/// longer one is cut as [`MAX_URL_PATH_LEN`] says.
+pub const MAX_METHOD_ORIGINAL_LEN: usize = 32;
+
+/// The original method, only when it was folded into `_OTHER`, within
+/// [`MAX_METHOD_ORIGINAL_LEN`] bytes.
+pub(crate) fn method_original(method: &Method) -> Option<Cow<'_, str>> {
+    (method_name(method) == "_OTHER").then(|| bounded(method.as_str(), MAX_METHOD_ORIGINAL_LEN))
+}
+
+/// `text` within `max` bytes: whole when it fits (borrowed: the common case costs one
+/// comparison), else its start, cut on a character boundary, then `…` (counted in `max`).
+pub(crate) fn bounded(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &text[..end]))
 }
 
 /// Whether a query parameter of this name holds a secret: a signature or key of the shared list
@@ -198,7 +224,7 @@ mod tests {
         assert_eq!(method_name(&Method::GET), "GET");
         let custom = Method::from_bytes(b"PURGE").unwrap();
         assert_eq!(method_name(&custom), "_OTHER");
-        assert_eq!(method_original(&custom), Some("PURGE"));
+        assert_eq!(method_original(&custom).as_deref(), Some("PURGE"));
         assert_eq!(method_original(&Method::GET), None);
         assert_eq!(span_method(method_name(&custom)), "HTTP");
         assert_eq!(span_method(method_name(&Method::PATCH)), "PATCH");

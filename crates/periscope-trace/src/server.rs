@@ -23,7 +23,8 @@ use tracing::field::Empty;
 use crate::binding::{ParentKind, bind, early_id, span_text};
 use crate::body::CorrelationBody;
 use crate::fields::{
-    method_name, method_original, record_failure, record_grpc_code, record_status, span_method,
+    MAX_URL_PATH_LEN, bounded, method_name, method_original, record_failure, record_grpc_code,
+    record_status, span_method,
 };
 use crate::propagation::Propagators;
 use crate::rejected::warn_rejected;
@@ -478,6 +479,9 @@ fn server_span<B>(
     ctx: &RequestContext,
 ) -> Span {
     let method = method_name(request.method());
+    // The client's own text, bounded: it is kept (and exported) with the span.
+    let method_original = method_original(request.method());
+    let path = bounded(request.uri().path(), MAX_URL_PATH_LEN);
     let span = tracing::info_span!(
         target: SERVER_TARGET,
         SERVER_SPAN,
@@ -485,14 +489,14 @@ fn server_span<B>(
         otel.kind = "server",
         otel.status_code = Empty,
         http.request.method = span_text(method),
-        http.request.method_original = method_original(request.method()),
+        http.request.method_original = method_original.as_deref(),
         http.route = route.map(span_text),
         http.response.status_code = Empty,
         rpc.system = Empty,
         rpc.service = Empty,
         rpc.method = Empty,
         rpc.grpc.status_code = Empty,
-        url.path = span_text(request.uri().path()),
+        url.path = span_text(&path),
         // Recorded only behind trusted proxies (`CorrelationLayer::trusted_proxies`).
         client.address = Empty,
         // An absolute-form target names any scheme the client likes (`javascript://x/`):

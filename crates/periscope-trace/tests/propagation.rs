@@ -917,6 +917,69 @@ async fn non_standard_methods_name_their_spans_http() {
     }
 }
 
+/// The path and the method are the client's to choose, at any length its server lets through
+/// (about 64 KiB of path, and a method as long as the head): the server span keeps at most
+/// 2,048 bytes of the one (`url.path`) and 32 of the other (`http.request.method_original`),
+/// cut on a character boundary and ending with `…`, so a scanner's requests cannot fill the
+/// export queue with megabytes of attributes. Shorter ones are recorded whole.
+#[tokio::test]
+async fn client_sent_path_and_method_are_bounded_on_the_server_span() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (capture, _guard) = capture();
+    let router = axum::Router::new()
+        .route("/items/{id}", axum::routing::any(|| async { "done" }))
+        .layer(CorrelationLayer::new());
+    let addr = serve(router).await;
+    // Two-byte characters, so the cut falls inside one.
+    let long_path = format!("/items/{}", "é".repeat(30 * 1024));
+    let long_method = "M".repeat(30 * 1024);
+    let fits_path = format!(
+        "/items/{}",
+        "a".repeat(periscope_trace::MAX_URL_PATH_LEN - 7)
+    );
+    let fits_method = "M".repeat(periscope_trace::MAX_METHOD_ORIGINAL_LEN);
+    for (id, method, path) in [
+        ("long-path", "GET", long_path.as_str()),
+        ("long-method", long_method.as_str(), "/items/7"),
+        ("fits", fits_method.as_str(), fits_path.as_str()),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\nx-request-id: {id}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            stream.read_to_end(&mut answer),
+        )
+        .await
+        .expect("an answer within 30 s")
+        .unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{id}");
+    }
+    let field = |id: &str, name: &str| {
+        let spans = capture.spans_for("http_request", id);
+        assert_eq!(spans.len(), 1, "{id}");
+        spans[0]
+            .get(name)
+            .unwrap_or_else(|| panic!("{id}: no {name}"))
+            .to_owned()
+    };
+    let path = field("long-path", "url.path");
+    let max = periscope_trace::MAX_URL_PATH_LEN;
+    assert!(path.len() <= max && path.len() > max - 5, "{}", path.len());
+    let kept = path.strip_suffix('…').expect("the cut is marked");
+    assert!(long_path.starts_with(kept), "{kept}");
+    let method = field("long-method", "http.request.method_original");
+    let max = periscope_trace::MAX_METHOD_ORIGINAL_LEN;
+    assert_eq!(method, format!("{}…", "M".repeat(max - '…'.len_utf8())));
+    assert_eq!(field("long-method", "http.request.method"), "_OTHER");
+    assert_eq!(field("fits", "url.path"), fits_path);
+    assert_eq!(field("fits", "http.request.method_original"), fits_method);
+}
+
 /// Behind a TLS-terminating proxy the request arrives over plain HTTP: `url.scheme` is the
 /// client's scheme as the proxy reports it (HTTP semantic conventions), and only `http` or
 /// `https` is taken from a header.
