@@ -62,6 +62,8 @@ impl RequestContext {
     }
 
     /// A new trace for `request_id`, sampled or not.
+    // Inlined into `extract`, so the context is written where it is returned, not copied.
+    #[inline]
     pub fn start(request_id: RequestId, sampled: bool) -> Self {
         let root = TraceParent::new_root(sampled);
         Self {
@@ -77,6 +79,8 @@ impl RequestContext {
     }
 
     /// Continues the caller's trace under a new span of this service.
+    // Inlined into `extract`, so the context is written where it is returned, not copied.
+    #[inline]
     pub fn continue_from(
         request_id: RequestId,
         parent: &TraceParent,
@@ -234,6 +238,8 @@ impl<F> WithContext<F> {
     /// [`new`](Self::new): for a Tower service's `call`, so the inner services see the context
     /// in their own `call` as they do while their futures are polled (and a layer below finds
     /// it current instead of scoping a copy of its own).
+    // Inlined: called out of line, it is handed the closure, and the request in it, by copy.
+    #[inline]
     pub fn new_in_scope(context: Arc<RequestContext>, make: impl FnOnce() -> F) -> Self {
         let future = {
             let _guard = enter(context.clone());
