@@ -326,13 +326,14 @@ where
             adopt_ids(ctx, outer);
         }
 
+        let path = request.uri().path();
         let known = route_template(&request);
         let matched = match known {
-            None if !config.routes.is_empty() => config.routes.matched(request.uri().path()),
+            None if !config.routes.is_empty() => config.routes.matched(path),
             _ => None,
         };
         let mut named_by_client = false;
-        let span = if config.quiet.is_quiet(request.uri().path()) {
+        let span = if config.quiet.is_quiet(path) {
             // No span is exported for a probe, so calls it makes must not be sampled either:
             // they would be exported under a parent that does not exist.
             ctx.trace_flags = ctx.trace_flags.with_sampled(false);
@@ -344,14 +345,9 @@ where
             } else {
                 None
             };
-            let rpc = RpcName::of_request(
-                request.method(),
-                request.headers(),
-                route,
-                request.uri().path(),
-            );
+            let rpc = RpcName::of_request(request.method(), request.headers(), route, path);
             named_by_client = rpc.is_some() && route.and_then(RpcName::parse).is_none();
-            let span = server_span(&request, route, rpc, scheme, ctx);
+            let span = server_span(&request, path, route, rpc, scheme, ctx);
             let sampler = config.sampler.unwrap_or_else(Sampler::global);
             bind(&span, ctx, ParentKind::Remote, link.as_ref(), Some(sampler));
             span
@@ -470,6 +466,7 @@ fn warn_rejected_headers(
 
 fn server_span<B>(
     request: &Request<B>,
+    path: &str,
     route: Option<&str>,
     rpc: Option<RpcName<'_>>,
     forwarded_scheme: Option<&'static str>,
@@ -490,7 +487,7 @@ fn server_span<B>(
         rpc.service = Empty,
         rpc.method = Empty,
         rpc.grpc.status_code = Empty,
-        url.path = span_text(request.uri().path()),
+        url.path = span_text(path),
         // Recorded only behind trusted proxies (`CorrelationLayer::trusted_proxies`).
         client.address = Empty,
         // An absolute-form target names any scheme the client likes (`javascript://x/`):
