@@ -393,11 +393,10 @@ impl<'a> Sent<'a> {
             "traceparent" => self.traceparent(value.as_bytes()),
             "tracestate" => self.tracestate.push(value.as_bytes()),
             "baggage" => self.baggage(value.as_bytes()),
+            // Tenant headers are all `x-…`, and none is one of the above: `TenantKey::new`
+            // refuses `request_id` and `correlation_id`.
+            _ if name.starts_with("x-") => self.tenants.0 |= TenantsSent::bits(options, name),
             _ => {}
-        }
-        // Tenant headers are all `x-…`, and may even be one of the above.
-        if name.starts_with("x-") {
-            self.tenants.0 |= TenantsSent::bits(options, name);
         }
     }
 
@@ -848,6 +847,49 @@ mod tests {
         let e = run(cases[3]);
         assert_eq!(e.context.trace_state.as_str(), "foo=1,bar=2");
         assert_eq!(run(cases[6]).context.tenant.get("org_id"), Some("o-1"));
+    }
+
+    /// The pass reads tenant headers only among the names that are no other context header:
+    /// no tenant key can name one (`x-request-id`, `x-correlation-id`), and tenant headers
+    /// among the context headers, in any order, are read as the lookups read them.
+    #[test]
+    fn tenant_headers_are_never_context_headers() {
+        for name in [headers::TRACEPARENT, headers::TRACESTATE, headers::BAGGAGE] {
+            assert!(!name.as_str().starts_with("x-"), "{name}");
+        }
+        for field in ["request_id", "correlation_id"] {
+            assert!(TenantKey::new(field).is_err(), "{field}");
+        }
+        let team = TenantKey::new("team_id").unwrap();
+        let options = ExtractOptions {
+            tenant_keys: vec![TenantKey::ORG_ID, team, TenantKey::PROJECT_ID],
+            ..ExtractOptions::default()
+        };
+        let pairs = [
+            ("x-request-id", "r-1"),
+            ("x-team-id", "t-1"),
+            ("traceparent", TP),
+            ("x-correlation-id", "c-1"),
+            ("x-project-id", "p-1"),
+            ("baggage", "k=v"),
+        ];
+        for rotation in 0..pairs.len() {
+            let mut rotated = pairs;
+            rotated.rotate_left(rotation);
+            let map = headers(&rotated);
+            let (one_pass, lookups) = (
+                extract(&map, &options),
+                extract(&LookupsOnly(map.clone()), &options),
+            );
+            assert_eq!(
+                one_pass.context.tenant, lookups.context.tenant,
+                "{rotated:?}"
+            );
+            assert_eq!(one_pass.context.tenant.get("team_id"), Some("t-1"));
+            assert_eq!(one_pass.context.tenant.project_id(), Some("p-1"));
+            assert_eq!(one_pass.context.tenant.org_id(), None);
+            assert_eq!(one_pass.context.request_id.as_str(), "r-1");
+        }
     }
 
     /// Past the pass's limit of names, and for tenant keys past the last bit, lookups decide.
