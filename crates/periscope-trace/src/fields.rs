@@ -15,6 +15,8 @@ pub use periscope_context::SPAN_TENANT_FIELDS;
 /// `http.request.method`: the standard methods as themselves, anything else as `_OTHER`
 /// (the original goes to `http.request.method_original`), so a flood of made-up methods cannot
 /// create unbounded span names.
+// Inlined into `Correlation::call`, compiled in the service's crate (every request).
+#[inline]
 pub(crate) fn method_name(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
@@ -41,6 +43,8 @@ pub(crate) fn span_method(method_name: &'static str) -> &'static str {
 }
 
 /// The original method, only when it was folded into `_OTHER`.
+// Inlined into `Correlation::call`, compiled in the service's crate (every request).
+#[inline]
 pub(crate) fn method_original(method: &Method) -> Option<&str> {
     (method_name(method) == "_OTHER").then(|| method.as_str())
 }
