@@ -9,7 +9,7 @@ use crate::baggage::Baggage;
 use crate::context::RequestContext;
 use crate::headers;
 use crate::request_id::{InvalidId, RequestId, validate_id};
-use crate::tenant::TenantKey;
+use crate::tenant::{Tenant, TenantKey};
 use crate::traceparent::{TraceParent, TraceParentError};
 use crate::tracestate::TraceStateParser;
 
@@ -275,32 +275,13 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
         0 | 1 => sent.traceparent.take(),
         _ => Some(Err(TraceParentError::Duplicated)),
     };
-    let (mut context, trace, incoming) = match parsed {
-        // An invalid tracestate is dropped alone; the trace continues.
-        Some(Ok(parent)) => (
-            RequestContext::continue_from(
-                request_id,
-                &parent,
-                std::mem::take(&mut sent.tracestate)
-                    .finish()
-                    .unwrap_or_default(),
-            ),
-            TraceOrigin::Continued,
-            Some(parent),
-        ),
-        Some(Err(error)) => (
-            RequestContext::start(request_id, options.sample_new_traces),
-            TraceOrigin::Restarted(error),
-            None,
-        ),
-        None => (
-            RequestContext::start(request_id, options.sample_new_traces),
-            TraceOrigin::Started,
-            None,
-        ),
+    let (trace, incoming) = match parsed {
+        Some(Ok(parent)) => (TraceOrigin::Continued, Some(parent)),
+        Some(Err(error)) => (TraceOrigin::Restarted(error), None),
+        None => (TraceOrigin::Started, None),
     };
-    context.baggage = std::mem::take(&mut sent.baggage);
 
+    let mut tenant = Tenant::new();
     let mut rejected_tenant = Vec::new();
     for (index, key) in options.tenant_keys.iter().enumerate() {
         if !sent.tenants.has(index) {
@@ -308,12 +289,27 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
         }
         if let Some(value) = carrier.first(key.header()) {
             match value.to_id_header() {
-                Ok(value) => context.tenant.insert_validated(key.clone(), value),
+                Ok(value) => tenant.insert_validated(key.clone(), value),
                 Err(error) => rejected_tenant.push((key.clone(), error)),
             }
         }
     }
 
+    // Made where it is returned, from its parts: a context made first and then moved into the
+    // result is copied (160 bytes) on the way.
+    let mut context = match &incoming {
+        // An invalid tracestate is dropped alone; the trace continues.
+        Some(parent) => RequestContext::continue_from(
+            request_id,
+            parent,
+            std::mem::take(&mut sent.tracestate)
+                .finish()
+                .unwrap_or_default(),
+        ),
+        None => RequestContext::start(request_id, options.sample_new_traces),
+    };
+    context.baggage = std::mem::take(&mut sent.baggage);
+    context.tenant = tenant;
     Extracted {
         context,
         request_id: request_id_origin,
@@ -397,11 +393,10 @@ impl<'a> Sent<'a> {
             "traceparent" => self.traceparent(value.as_bytes()),
             "tracestate" => self.tracestate.push(value.as_bytes()),
             "baggage" => self.baggage(value.as_bytes()),
+            // Tenant headers are all `x-…`, and none is one of the above: `TenantKey::new`
+            // refuses `request_id` and `correlation_id`.
+            _ if name.starts_with("x-") => self.tenants.0 |= TenantsSent::bits(options, name),
             _ => {}
-        }
-        // Tenant headers are all `x-…`, and may even be one of the above.
-        if name.starts_with("x-") {
-            self.tenants.0 |= TenantsSent::bits(options, name);
         }
     }
 
@@ -852,6 +847,49 @@ mod tests {
         let e = run(cases[3]);
         assert_eq!(e.context.trace_state.as_str(), "foo=1,bar=2");
         assert_eq!(run(cases[6]).context.tenant.get("org_id"), Some("o-1"));
+    }
+
+    /// The pass reads tenant headers only among the names that are no other context header:
+    /// no tenant key can name one (`x-request-id`, `x-correlation-id`), and tenant headers
+    /// among the context headers, in any order, are read as the lookups read them.
+    #[test]
+    fn tenant_headers_are_never_context_headers() {
+        for name in [headers::TRACEPARENT, headers::TRACESTATE, headers::BAGGAGE] {
+            assert!(!name.as_str().starts_with("x-"), "{name}");
+        }
+        for field in ["request_id", "correlation_id"] {
+            assert!(TenantKey::new(field).is_err(), "{field}");
+        }
+        let team = TenantKey::new("team_id").unwrap();
+        let options = ExtractOptions {
+            tenant_keys: vec![TenantKey::ORG_ID, team, TenantKey::PROJECT_ID],
+            ..ExtractOptions::default()
+        };
+        let pairs = [
+            ("x-request-id", "r-1"),
+            ("x-team-id", "t-1"),
+            ("traceparent", TP),
+            ("x-correlation-id", "c-1"),
+            ("x-project-id", "p-1"),
+            ("baggage", "k=v"),
+        ];
+        for rotation in 0..pairs.len() {
+            let mut rotated = pairs;
+            rotated.rotate_left(rotation);
+            let map = headers(&rotated);
+            let (one_pass, lookups) = (
+                extract(&map, &options),
+                extract(&LookupsOnly(map.clone()), &options),
+            );
+            assert_eq!(
+                one_pass.context.tenant, lookups.context.tenant,
+                "{rotated:?}"
+            );
+            assert_eq!(one_pass.context.tenant.get("team_id"), Some("t-1"));
+            assert_eq!(one_pass.context.tenant.project_id(), Some("p-1"));
+            assert_eq!(one_pass.context.tenant.org_id(), None);
+            assert_eq!(one_pass.context.request_id.as_str(), "r-1");
+        }
     }
 
     /// Past the pass's limit of names, and for tenant keys past the last bit, lookups decide.

@@ -1,6 +1,6 @@
 //! The request context and the "current context" of the running task.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -62,6 +62,8 @@ impl RequestContext {
     }
 
     /// A new trace for `request_id`, sampled or not.
+    // Inlined into `extract`, so the context is written where it is returned, not copied.
+    #[inline]
     pub fn start(request_id: RequestId, sampled: bool) -> Self {
         let root = TraceParent::new_root(sampled);
         Self {
@@ -77,6 +79,8 @@ impl RequestContext {
     }
 
     /// Continues the caller's trace under a new span of this service.
+    // Inlined into `extract`, so the context is written where it is returned, not copied.
+    #[inline]
     pub fn continue_from(
         request_id: RequestId,
         parent: &TraceParent,
@@ -135,10 +139,7 @@ impl RequestContext {
     pub fn current() -> Option<Arc<RequestContext>> {
         // `try_with`: a thread winding down may log from a destructor after its slot is gone,
         // and a panic there aborts the process.
-        CURRENT
-            .try_with(|current| current.borrow().clone())
-            .ok()
-            .flatten()
+        CURRENT.try_with(clone_current).ok().flatten()
     }
 
     /// Whether the current context's trace is sampled (`None` outside any request), read
@@ -156,7 +157,12 @@ impl RequestContext {
     /// ```
     pub fn current_is_sampled() -> Option<bool> {
         CURRENT
-            .try_with(|current| Some(current.borrow().as_ref()?.trace_flags.is_sampled()))
+            .try_with(|current| {
+                let ctx = current.take();
+                let sampled = ctx.as_ref().map(|ctx| ctx.trace_flags.is_sampled());
+                current.set(ctx);
+                sampled
+            })
             .ok()
             .flatten()
     }
@@ -174,7 +180,16 @@ impl RequestContext {
 }
 
 thread_local! {
-    static CURRENT: RefCell<Option<Arc<RequestContext>>> = const { RefCell::new(None) };
+    /// A `Cell` rather than a `RefCell`: entered and left several times a request, where a
+    /// `RefCell`'s borrow flag is checked and set each time.
+    static CURRENT: Cell<Option<Arc<RequestContext>>> = const { Cell::new(None) };
+}
+
+/// The context in `current`, which keeps it.
+fn clone_current(current: &Cell<Option<Arc<RequestContext>>>) -> Option<Arc<RequestContext>> {
+    let ctx = current.take();
+    current.set(ctx.clone());
+    ctx
 }
 
 /// Restores the previous current context when dropped, even while unwinding.
@@ -183,6 +198,8 @@ struct ScopeGuard {
 }
 
 /// Once the thread has dropped its slot, nothing is entered and `current()` stays `None`.
+/// Inlined, as the guard's drop is, into the generic futures that enter on every poll.
+#[inline]
 fn enter(ctx: Arc<RequestContext>) -> ScopeGuard {
     let previous = CURRENT
         .try_with(|current| current.replace(Some(ctx)))
@@ -192,9 +209,11 @@ fn enter(ctx: Arc<RequestContext>) -> ScopeGuard {
 }
 
 impl Drop for ScopeGuard {
+    #[inline]
     fn drop(&mut self) {
         let previous = self.previous.take();
-        let _ = CURRENT.try_with(|current| *current.borrow_mut() = previous);
+        // The context left is dropped once the slot holds the previous one again.
+        let _ = CURRENT.try_with(|current| current.replace(previous));
     }
 }
 
@@ -234,6 +253,8 @@ impl<F> WithContext<F> {
     /// [`new`](Self::new): for a Tower service's `call`, so the inner services see the context
     /// in their own `call` as they do while their futures are polled (and a layer below finds
     /// it current instead of scoping a copy of its own).
+    // Inlined: called out of line, it is handed the closure, and the request in it, by copy.
+    #[inline]
     pub fn new_in_scope(context: Arc<RequestContext>, make: impl FnOnce() -> F) -> Self {
         let future = {
             let _guard = enter(context.clone());
@@ -305,6 +326,7 @@ impl<F: Future> Future for WithContext<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
     use std::task::Waker;
 
     /// Asks for the current context from its destructor, as a log line written while a thread

@@ -16,6 +16,8 @@ pub use periscope_context::SPAN_TENANT_FIELDS;
 /// `http.request.method`: the standard methods as themselves, anything else as `_OTHER`
 /// (the original goes to `http.request.method_original`), so a flood of made-up methods cannot
 /// create unbounded span names.
+// Inlined into `Correlation::call`, compiled in the service's crate (every request).
+#[inline]
 pub(crate) fn method_name(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
@@ -54,12 +56,15 @@ pub const MAX_METHOD_ORIGINAL_LEN: usize = 32;
 
 /// The original method, only when it was folded into `_OTHER`, within
 /// [`MAX_METHOD_ORIGINAL_LEN`] bytes.
+// Inlined into `Correlation::call`, compiled in the service's crate (every request).
+#[inline]
 pub(crate) fn method_original(method: &Method) -> Option<Cow<'_, str>> {
     (method_name(method) == "_OTHER").then(|| bounded(method.as_str(), MAX_METHOD_ORIGINAL_LEN))
 }
 
 /// `text` within `max` bytes: whole when it fits (borrowed: the common case costs one
 /// comparison), else its start, cut on a character boundary, then `…` (counted in `max`).
+#[inline]
 pub(crate) fn bounded(text: &str, max: usize) -> Cow<'_, str> {
     if text.len() <= max {
         return Cow::Borrowed(text);

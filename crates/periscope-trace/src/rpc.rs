@@ -38,6 +38,8 @@ impl<'a> RpcName<'a> {
     /// The name of a request, when it is a gRPC call (a `POST` with a gRPC `content-type`)
     /// whose route template or path has the shape. A plain HTTP request costs the method
     /// comparison, and for a `POST` the `content-type` check: nothing is allocated.
+    // Inlined into `Correlation::call`, compiled in the service's crate (every request).
+    #[inline]
     pub(crate) fn of_request(
         method: &Method,
         headers: &HeaderMap,

@@ -139,6 +139,8 @@ impl Sampler {
 
     /// The process's sampler: `parentbased_always_on` unless
     /// [`set_global`](Self::set_global) said otherwise.
+    // Inlined into `Correlation::call`, compiled in the service's crate (every request).
+    #[inline]
     pub fn global() -> Self {
         Self::from_bits(GLOBAL.load(Ordering::Relaxed))
     }

@@ -292,14 +292,17 @@ where
             }
         }
         let config = &*self.config;
+        // Kept in place rather than taken apart: the context moved out is copied (160 bytes).
+        let mut extracted = extract(request.headers(), &config.extract);
         let Extracted {
-            context: mut ctx,
+            context: ctx,
             request_id: request_id_origin,
             request_id_from_header,
             incoming,
-            mut rejected_tenant,
+            rejected_tenant,
             ..
-        } = extract(request.headers(), &config.extract);
+        } = &mut extracted;
+        let request_id_from_header = *request_id_from_header;
         // A trace started here is sampled or not by the sampler, when the span is bound.
         let sample_new = true;
         let propagators = config.propagators.unwrap_or_else(Propagators::global);
@@ -309,28 +312,29 @@ where
             let mut fresh = RequestContext::start(ctx.request_id.clone(), sample_new);
             fresh.baggage = std::mem::take(&mut ctx.baggage);
             fresh.tenant = std::mem::take(&mut ctx.tenant);
-            ctx = fresh;
+            *ctx = fresh;
         } else if !config.trust.continues(request.headers()) {
             // A trust boundary: a new trace under the kept request id, the caller's as a link.
             // Every tenant header is dropped here, valid or not: none is worth a warning.
-            ctx = RequestContext::start(ctx.request_id.clone(), sample_new);
-            link = incoming;
+            *ctx = RequestContext::start(ctx.request_id.clone(), sample_new);
+            link = *incoming;
             rejected_tenant.clear();
         }
         if !propagators.baggage() {
             ctx.baggage = Baggage::new();
         }
         if let Some(outer) = from_error_layer {
-            adopt_ids(&mut ctx, outer);
+            adopt_ids(ctx, outer);
         }
 
+        let path = request.uri().path();
         let known = route_template(&request);
         let matched = match known {
-            None if !config.routes.is_empty() => config.routes.matched(request.uri().path()),
+            None if !config.routes.is_empty() => config.routes.matched(path),
             _ => None,
         };
         let mut named_by_client = false;
-        let span = if config.quiet.is_quiet(request.uri().path()) {
+        let span = if config.quiet.is_quiet(path) {
             // No span is exported for a probe, so calls it makes must not be sampled either:
             // they would be exported under a parent that does not exist.
             ctx.trace_flags = ctx.trace_flags.with_sampled(false);
@@ -342,22 +346,11 @@ where
             } else {
                 None
             };
-            let rpc = RpcName::of_request(
-                request.method(),
-                request.headers(),
-                route,
-                request.uri().path(),
-            );
+            let rpc = RpcName::of_request(request.method(), request.headers(), route, path);
             named_by_client = rpc.is_some() && route.and_then(RpcName::parse).is_none();
-            let span = server_span(&request, route, rpc, scheme, &ctx);
+            let span = server_span(&request, path, route, rpc, scheme, ctx);
             let sampler = config.sampler.unwrap_or_else(Sampler::global);
-            bind(
-                &span,
-                &mut ctx,
-                ParentKind::Remote,
-                link.as_ref(),
-                Some(sampler),
-            );
+            bind(&span, ctx, ParentKind::Remote, link.as_ref(), Some(sampler));
             span
         };
         if let Some(matched) = matched {
@@ -371,7 +364,7 @@ where
             RequestIdOrigin::Kept | RequestIdOrigin::Generated
         ) || !rejected_tenant.is_empty()
         {
-            warn_rejected_headers(&span, &ctx, &request_id_origin, &rejected_tenant);
+            warn_rejected_headers(&span, ctx, request_id_origin, rejected_tenant);
         }
 
         if !request_id_from_header {
@@ -382,11 +375,12 @@ where
                 .insert(X_REQUEST_ID, ctx.request_id.header_value().clone());
         }
         request.extensions_mut().insert(ctx.clone());
+        let shared = Arc::new(extracted.context);
         let inner = &mut self.inner;
         // Entered here rather than through `Span::in_scope`, which is not inlined: its closure
         // would move the request once more (some 60 instructions a request).
         let entered = span.enter();
-        let future = WithContext::new_in_scope(Arc::new(ctx), || inner.call(request));
+        let future = WithContext::new_in_scope(shared, || inner.call(request));
         drop(entered);
         ResponseFuture {
             inner: future,
@@ -473,6 +467,7 @@ fn warn_rejected_headers(
 
 fn server_span<B>(
     request: &Request<B>,
+    path: &str,
     route: Option<&str>,
     rpc: Option<RpcName<'_>>,
     forwarded_scheme: Option<&'static str>,
@@ -481,7 +476,7 @@ fn server_span<B>(
     let method = method_name(request.method());
     // The client's own text, bounded: it is kept (and exported) with the span.
     let method_original = method_original(request.method());
-    let path = bounded(request.uri().path(), MAX_URL_PATH_LEN);
+    let path = bounded(path, MAX_URL_PATH_LEN);
     let span = tracing::info_span!(
         target: SERVER_TARGET,
         SERVER_SPAN,

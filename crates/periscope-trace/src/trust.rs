@@ -44,6 +44,8 @@ impl Trust {
     }
 
     /// Whether a request with these headers continues the caller's trace.
+    // Inlined into `Correlation::call`, compiled in the service's crate (every request).
+    #[inline]
     pub fn continues(&self, headers: &HeaderMap) -> bool {
         match self {
             Self::Incoming => true,
