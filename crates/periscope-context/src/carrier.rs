@@ -512,6 +512,7 @@ pub fn remove_absent_tenants<C: Injector + ?Sized>(
 /// warn about (`JobSpan` does). A carrier that is not a JSON object is still an error.
 ///
 /// ```
+/// # #[cfg(feature = "serde")] {
 /// use periscope_context::{Carrier, RequestContext};
 ///
 /// // The handler enqueues a job.
@@ -525,6 +526,7 @@ pub fn remove_absent_tenants<C: Injector + ?Sized>(
 /// assert_eq!(job.request_id, ctx.request_id);
 /// assert_eq!(job.trace_id, ctx.trace_id);
 /// assert_eq!(job.parent_span_id, Some(ctx.span_id));
+/// # }
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize), serde(transparent))]
@@ -694,12 +696,14 @@ impl Carrier {
     /// here or read from an object of strings.
     ///
     /// ```
+    /// # #[cfg(feature = "serde")] {
     /// use periscope_context::Carrier;
     ///
     /// let carrier: Carrier =
     ///     serde_json::from_str(r#"{"x-request-id":"req-1","traceparent":5,"baggage":null}"#).unwrap();
     /// assert_eq!(carrier.as_map().len(), 1);
     /// assert_eq!(carrier.ignored_keys(), ["traceparent"]);
+    /// # }
     /// ```
     pub fn ignored_keys(&self) -> &[String] {
         &self.1
