@@ -13,7 +13,7 @@ use periscope_context::{RequestContext, RequestId, TraceId, headers::X_REQUEST_I
 use serde::Serialize;
 
 use crate::code::codes;
-use crate::envelope::{ErrorBody, Violation};
+use crate::envelope::{BoundedDetails, ErrorBody, Violation};
 
 /// The media type of the envelope.
 pub const APPLICATION_JSON: &str = "application/json";
@@ -517,7 +517,7 @@ struct Problem<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     trace_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    details: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    details: Option<BoundedDetails<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     help: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -542,7 +542,7 @@ impl<'a> Problem<'a> {
             code: &body.code,
             request_id: &body.request_id,
             trace_id: body.trace_id.as_deref(),
-            details: body.details.as_ref(),
+            details: body.details.as_ref().map(BoundedDetails),
             help: body.help.as_deref(),
             retryable: body.retryable,
             retry_after_s: body.retry_after_s,

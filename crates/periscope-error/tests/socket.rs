@@ -1362,6 +1362,91 @@ async fn a_hand_built_error_body_is_cut_when_it_is_rendered() {
     }
 }
 
+/// A handler that puts 1 MB into `details`, as an `HttpError` (answered as the envelope and, when
+/// asked, as problem details) or as an `ErrorBody` built by hand and sent as a 409 the layer
+/// passes through: rendered, `details` keeps its members in order while their JSON stays
+/// within `MAX_DETAILS_LEN` (the dump, which would pass it, is left out, the small facts
+/// beside it kept), as the client decoder keeps them.
+#[tokio::test]
+async fn a_megabyte_of_details_is_rendered_within_max_details_len() {
+    use periscope_error::{Envelope, ErrorBody, MAX_DETAILS_LEN};
+
+    support::install_capture();
+    let details = || {
+        let mut details = serde_json::Map::new();
+        details.insert("job_id".into(), "job_1".into());
+        details.insert("dump".into(), "x".repeat(1 << 20).into());
+        details.insert("status".into(), "completed".into());
+        details
+    };
+    let hand_built = move || {
+        let mut body = ErrorBody::new("job_already_terminal", "Cannot cancel", "req_hand");
+        body.details = Some(details());
+        body
+    };
+    let app = Router::new()
+        .route(
+            "/details",
+            get(move || async move {
+                Err::<String, _>(
+                    HttpError::new(JOB_ALREADY_TERMINAL, "Cannot cancel").with_details(details()),
+                )
+            }),
+        )
+        .route(
+            "/hand-built",
+            get(move || async move {
+                (
+                    StatusCode::CONFLICT,
+                    Json(Envelope {
+                        error: hand_built(),
+                    }),
+                )
+            }),
+        )
+        .layer(ErrorLayer::new())
+        .layer(middleware::from_fn(correlate));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let kept = serde_json::json!({"job_id": "job_1", "status": "completed"});
+    let problem = [("accept", "application/problem+json")];
+    for (path, headers, content_type) in [
+        ("/details", &[][..], "application/json"),
+        ("/details", &problem[..], "application/problem+json"),
+        ("/hand-built", &[][..], "application/json"),
+    ] {
+        let reply = send(addr, "GET", path, headers, b"").await;
+        assert_eq!(reply.status, 409, "{path}");
+        assert_eq!(reply.header("content-type"), Some(content_type), "{path}");
+        assert!(
+            reply.body.len() < 8 * 1024,
+            "{path}: {} bytes",
+            reply.body.len()
+        );
+        let json = reply.json();
+        let members = if content_type == "application/json" {
+            &json["error"]
+        } else {
+            &json
+        };
+        assert_eq!(members["code"], "job_already_terminal", "{path}");
+        assert_eq!(members["details"], kept, "{path} {content_type}");
+        let written = serde_json::to_string(&members["details"]).unwrap();
+        assert!(written.len() <= MAX_DETAILS_LEN, "{path}");
+        // The decoder keeps what was rendered.
+        let decoded = reply.api_error();
+        assert_eq!(decoded.details(), kept.as_object(), "{path} {content_type}");
+    }
+    // Serialised in place, the same.
+    let in_place = serde_json::to_value(Envelope {
+        error: hand_built(),
+    })
+    .unwrap();
+    assert_eq!(in_place["error"]["details"], kept);
+}
+
 /// A panic the handler catches itself is not the layer's to answer, but the hook still saw it:
 /// it is reported, not silently dropped; and a panic re-raised later (which skips the hook)
 /// never takes its location.
