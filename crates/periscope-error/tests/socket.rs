@@ -604,6 +604,41 @@ fn envelope(reply: &Reply, code: &str, status: u16) -> Value {
     json
 }
 
+/// Writes `request` on a new connection and reads until the server closes it: the client
+/// neither sends more nor closes (within 10 s).
+async fn stall(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("no answer while the client stalls: {request}"))
+        .unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
+/// The answer to an upload stalled past a timeout, after checking it is the client's 408: its
+/// request id in the header and the envelope, `connection: close`, and a retryable `timeout`
+/// with the `received` bytes; the envelope's `error`, for what the caller checks further.
+fn stalled_408(answer: &str, id: &str, received: u64) -> Value {
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{id}: {answer}");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.contains(&format!("\r\nx-request-id: {id}\r\n")),
+        "{head}"
+    );
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    let json: Value = serde_json::from_str(body).unwrap();
+    let error = &json["error"];
+    assert_eq!(error["code"], "timeout", "{id}: {json}");
+    assert_eq!(error["request_id"], id, "{id}: {json}");
+    assert_eq!(error["retryable"], true, "{id}: {json}");
+    assert_eq!(error["details"]["received_bytes"], received, "{id}: {json}");
+    json["error"].clone()
+}
+
 /// The log lines of one request.
 fn events_of(request_id: &str) -> Vec<std::collections::BTreeMap<String, String>> {
     captured_events()
@@ -779,8 +814,6 @@ async fn slow_handler_past_the_timeout_gets_504_timeout() {
 /// `DEADLINE_EXCEEDED`: a gRPC client streams at its own pace within the deadline it set.
 #[tokio::test]
 async fn an_upload_stalled_past_the_layers_timeout_is_a_408() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     support::install_capture();
     let app = Router::new()
         .route(
@@ -792,29 +825,22 @@ async fn an_upload_stalled_past_the_layers_timeout_is_a_408() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    for (id, content_type, status) in [
-        ("stalled-json", "application/json", "408 "),
-        ("stalled-grpc", "application/grpc", "200 "),
+    for (id, content_type) in [
+        ("stalled-json", "application/json"),
+        ("stalled-grpc", "application/grpc"),
     ] {
-        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "POST /bytes HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\n\
-             content-length: 1000\r\nx-request-id: {id}\r\n\r\n{{\"name\":\""
-        );
-        client.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
-            .await
-            .unwrap_or_else(|_| panic!("{id}: no answer while the client stalls"))
-            .unwrap();
-        let answer = String::from_utf8(answer).unwrap();
-        assert!(
-            answer.starts_with(&format!("HTTP/1.1 {status}")),
-            "{id}: {answer}"
-        );
-        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let answer = stall(
+            addr,
+            &format!(
+                "POST /bytes HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\n\
+                 content-length: 1000\r\nx-request-id: {id}\r\n\r\n{{\"name\":\""
+            ),
+        )
+        .await;
         let events = events_of(id);
         if content_type == "application/grpc" {
+            assert!(answer.starts_with("HTTP/1.1 200 "), "{id}: {answer}");
+            let (head, _) = answer.split_once("\r\n\r\n").unwrap();
             assert!(head.contains("\r\ngrpc-status: 4\r\n"), "{head}");
             assert!(
                 events.iter().any(|event| event["level"] == "WARN"),
@@ -822,13 +848,8 @@ async fn an_upload_stalled_past_the_layers_timeout_is_a_408() {
             );
             continue;
         }
-        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
-        let json: Value = serde_json::from_str(body).unwrap();
-        let error = &json["error"];
-        assert_eq!(error["code"], "timeout", "{json}");
-        assert_eq!(error["retryable"], true, "{json}");
-        assert_eq!(error["details"]["received_bytes"], 9, "{json}");
-        assert_eq!(error["details"]["expected_bytes"], 1000, "{json}");
+        let error = stalled_408(&answer, id, 9);
+        assert_eq!(error["details"]["expected_bytes"], 1000, "{error}");
         let logged: Vec<_> = (events.iter())
             .filter(|event| event.get("code").map(String::as_str) == Some("timeout"))
             .collect();
@@ -1595,7 +1616,6 @@ async fn a_multipart_upload_the_client_stops_sending_is_not_an_internal_error() 
 /// connection, and logged once at info with the bytes that came.
 #[tokio::test]
 async fn a_body_the_client_stalls_is_a_408_timeout_not_a_malformed_request() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tower_http::timeout::RequestBodyTimeoutLayer;
 
     support::install_capture();
@@ -1640,35 +1660,19 @@ async fn a_body_the_client_stalls_is_a_408_timeout_not_a_malformed_request() {
             ),
         ] {
             let id = format!("stalled-{place}{}", path.replace('/', "-"));
-            let head = format!(
-                "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\n\
-                 content-length: 1000\r\nx-request-id: {id}\r\n\r\n{start}"
-            );
-            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-            client.write_all(head.as_bytes()).await.unwrap();
-            client.write_all(&[b'x'; 40]).await.unwrap();
             // The client neither sends more nor closes: the server answers and closes.
-            let mut answer = Vec::new();
-            tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
-                .await
-                .unwrap_or_else(|_| panic!("{id}: no answer while the client stalls"))
-                .unwrap();
-            let answer = String::from_utf8(answer).unwrap();
-            assert!(answer.starts_with("HTTP/1.1 408 "), "{id}: {answer}");
-            let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-            assert!(
-                head.contains(&format!("\r\nx-request-id: {id}\r\n")),
-                "{head}"
-            );
-            assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
-            let json: Value = serde_json::from_str(body).unwrap();
-            let error = &json["error"];
-            assert_eq!(error["code"], "timeout", "{id}: {json}");
-            assert_eq!(error["request_id"], id.as_str());
-            assert_eq!(error["retryable"], true, "{id}: {json}");
+            let answer = stall(
+                addr,
+                &format!(
+                    "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\n\
+                     content-length: 1000\r\nx-request-id: {id}\r\n\r\n{start}{}",
+                    "x".repeat(40)
+                ),
+            )
+            .await;
             let received = (start.len() + 40) as u64;
-            assert_eq!(error["details"]["received_bytes"], received, "{id}: {json}");
-            assert_eq!(error["details"]["expected_bytes"], 1000, "{id}: {json}");
+            let error = stalled_408(&answer, &id, received);
+            assert_eq!(error["details"]["expected_bytes"], 1000, "{id}: {error}");
             let message = error["message"].as_str().unwrap();
             assert!(message.contains("in time"), "{id}: {message}");
             // Logged once at info with the bytes that came, and nothing at error.
