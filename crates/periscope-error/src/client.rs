@@ -401,7 +401,7 @@ impl ApiError {
 
     /// The error code: the envelope's, or for a response without one the built-in code of its
     /// status (`upstream_error` for a 502 page from a proxy). A `code` longer than
-    /// [`MAX_CODE_LEN`](crate::MAX_CODE_LEN) bytes, which no service can declare, is no code:
+    /// [`MAX_CODE_LEN`] bytes, which no service can declare, is no code:
     /// the body is then decoded as one that is not an envelope, as without a `code`.
     pub fn code(&self) -> &str {
         &self.code
@@ -684,7 +684,7 @@ fn words_from_json(json: &Value, status: StatusCode) -> Option<&str> {
 
 /// Appends `words`, cut as an envelope's message is cut, to at most `max` bytes.
 fn push_bounded(out: &mut String, words: &str, max: usize) {
-    out.push_str(&envelope::cut(words, max));
+    out.push_str(&periscope_context::text::cut(words, max));
 }
 
 /// Where a 3xx points: its `Location`, as text (bytes that are not UTF-8 as U+FFFD); `None`

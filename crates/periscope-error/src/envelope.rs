@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use periscope_context::text::cut;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
@@ -82,20 +83,8 @@ fn json_len(value: &impl Serialize) -> usize {
     }
 }
 
-/// `text` within `max` bytes: whole when it fits, else its start, cut on a character boundary,
-/// then `…` (counted in `max`). The one cut of every bounded text, server and client side.
-pub(crate) fn cut(text: &str, max: usize) -> Cow<'_, str> {
-    if text.len() <= max {
-        return Cow::Borrowed(text);
-    }
-    let kept = crate::render::truncate(text, max.saturating_sub('…'.len_utf8()));
-    let mut cut = String::with_capacity(kept.len() + '…'.len_utf8());
-    cut.push_str(kept);
-    cut.push('…');
-    Cow::Owned(cut)
-}
-
-/// `text` within [`MAX_MESSAGE_LEN`] bytes, [`cut`] when longer.
+/// `text` within [`MAX_MESSAGE_LEN`] bytes, cut when longer (ending with `…`, counted in the
+/// bound): the one cut of every bounded text, server and client side.
 pub(crate) fn bounded(text: Cow<'static, str>) -> Cow<'static, str> {
     if text.len() <= MAX_MESSAGE_LEN {
         return text;
