@@ -115,6 +115,16 @@ fn huge_input() -> String {
     "€".repeat(350_000)
 }
 
+/// `details` with a 1 MB dump between two small facts, and what of them an envelope keeps.
+fn huge_details() -> (serde_json::Map<String, Value>, Value) {
+    let mut details = serde_json::Map::new();
+    details.insert("job_id".into(), "job_1".into());
+    details.insert("dump".into(), "x".repeat(1 << 20).into());
+    details.insert("status".into(), "completed".into());
+    let kept = serde_json::json!({"job_id": "job_1", "status": "completed"});
+    (details, kept)
+}
+
 /// A body sent in chunks, of a length it does not announce (a proxied chunked response).
 struct Chunked(std::collections::VecDeque<bytes::Bytes>);
 
@@ -449,6 +459,15 @@ fn app() -> Router {
             }),
         )
         .route(
+            "/huge-details",
+            get(|| async {
+                let (details, _) = huge_details();
+                Err::<String, _>(
+                    HttpError::new(JOB_ALREADY_TERMINAL, "Cannot cancel").with_details(details),
+                )
+            }),
+        )
+        .route(
             "/upstream-envelope-long",
             get(|| async {
                 // An upstream's envelope, proxied: the layer renders it again.
@@ -565,11 +584,17 @@ fn app() -> Router {
         .layer(middleware::from_fn(correlate))
 }
 
+/// [`app`] served on 127.0.0.1, its lines captured.
 async fn serve() -> std::net::SocketAddr {
     support::install_capture();
+    serve_app(app()).await
+}
+
+/// `app` served on 127.0.0.1 from a task of its own; the address.
+async fn serve_app(app: Router) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app()).await.unwrap() });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
 }
 
@@ -822,9 +847,7 @@ async fn an_upload_stalled_past_the_layers_timeout_is_a_408() {
         )
         .layer(ErrorLayer::new().timeout(Duration::from_millis(300)))
         .layer(middleware::from_fn(correlate));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve_app(app).await;
     for (id, content_type) in [
         ("stalled-json", "application/json"),
         ("stalled-grpc", "application/grpc"),
@@ -892,9 +915,7 @@ async fn a_timeout_or_load_shedding_layer_inside_is_logged_at_warn() {
                     .concurrency_limit(0),
             ),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve_app(app).await;
 
     for (path, code, status) in [
         ("/timed", "timeout", 504),
@@ -1149,9 +1170,7 @@ async fn handler_sees_the_context_of_the_request() {
         )
         .layer(ErrorLayer::new())
         .layer(middleware::from_fn(correlate));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let addr = serve_app(router).await;
     let reply = send(addr, "GET", "/id", &[("x-request-id", "abc")], b"").await;
     assert_eq!(reply.text(), "abc");
 }
@@ -1322,8 +1341,8 @@ async fn a_huge_message_is_cut_on_a_character_boundary() {
 
 /// An `ErrorBody` a handler builds by hand (its constructor, then its public fields) and sends
 /// as a 409 with a JSON body, which the layer passes through untouched: rendered, its message,
-/// help and violations are cut as an `HttpError`'s are, whether it came through a socket or
-/// was serialised in place.
+/// help and violations are cut, and its `details` kept within `MAX_DETAILS_LEN`, as an
+/// `HttpError`'s are, whether it came through a socket or was serialised in place.
 #[tokio::test]
 async fn a_hand_built_error_body_is_cut_when_it_is_rendered() {
     use periscope_error::{Envelope, ErrorBody};
@@ -1336,6 +1355,7 @@ async fn a_hand_built_error_body_is_cut_when_it_is_rendered() {
             let mut body = ErrorBody::new("job_already_terminal", huge.clone(), "req_hand");
             body.help = Some(huge.clone().into());
             body.violations = vec![Violation::new(huge.clone(), "too_long", huge.clone())];
+            body.details = Some(huge_details().0);
             body
         }
     };
@@ -1356,9 +1376,7 @@ async fn a_hand_built_error_body_is_cut_when_it_is_rendered() {
         )
         .layer(ErrorLayer::new())
         .layer(middleware::from_fn(correlate));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve_app(app).await;
 
     // What the server side renders of the same text.
     let server = HttpError::new(JOB_ALREADY_TERMINAL, huge.clone());
@@ -1380,92 +1398,44 @@ async fn a_hand_built_error_body_is_cut_when_it_is_rendered() {
         assert_eq!(error["violations"][0]["field"], cut);
         assert_eq!(error["violations"][0]["reason"], "too_long");
         assert_eq!(error["violations"][0]["message"], cut);
+        assert_eq!(error["details"], huge_details().1);
     }
 }
 
-/// A handler that puts 1 MB into `details`, as an `HttpError` (answered as the envelope and, when
-/// asked, as problem details) or as an `ErrorBody` built by hand and sent as a 409 the layer
-/// passes through: rendered, `details` keeps its members in order while their JSON stays
-/// within `MAX_DETAILS_LEN` (the dump, which would pass it, is left out, the small facts
+/// A handler that puts 1 MB into an `HttpError`'s `details`, answered as the envelope and, when
+/// asked, as problem details: rendered, `details` keeps its members in order while their JSON
+/// stays within `MAX_DETAILS_LEN` (the dump, which would pass it, is left out, the small facts
 /// beside it kept), as the client decoder keeps them.
 #[tokio::test]
 async fn a_megabyte_of_details_is_rendered_within_max_details_len() {
-    use periscope_error::{Envelope, ErrorBody, MAX_DETAILS_LEN};
-
-    support::install_capture();
-    let details = || {
-        let mut details = serde_json::Map::new();
-        details.insert("job_id".into(), "job_1".into());
-        details.insert("dump".into(), "x".repeat(1 << 20).into());
-        details.insert("status".into(), "completed".into());
-        details
-    };
-    let hand_built = move || {
-        let mut body = ErrorBody::new("job_already_terminal", "Cannot cancel", "req_hand");
-        body.details = Some(details());
-        body
-    };
-    let app = Router::new()
-        .route(
-            "/details",
-            get(move || async move {
-                Err::<String, _>(
-                    HttpError::new(JOB_ALREADY_TERMINAL, "Cannot cancel").with_details(details()),
-                )
-            }),
-        )
-        .route(
-            "/hand-built",
-            get(move || async move {
-                (
-                    StatusCode::CONFLICT,
-                    Json(Envelope {
-                        error: hand_built(),
-                    }),
-                )
-            }),
-        )
-        .layer(ErrorLayer::new())
-        .layer(middleware::from_fn(correlate));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-
-    let kept = serde_json::json!({"job_id": "job_1", "status": "completed"});
+    let addr = serve().await;
+    let (_, kept) = huge_details();
     let problem = [("accept", "application/problem+json")];
-    for (path, headers, content_type) in [
-        ("/details", &[][..], "application/json"),
-        ("/details", &problem[..], "application/problem+json"),
-        ("/hand-built", &[][..], "application/json"),
+    for (headers, content_type) in [
+        (&[][..], "application/json"),
+        (&problem[..], "application/problem+json"),
     ] {
-        let reply = send(addr, "GET", path, headers, b"").await;
-        assert_eq!(reply.status, 409, "{path}");
-        assert_eq!(reply.header("content-type"), Some(content_type), "{path}");
-        assert!(
-            reply.body.len() < 8 * 1024,
-            "{path}: {} bytes",
-            reply.body.len()
-        );
+        let reply = send(addr, "GET", "/huge-details", headers, b"").await;
+        assert_eq!(reply.status, 409, "{content_type}");
+        assert_eq!(reply.header("content-type"), Some(content_type));
+        let size = reply.body.len();
+        assert!(size < 8 * 1024, "{content_type}: {size} bytes");
         let json = reply.json();
-        let members = if content_type == "application/json" {
-            &json["error"]
-        } else {
-            &json
+        let members = match content_type {
+            "application/json" => &json["error"],
+            _ => &json,
         };
-        assert_eq!(members["code"], "job_already_terminal", "{path}");
-        assert_eq!(members["details"], kept, "{path} {content_type}");
+        assert_eq!(members["code"], "job_already_terminal", "{json}");
+        assert_eq!(members["details"], kept, "{content_type}");
         let written = serde_json::to_string(&members["details"]).unwrap();
-        assert!(written.len() <= MAX_DETAILS_LEN, "{path}");
+        assert!(written.len() <= periscope_error::MAX_DETAILS_LEN);
         // The decoder keeps what was rendered.
-        let decoded = reply.api_error();
-        assert_eq!(decoded.details(), kept.as_object(), "{path} {content_type}");
+        assert_eq!(
+            reply.api_error().details(),
+            kept.as_object(),
+            "{content_type}"
+        );
     }
-    // Serialised in place, the same.
-    let in_place = serde_json::to_value(Envelope {
-        error: hand_built(),
-    })
-    .unwrap();
-    assert_eq!(in_place["error"]["details"], kept);
 }
 
 /// A panic the handler catches itself is not the layer's to answer, but the hook still saw it:
@@ -1647,9 +1617,7 @@ async fn a_body_the_client_stalls_is_a_408_timeout_not_a_malformed_request() {
         .layer(middleware::from_fn(correlate));
     let part = "--XX\r\ncontent-disposition: form-data; name=\"file\"\r\n\r\n";
     for (place, app) in [("inside", inside), ("outside", outside)] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = serve_app(app).await;
         for (path, content_type, start) in [
             ("/bytes", "application/octet-stream", String::new()),
             ("/json", "application/json", "{\"name\":\"".to_owned()),
