@@ -450,7 +450,8 @@ impl ApiError {
     }
 
     /// The envelope's `details`: its members in order while their JSON stays within
-    /// [`MAX_DETAILS_LEN`](crate::MAX_DETAILS_LEN) bytes (a member that would pass it is left out).
+    /// [`MAX_DETAILS_LEN`](crate::MAX_DETAILS_LEN) bytes (a member that would pass it is left
+    /// out), as the server renders them.
     pub fn details(&self) -> Option<&Map<String, Value>> {
         self.envelope.as_ref()?.details.as_ref()
     }

@@ -17,7 +17,7 @@ pub const MAX_MESSAGE_LEN: usize = 1024;
 /// The most of an envelope's `details` periscope renders, and the client
 /// [`Decoder`](crate::Decoder) keeps, in bytes of its JSON text: members are kept in order while
 /// the whole stays within it; a member that would pass it is left out, so a handler that puts a
-/// huge dump there sends (and a client keeps) the small facts beside it. The fields of an
+/// huge dump there sends (and a client keeps) the small facts beside it. The `details` of an
 /// [`ErrorBody`] built by hand are bounded when it is serialised, like its texts.
 pub const MAX_DETAILS_LEN: usize = 4096;
 
@@ -84,7 +84,7 @@ fn json_len(value: &impl Serialize) -> usize {
 }
 
 /// `text` within [`MAX_MESSAGE_LEN`] bytes, cut when longer (ending with `…`, counted in the
-/// bound): the one cut of every bounded text, server and client side.
+/// bound).
 pub(crate) fn bounded(text: Cow<'static, str>) -> Cow<'static, str> {
     if text.len() <= MAX_MESSAGE_LEN {
         return text;
