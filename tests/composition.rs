@@ -571,6 +571,44 @@ async fn layers_inside_the_stack_answer_with_envelopes() {
     }
 }
 
+/// A `POST` of JSON to `path` (with `extra` header lines) that sends half of its declared 100
+/// bytes: the client then neither sends more nor closes.
+fn stalled_upload(path: &str, id: &str, extra: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: a\r\nx-request-id: {id}\r\n{extra}\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"name\":\"{}",
+        "x".repeat(41)
+    )
+}
+
+/// Stalls an upload to `path` and checks it is the client's 408: the request id in the header
+/// and the envelope, `connection: close`, a retryable `timeout` with the 50 bytes that came,
+/// and its access line (408 `timeout` under the route, the envelope's trace). The envelope's
+/// `error` and the access line, for what the caller checks further.
+async fn stalled_408(s: &Served, path: &str, id: &str) -> (Value, Value) {
+    let answer = raw(s.addr, &stalled_upload(path, id, "")).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{id}: {answer}");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.contains(&format!("\r\nx-request-id: {id}\r\n")),
+        "{head}"
+    );
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    let envelope: Value = serde_json::from_str(body).unwrap();
+    let error = envelope["error"].clone();
+    assert_eq!(error["code"], "timeout", "{id}: {envelope}");
+    assert_eq!(error["request_id"], id, "{id}");
+    assert_eq!(error["retryable"], true, "{id}");
+    assert_eq!(error["details"]["received_bytes"], 50, "{id}: {envelope}");
+
+    let line = s.access_line(id).await;
+    assert_eq!(line["data"]["status"], 408, "{id}: {line}");
+    assert_eq!(line["data"]["error_code"], "timeout", "{id}: {line}");
+    assert_eq!(line["data"]["route"], path, "{id}: {line}");
+    assert_eq!(line["trace_id"], error["trace_id"], "{id}");
+    (error, line)
+}
+
 /// tower-http's `RequestBodyTimeoutLayer`, inside `obs.layer()` or outside it: a client that
 /// sends half its body and stalls gets a 408 `timeout` envelope (retryable) with its request
 /// id, the connection closed, logged and counted as a `4xx` of its route, not the extractor's
@@ -590,36 +628,7 @@ async fn a_stalled_upload_is_a_408_timeout_in_either_place() {
         for path in ["/upload", "/json"] {
             let id = format!("stalled-{place}{}", path.replace('/', "-"));
             let before = counts(&s.obs);
-            // Half the declared body, then nothing: the client neither sends more nor closes.
-            let answer = raw(
-                s.addr,
-                &format!(
-                    "POST {path} HTTP/1.1\r\nhost: a\r\nx-request-id: {id}\r\n\
-                     content-type: application/json\r\ncontent-length: 100\r\n\r\n\
-                     {{\"name\":\"{}",
-                    "x".repeat(41)
-                ),
-            )
-            .await;
-            assert!(answer.starts_with("HTTP/1.1 408 "), "{id}: {answer}");
-            let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-            assert!(
-                head.contains(&format!("\r\nx-request-id: {id}\r\n")),
-                "{head}"
-            );
-            assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
-            let envelope: Value = serde_json::from_str(body).unwrap();
-            let error = &envelope["error"];
-            assert_eq!(error["code"], "timeout", "{id}: {envelope}");
-            assert_eq!(error["request_id"], id.as_str(), "{id}");
-            assert_eq!(error["retryable"], true, "{id}");
-            assert_eq!(error["details"]["received_bytes"], 50, "{id}: {envelope}");
-
-            let line = s.access_line(&id).await;
-            assert_eq!(line["data"]["status"], 408, "{id}: {line}");
-            assert_eq!(line["data"]["error_code"], "timeout", "{id}: {line}");
-            assert_eq!(line["data"]["route"], path, "{id}: {line}");
-            assert_eq!(line["trace_id"], error["trace_id"], "{id}");
+            stalled_408(&s, path, &id).await;
             // The error layer's own line says what happened, with the bytes that came.
             let said = s.out.lines().into_iter().any(|l| {
                 l["request_id"] == id.as_str()
@@ -665,14 +674,6 @@ async fn a_stalled_upload_under_the_request_timeout_is_the_clients_408() {
         )
         .layer(obs.layer());
     let s = serve(obs, app).await;
-    // Half the declared body, then nothing: the client neither sends more nor closes.
-    let stalled = |path: &str, id: &str, close: &str| {
-        format!(
-            "POST {path} HTTP/1.1\r\nhost: a\r\nx-request-id: {id}\r\n{close}\
-             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"name\":\"{}",
-            "x".repeat(41)
-        )
-    };
     let of = |id: &str| -> Vec<Value> {
         (s.out.lines().into_iter())
             .filter(|line| line["request_id"] == id)
@@ -681,29 +682,10 @@ async fn a_stalled_upload_under_the_request_timeout_is_the_clients_408() {
     for path in ["/upload", "/json"] {
         let id = format!("stalled-request-timeout{}", path.replace('/', "-"));
         let before = counts(&s.obs);
-        let answer = raw(s.addr, &stalled(path, &id, "")).await;
-        assert!(answer.starts_with("HTTP/1.1 408 "), "{id}: {answer}");
-        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-        assert!(
-            head.contains(&format!("\r\nx-request-id: {id}\r\n")),
-            "{head}"
-        );
-        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
-        let envelope: Value = serde_json::from_str(body).unwrap();
-        let error = &envelope["error"];
-        assert_eq!(error["code"], "timeout", "{id}: {envelope}");
-        assert_eq!(error["request_id"], id.as_str(), "{id}");
-        assert_eq!(error["retryable"], true, "{id}");
-        assert_eq!(error["details"]["received_bytes"], 50, "{id}: {envelope}");
-        assert_eq!(error["details"]["expected_bytes"], 100, "{id}: {envelope}");
-
-        let line = s.access_line(&id).await;
-        assert_eq!(line["data"]["status"], 408, "{id}: {line}");
-        assert_eq!(line["data"]["error_code"], "timeout", "{id}: {line}");
-        assert_eq!(line["data"]["route"], path, "{id}: {line}");
+        let (error, line) = stalled_408(&s, path, &id).await;
+        assert_eq!(error["details"]["expected_bytes"], 100, "{id}: {error}");
         // Every 4xx's access line is at warn: nothing at error pages anyone.
         assert_eq!(line["level"], "warn", "{id}: {line}");
-        assert_eq!(line["trace_id"], error["trace_id"], "{id}");
         tokio::time::sleep(Duration::from_millis(20)).await;
         let lines = of(&id);
         // The error layer's own line, at info, with the bytes that came.
@@ -736,7 +718,7 @@ async fn a_stalled_upload_under_the_request_timeout_is_the_clients_408() {
         ("computing-digest", whole),
         (
             "computing-peek",
-            stalled("/peek", "computing-peek", "connection: close\r\n"),
+            stalled_upload("/peek", "computing-peek", "connection: close\r\n"),
         ),
     ] {
         let before = counts(&s.obs);

@@ -29,10 +29,10 @@ use tokio::net::TcpStream;
 // Shared with the other test binaries; this one installs its own subscriber.
 #[allow(dead_code)]
 mod capture;
-use capture::{Captured, OpenSpans, set_default};
+use capture::{Captured, OpenSpans};
 #[allow(dead_code)]
 mod recorded;
-use recorded::{Spans, counted, eventually};
+use recorded::{SERVERS, Serve, Spans, counted, eventually, record_counting_open};
 
 /// The request timeout of every stack here.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
@@ -116,15 +116,6 @@ async fn guarded(headers: HeaderMap, body: axum::body::Body) -> Response {
     upload(body).await
 }
 
-/// Which server serves the app.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Serve {
-    Periscope,
-    Axum,
-}
-
-const SERVERS: [Serve; 2] = [Serve::Periscope, Serve::Axum];
-
 /// The app served on 127.0.0.1, with what it logs (access lines at debug too), the spans it
 /// opens and how many request spans are open, on this thread while it lives.
 struct Served {
@@ -139,37 +130,12 @@ struct Served {
 }
 
 async fn serve(server: Serve) -> Served {
-    use tracing_subscriber::prelude::*;
-
-    let out = Captured::default();
-    let spans = Spans::default();
-    let open = OpenSpans::default();
-    let (log, log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .directives(periscope::log::Directives::parse("info,periscope::access=debug").unwrap())
-        .build();
-    let default = set_default(
-        tracing_subscriber::registry()
-            .with(log)
-            .with(spans.clone())
-            .with(open.clone()),
-    );
+    let (out, spans, open, log, default) = record_counting_open();
     let obs = Observability::builder()
         .request_timeout(REQUEST_TIMEOUT)
         .build()
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = app(&obs);
-    match server {
-        Serve::Periscope => {
-            tokio::spawn(periscope::Server::new(listener).serve(app, std::future::pending()));
-        }
-        Serve::Axum => {
-            tokio::spawn(async move { axum::serve(listener, app).await });
-        }
-    }
+    let addr = server.spawn(app(&obs)).await;
     Served {
         addr,
         server,
@@ -177,7 +143,7 @@ async fn serve(server: Serve) -> Served {
         out,
         spans,
         open,
-        _log: log_guard,
+        _log: log,
         _default: default,
     }
 }
@@ -325,13 +291,25 @@ async fn exchange(addr: SocketAddr, bytes: impl AsRef<[u8]>) -> (Conn, Reply) {
     (conn, reply)
 }
 
+/// `method target` with `x-request-id: id`, without a body.
+fn request(method: &str, target: &str, id: &str) -> String {
+    format!("{method} {target} HTTP/1.1\r\nhost: t\r\nx-request-id: {id}\r\n\r\n")
+}
+
+/// `test` against the app served by each server, then what every request must leave there
+/// ([`Served::check_bounded`]).
+async fn on_each_server(test: impl AsyncFn(&Served)) {
+    for server in SERVERS {
+        let s = serve(server).await;
+        test(&s).await;
+        s.check_bounded().await;
+    }
+}
+
 /// A plain `GET` of an item on a connection that must still serve requests: its answer
 /// starts right where the last one ended (no stray body bytes in between).
 async fn still_serves(conn: &mut Conn, id: &str) {
-    conn.send(format!(
-        "GET /v1/items/next HTTP/1.1\r\nhost: t\r\nx-request-id: {id}\r\n\r\n"
-    ))
-    .await;
+    conn.send(request("GET", "/v1/items/next", id)).await;
     let reply = conn.response(false).await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.header("x-request-id"), Some(id));
@@ -470,16 +448,10 @@ impl Served {
 /// `HEAD`, its span closed.
 #[tokio::test(flavor = "current_thread")]
 async fn head_gets_the_heads_of_get_without_their_bodies() {
-    for server in SERVERS {
-        let s = serve(server).await;
-        let (mut conn, get) = exchange(
-            s.addr,
-            "GET /v1/items/7 HTTP/1.1\r\nhost: t\r\nx-request-id: get-7\r\n\r\n",
-        )
-        .await;
+    on_each_server(async |s| {
+        let (mut conn, get) = exchange(s.addr, request("GET", "/v1/items/7", "get-7")).await;
         assert_eq!(get.text(), r#"{"id":"7"}"#);
-        conn.send("HEAD /v1/items/7 HTTP/1.1\r\nhost: t\r\nx-request-id: head-7\r\n\r\n")
-            .await;
+        conn.send(request("HEAD", "/v1/items/7", "head-7")).await;
         let head = conn.response(true).await;
         assert_eq!(head.status, 200);
         assert_eq!(head.header("x-request-id"), Some("head-7"));
@@ -487,7 +459,7 @@ async fn head_gets_the_heads_of_get_without_their_bodies() {
         assert_eq!(head.header("content-type"), Some("application/json"));
         still_serves(&mut conn, "after-head-7").await;
 
-        conn.send("HEAD /v1/stream HTTP/1.1\r\nhost: t\r\nx-request-id: head-stream\r\n\r\n")
+        conn.send(request("HEAD", "/v1/stream", "head-stream"))
             .await;
         let head = conn.response(true).await;
         assert_eq!(head.status, 200);
@@ -496,8 +468,7 @@ async fn head_gets_the_heads_of_get_without_their_bodies() {
         assert_eq!(head.header("transfer-encoding"), None, "{head:?}");
         still_serves(&mut conn, "after-head-stream").await;
 
-        conn.send("HEAD /nowhere HTTP/1.1\r\nhost: t\r\nx-request-id: head-404\r\n\r\n")
-            .await;
+        conn.send(request("HEAD", "/nowhere", "head-404")).await;
         let head = conn.response(true).await;
         assert_eq!(head.status, 404);
         assert_eq!(head.header("x-request-id"), Some("head-404"));
@@ -525,11 +496,11 @@ async fn head_gets_the_heads_of_get_without_their_bodies() {
             let span = s.span(id);
             assert_eq!(span["http.request.method"], "HEAD");
         }
-        assert_eq!(s.counted(&[("method", "HEAD")]), 3.0, "{server:?}");
+        assert_eq!(s.counted(&[("method", "HEAD")]), 3.0, "{:?}", s.server);
         let unmatched = [("method", "HEAD"), ("route", "__unmatched__")];
         assert_eq!(s.counted(&unmatched), 1.0);
-        s.check_bounded().await;
-    }
+    })
+    .await;
 }
 
 /// `Expect: 100-continue` uploads, with a client that waits for `100 Continue` before its
@@ -547,9 +518,7 @@ async fn expect_continue_uploads_are_asked_for_only_when_read() {
              content-length: {length}\r\nx-request-id: {id}\r\n\r\n"
         )
     };
-    for server in SERVERS {
-        let s = serve(server).await;
-
+    on_each_server(async |s| {
         let mut conn = Conn::open(s.addr).await;
         conn.send(head("/v1/upload", "continue-read", "", 5)).await;
         let interim = conn.response(false).await;
@@ -597,13 +566,13 @@ async fn expect_continue_uploads_are_asked_for_only_when_read() {
         assert!(conn.closed().await);
 
         let posts = [("method", "POST")];
-        assert_eq!(s.counted(&posts), 5.0, "{server:?}");
+        assert_eq!(s.counted(&posts), 5.0, "{:?}", s.server);
         let failed = [("route", "/v1/ignore"), ("status", "5xx")];
         assert_eq!(s.counted(&failed), 1.0);
         let refused = [("method", "POST"), ("status", "4xx")];
         assert_eq!(s.counted(&refused), 3.0);
-        s.check_bounded().await;
-    }
+    })
+    .await;
 }
 
 /// HTTP/1.0, without `Host`: answered in HTTP/1.0 and closed after the answer, unless the
@@ -612,8 +581,7 @@ async fn expect_continue_uploads_are_asked_for_only_when_read() {
 /// request has its own id and access line.
 #[tokio::test(flavor = "current_thread")]
 async fn http_1_0_requests_are_answered_in_kind() {
-    for server in SERVERS {
-        let s = serve(server).await;
+    on_each_server(async |s| {
         let (mut conn, reply) = exchange(
             s.addr,
             "GET /v1/items/7 HTTP/1.0\r\nx-request-id: old-plain\r\n\r\n",
@@ -659,8 +627,8 @@ async fn http_1_0_requests_are_answered_in_kind() {
             s.span(id);
         }
         assert_eq!(s.counted(&[("status", "2xx")]), 4.0);
-        s.check_bounded().await;
-    }
+    })
+    .await;
 }
 
 /// Requests pipelined in one write (the first with a body its handler leaves unread, which
@@ -669,8 +637,7 @@ async fn http_1_0_requests_are_answered_in_kind() {
 /// last ends the connection after its answer.
 #[tokio::test(flavor = "current_thread")]
 async fn pipelined_requests_keep_their_own_ids() {
-    for server in SERVERS {
-        let s = serve(server).await;
+    on_each_server(async |s| {
         let (mut conn, first) = exchange(
             s.addr,
             "POST /v1/guarded HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\nx-request-id: pipe-1\r\n\r\nhello\
@@ -707,8 +674,8 @@ async fn pipelined_requests_keep_their_own_ids() {
             assert_eq!(s.span(id)["url.path"], *path);
         }
         assert_eq!(s.counted(&[]), 4.0);
-        s.check_bounded().await;
-    }
+    })
+    .await;
 }
 
 /// Request targets in the forms other than a path: absolute (`GET http://example.com/..`,
@@ -719,8 +686,7 @@ async fn pipelined_requests_keep_their_own_ids() {
 /// tunnel: the connection serves the next request.
 #[tokio::test(flavor = "current_thread")]
 async fn request_targets_in_every_form() {
-    for server in SERVERS {
-        let s = serve(server).await;
+    on_each_server(async |s| {
         for (id, target, scheme) in [
             ("absolute", "http://example.com/v1/items/x", "http"),
             ("absolute-https", "https://example.com/v1/items/x", "https"),
@@ -740,11 +706,7 @@ async fn request_targets_in_every_form() {
             assert_eq!(span["url.path"], "/v1/items/x");
         }
 
-        let (_, reply) = exchange(
-            s.addr,
-            "OPTIONS * HTTP/1.1\r\nhost: t\r\nx-request-id: asterisk\r\n\r\n",
-        )
-        .await;
+        let (_, reply) = exchange(s.addr, request("OPTIONS", "*", "asterisk")).await;
         let envelope = reply.envelope(404, "route_not_found", "asterisk");
         assert_eq!(envelope["error"]["message"], "No route matches OPTIONS *");
 
@@ -769,8 +731,8 @@ async fn request_targets_in_every_form() {
             let unmatched = [("method", method), ("route", "__unmatched__")];
             assert_eq!(s.counted(&unmatched), 1.0, "{id}");
         }
-        s.check_bounded().await;
-    }
+    })
+    .await;
 }
 
 /// Paths as scanners write them, each answered by what the route makes of it and logged as
@@ -792,14 +754,9 @@ async fn odd_paths_are_served_and_logged_as_sent() {
         ("long", long.as_str(), 200, None),
         ("query", query.as_str(), 200, Some("q")),
     ];
-    for server in SERVERS {
-        let s = serve(server).await;
+    on_each_server(async |s| {
         for (id, target, status, echoed) in cases {
-            let (_, reply) = exchange(
-                s.addr,
-                format!("GET {target} HTTP/1.1\r\nhost: t\r\nx-request-id: {id}\r\n\r\n"),
-            )
-            .await;
+            let (_, reply) = exchange(s.addr, request("GET", target, id)).await;
             assert_eq!(reply.status, status, "{id}: {reply:?}");
             assert_eq!(reply.header("x-request-id"), Some(id));
             if let Some(echoed) = echoed {
@@ -818,21 +775,17 @@ async fn odd_paths_are_served_and_logged_as_sent() {
                 assert!(path.starts_with(kept), "{id}");
             }
         }
-        let envelope = exchange(
-            s.addr,
-            "GET /v1/items/a%FFb HTTP/1.1\r\nhost: t\r\nx-request-id: not-utf8-again\r\n\r\n",
-        )
-        .await
-        .1
-        .envelope(400, "invalid_request", "not-utf8-again");
+        let (_, reply) =
+            exchange(s.addr, request("GET", "/v1/items/a%FFb", "not-utf8-again")).await;
+        let envelope = reply.envelope(400, "invalid_request", "not-utf8-again");
         assert_eq!(
             envelope["error"]["message"],
             "Invalid URL: Invalid UTF-8 in `id`"
         );
         let unmatched = [("route", "__unmatched__"), ("status", "4xx")];
         assert_eq!(s.counted(&unmatched), 1.0);
-        s.check_bounded().await;
-    }
+    })
+    .await;
 }
 
 /// What hyper turns away before the service sees it: no `x-request-id`, no envelope, no
@@ -844,9 +797,7 @@ async fn odd_paths_are_served_and_logged_as_sent() {
 #[tokio::test(flavor = "current_thread")]
 async fn requests_hyper_refuses_never_reach_the_service() {
     let long = format!("/v1/items/{}", "a".repeat(64 * 1024));
-    let with_id = |target: &str, id: &str| {
-        format!("GET {target} HTTP/1.1\r\nhost: t\r\nx-request-id: {id}\r\n\r\n").into_bytes()
-    };
+    let with_id = |target: &str, id: &str| request("GET", target, id).into_bytes();
     let mut not_utf8 = b"GET /v1/items/a\xff\xfeb HTTP/1.1\r\nhost: t\r\n".to_vec();
     not_utf8.extend_from_slice(b"x-request-id: refused-not-utf8\r\n\r\n");
     // The id, the request, and the status from `periscope::Server` and from `axum::serve`.
@@ -912,18 +863,13 @@ async fn requests_hyper_refuses_never_reach_the_service() {
 #[tokio::test(flavor = "current_thread")]
 async fn made_up_methods_count_as_other() {
     let long = "M".repeat(100);
-    for server in SERVERS {
-        let s = serve(server).await;
+    on_each_server(async |s| {
         for (id, method) in [
             ("method-short", "M"),
             ("method-long", long.as_str()),
             ("method-lower", "get"),
         ] {
-            let (_, reply) = exchange(
-                s.addr,
-                format!("{method} /v1/items/7 HTTP/1.1\r\nhost: t\r\nx-request-id: {id}\r\n\r\n"),
-            )
-            .await;
+            let (_, reply) = exchange(s.addr, request(method, "/v1/items/7", id)).await;
             let envelope = reply.envelope(405, "method_not_allowed", id);
             let message = envelope["error"]["message"].as_str().unwrap();
             let quoted = &method[..method.len().min(32)];
@@ -943,8 +889,8 @@ async fn made_up_methods_count_as_other() {
         }
         let other = [("method", "_OTHER"), ("route", "/v1/items/{id}")];
         assert_eq!(s.counted(&other), 3.0);
-        s.check_bounded().await;
-    }
+    })
+    .await;
 }
 
 /// Header values with obs-text (bytes 0x80 to 0xFF, legal in HTTP/1.1, not UTF-8): passed
@@ -954,8 +900,7 @@ async fn made_up_methods_count_as_other() {
 /// stays UTF-8 with no raw byte of them.
 #[tokio::test(flavor = "current_thread")]
 async fn obs_text_in_header_values_never_reaches_the_log_raw() {
-    for server in SERVERS {
-        let s = serve(server).await;
+    on_each_server(async |s| {
         let (_, reply) = exchange(
             s.addr,
             &b"GET /v1/items/7 HTTP/1.1\r\nhost: t\r\nx-note: caf\xe9 \x80\xff\r\n\
@@ -998,8 +943,8 @@ async fn obs_text_in_header_values_never_reaches_the_log_raw() {
                 .unwrap()
                 .contains("0xe9")
         );
-        s.check_bounded().await;
-    }
+    })
+    .await;
 }
 
 /// Request bodies framed in the less common ways: chunked with extensions and trailers (the
@@ -1011,8 +956,7 @@ async fn obs_text_in_header_values_never_reaches_the_log_raw() {
 /// through).
 #[tokio::test(flavor = "current_thread")]
 async fn chunked_bodies_and_ambiguous_framing() {
-    for server in SERVERS {
-        let s = serve(server).await;
+    on_each_server(async |s| {
         let (mut conn, reply) = exchange(
             s.addr,
             "POST /v1/upload HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\
@@ -1064,6 +1008,6 @@ async fn chunked_bodies_and_ambiguous_framing() {
         assert_eq!(s.counted(&[("route", "/v1/upload")]), 2.0);
         let refused = [("route", "/v1/bytes"), ("status", "4xx")];
         assert_eq!(s.counted(&refused), 1.0);
-        s.check_bounded().await;
-    }
+    })
+    .await;
 }

@@ -29,41 +29,12 @@ use tower_http::compression::CompressionLayer;
 // Shared with the other test binaries; this one installs its own subscriber.
 #[allow(dead_code)]
 mod capture;
-use capture::{Captured, OpenSpans, set_default};
 #[allow(dead_code)]
 mod recorded;
-use recorded::{Spans, counted, eventually};
+use recorded::{SERVERS, Serve, counted, eventually, record_counting_open};
 
 /// The request timeout of every stack here: the upgraded connections outlive it.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(200);
-
-/// The lines periscope writes on this thread (access lines at debug too), the fields of the
-/// spans and how many request spans are open, while the guards live.
-fn record() -> (
-    Captured,
-    Spans,
-    OpenSpans,
-    periscope::log::LogGuard,
-    tracing::subscriber::DefaultGuard,
-) {
-    use tracing_subscriber::prelude::*;
-
-    let out = Captured::default();
-    let spans = Spans::default();
-    let open = OpenSpans::default();
-    let (log, log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .directives(periscope::log::Directives::parse("info,periscope::access=debug").unwrap())
-        .build();
-    let default = set_default(
-        tracing_subscriber::registry()
-            .with(log)
-            .with(spans.clone())
-            .with(open.clone()),
-    );
-    (out, spans, open, log_guard, default)
-}
 
 /// Whether `name`'s value in `headers` lists `token` (comma-separated, any case).
 fn lists(headers: &http::HeaderMap, name: &str, token: &str) -> bool {
@@ -142,13 +113,6 @@ enum Place {
     Inside,
 }
 
-/// Which server serves the app.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Serve {
-    Periscope,
-    Axum,
-}
-
 /// A handler that answers every request 101, whether the server can upgrade it or not.
 async fn always_switching(mut request: Request) -> Response {
     let upgrade = hyper::upgrade::on(&mut request);
@@ -174,20 +138,6 @@ fn app(obs: &Observability, compression: Place) -> Router {
         Place::Outside => routes.layer(obs.layer()).layer(CompressionLayer::new()),
         Place::Inside => routes.layer(CompressionLayer::new()).layer(obs.layer()),
     }
-}
-
-async fn serve(app: Router, server: Serve) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    match server {
-        Serve::Periscope => {
-            tokio::spawn(periscope::Server::new(listener).serve(app, std::future::pending()));
-        }
-        Serve::Axum => {
-            tokio::spawn(async move { axum::serve(listener, app).await });
-        }
-    }
-    addr
 }
 
 /// A response head as it came over the wire.
@@ -373,15 +323,15 @@ fn durations(exposition: &str, route: &str) -> (u64, f64) {
 /// Closing the connection adds nothing.
 #[tokio::test(flavor = "current_thread")]
 async fn a_websocket_handshake_is_one_request_and_its_connection_outlives_the_request_timeout() {
-    for server in [Serve::Periscope, Serve::Axum] {
+    for server in SERVERS {
         for compression in [Place::Outside, Place::Inside] {
             let case = format!("{server:?}-{compression:?}");
-            let (out, spans, open, log_guard, _default) = record();
+            let (out, spans, open, log_guard, _default) = record_counting_open();
             let obs = Observability::builder()
                 .request_timeout(REQUEST_TIMEOUT)
                 .build()
                 .unwrap();
-            let addr = serve(app(&obs, compression), server).await;
+            let addr = server.spawn(app(&obs, compression)).await;
 
             let (mut stream, head) = handshake(addr, &case, "13").await;
             assert_eq!(head.status, 101, "{case}: {}", head.text);
@@ -505,12 +455,12 @@ async fn a_websocket_handshake_is_one_request_and_its_connection_outlives_the_re
 /// for, and the connection is not upgraded (it answers the next request).
 #[tokio::test(flavor = "current_thread")]
 async fn a_refused_handshake_gets_the_envelope() {
-    let (out, _spans, _open, log_guard, _default) = record();
+    let (out, _spans, _open, log_guard, _default) = record_counting_open();
     let obs = Observability::builder()
         .request_timeout(REQUEST_TIMEOUT)
         .build()
         .unwrap();
-    let addr = serve(app(&obs, Place::Outside), Serve::Periscope).await;
+    let addr = Serve::Periscope.spawn(app(&obs, Place::Outside)).await;
 
     let (mut stream, head) = handshake(addr, "refused-version", "8").await;
     let envelope = read_envelope(
@@ -565,11 +515,11 @@ async fn a_refused_handshake_gets_the_envelope() {
 /// the count and the log say the request failed, not that it was answered `1xx`.
 #[tokio::test(flavor = "current_thread")]
 async fn an_interim_status_as_the_final_answer_is_a_500_envelope() {
-    for server in [Serve::Periscope, Serve::Axum] {
+    for server in SERVERS {
         let id = format!("hints-{server:?}");
-        let (out, spans, _open, log_guard, _default) = record();
+        let (out, spans, _open, log_guard, _default) = record_counting_open();
         let obs = Observability::builder().build().unwrap();
-        let addr = serve(app(&obs, Place::Outside), server).await;
+        let addr = server.spawn(app(&obs, Place::Outside)).await;
 
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let request = format!("GET /hints HTTP/1.1\r\nhost: t\r\nx-request-id: {id}\r\n\r\n");
@@ -702,12 +652,12 @@ async fn h2_raw(addr: SocketAddr, headers: &[(&str, &str)]) -> Frame {
 async fn an_http2_request_asking_for_an_upgrade_is_refused() {
     use http_body_util::{BodyExt, Empty};
 
-    let (out, _spans, _open, log_guard, _default) = record();
+    let (out, _spans, _open, log_guard, _default) = record_counting_open();
     let obs = Observability::builder()
         .request_timeout(REQUEST_TIMEOUT)
         .build()
         .unwrap();
-    let addr = serve(app(&obs, Place::Outside), Serve::Periscope).await;
+    let addr = Serve::Periscope.spawn(app(&obs, Place::Outside)).await;
 
     let get = [
         (":method", "GET"),

@@ -1,12 +1,13 @@
 //! What a test server recorded, read back: the fields of its spans, its log lines (with the
-//! spans, from [`record`]) and its counters in the exposition text (shared by the facade's
-//! HTTP/2 and gRPC test binaries).
+//! spans, from [`record`]) and its counters in the exposition text; and the two servers a test
+//! serves its app on (shared by the facade's test binaries that serve the whole stack).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::capture::{Captured, set_default};
+use crate::capture::{Captured, OpenSpans, set_default};
 
 /// The fields of every span opened while recording, in order; a span id the registry reuses
 /// starts a new entry.
@@ -89,17 +90,65 @@ pub fn record() -> (
     periscope::log::LogGuard,
     tracing::subscriber::DefaultGuard,
 ) {
+    let (out, spans, _, log_guard, default) = record_counting_open();
+    (out, spans, log_guard, default)
+}
+
+/// [`record`], and how many request spans are open.
+pub fn record_counting_open() -> (
+    Captured,
+    Spans,
+    OpenSpans,
+    periscope::log::LogGuard,
+    tracing::subscriber::DefaultGuard,
+) {
     use tracing_subscriber::prelude::*;
 
     let out = Captured::default();
     let spans = Spans::default();
+    let open = OpenSpans::default();
     let (log, log_guard) = periscope::log::LogLayer::builder()
         .writer(out.clone())
         .blocking(true)
         .directives(periscope::log::Directives::parse("info,periscope::access=debug").unwrap())
         .build();
-    let default = set_default(tracing_subscriber::registry().with(log).with(spans.clone()));
-    (out, spans, log_guard, default)
+    let default = set_default(
+        tracing_subscriber::registry()
+            .with(log)
+            .with(spans.clone())
+            .with(open.clone()),
+    );
+    (out, spans, open, log_guard, default)
+}
+
+/// Which server serves a test's app.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[allow(dead_code)] // not every binary sharing this module serves its app on both
+pub enum Serve {
+    Periscope,
+    Axum,
+}
+
+/// Both servers, for what must hold on each.
+#[allow(dead_code)]
+pub const SERVERS: [Serve; 2] = [Serve::Periscope, Serve::Axum];
+
+#[allow(dead_code)]
+impl Serve {
+    /// Serves `app` on 127.0.0.1 from a task of its own; the address.
+    pub async fn spawn(self, app: axum::Router) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        match self {
+            Serve::Periscope => {
+                tokio::spawn(periscope::Server::new(listener).serve(app, std::future::pending()));
+            }
+            Serve::Axum => {
+                tokio::spawn(async move { axum::serve(listener, app).await });
+            }
+        }
+        addr
+    }
 }
 
 /// A counter family's samples summed over the series whose labels match `labels`.

@@ -571,11 +571,7 @@ impl<'de> serde::Deserialize<'de> for Carrier {
                         }
                         Value::Null => {}
                         Value::Other if ignored.len() < MAX_IGNORED_KEYS => {
-                            let mut end = key.len().min(MAX_IGNORED_KEY_LEN);
-                            while !key.is_char_boundary(end) {
-                                end -= 1;
-                            }
-                            key.truncate(end);
+                            key.truncate(crate::text::prefix(&key, MAX_IGNORED_KEY_LEN).len());
                             ignored.push(key);
                         }
                         Value::Other => {}

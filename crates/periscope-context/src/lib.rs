@@ -54,6 +54,10 @@ mod peer;
 mod request_id;
 mod route;
 mod tenant;
+// Text cut to a bound, shared by periscope-error, -trace, -log and -admin: public for them, not
+// a stable API (the bounds each of them documents are what users see).
+#[doc(hidden)]
+pub mod text;
 mod traceparent;
 mod tracestate;
 

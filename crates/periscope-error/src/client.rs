@@ -27,9 +27,6 @@ pub const DEFAULT_MAX_RAW_BODY_BYTES: usize = 4 * 1024;
 /// the `x-request-id` header: a longer one is no id (a cut id would name another request), and
 /// is not taken.
 pub const MAX_ID_LEN: usize = 256;
-/// The most of an envelope's `details` the decoder keeps, in bytes of its JSON text: members
-/// are kept in order while the whole stays within it; a member that would pass it is left out.
-pub const MAX_DETAILS_LEN: usize = 4096;
 /// The longest retry delay reported: a server's `retry_after_s: 1e30` must not make the
 /// caller's `Instant::now() + delay` overflow and panic.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -404,7 +401,7 @@ impl ApiError {
 
     /// The error code: the envelope's, or for a response without one the built-in code of its
     /// status (`upstream_error` for a 502 page from a proxy). A `code` longer than
-    /// [`MAX_CODE_LEN`](crate::MAX_CODE_LEN) bytes, which no service can declare, is no code:
+    /// [`MAX_CODE_LEN`] bytes, which no service can declare, is no code:
     /// the body is then decoded as one that is not an envelope, as without a `code`.
     pub fn code(&self) -> &str {
         &self.code
@@ -453,7 +450,8 @@ impl ApiError {
     }
 
     /// The envelope's `details`: its members in order while their JSON stays within
-    /// [`MAX_DETAILS_LEN`] bytes (a member that would pass it is left out).
+    /// [`MAX_DETAILS_LEN`](crate::MAX_DETAILS_LEN) bytes (a member that would pass it is left
+    /// out), as the server renders them.
     pub fn details(&self) -> Option<&Map<String, Value>> {
         self.envelope.as_ref()?.details.as_ref()
     }
@@ -569,7 +567,7 @@ pub(crate) fn envelope_from_json(json: &Value) -> Option<ErrorBody> {
 /// longest a service can declare) makes the body no envelope, as a missing code does; a
 /// `request_id` or `trace_id` over [`MAX_ID_LEN`], a `docs_url` over
 /// [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN), are left out. `details` keeps its members in
-/// order within [`MAX_DETAILS_LEN`].
+/// order within [`MAX_DETAILS_LEN`](crate::MAX_DETAILS_LEN).
 fn body_from_members(members: &Map<String, Value>, message_key: &str) -> Option<ErrorBody> {
     let text = |key: &str, max: usize| {
         let text = members.get(key)?.as_str()?;
@@ -588,7 +586,11 @@ fn body_from_members(members: &Map<String, Value>, message_key: &str) -> Option<
     body.details = members
         .get("details")
         .and_then(Value::as_object)
-        .map(bounded_details);
+        .map(|details| {
+            let kept = envelope::kept_details(details);
+            kept.map(|(key, value)| (key.clone(), value.clone()))
+                .collect()
+        });
     body.help = text("help", usize::MAX).map(Cow::Owned);
     body.retryable = members.get("retryable").and_then(Value::as_bool);
     body.retry_after_s = members.get("retry_after_s").and_then(seconds);
@@ -653,46 +655,6 @@ fn request_id_text(value: &Value) -> Option<String> {
     }
 }
 
-/// `details` within [`MAX_DETAILS_LEN`] bytes of JSON: whole when it fits, else its members in
-/// order, each kept while the whole stays within the bound (one that would pass it is left
-/// out, so a huge dump does not cost the small facts after it).
-fn bounded_details(details: &Map<String, Value>) -> Map<String, Value> {
-    if json_len(details) <= MAX_DETAILS_LEN {
-        return details.clone();
-    }
-    let mut kept = Map::new();
-    // The braces.
-    let mut len = 2;
-    for (key, value) in details {
-        // The key, its colon, the value, and a comma before every member but the first.
-        let member = json_len(key) + 1 + json_len(value) + usize::from(!kept.is_empty());
-        if len + member <= MAX_DETAILS_LEN {
-            len += member;
-            kept.insert(key.clone(), value.clone());
-        }
-    }
-    kept
-}
-
-/// The length of `value`'s JSON text, counted without writing it.
-fn json_len(value: &impl serde::Serialize) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    match serde_json::to_writer(&mut count, value) {
-        Ok(()) => count.0,
-        Err(_) => usize::MAX,
-    }
-}
-
 /// The most text of a server's own words (or of a redirect's `Location`) kept in a message:
 /// the whole body is in [`ApiError::raw_body`]. With the words around them (at most 87
 /// bytes), the message stays within [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN).
@@ -723,7 +685,7 @@ fn words_from_json(json: &Value, status: StatusCode) -> Option<&str> {
 
 /// Appends `words`, cut as an envelope's message is cut, to at most `max` bytes.
 fn push_bounded(out: &mut String, words: &str, max: usize) {
-    out.push_str(&envelope::cut(words, max));
+    out.push_str(&periscope_context::text::cut(words, max));
 }
 
 /// Where a 3xx points: its `Location`, as text (bytes that are not UTF-8 as U+FFFD); `None`

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use periscope_context::text::cut;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
@@ -13,20 +14,77 @@ use serde_json::{Map, Value};
 /// decodes: [`ApiError::message`](crate::ApiError::message), `help` and violations.
 pub const MAX_MESSAGE_LEN: usize = 1024;
 
-/// `text` within `max` bytes: whole when it fits, else its start, cut on a character boundary,
-/// then `…` (counted in `max`). The one cut of every bounded text, server and client side.
-pub(crate) fn cut(text: &str, max: usize) -> Cow<'_, str> {
-    if text.len() <= max {
-        return Cow::Borrowed(text);
-    }
-    let kept = crate::render::truncate(text, max.saturating_sub('…'.len_utf8()));
-    let mut cut = String::with_capacity(kept.len() + '…'.len_utf8());
-    cut.push_str(kept);
-    cut.push('…');
-    Cow::Owned(cut)
+/// The most of an envelope's `details` periscope renders, and the client
+/// [`Decoder`](crate::Decoder) keeps, in bytes of its JSON text: members are kept in order while
+/// the whole stays within it; a member that would pass it is left out, so a handler that puts a
+/// huge dump there sends (and a client keeps) the small facts beside it. The `details` of an
+/// [`ErrorBody`] built by hand are bounded when it is serialised, like its texts.
+pub const MAX_DETAILS_LEN: usize = 4096;
+
+/// The members of `details` an envelope keeps, in order: each one while the JSON of those kept
+/// stays within [`MAX_DETAILS_LEN`] (all of them when the whole fits). The one rule of the
+/// rendered envelope and of the decoded one.
+pub(crate) fn kept_details(
+    details: &Map<String, Value>,
+) -> impl Iterator<Item = (&String, &Value)> {
+    // The braces.
+    let mut len: usize = 2;
+    let mut first = true;
+    details.iter().filter(move |(key, value)| {
+        // The key, its colon, the value, and a comma before every member but the first.
+        let member = json_len(key)
+            .saturating_add(1 + usize::from(!first))
+            .saturating_add(json_len(value));
+        if len.saturating_add(member) > MAX_DETAILS_LEN {
+            return false;
+        }
+        len += member;
+        first = false;
+        true
+    })
 }
 
-/// `text` within [`MAX_MESSAGE_LEN`] bytes, [`cut`] when longer.
+/// `details` as an envelope writes it: its [`kept_details`].
+pub(crate) struct BoundedDetails<'a>(pub(crate) &'a Map<String, Value>);
+
+impl Serialize for BoundedDetails<'_> {
+    fn serialize<S: Serializer>(&self, to: S) -> Result<S::Ok, S::Error> {
+        to.collect_map(kept_details(self.0))
+    }
+}
+
+/// Writes `details` within [`MAX_DETAILS_LEN`]: public, they may have been set by hand.
+fn serialize_bounded_details<S: Serializer>(
+    details: &Option<Map<String, Value>>,
+    to: S,
+) -> Result<S::Ok, S::Error> {
+    match details {
+        Some(details) => to.serialize_some(&BoundedDetails(details)),
+        None => to.serialize_none(),
+    }
+}
+
+/// The length of `value`'s JSON text, counted without writing it.
+fn json_len(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// `text` within [`MAX_MESSAGE_LEN`] bytes, cut when longer (ending with `…`, counted in the
+/// bound).
 pub(crate) fn bounded(text: Cow<'static, str>) -> Cow<'static, str> {
     if text.len() <= MAX_MESSAGE_LEN {
         return text;
@@ -86,8 +144,13 @@ pub struct ErrorBody {
     pub trace_id: Option<String>,
     /// Facts about the failure for programs (`{"job_id": "job_456"}`). Keys are written in
     /// serde_json's `Map` order: sorted, or insertion order where the application enables
-    /// serde_json's `preserve_order` feature.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// serde_json's `preserve_order` feature. Rendered within [`MAX_DETAILS_LEN`] bytes: the
+    /// members in that order while their JSON fits.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_bounded_details"
+    )]
     pub details: Option<Map<String, Value>>,
     /// What to change so the request succeeds. Rendered cut to [`MAX_MESSAGE_LEN`] bytes.
     #[serde(
@@ -195,6 +258,30 @@ mod tests {
             bounded(text.into()),
             format!("{}…", "x".repeat(MAX_MESSAGE_LEN - 4))
         );
+    }
+
+    #[test]
+    fn details_keep_their_members_in_order_while_their_json_fits() {
+        let written = |details: &Map<String, Value>| {
+            let mut body = ErrorBody::new("c", "m", "r");
+            body.details = Some(details.clone());
+            let json: Value = serde_json::to_value(&body).unwrap();
+            serde_json::to_string(&json["details"]).unwrap()
+        };
+        // `{"a":"x..."}`: 8 bytes around the text.
+        let mut details = Map::new();
+        details.insert("a".into(), "x".repeat(MAX_DETAILS_LEN - 8).into());
+        assert_eq!(written(&details), serde_json::to_string(&details).unwrap());
+        assert_eq!(written(&details).len(), MAX_DETAILS_LEN);
+        // One byte more, with members after it: it is left out, they are kept.
+        details.insert("a".into(), "x".repeat(MAX_DETAILS_LEN - 7).into());
+        details.insert("b".into(), 1.into());
+        details.insert("c".into(), "x".repeat(MAX_DETAILS_LEN - 14).into());
+        // `{"b":1,"c":"x..."}`: exactly the bound.
+        assert_eq!(written(&details).len(), MAX_DETAILS_LEN);
+        assert!(written(&details).starts_with(r#"{"b":1,"c":"xx"#));
+        details.insert("d".into(), Value::Null);
+        assert!(!written(&details).contains(r#""d""#));
     }
 
     #[test]

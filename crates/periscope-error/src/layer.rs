@@ -735,7 +735,7 @@ fn body_start(bytes: &[u8]) -> String {
     let start = without_split_char(&bytes[..bytes.len().min(MAX_LOGGED_BODY_START)]);
     let text = String::from_utf8_lossy(start);
     // A replaced byte takes three: cut again, on a character boundary.
-    render::truncate(&text, MAX_LOGGED_BODY_START).to_owned()
+    periscope_context::text::prefix(&text, MAX_LOGGED_BODY_START).to_owned()
 }
 
 /// `bytes` without the start of a character that the read bound or the body's end split: it is
@@ -1009,8 +1009,8 @@ impl Handled {
             return self.body_timed_out(parts, received, expected, None);
         }
         let facts = &self.facts;
-        let path = render::truncate(facts.target(), MAX_PATH_IN_MESSAGE);
-        let method = render::truncate(facts.method.as_str(), MAX_METHOD_IN_MESSAGE);
+        let path = periscope_context::text::prefix(facts.target(), MAX_PATH_IN_MESSAGE);
+        let method = periscope_context::text::prefix(facts.method.as_str(), MAX_METHOD_IN_MESSAGE);
         let message = match message_text {
             Some(text) if status.is_client_error() => text.clone(),
             _ if code == codes::ROUTE_NOT_FOUND => {

@@ -9,11 +9,12 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use periscope_context::grpc::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode, is_grpc_content_type};
+use periscope_context::text::prefix;
 use periscope_context::{RequestContext, RequestId, TraceId, headers::X_REQUEST_ID};
 use serde::Serialize;
 
 use crate::code::codes;
-use crate::envelope::{ErrorBody, Violation};
+use crate::envelope::{BoundedDetails, ErrorBody, Violation};
 
 /// The media type of the envelope.
 pub const APPLICATION_JSON: &str = "application/json";
@@ -517,7 +518,7 @@ struct Problem<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     trace_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    details: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    details: Option<BoundedDetails<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     help: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -538,11 +539,11 @@ impl<'a> Problem<'a> {
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             detail: &body.message,
-            instance: instance.map(|path| truncate(path, MAX_INSTANCE_LEN)),
+            instance: instance.map(|path| prefix(path, MAX_INSTANCE_LEN)),
             code: &body.code,
             request_id: &body.request_id,
             trace_id: body.trace_id.as_deref(),
-            details: body.details.as_ref(),
+            details: body.details.as_ref().map(BoundedDetails),
             help: body.help.as_deref(),
             retryable: body.retryable,
             retry_after_s: body.retry_after_s,
@@ -550,18 +551,6 @@ impl<'a> Problem<'a> {
             violations: &body.violations,
         }
     }
-}
-
-/// `text` cut to at most `max` bytes at a character boundary.
-pub(crate) fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]
@@ -736,12 +725,5 @@ mod tests {
         assert_eq!(grpc_message(&ascii), ascii[..MAX_GRPC_MESSAGE]);
         // 170 characters of 6 encoded bytes fit; the 171st would pass the limit.
         assert_eq!(grpc_message(&"é".repeat(1000)), "%C3%A9".repeat(170));
-    }
-
-    #[test]
-    fn truncation_keeps_characters_whole() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("héllo", 3), "hé");
-        assert_eq!(truncate("abc", 10), "abc");
     }
 }

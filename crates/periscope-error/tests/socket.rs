@@ -115,6 +115,16 @@ fn huge_input() -> String {
     "€".repeat(350_000)
 }
 
+/// `details` with a 1 MB dump between two small facts, and what of them an envelope keeps.
+fn huge_details() -> (serde_json::Map<String, Value>, Value) {
+    let mut details = serde_json::Map::new();
+    details.insert("job_id".into(), "job_1".into());
+    details.insert("dump".into(), "x".repeat(1 << 20).into());
+    details.insert("status".into(), "completed".into());
+    let kept = serde_json::json!({"job_id": "job_1", "status": "completed"});
+    (details, kept)
+}
+
 /// A body sent in chunks, of a length it does not announce (a proxied chunked response).
 struct Chunked(std::collections::VecDeque<bytes::Bytes>);
 
@@ -449,6 +459,15 @@ fn app() -> Router {
             }),
         )
         .route(
+            "/huge-details",
+            get(|| async {
+                let (details, _) = huge_details();
+                Err::<String, _>(
+                    HttpError::new(JOB_ALREADY_TERMINAL, "Cannot cancel").with_details(details),
+                )
+            }),
+        )
+        .route(
             "/upstream-envelope-long",
             get(|| async {
                 // An upstream's envelope, proxied: the layer renders it again.
@@ -565,11 +584,17 @@ fn app() -> Router {
         .layer(middleware::from_fn(correlate))
 }
 
+/// [`app`] served on 127.0.0.1, its lines captured.
 async fn serve() -> std::net::SocketAddr {
     support::install_capture();
+    serve_app(app()).await
+}
+
+/// `app` served on 127.0.0.1 from a task of its own; the address.
+async fn serve_app(app: Router) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app()).await.unwrap() });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
 }
 
@@ -602,6 +627,41 @@ fn envelope(reply: &Reply, code: &str, status: u16) -> Value {
     assert_eq!(decoded.is_retryable(), known.is_retryable());
     assert_eq!(error["retryable"], known.is_retryable());
     json
+}
+
+/// Writes `request` on a new connection and reads until the server closes it: the client
+/// neither sends more nor closes (within 10 s).
+async fn stall(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("no answer while the client stalls: {request}"))
+        .unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
+/// The answer to an upload stalled past a timeout, after checking it is the client's 408: its
+/// request id in the header and the envelope, `connection: close`, and a retryable `timeout`
+/// with the `received` bytes; the envelope's `error`, for what the caller checks further.
+fn stalled_408(answer: &str, id: &str, received: u64) -> Value {
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{id}: {answer}");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.contains(&format!("\r\nx-request-id: {id}\r\n")),
+        "{head}"
+    );
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    let json: Value = serde_json::from_str(body).unwrap();
+    let error = &json["error"];
+    assert_eq!(error["code"], "timeout", "{id}: {json}");
+    assert_eq!(error["request_id"], id, "{id}: {json}");
+    assert_eq!(error["retryable"], true, "{id}: {json}");
+    assert_eq!(error["details"]["received_bytes"], received, "{id}: {json}");
+    json["error"].clone()
 }
 
 /// The log lines of one request.
@@ -779,8 +839,6 @@ async fn slow_handler_past_the_timeout_gets_504_timeout() {
 /// `DEADLINE_EXCEEDED`: a gRPC client streams at its own pace within the deadline it set.
 #[tokio::test]
 async fn an_upload_stalled_past_the_layers_timeout_is_a_408() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     support::install_capture();
     let app = Router::new()
         .route(
@@ -789,32 +847,23 @@ async fn an_upload_stalled_past_the_layers_timeout_is_a_408() {
         )
         .layer(ErrorLayer::new().timeout(Duration::from_millis(300)))
         .layer(middleware::from_fn(correlate));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    for (id, content_type, status) in [
-        ("stalled-json", "application/json", "408 "),
-        ("stalled-grpc", "application/grpc", "200 "),
+    let addr = serve_app(app).await;
+    for (id, content_type) in [
+        ("stalled-json", "application/json"),
+        ("stalled-grpc", "application/grpc"),
     ] {
-        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "POST /bytes HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\n\
-             content-length: 1000\r\nx-request-id: {id}\r\n\r\n{{\"name\":\""
-        );
-        client.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
-            .await
-            .unwrap_or_else(|_| panic!("{id}: no answer while the client stalls"))
-            .unwrap();
-        let answer = String::from_utf8(answer).unwrap();
-        assert!(
-            answer.starts_with(&format!("HTTP/1.1 {status}")),
-            "{id}: {answer}"
-        );
-        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let answer = stall(
+            addr,
+            &format!(
+                "POST /bytes HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\n\
+                 content-length: 1000\r\nx-request-id: {id}\r\n\r\n{{\"name\":\""
+            ),
+        )
+        .await;
         let events = events_of(id);
         if content_type == "application/grpc" {
+            assert!(answer.starts_with("HTTP/1.1 200 "), "{id}: {answer}");
+            let (head, _) = answer.split_once("\r\n\r\n").unwrap();
             assert!(head.contains("\r\ngrpc-status: 4\r\n"), "{head}");
             assert!(
                 events.iter().any(|event| event["level"] == "WARN"),
@@ -822,13 +871,8 @@ async fn an_upload_stalled_past_the_layers_timeout_is_a_408() {
             );
             continue;
         }
-        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
-        let json: Value = serde_json::from_str(body).unwrap();
-        let error = &json["error"];
-        assert_eq!(error["code"], "timeout", "{json}");
-        assert_eq!(error["retryable"], true, "{json}");
-        assert_eq!(error["details"]["received_bytes"], 9, "{json}");
-        assert_eq!(error["details"]["expected_bytes"], 1000, "{json}");
+        let error = stalled_408(&answer, id, 9);
+        assert_eq!(error["details"]["expected_bytes"], 1000, "{error}");
         let logged: Vec<_> = (events.iter())
             .filter(|event| event.get("code").map(String::as_str) == Some("timeout"))
             .collect();
@@ -871,9 +915,7 @@ async fn a_timeout_or_load_shedding_layer_inside_is_logged_at_warn() {
                     .concurrency_limit(0),
             ),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve_app(app).await;
 
     for (path, code, status) in [
         ("/timed", "timeout", 504),
@@ -1128,9 +1170,7 @@ async fn handler_sees_the_context_of_the_request() {
         )
         .layer(ErrorLayer::new())
         .layer(middleware::from_fn(correlate));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let addr = serve_app(router).await;
     let reply = send(addr, "GET", "/id", &[("x-request-id", "abc")], b"").await;
     assert_eq!(reply.text(), "abc");
 }
@@ -1301,8 +1341,8 @@ async fn a_huge_message_is_cut_on_a_character_boundary() {
 
 /// An `ErrorBody` a handler builds by hand (its constructor, then its public fields) and sends
 /// as a 409 with a JSON body, which the layer passes through untouched: rendered, its message,
-/// help and violations are cut as an `HttpError`'s are, whether it came through a socket or
-/// was serialised in place.
+/// help and violations are cut, and its `details` kept within `MAX_DETAILS_LEN`, as an
+/// `HttpError`'s are, whether it came through a socket or was serialised in place.
 #[tokio::test]
 async fn a_hand_built_error_body_is_cut_when_it_is_rendered() {
     use periscope_error::{Envelope, ErrorBody};
@@ -1315,6 +1355,7 @@ async fn a_hand_built_error_body_is_cut_when_it_is_rendered() {
             let mut body = ErrorBody::new("job_already_terminal", huge.clone(), "req_hand");
             body.help = Some(huge.clone().into());
             body.violations = vec![Violation::new(huge.clone(), "too_long", huge.clone())];
+            body.details = Some(huge_details().0);
             body
         }
     };
@@ -1335,9 +1376,7 @@ async fn a_hand_built_error_body_is_cut_when_it_is_rendered() {
         )
         .layer(ErrorLayer::new())
         .layer(middleware::from_fn(correlate));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = serve_app(app).await;
 
     // What the server side renders of the same text.
     let server = HttpError::new(JOB_ALREADY_TERMINAL, huge.clone());
@@ -1359,6 +1398,43 @@ async fn a_hand_built_error_body_is_cut_when_it_is_rendered() {
         assert_eq!(error["violations"][0]["field"], cut);
         assert_eq!(error["violations"][0]["reason"], "too_long");
         assert_eq!(error["violations"][0]["message"], cut);
+        assert_eq!(error["details"], huge_details().1);
+    }
+}
+
+/// A handler that puts 1 MB into an `HttpError`'s `details`, answered as the envelope and, when
+/// asked, as problem details: rendered, `details` keeps its members in order while their JSON
+/// stays within `MAX_DETAILS_LEN` (the dump, which would pass it, is left out, the small facts
+/// beside it kept), as the client decoder keeps them.
+#[tokio::test]
+async fn a_megabyte_of_details_is_rendered_within_max_details_len() {
+    let addr = serve().await;
+    let (_, kept) = huge_details();
+    let problem = [("accept", "application/problem+json")];
+    for (headers, content_type) in [
+        (&[][..], "application/json"),
+        (&problem[..], "application/problem+json"),
+    ] {
+        let reply = send(addr, "GET", "/huge-details", headers, b"").await;
+        assert_eq!(reply.status, 409, "{content_type}");
+        assert_eq!(reply.header("content-type"), Some(content_type));
+        let size = reply.body.len();
+        assert!(size < 8 * 1024, "{content_type}: {size} bytes");
+        let json = reply.json();
+        let members = match content_type {
+            "application/json" => &json["error"],
+            _ => &json,
+        };
+        assert_eq!(members["code"], "job_already_terminal", "{json}");
+        assert_eq!(members["details"], kept, "{content_type}");
+        let written = serde_json::to_string(&members["details"]).unwrap();
+        assert!(written.len() <= periscope_error::MAX_DETAILS_LEN);
+        // The decoder keeps what was rendered.
+        assert_eq!(
+            reply.api_error().details(),
+            kept.as_object(),
+            "{content_type}"
+        );
     }
 }
 
@@ -1510,7 +1586,6 @@ async fn a_multipart_upload_the_client_stops_sending_is_not_an_internal_error() 
 /// connection, and logged once at info with the bytes that came.
 #[tokio::test]
 async fn a_body_the_client_stalls_is_a_408_timeout_not_a_malformed_request() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tower_http::timeout::RequestBodyTimeoutLayer;
 
     support::install_capture();
@@ -1542,9 +1617,7 @@ async fn a_body_the_client_stalls_is_a_408_timeout_not_a_malformed_request() {
         .layer(middleware::from_fn(correlate));
     let part = "--XX\r\ncontent-disposition: form-data; name=\"file\"\r\n\r\n";
     for (place, app) in [("inside", inside), ("outside", outside)] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = serve_app(app).await;
         for (path, content_type, start) in [
             ("/bytes", "application/octet-stream", String::new()),
             ("/json", "application/json", "{\"name\":\"".to_owned()),
@@ -1555,35 +1628,19 @@ async fn a_body_the_client_stalls_is_a_408_timeout_not_a_malformed_request() {
             ),
         ] {
             let id = format!("stalled-{place}{}", path.replace('/', "-"));
-            let head = format!(
-                "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\n\
-                 content-length: 1000\r\nx-request-id: {id}\r\n\r\n{start}"
-            );
-            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-            client.write_all(head.as_bytes()).await.unwrap();
-            client.write_all(&[b'x'; 40]).await.unwrap();
             // The client neither sends more nor closes: the server answers and closes.
-            let mut answer = Vec::new();
-            tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
-                .await
-                .unwrap_or_else(|_| panic!("{id}: no answer while the client stalls"))
-                .unwrap();
-            let answer = String::from_utf8(answer).unwrap();
-            assert!(answer.starts_with("HTTP/1.1 408 "), "{id}: {answer}");
-            let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-            assert!(
-                head.contains(&format!("\r\nx-request-id: {id}\r\n")),
-                "{head}"
-            );
-            assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
-            let json: Value = serde_json::from_str(body).unwrap();
-            let error = &json["error"];
-            assert_eq!(error["code"], "timeout", "{id}: {json}");
-            assert_eq!(error["request_id"], id.as_str());
-            assert_eq!(error["retryable"], true, "{id}: {json}");
+            let answer = stall(
+                addr,
+                &format!(
+                    "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\n\
+                     content-length: 1000\r\nx-request-id: {id}\r\n\r\n{start}{}",
+                    "x".repeat(40)
+                ),
+            )
+            .await;
             let received = (start.len() + 40) as u64;
-            assert_eq!(error["details"]["received_bytes"], received, "{id}: {json}");
-            assert_eq!(error["details"]["expected_bytes"], 1000, "{id}: {json}");
+            let error = stalled_408(&answer, &id, received);
+            assert_eq!(error["details"]["expected_bytes"], 1000, "{id}: {error}");
             let message = error["message"].as_str().unwrap();
             assert!(message.contains("in time"), "{id}: {message}");
             // Logged once at info with the bytes that came, and nothing at error.

@@ -350,7 +350,7 @@ impl ValueRules {
                 out.push(b'"');
                 json::write_escaped(
                     out,
-                    &text[..json::floor_char_boundary(text, self.max_value_bytes)],
+                    periscope_context::text::prefix(text, self.max_value_bytes),
                 );
                 json::write_truncation(out, len);
                 out.push(b'"');

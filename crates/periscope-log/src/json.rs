@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use periscope_context::text::prefix;
+
 /// What follows a truncated string: the marker and the original length in bytes.
 pub(crate) const TRUNCATED_MARKER: &str = "…[truncated, original ";
 
@@ -187,7 +189,7 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str, limit: usize) {
     if s.len() <= limit {
         write_escaped(out, s);
     } else {
-        write_escaped(out, &s[..floor_char_boundary(s, limit)]);
+        write_escaped(out, prefix(s, limit));
         write_truncation(out, s.len());
     }
     out.push(b'"');
@@ -198,18 +200,6 @@ pub(crate) fn write_truncation(out: &mut Vec<u8>, original_len: usize) {
     out.extend_from_slice(TRUNCATED_MARKER.as_bytes());
     write_u64(out, original_len as u64);
     out.extend_from_slice(b" bytes]");
-}
-
-/// The largest char boundary of `s` at or below `index`.
-pub(crate) fn floor_char_boundary(s: &str, index: usize) -> usize {
-    if index >= s.len() {
-        return s.len();
-    }
-    let mut i = index;
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
 }
 
 /// Appends `"key":`.
@@ -288,7 +278,7 @@ impl fmt::Write for EscapeWriter<'_> {
         if room >= s.len() {
             write_escaped(self.out, s);
         } else if room > 0 {
-            write_escaped(self.out, &s[..floor_char_boundary(s, room)]);
+            write_escaped(self.out, prefix(s, room));
         }
         Ok(())
     }
@@ -323,7 +313,7 @@ impl fmt::Write for CappedString<'_> {
         if room >= s.len() {
             self.text.push_str(s);
         } else if room > 0 {
-            self.text.push_str(&s[..floor_char_boundary(s, room)]);
+            self.text.push_str(prefix(s, room));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::fmt;
 
 use http::{Method, Uri};
 use periscope_context::grpc::{GrpcCode, answer_code};
+use periscope_context::text::cut;
 use periscope_context::{RequestContext, Tenant};
 use tracing::Span;
 
@@ -59,21 +60,7 @@ pub const MAX_METHOD_ORIGINAL_LEN: usize = 32;
 // Inlined into `Correlation::call`, compiled in the service's crate (every request).
 #[inline]
 pub(crate) fn method_original(method: &Method) -> Option<Cow<'_, str>> {
-    (method_name(method) == "_OTHER").then(|| bounded(method.as_str(), MAX_METHOD_ORIGINAL_LEN))
-}
-
-/// `text` within `max` bytes: whole when it fits (borrowed: the common case costs one
-/// comparison), else its start, cut on a character boundary, then `…` (counted in `max`).
-#[inline]
-pub(crate) fn bounded(text: &str, max: usize) -> Cow<'_, str> {
-    if text.len() <= max {
-        return Cow::Borrowed(text);
-    }
-    let mut end = max.saturating_sub('…'.len_utf8());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}…", &text[..end]))
+    (method_name(method) == "_OTHER").then(|| cut(method.as_str(), MAX_METHOD_ORIGINAL_LEN))
 }
 
 /// Whether a query parameter of this name holds a secret: a signature or key of the shared list

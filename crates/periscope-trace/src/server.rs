@@ -23,7 +23,7 @@ use tracing::field::Empty;
 use crate::binding::{ParentKind, bind, early_id, span_text};
 use crate::body::CorrelationBody;
 use crate::fields::{
-    MAX_URL_PATH_LEN, bounded, method_name, method_original, record_failure, record_grpc_code,
+    MAX_URL_PATH_LEN, method_name, method_original, record_failure, record_grpc_code,
     record_status, span_method,
 };
 use crate::propagation::Propagators;
@@ -476,7 +476,7 @@ fn server_span<B>(
     let method = method_name(request.method());
     // The client's own text, bounded: it is kept (and exported) with the span.
     let method_original = method_original(request.method());
-    let path = bounded(path, MAX_URL_PATH_LEN);
+    let path = periscope_context::text::cut(path, MAX_URL_PATH_LEN);
     let span = tracing::info_span!(
         target: SERVER_TARGET,
         SERVER_SPAN,

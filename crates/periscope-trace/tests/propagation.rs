@@ -917,6 +917,27 @@ async fn non_standard_methods_name_their_spans_http() {
     }
 }
 
+/// `method target` with `x-request-id: id`, written as sent on a new connection (what a client
+/// library would refuse or rewrite), answered 200 (within 30 s).
+async fn raw_ok(addr: std::net::SocketAddr, method: &str, target: &str, id: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nhost: a\r\nconnection: close\r\nx-request-id: {id}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("an answer within 30 s")
+    .unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{id}");
+}
+
 /// The path and the method are the client's to choose, at any length its server lets through
 /// (about 64 KiB of path, and a method as long as the head): the server span keeps at most
 /// 2,048 bytes of the one (`url.path`) and 32 of the other (`http.request.method_original`),
@@ -924,8 +945,6 @@ async fn non_standard_methods_name_their_spans_http() {
 /// export queue with megabytes of attributes. Shorter ones are recorded whole.
 #[tokio::test]
 async fn client_sent_path_and_method_are_bounded_on_the_server_span() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let (capture, _guard) = capture();
     let router = axum::Router::new()
         .route("/items/{id}", axum::routing::any(|| async { "done" }))
@@ -944,20 +963,7 @@ async fn client_sent_path_and_method_are_bounded_on_the_server_span() {
         ("long-method", long_method.as_str(), "/items/7"),
         ("fits", fits_method.as_str(), fits_path.as_str()),
     ] {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\nx-request-id: {id}\r\n\r\n"
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            stream.read_to_end(&mut answer),
-        )
-        .await
-        .expect("an answer within 30 s")
-        .unwrap();
-        assert!(answer.starts_with(b"HTTP/1.1 200"), "{id}");
+        raw_ok(addr, method, path, id).await;
     }
     let field = |id: &str, name: &str| {
         let spans = capture.spans_for("http_request", id);
@@ -1032,8 +1038,6 @@ async fn url_scheme_is_the_clients_behind_a_proxy() {
 /// client chooses it, so only `http` and `https` are taken from it, as from a header.
 #[tokio::test]
 async fn url_scheme_takes_only_http_or_https_from_the_request_target() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let (capture, _guard) = capture();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let addr = serve(app(hop_state("a", None, &seen), CorrelationLayer::new())).await;
@@ -1042,20 +1046,7 @@ async fn url_scheme_takes_only_http_or_https_from_the_request_target() {
         ("target-https", "https://a/hop", "https"),
         ("target-origin", "/hop", "http"),
     ] {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "GET {target} HTTP/1.1\r\nhost: a\r\nconnection: close\r\nx-request-id: {id}\r\n\r\n"
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            stream.read_to_end(&mut answer),
-        )
-        .await
-        .expect("an answer within 30 s")
-        .unwrap();
-        assert!(answer.starts_with(b"HTTP/1.1 200"), "{id}");
+        raw_ok(addr, "GET", target, id).await;
         let span = &capture.spans_for("http_request", id)[0];
         assert_eq!(span.get("url.scheme"), Some(scheme), "{id}");
     }
