@@ -18,8 +18,8 @@ use tracing::field::Empty;
 use crate::binding::{ParentKind, bind, early_id};
 use crate::client_body::{CLIENT_ERROR_FROM, ClientBody, Pending};
 use crate::fields::{
-    RedactedUrl, method_name, method_original, record_failure, record_status, server_port,
-    span_method,
+    CLIENT_FIELDS, RedactedUrl, method_name, method_original, record_failure, record_status,
+    server_port, span_method,
 };
 use crate::propagation::Propagators;
 use crate::rpc::RpcName;
@@ -216,7 +216,7 @@ impl ClientSpan {
 
     /// Records the response status (`otel.status_code` is `ERROR` for 4xx and 5xx).
     pub fn record_status(&self, status: StatusCode) {
-        record_status(&self.span, status, &HeaderMap::new(), 400);
+        record_status(&self.span, &CLIENT_FIELDS, status, &HeaderMap::new(), 400);
     }
 
     /// Records the response status and, for a trailers-only gRPC answer (200 with a gRPC
@@ -236,12 +236,12 @@ impl ClientSpan {
     /// call.record_response(StatusCode::OK, &headers);
     /// ```
     pub fn record_response(&self, status: StatusCode, headers: &HeaderMap) {
-        record_status(&self.span, status, headers, 400);
+        record_status(&self.span, &CLIENT_FIELDS, status, headers, 400);
     }
 
     /// Records a call that got no response (connection refused, timeout, ...).
     pub fn record_error(&self) {
-        record_failure(&self.span, "_OTHER");
+        record_failure(&self.span, &CLIENT_FIELDS, "_OTHER");
     }
 }
 
@@ -396,7 +396,7 @@ struct FailOnDrop<'a>(&'a Span);
 
 impl Drop for FailOnDrop<'_> {
     fn drop(&mut self) {
-        record_failure(self.0, "_OTHER");
+        record_failure(self.0, &CLIENT_FIELDS, "_OTHER");
     }
 }
 
@@ -429,7 +429,7 @@ impl<F> PinnedDrop for ClientResponseFuture<F> {
             } else {
                 "cancelled"
             };
-            record_failure(&this.call.span, error_type);
+            record_failure(&this.call.span, &CLIENT_FIELDS, error_type);
         }
     }
 }
@@ -466,7 +466,13 @@ where
         } else {
             &no_headers
         };
-        let failed = record_status(span, response.status(), head, CLIENT_ERROR_FROM);
+        let failed = record_status(
+            span,
+            &CLIENT_FIELDS,
+            response.status(),
+            head,
+            CLIENT_ERROR_FROM,
+        );
         let pending = match head_outcome(response.status(), head) {
             // The code comes in the trailers, after the messages: recorded by the body.
             HeadOutcome::Trailers => Pending::GrpcCode,

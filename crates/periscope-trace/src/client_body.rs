@@ -10,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use periscope_context::grpc::{GrpcCode, StreamEnd};
 use tracing::Span;
 
-use crate::fields::{record_failure, record_grpc_code};
+use crate::fields::{CLIENT_FIELDS, record_failure, record_grpc_code};
 
 /// The status from which a client span fails, as the HTTP and gRPC conventions want for
 /// client spans: every 4xx and 5xx, every gRPC code but `OK`.
@@ -73,9 +73,11 @@ impl CallEnd {
     /// Records how the call ended, and closes its span.
     fn end(&mut self, end: StreamEnd) {
         match (self.pending, end) {
-            (Pending::GrpcCode, end) => record_grpc_code(&self.span, end.code(), CLIENT_ERROR_FROM),
+            (Pending::GrpcCode, end) => {
+                record_grpc_code(&self.span, &CLIENT_FIELDS, end.code(), CLIENT_ERROR_FROM)
+            }
             (Pending::End { failed: false }, StreamEnd::Failed) => {
-                record_failure(&self.span, "_OTHER");
+                record_failure(&self.span, &CLIENT_FIELDS, "_OTHER");
             }
             _ => {}
         }
@@ -89,11 +91,16 @@ impl Drop for CallEnd {
         match self.pending {
             Pending::Closed | Pending::End { failed: true } => {}
             // The client's body panicked: a failure of the client, as for its future.
-            _ if self.in_client => record_failure(&self.span, "_OTHER"),
+            _ if self.in_client => record_failure(&self.span, &CLIENT_FIELDS, "_OTHER"),
             // The caller stopped reading before the code came: the call is cancelled (its
             // stream is reset), as the server's span records it.
             Pending::GrpcCode => {
-                record_grpc_code(&self.span, GrpcCode::CANCELLED, CLIENT_ERROR_FROM);
+                record_grpc_code(
+                    &self.span,
+                    &CLIENT_FIELDS,
+                    GrpcCode::CANCELLED,
+                    CLIENT_ERROR_FROM,
+                );
             }
             Pending::End { failed: false } => {}
         }

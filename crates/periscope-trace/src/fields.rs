@@ -3,12 +3,16 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::OnceLock;
 
 use http::{Method, Uri};
 use periscope_context::grpc::{GrpcCode, answer_code};
 use periscope_context::text::cut;
 use periscope_context::{RequestContext, Tenant};
+use tracing::Metadata;
 use tracing::Span;
+use tracing::callsite::Identifier;
+use tracing::field::{Field, Value};
 
 /// Tenant fields recorded under their own name on every span (tracing needs field names at
 /// compile time). Other declared tenant keys are recorded together in the `tenant` field.
@@ -156,6 +160,64 @@ pub(crate) fn record_tenant(span: &Span, tenant: &Tenant) {
     }
 }
 
+/// The fields the status is recorded in, found once for the spans of one callsite: recorded
+/// by name, a field is found by comparing the name with each of the span's (26 on the server
+/// span); recorded by its `Field`, by comparing one callsite. A `Field` records only on spans
+/// of the callsite it was found on (tracing ignores it on any other), so the fields of a span
+/// from another callsite are found by name, as before.
+pub(crate) struct StatusFields(OnceLock<Found>);
+
+/// The server span's status fields.
+pub(crate) static SERVER_FIELDS: StatusFields = StatusFields(OnceLock::new());
+/// The client span's status fields.
+pub(crate) static CLIENT_FIELDS: StatusFields = StatusFields(OnceLock::new());
+
+/// The status fields of one callsite's spans (none for a disabled span).
+#[derive(Clone, Default)]
+struct Found {
+    callsite: Option<Identifier>,
+    status_code: Option<Field>,
+    grpc_code: Option<Field>,
+    otel_status: Option<Field>,
+    error_type: Option<Field>,
+}
+
+impl Found {
+    fn of(meta: &Metadata<'_>) -> Self {
+        let fields = meta.fields();
+        Self {
+            callsite: Some(meta.callsite()),
+            status_code: fields.field("http.response.status_code"),
+            grpc_code: fields.field("rpc.grpc.status_code"),
+            otel_status: fields.field("otel.status_code"),
+            error_type: fields.field("error.type"),
+        }
+    }
+}
+
+impl StatusFields {
+    /// The fields of `span`: those found on this callsite's first span where `span` is of the
+    /// same callsite, else found now.
+    #[inline]
+    fn of(&self, span: &Span) -> Cow<'_, Found> {
+        let Some(meta) = span.metadata() else {
+            return Cow::Owned(Found::default());
+        };
+        let found = self.0.get_or_init(|| Found::of(meta));
+        if found.callsite == Some(meta.callsite()) {
+            Cow::Borrowed(found)
+        } else {
+            Cow::Owned(Found::of(meta))
+        }
+    }
+}
+
+fn record(span: &Span, field: &Option<Field>, value: impl Value) {
+    if let Some(field) = field {
+        span.record(field, value);
+    }
+}
+
 /// Records the response status; `otel.status_code` is `ERROR` from `error_from` up (5xx for a
 /// server span, 4xx for a client span, as the HTTP semantic conventions say), with `error.type`
 /// the status code as text. A trailers-only gRPC answer (200 with `grpc-status`) also records
@@ -165,25 +227,27 @@ pub(crate) fn record_tenant(span: &Span, tenant: &Tenant) {
 /// failed.
 pub(crate) fn record_status(
     span: &Span,
+    fields: &StatusFields,
     status: http::StatusCode,
     headers: &http::HeaderMap,
     error_from: u16,
 ) -> bool {
-    span.record("http.response.status_code", i64::from(status.as_u16()));
+    let fields = fields.of(span);
+    record(span, &fields.status_code, i64::from(status.as_u16()));
     let grpc = answer_code(status, headers);
     let judged = match grpc {
         Some(code) => {
-            span.record("rpc.grpc.status_code", i64::from(code.value()));
+            record(span, &fields.grpc_code, i64::from(code.value()));
             code.http_status()
         }
         None => status,
     };
     let failed = judged.as_u16() >= error_from;
     if failed {
-        span.record("otel.status_code", "ERROR");
+        record(span, &fields.otel_status, "ERROR");
         match grpc {
-            Some(code) => span.record("error.type", code.name()),
-            None => span.record("error.type", status.as_str()),
+            Some(code) => record(span, &fields.error_type, code.name()),
+            None => record(span, &fields.error_type, status.as_str()),
         };
     }
     failed
@@ -193,23 +257,130 @@ pub(crate) fn record_status(
 /// `rpc.grpc.status_code`, and `otel.status_code` `ERROR` with `error.type` the code's name
 /// when the HTTP status the code stands for is `error_from` or above, as [`record_status`] does
 /// for a trailers-only answer.
-pub(crate) fn record_grpc_code(span: &Span, code: GrpcCode, error_from: u16) {
-    span.record("rpc.grpc.status_code", i64::from(code.value()));
+pub(crate) fn record_grpc_code(
+    span: &Span,
+    fields: &StatusFields,
+    code: GrpcCode,
+    error_from: u16,
+) {
+    let fields = fields.of(span);
+    record(span, &fields.grpc_code, i64::from(code.value()));
     if code.http_status().as_u16() >= error_from {
-        span.record("otel.status_code", "ERROR");
-        span.record("error.type", code.name());
+        record(span, &fields.otel_status, "ERROR");
+        record(span, &fields.error_type, code.name());
     }
 }
 
 /// Records a failed call (no response at all).
-pub(crate) fn record_failure(span: &Span, error_type: &str) {
-    span.record("otel.status_code", "ERROR");
-    span.record("error.type", error_type);
+pub(crate) fn record_failure(span: &Span, fields: &StatusFields, error_type: &str) {
+    let fields = fields.of(span);
+    record(span, &fields.otel_status, "ERROR");
+    record(span, &fields.error_type, error_type);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The span fields recorded after creation, as `(span name, field, value)`.
+    #[derive(Clone, Default)]
+    struct Recorded(std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>);
+
+    impl<S> tracing_subscriber::Layer<S> for Recorded
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_record(
+            &self,
+            id: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Visitor<'a>(&'a str, &'a mut Vec<(String, String, String)>);
+            impl tracing::field::Visit for Visitor<'_> {
+                fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+                    let entry = (
+                        self.0.to_owned(),
+                        field.name().to_owned(),
+                        format!("{value:?}"),
+                    );
+                    self.1.push(entry);
+                }
+            }
+            let name = ctx.span(id).map_or("?", |span| span.name());
+            values.record(&mut Visitor(name, &mut self.0.lock().unwrap()));
+        }
+    }
+
+    #[test]
+    fn status_fields_found_on_one_callsite_record_on_spans_of_another() {
+        use tracing::field::Empty;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let recorded = Recorded::default();
+        let subscriber = tracing_subscriber::registry().with(recorded.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let fields = StatusFields(OnceLock::new());
+            let server = || {
+                tracing::info_span!(
+                    "server",
+                    otel.status_code = Empty,
+                    http.response.status_code = Empty,
+                    rpc.grpc.status_code = Empty,
+                    error.type = Empty,
+                )
+            };
+            // Another callsite, its fields in another order.
+            let other = tracing::info_span!(
+                "other",
+                error.type = Empty,
+                rpc.grpc.status_code = Empty,
+                http.response.status_code = Empty,
+                otel.status_code = Empty,
+            );
+            let none = http::HeaderMap::new();
+            assert!(record_status(
+                &server(),
+                &fields,
+                http::StatusCode::BAD_GATEWAY,
+                &none,
+                500
+            ));
+            assert!(record_status(
+                &other,
+                &fields,
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                &none,
+                500
+            ));
+            record_grpc_code(&other, &fields, GrpcCode::UNAVAILABLE, 500);
+            record_failure(&server(), &fields, "_OTHER");
+            let disabled = Span::none();
+            assert!(!record_status(
+                &disabled,
+                &fields,
+                http::StatusCode::OK,
+                &none,
+                500
+            ));
+        });
+        let recorded = recorded.0.lock().unwrap().clone();
+        let expected = [
+            ("server", "http.response.status_code", "502"),
+            ("server", "otel.status_code", "\"ERROR\""),
+            ("server", "error.type", "\"502\""),
+            ("other", "http.response.status_code", "503"),
+            ("other", "otel.status_code", "\"ERROR\""),
+            ("other", "error.type", "\"503\""),
+            ("other", "rpc.grpc.status_code", "14"),
+            ("other", "otel.status_code", "\"ERROR\""),
+            ("other", "error.type", "\"UNAVAILABLE\""),
+            ("server", "otel.status_code", "\"ERROR\""),
+            ("server", "error.type", "\"_OTHER\""),
+        ]
+        .map(|(span, field, value)| (span.to_owned(), field.to_owned(), value.to_owned()));
+        assert_eq!(recorded, expected);
+    }
 
     #[test]
     fn unknown_methods_fold_into_other() {

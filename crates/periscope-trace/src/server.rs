@@ -23,8 +23,8 @@ use tracing::field::Empty;
 use crate::binding::{ParentKind, bind, early_id, span_text};
 use crate::body::CorrelationBody;
 use crate::fields::{
-    MAX_URL_PATH_LEN, method_name, method_original, record_failure, record_grpc_code,
-    record_status, span_method,
+    MAX_URL_PATH_LEN, SERVER_FIELDS, method_name, method_original, record_failure,
+    record_grpc_code, record_status, span_method,
 };
 use crate::propagation::Propagators;
 use crate::rejected::warn_rejected;
@@ -621,7 +621,7 @@ where
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {
-                record_failure(this.span, "_OTHER");
+                record_failure(this.span, &SERVER_FIELDS, "_OTHER");
                 return Poll::Ready(Err(error));
             }
         };
@@ -646,13 +646,21 @@ where
                 );
                 if !span.is_disabled() {
                     let span = span.clone();
-                    watch.on_end(move |end| record_grpc_code(&span, end.code(), 500));
+                    watch.on_end(move |end| {
+                        record_grpc_code(&span, &SERVER_FIELDS, end.code(), 500)
+                    });
                 }
             }
             // Judged by its head: without a watch, a call whose code comes in its trailers is
             // the 200 it was then.
             _ => {
-                record_status(span, response.status(), response.headers(), 500);
+                record_status(
+                    span,
+                    &SERVER_FIELDS,
+                    response.status(),
+                    response.headers(),
+                    500,
+                );
             }
         }
         let context = this.inner.context().clone();
