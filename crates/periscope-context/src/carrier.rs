@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use rand::rngs::ThreadRng;
 
 use crate::baggage::Baggage;
 use crate::context::RequestContext;
@@ -269,7 +270,11 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
     // One `x-request-id`, kept (only when valid: else the origin says otherwise). Beside
     // others, it is rewritten alone, so no code inside reads (or forwards) one not kept.
     let request_id_sent_once = sent.request_ids == 1;
-    let (request_id, request_id_origin) = request_id(sent.request_id, sent.correlation_id);
+    // Every request draws at least a span id: one handle on the thread's generator serves the
+    // request id, the trace id and the span id (each `rand::rng()` clones and drops an `Rc`).
+    let mut rng = rand::rng();
+    let (request_id, request_id_origin) =
+        request_id(sent.request_id, sent.correlation_id, &mut rng);
     let request_id_from_header = request_id_sent_once && request_id_origin == RequestIdOrigin::Kept;
     let parsed = match sent.traceparents {
         0 | 1 => sent.traceparent.take(),
@@ -299,14 +304,15 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
     // result is copied (160 bytes) on the way.
     let mut context = match &incoming {
         // An invalid tracestate is dropped alone; the trace continues.
-        Some(parent) => RequestContext::continue_from(
+        Some(parent) => RequestContext::continue_from_with(
             request_id,
             parent,
             std::mem::take(&mut sent.tracestate)
                 .finish()
                 .unwrap_or_default(),
+            &mut rng,
         ),
-        None => RequestContext::start(request_id, options.sample_new_traces),
+        None => RequestContext::start_with(request_id, options.sample_new_traces, &mut rng),
     };
     context.baggage = std::mem::take(&mut sent.baggage);
     context.tenant = tenant;
@@ -324,6 +330,7 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
 fn request_id(
     request_id: Option<CarrierValue<'_>>,
     correlation_id: Option<CarrierValue<'_>>,
+    rng: &mut ThreadRng,
 ) -> (RequestId, RequestIdOrigin) {
     match request_id.map(|value| value.to_id_header()) {
         Some(Ok(id)) => (RequestId::from_validated(id), RequestIdOrigin::Kept),
@@ -332,12 +339,18 @@ fn request_id(
                 RequestId::from_validated(id),
                 RequestIdOrigin::KeptCorrelationId(error),
             ),
-            None => (RequestId::generate(), RequestIdOrigin::Replaced(error)),
+            None => (
+                RequestId::generate_with(rng),
+                RequestIdOrigin::Replaced(error),
+            ),
         },
         None => match correlation_id.map(|value| value.to_id_header()) {
             Some(Ok(id)) => (RequestId::from_validated(id), RequestIdOrigin::Kept),
-            Some(Err(error)) => (RequestId::generate(), RequestIdOrigin::Replaced(error)),
-            None => (RequestId::generate(), RequestIdOrigin::Generated),
+            Some(Err(error)) => (
+                RequestId::generate_with(rng),
+                RequestIdOrigin::Replaced(error),
+            ),
+            None => (RequestId::generate_with(rng), RequestIdOrigin::Generated),
         },
     }
 }

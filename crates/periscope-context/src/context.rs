@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use rand::rngs::ThreadRng;
+
 use crate::baggage::Baggage;
 use crate::ids::{SpanId, TraceFlags, TraceId};
 use crate::request_id::RequestId;
@@ -65,7 +67,14 @@ impl RequestContext {
     // Inlined into `extract`, so the context is written where it is returned, not copied.
     #[inline]
     pub fn start(request_id: RequestId, sampled: bool) -> Self {
-        let root = TraceParent::new_root(sampled);
+        Self::start_with(request_id, sampled, &mut rand::rng())
+    }
+
+    /// [`RequestContext::start`] with the ids drawn from a handle the caller holds: `extract`
+    /// takes the thread's generator once for the request id, the trace id and the span id.
+    #[inline]
+    pub(crate) fn start_with(request_id: RequestId, sampled: bool, rng: &mut ThreadRng) -> Self {
+        let root = TraceParent::new_root_with(sampled, rng);
         Self {
             request_id,
             trace_id: root.trace_id,
@@ -86,10 +95,21 @@ impl RequestContext {
         parent: &TraceParent,
         trace_state: TraceState,
     ) -> Self {
+        Self::continue_from_with(request_id, parent, trace_state, &mut rand::rng())
+    }
+
+    /// [`RequestContext::continue_from`] with the span id drawn from a handle the caller holds.
+    #[inline]
+    pub(crate) fn continue_from_with(
+        request_id: RequestId,
+        parent: &TraceParent,
+        trace_state: TraceState,
+        rng: &mut ThreadRng,
+    ) -> Self {
         Self {
             request_id,
             trace_id: parent.trace_id,
-            span_id: SpanId::random(),
+            span_id: SpanId::random_with(rng),
             parent_span_id: Some(parent.parent_id),
             trace_flags: parent.flags.propagated(),
             trace_state,

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use rand::RngExt;
+use rand::rngs::ThreadRng;
 
 /// A 16-byte trace id. The all-zero id is invalid and never produced here.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -21,7 +22,14 @@ impl TraceId {
 
     /// A fresh random trace id: all 16 bytes random, so the W3C `random` flag may be set.
     pub fn random() -> Self {
-        let mut rng = rand::rng();
+        Self::random_with(&mut rand::rng())
+    }
+
+    /// [`TraceId::random`] drawn from a handle the caller holds: a request that makes
+    /// several ids takes the thread's generator once (each `rand::rng()` clones and drops
+    /// its `Rc`).
+    #[inline]
+    pub(crate) fn random_with(rng: &mut ThreadRng) -> Self {
         loop {
             let bytes: [u8; 16] = rng.random::<u128>().to_be_bytes();
             if let Some(id) = Self::from_bytes(bytes) {
@@ -54,7 +62,12 @@ impl SpanId {
 
     /// A fresh random span id.
     pub fn random() -> Self {
-        let mut rng = rand::rng();
+        Self::random_with(&mut rand::rng())
+    }
+
+    /// [`SpanId::random`] drawn from a handle the caller holds (see [`TraceId::random_with`]).
+    #[inline]
+    pub(crate) fn random_with(rng: &mut ThreadRng) -> Self {
         loop {
             if let Some(id) = Self::from_bytes(rng.random::<u64>().to_be_bytes()) {
                 return id;

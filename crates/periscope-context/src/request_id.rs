@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 use rand::RngExt;
+use rand::rngs::ThreadRng;
 
 /// The longest request id accepted, in bytes.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -130,13 +131,19 @@ impl RequestId {
     /// ULIDs sort by creation time to the millisecond and carry 80 random bits, so ids from
     /// different processes do not collide; the result is URL-safe and valid by the id rules.
     pub fn generate() -> Self {
+        Self::generate_with(&mut rand::rng())
+    }
+
+    /// [`RequestId::generate`] drawing its random bits from a handle the caller holds, so a
+    /// request that also starts a trace takes the thread's generator once.
+    pub(crate) fn generate_with(rng: &mut ThreadRng) -> Self {
         // A ULID: 48 bits of Unix time in milliseconds, then 80 random bits, written in
         // lower case (ULIDs are written in upper case; lower case reads better in logs and URLs).
         let millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as u64);
         let mut text = [0u8; ULID_LEN];
-        ulid::Ulid::from_parts(millis, rand::rng().random())
+        ulid::Ulid::from_parts(millis, rng.random())
             .array_to_str(&mut text)
             .make_ascii_lowercase();
         let mut buf = [0u8; GENERATED_LEN];

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use http::HeaderValue;
+use rand::rngs::ThreadRng;
 
 use crate::ids::{SpanId, TraceFlags, TraceId, decode_lower_hex, encode_lower_hex};
 
@@ -83,9 +84,15 @@ impl TraceParent {
     /// Starts a new trace: random trace and parent ids, the `random` flag set, and the
     /// `sampled` flag as given.
     pub fn new_root(sampled: bool) -> Self {
+        Self::new_root_with(sampled, &mut rand::rng())
+    }
+
+    /// [`TraceParent::new_root`] with both ids drawn from a handle the caller holds.
+    #[inline]
+    pub(crate) fn new_root_with(sampled: bool, rng: &mut ThreadRng) -> Self {
         Self::new(
-            TraceId::random(),
-            SpanId::random(),
+            TraceId::random_with(rng),
+            SpanId::random_with(rng),
             TraceFlags::RANDOM.with_sampled(sampled),
         )
     }
