@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 runs=${1:-3}
 target=${CARGO_TARGET_DIR:-target}
 out=$target/trace-bench-runs
-groups=(edge_registry internal_registry edge_fmt_sink internal_fmt_sink)
+groups=(edge_registry internal_registry edge_fmt_sink internal_fmt_sink edge_periscope_log_sink
+  internal_periscope_log_sink)
 rm -rf "$out"
 for run in $(seq "$runs"); do
   echo "run $run of $runs" >&2

@@ -6,7 +6,7 @@
 # N2 - N1, so setup and start-up cancel out. Deterministic, unlike times on a shared machine.
 #
 # Usage: scripts/callgrind-trace.sh   (needs valgrind)
-# Environment: SUBSCRIBERS (default "registry fmt_sink"), KINDS (default "edge internal"),
+# Environment: SUBSCRIBERS (default "registry fmt_sink periscope_log_sink"), KINDS (default "edge internal"),
 #              N1 (default 200), N2 (default 2200), FEATURES (cargo features, e.g. "otel").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +42,7 @@ for name in "${contenders[@]}"; do
 done
 echo "$header"
 echo "$rule"
-for subscriber in ${SUBSCRIBERS:-registry fmt_sink}; do
+for subscriber in ${SUBSCRIBERS:-registry fmt_sink periscope_log_sink}; do
   for kind in ${KINDS:-edge internal}; do
     noop=$(per_call "$subscriber/$kind/noop")
     periscope=$(($(per_call "$subscriber/$kind/periscope") - noop))

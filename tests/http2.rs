@@ -592,6 +592,111 @@ async fn empty_chunks_do_not_cost_an_http2_client_its_connection() {
     }
 }
 
+/// An upload the client stalls over HTTP/2, past the request timeout while the handler waits
+/// for its bytes: the client's 408 `timeout` on its stream (the bytes that came in `details`),
+/// with no `connection` header (HTTP/2 has none: hyper would drop it and warn), logged once at
+/// info by the error layer and at warn in the access line; the connection serves the next
+/// stream.
+#[tokio::test(flavor = "current_thread")]
+async fn an_http2_upload_the_client_stalls_is_a_408_on_its_stream_alone() {
+    use axum::routing::post;
+    use futures_util::StreamExt;
+    use http_body::Frame;
+
+    type Stalling = http_body_util::StreamBody<
+        futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, std::convert::Infallible>>,
+    >;
+
+    let (out, log_guard, _default) = capture_lines(None);
+    let obs = Observability::builder()
+        .service_name("h2")
+        .request_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/bytes",
+            post(|body: Bytes| async move { body.len().to_string() }),
+        )
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(obs.server(listener).serve(app, std::future::pending()));
+
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, Stalling>(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let upload = |id: &str, parts: Vec<&'static str>, stall: bool| {
+        let frames = futures_util::stream::iter(
+            parts
+                .into_iter()
+                .map(|part| Ok(Frame::data(Bytes::from_static(part.as_bytes())))),
+        );
+        let body = if stall {
+            frames.chain(futures_util::stream::pending()).boxed()
+        } else {
+            frames.boxed()
+        };
+        http::Request::post("http://a/bytes")
+            .header("x-request-id", id)
+            .header("content-length", "1000")
+            .body(http_body_util::StreamBody::new(body))
+            .unwrap()
+    };
+
+    sender.ready().await.unwrap();
+    let request = upload("stalled-h2", vec!["{\"name\":\""], true);
+    let answer = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("answered while the client stalls")
+        .unwrap();
+    assert_eq!(answer.status(), 408);
+    assert_eq!(answer.headers()["x-request-id"], "stalled-h2");
+    assert!(answer.headers().get("connection").is_none(), "{answer:?}");
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    let error = &json["error"];
+    assert_eq!(error["code"], "timeout", "{json}");
+    assert_eq!(error["retryable"], true, "{json}");
+    assert_eq!(error["request_id"], "stalled-h2", "{json}");
+    assert_eq!(error["details"]["received_bytes"], 9, "{json}");
+    assert_eq!(error["details"]["expected_bytes"], 1000, "{json}");
+
+    // The same connection serves the next stream.
+    sender.ready().await.unwrap();
+    let whole: &'static str = Box::leak("x".repeat(1000).into_boxed_str());
+    let next = sender
+        .send_request(upload("after-stall", vec![whole], false))
+        .await
+        .unwrap();
+    assert_eq!(next.status(), 200);
+    let body = next.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "1000");
+
+    let access = eventually("the stalled stream's access line", || {
+        out.lines()
+            .into_iter()
+            .find(|l| l["target"] == "periscope::access" && l["request_id"] == "stalled-h2")
+    })
+    .await;
+    drop(log_guard);
+    assert_eq!(access["data"]["status"], 408, "{access}");
+    assert_eq!(access["level"], "warn", "{access}");
+    let lines: Vec<Value> = (out.lines().into_iter())
+        .filter(|l| l["request_id"] == "stalled-h2")
+        .collect();
+    let said: Vec<&Value> = (lines.iter())
+        .filter(|l| l["message"] == "the client did not send the request body in time")
+        .collect();
+    assert_eq!(said.len(), 1, "{lines:#?}");
+    assert_eq!(said[0]["level"], "info", "{lines:#?}");
+    assert!(lines.iter().all(|l| l["level"] != "error"), "{lines:#?}");
+}
+
 /// What a scripted `Health/Watch` answer does, picked by the request's `service`.
 fn watch_script(service: &str) -> Vec<Step> {
     match service {

@@ -1,9 +1,10 @@
 //! Per-request overhead of the server layer over a no-op service, side by side with the
 //! tower-http stack doing the same job (`SetRequestId` + `PropagateRequestId` + `TraceLayer`).
 //!
-//! Both run under the same subscriber: a registry with a formatting layer at INFO that writes
-//! to a sink, so span creation and field recording cost what they cost in a service, and
-//! nothing is printed. Overhead = (stack time) - (no-op time).
+//! Both run under the same subscriber, each of three in turn: a registry with a formatting
+//! layer at INFO that writes to a sink, so span creation and field recording cost what they
+//! cost in a service, and nothing is printed; the bare registry; and a registry with
+//! periscope's own log layer writing to a sink. Overhead = (stack time) - (no-op time).
 //!
 //! Run: `cargo bench -p periscope-trace --bench server_layer -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -243,10 +244,28 @@ fn registry() -> tracing::Dispatch {
         .into()
 }
 
+/// The subscriber periscope's services run: periscope's JSON log layer (writing to a sink on
+/// the calling thread), which keeps the span fields its lines carry (the ids and tenant).
+fn periscope_log_sink() -> tracing::Dispatch {
+    let (layer, guard) = periscope_log::LogLayer::builder()
+        .writer(std::io::sink())
+        .blocking(true)
+        .build();
+    // The guard flushes the output when dropped; the bench's subscribers live until it exits.
+    std::mem::forget(guard);
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .into()
+}
+
 type Named<T> = (&'static str, T);
 
-const SUBSCRIBERS: [Named<fn() -> tracing::Dispatch>; 2] =
-    [("fmt_sink", fmt_sink), ("registry", registry)];
+const SUBSCRIBERS: [Named<fn() -> tracing::Dispatch>; 3] = [
+    ("fmt_sink", fmt_sink),
+    ("registry", registry),
+    ("periscope_log_sink", periscope_log_sink),
+];
 
 type MakeRequest = fn() -> Request<Body>;
 
