@@ -237,6 +237,36 @@ impl Drop for ScopeGuard {
     }
 }
 
+/// A [`WithContext`]'s context moved into the thread's slot while it is entered, and moved
+/// back when the guard drops (even while unwinding): no reference count is touched, where a
+/// clone put in the slot costs two atomic operations each time a request's future or body is
+/// polled.
+struct MovedIn<'a> {
+    /// The wrapper's slot: `None` while its context is in the thread's.
+    home: &'a mut Option<Arc<RequestContext>>,
+    previous: Option<Arc<RequestContext>>,
+}
+
+/// Once the thread has dropped its slot, the context stays home and `current()` stays `None`.
+#[inline]
+fn enter_moved(home: &mut Option<Arc<RequestContext>>) -> MovedIn<'_> {
+    let previous = CURRENT
+        .try_with(|current| current.replace(home.take()))
+        .ok()
+        .flatten();
+    MovedIn { home, previous }
+}
+
+impl Drop for MovedIn<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        // Scopes entered inside have each put back what they found, so the slot holds this
+        // wrapper's context again.
+        let _ = CURRENT.try_with(|current| *self.home = current.replace(previous));
+    }
+}
+
 /// A future that runs with a [`RequestContext`] as the current one.
 /// Created by [`RequestContext::scope`] or [`WithContext::new`].
 ///
@@ -247,7 +277,9 @@ impl Drop for ScopeGuard {
 #[pin_project::pin_project(PinnedDrop)]
 #[must_use = "futures do nothing unless polled"]
 pub struct WithContext<F> {
-    context: Arc<RequestContext>,
+    /// `None` only while entered (moved into the thread's slot, see [`MovedIn`]): never seen
+    /// from outside, where the wrapper is borrowed by whatever entered it.
+    context: Option<Arc<RequestContext>>,
     /// `None` once finished: the future completed, or [`finish`](Self::finish) was called.
     #[pin]
     inner: Option<F>,
@@ -264,7 +296,7 @@ impl<F> WithContext<F> {
     /// Wraps `future` so `context` is current while it is polled.
     pub fn new(context: Arc<RequestContext>, future: F) -> Self {
         Self {
-            context,
+            context: Some(context),
             inner: Some(future),
         }
     }
@@ -276,16 +308,23 @@ impl<F> WithContext<F> {
     // Inlined: called out of line, it is handed the closure, and the request in it, by copy.
     #[inline]
     pub fn new_in_scope(context: Arc<RequestContext>, make: impl FnOnce() -> F) -> Self {
+        let mut context = Some(context);
         let future = {
-            let _guard = enter(context.clone());
+            let _guard = enter_moved(&mut context);
             make()
         };
-        Self::new(context, future)
+        Self {
+            context,
+            inner: Some(future),
+        }
     }
 
     /// The context this future runs with.
     pub fn context(&self) -> &Arc<RequestContext> {
-        &self.context
+        match &self.context {
+            Some(context) => context,
+            None => unreachable!("a `WithContext` is entered only while it is borrowed"),
+        }
     }
 
     /// The wrapped value; `None` once finished (a future that completed).
@@ -311,7 +350,7 @@ impl<F> WithContext<F> {
     /// ```
     pub fn in_scope<R>(self: Pin<&mut Self>, f: impl FnOnce(Option<Pin<&mut F>>) -> R) -> R {
         let this = self.project();
-        let _guard = enter(this.context.clone());
+        let _guard = enter_moved(this.context);
         f(this.inner.as_pin_mut())
     }
 
@@ -321,7 +360,7 @@ impl<F> WithContext<F> {
         let mut this = self.project();
         if this.inner.is_some() {
             // Restored after the drop, even when the drop panics.
-            let _guard = enter(this.context.clone());
+            let _guard = enter_moved(this.context);
             this.inner.set(None);
         }
     }
@@ -332,7 +371,7 @@ impl<F: Future> Future for WithContext<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let mut this = self.project();
-        let _guard = enter(this.context.clone());
+        let _guard = enter_moved(this.context);
         let Some(future) = this.inner.as_mut().as_pin_mut() else {
             panic!("`WithContext` polled after completion");
         };
@@ -528,6 +567,43 @@ mod tests {
         })));
         let mut cx = Context::from_waker(Waker::noop());
         assert_eq!(scoped.as_mut().poll(&mut cx), Poll::Ready(Some(outer_span)));
+        assert!(RequestContext::current().is_none());
+    }
+
+    /// Entering moves the wrapper's context into the thread's slot and back: polling, scoping a
+    /// body's work and dropping never clone it (two atomic operations each), and the wrapper
+    /// has its context again afterwards, also after a poll that panicked.
+    #[test]
+    fn a_wrapper_enters_its_context_without_cloning_it() {
+        let ctx = Arc::new(RequestContext::new_root());
+        let held = Arc::clone(&ctx);
+        // While polled: this test's handle and the one in the thread's slot, no third.
+        let probe = std::future::poll_fn(move |_| {
+            Poll::Ready(RequestContext::current_is_sampled().map(|_| Arc::strong_count(&held)))
+        });
+        let mut scoped = std::pin::pin!(WithContext::new(Arc::clone(&ctx), probe));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(scoped.as_mut().poll(&mut cx), Poll::Ready(Some(3)));
+        assert_eq!(scoped.context().span_id, ctx.span_id);
+        assert!(RequestContext::current().is_none());
+
+        // This test's handle, `scoped`'s and the one in the thread's slot.
+        let made = WithContext::new_in_scope(Arc::clone(&ctx), || Arc::strong_count(&ctx));
+        assert_eq!(made.get_ref(), Some(&3));
+        let mut made = std::pin::pin!(made);
+        let in_scope = made.as_mut().in_scope(|_| Arc::strong_count(&ctx));
+        assert_eq!(in_scope, 3);
+        assert_eq!(made.context().span_id, ctx.span_id);
+
+        let mut panicking = Box::pin(WithContext::new(
+            Arc::clone(&ctx),
+            std::future::poll_fn(|_| -> Poll<()> { panic!("a poll panicked") }),
+        ));
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            panicking.as_mut().poll(&mut cx)
+        }));
+        assert!(polled.is_err());
+        assert_eq!(panicking.context().span_id, ctx.span_id);
         assert!(RequestContext::current().is_none());
     }
 
