@@ -162,6 +162,26 @@ impl RequestContext {
         CURRENT.try_with(clone_current).ok().flatten()
     }
 
+    /// Whether a context is current on this thread, asked without cloning it (a clone and its
+    /// drop are two atomic operations): for a layer that only needs to know.
+    ///
+    /// ```
+    /// use periscope_context::RequestContext;
+    ///
+    /// assert!(!RequestContext::has_current());
+    /// assert!(RequestContext::new_root().in_scope(RequestContext::has_current));
+    /// ```
+    pub fn has_current() -> bool {
+        CURRENT
+            .try_with(|current| {
+                let ctx = current.take();
+                let some = ctx.is_some();
+                current.set(ctx);
+                some
+            })
+            .unwrap_or(false)
+    }
+
     /// Whether the current context's trace is sampled (`None` outside any request), read
     /// without cloning the context: cheap enough for a filter asked about every event.
     ///

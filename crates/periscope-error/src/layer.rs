@@ -366,12 +366,11 @@ fn resolve_context<B>(
     request: &mut Request<B>,
     options: &ExtractOptions,
 ) -> (Ids, Option<Arc<RequestContext>>, bool) {
-    let current = RequestContext::current();
     if let Some(ctx) = request.extensions().get::<RequestContext>() {
-        let scope = current.is_none().then(|| Arc::new(ctx.clone()));
+        let scope = (!RequestContext::has_current()).then(|| Arc::new(ctx.clone()));
         return (Ids::of(ctx), scope, false);
     }
-    if let Some(ctx) = current {
+    if let Some(ctx) = RequestContext::current() {
         return (Ids::of(&ctx), None, false);
     }
     let ctx = extract(request.headers(), options).context;
