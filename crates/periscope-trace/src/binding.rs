@@ -77,7 +77,8 @@ pub(crate) fn early_id<T: std::fmt::Display>(id: T) -> Option<tracing::field::Di
 
 /// A text field of the server span as it is best recorded: without OpenTelemetry a `Display`
 /// value, which a formatting layer writes as it is (text it quotes and escapes character by
-/// character: about 570 instructions a request for the span's four); with OpenTelemetry the
+/// character: about 570 instructions a request for the method, route, path and scheme, 46
+/// for `otel.kind`); with OpenTelemetry the
 /// text itself, which its layer copies (a `Display` value it formats: about 1,400 more a
 /// request). Both give JSON layers and exporters the same string.
 #[cfg(not(feature = "otel"))]
