@@ -630,12 +630,8 @@ async fn an_http2_upload_the_client_stalls_is_a_408_on_its_stream_alone() {
             .await
             .unwrap();
     tokio::spawn(connection);
-    let upload = |id: &str, parts: Vec<&'static str>, stall: bool| {
-        let frames = futures_util::stream::iter(
-            parts
-                .into_iter()
-                .map(|part| Ok(Frame::data(Bytes::from_static(part.as_bytes())))),
-        );
+    let upload = |id: &str, body: Bytes, stall: bool| {
+        let frames = futures_util::stream::iter([Ok(Frame::data(body))]);
         let body = if stall {
             frames.chain(futures_util::stream::pending()).boxed()
         } else {
@@ -649,7 +645,7 @@ async fn an_http2_upload_the_client_stalls_is_a_408_on_its_stream_alone() {
     };
 
     sender.ready().await.unwrap();
-    let request = upload("stalled-h2", vec!["{\"name\":\""], true);
+    let request = upload("stalled-h2", Bytes::from_static(b"{\"name\":\""), true);
     let answer = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
         .await
         .expect("answered while the client stalls")
@@ -668,9 +664,9 @@ async fn an_http2_upload_the_client_stalls_is_a_408_on_its_stream_alone() {
 
     // The same connection serves the next stream.
     sender.ready().await.unwrap();
-    let whole: &'static str = Box::leak("x".repeat(1000).into_boxed_str());
+    let whole = Bytes::from("x".repeat(1000));
     let next = sender
-        .send_request(upload("after-stall", vec![whole], false))
+        .send_request(upload("after-stall", whole, false))
         .await
         .unwrap();
     assert_eq!(next.status(), 200);
