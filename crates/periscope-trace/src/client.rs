@@ -15,7 +15,7 @@ use tower_service::Service;
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::binding::{ParentKind, bind, early_id};
+use crate::binding::{ParentKind, bind, early_id, span_text};
 use crate::client_body::{CLIENT_ERROR_FROM, ClientBody, Pending};
 use crate::fields::{
     CLIENT_FIELDS, RedactedUrl, method_name, method_original, record_failure, record_status,
@@ -136,17 +136,17 @@ impl ClientSpan {
         let span = tracing::info_span!(
             target: CLIENT_TARGET,
             "http_client_request",
-            otel.name = span_method(method_name(method)),
-            otel.kind = "client",
+            otel.name = span_text(span_method(method_name(method))),
+            otel.kind = span_text("client"),
             otel.status_code = Empty,
-            http.request.method = method_name(method),
+            http.request.method = span_text(method_name(method)),
             http.request.method_original = method_original.as_deref(),
             http.response.status_code = Empty,
             rpc.system = Empty,
             rpc.service = Empty,
             rpc.method = Empty,
             rpc.grpc.status_code = Empty,
-            server.address = periscope_context::server_address(uri),
+            server.address = periscope_context::server_address(uri).map(span_text),
             server.port = server_port(uri).map(i64::from),
             // Only an absolute URL: a client that adds the server below this layer (a tonic
             // `Channel` without `with_origin`) sends a bare path, which is no `url.full`.

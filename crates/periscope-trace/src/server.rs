@@ -681,10 +681,10 @@ where
 mod tests {
     use super::*;
 
-    /// Without `otel`, the server span's text fields are `Display` values: a formatting layer
-    /// writes them as they are, not quoted and escaped character by character as text (what
-    /// that costs, per field, is in `span_text`'s note). With it they are text, which the
-    /// OpenTelemetry layer copies as it is.
+    /// Without `otel`, the server and client spans' text fields are `Display` values: a
+    /// formatting layer writes them as they are, not quoted and escaped character by character
+    /// as text (what that costs, per field, is in `span_text`'s note). With it they are text,
+    /// which the OpenTelemetry layer copies as it is.
     #[test]
     fn a_formatting_layer_writes_the_span_text_fields_unquoted() {
         use std::convert::Infallible;
@@ -720,6 +720,9 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         let answered = std::pin::pin!(service.call(request)).poll(&mut cx);
         assert!(matches!(answered, Poll::Ready(Ok(_))));
+        let uri: http::Uri = "http://inventory.internal/items".parse().unwrap();
+        let call = crate::ClientSpan::new(&http::Method::POST, &uri);
+        call.span().in_scope(|| tracing::info!("calling"));
 
         let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
         for (name, value) in [
@@ -727,6 +730,10 @@ mod tests {
             ("http.request.method", "GET"),
             ("url.path", "/v1/jobs/42"),
             ("url.scheme", "http"),
+            ("otel.name", "POST"),
+            ("otel.kind", "client"),
+            ("http.request.method", "POST"),
+            ("server.address", "inventory.internal"),
         ] {
             let field = if cfg!(feature = "otel") {
                 format!("{name}=\"{value}\"")
