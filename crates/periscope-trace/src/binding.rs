@@ -75,12 +75,12 @@ pub(crate) fn early_id<T: std::fmt::Display>(id: T) -> Option<tracing::field::Di
     (!cfg!(feature = "otel")).then(|| tracing::field::display(id))
 }
 
-/// A text field of the server and client spans as it is best recorded: without OpenTelemetry a `Display`
-/// value, which a formatting layer writes as it is (text it quotes and escapes character by
-/// character: about 570 instructions a request for the method, route, path and scheme, 46
-/// for `otel.kind`); with OpenTelemetry the
-/// text itself, which its layer copies (a `Display` value it formats: about 1,400 more a
-/// request). Both give JSON layers and exporters the same string.
+/// A text field of the server and client spans as it is best recorded: without OpenTelemetry
+/// a `Display` value, which a formatting layer writes as it is (text it quotes and escapes
+/// character by character: about 570 instructions a request for the server span's method,
+/// route, path and scheme, 46 for its `otel.kind`); with OpenTelemetry the text itself, which
+/// its layer copies (a `Display` value it formats: about 1,400 more a request). Both give JSON
+/// layers and exporters the same string.
 #[cfg(not(feature = "otel"))]
 pub(crate) fn span_text(text: &str) -> tracing::field::DisplayValue<&str> {
     tracing::field::display(text)
