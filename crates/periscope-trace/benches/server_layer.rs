@@ -10,13 +10,16 @@
 //!
 //! Instruction counts: `TRACE_BENCH_RUN=<subscriber>/<kind>/<contender>/<calls>` makes that many
 //! calls and exits, for `valgrind --tool=callgrind` (see `scripts/callgrind-trace.sh`).
+//!
+//! Interleaved times: `TRACE_BENCH_INTERLEAVED=<rounds>` times every contender in turn, a short
+//! batch of calls each, round after round, and prints the ratios (see [`interleaved`]).
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use http::{HeaderMap, Request, Response};
@@ -287,6 +290,73 @@ fn run_calls(spec: &str) {
     }
 }
 
+/// Calls per timed batch of [`interleaved`]: about a millisecond of work for each contender.
+const BATCH: u32 = 1_000;
+
+/// `TRACE_BENCH_INTERLEAVED=<rounds>`: for each subscriber and request kind, every contender
+/// timed for one batch of calls in turn (starting with a different one each round), for that
+/// many rounds; printed: the median time per call of each contender and periscope's overhead
+/// as a fraction of `tower_http_same_job`'s, from those medians and as the median (and
+/// quartiles) of each round's own ratio.
+///
+/// Criterion gives each contender seconds of the machine, one after another: where the
+/// machine is shared, a slow spell lands on one contender and moves a run's ratio by up to a
+/// factor of two. Batches a millisecond long, taken in turn, share such spells out among all
+/// of them.
+fn interleaved(rounds: usize) {
+    let same_job = CONTENDERS.len() - 1;
+    println!(
+        "| group | {} | overhead ratio (of medians) | median of rounds' ratios (quartiles) |",
+        CONTENDERS.map(|name| format!("{name} ns")).join(" | ")
+    );
+    println!("|{}", " --- |".repeat(CONTENDERS.len() + 3));
+    for (subscriber, dispatch) in SUBSCRIBERS {
+        let _default = tracing::dispatcher::set_default(&dispatch());
+        for (kind, request) in KINDS {
+            let mut services = CONTENDERS.map(contender);
+            let mut times = vec![[0.0; CONTENDERS.len()]; rounds];
+            // A first round warms caches and the subscriber's span slab, and is not kept.
+            for round in std::iter::once(None).chain((0..rounds).map(Some)) {
+                for turn in 0..CONTENDERS.len() {
+                    let index = (turn + round.unwrap_or(0)) % CONTENDERS.len();
+                    let service = &mut services[index];
+                    let start = Instant::now();
+                    for _ in 0..BATCH {
+                        black_box(call(service, request));
+                    }
+                    if let Some(round) = round {
+                        times[round][index] = start.elapsed().as_nanos() as f64 / f64::from(BATCH);
+                    }
+                }
+            }
+            let medians: Vec<f64> = (0..CONTENDERS.len())
+                .map(|index| median(times.iter().map(|round| round[index]).collect()))
+                .collect();
+            let overhead_ratio = |t: &[f64]| (t[1] - t[0]) / (t[same_job] - t[0]);
+            let mut ratios: Vec<f64> = times.iter().map(|round| overhead_ratio(round)).collect();
+            ratios.sort_by(f64::total_cmp);
+            let quartile = |q: usize| ratios[(ratios.len() - 1) * q / 4];
+            println!(
+                "| {kind}_{subscriber} | {} | **{:.2}** | {:.2} ({:.2}–{:.2}) |",
+                medians
+                    .iter()
+                    .map(|ns| format!("{ns:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                overhead_ratio(&medians),
+                quartile(2),
+                quartile(1),
+                quartile(3),
+            );
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 fn named<T: Copy>(list: &[(&str, T)], name: &str) -> T {
     let names: Vec<&str> = list.iter().map(|(n, _)| *n).collect();
     list.iter()
@@ -298,6 +368,11 @@ fn named<T: Copy>(list: &[(&str, T)], name: &str) -> T {
 fn main() {
     if let Ok(spec) = std::env::var("TRACE_BENCH_RUN") {
         run_calls(&spec);
+        return;
+    }
+    if let Ok(rounds) = std::env::var("TRACE_BENCH_INTERLEAVED") {
+        let rounds = rounds.parse().ok().filter(|&rounds| rounds > 0);
+        interleaved(rounds.expect("TRACE_BENCH_INTERLEAVED=<rounds>: a number from 1 up"));
         return;
     }
     let mut criterion = Criterion::default().configure_from_args();
