@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # Times the server layer of the working tree against another commit's, the two builds of
 # periscope-trace's `server_layer` bench run in turn, so both see the same load: on a shared
-# machine whose times move by a factor of two between runs, this is what tells a 5–10 % change
-# apart (instruction counts miss what atomic operations and cache misses cost).
+# machine, this is what tells a change of a few percent apart (instruction counts miss what
+# atomic operations, cache misses and system calls cost).
 #
-# For each round and build: periscope's and `tower_http_same_job`'s overheads over the no-op
-# service, and their ratio taken within that run; at the end, each build's median ratio and
-# range per request kind.
+# Each run is the bench's interleaved mode (`TRACE_BENCH_INTERLEAVED`: every contender in turn,
+# a millisecond's batch each), whose ratio of periscope's overhead to `tower_http_same_job`'s
+# is stable to about 0.02; the base is built with the working tree's bench file, so both
+# builds measure the same way. At the end, each build's median ratio and range per request kind.
 #
-# Usage: scripts/ab-trace.sh BASE [ROUNDS]   (BASE: a commit; ROUNDS default 6)
+# Usage: scripts/ab-trace.sh BASE [ROUNDS]   (BASE: a commit; ROUNDS default 4)
 # Environment: SUBSCRIBER (registry, fmt_sink or periscope_log_sink; default registry),
-#              MEASURE (seconds per contender, default 3).
+#              INTERLEAVED (rounds of the interleaved mode per run, default 300).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 base=${1:?usage: scripts/ab-trace.sh BASE [ROUNDS]}
-rounds=${2:-6}
+rounds=${2:-4}
 target=${CARGO_TARGET_DIR:-$PWD/target}
 work=$(mktemp -d)
 trap 'git worktree remove --force "$work/base" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -36,38 +37,31 @@ for line in sys.stdin:
 echo "building the working tree" >&2
 build "$work/new"
 git worktree add --detach -q "$work/base" "$base"
+cp crates/periscope-trace/benches/server_layer.rs "$work/base/crates/periscope-trace/benches/"
 echo "building $base" >&2
 (cd "$work/base" && build "$work/old")
 
-python3 - "$work" "$rounds" "${SUBSCRIBER:-registry}" "${MEASURE:-3}" <<'PY'
-import re, statistics, subprocess, sys
+python3 - "$work" "$rounds" "${SUBSCRIBER:-registry}" "${INTERLEAVED:-300}" <<'PY'
+import os, statistics, subprocess, sys
 
-work, rounds, subscriber, measure = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-units = {"ns": 1, "µs": 1e3, "ms": 1e6}
-contenders = ["noop", "periscope", "tower_http_same_job"]
-pattern = f"_{subscriber}/({'|'.join(contenders)})$"
+work, rounds, subscriber, interleaved = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+environment = dict(os.environ, TRACE_BENCH_INTERLEAVED=f"{subscriber}/{interleaved}")
 ratios = {}
 for round_ in range(rounds):
     for build in ["old", "new"]:
         out = subprocess.run(
-            [f"{work}/{build}", "--bench", "--warm-up-time", "1", "--measurement-time", measure,
-             "--noplot", pattern],
-            capture_output=True, text=True, check=True,
+            [f"{work}/{build}"], env=environment, capture_output=True, text=True, check=True
         ).stdout
-        times, name = {}, None
         for line in out.splitlines():
-            if m := re.match(r"^(\S+/\S+)", line):
-                name = m.group(1)
-            if (m := re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+)", line)) and name:
-                times[name] = float(m.group(1)) * units[m.group(2)]
-        for kind in ["edge", "internal"]:
-            group = f"{kind}_{subscriber}"
-            noop = times[f"{group}/noop"]
-            ours = times[f"{group}/periscope"] - noop
-            theirs = times[f"{group}/tower_http_same_job"] - noop
-            ratios.setdefault((build, kind), []).append(ours / theirs)
-            print(f"round {round_ + 1} {build} {kind}: periscope {ours:.0f} ns, "
-                  f"same job {theirs:.0f} ns, ratio {ours / theirs:.2f}", flush=True)
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            kind = cells[0].removesuffix(f"_{subscriber}")
+            if kind not in ("edge", "internal"):
+                continue
+            noop, ours, theirs = float(cells[1]), float(cells[2]), float(cells[5])
+            ratio = (ours - noop) / (theirs - noop)
+            ratios.setdefault((build, kind), []).append(ratio)
+            print(f"round {round_ + 1} {build} {kind}: periscope {ours - noop:.0f} ns, "
+                  f"same job {theirs - noop:.0f} ns, ratio {ratio:.2f}", flush=True)
 print(f"| build | request | ratio to `tower_http_same_job` ({subscriber}): median (range) |")
 print("| --- | --- | --- |")
 for (build, kind), r in sorted(ratios.items()):

@@ -11,8 +11,9 @@
 //! Instruction counts: `TRACE_BENCH_RUN=<subscriber>/<kind>/<contender>/<calls>` makes that many
 //! calls and exits, for `valgrind --tool=callgrind` (see `scripts/callgrind-trace.sh`).
 //!
-//! Interleaved times: `TRACE_BENCH_INTERLEAVED=<rounds>` times every contender in turn, a short
-//! batch of calls each, round after round, and prints the ratios (see [`interleaved`]).
+//! Interleaved times: `TRACE_BENCH_INTERLEAVED=[<subscriber>/]<rounds>` times every contender in
+//! turn, a short batch of calls each, round after round, and prints the ratios (see
+//! [`interleaved`]).
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
@@ -306,7 +307,8 @@ fn run_calls(spec: &str) {
 /// Calls per timed batch of [`interleaved`]: about a millisecond of work for each contender.
 const BATCH: u32 = 1_000;
 
-/// `TRACE_BENCH_INTERLEAVED=<rounds>`: for each subscriber and request kind, every contender
+/// `TRACE_BENCH_INTERLEAVED=[<subscriber>/]<rounds>`: for each subscriber (or the one named)
+/// and request kind, every contender
 /// timed for one batch of calls in turn (starting with a different one each round), for that
 /// many rounds; printed: the median time per call of each contender and periscope's overhead
 /// as a fraction of `tower_http_same_job`'s, from those medians and as the median (and
@@ -316,7 +318,7 @@ const BATCH: u32 = 1_000;
 /// machine is shared, a slow spell lands on one contender and moves a run's ratio by up to a
 /// factor of two. Batches a millisecond long, taken in turn, share such spells out among all
 /// of them.
-fn interleaved(rounds: usize) {
+fn interleaved(only: Option<&str>, rounds: usize) {
     let same_job = CONTENDERS.len() - 1;
     println!(
         "| group | {} | overhead ratio (of medians) | median of rounds' ratios (quartiles) |",
@@ -324,6 +326,9 @@ fn interleaved(rounds: usize) {
     );
     println!("|{}", " --- |".repeat(CONTENDERS.len() + 3));
     for (subscriber, dispatch) in SUBSCRIBERS {
+        if only.is_some_and(|only| only != subscriber) {
+            continue;
+        }
         let _default = tracing::dispatcher::set_default(&dispatch());
         for (kind, request) in KINDS {
             let mut services = CONTENDERS.map(contender);
@@ -383,9 +388,18 @@ fn main() {
         run_calls(&spec);
         return;
     }
-    if let Ok(rounds) = std::env::var("TRACE_BENCH_INTERLEAVED") {
+    if let Ok(spec) = std::env::var("TRACE_BENCH_INTERLEAVED") {
+        let (only, rounds) = match spec.split_once('/') {
+            Some((subscriber, rounds)) => {
+                // An unknown name stops here, the known ones listed.
+                let _ = named(&SUBSCRIBERS, subscriber);
+                (Some(subscriber), rounds)
+            }
+            None => (None, spec.as_str()),
+        };
         let rounds = rounds.parse().ok().filter(|&rounds| rounds > 0);
-        interleaved(rounds.expect("TRACE_BENCH_INTERLEAVED=<rounds>: a number from 1 up"));
+        let usage = "TRACE_BENCH_INTERLEAVED=[<subscriber>/]<rounds>: rounds a number from 1 up";
+        interleaved(only, rounds.expect(usage));
         return;
     }
     let mut criterion = Criterion::default().configure_from_args();
