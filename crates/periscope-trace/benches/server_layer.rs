@@ -50,7 +50,10 @@ fn noop(_request: Request<Body>) -> Ready<Result<Response<Body>, Infallible>> {
 /// A request from outside: no ids, so both stacks generate a request id (and periscope a trace).
 fn edge_request() -> Request<Body> {
     Request::get("/v1/jobs/42")
+        .header("host", "api.example.com")
         .header("user-agent", "bench")
+        .header("accept", "application/json")
+        .header("accept-encoding", "gzip, br")
         .body(Body::new())
         .unwrap()
 }
@@ -61,7 +64,10 @@ fn internal_request() -> Request<Body> {
     Request::get("/v1/jobs/42")
         .header("x-request-id", request_id)
         .header("traceparent", traceparent)
+        .header("host", "jobs.internal")
         .header("user-agent", "bench")
+        .header("accept", "application/json")
+        .header("accept-encoding", "gzip, br")
         .body(Body::new())
         .unwrap()
 }
