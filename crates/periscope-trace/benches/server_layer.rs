@@ -44,7 +44,11 @@ use tracing_subscriber::layer::SubscriberExt;
 type Body = http_body_util::Empty<bytes::Bytes>;
 
 fn noop(_request: Request<Body>) -> Ready<Result<Response<Body>, Infallible>> {
-    ready(Ok(Response::new(Body::new())))
+    let response = Response::builder()
+        .header("content-type", HeaderValue::from_static("application/json"))
+        .header("content-length", HeaderValue::from_static("2"))
+        .body(Body::new());
+    ready(Ok(response.unwrap()))
 }
 
 /// A request from outside: no ids, so both stacks generate a request id (and periscope a trace).
