@@ -51,6 +51,13 @@ fn noop(_request: Request<Body>) -> Ready<Result<Response<Body>, Infallible>> {
     ready(Ok(response.unwrap()))
 }
 
+/// The client's address, as `periscope::Server` puts it in every request's extensions (axum's
+/// router puts its `MatchedPath` there before a `Router::layer` stack runs): the extensions'
+/// map exists before the layers add to it.
+const PEER: periscope_context::PeerAddr = periscope_context::PeerAddr(std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 0, 0, 7), 40_000),
+));
+
 /// A request from outside: no ids, so both stacks generate a request id (and periscope a trace).
 fn edge_request() -> Request<Body> {
     Request::get("/v1/jobs/42")
@@ -58,6 +65,7 @@ fn edge_request() -> Request<Body> {
         .header("user-agent", "bench")
         .header("accept", "application/json")
         .header("accept-encoding", "gzip, br")
+        .extension(PEER)
         .body(Body::new())
         .unwrap()
 }
@@ -72,6 +80,7 @@ fn internal_request() -> Request<Body> {
         .header("user-agent", "bench")
         .header("accept", "application/json")
         .header("accept-encoding", "gzip, br")
+        .extension(PEER)
         .body(Body::new())
         .unwrap()
 }
