@@ -6,6 +6,10 @@
 //! cost in a service, and nothing is printed; the bare registry; and a registry with
 //! periscope's own log layer writing to a sink. Overhead = (stack time) - (no-op time).
 //!
+//! The calls have the shape a server hands over: the headers a client sends besides the ids,
+//! header values shared as hyper's are, the peer address already in the extensions, and an
+//! answer with a content type and length (docs/trace.md has what each of these changed).
+//!
 //! Run: `cargo bench -p periscope-trace --bench server_layer -- --warm-up-time 1 --measurement-time 3`
 //!
 //! Instruction counts: `TRACE_BENCH_RUN=<subscriber>/<kind>/<contender>/<calls>` makes that many
@@ -43,6 +47,7 @@ use tracing_subscriber::layer::SubscriberExt;
 
 type Body = http_body_util::Empty<bytes::Bytes>;
 
+/// The service under the stacks: answers at once, with the headers a handler's answer has.
 fn noop(_request: Request<Body>) -> Ready<Result<Response<Body>, Infallible>> {
     let response = Response::builder()
         .header("content-type", HeaderValue::from_static("application/json"))
