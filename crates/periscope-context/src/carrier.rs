@@ -28,8 +28,8 @@ pub trait Extractor {
     /// values in order) and returns `true`, or returns `false` without calling it when listing
     /// the entries is not cheaper than looking each key up (the default). [`extract`] then reads
     /// every context header in that one pass instead of hashing a lookup per header. Entries
-    /// whose key starts with neither `x`, `t` nor `b` may be left out: no context header does
-    /// (`HeaderMap`'s implementation passes over them before the call).
+    /// whose key cannot name a context header may be left out: `HeaderMap`'s implementation
+    /// passes over the names (all lower case there) that start with neither `x`, `t` nor `b`.
     fn for_each_entry<'a>(&'a self, f: &mut dyn FnMut(&'a str, CarrierValue<'a>)) -> bool {
         let _ = f;
         false
