@@ -779,6 +779,10 @@ impl Injector for Carrier {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    const TP: &str = "00-12345678901234567890123456789012-1234567890123456-01";
+
     #[test]
     fn the_pass_over_headers_keeps_every_context_header() {
         let tenants = [
@@ -832,10 +836,6 @@ mod tests {
         );
         assert_eq!(extracted.context.tenant.get("org_id"), Some("acme"));
     }
-
-    use super::*;
-
-    const TP: &str = "00-12345678901234567890123456789012-1234567890123456-01";
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
