@@ -332,18 +332,27 @@ fn run_calls(spec: &str) {
 const BATCH: u32 = 1_000;
 
 /// `TRACE_BENCH_INTERLEAVED=[<subscriber>/]<rounds>`: for each subscriber (or the one named)
-/// and request kind, every contender
-/// timed for one batch of calls in turn (starting with a different one each round), for that
-/// many rounds; printed: the median time per call of each contender and periscope's overhead
-/// as a fraction of `tower_http_same_job`'s, from those medians and as the median (and
-/// quartiles) of each round's own ratio.
+/// and request kind, every contender timed for one batch of calls in turn (starting with a
+/// different one each round), for that many rounds; printed: the median time per call of each
+/// contender and periscope's overhead as a fraction of `tower_http_same_job`'s, from those
+/// medians and as the median (and quartiles) of each round's own ratio.
 ///
 /// Criterion gives each contender seconds of the machine, one after another: where the
 /// machine is shared, a slow spell lands on one contender and moves a run's ratio by up to a
 /// factor of two. Batches a millisecond long, taken in turn, share such spells out among all
 /// of them.
 fn interleaved(only: Option<&str>, rounds: usize) {
-    let same_job = CONTENDERS.len() - 1;
+    let position = |name| {
+        CONTENDERS
+            .iter()
+            .position(|c| *c == name)
+            .expect("a contender")
+    };
+    let (noop, periscope, same_job) = (
+        position("noop"),
+        position("periscope"),
+        position("tower_http_same_job"),
+    );
     println!(
         "| group | {} | overhead ratio (of medians) | median of rounds' ratios (quartiles) |",
         CONTENDERS.map(|name| format!("{name} ns")).join(" | ")
@@ -374,7 +383,7 @@ fn interleaved(only: Option<&str>, rounds: usize) {
             let medians: Vec<f64> = (0..CONTENDERS.len())
                 .map(|index| median(times.iter().map(|round| round[index]).collect()))
                 .collect();
-            let overhead_ratio = |t: &[f64]| (t[1] - t[0]) / (t[same_job] - t[0]);
+            let overhead_ratio = |t: &[f64]| (t[periscope] - t[noop]) / (t[same_job] - t[noop]);
             let mut ratios: Vec<f64> = times.iter().map(|round| overhead_ratio(round)).collect();
             ratios.sort_by(f64::total_cmp);
             let quartile = |q: usize| ratios[(ratios.len() - 1) * q / 4];
