@@ -48,7 +48,6 @@ use tower_http::request_id::MakeRequestUuid;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::{Dispatch, Level};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -194,9 +193,7 @@ fn periscope_setup(router: Router, blocking: bool, otel: Option<SdkTracerProvide
     let (log, guard) = periscope_log(blocking);
     let mut keep: Vec<Box<dyn std::any::Any>> = vec![Box::new(guard)];
     let otel_layer = otel.map(|provider| {
-        let layer = tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("periscope"))
-            .with_filter(export_filter());
+        let layer = periscope_otel_layer(provider.tracer("periscope"));
         keep.push(Box::new(provider));
         layer
     });
@@ -209,17 +206,28 @@ fn periscope_setup(router: Router, blocking: bool, otel: Option<SdkTracerProvide
     }
 }
 
-/// The filter `periscope::trace::otel` puts on its OpenTelemetry layer, so the OpenTelemetry
+/// The OpenTelemetry layer `periscope::trace::otel` exports through, so the OpenTelemetry
 /// contenders run what a service runs.
 #[cfg(feature = "otel")]
-fn export_filter<S>() -> periscope::trace::otel::ExportFilter<S> {
-    periscope::trace::otel::export_filter()
+fn periscope_otel_layer<S>(
+    tracer: opentelemetry_sdk::trace::Tracer,
+) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    periscope::trace::otel::layer_for(tracer)
 }
 
-/// Without the `otel` feature, its transport crates' filter alone.
+/// Without the `otel` feature, the same layer settings under the transport crates' filter.
 #[cfg(not(feature = "otel"))]
-fn export_filter() -> tracing_subscriber::filter::Targets {
-    [
+fn periscope_otel_layer<S>(
+    tracer: opentelemetry_sdk::trace::Tracer,
+) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    use tracing_subscriber::Layer as _;
+    let transport = [
         "h2",
         "hyper",
         "hyper_util",
@@ -231,7 +239,12 @@ fn export_filter() -> tracing_subscriber::filter::Targets {
     .fold(
         tracing_subscriber::filter::Targets::new().with_default(LevelFilter::INFO),
         |targets, target| targets.with_target(target, LevelFilter::WARN),
-    )
+    );
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_filter(transport)
 }
 
 fn observability() -> Observability {

@@ -917,6 +917,44 @@ async fn numeric_attributes_are_exported_as_integers() {
     assert_eq!(exported, expected);
 }
 
+/// periscope's layer exports a span's code location but not what costs every request without
+/// telling anything about it: `tracing-opentelemetry`'s busy and idle times (clock reads on
+/// each entry and exit) and the thread the span started on (a name copied per span).
+#[tokio::test]
+async fn exported_spans_leave_out_busy_time_and_thread() {
+    use http::Request;
+    use tower::{Layer, ServiceExt, service_fn};
+
+    let (kept, provider, _default) = export_in_process(parent_based_always_on());
+    let server = CorrelationLayer::new().layer(service_fn(|_: Request<String>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    }));
+    server
+        .oneshot(Request::get("/orders").body(String::new()).unwrap())
+        .await
+        .unwrap();
+    provider.force_flush().unwrap();
+
+    let spans = kept.0.lock().unwrap().clone();
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    let keys: Vec<&str> = spans[0]
+        .attributes
+        .iter()
+        .map(|kv| kv.key.as_str())
+        .collect();
+    for absent in ["busy_ns", "idle_ns", "thread.id", "thread.name"] {
+        assert!(!keys.contains(&absent), "{absent} exported: {keys:?}");
+    }
+    for present in [
+        "code.file.path",
+        "code.line.number",
+        "http.request.method",
+        "url.path",
+    ] {
+        assert!(keys.contains(&present), "{present} missing: {keys:?}");
+    }
+}
+
 /// Spans exported in process under `sampler` (in `Kept` once the provider is flushed), with
 /// the OpenTelemetry layer in this thread's subscriber while the guard lives.
 fn export_in_process(
@@ -934,7 +972,7 @@ fn export_in_process(
         .with_simple_exporter(kept.clone())
         .build();
     let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        .with(periscope_trace::otel::layer_for(provider.tracer("test")));
     let default = support::set_default(subscriber);
     (kept, provider, default)
 }

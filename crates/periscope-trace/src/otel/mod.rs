@@ -28,7 +28,7 @@ mod reporting;
 
 pub use config::{ConfigError, ExportSettings, OtelConfig, Protocol, Sampler};
 pub use filter::{ExportFilter, SampledEvents, export_filter};
-pub use provider::{InstallError, OtelGuard, OtelLayer};
+pub use provider::{InstallError, OtelGuard, OtelLayer, layer_for};
 pub use reporting::EXPORT_TARGET;
 
 pub use opentelemetry;
