@@ -172,7 +172,7 @@ impl RequestId {
 
 /// Milliseconds since the Unix epoch, for a generated id's timestamp.
 ///
-/// On Linux the kernel's coarse clock: the time of its last tick (1 to 4 ms old), read in
+/// On Linux the kernel's coarse clock: the time of its last tick (1 to 10 ms old), read in
 /// a few nanoseconds, where `SystemTime::now` takes 30 to 50 on virtual machines; an id
 /// needs its millisecond only to sort among ids made milliseconds apart. Elsewhere, or where
 /// the kernel refuses that clock, the system time.
