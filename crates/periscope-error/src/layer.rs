@@ -24,7 +24,7 @@ use crate::body::ResponseBody;
 use crate::code::{ErrorCode, codes};
 use crate::error::{BoxError, HttpError};
 use crate::panic::{self, CaughtPanic, LogPanic};
-use crate::render::{self, Format, Ids, RenderedError, RequestHeaders};
+use crate::render::{self, Format, Ids, Negotiation, RenderedError, RequestHeaders};
 
 /// The longest plain-text 4xx body read to become the envelope's message, in bytes.
 const MAX_TEXT_BODY: usize = 1024;
@@ -311,7 +311,7 @@ struct RequestFacts {
     method: Method,
     uri: Uri,
     version: Version,
-    format: Format,
+    format: Negotiation,
     has_credentials: bool,
     route_matched: bool,
 }
@@ -323,7 +323,7 @@ impl RequestFacts {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
-            format: headers.format(request.headers()),
+            format: headers.negotiation(),
             has_credentials: headers.authorization,
             route_matched: route_matched(request),
         }
@@ -872,7 +872,7 @@ impl Handled {
             self.echo(&mut parts);
             // A gRPC stream's code comes in its trailers: a panic mid-stream must end it with
             // one too. Looked at only for gRPC calls, so plain HTTP pays nothing.
-            let stream = self.facts.format == (Format::Grpc { web: false })
+            let stream = self.facts.format.grpc() == Some(false)
                 && head_outcome(status, &parts.headers) == HeadOutcome::Trailers;
             let body = if stream {
                 ResponseBody::grpc_stream(body, self.ids.clone())
@@ -883,7 +883,7 @@ impl Handled {
         }
         if let Some(rendered) = parts.extensions.get::<RenderedError>() {
             let up_to_date = rendered.ids_from_context() || !self.ids.from_context;
-            if self.facts.format == Format::Json && up_to_date {
+            if self.facts.format.format() == Format::Json && up_to_date {
                 // Kept because of the `Accept` header: another one would get problem details.
                 render::vary_accept(&mut parts.headers);
                 return Inspected::Done(Response::from_parts(parts, self.pass(body)));
@@ -1290,7 +1290,13 @@ impl Handled {
         error: Arc<crate::ErrorBody>,
     ) -> Response<ResponseBody<B>> {
         let instance = Some(self.facts.path());
-        let bytes = render::write(&mut parts, error, self.facts.format, instance, &self.ids);
+        let bytes = render::write(
+            &mut parts,
+            error,
+            self.facts.format.format(),
+            instance,
+            &self.ids,
+        );
         if !self.facts.format.is_grpc() {
             render::vary_accept(&mut parts.headers);
         }

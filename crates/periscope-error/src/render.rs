@@ -103,7 +103,7 @@ pub(crate) enum Format {
 
 impl Format {
     pub(crate) fn negotiate(headers: &HeaderMap) -> Format {
-        RequestHeaders::scan(headers).format(headers)
+        RequestHeaders::scan(headers).format()
     }
 
     /// Whether errors are answered as gRPC answers.
@@ -112,34 +112,81 @@ impl Format {
     }
 }
 
+/// The format of a request's error answers as far as the layer decides it before handing the
+/// request on: a gRPC call's at once; an HTTP request's `Accept` header is kept (a reference
+/// count) and read only when an error is rendered, since most answers are not errors and
+/// reading `Accept` costs some 500 instructions for `application/json` alone.
+#[derive(Clone, Debug)]
+pub(crate) enum Negotiation {
+    Known(Format),
+    /// The request's one `Accept` value.
+    Accept(HeaderValue),
+}
+
+impl Negotiation {
+    /// The format to render an error in.
+    pub(crate) fn format(&self) -> Format {
+        match self {
+            Negotiation::Known(format) => *format,
+            Negotiation::Accept(accept) if accepts_problem_json([accept]) => Format::Problem,
+            Negotiation::Accept(_) => Format::Json,
+        }
+    }
+
+    /// `Some(web)` for a gRPC call (`web` for gRPC-Web), `None` for an HTTP request.
+    pub(crate) fn grpc(&self) -> Option<bool> {
+        match self {
+            Negotiation::Known(Format::Grpc { web }) => Some(*web),
+            _ => None,
+        }
+    }
+
+    /// Whether errors are answered as gRPC answers.
+    pub(crate) fn is_grpc(&self) -> bool {
+        self.grpc().is_some()
+    }
+}
+
 /// What rendering needs from a request's headers, read in one pass: every request pays for it,
 /// and comparing the names of a request's few headers costs less than hashing three names for
 /// lookups.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct RequestHeaders {
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestHeaders<'a> {
+    headers: &'a HeaderMap,
     /// gRPC's content type, and whether it is gRPC-Web's.
     grpc: Option<bool>,
-    accept: bool,
+    /// The first `Accept` value, and whether there are more.
+    accept: Option<&'a HeaderValue>,
+    more_accept: bool,
     /// Whether the request carries `Authorization`.
     pub(crate) authorization: bool,
 }
 
-impl RequestHeaders {
+impl<'a> RequestHeaders<'a> {
     /// Up to this many headers, a scan; beyond, lookups.
     const SCAN_LIMIT: usize = 12;
 
-    pub(crate) fn scan(headers: &HeaderMap) -> Self {
+    pub(crate) fn scan(headers: &'a HeaderMap) -> Self {
         if headers.len() > Self::SCAN_LIMIT {
+            let mut accept = headers.get_all(header::ACCEPT).iter();
             return Self {
+                headers,
                 grpc: headers
                     .get(header::CONTENT_TYPE)
                     .filter(|value| is_grpc_content_type(value))
                     .map(is_grpc_web),
-                accept: headers.contains_key(header::ACCEPT),
+                accept: accept.next(),
+                more_accept: accept.next().is_some(),
                 authorization: headers.contains_key(header::AUTHORIZATION),
             };
         }
-        let mut found = Self::default();
+        let mut found = Self {
+            headers,
+            grpc: None,
+            accept: None,
+            more_accept: false,
+            authorization: false,
+        };
         let mut content_type = false;
         for (name, value) in headers {
             if name == header::CONTENT_TYPE {
@@ -149,7 +196,8 @@ impl RequestHeaders {
                 }
                 content_type = true;
             } else if name == header::ACCEPT {
-                found.accept = true;
+                found.more_accept = found.accept.is_some();
+                found.accept = found.accept.or(Some(value));
             } else if name == header::AUTHORIZATION {
                 found.authorization = true;
             }
@@ -158,14 +206,23 @@ impl RequestHeaders {
     }
 
     /// The format of the error answers to this request.
-    pub(crate) fn format(self, headers: &HeaderMap) -> Format {
-        if let Some(web) = self.grpc {
-            Format::Grpc { web }
-        } else if self.accept && prefers_problem_json(headers) {
-            Format::Problem
-        } else {
-            Format::Json
-        }
+    pub(crate) fn format(self) -> Format {
+        self.negotiation().format()
+    }
+
+    /// [`format`](Self::format), with `Accept` read only when an error is rendered (several
+    /// `Accept` headers, which are rare, are read now).
+    pub(crate) fn negotiation(self) -> Negotiation {
+        let format = match (self.grpc, self.accept) {
+            (Some(web), _) => Format::Grpc { web },
+            (None, None) => Format::Json,
+            (None, Some(accept)) if !self.more_accept => {
+                return Negotiation::Accept(accept.clone());
+            }
+            (None, Some(_)) if prefers_problem_json(self.headers) => Format::Problem,
+            (None, Some(_)) => Format::Json,
+        };
+        Negotiation::Known(format)
     }
 }
 
@@ -192,11 +249,16 @@ impl RequestHeaders {
 /// assert!(!prefers_problem_json(&headers));
 /// ```
 pub fn prefers_problem_json(headers: &HeaderMap) -> bool {
+    accepts_problem_json(headers.get_all(header::ACCEPT))
+}
+
+/// [`prefers_problem_json`] for a request's `Accept` values.
+fn accepts_problem_json<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
     let mut problem: Option<f32> = None;
     let mut json: Option<f32> = None;
     let mut application: Option<f32> = None;
     let mut any: Option<f32> = None;
-    for value in headers.get_all(header::ACCEPT) {
+    for value in values {
         let Ok(value) = value.to_str() else { continue };
         for range in value.split(',') {
             let mut params = range.split(';');
@@ -617,6 +679,59 @@ mod tests {
             );
             assert_eq!(Format::negotiate(&headers), Format::Problem, "{others}");
         }
+    }
+
+    /// One `Accept` is kept and read when an error is rendered, several are read at once:
+    /// either way the format is the one `prefers_problem_json` gives for all of them.
+    #[test]
+    fn accept_is_read_when_an_error_is_rendered_and_agrees() {
+        let cases: [&[&str]; 6] = [
+            &["application/json"],
+            &["application/problem+json"],
+            &["application/problem+json;q=0.5, */*;q=0.9"],
+            &["application/json;q=0", "*/*"],
+            &["application/json", "application/problem+json"],
+            &["text/html", "application/problem+json;q=0.2"],
+        ];
+        for others in [0, RequestHeaders::SCAN_LIMIT + 3] {
+            for values in cases {
+                let mut headers = HeaderMap::new();
+                for n in 0..others {
+                    headers.insert(
+                        header::HeaderName::from_bytes(format!("x-other-{n}").as_bytes()).unwrap(),
+                        HeaderValue::from_static("1"),
+                    );
+                }
+                for value in values {
+                    headers.append(header::ACCEPT, HeaderValue::from_static(value));
+                }
+                let negotiation = RequestHeaders::scan(&headers).negotiation();
+                assert_eq!(
+                    matches!(negotiation, Negotiation::Accept(_)),
+                    values.len() == 1,
+                    "{values:?}, {others} others"
+                );
+                let expected = if prefers_problem_json(&headers) {
+                    Format::Problem
+                } else {
+                    Format::Json
+                };
+                assert_eq!(
+                    negotiation.format(),
+                    expected,
+                    "{values:?}, {others} others"
+                );
+            }
+        }
+        let expected = [false, true, false, true, true, true];
+        let found = cases.map(|values| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(header::ACCEPT, HeaderValue::from_static(value));
+            }
+            prefers_problem_json(&headers)
+        });
+        assert_eq!(found, expected);
     }
 
     #[test]
