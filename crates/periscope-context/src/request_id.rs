@@ -173,7 +173,7 @@ impl RequestId {
 /// Milliseconds since the Unix epoch, for a generated id's timestamp.
 ///
 /// On Linux the kernel's coarse clock: the time of its last tick (1 to 10 ms old), read in
-/// a few nanoseconds, where `SystemTime::now` takes 30 to 50 on virtual machines; an id
+/// 5 to 10 ns, where `SystemTime::now` took about 45 on the virtual machine measured; an id
 /// needs its millisecond only to sort among ids made milliseconds apart. Elsewhere, or where
 /// the kernel refuses that clock, the system time.
 fn unix_millis() -> u64 {
