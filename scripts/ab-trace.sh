@@ -21,10 +21,11 @@ target=${CARGO_TARGET_DIR:-$PWD/target}
 work=$(mktemp -d)
 trap 'git worktree remove --force "$work/base" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-# The bench binary of the tree in the current directory, copied to $1.
+# The bench binary of the tree in the current directory, built in target directory $2,
+# copied to $1.
 build() {
   local bin
-  bin=$(CARGO_TARGET_DIR=$target cargo bench -p periscope-trace --bench server_layer --no-run \
+  bin=$(CARGO_TARGET_DIR=$2 cargo bench -p periscope-trace --bench server_layer --no-run \
     --message-format=json 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -35,11 +36,14 @@ for line in sys.stdin:
 }
 
 echo "building the working tree" >&2
-build "$work/new"
+build "$work/new" "$target"
 git worktree add --detach -q "$work/base" "$base"
 cp crates/periscope-trace/benches/server_layer.rs "$work/base/crates/periscope-trace/benches/"
 echo "building $base" >&2
-(cd "$work/base" && build "$work/old")
+# In a target directory of its own: cargo finds a crate's sources by their paths inside the
+# package, so the base's build in the working tree's directory would look up to date for the
+# working tree's next build, which would then run the base's code.
+(cd "$work/base" && build "$work/old" "$target/ab-base")
 
 python3 - "$work" "$rounds" "${SUBSCRIBER:-registry}" "${INTERLEAVED:-300}" <<'PY'
 import os, statistics, subprocess, sys

@@ -340,11 +340,46 @@ impl<F> WithContext<F> {
     }
 
     /// The context this future runs with.
+    ///
+    /// # Panics
+    ///
+    /// Once the context was handed over by [`take_context`](Self::take_context).
     pub fn context(&self) -> &Arc<RequestContext> {
         match &self.context {
             Some(context) => context,
-            None => unreachable!("a `WithContext` is entered only while it is borrowed"),
+            None => panic!("the context of a `WithContext` was taken"),
         }
+    }
+
+    /// Hands over the context of a finished wrapper (its future completed, or
+    /// [`finish`](Self::finish) was called): for a layer that passes it on with the response,
+    /// as periscope-trace's server layer does to the response body, without the clone and drop
+    /// of a reference count (two atomic operations). `None` while the wrapped value is not
+    /// finished, whose drop needs the context, and once taken; after that
+    /// [`context`](Self::context) panics.
+    ///
+    /// ```
+    /// use std::future::Future;
+    /// use std::pin::pin;
+    /// use std::sync::Arc;
+    /// use std::task::{Context, Poll, Waker};
+    /// use periscope_context::{RequestContext, WithContext};
+    ///
+    /// let ctx = Arc::new(RequestContext::new_root());
+    /// let mut wrapped = pin!(WithContext::new(ctx.clone(), async { 42 }));
+    /// assert!(wrapped.as_mut().take_context().is_none());
+    /// let mut cx = Context::from_waker(Waker::noop());
+    /// assert_eq!(wrapped.as_mut().poll(&mut cx), Poll::Ready(42));
+    /// let taken = wrapped.as_mut().take_context().unwrap();
+    /// assert!(Arc::ptr_eq(&taken, &ctx));
+    /// assert!(wrapped.take_context().is_none());
+    /// ```
+    pub fn take_context(self: Pin<&mut Self>) -> Option<Arc<RequestContext>> {
+        let this = self.project();
+        if this.inner.is_some() {
+            return None;
+        }
+        this.context.take()
     }
 
     /// The wrapped value; `None` once finished (a future that completed).
@@ -624,6 +659,36 @@ mod tests {
         }));
         assert!(polled.is_err());
         assert_eq!(panicking.context().span_id, ctx.span_id);
+        assert!(RequestContext::current().is_none());
+    }
+
+    /// A finished wrapper hands its context over as it is (no clone), and dropping the wrapper
+    /// afterwards leaves it alone; an unfinished one keeps it for its value's drop.
+    #[test]
+    fn a_finished_wrapper_hands_its_context_over() {
+        let ctx = Arc::new(RequestContext::new_root());
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut pending = Box::pin(WithContext::new(
+            Arc::clone(&ctx),
+            std::future::pending::<()>(),
+        ));
+        assert!(pending.as_mut().poll(&mut cx).is_pending());
+        assert!(pending.as_mut().take_context().is_none());
+        assert_eq!(pending.context().span_id, ctx.span_id);
+
+        let mut done = Box::pin(WithContext::new(Arc::clone(&ctx), async {}));
+        assert!(done.as_mut().poll(&mut cx).is_ready());
+        let taken = done.as_mut().take_context().expect("finished");
+        assert!(Arc::ptr_eq(&taken, &ctx));
+        // This test's handle, `pending`'s and the one taken: none left in `done`.
+        assert_eq!(Arc::strong_count(&ctx), 3);
+        assert!(done.as_mut().take_context().is_none());
+        let context =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done.context().span_id));
+        assert!(context.is_err());
+        drop(done);
+        drop(pending);
+        assert_eq!(Arc::strong_count(&ctx), 2);
         assert!(RequestContext::current().is_none());
     }
 

@@ -663,7 +663,11 @@ where
                 );
             }
         }
-        let context = this.inner.context().clone();
+        // Handed over rather than cloned: the future is done with it.
+        let context = match this.inner.as_mut().take_context() {
+            Some(context) => context,
+            None => Arc::clone(this.inner.context()),
+        };
         response
             .headers_mut()
             .insert(X_REQUEST_ID, context.request_id.header_value().clone());
