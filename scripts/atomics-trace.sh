@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Atomic read-modify-write operations per request of the server layer and of tower-http's stack
+# doing the same job, over a no-op service, from periscope-trace's `server_layer` bench: each
+# `lock`-prefixed instruction (and `xchg` with memory) callgrind saw executed, counted in a run
+# of N2 and a run of N1 calls and divided by N2 - N1. Instruction counts
+# (`scripts/callgrind-trace.sh`) weigh such an operation as one instruction; it takes some
+# twenty cycles, which is much of why the ratio by time sits above the ratio by instructions.
+#
+# Usage: scripts/atomics-trace.sh   (needs valgrind, objdump and python3)
+# Environment: SUBSCRIBER (default registry), KINDS (default "edge internal"),
+#              N1 (default 200), N2 (default 2200), DETAIL=1 (the count per function too).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bin=$(cargo bench -p periscope-trace --bench server_layer --no-run --message-format=json \
+  2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    message = json.loads(line)
+    if message.get("target", {}).get("name") == "server_layer" and message.get("executable"):
+        print(message["executable"])')
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+subscriber=${SUBSCRIBER:-registry}
+for kind in ${KINDS:-edge internal}; do
+  for contender in noop periscope tower_http_same_job; do
+    for calls in "${N1:-200}" "${N2:-2200}"; do
+      TRACE_BENCH_RUN="$subscriber/$kind/$contender/$calls" valgrind --tool=callgrind \
+        --dump-instr=yes --callgrind-out-file="$work/$kind.$contender.$calls" "$bin" 2>/dev/null
+    done
+  done
+done
+
+python3 - "$work" "$subscriber" "${KINDS:-edge internal}" "${N1:-200}" "${N2:-2200}" \
+  "${DETAIL:-}" <<'PY'
+import collections, re, subprocess, sys
+
+work, subscriber, kinds, n1, n2, detail = sys.argv[1:]
+n1, n2 = int(n1), int(n2)
+NAMED = re.compile(r"(c?ob|c?fn)=\((\d+)\)(?: (.*))?")
+
+
+def executed(path):
+    """Executions of each (object, address), with the function it is in."""
+    names, counts, functions = {}, collections.Counter(), {}
+    obj = function = None
+    address, call_line = 0, False
+    for line in open(path):
+        named = NAMED.match(line)
+        if named:
+            kind, key, name = named.groups()
+            table = names.setdefault(kind.lstrip("c"), {})
+            if name:
+                table[key] = name
+            if kind == "ob":
+                obj = table[key]
+            elif kind == "fn":
+                function = table[key]
+            continue
+        if line.startswith("calls="):
+            # The line after is the call's inclusive cost, not executions of its own.
+            call_line = True
+            continue
+        if line[:1] not in "0123456789+-*":
+            continue
+        fields = line.split()
+        position = fields[0]
+        if position.startswith("0x"):
+            address = int(position, 16)
+        elif position[0] in "+-":
+            address += int(position)
+        if call_line:
+            call_line = False
+        elif len(fields) >= 3:
+            counts[(obj, address)] += int(fields[2])
+            functions[(obj, address)] = function
+    return counts, functions
+
+
+atomic_cache = {}
+
+
+def atomics(obj):
+    """Addresses of the object's atomic read-modify-write instructions."""
+    if obj not in atomic_cache:
+        listing = subprocess.run(["objdump", "-d", "--no-show-raw-insn", obj],
+                                 capture_output=True, text=True).stdout
+        atomic_cache[obj] = {
+            int(m.group(1), 16)
+            for m in re.finditer(r"^\s*([0-9a-f]+):\s+(?:lock\b|xchg\s+\S*\()", listing, re.M)
+        }
+    return atomic_cache[obj]
+
+
+def per_call(kind, contender):
+    (few, _), (many, functions) = (executed(f"{work}/{kind}.{contender}.{n}") for n in (n1, n2))
+    by_function = collections.Counter()
+    for (obj, address), count in many.items():
+        if obj and address in atomics(obj):
+            by_function[functions[(obj, address)]] += (count - few[(obj, address)]) / (n2 - n1)
+    return by_function
+
+
+print(f"| subscriber | request | noop | periscope | tower_http_same_job | ratio |")
+print("| --- | --- | --- | --- | --- | --- |")
+for kind in kinds.split():
+    counts = {c: per_call(kind, c) for c in ("noop", "periscope", "tower_http_same_job")}
+    noop = sum(counts["noop"].values())
+    ours, theirs = (sum(counts[c].values()) - noop for c in ("periscope", "tower_http_same_job"))
+    print(f"| {subscriber} | {kind} | {noop:.0f} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} |")
+    if detail:
+        for contender in ("periscope", "tower_http_same_job"):
+            over = counts[contender] - counts["noop"]
+            for function, count in over.most_common():
+                print(f"|   | {contender} | {count:.0f} | {function} | | |")
+PY
