@@ -3,8 +3,9 @@
 # doing the same job, over a no-op service, from periscope-trace's `server_layer` bench: each
 # `lock`-prefixed instruction (and `xchg` with memory) callgrind saw executed, counted in a run
 # of N2 and a run of N1 calls and divided by N2 - N1. Instruction counts
-# (`scripts/callgrind-trace.sh`) weigh such an operation as one instruction; it takes some
-# twenty cycles, which is much of why the ratio by time sits above the ratio by instructions.
+# (`scripts/callgrind-trace.sh`) weigh such an operation as one instruction; it takes from
+# several to some twenty cycles, by processor: one reason why an internal request's ratio by
+# time sits above its ratio by instructions.
 #
 # Usage: scripts/atomics-trace.sh   (needs valgrind, objdump and python3)
 # Environment: SUBSCRIBER (default registry), KINDS (default "edge internal"),
