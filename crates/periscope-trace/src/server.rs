@@ -663,7 +663,8 @@ where
                 );
             }
         }
-        // Handed over rather than cloned: the future is done with it.
+        // Handed over rather than cloned: the future completed, so its wrapper is done with it
+        // (the clone stands in for an `expect`, which the crate's lints refuse).
         let context = match this.inner.as_mut().take_context() {
             Some(context) => context,
             None => Arc::clone(this.inner.context()),
