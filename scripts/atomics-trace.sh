@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Atomic read-modify-write operations per request of the server layer and of tower-http's stack
-# doing the same job, over a no-op service, from periscope-trace's `server_layer` bench: each
-# `lock`-prefixed instruction (and `xchg` with memory) callgrind saw executed, counted in a run
-# of N2 and a run of N1 calls and divided by N2 - N1. Instruction counts
-# (`scripts/callgrind-trace.sh`) weigh such an operation as one instruction; it takes from
-# several to some twenty cycles, by processor: one reason why an internal request's ratio by
-# time sits above its ratio by instructions.
+# What instruction counts (`scripts/callgrind-trace.sh`) do not weigh, per request of the server
+# layer and of tower-http's stack doing the same job, over a no-op service, from
+# periscope-trace's `server_layer` bench. Counted by callgrind in a run of N2 and a run of N1
+# calls, divided by N2 - N1:
+#
+# - atomic read-modify-write operations: each `lock`-prefixed instruction (and `xchg` with
+#   memory) seen executed. An instruction count weighs one as one instruction; it takes from
+#   several to some twenty cycles, by processor.
+# - code lines: the 64-byte lines of machine code executed on every call (those holding an
+#   instruction run at least 0.9 times a call). Once the bench loop's code outgrows the
+#   processor's 32 KiB instruction cache, as it does with either stack, most such lines are
+#   fetched again on every call, whatever their instruction counts.
+#
+# Both are reasons why a ratio by time differs from the ratio by instructions.
 #
 # Usage: scripts/atomics-trace.sh   (needs valgrind, objdump and python3)
 # Environment: SUBSCRIBER (default registry), KINDS (default "edge internal"),
-#              N1 (default 200), N2 (default 2200), DETAIL=1 (the count per function too).
+#              N1 (default 200), N2 (default 2200), DETAIL=1 (the counts per function too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,24 +102,39 @@ def atomics(obj):
 
 
 def per_call(kind, contender):
+    """Atomic operations and code lines per call, by function."""
     (few, _), (many, functions) = (executed(f"{work}/{kind}.{contender}.{n}") for n in (n1, n2))
-    by_function = collections.Counter()
+    atomic_ops, lines = collections.Counter(), collections.defaultdict(set)
     for (obj, address), count in many.items():
+        per = (count - few[(obj, address)]) / (n2 - n1)
         if obj and address in atomics(obj):
-            by_function[functions[(obj, address)]] += (count - few[(obj, address)]) / (n2 - n1)
-    return by_function
+            atomic_ops[functions[(obj, address)]] += per
+        if per >= 0.9:
+            lines[functions[(obj, address)]].add((obj, address // 64))
+    return atomic_ops, lines
 
 
-print(f"| subscriber | request | noop | periscope | tower_http_same_job | ratio |")
-print("| --- | --- | --- | --- | --- | --- |")
+contenders = ("noop", "periscope", "tower_http_same_job")
+print("| subscriber | request | measure | noop | periscope | tower_http_same_job | ratio |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
 for kind in kinds.split():
-    counts = {c: per_call(kind, c) for c in ("noop", "periscope", "tower_http_same_job")}
-    noop = sum(counts["noop"].values())
-    ours, theirs = (sum(counts[c].values()) - noop for c in ("periscope", "tower_http_same_job"))
-    print(f"| {subscriber} | {kind} | {noop:.0f} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} |")
+    counts = {c: per_call(kind, c) for c in contenders}
+    atomic_ops = {c: sum(counts[c][0].values()) for c in contenders}
+    lines = {c: len(set().union(*counts[c][1].values())) for c in contenders}
+    for measure, total in (("atomic operations", atomic_ops), ("code lines", lines)):
+        noop = total["noop"]
+        ours, theirs = (total[c] - noop for c in contenders[1:])
+        print(f"| {subscriber} | {kind} | {measure} | {noop:.0f} | {ours:.0f} | {theirs:.0f} "
+              f"| {ours / theirs:.2f} |")
     if detail:
-        for contender in ("periscope", "tower_http_same_job"):
-            over = counts[contender] - counts["noop"]
+        for contender in contenders[1:]:
+            over = counts[contender][0] - counts["noop"][0]
             for function, count in over.most_common():
-                print(f"|   | {contender} | {count:.0f} | {function} | | |")
+                print(f"|   | {contender} | atomic operations | {count:.0f} | {function} | | |")
+            noop_lines = set().union(*counts["noop"][1].values())
+            by_function = collections.Counter(
+                {f: len(s - noop_lines) for f, s in counts[contender][1].items()})
+            for function, count in by_function.most_common():
+                if count:
+                    print(f"|   | {contender} | code lines | {count} | {function} | | |")
 PY
