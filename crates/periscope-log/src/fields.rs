@@ -300,7 +300,9 @@ impl ValueRules {
     /// `Debug` map with a non-JSON escape): hidden whole when it mentions a sensitive key, so
     /// redaction fails closed.
     fn write_unparsed(&self, out: &mut Vec<u8>, text: &str, scratch: &mut Vec<u8>) {
-        let shown = if self.redactor.mentions_sensitive_key(text, scratch) {
+        let shown = if self.redactor.mentions_sensitive_key(text, scratch)
+            || self.redactor.names_sensitive_key(text)
+        {
             REDACTED
         } else {
             text

@@ -297,7 +297,7 @@ impl Redactor {
         let is_key_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
         // Whether the key `start..end`, its opening quote (if any) at `before`, sits where struct
         // or map syntax puts a key and is sensitive.
-        let names = |start: usize, end: usize, mut before: usize| {
+        let names = |start: usize, end: usize, mut before: usize, value: &str| {
             if start >= end {
                 return false;
             }
@@ -305,7 +305,13 @@ impl Redactor {
                 before -= 1;
             }
             let opens = before == 0 || matches!(bytes[before - 1], b'{' | b'(' | b'[' | b',');
-            opens && self.is_sensitive(&text[start..end])
+            opens && {
+                let key = &text[start..end];
+                // `auth: "Basic .."`, `smtp_pass: Some(..)`: a credential unless the value is a
+                // setting (`require_auth: true`) or says none is set.
+                self.is_sensitive(key)
+                    || (self.ends_in_sensitive_word(key) && !names_no_secret(value))
+            }
         };
         for (at, _) in text.match_indices(':') {
             // `std::io::Error` is a path, not a key.
@@ -318,7 +324,7 @@ impl Redactor {
                     .iter()
                     .rposition(|&b| !is_key_byte(b))
                     .map_or(0, |i| i + 1);
-                if names(start, at, start) {
+                if names(start, at, start, &text[at + 1..]) {
                     return true;
                 }
                 continue;
@@ -334,7 +340,12 @@ impl Redactor {
                 .rev()
                 .find(|&i| bytes[i] == b'"' && (backslashes_before(bytes, i) % 2 == 1) == escaped);
             if let Some(open) = open
-                && names(open + 1, end, if escaped { open - 1 } else { open })
+                && names(
+                    open + 1,
+                    end,
+                    if escaped { open - 1 } else { open },
+                    &text[at + 1..],
+                )
             {
                 return true;
             }
@@ -345,7 +356,8 @@ impl Redactor {
                 .rposition(|&b| !is_key_byte(b))
                 .map_or(0, |i| i + 1);
             let mut before = start;
-            if strip_quote_before(bytes, &mut before) && names(start, end, before) {
+            if strip_quote_before(bytes, &mut before) && names(start, end, before, &text[at + 1..])
+            {
                 return true;
             }
         }
@@ -489,7 +501,9 @@ impl Parser<'_> {
         {
             // Only &str pieces were written into it.
             json::write_str(out, &String::from_utf8_lossy(&rewritten), self.limit);
-        } else if self.redactor.mentions_sensitive_key(&text, &mut rewritten) {
+        } else if self.redactor.mentions_sensitive_key(&text, &mut rewritten)
+            || self.redactor.names_sensitive_key(&text)
+        {
             json::write_str(out, REDACTED, usize::MAX);
         } else {
             json::write_str(out, &text, self.limit);
@@ -512,10 +526,16 @@ impl Parser<'_> {
             self.string()?;
             json::write_key(out, &self.key);
             let sensitive = self.redactor.is_sensitive(&self.key);
+            let credential_word = !sensitive && self.redactor.ends_in_sensitive_word(&self.key);
             self.eat(b':')?;
+            self.skip_ws();
+            // A string or number under `auth`, `smtp_pass` is a credential; an object under it
+            // is redacted key by key, and a boolean (`require_auth`) is a setting.
+            let credential =
+                credential_word && matches!(self.s.get(self.i), Some(b'"' | b'-' | b'0'..=b'9'));
             let mark = out.len();
             self.value(out, depth + 1)?;
-            if sensitive {
+            if sensitive || credential {
                 out.truncate(mark);
                 json::write_str(out, REDACTED, usize::MAX);
             }
@@ -659,6 +679,17 @@ impl Parser<'_> {
 }
 
 /// How many backslashes come right before `bytes[at]`.
+/// Whether the `Debug` text of a value (what follows its key's colon) shows no secret: a
+/// boolean, or no value (`None`, `null`).
+fn names_no_secret(value: &str) -> bool {
+    let value = value.trim_start();
+    ["true", "false", "None", "null"].iter().any(|word| {
+        value
+            .strip_prefix(word)
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+    })
+}
+
 fn backslashes_before(bytes: &[u8], at: usize) -> usize {
     bytes[..at]
         .iter()
@@ -695,6 +726,10 @@ mod tests {
             "Some(\"{\\\"password\\\":\\\"x\\\"}\")",
             "[(\"a\", 1), (\"x\", Creds { session_id: 4 })]",
             "password: x",
+            "Upstream { url: \"u\", auth: \"Basic x\" }",
+            "Mail { smtp_pass: Some(\"x\") }",
+            "{\"proxyAuth\": \"Basic x\"}",
+            "Some(\"{\\\"basic_auth\\\":\\\"x\\\"}\")",
         ] {
             assert!(r.names_sensitive_key(named), "{named}");
         }
@@ -706,6 +741,8 @@ mod tests {
             "Usage { max_tokens: 5, total_tokens: 9 }",
             "at 12:00: done",
             "\"token\"",
+            "Settings { require_auth: true, smtp_pass: None, basic_auth: false }",
+            "Post { author: \"ann\", auth_url: \"https://idp\" }",
         ] {
             assert!(!r.names_sensitive_key(free), "{free}");
         }

@@ -1010,6 +1010,87 @@ fn a_field_ending_in_auth_is_redacted_in_log_lines() {
     assert_eq!(data["auth_url"], "https://idp.example/token");
 }
 
+/// The `auth` / `pass` rule holds at any depth, as the key rules do: inside a `json(..)`
+/// value, in JSON text logged as a string, and in `Debug` output, where a credential under such
+/// a key hides the whole text. A boolean there is a setting and stays, as does an object,
+/// redacted key by key.
+#[test]
+fn keys_ending_in_auth_or_pass_are_redacted_at_any_depth() {
+    #[derive(Debug)]
+    #[allow(dead_code)] // read through `Debug` only
+    struct Upstream {
+        url: &'static str,
+        proxy_auth: &'static str,
+    }
+    #[derive(Debug)]
+    #[allow(dead_code)] // read through `Debug` only
+    struct Settings {
+        require_auth: bool,
+        smtp_pass: Option<&'static str>,
+        author: &'static str,
+    }
+    let upstream = json!({
+        "url": "https://models.example",
+        "auth": "Bearer sk-json-auth-1",
+        "basicAuth": "Basic anNvbi1iYXNpYy0y",
+        "retries": {"DB_PASS": 31337},
+        "require_auth": true,
+        "auth_url": "https://idp.example/token",
+        "oauth": {"client": "app", "password": "json-pw-in-auth-3"},
+        "author": "alice",
+    });
+    let out = capture(
+        |b| b,
+        |_| {
+            tracing::info!(
+                upstream = periscope_log::json(&upstream),
+                body = r#"{"user":"ann","smtp_pass":"body-pass-4","proxyAuth":"Basic Ym9keS01"}"#,
+                debug = ?Upstream { url: "https://x.example", proxy_auth: "Basic ZGVidWctNg==" },
+                settings = ?Settings { require_auth: true, smtp_pass: None, author: "bob" },
+                "calling upstream"
+            );
+        },
+    );
+    let text = out.text();
+    for secret in [
+        "sk-json-auth-1",
+        "anNvbi1iYXNpYy0y",
+        "31337",
+        "json-pw-in-auth-3",
+        "body-pass-4",
+        "Ym9keS01",
+        "ZGVidWctNg==",
+    ] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+    let data = &out.lines()[0]["data"];
+    assert_eq!(
+        data["upstream"],
+        json!({
+            "url": "https://models.example",
+            "auth": "[REDACTED]",
+            "basicAuth": "[REDACTED]",
+            "retries": {"DB_PASS": "[REDACTED]"},
+            "require_auth": true,
+            "auth_url": "https://idp.example/token",
+            "oauth": {"client": "app", "password": "[REDACTED]"},
+            "author": "alice",
+        }),
+        "{data}"
+    );
+    let body: Value = serde_json::from_str(data["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({"user": "ann", "smtp_pass": "[REDACTED]", "proxyAuth": "[REDACTED]"})
+    );
+    assert_eq!(data["debug"], "[REDACTED]");
+    // A setting, no value and a name: nothing to hide.
+    assert_eq!(
+        data["settings"],
+        r#"Settings { require_auth: true, smtp_pass: None, author: "bob" }"#
+    );
+}
+
 /// Tenant ids reach the top level of every line from the `tenant` span field (the declared
 /// tenant fields without a span field of their own) as from their own fields. One the service
 /// configured as sensitive is masked at the top level and inside `data.tenant` alike: the
