@@ -195,7 +195,18 @@ fn a_log_level_set_in_code_is_read_like_log_level() {
 /// off, errors included, but a typo's: the very case a lone typo is refused for.
 #[test]
 fn a_log_level_list_with_no_level_in_it_is_refused() {
-    for value in ["debg,", ",,,", " , ", "verbose,my_crate"] {
+    // Nor a typo of a level beside targets given theirs: the same silence (`inf,hyper=warn`).
+    for value in [
+        "debg,",
+        ",,,",
+        " , ",
+        "verbose,my_crate",
+        "inf,hyper=warn",
+        "hyper=warn, debg",
+        "Wran,my_crate=debug",
+        "infoo,h2=off",
+        "trce,h2=off",
+    ] {
         let error = quiet()
             .env_from(|name| (name == "LOG_LEVEL").then(|| value.to_owned()))
             .unwrap_err();
@@ -209,6 +220,10 @@ fn a_log_level_list_with_no_level_in_it_is_refused() {
         ("info,my_crate", "info,my_crate=trace"),
         ("my_crate=debug", "my_crate=debug"),
         ("debug,", "debug"),
+        // Targets that are no typo of a level (a changed letter names crates: `want`).
+        ("my_crate,hyper=warn", "my_crate=trace,hyper=warn"),
+        ("want,hyper=warn", "want=trace,hyper=warn"),
+        ("inf=debug,hyper=warn", "inf=debug,hyper=warn"),
     ] {
         let obs = quiet()
             .env_from(|name| (name == "LOG_LEVEL").then(|| value.to_owned()))

@@ -113,6 +113,11 @@ async fn a_change_takes_effect_on_the_next_event_and_reverts_after_its_ttl() {
         ),
         // A typo of a level, not a bare target that would silence every other line.
         (r#"{"directives":"debg"}"#, "directives", "not a log level"),
+        (
+            r#"{"directives":"debg,hyper=info"}"#,
+            "directives",
+            "not a log level",
+        ),
         (r#"{"directives":"debug","ttl_s":0}"#, "ttl_s", "from 0.001"),
         (
             r#"{"directives":"debug","ttl_s":1e12}"#,

@@ -74,6 +74,31 @@ pub(crate) fn parse_level(text: &str) -> Result<LevelFilter, DirectiveError> {
     }
 }
 
+/// Whether `word` is a level name cut short (`inf`, `deb`) or one letter away from one, left
+/// out, doubled or swapped (`debg`, `infoo`, `wran`): a typo rather than a target. Changed
+/// letters are not counted, as crates are named so (`want`).
+fn near_level(word: &str) -> bool {
+    let word = word.to_ascii_lowercase().into_bytes();
+    let without = |text: &[u8], at: usize| [&text[..at], &text[at + 1..]].concat();
+    word.len() >= 3
+        && ["off", "error", "warn", "warning", "info", "debug", "trace"]
+            .iter()
+            .map(|level| level.as_bytes())
+            .any(|level| {
+                level.starts_with(&word)
+                    || (word.len() + 1 == level.len()
+                        && (0..level.len()).any(|at| without(level, at) == word))
+                    || (word.len() == level.len() + 1
+                        && (0..word.len()).any(|at| without(&word, at) == level))
+                    || (word.len() == level.len()
+                        && (1..word.len()).any(|at| {
+                            let mut swapped = word.clone();
+                            swapped.swap(at - 1, at);
+                            swapped == level
+                        }))
+            })
+}
+
 fn level_name(level: LevelFilter) -> &'static str {
     match level {
         LevelFilter::OFF => "off",
@@ -145,6 +170,9 @@ impl Directives {
     ///
     /// assert_eq!(Directives::parse_log_level("DEBUG").unwrap().to_string(), "debug");
     /// assert!(Directives::parse_log_level("debg").is_err());
+    /// // Without a level, a word a typo away from one is not taken as a target.
+    /// assert!(Directives::parse_log_level("inf,hyper=warn").is_err());
+    /// assert!(Directives::parse_log_level("my_crate,hyper=warn").is_ok());
     /// assert!(Directives::parse_log_level("info,my_crate").is_ok());
     /// ```
     pub fn parse_log_level(text: &str) -> Result<Self, DirectiveError> {
@@ -152,13 +180,22 @@ impl Directives {
             return parse_level(text.trim()).map(Self::level);
         }
         let directives = Self::parse(text)?;
-        // A list with neither a level nor a `target=level` in it (`debg,`, a stray `,,`)
-        // would turn every line off but a typo's, as a lone typo would.
-        if directives.default.is_none() && !text.contains('=') {
-            let first = text.split(',').map(str::trim).find(|part| !part.is_empty());
-            return Err(DirectiveError::UnknownLevel(
-                first.unwrap_or_default().to_owned(),
-            ));
+        if directives.default.is_none() {
+            // Without a level every other line is off, so a bare word there must be meant as
+            // a target: a list without a `target=level` (`debg,`, a stray `,,`), or a word a
+            // typo away from a level (`inf,hyper=warn`), turns the service's lines off.
+            let mut bare = text
+                .split(',')
+                .map(str::trim)
+                .filter(|part| !part.is_empty() && !part.contains('='));
+            let typo = if text.contains('=') {
+                bare.find(|part| near_level(part))
+            } else {
+                Some(bare.next().unwrap_or_default())
+            };
+            if let Some(typo) = typo {
+                return Err(DirectiveError::UnknownLevel(typo.to_owned()));
+            }
         }
         Ok(directives)
     }
