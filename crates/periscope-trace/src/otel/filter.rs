@@ -4,24 +4,28 @@ use periscope_context::RequestContext;
 use tracing::Metadata;
 use tracing::subscriber::Interest;
 use tracing_subscriber::filter::combinator::And;
-use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+use tracing_subscriber::filter::{FilterExt, LevelFilter};
 use tracing_subscriber::layer::{Context, Filter};
 
 /// The crates the exporter itself runs on. Their debug spans would be exported by the export
 /// they describe, feeding on themselves: only their warnings and errors are kept.
-const TRANSPORT_TARGETS: [&str; 6] = [
+const TRANSPORT_CRATES: [&str; 10] = [
     "h2",
     "hyper",
     "hyper_util",
     "tonic",
     "tower",
     "opentelemetry",
+    "opentelemetry_sdk",
+    "opentelemetry_otlp",
+    "opentelemetry_http",
+    "opentelemetry_proto",
 ];
 
 /// The filter of [`OtelGuard::layer`](super::OtelGuard::layer): spans and events from `info`
-/// up, the transport crates' from `warn` up, and no events of a request whose trace is not
-/// sampled ([`SampledEvents`]).
-pub type ExportFilter<S> = And<Targets, SampledEvents, S>;
+/// up, the transport crates' from `warn` up ([`ExportLevels`]), and no events of a request
+/// whose trace is not sampled ([`SampledEvents`]).
+pub type ExportFilter<S> = And<ExportLevels, SampledEvents, S>;
 
 /// The filter [`OtelGuard::layer`](super::OtelGuard::layer) puts on its layer, for a layer
 /// built from [`OtelGuard::tracer`](super::OtelGuard::tracer) to filter the same way.
@@ -29,8 +33,8 @@ pub type ExportFilter<S> = And<Targets, SampledEvents, S>;
 /// Spans and events are exported from `info` up (as periscope's own spans are), so the export
 /// neither sends every library's debug spans and lines nor turns their callsites on (and with
 /// them the `log` crate's records) whatever the log level; those of the crates the export
-/// runs on (`h2`, `hyper`, `tonic`, `tower`, `opentelemetry`) from `warn` up, so exporting can
-/// never feed on its own telemetry.
+/// runs on (`h2`, `hyper`, `hyper_util`, `tonic`, `tower` and the `opentelemetry` crates) from
+/// `warn` up, so exporting can never feed on its own telemetry.
 ///
 /// ```
 /// use periscope_trace::otel::{export_filter, opentelemetry::trace::TracerProvider as _};
@@ -44,11 +48,46 @@ pub type ExportFilter<S> = And<Targets, SampledEvents, S>;
 /// let _subscriber = Registry::default().with(layer);
 /// ```
 pub fn export_filter<S>() -> ExportFilter<S> {
-    let targets = TRANSPORT_TARGETS.iter().fold(
-        Targets::new().with_default(LevelFilter::INFO),
-        |targets, target| targets.with_target(*target, LevelFilter::WARN),
-    );
-    targets.and(SampledEvents)
+    ExportLevels.and(SampledEvents)
+}
+
+/// The levels exported: `info` up, and `warn` up for the crates the export runs on. A crate is
+/// told by its whole name (`hyper`, `hyper::proto`), not by a prefix as `tracing`'s target
+/// filters do: a service crate named `hyperswitch` or `towerd` keeps its `info` spans.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExportLevels;
+
+impl ExportLevels {
+    fn level_for(target: &str) -> LevelFilter {
+        let of_crate = |name: &str| {
+            target
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        };
+        if TRANSPORT_CRATES.iter().any(|name| of_crate(name)) {
+            LevelFilter::WARN
+        } else {
+            LevelFilter::INFO
+        }
+    }
+}
+
+impl<S> Filter<S> for ExportLevels {
+    fn enabled(&self, metadata: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        *metadata.level() <= Self::level_for(metadata.target())
+    }
+
+    fn callsite_enabled(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if *metadata.level() <= Self::level_for(metadata.target()) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::INFO)
+    }
 }
 
 /// Keeps from the OpenTelemetry layer the events of a request whose trace is not sampled (the
@@ -150,6 +189,10 @@ mod tests {
             tracing::debug!("a detail");
             tracing::info!(target: "hyper::proto", "a transport step");
             tracing::warn!(target: "hyper::proto", "a transport warning");
+            tracing::info!(target: "opentelemetry_sdk", "an export step");
+            // A crate is told by its whole name: these are not the transport crates.
+            tracing::info!(target: "hyperswitch_router::payments", "a service's line");
+            let _span = tracing::info_span!(target: "towerd", "a_service_span").entered();
         });
         assert_eq!(
             *given.0.lock().unwrap(),
@@ -159,6 +202,8 @@ mod tests {
                 "event in a sampled request",
                 "span unsampled_span",
                 "event a transport warning",
+                "event a service's line",
+                "span a_service_span",
             ]
         );
     }

@@ -27,7 +27,7 @@ mod queue;
 mod reporting;
 
 pub use config::{ConfigError, ExportSettings, OtelConfig, Protocol, Sampler};
-pub use filter::{ExportFilter, SampledEvents, export_filter};
+pub use filter::{ExportFilter, ExportLevels, SampledEvents, export_filter};
 pub use provider::{InstallError, OtelGuard, OtelLayer, layer_for};
 pub use reporting::EXPORT_TARGET;
 
