@@ -16,6 +16,7 @@ use tracing::field::Empty;
 use tracing::instrument::{Instrument, Instrumented};
 
 use crate::binding::{ParentKind, bind, early_id, handing_on};
+use crate::propagation::Propagators;
 use crate::rejected::warn_rejected;
 use crate::sampler::Sampler;
 
@@ -27,6 +28,10 @@ pub const JOB_TARGET: &str = "periscope_trace::job";
 /// span of the service's own that it is enqueued in, when that span belongs to the request's
 /// trace; else the request's or job's span). `None` outside a request or job.
 ///
+/// It holds what the process's formats send ([`Propagators::global`], `OTEL_PROPAGATORS`), as
+/// an outgoing request does: no `baggage` with `tracecontext` alone, and with `none` only the
+/// request id and tenant fields. [`JobSpan::from_carrier`] reads by the same formats.
+///
 /// ```
 /// use periscope_context::RequestContext;
 ///
@@ -36,7 +41,11 @@ pub const JOB_TARGET: &str = "periscope_trace::job";
 /// assert!(periscope_trace::job::carrier().is_none());
 /// ```
 pub fn carrier() -> Option<Carrier> {
-    RequestContext::current().map(|ctx| Carrier::from_context(&handing_on(&ctx)))
+    RequestContext::current().map(|ctx| {
+        let mut carrier = Carrier::from_context(&handing_on(&ctx));
+        Propagators::global().strip(&mut carrier);
+        carrier
+    })
 }
 
 /// [`carrier`] inside a request or job; outside any (a scheduled task, startup code), a
@@ -99,8 +108,10 @@ pub struct JobSpan {
 }
 
 impl JobSpan {
-    /// Continues the context in `carrier` (a new trace and request id when it holds none).
-    /// An entry that cannot be used (an invalid request id, `traceparent` or tenant field, or
+    /// Continues the context in `carrier` (a new trace and request id when it holds none),
+    /// reading what the process's formats propagate ([`Propagators::global`]: with
+    /// `OTEL_PROPAGATORS=none` a job starts a trace of its own under the carried request id,
+    /// as a request does). An entry that cannot be used (an invalid request id, `traceparent` or tenant field, or
     /// one whose value was not a string: a bug or a tampered payload upstream) is logged once
     /// at warn, inside the job's span.
     pub fn from_carrier(name: &str, carrier: &Carrier) -> Self {
@@ -115,7 +126,15 @@ impl JobSpan {
     /// then not sampled.
     pub fn from_carrier_with(name: &str, carrier: &Carrier, options: &ExtractOptions) -> Self {
         let sampler = options.sample_new_traces.then(Sampler::global);
-        let job = Self::from_extracted(name, extract(carrier, options), sampler);
+        let propagators = Propagators::global();
+        let extracted = if propagators.all() {
+            extract(carrier, options)
+        } else {
+            let mut read = carrier.clone();
+            propagators.strip(&mut read);
+            extract(&read, options)
+        };
+        let job = Self::from_extracted(name, extracted, sampler);
         let ignored = carrier.ignored_keys();
         if !ignored.is_empty() {
             // Left out when the payload was read (not strings): the job runs as if they were

@@ -97,15 +97,20 @@ impl Propagators {
         Some(propagators)
     }
 
-    /// Removes from `headers` what these formats do not send.
-    pub(crate) fn strip(self, headers: &mut http::HeaderMap) {
+    /// Removes from `carrier` (headers, a job's carrier) what these formats do not send.
+    pub(crate) fn strip<C: periscope_context::Injector + ?Sized>(self, carrier: &mut C) {
         if !self.trace_context {
-            headers.remove(periscope_context::headers::TRACEPARENT);
-            headers.remove(periscope_context::headers::TRACESTATE);
+            carrier.remove(&periscope_context::headers::TRACEPARENT);
+            carrier.remove(&periscope_context::headers::TRACESTATE);
         }
         if !self.baggage {
-            headers.remove(periscope_context::headers::BAGGAGE);
+            carrier.remove(&periscope_context::headers::BAGGAGE);
         }
+    }
+
+    /// Whether both formats are propagated (nothing to strip).
+    pub(crate) const fn all(self) -> bool {
+        self.trace_context && self.baggage
     }
 
     /// Whether `traceparent` / `tracestate` are read and written.

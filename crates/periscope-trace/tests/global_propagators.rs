@@ -1,11 +1,12 @@
 //! The process's propagation formats (`Propagators::set_global`, what `OTEL_PROPAGATORS` sets)
-//! reach every layer and `inject` that was not told otherwise. One test in its own binary: it
+//! reach every layer, `inject` and job carrier that was not told otherwise. One test in its own binary: it
 //! changes a process-wide setting.
 
 use std::convert::Infallible;
 
 use http::{HeaderMap, Request, Response};
-use periscope_context::{RequestContext, TraceParent};
+use periscope_context::{Carrier, RequestContext, TraceParent};
+use periscope_trace::job::{self, JobSpan};
 use periscope_trace::{ClientTraceLayer, CorrelationLayer, Propagators, inject};
 use tower::{Layer, ServiceExt, service_fn};
 
@@ -73,6 +74,12 @@ async fn the_process_formats_reach_every_layer_not_told_otherwise() {
     let continued = served(&server).await;
     assert_eq!(continued.trace_id, incoming.trace_id);
     assert_eq!(continued.baggage.get("k"), Some("v"));
+    // A job's carrier, written and read: the whole context.
+    let all = ctx.in_scope(job::carrier).unwrap();
+    assert!(all.as_map().contains_key("traceparent") && all.as_map().contains_key("baggage"));
+    let worker = JobSpan::from_carrier("resize", &all);
+    assert_eq!(worker.context().trace_id, ctx.trace_id);
+    assert_eq!(worker.context().baggage.get("k"), Some("v"));
 
     // `OTEL_PROPAGATORS=none`: only the request id and tenant headers travel.
     Propagators::none().set_global();
@@ -91,6 +98,21 @@ async fn the_process_formats_reach_every_layer_not_told_otherwise() {
     let fresh = served(&server).await;
     assert_ne!(fresh.trace_id, incoming.trace_id);
     assert!(fresh.baggage.is_empty());
+    // A job is enqueued with the request id alone, and a carrier that holds more (written by
+    // a producer set otherwise) is read by the same formats: a trace of the job's own.
+    let enqueued = ctx.in_scope(job::carrier).unwrap();
+    assert_eq!(enqueued.as_map()["x-request-id"], ctx.request_id.as_str());
+    for name in ["traceparent", "tracestate", "baggage"] {
+        assert!(
+            !enqueued.as_map().contains_key(name),
+            "the job carrier held {name}"
+        );
+    }
+    let worker = JobSpan::from_carrier("resize", &Carrier::from_context(&ctx));
+    assert_eq!(worker.context().request_id, ctx.request_id);
+    assert_ne!(worker.context().trace_id, ctx.trace_id);
+    assert_eq!(worker.context().parent_span_id, None);
+    assert!(worker.context().baggage.is_empty());
 
     // Formats set on a layer win over the process's.
     let sent = sent_through(client.propagators(Propagators::default()), &ctx).await;
@@ -103,4 +125,7 @@ async fn the_process_formats_reach_every_layer_not_told_otherwise() {
     let mut headers = HeaderMap::new();
     assert!(ctx.in_scope(|| inject(&mut headers)));
     assert!(!headers.contains_key("traceparent") && headers.contains_key("baggage"));
+    let worker = JobSpan::from_carrier("resize", &Carrier::from_context(&ctx));
+    assert_ne!(worker.context().trace_id, ctx.trace_id);
+    assert_eq!(worker.context().baggage.get("k"), Some("v"));
 }
