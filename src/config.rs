@@ -306,6 +306,10 @@ impl Settings {
         }
         if let Some(value) = get("ENABLE_GPU") {
             self.gpu = parse_bool("ENABLE_GPU", &value)?;
+            #[cfg(not(feature = "gpu"))]
+            if self.gpu {
+                return Err(ConfigError::new("ENABLE_GPU", value, NO_GPU_SUPPORT));
+            }
         }
         if let Some(token) = get("ADMIN_TOKEN") {
             self.admin_token = Some(checked_token("ADMIN_TOKEN", token)?);
@@ -553,6 +557,11 @@ fn parse_seconds(var: &'static str, value: &str) -> Result<Duration, ConfigError
         .filter(|timeout| REQUEST_TIMEOUTS.contains(timeout))
         .ok_or_else(|| timeout_error(var, value))
 }
+
+/// Why the GPU collector cannot be turned on in a build without the `gpu` feature.
+#[cfg(not(feature = "gpu"))]
+pub(crate) const NO_GPU_SUPPORT: &str =
+    "this build has no GPU support: enable periscope's `gpu` feature";
 
 /// The same bounds as `REQUEST_TIMEOUT_S`, for a timeout set in code (`request_timeout`).
 pub(crate) fn checked_timeout(timeout: Duration) -> Result<Duration, ConfigError> {

@@ -425,14 +425,10 @@ impl ObservabilityBuilder {
         {
             settings.otel.service_name = Some(settings.service_name.clone());
         }
+        // `ENABLE_GPU` was refused by `env()`: turned on here, it was set in code.
         #[cfg(not(feature = "gpu"))]
         if settings.gpu {
-            return Err(ConfigError::new(
-                "ENABLE_GPU",
-                "true",
-                "this build has no GPU support: enable periscope's `gpu` feature",
-            )
-            .into());
+            return Err(ConfigError::new("gpu", "true", crate::config::NO_GPU_SUPPORT).into());
         }
 
         let tenant_keys = self.tenant_keys;

@@ -828,3 +828,23 @@ fn a_panic_that_aborts_is_still_logged() {
     assert_eq!(messages[0], "first panic", "{text}");
     assert_eq!(messages[1], "second panic in drop", "{text}");
 }
+
+/// Without the `gpu` feature the collector cannot be turned on: the error names where it was
+/// asked for, the variable (with its value as written) or the builder method.
+#[cfg(not(feature = "gpu"))]
+#[test]
+fn the_gpu_collector_asked_for_in_a_build_without_it_names_where() {
+    let error = quiet()
+        .env_from(|name| (name == "ENABLE_GPU").then(|| "yes".to_owned()))
+        .unwrap_err();
+    assert_eq!(error.var, "ENABLE_GPU");
+    assert!(error.to_string().contains("\"yes\""), "{error}");
+    assert!(error.to_string().contains("`gpu` feature"), "{error}");
+    // Off in the environment is fine.
+    let off = quiet().env_from(|name| (name == "ENABLE_GPU").then(|| "false".to_owned()));
+    assert!(off.is_ok());
+
+    let error = quiet().gpu(true).build().unwrap_err().to_string();
+    assert!(error.starts_with("gpu=\"true\" is invalid"), "{error}");
+    assert!(!error.contains("ENABLE_GPU"), "{error}");
+}

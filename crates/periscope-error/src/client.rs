@@ -420,7 +420,7 @@ impl ApiError {
 
     /// How long to wait before retrying: `retry_after_s`, else a `Retry-After` header (seconds,
     /// or an HTTP date less the answer's own `Date`, by the server's clock as RFC 9110 says;
-    /// less this machine's clock when `Date` is missing or not a date; none for a date before
+    /// less this machine's clock when `Date` is missing or not a date; zero for a date before
     /// it), at most [`MAX_RETRY_AFTER`] (a year).
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
