@@ -16,6 +16,7 @@ pub(crate) const VARIABLES: &[&str] = &[
     "ENABLE_METRICS",
     "ENABLE_TRACING",
     "ENABLE_GPU",
+    "GPU_PROCESSES",
     "ADMIN_TOKEN",
     "REQUEST_TIMEOUT_S",
     "SHUTDOWN_DRAIN_S",
@@ -186,6 +187,8 @@ pub struct Settings {
     pub tracing: bool,
     /// `ENABLE_GPU` (default `false`): the NVIDIA GPU collector.
     pub gpu: bool,
+    /// `GPU_PROCESSES` (default `own`): whose GPU memory the collector reports.
+    pub gpu_processes: GpuProcesses,
     /// `ADMIN_TOKEN`: turns the `/debug/*` endpoints on behind this bearer token.
     pub admin_token: Option<String>,
     /// `REQUEST_TIMEOUT_S`: requests whose answer's head has not come within it get a 504
@@ -226,6 +229,7 @@ impl Default for Settings {
             metrics: true,
             tracing: true,
             gpu: false,
+            gpu_processes: GpuProcesses::Own,
             admin_token: None,
             request_timeout: None,
             shutdown_drain: DEFAULT_SHUTDOWN_DRAIN,
@@ -250,6 +254,7 @@ impl std::fmt::Debug for Settings {
             .field("metrics", &self.metrics)
             .field("tracing", &self.tracing)
             .field("gpu", &self.gpu)
+            .field("gpu_processes", &self.gpu_processes)
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "[REDACTED]"),
@@ -310,6 +315,9 @@ impl Settings {
             if self.gpu {
                 return Err(ConfigError::new("ENABLE_GPU", value, NO_GPU_SUPPORT));
             }
+        }
+        if let Some(value) = get("GPU_PROCESSES") {
+            self.gpu_processes = GpuProcesses::parse("GPU_PROCESSES", &value)?;
         }
         if let Some(token) = get("ADMIN_TOKEN") {
             self.admin_token = Some(checked_token("ADMIN_TOKEN", token)?);
@@ -439,6 +447,7 @@ impl Settings {
             "enable_metrics": self.metrics,
             "enable_tracing": self.tracing,
             "enable_gpu": self.gpu,
+            "gpu_processes": self.gpu_processes.as_str(),
             "admin_token": self.admin_token.as_ref().map(|_| "[REDACTED]"),
             "request_timeout_s": self.request_timeout.map(|t| t.as_secs_f64()),
             "shutdown_drain_s": self.shutdown_drain.as_secs_f64(),
@@ -531,6 +540,43 @@ pub(crate) fn checked_token(var: &'static str, token: String) -> Result<String, 
         ));
     }
     Ok(token)
+}
+
+/// Whose GPU memory the GPU collector reports (`gpu_process_memory_used_bytes`, the
+/// `/debug/status` snapshot's `processes`). NVML names processes by their pid in the host's
+/// pid namespace: in a container without it (a Kubernetes pod without `hostPID`) this process's
+/// own pid is never listed, so [`Own`](Self::Own) reports nothing there, and
+/// [`All`](Self::All) is the way to see the memory of a GPU the container has to itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuProcesses {
+    /// This process (`own`, the default).
+    #[default]
+    Own,
+    /// Every process on the service's GPUs (`all`): for a GPU given to this service alone, as
+    /// a device plugin gives one to a container; each process is a `pid` label value.
+    All,
+    /// None: the processes are not listed at all (`off`).
+    Off,
+}
+
+impl GpuProcesses {
+    /// The setting's value as written in `GPU_PROCESSES`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Own => "own",
+            Self::All => "all",
+            Self::Off => "off",
+        }
+    }
+
+    fn parse(var: &'static str, value: &str) -> Result<Self, ConfigError> {
+        match value.to_ascii_lowercase().as_str() {
+            "own" => Ok(Self::Own),
+            "all" => Ok(Self::All),
+            "off" => Ok(Self::Off),
+            _ => Err(ConfigError::new(var, value, "use own, all or off")),
+        }
+    }
 }
 
 pub(crate) fn parse_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
@@ -647,6 +693,7 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.log_directives.to_string(), "info");
         assert!(s.metrics && s.tracing && !s.gpu);
+        assert_eq!(s.gpu_processes, GpuProcesses::Own);
         assert!(s.admin_token.is_none() && s.request_timeout.is_none());
     }
 
@@ -660,6 +707,7 @@ mod tests {
             ("ENABLE_METRICS", "false"),
             ("ENABLE_TRACING", "0"),
             ("ENABLE_GPU", "yes"),
+            ("GPU_PROCESSES", "All"),
             ("ADMIN_TOKEN", "0123456789abcdef0123"),
             ("REQUEST_TIMEOUT_S", "2.5"),
         ])
@@ -669,6 +717,8 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Pretty);
         assert_eq!(s.log_directives.to_string(), "debug");
         assert!(!s.metrics && !s.tracing && s.gpu);
+        assert_eq!(s.gpu_processes, GpuProcesses::All);
+        assert_eq!(s.to_json()["gpu_processes"], "all");
         assert_eq!(s.admin_token.as_deref(), Some("0123456789abcdef0123"));
         assert_eq!(s.request_timeout, Some(Duration::from_millis(2500)));
         assert_eq!(
@@ -683,6 +733,7 @@ mod tests {
             ("ENABLE_METRICS", "maybe", "true or false"),
             ("ENABLE_TRACING", "2", "true or false"),
             ("LOG_FORMAT", "xml", "json or pretty"),
+            ("GPU_PROCESSES", "mine", "own, all or off"),
             ("LOG_LEVEL", "loud", ""),
             ("REQUEST_TIMEOUT_S", "-1", "seconds"),
             ("REQUEST_TIMEOUT_S", "soon", "seconds"),

@@ -87,7 +87,8 @@ mod test_support {
 }
 
 pub use config::{
-    ConfigError, DEFAULT_SHUTDOWN_DRAIN, MAX_SHUTDOWN_DRAIN, MIN_ADMIN_TOKEN_LEN, Settings,
+    ConfigError, DEFAULT_SHUTDOWN_DRAIN, GpuProcesses, MAX_SHUTDOWN_DRAIN, MIN_ADMIN_TOKEN_LEN,
+    Settings,
 };
 pub use observability::{Error, Observability, ObservabilityBuilder, ObservabilityGuard};
 #[cfg(feature = "serve")]

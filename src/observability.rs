@@ -165,6 +165,15 @@ impl ObservabilityBuilder {
         self
     }
 
+    /// Whose GPU memory the GPU collector reports (default
+    /// [`GpuProcesses::Own`](crate::GpuProcesses::Own); `GPU_PROCESSES`): in a container
+    /// without the host's pid namespace, only [`GpuProcesses::All`](crate::GpuProcesses::All)
+    /// reports any.
+    pub fn gpu_processes(mut self, processes: crate::GpuProcesses) -> Self {
+        self.settings.gpu_processes = processes;
+        self
+    }
+
     /// Turns the `/debug/*` endpoints on behind this bearer token (`ADMIN_TOKEN`).
     pub fn admin_token(mut self, token: impl Into<String>) -> Self {
         self.settings.admin_token = Some(token.into());
@@ -498,8 +507,14 @@ impl ObservabilityBuilder {
 
         #[cfg(feature = "gpu")]
         let gpu = if settings.gpu {
+            let processes = settings.gpu_processes;
             let collector = periscope_gpu::GpuCollector::builder()
-                .processes(true)
+                .processes(processes != crate::GpuProcesses::Off)
+                .process_filter(if processes == crate::GpuProcesses::All {
+                    periscope_gpu::ProcessFilter::All
+                } else {
+                    periscope_gpu::ProcessFilter::OwnProcess
+                })
                 .start_nvml()
                 .map_err(Error::Gpu)?;
             if settings.metrics {
