@@ -598,7 +598,14 @@ fn body_from_members(members: &Map<String, Value>, message_key: &str) -> Option<
     body.violations = members
         .get("violations")
         .and_then(Value::as_array)
-        .map(|list| list.iter().filter_map(violation_from_json).collect())
+        // As many as a service lists (`MAX_VIOLATIONS`): a body of thousands of tiny ones
+        // would be many times its size once decoded, and again once relayed.
+        .map(|list| {
+            list.iter()
+                .filter_map(violation_from_json)
+                .take(crate::MAX_VIOLATIONS)
+                .collect()
+        })
         .unwrap_or_default();
     // Cut as the server side cuts what it renders: a service relays or logs what it decodes.
     body.bound_texts();
@@ -614,11 +621,13 @@ fn violation_from_json(json: &Value) -> Option<Violation> {
             .unwrap_or_default()
             .to_owned()
     };
-    Some(Violation::new(
-        text("field"),
-        text("reason"),
-        text("message"),
-    ))
+    // A reason is a snake_case word, as a code is: one longer than a code can be is left out
+    // rather than cut (cut, it would say something else).
+    let mut reason = text("reason");
+    if reason.len() > MAX_CODE_LEN {
+        reason.clear();
+    }
+    Some(Violation::new(text("field"), reason, text("message")))
 }
 
 /// Whole seconds from an integer, or a non-negative finite number rounded up.

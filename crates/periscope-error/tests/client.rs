@@ -324,6 +324,31 @@ async fn a_huge_upstream_message_is_cut_as_the_server_cuts_it() {
     }
 }
 
+/// An upstream's list of violations is kept as long as a service's (`MAX_VIOLATIONS`), and a
+/// reason longer than a code is left out: thousands of tiny violations in a 64 KiB body would
+/// be megabytes once decoded, and again once relayed by the error layer.
+#[tokio::test]
+async fn an_upstream_list_of_violations_is_bounded_as_a_services_is() {
+    use periscope_error::MAX_VIOLATIONS;
+
+    let mut list = vec![serde_json::json!({"field": "name", "reason": "r".repeat(65)})];
+    list.extend((0..3_000).map(|i| serde_json::json!({"field": format!("f{i}")})));
+    let envelope = serde_json::json!({"error": {"code": "validation_error", "violations": list}});
+    let error = decode_conflict(envelope).await;
+    assert_eq!(error.code(), "validation_error");
+    let violations = error.violations();
+    assert_eq!(violations.len(), MAX_VIOLATIONS);
+    assert_eq!(
+        (&*violations[0].field, &*violations[0].reason),
+        ("name", "")
+    );
+    assert_eq!(violations[1].field, "f0");
+    assert_eq!(
+        violations[MAX_VIOLATIONS - 1].field,
+        format!("f{}", MAX_VIOLATIONS - 2)
+    );
+}
+
 /// An envelope `answer` sends as a 409, with `x-request-id: req_header`, decoded.
 async fn decode_conflict(envelope: serde_json::Value) -> ApiError {
     let envelope = envelope.to_string();
