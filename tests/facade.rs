@@ -2492,6 +2492,7 @@ async fn a_request_waiting_for_its_service_is_not_timed_as_a_head() {
             calls: Arc::default(),
             open_at: tokio::time::Instant::now() + Duration::from_millis(1200),
         };
+        let open_at = service.open_at;
         tokio::spawn(
             periscope::Server::new(listener)
                 .header_read_timeout(Duration::from_millis(200))
@@ -2499,8 +2500,13 @@ async fn a_request_waiting_for_its_service_is_not_timed_as_a_head() {
                 .serve(service, std::future::pending()),
         );
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        // `free` requests answered at once, then one that waits for the service.
+        // `free` requests answered at once, then one that waits for the service: its answer
+        // comes once the service is ready, after both timeouts would have run out.
         pipelined_gets(&mut stream, "/hello", "hello", free + 1).await;
+        assert!(
+            tokio::time::Instant::now() >= open_at,
+            "answered before the service was ready"
+        );
     }
 }
 
@@ -2516,6 +2522,7 @@ async fn an_http2_request_waiting_for_its_service_does_not_leave_its_connection_
         calls: Arc::default(),
         open_at: tokio::time::Instant::now() + Duration::from_millis(1500),
     };
+    let open_at = service.open_at;
     tokio::spawn(
         periscope::Server::new(listener)
             .header_read_timeout(Duration::from_millis(200))
@@ -2524,6 +2531,10 @@ async fn an_http2_request_waiting_for_its_service_does_not_leave_its_connection_
     );
     let (mut sender, _driven) = http2_connection(addr).await;
     assert_eq!(http2_get(&mut sender, "/hello").await.2, "hello");
+    assert!(
+        tokio::time::Instant::now() >= open_at,
+        "answered before the service was ready"
+    );
 }
 
 /// `Server` tells who is calling: the connection's address is the access line's `peer`, and

@@ -1,89 +1,22 @@
 //! Each crate's layers composed by hand in an order other than the documented one
 //! (docs/ordering.md) over a real socket: what a user sees, and the one warning per
 //! misordering that names it. Each misordering is made by one test only: the warnings are
-//! written once per process.
+//! written once per process (so the documented order, warned of by none, is tested in a binary
+//! of its own, `ordering_documented`).
 
 #![cfg(feature = "axum")]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
 use periscope::error::ErrorLayer;
 use periscope::log::AccessLogLayer;
-use periscope::metrics::{Format, MetricsLayer, MetricsRegistry};
+use periscope::metrics::{Format, MetricsRegistry};
 use periscope::trace::CorrelationLayer;
 use serde_json::Value;
 
 mod capture;
-use capture::{Captured, capture_lines};
-
-impl Captured {
-    /// The layer-order warnings.
-    fn order_warnings(&self) -> Vec<Value> {
-        self.lines()
-            .into_iter()
-            .filter(|line| line["target"] == "periscope::order")
-            .collect()
-    }
-
-    fn access_lines(&self, path: &str) -> Vec<Value> {
-        self.lines()
-            .into_iter()
-            .filter(|line| line["target"] == "periscope::access" && line["data"]["path"] == path)
-            .collect()
-    }
-}
-
-async fn boom() -> &'static str {
-    panic!("boom")
-}
-
-async fn slow() -> &'static str {
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    "too late"
-}
-
-fn routes() -> Router {
-    Router::new()
-        .route("/ok", get(|| async { "ok" }))
-        .route("/boom", get(boom))
-        .route("/slow", get(slow))
-}
-
-/// Serves `app` on this thread's runtime with a JSON log capturing every line; the guard
-/// flushes on drop.
-async fn serve(app: Router) -> (SocketAddr, Captured, impl Drop) {
-    let (out, log_guard, default) = capture_lines(None);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    struct Guards<A, B>(A, B);
-    impl<A, B> Drop for Guards<A, B> {
-        fn drop(&mut self) {}
-    }
-    (addr, out, Guards(log_guard, default))
-}
-
-/// One HTTP/1.1 request; `request_id` sent when given. The head and the body.
-async fn get_raw(addr: SocketAddr, path: &str, request_id: Option<&str>) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let id = request_id
-        .map(|id| format!("x-request-id: {id}\r\n"))
-        .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: a\r\n{id}connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
-        .await
-        .expect("an answer within 10 s")
-        .unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("a response head");
-    (head.to_owned(), body.to_owned())
-}
+mod ordering_support;
+use ordering_support::{get_raw, metrics, routes, serve};
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().find_map(|line| {
@@ -102,10 +35,6 @@ fn count(registry: &MetricsRegistry, route: &str, status: &str) -> f64 {
         })
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum()
-}
-
-fn metrics(registry: &MetricsRegistry) -> MetricsLayer {
-    MetricsLayer::new(registry).unwrap()
 }
 
 fn assert_one_warning(warnings: &[Value], outer: &str, inner: &str) {
@@ -222,37 +151,4 @@ async fn access_log_outside_the_correlation_layer_is_warned_once() {
     assert!(line.get("trace_id").is_none(), "{line}");
     assert_one_warning(&out.order_warnings(), "AccessLogLayer", "CorrelationLayer");
     assert_eq!(out.order_warnings().len(), 1, "{:#?}", out.order_warnings());
-}
-
-/// The documented order, by hand and as `obs.layer()`, applied once and twice: no warning,
-/// whatever the outcome.
-#[tokio::test(flavor = "current_thread")]
-async fn the_documented_order_is_not_warned() {
-    let registry = MetricsRegistry::new();
-    let by_hand = routes()
-        .layer(ErrorLayer::new().timeout(Duration::from_millis(200)))
-        .layer(AccessLogLayer::new())
-        .layer(metrics(&registry))
-        .layer(CorrelationLayer::new());
-    let obs = periscope::Observability::builder()
-        .request_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let twice = Router::new()
-        .nest("/api", routes().layer(obs.layer()))
-        .layer(obs.layer());
-    let (a, out, guards) = serve(by_hand).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let b = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, twice).await.unwrap() });
-    for (addr, prefix) in [(a, ""), (b, "/api")] {
-        for path in ["/ok", "/boom", "/slow", "/missing", "/health"] {
-            for id in [None, Some("given")] {
-                get_raw(addr, &format!("{prefix}{path}"), id).await;
-            }
-        }
-    }
-    drop(guards);
-    assert!(out.access_lines("/ok").len() == 2, "{:#?}", out.lines());
-    assert_eq!(out.order_warnings(), Vec::<Value>::new());
 }

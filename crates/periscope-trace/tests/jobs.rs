@@ -455,6 +455,7 @@ async fn a_job_enqueued_outside_any_request() {
     assert_eq!(attempts[0].request_id, attempts[1].request_id);
     assert!(attempts[0].request_id.as_str().starts_with("req_"));
     assert!(attempts.iter().all(|ctx| ctx.parent_span_id.is_none()));
+    assert_ne!(attempts[0].trace_id, attempts[1].trace_id);
     // Inside a request it is the request's carrier.
     let request = request(&format!("00-{TRACE}-{PARENT}-01"), "req-in");
     assert_eq!(
@@ -943,5 +944,9 @@ mod otel {
                 "{span:#?}"
             );
         }
+        assert_ne!(
+            spans[0].span_context.trace_id(),
+            spans[1].span_context.trace_id()
+        );
     }
 }
