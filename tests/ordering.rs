@@ -11,12 +11,12 @@ use std::time::Duration;
 use periscope::error::ErrorLayer;
 use periscope::log::AccessLogLayer;
 use periscope::metrics::{Format, MetricsRegistry};
-use periscope::trace::CorrelationLayer;
+use periscope::trace::{CorrelationLayer, Trust};
 use serde_json::Value;
 
 mod capture;
 mod ordering_support;
-use ordering_support::{get_raw, metrics, routes, serve};
+use ordering_support::{get_raw, get_with, metrics, routes, serve};
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().find_map(|line| {
@@ -127,6 +127,23 @@ async fn error_layer_outside_the_correlation_layer_shares_its_ids_and_is_warned_
     assert_eq!(line["trace_id"], envelope["error"]["trace_id"], "{line}");
     assert_one_warning(&out.order_warnings(), "ErrorLayer", "CorrelationLayer");
     assert_eq!(out.order_warnings().len(), 1, "{:#?}", out.order_warnings());
+
+    // At a trust boundary the error layer outside has continued the caller's trace: its trace
+    // id is not taken, or the caller's trace would go on past the boundary.
+    let boundary = routes()
+        .layer(AccessLogLayer::new())
+        .layer(CorrelationLayer::new().trust(Trust::Boundary))
+        .layer(ErrorLayer::new());
+    let (addr, out, guards) = serve(boundary).await;
+    let caller = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{caller}-00f067aa0ba902b7-01");
+    let (head, _) = get_with(addr, "/ok", &[("traceparent", &traceparent)]).await;
+    drop(guards);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let line = &out.access_lines("/ok")[0];
+    let trace_id = line["trace_id"].as_str().unwrap();
+    assert_eq!(trace_id.len(), 32, "{line}");
+    assert_ne!(trace_id, caller, "{line}");
 }
 
 /// The access log outside the correlation layer: its line is written outside the request

@@ -62,13 +62,23 @@ pub async fn serve(app: Router) -> (SocketAddr, Captured, impl Drop) {
 
 /// One HTTP/1.1 request; `request_id` sent when given. The head and the body.
 pub async fn get_raw(addr: SocketAddr, path: &str, request_id: Option<&str>) -> (String, String) {
+    let id: Vec<(&str, &str)> = request_id
+        .map(|id| ("x-request-id", id))
+        .into_iter()
+        .collect();
+    get_with(addr, path, &id).await
+}
+
+/// One HTTP/1.1 request with `headers`. The head and the body.
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let id = request_id
-        .map(|id| format!("x-request-id: {id}\r\n"))
-        .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: a\r\n{id}connection: close\r\n\r\n");
+    let headers: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: a\r\n{headers}connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))

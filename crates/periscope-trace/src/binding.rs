@@ -92,6 +92,23 @@ pub(crate) fn span_text(text: &str) -> &str {
     text
 }
 
+/// Renames `span` where it is exported (`otel.name`). The OpenTelemetry span is started when
+/// the server span is bound, and a later `otel.name` changes only the builder it no longer
+/// reads: the started span is renamed as well.
+#[cold]
+#[inline(never)]
+pub(crate) fn rename(span: &Span, name: &'static str) {
+    span.record("otel.name", name);
+    #[cfg(feature = "otel")]
+    {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        if !span.is_disabled() {
+            span.context().span().update_name(name);
+        }
+    }
+}
+
 #[cfg(feature = "otel")]
 mod otel {
     use super::ParentKind;

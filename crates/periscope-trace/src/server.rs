@@ -20,7 +20,7 @@ use tower_service::Service;
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::binding::{ParentKind, bind, early_id, span_text};
+use crate::binding::{ParentKind, bind, early_id, rename, span_text};
 use crate::body::CorrelationBody;
 use crate::fields::{
     MAX_URL_PATH_LEN, SERVER_FIELDS, method_name, method_original, record_failure,
@@ -266,6 +266,7 @@ where
             // context alone (one made by an error layer outside is taken below instead).
             Some(ctx)
                 if in_server_span()
+                    || request.extensions().get::<MadeWithoutSpan>().is_some()
                     || (self.config.quiet.is_quiet(request.uri().path())
                         && request
                             .extensions()
@@ -307,18 +308,19 @@ where
         let sample_new = true;
         let propagators = config.propagators.unwrap_or_else(Propagators::global);
         let mut link = None;
-        if !propagators.trace_context() {
+        if !config.trust.continues(request.headers()) {
+            // A trust boundary: a new trace under the kept request id, the caller's as a link
+            // (when trace context is read at all). Every tenant header is dropped here, valid
+            // or not: none is worth a warning.
+            *ctx = RequestContext::start(ctx.request_id.clone(), sample_new);
+            link = incoming.filter(|_| propagators.trace_context());
+            rejected_tenant.clear();
+        } else if !propagators.trace_context() {
             // Trace context is not propagated: a new trace, the rest of the context kept.
             let mut fresh = RequestContext::start(ctx.request_id.clone(), sample_new);
             fresh.baggage = std::mem::take(&mut ctx.baggage);
             fresh.tenant = std::mem::take(&mut ctx.tenant);
             *ctx = fresh;
-        } else if !config.trust.continues(request.headers()) {
-            // A trust boundary: a new trace under the kept request id, the caller's as a link.
-            // Every tenant header is dropped here, valid or not: none is worth a warning.
-            *ctx = RequestContext::start(ctx.request_id.clone(), sample_new);
-            link = *incoming;
-            rejected_tenant.clear();
         }
         if !propagators.baggage() {
             ctx.baggage = Baggage::new();
@@ -356,6 +358,9 @@ where
         if let Some(matched) = matched {
             request.extensions_mut().insert(matched);
         }
+        if span.is_none() {
+            made_without_span(&mut request);
+        }
         if !config.trusted_proxies.is_empty() {
             client_addr(&mut request, &config.trusted_proxies, &span);
         }
@@ -390,6 +395,19 @@ where
     }
 }
 
+/// Marks a request whose context this layer made without a server span (a quiet path, or a
+/// span no subscriber takes): a layer applied again inside, on a nested router that sees the
+/// path without its prefix (not quiet to it), knows the context is the outer layer's. Only
+/// such requests pay for the insertion.
+#[derive(Clone, Copy, Debug)]
+struct MadeWithoutSpan;
+
+#[cold]
+#[inline(never)]
+fn made_without_span<B>(request: &mut Request<B>) {
+    request.extensions_mut().insert(MadeWithoutSpan);
+}
+
 /// Whether the current span is a server span of this layer: the request is being served by
 /// a [`Correlation`] outside, which made its context (a layer that only puts a context in the
 /// extensions, such as the error layer on its own, opens no such span).
@@ -404,24 +422,29 @@ fn in_server_span() -> bool {
 }
 
 /// The context an error layer outside made, out of the documented order (it found none):
-/// warned once; its ids are taken, so the envelope and the log lines agree.
+/// warned once; its ids are taken, so the envelope and the log lines agree. Its trace id only
+/// when it started the trace: one it continued is the caller's, which this layer may not
+/// continue (a trust boundary, trace context not propagated).
 #[cold]
 #[inline(never)]
-fn error_layer_context<B>(request: &Request<B>) -> Option<(RequestId, TraceId)> {
+fn error_layer_context<B>(request: &Request<B>) -> Option<(RequestId, Option<TraceId>)> {
     request.extensions().get::<ContextFromErrorLayer>()?;
     warn_misordered(Misordering::ErrorOutsideCorrelation);
     let ctx = request.extensions().get::<RequestContext>()?;
-    Some((ctx.request_id.clone(), ctx.trace_id))
+    let started = ctx.parent_span_id.is_none().then_some(ctx.trace_id);
+    Some((ctx.request_id.clone(), started))
 }
 
 /// Takes the request id an error layer outside chose (kept from the same header, or generated)
-/// and, for a trace started here, its trace id: the ids its envelope carries.
+/// and, for a trace both started, its trace id: the ids its envelope carries.
 /// With the `otel` feature the exported span's trace id wins.
 #[cold]
 #[inline(never)]
-fn adopt_ids(ctx: &mut RequestContext, (request_id, trace_id): (RequestId, TraceId)) {
+fn adopt_ids(ctx: &mut RequestContext, (request_id, trace_id): (RequestId, Option<TraceId>)) {
     ctx.request_id = request_id;
-    if ctx.parent_span_id.is_none() {
+    if let Some(trace_id) = trace_id
+        && ctx.parent_span_id.is_none()
+    {
         ctx.trace_id = trace_id;
     }
 }
@@ -631,7 +654,7 @@ where
         {
             // A method the service does not have keeps the HTTP name: named by its path, any
             // caller could add span names without end.
-            span.record("otel.name", "POST");
+            rename(span, "POST");
         }
         match response.extensions().get::<StreamEndWatch>() {
             // A gRPC call whose code comes in its trailers, after its messages: the access log

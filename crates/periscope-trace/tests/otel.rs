@@ -861,6 +861,45 @@ async fn grpc_calls_are_exported_with_the_rpc_fields() {
     }
 }
 
+/// A gRPC call to a method the service does not have (answered `UNIMPLEMENTED`) is exported
+/// under the HTTP name, `POST`, not under the path the caller made up: callers cannot add span
+/// names without end. A method it has keeps its name.
+#[tokio::test]
+async fn a_grpc_method_the_service_lacks_is_exported_as_post() {
+    use http::{Request, Response};
+    use tower::{Layer, ServiceExt, service_fn};
+
+    let (kept, provider, _default) = export_in_process(parent_based_always_on());
+    let server = CorrelationLayer::new().layer(service_fn(|request: Request<String>| async move {
+        let code = if request.uri().path().ends_with("/Get") {
+            "0"
+        } else {
+            "12"
+        };
+        let response = Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", code)
+            .body(String::new())
+            .unwrap();
+        Ok::<_, std::convert::Infallible>(response)
+    }));
+    for (path, name) in [
+        ("/inventory.v1.Items/Made1Up", "POST"),
+        ("/inventory.v1.Items/Get", "inventory.v1.Items/Get"),
+    ] {
+        kept.0.lock().unwrap().clear();
+        let request = Request::post(path)
+            .header("content-type", "application/grpc")
+            .body(String::new())
+            .unwrap();
+        server.clone().oneshot(request).await.unwrap();
+        provider.force_flush().unwrap();
+        let spans = kept.0.lock().unwrap().clone();
+        assert_eq!(spans.len(), 1, "{spans:#?}");
+        assert_eq!(spans[0].name, name, "{path}: {:#?}", spans[0]);
+    }
+}
+
 /// The numeric attributes are exported as integers, as the semantic conventions type them:
 /// `http.response.status_code` and `rpc.grpc.status_code` on server and client spans,
 /// `server.port` on client spans. (tracing-opentelemetry exports an unsigned field as its

@@ -9,7 +9,7 @@ use http::StatusCode;
 use periscope_context::{Carrier, TraceParent};
 use periscope_context::{RequestContext, TenantKey};
 use periscope_trace::job::JobSpan;
-use periscope_trace::{ClientTraceLayer, CorrelationLayer, Trust};
+use periscope_trace::{ClientTraceLayer, CorrelationLayer, Propagators, Trust};
 use support::services::{app, by_hop, chain, get, hop_state};
 use support::{Capture, plain_client, send, serve};
 use tower::Layer;
@@ -359,6 +359,31 @@ async fn probe_paths_are_not_traced_but_keep_their_request_id() {
     assert_eq!(capture.spans_for("http_request", "probe-2").len(), 1);
 }
 
+/// The layer applied twice, on a nested router and on the outer one, with a quiet prefix: the
+/// nested router sees the path stripped of its prefix (`/hop`), not quiet to it, and must
+/// still pass the request through under the outer layer's context: no span, not sampled.
+#[tokio::test]
+async fn a_quiet_path_under_a_nested_router_gets_no_span_from_the_inner_layer() {
+    let (capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let quiet = || {
+        CorrelationLayer::new()
+            .quiet(periscope_trace::PathSelector::default().with_prefix("/internal/"))
+    };
+    let nested = axum::Router::new()
+        .nest("/internal", app(hop_state("inner", None, &seen), quiet()))
+        .layer(quiet());
+    let addr = serve(nested).await;
+
+    let response = get(addr, "/internal/hop", &[("x-request-id", "nested-quiet")]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-request-id"], "nested-quiet");
+    assert!(capture.spans_for("http_request", "nested-quiet").is_empty());
+    let ctx = seen.lock().unwrap()[0].ctx.clone();
+    assert_eq!(ctx.request_id.as_str(), "nested-quiet");
+    assert!(!ctx.is_sampled(), "{ctx:?}");
+}
+
 /// A readiness check that calls a dependency: the probe has no span, so the call goes out
 /// unsampled (nobody would export its parent), still with the trace and request id.
 #[tokio::test]
@@ -388,49 +413,68 @@ async fn calls_from_probe_paths_keep_their_ids_but_are_not_sampled() {
     assert!(!hops[1].ctx.is_sampled());
 }
 
+/// At a trust boundary the caller's trace, trace state, baggage and tenant are dropped, and its
+/// trace is a link; whatever formats are propagated (with trace context off, no `traceparent`
+/// is read, so none is linked, and the rest is still dropped).
 #[tokio::test]
 async fn trust_boundary_starts_a_new_trace_and_links_the_caller() {
     let (capture, _guard) = capture();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let addr = serve(app(
-        hop_state("public", None, &seen),
-        CorrelationLayer::new().trust(Trust::Boundary),
-    ))
-    .await;
+    for (propagators, id, linked) in [
+        (Propagators::default(), "public-1", true),
+        (Propagators::none(), "public-2", false),
+        (Propagators::none().with_baggage(true), "public-3", false),
+    ] {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let addr = serve(app(
+            hop_state("public", None, &seen),
+            CorrelationLayer::new()
+                .trust(Trust::Boundary)
+                .propagators(propagators),
+        ))
+        .await;
 
-    get(
-        addr,
-        "/hop",
-        &[
-            ("x-request-id", "public-1"),
-            ("traceparent", INCOMING),
-            ("tracestate", "vendor=opaque"),
-            ("baggage", "user_tier=gold"),
-            ("x-org-id", "org_spoofed"),
-            ("x-project-id", "not a valid id"),
-        ],
-    )
-    .await;
-    let ctx = seen.lock().unwrap()[0].ctx.clone();
-    assert_eq!(ctx.request_id.as_str(), "public-1");
-    // Every tenant header is dropped at the boundary, so an invalid one is not warned about.
-    let warnings: Vec<_> = capture
-        .lines_for("public-1")
-        .into_iter()
-        .filter(|l| l.level == tracing::Level::WARN)
-        .collect();
-    assert!(warnings.is_empty(), "{warnings:#?}");
-    assert_ne!(ctx.trace_id.to_string(), INCOMING_TRACE);
-    assert_eq!(ctx.parent_span_id, None);
-    assert!(ctx.trace_state.is_empty() && ctx.baggage.is_empty() && ctx.tenant.is_empty());
+        get(
+            addr,
+            "/hop",
+            &[
+                ("x-request-id", id),
+                ("traceparent", INCOMING),
+                ("tracestate", "vendor=opaque"),
+                ("baggage", "user_tier=gold"),
+                ("x-org-id", "org_spoofed"),
+                ("x-project-id", "not a valid id"),
+            ],
+        )
+        .await;
+        let ctx = seen.lock().unwrap()[0].ctx.clone();
+        assert_eq!(ctx.request_id.as_str(), id);
+        // Every tenant header is dropped at the boundary, so an invalid one is not warned about.
+        let warnings: Vec<_> = capture
+            .lines_for(id)
+            .into_iter()
+            .filter(|l| l.level == tracing::Level::WARN)
+            .collect();
+        assert!(warnings.is_empty(), "{id}: {warnings:#?}");
+        assert_ne!(ctx.trace_id.to_string(), INCOMING_TRACE);
+        assert_eq!(ctx.parent_span_id, None);
+        assert!(
+            ctx.trace_state.is_empty() && ctx.baggage.is_empty() && ctx.tenant.is_empty(),
+            "{id}: {ctx:?}"
+        );
 
-    let span = &capture.spans_for("http_request", "public-1")[0];
-    assert_eq!(
-        span.get("trace_id"),
-        Some(ctx.trace_id.to_string().as_str())
-    );
-    assert_eq!(span.get("link.trace_id"), Some(INCOMING_TRACE));
-    assert_eq!(span.get("link.span_id"), Some(INCOMING_PARENT));
+        let span = &capture.spans_for("http_request", id)[0];
+        assert_eq!(
+            span.get("trace_id"),
+            Some(ctx.trace_id.to_string().as_str())
+        );
+        assert_eq!(span.get("org_id"), None, "{id}");
+        let link = (span.get("link.trace_id"), span.get("link.span_id"));
+        if linked {
+            assert_eq!(link, (Some(INCOMING_TRACE), Some(INCOMING_PARENT)));
+        } else {
+            assert_eq!(link, (None, None), "{id}");
+        }
+    }
 }
 
 /// A gateway behind a trust boundary that forwards the caller's request as it came: the
