@@ -147,8 +147,16 @@ impl LabelGuard {
         if value.len() > MAX_LABEL_VALUE_LEN {
             return false;
         }
-        if read(&self.admitted).contains(value) {
-            return true;
+        {
+            let admitted = read(&self.admitted);
+            if admitted.contains(value) {
+                return true;
+            }
+            // Full for good (values are never let go): a flood of new values, each folded,
+            // takes no write lock.
+            if admitted.len() >= self.cap {
+                return false;
+            }
         }
         let mut admitted = write(&self.admitted);
         if admitted.contains(value) {
