@@ -664,22 +664,27 @@ async fn the_server_cuts_off_a_request_head_the_head_timeout_after_it_began() {
 /// 200 ms head timeout and a 300 ms idle timeout, to a client with a small receive buffer,
 /// and the shutdown signal's sender.
 #[cfg(feature = "serve")]
-async fn big_answer_to_a_slow_reader() -> (tokio::net::TcpStream, tokio::sync::oneshot::Sender<()>)
-{
+async fn big_answer_to_a_slow_reader() -> (
+    tokio::net::TcpStream,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     use tokio::io::AsyncWriteExt;
 
     let app = Router::new().route("/big", get(|| async { vec![b'x'; BIG_ANSWER] }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(
+    let server = tokio::spawn(async move {
         periscope::Server::new(listener)
             .header_read_timeout(Duration::from_millis(200))
             .idle_timeout(Duration::from_millis(300))
             .serve(app, async {
                 let _ = stopped.await;
-            }),
-    );
+            })
+            .await
+            .unwrap();
+    });
     // A small receive buffer: the answer waits in the server, not in this socket.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(64 << 10).unwrap();
@@ -688,7 +693,7 @@ async fn big_answer_to_a_slow_reader() -> (tokio::net::TcpStream, tokio::sync::o
         .write_all(b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n")
         .await
         .unwrap();
-    (stream, stop)
+    (stream, stop, server)
 }
 
 #[cfg(feature = "serve")]
@@ -734,7 +739,7 @@ async fn read_the_big_answer_slowly(
 #[cfg(feature = "serve")]
 #[tokio::test(flavor = "current_thread")]
 async fn the_server_does_not_cut_off_an_answer_still_going_out_for_the_idle_timeout() {
-    let (stream, _stop) = big_answer_to_a_slow_reader().await;
+    let (stream, _stop, _server) = big_answer_to_a_slow_reader().await;
     read_the_big_answer_slowly(stream, || {}).await;
 }
 
@@ -743,9 +748,16 @@ async fn the_server_does_not_cut_off_an_answer_still_going_out_for_the_idle_time
 #[cfg(feature = "serve")]
 #[tokio::test(flavor = "current_thread")]
 async fn the_server_finishes_an_answer_still_going_out_at_the_shutdown_signal() {
-    let (stream, stop) = big_answer_to_a_slow_reader().await;
+    let (stream, stop, server) = big_answer_to_a_slow_reader().await;
+    let addr = stream.peer_addr().unwrap();
     let mut stop = Some(stop);
     read_the_big_answer_slowly(stream, || drop(stop.take())).await;
+    // The signal came: the server stops once the answer is out, and takes no new connection.
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stopped after the answer went out")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
 /// A request body the service left unread (a 404 to a `POST`), which hyper reads off after the

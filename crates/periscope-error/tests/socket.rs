@@ -1529,6 +1529,13 @@ async fn a_body_the_client_stops_sending_is_not_a_malformed_request() {
         assert_eq!(event["code"], "request_body_incomplete", "{how}: {event:?}");
         assert_eq!(event["level"], "INFO", "{how}: {event:?}");
         assert_eq!(event["received_bytes"], "1000", "{how}: {event:?}");
+        // Once: a second line (the handler's error logged again) would have come by now.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let coded = captured_events()
+            .into_iter()
+            .filter(|event| event.get("request_id") == Some(&id) && event.get("code").is_some())
+            .count();
+        assert_eq!(coded, 1, "{how}");
     }
 
     // For contrast: a complete body that is not JSON, and a valid one.
