@@ -141,7 +141,7 @@ mod doc_pages {
     struct Gpu;
     #[doc = include_str!("../docs/admin.md")]
     struct Admin;
-    #[cfg(feature = "axum")]
+    #[cfg(all(feature = "axum", feature = "serve", feature = "signal"))]
     #[doc = include_str!("../docs/migrating.md")]
     struct Migrating;
     #[cfg(all(
