@@ -961,3 +961,27 @@ fn the_deployment_probes_and_scrapes_the_served_paths() {
     assert!(monitor.contains("jobLabel: app.kubernetes.io/name"));
     assert!(deployment.contains("name: SERVICE_NAME\n              value: inference-gateway"));
 }
+
+/// Grafana reads `$NAME` and `${NAME}` in a provisioning file as environment variables, empty
+/// when unset: a Grafana variable there (`${__trace.traceId}`, `${__value.raw}`) must be written
+/// `$$`, or the link it builds loses it (a trace's log query matching every line).
+#[test]
+fn grafana_provisioning_escapes_grafana_variables() {
+    let mut problems = Vec::new();
+    for file in files("deploy/grafana/provisioning", ".yml") {
+        for (number, line) in read(&file).lines().enumerate() {
+            // Values are read after the YAML is parsed: comments are not.
+            if line.trim_start().starts_with('#') {
+                continue;
+            }
+            let bytes = line.as_bytes();
+            for (at, _) in line.match_indices('$') {
+                let escaped = (at > 0 && bytes[at - 1] == b'$') || bytes.get(at + 1) == Some(&b'$');
+                if !escaped && line[at + 1..].starts_with(|c: char| c == '{' || c == '_') {
+                    problems.push(format!("{file}:{}: unescaped `$` in {line}", number + 1));
+                }
+            }
+        }
+    }
+    assert_no_problems(problems);
+}
