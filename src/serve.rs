@@ -258,6 +258,8 @@ impl Server {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
+                    // One connection's own failure (reset while queued): the next at once.
+                    Err(error) if is_connection_error(&error) => continue,
                     Err(error) => {
                         accept_failures.failed(&error);
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -402,6 +404,17 @@ impl AcceptFailures {
     }
 }
 
+/// An accept error about the connection it would have given (aborted or reset by its client
+/// while it waited in the queue), not about the listener: no reason to wait or warn.
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,5 +448,20 @@ mod tests {
         }
         assert_eq!(WARNINGS.load(Ordering::Relaxed), 1);
         assert_eq!(failures.since_warning, 99);
+    }
+
+    /// A client that gave up while queued is its own failure, skipped at once; running out of
+    /// descriptors or memory is the listener's, waited out and warned about.
+    #[test]
+    fn connection_errors_are_told_from_the_listeners() {
+        use io::ErrorKind::*;
+        for kind in [ConnectionAborted, ConnectionReset, ConnectionRefused] {
+            assert!(is_connection_error(&io::Error::from(kind)), "{kind:?}");
+        }
+        let emfile = io::Error::from_raw_os_error(24);
+        let enomem = io::Error::from(OutOfMemory);
+        for error in [emfile, enomem, io::Error::other("x")] {
+            assert!(!is_connection_error(&error), "{error:?}");
+        }
     }
 }
