@@ -977,7 +977,7 @@ fn grafana_provisioning_escapes_grafana_variables() {
             let bytes = line.as_bytes();
             for (at, _) in line.match_indices('$') {
                 let escaped = (at > 0 && bytes[at - 1] == b'$') || bytes.get(at + 1) == Some(&b'$');
-                if !escaped && line[at + 1..].starts_with(|c: char| c == '{' || c == '_') {
+                if !escaped && line[at + 1..].starts_with(['{', '_']) {
                     problems.push(format!("{file}:{}: unescaped `$` in {line}", number + 1));
                 }
             }
