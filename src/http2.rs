@@ -30,8 +30,8 @@ use crate::write_stall::{WriteStallGuard, Written};
 /// enough that such a client does not hold the shutdown.
 const GOAWAY_CHECK_AT_SHUTDOWN: Duration = Duration::from_millis(500);
 
-/// The fewest bytes the client must take in a write timeout while an answer waits on it: the
-/// server's own PINGs and acknowledgements are a few dozen.
+/// The fewest bytes of answers the client must take in a write timeout while an answer waits
+/// on it (other frames are not counted: a client sending PINGs has each acknowledged).
 const MIN_PROGRESS: u64 = 1024;
 
 /// What an HTTP/2 client sends first, before any frame (RFC 9113, section 3.4).
@@ -133,9 +133,10 @@ where
     tokio::pin!(connection);
     // `Duration::MAX` is "never".
     let write_check = (limits.write_timeout != Duration::MAX).then_some(limits.write_timeout);
-    // Bytes the client took since the last tick of each timer.
-    let mut written_for_write = Progress::new(&written.bytes);
-    let mut written_for_idle = Progress::new(&written.bytes);
+    // Bytes of answers the client took since the last tick of each timer (a PING's
+    // acknowledgement, made at the client's will, shows nothing).
+    let mut written_for_write = Progress::new(&written.answer_bytes);
+    let mut written_for_idle = Progress::new(&written.answer_bytes);
     let mut stalled = || {
         let moved = written_for_write.moved();
         write_check.is_some_and(|timeout| {
@@ -247,7 +248,7 @@ impl<'a> Progress<'a> {
     }
 
     /// Whether the client took at least [`MIN_PROGRESS`] bytes since the last call: less is
-    /// the server's own PINGs and acknowledgements.
+    /// a trickle that shows nothing moving.
     fn moved(&mut self) -> bool {
         let now = self.written.load(Ordering::Relaxed);
         let moved = now.saturating_sub(self.last) >= MIN_PROGRESS;

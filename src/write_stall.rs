@@ -45,6 +45,8 @@ pub(crate) struct WriteStallGuard<S> {
     waiting: bool,
     /// What an HTTP/2 connection's task is told (see [`counting`](Self::counting)).
     written: Option<Arc<Written>>,
+    /// Where the bytes written are in their HTTP/2 frames.
+    frames: FrameReader,
 }
 
 /// What the guard of an HTTP/2 connection tells its connection task.
@@ -52,6 +54,10 @@ pub(crate) struct WriteStallGuard<S> {
 pub(crate) struct Written {
     /// The bytes written.
     pub(crate) bytes: AtomicU64,
+    /// Of them, the bytes of answers (HEADERS, CONTINUATION and DATA frames): what shows a
+    /// connection's answers moving. The rest a client can make the server write at will (a
+    /// PING's acknowledgement for each of its PINGs), so it shows nothing.
+    pub(crate) answer_bytes: AtomicU64,
     /// Whether a write stalled for the timeout: h2 keeps only the text of the I/O error a
     /// connection ends with, so hyper's error cannot tell it ([`WriteStalled`] is lost).
     pub(crate) stalled: AtomicBool,
@@ -89,7 +95,8 @@ impl Written {
         }
     }
 
-    fn wrote(&self, bytes: u64) {
+    fn wrote(&self, bytes: u64, answer_bytes: u64) {
+        self.answer_bytes.fetch_add(answer_bytes, Ordering::SeqCst);
         let total = self.bytes.fetch_add(bytes, Ordering::SeqCst) + bytes;
         if self.anyone_waiting.load(Ordering::SeqCst) {
             let mut reached = Vec::new();
@@ -125,6 +132,7 @@ impl<S> WriteStallGuard<S> {
             clock: None,
             waiting: false,
             written: None,
+            frames: FrameReader::default(),
         }
     }
 
@@ -137,10 +145,71 @@ impl<S> WriteStallGuard<S> {
         self
     }
 
-    fn count(&self, result: &Poll<io::Result<usize>>) {
-        if let (Some(written), Poll::Ready(Ok(bytes))) = (&self.written, result) {
-            written.wrote(*bytes as u64);
+    /// Counts the bytes just written, the first of `bufs`.
+    fn count<'b>(
+        self: Pin<&mut Self>,
+        result: &Poll<io::Result<usize>>,
+        bufs: impl IntoIterator<Item = &'b [u8]>,
+    ) {
+        let this = self.project();
+        let (Some(written), Poll::Ready(Ok(bytes))) = (this.written.as_ref(), result) else {
+            return;
+        };
+        let mut left = *bytes;
+        let mut answer_bytes = 0;
+        for buf in bufs {
+            let part = &buf[..left.min(buf.len())];
+            answer_bytes += this.frames.answer_bytes(part);
+            left -= part.len();
         }
+        written.wrote(*bytes as u64, answer_bytes);
+    }
+}
+
+/// Follows the HTTP/2 frames a server writes (each a 9-byte header giving its length and
+/// type, then its payload) to tell the bytes of answers from the rest.
+#[derive(Debug, Default)]
+struct FrameReader {
+    header: [u8; 9],
+    /// How much of the next frame's header came.
+    have: usize,
+    /// How much of the current frame's payload is still to come.
+    left: usize,
+    /// Whether the current frame is part of an answer.
+    answer: bool,
+}
+
+impl FrameReader {
+    /// The bytes of answers among `bytes`, the next ones written.
+    fn answer_bytes(&mut self, mut bytes: &[u8]) -> u64 {
+        /// DATA, HEADERS and CONTINUATION (RFC 9113, section 6).
+        const ANSWER_FRAMES: [u8; 3] = [0x0, 0x1, 0x9];
+        let mut answer = 0;
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len());
+                if self.answer {
+                    answer += n as u64;
+                }
+                self.left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (self.header.len() - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == self.header.len() {
+                self.have = 0;
+                let [a, b, c, kind, ..] = self.header;
+                self.left = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+                self.answer = ANSWER_FRAMES.contains(&kind);
+                if self.answer {
+                    answer += self.header.len() as u64;
+                }
+            }
+        }
+        answer
     }
 }
 
@@ -196,7 +265,7 @@ impl<S: AsyncWrite> AsyncWrite for WriteStallGuard<S> {
         let result = self
             .as_mut()
             .guarded(cx, |inner, cx| inner.poll_write(cx, buf));
-        self.count(&result);
+        self.as_mut().count(&result, [buf]);
         result
     }
 
@@ -208,7 +277,7 @@ impl<S: AsyncWrite> AsyncWrite for WriteStallGuard<S> {
         let result = self
             .as_mut()
             .guarded(cx, |inner, cx| inner.poll_write_vectored(cx, bufs));
-        self.count(&result);
+        self.as_mut().count(&result, bufs.iter().map(|buf| &**buf));
         result
     }
 
@@ -254,6 +323,38 @@ mod tests {
         limit_unsent(&stream);
         let lowat = socket2::SockRef::from(&stream).tcp_notsent_lowat().unwrap();
         assert_eq!(lowat, UNSENT_LIMIT);
+    }
+
+    /// The bytes of HEADERS, CONTINUATION and DATA frames are answers', headers included,
+    /// however the frames are cut into writes; SETTINGS, PING, WINDOW_UPDATE and GOAWAY
+    /// frames are not.
+    #[test]
+    fn the_frame_reader_counts_the_bytes_of_answers_alone() {
+        let frame = |kind: u8, len: usize| {
+            let mut frame = vec![0, (len >> 8) as u8, len as u8, kind, 0, 0, 0, 0, 1];
+            frame.resize(9 + len, 0xaa);
+            frame
+        };
+        let stream: Vec<u8> = [
+            frame(0x4, 6),    // SETTINGS
+            frame(0x6, 8),    // PING ack
+            frame(0x1, 40),   // HEADERS
+            frame(0x9, 10),   // CONTINUATION
+            frame(0x8, 4),    // WINDOW_UPDATE
+            frame(0x0, 1000), // DATA
+            frame(0x0, 0),    // DATA, END_STREAM alone
+            frame(0x7, 8),    // GOAWAY
+        ]
+        .concat();
+        let answers = (9 + 40) + (9 + 10) + (9 + 1000) + 9;
+        for cut in [1, 2, 7, 9, 10, 64, stream.len()] {
+            let mut reader = FrameReader::default();
+            let counted: u64 = stream
+                .chunks(cut)
+                .map(|part| reader.answer_bytes(part))
+                .sum();
+            assert_eq!(counted, answers, "written {cut} bytes at a time");
+        }
     }
 
     /// `Duration::MAX` turns the clock off rather than overflowing it.

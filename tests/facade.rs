@@ -2675,6 +2675,53 @@ async fn the_server_closes_http2_connections_held_by_doing_nothing() {
         closed.await.is_ok(),
         "a silent client's upload does not hold the connection"
     );
+
+    // No stream, and a PING every 2 ms from a client that acknowledges the server's own, as
+    // any HTTP/2 stack does: each acknowledged (17 bytes, some 3,000 an idle timeout), none of
+    // it an answer, so the connection is idle all the same.
+    let mut pinging = tokio::net::TcpStream::connect(addr).await.unwrap();
+    pinging
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\0\x04\x01\0\0\0\0")
+        .await
+        .unwrap();
+    let held = async {
+        let mut ticks = tokio::time::interval(Duration::from_millis(2));
+        let (mut taken, mut chunk) = (Vec::new(), [0; 4096]);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    if pinging.write_all(b"\0\0\x08\x06\0\0\0\0\0pingpong").await.is_err() {
+                        return;
+                    }
+                }
+                read = pinging.read(&mut chunk) => {
+                    let Ok(n @ 1..) = read else { return };
+                    taken.extend_from_slice(&chunk[..n]);
+                    // Whole frames: acknowledge the server's PINGs (type 6, no ACK flag).
+                    while taken.len() >= 9 {
+                        let len = usize::from(taken[1]) << 8 | usize::from(taken[2]);
+                        if taken.len() < 9 + len {
+                            break;
+                        }
+                        let frame: Vec<u8> = taken.drain(..9 + len).collect();
+                        if frame[3] == 0x6 && frame[4] & 0x1 == 0 {
+                            let mut ack = frame;
+                            ack[4] = 0x1;
+                            if pinging.write_all(&ack).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), held)
+            .await
+            .is_ok(),
+        "a client's PINGs do not hold an idle connection"
+    );
 }
 
 /// An HTTP/2 answer that hyper took whole (its body over, so no stream counts as open) waits
