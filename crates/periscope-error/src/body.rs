@@ -97,17 +97,21 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let mut kind = this.kind;
-        match kind.as_mut().project() {
+        let ids = match kind.as_mut().project() {
             KindProj::Inner(body, ids) => match panic::catch(|| body.poll_frame(cx)) {
                 Ok(polled) => return polled.map(|frame| frame.map(|r| r.map_err(Into::into))),
-                Err(caught) => caught.log(ids),
+                Err(caught) => {
+                    let ids = ids.clone();
+                    caught.log(&ids);
+                    ids
+                }
             },
             KindProj::Full(bytes) => {
                 return Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes))));
             }
-        }
+        };
         // Drop the body that panicked now, in case its destructor panics too, and end there.
-        let _ = panic::catch(|| kind.set(Kind::Full(None)));
+        panic::drop_caught(&ids, || kind.set(Kind::Full(None)));
         if *this.grpc_trailers {
             return Poll::Ready(Some(Ok(Frame::trailers(render::grpc_panic_trailers()))));
         }

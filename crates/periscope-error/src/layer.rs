@@ -586,7 +586,7 @@ where
                     // Drop the failed future now, in case its destructor panics too. A
                     // periscope access log or metrics layer dropped here is inside this one,
                     // out of the documented order: it warns (docs/ordering.md).
-                    let _ = panic::catch(|| {
+                    panic::drop_caught(&this.handled.ids, || {
                         order::error_layer_dropping(|| {
                             this.state.set(State::Done { response: None })
                         })
@@ -612,7 +612,9 @@ where
                         Ok(Poll::Pending) => return Poll::Pending,
                         Err(caught) => {
                             // Drop the body now, in case its destructor panics too.
-                            let _ = panic::catch(|| this.state.set(State::Done { response: None }));
+                            panic::drop_caught(&this.handled.ids, || {
+                                this.state.set(State::Done { response: None })
+                            });
                             return Poll::Ready(Ok(this.handled.failure(Failure::Panic(caught))));
                         }
                     };

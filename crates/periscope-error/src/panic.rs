@@ -17,14 +17,27 @@ pub(crate) trait LogPanic {
 
 impl LogPanic for CaughtPanic {
     fn log(self, ids: &Ids) {
-        tracing::error!(
-            request_id = ids.request_id.as_str(),
-            trace_id = ids.trace_id.map(tracing::field::display),
-            code = codes::INTERNAL_ERROR.name(),
-            panic.message = self.message,
-            panic.location = self.location,
-            panic.backtrace = self.backtrace,
-            "handler panicked"
-        );
+        log_caught(self, ids, "handler panicked");
     }
+}
+
+/// Runs `drop` (dropping a failed or timed-out request's future or body) inside a catch: a
+/// destructor that panics in turn (a guard that panics when its work is abandoned) is logged,
+/// as `handler panicked while dropped`, rather than lost.
+pub(crate) fn drop_caught(ids: &Ids, drop: impl FnOnce()) {
+    if let Err(caught) = catch(drop) {
+        log_caught(caught, ids, "handler panicked while dropped");
+    }
+}
+
+fn log_caught(caught: CaughtPanic, ids: &Ids, what: &'static str) {
+    tracing::error!(
+        request_id = ids.request_id.as_str(),
+        trace_id = ids.trace_id.map(tracing::field::display),
+        code = codes::INTERNAL_ERROR.name(),
+        panic.message = caught.message,
+        panic.location = caught.location,
+        panic.backtrace = caught.backtrace,
+        "{what}"
+    );
 }

@@ -833,6 +833,43 @@ async fn slow_handler_past_the_timeout_gets_504_timeout() {
     assert!(events.iter().any(|event| event["level"] == "WARN"));
 }
 
+/// A handler abandoned at the timeout holds a guard whose destructor panics (a transaction
+/// that must be committed): the 504 goes out, and the panic is logged with the request's ids,
+/// not lost inside the layer's catch.
+#[tokio::test]
+async fn a_panic_while_a_timed_out_handler_is_dropped_is_logged() {
+    struct MustFinish;
+    impl Drop for MustFinish {
+        fn drop(&mut self) {
+            panic!("work abandoned half done");
+        }
+    }
+    support::install_capture();
+    let app = Router::new()
+        .route(
+            "/guarded",
+            get(|| async {
+                let _guard = MustFinish;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                "too late"
+            }),
+        )
+        .layer(ErrorLayer::new().timeout(Duration::from_millis(200)))
+        .layer(middleware::from_fn(correlate));
+    let addr = serve_app(app).await;
+    let reply = send(addr, "GET", "/guarded", &[], b"").await;
+    envelope(&reply, "timeout", 504);
+    let events = events_of(reply.header("x-request-id").unwrap());
+    let dropped: Vec<_> = events
+        .iter()
+        .filter(|event| event["message"] == "handler panicked while dropped")
+        .collect();
+    assert_eq!(dropped.len(), 1, "{events:#?}");
+    assert_eq!(dropped[0]["level"], "ERROR");
+    assert_eq!(dropped[0]["panic.message"], "work abandoned half done");
+    assert_eq!(dropped[0]["trace_id"].len(), 32);
+}
+
 /// `ErrorLayer::timeout` alone, without a body timeout: a client that stalls its upload while
 /// the handler waits for it gets a 408 `timeout` (the bytes that came, `connection: close`),
 /// logged at info, not the 504 logged at warn. A gRPC call stalled so is still its deadline's
