@@ -917,9 +917,22 @@ mod tests {
                 (0..self.0 / 1024).try_for_each(|_| f.write_str(&chunk))
             }
         }
+        /// Counts what is written: the huge line did go through the thread's buffers.
+        struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+        impl std::io::Write for Counting {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .fetch_add(buf.len(), std::sync::atomic::Ordering::Relaxed);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let written = std::sync::Arc::default();
         let (layer, guard) = LogLayer::builder()
             .max_value_bytes(16 << 20)
-            .writer(std::io::sink())
+            .writer(Counting(std::sync::Arc::clone(&written)))
             .blocking(true)
             .recent_limits(0, 0)
             .build();
@@ -931,6 +944,10 @@ mod tests {
             tracing::info!(v = ?Big(8 << 20), "huge");
         }
         drop(guard);
+        // The value written whole (the event's `v`, which the span's field of the same name
+        // yields to): 8 MiB went through this thread's buffers.
+        let written = written.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(written >= 8 << 20, "{written}");
         let capacities = BUFFERS.with(|buffers| {
             let buffers = buffers.borrow();
             [
