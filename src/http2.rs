@@ -357,6 +357,7 @@ where
         self.streams.events.fetch_add(1, Ordering::Relaxed);
         self.streams.open.fetch_add(1, Ordering::Relaxed);
         TrackedFuture {
+            head: request.method() == http::Method::HEAD,
             inner: self.inner.call(request),
             open: Some(OpenStream(Arc::clone(&self.streams))),
             drain: self.drain.clone(),
@@ -381,6 +382,8 @@ struct TrackedFuture<F> {
     inner: F,
     open: Option<OpenStream>,
     drain: Option<DrainHandle>,
+    /// Whether the request is a `HEAD`, whose answer has no content.
+    head: bool,
 }
 
 impl<F, ResBody, E> Future for TrackedFuture<F>
@@ -399,12 +402,20 @@ where
             // A permit when the connection task is not waiting yet: it is not lost.
             open.0.retire.notify_one();
         }
+        // hyper's HTTP/1.1 server leaves out the body of such an answer, its HTTP/2 server
+        // sends it, and the client resets the stream (RFC 9113, section 8.1.1).
+        let bodiless = *this.head
+            || matches!(
+                response.status(),
+                http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
+            );
         let clock = open.as_ref().map(|open| open.0.clock());
         Poll::Ready(Ok(response.map(|inner| Tracked {
             inner,
             clock,
             open,
             out_at: None,
+            bodiless,
         })))
     }
 }
@@ -427,6 +438,8 @@ pub(crate) struct Tracked<B> {
     open: Option<OpenStream>,
     /// The connection's count of written bytes by which the last frame handed over is out.
     out_at: Option<u64>,
+    /// An answer that has no content (to a `HEAD`, a 204, a 304): its body is not sent.
+    bodiless: bool,
 }
 
 impl<B: Body> Body for Tracked<B> {
@@ -438,6 +451,9 @@ impl<B: Body> Body for Tracked<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
+        if *this.bodiless {
+            return Poll::Ready(None);
+        }
         let (Some(clock), Some(open)) = (this.clock, this.open) else {
             return poll_skipping_empty(this.inner, cx);
         };
@@ -467,6 +483,9 @@ impl<B: Body> Body for Tracked<B> {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.bodiless {
+            return true;
+        }
         // Not while the last frame may wait for the client: hyper would drop the body with it.
         self.inner.is_end_stream()
             && self.out_at.is_none_or(|out_at| {
@@ -477,6 +496,9 @@ impl<B: Body> Body for Tracked<B> {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.bodiless {
+            return SizeHint::with_exact(0);
+        }
         self.inner.size_hint()
     }
 }

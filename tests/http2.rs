@@ -592,6 +592,59 @@ async fn empty_chunks_do_not_cost_an_http2_client_its_connection() {
     }
 }
 
+/// An answer that may have no content (to a `HEAD`, a 204, a 304) goes out without its body
+/// even when the service gives it one, as over HTTP/1.1 (hyper's HTTP/2 server would send it,
+/// and an HTTP/2 client take the stream for broken); its `content-length` stays, and the
+/// connection serves on.
+#[tokio::test(flavor = "current_thread")]
+async fn an_http2_answer_that_has_no_content_goes_out_without_the_body_it_was_given() {
+    let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+        let status = match request.uri().path() {
+            "/no-content" => 204,
+            "/not-modified" => 304,
+            _ => 200,
+        };
+        let response = http::Response::builder()
+            .status(status)
+            .header("content-length", "3")
+            .body(http_body_util::Full::new(Bytes::from_static(b"abc")))
+            .unwrap();
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(periscope::Server::new(listener).serve(service, std::future::pending()));
+
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for (method, path, status, body) in [
+        ("HEAD", "/x", 200, ""),
+        ("GET", "/no-content", 204, ""),
+        ("GET", "/not-modified", 304, ""),
+        ("GET", "/x", 200, "abc"),
+    ] {
+        sender.ready().await.unwrap();
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://a{path}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        if status != 204 {
+            assert_eq!(response.headers()["content-length"], "3", "{method} {path}");
+        }
+        let taken = response.into_body().collect().await;
+        let taken = taken.unwrap_or_else(|e| panic!("{method} {path}: {e:?}"));
+        assert_eq!(taken.to_bytes(), body, "{method} {path}");
+    }
+}
+
 /// An upload the client stalls over HTTP/2, past the request timeout while the handler waits
 /// for its bytes: the client's 408 `timeout` on its stream (the bytes that came in `details`),
 /// with no `connection` header (HTTP/2 has none: hyper would drop it and warn), logged once at
