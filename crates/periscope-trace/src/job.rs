@@ -108,12 +108,12 @@ pub struct JobSpan {
 }
 
 impl JobSpan {
-    /// Continues the context in `carrier` (a new trace and request id when it holds none),
-    /// reading what the process's formats propagate ([`Propagators::global`]: with
-    /// `OTEL_PROPAGATORS=none` a job starts a trace of its own under the carried request id,
-    /// as a request does). An entry that cannot be used (an invalid request id, `traceparent` or tenant field, or
-    /// one whose value was not a string: a bug or a tampered payload upstream) is logged once
-    /// at warn, inside the job's span.
+    /// Continues the context in `carrier` (a new trace and request id when it holds none), reading
+    /// what the process's formats propagate ([`Propagators::global`]: with `OTEL_PROPAGATORS=none`
+    /// a job starts a trace of its own under the carried request id, as a request does). An entry
+    /// that cannot be used (an invalid request id, `traceparent` or tenant field, or one whose
+    /// value was not a string: a bug or a tampered payload upstream) is logged once at warn, inside
+    /// the job's span.
     pub fn from_carrier(name: &str, carrier: &Carrier) -> Self {
         Self::from_carrier_with(name, carrier, &ExtractOptions::default())
     }

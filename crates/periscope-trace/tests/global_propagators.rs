@@ -1,6 +1,6 @@
 //! The process's propagation formats (`Propagators::set_global`, what `OTEL_PROPAGATORS` sets)
-//! reach every layer, `inject` and job carrier that was not told otherwise. One test in its own binary: it
-//! changes a process-wide setting.
+//! reach every layer, `inject` and job carrier that was not told otherwise. One test in its own
+//! binary: it changes a process-wide setting.
 
 use std::convert::Infallible;
 

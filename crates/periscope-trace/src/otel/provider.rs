@@ -367,8 +367,8 @@ impl OtelGuard {
     ///
     /// Spans and events are exported from `info` up (debug spans and lines are not, and the
     /// export does not turn their callsites on); those of the crates the export runs on (`h2`,
-    /// `hyper`, `tonic`, `tower`, the `opentelemetry` crates: [`ExportLevels`](super::ExportLevels))
-    /// from `warn` up, so exporting can never feed
+    /// `hyper`, `tonic`, `tower`, the `opentelemetry` crates:
+    /// [`ExportLevels`](super::ExportLevels)) from `warn` up, so exporting can never feed
     /// on its own telemetry; the events of a request whose trace is not sampled are not given
     /// to the layer at all ([`export_filter`]). For another filter,
     /// build a layer from [`OtelGuard::tracer`].
