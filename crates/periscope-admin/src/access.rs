@@ -104,12 +104,9 @@ impl Gate {
     pub(crate) fn new(access: DebugAccess, hosts: &[String]) -> Self {
         match access {
             DebugAccess::Disabled => Gate::Closed,
-            DebugAccess::SeparateListener => Gate::Open(
-                hosts
-                    .iter()
-                    .map(|host| host.trim().trim_end_matches('.').to_ascii_lowercase())
-                    .collect(),
-            ),
+            DebugAccess::SeparateListener => {
+                Gate::Open(hosts.iter().filter_map(|host| known_name(host)).collect())
+            }
             DebugAccess::Token(token) => {
                 let token = token.trim();
                 if token.is_empty() {
@@ -184,6 +181,13 @@ fn addressed_to_known_host(uri: &Uri, headers: &HeaderMap, known: &[String]) -> 
     } else {
         Err(Denied::Host)
     }
+}
+
+/// A name given to `debug_hosts` as requests' hosts are compared: its port left out (a
+/// `Host` header's is), without a trailing dot, lower case.
+fn known_name(name: &str) -> Option<String> {
+    let host = host_of(name)?;
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
 }
 
 /// The host of a `Host` header value, without its port (`[::1]:9000` gives `[::1]`).

@@ -154,9 +154,9 @@ impl AdminBuilder {
 
     /// Host names that a [`DebugAccess::SeparateListener`] answers debug requests for, besides
     /// IP addresses and `localhost`: the name operators use to reach it, such as
-    /// `my-service-admin.ops.svc`. A debug request addressed to any other name gets 403: a web
-    /// page that rebinds its own name to the listener's address would otherwise read it from
-    /// the operator's browser.
+    /// `my-service-admin.ops.svc` (a port given with it is left out, as requests' ports are).
+    /// A debug request addressed to any other name gets 403: a web page that rebinds its own
+    /// name to the listener's address would otherwise read it from the operator's browser.
     pub fn debug_hosts<I, T>(mut self, hosts: I) -> Self
     where
         I: IntoIterator<Item = T>,

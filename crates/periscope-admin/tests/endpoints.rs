@@ -337,6 +337,17 @@ async fn a_separate_listener_refuses_names_a_rebinding_page_would_use() {
     )
     .await;
     other.envelope(403, "insufficient_permissions");
+
+    // Written as operators type it, with the port (and a trailing dot): the name still matches.
+    let admin = Admin::builder()
+        .debug(DebugAccess::SeparateListener)
+        .debug_hosts(["svc-admin.ops.svc.:9000"])
+        .build();
+    let addr = serve(admin).await;
+    for host in ["svc-admin.ops.svc:9000", "svc-admin.ops.svc"] {
+        let answer = send(addr, "GET", "/debug/status", &[("host", host)], "").await;
+        assert_eq!(answer.status, 200, "{host}: {}", answer.text());
+    }
 }
 
 #[tokio::test]
