@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use crate::code::{ErrorCode, codes};
 use crate::envelope::{ErrorBody, Violation, bounded};
 use crate::render::{self, Format, Ids};
+use crate::validation::{MAX_VIOLATIONS, VIOLATIONS_OMITTED};
 
 /// A boxed error that can cross threads: what services and bodies fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -163,21 +164,34 @@ impl HttpError {
     }
 
     /// Adds one invalid field. Its `field` and `message` over [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN) bytes are
-    /// cut as the message is in [`new`](HttpError::new).
-    pub fn with_violation(mut self, mut violation: Violation) -> Self {
-        violation.bound_texts();
-        self.inner.violations.push(violation);
-        self
+    /// cut as the message is in [`new`](HttpError::new). Past [`MAX_VIOLATIONS`] listed, a
+    /// violation is counted in `details.violations_omitted` instead, as
+    /// [`Violations`](crate::Violations) does: the body stays bounded however many a
+    /// validator reports.
+    pub fn with_violation(self, violation: Violation) -> Self {
+        self.with_violations([violation])
     }
 
-    /// Adds invalid fields, each bounded as in [`with_violation`](HttpError::with_violation).
+    /// Adds invalid fields, each bounded as in [`with_violation`](HttpError::with_violation),
+    /// at most [`MAX_VIOLATIONS`] listed in all and the rest counted.
     pub fn with_violations(mut self, violations: impl IntoIterator<Item = Violation>) -> Self {
-        self.inner
-            .violations
-            .extend(violations.into_iter().map(|mut violation| {
+        let mut omitted: u64 = 0;
+        for mut violation in violations {
+            if self.inner.violations.len() < MAX_VIOLATIONS {
                 violation.bound_texts();
-                violation
-            }));
+                self.inner.violations.push(violation);
+            } else {
+                omitted += 1;
+            }
+        }
+        if omitted > 0 {
+            let before = self
+                .details()
+                .and_then(|details| details.get(VIOLATIONS_OMITTED))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            self = self.with_detail(VIOLATIONS_OMITTED, before.saturating_add(omitted));
+        }
         self
     }
 
@@ -365,6 +379,32 @@ mod tests {
         assert_eq!(json_status(error), StatusCode::CONFLICT);
         let error = HttpError::new(codes::CONFLICT, "taken").with_status(StatusCode::GONE);
         assert_eq!(json_status(error), StatusCode::GONE);
+    }
+
+    #[test]
+    fn an_error_lists_at_most_max_violations_and_counts_the_rest() {
+        let violation = |i: usize| Violation::new(format!("items[{i}]"), "invalid", "bad item");
+        let error = HttpError::new(codes::INVALID_REQUEST, "bad items")
+            .with_violations((0..1_000).map(violation))
+            .with_violation(violation(1_000));
+        assert_eq!(error.violations().len(), crate::MAX_VIOLATIONS);
+        let body = json(error.into_http_response());
+        let listed = body["error"]["violations"].as_array().unwrap();
+        assert_eq!(listed.len(), crate::MAX_VIOLATIONS);
+        assert_eq!(listed[0]["field"], "items[0]");
+        assert_eq!(body["error"]["details"]["violations_omitted"], 901);
+
+        // A list of `Violations`, already bounded, adds its own count to the same detail.
+        let mut violations = crate::Violations::new();
+        for i in 0..150 {
+            violations.add(format!("f{i}"), "required", "missing");
+        }
+        let error = violations
+            .into_result()
+            .unwrap_err()
+            .with_violation(violation(0));
+        assert_eq!(error.violations().len(), crate::MAX_VIOLATIONS);
+        assert_eq!(error.details().unwrap()["violations_omitted"], 51);
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct Violations {
 /// `details.violations_omitted` how many are not listed.
 pub const MAX_VIOLATIONS: usize = 100;
 
+/// The detail that counts the violations not listed.
+pub(crate) const VIOLATIONS_OMITTED: &str = "violations_omitted";
+
 /// How many field names the summary message lists before "and N more".
 const NAMED_IN_MESSAGE: usize = 5;
 
@@ -112,7 +115,7 @@ impl Violations {
         let error = HttpError::new(code, message).with_violations(self.list);
         Err(match self.omitted {
             0 => error,
-            omitted => error.with_detail("violations_omitted", omitted),
+            omitted => error.with_detail(VIOLATIONS_OMITTED, omitted),
         })
     }
 
