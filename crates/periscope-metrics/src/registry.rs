@@ -1,6 +1,7 @@
 //! The shared registry: every family of the service, checked names, and the overflow counter.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use prometheus_client::collector::Collector;
@@ -171,6 +172,11 @@ impl MetricsRegistry {
             (MetricType::Counter, (base, Some(_))) if base.ends_with("_total") => (family, None),
             (MetricType::Counter | MetricType::Gauge, unit) => unit,
             _ => (family, None),
+        };
+        let metric = OwnSamples {
+            name: family.to_owned(),
+            metric,
+            reported: AtomicBool::new(false),
         };
         let mut registry = write(&self.inner.registry);
         match unit {
@@ -395,6 +401,39 @@ pub(crate) fn split_unit(name: &str) -> (&str, Option<Unit>) {
         }
     }
     (name, None)
+}
+
+/// A registered metric whose encoding failure costs its own samples, not the scrape:
+/// prometheus-client writes some metrics in neither text format (a native-only histogram has
+/// no classic buckets), and its error would otherwise fail the whole exposition, every other
+/// series with it. A failure is reported once; the family's `# HELP` and `# TYPE` stay, with
+/// the series written before the one that failed, each whole.
+#[derive(Debug)]
+struct OwnSamples<M> {
+    name: String,
+    metric: M,
+    reported: AtomicBool,
+}
+
+impl<M: EncodeMetric> EncodeMetric for OwnSamples<M> {
+    fn encode(&self, encoder: MetricEncoder) -> std::fmt::Result {
+        if self.metric.encode(encoder).is_err() && !self.reported.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                metric = %self.name,
+                "a registered metric cannot be written in the text exposition formats and is left out of every scrape: a histogram needs classic buckets (`Histogram::new` or `new_with_native`, not `new_native`)"
+            );
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.metric.metric_type()
+    }
+
+    // A family without series is written without its descriptor.
+    fn is_empty(&self) -> bool {
+        self.metric.is_empty()
+    }
 }
 
 /// Who is running: the labels of `service_info`.

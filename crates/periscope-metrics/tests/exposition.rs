@@ -395,3 +395,49 @@ async fn head_gets_the_negotiated_headers_without_encoding() {
         assert_eq!(head.header("content-length"), None, "{headers:?}");
     }
 }
+
+/// A metric prometheus-client cannot write in the text formats (a native-only histogram, which
+/// has no classic buckets) leaves out its own samples, not every other series of the scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metric_the_text_formats_cannot_hold_leaves_the_rest_of_the_scrape() {
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::histogram::{Histogram, NativeHistogramConfig};
+
+    let registry = MetricsRegistry::new();
+    let jobs = Counter::<u64>::default();
+    registry
+        .register("jobs_total", "Jobs done", jobs.clone())
+        .unwrap();
+    let native = Histogram::new_native(NativeHistogramConfig::new(1.1));
+    registry
+        .register("latency_seconds", "Native only", native.clone())
+        .unwrap();
+    let by_model: Family<[(&str, &str); 1], Histogram> =
+        Family::new_with_constructor(|| Histogram::new_native(NativeHistogramConfig::new(1.1)));
+    registry
+        .register("queue_wait_seconds", "Native only", by_model.clone())
+        .unwrap();
+    jobs.inc();
+    native.observe(0.2);
+    by_model.get_or_create(&[("model", "m")]).observe(0.3);
+
+    let addr =
+        serve(Router::new().route_service("/metrics", MetricsService::new(registry.clone()))).await;
+    for accept in [OPENMETRICS, PROMETHEUS] {
+        let response = request(addr, "GET", "/metrics", &[("accept", accept)])
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "{accept}: {}", response.text());
+        let text = response.text();
+        assert!(text.contains("jobs_total 1"), "{text}");
+        assert!(!text.contains("latency_seconds_count"), "{text}");
+        // The families left without samples keep their `# HELP` and `# TYPE`, as any family
+        // without series does (valid in both formats; the OpenMetrics parser the other tests
+        // use refuses two such families in a row, promtool reads the Prometheus text).
+        if accept == OPENMETRICS {
+            assert!(text.ends_with("# EOF\n"), "{text}");
+        } else {
+            promtool_check(&text);
+        }
+    }
+}
