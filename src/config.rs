@@ -1,5 +1,6 @@
 //! The settings periscope reads from the environment, each with a default and a clear error.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use periscope_context::{ForwardingHeader, TrustedProxies};
@@ -216,6 +217,10 @@ pub struct Settings {
     /// The OpenTelemetry settings (`OTEL_*`).
     #[cfg(feature = "otel")]
     pub otel: periscope_trace::otel::OtelConfig,
+    /// The variables the OpenTelemetry settings were read from, by earlier sources: they are
+    /// read as one set, so a later source (`.env()` after `.env_from(..)`) that leaves one
+    /// unset keeps its earlier value, as for every other variable. Never shown (headers).
+    otel_variables: HashMap<String, String>,
 }
 
 impl Default for Settings {
@@ -238,6 +243,7 @@ impl Default for Settings {
             sampler: periscope_trace::Sampler::default(),
             #[cfg(feature = "otel")]
             otel: periscope_trace::otel::OtelConfig::default(),
+            otel_variables: HashMap::new(),
         }
     }
 }
@@ -337,7 +343,16 @@ impl Settings {
             let header = parse_forwarding_header("TRUSTED_PROXIES_HEADER", &value)?;
             self.trusted_proxies = self.trusted_proxies.clone().with_forwarding_header(header);
         }
-        self.apply_otel_env(&lookup)?;
+        // Each variable as this source sets it, else as an earlier one did.
+        let earlier = std::mem::take(&mut self.otel_variables);
+        let read = std::cell::RefCell::new(earlier.clone());
+        let merged = |name: &str| {
+            let value = get(name).or_else(|| earlier.get(name).cloned())?;
+            read.borrow_mut().insert(name.to_owned(), value.clone());
+            Some(value)
+        };
+        self.apply_otel_env(&merged)?;
+        self.otel_variables = read.into_inner();
         Ok(self)
     }
 
@@ -683,6 +698,51 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| (*v).to_owned())
         })
+    }
+
+    /// A second source applied on top (`env_from(file)?.env()?`) replaces only what it sets,
+    /// the OpenTelemetry variables as every other.
+    #[test]
+    fn a_later_source_keeps_the_otel_settings_it_does_not_set() {
+        let mut vars = vec![
+            ("SERVICE_NAME", "checkout"),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+            ("OTEL_PROPAGATORS", "baggage"),
+        ];
+        // A build without export refuses an endpoint.
+        if cfg!(feature = "otel") {
+            vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"));
+        }
+        let first = env(&vars).unwrap();
+        let lookup = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let second = first
+            .clone()
+            .apply_env(lookup(&[
+                ("LOG_LEVEL", "debug"),
+                ("OTEL_TRACES_SAMPLER", ""),
+            ]))
+            .unwrap();
+        assert_eq!(second.sampler, periscope_trace::Sampler::AlwaysOff);
+        assert_eq!(second.propagators, first.propagators);
+        assert!(!second.propagators.trace_context());
+        assert_eq!(second.service_name, "checkout");
+        #[cfg(feature = "otel")]
+        assert_eq!(
+            second.otel.endpoint.as_deref(),
+            Some("http://collector:4317")
+        );
+        // What the later source sets wins.
+        let third = second
+            .apply_env(lookup(&[("OTEL_TRACES_SAMPLER", "always_on")]))
+            .unwrap();
+        assert_eq!(third.sampler, periscope_trace::Sampler::AlwaysOn);
+        assert!(!third.propagators.trace_context());
     }
 
     #[test]
