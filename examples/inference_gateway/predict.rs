@@ -113,23 +113,53 @@ const KIB: usize = 1024;
 /// [`MAX_DECODE_BYTES`] in MiB.
 const MAX_DECODE_MIB: u32 = (MAX_DECODE_BYTES >> 20) as u32;
 
-/// The MiB a decode of `body` may take, from the image's header: its pixels at 8 bytes each
-/// (16-bit RGBA, the widest PNG), at most what the decoder may allocate. A header that cannot
-/// be read, or that claims more than [`MAX_IMAGE_SIDE`], costs 1: its decode fails at once.
-fn decode_mib(body: &[u8]) -> u32 {
-    let dimensions = ImageReader::new(Cursor::new(body))
+/// What the header of an image may take to read: its chunks before the pixels (a PNG's colour
+/// profile, compressed, can claim hundreds of MiB from a file of a few hundred KiB).
+const MAX_HEADER_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The bounds of a read of an image: its sides, and what the decoder may allocate (a PNG
+/// inflates its colour profile no further: one that would be larger is left out).
+fn limits(max_alloc: u64) -> Limits {
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(max_alloc);
+    limits
+}
+
+/// The MiB a decode of `body` takes, from the image's header: the decoded pixels as they come
+/// (a progressive JPEG also keeps every coefficient, 16 bits each: three times its pixels'
+/// bytes), and one MiB for the decoder's own buffers (a PNG's rows, its colour profile). It is
+/// also all the decoder may allocate. A header that cannot be read, or that claims more than
+/// [`MAX_IMAGE_SIDE`], costs 1: its decode fails at once. An image that would take more than
+/// [`MAX_DECODE_BYTES`] is refused.
+fn decode_mib(body: &[u8]) -> Result<u32, HttpError> {
+    let cost = ImageReader::new(Cursor::new(body))
         .with_guessed_format()
         .ok()
-        .and_then(|reader| reader.into_dimensions().ok());
-    let Some((width, height)) = dimensions else {
-        return 1;
+        .and_then(|mut reader| {
+            let jpeg = reader.format() == Some(ImageFormat::Jpeg);
+            reader.limits(limits(MAX_HEADER_BYTES));
+            let pixels = image::ImageDecoder::total_bytes(&reader.into_decoder().ok()?);
+            Some(if jpeg {
+                pixels.saturating_mul(3)
+            } else {
+                pixels
+            })
+        });
+    let Some(bytes) = cost else {
+        return Ok(1);
     };
-    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
-        return 1;
+    let mib = bytes.div_ceil(1 << 20).saturating_add(1);
+    if mib > u64::from(MAX_DECODE_MIB) {
+        return Err(HttpError::from(INVALID_IMAGE)
+            .with_message(format!(
+                "The image is too large to decode: it takes about {mib} MiB, over the \
+                 {MAX_DECODE_MIB} MiB one decode may take"
+            ))
+            .with_detail("decode_mib", mib));
     }
-    let bytes = u64::from(width) * u64::from(height) * 8;
-    let mib = bytes.div_ceil(1 << 20).clamp(1, u64::from(MAX_DECODE_MIB));
-    u32::try_from(mib).unwrap_or(MAX_DECODE_MIB)
+    Ok(u32::try_from(mib).unwrap_or(MAX_DECODE_MIB))
 }
 
 /// The model's metrics, both through the cardinality guard: a new model version or label can
@@ -192,13 +222,14 @@ async fn predict(
         .acquire_owned()
         .await
         .map_err(HttpError::internal)?;
+    let mib = decode_mib(&body)?;
     let memory = state
         .decode_memory
         .clone()
-        .acquire_many_owned(decode_mib(&body))
+        .acquire_many_owned(mib)
         .await
         .map_err(HttpError::internal)?;
-    let input = preprocess(body, [decoding, memory, upload]).await?;
+    let input = preprocess(body, mib, [decoding, memory, upload]).await?;
 
     // The stand-in's forward pass takes microseconds, so it runs here, on the async thread. A
     // real one takes milliseconds of CPU (or blocks on a GPU) and would stall every request on
@@ -356,7 +387,11 @@ fn body_error(status: StatusCode, text: String, error: &(dyn Error + 'static)) -
 /// that disconnects (or a request that times out) drops this future, but not the decode
 /// already running on the pool, so releasing them with the future would let the next request
 /// start another decode, or buffer another body, beside it.
-async fn preprocess(body: Bytes, permits: [OwnedSemaphorePermit; 3]) -> Result<Input, HttpError> {
+async fn preprocess(
+    body: Bytes,
+    mib: u32,
+    permits: [OwnedSemaphorePermit; 3],
+) -> Result<Input, HttpError> {
     // Numbers as `i64`: an unsigned field is exported to OpenTelemetry as text.
     let span = tracing::info_span!(
         "preprocess",
@@ -368,7 +403,7 @@ async fn preprocess(body: Bytes, permits: [OwnedSemaphorePermit; 3]) -> Result<I
     tokio::task::spawn_blocking(move || {
         let _permits = permits;
         span.in_scope(|| {
-            let (format, image) = decode(&body)?;
+            let (format, image) = decode(&body, u64::from(mib) << 20)?;
             let span = tracing::Span::current();
             span.record("format", format.extensions_str().first().copied());
             span.record("width", i64::from(image.width()));
@@ -381,7 +416,8 @@ async fn preprocess(body: Bytes, permits: [OwnedSemaphorePermit; 3]) -> Result<I
     .map_err(HttpError::internal)?
 }
 
-fn decode(body: &[u8]) -> Result<(ImageFormat, DynamicImage), HttpError> {
+/// Decodes `body`, allocating at most `max_bytes` (the memory reserved for it).
+fn decode(body: &[u8], max_bytes: u64) -> Result<(ImageFormat, DynamicImage), HttpError> {
     let reader = ImageReader::new(Cursor::new(body))
         .with_guessed_format()
         .map_err(HttpError::internal)?;
@@ -390,11 +426,7 @@ fn decode(body: &[u8]) -> Result<(ImageFormat, DynamicImage), HttpError> {
         _ => return Err(HttpError::from(INVALID_IMAGE)),
     };
     let mut reader = reader;
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
-    reader.limits(limits);
+    reader.limits(limits(max_bytes.min(MAX_DECODE_BYTES)));
     let image = reader.decode().map_err(|error| {
         HttpError::from(INVALID_IMAGE)
             .with_message(format!("The image could not be decoded: {error}"))
@@ -407,27 +439,111 @@ fn decode(body: &[u8]) -> Result<(ImageFormat, DynamicImage), HttpError> {
 mod tests {
     use super::*;
 
-    fn png(width: u32, height: u32) -> Vec<u8> {
+    /// A black RGB image of `width` × `height` in `format`.
+    fn encoded(width: u32, height: u32, format: ImageFormat) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());
         DynamicImage::new_rgb8(width, height)
-            .write_to(&mut out, ImageFormat::Png)
+            .write_to(&mut out, format)
             .unwrap();
         out.into_inner()
+    }
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        encoded(width, height, ImageFormat::Png)
+    }
+
+    /// A PNG chunk: its length, type, data and the CRC of type and data.
+    fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        let len = u32::try_from(data.len()).unwrap().to_be_bytes();
+        [&len[..], kind, data, &crc.sum().to_be_bytes()].concat()
+    }
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// A PNG of 16-bit RGBA pixels, all zero, with `before_pixels` chunks after its header.
+    fn rgba16_png(width: u32, height: u32, before_pixels: &[Vec<u8>], rows: bool) -> Vec<u8> {
+        let mut ihdr = [width.to_be_bytes(), height.to_be_bytes()].concat();
+        ihdr.extend([16, 6, 0, 0, 0]);
+        // Each row: its filter byte, then 8 bytes a pixel. Left out, only the header is whole.
+        let row = 1 + 8 * width as usize;
+        let pixels = if rows {
+            vec![0; row * height as usize]
+        } else {
+            Vec::new()
+        };
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend(chunk(b"IHDR", &ihdr));
+        before_pixels.iter().for_each(|extra| png.extend(extra));
+        png.extend(chunk(b"IDAT", &zlib(&pixels)));
+        png.extend(chunk(b"IEND", &[]));
+        png
     }
 
     /// A decode reserves what its image's header says it takes, not what its file weighs.
     #[test]
     fn a_decode_reserves_the_memory_its_header_claims() {
-        assert_eq!(decode_mib(&png(16, 16)), 1);
-        // 640 × 480 × 8 bytes = 2.3 MiB.
-        assert_eq!(decode_mib(&png(640, 480)), 3);
-        // 2048 × 2048 × 8 = 32 MiB, from a file of a few KiB.
+        let mib = |body: &[u8]| decode_mib(body).unwrap();
+        // The pixels' bytes, and one MiB for the decoder's buffers.
+        assert_eq!(mib(&png(16, 16)), 2);
+        // 2048 × 2048 × 3 bytes = 12 MiB, from a file of a few KiB.
         let large = png(2048, 2048);
         assert!(large.len() < 1 << 20, "{}", large.len());
-        assert_eq!(decode_mib(&large), 32);
+        assert_eq!(mib(&large), 13);
+        // A JPEG's coefficients, which a progressive decode keeps, take twice its pixels.
+        assert_eq!(mib(&encoded(1024, 1024, ImageFormat::Jpeg)), 10);
         // Beyond the side limit, or not an image: its decode fails at once.
-        assert_eq!(decode_mib(&png(MAX_IMAGE_SIDE + 1, 1)), 1);
-        assert_eq!(decode_mib(b"not an image"), 1);
-        assert_eq!(decode_mib(b""), 1);
+        assert_eq!(mib(&png(MAX_IMAGE_SIDE + 1, 1)), 1);
+        assert_eq!(mib(b"not an image"), 1);
+        assert_eq!(mib(b""), 1);
+    }
+
+    /// An image that would take more than one decode may is refused before any decode.
+    #[test]
+    fn an_image_over_the_decode_budget_is_refused_from_its_header() {
+        // 8192 × 4200 × 8 bytes = 262.5 MiB, in a file of a few hundred bytes.
+        let error = decode_mib(&rgba16_png(MAX_IMAGE_SIDE, 4200, &[], false)).unwrap_err();
+        assert_eq!(error.code(), INVALID_IMAGE);
+        assert!(
+            error.message().contains("too large to decode"),
+            "{}",
+            error.message()
+        );
+        assert_eq!(error.details().unwrap()["decode_mib"], 264);
+    }
+
+    /// A colour profile that inflates to 16 MiB in a 1 × 1 PNG: its header is read within its
+    /// own bound, and its decode within what it reserved, not the decoder's whole budget.
+    #[test]
+    fn a_compressed_colour_profile_cannot_outgrow_the_memory_reserved() {
+        let profile = [&b"bomb\0\0"[..], &zlib(&vec![0; 16 << 20])].concat();
+        let bomb = rgba16_png(1, 1, &[chunk(b"iCCP", &profile)], true);
+        assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+        let profile_read = |max_alloc: u64| {
+            let mut reader = ImageReader::new(Cursor::new(&bomb[..]))
+                .with_guessed_format()
+                .unwrap();
+            reader.limits(limits(max_alloc));
+            let mut decoder = reader.into_decoder().unwrap();
+            image::ImageDecoder::icc_profile(&mut decoder)
+                .unwrap()
+                .map(|profile| profile.len())
+        };
+        // Under the decoder's whole budget the profile is inflated, all 16 MiB of it.
+        assert_eq!(profile_read(MAX_DECODE_BYTES), Some(16 << 20));
+        // The pixels' bytes and one MiB: what the decode may allocate leaves the profile out.
+        let reserved = decode_mib(&bomb).unwrap();
+        assert_eq!(reserved, 2);
+        assert_eq!(profile_read(u64::from(reserved) << 20), None);
+        assert_eq!(profile_read(MAX_HEADER_BYTES), None);
+        let (_, image) = decode(&bomb, u64::from(reserved) << 20).unwrap();
+        assert_eq!((image.width(), image.height()), (1, 1));
     }
 }
