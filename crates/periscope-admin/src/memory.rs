@@ -1,6 +1,6 @@
-//! `/debug/memory`: the process's memory, read now. `metrics-process` (the same reader as the
-//! `process_*` metrics) gives resident and virtual size on every platform; on Linux, `procfs`
-//! adds the peaks, swap and the resident breakdown from `/proc/self/status`.
+//! `/debug/memory`: the process's memory, read now. On Linux, `procfs` reads it all from
+//! `/proc/self/status` and `/proc/self/limits`; elsewhere `metrics-process` (the same reader as
+//! the `process_*` metrics) gives resident and virtual size.
 
 use serde::Serialize;
 
@@ -27,24 +27,33 @@ impl Memory {
     pub(crate) fn read(gpu: Option<crate::status::GpuSnapshot>) -> Self {
         #[cfg(feature = "gpu")]
         let gpu = gpu.map(GpuMemory::from);
-        let process = metrics_process::collector::collect();
         let mut memory = Memory {
-            resident_bytes: process.resident_memory_bytes,
-            virtual_bytes: process.virtual_memory_bytes,
-            virtual_max_bytes: process.virtual_memory_max_bytes,
             gpu,
             ..Memory::default()
         };
-        memory.add_platform_details();
+        memory.add_process_figures();
         memory
     }
 
+    /// Two small reads. Not `metrics-process`'s collector: it also lists every open descriptor
+    /// (`/proc/self/fd`), work that grows with the connections a service holds.
     #[cfg(target_os = "linux")]
-    fn add_platform_details(&mut self) {
-        let status = procfs::process::Process::myself().and_then(|process| process.status());
-        let Ok(status) = status else { return };
+    fn add_process_figures(&mut self) {
+        use procfs::process::{LimitValue, Process};
+        let Ok(process) = Process::myself() else {
+            return;
+        };
+        if let Ok(limits) = process.limits() {
+            self.virtual_max_bytes = Some(match limits.max_address_space.soft_limit {
+                LimitValue::Value(bytes) => bytes,
+                LimitValue::Unlimited => 0,
+            });
+        }
+        let Ok(status) = process.status() else { return };
         // `/proc/self/status` counts in KiB.
         let bytes = |kib: Option<u64>| kib.map(|kib| kib.saturating_mul(1024));
+        self.resident_bytes = bytes(status.vmrss);
+        self.virtual_bytes = bytes(status.vmsize);
         self.peak_resident_bytes = bytes(status.vmhwm);
         self.peak_virtual_bytes = bytes(status.vmpeak);
         self.swap_bytes = bytes(status.vmswap);
@@ -55,7 +64,12 @@ impl Memory {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn add_platform_details(&mut self) {}
+    fn add_process_figures(&mut self) {
+        let process = metrics_process::collector::collect();
+        self.resident_bytes = process.resident_memory_bytes;
+        self.virtual_bytes = process.virtual_memory_bytes;
+        self.virtual_max_bytes = process.virtual_memory_max_bytes;
+    }
 }
 
 /// The `gpu` key of `/debug/memory`: per device, what this service's processes hold.
