@@ -111,6 +111,7 @@ pub struct Server {
     write_timeout: Duration,
     shutdown_timeout: Duration,
     max_header_size: usize,
+    max_connections: usize,
     /// The service's drain, when told about it.
     drain: Option<DrainHandle>,
 }
@@ -125,8 +126,22 @@ impl Server {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             max_header_size: DEFAULT_MAX_HEADER_SIZE,
+            max_connections: usize::MAX,
             drain: None,
         }
+    }
+
+    /// The most connections served at once (default: no limit; at least 1). At the limit the
+    /// server accepts no more until one closes: the next waits in the listen queue (the
+    /// kernel's backlog, past which connections are refused), and a warning says so, the
+    /// first at once, then at most one every 10 s with the count held back since. Each
+    /// connection costs up to [`max_header_size`](Self::max_header_size) of buffered head
+    /// and its task, so the limit bounds what slow or idle clients can hold together; kept-alive
+    /// connections count until the [idle timeout](Self::idle_timeout) closes them, and an
+    /// upgraded one (WebSocket) no longer counts once it is handed to the service.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections.max(1);
+        self
     }
 
     /// The largest request head (request line and headers) accepted, in bytes (default
@@ -242,9 +257,11 @@ impl Server {
             write_timeout,
             shutdown_timeout,
             max_header_size,
+            max_connections,
             drain,
         } = self;
         let mut accept_failures = AcceptFailures::default();
+        let mut held_back = EveryInterval::default();
         let rejected = RejectedRequests::default();
         tokio::pin!(shutdown);
         // Tells every connection to finish its request in flight and close.
@@ -254,6 +271,19 @@ impl Server {
         loop {
             // Finished connections leave the set as the server goes, so it stays small.
             while tasks.try_join_next().is_some() {}
+            if tasks.len() >= max_connections {
+                if let Some(count) = held_back.count() {
+                    tracing::warn!(
+                        max_connections,
+                        times = count,
+                        "connection limit reached: new connections wait in the listen queue"
+                    );
+                }
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    _ = tasks.join_next() => continue,
+                }
+            }
             let (stream, peer) = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
@@ -379,28 +409,41 @@ impl Server {
 /// once per [`ACCEPT_WARNING_INTERVAL`], with how many failed since, instead of ten lines a
 /// second.
 #[derive(Default)]
-struct AcceptFailures {
+struct AcceptFailures(EveryInterval);
+
+impl AcceptFailures {
+    fn failed(&mut self, error: &io::Error) {
+        if let Some(failures) = self.0.count() {
+            tracing::warn!(
+                error = %error,
+                failures,
+                "accept failed: new connections wait in the listen queue"
+            );
+        }
+    }
+}
+
+/// Counts a recurring condition and says when to warn about it: at once, then at most once
+/// per [`ACCEPT_WARNING_INTERVAL`], with the count since the last warning.
+#[derive(Default)]
+struct EveryInterval {
     last_warning: Option<tokio::time::Instant>,
     since_warning: u64,
 }
 
-impl AcceptFailures {
-    fn failed(&mut self, error: &io::Error) {
+impl EveryInterval {
+    /// Counts one; the count to warn with, when it is time.
+    fn count(&mut self) -> Option<u64> {
         self.since_warning += 1;
         let now = tokio::time::Instant::now();
         if self
             .last_warning
             .is_some_and(|last| now.duration_since(last) < ACCEPT_WARNING_INTERVAL)
         {
-            return;
+            return None;
         }
-        tracing::warn!(
-            error = %error,
-            failures = self.since_warning,
-            "accept failed: new connections wait in the listen queue"
-        );
         self.last_warning = Some(now);
-        self.since_warning = 0;
+        Some(std::mem::take(&mut self.since_warning))
     }
 }
 
@@ -447,7 +490,7 @@ mod tests {
             failures.failed(&error);
         }
         assert_eq!(WARNINGS.load(Ordering::Relaxed), 1);
-        assert_eq!(failures.since_warning, 99);
+        assert_eq!(failures.0.since_warning, 99);
     }
 
     /// A client that gave up while queued is its own failure, skipped at once; running out of

@@ -445,6 +445,53 @@ async fn the_server_refuses_request_heads_over_its_limit() {
     }
 }
 
+/// `Server::max_connections`: past the cap a new connection waits in the listen queue, and is
+/// served as soon as one of those open closes.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_serves_at_most_max_connections_at_once() {
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        periscope::Server::new(listener)
+            .max_connections(2)
+            .serve(hello_and_slow(), std::future::pending()),
+    );
+    let request = b"GET /hello HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
+    // Two connections held open: each answered (so surely accepted), then kept.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /hello HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut answer)
+            .await
+            .unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+        held.push(stream);
+    }
+    // A third waits: its request is not answered while both are open.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    third.write_all(request).await.unwrap();
+    let mut first_byte = [0; 1];
+    let waited = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::io::AsyncReadExt::read(&mut third, &mut first_byte),
+    )
+    .await;
+    assert!(waited.is_err(), "answered past the cap: {waited:?}");
+    // One closes: the third is served.
+    drop(held.pop());
+    let answer = read_until_closed(third).await;
+    assert!(answer.ends_with("hello"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 /// `Server`: a client that never finishes its request head is cut off, and does not hold the
 /// shutdown; requests in flight at the signal still get their answer.
 #[cfg(feature = "serve")]
