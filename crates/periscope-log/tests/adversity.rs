@@ -8,7 +8,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{capture, one_line, wait_until};
 use periscope_log::LogLayer;
@@ -255,7 +255,6 @@ fn ten_megabyte_values_are_cut_to_the_bound() {
     let big = "x".repeat(10 << 20);
     let big_json = format!("{{\"k\":\"{}\"}}", "y".repeat(10 << 20));
     let big_bytes = vec![b'z'; 10 << 20];
-    let started = Instant::now();
     let out = capture(
         |b| b,
         |_| {
@@ -296,7 +295,6 @@ fn ten_megabyte_values_are_cut_to_the_bound() {
         strict(lines[5])["data"]["j"].is_object(),
         "a json value keeps its type"
     );
-    assert!(started.elapsed() < Duration::from_secs(30));
 }
 
 /// A value nested `depth` levels deep, serialized without building it.

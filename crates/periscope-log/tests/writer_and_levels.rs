@@ -102,14 +102,20 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
         .build();
     let dropped = layer.dropped_lines();
     let subscriber = tracing_subscriber::registry().with(layer);
-    let started = Instant::now();
-    common::with_default(subscriber, || {
-        for i in 0..LINES {
-            tracing::info!(i = i as u64, "line");
-        }
+    let (done, finished) = std::sync::mpsc::channel();
+    let logging = std::thread::spawn(move || {
+        common::with_default(subscriber, || {
+            for i in 0..LINES {
+                tracing::info!(i = i as u64, "line");
+            }
+        });
+        let _ = done.send(());
     });
-    // The output is stuck, yet logging went on.
-    assert!(started.elapsed() < Duration::from_secs(30));
+    // The output is stuck, yet logging goes on to its end: a blocked thread would never send.
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("logging blocked behind the stuck output");
+    logging.join().unwrap();
     assert!(dropped.get() > 0);
     gate.open();
     drop(guard);
