@@ -162,16 +162,23 @@ async fn draining_answers_503_while_liveness_stays_200() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_probe_waiting_on_the_checks_answers_draining_once_drain_begins() {
-    let (health, addr) = serve_health(Health::builder().check("database", || async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Ok::<_, String>(())
+async fn a_probe_waiting_on_the_checks_when_draining_begins_answers_draining() {
+    let started = Arc::new(tokio::sync::Notify::new());
+    let check_started = started.clone();
+    let (health, addr) = serve_health(Health::builder().check("database", move || {
+        let check_started = check_started.clone();
+        async move {
+            check_started.notify_one();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok::<_, String>(())
+        }
     }))
     .await;
 
-    // The probe arrives before the drain and waits on the slow check.
+    // The probe arrives before the drain and waits on the slow check, surely started; the
+    // check passes, yet the answer, given when it ends, is `draining`.
     let probe = tokio::spawn(async move { get(addr, "/ready").await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    started.notified().await;
     health.drain_handle().drain();
     let ready = probe.await.unwrap();
     assert_eq!(ready.status, 503, "{}", ready.body);
