@@ -716,16 +716,23 @@ async fn tonics_own_timeout_and_load_shedding_act_outside_the_stack() {
     assert_eq!(line["data"].get("grpc_status"), None, "{line}");
     assert_eq!(server_count(&obs, UNARY, "cancelled"), 1.0);
 
-    // One call at a time on the connection: the second is shed while the first runs.
+    // One call at a time on the connection: the second is shed while the first runs, surely
+    // in the stack (its 300 ms timeout is no window to race on a loaded machine: the first is
+    // cut off there, ending it before the second comes).
     let mut first = client.clone();
     let slow = tokio::spawn(async move { call(&mut first, "holds", Call::Unary("slow")).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while obs.in_flight() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the first call never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let shed = call(&mut client, "shed", Call::Unary("ok")).await;
     assert_eq!(
         (shed.code, shed.request_id),
         (Code::ResourceExhausted, None)
     );
-    slow.await.unwrap();
+    let held = slow.await.unwrap();
+    assert_eq!(held.code, Code::Cancelled, "the first call ran to its timeout");
     assert!(access_lines(&out, "shed").is_empty());
     let text = obs.registry().encode_prometheus().unwrap();
     let all = counted(&text, "http_server_requests_total", &[]);
