@@ -723,7 +723,10 @@ async fn tonics_own_timeout_and_load_shedding_act_outside_the_stack() {
     let slow = tokio::spawn(async move { call(&mut first, "holds", Call::Unary("slow")).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while obs.in_flight() == 0 {
-        assert!(std::time::Instant::now() < deadline, "the first call never arrived");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first call never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let shed = call(&mut client, "shed", Call::Unary("ok")).await;
@@ -732,7 +735,11 @@ async fn tonics_own_timeout_and_load_shedding_act_outside_the_stack() {
         (Code::ResourceExhausted, None)
     );
     let held = slow.await.unwrap();
-    assert_eq!(held.code, Code::Cancelled, "the first call ran to its timeout");
+    assert_eq!(
+        held.code,
+        Code::Cancelled,
+        "the first call ran to its timeout"
+    );
     assert!(access_lines(&out, "shed").is_empty());
     let text = obs.registry().encode_prometheus().unwrap();
     let all = counted(&text, "http_server_requests_total", &[]);

@@ -176,6 +176,8 @@ pub(crate) struct StatusFields(OnceLock<Found>);
 pub(crate) static SERVER_FIELDS: StatusFields = StatusFields(OnceLock::new());
 /// The client span's status fields.
 pub(crate) static CLIENT_FIELDS: StatusFields = StatusFields(OnceLock::new());
+/// The status fields of job spans.
+pub(crate) static JOB_FIELDS: StatusFields = StatusFields(OnceLock::new());
 
 /// The status fields of one callsite's spans (none for a disabled span).
 #[derive(Clone, Default)]

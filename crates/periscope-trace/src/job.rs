@@ -16,6 +16,7 @@ use tracing::field::Empty;
 use tracing::instrument::{Instrument, Instrumented};
 
 use crate::binding::{ParentKind, bind, early_id, handing_on};
+use crate::fields::{JOB_FIELDS, record_failure};
 use crate::propagation::Propagators;
 use crate::rejected::warn_rejected;
 use crate::sampler::Sampler;
@@ -166,6 +167,7 @@ impl JobSpan {
             otel.name = name,
             otel.kind = "consumer",
             otel.status_code = Empty,
+            error.type = Empty,
             job_name = name,
             job_id = Empty,
             request_id = %context.request_id,
@@ -236,6 +238,7 @@ impl JobSpan {
         JobFuture {
             inner: self.context.scope(job).instrument(self.span),
             report: None,
+            ended: false,
         }
     }
 
@@ -306,13 +309,30 @@ impl JobSpan {
 /// fallible forms, an `Err`) once
 /// inside the span. `Send` when `F` is; a job that neither panics nor fails pays a
 /// `catch_unwind` per poll.
-#[pin_project]
+///
+/// Dropped before it finished (a timeout around it, the worker stopping), the job is told as
+/// cancelled: a warning with its ids, and its span marked `otel.status_code` `ERROR` with
+/// `error.type` `cancelled`.
+#[pin_project(PinnedDrop)]
 #[must_use = "futures do nothing unless polled"]
 pub struct JobFuture<F: Future> {
     #[pin]
     inner: Instrumented<WithContext<F>>,
     /// Logs an `Err` output (`run_fallible`, `run_fallible_dyn`).
     report: Option<fn(&F::Output)>,
+    /// The job returned its output, or panicked (logged then): dropped without either, it was
+    /// cancelled.
+    ended: bool,
+}
+
+#[pin_project::pinned_drop]
+impl<F: Future> PinnedDrop for JobFuture<F> {
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        if !*this.ended {
+            inside(this.inner, log_cancelled);
+        }
+    }
 }
 
 impl<F: Future> JobFuture<F> {
@@ -339,10 +359,14 @@ impl<F: Future> Future for JobFuture<F> {
         let polled = match panic::catch(|| this.inner.as_mut().poll(cx)) {
             Ok(polled) => polled,
             Err(caught) => {
+                *this.ended = true;
                 inside(this.inner, || log_panic(&caught));
                 caught.resume()
             }
         };
+        if polled.is_ready() {
+            *this.ended = true;
+        }
         if let (Poll::Ready(output), Some(report)) = (&polled, *this.report) {
             inside(this.inner, || report(output));
         }
@@ -366,6 +390,15 @@ fn log_panic(caught: &CaughtPanic) {
             panic.backtrace = caught.backtrace.as_deref(),
         },
         "job panicked"
+    );
+}
+
+#[cold]
+fn log_cancelled() {
+    record_failure(&Span::current(), &JOB_FIELDS, "cancelled");
+    tracing::warn!(
+        target: JOB_TARGET,
+        "job dropped before it finished: cancelled (a timeout around it, or the worker stopping)"
     );
 }
 

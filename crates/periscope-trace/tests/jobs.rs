@@ -59,14 +59,24 @@ impl Written {
 /// The service's JSON log layer (writing each line as it is logged) as this thread's
 /// subscriber.
 fn json_logs() -> (Written, impl Sized) {
+    let (out, _, guards) = json_logs_and_fields();
+    (out, guards)
+}
+
+/// [`json_logs`], and the span fields recorded after creation.
+fn json_logs_and_fields() -> (Written, RecordedFields, impl Sized) {
     let out = Written::default();
     let (layer, guard) = LogLayer::builder()
         .service("worker")
         .writer(out.clone())
         .blocking(true)
         .build();
-    let default = support::set_default(tracing_subscriber::registry().with(layer));
-    (out, (default, guard))
+    let recorded = RecordedFields::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(layer)
+        .with(recorded.clone());
+    let default = support::set_default(subscriber);
+    (out, recorded, (default, guard))
 }
 
 /// A request's context the way the server layer makes it from these headers.
@@ -546,6 +556,73 @@ async fn a_panicking_job_is_logged_once_with_its_ids_and_still_unwinds() {
     assert_eq!(message["password"], "[REDACTED]", "{line}");
     let location = line["data"]["panic.location"].as_str().unwrap();
     assert!(location.contains("jobs.rs:"), "{location}");
+}
+
+/// Span fields recorded after creation, as `name=value`.
+#[derive(Clone, Default)]
+struct RecordedFields(Arc<Mutex<Vec<String>>>);
+
+impl tracing::field::Visit for RecordedFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{}={value:?}", field.name());
+        self.0.lock().unwrap().push(text.replace('"', ""));
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecordedFields {
+    fn on_record(
+        &self,
+        _span: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        values.record(&mut self.clone());
+    }
+}
+
+/// A job dropped before it finished (a timeout around it, the worker stopping) is a failure:
+/// its span says so, and a warning with the job's ids tells it, not a span closed as a success
+/// without a word.
+#[tokio::test]
+async fn a_job_dropped_before_it_finished_is_logged_and_marked_cancelled() {
+    let (out, recorded, _guards) = json_logs_and_fields();
+    let request = request(&format!("00-{TRACE}-{PARENT}-01"), "req-dropped");
+    let carrier = through_json(&request.in_scope(job::carrier).unwrap());
+    let job = JobSpan::from_carrier("resize", &carrier).with_job_id("job_3");
+    let timed_out = tokio::time::timeout(
+        std::time::Duration::from_millis(20),
+        job.run(std::future::pending::<()>()),
+    )
+    .await;
+    assert!(timed_out.is_err());
+    let lines = out.lines_for("req-dropped");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["level"], "warn", "{}", lines[0]);
+    assert_eq!(lines[0]["job_id"], "job_3", "{}", lines[0]);
+    assert_eq!(lines[0]["trace_id"], TRACE, "{}", lines[0]);
+    let fields = recorded.0.lock().unwrap().clone();
+    assert!(
+        fields.contains(&"otel.status_code=ERROR".to_owned()),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"error.type=cancelled".to_owned()),
+        "{fields:?}"
+    );
+
+    // A job that ends, or whose panic was logged, is not also told as dropped.
+    let job = JobSpan::from_carrier("resize", &carrier).with_job_id("job_4");
+    job.run(async {}).await;
+    let job = JobSpan::from_carrier("resize", &carrier).with_job_id("job_5");
+    let panicked = tokio::spawn(job.run(async { panic!("boom") })).await;
+    assert!(panicked.is_err());
+    let messages: Vec<_> = out
+        .lines_for("req-dropped")
+        .iter()
+        .map(|line| line["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[1], "job panicked", "{messages:?}");
 }
 
 /// The panic reaches `catch_unwind` around the worker's own poll with its payload unchanged,
