@@ -20,11 +20,16 @@ pub const DEFAULT_SENSITIVE_WORDS: &[&str] = &["auth", "pass"];
 /// Keys that contain `token` but count tokens (LLM usage figures), so they are not secrets.
 pub const DEFAULT_ALLOWED_KEYS: &[&str] = &[
     "max_tokens",
+    "max_completion_tokens",
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
     "input_tokens",
     "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
 ];
 
 /// Nesting deeper than this is not parsed as JSON (the value stays a plain string).
@@ -284,6 +289,7 @@ impl Redactor {
     /// `scratch`): for structured text that could not be redacted key by key.
     pub(crate) fn mentions_sensitive_key(&self, text: &str, scratch: &mut Vec<u8>) -> bool {
         normalize_into(text, scratch);
+        self.inner.blank_allowed(scratch);
         self.inner.mentions(scratch)
     }
 
@@ -301,16 +307,18 @@ impl Redactor {
             if start >= end {
                 return false;
             }
-            while before > 0 && bytes[before - 1] == b' ' {
+            // Any whitespace JSON or pretty `Debug` output puts before a key (a line break, a tab).
+            while before > 0 && bytes[before - 1].is_ascii_whitespace() {
                 before -= 1;
             }
             let opens = before == 0 || matches!(bytes[before - 1], b'{' | b'(' | b'[' | b',');
             opens && {
                 let key = &text[start..end];
                 // `auth: "Basic .."`, `smtp_pass: Some(..)`: a credential unless the value is a
-                // setting (`require_auth: true`) or says none is set.
-                self.is_sensitive(key)
-                    || (self.ends_in_sensitive_word(key) && !names_no_secret(value))
+                // setting (`require_auth: true`) or says none is set (`password: None`, which
+                // `url::Url` always prints).
+                (self.is_sensitive(key) || self.ends_in_sensitive_word(key))
+                    && !names_no_secret(value)
             }
         };
         for (at, _) in text.match_indices(':') {
@@ -429,6 +437,26 @@ impl Rules {
 
     fn matches(&self, key: &[u8]) -> bool {
         self.mentions(key) && !self.allowed.iter().any(|a| **a == *key)
+    }
+
+    /// Blanks the allowed keys standing as whole words in normalised `text` (`"maxtokens":`),
+    /// so that the fragments inside them (`token`) are not read as mentions of a secret.
+    fn blank_allowed(&self, text: &mut [u8]) {
+        for allowed in self.allowed.iter().filter(|allowed| !allowed.is_empty()) {
+            let mut from = 0;
+            while let Some(found) = text[from..]
+                .windows(allowed.len())
+                .position(|window| window == &allowed[..])
+            {
+                let (start, end) = (from + found, from + found + allowed.len());
+                let bounded = |at: Option<&u8>| at.is_none_or(|b| !b.is_ascii_alphanumeric());
+                if bounded(start.checked_sub(1).and_then(|i| text.get(i))) && bounded(text.get(end))
+                {
+                    text[start..end].fill(b' ');
+                }
+                from = start + 1;
+            }
+        }
     }
 
     /// Whether some fragment occurs in `text`.

@@ -1175,3 +1175,48 @@ fn a_key_ending_in_the_word_pass_is_a_password() {
     }
     assert!(redactor.hides_field("SMTP_PASS") && !redactor.hides_field("bypass"));
 }
+
+/// A key is found after any whitespace JSON allows (a pretty-printed body, a tab), so the
+/// fail-closed rules see it; a sensitive key whose value says none is set (`password: None`,
+/// as `url::Url`'s `Debug` always prints) hides nothing; and an allowed key (`max_tokens`) is
+/// not read as a mention of a secret in JSON text too large to redact key by key.
+#[test]
+fn keys_are_found_after_any_whitespace_and_allowed_or_empty_ones_hide_nothing() {
+    #[derive(Debug)]
+    #[allow(dead_code)] // read through `Debug` only
+    struct Conn {
+        host: &'static str,
+        password: Option<&'static str>,
+    }
+    let pretty = serde_json::to_string_pretty(&json!({
+        "auth": "Basic cHJldHR5LTE=",
+        "blob": "x".repeat(70_000),
+    }))
+    .unwrap();
+    let tabbed = "{\"a\":1,\t\"smtp_pass\":\"tabbed-2\",}";
+    let large = json!({"max_tokens": 256, "prompt": "y".repeat(70_000)});
+    let out = capture(
+        |b| b,
+        |_| {
+            tracing::info!(
+                pretty = pretty.as_str(),
+                tabbed,
+                conn = ?Conn { host: "db.internal", password: None },
+                request = periscope_log::json(&large),
+                "calling upstream"
+            );
+        },
+    );
+    let text = out.text();
+    for secret in ["cHJldHR5LTE=", "tabbed-2"] {
+        assert!(!text.contains(secret), "{secret} leaked: {text:.300}");
+    }
+    let data = &out.lines()[0]["data"];
+    let conn = data["conn"].as_str().unwrap();
+    assert!(conn.contains("db.internal"), "{conn}");
+    let request = data["request"]["_truncated"].as_str().unwrap();
+    assert!(
+        request.starts_with(r#"{"max_tokens":256"#),
+        "{request:.100}"
+    );
+}
