@@ -176,6 +176,31 @@ impl GrpcCode {
     }
 }
 
+impl GrpcCode {
+    /// The code a gRPC client reads from an answer that is no gRPC answer at all (no gRPC
+    /// `content-type`: a proxy's page, an ingress's error), by gRPC's mapping of HTTP statuses:
+    /// 400 `INTERNAL`, 401 `UNAUTHENTICATED`, 403 `PERMISSION_DENIED`, 404 `UNIMPLEMENTED`, 429,
+    /// 502, 503 and 504 `UNAVAILABLE`, any other (a 200 included) `UNKNOWN`.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use periscope_context::grpc::GrpcCode;
+    ///
+    /// assert_eq!(GrpcCode::of_plain_answer(StatusCode::SERVICE_UNAVAILABLE), GrpcCode::UNAVAILABLE);
+    /// assert_eq!(GrpcCode::of_plain_answer(StatusCode::OK), GrpcCode::UNKNOWN);
+    /// ```
+    pub fn of_plain_answer(status: StatusCode) -> Self {
+        match status.as_u16() {
+            400 => Self::INTERNAL,
+            401 => Self::UNAUTHENTICATED,
+            403 => Self::PERMISSION_DENIED,
+            404 => Self::UNIMPLEMENTED,
+            429 | 502 | 503 | 504 => Self::UNAVAILABLE,
+            _ => Self::UNKNOWN,
+        }
+    }
+}
+
 impl fmt::Display for GrpcCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.0, self.name())

@@ -367,9 +367,7 @@ async fn redirects_and_broken_answers_are_counted_by_what_came_back() {
     })
     .await;
     let registry = MetricsRegistry::new();
-    let client = ClientMetricsLayer::new(&registry)
-        .unwrap()
-        .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>());
+    let client = metered_client(&registry);
     let call = |path: &str| {
         let request = http::Request::get(format!("http://{addr}{path}"))
             .body(Empty::new())
@@ -429,9 +427,7 @@ async fn a_plain_call_answered_with_a_grpc_content_type_counts_by_its_status() {
     })
     .await;
     let registry = MetricsRegistry::new();
-    let client = ClientMetricsLayer::new(&registry)
-        .unwrap()
-        .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>());
+    let client = metered_client(&registry);
     for path in ["/plain", "/failing"] {
         let request = http::Request::get(format!("http://{addr}{path}"))
             .body(Empty::new())
@@ -455,6 +451,53 @@ async fn a_plain_call_answered_with_a_grpc_content_type_counts_by_its_status() {
         let all: f64 = calls.iter().map(|point| point.value).sum();
         assert_eq!(all, 2.0, "{family}: each call once: {calls:#?}");
     }
+}
+
+/// A gRPC call answered by no gRPC server (a proxy's page, an ingress's 503) counts by the code
+/// its caller reads, by gRPC's mapping of the HTTP status: a 200 page is `UNKNOWN` (5xx), a 503
+/// `UNAVAILABLE` (5xx), a 404 `UNIMPLEMENTED` (5xx); not the success its 200 would say.
+#[tokio::test]
+async fn a_grpc_call_answered_without_grpc_counts_by_the_code_grpc_maps_it_to() {
+    use http_body_util::BodyExt;
+
+    let addr = raw_upstream(|head| {
+        let status = if head.starts_with("POST /pkg.Svc/Down") {
+            "503 Service Unavailable"
+        } else if head.starts_with("POST /pkg.Svc/Gone") {
+            "404 Not Found"
+        } else {
+            "200 OK"
+        };
+        format!("HTTP/1.1 {status}\r\ncontent-type: text/html\r\ncontent-length: 6\r\n\r\n<html>")
+            .into_bytes()
+    })
+    .await;
+    let registry = MetricsRegistry::new();
+    let client = metered_client(&registry);
+    for path in ["/pkg.Svc/Page", "/pkg.Svc/Down", "/pkg.Svc/Gone"] {
+        let request = grpc_request(&format!("http://{addr}{path}"))
+            .body(Empty::new())
+            .unwrap();
+        let response = client.clone().oneshot(request).await.unwrap();
+        response.into_body().collect().await.unwrap();
+    }
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let calls = points(&exposition, "http_client_requests");
+    assert_eq!(sum_where(&calls, &[("status", "5xx")]), 3.0, "{calls:#?}");
+    assert_eq!(calls.iter().map(|point| point.value).sum::<f64>(), 3.0);
+}
+
+/// hyper-util's client for requests without a body, under the metrics layer recording into
+/// `registry`.
+fn metered_client(
+    registry: &MetricsRegistry,
+) -> periscope_metrics::ClientMetrics<
+    Client<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>>,
+> {
+    ClientMetricsLayer::new(registry)
+        .unwrap()
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>())
 }
 
 /// The registry holds exactly one call, to `models.internal`, counted as `error`.
@@ -548,9 +591,7 @@ async fn a_plain_http_stream_is_still_timed_to_its_head() {
     );
     let addr = serve(app).await;
     let registry = MetricsRegistry::new();
-    let client = ClientMetricsLayer::new(&registry)
-        .unwrap()
-        .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>());
+    let client = metered_client(&registry);
     let request = http::Request::get(format!("http://{addr}/stream"))
         .body(Empty::new())
         .unwrap();

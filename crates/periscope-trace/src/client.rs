@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
-use periscope_context::grpc::{HeadOutcome, head_outcome, is_grpc_request};
+use periscope_context::grpc::{GrpcCode, HeadOutcome, head_outcome, is_grpc_request};
 use periscope_context::{RequestContext, TenantKey, remove_absent_tenants};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -18,8 +18,8 @@ use tracing::field::Empty;
 use crate::binding::{ParentKind, bind, early_id, span_text};
 use crate::client_body::{CLIENT_ERROR_FROM, ClientBody, Pending};
 use crate::fields::{
-    CLIENT_FIELDS, RedactedUrl, method_name, method_original, record_failure, record_status,
-    server_port, span_method,
+    CLIENT_FIELDS, RedactedUrl, method_name, method_original, record_failure, record_plain_answer,
+    record_status, server_port, span_method,
 };
 use crate::propagation::Propagators;
 use crate::rpc::RpcName;
@@ -466,14 +466,23 @@ where
         } else {
             &no_headers
         };
-        let failed = record_status(
-            span,
-            &CLIENT_FIELDS,
-            response.status(),
-            head,
-            CLIENT_ERROR_FROM,
-        );
-        let pending = match head_outcome(response.status(), head) {
+        let outcome = head_outcome(response.status(), head);
+        let failed = if *this.grpc && outcome == HeadOutcome::Status {
+            // A gRPC call answered by no gRPC server (a proxy's page, an ingress's 503): the
+            // code its caller reads, by gRPC's mapping of the HTTP status.
+            let code = GrpcCode::of_plain_answer(response.status());
+            record_plain_answer(span, &CLIENT_FIELDS, response.status(), code);
+            true
+        } else {
+            record_status(
+                span,
+                &CLIENT_FIELDS,
+                response.status(),
+                head,
+                CLIENT_ERROR_FROM,
+            )
+        };
+        let pending = match outcome {
             // The code comes in the trailers, after the messages: recorded by the body.
             HeadOutcome::Trailers => Pending::GrpcCode,
             HeadOutcome::Status | HeadOutcome::Code(_) => Pending::End { failed },

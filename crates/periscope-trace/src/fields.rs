@@ -278,6 +278,21 @@ pub(crate) fn record_grpc_code(
     }
 }
 
+/// Records a gRPC call answered without gRPC (no gRPC `content-type`): its HTTP status, and
+/// `code`, what its caller reads from that status, as the call's failure.
+pub(crate) fn record_plain_answer(
+    span: &Span,
+    fields: &StatusFields,
+    status: http::StatusCode,
+    code: GrpcCode,
+) {
+    let fields = fields.of(span);
+    record(span, &fields.status_code, i64::from(status.as_u16()));
+    record(span, &fields.grpc_code, i64::from(code.value()));
+    record(span, &fields.otel_status, "ERROR");
+    record(span, &fields.error_type, code.name());
+}
+
 /// Records a failed call (no response at all).
 pub(crate) fn record_failure(span: &Span, fields: &StatusFields, error_type: &str) {
     let fields = fields.of(span);

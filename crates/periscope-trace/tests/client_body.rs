@@ -121,6 +121,15 @@ async fn answer(mut stream: tokio::net::TcpStream) {
             let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 14\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
             stream.write_all(head).await.unwrap();
         }
+        (_, "/pkg.Svc/Html") => {
+            // A gRPC call answered by a proxy's page, and by an ingress's 503.
+            let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 6\r\nconnection: close\r\n\r\n<html>";
+            stream.write_all(head).await.unwrap();
+        }
+        (_, "/pkg.Svc/Unavailable") => {
+            let head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndown";
+            stream.write_all(head).await.unwrap();
+        }
         (_, "/hold") => {
             stream.write_all(CHUNKED).await.unwrap();
             stream.write_all(b"5\r\ntoken\r\n").await.unwrap();
@@ -230,6 +239,43 @@ async fn a_plain_call_answered_with_a_grpc_content_type_is_judged_by_its_status(
         assert_eq!(span.get("otel.status_code"), None, "{path}: {span:?}");
         assert_eq!(span.get("error.type"), None, "{path}: {span:?}");
         assert_eq!(span.get("rpc.grpc.status_code"), None, "{path}: {span:?}");
+    }
+}
+
+/// A gRPC call answered by something that is no gRPC server (a proxy's page, an ingress's
+/// 503): judged as a gRPC client judges it, by gRPC's mapping of the HTTP status, so its span
+/// carries the code the caller gets and fails, a 200 included.
+#[tokio::test]
+async fn a_grpc_call_answered_without_grpc_gets_the_code_grpc_maps_its_status_to() {
+    let (capture, _guard) = capture();
+    let addr = http_server().await;
+    for (path, status, code, name) in [
+        ("/pkg.Svc/Html", "200", "2", "UNKNOWN"),
+        ("/pkg.Svc/Unavailable", "503", "14", "UNAVAILABLE"),
+    ] {
+        let ctx = RequestContext::new_root();
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = ctx
+            .clone()
+            .scope(traced_client().oneshot(request))
+            .await
+            .unwrap();
+        response.into_body().collect().await.unwrap();
+
+        let span = closed_span(&capture, ctx.request_id.as_str()).await;
+        assert_eq!(
+            span.get("http.response.status_code"),
+            Some(status),
+            "{span:?}"
+        );
+        assert_eq!(span.get("rpc.grpc.status_code"), Some(code), "{span:?}");
+        assert_eq!(span.get("otel.status_code"), Some("ERROR"), "{span:?}");
+        assert_eq!(span.get("error.type"), Some(name), "{span:?}");
     }
 }
 
