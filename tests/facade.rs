@@ -1278,7 +1278,14 @@ async fn every_signal_of_a_request_tells_what_the_client_got() {
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut answer = Vec::new();
         match case.name {
-            "cancelled" => tokio::time::sleep(Duration::from_millis(50)).await,
+            // Gone as soon as the handler runs, well before the timeout.
+            "cancelled" => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while obs.in_flight() == 0 {
+                    assert!(std::time::Instant::now() < deadline, "never in flight");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
             "stream" => {
                 // The head and a first chunk, then the client goes away.
                 while !String::from_utf8_lossy(&answer).contains("chunk") {
@@ -1296,7 +1303,16 @@ async fn every_signal_of_a_request_tells_what_the_client_got() {
         answers.insert(case.name, String::from_utf8(answer).unwrap());
     }
     // The server notices the departed clients.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while obs.in_flight() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests left in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A margin for the layers outside the count (the span's close, the access line).
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let exposition = obs.registry().encode_prometheus().unwrap();
     drop(log_guard);
     let lines = out.lines();
