@@ -281,9 +281,10 @@ async fn bodies_in_memory_are_bounded_by_the_upload_buffer() {
                 content-length: 10485760\r\n\r\n";
     slow.write_all(head.as_bytes()).await.unwrap();
     slow.write_all(&[0; 4096]).await.unwrap();
-    // The slow upload is taken first (its span shows it reading); a second leaves room for a
-    // loaded machine.
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // The slow upload is taken first: in flight, it holds the buffer.
+    let predicting = [("method", "POST"), ("route", "/predict")];
+    let in_flight = || metric(addr, "http_server_requests_in_flight", &predicting);
+    wait_until_in_flight(&in_flight, 1.0).await;
 
     // A small image waits for the memory, unread, instead of being buffered beside it.
     let waiting = tokio::spawn(async move {
@@ -296,7 +297,9 @@ async fn bodies_in_memory_are_bounded_by_the_upload_buffer() {
         )
         .await
     });
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // In flight beside the slow one (so it surely came), and still unanswered a while later.
+    wait_until_in_flight(&in_flight, 2.0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "answered while the buffer was full");
 
     // The slow client gives up: its share is freed and the waiting image is served.
@@ -306,6 +309,22 @@ async fn bodies_in_memory_are_bounded_by_the_upload_buffer() {
         .expect("served once the buffer had room")
         .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
+/// Waits (for the support's patience at most) until `in_flight` reads `count`.
+async fn wait_until_in_flight<F, Fut>(in_flight: &F, count: f64)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<f64>>,
+{
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    while in_flight().await != Some(count) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {count} in flight"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// An upload that stalls, or trickles, is answered 408 `upload_stalled` and gives its share of
