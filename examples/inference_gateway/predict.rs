@@ -129,8 +129,10 @@ fn limits(max_alloc: u64) -> Limits {
 
 /// The MiB a decode of `body` takes, from the image's header: the decoded pixels as they come
 /// (a progressive JPEG also keeps every coefficient, 16 bits each: three times its pixels'
-/// bytes), and one MiB for the decoder's own buffers (a PNG's rows, its colour profile). It is
-/// also all the decoder may allocate. A header that cannot be read, or that claims more than
+/// bytes, and the JPEG decoder copies the whole file first), and one MiB for the decoder's own
+/// buffers (a PNG's rows, its colour profile). It is also all the decoder may allocate. Reading
+/// the header takes milliseconds of CPU (a JPEG's copy, a PNG's chunks checked): call it on the
+/// blocking pool. A header that cannot be read, or that claims more than
 /// [`MAX_IMAGE_SIDE`], costs 1: its decode fails at once. An image that would take more than
 /// [`MAX_DECODE_BYTES`] is refused.
 fn decode_mib(body: &[u8]) -> Result<u32, HttpError> {
@@ -142,7 +144,7 @@ fn decode_mib(body: &[u8]) -> Result<u32, HttpError> {
             reader.limits(limits(MAX_HEADER_BYTES));
             let pixels = image::ImageDecoder::total_bytes(&reader.into_decoder().ok()?);
             Some(if jpeg {
-                pixels.saturating_mul(3)
+                pixels.saturating_mul(3).saturating_add(body.len() as u64)
             } else {
                 pixels
             })
@@ -222,7 +224,13 @@ async fn predict(
         .acquire_owned()
         .await
         .map_err(HttpError::internal)?;
-    let mib = decode_mib(&body)?;
+    // The header is read off the async threads, holding the decode slot (moved in and back,
+    // as `preprocess` does: a request dropped meanwhile does not free it while the read runs).
+    let header = body.clone();
+    let (mib, decoding) = tokio::task::spawn_blocking(move || (decode_mib(&header), decoding))
+        .await
+        .map_err(HttpError::internal)?;
+    let mib = mib?;
     let memory = state
         .decode_memory
         .clone()
@@ -497,8 +505,11 @@ mod tests {
         let large = png(2048, 2048);
         assert!(large.len() < 1 << 20, "{}", large.len());
         assert_eq!(mib(&large), 13);
-        // A JPEG's coefficients, which a progressive decode keeps, take twice its pixels.
-        assert_eq!(mib(&encoded(1024, 1024, ImageFormat::Jpeg)), 10);
+        // A JPEG's coefficients, which a progressive decode keeps, take twice its pixels, and
+        // its decoder copies the file: 9 MiB and the file's bytes.
+        let jpeg = encoded(1024, 1024, ImageFormat::Jpeg);
+        let expected = ((9 << 20) + jpeg.len() as u64).div_ceil(1 << 20) + 1;
+        assert_eq!(u64::from(mib(&jpeg)), expected);
         // Beyond the side limit, or not an image: its decode fails at once.
         assert_eq!(mib(&png(MAX_IMAGE_SIDE + 1, 1)), 1);
         assert_eq!(mib(b"not an image"), 1);
