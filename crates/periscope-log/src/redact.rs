@@ -414,6 +414,7 @@ impl Redactor {
             redactor: self,
             limit,
             key: String::new(),
+            members: Vec::new(),
         };
         let ok = parser.value(out, depth).is_some() && {
             parser.skip_ws();
@@ -479,6 +480,50 @@ struct Parser<'a> {
     limit: usize,
     /// The decoded text of the last string read.
     key: String,
+    /// Where the members of the objects being read were written: a stack, the innermost
+    /// object's on top.
+    members: Vec<Member>,
+}
+
+/// Where one member of an object was written: its key (with its colon) at `start..key_end`,
+/// its value up to `end`.
+#[derive(Clone, Copy)]
+struct Member {
+    start: usize,
+    key_end: usize,
+    end: usize,
+}
+
+/// Of members written with the same key (a `#[serde(flatten)]` map holding a key of its
+/// struct's own, JSON text that repeats one), keeps the last, as JSON readers take it: a line
+/// never carries a key twice, which some stores refuse (and the line is lost there). `out`
+/// holds the object from its `{` at `open`, its last member written, the `}` not yet.
+fn keep_last_of_each_key(out: &mut Vec<u8>, open: usize, members: &[Member]) {
+    let key = |member: &Member| &out[member.start..member.key_end];
+    // Pairwise for the usual small object; sorted for a large one, so that a wide object costs
+    // no more than its sort.
+    let repeated = if members.len() <= 8 {
+        (1..members.len()).any(|j| (0..j).any(|i| key(&members[i]) == key(&members[j])))
+    } else {
+        let mut keys: Vec<&[u8]> = members.iter().map(key).collect();
+        keys.sort_unstable();
+        keys.windows(2).any(|pair| pair[0] == pair[1])
+    };
+    if !repeated {
+        return;
+    }
+    let written = out.split_off(open + 1);
+    let at = |offset: usize| offset - open - 1;
+    let mut seen = std::collections::HashSet::new();
+    let last: Vec<&Member> = (members.iter().rev())
+        .filter(|member| seen.insert(&written[at(member.start)..at(member.key_end)]))
+        .collect();
+    for (i, member) in last.iter().rev().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&written[at(member.start)..at(member.end)]);
+    }
 }
 
 impl Parser<'_> {
@@ -541,18 +586,23 @@ impl Parser<'_> {
 
     fn object(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<()> {
         self.i += 1;
+        let open = out.len();
         out.push(b'{');
         if self.eat(b'}').is_some() {
             out.push(b'}');
             return Some(());
         }
+        // This object's members sit above the enclosing objects' on the stack.
+        let base = self.members.len();
         loop {
             self.skip_ws();
             if self.s.get(self.i) != Some(&b'"') {
                 return None;
             }
             self.string()?;
+            let start = out.len();
             json::write_key(out, &self.key);
+            let key_end = out.len();
             let sensitive = self.redactor.is_sensitive(&self.key);
             let credential_word = !sensitive && self.redactor.ends_in_sensitive_word(&self.key);
             self.eat(b':')?;
@@ -567,10 +617,17 @@ impl Parser<'_> {
                 out.truncate(mark);
                 json::write_str(out, REDACTED, usize::MAX);
             }
+            self.members.push(Member {
+                start,
+                key_end,
+                end: out.len(),
+            });
             if self.eat(b',').is_some() {
                 out.push(b',');
             } else {
                 self.eat(b'}')?;
+                keep_last_of_each_key(out, open, &self.members[base..]);
+                self.members.truncate(base);
                 out.push(b'}');
                 return Some(());
             }

@@ -313,6 +313,54 @@ impl serde::Serialize for Nest {
     }
 }
 
+/// A value whose serialization writes keys twice, as `#[serde(flatten)]` does when the flattened
+/// map holds a key of the struct's own: `model` twice at the top, `k` twice inside, and ten
+/// keys written twice over (the larger object's path).
+struct Twice;
+
+impl serde::Serialize for Twice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Inner;
+        impl serde::Serialize for Inner {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(None)?;
+                map.serialize_entry("k", &1)?;
+                map.serialize_entry("j", &2)?;
+                map.serialize_entry("k", &3)?;
+                map.end()
+            }
+        }
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("model", "first")?;
+        map.serialize_entry("inner", &Inner)?;
+        map.serialize_entry("model", "last")?;
+        for round in 0..2 {
+            for i in 0..10 {
+                map.serialize_entry(&format!("w{i}"), &round)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// Every key of a line is written once, inside a `json(..)` value too: of a key written twice
+/// the last value stays, as JSON readers take it (some stores refuse a document with a key
+/// twice, and the line would be lost there).
+#[test]
+fn a_json_value_with_a_key_written_twice_keeps_the_last() {
+    let out = capture(
+        |b| b,
+        |_| tracing::info!(v = periscope_log::json(Twice), "twice"),
+    );
+    let lines = strict_lines(&out.text());
+    let v = &lines[0]["data"]["v"];
+    assert_eq!(v["model"], "last", "{v}");
+    assert_eq!(v["inner"], serde_json::json!({"j": 2, "k": 3}), "{v}");
+    assert_eq!(v["w9"], 1, "{v}");
+    assert_eq!(v.as_object().unwrap().len(), 12, "{v}");
+}
+
 #[test]
 fn deeply_nested_values_keep_the_line_valid() {
     let deep_text = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
