@@ -9,7 +9,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use periscope_context::panic::{self, CaughtPanic};
-use periscope_context::{Carrier, ExtractOptions, Extracted, RequestContext, WithContext, extract};
+use periscope_context::{
+    Carrier, ExtractOptions, Extracted, RequestContext, TraceOrigin, WithContext, extract,
+};
 use pin_project::pin_project;
 use tracing::Span;
 use tracing::field::Empty;
@@ -123,10 +125,9 @@ impl JobSpan {
     /// `org_id` and `project_id`).
     ///
     /// Sampling follows the process's sampler ([`Sampler::global`]) where no OpenTelemetry
-    /// sampler decides, unless `options.sample_new_traces` is `false`: a trace started here is
-    /// then not sampled.
+    /// sampler decides, but with `options.sample_new_traces` `false` a trace started here is
+    /// not sampled (a continued one is still the sampler's to decide).
     pub fn from_carrier_with(name: &str, carrier: &Carrier, options: &ExtractOptions) -> Self {
-        let sampler = options.sample_new_traces.then(Sampler::global);
         let propagators = Propagators::global();
         let extracted = if propagators.all() {
             extract(carrier, options)
@@ -135,6 +136,8 @@ impl JobSpan {
             propagators.strip(&mut read);
             extract(&read, options)
         };
+        let continued = extracted.trace == TraceOrigin::Continued;
+        let sampler = (options.sample_new_traces || continued).then(Sampler::global);
         let job = Self::from_extracted(name, extracted, sampler);
         let ignored = carrier.ignored_keys();
         if !ignored.is_empty() {

@@ -43,6 +43,16 @@ fn the_process_sampler_decides_for_calls_and_jobs_that_start_a_trace() {
             .context()
             .is_sampled()
     );
+    // Options that sample no new trace leave the sampler its say over a continued one.
+    let quiet = ExtractOptions {
+        sample_new_traces: false,
+        ..ExtractOptions::default()
+    };
+    assert!(
+        !JobSpan::from_carrier_with("reindex", &sampled_caller, &quiet)
+            .context()
+            .is_sampled()
+    );
 
     Sampler::AlwaysOn.set_global();
     assert!(ClientSpan::new(&Method::GET, &uri).context().is_sampled());
@@ -52,10 +62,6 @@ fn the_process_sampler_decides_for_calls_and_jobs_that_start_a_trace() {
             .is_sampled()
     );
     // Options that sample no new trace keep a job's new trace unsampled.
-    let quiet = ExtractOptions {
-        sample_new_traces: false,
-        ..ExtractOptions::default()
-    };
     let job = JobSpan::from_carrier_with("reindex", &empty, &quiet);
     assert!(!job.context().is_sampled());
 }
