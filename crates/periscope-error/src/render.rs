@@ -228,7 +228,8 @@ impl<'a> RequestHeaders<'a> {
 
 /// Whether the request's `Accept` header prefers `application/problem+json`: listed with a
 /// q-value above 0 and at least that of `application/json`, or reached by a wildcard
-/// (`*/*`, `application/*`) while `application/json` is refused (`q=0`).
+/// (`*/*`, `application/*`) whose q-value is above that of a listed `application/json` (refused
+/// with `q=0`, or merely ranked lower).
 ///
 /// A type's q-value is the one of the most specific range that matches it (RFC 9110, section
 /// 12.5.1): `application/json` takes the q-value of `application/*`, else of `*/*`, when it is
@@ -246,6 +247,12 @@ impl<'a> RequestHeaders<'a> {
 /// headers.insert("accept", "application/json, application/problem+json;q=0.9".parse().unwrap());
 /// assert!(!prefers_problem_json(&headers));
 /// headers.insert("accept", "application/problem+json;q=0.5, */*;q=0.9".parse().unwrap());
+/// assert!(!prefers_problem_json(&headers));
+/// // Not listed, problem details take the wildcard's 0.8, above the envelope's 0.5.
+/// headers.insert("accept", "*/*;q=0.8, application/json;q=0.5".parse().unwrap());
+/// assert!(prefers_problem_json(&headers));
+/// // A browser's `Accept`: the wildcard ranks both alike, and the envelope is the default.
+/// headers.insert("accept", "text/html,application/xhtml+xml,*/*;q=0.8".parse().unwrap());
 /// assert!(!prefers_problem_json(&headers));
 /// ```
 pub fn prefers_problem_json(headers: &HeaderMap) -> bool {
@@ -296,8 +303,9 @@ fn accepts_problem_json<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -
     let json = json.or(wildcard);
     match problem {
         Some(p) => p > 0.0 && json.is_none_or(|j| p >= j),
-        // Not listed: only when the envelope's type is refused and a wildcard takes any other.
-        None => json == Some(0.0) && wildcard.is_some_and(|w| w > 0.0),
+        // Not listed: the wildcard's q-value, when above the envelope's (refused, or ranked
+        // lower); a tie keeps the envelope, the default.
+        None => wildcard.is_some_and(|w| w > 0.0 && json.is_some_and(|j| w > j)),
     }
 }
 
