@@ -108,6 +108,9 @@ pub struct ResourceReport {
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     samples: u64,
+    /// Readings that found the tree (not one taken after its root exited): the tree's means
+    /// are over these.
+    tree_samples: u64,
     processes_max: u32,
     cpu_sum: f64,
     cpu_max: f64,
@@ -140,9 +143,14 @@ impl Stats {
     pub(crate) fn add(&mut self, r: &Reading) {
         self.samples += 1;
         self.processes_max = self.processes_max.max(r.processes);
-        self.cpu_sum += r.cpu_cores;
+        // A reading after the tree has gone (the job waited for, then `finish`) says nothing of
+        // its use: counted as zero it would lower the means and the recommendation.
+        if r.processes > 0 {
+            self.tree_samples += 1;
+            self.cpu_sum += r.cpu_cores;
+            self.memory_sum += r.memory_bytes as f64;
+        }
         self.cpu_max = self.cpu_max.max(r.cpu_cores);
-        self.memory_sum += r.memory_bytes as f64;
         self.memory_max = self.memory_max.max(r.memory_bytes);
         self.disk_read += r.disk_read_bytes;
         self.disk_written += r.disk_written_bytes;
@@ -167,6 +175,7 @@ impl Stats {
     /// `host_pid_namespace`: whether the driver's pids are known to be the tree's.
     pub(crate) fn report(&self, duration_s: f64, host_pid_namespace: bool) -> ResourceReport {
         let n = self.samples.max(1) as f64;
+        let tree_n = self.tree_samples.max(1) as f64;
         let gpus_used = count(&self.used_by_tree);
         let attribution = self.attribution(host_pid_namespace);
         let (gpus, vram_max) = match attribution {
@@ -182,9 +191,9 @@ impl Stats {
             duration_s,
             samples: self.samples,
             processes_max: self.processes_max,
-            cpu_cores_mean: self.cpu_sum / n,
+            cpu_cores_mean: self.cpu_sum / tree_n,
             cpu_cores_max: self.cpu_max,
-            memory_bytes_mean: self.memory_sum / n,
+            memory_bytes_mean: self.memory_sum / tree_n,
             memory_bytes_max: self.memory_max,
             disk_read_bytes: self.disk_read,
             disk_written_bytes: self.disk_written,
@@ -236,4 +245,31 @@ fn count(set: &BTreeSet<String>) -> u32 {
 
 fn with_headroom(bytes: u64) -> u64 {
     (bytes as f64 * HEADROOM).ceil() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reading taken after the tracked job exited (`child.wait()`, then `finish`) finds no
+    /// process: it leaves the tree's means, and the recommendation, as the live readings made
+    /// them.
+    #[test]
+    fn readings_after_the_tree_exited_leave_its_means() {
+        let mut stats = Stats::default();
+        let live = Reading {
+            processes: 1,
+            cpu_cores: 2.0,
+            memory_bytes: 1 << 30,
+            ..Reading::default()
+        };
+        stats.add(&live);
+        stats.add(&live);
+        stats.add(&Reading::default());
+        let report = stats.report(3.0, true);
+        assert_eq!(report.summary.samples, 3);
+        assert_eq!(report.summary.cpu_cores_mean, 2.0);
+        assert_eq!(report.summary.memory_bytes_mean, f64::from(1 << 30));
+        assert_eq!(report.recommendation.cpu_cores, 2);
+    }
 }
