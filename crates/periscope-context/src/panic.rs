@@ -100,7 +100,9 @@ pub fn install_hook() {
         }
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if CATCHING.with(Cell::get) {
+            // Built with `panic = "abort"`, no panic is caught: the process ends with this
+            // one, which must be told where the hook before would tell it.
+            if CATCHING.with(Cell::get) && !cfg!(panic = "abort") {
                 record(info);
             } else {
                 previous(info);
@@ -111,9 +113,10 @@ pub fn install_hook() {
 
 /// Whether a panic raised on this thread now is caught by [`catch`] (an `ErrorLayer` or a
 /// `JobSpan`) and reported by its catcher's line: a panic hook of the service's own can leave
-/// such panics to it instead of reporting them twice.
+/// such panics to it instead of reporting them twice. Never in a build with `panic = "abort"`,
+/// where no panic is caught.
 pub fn is_catching_panics() -> bool {
-    CATCHING.try_with(Cell::get).unwrap_or(false)
+    !cfg!(panic = "abort") && CATCHING.try_with(Cell::get).unwrap_or(false)
 }
 
 fn record(info: &PanicHookInfo<'_>) {
