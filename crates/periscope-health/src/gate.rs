@@ -95,6 +95,8 @@ pub struct DrainHandle {
     /// How many drains have begun: a run of the checks taken before one no longer describes the
     /// service once it is resumed.
     drains: Arc<AtomicU64>,
+    /// Wakes those waiting for a drain to begin (a probe waiting on the checks, a gRPC watch).
+    began: Arc<tokio::sync::Notify>,
 }
 
 impl DrainHandle {
@@ -103,6 +105,7 @@ impl DrainHandle {
         // Counted after the switch, so that a probe that sees the drain ended sees the count.
         if !self.draining.swap(true, Ordering::AcqRel) {
             self.drains.fetch_add(1, Ordering::Release);
+            self.began.notify_waiters();
         }
     }
 
@@ -126,6 +129,33 @@ impl DrainHandle {
     /// How many drains have begun (read before the switch by readiness).
     pub(crate) fn drains(&self) -> u64 {
         self.drains.load(Ordering::Acquire)
+    }
+
+    /// Completes once the service drains (at once when it already does).
+    pub(crate) async fn drained(&self) {
+        loop {
+            let began = self.began.notified();
+            let mut began = std::pin::pin!(began);
+            // Registered before the switch is read, so a drain in between is not missed.
+            began.as_mut().enable();
+            if self.is_draining() {
+                return;
+            }
+            began.await;
+        }
+    }
+
+    /// `work`'s output, or `None` once the service drains first.
+    pub(crate) async fn unless_drained<F: std::future::Future>(
+        &self,
+        work: F,
+    ) -> Option<F::Output> {
+        let work = std::pin::pin!(work);
+        let drained = std::pin::pin!(self.drained());
+        match futures_util::future::select(work, drained).await {
+            futures_util::future::Either::Left((output, _)) => Some(output),
+            futures_util::future::Either::Right(((), _)) => None,
+        }
     }
 }
 

@@ -184,15 +184,20 @@ fn watch(
                 Next::End => return Some((Err(draining()), Next::Done)),
                 Next::Done => return None,
             };
+            let drain = grpc.health.drain_handle();
             loop {
                 if last.is_some() {
-                    tokio::time::sleep(grpc.watch_interval).await;
+                    // Woken by a drain: a graceful shutdown does not wait out the interval.
+                    let pause = tokio::time::sleep(grpc.watch_interval);
+                    let _ = drain.unless_drained(pause).await;
                 }
+                // Read before the status, so that a drain in between is seen in the status
+                // (`NOT_SERVING` sent) before the stream ends.
+                let is_draining = drain.is_draining();
                 let status = match probe {
                     Some(probe) => grpc.status(probe).await,
                     None => ServingStatus::ServiceUnknown,
                 };
-                let is_draining = grpc.health.drain_handle().is_draining();
                 if last != Some(status) {
                     let next = if is_draining {
                         Next::End

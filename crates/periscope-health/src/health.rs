@@ -94,8 +94,11 @@ impl Health {
             return report;
         }
         // A run of this epoch or a later one: never one taken before a gate closed or a drain
-        // began.
-        let run = self.inner.runner.latest(epoch).await;
+        // began. A drain that begins meanwhile is answered at once, not after the checks.
+        let latest = self.inner.runner.latest(epoch);
+        let Some(run) = self.inner.drain.unless_drained(latest).await else {
+            return self.report(Status::Draining, Vec::new(), None);
+        };
         // Draining (or a gate closing) while the checks ran wins: once draining has begun, no
         // probe may still answer 200.
         if let Some(report) = self.held_back() {

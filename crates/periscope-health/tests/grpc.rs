@@ -200,6 +200,33 @@ async fn watch_sends_each_change_and_ends_when_the_service_drains() {
     assert_eq!(end.code(), tonic::Code::Unavailable);
 }
 
+/// A drain is not left for the next look, however long the watch interval: the watcher gets
+/// `NOT_SERVING` and the end of its call at once, so a graceful shutdown never waits out the
+/// interval.
+#[tokio::test]
+async fn a_drain_reaches_a_watcher_at_once_whatever_the_interval() {
+    let health = Health::builder().build().unwrap();
+    let mut client = serve(health.grpc().watch_interval(Duration::from_secs(600))).await;
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    let mut watch = client.watch(request).await.unwrap().into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    health.drain_handle().drain();
+    let told = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("told within 10 s, not after the 600 s interval");
+    assert_eq!(
+        told.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    let end = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("the call ends once the service drains");
+    assert_eq!(end.unwrap_err().code(), tonic::Code::Unavailable);
+}
+
 #[tokio::test]
 async fn watching_an_unknown_service_says_so_and_keeps_the_call_open() {
     let health = Health::builder().build().unwrap();

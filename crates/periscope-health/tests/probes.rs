@@ -162,27 +162,31 @@ async fn draining_answers_503_while_liveness_stays_200() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_probe_waiting_on_the_checks_when_draining_begins_answers_draining() {
+async fn a_probe_waiting_on_the_checks_when_draining_begins_answers_draining_at_once() {
     let started = Arc::new(tokio::sync::Notify::new());
     let check_started = started.clone();
+    // Slower than its timeout: the probe answers at the drain, or at the timeout (2 s).
     let (health, addr) = serve_health(Health::builder().check("database", move || {
         let check_started = check_started.clone();
         async move {
             check_started.notify_one();
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
             Ok::<_, String>(())
         }
     }))
     .await;
 
-    // The probe arrives before the drain and waits on the slow check, surely started; the
-    // check passes, yet the answer, given when it ends, is `draining`.
+    // The probe arrives before the drain and waits on the slow check, surely started.
     let probe = tokio::spawn(async move { get(addr, "/ready").await });
     started.notified().await;
+    let drained = Instant::now();
     health.drain_handle().drain();
     let ready = probe.await.unwrap();
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert_eq!(ready.json()["status"], "draining");
+    // Not at the check's timeout: the drain ended the wait.
+    let waited = drained.elapsed();
+    assert!(waited < periscope_health::DEFAULT_TIMEOUT, "{waited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
