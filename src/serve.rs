@@ -134,7 +134,8 @@ impl Server {
     /// The most connections served at once (default: no limit; at least 1). At the limit the
     /// server accepts no more until one closes: the next waits in the listen queue (the
     /// kernel's backlog, past which connections are refused), and a warning says so, the
-    /// first at once, then at most one every 10 s with the count held back since. Each
+    /// first at once, then at most one every 10 s with how often the limit was reached since
+    /// (`times`). Each
     /// connection costs up to [`max_header_size`](Self::max_header_size) of buffered head
     /// and its task, so the limit bounds what slow or idle clients can hold together; kept-alive
     /// connections count until the [idle timeout](Self::idle_timeout) closes them, and an
