@@ -34,6 +34,13 @@ const GOAWAY_CHECK_AT_SHUTDOWN: Duration = Duration::from_millis(500);
 /// on it (other frames are not counted: a client sending PINGs has each acknowledged).
 const MIN_PROGRESS: u64 = 1024;
 
+/// How long a connection retired while the service drains waits for the answers under way to
+/// go out whole before its GOAWAY (see `serve_http2`).
+const RETIRE_SETTLE: Duration = Duration::from_millis(100);
+
+/// How often that wait looks whether they have.
+const RETIRE_SETTLE_TICK: Duration = Duration::from_millis(2);
+
 /// What an HTTP/2 client sends first, before any frame (RFC 9113, section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -161,7 +168,23 @@ where
             result = connection.as_mut() => return ended(result, &written),
             // The guard `wait_for` returns is dropped at once (it is not `Send`).
             _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => break,
-            () = streams.retire.notified() => break,
+            () = streams.retire.notified() => {
+                // The answer that retired the connection (and any other under way) goes out
+                // whole first: hyper's client fails a request whose answer a GOAWAY
+                // interrupts, though the service answered it (a long stream gets its GOAWAY
+                // after `RETIRE_SETTLE`, its head long delivered).
+                let settle_until = tokio::time::Instant::now() + RETIRE_SETTLE;
+                let mut flushed = false;
+                while tokio::time::Instant::now() < settle_until && !flushed {
+                    // One more turn once no answer is open: its last frame is written then.
+                    flushed = streams.open.load(Ordering::Relaxed) == 0;
+                    tokio::select! {
+                        result = connection.as_mut() => return ended(result, &written),
+                        () = tokio::time::sleep(RETIRE_SETTLE_TICK) => {}
+                    }
+                }
+                break;
+            }
             _ = idle_ticks.tick() => {
                 // Idle: no stream opened or finished for a whole timeout, none open, and
                 // nothing sent (an answer whose body is done may still be draining from

@@ -2537,6 +2537,49 @@ async fn the_server_retires_http2_connections_when_idle_or_draining() {
     assert_eq!(http2_get(&mut late, "/hello").await.0, 200);
 }
 
+/// An answer given while the service drains reaches the client whole before the GOAWAY that
+/// retires its connection: a GOAWAY read in the middle of an answer makes hyper's client fail
+/// the request, though the service answered it (a retry would run it twice). A race: a few
+/// hundred rounds, each a new connection, one request before the drain and one after.
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_given_while_draining_is_not_cut_by_the_goaway_after_it() {
+    async fn get_hello(
+        sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    ) -> Result<u16, String> {
+        sender.ready().await.map_err(|e| format!("ready: {e:?}"))?;
+        let request = http::Request::get("http://a/hello")
+            .body(Empty::new())
+            .unwrap();
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("answer: {e:?}"))?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await;
+        body.map_err(|e| format!("body: {e:?}"))?;
+        Ok(status)
+    }
+    for round in 0..300 {
+        let drain = periscope::health::DrainHandle::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            periscope::Server::new(listener)
+                .drain_handle(drain.clone())
+                .serve(hello_and_slow(), std::future::pending()),
+        );
+        let (mut sender, driven) = http2_connection(addr).await;
+        assert_eq!(get_hello(&mut sender).await, Ok(200), "round {round}");
+        drain.drain();
+        assert_eq!(get_hello(&mut sender).await, Ok(200), "round {round}");
+        // Retired after that answer.
+        let closed = tokio::time::timeout(Duration::from_secs(10), driven).await;
+        assert!(closed.is_ok(), "round {round}: not retired");
+        server.abort();
+    }
+}
+
 /// [`hello_and_slow`] behind a service that is not ready until `open_at` once it has let
 /// `free` requests through: what a concurrency limit or a full buffer does to a request
 /// whose head has come whole.
