@@ -163,10 +163,30 @@ impl TrustedProxies {
         self.nets.is_empty()
     }
 
-    /// Whether `ip` is inside a trusted network (an IPv4-mapped IPv6 address as its IPv4).
+    /// Whether `ip` is inside a trusted network. An IPv4 address and its IPv4-mapped IPv6 form
+    /// (`::ffff:10.0.0.1`, as a dual-stack listener reports IPv4 peers) are the same address,
+    /// whichever form the network or `ip` is written in (so `::/0` holds every IPv4 address
+    /// too).
+    ///
+    /// ```
+    /// use periscope_context::TrustedProxies;
+    ///
+    /// let proxies: TrustedProxies = "::ffff:10.0.0.0/104".parse().unwrap();
+    /// assert!(proxies.contains("10.0.0.7".parse().unwrap()));
+    /// assert!(proxies.contains("::ffff:10.0.0.7".parse().unwrap()));
+    /// assert!(!proxies.contains("11.0.0.7".parse().unwrap()));
+    /// ```
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.nets.iter().any(|net| net.contains(&ip))
+        // Networks are kept as written, so an IPv4 address is also looked for in its mapped
+        // form, which only IPv6 networks can hold.
+        let mapped = match ip {
+            IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+            IpAddr::V6(_) => None,
+        };
+        self.nets
+            .iter()
+            .any(|net| net.contains(&ip) || mapped.is_some_and(|mapped| net.contains(&mapped)))
     }
 
     /// The client's address for a request that came from `peer`, the rule no client can
@@ -206,8 +226,12 @@ impl TrustedProxies {
                 // only the last `MAX_FORWARDED_HOPS` are kept, and parsed.
                 let mut hops = LastHops::default();
                 for value in headers.get_all(http::header::FORWARDED) {
+                    // Empty elements (`a,,b`, a trailing comma) are no elements: RFC 9110
+                    // has them ignored, not taken for one without `for=`.
                     for element in split_unquoted(value.as_bytes(), b',') {
-                        hops.push(element);
+                        if !element.trim_ascii().is_empty() {
+                            hops.push(element);
+                        }
                     }
                 }
                 self.walk(peer, hops.right_to_left().map(forwarded_for))
@@ -469,6 +493,32 @@ mod tests {
     }
 
     #[test]
+    fn networks_written_in_the_ipv4_mapped_form_hold_ipv4_peers() {
+        // As a dual-stack listener's access line shows an IPv4 proxy.
+        let proxies: TrustedProxies = "::ffff:10.0.0.1, ::ffff:192.0.2.0/120".parse().unwrap();
+        for trusted in [
+            "10.0.0.1",
+            "::ffff:10.0.0.1",
+            "192.0.2.77",
+            "::ffff:192.0.2.77",
+        ] {
+            assert!(proxies.contains(ip(trusted)), "{trusted}");
+        }
+        for other in ["10.0.0.2", "::ffff:10.0.0.2", "192.0.3.1", "::1"] {
+            assert!(!proxies.contains(ip(other)), "{other}");
+        }
+        let sent = headers(&[("x-forwarded-for", "203.0.113.9")]);
+        for peer in ["::ffff:10.0.0.1", "10.0.0.1"] {
+            assert_eq!(proxies.client_addr(ip(peer), &sent), ip("203.0.113.9"));
+        }
+        // The whole mapped range, and an IPv6 network wider than it.
+        for wide in ["::ffff:0:0/96", "::/0"] {
+            let proxies: TrustedProxies = wide.parse().unwrap();
+            assert!(proxies.contains(ip("198.51.100.1")), "{wide}");
+        }
+    }
+
+    #[test]
     fn untrusted_peers_are_the_client() {
         let spoof = headers(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=5.6.7.8")]);
         for header in [ForwardingHeader::XForwardedFor, ForwardingHeader::Forwarded] {
@@ -554,6 +604,10 @@ mod tests {
             (&["for=198.51.100.17, for=\"[2001:db8::1\""], "10.0.0.1"),
             (&["for=198.51.100.17, for=\"10.0.0.2"], "10.0.0.1"),
             (&["for=198.51.100.17, garbage"], "10.0.0.1"),
+            // Empty elements are ignored (RFC 9110, section 5.6.1.2).
+            (&["for=198.51.100.17,, for=10.0.0.2"], "198.51.100.17"),
+            (&["for=198.51.100.17, "], "198.51.100.17"),
+            (&["for=198.51.100.17", ", ,"], "198.51.100.17"),
         ] {
             let mut pairs: Vec<_> = lines.iter().map(|l| ("forwarded", *l)).collect();
             // Never read when `Forwarded` is chosen.

@@ -93,11 +93,13 @@ static INSTALL: Once = Once::new();
 
 /// Installs the recording hook once per process (idempotent, cheap after the first call).
 pub fn install_hook() {
+    // `take_hook` may not be called while panicking: a call made then (from a `Drop` run by
+    // an unwinding panic) installs nothing and leaves the next call to install it, rather
+    // than using up the `Once` and leaving every later panic without its location.
+    if std::thread::panicking() {
+        return;
+    }
     INSTALL.call_once(|| {
-        // `take_hook` may not be called while panicking; the location is then simply missing.
-        if std::thread::panicking() {
-            return;
-        }
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             // Built with `panic = "abort"`, no panic is caught: the process ends with this

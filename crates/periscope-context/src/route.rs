@@ -42,13 +42,27 @@ impl RouteTemplates {
         Ok(routes)
     }
 
-    /// Adds one template. It must start with `/`, as every request path does.
+    /// Adds one template. It must start with `/`, as every request path does, and use axum
+    /// 0.8's syntax: a segment starting with `:` or `*` (axum 0.7's `/users/:id`) is refused.
     pub fn add(&mut self, template: &str) -> Result<(), RouteTemplateError> {
         // The matcher takes `users/{id}` happily, and it would then never match a request.
         if !template.starts_with('/') {
             return Err(RouteTemplateError {
                 template: template.to_owned(),
                 reason: "a template must start with '/', as request paths do".to_owned(),
+            });
+        }
+        // axum 0.7's `:id` and `*rest` are literal text to the matcher: such a template would
+        // never match either. axum 0.8 refuses them as well.
+        if template
+            .split('/')
+            .any(|segment| segment.starts_with(':') || segment.starts_with('*'))
+        {
+            return Err(RouteTemplateError {
+                template: template.to_owned(),
+                reason: "a segment starts with ':' or '*' (axum 0.7's syntax): write `{id}` \
+                         for a parameter and `{*rest}` for the rest of the path"
+                    .to_owned(),
             });
         }
         let shared: Arc<str> = Arc::from(template);
@@ -171,6 +185,20 @@ mod tests {
         let err = RouteTemplates::new(["/users/{id}", "/users/{name}"]).unwrap_err();
         assert!(err.to_string().contains("/users/{name}"), "{err}");
         assert!(RouteTemplates::new(["/users/{id"]).is_err());
+    }
+
+    /// axum 0.7's syntax is literal text to the matcher, so such a template could never match.
+    #[test]
+    fn axum_07_parameters_are_refused_with_the_syntax_to_use() {
+        for template in ["/users/:id", "/static/*path", "/a/:b/c"] {
+            let err = RouteTemplates::new([template]).unwrap_err();
+            assert_eq!(err.template, template);
+            assert!(err.to_string().contains("`{id}`"), "{err}");
+        }
+        // Inside a segment, `:` and `*` are ordinary characters.
+        let routes = RouteTemplates::new(["/v1/models:list", "/files/a*b"]).unwrap();
+        assert_eq!(routes.find("/v1/models:list"), Some("/v1/models:list"));
+        assert_eq!(routes.find("/files/a*b"), Some("/files/a*b"));
     }
 
     /// A template without the leading `/` could never match a request path: refused up front
