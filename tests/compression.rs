@@ -647,6 +647,10 @@ async fn an_unsupported_request_encoding_gets_an_envelope_with_decompression_ins
         envelope["error"]["code"], "unsupported_media_type",
         "{envelope}"
     );
+    // The body was JSON: the help is about its encoding, not its type.
+    let help = envelope["error"]["help"].as_str().unwrap();
+    assert!(help.contains("Accept-Encoding"), "{help}");
+    assert!(!help.contains("application/json"), "{help}");
     assert_eq!(counted(&obs, "/echo", "4xx"), 1.0);
 }
 

@@ -550,13 +550,14 @@ pub(crate) fn parse_json(body: &[u8]) -> Option<Value> {
 pub(crate) fn envelope_from_json(json: &Value) -> Option<ErrorBody> {
     let object = json.as_object()?;
     if let Some(error) = object.get("error").and_then(Value::as_object) {
-        return body_from_members(error, "message");
+        return body_from_members(error, &["message"]);
     }
     let is_problem = ["type", "title", "status", "detail"]
         .iter()
         .any(|member| object.contains_key(*member));
     if is_problem {
-        return body_from_members(object, "detail");
+        // `detail` is optional in RFC 9457: without it, the `title` says what went wrong.
+        return body_from_members(object, &["detail", "title"]);
     }
     None
 }
@@ -568,7 +569,8 @@ pub(crate) fn envelope_from_json(json: &Value) -> Option<ErrorBody> {
 /// `request_id` or `trace_id` over [`MAX_ID_LEN`], a `docs_url` over
 /// [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN), are left out. `details` keeps its members in
 /// order within [`MAX_DETAILS_LEN`](crate::MAX_DETAILS_LEN).
-fn body_from_members(members: &Map<String, Value>, message_key: &str) -> Option<ErrorBody> {
+/// The message is the first of `message_keys` present, else empty.
+fn body_from_members(members: &Map<String, Value>, message_keys: &[&str]) -> Option<ErrorBody> {
     let text = |key: &str, max: usize| {
         let text = members.get(key)?.as_str()?;
         (text.len() <= max).then(|| text.to_owned())
@@ -576,7 +578,10 @@ fn body_from_members(members: &Map<String, Value>, message_key: &str) -> Option<
     let code = text("code", MAX_CODE_LEN).filter(|code| !code.is_empty())?;
     let mut body = ErrorBody::new(
         code,
-        text(message_key, usize::MAX).unwrap_or_default(),
+        message_keys
+            .iter()
+            .find_map(|key| text(key, usize::MAX))
+            .unwrap_or_default(),
         members
             .get("request_id")
             .and_then(request_id_text)
@@ -1002,6 +1007,17 @@ mod tests {
         assert_eq!(error.code(), "route_not_found");
         assert_eq!(error.message(), "No route matches GET /x");
         assert_eq!(error.request_id(), Some("r1"));
+        // `detail` is optional (RFC 9457): the title says what went wrong, as the error
+        // layer relaying the same answer says.
+        let error = decode(
+            502,
+            br#"{"type":"about:blank","title":"Bad Gateway","status":502,"code":"upstream_error","request_id":"r1"}"#,
+        );
+        assert_eq!(error.message(), "Bad Gateway");
+        assert_eq!(
+            error.to_string(),
+            "upstream_error: Bad Gateway (request_id: r1)"
+        );
     }
 
     #[test]

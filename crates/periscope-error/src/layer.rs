@@ -1022,6 +1022,10 @@ impl Handled {
             _ if code == codes::METHOD_NOT_ALLOWED => {
                 format!("{method} is not allowed on {path}")
             }
+            // A decoder's 415 lists the codings it reads (RFC 7694): the type may be right.
+            _ if code == codes::UNSUPPORTED_MEDIA_TYPE && refused_coding(&parts.headers) => {
+                "The request body's content encoding is not supported".to_owned()
+            }
             // A status folded into the catch-all codes (431, 451, 501, 511, ...): its own reason
             // phrase says more than "The request is malformed", and reveals nothing.
             _ if (code == codes::INVALID_REQUEST && status != StatusCode::BAD_REQUEST)
@@ -1062,6 +1066,18 @@ impl Handled {
             // A framework's 422 names the field in its text; there is no `violations` list to
             // point to, as the code's own help does.
             error = error.with_help("Fix the request body; the message says which field is wrong");
+        }
+        if code == codes::UNSUPPORTED_MEDIA_TYPE {
+            // The code's own help asks for JSON: wrong for a body whose encoding was refused,
+            // and for an extractor that named another type (axum's `Form`).
+            if refused_coding(&parts.headers) {
+                error = error.with_help(
+                    "Send the body uncompressed, or in an encoding the Accept-Encoding header \
+                     of this answer lists",
+                );
+            } else if message_text.is_some() {
+                error = error.with_help("Send the body in the content type the message names");
+            }
         }
         if let Some(seconds) = render::retry_after_seconds(&parts.headers) {
             error = error.with_retry_after(Duration::from_secs(seconds));
@@ -1313,6 +1329,13 @@ impl Handled {
 /// message is its `detail`, else its `title`); `None` for any other body. Only these shapes
 /// count: a 5xx body with a `code` and a `detail` alone is a handler's own JSON, whose
 /// internals stay in the log.
+/// Whether a 415 refused the body's content coding rather than its type: RFC 7694 has such an
+/// answer list the codings the server reads in `Accept-Encoding`, as tower-http's
+/// `RequestDecompressionLayer` does.
+fn refused_coding(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::ACCEPT_ENCODING)
+}
+
 fn parse_envelope(body: &[u8]) -> Option<crate::ErrorBody> {
     // Read as the client decoder reads one: a byte order mark or a Latin-1 byte in a message
     // does not turn an upstream's envelope into an unknown 5xx body.
@@ -1327,13 +1350,7 @@ fn parse_envelope(body: &[u8]) -> Option<crate::ErrorBody> {
     if !is_envelope {
         return None;
     }
-    let mut error = crate::client::envelope_from_json(&json)?;
-    if error.message.is_empty()
-        && let Some(title) = text(&json, "title")
-    {
-        error.message = title.into();
-    }
-    Some(error)
+    crate::client::envelope_from_json(&json)
 }
 
 fn content_type(headers: &HeaderMap) -> &str {
@@ -1699,6 +1716,48 @@ mod tests {
                 parts.headers()["x-request-id"]
             );
         }
+    }
+
+    /// A 415's help tells the client what to change: the encoding when a decoder refused it
+    /// (it lists those it reads in `Accept-Encoding`), the type the extractor's own words
+    /// name (axum's `Form`), JSON only when nothing says otherwise.
+    #[tokio::test]
+    async fn a_415_helps_with_what_was_refused() {
+        let (_, json) = call(get("/x"), |_| async {
+            Ok(Response::builder()
+                .status(415)
+                .header("accept-encoding", "gzip,br")
+                .body(Full::default())
+                .unwrap())
+        })
+        .await;
+        let error = &json["error"];
+        assert_eq!(error["code"], "unsupported_media_type");
+        assert_eq!(
+            error["message"],
+            "The request body's content encoding is not supported"
+        );
+        assert!(error["help"].as_str().unwrap().contains("Accept-Encoding"));
+
+        let form = "Form requests must have `Content-Type: application/x-www-form-urlencoded`";
+        let (_, json) = call(get("/x"), move |_| async move { text(415, form) }).await;
+        assert_eq!(json["error"]["message"], form);
+        assert_eq!(
+            json["error"]["help"],
+            "Send the body in the content type the message names"
+        );
+
+        let (_, json) = call(get("/x"), |_| async {
+            Ok(Response::builder()
+                .status(415)
+                .body(Full::default())
+                .unwrap())
+        })
+        .await;
+        assert_eq!(
+            json["error"]["help"],
+            "Send the body as JSON with `Content-Type: application/json`"
+        );
     }
 
     /// A body that never delivers a frame.
