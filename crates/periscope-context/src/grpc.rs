@@ -176,6 +176,26 @@ impl GrpcCode {
     }
 }
 
+/// Whether an answer is a gRPC server's: HTTP 200 with a gRPC `content-type` (gRPC-Web's too).
+/// Any other answer to a gRPC call is none, and its caller reads the code
+/// [`GrpcCode::of_plain_answer`] gives; a gRPC-Web answer, whose code travels at the end of its
+/// body, is judged by its head as the 200 it is.
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use periscope_context::grpc::is_grpc_answer;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("content-type", "application/grpc-web+proto".parse().unwrap());
+/// assert!(is_grpc_answer(StatusCode::OK, &headers));
+/// assert!(!is_grpc_answer(StatusCode::SERVICE_UNAVAILABLE, &headers));
+/// headers.insert("content-type", "text/html".parse().unwrap());
+/// assert!(!is_grpc_answer(StatusCode::OK, &headers));
+/// ```
+pub fn is_grpc_answer(status: StatusCode, headers: &HeaderMap) -> bool {
+    status == StatusCode::OK && content_type(headers).is_some_and(is_grpc_content_type)
+}
+
 impl GrpcCode {
     /// The code a gRPC client reads from an answer that is no gRPC answer at all (no gRPC
     /// `content-type`: a proxy's page, an ingress's error), by gRPC's mapping of HTTP statuses:

@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use http::{Request, Response, Uri};
 use http_body::Body;
-use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEnd, head_outcome, is_grpc_request};
+use periscope_context::grpc::{
+    GrpcCode, HeadOutcome, StreamEnd, head_outcome, is_grpc_answer, is_grpc_request,
+};
 use periscope_context::{RequestContext, TraceId};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
@@ -441,8 +443,9 @@ impl Call {
         let status = match outcome {
             HeadOutcome::Code(code) => code.http_status(),
             // A gRPC call answered by no gRPC server (a proxy's page, an ingress's 503): the
-            // code its caller reads, by gRPC's mapping of the HTTP status.
-            HeadOutcome::Status if self.grpc => {
+            // code its caller reads, by gRPC's mapping of the HTTP status. A gRPC-Web answer,
+            // whose code comes at the end of its body, counts as the 200 it is.
+            HeadOutcome::Status if self.grpc && !is_grpc_answer(head.status, &head.headers) => {
                 GrpcCode::of_plain_answer(head.status).http_status()
             }
             HeadOutcome::Status => head.status,

@@ -34,7 +34,10 @@ impl Format {
     }
 
     /// The format a scraper's `Accept` header prefers: OpenMetrics when it ranks
-    /// `application/openmetrics-text` at least as high as plain text, Prometheus otherwise.
+    /// `application/openmetrics-text` above plain text, or names it and ranks it as high;
+    /// Prometheus otherwise (also when it accepts neither). Each takes the weight of the most
+    /// specific range that matches it, as RFC 9110 has it: `text/plain;q=0, */*` refuses plain
+    /// text, whatever `*/*` says.
     ///
     /// This reads one header line; [`from_headers`](Self::from_headers) reads every
     /// `Accept` line of a request.
@@ -45,6 +48,8 @@ impl Format {
     /// let prometheus = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
     /// assert_eq!(Format::from_accept(Some(prometheus)), Format::OpenMetrics);
     /// assert_eq!(Format::from_accept(Some("*/*")), Format::Prometheus);
+    /// assert_eq!(Format::from_accept(Some("text/plain;q=0, */*")), Format::OpenMetrics);
+    /// assert_eq!(Format::from_accept(Some("application/*")), Format::OpenMetrics);
     /// assert_eq!(Format::from_accept(None), Format::Prometheus);
     /// ```
     pub fn from_accept(accept: Option<&str>) -> Format {
@@ -68,20 +73,48 @@ impl Format {
         Self::preferred(list_items(headers, &ACCEPT))
     }
 
+    /// Each format takes the weight of the most specific range that names it (RFC 9110,
+    /// section 12.5.1): `text/plain` before `text/*` before `*/*`, and
+    /// `application/openmetrics-text` before `application/*` before `*/*`; a weight of 0 refuses
+    /// it. A tie goes to OpenMetrics only when it is named: `*/*` alone gets plain text.
     fn preferred<'a>(ranges: impl Iterator<Item = (&'a str, f32)>) -> Format {
-        let mut openmetrics = 0.0_f32;
-        let mut text = 0.0_f32;
-        for (media, q) in ranges {
-            if media.eq_ignore_ascii_case("application/openmetrics-text") {
-                openmetrics = openmetrics.max(q);
-            } else if media.eq_ignore_ascii_case("text/plain")
-                || media.eq_ignore_ascii_case("text/*")
-                || media == "*/*"
-            {
-                text = text.max(q);
-            }
+        #[derive(Default)]
+        struct Weights {
+            openmetrics: Option<f32>,
+            application: Option<f32>,
+            text_plain: Option<f32>,
+            text: Option<f32>,
+            any: Option<f32>,
         }
-        if openmetrics > 0.0 && openmetrics >= text {
+        let mut weights = Weights::default();
+        for (media, q) in ranges {
+            let slot = if media.eq_ignore_ascii_case("application/openmetrics-text") {
+                &mut weights.openmetrics
+            } else if media.eq_ignore_ascii_case("application/*") {
+                &mut weights.application
+            } else if media.eq_ignore_ascii_case("text/plain") {
+                &mut weights.text_plain
+            } else if media.eq_ignore_ascii_case("text/*") {
+                &mut weights.text
+            } else if media == "*/*" {
+                &mut weights.any
+            } else {
+                continue;
+            };
+            *slot = Some(slot.map_or(q, |before| before.max(q)));
+        }
+        let openmetrics = weights
+            .openmetrics
+            .or(weights.application)
+            .or(weights.any)
+            .unwrap_or(0.0);
+        let text = weights
+            .text_plain
+            .or(weights.text)
+            .or(weights.any)
+            .unwrap_or(0.0);
+        let named = weights.openmetrics.is_some();
+        if openmetrics > 0.0 && (openmetrics > text || (openmetrics == text && named)) {
             Format::OpenMetrics
         } else {
             Format::Prometheus
@@ -323,6 +356,40 @@ mod tests {
             Format::OpenMetrics
         );
         assert_eq!(Format::from_accept(Some(",,;;")), Format::Prometheus);
+    }
+
+    /// The most specific range decides each format's weight (RFC 9110, section 12.5.1), not
+    /// the highest of those that match it.
+    #[test]
+    fn accept_negotiation_weighs_each_format_by_its_most_specific_range() {
+        for (accept, format) in [
+            // Plain text refused by name: a wildcard does not bring it back.
+            ("text/plain;q=0, */*", Format::OpenMetrics),
+            ("text/*;q=0, */*", Format::OpenMetrics),
+            // Ranked by name below OpenMetrics, however high the wildcard.
+            (
+                "application/openmetrics-text;q=0.5, text/plain;q=0.2, */*;q=0.8",
+                Format::OpenMetrics,
+            ),
+            // Only OpenMetrics is acceptable.
+            ("application/*", Format::OpenMetrics),
+            ("application/*;q=0.5, text/plain;q=0", Format::OpenMetrics),
+            // OpenMetrics refused by name, the wildcard notwithstanding.
+            ("application/openmetrics-text;q=0, */*", Format::Prometheus),
+            ("application/*;q=0, */*", Format::Prometheus),
+            // A tie made by wildcards alone: plain text, the default.
+            ("*/*", Format::Prometheus),
+            ("application/*, text/*", Format::Prometheus),
+            // A tie with OpenMetrics named.
+            (
+                "application/openmetrics-text;q=0.5, */*;q=0.5",
+                Format::OpenMetrics,
+            ),
+            // Neither acceptable: plain text rather than no answer.
+            ("application/json", Format::Prometheus),
+        ] {
+            assert_eq!(Format::from_accept(Some(accept)), format, "{accept}");
+        }
     }
 
     /// Headers with `name` given on one line per item of `lines`.

@@ -207,13 +207,18 @@ impl MetricsLayerBuilder {
         self
     }
 
-    /// A function naming the route when neither `MatchedPath` nor a template does.
+    /// A function naming the route when neither `MatchedPath` nor a template does. It should
+    /// name only the service's own routes: the route cap admits values first come, first
+    /// served, and keeps them, so paths a client makes up would take the room of real routes,
+    /// whose requests would then be counted under `__overflow__`.
     ///
     /// ```
     /// # use periscope_metrics::MetricsLayer;
-    /// // A gRPC service: the path is the method (`/pkg.Service/Method`); the route cap keeps a
-    /// // client sending random paths from creating series.
-    /// let builder = MetricsLayer::builder().route_fn(|uri, _| Some(uri.path()));
+    /// // A gRPC service: the path is the method (`/pkg.Service/Method`). A path the service
+    /// // has no method for is `__unmatched__`, not a series of its own.
+    /// const METHODS: [&str; 2] = ["/inference.v1.Inference/Predict", "/inference.v1.Inference/Stream"];
+    /// let builder = MetricsLayer::builder()
+    ///     .route_fn(|uri, _| METHODS.into_iter().find(|method| *method == uri.path()));
     /// ```
     pub fn route_fn(mut self, route_fn: RouteFn) -> Self {
         self.route_fn = Some(route_fn);

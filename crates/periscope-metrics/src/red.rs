@@ -18,8 +18,9 @@ use crate::labels::{CANCELLED, OVERFLOW, StatusLabel, UNMATCHED};
 use periscope_context::RouteTemplates;
 
 /// Finds the route template of a request when neither axum's `MatchedPath` nor the declared
-/// templates name it: for example the gRPC method path of a tonic service. Whatever it
-/// returns still goes through the route label's cap.
+/// templates name it: for example the gRPC method path of a tonic service, among the methods
+/// it has. Whatever it returns still goes through the route label's cap, which keeps the first
+/// values it sees: return only the service's own routes, never a path as the client sent it.
 pub type RouteFn = for<'a> fn(&'a http::Uri, &'a http::Extensions) -> Option<&'a str>;
 
 /// The metrics of one `(method, route, status)` series. The families registered for the

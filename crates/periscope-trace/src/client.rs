@@ -8,7 +8,9 @@ use std::task::{Context, Poll, ready};
 
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
-use periscope_context::grpc::{GrpcCode, HeadOutcome, head_outcome, is_grpc_request};
+use periscope_context::grpc::{
+    GrpcCode, HeadOutcome, head_outcome, is_grpc_answer, is_grpc_request,
+};
 use periscope_context::{RequestContext, TenantKey, remove_absent_tenants};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -467,9 +469,13 @@ where
             &no_headers
         };
         let outcome = head_outcome(response.status(), head);
-        let failed = if *this.grpc && outcome == HeadOutcome::Status {
+        let failed = if *this.grpc
+            && outcome == HeadOutcome::Status
+            && !is_grpc_answer(response.status(), head)
+        {
             // A gRPC call answered by no gRPC server (a proxy's page, an ingress's 503): the
-            // code its caller reads, by gRPC's mapping of the HTTP status.
+            // code its caller reads, by gRPC's mapping of the HTTP status. A gRPC-Web answer,
+            // whose code comes at the end of its body, is judged as the 200 it is.
             let code = GrpcCode::of_plain_answer(response.status());
             record_plain_answer(span, &CLIENT_FIELDS, response.status(), code);
             true

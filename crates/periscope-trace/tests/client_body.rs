@@ -130,6 +130,11 @@ async fn answer(mut stream: tokio::net::TcpStream) {
             let head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndown";
             stream.write_all(head).await.unwrap();
         }
+        (_, "/pkg.Svc/Web") => {
+            // A gRPC-Web server's answer: its code comes at the end of the body.
+            let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc-web+proto\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            stream.write_all(head).await.unwrap();
+        }
         (_, "/hold") => {
             stream.write_all(CHUNKED).await.unwrap();
             stream.write_all(b"5\r\ntoken\r\n").await.unwrap();
@@ -277,6 +282,25 @@ async fn a_grpc_call_answered_without_grpc_gets_the_code_grpc_maps_its_status_to
         assert_eq!(span.get("otel.status_code"), Some("ERROR"), "{span:?}");
         assert_eq!(span.get("error.type"), Some(name), "{span:?}");
     }
+
+    // A gRPC-Web server's answer is one: judged by its head, the 200 it is.
+    let ctx = RequestContext::new_root();
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}/pkg.Svc/Web"))
+        .header("content-type", "application/grpc-web+proto")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = ctx
+        .clone()
+        .scope(traced_client().oneshot(request))
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
+    let span = closed_span(&capture, ctx.request_id.as_str()).await;
+    assert_eq!(span.get("http.response.status_code"), Some("200"));
+    assert_eq!(span.get("otel.status_code"), None, "{span:?}");
+    assert_eq!(span.get("error.type"), None, "{span:?}");
 }
 
 /// A body the caller drops half-read: the span stays open while it is read and closes when it
