@@ -254,15 +254,12 @@ async fn a_plain_call_answered_with_a_grpc_content_type_is_judged_by_its_status(
 async fn a_grpc_call_answered_without_grpc_gets_the_code_grpc_maps_its_status_to() {
     let (capture, _guard) = capture();
     let addr = http_server().await;
-    for (path, status, code, name) in [
-        ("/pkg.Svc/Html", "200", "2", "UNKNOWN"),
-        ("/pkg.Svc/Unavailable", "503", "14", "UNAVAILABLE"),
-    ] {
+    let call = async |path: &str, content_type: &str| {
         let ctx = RequestContext::new_root();
         let request = Request::builder()
             .method(Method::POST)
             .uri(format!("http://{addr}{path}"))
-            .header("content-type", "application/grpc")
+            .header("content-type", content_type)
             .body(Full::new(Bytes::new()))
             .unwrap();
         let response = ctx
@@ -271,8 +268,13 @@ async fn a_grpc_call_answered_without_grpc_gets_the_code_grpc_maps_its_status_to
             .await
             .unwrap();
         response.into_body().collect().await.unwrap();
-
-        let span = closed_span(&capture, ctx.request_id.as_str()).await;
+        closed_span(&capture, ctx.request_id.as_str()).await
+    };
+    for (path, status, code, name) in [
+        ("/pkg.Svc/Html", "200", "2", "UNKNOWN"),
+        ("/pkg.Svc/Unavailable", "503", "14", "UNAVAILABLE"),
+    ] {
+        let span = call(path, "application/grpc").await;
         assert_eq!(
             span.get("http.response.status_code"),
             Some(status),
@@ -284,20 +286,7 @@ async fn a_grpc_call_answered_without_grpc_gets_the_code_grpc_maps_its_status_to
     }
 
     // A gRPC-Web server's answer is one: judged by its head, the 200 it is.
-    let ctx = RequestContext::new_root();
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{addr}/pkg.Svc/Web"))
-        .header("content-type", "application/grpc-web+proto")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = ctx
-        .clone()
-        .scope(traced_client().oneshot(request))
-        .await
-        .unwrap();
-    response.into_body().collect().await.unwrap();
-    let span = closed_span(&capture, ctx.request_id.as_str()).await;
+    let span = call("/pkg.Svc/Web", "application/grpc-web+proto").await;
     assert_eq!(span.get("http.response.status_code"), Some("200"));
     assert_eq!(span.get("otel.status_code"), None, "{span:?}");
     assert_eq!(span.get("error.type"), None, "{span:?}");
