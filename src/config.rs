@@ -107,7 +107,7 @@ impl ConfigError {
         // that the masking hid (`"hunter2" is not a log level` for `token=hunter2`).
         let mut expected = expected.into();
         if !raw.is_empty() && value != raw {
-            expected = expected.replace(&raw, &value);
+            expected = replace_whole(&expected, &raw, &value);
             expected = hide_quoted_parts(&expected, &raw, &value);
         }
         let expected = redactor.mask_text(&expected).unwrap_or(expected);
@@ -117,6 +117,29 @@ impl ConfigError {
             expected,
         }
     }
+}
+
+/// `text` with each occurrence of `raw` that stands alone (not inside a longer run of letters
+/// and digits) replaced by `with`: a short value hidden under a sensitive name (`0` for
+/// `MAX_SESSIONS`) leaves the accepted values (`1 to 100`) as they are.
+fn replace_whole(text: &str, raw: &str, with: &str) -> String {
+    let is_word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (at, _) in text.match_indices(raw) {
+        let end = at + raw.len();
+        let joined_before =
+            raw.starts_with(char::is_alphanumeric) && is_word(text[..at].chars().last());
+        let joined_after =
+            raw.ends_with(char::is_alphanumeric) && is_word(text[end..].chars().next());
+        if !(joined_before || joined_after) {
+            out.push_str(&text[copied..at]);
+            out.push_str(with);
+            copied = end;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// `reason` with each quoted part (`"..."`) that the raw value holds but its masked form does
@@ -217,10 +240,12 @@ pub struct Settings {
     /// The OpenTelemetry settings (`OTEL_*`).
     #[cfg(feature = "otel")]
     pub otel: periscope_trace::otel::OtelConfig,
-    /// The variables the OpenTelemetry settings were read from, by earlier sources: they are
-    /// read as one set, so a later source (`.env()` after `.env_from(..)`) that leaves one
-    /// unset keeps its earlier value, as for every other variable. Never shown (headers).
-    otel_variables: HashMap<String, String>,
+    /// The variables read as sets, by earlier sources: the OpenTelemetry settings, and the
+    /// pairs where one variable wins over the other (`SERVICE_NAME` over `OTEL_SERVICE_NAME`,
+    /// `LOG_LEVEL` over `RUST_LOG`). A later source (`.env()` after `.env_from(..)`) that leaves
+    /// one unset keeps its earlier value, as for every other variable, rather than letting the
+    /// variable it sets win over one it did not. Never shown (headers).
+    layered_variables: HashMap<String, String>,
 }
 
 impl Default for Settings {
@@ -243,7 +268,7 @@ impl Default for Settings {
             sampler: periscope_trace::Sampler::default(),
             #[cfg(feature = "otel")]
             otel: periscope_trace::otel::OtelConfig::default(),
-            otel_variables: HashMap::new(),
+            layered_variables: HashMap::new(),
         }
     }
 }
@@ -293,21 +318,32 @@ impl Settings {
                 .filter(|v| !v.is_empty())
         };
 
+        // Each variable of a set as this source sets it, else as an earlier one did.
+        let earlier = std::mem::take(&mut self.layered_variables);
+        let read = std::cell::RefCell::new(earlier.clone());
+        let merged = |name: &str| {
+            let value = get(name).or_else(|| earlier.get(name).cloned())?;
+            read.borrow_mut().insert(name.to_owned(), value.clone());
+            Some(value)
+        };
+        let sets_any = |names: &[&str]| names.iter().any(|name| get(name).is_some());
+
         // The error names the variable the value came from.
-        if let Some(name) = get("SERVICE_NAME") {
-            self.service_name = checked_name("SERVICE_NAME", name)?;
-        } else if let Some(name) = get("OTEL_SERVICE_NAME") {
-            self.service_name = checked_name("OTEL_SERVICE_NAME", name)?;
+        if sets_any(&["SERVICE_NAME", "OTEL_SERVICE_NAME"]) {
+            if let Some(name) = merged("SERVICE_NAME") {
+                self.service_name = checked_name("SERVICE_NAME", name)?;
+            } else if let Some(name) = merged("OTEL_SERVICE_NAME") {
+                self.service_name = checked_name("OTEL_SERVICE_NAME", name)?;
+            }
         }
         if let Some(environment) = get("ENVIRONMENT") {
             self.environment = checked_name("ENVIRONMENT", environment)?;
         }
-        let log = LogConfig::from_lookup(&lookup)?;
         if get("LOG_FORMAT").is_some() {
-            self.log_format = log.format;
+            self.log_format = LogConfig::from_lookup(&lookup)?.format;
         }
-        if get("LOG_LEVEL").is_some() || get("RUST_LOG").is_some() {
-            self.log_directives = log.directives;
+        if sets_any(&["LOG_LEVEL", "RUST_LOG"]) {
+            self.log_directives = LogConfig::from_lookup(merged)?.directives;
         }
         if let Some(value) = get("ENABLE_METRICS") {
             self.metrics = parse_bool("ENABLE_METRICS", &value)?;
@@ -343,16 +379,8 @@ impl Settings {
             let header = parse_forwarding_header("TRUSTED_PROXIES_HEADER", &value)?;
             self.trusted_proxies = self.trusted_proxies.clone().with_forwarding_header(header);
         }
-        // Each variable as this source sets it, else as an earlier one did.
-        let earlier = std::mem::take(&mut self.otel_variables);
-        let read = std::cell::RefCell::new(earlier.clone());
-        let merged = |name: &str| {
-            let value = get(name).or_else(|| earlier.get(name).cloned())?;
-            read.borrow_mut().insert(name.to_owned(), value.clone());
-            Some(value)
-        };
         self.apply_otel_env(&merged)?;
-        self.otel_variables = read.into_inner();
+        self.layered_variables = read.into_inner();
         Ok(self)
     }
 
@@ -700,6 +728,33 @@ mod tests {
         })
     }
 
+    /// A short value hidden under a sensitive name is not hidden again inside the accepted
+    /// values: they stay readable, while the value itself, standing alone, is hidden.
+    #[test]
+    fn a_hidden_value_leaves_the_accepted_values_readable() {
+        for (var, value, expected) in [
+            (
+                "MAX_SESSIONS",
+                "0",
+                "use a number of sessions from 1 to 100",
+            ),
+            ("SESSION_TTL_S", "0", "use seconds from 60 to 86400"),
+            (
+                "USE_SESSION_CACHE",
+                "n",
+                "use true or false (also 1/0, yes/no, on/off)",
+            ),
+        ] {
+            let error = ConfigError::new(var, value, expected);
+            assert_eq!(error.value, "[REDACTED]");
+            assert_eq!(error.expected, expected);
+        }
+        let error = ConfigError::new("API_TOKEN", "s3cr3t", "s3cr3t is too short; s3cr3t2 too");
+        assert_eq!(error.expected, "[REDACTED] is too short; s3cr3t2 too");
+        let error = ConfigError::new("API_TOKEN", "ab-cd", "got x/ab-cd/y");
+        assert_eq!(error.expected, "got x/[REDACTED]/y");
+    }
+
     /// A second source applied on top (`env_from(file)?.env()?`) replaces only what it sets,
     /// the OpenTelemetry variables as every other.
     #[test]
@@ -743,6 +798,41 @@ mod tests {
             .unwrap();
         assert_eq!(third.sampler, periscope_trace::Sampler::AlwaysOn);
         assert!(!third.propagators.trace_context());
+    }
+
+    /// Of a pair where one variable wins (`SERVICE_NAME` over `OTEL_SERVICE_NAME`, `LOG_LEVEL`
+    /// over `RUST_LOG`), a later source setting only the weaker one (a platform injecting
+    /// `OTEL_SERVICE_NAME` into the process's environment) does not override the stronger one
+    /// an earlier source set: each source replaces only the variables it sets.
+    #[test]
+    fn a_later_source_setting_the_weaker_of_a_pair_keeps_the_stronger() {
+        let file = env(&[("SERVICE_NAME", "checkout"), ("LOG_LEVEL", "debug")]).unwrap();
+        let process = [("OTEL_SERVICE_NAME", "auto"), ("RUST_LOG", "warn")];
+        let both = file
+            .clone()
+            .apply_env(|name| {
+                process
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            })
+            .unwrap();
+        assert_eq!(both.service_name, "checkout");
+        assert_eq!(both.log_directives.to_string(), "debug");
+        #[cfg(feature = "otel")]
+        assert_eq!(both.otel.service_name.as_deref(), Some("checkout"));
+        // The stronger one set later wins, as the weaker one does over nothing.
+        let later = both
+            .apply_env(|name| (name == "SERVICE_NAME").then(|| "billing".to_owned()))
+            .unwrap();
+        assert_eq!(later.service_name, "billing");
+        let weaker_only = env(&[("OTEL_SERVICE_NAME", "auto")]).unwrap();
+        assert_eq!(weaker_only.service_name, "auto");
+        let weaker_later = env(&[])
+            .unwrap()
+            .apply_env(|name| (name == "RUST_LOG").then(|| "warn".to_owned()))
+            .unwrap();
+        assert_eq!(weaker_later.log_directives.to_string(), "warn");
     }
 
     #[test]
