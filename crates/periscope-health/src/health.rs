@@ -89,23 +89,33 @@ impl Health {
     /// Readiness: `draining`, else `starting` while a gate is closed, else the checks' result
     /// (`ok`, `degraded` or `fail`), from the cache, the run in flight, or a new run.
     pub async fn readiness(&self) -> Report {
-        let epoch = self.epoch();
-        if let Some(report) = self.readiness_at(epoch) {
-            return report;
+        let mut epoch = self.epoch();
+        loop {
+            if let Some(report) = self.readiness_at(epoch) {
+                return report;
+            }
+            // A run of this epoch or a later one: never one taken before a gate closed or a
+            // drain began. A drain that begins meanwhile is answered at once, not after the
+            // checks.
+            let latest = self.inner.runner.latest(epoch);
+            let Some(run) = self.inner.drain.unless_drained(latest).await else {
+                return self.report(Status::Draining, Vec::new(), None);
+            };
+            // Draining (or a gate closing) while the checks ran wins: once draining has begun,
+            // no probe may still answer 200.
+            if let Some(report) = self.held_back() {
+                return report;
+            }
+            // A gate that closed and opened again while the checks ran (a model reloaded): the
+            // run was taken before, and says nothing of what was loaded since. Asked again, in
+            // the new epoch (a run another probe started since is joined, not repeated).
+            let now = self.epoch();
+            if now == epoch {
+                let status = status_of(&run.outcomes);
+                return self.report(status, Vec::new(), Some(run));
+            }
+            epoch = now;
         }
-        // A run of this epoch or a later one: never one taken before a gate closed or a drain
-        // began. A drain that begins meanwhile is answered at once, not after the checks.
-        let latest = self.inner.runner.latest(epoch);
-        let Some(run) = self.inner.drain.unless_drained(latest).await else {
-            return self.report(Status::Draining, Vec::new(), None);
-        };
-        // Draining (or a gate closing) while the checks ran wins: once draining has begun, no
-        // probe may still answer 200.
-        if let Some(report) = self.held_back() {
-            return report;
-        }
-        let status = status_of(&run.outcomes);
-        self.report(status, Vec::new(), Some(run))
     }
 
     /// `draining` or `starting`, when either holds: readiness then runs no check.

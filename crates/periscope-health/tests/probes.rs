@@ -644,6 +644,54 @@ async fn with_a_poller_gate_and_drain_changes_take_effect_at_the_next_probe() {
     );
 }
 
+/// A gate that closes and opens again (a model reloaded) while a probe waits on the checks:
+/// the run it waited on was taken before the reload, so it answers from a run taken after,
+/// as every later probe does, not 200 from the model that was unloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_waiting_on_a_run_taken_before_a_reload_answers_from_one_after_it() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let model_loaded = StartupGate::new("model_loaded");
+    model_loaded.open();
+    let counted = Arc::clone(&runs);
+    let reloaded = Arc::new(tokio::sync::Notify::new());
+    let first_run_ends = Arc::clone(&reloaded);
+    let (_, addr) = serve_health(
+        Health::builder()
+            .add_check(HealthCheck::new(
+                "model",
+                check_fn(move || {
+                    let run = counted.fetch_add(1, Ordering::SeqCst);
+                    let first_run_ends = Arc::clone(&first_run_ends);
+                    async move {
+                        // The model loaded before the reload is fine (its run ends once the
+                        // reload is done); the one after is not.
+                        if run == 0 {
+                            first_run_ends.notified().await;
+                            Ok(())
+                        } else {
+                            Err("model broken".to_owned())
+                        }
+                    }
+                }),
+            ))
+            .startup_gate(model_loaded.clone())
+            .cache_ttl(Duration::from_secs(60)),
+    )
+    .await;
+
+    let first = tokio::spawn(async move { get(addr, "/ready").await });
+    wait_until(|| runs.load(Ordering::SeqCst) == 1).await;
+    model_loaded.close();
+    model_loaded.open();
+    reloaded.notify_one();
+
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 503, "{}", first.body);
+    assert_eq!(first.json()["checks"]["model"]["error"], "model broken");
+    assert_eq!(get(addr, "/ready").await.status, 503);
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "one run after the reload");
+}
+
 /// A gate that closes and opens again (a model reloaded) while a check hangs: the first probe
 /// after it must not wait for the run taken before the reload and then for a run of its own
 /// (twice the timeout, past a kubelet's `timeoutSeconds: 3` with the default 2 s), but answer

@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::check::{Check, CheckError, CheckFuture};
 use crate::checks::Blocking;
 
+/// What may hold a file-system call past its check's timeout.
+const FS_HUNG: &str = "file system hung";
+
 /// Passes when `path` can be written: for a directory, a probe file is created, written and
 /// removed; for a file, it is opened for appending (and left unchanged).
 pub fn writable(path: impl Into<PathBuf>) -> WritableCheck {
@@ -35,7 +38,7 @@ impl Check for WritableCheck {
     fn check(&self) -> CheckFuture<'_> {
         let path = self.path.clone();
         let leftover = Arc::clone(&self.leftover);
-        Box::pin(self.blocking.run(&self.path, move || {
+        Box::pin(self.blocking.run(self.path.display(), FS_HUNG, move || {
             probe_writable(&path, &leftover, |file| std::fs::remove_file(file))
         }))
     }
@@ -134,7 +137,7 @@ impl Check for DiskSpaceCheck {
     fn check(&self) -> CheckFuture<'_> {
         let path = self.path.clone();
         let min = self.min_available_bytes;
-        Box::pin(self.blocking.run(&self.path, move || {
+        Box::pin(self.blocking.run(self.path.display(), FS_HUNG, move || {
             let available = fs4::available_space(&path).map_err(|error| {
                 CheckError::msg(format!("free space of {} unknown: {error}", path.display()))
             })?;

@@ -4,6 +4,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::check::{Check, CheckError, CheckFuture};
+use crate::checks::Connector;
 
 /// The most bytes read while looking for a status line.
 const MAX_STATUS_LINE: usize = 1024;
@@ -93,6 +94,7 @@ pub fn http_get(url: &str) -> Result<HttpCheck, InvalidUrl> {
     Ok(HttpCheck {
         url: shown.to_owned(),
         connect_to: format!("{host}:{port}"),
+        connector: Connector::default(),
         host_header: authority.to_owned(),
         path,
     })
@@ -133,6 +135,7 @@ pub struct HttpCheck {
     /// The URL without its query string: what messages show.
     url: String,
     connect_to: String,
+    connector: Connector,
     host_header: String,
     path: String,
 }
@@ -150,9 +153,10 @@ impl HttpCheck {
         let fail = |what: &str, error: std::io::Error| {
             CheckError::msg(format!("GET {}: {what} failed: {error}", self.url))
         };
-        let mut stream = TcpStream::connect(self.connect_to.as_str())
-            .await
-            .map_err(|error| fail("connect", error))?;
+        let mut stream = self
+            .connector
+            .connect(&self.connect_to, |error| fail("connect", error))
+            .await?;
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: periscope-health\r\nAccept: */*\r\nConnection: close\r\n\r\n",
             self.path, self.host_header

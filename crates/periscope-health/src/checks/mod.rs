@@ -25,16 +25,19 @@ pub use self::fs::{DiskSpaceCheck, WritableCheck, disk_space, writable};
 pub use self::http::{HttpCheck, InvalidUrl, http_get};
 pub use self::tcp::{TcpCheck, tcp};
 
-use std::path::Path;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::check::CheckError;
 
-/// Runs a check's blocking file-system work off the async threads, one call at a time.
+/// Runs a check's blocking work (file-system calls, a host name's resolution) off the async
+/// threads, one call at a time.
 ///
-/// A blocking call stuck in the kernel (a hung NFS mount) outlives the check's timeout: aborting
+/// A blocking call stuck in the kernel (a hung NFS mount, a resolver waiting on a DNS server
+/// that is down) outlives the check's timeout: aborting
 /// the task cannot stop its thread. Once the run that started a call has given up on it (timed
 /// out or was cancelled) while the call is still blocked, later runs fail at once instead of piling
 /// up blocked threads until the runtime's blocking pool is exhausted. A run that merely overlaps
@@ -101,10 +104,66 @@ impl Drop for Abandon {
     }
 }
 
+/// Resolves a `host:port` to its addresses (blocking).
+type Resolve = fn(&str) -> std::io::Result<Vec<SocketAddr>>;
+
+/// The system's resolver, as Tokio's `TcpStream::connect` uses it.
+fn system_resolve(addr: &str) -> std::io::Result<Vec<SocketAddr>> {
+    addr.to_socket_addrs().map(Iterator::collect)
+}
+
+/// What may hold a resolution past its check's timeout.
+const DNS_HUNG: &str = "DNS resolution hung";
+
+/// Opens the connections of the network checks. A host name is resolved on a thread of its own,
+/// one resolution at a time ([`Blocking`]): Tokio resolves on its blocking pool, where a
+/// resolver waiting on a DNS server that is down (tens of seconds under Kubernetes' `ndots:5`)
+/// would leave one more stuck thread per run, each holding the runtime's drop at exit.
+#[derive(Clone, Debug)]
+struct Connector {
+    blocking: Blocking,
+    resolve: Resolve,
+}
+
+impl Default for Connector {
+    fn default() -> Self {
+        Self {
+            blocking: Blocking::default(),
+            resolve: system_resolve,
+        }
+    }
+}
+
+impl Connector {
+    /// Connects to `addr` (`host:port`, or an address): a failure to resolve or connect is
+    /// told by `fail`.
+    async fn connect(
+        &self,
+        addr: &str,
+        fail: impl Fn(std::io::Error) -> CheckError,
+    ) -> Result<TcpStream, CheckError> {
+        let addrs = match addr.parse::<SocketAddr>() {
+            Ok(literal) => vec![literal],
+            Err(_) => {
+                let (owned, resolve) = (addr.to_owned(), self.resolve);
+                self.blocking
+                    .run(addr, DNS_HUNG, move || Ok(resolve(&owned)))
+                    .await?
+                    .map_err(&fail)?
+            }
+        };
+        TcpStream::connect(addrs.as_slice()).await.map_err(fail)
+    }
+}
+
 impl Blocking {
+    /// Runs `work` on a thread of its own. `subject` names what it works on (a path, a
+    /// `host:port`) and `hung` what may hold it, in the message of a run that finds the call
+    /// before still blocked.
     async fn run<T: Send + 'static>(
         &self,
-        path: &Path,
+        subject: impl std::fmt::Display + Send,
+        hung: &str,
         work: impl FnOnce() -> Result<T, CheckError> + Send + 'static,
     ) -> Result<T, CheckError> {
         let call = loop {
@@ -124,8 +183,7 @@ impl Blocking {
                         // No running figure in the text: a steady failure must read the
                         // same on every probe, or each one is logged as a new failure.
                         return Err(CheckError::msg(format!(
-                            "{}: the previous check is still blocked (file system hung?)",
-                            path.display()
+                            "{subject}: the previous check is still blocked ({hung}?)"
                         )));
                     }
                     // Registered while the slot is locked, so no wake-up is missed.
@@ -145,7 +203,7 @@ impl Blocking {
         // thread does not hold the exit; at most one is blocked per check (the slot above).
         let (sender, answer) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new()
-            .name("periscope-fs-check".to_owned())
+            .name("periscope-check".to_owned())
             .spawn(move || {
                 let result = work();
                 // The slot is free before the run hears back, as when a blocking task returns:
@@ -155,15 +213,89 @@ impl Blocking {
             });
         let result = match spawned {
             Ok(_detached) => answer.await.unwrap_or_else(|_| {
-                Err(CheckError::msg(
-                    "file-system check did not finish: its thread panicked",
-                ))
+                Err(CheckError::msg("check did not finish: its thread panicked"))
             }),
             Err(error) => Err(CheckError::msg(format!(
-                "file-system check could not start a thread: {error}"
+                "check could not start a thread: {error}"
             ))),
         };
         drop(abandon);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+
+    static RESOLVES: AtomicUsize = AtomicUsize::new(0);
+    static RELEASED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+    /// A resolver waiting on a DNS server that is down, until the test lets it go.
+    fn hung_resolve(_: &str) -> std::io::Result<Vec<SocketAddr>> {
+        RESOLVES.fetch_add(1, Ordering::SeqCst);
+        let (released, wake) = &RELEASED;
+        let guard = released.lock().unwrap();
+        let _released = wake
+            .wait_timeout_while(guard, Duration::from_secs(30), |released| !*released)
+            .unwrap();
+        Err(std::io::Error::other("no answer from the DNS server"))
+    }
+
+    /// A resolution stuck past its run's timeout leaves one blocked thread, not one per run:
+    /// later runs fail at once, saying why, until it returns. An address needs no resolution.
+    #[tokio::test]
+    async fn a_hung_resolution_blocks_one_thread_and_fails_later_runs_at_once() {
+        let connector = Connector {
+            blocking: Blocking::default(),
+            resolve: hung_resolve,
+        };
+        let fail = |error: std::io::Error| CheckError::msg(format!("connect failed: {error}"));
+        let first = tokio::time::timeout(
+            Duration::from_millis(50),
+            connector.connect("db.example:5432", fail),
+        )
+        .await;
+        assert!(first.is_err(), "the first run times out");
+        for _ in 0..20 {
+            let error = connector
+                .connect("db.example:5432", fail)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                error.message(),
+                "db.example:5432: the previous check is still blocked (DNS resolution hung?)"
+            );
+        }
+        assert_eq!(RESOLVES.load(Ordering::SeqCst), 1);
+        // An address literal is not resolved, so the stuck resolution does not hold it back.
+        let refused = connector.connect("127.0.0.1:1", fail).await.unwrap_err();
+        assert!(
+            refused.message().starts_with("connect failed"),
+            "{refused:?}"
+        );
+
+        // Once the resolver answers, the next run resolves again.
+        *RELEASED.0.lock().unwrap() = true;
+        RELEASED.1.notify_all();
+        let error = loop {
+            let error = connector
+                .connect("db.example:5432", fail)
+                .await
+                .unwrap_err();
+            if !error.message().contains("still blocked") {
+                break error;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(
+            error.message(),
+            "connect failed: no answer from the DNS server"
+        );
+        assert_eq!(RESOLVES.load(Ordering::SeqCst), 2);
     }
 }
