@@ -104,9 +104,10 @@ async fn route(
             .body(Full::default())
             .unwrap_or_default());
     };
-    // The path first: `/hello/a/b` is not `/hello/{name}`, whatever the method, so it is
+    // The path first: `/hello/a/b` is not `/hello/{name}`, whatever the method, nor is
+    // `/hello/` (a parameter matches one segment, not an empty one), so it is
     // `route_not_found`, as the metrics count it.
-    let response = if name.contains('/') {
+    let response = if name.is_empty() || name.contains('/') {
         Response::builder()
             .status(StatusCode::NOT_FOUND)
             .body(Full::default())

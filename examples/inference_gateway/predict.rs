@@ -11,7 +11,12 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http::StatusCode;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+use image::error::{
+    ImageFormatHint, LimitError, LimitErrorKind, UnsupportedError, UnsupportedErrorKind,
+};
+use image::{
+    DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, ImageResult, Limits,
+};
 use periscope::context::RequestContext;
 use periscope::error::{ErrorClass, ErrorCode, HttpError, codes, is_request_body_cut};
 use periscope::metrics::prometheus_client::metrics::counter::Counter;
@@ -113,12 +118,13 @@ const KIB: usize = 1024;
 /// [`MAX_DECODE_BYTES`] in MiB.
 const MAX_DECODE_MIB: u32 = (MAX_DECODE_BYTES >> 20) as u32;
 
-/// What the header of an image may take to read: its chunks before the pixels (a PNG's colour
-/// profile, compressed, can claim hundreds of MiB from a file of a few hundred KiB).
-const MAX_HEADER_BYTES: u64 = 4 * 1024 * 1024;
+/// What a decoder may allocate besides the pixels, to read the header and to decode: a PNG's
+/// chunks before its pixels (its colour profile, compressed, can inflate to hundreds of MiB
+/// from a file of a few hundred KiB; one larger is left out) and its rows. The pixels, which
+/// the header announces, are reserved apart.
+const DECODER_ALLOWANCE: u64 = 4 * 1024 * 1024;
 
-/// The bounds of a read of an image: its sides, and what the decoder may allocate (a PNG
-/// inflates its colour profile no further: one that would be larger is left out).
+/// The bounds of a read of an image: its sides, and what the decoder may allocate.
 fn limits(max_alloc: u64) -> Limits {
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
@@ -127,32 +133,45 @@ fn limits(max_alloc: u64) -> Limits {
     limits
 }
 
-/// The MiB a decode of `body` takes, from the image's header: the decoded pixels as they come
-/// (a progressive JPEG also keeps every coefficient, 16 bits each: three times its pixels'
-/// bytes, and the JPEG decoder copies the whole file first), and one MiB for the decoder's own
-/// buffers (a PNG's rows, its colour profile). It is also all the decoder may allocate. Reading
-/// the header takes milliseconds of CPU (a JPEG's copy, a PNG's chunks checked): call it on the
-/// blocking pool. A header that cannot be read, or that claims more than
-/// [`MAX_IMAGE_SIDE`], costs 1: its decode fails at once. An image that would take more than
-/// [`MAX_DECODE_BYTES`] is refused.
+/// The decoder of a PNG or JPEG `body`, its header read within [`DECODER_ALLOWANCE`].
+fn decoder(body: &[u8]) -> ImageResult<(ImageFormat, Box<dyn ImageDecoder + '_>)> {
+    let mut reader = ImageReader::new(Cursor::new(body)).with_guessed_format()?;
+    let format = match reader.format() {
+        Some(format @ (ImageFormat::Png | ImageFormat::Jpeg)) => format,
+        _ => {
+            return Err(ImageError::Unsupported(
+                UnsupportedError::from_format_and_kind(
+                    ImageFormatHint::Unknown,
+                    UnsupportedErrorKind::Format(ImageFormatHint::Unknown),
+                ),
+            ));
+        }
+    };
+    reader.limits(limits(DECODER_ALLOWANCE));
+    Ok((format, Box::new(reader.into_decoder()?)))
+}
+
+/// The MiB a decode of `body` takes, from the image's header: the decoded pixels as they come,
+/// and [`DECODER_ALLOWANCE`]; for a JPEG also every coefficient, which a progressive decode
+/// keeps (16 bits for each of its components, all of them: a CMYK file is decoded to RGB from
+/// four), and the file, which the decoder copies first. Reading the header takes milliseconds
+/// of CPU (a JPEG's copy, a PNG's chunks checked): call it on the blocking pool. A header that
+/// cannot be read, or that claims more than [`MAX_IMAGE_SIDE`], costs 1: its decode fails at
+/// once. An image that would take more than [`MAX_DECODE_BYTES`] is refused.
 fn decode_mib(body: &[u8]) -> Result<u32, HttpError> {
-    let cost = ImageReader::new(Cursor::new(body))
-        .with_guessed_format()
-        .ok()
-        .and_then(|mut reader| {
-            let jpeg = reader.format() == Some(ImageFormat::Jpeg);
-            reader.limits(limits(MAX_HEADER_BYTES));
-            let pixels = image::ImageDecoder::total_bytes(&reader.into_decoder().ok()?);
-            Some(if jpeg {
-                pixels.saturating_mul(3).saturating_add(body.len() as u64)
-            } else {
-                pixels
-            })
-        });
+    let cost = decoder(body).ok().and_then(|(format, decoder)| {
+        let pixels = decoder.total_bytes();
+        Some(match format {
+            ImageFormat::Jpeg => pixels
+                .saturating_add(jpeg_coefficient_bytes(body)?)
+                .saturating_add(body.len() as u64),
+            _ => pixels,
+        })
+    });
     let Some(bytes) = cost else {
         return Ok(1);
     };
-    let mib = bytes.div_ceil(1 << 20).saturating_add(1);
+    let mib = bytes.saturating_add(DECODER_ALLOWANCE).div_ceil(1 << 20);
     if mib > u64::from(MAX_DECODE_MIB) {
         return Err(HttpError::from(INVALID_IMAGE)
             .with_message(format!(
@@ -162,6 +181,17 @@ fn decode_mib(body: &[u8]) -> Result<u32, HttpError> {
             .with_detail("decode_mib", mib));
     }
     Ok(u32::try_from(mib).unwrap_or(MAX_DECODE_MIB))
+}
+
+/// What a progressive decode of a JPEG keeps of its coefficients: 16 bits for each component
+/// of each pixel, the sides rounded up to whole 16-pixel blocks (subsampled components take
+/// less; counted in full, as a CMYK file's four do).
+fn jpeg_coefficient_bytes(body: &[u8]) -> Option<u64> {
+    let mut header = zune_jpeg::JpegDecoder::new(body);
+    header.decode_headers().ok()?;
+    let info = header.info()?;
+    let block = |side: u16| u64::from(side).next_multiple_of(16);
+    Some(2 * u64::from(info.components) * block(info.width) * block(info.height))
 }
 
 /// The model's metrics, both through the cardinality guard: a new model version or label can
@@ -424,22 +454,29 @@ async fn preprocess(
     .map_err(HttpError::internal)?
 }
 
-/// Decodes `body`, allocating at most `max_bytes` (the memory reserved for it).
+/// Decodes `body`, allocating at most `max_bytes` (the memory reserved for it) for its pixels,
+/// and at most [`DECODER_ALLOWANCE`] besides.
 fn decode(body: &[u8], max_bytes: u64) -> Result<(ImageFormat, DynamicImage), HttpError> {
-    let reader = ImageReader::new(Cursor::new(body))
-        .with_guessed_format()
-        .map_err(HttpError::internal)?;
-    let format = match reader.format() {
-        Some(format @ (ImageFormat::Png | ImageFormat::Jpeg)) => format,
-        _ => return Err(HttpError::from(INVALID_IMAGE)),
-    };
-    let mut reader = reader;
-    reader.limits(limits(max_bytes.min(MAX_DECODE_BYTES)));
-    let image = reader.decode().map_err(|error| {
+    let undecodable = |format: Option<ImageFormat>, error: ImageError| {
         HttpError::from(INVALID_IMAGE)
             .with_message(format!("The image could not be decoded: {error}"))
-            .with_detail("format", format.extensions_str().first().copied())
-    })?;
+            .with_detail(
+                "format",
+                format.and_then(|format| format.extensions_str().first().copied()),
+            )
+    };
+    let (format, decoder) = match decoder(body) {
+        Ok(found) => found,
+        Err(ImageError::Unsupported(_)) => return Err(HttpError::from(INVALID_IMAGE)),
+        Err(error) => return Err(undecodable(None, error)),
+    };
+    // The pixels are allocated by the image, outside the decoder's allowance: bounded here.
+    if decoder.total_bytes() > max_bytes.min(MAX_DECODE_BYTES) {
+        let over = LimitError::from_kind(LimitErrorKind::InsufficientMemory);
+        return Err(undecodable(Some(format), ImageError::Limits(over)));
+    }
+    let image =
+        DynamicImage::from_decoder(decoder).map_err(|error| undecodable(Some(format), error))?;
     Ok((format, image))
 }
 
@@ -499,21 +536,73 @@ mod tests {
     #[test]
     fn a_decode_reserves_the_memory_its_header_claims() {
         let mib = |body: &[u8]| decode_mib(body).unwrap();
-        // The pixels' bytes, and one MiB for the decoder's buffers.
-        assert_eq!(mib(&png(16, 16)), 2);
+        // The pixels' bytes, and the decoder's 4 MiB.
+        assert_eq!(mib(&png(16, 16)), 5);
         // 2048 × 2048 × 3 bytes = 12 MiB, from a file of a few KiB.
         let large = png(2048, 2048);
         assert!(large.len() < 1 << 20, "{}", large.len());
-        assert_eq!(mib(&large), 13);
-        // A JPEG's coefficients, which a progressive decode keeps, take twice its pixels, and
-        // its decoder copies the file: 9 MiB and the file's bytes.
+        assert_eq!(mib(&large), 16);
+        // A JPEG's coefficients, which a progressive decode keeps (16 bits for each of its
+        // three components: 6 MiB), and its file, which its decoder copies: 9 MiB and the
+        // file's bytes, and the decoder's 4.
         let jpeg = encoded(1024, 1024, ImageFormat::Jpeg);
-        let expected = ((9 << 20) + jpeg.len() as u64).div_ceil(1 << 20) + 1;
+        let expected = ((13 << 20) + jpeg.len() as u64).div_ceil(1 << 20);
         assert_eq!(u64::from(mib(&jpeg)), expected);
         // Beyond the side limit, or not an image: its decode fails at once.
         assert_eq!(mib(&png(MAX_IMAGE_SIDE + 1, 1)), 1);
         assert_eq!(mib(b"not an image"), 1);
         assert_eq!(mib(b""), 1);
+    }
+
+    /// A baseline CMYK JPEG of `width` × `height` (multiples of 8), every block zero: four
+    /// components, one quantization table, and Huffman tables of one code each (a zero DC
+    /// difference, an end of block), so each block is two bits, all zero.
+    fn cmyk_jpeg(width: u16, height: u16) -> Vec<u8> {
+        let segment = |marker: u8, body: &[u8]| {
+            let length = u16::try_from(body.len() + 2).unwrap().to_be_bytes();
+            [&[0xFF, marker][..], &length, body].concat()
+        };
+        let [h1, h0] = height.to_be_bytes();
+        let [w1, w0] = width.to_be_bytes();
+        let mut frame = vec![8, h1, h0, w1, w0, 4];
+        let mut scan = vec![4];
+        for component in 1..=4 {
+            frame.extend([component, 0x11, 0]);
+            scan.extend([component, 0x00]);
+        }
+        scan.extend([0, 63, 0]);
+        let one_code = |class: u8, symbol: u8| {
+            let mut table = vec![class, 1];
+            table.extend([0; 15]);
+            table.push(symbol);
+            table
+        };
+        let blocks = usize::from(width / 8) * usize::from(height / 8) * 4;
+        [
+            vec![0xFF, 0xD8],
+            segment(0xDB, &[[0].as_slice(), &[1; 64]].concat()),
+            segment(0xC0, &frame),
+            segment(0xC4, &one_code(0x00, 0)),
+            segment(0xC4, &one_code(0x10, 0)),
+            segment(0xDA, &scan),
+            vec![0; (blocks * 2).div_ceil(8)],
+            vec![0xFF, 0xD9],
+        ]
+        .concat()
+    }
+
+    /// A CMYK JPEG is decoded to RGB (3 bytes a pixel) from four components, whose
+    /// coefficients a progressive decode keeps: 8 bytes a pixel, not the 6 of its output's
+    /// three channels.
+    #[test]
+    fn a_cmyk_jpeg_reserves_the_coefficients_of_its_four_components() {
+        let jpeg = cmyk_jpeg(512, 512);
+        assert_eq!(jpeg_coefficient_bytes(&jpeg), Some(2 * 4 * 512 * 512));
+        // 768 KiB of RGB pixels, 2 MiB of coefficients, the file, the decoder's 4 MiB.
+        let expected = ((3 << 18) + (2 << 20) + (4 << 20) + jpeg.len() as u64).div_ceil(1 << 20);
+        assert_eq!(u64::from(decode_mib(&jpeg).unwrap()), expected);
+        let (_, image) = decode(&jpeg, expected << 20).unwrap();
+        assert_eq!((image.width(), image.height()), (512, 512));
     }
 
     /// An image that would take more than one decode may is refused before any decode.
@@ -527,34 +616,58 @@ mod tests {
             "{}",
             error.message()
         );
-        assert_eq!(error.details().unwrap()["decode_mib"], 264);
+        assert_eq!(error.details().unwrap()["decode_mib"], 267);
     }
 
-    /// A colour profile that inflates to 16 MiB in a 1 × 1 PNG: its header is read within its
-    /// own bound, and its decode within what it reserved, not the decoder's whole budget.
+    /// A colour profile that inflates to 16 MiB in a 1 × 1 PNG, and one of 8 MiB beside 8 MiB
+    /// of pixels: the header is read, and the image decoded, within the decoder's allowance,
+    /// which leaves such a profile out; the pixels are reserved apart.
     #[test]
     fn a_compressed_colour_profile_cannot_outgrow_the_memory_reserved() {
+        let profile_read = |body: &[u8], max_alloc: Option<u64>| {
+            let mut decoder = match max_alloc {
+                Some(max_alloc) => {
+                    let mut reader = ImageReader::new(Cursor::new(body))
+                        .with_guessed_format()
+                        .unwrap();
+                    reader.limits(limits(max_alloc));
+                    Box::new(reader.into_decoder().unwrap())
+                }
+                None => decoder(body).unwrap().1,
+            };
+            decoder.icc_profile().unwrap().map(|profile| profile.len())
+        };
         let profile = [&b"bomb\0\0"[..], &zlib(&vec![0; 16 << 20])].concat();
         let bomb = rgba16_png(1, 1, &[chunk(b"iCCP", &profile)], true);
         assert!(bomb.len() < 64 << 10, "{}", bomb.len());
-        let profile_read = |max_alloc: u64| {
-            let mut reader = ImageReader::new(Cursor::new(&bomb[..]))
-                .with_guessed_format()
-                .unwrap();
-            reader.limits(limits(max_alloc));
-            let mut decoder = reader.into_decoder().unwrap();
-            image::ImageDecoder::icc_profile(&mut decoder)
-                .unwrap()
-                .map(|profile| profile.len())
-        };
         // Under the decoder's whole budget the profile is inflated, all 16 MiB of it.
-        assert_eq!(profile_read(MAX_DECODE_BYTES), Some(16 << 20));
-        // The pixels' bytes and one MiB: what the decode may allocate leaves the profile out.
+        assert_eq!(profile_read(&bomb, Some(MAX_DECODE_BYTES)), Some(16 << 20));
+        assert_eq!(profile_read(&bomb, None), None);
         let reserved = decode_mib(&bomb).unwrap();
-        assert_eq!(reserved, 2);
-        assert_eq!(profile_read(u64::from(reserved) << 20), None);
-        assert_eq!(profile_read(MAX_HEADER_BYTES), None);
+        assert_eq!(reserved, 5);
         let (_, image) = decode(&bomb, u64::from(reserved) << 20).unwrap();
         assert_eq!((image.width(), image.height()), (1, 1));
+
+        // 1024 × 1024 × 8 bytes of pixels reserved: a profile as large again is left out, not
+        // inflated beside them.
+        let profile = [&b"big\0\0"[..], &zlib(&vec![0; 8 << 20])].concat();
+        let large = rgba16_png(1024, 1024, &[chunk(b"iCCP", &profile)], true);
+        let reserved = decode_mib(&large).unwrap();
+        assert_eq!(reserved, 12);
+        assert_eq!(
+            profile_read(&large, Some(u64::from(reserved) << 20)),
+            Some(8 << 20),
+            "what the whole reservation would let the decoder inflate"
+        );
+        assert_eq!(profile_read(&large, None), None);
+        let (_, image) = decode(&large, u64::from(reserved) << 20).unwrap();
+        assert_eq!((image.width(), image.height()), (1024, 1024));
+        // Pixels beyond the reservation are not allocated.
+        let error = decode(&large, 4 << 20).unwrap_err();
+        assert!(
+            error.message().contains("could not be decoded"),
+            "{}",
+            error.message()
+        );
     }
 }
