@@ -263,7 +263,7 @@ impl ValueRules {
             scratch.clear();
             if self
                 .redactor
-                .rewrite_json(text, self.max_value_bytes, scratch)
+                .rewrite_json(text, self.max_value_bytes, scratch, false)
             {
                 // Rewritten JSON is ASCII-safe UTF-8: we only ever wrote &str pieces into it.
                 let rewritten = String::from_utf8_lossy(scratch);
@@ -360,7 +360,10 @@ impl ValueRules {
             out.extend_from_slice(close);
         } else if is_json {
             // Nested JSON; text around it (`Some({...})`) is not JSON and is written as text.
-            if !self.redactor.rewrite_json(text, self.max_value_bytes, out) {
+            if !self
+                .redactor
+                .rewrite_json(text, self.max_value_bytes, out, true)
+            {
                 self.write_unparsed(out, text, scratch);
             }
         } else if let Some((content, bytes)) = json_literal(text) {
@@ -511,6 +514,16 @@ pub(crate) struct Visitor<'a, S> {
     pub(crate) sink: &'a mut S,
     pub(crate) text: &'a mut String,
     pub(crate) scratch: &'a mut Vec<u8>,
+    /// Whether a [`TENANT_FIELD`] value is periscope-trace's list of tenant fields, whose
+    /// members are lifted: only in its own spans ([`is_periscope_span`]). Anywhere else a
+    /// field of that name is the service's own text, which must not set the line's ids.
+    pub(crate) lifts_tenant: bool,
+}
+
+/// Whether a span is one of periscope-trace's (server, client, job), which record the tenant
+/// fields they validated in [`TENANT_FIELD`].
+pub(crate) fn is_periscope_span(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.target().starts_with("periscope_trace::")
 }
 
 impl<S: FieldSink> Visitor<'_, S> {
@@ -624,7 +637,9 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
                     Cow::Borrowed(_) => self.rules.write_text(out, value, self.scratch),
                 }
             }
-            self.lift_tenant_fields(value);
+            if self.lifts_tenant {
+                self.lift_tenant_fields(value);
+            }
             return;
         }
         if let Some(out) = value_out(self.rules, self.sink, field, &value) {
@@ -649,6 +664,7 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
             sink,
             text,
             scratch,
+            ..
         } = self;
         if let Some(out) = value_out(rules, *sink, field, value) {
             formatting(out, false, |out| {

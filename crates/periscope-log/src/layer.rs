@@ -18,7 +18,9 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{Extensions, LookupSpan};
 
 use crate::config::LogFormat;
-use crate::fields::{FieldSink, NameShape, Slot, ValueRules, Visitor, formatting};
+use crate::fields::{
+    FieldSink, NameShape, Slot, ValueRules, Visitor, formatting, is_periscope_span,
+};
 use crate::filter::LevelControl;
 use crate::json::{self, EscapeWriter};
 use crate::recent::RecentLogs;
@@ -491,6 +493,7 @@ impl LogLayer {
     /// Formats what a span records (`fields` of them at most).
     fn span_fields(
         &self,
+        metadata: &Metadata<'_>,
         fields: usize,
         record: impl FnOnce(&mut Visitor<'_, SpanFields>),
     ) -> SpanFields {
@@ -501,6 +504,7 @@ impl LogLayer {
                 sink: &mut span_fields,
                 text,
                 scratch,
+                lifts_tenant: is_periscope_span(metadata),
             });
         };
         // The thread's buffers, so that formatting a span's `Debug` and `Display` values does
@@ -549,6 +553,7 @@ impl LogLayer {
             sink: &mut sink,
             text,
             scratch,
+            lifts_tenant: false,
         });
         sink.own = false;
 
@@ -758,7 +763,7 @@ where
             return;
         };
         let kept = SpanPlan::of(&self.rules, attrs.metadata()).kept(self.span_fields);
-        let fields = self.span_fields(kept.count(), |visitor| {
+        let fields = self.span_fields(attrs.metadata(), kept.count(), |visitor| {
             attrs.record(&mut KeptFields {
                 kept,
                 inner: visitor,
@@ -789,7 +794,7 @@ where
             return;
         }
         // Format before taking the span's lock: a value's Debug impl may itself log.
-        let update = self.span_fields(kept.count().min(values.len()), |visitor| {
+        let update = self.span_fields(span.metadata(), kept.count().min(values.len()), |visitor| {
             values.record(&mut KeptFields {
                 kept,
                 inner: visitor,

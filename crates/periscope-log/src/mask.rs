@@ -51,8 +51,9 @@ impl Redactor {
     /// `tokenizer=llama3`, `password_min_length=8` and `secret_name=x` stay.
     /// Also masked: URL signature parameters (`periscope_context::SIGNATURE_QUERY_PARAMS`:
     /// `sig`, `X-Amz-Signature`, ...), a webhook's path secret (`hooks.slack.com`,
-    /// `/webhooks/`), `--password <value>` options, ODBC's `Pwd=` in a `;`-separated
-    /// connection string, and keys whose last word is `auth` or `pass`.
+    /// `/webhooks/`), `--password <value>` options, ODBC's `Pwd=` and Azure's `AccountKey=` and
+    /// `SharedAccessKey=` in a `;`-separated connection string, and keys whose last word is
+    /// `auth` or `pass`.
     ///
     /// ```
     /// use periscope_log::Redactor;
@@ -381,12 +382,18 @@ fn mask_json_in(text: &str, redactor: &Redactor) -> Option<String> {
     (inner != original).then(|| serde_json::to_string(&inner).ok())?
 }
 
+/// Keys that hold a secret in a `;`-separated connection string, without a sensitive name:
+/// ODBC's `Pwd`, and the keys of Azure's Storage (`AccountKey`) and Service Bus or Event Hubs
+/// (`SharedAccessKey`) connection strings.
+const CONNECTION_STRING_SECRETS: &[&str] = &["pwd", "accountkey", "sharedaccesskey"];
+
 /// `text` with the value of every `key=value` whose key is sensitive masked (a libpq
 /// `host=db password=...`, an ADO `Server=db;Password=...;`, `DB_PASSWORD=...` in a list), or
 /// `None` when there is none. A value runs to the next whitespace or `;` (libpq's and ADO's
 /// ends: a `,` or `&` may be part of a password, and masking too much beats showing the rest),
 /// or to its closing quote when quoted, `\"` escapes included (see [`value_end`]). ODBC's `Pwd`
-/// counts in a connection string only ([`in_connection_string`]).
+/// and Azure's keys ([`CONNECTION_STRING_SECRETS`]) count in a connection string only
+/// ([`in_connection_string`]).
 fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
     let is_key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
     let bytes = text.as_bytes();
@@ -420,7 +427,9 @@ fn mask_key_values(text: &str, redactor: &Redactor) -> Option<String> {
         let secret = match separator {
             "=" => {
                 redactor.names_a_secret(key)
-                    || (key.eq_ignore_ascii_case("pwd")
+                    || (CONNECTION_STRING_SECRETS
+                        .iter()
+                        .any(|name| key.eq_ignore_ascii_case(name))
                         && in_connection_string(text, key_end - key_len, value_start, &mut words))
             }
             // After `:`, a password's name, or any secret's name with a quoted value: `invalid

@@ -369,19 +369,37 @@ impl Redactor {
                 return true;
             }
         }
-        false
+        // A pair's first element, where tuple syntax puts a key: `("password", "hunter2")`, a
+        // form's fields as reqwest's `.form(..)` takes them. A name, not words (`("invalid
+        // token", 4)` is a message).
+        text.match_indices('(').any(|(at, _)| {
+            let Some(inside) = text[at + 1..].trim_start().strip_prefix('"') else {
+                return false;
+            };
+            let Some((key, after)) = inside.split_once('"') else {
+                return false;
+            };
+            if key.is_empty() || !key.bytes().all(is_key_byte) {
+                return false;
+            }
+            after.trim_start().strip_prefix(',').is_some_and(|value| {
+                (self.is_sensitive(key) || self.ends_in_sensitive_word(key))
+                    && !names_no_secret(value)
+            })
+        })
     }
 
     /// Replaces the value of every sensitive key, at any depth, with `"[REDACTED]"`; a `null`
     /// stays `null`, so a configuration shows whether a secret is set at all. A string or
     /// number under a key ending in a [sensitive word](DEFAULT_SENSITIVE_WORDS) (`auth`) is
-    /// replaced too; a boolean there (`"require_auth": true`) is a setting, not a secret.
+    /// replaced too, and so is an array (`"basic_auth": ["admin", "hunter2"]`, how serde writes
+    /// a pair); a boolean there (`"require_auth": true`) is a setting, not a secret.
     pub fn redact_value(&self, value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(map) => {
                 for (key, value) in map.iter_mut() {
                     // `null` tells that no secret is set (`"admin_token": null`), and hides none.
-                    let scalar = value.is_string() || value.is_number();
+                    let scalar = value.is_string() || value.is_number() || value.is_array();
                     if (self.is_sensitive(key) || (scalar && self.ends_in_sensitive_word(key)))
                         && !value.is_null()
                     {
@@ -401,12 +419,28 @@ impl Redactor {
     /// Rewrites JSON `text` compactly into `out`, sensitive values redacted and strings over
     /// `limit` bytes truncated. Returns `false` (and leaves `out` as it was) when `text` is not
     /// valid JSON.
-    pub(crate) fn rewrite_json(&self, text: &str, limit: usize, out: &mut Vec<u8>) -> bool {
-        self.rewrite_json_at(strip_bom(text), limit, out, 0)
+    /// `nested`: the JSON goes into the line as a value of its own, where a key written twice
+    /// is written once (the last); else into a string, which keeps every member (a `Debug`
+    /// map of headers lists a header sent twice twice).
+    pub(crate) fn rewrite_json(
+        &self,
+        text: &str,
+        limit: usize,
+        out: &mut Vec<u8>,
+        nested: bool,
+    ) -> bool {
+        self.rewrite_json_at(strip_bom(text), limit, out, 0, nested)
     }
 
     /// [`rewrite_json`](Self::rewrite_json) of text found `depth` levels deep (in a string).
-    fn rewrite_json_at(&self, text: &str, limit: usize, out: &mut Vec<u8>, depth: usize) -> bool {
+    fn rewrite_json_at(
+        &self,
+        text: &str,
+        limit: usize,
+        out: &mut Vec<u8>,
+        depth: usize,
+        nested: bool,
+    ) -> bool {
         let mark = out.len();
         let mut parser = Parser {
             s: text.as_bytes(),
@@ -415,6 +449,7 @@ impl Redactor {
             limit,
             key: String::new(),
             members: Vec::new(),
+            keep_last_of_repeated_keys: nested,
         };
         let ok = parser.value(out, depth).is_some() && {
             parser.skip_ws();
@@ -483,6 +518,9 @@ struct Parser<'a> {
     /// Where the members of the objects being read were written: a stack, the innermost
     /// object's on top.
     members: Vec<Member>,
+    /// Whether an object's key written twice is written once ([`keep_last_of_each_key`]): for
+    /// JSON nested in the line, not for JSON kept in a string.
+    keep_last_of_repeated_keys: bool,
 }
 
 /// Where one member of an object was written: its key (with its colon) at `start..key_end`,
@@ -568,10 +606,13 @@ impl Parser<'_> {
     fn nested_json(&mut self, out: &mut Vec<u8>, depth: usize) {
         let text = std::mem::take(&mut self.key);
         let mut rewritten = Vec::new();
-        if self
-            .redactor
-            .rewrite_json_at(strip_bom(&text), self.limit, &mut rewritten, depth + 1)
-        {
+        if self.redactor.rewrite_json_at(
+            strip_bom(&text),
+            self.limit,
+            &mut rewritten,
+            depth + 1,
+            false,
+        ) {
             // Only &str pieces were written into it.
             json::write_str(out, &String::from_utf8_lossy(&rewritten), self.limit);
         } else if self.redactor.mentions_sensitive_key(&text, &mut rewritten)
@@ -607,10 +648,11 @@ impl Parser<'_> {
             let credential_word = !sensitive && self.redactor.ends_in_sensitive_word(&self.key);
             self.eat(b':')?;
             self.skip_ws();
-            // A string or number under `auth`, `smtp_pass` is a credential; an object under it
-            // is redacted key by key, and a boolean (`require_auth`) is a setting.
-            let credential =
-                credential_word && matches!(self.s.get(self.i), Some(b'"' | b'-' | b'0'..=b'9'));
+            // A string, number or array (serde's pair, `["admin", "hunter2"]`) under `auth`,
+            // `smtp_pass` is a credential; an object under it is redacted key by key, and a
+            // boolean (`require_auth`) is a setting.
+            let credential = credential_word
+                && matches!(self.s.get(self.i), Some(b'"' | b'-' | b'0'..=b'9' | b'['));
             let mark = out.len();
             self.value(out, depth + 1)?;
             if sensitive || credential {
@@ -626,7 +668,9 @@ impl Parser<'_> {
                 out.push(b',');
             } else {
                 self.eat(b'}')?;
-                keep_last_of_each_key(out, open, &self.members[base..]);
+                if self.keep_last_of_repeated_keys {
+                    keep_last_of_each_key(out, open, &self.members[base..]);
+                }
                 self.members.truncate(base);
                 out.push(b'}');
                 return Some(());
@@ -810,6 +854,8 @@ mod tests {
             "{\"Authorization\": \"Bearer x\"}",
             "Some(\"{\\\"password\\\":\\\"x\\\"}\")",
             "[(\"a\", 1), (\"x\", Creds { session_id: 4 })]",
+            "Some([(\"grant_type\", \"password\"), (\"password\", \"hunter2\")])",
+            "Form { pairs: [(\n    \"client_secret\",\n    \"s3\",\n)] }",
             "password: x",
             "Upstream { url: \"u\", auth: \"Basic x\" }",
             "Mail { smtp_pass: Some(\"x\") }",
@@ -828,6 +874,8 @@ mod tests {
             "\"token\"",
             "Settings { require_auth: true, smtp_pass: None, basic_auth: false }",
             "Post { author: \"ann\", auth_url: \"https://idp\" }",
+            "Some((\"token\", None))",
+            "Err((\"invalid token\", 4))",
         ] {
             assert!(!r.names_sensitive_key(free), "{free}");
         }
@@ -836,7 +884,7 @@ mod tests {
     fn rewrite_with(redactor: &Redactor, text: &str) -> Option<String> {
         let mut out = Vec::new();
         redactor
-            .rewrite_json(text, 32, &mut out)
+            .rewrite_json(text, 32, &mut out, true)
             .then(|| String::from_utf8(out).unwrap())
     }
 

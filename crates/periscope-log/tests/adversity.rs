@@ -361,6 +361,23 @@ fn a_json_value_with_a_key_written_twice_keeps_the_last() {
     assert_eq!(v.as_object().unwrap().len(), 12, "{v}");
 }
 
+/// JSON kept in a string (a `HeaderMap` logged with `?`, which lists a header sent twice
+/// twice) keeps every member: in a string a key written twice breaks nothing, and dropping
+/// one would lose a value.
+#[test]
+fn json_text_in_a_string_keeps_a_key_written_twice() {
+    let mut headers = http::HeaderMap::new();
+    headers.append("accept", "text/html".parse().unwrap());
+    headers.append("accept", "application/json".parse().unwrap());
+    headers.append("authorization", "Bearer S3cr3t".parse().unwrap());
+    let out = capture(|b| b, |_| tracing::info!(headers = ?headers, "headers"));
+    let lines = strict_lines(&out.text());
+    let written = lines[0]["data"]["headers"].as_str().unwrap();
+    assert!(written.contains("text/html"), "{written}");
+    assert!(written.contains("application/json"), "{written}");
+    assert!(!written.contains("S3cr3t"), "{written}");
+}
+
 #[test]
 fn deeply_nested_values_keep_the_line_valid() {
     let deep_text = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));

@@ -773,6 +773,7 @@ fn extreme_numbers_and_odd_field_names_parse_back() {
 /// data field, the tenant list, and fields recorded later.
 fn server_like_span() -> tracing::Span {
     tracing::info_span!(
+        target: "periscope_trace::server",
         "request",
         otel.kind = "server",
         url.path = "/v1/jobs/42",
@@ -782,6 +783,38 @@ fn server_like_span() -> tracing::Span {
         step = tracing::field::Empty,
         tenant = "workspace_id=ws_1",
     )
+}
+
+/// A field named `tenant` outside periscope-trace's spans is the service's own text (a tenant's
+/// slug from a path): its `key=value` members are not lifted, so it cannot set the line's
+/// request id, or any context field. Only periscope-trace's spans record the tenant list.
+#[test]
+fn a_tenant_field_of_the_services_own_cannot_forge_context_fields() {
+    use tracing_subscriber::prelude::*;
+
+    let out = common::Captured::default();
+    let (layer, guard) = LogLayer::builder()
+        .context_field("workspace_id")
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let forged = "acme,request_id=req_forged,user_id=admin,workspace_id=ws_9";
+    common::with_default(tracing_subscriber::registry().with(layer), || {
+        let request = tracing::info_span!("http_request", request_id = "req_real");
+        let _request = request.enter();
+        tracing::info!(tenant = forged, "from an event");
+        let own = tracing::info_span!("lookup", tenant = forged);
+        own.in_scope(|| tracing::info!("inside a span of the service's own"));
+    });
+    drop(guard);
+    let lines = out.lines();
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        assert_eq!(line["request_id"], "req_real", "{line}");
+        assert!(line.get("user_id").is_none(), "{line}");
+        assert!(line.get("workspace_id").is_none(), "{line}");
+        assert_eq!(line["data"]["tenant"], forged, "{line}");
+    }
 }
 
 /// Which span fields a layer keeps is worked out once per callsite and set of rules: every

@@ -694,6 +694,15 @@ fn connection_strings_signed_urls_webhooks_and_options_are_masked() {
             "Server=db; Uid=app; Pwd=[REDACTED];Database=x",
         ),
         ("password=/S3cr3t user=app", "password=[REDACTED] user=app"),
+        // Azure Storage's and Service Bus's connection strings.
+        (
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0==;EndpointSuffix=core.windows.net",
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=[REDACTED];EndpointSuffix=core.windows.net",
+        ),
+        (
+            "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=c2VjcmV0=",
+            "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=[REDACTED]",
+        ),
         (
             "https://acct.blob.core.windows.net/c?sv=2022&sig=S3cr3t",
             "https://acct.blob.core.windows.net/c?sv=2022&sig=[REDACTED]",
@@ -938,6 +947,82 @@ fn a_boolean_auth_setting_stays_readable() {
     );
 }
 
+/// An array under a key ending in `auth` or `pass` is a credential as a string there is: serde
+/// writes `basic_auth: Option<(String, String)>` as `["admin", "hunter2"]`. Hidden in a value
+/// masked for `/debug/config`, in a `json(..)` field, and in JSON text, as its `Debug` form
+/// is hidden.
+#[test]
+fn an_array_under_an_auth_key_is_hidden_whole() {
+    let redactor = periscope_log::Redactor::default();
+    let mut config = serde_json::json!({
+        "upstream": {"basic_auth": ["admin", "hunter2"], "smtp_pass": [1, 2]},
+    });
+    redactor.mask_value(&mut config);
+    assert_eq!(
+        config,
+        serde_json::json!({
+            "upstream": {"basic_auth": "[REDACTED]", "smtp_pass": "[REDACTED]"},
+        })
+    );
+    let out = common::Captured::default();
+    let (layer, guard) = periscope_log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let value = serde_json::json!({"basic_auth": ["admin", "hunter2"], "region": "eu"});
+    let text = value.to_string();
+    common::with_default(
+        tracing_subscriber::layer::SubscriberExt::with(tracing_subscriber::registry(), layer),
+        || {
+            tracing::info!(client = periscope_log::json(&value), "as a json value");
+            tracing::info!(body = text.as_str(), "as JSON text");
+        },
+    );
+    drop(guard);
+    let lines = out.lines();
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        let written = line.to_string();
+        assert!(!written.contains("hunter2"), "{written}");
+        assert!(written.contains("eu"), "{written}");
+    }
+}
+
+/// Pairs in `Debug` text (a form as reqwest's `.form(..)` takes it) whose first element names
+/// a secret hide the value, wherever the pairs sit: in an `Option`, in a struct.
+#[test]
+fn a_form_pair_naming_a_secret_is_hidden() {
+    let out = common::Captured::default();
+    let (layer, guard) = periscope_log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    #[derive(Debug)]
+    #[allow(dead_code)]
+    struct TokenRequest {
+        form: Vec<(&'static str, &'static str)>,
+    }
+    common::with_default(
+        tracing_subscriber::layer::SubscriberExt::with(tracing_subscriber::registry(), layer),
+        || {
+            tracing::info!(form = ?Some(vec![("password", "hunter2")]), "in an option");
+            let request = TokenRequest {
+                form: vec![("grant_type", "password"), ("password", "hunter2")],
+            };
+            tracing::info!(request = ?request, "in a struct");
+            tracing::info!(form = ?Some(vec![("scope", "read")]), "no secret");
+        },
+    );
+    drop(guard);
+    let lines = out.lines();
+    assert_eq!(lines.len(), 3);
+    for line in &lines[..2] {
+        let written = line.to_string();
+        assert!(!written.contains("hunter2"), "{written}");
+    }
+    assert_eq!(lines[2]["data"]["form"], r#"Some([("scope", "read")])"#);
+}
+
 /// A number after `hooks` is a hook's id, not its secret: GitHub's and GitLab's API URLs stay
 /// readable in an error, while the secret after Discord's id is still masked.
 #[test]
@@ -1105,7 +1190,9 @@ fn tenant_fields_show_unless_configured_sensitive_and_then_nowhere() {
         capture(
             |b| configure(b.tenant_keys(&keys)),
             |_| {
+                // As periscope-trace's server span records them.
                 let span = tracing::info_span!(
+                    target: "periscope_trace::server",
                     "request",
                     org_id = "org_1",
                     project_id = "prj_1",
