@@ -152,6 +152,22 @@ mod otel {
             .filter(|id| *id != ctx.span_id)
     }
 
+    /// Tells once per process that the OpenTelemetry layer's tracer makes no spans: most
+    /// often its provider was shut down by an `OtelGuard` dropped early (a temporary in
+    /// `OtelConfig::install()?.layer()`), and nothing is exported from then on.
+    #[cold]
+    fn warn_no_spans() {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                target: "periscope_trace::otel",
+                "the OpenTelemetry layer's tracer makes no spans, so nothing is exported: was \
+                 its tracer provider shut down? Keep the OtelGuard in a variable until the end \
+                 of main (a temporary, as in `install()?.layer()`, is dropped at once)"
+            );
+        });
+    }
+
     /// Whether the span is exported's: `ctx` then has its ids and sampling decision.
     pub(super) fn adopt_exported_ids(
         span: &Span,
@@ -213,6 +229,7 @@ mod otel {
             periscope_context::SpanId::from_bytes(exported.span_id().to_bytes()),
         ) else {
             // A tracer that makes no spans (shut down, or a no-op tracer): our ids stand.
+            warn_no_spans();
             return false;
         };
         if Some(span_id) == parent_span_id {

@@ -11,6 +11,8 @@ use http_body::{Body, Frame, SizeHint};
 use periscope_context::{RequestContext, WithContext};
 use tracing::Span;
 
+use crate::fields::{SERVER_FIELDS, record_failure};
+
 /// The response body of [`Correlation`](crate::Correlation): the inner service's body,
 /// untouched, polled inside the request's span with its [`RequestContext`] current. The
 /// context is current while the body is dropped too: what it logs when the client goes away
@@ -22,13 +24,22 @@ pub struct CorrelationBody<B> {
     #[pin]
     inner: WithContext<B>,
     span: Span,
+    /// Whether a failure of the body is recorded on the span here: not for a gRPC call whose
+    /// end the access log watches, which records the code the failure stands for.
+    records_failure: bool,
 }
 
 impl<B> CorrelationBody<B> {
-    pub(crate) fn new(inner: B, context: Arc<RequestContext>, span: Span) -> Self {
+    pub(crate) fn new(
+        inner: B,
+        context: Arc<RequestContext>,
+        span: Span,
+        records_failure: bool,
+    ) -> Self {
         Self {
             inner: WithContext::new(context, inner),
             span,
+            records_failure,
         }
     }
 
@@ -67,9 +78,15 @@ impl<B: Body> Body for CorrelationBody<B> {
             Some(body) => body.poll_frame(cx),
             None => Poll::Ready(None),
         });
-        if let Poll::Ready(None) = frame {
+        match &frame {
             // Ended: dropped now, in the span and context, so the wrapper's drop does no work.
-            inner.finish();
+            Poll::Ready(None) => inner.finish(),
+            // The answer was cut after its head: the request did not complete, whatever its
+            // status said (as a client span records the same failure).
+            Poll::Ready(Some(Err(_))) if *this.records_failure => {
+                record_failure(this.span, &SERVER_FIELDS, "_OTHER");
+            }
+            _ => {}
         }
         frame
     }

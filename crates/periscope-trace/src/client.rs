@@ -95,7 +95,10 @@ pub struct ClientSpan {
 impl ClientSpan {
     /// A span for a call made while handling the current request or job. Outside of one (a
     /// background task, startup code) the call starts a trace of its own, with a generated
-    /// request id and this span as its root, so the sampler decides for it as for any new trace.
+    /// request id and this span as its root, so the sampler decides for it as for any new trace;
+    /// with OpenTelemetry, a call made inside a span of the service's own that is exported
+    /// joins that span's trace instead, as its child (its trace id not vouched random, so the
+    /// W3C `random` flag is off).
     pub fn new(method: &Method, uri: &Uri) -> Self {
         Self::for_call(None, method, uri, None)
     }

@@ -86,14 +86,35 @@ fn sensitive_query_key(key: &str) -> bool {
         })
 }
 
+/// The longest `url.full` a client span records, in bytes: a URL longer (a gateway forwarding
+/// a client's 60 KiB query) is cut as [`MAX_URL_PATH_LEN`] says, so such calls cannot fill the
+/// span export queue with megabytes of attributes.
+pub const MAX_URL_FULL_LEN: usize = 4096;
+
 /// `url.full` as the HTTP semantic conventions want it: user and password replaced by
 /// `REDACTED:REDACTED`, and the values of signature and secret query parameters by
-/// `REDACTED`. Formatted
-/// only by a layer that reads the field.
+/// `REDACTED`, within [`MAX_URL_FULL_LEN`]. Formatted only by a layer that reads the field.
 pub(crate) struct RedactedUrl<'a>(pub(crate) &'a Uri);
 
 impl fmt::Display for RedactedUrl<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let uri = self.0;
+        let written = |part: Option<&str>| part.map_or(0, str::len);
+        // The redactions add at most `REDACTED:REDACTED@` and a few bytes a parameter: a URL
+        // well within the bound is written as it goes, a longer one made and cut first.
+        let source = written(uri.authority().map(|authority| authority.as_str()))
+            + written(uri.path_and_query().map(|path| path.as_str()));
+        if source <= MAX_URL_FULL_LEN / 2 {
+            return self.write(f);
+        }
+        let mut full = String::new();
+        self.write(&mut full)?;
+        f.write_str(&periscope_context::text::cut(&full, MAX_URL_FULL_LEN))
+    }
+}
+
+impl RedactedUrl<'_> {
+    fn write(&self, f: &mut dyn fmt::Write) -> fmt::Result {
         let uri = self.0;
         if let Some(scheme) = uri.scheme_str() {
             write!(f, "{scheme}://")?;
@@ -492,5 +513,28 @@ mod tests {
             let uri: Uri = plain.parse().unwrap();
             assert_eq!(RedactedUrl(&uri).to_string(), uri.to_string());
         }
+    }
+
+    /// A URL a gateway forwards with a client's huge query is cut to the bound, on a character
+    /// boundary, its secrets redacted first; one within the bound is written whole.
+    #[test]
+    fn url_full_is_cut_to_its_bound() {
+        let long: Uri = format!(
+            "http://up.internal/v1?token=S3cr3t&q={}",
+            "%C3%A9".repeat(10_000)
+        )
+        .parse()
+        .unwrap();
+        let written = RedactedUrl(&long).to_string();
+        assert_eq!(written.len(), MAX_URL_FULL_LEN);
+        assert!(written.starts_with("http://up.internal/v1?token=REDACTED&q=%C3%A9"));
+        assert!(written.ends_with('…'), "{}", &written[written.len() - 8..]);
+        let within: Uri = format!(
+            "http://up.internal/?q={}",
+            "a".repeat(MAX_URL_FULL_LEN - 30)
+        )
+        .parse()
+        .unwrap();
+        assert_eq!(RedactedUrl(&within).to_string(), within.to_string());
     }
 }

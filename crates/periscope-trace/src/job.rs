@@ -313,9 +313,11 @@ impl JobSpan {
 /// inside the span. `Send` when `F` is; a job that neither panics nor fails pays a
 /// `catch_unwind` per poll.
 ///
-/// Dropped before it finished (a timeout around it, the worker stopping), the job is told as
-/// cancelled: a warning with its ids, and its span marked `otel.status_code` `ERROR` with
-/// `error.type` `cancelled`.
+/// Its span is marked `otel.status_code` `ERROR` when it fails, with `error.type` `panic` for a
+/// panic, the error's type (`std::io::error::Error`) for an `Err` of `run_fallible`, `_OTHER`
+/// for one of `run_fallible_dyn`. Dropped before it finished (a timeout around it, the worker
+/// stopping), the job is told as cancelled: a warning with its ids, and its span marked
+/// `otel.status_code` `ERROR` with `error.type` `cancelled`.
 #[pin_project(PinnedDrop)]
 #[must_use = "futures do nothing unless polled"]
 pub struct JobFuture<F: Future> {
@@ -385,6 +387,7 @@ fn inside(inner: Pin<&mut Instrumented<WithContext<impl Future>>>, f: impl FnOnc
 }
 
 fn log_panic(caught: &CaughtPanic) {
+    record_failure(&Span::current(), &JOB_FIELDS, "panic");
     tracing::error!(
         target: JOB_TARGET,
         {
@@ -407,12 +410,17 @@ fn log_cancelled() {
 
 fn report_err<T, E: Error + 'static>(output: &Result<T, E>) {
     if let Err(error) = output {
+        // The error's type, as the semantic conventions have `error.type` (bounded: one per
+        // type the service's jobs return).
+        record_failure(&Span::current(), &JOB_FIELDS, std::any::type_name::<E>());
         log_job_error(error);
     }
 }
 
 fn report_dyn_err<T, E: Deref<Target = dyn Error + Send + Sync + 'static>>(output: &Result<T, E>) {
     if let Err(error) = output {
+        // A boxed error's type is not known here.
+        record_failure(&Span::current(), &JOB_FIELDS, "_OTHER");
         log_job_error(&**error);
     }
 }

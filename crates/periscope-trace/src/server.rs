@@ -656,6 +656,7 @@ where
             // caller could add span names without end.
             rename(span, "POST");
         }
+        let mut watched = false;
         match response.extensions().get::<StreamEndWatch>() {
             // A gRPC call whose code comes in its trailers, after its messages: the access log
             // inside watches its body (the watch, in the response's extensions, comes with no
@@ -672,6 +673,7 @@ where
                     watch.on_end(move |end| {
                         record_grpc_code(&span, &SERVER_FIELDS, end.code(), 500)
                     });
+                    watched = true;
                 }
             }
             // Judged by its head: without a watch, a call whose code comes in its trailers is
@@ -700,7 +702,7 @@ where
         // frames are made, and may log, after this future is done.
         let span = std::mem::replace(this.span, Span::none());
         Poll::Ready(Ok(
-            response.map(|body| CorrelationBody::new(body, context, span))
+            response.map(|body| CorrelationBody::new(body, context, span, !watched))
         ))
     }
 }

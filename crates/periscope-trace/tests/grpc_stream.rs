@@ -339,3 +339,46 @@ async fn a_call_to_a_method_the_service_lacks_keeps_the_http_name() {
         assert_eq!(span.get("rpc.grpc.status_code"), Some("12"), "{id}");
     }
 }
+
+/// A plain answer whose body fails after its head (an upstream cut mid-stream): the request did
+/// not complete, so its span fails with `error.type` `_OTHER` whatever the 200 said, as the
+/// client span of the same exchange does. One that ends well stays as it was.
+#[tokio::test]
+async fn a_plain_answer_cut_after_its_head_fails_its_span() {
+    let (capture, _guard) = capture();
+    let scripts = Scripts::default();
+    let plain = |State(scripts): State<Scripts>, uri: Uri| async move {
+        let script = scripts.lock().unwrap().remove(uri.path()).unwrap();
+        Response::builder()
+            .header("content-type", "text/plain")
+            .body(axum::body::Body::new(script))
+            .unwrap()
+    };
+    let app = Router::new()
+        .fallback(plain)
+        .with_state(scripts.clone())
+        .layer(AccessLogLayer::new())
+        .layer(CorrelationLayer::new());
+    let addr = serve(app).await;
+    let chunk = || Ok(Frame::data(Bytes::from_static(b"part")));
+    for (id, frames, error) in [
+        (
+            "cut",
+            vec![chunk(), Err(std::io::Error::other("upstream reset"))],
+            Some("_OTHER"),
+        ),
+        ("whole", vec![chunk(), chunk()], None),
+    ] {
+        let path = format!("/download/{id}");
+        drop(script(&scripts, &path, frames));
+        drop(call_as(addr, id, &path, "text/plain", None).await);
+        let span = closed_span(&capture, id).await;
+        assert_eq!(span.get("http.response.status_code"), Some("200"), "{id}");
+        assert_eq!(
+            span.get("otel.status_code"),
+            error.map(|_| "ERROR"),
+            "{id}: {span:?}"
+        );
+        assert_eq!(span.get("error.type"), error, "{id}: {span:?}");
+    }
+}

@@ -625,6 +625,49 @@ async fn a_job_dropped_before_it_finished_is_logged_and_marked_cancelled() {
     assert_eq!(messages[1], "job panicked", "{messages:?}");
 }
 
+/// A job that fails marks its span failed with an `error.type`, as one dropped does: `panic`
+/// for a panic, the error's type for an `Err`, `_OTHER` for a boxed one.
+#[tokio::test]
+async fn a_failed_job_records_what_failed_it() {
+    let (_out, recorded, _guards) = json_logs_and_fields();
+    let request = request(&format!("00-{TRACE}-{PARENT}-01"), "req-failed");
+    let carrier = through_json(&request.in_scope(job::carrier).unwrap());
+    let job = || JobSpan::from_carrier("resize", &carrier);
+    let error_types = || {
+        let fields = recorded.0.lock().unwrap().clone();
+        recorded.0.lock().unwrap().clear();
+        fields
+            .into_iter()
+            .filter(|field| field.starts_with("error.type=") || field.starts_with("otel.status"))
+            .collect::<Vec<_>>()
+    };
+    error_types();
+    let panicked = tokio::spawn(job().run(async { panic!("boom") })).await;
+    assert!(panicked.is_err());
+    assert_eq!(
+        error_types(),
+        ["otel.status_code=ERROR", "error.type=panic"]
+    );
+    let failed = job()
+        .run_fallible(async { Err::<(), _>(std::io::Error::other("disk full")) })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(
+        error_types(),
+        ["otel.status_code=ERROR", "error.type=std::io::error::Error"]
+    );
+    let boxed: Result<(), Box<dyn std::error::Error + Send + Sync>> = job()
+        .run_fallible_dyn(async { Err("no such model".into()) })
+        .await;
+    assert!(boxed.is_err());
+    assert_eq!(
+        error_types(),
+        ["otel.status_code=ERROR", "error.type=_OTHER"]
+    );
+    job().run(async {}).await;
+    assert_eq!(error_types(), Vec::<String>::new());
+}
+
 /// The panic reaches `catch_unwind` around the worker's own poll with its payload unchanged,
 /// whatever it is; the line says what it can of it, and a long message is cut as any value.
 #[test]

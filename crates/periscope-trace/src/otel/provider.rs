@@ -350,6 +350,8 @@ fn set_global_propagator(propagators: Propagators) {
 /// shorter). Export, over gRPC or HTTP, runs on threads of its own, so the flush works on any
 /// runtime, inside async code or after the runtime is gone.
 #[derive(Debug)]
+#[must_use = "dropping the guard shuts the tracer provider down: nothing is exported after; keep \
+              it in a variable until the end of `main`"]
 pub struct OtelGuard {
     provider: SdkTracerProvider,
     tracer: Tracer,
