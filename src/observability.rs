@@ -17,7 +17,7 @@ use periscope_metrics::{
     ClientMetricsLayer, MetricsLayer, MetricsLayerBuilder, MetricsRegistry, ServiceInfo,
 };
 use periscope_trace::{ClientTraceLayer, CorrelationLayer};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 
 use crate::collectors::{DROPPED_LINES_METRIC, DroppedLinesCollector};
 use crate::config::{
@@ -447,6 +447,10 @@ impl ObservabilityBuilder {
             .version(settings.version.clone())
             .format(settings.log_format)
             .directives(settings.log_directives.clone())
+            // The log level is the log's alone (a per-layer filter, at `init`): a global one
+            // would also keep the `info` spans and events the OpenTelemetry export wants from
+            // every other layer once `LOG_LEVEL` (or `/debug/log-level`) is `warn`.
+            .global_filter(false)
             .tenant_keys(&tenant_keys);
         if let Some(writer) = self.log_writer {
             log = log.writer(writer);
@@ -683,8 +687,9 @@ impl Observability {
         #[cfg(not(feature = "otel"))]
         let otel_layer: Option<tracing_subscriber::layer::Identity> = None;
 
+        let level = log_layer.level_control();
         let subscriber = tracing_subscriber::registry()
-            .with(log_layer)
+            .with(log_layer.with_filter(level))
             .with(otel_layer);
         tracing::subscriber::set_global_default(subscriber)
             .map_err(|_| Error::AlreadyInitialized)?;

@@ -656,7 +656,15 @@ async fn interceptors_routes_and_cancelled_streams_in_an_axum_app() {
 
     // Streams the client leaves mid-way: a client stream still sending, a bidirectional call
     // after its first answer.
+    let in_flight = async |count: i64, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while obs.in_flight() != count {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
     for (id, path) in [("cs-left", CLIENT_STREAM), ("bidi-left", BIDI)] {
+        in_flight(0, "the call before ended").await;
         let (tx, messages) = channel_stream();
         tx.send("first".to_owned()).unwrap();
         let mut caller = client.clone();
@@ -669,7 +677,8 @@ async fn interceptors_routes_and_cancelled_streams_in_an_axum_app() {
             stream.message().await.unwrap();
             std::future::pending::<()>().await;
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Left once the server is handling it (a fixed wait raced a loaded machine).
+        in_flight(1, "the call never arrived").await;
         call.abort();
         drop(tx);
         let line = access_line(&out, id).await;

@@ -167,6 +167,9 @@ impl ModelHandle {
 
     /// Loads the model in the background now; the gate opens when it is loaded.
     pub fn warm_up(&self) {
+        // Said here, not in the task: a line that tells, in order with the others, when the
+        // load was asked for.
+        tracing::info!(model = NAME, "model warm-up started in the background");
         let handle = self.clone();
         tokio::spawn(async move {
             if let Err(error) = handle.get().await {

@@ -165,10 +165,18 @@ fn read_section(name: &str, section: &Section) -> Value {
             "error": "an earlier request is still reading this section; its read may be blocked"
         });
     }
-    let value = match catch_unwind(AssertUnwindSafe(|| (section.read)())) {
+    // Caught as the error layer catches a handler's panic: this line reports it, not also
+    // the process's panic hook (`Observability::init`'s, or the default one on stderr).
+    periscope_context::panic::install_hook();
+    let value = match periscope_context::panic::catch(|| (section.read)()) {
         Ok(value) => value,
-        Err(_) => {
-            tracing::error!(section = name, "a /debug/status section panicked");
+        Err(caught) => {
+            tracing::error!(
+                section = name,
+                panic.message = caught.message.as_str(),
+                panic.location = caught.location.as_deref(),
+                "a /debug/status section panicked"
+            );
             serde_json::json!({ "error": "this section panicked; see the service log" })
         }
     };

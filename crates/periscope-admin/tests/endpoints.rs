@@ -746,20 +746,27 @@ async fn in_flight_counts_the_requests_the_metrics_layer_is_serving() {
 async fn head_requests_are_answered_without_a_body() {
     let (admin, _) = full_admin(DebugAccess::Token(TOKEN.into()));
     let addr = serve(admin).await;
-    let head = send(addr, "HEAD", "/health", &[], "").await;
-    assert_eq!(head.status, 200);
-    assert!(head.body.is_empty());
     let bearer = format!("Bearer {TOKEN}");
-    let head = send(
-        addr,
-        "HEAD",
-        "/debug/status",
-        &[("authorization", &bearer)],
-        "",
-    )
-    .await;
-    assert_eq!(head.status, 200);
-    assert!(head.body.is_empty());
+    for (path, headers) in [
+        ("/health", &[][..]),
+        ("/debug/status", &[("authorization", bearer.as_str())][..]),
+    ] {
+        // Answered as a GET would be, not refused (405) nor taken for another route: the same
+        // status and representation headers, and no body (which hyper leaves out for a HEAD).
+        let head = send(addr, "HEAD", path, headers, "").await;
+        let get = send(addr, "GET", path, headers, "").await;
+        assert_eq!(head.status, 200, "{path}");
+        assert!(head.body.is_empty(), "{path}");
+        assert!(!get.body.is_empty(), "{path}");
+        for name in ["content-type", "cache-control"] {
+            assert_eq!(
+                head.headers.get(name),
+                get.headers.get(name),
+                "{path}: {name}"
+            );
+        }
+        assert!(head.headers.contains_key("content-type"), "{path}");
+    }
 }
 
 #[tokio::test]

@@ -607,9 +607,7 @@ fn a_hung_gpu_source_does_not_hang_finish() {
     assert!(s.memory_bytes_max > 0, "{s:?}");
     assert!(s.duration_s > 0.0, "{s:?}");
     assert!(report.recommendation.memory_bytes > 0);
-    // Only one GPU read at a time: the stuck one is not joined by others.
-    assert!(calls.try_iter().all(|call| call <= 2));
-    drop(release);
+    drop((calls, release));
 }
 
 /// Once a stuck GPU read answers, the next readings read the GPUs again.
@@ -645,6 +643,14 @@ fn gpu_readings_resume_after_a_stuck_read_answers() {
         "GPU cells again after the stuck read answered: {text}"
     );
     assert_eq!(report.summary.gpu_count, 2);
+    // No read was asked for while the stuck one was under way (some six readings): once it
+    // answered, the source was not run a burst of stale reads, only one per reading after.
+    let calls = calls.try_iter().max().unwrap_or(3);
+    let answered = rows.iter().filter(|r| !r[gpu].is_empty()).count() as u32;
+    assert!(
+        calls <= answered + 2,
+        "{calls} reads for {answered} readings with GPU cells: {text}"
+    );
 }
 
 /// Two busy GPUs (37 % and 47 %, 20 and 21 GiB in use), each listing one process that is

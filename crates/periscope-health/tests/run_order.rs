@@ -96,9 +96,13 @@ async fn a_run_finishing_while_the_previous_one_logs_is_logged_and_measured_afte
         tokio::spawn(async move { health.readiness().await.status() })
     };
     let first = readiness(&health);
-    while !holdup.held.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !holdup.held.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the first run reached the held check");
     // Meanwhile the database recovers and the next run passes (it may wait for the first run to
     // finish; give it time to overtake the first if it can).
     healthy.store(true, Ordering::SeqCst);
