@@ -234,9 +234,21 @@ fn periscope_setup(router: Router, blocking: bool, otel: Option<SdkTracerProvide
         keep.push(Box::new(provider));
         layer
     });
+    // As `Observability::init` installs it: beside an OpenTelemetry layer the log's directives
+    // are its own filter, else the whole subscriber's.
+    let (global_log, own_log) = if otel_layer.is_some() {
+        (None, Some(log.with_own_filter()))
+    } else {
+        (Some(log), None)
+    };
     Setup {
         router,
-        dispatch: Dispatch::new(tracing_subscriber::registry().with(log).with(otel_layer)),
+        dispatch: Dispatch::new(
+            tracing_subscriber::registry()
+                .with(global_log)
+                .with(own_log)
+                .with(otel_layer),
+        ),
         lines: 0,
         request_id: false,
         _keep: keep,

@@ -17,7 +17,7 @@ use periscope_metrics::{
     ClientMetricsLayer, MetricsLayer, MetricsLayerBuilder, MetricsRegistry, ServiceInfo,
 };
 use periscope_trace::{ClientTraceLayer, CorrelationLayer};
-use tracing_subscriber::layer::{Layer as _, SubscriberExt};
+use tracing_subscriber::layer::SubscriberExt;
 
 use crate::collectors::{DROPPED_LINES_METRIC, DroppedLinesCollector};
 use crate::config::{
@@ -447,10 +447,6 @@ impl ObservabilityBuilder {
             .version(settings.version.clone())
             .format(settings.log_format)
             .directives(settings.log_directives.clone())
-            // The log level is the log's alone (a per-layer filter, at `init`): a global one
-            // would also keep the `info` spans and events the OpenTelemetry export wants from
-            // every other layer once `LOG_LEVEL` (or `/debug/log-level`) is `warn`.
-            .global_filter(false)
             .tenant_keys(&tenant_keys);
         if let Some(writer) = self.log_writer {
             log = log.writer(writer);
@@ -687,9 +683,18 @@ impl Observability {
         #[cfg(not(feature = "otel"))]
         let otel_layer: Option<tracing_subscriber::layer::Identity> = None;
 
-        let level = log_layer.level_control();
+        // Beside an OpenTelemetry export the log level is the log's alone: as the whole
+        // subscriber's, `LOG_LEVEL=warn` (or `/debug/log-level` during an incident) would also
+        // keep from the export the `info` spans and events it takes. Without one the global
+        // filter is kept, which costs less per request.
+        let (global_log, own_log) = if otel_layer.is_some() {
+            (None, Some(log_layer.with_own_filter()))
+        } else {
+            (Some(log_layer), None)
+        };
         let subscriber = tracing_subscriber::registry()
-            .with(log_layer.with_filter(level))
+            .with(global_log)
+            .with(own_log)
             .with(otel_layer);
         tracing::subscriber::set_global_default(subscriber)
             .map_err(|_| Error::AlreadyInitialized)?;
