@@ -97,6 +97,8 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         .env()?
         .build()?;
     let _guard = obs.init()?;
+    // Before the `listening` lines: a SIGTERM sent as soon as one shows is a clean stop too.
+    let shutdown = obs.shutdown_on_signal();
 
     // The worker first: the api needs its address.
     let worker_listener = bind(
@@ -121,7 +123,6 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     let api_listener = bind("api", "PORT_API", SocketAddr::from((host, api_port))).await?;
     let consumer = tokio::spawn(consumer.run());
 
-    let shutdown = obs.shutdown_on_signal();
     // The worker stops only once the api has: the api's requests in flight still call it.
     let (api_stopped, worker_stop) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(Server::new(worker_listener).serve(worker_app, async {

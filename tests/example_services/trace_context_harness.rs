@@ -109,3 +109,89 @@ async fn a_listener_that_cannot_bind_fails_naming_the_variable_to_change() {
     );
     drop(taken);
 }
+
+/// What the suite sends is checked whole before any call: an element that is no instruction
+/// refuses the list (400) with no call made. A call that fails, or that its callee never
+/// answers, is logged at `warn`, and the next is made; the harness answers all the same. Both
+/// layers speak W3C Trace Context whatever `OTEL_PROPAGATORS` says: the suite tests it.
+#[cfg(unix)] // stopped with a real SIGTERM
+#[tokio::test]
+async fn the_harness_checks_its_instructions_first_and_tells_of_calls_that_fail() {
+    let mut service = Service::start(
+        "trace_context_harness",
+        &[("PORT", "0"), ("OTEL_PROPAGATORS", "baggage")],
+    );
+    let addr = service.addr("http").await;
+    let (callee, received) = callee().await;
+    let called = format!("http://{callee}/called");
+    let json = [("content-type", "application/json")];
+    for bad in [
+        serde_json::json!([{"url": called, "arguments": [1]}, {"arguments": []}]),
+        serde_json::json!([{"url": called}, {"url": "https://127.0.0.1/x"}]),
+        serde_json::json!([{"url": called}, {"url": "/relative"}]),
+        serde_json::json!([{"url": called}, {"url": "http://bad host/"}]),
+    ] {
+        let answer = send(addr, "POST", "/test", &json, bad.to_string()).await;
+        assert_eq!(answer.status, 400, "{bad}");
+    }
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "a call made before the refusal"
+    );
+
+    // A callee that accepts and never answers, one that refuses, then one that answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = format!("http://{}/x", closed.local_addr().unwrap());
+    drop(closed);
+    let calls = serde_json::json!([
+        {"url": format!("http://{silent_addr}/never"), "arguments": []},
+        {"url": refused, "arguments": []},
+        {"url": called, "arguments": [7]},
+    ]);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let answer = send(
+        addr,
+        "POST",
+        "/test",
+        &[json[0], ("traceparent", traceparent)],
+        calls.to_string(),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let received = received.lock().unwrap().clone();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].1, "[7]");
+    let sent = received[0].0["traceparent"].to_str().unwrap();
+    assert!(
+        sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{sent}"
+    );
+    let timed_out = service
+        .wait_for_line("the silent callee's warning", |line| {
+            line["message"] == "call timed out"
+        })
+        .await;
+    assert_eq!(timed_out["level"], "warn");
+    assert!(
+        timed_out.to_string().contains(&silent_addr.to_string()),
+        "{timed_out}"
+    );
+    let failed = service
+        .wait_for_line("the refused call's warning", |line| {
+            line["message"] == "call failed"
+        })
+        .await;
+    assert_eq!(failed["level"], "warn");
+    assert!(failed.to_string().contains(&refused), "{failed}");
+
+    service.terminate();
+    assert!(service.exit_status().await.success());
+}
