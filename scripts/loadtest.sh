@@ -7,7 +7,8 @@
 # Usage: scripts/loadtest.sh
 # Environment (defaults): ROUNDS (3), REQUESTS (300000), DURATION (10 s), WARMUP (2 s),
 #   CONNECTIONS (32), PORT (18080), SERVER_CPUS (0), CLIENT_CPUS (1): the server and the load
-#   generator are pinned to separate cores with taskset; PIN=0 turns pinning off.
+#   generator are pinned to separate cores with taskset (Linux's util-linux; without it, or
+#   with PIN=0, nothing is pinned).
 # The gateway's log lines go to /dev/null (they are still formatted and written).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,10 @@ warmup=${WARMUP:-2}
 connections=${CONNECTIONS:-32}
 port=${PORT:-18080}
 server_pin=() client_pin=()
+if [[ ${PIN:-1} != 0 ]] && ! command -v taskset >/dev/null; then
+  echo "taskset not found: the server and the load generator are not pinned" >&2
+  PIN=0
+fi
 if [[ ${PIN:-1} != 0 ]]; then
   server_pin=(taskset -c "${SERVER_CPUS:-0}")
   client_pin=(taskset -c "${CLIENT_CPUS:-1}")
@@ -31,10 +36,10 @@ bin=${CARGO_TARGET_DIR:-target}/release/examples
 run() {
   local variant=$1 bare=$2
   PORT=$port PERISCOPE_BARE=$bare SHUTDOWN_DRAIN_S=0 \
-    "${server_pin[@]}" "$bin/inference_gateway" >/dev/null &
+    ${server_pin[@]+"${server_pin[@]}"} "$bin/inference_gateway" >/dev/null &
   local server=$!
   local line
-  if ! line=$("${client_pin[@]}" "$bin/loadgen" "http://127.0.0.1:$port/v1/models" \
+  if ! line=$(${client_pin[@]+"${client_pin[@]}"} "$bin/loadgen" "http://127.0.0.1:$port/v1/models" \
     --connections "$connections" --requests "$requests" --duration "$duration" \
     --warmup "$warmup"); then
     kill "$server"

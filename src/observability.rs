@@ -881,7 +881,10 @@ impl Observability {
     /// A [`Server`](crate::Server) on `listener` that stops keeping connections alive once this
     /// service drains ([`Server::drain_handle`](crate::Server::drain_handle)): clients retire
     /// their pooled connections during the grace period of
-    /// [`shutdown_on_signal`](Self::shutdown_on_signal).
+    /// [`shutdown_on_signal`](Self::shutdown_on_signal). With a request timeout longer than
+    /// the server's default shutdown timeout (10 s), the shutdown timeout is the request
+    /// timeout: a request under way when the service stops has the time any request has
+    /// (`terminationGracePeriodSeconds` must cover it, with the drain and the final flush).
     ///
     /// ```no_run
     /// # async fn run(app: axum::Router) -> Result<(), Box<dyn std::error::Error>> {
@@ -894,7 +897,13 @@ impl Observability {
     /// ```
     #[cfg(feature = "serve")]
     pub fn server(&self, listener: tokio::net::TcpListener) -> crate::Server {
-        crate::Server::new(listener).drain_handle(self.health.drain_handle())
+        let server = crate::Server::new(listener).drain_handle(self.health.drain_handle());
+        match self.settings.request_timeout {
+            Some(timeout) if timeout > crate::serve::DEFAULT_SHUTDOWN_TIMEOUT => {
+                server.shutdown_timeout(timeout)
+            }
+            _ => server,
+        }
     }
 
     /// Changes log levels at runtime.

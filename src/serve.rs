@@ -109,7 +109,7 @@ pub struct Server {
     header_read_timeout: Duration,
     idle_timeout: Duration,
     write_timeout: Duration,
-    shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
     max_header_size: usize,
     max_connections: usize,
     /// The service's drain, when told about it.
@@ -475,6 +475,30 @@ mod tests {
             _ctx: tracing_subscriber::layer::Context<'_, S>,
         ) {
             self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A service whose requests may take 30 s gives those under way at the shutdown signal
+    /// 30 s too, not the default 10; a shorter request timeout keeps the default.
+    #[tokio::test]
+    async fn the_facades_server_gives_requests_their_timeout_at_shutdown() {
+        for (request_timeout, shutdown_timeout) in [
+            (Some(30), 30),
+            (Some(5), DEFAULT_SHUTDOWN_TIMEOUT.as_secs()),
+            (None, DEFAULT_SHUTDOWN_TIMEOUT.as_secs()),
+        ] {
+            let mut builder = crate::Observability::builder().log_writer(std::io::sink());
+            if let Some(seconds) = request_timeout {
+                builder = builder.request_timeout(Duration::from_secs(seconds));
+            }
+            let obs = builder.build().unwrap();
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let server = obs.server(listener);
+            assert_eq!(
+                server.shutdown_timeout,
+                Duration::from_secs(shutdown_timeout),
+                "{request_timeout:?}"
+            );
         }
     }
 
