@@ -337,6 +337,28 @@ impl<M, const N: usize> GuardedFamily<M, N> {
             hash
         };
 
+        // A full family folds every new combination into the series whose labels all
+        // overflowed: found under the shared lock, as a label fold is, without building a
+        // metric to throw away or taking the write lock on every such request.
+        let overflow = [OVERFLOW; N];
+        let overflow_hash = inner.hasher.hash_one(overflow);
+        let full = {
+            let table = read(&inner.series);
+            (table.len() >= inner.series_cap)
+                .then(|| {
+                    table
+                        .find(overflow_hash, |series| {
+                            same_values(&series.values, &overflow)
+                        })
+                        .cloned()
+                })
+                .flatten()
+        };
+        if let Some(series) = full {
+            self.report_overflow(N);
+            return series;
+        }
+
         // Built before the lock: the constructor is the caller's code.
         let metric = (inner.new_metric)();
         let mut table = write(&inner.series);
@@ -347,8 +369,8 @@ impl<M, const N: usize> GuardedFamily<M, N> {
             // The family is full: this series joins the one whose labels all overflowed, the
             // only series allowed past the cap.
             self.report_overflow(N);
-            folded = [OVERFLOW; N];
-            hash = inner.hasher.hash_one(folded);
+            folded = overflow;
+            hash = overflow_hash;
             if let Some(series) = table.find(hash, |series| same_values(&series.values, &folded)) {
                 return series.clone();
             }

@@ -256,3 +256,38 @@ async fn a_scrape_in_progress_does_not_hold_back_new_series() {
     let exposition = parse_openmetrics(&response.text());
     assert!(!points(&exposition, "held").is_empty());
 }
+
+/// A full family folds each new combination into its overflow series without building a
+/// metric to throw away (or taking its write lock) for every request that brings one: the
+/// constructor runs once per series kept, as past a label's cap, and the counts stay exact.
+#[test]
+fn a_full_family_folds_new_combinations_without_building_their_metrics() {
+    use prometheus_client::metrics::counter::Counter;
+
+    let registry = MetricsRegistry::new();
+    let built = Arc::new(AtomicUsize::new(0));
+    let counted = built.clone();
+    let family = registry
+        .guarded_family_with(
+            "jobs",
+            "Jobs by kind",
+            ["kind"],
+            periscope_metrics::Caps::default().series(2),
+            move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Counter::<u64>::default()
+            },
+        )
+        .unwrap();
+    family.get_or_create(["a"]).inc();
+    family.get_or_create(["b"]).inc();
+    for i in 0..1_000 {
+        family.get_or_create([["c", "d", "e"][i % 3]]).inc();
+    }
+    // `a`, `b` and the overflow series.
+    assert_eq!(built.load(Ordering::SeqCst), 3);
+    let text = registry
+        .encode(periscope_metrics::Format::OpenMetrics)
+        .unwrap();
+    assert!(text.contains("jobs_total{kind=\"__overflow__\"} 1000"), "{text}");
+}
