@@ -318,9 +318,12 @@ impl LogLayerBuilder {
         self
     }
 
-    /// How long dropping the guard waits for the queue to drain (default 10 s).
+    /// How long dropping the guard waits for the queue to drain (default 10 s); longer than a
+    /// year (`Duration::MAX`, "as long as it takes") counts as a year, as a deadline past it
+    /// cannot be told.
     pub fn flush_timeout(mut self, timeout: Duration) -> Self {
-        self.writer_config.flush_timeout = timeout;
+        const A_YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        self.writer_config.flush_timeout = timeout.min(A_YEAR);
         self
     }
 

@@ -313,7 +313,28 @@ impl fmt::Display for Directives {
 /// ```
 #[derive(Clone, Debug)]
 pub struct LevelControl {
-    shared: Arc<Shared>,
+    shared: Arc<Controls>,
+}
+
+/// The controls' hold on their shared state: the revert thread holds the state alone, and is
+/// told to stop when the last control goes (a layer rebuilt, a test's), rather than sleeping
+/// out a change of a day and then logging its revert into whatever subscriber is current.
+#[derive(Debug)]
+struct Controls(Arc<Shared>);
+
+impl std::ops::Deref for Controls {
+    type Target = Arc<Shared>;
+
+    fn deref(&self) -> &Arc<Shared> {
+        &self.0
+    }
+}
+
+impl Drop for Controls {
+    fn drop(&mut self) {
+        lock(&self.0.state).abandoned = true;
+        self.0.changed.notify_all();
+    }
 }
 
 #[derive(Debug)]
@@ -330,6 +351,8 @@ struct State {
     permanent: Directives,
     temporary: Option<(Directives, Instant)>,
     reverter_running: bool,
+    /// Every control is gone: no change can be read or made any more.
+    abandoned: bool,
 }
 
 /// What one change did, read under the lock that orders changes: concurrent changes (two
@@ -373,15 +396,16 @@ impl LevelControl {
     /// A control whose permanent directives are `directives`.
     pub fn new(directives: Directives) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Controls(Arc::new(Shared {
                 current: RwLock::new(Arc::new(directives.clone())),
                 state: Mutex::new(State {
                     permanent: directives,
                     temporary: None,
                     reverter_running: false,
+                    abandoned: false,
                 }),
                 changed: Condvar::new(),
-            }),
+            }))),
         }
     }
 
@@ -447,7 +471,7 @@ impl LevelControl {
         if state.reverter_running {
             self.shared.changed.notify_all();
         } else {
-            Shared::start_reverter(&self.shared, &mut state);
+            Shared::start_reverter(&self.shared.0, &mut state);
         }
         LevelChange {
             from,
@@ -526,10 +550,11 @@ impl Shared {
         let _exit = ReverterExit(self.clone());
         let mut state = lock(&self.state);
         loop {
-            let Some((_, deadline)) = state.temporary else {
+            let Some((_, deadline)) = state.temporary.as_ref().filter(|_| !state.abandoned) else {
                 state.reverter_running = false;
                 return;
             };
+            let deadline = *deadline;
             let now = Instant::now();
             if now >= deadline {
                 let ended = state.temporary.take().map(|(directives, _)| directives);
@@ -582,6 +607,33 @@ impl Drop for ReverterExit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A temporary change's thread holds the control's state until it reverts (a day, at
+    /// most a year): it ends when the last control goes instead, and logs no revert of a
+    /// change no one can see any more.
+    #[test]
+    fn the_revert_thread_ends_with_the_last_control() {
+        let control = LevelControl::new(Directives::default());
+        control.set_for(
+            Directives::parse("debug").unwrap(),
+            Duration::from_secs(3600),
+        );
+        let state = Arc::downgrade(&control.shared.0);
+        let other = control.clone();
+        drop(control);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(state.upgrade().is_some(), "a control is left");
+        assert!(lock(&other.shared.state).reverter_running);
+        drop(other);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.strong_count() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the revert thread still holds the state"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 
     #[test]
     fn most_specific_target_wins() {

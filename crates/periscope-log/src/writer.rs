@@ -93,15 +93,22 @@ impl Output {
         if !flush {
             return Ok(());
         }
-        // A failed flush loses no line the output took: those bytes are the output's to keep
-        // and write again (a `BufWriter` keeps them for its next flush), so none is counted.
+        self.flush_retrying();
+        Ok(())
+    }
+
+    /// Flushes the output, waiting out `WouldBlock` (an output left non-blocking by a process
+    /// sharing the pipe) and `Interrupted`. A failed flush loses no line the output took:
+    /// those bytes are the output's to keep and write again (a `BufWriter` keeps them for its
+    /// next flush), so none is counted.
+    fn flush_retrying(&mut self) {
         loop {
             match self.out.flush() {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     std::thread::sleep(WOULD_BLOCK_PAUSE);
                 }
-                Ok(()) | Err(_) => return Ok(()),
+                Ok(()) | Err(_) => return,
             }
         }
     }
@@ -142,7 +149,7 @@ impl Blocking {
     }
 
     pub(crate) fn flush(&self) {
-        let _ = self.with_output(|out| guarded(|| out.out.flush()));
+        let _ = self.with_output(|out| guarded(|| out.flush_retrying()));
     }
 
     /// Runs `f` on the locked output; `None` when this thread holds the lock already. A line
@@ -352,8 +359,13 @@ impl LogGuard {
             )),
             GuardKind::Blocking(_) => None,
         };
+        let blocking = match &self.kind {
+            GuardKind::Blocking(sink) => Some(Arc::downgrade(sink)),
+            GuardKind::Thread(..) => None,
+        };
         LogFlusher {
             thread,
+            blocking,
             timeout: self.timeout,
         }
     }
@@ -366,6 +378,9 @@ impl LogGuard {
 #[derive(Clone, Debug)]
 pub struct LogFlusher {
     thread: Option<(std::sync::Weak<Queue>, Option<std::thread::ThreadId>)>,
+    /// A blocking writer's output, flushed: its lines are written, maybe not yet out of a
+    /// buffer in front of it (`BufWriter`).
+    blocking: Option<std::sync::Weak<Blocking>>,
     timeout: Duration,
 }
 
@@ -377,9 +392,14 @@ impl std::fmt::Debug for Queue {
 
 impl LogFlusher {
     /// Returns once every line logged before is written or given up, the writer has stopped,
-    /// or the flush timeout has passed; at once with a blocking writer (its lines are written
-    /// already) and on the writer thread itself (which would wait for itself).
+    /// or the flush timeout has passed; at once on the writer thread itself (which would wait
+    /// for itself). With a blocking writer, whose lines are written already, it flushes the
+    /// output (a `BufWriter` in front of a pipe), waiting out `WouldBlock`.
     pub fn flush(&self) {
+        if let Some(sink) = self.blocking.as_ref().and_then(std::sync::Weak::upgrade) {
+            sink.flush();
+            return;
+        }
         let Some((queue, writer)) = &self.thread else {
             return;
         };

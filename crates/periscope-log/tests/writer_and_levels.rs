@@ -285,6 +285,72 @@ fn a_writer_that_panics_in_blocking_mode_counts_the_line_and_does_not_panic_the_
     assert_eq!(dropped.get(), 2);
 }
 
+/// An output that holds what it is given until flushed, whose first flush finds the pipe
+/// behind it full (`WouldBlock`, as an output left non-blocking by another process).
+#[derive(Clone, Default)]
+struct Buffered {
+    held: Arc<Mutex<Vec<u8>>>,
+    flushed: Captured,
+    flushes: Arc<Mutex<usize>>,
+}
+
+impl Write for Buffered {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.held.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        let mut flushes = self.flushes.lock().unwrap();
+        *flushes += 1;
+        if *flushes == 1 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let held = std::mem::take(&mut *self.held.lock().unwrap());
+        self.flushed.write_all(&held)
+    }
+}
+
+/// In blocking mode the lines are written at once, maybe into a buffer in front of the
+/// output: a flusher flushes it, and the guard's flush waits out a full pipe, as the
+/// background writer's does, rather than leaving the lines in the buffer for good.
+#[test]
+fn a_blocking_writers_flush_reaches_the_output_past_a_full_pipe() {
+    let out = Buffered::default();
+    let (layer, guard) = LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    common::with_default(subscriber, || {
+        tracing::info!("before the flush");
+        guard.flusher().flush();
+        assert!(out.flushed.text().contains("before the flush"));
+        tracing::info!("before the guard's drop");
+    });
+    drop(guard);
+    assert!(out.flushed.text().contains("before the guard's drop"));
+}
+
+/// "As long as it takes" is a flush timeout too: the guard's drop and a flusher wait, and
+/// write every line, rather than panicking on a deadline past what an `Instant` holds.
+#[test]
+fn a_flush_timeout_without_end_writes_every_line() {
+    let out = Captured::default();
+    let (layer, guard) = LogLayer::builder()
+        .writer(out.clone())
+        .flush_timeout(Duration::MAX)
+        .build();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    common::with_default(subscriber, || {
+        tracing::info!("first");
+        guard.flusher().flush();
+        tracing::info!("second");
+    });
+    drop(guard);
+    let text = out.text();
+    assert!(text.contains("first") && text.contains("second"), "{text}");
+}
+
 #[test]
 fn lines_still_queued_when_the_guard_gives_up_are_counted() {
     let gate = Gate::default();

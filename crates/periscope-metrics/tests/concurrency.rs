@@ -289,5 +289,8 @@ fn a_full_family_folds_new_combinations_without_building_their_metrics() {
     let text = registry
         .encode(periscope_metrics::Format::OpenMetrics)
         .unwrap();
-    assert!(text.contains("jobs_total{kind=\"__overflow__\"} 1000"), "{text}");
+    assert!(
+        text.contains("jobs_total{kind=\"__overflow__\"} 1000"),
+        "{text}"
+    );
 }
