@@ -313,6 +313,8 @@ struct RequestFacts {
     version: Version,
     format: Negotiation,
     has_credentials: bool,
+    /// An HTTP/1.1 request naming a protocol to switch to: a 101 may answer it.
+    upgradable: bool,
     route_matched: bool,
 }
 
@@ -325,6 +327,7 @@ impl RequestFacts {
             version: request.version(),
             format: headers.negotiation(),
             has_credentials: headers.authorization,
+            upgradable: headers.upgrade && request.version() == Version::HTTP_11,
             route_matched: route_matched(request),
         }
     }
@@ -660,10 +663,12 @@ where
 
 /// Why a final answer with the interim (1xx) `status` cannot reach the client, if it cannot:
 /// an interim status only comes before the final one (hyper sends a bare 500 instead, and
-/// closes the connection), and HTTP/2 has no 101 (RFC 9113, section 8.6: hyper resets the
-/// stream). A 101 to an HTTP/1.x request is an upgrade, and goes out.
+/// closes the connection), HTTP/2 has no 101 (RFC 9113, section 8.6: hyper resets the
+/// stream), and HTTP/1.0 no 1xx at all (RFC 9110, section 15.2). A 101 is an upgrade, and
+/// goes out, only to an HTTP/1.1 request that named a protocol in `Upgrade` (`upgradable`):
+/// to any other, hyper writes it and switches to nothing, leaving the client without an answer.
 #[cold]
-fn unsendable(status: StatusCode, version: Version) -> Option<BoxError> {
+fn unsendable(status: StatusCode, version: Version, upgradable: bool) -> Option<BoxError> {
     if status != StatusCode::SWITCHING_PROTOCOLS {
         return Some(
             format!(
@@ -673,8 +678,17 @@ fn unsendable(status: StatusCode, version: Version) -> Option<BoxError> {
             .into(),
         );
     }
-    if version <= Version::HTTP_11 {
+    if upgradable {
         return None;
+    }
+    if version == Version::HTTP_11 {
+        return Some(
+            format!(
+                "the service answered {status} to a request that asked for no upgrade (it has \
+                 no `Upgrade` header)"
+            )
+            .into(),
+        );
     }
     Some(
         format!(
@@ -683,6 +697,21 @@ fn unsendable(status: StatusCode, version: Version) -> Option<BoxError> {
         )
         .into(),
     )
+}
+
+fn is_error(status: StatusCode) -> bool {
+    status.is_client_error() || status.is_server_error()
+}
+
+/// Tells that the service put a success status over a rendered error, which goes out with its
+/// own status instead.
+#[cold]
+fn overridden_status(status: StatusCode, rendered: StatusCode) {
+    tracing::warn!(
+        status = status.as_u16(),
+        error_status = rendered.as_u16(),
+        "the service answered an error with a success status: the error's own status is sent"
+    );
 }
 
 /// Drops a body the layer replaces unread. Its destructor is the service's code too: a panic
@@ -860,17 +889,28 @@ impl Handled {
         let status = response.status();
         let (mut parts, body) = response.into_parts();
         if status.is_informational()
-            && let Some(error) = unsendable(status, self.facts.version)
+            && let Some(error) = unsendable(status, self.facts.version, self.facts.upgradable)
         {
             if let Err(caught) = discard(body) {
                 return Inspected::Panicked(caught);
             }
             return Inspected::Done(self.failure(Failure::Error(error)));
         }
+        // An error rendered, then given another status over it (axum's
+        // `(StatusCode::NOT_MODIFIED, error)`): an error never goes out as a success, as
+        // `HttpError::with_status` has it, and every signal of the request tells the same.
+        let status = match parts.extensions.get::<RenderedError>() {
+            Some(rendered) if rendered.status() != status && !is_error(status) => {
+                overridden_status(status, rendered.status());
+                parts.status = rendered.status();
+                parts.status
+            }
+            _ => status,
+        };
         // A gRPC service's own answers (HTTP 200) pass as they are. An HTTP error to a gRPC
         // call is scrubbed like any and answered in gRPC, whatever it carries: the client
         // chose its `content-type`, so claiming gRPC must not let internals through.
-        if !(status.is_client_error() || status.is_server_error()) {
+        if !is_error(status) {
             self.echo(&mut parts);
             // A gRPC stream's code comes in its trailers: a panic mid-stream must end it with
             // one too. Looked at only for gRPC calls, so plain HTTP pays nothing.
@@ -1499,26 +1539,31 @@ mod tests {
     }
 
     /// An interim status as the final answer never reaches the client as such (hyper sends a
-    /// bare 500, or resets an HTTP/2 stream answered 101): it becomes the 500 envelope. A 101
-    /// to an HTTP/1.1 request is an upgrade and passes as it is.
+    /// bare 500, or resets an HTTP/2 stream answered 101, and switches an HTTP/1.0 request, or
+    /// one without `Upgrade`, to nothing): it becomes the 500 envelope. A 101 to an HTTP/1.1
+    /// request asking for an upgrade passes as it is.
     #[tokio::test]
     async fn an_interim_status_passes_only_as_an_http1_upgrade() {
-        let request = |version| {
-            Request::get("/ws")
-                .version(version)
-                .body(Full::default())
-                .unwrap()
+        let request = |version, upgrade: bool| {
+            let mut request = Request::get("/ws").version(version);
+            if upgrade {
+                request = request
+                    .header("connection", "upgrade")
+                    .header("upgrade", "websocket");
+            }
+            request.body(Full::default()).unwrap()
         };
         let cases = [
-            (Version::HTTP_11, 101, 101),
-            (Version::HTTP_10, 101, 101),
-            (Version::HTTP_2, 101, 500),
-            (Version::HTTP_11, 103, 500),
-            (Version::HTTP_11, 100, 500),
-            (Version::HTTP_2, 103, 500),
+            (Version::HTTP_11, true, 101, 101),
+            (Version::HTTP_11, false, 101, 500),
+            (Version::HTTP_10, true, 101, 500),
+            (Version::HTTP_2, true, 101, 500),
+            (Version::HTTP_11, true, 103, 500),
+            (Version::HTTP_11, false, 100, 500),
+            (Version::HTTP_2, false, 103, 500),
         ];
-        for (version, status, answered) in cases {
-            let (parts, json) = call(request(version), move |_| async move {
+        for (version, upgrade, status, answered) in cases {
+            let (parts, json) = call(request(version, upgrade), move |_| async move {
                 Ok(Response::builder()
                     .status(status)
                     .body(Full::default())
@@ -1758,6 +1803,27 @@ mod tests {
             json["error"]["help"],
             "Send the body as JSON with `Content-Type: application/json`"
         );
+    }
+
+    /// An error given a success status over it (axum's `(StatusCode::NOT_MODIFIED, error)`)
+    /// goes out with its own: an envelope never goes out as a success (the access line's code
+    /// and the metrics' class would disagree, and a cache would keep a 304 carrying the
+    /// envelope's headers). A status of another error is the service's to choose.
+    #[tokio::test]
+    async fn an_error_given_a_success_status_goes_out_with_its_own() {
+        for (set, sent) in [(304, 404), (200, 404), (409, 409)] {
+            let (parts, json) = call(get("/x"), move |_| async move {
+                let mut response = HttpError::from(codes::NOT_FOUND)
+                    .into_http_response()
+                    .map(|body: Vec<u8>| Full::new(Bytes::from(body)));
+                *response.status_mut() = StatusCode::from_u16(set).unwrap();
+                Ok(response)
+            })
+            .await;
+            assert_eq!(parts.status().as_u16(), sent, "{set}");
+            assert_eq!(json["error"]["code"], "not_found", "{set}");
+            assert_eq!(parts.headers()["content-type"], "application/json");
+        }
     }
 
     /// A body that never delivers a frame.

@@ -39,6 +39,8 @@ const MAX_INSTANCE_LEN: usize = 512;
 pub struct RenderedError {
     body: Arc<ErrorBody>,
     ids_from_context: bool,
+    /// The status the error was rendered with (HTTP 200 for a gRPC answer).
+    status: StatusCode,
 }
 
 impl RenderedError {
@@ -54,6 +56,11 @@ impl RenderedError {
 
     pub(crate) fn shared_body(&self) -> Arc<ErrorBody> {
         self.body.clone()
+    }
+
+    /// The status the error was rendered with.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
     }
 }
 
@@ -160,6 +167,8 @@ pub(crate) struct RequestHeaders<'a> {
     more_accept: bool,
     /// Whether the request carries `Authorization`.
     pub(crate) authorization: bool,
+    /// Whether the request names a protocol to switch to (`Upgrade`).
+    pub(crate) upgrade: bool,
 }
 
 impl<'a> RequestHeaders<'a> {
@@ -178,6 +187,7 @@ impl<'a> RequestHeaders<'a> {
                 accept: accept.next(),
                 more_accept: accept.next().is_some(),
                 authorization: headers.contains_key(header::AUTHORIZATION),
+                upgrade: headers.contains_key(header::UPGRADE),
             };
         }
         let mut found = Self {
@@ -186,6 +196,7 @@ impl<'a> RequestHeaders<'a> {
             accept: None,
             more_accept: false,
             authorization: false,
+            upgrade: false,
         };
         let mut content_type = false;
         for (name, value) in headers {
@@ -200,6 +211,8 @@ impl<'a> RequestHeaders<'a> {
                 found.accept = found.accept.or(Some(value));
             } else if name == header::AUTHORIZATION {
                 found.authorization = true;
+            } else if name == header::UPGRADE {
+                found.upgrade = true;
             }
         }
         found
@@ -379,9 +392,11 @@ fn remember(parts: &mut http::response::Parts, body: Arc<ErrorBody>, ids: &Ids) 
     parts
         .extensions
         .insert(periscope_context::AnsweredError::new(body.code.clone()));
+    let status = parts.status;
     parts.extensions.insert(RenderedError {
         body,
         ids_from_context: ids.from_context,
+        status,
     });
 }
 
