@@ -20,8 +20,8 @@ use tracing::field::Empty;
 use crate::binding::{ParentKind, bind, early_id, span_text};
 use crate::client_body::{CLIENT_ERROR_FROM, ClientBody, Pending};
 use crate::fields::{
-    CLIENT_FIELDS, RedactedUrl, method_name, method_original, record_failure, record_plain_answer,
-    record_status, server_port, span_method,
+    CLIENT_FIELDS, MAX_SERVER_ADDRESS_LEN, RedactedUrl, method_name, method_original,
+    record_failure, record_plain_answer, record_status, server_port, span_method,
 };
 use crate::propagation::Propagators;
 use crate::rpc::RpcName;
@@ -138,6 +138,8 @@ impl ClientSpan {
         rpc: Option<RpcName<'_>>,
     ) -> Self {
         let method_original = method_original(method);
+        let server_address = periscope_context::server_address(uri)
+            .map(|address| periscope_context::text::cut(address, MAX_SERVER_ADDRESS_LEN));
         let span = tracing::info_span!(
             target: CLIENT_TARGET,
             "http_client_request",
@@ -151,7 +153,7 @@ impl ClientSpan {
             rpc.service = Empty,
             rpc.method = Empty,
             rpc.grpc.status_code = Empty,
-            server.address = periscope_context::server_address(uri).map(span_text),
+            server.address = server_address.as_deref().map(span_text),
             server.port = server_port(uri).map(i64::from),
             // Only an absolute URL: a client that adds the server below this layer (a tonic
             // `Channel` without `with_origin`) sends a bare path, which is no `url.full`.

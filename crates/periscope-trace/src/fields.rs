@@ -91,6 +91,11 @@ fn sensitive_query_key(key: &str) -> bool {
 /// span export queue with megabytes of attributes.
 pub const MAX_URL_FULL_LEN: usize = 4096;
 
+/// The longest `server.address` a client span records, in bytes (a DNS name has at most 253):
+/// a longer host, a URL's to choose, is cut as [`MAX_URL_PATH_LEN`] says, as the client
+/// metrics' label is folded past 256 bytes.
+pub const MAX_SERVER_ADDRESS_LEN: usize = 256;
+
 /// `url.full` as the HTTP semantic conventions want it: user and password replaced by
 /// `REDACTED:REDACTED`, and the values of signature and secret query parameters by
 /// `REDACTED`, within [`MAX_URL_FULL_LEN`]. Formatted only by a layer that reads the field.
@@ -100,11 +105,12 @@ impl fmt::Display for RedactedUrl<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let uri = self.0;
         let written = |part: Option<&str>| part.map_or(0, str::len);
-        // The redactions add at most `REDACTED:REDACTED@` and a few bytes a parameter: a URL
-        // well within the bound is written as it goes, a longer one made and cut first.
+        // Redaction makes a URL at most about 2.6 times as long (`sig=&` becomes
+        // `sig=REDACTED&`; the userinfo `REDACTED:REDACTED@`): one within a third of the bound
+        // is written as it goes, a longer one made and cut first.
         let source = written(uri.authority().map(|authority| authority.as_str()))
             + written(uri.path_and_query().map(|path| path.as_str()));
-        if source <= MAX_URL_FULL_LEN / 2 {
+        if source <= MAX_URL_FULL_LEN / 3 - 32 {
             return self.write(f);
         }
         let mut full = String::new();
@@ -536,5 +542,18 @@ mod tests {
         .parse()
         .unwrap();
         assert_eq!(RedactedUrl(&within).to_string(), within.to_string());
+        // Parameters whose redaction lengthens them most, empty values of secret keys: the
+        // bound holds whatever the source's length.
+        for pairs in [100, 409, 600, 5_000] {
+            let empty: Uri = format!("http://h/?{}", "sig=&".repeat(pairs))
+                .parse()
+                .unwrap();
+            let written = RedactedUrl(&empty).to_string();
+            assert!(
+                written.len() <= MAX_URL_FULL_LEN,
+                "{pairs}: {}",
+                written.len()
+            );
+        }
     }
 }

@@ -43,7 +43,10 @@ mod trust;
 pub use body::CorrelationBody;
 pub use client::{ClientSpan, ClientTrace, ClientTraceLayer, inject};
 pub use client_body::ClientBody;
-pub use fields::{MAX_METHOD_ORIGINAL_LEN, MAX_URL_FULL_LEN, MAX_URL_PATH_LEN, SPAN_TENANT_FIELDS};
+pub use fields::{
+    MAX_METHOD_ORIGINAL_LEN, MAX_SERVER_ADDRESS_LEN, MAX_URL_FULL_LEN, MAX_URL_PATH_LEN,
+    SPAN_TENANT_FIELDS,
+};
 pub use propagation::Propagators;
 pub use sampler::{InvalidSampler, Sampler};
 pub use selector::{DEFAULT_QUIET_PATHS, PathSelector};

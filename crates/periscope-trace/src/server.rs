@@ -753,6 +753,11 @@ mod tests {
         let uri: http::Uri = "http://inventory.internal/items".parse().unwrap();
         let call = crate::ClientSpan::new(&http::Method::POST, &uri);
         call.span().in_scope(|| tracing::info!("calling"));
+        // A host a URL chose, past any DNS name: cut, as the metrics' label is folded.
+        let long_host = "a".repeat(60_000);
+        let long: http::Uri = format!("http://{long_host}.example/").parse().unwrap();
+        let call = crate::ClientSpan::new(&http::Method::GET, &long);
+        call.span().in_scope(|| tracing::info!("calling far"));
 
         let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
         for (name, value) in [
@@ -772,6 +777,13 @@ mod tests {
             };
             assert!(text.contains(&field), "{field} in {text}");
         }
+        let cut = format!("{}…", &long_host[..crate::MAX_SERVER_ADDRESS_LEN - '…'.len_utf8()]);
+        let field = if cfg!(feature = "otel") {
+            format!("server.address=\"{cut}\"")
+        } else {
+            format!("server.address={cut} ")
+        };
+        assert!(text.contains(&field), "the cut host in {}", &text[text.len() - 400..]);
     }
 
     #[test]
