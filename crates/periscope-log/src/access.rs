@@ -374,7 +374,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let result = {
+            let _watch = PanicWatch {
+                line: &mut *this.info,
+                log: Some(|info: RequestInfo| {
+                    info.log_error(&MessageOnly(SERVICE_PANICKED.into()));
+                }),
+            };
+            ready!(this.inner.poll(cx))
+        };
         if *this.logged_outside {
             return Poll::Ready(result.map(|response| {
                 response.map(|inner| AccessLogBody {
@@ -500,6 +508,30 @@ fn error_chain<E: fmt::Display + 'static>(error: &E) -> Option<&(dyn Error + 'st
 #[derive(Debug)]
 struct MessageOnly(String);
 
+/// The causes of a line written while a panic unwinds out of the service's future or body.
+const SERVICE_PANICKED: &str = "the service panicked before answering";
+const BODY_PANICKED: &str = "the service's body panicked while it was sent";
+
+/// Writes the line of a request whose service (or body) panics while polled, as the panic
+/// unwinds through the poll: a panic catcher outside (tower-http's `CatchPanicLayer`, a
+/// runtime's task boundary) then drops the future or body, which would otherwise tell the
+/// line of a client that went away (`aborted`, at `warn` or `info`) for what was a failure.
+/// periscope's error layer, inside, catches the panic itself and answers it.
+struct PanicWatch<'a, T, L: FnOnce(T)> {
+    line: &'a mut Option<T>,
+    log: Option<L>,
+}
+
+impl<T, L: FnOnce(T)> Drop for PanicWatch<'_, T, L> {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let (Some(line), Some(log)) = (self.line.take(), self.log.take())
+        {
+            log(line);
+        }
+    }
+}
+
 impl fmt::Display for MessageOnly {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -559,7 +591,15 @@ where
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
         let mut inner = this.inner;
-        let frame = ready!(inner.as_mut().poll_frame(cx));
+        let frame = {
+            let _watch = PanicWatch {
+                line: &mut *this.pending,
+                log: Some(|pending: Pending| {
+                    pending.log_failed(&MessageOnly(BODY_PANICKED.into()));
+                }),
+            };
+            ready!(inner.as_mut().poll_frame(cx))
+        };
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(pending) = this.pending.as_mut() {

@@ -514,9 +514,10 @@ pub(crate) struct Visitor<'a, S> {
     pub(crate) sink: &'a mut S,
     pub(crate) text: &'a mut String,
     pub(crate) scratch: &'a mut Vec<u8>,
-    /// Whether a [`TENANT_FIELD`] value is periscope-trace's list of tenant fields, whose
-    /// members are lifted: only in its own spans ([`is_periscope_span`]). Anywhere else a
-    /// field of that name is the service's own text, which must not set the line's ids.
+    /// Whether a [`TENANT_FIELD`] value is periscope's list of the tenant fields it validated,
+    /// whose members are lifted: only in periscope-trace's spans ([`is_periscope_span`]) and
+    /// on the access line. Anywhere else a field of that name is the service's own text,
+    /// which must not set the line's ids.
     pub(crate) lifts_tenant: bool,
 }
 

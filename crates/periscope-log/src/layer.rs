@@ -578,7 +578,8 @@ impl LogLayer {
             sink: &mut sink,
             text,
             scratch,
-            lifts_tenant: false,
+            // The access line of a request without a span carries its context's tenant list.
+            lifts_tenant: event.metadata().target() == crate::access::ACCESS_LOG_TARGET,
         });
         sink.own = false;
 

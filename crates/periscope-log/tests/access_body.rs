@@ -262,3 +262,76 @@ fn a_completed_request_is_logged_once_even_when_its_future_is_dropped_after() {
     assert!(lines[0]["data"].get("aborted").is_none());
     assert_eq!(lines[0]["data"]["bytes_out"], 10);
 }
+
+/// A body whose frames panic after its first.
+struct PanicsAfterOne(bool);
+
+impl Body for PanicsAfterOne {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.0 {
+            panic!("the stream broke");
+        }
+        self.0 = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"part")))))
+    }
+}
+
+/// A panic in the service's future or body, caught outside the layer (tower-http's
+/// `CatchPanicLayer`, a runtime's task boundary) and the future or body then dropped, is a
+/// failure at `error`, not the line of a client that went away.
+#[test]
+fn a_panic_caught_outside_is_an_error_line_not_an_aborted_request() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    let out = capture(
+        |b| b,
+        |_| {
+            let panicking = ServiceBuilder::new()
+                .layer(AccessLogLayer::new())
+                .service_fn(|_req: Request<()>| async {
+                    if true {
+                        panic!("the handler broke");
+                    }
+                    Ok::<Response<String>, Infallible>(Response::new(String::new()))
+                });
+            let request = Request::get("/panics").body(()).unwrap();
+            let mut future = Box::pin(panicking.oneshot(request));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))).is_err());
+            drop(future);
+
+            let streaming = ServiceBuilder::new()
+                .layer(AccessLogLayer::new())
+                .service_fn(|_req: Request<()>| async {
+                    Ok::<_, Infallible>(Response::new(PanicsAfterOne(false)))
+                });
+            let request = Request::get("/streams").body(()).unwrap();
+            let response = poll_now(streaming.oneshot(request)).unwrap();
+            let mut body = Box::pin(response.into_body());
+            assert!(body.as_mut().poll_frame(&mut cx).is_ready());
+            assert!(catch_unwind(AssertUnwindSafe(|| body.as_mut().poll_frame(&mut cx))).is_err());
+            drop(body);
+        },
+    );
+    let lines = out.lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["level"], "error");
+    assert_eq!(lines[0]["message"], "request failed");
+    assert_eq!(
+        lines[0]["data"]["error"]["message"],
+        "the service panicked before answering"
+    );
+    assert_eq!(lines[1]["level"], "error");
+    assert_eq!(lines[1]["data"]["status"], 200);
+    assert_eq!(lines[1]["data"]["bytes_out"], 4);
+    assert_eq!(
+        lines[1]["data"]["error"]["message"],
+        "the service's body panicked while it was sent"
+    );
+}

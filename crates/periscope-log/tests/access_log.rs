@@ -389,19 +389,37 @@ async fn a_body_that_fails_midway_is_logged_at_error_with_its_cause() {
 /// fields from the `RequestContext` in its extensions: the tenant fields with the ids.
 #[tokio::test(flavor = "current_thread")]
 async fn a_line_without_a_request_span_carries_the_tenant_of_its_context() {
+    fn keys() -> Vec<periscope_context::TenantKey> {
+        ["org_id", "project_id", "region_id"]
+            .into_iter()
+            .map(|key| periscope_context::TenantKey::new(key).unwrap())
+            .collect()
+    }
     async fn context_only(mut request: Request, next: Next) -> Response {
-        let ctx = extract(request.headers(), &ExtractOptions::default()).context;
+        let options = ExtractOptions {
+            tenant_keys: keys(),
+            ..ExtractOptions::default()
+        };
+        let ctx = extract(request.headers(), &options).context;
         request.extensions_mut().insert(ctx);
         next.run(request).await
     }
-    let (out, _, guard, _default) = install();
+    // A declared tenant key beside the standard ones: lifted from the line's tenant list.
+    let out = Captured::default();
+    let (layer, guard) = LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .tenant_keys(&keys())
+        .build();
+    let _default = common::set_default(tracing_subscriber::registry().with(layer));
     let app = Router::new()
         .route("/v1/items", get(|| async { "ok" }))
         .layer(AccessLogLayer::new())
         .layer(middleware::from_fn(context_only));
     let addr = serve(app).await;
 
-    let headers = "x-request-id: spanless-1\r\nx-org-id: org_7\r\nx-project-id: prj_8\r\n";
+    let headers = "x-request-id: spanless-1\r\nx-org-id: org_7\r\nx-project-id: prj_8\r\n\
+                   x-region-id: eu_1\r\n";
     assert_eq!(get_raw(addr, "/v1/items", headers).await.0, 200);
     drop(guard);
     let lines = out.lines();
@@ -410,6 +428,7 @@ async fn a_line_without_a_request_span_carries_the_tenant_of_its_context() {
     assert_eq!(line["request_id"], "spanless-1", "{line}");
     assert_eq!(line["org_id"], "org_7", "{line}");
     assert_eq!(line["project_id"], "prj_8", "{line}");
+    assert_eq!(line["region_id"], "eu_1", "{line}");
     assert_eq!(line["data"]["status"], 200, "{line}");
 }
 

@@ -777,13 +777,20 @@ mod tests {
             };
             assert!(text.contains(&field), "{field} in {text}");
         }
-        let cut = format!("{}…", &long_host[..crate::MAX_SERVER_ADDRESS_LEN - '…'.len_utf8()]);
+        let cut = format!(
+            "{}…",
+            &long_host[..crate::MAX_SERVER_ADDRESS_LEN - '…'.len_utf8()]
+        );
         let field = if cfg!(feature = "otel") {
             format!("server.address=\"{cut}\"")
         } else {
             format!("server.address={cut} ")
         };
-        assert!(text.contains(&field), "the cut host in {}", &text[text.len() - 400..]);
+        assert!(
+            text.contains(&field),
+            "the cut host in {}",
+            &text[text.len() - 400..]
+        );
     }
 
     #[test]
