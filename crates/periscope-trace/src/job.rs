@@ -26,6 +26,10 @@ use crate::sampler::Sampler;
 /// The tracing target of job spans.
 pub const JOB_TARGET: &str = "periscope_trace::job";
 
+/// The longest `job_id` a job span records, in bytes: a longer one is cut on a character
+/// boundary and ends with `…` (counted in the bound).
+pub const MAX_JOB_ID_LEN: usize = 256;
+
 /// The carrier to put in a job's payload when enqueuing it from a request (or another job):
 /// the current context, naming the current span as the job's parent (with OpenTelemetry, a
 /// span of the service's own that it is enqueued in, when that span belongs to the request's
@@ -164,8 +168,13 @@ impl JobSpan {
             rejected_tenant,
             ..
         } = extracted;
+        // A root in this process: its parent is the carrier's, set for the export by `bind`.
+        // Under the span that happened to be current (a handler that enqueues it, a job that
+        // starts another) its lines would take that span's fields, and that span would not
+        // close, nor be exported, before this job ends.
         let span = tracing::info_span!(
             target: JOB_TARGET,
+            parent: None,
             "job",
             otel.name = name,
             otel.kind = "consumer",
@@ -195,9 +204,12 @@ impl JobSpan {
         Self { span, context }
     }
 
-    /// Records the job's id as `job_id` (lifted to the top of log lines by the log layer).
+    /// Records the job's id as `job_id` (lifted to the top of log lines by the log layer), cut
+    /// at [`MAX_JOB_ID_LEN`] bytes as the server span's path is: an id is the application's,
+    /// often a queue message's, and the span is exported with it.
     pub fn with_job_id(self, job_id: &str) -> Self {
-        self.span.record("job_id", job_id);
+        let job_id = periscope_context::text::cut(job_id, MAX_JOB_ID_LEN);
+        self.span.record("job_id", &*job_id);
         self
     }
 
@@ -361,6 +373,9 @@ impl<F: Future> Future for JobFuture<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let mut this = self.project();
+        // Polled again after its output, or after its panic: the caller's mistake, not the
+        // job's failure, which was told already (or never happened).
+        assert!(!*this.ended, "`JobFuture` polled after completion");
         let polled = match panic::catch(|| this.inner.as_mut().poll(cx)) {
             Ok(polled) => polled,
             Err(caught) => {

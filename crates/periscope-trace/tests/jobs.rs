@@ -1070,3 +1070,61 @@ mod otel {
         );
     }
 }
+
+/// A job span is a root in this process (its parent is the carrier's): made inside another
+/// span, a job enqueued by a job, its lines do not take that span's `job_id`. A `job_id` is
+/// cut at `MAX_JOB_ID_LEN`. A job polled again after its output is the caller's mistake, not
+/// the job's failure: no `job panicked` line, no failed span.
+#[tokio::test]
+async fn a_job_span_stands_alone_and_bounds_its_id() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    let (out, recorded, _guards) = json_logs_and_fields();
+    let request = request(&format!("00-{TRACE}-{PARENT}-01"), "req-alone");
+    let carrier = through_json(&request.in_scope(job::carrier).unwrap());
+
+    let outer = tracing::info_span!("job", job_id = "job_A");
+    let inner = outer.in_scope(|| JobSpan::from_carrier("child", &carrier));
+    inner.run(async { tracing::info!("child ran") }).await;
+    let long = JobSpan::from_carrier("long", &carrier).with_job_id(&"j".repeat(1_000));
+    long.run(async { tracing::info!("long ran") }).await;
+
+    let lines = out.lines_for("req-alone");
+    let line = |message: &str| {
+        lines
+            .iter()
+            .find(|line| line["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} in {lines:#?}"))
+            .clone()
+    };
+    assert!(
+        line("child ran").get("job_id").is_none(),
+        "{}",
+        line("child ran")
+    );
+    let id = line("long ran")["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), periscope_trace::job::MAX_JOB_ID_LEN, "{id}");
+    assert!(id.ends_with('…'));
+
+    recorded.0.lock().unwrap().clear();
+    let job = JobSpan::from_carrier("twice", &carrier).run(async { 7 });
+    let mut job = Box::pin(job);
+    let mut cx = Context::from_waker(Waker::noop());
+    assert_eq!(job.as_mut().poll(&mut cx), Poll::Ready(7));
+    let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = job.as_mut().poll(&mut cx);
+    }));
+    assert!(again.is_err(), "polled after completion");
+    drop(job);
+    let lines = out.lines_for("req-alone");
+    assert!(
+        !lines.iter().any(|line| line["message"] == "job panicked"),
+        "{lines:#?}"
+    );
+    let fields = recorded.0.lock().unwrap().clone();
+    assert!(
+        !fields.iter().any(|field| field.starts_with("error.type=")),
+        "{fields:?}"
+    );
+}
