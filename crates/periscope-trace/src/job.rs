@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 
 use periscope_context::panic::{self, CaughtPanic};
 use periscope_context::{
-    Carrier, ExtractOptions, Extracted, RequestContext, TraceOrigin, WithContext, extract,
+    Carrier, ExtractOptions, Extracted, InvalidId, RequestContext, RequestIdOrigin, TenantKey,
+    TraceOrigin, WithContext, extract,
 };
 use pin_project::pin_project;
 use tracing::Span;
@@ -112,6 +113,25 @@ pub fn carrier_or_new() -> Carrier {
 pub struct JobSpan {
     span: Span,
     context: RequestContext,
+    /// What the carrier held that could not be used, told when the job runs (or the span is
+    /// dropped unrun): by then `with_job_id` has recorded the id its warnings carry.
+    rejected: Option<Box<Rejected>>,
+}
+
+/// The carrier's entries a job could not use.
+#[derive(Debug)]
+struct Rejected {
+    request_id: RequestIdOrigin,
+    trace: TraceOrigin,
+    tenant: Vec<(TenantKey, InvalidId)>,
+    /// The keys whose values were not strings, comma-separated; empty when none.
+    ignored: String,
+}
+
+impl Drop for JobSpan {
+    fn drop(&mut self) {
+        self.tell_rejected();
+    }
 }
 
 impl JobSpan {
@@ -142,22 +162,53 @@ impl JobSpan {
         };
         let continued = extracted.trace == TraceOrigin::Continued;
         let sampler = (options.sample_new_traces || continued).then(Sampler::global);
-        let job = Self::from_extracted(name, extracted, sampler);
+        let mut job = Self::from_extracted(name, extracted, sampler);
         let ignored = carrier.ignored_keys();
         if !ignored.is_empty() {
             // Left out when the payload was read (not strings): the job runs as if they were
             // absent, and says which they were.
-            let keys = ignored.join(",");
+            let rejected = job.rejected.get_or_insert_with(|| {
+                Box::new(Rejected {
+                    request_id: RequestIdOrigin::Kept,
+                    trace: TraceOrigin::Continued,
+                    tenant: Vec::new(),
+                    ignored: String::new(),
+                })
+            });
+            rejected.ignored = ignored.join(",");
+        }
+        job
+    }
+
+    /// Logs, once, at warn inside the job's span, what the carrier held that could not be used.
+    fn tell_rejected(&mut self) {
+        let Some(rejected) = self.rejected.take() else {
+            return;
+        };
+        let Rejected {
+            request_id,
+            trace,
+            tenant,
+            ignored,
+        } = *rejected;
+        warn_rejected!(
+            JOB_TARGET,
+            &self.span,
+            &self.context,
+            &request_id,
+            &tenant,
+            Some(&trace)
+        );
+        if !ignored.is_empty() {
             tracing::warn!(
                 target: JOB_TARGET,
-                parent: &job.span,
-                request_id = job.context.request_id.as_str(),
-                trace_id = job.context.trace_id.to_hex().as_str(),
-                keys = keys.as_str(),
+                parent: &self.span,
+                request_id = self.context.request_id.as_str(),
+                trace_id = self.context.trace_id.to_hex().as_str(),
+                keys = ignored.as_str(),
                 "ignored carrier entries whose values are not strings"
             );
         }
-        job
     }
 
     fn from_extracted(name: &str, extracted: Extracted, sampler: Option<Sampler>) -> Self {
@@ -193,15 +244,24 @@ impl JobSpan {
             tenant = Empty,
         );
         bind(&span, &mut context, ParentKind::Remote, None, sampler);
-        warn_rejected!(
-            JOB_TARGET,
-            &span,
-            &context,
-            &request_id,
-            &rejected_tenant,
-            Some(&trace)
-        );
-        Self { span, context }
+        let rejected = (!matches!(
+            request_id,
+            RequestIdOrigin::Kept | RequestIdOrigin::Generated
+        ) || matches!(trace, TraceOrigin::Restarted(_))
+            || !rejected_tenant.is_empty())
+        .then(|| {
+            Box::new(Rejected {
+                request_id,
+                trace,
+                tenant: rejected_tenant,
+                ignored: String::new(),
+            })
+        });
+        Self {
+            span,
+            context,
+            rejected,
+        }
     }
 
     /// Records the job's id as `job_id` (lifted to the top of log lines by the log layer), cut
@@ -248,10 +308,12 @@ impl JobSpan {
     /// assert!(joined.unwrap_err().is_panic());
     /// # });
     /// ```
-    pub fn run<F: Future>(self, job: F) -> JobFuture<F> {
+    pub fn run<F: Future>(mut self, job: F) -> JobFuture<F> {
         panic::install_hook();
+        self.tell_rejected();
+        let span = std::mem::replace(&mut self.span, Span::none());
         JobFuture {
-            inner: self.context.scope(job).instrument(self.span),
+            inner: self.context.clone().scope(job).instrument(span),
             report: None,
             ended: false,
         }

@@ -200,6 +200,8 @@ fn a_carrier_with_values_that_are_not_strings_is_still_read() {
         let job = JobSpan::from_carrier("j", &carrier);
         assert_eq!(job.context().trace_id.to_string(), TRACE, "{json}");
         assert_eq!(job.context().request_id.as_str(), "r-1", "{json}");
+        // Told when the job runs, or, as here, when its span is dropped unrun.
+        drop(job);
         let warnings: Vec<Value> = logs.lines()[before..].to_vec();
         match warned {
             None => assert!(warnings.is_empty(), "{json}: {warnings:#?}"),
@@ -221,6 +223,7 @@ fn a_carrier_with_values_that_are_not_strings_is_still_read() {
     let job = JobSpan::from_carrier("j", &carrier);
     assert_ne!(job.context().trace_id.to_string(), TRACE);
     assert_eq!(job.context().request_id.as_str(), "r-2");
+    drop(job);
     let warning = logs.lines_for("r-2").pop().unwrap();
     assert_eq!(warning["data"]["keys"], "traceparent");
     // A carrier that is not an object at all is still an error: the payload is not one.
@@ -345,7 +348,7 @@ fn broken_carriers_fall_back_and_warn() {
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect::<std::collections::BTreeMap<_, _>>(),
         );
-        let job = JobSpan::from_carrier("j", &through_json(&carrier));
+        let job = JobSpan::from_carrier("j", &through_json(&carrier)).with_job_id("job_9");
         let ctx = job.context().clone();
         assert_eq!(ctx.trace_id.to_string() == TRACE, continued, "{name}");
         assert!(ctx.trace_state.as_str().len() <= 512, "{name}");
@@ -366,6 +369,8 @@ fn broken_carriers_fall_back_and_warn() {
             assert_eq!(line["request_id"], ctx.request_id.as_str(), "{name}");
             assert_eq!(line["trace_id"], ctx.trace_id.to_string(), "{name}");
             assert_eq!(line["span_id"], ctx.span_id.to_string(), "{name}");
+            // And the id of the job: the one to look the message up by in its queue.
+            assert_eq!(line["job_id"], "job_9", "{name}: {line}");
         }
         if name == "huge baggage" {
             assert_eq!(ctx.baggage.len(), 64);

@@ -51,6 +51,10 @@ pub fn http_get(url: &str) -> Result<HttpCheck, InvalidUrl> {
         return Err(invalid("credentials in the URL are not supported"));
     }
     let parse_port = |port: &str| {
+        // An empty port is the default (RFC 3986, section 3.2.3): `http://host:/health`.
+        if port.is_empty() {
+            return Ok(80);
+        }
         // Digits only: `u16::from_str` would take `+80`.
         port.bytes()
             .all(|b| b.is_ascii_digit())
@@ -313,6 +317,12 @@ mod tests {
         let check = http_get("http://[fe80::1]:8080/ready").unwrap();
         assert_eq!(check.connect_to, "[fe80::1]:8080");
         assert_eq!(http_get("http://svc?x").unwrap().path, "/?x");
+        // An empty port is the default one (RFC 3986).
+        assert_eq!(
+            http_get("http://127.0.0.1:/h").unwrap().connect_to,
+            "127.0.0.1:80"
+        );
+        assert_eq!(http_get("http://[::1]:/h").unwrap().connect_to, "[::1]:80");
     }
 
     #[test]
