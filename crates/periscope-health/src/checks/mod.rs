@@ -152,7 +152,19 @@ impl Connector {
                     .map_err(&fail)?
             }
         };
-        TcpStream::connect(addrs.as_slice()).await.map_err(fail)
+        // All the addresses at once, the first to accept wins: tried one after another, an
+        // address that drops the connection attempt (a stale record, a black-holed IPv6
+        // route) would hold the check past its timeout while the next one answers at once.
+        match addrs.as_slice() {
+            [] | [_] => TcpStream::connect(addrs.as_slice()).await.map_err(fail),
+            _ => {
+                let attempts = addrs.iter().map(|addr| Box::pin(TcpStream::connect(*addr)));
+                futures_util::future::select_ok(attempts)
+                    .await
+                    .map(|(stream, _others)| stream)
+                    .map_err(fail)
+            }
+        }
     }
 }
 
@@ -244,6 +256,49 @@ mod tests {
             .wait_timeout_while(guard, Duration::from_secs(30), |released| !*released)
             .unwrap();
         Err(std::io::Error::other("no answer from the DNS server"))
+    }
+
+    static ADDRESSES: std::sync::OnceLock<Vec<SocketAddr>> = std::sync::OnceLock::new();
+
+    fn two_addresses(_: &str) -> std::io::Result<Vec<SocketAddr>> {
+        Ok(ADDRESSES.get().cloned().unwrap_or_default())
+    }
+
+    /// A name whose first address drops the connection attempt (its listen queue full: the
+    /// kernel answers no SYN) and whose second accepts: the check connects through the
+    /// second, rather than waiting on the first past its timeout.
+    #[tokio::test]
+    async fn a_name_whose_first_address_hangs_connects_through_the_next() {
+        let full = tokio::net::TcpSocket::new_v4().unwrap();
+        full.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let full = full.listen(1).unwrap();
+        let hanging = full.local_addr().unwrap();
+        // Fill its queue; it never accepts.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(hanging))
+                .await
+            {
+                Ok(Ok(stream)) => held.push(stream),
+                _ => break,
+            }
+        }
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        ADDRESSES
+            .set(vec![hanging, open.local_addr().unwrap()])
+            .unwrap();
+        let connector = Connector {
+            blocking: Blocking::default(),
+            resolve: two_addresses,
+        };
+        let fail = |error: std::io::Error| CheckError::msg(format!("connect failed: {error}"));
+        let connected = tokio::time::timeout(
+            Duration::from_secs(2),
+            connector.connect("svc.example:80", fail),
+        )
+        .await;
+        assert!(matches!(connected, Ok(Ok(_))), "{connected:?}");
+        drop((held, full));
     }
 
     /// A resolution stuck past its run's timeout leaves one blocked thread, not one per run:
