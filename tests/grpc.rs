@@ -537,6 +537,8 @@ async fn a_panic_in_a_grpc_stream_ends_it_with_internal_in_its_trailers() {
     let line = access_line(&out, "ss-panic").await;
     assert_eq!(line["level"], "error", "{line}");
     assert_eq!(line["data"]["grpc_status"], 13, "{line}");
+    // The code of the error periscope answered, as a unary call's panic has it.
+    assert_eq!(line["data"]["error_code"], "internal_error", "{line}");
     assert_eq!(
         line["data"].get("aborted"),
         None,

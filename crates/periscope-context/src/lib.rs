@@ -108,6 +108,36 @@ impl AnsweredError {
     }
 }
 
+/// An error answered after the response's head went out: a layer that may end a streamed
+/// body with an error of its own puts one in the response's extensions and fills it when it
+/// does (periscope-error's, for a gRPC stream whose service panics: `INTERNAL` trailers), so
+/// the layers above it (the access log) can say which error it was, as [`AnsweredError`] says
+/// of an answer rendered at its head.
+///
+/// ```
+/// use periscope_context::{AnsweredError, AnsweredLater};
+///
+/// let later = AnsweredLater::default();
+/// let seen = later.clone();
+/// assert!(seen.get().is_none());
+/// later.set(AnsweredError::new("internal_error"));
+/// assert_eq!(seen.get().unwrap().code(), "internal_error");
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct AnsweredLater(std::sync::Arc<std::sync::OnceLock<AnsweredError>>);
+
+impl AnsweredLater {
+    /// Records the error answered; a second one is ignored (the body ended with the first).
+    pub fn set(&self, answered: AnsweredError) {
+        let _ = self.0.set(answered);
+    }
+
+    /// The error answered, once one was.
+    pub fn get(&self) -> Option<&AnsweredError> {
+        self.0.get()
+    }
+}
+
 /// Whether an answer goes out without a body whatever its handler set: one to a `HEAD`
 /// request, or a 1xx, 204 or 304 status (RFC 9110). Servers drop such a body unread, so the
 /// layers that count bytes or wait for a body's end take the answer as complete at once.

@@ -9,6 +9,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project::pin_project;
 
+use periscope_context::{AnsweredError, AnsweredLater};
+
+use crate::code::codes;
 use crate::error::BoxError;
 use crate::panic::{self, LogPanic};
 use crate::render::{self, Ids};
@@ -28,8 +31,9 @@ use crate::render::{self, Ids};
 pub struct ResponseBody<B> {
     #[pin]
     kind: Kind<B>,
-    /// Whether a panic ends the body with gRPC trailers rather than an error.
-    grpc_trailers: bool,
+    /// A gRPC stream's: a panic ends the body with `INTERNAL` trailers rather than an error,
+    /// told to the layers above here.
+    grpc_trailers: Option<AnsweredLater>,
 }
 
 #[pin_project(project = KindProj)]
@@ -44,23 +48,23 @@ impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B, ids: Ids) -> Self {
         Self {
             kind: Kind::Inner(body, ids),
-            grpc_trailers: false,
+            grpc_trailers: None,
         }
     }
 
     /// The body of a gRPC answer whose code comes in its trailers: a panic ends it with
-    /// `INTERNAL` trailers.
-    pub(crate) fn grpc_stream(body: B, ids: Ids) -> Self {
+    /// `INTERNAL` trailers, told to the layers above through `answered`.
+    pub(crate) fn grpc_stream(body: B, ids: Ids, answered: AnsweredLater) -> Self {
         Self {
             kind: Kind::Inner(body, ids),
-            grpc_trailers: true,
+            grpc_trailers: Some(answered),
         }
     }
 
     pub(crate) fn full(bytes: Bytes) -> Self {
         Self {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
-            grpc_trailers: false,
+            grpc_trailers: None,
         }
     }
 }
@@ -112,7 +116,8 @@ where
         };
         // Drop the body that panicked now, in case its destructor panics too, and end there.
         panic::drop_caught(&ids, || kind.set(Kind::Full(None)));
-        if *this.grpc_trailers {
+        if let Some(answered) = this.grpc_trailers {
+            answered.set(AnsweredError::new(codes::INTERNAL_ERROR.name()));
             return Poll::Ready(Some(Ok(Frame::trailers(render::grpc_panic_trailers()))));
         }
         // A zero-sized error: boxing it does not allocate.

@@ -13,7 +13,8 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use periscope_context::grpc::{HeadOutcome, head_outcome};
 use periscope_context::{
-    ExtractOptions, RequestContext, WithContext, extract, headers::X_REQUEST_ID, order,
+    AnsweredLater, ExtractOptions, RequestContext, WithContext, extract, headers::X_REQUEST_ID,
+    order,
 };
 use pin_project::pin_project;
 use tokio::time::Sleep;
@@ -917,7 +918,9 @@ impl Handled {
             let stream = self.facts.format.grpc() == Some(false)
                 && head_outcome(status, &parts.headers) == HeadOutcome::Trailers;
             let body = if stream {
-                ResponseBody::grpc_stream(body, self.ids.clone())
+                let answered = AnsweredLater::default();
+                parts.extensions.insert(answered.clone());
+                ResponseBody::grpc_stream(body, self.ids.clone(), answered)
             } else {
                 self.pass(body)
             };

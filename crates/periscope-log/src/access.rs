@@ -15,8 +15,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEnd, StreamEndWatch, head_outcome};
 use periscope_context::{
-    AnsweredError, ClientAddr, HexId, Observed, RequestContext, RequestId, SERVER_SPAN_NAME,
-    SERVER_SPAN_TARGET, SpanId, Tenant, TenantSpanFields, TraceId, TrustedProxies,
+    AnsweredError, AnsweredLater, ClientAddr, HexId, Observed, RequestContext, RequestId,
+    SERVER_SPAN_NAME, SERVER_SPAN_TARGET, SpanId, Tenant, TenantSpanFields, TraceId,
+    TrustedProxies,
     order::{self, Misordering},
 };
 use pin_project::{pin_project, pinned_drop};
@@ -432,12 +433,18 @@ where
                         .exact()
                         .or_else(|| periscope_context::content_length(response.headers()))
                 };
+                // Looked for only on a gRPC stream, the one answer that gets it.
+                let answered_later = watch
+                    .is_some()
+                    .then(|| response.extensions().get::<AnsweredLater>().cloned())
+                    .flatten();
                 let pending = Pending {
                     answered: response.extensions().get::<AnsweredError>().cloned(),
                     info,
                     bytes: 0,
                     length,
                     watch,
+                    answered_later,
                 };
                 let pending = if over || length == Some(0) {
                     pending.log(false);
@@ -552,6 +559,9 @@ struct Pending {
     /// For a gRPC answer whose code comes in its trailers: the watch the layers outside wait
     /// on, ended when the body ends.
     watch: Option<StreamEndWatch>,
+    /// For such an answer: the error an error layer inside ends its stream with, if it does
+    /// (a panic mid-stream answered `INTERNAL`), whose code goes on the line.
+    answered_later: Option<AnsweredLater>,
 }
 
 /// What the line says about the answer: its status (none when it never came), its gRPC code,
@@ -813,7 +823,11 @@ impl Pending {
         let answer = Answer {
             status: Some(self.info.status),
             grpc: self.info.grpc,
-            error_code: self.answered.as_ref().map(AnsweredError::code),
+            error_code: self
+                .answered
+                .as_ref()
+                .or_else(|| self.answered_later.as_ref()?.get())
+                .map(AnsweredError::code),
         };
         self.info.log_completed(answer, self.bytes, aborted, error);
     }
