@@ -1,7 +1,6 @@
 //! `/debug/status`: who this service is, how long it has run, what it is doing now.
 
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -222,11 +221,17 @@ pub(crate) fn on_own_thread<T: Send + 'static>(
 
 /// The in-flight count, or `None` (shown as `null`) when the source panics: like a section,
 /// a bug in it must not take the whole answer, and the connection, down with it.
+/// Caught as a section's panic is: reported by this line alone, with its message.
 fn read_in_flight(source: &dyn InFlightSource) -> Option<i64> {
-    match catch_unwind(AssertUnwindSafe(|| source.in_flight())) {
+    periscope_context::panic::install_hook();
+    match periscope_context::panic::catch(|| source.in_flight()) {
         Ok(count) => Some(count),
-        Err(_) => {
-            tracing::error!("the /debug/status in-flight source panicked");
+        Err(caught) => {
+            tracing::error!(
+                panic.message = caught.message.as_str(),
+                panic.location = caught.location.as_deref(),
+                "the /debug/status in-flight source panicked"
+            );
             None
         }
     }

@@ -1,4 +1,4 @@
-//! A `/debug/status` section that panics is reported once, by the admin's own line, as the
+//! A `/debug/status` section (or in-flight source) that panics is reported once, by the admin's own line, as the
 //! error layer reports a handler's panic: not also by the process's panic hook (the default
 //! one's text on stderr, or `Observability::init`'s line). A binary of its own: it installs
 //! the process's panic hook and the global subscriber.
@@ -65,6 +65,7 @@ async fn a_panicking_section_is_reported_once_by_the_admins_line() {
     let admin = Admin::builder()
         .status_section("broken", || panic!("the queue is gone"))
         .status_section("queue", || serde_json::json!({"depth": 3}))
+        .in_flight(|| -> i64 { panic!("the counter is poisoned") })
         .debug(DebugAccess::Token(TOKEN.into()))
         .build();
     let addr = serve(admin).await;
@@ -76,13 +77,21 @@ async fn a_panicking_section_is_reported_once_by_the_admins_line() {
         "this section panicked; see the service log"
     );
     assert_eq!(sections["queue"]["depth"], 3);
-    let errors = errors.0.lock().unwrap().clone();
+    assert!(answer.json()["in_flight"].is_null(), "{}", answer.json());
+    let mut errors = errors.0.lock().unwrap().clone();
+    errors.sort();
     assert_eq!(
         errors,
-        [(
-            "a /debug/status section panicked".to_owned(),
-            "the queue is gone".to_owned()
-        )]
+        [
+            (
+                "a /debug/status section panicked".to_owned(),
+                "the queue is gone".to_owned()
+            ),
+            (
+                "the /debug/status in-flight source panicked".to_owned(),
+                "the counter is poisoned".to_owned()
+            )
+        ]
     );
     assert_eq!(HOOK_CALLS.load(Ordering::SeqCst), 0);
 }

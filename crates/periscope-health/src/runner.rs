@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -326,17 +327,38 @@ fn aborted_run(runner: &Weak<Runner>, epoch: u64, reason: &str) -> Arc<CheckRun>
 async fn run_one(check: &HealthCheck, timeout: Duration) -> (CheckOutcome, Option<String>) {
     let started = Instant::now();
     let inner = Arc::clone(&check.check);
-    let mut task = tokio::spawn(async move { inner.check().await });
+    // Polled inside `panic::catch`, as the error layer polls a handler: a panic is reported by
+    // the runner's line alone (masked, and once while it stays the same), not also by the
+    // process's panic hook on every run (the default one's text on stderr, or
+    // `Observability::init`'s line), which would print it whole.
+    periscope_context::panic::install_hook();
+    let mut task = tokio::spawn(async move {
+        let mut running = None;
+        std::future::poll_fn(|cx| {
+            periscope_context::panic::catch(|| {
+                running
+                    .get_or_insert_with(|| inner.check())
+                    .as_mut()
+                    .poll(cx)
+            })
+            .map_or_else(|caught| Poll::Ready(Err(caught)), |poll| poll.map(Ok))
+        })
+        .await
+    });
     let mut panic = None;
+    // Masked and cut as a check's error text: a driver's panic (`expect` on a connect error)
+    // often names its connection string.
+    let mut panicked = |message: &str| {
+        panic = Some(CheckError::msg(message).message().to_owned());
+        Some("check panicked".to_owned())
+    };
     let error = match tokio::time::timeout(timeout, &mut task).await {
-        Ok(Ok(Ok(()))) => None,
-        Ok(Ok(Err(error))) => Some(error.message().to_owned()),
+        Ok(Ok(Ok(Ok(())))) => None,
+        Ok(Ok(Ok(Err(error)))) => Some(error.message().to_owned()),
+        Ok(Ok(Err(caught))) => panicked(&caught.message),
+        // A panic outside the catch: the check's future panicking in its drop.
         Ok(Err(join_error)) if join_error.is_panic() => {
-            let payload = join_error.into_panic();
-            // Masked and cut as a check's error text: a driver's panic (`expect` on a connect
-            // error) often names its connection string.
-            panic = Some(CheckError::msg(panic_text(&payload)).message().to_owned());
-            Some("check panicked".to_owned())
+            panicked(panic_text(&join_error.into_panic()))
         }
         Ok(Err(_)) => Some("check was cancelled".to_owned()),
         Err(_) => {
