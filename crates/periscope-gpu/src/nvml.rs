@@ -44,7 +44,7 @@ impl NvmlSource {
         if let Some(nvml) = &self.nvml {
             return Ok(Arc::clone(nvml));
         }
-        let nvml = shared_nvml().map_err(classify)?;
+        let nvml = shared_nvml().map_err(init_error)?;
         self.driver_version = nvml.sys_driver_version().ok();
         self.nvml = Some(Arc::clone(&nvml));
         Ok(nvml)
@@ -61,6 +61,44 @@ fn shared_nvml() -> Result<Arc<Nvml>, NvmlError> {
     let nvml = Arc::new(Nvml::init()?);
     *shared = Arc::downgrade(&nvml);
     Ok(nvml)
+}
+
+/// A reading, or `None` when the device does not give it. A function the driver's NVML does
+/// not have (`nvmlDeviceGetMemoryInfo_v2` and the `_v3` process lists came with driver R510)
+/// is warned of once per process, naming it: its readings are missing for good, which a
+/// device that lacks a sensor is not worth a warning for.
+fn readable<T>(result: Result<T, NvmlError>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(NvmlError::FailedToLoadSymbol(symbol)) => {
+            warn_missing_function(&symbol);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+#[cold]
+fn warn_missing_function(symbol: &str) {
+    // A handful of names at most: the functions this file calls.
+    static WARNED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(PoisonError::into_inner);
+    if warned.iter().any(|name| name == symbol) {
+        return;
+    }
+    warned.push(symbol.to_owned());
+    tracing::warn!(
+        function = symbol,
+        "the NVIDIA driver's NVML lacks a function: the readings it gives are left out \
+         (GPU memory and process lists need driver R510 or later)"
+    );
+}
+
+/// Any failure to start NVML is "cannot work here" and backs off: no device was read yet.
+/// "Unknown Error" in particular is how a container that lost its device rules fails, until it
+/// restarts; retried every interval, it would only count errors.
+fn init_error(error: NvmlError) -> GpuError {
+    GpuError::unavailable(error.to_string())
 }
 
 /// Errors that mean "NVML cannot work here" (back off) versus "this read failed" (retry).
@@ -125,7 +163,7 @@ fn read_device(
     request: SampleRequest,
 ) -> Result<(DeviceSample, Vec<DeviceSample>), NvmlError> {
     let utilization = device.utilization_rates().ok();
-    let memory = device.memory_info().ok();
+    let memory = readable(device.memory_info());
     let sample = DeviceSample {
         uuid: device.uuid()?,
         name: device.name()?,
@@ -222,9 +260,9 @@ fn throttle_flag(reason: ThrottleReason) -> ThrottleReasons {
 
 /// Compute and graphics processes, merged by pid; `None` when neither list can be read.
 fn processes(device: &Device<'_>) -> Option<Vec<GpuProcess>> {
-    let compute = device.running_compute_processes();
-    let graphics = device.running_graphics_processes();
-    if compute.is_err() && graphics.is_err() {
+    let compute = readable(device.running_compute_processes());
+    let graphics = readable(device.running_graphics_processes());
+    if compute.is_none() && graphics.is_none() {
         return None;
     }
     let mut by_pid: BTreeMap<u32, Option<u64>> = BTreeMap::new();
@@ -272,4 +310,75 @@ fn milli(value: u32) -> f64 {
 
 fn mega(value: u32) -> f64 {
     f64::from(value) * 1_000_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[test]
+    fn every_failure_to_start_nvml_backs_off() {
+        for error in [
+            NvmlError::Unknown,
+            NvmlError::IrqIssue,
+            NvmlError::LibraryNotFound,
+        ] {
+            let text = error.to_string();
+            assert!(
+                matches!(init_error(error), GpuError::Unavailable { .. }),
+                "{text}"
+            );
+        }
+    }
+
+    /// Warnings written, as their `function` field.
+    #[derive(Clone, Default)]
+    struct Warned(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warned {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Function(String);
+            impl tracing::field::Visit for Function {
+                fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                    if field.name() == "function" {
+                        self.0 = value.to_owned();
+                    }
+                }
+                fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+            }
+            if *event.metadata().level() == tracing::Level::WARN {
+                let mut function = Function(String::new());
+                event.record(&mut function);
+                self.0.lock().unwrap().push(function.0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_function_missing_from_an_old_driver_is_warned_of_once() {
+        let warned = Warned::default();
+        let _default =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(warned.clone()));
+        let missing = || {
+            Err::<u64, _>(NvmlError::FailedToLoadSymbol(
+                "nvmlDeviceGetMemoryInfo_v2: undefined symbol".to_owned(),
+            ))
+        };
+        assert_eq!(readable(missing()), None);
+        assert_eq!(readable(missing()), None);
+        assert_eq!(readable(Err::<u64, _>(NvmlError::NotSupported)), None);
+        assert_eq!(readable(Ok::<u64, NvmlError>(7)), Some(7));
+        assert_eq!(
+            *warned.0.lock().unwrap(),
+            ["nvmlDeviceGetMemoryInfo_v2: undefined symbol"]
+        );
+    }
 }
