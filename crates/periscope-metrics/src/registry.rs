@@ -278,9 +278,9 @@ impl MetricsRegistry {
     /// Registers the standard process metrics (`process_cpu_seconds_total`,
     /// `process_resident_memory_bytes`, `process_open_fds`...), read on every scrape.
     pub fn register_process_metrics(&self) -> Result<(), MetricsError> {
-        for (name, metric_type) in crate::process::FAMILIES {
-            self.reserve(name, metric_type)?;
-        }
+        // All or none: a name taken (a gauge of the service's own) must not leave the others
+        // reserved with no collector to write them.
+        self.claim_all(&crate::process::FAMILIES)?;
         self.register_collector(Box::new(crate::process::ProcessCollector));
         Ok(())
     }
@@ -313,6 +313,17 @@ impl MetricsRegistry {
         let family = family_name(name, metric_type)?;
         self.names().claim(name, family, metric_type)?;
         Ok(family)
+    }
+
+    /// Reserves every one of `metrics`, or none when one is refused.
+    fn claim_all(&self, metrics: &[(&str, MetricType)]) -> Result<(), MetricsError> {
+        let mut names = self.names();
+        let mut trial = names.clone();
+        for &(name, metric_type) in metrics {
+            trial.claim(name, family_name(name, metric_type)?, metric_type)?;
+        }
+        *names = trial;
+        Ok(())
     }
 
     /// Checks that every one of `metrics` could be registered, together, without reserving
@@ -509,6 +520,27 @@ mod tests {
                 .register("bad name", "x", Counter::<u64>::default())
                 .is_err()
         );
+    }
+
+    /// A process metric name the service already has refuses the whole set, leaving the other
+    /// names free: reserved without a collector, nothing would ever write them.
+    #[test]
+    fn process_metrics_are_registered_all_or_none() {
+        let registry = MetricsRegistry::new();
+        registry
+            .register("process_threads", "ours", Gauge::<i64>::default())
+            .unwrap();
+        assert_eq!(
+            registry.register_process_metrics(),
+            Err(MetricsError::AlreadyRegistered {
+                name: "process_threads".into()
+            })
+        );
+        registry
+            .register("process_open_fds", "ours too", Gauge::<i64>::default())
+            .unwrap();
+        let text = registry.encode_prometheus().unwrap();
+        assert!(!text.contains("process_cpu_seconds_total"), "{text}");
     }
 
     #[test]
