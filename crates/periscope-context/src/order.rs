@@ -87,7 +87,8 @@ impl Misordering {
     fn effect(self) -> &'static str {
         match self {
             Self::ErrorOutsideAccessLog => {
-                "a panic or timeout answered with an envelope is logged `aborted`, without its status"
+                "a panic or timeout answered with an envelope is logged without its status \
+                 (a panic as a failure, a timeout `aborted`)"
             }
             Self::ErrorOutsideMetrics => {
                 "a timeout answered with a 504 envelope is counted `cancelled`, not as a server error"

@@ -523,7 +523,8 @@ const BODY_PANICKED: &str = "the service's body panicked while it was sent";
 /// unwinds through the poll: a panic catcher outside (tower-http's `CatchPanicLayer`, a
 /// runtime's task boundary) then drops the future or body, which would otherwise tell the
 /// line of a client that went away (`aborted`, at `warn` or `info`) for what was a failure.
-/// periscope's error layer, inside, catches the panic itself and answers it.
+/// periscope's error layer, inside, catches the panic itself and answers it; one outside is
+/// out of the documented order, and warned of.
 struct PanicWatch<'a, T, L: FnOnce(T)> {
     line: &'a mut Option<T>,
     log: Option<L>,
@@ -534,6 +535,11 @@ impl<T, L: FnOnce(T)> Drop for PanicWatch<'_, T, L> {
         if std::thread::panicking()
             && let (Some(line), Some(log)) = (self.line.take(), self.log.take())
         {
+            if periscope_context::panic::is_catching_panics() {
+                // An error layer outside catches this panic and answers it with an envelope
+                // this line never sees (its status and `error_code`).
+                warn_misordered(Misordering::ErrorOutsideAccessLog);
+            }
             log(line);
         }
     }
