@@ -94,8 +94,10 @@ pub(crate) enum Gate {
 pub(crate) enum Denied {
     /// No `Authorization` header.
     Missing,
-    /// A header that is not `Bearer <the token>`.
+    /// `Bearer` with a token that is not the admin token.
     Invalid,
+    /// Two `Authorization` headers, or `Bearer` without a token (RFC 6750 `invalid_request`).
+    Malformed,
     /// A separate listener's request addressed to a host name it does not know.
     Host,
 }
@@ -143,11 +145,16 @@ impl Gate {
             return Err(Denied::Missing);
         };
         if values.next().is_some() {
-            return Err(Denied::Invalid);
+            return Err(Denied::Malformed);
         }
         match bearer_token(value.as_bytes()) {
-            Some(given) if tokens_equal(given, expected) => Ok(()),
-            _ => Err(Denied::Invalid),
+            // Another scheme (`Basic ...`) sends no bearer token at all: answered as a request
+            // without one, with no error code (RFC 6750 §3.1), so a client does not take it
+            // for a bad token to refresh.
+            Credentials::OtherScheme => Err(Denied::Missing),
+            Credentials::Malformed => Err(Denied::Malformed),
+            Credentials::Token(given) if tokens_equal(given, expected) => Ok(()),
+            Credentials::Token(_) => Err(Denied::Invalid),
         }
     }
 }
@@ -205,15 +212,33 @@ fn host_of(value: &str) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
-/// The credentials of `Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1).
-fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    let space = value.iter().position(|&b| b == b' ')?;
-    let (scheme, rest) = value.split_at(space);
+/// What an `Authorization` header holds.
+enum Credentials<'a> {
+    /// A scheme other than `Bearer`.
+    OtherScheme,
+    /// Nothing, `Bearer` alone, or `Bearer` not followed by a space.
+    Malformed,
+    /// The credentials of `Bearer <token>`.
+    Token(&'a [u8]),
+}
+
+/// Reads `Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1).
+fn bearer_token(value: &[u8]) -> Credentials<'_> {
+    let value = value.trim_ascii();
+    let Some((scheme, rest)) = value.split_at_checked(6) else {
+        return match value {
+            b"" => Credentials::Malformed,
+            _ if b"bearer".starts_with(&value.to_ascii_lowercase()) => Credentials::Malformed,
+            _ => Credentials::OtherScheme,
+        };
+    };
     if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return None;
+        return Credentials::OtherScheme;
     }
-    let token = rest.trim_ascii();
-    (!token.is_empty()).then_some(token)
+    match rest.strip_prefix(b" ").map(<[u8]>::trim_ascii) {
+        Some(token) if !token.is_empty() => Credentials::Token(token),
+        _ => Credentials::Malformed,
+    }
 }
 
 /// Compares in time that depends only on the length of `given` (which the caller already
@@ -258,19 +283,30 @@ mod tests {
             check(&["Bearer S3cret-token-0123456789"]),
             Err(Denied::Invalid)
         );
+        // Another scheme, or none, sends no bearer token (RFC 6750 §3.1).
         assert_eq!(
             check(&["Basic s3cret-token-0123456789"]),
-            Err(Denied::Invalid)
+            Err(Denied::Missing)
         );
-        assert_eq!(check(&["Bearer"]), Err(Denied::Invalid));
-        assert_eq!(check(&["Bearer "]), Err(Denied::Invalid));
-        assert_eq!(check(&["s3cret-token-0123456789"]), Err(Denied::Invalid));
+        assert_eq!(check(&["s3cret-token-0123456789"]), Err(Denied::Missing));
+        assert_eq!(check(&["Bear"]), Err(Denied::Malformed));
+        assert_eq!(check(&[""]), Err(Denied::Malformed));
+        assert_eq!(
+            check(&["Bearer\ts3cret-token-0123456789"]),
+            Err(Denied::Malformed)
+        );
+        assert_eq!(
+            check(&["Bearers3cret-token-0123456789"]),
+            Err(Denied::Malformed)
+        );
+        assert_eq!(check(&["Bearer"]), Err(Denied::Malformed));
+        assert_eq!(check(&["Bearer "]), Err(Denied::Malformed));
         assert_eq!(
             check(&[
                 "Bearer s3cret-token-0123456789",
                 "Bearer s3cret-token-0123456789"
             ]),
-            Err(Denied::Invalid)
+            Err(Denied::Malformed)
         );
     }
 

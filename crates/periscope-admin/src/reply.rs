@@ -108,7 +108,8 @@ pub(crate) fn method_not_allowed<T>(
     response
 }
 
-/// 401 `token_missing` or `token_invalid`, with the `WWW-Authenticate` challenge of RFC 6750;
+/// 401 `token_missing` or `token_invalid`, or 400 `invalid_request` for a malformed header, with
+/// the `WWW-Authenticate` challenge of RFC 6750;
 /// 403 `insufficient_permissions` for a separate listener's request to a host it does not know.
 pub(crate) fn unauthorized<T>(denied: Denied, request: &Request<T>) -> Response<AdminBody> {
     let (code, message, challenge) = match denied {
@@ -133,6 +134,12 @@ pub(crate) fn unauthorized<T>(denied: Denied, request: &Request<T>) -> Response<
             codes::TOKEN_INVALID,
             "The admin token is not valid: send `Authorization: Bearer <admin token>`",
             "Bearer realm=\"admin\", error=\"invalid_token\"",
+        ),
+        // RFC 6750 §3.1: a malformed request is a 400 `invalid_request`.
+        Denied::Malformed => (
+            codes::INVALID_REQUEST,
+            "Send one `Authorization: Bearer <admin token>` header, with the token",
+            "Bearer realm=\"admin\", error=\"invalid_request\"",
         ),
     };
     let mut response = error(HttpError::new(code, message), request);

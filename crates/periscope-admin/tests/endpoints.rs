@@ -190,12 +190,27 @@ async fn debug_endpoints_refuse_a_missing_or_wrong_token() {
             missing.header("www-authenticate"),
             Some("Bearer realm=\"admin\"")
         );
-        for header in [
-            &wrong,
-            &short,
-            &basic,
-            &format!("Bearer  {}", TOKEN.to_uppercase()),
+        // Another scheme sends no bearer token: answered as none, without an error code
+        // (RFC 6750 §3.1), so a client does not take it for a bad token to refresh.
+        let other_scheme = send(addr, "GET", path, &[("authorization", &basic)], "").await;
+        other_scheme.envelope(401, "token_missing");
+        assert_eq!(
+            other_scheme.header("www-authenticate"),
+            Some("Bearer realm=\"admin\"")
+        );
+        // Malformed: `invalid_request`, a 400.
+        for headers in [
+            &[("authorization", "Bearer ")][..],
+            &[("authorization", &*wrong), ("authorization", &*wrong)],
         ] {
+            let malformed = send(addr, "GET", path, headers, "").await;
+            malformed.envelope(400, "invalid_request");
+            assert_eq!(
+                malformed.header("www-authenticate"),
+                Some("Bearer realm=\"admin\", error=\"invalid_request\"")
+            );
+        }
+        for header in [&wrong, &short, &format!("Bearer  {}", TOKEN.to_uppercase())] {
             let refused = send(addr, "GET", path, &[("authorization", header)], "").await;
             refused.envelope(401, "token_invalid");
             assert!(
@@ -865,12 +880,12 @@ async fn the_token_counts_only_in_the_authorization_header() {
         .await;
         assert_eq!(answer.status, 200, "{scheme}");
     }
-    for almost in [
-        format!("Bearer\t{TOKEN}"),
-        format!("Bearer{TOKEN}"),
-        format!("Bearer \"{TOKEN}\""),
-        format!("Bearer {TOKEN},"),
-        String::new(),
+    for (almost, status, code) in [
+        (format!("Bearer\t{TOKEN}"), 400, "invalid_request"),
+        (format!("Bearer{TOKEN}"), 400, "invalid_request"),
+        (format!("Bearer \"{TOKEN}\""), 401, "token_invalid"),
+        (format!("Bearer {TOKEN},"), 401, "token_invalid"),
+        (String::new(), 400, "invalid_request"),
     ] {
         send(
             addr,
@@ -880,7 +895,7 @@ async fn the_token_counts_only_in_the_authorization_header() {
             "",
         )
         .await
-        .envelope(401, "token_invalid");
+        .envelope(status, code);
     }
 }
 
