@@ -783,3 +783,84 @@ fn no_gpu_means_no_attribution_and_older_reports_still_parse() {
         serde_json::from_value(report_over(busy_with_others(), true)).expect("a report reads back");
     assert_eq!(report.summary.gpu_attribution, Some(GpuAttribution::NoGpu));
 }
+
+/// Tracks the shell command `script` (run by `sh -c`) to its end, every `interval`.
+fn track_shell(script: &str, interval: Duration) -> ResourceReport {
+    let mut child = Command::new("sh")
+        .args(["-c", script])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sh");
+    let tracker = ResourceTracker::builder()
+        .pid(child.id())
+        .interval(interval)
+        .start()
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{script}");
+    tracker.finish().unwrap()
+}
+
+/// A child reaped inside the tree hands its storage I/O to its parent (the kernel adds it to
+/// the parent's `/proc/<pid>/io`): counted once, not again in the parent.
+#[test]
+fn a_reaped_childs_storage_writes_count_once() {
+    const WRITTEN: u64 = 64 << 20;
+    // On the disk (not a tmpfs, whose writes are not storage I/O).
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("periscope-tracker-io-{}", std::process::id()));
+    let script = format!(
+        "sh -c 'head -c {WRITTEN} /dev/zero > {}; sleep 0.6'; sleep 0.6",
+        file.display()
+    );
+    let report = track_shell(&script, Duration::from_millis(200));
+    std::fs::remove_file(&file).ok();
+    let written = report.summary.disk_written_bytes;
+    assert!(
+        (WRITTEN * 9 / 10..WRITTEN * 3 / 2).contains(&written),
+        "{written} bytes counted for {WRITTEN} written: {:?}",
+        report.summary
+    );
+}
+
+/// Children that each end between two readings: their CPU time reaches the tree through the
+/// parent that reaps them (`cutime`), where a process seen at fewer than two readings showed
+/// none.
+#[test]
+fn the_cpu_of_children_that_end_between_readings_is_counted() {
+    let busy = "timeout 0.15 sh -c 'while :; do :; done'";
+    let script = format!("for i in 1 2 3 4 5 6 7 8; do {busy}; done; true");
+    let report = track_shell(&script, Duration::from_secs(1));
+    let s = &report.summary;
+    // About 1.2 s of CPU over about 1.3 s; a loaded 2-core machine may give less.
+    assert!(s.cpu_cores_mean >= 0.2, "{s:?}");
+}
+
+/// A parent and its forked workers share the parent's pages: counted once (their proportional
+/// set sizes), as the cgroup that limits them charges them, not once per process.
+#[test]
+fn memory_shared_with_forked_children_counts_once() {
+    const HELD: u64 = 256 << 20;
+    let python = "import os, time\n\
+                  held = bytearray(b'\\x01') * (256 << 20)\n\
+                  for _ in range(3):\n    \
+                      if os.fork() == 0:\n        time.sleep(2.5)\n        os._exit(0)\n\
+                  time.sleep(2.5)\n\
+                  os.wait(); os.wait(); os.wait()\n";
+    let mut child = Command::new("python3")
+        .args(["-c", python])
+        .spawn()
+        .expect("python3 (on the development machine and CI) runs the forking parent");
+    let tracker = ResourceTracker::builder()
+        .pid(child.id())
+        .interval(Duration::from_millis(250))
+        .start()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let s = tracker.finish().unwrap().summary;
+    assert!(s.processes_max >= 4, "{s:?}");
+    assert!(
+        (HELD * 9 / 10..2 * HELD).contains(&s.memory_bytes_max),
+        "{} bytes for {HELD} shared by 4 processes: {s:?}",
+        s.memory_bytes_max
+    );
+}

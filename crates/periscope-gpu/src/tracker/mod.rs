@@ -3,6 +3,7 @@
 mod pid_namespace;
 mod probe;
 mod summary;
+mod usage;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

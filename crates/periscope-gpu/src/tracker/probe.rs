@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sysinfo::{Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, System, ThreadKind};
 
+use super::usage::{self, TreeTotals};
 use crate::sample::sum_known;
 use crate::{GpuError, GpuSample, GpuSource, SampleRequest};
 
@@ -61,6 +62,8 @@ pub(crate) struct Probe {
     children: bool,
     gpu: Option<GpuReader>,
     started: Instant,
+    /// The totals of the tree's processes at the previous reading, and when it was taken.
+    previous: (TreeTotals, Instant),
 }
 
 impl Probe {
@@ -81,9 +84,11 @@ impl Probe {
             children,
             gpu,
             started: Instant::now(),
+            previous: (TreeTotals::new(), Instant::now()),
         };
-        // CPU usage is a difference between two refreshes: this is the first one.
+        // CPU and storage use are differences between two readings: this is the first one.
         probe.refresh();
+        probe.previous = (probe.tree_totals(&probe.tree()), Instant::now());
         Ok(probe)
     }
 
@@ -123,12 +128,17 @@ impl Probe {
             ..Reading::default()
         };
         for process in tree.iter().filter_map(|pid| self.system.process(*pid)) {
-            reading.cpu_cores += f64::from(process.cpu_usage()) / 100.0;
-            reading.memory_bytes += process.memory();
-            let disk = process.disk_usage();
-            reading.disk_read_bytes += disk.read_bytes;
-            reading.disk_written_bytes += disk.written_bytes;
+            reading.memory_bytes += usage::memory_bytes(process);
         }
+        let (now, at) = (self.tree_totals(&tree), Instant::now());
+        let used = usage::used_between(&self.previous.0, &now, &self.system);
+        let seconds = at.duration_since(self.previous.1).as_secs_f64();
+        if seconds > 0.0 {
+            reading.cpu_cores = used.cpu_seconds / seconds;
+        }
+        reading.disk_read_bytes = used.read_bytes;
+        reading.disk_written_bytes = used.written_bytes;
+        self.previous = (now, at);
         for (name, data) in self.networks.list() {
             if name != "lo" {
                 reading.host_net_rx_bytes += data.received();
@@ -138,6 +148,12 @@ impl Probe {
         let pids: HashSet<u32> = tree.iter().map(|pid| pid.as_u32()).collect();
         reading.gpu = self.read_gpu(&pids);
         reading
+    }
+
+    fn tree_totals(&self, tree: &[Pid]) -> TreeTotals {
+        tree.iter()
+            .filter_map(|pid| Some((*pid, usage::totals(self.system.process(*pid)?))))
+            .collect()
     }
 
     /// The root and, when enabled, all its descendants (threads are not processes here).

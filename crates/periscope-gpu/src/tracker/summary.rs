@@ -22,9 +22,9 @@ pub struct ResourceSummary {
     pub cpu_cores_mean: f64,
     /// Peak CPU use of the tree, in cores.
     pub cpu_cores_max: f64,
-    /// Mean resident memory of the tree, bytes.
+    /// Mean memory of the tree, bytes (proportional set sizes on Linux, else resident).
     pub memory_bytes_mean: f64,
-    /// Peak resident memory of the tree, bytes.
+    /// Peak memory of the tree, bytes (proportional set sizes on Linux, else resident).
     pub memory_bytes_max: u64,
     /// Bytes the tree read from storage.
     pub disk_read_bytes: u64,
