@@ -306,6 +306,29 @@ impl std::fmt::Debug for Settings {
 }
 
 impl Settings {
+    /// Sets the variables of `values` (`None` unsets one) as a source of their own, applied on
+    /// top of these settings: what the builder's OpenTelemetry setters give in code.
+    pub(crate) fn apply_code(self, values: &[(&str, Option<String>)]) -> Result<Self, ConfigError> {
+        let mut settings = self;
+        for (name, value) in values {
+            match value {
+                Some(value) => settings
+                    .layered_variables
+                    .insert((*name).to_owned(), value.clone()),
+                None => settings.layered_variables.remove(*name),
+            };
+        }
+        // Every other variable unset: the layered ones are read again, these among them.
+        let names: Vec<&str> = values.iter().map(|(name, _)| *name).collect();
+        let from_code = settings.layered_variables.clone();
+        settings.apply_env(|name| {
+            names
+                .contains(&name)
+                .then(|| from_code.get(name).cloned())
+                .flatten()
+        })
+    }
+
     /// Applies every variable `lookup` knows on top of these settings. Empty values count as
     /// unset; anything malformed is an error that names the variable and what it accepts.
     pub fn apply_env(

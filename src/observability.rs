@@ -159,6 +159,95 @@ impl ObservabilityBuilder {
         self
     }
 
+    /// The OTLP collector's base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT` gives it (for
+    /// `http/protobuf`, `/v1/traces` is appended) and checked as that variable is; the
+    /// environment applied after ([`env`](Self::env)) overrides it. Feature `otel`.
+    ///
+    /// ```
+    /// let obs = periscope::Observability::builder()
+    ///     .otlp_endpoint("http://collector.observability:4318")?
+    ///     .env()? // OTEL_EXPORTER_OTLP_ENDPOINT, when set, wins
+    ///     .build()?;
+    /// # Ok::<(), periscope::Error>(())
+    /// ```
+    #[cfg(feature = "otel")]
+    pub fn otlp_endpoint(self, url: &str) -> Result<Self, ConfigError> {
+        self.variables(
+            "otlp_endpoint",
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", Some(url.to_owned()))],
+        )
+    }
+
+    /// The OTLP transport, as `OTEL_EXPORTER_OTLP_PROTOCOL` gives it (default
+    /// `http/protobuf`), which overrides it. Feature `otel`.
+    #[cfg(feature = "otel")]
+    pub fn otlp_protocol(
+        self,
+        protocol: periscope_trace::otel::Protocol,
+    ) -> Result<Self, ConfigError> {
+        self.variables(
+            "otlp_protocol",
+            &[(
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                Some(protocol.as_str().to_owned()),
+            )],
+        )
+    }
+
+    /// Which traces are sampled, as `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` give it
+    /// (default `parentbased_always_on`), which override it: the exporter's sampler and, in any
+    /// build, the `sampled` flag the layers send downstream. A ratio outside 0 to 1 is an
+    /// error, as the variable's would be.
+    ///
+    /// ```
+    /// use periscope::trace::Sampler;
+    ///
+    /// let obs = periscope::Observability::builder()
+    ///     .traces_sampler(Sampler::ParentBasedTraceIdRatio(0.1))?
+    ///     .build()?;
+    /// assert_eq!(obs.settings().sampler, Sampler::ParentBasedTraceIdRatio(0.1));
+    /// # Ok::<(), periscope::Error>(())
+    /// ```
+    pub fn traces_sampler(self, sampler: periscope_trace::Sampler) -> Result<Self, ConfigError> {
+        let (name, arg) = sampler.env_values();
+        self.variables(
+            "traces_sampler",
+            &[
+                ("OTEL_TRACES_SAMPLER", Some(name.to_owned())),
+                ("OTEL_TRACES_SAMPLER_ARG", arg),
+            ],
+        )
+    }
+
+    /// The propagation formats the layers read and send, as `OTEL_PROPAGATORS` gives them
+    /// (default W3C Trace Context and Baggage), which overrides them.
+    pub fn propagators(
+        self,
+        propagators: periscope_trace::Propagators,
+    ) -> Result<Self, ConfigError> {
+        self.variables(
+            "propagators",
+            &[("OTEL_PROPAGATORS", Some(propagators.as_list().to_owned()))],
+        )
+    }
+
+    /// Sets OpenTelemetry variables from code: read as the environment's are (the same checks;
+    /// an error names `method`, not a variable nobody set), and kept by a later source that
+    /// leaves them unset.
+    fn variables(
+        mut self,
+        method: &'static str,
+        values: &[(&str, Option<String>)],
+    ) -> Result<Self, ConfigError> {
+        self.settings = self.settings.apply_code(values).map_err(|mut error| {
+            if values.iter().any(|(name, _)| *name == error.var) {
+                error.var = method;
+            }
+            error
+        })?;
+        Ok(self)
+    }
+
     /// Turns the NVIDIA GPU collector on (default off; `ENABLE_GPU`). Needs the `gpu` feature.
     pub fn gpu(mut self, on: bool) -> Self {
         self.settings.gpu = on;
@@ -345,7 +434,7 @@ impl ObservabilityBuilder {
     /// facade's, and the log and metrics layers (and the outgoing propagation) do not follow
     /// them: declare tenant fields and routes with [`tenant_key`](Self::tenant_key) and
     /// [`route_templates`](Self::route_templates) instead, and the formats with
-    /// `OTEL_PROPAGATORS`. Paths made quiet here still get an access line.
+    /// [`propagators`](Self::propagators) or `OTEL_PROPAGATORS`. Paths made quiet here still get an access line.
     ///
     /// ```
     /// use periscope::trace::Trust;

@@ -848,3 +848,66 @@ fn the_gpu_collector_asked_for_in_a_build_without_it_names_where() {
     assert!(error.starts_with("gpu=\"true\" is invalid"), "{error}");
     assert!(!error.contains("ENABLE_GPU"), "{error}");
 }
+
+/// What the environment sets of OpenTelemetry, the builder sets in code: the sampler and the
+/// propagation formats in every build. The environment applied after wins for what it sets
+/// and keeps the rest; a bad value is refused under the method's name.
+#[test]
+fn the_sampler_and_propagators_are_set_in_code_and_the_environment_overrides_them() {
+    use periscope::trace::{Propagators, Sampler};
+
+    let in_code = || {
+        quiet()
+            .traces_sampler(Sampler::ParentBasedTraceIdRatio(0.25))
+            .unwrap()
+            .propagators(Propagators::default().with_baggage(false))
+            .unwrap()
+    };
+    let obs = in_code().env_from(|_| None).unwrap().build().unwrap();
+    let settings = obs.settings();
+    assert_eq!(settings.sampler, Sampler::ParentBasedTraceIdRatio(0.25));
+    assert!(settings.propagators.trace_context() && !settings.propagators.baggage());
+    #[cfg(feature = "otel")]
+    assert_eq!(
+        settings.otel.sampler,
+        Sampler::ParentBasedTraceIdRatio(0.25)
+    );
+
+    let overridden = in_code()
+        .env_from(|name| (name == "OTEL_TRACES_SAMPLER").then(|| "always_off".to_owned()))
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(overridden.settings().sampler, Sampler::AlwaysOff);
+    assert!(!overridden.settings().propagators.baggage(), "kept");
+
+    let error = quiet()
+        .traces_sampler(Sampler::TraceIdRatio(1.5))
+        .unwrap_err();
+    assert_eq!(error.var, "traces_sampler", "{error}");
+    assert!(error.to_string().contains("between 0 and 1"), "{error}");
+}
+
+#[cfg(feature = "otel")]
+#[test]
+fn the_otlp_endpoint_and_protocol_are_set_in_code() {
+    use periscope::trace::otel::Protocol;
+
+    let obs = quiet()
+        .otlp_endpoint("http://collector.observability:4317")
+        .unwrap()
+        .otlp_protocol(Protocol::Grpc)
+        .unwrap()
+        .env_from(|_| None)
+        .unwrap()
+        .build()
+        .unwrap();
+    let otel = &obs.settings().otel;
+    assert_eq!(otel.protocol, Protocol::Grpc);
+    assert_eq!(
+        otel.traces_endpoint().as_deref(),
+        Some("http://collector.observability:4317")
+    );
+    let error = quiet().otlp_endpoint("collector:4317").unwrap_err();
+    assert_eq!(error.var, "otlp_endpoint", "{error}");
+}

@@ -97,6 +97,24 @@ impl Propagators {
         Some(propagators)
     }
 
+    /// The `OTEL_PROPAGATORS` value naming these formats, which
+    /// [`from_list`](Self::from_list) reads back.
+    ///
+    /// ```
+    /// use periscope_trace::Propagators;
+    ///
+    /// assert_eq!(Propagators::default().as_list(), "tracecontext,baggage");
+    /// assert_eq!(Propagators::none().as_list(), "none");
+    /// ```
+    pub const fn as_list(self) -> &'static str {
+        match (self.trace_context, self.baggage) {
+            (true, true) => "tracecontext,baggage",
+            (true, false) => "tracecontext",
+            (false, true) => "baggage",
+            (false, false) => "none",
+        }
+    }
+
     /// Removes from `carrier` (headers, a job's carrier) what these formats do not send.
     pub(crate) fn strip<C: periscope_context::Injector + ?Sized>(self, carrier: &mut C) {
         if !self.trace_context {

@@ -85,6 +85,30 @@ impl Sampler {
         }
     }
 
+    /// The values of `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` naming this sampler,
+    /// which [`from_env_values`](Self::from_env_values) reads back (the ratio for the two ratio
+    /// samplers only).
+    ///
+    /// ```
+    /// use periscope_trace::Sampler;
+    ///
+    /// let (name, arg) = Sampler::ParentBasedTraceIdRatio(0.25).env_values();
+    /// assert_eq!((name, arg.as_deref()), ("parentbased_traceidratio", Some("0.25")));
+    /// assert_eq!(Sampler::from_env_values(Some(name), arg.as_deref()), Ok(Sampler::ParentBasedTraceIdRatio(0.25)));
+    /// ```
+    pub fn env_values(self) -> (&'static str, Option<String>) {
+        match self {
+            Self::AlwaysOn => ("always_on", None),
+            Self::AlwaysOff => ("always_off", None),
+            Self::TraceIdRatio(ratio) => ("traceidratio", Some(ratio.to_string())),
+            Self::ParentBasedAlwaysOn => ("parentbased_always_on", None),
+            Self::ParentBasedAlwaysOff => ("parentbased_always_off", None),
+            Self::ParentBasedTraceIdRatio(ratio) => {
+                ("parentbased_traceidratio", Some(ratio.to_string()))
+            }
+        }
+    }
+
     /// Whether a span of trace `trace_id` is sampled: `parent_sampled` is the caller's flag
     /// for a continued trace, `None` for a trace started here. A ratio sampler decides by
     /// the trace id exactly as OpenTelemetry's `TraceIdRatioBased` does, so every service of a

@@ -26,6 +26,22 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
+impl Protocol {
+    /// The value `OTEL_EXPORTER_OTLP_PROTOCOL` gives it by: `grpc` or `http/protobuf`.
+    ///
+    /// ```
+    /// use periscope_trace::otel::Protocol;
+    ///
+    /// assert_eq!(Protocol::Grpc.as_str(), "grpc");
+    /// ```
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
 pub use crate::sampler::Sampler;
 
 /// The OpenTelemetry SDK's sampler for `sampler`.
