@@ -13,6 +13,8 @@ use periscope_context::grpc::{
     GrpcCode, HeadOutcome, StreamEnd, head_outcome, is_grpc_answer, is_grpc_request,
 };
 use periscope_context::{RequestContext, TraceId};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 
@@ -164,37 +166,39 @@ impl ClientMetricsLayerBuilder {
             LabelGuard::reserving(self.caps.label_cap(port), &[UNKNOWN_SERVER]),
             LabelGuard::reserving(self.caps.label_cap(status), &[CALL_ERROR, CANCELLED]),
         ];
-        let series_cap = self.caps.series_cap();
-        let requests = GuardedFamily::<Counter, 4>::with_guards(
+        // One table of series, registered twice (a view for the count, one for the duration):
+        // a call's count and duration land in the same series whatever the series cap does,
+        // where two tables racing for their last slots could each keep a different host.
+        let calls = GuardedFamily::<CallSeries, 4>::with_guards(
             &requests_name,
             LABELS,
-            guards.clone(),
-            series_cap,
-            registry.overflow(),
-            Box::new(Counter::default),
-        );
-        let duration = GuardedFamily::with_guards(
-            &duration_name,
-            LABELS,
             guards,
-            series_cap,
+            self.caps.series_cap(),
             registry.overflow(),
-            Box::new(move || HistogramWithExemplars::new(buckets.iter().copied())),
+            Box::new(move || CallSeries {
+                count: Counter::default(),
+                duration: HistogramWithExemplars::new(buckets.iter().copied()),
+            }),
         );
         registry.register(
             &requests_name,
             "HTTP client calls completed, by method, server and status",
-            requests.clone(),
+            CallsView {
+                calls: calls.clone(),
+                duration: false,
+            },
         )?;
         registry.register(
             &duration_name,
             "HTTP client call duration until the answer's head (a gRPC call answered in trailers: until its end), in seconds",
-            duration.clone(),
+            CallsView {
+                calls: calls.clone(),
+                duration: true,
+            },
         )?;
         Ok(ClientMetricsLayer {
             families: Arc::new(Families {
-                requests,
-                duration,
+                calls,
                 status: self.status,
                 exemplars: self.exemplars,
             }),
@@ -203,10 +207,44 @@ impl ClientMetricsLayerBuilder {
 }
 
 struct Families {
-    requests: GuardedFamily<Counter, 4>,
-    duration: GuardedFamily<HistogramWithExemplars<TraceExemplar>, 4>,
+    calls: GuardedFamily<CallSeries, 4>,
     status: StatusLabel,
     exemplars: bool,
+}
+
+/// The metrics of one `(method, server.address, server.port, status)` series.
+#[derive(Clone, Debug)]
+struct CallSeries {
+    count: Counter,
+    duration: HistogramWithExemplars<TraceExemplar>,
+}
+
+/// One registered family: the calls' counts, or their durations.
+#[derive(Debug)]
+struct CallsView {
+    calls: GuardedFamily<CallSeries, 4>,
+    duration: bool,
+}
+
+impl EncodeMetric for CallsView {
+    fn encode(&self, encoder: MetricEncoder) -> std::fmt::Result {
+        self.calls
+            .encode_each(encoder, |series, encoder| match self.duration {
+                false => series.count.encode(encoder),
+                true => series.duration.encode(encoder),
+            })
+    }
+
+    fn metric_type(&self) -> MetricType {
+        match self.duration {
+            false => MetricType::Counter,
+            true => MetricType::Histogram,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
 }
 
 /// RED metrics of the calls a service makes: wrap an HTTP client (hyper-util's, a tonic
@@ -284,8 +322,7 @@ impl ClientMetricsLayer {
 impl std::fmt::Debug for ClientMetricsLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientMetricsLayer")
-            .field("requests", &self.families.requests)
-            .field("duration", &self.families.duration)
+            .field("calls", &self.families.calls)
             .finish_non_exhaustive()
     }
 }
@@ -475,12 +512,11 @@ impl Call {
         self.done = true;
         let elapsed = self.start.elapsed().as_secs_f64();
         let labels = [self.method, &self.server.address, &self.server.port, status];
-        self.families.requests.get_or_create(labels).inc();
-        self.families.duration.get_or_create(labels).observe(
-            elapsed,
-            self.exemplar.map(TraceExemplar),
-            None,
-        );
+        let series = self.families.calls.get_or_create(labels);
+        series.count.inc();
+        series
+            .duration
+            .observe(elapsed, self.exemplar.map(TraceExemplar), None);
     }
 }
 

@@ -294,3 +294,65 @@ fn a_full_family_folds_new_combinations_without_building_their_metrics() {
         "{text}"
     );
 }
+
+/// The label sets of the samples of `family` (its `_count` lines for a histogram).
+fn label_sets(text: &str, sample: &str) -> Vec<String> {
+    let mut sets: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix(sample)?.strip_prefix('{'))
+        .map(|rest| rest.split('}').next().unwrap_or_default().to_owned())
+        .collect();
+    sets.sort();
+    sets
+}
+
+/// Two calls to two hosts racing for the client families' last series: each call's count and
+/// duration land in the same series (the one kept, or the overflow), never the count under
+/// one host and the duration under the other.
+#[test]
+fn a_calls_count_and_duration_take_the_same_series_at_the_cap() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use periscope_metrics::{Caps, ClientMetricsLayer, Format};
+    use tower::{Layer, Service};
+
+    for _ in 0..300 {
+        let registry = MetricsRegistry::new();
+        let layer = ClientMetricsLayer::builder()
+            .caps(Caps::default().series(1))
+            .register(&registry)
+            .unwrap();
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = ["alpha.internal", "beta.internal"]
+            .into_iter()
+            .map(|host| {
+                let (layer, start) = (layer.clone(), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    type Empty = http_body_util::Empty<bytes::Bytes>;
+                    let mut client = layer.layer(tower::service_fn(|_: http::Request<Empty>| {
+                        std::future::ready(Ok::<_, std::convert::Infallible>(http::Response::new(
+                            Empty::new(),
+                        )))
+                    }));
+                    let request = http::Request::get(format!("http://{host}/jobs"))
+                        .body(Empty::new())
+                        .unwrap();
+                    start.wait();
+                    let mut cx = Context::from_waker(Waker::noop());
+                    let answered = std::pin::pin!(client.call(request)).poll(&mut cx);
+                    assert!(matches!(answered, Poll::Ready(Ok(_))));
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let text = registry.encode(Format::Prometheus).unwrap();
+        assert_eq!(
+            label_sets(&text, "http_client_requests_total"),
+            label_sets(&text, "http_client_request_duration_seconds_count"),
+            "{text}"
+        );
+    }
+}
