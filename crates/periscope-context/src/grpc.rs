@@ -153,7 +153,9 @@ impl GrpcCode {
 
 impl GrpcCode {
     /// The code for an error answered with HTTP `status`, the inverse of
-    /// [`http_status`](Self::http_status) where one exists: 504 `DEADLINE_EXCEEDED`, 503
+    /// [`http_status`](Self::http_status) where one exists: 504 `DEADLINE_EXCEEDED` (and 408,
+    /// a timeout too: the `timeout` error code, retryable, where `FAILED_PRECONDITION` would
+    /// tell a client not to retry), 503
     /// `UNAVAILABLE`, 429 and 413 `RESOURCE_EXHAUSTED`, other 4xx `INVALID_ARGUMENT` or
     /// `FAILED_PRECONDITION`, other 5xx `INTERNAL`; `OK` below 400.
     pub fn from_http_status(status: StatusCode) -> Self {
@@ -164,7 +166,7 @@ impl GrpcCode {
             403 => Self::PERMISSION_DENIED,
             404 | 410 => Self::NOT_FOUND,
             501 => Self::UNIMPLEMENTED,
-            504 => Self::DEADLINE_EXCEEDED,
+            408 | 504 => Self::DEADLINE_EXCEEDED,
             409 => Self::ABORTED,
             // gRPC's own answer to a message over the size limit.
             413 | 429 => Self::RESOURCE_EXHAUSTED,
@@ -612,6 +614,12 @@ mod tests {
         assert_eq!(
             GrpcCode::from_http_status(StatusCode::PAYLOAD_TOO_LARGE),
             GrpcCode::RESOURCE_EXHAUSTED
+        );
+        // A bare 408 (tower-http's `TimeoutLayer`) is a timeout, retryable: not
+        // `FAILED_PRECONDITION`, which tells a client not to retry.
+        assert_eq!(
+            GrpcCode::from_http_status(StatusCode::REQUEST_TIMEOUT),
+            GrpcCode::DEADLINE_EXCEEDED
         );
     }
 

@@ -448,7 +448,7 @@ where
                     state: State::Running { future },
                     // `tokio::time::sleep` takes any duration (a deadline past its clock's
                     // range waits forever), so a client's 99,999,999 hours is harmless.
-                    sleep: limit.map(|limit| Box::pin(tokio::time::sleep(limit.after))),
+                    sleep: limit.and_then(|limit| deadline(limit.after)),
                     timeout: limit,
                     handled,
                 }
@@ -726,7 +726,33 @@ fn discard<B>(body: B) -> Result<(), CaughtPanic> {
 /// a Tokio runtime (elsewhere none, as without a timeout).
 fn read_deadline() -> Option<Pin<Box<Sleep>>> {
     tokio::runtime::Handle::try_current().ok()?;
-    Some(Box::pin(tokio::time::sleep(BODY_READ_LIMIT)))
+    deadline(BODY_READ_LIMIT)
+}
+
+/// A sleep of `after`, or `None` off a Tokio runtime or on one built without its time driver
+/// (`enable_io` alone is enough for `axum::serve`), where `tokio::time::sleep` panics: a
+/// client's `grpc-timeout`, or an error body to read, must not panic the layer whose job is
+/// to stop panics. Warned once: a deadline was wanted and no timer can keep it.
+fn deadline(after: Duration) -> Option<Pin<Box<Sleep>>> {
+    let timers = tokio::runtime::Handle::try_current()
+        .ok()
+        .and_then(|_| panic::catch(|| tokio::time::sleep(after)).ok());
+    if timers.is_none() {
+        no_timers();
+    }
+    timers.map(Box::pin)
+}
+
+#[cold]
+fn no_timers() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            "ErrorLayer: no Tokio timer here (outside a Tokio runtime, or on one built without \
+             `enable_time`): its timeout, a gRPC client's `grpc-timeout` and the limit on \
+             reading an error body do not apply; build the runtime with `enable_all()`"
+        );
+    });
 }
 
 /// Whether the deadline, if any, has passed.
@@ -1123,7 +1149,11 @@ impl Handled {
             }
         }
         if let Some(seconds) = render::retry_after_seconds(&parts.headers) {
-            error = error.with_retry_after(Duration::from_secs(seconds));
+            // A delay to retry after says the condition is temporary (RFC 9110 §10.2.3: a
+            // 413's, a maintenance 500's): the envelope says retryable, not both ways.
+            error = error
+                .with_retry_after(Duration::from_secs(seconds))
+                .with_retryable(true);
         }
         self.rewrite(parts, Arc::new(error.into_body(&self.ids)))
     }
@@ -1331,6 +1361,11 @@ impl Handled {
         // What periscope renders always says whether to retry: an envelope without it gets
         // what a client would conclude (the code's, else its family's class, else the
         // status's), so the answer does not depend on which decoder reads it.
+        let retry_after = render::retry_after_seconds(&parts.headers);
+        if error.retryable.is_none() && retry_after.is_some() {
+            // A delay to retry after says the condition is temporary, as for a bare answer.
+            error.retryable = Some(true);
+        }
         if error.retryable.is_none() {
             let known = ErrorCode::find_builtin(&error.code);
             let class = known
@@ -1339,9 +1374,10 @@ impl Handled {
                 .unwrap_or_else(|| crate::ErrorClass::from_status(parts.status));
             error.retryable = Some(known.map_or(class.is_retryable(), |code| code.is_retryable()));
         }
-        // The `Retry-After` header stays; the body says the same delay.
-        if error.retry_after_s.is_none() {
-            error.retry_after_s = render::retry_after_seconds(&parts.headers);
+        // The `Retry-After` header stays; the body says the same delay, unless the service's
+        // envelope said not to retry at all.
+        if error.retry_after_s.is_none() && error.retryable != Some(false) {
+            error.retry_after_s = retry_after;
         }
         self.rewrite(parts, Arc::new(error))
     }
