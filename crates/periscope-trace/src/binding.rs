@@ -168,6 +168,25 @@ mod otel {
         });
     }
 
+    /// A call's span no subscriber takes (a global filter quietening client spans) while
+    /// the span it is made in is exported: the call goes out under that span, which the
+    /// backend has, rather than under an id no exported span has. Without an exported span
+    /// around it (no export), the call keeps a span id of its own.
+    fn under_exported_span(ctx: &mut RequestContext) -> bool {
+        let current = Span::current().context();
+        let enclosing = current.span().span_context().clone();
+        if !enclosing.is_valid() || enclosing.trace_id().to_bytes() != ctx.trace_id.to_bytes() {
+            return false;
+        }
+        match periscope_context::SpanId::from_bytes(enclosing.span_id().to_bytes()) {
+            Some(span_id) => {
+                ctx.span_id = span_id;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Whether the span is exported's: `ctx` then has its ids and sampling decision.
     pub(super) fn adopt_exported_ids(
         span: &Span,
@@ -176,7 +195,7 @@ mod otel {
         link: Option<&TraceParent>,
     ) -> bool {
         if span.is_disabled() {
-            return false;
+            return parent == ParentKind::Local && under_exported_span(ctx);
         }
         let parent_span_id = ctx.parent_span_id;
         // A call made inside a span of the service's own (`db_lookup`) nests under it, as
@@ -193,6 +212,13 @@ mod otel {
         // Joining the enclosing span's trace (no context of its own): that trace's id may be
         // a caller's, which the W3C `random` flag must not vouch for.
         let joined = enclosing.is_some() && parent_span_id.is_none();
+        // The exported span a call is made under (the enclosing one, else the request's).
+        let exported_parent = match &enclosing {
+            Some(cx) => {
+                periscope_context::SpanId::from_bytes(cx.span().span_context().span_id().to_bytes())
+            }
+            None => parent_span_id,
+        };
         let parent_cx = match (enclosing, parent_span_id) {
             (Some(enclosing), _) => enclosing,
             (None, Some(parent_id)) => {
@@ -228,6 +254,15 @@ mod otel {
             periscope_context::TraceId::from_bytes(exported.trace_id().to_bytes()),
             periscope_context::SpanId::from_bytes(exported.span_id().to_bytes()),
         ) else {
+            if parent == ParentKind::Local
+                && let Some(parent_id) = exported_parent
+            {
+                // A call's span the OpenTelemetry layer left out (a filter of its own) while
+                // the span it is made under is exported: the call goes out under that span,
+                // which the backend has, not under an id no exported span has.
+                ctx.span_id = parent_id;
+                return true;
+            }
             // A tracer that makes no spans (shut down, or a no-op tracer): our ids stand.
             warn_no_spans();
             return false;

@@ -1021,3 +1021,58 @@ fn parent_based_always_on() -> opentelemetry_sdk::trace::Sampler {
     use opentelemetry_sdk::trace::Sampler;
     Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
 }
+
+/// A call whose span the export leaves out (a filter on the OpenTelemetry layer of the
+/// service's own, or one that quietens client spans for every layer) goes out under the
+/// request's exported span: the callee's spans hang under a span the backend has, not under
+/// an id no exported span has.
+#[tokio::test]
+async fn a_call_whose_span_is_left_out_goes_out_under_the_exported_request_span() {
+    use http::Request;
+    use opentelemetry::trace::TracerProvider as _;
+    use tower::{Layer, ServiceExt, service_fn};
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::filter_fn;
+
+    for filtered_for_all in [false, true] {
+        let kept = Kept::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_sampler(parent_based_always_on())
+            .with_simple_exporter(kept.clone())
+            .build();
+        let otel = periscope_trace::otel::layer_for(provider.tracer("test"));
+        let not_client =
+            || filter_fn(|meta| meta.target() != periscope_trace::client::CLIENT_TARGET);
+        let _default = if filtered_for_all {
+            support::set_default(tracing_subscriber::registry().with(otel).with(not_client()))
+        } else {
+            support::set_default(
+                tracing_subscriber::registry().with(otel.with_filter(not_client())),
+            )
+        };
+
+        let client = echoing_client();
+        let server = CorrelationLayer::new().layer(service_fn(move |_: Request<String>| {
+            let call = Request::get("http://dependency.internal/")
+                .body(String::new())
+                .unwrap();
+            client.clone().oneshot(call)
+        }));
+        let request = Request::get("/v1/jobs").body(String::new()).unwrap();
+        let response = server.oneshot(request).await.unwrap();
+        let sent = TraceParent::parse(response.body().get_ref().unwrap().get_ref()).unwrap();
+        drop(response);
+        provider.force_flush().unwrap();
+        let spans = kept.0.lock().unwrap().clone();
+        assert_eq!(spans.len(), 1, "the server span alone: {spans:#?}");
+        assert_eq!(
+            sent.parent_id.to_string(),
+            spans[0].span_context.span_id().to_string(),
+            "filtered for every layer: {filtered_for_all}"
+        );
+        assert_eq!(
+            sent.trace_id.to_string(),
+            spans[0].span_context.trace_id().to_string()
+        );
+    }
+}
