@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared, join_all};
+use periscope_context::{RequestContext, WithContext};
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
@@ -129,7 +130,7 @@ impl Runner {
             Ok(handle) => {
                 // The run is its own task, so a probe that gives up (client gone) does not
                 // cancel the run the other probes wait on.
-                let task = handle.spawn(Arc::clone(self).execute(epoch));
+                let task = handle.spawn(Arc::clone(self).execute(epoch, checks_context()));
                 let runner = Arc::downgrade(self);
                 async move {
                     match task.await {
@@ -159,12 +160,14 @@ impl Runner {
     }
 
     /// Runs every check concurrently, stores the result as the last run and reports it.
-    async fn execute(self: Arc<Self>, epoch: u64) -> Arc<CheckRun> {
-        let (outcomes, panics): (Vec<_>, Vec<_>) = join_all(
-            self.checks
-                .iter()
-                .map(|check| run_one(check, check.timeout.unwrap_or(self.default_timeout))),
-        )
+    async fn execute(self: Arc<Self>, epoch: u64, ctx: Arc<RequestContext>) -> Arc<CheckRun> {
+        let (outcomes, panics): (Vec<_>, Vec<_>) = join_all(self.checks.iter().map(|check| {
+            run_one(
+                check,
+                check.timeout.unwrap_or(self.default_timeout),
+                Arc::clone(&ctx),
+            )
+        }))
         .await
         .into_iter()
         .unzip();
@@ -250,6 +253,19 @@ impl Runner {
     }
 }
 
+/// The context the checks of a run are made under: the probe's that started it (a probe path's
+/// context, unsampled), else a new trace's (a background poller); never sampled either way. A
+/// check that calls a dependency through periscope's client layer sends the ids on with the
+/// sampled flag off: under a parent-based sampler, neither side exports a span for a probe.
+fn checks_context() -> Arc<RequestContext> {
+    let mut ctx = match RequestContext::current() {
+        Some(current) => Arc::unwrap_or_clone(current),
+        None => RequestContext::new_root(),
+    };
+    ctx.trace_flags = ctx.trace_flags.with_sampled(false);
+    Arc::new(ctx)
+}
+
 /// The shortest interval a [`Poller`] runs the checks at.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -324,7 +340,11 @@ fn aborted_run(runner: &Weak<Runner>, epoch: u64, reason: &str) -> Arc<CheckRun>
 /// `Check` docs ask for `spawn_blocking` around blocking work.)
 /// Also returns the panic message (masked and cut as an error text is) when the check panicked:
 /// the caller logs it when it changes.
-async fn run_one(check: &HealthCheck, timeout: Duration) -> (CheckOutcome, Option<String>) {
+async fn run_one(
+    check: &HealthCheck,
+    timeout: Duration,
+    ctx: Arc<RequestContext>,
+) -> (CheckOutcome, Option<String>) {
     let started = Instant::now();
     let inner = Arc::clone(&check.check);
     // Polled inside `panic::catch`, as the error layer polls a handler: a panic is reported by
@@ -332,7 +352,7 @@ async fn run_one(check: &HealthCheck, timeout: Duration) -> (CheckOutcome, Optio
     // process's panic hook on every run (the default one's text on stderr, or
     // `Observability::init`'s line), which would print it whole.
     periscope_context::panic::install_hook();
-    let mut task = tokio::spawn(async move {
+    let check_task = async move {
         let mut running = None;
         std::future::poll_fn(|cx| {
             periscope_context::panic::catch(|| {
@@ -344,7 +364,8 @@ async fn run_one(check: &HealthCheck, timeout: Duration) -> (CheckOutcome, Optio
             .map_or_else(|caught| Poll::Ready(Err(caught)), |poll| poll.map(Ok))
         })
         .await
-    });
+    };
+    let mut task = tokio::spawn(WithContext::new(ctx, check_task));
     let mut panic = None;
     // Masked and cut as a check's error text: a driver's panic (`expect` on a connect error)
     // often names its connection string.

@@ -596,3 +596,49 @@ fn a_runtime_without_timers_is_named_as_the_cause() {
     assert!(error.contains("enable_time"), "{error}");
     assert!(!error.contains("cancelled"), "{error}");
 }
+
+/// A check runs under an unsampled context: the probe's that started the run (its request id
+/// and trace), else a new trace's (a run with no request around it, as a background poller's).
+/// A call it makes through periscope's client layer then goes out with the sampled flag off,
+/// so no span is exported for a probe on either side.
+#[tokio::test]
+async fn checks_run_under_the_probes_context_unsampled() {
+    use std::sync::{Arc, Mutex};
+
+    use periscope_context::{RequestContext, RequestId, TraceFlags};
+
+    /// What each run's check saw: its request id and whether it is sampled.
+    type Seen = Vec<Option<(String, bool)>>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let health = periscope_health::Health::builder()
+        .check("dependency", move || {
+            let record = Arc::clone(&record);
+            async move {
+                let ctx = RequestContext::current();
+                record
+                    .lock()
+                    .unwrap()
+                    .push(ctx.map(|ctx| (ctx.request_id.as_str().to_owned(), ctx.is_sampled())));
+                Ok::<_, String>(())
+            }
+        })
+        .cache_ttl(std::time::Duration::ZERO)
+        .build()
+        .unwrap();
+
+    let mut probe = RequestContext::new_root();
+    probe.request_id = RequestId::parse("probe-1").unwrap();
+    probe.trace_flags = TraceFlags::SAMPLED;
+    probe.scope(health.readiness()).await;
+    health.readiness().await;
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], Some(("probe-1".to_owned(), false)));
+    let (request_id, sampled) = seen[1].clone().expect("a context of its own");
+    assert!(
+        request_id.starts_with("req_") && !sampled,
+        "{request_id} {sampled}"
+    );
+}
