@@ -2,7 +2,8 @@
 # Checks the operations kit with the real tools. Exits non-zero if any check failed.
 #
 #   deploy/check.sh                  rules (promtool check rules), rule unit tests (promtool test
-#                                    rules), the Prometheus config, YAML and JSON syntax
+#                                    rules), the Prometheus config and the pod scrape job, YAML
+#                                    and JSON syntax
 #   deploy/check.sh metrics URL      a running service's /metrics: promtool check metrics, and
 #                                    every exposed series in deploy/metrics-catalogue.txt
 #
@@ -100,6 +101,23 @@ json_syntax() {
   return $ok
 }
 
+# The pod scrape job is a fragment of scrape_configs: checked inside a config of its own, its
+# relabelling with it. Debian's promtool is built without Kubernetes discovery, so a static
+# target stands in for the pods.
+pod_scrape_job() {
+  local config ok=0
+  config=$(mktemp --suffix=.yml) || return 1
+  {
+    echo "scrape_configs:"
+    sed -e 's/^  kubernetes_sd_configs:$/  static_configs:/' \
+      -e "s/^    - role: pod$/    - targets: ['127.0.0.1:8000']/" \
+      -e 's/^/  /' deploy/kubernetes/prometheus-scrape-annotations.yaml
+  } >"$config"
+  promtool check config "$config" || ok=1
+  rm -f "$config"
+  return $ok
+}
+
 if [[ ${1:-} == metrics ]]; then
   if [[ -z ${2:-} ]]; then
     echo "usage: deploy/check.sh metrics URL (for example http://127.0.0.1:8000/metrics)"
@@ -113,6 +131,7 @@ fi
 check "promtool check rules" promtool check rules deploy/prometheus/*.yml
 check "promtool test rules" promtool test rules deploy/prometheus/tests/*.yml
 check "promtool check config" promtool check config deploy/prometheus/config/prometheus.yml
+check "promtool check config (pod scrape job)" pod_scrape_job
 check "YAML syntax" yaml_syntax deploy/kubernetes/*.yaml deploy/grafana/provisioning/*.yml
 check "JSON syntax" json_syntax deploy/grafana/*.json
 finish

@@ -24,7 +24,7 @@
 //!
 //! | variable | default | accepted values |
 //! | --- | --- | --- |
-//! | `HOST` | `127.0.0.1` | an IP address to listen on (`0.0.0.0` in a container) |
+//! | `HOST` | `127.0.0.1` | an IP address to listen on (`::` in a container: every IPv6 and IPv4 address) |
 //! | `PORT` | `8000` | a port; `0` picks a free one (the `listening` log line names it) |
 //! | `ADMIN_PORT` | unset: the admin surface shares `PORT` | a port for the admin surface, served on 127.0.0.1 only, debug endpoints included (still behind `ADMIN_TOKEN` when one is set); `PORT` then keeps the probes and `/metrics` but no `/debug/*` |
 //! | `MODEL_WARMUP` | `true` | `false` loads the model on the first `/predict` instead of at startup |
@@ -55,7 +55,8 @@ mod predict;
 mod upload;
 
 use std::error::Error;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use axum::Router;
@@ -175,13 +176,25 @@ async fn bind(
     port_var: &'static str,
     addr: SocketAddr,
 ) -> Result<TcpListener, Box<dyn Error>> {
-    let bound = TcpListener::bind(addr).await.map_err(|e| {
+    let bound = match TcpListener::bind(addr).await {
+        // `::` listens on every IPv6 and IPv4 address (the pod's IP on any cluster). A node
+        // without IPv6 (booted with `ipv6.disable=1`) refuses it: every IPv4 address instead.
+        Err(e)
+            if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                && e.kind() != ErrorKind::AddrInUse =>
+        {
+            tracing::warn!(listener, error = %e, "IPv6 is not available here: listening on IPv4 only");
+            TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port()))).await
+        }
+        bound => bound,
+    };
+    let bound = bound.map_err(|e| {
         let what_to_do = match e.kind() {
-            std::io::ErrorKind::AddrInUse => {
+            ErrorKind::AddrInUse => {
                 format!(": set {port_var} to a free port (0 picks one), or stop what holds it")
             }
-            std::io::ErrorKind::AddrNotAvailable => {
-                ": set HOST to an address of this machine (0.0.0.0 for all of them)".to_owned()
+            ErrorKind::AddrNotAvailable => {
+                ": set HOST to an address of this machine (:: for all of them)".to_owned()
             }
             _ => String::new(),
         };

@@ -800,3 +800,25 @@ async fn bare_mode_serves_the_same_routes_without_the_stack() {
             .any(|line| line["target"] == "periscope::access")
     );
 }
+
+/// `HOST=::`, as the deployment sets it: the probes reach the pod's IP whether the cluster
+/// gives it an IPv6 or an IPv4 one. Where this machine has no IPv6, the gateway says so and
+/// listens on every IPv4 address.
+#[tokio::test]
+async fn host_unspecified_ipv6_serves_ipv6_and_ipv4() {
+    let service = start(&[("HOST", "::")]);
+    let addr = service.addr("http").await;
+    let ipv4 = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    assert_eq!(get(ipv4, "/health").await.status, 200);
+    let fell_back = service
+        .log_lines()
+        .iter()
+        .any(|line| line["message"] == "IPv6 is not available here: listening on IPv4 only");
+    if fell_back {
+        assert!(addr.is_ipv4(), "{addr}");
+    } else {
+        assert!(addr.is_ipv6(), "{addr}");
+        let ipv6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()));
+        assert_eq!(get(ipv6, "/health").await.status, 200);
+    }
+}
