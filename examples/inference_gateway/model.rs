@@ -213,11 +213,23 @@ impl ModelHandle {
         let loaded = async {
             tracing::info!("loading the model");
             let started = Instant::now();
-            tokio::time::sleep(inner.load_delay).await;
-            // Building a real model is CPU work: keep it off the request threads.
-            let model = tokio::task::spawn_blocking(Model::load)
+            // Reading weights and building a real model is blocking work, often for minutes:
+            // on a thread of its own, off the request threads, and not on the runtime's
+            // blocking pool, whose shutdown at the end of `main` waits for every task in it
+            // (a SIGTERM during the load would keep the process until the kubelet kills it).
+            let (sender, loaded) = tokio::sync::oneshot::channel();
+            let delay = inner.load_delay;
+            std::thread::Builder::new()
+                .name("model-load".to_owned())
+                .spawn(move || {
+                    // The stand-in for reading large weights (`MODEL_LOAD_DELAY_MS`).
+                    std::thread::sleep(delay);
+                    let _ = sender.send(Model::load());
+                })
+                .map_err(|e| LoadError(format!("no thread for the model load: {e}")))?;
+            let model = loaded
                 .await
-                .map_err(|e| LoadError(e.to_string()))?;
+                .map_err(|_| LoadError("the model load ended without a model".to_owned()))?;
             let duration_ms = started.elapsed().as_millis();
             let _ = inner.load_ms.set(duration_ms);
             inner.gate.open();

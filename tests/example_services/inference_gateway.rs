@@ -822,3 +822,27 @@ async fn host_unspecified_ipv6_serves_ipv6_and_ipv4() {
         assert_eq!(get(ipv6, "/health").await.status, 200);
     }
 }
+
+/// SIGTERM while the model is still loading (blocking work, as reading weights is): the gateway
+/// drains, stops and exits at once, without waiting for the load to end (a load on the
+/// runtime's blocking pool held the process at exit until the kubelet killed it).
+#[tokio::test]
+async fn sigterm_during_a_long_model_load_exits_at_once() {
+    let mut service = start(&[("MODEL_LOAD_DELAY_MS", "120000")]);
+    service.addr("http").await;
+    service
+        .wait_for_line("loading the model", |line| {
+            line["message"] == "loading the model"
+        })
+        .await;
+    let sent = std::time::Instant::now();
+    service.terminate();
+    let status = service.exit_status().await;
+    assert!(status.success(), "{status}");
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(service.log_lines().last().unwrap()["message"], "stopped");
+}
