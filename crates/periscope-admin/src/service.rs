@@ -172,7 +172,16 @@ impl Admin {
             }
             #[cfg(feature = "metrics")]
             Endpoint::Metrics => match &self.inner.metrics {
-                Some(metrics) => metrics.respond(request.method(), request.headers()),
+                // Encoded on a thread of its own (`MetricsService::scrape`).
+                Some(metrics) => {
+                    let scrape = metrics.scrape(request.method(), request.headers());
+                    return ResponseFuture::boxed(async move {
+                        match scrape.await {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        }
+                    });
+                }
                 None => reply::not_found(&request, self.endpoints()),
             },
             #[cfg(feature = "log")]

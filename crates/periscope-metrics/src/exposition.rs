@@ -198,16 +198,18 @@ pub(crate) fn encode(registry: &Registry, format: Format) -> Result<String, std:
 /// over all its lines). `HEAD` gets the same headers without encoding anything.
 /// Mount it at `/metrics`; it answers whatever path it is given.
 ///
-/// Encoding runs inline: it is CPU work proportional to the number of sample lines (a few
-/// milliseconds for 10,000 counter series; a RED series writes 19 lines, so 10,000 of them
-/// take tens of milliseconds, gzip included), plus reading a few `/proc` files for the
-/// process metrics.
+/// A `GET` is encoded on a thread of its own ([`scrape`](Self::scrape)): encoding is CPU work
+/// proportional to the number of sample lines (a few milliseconds for 10,000 counter series; a
+/// RED series writes 19 lines, so 10,000 of them take tens of milliseconds, gzip included),
+/// plus reading a few `/proc` files for the process metrics, which must not stall an
+/// executor's thread.
 ///
 /// ```
 /// use periscope_metrics::{MetricsRegistry, MetricsService};
 /// use tower_service::Service;
-/// # use std::{future::Future, pin::pin, task::{Context, Poll, Waker}};
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// let registry = MetricsRegistry::new();
 /// registry.register_process_metrics().unwrap();
 /// let mut service = MetricsService::new(registry);
@@ -216,11 +218,9 @@ pub(crate) fn encode(registry: &Registry, format: Format) -> Result<String, std:
 ///     .header("accept", "application/openmetrics-text; version=1.0.0")
 ///     .body(())
 ///     .unwrap();
-/// let mut response = pin!(service.call(scrape));
-/// let Poll::Ready(Ok(response)) = response.as_mut().poll(&mut Context::from_waker(Waker::noop())) else {
-///     unreachable!("the response is ready at once")
-/// };
+/// let response = service.call(scrape).await.unwrap();
 /// assert_eq!(response.headers()["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
+/// # }
 /// ```
 ///
 /// With axum (feature `axum` not needed for this):
@@ -294,17 +294,137 @@ impl MetricsService {
     }
 }
 
+impl MetricsService {
+    /// The response to a scrape, as [`respond`](Self::respond) gives it, but encoded on a
+    /// thread of its own: encoding a big registry takes milliseconds (tens with 10,000 series)
+    /// and the process metrics read `/proc`, which must not stall an executor's thread and
+    /// every request waiting on it. At most [`MAX_SCRAPE_THREADS`] scrapes are encoded so at
+    /// once; past them (a flood of scrapes), and where no thread can be started, the scrape is
+    /// encoded in the caller. A `HEAD` or another method is answered at once.
+    pub fn scrape(&self, method: &Method, headers: &HeaderMap) -> ScrapeFuture {
+        if method != Method::GET {
+            return ScrapeFuture::done(self.respond(method, headers));
+        }
+        let Some(slot) = ScrapeSlot::take() else {
+            return ScrapeFuture::done(self.respond(method, headers));
+        };
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        let (service, owned_headers) = (self.clone(), headers.clone());
+        // What the encoding logs (a collector's error) goes to the request's subscriber, in
+        // its span.
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let span = tracing::Span::current();
+        let spawned = std::thread::Builder::new()
+            .name("periscope-scrape".to_owned())
+            .spawn(move || {
+                let _slot = slot;
+                let response = tracing::dispatcher::with_default(&dispatch, || {
+                    span.in_scope(|| service.respond(&Method::GET, &owned_headers))
+                });
+                // The scrape may have gone: nobody to tell.
+                let _ = sender.send(response);
+            });
+        match spawned {
+            Ok(_) => ScrapeFuture(Some(Scrape::Encoding(receiver))),
+            // No thread (a process at its limit): encoded here, as before there were threads.
+            Err(_) => ScrapeFuture::done(self.respond(method, headers)),
+        }
+    }
+}
+
+/// The most scrapes encoded on threads of their own at once; more are encoded in the caller.
+pub const MAX_SCRAPE_THREADS: usize = 2;
+
+/// One of the [`MAX_SCRAPE_THREADS`] places, given back when dropped.
+struct ScrapeSlot;
+
+static SCRAPE_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl ScrapeSlot {
+    fn take() -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        SCRAPE_THREADS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                (running < MAX_SCRAPE_THREADS).then_some(running + 1)
+            })
+            .ok()
+            .map(|_| Self)
+    }
+}
+
+impl Drop for ScrapeSlot {
+    fn drop(&mut self) {
+        SCRAPE_THREADS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The response future of [`MetricsService`] (see [`MetricsService::scrape`]).
+#[must_use = "futures do nothing unless polled"]
+pub struct ScrapeFuture(Option<Scrape>);
+
+enum Scrape {
+    Done(Response<Full<Bytes>>),
+    Encoding(futures_channel::oneshot::Receiver<Response<Full<Bytes>>>),
+}
+
+impl ScrapeFuture {
+    fn done(response: Response<Full<Bytes>>) -> Self {
+        Self(Some(Scrape::Done(response)))
+    }
+}
+
+impl std::fmt::Debug for ScrapeFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.0 {
+            Some(Scrape::Done(_)) => "done",
+            Some(Scrape::Encoding(_)) => "encoding",
+            None => "answered",
+        };
+        f.debug_tuple("ScrapeFuture").field(&state).finish()
+    }
+}
+
+impl std::future::Future for ScrapeFuture {
+    type Output = Result<Response<Full<Bytes>>, Infallible>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = match self.0.take() {
+            Some(Scrape::Done(response)) => response,
+            Some(Scrape::Encoding(mut receiver)) => {
+                match std::pin::Pin::new(&mut receiver).poll(cx) {
+                    Poll::Pending => {
+                        self.0 = Some(Scrape::Encoding(receiver));
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(response)) => response,
+                    // The encoding thread ended without an answer: it panicked (a collector's
+                    // bug), which the process's panic hook reported.
+                    Poll::Ready(Err(_)) => plain(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "encoding the metrics failed; see the service log\n",
+                    ),
+                }
+            }
+            None => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "this scrape was answered already\n",
+            ),
+        };
+        Poll::Ready(Ok(response))
+    }
+}
+
 impl<B> tower_service::Service<Request<B>> for MetricsService {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+    type Future = ScrapeFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        std::future::ready(Ok(self.respond(request.method(), request.headers())))
+        self.scrape(request.method(), request.headers())
     }
 }
 

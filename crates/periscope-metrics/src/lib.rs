@@ -62,7 +62,7 @@ pub use client::{
     UNKNOWN_SERVER,
 };
 pub use error::MetricsError;
-pub use exposition::{Format, MetricsService};
+pub use exposition::{Format, MAX_SCRAPE_THREADS, MetricsService, ScrapeFuture};
 pub use guard::{
     Caps, DEFAULT_LABEL_CAP, DEFAULT_SERIES_CAP, GuardedFamily, MAX_LABEL_VALUE_LEN,
     SERIES_OVERFLOW,

@@ -8,6 +8,7 @@ mod common;
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
@@ -440,4 +441,71 @@ async fn a_metric_the_text_formats_cannot_hold_leaves_the_rest_of_the_scrape() {
             promtool_check(&text);
         }
     }
+}
+
+/// A collector slow to encode (a big registry, `/proc` on a loaded host): 200 ms.
+#[derive(Debug)]
+struct SlowCollector;
+
+impl Collector for SlowCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        std::thread::sleep(Duration::from_millis(200));
+        let metric = ConstCounter::new(1u64);
+        let family = encoder.encode_descriptor(
+            "test_slow",
+            "A slow collector",
+            None,
+            metric.metric_type(),
+        )?;
+        metric.encode(family)
+    }
+}
+
+/// A scrape is encoded off the executor's thread: on a runtime with one thread, a task of the
+/// service keeps running while a slow collector is encoded, and the scrape still answers whole.
+#[test]
+fn a_slow_scrape_does_not_stall_the_executor() {
+    use tower::ServiceExt;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let registry = MetricsRegistry::new();
+        registry
+            .reserve(
+                "test_slow_total",
+                prometheus_client::metrics::MetricType::Counter,
+            )
+            .unwrap();
+        registry.register_collector(Box::new(SlowCollector));
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let ticking = Arc::clone(&ticks);
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                ticking.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        tokio::task::yield_now().await;
+        let before = ticks.load(Ordering::SeqCst);
+        let scrape = http::Request::get("/metrics").body(()).unwrap();
+        let response = periscope_metrics::MetricsService::new(registry)
+            .oneshot(scrape)
+            .await
+            .unwrap();
+        let during = ticks.load(Ordering::SeqCst) - before;
+        ticker.abort();
+        assert_eq!(response.status(), 200);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("test_slow_total 1"),
+            "{body:?}"
+        );
+        assert!(during >= 10, "the executor ticked {during} times in 200 ms");
+    });
 }
