@@ -24,6 +24,30 @@ use tower_service::Service;
 ///
 /// Made by [`Observability::layer`](crate::Observability::layer). With axum, add it with
 /// `Router::layer` so the route template (`MatchedPath`) is known to every layer.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let obs = periscope::Observability::builder()
+///     .service_name("orders")
+///     .log_writer(std::io::sink())
+///     .build()?;
+/// // With axum: `Router::new().route("/orders", ..).layer(obs.layer())`.
+/// let service = obs.layer().layer(service_fn(|_: Request<String>| async {
+///     Ok::<_, Infallible>(Response::new(String::from("[]")))
+/// }));
+/// let request = Request::get("/orders")
+///     .header("x-request-id", "order-7")
+///     .body(String::new())
+///     .unwrap();
+/// let response = service.oneshot(request).await.unwrap();
+/// assert_eq!(response.headers()["x-request-id"], "order-7");
+/// # Ok::<(), periscope::Error>(())
+/// # }).unwrap();
+/// ```
 #[derive(Clone, Debug)]
 pub struct ObservabilityLayer {
     pub(crate) correlation: CorrelationLayer,
