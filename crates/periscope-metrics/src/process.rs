@@ -116,6 +116,12 @@ mod tests {
 
     #[test]
     fn process_metrics_carry_the_standard_names_and_live_values() {
+        // Some CPU time for the counter to show (the kernel counts it in 10 ms ticks).
+        let busy_until = std::time::Instant::now() + std::time::Duration::from_millis(50);
+        let mut spin = 0u64;
+        while std::time::Instant::now() < busy_until {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ProcessCollector));
         let mut text = String::new();
@@ -128,7 +134,9 @@ mod tests {
             line.rsplit(' ').next().unwrap().parse().unwrap()
         };
         assert!(text.contains("# TYPE process_cpu_seconds counter\n"));
-        assert!(value("process_cpu_seconds_total") >= 0.0);
+        // This process has run the test (and the work below): some CPU time, in seconds.
+        let cpu = value("process_cpu_seconds_total");
+        assert!(cpu > 0.0 && cpu < 3600.0, "{cpu}");
         assert!(value("process_resident_memory_bytes") > 1_000_000.0);
         assert!(value("process_open_fds") >= 3.0);
         assert!(value("process_threads") >= 1.0);

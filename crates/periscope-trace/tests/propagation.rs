@@ -290,17 +290,28 @@ async fn the_request_header_carries_the_id_the_client_gets_back() {
         )
         .layer(CorrelationLayer::new());
     let addr = serve(router).await;
-    for headers in [
-        &[][..],
-        &[("x-request-id", "has space")][..],
-        &[("x-correlation-id", "corr-5")][..],
-        &[("x-request-id", "{bad}"), ("x-correlation-id", "corr-6")][..],
-        &[("x-request-id", "kept-1")][..],
+    // The id expected back: the one given, else a generated one (`None`).
+    for (headers, expected) in [
+        (&[][..], None),
+        (&[("x-request-id", "has space")][..], None),
+        (&[("x-correlation-id", "corr-5")][..], Some("corr-5")),
+        (
+            &[("x-request-id", "{bad}"), ("x-correlation-id", "corr-6")][..],
+            Some("corr-6"),
+        ),
+        (&[("x-request-id", "kept-1")][..], Some("kept-1")),
         // Several: the first is kept, and the others do not stay beside it.
-        &[("x-request-id", "kept-2"), ("x-request-id", "bad id")][..],
+        (
+            &[("x-request-id", "kept-2"), ("x-request-id", "bad id")][..],
+            Some("kept-2"),
+        ),
     ] {
         let response = get(addr, "/echo", headers).await;
         let echoed = response.headers()["x-request-id"].to_str().unwrap();
+        match expected {
+            Some(id) => assert_eq!(echoed, id, "{headers:?}"),
+            None => assert!(echoed.starts_with("req_"), "{headers:?}: {echoed}"),
+        }
         assert_eq!(response.body(), echoed.as_bytes(), "{headers:?}");
     }
 }
