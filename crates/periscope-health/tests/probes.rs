@@ -429,13 +429,13 @@ async fn other_paths_and_methods_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_are_cached_for_the_configured_interval() {
+    // Within the interval (a minute: no stall of a loaded machine outlasts it), one run.
     let runs = Arc::new(AtomicUsize::new(0));
     let health = Health::builder()
         .check("database", counting(&runs))
-        .cache_ttl(Duration::from_millis(500))
+        .cache_ttl(Duration::from_secs(60))
         .build()
         .unwrap();
-
     health.readiness().await;
     health.readiness().await;
     assert_eq!(
@@ -443,7 +443,16 @@ async fn results_are_cached_for_the_configured_interval() {
         1,
         "the second probe hits the cache"
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    // Past it (the sleep lasts at least the interval, however slow the machine), a new run.
+    let runs = Arc::new(AtomicUsize::new(0));
+    let health = Health::builder()
+        .check("database", counting(&runs))
+        .cache_ttl(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    health.readiness().await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
     health.readiness().await;
     assert_eq!(
         runs.load(Ordering::SeqCst),

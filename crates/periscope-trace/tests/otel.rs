@@ -256,9 +256,44 @@ async fn sampled_out_requests_are_not_exported_but_propagate(
         ],
     )
     .await;
-    let spans = exported(guard, collector, 0).await;
-    assert!(spans.iter().all(|s| s.trace_id != trace), "{spans:#?}");
+    // The server spans end with their bodies, maybe after the answer was read: waited for, so
+    // the flush below comes after every span of the request ended.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while capture.spans_for("http_request", "otel-unsampled").len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 3 server spans did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let hops = by_hop(&seen);
+    // A sampled request after it: once its spans are exported, the unsampled ones would be too.
+    let sentinel = "33333333333333333333333333333333";
+    get(
+        a,
+        "/hop",
+        &[
+            ("x-request-id", "otel-sentinel"),
+            ("traceparent", &format!("00-{sentinel}-{PARENT}-01")),
+        ],
+    )
+    .await;
+    while capture.spans_for("http_request", "otel-sentinel").len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sentinel's spans did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut spans = Vec::new();
+    while !spans.iter().any(|s: &ExportedSpan| s.trace_id == sentinel) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sentinel was not exported"
+        );
+        spans.extend(exported(guard, collector, 1).await);
+    }
+    assert!(spans.iter().all(|s| s.trace_id != trace), "{spans:#?}");
     assert_eq!(hops.len(), 3);
     for seen in &hops {
         assert_eq!(seen.ctx.trace_id.to_string(), trace);
