@@ -106,6 +106,17 @@ fn encode_10k_series(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("encode_10k_series");
     group.sample_size(20);
+    // The baseline: prometheus-client's own encoder on the same registry (OpenMetrics text,
+    // what periscope's exposition starts from).
+    group.bench_function("prometheus_client_openmetrics", |b| {
+        b.iter(|| {
+            registry.with_registry(|registry| {
+                let mut text = String::new();
+                prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+                black_box(text)
+            })
+        })
+    });
     group.bench_function("openmetrics", |b| {
         b.iter(|| black_box(registry.encode_openmetrics().unwrap()))
     });
