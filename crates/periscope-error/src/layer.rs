@@ -937,6 +937,13 @@ impl Handled {
         // A gRPC service's own answers (HTTP 200) pass as they are. An HTTP error to a gRPC
         // call is scrubbed like any and answered in gRPC, whatever it carries: the client
         // chose its `content-type`, so claiming gRPC must not let internals through.
+        if !is_error(status)
+            && self.facts.format.is_grpc()
+            && status != StatusCode::SWITCHING_PROTOCOLS
+            && !periscope_context::grpc::is_grpc_answer(status, &parts.headers)
+        {
+            return self.not_grpc(parts, body);
+        }
         if !is_error(status) {
             self.echo(&mut parts);
             // A gRPC stream's code comes in its trailers: a panic mid-stream must end it with
@@ -1042,6 +1049,28 @@ impl Handled {
             StatusCode::UNAUTHORIZED if !self.facts.has_credentials => codes::TOKEN_MISSING,
             _ => ErrorCode::for_status(status),
         }
+    }
+
+    /// A gRPC call answered with no gRPC answer at all: a success or a redirect that is not
+    /// gRPC (a single-page app's fallback page, a `204`). No gRPC client can read it, so it is
+    /// answered as a method the service does not serve, `UNIMPLEMENTED`, and recorded so by
+    /// every layer above (the span keeps no name a client made up).
+    #[cold]
+    fn not_grpc<B: Body>(&self, mut parts: http::response::Parts, body: B) -> Inspected<B> {
+        if let Err(caught) = discard(body) {
+            return Inspected::Panicked(caught);
+        }
+        let facts = &self.facts;
+        let path = periscope_context::text::prefix(facts.target(), MAX_PATH_IN_MESSAGE);
+        let method = periscope_context::text::prefix(facts.method.as_str(), MAX_METHOD_IN_MESSAGE);
+        let message = format!(
+            "No gRPC method serves {method} {path}: the service answered HTTP {}, not gRPC",
+            parts.status.as_u16()
+        );
+        parts.status = StatusCode::NOT_FOUND;
+        let error =
+            HttpError::new(codes::ROUTE_NOT_FOUND, message).with_status(StatusCode::NOT_FOUND);
+        Inspected::Done(self.rewrite(parts, Arc::new(error.into_body(&self.ids))))
     }
 
     /// Replaces a bare error response (no envelope) with an envelope, keeping its status and

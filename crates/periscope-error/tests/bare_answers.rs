@@ -28,6 +28,14 @@ fn answering(
     }
 }
 
+/// A gRPC call to `path`, as a gRPC client sends it.
+fn grpc_call(path: &str) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header("content-type", "application/grpc")
+        .body(Full::default())
+        .unwrap()
+}
+
 #[test]
 fn a_runtime_without_timers_gets_its_answers() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -54,11 +62,10 @@ fn a_runtime_without_timers_gets_its_answers() {
             "application/grpc",
             "",
         )));
-        let request = Request::post("/pkg.Jobs/Get")
-            .header("content-type", "application/grpc")
-            .header("grpc-timeout", "1S")
-            .body(Full::default())
-            .unwrap();
+        let mut request = grpc_call("/pkg.Jobs/Get");
+        request
+            .headers_mut()
+            .insert("grpc-timeout", http::HeaderValue::from_static("1S"));
         let response = service.oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
     });
@@ -74,10 +81,7 @@ async fn a_bare_408_to_a_grpc_call_is_deadline_exceeded() {
         "text/plain",
         "",
     )));
-    let request = Request::post("/pkg.Jobs/Get")
-        .header("content-type", "application/grpc")
-        .body(Full::default())
-        .unwrap();
+    let request = grpc_call("/pkg.Jobs/Get");
     let response = service.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     // Trailers-only (the code in the head), else in the trailers.
@@ -123,4 +127,40 @@ async fn a_retry_after_makes_the_answer_retryable() {
     let error = &envelope(answer(413, "application/json", own)).await["error"];
     assert_eq!(error["retryable"], false, "{error}");
     assert!(error.get("retry_after_s").is_none(), "{error}");
+}
+
+/// A gRPC call answered with no gRPC answer at all (a single-page app's fallback page, a 204):
+/// no gRPC client can read it, so it gets what a method the service lacks gets,
+/// `UNIMPLEMENTED`, trailers-only, with its request id.
+#[tokio::test]
+async fn a_grpc_call_answered_without_grpc_is_unimplemented() {
+    for (status, content_type) in [
+        (StatusCode::OK, "text/html"),
+        (StatusCode::NO_CONTENT, "text/plain"),
+        (StatusCode::FOUND, "text/html"),
+    ] {
+        let service =
+            ErrorLayer::new().layer(service_fn(answering(status, content_type, "<p>app</p>")));
+        let mut request = grpc_call("/pkg.Jobs/Nope");
+        request
+            .headers_mut()
+            .insert("x-request-id", http::HeaderValue::from_static("grpc-7"));
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{status}");
+        let headers = response.headers().clone();
+        assert_eq!(headers["content-type"], "application/grpc", "{status}");
+        assert_eq!(headers["grpc-status"], "12", "{status}");
+        assert_eq!(headers["x-request-id"], "grpc-7", "{status}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.is_empty(), "{status}: {body:?}");
+    }
+    // A gRPC service's own answer passes as it is.
+    let service = ErrorLayer::new().layer(service_fn(answering(
+        StatusCode::OK,
+        "application/grpc",
+        "",
+    )));
+    let request = grpc_call("/pkg.Jobs/Get");
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.headers().get("grpc-status"), None);
 }
