@@ -33,7 +33,17 @@ pub struct ResponseBody<B> {
     kind: Kind<B>,
     /// A gRPC stream's: a panic ends the body with `INTERNAL` trailers rather than an error,
     /// told to the layers above here.
-    grpc_trailers: Option<AnsweredLater>,
+    grpc_trailers: Option<(AnsweredLater, GrpcEnding)>,
+}
+
+/// How a gRPC stream's body carries its trailers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GrpcEnding {
+    /// HTTP/2 trailers (gRPC).
+    Trailers,
+    /// A last message flagged `0x80` in the body (gRPC-Web), base64-encoded for
+    /// `application/grpc-web-text`.
+    WebFrame { text: bool },
 }
 
 #[pin_project(project = KindProj)]
@@ -54,10 +64,15 @@ impl<B> ResponseBody<B> {
 
     /// The body of a gRPC answer whose code comes in its trailers: a panic ends it with
     /// `INTERNAL` trailers, told to the layers above through `answered`.
-    pub(crate) fn grpc_stream(body: B, ids: Ids, answered: AnsweredLater) -> Self {
+    pub(crate) fn grpc_stream(
+        body: B,
+        ids: Ids,
+        answered: AnsweredLater,
+        ending: GrpcEnding,
+    ) -> Self {
         Self {
             kind: Kind::Inner(body, ids),
-            grpc_trailers: Some(answered),
+            grpc_trailers: Some((answered, ending)),
         }
     }
 
@@ -116,9 +131,15 @@ where
         };
         // Drop the body that panicked now, in case its destructor panics too, and end there.
         panic::drop_caught(&ids, || kind.set(Kind::Full(None)));
-        if let Some(answered) = this.grpc_trailers {
+        if let Some((answered, ending)) = this.grpc_trailers {
             answered.set(AnsweredError::new(codes::INTERNAL_ERROR.name()));
-            return Poll::Ready(Some(Ok(Frame::trailers(render::grpc_panic_trailers()))));
+            let trailers = render::grpc_panic_trailers();
+            return Poll::Ready(Some(Ok(match *ending {
+                GrpcEnding::Trailers => Frame::trailers(trailers),
+                GrpcEnding::WebFrame { text } => {
+                    Frame::data(render::grpc_web_trailer_frame(&trailers, text))
+                }
+            })));
         }
         // A zero-sized error: boxing it does not allocate.
         Poll::Ready(Some(Err(Box::new(BodyPanicked))))

@@ -21,7 +21,7 @@ use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::ResponseBody;
+use crate::body::{GrpcEnding, ResponseBody};
 use crate::code::{ErrorCode, codes};
 use crate::error::{BoxError, HttpError};
 use crate::panic::{self, CaughtPanic, LogPanic};
@@ -948,14 +948,28 @@ impl Handled {
             self.echo(&mut parts);
             // A gRPC stream's code comes in its trailers: a panic mid-stream must end it with
             // one too. Looked at only for gRPC calls, so plain HTTP pays nothing.
-            let stream = self.facts.format.grpc() == Some(false)
-                && head_outcome(status, &parts.headers) == HeadOutcome::Trailers;
-            let body = if stream {
-                let answered = AnsweredLater::default();
-                parts.extensions.insert(answered.clone());
-                ResponseBody::grpc_stream(body, self.ids.clone(), answered)
-            } else {
-                self.pass(body)
+            let stream = match self.facts.format.grpc() {
+                Some(false) if head_outcome(status, &parts.headers) == HeadOutcome::Trailers => {
+                    Some(GrpcEnding::Trailers)
+                }
+                // gRPC-Web: the code is the body's last message, unless the head has it.
+                Some(true)
+                    if periscope_context::grpc::is_grpc_answer(status, &parts.headers)
+                        && !parts.headers.contains_key("grpc-status") =>
+                {
+                    Some(GrpcEnding::WebFrame {
+                        text: render::is_grpc_web_text(&parts.headers),
+                    })
+                }
+                _ => None,
+            };
+            let body = match stream {
+                Some(ending) => {
+                    let answered = AnsweredLater::default();
+                    parts.extensions.insert(answered.clone());
+                    ResponseBody::grpc_stream(body, self.ids.clone(), answered, ending)
+                }
+                None => self.pass(body),
             };
             return Inspected::Done(Response::from_parts(parts, body));
         }
@@ -2075,10 +2089,19 @@ mod tests {
     /// `INTERNAL`; a gRPC-Web stream (trailers inside the body) still ends with an error.
     #[tokio::test]
     async fn a_grpc_stream_that_panics_ends_with_internal_trailers() {
+        /// The trailer block a gRPC-Web body ends with, and its frame's bytes.
+        const WEB_BLOCK: &[u8] = b"grpc-status:13\r\ngrpc-message:An internal error occurred\r\n";
+        let web_frame = || {
+            let mut frame = vec![0x80];
+            frame.extend_from_slice(&(WEB_BLOCK.len() as u32).to_be_bytes());
+            frame.extend_from_slice(WEB_BLOCK);
+            frame
+        };
         for (content_type, trailers) in [
             ("application/grpc", true),
             ("application/grpc+proto", true),
             ("application/grpc-web+proto", false),
+            ("application/grpc-web-text", false),
         ] {
             let service =
                 ErrorLayer::new().layer(service_fn(move |_: Request<Full<Bytes>>| async move {
@@ -2101,15 +2124,44 @@ mod tests {
             .await
             .expect("the panic stays inside the body");
             assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "first");
-            let second = second.unwrap();
-            assert_eq!(second.is_ok(), trailers, "{content_type}: {second:?}");
+            let second = second.unwrap().unwrap();
             if trailers {
-                let trailers = second.unwrap().into_trailers().unwrap();
+                let trailers = second.into_trailers().unwrap();
                 assert_eq!(trailers["grpc-status"], "13");
                 assert_eq!(trailers["grpc-message"], "An internal error occurred");
-                assert!(end.is_none(), "{content_type}");
+            } else {
+                // gRPC-Web: the trailers are the body's last message, flagged 0x80; base64
+                // for the text form.
+                let frame = second.into_data().unwrap();
+                let expected = web_frame();
+                if content_type.ends_with("-text") {
+                    let decoded = decode_base64(&frame);
+                    assert_eq!(decoded, expected, "{content_type}: {frame:?}");
+                } else {
+                    assert_eq!(frame, expected, "{content_type}");
+                }
+            }
+            assert!(end.is_none(), "{content_type}");
+        }
+    }
+
+    /// Standard padded base64, decoded: what a gRPC-Web text client does.
+    fn decode_base64(text: &[u8]) -> Vec<u8> {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = Vec::new();
+        for quad in text.chunks(4) {
+            let mut n = 0u32;
+            let mut digits: u32 = 0;
+            for &c in quad.iter().filter(|&&c| c != b'=') {
+                let value = ALPHABET.iter().position(|&a| a == c).unwrap() as u32;
+                n |= value << (18 - 6 * digits);
+                digits += 1;
+            }
+            for i in 0..digits.saturating_sub(1) {
+                out.push((n >> (16 - 8 * i)) as u8);
             }
         }
+        out
     }
 
     #[tokio::test]

@@ -459,6 +459,49 @@ pub(crate) fn grpc_panic_trailers() -> HeaderMap {
     trailers
 }
 
+/// `trailers` as gRPC-Web sends them, the body's last message: the flag `0x80`, the block's
+/// length (4 bytes, big-endian) and the block, `name:value` lines ended by CRLF; base64
+/// (standard, padded) for `application/grpc-web-text`, whose whole body is base64.
+pub(crate) fn grpc_web_trailer_frame(trailers: &HeaderMap, text: bool) -> Bytes {
+    let mut block = Vec::new();
+    for (name, value) in trailers {
+        block.extend_from_slice(name.as_str().as_bytes());
+        block.push(b':');
+        block.extend_from_slice(value.as_bytes());
+        block.extend_from_slice(b"\r\n");
+    }
+    let length = u32::try_from(block.len()).unwrap_or(u32::MAX);
+    let mut frame = Vec::with_capacity(5 + block.len());
+    frame.push(0x80);
+    frame.extend_from_slice(&length.to_be_bytes());
+    frame.extend_from_slice(&block);
+    if text {
+        frame = base64(&frame).into_bytes();
+    }
+    Bytes::from(frame)
+}
+
+/// Standard base64 with padding: a gRPC-Web trailer frame of some fifty bytes, once per
+/// stream that panicked, is all this encodes.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                char::from(ALPHABET[(n >> (18 - 6 * i) & 0x3f) as usize])
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
 /// What gRPC's `grpc-message` must percent-encode: controls, `%` and (always) non-ASCII.
 const GRPC_MESSAGE_SET: &AsciiSet = &CONTROLS.add(b'%');
 
@@ -534,6 +577,17 @@ fn is_grpc_web(value: &HeaderValue) -> bool {
         .as_bytes()
         .get(b"application/grpc".len()..b"application/grpc-web".len())
         .is_some_and(|rest| rest.eq_ignore_ascii_case(b"-web"))
+}
+
+/// Whether an answer's `content-type` is gRPC-Web's text form (`application/grpc-web-text`,
+/// any suffix or parameters), whose body is base64.
+pub(crate) fn is_grpc_web_text(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|value| {
+        value
+            .as_bytes()
+            .get(..b"application/grpc-web-text".len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(b"application/grpc-web-text"))
+    })
 }
 
 /// Adds `Vary: Accept` to a response whose format was negotiated, so that a shared cache (a
