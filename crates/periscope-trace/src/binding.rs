@@ -212,12 +212,15 @@ mod otel {
         // Joining the enclosing span's trace (no context of its own): that trace's id may be
         // a caller's, which the W3C `random` flag must not vouch for.
         let joined = enclosing.is_some() && parent_span_id.is_none();
-        // The exported span a call is made under (the enclosing one, else the request's).
-        let exported_parent = match &enclosing {
-            Some(cx) => {
+        // The exported span a call of a request or job is made under (the enclosing one, of
+        // the same trace, else the request's). None for a call outside any: its trace is its
+        // own, and no span of another trace may stand in for its parent.
+        let exported_parent = match (&enclosing, parent_span_id) {
+            (_, None) => None,
+            (Some(cx), Some(_)) => {
                 periscope_context::SpanId::from_bytes(cx.span().span_context().span_id().to_bytes())
             }
-            None => parent_span_id,
+            (None, parent) => parent,
         };
         let parent_cx = match (enclosing, parent_span_id) {
             (Some(enclosing), _) => enclosing,
