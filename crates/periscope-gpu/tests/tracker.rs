@@ -38,7 +38,9 @@ fn spawn_burner() -> std::process::Child {
     Command::new("sh")
         .args([
             "-c",
-            "\"$0\" burner_child --exact --ignored --test-threads=1",
+            // Not the script's last command: a shell that would run that one in its place
+            // (bash as `sh`) forks it.
+            "\"$0\" burner_child --exact --ignored --test-threads=1; exit $?",
         ])
         .arg(this)
         .env(BURN_ENV, "1")
@@ -827,8 +829,9 @@ fn a_reaped_childs_storage_writes_count_once() {
     // On the disk (not a tmpfs, whose writes are not storage I/O).
     let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("periscope-tracker-io-{}", std::process::id()));
+    // The first half second lets the tracker take its first reading before any write.
     let script = format!(
-        "sh -c 'head -c {WRITTEN} /dev/zero > {}; sleep 0.6'; sleep 0.6",
+        "sleep 0.5; sh -c 'head -c {WRITTEN} /dev/zero > {}; sleep 0.6'; sleep 0.6",
         file.display()
     );
     let (report, _, _) = track_shell(&script, Duration::from_millis(200));
@@ -849,7 +852,7 @@ fn a_reaped_childs_storage_writes_count_once() {
 #[test]
 fn the_cpu_of_children_that_end_between_readings_is_counted() {
     let busy = "timeout 0.15 sh -c 'while :; do :; done'";
-    let script = format!("for i in $(seq 16); do {busy}; done; times");
+    let script = format!("sleep 0.5; for i in $(seq 16); do {busy}; done; times");
     let (_, csv, times) = track_shell(&script, Duration::from_secs(1));
     // `times`: the shell's own user and system time, then its children's.
     let seconds = |field: &str| -> f64 {
@@ -909,4 +912,24 @@ fn memory_shared_with_forked_children_counts_once() {
         "{} bytes for {HELD} shared by 4 processes: {s:?}",
         s.memory_bytes_max
     );
+}
+
+/// `children(false)` tracks the process alone: the CPU of a child it reaps does not reach it
+/// (the kernel adds it to the parent's `cutime`, which a tree of one does not read).
+#[test]
+fn a_tree_of_one_leaves_its_reaped_childrens_cpu_out() {
+    let mut child = Command::new("sh")
+        .args(["-c", "timeout 1 sh -c 'while :; do :; done'; sleep 0.6"])
+        .spawn()
+        .expect("sh");
+    let tracker = ResourceTracker::builder()
+        .pid(child.id())
+        .children(false)
+        .interval(Duration::from_millis(250))
+        .start()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let s = tracker.finish().unwrap().summary;
+    assert_eq!(s.processes_max, 1, "{s:?}");
+    assert!(s.cpu_cores_max < 0.3, "the shell alone barely runs: {s:?}");
 }

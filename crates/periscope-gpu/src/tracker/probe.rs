@@ -152,7 +152,13 @@ impl Probe {
 
     fn tree_totals(&self, tree: &[Pid]) -> TreeTotals {
         tree.iter()
-            .filter_map(|pid| Some((*pid, usage::totals(self.system.process(*pid)?))))
+            .filter_map(|pid| {
+                let process = self.system.process(*pid)?;
+                Some((
+                    *pid,
+                    (usage::totals(process, self.children), process.parent()),
+                ))
+            })
             .collect()
     }
 

@@ -47,30 +47,47 @@ impl Sub for Totals {
     }
 }
 
-/// The totals of each process of the tree at one reading.
-pub(crate) type TreeTotals = HashMap<Pid, Totals>;
+/// The totals of each process of the tree at one reading, with its parent then.
+pub(crate) type TreeTotals = HashMap<Pid, (Totals, Option<Pid>)>;
 
-/// The totals of `process`: its CPU time and, on Linux, that of the children it reaped; its
-/// storage I/O (which on Linux holds its reaped children's).
-pub(crate) fn totals(process: &Process) -> Totals {
+/// The totals of `process`: its CPU time and, with `reaped_children` (a tree that counts its
+/// descendants) on Linux, that of the children it reaped; its storage I/O (which on Linux holds
+/// its reaped children's whatever is asked).
+pub(crate) fn totals(process: &Process, reaped_children: bool) -> Totals {
     let disk = process.disk_usage();
     Totals {
-        cpu_seconds: cpu_seconds(process),
+        cpu_seconds: cpu_seconds(process, reaped_children),
         read_bytes: disk.total_read_bytes,
         written_bytes: disk.total_written_bytes,
     }
 }
 
 /// What the tree used between `earlier` and `now`: the totals of the processes in it now, less
-/// the earlier totals of those still in it or gone (ended: a gone process's totals moved into
-/// the parent that reaped it). The earlier totals of a process still running outside the tree
-/// (reparented away) are not taken off: they left with it.
+/// the earlier totals of those still in it, and of those gone whose nearest known ancestor is
+/// still in it (it reaped them, their totals now in its own). The earlier totals of a process
+/// that left otherwise (reparented away, alive or reaped by init after its parent died) are not
+/// taken off: they left with it, and must not take others' use of the interval with them.
 pub(crate) fn used_between(earlier: &TreeTotals, now: &TreeTotals, system: &System) -> Totals {
-    let current = now.values().fold(Totals::default(), |sum, t| sum + *t);
+    let current = now.values().fold(Totals::default(), |sum, (t, _)| sum + *t);
+    let reaped_in_tree = |pid: &Pid| {
+        // Up the parents known at the earlier reading, to one still in the tree; bounded by
+        // the tree's size, so a cycle in stale parent links cannot loop.
+        let mut at = *pid;
+        for _ in 0..=earlier.len() {
+            match earlier.get(&at).and_then(|(_, parent)| *parent) {
+                Some(parent) if now.contains_key(&parent) => return true,
+                Some(parent) if system.process(parent).is_none() => at = parent,
+                _ => return false,
+            }
+        }
+        false
+    };
     let base = earlier
         .iter()
-        .filter(|(pid, _)| now.contains_key(pid) || system.process(**pid).is_none())
-        .fold(Totals::default(), |sum, (_, t)| sum + *t);
+        .filter(|(pid, _)| {
+            now.contains_key(pid) || (system.process(**pid).is_none() && reaped_in_tree(pid))
+        })
+        .fold(Totals::default(), |sum, (_, (t, _))| sum + *t);
     current - base
 }
 
@@ -85,12 +102,58 @@ pub(crate) fn memory_bytes(process: &Process) -> u64 {
     process.memory()
 }
 
-fn cpu_seconds(process: &Process) -> f64 {
+fn cpu_seconds(process: &Process, reaped_children: bool) -> f64 {
     #[cfg(target_os = "linux")]
-    if let Some(seconds) = linux::cpu_seconds_with_reaped_children(process.pid()) {
+    if reaped_children && let Some(seconds) = linux::cpu_seconds_with_reaped_children(process.pid())
+    {
         return seconds;
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = reaped_children;
     process.accumulated_cpu_time() as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpu(seconds: f64) -> Totals {
+        Totals {
+            cpu_seconds: seconds,
+            ..Totals::default()
+        }
+    }
+
+    /// A shell `s` under the root `p` ran `c` and ended with it in one interval: `p` reaped `s`,
+    /// whose totals held `c`'s; both were counted before, and are taken off once.
+    #[test]
+    fn children_reaped_inside_the_tree_are_counted_once() {
+        let (p, s, c) = (Pid::from_u32(1), Pid::from_u32(2), Pid::from_u32(3));
+        let earlier = TreeTotals::from([
+            (p, (cpu(10.0), None)),
+            (s, (cpu(1.0), Some(p))),
+            (c, (cpu(4.0), Some(s))),
+        ]);
+        // `p` used 0.5 more itself; `s` ended at 1.5, `c` at 6.0: `p` holds 17.5 now.
+        let now = TreeTotals::from([(p, (cpu(10.5 + 1.5 + 6.0), None))]);
+        let used = used_between(&earlier, &now, &System::new());
+        assert!((used.cpu_seconds - 3.0).abs() < 1e-9, "{used:?}");
+    }
+
+    /// A process that left the tree alive (reparented away, its parent still running outside
+    /// it) takes its totals with it: the others' use of the interval stays.
+    #[test]
+    fn a_process_whose_parent_left_the_tree_takes_nothing_with_it() {
+        let this = Pid::from_u32(std::process::id());
+        let mut system = System::new();
+        system.refresh_processes(sysinfo::ProcessesToUpdate::Some(&[this]), true);
+        let (p, w) = (Pid::from_u32(u32::MAX - 1), Pid::from_u32(u32::MAX - 2));
+        // `w`'s parent is a process outside the tree that still runs (this one stands in).
+        let earlier = TreeTotals::from([(p, (cpu(10.0), None)), (w, (cpu(50.0), Some(this)))]);
+        let now = TreeTotals::from([(p, (cpu(12.0), None))]);
+        let used = used_between(&earlier, &now, &system);
+        assert!((used.cpu_seconds - 2.0).abs() < 1e-9, "{used:?}");
+    }
 }
 
 #[cfg(target_os = "linux")]
