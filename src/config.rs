@@ -321,12 +321,21 @@ impl Settings {
         // Every other variable unset: the layered ones are read again, these among them.
         let names: Vec<&str> = values.iter().map(|(name, _)| *name).collect();
         let from_code = settings.layered_variables.clone();
-        settings.apply_env(|name| {
+        // Read again, `OTEL_RESOURCE_ATTRIBUTES` would name the service anew, over a
+        // `.service_name(..)` called since: the name stays as it is.
+        let service_name = settings.service_name.clone();
+        let mut settings = settings.apply_env(|name| {
             names
                 .contains(&name)
                 .then(|| from_code.get(name).cloned())
                 .flatten()
-        })
+        })?;
+        #[cfg(feature = "otel")]
+        {
+            settings.otel.service_name = Some(service_name.clone());
+        }
+        settings.service_name = service_name;
+        Ok(settings)
     }
 
     /// Applies every variable `lookup` knows on top of these settings. Empty values count as

@@ -910,4 +910,19 @@ fn the_otlp_endpoint_and_protocol_are_set_in_code() {
     );
     let error = quiet().otlp_endpoint("collector:4317").unwrap_err();
     assert_eq!(error.var, "otlp_endpoint", "{error}");
+
+    // A name set in code after the environment stays, whatever setter comes after it: the
+    // environment's `service.name` resource attribute is not read anew over it.
+    let obs = quiet()
+        .env_from(|name| {
+            (name == "OTEL_RESOURCE_ATTRIBUTES").then(|| "service.name=from-resource".to_owned())
+        })
+        .unwrap()
+        .service_name("orders")
+        .traces_sampler(periscope::trace::Sampler::AlwaysOn)
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(obs.settings().service_name, "orders");
+    assert_eq!(obs.settings().otel.service_name.as_deref(), Some("orders"));
 }
