@@ -179,10 +179,7 @@ async fn bind(
     let bound = match TcpListener::bind(addr).await {
         // `::` listens on every IPv6 and IPv4 address (the pod's IP on any cluster). A node
         // without IPv6 (booted with `ipv6.disable=1`) refuses it: every IPv4 address instead.
-        Err(e)
-            if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-                && e.kind() != ErrorKind::AddrInUse =>
-        {
+        Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && no_ipv6(&e) => {
             tracing::warn!(listener, error = %e, "IPv6 is not available here: listening on IPv4 only");
             TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port()))).await
         }
@@ -202,6 +199,17 @@ async fn bind(
     })?;
     tracing::info!(listener, addr = %bound.local_addr()?, "listening");
     Ok(bound)
+}
+
+/// Whether binding `::` failed for want of IPv6 (a node booted with `ipv6.disable=1` has no
+/// IPv6 sockets: `EAFNOSUPPORT`), not for a reason IPv4 would share (a port in use, a
+/// privileged port).
+fn no_ipv6(error: &std::io::Error) -> bool {
+    const EAFNOSUPPORT: i32 = 97;
+    matches!(
+        error.kind(),
+        ErrorKind::AddrNotAvailable | ErrorKind::Unsupported
+    ) || error.raw_os_error() == Some(EAFNOSUPPORT)
 }
 
 /// The gateway's own settings, from the environment.

@@ -734,10 +734,23 @@ fn read_deadline() -> Option<Pin<Box<Sleep>>> {
 /// client's `grpc-timeout`, or an error body to read, must not panic the layer whose job is
 /// to stop panics. Warned once: a deadline was wanted and no timer can keep it.
 fn deadline(after: Duration) -> Option<Pin<Box<Sleep>>> {
-    let timers = tokio::runtime::Handle::try_current()
-        .ok()
-        .and_then(|_| panic::catch(|| tokio::time::sleep(after)).ok());
+    thread_local! {
+        /// This thread's runtime was found without timers: later requests here go without a
+        /// deadline at once, not through a panic each. A worker thread belongs to one runtime;
+        /// a thread that blocks on a timerless runtime and later on another keeps the first
+        /// answer (rare, and the warning has said deadlines do not apply).
+        static NO_TIMERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if NO_TIMERS.with(std::cell::Cell::get) {
+        return None;
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        no_timers();
+        return None;
+    }
+    let timers = panic::catch(|| tokio::time::sleep(after)).ok();
     if timers.is_none() {
+        NO_TIMERS.with(|no_timers| no_timers.set(true));
         no_timers();
     }
     timers.map(Box::pin)

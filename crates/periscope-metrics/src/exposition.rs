@@ -317,10 +317,11 @@ impl MetricsService {
         let spawned = std::thread::Builder::new()
             .name("periscope-scrape".to_owned())
             .spawn(move || {
-                let _slot = slot;
                 let response = tracing::dispatcher::with_default(&dispatch, || {
                     span.in_scope(|| service.respond(&Method::GET, &owned_headers))
                 });
+                // Free before the answer goes: a scraper that asks again at once finds it.
+                drop(slot);
                 // The scrape may have gone: nobody to tell.
                 let _ = sender.send(response);
             });
