@@ -239,11 +239,21 @@ impl Observed {
 /// assert_eq!(periscope_context::content_length(&headers), Some(42));
 /// headers.append(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("43"));
 /// assert_eq!(periscope_context::content_length(&headers), None);
+/// // `1*DIGIT` only: no sign, no blank.
+/// for odd in ["+42", "-1", " 42", ""] {
+///     headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from_static(odd));
+///     assert_eq!(periscope_context::content_length(&headers), None, "{odd:?}");
+/// }
 /// ```
 #[doc(hidden)]
 pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let length = values.next()?.to_str().ok()?.parse().ok()?;
+    let value = values.next()?.as_bytes();
+    // `1*DIGIT` (RFC 9110): `u64::from_str` would also take `+42`.
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let length = std::str::from_utf8(value).ok()?.parse().ok()?;
     values.next().is_none().then_some(length)
 }
 

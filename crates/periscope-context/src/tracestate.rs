@@ -103,7 +103,8 @@ impl TraceState {
 
     /// Sets `key` to `value` and moves it to the left, as a vendor does when it updates its
     /// entry. The rightmost entry is dropped past 32 members; the result is truncated to 512
-    /// characters.
+    /// characters by removing other entries (those over 128 characters first, then from the
+    /// right): the entry set here stays, unless it alone is over 512 characters.
     pub fn insert(&mut self, key: &str, value: &str) -> Result<(), TraceStateError> {
         validate_key(key.as_bytes())?;
         validate_value(key.as_bytes(), value.as_bytes())?;
@@ -121,7 +122,10 @@ impl TraceState {
         while self.len() > MAX_TRACESTATE_MEMBERS {
             self.remove_at_end();
         }
-        self.truncate();
+        if self.0.len() > MAX_TRACESTATE_LEN {
+            // The caller's own entry is not the one to give way.
+            self.shorten(1);
+        }
         Ok(())
     }
 
@@ -173,15 +177,17 @@ impl TraceState {
     #[inline]
     fn truncate(&mut self) {
         if self.0.len() > MAX_TRACESTATE_LEN {
-            self.shorten();
+            self.shorten(0);
         }
     }
 
-    fn shorten(&mut self) {
+    /// [`TraceState::truncate`]'s work, sparing the `protected` leftmost entries from the
+    /// pass over large entries.
+    fn shorten(&mut self, protected: usize) {
         let mut kept: Vec<(&str, &str)> = entries(&self.0).collect();
         let mut len = self.0.len();
         let mut i = kept.len();
-        while len > MAX_TRACESTATE_LEN && i > 0 {
+        while len > MAX_TRACESTATE_LEN && i > protected {
             i -= 1;
             let (k, v) = kept[i];
             let entry_len = k.len() + 1 + v.len();
@@ -221,7 +227,9 @@ impl TraceStateParser {
     fn push_members(&mut self, value: &[u8]) -> Result<(), TraceStateError> {
         // Byte loops rather than `str::split`: members are a few bytes long, where a plain
         // loop beats the searcher set-up; every accepted byte is ASCII.
-        self.out.reserve(value.len());
+        // At most what can be kept: a header of blanks and commas (hundreds of kilobytes fit
+        // in a request head) must not leave its size reserved for the life of the context.
+        self.out.reserve(value.len().min(MAX_TRACESTATE_LEN + 1));
         for member in value.split(|&b| b == b',') {
             let member = trim_ows(member);
             if member.is_empty() {
@@ -484,5 +492,38 @@ mod tests {
         full.insert("fresh", "v").unwrap();
         assert_eq!(full.len(), 32);
         assert!(full.get("k32").is_none() && full.get("fresh").is_some());
+    }
+
+    /// A vendor's own entry over 128 characters is not the one truncation removes: the
+    /// others give way, from the right.
+    #[test]
+    fn an_inserted_large_entry_stays_and_the_others_give_way() {
+        let members: Vec<String> = (0..20)
+            .map(|i| format!("k{i:02}={}", "v".repeat(12)))
+            .collect();
+        let mut ts = TraceState::parse(&members.join(",")).unwrap();
+        let large = "x".repeat(256);
+        ts.insert("mine", &large).unwrap();
+        assert_eq!(ts.get("mine"), Some(large.as_str()));
+        assert!(
+            ts.as_str().len() <= MAX_TRACESTATE_LEN,
+            "{}",
+            ts.as_str().len()
+        );
+        assert!(ts.get("k00").is_some() && ts.get("k19").is_none(), "{ts}");
+    }
+
+    /// A header of blanks and commas around one member keeps the member, not the header's
+    /// size: the context holding it lives as long as the request or job.
+    #[test]
+    fn a_padded_header_leaves_no_capacity_behind() {
+        let header = format!("a=1{}", ", ".repeat(200_000));
+        let ts = TraceState::parse(&header).unwrap();
+        assert_eq!(ts.as_str(), "a=1");
+        assert!(
+            ts.0.capacity() <= 2 * MAX_TRACESTATE_LEN,
+            "{}",
+            ts.0.capacity()
+        );
     }
 }
