@@ -354,5 +354,11 @@ fn a_calls_count_and_duration_take_the_same_series_at_the_cap() {
             label_sets(&text, "http_client_request_duration_seconds_count"),
             "{text}"
         );
+        // One fold, counted once, under the count family's name (docs/metrics.md).
+        assert_eq!(
+            label_sets(&text, "periscope_label_overflow_total"),
+            ["metric=\"http_client_requests_total\",label=\"__series__\""],
+            "{text}"
+        );
     }
 }
