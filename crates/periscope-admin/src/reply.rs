@@ -45,19 +45,9 @@ pub(crate) fn json(value: &impl Serialize) -> Response<AdminBody> {
 
 /// The error envelope for `error`, with the ids of `request`'s context when it has one.
 pub(crate) fn error<T>(error: HttpError, request: &Request<T>) -> Response<AdminBody> {
-    if !request.headers().contains_key(CONTENT_TYPE) {
-        return guarded(error.into_http_response_for(request));
-    }
-    // The admin speaks HTTP and JSON only. A gRPC content type would have the error rendered
-    // as gRPC: an HTTP 200 with `grpc-status`, so a refused token guess would count as a
-    // success in access logs and in rate limits keyed on statuses. A content type chooses no
-    // other format of an error: render for the request without it.
-    let mut plain = Request::new(());
-    *plain.uri_mut() = request.uri().clone();
-    *plain.headers_mut() = request.headers().clone();
-    plain.headers_mut().remove(CONTENT_TYPE);
-    *plain.extensions_mut() = request.extensions().clone();
-    guarded(error.into_http_response_for(&plain))
+    // The admin speaks HTTP and JSON only: a gRPC content type must not turn a refused token
+    // guess into a gRPC answer, an HTTP 200.
+    guarded(error.into_http_only_response_for(request))
 }
 
 /// 500 `internal_error`; `source` goes to the log only.

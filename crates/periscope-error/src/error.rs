@@ -256,12 +256,42 @@ impl HttpError {
     /// request: ids come from its extensions when present, and `Accept:
     /// application/problem+json` selects RFC 9457 with the request path as `instance`.
     pub fn into_http_response_for<B: From<Bytes>, T>(self, request: &Request<T>) -> Response<B> {
+        let format = Format::negotiate(request.headers());
+        self.render_for(request, format)
+    }
+
+    /// Like [`into_http_response_for`](HttpError::into_http_response_for), for a server that
+    /// speaks HTTP only (a probe or admin listener): never rendered as a gRPC answer, whatever
+    /// the request's `Content-Type`. A gRPC answer is an HTTP 200 with `grpc-status`: a refused
+    /// request would count as a success in access logs and in limits keyed on statuses.
+    ///
+    /// ```
+    /// use periscope_error::{HttpError, codes};
+    ///
+    /// let request = http::Request::post("/ready")
+    ///     .header("content-type", "application/grpc")
+    ///     .body(())
+    ///     .unwrap();
+    /// let error = HttpError::new(codes::METHOD_NOT_ALLOWED, "Probes answer GET and HEAD");
+    /// let response: http::Response<Vec<u8>> = error.into_http_only_response_for(&request);
+    /// assert_eq!(response.status(), 405);
+    /// assert_eq!(response.headers()["content-type"], "application/json");
+    /// ```
+    pub fn into_http_only_response_for<B: From<Bytes>, T>(
+        self,
+        request: &Request<T>,
+    ) -> Response<B> {
+        let format = Format::negotiate_http(request.headers());
+        self.render_for(request, format)
+    }
+
+    /// Renders in `format` with the ids of `request`'s context (or the current ones).
+    fn render_for<B: From<Bytes>, T>(self, request: &Request<T>, format: Format) -> Response<B> {
         let ids = request
             .extensions()
             .get::<periscope_context::RequestContext>()
             .map(Ids::of)
             .unwrap_or_else(Ids::current_or_generated);
-        let format = Format::negotiate(request.headers());
         let mut response: Response<B> = self.render(ids, format, Some(request.uri().path()));
         if !format.is_grpc() {
             render::vary_accept(response.headers_mut());

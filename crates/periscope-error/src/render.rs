@@ -113,6 +113,15 @@ impl Format {
         RequestHeaders::scan(headers).format()
     }
 
+    /// [`Format::negotiate`] for a server that answers no gRPC: `Accept` alone decides.
+    pub(crate) fn negotiate_http(headers: &HeaderMap) -> Format {
+        if accepts_problem_json(headers.get_all(header::ACCEPT)) {
+            Format::Problem
+        } else {
+            Format::Json
+        }
+    }
+
     /// Whether errors are answered as gRPC answers.
     pub(crate) fn is_grpc(self) -> bool {
         matches!(self, Format::Grpc { .. })

@@ -74,10 +74,12 @@ pub struct CheckError {
 impl CheckError {
     /// An error with this text.
     pub fn msg(message: impl Into<String>) -> Self {
-        let message = message.into();
-        let mut message = periscope_log::Redactor::default()
-            .mask_text(&message)
-            .unwrap_or(message);
+        Self::masked_with(&message.into(), &periscope_log::Redactor::default())
+    }
+
+    /// `text` masked by `redactor`'s rules and cut as [`CheckError::msg`] cuts.
+    pub(crate) fn masked_with(text: &str, redactor: &periscope_log::Redactor) -> Self {
+        let mut message = redactor.mask_text(text).unwrap_or_else(|| text.to_owned());
         truncate(&mut message);
         Self { message }
     }

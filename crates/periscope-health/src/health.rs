@@ -279,6 +279,7 @@ pub struct HealthBuilder {
     default_timeout: Duration,
     cache_ttl: Duration,
     details: Details,
+    redactor: Option<periscope_log::Redactor>,
 }
 
 impl Default for HealthBuilder {
@@ -290,6 +291,7 @@ impl Default for HealthBuilder {
             default_timeout: DEFAULT_TIMEOUT,
             cache_ttl: DEFAULT_CACHE_TTL,
             details: Details::default(),
+            redactor: None,
         }
     }
 }
@@ -361,6 +363,24 @@ impl HealthBuilder {
         self
     }
 
+    /// The masking rules for check errors and panic messages, in `/ready` and in the log
+    /// (default: periscope-log's default rules, which [`CheckError`](crate::CheckError) applies
+    /// when it is made). Give the log layer's, so that a key made sensitive there
+    /// (`.sensitive_key("pwd")`) is masked in `/ready` as in the log lines.
+    ///
+    /// ```
+    /// let (log_layer, _guard) = periscope_log::LogLayer::builder().sensitive_key("pwd").build();
+    /// let health = periscope_health::Health::builder()
+    ///     .redactor(log_layer.redactor())
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(health);
+    /// ```
+    pub fn redactor(mut self, redactor: periscope_log::Redactor) -> Self {
+        self.redactor = Some(redactor);
+        self
+    }
+
     /// Checks the configuration and builds.
     ///
     /// # Errors
@@ -388,7 +408,12 @@ impl HealthBuilder {
                 return Err(BuildError::DuplicateGate(gate.name().to_owned()));
             }
         }
-        let runner = Runner::new(self.checks, self.default_timeout, self.cache_ttl);
+        let runner = Runner::new(
+            self.checks,
+            self.default_timeout,
+            self.cache_ttl,
+            self.redactor,
+        );
         Ok(Health {
             inner: Arc::new(Inner {
                 runner: Arc::new(runner),

@@ -67,8 +67,11 @@ impl Format {
         if verbose {
             return Format::Verbose;
         }
-        // health+json when asked for, unless the client prefers plain `application/json`.
-        let (mut health_json, mut json) = (0.0_f32, 0.0_f32);
+        // health+json when asked for, unless the client prefers plain `application/json`
+        // (named, or through the most specific wildcard when not named: RFC 9110 12.5.1). A
+        // wildcard alone chooses the default, plain JSON.
+        let (mut health_json, mut json) = (0.0_f32, None::<f32>);
+        let (mut application, mut any) = (None::<f32>, None::<f32>);
         let ranges = request
             .headers()
             .get_all(ACCEPT)
@@ -77,12 +80,21 @@ impl Format {
             .flat_map(|value| value.split(','));
         for range in ranges {
             let (media_type, q) = media_range(range);
-            if media_type.eq_ignore_ascii_case(HEALTH_JSON) {
+            let weight = if media_type.eq_ignore_ascii_case(HEALTH_JSON) {
                 health_json = health_json.max(q);
+                continue;
             } else if media_type.eq_ignore_ascii_case("application/json") {
-                json = json.max(q);
-            }
+                &mut json
+            } else if media_type.eq_ignore_ascii_case("application/*") {
+                &mut application
+            } else if media_type == "*/*" {
+                &mut any
+            } else {
+                continue;
+            };
+            *weight = Some(weight.map_or(q, |w| w.max(q)));
         }
+        let json = json.or(application).or(any).unwrap_or(0.0);
         if health_json > 0.0 && health_json >= json {
             Format::HealthJson
         } else {
@@ -164,7 +176,9 @@ pub(crate) fn refusal<B>(refusal: Refusal, request: &Request<B>) -> Response<Ful
         Refusal::NoProbe => HttpError::new(codes::ROUTE_NOT_FOUND, "No probe answers on this path"),
         Refusal::Method => HttpError::new(codes::METHOD_NOT_ALLOWED, "Probes answer GET and HEAD"),
     };
-    let mut response: Response<Full<Bytes>> = error.into_http_response_for(request);
+    // The probe server speaks HTTP only: a gRPC content type must not turn a refusal into a
+    // gRPC answer, an HTTP 200 that access logs and status-keyed limits count as a success.
+    let mut response: Response<Full<Bytes>> = error.into_http_only_response_for(request);
     // As every answer of the probe server: a 404 is cacheable by default.
     response
         .headers_mut()
@@ -461,6 +475,23 @@ mod tests {
             format_of("/ready", Some("application/health+json;q=nan")),
             Format::Json
         );
+        // Wildcards weigh for plain JSON where it is not named, the most specific first.
+        for (accept, format) in [
+            ("application/health+json;q=0.1, */*", Format::Json),
+            ("application/health+json;q=0.1, application/*", Format::Json),
+            ("application/health+json, */*;q=0.5", Format::HealthJson),
+            (
+                "application/health+json;q=0.5, application/*;q=0.1, */*",
+                Format::HealthJson,
+            ),
+            (
+                "application/health+json;q=0.5, application/json;q=0.1, */*",
+                Format::HealthJson,
+            ),
+            ("*/*", Format::Json),
+        ] {
+            assert_eq!(format_of("/ready", Some(accept)), format, "{accept}");
+        }
     }
 
     #[test]

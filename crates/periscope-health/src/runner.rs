@@ -30,6 +30,9 @@ pub(crate) struct Runner {
     publishing: tokio::sync::Mutex<()>,
     /// Background pollers alive: while one is, probes answer from its last run whatever its age.
     pollers: AtomicUsize,
+    /// The service's own masking rules, applied to error and panic texts beyond the defaults
+    /// `CheckError` applied when it was made.
+    redactor: Option<periscope_log::Redactor>,
     #[cfg(feature = "metrics")]
     metrics: std::sync::OnceLock<crate::metrics::HealthMetrics>,
 }
@@ -63,6 +66,7 @@ impl Runner {
         checks: Vec<HealthCheck>,
         default_timeout: Duration,
         cache_ttl: Duration,
+        redactor: Option<periscope_log::Redactor>,
     ) -> Self {
         Self {
             checks,
@@ -71,6 +75,7 @@ impl Runner {
             state: Mutex::default(),
             publishing: tokio::sync::Mutex::const_new(()),
             pollers: AtomicUsize::new(0),
+            redactor,
             #[cfg(feature = "metrics")]
             metrics: std::sync::OnceLock::new(),
         }
@@ -166,6 +171,7 @@ impl Runner {
                 check,
                 check.timeout.unwrap_or(self.default_timeout),
                 Arc::clone(&ctx),
+                self.redactor.as_ref(),
             )
         }))
         .await
@@ -344,6 +350,7 @@ async fn run_one(
     check: &HealthCheck,
     timeout: Duration,
     ctx: Arc<RequestContext>,
+    redactor: Option<&periscope_log::Redactor>,
 ) -> (CheckOutcome, Option<String>) {
     let started = Instant::now();
     let inner = Arc::clone(&check.check);
@@ -369,12 +376,20 @@ async fn run_one(
     let mut panic = None;
     // Masked and cut as a check's error text: a driver's panic (`expect` on a connect error)
     // often names its connection string.
+    let masked = |text: &str| match redactor {
+        Some(redactor) => CheckError::masked_with(text, redactor),
+        None => CheckError::msg(text),
+    };
     let mut panicked = |message: &str| {
-        panic = Some(CheckError::msg(message).message().to_owned());
+        panic = Some(masked(message).message().to_owned());
         Some("check panicked".to_owned())
     };
     let error = match tokio::time::timeout(timeout, &mut task).await {
         Ok(Ok(Ok(Ok(())))) => None,
+        // Masked by the default rules when made; the service's own may hide more.
+        Ok(Ok(Ok(Err(error)))) if redactor.is_some() => {
+            Some(masked(error.message()).message().to_owned())
+        }
         Ok(Ok(Ok(Err(error)))) => Some(error.message().to_owned()),
         Ok(Ok(Err(caught))) => panicked(&caught.message),
         // A panic outside the catch: the check's future panicking in its drop.

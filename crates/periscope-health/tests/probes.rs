@@ -319,6 +319,41 @@ async fn withheld_details_never_show_the_error_text() {
     assert!(json["checks"]["database"].get("error").is_none());
 }
 
+/// A key the service made sensitive on its log layer is masked in `/ready` too, with the
+/// default rules still applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_own_sensitive_keys_are_masked_in_ready() {
+    const LOOKUP: &str = "lookup failed: region=eu;ssn=078-05-1120;";
+    let (log_layer, _guard) = periscope_log::LogLayer::builder()
+        .sensitive_key("ssn")
+        .writer(std::io::sink())
+        .build();
+    let (_, addr) = serve_health(
+        Health::builder()
+            .redactor(log_layer.redactor())
+            .check("lookup", failing(LOOKUP))
+            .check("url", failing("GET https://svc:s3cret@db.internal/ failed")),
+    )
+    .await;
+    let json = get(addr, "/ready").await.json();
+    let checks = &json["checks"];
+    let lookup = checks["lookup"]["error"].as_str().unwrap();
+    assert!(
+        !lookup.contains("078-05") && lookup.contains("region=eu"),
+        "{lookup}"
+    );
+    let url = checks["url"]["error"].as_str().unwrap();
+    assert!(
+        !url.contains("s3cret") && url.contains("db.internal"),
+        "{url}"
+    );
+
+    // Without the service's rules, the default ones alone: the same text shows its `ssn`.
+    let (_, addr) = serve_health(Health::builder().check("lookup", failing(LOOKUP))).await;
+    let json = get(addr, "/ready").await.json();
+    assert_eq!(json["checks"]["lookup"]["error"], LOOKUP);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_json_is_served_on_request() {
     let (health, addr) = serve_health(
@@ -425,6 +460,30 @@ async fn other_paths_and_methods_are_refused() {
     let put = support::request(addr, "PUT", "/anything", &[("content-length", "0")]).await;
     assert_eq!(put.status, 405);
     assert_eq!(put.json()["error"]["code"], "method_not_allowed");
+}
+
+/// The probe server speaks HTTP only: rendered as gRPC, a refusal would be an HTTP 200 with
+/// `grpc-status`, counted a success by access logs and limits keyed on statuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_content_type_does_not_turn_probe_refusals_into_successes() {
+    let health = Health::builder().build().unwrap();
+    let addrs = [
+        serve(health.service()).await,
+        serve(health.probe_service(Probe::Readiness)).await,
+    ];
+    for content_type in ["application/grpc", "application/grpc-web+proto"] {
+        let grpc = [("content-type", content_type), ("content-length", "0")];
+        for addr in addrs {
+            let post = support::request(addr, "POST", "/ready", &grpc).await;
+            assert_eq!(post.status, 405, "{content_type}");
+            assert_eq!(post.header("allow"), Some("GET, HEAD"));
+            assert_eq!(post.header("grpc-status"), None);
+            assert_eq!(post.json()["error"]["code"], "method_not_allowed");
+        }
+        let missing = support::request(addrs[0], "GET", "/nope", &grpc).await;
+        assert_eq!(missing.status, 404, "{content_type}");
+        assert_eq!(missing.json()["error"]["code"], "route_not_found");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
