@@ -119,6 +119,9 @@ pub(crate) struct FieldPlan {
     pub(crate) slot: Slot,
     /// The value is redacted.
     pub(crate) sensitive: bool,
+    /// A boolean value is kept all the same: the name is sensitive by its last word alone
+    /// (`require_auth`), as a boolean inside JSON is kept under it.
+    pub(crate) keeps_bool: bool,
     pub(crate) name: NameShape,
 }
 
@@ -151,6 +154,7 @@ const NO_PLAN: PlanEntry = (
     FieldPlan {
         slot: Slot::Data,
         sensitive: false,
+        keeps_bool: false,
         name: NameShape {
             plain: false,
             key_bit: 0,
@@ -230,6 +234,7 @@ impl ValueRules {
             let plan = FieldPlan {
                 slot: self.slot(name),
                 sensitive: self.redactor.hides_field(name),
+                keeps_bool: self.redactor.hides_by_word_alone(name),
                 name: NameShape::of(name),
             };
             if used.get() >= FIELD_PLAN_SLOTS / 4 * 3 {
@@ -533,7 +538,7 @@ impl<S: FieldSink> Visitor<'_, S> {
     /// `as_message` writes it. Inlined: it runs for every field of every event.
     #[inline(always)]
     fn value_out(&mut self, field: &Field, as_message: &dyn fmt::Debug) -> Option<&mut Vec<u8>> {
-        value_out(self.rules, self.sink, field, as_message)
+        value_out(self.rules, self.sink, field, as_message, false)
     }
 }
 
@@ -546,6 +551,7 @@ fn value_out<'o, S: FieldSink>(
     sink: &'o mut S,
     field: &Field,
     as_message: &dyn fmt::Debug,
+    boolean: bool,
 ) -> Option<&'o mut Vec<u8>> {
     let name = field.name();
     let plan = rules.plan(name);
@@ -554,7 +560,7 @@ fn value_out<'o, S: FieldSink>(
         return None;
     }
     let out = sink.begin(name, plan.slot, plan.name)?;
-    if plan.sensitive {
+    if plan.sensitive && !(boolean && plan.keeps_bool) {
         json::write_str(out, REDACTED, usize::MAX);
         return None;
     }
@@ -617,7 +623,7 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if let Some(out) = self.value_out(field, &value) {
+        if let Some(out) = value_out(self.rules, self.sink, field, &value, true) {
             out.extend_from_slice(if value { b"true" } else { b"false" });
         }
     }
@@ -632,7 +638,7 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
             return;
         }
         if field.name() == TENANT_FIELD {
-            if let Some(out) = value_out(self.rules, self.sink, field, &value) {
+            if let Some(out) = value_out(self.rules, self.sink, field, &value, false) {
                 match self.rules.masked_tenant(value) {
                     Cow::Owned(masked) => json::write_str(out, &masked, self.rules.max_value_bytes),
                     Cow::Borrowed(_) => self.rules.write_text(out, value, self.scratch),
@@ -643,7 +649,7 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
             }
             return;
         }
-        if let Some(out) = value_out(self.rules, self.sink, field, &value) {
+        if let Some(out) = value_out(self.rules, self.sink, field, &value, false) {
             self.rules.write_text(out, value, self.scratch);
         }
     }
@@ -667,7 +673,7 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
             scratch,
             ..
         } = self;
-        if let Some(out) = value_out(rules, *sink, field, value) {
+        if let Some(out) = value_out(rules, *sink, field, value, false) {
             formatting(out, false, |out| {
                 rules.write_debug(out, value, text, scratch)
             });

@@ -17,10 +17,13 @@ pub const DEFAULT_SENSITIVE_KEYS: &[&str] = periscope_context::SENSITIVE_KEY_PAR
 /// `oauth_*` setting and `pass` every `bypass`.
 pub const DEFAULT_SENSITIVE_WORDS: &[&str] = &["auth", "pass"];
 
-/// Keys that contain `token` but count tokens (LLM usage figures), so they are not secrets.
+/// Keys that contain `token` but count tokens (LLM usage figures), so they are not secrets:
+/// as OpenAI's, Anthropic's and Gemini's APIs name them, and OpenTelemetry's GenAI attributes.
+/// An object under such a key (`prompt_tokens_details`) is still redacted key by key.
 pub const DEFAULT_ALLOWED_KEYS: &[&str] = &[
     "max_tokens",
     "max_completion_tokens",
+    "max_output_tokens",
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
@@ -28,8 +31,23 @@ pub const DEFAULT_ALLOWED_KEYS: &[&str] = &[
     "output_tokens",
     "cached_tokens",
     "reasoning_tokens",
+    "audio_tokens",
+    "accepted_prediction_tokens",
+    "rejected_prediction_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+    "input_tokens_details",
+    "output_tokens_details",
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
+    "prompt_token_count",
+    "candidates_token_count",
+    "total_token_count",
+    "cached_content_token_count",
+    "thoughts_token_count",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    "gen_ai.request.max_tokens",
 ];
 
 /// Nesting deeper than this is not parsed as JSON (the value stays a plain string).
@@ -195,6 +213,12 @@ impl Redactor {
     /// ```
     pub fn hides_field(&self, name: &str) -> bool {
         self.is_sensitive(name) || self.ends_in_sensitive_word(name)
+    }
+
+    /// Whether a field so named is hidden by its last word alone (`require_auth`): a boolean
+    /// under it is a setting and stays, as inside JSON.
+    pub(crate) fn hides_by_word_alone(&self, name: &str) -> bool {
+        !self.is_sensitive(name) && self.ends_in_sensitive_word(name)
     }
 
     /// Whether the last word of `key` is one of the [`DEFAULT_SENSITIVE_WORDS`] (`auth`,

@@ -89,6 +89,39 @@ fn sensitive_keys_are_redacted_at_any_depth_in_events_and_spans() {
     assert_eq!(data["prompt_tokens"], 12);
 }
 
+/// The usage figures of the common LLM APIs keep their numbers (OpenAI's detail objects
+/// included, still redacted key by key inside), as OpenTelemetry's GenAI fields do.
+#[test]
+fn llm_usage_figures_of_common_providers_keep_their_numbers() {
+    let openai = json!({
+        "prompt_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0, "session_token": "nested-token-5"},
+        "completion_tokens_details": {"reasoning_tokens": 7, "accepted_prediction_tokens": 1},
+        "total_tokens": 17
+    });
+    let gemini = json!({"promptTokenCount": 3, "candidatesTokenCount": 5, "totalTokenCount": 8});
+    let line = common::one_line(|| {
+        tracing::info!(
+            openai = periscope_log::json(&openai),
+            gemini = periscope_log::json(&gemini),
+            gen_ai.usage.input_tokens = 42u64,
+            gen_ai.usage.output_tokens = 9u64,
+            "usage"
+        );
+    });
+    let data = &line["data"];
+    let details = &data["openai"]["prompt_tokens_details"];
+    assert_eq!(details["cached_tokens"], 4, "{line}");
+    assert_eq!(details["session_token"], "[REDACTED]", "{line}");
+    assert_eq!(
+        data["openai"]["completion_tokens_details"]["reasoning_tokens"],
+        7
+    );
+    assert_eq!(data["gemini"], gemini);
+    assert_eq!(data["gen_ai.usage.input_tokens"], 42, "{line}");
+    assert_eq!(data["gen_ai.usage.output_tokens"], 9, "{line}");
+}
+
 #[test]
 fn error_and_debug_values_under_sensitive_keys_are_never_formatted() {
     let out = capture(
@@ -1132,6 +1165,10 @@ fn keys_ending_in_auth_or_pass_are_redacted_at_any_depth() {
                 body = r#"{"user":"ann","smtp_pass":"body-pass-4","proxyAuth":"Basic Ym9keS01"}"#,
                 debug = ?Upstream { url: "https://x.example", proxy_auth: "Basic ZGVidWctNg==" },
                 settings = ?Settings { require_auth: true, smtp_pass: None, author: "bob" },
+                require_auth = true,
+                skip_auth = false,
+                smtp_pass = "field-pass-8",
+                db_pass = 4242u64,
                 "calling upstream"
             );
         },
@@ -1145,6 +1182,8 @@ fn keys_ending_in_auth_or_pass_are_redacted_at_any_depth() {
         "body-pass-4",
         "Ym9keS01",
         "ZGVidWctNg==",
+        "field-pass-8",
+        "4242",
     ] {
         assert!(!text.contains(secret), "{secret} leaked: {text}");
     }
@@ -1174,6 +1213,12 @@ fn keys_ending_in_auth_or_pass_are_redacted_at_any_depth() {
         data["settings"],
         r#"Settings { require_auth: true, smtp_pass: None, author: "bob" }"#
     );
+    // An event's own fields alike: a boolean is a setting and keeps its type, a string or
+    // number is hidden.
+    assert_eq!(data["require_auth"], true, "{data}");
+    assert_eq!(data["skip_auth"], false, "{data}");
+    assert_eq!(data["smtp_pass"], "[REDACTED]");
+    assert_eq!(data["db_pass"], "[REDACTED]");
 }
 
 /// Tenant ids reach the top level of every line from the `tenant` span field (the declared
