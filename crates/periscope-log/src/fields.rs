@@ -272,7 +272,7 @@ impl ValueRules {
             {
                 // Rewritten JSON is ASCII-safe UTF-8: we only ever wrote &str pieces into it.
                 let rewritten = String::from_utf8_lossy(scratch);
-                json::write_str(out, &rewritten, self.max_value_bytes);
+                json::write_str_of(out, &rewritten, self.max_value_bytes, text.len());
                 return;
             }
         }

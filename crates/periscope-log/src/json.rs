@@ -185,12 +185,18 @@ fn push_unicode_escape(out: &mut Vec<u8>, code: u32) {
 
 /// Appends `s` as a quoted, escaped JSON string, truncated to `limit` bytes.
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str, limit: usize) {
+    write_str_of(out, s, limit, s.len());
+}
+
+/// [`write_str`] of `s` made from a value of `original_len` bytes (JSON text compacted and
+/// redacted): a cut says how long the value was, not its rewrite.
+pub(crate) fn write_str_of(out: &mut Vec<u8>, s: &str, limit: usize, original_len: usize) {
     out.push(b'"');
     if s.len() <= limit {
         write_escaped(out, s);
     } else {
         write_escaped(out, prefix(s, limit));
-        write_truncation(out, s.len());
+        write_truncation(out, original_len);
     }
     out.push(b'"');
 }

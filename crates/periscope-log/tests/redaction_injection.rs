@@ -279,6 +279,27 @@ fn big_json_values_within_the_bound_are_redacted_key_by_key() {
     assert_eq!(login["blob"].as_str().map(str::len), Some(70_000));
 }
 
+/// JSON text cut at the bound after it was compacted and redacted says how long the logged
+/// value was, not its rewrite.
+#[test]
+fn cut_json_text_records_the_original_length() {
+    let items: Vec<String> = (0..400).map(|i| format!("item-{i:04}")).collect();
+    let pretty = serde_json::to_string_pretty(&json!({"items": items})).unwrap();
+    let compact_len = serde_json::to_string(&json!({"items": items}))
+        .unwrap()
+        .len();
+    assert!(compact_len > 1024 && pretty.len() > compact_len + 1000);
+    let line = capture(
+        |b| b.max_value_bytes(1024),
+        |_| tracing::info!(body = pretty.as_str(), "pretty"),
+    )
+    .lines()
+    .remove(0);
+    let body = line["data"]["body"].as_str().unwrap();
+    let marker = format!("…[truncated, original {} bytes]", pretty.len());
+    assert!(body.ends_with(&marker), "{body}");
+}
+
 /// Over the size bound, a `json` value without secrets keeps its type: an object stays an
 /// object and an array an array, their text truncated inside; a string stays a string.
 #[test]
