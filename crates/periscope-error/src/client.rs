@@ -186,16 +186,19 @@ impl Decoder {
             .map(|code| code.class())
             .or_else(|| code::class_of_family(&code_name))
             .unwrap_or_else(|| ErrorClass::from_status(status));
-        let retryable = envelope
-            .as_ref()
-            .and_then(|envelope| envelope.retryable)
-            .or(known.map(|code| code.is_retryable()))
-            .unwrap_or(class.is_retryable());
         let retry_after = envelope
             .as_ref()
             .and_then(|envelope| envelope.retry_after_s)
             .or_else(|| render::retry_after_seconds(headers))
             .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
+        // As `ErrorLayer` renders it: what the envelope says, else a delay to retry after makes
+        // it temporary, else the code's, its family's or the status's class.
+        let retryable = envelope
+            .as_ref()
+            .and_then(|envelope| envelope.retryable)
+            .or(retry_after.map(|_| true))
+            .or(known.map(|code| code.is_retryable()))
+            .unwrap_or(class.is_retryable());
         let request_id = envelope
             .as_ref()
             .map(|envelope| envelope.request_id.clone())
@@ -412,8 +415,8 @@ impl ApiError {
         self.class
     }
 
-    /// Whether the same request may succeed later: the envelope's `retryable`, else the known
-    /// code's, else the class's.
+    /// Whether the same request may succeed later: the envelope's `retryable`, else `true` when
+    /// a delay to retry after is given, else the known code's, else the class's.
     pub fn is_retryable(&self) -> bool {
         self.retryable
     }
@@ -745,6 +748,34 @@ mod tests {
             error.to_string(),
             "timeout: HTTP 504 Gateway Timeout without an error envelope (no request_id)"
         );
+    }
+
+    /// A delay to retry after makes an answer retryable, as `ErrorLayer` renders it: a proxy's
+    /// bare 413 or 500 with `Retry-After`, an envelope with `retry_after_s` and no `retryable`.
+    /// What an envelope says itself stands.
+    #[test]
+    fn a_delay_to_retry_after_decodes_retryable() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "30".parse().unwrap());
+        for status in [
+            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::INTERNAL_SERVER_ERROR,
+        ] {
+            let error = ApiError::from_parts(status, &headers, b"busy");
+            assert!(error.is_retryable(), "{status}");
+            assert_eq!(error.retry_after(), Some(Duration::from_secs(30)));
+        }
+        let error = decode(
+            500,
+            br#"{"error":{"code":"internal_error","message":"Maintenance","retry_after_s":120}}"#,
+        );
+        assert!(error.is_retryable());
+        let error = decode(
+            500,
+            br#"{"error":{"code":"internal_error","message":"No","retryable":false,"retry_after_s":120}}"#,
+        );
+        assert!(!error.is_retryable());
+        assert!(!decode(500, b"oops").is_retryable());
     }
 
     #[test]

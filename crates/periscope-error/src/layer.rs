@@ -1418,8 +1418,9 @@ impl Handled {
         // what a client would conclude (the code's, else its family's class, else the
         // status's), so the answer does not depend on which decoder reads it.
         let retry_after = render::retry_after_seconds(&parts.headers);
-        if error.retryable.is_none() && retry_after.is_some() {
-            // A delay to retry after says the condition is temporary, as for a bare answer.
+        if error.retryable.is_none() && (retry_after.is_some() || error.retry_after_s.is_some()) {
+            // A delay to retry after (the header's or the envelope's own) says the condition
+            // is temporary, as for a bare answer.
             error.retryable = Some(true);
         }
         if error.retryable.is_none() {
@@ -2345,6 +2346,46 @@ mod tests {
         .await;
         assert_eq!(json["error"]["retryable"], false, "{json}");
         assert!(json["error"].get("retry_after_s").is_none(), "{json}");
+
+        // A delay in the envelope alone (no header) says retryable as the header does.
+        let (parts, json) = call(get("/"), |_| async {
+            json_response(
+                500,
+                r#"{"error":{"code":"internal_error","message":"Down for maintenance","retry_after_s":120}}"#,
+            )
+        })
+        .await;
+        assert_eq!(json["error"]["retryable"], true, "{json}");
+        assert_eq!(json["error"]["retry_after_s"], 120, "{json}");
+        assert_eq!(parts.headers()["retry-after"], "120");
+    }
+
+    /// A relayed gRPC failure's `grpc-status` and `grpc-message` (internals, as a body holds)
+    /// do not go out beside the HTTP envelope that replaces its answer.
+    #[tokio::test]
+    async fn an_http_envelope_drops_the_replaced_answers_grpc_headers() {
+        let (parts, json) = call(get("/"), |_| async {
+            Ok(Response::builder()
+                .status(500)
+                .header("content-type", "text/plain")
+                .header("grpc-status", "13")
+                .header("grpc-message", "pq:%20password%20authentication%20failed")
+                .header("grpc-status-details-bin", "CAI")
+                .body(Full::new(Bytes::from_static(
+                    b"pq: password authentication failed",
+                )))
+                .unwrap())
+        })
+        .await;
+        assert_eq!(parts.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(json["error"]["code"], "internal_error", "{json}");
+        for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+            assert!(
+                parts.headers().get(name).is_none(),
+                "{name}: {:?}",
+                parts.headers()
+            );
+        }
     }
 
     /// An upstream's envelope with a byte order mark, or a Latin-1 byte in its message, is

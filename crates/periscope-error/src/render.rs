@@ -381,6 +381,11 @@ pub(crate) fn write(
         });
     let headers = &mut parts.headers;
     remove_representation(headers);
+    // A relayed gRPC failure's status and message (`grpc-message` names internals as a body
+    // does) are no part of an HTTP envelope.
+    for name in [GRPC_STATUS, GRPC_MESSAGE, GRPC_STATUS_DETAILS] {
+        headers.remove(name);
+    }
     if let Some(range) = unsatisfied_range {
         headers.insert(header::CONTENT_RANGE, range);
     }
