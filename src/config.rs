@@ -372,7 +372,10 @@ impl Settings {
             self.environment = checked_name("ENVIRONMENT", environment)?;
         }
         if get("LOG_FORMAT").is_some() {
-            self.log_format = LogConfig::from_lookup(&lookup)?.format;
+            // The format alone: this source's `RUST_LOG` may be one that an earlier source's
+            // `LOG_LEVEL` overrides, never to be read.
+            let format_only = |name: &str| (name == "LOG_FORMAT").then(|| lookup(name)).flatten();
+            self.log_format = LogConfig::from_lookup(format_only)?.format;
         }
         if sets_any(&["LOG_LEVEL", "RUST_LOG"]) {
             self.log_directives = LogConfig::from_lookup(merged)?.directives;
@@ -836,6 +839,33 @@ mod tests {
     /// over `RUST_LOG`), a later source setting only the weaker one (a platform injecting
     /// `OTEL_SERVICE_NAME` into the process's environment) does not override the stronger one
     /// an earlier source set: each source replaces only the variables it sets.
+    /// A later source's `LOG_FORMAT` reads the format alone: its `RUST_LOG`, which an earlier
+    /// `LOG_LEVEL` overrides, is not read (nor refused) because of it.
+    #[test]
+    fn a_later_log_format_leaves_an_overridden_rust_log_unread() {
+        let file = env(&[("LOG_LEVEL", "debug")]).unwrap();
+        let process = [
+            ("LOG_FORMAT", "pretty"),
+            ("RUST_LOG", "info,tower_http[request]=debug"),
+        ];
+        let settings = file
+            .apply_env(|name| {
+                process
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            })
+            .unwrap();
+        assert_eq!(settings.log_format, LogFormat::Pretty);
+        assert_eq!(settings.log_directives.to_string(), "debug");
+        // A bad format is still refused, naming its variable.
+        let error = env(&[])
+            .unwrap()
+            .apply_env(|name| (name == "LOG_FORMAT").then(|| "yaml".to_owned()))
+            .unwrap_err();
+        assert!(error.to_string().contains("LOG_FORMAT"), "{error}");
+    }
+
     #[test]
     fn a_later_source_setting_the_weaker_of_a_pair_keeps_the_stronger() {
         let file = env(&[("SERVICE_NAME", "checkout"), ("LOG_LEVEL", "debug")]).unwrap();

@@ -205,7 +205,14 @@ async fn bind(
 /// IPv6 sockets: `EAFNOSUPPORT`), not for a reason IPv4 would share (a port in use, a
 /// privileged port).
 fn no_ipv6(error: &std::io::Error) -> bool {
-    const EAFNOSUPPORT: i32 = 97;
+    // The code differs by system; Linux's is the one nodes run.
+    const EAFNOSUPPORT: i32 = if cfg!(any(target_os = "linux", target_os = "android")) {
+        97
+    } else if cfg!(windows) {
+        10047 // WSAEAFNOSUPPORT
+    } else {
+        47 // macOS and the BSDs
+    };
     matches!(
         error.kind(),
         ErrorKind::AddrNotAvailable | ErrorKind::Unsupported
