@@ -46,7 +46,7 @@ pub struct InvalidSampler {
 
 impl Sampler {
     /// What `OTEL_TRACES_SAMPLER` accepts, for error messages.
-    pub const ACCEPTED: &'static str = "expected always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio";
+    pub const ACCEPTED: &'static str = "expected always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio (jaeger_remote, parentbased_jaeger_remote and xray are not supported)";
 
     /// What `OTEL_TRACES_SAMPLER_ARG` accepts, for error messages.
     pub const ACCEPTED_RATIO: &'static str =
@@ -225,6 +225,22 @@ fn by_ratio(ratio: f64, trace_id: TraceId) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Samplers the specification names but this build lacks are told apart from typos.
+    #[test]
+    fn spec_samplers_this_build_lacks_are_named_unsupported() {
+        for name in ["jaeger_remote", "parentbased_jaeger_remote", "xray"] {
+            let error = Sampler::from_env_values(Some(name), None).unwrap_err();
+            assert_eq!(error.var, "OTEL_TRACES_SAMPLER");
+            assert!(
+                error.expected.contains(&format!("{name} "))
+                    || error.expected.contains(&format!("{name})")),
+                "{}",
+                error.expected
+            );
+            assert!(error.expected.contains("not supported"));
+        }
+    }
 
     fn id(hex: &str) -> TraceId {
         TraceId::from_hex(hex).unwrap()

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
-use periscope_context::grpc::{GrpcCode, HeadOutcome, StreamEndWatch, answer_code, head_outcome};
+use periscope_context::grpc::{
+    GrpcCode, HeadOutcome, StreamEndWatch, answer_code, head_outcome, is_grpc_content_type,
+};
 use periscope_context::{
     Baggage, ClientAddr, ExtractOptions, Extracted, MatchedRoute, PeerAddr, RequestContext,
     RequestId, RequestIdOrigin, RouteTemplates, TenantKey, TraceId, TrustedProxies, WithContext,
@@ -358,7 +360,9 @@ where
         if let Some(matched) = matched {
             request.extensions_mut().insert(matched);
         }
-        if span.is_none() {
+        // `is_disabled`, not `is_none`: a span the subscriber turned down is no span either
+        // (with tracing's `log` feature it is not `Span::none()`).
+        if span.is_disabled() {
             made_without_span(&mut request);
         }
         if !config.trusted_proxies.is_empty() {
@@ -649,9 +653,7 @@ where
             }
         };
         let span = &*this.span;
-        if *this.named_by_client
-            && answer_code(response.status(), response.headers()) == Some(GrpcCode::UNIMPLEMENTED)
-        {
+        if *this.named_by_client && !answers_the_method(&response) {
             // A method the service does not have keeps the HTTP name: named by its path, any
             // caller could add span names without end.
             rename(span, "POST");
@@ -705,6 +707,17 @@ where
             response.map(|body| CorrelationBody::new(body, context, span, !watched))
         ))
     }
+}
+
+/// Whether a gRPC call's answer comes from a method of the service: a gRPC answer other than
+/// `UNIMPLEMENTED`. A router's plain 404 (no error layer to answer it as gRPC) is not.
+fn answers_the_method<B>(response: &Response<B>) -> bool {
+    response.status() == http::StatusCode::OK
+        && response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(is_grpc_content_type)
+        && answer_code(response.status(), response.headers()) != Some(GrpcCode::UNIMPLEMENTED)
 }
 
 #[cfg(test)]

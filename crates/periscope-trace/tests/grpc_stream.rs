@@ -340,6 +340,35 @@ async fn a_call_to_a_method_the_service_lacks_keeps_the_http_name() {
     }
 }
 
+/// Without an error layer to answer it as gRPC, a router's plain 404 to a made-up gRPC path is
+/// no method of the service either: the span keeps the HTTP name, whatever path the client made
+/// up. A method that answers keeps its name.
+#[tokio::test]
+async fn a_grpc_call_answered_by_a_plain_404_keeps_the_http_name() {
+    let (capture, _guard) = capture();
+    let answer = || async {
+        Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "0")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let app = Router::new()
+        .route("/pkg.Real/Get", axum::routing::post(answer))
+        .layer(AccessLogLayer::new())
+        .layer(CorrelationLayer::new());
+    let addr = serve(app).await;
+    for (id, path) in [("made-up-1", "/a1.Svc/M"), ("made-up-2", "/a2.Svc/M")] {
+        drop(call_as(addr, id, path, "application/grpc", None).await);
+        let span = closed_span(&capture, id).await;
+        assert_eq!(span.get("otel.name"), Some("POST"), "{id}: {span:?}");
+        assert_eq!(span.get("http.response.status_code"), Some("404"), "{id}");
+    }
+    drop(call_as(addr, "real", "/pkg.Real/Get", "application/grpc", None).await);
+    let span = closed_span(&capture, "real").await;
+    assert_eq!(span.get("otel.name"), Some("pkg.Real/Get"), "{span:?}");
+}
+
 /// A plain answer whose body fails after its head (an upstream cut mid-stream): the request did
 /// not complete, so its span fails with `error.type` `_OTHER` whatever the 200 said, as the
 /// client span of the same exchange does. One that ends well stays as it was.

@@ -395,6 +395,57 @@ async fn a_quiet_path_under_a_nested_router_gets_no_span_from_the_inner_layer() 
     assert!(!ctx.is_sampled(), "{ctx:?}");
 }
 
+/// The layer applied twice, under a subscriber that turns the server span down (a `WARN`
+/// filter): the span the outer layer got is disabled, not `Span::none()` (tracing's `log`
+/// feature), and the inner layer must still pass the request through under the outer
+/// context, not start a second trace.
+#[tokio::test]
+async fn a_nested_router_under_a_disabled_server_span_keeps_the_outer_context() {
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::sink)
+        .finish();
+    let _guard = support::set_default(subscriber);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let outer_ctx: Arc<Mutex<Vec<RequestContext>>> = Arc::default();
+    let record = {
+        let outer_ctx = Arc::clone(&outer_ctx);
+        axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let outer_ctx = Arc::clone(&outer_ctx);
+                async move {
+                    let ctx = request.extensions().get::<RequestContext>().cloned();
+                    outer_ctx.lock().unwrap().extend(ctx);
+                    next.run(request).await
+                }
+            },
+        )
+    };
+    let nested = axum::Router::new()
+        .nest(
+            "/api",
+            app(hop_state("inner", None, &seen), CorrelationLayer::new()),
+        )
+        .layer(record)
+        .layer(CorrelationLayer::new());
+    let addr = serve(nested).await;
+
+    let response = get(addr, "/api/hop", &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let outer = outer_ctx.lock().unwrap()[0].clone();
+    let inner = seen.lock().unwrap()[0].ctx.clone();
+    assert_eq!(
+        inner.trace_id, outer.trace_id,
+        "a second trace: {inner:?} {outer:?}"
+    );
+    assert_eq!(inner.span_id, outer.span_id);
+    assert_eq!(inner.request_id, outer.request_id);
+    assert_eq!(
+        response.headers()["x-request-id"],
+        outer.request_id.as_str()
+    );
+}
+
 /// A readiness check that calls a dependency: the probe has no span, so the call goes out
 /// unsampled (nobody would export its parent), still with the trace and request id.
 #[tokio::test]
