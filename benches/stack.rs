@@ -13,8 +13,9 @@
 //! finish their work when the body ends (access log, axum-prometheus) do it inside the
 //! measurement. Overhead = contender - `bare`.
 //!
-//! Run (the table: `scripts/bench-table.py`):
-//! `cargo bench --bench stack --features otel -- --warm-up-time 1 --measurement-time 3`
+//! Run (the table: `scripts/bench-table.py`; docs/performance.md's figures are of the default
+//! features, `scripts/bench-stack.sh` with `FEATURES=otel` adds the OpenTelemetry contenders):
+//! `cargo bench --bench stack -- --warm-up-time 1 --measurement-time 3`
 //!
 //! Instruction counts (noise-free, all threads): `scripts/callgrind-stack.sh`, which runs
 //! this binary with `STACK_BENCH_RUN=<kind>/<contender>/<calls>`.
