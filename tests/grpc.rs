@@ -530,6 +530,29 @@ async fn a_panic_in_a_grpc_stream_ends_it_with_internal_in_its_trailers() {
         received: 2,
     };
     assert_eq!(got, expected);
+    // The status tonic gives the client is made of the trailers alone: the request id is
+    // there, not only in the head.
+    client.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(SERVER_STREAM);
+    let request = with_id("2:panic".to_owned(), "ss-panic-trailers");
+    let mut stream = client
+        .server_streaming(request, path, Text)
+        .await
+        .unwrap()
+        .into_inner();
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended without its panic"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(
+        request_id(status.metadata()).as_deref(),
+        Some("ss-panic-trailers"),
+        "{status:?}"
+    );
     // The connection is fine: the next call on it is answered.
     let next = call(&mut client, "ss-next", Call::ServerStream("1:ok")).await;
     assert_eq!((next.code, next.received), (Code::Ok, 1));
@@ -553,7 +576,8 @@ async fn a_panic_in_a_grpc_stream_ends_it_with_internal_in_its_trailers() {
     let span = &spans.of("http_request", "ss-panic")[0];
     assert_eq!(span["rpc.grpc.status_code"], "13", "{span:?}");
     assert_eq!(span["error.type"], "INTERNAL", "{span:?}");
-    assert_eq!(server_count(&obs, SERVER_STREAM, "5xx"), 1.0);
+    // The two panicking calls, the one answered.
+    assert_eq!(server_count(&obs, SERVER_STREAM, "5xx"), 2.0);
     assert_eq!(server_count(&obs, SERVER_STREAM, "2xx"), 1.0);
     drop(log_guard);
 }

@@ -84,12 +84,16 @@ impl GrpcCode {
     }
 
     /// Reads a `grpc-status` value: ASCII digits only, else `None`. A number gRPC does not
-    /// define (over 16) reads as `UNKNOWN`, as tonic gives it to the caller and as
-    /// OpenTelemetry's `rpc.grpc.status_code` (one of 0 to 16) wants it.
+    /// define (over 16), or one written with a leading zero (`00`, `016`), reads as `UNKNOWN`,
+    /// as tonic gives it to the caller and as OpenTelemetry's `rpc.grpc.status_code` (one of 0
+    /// to 16) wants it.
     pub fn parse(value: &HeaderValue) -> Option<Self> {
         let bytes = value.as_bytes();
         if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
             return None;
+        }
+        if bytes.len() > 1 && bytes[0] == b'0' {
+            return Some(Self::UNKNOWN);
         }
         let value = bytes.iter().fold(0u32, |n, &b| {
             n.saturating_mul(10).saturating_add(u32::from(b - b'0'))
@@ -556,7 +560,10 @@ mod tests {
         assert_eq!(parse("0"), Some(GrpcCode::OK));
         assert_eq!(parse("13"), Some(GrpcCode::INTERNAL));
         assert_eq!(parse("16"), Some(GrpcCode::UNAUTHENTICATED));
-        assert_eq!(parse("016"), Some(GrpcCode::UNAUTHENTICATED));
+        // As tonic reads them: a leading zero is no code of gRPC's (`00` is no success).
+        assert_eq!(parse("016"), Some(GrpcCode::UNKNOWN));
+        assert_eq!(parse("00"), Some(GrpcCode::UNKNOWN));
+        assert_eq!(parse("01"), Some(GrpcCode::UNKNOWN));
         for undefined in ["17", "99", "99999", "123456", "99999999999999999999999"] {
             assert_eq!(parse(undefined), Some(GrpcCode::UNKNOWN), "{undefined}");
         }

@@ -133,7 +133,7 @@ where
         panic::drop_caught(&ids, || kind.set(Kind::Full(None)));
         if let Some((answered, ending)) = this.grpc_trailers {
             answered.set(AnsweredError::new(codes::INTERNAL_ERROR.name()));
-            let trailers = render::grpc_panic_trailers();
+            let trailers = render::grpc_panic_trailers(&ids);
             return Poll::Ready(Some(Ok(match *ending {
                 GrpcEnding::Trailers => Frame::trailers(trailers),
                 GrpcEnding::WebFrame { text } => {

@@ -2100,11 +2100,12 @@ mod tests {
 
     /// A gRPC stream (its code to come in the trailers) that panics after a message ends with
     /// the trailers of a panicking handler's answer, which a gRPC client reads as the call's
-    /// `INTERNAL`; a gRPC-Web stream (trailers inside the body) still ends with an error.
+    /// `INTERNAL`, with the request id (a client's status is made of the trailers alone); a
+    /// gRPC-Web stream ends with the same trailers as its body's last message.
     #[tokio::test]
     async fn a_grpc_stream_that_panics_ends_with_internal_trailers() {
         /// The trailer block a gRPC-Web body ends with, and its frame's bytes.
-        const WEB_BLOCK: &[u8] = b"grpc-status:13\r\ngrpc-message:An internal error occurred\r\n";
+        const WEB_BLOCK: &[u8] = b"grpc-status:13\r\ngrpc-message:An internal error occurred\r\nx-request-id:stream-panic\r\n";
         let web_frame = || {
             let mut frame = vec![0x80];
             frame.extend_from_slice(&(WEB_BLOCK.len() as u32).to_be_bytes());
@@ -2127,6 +2128,7 @@ mod tests {
                 }));
             let call = Request::post("/pkg.Service/Stream")
                 .header("content-type", content_type)
+                .header("x-request-id", "stream-panic")
                 .body(Full::new(Bytes::new()))
                 .unwrap();
             let mut body = service.oneshot(call).await.unwrap().into_body();
@@ -2143,6 +2145,7 @@ mod tests {
                 let trailers = second.into_trailers().unwrap();
                 assert_eq!(trailers["grpc-status"], "13");
                 assert_eq!(trailers["grpc-message"], "An internal error occurred");
+                assert_eq!(trailers["x-request-id"], "stream-panic");
             } else {
                 // gRPC-Web: the trailers are the body's last message, flagged 0x80; base64
                 // for the text form.

@@ -462,14 +462,17 @@ fn write_grpc(
 }
 
 /// The trailers that end a gRPC stream whose body panicked after its head: `INTERNAL` with
-/// the message a panicking handler's answer has, so the client gets the same status either way.
-pub(crate) fn grpc_panic_trailers() -> HeaderMap {
-    let mut trailers = HeaderMap::with_capacity(2);
+/// the message a panicking handler's answer has, so the client gets the same status either way,
+/// and the request id: a client's status is made of the trailers alone (tonic's is), so the id
+/// in the head is not in its metadata.
+pub(crate) fn grpc_panic_trailers(ids: &Ids) -> HeaderMap {
+    let mut trailers = HeaderMap::with_capacity(3);
     trailers.insert(GRPC_STATUS, HeaderValue::from(GrpcCode::INTERNAL.value()));
     let message = grpc_message(codes::INTERNAL_ERROR.default_message());
     if let Ok(message) = HeaderValue::from_str(&message) {
         trailers.insert(GRPC_MESSAGE, message);
     }
+    trailers.insert(X_REQUEST_ID, ids.request_id.header_value().clone());
     trailers
 }
 

@@ -281,6 +281,7 @@ where
                     inner: WithContext::new_in_scope(Arc::new(ctx), || inner.call(request)),
                     span: Span::none(),
                     named_by_client: false,
+                    grpc_unanswered: false,
                 };
             }
             Some(_) => from_error_layer = error_layer_context(&request),
@@ -338,6 +339,7 @@ where
             _ => None,
         };
         let mut named_by_client = false;
+        let mut grpc = false;
         let span = if config.quiet.is_quiet(path) {
             // No span is exported for a probe, so calls it makes must not be sampled either:
             // they would be exported under a parent that does not exist.
@@ -351,7 +353,8 @@ where
                 None
             };
             let rpc = RpcName::of_request(request.method(), request.headers(), route, path);
-            named_by_client = rpc.is_some() && route.and_then(RpcName::parse).is_none();
+            grpc = rpc.is_some();
+            named_by_client = grpc && route.and_then(RpcName::parse).is_none();
             let span = server_span(&request, path, route, rpc, scheme, ctx);
             let sampler = config.sampler.unwrap_or_else(Sampler::global);
             bind(&span, ctx, ParentKind::Remote, link.as_ref(), Some(sampler));
@@ -395,6 +398,7 @@ where
             inner: future,
             span,
             named_by_client,
+            grpc_unanswered: grpc,
         }
     }
 }
@@ -622,7 +626,7 @@ fn route_template<B>(request: &Request<B>) -> Option<&str> {
 }
 
 /// The response future of [`Correlation`].
-#[pin_project::pin_project]
+#[pin_project::pin_project(PinnedDrop)]
 #[must_use = "futures do nothing unless polled"]
 pub struct ResponseFuture<F> {
     // Declared before `span`, so dropped first: the access log inside names the span as its
@@ -633,6 +637,21 @@ pub struct ResponseFuture<F> {
     span: Span,
     /// The span is named after a gRPC path no route template vouches for.
     named_by_client: bool,
+    /// A gRPC call with a span, not answered yet: dropped so, the client cancelled it.
+    grpc_unanswered: bool,
+}
+
+#[pin_project::pinned_drop]
+impl<F> PinnedDrop for ResponseFuture<F> {
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        if *this.grpc_unanswered {
+            // Dropped before its head: the client cancelled the call (its deadline, a reset),
+            // which its server span says as a stream cancelled mid-way does, code 1 and not
+            // failed, agreeing with the metrics' `cancelled`.
+            record_grpc_code(this.span, &SERVER_FIELDS, GrpcCode::CANCELLED, 500);
+        }
+    }
 }
 
 impl<F, ResBody, E> Future for ResponseFuture<F>
@@ -645,6 +664,7 @@ where
         let mut this = self.project();
         let entered = this.span.enter();
         let result = ready!(this.inner.as_mut().poll(cx));
+        *this.grpc_unanswered = false;
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {

@@ -8,6 +8,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -337,6 +338,41 @@ async fn a_call_to_a_method_the_service_lacks_keeps_the_http_name() {
         let span = closed_span(&capture, id).await;
         assert_eq!(span.get("otel.name"), Some("POST"), "{id}: {span:?}");
         assert_eq!(span.get("rpc.grpc.status_code"), Some("12"), "{id}");
+    }
+}
+
+/// A gRPC call dropped before its head (the client's deadline, a reset, a timeout around the
+/// stack) was cancelled by the client: its server span says so as a stream cancelled mid-way
+/// does, code 1 and not failed, agreeing with the metrics' `cancelled`. A plain HTTP request
+/// dropped so gets no gRPC code.
+#[tokio::test]
+async fn a_grpc_call_dropped_before_its_head_records_cancelled() {
+    use tower::{Layer, ServiceExt};
+
+    let (capture, _guard) = capture();
+    for (id, content_type) in [
+        ("dropped-grpc", Some("application/grpc")),
+        ("dropped-http", None),
+    ] {
+        let service = CorrelationLayer::new().layer(tower::service_fn(
+            |_: http::Request<axum::body::Body>| async {
+                std::future::pending::<Result<http::Response<axum::body::Body>, Infallible>>().await
+            },
+        ));
+        let mut request = http::Request::post("/pkg.Svc/Slow").header("x-request-id", id);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let call = service.oneshot(request.body(axum::body::Body::empty()).unwrap());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), call)
+                .await
+                .is_err()
+        );
+        let span = closed_span(&capture, id).await;
+        let expected = content_type.map(|_| "1");
+        assert_eq!(span.get("rpc.grpc.status_code"), expected, "{id}: {span:?}");
+        assert_eq!(span.get("otel.status_code"), None, "{id}: {span:?}");
     }
 }
 
