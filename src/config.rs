@@ -414,7 +414,10 @@ impl Settings {
             let header = parse_forwarding_header("TRUSTED_PROXIES_HEADER", &value)?;
             self.trusted_proxies = self.trusted_proxies.clone().with_forwarding_header(header);
         }
-        self.apply_otel_env(&merged)?;
+        // The resource attributes name the service only from the source that sets them: read
+        // again from an earlier source, they would undo a `.service_name(..)` called since.
+        let resource_attributes_here = get("OTEL_RESOURCE_ATTRIBUTES").is_some();
+        self.apply_otel_env(&merged, resource_attributes_here)?;
         self.layered_variables = read.into_inner();
         Ok(self)
     }
@@ -423,6 +426,7 @@ impl Settings {
     fn apply_otel_env(
         &mut self,
         lookup: &impl Fn(&str) -> Option<String>,
+        resource_attributes_here: bool,
     ) -> Result<(), ConfigError> {
         let mut otel = periscope_trace::otel::OtelConfig::from_lookup(lookup)?;
         self.propagators = otel.propagators;
@@ -433,6 +437,7 @@ impl Settings {
             .iter()
             .any(|var| lookup(var).is_some_and(|v| !v.trim().is_empty()));
         if !named
+            && resource_attributes_here
             && let Some((_, name)) = otel
                 .resource_attributes
                 .iter()
@@ -456,6 +461,7 @@ impl Settings {
     fn apply_otel_env(
         &mut self,
         lookup: &impl Fn(&str) -> Option<String>,
+        _resource_attributes_here: bool,
     ) -> Result<(), ConfigError> {
         // What is propagated does not depend on export: honoured (and checked) in this build
         // too, or `none` would be ignored without a word.

@@ -911,18 +911,44 @@ fn the_otlp_endpoint_and_protocol_are_set_in_code() {
     let error = quiet().otlp_endpoint("collector:4317").unwrap_err();
     assert_eq!(error.var, "otlp_endpoint", "{error}");
 
+    // A source naming the service by its resource attributes alone.
+    let resource_named = |service: &'static str| {
+        move |name: &str| {
+            (name == "OTEL_RESOURCE_ATTRIBUTES").then(|| format!("service.name={service}"))
+        }
+    };
+    let named_in_code = |obs: &periscope::Observability| {
+        assert_eq!(obs.settings().service_name, "orders");
+        assert_eq!(obs.settings().otel.service_name.as_deref(), Some("orders"));
+    };
     // A name set in code after the environment stays, whatever setter comes after it: the
     // environment's `service.name` resource attribute is not read anew over it.
     let obs = quiet()
-        .env_from(|name| {
-            (name == "OTEL_RESOURCE_ATTRIBUTES").then(|| "service.name=from-resource".to_owned())
-        })
+        .env_from(resource_named("from-resource"))
         .unwrap()
         .service_name("orders")
         .traces_sampler(periscope::trace::Sampler::AlwaysOn)
         .unwrap()
         .build()
         .unwrap();
-    assert_eq!(obs.settings().service_name, "orders");
-    assert_eq!(obs.settings().otel.service_name.as_deref(), Some("orders"));
+    named_in_code(&obs);
+    // Nor by a later source that sets no name (the process environment after a file): only
+    // the source that sets the resource attributes names the service by them.
+    let obs = quiet()
+        .env_from(resource_named("from-file"))
+        .unwrap()
+        .service_name("orders")
+        .env_from(|name| (name == "LOG_FORMAT").then(|| "json".to_owned()))
+        .unwrap()
+        .build()
+        .unwrap();
+    named_in_code(&obs);
+    // A later source that sets them names it anew.
+    let obs = quiet()
+        .service_name("orders")
+        .env_from(resource_named("from-env"))
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(obs.settings().service_name, "from-env");
 }

@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value;
 use periscope_trace::CorrelationLayer;
-use periscope_trace::otel::{OtelConfig, OtelGuard};
+use periscope_trace::otel::{OtelConfig, OtelGuard, Protocol};
 use prost::Message;
 use support::services::{app, get, hop_state};
 use support::{Capture, attr, serve};
@@ -423,6 +423,36 @@ fn a_span_queue_set_in_code_is_kept_within_what_the_lookup_accepts() {
         drop(guard);
         let (_, exported) = export_of(&exports, &trace);
         assert_eq!(exported.name, "queued", "{size}");
+    }
+}
+
+/// Endpoints set in code get the checks the environment's get: an `https://` URL (this build
+/// has no TLS), one with credentials (never sent) or port 0 fails `build`, named by its field,
+/// its credentials and query masked, instead of failing every export.
+#[test]
+fn an_endpoint_set_in_code_that_cannot_be_sent_to_fails_build_masked() {
+    for (field, url) in [
+        ("endpoint", "https://collector:4318"),
+        ("endpoint", "http://user:hunter2@collector:4318"),
+        ("endpoint", "http://collector:0"),
+        (
+            "traces_endpoint_override",
+            "https://collector:4318/v1/traces?api_key=k3y",
+        ),
+    ] {
+        let mut config = OtelConfig::default();
+        config.protocol = Protocol::HttpProtobuf;
+        if field == "endpoint" {
+            config.endpoint = Some(url.to_owned());
+        } else {
+            config.traces_endpoint_override = Some(url.to_owned());
+        }
+        let error = config.build().expect_err(url).to_string();
+        assert!(error.contains(field), "{url}: {error}");
+        assert!(
+            !error.contains("hunter2") && !error.contains("k3y"),
+            "{error}"
+        );
     }
 }
 

@@ -478,7 +478,7 @@ fn invalid(var: &'static str, value: String, expected: &'static str) -> ConfigEr
     }
 }
 
-fn check_url(var: &'static str, value: String) -> Result<String, ConfigError> {
+pub(super) fn check_url(var: &'static str, value: String) -> Result<String, ConfigError> {
     const NO_CREDENTIALS: &str = "expected an http:// URL without user:password@: the exporter never sends a URL's credentials (every export would be refused, and the HTTP client logs them at trace level); give them as a header in OTEL_EXPORTER_OTLP_HEADERS, such as authorization=Basic%20<base64 of user:password>";
     if let Ok(uri) = value.parse::<http::Uri>()
         && uri

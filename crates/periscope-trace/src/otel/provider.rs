@@ -70,10 +70,14 @@ pub enum InstallError {
     /// The runtime that runs OTLP export over gRPC, or its thread, could not be started.
     #[error("could not start the OTLP export runtime or its thread: {0}")]
     ExportThread(#[source] std::io::Error),
+    /// An endpoint set in code is not one the exporter can send to (the environment's are
+    /// checked when read): named by its field, `endpoint` or `traces_endpoint_override`.
+    #[error(transparent)]
+    Config(#[from] super::ConfigError),
     /// The exporter rejected its settings.
     #[error("could not build the OTLP exporter for {endpoint}: {source}")]
     Exporter {
-        /// The traces endpoint.
+        /// The traces endpoint, its credentials and query masked.
         endpoint: String,
         /// The exporter's error.
         source: opentelemetry_otlp::ExporterBuildError,
@@ -233,6 +237,18 @@ impl OtelConfig {
     /// was first) then keeps OpenTelemetry's globals as they were, instead of a provider that
     /// is shut down when the guard drops.
     pub fn build(self) -> Result<OtelGuard, InstallError> {
+        if !self.disabled {
+            // Fields set in code get the checks the environment's values got when read: an
+            // `https://` URL or one with credentials would otherwise fail every export.
+            for (field, url) in [
+                ("endpoint", &self.endpoint),
+                ("traces_endpoint_override", &self.traces_endpoint_override),
+            ] {
+                if let Some(url) = url {
+                    super::config::check_url(field, url.clone())?;
+                }
+            }
+        }
         let endpoint = self.traces_endpoint().filter(|_| !self.disabled);
         let mut builder = SdkTracerProvider::builder()
             .with_sampler(super::config::sdk_sampler(self.sampler))
@@ -277,7 +293,7 @@ impl OtelConfig {
                     .build(),
             }
             .map_err(|source| InstallError::Exporter {
-                endpoint: endpoint.clone(),
+                endpoint: super::config::without_credentials(endpoint).into_owned(),
                 source,
             })?;
             let queue = SpanQueue::new(queue_size(&self.export));
