@@ -729,15 +729,21 @@ where
     }
 }
 
-/// Whether a gRPC call's answer comes from a method of the service: a gRPC answer other than
-/// `UNIMPLEMENTED`. A router's plain 404 (no error layer to answer it as gRPC) is not.
+/// Whether a gRPC call's answer comes from a method of the service: not `UNIMPLEMENTED`, nor
+/// a router's plain refusal of the path (404, 405 or 501 without a gRPC `content-type`: no
+/// error layer answered it as gRPC).
 fn answers_the_method<B>(response: &Response<B>) -> bool {
-    response.status() == http::StatusCode::OK
-        && response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(is_grpc_content_type)
-        && answer_code(response.status(), response.headers()) != Some(GrpcCode::UNIMPLEMENTED)
+    use http::StatusCode;
+
+    let status = response.status();
+    let routing_refusal = matches!(
+        status,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+    ) && !response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(is_grpc_content_type);
+    !routing_refusal && answer_code(status, response.headers()) != Some(GrpcCode::UNIMPLEMENTED)
 }
 
 #[cfg(test)]
