@@ -18,7 +18,8 @@ impl Collector for DroppedLinesCollector {
         let counter = ConstCounter::new(self.0.get());
         let metric = encoder.encode_descriptor(
             "periscope_log_dropped_lines",
-            "Log lines dropped because the log output could not keep up (the queue was full).",
+            "Log lines dropped: the queue to the log output was full, a write failed (a closed \
+             stdout), or lines were still queued when the output was closed.",
             None,
             counter.metric_type(),
         )?;

@@ -250,6 +250,12 @@ async fn one_setup_gives_ids_envelopes_logs_and_metrics() {
         metrics.contains("periscope_log_dropped_lines_total 0"),
         "{metrics}"
     );
+    // Its help names every cause an on-call engineer may find, a failed write among them.
+    let help = metrics
+        .lines()
+        .find(|line| line.starts_with("# HELP periscope_log_dropped_lines"))
+        .unwrap();
+    assert!(help.contains("a write failed"), "{help}");
 
     drop(guard);
     let lines = out.lines();

@@ -662,7 +662,18 @@ where
         if (last || inner.is_end_stream())
             && let Some(pending) = this.pending.take()
         {
-            pending.log(false);
+            match pending.length.filter(|&length| pending.bytes < length) {
+                // Ended before the length its head announced: the server closes the connection
+                // and the client holds a cut answer, the service's failure.
+                Some(length) => {
+                    let short = length - pending.bytes;
+                    pending.log_failed(&MessageOnly(format!(
+                        "the response body ended {short} bytes short of its Content-Length \
+                         ({length})"
+                    )));
+                }
+                None => pending.log(false),
+            }
         }
         Poll::Ready(frame)
     }

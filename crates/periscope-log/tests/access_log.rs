@@ -484,3 +484,39 @@ async fn a_streamed_answer_with_a_content_length_is_complete_when_it_is_all_sent
         assert_eq!(data.get("aborted"), None, "{line}");
     }
 }
+
+/// A streamed body that ends before the `Content-Length` its head announced (a file that shrank
+/// while it was served): the server closes the connection on a cut answer, so the line says
+/// the answer failed, with the cause, not a complete 200.
+#[tokio::test(flavor = "current_thread")]
+async fn a_body_that_ends_short_of_its_content_length_is_not_logged_complete() {
+    let (out, _, guard, _default) = install();
+    let app = Router::new()
+        .route(
+            "/shrunk",
+            get(|| async {
+                (
+                    [(http::header::CONTENT_LENGTH, "10")],
+                    axum::body::Body::new(Streamed(Some("hello"))),
+                )
+            }),
+        )
+        .layer(AccessLogLayer::new());
+    let addr = serve(app).await;
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /shrunk HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    drop(guard);
+    let line = out.lines().remove(0);
+    assert_eq!(line["level"], "error", "{line}");
+    let data = &line["data"];
+    assert_eq!(data["status"], 200, "{line}");
+    assert_eq!(data["bytes_out"], 5, "{line}");
+    assert_eq!(data["aborted"], true, "{line}");
+    assert!(line.to_string().contains("5 bytes short"), "{line}");
+}
