@@ -75,4 +75,7 @@ for name in ("bare", "full"):
 ratios = [f["rps"] / b["rps"] for f, b in zip(runs["full"], runs["bare"])]
 each = ", ".join(f"{r:.2f}" for r in ratios)
 print(f"\nfull / bare throughput: {statistics.median(ratios):.2f} (runs: {each}); goal: at least 0.85")
+failed = sum(r["errors"] for name in runs for r in runs[name])
+if failed:
+    sys.exit(f"{failed:.0f} answers were not 2xx: the figures above count 2xx only, and the run is not a valid comparison")
 '

@@ -41,7 +41,7 @@
 //! | `PORT_WORKER` | `8002` | the worker's port (`0`: a free one) |
 //! | `SHUTDOWN_DRAIN_S` | `5` | seconds `/ready` answers `draining` after SIGTERM or Ctrl-C |
 //! | `WORKER_URL` | the in-process worker | the worker the api calls, `http://host:port` (the in-process one still serves) |
-//! | `WORKER_TIMEOUT_S` | `5` | seconds the api waits for the worker's whole answer, 0.001 to 3600 |
+//! | `WORKER_TIMEOUT_S` | `5` | seconds the api waits for the worker's whole answer, 0.001 to 3600; the api's shutdown waits as long (and a second more) for a task in flight, so a pod's `terminationGracePeriodSeconds` must cover `SHUTDOWN_DRAIN_S`, this and the job drain |
 //!
 //! and periscope's own variables (`LOG_LEVEL`, `ADMIN_TOKEN`, ...; see `docs/configuration.md`).
 
@@ -128,8 +128,14 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     let worker = tokio::spawn(Server::new(worker_listener).serve(worker_app, async {
         let _ = worker_stop.await;
     }));
+    // A task in flight at shutdown may still wait for the worker's whole answer: the api gives
+    // it that long, and a second to answer, beyond the request timeout's rule.
+    let shutdown_timeout = (worker_timeout + Duration::from_secs(1))
+        .max(obs.settings().request_timeout.unwrap_or_default())
+        .max(periscope::DEFAULT_SHUTDOWN_TIMEOUT);
     let api = obs
         .server(api_listener)
+        .shutdown_timeout(shutdown_timeout)
         .serve(api_app, shutdown.wait())
         .await;
     drop(api_stopped);

@@ -267,13 +267,8 @@ async fn a_task_in_flight_at_shutdown_still_reaches_the_worker() {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&body.as_bytes()[..5]).await.unwrap();
-    let in_flight = [("method", "POST"), ("route", "/v1/tasks")];
     let started = tokio::time::Instant::now();
-    while metric(api, "http_server_requests_in_flight", &in_flight).await != Some(1.0) {
-        assert!(started.elapsed() < PATIENCE, "the task never got in flight");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    service.terminate();
+    terminate_with_a_task_in_flight(&service, api).await;
 
     // The rest once the api has stopped accepting: the worker must still answer it.
     while TcpStream::connect(api).await.is_ok() {
@@ -306,6 +301,59 @@ async fn a_task_in_flight_at_shutdown_still_reaches_the_worker() {
     );
 }
 
+/// A task waiting on a slow worker when SIGTERM comes still gets its answer: the api's shutdown
+/// waits as long as `WORKER_TIMEOUT_S` allows a worker call, past the default 10 s.
+#[cfg(unix)] // stopped with a real SIGTERM
+#[tokio::test]
+async fn a_task_waiting_on_a_slow_worker_at_shutdown_still_gets_its_answer() {
+    let worker_url = worker_answering_after(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"words\":2}",
+        std::time::Duration::from_secs(11),
+    )
+    .await;
+    let mut service = Service::start(
+        "multi_service",
+        &[
+            ("PORT_API", "0"),
+            ("PORT_WORKER", "0"),
+            ("WORKER_URL", worker_url.as_str()),
+            ("WORKER_TIMEOUT_S", "13"),
+            ("SHUTDOWN_DRAIN_S", "0"),
+        ],
+    );
+    let api = service.addr("api").await;
+    let body = r#"{"text":"slow work"}"#;
+    let mut stream = TcpStream::connect(api).await.unwrap();
+    let request = format!(
+        "POST /v1/tasks HTTP/1.1\r\nhost: api\r\ncontent-type: application/json\r\n\
+         x-request-id: ms-slow-1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    terminate_with_a_task_in_flight(&service, api).await;
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("the answer")
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 200 "), "{raw}");
+    let status = service.exit_status().await;
+    assert!(status.success(), "{status}");
+}
+
+/// Sends SIGTERM once the api has a task in flight.
+#[cfg(unix)]
+async fn terminate_with_a_task_in_flight(service: &Service, api: std::net::SocketAddr) {
+    let in_flight = [("method", "POST"), ("route", "/v1/tasks")];
+    let started = tokio::time::Instant::now();
+    while metric(api, "http_server_requests_in_flight", &in_flight).await != Some(1.0) {
+        assert!(started.elapsed() < PATIENCE, "the task never got in flight");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    service.terminate();
+}
+
 /// A port already taken stops the service naming the variable to change, for either listener.
 #[tokio::test]
 async fn a_listener_that_cannot_bind_fails_naming_the_variable_to_change() {
@@ -329,6 +377,11 @@ async fn a_listener_that_cannot_bind_fails_naming_the_variable_to_change() {
 /// A worker on 127.0.0.1 that answers every request with `answer` (raw HTTP/1.1), then keeps
 /// the connection open without another word.
 async fn misbehaving_worker(answer: &'static str) -> String {
+    worker_answering_after(answer, std::time::Duration::ZERO).await
+}
+
+/// [`misbehaving_worker`], answering each request `delay` after it came.
+async fn worker_answering_after(answer: &'static str, delay: std::time::Duration) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -336,6 +389,7 @@ async fn misbehaving_worker(answer: &'static str) -> String {
             tokio::spawn(async move {
                 let mut request = [0; 4096];
                 if stream.read(&mut request).await.unwrap_or(0) > 0 {
+                    tokio::time::sleep(delay).await;
                     let _ = stream.write_all(answer.as_bytes()).await;
                     std::future::pending::<()>().await;
                 }

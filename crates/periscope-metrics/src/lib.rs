@@ -2,9 +2,9 @@
 //! endpoint that real Prometheus accepts. Built on prometheus-client.
 //!
 //! - [`MetricsLayer`]: `http_server_requests_total`, `http_server_request_duration_seconds`
-//!   (OpenTelemetry buckets, `trace_id` exemplars) and `http_server_requests_in_flight`, by
-//!   `method`, `route` and `status`; optional body-size histograms; names and labels
-//!   configurable.
+//!   (OpenTelemetry buckets, `trace_id` exemplars) by `method`, `route` and `status`, and
+//!   `http_server_requests_in_flight` by `method` and `route`; optional body-size histograms;
+//!   names and labels configurable.
 //! - [`ClientMetricsLayer`]: the same for the calls the service makes,
 //!   `http_client_requests_total` and `http_client_request_duration_seconds` by `method`,
 //!   `server_address`, `server_port` and `status`.
