@@ -104,9 +104,13 @@ pub struct InvalidForwardingHeader {
     pub value: String,
 }
 
-/// A trusted proxy network that is not one: neither CIDR notation nor an IP address.
+/// A trusted proxy network that is not one: neither CIDR notation nor an IP address, or an
+/// IPv4-mapped network with a prefix shorter than its 96 mapping bits (`::ffff:10.0.0.0/8`
+/// is `::/8`, which holds every IPv4 address).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{value:?} is not an IP network: use CIDR notation (10.0.0.0/8, fd00::/8) or an address")]
+#[error(
+    "{value:?} is not an IP network: use CIDR notation (10.0.0.0/8, fd00::/8) or an address; an IPv4-mapped network counts the 96 mapping bits in its prefix (::ffff:10.0.0.0/104 is 10.0.0.0/8)"
+)]
 pub struct InvalidProxyNet {
     /// The text that was given.
     pub value: String,
@@ -292,6 +296,14 @@ fn parse_net(text: &str) -> Result<IpNet, InvalidProxyNet> {
     if text.contains('/') {
         // `10.1.2.3/8` means the network `10.0.0.0/8`.
         let net: IpNet = text.parse().map_err(|_| invalid())?;
+        // `::ffff:10.0.0.0/8` reads as `::/8`, which holds every IPv4 address in its mapped
+        // form: any IPv4 client would be trusted to name its own address.
+        if let IpNet::V6(v6) = net
+            && v6.addr().to_ipv4_mapped().is_some()
+            && v6.prefix_len() < 96
+        {
+            return Err(invalid());
+        }
         Ok(net.trunc())
     } else {
         let ip: IpAddr = text.parse().map_err(|_| invalid())?;
@@ -484,6 +496,9 @@ mod tests {
             "example.com",
             "10.0.0.0/",
             "*",
+            // An IPv4 prefix on a mapped address: `::/8`, every IPv4 address.
+            "::ffff:10.0.0.0/8",
+            "::ffff:192.0.2.0/24",
         ] {
             let error = bad.parse::<TrustedProxies>().unwrap_err();
             assert_eq!(error.value, bad);
