@@ -149,7 +149,9 @@ impl Server {
     /// 64 KiB; a value under 1 KiB counts as 1 KiB, though browsers with cookies send 4 to
     /// 8 KiB): a larger one is answered `431 Request Header Fields Too Large`, and counted in
     /// the server's warning about requests rejected before the service saw them (HTTP/1.1;
-    /// HTTP/2 refuses it per stream, unwarned). It bounds a chunked body's trailers too.
+    /// HTTP/2 refuses it per stream, unwarned). It bounds a chunked body's trailers too. Over
+    /// HTTP/1.1 a head of more than 100 header fields is answered 431 too, whatever its size
+    /// (hyper's limit; HTTP/2 has none).
     pub fn max_header_size(mut self, bytes: usize) -> Self {
         self.max_header_size = bytes.max(1024);
         self
