@@ -127,14 +127,18 @@ where
         streams: Arc::clone(&streams),
         drain,
     };
-    // A PING after a head timeout without a frame from the client, and the connection closed
-    // when it goes unanswered as long: a client gone silent (or that never sends the rest of
-    // its request) does not hold the connection; a live one answers by itself.
+    // A PING after a head timeout without a request frame from the client, and the connection
+    // closed when it goes unanswered as long: a client gone silent (or that never sends the
+    // rest of its request) does not hold the connection; a live one answers by itself. Its
+    // answer waits behind the answer bytes queued before the PING, which a slow download takes
+    // up to the write timeout to drain (its floor: 128 KiB per write timeout), so it is given
+    // at least that long; a peer gone with answers pending is the write timeout's to close.
     let keep_alive = limits.ping_timeout.min(NEVER);
+    let ping_answer = limits.ping_timeout.max(limits.write_timeout).min(NEVER);
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(keep_alive)
-        .keep_alive_timeout(keep_alive)
+        .keep_alive_timeout(ping_answer)
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
         .serve_connection(io, service);
     tokio::pin!(connection);

@@ -168,9 +168,11 @@ impl Server {
     /// A request whose head has come whole is not timed while it waits for the service to be
     /// ready (a concurrency limit, a full buffer). A head begun and not finished in time is counted in the server's warning about
     /// requests rejected before the service saw them (`head_timeout`). An HTTP/2 connection
-    /// (feature `http2`) that sends no frame for this long is sent a PING and closed when that
-    /// goes unanswered as long: a client paused for over twice this long is cut off,
-    /// mid-stream too. A request body that the service still reads after its answer has been
+    /// (feature `http2`) that sends no request frame (headers or data) for this long is sent a
+    /// PING and closed when that goes unanswered as long, or as long as the
+    /// [write timeout](Self::write_timeout) when that is longer (the PING's answer waits behind
+    /// the answer bytes queued before it, which a slow download drains slowly): a client
+    /// paused for over twice this long is cut off, mid-stream too. A request body that the service still reads after its answer has been
     /// sent (an upload handed to a task after a `202`) is timed as the next request's head
     /// once it pauses: what comes after the pause must come whole within this long (the
     /// server cannot tell such a body from a new head; a body the service leaves unread,

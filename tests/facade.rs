@@ -2930,6 +2930,71 @@ async fn an_http2_answer_waiting_for_a_paused_client_comes_whole() {
     assert_eq!(taken, SIZE);
 }
 
+/// A download through a slow link, which sends the server nothing but window updates: the
+/// server's PING waits behind the answer bytes queued before it, so its answer takes longer
+/// than the head timeout. Given the write timeout, it comes, and the download is whole.
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_download_through_a_slow_link_outlives_the_ping_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SIZE: usize = 768 << 10;
+    /// The link's pace, server to client: a chunk every few milliseconds.
+    const CHUNK: usize = 8 << 10;
+    const PAUSE: Duration = Duration::from_millis(40);
+    let app = Router::new().route("/big", get(|| async { vec![b'x'; SIZE] }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    tokio::spawn(
+        periscope::Server::new(listener)
+            .header_read_timeout(Duration::from_millis(300))
+            .write_timeout(Duration::from_secs(20))
+            .serve(app, std::future::pending()),
+    );
+    // The link: client to server as fast as it goes, server to client a chunk per pause, read
+    // through a small receive buffer so the server's bytes wait on its side.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let link = relay.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (client, _) = relay.accept().await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let upstream = socket.connect(server).await.unwrap();
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut upstream_read, mut upstream_write) = upstream.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+        });
+        let mut chunk = vec![0; CHUNK];
+        while let Ok(n @ 1..) = upstream_read.read(&mut chunk).await {
+            if client_write.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(PAUSE).await;
+        }
+    });
+    let (mut sender, _driven) = http2_connection_with_window(link, Some(4 << 20)).await;
+    sender.ready().await.unwrap();
+    let request = http::Request::get("http://a/big")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let mut body = sender.send_request(request).await.unwrap().into_body();
+    let (mut taken, started) = (0, std::time::Instant::now());
+    while let Some(frame) = body.frame().await {
+        taken += frame
+            .unwrap_or_else(|error| panic!("cut off after {taken} bytes: {error}"))
+            .into_data()
+            .map_or(0, |data| data.len());
+    }
+    assert_eq!(taken, SIZE);
+    // Several head timeouts: a PING was answered late, not skipped.
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// An answer handed to hyper in one chunk (axum's `Vec` body: hyper drops the body at once,
 /// its bytes wait in h2's buffers), of which the client takes a first window and then nothing:
 /// the write timeout closes the connection, as for a client that opens no window at all, and
