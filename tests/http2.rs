@@ -649,7 +649,8 @@ async fn an_http2_answer_that_has_no_content_goes_out_without_the_body_it_was_gi
 /// for its bytes: the client's 408 `timeout` on its stream (the bytes that came in `details`),
 /// with no `connection` header (HTTP/2 has none: hyper would drop it and warn), logged once at
 /// info by the error layer and at warn in the access line; the connection serves the next
-/// stream.
+/// stream. A stream that asked for `100 Continue` (never sent over HTTP/2) and sent nothing is
+/// the service's 504, not the client's 408.
 #[tokio::test(flavor = "current_thread")]
 async fn an_http2_upload_the_client_stalls_is_a_408_on_its_stream_alone() {
     use axum::routing::post;
@@ -725,6 +726,26 @@ async fn an_http2_upload_the_client_stalls_is_a_408_on_its_stream_alone() {
     assert_eq!(next.status(), 200);
     let body = next.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "1000");
+
+    // A client that asked for `100 Continue` holds its body back until then, and hyper's HTTP/2
+    // server never sends it: the wait is the service's timeout (504), not the client's pace.
+    sender.ready().await.unwrap();
+    let held_back = http::Request::post("http://a/bytes")
+        .header("x-request-id", "continue-h2")
+        .header("expect", "100-continue")
+        .header("content-length", "1000")
+        .body(http_body_util::StreamBody::new(
+            futures_util::stream::pending().boxed(),
+        ))
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), sender.send_request(held_back))
+        .await
+        .expect("answered while the client waits for its 100")
+        .unwrap();
+    assert_eq!(answer.status(), 504);
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["error"]["code"], "timeout", "{json}");
 
     let access = eventually("the stalled stream's access line", || {
         out.lines()

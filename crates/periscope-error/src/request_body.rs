@@ -108,6 +108,10 @@ pub(crate) struct BodyWatch {
     /// The length the request's `Content-Length` declares, read here (only for a body that
     /// is not empty) rather than for every request.
     expected: Option<u64>,
+    /// An HTTP/2 request that asked for `100 Continue`, which hyper's HTTP/2 server never
+    /// sends: a client holding its whole body back until then is right to, so a wait on its
+    /// first byte is not the client's pace.
+    held_back_for_continue: bool,
 }
 
 impl BodyWatch {
@@ -135,7 +139,9 @@ impl BodyWatch {
     /// request timeout fires: the client's pace stopped the request, not the service's work.
     pub(crate) fn awaited_after(watch: &Arc<Self>) -> Option<(u64, Option<u64>)> {
         let waiting = watch.waiting.load(Ordering::Relaxed) && Arc::strong_count(watch) > 1;
-        waiting.then(|| (watch.received.load(Ordering::Relaxed), watch.expected))
+        let received = watch.received.load(Ordering::Relaxed);
+        (waiting && !(watch.held_back_for_continue && received == 0))
+            .then_some((received, watch.expected))
     }
 }
 
@@ -151,6 +157,11 @@ pub(crate) fn watch<B: 'static>(request: &mut Request<B>) -> Option<Arc<BodyWatc
     let inner = std::mem::take(body);
     let watch = Arc::new(BodyWatch {
         expected: periscope_context::content_length(request.headers()),
+        held_back_for_continue: request.version() >= http::Version::HTTP_2
+            && request
+                .headers()
+                .get(http::header::EXPECT)
+                .is_some_and(|expect| expect.as_bytes().eq_ignore_ascii_case(b"100-continue")),
         ..BodyWatch::default()
     });
     let body = (request.body_mut() as &mut dyn std::any::Any).downcast_mut::<axum::body::Body>()?;
