@@ -762,11 +762,16 @@ mod tests {
     }
 
     fn env(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        Settings::default().apply_env(|name| {
+        Settings::default().apply_env(lookup(vars))
+    }
+
+    /// A source holding `vars`.
+    fn lookup<'a>(vars: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
             vars.iter()
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| (*v).to_owned())
-        })
+        }
     }
 
     /// A short value hidden under a sensitive name is not hidden again inside the accepted
@@ -854,14 +859,7 @@ mod tests {
             ("LOG_FORMAT", "pretty"),
             ("RUST_LOG", "info,tower_http[request]=debug"),
         ];
-        let settings = file
-            .apply_env(|name| {
-                process
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| (*v).to_owned())
-            })
-            .unwrap();
+        let settings = file.apply_env(lookup(&process)).unwrap();
         assert_eq!(settings.log_format, LogFormat::Pretty);
         assert_eq!(settings.log_directives.to_string(), "debug");
         // A bad format is still refused, naming its variable.
@@ -876,15 +874,7 @@ mod tests {
     fn a_later_source_setting_the_weaker_of_a_pair_keeps_the_stronger() {
         let file = env(&[("SERVICE_NAME", "checkout"), ("LOG_LEVEL", "debug")]).unwrap();
         let process = [("OTEL_SERVICE_NAME", "auto"), ("RUST_LOG", "warn")];
-        let both = file
-            .clone()
-            .apply_env(|name| {
-                process
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| (*v).to_owned())
-            })
-            .unwrap();
+        let both = file.clone().apply_env(lookup(&process)).unwrap();
         assert_eq!(both.service_name, "checkout");
         assert_eq!(both.log_directives.to_string(), "debug");
         #[cfg(feature = "otel")]
