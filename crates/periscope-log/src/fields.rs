@@ -11,7 +11,7 @@ use tracing::field::{DebugValue, Field, Visit};
 
 use crate::json::{self, CappedString, EscapeWriter};
 use crate::layer::key_bit;
-use crate::redact::{REDACTED, Redactor, looks_like_json};
+use crate::redact::{REDACTED, Redactor, looks_like_json, looks_structured};
 
 /// Longest text that is checked as JSON for sensitive keys; longer text stays a string.
 const JSON_CHECK_LIMIT: usize = 64 * 1024;
@@ -264,7 +264,8 @@ impl ValueRules {
             json::write_str(out, text, self.max_value_bytes);
             return;
         }
-        if text.len() <= JSON_CHECK_LIMIT {
+        // As for a `Debug` value: a raised size bound raises the size redacted key by key.
+        if text.len() <= JSON_CHECK_LIMIT.max(self.max_value_bytes) {
             scratch.clear();
             if self
                 .redactor
@@ -303,9 +304,11 @@ impl ValueRules {
 
     /// Structured text that could not be redacted key by key (too big, or not quite JSON, as a
     /// `Debug` map with a non-JSON escape): hidden whole when it mentions a sensitive key, so
-    /// redaction fails closed.
+    /// redaction fails closed. Free text that only opens with a bracket (`[db] session 42
+    /// closed`) is hidden only where it names a secret as a key.
     fn write_unparsed(&self, out: &mut Vec<u8>, text: &str, scratch: &mut Vec<u8>) {
-        let shown = if self.redactor.mentions_sensitive_key(text, scratch)
+        let shown = if (looks_structured(text)
+            && self.redactor.mentions_sensitive_key(text, scratch))
             || self.redactor.names_sensitive_key(text)
         {
             REDACTED
@@ -348,7 +351,7 @@ impl ValueRules {
             };
             out.extend_from_slice(open);
             // Too big to redact key by key: structured text that mentions a secret is hidden.
-            if ((is_json || looks_like_json(text) || json_literal(text).is_some())
+            if ((is_json || looks_structured(text) || json_literal(text).is_some())
                 && self.redactor.mentions_sensitive_key(text, scratch))
                 || self.redactor.names_sensitive_key(text)
             {

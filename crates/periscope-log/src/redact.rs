@@ -62,6 +62,22 @@ pub(crate) fn looks_like_json(text: &str) -> bool {
     matches!(first, Some(b'{' | b'['))
 }
 
+/// Whether text that starts like JSON but did not parse still reads as structured (an object
+/// or a map, an array of values) rather than free text opening with a bracket (`[nightly]
+/// rotated`, `[Rejected("invalid token: expired")]`, a `Debug` list of structs): such text is
+/// hidden whole where it mentions a secret anywhere, free text only where it names one as a
+/// key ([`Redactor::names_sensitive_key`]).
+pub(crate) fn looks_structured(text: &str) -> bool {
+    let is_json_ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+    let text = strip_bom(text).trim_start_matches(is_json_ws);
+    let Some(items) = text.strip_prefix('[') else {
+        return text.starts_with('{');
+    };
+    let items = items.trim_start_matches(is_json_ws);
+    // A word opens free text or a list of structs, unless it is one of JSON's literals.
+    !items.starts_with(|c: char| c.is_ascii_alphabetic()) || names_no_secret(items)
+}
+
 /// `text` without a leading U+FEFF (which JSON parsers reject but many writers add).
 pub(crate) fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
@@ -324,7 +340,6 @@ impl Redactor {
     /// does not.
     pub(crate) fn names_sensitive_key(&self, text: &str) -> bool {
         let bytes = text.as_bytes();
-        let is_key_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
         // Whether the key `start..end`, its opening quote (if any) at `before`, sits where struct
         // or map syntax puts a key and is sensitive.
         let names = |start: usize, end: usize, mut before: usize, value: &str| {
@@ -403,7 +418,7 @@ impl Redactor {
             let Some((key, after)) = inside.split_once('"') else {
                 return false;
             };
-            if key.is_empty() || !key.bytes().all(is_key_byte) {
+            if !is_name(key) {
                 return false;
             }
             after.trim_start().strip_prefix(',').is_some_and(|value| {
@@ -417,16 +432,14 @@ impl Redactor {
     /// stays `null`, so a configuration shows whether a secret is set at all. A string or
     /// number under a key ending in a [sensitive word](DEFAULT_SENSITIVE_WORDS) (`auth`) is
     /// replaced too, and so is an array (`"basic_auth": ["admin", "hunter2"]`, how serde writes
-    /// a pair); a boolean there (`"require_auth": true`) is a setting, not a secret.
+    /// a pair); a boolean there (`"require_auth": true`) is a setting, not a secret. A pair
+    /// whose first element names a secret (`["password", "hunter2"]`: serde's form of a
+    /// `(String, String)`, as a form's or a query's fields come) hides its second the same way.
     pub fn redact_value(&self, value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(map) => {
                 for (key, value) in map.iter_mut() {
-                    // `null` tells that no secret is set (`"admin_token": null`), and hides none.
-                    let scalar = value.is_string() || value.is_number() || value.is_array();
-                    if (self.is_sensitive(key) || (scalar && self.ends_in_sensitive_word(key)))
-                        && !value.is_null()
-                    {
+                    if self.hides_under(key, Shape::of(value)) {
                         *value = serde_json::Value::String(REDACTED.to_owned());
                     } else {
                         self.redact_value(value);
@@ -434,9 +447,28 @@ impl Redactor {
                 }
             }
             serde_json::Value::Array(items) => {
+                if let [serde_json::Value::String(name), second] = items.as_mut_slice()
+                    && is_pair_name(name)
+                    && self.hides_under(name, Shape::of(second))
+                {
+                    *second = serde_json::Value::String(REDACTED.to_owned());
+                    return;
+                }
                 items.iter_mut().for_each(|item| self.redact_value(item));
             }
             _ => {}
+        }
+    }
+
+    /// Whether a value of `shape` under `key` is hidden whole: under a sensitive key anything
+    /// but `null` (which tells that no secret is set, `"admin_token": null`); under a key
+    /// ending in a sensitive word a string, number or array, not a boolean (`"require_auth":
+    /// true`, a setting) nor an object (redacted key by key).
+    fn hides_under(&self, key: &str, shape: Shape) -> bool {
+        match shape {
+            Shape::Null => false,
+            Shape::Scalar => self.is_sensitive(key) || self.ends_in_sensitive_word(key),
+            Shape::Other => self.is_sensitive(key),
         }
     }
 
@@ -668,18 +700,17 @@ impl Parser<'_> {
             let start = out.len();
             json::write_key(out, &self.key);
             let key_end = out.len();
-            let sensitive = self.redactor.is_sensitive(&self.key);
-            let credential_word = !sensitive && self.redactor.ends_in_sensitive_word(&self.key);
             self.eat(b':')?;
             self.skip_ws();
             // A string, number or array (serde's pair, `["admin", "hunter2"]`) under `auth`,
             // `smtp_pass` is a credential; an object under it is redacted key by key, and a
             // boolean (`require_auth`) is a setting.
-            let credential = credential_word
-                && matches!(self.s.get(self.i), Some(b'"' | b'-' | b'0'..=b'9' | b'['));
+            let hidden = self
+                .redactor
+                .hides_under(&self.key, Shape::starting_with(self.s.get(self.i).copied()));
             let mark = out.len();
             self.value(out, depth + 1)?;
-            if sensitive || credential {
+            if hidden {
                 out.truncate(mark);
                 json::write_str(out, REDACTED, usize::MAX);
             }
@@ -709,9 +740,28 @@ impl Parser<'_> {
             out.push(b']');
             return Some(());
         }
-        loop {
+        // A pair whose first element names a secret holds it in its second, as a member under
+        // that key does: serde writes a `(String, String)` so (`["password", "hunter2"]`, a
+        // form's fields, `url::Url::query_pairs()` collected).
+        let mut pair_name = None;
+        for index in 0.. {
+            self.skip_ws();
+            let first = self.s.get(self.i).copied();
+            let mark = out.len();
             self.value(out, depth + 1)?;
-            if self.eat(b',').is_some() {
+            if index == 0 && first == Some(b'"') && is_pair_name(&self.key) {
+                pair_name = Some(std::mem::take(&mut self.key));
+            }
+            let more = self.eat(b',').is_some();
+            if index == 1
+                && !more
+                && let Some(name) = &pair_name
+                && self.redactor.hides_under(name, Shape::starting_with(first))
+            {
+                out.truncate(mark);
+                json::write_str(out, REDACTED, usize::MAX);
+            }
+            if more {
                 out.push(b',');
             } else {
                 self.eat(b']')?;
@@ -719,6 +769,7 @@ impl Parser<'_> {
                 return Some(());
             }
         }
+        None
     }
 
     fn literal(&mut self, out: &mut Vec<u8>, word: &[u8]) -> Option<()> {
@@ -834,6 +885,54 @@ impl Parser<'_> {
 /// How many backslashes come right before `bytes[at]`.
 /// Whether the `Debug` text of a value (what follows its key's colon) shows no secret: a
 /// boolean, or no value (`None`, `null`).
+/// What [`Redactor::hides_under`] tells apart in a value.
+#[derive(Clone, Copy)]
+enum Shape {
+    Null,
+    /// A string, number or array: a credential's form under `auth` or `smtp_pass`.
+    Scalar,
+    /// A boolean or an object.
+    Other,
+}
+
+impl Shape {
+    fn of(value: &serde_json::Value) -> Self {
+        match value {
+            serde_json::Value::Null => Self::Null,
+            serde_json::Value::String(_)
+            | serde_json::Value::Number(_)
+            | serde_json::Value::Array(_) => Self::Scalar,
+            serde_json::Value::Bool(_) | serde_json::Value::Object(_) => Self::Other,
+        }
+    }
+
+    /// The shape of the JSON value starting with `first`.
+    fn starting_with(first: Option<u8>) -> Self {
+        match first {
+            Some(b'n') => Self::Null,
+            Some(b'"' | b'-' | b'0'..=b'9' | b'[') => Self::Scalar,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// Whether a pair's first element reads as a name (`password`, `api-key`): a key, not words
+/// (`["invalid token", 4]` is a message).
+fn is_name(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 256 && text.bytes().all(is_key_byte)
+}
+
+/// A pair's first element that names what its second is. Not an option (`["--password",
+/// "--verbose"]`): a command line's options are masked by `mask_value`'s argument rule, which
+/// knows that what follows one may be the next option.
+fn is_pair_name(text: &str) -> bool {
+    is_name(text) && !text.starts_with('-')
+}
+
+fn is_key_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
+}
+
 fn names_no_secret(value: &str) -> bool {
     let value = value.trim_start();
     ["true", "false", "None", "null"].iter().any(|word| {

@@ -279,6 +279,116 @@ fn big_json_values_within_the_bound_are_redacted_key_by_key() {
     assert_eq!(login["blob"].as_str().map(str::len), Some(70_000));
 }
 
+/// JSON text above 64 KiB but within a raised size bound is redacted key by key, as a `json`
+/// value of that size is: not hidden whole because its prose mentions a session or a token.
+#[test]
+fn json_text_within_a_raised_size_bound_is_redacted_key_by_key() {
+    let body = json!({
+        "password": "hunter2",
+        "prompt": format!("summarise the session token docs {}", "x".repeat(100_000)),
+    })
+    .to_string();
+    let out = capture(
+        |b| b.max_value_bytes(1 << 20),
+        |_| tracing::info!(body = body.as_str(), "big body"),
+    );
+    assert!(!out.text().contains("hunter2"), "a secret was written");
+    let written: Value = serde_json::from_str(out.lines()[0]["data"]["body"].as_str().unwrap())
+        .expect("the body, redacted key by key");
+    assert_eq!(written["password"], "[REDACTED]");
+    assert!(
+        written["prompt"]
+            .as_str()
+            .unwrap()
+            .starts_with("summarise the session")
+    );
+}
+
+/// serde writes a `(String, String)` as a two-element array: a form's or a query's fields
+/// (`url::Url::query_pairs()` collected) logged with `json(..)`, or as JSON text, hide the
+/// value of a pair whose first element names a secret, as `?form` hides the whole value.
+#[test]
+fn json_pairs_naming_a_secret_are_redacted() {
+    let form = [
+        ("user", "ann"),
+        ("password", "hunter2"),
+        ("smtp_pass", "sk-live-1234"),
+    ];
+    let text = serde_json::to_string(&form).unwrap();
+    let settings = json!([
+        ["require_auth", true],
+        ["api_key", null],
+        ["invalid token", "kept"]
+    ]);
+    let out = capture(
+        |b| b,
+        |_| {
+            tracing::info!(form = periscope_log::json(&form), "as a json value");
+            tracing::info!(form = text.as_str(), "as JSON text");
+            tracing::info!(settings = periscope_log::json(&settings), "not secrets");
+        },
+    );
+    assert!(!out.text().contains("hunter2"), "a secret was written");
+    assert!(!out.text().contains("sk-live-1234"), "a secret was written");
+    let lines = out.lines();
+    let expected = json!([
+        ["user", "ann"],
+        ["password", "[REDACTED]"],
+        ["smtp_pass", "[REDACTED]"]
+    ]);
+    assert_eq!(lines[0]["data"]["form"], expected);
+    let from_text: Value =
+        serde_json::from_str(lines[1]["data"]["form"].as_str().unwrap()).unwrap();
+    assert_eq!(from_text, expected);
+    // A setting, a secret not set and words are no pairs hiding a secret.
+    assert_eq!(lines[2]["data"]["settings"], settings);
+
+    let mut value = json!({"form": form, "triple": ["password", "a", "b"]});
+    periscope_log::Redactor::default().redact_value(&mut value);
+    assert_eq!(
+        value,
+        json!({"form": expected, "triple": ["password", "a", "b"]})
+    );
+}
+
+/// Free text that opens with a bracket is no structure that failed to parse: it stays
+/// readable where it mentions a session or a token in its prose, while a `Debug` list naming
+/// a secret as a key, and cut JSON, are still hidden.
+#[test]
+fn bracket_prefixed_free_text_is_not_redacted() {
+    #[derive(Debug)]
+    #[allow(dead_code)]
+    struct Rejected(&'static str);
+    #[derive(Debug)]
+    #[allow(dead_code)]
+    struct Login {
+        password: &'static str,
+    }
+    let out = capture(
+        |b| b,
+        |_| {
+            tracing::warn!(note = "[nightly] rotate session keys", "free text");
+            tracing::warn!(rejected = ?vec![Rejected("invalid token: expired")], "a list");
+            tracing::warn!(logins = ?vec![Login { password: "hunter2" }], "structs");
+            tracing::warn!(body = r#"{"password":"hunter2""#, "cut json");
+            tracing::warn!(
+                body = r#"[{"db password": "hunter2"}, oops]"#,
+                "broken json"
+            );
+        },
+    );
+    assert!(!out.text().contains("hunter2"), "a secret was written");
+    let lines = out.lines();
+    assert_eq!(lines[0]["data"]["note"], "[nightly] rotate session keys");
+    assert_eq!(
+        lines[1]["data"]["rejected"],
+        r#"[Rejected("invalid token: expired")]"#
+    );
+    for (line, key) in [(2, "logins"), (3, "body"), (4, "body")] {
+        assert_eq!(lines[line]["data"][key], "[REDACTED]", "line {line}");
+    }
+}
+
 /// JSON text cut at the bound after it was compacted and redacted says how long the logged
 /// value was, not its rewrite.
 #[test]
