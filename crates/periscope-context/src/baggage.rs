@@ -22,6 +22,11 @@ const VALUE_ENCODE: &AsciiSet = &CONTROLS
     .add(b'\\')
     .add(b'%');
 
+/// [`VALUE_ENCODE`] with `=` sent as it is: for baggage that fits the 8192 bytes only so, as
+/// it came (base64 padding, `==`, grows by four bytes encoded), since a header within the
+/// limits must go on whole.
+const VALUE_ENCODE_KEEPING_EQUALS: &AsciiSet = &VALUE_ENCODE.remove(b'=');
+
 /// Why a baggage member was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BaggageError {
@@ -68,10 +73,8 @@ impl BaggageMember {
         &self.properties
     }
 
-    fn encoded_len(&self) -> usize {
-        let value_len: usize = utf8_percent_encode(&self.value, VALUE_ENCODE)
-            .map(str::len)
-            .sum();
+    fn encoded_len(&self, set: &'static AsciiSet) -> usize {
+        let value_len: usize = utf8_percent_encode(&self.value, set).map(str::len).sum();
         let properties_len = if self.properties.is_empty() {
             0
         } else {
@@ -80,10 +83,10 @@ impl BaggageMember {
         self.key.len() + 1 + value_len + properties_len
     }
 
-    fn write_encoded(&self, out: &mut String) {
+    fn write_encoded(&self, out: &mut String, set: &'static AsciiSet) {
         out.push_str(&self.key);
         out.push('=');
-        out.extend(utf8_percent_encode(&self.value, VALUE_ENCODE));
+        out.extend(utf8_percent_encode(&self.value, set));
         if !self.properties.is_empty() {
             out.push(';');
             out.push_str(&self.properties);
@@ -94,7 +97,8 @@ impl BaggageMember {
 /// Application-defined key/value pairs that travel with a request (W3C Baggage).
 ///
 /// Values are percent-decoded on parse and encoded on format (`=` included, so peers that split
-/// on every `=` read the whole value); properties are kept as sent.
+/// on every `=` read the whole value, except in baggage that fits the 8192 bytes only with its
+/// `=` as sent, which goes on so); properties are kept as sent.
 /// At most 64 members and 8192 bytes are kept: a member that does not fit in the bytes left is
 /// dropped whole (later, smaller members still get in), members past the 64th are dropped, and
 /// a member that breaks the grammar is dropped alone (baggage is advisory, so one bad member
@@ -112,6 +116,9 @@ impl BaggageMember {
 pub struct Baggage {
     members: Vec<BaggageMember>,
     encoded_len: usize,
+    /// Whether `=` in values is sent as it is ([`VALUE_ENCODE_KEEPING_EQUALS`]): only where
+    /// the members fit the 8192 bytes no other way.
+    equals_raw: bool,
 }
 
 /// By hand, and inlined into the context's clone: most requests carry no baggage, and cloning an
@@ -127,6 +134,7 @@ impl Clone for Baggage {
         Self {
             members,
             encoded_len: self.encoded_len,
+            equals_raw: self.equals_raw,
         }
     }
 }
@@ -137,6 +145,7 @@ impl Baggage {
         Self {
             members: Vec::new(),
             encoded_len: 0,
+            equals_raw: false,
         }
     }
 
@@ -231,15 +240,40 @@ impl Baggage {
         HeaderValue::from_str(&self.to_string()).ok()
     }
 
+    fn value_encode_set(&self) -> &'static AsciiSet {
+        if self.equals_raw {
+            VALUE_ENCODE_KEEPING_EQUALS
+        } else {
+            VALUE_ENCODE
+        }
+    }
+
     /// Bytes this member adds to the header, counting its separating comma.
     fn member_cost(&self, member: &BaggageMember) -> usize {
-        member.encoded_len() + usize::from(!self.members.is_empty())
+        member.encoded_len(self.value_encode_set()) + usize::from(!self.members.is_empty())
     }
 
     fn push(&mut self, member: BaggageMember) -> Result<(), BaggageError> {
-        let cost = self.member_cost(&member);
-        if self.members.len() >= MAX_BAGGAGE_MEMBERS || self.encoded_len + cost > MAX_BAGGAGE_BYTES
-        {
+        if self.members.len() >= MAX_BAGGAGE_MEMBERS {
+            return Err(BaggageError::LimitExceeded);
+        }
+        let mut cost = self.member_cost(&member);
+        if self.encoded_len + cost > MAX_BAGGAGE_BYTES && !self.equals_raw {
+            // With every `=` sent as it is, the member may still fit.
+            if std::iter::once(&member)
+                .chain(&self.members)
+                .any(|m| m.value.contains('='))
+            {
+                self.equals_raw = true;
+                let commas = self.members.len().saturating_sub(1);
+                self.encoded_len = commas
+                    + (self.members.iter())
+                        .map(|m| m.encoded_len(VALUE_ENCODE_KEEPING_EQUALS))
+                        .sum::<usize>();
+                cost = self.member_cost(&member);
+            }
+        }
+        if self.encoded_len + cost > MAX_BAGGAGE_BYTES {
             return Err(BaggageError::LimitExceeded);
         }
         self.encoded_len += cost;
@@ -336,7 +370,7 @@ impl fmt::Display for Baggage {
             if i > 0 {
                 out.push(',');
             }
-            member.write_encoded(&mut out);
+            member.write_encoded(&mut out, self.value_encode_set());
         }
         f.write_str(&out)
     }
@@ -403,6 +437,29 @@ mod tests {
         let b = Baggage::parse_headers([b"a=1,b=caf\xe9,c=2;p=\xff,d=4".as_slice()]);
         let keys: Vec<&str> = b.iter().map(BaggageMember::key).collect();
         assert_eq!(keys, ["a", "d"]);
+    }
+
+    /// A header within the W3C limits goes on whole (the specification's MUST for 8192
+    /// bytes), though `=` sent encoded would take it past them: such baggage keeps its `=` as
+    /// it came, while smaller baggage still sends it encoded.
+    #[test]
+    fn baggage_within_8192_bytes_as_received_keeps_every_member_whatever_its_equals_signs() {
+        let members: Vec<String> = (0..64)
+            .map(|i| format!("k{i:02}={}==", "A".repeat(120)))
+            .collect();
+        let header = members.join(",");
+        assert!(header.len() <= MAX_BAGGAGE_BYTES, "{}", header.len());
+        let received = Baggage::parse(&header);
+        assert_eq!(received.len(), 64);
+        let sent = received.to_string();
+        assert!(sent.len() <= MAX_BAGGAGE_BYTES, "{}", sent.len());
+        assert_eq!(received.encoded_len, sent.len());
+        // Sent as it came; read back, every value is whole.
+        assert_eq!(sent, header);
+        let read_back = Baggage::parse(&sent);
+        assert_eq!(read_back.len(), 64);
+        assert_eq!(read_back.get("k63"), received.get("k63"));
+        assert!(read_back.get("k63").unwrap().ends_with("=="));
     }
 
     /// `=` is a baggage-octet, but a peer that splits a member on every `=` (OpenTelemetry

@@ -36,6 +36,11 @@ pub enum TraceStateError {
     /// The header is not visible ASCII.
     #[error("tracestate is not ASCII")]
     NotAscii,
+    /// An entry to insert is longer than a whole `tracestate` may be (512 characters).
+    #[error(
+        "tracestate entry of {0} characters cannot fit the 512 characters of a tracestate: use a shorter key or value"
+    )]
+    EntryTooLong(usize),
 }
 
 /// Vendor-specific trace data that travels beside `traceparent`.
@@ -104,10 +109,16 @@ impl TraceState {
     /// Sets `key` to `value` and moves it to the left, as a vendor does when it updates its
     /// entry. The rightmost entry is dropped past 32 members; the result is truncated to 512
     /// characters by removing other entries (those over 128 characters first, then from the
-    /// right): the entry set here stays, unless it alone is over 512 characters.
+    /// right): the entry set here stays. An entry over 512 characters on its own (a 256
+    /// character key with a 256 character value) is refused, the state left as it was: it
+    /// could stay only by removing every other vendor's entry, and not even then.
     pub fn insert(&mut self, key: &str, value: &str) -> Result<(), TraceStateError> {
         validate_key(key.as_bytes())?;
         validate_value(key.as_bytes(), value.as_bytes())?;
+        let entry_len = key.len() + 1 + value.len();
+        if entry_len > MAX_TRACESTATE_LEN {
+            return Err(TraceStateError::EntryTooLong(entry_len));
+        }
         let mut out = String::with_capacity(self.0.len() + key.len() + value.len() + 2);
         out.push_str(key);
         out.push('=');
@@ -511,6 +522,23 @@ mod tests {
             ts.as_str().len()
         );
         assert!(ts.get("k00").is_some() && ts.get("k19").is_none(), "{ts}");
+    }
+
+    /// An entry longer than a whole tracestate may be is refused: inserted, it would have
+    /// removed every other vendor's entry and then itself.
+    #[test]
+    fn insert_of_an_entry_over_512_characters_is_refused_and_keeps_the_other_entries() {
+        let mut ts = TraceState::parse("a=1,b=2").unwrap();
+        let (key, value) = ("k".repeat(256), "v".repeat(256));
+        assert_eq!(
+            ts.insert(&key, &value),
+            Err(TraceStateError::EntryTooLong(513))
+        );
+        assert_eq!(ts.as_str(), "a=1,b=2");
+        // 512 characters exactly stay, alone.
+        ts.insert(&key, &value[1..]).unwrap();
+        assert_eq!(ts.get(&key), Some(&value[1..]));
+        assert_eq!(ts.as_str().len(), MAX_TRACESTATE_LEN);
     }
 
     /// A header of blanks and commas around one member keeps the member, not the header's

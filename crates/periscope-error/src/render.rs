@@ -1,6 +1,7 @@
 //! Writing an [`ErrorBody`] into an HTTP response: the envelope or RFC 9457 problem details,
 //! `Retry-After`, `x-request-id`, and the [`RenderedError`] marker other layers read.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -9,8 +10,10 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use periscope_context::grpc::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode, is_grpc_content_type};
-use periscope_context::text::prefix;
+use periscope_context::text::{cut, prefix};
 use periscope_context::{RequestContext, RequestId, TraceId, headers::X_REQUEST_ID};
+
+use crate::envelope::MAX_MESSAGE_LEN;
 use serde::Serialize;
 
 use crate::code::codes;
@@ -666,7 +669,7 @@ struct Problem<'a> {
     kind: &'a str,
     title: &'a str,
     status: u16,
-    detail: &'a str,
+    detail: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     instance: Option<&'a str>,
     code: &'a str,
@@ -676,7 +679,7 @@ struct Problem<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     details: Option<BoundedDetails<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    help: Option<&'a str>,
+    help: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retryable: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -694,13 +697,14 @@ impl<'a> Problem<'a> {
             kind: body.docs_url.as_deref().unwrap_or("about:blank"),
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
-            detail: &body.message,
+            // Bounded as the envelope's `message` and `help` are: the body's fields are public.
+            detail: cut(&body.message, MAX_MESSAGE_LEN),
             instance: instance.map(|path| prefix(path, MAX_INSTANCE_LEN)),
             code: &body.code,
             request_id: &body.request_id,
             trace_id: body.trace_id.as_deref(),
             details: body.details.as_ref().map(BoundedDetails),
-            help: body.help.as_deref(),
+            help: body.help.as_deref().map(|help| cut(help, MAX_MESSAGE_LEN)),
             retryable: body.retryable,
             retry_after_s: body.retry_after_s,
             docs_url: body.docs_url.as_deref(),
@@ -917,6 +921,35 @@ mod tests {
                 "retryable": true, "retry_after_s": 7
             })
         );
+    }
+
+    /// A code's `help` and a message longer than 1,024 bytes are cut in problem details as in
+    /// the envelope.
+    #[test]
+    fn problem_details_cut_a_long_message_and_help() {
+        let mut body = ErrorBody::new("quota", "m".repeat(5000), "req_1");
+        body.help = Some("h".repeat(5000).into());
+        let ids = Ids {
+            request_id: RequestId::parse("req_1").unwrap(),
+            trace_id: None,
+            from_context: true,
+        };
+        for format in [Format::Json, Format::Problem] {
+            let response: Response<Vec<u8>> =
+                response(StatusCode::CONFLICT, body.clone(), format, None, &ids);
+            let json: Value = serde_json::from_slice(response.body()).unwrap();
+            let (message, help) = match format {
+                Format::Problem => (&json["detail"], &json["help"]),
+                _ => (&json["error"]["message"], &json["error"]["help"]),
+            };
+            for text in [message, help] {
+                let text = text.as_str().unwrap();
+                assert!(
+                    text.len() <= MAX_MESSAGE_LEN && text.ends_with('…'),
+                    "{format:?}"
+                );
+            }
+        }
     }
 
     #[test]
