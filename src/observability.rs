@@ -26,6 +26,9 @@ use crate::config::{
 use crate::stack::{ClientLayer, ObservabilityLayer};
 use periscope_metrics::prometheus_client::metrics::MetricType;
 
+/// gRPC's health check method: a probe too where the service routes it under the stack.
+const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
 /// What can go wrong while setting periscope up.
 ///
 /// `Debug` writes the message too, so `main() -> Result<(), Box<dyn Error>>` prints
@@ -858,11 +861,22 @@ impl Observability {
         self.client.clone()
     }
 
-    /// The composed middleware stack; see [`ObservabilityLayer`] for the order.
+    /// The composed middleware stack; see [`ObservabilityLayer`] for the order. The request
+    /// timeout (`REQUEST_TIMEOUT_S`) leaves out the probes (`/health`, `/ready`, `/startup`,
+    /// and gRPC's `/grpc.health.v1.Health/Check` where the service routes it), which answer
+    /// within their checks' timeouts.
     pub fn layer(&self) -> ObservabilityLayer {
         let mut errors = ErrorLayer::new();
         if let Some(timeout) = self.settings.request_timeout {
-            errors = errors.timeout(timeout);
+            // Probes answer within their checks' own timeouts: under a shorter request
+            // timeout a hung non-critical check would make `/ready` a 504, not `degraded`.
+            let probes = periscope_health::ProbePaths::default();
+            errors = errors.timeout(timeout).untimed_paths([
+                probes.liveness,
+                probes.readiness,
+                probes.startup,
+                GRPC_HEALTH_CHECK.into(),
+            ]);
         }
         ObservabilityLayer {
             correlation: self.correlation.clone(),

@@ -98,6 +98,14 @@ async fn boom() -> &'static str {
     panic!("secret panic text")
 }
 
+/// Serves `app` with axum on a port of 127.0.0.1.
+async fn serve_on_loopback(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
 async fn slow() -> &'static str {
     tokio::time::sleep(Duration::from_secs(30)).await;
     "too late"
@@ -3898,4 +3906,44 @@ async fn route_templates_given_twice_or_naming_an_admin_path_are_accepted() {
         requests_counted(&exposition, Some("/v1/jobs/{id}"), "2xx"),
         1.0
     );
+}
+
+/// The request timeout leaves the probes out: they answer within their checks' own timeouts,
+/// so a hung non-critical check under a shorter request timeout leaves `/ready` `degraded`
+/// (200, naming the check), not a 504 that takes the pod out of rotation. Other routes still
+/// get the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_non_critical_check_stays_degraded_under_a_shorter_request_timeout() {
+    let health = periscope::health::Health::builder()
+        .add_check(
+            periscope::health::HealthCheck::new(
+                "cache",
+                periscope::health::check_fn(std::future::pending::<Result<(), String>>),
+            )
+            .timeout(Duration::from_millis(800))
+            .non_critical(),
+        )
+        .cache_ttl(Duration::ZERO)
+        .build()
+        .unwrap();
+    let obs = Observability::builder()
+        .service_name("probe-timeouts")
+        .request_timeout(Duration::from_millis(300))
+        .health(health)
+        .build()
+        .unwrap();
+    let addr = serve_on_loopback(
+        Router::new()
+            .route("/slow", get(slow))
+            .merge(obs.admin().router())
+            .layer(obs.layer()),
+    )
+    .await;
+
+    let ready = get_path(addr, "/ready", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let body: Value = serde_json::from_str(&ready.body).unwrap();
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["checks"]["cache"]["status"], "fail", "{body}");
+    assert_eq!(get_path(addr, "/slow", None).await.status, 504);
 }

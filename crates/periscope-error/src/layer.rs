@@ -1,5 +1,6 @@
 //! The catch-all layer: every failure below it leaves as an error envelope.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -148,6 +149,8 @@ pub struct ErrorLayer {
 #[derive(Clone, Debug)]
 struct Config {
     timeout: Option<Duration>,
+    /// Paths `timeout` does not apply to ([`ErrorLayer::untimed_paths`]).
+    untimed: Vec<Cow<'static, str>>,
     extract: ExtractOptions,
 }
 
@@ -159,6 +162,7 @@ impl ErrorLayer {
         Self {
             config: Arc::new(Config {
                 timeout: None,
+                untimed: Vec::new(),
                 extract: ExtractOptions::default(),
             }),
         }
@@ -183,6 +187,28 @@ impl ErrorLayer {
     /// body, a JSON 5xx); without one, such a read is given up after [`BODY_READ_LIMIT`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         Arc::make_mut(&mut self.config).timeout = Some(timeout);
+        self
+    }
+
+    /// Paths the [`timeout`](Self::timeout) does not apply to, compared whole with the
+    /// request's path: health probes, which answer within their checks' own timeouts (a
+    /// `degraded` readiness, a check's error) where a request timeout shorter than those
+    /// would answer 504 instead. A gRPC client's `grpc-timeout` still applies.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use periscope_error::ErrorLayer;
+    ///
+    /// let layer = ErrorLayer::new()
+    ///     .timeout(Duration::from_secs(1))
+    ///     .untimed_paths(["/health", "/ready", "/startup"]);
+    /// # let _ = layer;
+    /// ```
+    pub fn untimed_paths<P: Into<Cow<'static, str>>>(
+        mut self,
+        paths: impl IntoIterator<Item = P>,
+    ) -> Self {
+        Arc::make_mut(&mut self.config).untimed = paths.into_iter().map(Into::into).collect();
         self
     }
 
@@ -419,11 +445,12 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let facts = RequestFacts::of(&request);
-        let limit = Limit::of(
-            self.config.timeout,
-            facts.format.is_grpc(),
-            request.headers(),
-        );
+        let config = &*self.config;
+        let path = request.uri().path();
+        let timeout = config
+            .timeout
+            .filter(|_| !config.untimed.iter().any(|untimed| untimed == path));
+        let limit = Limit::of(timeout, facts.format.is_grpc(), request.headers());
         let (ids, scope, echo_request_id) = resolve_context(&mut request, &self.config.extract);
         #[cfg(feature = "axum")]
         let body = crate::request_body::watch(&mut request);

@@ -204,7 +204,8 @@ impl Health {
         self.inner.details
     }
 
-    /// Background mode: runs the checks every `every` (at least 100 ms) in a task, and probes
+    /// Background mode: starts a run of the checks every `every` (at least 100 ms; a run that
+    /// outlasts it is followed at once by the next) in a task, and probes
     /// answer from the last run whatever its age, so no probe waits on a dependency, except the
     /// first after a startup gate opens or a drain ends: a run taken before the gate closed or
     /// the drain began answers no probe after. No check runs while a startup gate is closed or

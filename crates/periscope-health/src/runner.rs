@@ -240,7 +240,13 @@ impl Runner {
         let runner = Arc::downgrade(self);
         self.pollers.fetch_add(1, Ordering::AcqRel);
         let task = handle.spawn(async move {
+            // Runs start every `every`, however long one takes (a check hanging to its
+            // timeout): a reading is at most `every` plus a run old, as probes are sized on.
+            // One that outlasts the period is followed at once by the next, then the period.
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                ticks.tick().await;
                 let Some(runner) = runner.upgrade() else {
                     return;
                 };
@@ -249,7 +255,6 @@ impl Runner {
                     drop(runner);
                     run.await;
                 }
-                tokio::time::sleep(every).await;
             }
         });
         Ok(Poller {

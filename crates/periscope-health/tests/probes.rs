@@ -566,6 +566,33 @@ async fn a_background_poller_answers_probes_without_running_checks() {
     assert!(at_rest, "polling stops with the Poller");
 }
 
+/// Runs start every `every`, not `every` after the last one ended: a check that hangs to its
+/// timeout does not stretch the period probes are sized on.
+#[tokio::test(start_paused = true)]
+async fn the_poller_keeps_its_period_when_a_check_hangs() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    let health = Health::builder()
+        .add_check(
+            HealthCheck::new(
+                "cache",
+                check_fn(move || {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<Result<(), String>>()
+                }),
+            )
+            .timeout(Duration::from_secs(2)),
+        )
+        .cache_ttl(Duration::ZERO)
+        .build()
+        .unwrap();
+    let _poller = health.spawn_poller(Duration::from_secs(5)).unwrap();
+    // Runs start at 0, 5, 10 and 15 s (each ending at its 2 s timeout); waiting 5 s after
+    // each ended, the fourth would start at 21 s.
+    tokio::time::sleep(Duration::from_millis(19_500)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+}
+
 /// While starting or draining readiness runs no check, and neither does the poller: a pod
 /// loading or shutting down does not load its dependencies with probe traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

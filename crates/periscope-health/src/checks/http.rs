@@ -60,7 +60,10 @@ pub fn http_get(url: &str) -> Result<HttpCheck, InvalidUrl> {
             .all(|b| b.is_ascii_digit())
             .then(|| port.parse::<u16>().ok())
             .flatten()
-            .ok_or_else(|| invalid("the port is not a number from 0 to 65535"))
+            // Port 0 names no service: every run would fail to connect, a setting's mistake
+            // (`PORT=0` in a template) found only as a failing check.
+            .filter(|&port| port != 0)
+            .ok_or_else(|| invalid("the port is not a number from 1 to 65535"))
     };
     let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
         // An IPv6 address: `[::1]`, `[::1]:8080`.
@@ -374,6 +377,9 @@ mod tests {
             "http://[]/",
             "http://host:+80/",
             "http://a:b:80/",
+            "http://host:0/",
+            "http://[::1]:0/",
+            "http://host:00/",
         ] {
             assert!(http_get(url).is_err(), "{url:?}");
         }
