@@ -455,6 +455,53 @@ fn a_panicking_gpu_source_leaves_the_gpu_cells_empty_and_the_report_whole() {
     }
 }
 
+/// A GPU source unavailable for a while in the middle of a run (a driver reloaded, a
+/// permission lost) costs only the readings taken meanwhile: later ones are read again, and the
+/// summary counts the GPUs.
+#[test]
+fn an_unavailable_gpu_read_mid_run_leaves_only_its_own_cells_empty() {
+    let source = FakeSource::demo(1);
+    let control = source.control();
+    let buf = SharedBuf(Default::default());
+    let tracker = ResourceTracker::builder()
+        .interval(Duration::from_millis(50))
+        .csv_writer(buf.clone())
+        .gpu_source(source)
+        .start()
+        .unwrap();
+    let wait_for_calls = |calls: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while control.calls() < calls {
+            assert!(
+                Instant::now() < deadline,
+                "the source was asked {} times",
+                control.calls()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for_calls(2);
+    control.set_failure(Some(GpuError::unavailable("driver reloading")));
+    let failing_from = control.calls();
+    wait_for_calls(failing_from + 2);
+    control.set_failure(None);
+    let recovered_from = control.calls();
+    wait_for_calls(recovered_from + 3);
+    let report = tracker.finish().unwrap();
+    assert_eq!(report.summary.gpu_count, 1, "{:?}", report.summary);
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let (header, rows) = rows(&text);
+    let gpu_counts: Vec<&str> = rows
+        .iter()
+        .map(|row| row[column(&header, "gpu_count")].as_str())
+        .collect();
+    assert!(
+        gpu_counts.contains(&""),
+        "no reading without the GPU: {text}"
+    );
+    assert_eq!(gpu_counts.last(), Some(&"1"), "{text}");
+}
+
 /// NVML reports a GPU in MIG mode in aggregate (its memory in use and its processes include
 /// its instances'), then each MIG instance: the tracker counts each byte and GPU once.
 #[test]

@@ -61,9 +61,22 @@ pub(crate) struct Probe {
     root: Pid,
     children: bool,
     gpu: Option<GpuReader>,
+    /// How the GPU reads have gone, for what an `Unavailable` means.
+    gpu_state: GpuState,
     started: Instant,
     /// The totals of the tree's processes at the previous reading, and when it was taken.
     previous: (TreeTotals, Instant),
+}
+
+/// How the GPU reads of a run have gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GpuState {
+    /// None answered yet: an `Unavailable` means no driver, and the run stops asking.
+    NotYet,
+    /// The last read answered.
+    Read,
+    /// Readings answered before, the last said `Unavailable`.
+    Unavailable,
 }
 
 impl Probe {
@@ -83,6 +96,7 @@ impl Probe {
             root: Pid::from_u32(root),
             children,
             gpu,
+            gpu_state: GpuState::NotYet,
             started: Instant::now(),
             previous: (TreeTotals::new(), Instant::now()),
         };
@@ -193,14 +207,27 @@ impl Probe {
         let result = self.gpu.as_mut()?.read()?;
         match result {
             Ok(mut sample) => {
+                if self.gpu_state == GpuState::Unavailable {
+                    tracing::info!("resource tracker: GPU readings resume");
+                }
+                self.gpu_state = GpuState::Read;
                 // A custom source's repeated devices and pids would be counted twice.
                 sample.drop_inconsistencies();
                 Some(gpu_reading(&sample, tree))
             }
-            Err(error @ GpuError::Unavailable { .. }) => {
-                // No driver: stop asking for the rest of this run.
+            Err(error @ GpuError::Unavailable { .. }) if self.gpu_state == GpuState::NotYet => {
+                // No driver from the start: stop asking for the rest of this run.
                 tracing::info!(%error, "resource tracker runs without GPU readings");
                 self.gpu = None;
+                None
+            }
+            Err(error @ GpuError::Unavailable { .. }) => {
+                // Gone after readings (a driver reloaded, a permission lost for a while):
+                // this reading's GPU cells stay empty, and later readings ask again.
+                if self.gpu_state == GpuState::Read {
+                    tracing::info!(%error, "resource tracker: GPU readings unavailable for now");
+                }
+                self.gpu_state = GpuState::Unavailable;
                 None
             }
             Err(error) => {
@@ -336,7 +363,8 @@ impl GpuReader {
     fn read(&mut self) -> Option<Result<GpuSample, GpuError>> {
         if let Some(since) = self.stuck_since {
             match self.answers.try_recv() {
-                // Too old for this reading; an `Unavailable` still ends the GPU reads.
+                // Too old for this reading; an `Unavailable` still counts (before any reading
+                // answered, it ends the GPU reads).
                 Ok(Err(error @ GpuError::Unavailable { .. })) => return Some(Err(error)),
                 Ok(_) => {
                     tracing::info!(
