@@ -211,7 +211,10 @@ mod otel {
             });
         // Joining the enclosing span's trace (no context of its own): that trace's id may be
         // a caller's, which the W3C `random` flag must not vouch for.
-        let joined = enclosing.is_some() && parent_span_id.is_none();
+        let joined = enclosing
+            .as_ref()
+            .filter(|_| parent_span_id.is_none())
+            .map(|cx| cx.span().span_context().clone());
         // The exported span a call of a request or job is made under (the enclosing one, of
         // the same trace, else the request's). None for a call outside any: its trace is its
         // own, and no span of another trace may stand in for its parent.
@@ -257,17 +260,33 @@ mod otel {
             periscope_context::TraceId::from_bytes(exported.trace_id().to_bytes()),
             periscope_context::SpanId::from_bytes(exported.span_id().to_bytes()),
         ) else {
+            // A call's span the OpenTelemetry layer left out (a filter of its own) while the
+            // span it is made under is exported: the call goes out under that span, which the
+            // backend has, not under an id no exported span has; outside any request, in that
+            // span's trace.
             if parent == ParentKind::Local
                 && let Some(parent_id) = exported_parent
             {
-                // A call's span the OpenTelemetry layer left out (a filter of its own) while
-                // the span it is made under is exported: the call goes out under that span,
-                // which the backend has, not under an id no exported span has.
                 ctx.span_id = parent_id;
                 return true;
             }
-            // A tracer that makes no spans (shut down, or a no-op tracer): our ids stand.
-            warn_no_spans();
+            if parent == ParentKind::Local
+                && let Some(enclosing) = &joined
+                && join(ctx, enclosing)
+            {
+                return true;
+            }
+            // A span the layer left out has no OpenTelemetry data: our ids stand, rightly.
+            // One with data but no ids comes from a tracer that makes no spans (shut down, or
+            // a no-op tracer): our ids stand, and the service is told.
+            let left_out = span
+                .with_subscriber(|(id, dispatch)| {
+                    tracing_opentelemetry::get_otel_context(id, dispatch).is_none()
+                })
+                .unwrap_or(true);
+            if !left_out {
+                warn_no_spans();
+            }
             return false;
         };
         if Some(span_id) == parent_span_id {
@@ -277,9 +296,27 @@ mod otel {
         ctx.trace_id = trace_id;
         ctx.span_id = span_id;
         ctx.trace_flags = ctx.trace_flags.with_sampled(exported.is_sampled());
-        if joined {
+        if joined.is_some() {
             ctx.trace_flags = ctx.trace_flags.with_random(false);
         }
+        true
+    }
+
+    /// Puts `ctx` under the exported span `enclosing`, in its trace: a call outside any
+    /// request whose own span is not exported. That trace's id may be a caller's, which the
+    /// W3C `random` flag must not vouch for.
+    fn join(ctx: &mut RequestContext, enclosing: &SpanContext) -> bool {
+        let (Some(trace_id), Some(span_id)) = (
+            periscope_context::TraceId::from_bytes(enclosing.trace_id().to_bytes()),
+            periscope_context::SpanId::from_bytes(enclosing.span_id().to_bytes()),
+        ) else {
+            return false;
+        };
+        ctx.trace_id = trace_id;
+        ctx.span_id = span_id;
+        ctx.trace_flags = (ctx.trace_flags)
+            .with_sampled(enclosing.is_sampled())
+            .with_random(false);
         true
     }
 }

@@ -1115,3 +1115,80 @@ async fn a_call_whose_span_is_left_out_goes_out_under_the_exported_request_span(
         );
     }
 }
+
+/// Outside any request, a call whose span the export leaves out (a filter on the
+/// OpenTelemetry layer) made inside an exported span of the service's own (`model_load`)
+/// joins that span's trace and goes out under it, as the call with its span exported would;
+/// and no warning says the tracer makes no spans, which it does.
+#[tokio::test]
+async fn a_left_out_client_span_outside_any_request_joins_the_enclosing_trace_without_warning() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tower::ServiceExt;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::filter_fn;
+
+    #[derive(Clone, Default)]
+    struct Warnings(Arc<Mutex<Vec<String>>>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push(event.metadata().target().to_owned());
+            }
+        }
+    }
+
+    let kept = Kept::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_sampler(parent_based_always_on())
+        .with_simple_exporter(kept.clone())
+        .build();
+    let otel =
+        periscope_trace::otel::layer_for(provider.tracer("test")).with_filter(filter_fn(|meta| {
+            meta.target() != periscope_trace::client::CLIENT_TARGET
+        }));
+    let warnings = Warnings::default();
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::sink);
+    let _default = support::set_default(
+        tracing_subscriber::registry()
+            .with(otel)
+            .with(logs)
+            .with(warnings.clone()),
+    );
+
+    let model_load = tracing::info_span!("model_load");
+    let call = http::Request::get("http://weights.internal/")
+        .body(String::new())
+        .unwrap();
+    let response = {
+        let _entered = model_load.enter();
+        echoing_client().oneshot(call).await.unwrap()
+    };
+    let sent = TraceParent::parse(response.body().get_ref()).unwrap();
+    drop(response);
+    drop(model_load);
+    provider.force_flush().unwrap();
+    let spans = kept.0.lock().unwrap().clone();
+    assert_eq!(spans.len(), 1, "model_load alone: {spans:#?}");
+    assert_eq!(
+        sent.trace_id.to_string(),
+        spans[0].span_context.trace_id().to_string()
+    );
+    assert_eq!(
+        sent.parent_id.to_string(),
+        spans[0].span_context.span_id().to_string()
+    );
+    let warned = warnings.0.lock().unwrap().clone();
+    assert!(
+        !warned
+            .iter()
+            .any(|target| target == "periscope_trace::otel"),
+        "{warned:?}"
+    );
+}
