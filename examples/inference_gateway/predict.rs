@@ -27,7 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::field::Empty;
 
 use super::model::{self, Input, ModelHandle};
-use super::upload::{Paced, min_pace, stalled};
+use super::upload::{Paced, min_pace, stalled, upload_window};
 
 /// The largest request body `/predict` reads.
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
@@ -84,7 +84,8 @@ pub struct AppState {
     pub uploads: Arc<Semaphore>,
     /// The longest pause an upload may take (and the window before its pace is checked).
     pub upload_idle: Duration,
-    /// The request timeout, which the pace an upload must keep is reckoned against.
+    /// The request timeout, which the pace an upload must keep is reckoned against: what is
+    /// left of it once the upload has its share of the buffer.
     pub request_timeout: Option<Duration>,
 }
 
@@ -336,6 +337,7 @@ async fn read_image(
     let kib = declared
         .map_or(MAX_BODY_BYTES, |length| length as usize)
         .div_ceil(KIB);
+    let waiting = tokio::time::Instant::now();
     let upload = state
         .uploads
         .clone()
@@ -345,9 +347,8 @@ async fn read_image(
     // The share is held while the body comes: a body that stalls, or falls behind the pace it
     // needs to arrive within the request timeout, gives it back.
     let idle = state.upload_idle;
-    let window = state
-        .request_timeout
-        .map(|timeout| timeout.saturating_sub(idle));
+    // The request timeout counted the wait for the share: the pace is set on what is left.
+    let window = upload_window(state.request_timeout, waiting.elapsed(), idle);
     let pace = min_pace(declared, window);
     let request = request.map(|body| axum::body::Body::new(Paced::new(body, idle, pace)));
     let multipart = request

@@ -19,17 +19,27 @@ use tokio::time::{Instant, Sleep};
 /// The slowest average pace any upload may keep once its first `idle` window has passed.
 pub const MIN_UPLOAD_BYTES_PER_S: u64 = 16 * 1024;
 
-/// The pace an upload of `declared` bytes must keep: enough to arrive within `window` (the
-/// request timeout less the first idle window), at least [`MIN_UPLOAD_BYTES_PER_S`]. A body
-/// that would miss the request timeout anyway is cut as soon as it falls behind, rather than
-/// holding its share of the buffer until then; one that keeps it is never cut earlier than
-/// the timeout would cut it.
+/// The time an upload has to arrive in, once its first `idle` window has passed: what is left
+/// of the request timeout after `waited` (for its share of the buffer), less that window.
+/// `None` without a request timeout.
+pub fn upload_window(
+    request_timeout: Option<Duration>,
+    waited: Duration,
+    idle: Duration,
+) -> Option<Duration> {
+    request_timeout.map(|timeout| timeout.saturating_sub(waited).saturating_sub(idle))
+}
+
+/// The pace an upload of `declared` bytes must keep: enough to arrive within `window` (see
+/// [`upload_window`]), at least [`MIN_UPLOAD_BYTES_PER_S`]. A body that would miss the request
+/// timeout anyway is cut as soon as it falls behind, rather than holding its share of the
+/// buffer until then; one that keeps it is never cut earlier than the timeout would cut it.
+/// No time left at all: no pace makes it, so the body is cut after its first idle window.
 pub fn min_pace(declared: Option<u64>, window: Option<Duration>) -> u64 {
     let needed = match (declared, window) {
-        (Some(declared), Some(window)) if !window.is_zero() => {
-            (declared as f64 / window.as_secs_f64()) as u64
-        }
-        _ => 0,
+        (Some(0), _) | (_, None) | (None, _) => 0,
+        (Some(_), Some(window)) if window.is_zero() => u64::MAX,
+        (Some(declared), Some(window)) => (declared as f64 / window.as_secs_f64()) as u64,
     };
     needed.max(MIN_UPLOAD_BYTES_PER_S)
 }
@@ -158,4 +168,41 @@ pub fn stalled<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a UploadStalled
         cause = error.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The time spent waiting for a share of the buffer is time the request timeout already
+    /// counted: the pace is set on what is left, so an upload that cannot arrive in time is
+    /// cut once it falls behind, not held until the timeout.
+    #[test]
+    fn the_pace_is_set_on_the_time_left_after_waiting_for_the_buffer() {
+        const MIB: u64 = 1 << 20;
+        let (timeout, idle) = (Some(Duration::from_secs(30)), Duration::from_secs(5));
+        let fresh = upload_window(timeout, Duration::ZERO, idle);
+        let waited = upload_window(timeout, Duration::from_secs(20), idle);
+        assert_eq!(fresh, Some(Duration::from_secs(25)));
+        assert_eq!(waited, Some(Duration::from_secs(5)));
+        assert_eq!(min_pace(Some(10 * MIB), fresh), 10 * MIB / 25);
+        assert_eq!(min_pace(Some(10 * MIB), waited), 2 * MIB);
+        // Out of time: no pace makes it.
+        let late = upload_window(timeout, Duration::from_secs(29), idle);
+        assert_eq!(min_pace(Some(10 * MIB), late), u64::MAX);
+        // Without a timeout or a length, the floor.
+        assert_eq!(upload_window(None, Duration::from_secs(29), idle), None);
+        assert_eq!(min_pace(Some(10 * MIB), None), MIN_UPLOAD_BYTES_PER_S);
+        assert_eq!(min_pace(None, late), MIN_UPLOAD_BYTES_PER_S);
+        assert_eq!(min_pace(Some(0), late), MIN_UPLOAD_BYTES_PER_S);
+    }
+
+    /// At the pace no body can keep, one is due at the end of its first idle window.
+    #[test]
+    fn a_body_out_of_time_is_due_after_its_first_idle_window() {
+        let started = Instant::now();
+        let idle = Duration::from_secs(5);
+        let due = Paced::<()>::due(idle, u64::MAX, started, started, 1 << 20);
+        assert_eq!(due, started + idle);
+    }
 }
