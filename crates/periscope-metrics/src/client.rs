@@ -142,8 +142,11 @@ impl ClientMetricsLayerBuilder {
         check_metric_name(&requests_name)?;
         check_metric_name(&duration_name)?;
         let buckets = checked_buckets(&duration_name, &self.duration_buckets)?;
-        // All or nothing: a name refused must not leave the other family behind.
-        registry.check_free(&[
+        check_label_names(&requests_name, &LABELS)?;
+        self.caps.check_labels(&requests_name, &LABELS)?;
+        // All or nothing, at once: a name refused, or taken by a registration racing this
+        // one, must not leave the other family behind.
+        registry.claim_all(&[
             (
                 requests_name.as_str(),
                 prometheus_client::metrics::MetricType::Counter,
@@ -153,8 +156,6 @@ impl ClientMetricsLayerBuilder {
                 prometheus_client::metrics::MetricType::Histogram,
             ),
         ])?;
-        check_label_names(&requests_name, &LABELS)?;
-        self.caps.check_labels(&requests_name, &LABELS)?;
         // The families share their guards, so both keep the same hosts; the layer's own
         // fallbacks are kept outside the caps, so a call without a host or an answer stays
         // `__unknown__` or `error` (not `__overflow__`) once the hosts the service calls fill
@@ -180,7 +181,7 @@ impl ClientMetricsLayerBuilder {
                 duration: HistogramWithExemplars::new(buckets.iter().copied()),
             }),
         );
-        registry.register(
+        registry.add_claimed(
             &requests_name,
             "HTTP client calls completed, by method, server and status",
             CallsView {
@@ -188,7 +189,7 @@ impl ClientMetricsLayerBuilder {
                 duration: false,
             },
         )?;
-        registry.register(
+        registry.add_claimed(
             &duration_name,
             "HTTP client call duration until the answer's head (a gRPC call answered in trailers: until its end), in seconds",
             CallsView {

@@ -271,7 +271,8 @@ impl MetricsLayerBuilder {
             None => Arc::from(SIZE_BUCKETS),
         };
         let routes = RouteTemplates::new(&self.templates)?;
-        // All or nothing: a name refused below must not leave the families before it behind.
+        // All or nothing, at once: a name refused, or taken by a registration racing this one,
+        // must not leave the families before it behind.
         let histograms = request_size_name.iter().chain(&response_size_name);
         let metric_types: Vec<_> = [
             (requests_name.as_str(), MetricType::Counter),
@@ -281,7 +282,7 @@ impl MetricsLayerBuilder {
         .into_iter()
         .chain(histograms.map(|name| (name.as_str(), MetricType::Histogram)))
         .collect();
-        registry.check_free(&metric_types)?;
+        registry.claim_all(&metric_types)?;
 
         // The families share their method and route guards, so both keep the same values.
         // The layer's own fallbacks are kept outside the caps: requests no route matched stay
@@ -316,30 +317,30 @@ impl MetricsLayerBuilder {
             family: requests.clone(),
             part,
         };
-        registry.register(
+        registry.add_claimed(
             &requests_name,
             "HTTP requests completed, by method, route and status",
             view(Part::Count),
         )?;
-        registry.register(
+        registry.add_claimed(
             &duration_name,
             "HTTP request duration until the response started (a gRPC call answered in trailers: until its end), in seconds",
             view(Part::Duration),
         )?;
-        registry.register(
+        registry.add_claimed(
             &in_flight_name,
             "HTTP requests being served now (until their response body ends), by method and route",
             in_flight.clone(),
         )?;
         if let Some(name) = &request_size_name {
-            registry.register(
+            registry.add_claimed(
                 name,
                 "HTTP request body size in bytes",
                 view(Part::RequestSize),
             )?;
         }
         if let Some(name) = &response_size_name {
-            registry.register(
+            registry.add_claimed(
                 name,
                 "HTTP response body size in bytes",
                 view(Part::ResponseSize),

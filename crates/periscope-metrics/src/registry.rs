@@ -161,8 +161,19 @@ impl MetricsRegistry {
         help: &str,
         metric: impl Metric,
     ) -> Result<(), MetricsError> {
+        self.claim(name, metric.metric_type())?;
+        self.add_claimed(name, help, metric)
+    }
+
+    /// Registers `metric` under `name`, which [`claim_all`](Self::claim_all) reserved.
+    pub(crate) fn add_claimed(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl Metric,
+    ) -> Result<(), MetricsError> {
         let metric_type = metric.metric_type();
-        let family = self.claim(name, metric_type)?;
+        let family = family_name(name, metric_type)?;
         let help = escape_help(help);
         // `# UNIT` only on counters and gauges: some OpenMetrics parsers reject it elsewhere.
         let unit = match (metric_type, split_unit(family)) {
@@ -315,25 +326,16 @@ impl MetricsRegistry {
         Ok(family)
     }
 
-    /// Reserves every one of `metrics`, or none when one is refused.
-    fn claim_all(&self, metrics: &[(&str, MetricType)]) -> Result<(), MetricsError> {
+    /// Reserves every one of `metrics`, or none when one is refused: at once, so a set
+    /// registered together (then with [`add_claimed`](Self::add_claimed)) cannot be left
+    /// half registered by a registration racing it.
+    pub(crate) fn claim_all(&self, metrics: &[(&str, MetricType)]) -> Result<(), MetricsError> {
         let mut names = self.names();
         let mut trial = names.clone();
         for &(name, metric_type) in metrics {
             trial.claim(name, family_name(name, metric_type)?, metric_type)?;
         }
         *names = trial;
-        Ok(())
-    }
-
-    /// Checks that every one of `metrics` could be registered, together, without reserving
-    /// any: a set registered one by one is checked first, so a refused name cannot leave the
-    /// others registered.
-    pub(crate) fn check_free(&self, metrics: &[(&str, MetricType)]) -> Result<(), MetricsError> {
-        let mut trial = self.names().clone();
-        for &(name, metric_type) in metrics {
-            trial.claim(name, family_name(name, metric_type)?, metric_type)?;
-        }
         Ok(())
     }
 

@@ -362,3 +362,41 @@ fn a_calls_count_and_duration_take_the_same_series_at_the_cap() {
         );
     }
 }
+
+/// Registering the RED layer is all or nothing even against a registration racing it: one
+/// that takes a name of the layer's first makes the layer fail with nothing of its own left
+/// registered, so a retry with another name succeeds. (Checked first and claimed one by one,
+/// the families registered before the clash kept their names, and every retry failed.)
+#[test]
+fn a_layer_racing_a_clashing_registration_leaves_nothing_behind() {
+    use prometheus_client::metrics::gauge::Gauge;
+    use std::sync::Barrier;
+
+    let mut layer_lost = 0;
+    for _ in 0..2000 {
+        let registry = MetricsRegistry::new();
+        let barrier = Arc::new(Barrier::new(2));
+        let racing = {
+            let (registry, barrier) = (registry.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                registry.register("x", "a gauge of the service's own", Gauge::<i64>::default())
+            })
+        };
+        barrier.wait();
+        let layer = MetricsLayer::builder()
+            .in_flight_name("x")
+            .register(&registry);
+        let gauge = racing.join().unwrap();
+        assert!(layer.is_ok() != gauge.is_ok(), "exactly one gets the name");
+        if layer.is_err() {
+            layer_lost += 1;
+            MetricsLayer::builder()
+                .in_flight_name("y")
+                .register(&registry)
+                .expect("nothing of the failed layer left registered");
+        }
+    }
+    // Each side won some rounds, or the race was not run.
+    assert!(layer_lost > 0, "the layer never lost the race");
+}
