@@ -434,12 +434,24 @@ impl Redactor {
     /// replaced too, and so is an array (`"basic_auth": ["admin", "hunter2"]`, how serde writes
     /// a pair); a boolean there (`"require_auth": true`) is a setting, not a secret. A pair
     /// whose first element names a secret (`["password", "hunter2"]`: serde's form of a
-    /// `(String, String)`, as a form's or a query's fields come) hides its second the same way.
+    /// `(String, String)`, as a form's or a query's fields come) hides its second the same way,
+    /// and so does an object naming a secret in its `name` or `key` (`{"name": "DB_PASSWORD",
+    /// "value": "hunter2"}`: an environment variable, a header in a list of them) its `value`.
     pub fn redact_value(&self, value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(map) => {
+                let named = map
+                    .iter()
+                    .find(|(key, _)| is_name_member(key.as_bytes()))
+                    .and_then(|(_, name)| name.as_str())
+                    .filter(|name| is_pair_name(name))
+                    .map(str::to_owned);
                 for (key, value) in map.iter_mut() {
-                    if self.hides_under(key, Shape::of(value)) {
+                    let named_secret = named.as_deref().is_some_and(|name| {
+                        key.eq_ignore_ascii_case("value")
+                            && self.hides_under(name, Shape::of(value))
+                    });
+                    if named_secret || self.hides_under(key, Shape::of(value)) {
                         *value = serde_json::Value::String(REDACTED.to_owned());
                     } else {
                         self.redact_value(value);
@@ -723,6 +735,7 @@ impl Parser<'_> {
                 out.push(b',');
             } else {
                 self.eat(b'}')?;
+                self.hide_named_value(out, base);
                 if self.keep_last_of_repeated_keys {
                     keep_last_of_each_key(out, open, &self.members[base..]);
                 }
@@ -730,6 +743,54 @@ impl Parser<'_> {
                 out.push(b'}');
                 return Some(());
             }
+        }
+    }
+
+    /// In the object whose members (written to `out`) are `self.members[base..]`: a `value`
+    /// beside a `name` or `key` naming a secret (`{"name": "DB_PASSWORD", "value": ..}`) is
+    /// hidden as under that key, as [`Redactor::redact_value`] hides it.
+    fn hide_named_value(&mut self, out: &mut Vec<u8>, base: usize) {
+        let members = &self.members[base..];
+        let key = |member: &Member| {
+            // Written as `"key":`.
+            &out[member.start + 1..member.key_end - 2]
+        };
+        let Some(name) = members
+            .iter()
+            .find(|member| is_name_member(key(member)))
+            .and_then(|member| {
+                serde_json::from_slice::<String>(&out[member.key_end..member.end]).ok()
+            })
+            .filter(|name| is_pair_name(name))
+        else {
+            return;
+        };
+        let Some(at) = members
+            .iter()
+            .position(|member| key(member).eq_ignore_ascii_case(b"value"))
+        else {
+            return;
+        };
+        let value = members[at];
+        let first = out.get(value.key_end).copied();
+        if !self
+            .redactor
+            .hides_under(&name, Shape::starting_with(first))
+        {
+            return;
+        }
+        let mut hidden = Vec::new();
+        json::write_str(&mut hidden, REDACTED, usize::MAX);
+        out.splice(value.key_end..value.end, hidden.iter().copied());
+        // The members written after it moved with the change of length.
+        let grown = hidden.len() as isize - (value.end - value.key_end) as isize;
+        let shift = |offset: usize| offset.saturating_add_signed(grown);
+        for member in &mut self.members[base + at..] {
+            if member.start > value.start {
+                member.start = shift(member.start);
+                member.key_end = shift(member.key_end);
+            }
+            member.end = shift(member.end);
         }
     }
 
@@ -920,6 +981,12 @@ impl Shape {
 /// (`["invalid token", 4]` is a message).
 fn is_name(text: &str) -> bool {
     !text.is_empty() && text.len() <= 256 && text.bytes().all(is_key_byte)
+}
+
+/// Whether an object's member so named (`name`, `key`, in any case: Kubernetes' `EnvVar`,
+/// AWS's tags) names what its `value` member is.
+fn is_name_member(key: &[u8]) -> bool {
+    key.eq_ignore_ascii_case(b"name") || key.eq_ignore_ascii_case(b"key")
 }
 
 /// A pair's first element that names what its second is. Not an option (`["--password",

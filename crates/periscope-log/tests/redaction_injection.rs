@@ -351,6 +351,50 @@ fn json_pairs_naming_a_secret_are_redacted() {
     );
 }
 
+/// An object naming a secret in its `name` or `key` (Kubernetes' `EnvVar`, a header in a list
+/// of them, AWS's tags) hides its `value`, in a log line and in a value masked for
+/// `/debug/config`; other entries, and a secret not set, stay.
+#[test]
+fn name_value_entries_naming_a_secret_are_masked() {
+    let config = json!({
+        "env": [
+            {"name": "DB_PASSWORD", "value": "hunter2"},
+            {"name": "LOG_LEVEL", "value": "info"},
+            {"value": "sk-live-1234", "name": "api_key"},
+            {"name": "ADMIN_TOKEN", "value": null},
+        ],
+        "tags": [{"Key": "Authorization", "Value": "Bearer abc.def", "note": "x"}],
+    });
+    let expected = json!({
+        "env": [
+            {"name": "DB_PASSWORD", "value": "[REDACTED]"},
+            {"name": "LOG_LEVEL", "value": "info"},
+            {"value": "[REDACTED]", "name": "api_key"},
+            {"name": "ADMIN_TOKEN", "value": null},
+        ],
+        "tags": [{"Key": "Authorization", "Value": "[REDACTED]", "note": "x"}],
+    });
+    let mut masked = config.clone();
+    periscope_log::Redactor::default().mask_value(&mut masked);
+    assert_eq!(masked, expected);
+    let text = config.to_string();
+    let out = capture(
+        |b| b,
+        |_| {
+            tracing::info!(config = periscope_log::json(&config), "as a json value");
+            tracing::info!(config = text.as_str(), "as JSON text");
+        },
+    );
+    for secret in ["hunter2", "sk-live-1234", "Bearer abc.def"] {
+        assert!(!out.text().contains(secret), "{secret} was written");
+    }
+    let lines = out.lines();
+    assert_eq!(lines[0]["data"]["config"], expected);
+    let from_text: Value =
+        serde_json::from_str(lines[1]["data"]["config"].as_str().unwrap()).unwrap();
+    assert_eq!(from_text, expected);
+}
+
 /// Free text that opens with a bracket is no structure that failed to parse: it stays
 /// readable where it mentions a session or a token in its prose, while a `Debug` list naming
 /// a secret as a key, and cut JSON, are still hidden.
