@@ -25,7 +25,8 @@ pub struct CorrelationBody<B> {
     inner: WithContext<B>,
     span: Span,
     /// Whether a failure of the body is recorded on the span here: not for a gRPC call whose
-    /// end the access log watches, which records the code the failure stands for.
+    /// end the access log watches, which records the code the failure stands for, nor for an
+    /// answer its head already failed, whose status stays its `error.type`.
     records_failure: bool,
 }
 

@@ -9,6 +9,7 @@ use std::task::{Context, Poll, ready};
 use http::{Request, Response};
 use periscope_context::grpc::{
     GrpcCode, HeadOutcome, StreamEndWatch, answer_code, head_outcome, is_grpc_content_type,
+    is_grpc_request,
 };
 use periscope_context::{
     Baggage, ClientAddr, ExtractOptions, Extracted, MatchedRoute, PeerAddr, RequestContext,
@@ -269,6 +270,7 @@ where
             Some(ctx)
                 if in_server_span()
                     || request.extensions().get::<MadeWithoutSpan>().is_some()
+                    || made_by_current_layer(&request, ctx)
                     || (self.config.quiet.is_quiet(request.uri().path())
                         && request
                             .extensions()
@@ -352,9 +354,11 @@ where
             } else {
                 None
             };
-            let rpc = RpcName::of_request(request.method(), request.headers(), route, path);
-            grpc = rpc.is_some();
-            named_by_client = grpc && route.and_then(RpcName::parse).is_none();
+            // A gRPC call to any path, shaped `/package.Service/Method` or not: one dropped
+            // before its head was cancelled by its client, which its span says.
+            grpc = request.method() == http::Method::POST && is_grpc_request(request.headers());
+            let rpc = grpc.then(|| RpcName::of(route, path)).flatten();
+            named_by_client = rpc.is_some() && route.and_then(RpcName::parse).is_none();
             let span = server_span(&request, path, route, rpc, scheme, ctx);
             let sampler = config.sampler.unwrap_or_else(Sampler::global);
             bind(&span, ctx, ParentKind::Remote, link.as_ref(), Some(sampler));
@@ -427,6 +431,23 @@ fn in_server_span() -> bool {
             .metadata()
             .is_some_and(|span| span.target() == SERVER_TARGET && span.name() == SERVER_SPAN)
     })
+}
+
+/// Whether `ctx` is the context a layer outside made current for this request: with a layer
+/// between the two that enters a span of its own (tower-http's `TraceLayer`), the current span
+/// is that one, not the outer server span, while the outer context is still current. An error
+/// layer outside makes its own context current too; that one is taken below instead.
+#[cold]
+fn made_by_current_layer<B>(request: &Request<B>, ctx: &RequestContext) -> bool {
+    request
+        .extensions()
+        .get::<ContextFromErrorLayer>()
+        .is_none()
+        && RequestContext::current().is_some_and(|current| {
+            current.span_id == ctx.span_id
+                && current.trace_id == ctx.trace_id
+                && current.request_id == ctx.request_id
+        })
 }
 
 /// The context an error layer outside made, out of the documented order (it found none):
@@ -679,6 +700,7 @@ where
             rename(span, "POST");
         }
         let mut watched = false;
+        let mut failed = false;
         match response.extensions().get::<StreamEndWatch>() {
             // A gRPC call whose code comes in its trailers, after its messages: the access log
             // inside watches its body (the watch, in the response's extensions, comes with no
@@ -701,7 +723,10 @@ where
             // Judged by its head: without a watch, a call whose code comes in its trailers is
             // the 200 it was then.
             _ => {
-                record_status(
+                // An answer already failed by its head keeps that status as its `error.type`
+                // when its body is cut after it (an upstream's 502 relayed), as a client span
+                // does: recorded twice, the exported span would carry the attribute twice.
+                failed = record_status(
                     span,
                     &SERVER_FIELDS,
                     response.status(),
@@ -723,9 +748,9 @@ where
         // The body keeps the span, which ends with it, and the context: a streamed body's
         // frames are made, and may log, after this future is done.
         let span = std::mem::replace(this.span, Span::none());
-        Poll::Ready(Ok(
-            response.map(|body| CorrelationBody::new(body, context, span, !watched))
-        ))
+        Poll::Ready(Ok(response.map(|body| {
+            CorrelationBody::new(body, context, span, !watched && !failed)
+        })))
     }
 }
 

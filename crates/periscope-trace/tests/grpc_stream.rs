@@ -350,16 +350,25 @@ async fn a_grpc_call_dropped_before_its_head_records_cancelled() {
     use tower::{Layer, ServiceExt};
 
     let (capture, _guard) = capture();
-    for (id, content_type) in [
-        ("dropped-grpc", Some("application/grpc")),
-        ("dropped-http", None),
+    // A path not shaped `/package.Service/Method` (a prefix, a long segment) is a gRPC call
+    // all the same.
+    let long = format!("/pkg.Svc/{}", "m".repeat(200));
+    for (id, content_type, path) in [
+        ("dropped-grpc", Some("application/grpc"), "/pkg.Svc/Slow"),
+        (
+            "dropped-prefixed",
+            Some("application/grpc"),
+            "/api/pkg.Svc/Slow",
+        ),
+        ("dropped-long", Some("application/grpc"), long.as_str()),
+        ("dropped-http", None, "/pkg.Svc/Slow"),
     ] {
         let service = CorrelationLayer::new().layer(tower::service_fn(
             |_: http::Request<axum::body::Body>| async {
                 std::future::pending::<Result<http::Response<axum::body::Body>, Infallible>>().await
             },
         ));
-        let mut request = http::Request::post("/pkg.Svc/Slow").header("x-request-id", id);
+        let mut request = http::Request::post(path).header("x-request-id", id);
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
@@ -445,5 +454,48 @@ async fn a_plain_answer_cut_after_its_head_fails_its_span() {
             "{id}: {span:?}"
         );
         assert_eq!(span.get("error.type"), error, "{id}: {span:?}");
+    }
+}
+
+/// An answer already failed by its head (an upstream's 502 relayed) whose body is then cut
+/// keeps its status as `error.type`, as a client span does: recorded again as `_OTHER`, the
+/// exported span would carry the attribute twice. A 200 cut after its head is the failure.
+#[tokio::test]
+async fn a_failed_answer_cut_after_its_head_keeps_its_status_as_error_type() {
+    use http_body_util::BodyExt;
+    use tower::{Layer, ServiceExt};
+
+    let (capture, _guard) = capture();
+    for (id, status, error_type) in [("cut-502", 502, "502"), ("cut-200", 200, "_OTHER")] {
+        let service = CorrelationLayer::new().layer(tower::service_fn(
+            move |_: http::Request<axum::body::Body>| async move {
+                let (frames, script) = unbounded_channel();
+                frames
+                    .send(Ok(Frame::data(Bytes::from_static(b"{\"error\""))))
+                    .unwrap();
+                frames
+                    .send(Err(std::io::Error::other("upstream reset")))
+                    .unwrap();
+                let response = Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Script(script))
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            },
+        ));
+        let request = http::Request::get("/relay")
+            .header("x-request-id", id)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert!(response.into_body().collect().await.is_err());
+        let span = closed_span(&capture, id).await;
+        assert_eq!(span.get("error.type"), Some(error_type), "{id}: {span:?}");
+        assert_eq!(
+            span.get("otel.status_code"),
+            Some("ERROR"),
+            "{id}: {span:?}"
+        );
     }
 }
