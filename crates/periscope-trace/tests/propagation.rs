@@ -406,6 +406,27 @@ async fn a_nested_router_under_a_disabled_server_span_keeps_the_outer_context() 
         .with_writer(std::io::sink)
         .finish();
     let _guard = support::set_default(subscriber);
+    assert_a_nested_router_keeps_the_outer_context(|router| router).await;
+}
+
+/// The layer applied twice with a layer that enters a span of its own between the two
+/// (tower-http's `TraceLayer`): the current span is not the outer server span, yet the
+/// outer layer's context is current, and the inner layer passes the request through under
+/// it rather than start a second trace.
+#[tokio::test]
+async fn a_nested_router_behind_a_span_entering_layer_keeps_the_outer_trace() {
+    let (_capture, _guard) = capture();
+    assert_a_nested_router_keeps_the_outer_context(|router| {
+        router.layer(tower_http::trace::TraceLayer::new_for_http())
+    })
+    .await;
+}
+
+/// Serves a router with the layer, nested under `/api` in a router with `between` and the
+/// layer again, and asserts that the inner layer ran under the outer one's context.
+async fn assert_a_nested_router_keeps_the_outer_context(
+    between: impl FnOnce(axum::Router) -> axum::Router,
+) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let outer_ctx: Arc<Mutex<Vec<RequestContext>>> = Arc::default();
     let record = {
@@ -421,14 +442,11 @@ async fn a_nested_router_under_a_disabled_server_span_keeps_the_outer_context() 
             },
         )
     };
-    let nested = axum::Router::new()
-        .nest(
-            "/api",
-            app(hop_state("inner", None, &seen), CorrelationLayer::new()),
-        )
-        .layer(record)
-        .layer(CorrelationLayer::new());
-    let addr = serve(nested).await;
+    let nested = axum::Router::new().nest(
+        "/api",
+        app(hop_state("inner", None, &seen), CorrelationLayer::new()),
+    );
+    let addr = serve(between(nested).layer(record).layer(CorrelationLayer::new())).await;
 
     let response = get(addr, "/api/hop", &[]).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -444,50 +462,6 @@ async fn a_nested_router_under_a_disabled_server_span_keeps_the_outer_context() 
         response.headers()["x-request-id"],
         outer.request_id.as_str()
     );
-}
-
-/// The layer applied twice with a layer that enters a span of its own between the two
-/// (tower-http's `TraceLayer`): the current span is not the outer server span, yet the
-/// outer layer's context is current, and the inner layer passes the request through under
-/// it rather than start a second trace.
-#[tokio::test]
-async fn a_nested_router_behind_a_span_entering_layer_keeps_the_outer_trace() {
-    let (_capture, _guard) = capture();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let outer_ctx: Arc<Mutex<Vec<RequestContext>>> = Arc::default();
-    let record = {
-        let outer_ctx = Arc::clone(&outer_ctx);
-        axum::middleware::from_fn(
-            move |request: axum::extract::Request, next: axum::middleware::Next| {
-                let outer_ctx = Arc::clone(&outer_ctx);
-                async move {
-                    let ctx = request.extensions().get::<RequestContext>().cloned();
-                    outer_ctx.lock().unwrap().extend(ctx);
-                    next.run(request).await
-                }
-            },
-        )
-    };
-    let nested = axum::Router::new()
-        .nest(
-            "/api",
-            app(hop_state("inner", None, &seen), CorrelationLayer::new()),
-        )
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .layer(record)
-        .layer(CorrelationLayer::new());
-    let addr = serve(nested).await;
-
-    let response = get(addr, "/api/hop", &[]).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let outer = outer_ctx.lock().unwrap()[0].clone();
-    let inner = seen.lock().unwrap()[0].ctx.clone();
-    assert_eq!(
-        inner.trace_id, outer.trace_id,
-        "a second trace: {inner:?} {outer:?}"
-    );
-    assert_eq!(inner.span_id, outer.span_id);
-    assert_eq!(inner.request_id, outer.request_id);
 }
 
 /// A readiness check that calls a dependency: the probe has no span, so the call goes out
