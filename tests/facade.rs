@@ -3287,11 +3287,21 @@ async fn a_declared_tenant_field_is_lifted_into_every_line_of_the_request() {
 /// One request on a connection of its own, as raw HTTP/1.1: the status line and headers, and
 /// the body (`Connection: close`, so the body is all that follows the head).
 async fn raw_get(addr: SocketAddr, path: &str, request_id: &str) -> (String, String) {
+    raw_get_with(addr, path, request_id, "").await
+}
+
+/// [`raw_get`] with more header lines (each ending in `\r\n`).
+async fn raw_get_with(
+    addr: SocketAddr,
+    path: &str,
+    request_id: &str,
+    headers: &str,
+) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
-        "GET {path} HTTP/1.1\r\nhost: a\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: a\r\nx-request-id: {request_id}\r\n{headers}connection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
@@ -3946,4 +3956,41 @@ async fn a_hung_non_critical_check_stays_degraded_under_a_shorter_request_timeou
     assert_eq!(body["status"], "degraded", "{body}");
     assert_eq!(body["checks"]["cache"]["status"], "fail", "{body}");
     assert_eq!(get_path(addr, "/slow", None).await.status, 504);
+}
+
+/// Behind the stack's error layer, the probes', the scrape's and the admin's answers stay the
+/// HTTP answers they are to a request claiming a gRPC `content-type`: a guessed token is a
+/// 401 with its `WWW-Authenticate`, not a gRPC answer (an HTTP 200 that access logs and
+/// status-keyed limits count as a success), and `/ready` is the probe's JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_only_refusal_stays_http_behind_the_error_layer() {
+    let obs = Observability::builder()
+        .service_name("http-only")
+        .admin_token("http-only-token-0123456789abcdef")
+        .build()
+        .unwrap();
+    let addr =
+        serve_on_loopback(Router::new().merge(obs.admin().router()).layer(obs.layer())).await;
+    let grpc = "content-type: application/grpc\r\n";
+    let guess = format!("{grpc}authorization: Bearer guessed-token-0123456789abcdef\r\n");
+    for (path, headers, status) in [
+        ("/debug/config", guess.as_str(), "401"),
+        ("/ready", grpc, "200"),
+        ("/health", grpc, "200"),
+        ("/metrics", grpc, "200"),
+    ] {
+        let (head, body) = raw_get_with(addr, path, "http-only-1", headers).await;
+        let head = head.to_ascii_lowercase();
+        assert!(
+            head.starts_with(&format!("http/1.1 {status}")),
+            "{path}: {head}"
+        );
+        assert!(!head.contains("grpc-status"), "{path}: {head}");
+        assert!(head.contains("x-request-id: http-only-1"), "{path}: {head}");
+        if status == "401" {
+            assert!(head.contains("www-authenticate: bearer"), "{head}");
+            let envelope: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(envelope["error"]["request_id"], "http-only-1", "{body}");
+        }
+    }
 }

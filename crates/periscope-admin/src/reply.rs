@@ -31,6 +31,10 @@ fn guarded(mut response: Response<AdminBody>) -> Response<AdminBody> {
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // The admin speaks HTTP only: an error layer outside keeps its answers so.
+    response
+        .extensions_mut()
+        .insert(periscope_context::grpc::HttpOnly);
     response
 }
 

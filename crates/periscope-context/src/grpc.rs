@@ -239,6 +239,20 @@ const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
     Err(_) => StatusCode::BAD_REQUEST,
 };
 
+/// Marks, in a response's extensions, an answer of a server that speaks HTTP only (health
+/// probes, the admin surface, a metrics scrape): an error layer outside keeps it the HTTP answer
+/// it is, even to a request with a gRPC `content-type`, rather than turn a refusal (a 401 to a
+/// guessed token) into a gRPC answer, an HTTP 200 that access logs, proxies and status-keyed
+/// rate limits count as a success.
+///
+/// ```
+/// let mut response = http::Response::new(());
+/// response.extensions_mut().insert(periscope_context::grpc::HttpOnly);
+/// assert!(response.extensions().get::<periscope_context::grpc::HttpOnly>().is_some());
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpOnly;
+
 /// Whether a request is a gRPC call: its `content-type` is `application/grpc`, with or without
 /// a `+format` or parameters (`application/grpc+proto`, gRPC-Web's `application/grpc-web`).
 pub fn is_grpc_request(headers: &HeaderMap) -> bool {

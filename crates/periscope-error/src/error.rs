@@ -263,7 +263,9 @@ impl HttpError {
     /// Like [`into_http_response_for`](HttpError::into_http_response_for), for a server that
     /// speaks HTTP only (a probe or admin listener): never rendered as a gRPC answer, whatever
     /// the request's `Content-Type`. A gRPC answer is an HTTP 200 with `grpc-status`: a refused
-    /// request would count as a success in access logs and in limits keyed on statuses.
+    /// request would count as a success in access logs and in limits keyed on statuses. The
+    /// response carries [`HttpOnly`](periscope_context::grpc::HttpOnly), so an
+    /// [`ErrorLayer`](crate::ErrorLayer) outside keeps it HTTP too.
     ///
     /// ```
     /// use periscope_error::{HttpError, codes};
@@ -282,7 +284,12 @@ impl HttpError {
         request: &Request<T>,
     ) -> Response<B> {
         let format = Format::negotiate_http(request.headers());
-        self.render_for(request, format)
+        let mut response: Response<B> = self.render_for(request, format);
+        // So an error layer outside keeps it HTTP too.
+        response
+            .extensions_mut()
+            .insert(periscope_context::grpc::HttpOnly);
+        response
     }
 
     /// Renders in `format` with the ids of `request`'s context (or the current ones).

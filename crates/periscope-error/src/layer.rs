@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
-use periscope_context::grpc::{HeadOutcome, head_outcome};
+use periscope_context::grpc::{HeadOutcome, HttpOnly, head_outcome};
 use periscope_context::{
     AnsweredLater, ExtractOptions, RequestContext, WithContext, extract, headers::X_REQUEST_ID,
     order,
@@ -974,6 +974,13 @@ impl Handled {
             }
             _ => status,
         };
+        // An answer of a server that speaks HTTP only (a probe, the admin, a scrape) stays
+        // one, whatever `content-type` the request claimed: a refused token guess answered in
+        // gRPC would be an HTTP 200. It was rendered for the request's ids and `Accept`.
+        if self.facts.format.is_grpc() && parts.extensions.get::<HttpOnly>().is_some() {
+            self.echo(&mut parts);
+            return Inspected::Done(Response::from_parts(parts, self.pass(body)));
+        }
         // A gRPC service's own answers (HTTP 200) pass as they are. An HTTP error to a gRPC
         // call is scrubbed like any and answered in gRPC, whatever it carries: the client
         // chose its `content-type`, so claiming gRPC must not let internals through.

@@ -189,17 +189,23 @@ impl Future for ResponseFuture {
     type Output = Result<Response<ProbeBody>, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
+        let mut response = match &mut self.state {
             State::Ready(response) => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
+                Some(response) => response,
                 // Polled again after completion: answer something rather than panic.
-                None => Poll::Ready(Ok(plain(
+                None => plain(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "probe future polled after completion\n",
-                ))),
+                ),
             },
-            State::Waiting(future) => future.as_mut().poll(cx).map(Ok),
-        }
+            State::Waiting(future) => std::task::ready!(future.as_mut().poll(cx)),
+        };
+        // Probes speak HTTP only: an error layer outside keeps their answers so, whatever
+        // `content-type` a request claims.
+        response
+            .extensions_mut()
+            .insert(periscope_context::grpc::HttpOnly);
+        Poll::Ready(Ok(response))
     }
 }
 

@@ -389,7 +389,7 @@ impl std::future::Future for ScrapeFuture {
     type Output = Result<Response<Full<Bytes>>, Infallible>;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = match self.0.take() {
+        let mut response = match self.0.take() {
             Some(Scrape::Done(response)) => response,
             Some(Scrape::Encoding(mut receiver)) => {
                 match std::pin::Pin::new(&mut receiver).poll(cx) {
@@ -411,6 +411,11 @@ impl std::future::Future for ScrapeFuture {
                 "this scrape was answered already\n",
             ),
         };
+        // A scrape speaks HTTP only: an error layer outside keeps its answers so, whatever
+        // `content-type` a request claims.
+        response
+            .extensions_mut()
+            .insert(periscope_context::grpc::HttpOnly);
         Poll::Ready(Ok(response))
     }
 }
