@@ -555,9 +555,12 @@ pub(crate) fn envelope_from_json(json: &Value) -> Option<ErrorBody> {
     if let Some(error) = object.get("error").and_then(Value::as_object) {
         return body_from_members(error, &["message"]);
     }
-    let is_problem = ["type", "title", "status", "detail"]
+    // Problem details say what went wrong in a `title` or a `detail`: a `status` or `type`
+    // alone is as likely another shape (JSend's `{"status": "error", "message": ..}`), whose
+    // words are read as any body's are, not lost to a problem without them.
+    let is_problem = ["title", "detail"]
         .iter()
-        .any(|member| object.contains_key(*member));
+        .any(|member| object.get(*member).is_some_and(Value::is_string));
     if is_problem {
         // `detail` is optional in RFC 9457: without it, the `title` says what went wrong.
         return body_from_members(object, &["detail", "title"]);
@@ -1049,6 +1052,21 @@ mod tests {
             error.to_string(),
             "upstream_error: Bad Gateway (request_id: r1)"
         );
+    }
+
+    /// A JSON body with a `status` or `type` but no `title` or `detail` is no problem details:
+    /// decoded as a body without an envelope, its words stay in the message (JSend's shape, a
+    /// `type` naming the error kind), where an empty problem lost them.
+    #[test]
+    fn a_json_body_with_status_code_and_message_keeps_its_message() {
+        for body in [
+            &br#"{"status":"error","code":"bad_input","message":"name is required"}"#[..],
+            br#"{"type":"validation","code":"bad_input","message":"name is required"}"#,
+        ] {
+            let error = decode(400, body);
+            assert!(error.envelope().is_none(), "{error}");
+            assert!(error.message().ends_with(": name is required"), "{error}");
+        }
     }
 
     #[test]
