@@ -184,7 +184,8 @@ impl ErrorLayer {
     /// other value is ignored; the header never lengthens `timeout`.
     ///
     /// The deadline also bounds the reading of an error body the layer replaces (a short text
-    /// body, a JSON 5xx); without one, such a read is given up after [`BODY_READ_LIMIT`].
+    /// body, a JSON 5xx), which is given up after [`BODY_READ_LIMIT`] or at the deadline,
+    /// whichever comes first.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         Arc::make_mut(&mut self.config).timeout = Some(timeout);
         self
@@ -584,8 +585,17 @@ where
                                 json,
                                 limit,
                             } => {
-                                if this.sleep.is_none() {
-                                    *this.sleep = read_deadline();
+                                // A few bytes that have not come within the read limit
+                                // are not coming, however long the deadline would still
+                                // wait: the envelope goes out at the sooner of the two.
+                                match this.sleep.as_mut() {
+                                    None => *this.sleep = read_deadline(),
+                                    Some(sleep) => {
+                                        let limit = tokio::time::Instant::now() + BODY_READ_LIMIT;
+                                        if sleep.deadline() > limit {
+                                            sleep.as_mut().reset(limit);
+                                        }
+                                    }
                                 }
                                 let length = body_length(&body, &parts.headers);
                                 this.state.set(State::Reading {
@@ -2019,6 +2029,34 @@ mod tests {
             let json: Value = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(json["error"]["code"], code, "{status}");
         }
+    }
+
+    /// With a long `timeout`, a stalled error body is still given up after `BODY_READ_LIMIT`:
+    /// a relayed 502 whose upstream stalled after its head is answered in seconds, not when
+    /// the request's deadline comes.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_error_body_is_given_up_after_the_read_limit_even_with_a_long_timeout() {
+        let service = ErrorLayer::new()
+            .timeout(Duration::from_secs(300))
+            .layer(service_fn(move |_: Request<Full<Bytes>>| async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let response = Response::builder()
+                    .status(502)
+                    .header("content-type", "application/json")
+                    .body(Stalled)
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            }));
+        let started = tokio::time::Instant::now();
+        let response = tokio::time::timeout(Duration::from_secs(60), service.oneshot(get("/")))
+            .await
+            .expect("answered after the read limit")
+            .unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(1) + BODY_READ_LIMIT);
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["error"]["code"], "upstream_error");
     }
 
     /// Off a Tokio runtime (no timeout asked for), reading a body sets no deadline rather than
