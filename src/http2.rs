@@ -375,6 +375,7 @@ struct TrackStreams<S> {
 impl<S, ReqBody, ResBody> hyper::service::Service<Request<ReqBody>> for TrackStreams<S>
 where
     S: hyper::service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
 {
     type Response = Response<Tracked<ResBody>>;
     type Error = S::Error;
@@ -416,6 +417,7 @@ struct TrackedFuture<F> {
 impl<F, ResBody, E> Future for TrackedFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body,
 {
     type Output = Result<Response<Tracked<ResBody>>, E>;
 
@@ -436,6 +438,10 @@ where
                 response.status(),
                 http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
             );
+        let mut response = response;
+        if *this.head {
+            head_content_length(&mut response);
+        }
         let clock = open.as_ref().map(|open| open.0.clock());
         Poll::Ready(Ok(response.map(|inner| Tracked {
             inner,
@@ -444,6 +450,29 @@ where
             out_at: None,
             bodiless,
         })))
+    }
+}
+
+/// Gives a `HEAD` answer without a `content-length` the length its body would have (one
+/// known exactly and not empty), as hyper's HTTP/1.1 server does: its HTTP/2 server takes the
+/// length from the body only when the body is not ended, and this answer's is (it is not sent).
+fn head_content_length<B: Body>(response: &mut Response<B>) {
+    let status = response.status();
+    if status.is_informational()
+        || matches!(
+            status,
+            http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
+        )
+        || response
+            .headers()
+            .contains_key(http::header::CONTENT_LENGTH)
+    {
+        return;
+    }
+    if let Some(len) = response.body().size_hint().exact().filter(|&len| len > 0) {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     }
 }
 

@@ -43,6 +43,14 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
 
 /// Pause after a failed `accept` (out of file descriptors, most likely) instead of spinning.
+/// The most hyper's HTTP/1 connection buffers of a request by default (8 KiB and 400 times
+/// 4 KiB): a head larger than this is refused 431 whatever `max_header_size` says.
+const HYPER_READ_BUFFER: usize = 8192 + 4096 * 100;
+
+/// What the read buffer holds beyond a head of `max_header_size`: the start of a body read
+/// with it.
+const READ_BUFFER_SLACK: usize = 8192;
+
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// At most one warning per this long about failed `accept`s, with the count since the last.
@@ -151,7 +159,8 @@ impl Server {
     /// the server's warning about requests rejected before the service saw them (HTTP/1.1;
     /// HTTP/2 refuses it per stream, unwarned). It bounds a chunked body's trailers too. Over
     /// HTTP/1.1 a head of more than 100 header fields is answered 431 too, whatever its size
-    /// (hyper's limit; HTTP/2 has none).
+    /// (hyper's limit; HTTP/2 has none); a limit over hyper's own read buffer (about 408 KiB)
+    /// raises that buffer with it.
     pub fn max_header_size(mut self, bytes: usize) -> Self {
         self.max_header_size = bytes.max(1024);
         self
@@ -362,10 +371,16 @@ impl Server {
                     TowerToHyperService::new(CloseWhenDraining::new(service, drain)),
                     Arc::clone(&activity),
                 );
-                let connection = http1::Builder::new()
+                let mut http1 = http1::Builder::new();
+                http1
                     .timer(TokioTimer::new())
                     .header_read_timeout(crate::idle::backstop(header_read_timeout, idle_timeout))
-                    .max_header_size(max_header_size)
+                    .max_header_size(max_header_size);
+                // A head must fit hyper's read buffer too, whose own limit is about 408 KiB.
+                if max_header_size > HYPER_READ_BUFFER - READ_BUFFER_SLACK {
+                    http1.max_buf_size(max_header_size.saturating_add(READ_BUFFER_SLACK));
+                }
+                let connection = http1
                     .serve_connection(TokioIo::new(io), service)
                     // An upgraded connection (WebSocket) leaves hyper, and this server, once the
                     // 101 is sent: the service's upgrade task owns it from then on.

@@ -595,7 +595,8 @@ async fn empty_chunks_do_not_cost_an_http2_client_its_connection() {
 /// An answer that may have no content (to a `HEAD`, a 204, a 304) goes out without its body
 /// even when the service gives it one, as over HTTP/1.1 (hyper's HTTP/2 server would send it,
 /// and an HTTP/2 client take the stream for broken); its `content-length` stays, and the
-/// connection serves on.
+/// connection serves on. A `HEAD` answer whose service set no `content-length` gets the
+/// length its body would have, as over HTTP/1.1 (RFC 9110, section 9.3.2).
 #[tokio::test(flavor = "current_thread")]
 async fn an_http2_answer_that_has_no_content_goes_out_without_the_body_it_was_given() {
     let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
@@ -604,9 +605,11 @@ async fn an_http2_answer_that_has_no_content_goes_out_without_the_body_it_was_gi
             "/not-modified" => 304,
             _ => 200,
         };
-        let response = http::Response::builder()
-            .status(status)
-            .header("content-length", "3")
+        let mut response = http::Response::builder().status(status);
+        if request.uri().path() != "/implicit" {
+            response = response.header("content-length", "3");
+        }
+        let response = response
             .body(http_body_util::Full::new(Bytes::from_static(b"abc")))
             .unwrap();
         Ok::<_, std::convert::Infallible>(response)
@@ -624,6 +627,8 @@ async fn an_http2_answer_that_has_no_content_goes_out_without_the_body_it_was_gi
     tokio::spawn(connection);
     for (method, path, status, body) in [
         ("HEAD", "/x", 200, ""),
+        ("HEAD", "/implicit", 200, ""),
+        ("GET", "/implicit", 200, "abc"),
         ("GET", "/no-content", 204, ""),
         ("GET", "/not-modified", 304, ""),
         ("GET", "/x", 200, "abc"),
