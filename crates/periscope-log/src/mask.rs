@@ -323,8 +323,30 @@ fn mask_urls_in(value: &mut Value, redactor: &Redactor) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(|v| mask_urls_in(v, redactor)),
-        Value::Object(map) => map.values_mut().for_each(|v| mask_urls_in(v, redactor)),
+        Value::Object(map) => {
+            map.values_mut().for_each(|v| mask_urls_in(v, redactor));
+            mask_keys(map, redactor);
+        }
         _ => {}
+    }
+}
+
+/// Masks the keys of `map` as any string: a key can hold a secret too (pools or replicas
+/// keyed by their connection string, `{"postgres://app:pw@db/app": {"idle": 3}}`). An entry
+/// whose key masks to one already there keeps its own place under `<key>#2`, `#3`, ...
+fn mask_keys(map: &mut serde_json::Map<String, Value>, redactor: &Redactor) {
+    if !map.keys().any(|key| redactor.mask_text(key).is_some()) {
+        return;
+    }
+    for (key, value) in std::mem::take(map) {
+        let key = redactor.mask_text(&key).unwrap_or(key);
+        let mut unique = key.clone();
+        let mut n = 2;
+        while map.contains_key(&unique) {
+            unique = format!("{key}#{n}");
+            n += 1;
+        }
+        map.insert(unique, value);
     }
 }
 

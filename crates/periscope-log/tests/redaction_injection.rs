@@ -395,6 +395,39 @@ fn name_value_entries_naming_a_secret_are_masked() {
     assert_eq!(from_text, expected);
 }
 
+/// A key can hold a secret too: pools or replicas keyed by their connection string show in
+/// `/debug/status` and `/debug/config` masked as any string is, each entry kept.
+#[test]
+fn mask_value_masks_secrets_in_object_keys() {
+    let mut pools = json!({
+        "postgres://app:hunter2@db-ro/app": {"idle": 3},
+        "postgres://app:sk-live-1234@db-ro/app": {"idle": 1},
+        "redis://cache:6379": {"idle": 2},
+    });
+    periscope_log::Redactor::default().mask_value(&mut pools);
+    let text = pools.to_string();
+    assert!(
+        !text.contains("hunter2") && !text.contains("sk-live-1234"),
+        "{text}"
+    );
+    let keys: Vec<&str> = pools
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(
+        keys.contains(&"postgres://app:[REDACTED]@db-ro/app"),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"postgres://app:[REDACTED]@db-ro/app#2"),
+        "{keys:?}"
+    );
+    assert_eq!(pools["redis://cache:6379"]["idle"], 2);
+}
+
 /// Free text that opens with a bracket is no structure that failed to parse: it stays
 /// readable where it mentions a session or a token in its prose, while a `Debug` list naming
 /// a secret as a key, and cut JSON, are still hidden.
