@@ -91,6 +91,7 @@ pub struct ObservabilityBuilder {
     route_templates: Vec<String>,
     log_writer: Option<Box<dyn Write + Send>>,
     status_sections: Vec<(String, StatusSection)>,
+    config_sections: Vec<(String, serde_json::Value)>,
     red_metrics: Option<ConfigureRed>,
     correlation: Option<ConfigureCorrelation>,
     /// A network given to [`trusted_proxies`](Self::trusted_proxies) that is not one.
@@ -390,6 +391,27 @@ impl ObservabilityBuilder {
         self
     }
 
+    /// Adds the service's own settings to `/debug/config`, as a member `name` beside
+    /// periscope's (masked by the same rules: secrets under sensitive keys, passwords in URLs):
+    /// the port, the model, the limits it was started with. A later section of the same name
+    /// replaces an earlier one; a name periscope's settings use is refused by
+    /// [`build`](Self::build).
+    ///
+    /// ```
+    /// let obs = periscope::Observability::builder()
+    ///     .service_name("gateway")
+    ///     .config_section("gateway", serde_json::json!({"port": 8000, "model": "resnet18"}))
+    ///     .build()?;
+    /// # let _ = obs;
+    /// # Ok::<(), periscope::Error>(())
+    /// ```
+    pub fn config_section(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
+        let name = name.into();
+        self.config_sections.retain(|(kept, _)| *kept != name);
+        self.config_sections.push((name, value));
+        self
+    }
+
     /// Changes the RED metrics that [`layer`](Observability::layer) records: their names,
     /// label names, status rendering, buckets and caps (the defaults are
     /// `http_server_requests_total`, `http_server_request_duration_seconds` and
@@ -526,6 +548,8 @@ impl ObservabilityBuilder {
         {
             settings.otel.service_name = Some(settings.service_name.clone());
         }
+        // With the settings final, before anything is registered or started.
+        let config = debug_config(&settings, self.config_sections)?;
         // `ENABLE_GPU` was refused by `env()`: turned on here, it was set in code.
         #[cfg(not(feature = "gpu"))]
         if settings.gpu {
@@ -655,6 +679,7 @@ impl ObservabilityBuilder {
             dropped_lines: log_layer.dropped_lines(),
             pending_log: Mutex::new(Some((log_layer, log_guard))),
             status_sections: self.status_sections,
+            config,
             settings,
             registry,
             metrics_layer,
@@ -693,6 +718,8 @@ pub struct Observability {
     /// The log layer and its guard until `init` installs them.
     pending_log: Mutex<Option<(LogLayer, LogGuard)>>,
     status_sections: Vec<(String, StatusSection)>,
+    /// `/debug/config`: periscope's settings and the service's sections.
+    config: serde_json::Value,
     #[cfg(feature = "gpu")]
     gpu: Option<periscope_gpu::GpuCollector>,
 }
@@ -715,6 +742,7 @@ impl Observability {
             route_templates: Vec::new(),
             log_writer: None,
             status_sections: Vec::new(),
+            config_sections: Vec::new(),
             red_metrics: None,
             correlation: None,
             invalid_proxies: None,
@@ -927,7 +955,7 @@ impl Observability {
             .logs(self.recent_logs.clone())
             .level_control(self.level_control.clone())
             .redactor(self.redactor.clone())
-            .config(settings.to_json())
+            .config(self.config.clone())
             .debug(access);
         if let Some(metrics) = &self.metrics_layer {
             admin = admin
@@ -1142,4 +1170,31 @@ impl Drop for ObservabilityGuard {
         drop(self.otel.take());
         drop(self.log.take());
     }
+}
+
+/// `/debug/config`: periscope's settings, and each of the service's sections as a member of
+/// its name; a name of periscope's settings is refused.
+fn debug_config(
+    settings: &Settings,
+    sections: Vec<(String, serde_json::Value)>,
+) -> Result<serde_json::Value, ConfigError> {
+    let mut config = settings.to_json();
+    let Some(members) = config.as_object_mut() else {
+        return Ok(config);
+    };
+    let own: Vec<String> = members.keys().cloned().collect();
+    for (name, value) in sections {
+        if own.contains(&name) {
+            return Err(ConfigError::new(
+                "config_section",
+                name,
+                format!(
+                    "a name periscope's own settings do not use (they use {})",
+                    own.join(", ")
+                ),
+            ));
+        }
+        members.insert(name, value);
+    }
+    Ok(config)
 }

@@ -4007,3 +4007,51 @@ async fn an_http_only_refusal_stays_http_behind_the_error_layer() {
         }
     }
 }
+
+/// The service's own settings show in `/debug/config` beside periscope's, masked by the same
+/// rules; a section named like one of periscope's settings is refused when built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_own_settings_show_in_debug_config_masked() {
+    const TOKEN: &str = "config-section-token-0123456789";
+    let obs = Observability::builder()
+        .service_name("sections")
+        .admin_token(TOKEN)
+        .config_section("gateway", serde_json::json!({"port": 1}))
+        .config_section(
+            "gateway",
+            serde_json::json!({
+                "port": 8000,
+                "database_url": "postgres://app:hunter2@db/app",
+                "api_key": "sk-live-1234",
+            }),
+        )
+        .build()
+        .unwrap();
+    let addr =
+        serve_on_loopback(Router::new().merge(obs.admin().router()).layer(obs.layer())).await;
+    let config = get_with(addr, "/debug/config", None, Some(TOKEN)).await;
+    assert_eq!(config.status, 200, "{}", config.body);
+    assert!(
+        !config.body.contains("hunter2") && !config.body.contains("sk-live"),
+        "{}",
+        config.body
+    );
+    let config: Value = serde_json::from_str(&config.body).unwrap();
+    assert_eq!(config["service_name"], "sections");
+    assert_eq!(config["gateway"]["port"], 8000);
+    assert_eq!(
+        config["gateway"]["database_url"],
+        "postgres://app:[REDACTED]@db/app"
+    );
+    assert_eq!(config["gateway"]["api_key"], "[REDACTED]");
+
+    let clash = Observability::builder()
+        .config_section("service_name", serde_json::json!("mine"))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        clash.starts_with("config_section=\"service_name\" is invalid"),
+        "{clash}"
+    );
+}

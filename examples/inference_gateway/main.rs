@@ -45,7 +45,7 @@
 //!
 //! | file | keep | change |
 //! | --- | --- | --- |
-//! | `main.rs` | the `Observability` setup, the startup gate in `Health`, the admin router or admin port, the drain on SIGTERM, the `listening` line | `service_name`, the `status_section`s, the request timeout, the settings of `GatewayConfig` |
+//! | `main.rs` | the `Observability` setup, the startup gate in `Health`, the admin router or admin port, the drain on SIGTERM, the `listening` line | `service_name`, the `status_section`s, the `config_section`, the request timeout, the settings of `GatewayConfig` |
 //! | `model.rs` | `ModelHandle`: one shared load behind the startup gate, off the request threads, the `/debug/status` section | `Model`, `NAME`, `VERSION`: load your weights in `Model::load`, your own `preprocess` / `infer` / `postprocess` (a real `infer` goes on the blocking pool: see `predict.rs`); drop `MODEL_LOAD_DELAY_MS`, which only simulates a slow load |
 //! | `predict.rs` | the body limit and the early `Content-Length` check, the upload and decode budgets, decoding on the blocking pool, one span per stage, metrics through `guarded_family`, error codes declared once | the routes, the response, your own error codes and metric names |
 //! | `upload.rs` | the pace an upload must keep | `MIN_UPLOAD_BYTES_PER_S`, if your clients are slower |
@@ -99,6 +99,8 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
             let model = model.clone();
             move || model.status()
         })
+        // The gateway's own settings in `/debug/config`, beside periscope's.
+        .config_section("gateway", config.to_json())
         // Bounds every request, the wait for upload memory and a decode slot included: a
         // client that sends its head and never its body holds its share of the upload
         // buffer this long at most (`REQUEST_TIMEOUT_S` overrides it).
@@ -233,6 +235,21 @@ struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The settings as `/debug/config` shows them.
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "host": self.host.to_string(),
+            "port": self.port,
+            "admin_port": self.admin_port,
+            "model_warmup": self.model_warmup,
+            "model_load_delay_ms": self.model_load_delay.as_millis() as u64,
+            "upload_buffer_mib": self.upload_buffer_mib,
+            "upload_idle_s": self.upload_idle.as_secs(),
+            "decode_memory_mib": self.decode_memory_mib,
+            "bare": self.bare,
+        })
+    }
+
     /// Read as periscope reads its own: unset or empty is the default, anything malformed
     /// stops the service naming the variable.
     fn from_env() -> Result<Self, periscope::ConfigError> {

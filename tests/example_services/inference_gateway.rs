@@ -607,6 +607,9 @@ async fn debug_endpoints_refuse_a_missing_or_wrong_token() {
     assert_eq!(config.json()["admin_token"], "[REDACTED]");
     // The template bounds every request (and so every share of the upload buffer) by default.
     assert_eq!(config.json()["request_timeout_s"], 30.0);
+    // Its own settings beside periscope's.
+    assert_eq!(config.json()["gateway"]["upload_buffer_mib"], 64);
+    assert_eq!(config.json()["gateway"]["model_warmup"], true);
 }
 
 #[tokio::test]
