@@ -21,7 +21,7 @@ use crate::binding::{ParentKind, bind, early_id, span_text};
 use crate::client_body::{CLIENT_ERROR_FROM, ClientBody, Pending};
 use crate::fields::{
     CLIENT_FIELDS, MAX_SERVER_ADDRESS_LEN, RedactedUrl, method_name, method_original,
-    record_failure, record_plain_answer, record_status, server_port, span_method,
+    record_failure, record_grpc_code, record_plain_answer, record_status, server_port, span_method,
 };
 use crate::propagation::Propagators;
 use crate::rpc::RpcName;
@@ -430,13 +430,21 @@ impl<F> PinnedDrop for ClientResponseFuture<F> {
         if !*this.done {
             // Dropped before the answer: the client panicked (a failure without an answer,
             // as for a transport error), else a timeout or a cancellation around the call.
-            // Either way the call failed; its span must not read as a success.
-            let error_type = if *this.in_client {
-                "_OTHER"
+            // Either way the call failed; its span must not read as a success. A gRPC call
+            // cancelled so is `CANCELLED`, as one whose answer is dropped before its trailers
+            // and as the server's span records it.
+            if *this.in_client {
+                record_failure(&this.call.span, &CLIENT_FIELDS, "_OTHER");
+            } else if *this.grpc {
+                record_grpc_code(
+                    &this.call.span,
+                    &CLIENT_FIELDS,
+                    GrpcCode::CANCELLED,
+                    CLIENT_ERROR_FROM,
+                );
             } else {
-                "cancelled"
-            };
-            record_failure(&this.call.span, &CLIENT_FIELDS, error_type);
+                record_failure(&this.call.span, &CLIENT_FIELDS, "cancelled");
+            }
         }
     }
 }

@@ -1252,41 +1252,50 @@ async fn grpc_answers_are_judged_by_their_status_code() {
 }
 
 /// A call given up by a timeout around the client layer failed: its span says so, it does
-/// not read as a success without a status.
+/// not read as a success without a status. A gRPC call given up before its answer's head is
+/// `CANCELLED`, as one whose answer is dropped before its trailers, and as the server's span
+/// records it.
 #[tokio::test]
 async fn a_call_cut_off_by_a_timeout_is_a_failed_client_span() {
     use bytes::Bytes;
     use http::Request;
     use http_body_util::Full;
 
-    let (capture, _guard) = capture();
-    let server = axum::Router::new().route(
-        "/slow",
-        axum::routing::get(|| async {
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-            "late"
-        }),
-    );
+    let slow = || async {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        "late"
+    };
+    let server = axum::Router::new()
+        .route("/slow", axum::routing::get(slow))
+        .route("/pkg.Svc/Slow", axum::routing::post(slow));
     let addr = serve(server).await;
-    let client = ClientTraceLayer::new().layer(plain_client());
-    let call = Request::get(format!("http://{addr}/slow"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let outcome = tokio::time::timeout(
-        std::time::Duration::from_millis(100),
-        tower::ServiceExt::oneshot(client, call),
-    )
-    .await;
-    assert!(outcome.is_err(), "the call was not cut off");
+    for (grpc, error_type, code) in [(false, "cancelled", None), (true, "CANCELLED", Some("1"))] {
+        let (capture, _guard) = capture();
+        let client = ClientTraceLayer::new().layer(plain_client());
+        let call = if grpc {
+            Request::post(format!("http://{addr}/pkg.Svc/Slow"))
+                .header("content-type", "application/grpc")
+        } else {
+            Request::get(format!("http://{addr}/slow"))
+        };
+        let call = call.body(Full::new(Bytes::new())).unwrap();
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            tower::ServiceExt::oneshot(client, call),
+        )
+        .await;
+        assert!(outcome.is_err(), "the call was not cut off");
 
-    let spans = capture.spans();
-    let call = spans
-        .iter()
-        .find(|span| span.name == "http_client_request")
-        .unwrap();
-    assert_eq!(call.get("otel.status_code"), Some("ERROR"), "{call:?}");
-    assert_eq!(call.get("error.type"), Some("cancelled"), "{call:?}");
-    assert_eq!(call.get("http.response.status_code"), None);
+        let spans = capture.spans();
+        let call = spans
+            .iter()
+            .find(|span| span.name == "http_client_request")
+            .unwrap();
+        assert_eq!(call.get("otel.status_code"), Some("ERROR"), "{call:?}");
+        assert_eq!(call.get("error.type"), Some(error_type), "{call:?}");
+        assert_eq!(call.get("rpc.grpc.status_code"), code, "{call:?}");
+        assert_eq!(call.get("http.response.status_code"), None);
+    }
 }
 
 /// A client that panics (in its `call` or while its future is polled) failed without an
