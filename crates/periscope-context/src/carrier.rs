@@ -685,7 +685,9 @@ impl<'de> serde::Deserialize<'de> for Value {
         }
 
         // A self-describing format (JSON, which every human-readable one is) says what each
-        // value is; a compact one (bincode) cannot, and keeps reading strings only.
+        // value is; a compact one (bincode) cannot, and keeps reading strings only. CBOR is
+        // self-describing but not human-readable: read as strings too (docs/trace.md, "As
+        // stored"), since bincode and postcard refuse `deserialize_any`.
         if deserializer.is_human_readable() {
             deserializer.deserialize_any(AnyValue)
         } else {

@@ -49,10 +49,35 @@ pub const CLIENT_TARGET: &str = "periscope_trace::client";
 /// assert_eq!(headers["x-request-id"], ctx.request_id.as_str());
 /// assert_eq!(headers["traceparent"], ctx.traceparent().to_string().as_str());
 /// ```
+///
+/// The headers of the default tenant keys (`x-org-id`, `x-project-id`) the context has no
+/// value for are removed, so a forwarded request does not carry its caller's tenant on; for
+/// the service's other tenant keys use [`inject_with_tenant_keys`].
 pub fn inject(headers: &mut HeaderMap) -> bool {
+    inject_with_tenant_keys(headers, &[])
+}
+
+/// [`inject`] for a service with tenant keys of its own (`team_id`): the headers of `keys`
+/// the context has no value for are removed too, as [`ClientTraceLayer::tenant_keys`] does,
+/// so a request forwarded past a trust boundary (its headers copied) does not carry its
+/// caller's `x-team-id` on.
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue};
+/// use periscope_context::{RequestContext, TenantKey};
+///
+/// let team = TenantKey::new("team_id").unwrap();
+/// let mut forwarded = HeaderMap::new();
+/// forwarded.insert("x-team-id", HeaderValue::from_static("the-callers-team"));
+/// let ctx = RequestContext::new_root();
+/// assert!(ctx.in_scope(|| periscope_trace::inject_with_tenant_keys(&mut forwarded, &[team])));
+/// assert!(forwarded.get("x-team-id").is_none());
+/// ```
+pub fn inject_with_tenant_keys(headers: &mut HeaderMap, keys: &[TenantKey]) -> bool {
     match RequestContext::current() {
         Some(ctx) => {
             periscope_context::inject(&ctx, headers);
+            remove_absent_tenants(&ctx, headers, keys);
             Propagators::global().strip(headers);
             true
         }

@@ -41,7 +41,7 @@ pub mod server;
 mod trust;
 
 pub use body::CorrelationBody;
-pub use client::{ClientSpan, ClientTrace, ClientTraceLayer, inject};
+pub use client::{ClientSpan, ClientTrace, ClientTraceLayer, inject, inject_with_tenant_keys};
 pub use client_body::ClientBody;
 pub use fields::{
     MAX_METHOD_ORIGINAL_LEN, MAX_SERVER_ADDRESS_LEN, MAX_URL_FULL_LEN, MAX_URL_PATH_LEN,
