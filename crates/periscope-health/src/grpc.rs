@@ -38,7 +38,9 @@ pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// `Watch` sends the status at once, then again whenever it changes, looking every
 /// [`watch_interval`](Self::watch_interval) (the checks themselves run at most once per cache
 /// interval however many watch). It ends with `UNAVAILABLE` once the service drains (after
-/// sending `NOT_SERVING` for readiness), so a graceful shutdown never waits on a watcher.
+/// sending `NOT_SERVING` for readiness), so a graceful shutdown never waits on a watcher; a
+/// `Watch` begun while the service drains ends so at once, without a message, so that clients
+/// back off rather than call again at once (they do after a call that sent one).
 ///
 /// With tonic (an axum `Router` takes it too, one route per method so that metrics count
 /// `Check` and the long `Watch` calls apart:
@@ -185,6 +187,13 @@ fn watch(
                 Next::Done => return None,
             };
             let drain = grpc.health.drain_handle();
+            if last.is_none() && drain.is_draining() {
+                // A watch begun while the service drains ends at once, with no message:
+                // clients retry a watch that sent one without backing off (grpc-go, C-core),
+                // so a status sent before each end would make them call again and again for
+                // the whole grace period. Ended so, they back off as for any failed call.
+                return Some((Err(draining()), Next::Done));
+            }
             loop {
                 if last.is_some() {
                     // Woken by a drain: a graceful shutdown does not wait out the interval.

@@ -227,6 +227,30 @@ async fn a_drain_reaches_a_watcher_at_once_whatever_the_interval() {
     assert_eq!(end.unwrap_err().code(), tonic::Code::Unavailable);
 }
 
+/// A watch begun while the service drains ends at once with `UNAVAILABLE` and no message:
+/// grpc-go and C-core clients retry without backing off after a call that sent one, so a
+/// status before each end would have them call again and again for the whole grace period.
+#[tokio::test]
+async fn a_watch_begun_while_draining_ends_at_once_without_a_message() {
+    let health = Health::builder().build().unwrap();
+    let mut client = serve(health.grpc().watch_interval(Duration::from_millis(20))).await;
+    health.drain_handle().drain();
+    for service in ["", "liveness", "no.such.Service"] {
+        let request = HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        let mut watch = client.watch(request).await.unwrap().into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("the call ends at once");
+        assert_eq!(
+            first.unwrap_err().code(),
+            tonic::Code::Unavailable,
+            "{service:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn watching_an_unknown_service_says_so_and_keeps_the_call_open() {
     let health = Health::builder().build().unwrap();
