@@ -283,6 +283,8 @@ mod tests {
                 _ => break,
             }
         }
+        // The first address now drops connection attempts: else this would test nothing.
+        assert!(held.len() < 4, "the full queue still took connections");
         let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         ADDRESSES
             .set(vec![hanging, open.local_addr().unwrap()])
@@ -297,7 +299,11 @@ mod tests {
             connector.connect("svc.example:80", fail),
         )
         .await;
-        assert!(matches!(connected, Ok(Ok(_))), "{connected:?}");
+        let Ok(Ok(stream)) = connected else {
+            panic!("not connected within 2 s: {connected:?}");
+        };
+        // Through the second address, well within the first's wait.
+        assert_eq!(stream.peer_addr().unwrap(), open.local_addr().unwrap());
         drop((held, full));
     }
 

@@ -461,6 +461,26 @@ impl Drop for OtelGuard {
 
 #[cfg(test)]
 mod tests {
+    /// A schedule delay of 0 (export at once) is taken as 1 ms: at 0 the batch processor's
+    /// thread polled for spans without pause, a whole core busy while the service idled
+    /// (`a_schedule_delay_of_zero_does_not_keep_a_core_busy` measures that, ignored by
+    /// default). A delay given is kept.
+    #[test]
+    fn a_zero_schedule_delay_is_taken_as_one_millisecond() {
+        let settings = |delay| {
+            let mut export = ExportSettings::default();
+            export.scheduled_delay = Some(delay);
+            export
+        };
+        assert_eq!(
+            scheduled_delay(&settings(Duration::ZERO)),
+            MIN_SCHEDULED_DELAY
+        );
+        assert_eq!(MIN_SCHEDULED_DELAY, Duration::from_millis(1));
+        let delay = Duration::from_millis(100);
+        assert_eq!(scheduled_delay(&settings(delay)), delay);
+    }
+
     use super::*;
     use opentelemetry::{Key, Value};
 
