@@ -467,10 +467,9 @@ mod tests {
     /// default). A delay given is kept.
     #[test]
     fn a_zero_schedule_delay_is_taken_as_one_millisecond() {
-        let settings = |delay| {
-            let mut export = ExportSettings::default();
-            export.scheduled_delay = Some(delay);
-            export
+        let settings = |delay| ExportSettings {
+            scheduled_delay: Some(delay),
+            ..ExportSettings::default()
         };
         assert_eq!(
             scheduled_delay(&settings(Duration::ZERO)),
