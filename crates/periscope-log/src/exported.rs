@@ -14,6 +14,35 @@ use opentelemetry::trace::TraceContextExt;
 /// OpenTelemetry context, if it is a local span (a remote parent attached by hand is not this
 /// service's span).
 pub(crate) fn current_span_ids() -> Option<(String, String)> {
+    match CONTEXT_STATE.get() {
+        ContextState::Alive => span_ids(),
+        // The thread is ending: OpenTelemetry's context may be destroyed already, and reading
+        // it then panics, which in a thread-local destructor (a pool logging that it closed)
+        // aborts the process. Such a line goes without these ids.
+        ContextState::Ending => None,
+        ContextState::Untouched => watch(),
+    }
+}
+
+/// Called on every line: on a thread's first, reads OpenTelemetry's context and then sets up
+/// the guard that tells when the thread ends. Thread-locals are destroyed in the reverse
+/// order of their first use, so the guard goes (and says so) before the context does, and
+/// before any thread-local first used before this line (whose destructor may log).
+#[inline]
+pub(crate) fn watch_thread() {
+    if CONTEXT_STATE.get() == ContextState::Untouched {
+        watch();
+    }
+}
+
+#[cold]
+fn watch() -> Option<(String, String)> {
+    let ids = span_ids();
+    let _ = CONTEXT_GUARD.try_with(|_| CONTEXT_STATE.set(ContextState::Alive));
+    ids
+}
+
+fn span_ids() -> Option<(String, String)> {
     opentelemetry::Context::map_current(|context| {
         let span = context.span();
         let span_context = span.span_context();
@@ -24,4 +53,31 @@ pub(crate) fn current_span_ids() -> Option<(String, String)> {
             )
         })
     })
+}
+
+/// Whether this thread's OpenTelemetry context can be read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ContextState {
+    /// Not read yet on this thread.
+    Untouched,
+    /// Read, and [`CONTEXT_GUARD`] not destroyed: the context is not either.
+    Alive,
+    /// The guard was destroyed: the thread is ending.
+    Ending,
+}
+
+/// Marks the thread ending when destroyed, before OpenTelemetry's context is.
+struct ContextGuard;
+
+impl Drop for ContextGuard {
+    fn drop(&mut self) {
+        CONTEXT_STATE.set(ContextState::Ending);
+    }
+}
+
+thread_local! {
+    // No destructor: readable while the thread's other thread-locals are destroyed.
+    static CONTEXT_STATE: std::cell::Cell<ContextState> =
+        const { std::cell::Cell::new(ContextState::Untouched) };
+    static CONTEXT_GUARD: ContextGuard = const { ContextGuard };
 }

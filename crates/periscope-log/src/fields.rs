@@ -318,6 +318,14 @@ impl ValueRules {
         json::write_str(out, shown, self.max_value_bytes);
     }
 
+    /// A context field's `Debug` (or `Display`) value, an id: written as a string as it is,
+    /// bounded, without the free-text checks of [`write_debug`](Self::write_debug).
+    fn write_id(&self, out: &mut Vec<u8>, value: &dyn fmt::Debug, text: &mut String) {
+        let mut capped = CappedString::new(text, self.max_value_bytes);
+        let _ = write!(capped, "{value:?}");
+        json::write_str(out, capped.text, self.max_value_bytes);
+    }
+
     /// A `Debug` value: formatted once, then written as a string, or nested when it came from
     /// [`Json`].
     fn write_debug(
@@ -556,6 +564,17 @@ fn value_out<'o, S: FieldSink>(
     as_message: &dyn fmt::Debug,
     boolean: bool,
 ) -> Option<&'o mut Vec<u8>> {
+    value_out_in_slot(rules, sink, field, as_message, boolean).map(|(out, _)| out)
+}
+
+/// [`value_out`], with the slot the value goes to.
+fn value_out_in_slot<'o, S: FieldSink>(
+    rules: &ValueRules,
+    sink: &'o mut S,
+    field: &Field,
+    as_message: &dyn fmt::Debug,
+    boolean: bool,
+) -> Option<(&'o mut Vec<u8>, Slot)> {
     let name = field.name();
     let plan = rules.plan(name);
     if plan.slot == Slot::Message {
@@ -567,7 +586,7 @@ fn value_out<'o, S: FieldSink>(
         json::write_str(out, REDACTED, usize::MAX);
         return None;
     }
-    Some(out)
+    Some((out, plan.slot))
 }
 
 /// The span field in which periscope-trace records the declared tenant fields that have no
@@ -676,10 +695,19 @@ impl<S: FieldSink> Visit for Visitor<'_, S> {
             scratch,
             ..
         } = self;
-        if let Some(out) = value_out(rules, *sink, field, value, false) {
-            formatting(out, false, |out| {
-                rules.write_debug(out, value, text, scratch)
-            });
+        match value_out_in_slot(rules, *sink, field, value, false) {
+            // A context field (`request_id = %ctx.request_id`, the trace ids, tenant values) is
+            // a validated id, written as it is: read as free text, `web-auth:8f2c` would look
+            // like a struct's `auth` key and hide the id every line is searched by.
+            Some((out, Slot::Context(_))) => {
+                formatting(out, false, |out| rules.write_id(out, value, text));
+            }
+            Some((out, _)) => {
+                formatting(out, false, |out| {
+                    rules.write_debug(out, value, text, scratch)
+                });
+            }
+            None => {}
         }
     }
 }

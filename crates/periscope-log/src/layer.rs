@@ -845,6 +845,8 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        #[cfg(feature = "otel")]
+        crate::exported::watch_thread();
         // Fresh buffers when the thread's are in use (a value's Debug impl logged while this
         // thread was formatting) or destroyed (logging from a thread-local destructor, where
         // `with` would panic and abort the process).

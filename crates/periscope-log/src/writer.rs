@@ -77,24 +77,41 @@ impl Output {
     /// of its lines the output did not take whole. An output left non-blocking (by a process
     /// sharing the pipe) is waited for instead of failing. A write that fails inside a line
     /// leaves a fragment: it is ended before the next write, so only that one line is broken,
-    /// not the next as well.
+    /// not the next as well. The lines after it are written still (a full disk freed, one
+    /// `EIO`); only when the very next write fails too is the rest given up as lost.
     fn write_lines(&mut self, bytes: &[u8], flush: bool) -> Result<(), u64> {
         let lines = |bytes: &[u8]| bytes.iter().filter(|&&b| b == b'\n').count() as u64;
-        if self.mid_line && self.write_retrying(b"\n") != 1 {
-            return Err(lines(bytes));
-        }
-        let written = self.write_retrying(bytes);
-        if written < bytes.len() {
+        let mut rest = bytes;
+        let mut lost = 0;
+        let mut just_failed = false;
+        while !rest.is_empty() {
+            if self.mid_line && self.write_retrying(b"\n") != 1 {
+                return Err(lost + lines(rest));
+            }
+            let written = self.write_retrying(rest);
+            if written == rest.len() {
+                break;
+            }
+            if written == 0 && just_failed {
+                // Failing again at once: the output is down, and the rest is lost.
+                return Err(lost + lines(rest));
+            }
+            just_failed = true;
             // A line that went out whole but for its newline is ended by the next write (it
             // is `mid_line`): it is in the output, so it is not counted as lost.
-            let only_newline_missing = written > 0 && bytes[written] == b'\n';
-            return Err(lines(&bytes[written..]) - u64::from(only_newline_missing));
+            let cut = &rest[written..];
+            let only_newline_missing = written > 0 && cut[0] == b'\n';
+            lost += u64::from(!only_newline_missing);
+            let line_end = cut
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(cut.len(), |at| at + 1);
+            rest = &cut[line_end..];
         }
-        if !flush {
-            return Ok(());
+        if flush {
+            self.flush_retrying();
         }
-        self.flush_retrying();
-        Ok(())
+        if lost > 0 { Err(lost) } else { Ok(()) }
     }
 
     /// Flushes the output, waiting out `WouldBlock` (an output left non-blocking by a process

@@ -865,3 +865,20 @@ fn one_span_callsite_under_two_differently_configured_layers() {
         assert_eq!(quiet_line["data"], json!({"n": n}));
     }
 }
+
+/// A request id whose first segment reads like a secret's key (`web-auth:`, `session:`) is a
+/// valid id (the contract allows `:`): recorded as the server layer records it, a `Display`
+/// value, it is written as sent, on every line of its request, not hidden as free text naming
+/// a key would be. The header and the error envelope echo it; the lines must let it be found.
+#[test]
+fn a_request_id_whose_first_segment_names_a_secret_is_logged_as_sent() {
+    for id in ["web-auth:8f2c", "session:1f9c", "db.password:7"] {
+        let request_id = periscope_context::RequestId::parse(id).unwrap();
+        let line = one_line(|| {
+            let span = tracing::info_span!("request", request_id = %request_id, org_id = %"auth:1");
+            span.in_scope(|| tracing::info!("handled"));
+        });
+        assert_eq!(line["request_id"], id, "{line}");
+        assert_eq!(line["org_id"], "auth:1", "{line}");
+    }
+}

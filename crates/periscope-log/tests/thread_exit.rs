@@ -2,11 +2,6 @@
 //! the global default subscriber, the only one a dying thread's destructors still reach.
 
 mod common;
-
-use common::Captured;
-use periscope_log::LogLayer;
-use tracing_subscriber::prelude::*;
-
 /// Logs when the thread that holds it ends.
 struct LogsOnDrop;
 
@@ -24,23 +19,12 @@ thread_local! {
 
 #[test]
 fn a_line_logged_from_a_thread_local_destructor_is_written() {
-    let out = Captured::default();
-    let (layer, guard) = LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .build();
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).unwrap();
-    std::thread::spawn(|| {
-        // Destructors run in reverse order of registration: the registry's thread id first
-        // (so it outlives ours), then ours, then the layer's buffers (destroyed before ours runs).
-        tracing::dispatcher::get_default(|dispatch| dispatch.current_span());
+    // Destructors run in reverse order of registration: the registry's thread id first (so it
+    // outlives ours), then ours, then the layer's buffers (destroyed before ours runs).
+    let lines = common::lines_of_an_ending_thread(|| {
         LOGS_ON_DROP.with(|_| {});
         tracing::info!("thread started");
-    })
-    .join()
-    .expect("the thread ends cleanly");
-    drop(guard);
-    let lines = out.lines();
+    });
     let messages: Vec<_> = lines.iter().map(|l| l["message"].clone()).collect();
     assert_eq!(messages, ["thread started", "connection pool closed"]);
     assert_eq!(lines[1]["request_id"], "req_exit");

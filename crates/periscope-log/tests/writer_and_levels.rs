@@ -378,7 +378,7 @@ fn lines_still_queued_when_the_guard_gives_up_are_counted() {
 }
 
 /// What [`Scripted`] does on a write call; once its steps run out it takes everything.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Step {
     /// Takes at most this many bytes.
     Take(usize),
@@ -386,6 +386,9 @@ enum Step {
     Fail(io::ErrorKind),
     /// Panics, taking nothing.
     Panic,
+    /// Meets the test at the first barrier (the write has begun), waits at the second, then
+    /// takes everything: lines logged in between queue up.
+    Gate(Arc<[std::sync::Barrier; 2]>),
 }
 
 /// A writer that follows a script of short writes and errors, into a buffer.
@@ -410,6 +413,11 @@ impl Write for Scripted {
             Some(Step::Fail(kind)) => Err(kind.into()),
             Some(Step::Panic) => panic!("the output panicked"),
             Some(Step::Take(n)) => self.out.write(&buf[..n.min(buf.len())]),
+            Some(Step::Gate(barriers)) => {
+                barriers[0].wait();
+                barriers[1].wait();
+                self.out.write(buf)
+            }
             None => self.out.write(buf),
         }
     }
@@ -481,6 +489,40 @@ fn a_write_that_fails_inside_a_line_breaks_only_that_line() {
             let value: serde_json::Value = serde_json::from_str(line).unwrap();
             assert_eq!(value["message"], message);
         }
+    }
+}
+
+/// A write that fails inside a line of a batch (lines queued while the writer was busy)
+/// loses that line alone: the lines after it in the batch are written, not dropped with it.
+#[test]
+fn a_write_that_fails_inside_a_line_of_a_batch_loses_only_that_line() {
+    let gate = Arc::new([std::sync::Barrier::new(2), std::sync::Barrier::new(2)]);
+    let out = Scripted::new([
+        Step::Gate(Arc::clone(&gate)),
+        Step::Take(20),
+        Step::Fail(io::ErrorKind::StorageFull),
+    ]);
+    let (layer, guard) = LogLayer::builder().writer(out.clone()).build();
+    let dropped = layer.dropped_lines();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    common::with_default(subscriber, || {
+        // The writer holds "one" at the gate while the others queue: one batch after it.
+        tracing::info!("one");
+        gate[0].wait();
+        for message in ["two", "three", "four"] {
+            tracing::info!("{message}");
+        }
+        gate[1].wait();
+    });
+    drop(guard);
+    assert_eq!(dropped.get(), 1);
+    let text = out.out.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines[1].len(), 20, "the fragment of the lost line: {text}");
+    for (line, message) in [(lines[0], "one"), (lines[2], "three"), (lines[3], "four")] {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(value["message"], message, "{text}");
     }
 }
 

@@ -119,3 +119,25 @@ pub fn wait_until(done: impl Fn() -> bool) -> bool {
     }
     true
 }
+
+/// The lines of a thread running `body` and then ending, its thread-local destructors
+/// included, with the log layer as the process's default subscriber (the only one a dying
+/// thread's destructors still reach: call it once per test binary). Before `body`, the
+/// registry's thread-local is set up, so it outlives those `body` sets up.
+#[allow(dead_code)]
+pub fn lines_of_an_ending_thread(body: impl FnOnce() + Send + 'static) -> Vec<Value> {
+    let out = Captured::default();
+    let (layer, guard) = LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .build();
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).unwrap();
+    std::thread::spawn(|| {
+        tracing::dispatcher::get_default(|dispatch| dispatch.current_span());
+        body();
+    })
+    .join()
+    .expect("the thread ends cleanly");
+    drop(guard);
+    out.lines()
+}
