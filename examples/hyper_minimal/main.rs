@@ -94,9 +94,13 @@ async fn route(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path();
     let Some(name) = path.strip_prefix("/hello/") else {
-        // The admin surface answers its own paths (`/debug/*` behind the token); any other is
+        // The admin surface answers the paths it serves (`/debug/*` only while debug access
+        // is on, behind the token), as `Admin::router()` routes them for axum; any other is
         // the service's 404, which the error layer words as a router's.
-        if Endpoint::from_path(path).is_some() || path.starts_with("/debug/") {
+        let debug_on = admin.endpoints().any(Endpoint::is_debug);
+        if Endpoint::from_path(path).is_some_and(|endpoint| admin.serves(endpoint))
+            || (debug_on && path.starts_with("/debug/"))
+        {
             return admin.oneshot(request).await;
         }
         return Ok(Response::builder()

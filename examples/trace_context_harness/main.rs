@@ -129,7 +129,11 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     tracing::info!(listener = "http", addr = %listener.local_addr()?, "listening");
     // periscope's server: a client that never finishes its request, or a call under way,
     // holds the shutdown for its timeout at most.
-    obs.server(listener).serve(app, shutdown.wait()).await?;
+    // `REQUEST_TIMEOUT_S` does not apply here, so it does not lengthen the shutdown either.
+    obs.server(listener)
+        .shutdown_timeout(periscope::DEFAULT_SHUTDOWN_TIMEOUT)
+        .serve(app, shutdown.wait())
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -140,14 +140,7 @@ async fn the_harness_checks_its_instructions_first_and_tells_of_calls_that_fail(
     );
 
     // A callee that accepts and never answers, one that refuses, then one that answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = silent.accept().await {
-            held.push(stream);
-        }
-    });
+    let silent_addr = silent_callee().await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let refused = format!("http://{}/x", closed.local_addr().unwrap());
     drop(closed);
@@ -194,4 +187,46 @@ async fn the_harness_checks_its_instructions_first_and_tells_of_calls_that_fail(
 
     service.terminate();
     assert!(service.exit_status().await.success());
+}
+
+/// `REQUEST_TIMEOUT_S` does not apply to the harness, nor lengthen its shutdown: a suite
+/// request still making its calls (three to a callee that never answers, 10 s each) when
+/// SIGTERM comes is cut at the server's 10 s shutdown timeout, not waited for to its end.
+#[cfg(unix)] // stopped with a real SIGTERM
+#[tokio::test]
+async fn a_request_timeout_in_the_environment_does_not_lengthen_the_shutdown() {
+    let mut service = Service::start(
+        "trace_context_harness",
+        &[("PORT", "0"), ("REQUEST_TIMEOUT_S", "120")],
+    );
+    let addr = service.addr("http").await;
+    let silent_addr = silent_callee().await;
+    let never = serde_json::json!({"url": format!("http://{silent_addr}/never"), "arguments": []});
+    let calls = serde_json::json!([never, never, never]).to_string();
+    let json = [("content-type", "application/json")];
+    let in_flight = tokio::spawn(async move { send(addr, "POST", "/test", &json, calls).await });
+    // The request is in, making its first call.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let stopping = std::time::Instant::now();
+    service.terminate();
+    assert!(service.exit_status().await.success());
+    let took = stopping.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "stopped after {took:?}"
+    );
+    in_flight.abort();
+}
+
+/// A callee that accepts connections and never answers.
+async fn silent_callee() -> std::net::SocketAddr {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
 }
