@@ -131,27 +131,63 @@ impl QueueSlot {
 }
 
 impl Consumer {
-    /// Runs jobs one by one until every `JobQueue` is dropped and the queue is empty.
-    pub async fn run(self) {
-        self.run_with(index_text).await;
+    /// Runs jobs one by one until every `JobQueue` is dropped and the queue is empty, or until
+    /// `stop` completes (the drain's deadline at shutdown): then the running job is cancelled
+    /// and every job left is named in a warning, while the log still takes lines.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        self.run_with(index_text, stop).await;
     }
 
-    /// [`run`](Self::run), with `work` as the job. Each job runs as a task of its own, so one
-    /// that panics (a bug) fails alone and the queue goes on: a panic in the consumer itself
-    /// would stop every later job for good. `JobSpan::run` logs the panic (`job panicked`,
-    /// with the job's ids) before it ends the task.
-    async fn run_with<F, W>(mut self, work: W)
+    /// [`run`](Self::run), with `work` as the job; returns the ids of the jobs left unrun.
+    /// Each job runs as a task of its own, so one that panics (a bug) fails alone and the
+    /// queue goes on: a panic in the consumer itself would stop every later job for good.
+    /// `JobSpan::run` logs the panic (`job panicked`, with the job's ids) before it ends the
+    /// task, and a job cancelled at the deadline (`job dropped before it finished`).
+    async fn run_with<F, W>(mut self, work: W, stop: impl Future<Output = ()>) -> Vec<String>
     where
         W: Fn(Job) -> F,
         F: Future<Output = ()> + Send + 'static,
     {
-        while let Some(job) = self.receiver.recv().await {
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let job = tokio::select! {
+                biased;
+                () = &mut stop => break,
+                job = self.receiver.recv() => match job {
+                    Some(job) => job,
+                    None => return Vec::new(),
+                },
+            };
             let span = JobSpan::from_carrier("index_text", &job.trace).with_job_id(&job.id);
-            if tokio::spawn(span.run(work(job))).await.is_err() {
+            let mut task = tokio::spawn(span.run(work(job)));
+            let outcome = tokio::select! {
+                outcome = &mut task => outcome,
+                () = &mut stop => {
+                    // Cancelled now, while its lines still reach the log.
+                    task.abort();
+                    let _ = task.await;
+                    break;
+                }
+            };
+            if outcome.is_err() {
                 self.counts.failed.fetch_add(1, Ordering::Relaxed);
             }
             self.counts.done.fetch_add(1, Ordering::Relaxed);
         }
+        // Past the deadline: no job is taken any more, and each one left is named (with the
+        // request it came from), not lost without a word.
+        self.receiver.close();
+        let mut left = Vec::new();
+        while let Ok(job) = self.receiver.try_recv() {
+            let request_id = job.trace.as_map().get("x-request-id").cloned();
+            tracing::warn!(
+                job_id = job.id.as_str(),
+                request_id,
+                "job not run: the service stopped before it"
+            );
+            left.push(job.id);
+        }
+        left
     }
 }
 
@@ -167,6 +203,48 @@ async fn index_text(job: Job) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Past the drain's deadline the consumer stops: the running job is cancelled (not left
+    /// running, unlogged, once the service has stopped) and every job left is named.
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_past_its_deadline_cancels_the_running_job_and_names_the_jobs_left() {
+        let (queue, consumer) = queue(8);
+        for text in ["slow", "a", "b", "c"] {
+            queue
+                .reserve()
+                .unwrap_or_else(|_| panic!("room"))
+                .enqueue(text.to_owned());
+        }
+        // The api still holds the queue: only the deadline ends the drain.
+        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        struct OnDrop(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let seen = cancelled.clone();
+        let started = tokio::time::Instant::now();
+        let left = consumer
+            .run_with(
+                move |_| {
+                    let dropped = OnDrop(seen.clone());
+                    async move {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        drop(dropped);
+                    }
+                },
+                tokio::time::sleep(Duration::from_secs(1)),
+            )
+            .await;
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert!(
+            cancelled.load(Ordering::SeqCst),
+            "the running job was cancelled"
+        );
+        assert_eq!(left, ["job_2", "job_3", "job_4"]);
+        drop(queue);
+    }
 
     /// A job that panics is logged as failed and the queue goes on with the next one.
     #[tokio::test]
@@ -184,13 +262,16 @@ mod tests {
         let seen = ran.clone();
         tokio::time::timeout(
             Duration::from_secs(5),
-            consumer.run_with(move |job| {
-                let seen = seen.clone();
-                async move {
-                    assert!(!job.text.starts_with("panic"), "a bug in the job");
-                    seen.lock().unwrap().push(job.text);
-                }
-            }),
+            consumer.run_with(
+                move |job| {
+                    let seen = seen.clone();
+                    async move {
+                        assert!(!job.text.starts_with("panic"), "a bug in the job");
+                        seen.lock().unwrap().push(job.text);
+                    }
+                },
+                std::future::pending(),
+            ),
         )
         .await
         .expect("the consumer ends once the queue is dropped and empty");

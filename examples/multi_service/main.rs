@@ -121,7 +121,13 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     .merge(obs.admin().router())
     .layer(obs.layer());
     let api_listener = bind("api", "PORT_API", SocketAddr::from((host, api_port))).await?;
-    let consumer = tokio::spawn(consumer.run());
+    // The consumer drains the queue once the api has stopped, for at most JOB_DRAIN (a pod is
+    // killed after its grace period anyway).
+    let (api_done, api_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let consumer = tokio::spawn(consumer.run(async {
+        let _ = api_done_rx.await;
+        tokio::time::sleep(JOB_DRAIN).await;
+    }));
 
     // The worker stops only once the api has: the api's requests in flight still call it.
     let (api_stopped, worker_stop) = tokio::sync::oneshot::channel::<()>();
@@ -139,19 +145,14 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
         .serve(api_app, shutdown.wait())
         .await;
     drop(api_stopped);
+    drop(api_done);
     worker.await??;
     api?;
     // The api is stopped and its queue handle dropped: the consumer finishes what is queued,
-    // for at most JOB_DRAIN (a pod is killed after its grace period anyway): the jobs left are
-    // logged, not lost without a word.
-    if tokio::time::timeout(JOB_DRAIN, consumer).await.is_err() {
-        tracing::warn!(
-            pending = counts.pending(),
-            drain_s = JOB_DRAIN.as_secs(),
-            "jobs still queued at shutdown: stopping without them"
-        );
-    }
-    tracing::info!("stopped");
+    // and past JOB_DRAIN cancels the running job and names each one left, before `stopped`
+    // (after it, the log takes no more lines).
+    consumer.await?;
+    tracing::info!(pending = counts.pending(), "stopped");
     Ok(())
 }
 
