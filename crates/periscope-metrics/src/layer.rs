@@ -614,6 +614,13 @@ fn record<B: Body, E>(
     // A gRPC answer counts by the status its code stands for: a failed call is not a success.
     // Without a watch, a call whose code comes in its trailers counts as the 200 of its head.
     let status = answer_status(response.status(), response.headers());
+    // A final answer of 1xx (but 101, an upgrade) never reaches the client as such: hyper
+    // sends a 500 in its place over HTTP/1.1 (and resets the stream over HTTP/2).
+    let status = if status.is_informational() && status != http::StatusCode::SWITCHING_PROTOCOLS {
+        http::StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        status
+    };
     recording.finish(recording.status_label().value(status), size);
     // Recorded and timed at the head; in flight until the body ends or is dropped.
     recording.into_in_flight()

@@ -196,6 +196,32 @@ async fn a_panic_caught_above_the_layer_counts_as_a_server_error() {
     assert_eq!(count("/ok", "2xx"), 1.0, "{requests:?}");
 }
 
+/// A handler whose final answer is a 1xx other than 101 (`103 Early Hints` returned as the
+/// answer) gets a 500 from hyper in its place: counted as the 5xx the client got, not `1xx`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interim_status_other_than_101_counts_as_the_500_hyper_sends() {
+    let registry = MetricsRegistry::new();
+    let metrics = MetricsLayer::builder()
+        .route_templates(["/hints"])
+        .register(&registry)
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/hints",
+            get(|| async { StatusCode::from_u16(103).unwrap() }),
+        )
+        .layer(metrics.clone());
+    let addr = serve(app).await;
+    let response = request(addr, "GET", "/hints", &[]).await.unwrap();
+    assert_eq!(response.status, 500);
+
+    let exposition = parse_openmetrics(&registry.encode_openmetrics().unwrap());
+    let requests = points(&exposition, "http_server_requests");
+    let count = |status: &str| sum_where(&requests, &[("route", "/hints"), ("status", status)]);
+    assert_eq!(count("5xx"), 1.0, "{requests:?}");
+    assert_eq!(count("1xx"), 0.0, "{requests:?}");
+}
+
 /// A gRPC server answers a failed call with HTTP 200 and `grpc-status` in its headers: the call
 /// counts under the status its code stands for, so the 5xx ratio sees gRPC failures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
