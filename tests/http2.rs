@@ -277,9 +277,11 @@ async fn a_tonic_channel_in_the_client_layer_agrees_with_the_server_it_calls() {
     )
     .await;
     assert!(gone.is_err(), "{gone:?}");
+    // Dropped before its answer's head: `CANCELLED` on the client span, as the watch dropped
+    // after its head above and as the server's span records it.
     let dropped = Expected {
         client_status: "cancelled",
-        client_failure: Some((None, "cancelled")),
+        client_failure: Some((Some("1"), "CANCELLED")),
         access: (None, true),
     };
     calls.push((ctx, EXPORT, 1, dropped));
