@@ -1127,23 +1127,6 @@ async fn a_left_out_client_span_outside_any_request_joins_the_enclosing_trace_wi
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::filter::filter_fn;
 
-    #[derive(Clone, Default)]
-    struct Warnings(Arc<Mutex<Vec<String>>>);
-    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
-        fn on_event(
-            &self,
-            event: &tracing::Event<'_>,
-            _: tracing_subscriber::layer::Context<'_, S>,
-        ) {
-            if *event.metadata().level() == tracing::Level::WARN {
-                self.0
-                    .lock()
-                    .unwrap()
-                    .push(event.metadata().target().to_owned());
-            }
-        }
-    }
-
     let kept = Kept::default();
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_sampler(parent_based_always_on())
@@ -1153,13 +1136,12 @@ async fn a_left_out_client_span_outside_any_request_joins_the_enclosing_trace_wi
         periscope_trace::otel::layer_for(provider.tracer("test")).with_filter(filter_fn(|meta| {
             meta.target() != periscope_trace::client::CLIENT_TARGET
         }));
-    let warnings = Warnings::default();
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::sink);
+    // The capture takes the client spans the export leaves out, and the warnings.
+    let capture = support::Capture::default();
     let _default = support::set_default(
         tracing_subscriber::registry()
             .with(otel)
-            .with(logs)
-            .with(warnings.clone()),
+            .with(capture.clone()),
     );
 
     let model_load = tracing::info_span!("model_load");
@@ -1184,11 +1166,13 @@ async fn a_left_out_client_span_outside_any_request_joins_the_enclosing_trace_wi
         sent.parent_id.to_string(),
         spans[0].span_context.span_id().to_string()
     );
-    let warned = warnings.0.lock().unwrap().clone();
+    let warned: Vec<_> = (capture.lines().into_iter())
+        .filter(|line| line.level == tracing::Level::WARN)
+        .collect();
     assert!(
         !warned
             .iter()
-            .any(|target| target == "periscope_trace::otel"),
+            .any(|line| line.target == "periscope_trace::otel"),
         "{warned:?}"
     );
 }
