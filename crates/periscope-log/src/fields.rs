@@ -567,7 +567,9 @@ fn value_out<'o, S: FieldSink>(
     value_out_in_slot(rules, sink, field, as_message, boolean).map(|(out, _)| out)
 }
 
-/// [`value_out`], with the slot the value goes to.
+/// [`value_out`], with the slot the value goes to. Inlined as `value_out` always was: it runs
+/// for every field of every line.
+#[inline(always)]
 fn value_out_in_slot<'o, S: FieldSink>(
     rules: &ValueRules,
     sink: &'o mut S,
