@@ -233,28 +233,44 @@ async fn a_hanging_check_is_cut_off_at_its_timeout() {
 async fn a_hundred_concurrent_probes_run_each_check_once() {
     let database_runs = Arc::new(AtomicUsize::new(0));
     let cache_runs = Arc::new(AtomicUsize::new(0));
-    let counted = |runs: &Arc<AtomicUsize>| {
-        let runs = Arc::clone(runs);
-        move || {
+    // The checks hold their run until every probe has been sent, and no result is cached:
+    // only the sharing of one run between the probes in flight keeps the count at one.
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let held = |runs: &Arc<AtomicUsize>| {
+        let (runs, gate) = (Arc::clone(runs), gate.clone());
+        check_fn(move || {
             runs.fetch_add(1, Ordering::SeqCst);
-            async {
-                // Slow enough that every probe arrives while the run is in flight.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut gate = gate.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
                 Ok::<_, String>(())
             }
-        }
+        })
     };
     let (_, addr) = serve_health(
         Health::builder()
-            .check("database", counted(&database_runs))
-            .non_critical_check("cache", counted(&cache_runs))
-            .cache_ttl(Duration::from_secs(60)),
+            .add_check(
+                HealthCheck::new("database", held(&database_runs)).timeout(Duration::from_secs(30)),
+            )
+            .add_check(
+                HealthCheck::new("cache", held(&cache_runs))
+                    .non_critical()
+                    .timeout(Duration::from_secs(30)),
+            )
+            .cache_ttl(Duration::ZERO),
     )
     .await;
 
     let probes: Vec<_> = (0..100)
         .map(|_| tokio::spawn(async move { get(addr, "/ready").await }))
         .collect();
+    // Every probe's run started (the first) or joined; then time for the server to read the
+    // last ones sent.
+    while database_runs.load(Ordering::SeqCst) == 0 || cache_runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    open.send(true).unwrap();
     for probe in probes {
         let response = probe.await.unwrap();
         assert_eq!(response.status, 200);
