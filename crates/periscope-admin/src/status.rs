@@ -84,30 +84,16 @@ struct StatusView<'a> {
     in_flight: Option<i64>,
     gpu: Option<&'a GpuSnapshot>,
     /// An object: a section's name to its value, in registration order.
-    sections: OrderedSections<'a>,
+    sections: OrderedSections,
 }
 
 /// The masked sections, written in registration order: a `serde_json::Map` (without the
 /// `preserve_order` feature) would sort them by name.
-struct OrderedSections<'a> {
-    sections: &'a [(String, Section)],
-    /// The object of every section's value, masked.
-    values: &'a Value,
-}
+struct OrderedSections(Vec<(String, Value)>);
 
-impl Serialize for OrderedSections<'_> {
+impl Serialize for OrderedSections {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let Some(values) = self.values.as_object() else {
-            return self.values.serialize(serializer);
-        };
-        let mut map = serializer.serialize_map(Some(values.len()))?;
-        for (name, _) in self.sections {
-            if let Some(value) = values.get(name) {
-                map.serialize_entry(name, value)?;
-            }
-        }
-        map.end()
+        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
     }
 }
 
@@ -125,20 +111,39 @@ pub(crate) struct StatusParts<'a> {
     pub(crate) in_flight: Option<&'a dyn InFlightSource>,
     pub(crate) gpu: Option<GpuSnapshot>,
     pub(crate) sections: &'a [(String, Section)],
-    /// Masks secrets in the sections as in `/debug/config` (feature `log`): given the object
-    /// of all sections, so a section named like a secret (`api_token`) is masked whole.
+    /// Masks secrets in the sections as in `/debug/config` (feature `log`): given each section
+    /// as an object of one entry, so a section named like a secret (`api_token`) is masked
+    /// whole and a name holding one is masked too.
     pub(crate) mask: &'a dyn Fn(&mut Value),
 }
 
 impl StatusParts<'_> {
     pub(crate) fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
-        let mut sections = Value::Object(
-            self.sections
-                .iter()
-                .map(|(name, section)| (name.clone(), read_section(name, section)))
-                .collect(),
-        );
-        (self.mask)(&mut sections);
+        // Each section masked on its own, as a one-entry object: one named like a secret
+        // (`api_token`) is masked whole, and one named by a URL keeps its place under the
+        // masked name (looked up by its own name, it was lost).
+        let mut sections: Vec<(String, Value)> = Vec::with_capacity(self.sections.len());
+        for (name, section) in self.sections {
+            let mut one = Value::Object(
+                std::iter::once((name.clone(), read_section(name, section))).collect(),
+            );
+            (self.mask)(&mut one);
+            let entries = match one {
+                Value::Object(map) => map.into_iter().collect(),
+                other => vec![(name.clone(), other)],
+            };
+            for (masked_name, value) in entries {
+                // Two names that mask alike both stay, the later under `<name>#2`, ... as in
+                // `/debug/config`.
+                let mut unique = masked_name.clone();
+                let mut n = 2;
+                while sections.iter().any(|(taken, _)| *taken == unique) {
+                    unique = format!("{masked_name}#{n}");
+                    n += 1;
+                }
+                sections.push((unique, value));
+            }
+        }
         serde_json::to_vec(&StatusView {
             info: self.info,
             started_at: rfc3339_millis(self.started.at),
@@ -146,10 +151,7 @@ impl StatusParts<'_> {
             pid: std::process::id(),
             in_flight: self.in_flight.and_then(read_in_flight),
             gpu: self.gpu.as_ref(),
-            sections: OrderedSections {
-                sections: self.sections,
-                values: &sections,
-            },
+            sections: OrderedSections(sections),
         })
     }
 }

@@ -522,6 +522,37 @@ async fn status_sections_keep_their_registration_order() {
     );
 }
 
+#[tokio::test]
+async fn status_sections_named_by_a_url_keep_their_place_masked() {
+    // A section named after the connection it describes: its masked name took it out of the
+    // answer, looked up under the name it was registered by.
+    let admin = Admin::builder()
+        .status_section(
+            "redis://cacheuser@redis:6379",
+            || json!({"connected": true}),
+        )
+        .status_section("queue", || json!({"depth": 3}))
+        .status_section(
+            "redis://otheruser@redis:6379",
+            || json!({"connected": false}),
+        )
+        .debug(DebugAccess::Token(TOKEN.into()))
+        .build();
+    let addr = serve(admin).await;
+    let answer = get_authorised(addr, "/debug/status").await;
+    assert_eq!(answer.status, 200);
+    let text = answer.text();
+    assert!(
+        !text.contains("cacheuser") && !text.contains("otheruser"),
+        "{text}"
+    );
+    let sections = &text[text.find("\"sections\":").unwrap()..];
+    assert_eq!(
+        sections,
+        r#""sections":{"redis://[REDACTED]@redis:6379":{"connected":true},"queue":{"depth":3},"redis://[REDACTED]@redis:6379#2":{"connected":false}}}"#
+    );
+}
+
 /// `GET path` over a plain socket, off any runtime: the status code and the body.
 fn blocking_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
