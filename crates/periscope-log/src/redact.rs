@@ -748,49 +748,50 @@ impl Parser<'_> {
 
     /// In the object whose members (written to `out`) are `self.members[base..]`: a `value`
     /// beside a `name` or `key` naming a secret (`{"name": "DB_PASSWORD", "value": ..}`) is
-    /// hidden as under that key, as [`Redactor::redact_value`] hides it.
+    /// hidden as under that key, as [`Redactor::redact_value`] hides it. With a key repeated
+    /// (JSON text, a flattened map) a reader may take any of them: every name is looked at and
+    /// every `value` hidden.
     fn hide_named_value(&mut self, out: &mut Vec<u8>, base: usize) {
-        let members = &self.members[base..];
-        let key = |member: &Member| {
-            // Written as `"key":`.
+        // Written as `"key":`.
+        fn key<'o>(out: &'o [u8], member: &Member) -> &'o [u8] {
             &out[member.start + 1..member.key_end - 2]
-        };
-        let Some(name) = members
+        }
+        let names: Vec<String> = self.members[base..]
             .iter()
-            .find(|member| is_name_member(key(member)))
-            .and_then(|member| {
+            .filter(|member| is_name_member(key(out, member)))
+            .filter_map(|member| {
                 serde_json::from_slice::<String>(&out[member.key_end..member.end]).ok()
             })
             .filter(|name| is_pair_name(name))
-        else {
-            return;
-        };
-        let Some(at) = members
-            .iter()
-            .position(|member| key(member).eq_ignore_ascii_case(b"value"))
-        else {
-            return;
-        };
-        let value = members[at];
-        let first = out.get(value.key_end).copied();
-        if !self
-            .redactor
-            .hides_under(&name, Shape::starting_with(first))
-        {
+            .collect();
+        if names.is_empty() {
             return;
         }
-        let mut hidden = Vec::new();
-        json::write_str(&mut hidden, REDACTED, usize::MAX);
-        out.splice(value.key_end..value.end, hidden.iter().copied());
-        // The members written after it moved with the change of length.
-        let grown = hidden.len() as isize - (value.end - value.key_end) as isize;
-        let shift = |offset: usize| offset.saturating_add_signed(grown);
-        for member in &mut self.members[base + at..] {
-            if member.start > value.start {
-                member.start = shift(member.start);
-                member.key_end = shift(member.key_end);
+        for at in base..self.members.len() {
+            let value = self.members[at];
+            if !key(out, &value).eq_ignore_ascii_case(b"value") {
+                continue;
             }
-            member.end = shift(member.end);
+            let first = out.get(value.key_end).copied();
+            if !names
+                .iter()
+                .any(|name| self.redactor.hides_under(name, Shape::starting_with(first)))
+            {
+                continue;
+            }
+            let mut hidden = Vec::new();
+            json::write_str(&mut hidden, REDACTED, usize::MAX);
+            out.splice(value.key_end..value.end, hidden.iter().copied());
+            // The members written after it moved with the change of length.
+            let grown = hidden.len() as isize - (value.end - value.key_end) as isize;
+            let shift = |offset: usize| offset.saturating_add_signed(grown);
+            for member in &mut self.members[at..] {
+                if member.start > value.start {
+                    member.start = shift(member.start);
+                    member.key_end = shift(member.key_end);
+                }
+                member.end = shift(member.end);
+            }
         }
     }
 

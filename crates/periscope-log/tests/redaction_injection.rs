@@ -395,6 +395,39 @@ fn name_value_entries_naming_a_secret_are_masked() {
     assert_eq!(from_text, expected);
 }
 
+/// A name/value entry with a key written twice (JSON text, a flattened map): a reader may take
+/// either, so every `value` is hidden when any `name` names a secret.
+#[test]
+fn named_value_with_repeated_keys_is_redacted() {
+    /// Writes `name`, then `value` twice, as a flattened map repeating a key does.
+    struct Twice;
+    impl serde::Serialize for Twice {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = serializer.serialize_map(None)?;
+            map.serialize_entry("name", "DB_PASSWORD")?;
+            map.serialize_entry("value", "a")?;
+            map.serialize_entry("value", "hunter2")?;
+            map.end()
+        }
+    }
+    let out = capture(
+        |b| b,
+        |_| {
+            tracing::info!(env = r#"{"name":"DB_PASSWORD","value":"a","value":"hunter2"}"#);
+            tracing::info!(env = r#"{"name":"x","name":"DB_PASSWORD","value":"hunter2"}"#);
+            tracing::info!(env = periscope_log::json(&Twice));
+        },
+    );
+    assert!(!out.text().contains("hunter2"), "{}", out.text());
+    let lines = out.lines();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        lines[2]["data"]["env"],
+        json!({"name": "DB_PASSWORD", "value": "[REDACTED]"})
+    );
+}
+
 /// A key can hold a secret too: pools or replicas keyed by their connection string show in
 /// `/debug/status` and `/debug/config` masked as any string is, each entry kept.
 #[test]
