@@ -260,17 +260,24 @@ impl Baggage {
         let mut cost = self.member_cost(&member);
         if self.encoded_len + cost > MAX_BAGGAGE_BYTES && !self.equals_raw {
             // With every `=` sent as it is, the member may still fit.
+            // Only when it then fits: a member refused anyway must not change how the kept
+            // ones, which fit as they are, go out.
             if std::iter::once(&member)
                 .chain(&self.members)
                 .any(|m| m.value.contains('='))
             {
-                self.equals_raw = true;
                 let commas = self.members.len().saturating_sub(1);
-                self.encoded_len = commas
+                let raw_len = commas
                     + (self.members.iter())
                         .map(|m| m.encoded_len(VALUE_ENCODE_KEEPING_EQUALS))
                         .sum::<usize>();
-                cost = self.member_cost(&member);
+                let raw_cost = member.encoded_len(VALUE_ENCODE_KEEPING_EQUALS)
+                    + usize::from(!self.members.is_empty());
+                if raw_len + raw_cost <= MAX_BAGGAGE_BYTES {
+                    self.equals_raw = true;
+                    self.encoded_len = raw_len;
+                    cost = raw_cost;
+                }
             }
         }
         if self.encoded_len + cost > MAX_BAGGAGE_BYTES {
@@ -460,6 +467,16 @@ mod tests {
         assert_eq!(read_back.len(), 64);
         assert_eq!(read_back.get("k63"), received.get("k63"));
         assert!(read_back.get("k63").unwrap().ends_with("=="));
+    }
+
+    /// A member too big even with every `=` sent raw is dropped, and the members kept, which
+    /// fit as they are, still send their `=` encoded.
+    #[test]
+    fn an_oversized_member_does_not_make_equals_signs_go_out_raw() {
+        let b = Baggage::parse(&format!("a=x=y,big={},c=1", "z".repeat(8200)));
+        assert_eq!(b.to_string(), "a=x%3Dy,c=1");
+        assert_eq!(b.encoded_len, b.to_string().len());
+        assert_eq!(b.get("a"), Some("x=y"));
     }
 
     /// `=` is a baggage-octet, but a peer that splits a member on every `=` (OpenTelemetry
