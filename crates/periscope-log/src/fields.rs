@@ -323,7 +323,15 @@ impl ValueRules {
     fn write_id(&self, out: &mut Vec<u8>, value: &dyn fmt::Debug, text: &mut String) {
         let mut capped = CappedString::new(text, self.max_value_bytes);
         let _ = write!(capped, "{value:?}");
-        json::write_str(out, capped.text, self.max_value_bytes);
+        if capped.truncated() {
+            // Cut while formatted: the marker says how long it was, as for any other value.
+            out.push(b'"');
+            json::write_escaped(out, capped.text);
+            json::write_truncation(out, capped.len);
+            out.push(b'"');
+        } else {
+            json::write_str(out, capped.text, usize::MAX);
+        }
     }
 
     /// A `Debug` value: formatted once, then written as a string, or nested when it came from

@@ -348,6 +348,24 @@ fn long_strings_are_truncated_with_their_original_length() {
     );
 }
 
+/// A context field recorded as a `Display` or `Debug` value is cut while it is formatted: the
+/// marker says how long it was, as for the same text recorded as a `&str`.
+#[test]
+fn context_fields_over_the_bound_record_their_original_length() {
+    let out = capture(
+        |b| b.max_value_bytes(8),
+        |_| {
+            let id = "usr_0123456789abcdef"; // 20 bytes
+            let span = tracing::info_span!("s", user_id = %id, org_id = id);
+            span.in_scope(|| tracing::info!("m"));
+        },
+    );
+    let line = &out.lines()[0];
+    let cut = "usr_0123…[truncated, original 20 bytes]";
+    assert_eq!(line["user_id"], cut, "{line}");
+    assert_eq!(line["org_id"], cut, "{line}");
+}
+
 #[test]
 fn a_display_value_is_written_as_the_same_text_would_be() {
     // Plain words take a shorter path than other `Display` / `Debug` output (ids recorded as
