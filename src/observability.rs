@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use periscope_admin::{Admin, AdminBuilder, DebugAccess};
-use periscope_context::{RouteTemplates, TenantKey};
+use periscope_context::{Carrier, ExtractOptions, RouteTemplates, TenantKey};
 use periscope_error::ErrorLayer;
 use periscope_health::Health;
 #[cfg(feature = "signal")]
@@ -16,6 +16,7 @@ use periscope_log::{
 use periscope_metrics::{
     ClientMetricsLayer, MetricsLayer, MetricsLayerBuilder, MetricsRegistry, ServiceInfo,
 };
+use periscope_trace::job::JobSpan;
 use periscope_trace::{ClientTraceLayer, CorrelationLayer};
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -660,6 +661,11 @@ impl ObservabilityBuilder {
             None => ClientMetricsLayer::new(&MetricsRegistry::new())?,
         };
 
+        // Jobs read the tenant fields their requests carried, the declared ones too.
+        let job_options = ExtractOptions {
+            tenant_keys: all_tenant_keys.clone(),
+            ..ExtractOptions::default()
+        };
         // The server layer matches the route once; the layers inside read its match.
         let correlation = CorrelationLayer::new()
             .tenant_keys(all_tenant_keys)
@@ -686,6 +692,7 @@ impl ObservabilityBuilder {
             client: ClientLayer::new(client_metrics, client_trace),
             health,
             correlation,
+            job_options,
             #[cfg(feature = "gpu")]
             gpu,
         })
@@ -711,6 +718,8 @@ pub struct Observability {
     client: ClientLayer,
     health: Health,
     correlation: CorrelationLayer,
+    /// How jobs read their carriers: with the service's tenant keys.
+    job_options: ExtractOptions,
     level_control: LevelControl,
     recent_logs: RecentLogs,
     redactor: Redactor,
@@ -887,6 +896,35 @@ impl Observability {
     /// ```
     pub fn client_layer(&self) -> ClientLayer {
         self.client.clone()
+    }
+
+    /// The span of a job handed over with [`job::carrier`](periscope_trace::job::carrier):
+    /// continues the request's trace, request id and tenant fields, the ones declared with
+    /// [`tenant_key`](ObservabilityBuilder::tenant_key) too, which
+    /// [`JobSpan::from_carrier`] alone does not read (it knows only `org_id` and `project_id`),
+    /// so the job's lines and the calls it makes would go without them. For a worker set up
+    /// apart from `Observability`, [`job_options`](Self::job_options) with
+    /// [`JobSpan::from_carrier_with`] does the same.
+    ///
+    /// ```no_run
+    /// # async fn run(carrier: periscope::context::Carrier) -> Result<(), Box<dyn std::error::Error>> {
+    /// let obs = periscope::Observability::builder()
+    ///     .tenant_key(periscope::context::TenantKey::new("workspace_id")?)
+    ///     .build()?;
+    /// obs.job_span("index_text", &carrier)
+    ///     .with_job_id("job_789")
+    ///     .run(async { tracing::info!("indexing") }) // carries `workspace_id`
+    ///     .await;
+    /// # Ok(()) }
+    /// ```
+    pub fn job_span(&self, name: &str, carrier: &Carrier) -> JobSpan {
+        JobSpan::from_carrier_with(name, carrier, &self.job_options)
+    }
+
+    /// The options jobs read their carriers with: the service's tenant keys (`org_id`,
+    /// `project_id` and the declared ones). See [`job_span`](Self::job_span).
+    pub fn job_options(&self) -> ExtractOptions {
+        self.job_options.clone()
     }
 
     /// The composed middleware stack; see [`ObservabilityLayer`] for the order. The request

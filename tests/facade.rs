@@ -3232,27 +3232,37 @@ async fn the_facade_server_layer_takes_a_trust_boundary() {
     assert_eq!(request_id, "order-42");
 }
 
+/// A service declaring the tenant field `workspace_id`, its lines captured (for this thread)
+/// by a log layer that lifts the field too; keep the guards for the test.
+fn declaring_workspace_id() -> (
+    Captured,
+    Observability,
+    (tracing::subscriber::DefaultGuard, periscope::log::LogGuard),
+) {
+    use tracing_subscriber::prelude::*;
+
+    let workspace = periscope::context::TenantKey::new("workspace_id").unwrap();
+    let out = Captured::default();
+    let (log, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .tenant_keys(std::slice::from_ref(&workspace))
+        .build();
+    let default = set_default(tracing_subscriber::registry().with(log));
+    let obs = Observability::builder()
+        .tenant_key(workspace)
+        .build()
+        .unwrap();
+    (out, obs, (default, log_guard))
+}
+
 /// A tenant field the service declares beyond the five the request span names (`org_id`,
 /// `project_id`, `team_id`, `user_id`, `tenant_id`) is recorded in the span's `tenant` field;
 /// every line logged in the request still carries it at the top level, as the other context
 /// fields.
 #[tokio::test(flavor = "current_thread")]
 async fn a_declared_tenant_field_is_lifted_into_every_line_of_the_request() {
-    use periscope::context::TenantKey;
-    use tracing_subscriber::prelude::*;
-
-    let workspace = TenantKey::new("workspace_id").unwrap();
-    let out = Captured::default();
-    let (log, _log_guard) = periscope::log::LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .tenant_keys(std::slice::from_ref(&workspace))
-        .build();
-    let _default = set_default(tracing_subscriber::registry().with(log));
-    let obs = Observability::builder()
-        .tenant_key(workspace)
-        .build()
-        .unwrap();
+    let (out, obs, _guards) = declaring_workspace_id();
     let app = Router::new()
         .route(
             "/jobs",
@@ -3295,6 +3305,87 @@ async fn a_declared_tenant_field_is_lifted_into_every_line_of_the_request() {
         assert_eq!(line["org_id"], "org_1", "{line}");
         assert_eq!(line["workspace_id"], "ws_42", "{line}");
     }
+}
+
+/// A job handed over by a request of a service that declares a tenant field: run under
+/// `job_span`, its lines carry the field and the calls it makes send it on (read with
+/// `JobSpan::from_carrier`'s defaults, the job had no such field, and its calls removed the
+/// header).
+#[tokio::test(flavor = "current_thread")]
+async fn a_declared_tenant_field_travels_through_a_job() {
+    use periscope::context::Carrier;
+    use tower::{Layer, ServiceExt};
+
+    let (out, obs, _guards) = declaring_workspace_id();
+    let obs = Arc::new(obs);
+
+    // Downstream: answers with the tenant header it was sent.
+    let downstream = Router::new().route(
+        "/index",
+        get(|headers: http::HeaderMap| async move {
+            headers
+                .get("x-workspace-id")
+                .map(|value| value.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let downstream_addr = listener.local_addr().unwrap();
+    tokio::spawn(periscope::Server::new(listener).serve(downstream, std::future::pending()));
+
+    let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<Carrier>();
+    let app = Router::new()
+        .route(
+            "/jobs",
+            axum::routing::post(move || async move {
+                jobs.send(periscope::trace::job::carrier().unwrap())
+                    .unwrap();
+                "queued"
+            }),
+        )
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(periscope::Server::new(listener).serve(app, std::future::pending()));
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let request = http::Request::post(format!("http://{addr}/jobs"))
+        .header("x-request-id", "ws-job-1")
+        .header("x-workspace-id", "ws_42")
+        .body(Empty::new())
+        .unwrap();
+    let worker_obs = Arc::clone(&obs);
+    let exchange = async {
+        let response = client.request(request).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        let carrier = queue.recv().await.unwrap();
+        let calls = worker_obs.client_layer().layer(client.clone());
+        worker_obs
+            .job_span("index_text", &carrier)
+            .with_job_id("job_1")
+            .run(async move {
+                tracing::info!("indexing");
+                let call = http::Request::get(format!("http://{downstream_addr}/index"))
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let answer = calls.oneshot(call).await.unwrap();
+                answer.into_body().collect().await.unwrap().to_bytes()
+            })
+            .await
+    };
+    let sent_on = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .expect("the job within 30 s");
+    assert_eq!(sent_on, "ws_42");
+
+    let lines = out.lines();
+    let indexing = lines
+        .iter()
+        .find(|line| line["message"] == "indexing")
+        .expect("the job's line");
+    assert_eq!(indexing["request_id"], "ws-job-1", "{indexing}");
+    assert_eq!(indexing["job_id"], "job_1", "{indexing}");
+    assert_eq!(indexing["workspace_id"], "ws_42", "{indexing}");
 }
 
 /// One request on a connection of its own, as raw HTTP/1.1: the status line and headers, and

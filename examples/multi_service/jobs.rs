@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use periscope::context::Carrier;
+use periscope::context::{Carrier, ExtractOptions};
 use periscope::error::{HttpError, codes};
 use periscope::trace::job::JobSpan;
 use tokio::sync::mpsc;
@@ -31,6 +31,8 @@ pub struct JobQueue {
 pub struct Consumer {
     receiver: mpsc::Receiver<Job>,
     counts: Arc<Counts>,
+    /// How a job reads its carrier: the service's tenant keys ([`Consumer::reading_with`]).
+    options: ExtractOptions,
 }
 
 /// Jobs enqueued, done and failed, for `/debug/status` (without holding the queue open).
@@ -51,7 +53,15 @@ pub fn queue(capacity: usize) -> (JobQueue, Consumer) {
         sender,
         counts: counts.clone(),
     };
-    (queue, Consumer { receiver, counts })
+    let options = ExtractOptions::default();
+    (
+        queue,
+        Consumer {
+            receiver,
+            counts,
+            options,
+        },
+    )
 }
 
 impl JobQueue {
@@ -131,6 +141,13 @@ impl QueueSlot {
 }
 
 impl Consumer {
+    /// Reads each job's carrier with `options`: `Observability::job_options()`, so the tenant
+    /// fields the service declares (`tenant_key`) reach the job's lines and the calls it makes.
+    pub fn reading_with(mut self, options: ExtractOptions) -> Self {
+        self.options = options;
+        self
+    }
+
     /// Runs jobs one by one until every `JobQueue` is dropped and the queue is empty, or until
     /// `stop` completes (the drain's deadline at shutdown): then the running job is cancelled
     /// and every job left is named in a warning, while the log still takes lines.
@@ -158,7 +175,8 @@ impl Consumer {
                     None => return Vec::new(),
                 },
             };
-            let span = JobSpan::from_carrier("index_text", &job.trace).with_job_id(&job.id);
+            let span = JobSpan::from_carrier_with("index_text", &job.trace, &self.options)
+                .with_job_id(&job.id);
             let mut task = tokio::spawn(span.run(work(job)));
             let outcome = tokio::select! {
                 outcome = &mut task => outcome,

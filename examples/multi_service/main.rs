@@ -124,7 +124,7 @@ pub async fn run() -> Result<(), Box<dyn Error>> {
     // The consumer drains the queue once the api has stopped, for at most JOB_DRAIN (a pod is
     // killed after its grace period anyway).
     let (api_done, api_done_rx) = tokio::sync::oneshot::channel::<()>();
-    let consumer = tokio::spawn(consumer.run(async {
+    let consumer = tokio::spawn(consumer.reading_with(obs.job_options()).run(async {
         let _ = api_done_rx.await;
         tokio::time::sleep(JOB_DRAIN).await;
     }));
