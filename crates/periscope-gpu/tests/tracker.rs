@@ -572,6 +572,8 @@ struct Wedging {
     calls: u32,
     started: std::sync::mpsc::Sender<u32>,
     release: std::sync::mpsc::Receiver<()>,
+    /// Whether the wedged call, once released, answers that the driver is gone.
+    ends_unavailable: bool,
 }
 
 impl GpuSource for Wedging {
@@ -585,6 +587,9 @@ impl GpuSource for Wedging {
         if self.calls == 2 {
             // Blocks until the test sends or drops its sender.
             let _ = self.release.recv();
+            if self.ends_unavailable {
+                return Err(GpuError::unavailable("driver reloaded"));
+            }
         }
         FakeSource::demo(2).sample(request)
     }
@@ -602,6 +607,7 @@ fn wedging() -> (
         calls: 0,
         started,
         release: wait,
+        ends_unavailable: false,
     };
     (source, calls, release)
 }
@@ -674,7 +680,19 @@ fn a_hung_gpu_source_does_not_hang_finish() {
 /// Once a stuck GPU read answers, the next readings read the GPUs again.
 #[test]
 fn gpu_readings_resume_after_a_stuck_read_answers() {
-    let (source, calls, release) = wedging();
+    resume_after_a_stuck_read(false);
+}
+
+/// A hung read that ends with the driver gone (reloaded): that answer empties its reading's
+/// GPU cells, and later readings ask again (they stopped for good).
+#[test]
+fn gpu_readings_resume_after_a_stuck_read_answers_unavailable() {
+    resume_after_a_stuck_read(true);
+}
+
+fn resume_after_a_stuck_read(ends_unavailable: bool) {
+    let (mut source, calls, release) = wedging();
+    source.ends_unavailable = ends_unavailable;
     let buf = SharedBuf(Default::default());
     let tracker = ResourceTracker::builder()
         .interval(Duration::from_millis(200))

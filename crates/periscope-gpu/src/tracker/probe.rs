@@ -364,8 +364,11 @@ impl GpuReader {
         if let Some(since) = self.stuck_since {
             match self.answers.try_recv() {
                 // Too old for this reading; an `Unavailable` still counts (before any reading
-                // answered, it ends the GPU reads).
-                Ok(Err(error @ GpuError::Unavailable { .. })) => return Some(Err(error)),
+                // answered, it ends the GPU reads; after, the next reading asks again).
+                Ok(Err(error @ GpuError::Unavailable { .. })) => {
+                    self.stuck_since = None;
+                    return Some(Err(error));
+                }
                 Ok(_) => {
                     tracing::info!(
                         after_s = since.elapsed().as_secs_f64(),
