@@ -246,7 +246,10 @@ impl TrustedProxies {
                     .iter()
                     .rev()
                     .flat_map(|value| value.as_bytes().rsplit(|&b| b == b','))
-                    .map(|hop| parse_node(hop.trim_ascii()));
+                    // Empty elements are no hops, as in `Forwarded` (RFC 9110's list rule).
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|hop| !hop.is_empty())
+                    .map(parse_node);
                 self.walk(peer, hops)
             }
         }
@@ -571,7 +574,10 @@ mod tests {
             // Malformed entries stop the walk at the proxy that added them.
             (&["203.0.113.9, garbage"], "10.0.0.1"),
             (&["203.0.113.9, unknown, 10.0.0.2"], "10.0.0.2"),
-            (&["203.0.113.9,,10.0.0.2"], "10.0.0.2"),
+            // Empty elements are none.
+            (&["203.0.113.9,,10.0.0.2"], "203.0.113.9"),
+            (&["203.0.113.9, 10.0.0.2,"], "203.0.113.9"),
+            (&[",", "203.0.113.9", ""], "203.0.113.9"),
             (&["203.0.113.9, 10.0.0.2:123456"], "10.0.0.1"),
             (&["1.2.3.4%eth0"], "10.0.0.1"),
             (&[""], "10.0.0.1"),
