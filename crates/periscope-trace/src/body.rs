@@ -17,7 +17,7 @@ use crate::fields::{SERVER_FIELDS, record_failure};
 /// untouched, polled inside the request's span with its [`RequestContext`] current. The
 /// context is current while the body is dropped too: what it logs when the client goes away
 /// mid-stream carries the request's ids.
-#[pin_project::pin_project]
+#[pin_project::pin_project(PinnedDrop)]
 pub struct CorrelationBody<B> {
     // Declared before `span`, so dropped first: the access log inside names the span as its
     // line's parent by id alone (`periscope_context::SERVER_SPAN_TARGET`).
@@ -28,6 +28,20 @@ pub struct CorrelationBody<B> {
     /// end the access log watches, which records the code the failure stands for, nor for an
     /// answer its head already failed, whose status stays its `error.type`.
     records_failure: bool,
+    /// Set while the inner body is polled: still set when the body is dropped, it panicked
+    /// making a frame (with no panic catcher inside the server layer).
+    in_body: bool,
+}
+
+#[pin_project::pinned_drop]
+impl<B> PinnedDrop for CorrelationBody<B> {
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        if *this.in_body && *this.records_failure {
+            // The answer was cut by the panic: the request did not complete.
+            record_failure(this.span, &SERVER_FIELDS, "_OTHER");
+        }
+    }
 }
 
 impl<B> CorrelationBody<B> {
@@ -41,6 +55,7 @@ impl<B> CorrelationBody<B> {
             inner: WithContext::new(context, inner),
             span,
             records_failure,
+            in_body: false,
         }
     }
 
@@ -75,10 +90,12 @@ impl<B: Body> Body for CorrelationBody<B> {
         let this = self.project();
         let _entered = this.span.enter();
         let mut inner = this.inner;
+        *this.in_body = true;
         let frame = inner.as_mut().in_scope(|body| match body {
             Some(body) => body.poll_frame(cx),
             None => Poll::Ready(None),
         });
+        *this.in_body = false;
         match &frame {
             // Ended: dropped now, in the span and context, so the wrapper's drop does no work.
             Poll::Ready(None) => inner.finish(),

@@ -67,7 +67,8 @@ const SERVER_SPAN: &str = periscope_context::SERVER_SPAN_NAME;
 /// - stores the [`RequestContext`] in the request extensions and makes it
 ///   [current](RequestContext::current) while the inner service runs;
 /// - echoes the request id in `x-request-id` on every response the inner service returns
-///   (compose a panic catcher inside this layer so panics become responses too);
+///   (compose a panic catcher inside this layer so panics become responses too; without one,
+///   a panic of the service or of its body fails the span, a gRPC call's as `INTERNAL`);
 /// - keeps the span and the context with the response body, a [`CorrelationBody`]: the body is
 ///   polled inside the span with the context current (what a streamed body logs while its
 ///   frames are made carries the request's ids), and the span ends when the body does.
@@ -284,6 +285,7 @@ where
                     span: Span::none(),
                     named_by_client: false,
                     grpc_unanswered: false,
+                    in_service: false,
                 };
             }
             Some(_) => from_error_layer = error_layer_context(&request),
@@ -403,6 +405,7 @@ where
             span,
             named_by_client,
             grpc_unanswered: grpc,
+            in_service: false,
         }
     }
 }
@@ -660,13 +663,25 @@ pub struct ResponseFuture<F> {
     named_by_client: bool,
     /// A gRPC call with a span, not answered yet: dropped so, the client cancelled it.
     grpc_unanswered: bool,
+    /// Set while the inner future is polled: still set when the future is dropped, the
+    /// service panicked (with no panic catcher inside this layer), whether the panic still
+    /// unwinds or a layer outside caught it.
+    in_service: bool,
 }
 
 #[pin_project::pinned_drop]
 impl<F> PinnedDrop for ResponseFuture<F> {
     fn drop(self: Pin<&mut Self>) {
         let this = self.project();
-        if *this.grpc_unanswered {
+        if *this.in_service {
+            // No answer, and not the client's doing: a failure, as the metrics count it (a
+            // gRPC call as the `INTERNAL` its client is told).
+            if *this.grpc_unanswered {
+                record_grpc_code(this.span, &SERVER_FIELDS, GrpcCode::INTERNAL, 500);
+            } else {
+                record_failure(this.span, &SERVER_FIELDS, "_OTHER");
+            }
+        } else if *this.grpc_unanswered {
             // Dropped before its head: the client cancelled the call (its deadline, a reset),
             // which its server span says as a stream cancelled mid-way does, code 1 and not
             // failed, agreeing with the metrics' `cancelled`.
@@ -684,7 +699,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let entered = this.span.enter();
-        let result = ready!(this.inner.as_mut().poll(cx));
+        *this.in_service = true;
+        let result = this.inner.as_mut().poll(cx);
+        *this.in_service = false;
+        let result = ready!(result);
         *this.grpc_unanswered = false;
         let mut response = match result {
             Ok(response) => response,

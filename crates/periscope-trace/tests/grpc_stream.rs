@@ -385,6 +385,75 @@ async fn a_grpc_call_dropped_before_its_head_records_cancelled() {
     }
 }
 
+/// A service that panics with no panic catcher inside the server layer: its span is failed
+/// (as the metrics count the request), not `CANCELLED` (gRPC) nor left a success (HTTP); a
+/// body that panics making a frame fails its span too.
+#[tokio::test]
+async fn a_service_that_panics_fails_its_span() {
+    use http_body_util::BodyExt;
+    use tower::{Layer, ServiceExt};
+
+    let (capture, _guard) = capture();
+    for (id, content_type) in [
+        ("panic-grpc", Some("application/grpc")),
+        ("panic-http", None),
+    ] {
+        let service = CorrelationLayer::new().layer(tower::service_fn(
+            |_: http::Request<axum::body::Body>| async {
+                panic!("the handler's bug");
+                #[allow(unreachable_code)]
+                Ok::<_, Infallible>(http::Response::new(axum::body::Body::empty()))
+            },
+        ));
+        let mut request = http::Request::post("/pkg.Svc/Do").header("x-request-id", id);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let call = service.oneshot(request.body(axum::body::Body::empty()).unwrap());
+        assert!(tokio::spawn(call).await.unwrap_err().is_panic());
+        let span = closed_span(&capture, id).await;
+        assert_eq!(
+            span.get("otel.status_code"),
+            Some("ERROR"),
+            "{id}: {span:?}"
+        );
+        let (code, error) = match content_type {
+            Some(_) => (Some("13"), "INTERNAL"),
+            None => (None, "_OTHER"),
+        };
+        assert_eq!(span.get("rpc.grpc.status_code"), code, "{id}: {span:?}");
+        assert_eq!(span.get("error.type"), Some(error), "{id}: {span:?}");
+    }
+
+    /// A body whose first frame panics.
+    struct Panicking;
+    impl http_body::Body for Panicking {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            panic!("the stream's bug")
+        }
+    }
+    let service = CorrelationLayer::new().layer(tower::service_fn(
+        |_: http::Request<axum::body::Body>| async {
+            Ok::<_, Infallible>(http::Response::new(Panicking))
+        },
+    ));
+    let request = http::Request::get("/events")
+        .header("x-request-id", "panic-body")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    let read = tokio::spawn(async move { response.into_body().collect().await });
+    assert!(read.await.unwrap_err().is_panic());
+    let span = closed_span(&capture, "panic-body").await;
+    assert_eq!(span.get("otel.status_code"), Some("ERROR"), "{span:?}");
+    assert_eq!(span.get("error.type"), Some("_OTHER"), "{span:?}");
+}
+
 /// Without an error layer to answer it as gRPC, a router's plain 404 to a made-up gRPC path is
 /// no method of the service either: the span keeps the HTTP name, whatever path the client made
 /// up. A method that answers keeps its name.
