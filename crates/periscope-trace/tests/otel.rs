@@ -754,6 +754,11 @@ async fn calls_from_probe_paths_are_not_exported() {
     let (sent, spans) = one_call(parent_based(), "/ready", true).await;
     assert!(spans.is_empty(), "{spans:#?}");
     assert!(!sent.flags.is_sampled(), "{sent}");
+    // A span of the service's own there (a check's `#[instrument]`) is no root of a trace of
+    // its own, exported on every probe, and the call made in it is not exported either.
+    let (sent, spans) = one_call_in(parent_based(), "/ready", true, Some("check_db")).await;
+    assert!(spans.is_empty(), "{spans:#?}");
+    assert!(!sent.flags.is_sampled(), "{sent}");
 
     let (sent, spans) = one_call(parent_based(), "/v1/jobs", true).await;
     assert_eq!(

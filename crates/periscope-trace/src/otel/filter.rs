@@ -47,7 +47,10 @@ pub type ExportFilter<S> = And<ExportLevels, SampledEvents, S>;
 ///     .with_filter(export_filter());
 /// let _subscriber = Registry::default().with(layer);
 /// ```
-pub fn export_filter<S>() -> ExportFilter<S> {
+pub fn export_filter<S>() -> ExportFilter<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     ExportLevels.and(SampledEvents)
 }
 
@@ -93,25 +96,36 @@ impl<S> Filter<S> for ExportLevels {
 /// Keeps from the OpenTelemetry layer the events of a request whose trace is not sampled (the
 /// current [`RequestContext`]'s flag): the SDK drops them with the span they would belong to,
 /// after `tracing-opentelemetry` has turned each of their fields into an attribute (about
-/// 5,900 instructions for the access line alone). Spans are all let through: a span the layer
-/// did not see would have no OpenTelemetry context, and code that propagates the trace from a
-/// span (`OpenTelemetrySpanExt::context`) would send none downstream.
+/// 5,900 instructions for the access line alone). Spans are let through, but for one that
+/// would be the root of a trace of its own under such a context: a span of the service's own
+/// opened outside any span while an unsampled context is current (a probe path's work, a
+/// health check run in a task of its own), which the export would otherwise sample as a new
+/// trace on every probe, under ids no log line carries. A span the layer did not see has no
+/// OpenTelemetry context, so code that propagates the trace from a span
+/// (`OpenTelemetrySpanExt::context`) sends none downstream from those; periscope's own spans
+/// (server, client, job), which take their parent from the context, are always let through.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SampledEvents;
 
-impl<S> Filter<S> for SampledEvents {
-    fn enabled(&self, metadata: &Metadata<'_>, _: &Context<'_, S>) -> bool {
-        !metadata.is_event() || RequestContext::current_is_sampled() != Some(false)
+impl<S> Filter<S> for SampledEvents
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn enabled(&self, metadata: &Metadata<'_>, cx: &Context<'_, S>) -> bool {
+        if RequestContext::current_is_sampled() != Some(false) {
+            return true;
+        }
+        !metadata.is_event()
+            && (metadata.target().starts_with(PERISCOPE_SPANS) || cx.lookup_current().is_some())
     }
 
-    fn callsite_enabled(&self, metadata: &'static Metadata<'static>) -> Interest {
-        if metadata.is_event() {
-            Interest::sometimes()
-        } else {
-            Interest::always()
-        }
+    fn callsite_enabled(&self, _: &'static Metadata<'static>) -> Interest {
+        Interest::sometimes()
     }
 }
+
+/// The target prefix of periscope's own spans (server, client, job).
+const PERISCOPE_SPANS: &str = "periscope_trace::";
 
 #[cfg(test)]
 mod tests {
