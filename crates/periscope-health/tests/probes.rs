@@ -6,6 +6,7 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use periscope_health::{Details, Health, HealthBuilder, HealthCheck, Probe, StartupGate, check_fn};
@@ -247,29 +248,43 @@ async fn a_hundred_concurrent_probes_run_each_check_once() {
             }
         })
     };
-    let (_, addr) = serve_health(
-        Health::builder()
-            .add_check(
-                HealthCheck::new("database", held(&database_runs)).timeout(Duration::from_secs(30)),
-            )
-            .add_check(
-                HealthCheck::new("cache", held(&cache_runs))
-                    .non_critical()
-                    .timeout(Duration::from_secs(30)),
-            )
-            .cache_ttl(Duration::ZERO),
-    )
-    .await;
+    let health = Health::builder()
+        .add_check(
+            HealthCheck::new("database", held(&database_runs)).timeout(Duration::from_secs(30)),
+        )
+        .add_check(
+            HealthCheck::new("cache", held(&cache_runs))
+                .non_critical()
+                .timeout(Duration::from_secs(30)),
+        )
+        .cache_ttl(Duration::ZERO)
+        .build()
+        .unwrap();
+    // Counts the probes that have joined the run: a probe's answer, polled once, has started
+    // the run or joined the one in flight.
+    let joined = Arc::new(AtomicUsize::new(0));
+    let counted = {
+        let (service, joined) = (health.service(), Arc::clone(&joined));
+        tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let mut answer = Box::pin(tower::ServiceExt::oneshot(service.clone(), request));
+            let joined = Arc::clone(&joined);
+            async move {
+                let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
+                joined.fetch_add(1, Ordering::SeqCst);
+                match first {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => answer.await,
+                }
+            }
+        })
+    };
+    let addr = serve(counted).await;
 
     let probes: Vec<_> = (0..100)
         .map(|_| tokio::spawn(async move { get(addr, "/ready").await }))
         .collect();
-    // Every probe's run started (the first) or joined; then time for the server to read the
-    // last ones sent.
-    while database_runs.load(Ordering::SeqCst) == 0 || cache_runs.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every probe in before the run may end.
+    wait_until(|| joined.load(Ordering::SeqCst) == 100).await;
     open.send(true).unwrap();
     for probe in probes {
         let response = probe.await.unwrap();
