@@ -51,9 +51,18 @@ proptest! {
     #[test]
     fn baggage_round_trips(members in proptest::collection::vec(("[A-Za-z0-9!#$&'*+.^_`|~-]{1,12}", any::<String>()), 0..80)) {
         let mut baggage = Baggage::new();
+        // What the baggage should hold: each member accepted, replacing its key's earlier one.
+        let mut kept: Vec<(&str, &str)> = Vec::new();
         for (k, v) in &members {
-            let _ = baggage.insert(k, v);
+            if baggage.insert(k, v).is_ok() {
+                kept.retain(|(key, _)| key != k);
+                kept.push((k, v));
+            }
         }
+        // A first member always fits (a few hundred bytes encoded at most).
+        prop_assert!(members.is_empty() || !kept.is_empty());
+        let held: Vec<(&str, &str)> = baggage.iter().map(|m| (m.key(), m.value())).collect();
+        prop_assert_eq!(&held, &kept);
         let text = baggage.to_string();
         prop_assert!(baggage.len() <= 64);
         prop_assert!(text.len() <= 8192);
