@@ -58,8 +58,8 @@ async fn the_stack_works_without_axum() {
     )
     .await;
     assert_eq!(head.status, 200);
+    // hyper sends no body for a HEAD whatever the service gives it: the length is what counts.
     assert_eq!(head.headers["content-length"], "13");
-    assert!(head.body.is_empty());
     assert_eq!(head.request_id(), "hm-head");
     // Only GET and HEAD, and only one path segment, is `/hello/{name}`.
     let post = send(addr, "POST", "/hello/world", &[], "").await;
