@@ -248,16 +248,25 @@ impl LineSink for NonBlocking {
             queue.dropped.add(1);
             return;
         }
+        let bytes_before = state.bytes.len();
         state.bytes.extend_from_slice(line);
         state.lines += 1;
         state.queued_total += 1;
-        // Only a sleeping writer, or a napping one facing a filling queue, needs the (system
-        // call) wake-up.
-        if state.writer_waiting || state.lines == queue.max_lines / 2 {
+        let wake = state.writer_waiting
+            || half_filled(state.lines - 1, state.lines, queue.max_lines)
+            || half_filled(bytes_before, state.bytes.len(), queue.max_bytes);
+        if wake {
             state.writer_waiting = false;
             queue.work.notify_one();
         }
     }
+}
+
+/// Whether a queue that held `before` (lines or bytes) and now holds `after`, of `max`, has
+/// just become half full: only a sleeping writer, or a napping one facing such a queue, needs
+/// the (system call) wake-up. Bytes count as lines do: long lines fill the bytes first.
+fn half_filled(before: usize, after: usize, max: usize) -> bool {
+    before < max / 2 && after >= max / 2
 }
 
 impl Queue {
@@ -542,5 +551,29 @@ pub(crate) fn start(
             Some(out) => blocking(out),
             None => blocking(Box::new(std::io::sink())),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::half_filled;
+
+    /// Long lines fill the bytes bound long before the lines bound: a burst of them must wake
+    /// a napping writer when the bytes reach half, or the queue overflows while it naps.
+    #[test]
+    fn a_queue_half_filled_by_lines_or_bytes_wakes_the_writer() {
+        // 64 KiB of 4 KiB lines: the 8th line crosses half, the 7th and the 9th do not.
+        let max_bytes = 64 * 1024;
+        let line = 4 * 1024;
+        let crossing: Vec<usize> = (1..=16)
+            .filter(|&n| half_filled((n - 1) * line, n * line, max_bytes))
+            .collect();
+        assert_eq!(crossing, [8]);
+        // Lines as before: the 32 768th of 65 536.
+        assert!(half_filled(32_767, 32_768, 65_536));
+        assert!(!half_filled(32_768, 32_769, 65_536));
+        // A bound of 1 (or 0) never asks for an extra wake-up.
+        assert!(!half_filled(0, 1, 1));
+        assert!(!half_filled(0, 1, 0));
     }
 }
