@@ -114,6 +114,15 @@ impl Output {
         if lost > 0 { Err(lost) } else { Ok(()) }
     }
 
+    /// Ends a line the output took but for its newline (its write failed there), so that the
+    /// output ends with whole lines when nothing more comes; then flushes.
+    fn end_and_flush(&mut self) {
+        if self.mid_line {
+            let _ = self.write_retrying(b"\n");
+        }
+        self.flush_retrying();
+    }
+
     /// Flushes the output, waiting out `WouldBlock` (an output left non-blocking by a process
     /// sharing the pipe) and `Interrupted`. A failed flush loses no line the output took:
     /// those bytes are the output's to keep and write again (a `BufWriter` keeps them for its
@@ -166,7 +175,7 @@ impl Blocking {
     }
 
     pub(crate) fn flush(&self) {
-        let _ = self.with_output(|out| guarded(|| out.flush_retrying()));
+        let _ = self.with_output(|out| guarded(|| out.end_and_flush()));
     }
 
     /// Runs `f` on the locked output; `None` when this thread holds the lock already. A line
@@ -308,7 +317,7 @@ impl Queue {
             }
             if state.lines == 0 {
                 drop(state);
-                let _ = guarded(|| out.out.flush());
+                let _ = guarded(|| out.end_and_flush());
                 self.finish(lock(&self.state));
                 return;
             }

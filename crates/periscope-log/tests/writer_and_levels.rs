@@ -382,6 +382,8 @@ fn lines_still_queued_when_the_guard_gives_up_are_counted() {
 enum Step {
     /// Takes at most this many bytes.
     Take(usize),
+    /// Takes all but the last byte (a line's newline).
+    AllButLast,
     /// Fails with this error, taking nothing.
     Fail(io::ErrorKind),
     /// Panics, taking nothing.
@@ -413,6 +415,7 @@ impl Write for Scripted {
             Some(Step::Fail(kind)) => Err(kind.into()),
             Some(Step::Panic) => panic!("the output panicked"),
             Some(Step::Take(n)) => self.out.write(&buf[..n.min(buf.len())]),
+            Some(Step::AllButLast) => self.out.write(&buf[..buf.len().saturating_sub(1)]),
             Some(Step::Gate(barriers)) => {
                 barriers[0].wait();
                 barriers[1].wait();
@@ -523,6 +526,29 @@ fn a_write_that_fails_inside_a_line_of_a_batch_loses_only_that_line() {
     for (line, message) in [(lines[0], "one"), (lines[2], "three"), (lines[3], "four")] {
         let value: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(value["message"], message, "{text}");
+    }
+}
+
+/// A line taken whole but for its newline (the disk full at its last byte) is in the output,
+/// not lost: when nothing else is logged after it, dropping the guard ends it, so the output
+/// holds whole lines a shipper reading by line passes on.
+#[test]
+fn a_line_written_but_for_its_newline_is_ended_when_the_guard_is_dropped() {
+    for blocking in [false, true] {
+        let out = Scripted::new([Step::AllButLast, Step::Fail(io::ErrorKind::StorageFull)]);
+        let (layer, guard) = LogLayer::builder()
+            .writer(out.clone())
+            .blocking(blocking)
+            .build();
+        let dropped = layer.dropped_lines();
+        let subscriber = tracing_subscriber::registry().with(layer);
+        common::with_default(subscriber, || tracing::info!("the last words"));
+        drop(guard);
+        assert_eq!(dropped.get(), 0, "blocking: {blocking}");
+        let text = out.out.text();
+        assert!(text.ends_with('\n'), "blocking: {blocking}: {text:?}");
+        let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(line["message"], "the last words");
     }
 }
 
