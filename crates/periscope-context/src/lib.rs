@@ -158,25 +158,36 @@ pub fn is_bodiless(head_request: bool, status: http::StatusCode) -> bool {
 }
 
 /// The host a URI names, as OpenTelemetry's `server.address` takes it: an IPv6 literal
-/// without the brackets a URI needs around it (`server.port` stands apart), `None` for a URI
-/// without a host. The client span's `server.address` and the client metrics'
-/// `server_address` label are this.
+/// without the brackets a URI needs around it (`server.port` stands apart), a name in lower
+/// case and without its root dot (`Models.Internal.` is `models.internal`: one server, one
+/// series), `None` for a URI without a host. The client span's `server.address` and the
+/// client metrics' `server_address` label are this.
 ///
 /// ```
 /// use http::Uri;
 /// use periscope_context::server_address;
 ///
-/// assert_eq!(server_address(&Uri::from_static("http://[::1]:8080/v1")), Some("::1"));
-/// assert_eq!(server_address(&Uri::from_static("https://models.internal/")), Some("models.internal"));
-/// assert_eq!(server_address(&Uri::from_static("/v1/jobs")), None);
+/// let address = |uri| server_address(&Uri::from_static(uri)).map(|a| a.into_owned());
+/// assert_eq!(address("http://[::1]:8080/v1").as_deref(), Some("::1"));
+/// assert_eq!(address("https://models.internal/").as_deref(), Some("models.internal"));
+/// assert_eq!(address("https://Models.Internal./").as_deref(), Some("models.internal"));
+/// assert_eq!(address("/v1/jobs"), None);
 /// ```
-pub fn server_address(uri: &http::Uri) -> Option<&str> {
+pub fn server_address(uri: &http::Uri) -> Option<std::borrow::Cow<'_, str>> {
     let host = uri.host().filter(|host| !host.is_empty())?;
-    Some(
-        host.strip_prefix('[')
-            .and_then(|inner| inner.strip_suffix(']'))
-            .unwrap_or(host),
-    )
+    let host = host
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(host);
+    let host = host
+        .strip_suffix('.')
+        .filter(|name| !name.is_empty())
+        .unwrap_or(host);
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    })
 }
 
 /// The `tracing` target and name of periscope-trace's server span, by which the layers inside

@@ -569,7 +569,7 @@ impl Server {
             (None, _) => Cow::Borrowed(UNKNOWN_SERVER),
         };
         Server {
-            address: Cow::Owned(host.to_ascii_lowercase()),
+            address: Cow::Owned(host.into_owned()),
             port,
         }
     }

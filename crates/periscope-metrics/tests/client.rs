@@ -157,6 +157,8 @@ async fn the_default_port_is_the_schemes_and_hosts_are_lower_case() {
     for uri in [
         "https://Models.Internal/v1/predict",
         "http://models.internal/health",
+        // The root dot names the same server.
+        "https://models.internal./v1/predict",
     ] {
         let request = http::Request::get(uri).body(()).unwrap();
         layer.layer(answered).oneshot(request).await.unwrap();
@@ -169,7 +171,7 @@ async fn the_default_port_is_the_schemes_and_hosts_are_lower_case() {
             &[("server_address", "models.internal"), ("server_port", port)],
         )
     };
-    assert_eq!(at("443"), 1.0, "{calls:#?}");
+    assert_eq!(at("443"), 2.0, "{calls:#?}");
     assert_eq!(at("80"), 1.0, "{calls:#?}");
 }
 

@@ -1,6 +1,7 @@
 //! The client side: a Tower layer for outgoing HTTP calls, a span for any other client, and a
 //! plain [`inject`].
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -163,8 +164,12 @@ impl ClientSpan {
         rpc: Option<RpcName<'_>>,
     ) -> Self {
         let method_original = method_original(method);
-        let server_address = periscope_context::server_address(uri)
-            .map(|address| periscope_context::text::cut(address, MAX_SERVER_ADDRESS_LEN));
+        let server_address = periscope_context::server_address(uri).map(|address| match address {
+            Cow::Borrowed(address) => periscope_context::text::cut(address, MAX_SERVER_ADDRESS_LEN),
+            Cow::Owned(address) => Cow::Owned(
+                periscope_context::text::cut(&address, MAX_SERVER_ADDRESS_LEN).into_owned(),
+            ),
+        });
         let span = tracing::info_span!(
             target: CLIENT_TARGET,
             "http_client_request",

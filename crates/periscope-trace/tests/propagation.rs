@@ -1508,8 +1508,10 @@ async fn a_client_span_names_an_ipv6_server_without_brackets() {
         &ctx,
         &[
             "http://[::1]:8080/items",
-            "https://[fd00::7]/items",
+            "https://[FD00::7]/items",
             "http://inventory.internal/items",
+            // As the client metrics' `server_address` label: lower case, no root dot.
+            "http://Inventory.Internal./items",
         ],
     )
     .await;
@@ -1524,6 +1526,7 @@ async fn a_client_span_names_an_ipv6_server_without_brackets() {
         [
             (Some("::1"), Some("8080")),
             (Some("fd00::7"), Some("443")),
+            (Some("inventory.internal"), Some("80")),
             (Some("inventory.internal"), Some("80")),
         ],
     );
