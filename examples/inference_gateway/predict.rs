@@ -153,21 +153,28 @@ fn decoder(body: &[u8]) -> ImageResult<(ImageFormat, Box<dyn ImageDecoder + '_>)
 }
 
 /// The MiB a decode of `body` takes, from the image's header: the decoded pixels as they come,
-/// and [`DECODER_ALLOWANCE`]; for a JPEG also every coefficient, which a progressive decode
-/// keeps (16 bits for each of its components, all of them: a CMYK file is decoded to RGB from
-/// four), and the file, which the decoder copies first. Reading the header takes milliseconds
-/// of CPU (a JPEG's copy, a PNG's chunks checked): call it on the blocking pool. A header that
-/// cannot be read, or that claims more than [`MAX_IMAGE_SIDE`], costs 1: its decode fails at
-/// once. An image that would take more than [`MAX_DECODE_BYTES`] is refused.
+/// and [`DECODER_ALLOWANCE`]; for a JPEG also the coefficients a decode keeps (see
+/// [`jpeg_coefficient_bytes`]) and the file, which the decoder copies first. Reading the header
+/// takes milliseconds of CPU (a JPEG's copy, a PNG's chunks checked): call it on the blocking
+/// pool. A header that cannot be read, or that claims more than [`MAX_IMAGE_SIDE`], costs 1:
+/// its decode fails at once. An image that would take more than [`MAX_DECODE_BYTES`] is
+/// refused.
 fn decode_mib(body: &[u8]) -> Result<u32, HttpError> {
-    let cost = decoder(body).ok().and_then(|(format, decoder)| {
+    let cost = decoder(body).ok().map(|(format, decoder)| {
         let pixels = decoder.total_bytes();
-        Some(match format {
-            ImageFormat::Jpeg => pixels
-                .saturating_add(jpeg_coefficient_bytes(body)?)
-                .saturating_add(body.len() as u64),
+        match format {
+            ImageFormat::Jpeg => {
+                // A header the decoder reads but the coefficient count does not: every
+                // coefficient of four components, the most any JPEG keeps.
+                let (width, height) = decoder.dimensions();
+                let coefficients = jpeg_coefficient_bytes(body)
+                    .unwrap_or_else(|| all_coefficients(4, width, height));
+                pixels
+                    .saturating_add(coefficients)
+                    .saturating_add(body.len() as u64)
+            }
             _ => pixels,
-        })
+        }
     });
     let Some(bytes) = cost else {
         return Ok(1);
@@ -184,15 +191,62 @@ fn decode_mib(body: &[u8]) -> Result<u32, HttpError> {
     Ok(u32::try_from(mib).unwrap_or(MAX_DECODE_MIB))
 }
 
-/// What a progressive decode of a JPEG keeps of its coefficients: 16 bits for each component
-/// of each pixel, the sides rounded up to whole 16-pixel blocks (subsampled components take
-/// less; counted in full, as a CMYK file's four do).
+/// What a decode of a JPEG keeps of its coefficients: nothing for a baseline file whose first
+/// scan holds every component (what cameras and phones write: decoded a row of blocks at a
+/// time); else, as a progressive file, 16 bits for each component of each pixel (see
+/// [`all_coefficients`]). The header is read as the image decoder reads it, leniently (an
+/// `APP14` segment not from Adobe, fill bytes between segments).
 fn jpeg_coefficient_bytes(body: &[u8]) -> Option<u64> {
-    let mut header = zune_jpeg::JpegDecoder::new(body);
+    use zune_jpeg::zune_core::options::DecoderOptions;
+    let options = DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX);
+    let mut header = zune_jpeg::JpegDecoder::new_with_options(body, options);
     header.decode_headers().ok()?;
     let info = header.info()?;
-    let block = |side: u16| u64::from(side).next_multiple_of(16);
-    Some(2 * u64::from(info.components) * block(info.width) * block(info.height))
+    if !info.sof.is_progressive() && first_scan_components(body) == Some(info.components) {
+        return Some(0);
+    }
+    Some(all_coefficients(
+        info.components,
+        u32::from(info.width),
+        u32::from(info.height),
+    ))
+}
+
+/// 16 bits for each of `components` of each pixel, the sides rounded up to whole 16-pixel
+/// blocks (subsampled components take less; counted in full, as a CMYK file's four are).
+fn all_coefficients(components: u8, width: u32, height: u32) -> u64 {
+    let block = |side: u32| u64::from(side).next_multiple_of(16);
+    2 * u64::from(components) * block(width) * block(height)
+}
+
+/// How many components the first scan of a JPEG holds (`None` when its markers cannot be
+/// walked to it): a walk over the segments before the first `SOS`.
+fn first_scan_components(jpeg: &[u8]) -> Option<u8> {
+    let mut at = 2;
+    loop {
+        // Fill bytes before a marker.
+        while jpeg.get(at) == Some(&0xFF) && jpeg.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        if jpeg.get(at) != Some(&0xFF) {
+            return None;
+        }
+        let marker = *jpeg.get(at + 1)?;
+        at += 2;
+        match marker {
+            // Markers without a length.
+            0x01 | 0xD0..=0xD8 => {}
+            // Start of scan: its length, then the number of its components.
+            0xDA => return jpeg.get(at + 2).copied(),
+            _ => {
+                let length = u16::from_be_bytes([*jpeg.get(at)?, *jpeg.get(at + 1)?]);
+                at += usize::from(length);
+            }
+        }
+    }
 }
 
 /// The model's metrics, both through the cardinality guard: a new model version or label can
@@ -543,11 +597,11 @@ mod tests {
         let large = png(2048, 2048);
         assert!(large.len() < 1 << 20, "{}", large.len());
         assert_eq!(mib(&large), 16);
-        // A JPEG's coefficients, which a progressive decode keeps (16 bits for each of its
-        // three components: 6 MiB), and its file, which its decoder copies: 9 MiB and the
-        // file's bytes, and the decoder's 4.
+        // A baseline JPEG (one scan of its three components, as cameras write them) keeps
+        // no coefficients: its 3 MiB of pixels, its file, which its decoder copies, and the
+        // decoder's 4 MiB.
         let jpeg = encoded(1024, 1024, ImageFormat::Jpeg);
-        let expected = ((13 << 20) + jpeg.len() as u64).div_ceil(1 << 20);
+        let expected = ((7 << 20) + jpeg.len() as u64).div_ceil(1 << 20);
         assert_eq!(u64::from(mib(&jpeg)), expected);
         // Beyond the side limit, or not an image: its decode fails at once.
         assert_eq!(mib(&png(MAX_IMAGE_SIDE + 1, 1)), 1);
@@ -557,8 +611,9 @@ mod tests {
 
     /// A baseline CMYK JPEG of `width` × `height` (multiples of 8), every block zero: four
     /// components, one quantization table, and Huffman tables of one code each (a zero DC
-    /// difference, an end of block), so each block is two bits, all zero.
-    fn cmyk_jpeg(width: u16, height: u16) -> Vec<u8> {
+    /// difference, an end of block), so each block is two bits, all zero. Interleaved, one
+    /// scan holds the four components; else each has a scan of its own.
+    fn cmyk_jpeg(width: u16, height: u16, interleaved: bool) -> Vec<u8> {
         let segment = |marker: u8, body: &[u8]| {
             let length = u16::try_from(body.len() + 2).unwrap().to_be_bytes();
             [&[0xFF, marker][..], &length, body].concat()
@@ -566,44 +621,84 @@ mod tests {
         let [h1, h0] = height.to_be_bytes();
         let [w1, w0] = width.to_be_bytes();
         let mut frame = vec![8, h1, h0, w1, w0, 4];
-        let mut scan = vec![4];
         for component in 1..=4 {
             frame.extend([component, 0x11, 0]);
-            scan.extend([component, 0x00]);
         }
-        scan.extend([0, 63, 0]);
+        let scan = |components: &[u8]| {
+            let mut scan = vec![u8::try_from(components.len()).unwrap()];
+            for &component in components {
+                scan.extend([component, 0x00]);
+            }
+            scan.extend([0, 63, 0]);
+            scan
+        };
         let one_code = |class: u8, symbol: u8| {
             let mut table = vec![class, 1];
             table.extend([0; 15]);
             table.push(symbol);
             table
         };
-        let blocks = usize::from(width / 8) * usize::from(height / 8) * 4;
-        [
+        let blocks = usize::from(width / 8) * usize::from(height / 8);
+        let mut jpeg = [
             vec![0xFF, 0xD8],
             segment(0xDB, &[[0].as_slice(), &[1; 64]].concat()),
             segment(0xC0, &frame),
             segment(0xC4, &one_code(0x00, 0)),
             segment(0xC4, &one_code(0x10, 0)),
-            segment(0xDA, &scan),
-            vec![0; (blocks * 2).div_ceil(8)],
-            vec![0xFF, 0xD9],
         ]
-        .concat()
+        .concat();
+        let scans: Vec<Vec<u8>> = if interleaved {
+            vec![vec![1, 2, 3, 4]]
+        } else {
+            (1..=4).map(|component| vec![component]).collect()
+        };
+        for components in scans {
+            jpeg.extend(segment(0xDA, &scan(&components)));
+            jpeg.extend(vec![0; (blocks * components.len() * 2).div_ceil(8)]);
+        }
+        jpeg.extend([0xFF, 0xD9]);
+        jpeg
     }
 
     /// A CMYK JPEG is decoded to RGB (3 bytes a pixel) from four components, whose
-    /// coefficients a progressive decode keeps: 8 bytes a pixel, not the 6 of its output's
-    /// three channels.
+    /// coefficients a decode keeps when its first scan lacks some (as a progressive decode
+    /// does): 8 bytes a pixel, not the 6 of its output's three channels. With all four in its
+    /// first scan, none are kept.
     #[test]
     fn a_cmyk_jpeg_reserves_the_coefficients_of_its_four_components() {
-        let jpeg = cmyk_jpeg(512, 512);
-        assert_eq!(jpeg_coefficient_bytes(&jpeg), Some(2 * 4 * 512 * 512));
+        let scans = cmyk_jpeg(512, 512, false);
+        assert_eq!(first_scan_components(&scans), Some(1));
+        assert_eq!(jpeg_coefficient_bytes(&scans), Some(2 * 4 * 512 * 512));
         // 768 KiB of RGB pixels, 2 MiB of coefficients, the file, the decoder's 4 MiB.
-        let expected = ((3 << 18) + (2 << 20) + (4 << 20) + jpeg.len() as u64).div_ceil(1 << 20);
-        assert_eq!(u64::from(decode_mib(&jpeg).unwrap()), expected);
-        let (_, image) = decode(&jpeg, expected << 20).unwrap();
+        let expected = ((3 << 18) + (2 << 20) + (4 << 20) + scans.len() as u64).div_ceil(1 << 20);
+        assert_eq!(u64::from(decode_mib(&scans).unwrap()), expected);
+        let (_, image) = decode(&scans, expected << 20).unwrap();
         assert_eq!((image.width(), image.height()), (512, 512));
+
+        let one_scan = cmyk_jpeg(512, 512, true);
+        assert_eq!(first_scan_components(&one_scan), Some(4));
+        assert_eq!(jpeg_coefficient_bytes(&one_scan), Some(0));
+        let expected = ((3 << 18) + (4 << 20) + one_scan.len() as u64).div_ceil(1 << 20);
+        assert_eq!(u64::from(decode_mib(&one_scan).unwrap()), expected);
+        let (_, image) = decode(&one_scan, expected << 20).unwrap();
+        assert_eq!((image.width(), image.height()), (512, 512));
+    }
+
+    /// An `APP14` segment not from Adobe (photo tools write their own there) is read past as
+    /// the image decoder reads it: the file is reserved for and decoded as without it (it was
+    /// reserved 1 MiB, as if its decode would fail at once, and the decode then failed for
+    /// want of memory).
+    #[test]
+    fn a_jpeg_with_a_foreign_app14_segment_is_reserved_for_in_full() {
+        let plain = encoded(1024, 1024, ImageFormat::Jpeg);
+        let mut app14 = vec![0xFF, 0xEE, 0x00, 0x10];
+        app14.extend(b"http://ns.exam.");
+        app14.truncate(4 + 14);
+        let spliced = [&plain[..2], &app14, &plain[2..]].concat();
+        let expected = ((7 << 20) + spliced.len() as u64).div_ceil(1 << 20);
+        assert_eq!(u64::from(decode_mib(&spliced).unwrap()), expected);
+        let (_, image) = decode(&spliced, expected << 20).unwrap();
+        assert_eq!((image.width(), image.height()), (1024, 1024));
     }
 
     /// An image that would take more than one decode may is refused before any decode.
