@@ -253,7 +253,7 @@ impl GatewayConfig {
     /// Read as periscope reads its own: unset or empty is the default, anything malformed
     /// stops the service naming the variable.
     fn from_env() -> Result<Self, periscope::ConfigError> {
-        Ok(Self {
+        let config = Self {
             host: env::var("HOST", IpAddr::V4(Ipv4Addr::LOCALHOST), "an IP address")?,
             port: env::var("PORT", 8000, "a port number 0-65535")?,
             admin_port: env::optional("ADMIN_PORT", "a port number 0-65535")?,
@@ -285,6 +285,23 @@ impl GatewayConfig {
                 "a whole number of MiB from 256 to 65536",
             )?,
             bare: env::flag("PERISCOPE_BARE", false)?,
-        })
+        };
+        // The admin listener on 127.0.0.1 and the service's on HOST cannot share a port there
+        // (binding the second would blame a process that is not there).
+        let shared_address = config.host.is_unspecified() || config.host.is_loopback();
+        if let Some(admin_port) = config.admin_port
+            && admin_port != 0
+            && admin_port == config.port
+            && shared_address
+        {
+            return Err(periscope::ConfigError {
+                var: "ADMIN_PORT",
+                value: admin_port.to_string(),
+                expected: "use a port other than PORT's (the admin surface listens on a port of \
+                           its own), or leave it unset"
+                    .to_owned(),
+            });
+        }
+        Ok(config)
     }
 }

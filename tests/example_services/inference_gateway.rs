@@ -642,6 +642,26 @@ async fn admin_port_serves_the_debug_endpoints_on_loopback_only() {
     assert_eq!(get(admin, "/ready").await.status, 200);
 }
 
+/// The admin surface on the service's own port: refused at startup naming both variables, not
+/// left to the second bind, whose error blamed another process holding the port.
+#[tokio::test]
+async fn an_admin_port_equal_to_the_port_is_refused_naming_both() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let mut service = start(&[("PORT", port.as_str()), ("ADMIN_PORT", port.as_str())]);
+    assert_eq!(service.exit_status().await.code(), Some(1));
+    let stderr = service.stderr();
+    assert!(
+        stderr.contains("ADMIN_PORT") && stderr.contains("other than PORT's"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cannot listen on"), "{stderr}");
+}
+
 #[tokio::test]
 async fn invalid_configuration_fails_at_startup_naming_the_variable() {
     for (var, value, expected) in [
