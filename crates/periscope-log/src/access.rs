@@ -148,6 +148,10 @@ struct RequestInfo {
     /// there are any; boxed, as it is rare.
     tenant: Option<Box<Tenant>>,
     quiet: bool,
+    /// Whether the request came over HTTP/1: there the server drops a body whose
+    /// `Content-Length` is sent without polling its end; over HTTP/2 it polls on, and an error
+    /// after the last byte resets the stream.
+    http1: bool,
     /// The answer's status and gRPC code (from its head when trailers-only, else from its
     /// trailers), set when it comes. Kept here, next to `quiet`, where they fit in its
     /// padding: the body that carries this moves through every layer above.
@@ -272,6 +276,7 @@ where
             ids,
             tenant,
             quiet: self.layer.quiet_paths.iter().any(|p| **p == *path),
+            http1: request.version() <= http::Version::HTTP_11,
             status: StatusCode::OK,
             grpc: None,
             started: Instant::now(),
@@ -647,14 +652,15 @@ where
             }
             None => {}
         }
-        // Trailers are the last frame, and so is the one that completes the `Content-Length`:
-        // a server may drop the body after them unpolled.
+        // Trailers are the last frame, and so is the one that completes the `Content-Length`
+        // over HTTP/1: the server may drop the body after them unpolled.
         let last = match &frame {
             None => true,
             Some(Ok(frame)) => {
                 frame.is_trailers()
                     || this.pending.as_ref().is_some_and(|pending| {
-                        pending.length.is_some_and(|length| pending.bytes >= length)
+                        pending.info.http1
+                            && pending.length.is_some_and(|length| pending.bytes >= length)
                     })
             }
             Some(Err(_)) => false,
