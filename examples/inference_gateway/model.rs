@@ -134,17 +134,37 @@ struct Inner {
     load_ms: std::sync::OnceLock<u128>,
 }
 
-/// The model could not be loaded.
+/// The model could not be loaded: what failed, and why (its `source()`, so that the log line
+/// records the cause chain, `data.error.chain`, not one flattened text).
 #[derive(Debug)]
-pub struct LoadError(String);
+pub struct LoadError {
+    what: &'static str,
+    cause: Box<dyn std::error::Error + Send + Sync>,
+}
 
-impl std::fmt::Display for LoadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the model could not be loaded: {}", self.0)
+impl LoadError {
+    fn caused(
+        what: &'static str,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            what,
+            cause: cause.into(),
+        }
     }
 }
 
-impl std::error::Error for LoadError {}
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the model could not be loaded: {}", self.what)
+    }
+}
+
+impl std::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.cause)
+    }
+}
 
 impl ModelHandle {
     /// A model not loaded yet; `load_delay` stands for reading large weights.
@@ -175,7 +195,11 @@ impl ModelHandle {
             if let Err(error) = handle.get().await {
                 // The gate stays closed: the pod never turns ready and its startup probe
                 // restarts it.
-                tracing::error!(error = %error, "model warm-up failed");
+                // As an error, not its text: the line keeps the cause chain.
+                tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    "model warm-up failed"
+                );
             }
         });
     }
@@ -203,7 +227,7 @@ impl ModelHandle {
             inner.model.get_or_try_init(|| handle.load()).await.cloned()
         })
         .await
-        .map_err(|e| LoadError(e.to_string()))?
+        .map_err(|e| LoadError::caused("the load task ended", e))?
     }
 
     async fn load(&self) -> Result<Arc<Model>, LoadError> {
@@ -226,10 +250,10 @@ impl ModelHandle {
                     std::thread::sleep(delay);
                     let _ = sender.send(Model::load());
                 })
-                .map_err(|e| LoadError(format!("no thread for the model load: {e}")))?;
+                .map_err(|e| LoadError::caused("no thread for the model load", e))?;
             let model = loaded
                 .await
-                .map_err(|_| LoadError("the model load ended without a model".to_owned()))?;
+                .map_err(|e| LoadError::caused("the model load ended without a model", e))?;
             let duration_ms = started.elapsed().as_millis();
             let _ = inner.load_ms.set(duration_ms);
             inner.gate.open();
@@ -262,5 +286,62 @@ impl ModelHandle {
             "state": state,
             "load_duration_ms": self.inner.load_ms.get(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::LoadError;
+
+    #[derive(Clone, Default)]
+    struct Written(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Written {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The warm-up's failure line keeps what failed and why apart (`data.error.message` and
+    /// `data.error.chain`), as the log contract has errors: a real loader's cause (a weights
+    /// file missing) is not flattened into one text.
+    #[test]
+    fn a_failed_load_is_logged_with_its_cause_chain() {
+        let written = Written::default();
+        let (layer, _guard) = periscope::log::LogLayer::builder()
+            .writer(written.clone())
+            .blocking(true)
+            .build();
+        let error = LoadError::caused(
+            "no thread for the model load",
+            std::io::Error::other("Resource temporarily unavailable"),
+        );
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            tracing::error!(
+                error = &error as &dyn std::error::Error,
+                "model warm-up failed"
+            );
+        });
+        let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(
+            line["data"]["error"]["message"],
+            "the model could not be loaded: no thread for the model load",
+            "{line}"
+        );
+        assert_eq!(
+            line["data"]["error"]["chain"],
+            serde_json::json!(["Resource temporarily unavailable"]),
+            "{line}"
+        );
     }
 }
