@@ -68,7 +68,9 @@ struct Inner {
     message: Cow<'static, str>,
     details: Option<Map<String, Value>>,
     help: Option<Cow<'static, str>>,
-    retryable: bool,
+    /// Set by [`with_retryable`](HttpError::with_retryable); else the code's, or `true` with a
+    /// retry delay (a delay says when to retry).
+    retryable: Option<bool>,
     retry_after: Option<Duration>,
     violations: Vec<Violation>,
     source: Option<BoxError>,
@@ -96,7 +98,7 @@ impl HttpError {
                 message: bounded(message.into()),
                 details: None,
                 help: code.help().map(Cow::Borrowed),
-                retryable: code.is_retryable(),
+                retryable: None,
                 retry_after: None,
                 violations: Vec::new(),
                 source: None,
@@ -150,14 +152,17 @@ impl HttpError {
         self
     }
 
-    /// Overrides the code's retryability for this error.
+    /// Overrides the code's retryability for this error (and the `true` a retry delay
+    /// implies).
     pub fn with_retryable(mut self, retryable: bool) -> Self {
-        self.inner.retryable = retryable;
+        self.inner.retryable = Some(retryable);
         self
     }
 
     /// How long the client should wait before retrying: sent as `retry_after_s` and as the
-    /// `Retry-After` header (whole seconds, rounded up).
+    /// `Retry-After` header (whole seconds, rounded up). The error is then retryable, unless
+    /// [`with_retryable(false)`](HttpError::with_retryable) says otherwise (as a bare answer
+    /// with a `Retry-After` header is).
     pub fn with_retry_after(mut self, delay: Duration) -> Self {
         self.inner.retry_after = Some(delay);
         self
@@ -216,9 +221,13 @@ impl HttpError {
         &self.inner.message
     }
 
-    /// Whether the client may retry the same request.
+    /// Whether the client may retry the same request: as set with
+    /// [`with_retryable`](HttpError::with_retryable), else the code's, or `true` with a retry
+    /// delay.
     pub fn is_retryable(&self) -> bool {
-        self.inner.retryable
+        self.inner
+            .retryable
+            .unwrap_or_else(|| self.inner.code.is_retryable() || self.inner.retry_after.is_some())
     }
 
     /// The retry delay, if one was set.
@@ -320,12 +329,13 @@ impl HttpError {
 
     /// The envelope members of this error, with the given ids.
     pub(crate) fn into_body(self, ids: &Ids) -> ErrorBody {
+        let retryable = self.is_retryable();
         let inner = *self.inner;
         let mut body = ErrorBody::new(inner.code.name(), inner.message, ids.request_id.as_str());
         body.trace_id = ids.trace_id.map(|id| id.to_string());
         body.details = inner.details;
         body.help = inner.help;
-        body.retryable = Some(inner.retryable);
+        body.retryable = Some(retryable);
         body.retry_after_s = inner.retry_after.map(render::whole_seconds);
         body.docs_url = inner.code.docs_url().map(Cow::Borrowed);
         body.violations = inner.violations;
@@ -389,7 +399,7 @@ impl fmt::Debug for HttpError {
             .field("status", &inner.status)
             .field("message", &inner.message)
             .field("details", &inner.details)
-            .field("retryable", &inner.retryable)
+            .field("retryable", &self.is_retryable())
             .field("retry_after", &inner.retry_after)
             .field("violations", &inner.violations)
             .field("source", &inner.source)

@@ -1032,7 +1032,14 @@ impl Handled {
         }
         if let Some(rendered) = parts.extensions.get::<RenderedError>() {
             let up_to_date = rendered.ids_from_context() || !self.ids.from_context;
-            if self.facts.format.format() == Format::Json && up_to_date {
+            // A `Retry-After` the handler put beside its error (axum's
+            // `(StatusCode, [(RETRY_AFTER, "30")], error)`): the body says the same delay, as
+            // for any other answer, unless the error said not to retry.
+            let header_delay = (rendered.body().retry_after_s.is_none()
+                && rendered.body().retryable != Some(false))
+            .then(|| render::retry_after_seconds(&parts.headers))
+            .flatten();
+            if self.facts.format.format() == Format::Json && up_to_date && header_delay.is_none() {
                 // Kept because of the `Accept` header: another one would get problem details.
                 render::vary_accept(&mut parts.headers);
                 return Inspected::Done(Response::from_parts(parts, self.pass(body)));
@@ -1042,6 +1049,9 @@ impl Handled {
                 let error = Arc::make_mut(&mut error);
                 error.request_id = self.ids.request_id.as_str().to_owned();
                 error.trace_id = self.ids.trace_id.map(|id| id.to_string());
+            }
+            if header_delay.is_some() {
+                Arc::make_mut(&mut error).retry_after_s = header_delay;
             }
             if let Err(caught) = discard(body) {
                 return Inspected::Panicked(caught);

@@ -624,8 +624,11 @@ fn envelope(reply: &Reply, code: &str, status: u16) -> Value {
     assert_eq!(decoded.trace_id(), error["trace_id"].as_str());
     let known = ErrorCode::find(code, JOB_CODES).expect("a known code");
     assert_eq!(decoded.class(), known.class());
-    assert_eq!(decoded.is_retryable(), known.is_retryable());
-    assert_eq!(error["retryable"], known.is_retryable());
+    assert_eq!(Some(decoded.is_retryable()), error["retryable"].as_bool());
+    // The code's retryability, where no delay says when to retry (the tests with one check it).
+    if error.get("retry_after_s").is_none() {
+        assert_eq!(error["retryable"], known.is_retryable());
+    }
     json
 }
 
@@ -1102,6 +1105,77 @@ async fn error_chains_never_reach_the_body() {
         logged.contains("password=hunter2"),
         "the chain is logged: {logged}"
     );
+}
+
+/// A delay says when to retry: an error given one is retryable whatever its code, unless the
+/// handler says otherwise, as a bare answer with a `Retry-After` header is (the built one said
+/// `"retryable": false` beside its `retry_after_s`).
+#[tokio::test]
+async fn a_retry_delay_makes_an_error_retryable_unless_told_otherwise() {
+    support::install_capture();
+    let minute = Duration::from_secs(60);
+    let too_large = move || HttpError::from(codes::PAYLOAD_TOO_LARGE).with_retry_after(minute);
+    let app = Router::new()
+        .route(
+            "/built",
+            get(move || async move { Err::<(), _>(too_large()) }),
+        )
+        .route(
+            "/bare",
+            get(|| async { (StatusCode::PAYLOAD_TOO_LARGE, [("retry-after", "60")]) }),
+        )
+        .route(
+            "/refused",
+            get(move || async move { Err::<(), _>(too_large().with_retryable(false)) }),
+        )
+        .layer(ErrorLayer::new())
+        .layer(middleware::from_fn(correlate));
+    let addr = serve_app(app).await;
+    for (path, retryable) in [("/built", true), ("/bare", true), ("/refused", false)] {
+        let reply = send(addr, "GET", path, &[], b"").await;
+        let json = envelope(&reply, "payload_too_large", 413);
+        assert_eq!(reply.header("retry-after"), Some("60"), "{path}");
+        assert_eq!(json["error"]["retry_after_s"], 60, "{path}");
+        assert_eq!(json["error"]["retryable"], retryable, "{path}: {json}");
+        assert_eq!(reply.api_error().is_retryable(), retryable, "{path}");
+    }
+}
+
+/// A `Retry-After` header put beside a rendered error (axum's `(status, headers, error)`): the
+/// body says the same delay, in the envelope and in problem details (it said none).
+#[tokio::test]
+async fn a_retry_after_header_beside_an_error_is_in_its_body_too() {
+    support::install_capture();
+    let app = Router::new()
+        .route(
+            "/limited",
+            get(|| async {
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "30")],
+                    HttpError::from(codes::RATE_LIMITED),
+                )
+            }),
+        )
+        .layer(ErrorLayer::new())
+        .layer(middleware::from_fn(correlate));
+    let addr = serve_app(app).await;
+    let reply = send(addr, "GET", "/limited", &[], b"").await;
+    let json = envelope(&reply, "rate_limited", 429);
+    assert_eq!(reply.header("retry-after"), Some("30"));
+    assert_eq!(json["error"]["retry_after_s"], 30, "{json}");
+    assert_eq!(
+        reply.api_error().retry_after(),
+        Some(Duration::from_secs(30))
+    );
+
+    let accept = [("accept", "application/problem+json")];
+    let reply = send(addr, "GET", "/limited", &accept, b"").await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("retry-after"), Some("30"));
+    let problem = reply.json();
+    assert_eq!(problem["retry_after_s"], 30, "{problem}");
+    assert_eq!(problem["request_id"], reply.header("x-request-id").unwrap());
 }
 
 #[tokio::test]
