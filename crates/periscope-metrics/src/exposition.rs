@@ -123,18 +123,23 @@ impl Format {
 }
 
 /// Whether the request's `Accept-Encoding` lines accept gzip (`gzip` or `*` with a non-zero
-/// weight).
+/// weight) at least as much as `identity` where they weigh that too (`identity;q=1,
+/// gzip;q=0.5` asks for the text as it is).
 pub(crate) fn accepts_gzip(headers: &HeaderMap) -> bool {
     let mut gzip = None;
     let mut any = None;
+    let mut identity = None;
     for (coding, q) in list_items(headers, &ACCEPT_ENCODING) {
         if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
             gzip = Some(q);
+        } else if coding.eq_ignore_ascii_case("identity") {
+            identity = Some(q);
         } else if coding == "*" {
             any = Some(q);
         }
     }
-    gzip.or(any).is_some_and(|q| q > 0.0)
+    gzip.or(any)
+        .is_some_and(|q| q > 0.0 && identity.is_none_or(|identity| q >= identity))
 }
 
 /// The items of a list-valued header over all its lines, as if they were one line joined by
@@ -541,6 +546,11 @@ mod tests {
         assert!(!gzip(&["*, gzip;q=0"]));
         assert!(!gzip(&["identity"]));
         assert!(!gzip(&[]));
+        // Weighed against the text as it is, where the client weighs that too.
+        assert!(!gzip(&["identity;q=1, gzip;q=0.5"]));
+        assert!(!gzip(&["identity, *;q=0.5"]));
+        assert!(gzip(&["identity;q=0.5, gzip"]));
+        assert!(gzip(&["identity, gzip"]));
     }
 
     /// Every split of a list over lines negotiates as the list on one line.
