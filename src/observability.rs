@@ -422,8 +422,9 @@ impl ObservabilityBuilder {
     /// the result is refused (a malformed name, one the facade's own metrics use). Routes
     /// given here (`route_templates`, `route_fn`) label the metrics only: declare them with
     /// [`route_templates`](Self::route_templates), which the span and the access line follow
-    /// too. With metrics off (`ENABLE_METRICS=false`) `change` is not called. The operations
-    /// kit in `deploy/` (dashboard, alerts, runbooks) queries the default names.
+    /// too. With metrics off (`ENABLE_METRICS=false`) `change` is not called. Called more than
+    /// once, every change applies, in the order given. The operations kit in `deploy/`
+    /// (dashboard, alerts, runbooks) queries the default names.
     ///
     /// ```
     /// use periscope::metrics::StatusLabel;
@@ -446,7 +447,12 @@ impl ObservabilityBuilder {
     where
         F: FnOnce(MetricsLayerBuilder) -> MetricsLayerBuilder + Send + 'static,
     {
-        self.red_metrics = Some(Box::new(change));
+        // Called again, both apply, in order (a helper adding its own change keeps the
+        // service's).
+        self.red_metrics = Some(match self.red_metrics.take() {
+            Some(earlier) => Box::new(move |layer| change(earlier(layer))),
+            None => Box::new(change),
+        });
         self
     }
 
@@ -461,6 +467,7 @@ impl ObservabilityBuilder {
     /// them: declare tenant fields and routes with [`tenant_key`](Self::tenant_key) and
     /// [`route_templates`](Self::route_templates) instead, and the formats with
     /// [`propagators`](Self::propagators) or `OTEL_PROPAGATORS`. Paths made quiet here still get an access line.
+    /// Called more than once, every change applies, in the order given.
     ///
     /// ```
     /// use periscope::trace::Trust;
@@ -475,7 +482,12 @@ impl ObservabilityBuilder {
     where
         F: FnOnce(CorrelationLayer) -> CorrelationLayer + Send + 'static,
     {
-        self.correlation = Some(Box::new(change));
+        // Called again, both apply, in order: a later call must not drop an earlier
+        // `Trust::Boundary`.
+        self.correlation = Some(match self.correlation.take() {
+            Some(earlier) => Box::new(move |layer| change(earlier(layer))),
+            None => Box::new(change),
+        });
         self
     }
 

@@ -3110,7 +3110,10 @@ async fn the_facade_writes_red_metrics_under_the_names_a_service_gives() {
                 .requests_name("http_requests_total")
                 .duration_name("http_requests_duration_seconds")
                 .in_flight_name("http_requests_pending")
-                .route_label("endpoint")
+        })
+        // A second change (another helper's) applies after the first, not instead of it.
+        .red_metrics(|red| {
+            red.route_label("endpoint")
                 .status_label(StatusLabel::Code)
                 .duration_buckets([
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -3230,6 +3233,19 @@ async fn the_facade_server_layer_takes_a_trust_boundary() {
     assert_ne!(trace_id, INCOMING);
     assert_eq!(trace_id.len(), 32, "{trace_id}");
     assert_eq!(request_id, "order-42");
+
+    // A second change (another helper's) keeps the first: the boundary stays.
+    let changed_twice = Observability::builder()
+        .log_writer(std::io::sink())
+        .correlation(|layer| layer.trust(Trust::Boundary))
+        .correlation(|layer| layer.forwarded_scheme(true))
+        .build()
+        .unwrap();
+    let (trace_id, _) = trace_of(&changed_twice).await;
+    assert_ne!(
+        trace_id, INCOMING,
+        "a later .correlation(..) dropped the trust boundary"
+    );
 }
 
 /// A service declaring the tenant field `workspace_id`, its lines captured (for this thread)
