@@ -306,6 +306,16 @@ impl std::fmt::Debug for Settings {
 }
 
 impl Settings {
+    /// Forgets what earlier sources set for `names` (a pair where one wins over the other):
+    /// called by a builder setter for the setting they make, so that a later source setting
+    /// only the other of the pair is read over the code's value, not over the earlier
+    /// source's value the code replaced.
+    pub(crate) fn forget(&mut self, names: &[&str]) {
+        for name in names {
+            self.layered_variables.remove(*name);
+        }
+    }
+
     /// Sets the variables of `values` (`None` unsets one) as a source of their own, applied on
     /// top of these settings: what the builder's OpenTelemetry setters give in code.
     pub(crate) fn apply_code(self, values: &[(&str, Option<String>)]) -> Result<Self, ConfigError> {

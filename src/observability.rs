@@ -120,6 +120,7 @@ impl ObservabilityBuilder {
     /// The service's name (`SERVICE_NAME` overrides it).
     pub fn service_name(mut self, name: impl Into<String>) -> Self {
         self.settings.service_name = name.into();
+        self.settings.forget(&["SERVICE_NAME", "OTEL_SERVICE_NAME"]);
         self
     }
 
@@ -148,6 +149,7 @@ impl ObservabilityBuilder {
         // an error, not a target at `trace` with every other line turned off.
         self.settings.log_directives = periscope_log::Directives::parse_log_level(directives)
             .map_err(|e| ConfigError::new("log_level", directives, e.to_string()))?;
+        self.settings.forget(&["LOG_LEVEL", "RUST_LOG"]);
         Ok(self)
     }
 

@@ -171,6 +171,37 @@ fn an_invalid_otel_service_name_is_reported_under_its_own_name() {
     );
 }
 
+/// A name or level set in code between two sources replaces the earlier source's: a later
+/// source setting only the other variable of the pair (`OTEL_SERVICE_NAME`, `RUST_LOG`) is read
+/// over the code's value, not over the value the code replaced.
+#[test]
+fn a_setting_made_in_code_between_sources_replaces_the_earlier_ones() {
+    let only = |var: &'static str, value: &'static str| {
+        move |name: &str| (name == var).then(|| value.to_owned())
+    };
+    let json =
+        |builder: periscope::ObservabilityBuilder| builder.build().unwrap().settings().to_json();
+
+    let named = || {
+        quiet()
+            .env_from(only("SERVICE_NAME", "from-file"))
+            .unwrap()
+            .service_name("orders")
+    };
+    assert_eq!(json(named())["service_name"], "orders");
+    let renamed = named().env_from(only("OTEL_SERVICE_NAME", "auto")).unwrap();
+    assert_eq!(json(renamed)["service_name"], "auto");
+
+    let levelled = quiet()
+        .env_from(only("LOG_LEVEL", "debug"))
+        .unwrap()
+        .log_level("warn")
+        .unwrap()
+        .env_from(only("RUST_LOG", "info"))
+        .unwrap();
+    assert_eq!(json(levelled)["log_level"], "info");
+}
+
 #[test]
 fn a_log_level_set_in_code_is_read_like_log_level() {
     let level = |text: &str| {
