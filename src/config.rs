@@ -547,6 +547,10 @@ impl Settings {
             "shutdown_drain_s": self.shutdown_drain.as_secs_f64(),
             "trusted_proxies": self.trusted_proxies.to_string(),
             "trusted_proxies_header": self.trusted_proxies.forwarding_header().as_str(),
+            // What the layers read and send, and the `sampled` flag where no exporter decides:
+            // an operator can tell why downstream sees no `traceparent`, or `sampled` off.
+            "propagators": self.propagators.as_list(),
+            "sampler": format!("{:?}", self.sampler),
         });
         #[cfg(feature = "otel")]
         if let Some(map) = json.as_object_mut() {

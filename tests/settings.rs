@@ -202,6 +202,30 @@ fn a_setting_made_in_code_between_sources_replaces_the_earlier_ones() {
     assert_eq!(json(levelled)["log_level"], "info");
 }
 
+/// `/debug/config` shows the formats propagated and the sampler in force, in every build.
+#[test]
+fn the_settings_show_the_propagators_and_the_sampler_in_force() {
+    let settings = quiet()
+        .env_from(|name| match name {
+            "OTEL_PROPAGATORS" => Some("none".to_owned()),
+            "OTEL_TRACES_SAMPLER" => Some("always_off".to_owned()),
+            _ => None,
+        })
+        .unwrap()
+        .build()
+        .unwrap()
+        .settings()
+        .to_json();
+    assert_eq!(settings["propagators"], "none", "{settings}");
+    assert_eq!(settings["sampler"], "AlwaysOff", "{settings}");
+    let defaults = quiet().build().unwrap().settings().to_json();
+    assert_eq!(
+        defaults["propagators"], "tracecontext,baggage",
+        "{defaults}"
+    );
+    assert_eq!(defaults["sampler"], "ParentBasedAlwaysOn", "{defaults}");
+}
+
 #[test]
 fn a_log_level_set_in_code_is_read_like_log_level() {
     let level = |text: &str| {
