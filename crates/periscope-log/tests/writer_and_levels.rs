@@ -430,6 +430,19 @@ impl Write for Scripted {
     }
 }
 
+/// Logs `log` through a layer writing to `out` (on the caller's thread when `blocking`), drops
+/// the guard, and returns the lines counted as dropped.
+fn logged_to(out: &Scripted, blocking: bool, log: impl FnOnce()) -> u64 {
+    let (layer, guard) = LogLayer::builder()
+        .writer(out.clone())
+        .blocking(blocking)
+        .build();
+    let dropped = layer.dropped_lines();
+    common::with_default(tracing_subscriber::registry().with(layer), log);
+    drop(guard);
+    dropped.get()
+}
+
 /// A pipe that another process made non-blocking answers `WouldBlock` when full: the lines
 /// wait for room instead of being dropped, and none is cut in two.
 #[test]
@@ -437,19 +450,12 @@ fn an_output_that_would_block_is_waited_for_and_no_line_is_lost_or_cut() {
     for blocking in [false, true] {
         let steps = (0..200).flat_map(|_| [Step::Take(7), Step::Fail(io::ErrorKind::WouldBlock)]);
         let out = Scripted::new(steps);
-        let (layer, guard) = LogLayer::builder()
-            .writer(out.clone())
-            .blocking(blocking)
-            .build();
-        let dropped = layer.dropped_lines();
-        let subscriber = tracing_subscriber::registry().with(layer);
-        common::with_default(subscriber, || {
+        let dropped = logged_to(&out, blocking, || {
             for i in 0..20u64 {
                 tracing::info!(i, "line");
             }
         });
-        drop(guard);
-        assert_eq!(dropped.get(), 0, "blocking: {blocking}");
+        assert_eq!(dropped, 0, "blocking: {blocking}");
         let lines = out.out.lines();
         let numbers: Vec<u64> = lines
             .iter()
@@ -536,15 +542,8 @@ fn a_write_that_fails_inside_a_line_of_a_batch_loses_only_that_line() {
 fn a_line_written_but_for_its_newline_is_ended_when_the_guard_is_dropped() {
     for blocking in [false, true] {
         let out = Scripted::new([Step::AllButLast, Step::Fail(io::ErrorKind::StorageFull)]);
-        let (layer, guard) = LogLayer::builder()
-            .writer(out.clone())
-            .blocking(blocking)
-            .build();
-        let dropped = layer.dropped_lines();
-        let subscriber = tracing_subscriber::registry().with(layer);
-        common::with_default(subscriber, || tracing::info!("the last words"));
-        drop(guard);
-        assert_eq!(dropped.get(), 0, "blocking: {blocking}");
+        let dropped = logged_to(&out, blocking, || tracing::info!("the last words"));
+        assert_eq!(dropped, 0, "blocking: {blocking}");
         let text = out.out.text();
         assert!(text.ends_with('\n'), "blocking: {blocking}: {text:?}");
         let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
@@ -557,18 +556,11 @@ fn a_line_written_but_for_its_newline_is_ended_when_the_guard_is_dropped() {
 #[test]
 fn a_blocking_writer_that_panics_inside_a_line_breaks_only_that_line() {
     let out = Scripted::new([Step::Take(20), Step::Panic]);
-    let (layer, guard) = LogLayer::builder()
-        .writer(out.clone())
-        .blocking(true)
-        .build();
-    let dropped = layer.dropped_lines();
-    let subscriber = tracing_subscriber::registry().with(layer);
-    common::with_default(subscriber, || {
+    let dropped = logged_to(&out, true, || {
         tracing::info!("one");
         tracing::info!("two");
     });
-    drop(guard);
-    assert_eq!(dropped.get(), 1);
+    assert_eq!(dropped, 1);
     let text = out.out.text();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
