@@ -1,5 +1,6 @@
 //! [`Observability`]: one object that sets up every periscope crate from one configuration.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -95,6 +96,8 @@ pub struct ObservabilityBuilder {
     config_sections: Vec<(String, serde_json::Value)>,
     red_metrics: Option<ConfigureRed>,
     correlation: Option<ConfigureCorrelation>,
+    /// Paths the request timeout leaves out besides the default probes.
+    untimed_paths: Vec<Cow<'static, str>>,
     /// A network given to [`trusted_proxies`](Self::trusted_proxies) that is not one.
     invalid_proxies: Option<ConfigError>,
 }
@@ -281,6 +284,31 @@ impl ObservabilityBuilder {
     /// body the client stalled; a streamed body may run longer once its head is out.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.settings.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Paths the request timeout leaves out, besides the default probes (`/health`, `/ready`,
+    /// `/startup` and gRPC's health check): probes mounted elsewhere with
+    /// [`Health::probe_service`](periscope_health::Health::probe_service), which answer
+    /// within their checks' own timeouts, or a long poll. Whole paths, matched exactly;
+    /// repeated calls add to the list.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let obs = periscope::Observability::builder()
+    ///     .request_timeout(Duration::from_secs(2))
+    ///     .untimed_paths(["/livez", "/readyz"])
+    ///     .build()?;
+    /// # let _ = obs.layer();
+    /// # Ok::<(), periscope::Error>(())
+    /// ```
+    pub fn untimed_paths<I, P>(mut self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<Cow<'static, str>>,
+    {
+        self.untimed_paths.extend(paths.into_iter().map(Into::into));
         self
     }
 
@@ -707,6 +735,7 @@ impl ObservabilityBuilder {
             health,
             correlation,
             job_options,
+            untimed_paths: self.untimed_paths,
             #[cfg(feature = "gpu")]
             gpu,
         })
@@ -734,6 +763,8 @@ pub struct Observability {
     correlation: CorrelationLayer,
     /// How jobs read their carriers: with the service's tenant keys.
     job_options: ExtractOptions,
+    /// The request timeout's exceptions besides the default probes.
+    untimed_paths: Vec<Cow<'static, str>>,
     level_control: LevelControl,
     recent_logs: RecentLogs,
     redactor: Redactor,
@@ -768,6 +799,7 @@ impl Observability {
             config_sections: Vec::new(),
             red_metrics: None,
             correlation: None,
+            untimed_paths: Vec::new(),
             invalid_proxies: None,
         }
     }
@@ -944,19 +976,23 @@ impl Observability {
     /// The composed middleware stack; see [`ObservabilityLayer`] for the order. The request
     /// timeout (`REQUEST_TIMEOUT_S`) leaves out the probes (`/health`, `/ready`, `/startup`,
     /// and gRPC's `/grpc.health.v1.Health/Check` where the service routes it), which answer
-    /// within their checks' timeouts.
+    /// within their checks' timeouts, and the paths given to
+    /// [`ObservabilityBuilder::untimed_paths`].
     pub fn layer(&self) -> ObservabilityLayer {
         let mut errors = ErrorLayer::new();
         if let Some(timeout) = self.settings.request_timeout {
             // Probes answer within their checks' own timeouts: under a shorter request
             // timeout a hung non-critical check would make `/ready` a 504, not `degraded`.
             let probes = periscope_health::ProbePaths::default();
-            errors = errors.timeout(timeout).untimed_paths([
+            let defaults = [
                 probes.liveness,
                 probes.readiness,
                 probes.startup,
                 GRPC_HEALTH_CHECK.into(),
-            ]);
+            ];
+            errors = errors
+                .timeout(timeout)
+                .untimed_paths(defaults.into_iter().chain(self.untimed_paths.clone()));
         }
         ObservabilityLayer {
             correlation: self.correlation.clone(),

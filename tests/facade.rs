@@ -4078,6 +4078,47 @@ async fn a_hung_non_critical_check_stays_degraded_under_a_shorter_request_timeou
     assert_eq!(get_path(addr, "/slow", None).await.status, 504);
 }
 
+/// A probe mounted on a path of the service's own (`probe_service`) is left out of the
+/// request timeout once named with `untimed_paths`, as the default paths are; the same probe
+/// on a path not named still gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_on_a_path_named_untimed_stays_degraded_under_a_shorter_request_timeout() {
+    use periscope::health::Probe;
+    let health = periscope::health::Health::builder()
+        .add_check(
+            periscope::health::HealthCheck::new(
+                "cache",
+                periscope::health::check_fn(std::future::pending::<Result<(), String>>),
+            )
+            .timeout(Duration::from_millis(800))
+            .non_critical(),
+        )
+        .cache_ttl(Duration::ZERO)
+        .build()
+        .unwrap();
+    let obs = Observability::builder()
+        .service_name("probe-paths")
+        .request_timeout(Duration::from_millis(300))
+        .untimed_paths(["/livez"])
+        .untimed_paths([String::from("/readyz")])
+        .health(health.clone())
+        .build()
+        .unwrap();
+    let addr = serve_on_loopback(
+        Router::new()
+            .route_service("/readyz", health.probe_service(Probe::Readiness))
+            .route_service("/ready-timed", health.probe_service(Probe::Readiness))
+            .layer(obs.layer()),
+    )
+    .await;
+
+    let ready = get_path(addr, "/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let body: Value = serde_json::from_str(&ready.body).unwrap();
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(get_path(addr, "/ready-timed", None).await.status, 504);
+}
+
 /// Behind the stack's error layer, the probes', the scrape's and the admin's answers stay the
 /// HTTP answers they are to a request claiming a gRPC `content-type`: a guessed token is a
 /// 401 with its `WWW-Authenticate`, not a gRPC answer (an HTTP 200 that access logs and

@@ -73,9 +73,15 @@ impl GrpcCode {
     /// 16: the caller is not authenticated.
     pub const UNAUTHENTICATED: Self = Self(16);
 
-    /// The code for `value`.
+    /// The code for `value`. A number gRPC does not define (over 16) is `UNKNOWN`, as
+    /// [`parse`](Self::parse) reads it, so `value()` and the `rpc.grpc.status_code` it feeds
+    /// stay within 0 to 16.
     pub const fn new(value: u16) -> Self {
-        Self(value)
+        if value <= 16 {
+            Self(value)
+        } else {
+            Self::UNKNOWN
+        }
     }
 
     /// The code's number.
@@ -599,6 +605,9 @@ mod tests {
         }
         assert_eq!(GrpcCode::CANCELLED.http_status().as_u16(), 499);
         assert_eq!(GrpcCode::new(40).name(), "UNKNOWN");
+        assert_eq!(GrpcCode::new(17), GrpcCode::UNKNOWN);
+        assert_eq!(GrpcCode::new(17).to_string(), "2 UNKNOWN");
+        assert_eq!(GrpcCode::new(16).value(), 16);
         assert_eq!(GrpcCode::NOT_FOUND.to_string(), "5 NOT_FOUND");
     }
 
