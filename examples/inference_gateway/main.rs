@@ -31,7 +31,7 @@
 //! | `MODEL_LOAD_DELAY_MS` | `0` | extra milliseconds the model load takes (to watch `/ready` answer `starting`) |
 //! | `UPLOAD_BUFFER_MIB` | `64` | MiB of request bodies held in memory at once, `10` to `65536`: a `/predict` reserves its `Content-Length` (10 MiB without one) and beyond it waits, unread, for its share (the request timeout bounds the wait) |
 //! | `UPLOAD_IDLE_S` | `5` | seconds an upload may pause, `1` to `300`; past its first such window it must also keep the pace that brings its `Content-Length` in within the request timeout (16 KiB/s at least). A body that stalls or falls behind is answered 408 `upload_stalled` and gives its share of the upload buffer back (a client announcing 10 MiB and sending nothing more held its share until the request timeout) |
-//! | `DECODE_MEMORY_MIB` | `512` | MiB of decoded images in memory at once, `256` to `65536`: a decode reserves what the image's header says it will take (a 250 KiB PNG can claim 256 MiB; a JPEG also its components' coefficients, which a progressive decode keeps (a baseline one, as cameras write, keeps none), and its file, which the decoder copies; 4 MiB for the decoder's own buffers), may allocate no more, and waits for its share, so the memory a burst of uploads takes does not grow with the CPU count |
+//! | `DECODE_MEMORY_MIB` | `512` | MiB of decoded images in memory at once, `260` to `65536`: a decode reserves what the image's header says it will take (a 250 KiB PNG can claim 256 MiB; a JPEG also its components' coefficients, which a progressive decode keeps (a baseline one, as cameras write, keeps none), and its file, which the decoder copies; 4 MiB for the decoder's own buffers), may allocate no more, and waits for its share, so the memory a burst of uploads takes does not grow with the CPU count |
 //! | `SHUTDOWN_DRAIN_S` | `5` | seconds `/ready` answers `draining` after SIGTERM or Ctrl-C before the listeners close |
 //! | `PERISCOPE_BARE` | `false` | `true` serves the same routes without `obs.layer()` (overhead comparisons) |
 //!
@@ -277,12 +277,13 @@ impl GatewayConfig {
                 1..=300,
                 "a whole number of seconds from 1 to 300",
             )?),
-            // At least the largest image decoded (256 MiB), so that any accepted image fits.
+            // At least what the largest image decoded reserves (260 MiB), so that any
+            // accepted image fits.
             decode_memory_mib: env::var_within(
                 "DECODE_MEMORY_MIB",
                 512,
-                256..=65536,
-                "a whole number of MiB from 256 to 65536",
+                predict::MAX_RESERVED_MIB as usize..=65536,
+                "a whole number of MiB from 260 to 65536",
             )?,
             bare: env::flag("PERISCOPE_BARE", false)?,
         };

@@ -41,7 +41,8 @@ const MAX_DECODE_BYTES: u64 = 256 * 1024 * 1024;
 pub const INVALID_IMAGE: ErrorCode = ErrorCode::new("invalid_image", ErrorClass::Validation)
     .with_message("The body is not a PNG or JPEG image")
     .with_help(
-        "Send a PNG or JPEG image of at most 8192x8192 pixels, as the body or as the `image` \
+        "Send a PNG or JPEG image of at most 8192x8192 pixels and 256 MiB decoded (an 8-bit \
+         image of that size fits, a 16-bit colour one does not), as the body or as the `image` \
          field of a multipart form",
     );
 
@@ -92,7 +93,7 @@ pub struct AppState {
 impl AppState {
     /// The state with one decode at a time per CPU, `upload_mib` MiB of bodies in memory at
     /// once (at least [`MAX_BODY_BYTES`], so that any accepted body fits) and `decode_mib` MiB
-    /// of decoded images (at least [`MAX_DECODE_BYTES`], so that any accepted image fits).
+    /// of decoded images (at least [`MAX_RESERVED_MIB`], so that any accepted image fits).
     pub fn new(
         model: ModelHandle,
         metrics: ModelMetrics,
@@ -106,7 +107,7 @@ impl AppState {
             model,
             metrics,
             decodes: Arc::new(Semaphore::new(cpus)),
-            decode_memory: Arc::new(Semaphore::new(decode_mib.max(MAX_DECODE_MIB as usize))),
+            decode_memory: Arc::new(Semaphore::new(decode_mib.max(MAX_RESERVED_MIB as usize))),
             uploads: Arc::new(Semaphore::new((upload_mib * KIB).max(MAX_BODY_BYTES / KIB))),
             upload_idle,
             request_timeout,
@@ -118,6 +119,9 @@ const KIB: usize = 1024;
 
 /// [`MAX_DECODE_BYTES`] in MiB.
 const MAX_DECODE_MIB: u32 = (MAX_DECODE_BYTES >> 20) as u32;
+
+/// The most one decode reserves: the largest image and the decoder's allowance (260 MiB).
+pub const MAX_RESERVED_MIB: u32 = MAX_DECODE_MIB + (DECODER_ALLOWANCE >> 20) as u32;
 
 /// What a decoder may allocate besides the pixels, to read the header and to decode: a PNG's
 /// chunks before its pixels (its colour profile, compressed, can inflate to hundreds of MiB
@@ -179,8 +183,10 @@ fn decode_mib(body: &[u8]) -> Result<u32, HttpError> {
     let Some(bytes) = cost else {
         return Ok(1);
     };
-    let mib = bytes.saturating_add(DECODER_ALLOWANCE).div_ceil(1 << 20);
-    if mib > u64::from(MAX_DECODE_MIB) {
+    // The image against its budget, the decoder's own buffers apart: an 8-bit RGBA image of
+    // the largest sides takes the whole 256 MiB and is decoded.
+    if bytes > MAX_DECODE_BYTES {
+        let mib = bytes.div_ceil(1 << 20);
         return Err(HttpError::from(INVALID_IMAGE)
             .with_message(format!(
                 "The image is too large to decode: it takes about {mib} MiB, over the \
@@ -188,7 +194,8 @@ fn decode_mib(body: &[u8]) -> Result<u32, HttpError> {
             ))
             .with_detail("decode_mib", mib));
     }
-    Ok(u32::try_from(mib).unwrap_or(MAX_DECODE_MIB))
+    let mib = bytes.saturating_add(DECODER_ALLOWANCE).div_ceil(1 << 20);
+    Ok(u32::try_from(mib).unwrap_or(MAX_RESERVED_MIB))
 }
 
 /// What a decode of a JPEG keeps of its coefficients: nothing for a baseline file whose first
@@ -569,6 +576,19 @@ mod tests {
     }
 
     /// A PNG of 16-bit RGBA pixels, all zero, with `before_pixels` chunks after its header.
+    /// A PNG's header alone (no pixels) for an image of `colour` type and bit `depth`.
+    fn png_with(width: u32, height: u32, colour: u8, depth: u8) -> Vec<u8> {
+        let mut ihdr = [width.to_be_bytes(), height.to_be_bytes()].concat();
+        ihdr.extend([depth, colour, 0, 0, 0]);
+        [
+            &b"\x89PNG\r\n\x1a\n"[..],
+            &chunk(b"IHDR", &ihdr),
+            &chunk(b"IDAT", &zlib(&[])),
+            &chunk(b"IEND", &[]),
+        ]
+        .concat()
+    }
+
     fn rgba16_png(width: u32, height: u32, before_pixels: &[Vec<u8>], rows: bool) -> Vec<u8> {
         let mut ihdr = [width.to_be_bytes(), height.to_be_bytes()].concat();
         ihdr.extend([16, 6, 0, 0, 0]);
@@ -712,7 +732,20 @@ mod tests {
             "{}",
             error.message()
         );
-        assert_eq!(error.details().unwrap()["decode_mib"], 267);
+        assert_eq!(error.details().unwrap()["decode_mib"], 263);
+    }
+
+    /// An 8-bit RGBA image of the largest sides takes exactly the decode budget, 256 MiB: it
+    /// is decoded, with the decoder's allowance reserved besides; a 16-bit one is not.
+    #[test]
+    fn an_rgba_image_of_the_largest_sides_fits_the_decode_budget() {
+        let rgba8 = png_with(MAX_IMAGE_SIDE, MAX_IMAGE_SIDE, 6, 8);
+        assert_eq!(decode_mib(&rgba8).unwrap(), MAX_RESERVED_MIB);
+        let over = png_with(MAX_IMAGE_SIDE, MAX_IMAGE_SIDE, 6, 16);
+        assert_eq!(
+            decode_mib(&over).unwrap_err().details().unwrap()["decode_mib"],
+            512
+        );
     }
 
     /// A colour profile that inflates to 16 MiB in a 1 × 1 PNG, and one of 8 MiB beside 8 MiB

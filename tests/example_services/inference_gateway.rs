@@ -672,7 +672,7 @@ async fn invalid_configuration_fails_at_startup_naming_the_variable() {
         ("SHUTDOWN_DRAIN_S", "nan", "from 0 to 300"),
         ("UPLOAD_BUFFER_MIB", "9", "from 10 to 65536"),
         ("UPLOAD_BUFFER_MIB", "lots", "from 10 to 65536"),
-        ("DECODE_MEMORY_MIB", "128", "from 256 to 65536"),
+        ("DECODE_MEMORY_MIB", "259", "from 260 to 65536"),
         ("UPLOAD_IDLE_S", "0", "from 1 to 300"),
     ] {
         let mut service = start(&[(var, value)]);
@@ -868,4 +868,84 @@ async fn sigterm_during_a_long_model_load_exits_at_once() {
         sent.elapsed()
     );
     assert_eq!(service.log_lines().last().unwrap()["message"], "stopped");
+}
+
+/// The crates `docs/getting-started.md` tells a copy of the template to depend on, section 6:
+/// every crate the template's files name, their tests included, so that `cargo test` builds
+/// in the copy as it does in this workspace (whose root has more dev-dependencies).
+#[test]
+fn the_copy_guide_names_every_crate_the_template_uses() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let guide = std::fs::read_to_string(root.join("docs/getting-started.md")).unwrap();
+    let start = guide
+        .find("Then, in `my-gateway/Cargo.toml`")
+        .expect("section 6");
+    let end = start + guide[start..].find("and:\n").expect("the list's end");
+    let listed: std::collections::BTreeSet<String> = guide[start..end]
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|name| name.replace('-', "_"))
+        .collect();
+
+    let dir = root.join("examples/inference_gateway");
+    let mut used = std::collections::BTreeSet::new();
+    let mut local = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|extension| extension != "rs") {
+            continue;
+        }
+        let code = std::fs::read_to_string(path).unwrap();
+        for line in code.lines().map(str::trim) {
+            if line.starts_with("//") {
+                continue;
+            }
+            if let Some(module) = line.strip_prefix("mod ") {
+                local.insert(module.trim_end_matches([';', '{', ' ']).to_owned());
+            }
+            // What a `use` brings in (`use std::fmt;` makes `fmt::` local) is not a crate.
+            if let Some(path) = line.strip_prefix("use ") {
+                local.extend(
+                    path.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .skip(1)
+                        .map(str::to_owned),
+                );
+            }
+            // The first segment of each path: `tracing::info!`, `use image::ImageFormat`.
+            let bytes = line.as_bytes();
+            for (at, _) in line.match_indices("::") {
+                let begin = line[..at]
+                    .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .map_or(0, |i| i + 1);
+                let name = &line[begin..at];
+                let follows_path = begin >= 2 && &line[begin - 2..begin] == "::";
+                let turbofish = bytes.get(at + 2) == Some(&b'<');
+                if !name.is_empty()
+                    && !follows_path
+                    && !turbofish
+                    && name.starts_with(char::is_lowercase)
+                {
+                    used.insert(name.to_owned());
+                }
+            }
+        }
+    }
+    let builtin = [
+        "std", "core", "alloc", "super", "self", "crate", "u8", "u16", "u32", "u64", "usize",
+        "i32", "i64", "f32", "f64", "str",
+    ];
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|name| !builtin.contains(&name.as_str()))
+        .filter(|name| !local.contains(*name) && !listed.contains(*name))
+        .collect();
+    assert!(
+        used.contains("tracing") && used.contains("image"),
+        "{used:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "docs/getting-started.md section 6 does not name {missing:?} (it names {listed:?})"
+    );
 }
