@@ -998,3 +998,56 @@ fn a_tree_of_one_leaves_its_reaped_childrens_cpu_out() {
     assert_eq!(s.processes_max, 1, "{s:?}");
     assert!(s.cpu_cores_max < 0.3, "the shell alone barely runs: {s:?}");
 }
+
+/// A GPU in MIG mode, whose utilisation NVML does not read (on it or on its instances): an
+/// instance listing a process is busy, so a job in a container on a MIG slice is recommended
+/// that slice, not 0 GPUs; an instance that cannot list its processes keeps the guess in the
+/// host pid namespace, where one that lists none is idle.
+#[test]
+fn a_mig_instance_in_use_counts_as_busy() {
+    const GIB: u64 = 1 << 30;
+    let mig = |slot: u32, processes: Option<Vec<GpuProcess>>| DeviceSample {
+        id: format!("0:mig{slot}"),
+        uuid: format!("MIG-00000000-0000-4000-8000-00000000000{slot}"),
+        name: "Fake GPU 80GB MIG 3g.40gb".into(),
+        mig_parent: Some("0".into()),
+        memory_used_bytes: Some(8 * GIB),
+        memory_total_bytes: Some(40 * GIB),
+        processes,
+        ..DeviceSample::default()
+    };
+    let parent = || {
+        let mut parent = demo_device(0);
+        parent.utilization_ratio = None;
+        parent.memory_used_bytes = Some(10 * GIB);
+        parent.processes = None;
+        parent
+    };
+    let others = Some(vec![GpuProcess {
+        pid: u32::MAX - 1,
+        used_memory_bytes: Some(8 * GIB),
+    }]);
+
+    // In a container: the host pid of the job's process is not the tree's.
+    let json = report_over(
+        vec![parent(), mig(0, others.clone()), mig(1, Some(Vec::new()))],
+        false,
+    );
+    assert_eq!(json["summary"]["gpu_attribution"], "busy_gpus", "{json}");
+    assert_eq!(json["recommendation"]["gpus"], 1, "{json}");
+    assert!(
+        json["recommendation"]["gpu_memory_bytes"].is_u64(),
+        "{json}"
+    );
+
+    // In the host pid namespace, beside a busy GPU listing another job's process: the
+    // instance that cannot list its processes may hide the job's.
+    let mut busy = busy_with_others().remove(1);
+    busy.processes = others;
+    let json = report_over(vec![parent(), mig(0, None), busy.clone()], true);
+    assert_eq!(json["summary"]["gpu_attribution"], "busy_gpus", "{json}");
+    assert_eq!(json["recommendation"]["gpus"], 2, "{json}");
+    // An instance that lists no process is idle: the job used no GPU.
+    let json = report_over(vec![parent(), mig(0, Some(Vec::new())), busy], true);
+    assert_eq!(json["summary"]["gpu_attribution"], "none", "{json}");
+}

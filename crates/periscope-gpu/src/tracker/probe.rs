@@ -48,7 +48,8 @@ pub(crate) struct GpuReading {
     pub(crate) tree_memory_bytes: Option<u64>,
     /// UUIDs of the devices the tree's processes are on.
     pub(crate) used_by_tree: Vec<String>,
-    /// UUIDs of the devices with non-zero utilisation.
+    /// UUIDs of the devices with non-zero utilisation, or, where the driver reads none (MIG),
+    /// that list a process or cannot list them.
     pub(crate) busy: Vec<String>,
     /// UUIDs of the devices whose process list names at least one process (anyone's): the
     /// driver's listing visibly works there.
@@ -265,6 +266,11 @@ fn gpu_reading(sample: &GpuSample, tree: &HashSet<u32>) -> GpuReading {
         .filter(|d| d.processes.is_some())
         .filter_map(|d| d.mig_parent.as_deref())
         .collect();
+    let mig_parents: HashSet<&str> = sample
+        .devices
+        .iter()
+        .filter_map(|d| d.mig_parent.as_deref())
+        .collect();
     let memory_used = sum_known(sample.devices.iter().map(|d| {
         let counted_by_parent = d
             .mig_parent
@@ -302,7 +308,16 @@ fn gpu_reading(sample: &GpuSample, tree: &HashSet<u32>) -> GpuReading {
         busy: sample
             .devices
             .iter()
-            .filter(|d| d.utilization_ratio.is_some_and(|u| u > 0.0))
+            .filter(|d| match d.utilization_ratio {
+                Some(ratio) => ratio > 0.0,
+                // NVML reads no utilisation on a GPU in MIG mode nor on its instances: an
+                // instance is busy when it lists a process, or may be when it cannot list
+                // them; the GPU itself is left to its instances, which it holds.
+                None => {
+                    !mig_parents.contains(d.id.as_str())
+                        && d.processes.as_ref().is_none_or(|p| !p.is_empty())
+                }
+            })
             .map(|d| d.uuid.clone())
             .collect(),
         listing: sample

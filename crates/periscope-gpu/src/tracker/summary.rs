@@ -76,7 +76,9 @@ pub enum GpuAttribution {
     /// `"busy_gpus"`: a guess. None of the tree's processes was seen where they might not be
     /// seen even if there (another pid namespace, one that cannot be told, or a busy GPU that
     /// listed no process: MIG, permissions): `gpus` counts the busy GPUs and the VRAM is their
-    /// memory in use. Right for a job in a container, wrong for a job that used no GPU.
+    /// memory in use. Right for a job in a container, wrong for a job that used no GPU. Where
+    /// the driver reads no utilisation (a GPU in MIG mode, its instances), an instance that
+    /// lists a process, or cannot list them, counts as busy.
     BusyGpus,
 }
 
