@@ -39,18 +39,13 @@ impl std::fmt::Display for HeadTimedOut {
 
 impl std::error::Error for HeadTimedOut {}
 
-/// hyper's own request-head timeout: a backstop later than any deadline of [`IdleGuard`]
-/// (which counts from the same instants or earlier: hyper starts its timer once it has
-/// written an answer's last bytes, from which the guard's idle clock counts, or once it has
-/// read off the rest of a request body the service left, later still). One must be set: with
-/// none, hyper whose last read waited (while the service worked on a request) does not read
-/// again once the answer is done, but at the client's next byte, so the guard's idle clock
-/// would never run.
-pub(crate) fn backstop(head_timeout: Duration, idle_timeout: Duration) -> Duration {
-    idle_timeout
-        .saturating_add(head_timeout.saturating_mul(2))
-        .min(NEVER)
-}
+/// hyper's own request-head timer, set to never fire: [`IdleGuard`] times heads and idle
+/// connections. One must be set: with none, hyper whose last read waited (while the service
+/// worked on a request) does not read again once the answer is done, but at the client's next
+/// byte, so the guard's idle clock would never run. It must not fire either: hyper starts it
+/// as soon as it has read off the rest of a request body the service left unread, which can be
+/// while a large answer is still going out to a slow reader, and it would cut that answer off.
+pub(crate) const HYPER_HEAD_TIMER: Duration = NEVER;
 
 /// What one HTTP/1.1 connection's service tells its stream: whether an answer is under way,
 /// since when the connection has been idle, whether it was upgraded.
@@ -462,7 +457,7 @@ mod tests {
         );
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(backstop(HEAD, IDLE))
+            .header_read_timeout(HYPER_HEAD_TIMER)
             .serve_connection(TokioIo::new(io), service);
         (client, tokio::spawn(connection))
     }
@@ -560,7 +555,7 @@ mod tests {
         let connection = tokio::spawn(
             http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(backstop(HEAD, IDLE))
+                .header_read_timeout(HYPER_HEAD_TIMER)
                 .serve_connection(TokioIo::new(io), service),
         );
         let mut client = client;

@@ -358,7 +358,7 @@ mod tests {
         let connection = tokio::spawn(
             http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(crate::idle::backstop(head, Duration::from_secs(75)))
+                .header_read_timeout(crate::idle::HYPER_HEAD_TIMER)
                 .serve_connection(TokioIo::new(server), service),
         );
         client.write_all(b"GET / HTTP/1.1\r\nho").await.unwrap();

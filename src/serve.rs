@@ -374,7 +374,7 @@ impl Server {
                 let mut http1 = http1::Builder::new();
                 http1
                     .timer(TokioTimer::new())
-                    .header_read_timeout(crate::idle::backstop(header_read_timeout, idle_timeout))
+                    .header_read_timeout(crate::idle::HYPER_HEAD_TIMER)
                     .max_header_size(max_header_size);
                 // A head must fit hyper's read buffer too, whose own limit is about 408 KiB.
                 if max_header_size > HYPER_READ_BUFFER - READ_BUFFER_SLACK {
