@@ -323,8 +323,13 @@ impl HttpError {
     ) -> Response<B> {
         self.log(&ids);
         let status = self.inner.status;
+        let retryable_by_default = self.inner.retryable.is_none();
         let body = self.into_body(&ids);
-        render::response(status, body, format, instance, &ids)
+        let mut response: Response<B> = render::response(status, body, format, instance, &ids);
+        if let Some(rendered) = response.extensions_mut().get_mut::<render::RenderedError>() {
+            rendered.set_retryable_by_default(retryable_by_default);
+        }
+        response
     }
 
     /// The envelope members of this error, with the given ids.

@@ -1033,10 +1033,11 @@ impl Handled {
         if let Some(rendered) = parts.extensions.get::<RenderedError>() {
             let up_to_date = rendered.ids_from_context() || !self.ids.from_context;
             // A `Retry-After` the handler put beside its error (axum's
-            // `(StatusCode, [(RETRY_AFTER, "30")], error)`): the body says the same delay, as
-            // for any other answer, unless the error said not to retry.
+            // `(StatusCode, [(RETRY_AFTER, "30")], error)`): the body says the same delay, and
+            // that it is retryable, as for any other answer, unless the error said not to
+            // retry (`with_retryable(false)`; a code not retryable by default did not).
             let header_delay = (rendered.body().retry_after_s.is_none()
-                && rendered.body().retryable != Some(false))
+                && (rendered.body().retryable != Some(false) || rendered.retryable_by_default()))
             .then(|| render::retry_after_seconds(&parts.headers))
             .flatten();
             if self.facts.format.format() == Format::Json && up_to_date && header_delay.is_none() {
@@ -1051,7 +1052,9 @@ impl Handled {
                 error.trace_id = self.ids.trace_id.map(|id| id.to_string());
             }
             if header_delay.is_some() {
-                Arc::make_mut(&mut error).retry_after_s = header_delay;
+                let error = Arc::make_mut(&mut error);
+                error.retry_after_s = header_delay;
+                error.retryable = Some(true);
             }
             if let Err(caught) = discard(body) {
                 return Inspected::Panicked(caught);

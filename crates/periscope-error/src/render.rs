@@ -44,6 +44,9 @@ pub struct RenderedError {
     ids_from_context: bool,
     /// The status the error was rendered with (HTTP 200 for a gRPC answer).
     status: StatusCode,
+    /// `retryable` is the code's default, not set on the error: a `Retry-After` header put
+    /// beside it says the condition is temporary after all.
+    retryable_by_default: bool,
 }
 
 impl RenderedError {
@@ -64,6 +67,15 @@ impl RenderedError {
     /// The status the error was rendered with.
     pub(crate) fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// Whether `retryable` is the code's default (see [`HttpError::with_retryable`]).
+    pub(crate) fn retryable_by_default(&self) -> bool {
+        self.retryable_by_default
+    }
+
+    pub(crate) fn set_retryable_by_default(&mut self, by_default: bool) {
+        self.retryable_by_default = by_default;
     }
 }
 
@@ -414,6 +426,7 @@ fn remember(parts: &mut http::response::Parts, body: Arc<ErrorBody>, ids: &Ids) 
         body,
         ids_from_context: ids.from_context,
         status,
+        retryable_by_default: false,
     });
 }
 

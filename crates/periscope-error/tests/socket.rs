@@ -1178,6 +1178,51 @@ async fn a_retry_after_header_beside_an_error_is_in_its_body_too() {
     assert_eq!(problem["request_id"], reply.header("x-request-id").unwrap());
 }
 
+/// The same for an error whose code is not retryable by default (a 413 while an upload quota
+/// is full): the header says the condition is temporary, and the body says so too, where the
+/// error itself did not say otherwise; `with_retryable(false)` keeps it not retryable.
+#[tokio::test]
+async fn a_retry_after_header_makes_an_error_not_retryable_by_default_retryable() {
+    support::install_capture();
+    let app = Router::new()
+        .route(
+            "/too-large",
+            get(|| async {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    [("retry-after", "60")],
+                    HttpError::from(codes::PAYLOAD_TOO_LARGE),
+                )
+            }),
+        )
+        .route(
+            "/never",
+            get(|| async {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    [("retry-after", "60")],
+                    HttpError::from(codes::PAYLOAD_TOO_LARGE).with_retryable(false),
+                )
+            }),
+        )
+        .layer(ErrorLayer::new())
+        .layer(middleware::from_fn(correlate));
+    let addr = serve_app(app).await;
+    for accept in [None, Some("application/problem+json")] {
+        let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+        let reply = send(addr, "GET", "/too-large", &headers, b"").await;
+        assert_eq!(reply.status, 413);
+        assert_eq!(reply.header("retry-after"), Some("60"));
+        let error = reply.api_error();
+        assert!(error.is_retryable(), "{accept:?}: {}", reply.text());
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(60)));
+
+        let reply = send(addr, "GET", "/never", &headers, b"").await;
+        let error = reply.api_error();
+        assert!(!error.is_retryable(), "{accept:?}: {}", reply.text());
+    }
+}
+
 #[tokio::test]
 async fn retry_after_for_rate_limited_and_unavailable() {
     let addr = serve().await;
