@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::code::{ErrorCode, codes};
 use crate::envelope::{ErrorBody, Violation, bounded};
 use crate::render::{self, Format, Ids};
-use crate::validation::{MAX_VIOLATIONS, VIOLATIONS_OMITTED};
+use crate::validation::{MAX_VIOLATIONS, MAX_VIOLATIONS_LEN, VIOLATIONS_OMITTED};
 
 /// A boxed error that can cross threads: what services and bodies fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -178,16 +178,23 @@ impl HttpError {
     }
 
     /// Adds invalid fields, each bounded as in [`with_violation`](HttpError::with_violation),
-    /// at most [`MAX_VIOLATIONS`] listed in all and the rest counted.
+    /// at most [`MAX_VIOLATIONS`] listed in all, in at most [`MAX_VIOLATIONS_LEN`] bytes of
+    /// JSON, and the rest counted: every envelope periscope renders fits what the client
+    /// [`Decoder`](crate::Decoder) reads by default.
     pub fn with_violations(mut self, violations: impl IntoIterator<Item = Violation>) -> Self {
         let mut omitted: u64 = 0;
+        let mut listed_len: usize = self.inner.violations.iter().map(json_len).sum();
         for mut violation in violations {
             if self.inner.violations.len() < MAX_VIOLATIONS {
                 violation.bound_texts();
-                self.inner.violations.push(violation);
-            } else {
-                omitted += 1;
+                let len = json_len(&violation);
+                if listed_len.saturating_add(len) <= MAX_VIOLATIONS_LEN {
+                    listed_len += len;
+                    self.inner.violations.push(violation);
+                    continue;
+                }
             }
+            omitted += 1;
         }
         if omitted > 0 {
             let before = self
@@ -412,6 +419,11 @@ impl fmt::Debug for HttpError {
     }
 }
 
+/// The bytes `violation` takes in an envelope's list: its JSON and a comma.
+fn json_len(violation: &Violation) -> usize {
+    serde_json::to_vec(violation).map_or(usize::MAX, |json| json.len() + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,6 +469,44 @@ mod tests {
             .with_violation(violation(0));
         assert_eq!(error.violations().len(), crate::MAX_VIOLATIONS);
         assert_eq!(error.details().unwrap()["violations_omitted"], 51);
+    }
+
+    /// A hundred violations, each echoing a long rejected value: the envelope keeps as many as
+    /// fit [`MAX_VIOLATIONS_LEN`] and counts the rest, so the client's default decoder reads
+    /// it whole (past its 64 KiB it would read no envelope at all).
+    #[test]
+    fn long_violations_are_listed_within_a_byte_bound_the_decoder_reads() {
+        let mut violations = crate::Violations::new();
+        for i in 0..120 {
+            let value = "x".repeat(700);
+            violations.add(
+                format!("items[{i}].url"),
+                "format",
+                format!("{value} is not a URL"),
+            );
+        }
+        let response: Response<Vec<u8>> =
+            violations.into_result().unwrap_err().into_http_response();
+        assert!(
+            response.body().len() <= crate::DEFAULT_MAX_BODY_BYTES,
+            "{}",
+            response.body().len()
+        );
+        let listed = json(response.clone())["error"]["violations"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert!((30..MAX_VIOLATIONS).contains(&listed), "{listed}");
+        let decoded = crate::ApiError::from_response(&response);
+        assert_eq!(decoded.violations().len(), listed);
+        assert_eq!(
+            decoded.message(),
+            "120 fields are invalid: items[0].url, items[1].url, items[2].url, items[3].url, items[4].url and 115 more"
+        );
+        assert_eq!(
+            decoded.details().unwrap()["violations_omitted"],
+            120 - listed as u64
+        );
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub use panic::is_catching_panics;
 pub use render::{APPLICATION_JSON, APPLICATION_PROBLEM_JSON, RenderedError, prefers_problem_json};
 #[cfg(feature = "axum")]
 pub use request_body::is_request_body_cut;
-pub use validation::{MAX_VIOLATIONS, Violations};
+pub use validation::{MAX_VIOLATIONS, MAX_VIOLATIONS_LEN, Violations};
 
 // The Rust examples of the crate's guide compile and run as doc tests.
 #[doc = include_str!("../../../docs/errors.md")]

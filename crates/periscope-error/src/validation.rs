@@ -40,6 +40,13 @@ pub struct Violations {
 /// `details.violations_omitted` how many are not listed.
 pub const MAX_VIOLATIONS: usize = 100;
 
+/// The most bytes of JSON the listed violations take in an envelope: those that would pass it
+/// are counted in `details.violations_omitted` like those past [`MAX_VIOLATIONS`], so that an
+/// envelope with a hundred long messages (each echoing a rejected value) still fits the 64 KiB
+/// the client [`Decoder`](crate::Decoder) reads by default, with its other members at their
+/// own bounds.
+pub const MAX_VIOLATIONS_LEN: usize = 32 * 1024;
+
 /// The detail that counts the violations not listed.
 pub(crate) const VIOLATIONS_OMITTED: &str = "violations_omitted";
 
@@ -112,11 +119,12 @@ impl Violations {
             return Ok(());
         }
         let message = self.summary();
-        let error = HttpError::new(code, message).with_violations(self.list);
-        Err(match self.omitted {
-            0 => error,
-            omitted => error.with_detail(VIOLATIONS_OMITTED, omitted),
-        })
+        let mut error = HttpError::new(code, message);
+        if self.omitted > 0 {
+            error = error.with_detail(VIOLATIONS_OMITTED, self.omitted);
+        }
+        // Adds those it cannot list to the count.
+        Err(error.with_violations(self.list))
     }
 
     /// "2 fields are invalid: name, gpus".
