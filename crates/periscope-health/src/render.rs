@@ -70,7 +70,7 @@ impl Format {
         // health+json when asked for, unless the client prefers plain `application/json`
         // (named, or through the most specific wildcard when not named: RFC 9110 12.5.1). A
         // wildcard alone chooses the default, plain JSON.
-        let (mut health_json, mut json) = (0.0_f32, None::<f32>);
+        let (mut health_json, mut json) = (None::<f32>, None::<f32>);
         let (mut application, mut any) = (None::<f32>, None::<f32>);
         let ranges = request
             .headers()
@@ -81,8 +81,7 @@ impl Format {
         for range in ranges {
             let (media_type, q) = media_range(range);
             let weight = if media_type.eq_ignore_ascii_case(HEALTH_JSON) {
-                health_json = health_json.max(q);
-                continue;
+                &mut health_json
             } else if media_type.eq_ignore_ascii_case("application/json") {
                 &mut json
             } else if media_type.eq_ignore_ascii_case("application/*") {
@@ -94,8 +93,15 @@ impl Format {
             };
             *weight = Some(weight.map_or(q, |w| w.max(q)));
         }
-        let json = json.or(application).or(any).unwrap_or(0.0);
-        if health_json > 0.0 && health_json >= json {
+        let wildcard = application.or(any);
+        let json = json.or(wildcard).unwrap_or(0.0);
+        let health_json = match health_json {
+            Some(q) => q > 0.0 && q >= json,
+            // Not named: through the wildcard, when plain JSON ranks lower (`application/json;
+            // q=0, */*`); a tie keeps the default.
+            None => wildcard.is_some_and(|q| q > json),
+        };
+        if health_json {
             Format::HealthJson
         } else {
             Format::Json
@@ -489,6 +495,10 @@ mod tests {
                 Format::HealthJson,
             ),
             ("*/*", Format::Json),
+            // Plain JSON refused, or ranked below the wildcard health+json falls under.
+            ("application/json;q=0, */*", Format::HealthJson),
+            ("application/json;q=0.5, application/*", Format::HealthJson),
+            ("application/json;q=0, */*;q=0", Format::Json),
         ] {
             assert_eq!(format_of("/ready", Some(accept)), format, "{accept}");
         }
