@@ -62,14 +62,16 @@ pub enum DirectiveError {
     Unsupported(String),
 }
 
+/// A level by name, or by the number `tracing`'s own filters read (`0` off to `5` trace): a
+/// `RUST_LOG=4` kept from `EnvFilter` means debug, not a target named `4`.
 pub(crate) fn parse_level(text: &str) -> Result<LevelFilter, DirectiveError> {
     match text.to_ascii_lowercase().as_str() {
-        "off" => Ok(LevelFilter::OFF),
-        "error" => Ok(LevelFilter::ERROR),
-        "warn" | "warning" => Ok(LevelFilter::WARN),
-        "info" => Ok(LevelFilter::INFO),
-        "debug" => Ok(LevelFilter::DEBUG),
-        "trace" => Ok(LevelFilter::TRACE),
+        "off" | "0" => Ok(LevelFilter::OFF),
+        "error" | "1" => Ok(LevelFilter::ERROR),
+        "warn" | "warning" | "2" => Ok(LevelFilter::WARN),
+        "info" | "3" => Ok(LevelFilter::INFO),
+        "debug" | "4" => Ok(LevelFilter::DEBUG),
+        "trace" | "5" => Ok(LevelFilter::TRACE),
         _ => Err(DirectiveError::UnknownLevel(text.to_owned())),
     }
 }
@@ -655,6 +657,25 @@ mod tests {
         assert_eq!(d.level_for("my_crate::x"), LevelFilter::TRACE);
         assert_eq!(d.level_for("other"), LevelFilter::OFF);
         assert_eq!(Directives::parse("").unwrap().to_string(), "off");
+    }
+
+    /// The numbers `tracing`'s `EnvFilter` reads as levels mean the same here: a `RUST_LOG=4`
+    /// kept from it is debug, not a target named `4` that turns every other line off.
+    #[test]
+    fn numbered_levels_read_as_tracing_reads_them() {
+        let d = Directives::parse("4").unwrap();
+        assert_eq!(d.level_for("my_crate"), LevelFilter::DEBUG);
+        assert_eq!(d.to_string(), "debug");
+        let d = Directives::parse("2,my_crate=5,noisy=0").unwrap();
+        assert_eq!(d.to_string(), "warn,my_crate=trace,noisy=off");
+        assert_eq!(
+            Directives::parse_log_level("1").unwrap().to_string(),
+            "error"
+        );
+        assert_eq!(
+            Directives::parse_log_level("3").unwrap().to_string(),
+            "info"
+        );
     }
 
     #[test]
