@@ -123,8 +123,8 @@ impl Format {
 }
 
 /// Whether the request's `Accept-Encoding` lines accept gzip (`gzip` or `*` with a non-zero
-/// weight) at least as much as `identity` where they weigh that too (`identity;q=1,
-/// gzip;q=0.5` asks for the text as it is).
+/// weight) at least as much as `identity` where they weigh that too, by name or through `*`
+/// (`identity;q=1, gzip;q=0.5` and `gzip;q=0.5, *` ask for the text as it is).
 pub(crate) fn accepts_gzip(headers: &HeaderMap) -> bool {
     let mut gzip = None;
     let mut any = None;
@@ -138,6 +138,8 @@ pub(crate) fn accepts_gzip(headers: &HeaderMap) -> bool {
             any = Some(q);
         }
     }
+    // `*` weighs every coding not named, identity included (RFC 9110 §12.5.3).
+    let identity = identity.or(any);
     gzip.or(any)
         .is_some_and(|q| q > 0.0 && identity.is_none_or(|identity| q >= identity))
 }
@@ -551,6 +553,11 @@ mod tests {
         assert!(!gzip(&["identity, *;q=0.5"]));
         assert!(gzip(&["identity;q=0.5, gzip"]));
         assert!(gzip(&["identity, gzip"]));
+        // ... through `*`, which weighs identity where it is not named.
+        assert!(!gzip(&["gzip;q=0.5, *"]));
+        assert!(!gzip(&["gzip;q=0.1, *;q=0.8"]));
+        assert!(gzip(&["gzip, *;q=0.5"]));
+        assert!(gzip(&["*;q=0, gzip"]));
     }
 
     /// Every split of a list over lines negotiates as the list on one line.
