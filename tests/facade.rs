@@ -3133,7 +3133,9 @@ async fn the_facade_writes_red_metrics_under_the_names_a_service_gives() {
                 .duration_name("http_requests_duration_seconds")
                 .in_flight_name("http_requests_pending")
         })
-        // A second change (another helper's) applies after the first, not instead of it.
+        // A second change (another helper's) applies after the first, not instead of it:
+        // its route label wins over the first's.
+        .red_metrics(|red| red.route_label("path"))
         .red_metrics(|red| {
             red.route_label("endpoint")
                 .status_label(StatusLabel::Code)
@@ -3172,6 +3174,7 @@ async fn the_facade_writes_red_metrics_under_the_names_a_service_gives() {
     };
     assert_eq!(counted("/orders/{id}", "200"), 1.0, "{text}");
     assert_eq!(counted("__unmatched__", "404"), 1.0, "{text}");
+    assert!(!text.contains("path=\""), "{text}");
     for family in [
         "axum_http_requests_duration_seconds",
         "axum_http_requests_pending",
@@ -3268,6 +3271,24 @@ async fn the_facade_server_layer_takes_a_trust_boundary() {
         trace_id, INCOMING,
         "a later .correlation(..) dropped the trust boundary"
     );
+    // Changes apply in the order given: a later trust setting wins over an earlier one.
+    for (first, last, continues) in [
+        (Trust::Boundary, Trust::Incoming, true),
+        (Trust::Incoming, Trust::Boundary, false),
+    ] {
+        let obs = Observability::builder()
+            .log_writer(std::io::sink())
+            .correlation(move |layer| layer.trust(first))
+            .correlation(move |layer| layer.trust(last))
+            .build()
+            .unwrap();
+        let (trace_id, _) = trace_of(&obs).await;
+        assert_eq!(
+            trace_id == INCOMING,
+            continues,
+            "the later trust did not win"
+        );
+    }
 }
 
 /// A service declaring the tenant field `workspace_id`, its lines captured (for this thread)
