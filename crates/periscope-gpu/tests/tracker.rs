@@ -1051,3 +1051,58 @@ fn a_mig_instance_in_use_counts_as_busy() {
     let json = report_over(vec![parent(), mig(0, Some(Vec::new())), busy], true);
     assert_eq!(json["summary"]["gpu_attribution"], "none", "{json}");
 }
+
+/// A job shorter than one interval, tracked to its end with `finish_at_exit`: its last (here
+/// its only) interval is read before it is reaped, so its CPU time and storage writes are
+/// counted, where a reading after `child.wait()` finds nothing left to read.
+#[cfg(target_os = "linux")]
+#[test]
+fn finish_at_exit_counts_the_last_interval_of_a_child() {
+    const WRITTEN: u64 = 32 << 20;
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("periscope-tracker-exit-{}", std::process::id()));
+    let script = format!(
+        "head -c {WRITTEN} /dev/zero > {}; timeout 0.4 sh -c 'while :; do :; done'; exit 3",
+        file.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .spawn()
+        .expect("sh");
+    let tracker = ResourceTracker::builder()
+        .pid(child.id())
+        .interval(Duration::from_secs(5))
+        .start()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let report = tracker.finish_at_exit().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "waited for the job, not an interval"
+    );
+    // Not reaped by the tracker: the caller gets the exit status.
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+    std::fs::remove_file(&file).ok();
+    let summary = &report.summary;
+    let written = summary.disk_written_bytes;
+    assert!(
+        (WRITTEN * 9 / 10..WRITTEN * 3 / 2).contains(&written),
+        "{written} bytes counted for {WRITTEN} written: {summary:?}"
+    );
+    // 0.4 s of a core in a run of under a second or so.
+    assert!(
+        summary.cpu_cores_max * summary.duration_s > 0.2,
+        "{summary:?}"
+    );
+}
+
+/// Tracking this process itself, `finish_at_exit` waits for nothing: it is `finish`.
+#[test]
+fn finish_at_exit_of_this_process_is_finish() {
+    let tracker = ResourceTracker::builder()
+        .interval(Duration::from_millis(200))
+        .start()
+        .unwrap();
+    let report = tracker.finish_at_exit().unwrap();
+    assert!(report.summary.processes_max >= 1, "{:?}", report.summary);
+}

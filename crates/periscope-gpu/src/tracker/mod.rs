@@ -202,6 +202,7 @@ impl ResourceTrackerBuilder {
             .spawn(move || run.run())
             .map_err(TrackerError::Spawn)?;
         Ok(ResourceTracker {
+            pid: self.pid,
             stop,
             thread: Some(thread),
         })
@@ -229,6 +230,8 @@ impl ResourceTrackerBuilder {
 /// Dropping a tracker without `finish` stops its thread after at most one reading.
 #[derive(Debug)]
 pub struct ResourceTracker {
+    /// The tree's root.
+    pid: u32,
     stop: Arc<Stop>,
     thread: Option<JoinHandle<Result<ResourceReport, TrackerError>>>,
 }
@@ -248,6 +251,65 @@ impl ResourceTracker {
             Some(Ok(report)) => report,
             Some(Err(_)) | None => Err(TrackerError::Panicked),
         }
+    }
+
+    /// Waits for the tracked process to end, then takes the last reading and returns the
+    /// report, as [`finish`](Self::finish) does.
+    ///
+    /// For a process this one started (`Command::spawn`), call it instead of `child.wait()`
+    /// then `finish()`, and reap the child afterwards (`child.wait()` then returns at once,
+    /// with its exit status): on Linux the last reading comes before the child is reaped,
+    /// while its totals can still be read, so the CPU time and storage I/O of its last
+    /// interval (all of a job shorter than one interval) are counted; once reaped they are
+    /// gone with it. A process this one did not start is waited for until it is gone. For
+    /// the tracker's own process (the default [`pid`](ResourceTrackerBuilder::pid)) it is
+    /// `finish`. Blocks the calling thread: use `spawn_blocking` from async code.
+    ///
+    /// ```no_run
+    /// use std::process::Command;
+    /// use periscope_gpu::ResourceTracker;
+    ///
+    /// let mut child = Command::new("python3").arg("train.py").spawn()?;
+    /// let tracker = ResourceTracker::builder().pid(child.id()).start()?;
+    /// let report = tracker.finish_at_exit()?;
+    /// let status = child.wait()?;
+    /// # let _ = (report, status);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn finish_at_exit(self) -> Result<ResourceReport, TrackerError> {
+        if self.pid != std::process::id() {
+            wait_for_exit(self.pid);
+        }
+        self.finish()
+    }
+}
+
+/// Returns once `pid` has ended: at its exit, before it is reaped, for a child of this process
+/// on Linux; else once it is gone.
+fn wait_for_exit(pid: u32) {
+    #[cfg(target_os = "linux")]
+    if let Some(child) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        use rustix::process::{WaitId, WaitIdOptions, waitid};
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+        loop {
+            match waitid(WaitId::Pid(child), options) {
+                Ok(_) => return,
+                Err(rustix::io::Errno::INTR) => continue,
+                // Not a child of this process (or reaped already): wait until it is gone.
+                Err(_) => break,
+            }
+        }
+    }
+    let pid = sysinfo::Pid::from_u32(pid);
+    let mut system = sysinfo::System::new();
+    let kind = sysinfo::ProcessRefreshKind::nothing();
+    while system.refresh_processes_specifics(sysinfo::ProcessesToUpdate::Some(&[pid]), true, kind)
+        > 0
+    {
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

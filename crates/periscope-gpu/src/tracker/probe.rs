@@ -136,7 +136,15 @@ impl Probe {
                 .unwrap_or_default()
                 .as_secs_f64(),
             elapsed_s: self.started.elapsed().as_secs_f64(),
-            processes: u32::try_from(tree.len()).unwrap_or(u32::MAX),
+            // An ended process not yet reaped (`finish_at_exit`) counts its CPU time and
+            // storage I/O up to its end below, but is no process running, and holds no memory.
+            processes: u32::try_from(
+                tree.iter()
+                    .filter_map(|pid| self.system.process(*pid))
+                    .filter(|process| process.status() != sysinfo::ProcessStatus::Zombie)
+                    .count(),
+            )
+            .unwrap_or(u32::MAX),
             host_cpu_percent: f64::from(self.system.global_cpu_usage()),
             host_memory_used_bytes: self.system.used_memory(),
             host_memory_total_bytes: self.system.total_memory(),
