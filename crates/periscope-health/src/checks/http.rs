@@ -33,7 +33,7 @@ const CLOSED_AFTER_INTERIM: &str = "the connection closed after an interim (1xx)
 pub fn http_get(url: &str) -> Result<HttpCheck, InvalidUrl> {
     let shown = without_query(url);
     let invalid = |reason| InvalidUrl {
-        url: without_userinfo(shown),
+        url: without_credentials(url),
         reason,
     };
     let rest = url
@@ -112,20 +112,32 @@ fn without_query(url: &str) -> &str {
     url.find(['?', '#']).map_or(url, |at| &url[..at])
 }
 
-/// `url` with the credentials of its authority (`user:password@`) replaced by `[REDACTED]`:
-/// a refused URL is named in an error that reaches startup logs.
-fn without_userinfo(url: &str) -> String {
+/// `url` without its query string and fragment, and with the credentials of its authority
+/// (`user:password@`) replaced by `[REDACTED]`: a refused URL is named in an error that reaches
+/// startup logs. The credentials are found on the whole URL first: a password holding `/`, `?`
+/// or `#` (base64, generated) ends at the URL's last `@`, and no part of it is shown.
+fn without_credentials(url: &str) -> String {
     let start = url.find("://").map_or(0, |at| at + 3);
-    let end = url[start..].find('/').map_or(url.len(), |at| start + at);
-    match url[start..end].rfind('@') {
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo_end = authority.rfind('@').or_else(|| {
+        // `user:pass` before the first `/`, `?` or `#`, where a host would have a port.
+        let password = !authority.starts_with('[')
+            && authority
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| !port.bytes().all(|b| b.is_ascii_digit()));
+        password.then(|| rest.rfind('@')).flatten()
+    });
+    let masked = match userinfo_end {
         Some(at) => format!(
             "{}{}{}",
             &url[..start],
             periscope_log::REDACTED,
-            &url[start + at..]
+            &rest[at..]
         ),
         None => url.to_owned(),
-    }
+    };
+    without_query(&masked).to_owned()
 }
 
 /// Why [`http_get`] refused a URL (named without its query string and credentials).
@@ -353,8 +365,19 @@ mod tests {
             assert!(!error.contains("hunter2"), "{error}");
             assert!(error.contains("[REDACTED]@db"), "{error}");
         }
+        // A password holding `/`, `?` or `#` (base64, generated): no part of it shows.
+        for (url, secret) in [
+            ("http://monitor:Zm9v/YmFy@db:8080/health", ["Zm9v", "YmFy"]),
+            ("http://admin:hun?ter2@db/", ["hun", "ter2"]),
+            ("http://admin:hun#ter2@db/", ["hun", "ter2"]),
+        ] {
+            let error = http_get(url).unwrap_err();
+            for shown in [error.to_string(), format!("{error:?}")] {
+                assert!(!secret.iter().any(|part| shown.contains(part)), "{shown}");
+            }
+        }
         assert_eq!(
-            without_userinfo("http://svc/a@b"),
+            without_credentials("http://svc/a@b"),
             "http://svc/a@b",
             "an `@` in the path is not userinfo"
         );
