@@ -688,10 +688,12 @@ impl ObservabilityBuilder {
         };
 
         // Outgoing calls send the same tenant fields the server layer reads.
-        let all_tenant_keys: Vec<TenantKey> = TenantKey::defaults()
-            .into_iter()
-            .chain(tenant_keys.iter().cloned())
-            .collect();
+        let mut all_tenant_keys = TenantKey::defaults();
+        for key in &tenant_keys {
+            if !all_tenant_keys.contains(key) {
+                all_tenant_keys.push(key.clone());
+            }
+        }
         // One propagation setting for incoming and outgoing context (OTEL_PROPAGATORS), with
         // export or without.
         let client_trace = ClientTraceLayer::new()

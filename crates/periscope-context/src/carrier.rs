@@ -303,7 +303,9 @@ pub fn extract<C: Extractor + ?Sized>(carrier: &C, options: &ExtractOptions) -> 
     let mut tenant = Tenant::new();
     let mut rejected_tenant = Vec::new();
     for (index, key) in options.tenant_keys.iter().enumerate() {
-        if !sent.tenants.has(index) {
+        // A key listed twice (`org_id` declared beside the defaults) is read once: its
+        // rejection warned once.
+        if !sent.tenants.has(index) || options.tenant_keys[..index].contains(key) {
             continue;
         }
         if let Some(value) = carrier.first(key.header()) {

@@ -378,6 +378,29 @@ fn broken_carriers_fall_back_and_warn() {
     }
 }
 
+/// A tenant key listed twice (a service declaring `org_id` beside the defaults): an invalid
+/// value is read once, and warned of once.
+#[test]
+fn a_tenant_key_listed_twice_warns_once() {
+    let (logs, _guard) = json_logs();
+    use periscope_context::TenantKey;
+    let mut options = ExtractOptions::default();
+    options.tenant_keys = vec![TenantKey::ORG_ID, TenantKey::PROJECT_ID, TenantKey::ORG_ID];
+    let carrier = Carrier::from(std::collections::BTreeMap::from([
+        ("x-request-id".to_owned(), "r-dup".to_owned()),
+        ("x-org-id".to_owned(), "org 7; drop".to_owned()),
+    ]));
+    JobSpan::from_carrier_with("j", &carrier, &options)
+        .run(async {})
+        .await_sync();
+    let warned = logs
+        .lines()
+        .iter()
+        .filter(|line| line["message"] == "ignored an invalid tenant header")
+        .count();
+    assert_eq!(warned, 1, "{:#?}", logs.lines());
+}
+
 /// A carrier of megabytes from the queue: read, used and dropped with bounded results.
 #[test]
 fn a_carrier_of_megabytes() {
