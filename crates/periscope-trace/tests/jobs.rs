@@ -384,8 +384,10 @@ fn broken_carriers_fall_back_and_warn() {
 fn a_tenant_key_listed_twice_warns_once() {
     let (logs, _guard) = json_logs();
     use periscope_context::TenantKey;
-    let mut options = ExtractOptions::default();
-    options.tenant_keys = vec![TenantKey::ORG_ID, TenantKey::PROJECT_ID, TenantKey::ORG_ID];
+    let options = ExtractOptions {
+        tenant_keys: vec![TenantKey::ORG_ID, TenantKey::PROJECT_ID, TenantKey::ORG_ID],
+        ..ExtractOptions::default()
+    };
     let carrier = Carrier::from(std::collections::BTreeMap::from([
         ("x-request-id".to_owned(), "r-dup".to_owned()),
         ("x-org-id".to_owned(), "org 7; drop".to_owned()),
