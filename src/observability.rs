@@ -182,9 +182,13 @@ impl ObservabilityBuilder {
     /// ```
     #[cfg(feature = "otel")]
     pub fn otlp_endpoint(self, url: &str) -> Result<Self, ConfigError> {
+        // The traces-only variable of an earlier source would win over the value set here.
         self.variables(
             "otlp_endpoint",
-            &[("OTEL_EXPORTER_OTLP_ENDPOINT", Some(url.to_owned()))],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", Some(url.to_owned())),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None),
+            ],
         )
     }
 
@@ -197,10 +201,13 @@ impl ObservabilityBuilder {
     ) -> Result<Self, ConfigError> {
         self.variables(
             "otlp_protocol",
-            &[(
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-                Some(protocol.as_str().to_owned()),
-            )],
+            &[
+                (
+                    "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    Some(protocol.as_str().to_owned()),
+                ),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", None),
+            ],
         )
     }
 

@@ -101,6 +101,53 @@ fn the_settings_json_never_shows_the_otlp_endpoints_credentials() {
     }
 }
 
+/// The endpoint and the protocol set in code after a source replace that source's
+/// traces-only variables too, which would otherwise win over them, silently; a source after
+/// the code still wins.
+#[cfg(feature = "otel")]
+#[test]
+fn the_otlp_endpoint_and_protocol_set_in_code_win_over_an_earlier_sources() {
+    use periscope::trace::otel::Protocol;
+
+    let earlier = |var: &'static str, value: &'static str| {
+        quiet()
+            .env_from(move |name| (name == var).then(|| value.to_owned()))
+            .unwrap()
+    };
+    let obs = earlier(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "http://old:4318/v1/traces",
+    )
+    .otlp_endpoint("http://new:4318")
+    .unwrap()
+    .build()
+    .unwrap();
+    assert_eq!(
+        obs.settings().otel.traces_endpoint().as_deref(),
+        Some("http://new:4318/v1/traces")
+    );
+    let obs = earlier("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+        .otlp_protocol(Protocol::Grpc)
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(obs.settings().otel.protocol, Protocol::Grpc);
+
+    let obs = quiet()
+        .otlp_endpoint("http://new:4318")
+        .unwrap()
+        .env_from(|name| {
+            (name == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").then(|| "http://later:4318/x".into())
+        })
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(
+        obs.settings().otel.traces_endpoint().as_deref(),
+        Some("http://later:4318/x")
+    );
+}
+
 #[cfg(feature = "otel")]
 #[test]
 fn the_exported_spans_take_the_service_name_set_last() {
