@@ -21,7 +21,6 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use periscope::admin::Admin;
-use periscope::admin::Endpoint;
 use periscope::error::{HttpError, Violations};
 use periscope::{Observability, env};
 use tokio::net::TcpListener;
@@ -97,10 +96,7 @@ async fn route(
         // The admin surface answers the paths it serves (`/debug/*` only while debug access
         // is on, behind the token), as `Admin::router()` routes them for axum; any other is
         // the service's 404, which the error layer words as a router's.
-        let debug_on = admin.endpoints().any(Endpoint::is_debug);
-        if Endpoint::from_path(path).is_some_and(|endpoint| admin.serves(endpoint))
-            || (debug_on && path.starts_with("/debug/"))
-        {
+        if admin.handles(path) {
             return admin.oneshot(request).await;
         }
         return Ok(Response::builder()

@@ -5,7 +5,9 @@ use http::Method;
 /// One path of the admin surface.
 ///
 /// [`Admin::endpoints`](crate::Admin::endpoints) lists the ones a given admin service serves,
-/// for example to keep them out of access logs or to mount them one by one.
+/// for example to keep them out of access logs; to route requests to it without axum, use
+/// [`Admin::handles`](crate::Admin::handles), which also takes every `/debug/` path while
+/// debug access is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     /// `GET /health`: liveness.

@@ -109,6 +109,25 @@ impl Admin {
         Endpoint::ALL.into_iter().filter(|e| self.serves(*e))
     }
 
+    /// Whether a request for `path` belongs to this admin service, for routing without axum
+    /// the way [`router`](Self::router) routes: an endpoint it [`serves`](Self::serves), and,
+    /// while debug access is on, every path under `/debug/`, served or not, so that a caller
+    /// without the token gets 401 on all of them and cannot tell which exist.
+    ///
+    /// ```
+    /// use periscope_admin::{Admin, DebugAccess};
+    ///
+    /// let admin = Admin::builder().debug(DebugAccess::Token("t0ken-0123456789abcdef".into())).build();
+    /// assert!(admin.handles("/debug/status"));
+    /// assert!(admin.handles("/debug/not-served")); // asks for the token too
+    /// assert!(!admin.handles("/debugger"));
+    /// assert!(!admin.handles("/orders"));
+    /// ```
+    pub fn handles(&self, path: &str) -> bool {
+        Endpoint::from_path(path).is_some_and(|endpoint| self.serves(endpoint))
+            || (self.debug_enabled() && path.starts_with(DEBUG_PREFIX))
+    }
+
     fn handle<B>(&self, request: Request<B>) -> ResponseFuture
     where
         B: Body + Send + 'static,

@@ -754,6 +754,48 @@ async fn without_the_token_no_debug_path_reveals_whether_it_exists() {
         .envelope(404, "route_not_found");
 }
 
+/// Routed by hand (no axum) with `handles`, in front of an app whose other paths answer 418:
+/// every `/debug/` path reaches the admin and asks for the token, served or not; with debug
+/// access off none does, and the probes still do.
+#[tokio::test]
+async fn a_hand_router_using_handles_keeps_every_debug_path_behind_the_token() {
+    use tower::ServiceExt;
+
+    let in_front = |admin: Admin| {
+        tower::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let admin = admin.clone();
+            async move {
+                if admin.handles(request.uri().path()) {
+                    let response = admin.oneshot(request).await?;
+                    return Ok::<_, Infallible>(response.map(http_body_util::Either::Left));
+                }
+                let teapot = Response::builder()
+                    .status(418)
+                    .body(http_body_util::Either::Right(Full::new(Bytes::new())))
+                    .unwrap();
+                Ok(teapot)
+            }
+        })
+    };
+    let admin = Admin::builder()
+        .debug(DebugAccess::Token(TOKEN.into()))
+        .build();
+    let addr = serve(in_front(admin)).await;
+    for path in ["/debug/status", "/debug/logs", "/debug/x", "/debug/"] {
+        get(addr, path).await.envelope(401, "token_missing");
+    }
+    assert_eq!(get(addr, "/health").await.status, 200);
+    for path in ["/debug", "/debugger", "/orders"] {
+        assert_eq!(get(addr, path).await.status, 418, "{path}");
+    }
+
+    let closed = serve(in_front(Admin::builder().build())).await;
+    for path in ["/debug/status", "/debug/x"] {
+        assert_eq!(get(closed, path).await.status, 418, "{path}");
+    }
+    assert_eq!(get(closed, "/ready").await.status, 200);
+}
+
 #[tokio::test]
 async fn in_flight_counts_the_requests_the_metrics_layer_is_serving() {
     let registry = MetricsRegistry::new();
