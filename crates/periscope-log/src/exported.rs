@@ -24,10 +24,12 @@ pub(crate) fn current_span_ids() -> Option<(String, String)> {
     }
 }
 
-/// Called on every line: on a thread's first, reads OpenTelemetry's context and then sets up
-/// the guard that tells when the thread ends. Thread-locals are destroyed in the reverse
-/// order of their first use, so the guard goes (and says so) before the context does, and
-/// before any thread-local first used before this line (whose destructor may log).
+/// Called on every line, every new span and every span entered: on a thread's first, reads
+/// OpenTelemetry's context and then sets up the guard that tells when the thread ends.
+/// Thread-locals are destroyed in the reverse order of their first use, so the guard goes (and
+/// says so) before the context does, when a span (tracing-opentelemetry's use of the context)
+/// or a line first used it, and before any thread-local first used before (whose destructor
+/// may log). A context first used by hand, before any span or line, is not covered.
 #[inline]
 pub(crate) fn watch_thread() {
     if CONTEXT_STATE.get() == ContextState::Untouched {

@@ -785,6 +785,11 @@ where
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        // A span is where OpenTelemetry's export first uses its context on a thread: the
+        // guard set up now is destroyed before that context, even on a thread that never
+        // logs a line before a thread-local's destructor does.
+        #[cfg(feature = "otel")]
+        crate::exported::watch_thread();
         let Some(span) = ctx.span(id) else {
             return;
         };
@@ -842,6 +847,12 @@ where
         {
             fields.merge(update);
         }
+    }
+
+    #[cfg(feature = "otel")]
+    fn on_enter(&self, _id: &Id, _ctx: Context<'_, S>) {
+        // As in `on_new_span`: a span made on another thread is entered here first.
+        crate::exported::watch_thread();
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
