@@ -96,8 +96,8 @@ pub struct ObservabilityBuilder {
     config_sections: Vec<(String, serde_json::Value)>,
     red_metrics: Option<ConfigureRed>,
     correlation: Option<ConfigureCorrelation>,
-    /// Paths the request timeout leaves out besides the default probes.
-    untimed_paths: Vec<Cow<'static, str>>,
+    /// Probes on the service's own paths ([`probe_paths`](Self::probe_paths)).
+    probe_paths: Vec<Cow<'static, str>>,
     /// A network given to [`trusted_proxies`](Self::trusted_proxies) that is not one.
     invalid_proxies: Option<ConfigError>,
 }
@@ -294,28 +294,31 @@ impl ObservabilityBuilder {
         self
     }
 
-    /// Paths the request timeout leaves out, besides the default probes (`/health`, `/ready`,
-    /// `/startup` and gRPC's health check): probes mounted elsewhere with
-    /// [`Health::probe_service`](periscope_health::Health::probe_service), which answer
-    /// within their checks' own timeouts, or a long poll. Whole paths, matched exactly;
-    /// repeated calls add to the list.
+    /// Paths of probes mounted on the service's own paths with
+    /// [`Health::probe_service`](periscope_health::Health::probe_service) (`/livez`,
+    /// `/readyz`), treated as the default probe paths are: left out of the request timeout
+    /// (they answer within their checks' own timeouts), not traced, and their access lines at
+    /// `debug` rather than by outcome (a failing readiness probe is not an `error` line every
+    /// few seconds). Whole paths, matched exactly; repeated calls add to the list. A
+    /// [`correlation`](Self::correlation) change that sets its own `quiet(..)` selector
+    /// replaces the tracing part.
     ///
     /// ```
     /// use std::time::Duration;
     ///
     /// let obs = periscope::Observability::builder()
     ///     .request_timeout(Duration::from_secs(2))
-    ///     .untimed_paths(["/livez", "/readyz"])
+    ///     .probe_paths(["/livez", "/readyz"])
     ///     .build()?;
     /// # let _ = obs.layer();
     /// # Ok::<(), periscope::Error>(())
     /// ```
-    pub fn untimed_paths<I, P>(mut self, paths: I) -> Self
+    pub fn probe_paths<I, P>(mut self, paths: I) -> Self
     where
         I: IntoIterator<Item = P>,
         P: Into<Cow<'static, str>>,
     {
-        self.untimed_paths.extend(paths.into_iter().map(Into::into));
+        self.probe_paths.extend(paths.into_iter().map(Into::into));
         self
     }
 
@@ -718,7 +721,15 @@ impl ObservabilityBuilder {
             ..ExtractOptions::default()
         };
         // The server layer matches the route once; the layers inside read its match.
+        let quiet = self
+            .probe_paths
+            .iter()
+            .cloned()
+            .fold(periscope_trace::PathSelector::default(), |quiet, path| {
+                quiet.with_path(path)
+            });
         let correlation = CorrelationLayer::new()
+            .quiet(quiet)
             .tenant_keys(all_tenant_keys)
             .route_templates(routes)
             .trusted_proxies(settings.trusted_proxies.clone())
@@ -744,7 +755,7 @@ impl ObservabilityBuilder {
             health,
             correlation,
             job_options,
-            untimed_paths: self.untimed_paths,
+            probe_paths: self.probe_paths,
             #[cfg(feature = "gpu")]
             gpu,
         })
@@ -772,8 +783,8 @@ pub struct Observability {
     correlation: CorrelationLayer,
     /// How jobs read their carriers: with the service's tenant keys.
     job_options: ExtractOptions,
-    /// The request timeout's exceptions besides the default probes.
-    untimed_paths: Vec<Cow<'static, str>>,
+    /// Probes on the service's own paths, besides the default ones.
+    probe_paths: Vec<Cow<'static, str>>,
     level_control: LevelControl,
     recent_logs: RecentLogs,
     redactor: Redactor,
@@ -808,7 +819,7 @@ impl Observability {
             config_sections: Vec::new(),
             red_metrics: None,
             correlation: None,
-            untimed_paths: Vec::new(),
+            probe_paths: Vec::new(),
             invalid_proxies: None,
         }
     }
@@ -986,7 +997,7 @@ impl Observability {
     /// timeout (`REQUEST_TIMEOUT_S`) leaves out the probes (`/health`, `/ready`, `/startup`,
     /// and gRPC's `/grpc.health.v1.Health/Check` where the service routes it), which answer
     /// within their checks' timeouts, and the paths given to
-    /// [`ObservabilityBuilder::untimed_paths`].
+    /// [`ObservabilityBuilder::probe_paths`].
     pub fn layer(&self) -> ObservabilityLayer {
         let mut errors = ErrorLayer::new();
         if let Some(timeout) = self.settings.request_timeout {
@@ -1001,12 +1012,18 @@ impl Observability {
             ];
             errors = errors
                 .timeout(timeout)
-                .untimed_paths(defaults.into_iter().chain(self.untimed_paths.clone()));
+                .untimed_paths(defaults.into_iter().chain(self.probe_paths.clone()));
         }
         ObservabilityLayer {
             correlation: self.correlation.clone(),
             metrics: self.metrics_layer.clone(),
             access_log: AccessLogLayer::new()
+                .quiet_paths(
+                    periscope_log::DEFAULT_QUIET_PATHS
+                        .iter()
+                        .copied()
+                        .chain(self.probe_paths.iter().map(|path| path.as_ref())),
+                )
                 .trusted_proxies(self.settings.trusted_proxies.clone()),
             errors,
         }

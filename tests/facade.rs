@@ -4121,12 +4121,25 @@ async fn a_hung_non_critical_check_stays_degraded_under_a_shorter_request_timeou
     assert_eq!(get_path(addr, "/slow", None).await.status, 504);
 }
 
-/// A probe mounted on a path of the service's own (`probe_service`) is left out of the
-/// request timeout once named with `untimed_paths`, as the default paths are; the same probe
-/// on a path not named still gets it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_probe_on_a_path_named_untimed_stays_degraded_under_a_shorter_request_timeout() {
+/// Probes mounted on paths of the service's own (`probe_service`), named with `probe_paths`,
+/// are treated as the default probe paths are: left out of the request timeout, not traced,
+/// and their access lines at `debug` even when failing; the same probe on a path not named
+/// still gets the timeout and its line by outcome.
+#[tokio::test(flavor = "current_thread")]
+async fn probes_on_paths_named_probe_paths_are_untimed_untraced_and_quiet() {
     use periscope::health::Probe;
+    use periscope::log::Directives;
+    use tracing::level_filters::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let out = Captured::default();
+    let (log, log_guard) = periscope::log::LogLayer::builder()
+        .writer(out.clone())
+        .blocking(true)
+        .directives(Directives::level(LevelFilter::DEBUG))
+        .build();
+    let _default = set_default(tracing_subscriber::registry().with(log));
+    let gate = periscope::health::StartupGate::new("warm-up");
     let health = periscope::health::Health::builder()
         .add_check(
             periscope::health::HealthCheck::new(
@@ -4136,30 +4149,60 @@ async fn a_probe_on_a_path_named_untimed_stays_degraded_under_a_shorter_request_
             .timeout(Duration::from_millis(800))
             .non_critical(),
         )
+        .startup_gate(gate.clone())
         .cache_ttl(Duration::ZERO)
         .build()
         .unwrap();
     let obs = Observability::builder()
         .service_name("probe-paths")
         .request_timeout(Duration::from_millis(300))
-        .untimed_paths(["/livez"])
-        .untimed_paths([String::from("/readyz")])
+        .probe_paths(["/livez", "/span"])
+        .probe_paths([String::from("/readyz")])
         .health(health.clone())
         .build()
         .unwrap();
+    let span_name = || async {
+        tracing::Span::current()
+            .metadata()
+            .map_or("none", |metadata| metadata.name())
+    };
     let addr = serve_on_loopback(
         Router::new()
             .route_service("/readyz", health.probe_service(Probe::Readiness))
             .route_service("/ready-timed", health.probe_service(Probe::Readiness))
+            .route("/span", get(span_name))
+            .route("/traced", get(span_name))
             .layer(obs.layer()),
     )
     .await;
 
-    let ready = get_path(addr, "/readyz", None).await;
+    // Starting: 503, yet quiet; and past the request timeout, a check still running.
+    let ready = get_path(addr, "/readyz", Some("probe-1")).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    gate.open();
+    let ready = get_path(addr, "/readyz", Some("probe-2")).await;
     assert_eq!(ready.status, 200, "{}", ready.body);
     let body: Value = serde_json::from_str(&ready.body).unwrap();
     assert_eq!(body["status"], "degraded", "{body}");
-    assert_eq!(get_path(addr, "/ready-timed", None).await.status, 504);
+    assert_eq!(
+        get_path(addr, "/ready-timed", Some("probe-3")).await.status,
+        504
+    );
+    assert_eq!(get_path(addr, "/span", None).await.body, "none");
+    assert_eq!(get_path(addr, "/traced", None).await.body, "http_request");
+
+    drop(log_guard);
+    let lines = out.lines();
+    let level = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["target"] == "periscope::access" && l["request_id"] == id)
+            .unwrap_or_else(|| panic!("no access line for {id}: {lines:#?}"))["level"]
+            .clone()
+    };
+    assert_eq!(level("probe-1"), "debug");
+    assert_eq!(level("probe-2"), "debug");
+    assert_eq!(level("probe-3"), "error");
 }
 
 /// Behind the stack's error layer, the probes', the scrape's and the admin's answers stay the
