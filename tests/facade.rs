@@ -3735,6 +3735,96 @@ async fn an_http2_upload_the_client_cancels_is_not_a_malformed_request() {
     drop(log_guard);
 }
 
+/// An HTTP/2 upload cut by the connection closing (the client's process died, the network
+/// dropped), not by a reset of its stream: h2 fails the stream with the connection's I/O
+/// error, which is a cut body as over HTTP/1.1, `request_body_incomplete`, not a malformed
+/// request.
+#[cfg(feature = "http2")]
+#[tokio::test(flavor = "current_thread")]
+async fn an_http2_upload_cut_by_its_connection_closing_is_not_a_malformed_request() {
+    use axum::routing::post;
+
+    /// Its bytes, then nothing more, ever.
+    struct Stalled(Option<Bytes>);
+    impl http_body::Body for Stalled {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            match self.0.take() {
+                Some(data) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+                None => std::task::Poll::Pending,
+            }
+        }
+    }
+
+    let (out, log_guard, _default) = capture_lines(None);
+    let obs = Observability::builder()
+        .service_name("cut-h2-connection")
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/json", post(|_: axum::Json<Value>| async { "parsed" }))
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(periscope::Server::new(listener).serve(app, std::future::pending()));
+
+    // Closed with a reset (no lingering), as a connection a crashed client or a dropped
+    // network leaves is.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_linger(Some(Duration::ZERO)).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::post(format!("http://{addr}/json"))
+        .header("content-type", "application/json")
+        .header("content-length", 100_000)
+        .header("x-request-id", "h2-conn-cut")
+        .body(Stalled(Some(Bytes::from(vec![b' '; 1000]))))
+        .unwrap();
+    let call = tokio::spawn(async move { sender.send_request(request).await });
+    let began = async {
+        while obs.in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), began)
+        .await
+        .expect("the upload began");
+    // Its first bytes read, the rest awaited.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The client goes: its connection closes with the stream open.
+    connection.abort();
+    call.abort();
+
+    let line =
+        async {
+            loop {
+                if let Some(line) = out.lines().into_iter().find(|l| {
+                    l["target"] == "periscope::access" && l["request_id"] == "h2-conn-cut"
+                }) {
+                    return line;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+    let line = tokio::time::timeout(Duration::from_secs(10), line)
+        .await
+        .expect("an access line for the cut upload");
+    assert_eq!(
+        line["data"]["error_code"], "request_body_incomplete",
+        "{line}"
+    );
+    assert_ne!(line["level"], "error", "{line}");
+    drop(log_guard);
+}
+
 /// The server span's `client.address` and `request_id`, by span.
 #[cfg(feature = "serve")]
 #[derive(Clone, Default)]

@@ -68,6 +68,16 @@ pub fn is_request_body_cut(error: &(dyn Error + 'static)) -> bool {
         }
         #[cfg(feature = "http2")]
         if let Some(error) = error.downcast_ref::<h2::Error>() {
+            // The connection closed or broke under the stream (the client's process died, the
+            // network dropped, the server dropped a stalled connection): h2 gives every open
+            // stream the connection's I/O error.
+            if let Some(io) = error.get_io() {
+                use std::io::ErrorKind::*;
+                return matches!(
+                    io.kind(),
+                    UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+                );
+            }
             // The client cancelled the stream (RST_STREAM) or went away (GOAWAY); a reset h2
             // sent itself (a stream shorter than its `Content-Length`, flow control) is the
             // client's protocol error, not a cut.
@@ -217,5 +227,50 @@ impl Body for Watched {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(all(test, feature = "http2"))]
+mod tests {
+    use super::is_request_body_cut;
+
+    /// The error an HTTP/2 request body ends with when its connection closes under it (the
+    /// client's process died, the network dropped): h2 fails the open stream with the
+    /// connection's I/O error, which is a cut, as the same loss over HTTP/1.1 is.
+    #[tokio::test]
+    async fn an_http2_body_whose_connection_closed_is_cut() {
+        let (client_io, server_io) = tokio::io::duplex(64 << 10);
+        let server = tokio::spawn(async move {
+            let mut connection = h2::server::handshake(server_io).await.unwrap();
+            let (request, _respond) = connection.accept().await.unwrap().unwrap();
+            let mut body = request.into_body();
+            // Drives the connection while the body is read.
+            let driver = tokio::spawn(async move { while connection.accept().await.is_some() {} });
+            let mut error = None;
+            while let Some(frame) = body.data().await {
+                if let Err(e) = frame {
+                    error = Some(e);
+                    break;
+                }
+            }
+            driver.abort();
+            error.expect("the body failed")
+        });
+        let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let request = http::Request::post("http://example/upload")
+            .header("content-length", "100000")
+            .body(())
+            .unwrap();
+        let (_response, mut body) = client.send_request(request, false).unwrap();
+        body.send_data(bytes::Bytes::from_static(&[b' '; 1000]), false)
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // The client goes: its end of the connection is dropped with the stream open.
+        connection.abort();
+        drop((client, body));
+        let error = server.await.unwrap();
+        assert!(error.is_io(), "{error:?}");
+        assert!(is_request_body_cut(&error), "{error:?}");
     }
 }
