@@ -3775,7 +3775,7 @@ async fn an_http2_upload_cut_by_its_connection_closing_is_not_a_malformed_reques
     // Closed with a reset (no lingering), as a connection a crashed client or a dropped
     // network leaves is.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_linger(Some(Duration::ZERO)).unwrap();
+    socket.set_zero_linger().unwrap();
     let stream = socket.connect(addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake(hyper_util::rt::TokioIo::new(stream))
