@@ -719,6 +719,62 @@ async fn interceptors_routes_and_cancelled_streams_in_an_axum_app() {
     drop(log_guard);
 }
 
+/// A unary call the client cancels before its request message came whole (a large message
+/// on a slow link, a deadline the client gave up on): tonic reads the reset as the request's
+/// end and answers `INTERNAL` "Missing request message" to a stream already gone. That is the
+/// client's doing, not the service's failure: not logged at `error`, not counted `5xx`, the
+/// span not failed.
+#[tokio::test(flavor = "current_thread")]
+async fn a_unary_call_cancelled_before_its_message_is_not_a_server_failure() {
+    let (out, spans, log_guard, _default) = record();
+    let obs = Observability::builder()
+        .service_name("grpc-audit")
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .merge(tonic::service::Routes::new(Echo).into_axum_router())
+        .layer(obs.layer());
+    let (listener, addr) = listen().await;
+    tokio::spawn(obs.server(listener).serve(app, std::future::pending()));
+    let client = connect(addr).await;
+
+    let (tx, messages) = channel_stream();
+    let mut caller = client.clone();
+    let call = tokio::spawn(async move {
+        caller.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static(UNARY);
+        let _ = caller
+            .streaming::<_, String, String, _>(with_id(messages, "u-left"), path, Text)
+            .await;
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while obs.in_flight() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    call.abort();
+    drop(tx);
+    let line = access_line(&out, "u-left").await;
+    assert_ne!(line["level"], "error", "{line}");
+    assert_ne!(line["data"]["grpc_status"], 13, "{line}");
+    let route = "/audit.Echo/{*rest}";
+    eventually("counted", || {
+        (server_count(&obs, route, "5xx")
+            + server_count(&obs, route, "4xx")
+            + server_count(&obs, route, "cancelled")
+            > 0.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(server_count(&obs, route, "5xx"), 0.0);
+    let span = &spans.of("http_request", "u-left")[0];
+    assert_eq!(span.get("otel.status_code"), None, "{span:?}");
+    drop(log_guard);
+}
+
 /// tonic's own server settings act outside `obs.layer()` (tonic wraps the layers it is given
 /// in them): a call past `Server::timeout` is dropped under the stack and answered by tonic
 /// (`CANCELLED` "Timeout expired", without the request id), so periscope logs it `aborted` and

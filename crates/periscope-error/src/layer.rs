@@ -1001,6 +1001,23 @@ impl Handled {
         {
             return self.not_grpc(parts, body);
         }
+        // A gRPC call whose client cut its request stream (a reset, the connection gone)
+        // before the message came whole: tonic reads the cut as the request's end and fails
+        // the call (`INTERNAL`, "Missing request message") to a client already gone. The
+        // client's doing, answered (and logged, counted, traced) as a cut body is.
+        if self.facts.format.is_grpc()
+            && let Some(code) = parts
+                .headers
+                .get("grpc-status")
+                .and_then(periscope_context::grpc::GrpcCode::parse)
+            && code.http_status().is_server_error()
+            && let Some((received, expected)) = self.body_cut_after()
+        {
+            if let Err(caught) = discard(body) {
+                return Inspected::Panicked(caught);
+            }
+            return Inspected::Done(self.body_incomplete(parts, received, expected));
+        }
         if !is_error(status) {
             self.echo(&mut parts);
             // A gRPC stream's code comes in its trailers: a panic mid-stream must end it with
