@@ -3646,6 +3646,85 @@ async fn the_access_line_reads_the_peer_from_axum_connect_info() {
     assert_eq!(access["data"]["peer"], me.to_string(), "{access}");
 }
 
+/// How an [`Upload`] goes on after its bytes.
+#[cfg(feature = "http2")]
+#[derive(Clone, Copy)]
+enum UploadEnd {
+    /// The body ends.
+    End,
+    /// The body fails: hyper's client resets the stream.
+    Fail,
+    /// Nothing more comes, ever.
+    Stall,
+}
+
+/// A request body: its bytes, then its [`UploadEnd`].
+#[cfg(feature = "http2")]
+struct Upload(Option<Bytes>, UploadEnd);
+
+#[cfg(feature = "http2")]
+impl Upload {
+    fn then(bytes: Vec<u8>, end: UploadEnd) -> Self {
+        Self(Some(Bytes::from(bytes)), end)
+    }
+}
+
+#[cfg(feature = "http2")]
+impl http_body::Body for Upload {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        match (self.0.take(), self.1) {
+            (Some(data), _) => Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+            (None, UploadEnd::End) => Poll::Ready(None),
+            (None, UploadEnd::Fail) => {
+                Poll::Ready(Some(Err(std::io::Error::other("the client gave up"))))
+            }
+            (None, UploadEnd::Stall) => Poll::Pending,
+        }
+    }
+}
+
+/// A service named `name` behind the stack, with a `Json` route at `/json`, served by
+/// `periscope::Server` (which takes HTTP/2 with prior knowledge) on 127.0.0.1.
+#[cfg(feature = "http2")]
+async fn json_route_over_h2(name: &str) -> (Observability, std::net::SocketAddr) {
+    use axum::routing::post;
+
+    let obs = Observability::builder().service_name(name).build().unwrap();
+    let app = Router::new()
+        .route("/json", post(|_: axum::Json<Value>| async { "parsed" }))
+        .layer(obs.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(periscope::Server::new(listener).serve(app, std::future::pending()));
+    (obs, addr)
+}
+
+/// The access line of the request `id`, once written (within 10 s).
+#[cfg(feature = "http2")]
+async fn access_line_eventually(out: &Captured, id: &str) -> Value {
+    let line = async {
+        loop {
+            let lines = out.lines();
+            if let Some(line) = lines
+                .into_iter()
+                .find(|l| l["target"] == "periscope::access" && l["request_id"] == id)
+            {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), line)
+        .await
+        .unwrap_or_else(|_| panic!("no access line for {id}"))
+}
+
 /// An HTTP/2 client that cancels its upload mid-body (RST_STREAM after 1,000 of a declared
 /// 100,000 bytes) is logged and counted as `request_body_incomplete`, the stream `aborted`
 /// (the answer never reached it); a complete body that is not JSON is still
@@ -3653,37 +3732,8 @@ async fn the_access_line_reads_the_peer_from_axum_connect_info() {
 #[cfg(feature = "http2")]
 #[tokio::test(flavor = "current_thread")]
 async fn an_http2_upload_the_client_cancels_is_not_a_malformed_request() {
-    use axum::routing::post;
-
-    /// Its bytes, then its end, or a failure: hyper's client resets the stream then.
-    struct Upload(Option<Bytes>, bool);
-    impl http_body::Body for Upload {
-        type Data = Bytes;
-        type Error = std::io::Error;
-        fn poll_frame(
-            mut self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-            std::task::Poll::Ready(match self.0.take() {
-                Some(data) => Some(Ok(http_body::Frame::data(data))),
-                None if self.1 => Some(Err(std::io::Error::other("the client gave up"))),
-                None => None,
-            })
-        }
-    }
-
     let (out, log_guard, _default) = capture_lines(None);
-    let obs = Observability::builder()
-        .service_name("cut-h2")
-        .build()
-        .unwrap();
-    let app = Router::new()
-        .route("/json", post(|_: axum::Json<Value>| async { "parsed" }))
-        .layer(obs.layer());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(periscope::Server::new(listener).serve(app, std::future::pending()));
-
+    let (_obs, addr) = json_route_over_h2("cut-h2").await;
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake(hyper_util::rt::TokioIo::new(stream))
@@ -3696,40 +3746,25 @@ async fn an_http2_upload_the_client_cancels_is_not_a_malformed_request() {
             .header("content-length", length)
             .header("x-request-id", id)
     };
-    let cut = Upload(Some(Bytes::from(vec![b' '; 1000])), true);
+    let cut = Upload::then(vec![b' '; 1000], UploadEnd::Fail);
     let cut = request("h2-cut", 100_000).body(cut).unwrap();
     assert!(
         sender.send_request(cut).await.is_err(),
         "the stream is reset"
     );
     // For contrast, on the same connection: a complete body that is not JSON.
-    let bad = Upload(Some(Bytes::from_static(b"{not json")), false);
+    let bad = Upload::then(b"{not json".to_vec(), UploadEnd::End);
     let bad = request("h2-bad", 9).body(bad).unwrap();
     let bad = sender.send_request(bad).await.unwrap();
     assert_eq!(bad.status(), 400);
 
-    let access = |id: &str| {
-        out.lines()
-            .into_iter()
-            .find(|l| l["target"] == "periscope::access" && l["request_id"] == id)
-    };
-    let cut = async {
-        loop {
-            if let Some(line) = access("h2-cut") {
-                return line;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    let cut = tokio::time::timeout(Duration::from_secs(10), cut)
-        .await
-        .expect("an access line for the cancelled upload");
+    let cut = access_line_eventually(&out, "h2-cut").await;
     assert_eq!(
         cut["data"]["error_code"], "request_body_incomplete",
         "{cut}"
     );
     assert_eq!(cut["data"]["aborted"], true, "{cut}");
-    let bad = access("h2-bad").expect("an access line for the malformed body");
+    let bad = access_line_eventually(&out, "h2-bad").await;
     assert_eq!(bad["data"]["error_code"], "invalid_request", "{bad}");
     assert_eq!(bad["data"]["status"], 400, "{bad}");
     drop(log_guard);
@@ -3742,35 +3777,8 @@ async fn an_http2_upload_the_client_cancels_is_not_a_malformed_request() {
 #[cfg(feature = "http2")]
 #[tokio::test(flavor = "current_thread")]
 async fn an_http2_upload_cut_by_its_connection_closing_is_not_a_malformed_request() {
-    use axum::routing::post;
-
-    /// Its bytes, then nothing more, ever.
-    struct Stalled(Option<Bytes>);
-    impl http_body::Body for Stalled {
-        type Data = Bytes;
-        type Error = std::io::Error;
-        fn poll_frame(
-            mut self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-            match self.0.take() {
-                Some(data) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
-                None => std::task::Poll::Pending,
-            }
-        }
-    }
-
     let (out, log_guard, _default) = capture_lines(None);
-    let obs = Observability::builder()
-        .service_name("cut-h2-connection")
-        .build()
-        .unwrap();
-    let app = Router::new()
-        .route("/json", post(|_: axum::Json<Value>| async { "parsed" }))
-        .layer(obs.layer());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(periscope::Server::new(listener).serve(app, std::future::pending()));
+    let (obs, addr) = json_route_over_h2("cut-h2-connection").await;
 
     // Closed with a reset (no lingering), as a connection a crashed client or a dropped
     // network leaves is.
@@ -3786,7 +3794,7 @@ async fn an_http2_upload_cut_by_its_connection_closing_is_not_a_malformed_reques
         .header("content-type", "application/json")
         .header("content-length", 100_000)
         .header("x-request-id", "h2-conn-cut")
-        .body(Stalled(Some(Bytes::from(vec![b' '; 1000]))))
+        .body(Upload::then(vec![b' '; 1000], UploadEnd::Stall))
         .unwrap();
     let call = tokio::spawn(async move { sender.send_request(request).await });
     let began = async {
@@ -3803,20 +3811,7 @@ async fn an_http2_upload_cut_by_its_connection_closing_is_not_a_malformed_reques
     connection.abort();
     call.abort();
 
-    let line =
-        async {
-            loop {
-                if let Some(line) = out.lines().into_iter().find(|l| {
-                    l["target"] == "periscope::access" && l["request_id"] == "h2-conn-cut"
-                }) {
-                    return line;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-    let line = tokio::time::timeout(Duration::from_secs(10), line)
-        .await
-        .expect("an access line for the cut upload");
+    let line = access_line_eventually(&out, "h2-conn-cut").await;
     assert_eq!(
         line["data"]["error_code"], "request_body_incomplete",
         "{line}"
