@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 cargo build -q --workspace --all-features --example inference_gateway
 bin="${CARGO_TARGET_DIR:-target}/debug/examples/inference_gateway"
 log=$(mktemp)
-PORT=0 "$bin" >"$log" 2>&1 &
+# Nothing inherited (as the example tests have it): a developer's `LOG_FORMAT=pretty`,
+# `LOG_LEVEL=warn` or `HOST=::` would hide or change the `listening` line read below.
+env -i PATH="$PATH" PORT=0 "$bin" >"$log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
 

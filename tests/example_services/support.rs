@@ -132,8 +132,14 @@ impl Service {
 
     /// Sends SIGTERM, as Kubernetes does to stop a pod.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+        // The shell's own `kill`: a machine with only the Rust toolchain may lack `/bin/kill`.
+        let status = Command::new("sh")
+            .args([
+                "-c",
+                "kill -TERM \"$1\"",
+                "sh",
+                &self.child.id().to_string(),
+            ])
             .status()
             .unwrap();
         assert!(status.success(), "kill -TERM failed: {status}");

@@ -960,10 +960,20 @@ fn memory_shared_with_forked_children_counts_once() {
                       if os.fork() == 0:\n        time.sleep(2.5)\n        os._exit(0)\n\
                   time.sleep(2.5)\n\
                   os.wait(); os.wait(); os.wait()\n";
-    let mut child = Command::new("python3")
-        .args(["-c", python])
-        .spawn()
-        .expect("python3 (on the development machine and CI) runs the forking parent");
+    // python3 runs the forking parent: skipped where it is not installed (a machine with only
+    // the Rust toolchain), never in CI, which installs it.
+    let mut child = match Command::new("python3").args(["-c", python]).spawn() {
+        Ok(child) => child,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "python3 is not installed: CI must install it"
+            );
+            println!("python3 not found: skipping the forked-children memory test");
+            return;
+        }
+        Err(error) => panic!("running python3 failed: {error}"),
+    };
     let tracker = ResourceTracker::builder()
         .pid(child.id())
         .interval(Duration::from_millis(250))

@@ -7,8 +7,15 @@ use std::time::{Duration, Instant};
 use periscope_health::{Health, Shutdown};
 
 fn send(signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &std::process::id().to_string()])
+    // The shell's own `kill`: a machine with only the Rust toolchain may lack `/bin/kill`.
+    let status = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "kill \"$1\" \"$2\"",
+            "sh",
+            signal,
+            &std::process::id().to_string(),
+        ])
         .status()
         .unwrap();
     assert!(status.success());

@@ -14,8 +14,14 @@ async fn sigterm_drains_then_stops() {
     // does not end the process).
     let shutdown = Shutdown::on_signal(drain.clone(), Duration::from_millis(200));
     assert!(!drain.is_draining());
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &std::process::id().to_string()])
+    let status = std::process::Command::new("sh")
+        // The shell's own `kill`: a machine with only the Rust toolchain may lack `/bin/kill`.
+        .args([
+            "-c",
+            "kill -TERM \"$1\"",
+            "sh",
+            &std::process::id().to_string(),
+        ])
         .status()
         .unwrap();
     assert!(status.success());
