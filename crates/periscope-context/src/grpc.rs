@@ -316,6 +316,15 @@ pub fn answer_code(status: StatusCode, headers: &HeaderMap) -> Option<GrpcCode> 
         .then_some(code)
 }
 
+/// The `grpc-status` in an answer's head, whatever its HTTP status or `content-type`: what a
+/// gRPC client (tonic, grpc-go) reads first, so the code that an answer such as NGINX's gRPC
+/// error pages (`204`, no `content-type`, `grpc-status: 14`) gives the caller; `UNKNOWN` for a
+/// value that is not a number. For the client side: a server's own non-gRPC answer that passes
+/// on such a header is judged by [`answer_code`].
+pub fn head_grpc_status(headers: &HeaderMap) -> Option<GrpcCode> {
+    find(headers, &GRPC_STATUS).map(head_code)
+}
+
 /// The HTTP status an answer stands for: its gRPC code's ([`GrpcCode::http_status`]) for a
 /// trailers-only gRPC answer, else its own.
 pub fn answer_status(status: StatusCode, headers: &HeaderMap) -> StatusCode {

@@ -10,7 +10,8 @@ use std::time::Instant;
 use http::{Request, Response, Uri};
 use http_body::Body;
 use periscope_context::grpc::{
-    GrpcCode, HeadOutcome, StreamEnd, head_outcome, is_grpc_answer, is_grpc_request,
+    GrpcCode, HeadOutcome, StreamEnd, head_grpc_status, head_outcome, is_grpc_answer,
+    is_grpc_request,
 };
 use periscope_context::{RequestContext, TraceId};
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
@@ -481,10 +482,13 @@ impl Call {
         let status = match outcome {
             HeadOutcome::Code(code) => code.http_status(),
             // A gRPC call answered by no gRPC server (a proxy's page, an ingress's 503): the
-            // code its caller reads, by gRPC's mapping of the HTTP status. A gRPC-Web answer,
-            // whose code comes at the end of its body, counts as the 200 it is.
+            // code its caller reads, the head's `grpc-status` (NGINX's gRPC error pages) or
+            // else gRPC's mapping of the HTTP status. A gRPC-Web answer, whose code comes at
+            // the end of its body, counts as the 200 it is.
             HeadOutcome::Status if self.grpc && !is_grpc_answer(head.status, &head.headers) => {
-                GrpcCode::of_plain_answer(head.status).http_status()
+                head_grpc_status(&head.headers)
+                    .unwrap_or_else(|| GrpcCode::of_plain_answer(head.status))
+                    .http_status()
             }
             HeadOutcome::Status => head.status,
             // No body at all: no trailers will come.

@@ -457,7 +457,8 @@ async fn a_plain_call_answered_with_a_grpc_content_type_counts_by_its_status() {
 
 /// A gRPC call answered by no gRPC server (a proxy's page, an ingress's 503) counts by the code
 /// its caller reads, by gRPC's mapping of the HTTP status: a 200 page is `UNKNOWN` (5xx), a 503
-/// `UNAVAILABLE` (5xx), a 404 `UNIMPLEMENTED` (5xx); not the success its 200 would say.
+/// `UNAVAILABLE` (5xx), a 404 `UNIMPLEMENTED` (5xx); not the success its 200 would say. A
+/// `grpc-status` in the head wins, as it does for the caller (NGINX's gRPC error pages).
 #[tokio::test]
 async fn a_grpc_call_answered_without_grpc_counts_by_the_code_grpc_maps_it_to() {
     use http_body_util::BodyExt;
@@ -469,6 +470,11 @@ async fn a_grpc_call_answered_without_grpc_counts_by_the_code_grpc_maps_it_to() 
             return b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc-web+proto\r\n\
                      content-length: 0\r\n\r\n"
                 .to_vec();
+        }
+        if head.starts_with("POST /pkg.Svc/Denied") {
+            // NGINX's gRPC error page: no gRPC `content-type`, the code in the head, which
+            // the caller reads (`PERMISSION_DENIED`: a 4xx, not the 204's success).
+            return b"HTTP/1.1 204 No Content\r\ngrpc-status: 7\r\n\r\n".to_vec();
         }
         let status = if head.starts_with("POST /pkg.Svc/Down") {
             "503 Service Unavailable"
@@ -488,6 +494,7 @@ async fn a_grpc_call_answered_without_grpc_counts_by_the_code_grpc_maps_it_to() 
         "/pkg.Svc/Down",
         "/pkg.Svc/Gone",
         "/pkg.Svc/Web",
+        "/pkg.Svc/Denied",
     ] {
         let request = grpc_request(&format!("http://{addr}{path}"))
             .body(Empty::new())
@@ -500,7 +507,8 @@ async fn a_grpc_call_answered_without_grpc_counts_by_the_code_grpc_maps_it_to() 
     let calls = points(&exposition, "http_client_requests");
     assert_eq!(sum_where(&calls, &[("status", "5xx")]), 3.0, "{calls:#?}");
     assert_eq!(sum_where(&calls, &[("status", "2xx")]), 1.0, "{calls:#?}");
-    assert_eq!(calls.iter().map(|point| point.value).sum::<f64>(), 4.0);
+    assert_eq!(sum_where(&calls, &[("status", "4xx")]), 1.0, "{calls:#?}");
+    assert_eq!(calls.iter().map(|point| point.value).sum::<f64>(), 5.0);
 }
 
 /// hyper-util's client for requests without a body, under the metrics layer recording into

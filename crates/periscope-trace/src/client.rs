@@ -10,7 +10,7 @@ use std::task::{Context, Poll, ready};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use periscope_context::grpc::{
-    GrpcCode, HeadOutcome, head_outcome, is_grpc_answer, is_grpc_request,
+    GrpcCode, HeadOutcome, head_grpc_status, head_outcome, is_grpc_answer, is_grpc_request,
 };
 use periscope_context::{RequestContext, TenantKey, remove_absent_tenants};
 use tower_layer::Layer;
@@ -517,9 +517,11 @@ where
             && !is_grpc_answer(response.status(), head)
         {
             // A gRPC call answered by no gRPC server (a proxy's page, an ingress's 503): the
-            // code its caller reads, by gRPC's mapping of the HTTP status. A gRPC-Web answer,
-            // whose code comes at the end of its body, is judged as the 200 it is.
-            let code = GrpcCode::of_plain_answer(response.status());
+            // code its caller reads, the head's `grpc-status` (NGINX's gRPC error pages) or
+            // else gRPC's mapping of the HTTP status. A gRPC-Web answer, whose code comes at
+            // the end of its body, is judged as the 200 it is.
+            let code = head_grpc_status(head)
+                .unwrap_or_else(|| GrpcCode::of_plain_answer(response.status()));
             record_plain_answer(span, &CLIENT_FIELDS, response.status(), code);
             true
         } else {

@@ -130,6 +130,12 @@ async fn answer(mut stream: tokio::net::TcpStream) {
             let head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndown";
             stream.write_all(head).await.unwrap();
         }
+        (_, "/pkg.Svc/Nginx") => {
+            // NGINX's gRPC error page (`error_page 502 = @grpc_unavailable`): no gRPC
+            // `content-type`, the code in the head, which the caller reads.
+            let head = b"HTTP/1.1 204 No Content\r\ngrpc-status: 14\r\ngrpc-message: unavailable\r\nconnection: close\r\n\r\n";
+            stream.write_all(head).await.unwrap();
+        }
         (_, "/pkg.Svc/Web") => {
             // A gRPC-Web server's answer: its code comes at the end of the body.
             let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc-web+proto\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
@@ -273,6 +279,7 @@ async fn a_grpc_call_answered_without_grpc_gets_the_code_grpc_maps_its_status_to
     for (path, status, code, name) in [
         ("/pkg.Svc/Html", "200", "2", "UNKNOWN"),
         ("/pkg.Svc/Unavailable", "503", "14", "UNAVAILABLE"),
+        ("/pkg.Svc/Nginx", "204", "14", "UNAVAILABLE"),
     ] {
         let span = call(path, "application/grpc").await;
         assert_eq!(
