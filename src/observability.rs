@@ -709,11 +709,9 @@ impl ObservabilityBuilder {
         let client_trace = ClientTraceLayer::new()
             .tenant_keys(all_tenant_keys.iter().cloned())
             .propagators(settings.propagators);
-        // With metrics off, the calls are counted in a registry nobody serves.
-        let client_metrics = match client_metrics {
-            Some(layer) => layer,
-            None => ClientMetricsLayer::new(&MetricsRegistry::new())?,
-        };
+        // With metrics off, the calls are not counted (nor warned of at a cap nobody can
+        // raise).
+        let client_metrics = client_metrics.unwrap_or_else(ClientMetricsLayer::disabled);
 
         // Jobs read the tenant fields their requests carried, the declared ones too.
         let job_options = ExtractOptions {

@@ -2307,6 +2307,45 @@ async fn grpc_health_calls_on_tonics_server_count_under_their_own_path() {
     );
 }
 
+/// With metrics off, `obs.client_layer()` counts nothing: calls to more hosts than a label's
+/// cap do not warn of a cap on families nobody serves (and the facade cannot change).
+#[tokio::test(flavor = "current_thread")]
+async fn with_metrics_off_the_client_layer_counts_nothing_and_warns_of_no_cap() {
+    use tower::{Layer, ServiceExt};
+
+    let (out, log_guard, _default) = capture_lines(None);
+    let obs = Observability::builder()
+        .service_name("webhooks")
+        .metrics(false)
+        .build()
+        .unwrap();
+    let answering = tower::service_fn(|_request: http::Request<Empty<Bytes>>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<Bytes>::new()))
+    });
+    let client = obs.client_layer().layer(answering);
+    for host in 0..150 {
+        let request = http::Request::get(format!("http://h{host}.example/hook"))
+            .body(Empty::new())
+            .unwrap();
+        let answer = client.clone().oneshot(request).await.unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    drop(log_guard);
+    let lines = out.lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["message"].as_str().is_some_and(|m| m.contains("cap"))),
+        "{lines:#?}"
+    );
+    assert!(
+        !obs.registry()
+            .encode_prometheus()
+            .unwrap()
+            .contains("http_client")
+    );
+}
+
 /// `obs.client_layer()` on a service with a tenant field of its own: a call made while handling
 /// a request sends the request's ids and that tenant field, a call whose context has none sends
 /// none (a forwarded request's header is removed: a bare `ClientTraceLayer` knows only the

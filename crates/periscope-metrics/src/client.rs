@@ -199,11 +199,11 @@ impl ClientMetricsLayerBuilder {
             },
         )?;
         Ok(ClientMetricsLayer {
-            families: Arc::new(Families {
+            families: Some(Arc::new(Families {
                 calls,
                 status: self.status,
                 exemplars: self.exemplars,
-            }),
+            })),
         })
     }
 }
@@ -306,7 +306,8 @@ impl EncodeMetric for CallsView {
 /// ```
 #[derive(Clone)]
 pub struct ClientMetricsLayer {
-    families: Arc<Families>,
+    /// `None`: [`disabled`](Self::disabled), nothing recorded.
+    families: Option<Arc<Families>>,
 }
 
 impl ClientMetricsLayer {
@@ -319,12 +320,22 @@ impl ClientMetricsLayer {
     pub fn new(registry: &MetricsRegistry) -> Result<Self, MetricsError> {
         Self::builder().register(registry)
     }
+
+    /// A layer that records nothing, for a stack whose metrics are off: the calls pass as
+    /// they are (their answers' bodies still [`MetricsBody`]s, so the stack keeps its type),
+    /// with no work per call and no cap warning about families nobody serves.
+    pub fn disabled() -> Self {
+        Self { families: None }
+    }
 }
 
 impl std::fmt::Debug for ClientMetricsLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientMetricsLayer")
-            .field("calls", &self.families.calls)
+            .field(
+                "calls",
+                &self.families.as_ref().map(|families| &families.calls),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -344,7 +355,7 @@ impl<S> tower_layer::Layer<S> for ClientMetricsLayer {
 #[derive(Clone)]
 pub struct ClientMetrics<S> {
     inner: S,
-    families: Arc<Families>,
+    families: Option<Arc<Families>>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for ClientMetrics<S> {
@@ -369,8 +380,14 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let mut call = Call::start(self.families.clone(), &request);
-        if self.families.exemplars {
+        let Some(families) = &self.families else {
+            return ClientResponseFuture {
+                inner: self.inner.call(request),
+                call: None,
+            };
+        };
+        let mut call = Call::start(families.clone(), &request);
+        if families.exemplars {
             call.exemplar = sampled_trace(&request);
         }
         let inner = self.inner.call(request);
