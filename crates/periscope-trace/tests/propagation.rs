@@ -10,7 +10,7 @@ use periscope_context::{Carrier, TraceParent};
 use periscope_context::{RequestContext, TenantKey};
 use periscope_trace::job::JobSpan;
 use periscope_trace::{ClientTraceLayer, CorrelationLayer, Propagators, Trust};
-use support::services::{app, by_hop, chain, get, hop_state};
+use support::services::{Seen, app, by_hop, chain, get, hop_state};
 use support::{Capture, plain_client, send, serve};
 use tower::Layer;
 use tracing_subscriber::layer::SubscriberExt;
@@ -945,6 +945,55 @@ async fn a_retry_inside_the_client_layer_shares_its_span_and_outside_gets_one_pe
             placement == "inside",
             "{placement}: {parents:?}"
         );
+    }
+}
+
+/// docs/trace.md: outside any request, the attempts of a retry made outside the client layer
+/// are a trace each; run in one context (`RequestContext::new_root().scope(..)`), they share
+/// its trace id and request id, each with a parent id of its own.
+#[tokio::test]
+async fn a_retry_outside_any_request_keeps_together_in_one_context() {
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Full;
+    use tower::ServiceBuilder;
+
+    let (_capture, _guard) = capture();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let dependency = serve(app(hop_state("dep", None, &seen), CorrelationLayer::new())).await;
+    let outside = ServiceBuilder::new()
+        .layer_fn(TwoAttempts)
+        .layer(ClientTraceLayer::new())
+        .service(plain_client());
+    let call = || {
+        Request::get(format!("http://{dependency}/hop"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let ids = |attempts: &[Seen]| {
+        attempts
+            .iter()
+            .map(|attempt| (attempt.ctx.trace_id, attempt.ctx.request_id.to_string()))
+            .collect::<Vec<_>>()
+    };
+
+    send(outside.clone(), call()).await;
+    let apart = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(apart.len(), 2);
+    let apart = ids(&apart);
+    assert_ne!(apart[0], apart[1], "no context: a trace each");
+
+    let ctx = periscope_context::RequestContext::new_root();
+    ctx.clone().scope(send(outside, call())).await;
+    let together = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(together.len(), 2);
+    assert_ne!(
+        together[0].ctx.parent_span_id,
+        together[1].ctx.parent_span_id
+    );
+    for (trace_id, request_id) in ids(&together) {
+        assert_eq!(trace_id, ctx.trace_id);
+        assert_eq!(request_id, ctx.request_id.as_str());
     }
 }
 
