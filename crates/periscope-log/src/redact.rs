@@ -50,8 +50,11 @@ pub const DEFAULT_ALLOWED_KEYS: &[&str] = &[
     "gen_ai.request.max_tokens",
 ];
 
-/// Nesting deeper than this is not parsed as JSON (the value stays a plain string).
-const MAX_DEPTH: usize = 128;
+/// Nesting deeper than this is not parsed as JSON (the value stays a plain string). Below
+/// the 128 levels that common parsers take (serde_json's default), with room for the line's own
+/// levels and for the `/debug/logs` answer that holds the line: a `json(..)` value written
+/// nested must leave every reader able to parse the line.
+const MAX_DEPTH: usize = 100;
 
 /// Whether `text` starts like a JSON object or array: after a byte order mark, then JSON's
 /// own whitespace (the parser accepts no other).

@@ -399,6 +399,32 @@ fn deeply_nested_values_keep_the_line_valid() {
     assert!(lines[2]["data"]["v"].is_string());
 }
 
+/// A `json(..)` value nested just under the depth a strict parser takes (serde_json's 128
+/// levels): the line, and the `/debug/logs` answer that holds it, still parse (a value too deep
+/// to be written nested is written as a string), with flattened data too.
+#[test]
+fn json_values_near_the_parsers_depth_keep_the_line_and_the_recent_answer_valid() {
+    for flatten in [false, true] {
+        let mut answer = String::new();
+        let out = capture(
+            |b| b.flatten_data(flatten),
+            |handles| {
+                for depth in 120..=130 {
+                    tracing::info!(v = periscope_log::json(Nest(depth)), depth, "deep");
+                }
+                answer = format!(
+                    "{{\"buffered\":1,\"lines\":{}}}",
+                    handles.recent.to_json_array(100, None)
+                );
+            },
+        );
+        let lines = strict_lines(&out.text());
+        assert_eq!(lines.len(), 11, "flatten {flatten}");
+        let recent: Value = serde_json::from_str(&answer).expect("the recent lines parse");
+        assert_eq!(recent["lines"].as_array().unwrap().len(), 11);
+    }
+}
+
 #[test]
 fn thousands_of_fields_across_spans_are_all_written_once() {
     const SPANS: usize = 200;
