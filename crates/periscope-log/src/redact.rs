@@ -443,17 +443,21 @@ impl Redactor {
     pub fn redact_value(&self, value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(map) => {
-                let named = map
+                // Every `name` and `key` member, as the line's parser reads them: an object
+                // with both (`{"key": "primary", "name": "DB_PASSWORD", ..}`) names a secret
+                // when either does.
+                let names: Vec<String> = map
                     .iter()
-                    .find(|(key, _)| is_name_member(key.as_bytes()))
-                    .and_then(|(_, name)| name.as_str())
+                    .filter(|(key, _)| is_name_member(key.as_bytes()))
+                    .filter_map(|(_, name)| name.as_str())
                     .filter(|name| is_pair_name(name))
-                    .map(str::to_owned);
+                    .map(str::to_owned)
+                    .collect();
                 for (key, value) in map.iter_mut() {
-                    let named_secret = named.as_deref().is_some_and(|name| {
-                        key.eq_ignore_ascii_case("value")
-                            && self.hides_under(name, Shape::of(value))
-                    });
+                    let named_secret = key.eq_ignore_ascii_case("value")
+                        && names
+                            .iter()
+                            .any(|name| self.hides_under(name, Shape::of(value)));
                     if named_secret || self.hides_under(key, Shape::of(value)) {
                         *value = serde_json::Value::String(REDACTED.to_owned());
                     } else {
@@ -684,8 +688,10 @@ impl Parser<'_> {
             depth + 1,
             false,
         ) {
-            // Only &str pieces were written into it.
-            json::write_str(out, &String::from_utf8_lossy(&rewritten), self.limit);
+            // Only &str pieces were written into it. A cut says how long the text was, not
+            // its rewrite, as for such a text at the top of the line.
+            let rewritten = String::from_utf8_lossy(&rewritten);
+            json::write_str_of(out, &rewritten, self.limit, text.len());
         } else if self.redactor.mentions_sensitive_key(&text, &mut rewritten)
             || self.redactor.names_sensitive_key(&text)
         {

@@ -348,6 +348,32 @@ fn long_strings_are_truncated_with_their_original_length() {
     );
 }
 
+/// JSON text cut to the bound says its own length, the same whether it is a field of the line
+/// or a string inside a `json(..)` value (where it is compacted and redacted before the cut).
+#[test]
+fn json_text_cut_inside_a_json_value_says_its_original_length() {
+    let text = "{\n  \"model\": \"resnet-50\",\n  \"note\": \"a request body, pretty\"\n}";
+    assert_eq!(text.len(), 62);
+    let out = capture(
+        |b| b.max_value_bytes(40),
+        |_| {
+            tracing::info!(
+                body = text,
+                wrapped = periscope_log::json(&json!({ "body": text })),
+                "m"
+            )
+        },
+    );
+    let line = &out.lines()[0];
+    for value in [&line["data"]["body"], &line["data"]["wrapped"]["body"]] {
+        let value = value.as_str().unwrap_or_else(|| panic!("{line}"));
+        assert!(
+            value.ends_with("…[truncated, original 62 bytes]"),
+            "{value}"
+        );
+    }
+}
+
 /// A context field recorded as a `Display` or `Debug` value is cut while it is formatted: the
 /// marker says how long it was, as for the same text recorded as a `&str`.
 #[test]

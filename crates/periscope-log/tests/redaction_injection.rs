@@ -362,6 +362,9 @@ fn name_value_entries_naming_a_secret_are_masked() {
             {"name": "LOG_LEVEL", "value": "info"},
             {"value": "sk-live-1234", "name": "api_key"},
             {"name": "ADMIN_TOKEN", "value": null},
+            // Both a `key` (read first: the map is sorted) and a `name`, either naming it.
+            {"name": "DB_PASSWORD", "key": "primary", "value": "hunter3"},
+            {"Name": "db", "Key": "SECRET_KEY", "Value": "hunter4"},
         ],
         "tags": [{"Key": "Authorization", "Value": "Bearer abc.def", "note": "x"}],
     });
@@ -371,6 +374,8 @@ fn name_value_entries_naming_a_secret_are_masked() {
             {"name": "LOG_LEVEL", "value": "info"},
             {"value": "[REDACTED]", "name": "api_key"},
             {"name": "ADMIN_TOKEN", "value": null},
+            {"name": "DB_PASSWORD", "key": "primary", "value": "[REDACTED]"},
+            {"Name": "db", "Key": "SECRET_KEY", "Value": "[REDACTED]"},
         ],
         "tags": [{"Key": "Authorization", "Value": "[REDACTED]", "note": "x"}],
     });
@@ -385,7 +390,13 @@ fn name_value_entries_naming_a_secret_are_masked() {
             tracing::info!(config = text.as_str(), "as JSON text");
         },
     );
-    for secret in ["hunter2", "sk-live-1234", "Bearer abc.def"] {
+    for secret in [
+        "hunter2",
+        "hunter3",
+        "hunter4",
+        "sk-live-1234",
+        "Bearer abc.def",
+    ] {
         assert!(!out.text().contains(secret), "{secret} was written");
     }
     let lines = out.lines();
