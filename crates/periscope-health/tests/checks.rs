@@ -282,6 +282,34 @@ async fn writable_checks_directories_and_files_and_leaves_nothing_behind() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A file and a directory that exist but cannot be written, whoever runs the test (root
+/// included: sysfs's read-only files and directories) fail, saying which step did.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writable_fails_for_a_file_or_directory_that_cannot_be_written() {
+    const READ_ONLY: &str = "/sys/devices/system/cpu/online";
+    if !std::path::Path::new(READ_ONLY).exists() {
+        println!("no sysfs here: skipping the unwritable-path test");
+        return;
+    }
+    let error = outcome(HealthCheck::new("file", checks::writable(READ_ONLY)))
+        .await
+        .expect("a read-only sysfs file cannot be opened for appending");
+    assert!(
+        error.contains(&format!(
+            "{READ_ONLY} is not writable: open for append failed"
+        )),
+        "{error}"
+    );
+    let error = outcome(HealthCheck::new("dir", checks::writable("/sys/kernel")))
+        .await
+        .expect("no file can be created under sysfs");
+    assert!(
+        error.contains("/sys/kernel is not writable: create a probe file failed"),
+        "{error}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writable_never_removes_a_file_it_did_not_create() {
     // Another process's files in a shared directory, named as this process would name its
@@ -539,6 +567,46 @@ async fn a_run_overlapping_a_file_system_call_in_progress_waits_for_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop((reader, unblock));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The threshold is weighed against the space available to unprivileged users: half of it
+/// passes, and a threshold between it and the free space (which counts the blocks reserved
+/// for root) or the total fails, where those differ enough to tell apart from the space that
+/// other processes' writes take meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_space_weighs_the_space_available_to_unprivileged_users() {
+    const MARGIN: u64 = 64 << 20;
+    let dir = scratch_dir("disk-available");
+    let available = fs4::available_space(&dir).unwrap();
+    let free = fs4::free_space(&dir).unwrap();
+    let total = fs4::total_space(&dir).unwrap();
+    let passes = async |threshold: u64| {
+        outcome(HealthCheck::new(
+            "disk",
+            checks::disk_space(&dir, threshold),
+        ))
+        .await
+        .is_none()
+    };
+    assert!(passes(available / 2).await, "half the available space");
+    if total - available > MARGIN {
+        assert!(
+            !passes(available + (total - available) / 2).await,
+            "total: {total}"
+        );
+    }
+    if free - available > MARGIN {
+        assert!(
+            !passes(available + (free - available) / 2).await,
+            "free: {free}"
+        );
+    } else {
+        println!(
+            "no reserved blocks on {}: the free-space case is not told apart",
+            dir.display()
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
