@@ -1154,6 +1154,8 @@ mod tests {
             "{\"a\":01}",
             "\"\\ud800\"",
             "{\"a\":1} x",
+            "{\"a\":1 \"b\":2}",
+            "[{\"a\":1}{\"b\":2}]",
             "Login { password: \"x\" }",
         ] {
             assert_eq!(rewrite(text), None, "{text}");
@@ -1162,7 +1164,61 @@ mod tests {
         assert_eq!(rewrite(&deep), None);
     }
 
+    /// JSON values of every kind, objects and arrays nested a few levels, with keys the
+    /// redaction reads (`password`, `name`, `value`) among others.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[a-z\"\\\\é :,{}]{0,6}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("password|name|value|[a-z]{1,3}", inner, 0..4)
+                    .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
+        /// Real JSON, compact or pretty, as is or with one byte taken out, put in or changed
+        /// (a comma dropped between members, a quote lost): read where serde_json reads it,
+        /// to the same value, and refused (so failing closed) where it refuses it.
+        #[test]
+        fn agrees_with_serde_json_on_json_and_near_json(
+            value in json_value(),
+            pretty in any::<bool>(),
+            edit in 0u8..4,
+            at in any::<prop::sample::Index>(),
+            byte in prop::sample::select(b",:\"{}[] 1\\".to_vec()),
+        ) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&value).unwrap()
+            } else {
+                serde_json::to_string(&value).unwrap()
+            };
+            let mut bytes = text.into_bytes();
+            let at = at.index(bytes.len() + 1);
+            match edit {
+                1 if at < bytes.len() => drop(bytes.remove(at)),
+                2 => bytes.insert(at, byte),
+                3 if at < bytes.len() => bytes[at] = byte,
+                _ => {}
+            }
+            let Ok(text) = String::from_utf8(bytes) else {
+                return Ok(());
+            };
+            let ours = rewrite_with(&Redactor::new(&[], &[]), &text);
+            let theirs = serde_json::from_str::<serde_json::Value>(&text);
+            prop_assert_eq!(ours.is_some(), theirs.is_ok(), "{:?}", text);
+            if let (Some(ours), Ok(theirs)) = (ours, theirs) {
+                let back: serde_json::Value = serde_json::from_str(&ours).unwrap();
+                prop_assert_eq!(back, theirs, "{:?}", text);
+            }
+        }
+
         #[test]
         fn agrees_with_serde_json(text in r#"[\[\]{}",:0-9a-z\\ .eE+-]{0,24}"#) {
             let ours = rewrite_with(&Redactor::new(&[], &[]), &text);
