@@ -105,6 +105,92 @@ proptest! {
     fn near_valid_traceparents_never_panic(s in "[0-9a-fA-F. -]{50,60}") {
         let _ = TraceParent::parse(&s);
     }
+
+    /// A valid traceparent with one edit (a byte changed, put in or taken out; another version;
+    /// a suffix, as a later version may add): read exactly when W3C Trace Context's rules
+    /// accept it, so every branch of the parser is reached, not only its first checks.
+    #[test]
+    fn edited_traceparents_are_read_by_the_specs_rules(
+        tp in trace_parent(),
+        edit in 0u8..6,
+        at in any::<prop::sample::Index>(),
+        byte in prop::sample::select(b"0123456789abcdefABCDEF- .".to_vec()),
+        version in prop::sample::select(vec!["00", "01", "cc", "fe", "ff", "0g"]),
+        suffix in "-?[0-9a-z-]{0,6}",
+    ) {
+        let mut text = tp.to_string().into_bytes();
+        let at = at.index(text.len());
+        match edit {
+            0 => text[at] = byte,
+            1 => text.insert(at, byte),
+            2 => drop(text.remove(at)),
+            3 => text.splice(..2, version.bytes()).for_each(drop),
+            4 => {
+                text.splice(..2, version.bytes()).for_each(drop);
+                text.extend(suffix.bytes());
+            }
+            _ => text.extend(suffix.bytes()),
+        }
+        let text = String::from_utf8(text).unwrap();
+        prop_assert_eq!(
+            TraceParent::parse(&text).is_ok(),
+            w3c_accepts(&text),
+            "{:?}",
+            text
+        );
+    }
+
+    /// A continued trace's `tracestate`, sent over several header lines of more than 512
+    /// characters in all: kept within 512, the trace continued.
+    #[test]
+    fn a_long_tracestate_over_several_lines_is_bounded(
+        tp in trace_parent(),
+        lines in proptest::collection::vec(trace_state(), 2..6),
+    ) {
+        let mut map = http::HeaderMap::new();
+        map.insert("traceparent", tp.to_string().parse().unwrap());
+        for state in &lines {
+            if !state.as_str().is_empty() {
+                map.append("tracestate", state.as_str().parse().unwrap());
+            }
+        }
+        let ctx = extract(&map, &ExtractOptions::default()).context;
+        prop_assert_eq!(ctx.trace_id, tp.trace_id);
+        prop_assert!(ctx.trace_state.as_str().len() <= 512);
+        prop_assert!(ctx.trace_state.len() <= 32);
+    }
+}
+
+/// W3C Trace Context's rules for a `traceparent` value (level 2): a two-digit lower-case hex
+/// version other than `ff`; a trace id, a parent id and flags of lower-case hex, the ids not all
+/// zero; version `00` exactly that long, a later version longer only after another `-`.
+fn w3c_accepts(text: &str) -> bool {
+    let text = text.trim_matches([' ', '\t']);
+    let b = text.as_bytes();
+    let hex = |range: std::ops::Range<usize>| {
+        b.get(range)
+            .is_some_and(|part| part.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+    };
+    let zeros = |range: std::ops::Range<usize>| b[range].iter().all(|&c| c == b'0');
+    if b.len() < 55
+        || !hex(0..2)
+        || &b[..2] == b"ff"
+        || b[2] != b'-'
+        || !hex(3..35)
+        || b[35] != b'-'
+        || !hex(36..52)
+        || b[52] != b'-'
+        || !hex(53..55)
+        || zeros(3..35)
+        || zeros(36..52)
+    {
+        return false;
+    }
+    if &b[..2] == b"00" {
+        b.len() == 55
+    } else {
+        b.len() == 55 || b[55] == b'-'
+    }
 }
 
 #[test]
