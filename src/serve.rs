@@ -42,7 +42,6 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// so a few hundred slow clients could hold a hundred megabytes.
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
 
-/// Pause after a failed `accept` (out of file descriptors, most likely) instead of spinning.
 /// The most hyper's HTTP/1 connection buffers of a request by default (8 KiB and 400 times
 /// 4 KiB): a head larger than this is refused 431 whatever `max_header_size` says.
 const HYPER_READ_BUFFER: usize = 8192 + 4096 * 100;
@@ -51,6 +50,7 @@ const HYPER_READ_BUFFER: usize = 8192 + 4096 * 100;
 /// with it.
 const READ_BUFFER_SLACK: usize = 8192;
 
+/// Pause after a failed `accept` (out of file descriptors, most likely) instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// At most one warning per this long about failed `accept`s, with the count since the last.
