@@ -37,6 +37,8 @@ struct Export {
     spans: Vec<ExportedSpan>,
     /// The `api-key` header, as an `OTEL_EXPORTER_OTLP_HEADERS` list would set it.
     api_key: Option<String>,
+    /// The `x-stale` header, which only a test's process environment names.
+    x_stale: Option<String>,
 }
 
 type Exports = Arc<Mutex<Vec<Export>>>;
@@ -63,20 +65,20 @@ async fn receive(
             b"not an ExportTraceServiceRequest".to_vec(),
         );
     };
-    let content_type = headers
-        .get("content-type")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header("content-type").unwrap_or_default();
     let mut export = Export {
         content_type,
         service_names: Vec::new(),
         resource: Vec::new(),
         spans: Vec::new(),
-        api_key: headers
-            .get("api-key")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned),
+        api_key: header("api-key"),
+        x_stale: header("x-stale"),
     };
     for resource_spans in request.resource_spans {
         let attributes = resource_spans.resource.map(|r| r.attributes);
@@ -366,6 +368,82 @@ fn a_blank_traces_headers_variable_leaves_the_general_headers_in_force() {
         assert!(
             stdout.contains(&format!("API-KEY {sent}")),
             "{traces:?}: {stdout}"
+        );
+    }
+}
+
+const LOOKUP_HEADERS_CHILD: &str = "PERISCOPE_TEST_LOOKUP_HEADERS_CHILD";
+
+/// Run by `headers_from_a_lookup_win_over_the_process_environments` in a child process whose
+/// environment has stale header lists: exports with the lists its lookup gives
+/// (`LOOKUP_GENERAL`, `LOOKUP_TRACES`), and prints the headers the receiver got.
+#[test]
+fn lookup_headers_child() {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+
+    if std::env::var_os(LOOKUP_HEADERS_CHILD).is_none() {
+        return;
+    }
+    let (_receiver_runtime, endpoint, exports) = receiver_on_its_own_runtime();
+    let guard = OtelConfig::from_lookup(|name| match name {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(endpoint.clone()),
+        "OTEL_EXPORTER_OTLP_HEADERS" => std::env::var("LOOKUP_GENERAL").ok(),
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS" => std::env::var("LOOKUP_TRACES").ok(),
+        _ => None,
+    })
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut span = guard.tracer().start("with-looked-up-headers");
+    let trace = span.span_context().trace_id().to_string();
+    span.end();
+    drop(guard);
+    let (export, _) = export_of(&exports, &trace);
+    println!("API-KEY {:?} X-STALE {:?}", export.api_key, export.x_stale);
+}
+
+/// Headers given through a lookup (`env_from`: a vault, a file) are the ones sent: the
+/// exporter's own reading of the process environment's lists (a stale token left in the pod's
+/// environment) neither replaces them nor adds a header they do not name.
+#[test]
+fn headers_from_a_lookup_win_over_the_process_environments() {
+    for (lookup_general, lookup_traces, sent) in [
+        (
+            Some("api-key=fresh"),
+            None,
+            "API-KEY Some(\"fresh\") X-STALE None",
+        ),
+        (
+            None,
+            Some("api-key=k2"),
+            "API-KEY Some(\"k2\") X-STALE None",
+        ),
+    ] {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args(["--exact", "lookup_headers_child", "--nocapture"])
+            .env(LOOKUP_HEADERS_CHILD, "1")
+            .env("OTEL_EXPORTER_OTLP_HEADERS", "api-key=stale,x-stale=1")
+            .env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-stale=2");
+        for (var, value) in [
+            ("LOOKUP_GENERAL", lookup_general),
+            ("LOOKUP_TRACES", lookup_traces),
+        ] {
+            match value {
+                Some(value) => child.env(var, value),
+                None => child.env_remove(var),
+            };
+        }
+        let output = child.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains(sent),
+            "{lookup_general:?} {lookup_traces:?}: {stdout}"
         );
     }
 }

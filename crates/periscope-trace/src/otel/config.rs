@@ -588,6 +588,16 @@ fn check_headers(var: &'static str, value: &str) -> Result<(), ConfigError> {
     Err(invalid(var, masked.join(","), EXPECTED))
 }
 
+/// The header names of a list such as `OTEL_EXPORTER_OTLP_HEADERS`, read leniently (a pair
+/// that does not name a valid header is skipped): what the exporter may add from it.
+pub(crate) fn header_names(value: &str) -> Vec<http::HeaderName> {
+    value
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .filter_map(|(name, _)| http::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
 /// The headers of a list such as `OTEL_EXPORTER_OTLP_HEADERS` (`name=value` pairs, values
 /// percent-encoded, empty pairs skipped); `None` when a pair is malformed.
 fn header_pairs(value: &str) -> Option<Vec<(http::HeaderName, http::HeaderValue)>> {

@@ -133,6 +133,50 @@ impl ExportThread {
 struct ExportHttpClient {
     runtime: tokio::runtime::Handle,
     hyper: HyperClient,
+    headers: ExportHeaders,
+}
+
+/// The headers every export sends: those of the settings, read from the source they were
+/// given by (`env_from(lookup)` included). The exporter also adds the process environment's
+/// `_HEADERS` list itself, over the ones it is given: a stale token there would replace the
+/// settings' fresh one. Set last, they win, and a header only the process environment names is
+/// taken out.
+#[derive(Clone, Debug)]
+struct ExportHeaders {
+    settings: std::sync::Arc<[(http::HeaderName, http::HeaderValue)]>,
+    /// Names the process environment's lists give that the settings do not.
+    process_only: std::sync::Arc<[http::HeaderName]>,
+}
+
+impl ExportHeaders {
+    fn new(settings: Vec<(http::HeaderName, http::HeaderValue)>) -> Self {
+        let process_only = [
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ]
+        .into_iter()
+        .filter_map(|var| std::env::var(var).ok())
+        .flat_map(|list| super::config::header_names(&list))
+        .filter(|name| !settings.iter().any(|(given, _)| given == name))
+        .collect();
+        Self {
+            settings: settings.into(),
+            process_only,
+        }
+    }
+
+    /// Makes `headers` carry the settings' headers, whatever the exporter put there.
+    fn settle(&self, headers: &mut http::HeaderMap) {
+        for name in self.process_only.iter() {
+            headers.remove(name);
+        }
+        for (name, _) in self.settings.iter() {
+            headers.remove(name);
+        }
+        for (name, value) in self.settings.iter() {
+            headers.append(name.clone(), value.clone());
+        }
+    }
 }
 
 impl HttpClient for ExportHttpClient {
@@ -147,6 +191,8 @@ impl HttpClient for ExportHttpClient {
         'client: 'future,
         Self: 'future,
     {
+        let mut request = request;
+        self.headers.settle(request.headers_mut());
         let hyper = self.hyper.clone();
         let sent = self
             .runtime
@@ -257,19 +303,24 @@ impl OtelConfig {
         if let Some(endpoint) = &endpoint {
             let thread = ExportThread::start().map_err(InstallError::ExportThread)?;
             let timeout = self.export.timeout.unwrap_or(DEFAULT_EXPORT_TIMEOUT);
-            let headers = self.export.headers.clone();
+            let headers = ExportHeaders::new(self.export.headers.clone());
             let exporter = match self.protocol {
                 Protocol::Grpc => {
                     // tonic puts its connection on the runtime current while it is built.
                     let _on_export_thread = thread.runtime.enter();
+                    let metadata = headers.clone();
                     SpanExporter::builder()
                         .with_tonic()
                         .with_timeout(timeout)
-                        .with_metadata(
-                            opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
-                                headers.into_iter().collect(),
-                            ),
-                        )
+                        // Runs after the exporter added its metadata, the process
+                        // environment's included.
+                        .with_interceptor(move |mut request: tonic::Request<()>| {
+                            let mut sent = std::mem::take(request.metadata_mut()).into_headers();
+                            metadata.settle(&mut sent);
+                            *request.metadata_mut() =
+                                tonic::metadata::MetadataMap::from_headers(sent);
+                            Ok(request)
+                        })
                         .with_endpoint(endpoint.clone())
                         .build()
                 }
@@ -278,17 +329,10 @@ impl OtelConfig {
                     .with_http_client(ExportHttpClient {
                         runtime: thread.runtime.clone(),
                         hyper: HyperClient::with_default_connector(timeout, None),
+                        headers,
                     })
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                     .with_timeout(timeout)
-                    .with_headers(
-                        headers
-                            .into_iter()
-                            .filter_map(|(name, value)| {
-                                Some((name.to_string(), value.to_str().ok()?.to_owned()))
-                            })
-                            .collect(),
-                    )
                     .with_endpoint(endpoint.clone())
                     .build(),
             }
