@@ -1,4 +1,5 @@
-//! Parsing incoming trace context, side by side with OpenTelemetry's `TraceContextPropagator`.
+//! Parsing incoming trace context, side by side with OpenTelemetry's `TraceContextPropagator`;
+//! and a hostile `baggage` header beside an ordinary one of the same length.
 //!
 //! Run: `cargo bench -p periscope-context --bench parse`
 
@@ -9,7 +10,9 @@ use http::HeaderMap;
 use opentelemetry::propagation::{Extractor as OtelExtractor, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use periscope_context::{ExtractOptions, RequestId, TraceParent, TraceState, extract, headers};
+use periscope_context::{
+    Baggage, ExtractOptions, RequestId, TraceParent, TraceState, extract, headers,
+};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const TRACESTATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
@@ -80,6 +83,29 @@ fn parse(c: &mut Criterion) {
         b.iter(|| black_box(RequestId::generate()))
     });
     parts.finish();
+
+    // A hostile `baggage` header of 64 KiB (the server's head limit): one member filling the
+    // 8192 bytes, then thousands of members with an `=` in their value, each refused at the
+    // limit; beside the same length of members without one. Each refusal should cost its own
+    // bytes, not a pass over the kept member.
+    let filled = format!("k={}", "%20".repeat(2730));
+    let header = |member: &str| {
+        let mut header = filled.clone();
+        while header.len() + member.len() + 1 <= 64 * 1024 {
+            header.push(',');
+            header.push_str(member);
+        }
+        header
+    };
+    let (hostile, ordinary) = (header("a=="), header("a=b"));
+    let mut baggage = c.benchmark_group("baggage_refused_at_the_limit");
+    baggage.bench_function("members_with_an_equals_sign", |b| {
+        b.iter(|| black_box(Baggage::parse(black_box(&hostile))))
+    });
+    baggage.bench_function("members_without_one", |b| {
+        b.iter(|| black_box(Baggage::parse(black_box(&ordinary))))
+    });
+    baggage.finish();
 }
 
 criterion_group!(benches, parse);

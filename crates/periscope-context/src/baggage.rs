@@ -116,6 +116,10 @@ impl BaggageMember {
 pub struct Baggage {
     members: Vec<BaggageMember>,
     encoded_len: usize,
+    /// The length the members would take with every `=` sent as it is: kept as they come,
+    /// so that a member refused at the limit costs its own bytes, never a pass over the kept
+    /// ones (a header of thousands of refused members would cost thousands of passes).
+    raw_len: usize,
     /// Whether `=` in values is sent as it is ([`VALUE_ENCODE_KEEPING_EQUALS`]): only where
     /// the members fit the 8192 bytes no other way.
     equals_raw: bool,
@@ -134,6 +138,7 @@ impl Clone for Baggage {
         Self {
             members,
             encoded_len: self.encoded_len,
+            raw_len: self.raw_len,
             equals_raw: self.equals_raw,
         }
     }
@@ -145,6 +150,7 @@ impl Baggage {
         Self {
             members: Vec::new(),
             encoded_len: 0,
+            raw_len: 0,
             equals_raw: false,
         }
     }
@@ -258,32 +264,29 @@ impl Baggage {
             return Err(BaggageError::LimitExceeded);
         }
         let mut cost = self.member_cost(&member);
-        if self.encoded_len + cost > MAX_BAGGAGE_BYTES && !self.equals_raw {
-            // With every `=` sent as it is, the member may still fit.
-            // Only when it then fits: a member refused anyway must not change how the kept
-            // ones, which fit as they are, go out.
-            if std::iter::once(&member)
-                .chain(&self.members)
-                .any(|m| m.value.contains('='))
-            {
-                let commas = self.members.len().saturating_sub(1);
-                let raw_len = commas
-                    + (self.members.iter())
-                        .map(|m| m.encoded_len(VALUE_ENCODE_KEEPING_EQUALS))
-                        .sum::<usize>();
-                let raw_cost = member.encoded_len(VALUE_ENCODE_KEEPING_EQUALS)
-                    + usize::from(!self.members.is_empty());
-                if raw_len + raw_cost <= MAX_BAGGAGE_BYTES {
-                    self.equals_raw = true;
-                    self.encoded_len = raw_len;
-                    cost = raw_cost;
-                }
-            }
+        // What it would cost with every `=` sent as it is: more work only for a value with one.
+        let raw_cost = if !self.equals_raw && member.value.contains('=') {
+            member.encoded_len(VALUE_ENCODE_KEEPING_EQUALS) + usize::from(!self.members.is_empty())
+        } else {
+            cost
+        };
+        // With every `=` sent as it is, the member may still fit (where it or a kept one has
+        // an `=`). Only when it then fits: a member refused anyway must not change how the
+        // kept ones, which fit as they are, go out.
+        if self.encoded_len + cost > MAX_BAGGAGE_BYTES
+            && !self.equals_raw
+            && (raw_cost < cost || self.raw_len < self.encoded_len)
+            && self.raw_len + raw_cost <= MAX_BAGGAGE_BYTES
+        {
+            self.equals_raw = true;
+            self.encoded_len = self.raw_len;
+            cost = raw_cost;
         }
         if self.encoded_len + cost > MAX_BAGGAGE_BYTES {
             return Err(BaggageError::LimitExceeded);
         }
         self.encoded_len += cost;
+        self.raw_len += raw_cost;
         self.members.push(member);
         Ok(())
     }
