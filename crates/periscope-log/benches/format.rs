@@ -59,5 +59,50 @@ fn formatters(c: &mut Criterion) {
     event_in_request_span(c, "json-subscriber", json_subscriber);
 }
 
-criterion_group!(benches, formatters);
+/// A 64 KiB JSON request body logged as a field (parsed and redacted by key): thousands of
+/// `name` and `value` members, beside a body of the same size with distinct keys. Redaction
+/// should cost the body's length, not names times values.
+fn request_bodies(c: &mut Criterion) {
+    let (layer, _guard) = LogLayer::builder()
+        .writer(std::io::sink())
+        .blocking(true)
+        .max_value_bytes(128 * 1024)
+        .build();
+    let dispatch = Dispatch::new(tracing_subscriber::registry().with(layer));
+    let body = |member: &dyn Fn(usize) -> String| {
+        let mut body = String::from("{");
+        let mut i = 0;
+        while body.len() < 64 * 1024 {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&member(i));
+            i += 1;
+        }
+        body.push('}');
+        body
+    };
+    let names_and_values = body(&|i| {
+        if i % 2 == 0 {
+            r#""name":"a""#.to_owned()
+        } else {
+            r#""value":1"#.to_owned()
+        }
+    });
+    let distinct = body(&|i| format!(r#""k{i}":1"#));
+    let mut group = c.benchmark_group("request_body_field");
+    tracing::dispatcher::with_default(&dispatch, || {
+        for (name, text) in [
+            ("names_and_values", &names_and_values),
+            ("distinct_keys", &distinct),
+        ] {
+            group.bench_function(name, |b| {
+                b.iter(|| tracing::info!(body = text.as_str(), "request"))
+            });
+        }
+    });
+    group.finish();
+}
+
+criterion_group!(benches, formatters, request_bodies);
 criterion_main!(benches);

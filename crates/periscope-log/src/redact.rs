@@ -776,32 +776,57 @@ impl Parser<'_> {
         if names.is_empty() {
             return;
         }
-        for at in base..self.members.len() {
-            let value = self.members[at];
-            if !key(out, &value).eq_ignore_ascii_case(b"value") {
-                continue;
-            }
-            let first = out.get(value.key_end).copied();
-            if !names
+        // Whether a name hides a value of each shape, asked once per object: an object of
+        // thousands of names and values costs their sum, not their product.
+        let hides_as = |shape| {
+            names
                 .iter()
-                .any(|name| self.redactor.hides_under(name, Shape::starting_with(first)))
-            {
-                continue;
-            }
-            let mut hidden = Vec::new();
-            json::write_str(&mut hidden, REDACTED, usize::MAX);
-            out.splice(value.key_end..value.end, hidden.iter().copied());
-            // The members written after it moved with the change of length.
-            let grown = hidden.len() as isize - (value.end - value.key_end) as isize;
-            let shift = |offset: usize| offset.saturating_add_signed(grown);
-            for member in &mut self.members[at..] {
-                if member.start > value.start {
-                    member.start = shift(member.start);
-                    member.key_end = shift(member.key_end);
+                .any(|name| self.redactor.hides_under(name, shape))
+        };
+        let (hides_scalar, hides_other) = (hides_as(Shape::Scalar), hides_as(Shape::Other));
+        let hidden_at = |value: &Member| {
+            key(out, value).eq_ignore_ascii_case(b"value")
+                && match Shape::starting_with(out.get(value.key_end).copied()) {
+                    Shape::Null => false,
+                    Shape::Scalar => hides_scalar,
+                    Shape::Other => hides_other,
                 }
-                member.end = shift(member.end);
+        };
+        let targets: Vec<usize> = (base..self.members.len())
+            .filter(|&at| hidden_at(&self.members[at]))
+            .collect();
+        let Some(&first) = targets.first() else {
+            return;
+        };
+        // One pass from the first value hidden: the text after it rebuilt, the members' offsets
+        // moved by what the values hidden before them changed.
+        let mut hidden = Vec::new();
+        json::write_str(&mut hidden, REDACTED, usize::MAX);
+        let from = self.members[first].key_end;
+        let old = out.split_off(from);
+        let (mut copied, mut grown) = (from, 0isize);
+        let mut targets = targets.into_iter().peekable();
+        for at in base..self.members.len() {
+            let member = self.members[at];
+            let shift = |offset: usize, by: isize| {
+                if offset >= from {
+                    offset.saturating_add_signed(by)
+                } else {
+                    offset
+                }
+            };
+            let moved = &mut self.members[at];
+            moved.start = shift(member.start, grown);
+            moved.key_end = shift(member.key_end, grown);
+            if targets.next_if_eq(&at).is_some() {
+                out.extend_from_slice(&old[copied - from..member.key_end - from]);
+                out.extend_from_slice(&hidden);
+                copied = member.end;
+                grown += hidden.len() as isize - (member.end - member.key_end) as isize;
             }
+            moved.end = shift(member.end, grown);
         }
+        out.extend_from_slice(&old[copied - from..]);
     }
 
     fn array(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<()> {

@@ -439,6 +439,34 @@ fn named_value_with_repeated_keys_is_redacted() {
     );
 }
 
+/// Many values under one secret name, between other members and nested objects (JSON text, so
+/// every member is kept): every value hidden, every other member kept whole, the line valid.
+/// The object is rewritten in one pass, not once per hidden value.
+#[test]
+fn many_values_under_a_secret_name_are_hidden_and_the_rest_kept() {
+    let mut text = String::from(r#"{"name":"password""#);
+    for i in 0..300 {
+        text.push_str(&format!(
+            r#","value":"secret-{i}","note{i}":{{"value":"plain-{i}","n":[{i}]}},"value":{i}"#
+        ));
+    }
+    text.push('}');
+    let out = capture(
+        |b| b.max_value_bytes(1 << 20),
+        |_| tracing::info!(env = text.as_str()),
+    );
+    let line = &out.lines()[0];
+    assert!(!out.text().contains("secret-"), "a value shown");
+    let rewritten = line["data"]["env"].as_str().unwrap();
+    // Valid JSON still (a repeated key is kept in a string, as sent).
+    let _: Value = serde_json::from_str(rewritten).unwrap();
+    for i in [0, 1, 150, 299] {
+        let note = format!(r#""note{i}":{{"value":"plain-{i}","n":[{i}]}}"#);
+        assert!(rewritten.contains(&note), "{note} in {rewritten}");
+    }
+    assert_eq!(rewritten.matches(r#""value":"[REDACTED]""#).count(), 600);
+}
+
 /// A key can hold a secret too: pools or replicas keyed by their connection string show in
 /// `/debug/status` and `/debug/config` masked as any string is, each entry kept.
 #[test]
