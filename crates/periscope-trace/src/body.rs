@@ -11,7 +11,9 @@ use http_body::{Body, Frame, SizeHint};
 use periscope_context::{RequestContext, WithContext};
 use tracing::Span;
 
-use crate::fields::{SERVER_FIELDS, record_failure};
+use periscope_context::grpc::GrpcCode;
+
+use crate::fields::{SERVER_FIELDS, record_failure, record_grpc_code};
 
 /// The response body of [`Correlation`](crate::Correlation): the inner service's body,
 /// untouched, polled inside the request's span with its [`RequestContext`] current. The
@@ -31,6 +33,18 @@ pub struct CorrelationBody<B> {
     /// Set while the inner body is polled: still set when the body is dropped, it panicked
     /// making a frame (with no panic catcher inside the server layer).
     in_body: bool,
+    /// A gRPC call: a body that fails is the `INTERNAL` its client is told (the server resets
+    /// the stream), as a failure of the call's own future is.
+    grpc: bool,
+}
+
+/// Records the failure of a body cut after its head.
+fn fail(span: &Span, grpc: bool) {
+    if grpc {
+        record_grpc_code(span, &SERVER_FIELDS, GrpcCode::INTERNAL, 500);
+    } else {
+        record_failure(span, &SERVER_FIELDS, "_OTHER");
+    }
 }
 
 #[pin_project::pinned_drop]
@@ -39,7 +53,7 @@ impl<B> PinnedDrop for CorrelationBody<B> {
         let this = self.project();
         if *this.in_body && *this.records_failure {
             // The answer was cut by the panic: the request did not complete.
-            record_failure(this.span, &SERVER_FIELDS, "_OTHER");
+            fail(this.span, *this.grpc);
         }
     }
 }
@@ -50,12 +64,14 @@ impl<B> CorrelationBody<B> {
         context: Arc<RequestContext>,
         span: Span,
         records_failure: bool,
+        grpc: bool,
     ) -> Self {
         Self {
             inner: WithContext::new(context, inner),
             span,
             records_failure,
             in_body: false,
+            grpc,
         }
     }
 
@@ -101,9 +117,7 @@ impl<B: Body> Body for CorrelationBody<B> {
             Poll::Ready(None) => inner.finish(),
             // The answer was cut after its head: the request did not complete, whatever its
             // status said (as a client span records the same failure).
-            Poll::Ready(Some(Err(_))) if *this.records_failure => {
-                record_failure(this.span, &SERVER_FIELDS, "_OTHER");
-            }
+            Poll::Ready(Some(Err(_))) if *this.records_failure => fail(this.span, *this.grpc),
             _ => {}
         }
         frame

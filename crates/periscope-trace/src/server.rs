@@ -703,7 +703,7 @@ where
         let result = this.inner.as_mut().poll(cx);
         *this.in_service = false;
         let result = ready!(result);
-        *this.grpc_unanswered = false;
+        let grpc = std::mem::replace(this.grpc_unanswered, false);
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -767,7 +767,7 @@ where
         // frames are made, and may log, after this future is done.
         let span = std::mem::replace(this.span, Span::none());
         Poll::Ready(Ok(response.map(|body| {
-            CorrelationBody::new(body, context, span, !watched && !failed)
+            CorrelationBody::new(body, context, span, !watched && !failed, grpc)
         })))
     }
 }

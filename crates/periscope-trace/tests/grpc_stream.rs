@@ -437,21 +437,43 @@ async fn a_service_that_panics_fails_its_span() {
             panic!("the stream's bug")
         }
     }
-    let service = CorrelationLayer::new().layer(tower::service_fn(
-        |_: http::Request<axum::body::Body>| async {
-            Ok::<_, Infallible>(http::Response::new(Panicking))
-        },
-    ));
-    let request = http::Request::get("/events")
-        .header("x-request-id", "panic-body")
-        .body(axum::body::Body::empty())
-        .unwrap();
-    let response = service.oneshot(request).await.unwrap();
-    let read = tokio::spawn(async move { response.into_body().collect().await });
-    assert!(read.await.unwrap_err().is_panic());
-    let span = closed_span(&capture, "panic-body").await;
-    assert_eq!(span.get("otel.status_code"), Some("ERROR"), "{span:?}");
-    assert_eq!(span.get("error.type"), Some("_OTHER"), "{span:?}");
+    // A body that panics after its head: a plain answer fails `_OTHER`, a gRPC stream (its
+    // code due in the trailers, no access log inside to watch them) the `INTERNAL` its client
+    // is told.
+    for (id, content_type) in [
+        ("panic-body", None),
+        ("panic-grpc-body", Some("application/grpc")),
+    ] {
+        let service = CorrelationLayer::new().layer(tower::service_fn(
+            move |_: http::Request<axum::body::Body>| async move {
+                let mut answer = http::Response::builder();
+                if let Some(content_type) = content_type {
+                    answer = answer.header("content-type", content_type);
+                }
+                Ok::<_, Infallible>(answer.body(Panicking).unwrap())
+            },
+        ));
+        let mut request = http::Request::post("/pkg.Svc/Stream").header("x-request-id", id);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let request = request.body(axum::body::Body::empty()).unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        let read = tokio::spawn(async move { response.into_body().collect().await });
+        assert!(read.await.unwrap_err().is_panic());
+        let span = closed_span(&capture, id).await;
+        assert_eq!(
+            span.get("otel.status_code"),
+            Some("ERROR"),
+            "{id}: {span:?}"
+        );
+        let (code, error) = match content_type {
+            Some(_) => (Some("13"), "INTERNAL"),
+            None => (None, "_OTHER"),
+        };
+        assert_eq!(span.get("rpc.grpc.status_code"), code, "{id}: {span:?}");
+        assert_eq!(span.get("error.type"), Some(error), "{id}: {span:?}");
+    }
 }
 
 /// Without an error layer to answer it as gRPC, a router's plain 404 to a made-up gRPC path is
