@@ -466,12 +466,16 @@ where
             let response = handled.failure(failure);
             return ResponseFuture::done(handled, response);
         }
-        match panic::catch(|| self.inner.call(request)) {
+        // With no layer above that made the request's context current, it is current while
+        // the inner service's `call` runs too: what that `call` logs or renders (an early
+        // rejection) carries the ids the client gets.
+        let inner = &mut self.inner;
+        let called = panic::catch(|| match scope {
+            Some(ctx) => Scoped::Entered(WithContext::new_in_scope(ctx, || inner.call(request))),
+            None => Scoped::Current(inner.call(request)),
+        });
+        match called {
             Ok(future) => {
-                let future = match scope {
-                    Some(ctx) => Scoped::Entered(WithContext::new(ctx, future)),
-                    None => Scoped::Current(future),
-                };
                 ResponseFuture {
                     state: State::Running { future },
                     // `tokio::time::sleep` takes any duration (a deadline past its clock's
@@ -1684,6 +1688,30 @@ mod tests {
         .await;
         assert_eq!(parts.status(), StatusCode::OK);
         assert_eq!(parts.headers()["x-request-id"], "client-id-1");
+    }
+
+    /// The context is current in the inner service's own `call` too, not only while its future
+    /// runs: an early rejection made there (a circuit breaker's, an auth check's) is rendered,
+    /// and logged, with the id the client gets.
+    #[tokio::test]
+    async fn the_context_is_current_in_the_inner_call() {
+        let request = Request::get("/")
+            .header("x-request-id", "client-id-9")
+            .body(Full::default())
+            .unwrap();
+        let (parts, json) = call(request, |_| {
+            let seen = RequestContext::current().map(|ctx| ctx.request_id.to_string());
+            let rejected = crate::HttpError::from(crate::codes::SERVICE_UNAVAILABLE)
+                .into_http_response::<Full<Bytes>>();
+            async move {
+                assert_eq!(seen.as_deref(), Some("client-id-9"));
+                Ok(rejected)
+            }
+        })
+        .await;
+        assert_eq!(parts.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json["error"]["request_id"], "client-id-9");
+        assert_eq!(parts.headers()["x-request-id"], "client-id-9");
     }
 
     #[tokio::test]
