@@ -100,6 +100,12 @@ fn warn_missing_function(symbol: &str) {
 
 /// Errors that mean "NVML cannot work here" (back off) versus "this read failed" (retry).
 fn classify(error: NvmlError) -> GpuError {
+    let reason = error.to_string();
+    classify_as(error, reason)
+}
+
+/// [`classify`], with the reason given.
+fn classify_as(error: NvmlError, reason: String) -> GpuError {
     match error {
         NvmlError::LibloadingError(_)
         | NvmlError::FailedToLoadSymbol(_)
@@ -108,8 +114,39 @@ fn classify(error: NvmlError) -> GpuError {
         | NvmlError::FunctionNotFound
         | NvmlError::NoPermission
         | NvmlError::Uninitialized
-        | NvmlError::LibRmVersionMismatch => GpuError::unavailable(error.to_string()),
-        other => GpuError::read(other.to_string()),
+        | NvmlError::LibRmVersionMismatch => GpuError::unavailable(reason),
+        _ => GpuError::read(reason),
+    }
+}
+
+/// Reads the devices `0..count` with `read` into `sample`. When none could be read, the first
+/// one's error, naming the GPU and classified as [`classify`] does (a device this process may
+/// not open backs off as a library it may not use does): a GPU that cannot be read for want of
+/// permission is not reported as a lost one.
+fn read_devices(
+    count: u32,
+    mut read: impl FnMut(u32) -> Result<(DeviceSample, Vec<DeviceSample>), NvmlError>,
+    sample: &mut GpuSample,
+) -> Result<(), GpuError> {
+    let mut first_error = None;
+    for index in 0..count {
+        match read(index) {
+            Ok((device, migs)) => {
+                sample.devices.push(device);
+                sample.devices.extend(migs);
+            }
+            Err(error) => {
+                sample.unreadable_devices += 1;
+                first_error.get_or_insert((index, error));
+            }
+        }
+    }
+    match first_error {
+        Some((index, error)) if sample.devices.is_empty() => {
+            let reason = format!("GPU {index}: {error}");
+            Err(classify_as(error, reason))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -135,19 +172,19 @@ impl GpuSource for NvmlSource {
             driver_version: self.driver_version.clone(),
             ..GpuSample::default()
         };
-        for index in 0..count {
-            let read = nvml
-                .device_by_index(index)
-                .and_then(|device| read_device(&device, index.to_string(), None, request));
-            match read {
-                Ok((device, migs)) => {
-                    sample.devices.push(device);
-                    sample.devices.extend(migs);
-                }
-                Err(_) => sample.unreadable_devices += 1,
-            }
+        let read = read_devices(
+            count,
+            |index| {
+                nvml.device_by_index(index)
+                    .and_then(|device| read_device(&device, index.to_string(), None, request))
+            },
+            &mut sample,
+        );
+        if matches!(read, Err(GpuError::Unavailable { .. })) {
+            // As above: load NVML afresh on the next attempt.
+            self.nvml = None;
         }
-        Ok(sample)
+        read.map(|()| sample)
     }
 }
 
@@ -362,5 +399,51 @@ mod tests {
             *warned.0.lock().unwrap(),
             ["nvmlDeviceGetMemoryInfo_v2: undefined symbol"]
         );
+    }
+}
+
+#[cfg(test)]
+mod read_devices_tests {
+    use super::*;
+
+    /// A GPU this process may not open (`/dev/nvidia0` closed to it), the only one: the
+    /// sample fails as unavailable, naming the GPU and the permission (the collector backs
+    /// off), not as "none of the GPUs could be read (a lost GPU?)". A GPU that fell off the
+    /// bus fails as a read, naming it. One GPU read of two: the sample, one unreadable.
+    #[test]
+    fn a_gpu_that_cannot_be_read_names_why() {
+        let read = |error: fn() -> NvmlError| {
+            let mut sample = GpuSample::default();
+            let result = read_devices(1, |_| Err(error()), &mut sample);
+            (result, sample.unreadable_devices)
+        };
+        let (result, unreadable) = read(|| NvmlError::NoPermission);
+        assert_eq!(unreadable, 1);
+        match result {
+            Err(GpuError::Unavailable { reason }) => {
+                assert!(reason.starts_with("GPU 0: "), "{reason}");
+                assert!(reason.to_lowercase().contains("permission"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match read(|| NvmlError::GpuLost).0 {
+            Err(GpuError::Read { reason }) => {
+                assert!(reason.starts_with("GPU 0: "), "{reason}");
+                assert!(reason.contains("bus"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let mut sample = GpuSample::default();
+        let result = read_devices(
+            2,
+            |index| match index {
+                0 => Ok((crate::fake::demo_device(0), Vec::new())),
+                _ => Err(NvmlError::GpuLost),
+            },
+            &mut sample,
+        );
+        assert!(result.is_ok());
+        assert_eq!((sample.devices.len(), sample.unreadable_devices), (1, 1));
     }
 }
