@@ -981,6 +981,16 @@ impl Handled {
         // `(StatusCode::NOT_MODIFIED, error)`): an error never goes out as a success, as
         // `HttpError::with_status` has it, and every signal of the request tells the same.
         let status = match parts.extensions.get::<RenderedError>() {
+            // A redirect made over it (a middleware sending a refused caller to its login
+            // page) is that middleware's answer, not the error's: it goes out as made, and no
+            // signal names the error any more.
+            Some(_) if status.is_redirection() && status != StatusCode::NOT_MODIFIED => {
+                parts.extensions.remove::<RenderedError>();
+                parts
+                    .extensions
+                    .remove::<periscope_context::AnsweredError>();
+                status
+            }
             Some(rendered) if rendered.status() != status && !is_error(status) => {
                 overridden_status(status, rendered.status());
                 parts.status = rendered.status();
@@ -2022,6 +2032,32 @@ mod tests {
             assert_eq!(json["error"]["code"], "not_found", "{set}");
             assert_eq!(parts.headers()["content-type"], "application/json");
         }
+    }
+
+    /// A middleware that turns a refused caller's error into a redirect to its login page
+    /// (status, `Location` and an empty body set over the rendered error): the redirect goes
+    /// out as made, not forced back to the error's 401.
+    #[tokio::test]
+    async fn a_redirect_made_over_an_error_goes_out_as_made() {
+        let (parts, json) = call(get("/account"), |_| async {
+            let response = HttpError::from(codes::TOKEN_MISSING).into_http_response::<Vec<u8>>();
+            let (mut head, _) = response.into_parts();
+            head.status = StatusCode::SEE_OTHER;
+            head.headers
+                .insert("location", http::HeaderValue::from_static("/login"));
+            head.headers.remove("content-type");
+            Ok(Response::from_parts(head, Full::default()))
+        })
+        .await;
+        assert_eq!(parts.status(), StatusCode::SEE_OTHER);
+        assert_eq!(parts.headers()["location"], "/login");
+        assert_eq!(json, Value::Null);
+        assert!(
+            parts
+                .extensions()
+                .get::<periscope_context::AnsweredError>()
+                .is_none()
+        );
     }
 
     /// A body that never delivers a frame.
