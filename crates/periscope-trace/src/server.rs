@@ -744,13 +744,18 @@ where
                 // An answer already failed by its head keeps that status as its `error.type`
                 // when its body is cut after it (an upstream's 502 relayed), as a client span
                 // does: recorded twice, the exported span would carry the attribute twice.
-                failed = record_status(
-                    span,
-                    &SERVER_FIELDS,
-                    response.status(),
-                    response.headers(),
-                    500,
-                );
+                // An interim status as the final answer never reaches the client as such:
+                // hyper sends a 500 (or resets an HTTP/2 stream), as the metrics count it.
+                let status = match response.status() {
+                    status
+                        if status.is_informational()
+                            && status != http::StatusCode::SWITCHING_PROTOCOLS =>
+                    {
+                        http::StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                    status => status,
+                };
+                failed = record_status(span, &SERVER_FIELDS, status, response.headers(), 500);
             }
         }
         // Handed over rather than cloned: the future completed, so its wrapper is done with it

@@ -476,6 +476,38 @@ async fn a_service_that_panics_fails_its_span() {
     }
 }
 
+/// An interim status given as the final answer (`103 Early Hints`), with no error layer inside
+/// to answer it: hyper sends a 500 in its place, which the span records, failed, as the metrics
+/// count it.
+#[tokio::test]
+async fn an_interim_status_as_the_answer_is_the_500_hyper_sends() {
+    use tower::{Layer, ServiceExt};
+
+    let (capture, _guard) = capture();
+    let service = CorrelationLayer::new().layer(tower::service_fn(
+        |_: http::Request<axum::body::Body>| async {
+            let answer = http::Response::builder()
+                .status(http::StatusCode::EARLY_HINTS)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            Ok::<_, Infallible>(answer)
+        },
+    ));
+    let request = http::Request::get("/hints")
+        .header("x-request-id", "hints")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    drop(service.oneshot(request).await.unwrap());
+    let span = closed_span(&capture, "hints").await;
+    assert_eq!(
+        span.get("http.response.status_code"),
+        Some("500"),
+        "{span:?}"
+    );
+    assert_eq!(span.get("otel.status_code"), Some("ERROR"), "{span:?}");
+    assert_eq!(span.get("error.type"), Some("500"), "{span:?}");
+}
+
 /// Without an error layer to answer it as gRPC, a router's plain 404 to a made-up gRPC path is
 /// no method of the service either: the span keeps the HTTP name, whatever path the client made
 /// up. A method that answers keeps its name.
