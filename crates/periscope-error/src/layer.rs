@@ -1098,7 +1098,12 @@ impl Handled {
         let readable = !is_encoded(&parts.headers);
         // A gRPC client reads neither JSON nor a deliberate HTTP body: its answer is rendered.
         if (is_json(&parts.headers) || deliberate) && !self.facts.format.is_grpc() {
-            if status.is_server_error() && !deliberate {
+            // The head of a `HEAD` answer relayed as it is (an upstream's 503, its length
+            // declared, no body): nothing to read or render, and no sign of a handler's
+            // answer without an envelope.
+            let bodiless_head =
+                self.facts.method == Method::HEAD && body.size_hint().exact() == Some(0);
+            if status.is_server_error() && !deliberate && !bodiless_head {
                 if !readable {
                     if let Err(caught) = discard(body) {
                         return Inspected::Panicked(caught);

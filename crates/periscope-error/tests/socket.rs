@@ -675,6 +675,40 @@ fn events_of(request_id: &str) -> Vec<std::collections::BTreeMap<String, String>
         .collect()
 }
 
+/// A gateway relaying an upstream's answer to `HEAD` (a 503 whose envelope the upstream
+/// would send to a `GET`: its length declared, no body): passed as it is, with the request's
+/// id, and not logged as a service answering without an envelope.
+#[tokio::test]
+async fn a_relayed_head_answer_to_a_5xx_is_not_a_missing_envelope() {
+    support::install_capture();
+    let app = Router::new()
+        .route(
+            "/jobs/7",
+            axum::routing::head(|| async {
+                axum::response::Response::builder()
+                    .status(503)
+                    .header("content-type", "application/json")
+                    .header("content-length", "187")
+                    .body(axum::body::Body::empty())
+                    .unwrap()
+            }),
+        )
+        .layer(ErrorLayer::new())
+        .layer(middleware::from_fn(correlate));
+    let addr = serve_app(app).await;
+    let reply = send(addr, "HEAD", "/jobs/7", &[], b"").await;
+    assert_eq!(reply.status, 503);
+    let id = reply
+        .header("x-request-id")
+        .expect("the request id")
+        .to_owned();
+    let errors: Vec<_> = events_of(&id)
+        .into_iter()
+        .filter(|event| event["level"] == "ERROR")
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
 #[tokio::test]
 async fn panicking_handler_becomes_internal_error_and_the_panic_stays_in_the_log() {
     let addr = serve().await;
