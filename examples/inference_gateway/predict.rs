@@ -42,8 +42,9 @@ pub const INVALID_IMAGE: ErrorCode = ErrorCode::new("invalid_image", ErrorClass:
     .with_message("The body is not a PNG or JPEG image")
     .with_help(
         "Send a PNG or JPEG image of at most 8192x8192 pixels and 256 MiB decoded (an 8-bit \
-         image of that size fits, a 16-bit colour one does not), as the body or as the `image` \
-         field of a multipart form",
+         PNG or a baseline JPEG of that size fits; a 16-bit colour PNG, or a progressive colour \
+         JPEG over about 30 megapixels, does not), as the body or as the `image` field of a \
+         multipart form",
     );
 
 /// The gateway's own error code: the upload paused too long or trickled (see
@@ -410,7 +411,9 @@ async fn read_image(
     let idle = state.upload_idle;
     // The request timeout counted the wait for the share: the pace is set on what is left.
     let window = upload_window(state.request_timeout, waiting.elapsed(), idle);
-    let pace = min_pace(declared, window);
+    // Paced on the share it holds: a body without a length (chunked) holds a share of the
+    // most a body may be, and must keep the pace of that, or trickle past the defence.
+    let pace = min_pace(Some((kib * KIB) as u64), window);
     let request = request.map(|body| axum::body::Body::new(Paced::new(body, idle, pace)));
     let multipart = request
         .headers()

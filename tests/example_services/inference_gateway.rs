@@ -337,24 +337,41 @@ async fn a_stalled_or_trickling_upload_gives_its_share_back() {
     let service = start(&[("UPLOAD_BUFFER_MIB", "10"), ("UPLOAD_IDLE_S", "1")]);
     let addr = service.addr("http").await;
     wait_for_status(addr, "/ready", 200).await;
-    let head = |content_type: &str| {
+    let head = |content_type: &str, chunked: bool| {
+        let length = if chunked {
+            "transfer-encoding: chunked"
+        } else {
+            "content-length: 10485760"
+        };
         format!(
             "POST /predict HTTP/1.1\r\nhost: gateway\r\ncontent-type: {content_type}\r\n\
-             content-length: 10485760\r\nconnection: close\r\n\r\n"
+             {length}\r\nconnection: close\r\n\r\n"
         )
     };
     let form = "multipart/form-data; boundary=b";
+    // A chunk of `bytes` as chunked transfer coding frames it.
+    let framed = |chunked: bool, bytes: Vec<u8>| {
+        if !chunked {
+            return bytes;
+        }
+        let mut chunk = format!("{:x}\r\n", bytes.len()).into_bytes();
+        chunk.extend(bytes);
+        chunk.extend(b"\r\n");
+        chunk
+    };
 
     // Stalled: 4 KiB, then nothing. Trickling: a byte every 200 ms, under 16 KiB/s; or
     // 20 KiB/s, over that floor but far under the pace 10 MiB needs to arrive within the
-    // request timeout. A form's field stalls alike.
-    for (content_type, trickle) in [
-        ("image/png", 0),
-        ("image/png", 1),
-        ("image/png", 2048),
-        (form, 0),
+    // request timeout, with its length declared or not (chunked: it holds a share of 10 MiB
+    // all the same). A form's field stalls alike.
+    for (content_type, trickle, chunked) in [
+        ("image/png", 0, false),
+        ("image/png", 1, false),
+        ("image/png", 2048, false),
+        ("image/png", 2048, true),
+        (form, 0, false),
     ] {
-        let head = head(content_type);
+        let head = head(content_type, chunked);
         let first: Vec<u8> = if content_type == form {
             let mut part = b"--b\r\ncontent-disposition: form-data; name=\"image\"; \
                              filename=\"a.png\"\r\ncontent-type: image/png\r\n\r\n"
@@ -367,7 +384,7 @@ async fn a_stalled_or_trickling_upload_gives_its_share_back() {
         let started = std::time::Instant::now();
         let mut upload = tokio::net::TcpStream::connect(addr).await.unwrap();
         upload.write_all(head.as_bytes()).await.unwrap();
-        upload.write_all(&first).await.unwrap();
+        upload.write_all(&framed(chunked, first)).await.unwrap();
         let (mut reader, mut writer) = upload.into_split();
         let dripping = tokio::spawn(async move {
             let (chunk, every) = if trickle == 1 {
@@ -375,7 +392,12 @@ async fn a_stalled_or_trickling_upload_gives_its_share_back() {
             } else {
                 (trickle, 100)
             };
-            while trickle > 0 && writer.write_all(&vec![0; chunk]).await.is_ok() {
+            while trickle > 0
+                && writer
+                    .write_all(&framed(chunked, vec![0; chunk]))
+                    .await
+                    .is_ok()
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(every)).await;
             }
             writer
@@ -392,7 +414,7 @@ async fn a_stalled_or_trickling_upload_gives_its_share_back() {
         // Cut by its pace, well before the 30 s request timeout.
         assert!(
             started.elapsed() < std::time::Duration::from_secs(10),
-            "{content_type} {trickle}"
+            "{content_type} {trickle} chunked: {chunked}"
         );
     }
 
