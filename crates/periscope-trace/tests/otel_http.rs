@@ -305,6 +305,29 @@ fn export_headers_from_a_lookup_are_sent() {
     assert_eq!(export.api_key.as_deref(), Some("from a file"));
 }
 
+/// Runs the test `name` of this binary in a child process, its switch `switch` set and the
+/// variables `env` set (`None`: removed), and returns what it printed; it must succeed.
+fn run_child(name: &str, switch: &str, env: &[(&str, Option<&str>)]) -> String {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
+        .args(["--exact", name, "--nocapture"])
+        .env(switch, "1");
+    for (var, value) in env {
+        match value {
+            Some(value) => child.env(var, value),
+            None => child.env_remove(var),
+        };
+    }
+    let output = child.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{name} {env:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 const HEADERS_CHILD: &str = "PERISCOPE_TEST_HEADERS_CHILD";
 
 /// In a child process: a receiver, and the provider built from the environment exporting to
@@ -349,21 +372,13 @@ fn a_blank_traces_headers_variable_leaves_the_general_headers_in_force() {
         (Some("  "), "Some(\"k1\")"),
         (Some("api-key=k2"), "Some(\"k2\")"),
     ] {
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
-        child
-            .args(["--exact", "headers_child", "--nocapture"])
-            .env(HEADERS_CHILD, "1")
-            .env("OTEL_EXPORTER_OTLP_HEADERS", "api-key=k1");
-        match traces {
-            Some(value) => child.env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", value),
-            None => child.env_remove("OTEL_EXPORTER_OTLP_TRACES_HEADERS"),
-        };
-        let output = child.output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{traces:?}: {stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
+        let stdout = run_child(
+            "headers_child",
+            HEADERS_CHILD,
+            &[
+                ("OTEL_EXPORTER_OTLP_HEADERS", Some("api-key=k1")),
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", traces),
+            ],
         );
         assert!(
             stdout.contains(&format!("API-KEY {sent}")),
@@ -419,27 +434,18 @@ fn headers_from_a_lookup_win_over_the_process_environments() {
             "API-KEY Some(\"k2\") X-STALE None",
         ),
     ] {
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
-        child
-            .args(["--exact", "lookup_headers_child", "--nocapture"])
-            .env(LOOKUP_HEADERS_CHILD, "1")
-            .env("OTEL_EXPORTER_OTLP_HEADERS", "api-key=stale,x-stale=1")
-            .env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-stale=2");
-        for (var, value) in [
-            ("LOOKUP_GENERAL", lookup_general),
-            ("LOOKUP_TRACES", lookup_traces),
-        ] {
-            match value {
-                Some(value) => child.env(var, value),
-                None => child.env_remove(var),
-            };
-        }
-        let output = child.output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
+        let stdout = run_child(
+            "lookup_headers_child",
+            LOOKUP_HEADERS_CHILD,
+            &[
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    Some("api-key=stale,x-stale=1"),
+                ),
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", Some("x-stale=2")),
+                ("LOOKUP_GENERAL", lookup_general),
+                ("LOOKUP_TRACES", lookup_traces),
+            ],
         );
         assert!(
             stdout.contains(sent),
@@ -471,14 +477,11 @@ fn batch_child() {
 #[test]
 fn a_padded_batch_setting_is_used_as_checked() {
     for delay in ["100", " 100", "100 "] {
-        let output = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "batch_child", "--nocapture"])
-            .env(BATCH_CHILD, "1")
-            .env("OTEL_BSP_SCHEDULE_DELAY", delay)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{delay:?}: {stdout}");
+        let stdout = run_child(
+            "batch_child",
+            BATCH_CHILD,
+            &[("OTEL_BSP_SCHEDULE_DELAY", Some(delay))],
+        );
         assert!(stdout.contains("EXPORTS 1"), "{delay:?}: {stdout}");
     }
 }
