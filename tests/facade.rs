@@ -4205,13 +4205,12 @@ async fn route_templates_given_twice_or_naming_an_admin_path_are_accepted() {
     );
 }
 
-/// The request timeout leaves the probes out: they answer within their checks' own timeouts,
-/// so a hung non-critical check under a shorter request timeout leaves `/ready` `degraded`
-/// (200, naming the check), not a 504 that takes the pod out of rotation. Other routes still
-/// get the timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_non_critical_check_stays_degraded_under_a_shorter_request_timeout() {
-    let health = periscope::health::Health::builder()
+/// A non-critical check `cache` that never answers (cut at its 800 ms timeout), run on every
+/// probe.
+fn with_a_hung_cache_check(
+    health: periscope::health::HealthBuilder,
+) -> periscope::health::HealthBuilder {
+    health
         .add_check(
             periscope::health::HealthCheck::new(
                 "cache",
@@ -4221,6 +4220,15 @@ async fn a_hung_non_critical_check_stays_degraded_under_a_shorter_request_timeou
             .non_critical(),
         )
         .cache_ttl(Duration::ZERO)
+}
+
+/// The request timeout leaves the probes out: they answer within their checks' own timeouts,
+/// so a hung non-critical check under a shorter request timeout leaves `/ready` `degraded`
+/// (200, naming the check), not a 504 that takes the pod out of rotation. Other routes still
+/// get the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_non_critical_check_stays_degraded_under_a_shorter_request_timeout() {
+    let health = with_a_hung_cache_check(periscope::health::Health::builder())
         .build()
         .unwrap();
     let obs = Observability::builder()
@@ -4264,17 +4272,8 @@ async fn probes_on_paths_named_probe_paths_are_untimed_untraced_and_quiet() {
         .build();
     let _default = set_default(tracing_subscriber::registry().with(log));
     let gate = periscope::health::StartupGate::new("warm-up");
-    let health = periscope::health::Health::builder()
-        .add_check(
-            periscope::health::HealthCheck::new(
-                "cache",
-                periscope::health::check_fn(std::future::pending::<Result<(), String>>),
-            )
-            .timeout(Duration::from_millis(800))
-            .non_critical(),
-        )
+    let health = with_a_hung_cache_check(periscope::health::Health::builder())
         .startup_gate(gate.clone())
-        .cache_ttl(Duration::ZERO)
         .build()
         .unwrap();
     let obs = Observability::builder()
