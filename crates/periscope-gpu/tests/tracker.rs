@@ -1071,8 +1071,10 @@ fn finish_at_exit_counts_the_last_interval_of_a_child() {
     const WRITTEN: u64 = 32 << 20;
     let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("periscope-tracker-exit-{}", std::process::id()));
+    // The pause lets the tracker take its first reading before any write.
     let script = format!(
-        "head -c {WRITTEN} /dev/zero > {}; timeout 0.4 sh -c 'while :; do :; done'; exit 3",
+        "sleep 0.5; head -c {WRITTEN} /dev/zero > {}; timeout 0.4 sh -c 'while :; do :; done'; \
+         exit 3",
         file.display()
     );
     let mut child = Command::new("sh")
@@ -1099,7 +1101,7 @@ fn finish_at_exit_counts_the_last_interval_of_a_child() {
         (WRITTEN * 9 / 10..WRITTEN * 3 / 2).contains(&written),
         "{written} bytes counted for {WRITTEN} written: {summary:?}"
     );
-    // 0.4 s of a core in a run of under a second or so.
+    // 0.4 s of a core in a run of about a second.
     assert!(
         summary.cpu_cores_max * summary.duration_s > 0.2,
         "{summary:?}"
