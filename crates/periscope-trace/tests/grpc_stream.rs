@@ -385,6 +385,22 @@ async fn a_grpc_call_dropped_before_its_head_records_cancelled() {
     }
 }
 
+/// A span failed by a panic: `ERROR`, and for a gRPC call (a `content_type` given) the
+/// `INTERNAL` (13) its client is told, else `_OTHER`.
+fn assert_failed_by_a_panic(span: &ClosedSpan, id: &str, content_type: Option<&str>) {
+    assert_eq!(
+        span.get("otel.status_code"),
+        Some("ERROR"),
+        "{id}: {span:?}"
+    );
+    let (code, error) = match content_type {
+        Some(_) => (Some("13"), "INTERNAL"),
+        None => (None, "_OTHER"),
+    };
+    assert_eq!(span.get("rpc.grpc.status_code"), code, "{id}: {span:?}");
+    assert_eq!(span.get("error.type"), Some(error), "{id}: {span:?}");
+}
+
 /// A service that panics with no panic catcher inside the server layer: its span is failed
 /// (as the metrics count the request), not `CANCELLED` (gRPC) nor left a success (HTTP); a
 /// body that panics making a frame fails its span too.
@@ -411,18 +427,7 @@ async fn a_service_that_panics_fails_its_span() {
         }
         let call = service.oneshot(request.body(axum::body::Body::empty()).unwrap());
         assert!(tokio::spawn(call).await.unwrap_err().is_panic());
-        let span = closed_span(&capture, id).await;
-        assert_eq!(
-            span.get("otel.status_code"),
-            Some("ERROR"),
-            "{id}: {span:?}"
-        );
-        let (code, error) = match content_type {
-            Some(_) => (Some("13"), "INTERNAL"),
-            None => (None, "_OTHER"),
-        };
-        assert_eq!(span.get("rpc.grpc.status_code"), code, "{id}: {span:?}");
-        assert_eq!(span.get("error.type"), Some(error), "{id}: {span:?}");
+        assert_failed_by_a_panic(&closed_span(&capture, id).await, id, content_type);
     }
 
     /// A body whose first frame panics.
@@ -461,18 +466,7 @@ async fn a_service_that_panics_fails_its_span() {
         let response = service.oneshot(request).await.unwrap();
         let read = tokio::spawn(async move { response.into_body().collect().await });
         assert!(read.await.unwrap_err().is_panic());
-        let span = closed_span(&capture, id).await;
-        assert_eq!(
-            span.get("otel.status_code"),
-            Some("ERROR"),
-            "{id}: {span:?}"
-        );
-        let (code, error) = match content_type {
-            Some(_) => (Some("13"), "INTERNAL"),
-            None => (None, "_OTHER"),
-        };
-        assert_eq!(span.get("rpc.grpc.status_code"), code, "{id}: {span:?}");
-        assert_eq!(span.get("error.type"), Some(error), "{id}: {span:?}");
+        assert_failed_by_a_panic(&closed_span(&capture, id).await, id, content_type);
     }
 }
 

@@ -108,6 +108,22 @@ async fn receive(
 
 /// The export holding a span of `trace`, and that span. The guard's flush and shutdown return
 /// only once the receiver has answered, so it is there at once or never.
+/// Ends one span named `name` under `guard`, drops the guard (which flushes), and returns the
+/// export that carried it and the span as exported.
+fn export_one(
+    guard: periscope_trace::otel::OtelGuard,
+    name: &'static str,
+    exports: &Exports,
+) -> (Export, ExportedSpan) {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+
+    let mut span = guard.tracer().start(name);
+    let trace = span.span_context().trace_id().to_string();
+    span.end();
+    drop(guard);
+    export_of(exports, &trace)
+}
+
 fn export_of(exports: &Exports, trace: &str) -> (Export, ExportedSpan) {
     let exports = exports.lock().unwrap();
     exports
@@ -286,8 +302,6 @@ fn receiver_on_its_own_runtime() -> (tokio::runtime::Runtime, String, Exports) {
 /// every export.
 #[test]
 fn export_headers_from_a_lookup_are_sent() {
-    use opentelemetry::trace::{Span as _, Tracer as _};
-
     let (_receiver_runtime, endpoint, exports) = receiver_on_its_own_runtime();
     let guard = OtelConfig::from_lookup(|name| match name {
         "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(endpoint.clone()),
@@ -297,11 +311,7 @@ fn export_headers_from_a_lookup_are_sent() {
     .unwrap()
     .build()
     .unwrap();
-    let mut span = guard.tracer().start("with-looked-up-headers");
-    let trace = span.span_context().trace_id().to_string();
-    span.end();
-    drop(guard);
-    let (export, _) = export_of(&exports, &trace);
+    let (export, _) = export_one(guard, "with-looked-up-headers", &exports);
     assert_eq!(export.api_key.as_deref(), Some("from a file"));
 }
 
@@ -348,17 +358,12 @@ fn exporting_from_env() -> (
 /// process with the variables set: prints the `api-key` header the receiver got.
 #[test]
 fn headers_child() {
-    use opentelemetry::trace::{Span as _, Tracer as _};
-
     if std::env::var_os(HEADERS_CHILD).is_none() {
         return;
     }
     let (_receiver_runtime, exports, guard) = exporting_from_env();
-    let mut span = guard.tracer().start("with-headers");
-    let trace = span.span_context().trace_id().to_string();
-    span.end();
-    drop(guard);
-    println!("API-KEY {:?}", export_of(&exports, &trace).0.api_key);
+    let (export, _) = export_one(guard, "with-headers", &exports);
+    println!("API-KEY {:?}", export.api_key);
 }
 
 /// Empty counts as unset, as for every variable: an empty `OTEL_EXPORTER_OTLP_TRACES_HEADERS=`
@@ -394,8 +399,6 @@ const LOOKUP_HEADERS_CHILD: &str = "PERISCOPE_TEST_LOOKUP_HEADERS_CHILD";
 /// (`LOOKUP_GENERAL`, `LOOKUP_TRACES`), and prints the headers the receiver got.
 #[test]
 fn lookup_headers_child() {
-    use opentelemetry::trace::{Span as _, Tracer as _};
-
     if std::env::var_os(LOOKUP_HEADERS_CHILD).is_none() {
         return;
     }
@@ -409,11 +412,7 @@ fn lookup_headers_child() {
     .unwrap()
     .build()
     .unwrap();
-    let mut span = guard.tracer().start("with-looked-up-headers");
-    let trace = span.span_context().trace_id().to_string();
-    span.end();
-    drop(guard);
-    let (export, _) = export_of(&exports, &trace);
+    let (export, _) = export_one(guard, "with-looked-up-headers", &exports);
     println!("API-KEY {:?} X-STALE {:?}", export.api_key, export.x_stale);
 }
 
@@ -490,19 +489,12 @@ fn a_padded_batch_setting_is_used_as_checked() {
 /// panicked (`capacity overflow`) in `build`, and one of 0 dropped every span.
 #[test]
 fn a_span_queue_set_in_code_is_kept_within_what_the_lookup_accepts() {
-    use opentelemetry::trace::{Span as _, Tracer as _};
-
     let (_receiver_runtime, endpoint, exports) = receiver_on_its_own_runtime();
     for size in [usize::MAX, 0] {
         let mut config = OtelConfig::default();
         config.endpoint = Some(endpoint.clone());
         config.export.max_queue_size = Some(size);
-        let guard = config.build().unwrap();
-        let mut span = guard.tracer().start("queued");
-        let trace = span.span_context().trace_id().to_string();
-        span.end();
-        drop(guard);
-        let (_, exported) = export_of(&exports, &trace);
+        let (_, exported) = export_one(config.build().unwrap(), "queued", &exports);
         assert_eq!(exported.name, "queued", "{size}");
     }
 }
