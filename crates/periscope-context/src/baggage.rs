@@ -271,11 +271,10 @@ impl Baggage {
             cost
         };
         // With every `=` sent as it is, the member may still fit (where it or a kept one has
-        // an `=`). Only when it then fits: a member refused anyway must not change how the
-        // kept ones, which fit as they are, go out.
+        // an `=`, the raw length is the shorter). Only when it then fits: a member refused
+        // anyway must not change how the kept ones, which fit as they are, go out.
         if self.encoded_len + cost > MAX_BAGGAGE_BYTES
             && !self.equals_raw
-            && (raw_cost < cost || self.raw_len < self.encoded_len)
             && self.raw_len + raw_cost <= MAX_BAGGAGE_BYTES
         {
             self.equals_raw = true;
